@@ -1,0 +1,407 @@
+//! The crate's error type.
+//!
+//! Three kinds of failure are kept apart, as the plugin ABI does:
+//! - *refusals*: the host decided not to run a call (unknown tool, invalid
+//!   arguments, ...). The guest never ran.
+//! - *tool errors*: the guest ran and returned a `tool-error`.
+//! - *traps*: the guest crashed or hit a limit and its instance was killed.
+//!
+//! Everything else (a bad manifest, an unreadable file, an engine failure) is a
+//! host error.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+/// A `Result` with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// One place where a JSON document failed a JSON Schema.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SchemaViolation {
+    /// JSON Pointer (RFC 6901) to the failing value; empty for the root.
+    pub path: String,
+    /// What is wrong with the value there.
+    pub message: String,
+}
+
+impl fmt::Display for SchemaViolation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let path = if self.path.is_empty() {
+            "/"
+        } else {
+            &self.path
+        };
+        write!(f, "at {path}: {}", self.message)
+    }
+}
+
+/// How a guest's `tool-error` classified the failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToolErrorKind {
+    /// The tool could not use the (schema-valid) arguments.
+    InvalidInput,
+    /// The tool tried and failed.
+    Failed,
+    /// The tool refused.
+    Denied,
+}
+
+impl fmt::Display for ToolErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ToolErrorKind::InvalidInput => "invalid input",
+            ToolErrorKind::Failed => "failed",
+            ToolErrorKind::Denied => "denied",
+        })
+    }
+}
+
+/// Why a guest instance was killed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrapKind {
+    /// The call used all of its fuel (instruction budget).
+    FuelExhausted,
+    /// The call ran past its wall-clock deadline.
+    DeadlineExceeded,
+    /// The guest tried to grow its memory or tables past the limit.
+    MemoryLimit,
+    /// The guest crashed: a panic, `unreachable`, an out-of-bounds access or
+    /// another WebAssembly trap.
+    GuestTrap,
+}
+
+impl fmt::Display for TrapKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TrapKind::FuelExhausted => "fuel exhausted",
+            TrapKind::DeadlineExceeded => "deadline exceeded",
+            TrapKind::MemoryLimit => "memory limit reached",
+            TrapKind::GuestTrap => "guest trapped",
+        })
+    }
+}
+
+/// What a caller or an operator should conclude from an [`Error`]; the CLI
+/// maps each class to its own exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    /// The host refused to run the call; the guest never ran.
+    Refused,
+    /// The guest ran and reported an error.
+    ToolError,
+    /// The guest crashed or hit a limit.
+    Trap,
+    /// Configuration, plugin or host failure.
+    Host,
+}
+
+/// Everything that can go wrong loading plugins or calling tools.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A file could not be read or written.
+    #[error("cannot access {}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The manifest is not valid TOML.
+    #[error("manifest {} is not valid TOML: {message}", path.display())]
+    ManifestSyntax {
+        /// The manifest file.
+        path: PathBuf,
+        /// Parser message, with line and column.
+        message: String,
+    },
+
+    /// The manifest does not match the manifest schema.
+    #[error("manifest {} is invalid: {}", path.display(), join(violations))]
+    ManifestInvalid {
+        /// The manifest file.
+        path: PathBuf,
+        /// Every failing field.
+        violations: Vec<SchemaViolation>,
+    },
+
+    /// The manifest is well-formed but inconsistent (duplicate tool names, a
+    /// component path leaving the plugin directory, ...).
+    #[error("manifest {} is invalid: {message}", path.display())]
+    ManifestRejected {
+        /// The manifest file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+
+    /// The component file named by the manifest does not exist.
+    #[error("component file {} named by the manifest does not exist", path.display())]
+    ComponentMissing {
+        /// Where the component was expected.
+        path: PathBuf,
+    },
+
+    /// The component's SHA-256 differs from the manifest's pin.
+    #[error("component {} has sha256 {actual}, but the manifest pins {expected}", path.display())]
+    DigestMismatch {
+        /// The component file.
+        path: PathBuf,
+        /// Digest from the manifest.
+        expected: String,
+        /// Digest of the file on disk.
+        actual: String,
+    },
+
+    /// The component file is not WebAssembly, or is a core module rather than
+    /// a component, or does not compile.
+    #[error("{} is not a usable WebAssembly component: {reason}", path.display())]
+    InvalidComponent {
+        /// The component file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The component does not implement the `airlock:plugin/plugin` world
+    /// (missing export, or imports the host does not provide).
+    #[error("plugin `{plugin}` does not target the airlock:plugin world: {reason}")]
+    WrongWorld {
+        /// Plugin name.
+        plugin: String,
+        /// The missing export or unsatisfied import.
+        reason: String,
+    },
+
+    /// The component's tool list is not acceptable.
+    #[error("plugin `{plugin}` exports an invalid tool list: {reason}")]
+    InvalidToolList {
+        /// Plugin name.
+        plugin: String,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A tool declared in the manifest is not exported by the component.
+    #[error(
+        "plugin `{plugin}` declares tool `{tool}` in its manifest, but the component does not export it"
+    )]
+    ToolNotExported {
+        /// Plugin name.
+        plugin: String,
+        /// The declared tool.
+        tool: String,
+    },
+
+    /// Two plugins in one host have the same name.
+    #[error("plugin `{name}` is loaded twice (from {} and {})", first.display(), second.display())]
+    DuplicatePlugin {
+        /// Plugin name.
+        name: String,
+        /// Directory of the plugin loaded first.
+        first: PathBuf,
+        /// Directory of the second one.
+        second: PathBuf,
+    },
+
+    /// The host configuration is invalid.
+    #[error("invalid host configuration: {message}")]
+    Config {
+        /// What is wrong.
+        message: String,
+    },
+
+    /// A call named a tool as something other than `plugin/tool`.
+    #[error("`{reference}` is not a tool reference; expected `plugin/tool`")]
+    BadToolReference {
+        /// What the caller wrote.
+        reference: String,
+    },
+
+    /// No plugin of that name is loaded.
+    #[error("no plugin named `{plugin}` is loaded")]
+    UnknownPlugin {
+        /// The requested plugin.
+        plugin: String,
+    },
+
+    /// The plugin exposes no tool of that name.
+    #[error("plugin `{plugin}` has no tool named `{tool}`")]
+    UnknownTool {
+        /// The plugin.
+        plugin: String,
+        /// The requested tool.
+        tool: String,
+    },
+
+    /// The arguments are larger than the host accepts.
+    #[error("arguments are {size} bytes, more than the limit of {limit} bytes")]
+    ArgumentsTooLarge {
+        /// Size of the arguments.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+
+    /// The arguments are not JSON.
+    #[error("arguments are not valid JSON: {message}")]
+    ArgumentsNotJson {
+        /// Parser message.
+        message: String,
+    },
+
+    /// The arguments are JSON but not an object.
+    #[error("arguments must be a JSON object, not {found}")]
+    ArgumentsNotObject {
+        /// JSON type that was found.
+        found: &'static str,
+    },
+
+    /// The arguments fail the tool's input schema.
+    #[error(
+        "arguments do not match the input schema of `{tool}`: {}",
+        join(violations)
+    )]
+    ArgumentsInvalid {
+        /// `plugin/tool`.
+        tool: String,
+        /// Every failing path.
+        violations: Vec<SchemaViolation>,
+    },
+
+    /// The guest returned a `tool-error`.
+    #[error("tool `{tool}` reported an error ({kind}): {message}")]
+    Tool {
+        /// `plugin/tool`.
+        tool: String,
+        /// The guest's classification.
+        kind: ToolErrorKind,
+        /// The guest's message.
+        message: String,
+    },
+
+    /// The guest instance was killed.
+    #[error("tool `{tool}` was stopped: {kind}: {message}")]
+    Trap {
+        /// `plugin/tool`.
+        tool: String,
+        /// Why it was killed.
+        kind: TrapKind,
+        /// Details (the trap, and the guest's stderr if it wrote any).
+        message: String,
+    },
+
+    /// The guest's result is larger than the tool's output limit.
+    #[error("tool `{tool}` returned {size} bytes, more than its output limit of {limit} bytes")]
+    OutputTooLarge {
+        /// `plugin/tool`.
+        tool: String,
+        /// Size of the result.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+
+    /// The guest's result is not JSON or fails the tool's output schema.
+    #[error("tool `{tool}` returned an invalid result: {message}")]
+    OutputInvalid {
+        /// `plugin/tool`.
+        tool: String,
+        /// What is wrong.
+        message: String,
+    },
+
+    /// The WebAssembly engine failed for a reason that is not the guest's.
+    #[error("engine error: {message}")]
+    Engine {
+        /// What failed.
+        message: String,
+    },
+}
+
+fn join(violations: &[SchemaViolation]) -> String {
+    violations
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl Error {
+    /// A stable, machine-readable name for this error (`snake_case`), used in
+    /// the CLI's and the MCP server's JSON output.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Io { .. } => "io",
+            Error::ManifestSyntax { .. } => "manifest_syntax",
+            Error::ManifestInvalid { .. } => "manifest_invalid",
+            Error::ManifestRejected { .. } => "manifest_rejected",
+            Error::ComponentMissing { .. } => "component_missing",
+            Error::DigestMismatch { .. } => "digest_mismatch",
+            Error::InvalidComponent { .. } => "invalid_component",
+            Error::WrongWorld { .. } => "wrong_world",
+            Error::InvalidToolList { .. } => "invalid_tool_list",
+            Error::ToolNotExported { .. } => "tool_not_exported",
+            Error::DuplicatePlugin { .. } => "duplicate_plugin",
+            Error::Config { .. } => "config",
+            Error::BadToolReference { .. } => "bad_tool_reference",
+            Error::UnknownPlugin { .. } => "unknown_plugin",
+            Error::UnknownTool { .. } => "unknown_tool",
+            Error::ArgumentsTooLarge { .. } => "arguments_too_large",
+            Error::ArgumentsNotJson { .. } => "arguments_not_json",
+            Error::ArgumentsNotObject { .. } => "arguments_not_object",
+            Error::ArgumentsInvalid { .. } => "arguments_invalid",
+            Error::Tool { .. } => "tool_error",
+            Error::Trap { kind, .. } => match kind {
+                TrapKind::FuelExhausted => "fuel_exhausted",
+                TrapKind::DeadlineExceeded => "deadline_exceeded",
+                TrapKind::MemoryLimit => "memory_limit",
+                TrapKind::GuestTrap => "guest_trap",
+            },
+            Error::OutputTooLarge { .. } => "output_too_large",
+            Error::OutputInvalid { .. } => "output_invalid",
+            Error::Engine { .. } => "engine",
+        }
+    }
+
+    /// Which class of failure this is.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Error::BadToolReference { .. }
+            | Error::UnknownPlugin { .. }
+            | Error::UnknownTool { .. }
+            | Error::ArgumentsTooLarge { .. }
+            | Error::ArgumentsNotJson { .. }
+            | Error::ArgumentsNotObject { .. }
+            | Error::ArgumentsInvalid { .. } => ErrorClass::Refused,
+            Error::Tool { .. } => ErrorClass::ToolError,
+            Error::Trap { .. } | Error::OutputTooLarge { .. } | Error::OutputInvalid { .. } => {
+                ErrorClass::Trap
+            }
+            _ => ErrorClass::Host,
+        }
+    }
+
+    /// The schema violations carried by this error, if it has any.
+    pub fn violations(&self) -> &[SchemaViolation] {
+        match self {
+            Error::ManifestInvalid { violations, .. }
+            | Error::ArgumentsInvalid { violations, .. } => violations,
+            _ => &[],
+        }
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,300 @@
+//! [`Host`]: the embedding API.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+use wasmtime::Engine;
+use wasmtime::component::{HasSelf, Linker};
+
+use crate::bindings;
+use crate::bindings::exports::airlock::plugin::tools::CallContext;
+use crate::cache::CompiledCache;
+use crate::engine::{self, EpochTicker};
+use crate::error::{Error, Result};
+use crate::manifest::MANIFEST_FILE;
+use crate::pipeline::{self, CallRequest, CallResponse};
+use crate::plugin::{self, Plugin, Tool};
+use crate::state::CallState;
+
+/// Default cap on the size of a call's arguments.
+pub const DEFAULT_MAX_ARGUMENT_BYTES: usize = 1024 * 1024;
+
+/// How a [`Host`] is set up.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct HostConfig {
+    /// Directory for compiled components; `None` disables the cache.
+    pub cache_dir: Option<PathBuf>,
+    /// Largest arguments accepted for one call, in bytes.
+    pub max_argument_bytes: usize,
+}
+
+impl Default for HostConfig {
+    fn default() -> HostConfig {
+        HostConfig {
+            cache_dir: None,
+            max_argument_bytes: DEFAULT_MAX_ARGUMENT_BYTES,
+        }
+    }
+}
+
+impl HostConfig {
+    /// Cache compiled components in `dir`.
+    pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> HostConfig {
+        self.cache_dir = Some(dir.into());
+        self
+    }
+
+    /// Accept arguments up to `bytes` long.
+    pub fn max_argument_bytes(mut self, bytes: usize) -> HostConfig {
+        self.max_argument_bytes = bytes;
+        self
+    }
+}
+
+/// A plugin directory that failed to load, from [`Host::load_plugins_dir`].
+#[derive(Debug)]
+pub struct LoadFailure {
+    /// The plugin's directory.
+    pub dir: PathBuf,
+    /// Why it did not load.
+    pub error: Error,
+}
+
+/// What [`Host::load_plugins_dir`] loaded.
+#[derive(Debug, Default)]
+pub struct LoadReport {
+    /// Names of the plugins loaded.
+    pub loaded: Vec<String>,
+    /// Directories that hold a manifest but did not load.
+    pub failed: Vec<LoadFailure>,
+}
+
+/// A host that loads plugins and runs their tools.
+///
+/// Loading takes `&mut self`; calls take `&self` and may run concurrently
+/// (wrap the host in an `Arc` to share it between tasks).
+pub struct Host {
+    engine: Engine,
+    linker: Linker<CallState>,
+    cache: Option<CompiledCache>,
+    plugins: BTreeMap<String, Arc<Plugin>>,
+    config: HostConfig,
+    _ticker: EpochTicker,
+}
+
+impl std::fmt::Debug for Host {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Host")
+            .field("plugins", &self.plugins.keys().collect::<Vec<_>>())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Summary of a loaded plugin, as `airlock plugins list --json` prints it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginInfo {
+    /// Name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// Description from the manifest.
+    pub description: Option<String>,
+    /// Directory it was loaded from.
+    pub dir: PathBuf,
+    /// Component SHA-256.
+    pub sha256: String,
+    /// Exposed tools.
+    pub tools: Vec<String>,
+    /// Exported but undeclared (hidden) tools.
+    pub undeclared_tools: Vec<String>,
+    /// Resolved limits.
+    pub limits: crate::limits::Limits,
+    /// Whether the compiled code came from the cache.
+    pub cache: crate::cache::CacheStatus,
+}
+
+impl Plugin {
+    /// A serializable summary.
+    pub fn info(&self) -> PluginInfo {
+        PluginInfo {
+            name: self.name().to_owned(),
+            version: self.version().to_owned(),
+            description: self.manifest().plugin.description.clone(),
+            dir: self.dir().to_owned(),
+            sha256: self.digest().to_owned(),
+            tools: self.tools().map(|t| t.name().to_owned()).collect(),
+            undeclared_tools: self.undeclared_tools().to_vec(),
+            limits: *self.limits(),
+            cache: self.cache_status(),
+        }
+    }
+}
+
+impl Host {
+    /// Create a host with no plugins.
+    ///
+    /// # Errors
+    /// [`Error::Engine`] if the WebAssembly engine cannot be set up.
+    pub fn new(config: HostConfig) -> Result<Host> {
+        let engine = engine::new_engine()?;
+        let mut linker = Linker::new(&engine);
+        let link_error = |e: wasmtime::Error| Error::Engine {
+            message: format!("cannot link host interfaces: {e:#}"),
+        };
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(link_error)?;
+        bindings::Plugin::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |s| s)
+            .map_err(link_error)?;
+        let cache = config
+            .cache_dir
+            .clone()
+            .map(|dir| CompiledCache::new(dir, &engine));
+        let ticker = EpochTicker::start(&engine)?;
+        Ok(Host {
+            engine,
+            linker,
+            cache,
+            plugins: BTreeMap::new(),
+            config,
+            _ticker: ticker,
+        })
+    }
+
+    /// Load the plugin in `dir` (a directory holding `plugin.toml` and the
+    /// component it names).
+    ///
+    /// # Errors
+    /// Every manifest error ([`Error::ManifestSyntax`],
+    /// [`Error::ManifestInvalid`], [`Error::ManifestRejected`]);
+    /// [`Error::ComponentMissing`]; [`Error::DigestMismatch`] when the
+    /// component is not the one the manifest pins;
+    /// [`Error::InvalidComponent`] for a file that is not a component;
+    /// [`Error::WrongWorld`] for a component that does not target
+    /// `airlock:plugin/plugin`; [`Error::InvalidToolList`] and
+    /// [`Error::ToolNotExported`] when its tools do not match the manifest;
+    /// [`Error::DuplicatePlugin`] when a plugin of that name is loaded.
+    ///
+    /// # Security
+    /// The component's code runs once here (to list its tools) under the same
+    /// limits as a call.
+    pub async fn load_plugin(&mut self, dir: impl AsRef<Path>) -> Result<&Plugin> {
+        let dir = dir.as_ref();
+        let plugin = plugin::load(&self.engine, &self.linker, self.cache.as_ref(), dir).await?;
+        let name = plugin.name().to_owned();
+        if let Some(existing) = self.plugins.get(&name) {
+            return Err(Error::DuplicatePlugin {
+                name,
+                first: existing.dir().to_owned(),
+                second: dir.to_owned(),
+            });
+        }
+        let plugin = self.plugins.entry(name).or_insert(Arc::new(plugin));
+        Ok(plugin)
+    }
+
+    /// Load every plugin in `dir`: each subdirectory holding a `plugin.toml`.
+    /// A plugin that fails to load is reported in
+    /// [`LoadReport::failed`] and does not stop the others.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if `dir` cannot be read.
+    pub async fn load_plugins_dir(&mut self, dir: impl AsRef<Path>) -> Result<LoadReport> {
+        let dir = dir.as_ref();
+        let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+        let mut dirs = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| Error::io(dir, e))?;
+            let path = entry.path();
+            if path.join(MANIFEST_FILE).is_file() {
+                dirs.push(path);
+            }
+        }
+        dirs.sort();
+        let mut report = LoadReport::default();
+        for plugin_dir in dirs {
+            match self.load_plugin(&plugin_dir).await {
+                Ok(plugin) => report.loaded.push(plugin.name().to_owned()),
+                Err(error) => {
+                    tracing::warn!(dir = %plugin_dir.display(), error = %error, "plugin not loaded");
+                    report.failed.push(LoadFailure {
+                        dir: plugin_dir,
+                        error,
+                    });
+                }
+            }
+        }
+        Ok(report)
+    }
+
+    /// The loaded plugins, by name.
+    pub fn plugins(&self) -> impl Iterator<Item = &Plugin> {
+        self.plugins.values().map(|p| &**p)
+    }
+
+    /// The loaded plugin `name`.
+    pub fn plugin(&self, name: &str) -> Option<&Plugin> {
+        self.plugins.get(name).map(|p| &**p)
+    }
+
+    /// Every exposed tool of every plugin.
+    pub fn tools(&self) -> impl Iterator<Item = &Tool> {
+        self.plugins().flat_map(Plugin::tools)
+    }
+
+    /// Run one tool call through the pipeline.
+    ///
+    /// # Errors
+    /// Refusals, before the guest runs: [`Error::BadToolReference`],
+    /// [`Error::UnknownPlugin`], [`Error::UnknownTool`],
+    /// [`Error::ArgumentsTooLarge`], [`Error::ArgumentsNotJson`],
+    /// [`Error::ArgumentsNotObject`], [`Error::ArgumentsInvalid`] (every
+    /// failing path). After it runs: [`Error::Tool`] when the guest returns a
+    /// tool error; [`Error::Trap`] when it crashes or hits a limit (fuel,
+    /// deadline, memory); [`Error::OutputTooLarge`] and
+    /// [`Error::OutputInvalid`] for results over the limit, not JSON or
+    /// failing the output schema.
+    ///
+    /// # Security
+    /// Every call gets a fresh instance: no state leaks between calls through
+    /// guest memory.
+    pub async fn call(&self, request: CallRequest) -> Result<CallResponse> {
+        // 1. Resolve.
+        let (plugin_name, tool_name) =
+            request
+                .tool
+                .split_once('/')
+                .ok_or_else(|| Error::BadToolReference {
+                    reference: request.tool.clone(),
+                })?;
+        let plugin = self
+            .plugins
+            .get(plugin_name)
+            .ok_or_else(|| Error::UnknownPlugin {
+                plugin: plugin_name.to_owned(),
+            })?;
+        let tool = plugin.tool(tool_name).ok_or_else(|| Error::UnknownTool {
+            plugin: plugin_name.to_owned(),
+            tool: tool_name.to_owned(),
+        })?;
+        // 3. Validate arguments before anything runs.
+        let arguments =
+            pipeline::validate_arguments(tool, &request.arguments, self.config.max_argument_bytes)?;
+        let call_id = new_call_id();
+        let context = CallContext {
+            trace_id: request.trace_id.unwrap_or_else(|| call_id.clone()),
+            call_id,
+            principal: request.principal,
+        };
+        tracing::debug!(tool = %tool.id(), call_id = %context.call_id, "calling tool");
+        // 7–9. Instantiate, call, validate the output.
+        pipeline::run_tool(&self.engine, plugin, tool, &arguments, context).await
+    }
+}
+
+/// A unique, time-ordered call id (UUID v7).
+fn new_call_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}

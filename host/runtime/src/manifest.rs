@@ -1,0 +1,367 @@
+//! Plugin manifests (`plugin.toml`).
+//!
+//! A manifest is parsed in three steps, each with its own error:
+//! 1. TOML syntax ([`Error::ManifestSyntax`], with line and column);
+//! 2. the manifest JSON Schema kept in this crate
+//!    (`schema/plugin-manifest.schema.json`): unknown fields, missing fields
+//!    and wrong types, every failing field at once ([`Error::ManifestInvalid`]);
+//! 3. consistency checks the schema cannot express: duplicate tool names and a
+//!    component path that must stay inside the plugin directory
+//!    ([`Error::ManifestRejected`]).
+
+use std::collections::HashSet;
+use std::path::{Component, Path, PathBuf};
+use std::sync::LazyLock;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result, SchemaViolation};
+use crate::schema;
+
+/// File name of a plugin's manifest inside its directory.
+pub const MANIFEST_FILE: &str = "plugin.toml";
+
+/// The JSON Schema every manifest must satisfy (draft 2020-12).
+pub const MANIFEST_SCHEMA: &str = include_str!("../schema/plugin-manifest.schema.json");
+
+static MANIFEST_VALIDATOR: LazyLock<jsonschema::Validator> = LazyLock::new(|| {
+    let schema: serde_json::Value =
+        serde_json::from_str(MANIFEST_SCHEMA).expect("the embedded manifest schema is JSON");
+    jsonschema::validator_for(&schema).expect("the embedded manifest schema compiles")
+});
+
+/// A parsed and validated plugin manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Identity and pinned component.
+    pub plugin: PluginSection,
+    /// Declared capabilities; absent ones are not granted.
+    #[serde(default)]
+    pub capabilities: Capabilities,
+    /// Declared limits; absent ones take host defaults.
+    #[serde(default)]
+    pub limits: DeclaredLimits,
+    /// The tools the plugin exposes.
+    pub tools: Vec<ToolDeclaration>,
+}
+
+/// The `[plugin]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginSection {
+    /// Plugin name, unique within a host.
+    pub name: String,
+    /// Semantic version.
+    pub version: String,
+    /// Human-readable description.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Component file name, relative to the manifest's directory.
+    pub component: String,
+    /// Lowercase hex SHA-256 of the component.
+    pub sha256: String,
+}
+
+/// The `[capabilities]` table.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capabilities {
+    /// Structured logging to the host.
+    #[serde(default)]
+    pub log: bool,
+}
+
+/// The `[limits]` table: what the manifest asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeclaredLimits {
+    /// Fuel (roughly, WebAssembly instructions) per call.
+    pub fuel: Option<u64>,
+    /// Wall-clock deadline per call, in milliseconds.
+    pub timeout_ms: Option<u64>,
+    /// Maximum linear memory per instance, in MiB.
+    pub memory_mb: Option<u64>,
+    /// Maximum size of a call's result, in KiB.
+    pub max_output_kb: Option<u64>,
+}
+
+/// One `[[tools]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolDeclaration {
+    /// Tool name, as the component exports it.
+    pub name: String,
+    /// Risk class; absent means [`Risk::Irreversible`].
+    #[serde(default)]
+    pub risk: Risk,
+}
+
+/// What a tool can do to the world.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Risk {
+    /// Reads only; no side effects.
+    Read,
+    /// Changes state the host owns (for example the workspace).
+    Write,
+    /// Talks to external systems.
+    External,
+    /// Has effects that cannot be undone. The default when a manifest says
+    /// nothing, so forgetting to classify a tool fails safe.
+    #[default]
+    Irreversible,
+}
+
+impl Risk {
+    /// The manifest spelling of this risk class.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Risk::Read => "read",
+            Risk::Write => "write",
+            Risk::External => "external",
+            Risk::Irreversible => "irreversible",
+        }
+    }
+}
+
+impl Manifest {
+    /// Read and validate the manifest at `path`.
+    ///
+    /// # Errors
+    /// [`Error::Io`] if the file cannot be read, otherwise the errors of
+    /// [`Manifest::parse`].
+    pub fn load(path: &Path) -> Result<Manifest> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Manifest::parse(&text, path)
+    }
+
+    /// Parse and validate manifest text; `path` is only used in errors.
+    ///
+    /// # Errors
+    /// [`Error::ManifestSyntax`] for TOML syntax errors,
+    /// [`Error::ManifestInvalid`] listing every field that fails the
+    /// manifest schema, [`Error::ManifestRejected`] for duplicate tool names
+    /// or a component path outside the plugin directory.
+    pub fn parse(text: &str, path: &Path) -> Result<Manifest> {
+        let value: toml::Table = toml::from_str(text).map_err(|e| Error::ManifestSyntax {
+            path: path.to_owned(),
+            message: e.message().to_owned() + &location(text, e.span()),
+        })?;
+        let json = serde_json::to_value(&value).map_err(|e| Error::ManifestRejected {
+            path: path.to_owned(),
+            message: format!("cannot be represented as JSON: {e}"),
+        })?;
+        let violations = schema::violations(&MANIFEST_VALIDATOR, &json);
+        if !violations.is_empty() {
+            return Err(Error::ManifestInvalid {
+                path: path.to_owned(),
+                violations,
+            });
+        }
+        let manifest: Manifest =
+            serde_json::from_value(json).map_err(|e| Error::ManifestInvalid {
+                path: path.to_owned(),
+                violations: vec![SchemaViolation {
+                    path: String::new(),
+                    message: e.to_string(),
+                }],
+            })?;
+        manifest.check(path)?;
+        Ok(manifest)
+    }
+
+    fn check(&self, path: &Path) -> Result<()> {
+        let reject = |message: String| Error::ManifestRejected {
+            path: path.to_owned(),
+            message,
+        };
+        let mut seen = HashSet::new();
+        for tool in &self.tools {
+            if !seen.insert(tool.name.as_str()) {
+                return Err(reject(format!("tool `{}` is declared twice", tool.name)));
+            }
+        }
+        component_relative_path(&self.plugin.component).map_err(reject)?;
+        Ok(())
+    }
+
+    /// The component's path, given the directory holding the manifest.
+    pub fn component_path(&self, plugin_dir: &Path) -> PathBuf {
+        // `check` guarantees a plain relative path without `..`.
+        plugin_dir.join(&self.plugin.component)
+    }
+
+    /// The declaration of tool `name`, if the manifest has one.
+    pub fn tool(&self, name: &str) -> Option<&ToolDeclaration> {
+        self.tools.iter().find(|t| t.name == name)
+    }
+}
+
+/// A component path must be relative and stay inside the plugin directory.
+fn component_relative_path(component: &str) -> std::result::Result<(), String> {
+    let path = Path::new(component);
+    for part in path.components() {
+        match part {
+            Component::Normal(_) => {}
+            Component::CurDir => {}
+            _ => {
+                return Err(format!(
+                    "component path `{component}` must be relative to the plugin directory and may not contain `..`"
+                ));
+            }
+        }
+    }
+    if path.components().all(|c| matches!(c, Component::CurDir)) {
+        return Err(format!("component path `{component}` names no file"));
+    }
+    Ok(())
+}
+
+/// " at line L, column C" for a byte span in `text`.
+fn location(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    let Some(span) = span else {
+        return String::new();
+    };
+    let before = &text.as_bytes()[..span.start.min(text.len())];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let column = before.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
+    format!(" (line {line}, column {column})")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DIGEST: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+    fn parse(text: &str) -> Result<Manifest> {
+        Manifest::parse(text, Path::new("plugin.toml"))
+    }
+
+    fn valid() -> String {
+        format!(
+            r#"
+[plugin]
+name = "text"
+version = "0.1.0"
+component = "text.wasm"
+sha256 = "{DIGEST}"
+
+[capabilities]
+log = true
+
+[limits]
+fuel = 1_000_000
+
+[[tools]]
+name = "stats"
+risk = "read"
+
+[[tools]]
+name = "slugify"
+"#
+        )
+    }
+
+    #[test]
+    fn parses_a_valid_manifest() {
+        let m = parse(&valid()).unwrap();
+        assert_eq!(m.plugin.name, "text");
+        assert!(m.capabilities.log);
+        assert_eq!(m.limits.fuel, Some(1_000_000));
+        assert_eq!(m.limits.timeout_ms, None);
+        assert_eq!(m.tools[0].risk, Risk::Read);
+        assert_eq!(
+            m.tools[1].risk,
+            Risk::Irreversible,
+            "absent risk fails safe"
+        );
+    }
+
+    #[test]
+    fn not_toml_is_a_syntax_error_with_location() {
+        let err = parse("[plugin\nname = 1").unwrap_err();
+        assert!(matches!(err, Error::ManifestSyntax { .. }), "{err}");
+        assert!(err.to_string().contains("line 1"), "{err}");
+    }
+
+    #[test]
+    fn unknown_fields_are_rejected_everywhere() {
+        let text = valid().replace("log = true", "log = true\nnetwork = true") + "\n[extra]\n";
+        let err = parse(&text).unwrap_err();
+        let Error::ManifestInvalid { violations, .. } = &err else {
+            panic!("{err}");
+        };
+        let paths: Vec<_> = violations.iter().map(|v| v.path.as_str()).collect();
+        assert!(paths.contains(&""), "{violations:?}");
+        assert!(paths.contains(&"/capabilities"), "{violations:?}");
+    }
+
+    #[test]
+    fn missing_and_mistyped_fields_are_all_reported() {
+        let text = valid()
+            .replace("version = \"0.1.0\"\n", "")
+            .replace("fuel = 1_000_000", "fuel = \"lots\"");
+        let err = parse(&text).unwrap_err();
+        let Error::ManifestInvalid { violations, .. } = &err else {
+            panic!("{err}");
+        };
+        assert!(
+            violations
+                .iter()
+                .any(|v| v.path == "/plugin" && v.message.contains("version")),
+            "{violations:?}"
+        );
+        assert!(
+            violations.iter().any(|v| v.path == "/limits/fuel"),
+            "{violations:?}"
+        );
+    }
+
+    #[test]
+    fn bad_names_risks_and_digests_are_rejected() {
+        for (from, to, path) in [
+            ("name = \"text\"", "name = \"Text\"", "/plugin/name"),
+            ("name = \"text\"", "name = \"a__b\"", "/plugin/name"),
+            (DIGEST, "abc", "/plugin/sha256"),
+            ("risk = \"read\"", "risk = \"harmless\"", "/tools/0/risk"),
+        ] {
+            let err = parse(&valid().replace(from, to)).unwrap_err();
+            assert!(
+                err.violations().iter().any(|v| v.path == path),
+                "{to}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn duplicate_tool_names_are_rejected() {
+        let err = parse(&valid().replace("\"slugify\"", "\"stats\"")).unwrap_err();
+        assert!(matches!(err, Error::ManifestRejected { .. }), "{err}");
+        assert!(err.to_string().contains("`stats` is declared twice"));
+    }
+
+    #[test]
+    fn component_path_must_stay_inside_the_plugin_directory() {
+        for bad in ["../x.wasm", "/etc/passwd", "a/../../x.wasm", "."] {
+            let err = parse(&valid().replace("text.wasm", bad)).unwrap_err();
+            assert!(
+                matches!(err, Error::ManifestRejected { .. }),
+                "{bad}: {err}"
+            );
+        }
+        parse(&valid().replace("text.wasm", "build/text.wasm")).unwrap();
+    }
+
+    #[test]
+    fn no_tools_is_invalid() {
+        let text = valid();
+        let cut = text.find("[[tools]]").unwrap();
+        let err = parse(&text[..cut]).unwrap_err();
+        assert!(
+            err.violations().iter().any(|v| v.message.contains("tools")),
+            "{err}"
+        );
+    }
+}

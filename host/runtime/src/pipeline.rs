@@ -1,0 +1,319 @@
+//! The call pipeline: the one path by which any tool runs.
+//!
+//! Steps (see `DESIGN.md`, "The call pipeline"); steps not yet implemented
+//! are marked as such and added by later changes in the same place:
+//! 1. resolve `plugin/tool` to a loaded plugin and an exposed tool;
+//! 2. admit (host mode, rate limits) — *not yet*;
+//! 3. validate arguments: size cap, JSON, object, input schema (every
+//!    failing path reported) — all *before* the guest runs;
+//! 4. idempotency — *not yet*;
+//! 5. approval gate — *not yet*;
+//! 6. intent record in the audit log — *not yet*;
+//! 7. instantiate a fresh instance from the pre-linked component, under fuel,
+//!    an epoch deadline and memory/table limits;
+//! 8. call the tool, capturing its log lines (bounded);
+//! 9. validate the output: size cap, JSON, output schema if declared;
+//! 10. outcome record — *not yet*;
+//! 11. return.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use serde_json::Value;
+use wasmtime::{Engine, Store, Trap, UpdateDeadline};
+
+use crate::bindings::PluginPre;
+use crate::bindings::exports::airlock::plugin::tools::{CallContext, ToolDescriptor, ToolError};
+use crate::error::{Error, Result, ToolErrorKind, TrapKind};
+use crate::limits::Limits;
+use crate::plugin::{Plugin, Tool};
+use crate::schema;
+use crate::state::{CallState, LogLine};
+
+/// Extra wall time past a call's deadline before the host abandons it even
+/// when the guest is blocked in a host call (where epochs cannot interrupt).
+const DEADLINE_GRACE: Duration = Duration::from_millis(500);
+
+/// A request to run one tool.
+#[derive(Debug, Clone)]
+pub struct CallRequest {
+    /// `plugin/tool`.
+    pub tool: String,
+    /// The arguments: a JSON object, as text.
+    pub arguments: String,
+    /// Who the call runs for.
+    pub principal: String,
+    /// Correlation id from the caller; generated when absent.
+    pub trace_id: Option<String>,
+}
+
+impl CallRequest {
+    /// A request for `tool` (`plugin/tool`) with JSON `arguments`, run as the
+    /// `local` principal.
+    pub fn new(tool: impl Into<String>, arguments: impl Into<String>) -> CallRequest {
+        CallRequest {
+            tool: tool.into(),
+            arguments: arguments.into(),
+            principal: "local".to_owned(),
+            trace_id: None,
+        }
+    }
+
+    /// Run as `principal`.
+    pub fn principal(mut self, principal: impl Into<String>) -> CallRequest {
+        self.principal = principal.into();
+        self
+    }
+
+    /// Correlate with `trace_id`.
+    pub fn trace_id(mut self, trace_id: impl Into<String>) -> CallRequest {
+        self.trace_id = Some(trace_id.into());
+        self
+    }
+}
+
+/// The result of a successful call.
+#[derive(Debug, Clone, Serialize)]
+pub struct CallResponse {
+    /// Unique id of this call.
+    pub call_id: String,
+    /// Correlation id.
+    pub trace_id: String,
+    /// `plugin/tool`.
+    pub tool: String,
+    /// The tool's result.
+    pub output: Value,
+    /// Lines the guest logged (bounded).
+    pub logs: Vec<LogLine>,
+    /// Log lines dropped because the call's log budget was spent.
+    pub logs_dropped: u64,
+    /// Fuel the call consumed.
+    pub fuel_used: u64,
+    /// Wall time of the guest call, including instantiation.
+    #[serde(serialize_with = "serialize_micros", rename = "duration_us")]
+    pub duration: Duration,
+}
+
+fn serialize_micros<S: serde::Serializer>(
+    d: &Duration,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_u64(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+/// Steps 3: validate the arguments before anything runs.
+pub(crate) fn validate_arguments(tool: &Tool, arguments: &str, max_bytes: usize) -> Result<Value> {
+    if arguments.len() > max_bytes {
+        return Err(Error::ArgumentsTooLarge {
+            size: arguments.len(),
+            limit: max_bytes,
+        });
+    }
+    let value: Value = serde_json::from_str(arguments).map_err(|e| Error::ArgumentsNotJson {
+        message: e.to_string(),
+    })?;
+    if !value.is_object() {
+        return Err(Error::ArgumentsNotObject {
+            found: schema::type_name(&value),
+        });
+    }
+    let violations = schema::violations(&tool.input_validator, &value);
+    if !violations.is_empty() {
+        return Err(Error::ArgumentsInvalid {
+            tool: tool.id(),
+            violations,
+        });
+    }
+    Ok(value)
+}
+
+/// Steps 7–9 for a validated call.
+pub(crate) async fn run_tool(
+    engine: &Engine,
+    plugin: &Plugin,
+    tool: &Tool,
+    arguments: &Value,
+    context: CallContext,
+) -> Result<CallResponse> {
+    let limits = plugin.limits();
+    let tool_id = tool.id();
+    let started = Instant::now();
+    let mut store = new_store(engine, limits, plugin.manifest().capabilities.log)?;
+    let call_id = context.call_id.clone();
+    let trace_id = context.trace_id.clone();
+    // Re-serialising the validated value gives the guest canonical JSON
+    // (no duplicate keys, no comments), exactly what was validated.
+    let arguments_text = arguments.to_string();
+
+    let outcome = with_deadline(limits, async {
+        let instance = plugin.pre.instantiate_async(&mut store).await?;
+        instance
+            .airlock_plugin_tools()
+            .call_call(&mut store, tool.name(), &arguments_text, &context)
+            .await
+    })
+    .await;
+    let duration = started.elapsed();
+    let fuel_used = limits
+        .fuel
+        .value
+        .saturating_sub(store.get_fuel().unwrap_or(0));
+
+    let returned = match outcome {
+        Ok(returned) => returned,
+        Err(error) => return Err(trap_error(&tool_id, error, &store)),
+    };
+    let text = match returned {
+        Ok(text) => text,
+        Err(e) => {
+            let (kind, message) = match e {
+                ToolError::InvalidInput(m) => (ToolErrorKind::InvalidInput, m),
+                ToolError::Failed(m) => (ToolErrorKind::Failed, m),
+                ToolError::Denied(m) => (ToolErrorKind::Denied, m),
+            };
+            return Err(Error::Tool {
+                tool: tool_id,
+                kind,
+                message: bounded(message, 4096),
+            });
+        }
+    };
+
+    let limit = limits.output_bytes();
+    if text.len() > limit {
+        return Err(Error::OutputTooLarge {
+            tool: tool_id,
+            size: text.len(),
+            limit,
+        });
+    }
+    let output: Value = serde_json::from_str(&text).map_err(|e| Error::OutputInvalid {
+        tool: tool_id.clone(),
+        message: format!("not JSON: {e}"),
+    })?;
+    if let Some(validator) = &tool.output_validator {
+        let violations = schema::violations(validator, &output);
+        if !violations.is_empty() {
+            let list: Vec<String> = violations.iter().map(ToString::to_string).collect();
+            return Err(Error::OutputInvalid {
+                tool: tool_id,
+                message: format!("does not match the output schema: {}", list.join("; ")),
+            });
+        }
+    }
+
+    let state = store.into_data();
+    Ok(CallResponse {
+        call_id,
+        trace_id,
+        tool: tool_id,
+        output,
+        logs: state.log.lines,
+        logs_dropped: state.log.dropped,
+        fuel_used,
+        duration,
+    })
+}
+
+/// Ask a freshly loaded component for its tools, under the plugin's limits.
+pub(crate) async fn list_tools(
+    engine: &Engine,
+    pre: &PluginPre<CallState>,
+    limits: &Limits,
+    plugin: &str,
+    log: bool,
+) -> Result<Vec<ToolDescriptor>> {
+    let mut store = new_store(engine, limits, log)?;
+    let outcome = with_deadline(limits, async {
+        let instance = pre.instantiate_async(&mut store).await?;
+        instance.airlock_plugin_tools().call_list(&mut store).await
+    })
+    .await;
+    outcome.map_err(|error| {
+        let trap = trap_error(&format!("{plugin}/list"), error, &store);
+        Error::InvalidToolList {
+            plugin: plugin.to_owned(),
+            reason: format!("listing its tools failed: {trap}"),
+        }
+    })
+}
+
+fn new_store(engine: &Engine, limits: &Limits, log: bool) -> Result<Store<CallState>> {
+    let mut store = CallState::new_store(engine, limits, log).map_err(|e| Error::Engine {
+        message: format!("cannot create a store: {e:#}"),
+    })?;
+    // Check the deadline on every epoch tick; until it passes, yield to the
+    // executor so one long call cannot starve others on the same thread.
+    let deadline = Instant::now() + limits.timeout();
+    store.set_epoch_deadline(1);
+    store.epoch_deadline_callback(move |_| {
+        if Instant::now() >= deadline {
+            Ok(UpdateDeadline::Interrupt)
+        } else {
+            Ok(UpdateDeadline::Yield(1))
+        }
+    });
+    Ok(store)
+}
+
+/// Marker error: the call was abandoned at the host-side deadline.
+#[derive(Debug)]
+struct HostDeadline;
+
+impl std::fmt::Display for HostDeadline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("call abandoned at its deadline")
+    }
+}
+
+impl std::error::Error for HostDeadline {}
+
+/// Run `future` with a host-side deadline slightly past the epoch deadline,
+/// for guests blocked inside host calls.
+async fn with_deadline<T>(
+    limits: &Limits,
+    future: impl Future<Output = wasmtime::Result<T>>,
+) -> wasmtime::Result<T> {
+    match tokio::time::timeout(limits.timeout() + DEADLINE_GRACE, future).await {
+        Ok(result) => result,
+        Err(_) => Err(wasmtime::Error::new(HostDeadline)),
+    }
+}
+
+/// Classify an error from instantiating or calling a guest.
+fn trap_error(tool: &str, error: wasmtime::Error, store: &Store<CallState>) -> Error {
+    let state = store.data();
+    let kind = if error.downcast_ref::<HostDeadline>().is_some() {
+        TrapKind::DeadlineExceeded
+    } else {
+        match error.downcast_ref::<Trap>() {
+            Some(Trap::OutOfFuel) => TrapKind::FuelExhausted,
+            Some(Trap::Interrupt) => TrapKind::DeadlineExceeded,
+            _ if state.limiter.hit => TrapKind::MemoryLimit,
+            _ => TrapKind::GuestTrap,
+        }
+    };
+    let mut message = bounded(format!("{error:#}"), 4096);
+    let stderr = state.stderr_text();
+    if !stderr.is_empty() {
+        message.push_str("; guest stderr: ");
+        message.push_str(&bounded(stderr, 4096));
+    }
+    Error::Trap {
+        tool: tool.to_owned(),
+        kind,
+        message,
+    }
+}
+
+fn bounded(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push_str("…[truncated]");
+    }
+    s
+}

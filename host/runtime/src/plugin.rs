@@ -1,0 +1,425 @@
+//! Loading a plugin: manifest, pinned component, compiled code, tool list.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use wasmtime::Engine;
+use wasmtime::component::Linker;
+
+use crate::bindings::PluginPre;
+use crate::cache::{CacheStatus, CompiledCache};
+use crate::error::{Error, Result};
+use crate::limits::Limits;
+use crate::manifest::{MANIFEST_FILE, Manifest, Risk};
+use crate::pipeline;
+use crate::schema;
+use crate::state::CallState;
+
+/// Most tools one component may export.
+const MAX_TOOLS: usize = 256;
+/// Longest tool description kept.
+const MAX_DESCRIPTION_BYTES: usize = 4096;
+/// Largest component file accepted.
+const MAX_COMPONENT_BYTES: u64 = 512 * 1024 * 1024;
+
+/// A loaded plugin: its manifest, pinned component and exposed tools.
+pub struct Plugin {
+    dir: PathBuf,
+    manifest: Manifest,
+    digest: String,
+    limits: Limits,
+    tools: BTreeMap<String, Arc<Tool>>,
+    undeclared: Vec<String>,
+    cache: CacheStatus,
+    pub(crate) pre: PluginPre<CallState>,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("name", &self.manifest.plugin.name)
+            .field("dir", &self.dir)
+            .field("digest", &self.digest)
+            .field("tools", &self.tools.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Plugin {
+    /// The plugin's name.
+    pub fn name(&self) -> &str {
+        &self.manifest.plugin.name
+    }
+
+    /// The plugin's version.
+    pub fn version(&self) -> &str {
+        &self.manifest.plugin.version
+    }
+
+    /// The directory the plugin was loaded from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// Lowercase hex SHA-256 of the component (checked against the manifest).
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// The limits each call runs under.
+    pub fn limits(&self) -> &Limits {
+        &self.limits
+    }
+
+    /// Whether the compiled code came from the cache.
+    pub fn cache_status(&self) -> CacheStatus {
+        self.cache
+    }
+
+    /// The tools this plugin exposes (declared in the manifest and exported by
+    /// the component), by name.
+    pub fn tools(&self) -> impl Iterator<Item = &Tool> {
+        self.tools.values().map(|t| &**t)
+    }
+
+    /// The exposed tool `name`.
+    pub fn tool(&self, name: &str) -> Option<&Arc<Tool>> {
+        self.tools.get(name)
+    }
+
+    /// Tools the component exports that the manifest does not declare. They
+    /// are never exposed.
+    pub fn undeclared_tools(&self) -> &[String] {
+        &self.undeclared
+    }
+}
+
+/// One tool a plugin exposes.
+pub struct Tool {
+    plugin: String,
+    name: String,
+    description: String,
+    risk: Risk,
+    input_schema: Value,
+    output_schema: Option<Value>,
+    pub(crate) input_validator: jsonschema::Validator,
+    pub(crate) output_validator: Option<jsonschema::Validator>,
+}
+
+impl std::fmt::Debug for Tool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tool")
+            .field("plugin", &self.plugin)
+            .field("name", &self.name)
+            .field("risk", &self.risk)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A serializable description of a tool, as `airlock tools list --json`
+/// prints it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ToolInfo {
+    /// `plugin/tool`.
+    pub id: String,
+    /// Plugin name.
+    pub plugin: String,
+    /// Tool name.
+    pub name: String,
+    /// What the tool does.
+    pub description: String,
+    /// Risk class from the manifest.
+    pub risk: Risk,
+    /// JSON Schema of the arguments.
+    pub input_schema: Value,
+    /// JSON Schema of the result, if declared.
+    pub output_schema: Option<Value>,
+}
+
+impl Tool {
+    /// `plugin/tool`.
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.plugin, self.name)
+    }
+
+    /// The plugin this tool belongs to.
+    pub fn plugin(&self) -> &str {
+        &self.plugin
+    }
+
+    /// Tool name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// What the tool does, as the component describes it.
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    /// Risk class from the manifest.
+    pub fn risk(&self) -> Risk {
+        self.risk
+    }
+
+    /// JSON Schema of the arguments.
+    pub fn input_schema(&self) -> &Value {
+        &self.input_schema
+    }
+
+    /// JSON Schema of the result, if the component declares one.
+    pub fn output_schema(&self) -> Option<&Value> {
+        self.output_schema.as_ref()
+    }
+
+    /// A serializable description.
+    pub fn info(&self) -> ToolInfo {
+        ToolInfo {
+            id: self.id(),
+            plugin: self.plugin.clone(),
+            name: self.name.clone(),
+            description: self.description.clone(),
+            risk: self.risk,
+            input_schema: self.input_schema.clone(),
+            output_schema: self.output_schema.clone(),
+        }
+    }
+}
+
+/// Load the plugin in `dir`.
+pub(crate) async fn load(
+    engine: &Engine,
+    linker: &Linker<CallState>,
+    cache: Option<&CompiledCache>,
+    dir: &Path,
+) -> Result<Plugin> {
+    let manifest_path = dir.join(MANIFEST_FILE);
+    let manifest = Manifest::load(&manifest_path)?;
+    let name = manifest.plugin.name.clone();
+    let component_path = manifest.component_path(dir);
+
+    let bytes = read_component(&component_path)?;
+    let digest = hex::encode(Sha256::digest(&bytes));
+    if digest != manifest.plugin.sha256 {
+        return Err(Error::DigestMismatch {
+            path: component_path,
+            expected: manifest.plugin.sha256.clone(),
+            actual: digest,
+        });
+    }
+    check_header(&bytes).map_err(|reason| Error::InvalidComponent {
+        path: component_path.clone(),
+        reason,
+    })?;
+
+    let compiled = match cache {
+        Some(cache) => cache.load_or_compile(engine, &digest, &bytes),
+        None => {
+            wasmtime::component::Component::new(engine, &bytes).map(|c| (c, CacheStatus::Disabled))
+        }
+    };
+    let (component, cache_status) = compiled.map_err(|e| Error::InvalidComponent {
+        path: component_path.clone(),
+        reason: format!("{e:#}"),
+    })?;
+    tracing::info!(plugin = %name, digest = %digest, cache = ?cache_status, "component ready");
+
+    let instance_pre = linker
+        .instantiate_pre(&component)
+        .map_err(|e| Error::WrongWorld {
+            plugin: name.clone(),
+            reason: format!("{e:#}"),
+        })?;
+    let pre = PluginPre::new(instance_pre).map_err(|e| Error::WrongWorld {
+        plugin: name.clone(),
+        reason: format!("{e:#}"),
+    })?;
+
+    let limits = Limits::resolve(&manifest.limits);
+    let descriptors =
+        pipeline::list_tools(engine, &pre, &limits, &name, manifest.capabilities.log).await?;
+    let (tools, undeclared) = reconcile(&manifest, descriptors)?;
+
+    Ok(Plugin {
+        dir: dir.to_owned(),
+        manifest,
+        digest,
+        limits,
+        tools,
+        undeclared,
+        cache: cache_status,
+        pre,
+    })
+}
+
+fn read_component(path: &Path) -> Result<Vec<u8>> {
+    let meta = match std::fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(Error::ComponentMissing {
+                path: path.to_owned(),
+            });
+        }
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    if !meta.is_file() {
+        return Err(Error::InvalidComponent {
+            path: path.to_owned(),
+            reason: "not a regular file".to_owned(),
+        });
+    }
+    if meta.len() > MAX_COMPONENT_BYTES {
+        return Err(Error::InvalidComponent {
+            path: path.to_owned(),
+            reason: format!(
+                "{} bytes is larger than the limit of {MAX_COMPONENT_BYTES}",
+                meta.len()
+            ),
+        });
+    }
+    std::fs::read(path).map_err(|e| Error::io(path, e))
+}
+
+/// Tell a component from a core module or something else entirely, so the
+/// error says what to do.
+fn check_header(bytes: &[u8]) -> std::result::Result<(), String> {
+    if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
+        return Err("not a WebAssembly binary (bad magic number)".to_owned());
+    }
+    match &bytes[4..8] {
+        [0x0d, 0x00, 0x01, 0x00] => Ok(()),
+        [0x01, 0x00, 0x00, 0x00] => Err(
+            "this is a core WebAssembly module, not a component; build for wasm32-wasip2 (or wrap it with `wasm-tools component new`)"
+                .to_owned(),
+        ),
+        other => Err(format!("unsupported WebAssembly version or layer {other:02x?}")),
+    }
+}
+
+/// Check the component's tool list against the manifest. Returns the exposed
+/// tools and the names of undeclared (hidden) ones.
+fn reconcile(
+    manifest: &Manifest,
+    descriptors: Vec<crate::bindings::exports::airlock::plugin::tools::ToolDescriptor>,
+) -> Result<(BTreeMap<String, Arc<Tool>>, Vec<String>)> {
+    let plugin = &manifest.plugin.name;
+    let invalid = |reason: String| Error::InvalidToolList {
+        plugin: plugin.clone(),
+        reason,
+    };
+    if descriptors.len() > MAX_TOOLS {
+        return Err(invalid(format!(
+            "{} tools exported, more than the limit of {MAX_TOOLS}",
+            descriptors.len()
+        )));
+    }
+    let mut exported = BTreeMap::new();
+    for d in descriptors {
+        if !valid_tool_name(&d.name) {
+            return Err(invalid(format!(
+                "tool name {:?} is not lowercase letters, digits, `-` and `_` (starting with a letter, at most 64 bytes, no `__`)",
+                truncate(&d.name, 80)
+            )));
+        }
+        if exported.contains_key(&d.name) {
+            return Err(invalid(format!("tool `{}` is exported twice", d.name)));
+        }
+        exported.insert(d.name.clone(), d);
+    }
+
+    let mut tools = BTreeMap::new();
+    for declared in &manifest.tools {
+        let Some(d) = exported.remove(&declared.name) else {
+            return Err(Error::ToolNotExported {
+                plugin: plugin.clone(),
+                tool: declared.name.clone(),
+            });
+        };
+        let (input_schema, input_validator) =
+            schema::compile_guest_schema(&d.input_schema, true)
+                .map_err(|e| invalid(format!("tool `{}`: input {e}", d.name)))?;
+        let (output_schema, output_validator) = match &d.output_schema {
+            Some(text) => {
+                let (s, v) = schema::compile_guest_schema(text, false)
+                    .map_err(|e| invalid(format!("tool `{}`: output {e}", d.name)))?;
+                (Some(s), Some(v))
+            }
+            None => (None, None),
+        };
+        tools.insert(
+            d.name.clone(),
+            Arc::new(Tool {
+                plugin: plugin.clone(),
+                description: truncate(&d.description, MAX_DESCRIPTION_BYTES).to_owned(),
+                name: d.name,
+                risk: declared.risk,
+                input_schema,
+                output_schema,
+                input_validator,
+                output_validator,
+            }),
+        );
+    }
+    let undeclared: Vec<String> = exported.into_keys().collect();
+    if !undeclared.is_empty() {
+        tracing::info!(plugin = %plugin, tools = ?undeclared, "component exports tools the manifest does not declare; they are not exposed");
+    }
+    Ok((tools, undeclared))
+}
+
+pub(crate) fn valid_tool_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 64
+        && bytes[0].is_ascii_lowercase()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-' || *b == b'_')
+        && !name.contains("__")
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut cut = max;
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    &s[..cut]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_are_told_apart() {
+        assert!(check_header(b"hello world").unwrap_err().contains("magic"));
+        assert!(
+            check_header(b"\0asm\x01\0\0\0")
+                .unwrap_err()
+                .contains("core WebAssembly module")
+        );
+        check_header(b"\0asm\x0d\0\x01\0").unwrap();
+    }
+
+    #[test]
+    fn tool_names() {
+        for ok in ["stats", "regex-extract", "a_b", "x1"] {
+            assert!(valid_tool_name(ok), "{ok}");
+        }
+        for bad in ["", "Stats", "1x", "a__b", "a/b", "a b", &"a".repeat(65)] {
+            assert!(!valid_tool_name(bad), "{bad}");
+        }
+    }
+}

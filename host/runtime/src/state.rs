@@ -1,0 +1,247 @@
+//! Per-call store state: WASI context, resource limiter and log sink.
+
+use serde::Serialize;
+use wasmtime::component::ResourceTable;
+use wasmtime::{ResourceLimiter, Store};
+use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::bindings::airlock::plugin::log as wit_log;
+use crate::limits::{self, Limits};
+
+/// Severity of a guest log line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogLevel {
+    /// Very detailed tracing.
+    Trace,
+    /// Debugging information.
+    Debug,
+    /// Normal progress.
+    Info,
+    /// Recovered problems.
+    Warn,
+    /// Failures.
+    Error,
+}
+
+impl std::fmt::Display for LogLevel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LogLevel::Trace => "trace",
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        })
+    }
+}
+
+/// One line a guest logged during a call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LogLine {
+    /// Severity.
+    pub level: LogLevel,
+    /// The message, truncated to a bounded length.
+    pub message: String,
+}
+
+/// The log lines of one call, bounded in bytes.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct LogSink {
+    pub(crate) lines: Vec<LogLine>,
+    pub(crate) bytes: usize,
+    pub(crate) dropped: u64,
+    pub(crate) max_bytes: usize,
+}
+
+impl LogSink {
+    pub(crate) fn new(max_bytes: usize) -> LogSink {
+        LogSink {
+            max_bytes,
+            ..LogSink::default()
+        }
+    }
+
+    pub(crate) fn push(&mut self, level: LogLevel, mut message: String) {
+        if message.len() > limits::MAX_LOG_LINE_BYTES {
+            let mut cut = limits::MAX_LOG_LINE_BYTES;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push_str("…[truncated]");
+        }
+        if self.bytes + message.len() > self.max_bytes {
+            self.dropped += 1;
+            return;
+        }
+        self.bytes += message.len();
+        self.lines.push(LogLine { level, message });
+    }
+}
+
+/// Memory and table limits for one instance. Records which limit was hit so a
+/// resulting trap can be reported as a memory-limit failure.
+#[derive(Debug)]
+pub(crate) struct CallLimiter {
+    memory_bytes: usize,
+    table_elements: usize,
+    pub(crate) hit: bool,
+}
+
+impl ResourceLimiter for CallLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = desired <= self.memory_bytes && maximum.is_none_or(|m| desired <= m);
+        if !allowed {
+            self.hit = true;
+        }
+        Ok(allowed)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        let allowed = desired <= self.table_elements && maximum.is_none_or(|m| desired <= m);
+        if !allowed {
+            self.hit = true;
+        }
+        Ok(allowed)
+    }
+
+    fn instances(&self) -> usize {
+        64
+    }
+
+    fn tables(&self) -> usize {
+        64
+    }
+
+    fn memories(&self) -> usize {
+        16
+    }
+}
+
+/// Everything a store holds for one call.
+pub(crate) struct CallState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(crate) limiter: CallLimiter,
+    pub(crate) log: LogSink,
+    pub(crate) stderr: MemoryOutputPipe,
+    log_granted: bool,
+}
+
+impl std::fmt::Debug for CallState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CallState")
+            .field("log", &self.log)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CallState {
+    /// A store for one call of a plugin with `limits`.
+    ///
+    /// # Security
+    /// The WASI context grants nothing: no preopened directories, no
+    /// environment, no arguments, no network, stdin empty; stdout and stderr
+    /// go to a bounded in-memory pipe, never to the host's own streams.
+    pub(crate) fn new_store(
+        engine: &wasmtime::Engine,
+        limits: &Limits,
+        log_granted: bool,
+    ) -> wasmtime::Result<Store<CallState>> {
+        let stderr = MemoryOutputPipe::new(limits::MAX_STDERR_BYTES);
+        let wasi = WasiCtx::builder()
+            .stdout(stderr.clone())
+            .stderr(stderr.clone())
+            .build();
+        let state = CallState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter: CallLimiter {
+                memory_bytes: limits.memory_bytes(),
+                table_elements: limits::MAX_TABLE_ELEMENTS,
+                hit: false,
+            },
+            log: LogSink::new(limits::DEFAULT_MAX_LOG_BYTES),
+            stderr,
+            log_granted,
+        };
+        let mut store = Store::new(engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_fuel(limits.fuel.value)?;
+        store.set_hostcall_fuel(limits::HOSTCALL_FUEL);
+        Ok(store)
+    }
+
+    /// What the guest wrote to stdout/stderr, lossily decoded.
+    pub(crate) fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr.contents())
+            .trim_end()
+            .to_owned()
+    }
+}
+
+impl WasiView for CallState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// `types` has no functions; the world imports it only for its type
+/// definitions.
+impl crate::bindings::airlock::plugin::types::Host for CallState {}
+
+impl wit_log::Host for CallState {
+    fn log(&mut self, level: wit_log::Level, message: String) {
+        if !self.log_granted {
+            return;
+        }
+        let level = match level {
+            wit_log::Level::Trace => LogLevel::Trace,
+            wit_log::Level::Debug => LogLevel::Debug,
+            wit_log::Level::Info => LogLevel::Info,
+            wit_log::Level::Warn => LogLevel::Warn,
+            wit_log::Level::Error => LogLevel::Error,
+        };
+        self.log.push(level, message);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_sink_is_bounded_and_counts_drops() {
+        let mut sink = LogSink::new(10_000);
+        sink.push(LogLevel::Info, "x".repeat(limits::MAX_LOG_LINE_BYTES * 2));
+        assert!(sink.lines[0].message.len() < limits::MAX_LOG_LINE_BYTES + 20);
+        assert!(sink.lines[0].message.ends_with("[truncated]"));
+        for _ in 0..10 {
+            sink.push(LogLevel::Info, "y".repeat(2000));
+        }
+        assert!(sink.bytes <= 10_000);
+        assert!(sink.dropped > 0);
+    }
+
+    #[test]
+    fn truncation_respects_utf8_boundaries() {
+        let mut sink = LogSink::new(100_000);
+        sink.push(LogLevel::Warn, "é".repeat(limits::MAX_LOG_LINE_BYTES));
+        assert!(sink.lines[0].message.starts_with('é'));
+    }
+}
