@@ -1,0 +1,1 @@
+//! Examples live in `examples/*.rs`; run `cargo run -p airlock-examples --example embed`.

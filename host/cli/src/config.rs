@@ -1,0 +1,166 @@
+//! Host configuration: embedded defaults, a config file, environment, flags.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use serde::Deserialize;
+
+/// The built-in configuration.
+pub const DEFAULT_CONFIG: &str = include_str!("default-config.toml");
+
+/// A configuration file (`airlock.toml`). Unknown keys are errors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    plugins_dir: Option<PathBuf>,
+    data_dir: Option<PathBuf>,
+    max_argument_bytes: Option<usize>,
+    principal: Option<String>,
+}
+
+/// Settings after every layer is applied.
+#[derive(Debug)]
+pub struct Settings {
+    pub plugins_dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub max_argument_bytes: usize,
+    pub principal: String,
+}
+
+/// Overrides from flags and environment variables.
+#[derive(Debug, Default)]
+pub struct Overrides {
+    pub config: Option<PathBuf>,
+    pub plugins_dir: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+    pub principal: Option<String>,
+}
+
+fn parse(text: &str, origin: &str) -> anyhow::Result<ConfigFile> {
+    toml::from_str(text).with_context(|| format!("invalid configuration in {origin}"))
+}
+
+fn resolve_relative(path: PathBuf, base: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path
+    } else {
+        base.join(path)
+    }
+}
+
+/// The default data directory: `$XDG_DATA_HOME/airlock`, else
+/// `~/.local/share/airlock`.
+fn default_data_dir() -> anyhow::Result<PathBuf> {
+    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return Ok(PathBuf::from(xdg).join("airlock"));
+    }
+    match std::env::var_os("HOME").filter(|v| !v.is_empty()) {
+        Some(home) => Ok(PathBuf::from(home).join(".local/share/airlock")),
+        None => bail!(
+            "cannot choose a data directory: neither XDG_DATA_HOME nor HOME is set; pass --data-dir"
+        ),
+    }
+}
+
+impl Settings {
+    pub fn load(overrides: Overrides) -> anyhow::Result<Settings> {
+        let mut layer = parse(DEFAULT_CONFIG, "the built-in configuration")?;
+        if let Some(path) = &overrides.config {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read configuration file {}", path.display()))?;
+            let file = parse(&text, &path.display().to_string())?;
+            let base = path.parent().unwrap_or(Path::new("."));
+            if let Some(dir) = file.plugins_dir {
+                layer.plugins_dir = Some(resolve_relative(dir, base));
+            }
+            if let Some(dir) = file.data_dir {
+                layer.data_dir = Some(resolve_relative(dir, base));
+            }
+            if file.max_argument_bytes.is_some() {
+                layer.max_argument_bytes = file.max_argument_bytes;
+            }
+            if file.principal.is_some() {
+                layer.principal = file.principal;
+            }
+        }
+        let data_dir = match overrides.data_dir.or(layer.data_dir) {
+            Some(dir) => dir,
+            None => default_data_dir()?,
+        };
+        let plugins_dir = overrides
+            .plugins_dir
+            .or(layer.plugins_dir)
+            .unwrap_or_else(|| data_dir.join("plugins"));
+        let principal = overrides
+            .principal
+            .or(layer.principal)
+            .unwrap_or_else(|| "local".to_owned());
+        if principal.is_empty() || principal.len() > 256 || principal.chars().any(char::is_control)
+        {
+            bail!(
+                "invalid principal {principal:?}: must be 1-256 characters without control characters"
+            );
+        }
+        let max_argument_bytes = layer
+            .max_argument_bytes
+            .unwrap_or(airlock_host::DEFAULT_MAX_ARGUMENT_BYTES);
+        if max_argument_bytes == 0 {
+            bail!("max_argument_bytes must be greater than zero");
+        }
+        Ok(Settings {
+            plugins_dir,
+            data_dir,
+            max_argument_bytes,
+            principal,
+        })
+    }
+
+    pub fn cache_dir(&self) -> PathBuf {
+        self.data_dir.join("cache")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builtin_config_parses() {
+        parse(DEFAULT_CONFIG, "builtin").unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = parse("plugin_dir = \"x\"", "test").unwrap_err();
+        assert!(
+            format!("{err:#}").contains("unknown field `plugin_dir`"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
+    fn file_paths_are_relative_to_the_file_and_flags_win() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("airlock.toml");
+        std::fs::write(
+            &path,
+            "plugins_dir = \"p\"\ndata_dir = \"d\"\nprincipal = \"ops\"",
+        )
+        .unwrap();
+        let s = Settings::load(Overrides {
+            config: Some(path.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.plugins_dir, dir.path().join("p"));
+        assert_eq!(s.data_dir, dir.path().join("d"));
+        assert_eq!(s.principal, "ops");
+        let s = Settings::load(Overrides {
+            config: Some(path),
+            plugins_dir: Some("/elsewhere".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.plugins_dir, PathBuf::from("/elsewhere"));
+    }
+}

@@ -1,0 +1,376 @@
+//! `airlock`: list, inspect and call sandboxed WebAssembly tools.
+
+mod config;
+mod demo;
+
+use std::io::Read as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use airlock_host::{CallRequest, Error, ErrorClass, Host, HostConfig, LoadReport};
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use serde_json::json;
+
+use crate::config::{Overrides, Settings};
+
+/// Exit codes. Documented in the README; scripts rely on them.
+mod exit {
+    /// Success.
+    pub const OK: u8 = 0;
+    /// Host failure: bad configuration, a plugin that does not load, I/O.
+    pub const HOST: u8 = 1;
+    /// Usage error: bad flags or arguments to airlock itself.
+    pub const USAGE: u8 = 2;
+    /// The call was refused before the tool ran (unknown tool, invalid
+    /// arguments, ...).
+    pub const REFUSED: u8 = 3;
+    /// The tool ran and reported an error.
+    pub const TOOL_ERROR: u8 = 4;
+    /// The tool crashed or hit a limit (fuel, deadline, memory, output).
+    pub const TRAP: u8 = 5;
+}
+
+/// Airlock: a sandboxed host for AI-agent tools compiled to WebAssembly.
+#[derive(Debug, Parser)]
+#[command(name = "airlock", version, about, max_term_width = 100)]
+struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Args)]
+struct GlobalArgs {
+    /// Host configuration file (TOML). Without it the built-in defaults apply.
+    #[arg(long, global = true, env = "AIRLOCK_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Directory of installed plugins (one subdirectory per plugin).
+    #[arg(long, global = true, env = "AIRLOCK_PLUGINS_DIR", value_name = "DIR")]
+    plugins_dir: Option<PathBuf>,
+    /// Directory for host state (compiled-component cache).
+    #[arg(long, global = true, env = "AIRLOCK_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// More log output on stderr (-v: info, -vv: debug, -vvv: trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Installed plugins.
+    #[command(subcommand)]
+    Plugins(PluginsCommand),
+    /// Tools of the installed plugins.
+    #[command(subcommand)]
+    Tools(ToolsCommand),
+    /// Call a tool: `airlock call text/slugify --args '{"text":"Hi there"}'`.
+    Call(CallArgs),
+    /// Walk through the call pipeline on the installed example plugins.
+    Demo,
+}
+
+#[derive(Debug, Subcommand)]
+enum PluginsCommand {
+    /// List installed plugins, including those that fail to load.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ToolsCommand {
+    /// List every exposed tool with its risk class (and, with --json, its
+    /// input schema).
+    List {
+        /// Print JSON (including input and output schemas).
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+struct CallArgs {
+    /// The tool, as `plugin/tool`.
+    #[arg(value_name = "PLUGIN/TOOL")]
+    tool: String,
+    /// Arguments as a JSON object.
+    #[arg(long, value_name = "JSON", conflicts_with = "args_file")]
+    args: Option<String>,
+    /// Read the arguments from a file (`-` for stdin).
+    #[arg(long, value_name = "FILE")]
+    args_file: Option<PathBuf>,
+    /// Principal to run the call as (default from configuration).
+    #[arg(long)]
+    principal: Option<String>,
+    /// Trace id to correlate this call with (default: the call id).
+    #[arg(long)]
+    trace_id: Option<String>,
+    /// Print a JSON object (result or error) instead of human output.
+    #[arg(long)]
+    json: bool,
+}
+
+/// An error with the exit code it should produce.
+struct Failure {
+    code: u8,
+    error: anyhow::Error,
+}
+
+impl Failure {
+    fn usage(error: anyhow::Error) -> Failure {
+        Failure {
+            code: exit::USAGE,
+            error,
+        }
+    }
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(error: anyhow::Error) -> Failure {
+        Failure {
+            code: exit::HOST,
+            error,
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.global.verbose);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(exit::HOST);
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => ExitCode::from(code),
+        Err(failure) => {
+            eprintln!("error: {:#}", failure.error);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_env("AIRLOCK_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    // Logs go to stderr: stdout carries results only.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+async fn run(cli: Cli) -> Result<u8, Failure> {
+    let principal = match &cli.command {
+        Command::Call(args) => args.principal.clone(),
+        _ => None,
+    };
+    let settings = Settings::load(Overrides {
+        config: cli.global.config,
+        plugins_dir: cli.global.plugins_dir,
+        data_dir: cli.global.data_dir,
+        principal,
+    })?;
+    match cli.command {
+        Command::Plugins(PluginsCommand::List { json }) => plugins_list(&settings, json).await,
+        Command::Tools(ToolsCommand::List { json }) => tools_list(&settings, json).await,
+        Command::Call(args) => call(&settings, args).await,
+        Command::Demo => demo::run(&settings).await,
+    }
+}
+
+/// A host with every plugin in the plugins directory loaded.
+pub(crate) async fn load_host(settings: &Settings) -> anyhow::Result<(Host, LoadReport)> {
+    let config = HostConfig::default()
+        .cache_dir(settings.cache_dir())
+        .max_argument_bytes(settings.max_argument_bytes);
+    let mut host = Host::new(config)?;
+    if !settings.plugins_dir.is_dir() {
+        anyhow::bail!(
+            "plugins directory {} does not exist (set --plugins-dir, AIRLOCK_PLUGINS_DIR or plugins_dir in --config)",
+            settings.plugins_dir.display()
+        );
+    }
+    let report = host
+        .load_plugins_dir(&settings.plugins_dir)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot load plugins from {}",
+                settings.plugins_dir.display()
+            )
+        })?;
+    Ok((host, report))
+}
+
+fn warn_failures(report: &LoadReport) {
+    for failure in &report.failed {
+        eprintln!(
+            "warning: plugin in {} not loaded: {}",
+            failure.dir.display(),
+            failure.error
+        );
+    }
+}
+
+async fn plugins_list(settings: &Settings, json: bool) -> Result<u8, Failure> {
+    let (host, report) = load_host(settings).await?;
+    if json {
+        let loaded: Vec<_> = host.plugins().map(|p| p.info()).collect();
+        let failed: Vec<_> = report
+            .failed
+            .iter()
+            .map(|f| json!({"dir": f.dir, "error": {"kind": f.error.kind(), "message": f.error.to_string()}}))
+            .collect();
+        print_json(&json!({"plugins": loaded, "failed": failed}));
+    } else {
+        if host.plugins().next().is_none() && report.failed.is_empty() {
+            println!("no plugins in {}", settings.plugins_dir.display());
+        }
+        for plugin in host.plugins() {
+            let tools: Vec<_> = plugin.tools().map(|t| t.name()).collect();
+            println!(
+                "{:<16} {:<10} sha256:{}  cache:{:<8} tools: {}",
+                plugin.name(),
+                plugin.version(),
+                &plugin.digest()[..12],
+                format!("{:?}", plugin.cache_status()).to_lowercase(),
+                tools.join(", ")
+            );
+        }
+        for failure in &report.failed {
+            println!("{:<16} FAILED     {}", failure.dir.display(), failure.error);
+        }
+    }
+    Ok(if report.failed.is_empty() {
+        exit::OK
+    } else {
+        exit::HOST
+    })
+}
+
+async fn tools_list(settings: &Settings, json: bool) -> Result<u8, Failure> {
+    let (host, report) = load_host(settings).await?;
+    warn_failures(&report);
+    if json {
+        let tools: Vec<_> = host.tools().map(|t| t.info()).collect();
+        print_json(&json!({"tools": tools}));
+    } else {
+        for tool in host.tools() {
+            println!(
+                "{:<28} {:<12} {}",
+                tool.id(),
+                tool.risk().as_str(),
+                tool.description()
+            );
+        }
+    }
+    Ok(exit::OK)
+}
+
+fn read_arguments(args: &CallArgs) -> Result<String, Failure> {
+    match (&args.args, &args.args_file) {
+        (Some(text), None) => Ok(text.clone()),
+        (None, Some(path)) if path.as_os_str() == "-" => {
+            let mut text = String::new();
+            std::io::stdin()
+                .read_to_string(&mut text)
+                .context("cannot read arguments from stdin")
+                .map_err(Failure::usage)?;
+            Ok(text)
+        }
+        (None, Some(path)) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read arguments file {}", path.display()))
+            .map_err(Failure::usage),
+        (None, None) => Ok("{}".to_owned()),
+        (Some(_), Some(_)) => Err(Failure::usage(anyhow::anyhow!(
+            "--args and --args-file are mutually exclusive"
+        ))),
+    }
+}
+
+async fn call(settings: &Settings, args: CallArgs) -> Result<u8, Failure> {
+    let arguments = read_arguments(&args)?;
+    let (host, report) = load_host(settings).await?;
+    warn_failures(&report);
+    let mut request = CallRequest::new(&args.tool, arguments).principal(&settings.principal);
+    if let Some(trace) = &args.trace_id {
+        request = request.trace_id(trace);
+    }
+    match host.call(request).await {
+        Ok(response) => {
+            if args.json {
+                let mut value =
+                    serde_json::to_value(&response).context("cannot serialize the response")?;
+                value["ok"] = json!(true);
+                print_json(&value);
+            } else {
+                for line in &response.logs {
+                    eprintln!("[{}] {}", line.level, line.message);
+                }
+                if response.logs_dropped > 0 {
+                    eprintln!(
+                        "[warn] {} log lines dropped (log budget spent)",
+                        response.logs_dropped
+                    );
+                }
+                print_json(&response.output);
+            }
+            Ok(exit::OK)
+        }
+        Err(error) => {
+            if args.json {
+                print_json(&json!({"ok": false, "error": error_json(&error)}));
+            } else {
+                eprintln!("error: {error}");
+                for v in error.violations() {
+                    eprintln!("  - {v}");
+                }
+            }
+            Ok(exit_code(&error))
+        }
+    }
+}
+
+pub(crate) fn error_json(error: &Error) -> serde_json::Value {
+    json!({
+        "kind": error.kind(),
+        "class": error.class(),
+        "message": error.to_string(),
+        "violations": error.violations(),
+    })
+}
+
+pub(crate) fn exit_code(error: &Error) -> u8 {
+    match error.class() {
+        ErrorClass::Refused => exit::REFUSED,
+        ErrorClass::ToolError => exit::TOOL_ERROR,
+        ErrorClass::Trap => exit::TRAP,
+        _ => exit::HOST,
+    }
+}
+
+pub(crate) fn print_json(value: &serde_json::Value) {
+    // `Value`'s Display cannot fail; pretty printing likewise.
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
+    );
+}

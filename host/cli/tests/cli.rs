@@ -1,0 +1,346 @@
+//! The real `airlock` binary against the real example plugins.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use airlock_tests::{MISBEHAVE, PLUGINS_DIR, install, read};
+use serde_json::Value;
+
+const AIRLOCK: &str = env!("CARGO_BIN_EXE_airlock");
+
+struct Env {
+    data: tempfile::TempDir,
+}
+
+impl Env {
+    /// A fresh data directory (empty compiled-component cache).
+    fn fresh() -> Env {
+        Env {
+            data: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// A data directory shared by tests that do not look at the cache, so
+    /// each component is compiled once per test run.
+    fn new() -> &'static Env {
+        static SHARED: std::sync::OnceLock<Env> = std::sync::OnceLock::new();
+        SHARED.get_or_init(Env::fresh)
+    }
+
+    fn cmd(&self, plugins: &Path) -> Command {
+        let mut cmd = Command::new(AIRLOCK);
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .arg("--plugins-dir")
+            .arg(plugins)
+            .arg("--data-dir")
+            .arg(self.data.path());
+        cmd
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(Path::new(PLUGINS_DIR))
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+fn json(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn tools_list_json_has_every_example_tool_with_its_schema() {
+    let env = Env::new();
+    let out = env.run(&["tools", "list", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let tools = json(&out)["tools"].as_array().unwrap().clone();
+    let ids: Vec<_> = tools.iter().map(|t| t["id"].as_str().unwrap()).collect();
+    for expected in [
+        "text/stats",
+        "text/slugify",
+        "text/regex-extract",
+        "json/query",
+        "json/merge-patch",
+    ] {
+        assert!(ids.contains(&expected), "{expected} missing: {ids:?}");
+    }
+    for tool in &tools {
+        assert_eq!(tool["input_schema"]["type"], "object", "{tool}");
+        assert_eq!(tool["risk"], "read");
+    }
+}
+
+#[test]
+fn tools_list_human_output() {
+    let out = Env::new().run(&["tools", "list"]);
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("text/slugify") && l.contains("read")),
+        "{text}"
+    );
+}
+
+#[test]
+fn second_run_uses_the_compiled_cache() {
+    let env = Env::fresh();
+    let first = json(&env.run(&["plugins", "list", "--json"]));
+    let second = json(&env.run(&["plugins", "list", "--json"]));
+    for plugin in first["plugins"].as_array().unwrap() {
+        assert_eq!(plugin["cache"], "miss", "{plugin}");
+    }
+    for plugin in second["plugins"].as_array().unwrap() {
+        assert_eq!(plugin["cache"], "hit", "{plugin}");
+    }
+}
+
+#[test]
+fn call_returns_the_real_result() {
+    let out = Env::new().run(&[
+        "call",
+        "text/slugify",
+        "--args",
+        r#"{"text":"Hello, CLI World"}"#,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(json(&out)["slug"], "hello-cli-world");
+}
+
+#[test]
+fn call_json_reports_metadata() {
+    let out = Env::new().run(&[
+        "call",
+        "json/query",
+        "--json",
+        "--args",
+        r#"{"document":{"a":[1,2]},"pointer":"/a/1"}"#,
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v = json(&out);
+    assert_eq!(v["ok"], true);
+    assert_eq!(v["output"]["value"], 2);
+    assert!(v["call_id"].as_str().is_some_and(|s| !s.is_empty()));
+    assert!(v["fuel_used"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn call_reads_args_from_a_file_and_stdin() {
+    let env = Env::new();
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), r#"{"text":"From A File"}"#).unwrap();
+    let out = env.run(&[
+        "call",
+        "text/slugify",
+        "--args-file",
+        file.path().to_str().unwrap(),
+    ]);
+    assert_eq!(json(&out)["slug"], "from-a-file", "{}", stderr(&out));
+
+    let mut child = env
+        .cmd(Path::new(PLUGINS_DIR))
+        .args(["call", "text/slugify", "--args-file", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(br#"{"text":"From Stdin"}"#)
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(json(&out)["slug"], "from-stdin", "{}", stderr(&out));
+}
+
+#[test]
+fn refused_calls_exit_3_and_name_every_failing_path() {
+    let env = Env::new();
+    let out = env.run(&[
+        "call",
+        "json/query",
+        "--args",
+        r#"{"document":1,"pointer":5,"bogus":1}"#,
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    let err = stderr(&out);
+    assert!(err.contains("/pointer") && err.contains("bogus"), "{err}");
+
+    let out = env.run(&[
+        "call",
+        "json/query",
+        "--json",
+        "--args",
+        r#"{"document":1,"pointer":5}"#,
+    ]);
+    assert_eq!(out.status.code(), Some(3));
+    let v = json(&out);
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["error"]["kind"], "arguments_invalid");
+    assert_eq!(v["error"]["class"], "refused");
+    assert_eq!(v["error"]["violations"][0]["path"], "/pointer");
+
+    for (args, kind) in [
+        (vec!["call", "text/nope", "--json"], "unknown_tool"),
+        (vec!["call", "nope/x", "--json"], "unknown_plugin"),
+        (
+            vec!["call", "text/stats", "--json", "--args", "not json"],
+            "arguments_not_json",
+        ),
+        (
+            vec!["call", "text/stats", "--json", "--args", "[1,2]"],
+            "arguments_not_object",
+        ),
+    ] {
+        let out = env.run(&args);
+        assert_eq!(out.status.code(), Some(3), "{args:?}");
+        assert_eq!(json(&out)["error"]["kind"], kind, "{args:?}");
+    }
+}
+
+#[test]
+fn tool_errors_exit_4() {
+    let out = Env::new().run(&[
+        "call",
+        "text/regex-extract",
+        "--json",
+        "--args",
+        r#"{"pattern":"(","text":"x"}"#,
+    ]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert_eq!(json(&out)["error"]["kind"], "tool_error");
+}
+
+#[test]
+fn traps_exit_5() {
+    let plugin = install(
+        "misbehave",
+        &read(MISBEHAVE),
+        "[[tools]]\nname = \"panic\"\nrisk = \"read\"\n",
+    );
+    let root = tempfile::tempdir().unwrap();
+    let dest = root.path().join("misbehave");
+    std::fs::create_dir(&dest).unwrap();
+    for f in ["plugin.toml", "component.wasm"] {
+        std::fs::copy(plugin.path().join(f), dest.join(f)).unwrap();
+    }
+    let env = Env::new();
+    let out = env
+        .cmd(root.path())
+        .args(["call", "misbehave/panic", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert_eq!(json(&out)["error"]["kind"], "guest_trap");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let env = Env::new();
+    for args in [
+        vec![
+            "call",
+            "text/stats",
+            "--args",
+            "{}",
+            "--args-file",
+            "x.json",
+        ],
+        vec![
+            "call",
+            "text/stats",
+            "--args-file",
+            "/definitely/not/here.json",
+        ],
+        vec!["call"],
+        vec!["frobnicate"],
+        vec!["tools", "list", "--yaml"],
+    ] {
+        let out = env.run(&args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+    }
+}
+
+#[test]
+fn host_errors_exit_1() {
+    let env = Env::new();
+    let out = env
+        .cmd(Path::new("/definitely/not/a/plugins/dir"))
+        .args(["tools", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("does not exist"), "{}", stderr(&out));
+
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), "plugin_dir = \"typo\"\n").unwrap();
+    let out = env.run(&["--config", config.path().to_str().unwrap(), "tools", "list"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("unknown field `plugin_dir`"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn broken_plugins_are_reported_but_do_not_hide_good_ones() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir(root.path().join("broken")).unwrap();
+    std::fs::write(
+        root.path().join("broken/plugin.toml"),
+        "[plugin]\nname = 3\n",
+    )
+    .unwrap();
+    let text = root.path().join("text");
+    std::fs::create_dir(&text).unwrap();
+    for entry in std::fs::read_dir(Path::new(PLUGINS_DIR).join("text")).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), text.join(entry.file_name())).unwrap();
+    }
+    let env = Env::new();
+    let out = env
+        .cmd(root.path())
+        .args(["plugins", "list", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v = json(&out);
+    assert_eq!(v["plugins"][0]["name"], "text");
+    assert_eq!(v["failed"][0]["error"]["kind"], "manifest_invalid");
+
+    let out = env
+        .cmd(root.path())
+        .args(["call", "text/slugify", "--args", r#"{"text":"ok"}"#])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(stderr(&out).contains("not loaded"), "{}", stderr(&out));
+}
+
+#[test]
+fn demo_runs_the_real_pipeline() {
+    let out = Env::new().run(&["demo"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", stderr(&out));
+    assert!(
+        text.contains("All ") && text.contains("behaved as expected"),
+        "{text}"
+    );
+    assert!(text.contains("arguments_invalid"), "{text}");
+}

@@ -1,0 +1,412 @@
+//! Write [Airlock](https://github.com/airlock-dev/airlock) tools in Rust.
+//!
+//! A tool is a plain function from a deserializable argument type to a
+//! serializable result. The SDK derives each tool's JSON Schema from its types
+//! (the host validates every call against it *before* your code runs),
+//! handles the JSON in between, maps your errors to the plugin ABI's
+//! `tool-error`, and gives you a bounded [`log`].
+//!
+//! Build the crate as a `cdylib` for `wasm32-wasip2`; the result is a
+//! component implementing the `airlock:plugin/plugin` world. Describe it in a
+//! `plugin.toml` manifest next to the `.wasm` file.
+//!
+//! # Example
+//!
+//! ```
+//! // `schemars` in scope lets `#[derive(JsonSchema)]` work without a direct
+//! // dependency on it.
+//! use airlock_sdk::{Context, JsonSchema, ToolError, plugin, schemars};
+//! use serde::{Deserialize, Serialize};
+//!
+//! /// Arguments of `shout`.
+//! #[derive(Deserialize, JsonSchema)]
+//! #[serde(deny_unknown_fields)]
+//! struct ShoutArgs {
+//!     /// The text to shout.
+//!     text: String,
+//! }
+//!
+//! #[derive(Serialize, JsonSchema)]
+//! struct Shouted {
+//!     text: String,
+//! }
+//!
+//! fn shout(args: ShoutArgs, _ctx: &Context) -> Result<Shouted, ToolError> {
+//!     if args.text.is_empty() {
+//!         return Err(ToolError::invalid_input("nothing to shout"));
+//!     }
+//!     airlock_sdk::log::info("shouting");
+//!     Ok(Shouted { text: args.text.to_uppercase() + "!" })
+//! }
+//!
+//! plugin! {
+//!     "shout" => shout: "Upper-case the text and add an exclamation mark.",
+//! }
+//!
+//! # fn main() {
+//! # let ctx = Context::default();
+//! # assert_eq!(shout(ShoutArgs { text: "hi".into() }, &ctx).unwrap().text, "HI!");
+//! # }
+//! ```
+//!
+//! Tips:
+//! - `#[serde(deny_unknown_fields)]` on argument types makes the schema say
+//!   `additionalProperties: false`, so callers get a precise error for typos.
+//! - Doc comments on fields become schema descriptions the agent sees.
+//! - `?` works on any `std::error::Error`: it becomes
+//!   [`ToolError::Failed`] with the error's message.
+
+#![deny(missing_docs)]
+
+use std::fmt;
+
+pub use schemars::{self, JsonSchema};
+pub use serde;
+pub use serde_json;
+
+#[doc(hidden)]
+#[allow(missing_docs, unsafe_code, clippy::all)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "airlock:plugin/plugin",
+        pub_export_macro: true,
+        export_macro_name: "__export_airlock_plugin",
+        default_bindings_module: "airlock_sdk::bindings",
+    });
+}
+
+use bindings::exports::airlock::plugin::tools as wit;
+
+/// Who is calling, as the host tells the tool. Authorisation has already
+/// happened in the host; this is for logging and scoping.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Context {
+    /// Unique id of this call.
+    pub call_id: String,
+    /// Correlation id of the agent step that caused the call.
+    pub trace_id: String,
+    /// Identity the call runs for.
+    pub principal: String,
+}
+
+/// Why a tool did not produce a result.
+///
+/// Any `std::error::Error` converts into [`ToolError::Failed`], so `?` works
+/// in tool functions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ToolError {
+    /// The arguments match the schema but still cannot be used; say what to
+    /// change.
+    InvalidInput(String),
+    /// The tool tried and failed.
+    Failed(String),
+    /// The tool refuses to do this.
+    Denied(String),
+}
+
+impl ToolError {
+    /// An [`ToolError::InvalidInput`] error.
+    pub fn invalid_input(message: impl fmt::Display) -> ToolError {
+        ToolError::InvalidInput(message.to_string())
+    }
+
+    /// A [`ToolError::Failed`] error.
+    pub fn failed(message: impl fmt::Display) -> ToolError {
+        ToolError::Failed(message.to_string())
+    }
+
+    /// A [`ToolError::Denied`] error.
+    pub fn denied(message: impl fmt::Display) -> ToolError {
+        ToolError::Denied(message.to_string())
+    }
+}
+
+impl fmt::Display for ToolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ToolError::InvalidInput(m) => write!(f, "invalid input: {m}"),
+            ToolError::Failed(m) => write!(f, "failed: {m}"),
+            ToolError::Denied(m) => write!(f, "denied: {m}"),
+        }
+    }
+}
+
+impl<E: std::error::Error> From<E> for ToolError {
+    fn from(error: E) -> ToolError {
+        ToolError::Failed(error.to_string())
+    }
+}
+
+impl From<ToolError> for wit::ToolError {
+    fn from(error: ToolError) -> wit::ToolError {
+        match error {
+            ToolError::InvalidInput(m) => wit::ToolError::InvalidInput(m),
+            ToolError::Failed(m) => wit::ToolError::Failed(m),
+            ToolError::Denied(m) => wit::ToolError::Denied(m),
+        }
+    }
+}
+
+/// Logging to the host. The host keeps a bounded number of bytes per call
+/// and drops (and counts) lines past that; logging never fails.
+///
+/// On targets other than WebAssembly (unit tests of tool functions), lines go
+/// to stderr.
+pub mod log {
+    #[cfg(target_arch = "wasm32")]
+    use crate::bindings::airlock::plugin::log::{Level, log};
+
+    macro_rules! level_fn {
+        ($(#[$doc:meta] $name:ident => $level:ident),* $(,)?) => {$(
+            #[$doc]
+            pub fn $name(message: impl AsRef<str>) {
+                #[cfg(target_arch = "wasm32")]
+                log(Level::$level, message.as_ref());
+                #[cfg(not(target_arch = "wasm32"))]
+                eprintln!("[{}] {}", stringify!($name), message.as_ref());
+            }
+        )*};
+    }
+
+    level_fn! {
+        /// Log at trace level.
+        trace => Trace,
+        /// Log at debug level.
+        debug => Debug,
+        /// Log at info level.
+        info => Info,
+        /// Log at warn level.
+        warn => Warn,
+        /// Log at error level.
+        error => Error,
+    }
+}
+
+/// Implementation details used by [`plugin!`]. Not a stable API.
+#[doc(hidden)]
+pub mod __private {
+    use serde::Serialize;
+    use serde::de::DeserializeOwned;
+
+    use super::{Context, JsonSchema, ToolError, wit};
+
+    /// A registered tool with its types erased.
+    pub trait ErasedTool {
+        fn name(&self) -> &'static str;
+        fn descriptor(&self) -> wit::ToolDescriptor;
+        fn call(&self, arguments: &str, ctx: &Context) -> Result<String, ToolError>;
+    }
+
+    #[allow(missing_debug_implementations)]
+    pub struct ToolFn<A, R> {
+        name: &'static str,
+        description: &'static str,
+        func: fn(A, &Context) -> Result<R, ToolError>,
+    }
+
+    pub fn tool<A, R>(
+        name: &'static str,
+        description: &'static str,
+        func: fn(A, &Context) -> Result<R, ToolError>,
+    ) -> Box<dyn ErasedTool>
+    where
+        A: DeserializeOwned + JsonSchema + 'static,
+        R: Serialize + JsonSchema + 'static,
+    {
+        Box::new(ToolFn {
+            name,
+            description,
+            func,
+        })
+    }
+
+    impl<A, R> ErasedTool for ToolFn<A, R>
+    where
+        A: DeserializeOwned + JsonSchema,
+        R: Serialize + JsonSchema,
+    {
+        fn name(&self) -> &'static str {
+            self.name
+        }
+
+        fn descriptor(&self) -> wit::ToolDescriptor {
+            wit::ToolDescriptor {
+                name: self.name.to_owned(),
+                description: self.description.to_owned(),
+                input_schema: schemars::schema_for!(A).as_value().to_string(),
+                output_schema: Some(schemars::schema_for!(R).as_value().to_string()),
+            }
+        }
+
+        fn call(&self, arguments: &str, ctx: &Context) -> Result<String, ToolError> {
+            let de = &mut serde_json::Deserializer::from_str(arguments);
+            let args: A = serde_path_to_error::deserialize(de).map_err(|e| {
+                let path = e.path().to_string();
+                let inner = e.into_inner();
+                if path == "." {
+                    ToolError::invalid_input(inner)
+                } else {
+                    ToolError::invalid_input(format!("at {path}: {inner}"))
+                }
+            })?;
+            let result = (self.func)(args, ctx)?;
+            serde_json::to_string(&result)
+                .map_err(|e| ToolError::failed(format!("cannot serialize the result: {e}")))
+        }
+    }
+
+    pub fn list(tools: &[Box<dyn ErasedTool>]) -> Vec<wit::ToolDescriptor> {
+        tools.iter().map(|t| t.descriptor()).collect()
+    }
+
+    pub fn dispatch(
+        tools: &[Box<dyn ErasedTool>],
+        name: &str,
+        arguments: &str,
+        ctx: wit::CallContext,
+    ) -> Result<String, wit::ToolError> {
+        let ctx = Context {
+            call_id: ctx.call_id,
+            trace_id: ctx.trace_id,
+            principal: ctx.principal,
+        };
+        match tools.iter().find(|t| t.name() == name) {
+            Some(tool) => tool.call(arguments, &ctx).map_err(Into::into),
+            None => Err(wit::ToolError::InvalidInput(format!(
+                "this plugin has no tool named `{name}`"
+            ))),
+        }
+    }
+}
+
+/// Declare the plugin's tools and export them as the component's `tools`
+/// interface. Use it once per plugin crate:
+///
+/// ```ignore
+/// plugin! {
+///     "tool-name" => rust_function: "What the tool does, for the agent.",
+/// }
+/// ```
+///
+/// Each function has the shape `fn(Args, &Context) -> Result<Output, ToolError>`
+/// where `Args: Deserialize + JsonSchema` (a struct: tools take a JSON object)
+/// and `Output: Serialize + JsonSchema`.
+#[macro_export]
+macro_rules! plugin {
+    ($($name:literal => $func:path : $description:literal),+ $(,)?) => {
+        fn __airlock_tools() -> ::std::vec::Vec<::std::boxed::Box<dyn $crate::__private::ErasedTool>> {
+            ::std::vec![$($crate::__private::tool($name, $description, $func)),+]
+        }
+
+        #[allow(dead_code)]
+        struct __AirlockPlugin;
+
+        impl $crate::bindings::exports::airlock::plugin::tools::Guest for __AirlockPlugin {
+            fn list() -> ::std::vec::Vec<$crate::bindings::exports::airlock::plugin::tools::ToolDescriptor> {
+                $crate::__private::list(&__airlock_tools())
+            }
+
+            fn call(
+                name: ::std::string::String,
+                arguments: ::std::string::String,
+                ctx: $crate::bindings::exports::airlock::plugin::tools::CallContext,
+            ) -> ::std::result::Result<::std::string::String, $crate::bindings::exports::airlock::plugin::tools::ToolError> {
+                $crate::__private::dispatch(&__airlock_tools(), &name, &arguments, ctx)
+            }
+        }
+
+        // Component exports only exist on wasm32; on other targets (unit
+        // tests of the tool functions) the crate builds without them.
+        #[cfg(target_arch = "wasm32")]
+        $crate::bindings::__export_airlock_plugin!(__AirlockPlugin);
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::{Deserialize, Serialize};
+
+    use super::__private::{dispatch, list, tool};
+    use super::*;
+
+    #[derive(Deserialize, JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    struct Args {
+        /// A number.
+        n: u32,
+        #[serde(default)]
+        #[allow(dead_code)]
+        label: Option<String>,
+    }
+
+    #[derive(Serialize, JsonSchema)]
+    struct Out {
+        double: u64,
+    }
+
+    fn double(args: Args, _: &Context) -> Result<Out, ToolError> {
+        if args.n == 13 {
+            return Err(ToolError::denied("unlucky"));
+        }
+        if args.n == 7 {
+            "x".parse::<u8>()?;
+        }
+        Ok(Out {
+            double: u64::from(args.n) * 2,
+        })
+    }
+
+    fn ctx() -> wit::CallContext {
+        wit::CallContext {
+            call_id: "c".into(),
+            trace_id: "t".into(),
+            principal: "p".into(),
+        }
+    }
+
+    #[test]
+    fn schemas_are_derived_and_rooted_at_an_object() {
+        let d = &list(&[tool("double", "Double it.", double)])[0];
+        let input: serde_json::Value = serde_json::from_str(&d.input_schema).unwrap();
+        assert_eq!(input["type"], "object");
+        assert_eq!(input["required"], serde_json::json!(["n"]));
+        assert_eq!(input["additionalProperties"], false);
+        assert_eq!(input["properties"]["n"]["description"], "A number.");
+        let output: serde_json::Value =
+            serde_json::from_str(d.output_schema.as_ref().unwrap()).unwrap();
+        assert_eq!(output["type"], "object");
+    }
+
+    #[test]
+    fn calls_dispatch_by_name_and_map_errors() {
+        let tools = [tool("double", "Double it.", double)];
+        assert_eq!(
+            dispatch(&tools, "double", r#"{"n": 4}"#, ctx()).unwrap(),
+            r#"{"double":8}"#
+        );
+        assert!(matches!(
+            dispatch(&tools, "double", r#"{"n": 13}"#, ctx()),
+            Err(wit::ToolError::Denied(_))
+        ));
+        assert!(matches!(
+            dispatch(&tools, "double", r#"{"n": 7}"#, ctx()),
+            Err(wit::ToolError::Failed(_))
+        ));
+        let Err(wit::ToolError::InvalidInput(m)) = dispatch(&tools, "triple", "{}", ctx()) else {
+            panic!()
+        };
+        assert!(m.contains("triple"));
+    }
+
+    #[test]
+    fn bad_arguments_name_the_failing_path() {
+        let tools = [tool("double", "Double it.", double)];
+        let Err(wit::ToolError::InvalidInput(m)) =
+            dispatch(&tools, "double", r#"{"n": "four"}"#, ctx())
+        else {
+            panic!()
+        };
+        assert!(m.starts_with("at n:"), "{m}");
+    }
+}

@@ -1,0 +1,97 @@
+//! Builds the example plugins and the test guests (wasm32-wasip2 components)
+//! with `scripts/build-guests`, the same script the README and the demo use,
+//! and generates path constants and the `foreach_guest!` macro.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn main() {
+    let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    let root = manifest_dir
+        .parent()
+        .expect("tests/ is inside the repository")
+        .to_owned();
+    for watched in ["plugins", "sdk", "wit", "tests/guests", "scripts"] {
+        println!("cargo::rerun-if-changed={}", root.join(watched).display());
+    }
+    println!("cargo::rerun-if-env-changed=AIRLOCK_SKIP_GUEST_BUILD");
+
+    let out = root.join("target/airlock");
+    if std::env::var_os("AIRLOCK_SKIP_GUEST_BUILD").is_none() {
+        let status = Command::new("bash")
+            .arg(root.join("scripts/build-guests"))
+            .current_dir(&root)
+            .status();
+        match status {
+            Ok(s) if s.success() => {}
+            Ok(_) => fail(
+                "building the guest components failed (see above); if the wasm32-wasip2 toolchain is missing, run scripts/setup-guest-toolchain",
+            ),
+            Err(e) => fail(&format!("cannot run scripts/build-guests: {e}")),
+        }
+    }
+
+    let guests_dir = out.join("test-guests");
+    let mut guests: Vec<String> = std::fs::read_dir(&guests_dir)
+        .unwrap_or_else(|e| {
+            fail(&format!(
+                "no test guests in {} ({e}); run scripts/build-guests",
+                guests_dir.display()
+            ))
+        })
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            name.strip_suffix(".wasm").map(str::to_owned)
+        })
+        .collect();
+    guests.sort();
+
+    let mut code = String::new();
+    writeln!(
+        code,
+        "/// Directory of the built example plugins (one subdirectory each)."
+    )
+    .unwrap();
+    writeln!(
+        code,
+        "pub const PLUGINS_DIR: &str = {:?};",
+        path_str(&out.join("plugins"))
+    )
+    .unwrap();
+    for guest in &guests {
+        let ident = guest.replace('-', "_").to_uppercase();
+        writeln!(code, "/// The `{guest}` test guest component.").unwrap();
+        writeln!(
+            code,
+            "pub const {ident}: &str = {:?};",
+            path_str(&guests_dir.join(format!("{guest}.wasm")))
+        )
+        .unwrap();
+    }
+    writeln!(code, "/// Invoke `$mac!(guest_name)` for every test guest, so a guest without a test fails to compile.").unwrap();
+    writeln!(
+        code,
+        "#[macro_export]\nmacro_rules! foreach_guest {{\n    ($mac:ident) => {{"
+    )
+    .unwrap();
+    for guest in &guests {
+        writeln!(code, "        $mac!({});", guest.replace('-', "_")).unwrap();
+    }
+    writeln!(code, "    }};\n}}").unwrap();
+    let dest = PathBuf::from(std::env::var_os("OUT_DIR").expect("set by cargo")).join("guests.rs");
+    std::fs::write(&dest, code)
+        .unwrap_or_else(|e| fail(&format!("cannot write {}: {e}", dest.display())));
+}
+
+fn path_str(path: &Path) -> String {
+    path.to_str()
+        .unwrap_or_else(|| fail("repository path is not UTF-8"))
+        .to_owned()
+}
+
+fn fail(message: &str) -> ! {
+    eprintln!("airlock-tests: {message}");
+    std::process::exit(1);
+}

@@ -1,0 +1,196 @@
+//! Adversarial guests: every fixture in tests/guests has a test here
+//! (`foreach_guest!` fails to compile otherwise), and every failure is
+//! asserted by its kind.
+
+use airlock_host::{CallRequest, Error, ErrorClass, Host, HostConfig, ToolErrorKind, TrapKind};
+use airlock_tests::{BAD_SCHEMA, DUP_TOOLS, MISBEHAVE, PluginDir, WRONG_WORLD, install, read};
+use serde_json::{Value, json};
+
+macro_rules! assert_test_exists {
+    ($name:ident) => {
+        #[allow(unused_imports)]
+        use self::$name as _;
+    };
+}
+airlock_tests::foreach_guest!(assert_test_exists);
+
+const MISBEHAVE_TOOLS: &[&str] = &[
+    "echo",
+    "fail",
+    "reject",
+    "deny",
+    "panic",
+    "spin",
+    "grow",
+    "big-output",
+    "log-flood",
+    "lie",
+];
+
+fn misbehave_plugin(limits: &str) -> PluginDir {
+    let mut manifest = format!("[capabilities]\nlog = true\n\n[limits]\n{limits}\n");
+    for tool in MISBEHAVE_TOOLS {
+        manifest.push_str(&format!(
+            "\n[[tools]]\nname = \"{tool}\"\nrisk = \"read\"\n"
+        ));
+    }
+    install("misbehave", &read(MISBEHAVE), &manifest)
+}
+
+async fn host_with(dir: &PluginDir) -> Host {
+    let mut host = Host::new(HostConfig::default()).unwrap();
+    host.load_plugin(dir.path()).await.unwrap();
+    host
+}
+
+async fn call(host: &Host, tool: &str, args: Value) -> Result<airlock_host::CallResponse, Error> {
+    host.call(CallRequest::new(
+        format!("misbehave/{tool}"),
+        args.to_string(),
+    ))
+    .await
+}
+
+fn trap_kind(err: &Error) -> TrapKind {
+    match err {
+        Error::Trap { kind, .. } => *kind,
+        other => panic!("expected a trap, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn misbehave() {
+    let dir = misbehave_plugin(
+        "fuel = 50_000_000\ntimeout_ms = 1_000\nmemory_mb = 32\nmax_output_kb = 64",
+    );
+    let host = host_with(&dir).await;
+
+    let echo = call(&host, "echo", json!({"a": 1, "b": [true]}))
+        .await
+        .unwrap();
+    assert_eq!(echo.output, json!({"a": 1, "b": [true]}));
+
+    for (tool, kind) in [
+        ("fail", ToolErrorKind::Failed),
+        ("reject", ToolErrorKind::InvalidInput),
+        ("deny", ToolErrorKind::Denied),
+    ] {
+        let err = call(&host, tool, json!({})).await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Tool { kind: k, .. } if *k == kind),
+            "{tool}: {err}"
+        );
+        assert_eq!(err.class(), ErrorClass::ToolError);
+    }
+
+    let err = call(&host, "panic", json!({})).await.unwrap_err();
+    assert_eq!(trap_kind(&err), TrapKind::GuestTrap);
+    assert!(
+        err.to_string().contains("deliberate panic in the guest"),
+        "stderr is captured: {err}"
+    );
+
+    // The undeclared tool is not callable even though the component has it.
+    assert!(matches!(
+        call(&host, "hidden", json!({})).await.unwrap_err(),
+        Error::UnknownTool { .. }
+    ));
+
+    // Output over the manifest's 64 KiB limit; under it is fine.
+    call(&host, "big-output", json!({"bytes": 1000}))
+        .await
+        .unwrap();
+    let err = call(&host, "big-output", json!({"bytes": 100_000}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::OutputTooLarge { limit: 65536, .. }),
+        "{err}"
+    );
+
+    let err = call(&host, "lie", json!({})).await.unwrap_err();
+    assert!(matches!(err, Error::OutputInvalid { .. }), "{err}");
+
+    // Logs are kept up to the per-call budget, the rest counted as dropped.
+    let flood = call(&host, "log-flood", json!({"lines": 200, "size": 1000}))
+        .await
+        .unwrap();
+    let kept: usize = flood.logs.iter().map(|l| l.message.len()).sum();
+    assert!(kept <= 64 * 1024, "{kept}");
+    assert!(flood.logs_dropped > 0);
+}
+
+#[tokio::test]
+async fn fuel_exhaustion_stops_an_endless_loop() {
+    let dir = misbehave_plugin("fuel = 10_000_000\ntimeout_ms = 60_000");
+    let host = host_with(&dir).await;
+    let err = call(&host, "spin", json!({})).await.unwrap_err();
+    assert_eq!(trap_kind(&err), TrapKind::FuelExhausted, "{err}");
+    assert_eq!(err.kind(), "fuel_exhausted");
+    assert_eq!(err.class(), ErrorClass::Trap);
+}
+
+#[tokio::test]
+async fn the_deadline_stops_an_endless_loop() {
+    let dir = misbehave_plugin("fuel = 1_000_000_000_000_000\ntimeout_ms = 200");
+    let host = host_with(&dir).await;
+    let err = call(&host, "spin", json!({})).await.unwrap_err();
+    assert_eq!(trap_kind(&err), TrapKind::DeadlineExceeded, "{err}");
+}
+
+#[tokio::test]
+async fn the_memory_limit_stops_a_memory_hog() {
+    let dir = misbehave_plugin("memory_mb = 16");
+    let host = host_with(&dir).await;
+    call(&host, "grow", json!({"mb": 2})).await.unwrap();
+    let err = call(&host, "grow", json!({"mb": 64})).await.unwrap_err();
+    assert_eq!(trap_kind(&err), TrapKind::MemoryLimit, "{err}");
+}
+
+#[tokio::test]
+async fn a_trap_does_not_poison_later_calls() {
+    let dir = misbehave_plugin("");
+    let host = host_with(&dir).await;
+    call(&host, "panic", json!({})).await.unwrap_err();
+    let ok = call(&host, "echo", json!({"still": "alive"}))
+        .await
+        .unwrap();
+    assert_eq!(ok.output["still"], "alive");
+}
+
+#[tokio::test]
+async fn wrong_world() {
+    let dir = install("other", &read(WRONG_WORLD), "[[tools]]\nname = \"run\"\n");
+    let mut host = Host::new(HostConfig::default()).unwrap();
+    let err = host.load_plugin(dir.path()).await.unwrap_err();
+    assert!(matches!(err, Error::WrongWorld { .. }), "{err}");
+    assert!(err.to_string().contains("airlock:plugin/tools"), "{err}");
+}
+
+#[tokio::test]
+async fn bad_schema() {
+    for tool in ["broken", "not-object"] {
+        let dir = install(
+            "bad",
+            &read(BAD_SCHEMA),
+            &format!("[[tools]]\nname = \"{tool}\"\n"),
+        );
+        let mut host = Host::new(HostConfig::default()).unwrap();
+        let err = host.load_plugin(dir.path()).await.unwrap_err();
+        let Error::InvalidToolList { reason, .. } = &err else {
+            panic!("{err}")
+        };
+        assert!(reason.contains(tool), "{reason}");
+    }
+}
+
+#[tokio::test]
+async fn dup_tools() {
+    let dir = install("dup", &read(DUP_TOOLS), "[[tools]]\nname = \"twin\"\n");
+    let mut host = Host::new(HostConfig::default()).unwrap();
+    let err = host.load_plugin(dir.path()).await.unwrap_err();
+    let Error::InvalidToolList { reason, .. } = &err else {
+        panic!("{err}")
+    };
+    assert!(reason.contains("exported twice"), "{reason}");
+}

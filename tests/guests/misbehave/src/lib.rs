@@ -1,0 +1,135 @@
+//! A plugin that misbehaves on request: errors, panics, endless loops,
+//! memory hogging, oversized output and log floods.
+
+use airlock_sdk::{Context, JsonSchema, ToolError, plugin, schemars};
+use serde::{Deserialize, Serialize};
+
+#[derive(Deserialize, JsonSchema)]
+pub struct Nothing {}
+
+#[derive(Serialize, JsonSchema)]
+pub struct Done {
+    pub done: bool,
+}
+
+#[derive(Deserialize, Serialize, JsonSchema)]
+pub struct Echo {
+    #[serde(flatten)]
+    pub fields: serde_json_map::Map,
+}
+
+mod serde_json_map {
+    pub type Map = airlock_sdk::serde_json::Map<String, airlock_sdk::serde_json::Value>;
+}
+
+pub fn echo(args: Echo, _: &Context) -> Result<Echo, ToolError> {
+    Ok(args)
+}
+
+pub fn fail(_: Nothing, _: &Context) -> Result<Done, ToolError> {
+    Err(ToolError::failed("deliberate failure"))
+}
+
+pub fn reject(_: Nothing, _: &Context) -> Result<Done, ToolError> {
+    Err(ToolError::invalid_input("deliberately rejected input"))
+}
+
+pub fn deny(_: Nothing, _: &Context) -> Result<Done, ToolError> {
+    Err(ToolError::denied("deliberately denied"))
+}
+
+pub fn panic(_: Nothing, _: &Context) -> Result<Done, ToolError> {
+    panic!("deliberate panic in the guest");
+}
+
+pub fn spin(_: Nothing, _: &Context) -> Result<Done, ToolError> {
+    let mut x: u64 = 0;
+    loop {
+        x = std::hint::black_box(x.wrapping_add(1));
+    }
+}
+
+#[derive(Deserialize, JsonSchema)]
+pub struct Grow {
+    /// MiB to allocate and touch.
+    pub mb: u32,
+}
+
+pub fn grow(args: Grow, _: &Context) -> Result<Done, ToolError> {
+    let mut v: Vec<u8> = Vec::new();
+    for _ in 0..args.mb {
+        let chunk = vec![1u8; 1024 * 1024];
+        v.extend_from_slice(&chunk);
+    }
+    Ok(Done {
+        done: std::hint::black_box(v.len()) > 0,
+    })
+}
+
+#[derive(Deserialize, JsonSchema)]
+pub struct Bytes {
+    /// Length of the returned string.
+    pub bytes: u32,
+}
+
+#[derive(Serialize, JsonSchema)]
+pub struct Blob {
+    pub data: String,
+}
+
+pub fn big_output(args: Bytes, _: &Context) -> Result<Blob, ToolError> {
+    Ok(Blob {
+        data: "x".repeat(args.bytes as usize),
+    })
+}
+
+#[derive(Deserialize, JsonSchema)]
+pub struct Flood {
+    pub lines: u32,
+    pub size: u32,
+}
+
+pub fn log_flood(args: Flood, _: &Context) -> Result<Done, ToolError> {
+    let line = "z".repeat(args.size as usize);
+    for _ in 0..args.lines {
+        airlock_sdk::log::info(&line);
+    }
+    Ok(Done { done: true })
+}
+
+/// Declares `count: u32` in its schema but serializes a string.
+#[derive(JsonSchema)]
+pub struct Liar {
+    pub count: u32,
+}
+
+impl Serialize for Liar {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(1))?;
+        map.serialize_entry("count", "not a number")?;
+        map.end()
+    }
+}
+
+pub fn lie(_: Nothing, _: &Context) -> Result<Liar, ToolError> {
+    Ok(Liar { count: 0 })
+}
+
+pub fn hidden(_: Nothing, _: &Context) -> Result<Done, ToolError> {
+    Ok(Done { done: true })
+}
+
+plugin! {
+    "echo" => echo: "Return the arguments.",
+    "fail" => fail: "Return a failed tool error.",
+    "reject" => reject: "Return an invalid-input tool error.",
+    "deny" => deny: "Return a denied tool error.",
+    "panic" => panic: "Panic (traps the instance).",
+    "spin" => spin: "Loop forever.",
+    "grow" => grow: "Allocate and touch `mb` MiB.",
+    "big-output" => big_output: "Return a string of `bytes` bytes.",
+    "log-flood" => log_flood: "Log `lines` lines of `size` bytes.",
+    "lie" => lie: "Return a result that does not match the declared output schema.",
+    "hidden" => hidden: "Exported but never declared in a manifest.",
+}

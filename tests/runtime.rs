@@ -1,0 +1,490 @@
+//! The host runtime against real components: the example plugins, and every
+//! kind of bad manifest, component and call input.
+
+use airlock_host::{CacheStatus, CallRequest, Error, ErrorClass, Host, HostConfig, Risk};
+use airlock_tests::{PLUGINS_DIR, PluginDir, install, install_raw, read, sha256_hex};
+use serde_json::{Value, json};
+
+/// A compiled-component cache shared by the tests that are not about the
+/// cache, so each component is compiled once per test run.
+fn shared_cache() -> &'static std::path::Path {
+    static CACHE: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    CACHE.get_or_init(|| tempfile::tempdir().unwrap()).path()
+}
+
+fn host() -> (Host, ()) {
+    let host = Host::new(HostConfig::default().cache_dir(shared_cache())).unwrap();
+    (host, ())
+}
+
+async fn examples() -> (Host, ()) {
+    let (mut host, cache) = host();
+    let report = host.load_plugins_dir(PLUGINS_DIR).await.unwrap();
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    (host, cache)
+}
+
+async fn call(host: &Host, tool: &str, args: Value) -> Result<Value, Error> {
+    host.call(CallRequest::new(tool, args.to_string()))
+        .await
+        .map(|r| r.output)
+}
+
+fn text_component() -> Vec<u8> {
+    read(&format!("{PLUGINS_DIR}/text/text.wasm"))
+}
+
+const TEXT_TOOLS: &str = "[[tools]]\nname = \"stats\"\nrisk = \"read\"\n\n[[tools]]\nname = \"slugify\"\nrisk = \"read\"\n";
+
+// ---------------------------------------------------------------- examples
+
+#[tokio::test]
+async fn example_plugins_load_with_their_tools_and_schemas() {
+    let (host, _cache) = examples().await;
+    let names: Vec<_> = host.plugins().map(|p| p.name()).collect();
+    assert_eq!(names, ["json", "text"]);
+    for tool in host.tools() {
+        assert_eq!(tool.risk(), Risk::Read, "{}", tool.id());
+        assert_eq!(tool.input_schema()["type"], "object", "{}", tool.id());
+        assert!(!tool.description().is_empty(), "{}", tool.id());
+    }
+    let ids: Vec<_> = host.tools().map(|t| t.id()).collect();
+    for expected in [
+        "text/stats",
+        "text/slugify",
+        "text/regex-extract",
+        "json/query",
+        "json/merge-patch",
+        "json/format",
+    ] {
+        assert!(
+            ids.iter().any(|id| id == expected),
+            "{expected} missing from {ids:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn text_tools_return_real_results() {
+    let (host, _cache) = examples().await;
+    let stats = call(&host, "text/stats", json!({"text": "one two three\nfour"}))
+        .await
+        .unwrap();
+    assert_eq!(stats["words"], 4);
+    assert_eq!(stats["lines"], 2);
+    let slug = call(&host, "text/slugify", json!({"text": "Héllo, Wörld!"}))
+        .await
+        .unwrap();
+    assert_eq!(slug["slug"], "hello-world");
+    let found = call(
+        &host,
+        "text/regex-extract",
+        json!({"pattern": r"\d+", "text": "a1 b22 c333"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(found["matches"], json!(["1", "22", "333"]), "{found}");
+}
+
+#[tokio::test]
+async fn json_tools_return_real_results() {
+    let (host, _cache) = examples().await;
+    let q = call(
+        &host,
+        "json/query",
+        json!({"document": {"a": [10, {"b": "x"}]}, "pointer": "/a/1/b"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(q["value"], "x", "{q}");
+    assert_eq!(q["found"], true, "{q}");
+    let missing = call(
+        &host,
+        "json/query",
+        json!({"document": {"a": 1}, "pointer": "/nope"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(missing["found"], false, "{missing}");
+    let merged = call(
+        &host,
+        "json/merge-patch",
+        json!({"target": {"a": 1, "b": {"c": 2, "d": 3}}, "patch": {"a": null, "b": {"c": 5}, "e": [1]}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        merged["result"],
+        json!({"b": {"c": 5, "d": 3}, "e": [1]}),
+        "{merged}"
+    );
+}
+
+#[tokio::test]
+async fn a_tool_error_from_the_guest_is_reported_as_such() {
+    let (host, _cache) = examples().await;
+    let err = call(
+        &host,
+        "text/regex-extract",
+        json!({"pattern": "(unclosed", "text": "x"}),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Tool {
+                kind: airlock_host::ToolErrorKind::InvalidInput,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(err.class(), ErrorClass::ToolError);
+}
+
+#[tokio::test]
+async fn second_load_uses_the_compiled_cache() {
+    let cache = tempfile::tempdir().unwrap();
+    let mut first = Host::new(HostConfig::default().cache_dir(cache.path())).unwrap();
+    first.load_plugins_dir(PLUGINS_DIR).await.unwrap();
+    assert!(
+        first
+            .plugins()
+            .all(|p| p.cache_status() == CacheStatus::Miss)
+    );
+    let mut second = Host::new(HostConfig::default().cache_dir(cache.path())).unwrap();
+    second.load_plugins_dir(PLUGINS_DIR).await.unwrap();
+    assert!(
+        second
+            .plugins()
+            .all(|p| p.cache_status() == CacheStatus::Hit)
+    );
+    // And the cached code really runs.
+    let slug = call(&second, "text/slugify", json!({"text": "Cached Code"}))
+        .await
+        .unwrap();
+    assert_eq!(slug["slug"], "cached-code");
+}
+
+#[tokio::test]
+async fn corrupt_cache_entries_are_rebuilt_not_trusted() {
+    let cache = tempfile::tempdir().unwrap();
+    let plugin = install("text", &text_component(), TEXT_TOOLS);
+    let mut first = Host::new(HostConfig::default().cache_dir(cache.path())).unwrap();
+    first.load_plugin(plugin.path()).await.unwrap();
+    for entry in std::fs::read_dir(cache.path()).unwrap() {
+        let path = entry.unwrap().path();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0xff;
+        std::fs::write(&path, bytes).unwrap();
+    }
+    let mut second = Host::new(HostConfig::default().cache_dir(cache.path())).unwrap();
+    let loaded = second.load_plugin(plugin.path()).await.unwrap();
+    assert_eq!(loaded.cache_status(), CacheStatus::Rebuilt);
+    let slug = call(&second, "text/slugify", json!({"text": "Still Works"}))
+        .await
+        .unwrap();
+    assert_eq!(slug["slug"], "still-works");
+}
+
+// ---------------------------------------------------------------- manifests
+
+async fn load_err(dir: &PluginDir) -> Error {
+    let (mut host, _cache) = host();
+    host.load_plugin(dir.path()).await.unwrap_err()
+}
+
+#[tokio::test]
+async fn manifest_not_toml() {
+    let err = load_err(&install_raw(&text_component(), "[plugin\nname=")).await;
+    assert!(matches!(err, Error::ManifestSyntax { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn manifest_unknown_field() {
+    let err = load_err(&install(
+        "text",
+        &text_component(),
+        &format!("[capabilities]\nteleport = true\n\n{TEXT_TOOLS}"),
+    ))
+    .await;
+    assert!(matches!(err, Error::ManifestInvalid { .. }), "{err}");
+    assert!(err.to_string().contains("teleport"), "{err}");
+}
+
+#[tokio::test]
+async fn manifest_missing_field() {
+    let component = text_component();
+    let manifest = format!(
+        "[plugin]\nname = \"text\"\ncomponent = \"component.wasm\"\nsha256 = \"{}\"\n\n{TEXT_TOOLS}",
+        sha256_hex(&component)
+    );
+    let err = load_err(&install_raw(&component, &manifest)).await;
+    assert!(matches!(err, Error::ManifestInvalid { .. }), "{err}");
+    assert!(err.to_string().contains("version"), "{err}");
+}
+
+#[tokio::test]
+async fn manifest_wrong_type() {
+    let err = load_err(&install(
+        "text",
+        &text_component(),
+        &format!("[limits]\nfuel = \"a lot\"\n\n{TEXT_TOOLS}"),
+    ))
+    .await;
+    assert!(
+        err.violations().iter().any(|v| v.path == "/limits/fuel"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn manifest_duplicate_tool_name() {
+    let err = load_err(&install(
+        "text",
+        &text_component(),
+        &format!("{TEXT_TOOLS}\n[[tools]]\nname = \"stats\"\n"),
+    ))
+    .await;
+    assert!(matches!(err, Error::ManifestRejected { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn component_file_missing() {
+    let dir = install("text", &text_component(), TEXT_TOOLS);
+    std::fs::remove_file(dir.path().join("component.wasm")).unwrap();
+    assert!(matches!(
+        load_err(&dir).await,
+        Error::ComponentMissing { .. }
+    ));
+}
+
+#[tokio::test]
+async fn digest_mismatch() {
+    let component = text_component();
+    let manifest = format!(
+        "[plugin]\nname = \"text\"\nversion = \"0.1.0\"\ncomponent = \"component.wasm\"\nsha256 = \"{}\"\n\n{TEXT_TOOLS}",
+        "ab".repeat(32)
+    );
+    let err = load_err(&install_raw(&component, &manifest)).await;
+    let Error::DigestMismatch { actual, .. } = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(actual, &sha256_hex(&component));
+}
+
+// ---------------------------------------------------------------- components
+
+#[tokio::test]
+async fn component_not_wasm() {
+    let err = load_err(&install("junk", b"#!/bin/sh\necho not wasm\n", TEXT_TOOLS)).await;
+    let Error::InvalidComponent { reason, .. } = &err else {
+        panic!("{err}")
+    };
+    assert!(reason.contains("not a WebAssembly binary"), "{reason}");
+}
+
+#[tokio::test]
+async fn component_is_a_core_module() {
+    // The smallest valid core module: magic + version 1.
+    let err = load_err(&install("core", b"\0asm\x01\0\0\0", TEXT_TOOLS)).await;
+    let Error::InvalidComponent { reason, .. } = &err else {
+        panic!("{err}")
+    };
+    assert!(reason.contains("core WebAssembly module"), "{reason}");
+}
+
+#[tokio::test]
+async fn component_truncated() {
+    let component = text_component();
+    let err = load_err(&install(
+        "text",
+        &component[..component.len() / 2],
+        TEXT_TOOLS,
+    ))
+    .await;
+    assert!(matches!(err, Error::InvalidComponent { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn declared_tool_not_exported() {
+    let err = load_err(&install(
+        "text",
+        &text_component(),
+        &format!("{TEXT_TOOLS}\n[[tools]]\nname = \"teleport\"\n"),
+    ))
+    .await;
+    let Error::ToolNotExported { tool, .. } = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(tool, "teleport");
+}
+
+#[tokio::test]
+async fn exported_but_undeclared_tools_are_not_exposed() {
+    let (mut host, _cache) = host();
+    let dir = install("text", &text_component(), TEXT_TOOLS);
+    let plugin = host.load_plugin(dir.path()).await.unwrap();
+    assert!(
+        plugin
+            .undeclared_tools()
+            .iter()
+            .any(|t| t == "regex-extract")
+    );
+    let err = call(
+        &host,
+        "text/regex-extract",
+        json!({"pattern": "a", "text": "a"}),
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, Error::UnknownTool { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn the_same_plugin_twice_is_refused() {
+    let (mut host, _cache) = host();
+    let a = install("text", &text_component(), TEXT_TOOLS);
+    let b = install("text", &text_component(), TEXT_TOOLS);
+    host.load_plugin(a.path()).await.unwrap();
+    let err = host.load_plugin(b.path()).await.unwrap_err();
+    assert!(matches!(err, Error::DuplicatePlugin { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn one_broken_plugin_does_not_stop_the_others() {
+    let root = tempfile::tempdir().unwrap();
+    let good = install("text", &text_component(), TEXT_TOOLS);
+    copy_dir(good.path(), &root.path().join("text"));
+    std::fs::create_dir(root.path().join("broken")).unwrap();
+    std::fs::write(root.path().join("broken/plugin.toml"), "nonsense").unwrap();
+    let (mut host, _cache) = host();
+    let report = host.load_plugins_dir(root.path()).await.unwrap();
+    assert_eq!(report.loaded, ["text"]);
+    assert_eq!(report.failed.len(), 1);
+    assert!(matches!(
+        report.failed[0].error,
+        Error::ManifestSyntax { .. }
+    ));
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+    }
+}
+
+// ---------------------------------------------------------------- calls
+
+#[tokio::test]
+async fn unknown_plugin_and_tool_and_bad_reference() {
+    let (host, _cache) = examples().await;
+    assert!(matches!(
+        call(&host, "nope/stats", json!({})).await.unwrap_err(),
+        Error::UnknownPlugin { .. }
+    ));
+    assert!(matches!(
+        call(&host, "text/nope", json!({})).await.unwrap_err(),
+        Error::UnknownTool { .. }
+    ));
+    assert!(matches!(
+        call(&host, "stats", json!({})).await.unwrap_err(),
+        Error::BadToolReference { .. }
+    ));
+}
+
+#[tokio::test]
+async fn arguments_not_json() {
+    let (host, _cache) = examples().await;
+    let err = host
+        .call(CallRequest::new("text/stats", "{text: 'x'}"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::ArgumentsNotJson { .. }), "{err}");
+    assert_eq!(err.class(), ErrorClass::Refused);
+}
+
+#[tokio::test]
+async fn arguments_not_an_object() {
+    let (host, _cache) = examples().await;
+    for (args, found) in [
+        ("[1]", "an array"),
+        ("\"x\"", "a string"),
+        ("null", "null"),
+        ("3", "a number"),
+    ] {
+        let err = host
+            .call(CallRequest::new("text/stats", args))
+            .await
+            .unwrap_err();
+        let Error::ArgumentsNotObject { found: f } = &err else {
+            panic!("{err}")
+        };
+        assert_eq!(*f, found);
+    }
+}
+
+#[tokio::test]
+async fn arguments_failing_the_schema_name_every_path() {
+    let (host, _cache) = examples().await;
+    let err = call(
+        &host,
+        "json/query",
+        json!({"document": 1, "pointer": 5, "extra": true}),
+    )
+    .await
+    .unwrap_err();
+    let Error::ArgumentsInvalid { violations, .. } = &err else {
+        panic!("{err}")
+    };
+    let paths: Vec<_> = violations.iter().map(|v| v.path.as_str()).collect();
+    assert!(paths.contains(&"/pointer"), "{violations:?}");
+    assert!(
+        violations.iter().any(|v| v.message.contains("extra")),
+        "{violations:?}"
+    );
+    let err = call(&host, "text/stats", json!({})).await.unwrap_err();
+    assert!(
+        err.violations().iter().any(|v| v.message.contains("text")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn arguments_too_large() {
+    let mut host = Host::new(
+        HostConfig::default()
+            .cache_dir(shared_cache())
+            .max_argument_bytes(1000),
+    )
+    .unwrap();
+    host.load_plugins_dir(PLUGINS_DIR).await.unwrap();
+    let err = call(&host, "text/stats", json!({"text": "x".repeat(2000)}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::ArgumentsTooLarge { limit: 1000, .. }),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn each_call_gets_a_fresh_identity() {
+    let (host, _cache) = examples().await;
+    let a = host
+        .call(CallRequest::new("text/stats", r#"{"text":"a"}"#))
+        .await
+        .unwrap();
+    let b = host
+        .call(CallRequest::new("text/stats", r#"{"text":"a"}"#).trace_id("trace-1"))
+        .await
+        .unwrap();
+    assert_ne!(a.call_id, b.call_id);
+    assert_eq!(a.trace_id, a.call_id);
+    assert_eq!(b.trace_id, "trace-1");
+    assert!(a.fuel_used > 0);
+}

@@ -1,0 +1,62 @@
+//! Test support for Airlock: paths of the built example plugins and test
+//! guests, and helpers that install a component with a manifest in a
+//! temporary plugin directory.
+//!
+//! The components are built by this crate's build script
+//! (`scripts/build-guests`).
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+include!(concat!(env!("OUT_DIR"), "/guests.rs"));
+
+/// Lowercase hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// A plugin directory in a temporary location, removed on drop.
+#[derive(Debug)]
+pub struct PluginDir {
+    dir: tempfile::TempDir,
+}
+
+impl PluginDir {
+    /// The plugin directory.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The manifest's path.
+    pub fn manifest(&self) -> PathBuf {
+        self.dir.path().join("plugin.toml")
+    }
+}
+
+/// Install `component` (bytes) as `component.wasm` with a manifest made of a
+/// `[plugin]` table (name `name`, the component's real digest) followed by
+/// `rest` (capabilities, limits, tools).
+pub fn install(name: &str, component: &[u8], rest: &str) -> PluginDir {
+    let digest = sha256_hex(component);
+    install_raw(
+        component,
+        &format!(
+            "[plugin]\nname = \"{name}\"\nversion = \"0.1.0\"\ncomponent = \"component.wasm\"\nsha256 = \"{digest}\"\n\n{rest}"
+        ),
+    )
+}
+
+/// Install `component` as `component.wasm` next to a manifest with exactly
+/// the text `manifest`.
+pub fn install_raw(component: &[u8], manifest: &str) -> PluginDir {
+    let dir = tempfile::tempdir().expect("create a temporary directory");
+    std::fs::write(dir.path().join("component.wasm"), component).expect("write component");
+    std::fs::write(dir.path().join("plugin.toml"), manifest).expect("write manifest");
+    PluginDir { dir }
+}
+
+/// Read a built component.
+pub fn read(path: &str) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
+}
