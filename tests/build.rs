@@ -2,7 +2,6 @@
 //! with `scripts/build-guests`, the same script the README and the demo use,
 //! and generates path constants and the `foreach_guest!` macro.
 
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -49,40 +48,54 @@ fn main() {
     guests.sort();
 
     let mut code = String::new();
-    writeln!(
-        code,
-        "/// Directory of the built example plugins (one subdirectory each)."
-    )
-    .unwrap();
-    writeln!(
-        code,
-        "pub const PLUGINS_DIR: &str = {:?};",
-        path_str(&out.join("plugins"))
-    )
-    .unwrap();
+    line(
+        &mut code,
+        "/// Directory of the built example plugins (one subdirectory each).",
+    );
+    line(
+        &mut code,
+        format!(
+            "pub const PLUGINS_DIR: &str = {:?};",
+            path_str(&out.join("plugins"))
+        ),
+    );
     for guest in &guests {
         let ident = guest.replace('-', "_").to_uppercase();
-        writeln!(code, "/// The `{guest}` test guest component.").unwrap();
-        writeln!(
-            code,
-            "pub const {ident}: &str = {:?};",
-            path_str(&guests_dir.join(format!("{guest}.wasm")))
-        )
-        .unwrap();
+        line(
+            &mut code,
+            format!("/// The `{guest}` test guest component."),
+        );
+        line(
+            &mut code,
+            format!(
+                "pub const {ident}: &str = {:?};",
+                path_str(&guests_dir.join(format!("{guest}.wasm")))
+            ),
+        );
     }
-    writeln!(code, "/// Invoke `$mac!(guest_name)` for every test guest, so a guest without a test fails to compile.").unwrap();
-    writeln!(
-        code,
-        "#[macro_export]\nmacro_rules! foreach_guest {{\n    ($mac:ident) => {{"
-    )
-    .unwrap();
+    line(
+        &mut code,
+        "/// Invoke `$mac!(guest_name)` for every test guest, so a guest without a test fails to compile.",
+    );
+    line(
+        &mut code,
+        "#[macro_export]\nmacro_rules! foreach_guest {\n    ($mac:ident) => {",
+    );
     for guest in &guests {
-        writeln!(code, "        $mac!({});", guest.replace('-', "_")).unwrap();
+        line(
+            &mut code,
+            format!("        $mac!({});", guest.replace('-', "_")),
+        );
     }
-    writeln!(code, "    }};\n}}").unwrap();
+    line(&mut code, "    };\n}");
     let dest = PathBuf::from(std::env::var_os("OUT_DIR").expect("set by cargo")).join("guests.rs");
     std::fs::write(&dest, code)
         .unwrap_or_else(|e| fail(&format!("cannot write {}: {e}", dest.display())));
+}
+
+fn line(code: &mut String, text: impl AsRef<str>) {
+    code.push_str(text.as_ref());
+    code.push('\n');
 }
 
 fn path_str(path: &Path) -> String {

@@ -2,6 +2,8 @@
 //! (`foreach_guest!` fails to compile otherwise), and every failure is
 //! asserted by its kind.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
 use airlock_host::{CallRequest, Error, ErrorClass, Host, HostConfig, ToolErrorKind, TrapKind};
 use airlock_tests::{BAD_SCHEMA, DUP_TOOLS, MISBEHAVE, PluginDir, WRONG_WORLD, install, read};
 use serde_json::{Value, json};

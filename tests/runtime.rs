@@ -1,6 +1,8 @@
 //! The host runtime against real components: the example plugins, and every
 //! kind of bad manifest, component and call input.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
 use airlock_host::{CacheStatus, CallRequest, Error, ErrorClass, Host, HostConfig, Risk};
 use airlock_tests::{PLUGINS_DIR, PluginDir, install, install_raw, read, sha256_hex};
 use serde_json::{Value, json};

@@ -1,5 +1,7 @@
 //! The real `airlock` binary against the real example plugins.
 
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 

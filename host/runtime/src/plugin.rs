@@ -305,12 +305,15 @@ fn check_header(bytes: &[u8]) -> std::result::Result<(), String> {
     }
 }
 
+/// Exposed tools by name.
+type ExposedTools = BTreeMap<String, Arc<Tool>>;
+
 /// Check the component's tool list against the manifest. Returns the exposed
 /// tools and the names of undeclared (hidden) ones.
 fn reconcile(
     manifest: &Manifest,
     descriptors: Vec<crate::bindings::exports::airlock::plugin::tools::ToolDescriptor>,
-) -> Result<(BTreeMap<String, Arc<Tool>>, Vec<String>)> {
+) -> Result<(ExposedTools, Vec<String>)> {
     let plugin = &manifest.plugin.name;
     let invalid = |reason: String| Error::InvalidToolList {
         plugin: plugin.clone(),
