@@ -107,6 +107,13 @@ fn second_run_uses_the_compiled_cache() {
     for plugin in second["plugins"].as_array().unwrap() {
         assert_eq!(plugin["cache"], "hit", "{plugin}");
     }
+    // `tools list` on the same plugins directory loads compiled code from the
+    // cache too, and says so in its log.
+    let out = env.run(&["-v", "tools", "list"]);
+    assert!(out.status.success());
+    let log = stderr(&out);
+    assert_eq!(log.matches("cache=Hit").count(), 2, "{log}");
+    assert!(!log.contains("cache=Miss"), "{log}");
 }
 
 #[test]
