@@ -54,7 +54,13 @@
 //!   `additionalProperties: false`, so callers get a precise error for typos.
 //! - Doc comments on fields become schema descriptions the agent sees.
 //! - `?` works on any `std::error::Error`: it becomes
-//!   [`ToolError::Failed`] with the error's message.
+//!   [`ToolError::Failed`] with the error's message. Return
+//!   [`ToolError::invalid_input`] or [`ToolError::denied`] yourself when
+//!   that is what happened.
+//! - Tool functions are plain functions: unit-test them natively with
+//!   `cargo test` ([`Context::default()`] for the context; [`log`] writes to
+//!   stderr off WebAssembly). [`plugin!`] also adds a test that checks the
+//!   tool names and schemas the way the host will when it loads the plugin.
 
 #![deny(missing_docs)]
 
@@ -260,6 +266,52 @@ pub mod __private {
         tools.iter().map(|t| t.descriptor()).collect()
     }
 
+    /// Whether `name` is a valid tool name (see the WIT `tool-descriptor`).
+    pub fn is_valid_tool_name(name: &str) -> bool {
+        let mut chars = name.chars();
+        name.len() <= 64
+            && chars.next().is_some_and(|c| c.is_ascii_lowercase())
+            && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+            && !name.contains("__")
+    }
+
+    /// Check the registrations the way the host checks them at load time:
+    /// valid and unique names, a description, and input schemas whose root
+    /// is `"type": "object"`. [`plugin!`](crate::plugin) runs this as a unit
+    /// test in every plugin crate, so a mistake fails `cargo test` instead of
+    /// the host's load.
+    pub fn validate(tools: &[Box<dyn ErasedTool>]) -> Result<(), String> {
+        let mut seen = std::collections::BTreeSet::new();
+        for d in list(tools) {
+            if !is_valid_tool_name(&d.name) {
+                return Err(format!(
+                    "tool name `{}` is not lowercase ASCII letters, digits, `-` and `_` \
+                     starting with a letter (at most 64 bytes, no `__`)",
+                    d.name
+                ));
+            }
+            if !seen.insert(d.name.clone()) {
+                return Err(format!("tool `{}` is registered twice", d.name));
+            }
+            if d.description.trim().is_empty() {
+                return Err(format!("tool `{}` has no description", d.name));
+            }
+            let schema: serde_json::Value = serde_json::from_str(&d.input_schema)
+                .map_err(|e| format!("tool `{}`: input schema is not JSON: {e}", d.name))?;
+            if schema.get("type").and_then(serde_json::Value::as_str) != Some("object") {
+                return Err(format!(
+                    "tool `{}`: its argument type must be a struct (or map): the input \
+                     schema's root must be `\"type\": \"object\"`, not {}",
+                    d.name,
+                    schema
+                        .get("type")
+                        .map_or("untyped".to_owned(), ToString::to_string)
+                ));
+            }
+        }
+        Ok(())
+    }
+
     pub fn dispatch(
         tools: &[Box<dyn ErasedTool>],
         name: &str,
@@ -292,6 +344,19 @@ pub mod __private {
 /// Each function has the shape `fn(Args, &Context) -> Result<Output, ToolError>`
 /// where `Args: Deserialize + JsonSchema` (a struct: tools take a JSON object)
 /// and `Output: Serialize + JsonSchema`.
+///
+/// What the generated `call` does:
+/// - an unknown tool name returns [`ToolError::InvalidInput`];
+/// - arguments that do not deserialize into `Args` return
+///   [`ToolError::InvalidInput`] naming the failing field path
+///   (`at items[2].name: invalid type: ...`);
+/// - a result that does not serialize returns [`ToolError::Failed`].
+///
+/// The macro also adds a unit test, `airlock_plugin_tools_are_valid`, that
+/// checks what the host checks when it loads the plugin: tool names are
+/// lowercase `[a-z][a-z0-9_-]*` (at most 64 bytes, no `__`) and unique,
+/// descriptions are not empty, and every input schema's root is
+/// `"type": "object"`.
 #[macro_export]
 macro_rules! plugin {
     ($($name:literal => $func:path : $description:literal),+ $(,)?) => {
@@ -320,6 +385,15 @@ macro_rules! plugin {
         // tests of the tool functions) the crate builds without them.
         #[cfg(target_arch = "wasm32")]
         $crate::bindings::__export_airlock_plugin!(__AirlockPlugin);
+
+        /// Checks the tool registrations as the host will at load time.
+        #[cfg(test)]
+        #[test]
+        fn airlock_plugin_tools_are_valid() {
+            if let ::std::result::Result::Err(e) = $crate::__private::validate(&__airlock_tools()) {
+                ::std::panic!("{}", e);
+            }
+        }
     };
 }
 
@@ -327,7 +401,7 @@ macro_rules! plugin {
 mod tests {
     use serde::{Deserialize, Serialize};
 
-    use super::__private::{dispatch, list, tool};
+    use super::__private::{ErasedTool, dispatch, list, tool, validate};
     use super::*;
 
     #[derive(Deserialize, JsonSchema)]
@@ -408,5 +482,129 @@ mod tests {
             panic!()
         };
         assert!(m.starts_with("at n:"), "{m}");
+
+        #[derive(Deserialize, JsonSchema)]
+        #[allow(dead_code)]
+        struct Nested {
+            items: Vec<Args>,
+        }
+        fn count(args: Nested, _: &Context) -> Result<Out, ToolError> {
+            Ok(Out {
+                double: args.items.len() as u64,
+            })
+        }
+        let tools = [tool("count", "Count them.", count)];
+        let Err(wit::ToolError::InvalidInput(m)) = dispatch(
+            &tools,
+            "count",
+            r#"{"items": [{"n": 1}, {"n": -1}]}"#,
+            ctx(),
+        ) else {
+            panic!()
+        };
+        assert!(m.starts_with("at items[1].n:"), "{m}");
+        let Err(wit::ToolError::InvalidInput(m)) = dispatch(&tools, "count", "{}", ctx()) else {
+            panic!()
+        };
+        assert!(m.contains("missing field `items`"), "{m}");
+    }
+
+    #[test]
+    fn schemas_are_draft_2020_12() {
+        let d = &list(&[tool("double", "Double it.", double)])[0];
+        let input: serde_json::Value = serde_json::from_str(&d.input_schema).unwrap();
+        assert_eq!(
+            input["$schema"],
+            "https://json-schema.org/draft/2020-12/schema"
+        );
+    }
+
+    #[test]
+    fn unserializable_results_fail() {
+        struct Broken;
+        impl Serialize for Broken {
+            fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+                Err(serde::ser::Error::custom("no"))
+            }
+        }
+        impl JsonSchema for Broken {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                "Broken".into()
+            }
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                schemars::json_schema!({"type": "object"})
+            }
+        }
+        fn broken(_: Args, _: &Context) -> Result<Broken, ToolError> {
+            Ok(Broken)
+        }
+        let tools = [tool("broken", "Breaks.", broken)];
+        let Err(wit::ToolError::Failed(m)) = dispatch(&tools, "broken", r#"{"n": 1}"#, ctx())
+        else {
+            panic!()
+        };
+        assert!(m.contains("cannot serialize the result"), "{m}");
+    }
+
+    #[test]
+    fn validation_catches_what_the_host_would_refuse() {
+        fn text(args: String, _: &Context) -> Result<Out, ToolError> {
+            Ok(Out {
+                double: args.len() as u64,
+            })
+        }
+        validate(&[
+            tool("double", "Double it.", double),
+            tool("double-2_x", "Double it.", double),
+        ])
+        .unwrap();
+        let err = |tools: &[Box<dyn ErasedTool>]| validate(tools).unwrap_err();
+        assert!(err(&[tool("text", "Text.", text)]).contains("\"type\": \"object\""));
+        assert!(
+            err(&[tool("d", "D.", double), tool("d", "D.", double)]).contains("registered twice")
+        );
+        assert!(err(&[tool("d", " ", double)]).contains("no description"));
+        for bad in [
+            "",
+            "Double",
+            "1x",
+            "a__b",
+            "a/b",
+            "a b",
+            "a".repeat(65).leak(),
+        ] {
+            assert!(
+                err(&[tool(bad, "D.", double)]).contains("tool name"),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn errors_convert_for_the_question_mark_operator() {
+        fn parse(s: &str) -> Result<u8, ToolError> {
+            Ok(s.parse::<u8>()?)
+        }
+        assert_eq!(
+            parse("x"),
+            Err(ToolError::Failed("invalid digit found in string".into()))
+        );
+        assert_eq!(
+            ToolError::invalid_input("bad").to_string(),
+            "invalid input: bad"
+        );
+        assert!(matches!(
+            wit::ToolError::from(ToolError::denied("no")),
+            wit::ToolError::Denied(m) if m == "no"
+        ));
+    }
+
+    #[test]
+    fn logging_works_off_wasm() {
+        log::trace("t");
+        log::debug(String::from("d"));
+        log::info("i");
+        log::warn("w");
+        log::error("e");
     }
 }

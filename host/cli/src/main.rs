@@ -29,6 +29,8 @@ mod exit {
     pub const TOOL_ERROR: u8 = 4;
     /// The tool crashed or hit a limit (fuel, deadline, memory, output).
     pub const TRAP: u8 = 5;
+    /// The plugin asks for, or imports, a capability it may not have.
+    pub const CAPABILITY_DENIED: u8 = 6;
 }
 
 /// Airlock: a sandboxed host for AI-agent tools compiled to WebAssembly.
@@ -315,6 +317,24 @@ async fn call(settings: &Settings, args: CallArgs) -> Result<u8, Failure> {
     if let Some(trace) = &args.trace_id {
         request = request.trace_id(trace);
     }
+    // A call to a plugin that failed to load reports why it failed, not just
+    // that it is unknown.
+    let plugin_name = args.tool.split('/').next().unwrap_or_default();
+    if host.plugin(plugin_name).is_none() {
+        if let Some(failure) = report
+            .failed
+            .iter()
+            .find(|f| f.dir.file_name().is_some_and(|n| n == plugin_name))
+        {
+            let error = &failure.error;
+            if args.json {
+                print_json(&json!({"ok": false, "error": error_json(error)}));
+            } else {
+                eprintln!("error: {error}");
+            }
+            return Ok(exit_code(error));
+        }
+    }
     match host.call(request).await {
         Ok(response) => {
             if args.json {
@@ -364,6 +384,7 @@ pub(crate) fn exit_code(error: &Error) -> u8 {
         ErrorClass::Refused => exit::REFUSED,
         ErrorClass::ToolError => exit::TOOL_ERROR,
         ErrorClass::Trap => exit::TRAP,
+        ErrorClass::CapabilityDenied => exit::CAPABILITY_DENIED,
         _ => exit::HOST,
     }
 }

@@ -240,7 +240,7 @@ fn traps_exit_5() {
     let plugin = install(
         "misbehave",
         &read(MISBEHAVE),
-        "[[tools]]\nname = \"panic\"\nrisk = \"read\"\n",
+        "[capabilities]\nlog = true\n\n[[tools]]\nname = \"panic\"\nrisk = \"read\"\n",
     );
     let root = tempfile::tempdir().unwrap();
     let dest = root.path().join("misbehave");
@@ -352,4 +352,33 @@ fn demo_runs_the_real_pipeline() {
         "{text}"
     );
     assert!(text.contains("arguments_invalid"), "{text}");
+}
+
+#[test]
+fn a_plugin_denied_a_capability_exits_6_naming_the_interface() {
+    // misbehave imports airlock:plugin/log; this manifest does not grant it.
+    let plugin = install(
+        "misbehave",
+        &read(MISBEHAVE),
+        "[[tools]]\nname = \"echo\"\n",
+    );
+    let root = tempfile::tempdir().unwrap();
+    let dest = root.path().join("misbehave");
+    std::fs::create_dir(&dest).unwrap();
+    for f in ["plugin.toml", "component.wasm"] {
+        std::fs::copy(plugin.path().join(f), dest.join(f)).unwrap();
+    }
+    let out = Env::new()
+        .cmd(root.path())
+        .args(["call", "misbehave/echo", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(6), "{}", stderr(&out));
+    let v = json(&out);
+    assert_eq!(v["error"]["kind"], "capability_not_granted");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("airlock:plugin/log") && message.contains("capabilities.log"),
+        "{message}"
+    );
 }

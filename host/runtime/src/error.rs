@@ -96,6 +96,8 @@ pub enum ErrorClass {
     ToolError,
     /// The guest crashed or hit a limit.
     Trap,
+    /// A plugin asks for, or imports, a capability it may not have.
+    CapabilityDenied,
     /// Configuration, plugin or host failure.
     Host,
 }
@@ -198,6 +200,55 @@ pub enum Error {
         plugin: String,
         /// The declared tool.
         tool: String,
+    },
+
+    /// The manifest asks for a capability the operator's policy does not
+    /// allow, or a `files` grant that cannot be honoured.
+    #[error("plugin `{plugin}` may not have `{capability}`: {reason}")]
+    CapabilityDenied {
+        /// Plugin name.
+        plugin: String,
+        /// The manifest key.
+        capability: String,
+        /// Why.
+        reason: String,
+    },
+
+    /// The component imports an interface its effective grant does not
+    /// include.
+    #[error("plugin `{plugin}` imports `{interface}`, which it is not granted: {hint}")]
+    CapabilityNotGranted {
+        /// Plugin name.
+        plugin: String,
+        /// The imported interface.
+        interface: String,
+        /// What would grant it, or why it cannot be granted.
+        hint: String,
+    },
+
+    /// The manifest asks for a limit above the operator's ceiling.
+    #[error(
+        "plugin `{plugin}` asks for {limit} = {asked}, above the operator's ceiling of {ceiling}"
+    )]
+    LimitAboveCeiling {
+        /// Plugin name.
+        plugin: String,
+        /// The limit's manifest key.
+        limit: &'static str,
+        /// What the manifest asks for.
+        asked: u64,
+        /// The policy's ceiling.
+        ceiling: u64,
+    },
+
+    /// Every instance slot of the plugin stayed busy for the call's whole
+    /// timeout.
+    #[error("plugin `{plugin}` is at its limit of {limit} concurrent calls; try again later")]
+    PluginBusy {
+        /// Plugin name.
+        plugin: String,
+        /// Its concurrency limit.
+        limit: u64,
     },
 
     /// Two plugins in one host have the same name.
@@ -350,6 +401,10 @@ impl Error {
             Error::InvalidToolList { .. } => "invalid_tool_list",
             Error::ToolNotExported { .. } => "tool_not_exported",
             Error::DuplicatePlugin { .. } => "duplicate_plugin",
+            Error::CapabilityDenied { .. } => "capability_denied",
+            Error::CapabilityNotGranted { .. } => "capability_not_granted",
+            Error::LimitAboveCeiling { .. } => "limit_above_ceiling",
+            Error::PluginBusy { .. } => "plugin_busy",
             Error::Config { .. } => "config",
             Error::BadToolReference { .. } => "bad_tool_reference",
             Error::UnknownPlugin { .. } => "unknown_plugin",
@@ -380,7 +435,11 @@ impl Error {
             | Error::ArgumentsTooLarge { .. }
             | Error::ArgumentsNotJson { .. }
             | Error::ArgumentsNotObject { .. }
-            | Error::ArgumentsInvalid { .. } => ErrorClass::Refused,
+            | Error::ArgumentsInvalid { .. }
+            | Error::PluginBusy { .. } => ErrorClass::Refused,
+            Error::CapabilityDenied { .. } | Error::CapabilityNotGranted { .. } => {
+                ErrorClass::CapabilityDenied
+            }
             Error::Tool { .. } => ErrorClass::ToolError,
             Error::Trap { .. } | Error::OutputTooLarge { .. } | Error::OutputInvalid { .. } => {
                 ErrorClass::Trap

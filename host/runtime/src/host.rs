@@ -4,19 +4,16 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::Serialize;
-use wasmtime::Engine;
-use wasmtime::component::{HasSelf, Linker};
-
-use crate::bindings;
 use crate::bindings::exports::airlock::plugin::tools::CallContext;
 use crate::cache::CompiledCache;
 use crate::engine::{self, EpochTicker};
 use crate::error::{Error, Result};
+use crate::grants::Policy;
 use crate::manifest::MANIFEST_FILE;
 use crate::pipeline::{self, CallRequest, CallResponse};
 use crate::plugin::{self, Plugin, Tool};
-use crate::state::CallState;
+use serde::Serialize;
+use wasmtime::Engine;
 
 /// Default cap on the size of a call's arguments.
 pub const DEFAULT_MAX_ARGUMENT_BYTES: usize = 1024 * 1024;
@@ -29,6 +26,9 @@ pub struct HostConfig {
     pub cache_dir: Option<PathBuf>,
     /// Largest arguments accepted for one call, in bytes.
     pub max_argument_bytes: usize,
+    /// The operator's policy: forbidden capabilities, files root, env
+    /// values, limit ceilings.
+    pub policy: Policy,
 }
 
 impl Default for HostConfig {
@@ -36,6 +36,7 @@ impl Default for HostConfig {
         HostConfig {
             cache_dir: None,
             max_argument_bytes: DEFAULT_MAX_ARGUMENT_BYTES,
+            policy: Policy::default(),
         }
     }
 }
@@ -44,6 +45,12 @@ impl HostConfig {
     /// Cache compiled components in `dir`.
     pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> HostConfig {
         self.cache_dir = Some(dir.into());
+        self
+    }
+
+    /// Apply the operator's `policy`.
+    pub fn policy(mut self, policy: Policy) -> HostConfig {
+        self.policy = policy;
         self
     }
 
@@ -78,7 +85,6 @@ pub struct LoadReport {
 /// (wrap the host in an `Arc` to share it between tasks).
 pub struct Host {
     engine: Engine,
-    linker: Linker<CallState>,
     cache: Option<CompiledCache>,
     plugins: BTreeMap<String, Arc<Plugin>>,
     config: HostConfig,
@@ -141,13 +147,6 @@ impl Host {
     /// [`Error::Engine`] if the WebAssembly engine cannot be set up.
     pub fn new(config: HostConfig) -> Result<Host> {
         let engine = engine::new_engine()?;
-        let mut linker = Linker::new(&engine);
-        let link_error = |e: wasmtime::Error| Error::Engine {
-            message: format!("cannot link host interfaces: {e:#}"),
-        };
-        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(link_error)?;
-        bindings::Plugin::add_to_linker::<CallState, HasSelf<CallState>>(&mut linker, |s| s)
-            .map_err(link_error)?;
         let cache = config
             .cache_dir
             .clone()
@@ -155,7 +154,6 @@ impl Host {
         let ticker = EpochTicker::start(&engine)?;
         Ok(Host {
             engine,
-            linker,
             cache,
             plugins: BTreeMap::new(),
             config,
@@ -175,14 +173,19 @@ impl Host {
     /// [`Error::WrongWorld`] for a component that does not target
     /// `airlock:plugin/plugin`; [`Error::InvalidToolList`] and
     /// [`Error::ToolNotExported`] when its tools do not match the manifest;
-    /// [`Error::DuplicatePlugin`] when a plugin of that name is loaded.
+    /// [`Error::DuplicatePlugin`] when a plugin of that name is loaded;
+    /// [`Error::CapabilityDenied`] when the manifest asks for a capability
+    /// the policy forbids; [`Error::CapabilityNotGranted`] when the
+    /// component imports an interface it is not granted;
+    /// [`Error::LimitAboveCeiling`] when a limit exceeds the policy.
     ///
     /// # Security
     /// The component's code runs once here (to list its tools) under the same
     /// limits as a call.
     pub async fn load_plugin(&mut self, dir: impl AsRef<Path>) -> Result<&Plugin> {
         let dir = dir.as_ref();
-        let plugin = plugin::load(&self.engine, &self.linker, self.cache.as_ref(), dir).await?;
+        let plugin =
+            plugin::load(&self.engine, self.cache.as_ref(), &self.config.policy, dir).await?;
         let name = plugin.name().to_owned();
         if let Some(existing) = self.plugins.get(&name) {
             return Err(Error::DuplicatePlugin {

@@ -35,6 +35,7 @@ mod bindings;
 mod cache;
 mod engine;
 mod error;
+mod grants;
 mod host;
 mod limits;
 pub mod manifest;
@@ -45,9 +46,12 @@ mod state;
 
 pub use cache::CacheStatus;
 pub use error::{Error, ErrorClass, Result, SchemaViolation, ToolErrorKind, TrapKind};
+pub use grants::{
+    Capability, EffectiveGrant, ImportClass, LimitCeilings, Policy, ResolvedFiles, classify,
+};
 pub use host::{DEFAULT_MAX_ARGUMENT_BYTES, Host, HostConfig, LoadFailure, LoadReport, PluginInfo};
 pub use limits::{Limit, LimitSource, Limits};
-pub use manifest::{MANIFEST_FILE, MANIFEST_SCHEMA, Manifest, Risk};
+pub use manifest::{FileAccess, MANIFEST_FILE, MANIFEST_SCHEMA, Manifest, Risk};
 pub use pipeline::{CallRequest, CallResponse};
 pub use plugin::{Plugin, Tool, ToolInfo};
 pub use state::{LogLevel, LogLine};

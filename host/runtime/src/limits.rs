@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::grants::LimitCeilings;
 use crate::manifest::DeclaredLimits;
 
 /// Default fuel per call: enough for real text and JSON work, small enough
@@ -24,6 +25,8 @@ pub const MAX_STDERR_BYTES: usize = 16 * 1024;
 /// Largest payload one guest-to-host call may transfer
 /// (`Store::set_hostcall_fuel`).
 pub const HOSTCALL_FUEL: usize = 1024 * 1024;
+/// Default cap on concurrent instances of one plugin.
+pub const DEFAULT_MAX_CONCURRENCY: u64 = 16;
 /// Table elements per instance.
 pub const MAX_TABLE_ELEMENTS: usize = 100_000;
 
@@ -35,6 +38,8 @@ pub enum LimitSource {
     Manifest,
     /// The host's default, because the manifest is silent.
     Default,
+    /// The operator's ceiling, lower than the host default.
+    Policy,
 }
 
 /// One resolved limit.
@@ -57,27 +62,65 @@ pub struct Limits {
     pub memory_mb: Limit,
     /// Result size, in KiB.
     pub max_output_kb: Limit,
+    /// Concurrent instances of the plugin.
+    pub max_concurrency: Limit,
 }
 
 impl Limits {
-    /// Resolve declared limits against the host defaults.
-    pub fn resolve(declared: &DeclaredLimits) -> Limits {
-        let pick = |value: Option<u64>, default: u64| match value {
-            Some(value) => Limit {
-                value,
-                source: LimitSource::Manifest,
-            },
-            None => Limit {
-                value: default,
-                source: LimitSource::Default,
-            },
-        };
-        Limits {
-            fuel: pick(declared.fuel, DEFAULT_FUEL),
-            timeout_ms: pick(declared.timeout_ms, DEFAULT_TIMEOUT_MS),
-            memory_mb: pick(declared.memory_mb, DEFAULT_MEMORY_MB),
-            max_output_kb: pick(declared.max_output_kb, DEFAULT_MAX_OUTPUT_KB),
-        }
+    /// Resolve declared limits against the host defaults and the operator's
+    /// ceilings. Returns the first limit that asks for more than its ceiling
+    /// as `Err((manifest key, asked, ceiling))`.
+    pub fn resolve(
+        declared: &DeclaredLimits,
+        ceilings: &LimitCeilings,
+    ) -> Result<Limits, (&'static str, u64, u64)> {
+        let pick =
+            |key: &'static str, value: Option<u64>, default: u64, ceiling: Option<u64>| match (
+                value, ceiling,
+            ) {
+                (Some(asked), Some(ceiling)) if asked > ceiling => Err((key, asked, ceiling)),
+                (Some(value), _) => Ok(Limit {
+                    value,
+                    source: LimitSource::Manifest,
+                }),
+                (None, Some(ceiling)) if ceiling < default => Ok(Limit {
+                    value: ceiling,
+                    source: LimitSource::Policy,
+                }),
+                (None, _) => Ok(Limit {
+                    value: default,
+                    source: LimitSource::Default,
+                }),
+            };
+        let d = declared;
+        let c = ceilings;
+        Ok(Limits {
+            fuel: pick("limits.fuel", d.fuel, DEFAULT_FUEL, c.fuel)?,
+            timeout_ms: pick(
+                "limits.timeout_ms",
+                d.timeout_ms,
+                DEFAULT_TIMEOUT_MS,
+                c.timeout_ms,
+            )?,
+            memory_mb: pick(
+                "limits.memory_mb",
+                d.memory_mb,
+                DEFAULT_MEMORY_MB,
+                c.memory_mb,
+            )?,
+            max_output_kb: pick(
+                "limits.max_output_kb",
+                d.max_output_kb,
+                DEFAULT_MAX_OUTPUT_KB,
+                c.max_output_kb,
+            )?,
+            max_concurrency: pick(
+                "limits.max_concurrency",
+                d.max_concurrency,
+                DEFAULT_MAX_CONCURRENCY,
+                c.max_concurrency,
+            )?,
+        })
     }
 
     /// The deadline as a duration.
@@ -102,10 +145,14 @@ mod tests {
 
     #[test]
     fn silent_manifest_gets_defaults_and_says_so() {
-        let l = Limits::resolve(&DeclaredLimits {
-            fuel: Some(5),
-            ..Default::default()
-        });
+        let l = Limits::resolve(
+            &DeclaredLimits {
+                fuel: Some(5),
+                ..Default::default()
+            },
+            &LimitCeilings::default(),
+        )
+        .unwrap();
         assert_eq!(
             l.fuel,
             Limit {
@@ -121,5 +168,39 @@ mod tests {
             }
         );
         assert_eq!(l.memory_bytes(), 64 << 20);
+    }
+
+    #[test]
+    fn ceilings_lower_defaults_and_refuse_bigger_asks() {
+        let ceilings = LimitCeilings {
+            timeout_ms: Some(100),
+            fuel: Some(10),
+            ..Default::default()
+        };
+        let l = Limits::resolve(
+            &DeclaredLimits {
+                fuel: Some(5),
+                ..Default::default()
+            },
+            &ceilings,
+        )
+        .unwrap();
+        assert_eq!(
+            l.timeout_ms,
+            Limit {
+                value: 100,
+                source: LimitSource::Policy
+            }
+        );
+        assert_eq!(l.fuel.source, LimitSource::Manifest);
+        let err = Limits::resolve(
+            &DeclaredLimits {
+                fuel: Some(11),
+                ..Default::default()
+            },
+            &ceilings,
+        )
+        .unwrap_err();
+        assert_eq!(err, ("limits.fuel", 11, 10));
     }
 }

@@ -63,13 +63,51 @@ pub struct PluginSection {
     pub sha256: String,
 }
 
-/// The `[capabilities]` table.
+/// The `[capabilities]` table. Absent means not granted.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Capabilities {
-    /// Structured logging to the host.
+    /// Structured logging to the host (`airlock:plugin/log`).
     #[serde(default)]
     pub log: bool,
+    /// Real wall-clock and monotonic time.
+    #[serde(default)]
+    pub clocks: bool,
+    /// Entropy (`wasi:random/random`, `wasi:random/insecure`).
+    #[serde(default)]
+    pub random: bool,
+    /// Guest stdout/stderr kept in the call's log.
+    #[serde(default)]
+    pub stdio: bool,
+    /// Environment variable names the guest may read.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Host directories preopened for the guest.
+    #[serde(default)]
+    pub files: Vec<FileGrant>,
+}
+
+/// One `files` entry: a host directory the guest sees at `guest`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileGrant {
+    /// Host directory, relative to the plugin directory or the operator's
+    /// files root.
+    pub host: String,
+    /// Absolute guest path.
+    pub guest: String,
+    /// What the guest may do there.
+    pub access: FileAccess,
+}
+
+/// Access to a preopened directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FileAccess {
+    /// Read files and list directories.
+    ReadOnly,
+    /// Also create, write, rename and delete.
+    ReadWrite,
 }
 
 /// The `[limits]` table: what the manifest asks for.
@@ -84,6 +122,8 @@ pub struct DeclaredLimits {
     pub memory_mb: Option<u64>,
     /// Maximum size of a call's result, in KiB.
     pub max_output_kb: Option<u64>,
+    /// Most instances of this plugin running at once.
+    pub max_concurrency: Option<u64>,
 }
 
 /// One `[[tools]]` entry.
@@ -183,6 +223,24 @@ impl Manifest {
             }
         }
         component_relative_path(&self.plugin.component).map_err(reject)?;
+        let mut guests = HashSet::new();
+        for grant in &self.capabilities.files {
+            if Path::new(&grant.guest)
+                .components()
+                .any(|c| matches!(c, Component::ParentDir | Component::CurDir))
+            {
+                return Err(reject(format!(
+                    "files: guest path `{}` may not contain `.` or `..`",
+                    grant.guest
+                )));
+            }
+            if !guests.insert(grant.guest.trim_end_matches('/')) {
+                return Err(reject(format!(
+                    "files: guest path `{}` is granted twice",
+                    grant.guest
+                )));
+            }
+        }
         Ok(())
     }
 

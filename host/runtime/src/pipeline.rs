@@ -25,6 +25,7 @@ use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 use crate::bindings::PluginPre;
 use crate::bindings::exports::airlock::plugin::tools::{CallContext, ToolDescriptor, ToolError};
 use crate::error::{Error, Result, ToolErrorKind, TrapKind};
+use crate::grants::EffectiveGrant;
 use crate::limits::Limits;
 use crate::plugin::{Plugin, Tool};
 use crate::schema;
@@ -138,7 +139,17 @@ pub(crate) async fn run_tool(
     let limits = plugin.limits();
     let tool_id = tool.id();
     let started = Instant::now();
-    let mut store = new_store(engine, limits, plugin.manifest().capabilities.log)?;
+    // Per-plugin concurrency cap: wait for a slot at most as long as the call
+    // itself may run.
+    let _permit = tokio::time::timeout(limits.timeout(), plugin.slots.acquire())
+        .await
+        .ok()
+        .and_then(|permit| permit.ok())
+        .ok_or_else(|| Error::PluginBusy {
+            plugin: plugin.name().to_owned(),
+            limit: limits.max_concurrency.value,
+        })?;
+    let mut store = new_store(engine, limits, plugin.grant())?;
     let call_id = context.call_id.clone();
     let trace_id = context.trace_id.clone();
     // Re-serialising the validated value gives the guest canonical JSON
@@ -202,7 +213,12 @@ pub(crate) async fn run_tool(
         }
     }
 
-    let state = store.into_data();
+    let mut state = store.into_data();
+    if plugin.grant().stdio {
+        let (stdout, stderr) = (state.stdout.contents(), state.stderr.contents());
+        crate::grants::collect_stdio(&stdout, crate::state::LogLevel::Info, &mut state.log);
+        crate::grants::collect_stdio(&stderr, crate::state::LogLevel::Warn, &mut state.log);
+    }
     Ok(CallResponse {
         call_id,
         trace_id,
@@ -221,9 +237,9 @@ pub(crate) async fn list_tools(
     pre: &PluginPre<CallState>,
     limits: &Limits,
     plugin: &str,
-    log: bool,
+    grant: &EffectiveGrant,
 ) -> Result<Vec<ToolDescriptor>> {
-    let mut store = new_store(engine, limits, log)?;
+    let mut store = new_store(engine, limits, grant)?;
     let outcome = with_deadline(limits, async {
         let instance = pre.instantiate_async(&mut store).await?;
         instance.airlock_plugin_tools().call_list(&mut store).await
@@ -238,8 +254,8 @@ pub(crate) async fn list_tools(
     })
 }
 
-fn new_store(engine: &Engine, limits: &Limits, log: bool) -> Result<Store<CallState>> {
-    let mut store = CallState::new_store(engine, limits, log).map_err(|e| Error::Engine {
+fn new_store(engine: &Engine, limits: &Limits, grant: &EffectiveGrant) -> Result<Store<CallState>> {
+    let mut store = CallState::new_store(engine, limits, grant).map_err(|e| Error::Engine {
         message: format!("cannot create a store: {e:#}"),
     })?;
     // Check the deadline on every epoch tick; until it passes, yield to the

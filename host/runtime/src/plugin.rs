@@ -8,11 +8,11 @@ use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
-use wasmtime::component::Linker;
 
 use crate::bindings::PluginPre;
 use crate::cache::{CacheStatus, CompiledCache};
 use crate::error::{Error, Result};
+use crate::grants::{self, EffectiveGrant, Policy};
 use crate::limits::Limits;
 use crate::manifest::{MANIFEST_FILE, Manifest, Risk};
 use crate::pipeline;
@@ -35,6 +35,9 @@ pub struct Plugin {
     tools: BTreeMap<String, Arc<Tool>>,
     undeclared: Vec<String>,
     cache: CacheStatus,
+    grant: EffectiveGrant,
+    imports: Vec<String>,
+    pub(crate) slots: tokio::sync::Semaphore,
     pub(crate) pre: PluginPre<CallState>,
 }
 
@@ -94,6 +97,16 @@ impl Plugin {
     /// The exposed tool `name`.
     pub fn tool(&self, name: &str) -> Option<&Arc<Tool>> {
         self.tools.get(name)
+    }
+
+    /// The effective grant: manifest ∩ operator policy.
+    pub fn grant(&self) -> &EffectiveGrant {
+        &self.grant
+    }
+
+    /// The interfaces the component imports.
+    pub fn imports(&self) -> &[String] {
+        &self.imports
     }
 
     /// Tools the component exports that the manifest does not declare. They
@@ -198,8 +211,8 @@ impl Tool {
 /// Load the plugin in `dir`.
 pub(crate) async fn load(
     engine: &Engine,
-    linker: &Linker<CallState>,
     cache: Option<&CompiledCache>,
+    policy: &Policy,
     dir: &Path,
 ) -> Result<Plugin> {
     let manifest_path = dir.join(MANIFEST_FILE);
@@ -233,6 +246,18 @@ pub(crate) async fn load(
     })?;
     tracing::info!(plugin = %name, digest = %digest, cache = ?cache_status, "component ready");
 
+    // Effective grant, then the imports against it: a component importing
+    // an interface it is not granted fails here, by name.
+    let grant = grants::effective(&manifest, policy, dir)?;
+    let imports: Vec<String> = component
+        .component_type()
+        .imports(engine)
+        .map(|(name, _)| name.to_owned())
+        .collect();
+    grants::check_imports(&name, imports.iter().map(String::as_str), &grant)?;
+    let linker = grants::linker(engine, &grant).map_err(|e| Error::Engine {
+        message: format!("cannot link host interfaces: {e:#}"),
+    })?;
     let instance_pre = linker
         .instantiate_pre(&component)
         .map_err(|e| Error::WrongWorld {
@@ -244,9 +269,16 @@ pub(crate) async fn load(
         reason: format!("{e:#}"),
     })?;
 
-    let limits = Limits::resolve(&manifest.limits);
-    let descriptors =
-        pipeline::list_tools(engine, &pre, &limits, &name, manifest.capabilities.log).await?;
+    let limits =
+        Limits::resolve(&manifest.limits, &policy.limits).map_err(|(limit, asked, ceiling)| {
+            Error::LimitAboveCeiling {
+                plugin: name.clone(),
+                limit,
+                asked,
+                ceiling,
+            }
+        })?;
+    let descriptors = pipeline::list_tools(engine, &pre, &limits, &name, &grant).await?;
     let (tools, undeclared) = reconcile(&manifest, descriptors)?;
 
     Ok(Plugin {
@@ -257,6 +289,11 @@ pub(crate) async fn load(
         tools,
         undeclared,
         cache: cache_status,
+        slots: tokio::sync::Semaphore::new(
+            usize::try_from(limits.max_concurrency.value).unwrap_or(usize::MAX),
+        ),
+        grant,
+        imports,
         pre,
     })
 }

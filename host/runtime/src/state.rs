@@ -7,6 +7,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::bindings::airlock::plugin::log as wit_log;
+use crate::grants::{self, EffectiveGrant};
 use crate::limits::{self, Limits};
 
 /// Severity of a guest log line.
@@ -136,8 +137,8 @@ pub(crate) struct CallState {
     table: ResourceTable,
     pub(crate) limiter: CallLimiter,
     pub(crate) log: LogSink,
+    pub(crate) stdout: MemoryOutputPipe,
     pub(crate) stderr: MemoryOutputPipe,
-    log_granted: bool,
 }
 
 impl std::fmt::Debug for CallState {
@@ -149,22 +150,24 @@ impl std::fmt::Debug for CallState {
 }
 
 impl CallState {
-    /// A store for one call of a plugin with `limits`.
+    /// A store for one call of a plugin with `limits` and `grant`.
     ///
     /// # Security
-    /// The WASI context grants nothing: no preopened directories, no
-    /// environment, no arguments, no network, stdin empty; stdout and stderr
-    /// go to a bounded in-memory pipe, never to the host's own streams.
+    /// The WASI context holds exactly the grant: the granted environment
+    /// variables and preopened directories, real clocks and entropy only when
+    /// granted; never arguments, network or the host's stdio. Stdout and
+    /// stderr go to bounded in-memory pipes.
     pub(crate) fn new_store(
         engine: &wasmtime::Engine,
         limits: &Limits,
-        log_granted: bool,
+        grant: &EffectiveGrant,
     ) -> wasmtime::Result<Store<CallState>> {
+        let stdout = MemoryOutputPipe::new(limits::MAX_STDERR_BYTES);
         let stderr = MemoryOutputPipe::new(limits::MAX_STDERR_BYTES);
-        let wasi = WasiCtx::builder()
-            .stdout(stderr.clone())
-            .stderr(stderr.clone())
-            .build();
+        let mut builder = WasiCtx::builder();
+        builder.stdout(stdout.clone()).stderr(stderr.clone());
+        grants::configure(&mut builder, grant)?;
+        let wasi = builder.build();
         let state = CallState {
             wasi,
             table: ResourceTable::new(),
@@ -174,8 +177,8 @@ impl CallState {
                 hit: false,
             },
             log: LogSink::new(limits::DEFAULT_MAX_LOG_BYTES),
+            stdout,
             stderr,
-            log_granted,
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -207,9 +210,6 @@ impl crate::bindings::airlock::plugin::types::Host for CallState {}
 
 impl wit_log::Host for CallState {
     fn log(&mut self, level: wit_log::Level, message: String) {
-        if !self.log_granted {
-            return;
-        }
         let level = match level {
             wit_log::Level::Trace => LogLevel::Trace,
             wit_log::Level::Debug => LogLevel::Debug,

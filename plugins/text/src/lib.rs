@@ -15,6 +15,34 @@ const REGEX_SIZE_LIMIT: usize = 1024 * 1024;
 /// Most matches `regex-extract` ever returns.
 const MAX_MATCHES: u32 = 1000;
 
+/// Largest result text a tool returns: the manifest's `max_output_kb` is
+/// 1024, and the host also bounds one guest-to-host transfer at 1 MiB, so a
+/// bigger result would be refused (or trap) anyway. Refusing it here gives
+/// the caller a clear `invalid-input` instead.
+const MAX_RESULT_BYTES: usize = 1000 * 1024;
+
+/// Length of `s` once encoded as a JSON string (quotes and escapes included).
+fn json_string_len(s: &str) -> usize {
+    2 + s
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum::<usize>()
+}
+
+fn check_result_size(text: &str, hint: &str) -> Result<(), ToolError> {
+    let len = json_string_len(text);
+    if len > MAX_RESULT_BYTES {
+        return Err(ToolError::invalid_input(format!(
+            "the result would be {len} bytes, more than the limit of {MAX_RESULT_BYTES}; {hint}"
+        )));
+    }
+    Ok(())
+}
+
 fn check_size(text: &str) -> Result<(), ToolError> {
     if text.len() > MAX_TEXT_BYTES {
         return Err(ToolError::invalid_input(format!(
@@ -133,18 +161,29 @@ pub fn slugify(args: SlugifyArgs, _: &Context) -> Result<Slug, ToolError> {
     for c in folded {
         if c.is_ascii_alphanumeric() {
             if pending_sep && !slug.is_empty() {
-                if slug.len() + 2 > max {
-                    break;
-                }
                 slug.push(sep);
-            }
-            if slug.len() + 1 > max {
-                break;
             }
             pending_sep = false;
             slug.push(c.to_ascii_lowercase());
+            // One byte past the limit says whether the cut falls between words.
+            if slug.len() > max {
+                break;
+            }
         } else {
             pending_sep = true;
+        }
+    }
+    if slug.len() > max {
+        let between_words = slug.as_bytes()[max] == sep as u8;
+        slug.truncate(max);
+        if !between_words {
+            // Drop the partial last word unless it is the only one.
+            if let Some(i) = slug.rfind(sep) {
+                slug.truncate(i);
+            }
+        }
+        while slug.ends_with(sep) {
+            slug.pop();
         }
     }
     Ok(Slug { slug })
@@ -238,6 +277,10 @@ pub enum Case {
     Kebab,
     /// camelCase
     Camel,
+    /// PascalCase
+    Pascal,
+    /// CONSTANT_CASE
+    Constant,
 }
 
 /// Converted text.
@@ -255,23 +298,16 @@ pub fn case(args: CaseArgs, _: &Context) -> Result<Converted, ToolError> {
             .filter(|w| !w.is_empty())
             .flat_map(split_camel)
     };
+    let joined =
+        |sep: &str, f: fn(&str) -> String| words().map(|w| f(&w)).collect::<Vec<_>>().join(sep);
     let text = match args.to {
         Case::Upper => args.text.to_uppercase(),
         Case::Lower => args.text.to_lowercase(),
-        Case::Title => args
-            .text
-            .split_whitespace()
-            .map(capitalize)
-            .collect::<Vec<_>>()
-            .join(" "),
-        Case::Snake => words()
-            .map(|w| w.to_lowercase())
-            .collect::<Vec<_>>()
-            .join("_"),
-        Case::Kebab => words()
-            .map(|w| w.to_lowercase())
-            .collect::<Vec<_>>()
-            .join("-"),
+        Case::Title => title(&args.text),
+        Case::Snake => joined("_", str::to_lowercase),
+        Case::Kebab => joined("-", str::to_lowercase),
+        Case::Constant => joined("_", str::to_uppercase),
+        Case::Pascal => joined("", capitalize),
         Case::Camel => words()
             .enumerate()
             .map(|(i, w)| {
@@ -283,21 +319,46 @@ pub fn case(args: CaseArgs, _: &Context) -> Result<Converted, ToolError> {
             })
             .collect(),
     };
+    check_result_size(&text, "convert a shorter text")?;
     Ok(Converted { text })
 }
 
-/// Split `helloWorld` into `hello`, `World`.
+/// Capitalise each whitespace-separated word, keeping everything else as is.
+fn title(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut word_start = true;
+    for c in text.chars() {
+        if c.is_whitespace() {
+            word_start = true;
+            out.push(c);
+        } else if word_start {
+            word_start = false;
+            out.extend(c.to_uppercase());
+        } else {
+            out.extend(c.to_lowercase());
+        }
+    }
+    out
+}
+
+/// Split an identifier at case changes: `helloWorld` -> `hello`, `World`;
+/// `HTTPServer` -> `HTTP`, `Server`. Digits stay with the word before them.
 fn split_camel(word: &str) -> Vec<String> {
-    let mut out = vec![String::new()];
-    let mut prev_lower = false;
-    for c in word.chars() {
-        if c.is_uppercase() && prev_lower {
-            out.push(String::new());
+    let chars: Vec<char> = word.chars().collect();
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for (i, &c) in chars.iter().enumerate() {
+        if i > 0 && c.is_uppercase() {
+            let prev = chars[i - 1];
+            let next_is_lower = chars.get(i + 1).is_some_and(|n| n.is_lowercase());
+            if prev.is_lowercase() || prev.is_numeric() || (prev.is_uppercase() && next_is_lower) {
+                out.push(std::mem::take(&mut current));
+            }
         }
-        prev_lower = c.is_lowercase() || c.is_ascii_digit();
-        if let Some(last) = out.last_mut() {
-            last.push(c);
-        }
+        current.push(c);
+    }
+    if !current.is_empty() {
+        out.push(current);
     }
     out
 }
@@ -317,7 +378,7 @@ plugin! {
     "stats" => stats: "Count bytes, characters, words, lines and sentences in a text.",
     "slugify" => slugify: "Turn text into a lowercase ASCII URL slug (accents removed, words joined by a separator).",
     "regex-extract" => regex_extract: "Return the matches of a regular expression in a text (linear-time engine, capped number of matches).",
-    "case" => case: "Convert text to upper, lower, title, snake, kebab or camel case.",
+    "case" => case: "Convert text to upper, lower, title, snake, kebab, camel, Pascal or CONSTANT case.",
 }
 
 #[cfg(test)]
@@ -376,6 +437,15 @@ mod tests {
         assert_eq!(slug("  --Straße & Co.-- ", None, None), "strasse-co");
         assert_eq!(slug("a b c", Some(Separator::Underscore), None), "a_b_c");
         assert_eq!(slug("alpha beta gamma", None, Some(10)), "alpha-beta");
+        assert_eq!(slug("alpha beta gamma", None, Some(11)), "alpha-beta");
+        assert_eq!(slug("alpha beta gamma", None, Some(13)), "alpha-beta");
+        assert_eq!(slug("alpha beta gamma", None, Some(8)), "alpha");
+        assert_eq!(slug("alpha beta gamma", None, Some(3)), "alp");
+        assert_eq!(slug("alpha beta", None, Some(1024)), "alpha-beta");
+        assert_eq!(
+            slug("Ærøskøbing Łódź", Some(Separator::Dot), None),
+            "aeroskobing.lodz"
+        );
         assert_eq!(slug("日本語", None, None), "");
     }
 
@@ -442,6 +512,29 @@ mod tests {
         assert_eq!(run("hello_world", Case::Kebab), "hello-world");
         assert_eq!(run("hELLO wORLD", Case::Title), "Hello World");
         assert_eq!(run("straße", Case::Upper), "STRASSE");
+        assert_eq!(run("hello  big\nworld", Case::Title), "Hello  Big\nWorld");
+        assert_eq!(
+            run("HTTPServer getHTTPResponse", Case::Snake),
+            "http_server_get_http_response"
+        );
+        assert_eq!(run("version2Update", Case::Kebab), "version2-update");
+        assert_eq!(run("user id", Case::Pascal), "UserId");
+        assert_eq!(run("maxRetryCount", Case::Constant), "MAX_RETRY_COUNT");
+        assert_eq!(run("", Case::Camel), "");
+    }
+
+    #[test]
+    fn oversized_results_are_refused() {
+        // 600 KiB of quotes: within the input limit, but each needs escaping.
+        let err = case(
+            CaseArgs {
+                text: "\"".repeat(600 * 1024),
+                to: Case::Upper,
+            },
+            &ctx(),
+        )
+        .unwrap_err();
+        assert!(matches!(err, ToolError::InvalidInput(m) if m.contains("limit")));
     }
 
     #[test]

@@ -1,4 +1,6 @@
-//! A raw airlock:plugin component (no SDK) with a broken tool list.
+//! A raw `airlock:plugin` component (no SDK) whose tool list the host must
+//! refuse at load: `broken` declares an input schema that is not JSON, and
+//! `not-object` one whose root is `{"type":"string"}`.
 
 wit_bindgen::generate!({
     path: "../../../wit",
@@ -20,7 +22,7 @@ fn tool(name: &str, input_schema: &str) -> ToolDescriptor {
 
 impl Guest for Plugin {
     fn list() -> Vec<ToolDescriptor> {
-        TOOLS()
+        tools()
     }
 
     fn call(_name: String, _arguments: String, _ctx: CallContext) -> Result<String, ToolError> {
@@ -31,8 +33,7 @@ impl Guest for Plugin {
 export!(Plugin);
 
 /// `broken`'s schema is not JSON; `not-object`'s root is a string schema.
-#[allow(non_snake_case)]
-fn TOOLS() -> Vec<ToolDescriptor> {
+fn tools() -> Vec<ToolDescriptor> {
     vec![
         tool("broken", "{not json"),
         tool("not-object", r#"{"type":"string"}"#),

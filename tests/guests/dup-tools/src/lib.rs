@@ -1,4 +1,5 @@
-//! A raw airlock:plugin component (no SDK) with a broken tool list.
+//! A raw `airlock:plugin` component (no SDK) whose tool list the host must
+//! refuse at load: it exports the tool `twin` twice.
 
 wit_bindgen::generate!({
     path: "../../../wit",
@@ -20,7 +21,7 @@ fn tool(name: &str, input_schema: &str) -> ToolDescriptor {
 
 impl Guest for Plugin {
     fn list() -> Vec<ToolDescriptor> {
-        TOOLS()
+        tools()
     }
 
     fn call(_name: String, _arguments: String, _ctx: CallContext) -> Result<String, ToolError> {
@@ -31,8 +32,7 @@ impl Guest for Plugin {
 export!(Plugin);
 
 /// The same tool name twice.
-#[allow(non_snake_case)]
-fn TOOLS() -> Vec<ToolDescriptor> {
+fn tools() -> Vec<ToolDescriptor> {
     vec![
         tool("twin", r#"{"type":"object"}"#),
         tool("twin", r#"{"type":"object"}"#),

@@ -1,9 +1,11 @@
 //! A plugin that misbehaves on request: errors, panics, endless loops,
 //! memory hogging, oversized output and log floods.
 
+use airlock_sdk::serde_json::{Map, Value};
 use airlock_sdk::{Context, JsonSchema, ToolError, plugin, schemars};
 use serde::{Deserialize, Serialize};
 
+/// No arguments.
 #[derive(Deserialize, JsonSchema)]
 pub struct Nothing {}
 
@@ -12,15 +14,10 @@ pub struct Done {
     pub done: bool,
 }
 
+/// Any JSON object, returned unchanged.
 #[derive(Deserialize, Serialize, JsonSchema)]
-pub struct Echo {
-    #[serde(flatten)]
-    pub fields: serde_json_map::Map,
-}
-
-mod serde_json_map {
-    pub type Map = airlock_sdk::serde_json::Map<String, airlock_sdk::serde_json::Value>;
-}
+#[serde(transparent)]
+pub struct Echo(pub Map<String, Value>);
 
 pub fn echo(args: Echo, _: &Context) -> Result<Echo, ToolError> {
     Ok(args)
@@ -55,14 +52,13 @@ pub struct Grow {
     pub mb: u32,
 }
 
+/// Allocates in 1 MiB chunks, each written to, so the guest needs about
+/// `mb` MiB of linear memory (no doubling of one big buffer) and an
+/// allocation the host refuses aborts the instance (a trap).
 pub fn grow(args: Grow, _: &Context) -> Result<Done, ToolError> {
-    let mut v: Vec<u8> = Vec::new();
-    for _ in 0..args.mb {
-        let chunk = vec![1u8; 1024 * 1024];
-        v.extend_from_slice(&chunk);
-    }
+    let chunks: Vec<Vec<u8>> = (0..args.mb).map(|_| vec![1u8; 1024 * 1024]).collect();
     Ok(Done {
-        done: std::hint::black_box(v.len()) > 0,
+        done: std::hint::black_box(chunks.len()) == args.mb as usize,
     })
 }
 

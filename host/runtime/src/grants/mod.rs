@@ -1,0 +1,398 @@
+//! Capabilities: what a plugin may use, and how each is linked and checked.
+//!
+//! The *effective grant* of a plugin is its manifest's `[capabilities]`
+//! intersected with the operator's [`Policy`]. A manifest asking for
+//! something the policy forbids fails to load ([`Error::CapabilityDenied`]).
+//!
+//! Interfaces fall in three groups (see [`classify`]):
+//! - **baseline**: interfaces every `wasm32-wasip2` program imports that carry
+//!   no authority by themselves — I/O streams, exit, stdio, environment and
+//!   filesystem *types* and *preopens*, the wall clock and the hash-seed.
+//!   Their authority comes from what the grant puts behind them: only granted
+//!   environment variables are visible, only granted directories are
+//!   preopened, the wall clock reads the Unix epoch and the seed is fixed
+//!   unless `clocks` / `random` are granted.
+//! - **gated**: interfaces that confer authority by existing (logging, the
+//!   monotonic clock, entropy). They are linked only when granted; a
+//!   component importing one without the grant fails to load with
+//!   [`Error::CapabilityNotGranted`], naming the manifest key that grants it.
+//! - **never**: raw sockets (and, until supported, HTTP) are never linked.
+//!
+//! Each capability lives in its own module owning both its linking and its
+//! checks.
+
+mod clocks;
+mod env;
+mod files;
+mod log;
+mod random;
+mod stdio;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use wasmtime::Engine;
+use wasmtime::component::{HasData, Linker, ResourceTable};
+use wasmtime_wasi::WasiCtxBuilder;
+
+pub use files::ResolvedFiles;
+
+use crate::error::{Error, Result};
+use crate::manifest::Manifest;
+use crate::state::CallState;
+
+/// A capability a manifest can declare and a policy can forbid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Capability {
+    /// `capabilities.log`
+    Log,
+    /// `capabilities.clocks`
+    Clocks,
+    /// `capabilities.random`
+    Random,
+    /// `capabilities.stdio`
+    Stdio,
+    /// `capabilities.env`
+    Env,
+    /// `capabilities.files`
+    Files,
+}
+
+impl Capability {
+    /// The manifest key that declares this capability.
+    pub fn manifest_key(self) -> &'static str {
+        match self {
+            Capability::Log => "capabilities.log",
+            Capability::Clocks => "capabilities.clocks",
+            Capability::Random => "capabilities.random",
+            Capability::Stdio => "capabilities.stdio",
+            Capability::Env => "capabilities.env",
+            Capability::Files => "capabilities.files",
+        }
+    }
+
+    /// Every capability.
+    pub const ALL: [Capability; 6] = [
+        Capability::Log,
+        Capability::Clocks,
+        Capability::Random,
+        Capability::Stdio,
+        Capability::Env,
+        Capability::Files,
+    ];
+}
+
+/// Ceilings the operator puts on every plugin's limits. A manifest asking for
+/// more fails to load; a host default above a ceiling is lowered to it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitCeilings {
+    /// Fuel per call.
+    pub fuel: Option<u64>,
+    /// Deadline per call, in milliseconds.
+    pub timeout_ms: Option<u64>,
+    /// Linear memory per instance, in MiB.
+    pub memory_mb: Option<u64>,
+    /// Result size, in KiB.
+    pub max_output_kb: Option<u64>,
+    /// Concurrent instances per plugin.
+    pub max_concurrency: Option<u64>,
+}
+
+/// The operator's policy: trusted configuration that narrows what any plugin
+/// may be granted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    /// Capabilities no plugin may have.
+    #[serde(default)]
+    pub forbid: BTreeSet<Capability>,
+    /// Directory every `files` grant must resolve inside. Without it, each
+    /// plugin's host paths are resolved inside its own plugin directory.
+    #[serde(default)]
+    pub files_root: Option<PathBuf>,
+    /// Values for environment variables plugins may declare by name.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Ceilings on limits.
+    #[serde(default)]
+    pub limits: LimitCeilings,
+}
+
+/// What a plugin is actually granted: manifest ∩ policy, with paths resolved.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct EffectiveGrant {
+    /// Logging.
+    pub log: bool,
+    /// Real clocks.
+    pub clocks: bool,
+    /// Entropy.
+    pub random: bool,
+    /// Stdout/stderr kept in the call log.
+    pub stdio: bool,
+    /// Environment variables (name, value); only names the manifest declares
+    /// and the operator provides a value for.
+    pub env: Vec<(String, String)>,
+    /// Declared variables the operator provides no value for (invisible to
+    /// the guest).
+    pub env_missing: Vec<String>,
+    /// Preopened directories.
+    pub files: Vec<ResolvedFiles>,
+}
+
+impl EffectiveGrant {
+    /// Whether `capability` is granted.
+    pub fn has(&self, capability: Capability) -> bool {
+        match capability {
+            Capability::Log => self.log,
+            Capability::Clocks => self.clocks,
+            Capability::Random => self.random,
+            Capability::Stdio => self.stdio,
+            Capability::Env => !self.env.is_empty() || !self.env_missing.is_empty(),
+            Capability::Files => !self.files.is_empty(),
+        }
+    }
+}
+
+/// Compute the effective grant of `manifest` (loaded from `plugin_dir`).
+///
+/// # Errors
+/// [`Error::CapabilityDenied`] when the manifest declares a capability the
+/// policy forbids, or a `files` host path that does not exist, is not a
+/// directory, or resolves outside the allowed root.
+pub fn effective(
+    manifest: &Manifest,
+    policy: &Policy,
+    plugin_dir: &Path,
+) -> Result<EffectiveGrant> {
+    let caps = &manifest.capabilities;
+    let plugin = &manifest.plugin.name;
+    let declared = [
+        (Capability::Log, caps.log),
+        (Capability::Clocks, caps.clocks),
+        (Capability::Random, caps.random),
+        (Capability::Stdio, caps.stdio),
+        (Capability::Env, !caps.env.is_empty()),
+        (Capability::Files, !caps.files.is_empty()),
+    ];
+    for (capability, asked) in declared {
+        if asked && policy.forbid.contains(&capability) {
+            return Err(Error::CapabilityDenied {
+                plugin: plugin.clone(),
+                capability: capability.manifest_key().to_owned(),
+                reason: "the operator's policy forbids it".to_owned(),
+            });
+        }
+    }
+    let (env, env_missing) = env::resolve(&caps.env, policy);
+    Ok(EffectiveGrant {
+        log: caps.log,
+        clocks: caps.clocks,
+        random: caps.random,
+        stdio: caps.stdio,
+        env,
+        env_missing,
+        files: files::resolve(plugin, &caps.files, policy, plugin_dir)?,
+    })
+}
+
+/// How the host treats an interface a component imports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "class", content = "capability")]
+pub enum ImportClass {
+    /// Always linked; carries no authority by itself.
+    Baseline,
+    /// Linked only when the capability is granted.
+    Gated(Capability),
+    /// Never linked.
+    Never,
+    /// Not provided by this host.
+    Unknown,
+}
+
+/// Classify an imported interface name such as `wasi:clocks/monotonic-clock@0.2.6`.
+pub fn classify(import: &str) -> ImportClass {
+    let name = import.split('@').next().unwrap_or(import);
+    match name {
+        "airlock:plugin/types"
+        | "wasi:io/error"
+        | "wasi:io/poll"
+        | "wasi:io/streams"
+        | "wasi:cli/exit"
+        | "wasi:cli/environment"
+        | "wasi:cli/stdin"
+        | "wasi:cli/stdout"
+        | "wasi:cli/stderr"
+        | "wasi:cli/terminal-input"
+        | "wasi:cli/terminal-output"
+        | "wasi:cli/terminal-stdin"
+        | "wasi:cli/terminal-stdout"
+        | "wasi:cli/terminal-stderr"
+        | "wasi:filesystem/types"
+        | "wasi:filesystem/preopens"
+        | "wasi:clocks/wall-clock"
+        | "wasi:random/insecure-seed" => ImportClass::Baseline,
+        "airlock:plugin/log" => ImportClass::Gated(Capability::Log),
+        "wasi:clocks/monotonic-clock" => ImportClass::Gated(Capability::Clocks),
+        "wasi:random/random" | "wasi:random/insecure" => ImportClass::Gated(Capability::Random),
+        _ if name.starts_with("wasi:sockets/") || name.starts_with("wasi:http/") => {
+            ImportClass::Never
+        }
+        _ => ImportClass::Unknown,
+    }
+}
+
+/// Check every import of a component against `grant`.
+///
+/// # Errors
+/// [`Error::CapabilityNotGranted`] naming the first import that is gated and
+/// not granted, never linked, or unknown to this host.
+pub(crate) fn check_imports<'a>(
+    plugin: &str,
+    imports: impl IntoIterator<Item = &'a str>,
+    grant: &EffectiveGrant,
+) -> Result<()> {
+    for import in imports {
+        let denied = |hint: String| Error::CapabilityNotGranted {
+            plugin: plugin.to_owned(),
+            interface: import.to_owned(),
+            hint,
+        };
+        match classify(import) {
+            ImportClass::Baseline => {}
+            ImportClass::Gated(capability) if grant.has(capability) => {}
+            ImportClass::Gated(capability) => {
+                return Err(denied(format!(
+                    "grant it with `{} = true` in the manifest",
+                    capability.manifest_key()
+                )));
+            }
+            ImportClass::Never => {
+                return Err(denied(
+                    "raw sockets and outbound HTTP are not available to plugins on this host"
+                        .to_owned(),
+                ));
+            }
+            ImportClass::Unknown => {
+                return Err(denied(
+                    "this host does not provide that interface".to_owned(),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `wasi:io` bindings need only the resource table.
+struct HasIo;
+
+impl HasData for HasIo {
+    type Data<'a> = &'a mut ResourceTable;
+}
+
+/// A linker with the baseline interfaces and exactly the granted ones.
+pub(crate) fn linker(
+    engine: &Engine,
+    grant: &EffectiveGrant,
+) -> wasmtime::Result<Linker<CallState>> {
+    use wasmtime_wasi::WasiView as _;
+    use wasmtime_wasi::p2::bindings::{cli, filesystem};
+    use wasmtime_wasi::{
+        cli::WasiCli, cli::WasiCliView as _, filesystem::WasiFilesystem,
+        filesystem::WasiFilesystemView as _,
+    };
+
+    let mut linker = Linker::new(engine);
+    let l = &mut linker;
+    wasmtime_wasi_io::bindings::wasi::io::error::add_to_linker::<CallState, HasIo>(l, |t| {
+        t.ctx().table
+    })?;
+    wasmtime_wasi_io::bindings::wasi::io::poll::add_to_linker::<CallState, HasIo>(l, |t| {
+        t.ctx().table
+    })?;
+    wasmtime_wasi_io::bindings::wasi::io::streams::add_to_linker::<CallState, HasIo>(l, |t| {
+        t.ctx().table
+    })?;
+    cli::exit::add_to_linker::<_, WasiCli>(l, CallState::cli)?;
+    cli::environment::add_to_linker::<_, WasiCli>(l, CallState::cli)?;
+    cli::terminal_input::add_to_linker::<_, WasiCli>(l, CallState::cli)?;
+    cli::terminal_output::add_to_linker::<_, WasiCli>(l, CallState::cli)?;
+    cli::terminal_stdin::add_to_linker::<_, WasiCli>(l, CallState::cli)?;
+    cli::terminal_stdout::add_to_linker::<_, WasiCli>(l, CallState::cli)?;
+    cli::terminal_stderr::add_to_linker::<_, WasiCli>(l, CallState::cli)?;
+    stdio::link(l)?;
+    filesystem::types::add_to_linker::<_, WasiFilesystem>(l, CallState::filesystem)?;
+    filesystem::preopens::add_to_linker::<_, WasiFilesystem>(l, CallState::filesystem)?;
+    clocks::link(l, grant)?;
+    random::link(l, grant)?;
+    log::link(l, grant)?;
+    Ok(linker)
+}
+
+/// Configure a call's WASI context for `grant`.
+pub(crate) fn configure(
+    builder: &mut WasiCtxBuilder,
+    grant: &EffectiveGrant,
+) -> wasmtime::Result<()> {
+    env::configure(builder, grant);
+    clocks::configure(builder, grant);
+    random::configure(builder, grant);
+    files::configure(builder, grant)
+}
+
+pub(crate) use stdio::collect as collect_stdio;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn imports_are_classified() {
+        assert_eq!(classify("wasi:io/streams@0.2.6"), ImportClass::Baseline);
+        assert_eq!(
+            classify("wasi:clocks/monotonic-clock@0.2.0"),
+            ImportClass::Gated(Capability::Clocks)
+        );
+        assert_eq!(
+            classify("wasi:random/random@0.2.6"),
+            ImportClass::Gated(Capability::Random)
+        );
+        assert_eq!(
+            classify("airlock:plugin/log@0.1.0"),
+            ImportClass::Gated(Capability::Log)
+        );
+        assert_eq!(classify("wasi:sockets/tcp@0.2.6"), ImportClass::Never);
+        assert_eq!(
+            classify("wasi:http/outgoing-handler@0.2.6"),
+            ImportClass::Never
+        );
+        assert_eq!(classify("acme:secrets/vault"), ImportClass::Unknown);
+    }
+
+    #[test]
+    fn gated_imports_need_their_grant() {
+        let grant = EffectiveGrant::default();
+        let err = check_imports(
+            "p",
+            ["wasi:io/streams@0.2.6", "wasi:random/random@0.2.6"],
+            &grant,
+        )
+        .unwrap_err();
+        let Error::CapabilityNotGranted {
+            interface, hint, ..
+        } = &err
+        else {
+            panic!("{err}")
+        };
+        assert_eq!(interface, "wasi:random/random@0.2.6");
+        assert!(hint.contains("capabilities.random = true"), "{hint}");
+        let granted = EffectiveGrant {
+            random: true,
+            ..EffectiveGrant::default()
+        };
+        check_imports("p", ["wasi:random/random@0.2.6"], &granted).unwrap();
+        assert!(check_imports("p", ["wasi:sockets/tcp@0.2.6"], &granted).is_err());
+    }
+}
