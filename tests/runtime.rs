@@ -36,7 +36,7 @@ fn text_component() -> Vec<u8> {
     read(&format!("{PLUGINS_DIR}/text/text.wasm"))
 }
 
-const TEXT_TOOLS: &str = "[[tools]]\nname = \"stats\"\nrisk = \"read\"\n\n[[tools]]\nname = \"slugify\"\nrisk = \"read\"\n";
+const TEXT_TOOLS: &str = "[capabilities]\nlog = true\n\n[[tools]]\nname = \"stats\"\nrisk = \"read\"\n\n[[tools]]\nname = \"slugify\"\nrisk = \"read\"\n";
 
 // ---------------------------------------------------------------- examples
 
@@ -209,7 +209,7 @@ async fn manifest_unknown_field() {
     let err = load_err(&install(
         "text",
         &text_component(),
-        &format!("[capabilities]\nteleport = true\n\n{TEXT_TOOLS}"),
+        &format!("[limits]\nteleport = true\n\n{TEXT_TOOLS}"),
     ))
     .await;
     assert!(matches!(err, Error::ManifestInvalid { .. }), "{err}");
