@@ -8,6 +8,9 @@ use airlock_host::{CallRequest, Error, ErrorClass, Host, HostConfig, ToolErrorKi
 use airlock_tests::{BAD_SCHEMA, DUP_TOOLS, MISBEHAVE, PluginDir, WRONG_WORLD, install, read};
 use serde_json::{Value, json};
 
+/// Fixtures tested in another suite (capabilities.rs).
+mod probe {}
+
 macro_rules! assert_test_exists {
     ($name:ident) => {
         #[allow(unused_imports)]
@@ -17,6 +20,7 @@ macro_rules! assert_test_exists {
 airlock_tests::foreach_guest!(assert_test_exists);
 
 const MISBEHAVE_TOOLS: &[&str] = &[
+    "now",
     "echo",
     "fail",
     "reject",

@@ -112,6 +112,22 @@ pub fn lie(_: Nothing, _: &Context) -> Result<Liar, ToolError> {
     Ok(Liar { count: 0 })
 }
 
+#[derive(Serialize, JsonSchema)]
+pub struct Seconds {
+    pub seconds: u64,
+}
+
+/// Reads the wall clock (baseline `wasi:clocks/wall-clock`).
+pub fn now(_: Nothing, _: &Context) -> Result<Seconds, ToolError> {
+    // Straight to wasi:clocks/wall-clock: std's SystemTime also pulls in
+    // the monotonic clock, which this fixture must not import.
+    #[cfg(target_arch = "wasm32")]
+    let seconds = wasi::clocks::wall_clock::now().seconds;
+    #[cfg(not(target_arch = "wasm32"))]
+    let seconds = 0;
+    Ok(Seconds { seconds })
+}
+
 pub fn hidden(_: Nothing, _: &Context) -> Result<Done, ToolError> {
     Ok(Done { done: true })
 }
@@ -127,5 +143,6 @@ plugin! {
     "big-output" => big_output: "Return a string of `bytes` bytes.",
     "log-flood" => log_flood: "Log `lines` lines of `size` bytes.",
     "lie" => lie: "Return a result that does not match the declared output schema.",
+    "now" => now: "Read the wall clock.",
     "hidden" => hidden: "Exported but never declared in a manifest.",
 }

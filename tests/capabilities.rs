@@ -1,0 +1,474 @@
+//! Every capability against a real component: one test where it is granted
+//! and works, and tests where it is not granted or its bounds are tested —
+//! asserting the kind of failure and that nothing happened outside the grant.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::collections::BTreeMap;
+
+use airlock_host::{CallRequest, Capability, Error, ErrorClass, Host, HostConfig, Policy};
+use airlock_tests::{MISBEHAVE, PROBE, PluginDir, install, read};
+use serde_json::{Value, json};
+
+const PROBE_TOOLS: &[&str] = &[
+    "read-file",
+    "write-file",
+    "list-dir",
+    "env",
+    "env-names",
+    "elapsed",
+    "random",
+    "print",
+];
+
+fn tools(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|t| format!("\n[[tools]]\nname = \"{t}\"\nrisk = \"read\"\n"))
+        .collect()
+}
+
+/// The probe with `capabilities` (TOML body of the table) and a `data/`
+/// directory holding `hello.txt`, plus `secret.txt` beside it (outside).
+fn probe(capabilities: &str) -> PluginDir {
+    let dir = install(
+        "probe",
+        &read(PROBE),
+        &format!(
+            "[capabilities]\nclocks = true\nrandom = true\n{capabilities}\n{}",
+            tools(PROBE_TOOLS)
+        ),
+    );
+    std::fs::create_dir(dir.path().join("data")).unwrap();
+    std::fs::write(dir.path().join("data/hello.txt"), "hello from data").unwrap();
+    std::fs::write(dir.path().join("secret.txt"), "TOP SECRET").unwrap();
+    dir
+}
+
+async fn load(dir: &PluginDir, policy: Policy) -> Result<Host, Error> {
+    let mut host = Host::new(HostConfig::default().policy(policy)).unwrap();
+    host.load_plugin(dir.path()).await?;
+    Ok(host)
+}
+
+async fn call(host: &Host, tool: &str, args: Value) -> Result<Value, Error> {
+    host.call(CallRequest::new(tool, args.to_string()))
+        .await
+        .map(|r| r.output)
+}
+
+fn failed(result: Result<Value, Error>) -> String {
+    match result {
+        Err(Error::Tool { message, .. }) => message,
+        other => panic!("expected a tool error, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------- files
+
+#[tokio::test]
+async fn files_read_only_grant_allows_reading_inside() {
+    let dir = probe("files = [{ host = \"data\", guest = \"/data\", access = \"read-only\" }]");
+    let host = load(&dir, Policy::default()).await.unwrap();
+    let out = call(&host, "probe/read-file", json!({"path": "/data/hello.txt"}))
+        .await
+        .unwrap();
+    assert_eq!(out["text"], "hello from data");
+    let out = call(&host, "probe/list-dir", json!({"path": "/data"}))
+        .await
+        .unwrap();
+    assert_eq!(out["entries"], json!(["hello.txt"]));
+}
+
+#[tokio::test]
+async fn files_read_only_grant_refuses_writes() {
+    let dir = probe("files = [{ host = \"data\", guest = \"/data\", access = \"read-only\" }]");
+    let host = load(&dir, Policy::default()).await.unwrap();
+    failed(
+        call(
+            &host,
+            "probe/write-file",
+            json!({"path": "/data/new.txt", "content": "x"}),
+        )
+        .await,
+    );
+    failed(
+        call(
+            &host,
+            "probe/write-file",
+            json!({"path": "/data/hello.txt", "content": "overwritten"}),
+        )
+        .await,
+    );
+    assert!(!dir.path().join("data/new.txt").exists());
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("data/hello.txt")).unwrap(),
+        "hello from data"
+    );
+}
+
+#[tokio::test]
+async fn files_read_write_grant_allows_writing_inside() {
+    let dir = probe("files = [{ host = \"data\", guest = \"/data\", access = \"read-write\" }]");
+    let host = load(&dir, Policy::default()).await.unwrap();
+    call(
+        &host,
+        "probe/write-file",
+        json!({"path": "/data/new.txt", "content": "written"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("data/new.txt")).unwrap(),
+        "written"
+    );
+}
+
+#[tokio::test]
+async fn files_path_escapes_are_refused() {
+    let dir = probe("files = [{ host = \"data\", guest = \"/data\", access = \"read-write\" }]");
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink("../secret.txt", dir.path().join("data/link")).unwrap();
+        std::os::unix::fs::symlink("..", dir.path().join("data/up")).unwrap();
+        std::os::unix::fs::symlink("/etc", dir.path().join("data/etc")).unwrap();
+    }
+    let host = load(&dir, Policy::default()).await.unwrap();
+    for path in [
+        "/data/../secret.txt",
+        "/data/sub/../../secret.txt",
+        "/secret.txt",
+        "/etc/passwd",
+        "secret.txt",
+        "/data/link",
+        "/data/link/",
+        "/data/up/secret.txt",
+        "/data/up/",
+        "/data/etc/passwd",
+    ] {
+        let message = failed(call(&host, "probe/read-file", json!({"path": path})).await);
+        assert!(
+            !message.contains("TOP SECRET") && !message.contains("root:"),
+            "{path}: {message}"
+        );
+    }
+    for path in [
+        "/data/../evil.txt",
+        "/data/up/evil.txt",
+        "/data/link",
+        "/evil.txt",
+    ] {
+        failed(
+            call(
+                &host,
+                "probe/write-file",
+                json!({"path": path, "content": "pwned"}),
+            )
+            .await,
+        );
+    }
+    assert!(!dir.path().join("evil.txt").exists());
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("secret.txt")).unwrap(),
+        "TOP SECRET"
+    );
+}
+
+#[tokio::test]
+async fn files_are_invisible_without_a_grant() {
+    let dir = probe("");
+    let host = load(&dir, Policy::default()).await.unwrap();
+    failed(call(&host, "probe/read-file", json!({"path": "/data/hello.txt"})).await);
+    failed(call(&host, "probe/list-dir", json!({"path": "/"})).await);
+}
+
+#[tokio::test]
+async fn files_host_paths_may_not_leave_the_plugin_directory() {
+    for host_path in ["..", "data/../..", "/etc"] {
+        let dir = probe(&format!(
+            "files = [{{ host = \"{host_path}\", guest = \"/x\", access = \"read-only\" }}]"
+        ));
+        let err = load(&dir, Policy::default()).await.unwrap_err();
+        assert!(
+            matches!(err, Error::CapabilityDenied { .. }),
+            "{host_path}: {err}"
+        );
+        assert_eq!(err.class(), ErrorClass::CapabilityDenied);
+    }
+}
+
+#[tokio::test]
+async fn files_resolve_inside_the_operator_files_root() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir(root.path().join("shared")).unwrap();
+    std::fs::write(
+        root.path().join("shared/note.txt"),
+        "from the operator's root",
+    )
+    .unwrap();
+    let dir = probe("files = [{ host = \"shared\", guest = \"/shared\", access = \"read-only\" }]");
+    let policy = Policy {
+        files_root: Some(root.path().to_owned()),
+        ..Policy::default()
+    };
+    let host = load(&dir, policy).await.unwrap();
+    let out = call(
+        &host,
+        "probe/read-file",
+        json!({"path": "/shared/note.txt"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(out["text"], "from the operator's root");
+}
+
+#[tokio::test]
+async fn policy_can_forbid_a_capability() {
+    let dir = probe("files = [{ host = \"data\", guest = \"/data\", access = \"read-only\" }]");
+    let policy = Policy {
+        forbid: [Capability::Files].into(),
+        ..Policy::default()
+    };
+    let err = load(&dir, policy).await.unwrap_err();
+    let Error::CapabilityDenied { capability, .. } = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(capability, "capabilities.files");
+}
+
+// ---------------------------------------------------------------- env
+
+#[tokio::test]
+async fn env_exposes_declared_names_with_operator_values_only() {
+    let dir = probe("env = [\"REGION\", \"UNSET\"]");
+    let policy = Policy {
+        env: BTreeMap::from([
+            ("REGION".into(), "eu-west".into()),
+            ("TOKEN".into(), "s3cr3t".into()),
+        ]),
+        ..Policy::default()
+    };
+    let host = load(&dir, policy).await.unwrap();
+    assert_eq!(
+        call(&host, "probe/env", json!({"name": "REGION"}))
+            .await
+            .unwrap()["value"],
+        "eu-west"
+    );
+    // Declared but no operator value; configured but not declared; the
+    // host's own environment.
+    for name in ["UNSET", "TOKEN", "PATH", "HOME"] {
+        assert_eq!(
+            call(&host, "probe/env", json!({"name": name}))
+                .await
+                .unwrap()["value"],
+            Value::Null,
+            "{name}"
+        );
+    }
+    assert_eq!(
+        call(&host, "probe/env-names", json!({})).await.unwrap()["entries"],
+        json!(["REGION"])
+    );
+}
+
+#[tokio::test]
+async fn env_is_empty_without_a_grant() {
+    let dir = probe("");
+    let policy = Policy {
+        env: BTreeMap::from([("REGION".into(), "eu-west".into())]),
+        ..Policy::default()
+    };
+    let host = load(&dir, policy).await.unwrap();
+    assert_eq!(
+        call(&host, "probe/env-names", json!({})).await.unwrap()["entries"],
+        json!([])
+    );
+}
+
+// ---------------------------------------------------------------- clocks, random
+
+#[tokio::test]
+async fn clocks_and_random_work_when_granted() {
+    let host = load(&probe(""), Policy::default()).await.unwrap();
+    call(&host, "probe/elapsed", json!({})).await.unwrap();
+    let a = call(&host, "probe/random", json!({})).await.unwrap()["value"]
+        .as_u64()
+        .unwrap();
+    let b = call(&host, "probe/random", json!({})).await.unwrap()["value"]
+        .as_u64()
+        .unwrap();
+    assert_ne!(a, b, "two draws of 64 random bits should differ");
+}
+
+async fn probe_load_error(capabilities: &str) -> Error {
+    let manifest = format!("[capabilities]\n{capabilities}\n{}", tools(PROBE_TOOLS));
+    let dir = install("probe", &read(PROBE), &manifest);
+    load(&dir, Policy::default()).await.unwrap_err()
+}
+
+#[tokio::test]
+async fn importing_the_monotonic_clock_needs_the_clocks_grant() {
+    let err = probe_load_error("random = true").await;
+    let Error::CapabilityNotGranted {
+        interface, hint, ..
+    } = &err
+    else {
+        panic!("{err}")
+    };
+    assert!(
+        interface.starts_with("wasi:clocks/monotonic-clock"),
+        "{interface}"
+    );
+    assert!(hint.contains("capabilities.clocks = true"), "{hint}");
+    assert_eq!(err.kind(), "capability_not_granted");
+}
+
+#[tokio::test]
+async fn importing_entropy_needs_the_random_grant() {
+    let err = probe_load_error("clocks = true").await;
+    let Error::CapabilityNotGranted {
+        interface, hint, ..
+    } = &err
+    else {
+        panic!("{err}")
+    };
+    assert!(interface.starts_with("wasi:random/random"), "{interface}");
+    assert!(hint.contains("capabilities.random = true"), "{hint}");
+}
+
+#[tokio::test]
+async fn the_wall_clock_is_frozen_without_the_clocks_grant() {
+    let manifest = |clocks: bool| {
+        format!(
+            "[capabilities]\nlog = true\nclocks = {clocks}\n{}",
+            tools(&["now"])
+        )
+    };
+    let frozen = load(
+        &install("misbehave", &read(MISBEHAVE), &manifest(false)),
+        Policy::default(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        call(&frozen, "misbehave/now", json!({})).await.unwrap()["seconds"],
+        0
+    );
+    let real = load(
+        &install("misbehave", &read(MISBEHAVE), &manifest(true)),
+        Policy::default(),
+    )
+    .await
+    .unwrap();
+    let seconds = call(&real, "misbehave/now", json!({})).await.unwrap()["seconds"]
+        .as_u64()
+        .unwrap();
+    assert!(seconds > 1_700_000_000, "{seconds}");
+}
+
+// ---------------------------------------------------------------- stdio, log
+
+#[tokio::test]
+async fn stdio_goes_to_the_call_log_only_when_granted() {
+    let granted = load(&probe("stdio = true"), Policy::default())
+        .await
+        .unwrap();
+    let response = granted
+        .call(CallRequest::new("probe/print", r#"{"text":"hi"}"#))
+        .await
+        .unwrap();
+    let lines: Vec<_> = response.logs.iter().map(|l| l.message.as_str()).collect();
+    assert!(
+        lines.contains(&"out: hi") && lines.contains(&"err: hi"),
+        "{lines:?}"
+    );
+
+    let silent = load(&probe(""), Policy::default()).await.unwrap();
+    let response = silent
+        .call(CallRequest::new("probe/print", r#"{"text":"hi"}"#))
+        .await
+        .unwrap();
+    assert!(response.logs.is_empty(), "{:?}", response.logs);
+}
+
+#[tokio::test]
+async fn importing_log_needs_the_log_grant() {
+    let dir = install("misbehave", &read(MISBEHAVE), &tools(&["echo"]));
+    let err = load(&dir, Policy::default()).await.unwrap_err();
+    let Error::CapabilityNotGranted { interface, .. } = &err else {
+        panic!("{err}")
+    };
+    assert!(interface.starts_with("airlock:plugin/log"), "{interface}");
+}
+
+// ---------------------------------------------------------------- limits and policy
+
+#[tokio::test]
+async fn limits_above_the_operator_ceiling_fail_to_load() {
+    let dir = install(
+        "misbehave",
+        &read(MISBEHAVE),
+        &format!(
+            "[capabilities]\nlog = true\n\n[limits]\nmemory_mb = 512\n{}",
+            tools(&["echo"])
+        ),
+    );
+    let mut policy = Policy::default();
+    policy.limits.memory_mb = Some(128);
+    let err = load(&dir, policy).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::LimitAboveCeiling {
+                limit: "limits.memory_mb",
+                asked: 512,
+                ceiling: 128,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn the_concurrency_cap_queues_calls_and_others_keep_working() {
+    let limits = "[limits]\nmax_concurrency = 1\ntimeout_ms = 1_000\nfuel = 1_000_000_000_000_000";
+    let dir = install(
+        "misbehave",
+        &read(MISBEHAVE),
+        &format!(
+            "[capabilities]\nlog = true\n\n{limits}\n{}",
+            tools(&["spin", "echo"])
+        ),
+    );
+    let other = probe("");
+    let mut host = Host::new(HostConfig::default()).unwrap();
+    host.load_plugin(dir.path()).await.unwrap();
+    host.load_plugin(other.path()).await.unwrap();
+    let host = std::sync::Arc::new(host);
+
+    let spinner = {
+        let host = host.clone();
+        tokio::spawn(async move { call(&host, "misbehave/spin", json!({})).await })
+    };
+    // While the only slot is busy, another plugin on the same host serves.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    call(&host, "probe/env-names", json!({})).await.unwrap();
+    // The second call of the capped plugin waits for the slot, and gets it
+    // only after the spinner was stopped at its deadline.
+    call(&host, "misbehave/echo", json!({"after": "spin"}))
+        .await
+        .unwrap();
+    assert!(spinner.is_finished());
+    let err = spinner.await.unwrap().unwrap_err();
+    assert_eq!(err.kind(), "deadline_exceeded");
+}
+
+#[tokio::test]
+async fn the_probe_loads_with_its_full_grant() {
+    let host = load(&probe("stdio = true"), Policy::default())
+        .await
+        .unwrap();
+    assert_eq!(host.tools().count(), PROBE_TOOLS.len());
+}
