@@ -154,6 +154,31 @@ async fn the_memory_limit_stops_a_memory_hog() {
 }
 
 #[tokio::test]
+async fn results_over_a_mebibyte_are_measured_against_the_output_limit() {
+    // Regression: hostcall fuel (1 MiB) also bounds returned results, so a
+    // 1.5 MiB result used to trap instead of being checked against the limit.
+    let dir = misbehave_plugin("max_output_kb = 2048");
+    let host = host_with(&dir).await;
+    let ok = call(&host, "big-output", json!({"bytes": 1_500_000}))
+        .await
+        .unwrap();
+    assert_eq!(ok.output["data"].as_str().unwrap().len(), 1_500_000);
+    let err = call(&host, "big-output", json!({"bytes": 3_000_000}))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::OutputTooLarge {
+                limit: 2_097_152,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
 async fn a_trap_does_not_poison_later_calls() {
     let dir = misbehave_plugin("");
     let host = host_with(&dir).await;

@@ -16,6 +16,7 @@ struct ConfigFile {
     data_dir: Option<PathBuf>,
     max_argument_bytes: Option<usize>,
     principal: Option<String>,
+    policy: Option<airlock_host::Policy>,
 }
 
 /// Settings after every layer is applied.
@@ -25,6 +26,7 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub max_argument_bytes: usize,
     pub principal: String,
+    pub policy: airlock_host::Policy,
 }
 
 /// Overrides from flags and environment variables.
@@ -82,6 +84,10 @@ impl Settings {
             if file.principal.is_some() {
                 layer.principal = file.principal;
             }
+            if let Some(mut policy) = file.policy {
+                policy.files_root = policy.files_root.map(|root| resolve_relative(root, base));
+                layer.policy = Some(policy);
+            }
         }
         let data_dir = match overrides.data_dir.or(layer.data_dir) {
             Some(dir) => dir,
@@ -112,6 +118,7 @@ impl Settings {
             data_dir,
             max_argument_bytes,
             principal,
+            policy: layer.policy.unwrap_or_default(),
         })
     }
 
@@ -127,6 +134,28 @@ mod tests {
     #[test]
     fn builtin_config_parses() {
         parse(DEFAULT_CONFIG, "builtin").unwrap();
+    }
+
+    #[test]
+    fn policy_is_read_with_paths_relative_to_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("airlock.toml");
+        std::fs::write(
+            &path,
+            "[policy]\nforbid = [\"files\"]\nfiles_root = \"shared\"\nenv = { REGION = \"eu\" }\n[policy.limits]\nfuel = 10\n",
+        )
+        .unwrap();
+        let s = Settings::load(Overrides {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap();
+        assert!(s.policy.forbid.contains(&airlock_host::Capability::Files));
+        assert_eq!(s.policy.files_root, Some(dir.path().join("shared")));
+        assert_eq!(s.policy.env["REGION"], "eu");
+        assert_eq!(s.policy.limits.fuel, Some(10));
+        let err = parse("[policy]\nforbid = [\"teleport\"]", "t").unwrap_err();
+        assert!(format!("{err:#}").contains("teleport"), "{err:#}");
     }
 
     #[test]

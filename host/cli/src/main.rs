@@ -2,6 +2,7 @@
 
 mod config;
 mod demo;
+mod inspect;
 
 use std::io::Read as _;
 use std::path::PathBuf;
@@ -69,6 +70,9 @@ enum Command {
     Tools(ToolsCommand),
     /// Call a tool: `airlock call text/slugify --args '{"text":"Hi there"}'`.
     Call(CallArgs),
+    /// Security review of one plugin: imports and exports against declared
+    /// and effective grants, tools, limits with their sources.
+    Inspect(InspectArgs),
     /// Walk through the call pipeline on the installed example plugins.
     Demo,
 }
@@ -112,6 +116,15 @@ struct CallArgs {
     #[arg(long)]
     trace_id: Option<String>,
     /// Print a JSON object (result or error) instead of human output.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+struct InspectArgs {
+    /// A plugin name in the plugins directory, or a path to a plugin directory.
+    plugin: String,
+    /// Print JSON instead of the human report.
     #[arg(long)]
     json: bool,
 }
@@ -195,16 +208,14 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Plugins(PluginsCommand::List { json }) => plugins_list(&settings, json).await,
         Command::Tools(ToolsCommand::List { json }) => tools_list(&settings, json).await,
         Command::Call(args) => call(&settings, args).await,
+        Command::Inspect(args) => inspect::run(&settings, args).await,
         Command::Demo => demo::run(&settings).await,
     }
 }
 
 /// A host with every plugin in the plugins directory loaded.
 pub(crate) async fn load_host(settings: &Settings) -> anyhow::Result<(Host, LoadReport)> {
-    let config = HostConfig::default()
-        .cache_dir(settings.cache_dir())
-        .max_argument_bytes(settings.max_argument_bytes);
-    let mut host = Host::new(config)?;
+    let mut host = Host::new(host_config(settings))?;
     if !settings.plugins_dir.is_dir() {
         anyhow::bail!(
             "plugins directory {} does not exist (set --plugins-dir, AIRLOCK_PLUGINS_DIR or plugins_dir in --config)",
@@ -221,6 +232,13 @@ pub(crate) async fn load_host(settings: &Settings) -> anyhow::Result<(Host, Load
             )
         })?;
     Ok((host, report))
+}
+
+pub(crate) fn host_config(settings: &Settings) -> HostConfig {
+    HostConfig::default()
+        .cache_dir(settings.cache_dir())
+        .max_argument_bytes(settings.max_argument_bytes)
+        .policy(settings.policy.clone())
 }
 
 fn warn_failures(report: &LoadReport) {
@@ -320,20 +338,19 @@ async fn call(settings: &Settings, args: CallArgs) -> Result<u8, Failure> {
     // A call to a plugin that failed to load reports why it failed, not just
     // that it is unknown.
     let plugin_name = args.tool.split('/').next().unwrap_or_default();
-    if host.plugin(plugin_name).is_none() {
-        if let Some(failure) = report
+    if host.plugin(plugin_name).is_none()
+        && let Some(failure) = report
             .failed
             .iter()
             .find(|f| f.dir.file_name().is_some_and(|n| n == plugin_name))
-        {
-            let error = &failure.error;
-            if args.json {
-                print_json(&json!({"ok": false, "error": error_json(error)}));
-            } else {
-                eprintln!("error: {error}");
-            }
-            return Ok(exit_code(error));
+    {
+        let error = &failure.error;
+        if args.json {
+            print_json(&json!({"ok": false, "error": error_json(error)}));
+        } else {
+            eprintln!("error: {error}");
         }
+        return Ok(exit_code(error));
     }
     match host.call(request).await {
         Ok(response) => {

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use airlock_tests::{MISBEHAVE, PLUGINS_DIR, install, read};
+use airlock_tests::{MISBEHAVE, PLUGINS_DIR, PROBE, install, read};
 use serde_json::Value;
 
 const AIRLOCK: &str = env!("CARGO_BIN_EXE_airlock");
@@ -380,5 +380,115 @@ fn a_plugin_denied_a_capability_exits_6_naming_the_interface() {
     assert!(
         message.contains("airlock:plugin/log") && message.contains("capabilities.log"),
         "{message}"
+    );
+}
+
+/// Install `component` with `manifest_rest` into a fresh plugins directory as
+/// plugin `name`; returns the plugins directory.
+fn plugins_root(name: &str, component: &[u8], manifest_rest: &str) -> tempfile::TempDir {
+    let plugin = install(name, component, manifest_rest);
+    let root = tempfile::tempdir().unwrap();
+    let dest = root.path().join(name);
+    std::fs::create_dir(&dest).unwrap();
+    for f in ["plugin.toml", "component.wasm"] {
+        std::fs::copy(plugin.path().join(f), dest.join(f)).unwrap();
+    }
+    root
+}
+
+fn inspect_snapshot(plugins: &Path, plugin: &str) -> (Option<i32>, String) {
+    let out = Env::new()
+        .cmd(plugins)
+        .args(["inspect", plugin])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    (
+        out.status.code(),
+        text.replace(&plugins.display().to_string(), "[PLUGINS]"),
+    )
+}
+
+macro_rules! assert_report {
+    ($name:expr, $report:expr) => {
+        insta::with_settings!({filters => vec![
+            (r"[0-9a-f]{64}", "[SHA256]"),
+            (r"/[^ ]*/\.tmp[A-Za-z0-9]+", "[TMP]"),
+        ]}, {
+            insta::assert_snapshot!($name, $report);
+        });
+    };
+}
+
+#[test]
+fn inspect_example_plugins() {
+    for plugin in ["text", "json"] {
+        let (code, report) = inspect_snapshot(Path::new(PLUGINS_DIR), plugin);
+        assert_eq!(code, Some(0), "{report}");
+        assert_report!(format!("inspect_{plugin}"), report);
+    }
+}
+
+#[test]
+fn inspect_flags_over_privilege_as_warnings() {
+    let json_wasm = read(&format!("{PLUGINS_DIR}/json/json.wasm"));
+    let tools = "[[tools]]\nname = \"query\"\nrisk = \"read\"\n";
+    let root = plugins_root(
+        "json",
+        &json_wasm,
+        &format!("[capabilities]\nlog = true\nenv = [\"API_TOKEN\"]\n\n{tools}"),
+    );
+    let (code, report) = inspect_snapshot(root.path(), "json");
+    assert_eq!(code, Some(0), "warnings do not fail: {report}");
+    assert!(
+        report.contains("warning: `capabilities.log` is granted but the component never uses it"),
+        "{report}"
+    );
+    assert!(
+        report.contains("hidden (exported, not declared)"),
+        "{report}"
+    );
+    assert_report!("inspect_over_privileged", report);
+}
+
+#[test]
+fn inspect_reports_imports_that_are_not_granted_and_exits_non_zero() {
+    let tools = "[[tools]]\nname = \"env\"\n";
+    let root = plugins_root("probe", &read(PROBE), tools);
+    let (code, report) = inspect_snapshot(root.path(), "probe");
+    assert_eq!(code, Some(1), "{report}");
+    assert!(
+        report.contains("error: imports wasi:clocks/monotonic-clock"),
+        "{report}"
+    );
+    assert!(
+        report.contains("error: imports wasi:random/random"),
+        "{report}"
+    );
+    assert_report!("inspect_not_granted", report);
+
+    let out = Env::new()
+        .cmd(root.path())
+        .args(["inspect", "probe", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v = json(&out);
+    let statuses: Vec<_> = v["imports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["status"].as_str().unwrap())
+        .collect();
+    assert!(
+        statuses.contains(&"not_granted") && statuses.contains(&"baseline"),
+        "{statuses:?}"
+    );
+    assert!(
+        v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["severity"] == "error")
     );
 }

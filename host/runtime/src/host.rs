@@ -232,6 +232,34 @@ impl Host {
         Ok(report)
     }
 
+    /// The host's configuration.
+    pub fn config(&self) -> &HostConfig {
+        &self.config
+    }
+
+    pub(crate) fn cache(&self) -> Option<&CompiledCache> {
+        self.cache.as_ref()
+    }
+
+    /// Compile (or load from the cache) the component `bytes`.
+    pub(crate) fn compile(
+        &self,
+        digest: &str,
+        bytes: &[u8],
+        path: &Path,
+    ) -> Result<wasmtime::component::Component> {
+        let compiled = match &self.cache {
+            Some(cache) => cache
+                .load_or_compile(&self.engine, digest, bytes)
+                .map(|(c, _)| c),
+            None => wasmtime::component::Component::new(&self.engine, bytes),
+        };
+        compiled.map_err(|e| Error::InvalidComponent {
+            path: path.to_owned(),
+            reason: format!("{e:#}"),
+        })
+    }
+
     /// The loaded plugins, by name.
     pub fn plugins(&self) -> impl Iterator<Item = &Plugin> {
         self.plugins.values().map(|p| &**p)

@@ -37,6 +37,7 @@ mod engine;
 mod error;
 mod grants;
 mod host;
+mod inspect;
 mod limits;
 pub mod manifest;
 mod pipeline;
@@ -50,6 +51,7 @@ pub use grants::{
     Capability, EffectiveGrant, ImportClass, LimitCeilings, Policy, ResolvedFiles, classify,
 };
 pub use host::{DEFAULT_MAX_ARGUMENT_BYTES, Host, HostConfig, LoadFailure, LoadReport, PluginInfo};
+pub use inspect::{CapabilityReport, Finding, ImportReport, InspectReport, Severity, ToolReport};
 pub use limits::{Limit, LimitSource, Limits};
 pub use manifest::{FileAccess, MANIFEST_FILE, MANIFEST_SCHEMA, Manifest, Risk};
 pub use pipeline::{CallRequest, CallResponse};

@@ -22,8 +22,9 @@ pub const DEFAULT_MAX_LOG_BYTES: usize = 64 * 1024;
 pub const MAX_LOG_LINE_BYTES: usize = 4 * 1024;
 /// Bytes of guest stderr kept per call (panic messages land here).
 pub const MAX_STDERR_BYTES: usize = 16 * 1024;
-/// Largest payload one guest-to-host call may transfer
-/// (`Store::set_hostcall_fuel`).
+/// Minimum payload one guest-to-host transfer may carry
+/// (`Store::set_hostcall_fuel`); raised to twice the output limit so that
+/// results just over the limit are reported as too large rather than trapping.
 pub const HOSTCALL_FUEL: usize = 1024 * 1024;
 /// Default cap on concurrent instances of one plugin.
 pub const DEFAULT_MAX_CONCURRENCY: u64 = 16;

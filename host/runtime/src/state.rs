@@ -183,7 +183,10 @@ impl CallState {
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limiter);
         store.set_fuel(limits.fuel.value)?;
-        store.set_hostcall_fuel(limits::HOSTCALL_FUEL);
+        // Hostcall fuel also bounds the result a guest hands back, so it must
+        // exceed the output limit for `OutputTooLarge` (not a trap) to report
+        // an oversized result.
+        store.set_hostcall_fuel(limits::HOSTCALL_FUEL.max(limits.output_bytes().saturating_mul(2)));
         Ok(store)
     }
 

@@ -1,0 +1,130 @@
+//! `airlock inspect`: the security reviewer's report.
+
+use std::path::PathBuf;
+
+use airlock_host::{Host, InspectReport, Severity};
+
+use crate::config::Settings;
+use crate::{Failure, InspectArgs, host_config, print_json};
+
+pub async fn run(settings: &Settings, args: InspectArgs) -> Result<u8, Failure> {
+    let as_path = PathBuf::from(&args.plugin);
+    let dir = if as_path.join(airlock_host::MANIFEST_FILE).is_file() {
+        as_path
+    } else {
+        settings.plugins_dir.join(&args.plugin)
+    };
+    if !dir.join(airlock_host::MANIFEST_FILE).is_file() {
+        return Err(anyhow::anyhow!(
+            "no plugin `{}`: neither a plugin directory nor a plugin in {}",
+            args.plugin,
+            settings.plugins_dir.display()
+        )
+        .into());
+    }
+    let host = Host::new(host_config(settings)).map_err(anyhow::Error::from)?;
+    let report = host.inspect(&dir).await.map_err(anyhow::Error::from)?;
+    if args.json {
+        print_json(&serde_json::to_value(&report).map_err(anyhow::Error::from)?);
+    } else {
+        print!("{}", render(&report));
+    }
+    Ok(if report.has_errors() { 1 } else { 0 })
+}
+
+fn yes(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+/// The human-readable report.
+pub fn render(r: &InspectReport) -> String {
+    let mut out = String::new();
+    let mut line = |s: String| {
+        out.push_str(&s);
+        out.push('\n');
+    };
+    line(format!("plugin {} {}", r.plugin, r.version));
+    line(format!("manifest {}", r.manifest.display()));
+    line(format!("sha256 {}", r.sha256));
+    line(String::new());
+    line("imports".to_owned());
+    for i in &r.imports {
+        let key = i.capability.map(|c| c.manifest_key()).unwrap_or("");
+        line(
+            format!("  {:<12} {:<44} {key}", i.status, i.interface)
+                .trim_end()
+                .to_owned(),
+        );
+    }
+    line("exports".to_owned());
+    for e in &r.exports {
+        line(format!("  {e}"));
+    }
+    line(String::new());
+    line(format!(
+        "{:<24} {:<9} {:<8} {}",
+        "capabilities", "declared", "granted", "imported"
+    ));
+    for c in &r.capabilities {
+        line(format!(
+            "  {:<22} {:<9} {:<8} {}",
+            c.key,
+            yes(c.declared),
+            yes(c.granted),
+            yes(c.imported)
+        ));
+    }
+    if let Some(g) = &r.effective_grant {
+        for (name, _) in &g.env {
+            line(format!("  env {name} (value from operator policy)"));
+        }
+        for f in &g.files {
+            line(format!(
+                "  files {} -> {} ({:?})",
+                f.guest,
+                f.host.display(),
+                f.access
+            ));
+        }
+    }
+    line(String::new());
+    line("tools".to_owned());
+    for t in &r.tools {
+        let risk = t.risk.map(|r| r.as_str()).unwrap_or("-");
+        let state = if t.hidden {
+            "hidden (exported, not declared)"
+        } else if t.exposed {
+            "exposed"
+        } else {
+            "not exposed"
+        };
+        line(format!("  {:<20} {:<13} {state}", t.name, risk));
+    }
+    if let Some(l) = &r.limits {
+        line(String::new());
+        line("limits".to_owned());
+        for (name, limit) in [
+            ("fuel", l.fuel),
+            ("timeout_ms", l.timeout_ms),
+            ("memory_mb", l.memory_mb),
+            ("max_output_kb", l.max_output_kb),
+            ("max_concurrency", l.max_concurrency),
+        ] {
+            line(format!("  {:<16} {:>14}  {:?}", name, limit.value, limit.source).to_lowercase());
+        }
+    }
+    line(String::new());
+    if r.findings.is_empty() {
+        line("findings: none".to_owned());
+    } else {
+        line("findings".to_owned());
+        for f in &r.findings {
+            let tag = match f.severity {
+                Severity::Error => "error",
+                Severity::Warning => "warning",
+            };
+            line(format!("  {tag}: {}", f.message));
+        }
+    }
+    out
+}

@@ -1,0 +1,333 @@
+//! A security reviewer's report on one plugin: what the component imports
+//! and exports next to what its manifest declares and what it is
+//! effectively granted.
+
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::grants::{self, Capability, EffectiveGrant, ImportClass};
+use crate::host::Host;
+use crate::limits::Limits;
+use crate::manifest::{MANIFEST_FILE, Manifest, Risk};
+
+/// How serious a finding is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    /// Worth a reviewer's attention (over-privilege).
+    Warning,
+    /// The plugin does not load.
+    Error,
+}
+
+/// One observation about the plugin.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// How serious.
+    pub severity: Severity,
+    /// What was found.
+    pub message: String,
+}
+
+/// One imported interface and how the host treats it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ImportReport {
+    /// Interface name, with version.
+    pub interface: String,
+    /// `baseline`, `granted`, `not_granted`, `never` or `unknown`.
+    pub status: &'static str,
+    /// The capability that gates or shapes it, if any.
+    pub capability: Option<Capability>,
+}
+
+/// One capability: declared, effective, used.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CapabilityReport {
+    /// The capability.
+    pub capability: Capability,
+    /// Its manifest key.
+    pub key: &'static str,
+    /// Whether the manifest declares it.
+    pub declared: bool,
+    /// Whether it is effectively granted (manifest ∩ policy).
+    pub granted: bool,
+    /// Whether the component imports an interface it affects.
+    pub imported: bool,
+}
+
+/// One tool: declared in the manifest and/or exported by the component.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ToolReport {
+    /// Tool name.
+    pub name: String,
+    /// Risk class from the manifest (absent: not declared).
+    pub risk: Option<Risk>,
+    /// Exposed to callers (declared and exported).
+    pub exposed: bool,
+    /// Exported but not declared: hidden.
+    pub hidden: bool,
+}
+
+/// The full report.
+#[derive(Debug, Clone, Serialize)]
+pub struct InspectReport {
+    /// Plugin name.
+    pub plugin: String,
+    /// Version.
+    pub version: String,
+    /// The manifest file.
+    pub manifest: PathBuf,
+    /// SHA-256 the manifest pins.
+    pub sha256: String,
+    /// The component's imports.
+    pub imports: Vec<ImportReport>,
+    /// The component's exports.
+    pub exports: Vec<String>,
+    /// Every capability.
+    pub capabilities: Vec<CapabilityReport>,
+    /// The effective grant, when the policy allows the manifest.
+    pub effective_grant: Option<EffectiveGrant>,
+    /// Tools.
+    pub tools: Vec<ToolReport>,
+    /// Limits with their sources, when they are within the policy.
+    pub limits: Option<Limits>,
+    /// Errors and warnings.
+    pub findings: Vec<Finding>,
+}
+
+impl InspectReport {
+    /// Whether any finding is an error (the plugin does not load).
+    pub fn has_errors(&self) -> bool {
+        self.findings.iter().any(|f| f.severity == Severity::Error)
+    }
+}
+
+/// The interfaces whose behaviour a capability controls.
+fn affected(capability: Capability) -> &'static [&'static str] {
+    match capability {
+        Capability::Log => &["airlock:plugin/log"],
+        Capability::Clocks => &["wasi:clocks/monotonic-clock", "wasi:clocks/wall-clock"],
+        Capability::Random => &[
+            "wasi:random/random",
+            "wasi:random/insecure",
+            "wasi:random/insecure-seed",
+        ],
+        Capability::Stdio => &["wasi:cli/stdout", "wasi:cli/stderr"],
+        Capability::Env => &["wasi:cli/environment"],
+        Capability::Files => &["wasi:filesystem/preopens"],
+    }
+}
+
+fn unversioned(name: &str) -> &str {
+    name.split('@').next().unwrap_or(name)
+}
+
+impl Host {
+    /// Inspect the plugin in `dir` without adding it to the host.
+    ///
+    /// # Errors
+    /// Only when there is nothing to report on: the manifest cannot be read
+    /// or parsed, or the component cannot be read or compiled. Everything
+    /// else — digest mismatch, imports not granted, policy refusals, tool
+    /// list problems — is a [`Finding`] in the report.
+    pub async fn inspect(&self, dir: impl AsRef<Path>) -> crate::Result<InspectReport> {
+        let dir = dir.as_ref();
+        let manifest_path = dir.join(MANIFEST_FILE);
+        let manifest = Manifest::load(&manifest_path)?;
+        let component_path = manifest.component_path(dir);
+        let bytes = std::fs::read(&component_path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => crate::Error::ComponentMissing {
+                path: component_path.clone(),
+            },
+            _ => crate::Error::io(&component_path, e),
+        })?;
+        let mut findings = Vec::new();
+        let digest = hex::encode(Sha256::digest(&bytes));
+        if digest != manifest.plugin.sha256 {
+            findings.push(Finding {
+                severity: Severity::Error,
+                message: format!(
+                    "component sha256 is {digest}, but the manifest pins {}",
+                    manifest.plugin.sha256
+                ),
+            });
+        }
+        let component = self.compile(&digest, &bytes, &component_path)?;
+        let engine = component.engine();
+        let ty = component.component_type();
+        let import_names: Vec<String> = ty.imports(engine).map(|(n, _)| n.to_owned()).collect();
+        let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_owned()).collect();
+
+        let policy = &self.config().policy;
+        let grant = match grants::effective(&manifest, policy, dir) {
+            Ok(grant) => Some(grant),
+            Err(e) => {
+                findings.push(Finding {
+                    severity: Severity::Error,
+                    message: e.to_string(),
+                });
+                None
+            }
+        };
+        let empty = EffectiveGrant::default();
+        let effective = grant.as_ref().unwrap_or(&empty);
+
+        let imports: Vec<ImportReport> = import_names
+            .iter()
+            .map(|interface| {
+                let class = grants::classify(interface);
+                let (status, capability) = match class {
+                    ImportClass::Baseline => (
+                        "baseline",
+                        Capability::ALL
+                            .into_iter()
+                            .find(|c| affected(*c).contains(&unversioned(interface))),
+                    ),
+                    ImportClass::Gated(c) if effective.has(c) => ("granted", Some(c)),
+                    ImportClass::Gated(c) => ("not_granted", Some(c)),
+                    ImportClass::Never => ("never", None),
+                    ImportClass::Unknown => ("unknown", None),
+                };
+                ImportReport {
+                    interface: interface.clone(),
+                    status,
+                    capability,
+                }
+            })
+            .collect();
+        for import in &imports {
+            let message = match (import.status, import.capability) {
+                ("not_granted", Some(c)) => format!(
+                    "imports {} but is not granted it (set `{} = true`)",
+                    import.interface,
+                    c.manifest_key()
+                ),
+                ("never", _) => format!(
+                    "imports {}, which is never available to plugins",
+                    import.interface
+                ),
+                ("unknown", _) => format!(
+                    "imports {}, which this host does not provide",
+                    import.interface
+                ),
+                _ => continue,
+            };
+            findings.push(Finding {
+                severity: Severity::Error,
+                message,
+            });
+        }
+
+        let caps = &manifest.capabilities;
+        let capabilities: Vec<CapabilityReport> = Capability::ALL
+            .into_iter()
+            .map(|capability| {
+                let declared = match capability {
+                    Capability::Log => caps.log,
+                    Capability::Clocks => caps.clocks,
+                    Capability::Random => caps.random,
+                    Capability::Stdio => caps.stdio,
+                    Capability::Env => !caps.env.is_empty(),
+                    Capability::Files => !caps.files.is_empty(),
+                };
+                let imported = import_names
+                    .iter()
+                    .any(|i| affected(capability).contains(&unversioned(i)));
+                CapabilityReport {
+                    capability,
+                    key: capability.manifest_key(),
+                    declared,
+                    granted: grant.as_ref().is_some_and(|g| g.has(capability)),
+                    imported,
+                }
+            })
+            .collect();
+        for c in &capabilities {
+            if c.granted && !c.imported {
+                findings.push(Finding {
+                    severity: Severity::Warning,
+                    message: format!(
+                        "`{}` is granted but the component never uses it (over-privilege)",
+                        c.key
+                    ),
+                });
+            }
+        }
+        if let Some(g) = &grant {
+            for name in &g.env_missing {
+                findings.push(Finding {
+                    severity: Severity::Warning,
+                    message: format!("env `{name}` is declared but the operator provides no value; the guest will not see it"),
+                });
+            }
+        }
+
+        let limits = match Limits::resolve(&manifest.limits, &policy.limits) {
+            Ok(limits) => Some(limits),
+            Err((limit, asked, ceiling)) => {
+                findings.push(Finding {
+                    severity: Severity::Error,
+                    message: format!(
+                        "{limit} = {asked} is above the operator's ceiling of {ceiling}"
+                    ),
+                });
+                None
+            }
+        };
+
+        // Tools need the component to run; only do that if nothing above
+        // already stops it from loading.
+        let mut tools: Vec<ToolReport> = manifest
+            .tools
+            .iter()
+            .map(|t| ToolReport {
+                name: t.name.clone(),
+                risk: Some(t.risk),
+                exposed: false,
+                hidden: false,
+            })
+            .collect();
+        if findings.iter().all(|f| f.severity != Severity::Error) {
+            match crate::plugin::load(engine, self.cache(), policy, dir).await {
+                Ok(plugin) => {
+                    for tool in &mut tools {
+                        tool.exposed = plugin.tool(&tool.name).is_some();
+                    }
+                    for hidden in plugin.undeclared_tools() {
+                        tools.push(ToolReport {
+                            name: hidden.clone(),
+                            risk: None,
+                            exposed: false,
+                            hidden: true,
+                        });
+                        findings.push(Finding {
+                            severity: Severity::Warning,
+                            message: format!("tool `{hidden}` is exported but not declared; it is hidden from callers"),
+                        });
+                    }
+                }
+                Err(e) => findings.push(Finding {
+                    severity: Severity::Error,
+                    message: e.to_string(),
+                }),
+            }
+        }
+        findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
+
+        Ok(InspectReport {
+            plugin: manifest.plugin.name.clone(),
+            version: manifest.plugin.version.clone(),
+            manifest: manifest_path,
+            sha256: manifest.plugin.sha256.clone(),
+            imports,
+            exports,
+            capabilities,
+            effective_grant: grant,
+            tools,
+            limits,
+            findings,
+        })
+    }
+}
