@@ -44,7 +44,7 @@ const TEXT_TOOLS: &str = "[capabilities]\nlog = true\n\n[[tools]]\nname = \"stat
 async fn example_plugins_load_with_their_tools_and_schemas() {
     let (host, _cache) = examples().await;
     let names: Vec<_> = host.plugins().map(|p| p.name()).collect();
-    assert_eq!(names, ["json", "text"]);
+    assert_eq!(names, ["files", "json", "text"]);
     for tool in host.tools() {
         assert_eq!(tool.risk(), Risk::Read, "{}", tool.id());
         assert_eq!(tool.input_schema()["type"], "object", "{}", tool.id());
@@ -120,6 +120,47 @@ async fn json_tools_return_real_results() {
         json!({"b": {"c": 5, "d": 3}, "e": [1]}),
         "{merged}"
     );
+}
+
+#[tokio::test]
+async fn files_tools_read_only_their_granted_directory() {
+    let (host, _cache) = examples().await;
+    let listing = call(&host, "files/list", json!({"recursive": true}))
+        .await
+        .unwrap();
+    let paths: Vec<_> = listing["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    assert!(paths.contains(&"/docs/guides/limits.md"), "{paths:?}");
+    let read = call(
+        &host,
+        "files/read",
+        json!({"path": "guides/limits.md", "max_bytes": 8}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(read["text"], "# Limits");
+    assert_eq!(read["truncated"], true);
+    let found = call(&host, "files/search", json!({"query": "APPROVAL"}))
+        .await
+        .unwrap();
+    assert!(
+        found["matches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| m["path"] == "/docs/guides/approvals.md"),
+        "{found}"
+    );
+    for escape in ["../plugin.toml", "/docs/../plugin.toml", "/etc/passwd"] {
+        let err = call(&host, "files/read", json!({"path": escape}))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Tool { .. }), "{escape}: {err}");
+    }
 }
 
 #[tokio::test]

@@ -57,6 +57,18 @@ fn steps() -> Vec<Step> {
             expect_error: None,
         },
         Step {
+            title: "Search the one directory the `files` plugin is granted (read-only, seen as /docs)",
+            tool: "files/search",
+            args: json!({"query": "deadline"}),
+            expect_error: None,
+        },
+        Step {
+            title: "The sandbox holds: reading outside the granted directory is denied",
+            tool: "files/read",
+            args: json!({"path": "/docs/../plugin.toml"}),
+            expect_error: Some("tool_error"),
+        },
+        Step {
             title: "Refused before the guest runs: arguments fail the schema (every path named)",
             tool: "text/slugify",
             args: json!({"txt": "typo in the field name", "separator": 42}),
