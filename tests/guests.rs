@@ -20,6 +20,8 @@ macro_rules! assert_test_exists {
 airlock_tests::foreach_guest!(assert_test_exists);
 
 const MISBEHAVE_TOOLS: &[&str] = &[
+    "recurse",
+    "log-loop",
     "now",
     "echo",
     "fail",
@@ -176,6 +178,67 @@ async fn results_over_a_mebibyte_are_measured_against_the_output_limit() {
         ),
         "{err}"
     );
+}
+
+#[tokio::test]
+async fn deep_recursion_overflows_the_guest_stack_not_the_host() {
+    let dir = misbehave_plugin("");
+    let host = host_with(&dir).await;
+    call(&host, "recurse", json!({"depth": 100})).await.unwrap();
+    let err = call(&host, "recurse", json!({"depth": 100_000_000}))
+        .await
+        .unwrap_err();
+    assert_eq!(trap_kind(&err), TrapKind::GuestTrap, "{err}");
+}
+
+#[tokio::test]
+async fn a_guest_looping_on_host_calls_is_stopped_and_its_log_stays_bounded() {
+    let dir = misbehave_plugin("fuel = 20_000_000\ntimeout_ms = 10_000");
+    let host = host_with(&dir).await;
+    let err = call(&host, "log-loop", json!({})).await.unwrap_err();
+    assert_eq!(trap_kind(&err), TrapKind::FuelExhausted, "{err}");
+
+    let dir = misbehave_plugin("fuel = 1_000_000_000_000_000\ntimeout_ms = 300");
+    let host = host_with(&dir).await;
+    let err = call(&host, "log-loop", json!({})).await.unwrap_err();
+    assert_eq!(trap_kind(&err), TrapKind::DeadlineExceeded, "{err}");
+}
+
+/// Every runaway kind, all at once on one host, while well-behaved calls
+/// keep succeeding.
+#[tokio::test]
+async fn misbehaving_calls_do_not_stop_concurrent_good_ones() {
+    let dir = misbehave_plugin("fuel = 1_000_000_000_000\ntimeout_ms = 1_500\nmemory_mb = 32");
+    let host = std::sync::Arc::new(host_with(&dir).await);
+    let bad: Vec<_> = [
+        ("spin", json!({})),
+        ("log-loop", json!({})),
+        ("grow", json!({"mb": 512})),
+        ("recurse", json!({"depth": 100_000_000})),
+        ("panic", json!({})),
+        ("big-output", json!({"bytes": 40_000_000})),
+    ]
+    .into_iter()
+    .map(|(tool, args)| {
+        let host = host.clone();
+        tokio::spawn(async move { (tool, call(&host, tool, args).await) })
+    })
+    .collect();
+    for i in 0..20 {
+        let ok = call(&host, "echo", json!({"i": i})).await.unwrap();
+        assert_eq!(ok.output["i"], i);
+    }
+    for task in bad {
+        let (tool, result) = task.await.unwrap();
+        let err = result.unwrap_err();
+        let expected = match tool {
+            "spin" | "log-loop" => "deadline_exceeded",
+            "grow" => "memory_limit",
+            "big-output" => "memory_limit",
+            _ => "guest_trap",
+        };
+        assert_eq!(err.kind(), expected, "{tool}: {err}");
+    }
 }
 
 #[tokio::test]

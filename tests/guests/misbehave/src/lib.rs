@@ -112,6 +112,37 @@ pub fn lie(_: Nothing, _: &Context) -> Result<Liar, ToolError> {
     Ok(Liar { count: 0 })
 }
 
+#[derive(Deserialize, JsonSchema)]
+pub struct Depth {
+    pub depth: u64,
+}
+
+#[inline(never)]
+fn descend(n: u64, pad: &mut [u8; 256]) -> u64 {
+    pad[(n % 256) as usize] = n as u8;
+    if n == 0 {
+        return std::hint::black_box(pad[0]) as u64;
+    }
+    descend(n - 1, std::hint::black_box(pad)) + 1
+}
+
+/// Recurse `depth` levels with a 256-byte frame (overflows the stack when deep).
+pub fn recurse(args: Depth, _: &Context) -> Result<Done, ToolError> {
+    let mut pad = [0u8; 256];
+    Ok(Done {
+        done: descend(args.depth, &mut pad) > 0,
+    })
+}
+
+/// Log forever: every iteration is a host call.
+pub fn log_loop(_: Nothing, _: &Context) -> Result<Done, ToolError> {
+    let mut i: u64 = 0;
+    loop {
+        airlock_sdk::log::info(format!("line {i}"));
+        i = i.wrapping_add(1);
+    }
+}
+
 #[derive(Serialize, JsonSchema)]
 pub struct Seconds {
     pub seconds: u64,
@@ -143,6 +174,8 @@ plugin! {
     "big-output" => big_output: "Return a string of `bytes` bytes.",
     "log-flood" => log_flood: "Log `lines` lines of `size` bytes.",
     "lie" => lie: "Return a result that does not match the declared output schema.",
+    "recurse" => recurse: "Recurse `depth` levels.",
+    "log-loop" => log_loop: "Call the log interface forever.",
     "now" => now: "Read the wall clock.",
     "hidden" => hidden: "Exported but never declared in a manifest.",
 }
