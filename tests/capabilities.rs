@@ -19,6 +19,7 @@ const PROBE_TOOLS: &[&str] = &[
     "elapsed",
     "random",
     "print",
+    "open-many",
 ];
 
 fn tools(names: &[&str]) -> String {
@@ -234,6 +235,39 @@ async fn policy_can_forbid_a_capability() {
         panic!("{err}")
     };
     assert_eq!(capability, "capabilities.files");
+}
+
+#[tokio::test]
+async fn holding_too_many_handles_fails_cleanly_and_the_host_keeps_serving() {
+    // Host-side resources per call are capped (limits::MAX_RESOURCES = 256);
+    // the WASI filesystem layer refuses further open descriptors even
+    // earlier (between 100 and 200). Either way the guest gets an error,
+    // not the host.
+    let dir = probe("files = [{ host = \"data\", guest = \"/data\", access = \"read-only\" }]");
+    let host = load(&dir, Policy::default()).await.unwrap();
+    let ok = call(
+        &host,
+        "probe/open-many",
+        json!({"path": "/data/hello.txt", "n": 100}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ok["value"], 100);
+    let message = failed(
+        call(
+            &host,
+            "probe/open-many",
+            json!({"path": "/data/hello.txt", "n": 300}),
+        )
+        .await,
+    );
+    assert!(
+        message.contains("Out of memory"),
+        "the guest sees ENOMEM: {message}"
+    );
+    call(&host, "probe/read-file", json!({"path": "/data/hello.txt"}))
+        .await
+        .unwrap();
 }
 
 // ---------------------------------------------------------------- env

@@ -28,6 +28,11 @@ pub const MAX_STDERR_BYTES: usize = 16 * 1024;
 pub const HOSTCALL_FUEL: usize = 1024 * 1024;
 /// Default cap on concurrent instances of one plugin.
 pub const DEFAULT_MAX_CONCURRENCY: u64 = 16;
+/// Host-side resources (open files, streams, ...) one call may hold at once,
+/// and component-model handles per store. Each open file is a host file
+/// descriptor, so this also bounds what one call can take from the
+/// process's descriptor limit.
+pub const MAX_RESOURCES: usize = 256;
 /// Table elements per instance.
 pub const MAX_TABLE_ELEMENTS: usize = 100_000;
 

@@ -170,7 +170,11 @@ impl CallState {
         let wasi = builder.build();
         let state = CallState {
             wasi,
-            table: ResourceTable::new(),
+            table: {
+                let mut table = ResourceTable::new();
+                table.set_max_capacity(limits::MAX_RESOURCES);
+                table
+            },
             limiter: CallLimiter {
                 memory_bytes: limits.memory_bytes(),
                 table_elements: limits::MAX_TABLE_ELEMENTS,
@@ -183,6 +187,7 @@ impl CallState {
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limiter);
         store.set_fuel(limits.fuel.value)?;
+        store.set_max_component_handles(limits::MAX_RESOURCES);
         // Hostcall fuel also bounds the result a guest hands back, so it must
         // exceed the output limit for `OutputTooLarge` (not a trap) to report
         // an oversized result.

@@ -103,6 +103,23 @@ pub fn random(_: Nothing, _: &Context) -> Result<Number, ToolError> {
     Ok(Number { value })
 }
 
+#[derive(Deserialize, JsonSchema)]
+pub struct OpenMany {
+    pub path: String,
+    pub n: u32,
+}
+
+/// Open `path` `n` times, holding every handle until the end.
+pub fn open_many(args: OpenMany, _: &Context) -> Result<Number, ToolError> {
+    let mut files = Vec::new();
+    for _ in 0..args.n {
+        files.push(std::fs::File::open(&args.path)?);
+    }
+    Ok(Number {
+        value: files.len() as u64,
+    })
+}
+
 pub fn print(args: TextArg, _: &Context) -> Result<Done, ToolError> {
     println!("out: {}", args.text);
     eprintln!("err: {}", args.text);
@@ -117,5 +134,6 @@ plugin! {
     "env-names" => env_names: "List visible environment variable names.",
     "elapsed" => elapsed: "Measure with the monotonic clock.",
     "random" => random: "Draw a random number.",
+    "open-many" => open_many: "Hold `n` open handles to a file.",
     "print" => print: "Write to stdout and stderr.",
 }
