@@ -242,6 +242,19 @@ async fn misbehaving_calls_do_not_stop_concurrent_good_ones() {
 }
 
 #[tokio::test]
+async fn one_gigantic_host_call_hits_the_host_data_limit() {
+    // Host-call data is capped at twice the output limit (here 2 MiB).
+    let dir = misbehave_plugin("max_output_kb = 1024");
+    let host = host_with(&dir).await;
+    let err = call(&host, "log-flood", json!({"lines": 1, "size": 3_000_000}))
+        .await
+        .unwrap_err();
+    assert_eq!(trap_kind(&err), TrapKind::HostDataLimit, "{err}");
+    assert_eq!(err.kind(), "host_data_limit");
+    call(&host, "echo", json!({})).await.unwrap();
+}
+
+#[tokio::test]
 async fn a_trap_does_not_poison_later_calls() {
     let dir = misbehave_plugin("");
     let host = host_with(&dir).await;

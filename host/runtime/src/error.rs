@@ -69,6 +69,9 @@ pub enum TrapKind {
     DeadlineExceeded,
     /// The guest tried to grow its memory or tables past the limit.
     MemoryLimit,
+    /// The guest passed more data to one host call than the host accepts
+    /// (`Store::set_hostcall_fuel`), e.g. a gigantic log line.
+    HostDataLimit,
     /// The guest crashed: a panic, `unreachable`, an out-of-bounds access or
     /// another WebAssembly trap.
     GuestTrap,
@@ -80,6 +83,7 @@ impl fmt::Display for TrapKind {
             TrapKind::FuelExhausted => "fuel exhausted",
             TrapKind::DeadlineExceeded => "deadline exceeded",
             TrapKind::MemoryLimit => "memory limit reached",
+            TrapKind::HostDataLimit => "host-call data limit reached",
             TrapKind::GuestTrap => "guest trapped",
         })
     }
@@ -418,6 +422,7 @@ impl Error {
                 TrapKind::FuelExhausted => "fuel_exhausted",
                 TrapKind::DeadlineExceeded => "deadline_exceeded",
                 TrapKind::MemoryLimit => "memory_limit",
+                TrapKind::HostDataLimit => "host_data_limit",
                 TrapKind::GuestTrap => "guest_trap",
             },
             Error::OutputTooLarge { .. } => "output_too_large",

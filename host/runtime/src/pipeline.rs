@@ -306,6 +306,10 @@ fn trap_error(tool: &str, error: wasmtime::Error, store: &Store<CallState>) -> E
             Some(Trap::OutOfFuel) => TrapKind::FuelExhausted,
             Some(Trap::Interrupt) => TrapKind::DeadlineExceeded,
             _ if state.limiter.hit => TrapKind::MemoryLimit,
+            // wasmtime's error type for this is private; its message is not.
+            _ if format!("{error:#}").contains("allocated for hostcalls has been exhausted") => {
+                TrapKind::HostDataLimit
+            }
             _ => TrapKind::GuestTrap,
         }
     };
