@@ -239,17 +239,11 @@ fn tool_errors_exit_4() {
 
 #[test]
 fn traps_exit_5() {
-    let plugin = install(
+    let root = plugins_root(
         "misbehave",
         &read(MISBEHAVE),
         "[capabilities]\nlog = true\n\n[[tools]]\nname = \"panic\"\nrisk = \"read\"\n",
     );
-    let root = tempfile::tempdir().unwrap();
-    let dest = root.path().join("misbehave");
-    std::fs::create_dir(&dest).unwrap();
-    for f in ["plugin.toml", "component.wasm"] {
-        std::fs::copy(plugin.path().join(f), dest.join(f)).unwrap();
-    }
     let env = Env::new();
     let out = env
         .cmd(root.path())
@@ -359,17 +353,11 @@ fn demo_runs_the_real_pipeline() {
 #[test]
 fn a_plugin_denied_a_capability_exits_6_naming_the_interface() {
     // misbehave imports airlock:plugin/log; this manifest does not grant it.
-    let plugin = install(
+    let root = plugins_root(
         "misbehave",
         &read(MISBEHAVE),
         "[[tools]]\nname = \"echo\"\n",
     );
-    let root = tempfile::tempdir().unwrap();
-    let dest = root.path().join("misbehave");
-    std::fs::create_dir(&dest).unwrap();
-    for f in ["plugin.toml", "component.wasm"] {
-        std::fs::copy(plugin.path().join(f), dest.join(f)).unwrap();
-    }
     let out = Env::new()
         .cmd(root.path())
         .args(["call", "misbehave/echo", "--json"])
