@@ -51,14 +51,7 @@ async fn example_plugins_load_with_their_tools_and_schemas() {
         assert!(!tool.description().is_empty(), "{}", tool.id());
     }
     let ids: Vec<_> = host.tools().map(|t| t.id()).collect();
-    for expected in [
-        "text/stats",
-        "text/slugify",
-        "text/regex-extract",
-        "json/query",
-        "json/merge-patch",
-        "json/format",
-    ] {
+    for &expected in airlock_tests::EXAMPLE_TOOLS {
         assert!(
             ids.iter().any(|id| id == expected),
             "{expected} missing from {ids:?}"

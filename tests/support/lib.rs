@@ -11,6 +11,21 @@ use sha2::{Digest, Sha256};
 
 include!(concat!(env!("OUT_DIR"), "/guests.rs"));
 
+/// Tools the example plugins in [`PLUGINS_DIR`] must expose.
+pub const EXAMPLE_TOOLS: &[&str] = &[
+    "text/stats",
+    "text/slugify",
+    "text/regex-extract",
+    "text/case",
+    "json/query",
+    "json/keys",
+    "json/format",
+    "json/merge-patch",
+    "files/list",
+    "files/read",
+    "files/search",
+];
+
 /// Lowercase hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))

@@ -69,13 +69,7 @@ fn tools_list_json_has_every_example_tool_with_its_schema() {
     assert!(out.status.success(), "{}", stderr(&out));
     let tools = json(&out)["tools"].as_array().unwrap().clone();
     let ids: Vec<_> = tools.iter().map(|t| t["id"].as_str().unwrap()).collect();
-    for expected in [
-        "text/stats",
-        "text/slugify",
-        "text/regex-extract",
-        "json/query",
-        "json/merge-patch",
-    ] {
+    for &expected in airlock_tests::EXAMPLE_TOOLS {
         assert!(ids.contains(&expected), "{expected} missing: {ids:?}");
     }
     for tool in &tools {
