@@ -1,0 +1,112 @@
+//! Canonical JSON: one byte sequence per JSON value, so hashes are stable.
+//!
+//! The encoding (specified in `docs/audit-log.md`, written so a verifier in
+//! any language can reproduce it):
+//! - UTF-8, no whitespace outside strings;
+//! - object members sorted by key, comparing the keys' UTF-8 bytes;
+//!   duplicate keys cannot occur (parsing keeps the last);
+//! - strings: `"` and `\` escaped with a backslash, U+0000–U+001F as `\u00xx`
+//!   (lowercase hex), every other character written as itself;
+//! - integers in decimal without leading zeros or `+`; other numbers as their
+//!   shortest round-trip decimal form (audit records contain only integers);
+//! - `true`, `false`, `null` as such.
+
+use serde_json::Value;
+
+/// The canonical encoding of `value`.
+pub fn to_vec(value: &Value) -> Vec<u8> {
+    to_string(value).into_bytes()
+}
+
+/// The canonical encoding of `value`, as a string.
+pub fn to_string(value: &Value) -> String {
+    let mut out = String::with_capacity(256);
+    write_str(value, &mut out);
+    out
+}
+
+fn write_str(value: &Value, out: &mut String) {
+    match value {
+        Value::Null => out.push_str("null"),
+        Value::Bool(true) => out.push_str("true"),
+        Value::Bool(false) => out.push_str("false"),
+        // serde_json prints integers in plain decimal and floats in their
+        // shortest round-trip form.
+        Value::Number(n) => out.push_str(&n.to_string()),
+        Value::String(s) => write_string(s, out),
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_str(item, out);
+            }
+            out.push(']');
+        }
+        Value::Object(map) => {
+            let mut members: Vec<(&String, &Value)> = map.iter().collect();
+            members.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            out.push('{');
+            for (i, (key, item)) in members.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_string(key, out);
+                out.push(':');
+                write_str(item, out);
+            }
+            out.push('}');
+        }
+    }
+}
+
+fn write_string(s: &str, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                out.push_str(&format!("\\u{:04x}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn sorts_keys_by_bytes_and_drops_whitespace() {
+        let v = json!({"b": 1, "a": [true, null, "x"], "B": {"z": 0, "y": -3}});
+        assert_eq!(
+            to_string(&v),
+            r#"{"B":{"y":-3,"z":0},"a":[true,null,"x"],"b":1}"#
+        );
+    }
+
+    #[test]
+    fn escapes_only_quote_backslash_and_controls() {
+        let v = json!("a\"b\\c\n\u{1}é/\u{7f}");
+        assert_eq!(to_string(&v), "\"a\\\"b\\\\c\\u000a\\u0001é/\u{7f}\"");
+    }
+
+    #[test]
+    fn same_value_same_bytes_whatever_the_input_order() {
+        let a: Value = serde_json::from_str(r#"{"x":1,"y":{"q":2,"p":3}}"#).unwrap();
+        let b: Value = serde_json::from_str(r#"{ "y": {"p":3, "q":2}, "x": 1 }"#).unwrap();
+        assert_eq!(to_vec(&a), to_vec(&b));
+    }
+
+    #[test]
+    fn round_trips_through_a_json_parser() {
+        let v = json!({"k": "line\nbreak\ttab", "n": u64::MAX, "f": 1.5});
+        let back: Value = serde_json::from_slice(&to_vec(&v)).unwrap();
+        assert_eq!(back, v);
+    }
+}

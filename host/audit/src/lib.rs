@@ -1,0 +1,60 @@
+//! Airlock's audit log: a tamper-evident record of every tool call.
+//!
+//! Records are appended to an embedded [sled](https://docs.rs/sled)
+//! database with a gap-free sequence number. Each record's hash covers the
+//! previous record's hash and the record's canonical encoding
+//! ([`canonical`]), so changing, removing or reordering any record breaks
+//! the chain. Every so often (and at shutdown) the host signs a
+//! [`Checkpoint`] — (sequence, head hash) — with its Ed25519 key; a
+//! checkpoint kept elsewhere (an export) also catches a history that was
+//! rewritten and re-hashed. Secrets are redacted ([`Redactor`]) before
+//! anything is written.
+//!
+//! This crate does not depend on the WebAssembly runtime: reviewers can
+//! verify an export with it alone ([`verify_export`]), and the format is
+//! specified in `docs/audit-log.md` for verifiers in other languages.
+//!
+//! # Example
+//! ```
+//! use airlock_audit::{AuditConfig, AuditLog, Durability, Entry, Event};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dir = tempfile::tempdir()?;
+//! let log = AuditLog::open(dir.path(), AuditConfig::default())?;
+//!
+//! let mut entry = Entry::new(Event::CallStarted);
+//! entry.call_id = Some("call-1".into());
+//! entry.tool = Some("refund".into());
+//! // Secrets never reach the disk: redact copies before appending them.
+//! let args = serde_json::json!({"account": "9182", "password": "hunter2"});
+//! let redacted = log.redactor().redact(&args, &[], &[]);
+//! entry.args = Some(redacted.value.to_string());
+//! let record = log.append(entry, Durability::Flushed)?;
+//! assert_eq!(record.seq, 1);
+//!
+//! log.checkpoint()?;
+//! let report = log.verify(&[])?.expect("an untouched log verifies");
+//! assert_eq!(report.records, 1);
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod canonical;
+mod checkpoint;
+mod error;
+mod keys;
+mod log;
+mod record;
+mod redact;
+mod verify;
+
+pub use checkpoint::{CHECKPOINT_DOMAIN, Checkpoint};
+pub use error::{Error, Result};
+pub use keys::parse_public_key;
+pub use log::{
+    AuditConfig, AuditLog, DB_DIR, Durability, Export, ExportSummary, Filter, PUBLIC_KEY_FILE,
+    REDACTION_KEY_FILE, SIGNING_KEY_FILE, read_export, verify_export,
+};
+pub use record::{Entry, Event, GENESIS_HASH, OUTCOME_UNKNOWN, Record, chain_hash, sha256_hex};
+pub use redact::{Redacted, RedactionRules, Redactor, capped_json};
+pub use verify::{Problem, VerifyFailure, VerifyReport};

@@ -1,0 +1,1013 @@
+//! [`AuditLog`]: the sled-backed, hash-chained, checkpointed log.
+
+use std::collections::HashSet;
+use std::fs;
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ed25519_dalek::{SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::checkpoint::Checkpoint;
+use crate::error::{Error, Result};
+use crate::keys;
+use crate::record::{Entry, Event, GENESIS_HASH, OUTCOME_UNKNOWN, Record, parse_hash};
+use crate::redact::{RedactionRules, Redactor};
+use crate::verify::{Verifier, VerifyFailure, VerifyReport};
+
+/// Key prefix of records: `r` ‖ seq (u64 big-endian).
+const RECORD: u8 = b'r';
+/// Key prefix of checkpoints: `c` ‖ seq (u64 big-endian).
+const CHECKPOINT: u8 = b'c';
+/// Key prefix of calls in flight: `o` ‖ call id → intent seq.
+const OPEN_CALL: u8 = b'o';
+
+/// The database directory, inside the audit directory.
+pub const DB_DIR: &str = "db";
+/// The checkpoint signing key (secret, mode 0600).
+pub const SIGNING_KEY_FILE: &str = "signing.key";
+/// The checkpoint signing key's public half, for verifiers.
+pub const PUBLIC_KEY_FILE: &str = "signing.pub";
+/// The redaction key (secret, mode 0600).
+pub const REDACTION_KEY_FILE: &str = "redaction.key";
+
+/// First line of an export.
+const EXPORT_FORMAT: &str = "airlock-audit-export";
+const EXPORT_VERSION: u64 = 1;
+
+/// How an [`AuditLog`] behaves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    /// How often batched records are flushed to disk (group commit), in
+    /// milliseconds. Records appended with [`Durability::Flushed`] are on
+    /// disk before `append` returns regardless.
+    pub group_commit_ms: u64,
+    /// Sign a checkpoint after this many records.
+    pub checkpoint_every: u64,
+    /// ... or after this many seconds with new records, whichever is first.
+    pub checkpoint_interval_s: u64,
+    /// Largest redacted copy of arguments or results kept in a record, bytes.
+    pub max_copy_bytes: usize,
+    /// Operator-wide redaction rules.
+    pub redaction: RedactionRules,
+}
+
+impl Default for AuditConfig {
+    fn default() -> AuditConfig {
+        AuditConfig {
+            group_commit_ms: 50,
+            checkpoint_every: 1000,
+            checkpoint_interval_s: 30,
+            max_copy_bytes: 4096,
+            redaction: RedactionRules::default(),
+        }
+    }
+}
+
+/// When an appended record reaches the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Before `append` returns (fsync). Used for every record of a call that
+    /// is not read-only, so no side effect happens without its intent on disk.
+    Flushed,
+    /// With the next group commit (at most `group_commit_ms` later). A crash
+    /// of the machine can lose the last batch; never a record in the middle.
+    Batched,
+}
+
+/// The tamper-evident audit log.
+///
+/// Cheap to clone: clones share one database. A database directory can be
+/// open in one process at a time ([`Error::Locked`] otherwise).
+#[derive(Clone)]
+pub struct AuditLog {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("path", &self.inner.path)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    /// The audit directory (`<memory>` for a temporary log).
+    path: PathBuf,
+    db: sled::Db,
+    tree: sled::Tree,
+    head: Mutex<Head>,
+    signing: Signer,
+    redactor: Redactor,
+    config: AuditConfig,
+}
+
+/// The checkpoint key: the secret one for a writing host, the public one
+/// for a read-only opener.
+enum Signer {
+    Key(SigningKey),
+    VerifyOnly(VerifyingKey),
+}
+
+impl Signer {
+    fn public(&self) -> VerifyingKey {
+        match self {
+            Signer::Key(key) => key.verifying_key(),
+            Signer::VerifyOnly(key) => *key,
+        }
+    }
+
+    fn sign(&self, seq: u64, hash: &[u8; 32]) -> Option<Checkpoint> {
+        match self {
+            Signer::Key(key) => Some(Checkpoint::sign(key, seq, hash, now_ms())),
+            Signer::VerifyOnly(_) => None,
+        }
+    }
+}
+
+struct Head {
+    seq: u64,
+    hash: [u8; 32],
+    /// Records since the last checkpoint.
+    unsigned: u64,
+    last_checkpoint: Instant,
+    closed: bool,
+}
+
+/// What [`AuditLog::export`] wrote.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExportSummary {
+    /// Records written.
+    pub records: u64,
+    /// Checkpoints written.
+    pub checkpoints: usize,
+    /// The signer's public key, hex.
+    pub public_key: String,
+}
+
+/// Which records [`AuditLog::query`] returns; every set field must match.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Plugin name.
+    pub plugin: Option<String>,
+    /// Tool name (without the plugin).
+    pub tool: Option<String>,
+    /// Principal.
+    pub principal: Option<String>,
+    /// Trace id.
+    pub trace_id: Option<String>,
+    /// Call id.
+    pub call_id: Option<String>,
+    /// Outcome (`ok`, an error kind, `unknown`).
+    pub outcome: Option<String>,
+    /// Event.
+    pub event: Option<Event>,
+    /// At or after, ms since the Unix epoch.
+    pub since_ms: Option<u64>,
+    /// Before, ms since the Unix epoch.
+    pub until_ms: Option<u64>,
+}
+
+impl Filter {
+    /// Whether `record` matches.
+    pub fn matches(&self, record: &Record) -> bool {
+        let e = &record.entry;
+        let eq = |want: &Option<String>, have: &Option<String>| {
+            want.as_ref().is_none_or(|w| have.as_ref() == Some(w))
+        };
+        eq(&self.plugin, &e.plugin)
+            && eq(&self.tool, &e.tool)
+            && eq(&self.principal, &e.principal)
+            && eq(&self.trace_id, &e.trace_id)
+            && eq(&self.call_id, &e.call_id)
+            && eq(&self.outcome, &e.outcome)
+            && self.event.is_none_or(|ev| ev == e.event)
+            && self.since_ms.is_none_or(|t| record.time_ms >= t)
+            && self.until_ms.is_none_or(|t| record.time_ms < t)
+    }
+}
+
+fn key(prefix: u8, seq: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = prefix;
+    k[1..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn seq_of(key: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(key.get(1..9)?.try_into().ok()?))
+}
+
+fn open_call_key(call_id: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + call_id.len());
+    k.push(OPEN_CALL);
+    k.extend_from_slice(call_id.as_bytes());
+    k
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+impl AuditLog {
+    /// Open (or create) the audit log in `dir`: the database in `dir/db`,
+    /// keys beside it. Calls that were in flight when the host last stopped
+    /// get an outcome record `unknown`.
+    ///
+    /// # Errors
+    /// [`Error::Locked`] when another process has it open; [`Error::Store`]
+    /// when the directory cannot be created or the database opened;
+    /// [`Error::Key`] for a corrupt, exposed or missing key (a key is only
+    /// created for a log with nothing depending on it); [`Error::Corrupt`]
+    /// when the last record cannot be read.
+    pub fn open(dir: impl AsRef<Path>, config: AuditConfig) -> Result<AuditLog> {
+        let dir = dir.as_ref();
+        fs::create_dir_all(dir).map_err(|e| Error::store(dir, format!("cannot create: {e}")))?;
+        let db_path = dir.join(DB_DIR);
+        let db = sled::Config::new()
+            .path(&db_path)
+            .flush_every_ms(Some(config.group_commit_ms.max(1)))
+            .open()
+            .map_err(|e| open_error(dir, e))?;
+        let tree = db.open_tree("audit").map_err(|e| Error::store(dir, e))?;
+        let has_records = tree.scan_prefix([RECORD]).next().is_some();
+        let has_checkpoints = tree.scan_prefix([CHECKPOINT]).next().is_some();
+        let signing = load_key(&dir.join(SIGNING_KEY_FILE), has_checkpoints, "checkpoints")?;
+        let redaction = load_key(&dir.join(REDACTION_KEY_FILE), has_records, "records")?;
+        let signing = keys::signing_key(&signing);
+        write_public_key(&dir.join(PUBLIC_KEY_FILE), &signing.verifying_key())?;
+        let log = AuditLog::from_parts(
+            dir.to_owned(),
+            db,
+            tree,
+            Signer::Key(signing),
+            redaction.0,
+            config,
+        )?;
+        log.check_unsigned_tail()?;
+        log.recover()?;
+        log.start_checkpointer();
+        Ok(log)
+    }
+
+    /// Open an existing log for reading, verifying and exporting only: no
+    /// recovery, no new records or checkpoints. Needs the public key
+    /// (`signing.pub`) but not the secret ones.
+    ///
+    /// # Errors
+    /// [`Error::Store`] when there is no log in `dir`; otherwise as
+    /// [`open`](Self::open).
+    pub fn open_read_only(dir: impl AsRef<Path>) -> Result<AuditLog> {
+        let dir = dir.as_ref();
+        let db_path = dir.join(DB_DIR);
+        if !db_path.is_dir() {
+            return Err(Error::store(
+                dir,
+                "no audit log here (nothing has been recorded yet)",
+            ));
+        }
+        let db = sled::Config::new()
+            .path(&db_path)
+            .open()
+            .map_err(|e| open_error(dir, e))?;
+        let tree = db.open_tree("audit").map_err(|e| Error::store(dir, e))?;
+        let public = keys::parse_public_key(&dir.join(PUBLIC_KEY_FILE).to_string_lossy())?;
+        let log = AuditLog::from_parts(
+            dir.to_owned(),
+            db,
+            tree,
+            Signer::VerifyOnly(public),
+            keys::random_bytes()?,
+            AuditConfig::default(),
+        )?;
+        log.lock()?.closed = true;
+        Ok(log)
+    }
+
+    /// Before appending to a log, check the records no checkpoint vouches
+    /// for yet (normally a few hundred): the host must never extend — or
+    /// sign — a history that was changed while it was not running.
+    fn check_unsigned_tail(&self) -> Result<()> {
+        let inner = &self.inner;
+        let tampered = |failure: VerifyFailure| Error::Tampered {
+            path: inner.path.clone(),
+            failure,
+        };
+        let last = self.checkpoints()?.pop();
+        let mut verifier =
+            Verifier::new(&self.public_key(), last.clone(), None, None).map_err(tampered)?;
+        let mut from = 1;
+        if let Some(cp) = last {
+            let Some(record) = self.get(cp.seq)? else {
+                let (head, _) = self.head()?;
+                return Err(tampered(VerifyFailure {
+                    seq: head + 1,
+                    problem: crate::verify::Problem::Truncated {
+                        last: head,
+                        checkpoint: cp.seq,
+                    },
+                }));
+            };
+            let hash =
+                parse_hash(&record.hash).filter(|h| record.hash == cp.hash && *h != GENESIS_HASH);
+            let Some(hash) = hash else {
+                return Err(tampered(VerifyFailure {
+                    seq: cp.seq,
+                    problem: crate::verify::Problem::CheckpointMismatch {
+                        last_good_checkpoint: None,
+                    },
+                }));
+            };
+            verifier = verifier.resume(cp.seq, hash);
+            from = cp.seq + 1;
+        }
+        for item in inner.tree.range(key(RECORD, from)..=key(RECORD, u64::MAX)) {
+            let (k, v) = item.map_err(|e| Error::store(&inner.path, e))?;
+            verifier
+                .push_bytes(Some(seq_of(&k).unwrap_or(0)), &v)
+                .map_err(tampered)?;
+        }
+        verifier.finish().map(drop).map_err(tampered)
+    }
+
+    /// A log in a temporary database, removed when the last clone is
+    /// dropped, with fresh in-memory keys: for tests and for hosts that do
+    /// not keep records (calls are still recorded while it lives).
+    ///
+    /// # Errors
+    /// [`Error::Store`] when the temporary database cannot be created.
+    pub fn temporary(config: AuditConfig) -> Result<AuditLog> {
+        let path = PathBuf::from("<temporary>");
+        let db = sled::Config::new()
+            .temporary(true)
+            .flush_every_ms(Some(config.group_commit_ms.max(1)))
+            .open()
+            .map_err(|e| Error::store(&path, e))?;
+        let tree = db.open_tree("audit").map_err(|e| Error::store(&path, e))?;
+        let signing = SigningKey::from_bytes(&keys::random_bytes()?);
+        let log = AuditLog::from_parts(
+            path,
+            db,
+            tree,
+            Signer::Key(signing),
+            keys::random_bytes()?,
+            config,
+        )?;
+        log.start_checkpointer();
+        Ok(log)
+    }
+
+    fn from_parts(
+        path: PathBuf,
+        db: sled::Db,
+        tree: sled::Tree,
+        signing: Signer,
+        redaction_key: [u8; 32],
+        config: AuditConfig,
+    ) -> Result<AuditLog> {
+        let (seq, hash) = match tree
+            .scan_prefix([RECORD])
+            .next_back()
+            .transpose()
+            .map_err(|e| Error::store(&path, e))?
+        {
+            None => (0, GENESIS_HASH),
+            Some((k, v)) => {
+                let seq = seq_of(&k).unwrap_or(0);
+                let corrupt = |reason: &str| Error::Corrupt {
+                    path: path.clone(),
+                    seq,
+                    reason: reason.to_owned(),
+                };
+                let body: Value = serde_json::from_slice(&v).map_err(|_| corrupt("not JSON"))?;
+                let hash = body
+                    .get("hash")
+                    .and_then(Value::as_str)
+                    .and_then(parse_hash)
+                    .ok_or_else(|| corrupt("no hash"))?;
+                (seq, hash)
+            }
+        };
+        let last_checkpoint_seq = tree
+            .scan_prefix([CHECKPOINT])
+            .next_back()
+            .transpose()
+            .map_err(|e| Error::store(&path, e))?
+            .and_then(|(k, _)| seq_of(&k))
+            .unwrap_or(0);
+        let redactor = Redactor::new(redaction_key, config.redaction.clone());
+        Ok(AuditLog {
+            inner: Arc::new(Inner {
+                path,
+                db,
+                tree,
+                head: Mutex::new(Head {
+                    seq,
+                    hash,
+                    unsigned: seq.saturating_sub(last_checkpoint_seq),
+                    last_checkpoint: Instant::now(),
+                    closed: false,
+                }),
+                signing,
+                redactor,
+                config,
+            }),
+        })
+    }
+
+    /// Give every call left in flight by a previous run its `unknown`
+    /// outcome, then sign and flush.
+    fn recover(&self) -> Result<()> {
+        let inner = &self.inner;
+        let mut orphans = Vec::new();
+        for item in inner.tree.scan_prefix([OPEN_CALL]) {
+            let (_, v) = item.map_err(|e| Error::store(&inner.path, e))?;
+            let seq = v.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
+            orphans.push(seq);
+        }
+        if orphans.is_empty() {
+            return Ok(());
+        }
+        for seq in orphans {
+            let Some(intent) = self.get(seq)? else {
+                continue;
+            };
+            let e = intent.entry;
+            let mut entry = Entry::new(Event::CallFinished);
+            entry.call_id = e.call_id;
+            entry.trace_id = e.trace_id;
+            entry.principal = e.principal;
+            entry.plugin = e.plugin;
+            entry.plugin_version = e.plugin_version;
+            entry.component_digest = e.component_digest;
+            entry.manifest_digest = e.manifest_digest;
+            entry.tool = e.tool;
+            entry.risk = e.risk;
+            entry.idempotency_key = e.idempotency_key;
+            entry.approval_id = e.approval_id;
+            entry.args_digest = e.args_digest;
+            entry.outcome = Some(OUTCOME_UNKNOWN.to_owned());
+            entry.reason = Some(format!(
+                "the host stopped while the call was running (intent record {seq}); whether it took effect is unknown"
+            ));
+            tracing::warn!(call_id = ?entry.call_id, intent = seq, "call in flight at last shutdown: outcome unknown");
+            self.append(entry, Durability::Batched)?;
+        }
+        self.checkpoint()?;
+        Ok(())
+    }
+
+    /// Sign a checkpoint every `checkpoint_interval_s` while records arrive.
+    fn start_checkpointer(&self) {
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let interval = Duration::from_secs(self.inner.config.checkpoint_interval_s.max(1));
+        let spawned = std::thread::Builder::new()
+            .name("airlock-audit-checkpoint".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(Duration::from_millis(250).min(interval));
+                    let Some(inner) = weak.upgrade() else { return };
+                    let log = AuditLog { inner };
+                    let due = {
+                        let Ok(head) = log.lock() else { return };
+                        if head.closed {
+                            return;
+                        }
+                        head.unsigned > 0 && head.last_checkpoint.elapsed() >= interval
+                    };
+                    if due && let Err(e) = log.checkpoint() {
+                        tracing::error!(error = %e, "cannot sign an audit checkpoint");
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the audit checkpoint thread; checkpoints are signed by count and at shutdown only");
+        }
+    }
+
+    fn lock(&self) -> Result<MutexGuard<'_, Head>> {
+        self.inner.head.lock().map_err(|_| Error::Store {
+            path: self.inner.path.clone(),
+            message: "a writer panicked while appending".into(),
+        })
+    }
+
+    /// Append `entry` as the next record.
+    ///
+    /// # Errors
+    /// [`Error::Store`] when the record cannot be written (or, for
+    /// [`Durability::Flushed`], flushed); [`Error::Closed`] after
+    /// [`close`](Self::close). Either way the caller must not run the call.
+    pub fn append(&self, entry: Entry, durability: Durability) -> Result<Record> {
+        let record = self.append_unflushed(entry)?;
+        if durability == Durability::Flushed {
+            self.flush()?;
+        }
+        Ok(record)
+    }
+
+    /// [`append`](Self::append) for async callers: the flush does not block
+    /// the executor thread.
+    ///
+    /// # Errors
+    /// As [`append`](Self::append).
+    pub async fn append_async(&self, entry: Entry, durability: Durability) -> Result<Record> {
+        let record = self.append_unflushed(entry)?;
+        if durability == Durability::Flushed {
+            self.inner
+                .db
+                .flush_async()
+                .await
+                .map_err(|e| Error::store(&self.inner.path, e))?;
+        }
+        Ok(record)
+    }
+
+    fn append_unflushed(&self, entry: Entry) -> Result<Record> {
+        let inner = &self.inner;
+        let mut head = self.lock()?;
+        if head.closed {
+            return Err(Error::Closed);
+        }
+        let seq = head.seq + 1;
+        let (record, hash, bytes) = Record::seal(seq, now_ms(), entry, &head.hash)
+            .map_err(|e| Error::store(&inner.path, format!("cannot encode a record: {e}")))?;
+        let mut batch = sled::Batch::default();
+        batch.insert(&key(RECORD, seq), bytes);
+        if let Some(call_id) = &record.entry.call_id {
+            match record.entry.event {
+                Event::CallStarted => batch.insert(open_call_key(call_id), &seq.to_be_bytes()),
+                Event::CallFinished | Event::CallRefused => batch.remove(open_call_key(call_id)),
+            }
+        }
+        // One atomic batch: the record and the in-flight marker appear (or
+        // vanish) together, even across a crash.
+        inner
+            .tree
+            .apply_batch(batch)
+            .map_err(|e| Error::store(&inner.path, e))?;
+        head.seq = seq;
+        head.hash = hash;
+        head.unsigned += 1;
+        if head.unsigned >= inner.config.checkpoint_every.max(1)
+            && let Err(e) = self.checkpoint_locked(&mut head)
+        {
+            // The record is written; the next append tries again.
+            tracing::error!(error = %e, "cannot sign an audit checkpoint");
+        }
+        Ok(record)
+    }
+
+    /// Flush everything appended so far to disk.
+    ///
+    /// # Errors
+    /// [`Error::Store`] when the flush fails.
+    pub fn flush(&self) -> Result<()> {
+        self.inner
+            .db
+            .flush()
+            .map(drop)
+            .map_err(|e| Error::store(&self.inner.path, e))
+    }
+
+    /// Sign a checkpoint at the current head (if it has records not yet
+    /// signed) and flush. Returns the newest checkpoint.
+    ///
+    /// # Errors
+    /// [`Error::Store`] when it cannot be written.
+    pub fn checkpoint(&self) -> Result<Option<Checkpoint>> {
+        let mut head = self.lock()?;
+        if head.unsigned > 0 && !head.closed {
+            self.checkpoint_locked(&mut head)?;
+        }
+        drop(head);
+        self.flush()?;
+        self.checkpoints().map(|mut all| all.pop())
+    }
+
+    fn checkpoint_locked(&self, head: &mut Head) -> Result<()> {
+        if head.seq == 0 {
+            return Ok(());
+        }
+        let Some(cp) = self.inner.signing.sign(head.seq, &head.hash) else {
+            return Ok(());
+        };
+        let bytes = serde_json::to_vec(&cp).map_err(|e| {
+            Error::store(&self.inner.path, format!("cannot encode a checkpoint: {e}"))
+        })?;
+        self.inner
+            .tree
+            .insert(key(CHECKPOINT, head.seq), bytes)
+            .map_err(|e| Error::store(&self.inner.path, e))?;
+        head.unsigned = 0;
+        head.last_checkpoint = Instant::now();
+        Ok(())
+    }
+
+    /// Sign a final checkpoint, flush, and refuse further appends.
+    ///
+    /// # Errors
+    /// [`Error::Store`] when the checkpoint or flush fails.
+    pub fn close(&self) -> Result<()> {
+        self.checkpoint()?;
+        self.lock()?.closed = true;
+        Ok(())
+    }
+
+    /// Sequence number and hash (hex) of the newest record; `(0, None)` when
+    /// empty.
+    pub fn head(&self) -> Result<(u64, Option<String>)> {
+        let head = self.lock()?;
+        Ok((head.seq, (head.seq > 0).then(|| hex::encode(head.hash))))
+    }
+
+    /// The audit directory.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The checkpoint signer's public key.
+    pub fn public_key(&self) -> VerifyingKey {
+        self.inner.signing.public()
+    }
+
+    /// The redactor every record's copies must go through.
+    pub fn redactor(&self) -> &Redactor {
+        &self.inner.redactor
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &AuditConfig {
+        &self.inner.config
+    }
+
+    /// Record `seq`.
+    ///
+    /// # Errors
+    /// [`Error::Store`] on a read failure; [`Error::Corrupt`] when it does
+    /// not parse.
+    pub fn get(&self, seq: u64) -> Result<Option<Record>> {
+        let inner = &self.inner;
+        let Some(bytes) = inner
+            .tree
+            .get(key(RECORD, seq))
+            .map_err(|e| Error::store(&inner.path, e))?
+        else {
+            return Ok(None);
+        };
+        self.parse(seq, &bytes).map(Some)
+    }
+
+    fn parse(&self, seq: u64, bytes: &[u8]) -> Result<Record> {
+        serde_json::from_slice(bytes).map_err(|e| Error::Corrupt {
+            path: self.inner.path.clone(),
+            seq,
+            reason: e.to_string(),
+        })
+    }
+
+    /// Records from `from` on, oldest first.
+    pub fn records(&self, from: u64) -> impl Iterator<Item = Result<Record>> + '_ {
+        self.inner
+            .tree
+            .range(key(RECORD, from)..=key(RECORD, u64::MAX))
+            .map(move |item| {
+                let (k, v) = item.map_err(|e| Error::store(&self.inner.path, e))?;
+                self.parse(seq_of(&k).unwrap_or(0), &v)
+            })
+    }
+
+    /// The newest `limit` records matching `filter`, oldest first.
+    ///
+    /// # Errors
+    /// As [`get`](Self::get).
+    pub fn query(&self, filter: &Filter, limit: usize) -> Result<Vec<Record>> {
+        let mut out = Vec::new();
+        for item in self
+            .inner
+            .tree
+            .range(key(RECORD, 0)..=key(RECORD, u64::MAX))
+            .rev()
+        {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = item.map_err(|e| Error::store(&self.inner.path, e))?;
+            let record = self.parse(seq_of(&k).unwrap_or(0), &v)?;
+            if filter.matches(&record) {
+                out.push(record);
+            }
+        }
+        out.reverse();
+        Ok(out)
+    }
+
+    /// Every checkpoint, oldest first.
+    ///
+    /// # Errors
+    /// [`Error::Store`] / [`Error::Corrupt`].
+    pub fn checkpoints(&self) -> Result<Vec<Checkpoint>> {
+        let inner = &self.inner;
+        let mut out = Vec::new();
+        for item in inner.tree.scan_prefix([CHECKPOINT]) {
+            let (k, v) = item.map_err(|e| Error::store(&inner.path, e))?;
+            let seq = seq_of(&k).unwrap_or(0);
+            let cp = serde_json::from_slice(&v).map_err(|e| Error::Corrupt {
+                path: inner.path.clone(),
+                seq,
+                reason: format!("checkpoint unreadable: {e}"),
+            })?;
+            out.push(cp);
+        }
+        Ok(out)
+    }
+
+    /// Verify the live log: every record's link and hash, every checkpoint's
+    /// signature (against this host's key) and hash, and `trusted`
+    /// checkpoints kept elsewhere (an earlier export), which catch a history
+    /// rewritten together with its checkpoints.
+    ///
+    /// # Errors
+    /// The outer error is a failure to read the store; the inner one is the
+    /// first bad record.
+    pub fn verify(&self, trusted: &[Checkpoint]) -> Result<Result<VerifyReport, VerifyFailure>> {
+        let inner = &self.inner;
+        let mut checkpoints = Vec::new();
+        for item in inner.tree.scan_prefix([CHECKPOINT]) {
+            let (k, v) = item.map_err(|e| Error::store(&inner.path, e))?;
+            let seq = seq_of(&k).unwrap_or(0);
+            match serde_json::from_slice::<Checkpoint>(&v) {
+                Ok(cp) if cp.seq == seq => checkpoints.push(cp),
+                Ok(_) | Err(_) => {
+                    return Ok(Err(VerifyFailure {
+                        seq,
+                        problem: crate::verify::Problem::BadSignature {
+                            reason: "the stored checkpoint is unreadable or misplaced".into(),
+                        },
+                    }));
+                }
+            }
+        }
+        let mut verifier = match Verifier::new(
+            &self.public_key(),
+            checkpoints,
+            trusted.iter().cloned(),
+            None,
+        ) {
+            Ok(v) => v,
+            Err(failure) => return Ok(Err(failure)),
+        };
+        for item in inner.tree.scan_prefix([RECORD]) {
+            let (k, v) = item.map_err(|e| Error::store(&inner.path, e))?;
+            let position = seq_of(&k).unwrap_or(0);
+            if let Err(failure) = verifier.push_bytes(Some(position), &v) {
+                return Ok(Err(failure));
+            }
+        }
+        Ok(verifier.finish())
+    }
+
+    /// Write the whole log to `path` as JSON lines: a header, every
+    /// checkpoint, then every record — after signing a checkpoint at the
+    /// head, so the export is covered to its last record. Written to a
+    /// temporary file and renamed: a failed export leaves nothing behind.
+    ///
+    /// # Errors
+    /// [`Error::File`] when the file cannot be written; store errors.
+    pub fn export(&self, path: impl AsRef<Path>) -> Result<ExportSummary> {
+        let path = path.as_ref();
+        self.checkpoint()?;
+        let checkpoints = self.checkpoints()?;
+        let (records, head) = self.head()?;
+        let file_error = |e: std::io::Error| Error::File {
+            path: path.to_owned(),
+            message: e.to_string(),
+        };
+        let tmp = path.with_extension("partial");
+        let write = || -> Result<()> {
+            let file = fs::File::create(&tmp).map_err(file_error)?;
+            let mut out = BufWriter::new(file);
+            let header = serde_json::json!({
+                "format": EXPORT_FORMAT,
+                "version": EXPORT_VERSION,
+                "public_key": hex::encode(self.public_key().as_bytes()),
+                "exported_ms": now_ms(),
+                "records": records,
+                "head_hash": head,
+            });
+            writeln!(out, "{header}").map_err(file_error)?;
+            for cp in &checkpoints {
+                writeln!(out, "{}", serde_json::json!({ "checkpoint": cp })).map_err(file_error)?;
+            }
+            for item in self.inner.tree.range(key(RECORD, 1)..=key(RECORD, records)) {
+                let (_, v) = item.map_err(|e| Error::store(&self.inner.path, e))?;
+                out.write_all(b"{\"record\":").map_err(file_error)?;
+                out.write_all(&v).map_err(file_error)?;
+                out.write_all(b"}\n").map_err(file_error)?;
+            }
+            let file = out.into_inner().map_err(|e| file_error(e.into_error()))?;
+            file.sync_all().map_err(file_error)?;
+            fs::rename(&tmp, path).map_err(file_error)
+        };
+        write().inspect_err(|_| {
+            let _ = fs::remove_file(&tmp);
+        })?;
+        Ok(ExportSummary {
+            records,
+            checkpoints: checkpoints.len(),
+            public_key: hex::encode(self.public_key().as_bytes()),
+        })
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Sign what is unsigned so a clean shutdown leaves the whole log
+        // covered; best effort (errors are logged).
+        let Ok(mut head) = self.head.lock() else {
+            return;
+        };
+        if head.closed || head.unsigned == 0 || head.seq == 0 {
+            return;
+        }
+        let Some(cp) = self.signing.sign(head.seq, &head.hash) else {
+            return;
+        };
+        let result = serde_json::to_vec(&cp)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| {
+                self.tree
+                    .insert(key(CHECKPOINT, head.seq), bytes)
+                    .map_err(|e| e.to_string())
+            })
+            .and_then(|_| self.db.flush().map_err(|e| e.to_string()));
+        match result {
+            Ok(_) => head.unsigned = 0,
+            Err(e) => tracing::error!(error = %e, "cannot sign the shutdown audit checkpoint"),
+        }
+    }
+}
+
+fn open_error(dir: &Path, e: sled::Error) -> Error {
+    let text = e.to_string();
+    let locked = matches!(&e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock)
+        || text.contains("could not acquire lock");
+    if locked {
+        Error::Locked {
+            path: dir.to_owned(),
+        }
+    } else {
+        Error::store(dir, text)
+    }
+}
+
+/// Read the key at `path`, or create it when missing and nothing (`what`)
+/// depends on it yet.
+fn load_key(path: &Path, in_use: bool, what: &str) -> Result<keys::Secret> {
+    if keys::exists(path) {
+        return keys::read(path);
+    }
+    if in_use {
+        return Err(Error::Key {
+            path: path.to_owned(),
+            reason: format!(
+                "missing, but the audit log already holds {what} made with it; restore the file from backup (a new key would make them unverifiable)"
+            ),
+        });
+    }
+    keys::create(path)
+}
+
+fn write_public_key(path: &Path, key: &VerifyingKey) -> Result<()> {
+    let text = format!("{}\n", hex::encode(key.as_bytes()));
+    if fs::read_to_string(path).is_ok_and(|t| t == text) {
+        return Ok(());
+    }
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, &text)
+        .and_then(|()| fs::rename(&tmp, path))
+        .map_err(|e| Error::Key {
+            path: path.to_owned(),
+            reason: format!("cannot write the public key: {e}"),
+        })
+}
+
+/// Verify an export file offline against the trusted public `key` (never
+/// the one the file names), plus `trusted` checkpoints kept elsewhere.
+///
+/// # Errors
+/// The outer error is a file that cannot be read or is not an export; the
+/// inner one is the first bad record.
+pub fn verify_export(
+    path: impl AsRef<Path>,
+    key: &VerifyingKey,
+    trusted: &[Checkpoint],
+) -> Result<Result<VerifyReport, VerifyFailure>> {
+    let path = path.as_ref();
+    let export = read_export(path)?;
+    let present: HashSet<u64> = export
+        .records
+        .iter()
+        .filter_map(|r| r.get("seq").and_then(Value::as_u64))
+        .collect();
+    let mut verifier = match Verifier::new(
+        key,
+        export.checkpoints,
+        trusted.iter().cloned(),
+        Some(present),
+    ) {
+        Ok(v) => v,
+        Err(failure) => return Ok(Err(failure)),
+    };
+    for record in export.records {
+        if let Err(failure) = verifier.push(None, record) {
+            return Ok(Err(failure));
+        }
+    }
+    Ok(verifier.finish())
+}
+
+/// An export file, parsed.
+#[derive(Debug)]
+pub struct Export {
+    /// The public key the file names (informational: verify against a key
+    /// you trust).
+    pub public_key: String,
+    /// Its checkpoints.
+    pub checkpoints: Vec<Checkpoint>,
+    /// Its records, as stored.
+    pub records: Vec<Value>,
+}
+
+/// Read an export file (or just its checkpoints, to use them as trusted
+/// anchors).
+///
+/// # Errors
+/// [`Error::File`] naming the line that is not part of an export.
+pub fn read_export(path: impl AsRef<Path>) -> Result<Export> {
+    let path = path.as_ref();
+    let bad = |line: usize, message: String| Error::File {
+        path: path.to_owned(),
+        message: format!("line {line}: {message}"),
+    };
+    let file = fs::File::open(path).map_err(|e| Error::File {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    let mut lines = BufReader::new(file).lines().enumerate();
+    let header: Value = match lines.next() {
+        Some((_, Ok(line))) => {
+            serde_json::from_str(&line).map_err(|e| bad(1, format!("not JSON: {e}")))?
+        }
+        Some((_, Err(e))) => return Err(bad(1, e.to_string())),
+        None => return Err(bad(1, "empty file, not an audit export".into())),
+    };
+    if header.get("format").and_then(Value::as_str) != Some(EXPORT_FORMAT) {
+        return Err(bad(
+            1,
+            "not an airlock audit export (no export header)".into(),
+        ));
+    }
+    if header.get("version").and_then(Value::as_u64) != Some(EXPORT_VERSION) {
+        return Err(bad(
+            1,
+            format!("unsupported export version {}", header["version"]),
+        ));
+    }
+    let mut export = Export {
+        public_key: header
+            .get("public_key")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned(),
+        checkpoints: Vec::new(),
+        records: Vec::new(),
+    };
+    for (i, line) in lines {
+        let n = i + 1;
+        let line = line.map_err(|e| bad(n, e.to_string()))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let mut value: Value =
+            serde_json::from_str(&line).map_err(|e| bad(n, format!("not JSON: {e}")))?;
+        if let Some(record) = value.get_mut("record") {
+            export.records.push(record.take());
+        } else if let Some(cp) = value.get("checkpoint") {
+            let cp: Checkpoint = serde_json::from_value(cp.clone())
+                .map_err(|e| bad(n, format!("malformed checkpoint: {e}")))?;
+            export.checkpoints.push(cp);
+        } else {
+            return Err(bad(n, "neither a record nor a checkpoint".into()));
+        }
+    }
+    Ok(export)
+}

@@ -1,0 +1,252 @@
+//! Audit records and their hash chain.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::canonical;
+
+/// The hash the first record links to: 32 zero bytes.
+pub const GENESIS_HASH: [u8; 32] = [0; 32];
+
+/// What happened. Stored in a record's `event` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Event {
+    /// The host refused a call before any guest code ran (unknown tool,
+    /// invalid arguments, audit unavailable, ...). `reason` says why.
+    CallRefused,
+    /// A call was admitted and is about to run (the intent record).
+    CallStarted,
+    /// A call finished: `outcome` is `ok`, an error kind, or `unknown` when
+    /// the host stopped before the call finished.
+    CallFinished,
+}
+
+impl Event {
+    /// The snake_case name stored in records.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Event::CallRefused => "call_refused",
+            Event::CallStarted => "call_started",
+            Event::CallFinished => "call_finished",
+        }
+    }
+}
+
+impl std::fmt::Display for Event {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The outcome stored for a call that was in flight when the host stopped.
+pub const OUTCOME_UNKNOWN: &str = "unknown";
+
+/// What a caller of [`AuditLog::append`](crate::AuditLog::append) records.
+///
+/// Every field but `event` is optional; absent fields are not stored.
+/// Argument and result copies must already be redacted
+/// ([`Redactor`](crate::Redactor)) — the log writes what it is given.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    /// What happened.
+    pub event: Event,
+    /// Unique id of the call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub call_id: Option<String>,
+    /// Correlation id across calls.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    /// Who the call ran for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
+    /// Plugin name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<String>,
+    /// Plugin version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin_version: Option<String>,
+    /// SHA-256 of the component, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub component_digest: Option<String>,
+    /// SHA-256 of the manifest file, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_digest: Option<String>,
+    /// Tool name (without the plugin).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool: Option<String>,
+    /// The tool's risk class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub risk: Option<String>,
+    /// The host's decision (`admitted`, `refused`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<String>,
+    /// Why, in words (redacted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Approval the call ran under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<String>,
+    /// Idempotency key the caller gave.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// SHA-256 of the canonical arguments, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args_digest: Option<String>,
+    /// Redacted, size-capped canonical arguments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args: Option<String>,
+    /// `args` was cut at the size cap.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub args_truncated: bool,
+    /// SHA-256 of the canonical result, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_digest: Option<String>,
+    /// Redacted, size-capped canonical result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
+    /// `result` was cut at the size cap.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub result_truncated: bool,
+    /// `ok`, an error kind (`tool_error`, `fuel_exhausted`, ...), or
+    /// [`OUTCOME_UNKNOWN`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    /// Fuel the call consumed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuel_used: Option<u64>,
+    /// Wall time of the call, microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wall_us: Option<u64>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl Entry {
+    /// An entry for `event` with no other fields.
+    pub fn new(event: Event) -> Entry {
+        Entry {
+            event,
+            call_id: None,
+            trace_id: None,
+            principal: None,
+            plugin: None,
+            plugin_version: None,
+            component_digest: None,
+            manifest_digest: None,
+            tool: None,
+            risk: None,
+            decision: None,
+            reason: None,
+            approval_id: None,
+            idempotency_key: None,
+            args_digest: None,
+            args: None,
+            args_truncated: false,
+            result_digest: None,
+            result: None,
+            result_truncated: false,
+            outcome: None,
+            fuel_used: None,
+            wall_us: None,
+        }
+    }
+}
+
+/// A stored record: an [`Entry`] with its place in the chain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// Position in the log: 1, 2, 3, ... with no gaps.
+    pub seq: u64,
+    /// When it was appended, milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// What was recorded.
+    #[serde(flatten)]
+    pub entry: Entry,
+    /// `hash` of the previous record (hex); 64 zeros for the first.
+    pub prev_hash: String,
+    /// SHA-256 of the previous hash's bytes followed by this record's
+    /// canonical encoding without `hash` (hex).
+    pub hash: String,
+}
+
+/// The hash of a record whose JSON form (without `hash`) is `body`, linked
+/// to `prev`: `SHA-256(prev ‖ canonical(body))`.
+pub fn chain_hash(prev: &[u8; 32], body: &Value) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(prev);
+    hasher.update(canonical::to_vec(body));
+    hasher.finalize().into()
+}
+
+/// SHA-256 of `bytes`, hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Parse a 64-hex-digit hash.
+pub(crate) fn parse_hash(s: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(s, &mut out).ok()?;
+    Some(out)
+}
+
+impl Record {
+    /// Seal `entry` as record `seq` after `prev`, returning the record and
+    /// its stored bytes (canonical JSON including `hash`).
+    pub(crate) fn seal(
+        seq: u64,
+        time_ms: u64,
+        entry: Entry,
+        prev: &[u8; 32],
+    ) -> Result<(Record, [u8; 32], Vec<u8>), serde_json::Error> {
+        let mut record = Record {
+            seq,
+            time_ms,
+            entry,
+            prev_hash: hex::encode(prev),
+            hash: String::new(),
+        };
+        let mut body = serde_json::to_value(&record)?;
+        if let Value::Object(map) = &mut body {
+            map.remove("hash");
+        }
+        let hash = chain_hash(prev, &body);
+        record.hash = hex::encode(hash);
+        if let Value::Object(map) = &mut body {
+            map.insert("hash".to_owned(), Value::String(record.hash.clone()));
+        }
+        Ok((record, hash, canonical::to_vec(&body)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealing_links_and_hashes_the_canonical_body() {
+        let mut entry = Entry::new(Event::CallStarted);
+        entry.tool = Some("stats".into());
+        let (first, h1, bytes) = Record::seal(1, 1000, entry.clone(), &GENESIS_HASH).unwrap();
+        assert_eq!(first.prev_hash, "0".repeat(64));
+        let mut stored: Value = serde_json::from_slice(&bytes).unwrap();
+        let hash = stored
+            .as_object_mut()
+            .unwrap()
+            .remove("hash")
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(hash, first.hash);
+        assert_eq!(chain_hash(&GENESIS_HASH, &stored), h1);
+        let (second, _, _) = Record::seal(2, 1001, entry, &h1).unwrap();
+        assert_eq!(second.prev_hash, first.hash);
+        // Absent optional fields are not stored at all.
+        assert!(!String::from_utf8(bytes).unwrap().contains("call_id"));
+    }
+}

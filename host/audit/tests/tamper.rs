@@ -1,0 +1,445 @@
+//! Tampering with a real sled database and with exports: verification must
+//! fail at the right record, for the right reason.
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+
+use airlock_audit::{
+    AuditConfig, AuditLog, Checkpoint, DB_DIR, Durability, Entry, Error, Event, OUTCOME_UNKNOWN,
+    Problem, VerifyFailure, chain_hash, read_export, verify_export,
+};
+use serde_json::Value;
+
+fn entry(i: u64) -> Entry {
+    let mut e = Entry::new(if i % 2 == 1 {
+        Event::CallStarted
+    } else {
+        Event::CallFinished
+    });
+    e.call_id = Some(format!("call-{}", i.div_ceil(2)));
+    e.tool = Some("text/stats".into());
+    e.principal = Some("agent".into());
+    if i.is_multiple_of(2) {
+        e.outcome = Some("ok".into());
+    }
+    e
+}
+
+/// A closed log of `n` records in `dir`, with checkpoints every `every`.
+fn log_with(dir: &Path, n: u64, every: u64) {
+    let config = AuditConfig {
+        checkpoint_every: every,
+        ..AuditConfig::default()
+    };
+    let log = AuditLog::open(dir, config).unwrap();
+    for i in 1..=n {
+        log.append(entry(i), Durability::Batched).unwrap();
+    }
+    log.close().unwrap();
+}
+
+fn record_key(seq: u64) -> [u8; 9] {
+    let mut k = [0u8; 9];
+    k[0] = b'r';
+    k[1..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Edit the closed database directly, as an attacker with file access would.
+fn tamper(dir: &Path, edit: impl FnOnce(&sled::Tree)) {
+    let db = sled::open(dir.join(DB_DIR)).unwrap();
+    let tree = db.open_tree("audit").unwrap();
+    edit(&tree);
+    db.flush().unwrap();
+}
+
+fn verify_dir(dir: &Path, trusted: &[Checkpoint]) -> Result<u64, VerifyFailure> {
+    let log = AuditLog::open_read_only(dir).unwrap();
+    log.verify(trusted).unwrap().map(|r| r.records)
+}
+
+fn rewrite(tree: &sled::Tree, seq: u64, f: impl FnOnce(&mut serde_json::Map<String, Value>)) {
+    let bytes = tree.get(record_key(seq)).unwrap().unwrap();
+    let mut v: Value = serde_json::from_slice(&bytes).unwrap();
+    f(v.as_object_mut().unwrap());
+    tree.insert(record_key(seq), serde_json::to_vec(&v).unwrap())
+        .unwrap();
+}
+
+#[test]
+fn an_untouched_log_verifies_and_reopens_where_it_left_off() {
+    let dir = tempfile::tempdir().unwrap();
+    log_with(dir.path(), 10, 4);
+    let log = AuditLog::open(dir.path(), AuditConfig::default()).unwrap();
+    let report = log.verify(&[]).unwrap().unwrap();
+    assert_eq!(report.records, 10);
+    assert_eq!(report.last_checkpoint, Some(10), "close signs the head");
+    assert_eq!(report.unsigned_tail, 0);
+    let next = log.append(entry(11), Durability::Flushed).unwrap();
+    assert_eq!(next.seq, 11);
+    assert_eq!(next.prev_hash, log.get(10).unwrap().unwrap().hash);
+}
+
+#[test]
+fn a_changed_value_fails_at_that_record() {
+    let dir = tempfile::tempdir().unwrap();
+    log_with(dir.path(), 10, 4);
+    tamper(dir.path(), |t| {
+        rewrite(t, 6, |m| {
+            m.insert("principal".into(), "someone-else".into());
+        })
+    });
+    let failure = verify_dir(dir.path(), &[]).unwrap_err();
+    assert_eq!(failure.seq, 6);
+    assert_eq!(failure.problem, Problem::HashMismatch);
+}
+
+#[test]
+fn a_host_refuses_to_extend_a_tampered_log() {
+    let dir = tempfile::tempdir().unwrap();
+    log_with(dir.path(), 10, 4);
+    // Records after the last checkpoint are what a host would sign next.
+    let config = AuditConfig {
+        checkpoint_every: 1000,
+        ..AuditConfig::default()
+    };
+    let log = AuditLog::open(dir.path(), config).unwrap();
+    for i in 11..=14 {
+        log.append(entry(i), Durability::Batched).unwrap();
+    }
+    log.flush().unwrap();
+    drop(log);
+    tamper(dir.path(), |t| {
+        rewrite(t, 12, |m| {
+            m.insert("outcome".into(), "tool_error".into());
+        });
+        // Remove the shutdown checkpoint that covers the change.
+        let mut k = [0u8; 9];
+        k[0] = b'c';
+        k[1..].copy_from_slice(&14u64.to_be_bytes());
+        t.remove(k).unwrap();
+    });
+    let err = AuditLog::open(dir.path(), AuditConfig::default()).unwrap_err();
+    match err {
+        Error::Tampered { failure, .. } => {
+            assert_eq!((failure.seq, failure.problem), (12, Problem::HashMismatch));
+        }
+        other => panic!("expected Tampered, got {other}"),
+    }
+}
+
+#[test]
+fn a_flipped_byte_fails_at_that_record() {
+    let dir = tempfile::tempdir().unwrap();
+    log_with(dir.path(), 10, 4);
+    tamper(dir.path(), |t| {
+        let mut bytes = t.get(record_key(3)).unwrap().unwrap().to_vec();
+        let at = bytes.len() / 2;
+        bytes[at] ^= 0x01;
+        t.insert(record_key(3), bytes).unwrap();
+    });
+    let failure = verify_dir(dir.path(), &[]).unwrap_err();
+    assert_eq!(failure.seq, 3);
+    assert!(
+        matches!(
+            failure.problem,
+            Problem::HashMismatch | Problem::Unreadable { .. } | Problem::BrokenLink
+        ),
+        "{failure}"
+    );
+}
+
+#[test]
+fn a_deleted_record_is_a_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    log_with(dir.path(), 10, 4);
+    tamper(dir.path(), |t| {
+        t.remove(record_key(5)).unwrap();
+    });
+    let failure = verify_dir(dir.path(), &[]).unwrap_err();
+    assert_eq!(failure.seq, 5);
+    assert_eq!(failure.problem, Problem::Gap { found: 6 });
+}
+
+#[test]
+fn swapped_records_are_reordered() {
+    let dir = tempfile::tempdir().unwrap();
+    log_with(dir.path(), 10, 4);
+    tamper(dir.path(), |t| {
+        let a = t.get(record_key(7)).unwrap().unwrap();
+        let b = t.get(record_key(8)).unwrap().unwrap();
+        t.insert(record_key(7), b).unwrap();
+        t.insert(record_key(8), a).unwrap();
+    });
+    let failure = verify_dir(dir.path(), &[]).unwrap_err();
+    assert_eq!(failure.seq, 7);
+    assert_eq!(failure.problem, Problem::Reordered { found: 8 });
+}
+
+#[test]
+fn a_truncated_tail_after_a_checkpoint_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    log_with(dir.path(), 10, 4);
+    tamper(dir.path(), |t| {
+        for seq in 9..=10 {
+            t.remove(record_key(seq)).unwrap();
+        }
+    });
+    let failure = verify_dir(dir.path(), &[]).unwrap_err();
+    assert_eq!(failure.seq, 9);
+    assert_eq!(
+        failure.problem,
+        Problem::Truncated {
+            last: 8,
+            checkpoint: 10
+        }
+    );
+}
+
+/// Change record 5 and re-hash everything after it, so the chain itself is
+/// consistent again; remove the checkpoints that would betray it.
+fn rewrite_history(dir: &Path) {
+    tamper(dir, |t| {
+        rewrite(t, 5, |m| {
+            m.insert("outcome".into(), "ok".into());
+            m.insert("principal".into(), "someone-else".into());
+        });
+        let mut prev = [0u8; 32];
+        for seq in 1..=10u64 {
+            let bytes = t.get(record_key(seq)).unwrap().unwrap();
+            let mut v: Value = serde_json::from_slice(&bytes).unwrap();
+            let m = v.as_object_mut().unwrap();
+            m.remove("hash");
+            m.insert("prev_hash".into(), hex::encode(prev).into());
+            let hash = chain_hash(&prev, &v);
+            v.as_object_mut()
+                .unwrap()
+                .insert("hash".into(), hex::encode(hash).into());
+            t.insert(record_key(seq), serde_json::to_vec(&v).unwrap())
+                .unwrap();
+            prev = hash;
+        }
+        let checkpoints: Vec<_> = t.scan_prefix([b'c']).keys().map(|k| k.unwrap()).collect();
+        for k in checkpoints {
+            t.remove(k).unwrap();
+        }
+    });
+}
+
+#[test]
+fn rewritten_and_rehashed_history_fails_against_an_exported_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    log_with(dir.path(), 10, 4);
+    let export = dir.path().join("export.jsonl");
+    AuditLog::open(dir.path(), AuditConfig::default())
+        .unwrap()
+        .export(&export)
+        .unwrap();
+    let trusted = read_export(&export).unwrap().checkpoints;
+    assert!(!trusted.is_empty());
+
+    rewrite_history(dir.path());
+    // The chain alone is consistent again...
+    assert_eq!(verify_dir(dir.path(), &[]), Ok(10));
+    // ...but the checkpoint that left the host says otherwise, at the first
+    // checkpoint after the change.
+    let failure = verify_dir(dir.path(), &trusted).unwrap_err();
+    assert_eq!(failure.seq, 8);
+    assert_eq!(
+        failure.problem,
+        Problem::CheckpointMismatch {
+            last_good_checkpoint: Some(4)
+        }
+    );
+}
+
+#[test]
+fn a_forged_checkpoint_fails_its_signature() {
+    let dir = tempfile::tempdir().unwrap();
+    log_with(dir.path(), 10, 4);
+    tamper(dir.path(), |t| {
+        let mut k = [0u8; 9];
+        k[0] = b'c';
+        k[1..].copy_from_slice(&8u64.to_be_bytes());
+        let bytes = t.get(k).unwrap().unwrap();
+        let mut cp: Checkpoint = serde_json::from_slice(&bytes).unwrap();
+        cp.time_ms += 1;
+        t.insert(k, serde_json::to_vec(&cp).unwrap()).unwrap();
+    });
+    let failure = verify_dir(dir.path(), &[]).unwrap_err();
+    assert_eq!(failure.seq, 8);
+    assert!(
+        matches!(failure.problem, Problem::BadSignature { .. }),
+        "{failure}"
+    );
+}
+
+fn export_of(
+    n: u64,
+) -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    ed25519_dalek::VerifyingKey,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    log_with(dir.path(), n, 4);
+    let log = AuditLog::open(dir.path(), AuditConfig::default()).unwrap();
+    let path = dir.path().join("audit.jsonl");
+    let summary = log.export(&path).unwrap();
+    assert_eq!(summary.records, n);
+    let key = log.public_key();
+    (dir, path, key)
+}
+
+fn edit_lines(path: &Path, f: impl FnOnce(&mut Vec<String>)) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    f(&mut lines);
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+/// Index of record `seq`'s line in an export.
+fn line_of(lines: &[String], seq: u64) -> usize {
+    lines
+        .iter()
+        .position(|l| l.starts_with("{\"record\":") && l.contains(&format!("\"seq\":{seq},")))
+        .unwrap()
+}
+
+#[test]
+fn exports_verify_offline_and_name_the_first_bad_record() {
+    let (_dir, path, key) = export_of(12);
+    assert_eq!(
+        verify_export(&path, &key, &[]).unwrap().unwrap().records,
+        12
+    );
+
+    // A flipped byte inside record 4.
+    let (_d, p, k) = export_of(12);
+    edit_lines(&p, |lines| {
+        let i = line_of(lines, 4);
+        lines[i] = lines[i].replace("text/stats", "text/stbts");
+    });
+    let f = verify_export(&p, &k, &[]).unwrap().unwrap_err();
+    assert_eq!((f.seq, f.problem), (4, Problem::HashMismatch));
+
+    // A deleted record.
+    let (_d, p, k) = export_of(12);
+    edit_lines(&p, |lines| {
+        let i = line_of(lines, 6);
+        lines.remove(i);
+    });
+    let f = verify_export(&p, &k, &[]).unwrap().unwrap_err();
+    assert_eq!((f.seq, f.problem), (6, Problem::Gap { found: 7 }));
+
+    // Swapped records.
+    let (_d, p, k) = export_of(12);
+    edit_lines(&p, |lines| {
+        let (a, b) = (line_of(lines, 2), line_of(lines, 3));
+        lines.swap(a, b);
+    });
+    let f = verify_export(&p, &k, &[]).unwrap().unwrap_err();
+    assert_eq!((f.seq, f.problem), (2, Problem::Reordered { found: 3 }));
+
+    // A truncated tail: the export's own checkpoints cover the head.
+    let (_d, p, k) = export_of(12);
+    edit_lines(&p, |lines| {
+        lines.truncate(lines.len() - 3);
+    });
+    let f = verify_export(&p, &k, &[]).unwrap().unwrap_err();
+    assert_eq!(
+        (f.seq, f.problem),
+        (
+            10,
+            Problem::Truncated {
+                last: 9,
+                checkpoint: 12
+            }
+        )
+    );
+
+    // Verified against another key: the signatures do not hold.
+    let (_d, p, _) = export_of(12);
+    let other = ed25519_dalek::SigningKey::from_bytes(&[5; 32]).verifying_key();
+    let f = verify_export(&p, &other, &[]).unwrap().unwrap_err();
+    assert!(matches!(f.problem, Problem::BadSignature { .. }), "{f}");
+}
+
+#[test]
+fn a_file_that_is_not_an_export_is_refused_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = ed25519_dalek::SigningKey::from_bytes(&[5; 32]).verifying_key();
+    let path = dir.path().join("x.jsonl");
+    std::fs::write(&path, "{\"hello\":1}\n").unwrap();
+    let err = verify_export(&path, &key, &[]).unwrap_err().to_string();
+    assert!(err.contains("not an airlock audit export"), "{err}");
+    let missing = verify_export(dir.path().join("nope"), &key, &[]).unwrap_err();
+    assert!(matches!(missing, Error::File { .. }), "{missing}");
+}
+
+#[test]
+fn calls_left_in_flight_get_an_unknown_outcome_on_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = AuditLog::open(dir.path(), AuditConfig::default()).unwrap();
+        log.append(entry(1), Durability::Flushed).unwrap();
+        log.append(entry(2), Durability::Flushed).unwrap();
+        let mut started = entry(3);
+        started.plugin = Some("billing".into());
+        log.append(started, Durability::Flushed).unwrap();
+        // The host dies here: no outcome for call-2.
+    }
+    let log = AuditLog::open(dir.path(), AuditConfig::default()).unwrap();
+    let last = log.get(4).unwrap().unwrap();
+    assert_eq!(last.entry.event, Event::CallFinished);
+    assert_eq!(last.entry.call_id.as_deref(), Some("call-2"));
+    assert_eq!(last.entry.plugin.as_deref(), Some("billing"));
+    assert_eq!(last.entry.outcome.as_deref(), Some(OUTCOME_UNKNOWN));
+    assert_eq!(log.verify(&[]).unwrap().unwrap().records, 4);
+    drop(log);
+    // Recovery happens once.
+    let log = AuditLog::open(dir.path(), AuditConfig::default()).unwrap();
+    assert_eq!(log.head().unwrap().0, 4);
+}
+
+#[test]
+fn key_files_are_guarded() {
+    let dir = tempfile::tempdir().unwrap();
+    log_with(dir.path(), 4, 100);
+    // Lost signing key with checkpoints signed by it: refuse, do not replace.
+    let key = dir.path().join(airlock_audit::SIGNING_KEY_FILE);
+    let saved = std::fs::read(&key).unwrap();
+    std::fs::remove_file(&key).unwrap();
+    let err = AuditLog::open(dir.path(), AuditConfig::default()).unwrap_err();
+    assert!(matches!(err, Error::Key { .. }), "{err}");
+    assert!(err.to_string().contains("restore the file"), "{err}");
+    // Corrupt key.
+    std::fs::write(&key, "garbage\n").unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let err = AuditLog::open(dir.path(), AuditConfig::default()).unwrap_err();
+    assert!(err.to_string().contains("expected 64 hex digits"), "{err}");
+    // Restored: opens and verifies.
+    std::fs::write(&key, saved).unwrap();
+    assert_eq!(verify_dir(dir.path(), &[]), Ok(4));
+}
+
+#[test]
+fn a_second_opener_is_told_the_log_is_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = AuditLog::open(dir.path(), AuditConfig::default()).unwrap();
+    let err = AuditLog::open(dir.path(), AuditConfig::default()).unwrap_err();
+    assert!(matches!(err, Error::Locked { .. }), "{err}");
+}
+
+#[test]
+fn an_unusable_directory_is_a_store_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("file");
+    std::fs::write(&file, "x").unwrap();
+    let err = AuditLog::open(&file, AuditConfig::default()).unwrap_err();
+    assert!(matches!(err, Error::Store { .. }), "{err}");
+}
