@@ -52,6 +52,9 @@ pub struct AuditConfig {
     pub checkpoint_interval_s: u64,
     /// Largest redacted copy of arguments or results kept in a record, bytes.
     pub max_copy_bytes: usize,
+    /// How long to wait for another process (a short-lived `airlock`
+    /// command) to release the database before reporting it in use, ms.
+    pub lock_wait_ms: u64,
     /// Operator-wide redaction rules.
     pub redaction: RedactionRules,
 }
@@ -63,6 +66,7 @@ impl Default for AuditConfig {
             checkpoint_every: 1000,
             checkpoint_interval_s: 30,
             max_copy_bytes: 4096,
+            lock_wait_ms: 3000,
             redaction: RedactionRules::default(),
         }
     }
@@ -232,11 +236,13 @@ impl AuditLog {
         let dir = dir.as_ref();
         fs::create_dir_all(dir).map_err(|e| Error::store(dir, format!("cannot create: {e}")))?;
         let db_path = dir.join(DB_DIR);
-        let db = sled::Config::new()
-            .path(&db_path)
-            .flush_every_ms(Some(config.group_commit_ms.max(1)))
-            .open()
-            .map_err(|e| open_error(dir, e))?;
+        let db = open_db(
+            dir,
+            sled::Config::new()
+                .path(&db_path)
+                .flush_every_ms(Some(config.group_commit_ms.max(1))),
+            config.lock_wait_ms,
+        )?;
         let tree = db.open_tree("audit").map_err(|e| Error::store(dir, e))?;
         let has_records = tree.scan_prefix([RECORD]).next().is_some();
         let has_checkpoints = tree.scan_prefix([CHECKPOINT]).next().is_some();
@@ -266,6 +272,15 @@ impl AuditLog {
     /// [`Error::Store`] when there is no log in `dir`; otherwise as
     /// [`open`](Self::open).
     pub fn open_read_only(dir: impl AsRef<Path>) -> Result<AuditLog> {
+        AuditLog::open_read_only_waiting(dir, AuditConfig::default().lock_wait_ms)
+    }
+
+    /// [`open_read_only`](Self::open_read_only), waiting up to `lock_wait_ms`
+    /// for another process to release the database.
+    ///
+    /// # Errors
+    /// As [`open_read_only`](Self::open_read_only).
+    pub fn open_read_only_waiting(dir: impl AsRef<Path>, lock_wait_ms: u64) -> Result<AuditLog> {
         let dir = dir.as_ref();
         let db_path = dir.join(DB_DIR);
         if !db_path.is_dir() {
@@ -274,10 +289,7 @@ impl AuditLog {
                 "no audit log here (nothing has been recorded yet)",
             ));
         }
-        let db = sled::Config::new()
-            .path(&db_path)
-            .open()
-            .map_err(|e| open_error(dir, e))?;
+        let db = open_db(dir, sled::Config::new().path(&db_path), lock_wait_ms)?;
         let tree = db.open_tree("audit").map_err(|e| Error::store(dir, e))?;
         let public = keys::parse_public_key(&dir.join(PUBLIC_KEY_FILE).to_string_lossy())?;
         let log = AuditLog::from_parts(
@@ -852,6 +864,19 @@ impl Drop for Inner {
         match result {
             Ok(_) => head.unsigned = 0,
             Err(e) => tracing::error!(error = %e, "cannot sign the shutdown audit checkpoint"),
+        }
+    }
+}
+
+/// Open the database, retrying while another process holds its lock.
+fn open_db(dir: &Path, config: sled::Config, lock_wait_ms: u64) -> Result<sled::Db> {
+    let deadline = Instant::now() + Duration::from_millis(lock_wait_ms);
+    loop {
+        match config.open().map_err(|e| open_error(dir, e)) {
+            Err(Error::Locked { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
         }
     }
 }

@@ -431,7 +431,11 @@ fn key_files_are_guarded() {
 fn a_second_opener_is_told_the_log_is_in_use() {
     let dir = tempfile::tempdir().unwrap();
     let _first = AuditLog::open(dir.path(), AuditConfig::default()).unwrap();
-    let err = AuditLog::open(dir.path(), AuditConfig::default()).unwrap_err();
+    let config = AuditConfig {
+        lock_wait_ms: 100,
+        ..AuditConfig::default()
+    };
+    let err = AuditLog::open(dir.path(), config).unwrap_err();
     assert!(matches!(err, Error::Locked { .. }), "{err}");
 }
 

@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use airlock_host::audit_log::AuditConfig;
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
@@ -17,6 +18,7 @@ struct ConfigFile {
     max_argument_bytes: Option<usize>,
     principal: Option<String>,
     policy: Option<airlock_host::Policy>,
+    audit: Option<AuditConfig>,
 }
 
 /// Settings after every layer is applied.
@@ -27,6 +29,7 @@ pub struct Settings {
     pub max_argument_bytes: usize,
     pub principal: String,
     pub policy: airlock_host::Policy,
+    pub audit: AuditConfig,
 }
 
 /// Overrides from flags and environment variables.
@@ -84,6 +87,9 @@ impl Settings {
             if file.principal.is_some() {
                 layer.principal = file.principal;
             }
+            if file.audit.is_some() {
+                layer.audit = file.audit;
+            }
             if let Some(mut policy) = file.policy {
                 policy.files_root = policy.files_root.map(|root| resolve_relative(root, base));
                 layer.policy = Some(policy);
@@ -119,12 +125,29 @@ impl Settings {
             max_argument_bytes,
             principal,
             policy: layer.policy.unwrap_or_default(),
+            audit: check_audit(layer.audit.unwrap_or_default())?,
         })
     }
 
     pub fn cache_dir(&self) -> PathBuf {
         self.data_dir.join("cache")
     }
+}
+
+fn check_audit(audit: AuditConfig) -> anyhow::Result<AuditConfig> {
+    if audit.checkpoint_every == 0 {
+        bail!("audit.checkpoint_every must be at least 1");
+    }
+    if audit.checkpoint_interval_s == 0 {
+        bail!("audit.checkpoint_interval_s must be at least 1");
+    }
+    if !(1..=60_000).contains(&audit.group_commit_ms) {
+        bail!("audit.group_commit_ms must be between 1 and 60000");
+    }
+    if audit.max_copy_bytes > 1024 * 1024 {
+        bail!("audit.max_copy_bytes must be at most 1048576");
+    }
+    Ok(audit)
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use airlock_host::CallRequest;
 use serde_json::json;
 
 use crate::config::Settings;
-use crate::{Failure, error_json, load_host};
+use crate::{Calls, Failure, error_json, load_host};
 
 struct Step {
     title: &'static str,
@@ -94,7 +94,7 @@ pub async fn run(settings: &Settings) -> Result<u8, Failure> {
         "Airlock demo — plugins from {}\n",
         settings.plugins_dir.display()
     );
-    let (host, report) = load_host(settings).await?;
+    let (host, report) = load_host(settings, Calls::Recorded).await?;
     for failure in &report.failed {
         println!(
             "  ! {} did not load: {}",

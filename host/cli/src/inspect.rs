@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use airlock_host::{Host, InspectReport, Severity};
 
 use crate::config::Settings;
-use crate::{Failure, InspectArgs, host_config, print_json};
+use crate::{Calls, Failure, InspectArgs, host_config, print_json};
 
 pub async fn run(settings: &Settings, args: InspectArgs) -> Result<u8, Failure> {
     let as_path = PathBuf::from(&args.plugin);
@@ -22,7 +22,7 @@ pub async fn run(settings: &Settings, args: InspectArgs) -> Result<u8, Failure> 
         )
         .into());
     }
-    let host = Host::new(host_config(settings)).map_err(anyhow::Error::from)?;
+    let host = Host::new(host_config(settings, Calls::None)).map_err(anyhow::Error::from)?;
     let report = host.inspect(&dir).await.map_err(anyhow::Error::from)?;
     if args.json {
         print_json(&serde_json::to_value(&report).map_err(anyhow::Error::from)?);

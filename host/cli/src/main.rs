@@ -1,5 +1,6 @@
 //! `airlock`: list, inspect and call sandboxed WebAssembly tools.
 
+mod audit;
 mod config;
 mod demo;
 mod inspect;
@@ -32,6 +33,8 @@ mod exit {
     pub const TRAP: u8 = 5;
     /// The plugin asks for, or imports, a capability it may not have.
     pub const CAPABILITY_DENIED: u8 = 6;
+    /// `audit verify` found a bad record.
+    pub const VERIFY_FAILED: u8 = 7;
 }
 
 /// Airlock: a sandboxed host for AI-agent tools compiled to WebAssembly.
@@ -52,7 +55,7 @@ struct GlobalArgs {
     /// Directory of installed plugins (one subdirectory per plugin).
     #[arg(long, global = true, env = "AIRLOCK_PLUGINS_DIR", value_name = "DIR")]
     plugins_dir: Option<PathBuf>,
-    /// Directory for host state (compiled-component cache).
+    /// Directory for host state (audit log, compiled-component cache).
     #[arg(long, global = true, env = "AIRLOCK_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
     /// More log output on stderr (-v: info, -vv: debug, -vvv: trace).
@@ -75,6 +78,10 @@ enum Command {
     Inspect(InspectArgs),
     /// Walk through the call pipeline on the installed example plugins.
     Demo,
+    /// The audit log: every call, refusal and outcome, hash-chained and
+    /// signed.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -140,6 +147,15 @@ impl Failure {
         Failure {
             code: exit::USAGE,
             error,
+        }
+    }
+}
+
+impl From<airlock_host::audit_log::Error> for Failure {
+    fn from(error: airlock_host::audit_log::Error) -> Failure {
+        Failure {
+            code: exit::HOST,
+            error: error.into(),
         }
     }
 }
@@ -210,12 +226,26 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Call(args) => call(&settings, args).await,
         Command::Inspect(args) => inspect::run(&settings, args).await,
         Command::Demo => demo::run(&settings).await,
+        Command::Audit(command) => audit::run(&settings, command).await,
     }
 }
 
+/// Whether a host records its calls in the data directory's audit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Calls {
+    /// It makes calls: record them durably.
+    Recorded,
+    /// It only lists or inspects: a temporary log, so a running server's
+    /// hold on the audit database does not get in the way.
+    None,
+}
+
 /// A host with every plugin in the plugins directory loaded.
-pub(crate) async fn load_host(settings: &Settings) -> anyhow::Result<(Host, LoadReport)> {
-    let mut host = Host::new(host_config(settings))?;
+pub(crate) async fn load_host(
+    settings: &Settings,
+    calls: Calls,
+) -> anyhow::Result<(Host, LoadReport)> {
+    let mut host = Host::new(host_config(settings, calls))?;
     if !settings.plugins_dir.is_dir() {
         anyhow::bail!(
             "plugins directory {} does not exist (set --plugins-dir, AIRLOCK_PLUGINS_DIR or plugins_dir in --config)",
@@ -234,11 +264,16 @@ pub(crate) async fn load_host(settings: &Settings) -> anyhow::Result<(Host, Load
     Ok((host, report))
 }
 
-pub(crate) fn host_config(settings: &Settings) -> HostConfig {
-    HostConfig::default()
+pub(crate) fn host_config(settings: &Settings, calls: Calls) -> HostConfig {
+    let config = HostConfig::default()
         .cache_dir(settings.cache_dir())
         .max_argument_bytes(settings.max_argument_bytes)
         .policy(settings.policy.clone())
+        .audit(settings.audit.clone());
+    match calls {
+        Calls::Recorded => config.data_dir(&settings.data_dir),
+        Calls::None => config,
+    }
 }
 
 fn warn_failures(report: &LoadReport) {
@@ -252,7 +287,7 @@ fn warn_failures(report: &LoadReport) {
 }
 
 async fn plugins_list(settings: &Settings, json: bool) -> Result<u8, Failure> {
-    let (host, report) = load_host(settings).await?;
+    let (host, report) = load_host(settings, Calls::None).await?;
     if json {
         let loaded: Vec<_> = host.plugins().map(|p| p.info()).collect();
         let failed: Vec<_> = report
@@ -288,7 +323,7 @@ async fn plugins_list(settings: &Settings, json: bool) -> Result<u8, Failure> {
 }
 
 async fn tools_list(settings: &Settings, json: bool) -> Result<u8, Failure> {
-    let (host, report) = load_host(settings).await?;
+    let (host, report) = load_host(settings, Calls::None).await?;
     warn_failures(&report);
     if json {
         let tools: Vec<_> = host.tools().map(|t| t.info()).collect();
@@ -329,7 +364,7 @@ fn read_arguments(args: &CallArgs) -> Result<String, Failure> {
 
 async fn call(settings: &Settings, args: CallArgs) -> Result<u8, Failure> {
     let arguments = read_arguments(&args)?;
-    let (host, report) = load_host(settings).await?;
+    let (host, report) = load_host(settings, Calls::Recorded).await?;
     warn_failures(&report);
     let mut request = CallRequest::new(&args.tool, arguments).principal(&settings.principal);
     if let Some(trace) = &args.trace_id {

@@ -379,6 +379,18 @@ pub enum Error {
         /// What failed.
         message: String,
     },
+
+    /// The audit log cannot record the call, so it does not run (fail
+    /// closed).
+    #[error("call not run: the audit log cannot record it: {message}")]
+    AuditUnavailable {
+        /// What the log reported.
+        message: String,
+    },
+
+    /// The audit log (or its keys) cannot be opened or read.
+    #[error(transparent)]
+    Audit(#[from] airlock_audit::Error),
 }
 
 fn join(violations: &[SchemaViolation]) -> String {
@@ -428,6 +440,8 @@ impl Error {
             Error::OutputTooLarge { .. } => "output_too_large",
             Error::OutputInvalid { .. } => "output_invalid",
             Error::Engine { .. } => "engine",
+            Error::AuditUnavailable { .. } => "audit_unavailable",
+            Error::Audit(_) => "audit",
         }
     }
 

@@ -4,6 +4,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use airlock_audit::{AuditConfig, AuditLog};
+
+use crate::audit::CallRecord;
 use crate::bindings::exports::airlock::plugin::tools::CallContext;
 use crate::cache::CompiledCache;
 use crate::engine::{self, EpochTicker};
@@ -14,6 +17,9 @@ use crate::pipeline::{self, CallRequest, CallResponse};
 use crate::plugin::{self, Plugin, Tool};
 use serde::Serialize;
 use wasmtime::Engine;
+
+/// The audit log's directory inside the data directory.
+pub const AUDIT_DIR: &str = "audit";
 
 /// Default cap on the size of a call's arguments.
 pub const DEFAULT_MAX_ARGUMENT_BYTES: usize = 1024 * 1024;
@@ -29,6 +35,11 @@ pub struct HostConfig {
     /// The operator's policy: forbidden capabilities, files root, env
     /// values, limit ceilings.
     pub policy: Policy,
+    /// Where the host keeps its state: the audit log in `audit/`. `None`
+    /// keeps the audit log in a temporary database, removed with the host.
+    pub data_dir: Option<PathBuf>,
+    /// How the audit log commits, checkpoints and redacts.
+    pub audit: AuditConfig,
 }
 
 impl Default for HostConfig {
@@ -37,6 +48,8 @@ impl Default for HostConfig {
             cache_dir: None,
             max_argument_bytes: DEFAULT_MAX_ARGUMENT_BYTES,
             policy: Policy::default(),
+            data_dir: None,
+            audit: AuditConfig::default(),
         }
     }
 }
@@ -51,6 +64,18 @@ impl HostConfig {
     /// Apply the operator's `policy`.
     pub fn policy(mut self, policy: Policy) -> HostConfig {
         self.policy = policy;
+        self
+    }
+
+    /// Keep the host's state (the audit log) in `dir`.
+    pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> HostConfig {
+        self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// Configure the audit log.
+    pub fn audit(mut self, audit: AuditConfig) -> HostConfig {
+        self.audit = audit;
         self
     }
 
@@ -88,6 +113,7 @@ pub struct Host {
     cache: Option<CompiledCache>,
     plugins: BTreeMap<String, Arc<Plugin>>,
     config: HostConfig,
+    audit: AuditLog,
     _ticker: EpochTicker,
 }
 
@@ -143,9 +169,20 @@ impl Plugin {
 impl Host {
     /// Create a host with no plugins.
     ///
+    /// The audit log is opened in `data_dir/audit` (created with its keys on
+    /// first use); calls in flight when a previous host stopped get their
+    /// `unknown` outcome recorded.
+    ///
     /// # Errors
-    /// [`Error::Engine`] if the WebAssembly engine cannot be set up.
+    /// [`Error::Engine`] if the WebAssembly engine cannot be set up;
+    /// [`Error::Audit`] if the audit log cannot be opened (in use by another
+    /// process, unwritable, bad keys, or failing verification of its
+    /// unsigned tail).
     pub fn new(config: HostConfig) -> Result<Host> {
+        let audit = match &config.data_dir {
+            Some(dir) => AuditLog::open(dir.join(AUDIT_DIR), config.audit.clone())?,
+            None => AuditLog::temporary(config.audit.clone())?,
+        };
         let engine = engine::new_engine()?;
         let cache = config
             .cache_dir
@@ -157,6 +194,7 @@ impl Host {
             cache,
             plugins: BTreeMap::new(),
             config,
+            audit,
             _ticker: ticker,
         })
     }
@@ -292,13 +330,63 @@ impl Host {
     /// Every call gets a fresh instance: no state leaks between calls through
     /// guest memory.
     pub async fn call(&self, request: CallRequest) -> Result<CallResponse> {
+        let call_id = new_call_id();
+        let trace_id = request.trace_id.unwrap_or_else(|| call_id.clone());
+        let mut record = CallRecord::new(
+            &self.audit,
+            &call_id,
+            &trace_id,
+            &request.principal,
+            &request.tool,
+        );
         // 1. Resolve.
+        let (plugin, tool) = match self.resolve(&request.tool) {
+            Ok(found) => found,
+            Err(error) => {
+                record.arguments(&request.arguments, None);
+                return Err(record.refused(error).await);
+            }
+        };
+        record.resolved(plugin, tool);
+        // 3. Validate arguments before anything runs.
+        let arguments = match pipeline::validate_arguments(
+            tool,
+            &request.arguments,
+            self.config.max_argument_bytes,
+        ) {
+            Ok(arguments) => arguments,
+            Err(error) => {
+                if !matches!(error, Error::ArgumentsTooLarge { .. }) {
+                    record.arguments(&request.arguments, None);
+                }
+                return Err(record.refused(error).await);
+            }
+        };
+        record.arguments(&request.arguments, Some(&arguments));
+        // 6. Intent record: no record, no call.
+        record.started().await?;
+        let context = CallContext {
+            call_id,
+            trace_id,
+            principal: request.principal,
+        };
+        tracing::debug!(tool = %tool.id(), call_id = %context.call_id, "calling tool");
+        // 7–9. Instantiate, call, validate the output.
+        let (result, stats) =
+            pipeline::run_tool(&self.engine, plugin, tool, &arguments, context).await;
+        // 10. Outcome record.
+        record
+            .finished(&result, stats.fuel_used, stats.duration)
+            .await;
+        result
+    }
+
+    fn resolve(&self, reference: &str) -> Result<(&Plugin, &Tool)> {
         let (plugin_name, tool_name) =
-            request
-                .tool
+            reference
                 .split_once('/')
                 .ok_or_else(|| Error::BadToolReference {
-                    reference: request.tool.clone(),
+                    reference: reference.to_owned(),
                 })?;
         let plugin = self
             .plugins
@@ -310,18 +398,12 @@ impl Host {
             plugin: plugin_name.to_owned(),
             tool: tool_name.to_owned(),
         })?;
-        // 3. Validate arguments before anything runs.
-        let arguments =
-            pipeline::validate_arguments(tool, &request.arguments, self.config.max_argument_bytes)?;
-        let call_id = new_call_id();
-        let context = CallContext {
-            trace_id: request.trace_id.unwrap_or_else(|| call_id.clone()),
-            call_id,
-            principal: request.principal,
-        };
-        tracing::debug!(tool = %tool.id(), call_id = %context.call_id, "calling tool");
-        // 7–9. Instantiate, call, validate the output.
-        pipeline::run_tool(&self.engine, plugin, tool, &arguments, context).await
+        Ok((plugin, tool))
+    }
+
+    /// The audit log every call is recorded in.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
     }
 }
 

@@ -31,6 +31,7 @@
 
 #![deny(missing_docs)]
 
+mod audit;
 mod bindings;
 mod cache;
 mod engine;
@@ -45,12 +46,15 @@ mod plugin;
 mod schema;
 mod state;
 
+pub use airlock_audit as audit_log;
 pub use cache::CacheStatus;
 pub use error::{Error, ErrorClass, Result, SchemaViolation, ToolErrorKind, TrapKind};
 pub use grants::{
     Capability, EffectiveGrant, ImportClass, LimitCeilings, Policy, ResolvedFiles, classify,
 };
-pub use host::{DEFAULT_MAX_ARGUMENT_BYTES, Host, HostConfig, LoadFailure, LoadReport, PluginInfo};
+pub use host::{
+    AUDIT_DIR, DEFAULT_MAX_ARGUMENT_BYTES, Host, HostConfig, LoadFailure, LoadReport, PluginInfo,
+};
 pub use inspect::{CapabilityReport, Finding, ImportReport, InspectReport, Severity, ToolReport};
 pub use limits::{Limit, LimitSource, Limits};
 pub use manifest::{FileAccess, MANIFEST_FILE, MANIFEST_SCHEMA, Manifest, Risk};

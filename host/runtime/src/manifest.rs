@@ -135,6 +135,11 @@ pub struct ToolDeclaration {
     /// Risk class; absent means [`Risk::Irreversible`].
     #[serde(default)]
     pub risk: Risk,
+    /// JSON Pointers (RFC 6901; a `*` segment matches every element) into
+    /// the arguments and result whose values are redacted before anything
+    /// is written to the audit log.
+    #[serde(default)]
+    pub redact: Vec<String>,
 }
 
 /// What a tool can do to the world.

@@ -8,12 +8,13 @@
 //!    failing path reported) — all *before* the guest runs;
 //! 4. idempotency — *not yet*;
 //! 5. approval gate — *not yet*;
-//! 6. intent record in the audit log — *not yet*;
+//! 6. intent record in the audit log (flushed to disk first for tools that
+//!    are not read-only; no record, no call);
 //! 7. instantiate a fresh instance from the pre-linked component, under fuel,
 //!    an epoch deadline and memory/table limits;
 //! 8. call the tool, capturing its log lines (bounded);
 //! 9. validate the output: size cap, JSON, output schema if declared;
-//! 10. outcome record — *not yet*;
+//! 10. outcome record (refusals at steps 1–3 get one refusal record);
 //! 11. return.
 
 use std::time::{Duration, Instant};
@@ -128,6 +129,13 @@ pub(crate) fn validate_arguments(tool: &Tool, arguments: &str, max_bytes: usize)
     Ok(value)
 }
 
+/// What a call cost, whatever its outcome.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct RunStats {
+    pub(crate) fuel_used: u64,
+    pub(crate) duration: Duration,
+}
+
 /// Steps 7–9 for a validated call.
 pub(crate) async fn run_tool(
     engine: &Engine,
@@ -135,6 +143,19 @@ pub(crate) async fn run_tool(
     tool: &Tool,
     arguments: &Value,
     context: CallContext,
+) -> (Result<CallResponse>, RunStats) {
+    let mut stats = RunStats::default();
+    let result = run_tool_inner(engine, plugin, tool, arguments, context, &mut stats).await;
+    (result, stats)
+}
+
+async fn run_tool_inner(
+    engine: &Engine,
+    plugin: &Plugin,
+    tool: &Tool,
+    arguments: &Value,
+    context: CallContext,
+    stats: &mut RunStats,
 ) -> Result<CallResponse> {
     let limits = plugin.limits();
     let tool_id = tool.id();
@@ -169,6 +190,10 @@ pub(crate) async fn run_tool(
         .fuel
         .value
         .saturating_sub(store.get_fuel().unwrap_or(0));
+    *stats = RunStats {
+        fuel_used,
+        duration,
+    };
 
     let returned = match outcome {
         Ok(returned) => returned,

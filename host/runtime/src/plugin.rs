@@ -31,6 +31,7 @@ pub struct Plugin {
     dir: PathBuf,
     manifest: Manifest,
     digest: String,
+    manifest_digest: String,
     limits: Limits,
     tools: BTreeMap<String, Arc<Tool>>,
     undeclared: Vec<String>,
@@ -78,6 +79,11 @@ impl Plugin {
         &self.digest
     }
 
+    /// Lowercase hex SHA-256 of the manifest file.
+    pub fn manifest_digest(&self) -> &str {
+        &self.manifest_digest
+    }
+
     /// The limits each call runs under.
     pub fn limits(&self) -> &Limits {
         &self.limits
@@ -122,6 +128,7 @@ pub struct Tool {
     name: String,
     description: String,
     risk: Risk,
+    redact: Vec<String>,
     input_schema: Value,
     output_schema: Option<Value>,
     pub(crate) input_validator: jsonschema::Validator,
@@ -184,6 +191,12 @@ impl Tool {
         self.risk
     }
 
+    /// JSON Pointers redacted from this tool's arguments and results in the
+    /// audit log (from the manifest).
+    pub fn redact(&self) -> &[String] {
+        &self.redact
+    }
+
     /// JSON Schema of the arguments.
     pub fn input_schema(&self) -> &Value {
         &self.input_schema
@@ -216,7 +229,10 @@ pub(crate) async fn load(
     dir: &Path,
 ) -> Result<Plugin> {
     let manifest_path = dir.join(MANIFEST_FILE);
-    let manifest = Manifest::load(&manifest_path)?;
+    let manifest_text =
+        std::fs::read_to_string(&manifest_path).map_err(|e| Error::io(&manifest_path, e))?;
+    let manifest = Manifest::parse(&manifest_text, &manifest_path)?;
+    let manifest_digest = hex::encode(Sha256::digest(manifest_text.as_bytes()));
     let name = manifest.plugin.name.clone();
     let component_path = manifest.component_path(dir);
 
@@ -285,6 +301,7 @@ pub(crate) async fn load(
         dir: dir.to_owned(),
         manifest,
         digest,
+        manifest_digest,
         limits,
         tools,
         undeclared,
@@ -402,6 +419,7 @@ fn reconcile(
                 description: truncate(&d.description, MAX_DESCRIPTION_BYTES).to_owned(),
                 name: d.name,
                 risk: declared.risk,
+                redact: declared.redact.clone(),
                 input_schema,
                 output_schema,
                 input_validator,

@@ -1,0 +1,411 @@
+//! `airlock audit`: read, export and verify the call record.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use airlock_host::AUDIT_DIR;
+use airlock_host::audit_log::{
+    AuditLog, Checkpoint, Event, Filter, PUBLIC_KEY_FILE, Record, VerifyFailure, VerifyReport,
+    parse_public_key, read_export, verify_export,
+};
+use anyhow::{Context as _, bail};
+use clap::{Args, Subcommand};
+use serde_json::json;
+
+use crate::config::Settings;
+use crate::{Failure, exit, print_json};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuditCommand {
+    /// The newest records.
+    Tail {
+        /// How many.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        lines: usize,
+        /// Keep printing records as they are appended.
+        #[arg(short, long)]
+        follow: bool,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Records matching every given filter, oldest first.
+    Query(QueryArgs),
+    /// One record in full.
+    Show {
+        /// Its sequence number.
+        seq: u64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the whole log (checkpoints and records) to a JSON-lines file
+    /// that `audit verify --export` checks offline.
+    Export {
+        /// The file to write.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Check the hash chain and signed checkpoints; name the first bad record.
+    Verify(VerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct QueryArgs {
+    /// Plugin name.
+    #[arg(long)]
+    plugin: Option<String>,
+    /// Tool name (without the plugin).
+    #[arg(long)]
+    tool: Option<String>,
+    /// Principal.
+    #[arg(long)]
+    principal: Option<String>,
+    /// Trace id.
+    #[arg(long)]
+    trace_id: Option<String>,
+    /// Call id.
+    #[arg(long)]
+    call_id: Option<String>,
+    /// Outcome: ok, an error kind (tool_error, fuel_exhausted, ...) or unknown.
+    #[arg(long)]
+    outcome: Option<String>,
+    /// Event: call_refused, call_started or call_finished.
+    #[arg(long)]
+    event: Option<String>,
+    /// At or after: RFC 3339 (2026-11-23T10:00:00Z) or an age (15m, 2h, 7d).
+    #[arg(long, value_name = "TIME")]
+    since: Option<String>,
+    /// Before: RFC 3339 or an age.
+    #[arg(long, value_name = "TIME")]
+    until: Option<String>,
+    /// At most this many (the newest).
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+    /// One JSON object per line.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct VerifyArgs {
+    /// Verify this export file offline instead of the live log.
+    #[arg(long, value_name = "FILE", requires = "pubkey")]
+    export: Option<PathBuf>,
+    /// The public key to trust: 64 hex digits or a file holding them (the
+    /// host writes `signing.pub` in its audit directory). Never taken from
+    /// the export itself.
+    #[arg(long, value_name = "KEY")]
+    pubkey: Option<String>,
+    /// Also hold the log to the checkpoints in this earlier export (kept
+    /// away from the host): catches history rewritten with its checkpoints.
+    #[arg(long, value_name = "FILE")]
+    trusted: Vec<PathBuf>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn audit_dir(settings: &Settings) -> PathBuf {
+    settings.data_dir.join(AUDIT_DIR)
+}
+
+fn open(settings: &Settings) -> anyhow::Result<AuditLog> {
+    Ok(AuditLog::open_read_only_waiting(
+        audit_dir(settings),
+        settings.audit.lock_wait_ms,
+    )?)
+}
+
+pub(crate) async fn run(settings: &Settings, command: AuditCommand) -> Result<u8, Failure> {
+    match command {
+        AuditCommand::Tail {
+            lines,
+            follow,
+            json,
+        } => tail(settings, lines, follow, json).await,
+        AuditCommand::Query(args) => query(settings, &args),
+        AuditCommand::Show { seq, json } => show(settings, seq, json),
+        AuditCommand::Export { out } => export(settings, &out),
+        AuditCommand::Verify(args) => verify(settings, &args),
+    }
+}
+
+async fn tail(settings: &Settings, lines: usize, follow: bool, json: bool) -> Result<u8, Failure> {
+    let mut last = {
+        let log = open(settings)?;
+        let records = log.query(&Filter::default(), lines)?;
+        for record in &records {
+            print_record(record, json);
+        }
+        log.head()?.0
+    };
+    if !follow {
+        return Ok(exit::OK);
+    }
+    // The database admits one process at a time: open it briefly on each
+    // poll so hosts can keep appending in between.
+    let mut told_busy = false;
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        match AuditLog::open_read_only_waiting(audit_dir(settings), 0) {
+            Ok(log) => {
+                told_busy = false;
+                for record in log.records(last + 1) {
+                    let record = record?;
+                    last = record.seq;
+                    print_record(&record, json);
+                }
+            }
+            Err(airlock_host::audit_log::Error::Locked { .. }) => {
+                if !told_busy {
+                    eprintln!(
+                        "note: the audit log is held by a running airlock process; waiting for it"
+                    );
+                    told_busy = true;
+                }
+            }
+            Err(e) => return Err(anyhow::Error::from(e).into()),
+        }
+    }
+}
+
+fn query(settings: &Settings, args: &QueryArgs) -> Result<u8, Failure> {
+    let event = match &args.event {
+        None => None,
+        Some(name) => Some(
+            serde_json::from_value::<Event>(json!(name))
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "unknown event {name:?}: expected call_refused, call_started or call_finished"
+                    )
+                })
+                .map_err(Failure::usage)?,
+        ),
+    };
+    let filter = Filter {
+        plugin: args.plugin.clone(),
+        tool: args.tool.clone(),
+        principal: args.principal.clone(),
+        trace_id: args.trace_id.clone(),
+        call_id: args.call_id.clone(),
+        outcome: args.outcome.clone(),
+        event,
+        since_ms: args
+            .since
+            .as_deref()
+            .map(parse_time)
+            .transpose()
+            .map_err(Failure::usage)?,
+        until_ms: args
+            .until
+            .as_deref()
+            .map(parse_time)
+            .transpose()
+            .map_err(Failure::usage)?,
+    };
+    let log = open(settings)?;
+    for record in log.query(&filter, args.limit)? {
+        print_record(&record, args.json);
+    }
+    Ok(exit::OK)
+}
+
+fn show(settings: &Settings, seq: u64, json: bool) -> Result<u8, Failure> {
+    let log = open(settings)?;
+    let Some(record) = log.get(seq)? else {
+        let (head, _) = log.head()?;
+        return Err(Failure::usage(anyhow::anyhow!(
+            "no record {seq}: the log holds records 1 to {head}"
+        )));
+    };
+    if json {
+        print_json(&serde_json::to_value(&record).context("cannot serialize the record")?);
+        return Ok(exit::OK);
+    }
+    let value = serde_json::to_value(&record).context("cannot serialize the record")?;
+    if let Some(map) = value.as_object() {
+        println!("record {seq} at {}", format_time(record.time_ms));
+        for (key, item) in map {
+            if key == "time_ms" || key == "seq" {
+                continue;
+            }
+            match item {
+                serde_json::Value::String(s) => println!("  {key:<18} {s}"),
+                other => println!("  {key:<18} {other}"),
+            }
+        }
+    }
+    Ok(exit::OK)
+}
+
+fn export(settings: &Settings, out: &Path) -> Result<u8, Failure> {
+    let log = open(settings)?;
+    let summary = log
+        .export(out)
+        .with_context(|| format!("cannot export to {}", out.display()))?;
+    println!(
+        "exported {} records and {} checkpoints to {}",
+        summary.records,
+        summary.checkpoints,
+        out.display()
+    );
+    println!("public key: {}", summary.public_key);
+    println!(
+        "verify with: airlock audit verify --export {} --pubkey {}",
+        out.display(),
+        audit_dir(settings).join(PUBLIC_KEY_FILE).display()
+    );
+    Ok(exit::OK)
+}
+
+fn verify(settings: &Settings, args: &VerifyArgs) -> Result<u8, Failure> {
+    let mut trusted: Vec<Checkpoint> = Vec::new();
+    for file in &args.trusted {
+        let export = read_export(file)
+            .with_context(|| format!("cannot read trusted checkpoints from {}", file.display()))
+            .map_err(Failure::usage)?;
+        trusted.extend(export.checkpoints);
+    }
+    let (what, outcome) = match &args.export {
+        Some(file) => {
+            let Some(key) = &args.pubkey else {
+                bail_usage(
+                    "--export needs --pubkey: the key to trust is never taken from the file",
+                )?
+            };
+            let key = parse_public_key(key).map_err(|e| Failure::usage(e.into()))?;
+            (
+                file.display().to_string(),
+                verify_export(file, &key, &trusted)?,
+            )
+        }
+        None => {
+            let log = open(settings)?;
+            if let Some(key) = &args.pubkey {
+                let key = parse_public_key(key).map_err(|e| Failure::usage(e.into()))?;
+                if key != log.public_key() {
+                    return Err(Failure::from(anyhow::anyhow!(
+                        "the live log is signed with key {}, not the one given",
+                        hex::encode(log.public_key().as_bytes())
+                    )));
+                }
+            }
+            (log.path().display().to_string(), log.verify(&trusted)?)
+        }
+    };
+    report(&what, &outcome, args.json);
+    Ok(match outcome {
+        Ok(_) => exit::OK,
+        Err(_) => exit::VERIFY_FAILED,
+    })
+}
+
+fn bail_usage<T>(message: &str) -> Result<T, Failure> {
+    Err(Failure::usage(anyhow::anyhow!("{message}")))
+}
+
+fn report(what: &str, outcome: &Result<VerifyReport, VerifyFailure>, json: bool) {
+    match (outcome, json) {
+        (Ok(report), true) => print_json(&json!({"ok": true, "log": what, "report": report})),
+        (Err(failure), true) => print_json(&json!({"ok": false, "log": what, "failure": failure})),
+        (Ok(r), false) => {
+            println!(
+                "ok: {} records, {} checkpoints verified ({what})",
+                r.records, r.checkpoints
+            );
+            if let Some(head) = &r.head_hash {
+                println!("head: {head}");
+            }
+            if r.unsigned_tail > 0 {
+                println!(
+                    "note: the last {} records are not covered by a checkpoint yet (signed every few seconds and at shutdown)",
+                    r.unsigned_tail
+                );
+            }
+        }
+        (Err(failure), false) => println!("FAILED at record {}: {}", failure.seq, failure.problem),
+    }
+}
+
+fn print_record(record: &Record, json: bool) {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(record).unwrap_or_else(|_| "{}".into())
+        );
+        return;
+    }
+    let e = &record.entry;
+    let tool = match (&e.plugin, &e.tool) {
+        (Some(p), Some(t)) => format!("{p}/{t}"),
+        (None, Some(t)) => t.clone(),
+        _ => "-".into(),
+    };
+    let mut line = format!(
+        "{:>6}  {}  {:<13}  {:<24}  {:<10}",
+        record.seq,
+        format_time(record.time_ms),
+        e.event.as_str(),
+        tool,
+        e.principal.as_deref().unwrap_or("-"),
+    );
+    if let Some(outcome) = &e.outcome {
+        line.push_str(&format!("  {outcome}"));
+    }
+    if let Some(fuel) = e.fuel_used {
+        line.push_str(&format!("  fuel={fuel}"));
+    }
+    if let Some(us) = e.wall_us {
+        line.push_str(&format!("  {:.1}ms", us as f64 / 1000.0));
+    }
+    if let Some(call) = &e.call_id {
+        line.push_str(&format!("  call={call}"));
+    }
+    println!("{line}");
+}
+
+fn format_time(ms: u64) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(ms);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// RFC 3339 (`2026-11-23T10:00:00Z`, date alone allowed) or an age before
+/// now (`15m`, `2h`, `7d`).
+fn parse_time(text: &str) -> anyhow::Result<u64> {
+    let to_ms = |t: SystemTime| {
+        t.duration_since(UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0)
+    };
+    if let Ok(t) = humantime::parse_rfc3339_weak(text) {
+        return Ok(to_ms(t));
+    }
+    if let Ok(t) = humantime::parse_rfc3339_weak(&format!("{text}T00:00:00")) {
+        return Ok(to_ms(t));
+    }
+    if let Ok(age) = humantime::parse_duration(text) {
+        return Ok(to_ms(SystemTime::now() - age));
+    }
+    bail!(
+        "invalid time {text:?}: use RFC 3339 (2026-11-23T10:00:00Z), a date, or an age (15m, 2h, 7d)"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_parse_as_dates_instants_or_ages() {
+        assert_eq!(parse_time("1970-01-02").unwrap(), 86_400_000);
+        assert_eq!(parse_time("1970-01-01T00:00:01Z").unwrap(), 1000);
+        let an_hour_ago = parse_time("1h").unwrap();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        assert!(now - an_hour_ago >= 3_600_000);
+        assert!(parse_time("yesterday-ish").is_err());
+    }
+}

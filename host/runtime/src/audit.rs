@@ -1,0 +1,186 @@
+//! The pipeline's audit records: one refusal, or an intent and an outcome,
+//! for every call.
+//!
+//! Everything written goes through the log's redactor first: argument and
+//! result copies, and free text (refusal reasons, error messages) with every
+//! redacted argument value scrubbed from it.
+
+use std::time::Duration;
+
+use airlock_audit::{AuditLog, Durability, Entry, Event, capped_json, sha256_hex};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::manifest::Risk;
+use crate::plugin::{Plugin, Tool};
+
+/// What one call has recorded so far.
+pub(crate) struct CallRecord<'a> {
+    log: &'a AuditLog,
+    base: Entry,
+    /// Redacted argument values, scrubbed from free text.
+    secrets: Vec<String>,
+    pointers: Vec<String>,
+    durability: Durability,
+}
+
+impl<'a> CallRecord<'a> {
+    pub(crate) fn new(
+        log: &'a AuditLog,
+        call_id: &str,
+        trace_id: &str,
+        principal: &str,
+        tool_ref: &str,
+    ) -> CallRecord<'a> {
+        let mut base = Entry::new(Event::CallRefused);
+        base.call_id = Some(call_id.to_owned());
+        base.trace_id = Some(trace_id.to_owned());
+        base.principal = Some(principal.to_owned());
+        // Until resolved, the reference as given (bounded: it is caller data).
+        base.tool = Some(bounded(tool_ref, 256));
+        CallRecord {
+            log,
+            base,
+            secrets: Vec::new(),
+            pointers: Vec::new(),
+            durability: Durability::Batched,
+        }
+    }
+
+    /// The call resolved to `tool` of `plugin`.
+    pub(crate) fn resolved(&mut self, plugin: &Plugin, tool: &Tool) {
+        let b = &mut self.base;
+        b.plugin = Some(plugin.name().to_owned());
+        b.plugin_version = Some(plugin.version().to_owned());
+        b.component_digest = Some(plugin.digest().to_owned());
+        b.manifest_digest = Some(plugin.manifest_digest().to_owned());
+        b.tool = Some(tool.name().to_owned());
+        b.risk = Some(tool.risk().as_str().to_owned());
+        self.pointers = tool.redact().to_vec();
+        // Nothing with an effect on the world runs before its intent is on
+        // disk; read-only calls are group-committed.
+        self.durability = if tool.risk() == Risk::Read {
+            Durability::Batched
+        } else {
+            Durability::Flushed
+        };
+    }
+
+    /// Record the arguments: their digest and a redacted, capped copy. Text
+    /// that is not JSON is only digested.
+    pub(crate) fn arguments(&mut self, raw: &str, parsed: Option<&Value>) {
+        let parsed_now;
+        let value = match parsed {
+            Some(v) => Some(v),
+            None => {
+                parsed_now = serde_json::from_str::<Value>(raw).ok();
+                parsed_now.as_ref()
+            }
+        };
+        match value {
+            Some(value) => {
+                self.base.args_digest = Some(canonical_digest(value));
+                let redacted = self.log.redactor().redact(value, &self.pointers, &[]);
+                let (copy, truncated) =
+                    capped_json(&redacted.value, self.log.config().max_copy_bytes);
+                self.base.args = Some(copy);
+                self.base.args_truncated = truncated;
+                self.secrets = redacted.secrets;
+            }
+            None => self.base.args_digest = Some(sha256_hex(raw.as_bytes())),
+        }
+    }
+
+    /// The call was refused before it ran: record why and return `error`.
+    pub(crate) async fn refused(self, error: Error) -> Error {
+        let reason = self.scrub(&error.to_string());
+        let log = self.log;
+        let mut entry = self.base;
+        entry.event = Event::CallRefused;
+        entry.decision = Some("refused".to_owned());
+        entry.outcome = Some(error.kind().to_owned());
+        entry.reason = Some(reason);
+        if let Err(e) = log.append_async(entry, Durability::Batched).await {
+            tracing::error!(error = %e, "cannot record a refused call");
+        }
+        error
+    }
+
+    /// The call is admitted: write the intent record (flushed for tools that
+    /// are not read-only). If it cannot be written the call must not run.
+    ///
+    /// # Errors
+    /// [`Error::AuditUnavailable`].
+    pub(crate) async fn started(&self) -> Result<()> {
+        let mut entry = self.base.clone();
+        entry.event = Event::CallStarted;
+        entry.decision = Some("admitted".to_owned());
+        self.log
+            .append_async(entry, self.durability)
+            .await
+            .map(drop)
+            .map_err(|e| Error::AuditUnavailable {
+                message: e.to_string(),
+            })
+    }
+
+    /// Record the outcome. The call has run: a failure to record is logged
+    /// (the intent stays open and reads as "unknown" after a restart) but
+    /// does not hide the result from the caller.
+    pub(crate) async fn finished(
+        self,
+        result: &Result<crate::CallResponse>,
+        fuel_used: u64,
+        wall: Duration,
+    ) {
+        let mut entry = self.base.clone();
+        entry.event = Event::CallFinished;
+        entry.args = None;
+        entry.args_truncated = false;
+        entry.fuel_used = Some(fuel_used);
+        entry.wall_us = Some(u64::try_from(wall.as_micros()).unwrap_or(u64::MAX));
+        match result {
+            Ok(response) => {
+                entry.outcome = Some("ok".to_owned());
+                entry.result_digest = Some(canonical_digest(&response.output));
+                let redacted =
+                    self.log
+                        .redactor()
+                        .redact(&response.output, &self.pointers, &self.secrets);
+                let (copy, truncated) =
+                    capped_json(&redacted.value, self.log.config().max_copy_bytes);
+                entry.result = Some(copy);
+                entry.result_truncated = truncated;
+            }
+            Err(error) => {
+                entry.outcome = Some(error.kind().to_owned());
+                entry.reason = Some(self.scrub(&error.to_string()));
+            }
+        }
+        if let Err(e) = self.log.append_async(entry, self.durability).await {
+            tracing::error!(error = %e, call_id = ?self.base.call_id, "cannot record a call's outcome");
+        }
+    }
+
+    fn scrub(&self, text: &str) -> String {
+        let max = self.log.config().max_copy_bytes;
+        bounded(&self.log.redactor().scrub(text, &self.secrets), max)
+    }
+}
+
+/// SHA-256 (hex) of the canonical JSON of `value`: the digest records and
+/// approvals bind arguments and results by.
+pub(crate) fn canonical_digest(value: &Value) -> String {
+    sha256_hex(&airlock_audit::canonical::to_vec(value))
+}
+
+fn bounded(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut cut = max;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}…[truncated]", &text[..cut])
+}
