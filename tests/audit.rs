@@ -1,0 +1,308 @@
+//! The audit log against real calls: every path leaves its records, secrets
+//! never reach the disk, an unrecordable call does not run, and a host
+//! killed mid-stream leaves a log that verifies.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use airlock_host::audit_log::{AuditLog, Event, OUTCOME_UNKNOWN, Record, verify_export};
+use airlock_host::{AUDIT_DIR, CallRequest, Error, Host, HostConfig};
+use airlock_tests::{MISBEHAVE, PROBE, PluginDir, install, read};
+use serde_json::{Value, json};
+
+/// The misbehave guest with `tools` as `(name, risk, extra manifest lines)`.
+fn misbehave(tools: &[(&str, &str, &str)]) -> PluginDir {
+    // Fuel enough that `spin` runs into its deadline first.
+    let mut manifest =
+        "[capabilities]\nlog = true\n\n[limits]\ntimeout_ms = 300\nfuel = 1_000_000_000_000\n"
+            .to_owned();
+    for (name, risk, extra) in tools {
+        manifest.push_str(&format!(
+            "\n[[tools]]\nname = \"{name}\"\nrisk = \"{risk}\"\n{extra}\n"
+        ));
+    }
+    install("misbehave", &read(MISBEHAVE), &manifest)
+}
+
+async fn host_in(data: &Path, plugin: &PluginDir) -> Host {
+    let mut host = Host::new(HostConfig::default().data_dir(data)).unwrap();
+    host.load_plugin(plugin.path()).await.unwrap();
+    host
+}
+
+async fn call(host: &Host, tool: &str, args: &str) -> Result<Value, Error> {
+    host.call(
+        CallRequest::new(tool, args)
+            .principal("agent-7")
+            .trace_id("trace-1"),
+    )
+    .await
+    .map(|r| r.output)
+}
+
+fn records(host: &Host) -> Vec<Record> {
+    host.audit().records(1).map(Result::unwrap).collect()
+}
+
+#[tokio::test]
+async fn every_call_leaves_its_records_row_by_row() {
+    let data = tempfile::tempdir().unwrap();
+    let plugin = misbehave(&[
+        ("echo", "read", ""),
+        ("fail", "write", ""),
+        ("panic", "read", ""),
+        ("spin", "read", ""),
+    ]);
+    let host = host_in(data.path(), &plugin).await;
+    let p = host.plugin("misbehave").unwrap();
+    let (digest, manifest_digest) = (p.digest().to_owned(), p.manifest_digest().to_owned());
+
+    call(&host, "misbehave/echo", r#"{"a":1}"#).await.unwrap();
+    let e = call(&host, "misbehave/fail", "{}").await.unwrap_err();
+    assert_eq!(e.kind(), "tool_error");
+    let e = call(&host, "misbehave/panic", "{}").await.unwrap_err();
+    assert_eq!(e.kind(), "guest_trap");
+    let e = call(&host, "misbehave/spin", "{}").await.unwrap_err();
+    assert_eq!(e.kind(), "deadline_exceeded");
+    let e = call(&host, "misbehave/nope", "{}").await.unwrap_err();
+    assert_eq!(e.kind(), "unknown_tool");
+    let e = call(&host, "misbehave/echo", "[1]").await.unwrap_err();
+    assert_eq!(e.kind(), "arguments_not_object");
+
+    let rows = records(&host);
+    let expected: &[(Event, &str, Option<&str>)] = &[
+        (Event::CallStarted, "echo", None),
+        (Event::CallFinished, "echo", Some("ok")),
+        (Event::CallStarted, "fail", None),
+        (Event::CallFinished, "fail", Some("tool_error")),
+        (Event::CallStarted, "panic", None),
+        (Event::CallFinished, "panic", Some("guest_trap")),
+        (Event::CallStarted, "spin", None),
+        (Event::CallFinished, "spin", Some("deadline_exceeded")),
+        (Event::CallRefused, "misbehave/nope", Some("unknown_tool")),
+        (Event::CallRefused, "echo", Some("arguments_not_object")),
+    ];
+    assert_eq!(rows.len(), expected.len(), "{rows:#?}");
+    for (i, (row, (event, tool, outcome))) in rows.iter().zip(expected).enumerate() {
+        let e = &row.entry;
+        assert_eq!(row.seq, i as u64 + 1);
+        assert_eq!(e.event, *event, "row {}", row.seq);
+        assert_eq!(e.tool.as_deref(), Some(*tool), "row {}", row.seq);
+        assert_eq!(e.outcome.as_deref(), *outcome, "row {}", row.seq);
+        assert_eq!(e.principal.as_deref(), Some("agent-7"));
+        assert_eq!(e.trace_id.as_deref(), Some("trace-1"));
+        assert!(
+            e.call_id.is_some() && e.args_digest.is_some(),
+            "row {}",
+            row.seq
+        );
+        if *event != Event::CallRefused || *tool == "echo" {
+            assert_eq!(e.plugin.as_deref(), Some("misbehave"));
+            assert_eq!(e.component_digest.as_deref(), Some(digest.as_str()));
+            assert_eq!(e.manifest_digest.as_deref(), Some(manifest_digest.as_str()));
+            assert!(e.risk.is_some());
+        }
+        match event {
+            Event::CallStarted => {
+                assert_eq!(e.decision.as_deref(), Some("admitted"));
+                assert!(e.args.is_some());
+            }
+            Event::CallFinished => {
+                assert!(e.fuel_used.is_some() && e.wall_us.is_some());
+                // The outcome belongs to the intent before it.
+                assert_eq!(e.call_id, rows[i - 1].entry.call_id);
+            }
+            Event::CallRefused => {
+                assert_eq!(e.decision.as_deref(), Some("refused"));
+                assert!(e.reason.is_some());
+            }
+        }
+    }
+    assert_eq!(rows[1].entry.result.as_deref(), Some(r#"{"a":1}"#));
+    assert!(rows[1].entry.result_digest.is_some());
+    assert_eq!(rows[3].entry.risk.as_deref(), Some("write"));
+    assert_eq!(host.audit().verify(&[]).unwrap().unwrap().records, 10);
+}
+
+/// Every file under `dir`, read whole.
+fn all_bytes(dir: &Path, out: &mut Vec<(String, Vec<u8>)>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            all_bytes(&path, out);
+        } else {
+            out.push((path.display().to_string(), std::fs::read(&path).unwrap()));
+        }
+    }
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+#[tokio::test]
+async fn secrets_appear_nowhere_in_the_database_or_exports() {
+    let data = tempfile::tempdir().unwrap();
+    let plugin = misbehave(&[("echo", "write", "redact = [\"/account\"]")]);
+    let host = host_in(data.path(), &plugin).await;
+    let secrets = [
+        "hunter2-Secret-Pass",
+        "acct-991827-Secret",
+        "4111 1111 1111 1111",
+        "4111111111111111",
+        "sk-live-Secret-Token",
+    ];
+    let args = json!({
+        "password": secrets[0],
+        "account": secrets[1],
+        "memo": format!("pay with {}", secrets[2]),
+        "nested": {"api_key": secrets[4]},
+        "visible": "marker-visible-0042",
+    });
+    // The guest echoes its arguments: the result carries the secrets too.
+    call(&host, "misbehave/echo", &args.to_string())
+        .await
+        .unwrap();
+    // A refused call whose arguments hold a secret.
+    let refused = json!({"password": secrets[0], "visible": "marker-visible-0042"});
+    call(&host, "misbehave/missing", &refused.to_string())
+        .await
+        .unwrap_err();
+    let export = data.path().join("export.jsonl");
+    host.audit().export(&export).unwrap();
+    let key = host.audit().public_key();
+    drop(host);
+
+    let mut files = Vec::new();
+    all_bytes(&data.path().join(AUDIT_DIR), &mut files);
+    files.push((
+        export.display().to_string(),
+        std::fs::read(&export).unwrap(),
+    ));
+    // The search works: the visible marker is there (so the store does not
+    // hide text from grep)...
+    assert!(
+        files
+            .iter()
+            .any(|(_, b)| contains(b, "marker-visible-0042")),
+        "marker missing: the grep proves nothing"
+    );
+    // ...and no secret is, in any file.
+    for (name, bytes) in &files {
+        for secret in secrets {
+            assert!(!contains(bytes, secret), "{secret:?} found in {name}");
+        }
+    }
+    assert!(verify_export(&export, &key, &[]).unwrap().is_ok());
+}
+
+#[tokio::test]
+async fn a_call_that_cannot_be_recorded_does_not_run() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = install(
+        "probe",
+        &read(PROBE),
+        "[capabilities]\nclocks = true\nrandom = true\nfiles = [{ host = \"data\", guest = \"/data\", access = \"read-write\" }]\n\n[[tools]]\nname = \"write-file\"\nrisk = \"write\"\n",
+    );
+    std::fs::create_dir(dir.path().join("data")).unwrap();
+    let mut host = Host::new(HostConfig::default().data_dir(data.path())).unwrap();
+    host.load_plugin(dir.path()).await.unwrap();
+    // The store stops taking records (as on a failed disk).
+    host.audit().close().unwrap();
+    let err = host
+        .call(CallRequest::new(
+            "probe/write-file",
+            json!({"path": "/data/effect.txt", "content": "x"}).to_string(),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), "audit_unavailable", "{err}");
+    assert!(
+        !dir.path().join("data/effect.txt").exists(),
+        "the tool ran without a record"
+    );
+}
+
+#[tokio::test]
+async fn a_second_host_on_the_same_data_dir_is_refused_clearly() {
+    let data = tempfile::tempdir().unwrap();
+    let _first = Host::new(HostConfig::default().data_dir(data.path())).unwrap();
+    let mut config = HostConfig::default().data_dir(data.path());
+    config.audit.lock_wait_ms = 50;
+    let err = Host::new(config).unwrap_err();
+    assert_eq!(err.kind(), "audit");
+    assert!(
+        err.to_string()
+            .contains("in use by another airlock process"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_host_killed_mid_stream_leaves_a_log_that_verifies() {
+    let data = tempfile::tempdir().unwrap();
+    // echo is `write`: its records are flushed before and after it runs.
+    let plugin = install(
+        "misbehave",
+        &read(MISBEHAVE),
+        "[capabilities]\nlog = true\n\n[limits]\ntimeout_ms = 5000\nfuel = 1_000_000_000_000\n\n[[tools]]\nname = \"echo\"\nrisk = \"write\"\n\n[[tools]]\nname = \"spin\"\nrisk = \"write\"\n",
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_call-stream"))
+        .arg(data.path())
+        .arg(plugin.path())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut done = 0;
+    // Let it get going, then kill it while a call is in flight.
+    loop {
+        let line = lines.next().expect("call-stream ended early").unwrap();
+        if line.starts_with("done") {
+            done += 1;
+        } else if line == "spinning" && done >= 8 {
+            break;
+        }
+    }
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+
+    let log = AuditLog::open(data.path().join(AUDIT_DIR), Default::default()).unwrap();
+    let report = log.verify(&[]).unwrap().unwrap();
+    let rows: Vec<Record> = log.records(1).map(Result::unwrap).collect();
+    assert_eq!(rows.len() as u64, report.records, "no gap");
+    // Every completed call has its ok outcome; the spin in flight is unknown.
+    let ok = rows
+        .iter()
+        .filter(|r| {
+            r.entry.event == Event::CallFinished && r.entry.outcome.as_deref() == Some("ok")
+        })
+        .count();
+    assert!(ok >= done, "{ok} ok outcomes for {done} completed calls");
+    let last = rows.last().unwrap();
+    assert_eq!(last.entry.event, Event::CallFinished);
+    assert_eq!(last.entry.tool.as_deref(), Some("spin"));
+    assert_eq!(last.entry.outcome.as_deref(), Some(OUTCOME_UNKNOWN));
+    let intent = rows
+        .iter()
+        .rev()
+        .find(|r| r.entry.event == Event::CallStarted)
+        .unwrap();
+    assert_eq!(intent.entry.call_id, last.entry.call_id);
+    // Each call has exactly one outcome.
+    let started = rows
+        .iter()
+        .filter(|r| r.entry.event == Event::CallStarted)
+        .count();
+    let finished = rows
+        .iter()
+        .filter(|r| r.entry.event == Event::CallFinished)
+        .count();
+    assert_eq!(started, finished);
+}
