@@ -189,6 +189,229 @@ pub mod log {
     }
 }
 
+/// The plugin's workspace: key-value state and content-addressed blobs the
+/// host keeps between calls (manifest: `capabilities.workspace =
+/// "read-write"` or `"read-only"`).
+///
+/// Keys are scoped to the plugin and to the caller's session when it gives
+/// one; blobs to the plugin. Writes count against the plugin's quotas and are
+/// on disk before the call's result reaches the caller. A component that uses
+/// these functions without the grant does not load.
+///
+/// On targets other than WebAssembly (unit tests of tool functions) an
+/// in-memory, per-thread store stands in for the host's.
+///
+/// ```no_run
+/// use airlock_sdk::{ToolError, workspace};
+///
+/// fn remember(name: &str) -> Result<u64, ToolError> {
+///     let count: u64 = workspace::get_json(name)?.unwrap_or(0) + 1;
+///     workspace::set_json(name, &count)?;
+///     Ok(count)
+/// }
+/// ```
+pub mod workspace {
+    use serde::Serialize;
+    use serde::de::DeserializeOwned;
+
+    use crate::ToolError;
+
+    /// Why a workspace operation failed.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub enum WorkspaceError {
+        /// The plugin's grant is read-only.
+        ReadOnly,
+        /// A quota would be exceeded.
+        QuotaExceeded(String),
+        /// A key, value or ref is not acceptable.
+        Invalid(String),
+        /// The host's store failed; nothing changed.
+        Unavailable(String),
+    }
+
+    impl std::fmt::Display for WorkspaceError {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            match self {
+                WorkspaceError::ReadOnly => f.write_str("the workspace is read-only"),
+                WorkspaceError::QuotaExceeded(m) => write!(f, "workspace quota exceeded: {m}"),
+                WorkspaceError::Invalid(m) => write!(f, "invalid workspace request: {m}"),
+                WorkspaceError::Unavailable(m) => write!(f, "workspace unavailable: {m}"),
+            }
+        }
+    }
+
+    impl std::error::Error for WorkspaceError {}
+
+    #[cfg(target_arch = "wasm32")]
+    mod imp {
+        use super::WorkspaceError;
+        use crate::bindings::airlock::plugin::workspace as wit;
+
+        fn map(e: wit::WorkspaceError) -> WorkspaceError {
+            match e {
+                wit::WorkspaceError::ReadOnly => WorkspaceError::ReadOnly,
+                wit::WorkspaceError::QuotaExceeded(m) => WorkspaceError::QuotaExceeded(m),
+                wit::WorkspaceError::Invalid(m) => WorkspaceError::Invalid(m),
+                wit::WorkspaceError::Unavailable(m) => WorkspaceError::Unavailable(m),
+            }
+        }
+
+        pub fn get(key: &str) -> Result<Option<Vec<u8>>, WorkspaceError> {
+            wit::get(key).map_err(map)
+        }
+        pub fn set(key: &str, value: &[u8]) -> Result<(), WorkspaceError> {
+            wit::set(key, value).map_err(map)
+        }
+        pub fn delete(key: &str) -> Result<bool, WorkspaceError> {
+            wit::delete(key).map_err(map)
+        }
+        pub fn list_keys(
+            prefix: &str,
+            start_after: Option<&str>,
+            limit: u32,
+        ) -> Result<Vec<String>, WorkspaceError> {
+            wit::list_keys(prefix, start_after, limit).map_err(map)
+        }
+        pub fn put_blob(data: &[u8]) -> Result<String, WorkspaceError> {
+            wit::put_blob(data).map_err(map)
+        }
+        pub fn get_blob(reference: &str) -> Result<Option<Vec<u8>>, WorkspaceError> {
+            wit::get_blob(reference).map_err(map)
+        }
+    }
+
+    #[cfg(not(target_arch = "wasm32"))]
+    mod imp {
+        use std::cell::RefCell;
+        use std::collections::BTreeMap;
+
+        use super::WorkspaceError;
+
+        thread_local! {
+            static KEYS: RefCell<BTreeMap<String, Vec<u8>>> = RefCell::default();
+            static BLOBS: RefCell<BTreeMap<String, Vec<u8>>> = RefCell::default();
+        }
+
+        pub fn get(key: &str) -> Result<Option<Vec<u8>>, WorkspaceError> {
+            Ok(KEYS.with(|k| k.borrow().get(key).cloned()))
+        }
+        pub fn set(key: &str, value: &[u8]) -> Result<(), WorkspaceError> {
+            if key.is_empty() {
+                return Err(WorkspaceError::Invalid("empty key".into()));
+            }
+            KEYS.with(|k| k.borrow_mut().insert(key.to_owned(), value.to_vec()));
+            Ok(())
+        }
+        pub fn delete(key: &str) -> Result<bool, WorkspaceError> {
+            Ok(KEYS.with(|k| k.borrow_mut().remove(key).is_some()))
+        }
+        pub fn list_keys(
+            prefix: &str,
+            start_after: Option<&str>,
+            limit: u32,
+        ) -> Result<Vec<String>, WorkspaceError> {
+            Ok(KEYS.with(|k| {
+                k.borrow()
+                    .keys()
+                    .filter(|key| key.starts_with(prefix))
+                    .filter(|key| start_after.is_none_or(|a| key.as_str() > a))
+                    .take(limit.min(1000) as usize)
+                    .cloned()
+                    .collect()
+            }))
+        }
+        pub fn put_blob(data: &[u8]) -> Result<String, WorkspaceError> {
+            // Not the host's SHA-256, but content-addressed all the same.
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            data.hash(&mut h);
+            let reference = format!("sha256:{:064x}", h.finish());
+            BLOBS.with(|b| b.borrow_mut().insert(reference.clone(), data.to_vec()));
+            Ok(reference)
+        }
+        pub fn get_blob(reference: &str) -> Result<Option<Vec<u8>>, WorkspaceError> {
+            Ok(BLOBS.with(|b| b.borrow().get(reference).cloned()))
+        }
+    }
+
+    /// The value stored under `key`.
+    ///
+    /// # Errors
+    /// [`WorkspaceError`] from the host.
+    pub fn get(key: &str) -> Result<Option<Vec<u8>>, WorkspaceError> {
+        imp::get(key)
+    }
+
+    /// Store `value` under `key` (at most 512 KiB).
+    ///
+    /// # Errors
+    /// [`WorkspaceError`] from the host: read-only grant, quota, bad key.
+    pub fn set(key: &str, value: impl AsRef<[u8]>) -> Result<(), WorkspaceError> {
+        imp::set(key, value.as_ref())
+    }
+
+    /// Remove `key`; whether it existed.
+    ///
+    /// # Errors
+    /// [`WorkspaceError`] from the host.
+    pub fn delete(key: &str) -> Result<bool, WorkspaceError> {
+        imp::delete(key)
+    }
+
+    /// Keys starting with `prefix` after `start_after`, at most `limit`
+    /// (capped at 1000), in byte order.
+    ///
+    /// # Errors
+    /// [`WorkspaceError`] from the host.
+    pub fn list_keys(
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<String>, WorkspaceError> {
+        imp::list_keys(prefix, start_after, limit)
+    }
+
+    /// Store `data` as an immutable blob (at most 512 KiB); its ref
+    /// (`sha256:<hex>`).
+    ///
+    /// # Errors
+    /// [`WorkspaceError`] from the host.
+    pub fn put_blob(data: impl AsRef<[u8]>) -> Result<String, WorkspaceError> {
+        imp::put_blob(data.as_ref())
+    }
+
+    /// The blob with `reference`, if this plugin stored it.
+    ///
+    /// # Errors
+    /// [`WorkspaceError`] from the host, `Invalid` for a malformed ref.
+    pub fn get_blob(reference: &str) -> Result<Option<Vec<u8>>, WorkspaceError> {
+        imp::get_blob(reference)
+    }
+
+    /// The JSON value stored under `key`, deserialised.
+    ///
+    /// # Errors
+    /// A failed tool error when the host refuses or the value is not a `T`.
+    pub fn get_json<T: DeserializeOwned>(key: &str) -> Result<Option<T>, ToolError> {
+        match get(key)? {
+            None => Ok(None),
+            Some(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| ToolError::failed(format!("workspace key {key:?}: {e}"))),
+        }
+    }
+
+    /// Store `value` as JSON under `key`.
+    ///
+    /// # Errors
+    /// A failed tool error when the host refuses (read-only, quota, size).
+    pub fn set_json<T: Serialize>(key: &str, value: &T) -> Result<(), ToolError> {
+        let bytes = serde_json::to_vec(value)
+            .map_err(|e| ToolError::failed(format!("cannot encode {key:?}: {e}")))?;
+        Ok(set(key, bytes)?)
+    }
+}
+
 /// Implementation details used by [`plugin!`]. Not a stable API.
 #[doc(hidden)]
 pub mod __private {

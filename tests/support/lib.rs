@@ -24,7 +24,17 @@ pub const EXAMPLE_TOOLS: &[&str] = &[
     "files/list",
     "files/read",
     "files/search",
+    "notes/add",
+    "notes/get",
+    "notes/list",
+    "notes/delete",
+    "notes/archive",
+    "notes/read-archive",
 ];
+
+/// Example tools that change state (risk `write`); every other example tool
+/// is `read`.
+pub const EXAMPLE_WRITE_TOOLS: &[&str] = &["notes/add", "notes/delete", "notes/archive"];
 
 /// Lowercase hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {

@@ -109,6 +109,8 @@ pub fn render(r: &InspectReport) -> String {
             ("memory_mb", l.memory_mb),
             ("max_output_kb", l.max_output_kb),
             ("max_concurrency", l.max_concurrency),
+            ("workspace_keys", l.workspace_keys),
+            ("workspace_mb", l.workspace_mb),
         ] {
             line(format!("  {:<16} {:>14}  {:?}", name, limit.value, limit.source).to_lowercase());
         }

@@ -74,7 +74,13 @@ fn tools_list_json_has_every_example_tool_with_its_schema() {
     }
     for tool in &tools {
         assert_eq!(tool["input_schema"]["type"], "object", "{tool}");
-        assert_eq!(tool["risk"], "read");
+        let id = tool["id"].as_str().unwrap();
+        let expected = if airlock_tests::EXAMPLE_WRITE_TOOLS.contains(&id) {
+            "write"
+        } else {
+            "read"
+        };
+        assert_eq!(tool["risk"], expected, "{id}");
     }
 }
 

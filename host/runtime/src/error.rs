@@ -388,6 +388,22 @@ pub enum Error {
         message: String,
     },
 
+    /// The workspace store cannot be opened, or failed.
+    #[error("workspace store at {}: {message}", path.display())]
+    Workspace {
+        /// The store's directory.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
+
+    /// The caller's session key is not acceptable.
+    #[error("invalid session key: {message}")]
+    InvalidSession {
+        /// What is wrong with it.
+        message: String,
+    },
+
     /// The audit log (or its keys) cannot be opened or read.
     #[error(transparent)]
     Audit(#[from] airlock_audit::Error),
@@ -442,6 +458,8 @@ impl Error {
             Error::Engine { .. } => "engine",
             Error::AuditUnavailable { .. } => "audit_unavailable",
             Error::Audit(_) => "audit",
+            Error::Workspace { .. } => "workspace",
+            Error::InvalidSession { .. } => "invalid_session",
         }
     }
 
@@ -455,6 +473,7 @@ impl Error {
             | Error::ArgumentsNotJson { .. }
             | Error::ArgumentsNotObject { .. }
             | Error::ArgumentsInvalid { .. }
+            | Error::InvalidSession { .. }
             | Error::PluginBusy { .. } => ErrorClass::Refused,
             Error::CapabilityDenied { .. } | Error::CapabilityNotGranted { .. } => {
                 ErrorClass::CapabilityDenied

@@ -11,10 +11,12 @@ use crate::bindings::exports::airlock::plugin::tools::CallContext;
 use crate::cache::CompiledCache;
 use crate::engine::{self, EpochTicker};
 use crate::error::{Error, Result};
-use crate::grants::Policy;
+use crate::grants::{Policy, WorkspaceScope};
+use crate::manifest::FileAccess;
 use crate::manifest::MANIFEST_FILE;
 use crate::pipeline::{self, CallRequest, CallResponse};
 use crate::plugin::{self, Plugin, Tool};
+use crate::workspace::{WORKSPACE_DIR, WorkspaceStore};
 use serde::Serialize;
 use wasmtime::Engine;
 
@@ -35,8 +37,9 @@ pub struct HostConfig {
     /// The operator's policy: forbidden capabilities, files root, env
     /// values, limit ceilings.
     pub policy: Policy,
-    /// Where the host keeps its state: the audit log in `audit/`. `None`
-    /// keeps the audit log in a temporary database, removed with the host.
+    /// Where the host keeps its state: the audit log in `audit/`, the
+    /// workspace store in `workspace/`. `None` keeps both in temporary
+    /// databases, removed with the host.
     pub data_dir: Option<PathBuf>,
     /// How the audit log commits, checkpoints and redacts.
     pub audit: AuditConfig,
@@ -114,6 +117,7 @@ pub struct Host {
     plugins: BTreeMap<String, Arc<Plugin>>,
     config: HostConfig,
     audit: AuditLog,
+    workspace: WorkspaceStore,
     _ticker: EpochTicker,
 }
 
@@ -183,6 +187,13 @@ impl Host {
             Some(dir) => AuditLog::open(dir.join(AUDIT_DIR), config.audit.clone())?,
             None => AuditLog::temporary(config.audit.clone())?,
         };
+        let workspace = match &config.data_dir {
+            Some(dir) => WorkspaceStore::open(
+                &dir.join(WORKSPACE_DIR),
+                std::time::Duration::from_millis(config.audit.lock_wait_ms),
+            )?,
+            None => WorkspaceStore::temporary()?,
+        };
         let engine = engine::new_engine()?;
         let cache = config
             .cache_dir
@@ -195,6 +206,7 @@ impl Host {
             plugins: BTreeMap::new(),
             config,
             audit,
+            workspace,
             _ticker: ticker,
         })
     }
@@ -363,6 +375,11 @@ impl Host {
             }
         };
         record.arguments(&request.arguments, Some(&arguments));
+        if let Some(session) = &request.session
+            && let Err(message) = crate::workspace::check_session(session)
+        {
+            return Err(record.refused(Error::InvalidSession { message }).await);
+        }
         // 6. Intent record: no record, no call.
         record.started().await?;
         let context = CallContext {
@@ -372,8 +389,16 @@ impl Host {
         };
         tracing::debug!(tool = %tool.id(), call_id = %context.call_id, "calling tool");
         // 7–9. Instantiate, call, validate the output.
+        let workspace = plugin.grant().workspace.map(|access| WorkspaceScope {
+            store: self.workspace.clone(),
+            plugin: plugin.name().to_owned(),
+            session: request.session,
+            writable: access == FileAccess::ReadWrite,
+            quota: plugin.limits().workspace_quota(),
+            dirty: false,
+        });
         let (result, stats) =
-            pipeline::run_tool(&self.engine, plugin, tool, &arguments, context).await;
+            pipeline::run_tool(&self.engine, plugin, tool, &arguments, context, workspace).await;
         // 10. Outcome record.
         record
             .finished(&result, stats.fuel_used, stats.duration)
@@ -399,6 +424,11 @@ impl Host {
             tool: tool_name.to_owned(),
         })?;
         Ok((plugin, tool))
+    }
+
+    /// The workspace store plugins keep their state in.
+    pub fn workspace(&self) -> &WorkspaceStore {
+        &self.workspace
     }
 
     /// The audit log every call is recorded in.

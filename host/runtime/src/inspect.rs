@@ -117,6 +117,7 @@ fn affected(capability: Capability) -> &'static [&'static str] {
         Capability::Stdio => &["wasi:cli/stdout", "wasi:cli/stderr"],
         Capability::Env => &["wasi:cli/environment"],
         Capability::Files => &["wasi:filesystem/preopens"],
+        Capability::Workspace => &["airlock:plugin/workspace"],
     }
 }
 
@@ -231,6 +232,7 @@ impl Host {
                     Capability::Stdio => caps.stdio,
                     Capability::Env => !caps.env.is_empty(),
                     Capability::Files => !caps.files.is_empty(),
+                    Capability::Workspace => caps.workspace.is_some(),
                 };
                 let imported = import_names
                     .iter()

@@ -45,6 +45,7 @@ mod pipeline;
 mod plugin;
 mod schema;
 mod state;
+pub mod workspace;
 
 pub use airlock_audit as audit_log;
 pub use cache::CacheStatus;

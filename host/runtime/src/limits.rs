@@ -28,6 +28,10 @@ pub const MAX_STDERR_BYTES: usize = 16 * 1024;
 pub const HOSTCALL_FUEL: usize = 1024 * 1024;
 /// Default cap on concurrent instances of one plugin.
 pub const DEFAULT_MAX_CONCURRENCY: u64 = 16;
+/// Workspace keys per plugin when the manifest is silent.
+pub const DEFAULT_WORKSPACE_KEYS: u64 = 10_000;
+/// Workspace space per plugin, in MiB, when the manifest is silent.
+pub const DEFAULT_WORKSPACE_MB: u64 = 64;
 /// Host-side resources (open files, streams, ...) one call may hold at once,
 /// and component-model handles per store. Each open file is a host file
 /// descriptor, so this also bounds what one call can take from the
@@ -70,6 +74,10 @@ pub struct Limits {
     pub max_output_kb: Limit,
     /// Concurrent instances of the plugin.
     pub max_concurrency: Limit,
+    /// Workspace keys.
+    pub workspace_keys: Limit,
+    /// Workspace space, in MiB.
+    pub workspace_mb: Limit,
 }
 
 impl Limits {
@@ -126,6 +134,18 @@ impl Limits {
                 DEFAULT_MAX_CONCURRENCY,
                 c.max_concurrency,
             )?,
+            workspace_keys: pick(
+                "limits.workspace_keys",
+                d.workspace_keys,
+                DEFAULT_WORKSPACE_KEYS,
+                c.workspace_keys,
+            )?,
+            workspace_mb: pick(
+                "limits.workspace_mb",
+                d.workspace_mb,
+                DEFAULT_WORKSPACE_MB,
+                c.workspace_mb,
+            )?,
         })
     }
 
@@ -137,6 +157,14 @@ impl Limits {
     /// Memory limit in bytes.
     pub fn memory_bytes(&self) -> usize {
         usize::try_from(self.memory_mb.value.saturating_mul(1024 * 1024)).unwrap_or(usize::MAX)
+    }
+
+    /// The workspace quota.
+    pub fn workspace_quota(&self) -> crate::workspace::Quota {
+        crate::workspace::Quota {
+            max_keys: self.workspace_keys.value,
+            max_bytes: self.workspace_mb.value.saturating_mul(1024 * 1024),
+        }
     }
 
     /// Output limit in bytes.

@@ -85,6 +85,10 @@ pub struct Capabilities {
     /// Host directories preopened for the guest.
     #[serde(default)]
     pub files: Vec<FileGrant>,
+    /// Workspace store access: `read-only` or `read-write`; absent means no
+    /// workspace.
+    #[serde(default)]
+    pub workspace: Option<FileAccess>,
 }
 
 /// One `files` entry: a host directory the guest sees at `guest`.
@@ -124,6 +128,10 @@ pub struct DeclaredLimits {
     pub max_output_kb: Option<u64>,
     /// Most instances of this plugin running at once.
     pub max_concurrency: Option<u64>,
+    /// Most workspace keys the plugin may hold (all sessions).
+    pub workspace_keys: Option<u64>,
+    /// Most workspace bytes (keys, values, blobs), in MiB.
+    pub workspace_mb: Option<u64>,
 }
 
 /// One `[[tools]]` entry.

@@ -47,6 +47,10 @@ pub struct CallRequest {
     pub principal: String,
     /// Correlation id from the caller; generated when absent.
     pub trace_id: Option<String>,
+    /// The caller's session: workspace keys are scoped to it (1–128 bytes,
+    /// no control characters). Without one, keys are shared by all calls of
+    /// the plugin that give none.
+    pub session: Option<String>,
 }
 
 impl CallRequest {
@@ -58,12 +62,19 @@ impl CallRequest {
             arguments: arguments.into(),
             principal: "local".to_owned(),
             trace_id: None,
+            session: None,
         }
     }
 
     /// Run as `principal`.
     pub fn principal(mut self, principal: impl Into<String>) -> CallRequest {
         self.principal = principal.into();
+        self
+    }
+
+    /// Scope workspace keys to `session`.
+    pub fn session(mut self, session: impl Into<String>) -> CallRequest {
+        self.session = Some(session.into());
         self
     }
 
@@ -143,9 +154,13 @@ pub(crate) async fn run_tool(
     tool: &Tool,
     arguments: &Value,
     context: CallContext,
+    workspace: Option<crate::grants::WorkspaceScope>,
 ) -> (Result<CallResponse>, RunStats) {
     let mut stats = RunStats::default();
-    let result = run_tool_inner(engine, plugin, tool, arguments, context, &mut stats).await;
+    let result = run_tool_inner(
+        engine, plugin, tool, arguments, context, workspace, &mut stats,
+    )
+    .await;
     (result, stats)
 }
 
@@ -155,6 +170,7 @@ async fn run_tool_inner(
     tool: &Tool,
     arguments: &Value,
     context: CallContext,
+    workspace: Option<crate::grants::WorkspaceScope>,
     stats: &mut RunStats,
 ) -> Result<CallResponse> {
     let limits = plugin.limits();
@@ -170,7 +186,7 @@ async fn run_tool_inner(
             plugin: plugin.name().to_owned(),
             limit: limits.max_concurrency.value,
         })?;
-    let mut store = new_store(engine, limits, plugin.grant())?;
+    let mut store = new_store(engine, limits, plugin.grant(), workspace)?;
     let call_id = context.call_id.clone();
     let trace_id = context.trace_id.clone();
     // Re-serialising the validated value gives the guest canonical JSON
@@ -194,6 +210,13 @@ async fn run_tool_inner(
         fuel_used,
         duration,
     };
+    // Whatever the outcome, what the guest wrote to its workspace is on disk
+    // before the caller hears of it.
+    if let Some(scope) = &store.data().workspace
+        && scope.dirty
+    {
+        scope.store.flush_async().await?;
+    }
 
     let returned = match outcome {
         Ok(returned) => returned,
@@ -264,7 +287,7 @@ pub(crate) async fn list_tools(
     plugin: &str,
     grant: &EffectiveGrant,
 ) -> Result<Vec<ToolDescriptor>> {
-    let mut store = new_store(engine, limits, grant)?;
+    let mut store = new_store(engine, limits, grant, None)?;
     let outcome = with_deadline(limits, async {
         let instance = pre.instantiate_async(&mut store).await?;
         instance.airlock_plugin_tools().call_list(&mut store).await
@@ -279,10 +302,16 @@ pub(crate) async fn list_tools(
     })
 }
 
-fn new_store(engine: &Engine, limits: &Limits, grant: &EffectiveGrant) -> Result<Store<CallState>> {
-    let mut store = CallState::new_store(engine, limits, grant).map_err(|e| Error::Engine {
-        message: format!("cannot create a store: {e:#}"),
-    })?;
+fn new_store(
+    engine: &Engine,
+    limits: &Limits,
+    grant: &EffectiveGrant,
+    workspace: Option<crate::grants::WorkspaceScope>,
+) -> Result<Store<CallState>> {
+    let mut store =
+        CallState::new_store(engine, limits, grant, workspace).map_err(|e| Error::Engine {
+            message: format!("cannot create a store: {e:#}"),
+        })?;
     // Check the deadline on every epoch tick; until it passes, yield to the
     // executor so one long call cannot starve others on the same thread.
     let deadline = Instant::now() + limits.timeout();

@@ -139,6 +139,8 @@ pub(crate) struct CallState {
     pub(crate) log: LogSink,
     pub(crate) stdout: MemoryOutputPipe,
     pub(crate) stderr: MemoryOutputPipe,
+    /// The call's workspace, when granted (none while listing tools).
+    pub(crate) workspace: Option<grants::WorkspaceScope>,
 }
 
 impl std::fmt::Debug for CallState {
@@ -161,6 +163,7 @@ impl CallState {
         engine: &wasmtime::Engine,
         limits: &Limits,
         grant: &EffectiveGrant,
+        workspace: Option<grants::WorkspaceScope>,
     ) -> wasmtime::Result<Store<CallState>> {
         let stdout = MemoryOutputPipe::new(limits::MAX_STDERR_BYTES);
         let stderr = MemoryOutputPipe::new(limits::MAX_STDERR_BYTES);
@@ -183,6 +186,7 @@ impl CallState {
             log: LogSink::new(limits::DEFAULT_MAX_LOG_BYTES),
             stdout,
             stderr,
+            workspace,
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limiter);

@@ -27,6 +27,7 @@ mod files;
 mod log;
 mod random;
 mod stdio;
+mod workspace;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -37,6 +38,7 @@ use wasmtime::component::{HasData, Linker, ResourceTable};
 use wasmtime_wasi::WasiCtxBuilder;
 
 pub use files::ResolvedFiles;
+pub(crate) use workspace::WorkspaceScope;
 
 use crate::error::{Error, Result};
 use crate::manifest::Manifest;
@@ -58,6 +60,8 @@ pub enum Capability {
     Env,
     /// `capabilities.files`
     Files,
+    /// `capabilities.workspace`
+    Workspace,
 }
 
 impl Capability {
@@ -70,17 +74,19 @@ impl Capability {
             Capability::Stdio => "capabilities.stdio",
             Capability::Env => "capabilities.env",
             Capability::Files => "capabilities.files",
+            Capability::Workspace => "capabilities.workspace",
         }
     }
 
     /// Every capability.
-    pub const ALL: [Capability; 6] = [
+    pub const ALL: [Capability; 7] = [
         Capability::Log,
         Capability::Clocks,
         Capability::Random,
         Capability::Stdio,
         Capability::Env,
         Capability::Files,
+        Capability::Workspace,
     ];
 }
 
@@ -99,6 +105,10 @@ pub struct LimitCeilings {
     pub max_output_kb: Option<u64>,
     /// Concurrent instances per plugin.
     pub max_concurrency: Option<u64>,
+    /// Workspace keys per plugin.
+    pub workspace_keys: Option<u64>,
+    /// Workspace space per plugin, in MiB.
+    pub workspace_mb: Option<u64>,
 }
 
 /// The operator's policy: trusted configuration that narrows what any plugin
@@ -140,6 +150,8 @@ pub struct EffectiveGrant {
     pub env_missing: Vec<String>,
     /// Preopened directories.
     pub files: Vec<ResolvedFiles>,
+    /// Workspace access.
+    pub workspace: Option<crate::manifest::FileAccess>,
 }
 
 impl EffectiveGrant {
@@ -152,6 +164,7 @@ impl EffectiveGrant {
             Capability::Stdio => self.stdio,
             Capability::Env => !self.env.is_empty() || !self.env_missing.is_empty(),
             Capability::Files => !self.files.is_empty(),
+            Capability::Workspace => self.workspace.is_some(),
         }
     }
 }
@@ -176,6 +189,7 @@ pub fn effective(
         (Capability::Stdio, caps.stdio),
         (Capability::Env, !caps.env.is_empty()),
         (Capability::Files, !caps.files.is_empty()),
+        (Capability::Workspace, caps.workspace.is_some()),
     ];
     for (capability, asked) in declared {
         if asked && policy.forbid.contains(&capability) {
@@ -195,6 +209,7 @@ pub fn effective(
         env,
         env_missing,
         files: files::resolve(plugin, &caps.files, policy, plugin_dir)?,
+        workspace: caps.workspace,
     })
 }
 
@@ -235,6 +250,7 @@ pub fn classify(import: &str) -> ImportClass {
         | "wasi:clocks/wall-clock"
         | "wasi:random/insecure-seed" => ImportClass::Baseline,
         "airlock:plugin/log" => ImportClass::Gated(Capability::Log),
+        "airlock:plugin/workspace" => ImportClass::Gated(Capability::Workspace),
         "wasi:clocks/monotonic-clock" => ImportClass::Gated(Capability::Clocks),
         "wasi:random/random" | "wasi:random/insecure" => ImportClass::Gated(Capability::Random),
         _ if name.starts_with("wasi:sockets/") || name.starts_with("wasi:http/") => {
@@ -328,6 +344,7 @@ pub(crate) fn linker(
     clocks::link(l, grant)?;
     random::link(l, grant)?;
     log::link(l, grant)?;
+    workspace::link(l, grant)?;
     Ok(linker)
 }
 
