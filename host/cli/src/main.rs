@@ -4,6 +4,7 @@ mod audit;
 mod config;
 mod demo;
 mod inspect;
+mod workspace;
 
 use std::io::Read as _;
 use std::path::PathBuf;
@@ -82,6 +83,9 @@ enum Command {
     /// signed.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// What plugins keep in their workspace (keys and blobs).
+    #[command(subcommand)]
+    Workspace(workspace::WorkspaceCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -122,6 +126,9 @@ struct CallArgs {
     /// Trace id to correlate this call with (default: the call id).
     #[arg(long)]
     trace_id: Option<String>,
+    /// Session to scope the plugin's workspace keys to.
+    #[arg(long)]
+    session: Option<String>,
     /// Print a JSON object (result or error) instead of human output.
     #[arg(long)]
     json: bool,
@@ -147,6 +154,15 @@ impl Failure {
         Failure {
             code: exit::USAGE,
             error,
+        }
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(error: Error) -> Failure {
+        Failure {
+            code: exit_code(&error),
+            error: error.into(),
         }
     }
 }
@@ -227,6 +243,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Inspect(args) => inspect::run(&settings, args).await,
         Command::Demo => demo::run(&settings).await,
         Command::Audit(command) => audit::run(&settings, command).await,
+        Command::Workspace(command) => workspace::run(&settings, command),
     }
 }
 
@@ -369,6 +386,9 @@ async fn call(settings: &Settings, args: CallArgs) -> Result<u8, Failure> {
     let mut request = CallRequest::new(&args.tool, arguments).principal(&settings.principal);
     if let Some(trace) = &args.trace_id {
         request = request.trace_id(trace);
+    }
+    if let Some(session) = &args.session {
+        request = request.session(session);
     }
     // A call to a plugin that failed to load reports why it failed, not just
     // that it is unknown.

@@ -1,0 +1,229 @@
+//! The workspace against a real plugin (`notes`) and the real store: scoping,
+//! persistence, read-only grants, quotas, bad refs and sessions, and grants.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use airlock_host::{CallRequest, Capability, Error, Host, HostConfig, Policy, ToolErrorKind};
+use airlock_tests::{PLUGINS_DIR, PluginDir, install, read};
+use serde_json::{Value, json};
+
+const TOOLS: &str = "[[tools]]\nname = \"add\"\nrisk = \"write\"\n\n[[tools]]\nname = \"get\"\nrisk = \"read\"\n\n[[tools]]\nname = \"list\"\nrisk = \"read\"\n\n[[tools]]\nname = \"archive\"\nrisk = \"write\"\n\n[[tools]]\nname = \"read-archive\"\nrisk = \"read\"\n";
+
+/// The notes plugin with `capabilities` and `limits` (TOML table bodies).
+fn notes(capabilities: &str, limits: &str) -> PluginDir {
+    install(
+        "notes",
+        &read(&format!("{PLUGINS_DIR}/notes/notes.wasm")),
+        &format!("[capabilities]\n{capabilities}\n\n[limits]\n{limits}\n\n{TOOLS}"),
+    )
+}
+
+async fn host_with(config: HostConfig, plugin: &PluginDir) -> Result<Host, Error> {
+    let mut host = Host::new(config).unwrap();
+    host.load_plugin(plugin.path()).await?;
+    Ok(host)
+}
+
+async fn call(host: &Host, tool: &str, args: Value, session: Option<&str>) -> Result<Value, Error> {
+    let mut request = CallRequest::new(format!("notes/{tool}"), args.to_string());
+    if let Some(s) = session {
+        request = request.session(s);
+    }
+    host.call(request).await.map(|r| r.output)
+}
+
+fn tool_failure(result: Result<Value, Error>) -> String {
+    match result {
+        Err(Error::Tool {
+            kind: ToolErrorKind::Failed,
+            message,
+            ..
+        }) => message,
+        other => panic!("expected a failed tool error, got {other:?}"),
+    }
+}
+
+fn note(title: &str, body: &str) -> Value {
+    json!({"title": title, "body": body})
+}
+
+#[tokio::test]
+async fn notes_persist_across_hosts_and_stay_in_their_session() {
+    let data = tempfile::tempdir().unwrap();
+    let plugin = notes("workspace = \"read-write\"", "");
+    {
+        let host = host_with(HostConfig::default().data_dir(data.path()), &plugin)
+            .await
+            .unwrap();
+        call(&host, "add", note("Plan", "ship it"), Some("alice"))
+            .await
+            .unwrap();
+        call(&host, "add", note("Shared", "no session"), None)
+            .await
+            .unwrap();
+    }
+    let host = host_with(HostConfig::default().data_dir(data.path()), &plugin)
+        .await
+        .unwrap();
+    let got = call(&host, "get", json!({"title": "plan"}), Some("alice"))
+        .await
+        .unwrap();
+    assert_eq!(got["body"], "ship it");
+    // Another session, and calls without one, do not see alice's notes.
+    for session in [Some("bob"), None] {
+        let err = call(&host, "get", json!({"title": "plan"}), session)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::Tool {
+                    kind: ToolErrorKind::InvalidInput,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+    let listed = call(&host, "list", json!({}), None).await.unwrap();
+    assert_eq!(listed, json!([{"title": "Shared", "tags": []}]));
+    let usage = host.workspace().usage("notes").unwrap();
+    assert_eq!(usage.keys, 2);
+}
+
+#[tokio::test]
+async fn a_read_only_grant_reads_but_refuses_writes() {
+    let data = tempfile::tempdir().unwrap();
+    let writer = notes("workspace = \"read-write\"", "");
+    {
+        let host = host_with(HostConfig::default().data_dir(data.path()), &writer)
+            .await
+            .unwrap();
+        call(&host, "add", note("Kept", "x"), None).await.unwrap();
+    }
+    let reader = notes("workspace = \"read-only\"", "");
+    let host = host_with(HostConfig::default().data_dir(data.path()), &reader)
+        .await
+        .unwrap();
+    assert_eq!(
+        call(&host, "get", json!({"title": "Kept"}), None)
+            .await
+            .unwrap()["body"],
+        "x"
+    );
+    let message = tool_failure(call(&host, "add", note("New", "y"), None).await);
+    assert!(message.contains("read-only"), "{message}");
+    assert_eq!(host.workspace().usage("notes").unwrap().keys, 1);
+}
+
+#[tokio::test]
+async fn quotas_refuse_the_write_that_would_exceed_them() {
+    let plugin = notes("workspace = \"read-write\"", "workspace_keys = 2");
+    let host = host_with(HostConfig::default(), &plugin).await.unwrap();
+    call(&host, "add", note("One", "1"), None).await.unwrap();
+    call(&host, "add", note("Two", "2"), None).await.unwrap();
+    let message = tool_failure(call(&host, "add", note("Three", "3"), None).await);
+    assert!(
+        message.contains("quota exceeded") && message.contains("workspace_keys"),
+        "{message}"
+    );
+    // Replacing an existing note is not a new key.
+    call(&host, "add", note("One", "uno"), None).await.unwrap();
+
+    let plugin = notes("workspace = \"read-write\"", "workspace_mb = 1");
+    let host = host_with(HostConfig::default(), &plugin).await.unwrap();
+    let body = "x".repeat(60 * 1024);
+    let mut failure = None;
+    for i in 0..40 {
+        if let Err(e) = call(&host, "add", note(&format!("n{i}"), &body), None).await {
+            failure = Some(e);
+            break;
+        }
+    }
+    let message = tool_failure(Err(failure.expect("the byte quota never refused")));
+    assert!(message.contains("workspace_mb"), "{message}");
+    assert!(host.workspace().usage("notes").unwrap().bytes <= 1024 * 1024);
+}
+
+#[tokio::test]
+async fn blobs_round_trip_and_bad_refs_are_refused() {
+    let plugin = notes("workspace = \"read-write\"", "");
+    let host = host_with(HostConfig::default(), &plugin).await.unwrap();
+    call(&host, "add", note("A", "alpha"), None).await.unwrap();
+    let archived = call(&host, "archive", json!({}), None).await.unwrap();
+    let reference = archived["ref"].as_str().unwrap().to_owned();
+    assert!(reference.starts_with("sha256:"), "{reference}");
+    let back = call(&host, "read-archive", json!({"ref": reference}), None)
+        .await
+        .unwrap();
+    assert_eq!(back[0]["body"], "alpha");
+    let message = tool_failure(
+        call(
+            &host,
+            "read-archive",
+            json!({"ref": "sha256:not-hex"}),
+            None,
+        )
+        .await,
+    );
+    assert!(message.contains("blob ref"), "{message}");
+    let unknown = format!("sha256:{}", "0".repeat(64));
+    let err = call(&host, "read-archive", json!({"ref": unknown}), None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Tool {
+                kind: ToolErrorKind::InvalidInput,
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn the_workspace_is_a_capability_like_any_other() {
+    // Imported but not granted: the load fails, naming the key.
+    let plugin = notes("", "");
+    let err = host_with(HostConfig::default(), &plugin).await.unwrap_err();
+    match &err {
+        Error::CapabilityNotGranted {
+            interface, hint, ..
+        } => {
+            assert!(
+                interface.starts_with("airlock:plugin/workspace"),
+                "{interface}"
+            );
+            assert!(hint.contains("capabilities.workspace"), "{hint}");
+        }
+        other => panic!("expected CapabilityNotGranted, got {other}"),
+    }
+    // Forbidden by the operator.
+    let plugin = notes("workspace = \"read-write\"", "");
+    let policy = Policy {
+        forbid: [Capability::Workspace].into(),
+        ..Policy::default()
+    };
+    let err = host_with(HostConfig::default().policy(policy), &plugin)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::CapabilityDenied { capability, .. } if capability == "capabilities.workspace"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_session_key_is_refused_before_the_call_runs() {
+    let plugin = notes("workspace = \"read-write\"", "");
+    let host = host_with(HostConfig::default(), &plugin).await.unwrap();
+    for session in ["", "a\nb", &"s".repeat(200)] {
+        let err = call(&host, "add", note("X", "y"), Some(session))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), "invalid_session", "{session:?}: {err}");
+    }
+    assert_eq!(host.workspace().usage("notes").unwrap().keys, 0);
+}
