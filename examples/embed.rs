@@ -13,8 +13,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .nth(1)
         .unwrap_or("target/airlock/plugins/text".into());
     let cache = std::env::temp_dir().join("airlock-embed-cache");
+    // The audit log and workspace store; a real host keeps them somewhere
+    // durable such as /var/lib/airlock.
+    let data = tempfile_dir("airlock-embed-data")?;
 
-    let mut host = Host::new(HostConfig::default().cache_dir(cache))?;
+    let mut host = Host::new(HostConfig::default().cache_dir(cache).data_dir(&data))?;
     let plugin = host.load_plugin(&plugin_dir).await?;
     println!(
         "loaded {} {} ({:?})",
@@ -31,5 +34,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(response) => println!("{} -> {}", response.tool, response.output),
         Err(error) => eprintln!("{} ({})", error, error.kind()),
     }
+    let (records, head) = host.audit().head()?;
+    println!(
+        "audit log: {records} records, head {}",
+        head.unwrap_or_default()
+    );
     Ok(())
+}
+
+/// A fresh directory under the system's temporary directory.
+fn tempfile_dir(name: &str) -> std::io::Result<std::path::PathBuf> {
+    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
 }

@@ -9,6 +9,13 @@
 //! the result. Every refusal, tool error and trap is a distinct [`Error`]
 //! variant; [`Error::class`] groups them for callers.
 //!
+//! Every call is recorded in the host's audit log ([`Host::audit`], crate
+//! [`audit_log`]): a refusal, or an intent written before the guest runs and
+//! an outcome after. If the log cannot record a call, the call does not run.
+//! Plugins granted `workspace` keep state between calls in the
+//! [`workspace`] store. Both live under [`HostConfig::data_dir`] (temporary
+//! databases without one).
+//!
 //! Compiled components are cached on disk, keyed by component digest and
 //! engine fingerprint, so a second start does not recompile
 //! ([`HostConfig::cache_dir`], [`CacheStatus`]).
@@ -19,12 +26,18 @@
 //! use airlock_host::{CallRequest, Host, HostConfig};
 //!
 //! # async fn run() -> Result<(), airlock_host::Error> {
-//! let mut host = Host::new(HostConfig::default().cache_dir("/var/cache/airlock"))?;
+//! let config = HostConfig::default()
+//!     .data_dir("/var/lib/airlock") // audit log and workspace store
+//!     .cache_dir("/var/cache/airlock");
+//! let mut host = Host::new(config)?;
 //! host.load_plugin("plugins/text").await?;
 //! let response = host
 //!     .call(CallRequest::new("text/slugify", r#"{"text": "Hello, World!"}"#))
 //!     .await?;
 //! println!("{}", response.output); // {"slug":"hello-world"}
+//! // The call is on the record.
+//! let (records, _head) = host.audit().head()?;
+//! assert_eq!(records, 2); // its intent and its outcome
 //! # Ok(())
 //! # }
 //! ```
