@@ -15,6 +15,7 @@ pub const DEFAULT_CONFIG: &str = include_str!("default-config.toml");
 struct ConfigFile {
     plugins_dir: Option<PathBuf>,
     data_dir: Option<PathBuf>,
+    cache_dir: Option<PathBuf>,
     max_argument_bytes: Option<usize>,
     principal: Option<String>,
     policy: Option<airlock_host::Policy>,
@@ -26,6 +27,7 @@ struct ConfigFile {
 pub struct Settings {
     pub plugins_dir: PathBuf,
     pub data_dir: PathBuf,
+    pub cache_dir: PathBuf,
     pub max_argument_bytes: usize,
     pub principal: String,
     pub policy: airlock_host::Policy,
@@ -38,6 +40,7 @@ pub struct Overrides {
     pub config: Option<PathBuf>,
     pub plugins_dir: Option<PathBuf>,
     pub data_dir: Option<PathBuf>,
+    pub cache_dir: Option<PathBuf>,
     pub principal: Option<String>,
 }
 
@@ -81,6 +84,9 @@ impl Settings {
             if let Some(dir) = file.data_dir {
                 layer.data_dir = Some(resolve_relative(dir, base));
             }
+            if let Some(dir) = file.cache_dir {
+                layer.cache_dir = Some(resolve_relative(dir, base));
+            }
             if file.max_argument_bytes.is_some() {
                 layer.max_argument_bytes = file.max_argument_bytes;
             }
@@ -99,6 +105,10 @@ impl Settings {
             Some(dir) => dir,
             None => default_data_dir()?,
         };
+        let cache_dir = overrides
+            .cache_dir
+            .or(layer.cache_dir)
+            .unwrap_or_else(|| data_dir.join("cache"));
         let plugins_dir = overrides
             .plugins_dir
             .or(layer.plugins_dir)
@@ -122,15 +132,12 @@ impl Settings {
         Ok(Settings {
             plugins_dir,
             data_dir,
+            cache_dir,
             max_argument_bytes,
             principal,
             policy: layer.policy.unwrap_or_default(),
             audit: check_audit(layer.audit.unwrap_or_default())?,
         })
-    }
-
-    pub fn cache_dir(&self) -> PathBuf {
-        self.data_dir.join("cache")
     }
 }
 

@@ -59,6 +59,9 @@ struct GlobalArgs {
     /// Directory for host state (audit log, compiled-component cache).
     #[arg(long, global = true, env = "AIRLOCK_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
+    /// Directory for compiled components (default: <data-dir>/cache).
+    #[arg(long, global = true, env = "AIRLOCK_CACHE_DIR", value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
     /// More log output on stderr (-v: info, -vv: debug, -vvv: trace).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -234,6 +237,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         config: cli.global.config,
         plugins_dir: cli.global.plugins_dir,
         data_dir: cli.global.data_dir,
+        cache_dir: cli.global.cache_dir,
         principal,
     })?;
     match cli.command {
@@ -283,7 +287,7 @@ pub(crate) async fn load_host(
 
 pub(crate) fn host_config(settings: &Settings, calls: Calls) -> HostConfig {
     let config = HostConfig::default()
-        .cache_dir(settings.cache_dir())
+        .cache_dir(&settings.cache_dir)
         .max_argument_bytes(settings.max_argument_bytes)
         .policy(settings.policy.clone())
         .audit(settings.audit.clone());

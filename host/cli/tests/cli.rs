@@ -12,21 +12,30 @@ const AIRLOCK: &str = env!("CARGO_BIN_EXE_airlock");
 
 struct Env {
     data: tempfile::TempDir,
+    cache: std::path::PathBuf,
 }
 
 impl Env {
-    /// A fresh data directory (empty compiled-component cache).
+    /// A fresh data directory with an empty compiled-component cache.
     fn fresh() -> Env {
-        Env {
-            data: tempfile::tempdir().unwrap(),
-        }
+        let data = tempfile::tempdir().unwrap();
+        let cache = data.path().join("cache");
+        Env { data, cache }
     }
 
-    /// A data directory shared by tests that do not look at the cache, so
-    /// each component is compiled once per test run.
-    fn new() -> &'static Env {
-        static SHARED: std::sync::OnceLock<Env> = std::sync::OnceLock::new();
-        SHARED.get_or_init(Env::fresh)
+    /// A fresh data directory (audit log, workspace) with a compiled-component
+    /// cache shared by the tests that do not look at the cache, so each
+    /// component is compiled once per test run.
+    fn new() -> Env {
+        static CACHE: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+        let cache = CACHE
+            .get_or_init(|| tempfile::tempdir().unwrap())
+            .path()
+            .to_owned();
+        Env {
+            data: tempfile::tempdir().unwrap(),
+            cache,
+        }
     }
 
     fn cmd(&self, plugins: &Path) -> Command {
@@ -36,7 +45,9 @@ impl Env {
             .arg("--plugins-dir")
             .arg(plugins)
             .arg("--data-dir")
-            .arg(self.data.path());
+            .arg(self.data.path())
+            .arg("--cache-dir")
+            .arg(&self.cache);
         cmd
     }
 
@@ -481,4 +492,93 @@ fn inspect_reports_imports_that_are_not_granted_and_exits_non_zero() {
             .iter()
             .any(|f| f["severity"] == "error")
     );
+}
+
+// ------------------------------------------------------------------- audit
+
+#[test]
+fn calls_are_audited_and_the_log_verifies_live_and_exported() {
+    let env = Env::new();
+    assert!(
+        env.run(&["call", "text/slugify", "--args", r#"{"text":"A b"}"#])
+            .status
+            .success()
+    );
+    let refused = env.run(&["call", "text/nope", "--args", "{}"]);
+    assert_eq!(refused.status.code(), Some(3));
+
+    let tail = env.run(&["audit", "tail", "--json"]);
+    assert!(tail.status.success(), "{}", stderr(&tail));
+    let rows: Vec<Value> = String::from_utf8(tail.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let events: Vec<_> = rows.iter().map(|r| r["event"].as_str().unwrap()).collect();
+    assert_eq!(events, ["call_started", "call_finished", "call_refused"]);
+    assert_eq!(rows[1]["outcome"], "ok");
+    assert_eq!(rows[2]["outcome"], "unknown_tool");
+
+    let query = env.run(&["audit", "query", "--outcome", "unknown_tool", "--json"]);
+    assert_eq!(String::from_utf8(query.stdout).unwrap().lines().count(), 1);
+    let bad_time = env.run(&["audit", "query", "--since", "last tuesday"]);
+    assert_eq!(bad_time.status.code(), Some(2));
+
+    let verify = env.run(&["audit", "verify", "--json"]);
+    assert!(verify.status.success(), "{}", stderr(&verify));
+    assert_eq!(json(&verify)["report"]["records"], 3);
+
+    let export = env.data.path().join("export.jsonl");
+    let export_arg = export.to_str().unwrap();
+    assert!(
+        env.run(&["audit", "export", "--out", export_arg])
+            .status
+            .success()
+    );
+    let pubkey = env.data.path().join("audit/signing.pub");
+    let pubkey_arg = pubkey.to_str().unwrap();
+    let ok = env.run(&[
+        "audit", "verify", "--export", export_arg, "--pubkey", pubkey_arg,
+    ]);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+
+    // Tamper with the export: record 2 now claims another principal.
+    let text = std::fs::read_to_string(&export).unwrap();
+    std::fs::write(
+        &export,
+        text.replacen("\"principal\":\"local\"", "\"principal\":\"root\"", 2),
+    )
+    .unwrap();
+    let bad = env.run(&[
+        "audit", "verify", "--export", export_arg, "--pubkey", pubkey_arg, "--json",
+    ]);
+    assert_eq!(bad.status.code(), Some(7), "{}", stderr(&bad));
+    assert_eq!(json(&bad)["failure"]["seq"], 1);
+    assert_eq!(json(&bad)["failure"]["problem"], "hash_mismatch");
+
+    let missing_key = env.run(&["audit", "verify", "--export", export_arg]);
+    assert_eq!(missing_key.status.code(), Some(2));
+}
+
+#[test]
+fn workspace_commands_show_what_a_plugin_keeps() {
+    let env = Env::new();
+    let add = env.run(&[
+        "call",
+        "notes/add",
+        "--session",
+        "s1",
+        "--args",
+        r#"{"title":"T","body":"kept"}"#,
+    ]);
+    assert!(add.status.success(), "{}", stderr(&add));
+    let ls = env.run(&["workspace", "ls", "notes", "--json"]);
+    assert!(ls.status.success(), "{}", stderr(&ls));
+    assert_eq!(json(&ls)["keys"][0]["key"], "note/t");
+    assert_eq!(json(&ls)["keys"][0]["session"], "s1");
+    let get = env.run(&["workspace", "get", "notes", "note/t", "--session", "s1"]);
+    let value: Value = serde_json::from_slice(&get.stdout).unwrap();
+    assert_eq!(value["body"], "kept");
+    let missing = env.run(&["workspace", "get", "notes", "note/t"]);
+    assert_eq!(missing.status.code(), Some(2));
 }
