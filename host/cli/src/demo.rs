@@ -7,7 +7,8 @@
 //! The demo fails (non-zero exit) if any step's outcome differs from what it
 //! expects, so it doubles as a smoke test.
 
-use airlock_host::CallRequest;
+use airlock_host::audit_log::Event;
+use airlock_host::{CallRequest, Host};
 use serde_json::json;
 
 use crate::config::Settings;
@@ -81,6 +82,24 @@ fn steps() -> Vec<Step> {
             expect_error: Some("tool_error"),
         },
         Step {
+            title: "Refused: a field the schema does not allow — and the password in it never reaches the audit log",
+            tool: "notes/add",
+            args: json!({"title": "Demo", "body": "Airlock keeps state between calls.", "tags": ["demo"], "password": "hunter2"}),
+            expect_error: Some("arguments_invalid"),
+        },
+        Step {
+            title: "Keep a note in the plugin's workspace (state that survives the call)",
+            tool: "notes/add",
+            args: json!({"title": "Demo", "body": "Airlock keeps state between calls.", "tags": ["demo"]}),
+            expect_error: None,
+        },
+        Step {
+            title: "Read it back in another call (a fresh instance: only the workspace remembers)",
+            tool: "notes/get",
+            args: json!({"title": "demo"}),
+            expect_error: None,
+        },
+        Step {
             title: "Refused: a tool that is not installed",
             tool: "text/delete-everything",
             args: json!({}),
@@ -128,6 +147,7 @@ pub async fn run(settings: &Settings) -> Result<u8, Failure> {
         }
     }
 
+    let (first_seq, _) = host.audit().head()?;
     let mut mismatches = 0;
     for (i, step) in steps().into_iter().enumerate() {
         println!("\n{}. {}", i + 1, step.title);
@@ -165,10 +185,49 @@ pub async fn run(settings: &Settings) -> Result<u8, Failure> {
             println!("   ✗ expected {}", step.expect_error.unwrap_or("success"));
         }
     }
+    print_audit(&host, first_seq)?;
     println!();
     if mismatches > 0 || !report.failed.is_empty() {
         return Err(anyhow::anyhow!("{mismatches} demo steps did not behave as expected").into());
     }
     println!("All {} steps behaved as expected.", steps().len());
     Ok(0)
+}
+
+/// What this run left in the audit log, and the log's verification.
+fn print_audit(host: &Host, after: u64) -> anyhow::Result<()> {
+    println!(
+        "\nThe audit log ({}) — every call above, on the record:",
+        host.audit().path().display()
+    );
+    for record in host.audit().records(after + 1) {
+        let record = record?;
+        let e = &record.entry;
+        let tool = match (&e.plugin, &e.tool) {
+            (Some(p), Some(t)) => format!("{p}/{t}"),
+            (_, Some(t)) => t.clone(),
+            _ => "-".into(),
+        };
+        println!(
+            "  #{:<5} {:<13} {:<22} {}",
+            record.seq,
+            e.event.as_str(),
+            tool,
+            e.outcome.as_deref().unwrap_or("")
+        );
+        if e.event == Event::CallRefused
+            && tool == "notes/add"
+            && let Some(args) = &e.args
+        {
+            println!("          arguments as recorded (redacted): {args}");
+        }
+    }
+    match host.audit().verify(&[])? {
+        Ok(report) => println!(
+            "  verified: {} records, hash chain intact, {} signed checkpoints",
+            report.records, report.checkpoints
+        ),
+        Err(failure) => anyhow::bail!("the audit log does not verify: {failure}"),
+    }
+    Ok(())
 }
