@@ -189,6 +189,34 @@ mod tests {
     }
 
     #[test]
+    fn http_policy_is_read_and_checked() {
+        let file = parse(
+            "[policy]\nforbid = [\"http\"]\nhttp_allow = [\"https://API.example.com:443\"]\nhttp_allow_private = [\"127.0.0.1\", \"10.0.0.0/8\"]\nhttp_max_requests = 4\n",
+            "t",
+        )
+        .unwrap();
+        let policy = file.policy.unwrap();
+        assert!(policy.forbid.contains(&airlock_host::Capability::Http));
+        let allow: Vec<String> = policy
+            .http_allow
+            .unwrap()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(allow, ["https://api.example.com"]);
+        assert_eq!(policy.http_allow_private.len(), 2);
+        assert_eq!(policy.http_max_requests, Some(4));
+        for (bad, reason) in [
+            ("http_allow = [\"https://x.example/path\"]", "has a path"),
+            ("http_allow_private = [\"10.0.0.1/8\"]", "10.0.0.0/8"),
+            ("http_allow_private = false", "invalid type"),
+        ] {
+            let err = parse(&format!("[policy]\n{bad}"), "t").unwrap_err();
+            assert!(format!("{err:#}").contains(reason), "{bad}: {err:#}");
+        }
+    }
+
+    #[test]
     fn unknown_keys_are_rejected() {
         let err = parse("plugin_dir = \"x\"", "test").unwrap_err();
         assert!(

@@ -86,6 +86,16 @@ pub fn render(r: &InspectReport) -> String {
                 f.access
             ));
         }
+        if let Some(http) = &g.http {
+            for origin in &http.origins {
+                line(format!("  http {origin}"));
+            }
+            for range in &http.allow_private {
+                line(format!(
+                    "  http may reach non-public {range} (operator policy)"
+                ));
+            }
+        }
     }
     line(String::new());
     line("tools".to_owned());
@@ -113,6 +123,18 @@ pub fn render(r: &InspectReport) -> String {
             ("workspace_mb", l.workspace_mb),
         ] {
             line(format!("  {:<16} {:>14}  {:?}", name, limit.value, limit.source).to_lowercase());
+        }
+    }
+    if let Some(h) = r.effective_grant.as_ref().and_then(|g| g.http.as_ref()) {
+        line(String::new());
+        line("http limits (operator policy http_*)".to_owned());
+        for (name, limit) in [
+            ("max_requests", h.limits.max_requests),
+            ("max_response_kb", h.limits.max_response_kb),
+            ("connect_timeout_ms", h.limits.connect_timeout_ms),
+            ("first_byte_timeout_ms", h.limits.first_byte_timeout_ms),
+        ] {
+            line(format!("  {:<22} {:>8}  {:?}", name, limit.value, limit.source).to_lowercase());
         }
     }
     line(String::new());

@@ -178,11 +178,12 @@ impl Host {
     /// `unknown` outcome recorded.
     ///
     /// # Errors
-    /// [`Error::Engine`] if the WebAssembly engine cannot be set up;
-    /// [`Error::Audit`] if the audit log cannot be opened (in use by another
-    /// process, unwritable, bad keys, or failing verification of its
-    /// unsigned tail).
+    /// [`Error::Config`] if the policy is invalid; [`Error::Engine`] if the
+    /// WebAssembly engine cannot be set up; [`Error::Audit`] if the audit
+    /// log cannot be opened (in use by another process, unwritable, bad
+    /// keys, or failing verification of its unsigned tail).
     pub fn new(config: HostConfig) -> Result<Host> {
+        config.policy.validate()?;
         let audit = match &config.data_dir {
             Some(dir) => AuditLog::open(dir.join(AUDIT_DIR), config.audit.clone())?,
             None => AuditLog::temporary(config.audit.clone())?,

@@ -118,6 +118,7 @@ fn affected(capability: Capability) -> &'static [&'static str] {
         Capability::Env => &["wasi:cli/environment"],
         Capability::Files => &["wasi:filesystem/preopens"],
         Capability::Workspace => &["airlock:plugin/workspace"],
+        Capability::Http => &["wasi:http/outgoing-handler", "wasi:http/types"],
     }
 }
 
@@ -201,9 +202,9 @@ impl Host {
         for import in &imports {
             let message = match (import.status, import.capability) {
                 ("not_granted", Some(c)) => format!(
-                    "imports {} but is not granted it (set `{} = true`)",
+                    "imports {} but is not granted it (set `{}`)",
                     import.interface,
-                    c.manifest_key()
+                    c.grant_example()
                 ),
                 ("never", _) => format!(
                     "imports {}, which is never available to plugins",
@@ -233,6 +234,7 @@ impl Host {
                     Capability::Env => !caps.env.is_empty(),
                     Capability::Files => !caps.files.is_empty(),
                     Capability::Workspace => caps.workspace.is_some(),
+                    Capability::Http => !caps.http.is_empty(),
                 };
                 let imported = import_names
                     .iter()

@@ -64,13 +64,14 @@ pub use airlock_audit as audit_log;
 pub use cache::CacheStatus;
 pub use error::{Error, ErrorClass, Result, SchemaViolation, ToolErrorKind, TrapKind};
 pub use grants::{
-    Capability, EffectiveGrant, ImportClass, LimitCeilings, Policy, ResolvedFiles, classify,
+    Capability, EffectiveGrant, HttpGrant, HttpScheme, ImportClass, IpRange, LimitCeilings, Origin,
+    OriginHost, Policy, ResolvedFiles, classify,
 };
 pub use host::{
     AUDIT_DIR, DEFAULT_MAX_ARGUMENT_BYTES, Host, HostConfig, LoadFailure, LoadReport, PluginInfo,
 };
 pub use inspect::{CapabilityReport, Finding, ImportReport, InspectReport, Severity, ToolReport};
-pub use limits::{Limit, LimitSource, Limits};
+pub use limits::{HttpLimits, Limit, LimitSource, Limits};
 pub use manifest::{FileAccess, MANIFEST_FILE, MANIFEST_SCHEMA, Manifest, Risk};
 pub use pipeline::{CallRequest, CallResponse};
 pub use plugin::{Plugin, Tool, ToolInfo};

@@ -39,6 +39,23 @@ pub const DEFAULT_WORKSPACE_MB: u64 = 64;
 pub const MAX_RESOURCES: usize = 256;
 /// Table elements per instance.
 pub const MAX_TABLE_ELEMENTS: usize = 100_000;
+/// Default cap on outgoing HTTP requests one call may make (`http`
+/// capability); further requests get `connection-limit-reached`.
+pub const DEFAULT_HTTP_MAX_REQUESTS: u64 = 16;
+/// Default cap on one HTTP response body, in KiB; reading past it gets
+/// `HTTP-response-body-size`. Bodies are streamed to the guest, never
+/// buffered whole by the host.
+pub const DEFAULT_HTTP_MAX_RESPONSE_KB: u64 = 1024;
+/// Default time allowed to resolve, connect and finish the TLS handshake for
+/// one request. Always cut short by the call's deadline.
+pub const DEFAULT_HTTP_CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// Default wait for a response to start, and between two chunks of its
+/// body. Always cut short by the call's deadline.
+pub const DEFAULT_HTTP_FIRST_BYTE_TIMEOUT_MS: u64 = 10_000;
+/// Most resolved addresses one request tries to connect to.
+pub const HTTP_MAX_ADDRESSES: usize = 8;
+/// Read buffer per HTTP connection; also the largest response head accepted.
+pub const HTTP_MAX_BUFFER_BYTES: usize = 64 * 1024;
 
 /// Where a limit's value came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -48,7 +65,8 @@ pub enum LimitSource {
     Manifest,
     /// The host's default, because the manifest is silent.
     Default,
-    /// The operator's ceiling, lower than the host default.
+    /// The operator's policy: a ceiling lower than the host default, or an
+    /// operator-set HTTP limit.
     Policy,
 }
 
@@ -170,6 +188,64 @@ impl Limits {
     /// Output limit in bytes.
     pub fn output_bytes(&self) -> usize {
         usize::try_from(self.max_output_kb.value.saturating_mul(1024)).unwrap_or(usize::MAX)
+    }
+}
+
+/// The limits on a plugin's outgoing HTTP requests (`http` capability). The
+/// manifest cannot set them; the operator's policy can (`http_max_requests`,
+/// `http_max_response_kb`, `http_connect_timeout_ms`,
+/// `http_first_byte_timeout_ms`), otherwise the defaults above apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct HttpLimits {
+    /// Requests per call.
+    pub max_requests: Limit,
+    /// Response body size, in KiB.
+    pub max_response_kb: Limit,
+    /// Resolve + connect + TLS handshake, in milliseconds.
+    pub connect_timeout_ms: Limit,
+    /// Wait for the response head and between body chunks, in milliseconds.
+    pub first_byte_timeout_ms: Limit,
+}
+
+impl HttpLimits {
+    /// The operator's values where set, else the defaults.
+    pub fn resolve(
+        max_requests: Option<u64>,
+        max_response_kb: Option<u64>,
+        connect_timeout_ms: Option<u64>,
+        first_byte_timeout_ms: Option<u64>,
+    ) -> HttpLimits {
+        let pick = |value: Option<u64>, default: u64| match value {
+            Some(value) => Limit {
+                value,
+                source: LimitSource::Policy,
+            },
+            None => Limit {
+                value: default,
+                source: LimitSource::Default,
+            },
+        };
+        HttpLimits {
+            max_requests: pick(max_requests, DEFAULT_HTTP_MAX_REQUESTS),
+            max_response_kb: pick(max_response_kb, DEFAULT_HTTP_MAX_RESPONSE_KB),
+            connect_timeout_ms: pick(connect_timeout_ms, DEFAULT_HTTP_CONNECT_TIMEOUT_MS),
+            first_byte_timeout_ms: pick(first_byte_timeout_ms, DEFAULT_HTTP_FIRST_BYTE_TIMEOUT_MS),
+        }
+    }
+
+    /// Response body cap in bytes.
+    pub fn max_response_bytes(&self) -> u64 {
+        self.max_response_kb.value.saturating_mul(1024)
+    }
+
+    /// Connect timeout.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms.value)
+    }
+
+    /// First-byte (and between-chunks) timeout.
+    pub fn first_byte_timeout(&self) -> Duration {
+        Duration::from_millis(self.first_byte_timeout_ms.value)
     }
 }
 

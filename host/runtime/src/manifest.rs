@@ -5,9 +5,11 @@
 //! 2. the manifest JSON Schema kept in this crate
 //!    (`schema/plugin-manifest.schema.json`): unknown fields, missing fields
 //!    and wrong types, every failing field at once ([`Error::ManifestInvalid`]);
-//! 3. consistency checks the schema cannot express: duplicate tool names and a
-//!    component path that must stay inside the plugin directory
-//!    ([`Error::ManifestRejected`]).
+//!    Values with their own grammar (the `http` origins) are parsed here too,
+//!    and a bad one is reported at its JSON path with what is wrong with it;
+//! 3. consistency checks the schema cannot express: duplicate tool names, a
+//!    component path that must stay inside the plugin directory, an origin
+//!    listed twice ([`Error::ManifestRejected`]).
 
 use std::collections::HashSet;
 use std::path::{Component, Path, PathBuf};
@@ -16,6 +18,7 @@ use std::sync::LazyLock;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result, SchemaViolation};
+use crate::grants::Origin;
 use crate::schema;
 
 /// File name of a plugin's manifest inside its directory.
@@ -89,6 +92,10 @@ pub struct Capabilities {
     /// workspace.
     #[serde(default)]
     pub workspace: Option<FileAccess>,
+    /// Exact origins (`scheme://host[:port]`) the guest may send HTTP
+    /// requests to through `wasi:http/outgoing-handler`.
+    #[serde(default)]
+    pub http: Vec<Origin>,
 }
 
 /// One `files` entry: a host directory the guest sees at `guest`.
@@ -213,11 +220,11 @@ impl Manifest {
             });
         }
         let manifest: Manifest =
-            serde_json::from_value(json).map_err(|e| Error::ManifestInvalid {
+            serde_path_to_error::deserialize(json).map_err(|e| Error::ManifestInvalid {
                 path: path.to_owned(),
                 violations: vec![SchemaViolation {
-                    path: String::new(),
-                    message: e.to_string(),
+                    path: json_pointer(e.path()),
+                    message: e.inner().to_string(),
                 }],
             })?;
         manifest.check(path)?;
@@ -254,6 +261,14 @@ impl Manifest {
                 )));
             }
         }
+        let mut origins = HashSet::new();
+        for origin in &self.capabilities.http {
+            if !origins.insert(origin) {
+                return Err(reject(format!(
+                    "http: origin `{origin}` is listed twice (default ports and letter case do not make origins different)"
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -267,6 +282,23 @@ impl Manifest {
     pub fn tool(&self, name: &str) -> Option<&ToolDeclaration> {
         self.tools.iter().find(|t| t.name == name)
     }
+}
+
+/// A serde path (`capabilities.http[1]`) as a JSON Pointer
+/// (`/capabilities/http/1`), like schema violations.
+fn json_pointer(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut pointer = String::new();
+    for segment in path.iter() {
+        pointer.push('/');
+        match segment {
+            Segment::Seq { index } => pointer.push_str(&index.to_string()),
+            Segment::Map { key } => pointer.push_str(&key.replace('~', "~0").replace('/', "~1")),
+            Segment::Enum { variant } => pointer.push_str(variant),
+            Segment::Unknown => pointer.push('?'),
+        }
+    }
+    pointer
 }
 
 /// A component path must be relative and stay inside the plugin directory.
@@ -423,6 +455,77 @@ name = "slugify"
             );
         }
         parse(&valid().replace("text.wasm", "build/text.wasm")).unwrap();
+    }
+
+    #[test]
+    fn http_origins_are_parsed_and_normalised() {
+        let text = valid().replace(
+            "log = true",
+            "log = true\nhttp = [\"HTTPS://API.example.com:443\", \"http://127.0.0.1:8080\"]",
+        );
+        let m = parse(&text).unwrap();
+        let origins: Vec<String> = m
+            .capabilities
+            .http
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            origins,
+            ["https://api.example.com", "http://127.0.0.1:8080"]
+        );
+    }
+
+    #[test]
+    fn malformed_http_origins_are_rejected_at_their_path_with_the_reason() {
+        for (origin, reason) in [
+            ("https://api.example.com/v1", "has a path (`/v1`)"),
+            ("https://api.example.com?q=1", "has a query"),
+            ("https://api.example.com#x", "has a fragment"),
+            ("https://me@api.example.com", "userinfo"),
+            ("https://*.example.com", "wildcard"),
+            ("ftp://example.com", "only http and https"),
+            ("https://example.com:99999", "between 1 and 65535"),
+        ] {
+            let text = valid().replace(
+                "log = true",
+                &format!("log = true\nhttp = [\"https://ok.example.com\", \"{origin}\"]"),
+            );
+            let err = parse(&text).unwrap_err();
+            let Error::ManifestInvalid { violations, .. } = &err else {
+                panic!("{origin}: {err}");
+            };
+            assert_eq!(violations[0].path, "/capabilities/http/1", "{origin}");
+            assert!(violations[0].message.contains(origin), "{err}");
+            assert!(violations[0].message.contains(reason), "{origin}: {err}");
+        }
+    }
+
+    #[test]
+    fn duplicate_http_origins_are_rejected() {
+        let text = valid().replace(
+            "log = true",
+            "log = true\nhttp = [\"https://api.example.com\", \"https://API.example.com:443\"]",
+        );
+        let err = parse(&text).unwrap_err();
+        assert!(matches!(err, Error::ManifestRejected { .. }), "{err}");
+        assert!(
+            err.to_string()
+                .contains("origin `https://api.example.com` is listed twice"),
+            "{err}"
+        );
+        // Exact duplicates are already caught by the schema.
+        let text = valid().replace(
+            "log = true",
+            "log = true\nhttp = [\"https://a.example\", \"https://a.example\"]",
+        );
+        let err = parse(&text).unwrap_err();
+        assert!(
+            err.violations()
+                .iter()
+                .any(|v| v.path == "/capabilities/http"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -193,13 +193,19 @@ async fn run_tool_inner(
     // (no duplicate keys, no comments), exactly what was validated.
     let arguments_text = arguments.to_string();
 
-    let outcome = with_deadline(limits, async {
-        let instance = plugin.pre.instantiate_async(&mut store).await?;
-        instance
-            .airlock_plugin_tools()
-            .call_call(&mut store, tool.name(), &arguments_text, &context)
-            .await
-    })
+    // The span names the call in host-side logs of its host functions (an
+    // HTTP request refused, for example).
+    let span = tracing::info_span!("call", tool = %tool_id, call_id = %call_id);
+    let outcome = tracing::Instrument::instrument(
+        with_deadline(limits, async {
+            let instance = plugin.pre.instantiate_async(&mut store).await?;
+            instance
+                .airlock_plugin_tools()
+                .call_call(&mut store, tool.name(), &arguments_text, &context)
+                .await
+        }),
+        span,
+    )
     .await;
     let duration = started.elapsed();
     let fuel_used = limits
@@ -262,6 +268,7 @@ async fn run_tool_inner(
     }
 
     let mut state = store.into_data();
+    state.http_hooks.drain_into(&mut state.log);
     if plugin.grant().stdio {
         let (stdout, stderr) = (state.stdout.contents(), state.stderr.contents());
         crate::grants::collect_stdio(&stdout, crate::state::LogLevel::Info, &mut state.log);
@@ -314,7 +321,8 @@ fn new_store(
         })?;
     // Check the deadline on every epoch tick; until it passes, yield to the
     // executor so one long call cannot starve others on the same thread.
-    let deadline = Instant::now() + limits.timeout();
+    // The store's deadline also bounds host functions that wait (HTTP).
+    let deadline = store.data().deadline;
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(move |_| {
         if Instant::now() >= deadline {

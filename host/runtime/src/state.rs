@@ -1,13 +1,16 @@
 //! Per-call store state: WASI context, resource limiter and log sink.
 
+use std::time::Instant;
+
 use serde::Serialize;
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Store};
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::bindings::airlock::plugin::log as wit_log;
-use crate::grants::{self, EffectiveGrant};
+use crate::grants::{self, EffectiveGrant, HttpHooks};
 use crate::limits::{self, Limits};
 
 /// Severity of a guest log line.
@@ -141,6 +144,11 @@ pub(crate) struct CallState {
     pub(crate) stderr: MemoryOutputPipe,
     /// The call's workspace, when granted (none while listing tools).
     pub(crate) workspace: Option<grants::WorkspaceScope>,
+    /// When the call must be over: the epoch deadline and the bound on
+    /// every wait a host function does for the guest.
+    pub(crate) deadline: Instant,
+    http: WasiHttpCtx,
+    pub(crate) http_hooks: HttpHooks,
 }
 
 impl std::fmt::Debug for CallState {
@@ -157,8 +165,9 @@ impl CallState {
     /// # Security
     /// The WASI context holds exactly the grant: the granted environment
     /// variables and preopened directories, real clocks and entropy only when
-    /// granted; never arguments, network or the host's stdio. Stdout and
-    /// stderr go to bounded in-memory pipes.
+    /// granted; never arguments or the host's stdio; network only as
+    /// `wasi:http` requests to granted origins, when linked. Stdout and
+    /// stderr go to bounded in-memory pipes. The call's deadline starts now.
     pub(crate) fn new_store(
         engine: &wasmtime::Engine,
         limits: &Limits,
@@ -171,6 +180,7 @@ impl CallState {
         builder.stdout(stdout.clone()).stderr(stderr.clone());
         grants::configure(&mut builder, grant)?;
         let wasi = builder.build();
+        let deadline = Instant::now() + limits.timeout();
         let state = CallState {
             wasi,
             table: {
@@ -187,6 +197,9 @@ impl CallState {
             stdout,
             stderr,
             workspace,
+            deadline,
+            http: WasiHttpCtx::new(),
+            http_hooks: HttpHooks::new(grant.http.as_ref(), deadline),
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -212,6 +225,16 @@ impl WasiView for CallState {
         WasiCtxView {
             ctx: &mut self.wasi,
             table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for CallState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.http_hooks,
         }
     }
 }

@@ -13,10 +13,13 @@
 //!   preopened, the wall clock reads the Unix epoch and the seed is fixed
 //!   unless `clocks` / `random` are granted.
 //! - **gated**: interfaces that confer authority by existing (logging, the
-//!   monotonic clock, entropy). They are linked only when granted; a
-//!   component importing one without the grant fails to load with
-//!   [`Error::CapabilityNotGranted`], naming the manifest key that grants it.
-//! - **never**: raw sockets (and, until supported, HTTP) are never linked.
+//!   monotonic clock, entropy, outgoing HTTP). They are linked only when
+//!   granted; a component importing one without the grant fails to load
+//!   with [`Error::CapabilityNotGranted`], naming the manifest key that
+//!   grants it.
+//! - **never**: raw sockets (`wasi:sockets/*`) and the parts of `wasi:http`
+//!   that serve rather than send requests are never linked. Network access
+//!   exists only as `http`, through its origin and address checks.
 //!
 //! Each capability lives in its own module owning both its linking and its
 //! checks.
@@ -24,6 +27,7 @@
 mod clocks;
 mod env;
 mod files;
+mod http;
 mod log;
 mod random;
 mod stdio;
@@ -38,6 +42,8 @@ use wasmtime::component::{HasData, Linker, ResourceTable};
 use wasmtime_wasi::WasiCtxBuilder;
 
 pub use files::ResolvedFiles;
+pub(crate) use http::HttpHooks;
+pub use http::{HttpGrant, HttpScheme, IpRange, Origin, OriginHost};
 pub(crate) use workspace::WorkspaceScope;
 
 use crate::error::{Error, Result};
@@ -62,6 +68,8 @@ pub enum Capability {
     Files,
     /// `capabilities.workspace`
     Workspace,
+    /// `capabilities.http`
+    Http,
 }
 
 impl Capability {
@@ -75,11 +83,28 @@ impl Capability {
             Capability::Env => "capabilities.env",
             Capability::Files => "capabilities.files",
             Capability::Workspace => "capabilities.workspace",
+            Capability::Http => "capabilities.http",
+        }
+    }
+
+    /// How a manifest grants this capability, for messages.
+    pub fn grant_example(self) -> &'static str {
+        match self {
+            Capability::Log => "capabilities.log = true",
+            Capability::Clocks => "capabilities.clocks = true",
+            Capability::Random => "capabilities.random = true",
+            Capability::Stdio => "capabilities.stdio = true",
+            Capability::Env => "capabilities.env = [\"NAME\"]",
+            Capability::Files => {
+                "capabilities.files = [{ host = \"dir\", guest = \"/dir\", access = \"read-only\" }]"
+            }
+            Capability::Workspace => "capabilities.workspace = \"read-only\"",
+            Capability::Http => "capabilities.http = [\"https://api.example.com\"]",
         }
     }
 
     /// Every capability.
-    pub const ALL: [Capability; 7] = [
+    pub const ALL: [Capability; 8] = [
         Capability::Log,
         Capability::Clocks,
         Capability::Random,
@@ -87,6 +112,7 @@ impl Capability {
         Capability::Env,
         Capability::Files,
         Capability::Workspace,
+        Capability::Http,
     ];
 }
 
@@ -129,6 +155,57 @@ pub struct Policy {
     /// Ceilings on limits.
     #[serde(default)]
     pub limits: LimitCeilings,
+    /// Origins plugins may be granted (`http`). `None`: any origin a
+    /// manifest lists; `Some(list)`: a manifest origin outside the list fails
+    /// to load (an empty list allows none).
+    #[serde(default)]
+    pub http_allow: Option<Vec<Origin>>,
+    /// Non-public addresses (loopback, private, link-local, ...) HTTP
+    /// requests may connect to anyway, as CIDR ranges or single addresses.
+    /// Empty (the default): only public unicast addresses.
+    #[serde(default)]
+    pub http_allow_private: Vec<IpRange>,
+    /// Outgoing HTTP requests per call (default
+    /// [`crate::limits::DEFAULT_HTTP_MAX_REQUESTS`]).
+    #[serde(default)]
+    pub http_max_requests: Option<u64>,
+    /// Largest HTTP response body, in KiB (default
+    /// [`crate::limits::DEFAULT_HTTP_MAX_RESPONSE_KB`]).
+    #[serde(default)]
+    pub http_max_response_kb: Option<u64>,
+    /// Resolve + connect + TLS time per request, in milliseconds (default
+    /// [`crate::limits::DEFAULT_HTTP_CONNECT_TIMEOUT_MS`]).
+    #[serde(default)]
+    pub http_connect_timeout_ms: Option<u64>,
+    /// Wait for a response head, and between body chunks, in milliseconds
+    /// (default [`crate::limits::DEFAULT_HTTP_FIRST_BYTE_TIMEOUT_MS`]).
+    #[serde(default)]
+    pub http_first_byte_timeout_ms: Option<u64>,
+}
+
+impl Policy {
+    /// Check the settings a type cannot: HTTP limits must be at least 1.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the first zero limit.
+    pub fn validate(&self) -> Result<()> {
+        for (key, value) in [
+            ("http_max_requests", self.http_max_requests),
+            ("http_max_response_kb", self.http_max_response_kb),
+            ("http_connect_timeout_ms", self.http_connect_timeout_ms),
+            (
+                "http_first_byte_timeout_ms",
+                self.http_first_byte_timeout_ms,
+            ),
+        ] {
+            if value == Some(0) {
+                return Err(Error::Config {
+                    message: format!("policy.{key} must be at least 1"),
+                });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// What a plugin is actually granted: manifest ∩ policy, with paths resolved.
@@ -152,6 +229,9 @@ pub struct EffectiveGrant {
     pub files: Vec<ResolvedFiles>,
     /// Workspace access.
     pub workspace: Option<crate::manifest::FileAccess>,
+    /// Outgoing HTTP: origins, the operator's address exceptions, limits.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpGrant>,
 }
 
 impl EffectiveGrant {
@@ -165,6 +245,7 @@ impl EffectiveGrant {
             Capability::Env => !self.env.is_empty() || !self.env_missing.is_empty(),
             Capability::Files => !self.files.is_empty(),
             Capability::Workspace => self.workspace.is_some(),
+            Capability::Http => self.http.is_some(),
         }
     }
 }
@@ -173,8 +254,9 @@ impl EffectiveGrant {
 ///
 /// # Errors
 /// [`Error::CapabilityDenied`] when the manifest declares a capability the
-/// policy forbids, or a `files` host path that does not exist, is not a
-/// directory, or resolves outside the allowed root.
+/// policy forbids, a `files` host path that does not exist, is not a
+/// directory, or resolves outside the allowed root, or an `http` origin
+/// outside the policy's `http_allow`.
 pub fn effective(
     manifest: &Manifest,
     policy: &Policy,
@@ -190,6 +272,7 @@ pub fn effective(
         (Capability::Env, !caps.env.is_empty()),
         (Capability::Files, !caps.files.is_empty()),
         (Capability::Workspace, caps.workspace.is_some()),
+        (Capability::Http, !caps.http.is_empty()),
     ];
     for (capability, asked) in declared {
         if asked && policy.forbid.contains(&capability) {
@@ -210,6 +293,7 @@ pub fn effective(
         env_missing,
         files: files::resolve(plugin, &caps.files, policy, plugin_dir)?,
         workspace: caps.workspace,
+        http: http::resolve(plugin, &caps.http, policy)?,
     })
 }
 
@@ -253,6 +337,7 @@ pub fn classify(import: &str) -> ImportClass {
         "airlock:plugin/workspace" => ImportClass::Gated(Capability::Workspace),
         "wasi:clocks/monotonic-clock" => ImportClass::Gated(Capability::Clocks),
         "wasi:random/random" | "wasi:random/insecure" => ImportClass::Gated(Capability::Random),
+        "wasi:http/types" | "wasi:http/outgoing-handler" => ImportClass::Gated(Capability::Http),
         _ if name.starts_with("wasi:sockets/") || name.starts_with("wasi:http/") => {
             ImportClass::Never
         }
@@ -281,13 +366,13 @@ pub(crate) fn check_imports<'a>(
             ImportClass::Gated(capability) if grant.has(capability) => {}
             ImportClass::Gated(capability) => {
                 return Err(denied(format!(
-                    "grant it with `{} = true` in the manifest",
-                    capability.manifest_key()
+                    "grant it with `{}` in the manifest",
+                    capability.grant_example()
                 )));
             }
             ImportClass::Never => {
                 return Err(denied(
-                    "raw sockets and outbound HTTP are not available to plugins on this host"
+                    "raw sockets and serving HTTP are never available to plugins; outgoing HTTP is `capabilities.http`"
                         .to_owned(),
                 ));
             }
@@ -345,6 +430,7 @@ pub(crate) fn linker(
     random::link(l, grant)?;
     log::link(l, grant)?;
     workspace::link(l, grant)?;
+    http::link(l, grant)?;
     Ok(linker)
 }
 
@@ -383,6 +469,18 @@ mod tests {
         assert_eq!(classify("wasi:sockets/tcp@0.2.6"), ImportClass::Never);
         assert_eq!(
             classify("wasi:http/outgoing-handler@0.2.6"),
+            ImportClass::Gated(Capability::Http)
+        );
+        assert_eq!(
+            classify("wasi:http/types@0.2.4"),
+            ImportClass::Gated(Capability::Http)
+        );
+        assert_eq!(
+            classify("wasi:http/incoming-handler@0.2.6"),
+            ImportClass::Never
+        );
+        assert_eq!(
+            classify("wasi:sockets/ip-name-lookup@0.2.6"),
             ImportClass::Never
         );
         assert_eq!(classify("acme:secrets/vault"), ImportClass::Unknown);
@@ -411,5 +509,52 @@ mod tests {
         };
         check_imports("p", ["wasi:random/random@0.2.6"], &granted).unwrap();
         assert!(check_imports("p", ["wasi:sockets/tcp@0.2.6"], &granted).is_err());
+    }
+
+    #[test]
+    fn http_imports_need_the_http_grant_and_sockets_never_pass() {
+        let err = check_imports(
+            "p",
+            ["wasi:http/outgoing-handler@0.2.4"],
+            &EffectiveGrant::default(),
+        )
+        .unwrap_err();
+        let Error::CapabilityNotGranted {
+            interface, hint, ..
+        } = &err
+        else {
+            panic!("{err}")
+        };
+        assert_eq!(interface, "wasi:http/outgoing-handler@0.2.4");
+        assert!(hint.contains("capabilities.http"), "{hint}");
+
+        let policy = Policy::default();
+        let origin = Origin::parse("https://api.example.com").unwrap();
+        let granted = EffectiveGrant {
+            http: http::resolve("p", &[origin], &policy).unwrap(),
+            ..EffectiveGrant::default()
+        };
+        check_imports(
+            "p",
+            ["wasi:http/types@0.2.4", "wasi:http/outgoing-handler@0.2.4"],
+            &granted,
+        )
+        .unwrap();
+        for never in ["wasi:sockets/tcp@0.2.4", "wasi:http/incoming-handler@0.2.4"] {
+            let err = check_imports("p", [never], &granted).unwrap_err();
+            assert_eq!(err.kind(), "capability_not_granted", "{never}");
+        }
+    }
+
+    #[test]
+    fn zero_http_limits_are_a_config_error() {
+        let policy = Policy {
+            http_max_requests: Some(0),
+            ..Policy::default()
+        };
+        let err = policy.validate().unwrap_err();
+        assert_eq!(err.kind(), "config");
+        assert!(err.to_string().contains("http_max_requests"), "{err}");
+        Policy::default().validate().unwrap();
     }
 }

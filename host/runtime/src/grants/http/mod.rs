@@ -1,0 +1,288 @@
+//! `http`: outgoing requests through `wasi:http/outgoing-handler`, to an
+//! allowlist of exact origins, at vetted addresses only.
+//!
+//! The manifest lists origins (`http = ["https://api.example.com"]`); the
+//! operator's policy may forbid the capability, narrow the origins
+//! (`http_allow`) and name the non-public addresses plugins may reach anyway
+//! (`http_allow_private`). When granted, `wasi:http/types` and
+//! `wasi:http/outgoing-handler` are linked with [`HttpHooks`] as the request
+//! sender — the only one: `wasmtime-wasi-http` is built without its default
+//! sender. Raw `wasi:sockets` are never linked.
+//!
+//! For every request the sender:
+//! 1. counts it against the per-call limit (`connection-limit-reached`);
+//! 2. refuses any method but the usual ones (`CONNECT` opens tunnels);
+//! 3. reduces the URL to its origin and requires an exact match with the
+//!    grant (`HTTP-request-denied`);
+//! 4. resolves the host and refuses the request if *any* address it
+//!    resolves to is not public unicast ([`special_purpose`]) and not in the
+//!    operator's `http_allow_private` (`destination-IP-prohibited`) — this is
+//!    what stops DNS names pointing at loopback, private networks or the
+//!    cloud metadata service;
+//! 5. connects to the vetted address itself (never resolving the name a
+//!    second time, so the answer cannot change in between), does TLS with
+//!    the origin's name for `https`, and speaks HTTP/1.1;
+//! 6. caps the response body and bounds every wait by the call's deadline.
+//!
+//! Every refusal is returned to the guest as a `wasi:http` error code *and*
+//! logged on the host (`tracing` target `airlock::http`, and the call's log).
+
+mod address;
+mod origin;
+mod sender;
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use http::uri::Scheme as UriScheme;
+use serde::Serialize;
+use wasmtime::component::Linker;
+use wasmtime_wasi_http::{RequestOptions, WasiBody, WasiHttpHooks};
+
+pub use address::IpRange;
+use address::special_purpose;
+pub use origin::{HttpScheme, Origin, OriginHost};
+
+use super::Policy;
+use crate::error::{Error, Result};
+use crate::limits::HttpLimits;
+use crate::state::{CallState, LogLevel, LogSink};
+
+/// What a plugin may reach over HTTP: manifest origins ∩ policy, with the
+/// operator's exceptions and limits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HttpGrant {
+    /// Exact origins requests may go to.
+    pub origins: Vec<Origin>,
+    /// Non-public address ranges the operator lets requests connect to.
+    pub allow_private: Vec<IpRange>,
+    /// Requests per call, body size, timeouts.
+    pub limits: HttpLimits,
+}
+
+/// The manifest key.
+const KEY: &str = "capabilities.http";
+
+/// Intersect the manifest's origins with the policy.
+///
+/// # Errors
+/// [`Error::CapabilityDenied`] naming the first origin outside the
+/// operator's `http_allow` list.
+pub(super) fn resolve(
+    plugin: &str,
+    declared: &[Origin],
+    policy: &Policy,
+) -> Result<Option<HttpGrant>> {
+    if declared.is_empty() {
+        return Ok(None);
+    }
+    if let Some(allowed) = &policy.http_allow
+        && let Some(origin) = declared.iter().find(|o| !allowed.contains(o))
+    {
+        return Err(Error::CapabilityDenied {
+            plugin: plugin.to_owned(),
+            capability: KEY.to_owned(),
+            reason: format!("origin `{origin}` is not in the operator's http_allow list"),
+        });
+    }
+    Ok(Some(HttpGrant {
+        origins: declared.to_vec(),
+        allow_private: policy.http_allow_private.clone(),
+        limits: HttpLimits::resolve(
+            policy.http_max_requests,
+            policy.http_max_response_kb,
+            policy.http_connect_timeout_ms,
+            policy.http_first_byte_timeout_ms,
+        ),
+    }))
+}
+
+/// Link `wasi:http/types` and `wasi:http/outgoing-handler` when granted.
+pub(super) fn link(
+    linker: &mut Linker<CallState>,
+    grant: &super::EffectiveGrant,
+) -> wasmtime::Result<()> {
+    if grant.http.is_some() {
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
+    }
+    Ok(())
+}
+
+/// One call's `wasi:http` sender: the grant, the call's deadline, how many
+/// requests were sent, and what was refused.
+pub(crate) struct HttpHooks {
+    grant: Option<Arc<HttpGrant>>,
+    deadline: Instant,
+    sent: u64,
+    notes: Arc<Mutex<Vec<String>>>,
+}
+
+impl std::fmt::Debug for HttpHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpHooks")
+            .field("sent", &self.sent)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpHooks {
+    /// Hooks for one call that must finish by `deadline`.
+    pub(crate) fn new(grant: Option<&HttpGrant>, deadline: Instant) -> HttpHooks {
+        HttpHooks {
+            grant: grant.map(|g| Arc::new(g.clone())),
+            deadline,
+            sent: 0,
+            notes: Arc::default(),
+        }
+    }
+
+    /// Move what the sender refused or hit during the call into the call's
+    /// log.
+    pub(crate) fn drain_into(&self, log: &mut LogSink) {
+        let notes = match self.notes.lock() {
+            Ok(mut notes) => std::mem::take(&mut *notes),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        };
+        for note in notes {
+            log.push(LogLevel::Warn, note);
+        }
+    }
+}
+
+/// A refusal or failure worth telling the operator about: logged now, and
+/// kept for the call's log.
+fn note(notes: &Mutex<Vec<String>>, target: &str, message: String) {
+    tracing::warn!(target: "airlock::http", request = %target, "{message}");
+    let line = format!("host: http {target}: {message}");
+    match notes.lock() {
+        Ok(mut notes) => notes.push(line),
+        Err(poisoned) => poisoned.into_inner().push(line),
+    }
+}
+
+type SendFuture = Box<
+    dyn Future<
+            Output = wasmtime_wasi_http::Result<(
+                http::Response<WasiBody>,
+                Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+            )>,
+        > + Send,
+>;
+
+fn refused(error: wasmtime_wasi_http::Error) -> SendFuture {
+    Box::new(async move { Err(error) })
+}
+
+impl WasiHttpHooks for HttpHooks {
+    fn is_supported_scheme(&mut self, scheme: &UriScheme) -> bool {
+        *scheme == UriScheme::HTTP || *scheme == UriScheme::HTTPS
+    }
+
+    fn send_request(
+        &mut self,
+        request: http::Request<WasiBody>,
+        options: Option<RequestOptions>,
+        _fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
+    ) -> SendFuture {
+        use wasmtime_wasi_http::Error as E;
+
+        let target = format!(
+            "{} {}",
+            request.method(),
+            sender::redacted_uri(request.uri())
+        );
+        let Some(grant) = self.grant.clone() else {
+            note(
+                &self.notes,
+                &target,
+                "refused: http is not granted".to_owned(),
+            );
+            return refused(E::HttpRequestDenied);
+        };
+        self.sent += 1;
+        if self.sent > grant.limits.max_requests.value {
+            note(
+                &self.notes,
+                &target,
+                format!(
+                    "refused: more than {} requests in one call",
+                    grant.limits.max_requests.value
+                ),
+            );
+            return refused(E::ConnectionLimitReached);
+        }
+        if request.method() == http::Method::CONNECT {
+            note(
+                &self.notes,
+                &target,
+                "refused: CONNECT (tunnels) is not allowed".to_owned(),
+            );
+            return refused(E::HttpRequestMethodInvalid);
+        }
+        let origin = match sender::request_origin(request.uri()) {
+            Ok(origin) => origin,
+            Err(reason) => {
+                note(&self.notes, &target, format!("refused: {reason}"));
+                return refused(E::HttpRequestUriInvalid);
+            }
+        };
+        if !grant.origins.contains(&origin) {
+            note(
+                &self.notes,
+                &target,
+                format!("refused: origin {origin} is not granted (capabilities.http)"),
+            );
+            return refused(E::HttpRequestDenied);
+        }
+        let plan = sender::Plan::new(
+            origin,
+            grant,
+            options,
+            self.deadline,
+            Arc::clone(&self.notes),
+            target,
+        );
+        // Keep the call's span (plugin, tool) on the task that sends.
+        let span = tracing::Span::current();
+        Box::new(tracing::Instrument::instrument(
+            sender::send(plan, request),
+            span,
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn origins(list: &[&str]) -> Vec<Origin> {
+        list.iter().map(|o| Origin::parse(o).unwrap()).collect()
+    }
+
+    #[test]
+    fn policy_allow_list_narrows_the_manifest() {
+        let declared = origins(&["https://api.example.com", "http://127.0.0.1:8080"]);
+        let grant = resolve("p", &declared, &Policy::default())
+            .unwrap()
+            .unwrap();
+        assert_eq!(grant.origins, declared);
+        assert_eq!(grant.limits.max_requests.value, 16);
+
+        let policy = Policy {
+            http_allow: Some(origins(&["https://api.example.com:443"])),
+            ..Policy::default()
+        };
+        let err = resolve("p", &declared, &policy).unwrap_err();
+        let Error::CapabilityDenied {
+            capability, reason, ..
+        } = &err
+        else {
+            panic!("{err}")
+        };
+        assert_eq!(capability, "capabilities.http");
+        assert!(reason.contains("`http://127.0.0.1:8080`"), "{reason}");
+        assert!(reason.contains("http_allow"), "{reason}");
+        resolve("p", &declared[..1], &policy).unwrap().unwrap();
+        assert_eq!(resolve("p", &[], &policy).unwrap(), None);
+    }
+}

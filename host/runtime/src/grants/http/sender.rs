@@ -1,0 +1,457 @@
+//! The request sender: resolve, vet every address, connect to a vetted
+//! address, TLS, HTTP/1.1, and a capped, deadline-bounded response body.
+
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::Uri;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt as _;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use wasmtime_wasi_http::io::TokioIo;
+use wasmtime_wasi_http::{Error as E, RequestOptions, WasiBody};
+
+use super::{HttpGrant, HttpScheme, Origin, OriginHost, note, special_purpose};
+use crate::limits::{HTTP_MAX_ADDRESSES, HTTP_MAX_BUFFER_BYTES};
+
+/// The request URI for logs: no userinfo, no query (it may carry keys).
+pub(super) fn redacted_uri(uri: &Uri) -> String {
+    let scheme = uri.scheme_str().unwrap_or("?");
+    let authority = uri.authority().map(|a| a.as_str()).unwrap_or("");
+    let authority = authority.rsplit('@').next().unwrap_or(authority);
+    let query = if uri.query().is_some() { "?…" } else { "" };
+    format!("{scheme}://{authority}{}{query}", uri.path())
+}
+
+/// The origin a request goes to, by the same rules as the manifest's.
+pub(super) fn request_origin(uri: &Uri) -> Result<Origin, String> {
+    let scheme = uri
+        .scheme_str()
+        .ok_or_else(|| "the request has no scheme".to_owned())?;
+    let authority = uri
+        .authority()
+        .map(|a| a.as_str())
+        .filter(|a| !a.is_empty())
+        .ok_or_else(|| "the request has no authority (host)".to_owned())?;
+    Origin::parse(&format!("{scheme}://{authority}"))
+}
+
+/// Everything one request needs, fixed when the guest sends it.
+pub(super) struct Plan {
+    origin: Origin,
+    grant: Arc<HttpGrant>,
+    connect_by: Instant,
+    first_byte: Duration,
+    between_bytes: Duration,
+    deadline: Instant,
+    notes: Arc<Mutex<Vec<String>>>,
+    target: String,
+}
+
+/// `now + d`, but never past `cap` (and no overflow for absurd durations).
+fn bounded(now: Instant, d: Duration, cap: Instant) -> Instant {
+    now.checked_add(d).map_or(cap, |t| t.min(cap))
+}
+
+/// The shorter of the host's limit and the guest's own request option.
+fn shorter(host: Duration, guest: Option<Duration>) -> Duration {
+    guest.map_or(host, |g| g.min(host))
+}
+
+impl Plan {
+    pub(super) fn new(
+        origin: Origin,
+        grant: Arc<HttpGrant>,
+        options: Option<RequestOptions>,
+        deadline: Instant,
+        notes: Arc<Mutex<Vec<String>>>,
+        target: String,
+    ) -> Plan {
+        let options = options.unwrap_or_default();
+        let limits = grant.limits;
+        let connect = shorter(limits.connect_timeout(), options.connect_timeout);
+        Plan {
+            connect_by: bounded(Instant::now(), connect, deadline),
+            first_byte: shorter(limits.first_byte_timeout(), options.first_byte_timeout),
+            between_bytes: shorter(limits.first_byte_timeout(), options.between_bytes_timeout),
+            origin,
+            grant,
+            deadline,
+            notes,
+            target,
+        }
+    }
+
+    fn note(&self, message: String) {
+        note(&self.notes, &self.target, message);
+    }
+}
+
+/// Any stream hyper can speak HTTP over.
+trait Connection: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Connection for T {}
+
+type IoFuture = Box<dyn Future<Output = Result<(), E>> + Send>;
+
+/// Send `request` according to `plan`.
+///
+/// # Errors
+/// The `wasi:http` error the guest sees: `destination-IP-prohibited` for an
+/// address that is not public and not allowed by the operator, DNS and
+/// connection errors, TLS errors, timeouts, `HTTP-response-body-size` when
+/// the body goes past the limit (reported while the guest reads it).
+pub(super) async fn send(
+    plan: Plan,
+    mut request: http::Request<WasiBody>,
+) -> Result<(http::Response<WasiBody>, IoFuture), E> {
+    let connect_by = tokio::time::Instant::from_std(plan.connect_by);
+    let addresses = match tokio::time::timeout_at(connect_by, resolve(&plan.origin)).await {
+        Ok(addresses) => addresses?,
+        Err(_) => return Err(E::DnsTimeout),
+    };
+    let addresses = vet(&plan, addresses)?;
+    let stream = match tokio::time::timeout_at(connect_by, connect(&addresses)).await {
+        Ok(stream) => stream?,
+        Err(_) => return Err(E::ConnectionTimeout),
+    };
+    let stream: Box<dyn Connection> = match plan.origin.scheme {
+        HttpScheme::Http => Box::new(stream),
+        HttpScheme::Https => {
+            match tokio::time::timeout_at(connect_by, tls(&plan.origin, stream)).await {
+                Ok(stream) => Box::new(stream?),
+                Err(_) => return Err(E::ConnectionTimeout),
+            }
+        }
+    };
+    let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
+        .max_buf_size(HTTP_MAX_BUFFER_BYTES)
+        .handshake(TokioIo::new(stream))
+        .await?;
+
+    // The request line carries only the path and query; the host is in the
+    // `Host` header wasi:http already set from the authority.
+    let path = request
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    *request.uri_mut() = Uri::builder()
+        .path_and_query(path)
+        .build()
+        .map_err(|_| E::HttpRequestUriInvalid)?;
+
+    let first_byte_by =
+        tokio::time::Instant::from_std(bounded(Instant::now(), plan.first_byte, plan.deadline));
+    let mut connection = Box::pin(connection);
+    let mut connection_done = false;
+    // Wait for the response head while driving the connection.
+    let head = tokio::time::timeout_at(first_byte_by, async {
+        let response = sender.send_request(request);
+        tokio::pin!(response);
+        loop {
+            tokio::select! {
+                head = &mut response => break head.map_err(E::from),
+                ended = &mut connection, if !connection_done => {
+                    connection_done = true;
+                    if let Err(e) = ended {
+                        break Err(E::from(e));
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    let head = match head {
+        Ok(head) => head?,
+        Err(_) => return Err(E::ConnectionReadTimeout),
+    };
+    drop(sender);
+
+    let (parts, incoming) = head.into_parts();
+    let body = CappedBody::new(incoming, &plan);
+    let response = http::Response::from_parts(parts, body.boxed_unsync());
+    let io: IoFuture = Box::new(async move {
+        if connection_done {
+            return Ok(());
+        }
+        connection.await.map_err(|e| {
+            if e.is_timeout() {
+                E::HttpResponseTimeout
+            } else {
+                E::from(e)
+            }
+        })
+    });
+    Ok((response, io))
+}
+
+/// Every address the origin's host resolves to.
+async fn resolve(origin: &Origin) -> Result<Vec<SocketAddr>, E> {
+    let host = match &origin.host {
+        OriginHost::Ip(ip) => return Ok(vec![SocketAddr::new(*ip, origin.port)]),
+        OriginHost::Name(name) => name.as_str(),
+    };
+    let found = tokio::net::lookup_host((host, origin.port))
+        .await
+        .map_err(|e| E::DnsError {
+            rcode: Some(e.to_string()),
+            info_code: None,
+        })?;
+    let mut addresses: Vec<SocketAddr> = Vec::new();
+    for address in found {
+        if !addresses.contains(&address) {
+            addresses.push(address);
+        }
+    }
+    if addresses.is_empty() {
+        return Err(E::DestinationNotFound);
+    }
+    Ok(addresses)
+}
+
+/// Refuse the request if *any* address is not public and not allowed by the
+/// operator: a name with one public and one private address could be
+/// steered to either.
+fn vet(plan: &Plan, mut addresses: Vec<SocketAddr>) -> Result<Vec<SocketAddr>, E> {
+    for address in &addresses {
+        let ip = address.ip();
+        let Some(reason) = special_purpose(ip) else {
+            continue;
+        };
+        if plan.grant.allow_private.iter().any(|r| r.contains(ip)) {
+            continue;
+        }
+        let subject = match &plan.origin.host {
+            OriginHost::Ip(_) => format!("{ip} is"),
+            OriginHost::Name(name) => format!("{name} resolves to {ip}, which is"),
+        };
+        plan.note(format!(
+            "refused: {subject} {reason}; not reachable unless the operator allows it (http_allow_private)"
+        ));
+        return Err(E::DestinationIpProhibited);
+    }
+    addresses.truncate(HTTP_MAX_ADDRESSES);
+    Ok(addresses)
+}
+
+/// Connect to the first vetted address that accepts.
+async fn connect(addresses: &[SocketAddr]) -> Result<TcpStream, E> {
+    let mut last = E::DestinationNotFound;
+    for address in addresses {
+        match TcpStream::connect(address).await {
+            Ok(stream) => {
+                // Latency over throughput for small API calls; failure to set
+                // it changes nothing about correctness.
+                let _ = stream.set_nodelay(true);
+                return Ok(stream);
+            }
+            Err(e) => {
+                tracing::debug!(target: "airlock::http", %address, error = %e, "connect failed");
+                last = match e.kind() {
+                    std::io::ErrorKind::ConnectionRefused => E::ConnectionRefused,
+                    std::io::ErrorKind::TimedOut => E::ConnectionTimeout,
+                    std::io::ErrorKind::NetworkUnreachable
+                    | std::io::ErrorKind::HostUnreachable => E::DestinationUnavailable,
+                    _ => E::Connect(e),
+                };
+            }
+        }
+    }
+    Err(last)
+}
+
+/// The TLS client configuration, built once: rustls with the `ring`
+/// provider, Mozilla's roots (webpki-roots), HTTP/1.1 by ALPN.
+fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
+    static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let provider = Arc::new(rustls::crypto::ring::default_provider());
+            let roots = rustls::RootCertStore {
+                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+            };
+            let mut config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Ok(Arc::new(config))
+        })
+        .clone()
+}
+
+/// TLS over `stream`, verifying the certificate for the origin's host.
+async fn tls(
+    origin: &Origin,
+    stream: TcpStream,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, E> {
+    use rustls::pki_types::ServerName;
+
+    let config = tls_config().map_err(|e| E::InternalError(Some(format!("TLS setup: {e}"))))?;
+    let name = match &origin.host {
+        OriginHost::Ip(ip) => ServerName::IpAddress((*ip).into()),
+        OriginHost::Name(name) => ServerName::try_from(name.clone()).map_err(|e| E::DnsError {
+            rcode: Some(format!("invalid DNS name: {e}")),
+            info_code: None,
+        })?,
+    };
+    tokio_rustls::TlsConnector::from(config)
+        .connect(name, stream)
+        .await
+        .map_err(|e| {
+            let tls_error = e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+            match tls_error {
+                Some(rustls::Error::InvalidCertificate(_)) => E::TlsCertificateError,
+                Some(rustls::Error::AlertReceived(alert)) => E::TlsAlertReceived {
+                    alert_id: Some(u8::from(*alert)),
+                    alert_message: Some(format!("{alert:?}")),
+                },
+                Some(_) => E::TlsProtocolError,
+                None => E::Tls(e),
+            }
+        })
+}
+
+/// A response body that stops at the size limit and times out between
+/// chunks (never later than the call's deadline). Nothing is buffered here:
+/// chunks go to the guest as it reads them.
+struct CappedBody {
+    incoming: hyper::body::Incoming,
+    limit: u64,
+    received: u64,
+    between_bytes: Duration,
+    deadline: Instant,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    done: bool,
+    notes: Arc<Mutex<Vec<String>>>,
+    target: String,
+}
+
+impl CappedBody {
+    fn new(incoming: hyper::body::Incoming, plan: &Plan) -> CappedBody {
+        let wake = bounded(Instant::now(), plan.between_bytes, plan.deadline);
+        CappedBody {
+            incoming,
+            limit: plan.grant.limits.max_response_bytes(),
+            received: 0,
+            between_bytes: plan.between_bytes,
+            deadline: plan.deadline,
+            timer: Box::pin(tokio::time::sleep_until(tokio::time::Instant::from_std(
+                wake,
+            ))),
+            done: false,
+            notes: Arc::clone(&plan.notes),
+            target: plan.target.clone(),
+        }
+    }
+
+    fn fail(&mut self, error: E) -> Poll<Option<Result<Frame<Bytes>, E>>> {
+        self.done = true;
+        Poll::Ready(Some(Err(error)))
+    }
+}
+
+impl Body for CappedBody {
+    type Data = Bytes;
+    type Error = E;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, E>>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.incoming).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    let len = u64::try_from(data.len()).unwrap_or(u64::MAX);
+                    this.received = this.received.saturating_add(len);
+                    if this.received > this.limit {
+                        note(
+                            &this.notes,
+                            &this.target,
+                            format!(
+                                "stopped: the response body is larger than the limit of {} bytes (http_max_response_kb)",
+                                this.limit
+                            ),
+                        );
+                        return this.fail(E::HttpResponseBodySize(Some(this.limit)));
+                    }
+                }
+                let wake = bounded(Instant::now(), this.between_bytes, this.deadline);
+                this.timer
+                    .as_mut()
+                    .reset(tokio::time::Instant::from_std(wake));
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) if e.is_timeout() => this.fail(E::HttpResponseTimeout),
+            Poll::Ready(Some(Err(e))) => this.fail(E::Hyper(e)),
+            Poll::Ready(None) => {
+                this.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Pending => match this.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => this.fail(E::ConnectionReadTimeout),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.incoming.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.incoming.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_origins_follow_the_manifest_rules() {
+        let uri: Uri = "https://API.example.com:443/v1?key=secret".parse().unwrap();
+        assert_eq!(
+            request_origin(&uri).unwrap(),
+            Origin::parse("https://api.example.com").unwrap()
+        );
+        assert_eq!(redacted_uri(&uri), "https://API.example.com:443/v1?…");
+        let uri: Uri = "http://user:pw@example.com/x".parse().unwrap();
+        assert!(request_origin(&uri).unwrap_err().contains("userinfo"));
+        assert_eq!(redacted_uri(&uri), "http://example.com/x");
+        let uri: Uri = "/relative".parse().unwrap();
+        assert!(request_origin(&uri).is_err());
+    }
+
+    #[test]
+    fn waits_are_bounded_by_the_deadline() {
+        let now = Instant::now();
+        let deadline = now + Duration::from_secs(1);
+        assert_eq!(bounded(now, Duration::from_secs(5), deadline), deadline);
+        assert_eq!(
+            bounded(now, Duration::from_millis(10), deadline),
+            now + Duration::from_millis(10)
+        );
+        assert_eq!(bounded(now, Duration::MAX, deadline), deadline);
+        assert_eq!(
+            shorter(Duration::from_secs(5), Some(Duration::from_secs(1))),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            shorter(Duration::from_secs(5), Some(Duration::from_secs(9))),
+            Duration::from_secs(5)
+        );
+    }
+}
