@@ -44,14 +44,17 @@ const TEXT_TOOLS: &str = "[capabilities]\nlog = true\n\n[[tools]]\nname = \"stat
 async fn example_plugins_load_with_their_tools_and_schemas() {
     let (host, _cache) = examples().await;
     let names: Vec<_> = host.plugins().map(|p| p.name()).collect();
-    assert_eq!(names, ["files", "json", "notes", "text"]);
+    assert_eq!(names, ["fetch", "files", "json", "notes", "text"]);
     for tool in host.tools() {
-        let expected = if airlock_tests::EXAMPLE_WRITE_TOOLS.contains(&tool.id().as_str()) {
+        let id = tool.id();
+        let expected = if airlock_tests::EXAMPLE_WRITE_TOOLS.contains(&id.as_str()) {
             Risk::Write
+        } else if airlock_tests::EXAMPLE_EXTERNAL_TOOLS.contains(&id.as_str()) {
+            Risk::External
         } else {
             Risk::Read
         };
-        assert_eq!(tool.risk(), expected, "{}", tool.id());
+        assert_eq!(tool.risk(), expected, "{id}");
         assert_eq!(tool.input_schema()["type"], "object", "{}", tool.id());
         assert!(!tool.description().is_empty(), "{}", tool.id());
     }

@@ -30,11 +30,15 @@ pub const EXAMPLE_TOOLS: &[&str] = &[
     "notes/delete",
     "notes/archive",
     "notes/read-archive",
+    "fetch/get",
 ];
 
 /// Example tools that change state (risk `write`); every other example tool
-/// is `read`.
+/// is `read`, except [`EXAMPLE_EXTERNAL_TOOLS`].
 pub const EXAMPLE_WRITE_TOOLS: &[&str] = &["notes/add", "notes/delete", "notes/archive"];
+
+/// Example tools that talk to the outside world (risk `external`).
+pub const EXAMPLE_EXTERNAL_TOOLS: &[&str] = &["fetch/get"];
 
 /// Lowercase hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {

@@ -70,6 +70,12 @@ fn steps() -> Vec<Step> {
             expect_error: Some("tool_error"),
         },
         Step {
+            title: "The network is an allowlist: `fetch` may not reach the cloud metadata service (refused before connecting)",
+            tool: "fetch/get",
+            args: json!({"url": "http://169.254.169.254/latest/meta-data/"}),
+            expect_error: Some("tool_error"),
+        },
+        Step {
             title: "Refused before the guest runs: arguments fail the schema (every path named)",
             tool: "text/slugify",
             args: json!({"txt": "typo in the field name", "separator": 42}),

@@ -88,6 +88,8 @@ fn tools_list_json_has_every_example_tool_with_its_schema() {
         let id = tool["id"].as_str().unwrap();
         let expected = if airlock_tests::EXAMPLE_WRITE_TOOLS.contains(&id) {
             "write"
+        } else if airlock_tests::EXAMPLE_EXTERNAL_TOOLS.contains(&id) {
+            "external"
         } else {
             "read"
         };
@@ -423,7 +425,7 @@ macro_rules! assert_report {
 
 #[test]
 fn inspect_example_plugins() {
-    for plugin in ["text", "json", "files"] {
+    for plugin in ["text", "json", "files", "fetch"] {
         let (code, report) = inspect_snapshot(Path::new(PLUGINS_DIR), plugin);
         assert_eq!(code, Some(0), "{report}");
         assert_report!(format!("inspect_{plugin}"), report);
@@ -581,4 +583,59 @@ fn workspace_commands_show_what_a_plugin_keeps() {
     assert_eq!(value["body"], "kept");
     let missing = env.run(&["workspace", "get", "notes", "note/t"]);
     assert_eq!(missing.status.code(), Some(2));
+}
+
+#[test]
+fn inspect_reports_http_imports_not_granted_and_origins_the_policy_refuses() {
+    let fetch_wasm = read(&format!("{PLUGINS_DIR}/fetch/fetch.wasm"));
+    let root = plugins_root(
+        "fetch",
+        &fetch_wasm,
+        "[[tools]]\nname = \"get\"\nrisk = \"external\"\n",
+    );
+    let (code, report) = inspect_snapshot(root.path(), "fetch");
+    assert_eq!(code, Some(1), "{report}");
+    assert!(
+        report.contains(
+            "error: imports wasi:http/outgoing-handler@0.2.12 but is not granted it (set `capabilities.http = [\"https://api.example.com\"]`)"
+        ),
+        "{report}"
+    );
+    assert!(report.contains("not_granted  wasi:http/types"), "{report}");
+
+    let config = tempfile::tempdir().unwrap();
+    let config_file = config.path().join("airlock.toml");
+    std::fs::write(
+        &config_file,
+        "[policy]\nhttp_allow = [\"https://api.example.com\"]\n",
+    )
+    .unwrap();
+    let out = Env::new()
+        .cmd(Path::new(PLUGINS_DIR))
+        .arg("--config")
+        .arg(&config_file)
+        .args(["inspect", "fetch", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let v = json(&out);
+    assert!(
+        v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["severity"] == "error"
+                && f["message"].as_str().unwrap().contains(
+                    "origin `https://www.rfc-editor.org` is not in the operator's http_allow list"
+                )),
+        "{v}"
+    );
+    let http = v["capabilities"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["key"] == "capabilities.http")
+        .unwrap();
+    assert_eq!(http["declared"], true);
+    assert_eq!(http["granted"], false);
 }
