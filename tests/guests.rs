@@ -8,8 +8,9 @@ use airlock_host::{CallRequest, Error, ErrorClass, Host, HostConfig, ToolErrorKi
 use airlock_tests::{BAD_SCHEMA, DUP_TOOLS, MISBEHAVE, PluginDir, WRONG_WORLD, install, read};
 use serde_json::{Value, json};
 
-/// Fixtures tested in another suite (capabilities.rs).
+/// Fixtures tested in another suite (capabilities.rs, http.rs).
 mod probe {}
+mod http_client {}
 
 macro_rules! assert_test_exists {
     ($name:ident) => {

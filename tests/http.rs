@@ -1,0 +1,592 @@
+//! The `http` capability against real components and a real HTTP server the
+//! tests start on loopback: granted origins work, everything else is refused
+//! with its own `wasi:http` error code, and every limit is hit once.
+//!
+//! No request here leaves the machine: the only server is the one below on
+//! 127.0.0.1, and every other destination (169.254.169.254, ...) must be
+//! refused by the host before it connects — which is what the tests check.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use airlock_host::{
+    CallRequest, CallResponse, Capability, Error, Host, HostConfig, IpRange, Origin, Policy,
+    ToolErrorKind,
+};
+use airlock_tests::{HTTP_CLIENT, PLUGINS_DIR, PluginDir, install, read};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const BIG_BODY_BYTES: usize = 256 * 1024;
+const HELLO: &str = "hello from the test server";
+
+/// A tiny HTTP/1.1 server on 127.0.0.1 that counts connections. Paths:
+/// `/hello` (a short text), `/big` (256 KiB), `/silent` (accepts, reads the
+/// request, never answers), anything else 404. Bounded: it serves at most 64
+/// connections, holds a silent one for at most 30 s, and stops with the
+/// test's runtime.
+struct TestServer {
+    port: u16,
+    connections: Arc<AtomicUsize>,
+}
+
+impl TestServer {
+    async fn start() -> TestServer {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&connections);
+        tokio::spawn(async move {
+            for _ in 0..64 {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(serve(stream));
+            }
+        });
+        TestServer { port, connections }
+    }
+
+    fn origin(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.origin())
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+}
+
+async fn serve(mut stream: TcpStream) {
+    let mut head = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
+        match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => head.extend_from_slice(&chunk[..n]),
+            _ => return,
+        }
+    }
+    let head = String::from_utf8_lossy(&head);
+    let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
+    let (status, body) = match path.as_str() {
+        "/hello" => ("200 OK", HELLO.as_bytes().to_vec()),
+        "/big" => ("200 OK", vec![b'x'; BIG_BODY_BYTES]),
+        "/silent" => {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            return;
+        }
+        _ => ("404 Not Found", b"not found".to_vec()),
+    };
+    let mut response = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nset-cookie: dropped=1\r\nconnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    response.extend_from_slice(&body);
+    let _ = stream.write_all(&response).await;
+    let _ = stream.shutdown().await;
+}
+
+fn fetch_component() -> Vec<u8> {
+    read(&format!("{PLUGINS_DIR}/fetch/fetch.wasm"))
+}
+
+/// The fetch example plugin, granted `origins`, with `limits` (TOML body).
+fn fetch(origins: &[&str], limits: &str) -> PluginDir {
+    let list: Vec<String> = origins.iter().map(|o| format!("{o:?}")).collect();
+    install(
+        "fetch",
+        &fetch_component(),
+        &format!(
+            "[capabilities]\nhttp = [{}]\n\n[limits]\n{limits}\n\n[[tools]]\nname = \"get\"\nrisk = \"external\"\n",
+            list.join(", ")
+        ),
+    )
+}
+
+/// The raw http-client fixture, granted `origins`.
+fn client(origins: &[&str]) -> PluginDir {
+    let list: Vec<String> = origins.iter().map(|o| format!("{o:?}")).collect();
+    install(
+        "client",
+        &read(HTTP_CLIENT),
+        &format!(
+            "[capabilities]\nhttp = [{}]\n\n[[tools]]\nname = \"request\"\nrisk = \"external\"\n",
+            list.join(", ")
+        ),
+    )
+}
+
+/// A policy letting requests reach 127.0.0.1 (and nothing else non-public).
+fn loopback_allowed() -> Policy {
+    Policy {
+        http_allow_private: vec![IpRange::parse("127.0.0.1").unwrap()],
+        ..Policy::default()
+    }
+}
+
+async fn load(dir: &PluginDir, policy: Policy) -> Result<Host, Error> {
+    let mut host = Host::new(HostConfig::default().policy(policy)).unwrap();
+    host.load_plugin(dir.path()).await?;
+    Ok(host)
+}
+
+async fn call(host: &Host, tool: &str, args: Value) -> Result<CallResponse, Error> {
+    host.call(CallRequest::new(tool, args.to_string())).await
+}
+
+/// The message of a tool error of `kind`; anything else fails the test.
+fn tool_error(result: Result<CallResponse, Error>, kind: ToolErrorKind) -> String {
+    match result {
+        Err(Error::Tool {
+            kind: got, message, ..
+        }) if got == kind => message,
+        other => panic!("expected a {kind} tool error, got {other:?}"),
+    }
+}
+
+// ---------------------------------------------------------------- allowed
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_granted_origin_with_the_operator_exception_gets_the_response() {
+    let server = TestServer::start().await;
+    let dir = fetch(&[&server.origin()], "");
+    let host = load(&dir, loopback_allowed()).await.unwrap();
+    let out = call(&host, "fetch/get", json!({"url": server.url("/hello")}))
+        .await
+        .unwrap()
+        .output;
+    assert_eq!(out["status"], 200);
+    assert_eq!(out["body"], HELLO);
+    assert_eq!(out["truncated"], false);
+    assert_eq!(out["headers"]["content-type"], "text/plain");
+    assert!(
+        out["headers"].get("set-cookie").is_none(),
+        "only selected headers: {out}"
+    );
+    let out = call(
+        &host,
+        "fetch/get",
+        json!({"url": server.url("/hello"), "max_bytes": 5}),
+    )
+    .await
+    .unwrap()
+    .output;
+    assert_eq!(out["body"], "hello");
+    assert_eq!(out["truncated"], true);
+    assert_eq!(server.connections(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_operator_exception_may_be_a_cidr_range() {
+    let server = TestServer::start().await;
+    let dir = fetch(&[&server.origin()], "");
+    let policy = Policy {
+        http_allow_private: vec![IpRange::parse("127.0.0.0/8").unwrap()],
+        ..Policy::default()
+    };
+    let host = load(&dir, policy).await.unwrap();
+    let out = call(&host, "fetch/get", json!({"url": server.url("/missing")}))
+        .await
+        .unwrap()
+        .output;
+    assert_eq!(out["status"], 404);
+}
+
+// ---------------------------------------------------------------- refused at send time
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_origin_not_in_the_grant_is_refused() {
+    let server = TestServer::start().await;
+    let dir = fetch(&[&server.origin()], "");
+    let host = load(&dir, loopback_allowed()).await.unwrap();
+    for url in [
+        // Same address, other port; same port, other scheme; same server
+        // by another name.
+        format!("http://127.0.0.1:{}/hello", server.port + 1),
+        format!("https://127.0.0.1:{}/hello", server.port),
+        format!("http://localhost:{}/hello", server.port),
+        "https://www.rfc-editor.org/".to_owned(),
+    ] {
+        let message = tool_error(
+            call(&host, "fetch/get", json!({"url": url})).await,
+            ToolErrorKind::Denied,
+        );
+        assert!(message.contains("HTTP-request-denied"), "{url}: {message}");
+    }
+    assert_eq!(server.connections(), 0, "refused before connecting");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_loopback_is_refused_without_the_operator_exception() {
+    let server = TestServer::start().await;
+    let dir = fetch(&[&server.origin()], "");
+    let host = load(&dir, Policy::default()).await.unwrap();
+    let message = tool_error(
+        call(&host, "fetch/get", json!({"url": server.url("/hello")})).await,
+        ToolErrorKind::Denied,
+    );
+    assert!(message.contains("destination-IP-prohibited"), "{message}");
+    assert_eq!(server.connections(), 0, "refused before connecting");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_metadata_address_is_refused_without_connecting() {
+    // Even with an exception for loopback: the exception names 127.0.0.1
+    // only. Nothing listens at 169.254.169.254 here; the host must refuse
+    // before it tries.
+    let dir = fetch(
+        &[
+            "http://169.254.169.254",
+            "http://[::ffff:169.254.169.254]",
+            "http://[fe80::1]:8080",
+        ],
+        "",
+    );
+    let host = load(&dir, loopback_allowed()).await.unwrap();
+    for url in [
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::ffff:169.254.169.254]/latest/meta-data/",
+        "http://[fe80::1]:8080/",
+    ] {
+        let message = tool_error(
+            call(&host, "fetch/get", json!({"url": url})).await,
+            ToolErrorKind::Denied,
+        );
+        assert!(
+            message.contains("destination-IP-prohibited"),
+            "{url}: {message}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_name_resolving_to_loopback_is_refused() {
+    // The DNS-rebinding case: the origin is a name, the name resolves to
+    // loopback, and the address is what the host checks.
+    let server = TestServer::start().await;
+    let origin = format!("http://localhost:{}", server.port);
+    let dir = fetch(&[&origin], "");
+    let host = load(&dir, Policy::default()).await.unwrap();
+    let message = tool_error(
+        call(
+            &host,
+            "fetch/get",
+            json!({"url": format!("{origin}/hello")}),
+        )
+        .await,
+        ToolErrorKind::Denied,
+    );
+    assert!(message.contains("destination-IP-prohibited"), "{message}");
+    assert_eq!(server.connections(), 0, "refused before connecting");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_requests_per_call_are_capped_and_the_refusal_is_in_the_call_log() {
+    let server = TestServer::start().await;
+    let dir = client(&[&server.origin()]);
+    let policy = Policy {
+        http_max_requests: Some(2),
+        ..loopback_allowed()
+    };
+    let host = load(&dir, policy).await.unwrap();
+    let response = call(
+        &host,
+        "client/request",
+        json!({"scheme": "http", "authority": format!("127.0.0.1:{}", server.port), "path": "/hello", "times": 3}),
+    )
+    .await
+    .unwrap();
+    let hello = format!("status 200, {} bytes", HELLO.len());
+    assert_eq!(
+        response.output["outcomes"],
+        json!([hello, hello, "error: ErrorCode::ConnectionLimitReached"])
+    );
+    assert_eq!(server.connections(), 2);
+    let log: Vec<&str> = response.logs.iter().map(|l| l.message.as_str()).collect();
+    assert!(
+        log.iter()
+            .any(|l| l.starts_with("host: http GET http://127.0.0.1:")
+                && l.ends_with("refused: more than 2 requests in one call")),
+        "{log:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_raw_requests_outside_the_grant_are_refused_with_their_code() {
+    let server = TestServer::start().await;
+    let dir = client(&[&server.origin()]);
+    let host = load(&dir, loopback_allowed()).await.unwrap();
+    let authority = format!("127.0.0.1:{}", server.port);
+    for (scheme, authority, expected) in [
+        (
+            "ftp",
+            authority.clone(),
+            "error: ErrorCode::HttpProtocolError",
+        ),
+        (
+            "http",
+            format!("user@{authority}"),
+            "error: ErrorCode::HttpRequestUriInvalid",
+        ),
+        (
+            "http",
+            "169.254.169.254".to_owned(),
+            "error: ErrorCode::HttpRequestDenied",
+        ),
+    ] {
+        let response = call(
+            &host,
+            "client/request",
+            json!({"scheme": scheme, "authority": authority, "path": "/hello"}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            response.output["outcomes"],
+            json!([expected]),
+            "{scheme}://{authority}"
+        );
+    }
+    assert_eq!(server.connections(), 0);
+}
+
+// ---------------------------------------------------------------- limits
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_response_over_the_size_cap_is_cut_off() {
+    let server = TestServer::start().await;
+    let policy = Policy {
+        http_max_response_kb: Some(16),
+        ..loopback_allowed()
+    };
+    // The raw client reads everything: the host stops it at 16 KiB.
+    let dir = client(&[&server.origin()]);
+    let host = load(&dir, policy.clone()).await.unwrap();
+    let response = call(
+        &host,
+        "client/request",
+        json!({"scheme": "http", "authority": format!("127.0.0.1:{}", server.port), "path": "/big"}),
+    )
+    .await
+    .unwrap();
+    let outcome = response.output["outcomes"][0].as_str().unwrap().to_owned();
+    assert!(
+        outcome.starts_with("body error after ")
+            && outcome.ends_with("HTTP response body size exceeds limit: 16384 bytes"),
+        "{outcome}"
+    );
+    let read: usize = outcome
+        .trim_start_matches("body error after ")
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(read <= 16 * 1024, "{read} bytes reached the guest");
+    assert!(
+        response
+            .logs
+            .iter()
+            .any(|l| l.message.contains("larger than the limit of 16384 bytes")),
+        "{:?}",
+        response.logs
+    );
+
+    // fetch asks for more than the host allows: a failed tool call saying so.
+    let dir = fetch(&[&server.origin()], "");
+    let host = load(&dir, policy).await.unwrap();
+    let message = tool_error(
+        call(
+            &host,
+            "fetch/get",
+            json!({"url": server.url("/big"), "max_bytes": 65536}),
+        )
+        .await,
+        ToolErrorKind::Failed,
+    );
+    assert!(
+        message.contains("HTTP response body size exceeds limit"),
+        "{message}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_first_byte_timeout_is_hit_before_the_deadline() {
+    let server = TestServer::start().await;
+    let dir = client(&[&server.origin()]);
+    let policy = Policy {
+        http_first_byte_timeout_ms: Some(200),
+        ..loopback_allowed()
+    };
+    let host = load(&dir, policy).await.unwrap();
+    let response = call(
+        &host,
+        "client/request",
+        json!({"scheme": "http", "authority": format!("127.0.0.1:{}", server.port), "path": "/silent"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        response.output["outcomes"],
+        json!(["error: ErrorCode::ConnectionReadTimeout"])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_server_that_never_answers_ends_the_call_at_its_deadline() {
+    let server = TestServer::start().await;
+    let dir = fetch(&[&server.origin()], "timeout_ms = 1_000");
+    let mut host = Host::new(HostConfig::default().policy(loopback_allowed())).unwrap();
+    host.load_plugin(dir.path()).await.unwrap();
+    let other = fetch(&[&server.origin()], "");
+    let other = {
+        // The same plugin under another name, to call concurrently.
+        let manifest = std::fs::read_to_string(other.manifest()).unwrap();
+        std::fs::write(
+            other.manifest(),
+            manifest.replace("name = \"fetch\"", "name = \"fetch2\""),
+        )
+        .unwrap();
+        other
+    };
+    host.load_plugin(other.path()).await.unwrap();
+    let host = Arc::new(host);
+
+    let silent = {
+        let host = Arc::clone(&host);
+        let url = server.url("/silent");
+        tokio::spawn(async move { call(&host, "fetch/get", json!({"url": url})).await })
+    };
+    // While one call waits on the silent server, others are served.
+    let out = call(&host, "fetch2/get", json!({"url": server.url("/hello")}))
+        .await
+        .unwrap()
+        .output;
+    assert_eq!(out["body"], HELLO);
+    let err = silent.await.unwrap().unwrap_err();
+    assert_eq!(err.kind(), "deadline_exceeded", "{err}");
+    // And afterwards too.
+    let out = call(&host, "fetch/get", json!({"url": server.url("/hello")}))
+        .await
+        .unwrap()
+        .output;
+    assert_eq!(out["status"], 200);
+}
+
+// ---------------------------------------------------------------- refused at load time
+
+#[tokio::test]
+async fn http_forbidden_by_policy_fails_to_load_naming_the_key() {
+    let dir = fetch(&["https://api.example.com"], "");
+    let policy = Policy {
+        forbid: [Capability::Http].into(),
+        ..Policy::default()
+    };
+    let err = load(&dir, policy).await.unwrap_err();
+    let Error::CapabilityDenied { capability, .. } = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(capability, "capabilities.http");
+    assert_eq!(err.kind(), "capability_denied");
+}
+
+#[tokio::test]
+async fn http_import_without_the_grant_fails_to_load_naming_interface_and_key() {
+    let dir = install(
+        "fetch",
+        &fetch_component(),
+        "[[tools]]\nname = \"get\"\nrisk = \"external\"\n",
+    );
+    let err = load(&dir, Policy::default()).await.unwrap_err();
+    let Error::CapabilityNotGranted {
+        interface, hint, ..
+    } = &err
+    else {
+        panic!("{err}")
+    };
+    assert!(interface.starts_with("wasi:http/"), "{interface}");
+    assert!(hint.contains("capabilities.http"), "{hint}");
+    assert_eq!(err.kind(), "capability_not_granted");
+}
+
+#[tokio::test]
+async fn http_origin_outside_the_policy_allow_list_fails_to_load() {
+    let dir = fetch(&["https://api.example.com", "https://evil.example.net"], "");
+    let policy = Policy {
+        http_allow: Some(vec![Origin::parse("https://api.example.com").unwrap()]),
+        ..Policy::default()
+    };
+    let err = load(&dir, policy).await.unwrap_err();
+    let Error::CapabilityDenied {
+        capability, reason, ..
+    } = &err
+    else {
+        panic!("{err}")
+    };
+    assert_eq!(capability, "capabilities.http");
+    assert!(
+        reason.contains("`https://evil.example.net` is not in the operator's http_allow list"),
+        "{reason}"
+    );
+    // Within the list, it loads.
+    let dir = fetch(&["https://api.example.com"], "");
+    let policy = Policy {
+        http_allow: Some(vec![Origin::parse("https://api.example.com:443").unwrap()]),
+        ..Policy::default()
+    };
+    load(&dir, policy).await.unwrap();
+}
+
+#[tokio::test]
+async fn http_malformed_origins_fail_to_load_with_specific_errors() {
+    for (origin, reason) in [
+        ("https://api.example.com/v1", "has a path (`/v1`)"),
+        ("https://*.example.com", "wildcard"),
+        ("https://token@api.example.com", "userinfo"),
+        ("https://api.example.com?x=1", "has a query"),
+        ("gopher://api.example.com", "only http and https"),
+    ] {
+        let err = load(&fetch(&[origin], ""), Policy::default())
+            .await
+            .unwrap_err();
+        let Error::ManifestInvalid { violations, .. } = &err else {
+            panic!("{origin}: {err}")
+        };
+        assert_eq!(violations[0].path, "/capabilities/http/0", "{origin}");
+        assert!(
+            violations[0].message.contains(reason) && violations[0].message.contains(origin),
+            "{origin}: {err}"
+        );
+    }
+    let err = load(
+        &fetch(
+            &["https://api.example.com", "https://API.example.com:443"],
+            "",
+        ),
+        Policy::default(),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.kind(), "manifest_rejected", "{err}");
+    assert!(err.to_string().contains("listed twice"), "{err}");
+}
+
+#[test]
+fn http_zero_limits_in_the_policy_are_a_config_error() {
+    let policy = Policy {
+        http_max_response_kb: Some(0),
+        ..Policy::default()
+    };
+    let err = Host::new(HostConfig::default().policy(policy)).unwrap_err();
+    assert_eq!(err.kind(), "config");
+    assert!(err.to_string().contains("http_max_response_kb"), "{err}");
+}
