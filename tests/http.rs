@@ -442,6 +442,33 @@ async fn http_first_byte_timeout_is_hit_before_the_deadline() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_connect_timeout_covers_the_tls_handshake() {
+    // An https origin served by the plain-HTTP test server: the TCP
+    // connection opens, the TLS handshake never completes, and the connect
+    // timeout (which includes TLS) ends the request.
+    let server = TestServer::start().await;
+    let origin = format!("https://127.0.0.1:{}", server.port);
+    let dir = client(&[&origin]);
+    let policy = Policy {
+        http_connect_timeout_ms: Some(300),
+        ..loopback_allowed()
+    };
+    let host = load(&dir, policy).await.unwrap();
+    let response = call(
+        &host,
+        "client/request",
+        json!({"scheme": "https", "authority": format!("127.0.0.1:{}", server.port), "path": "/hello"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        response.output["outcomes"],
+        json!(["error: ErrorCode::ConnectionTimeout"])
+    );
+    assert_eq!(server.connections(), 1, "TCP connected, TLS did not finish");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_server_that_never_answers_ends_the_call_at_its_deadline() {
     let server = TestServer::start().await;
     let dir = fetch(&[&server.origin()], "timeout_ms = 1_000");

@@ -226,7 +226,8 @@ impl Host {
     /// [`Error::ToolNotExported`] when its tools do not match the manifest;
     /// [`Error::DuplicatePlugin`] when a plugin of that name is loaded;
     /// [`Error::CapabilityDenied`] when the manifest asks for a capability
-    /// the policy forbids; [`Error::CapabilityNotGranted`] when the
+    /// the policy forbids (or an `http` origin outside the policy's
+    /// `http_allow`); [`Error::CapabilityNotGranted`] when the
     /// component imports an interface it is not granted;
     /// [`Error::LimitAboveCeiling`] when a limit exceeds the policy.
     ///

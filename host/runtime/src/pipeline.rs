@@ -194,8 +194,9 @@ async fn run_tool_inner(
     let arguments_text = arguments.to_string();
 
     // The span names the call in host-side logs of its host functions (an
-    // HTTP request refused, for example).
-    let span = tracing::info_span!("call", tool = %tool_id, call_id = %call_id);
+    // HTTP request refused, for example). Warn level, so it is there
+    // whenever those warnings are.
+    let span = tracing::warn_span!("call", tool = %tool_id, call_id = %call_id);
     let outcome = tracing::Instrument::instrument(
         with_deadline(limits, async {
             let instance = plugin.pre.instantiate_async(&mut store).await?;
