@@ -119,6 +119,7 @@ async fn every_call_leaves_its_records_row_by_row() {
                 assert_eq!(e.decision.as_deref(), Some("refused"));
                 assert!(e.reason.is_some());
             }
+            other => panic!("unexpected event {other}"),
         }
     }
     assert_eq!(rows[1].entry.result.as_deref(), Some(r#"{"a":1}"#));

@@ -558,6 +558,7 @@ impl AuditLog {
             match record.entry.event {
                 Event::CallStarted => batch.insert(open_call_key(call_id), &seq.to_be_bytes()),
                 Event::CallFinished | Event::CallRefused => batch.remove(open_call_key(call_id)),
+                _ => {}
             }
         }
         // One atomic batch: the record and the in-flight marker appear (or

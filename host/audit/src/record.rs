@@ -21,6 +21,18 @@ pub enum Event {
     /// A call finished: `outcome` is `ok`, an error kind, or `unknown` when
     /// the host stopped before the call finished.
     CallFinished,
+    /// A call with an idempotency key already used was answered with the
+    /// first call's stored outcome, without running.
+    CallReplayed,
+    /// A call needs a human decision: `approval_id` names the request.
+    ApprovalRequested,
+    /// An approver decided (`decision` is `approved` or `rejected`).
+    ApprovalDecided,
+    /// An approval was not decided in time.
+    ApprovalExpired,
+    /// The operator switched the host's mode (`decision`: `read_only` or
+    /// `normal`).
+    ModeChanged,
 }
 
 impl Event {
@@ -30,6 +42,11 @@ impl Event {
             Event::CallRefused => "call_refused",
             Event::CallStarted => "call_started",
             Event::CallFinished => "call_finished",
+            Event::CallReplayed => "call_replayed",
+            Event::ApprovalRequested => "approval_requested",
+            Event::ApprovalDecided => "approval_decided",
+            Event::ApprovalExpired => "approval_expired",
+            Event::ModeChanged => "mode_changed",
         }
     }
 }

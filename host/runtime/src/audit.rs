@@ -47,6 +47,51 @@ impl<'a> CallRecord<'a> {
         }
     }
 
+    /// The digest of the call's arguments, once recorded.
+    pub(crate) fn args_digest(&self) -> &str {
+        self.base.args_digest.as_deref().unwrap_or_default()
+    }
+
+    /// The redacted copy of the arguments, once recorded.
+    pub(crate) fn args_copy(&self) -> &str {
+        self.base.args.as_deref().unwrap_or_default()
+    }
+
+    /// The call carries idempotency `key`.
+    pub(crate) fn idempotency_key(&mut self, key: Option<&str>) {
+        self.base.idempotency_key = key.map(str::to_owned);
+    }
+
+    /// The call runs under approval `id`.
+    pub(crate) fn approval(&mut self, id: &str) {
+        self.base.approval_id = Some(id.to_owned());
+    }
+
+    /// Record an event about this call other than its refusal, intent or
+    /// outcome (replay, approval requested). Failing to record is an error.
+    pub(crate) async fn event(
+        &self,
+        event: Event,
+        decision: Option<&str>,
+        reason: Option<&str>,
+        approval_id: Option<&str>,
+    ) -> Result<()> {
+        let mut entry = self.base.clone();
+        entry.event = event;
+        entry.decision = decision.map(str::to_owned);
+        entry.reason = reason.map(|r| self.scrub(r));
+        if let Some(id) = approval_id {
+            entry.approval_id = Some(id.to_owned());
+        }
+        self.log
+            .append_async(entry, Durability::Flushed)
+            .await
+            .map(drop)
+            .map_err(|e| Error::AuditUnavailable {
+                message: e.to_string(),
+            })
+    }
+
     /// The call resolved to `tool` of `plugin`.
     pub(crate) fn resolved(&mut self, plugin: &Plugin, tool: &Tool) {
         let b = &mut self.base;

@@ -104,6 +104,8 @@ pub enum ErrorClass {
     CapabilityDenied,
     /// Configuration, plugin or host failure.
     Host,
+    /// The call waits for a human decision (an approval); it has not run.
+    Pending,
 }
 
 /// Everything that can go wrong loading plugins or calling tools.
@@ -404,6 +406,115 @@ pub enum Error {
         message: String,
     },
 
+    /// The ledger (approvals, idempotency keys) cannot be used; the call
+    /// does not run.
+    #[error("call not run: the approvals and idempotency ledger failed: {message}")]
+    Ledger {
+        /// What failed.
+        message: String,
+    },
+
+    /// The call needs a human decision; it has not run. Resume it with the
+    /// same arguments and `approval_id` once approved.
+    #[error("`{tool}` needs approval: request {approval_id} waits for an approver until {expires}")]
+    ApprovalPending {
+        /// `plugin/tool`.
+        tool: String,
+        /// The approval request.
+        approval_id: String,
+        /// When it expires (RFC 3339).
+        expires: String,
+    },
+
+    /// The call needs approval but none can be given (no approver is
+    /// configured): it does not run.
+    #[error("`{tool}` needs approval, but {reason}")]
+    ApprovalUnavailable {
+        /// `plugin/tool`.
+        tool: String,
+        /// Why no approval is possible.
+        reason: String,
+    },
+
+    /// The approval named does not allow this call.
+    #[error("approval {approval_id} does not allow this call: {reason}")]
+    ApprovalRefused {
+        /// The approval.
+        approval_id: String,
+        /// Its state or the mismatch (`rejected by alice: ...`, `expired`,
+        /// `already used`, `bound to other arguments`, ...).
+        reason: String,
+        /// Machine-readable: `rejected`, `expired`, `cancelled`, `consumed`,
+        /// `unknown`, `mismatch`.
+        why: &'static str,
+    },
+
+    /// The tool requires an idempotency key and none was given.
+    #[error("`{tool}` requires an idempotency key (retrying it must never act twice)")]
+    IdempotencyKeyRequired {
+        /// `plugin/tool`.
+        tool: String,
+    },
+
+    /// The key was first used with other arguments.
+    #[error("idempotency key {key:?} was first used with other arguments")]
+    IdempotencyMismatch {
+        /// The key.
+        key: String,
+    },
+
+    /// A call holding the key is still running.
+    #[error("idempotency key {key:?} is in use by a call still running ({call_id})")]
+    IdempotencyInUse {
+        /// The key.
+        key: String,
+        /// The running call.
+        call_id: String,
+    },
+
+    /// The call that first used the key was running when the host stopped;
+    /// whether it took effect is unknown, so it is not run again.
+    #[error(
+        "idempotency key {key:?}: call {call_id} was running when the host stopped; its outcome is unknown and it will not be repeated automatically"
+    )]
+    IdempotencyOutcomeUnknown {
+        /// The key.
+        key: String,
+        /// The call.
+        call_id: String,
+    },
+
+    /// The first call with this key failed; the failure is replayed.
+    #[error("replayed (idempotency key {key:?}, call {call_id}): {kind}: {message}")]
+    ReplayedFailure {
+        /// The key.
+        key: String,
+        /// The first call.
+        call_id: String,
+        /// Its error kind.
+        kind: String,
+        /// Its message.
+        message: String,
+    },
+
+    /// The host is in read-only mode: only `read` tools run.
+    #[error("the host is in read-only mode: `{tool}` ({risk}) does not run{}", reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default())]
+    ReadOnlyMode {
+        /// `plugin/tool`.
+        tool: String,
+        /// Its risk class.
+        risk: String,
+        /// The operator's stated reason.
+        reason: Option<String>,
+    },
+
+    /// An approver's decision was refused.
+    #[error("decision refused: {reason}")]
+    DecisionRefused {
+        /// Why (unknown approver, bad token, own call, already decided, ...).
+        reason: String,
+    },
+
     /// The audit log (or its keys) cannot be opened or read.
     #[error(transparent)]
     Audit(#[from] airlock_audit::Error),
@@ -460,6 +571,24 @@ impl Error {
             Error::Audit(_) => "audit",
             Error::Workspace { .. } => "workspace",
             Error::InvalidSession { .. } => "invalid_session",
+            Error::Ledger { .. } => "ledger_unavailable",
+            Error::ApprovalPending { .. } => "approval_pending",
+            Error::ApprovalUnavailable { .. } => "approval_unavailable",
+            Error::ApprovalRefused { why, .. } => match *why {
+                "rejected" => "approval_rejected",
+                "expired" => "approval_expired",
+                "cancelled" => "approval_cancelled",
+                "consumed" => "approval_consumed",
+                "unknown" => "approval_unknown",
+                _ => "approval_mismatch",
+            },
+            Error::IdempotencyKeyRequired { .. } => "idempotency_key_required",
+            Error::IdempotencyMismatch { .. } => "idempotency_mismatch",
+            Error::IdempotencyInUse { .. } => "idempotency_in_use",
+            Error::IdempotencyOutcomeUnknown { .. } => "idempotency_outcome_unknown",
+            Error::ReplayedFailure { .. } => "replayed_failure",
+            Error::ReadOnlyMode { .. } => "read_only_mode",
+            Error::DecisionRefused { .. } => "decision_refused",
         }
     }
 
@@ -474,7 +603,16 @@ impl Error {
             | Error::ArgumentsNotObject { .. }
             | Error::ArgumentsInvalid { .. }
             | Error::InvalidSession { .. }
+            | Error::ApprovalUnavailable { .. }
+            | Error::ApprovalRefused { .. }
+            | Error::IdempotencyKeyRequired { .. }
+            | Error::IdempotencyMismatch { .. }
+            | Error::IdempotencyInUse { .. }
+            | Error::IdempotencyOutcomeUnknown { .. }
+            | Error::ReadOnlyMode { .. }
             | Error::PluginBusy { .. } => ErrorClass::Refused,
+            Error::ApprovalPending { .. } => ErrorClass::Pending,
+            Error::ReplayedFailure { .. } => ErrorClass::ToolError,
             Error::CapabilityDenied { .. } | Error::CapabilityNotGranted { .. } => {
                 ErrorClass::CapabilityDenied
             }

@@ -11,7 +11,9 @@ use crate::bindings::exports::airlock::plugin::tools::CallContext;
 use crate::cache::CompiledCache;
 use crate::engine::{self, EpochTicker};
 use crate::error::{Error, Result};
+use crate::gate::ModeWatch;
 use crate::grants::{Policy, WorkspaceScope};
+use crate::ledger::{LEDGER_DIR, Ledger};
 use crate::manifest::FileAccess;
 use crate::manifest::MANIFEST_FILE;
 use crate::pipeline::{self, CallRequest, CallResponse};
@@ -116,8 +118,12 @@ pub struct Host {
     cache: Option<CompiledCache>,
     plugins: BTreeMap<String, Arc<Plugin>>,
     config: HostConfig,
-    audit: AuditLog,
+    pub(crate) audit: AuditLog,
     workspace: WorkspaceStore,
+    pub(crate) ledger: Ledger,
+    pub(crate) mode: ModeWatch,
+    /// A mode switch seen but not yet recorded.
+    pub(crate) mode_pending: std::sync::Mutex<Option<crate::gate::Mode>>,
     _ticker: EpochTicker,
 }
 
@@ -195,6 +201,14 @@ impl Host {
             )?,
             None => WorkspaceStore::temporary()?,
         };
+        let ledger = match &config.data_dir {
+            Some(dir) => Ledger::open(
+                &dir.join(LEDGER_DIR),
+                std::time::Duration::from_millis(config.audit.lock_wait_ms),
+            )?,
+            None => Ledger::temporary()?,
+        };
+        let mode = ModeWatch::new(config.data_dir.as_deref());
         let engine = engine::new_engine()?;
         let cache = config
             .cache_dir
@@ -208,6 +222,9 @@ impl Host {
             config,
             audit,
             workspace,
+            ledger,
+            mode,
+            mode_pending: std::sync::Mutex::new(None),
             _ticker: ticker,
         })
     }
@@ -345,7 +362,7 @@ impl Host {
     /// guest memory.
     pub async fn call(&self, request: CallRequest) -> Result<CallResponse> {
         let call_id = new_call_id();
-        let trace_id = request.trace_id.unwrap_or_else(|| call_id.clone());
+        let trace_id = request.trace_id.clone().unwrap_or_else(|| call_id.clone());
         let mut record = CallRecord::new(
             &self.audit,
             &call_id,
@@ -362,6 +379,12 @@ impl Host {
             }
         };
         record.resolved(plugin, tool);
+        record.idempotency_key(request.idempotency_key.as_deref());
+        // 2. Admit: the host's mode.
+        if let Err(error) = self.admit(tool).await {
+            record.arguments(&request.arguments, None);
+            return Err(record.refused(error).await);
+        }
         // 3. Validate arguments before anything runs.
         let arguments = match pipeline::validate_arguments(
             tool,
@@ -382,29 +405,60 @@ impl Host {
         {
             return Err(record.refused(Error::InvalidSession { message }).await);
         }
+        // 4. Idempotency: claim the key, or replay the first outcome.
+        match self
+            .claim_key(&request, plugin, tool, &record, &call_id)
+            .await
+        {
+            Ok(None) => {}
+            Ok(Some(replay)) => return Ok(replay),
+            Err(error) => return Err(record.refused(error).await),
+        }
+        // 5. Approval gate.
+        let approval_id = match self
+            .approval_gate(&request, plugin, tool, &record, &call_id)
+            .await
+        {
+            Ok(id) => id,
+            Err(error) => {
+                self.release_key(&request, plugin, tool);
+                return Err(record.refused(error).await);
+            }
+        };
+        if let Some(id) = &approval_id {
+            record.approval(id);
+        }
         // 6. Intent record: no record, no call.
-        record.started().await?;
+        if let Err(error) = record.started().await {
+            self.release_key(&request, plugin, tool);
+            return Err(error);
+        }
         let context = CallContext {
             call_id,
             trace_id,
-            principal: request.principal,
+            principal: request.principal.clone(),
         };
         tracing::debug!(tool = %tool.id(), call_id = %context.call_id, "calling tool");
         // 7–9. Instantiate, call, validate the output.
         let workspace = plugin.grant().workspace.map(|access| WorkspaceScope {
             store: self.workspace.clone(),
             plugin: plugin.name().to_owned(),
-            session: request.session,
+            session: request.session.clone(),
             writable: access == FileAccess::ReadWrite,
             quota: plugin.limits().workspace_quota(),
             dirty: false,
         });
-        let (result, stats) =
+        let (mut result, stats) =
             pipeline::run_tool(&self.engine, plugin, tool, &arguments, context, workspace).await;
+        if let Ok(response) = &mut result {
+            response.approval_id = approval_id;
+        }
         // 10. Outcome record.
         record
             .finished(&result, stats.fuel_used, stats.duration)
             .await;
+        // 11. Complete the idempotency entry.
+        self.complete_key(&request, plugin, tool, &result);
         result
     }
 

@@ -49,9 +49,11 @@ mod bindings;
 mod cache;
 mod engine;
 mod error;
+mod gate;
 mod grants;
 mod host;
 mod inspect;
+pub mod ledger;
 mod limits;
 pub mod manifest;
 mod pipeline;
@@ -63,6 +65,7 @@ pub mod workspace;
 pub use airlock_audit as audit_log;
 pub use cache::CacheStatus;
 pub use error::{Error, ErrorClass, Result, SchemaViolation, ToolErrorKind, TrapKind};
+pub use gate::{MODE_FILE, Mode, write_mode};
 pub use grants::{
     Capability, EffectiveGrant, HttpGrant, HttpScheme, ImportClass, IpRange, LimitCeilings, Origin,
     OriginHost, Policy, ResolvedFiles, classify,

@@ -155,6 +155,25 @@ pub struct ToolDeclaration {
     /// is written to the audit log.
     #[serde(default)]
     pub redact: Vec<String>,
+    /// `"required"`: every call waits for a human approval. The operator's
+    /// policy may require it for more tools, never fewer.
+    #[serde(default)]
+    pub approval: Option<Requirement>,
+    /// `"required"`: calls must carry an idempotency key.
+    #[serde(default)]
+    pub idempotency: Option<Requirement>,
+    /// How long an approval request waits for a decision, in seconds
+    /// (default: the policy's).
+    #[serde(default)]
+    pub approval_expiry_s: Option<u64>,
+}
+
+/// A per-tool requirement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Requirement {
+    /// Always.
+    Required,
 }
 
 /// What a tool can do to the world.

@@ -51,6 +51,17 @@ pub struct CallRequest {
     /// no control characters). Without one, keys are shared by all calls of
     /// the plugin that give none.
     pub session: Option<String>,
+    /// Idempotency key (1–256 bytes): a repeat with the same key replays the
+    /// first call's outcome instead of running again.
+    pub idempotency_key: Option<String>,
+    /// Resume a call that waited for approval: the approval's id. The call
+    /// must carry exactly the approved arguments, principal and key.
+    pub approval_id: Option<String>,
+    /// The caller's reason, shown to the approver.
+    pub reason: Option<String>,
+    /// Wait this long for an approval decision instead of returning
+    /// [`Error::ApprovalPending`](crate::Error::ApprovalPending) at once.
+    pub wait_for_approval: Option<Duration>,
 }
 
 impl CallRequest {
@@ -63,12 +74,40 @@ impl CallRequest {
             principal: "local".to_owned(),
             trace_id: None,
             session: None,
+            idempotency_key: None,
+            approval_id: None,
+            reason: None,
+            wait_for_approval: None,
         }
     }
 
     /// Run as `principal`.
     pub fn principal(mut self, principal: impl Into<String>) -> CallRequest {
         self.principal = principal.into();
+        self
+    }
+
+    /// Use idempotency `key`.
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> CallRequest {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// Resume under approval `id`.
+    pub fn approval_id(mut self, id: impl Into<String>) -> CallRequest {
+        self.approval_id = Some(id.into());
+        self
+    }
+
+    /// State why the call is made (shown to approvers).
+    pub fn reason(mut self, reason: impl Into<String>) -> CallRequest {
+        self.reason = Some(reason.into());
+        self
+    }
+
+    /// Wait up to `timeout` for an approval decision.
+    pub fn wait_for_approval(mut self, timeout: Duration) -> CallRequest {
+        self.wait_for_approval = Some(timeout);
         self
     }
 
@@ -105,6 +144,13 @@ pub struct CallResponse {
     /// Wall time of the guest call, including instantiation.
     #[serde(serialize_with = "serialize_micros", rename = "duration_us")]
     pub duration: Duration,
+    /// When this response is a replay of an earlier call with the same
+    /// idempotency key: that call's id (the tool did not run again).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replayed_from: Option<String>,
+    /// The approval the call ran under.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<String>,
 }
 
 fn serialize_micros<S: serde::Serializer>(
@@ -284,6 +330,8 @@ async fn run_tool_inner(
         logs_dropped: state.log.dropped,
         fuel_used,
         duration,
+        replayed_from: None,
+        approval_id: None,
     })
 }
 

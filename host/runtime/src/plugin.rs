@@ -129,6 +129,9 @@ pub struct Tool {
     description: String,
     risk: Risk,
     redact: Vec<String>,
+    approval_required: bool,
+    idempotency_required: bool,
+    approval_expiry_s: Option<u64>,
     input_schema: Value,
     output_schema: Option<Value>,
     pub(crate) input_validator: jsonschema::Validator,
@@ -189,6 +192,21 @@ impl Tool {
     /// Risk class from the manifest.
     pub fn risk(&self) -> Risk {
         self.risk
+    }
+
+    /// Whether the manifest requires approval for every call.
+    pub fn approval_required(&self) -> bool {
+        self.approval_required
+    }
+
+    /// Whether calls must carry an idempotency key.
+    pub fn idempotency_required(&self) -> bool {
+        self.idempotency_required
+    }
+
+    /// Approval expiry the manifest sets, in seconds.
+    pub fn approval_expiry_s(&self) -> Option<u64> {
+        self.approval_expiry_s
     }
 
     /// JSON Pointers redacted from this tool's arguments and results in the
@@ -420,6 +438,9 @@ fn reconcile(
                 name: d.name,
                 risk: declared.risk,
                 redact: declared.redact.clone(),
+                approval_required: declared.approval.is_some(),
+                idempotency_required: declared.idempotency.is_some(),
+                approval_expiry_s: declared.approval_expiry_s,
                 input_schema,
                 output_schema,
                 input_validator,

@@ -155,6 +155,10 @@ pub struct Policy {
     /// Ceilings on limits.
     #[serde(default)]
     pub limits: LimitCeilings,
+    /// Which calls need a human approval, who may give it, and how long
+    /// idempotency outcomes are kept.
+    #[serde(default)]
+    pub approvals: crate::ledger::ApprovalPolicy,
     /// Origins plugins may be granted (`http`). `None`: any origin a
     /// manifest lists; `Some(list)`: a manifest origin outside the list fails
     /// to load (an empty list allows none).
