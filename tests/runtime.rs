@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-use airlock_host::{CacheStatus, CallRequest, Error, ErrorClass, Host, HostConfig, Risk};
+use airlock_host::{CacheStatus, CallRequest, Error, ErrorClass, Host, HostConfig};
 use airlock_tests::{PLUGINS_DIR, PluginDir, install, install_raw, read, sha256_hex};
 use serde_json::{Value, json};
 
@@ -44,22 +44,22 @@ const TEXT_TOOLS: &str = "[capabilities]\nlog = true\n\n[[tools]]\nname = \"stat
 async fn example_plugins_load_with_their_tools_and_schemas() {
     let (host, _cache) = examples().await;
     let names: Vec<_> = host.plugins().map(|p| p.name()).collect();
-    assert_eq!(names, ["fetch", "files", "json", "notes", "text"]);
+    assert_eq!(
+        names,
+        ["billing", "fetch", "files", "json", "notes", "text"]
+    );
     for tool in host.tools() {
         let id = tool.id();
-        let expected = if airlock_tests::EXAMPLE_WRITE_TOOLS.contains(&id.as_str()) {
-            Risk::Write
-        } else if airlock_tests::EXAMPLE_EXTERNAL_TOOLS.contains(&id.as_str()) {
-            Risk::External
-        } else {
-            Risk::Read
-        };
-        assert_eq!(tool.risk(), expected, "{id}");
+        let expected = airlock_tests::EXAMPLE_TOOLS
+            .iter()
+            .find(|(t, _)| *t == id)
+            .map(|(_, risk)| *risk);
+        assert_eq!(Some(tool.risk().as_str()), expected, "{id}");
         assert_eq!(tool.input_schema()["type"], "object", "{}", tool.id());
         assert!(!tool.description().is_empty(), "{}", tool.id());
     }
     let ids: Vec<_> = host.tools().map(|t| t.id()).collect();
-    for &expected in airlock_tests::EXAMPLE_TOOLS {
+    for &(expected, _) in airlock_tests::EXAMPLE_TOOLS {
         assert!(
             ids.iter().any(|id| id == expected),
             "{expected} missing from {ids:?}"

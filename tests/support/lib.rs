@@ -11,34 +11,31 @@ use sha2::{Digest, Sha256};
 
 include!(concat!(env!("OUT_DIR"), "/guests.rs"));
 
-/// Tools the example plugins in [`PLUGINS_DIR`] must expose.
-pub const EXAMPLE_TOOLS: &[&str] = &[
-    "text/stats",
-    "text/slugify",
-    "text/regex-extract",
-    "text/case",
-    "json/query",
-    "json/keys",
-    "json/format",
-    "json/merge-patch",
-    "files/list",
-    "files/read",
-    "files/search",
-    "notes/add",
-    "notes/get",
-    "notes/list",
-    "notes/delete",
-    "notes/archive",
-    "notes/read-archive",
-    "fetch/get",
+/// Tools the example plugins in [`PLUGINS_DIR`] must expose, with the risk
+/// class each manifest declares.
+pub const EXAMPLE_TOOLS: &[(&str, &str)] = &[
+    ("text/stats", "read"),
+    ("text/slugify", "read"),
+    ("text/regex-extract", "read"),
+    ("text/case", "read"),
+    ("json/query", "read"),
+    ("json/keys", "read"),
+    ("json/format", "read"),
+    ("json/merge-patch", "read"),
+    ("files/list", "read"),
+    ("files/read", "read"),
+    ("files/search", "read"),
+    ("notes/add", "write"),
+    ("notes/get", "read"),
+    ("notes/list", "read"),
+    ("notes/delete", "write"),
+    ("notes/archive", "write"),
+    ("notes/read-archive", "read"),
+    ("fetch/get", "external"),
+    ("billing/open-account", "write"),
+    ("billing/lookup", "read"),
+    ("billing/refund", "irreversible"),
 ];
-
-/// Example tools that change state (risk `write`); every other example tool
-/// is `read`, except [`EXAMPLE_EXTERNAL_TOOLS`].
-pub const EXAMPLE_WRITE_TOOLS: &[&str] = &["notes/add", "notes/delete", "notes/archive"];
-
-/// Example tools that talk to the outside world (risk `external`).
-pub const EXAMPLE_EXTERNAL_TOOLS: &[&str] = &["fetch/get"];
 
 /// Lowercase hex SHA-256 of `bytes`.
 pub fn sha256_hex(bytes: &[u8]) -> String {

@@ -526,23 +526,6 @@ impl AuditLog {
         Ok(record)
     }
 
-    /// [`append`](Self::append) for async callers: the flush does not block
-    /// the executor thread.
-    ///
-    /// # Errors
-    /// As [`append`](Self::append).
-    pub async fn append_async(&self, entry: Entry, durability: Durability) -> Result<Record> {
-        let record = self.append_unflushed(entry)?;
-        if durability == Durability::Flushed {
-            self.inner
-                .db
-                .flush_async()
-                .await
-                .map_err(|e| Error::store(&self.inner.path, e))?;
-        }
-        Ok(record)
-    }
-
     fn append_unflushed(&self, entry: Entry) -> Result<Record> {
         let inner = &self.inner;
         let mut head = self.lock()?;

@@ -1,5 +1,6 @@
 //! `airlock`: list, inspect and call sandboxed WebAssembly tools.
 
+mod approvals;
 mod audit;
 mod config;
 mod demo;
@@ -36,6 +37,8 @@ mod exit {
     pub const CAPABILITY_DENIED: u8 = 6;
     /// `audit verify` found a bad record.
     pub const VERIFY_FAILED: u8 = 7;
+    /// The call waits for a human approval (it has not run).
+    pub const PENDING: u8 = 8;
 }
 
 /// Airlock: a sandboxed host for AI-agent tools compiled to WebAssembly.
@@ -89,6 +92,12 @@ enum Command {
     /// What plugins keep in their workspace (keys and blobs).
     #[command(subcommand)]
     Workspace(workspace::WorkspaceCommand),
+    /// Approval requests: list, show, approve, reject.
+    #[command(subcommand)]
+    Approvals(approvals::ApprovalsCommand),
+    /// Read-only mode (human takeover): refuse every tool that is not `read`.
+    #[command(subcommand)]
+    Mode(approvals::ModeCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -132,6 +141,18 @@ struct CallArgs {
     /// Session to scope the plugin's workspace keys to.
     #[arg(long)]
     session: Option<String>,
+    /// Idempotency key: a repeat with the same key replays the first outcome.
+    #[arg(long, value_name = "KEY")]
+    idempotency_key: Option<String>,
+    /// Resume a call that waited for approval.
+    #[arg(long, value_name = "ID")]
+    approval_id: Option<String>,
+    /// Why you make the call (shown to approvers).
+    #[arg(long)]
+    reason: Option<String>,
+    /// Wait up to this many seconds for an approval decision.
+    #[arg(long, value_name = "SECONDS")]
+    wait_approval: Option<u64>,
     /// Print a JSON object (result or error) instead of human output.
     #[arg(long)]
     json: bool,
@@ -248,6 +269,8 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Demo => demo::run(&settings).await,
         Command::Audit(command) => audit::run(&settings, command).await,
         Command::Workspace(command) => workspace::run(&settings, command),
+        Command::Approvals(command) => approvals::run(&settings, command).await,
+        Command::Mode(command) => approvals::mode(&settings, command),
     }
 }
 
@@ -394,6 +417,18 @@ async fn call(settings: &Settings, args: CallArgs) -> Result<u8, Failure> {
     if let Some(session) = &args.session {
         request = request.session(session);
     }
+    if let Some(key) = &args.idempotency_key {
+        request = request.idempotency_key(key);
+    }
+    if let Some(id) = &args.approval_id {
+        request = request.approval_id(id);
+    }
+    if let Some(reason) = &args.reason {
+        request = request.reason(reason);
+    }
+    if let Some(seconds) = args.wait_approval {
+        request = request.wait_for_approval(std::time::Duration::from_secs(seconds));
+    }
     // A call to a plugin that failed to load reports why it failed, not just
     // that it is unknown.
     let plugin_name = args.tool.split('/').next().unwrap_or_default();
@@ -447,12 +482,22 @@ async fn call(settings: &Settings, args: CallArgs) -> Result<u8, Failure> {
 }
 
 pub(crate) fn error_json(error: &Error) -> serde_json::Value {
-    json!({
+    let mut value = json!({
         "kind": error.kind(),
         "class": error.class(),
         "message": error.to_string(),
         "violations": error.violations(),
-    })
+    });
+    if let Error::ApprovalPending {
+        approval_id,
+        expires,
+        ..
+    } = error
+    {
+        value["approval_id"] = json!(approval_id);
+        value["expires"] = json!(expires);
+    }
+    value
 }
 
 pub(crate) fn exit_code(error: &Error) -> u8 {
@@ -461,6 +506,7 @@ pub(crate) fn exit_code(error: &Error) -> u8 {
         ErrorClass::ToolError => exit::TOOL_ERROR,
         ErrorClass::Trap => exit::TRAP,
         ErrorClass::CapabilityDenied => exit::CAPABILITY_DENIED,
+        ErrorClass::Pending => exit::PENDING,
         _ => exit::HOST,
     }
 }

@@ -80,20 +80,17 @@ fn tools_list_json_has_every_example_tool_with_its_schema() {
     assert!(out.status.success(), "{}", stderr(&out));
     let tools = json(&out)["tools"].as_array().unwrap().clone();
     let ids: Vec<_> = tools.iter().map(|t| t["id"].as_str().unwrap()).collect();
-    for &expected in airlock_tests::EXAMPLE_TOOLS {
+    for &(expected, _) in airlock_tests::EXAMPLE_TOOLS {
         assert!(ids.contains(&expected), "{expected} missing: {ids:?}");
     }
     for tool in &tools {
         assert_eq!(tool["input_schema"]["type"], "object", "{tool}");
         let id = tool["id"].as_str().unwrap();
-        let expected = if airlock_tests::EXAMPLE_WRITE_TOOLS.contains(&id) {
-            "write"
-        } else if airlock_tests::EXAMPLE_EXTERNAL_TOOLS.contains(&id) {
-            "external"
-        } else {
-            "read"
-        };
-        assert_eq!(tool["risk"], expected, "{id}");
+        let expected = airlock_tests::EXAMPLE_TOOLS
+            .iter()
+            .find(|(t, _)| *t == id)
+            .map(|(_, risk)| *risk);
+        assert_eq!(tool["risk"].as_str(), expected, "{id}");
     }
 }
 

@@ -83,8 +83,7 @@ impl<'a> CallRecord<'a> {
         if let Some(id) = approval_id {
             entry.approval_id = Some(id.to_owned());
         }
-        self.log
-            .append_async(entry, Durability::Flushed)
+        append(self.log, entry, Durability::Flushed)
             .await
             .map(drop)
             .map_err(|e| Error::AuditUnavailable {
@@ -145,7 +144,7 @@ impl<'a> CallRecord<'a> {
         entry.decision = Some("refused".to_owned());
         entry.outcome = Some(error.kind().to_owned());
         entry.reason = Some(reason);
-        if let Err(e) = log.append_async(entry, Durability::Batched).await {
+        if let Err(e) = append(log, entry, Durability::Batched).await {
             tracing::error!(error = %e, "cannot record a refused call");
         }
         error
@@ -160,8 +159,7 @@ impl<'a> CallRecord<'a> {
         let mut entry = self.base.clone();
         entry.event = Event::CallStarted;
         entry.decision = Some("admitted".to_owned());
-        self.log
-            .append_async(entry, self.durability)
+        append(self.log, entry, self.durability)
             .await
             .map(drop)
             .map_err(|e| Error::AuditUnavailable {
@@ -202,7 +200,7 @@ impl<'a> CallRecord<'a> {
                 entry.reason = Some(self.scrub(&error.to_string()));
             }
         }
-        if let Err(e) = self.log.append_async(entry, self.durability).await {
+        if let Err(e) = append(self.log, entry, self.durability).await {
             tracing::error!(error = %e, call_id = ?self.base.call_id, "cannot record a call's outcome");
         }
     }
@@ -210,6 +208,24 @@ impl<'a> CallRecord<'a> {
     fn scrub(&self, text: &str) -> String {
         let max = self.log.config().max_copy_bytes;
         bounded(&self.log.redactor().scrub(text, &self.secrets), max)
+    }
+}
+
+/// Append `entry`; a flushed append (an fsync) runs on the blocking pool so
+/// it never stalls the executor thread.
+pub(crate) async fn append(
+    log: &AuditLog,
+    entry: Entry,
+    durability: Durability,
+) -> airlock_audit::Result<airlock_audit::Record> {
+    match durability {
+        Durability::Batched => log.append(entry, durability),
+        Durability::Flushed => {
+            let log = log.clone();
+            tokio::task::spawn_blocking(move || log.append(entry, durability))
+                .await
+                .unwrap_or(Err(airlock_audit::Error::Closed))
+        }
     }
 }
 

@@ -187,8 +187,7 @@ impl crate::Host {
             .to_owned(),
         );
         entry.reason = mode.reason.clone();
-        self.audit
-            .append_async(entry, airlock_audit::Durability::Flushed)
+        crate::audit::append(&self.audit, entry, airlock_audit::Durability::Flushed)
             .await
             .map_err(|e| Error::AuditUnavailable {
                 message: e.to_string(),
@@ -408,7 +407,9 @@ impl crate::Host {
                     decision_reason: None,
                     consumed_by_call: None,
                 };
-                self.ledger.create_approval(&approval)?;
+                // Recorded first: no approval exists that the log does not
+                // know of (a request recorded but not stored resumes as
+                // unknown, which refuses).
                 record
                     .event(
                         Event::ApprovalRequested,
@@ -417,6 +418,7 @@ impl crate::Host {
                         Some(&approval.id),
                     )
                     .await?;
+                self.ledger.create_approval(&approval)?;
                 if request.wait_for_approval.is_none() {
                     return Err(Error::ApprovalPending {
                         tool: tool.id(),
@@ -543,8 +545,7 @@ impl crate::Host {
         entry.args_digest = Some(approval.args_digest.clone());
         entry.decision = Some(approval.state.as_str().to_owned());
         entry.reason = approval.decision_reason.clone();
-        self.audit
-            .append_async(entry, airlock_audit::Durability::Flushed)
+        crate::audit::append(&self.audit, entry, airlock_audit::Durability::Flushed)
             .await
             .map_err(|e| Error::AuditUnavailable {
                 message: e.to_string(),

@@ -461,10 +461,22 @@ impl WorkspaceStore {
     /// # Errors
     /// [`Error::Workspace`] when the flush fails.
     pub async fn flush_async(&self) -> Result<()> {
+        // On the blocking pool: an fsync must not stall the executor (and
+        // sled's own flush_async can stall under many concurrent flushes).
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.flush())
+            .await
+            .unwrap_or_else(|e| Err(store_error(&self.inner.path, e)))
+    }
+
+    /// Make every write so far durable, blocking.
+    ///
+    /// # Errors
+    /// [`Error::Workspace`] when the flush fails.
+    pub fn flush(&self) -> Result<()> {
         self.inner
             .db
-            .flush_async()
-            .await
+            .flush()
             .map(drop)
             .map_err(|e| store_error(&self.inner.path, e))
     }

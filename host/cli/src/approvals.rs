@@ -1,0 +1,200 @@
+//! `airlock approvals` and `airlock mode`: the human side of the pipeline.
+
+use airlock_host::Host;
+use airlock_host::ledger::{Approval, ApprovalState};
+use clap::Subcommand;
+use serde_json::json;
+
+use crate::config::Settings;
+use crate::{Calls, Failure, exit, host_config, print_json};
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ApprovalsCommand {
+    /// Approval requests, newest first (default: pending ones).
+    List {
+        /// Every state, not just pending.
+        #[arg(long)]
+        all: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One request in full: tool, redacted arguments, caller, reason, expiry.
+    Show {
+        /// The approval id.
+        id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve a pending request (the caller then resumes it).
+    Approve(Decision),
+    /// Reject a pending request (a reason is required).
+    Reject(Decision),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct Decision {
+    /// The approval id.
+    id: String,
+    /// Your approver name, as configured in `[[policy.approvals.approvers]]`.
+    #[arg(long = "as", value_name = "APPROVER")]
+    approver: String,
+    /// Why (required to reject).
+    #[arg(long)]
+    reason: Option<String>,
+    /// Your approver token (prefer the AIRLOCK_APPROVER_TOKEN environment
+    /// variable: command lines are visible to other users).
+    #[arg(long, env = "AIRLOCK_APPROVER_TOKEN", hide_env_values = true)]
+    token: String,
+}
+
+fn open(settings: &Settings) -> anyhow::Result<Host> {
+    Ok(Host::new(host_config(settings, Calls::Recorded))?)
+}
+
+fn print_approval(a: &Approval) {
+    println!("{}  {}", a.id, a.state.as_str());
+    println!("  tool        {}/{} ({})", a.plugin, a.tool, a.risk);
+    println!("  asked by    {}", a.principal);
+    if let Some(reason) = &a.caller_reason {
+        println!("  because     {reason}");
+    }
+    println!("  arguments   {}", a.args);
+    if let Some(key) = &a.idempotency_key {
+        println!("  idem. key   {key}");
+    }
+    println!("  expires     {}", time(a.expires_ms));
+    if let Some(by) = &a.decided_by {
+        println!(
+            "  decided     by {by}{}",
+            a.decision_reason
+                .as_deref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        );
+    }
+}
+
+fn time(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        .to_string()
+}
+
+pub(crate) async fn run(settings: &Settings, command: ApprovalsCommand) -> Result<u8, Failure> {
+    let host = open(settings)?;
+    match command {
+        ApprovalsCommand::List { all, json } => {
+            let list = host.approvals((!all).then_some(ApprovalState::Pending))?;
+            if json {
+                print_json(&json!({ "approvals": list }));
+            } else if list.is_empty() {
+                println!("no {}approval requests", if all { "" } else { "pending " });
+            } else {
+                for a in &list {
+                    println!(
+                        "{}  {:<9} {}/{}  by {}  expires {}",
+                        a.id,
+                        a.state.as_str(),
+                        a.plugin,
+                        a.tool,
+                        a.principal,
+                        time(a.expires_ms)
+                    );
+                }
+            }
+        }
+        ApprovalsCommand::Show { id, json } => {
+            let Some(a) = host.approval(&id)? else {
+                return Err(Failure::usage(anyhow::anyhow!("no approval {id}")));
+            };
+            if json {
+                print_json(&json!(a));
+            } else {
+                print_approval(&a);
+            }
+        }
+        ApprovalsCommand::Approve(d) | ApprovalsCommand::Reject(d) if d.token.trim().is_empty() => {
+            return Err(Failure::usage(anyhow::anyhow!(
+                "approving needs your approver token in AIRLOCK_APPROVER_TOKEN"
+            )));
+        }
+        ApprovalsCommand::Approve(d) => {
+            let a = host
+                .decide(&d.id, &d.approver, &d.token, true, d.reason.as_deref())
+                .await?;
+            print_approval(&a);
+        }
+        ApprovalsCommand::Reject(d) => {
+            let a = host
+                .decide(&d.id, &d.approver, &d.token, false, d.reason.as_deref())
+                .await?;
+            print_approval(&a);
+        }
+    }
+    Ok(exit::OK)
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ModeCommand {
+    /// Refuse every tool that is not `read` (human takeover).
+    ReadOnly {
+        /// Why (recorded).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Who (recorded; default: the configured principal).
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// Serve every tool again.
+    Normal {
+        /// Why (recorded).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Who (recorded; default: the configured principal).
+        #[arg(long)]
+        by: Option<String>,
+    },
+    /// Print the current mode.
+    Show,
+}
+
+/// Switch by writing the mode file: a running host sees it at its next call
+/// and records the switch in the audit log.
+pub(crate) fn mode(settings: &Settings, command: ModeCommand) -> Result<u8, Failure> {
+    let (read_only, reason, by) = match command {
+        ModeCommand::Show => {
+            let path = settings.data_dir.join(airlock_host::MODE_FILE);
+            match std::fs::read_to_string(&path) {
+                Ok(text) => println!("{}", text.trim()),
+                Err(_) => println!("normal (never switched)"),
+            }
+            return Ok(exit::OK);
+        }
+        ModeCommand::ReadOnly { reason, by } => (true, reason, by),
+        ModeCommand::Normal { reason, by } => (false, reason, by),
+    };
+    let mode = airlock_host::Mode {
+        read_only,
+        id: format!(
+            "{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ),
+        by: by.unwrap_or_else(|| settings.principal.clone()),
+        reason,
+        at_ms: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(0))
+            .unwrap_or(0),
+    };
+    airlock_host::write_mode(&settings.data_dir, &mode)?;
+    println!(
+        "host mode: {} (recorded in the audit log by the next host to run a call)",
+        if read_only { "read-only" } else { "normal" }
+    );
+    Ok(exit::OK)
+}

@@ -1,0 +1,409 @@
+//! Approvals, idempotency keys and read-only mode against the real `billing`
+//! plugin and the real ledger: every refusal has its own kind, and nothing
+//! runs that should not.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use airlock_host::audit_log::Event;
+use airlock_host::ledger::{ApprovalPolicy, ApprovalState, Approver};
+use airlock_host::{CallRequest, Error, Host, HostConfig, Policy};
+use airlock_tests::{PLUGINS_DIR, sha256_hex};
+use serde_json::{Value, json};
+
+const ALICE: &str = "alice-secret-token";
+
+fn policy(approvers: bool) -> Policy {
+    Policy {
+        approvals: ApprovalPolicy {
+            approvers: if approvers {
+                vec![Approver {
+                    name: "alice".into(),
+                    token_sha256: sha256_hex(ALICE.as_bytes()),
+                }]
+            } else {
+                Vec::new()
+            },
+            ..ApprovalPolicy::default()
+        },
+        ..Policy::default()
+    }
+}
+
+async fn billing(config: HostConfig) -> Host {
+    let mut host = Host::new(config).unwrap();
+    host.load_plugin(format!("{PLUGINS_DIR}/billing"))
+        .await
+        .unwrap();
+    host.load_plugin(format!("{PLUGINS_DIR}/notes"))
+        .await
+        .unwrap();
+    host.call(CallRequest::new(
+        "billing/open-account",
+        json!({"account": "9182", "balance_cents": 0}).to_string(),
+    ))
+    .await
+    .unwrap();
+    host
+}
+
+fn refund(amount: u64) -> String {
+    json!({"account": "9182", "amount_cents": amount, "reason": "damaged goods"}).to_string()
+}
+
+fn request(amount: u64, key: &str) -> CallRequest {
+    CallRequest::new("billing/refund", refund(amount))
+        .principal("agent-1")
+        .idempotency_key(key)
+        .reason("customer complaint #77")
+}
+
+async fn balance(host: &Host) -> u64 {
+    let out = host
+        .call(CallRequest::new(
+            "billing/lookup",
+            json!({"account": "9182"}).to_string(),
+        ))
+        .await
+        .unwrap()
+        .output;
+    out["balance_cents"].as_u64().unwrap()
+}
+
+fn pending_id(err: Error) -> String {
+    match err {
+        Error::ApprovalPending { approval_id, .. } => approval_id,
+        other => panic!("expected approval_pending, got {other}"),
+    }
+}
+
+fn kind<T: std::fmt::Debug>(result: Result<T, Error>) -> &'static str {
+    result.unwrap_err().kind()
+}
+
+#[tokio::test]
+async fn a_refund_waits_for_approval_runs_once_and_is_on_the_record() {
+    let host = billing(HostConfig::default().policy(policy(true))).await;
+    // No key: refused before anything else.
+    let no_key = CallRequest::new("billing/refund", refund(2400)).principal("agent-1");
+    assert_eq!(kind(host.call(no_key).await), "idempotency_key_required");
+
+    let id = pending_id(host.call(request(2400, "k1")).await.unwrap_err());
+    assert_eq!(balance(&host).await, 0, "nothing ran while pending");
+    let pending = host.approvals(Some(ApprovalState::Pending)).unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(
+        pending[0].caller_reason.as_deref(),
+        Some("customer complaint #77")
+    );
+    assert_eq!(pending[0].principal, "agent-1");
+
+    // Still pending: resuming says so.
+    let again = host.call(request(2400, "k1").approval_id(&id)).await;
+    assert_eq!(kind(again), "approval_pending");
+
+    // The caller can never approve; a wrong token neither.
+    let own = host.decide(&id, "agent-1", ALICE, true, None).await;
+    assert_eq!(kind(own), "decision_refused");
+    let forged = host.decide(&id, "alice", "guess", true, None).await;
+    assert_eq!(kind(forged), "decision_refused");
+
+    let approved = host
+        .decide(&id, "alice", ALICE, true, Some("verified"))
+        .await
+        .unwrap();
+    assert_eq!(approved.state, ApprovalState::Approved);
+
+    // Other arguments, another principal, another key: not covered.
+    assert_eq!(
+        kind(host.call(request(9999, "k1").approval_id(&id)).await),
+        "approval_mismatch"
+    );
+    let other_principal = request(2400, "k1").approval_id(&id).principal("agent-2");
+    assert_eq!(kind(host.call(other_principal).await), "approval_mismatch");
+    assert_eq!(
+        kind(host.call(request(2400, "k2").approval_id(&id)).await),
+        "approval_mismatch"
+    );
+
+    let done = host
+        .call(request(2400, "k1").approval_id(&id))
+        .await
+        .unwrap();
+    assert_eq!(done.approval_id.as_deref(), Some(id.as_str()));
+    assert_eq!(balance(&host).await, 2400);
+
+    // A retry with the same key replays; the approval is spent.
+    let replay = host
+        .call(request(2400, "k1").approval_id(&id))
+        .await
+        .unwrap();
+    assert_eq!(replay.replayed_from.as_deref(), Some(done.call_id.as_str()));
+    assert_eq!(balance(&host).await, 2400, "paid once");
+    assert_eq!(
+        host.approval(&id).unwrap().unwrap().state,
+        ApprovalState::Consumed
+    );
+
+    let events: Vec<Event> = host
+        .audit()
+        .records(1)
+        .map(|r| r.unwrap().entry)
+        .filter(|e| e.tool.as_deref() == Some("refund"))
+        .map(|e| e.event)
+        .collect();
+    for expected in [
+        Event::CallRefused,
+        Event::ApprovalRequested,
+        Event::ApprovalDecided,
+        Event::CallStarted,
+        Event::CallFinished,
+        Event::CallReplayed,
+    ] {
+        assert!(
+            events.contains(&expected),
+            "{expected} missing from {events:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn without_an_approver_nothing_needing_approval_runs() {
+    let host = billing(HostConfig::default().policy(policy(false))).await;
+    assert_eq!(
+        kind(host.call(request(100, "k")).await),
+        "approval_unavailable"
+    );
+    assert_eq!(balance(&host).await, 0);
+}
+
+#[tokio::test]
+async fn rejected_expired_and_reused_approvals_refuse() {
+    let host = billing(HostConfig::default().policy(policy(true))).await;
+    let id = pending_id(host.call(request(100, "r1")).await.unwrap_err());
+    let no_reason = host.decide(&id, "alice", ALICE, false, None).await;
+    assert_eq!(kind(no_reason), "decision_refused");
+    host.decide(&id, "alice", ALICE, false, Some("not eligible"))
+        .await
+        .unwrap();
+    let err = host
+        .call(request(100, "r1").approval_id(&id))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), "approval_rejected");
+    assert!(err.to_string().contains("not eligible"), "{err}");
+    // Terminal: a later approve does not flip it.
+    assert_eq!(
+        kind(host.decide(&id, "alice", ALICE, true, None).await),
+        "decision_refused"
+    );
+    assert_eq!(
+        kind(host.call(request(100, "r1").approval_id("apr-nope")).await),
+        "approval_unknown"
+    );
+    assert_eq!(balance(&host).await, 0);
+}
+
+#[tokio::test]
+async fn an_approval_expires_and_the_call_does_not_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = airlock_tests::install(
+        "billing",
+        &airlock_tests::read(&format!("{PLUGINS_DIR}/billing/billing.wasm")),
+        "[capabilities]\nworkspace = \"read-write\"\n\n[[tools]]\nname = \"open-account\"\nrisk = \"write\"\n\n[[tools]]\nname = \"lookup\"\nrisk = \"read\"\n\n[[tools]]\nname = \"refund\"\nrisk = \"irreversible\"\napproval = \"required\"\nidempotency = \"required\"\napproval_expiry_s = 1\n",
+    );
+    let mut host = Host::new(
+        HostConfig::default()
+            .data_dir(dir.path())
+            .policy(policy(true)),
+    )
+    .unwrap();
+    host.load_plugin(plugin.path()).await.unwrap();
+    host.call(CallRequest::new(
+        "billing/open-account",
+        json!({"account": "9182"}).to_string(),
+    ))
+    .await
+    .unwrap();
+    let id = pending_id(host.call(request(5, "e1")).await.unwrap_err());
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(
+        kind(host.call(request(5, "e1").approval_id(&id)).await),
+        "approval_expired"
+    );
+    assert_eq!(
+        kind(host.decide(&id, "alice", ALICE, true, None).await),
+        "decision_refused"
+    );
+    assert_eq!(balance(&host).await, 0);
+    let expired = host
+        .audit()
+        .records(1)
+        .filter(|r| r.as_ref().unwrap().entry.event == Event::ApprovalExpired)
+        .count();
+    assert_eq!(expired, 1);
+}
+
+#[tokio::test]
+async fn approve_racing_reject_has_exactly_one_winner() {
+    let host = Arc::new(billing(HostConfig::default().policy(policy(true))).await);
+    for round in 0..10 {
+        let id = pending_id(
+            host.call(request(1, &format!("race{round}")))
+                .await
+                .unwrap_err(),
+        );
+        let (a, b) = (host.clone(), host.clone());
+        let (i1, i2) = (id.clone(), id.clone());
+        let approve = tokio::spawn(async move { a.decide(&i1, "alice", ALICE, true, None).await });
+        let reject =
+            tokio::spawn(async move { b.decide(&i2, "alice", ALICE, false, Some("no")).await });
+        let (approve, reject) = (approve.await.unwrap(), reject.await.unwrap());
+        assert!(
+            approve.is_ok() != reject.is_ok(),
+            "exactly one decision wins"
+        );
+        let state = host.approval(&id).unwrap().unwrap().state;
+        let winner = if approve.is_ok() {
+            ApprovalState::Approved
+        } else {
+            ApprovalState::Rejected
+        };
+        assert_eq!(state, winner);
+    }
+}
+
+#[tokio::test]
+async fn a_hundred_concurrent_calls_with_one_key_execute_once() {
+    let host = Arc::new(billing(HostConfig::default()).await);
+    let mut tasks = Vec::new();
+    for _ in 0..100 {
+        let host = host.clone();
+        tasks.push(tokio::spawn(async move {
+            host.call(
+                CallRequest::new(
+                    "notes/add",
+                    json!({"title": "once", "body": "x"}).to_string(),
+                )
+                .idempotency_key("same-key"),
+            )
+            .await
+        }));
+    }
+    let (mut executed, mut replayed, mut in_use) = (0, 0, 0);
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(r) if r.replayed_from.is_none() => executed += 1,
+            Ok(_) => replayed += 1,
+            Err(e) if e.kind() == "idempotency_in_use" => in_use += 1,
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!(executed, 1, "replayed {replayed}, in use {in_use}");
+    assert_eq!(executed + replayed + in_use, 100);
+    let started = host
+        .audit()
+        .records(1)
+        .filter(|r| {
+            let e = &r.as_ref().unwrap().entry;
+            e.event == Event::CallStarted && e.idempotency_key.as_deref() == Some("same-key")
+        })
+        .count();
+    assert_eq!(started, 1);
+    // Same key, other arguments.
+    let other = CallRequest::new(
+        "notes/add",
+        json!({"title": "twice", "body": "y"}).to_string(),
+    )
+    .idempotency_key("same-key");
+    assert_eq!(kind(host.call(other).await), "idempotency_mismatch");
+}
+
+#[tokio::test]
+async fn pending_approvals_survive_a_restart_and_stay_decidable() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || {
+        HostConfig::default()
+            .data_dir(dir.path())
+            .policy(policy(true))
+    };
+    let id = {
+        let host = billing(config()).await;
+        pending_id(host.call(request(700, "restart")).await.unwrap_err())
+    };
+    let mut host = Host::new(config()).unwrap();
+    host.load_plugin(format!("{PLUGINS_DIR}/billing"))
+        .await
+        .unwrap();
+    let pending = host.approvals(Some(ApprovalState::Pending)).unwrap();
+    assert_eq!(
+        pending.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
+        [id.as_str()]
+    );
+    host.decide(&id, "alice", ALICE, true, None).await.unwrap();
+    host.call(request(700, "restart").approval_id(&id))
+        .await
+        .unwrap();
+    assert_eq!(balance(&host).await, 700);
+}
+
+#[tokio::test]
+async fn read_only_mode_serves_lookups_and_refuses_refunds() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = billing(
+        HostConfig::default()
+            .data_dir(dir.path())
+            .policy(policy(true)),
+    )
+    .await;
+    host.set_mode(true, "ops-oncall", Some("incident 42"))
+        .await
+        .unwrap();
+    let err = host.call(request(1, "ro")).await.unwrap_err();
+    assert_eq!(err.kind(), "read_only_mode");
+    assert!(err.to_string().contains("incident 42"), "{err}");
+    assert_eq!(balance(&host).await, 0, "lookups still served");
+    // Another process (the CLI) flips it back through the mode file.
+    airlock_host::write_mode(
+        dir.path(),
+        &airlock_host::Mode {
+            read_only: false,
+            id: "switch-2".into(),
+            by: "ops-oncall".into(),
+            reason: None,
+            at_ms: 0,
+        },
+    )
+    .unwrap();
+    assert_eq!(kind(host.call(request(1, "ro")).await), "approval_pending");
+    let switches: Vec<Value> = host
+        .audit()
+        .records(1)
+        .map(|r| r.unwrap().entry)
+        .filter(|e| e.event == Event::ModeChanged)
+        .map(|e| json!(e.decision))
+        .collect();
+    assert_eq!(switches, [json!("read_only"), json!("normal")]);
+}
+
+#[tokio::test]
+async fn a_store_failure_refuses_the_call() {
+    let host = billing(HostConfig::default().policy(policy(true))).await;
+    host.audit().close().unwrap();
+    // The approval request cannot be recorded: nothing is pending, nothing runs.
+    assert_eq!(kind(host.call(request(3, "sf")).await), "audit_unavailable");
+    assert!(
+        host.approvals(None).unwrap().is_empty(),
+        "no unrecorded approval exists"
+    );
+    // Even a lookup needs its record: with the log closed it does not run.
+    let lookup = host
+        .call(CallRequest::new(
+            "billing/lookup",
+            json!({"account": "9182"}).to_string(),
+        ))
+        .await;
+    assert_eq!(kind(lookup), "audit_unavailable");
+}
