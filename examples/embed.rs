@@ -17,7 +17,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // durable such as /var/lib/airlock.
     let data = tempfile_dir("airlock-embed-data")?;
 
-    let mut host = Host::new(HostConfig::default().cache_dir(cache).data_dir(&data))?;
+    let host = Host::new(HostConfig::default().cache_dir(cache).data_dir(&data))?;
     let plugin = host.load_plugin(&plugin_dir).await?;
     println!(
         "loaded {} {} ({:?})",

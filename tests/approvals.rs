@@ -33,7 +33,7 @@ fn policy(approvers: bool) -> Policy {
 }
 
 async fn billing(config: HostConfig) -> Host {
-    let mut host = Host::new(config).unwrap();
+    let host = Host::new(config).unwrap();
     host.load_plugin(format!("{PLUGINS_DIR}/billing"))
         .await
         .unwrap();
@@ -214,7 +214,7 @@ async fn an_approval_expires_and_the_call_does_not_run() {
         &airlock_tests::read(&format!("{PLUGINS_DIR}/billing/billing.wasm")),
         "[capabilities]\nworkspace = \"read-write\"\n\n[[tools]]\nname = \"open-account\"\nrisk = \"write\"\n\n[[tools]]\nname = \"lookup\"\nrisk = \"read\"\n\n[[tools]]\nname = \"refund\"\nrisk = \"irreversible\"\napproval = \"required\"\nidempotency = \"required\"\napproval_expiry_s = 1\n",
     );
-    let mut host = Host::new(
+    let host = Host::new(
         HostConfig::default()
             .data_dir(dir.path())
             .policy(policy(true)),
@@ -333,7 +333,7 @@ async fn pending_approvals_survive_a_restart_and_stay_decidable() {
         let host = billing(config()).await;
         pending_id(host.call(request(700, "restart")).await.unwrap_err())
     };
-    let mut host = Host::new(config()).unwrap();
+    let host = Host::new(config()).unwrap();
     host.load_plugin(format!("{PLUGINS_DIR}/billing"))
         .await
         .unwrap();

@@ -28,7 +28,7 @@ fn misbehave(tools: &[(&str, &str, &str)]) -> PluginDir {
 }
 
 async fn host_in(data: &Path, plugin: &PluginDir) -> Host {
-    let mut host = Host::new(HostConfig::default().data_dir(data)).unwrap();
+    let host = Host::new(HostConfig::default().data_dir(data)).unwrap();
     host.load_plugin(plugin.path()).await.unwrap();
     host
 }
@@ -211,7 +211,7 @@ async fn a_call_that_cannot_be_recorded_does_not_run() {
         "[capabilities]\nclocks = true\nrandom = true\nfiles = [{ host = \"data\", guest = \"/data\", access = \"read-write\" }]\n\n[[tools]]\nname = \"write-file\"\nrisk = \"write\"\n",
     );
     std::fs::create_dir(dir.path().join("data")).unwrap();
-    let mut host = Host::new(HostConfig::default().data_dir(data.path())).unwrap();
+    let host = Host::new(HostConfig::default().data_dir(data.path())).unwrap();
     host.load_plugin(dir.path()).await.unwrap();
     // The store stops taking records (as on a failed disk).
     host.audit().close().unwrap();

@@ -47,7 +47,7 @@ fn probe(capabilities: &str) -> PluginDir {
 }
 
 async fn load(dir: &PluginDir, policy: Policy) -> Result<Host, Error> {
-    let mut host = Host::new(HostConfig::default().policy(policy)).unwrap();
+    let host = Host::new(HostConfig::default().policy(policy)).unwrap();
     host.load_plugin(dir.path()).await?;
     Ok(host)
 }
@@ -477,7 +477,7 @@ async fn the_concurrency_cap_queues_calls_and_others_keep_working() {
         ),
     );
     let other = probe("");
-    let mut host = Host::new(HostConfig::default()).unwrap();
+    let host = Host::new(HostConfig::default()).unwrap();
     host.load_plugin(dir.path()).await.unwrap();
     host.load_plugin(other.path()).await.unwrap();
     let host = std::sync::Arc::new(host);
@@ -504,5 +504,5 @@ async fn the_probe_loads_with_its_full_grant() {
     let host = load(&probe("stdio = true"), Policy::default())
         .await
         .unwrap();
-    assert_eq!(host.tools().count(), PROBE_TOOLS.len());
+    assert_eq!(host.tools().len(), PROBE_TOOLS.len());
 }

@@ -134,7 +134,7 @@ fn loopback_allowed() -> Policy {
 }
 
 async fn load(dir: &PluginDir, policy: Policy) -> Result<Host, Error> {
-    let mut host = Host::new(HostConfig::default().policy(policy)).unwrap();
+    let host = Host::new(HostConfig::default().policy(policy)).unwrap();
     host.load_plugin(dir.path()).await?;
     Ok(host)
 }
@@ -472,7 +472,7 @@ async fn http_connect_timeout_covers_the_tls_handshake() {
 async fn http_server_that_never_answers_ends_the_call_at_its_deadline() {
     let server = TestServer::start().await;
     let dir = fetch(&[&server.origin()], "timeout_ms = 1_000");
-    let mut host = Host::new(HostConfig::default().policy(loopback_allowed())).unwrap();
+    let host = Host::new(HostConfig::default().policy(loopback_allowed())).unwrap();
     host.load_plugin(dir.path()).await.unwrap();
     let other = fetch(&[&server.origin()], "");
     let other = {

@@ -20,7 +20,7 @@ fn host() -> (Host, ()) {
 }
 
 async fn examples() -> (Host, ()) {
-    let (mut host, cache) = host();
+    let (host, cache) = host();
     let report = host.load_plugins_dir(PLUGINS_DIR).await.unwrap();
     assert!(report.failed.is_empty(), "{:?}", report.failed);
     (host, cache)
@@ -43,7 +43,7 @@ const TEXT_TOOLS: &str = "[capabilities]\nlog = true\n\n[[tools]]\nname = \"stat
 #[tokio::test]
 async fn example_plugins_load_with_their_tools_and_schemas() {
     let (host, _cache) = examples().await;
-    let names: Vec<_> = host.plugins().map(|p| p.name()).collect();
+    let names = host.plugin_names();
     assert_eq!(
         names,
         ["billing", "fetch", "files", "json", "notes", "text"]
@@ -58,7 +58,7 @@ async fn example_plugins_load_with_their_tools_and_schemas() {
         assert_eq!(tool.input_schema()["type"], "object", "{}", tool.id());
         assert!(!tool.description().is_empty(), "{}", tool.id());
     }
-    let ids: Vec<_> = host.tools().map(|t| t.id()).collect();
+    let ids: Vec<_> = host.tools().iter().map(|t| t.id()).collect();
     for &(expected, _) in airlock_tests::EXAMPLE_TOOLS {
         assert!(
             ids.iter().any(|id| id == expected),
@@ -190,18 +190,20 @@ async fn a_tool_error_from_the_guest_is_reported_as_such() {
 #[tokio::test]
 async fn second_load_uses_the_compiled_cache() {
     let cache = tempfile::tempdir().unwrap();
-    let mut first = Host::new(HostConfig::default().cache_dir(cache.path())).unwrap();
+    let first = Host::new(HostConfig::default().cache_dir(cache.path())).unwrap();
     first.load_plugins_dir(PLUGINS_DIR).await.unwrap();
     assert!(
         first
             .plugins()
+            .iter()
             .all(|p| p.cache_status() == CacheStatus::Miss)
     );
-    let mut second = Host::new(HostConfig::default().cache_dir(cache.path())).unwrap();
+    let second = Host::new(HostConfig::default().cache_dir(cache.path())).unwrap();
     second.load_plugins_dir(PLUGINS_DIR).await.unwrap();
     assert!(
         second
             .plugins()
+            .iter()
             .all(|p| p.cache_status() == CacheStatus::Hit)
     );
     // And the cached code really runs.
@@ -215,7 +217,7 @@ async fn second_load_uses_the_compiled_cache() {
 async fn corrupt_cache_entries_are_rebuilt_not_trusted() {
     let cache = tempfile::tempdir().unwrap();
     let plugin = install("text", &text_component(), TEXT_TOOLS);
-    let mut first = Host::new(HostConfig::default().cache_dir(cache.path())).unwrap();
+    let first = Host::new(HostConfig::default().cache_dir(cache.path())).unwrap();
     first.load_plugin(plugin.path()).await.unwrap();
     for entry in std::fs::read_dir(cache.path()).unwrap() {
         let path = entry.unwrap().path();
@@ -224,7 +226,7 @@ async fn corrupt_cache_entries_are_rebuilt_not_trusted() {
         bytes[middle] ^= 0xff;
         std::fs::write(&path, bytes).unwrap();
     }
-    let mut second = Host::new(HostConfig::default().cache_dir(cache.path())).unwrap();
+    let second = Host::new(HostConfig::default().cache_dir(cache.path())).unwrap();
     let loaded = second.load_plugin(plugin.path()).await.unwrap();
     assert_eq!(loaded.cache_status(), CacheStatus::Rebuilt);
     let slug = call(&second, "text/slugify", json!({"text": "Still Works"}))
@@ -236,7 +238,7 @@ async fn corrupt_cache_entries_are_rebuilt_not_trusted() {
 // ---------------------------------------------------------------- manifests
 
 async fn load_err(dir: &PluginDir) -> Error {
-    let (mut host, _cache) = host();
+    let (host, _cache) = host();
     host.load_plugin(dir.path()).await.unwrap_err()
 }
 
@@ -368,7 +370,7 @@ async fn declared_tool_not_exported() {
 
 #[tokio::test]
 async fn exported_but_undeclared_tools_are_not_exposed() {
-    let (mut host, _cache) = host();
+    let (host, _cache) = host();
     let dir = install("text", &text_component(), TEXT_TOOLS);
     let plugin = host.load_plugin(dir.path()).await.unwrap();
     assert!(
@@ -389,12 +391,33 @@ async fn exported_but_undeclared_tools_are_not_exposed() {
 
 #[tokio::test]
 async fn the_same_plugin_twice_is_refused() {
-    let (mut host, _cache) = host();
+    let (host, _cache) = host();
     let a = install("text", &text_component(), TEXT_TOOLS);
     let b = install("text", &text_component(), TEXT_TOOLS);
     host.load_plugin(a.path()).await.unwrap();
     let err = host.load_plugin(b.path()).await.unwrap_err();
     assert!(matches!(err, Error::DuplicatePlugin { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn an_unloaded_plugin_refuses_new_calls_and_can_be_loaded_again() {
+    let (host, _cache) = host();
+    let dir = install("text", &text_component(), TEXT_TOOLS);
+    host.load_plugin(dir.path()).await.unwrap();
+    let held = host.plugin("text").unwrap();
+    let unloaded = host.unload_plugin("text").unwrap();
+    assert!(std::sync::Arc::ptr_eq(&held, &unloaded));
+    assert!(host.unload_plugin("text").is_none());
+    assert!(host.plugins().is_empty() && host.tools().is_empty());
+    let err = call(&host, "text/slugify", json!({"text": "x"}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), "unknown_plugin", "{err}");
+    host.load_plugin(dir.path()).await.unwrap();
+    let slug = call(&host, "text/slugify", json!({"text": "Back Again"}))
+        .await
+        .unwrap();
+    assert_eq!(slug["slug"], "back-again");
 }
 
 #[tokio::test]
@@ -404,7 +427,7 @@ async fn one_broken_plugin_does_not_stop_the_others() {
     copy_dir(good.path(), &root.path().join("text"));
     std::fs::create_dir(root.path().join("broken")).unwrap();
     std::fs::write(root.path().join("broken/plugin.toml"), "nonsense").unwrap();
-    let (mut host, _cache) = host();
+    let (host, _cache) = host();
     let report = host.load_plugins_dir(root.path()).await.unwrap();
     assert_eq!(report.loaded, ["text"]);
     assert_eq!(report.failed.len(), 1);
@@ -500,7 +523,7 @@ async fn arguments_failing_the_schema_name_every_path() {
 
 #[tokio::test]
 async fn arguments_too_large() {
-    let mut host = Host::new(
+    let host = Host::new(
         HostConfig::default()
             .cache_dir(shared_cache())
             .max_argument_bytes(1000),

@@ -19,7 +19,7 @@ fn notes(capabilities: &str, limits: &str) -> PluginDir {
 }
 
 async fn host_with(config: HostConfig, plugin: &PluginDir) -> Result<Host, Error> {
-    let mut host = Host::new(config).unwrap();
+    let host = Host::new(config).unwrap();
     host.load_plugin(plugin.path()).await?;
     Ok(host)
 }

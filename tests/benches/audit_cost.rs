@@ -74,7 +74,7 @@ fn main() {
         );
         let data = tempfile::tempdir().expect("tempdir");
         let samples = runtime.block_on(async {
-            let mut host = Host::new(HostConfig::default().data_dir(data.path())).expect("host");
+            let host = Host::new(HostConfig::default().data_dir(data.path())).expect("host");
             host.load_plugin(plugin.path()).await.expect("load");
             let mut samples = Vec::with_capacity(calls);
             for _ in 0..calls {

@@ -12,7 +12,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (Some(data_dir), Some(plugin_dir)) = (args.next(), args.next()) else {
         return Err("usage: call-stream DATA_DIR PLUGIN_DIR".into());
     };
-    let mut host = Host::new(HostConfig::default().data_dir(data_dir))?;
+    let host = Host::new(HostConfig::default().data_dir(data_dir))?;
     host.load_plugin(&plugin_dir).await?;
     let mut stdout = std::io::stdout();
     for n in 1u64.. {

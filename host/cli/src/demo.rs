@@ -127,7 +127,7 @@ pub async fn run(settings: &Settings) -> Result<u8, Failure> {
             failure.error
         );
     }
-    if host.plugins().next().is_none() {
+    if host.plugins().is_empty() {
         return Err(anyhow::anyhow!(
             "no plugins in {}; build the examples with scripts/build-guests",
             settings.plugins_dir.display()

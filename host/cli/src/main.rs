@@ -289,7 +289,7 @@ pub(crate) async fn load_host(
     settings: &Settings,
     calls: Calls,
 ) -> anyhow::Result<(Host, LoadReport)> {
-    let mut host = Host::new(host_config(settings, calls))?;
+    let host = Host::new(host_config(settings, calls))?;
     if !settings.plugins_dir.is_dir() {
         anyhow::bail!(
             "plugins directory {} does not exist (set --plugins-dir, AIRLOCK_PLUGINS_DIR or plugins_dir in --config)",
@@ -333,7 +333,7 @@ fn warn_failures(report: &LoadReport) {
 async fn plugins_list(settings: &Settings, json: bool) -> Result<u8, Failure> {
     let (host, report) = load_host(settings, Calls::None).await?;
     if json {
-        let loaded: Vec<_> = host.plugins().map(|p| p.info()).collect();
+        let loaded: Vec<_> = host.plugins().iter().map(|p| p.info()).collect();
         let failed: Vec<_> = report
             .failed
             .iter()
@@ -341,7 +341,7 @@ async fn plugins_list(settings: &Settings, json: bool) -> Result<u8, Failure> {
             .collect();
         print_json(&json!({"plugins": loaded, "failed": failed}));
     } else {
-        if host.plugins().next().is_none() && report.failed.is_empty() {
+        if host.plugins().is_empty() && report.failed.is_empty() {
             println!("no plugins in {}", settings.plugins_dir.display());
         }
         for plugin in host.plugins() {
@@ -370,7 +370,7 @@ async fn tools_list(settings: &Settings, json: bool) -> Result<u8, Failure> {
     let (host, report) = load_host(settings, Calls::None).await?;
     warn_failures(&report);
     if json {
-        let tools: Vec<_> = host.tools().map(|t| t.info()).collect();
+        let tools: Vec<_> = host.tools().iter().map(|t| t.info()).collect();
         print_json(&json!({"tools": tools}));
     } else {
         for tool in host.tools() {

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use airlock_audit::{AuditConfig, AuditLog};
 
@@ -111,12 +111,16 @@ pub struct LoadReport {
 
 /// A host that loads plugins and runs their tools.
 ///
-/// Loading takes `&mut self`; calls take `&self` and may run concurrently
-/// (wrap the host in an `Arc` to share it between tasks).
+/// Every method takes `&self`: wrap the host in an `Arc` to share it between
+/// tasks. Calls may run concurrently, and plugins may be loaded and unloaded
+/// while calls are in flight — a call holds its plugin (an `Arc`) from
+/// resolution to its outcome, so unloading never cuts a running call short.
 pub struct Host {
     engine: Engine,
     cache: Option<CompiledCache>,
-    plugins: BTreeMap<String, Arc<Plugin>>,
+    /// Loaded plugins by name. Locked only to look up, insert or remove an
+    /// entry, never across an `.await`.
+    plugins: RwLock<BTreeMap<String, Arc<Plugin>>>,
     config: HostConfig,
     pub(crate) audit: AuditLog,
     workspace: WorkspaceStore,
@@ -130,7 +134,7 @@ pub struct Host {
 impl std::fmt::Debug for Host {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Host")
-            .field("plugins", &self.plugins.keys().collect::<Vec<_>>())
+            .field("plugins", &self.plugin_names())
             .field("config", &self.config)
             .finish_non_exhaustive()
     }
@@ -218,7 +222,7 @@ impl Host {
         Ok(Host {
             engine,
             cache,
-            plugins: BTreeMap::new(),
+            plugins: RwLock::new(BTreeMap::new()),
             config,
             audit,
             workspace,
@@ -251,20 +255,29 @@ impl Host {
     /// # Security
     /// The component's code runs once here (to list its tools) under the same
     /// limits as a call.
-    pub async fn load_plugin(&mut self, dir: impl AsRef<Path>) -> Result<&Plugin> {
+    pub async fn load_plugin(&self, dir: impl AsRef<Path>) -> Result<Arc<Plugin>> {
         let dir = dir.as_ref();
         let plugin =
             plugin::load(&self.engine, self.cache.as_ref(), &self.config.policy, dir).await?;
         let name = plugin.name().to_owned();
-        if let Some(existing) = self.plugins.get(&name) {
+        let mut plugins = self.plugins_mut();
+        if let Some(existing) = plugins.get(&name) {
             return Err(Error::DuplicatePlugin {
                 name,
                 first: existing.dir().to_owned(),
                 second: dir.to_owned(),
             });
         }
-        let plugin = self.plugins.entry(name).or_insert(Arc::new(plugin));
+        let plugin = Arc::new(plugin);
+        plugins.insert(name, Arc::clone(&plugin));
         Ok(plugin)
+    }
+
+    /// Unload the plugin `name`: new calls to its tools fail with
+    /// [`Error::UnknownPlugin`]; calls already running finish normally.
+    /// Returns the plugin, or `None` when none of that name is loaded.
+    pub fn unload_plugin(&self, name: &str) -> Option<Arc<Plugin>> {
+        self.plugins_mut().remove(name)
     }
 
     /// Load every plugin in `dir`: each subdirectory holding a `plugin.toml`.
@@ -273,7 +286,7 @@ impl Host {
     ///
     /// # Errors
     /// [`Error::Io`] if `dir` cannot be read.
-    pub async fn load_plugins_dir(&mut self, dir: impl AsRef<Path>) -> Result<LoadReport> {
+    pub async fn load_plugins_dir(&self, dir: impl AsRef<Path>) -> Result<LoadReport> {
         let dir = dir.as_ref();
         let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
         let mut dirs = Vec::new();
@@ -329,19 +342,43 @@ impl Host {
         })
     }
 
-    /// The loaded plugins, by name.
-    pub fn plugins(&self) -> impl Iterator<Item = &Plugin> {
-        self.plugins.values().map(|p| &**p)
+    /// The loaded plugins, by name (a snapshot).
+    pub fn plugins(&self) -> Vec<Arc<Plugin>> {
+        self.plugins_ref().values().cloned().collect()
+    }
+
+    /// Names of the loaded plugins, sorted.
+    pub fn plugin_names(&self) -> Vec<String> {
+        self.plugins_ref().keys().cloned().collect()
     }
 
     /// The loaded plugin `name`.
-    pub fn plugin(&self, name: &str) -> Option<&Plugin> {
-        self.plugins.get(name).map(|p| &**p)
+    pub fn plugin(&self, name: &str) -> Option<Arc<Plugin>> {
+        self.plugins_ref().get(name).cloned()
     }
 
-    /// Every exposed tool of every plugin.
-    pub fn tools(&self) -> impl Iterator<Item = &Tool> {
-        self.plugins().flat_map(Plugin::tools)
+    /// Every exposed tool of every plugin, by plugin then tool name (a
+    /// snapshot).
+    pub fn tools(&self) -> Vec<Arc<Tool>> {
+        self.plugins_ref()
+            .values()
+            .flat_map(|plugin| plugin.tools_arc())
+            .collect()
+    }
+
+    /// The plugin map for reading. The lock is never held across an
+    /// `.await` and no code holding it can panic, so a poisoned lock still
+    /// holds a consistent map and is used as is.
+    fn plugins_ref(&self) -> RwLockReadGuard<'_, BTreeMap<String, Arc<Plugin>>> {
+        self.plugins
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn plugins_mut(&self) -> RwLockWriteGuard<'_, BTreeMap<String, Arc<Plugin>>> {
+        self.plugins
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Run one tool call through the pipeline.
@@ -371,13 +408,16 @@ impl Host {
             &request.tool,
         );
         // 1. Resolve.
-        let (plugin, tool) = match self.resolve(&request.tool) {
+        // The plugin is held (an `Arc`) until the call's outcome, even if it
+        // is unloaded meanwhile.
+        let (held_plugin, held_tool) = match self.resolve(&request.tool) {
             Ok(found) => found,
             Err(error) => {
                 record.arguments(&request.arguments, None);
                 return Err(record.refused(error).await);
             }
         };
+        let (plugin, tool) = (&*held_plugin, &*held_tool);
         record.resolved(plugin, tool);
         record.idempotency_key(request.idempotency_key.as_deref());
         // 2. Admit: the host's mode.
@@ -462,7 +502,7 @@ impl Host {
         result
     }
 
-    fn resolve(&self, reference: &str) -> Result<(&Plugin, &Tool)> {
+    fn resolve(&self, reference: &str) -> Result<(Arc<Plugin>, Arc<Tool>)> {
         let (plugin_name, tool_name) =
             reference
                 .split_once('/')
@@ -470,15 +510,17 @@ impl Host {
                     reference: reference.to_owned(),
                 })?;
         let plugin = self
-            .plugins
-            .get(plugin_name)
+            .plugin(plugin_name)
             .ok_or_else(|| Error::UnknownPlugin {
                 plugin: plugin_name.to_owned(),
             })?;
-        let tool = plugin.tool(tool_name).ok_or_else(|| Error::UnknownTool {
-            plugin: plugin_name.to_owned(),
-            tool: tool_name.to_owned(),
-        })?;
+        let tool = plugin
+            .tool(tool_name)
+            .cloned()
+            .ok_or_else(|| Error::UnknownTool {
+                plugin: plugin_name.to_owned(),
+                tool: tool_name.to_owned(),
+            })?;
         Ok((plugin, tool))
     }
 

@@ -29,7 +29,7 @@
 //! let config = HostConfig::default()
 //!     .data_dir("/var/lib/airlock") // audit log and workspace store
 //!     .cache_dir("/var/cache/airlock");
-//! let mut host = Host::new(config)?;
+//! let host = Host::new(config)?;
 //! host.load_plugin("plugins/text").await?;
 //! let response = host
 //!     .call(CallRequest::new("text/slugify", r#"{"text": "Hello, World!"}"#))

@@ -100,6 +100,11 @@ impl Plugin {
         self.tools.values().map(|t| &**t)
     }
 
+    /// The exposed tools, shared.
+    pub(crate) fn tools_arc(&self) -> impl Iterator<Item = Arc<Tool>> + '_ {
+        self.tools.values().cloned()
+    }
+
     /// The exposed tool `name`.
     pub fn tool(&self, name: &str) -> Option<&Arc<Tool>> {
         self.tools.get(name)
