@@ -47,7 +47,7 @@ fn misbehave_plugin(limits: &str) -> PluginDir {
 }
 
 async fn host_with(dir: &PluginDir) -> Host {
-    let mut host = Host::new(HostConfig::default()).unwrap();
+    let host = Host::new(HostConfig::default()).unwrap();
     host.load_plugin(dir.path()).await.unwrap();
     host
 }
@@ -269,7 +269,7 @@ async fn a_trap_does_not_poison_later_calls() {
 #[tokio::test]
 async fn wrong_world() {
     let dir = install("other", &read(WRONG_WORLD), "[[tools]]\nname = \"run\"\n");
-    let mut host = Host::new(HostConfig::default()).unwrap();
+    let host = Host::new(HostConfig::default()).unwrap();
     let err = host.load_plugin(dir.path()).await.unwrap_err();
     assert!(matches!(err, Error::WrongWorld { .. }), "{err}");
     assert!(err.to_string().contains("airlock:plugin/tools"), "{err}");
@@ -283,7 +283,7 @@ async fn bad_schema() {
             &read(BAD_SCHEMA),
             &format!("[[tools]]\nname = \"{tool}\"\n"),
         );
-        let mut host = Host::new(HostConfig::default()).unwrap();
+        let host = Host::new(HostConfig::default()).unwrap();
         let err = host.load_plugin(dir.path()).await.unwrap_err();
         let Error::InvalidToolList { reason, .. } = &err else {
             panic!("{err}")
@@ -295,10 +295,45 @@ async fn bad_schema() {
 #[tokio::test]
 async fn dup_tools() {
     let dir = install("dup", &read(DUP_TOOLS), "[[tools]]\nname = \"twin\"\n");
-    let mut host = Host::new(HostConfig::default()).unwrap();
+    let host = Host::new(HostConfig::default()).unwrap();
     let err = host.load_plugin(dir.path()).await.unwrap_err();
     let Error::InvalidToolList { reason, .. } = &err else {
         panic!("{err}")
     };
     assert!(reason.contains("exported twice"), "{reason}");
+}
+
+#[tokio::test]
+async fn a_cancelled_call_stops_the_guest_and_frees_its_slot() {
+    // One instance at a time and a long deadline: a guest left spinning
+    // would hold the only slot for a minute and the next call would wait
+    // that long, then fail with plugin_busy.
+    let dir =
+        misbehave_plugin("fuel = 1_000_000_000_000_000\ntimeout_ms = 60_000\nmax_concurrency = 1");
+    let host = std::sync::Arc::new(host_with(&dir).await);
+    let token = tokio_util::sync::CancellationToken::new();
+    let spinning = tokio::spawn({
+        let host = std::sync::Arc::clone(&host);
+        let request = CallRequest::new("misbehave/spin", "{}").cancel_on(token.clone());
+        async move { host.call(request).await }
+    });
+    // Let it get going, then cancel: whether the guest had started or not,
+    // the call ends as cancelled.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    token.cancel();
+    let err = spinning.await.unwrap().unwrap_err();
+    assert_eq!(err.kind(), "cancelled", "{err}");
+    let echoed = call(&host, "echo", json!({"after": "cancel"}))
+        .await
+        .unwrap();
+    assert_eq!(echoed.output["after"], "cancel");
+    // A token cancelled before the call refuses it before the guest runs.
+    let cancelled = tokio_util::sync::CancellationToken::new();
+    cancelled.cancel();
+    let err = host
+        .call(CallRequest::new("misbehave/echo", "{}").cancel_on(cancelled))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Cancelled { ran: false, .. }), "{err}");
+    assert_eq!(err.class(), ErrorClass::Refused);
 }

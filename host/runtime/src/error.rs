@@ -257,6 +257,17 @@ pub enum Error {
         limit: u64,
     },
 
+    /// The caller cancelled the call (for example an MCP client's
+    /// `notifications/cancelled`). If the guest was running, its instance
+    /// was dropped and stopped at its next epoch yield.
+    #[error("call to `{tool}` cancelled by the caller{}", if *ran { " while the tool ran" } else { " before the tool ran" })]
+    Cancelled {
+        /// `plugin/tool`.
+        tool: String,
+        /// Whether the guest had started.
+        ran: bool,
+    },
+
     /// Two plugins in one host have the same name.
     #[error("plugin `{name}` is loaded twice (from {} and {})", first.display(), second.display())]
     DuplicatePlugin {
@@ -548,6 +559,7 @@ impl Error {
             Error::CapabilityNotGranted { .. } => "capability_not_granted",
             Error::LimitAboveCeiling { .. } => "limit_above_ceiling",
             Error::PluginBusy { .. } => "plugin_busy",
+            Error::Cancelled { .. } => "cancelled",
             Error::Config { .. } => "config",
             Error::BadToolReference { .. } => "bad_tool_reference",
             Error::UnknownPlugin { .. } => "unknown_plugin",
@@ -610,7 +622,9 @@ impl Error {
             | Error::IdempotencyInUse { .. }
             | Error::IdempotencyOutcomeUnknown { .. }
             | Error::ReadOnlyMode { .. }
-            | Error::PluginBusy { .. } => ErrorClass::Refused,
+            | Error::PluginBusy { .. }
+            | Error::Cancelled { ran: false, .. } => ErrorClass::Refused,
+            Error::Cancelled { ran: true, .. } => ErrorClass::Trap,
             Error::ApprovalPending { .. } => ErrorClass::Pending,
             Error::ReplayedFailure { .. } => ErrorClass::ToolError,
             Error::CapabilityDenied { .. } | Error::CapabilityNotGranted { .. } => {

@@ -326,7 +326,9 @@ impl crate::Host {
             Ok(response) => self
                 .ledger
                 .complete(principal, p, t, key, Ok(response.output.clone())),
-            Err(Error::PluginBusy { .. }) => self.ledger.release(principal, p, t, key),
+            Err(Error::PluginBusy { .. } | Error::Cancelled { ran: false, .. }) => {
+                self.ledger.release(principal, p, t, key)
+            }
             Err(e) => self.ledger.complete(
                 principal,
                 p,
@@ -469,7 +471,16 @@ impl crate::Host {
                             expires: rfc3339(approval.expires_ms),
                         });
                     }
-                    tokio::time::sleep(APPROVAL_POLL).await;
+                    let poll = tokio::time::sleep(APPROVAL_POLL);
+                    if crate::pipeline::unless_cancelled(request.cancel.as_ref(), poll)
+                        .await
+                        .is_none()
+                    {
+                        return Err(Error::Cancelled {
+                            tool: tool.id(),
+                            ran: false,
+                        });
+                    }
                 }
                 other => return Err(refusal(&approval, other)),
             }

@@ -392,7 +392,8 @@ impl Host {
     /// tool error; [`Error::Trap`] when it crashes or hits a limit (fuel,
     /// deadline, memory); [`Error::OutputTooLarge`] and
     /// [`Error::OutputInvalid`] for results over the limit, not JSON or
-    /// failing the output schema.
+    /// failing the output schema. [`Error::Cancelled`] when the request's
+    /// cancellation token ([`CallRequest::cancel_on`]) fires first.
     ///
     /// # Security
     /// Every call gets a fresh instance: no state leaks between calls through
@@ -488,8 +489,16 @@ impl Host {
             quota: plugin.limits().workspace_quota(),
             dirty: false,
         });
-        let (mut result, stats) =
-            pipeline::run_tool(&self.engine, plugin, tool, &arguments, context, workspace).await;
+        let (mut result, stats) = pipeline::run_tool(
+            &self.engine,
+            plugin,
+            tool,
+            &arguments,
+            context,
+            workspace,
+            request.cancel.as_ref(),
+        )
+        .await;
         if let Ok(response) = &mut result {
             response.approval_id = approval_id;
         }

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde_json::Value;
+use tokio_util::sync::CancellationToken;
 use wasmtime::{Engine, Store, Trap, UpdateDeadline};
 
 use crate::bindings::PluginPre;
@@ -62,6 +63,11 @@ pub struct CallRequest {
     /// Wait this long for an approval decision instead of returning
     /// [`Error::ApprovalPending`](crate::Error::ApprovalPending) at once.
     pub wait_for_approval: Option<Duration>,
+    /// Cancelling this token stops the call: a wait for approval or for an
+    /// instance slot ends, a running guest's instance is dropped, and the
+    /// call ends with [`Error::Cancelled`](crate::Error::Cancelled) — on
+    /// the record like any other outcome.
+    pub cancel: Option<CancellationToken>,
 }
 
 impl CallRequest {
@@ -78,7 +84,14 @@ impl CallRequest {
             approval_id: None,
             reason: None,
             wait_for_approval: None,
+            cancel: None,
         }
+    }
+
+    /// Stop the call when `token` is cancelled.
+    pub fn cancel_on(mut self, token: CancellationToken) -> CallRequest {
+        self.cancel = Some(token);
+        self
     }
 
     /// Run as `principal`.
@@ -193,6 +206,22 @@ pub(crate) struct RunStats {
     pub(crate) duration: Duration,
 }
 
+/// `future`'s output, or `None` if `cancel` fires first (`future` is then
+/// dropped).
+pub(crate) async fn unless_cancelled<T>(
+    cancel: Option<&CancellationToken>,
+    future: impl Future<Output = T>,
+) -> Option<T> {
+    match cancel {
+        Some(token) => tokio::select! {
+            biased;
+            () = token.cancelled() => None,
+            output = future => Some(output),
+        },
+        None => Some(future.await),
+    }
+}
+
 /// Steps 7–9 for a validated call.
 pub(crate) async fn run_tool(
     engine: &Engine,
@@ -201,15 +230,20 @@ pub(crate) async fn run_tool(
     arguments: &Value,
     context: CallContext,
     workspace: Option<crate::grants::WorkspaceScope>,
+    cancel: Option<&CancellationToken>,
 ) -> (Result<CallResponse>, RunStats) {
     let mut stats = RunStats::default();
     let result = run_tool_inner(
-        engine, plugin, tool, arguments, context, workspace, &mut stats,
+        engine, plugin, tool, arguments, context, workspace, cancel, &mut stats,
     )
     .await;
     (result, stats)
 }
 
+#[expect(
+    clippy::too_many_arguments,
+    reason = "run_tool's arguments plus its stats out-parameter"
+)]
 async fn run_tool_inner(
     engine: &Engine,
     plugin: &Plugin,
@@ -217,15 +251,22 @@ async fn run_tool_inner(
     arguments: &Value,
     context: CallContext,
     workspace: Option<crate::grants::WorkspaceScope>,
+    cancel: Option<&CancellationToken>,
     stats: &mut RunStats,
 ) -> Result<CallResponse> {
     let limits = plugin.limits();
     let tool_id = tool.id();
     let started = Instant::now();
+    let cancelled = |ran| Error::Cancelled {
+        tool: tool_id.clone(),
+        ran,
+    };
     // Per-plugin concurrency cap: wait for a slot at most as long as the call
     // itself may run.
-    let _permit = tokio::time::timeout(limits.timeout(), plugin.slots.acquire())
+    let slot = tokio::time::timeout(limits.timeout(), plugin.slots.acquire());
+    let _permit = unless_cancelled(cancel, slot)
         .await
+        .ok_or_else(|| cancelled(false))?
         .ok()
         .and_then(|permit| permit.ok())
         .ok_or_else(|| Error::PluginBusy {
@@ -243,15 +284,21 @@ async fn run_tool_inner(
     // HTTP request refused, for example). Warn level, so it is there
     // whenever those warnings are.
     let span = tracing::warn_span!("call", tool = %tool_id, call_id = %call_id);
-    let outcome = tracing::Instrument::instrument(
-        with_deadline(limits, async {
-            let instance = plugin.pre.instantiate_async(&mut store).await?;
-            instance
-                .airlock_plugin_tools()
-                .call_call(&mut store, tool.name(), &arguments_text, &context)
-                .await
-        }),
-        span,
+    // Cancellation drops the guest's future, and with it the only path
+    // back into the instance: it never runs again (it yields to the
+    // executor at every epoch tick, so this takes at most one tick).
+    let outcome = unless_cancelled(
+        cancel,
+        tracing::Instrument::instrument(
+            with_deadline(limits, async {
+                let instance = plugin.pre.instantiate_async(&mut store).await?;
+                instance
+                    .airlock_plugin_tools()
+                    .call_call(&mut store, tool.name(), &arguments_text, &context)
+                    .await
+            }),
+            span,
+        ),
     )
     .await;
     let duration = started.elapsed();
@@ -271,6 +318,9 @@ async fn run_tool_inner(
         scope.store.flush_async().await?;
     }
 
+    let Some(outcome) = outcome else {
+        return Err(cancelled(true));
+    };
     let returned = match outcome {
         Ok(returned) => returned,
         Err(error) => return Err(trap_error(&tool_id, error, &store)),
