@@ -1,0 +1,587 @@
+//! MCP over Streamable HTTP, and the approvers' endpoints.
+//!
+//! # Requests
+//! Every request passes two checks before anything else, against DNS
+//! rebinding and cross-site use from a browser:
+//! - `Host` must name the server: a loopback name (`localhost`,
+//!   `127.0.0.1`, `[::1]`, any port) or one of
+//!   [`HttpConfig::allowed_hosts`]; otherwise `403`.
+//! - `Origin`, when present, must be a loopback origin or one of
+//!   [`HttpConfig::allowed_origins`]; otherwise `403`.
+//!
+//! `/mcp` (the MCP endpoint) then requires `Authorization: Bearer <token>`
+//! where the token's SHA-256 is one of [`HttpConfig::tokens`]; the call runs
+//! as that entry's principal. No or an unknown token: `401` with
+//! `WWW-Authenticate: Bearer`. Bodies over
+//! [`HttpConfig::max_request_bytes`] get `413`.
+//!
+//! # Approvers
+//! `/approvals` is not MCP and takes only *approver* tokens (the host
+//! policy's `approvals.approvers`), never a caller's: `GET /approvals`
+//! lists pending approvals, `POST /approvals/{id}` with
+//! `{"decision": "approve" | "reject", "reason": "…"}` decides one. A
+//! caller token there gets `401`; an approver cannot decide on their own
+//! call (the host refuses, `409`).
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use airlock_host::Host;
+use airlock_host::ledger::ApprovalState;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
+use serde::Deserialize;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+use tokio_util::sync::CancellationToken;
+
+use crate::error::{Error, Result, config};
+use crate::server::{McpServer, Principal};
+
+/// The default address for `airlock serve --http`.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:7410";
+/// Default cap on a request body.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 2 * 1024 * 1024;
+/// The MCP endpoint's path.
+pub const MCP_PATH: &str = "/mcp";
+
+/// One caller token: the SHA-256 (hex) of the secret and who it is.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallerToken {
+    /// Who calls made with this token run as.
+    pub principal: String,
+    /// Lowercase or uppercase hex SHA-256 of the token, 64 digits. Only the
+    /// hash is stored, so the config file does not hold the secret.
+    pub token_sha256: String,
+}
+
+/// How the HTTP transport is set up.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct HttpConfig {
+    /// Where to listen.
+    pub addr: SocketAddr,
+    /// Listen on a non-loopback address (needs tokens, and `allowed_hosts`
+    /// naming the server).
+    pub allow_remote: bool,
+    /// Caller tokens; at least one is required.
+    pub tokens: Vec<CallerToken>,
+    /// Origins (`scheme://host[:port]`) allowed besides loopback ones.
+    pub allowed_origins: Vec<String>,
+    /// Host names (or `host:port`) allowed besides loopback ones.
+    pub allowed_hosts: Vec<String>,
+    /// Largest request body.
+    pub max_request_bytes: usize,
+}
+
+impl HttpConfig {
+    /// Listen on `addr` with `tokens`, loopback only, default limits.
+    pub fn new(addr: SocketAddr, tokens: Vec<CallerToken>) -> HttpConfig {
+        HttpConfig {
+            addr,
+            allow_remote: false,
+            tokens,
+            allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+        }
+    }
+
+    /// Check the configuration; `approver_hashes` are the approvers' token
+    /// hashes, which no caller token may share.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the key at fault.
+    pub fn validate(&self, approver_hashes: &[String]) -> Result<()> {
+        if !self.addr.ip().is_loopback() && !self.allow_remote {
+            return Err(config(format!(
+                "{} is not a loopback address; listening beyond this machine needs allow_remote (--allow-remote)",
+                self.addr
+            )));
+        }
+        if self.tokens.is_empty() {
+            return Err(config(
+                "serving over HTTP needs at least one caller token ([[serve.tokens]] with principal and token_sha256)",
+            ));
+        }
+        if self.allow_remote && !self.addr.ip().is_loopback() && self.allowed_hosts.is_empty() {
+            return Err(config(
+                "a remote listener needs serve.allowed_hosts naming the host clients connect to (DNS rebinding protection)",
+            ));
+        }
+        if self.max_request_bytes < 1024 {
+            return Err(config("serve.max_request_bytes must be at least 1024"));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, token) in self.tokens.iter().enumerate() {
+            let key = format!("serve.tokens[{i}]");
+            let hash = token.token_sha256.to_ascii_lowercase();
+            if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(config(format!(
+                    "{key}.token_sha256 must be 64 hex digits (the SHA-256 of the token, e.g. `printf %s \"$TOKEN\" | sha256sum`)"
+                )));
+            }
+            let principal = &token.principal;
+            if principal.is_empty()
+                || principal.len() > 256
+                || principal.chars().any(char::is_control)
+            {
+                return Err(config(format!(
+                    "{key}.principal must be 1-256 characters without control characters"
+                )));
+            }
+            if !seen.insert(hash.clone()) {
+                return Err(config(format!(
+                    "{key}.token_sha256 repeats an earlier token"
+                )));
+            }
+            if approver_hashes
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(&hash))
+            {
+                return Err(config(format!(
+                    "{key} is also an approver's token: callers and approvers must authenticate separately"
+                )));
+            }
+        }
+        for origin in &self.allowed_origins {
+            if parse_origin(origin).is_none() {
+                return Err(config(format!(
+                    "serve.allowed_origins: `{origin}` is not an origin (scheme://host[:port])"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks shared by every route.
+#[derive(Debug)]
+struct Guard {
+    allowed_origins: Vec<String>,
+    allowed_hosts: Vec<String>,
+}
+
+/// Caller tokens by hash.
+#[derive(Debug)]
+struct Callers {
+    tokens: Vec<CallerToken>,
+}
+
+impl Callers {
+    fn principal(&self, token: &str) -> Option<String> {
+        let digest = hex::encode(Sha256::digest(token.as_bytes()));
+        self.tokens
+            .iter()
+            .find(|t| {
+                constant_time_eq(
+                    t.token_sha256.to_ascii_lowercase().as_bytes(),
+                    digest.as_bytes(),
+                )
+            })
+            .map(|t| t.principal.clone())
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The whole HTTP application: `/mcp` for callers, `/approvals` for
+/// approvers, behind the Host and Origin checks.
+///
+/// # Errors
+/// [`Error::Config`] from [`HttpConfig::validate`].
+pub fn router(
+    server: &McpServer,
+    config: &HttpConfig,
+    shutdown: CancellationToken,
+) -> Result<Router> {
+    config.validate(&approver_hashes(server.host()))?;
+    let rmcp_config = StreamableHttpServerConfig::default()
+        // Host and Origin are checked by this crate's guard (with the
+        // configured lists), before authentication.
+        .disable_allowed_hosts()
+        .disable_allowed_origins()
+        .with_max_request_body_bytes(config.max_request_bytes)
+        .with_cancellation_token(shutdown);
+    let factory = {
+        let server = server.clone();
+        move || Ok(server.handler(None))
+    };
+    let mcp = StreamableHttpService::new(
+        factory,
+        Arc::new(LocalSessionManager::default()),
+        rmcp_config,
+    );
+    let callers = Arc::new(Callers {
+        tokens: config.tokens.clone(),
+    });
+    let mcp_routes = Router::new()
+        .route_service(MCP_PATH, mcp)
+        .layer(middleware::from_fn_with_state(callers, authenticate_caller));
+    Ok(mcp_routes
+        .merge(approvals_routes(server))
+        .layer(middleware::from_fn_with_state(
+            guard(config),
+            check_host_and_origin,
+        )))
+}
+
+/// Only the approvers' endpoints (for a stdio server's approvers), behind
+/// the Host and Origin checks.
+pub fn approvals_router(
+    server: &McpServer,
+    allowed_hosts: Vec<String>,
+    allowed_origins: Vec<String>,
+) -> Router {
+    approvals_routes(server).layer(middleware::from_fn_with_state(
+        Arc::new(Guard {
+            allowed_origins,
+            allowed_hosts,
+        }),
+        check_host_and_origin,
+    ))
+}
+
+fn guard(config: &HttpConfig) -> Arc<Guard> {
+    Arc::new(Guard {
+        allowed_origins: config.allowed_origins.clone(),
+        allowed_hosts: config.allowed_hosts.clone(),
+    })
+}
+
+fn approver_hashes(host: &Host) -> Vec<String> {
+    host.config()
+        .policy
+        .approvals
+        .approvers
+        .iter()
+        .map(|a| a.token_sha256.clone())
+        .collect()
+}
+
+/// Serve `router` on `listener` until `shutdown` is cancelled.
+///
+/// # Errors
+/// [`Error::Transport`] if the server fails.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+        .await
+        .map_err(|e| Error::Transport {
+            message: e.to_string(),
+        })
+}
+
+/// Bind `addr`.
+///
+/// # Errors
+/// [`Error::Bind`].
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| Error::Bind { addr, source })
+}
+
+fn plain(status: StatusCode, message: &str) -> Response {
+    (status, Json(json!({"error": message}))).into_response()
+}
+
+async fn check_host_and_origin(
+    State(guard): State<Arc<Guard>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let headers = request.headers();
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let host_ok = host.is_some_and(|h| {
+        host_is_loopback(h)
+            || guard.allowed_hosts.iter().any(|allowed| {
+                allowed.eq_ignore_ascii_case(h) || allowed.eq_ignore_ascii_case(strip_port(h))
+            })
+    });
+    if !host_ok {
+        tracing::warn!(host = ?host, "request refused: Host not allowed");
+        return plain(
+            StatusCode::FORBIDDEN,
+            "Host header does not name this server",
+        );
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("");
+        let allowed = parse_origin(origin).is_some_and(|(_, host)| host_is_loopback(&host))
+            || guard
+                .allowed_origins
+                .iter()
+                .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin));
+        if !allowed {
+            tracing::warn!(origin = %origin, "request refused: Origin not allowed");
+            return plain(StatusCode::FORBIDDEN, "Origin not allowed");
+        }
+    }
+    next.run(request).await
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+fn unauthorized(error: Option<&str>) -> Response {
+    let challenge = match error {
+        Some(e) => format!("Bearer realm=\"airlock\", error=\"{e}\""),
+        None => "Bearer realm=\"airlock\"".to_owned(),
+    };
+    let mut response = plain(
+        StatusCode::UNAUTHORIZED,
+        if error.is_some() {
+            "invalid token"
+        } else {
+            "authentication required: Authorization: Bearer <token>"
+        },
+    );
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
+}
+
+async fn authenticate_caller(
+    State(callers): State<Arc<Callers>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let Some(token) = bearer(request.headers()) else {
+        return unauthorized(None);
+    };
+    let Some(principal) = callers.principal(token) else {
+        tracing::warn!("MCP request refused: unknown bearer token");
+        return unauthorized(Some("invalid_token"));
+    };
+    request.extensions_mut().insert(Principal(principal));
+    next.run(request).await
+}
+
+// ---------------------------------------------------------------- approvers
+
+fn approvals_routes(server: &McpServer) -> Router {
+    Router::new()
+        .route("/approvals", get(list_approvals))
+        .route("/approvals/{id}", post(decide))
+        .with_state(server.clone())
+}
+
+/// The approver whose token `headers` carry: `(name, token)`; else the
+/// `WWW-Authenticate` error to answer with (`None`: no token at all).
+fn approver(host: &Host, headers: &HeaderMap) -> Result<(String, String), Option<&'static str>> {
+    let Some(token) = bearer(headers) else {
+        return Err(None);
+    };
+    let policy = &host.config().policy.approvals;
+    policy
+        .approvers
+        .iter()
+        .find_map(|a| policy.authenticate(&a.name, token))
+        .map(|a| (a.name.clone(), token.to_owned()))
+        .ok_or(Some("invalid_token"))
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    state: Option<ApprovalState>,
+}
+
+async fn list_approvals(
+    State(server): State<McpServer>,
+    Query(query): Query<ListQuery>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(error) = approver(server.host(), &headers) {
+        return unauthorized(error);
+    }
+    match server
+        .host()
+        .approvals(Some(query.state.unwrap_or(ApprovalState::Pending)))
+    {
+        Ok(approvals) => Json(json!({"approvals": approvals})).into_response(),
+        Err(error) => plain(StatusCode::INTERNAL_SERVER_ERROR, &error.to_string()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Decision {
+    decision: DecisionKind,
+    reason: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum DecisionKind {
+    Approve,
+    Reject,
+}
+
+async fn decide(
+    State(server): State<McpServer>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let (name, token) = match approver(server.host(), &headers) {
+        Ok(found) => found,
+        Err(error) => return unauthorized(error),
+    };
+    let decision: Decision = match serde_json::from_slice(&body) {
+        Ok(decision) => decision,
+        Err(e) => {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                &format!(
+                    "expected {{\"decision\": \"approve\" | \"reject\", \"reason\": \"...\"}}: {e}"
+                ),
+            );
+        }
+    };
+    let approve = matches!(decision.decision, DecisionKind::Approve);
+    match server
+        .host()
+        .decide(&id, &name, &token, approve, decision.reason.as_deref())
+        .await
+    {
+        Ok(approval) => Json(json!({"approval": approval})).into_response(),
+        Err(error @ airlock_host::Error::DecisionRefused { .. }) => {
+            plain(StatusCode::CONFLICT, &error.to_string())
+        }
+        Err(error) => plain(StatusCode::INTERNAL_SERVER_ERROR, &error.to_string()),
+    }
+}
+
+// ---------------------------------------------------------------- helpers
+
+/// `(scheme, host)` of an origin `scheme://host[:port]`.
+fn parse_origin(origin: &str) -> Option<(String, String)> {
+    let (scheme, rest) = origin.split_once("://")?;
+    if !matches!(scheme, "http" | "https") || rest.is_empty() || rest.contains('/') {
+        return None;
+    }
+    Some((scheme.to_owned(), strip_port(rest).to_owned()))
+}
+
+/// `host` without its `:port` (IPv6 literals keep their brackets).
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.find(']').map_or(host, |end| &host[..=end]);
+    }
+    host.rsplit_once(':').map_or(host, |(name, _)| name)
+}
+
+fn host_is_loopback(host: &str) -> bool {
+    let name = strip_port(host);
+    if name.eq_ignore_ascii_case("localhost") {
+        return true;
+    }
+    let literal = name.trim_start_matches('[').trim_end_matches(']');
+    literal.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The default listen address.
+pub fn default_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7410))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_hosts_and_origins() {
+        for ok in [
+            "localhost",
+            "localhost:7410",
+            "127.0.0.1:1",
+            "[::1]:80",
+            "127.9.9.9",
+        ] {
+            assert!(host_is_loopback(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example",
+            "evil.example:7410",
+            "10.0.0.1",
+            "localhost.evil.example",
+        ] {
+            assert!(!host_is_loopback(bad), "{bad}");
+        }
+        assert_eq!(
+            parse_origin("http://localhost:3000").unwrap().1,
+            "localhost"
+        );
+        assert_eq!(parse_origin("https://[::1]").unwrap().1, "[::1]");
+        assert!(parse_origin("null").is_none());
+        assert!(parse_origin("ftp://x").is_none());
+    }
+
+    fn token(principal: &str, secret: &str) -> CallerToken {
+        CallerToken {
+            principal: principal.into(),
+            token_sha256: hex::encode(Sha256::digest(secret.as_bytes())),
+        }
+    }
+
+    #[test]
+    fn config_errors_name_the_key() {
+        let addr = default_addr();
+        let err =
+            |c: HttpConfig, approvers: &[String]| c.validate(approvers).unwrap_err().to_string();
+        assert!(err(HttpConfig::new(addr, vec![]), &[]).contains("at least one caller token"));
+        let bad = CallerToken {
+            principal: "a".into(),
+            token_sha256: "abc".into(),
+        };
+        assert!(
+            err(HttpConfig::new(addr, vec![bad]), &[]).contains("serve.tokens[0].token_sha256")
+        );
+        let t = token("agent", "s3cret");
+        assert!(err(HttpConfig::new(addr, vec![t.clone(), t.clone()]), &[]).contains("repeats"));
+        assert!(
+            err(
+                HttpConfig::new(addr, vec![t.clone()]),
+                std::slice::from_ref(&t.token_sha256)
+            )
+            .contains("also an approver")
+        );
+        let remote = HttpConfig::new(SocketAddr::from(([0, 0, 0, 0], 7410)), vec![t.clone()]);
+        assert!(err(remote.clone(), &[]).contains("allow_remote"));
+        let mut remote = remote;
+        remote.allow_remote = true;
+        assert!(err(remote.clone(), &[]).contains("allowed_hosts"));
+        remote.allowed_hosts = vec!["mcp.example.com".into()];
+        remote.validate(&[]).unwrap();
+        HttpConfig::new(addr, vec![t]).validate(&[]).unwrap();
+    }
+
+    #[test]
+    fn tokens_map_to_principals_by_hash() {
+        let callers = Callers {
+            tokens: vec![token("agent-1", "one"), token("agent-2", "two")],
+        };
+        assert_eq!(callers.principal("two").as_deref(), Some("agent-2"));
+        assert_eq!(callers.principal("three"), None);
+    }
+}

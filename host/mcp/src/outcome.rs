@@ -1,0 +1,108 @@
+//! From the pipeline's outcome to an MCP tool result.
+//!
+//! Every outcome of a call the server accepted is a `CallToolResult`, never
+//! a protocol error: refusals, tool errors and traps have `isError: true`,
+//! a text block `kind: message` (with every failing schema path), and the
+//! details under `_meta["airlock/error"]` (`kind`, `class`, `message`,
+//! `violations`). Details do not go in `structuredContent`, which MCP ties
+//! to the tool's output schema.
+//!
+//! A call that waits for an approver is not a failure but has not run
+//! either: it is an `isError` result of kind `approval_pending` whose
+//! `_meta["airlock/approval"]` holds `status`, `approval_id`, `waits_for`
+//! and `expires_at`. Once an approver has approved it, the same call with
+//! `_meta["airlock/approval_id"]` runs.
+
+use airlock_host::{CallResponse, Error};
+use rmcp::model::{CallToolResult, ContentBlock, JsonObject, MetaObject};
+use serde_json::{Value, json};
+
+use crate::catalog::CatalogEntry;
+
+/// `_meta` key of a failed call's details.
+pub const META_ERROR: &str = "airlock/error";
+/// `_meta` key of a pending approval's details.
+pub const META_APPROVAL: &str = "airlock/approval";
+/// `_meta` key of a successful call's identity (call id, trace id).
+pub const META_CALL: &str = "airlock/call";
+
+/// The MCP result for a call's outcome.
+pub fn tool_result(
+    name: &str,
+    entry: &CatalogEntry,
+    outcome: Result<CallResponse, Error>,
+) -> CallToolResult {
+    match outcome {
+        Ok(response) => success(entry, response),
+        Err(error) => failure(name, &error),
+    }
+}
+
+fn success(entry: &CatalogEntry, response: CallResponse) -> CallToolResult {
+    let mut result = CallToolResult::success(vec![ContentBlock::text(response.output.to_string())]);
+    let mut call = JsonObject::new();
+    call.insert("call_id".into(), json!(response.call_id));
+    call.insert("trace_id".into(), json!(response.trace_id));
+    if let Some(id) = &response.approval_id {
+        call.insert("approval_id".into(), json!(id));
+    }
+    if let Some(first) = &response.replayed_from {
+        call.insert("replayed_from".into(), json!(first));
+    }
+    if entry.structured {
+        result.structured_content = Some(response.output);
+    }
+    result.with_meta(Some(meta(META_CALL, Value::Object(call))))
+}
+
+fn failure(name: &str, error: &Error) -> CallToolResult {
+    let mut text = format!("{}: {error}", error.kind());
+    for violation in error.violations() {
+        text.push_str(&format!("\n- {violation}"));
+    }
+    let mut meta = meta(
+        META_ERROR,
+        json!({
+            "kind": error.kind(),
+            "class": error.class(),
+            "message": error.to_string(),
+            "violations": error.violations(),
+        }),
+    );
+    if let Error::ApprovalPending {
+        approval_id,
+        expires,
+        ..
+    } = error
+    {
+        text.push_str(&format!(
+            "\nThe call has not run. Once an approver has approved {approval_id}, call `{name}` again with the same arguments and _meta {{\"airlock/approval_id\": \"{approval_id}\"}}."
+        ));
+        meta.insert(
+            META_APPROVAL.into(),
+            json!({
+                "status": "pending",
+                "approval_id": approval_id,
+                "waits_for": "a decision by one of the host's approvers",
+                "expires_at": expires,
+            }),
+        );
+    }
+    CallToolResult::error(vec![ContentBlock::text(text)]).with_meta(Some(meta))
+}
+
+fn meta(key: &str, value: Value) -> MetaObject {
+    let mut object = JsonObject::new();
+    object.insert(key.into(), value);
+    MetaObject::from(object)
+}
+
+/// An `isError` result the server itself produces (no pipeline call).
+pub(crate) fn refusal(kind: &str, message: &str) -> CallToolResult {
+    CallToolResult::error(vec![ContentBlock::text(format!("{kind}: {message}"))]).with_meta(Some(
+        meta(
+            META_ERROR,
+            json!({"kind": kind, "class": "refused", "message": message, "violations": []}),
+        ),
+    ))
+}

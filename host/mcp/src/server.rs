@@ -1,0 +1,522 @@
+//! [`McpServer`]: the shared state, the rmcp handler, the plugin reloader.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, SystemTime};
+
+use airlock_host::{CallRequest, Host, MANIFEST_FILE};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, Implementation, ListToolsResult,
+    PaginatedRequestParams, RequestMetaObject, ServerCapabilities, ServerConfig,
+    SubscriptionFilter,
+};
+use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
+use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt as _};
+use serde_json::{Value, json};
+use tokio::sync::{Mutex, Semaphore, watch};
+
+use crate::catalog::Catalog;
+use crate::error::{Error, Result};
+use crate::outcome;
+
+/// `_meta` keys a `tools/call` request may carry, each a string.
+pub mod meta_keys {
+    /// Resume a call an approver has approved.
+    pub const APPROVAL_ID: &str = "airlock/approval_id";
+    /// Idempotency key: a repeat replays the first outcome.
+    pub const IDEMPOTENCY_KEY: &str = "airlock/idempotency_key";
+    /// Why the call is made, shown to approvers.
+    pub const REASON: &str = "airlock/reason";
+    /// Workspace session the call's keys are scoped to.
+    pub const SESSION: &str = "airlock/session";
+    /// Correlation id.
+    pub const TRACE_ID: &str = "airlock/trace_id";
+}
+
+/// Default cap on tool calls running at once, over every client.
+pub const DEFAULT_MAX_CONCURRENT_CALLS: usize = 32;
+
+/// How the server runs calls, whatever the transport.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ServeOptions {
+    /// Tool calls running at once over all clients; a call past the cap
+    /// is refused at once (`server_busy`) rather than queued.
+    pub max_concurrent_calls: usize,
+    /// Wait this long for an approver's decision before answering
+    /// `approval_pending` (`None`: answer at once).
+    pub approval_wait: Option<Duration>,
+}
+
+impl Default for ServeOptions {
+    fn default() -> ServeOptions {
+        ServeOptions {
+            max_concurrent_calls: DEFAULT_MAX_CONCURRENT_CALLS,
+            approval_wait: None,
+        }
+    }
+}
+
+impl ServeOptions {
+    /// Allow `calls` tool calls at once.
+    pub fn max_concurrent_calls(mut self, calls: usize) -> ServeOptions {
+        self.max_concurrent_calls = calls;
+        self
+    }
+
+    /// Wait up to `wait` for approvals.
+    pub fn approval_wait(mut self, wait: Option<Duration>) -> ServeOptions {
+        self.approval_wait = wait;
+        self
+    }
+}
+
+/// Serves a [`Host`]'s tools over MCP. Cheap to clone: clones share the
+/// host, the tool catalog and the change notifications.
+#[derive(Debug, Clone)]
+pub struct McpServer {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    host: Arc<Host>,
+    options: ServeOptions,
+    catalog: RwLock<Arc<Catalog>>,
+    /// Bumped whenever the served tools change.
+    changes: watch::Sender<u64>,
+    calls: Arc<Semaphore>,
+    reload: Mutex<ReloadState>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("host", &self.host)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the reloader knows about each plugin directory.
+#[derive(Debug, Default)]
+struct ReloadState {
+    dirs: BTreeMap<PathBuf, Seen>,
+}
+
+#[derive(Debug)]
+struct Seen {
+    fingerprint: Fingerprint,
+    /// The plugin loaded from it, if it loaded.
+    plugin: Option<String>,
+}
+
+/// Names, sizes and modification times of the files in a plugin directory.
+type Fingerprint = Vec<(String, u64, Option<SystemTime>)>;
+
+/// What one [`McpServer::reload`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Plugins loaded.
+    pub loaded: Vec<String>,
+    /// Plugins unloaded (removed or changed on disk).
+    pub unloaded: Vec<String>,
+    /// Directories that did not load, with the error.
+    pub failed: Vec<(PathBuf, String)>,
+    /// Whether the served tool list changed (and clients were told).
+    pub tools_changed: bool,
+}
+
+impl McpServer {
+    /// Serve `host`'s tools. Plugins already loaded are served; add more
+    /// with [`McpServer::reload`].
+    pub fn new(host: Arc<Host>, options: ServeOptions) -> McpServer {
+        let catalog = Catalog::build(&host.tools());
+        let (changes, _) = watch::channel(0);
+        McpServer {
+            shared: Arc::new(Shared {
+                calls: Arc::new(Semaphore::new(options.max_concurrent_calls)),
+                host,
+                options,
+                catalog: RwLock::new(Arc::new(catalog)),
+                changes,
+                reload: Mutex::new(ReloadState::default()),
+            }),
+        }
+    }
+
+    /// The host.
+    pub fn host(&self) -> &Arc<Host> {
+        &self.shared.host
+    }
+
+    /// The tools served now.
+    pub fn catalog(&self) -> Arc<Catalog> {
+        Arc::clone(
+            &self
+                .shared
+                .catalog
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
+    /// Bring the host in line with the plugins directory `dir`: load plugin
+    /// directories that are new, unload those that are gone, reload those
+    /// whose files changed (size or modification time). A directory that
+    /// fails to load is retried once its files change. When the served
+    /// tools change, every connected client gets
+    /// `notifications/tools/list_changed`.
+    ///
+    /// # Errors
+    /// [`Error::Host`] if `dir` cannot be read.
+    pub async fn reload(&self, dir: &Path) -> Result<ReloadReport> {
+        let mut state = self.shared.reload.lock().await;
+        let host = &self.shared.host;
+        let mut report = ReloadReport::default();
+        let present = plugin_dirs(dir)?;
+        // Gone or changed: unload.
+        let stale: Vec<PathBuf> = state
+            .dirs
+            .iter()
+            .filter(|(path, seen)| present.get(*path) != Some(&seen.fingerprint))
+            .map(|(path, _)| path.clone())
+            .collect();
+        for path in stale {
+            if let Some(seen) = state.dirs.remove(&path)
+                && let Some(name) = seen.plugin
+                && host.unload_plugin(&name).is_some()
+            {
+                tracing::info!(plugin = %name, dir = %path.display(), "plugin unloaded");
+                report.unloaded.push(name);
+            }
+        }
+        // New (or changed): load.
+        for (path, fingerprint) in present {
+            if state.dirs.contains_key(&path) {
+                continue;
+            }
+            let plugin = match host.load_plugin(&path).await {
+                Ok(plugin) => {
+                    tracing::info!(plugin = %plugin.name(), dir = %path.display(), "plugin loaded");
+                    report.loaded.push(plugin.name().to_owned());
+                    Some(plugin.name().to_owned())
+                }
+                Err(error) => {
+                    tracing::warn!(dir = %path.display(), error = %error, "plugin not loaded");
+                    report.failed.push((path.clone(), error.to_string()));
+                    None
+                }
+            };
+            state.dirs.insert(
+                path,
+                Seen {
+                    fingerprint,
+                    plugin,
+                },
+            );
+        }
+        report.tools_changed = self.refresh_catalog();
+        Ok(report)
+    }
+
+    /// Call [`McpServer::reload`] every `interval` until the returned task
+    /// is aborted (or the server is dropped everywhere else).
+    pub fn watch_plugins_dir(
+        &self,
+        dir: PathBuf,
+        interval: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(&self.shared);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                let Some(shared) = weak.upgrade() else {
+                    return;
+                };
+                let server = McpServer { shared };
+                if let Err(error) = server.reload(&dir).await {
+                    tracing::warn!(dir = %dir.display(), error = %error, "cannot scan the plugins directory");
+                }
+            }
+        })
+    }
+
+    /// Rebuild the catalog from the host; tell clients if it changed.
+    fn refresh_catalog(&self) -> bool {
+        let fresh = Catalog::build(&self.shared.host.tools());
+        let mut current = self
+            .shared
+            .catalog
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if current.same_tools(&fresh) {
+            return false;
+        }
+        *current = Arc::new(fresh);
+        drop(current);
+        self.shared
+            .changes
+            .send_modify(|generation| *generation += 1);
+        true
+    }
+
+    /// A handler for one MCP connection whose calls run as `principal`
+    /// (stdio), or — with `None` — as the principal the HTTP layer
+    /// authenticated for each request.
+    pub(crate) fn handler(&self, principal: Option<String>) -> AirlockHandler {
+        AirlockHandler {
+            shared: Arc::clone(&self.shared),
+            principal,
+            bound: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Serve MCP over this process's stdin and stdout until the client
+    /// closes the stream. Calls run as `principal`. Nothing else may write
+    /// to stdout meanwhile (logs go to stderr).
+    ///
+    /// # Errors
+    /// [`Error::Transport`] if the session cannot start or ends abnormally.
+    pub async fn serve_stdio(&self, principal: &str) -> Result<()> {
+        let running = self
+            .handler(Some(principal.to_owned()))
+            .serve(rmcp::transport::stdio())
+            .await
+            .map_err(|e| Error::Transport {
+                message: e.to_string(),
+            })?;
+        running.waiting().await.map_err(|e| Error::Transport {
+            message: e.to_string(),
+        })?;
+        Ok(())
+    }
+}
+
+/// Plugin directories under `dir` with their fingerprints.
+fn plugin_dirs(dir: &Path) -> Result<BTreeMap<PathBuf, Fingerprint>> {
+    let io = |e| {
+        Error::Host(airlock_host::Error::Io {
+            path: dir.to_owned(),
+            source: e,
+        })
+    };
+    let mut dirs = BTreeMap::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        let path = entry.map_err(io)?.path();
+        if path.join(MANIFEST_FILE).is_file() {
+            let fingerprint = fingerprint(&path);
+            dirs.insert(path, fingerprint);
+        }
+    }
+    Ok(dirs)
+}
+
+fn fingerprint(dir: &Path) -> Fingerprint {
+    let mut files: Fingerprint = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| {
+            let meta = entry.metadata().ok()?;
+            meta.is_file().then(|| {
+                (
+                    entry.file_name().to_string_lossy().into_owned(),
+                    meta.len(),
+                    meta.modified().ok(),
+                )
+            })
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// The principal the HTTP layer authenticated, in the request's
+/// extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Principal(pub(crate) String);
+
+/// One MCP connection (stdio) or session (HTTP).
+#[derive(Debug)]
+pub(crate) struct AirlockHandler {
+    shared: Arc<Shared>,
+    /// Fixed principal (stdio); `None`: from each HTTP request.
+    principal: Option<String>,
+    /// The principal an HTTP session started with: later requests in the
+    /// session must authenticate as the same principal.
+    bound: std::sync::OnceLock<String>,
+}
+
+impl AirlockHandler {
+    fn principal(&self, context: &RequestContext<RoleServer>) -> Result<String, ErrorData> {
+        if let Some(principal) = &self.principal {
+            return Ok(principal.clone());
+        }
+        let from_request = context
+            .extensions
+            .get::<axum::http::request::Parts>()
+            .and_then(|parts| parts.extensions.get::<Principal>())
+            .map(|p| p.0.clone())
+            .ok_or_else(|| {
+                ErrorData::internal_error("request without an authenticated principal", None)
+            })?;
+        let bound = self.bound.get_or_init(|| from_request.clone());
+        if *bound != from_request {
+            return Err(ErrorData::invalid_request(
+                "this MCP session belongs to another principal",
+                Some(json!({"kind": "session_principal_mismatch"})),
+            ));
+        }
+        Ok(from_request)
+    }
+}
+
+/// The `_meta` entries of a `tools/call` the pipeline uses.
+#[derive(Debug, Default)]
+struct CallMeta {
+    approval_id: Option<String>,
+    idempotency_key: Option<String>,
+    reason: Option<String>,
+    session: Option<String>,
+    trace_id: Option<String>,
+}
+
+impl CallMeta {
+    fn parse(meta: Option<&RequestMetaObject>) -> Result<CallMeta, ErrorData> {
+        let Some(meta) = meta else {
+            return Ok(CallMeta::default());
+        };
+        let get = |key: &str| -> Result<Option<String>, ErrorData> {
+            match meta.get(key) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(s)) => Ok(Some(s.clone())),
+                Some(_) => Err(ErrorData::invalid_params(
+                    format!("_meta[\"{key}\"] must be a string"),
+                    Some(json!({"kind": "invalid_meta"})),
+                )),
+            }
+        };
+        Ok(CallMeta {
+            approval_id: get(meta_keys::APPROVAL_ID)?,
+            idempotency_key: get(meta_keys::IDEMPOTENCY_KEY)?,
+            reason: get(meta_keys::REASON)?,
+            session: get(meta_keys::SESSION)?,
+            trace_id: get(meta_keys::TRACE_ID)?,
+        })
+    }
+}
+
+impl ServerHandler for AirlockHandler {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tool_list_changed()
+                .build(),
+        )
+        .with_server_info(Implementation::new("airlock", env!("CARGO_PKG_VERSION")))
+        .with_instructions(
+            "Airlock serves sandboxed WebAssembly tools. The tool `plugin/tool` is named \
+             `plugin__tool`. Every call is validated, limited and audited by the host; a call \
+             that needs a human approval returns `approval_pending` with an approval id.",
+        )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        _context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        let catalog = McpServer {
+            shared: Arc::clone(&self.shared),
+        }
+        .catalog();
+        Ok(ListToolsResult::with_all_items(catalog.definitions()))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        let catalog = McpServer {
+            shared: Arc::clone(&self.shared),
+        }
+        .catalog();
+        let name = request.name.as_ref();
+        let Some(entry) = catalog.get(name) else {
+            return Err(ErrorData::invalid_params(
+                format!("unknown tool `{name}`"),
+                Some(json!({"kind": "unknown_tool"})),
+            ));
+        };
+        let principal = self.principal(&context)?;
+        let meta = CallMeta::parse(request.meta.as_ref())?;
+        let Ok(_slot) = Arc::clone(&self.shared.calls).try_acquire_owned() else {
+            return Ok(outcome::refusal(
+                "server_busy",
+                &format!(
+                    "the server is running its limit of {} calls at once; try again later",
+                    self.shared.options.max_concurrent_calls
+                ),
+            )
+            .into());
+        };
+        let arguments = Value::Object(request.arguments.clone().unwrap_or_default()).to_string();
+        let mut call = CallRequest::new(entry.tool.id(), arguments)
+            .principal(principal)
+            .cancel_on(context.ct.clone());
+        call.approval_id = meta.approval_id;
+        call.idempotency_key = meta.idempotency_key;
+        call.reason = meta.reason;
+        call.session = meta.session;
+        call.trace_id = meta.trace_id;
+        call.wait_for_approval = self.shared.options.approval_wait;
+        let result = self.shared.host.call(call).await;
+        if let Err(error) = &result {
+            tracing::debug!(tool = %name, kind = error.kind(), "call failed");
+        }
+        Ok(outcome::tool_result(name, entry, result).into())
+    }
+
+    async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        // Sessions that began with `initialize` (protocol versions before
+        // 2026-07-28) get list changes as plain notifications.
+        let mut changes = self.shared.changes.subscribe();
+        let peer = context.peer;
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                if peer.notify_tool_list_changed().await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+
+    fn accepted_subscription_filter(
+        &self,
+        requested: &SubscriptionFilter,
+    ) -> Option<SubscriptionFilter> {
+        let _ = requested;
+        Some(SubscriptionFilter::builder().tools_list_changed().build())
+    }
+
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
+        // 2026-07-28 clients subscribe with `subscriptions/listen`.
+        let mut changes = self.shared.changes.subscribe();
+        loop {
+            tokio::select! {
+                () = context.cancelled() => return Ok(()),
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                    if context.sink().notify_tool_list_changed().await.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+}
