@@ -20,6 +20,61 @@ struct ConfigFile {
     principal: Option<String>,
     policy: Option<airlock_host::Policy>,
     audit: Option<AuditConfig>,
+    serve: Option<ServeConfig>,
+}
+
+/// `[serve]`: how `airlock serve` serves MCP. Unknown keys are errors.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServeConfig {
+    /// Listen address for `--http` given without one.
+    pub http_addr: std::net::SocketAddr,
+    /// Allow a non-loopback listen address.
+    pub allow_remote: bool,
+    /// Caller tokens for HTTP: `[[serve.tokens]] principal, token_sha256`.
+    pub tokens: Vec<airlock_mcp::http::CallerToken>,
+    /// Browser origins allowed besides loopback ones.
+    pub allowed_origins: Vec<String>,
+    /// Host names allowed in `Host` besides loopback ones.
+    pub allowed_hosts: Vec<String>,
+    /// Largest HTTP request body, bytes.
+    pub max_request_bytes: usize,
+    /// Tool calls running at once over all clients.
+    pub max_concurrent_calls: usize,
+    /// Seconds a call waits for an approver before answering
+    /// `approval_pending` (0: answer at once).
+    pub approval_wait_s: u64,
+    /// How often the plugins directory is scanned for changes, ms (0: never).
+    pub reload_interval_ms: u64,
+}
+
+impl Default for ServeConfig {
+    fn default() -> ServeConfig {
+        ServeConfig {
+            http_addr: airlock_mcp::http::default_addr(),
+            allow_remote: false,
+            tokens: Vec::new(),
+            allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
+            max_request_bytes: airlock_mcp::http::DEFAULT_MAX_REQUEST_BYTES,
+            max_concurrent_calls: airlock_mcp::DEFAULT_MAX_CONCURRENT_CALLS,
+            approval_wait_s: 0,
+            reload_interval_ms: 1000,
+        }
+    }
+}
+
+fn check_serve(serve: ServeConfig) -> anyhow::Result<ServeConfig> {
+    if serve.max_concurrent_calls == 0 {
+        bail!("serve.max_concurrent_calls must be at least 1");
+    }
+    if serve.approval_wait_s > 24 * 3600 {
+        bail!("serve.approval_wait_s must be at most 86400");
+    }
+    if serve.reload_interval_ms != 0 && serve.reload_interval_ms < 100 {
+        bail!("serve.reload_interval_ms must be 0 (no reloading) or at least 100");
+    }
+    Ok(serve)
 }
 
 /// Settings after every layer is applied.
@@ -32,6 +87,7 @@ pub struct Settings {
     pub principal: String,
     pub policy: airlock_host::Policy,
     pub audit: AuditConfig,
+    pub serve: ServeConfig,
 }
 
 /// Overrides from flags and environment variables.
@@ -96,6 +152,9 @@ impl Settings {
             if file.audit.is_some() {
                 layer.audit = file.audit;
             }
+            if file.serve.is_some() {
+                layer.serve = file.serve;
+            }
             if let Some(mut policy) = file.policy {
                 policy.files_root = policy.files_root.map(|root| resolve_relative(root, base));
                 layer.policy = Some(policy);
@@ -137,6 +196,7 @@ impl Settings {
             principal,
             policy: layer.policy.unwrap_or_default(),
             audit: check_audit(layer.audit.unwrap_or_default())?,
+            serve: check_serve(layer.serve.unwrap_or_default())?,
         })
     }
 }
@@ -160,6 +220,34 @@ fn check_audit(audit: AuditConfig) -> anyhow::Result<AuditConfig> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn serve_section_is_read_and_checked() {
+        let file = parse(
+            "[serve]\nallowed_origins = [\"https://app.example.com\"]\nmax_concurrent_calls = 4\n[[serve.tokens]]\nprincipal = \"agent-1\"\ntoken_sha256 = \"00\"\n",
+            "t",
+        )
+        .unwrap();
+        let serve = file.serve.unwrap();
+        assert_eq!(serve.tokens[0].principal, "agent-1");
+        assert_eq!(serve.max_concurrent_calls, 4);
+        assert_eq!(serve.http_addr, airlock_mcp::http::default_addr());
+        let err = parse("[serve]\ntoken = \"x\"", "t").unwrap_err();
+        assert!(
+            format!("{err:#}").contains("unknown field `token`"),
+            "{err:#}"
+        );
+        let zero = ServeConfig {
+            max_concurrent_calls: 0,
+            ..ServeConfig::default()
+        };
+        assert!(
+            check_serve(zero)
+                .unwrap_err()
+                .to_string()
+                .contains("max_concurrent_calls")
+        );
+    }
 
     #[test]
     fn builtin_config_parses() {

@@ -5,6 +5,7 @@ mod audit;
 mod config;
 mod demo;
 mod inspect;
+mod serve;
 mod workspace;
 
 use std::io::Read as _;
@@ -19,7 +20,7 @@ use serde_json::json;
 use crate::config::{Overrides, Settings};
 
 /// Exit codes. Documented in the README; scripts rely on them.
-mod exit {
+pub(crate) mod exit {
     /// Success.
     pub const OK: u8 = 0;
     /// Host failure: bad configuration, a plugin that does not load, I/O.
@@ -98,6 +99,10 @@ enum Command {
     /// Read-only mode (human takeover): refuse every tool that is not `read`.
     #[command(subcommand)]
     Mode(approvals::ModeCommand),
+    /// Serve every installed tool over MCP: stdio by default, Streamable
+    /// HTTP with --http. Plugins added or removed while serving are picked
+    /// up.
+    Serve(serve::ServeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -168,7 +173,7 @@ struct InspectArgs {
 }
 
 /// An error with the exit code it should produce.
-struct Failure {
+pub(crate) struct Failure {
     code: u8,
     error: anyhow::Error,
 }
@@ -205,6 +210,15 @@ impl From<anyhow::Error> for Failure {
         Failure {
             code: exit::HOST,
             error,
+        }
+    }
+}
+
+impl From<airlock_mcp::Error> for Failure {
+    fn from(error: airlock_mcp::Error) -> Failure {
+        Failure {
+            code: exit::HOST,
+            error: error.into(),
         }
     }
 }
@@ -252,6 +266,7 @@ fn init_tracing(verbose: u8) {
 async fn run(cli: Cli) -> Result<u8, Failure> {
     let principal = match &cli.command {
         Command::Call(args) => args.principal.clone(),
+        Command::Serve(args) => args.principal(),
         _ => None,
     };
     let settings = Settings::load(Overrides {
@@ -271,6 +286,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Workspace(command) => workspace::run(&settings, command),
         Command::Approvals(command) => approvals::run(&settings, command).await,
         Command::Mode(command) => approvals::mode(&settings, command),
+        Command::Serve(args) => serve::run(&settings, args).await,
     }
 }
 

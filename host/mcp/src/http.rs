@@ -173,6 +173,7 @@ struct Guard {
 #[derive(Debug)]
 struct Callers {
     tokens: Vec<CallerToken>,
+    max_request_bytes: usize,
 }
 
 impl Callers {
@@ -223,6 +224,7 @@ pub fn router(
     );
     let callers = Arc::new(Callers {
         tokens: config.tokens.clone(),
+        max_request_bytes: config.max_request_bytes,
     });
     let mcp_routes = Router::new()
         .route_service(MCP_PATH, mcp)
@@ -374,7 +376,35 @@ async fn authenticate_caller(
         return unauthorized(Some("invalid_token"));
     };
     request.extensions_mut().insert(Principal(principal));
-    next.run(request).await
+    if request.method() != axum::http::Method::POST {
+        return next.run(request).await;
+    }
+    // Read the body here (bounded) so that a body over the limit is a 413
+    // and one that is not JSON a JSON-RPC parse error, whatever the SDK
+    // would answer.
+    let (parts, body) = request.into_parts();
+    let bytes = match axum::body::to_bytes(body, callers.max_request_bytes).await {
+        Ok(bytes) => bytes,
+        Err(_) => {
+            return plain(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("request body over {} bytes", callers.max_request_bytes),
+            );
+        }
+    };
+    if let Err(e) = serde_json::from_slice::<serde_json::Value>(&bytes) {
+        return (
+            StatusCode::BAD_REQUEST,
+            Json(json!({
+                "jsonrpc": "2.0",
+                "id": null,
+                "error": {"code": -32700, "message": format!("Parse error: {e}")},
+            })),
+        )
+            .into_response();
+    }
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await
 }
 
 // ---------------------------------------------------------------- approvers
@@ -580,6 +610,7 @@ mod tests {
     fn tokens_map_to_principals_by_hash() {
         let callers = Callers {
             tokens: vec![token("agent-1", "one"), token("agent-2", "two")],
+            max_request_bytes: 1024,
         };
         assert_eq!(callers.principal("two").as_deref(), Some("agent-2"));
         assert_eq!(callers.principal("three"), None);

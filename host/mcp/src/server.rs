@@ -383,12 +383,17 @@ struct CallMeta {
 }
 
 impl CallMeta {
-    fn parse(meta: Option<&RequestMetaObject>) -> Result<CallMeta, ErrorData> {
-        let Some(meta) = meta else {
-            return Ok(CallMeta::default());
-        };
+    /// From the request's `_meta` (rmcp moves it to the context; older
+    /// paths may leave it on the parameters).
+    fn parse(
+        context: &RequestMetaObject,
+        params: Option<&RequestMetaObject>,
+    ) -> Result<CallMeta, ErrorData> {
         let get = |key: &str| -> Result<Option<String>, ErrorData> {
-            match meta.get(key) {
+            let value = context
+                .get(key)
+                .or_else(|| params.and_then(|meta| meta.get(key)));
+            match value {
                 None | Some(Value::Null) => Ok(None),
                 Some(Value::String(s)) => Ok(Some(s.clone())),
                 Some(_) => Err(ErrorData::invalid_params(
@@ -452,7 +457,7 @@ impl ServerHandler for AirlockHandler {
             ));
         };
         let principal = self.principal(&context)?;
-        let meta = CallMeta::parse(request.meta.as_ref())?;
+        let meta = CallMeta::parse(&context.meta, request.meta.as_ref())?;
         let Ok(_slot) = Arc::clone(&self.shared.calls).try_acquire_owned() else {
             return Ok(outcome::refusal(
                 "server_busy",

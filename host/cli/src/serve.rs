@@ -1,0 +1,137 @@
+//! `airlock serve`: every installed tool over MCP, on stdio or HTTP.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use airlock_host::Host;
+use airlock_mcp::http::HttpConfig;
+use airlock_mcp::{McpServer, ServeOptions};
+use anyhow::Context as _;
+use clap::Args;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::{Calls, Failure, exit, host_config};
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Serve Streamable HTTP (at /mcp) instead of stdio, on ADDR (default
+    /// from serve.http_addr: 127.0.0.1:7410). Needs [[serve.tokens]].
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "")]
+    http: Option<String>,
+    /// Allow listening on a non-loopback address.
+    #[arg(long)]
+    allow_remote: bool,
+    /// With stdio: also serve the approvers' endpoints (/approvals) over
+    /// HTTP on ADDR, so approvers can decide while the server runs.
+    #[arg(long, value_name = "ADDR", conflicts_with = "http")]
+    approvals_http: Option<SocketAddr>,
+    /// Principal stdio calls run as (default: `principal` from the config).
+    #[arg(long)]
+    principal: Option<String>,
+}
+
+impl ServeArgs {
+    pub fn principal(&self) -> Option<String> {
+        self.principal.clone()
+    }
+}
+
+pub async fn run(settings: &Settings, args: ServeArgs) -> Result<u8, Failure> {
+    let serve = &settings.serve;
+    let http = match args.http.as_deref() {
+        None => None,
+        Some("") => Some(serve.http_addr),
+        Some(addr) => Some(
+            addr.parse::<SocketAddr>()
+                .with_context(|| format!("--http {addr}: not an address like 127.0.0.1:7410"))
+                .map_err(Failure::usage)?,
+        ),
+    };
+    let http_config = http.map(|addr| {
+        let mut config = HttpConfig::new(addr, serve.tokens.clone());
+        config.allow_remote = serve.allow_remote || args.allow_remote;
+        config.allowed_origins = serve.allowed_origins.clone();
+        config.allowed_hosts = serve.allowed_hosts.clone();
+        config.max_request_bytes = serve.max_request_bytes;
+        config
+    });
+    if !settings.plugins_dir.is_dir() {
+        return Err(anyhow::anyhow!(
+            "plugins directory {} does not exist (set --plugins-dir, AIRLOCK_PLUGINS_DIR or plugins_dir in --config)",
+            settings.plugins_dir.display()
+        )
+        .into());
+    }
+    let host = Arc::new(Host::new(host_config(settings, Calls::Recorded))?);
+    let options = ServeOptions::default()
+        .max_concurrent_calls(serve.max_concurrent_calls)
+        .approval_wait(
+            (serve.approval_wait_s > 0).then(|| Duration::from_secs(serve.approval_wait_s)),
+        );
+    let server = McpServer::new(host, options);
+    let report = server
+        .reload(&settings.plugins_dir)
+        .await
+        .context("cannot load the plugins directory")?;
+    for (dir, error) in &report.failed {
+        eprintln!("warning: plugin in {} not loaded: {error}", dir.display());
+    }
+    for excluded in server.catalog().excluded() {
+        eprintln!(
+            "warning: tool {} not served: {}",
+            excluded.tool, excluded.reason
+        );
+    }
+    let _watch = (serve.reload_interval_ms > 0).then(|| {
+        server.watch_plugins_dir(
+            settings.plugins_dir.clone(),
+            Duration::from_millis(serve.reload_interval_ms),
+        )
+    });
+    let shutdown = CancellationToken::new();
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            let _ = tokio::signal::ctrl_c().await;
+            shutdown.cancel();
+        }
+    });
+    let tools = server.catalog().entries().count();
+    match http_config {
+        Some(config) => {
+            let router = airlock_mcp::http::router(&server, &config, shutdown.clone())?;
+            let listener = airlock_mcp::http::bind(config.addr).await?;
+            let local = listener
+                .local_addr()
+                .context("cannot read the bound address")?;
+            // Logs and this line go to stderr; tests read the port from it.
+            eprintln!("airlock: serving {tools} tools over MCP at http://{local}/mcp");
+            airlock_mcp::http::serve(listener, router, shutdown).await?;
+        }
+        None => {
+            if let Some(addr) = args.approvals_http {
+                let router = airlock_mcp::http::approvals_router(
+                    &server,
+                    serve.allowed_hosts.clone(),
+                    serve.allowed_origins.clone(),
+                );
+                let listener = airlock_mcp::http::bind(addr).await?;
+                let local = listener
+                    .local_addr()
+                    .context("cannot read the bound address")?;
+                eprintln!("airlock: approvals at http://{local}/approvals");
+                tokio::spawn(airlock_mcp::http::serve(listener, router, shutdown.clone()));
+            }
+            let principal = args.principal.as_deref().unwrap_or(&settings.principal);
+            eprintln!("airlock: serving {tools} tools over MCP on stdio as `{principal}`");
+            // stdout is the protocol stream: nothing else writes to it.
+            tokio::select! {
+                served = server.serve_stdio(principal) => served?,
+                () = shutdown.cancelled() => {}
+            }
+        }
+    }
+    Ok(exit::OK)
+}

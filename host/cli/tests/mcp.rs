@@ -1,0 +1,506 @@
+//! `airlock serve` as a real subprocess, driven by an independent MCP
+//! client: the official Python SDK (`mcp` on PyPI, pinned and installed by
+//! scripts/setup-mcp-client), over stdio and Streamable HTTP. The Python
+//! side (tests/mcp/*.py) prints one JSON object per line; the assertions
+//! are here.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+
+use airlock_tests::{EXAMPLE_TOOLS, MISBEHAVE, PLUGINS_DIR, install, read, sha256_hex};
+use serde_json::Value;
+
+const AIRLOCK: &str = env!("CARGO_BIN_EXE_airlock");
+const TOKEN: &str = "caller-secret-1";
+const APPROVER_TOKEN: &str = "approver-secret-1";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The client's Python, installed on first use (scripts/test installs it
+/// before the suite runs).
+fn python() -> PathBuf {
+    static SETUP: std::sync::Once = std::sync::Once::new();
+    SETUP.call_once(|| {
+        let status = Command::new("bash")
+            .arg(repo().join("scripts/setup-mcp-client"))
+            .status()
+            .unwrap();
+        assert!(status.success(), "scripts/setup-mcp-client failed");
+    });
+    repo().join("target/mcp-client/bin/python")
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let dest = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &dest);
+        } else {
+            std::fs::copy(entry.path(), dest).unwrap();
+        }
+    }
+}
+
+/// A plugins directory with the example plugins and the misbehave guest
+/// (`limits` in its manifest; `now` is irreversible, the rest read).
+fn plugins_root(limits: &str) -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(PLUGINS_DIR).unwrap() {
+        let entry = entry.unwrap();
+        copy_dir(&entry.path(), &root.path().join(entry.file_name()));
+    }
+    let mut manifest = format!("[capabilities]\nlog = true\n\n[limits]\n{limits}\n");
+    for (tool, risk) in [
+        ("spin", "read"),
+        ("grow", "read"),
+        ("echo", "read"),
+        ("now", "irreversible"),
+    ] {
+        manifest.push_str(&format!(
+            "\n[[tools]]\nname = \"{tool}\"\nrisk = \"{risk}\"\n"
+        ));
+    }
+    let misbehave = install("misbehave", &read(MISBEHAVE), &manifest);
+    copy_dir(misbehave.path(), &root.path().join("misbehave"));
+    root
+}
+
+const LIMITS: &str = "fuel = 1_000_000_000_000_000\ntimeout_ms = 1_000\nmemory_mb = 32";
+const ONE_SLOT: &str = "fuel = 1_000_000_000_000_000\ntimeout_ms = 60_000\nmax_concurrency = 1";
+
+/// A server's state: data directory and config file.
+struct Server {
+    data: tempfile::TempDir,
+    config: PathBuf,
+    plugins: PathBuf,
+}
+
+impl Server {
+    fn new(plugins: &Path, approvers: bool) -> Server {
+        let data = tempfile::tempdir().unwrap();
+        let config = data.path().join("airlock.toml");
+        let mut text = format!(
+            "principal = \"stdio-agent\"\n[serve]\nreload_interval_ms = 200\n[[serve.tokens]]\nprincipal = \"agent-1\"\ntoken_sha256 = \"{}\"\n",
+            sha256_hex(TOKEN.as_bytes())
+        );
+        if approvers {
+            text.push_str(&format!(
+                "[policy.approvals]\n[[policy.approvals.approvers]]\nname = \"alice\"\ntoken_sha256 = \"{}\"\n",
+                sha256_hex(APPROVER_TOKEN.as_bytes())
+            ));
+        }
+        std::fs::write(&config, text).unwrap();
+        Server {
+            data,
+            config,
+            plugins: plugins.to_owned(),
+        }
+    }
+
+    fn args(&self) -> Vec<String> {
+        vec![
+            "--config".into(),
+            self.config.display().to_string(),
+            "--plugins-dir".into(),
+            self.plugins.display().to_string(),
+            "--data-dir".into(),
+            self.data.path().display().to_string(),
+            "serve".into(),
+        ]
+    }
+
+    /// The stdio server's command line, for the client to spawn.
+    fn stdio_command(&self) -> String {
+        let mut command = vec![AIRLOCK.to_owned()];
+        command.extend(self.args());
+        serde_json::to_string(&command).unwrap()
+    }
+
+    /// Start the HTTP server on a free loopback port.
+    fn start_http(&self) -> Running {
+        let mut child = Command::new(AIRLOCK)
+            .args(self.args())
+            .args(["--http", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                eprintln!("[serve] {line}");
+                if let Some(rest) = line.split_once(" at http://").map(|(_, r)| r.to_owned()) {
+                    let _ = tx.send(rest.trim_end_matches("/mcp").to_owned());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(std::time::Duration::from_secs(120))
+            .expect("airlock serve --http did not start");
+        Running { child, addr }
+    }
+}
+
+struct Running {
+    child: Child,
+    addr: String,
+}
+
+impl Running {
+    fn url(&self) -> String {
+        format!("http://{}/mcp", self.addr)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // Nothing but the protocol: an HTTP server prints nothing on stdout.
+        if let Some(mut stdout) = self.child.stdout.take() {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut stdout, &mut text);
+            assert!(text.is_empty(), "stdout of airlock serve --http: {text}");
+        }
+    }
+}
+
+/// Run a client script; its JSON lines.
+fn client(script: &str, args: &[&str]) -> Vec<Value> {
+    let out = Command::new(python())
+        .arg(repo().join("tests/mcp").join(script))
+        .args(args)
+        .env("AIRLOCK_TEST_TOKEN", TOKEN)
+        .env("AIRLOCK_TEST_APPROVER_TOKEN", APPROVER_TOKEN)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{script} {args:?} failed:\n{stdout}\n{stderr}"
+    );
+    stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}\n{stderr}")))
+        .collect()
+}
+
+fn events<'a>(lines: &'a [Value], event: &str) -> Vec<&'a Value> {
+    lines.iter().filter(|l| l["event"] == event).collect()
+}
+
+fn call<'a>(lines: &'a [Value], tool: &str) -> &'a Value {
+    lines
+        .iter()
+        .find(|l| l["event"] == "call" && l["tool"] == tool && l.get("label").is_none())
+        .unwrap_or_else(|| panic!("no call of {tool}"))
+}
+
+fn labelled<'a>(lines: &'a [Value], label: &str) -> &'a Value {
+    lines
+        .iter()
+        .find(|l| l["label"] == label)
+        .unwrap_or_else(|| panic!("no call labelled {label}"))
+}
+
+fn kind(result: &Value) -> &str {
+    assert_eq!(result["is_error"], true, "{result}");
+    result["meta"]["airlock/error"]["kind"].as_str().unwrap()
+}
+
+fn check_session(lines: &[Value]) {
+    let tools = events(lines, "tools")[0]["tools"].as_array().unwrap();
+    let by_name = |name: &str| {
+        tools
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap_or_else(|| panic!("{name} not listed"))
+    };
+    for (id, risk) in EXAMPLE_TOOLS {
+        let tool = by_name(&id.replace('/', "__"));
+        assert_eq!(tool["inputSchema"]["type"], "object", "{tool}");
+        assert_eq!(tool["_meta"]["airlock/tool"], *id);
+        assert_eq!(tool["_meta"]["airlock/risk"], *risk);
+        let hints = &tool["annotations"];
+        assert_eq!(hints["readOnlyHint"], *risk == "read", "{tool}");
+        assert_eq!(hints["destructiveHint"], *risk != "read", "{tool}");
+        let open_world = matches!(*risk, "external" | "irreversible");
+        assert_eq!(hints["openWorldHint"], open_world, "{tool}");
+    }
+    let slugify = by_name("text__slugify");
+    assert_eq!(slugify["outputSchema"]["type"], "object");
+    assert_eq!(slugify["annotations"]["readOnlyHint"], true);
+    let add = by_name("notes__add");
+    assert_eq!(add["annotations"]["readOnlyHint"], false);
+    assert_eq!(add["annotations"]["destructiveHint"], true);
+    assert_eq!(add["annotations"]["openWorldHint"], false);
+    assert_eq!(by_name("fetch__get")["annotations"]["openWorldHint"], true);
+    assert_eq!(
+        by_name("misbehave__now")["annotations"]["destructiveHint"],
+        true
+    );
+    // Its output is an array: MCP requires object output schemas.
+    assert!(by_name("notes__read-archive").get("outputSchema").is_none());
+
+    let calls: Vec<&Value> = lines
+        .iter()
+        .filter(|l| l["event"] == "call" && l.get("label").is_none() && l["tool"] != "fetch__get")
+        .collect();
+    assert!(calls.len() >= 17, "{calls:?}");
+    for result in calls {
+        assert_eq!(result["is_error"], false, "{result}");
+        assert!(
+            result["meta"]["airlock/call"]["call_id"].is_string(),
+            "{result}"
+        );
+    }
+    let slug = call(lines, "text__slugify");
+    assert_eq!(slug["structured"]["slug"], "hello-mcp-world");
+    let text: Value = serde_json::from_str(slug["text"].as_str().unwrap()).unwrap();
+    assert_eq!(text, slug["structured"]);
+    let archive = call(lines, "notes__read-archive");
+    assert!(archive["structured"].is_null(), "{archive}");
+    // fetch may reach only its granted origin.
+    let fetched = call(lines, "fetch__get");
+    assert_eq!(kind(fetched), "tool_error", "{fetched}");
+
+    let invalid = labelled(lines, "schema_invalid");
+    assert_eq!(kind(invalid), "arguments_invalid");
+    let violations = invalid["meta"]["airlock/error"]["violations"]
+        .as_array()
+        .unwrap();
+    assert!(
+        violations.iter().any(|v| v["path"] == "/pointer"),
+        "{invalid}"
+    );
+    assert_eq!(kind(labelled(lines, "tool_error")), "tool_error");
+    assert_eq!(kind(labelled(lines, "refused")), "approval_unavailable");
+    assert_eq!(kind(labelled(lines, "deadline")), "deadline_exceeded");
+    assert_eq!(kind(labelled(lines, "memory")), "memory_limit");
+    let unknown = events(lines, "unknown_tool")[0];
+    assert_eq!(unknown["error"], -32602, "{unknown}");
+    assert_eq!(
+        labelled(lines, "after")["structured"]["slug"],
+        "still-serving"
+    );
+}
+
+#[test]
+fn stdio_serves_every_example_tool_to_the_python_sdk() {
+    let root = plugins_root(LIMITS);
+    let server = Server::new(root.path(), false);
+    let lines = client(
+        "client.py",
+        &["session", "stdio", &server.stdio_command(), "auto"],
+    );
+    assert!(events(&lines, "connected")[0]["protocol"].is_string());
+    check_session(&lines);
+}
+
+#[test]
+fn http_serves_every_example_tool_to_the_python_sdk_with_the_handshake() {
+    let root = plugins_root(LIMITS);
+    let server = Server::new(root.path(), false);
+    let running = server.start_http();
+    let lines = client("client.py", &["session", "http", &running.url(), "legacy"]);
+    assert_eq!(events(&lines, "connected")[0]["protocol"], "2025-11-25");
+    check_session(&lines);
+}
+
+fn check_cancel(lines: &[Value]) {
+    assert_eq!(events(lines, "cancelled")[0]["cancelled"], true);
+    let echo = call(lines, "misbehave__echo");
+    assert_eq!(echo["is_error"], false, "{echo}");
+    assert_eq!(echo["structured"]["after"], "cancel");
+}
+
+#[test]
+fn cancelling_a_call_stops_the_guest_over_stdio() {
+    let root = plugins_root(ONE_SLOT);
+    let server = Server::new(root.path(), false);
+    check_cancel(&client(
+        "client.py",
+        &["cancel", "stdio", &server.stdio_command(), "legacy"],
+    ));
+    check_cancel(&client(
+        "client.py",
+        &["cancel", "stdio", &server.stdio_command(), "auto"],
+    ));
+}
+
+#[test]
+fn cancelling_a_call_stops_the_guest_over_http() {
+    let root = plugins_root(ONE_SLOT);
+    let server = Server::new(root.path(), false);
+    let running = server.start_http();
+    check_cancel(&client(
+        "client.py",
+        &["cancel", "http", &running.url(), "legacy"],
+    ));
+}
+
+fn check_list_changed(transport: &str, target: &str, mode: &str, root: &Path) {
+    let mut child = Command::new(python())
+        .arg(repo().join("tests/mcp/client.py"))
+        .args(["list_changed", transport, target, mode])
+        .env("AIRLOCK_TEST_TOKEN", TOKEN)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(ready["event"], "ready", "{ready}");
+    assert!(!ready["tools"].to_string().contains("echo__"), "{ready}");
+    // Add a plugin while serving: a copy of misbehave named `echo`.
+    let manifest = "[capabilities]\nlog = true\n\n[[tools]]\nname = \"echo\"\nrisk = \"read\"\n";
+    let added = install("echo", &read(MISBEHAVE), manifest);
+    copy_dir(added.path(), &root.join("echo"));
+    let changed: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(changed["event"], "changed", "{changed}");
+    assert!(
+        changed["tools"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("echo__echo")),
+        "{changed}"
+    );
+    assert!(child.wait().unwrap().success());
+    std::fs::remove_dir_all(root.join("echo")).unwrap();
+}
+
+#[test]
+fn adding_a_plugin_while_serving_tells_clients_the_tool_list_changed() {
+    let root = plugins_root(LIMITS);
+    let server = Server::new(root.path(), false);
+    check_list_changed("stdio", &server.stdio_command(), "legacy", root.path());
+    check_list_changed("stdio", &server.stdio_command(), "auto", root.path());
+    let running = server.start_http();
+    check_list_changed("http", &running.url(), "legacy", root.path());
+}
+
+#[test]
+fn a_pending_approval_is_approved_out_of_band_then_the_call_completes() {
+    let root = plugins_root(LIMITS);
+    let server = Server::new(root.path(), true);
+    let running = server.start_http();
+    let lines = client("client.py", &["approval", "http", &running.url(), "legacy"]);
+    let pending = events(&lines, "pending")[0];
+    assert_eq!(kind(pending), "approval_pending");
+    let approval = &pending["meta"]["airlock/approval"];
+    assert_eq!(approval["status"], "pending");
+    assert!(
+        approval["approval_id"]
+            .as_str()
+            .unwrap()
+            .starts_with("apr-")
+    );
+    assert!(approval["expires_at"].is_string() && approval["waits_for"].is_string());
+    // A caller's token is not an approver's.
+    assert_eq!(events(&lines, "caller_decides")[0]["status"], 401);
+    assert_eq!(events(&lines, "approver_decides")[0]["status"], 200);
+    let done = events(&lines, "approved")[0];
+    assert_eq!(done["is_error"], false, "{done}");
+    assert_eq!(
+        done["meta"]["airlock/call"]["approval_id"],
+        approval["approval_id"]
+    );
+}
+
+#[test]
+fn bad_http_input_gets_the_right_error_and_the_server_keeps_serving() {
+    let root = plugins_root(LIMITS);
+    let server = Server::new(root.path(), false);
+    let running = server.start_http();
+    let lines = client("raw_http.py", &[&running.addr]);
+    let case = |name: &str| {
+        lines
+            .iter()
+            .find(|l| l["case"] == name)
+            .unwrap_or_else(|| panic!("no case {name}"))
+    };
+    assert_eq!(case("initialize")["status"], 200, "{}", case("initialize"));
+    let malformed = case("malformed_json");
+    assert_eq!(malformed["message"]["error"]["code"], -32700, "{malformed}");
+    let unknown = case("unknown_method");
+    assert_eq!(unknown["message"]["error"]["code"], -32601, "{unknown}");
+    let no_approve = case("no_approve_method");
+    assert_eq!(
+        no_approve["message"]["error"]["code"], -32601,
+        "{no_approve}"
+    );
+    let tool = case("unknown_tool");
+    assert_eq!(tool["message"]["error"]["code"], -32602, "{tool}");
+    assert_eq!(case("oversized")["status"], 413);
+    let missing = case("missing_token");
+    assert_eq!(missing["status"], 401);
+    assert!(
+        missing["headers"]["www-authenticate"]
+            .as_str()
+            .unwrap()
+            .starts_with("Bearer")
+    );
+    let invalid = case("invalid_token");
+    assert_eq!(invalid["status"], 401);
+    assert!(
+        invalid["headers"]["www-authenticate"]
+            .as_str()
+            .unwrap()
+            .contains("invalid_token")
+    );
+    assert_eq!(case("wrong_origin")["status"], 403);
+    assert_eq!(case("loopback_origin")["status"], 200);
+    assert_eq!(case("wrong_host")["status"], 403);
+    let still = case("still_serving");
+    assert_eq!(still["status"], 200, "{still}");
+    assert_eq!(
+        still["message"]["result"]["structuredContent"]["slug"], "still-here",
+        "{still}"
+    );
+}
+
+#[test]
+fn twenty_http_clients_calling_at_once_all_succeed() {
+    let root = plugins_root(LIMITS);
+    let server = Server::new(root.path(), false);
+    let running = server.start_http();
+    let lines = client("client.py", &["concurrent", "http", &running.url(), "auto"]);
+    let results = events(&lines, "concurrent")[0]["results"]
+        .as_array()
+        .unwrap();
+    assert_eq!(results.len(), 20);
+    for result in results {
+        assert_eq!(result["is_error"], false, "{result}");
+    }
+}
+
+#[test]
+fn serve_refuses_unsafe_http_setups() {
+    let root = plugins_root(LIMITS);
+    let server = Server::new(root.path(), false);
+    let out = Command::new(AIRLOCK)
+        .args(server.args())
+        .args(["--http", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("allow_remote"));
+    std::fs::write(&server.config, "[serve]\n").unwrap();
+    let out = Command::new(AIRLOCK)
+        .args(server.args())
+        .args(["--http", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("at least one caller token"));
+}

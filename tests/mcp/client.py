@@ -1,0 +1,189 @@
+"""Drive `airlock serve` with the official Python MCP SDK (an independent
+client implementation). Run by host/cli/tests/mcp.rs.
+
+    client.py SCENARIO TRANSPORT TARGET [MODE]
+
+TRANSPORT is `stdio` (TARGET: a JSON list, the server command line) or
+`http` (TARGET: the /mcp URL; the token is in AIRLOCK_TEST_TOKEN). MODE is
+the SDK's connect mode: `auto` (newest protocol both sides speak) or
+`legacy` (the initialize handshake). Prints one JSON object per line on
+stdout; the Rust test asserts on them.
+"""
+
+import json
+import os
+import sys
+import urllib.request
+
+import anyio
+import httpx2
+from mcp import Client, StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
+
+
+def emit(**fields):
+    print(json.dumps(fields), flush=True)
+
+
+def client_for(transport, target, mode, **kwargs):
+    if transport == "stdio":
+        command = json.loads(target)
+        params = StdioServerParameters(command=command[0], args=command[1:], env=dict(os.environ))
+        return Client(params, mode=mode, **kwargs)
+    headers = {"Authorization": "Bearer " + os.environ["AIRLOCK_TEST_TOKEN"]}
+    http = httpx2.AsyncClient(headers=headers, timeout=60)
+    return Client(streamable_http_client(target, http_client=http), mode=mode, **kwargs)
+
+
+def result_json(result):
+    meta = getattr(result, "meta", None) or {}
+    return {
+        "is_error": bool(result.is_error),
+        "text": "\n".join(c.text for c in result.content if getattr(c, "type", "") == "text"),
+        "structured": result.structured_content,
+        "meta": meta,
+    }
+
+
+CALLS = [
+    ("text__stats", {"text": "one two three\nfour"}),
+    ("text__slugify", {"text": "Hello, MCP World!"}),
+    ("text__regex-extract", {"pattern": "\\d+", "text": "a1 b22 c333"}),
+    ("text__case", {"text": "hello world", "to": "upper"}),
+    ("json__query", {"document": {"a": [10, {"b": "x"}]}, "pointer": "/a/1/b"}),
+    ("json__keys", {"document": {"b": 1, "a": 2}}),
+    ("json__format", {"document": {"b": 1, "a": 2}, "sort_keys": True}),
+    ("json__merge-patch", {"target": {"a": 1}, "patch": {"a": None, "b": 2}}),
+    ("files__list", {"recursive": True}),
+    ("files__read", {"path": "guides/limits.md", "max_bytes": 8}),
+    ("files__search", {"query": "limit"}),
+    ("notes__add", {"title": "mcp", "body": "from the python client"}),
+    ("notes__get", {"title": "mcp"}),
+    ("notes__list", {}),
+    ("notes__archive", {}),
+    ("notes__delete", {"title": "mcp"}),
+    ("fetch__get", {"url": "https://example.com/"}),
+]
+
+
+async def session(transport, target, mode):
+    async with client_for(transport, target, mode) as client:
+        emit(event="connected", protocol=client.protocol_version)
+        tools = await client.list_tools()
+        emit(event="tools", tools=[t.model_dump(by_alias=True, exclude_none=True, mode="json") for t in tools.tools])
+        for name, args in CALLS:
+            result = await client.call_tool(name, args)
+            emit(event="call", tool=name, **result_json(result))
+            if name == "notes__archive" and not result.is_error:
+                ref = json.loads(result.content[0].text)["ref"]
+                archived = await client.call_tool("notes__read-archive", {"ref": ref})
+                emit(event="call", tool="notes__read-archive", **result_json(archived))
+        for label, name, args in [
+            ("schema_invalid", "json__query", {"document": 1, "pointer": 5, "bogus": True}),
+            ("tool_error", "text__regex-extract", {"pattern": "(", "text": "x"}),
+            ("refused", "misbehave__now", {}),
+            ("deadline", "misbehave__spin", {}),
+            ("memory", "misbehave__grow", {"mb": 512}),
+        ]:
+            result = await client.call_tool(name, args)
+            emit(event="call", tool=name, label=label, **result_json(result))
+        try:
+            await client.call_tool("nope__nothing", {})
+            emit(event="unknown_tool", error=None)
+        except Exception as error:  # the SDK raises MCPError for a JSON-RPC error
+            emit(event="unknown_tool", error=getattr(error, "code", None), message=str(error))
+        after = await client.call_tool("text__slugify", {"text": "Still Serving"})
+        emit(event="call", tool="text__slugify", label="after", **result_json(after))
+
+
+async def cancel(transport, target, mode):
+    async with client_for(transport, target, mode) as client:
+        with anyio.move_on_after(1.5) as scope:
+            await client.call_tool("misbehave__spin", {})
+        emit(event="cancelled", cancelled=scope.cancelled_caught)
+        # max_concurrency = 1 and a one-minute deadline: this runs only if
+        # the spinning guest was stopped.
+        result = await client.call_tool("misbehave__echo", {"after": "cancel"})
+        emit(event="call", tool="misbehave__echo", **result_json(result))
+
+
+async def list_changed(transport, target, mode):
+    changed = anyio.Event()
+
+    async def on_message(message):
+        root = getattr(message, "root", message)
+        if getattr(root, "method", None) == "notifications/tools/list_changed":
+            changed.set()
+
+    async with client_for(transport, target, mode, message_handler=on_message) as client:
+        before = [t.name for t in (await client.list_tools()).tools]
+        if client.protocol_version >= "2026-07-28":
+            async with client.listen(tools_list_changed=True) as sub:
+                emit(event="ready", tools=before, protocol=client.protocol_version)
+                with anyio.fail_after(60):
+                    async for _event in sub:
+                        break
+        else:
+            emit(event="ready", tools=before, protocol=client.protocol_version)
+            with anyio.fail_after(60):
+                await changed.wait()
+        after = [t.name for t in (await client.list_tools(cache_mode="refresh")).tools]
+        emit(event="changed", tools=after)
+
+
+async def concurrent(transport, target, mode, count=20):
+    results = []
+
+    async def one(i):
+        async with client_for(transport, target, mode) as client:
+            result = await client.call_tool("text__slugify", {"text": f"Client {i}"})
+            results.append(result_json(result))
+
+    async with anyio.create_task_group() as group:
+        for i in range(count):
+            group.start_soon(one, i)
+    emit(event="concurrent", results=results)
+
+
+async def approval(transport, target, mode):
+    base = target.rsplit("/mcp", 1)[0]
+    async with client_for(transport, target, mode) as client:
+        pending = await client.call_tool("misbehave__now", {})
+        emit(event="pending", **result_json(pending))
+        approval_id = pending.meta["airlock/approval"]["approval_id"]
+        # A caller's token cannot decide.
+        emit(event="caller_decides", status=decide(base, approval_id, os.environ["AIRLOCK_TEST_TOKEN"]))
+        # The approver, out of band, with their own token.
+        emit(event="approver_decides", status=decide(base, approval_id, os.environ["AIRLOCK_TEST_APPROVER_TOKEN"]))
+        done = await client.call_tool(
+            "misbehave__now", {}, meta={"airlock/approval_id": approval_id}
+        )
+        emit(event="approved", **result_json(done))
+
+
+def decide(base, approval_id, token):
+    request = urllib.request.Request(
+        f"{base}/approvals/{approval_id}",
+        data=json.dumps({"decision": "approve", "reason": "ok"}).encode(),
+        headers={"Authorization": "Bearer " + token, "Content-Type": "application/json"},
+        method="POST",
+    )
+    try:
+        with urllib.request.urlopen(request) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+SCENARIOS = {
+    "session": session,
+    "cancel": cancel,
+    "list_changed": list_changed,
+    "concurrent": concurrent,
+    "approval": approval,
+}
+
+if __name__ == "__main__":
+    scenario, transport, target = sys.argv[1:4]
+    mode = sys.argv[4] if len(sys.argv) > 4 else "auto"
+    anyio.run(SCENARIOS[scenario], transport, target, mode)
