@@ -407,3 +407,97 @@ async fn a_store_failure_refuses_the_call() {
         .await;
     assert_eq!(kind(lookup), "audit_unavailable");
 }
+
+#[tokio::test]
+async fn a_rate_limit_is_hit_says_when_to_retry_and_recovers() {
+    let mut policy = Policy::default();
+    policy.rate_limits.principal = Some("3/s".into());
+    let host = billing(HostConfig::default().policy(policy)).await;
+    let lookup = || {
+        CallRequest::new("billing/lookup", json!({"account": "9182"}).to_string())
+            .principal("agent-9")
+    };
+    for _ in 0..3 {
+        host.call(lookup()).await.unwrap();
+    }
+    let err = host.call(lookup()).await.unwrap_err();
+    let Error::RateLimited {
+        scope,
+        retry_after_ms,
+    } = &err
+    else {
+        panic!("expected rate_limited, got {err}");
+    };
+    assert_eq!(scope, "principal agent-9");
+    assert!(
+        *retry_after_ms > 0 && *retry_after_ms <= 1000,
+        "{retry_after_ms}"
+    );
+    // Another principal has its own bucket.
+    host.call(lookup().principal("agent-10")).await.unwrap();
+    // The refusal is on the record.
+    let refused = host
+        .audit()
+        .records(1)
+        .filter(|r| r.as_ref().unwrap().entry.outcome.as_deref() == Some("rate_limited"))
+        .count();
+    assert_eq!(refused, 1);
+    tokio::time::sleep(Duration::from_millis(*retry_after_ms + 50)).await;
+    host.call(lookup()).await.unwrap();
+}
+
+#[test]
+fn a_bad_rate_in_the_policy_is_a_config_error() {
+    let mut policy = Policy::default();
+    policy
+        .rate_limits
+        .plugins
+        .insert("billing".into(), "lots/min".into());
+    let err = Host::new(HostConfig::default().policy(policy)).unwrap_err();
+    assert_eq!(err.kind(), "config");
+    assert!(
+        err.to_string()
+            .contains("policy.rate_limits.plugins.billing"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn manifest_plugin_and_named_principal_limits_each_apply() {
+    use airlock_tests::{MISBEHAVE, install, read};
+    let plugin = install(
+        "misbehave",
+        &read(MISBEHAVE),
+        "[capabilities]\nlog = true\n\n[[tools]]\nname = \"echo\"\nrisk = \"read\"\nrate_limit = \"2/hour\"\n\n[[tools]]\nname = \"now\"\nrisk = \"read\"\n",
+    );
+    let mut policy = Policy::default();
+    policy.rate_limits.principal = Some("100/hour".into());
+    policy
+        .rate_limits
+        .principals
+        .insert("batch".into(), "1/hour".into());
+    policy
+        .rate_limits
+        .plugins
+        .insert("misbehave".into(), "4/hour".into());
+    let host = Host::new(HostConfig::default().policy(policy)).unwrap();
+    host.load_plugin(plugin.path()).await.unwrap();
+    let call = |tool: &str, who: &str| {
+        host.call(CallRequest::new(format!("misbehave/{tool}"), "{}").principal(who))
+    };
+    let scope = |result: Result<_, Error>| match result {
+        Err(Error::RateLimited { scope, .. }) => scope,
+        other => panic!("expected rate_limited, got {other:?}"),
+    };
+    // The manifest's limit on `echo` holds across callers.
+    call("echo", "a").await.unwrap();
+    call("echo", "b").await.unwrap();
+    assert_eq!(scope(call("echo", "c").await), "tool misbehave/echo");
+    // The named principal's own limit replaces the default one.
+    call("now", "batch").await.unwrap();
+    assert_eq!(scope(call("now", "batch").await), "principal batch");
+    // The plugin's limit covers every tool and caller: 2 echo + 1 now so far
+    // (refused calls take no token).
+    call("now", "a").await.unwrap();
+    assert_eq!(scope(call("now", "b").await), "plugin misbehave");
+}

@@ -508,6 +508,15 @@ pub enum Error {
         message: String,
     },
 
+    /// A rate limit is exhausted; retry after the given time.
+    #[error("rate limit for {scope} reached; retry in {retry_after_ms} ms")]
+    RateLimited {
+        /// Which limit (`tool billing/refund`, `principal agent-1`, ...).
+        scope: String,
+        /// When a call would be admitted again.
+        retry_after_ms: u64,
+    },
+
     /// The host is in read-only mode: only `read` tools run.
     #[error("the host is in read-only mode: `{tool}` ({risk}) does not run{}", reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default())]
     ReadOnlyMode {
@@ -600,6 +609,7 @@ impl Error {
             Error::IdempotencyOutcomeUnknown { .. } => "idempotency_outcome_unknown",
             Error::ReplayedFailure { .. } => "replayed_failure",
             Error::ReadOnlyMode { .. } => "read_only_mode",
+            Error::RateLimited { .. } => "rate_limited",
             Error::DecisionRefused { .. } => "decision_refused",
         }
     }
@@ -622,6 +632,7 @@ impl Error {
             | Error::IdempotencyInUse { .. }
             | Error::IdempotencyOutcomeUnknown { .. }
             | Error::ReadOnlyMode { .. }
+            | Error::RateLimited { .. }
             | Error::PluginBusy { .. }
             | Error::Cancelled { ran: false, .. } => ErrorClass::Refused,
             Error::Cancelled { ran: true, .. } => ErrorClass::Trap,

@@ -203,8 +203,8 @@ impl crate::Host {
         Ok(())
     }
 
-    /// Step 2: admit the call under the host's mode.
-    pub(crate) async fn admit(&self, tool: &Tool) -> Result<()> {
+    /// Step 2: admit the call under the host's mode and rate limits.
+    pub(crate) async fn admit(&self, plugin: &Plugin, tool: &Tool, principal: &str) -> Result<()> {
         let mode = self.mode()?;
         self.record_pending_mode().await?;
         if let Some(mode) = mode
@@ -217,7 +217,12 @@ impl crate::Host {
                 reason: mode.reason,
             });
         }
-        Ok(())
+        self.limiter
+            .admit(plugin.name(), &tool.id(), tool.rate_limit(), principal)
+            .map_err(|(scope, wait)| Error::RateLimited {
+                scope,
+                retry_after_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1),
+            })
     }
 
     // --------------------------------------------------------- idempotency

@@ -126,6 +126,7 @@ pub struct Host {
     workspace: WorkspaceStore,
     pub(crate) ledger: Ledger,
     pub(crate) mode: ModeWatch,
+    pub(crate) limiter: crate::ratelimit::Limiter,
     /// A mode switch seen but not yet recorded.
     pub(crate) mode_pending: std::sync::Mutex<Option<crate::gate::Mode>>,
     _ticker: EpochTicker,
@@ -194,6 +195,8 @@ impl Host {
     /// keys, or failing verification of its unsigned tail).
     pub fn new(config: HostConfig) -> Result<Host> {
         config.policy.validate()?;
+        let limiter = crate::ratelimit::Limiter::new(&config.policy.rate_limits)
+            .map_err(|message| Error::Config { message })?;
         let audit = match &config.data_dir {
             Some(dir) => AuditLog::open(dir.join(AUDIT_DIR), config.audit.clone())?,
             None => AuditLog::temporary(config.audit.clone())?,
@@ -229,6 +232,7 @@ impl Host {
             ledger,
             mode,
             mode_pending: std::sync::Mutex::new(None),
+            limiter,
             _ticker: ticker,
         })
     }
@@ -422,7 +426,7 @@ impl Host {
         record.resolved(plugin, tool);
         record.idempotency_key(request.idempotency_key.as_deref());
         // 2. Admit: the host's mode.
-        if let Err(error) = self.admit(tool).await {
+        if let Err(error) = self.admit(plugin, tool, &request.principal).await {
             record.arguments(&request.arguments, None);
             return Err(record.refused(error).await);
         }

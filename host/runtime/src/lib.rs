@@ -58,6 +58,7 @@ mod limits;
 pub mod manifest;
 mod pipeline;
 mod plugin;
+pub mod ratelimit;
 mod schema;
 mod state;
 pub mod workspace;

@@ -166,6 +166,9 @@ pub struct ToolDeclaration {
     /// (default: the policy's).
     #[serde(default)]
     pub approval_expiry_s: Option<u64>,
+    /// Calls per period across all callers, `N/unit` (`10/min`).
+    #[serde(default)]
+    pub rate_limit: Option<String>,
 }
 
 /// A per-tool requirement.

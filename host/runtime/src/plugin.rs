@@ -137,6 +137,7 @@ pub struct Tool {
     approval_required: bool,
     idempotency_required: bool,
     approval_expiry_s: Option<u64>,
+    rate_limit: Option<crate::ratelimit::Rate>,
     input_schema: Value,
     output_schema: Option<Value>,
     pub(crate) input_validator: jsonschema::Validator,
@@ -207,6 +208,11 @@ impl Tool {
     /// Whether calls must carry an idempotency key.
     pub fn idempotency_required(&self) -> bool {
         self.idempotency_required
+    }
+
+    /// The manifest's rate limit for this tool.
+    pub fn rate_limit(&self) -> Option<crate::ratelimit::Rate> {
+        self.rate_limit
     }
 
     /// Approval expiry the manifest sets, in seconds.
@@ -435,6 +441,12 @@ fn reconcile(
             }
             None => (None, None),
         };
+        let rate_limit = declared
+            .rate_limit
+            .as_deref()
+            .map(crate::ratelimit::Rate::parse)
+            .transpose()
+            .map_err(|e| invalid(format!("tool `{}`: {e}", d.name)))?;
         tools.insert(
             d.name.clone(),
             Arc::new(Tool {
@@ -446,6 +458,7 @@ fn reconcile(
                 approval_required: declared.approval.is_some(),
                 idempotency_required: declared.idempotency.is_some(),
                 approval_expiry_s: declared.approval_expiry_s,
+                rate_limit,
                 input_schema,
                 output_schema,
                 input_validator,

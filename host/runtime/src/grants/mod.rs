@@ -159,6 +159,9 @@ pub struct Policy {
     /// idempotency outcomes are kept.
     #[serde(default)]
     pub approvals: crate::ledger::ApprovalPolicy,
+    /// Rate limits per principal, plugin and tool.
+    #[serde(default)]
+    pub rate_limits: crate::ratelimit::RateLimitPolicy,
     /// Origins plugins may be granted (`http`). `None`: any origin a
     /// manifest lists; `Some(list)`: a manifest origin outside the list fails
     /// to load (an empty list allows none).
@@ -208,7 +211,9 @@ impl Policy {
                 });
             }
         }
-        Ok(())
+        self.rate_limits
+            .validate()
+            .map_err(|message| Error::Config { message })
     }
 }
 
