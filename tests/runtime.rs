@@ -555,3 +555,84 @@ async fn each_call_gets_a_fresh_identity() {
     assert_eq!(b.trace_id, "trace-1");
     assert!(a.fuel_used > 0);
 }
+
+fn misbehave_named(name: &str, timeout_ms: u64) -> PluginDir {
+    install(
+        name,
+        &read(airlock_tests::MISBEHAVE),
+        &format!(
+            "[capabilities]\nlog = true\n\n[limits]\ntimeout_ms = {timeout_ms}\nfuel = 1_000_000_000_000_000\n\n[[tools]]\nname = \"echo\"\nrisk = \"read\"\n\n[[tools]]\nname = \"spin\"\nrisk = \"read\"\n"
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_instance_pool_makes_calls_wait_then_refuses_with_host_busy() {
+    let host = std::sync::Arc::new(
+        Host::new(
+            HostConfig::default()
+                .cache_dir(shared_cache())
+                .max_instances(1),
+        )
+        .unwrap(),
+    );
+    // This machine (64-bit Linux) can reserve a pool; where it cannot, the
+    // host falls back to on demand and has no host-wide cap to test.
+    let airlock_host::InstanceAllocation::Pooling { instances, .. } = host.instance_allocation()
+    else {
+        panic!(
+            "expected a pooled engine, got {}",
+            host.instance_allocation()
+        );
+    };
+    assert_eq!(*instances, 1);
+    let slow = misbehave_named("slow", 3_000);
+    let quick = misbehave_named("quick", 300);
+    host.load_plugin(slow.path()).await.unwrap();
+    host.load_plugin(quick.path()).await.unwrap();
+
+    // `slow/spin` holds the only instance slot until its deadline...
+    let spinning = tokio::spawn({
+        let host = std::sync::Arc::clone(&host);
+        async move { host.call(CallRequest::new("slow/spin", "{}")).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // ...so another plugin's call waits for one until its own deadline.
+    let err = host
+        .call(CallRequest::new("quick/echo", r#"{"a":1}"#))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), "host_busy", "{err}");
+    assert_eq!(err.class(), ErrorClass::Refused);
+    assert_eq!(
+        spinning.await.unwrap().unwrap_err().kind(),
+        "deadline_exceeded"
+    );
+    // The slot is back: calls run again.
+    let ok = host
+        .call(CallRequest::new("quick/echo", r#"{"a":1}"#))
+        .await
+        .unwrap();
+    assert_eq!(ok.output, json!({"a": 1}));
+}
+
+#[tokio::test]
+async fn without_a_pool_instances_are_allocated_on_demand() {
+    let host = Host::new(
+        HostConfig::default()
+            .cache_dir(shared_cache())
+            .max_instances(0),
+    )
+    .unwrap();
+    let airlock_host::InstanceAllocation::OnDemand { reason } = host.instance_allocation() else {
+        panic!("expected on-demand allocation");
+    };
+    assert!(reason.contains("max_instances = 0"), "{reason}");
+    let plugin = misbehave_named("misbehave", 1_000);
+    host.load_plugin(plugin.path()).await.unwrap();
+    let ok = host
+        .call(CallRequest::new("misbehave/echo", r#"{"b":2}"#))
+        .await
+        .unwrap();
+    assert_eq!(ok.output, json!({"b": 2}));
+}

@@ -17,6 +17,7 @@ struct ConfigFile {
     data_dir: Option<PathBuf>,
     cache_dir: Option<PathBuf>,
     max_argument_bytes: Option<usize>,
+    max_instances: Option<u32>,
     principal: Option<String>,
     policy: Option<airlock_host::Policy>,
     audit: Option<AuditConfig>,
@@ -84,6 +85,7 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub cache_dir: PathBuf,
     pub max_argument_bytes: usize,
+    pub max_instances: u32,
     pub principal: String,
     pub policy: airlock_host::Policy,
     pub audit: AuditConfig,
@@ -146,6 +148,9 @@ impl Settings {
             if file.max_argument_bytes.is_some() {
                 layer.max_argument_bytes = file.max_argument_bytes;
             }
+            if file.max_instances.is_some() {
+                layer.max_instances = file.max_instances;
+            }
             if file.principal.is_some() {
                 layer.principal = file.principal;
             }
@@ -193,6 +198,9 @@ impl Settings {
             data_dir,
             cache_dir,
             max_argument_bytes,
+            max_instances: layer
+                .max_instances
+                .unwrap_or(airlock_host::DEFAULT_MAX_INSTANCES),
             principal,
             policy: layer.policy.unwrap_or_default(),
             audit: check_audit(layer.audit.unwrap_or_default())?,

@@ -328,6 +328,7 @@ pub(crate) fn host_config(settings: &Settings, calls: Calls) -> HostConfig {
     let config = HostConfig::default()
         .cache_dir(&settings.cache_dir)
         .max_argument_bytes(settings.max_argument_bytes)
+        .max_instances(settings.max_instances)
         .policy(settings.policy.clone())
         .audit(settings.audit.clone());
     match calls {

@@ -1,11 +1,35 @@
-//! The shared WebAssembly engine and its epoch ticker.
+//! The shared WebAssembly engine: its instance allocator, the host-wide gate
+//! on concurrent instances, and its epoch ticker.
+//!
+//! One [`SharedEngine`] per host; every plugin is compiled for it and every
+//! call instantiates on it. Nothing per call re-creates anything expensive:
+//! the engine, the compiled components, the linkers and the pre-linked
+//! `InstancePre`s are all made once, at start or at load.
+//!
+//! Instances come from wasmtime's **pooling allocator** when its address
+//! space can be reserved: slots for instances, linear memories, tables and
+//! fiber stacks are mapped once, and instantiating takes a slot and maps the
+//! component's memory image copy-on-write instead of `mmap`-ing and copying
+//! afresh (`memory_init_cow`). The pool is sized from the host's
+//! configuration: [`HostConfig::max_instances`](crate::HostConfig) component
+//! instances, memories up to the policy's memory ceiling. When the pool
+//! cannot be reserved (a tight `ulimit -v`, a 32-bit or sandboxed host), the
+//! engine falls back to on-demand allocation and logs why; behaviour is the
+//! same, only slower.
+//!
+//! A pool has a fixed number of slots, so the engine also holds a gate:
+//! every call takes its component's share of instances, memories and tables
+//! before instantiating and gives it back when done. A call that finds the
+//! pool full waits (up to its deadline) rather than failing inside wasmtime.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use wasmtime::{Config, Engine};
+use serde::Serialize;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::error::{Error, Result};
 
@@ -13,17 +37,320 @@ use crate::error::{Error, Result};
 /// and long-running guests yield to other tasks, once per tick.
 pub(crate) const EPOCH_TICK: Duration = Duration::from_millis(10);
 
-/// Build the engine every plugin of a host shares.
-pub(crate) fn new_engine() -> Result<Engine> {
+/// Default number of component instances the pool holds: 16 plugins each at
+/// the default `max_concurrency` of 16.
+pub const DEFAULT_MAX_INSTANCES: u32 = 256;
+
+/// Most linear memories one component may define (also the per-call store
+/// limit, `CallLimiter::memories`).
+pub(crate) const MAX_MEMORIES_PER_COMPONENT: u32 = 16;
+/// Most tables one component may define (`CallLimiter::tables`).
+pub(crate) const MAX_TABLES_PER_COMPONENT: u32 = 64;
+/// Most core instances one component may create (`CallLimiter::instances`).
+pub(crate) const MAX_CORE_INSTANCES_PER_COMPONENT: u32 = 64;
+
+/// Memory slots reserved per component instance in the pool, on average.
+/// Components built by the Rust `wasm32-wasip2` toolchain define one or two
+/// (the program's and the WASI adapter's); a call of a component defining
+/// more takes more of the pool (see [`PoolNeeds`]).
+const MEMORIES_PER_INSTANCE: u32 = 2;
+/// Table slots reserved per component instance, on average.
+const TABLES_PER_INSTANCE: u32 = 4;
+/// Largest linear memory of a 32-bit WebAssembly memory: the pool's slot size
+/// when the policy sets no memory ceiling.
+const MAX_WASM32_MEMORY: u64 = 4 << 30;
+/// Linear memory kept mapped (and reset in place) when an instance's slot is
+/// returned to the pool, instead of being handed back to the kernel and
+/// faulted in again by the next call.
+const KEEP_RESIDENT_BYTES: usize = 1 << 20;
+/// Fiber stack reset in place (with `memset`) when a pooled stack is reused;
+/// the rest of the stack, rarely touched, is returned to the kernel.
+const STACK_KEEP_RESIDENT_BYTES: usize = 64 << 10;
+
+/// How the engine allocates instances.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum InstanceAllocation {
+    /// wasmtime's pooling allocator: slots reserved once, memories mapped
+    /// copy-on-write from each component's image.
+    Pooling {
+        /// Component instances the pool holds (calls beyond wait).
+        instances: u32,
+        /// Linear memory slots.
+        memories: u32,
+        /// Table slots.
+        tables: u32,
+        /// Largest linear memory a slot holds, in bytes.
+        max_memory_bytes: u64,
+    },
+    /// Each instance maps its own memory and stack.
+    OnDemand {
+        /// Why the pool is not used.
+        reason: String,
+    },
+}
+
+impl std::fmt::Display for InstanceAllocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InstanceAllocation::Pooling {
+                instances,
+                memories,
+                tables,
+                max_memory_bytes,
+            } => write!(
+                f,
+                "pooling: {instances} instances, {memories} memories of up to {} MiB, {tables} tables",
+                max_memory_bytes >> 20
+            ),
+            InstanceAllocation::OnDemand { reason } => write!(f, "on demand ({reason})"),
+        }
+    }
+}
+
+/// What one instance of a component takes from the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PoolNeeds {
+    memories: u32,
+    tables: u32,
+}
+
+impl PoolNeeds {
+    /// The needs of `component`, as far as wasmtime can tell statically
+    /// (the most a component may have when it cannot).
+    pub(crate) fn of(component: &wasmtime::component::Component) -> PoolNeeds {
+        match component.resources_required() {
+            Some(r) => PoolNeeds {
+                memories: r.num_memories.min(MAX_MEMORIES_PER_COMPONENT),
+                tables: r.num_tables.min(MAX_TABLES_PER_COMPONENT),
+            },
+            None => PoolNeeds {
+                memories: MAX_MEMORIES_PER_COMPONENT,
+                tables: MAX_TABLES_PER_COMPONENT,
+            },
+        }
+    }
+}
+
+/// The pool's capacity, as semaphores callers take permits from.
+#[derive(Debug)]
+struct PoolGate {
+    instances: Arc<Semaphore>,
+    memories: Arc<Semaphore>,
+    tables: Arc<Semaphore>,
+}
+
+/// A call's share of the pool, returned on drop.
+#[derive(Debug)]
+pub(crate) struct PoolPermit {
+    _permits: Option<[OwnedSemaphorePermit; 3]>,
+}
+
+/// The engine every plugin of a host shares, and how it allocates.
+#[derive(Debug)]
+pub(crate) struct SharedEngine {
+    engine: Engine,
+    allocation: InstanceAllocation,
+    gate: Option<PoolGate>,
+}
+
+impl std::ops::Deref for SharedEngine {
+    type Target = Engine;
+
+    fn deref(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+impl SharedEngine {
+    /// Build the engine: pooled with room for `max_instances` instances and
+    /// memories of up to `memory_ceiling_mb` (the policy's ceiling, if any),
+    /// or on demand when `max_instances` is 0 or the pool cannot be
+    /// reserved.
+    ///
+    /// # Errors
+    /// [`Error::Engine`] when even the on-demand engine cannot be built.
+    pub(crate) fn new(max_instances: u32, memory_ceiling_mb: Option<u64>) -> Result<SharedEngine> {
+        let reason = if max_instances == 0 {
+            "disabled by the host configuration (max_instances = 0)".to_owned()
+        } else {
+            let pool = PoolSize::new(max_instances, memory_ceiling_mb);
+            match Engine::new(&pool.config()) {
+                Ok(engine) => {
+                    tracing::debug!(
+                        instances = pool.instances,
+                        memories = pool.memories,
+                        tables = pool.tables,
+                        "instance pool reserved"
+                    );
+                    return Ok(SharedEngine {
+                        engine,
+                        allocation: InstanceAllocation::Pooling {
+                            instances: pool.instances,
+                            memories: pool.memories,
+                            tables: pool.tables,
+                            max_memory_bytes: pool.max_memory_bytes,
+                        },
+                        gate: Some(PoolGate {
+                            instances: Arc::new(Semaphore::new(permits(pool.instances))),
+                            memories: Arc::new(Semaphore::new(permits(pool.memories))),
+                            tables: Arc::new(Semaphore::new(permits(pool.tables))),
+                        }),
+                    });
+                }
+                Err(e) => {
+                    let reason = format!("cannot reserve the instance pool: {e:#}");
+                    tracing::warn!(
+                        "{reason}; falling back to on-demand instance allocation (slower instantiation)"
+                    );
+                    reason
+                }
+            }
+        };
+        let engine = Engine::new(&base_config()).map_err(|e| Error::Engine {
+            message: format!("cannot configure the WebAssembly engine: {e:#}"),
+        })?;
+        Ok(SharedEngine {
+            engine,
+            allocation: InstanceAllocation::OnDemand { reason },
+            gate: None,
+        })
+    }
+
+    /// How instances are allocated.
+    pub(crate) fn allocation(&self) -> &InstanceAllocation {
+        &self.allocation
+    }
+
+    /// The pool's instance count (0 when allocating on demand).
+    pub(crate) fn max_instances(&self) -> u32 {
+        match self.allocation {
+            InstanceAllocation::Pooling { instances, .. } => instances,
+            InstanceAllocation::OnDemand { .. } => 0,
+        }
+    }
+
+    /// Take `needs` from the pool, waiting until `deadline` at most.
+    /// `None` when the pool stayed full. Always succeeds at once on demand.
+    pub(crate) async fn admit(&self, needs: PoolNeeds, deadline: Instant) -> Option<PoolPermit> {
+        let Some(gate) = &self.gate else {
+            return Some(PoolPermit { _permits: None });
+        };
+        let take = |semaphore: &Arc<Semaphore>, n: u32| {
+            Arc::clone(semaphore).try_acquire_many_owned(n.max(1))
+        };
+        if let (Ok(i), Ok(m), Ok(t)) = (
+            take(&gate.instances, 1),
+            take(&gate.memories, needs.memories),
+            take(&gate.tables, needs.tables),
+        ) {
+            return Some(PoolPermit {
+                _permits: Some([i, m, t]),
+            });
+        }
+        // Slow path: wait for each in a fixed order (no two callers can hold
+        // parts of the pool while waiting for each other's).
+        let wait = async {
+            let i = Arc::clone(&gate.instances)
+                .acquire_many_owned(1)
+                .await
+                .ok()?;
+            let m = Arc::clone(&gate.memories)
+                .acquire_many_owned(needs.memories.max(1))
+                .await
+                .ok()?;
+            let t = Arc::clone(&gate.tables)
+                .acquire_many_owned(needs.tables.max(1))
+                .await
+                .ok()?;
+            Some(PoolPermit {
+                _permits: Some([i, m, t]),
+            })
+        };
+        tokio::time::timeout_at(deadline.into(), wait)
+            .await
+            .ok()
+            .flatten()
+    }
+}
+
+fn permits(n: u32) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+/// Settings every engine of the host has, pooled or not.
+fn base_config() -> Config {
     let mut config = Config::new();
     config.wasm_component_model(true);
     // Fuel bounds the instructions a call may execute; epochs bound its wall
     // time and let long calls yield to the async executor.
     config.consume_fuel(true);
     config.epoch_interruption(true);
-    Engine::new(&config).map_err(|e| Error::Engine {
-        message: format!("cannot configure the WebAssembly engine: {e:#}"),
-    })
+    // Map each component's initial memory from an image, copy-on-write,
+    // instead of copying its data segments on every instantiation.
+    config.memory_init_cow(true);
+    config
+}
+
+/// The pool's dimensions, derived from the host's configuration.
+struct PoolSize {
+    instances: u32,
+    memories: u32,
+    tables: u32,
+    max_memory_bytes: u64,
+}
+
+impl PoolSize {
+    fn new(max_instances: u32, memory_ceiling_mb: Option<u64>) -> PoolSize {
+        let max_memory_bytes = memory_ceiling_mb
+            .map_or(MAX_WASM32_MEMORY, |mb| mb.saturating_mul(1 << 20))
+            .clamp(64 << 10, MAX_WASM32_MEMORY);
+        PoolSize {
+            instances: max_instances,
+            // At least enough for one component at its maximum.
+            memories: max_instances
+                .saturating_mul(MEMORIES_PER_INSTANCE)
+                .max(MAX_MEMORIES_PER_COMPONENT),
+            tables: max_instances
+                .saturating_mul(TABLES_PER_INSTANCE)
+                .max(MAX_TABLES_PER_COMPONENT),
+            max_memory_bytes,
+        }
+    }
+
+    fn config(&self) -> Config {
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(self.instances)
+            // Core instances cost no reserved space, only a count.
+            .total_core_instances(
+                self.instances
+                    .saturating_mul(MAX_CORE_INSTANCES_PER_COMPONENT),
+            )
+            .total_memories(self.memories)
+            .total_tables(self.tables)
+            // One fiber stack per call in flight.
+            .total_stacks(self.instances)
+            .max_core_instances_per_component(MAX_CORE_INSTANCES_PER_COMPONENT)
+            .max_memories_per_component(MAX_MEMORIES_PER_COMPONENT)
+            .max_tables_per_component(MAX_TABLES_PER_COMPONENT)
+            .max_memories_per_module(MAX_MEMORIES_PER_COMPONENT)
+            .max_tables_per_module(MAX_TABLES_PER_COMPONENT)
+            .table_elements(crate::limits::MAX_TABLE_ELEMENTS)
+            .max_memory_size(usize::try_from(self.max_memory_bytes).unwrap_or(usize::MAX))
+            .linear_memory_keep_resident(KEEP_RESIDENT_BYTES)
+            .table_keep_resident(KEEP_RESIDENT_BYTES)
+            .async_stack_keep_resident(STACK_KEEP_RESIDENT_BYTES)
+            // Reset only the pages a call touched (Linux 6.7+; ignored
+            // elsewhere).
+            .pagemap_scan(Enabled::Auto);
+        let mut config = base_config();
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        // A pooled stack is reused by other plugins' calls: zero it first,
+        // as a fresh on-demand stack would be.
+        config.async_stack_zeroing(true);
+        config
+    }
 }
 
 /// A background thread that advances an engine's epoch every [`EPOCH_TICK`].
@@ -68,5 +395,53 @@ impl Drop for EpochTicker {
             // report here.
             let _ = thread.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pool_is_sized_from_the_configuration() {
+        let pool = PoolSize::new(256, Some(128));
+        assert_eq!(pool.instances, 256);
+        assert_eq!(pool.memories, 512);
+        assert_eq!(pool.tables, 1024);
+        assert_eq!(pool.max_memory_bytes, 128 << 20);
+        // No ceiling: any 32-bit memory fits; a tiny pool still fits one
+        // component at its maximum.
+        let pool = PoolSize::new(1, None);
+        assert_eq!(pool.max_memory_bytes, MAX_WASM32_MEMORY);
+        assert_eq!(pool.memories, MAX_MEMORIES_PER_COMPONENT);
+        assert_eq!(pool.tables, MAX_TABLES_PER_COMPONENT);
+    }
+
+    #[test]
+    fn zero_instances_means_on_demand() {
+        let on_demand = SharedEngine::new(0, None).unwrap();
+        let InstanceAllocation::OnDemand { reason } = on_demand.allocation() else {
+            panic!("expected on-demand allocation");
+        };
+        assert!(reason.contains("max_instances = 0"), "{reason}");
+        assert!(on_demand.gate.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_full_pool_makes_callers_wait_until_their_deadline() {
+        let engine = SharedEngine::new(1, Some(64)).unwrap();
+        if engine.gate.is_none() {
+            return;
+        }
+        let needs = PoolNeeds {
+            memories: 1,
+            tables: 1,
+        };
+        let soon = || Instant::now() + Duration::from_millis(50);
+        let first = engine.admit(needs, soon()).await;
+        assert!(first.is_some());
+        assert!(engine.admit(needs, soon()).await.is_none());
+        drop(first);
+        assert!(engine.admit(needs, soon()).await.is_some());
     }
 }

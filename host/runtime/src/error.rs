@@ -257,6 +257,16 @@ pub enum Error {
         limit: u64,
     },
 
+    /// Every instance slot of the host's pool stayed taken until the call's
+    /// deadline.
+    #[error(
+        "the host is at its limit of {limit} concurrent instances over all plugins; try again later"
+    )]
+    HostBusy {
+        /// The pool's instance count (`HostConfig::max_instances`).
+        limit: u32,
+    },
+
     /// The caller cancelled the call (for example an MCP client's
     /// `notifications/cancelled`). If the guest was running, its instance
     /// was dropped and stopped at its next epoch yield.
@@ -568,6 +578,7 @@ impl Error {
             Error::CapabilityNotGranted { .. } => "capability_not_granted",
             Error::LimitAboveCeiling { .. } => "limit_above_ceiling",
             Error::PluginBusy { .. } => "plugin_busy",
+            Error::HostBusy { .. } => "host_busy",
             Error::Cancelled { .. } => "cancelled",
             Error::Config { .. } => "config",
             Error::BadToolReference { .. } => "bad_tool_reference",
@@ -634,6 +645,7 @@ impl Error {
             | Error::ReadOnlyMode { .. }
             | Error::RateLimited { .. }
             | Error::PluginBusy { .. }
+            | Error::HostBusy { .. }
             | Error::Cancelled { ran: false, .. } => ErrorClass::Refused,
             Error::Cancelled { ran: true, .. } => ErrorClass::Trap,
             Error::ApprovalPending { .. } => ErrorClass::Pending,

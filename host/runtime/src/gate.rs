@@ -331,9 +331,11 @@ impl crate::Host {
             Ok(response) => self
                 .ledger
                 .complete(principal, p, t, key, Ok(response.output.clone())),
-            Err(Error::PluginBusy { .. } | Error::Cancelled { ran: false, .. }) => {
-                self.ledger.release(principal, p, t, key)
-            }
+            Err(
+                Error::PluginBusy { .. }
+                | Error::HostBusy { .. }
+                | Error::Cancelled { ran: false, .. },
+            ) => self.ledger.release(principal, p, t, key),
             Err(e) => self.ledger.complete(
                 principal,
                 p,

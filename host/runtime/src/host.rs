@@ -9,7 +9,7 @@ use airlock_audit::{AuditConfig, AuditLog};
 use crate::audit::CallRecord;
 use crate::bindings::exports::airlock::plugin::tools::CallContext;
 use crate::cache::CompiledCache;
-use crate::engine::{self, EpochTicker};
+use crate::engine::{EpochTicker, InstanceAllocation, SharedEngine};
 use crate::error::{Error, Result};
 use crate::gate::ModeWatch;
 use crate::grants::{Policy, WorkspaceScope};
@@ -20,7 +20,6 @@ use crate::pipeline::{self, CallRequest, CallResponse};
 use crate::plugin::{self, Plugin, Tool};
 use crate::workspace::{WORKSPACE_DIR, WorkspaceStore};
 use serde::Serialize;
-use wasmtime::Engine;
 
 /// The audit log's directory inside the data directory.
 pub const AUDIT_DIR: &str = "audit";
@@ -45,6 +44,11 @@ pub struct HostConfig {
     pub data_dir: Option<PathBuf>,
     /// How the audit log commits, checkpoints and redacts.
     pub audit: AuditConfig,
+    /// Component instances the engine's pool holds, over all plugins (calls
+    /// beyond it wait for a slot until their deadline, then get
+    /// `host_busy`). 0 turns the pool off: each instance is allocated on
+    /// demand.
+    pub max_instances: u32,
 }
 
 impl Default for HostConfig {
@@ -55,6 +59,7 @@ impl Default for HostConfig {
             policy: Policy::default(),
             data_dir: None,
             audit: AuditConfig::default(),
+            max_instances: crate::engine::DEFAULT_MAX_INSTANCES,
         }
     }
 }
@@ -81,6 +86,13 @@ impl HostConfig {
     /// Configure the audit log.
     pub fn audit(mut self, audit: AuditConfig) -> HostConfig {
         self.audit = audit;
+        self
+    }
+
+    /// Size the instance pool for `instances` concurrent instances (0: no
+    /// pool).
+    pub fn max_instances(mut self, instances: u32) -> HostConfig {
+        self.max_instances = instances;
         self
     }
 
@@ -116,7 +128,7 @@ pub struct LoadReport {
 /// while calls are in flight — a call holds its plugin (an `Arc`) from
 /// resolution to its outcome, so unloading never cuts a running call short.
 pub struct Host {
-    engine: Engine,
+    pub(crate) engine: SharedEngine,
     cache: Option<CompiledCache>,
     /// Loaded plugins by name. Locked only to look up, insert or remove an
     /// entry, never across an `.await`.
@@ -216,7 +228,9 @@ impl Host {
             None => Ledger::temporary()?,
         };
         let mode = ModeWatch::new(config.data_dir.as_deref());
-        let engine = engine::new_engine()?;
+        let memory_ceiling_mb = config.policy.limits.memory_mb;
+        let engine = SharedEngine::new(config.max_instances, memory_ceiling_mb)?;
+        tracing::debug!(allocation = %engine.allocation(), "engine ready");
         let cache = config
             .cache_dir
             .clone()
@@ -321,6 +335,11 @@ impl Host {
     /// The host's configuration.
     pub fn config(&self) -> &HostConfig {
         &self.config
+    }
+
+    /// How the engine allocates instances: pooled, or on demand and why.
+    pub fn instance_allocation(&self) -> &InstanceAllocation {
+        self.engine.allocation()
     }
 
     pub(crate) fn cache(&self) -> Option<&CompiledCache> {

@@ -65,6 +65,7 @@ pub mod workspace;
 
 pub use airlock_audit as audit_log;
 pub use cache::CacheStatus;
+pub use engine::{DEFAULT_MAX_INSTANCES, InstanceAllocation};
 pub use error::{Error, ErrorClass, Result, SchemaViolation, ToolErrorKind, TrapKind};
 pub use gate::{MODE_FILE, Mode, write_mode};
 pub use grants::{

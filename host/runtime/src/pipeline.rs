@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-use wasmtime::{Engine, Store, Trap, UpdateDeadline};
+use wasmtime::{Store, Trap, UpdateDeadline};
+
+use crate::engine::{PoolNeeds, SharedEngine};
 
 use crate::bindings::PluginPre;
 use crate::bindings::exports::airlock::plugin::tools::{CallContext, ToolDescriptor, ToolError};
@@ -224,7 +226,7 @@ pub(crate) async fn unless_cancelled<T>(
 
 /// Steps 7–9 for a validated call.
 pub(crate) async fn run_tool(
-    engine: &Engine,
+    engine: &SharedEngine,
     plugin: &Plugin,
     tool: &Tool,
     arguments: &Value,
@@ -245,7 +247,7 @@ pub(crate) async fn run_tool(
     reason = "run_tool's arguments plus its stats out-parameter"
 )]
 async fn run_tool_inner(
-    engine: &Engine,
+    engine: &SharedEngine,
     plugin: &Plugin,
     tool: &Tool,
     arguments: &Value,
@@ -272,6 +274,14 @@ async fn run_tool_inner(
         .ok_or_else(|| Error::PluginBusy {
             plugin: plugin.name().to_owned(),
             limit: limits.max_concurrency.value,
+        })?;
+    // A slot of the host's instance pool, until the same deadline.
+    let pool = engine.admit(plugin.pool_needs, started + limits.timeout());
+    let _pool = unless_cancelled(cancel, pool)
+        .await
+        .ok_or_else(|| cancelled(false))?
+        .ok_or_else(|| Error::HostBusy {
+            limit: engine.max_instances(),
         })?;
     let mut store = new_store(engine, limits, plugin.grant(), workspace)?;
     let call_id = context.call_id.clone();
@@ -387,12 +397,19 @@ async fn run_tool_inner(
 
 /// Ask a freshly loaded component for its tools, under the plugin's limits.
 pub(crate) async fn list_tools(
-    engine: &Engine,
+    engine: &SharedEngine,
     pre: &PluginPre<CallState>,
+    needs: PoolNeeds,
     limits: &Limits,
     plugin: &str,
     grant: &EffectiveGrant,
 ) -> Result<Vec<ToolDescriptor>> {
+    let _pool = engine
+        .admit(needs, Instant::now() + limits.timeout())
+        .await
+        .ok_or_else(|| Error::HostBusy {
+            limit: engine.max_instances(),
+        })?;
     let mut store = new_store(engine, limits, grant, None)?;
     let outcome = with_deadline(limits, async {
         let instance = pre.instantiate_async(&mut store).await?;
@@ -409,7 +426,7 @@ pub(crate) async fn list_tools(
 }
 
 fn new_store(
-    engine: &Engine,
+    engine: &SharedEngine,
     limits: &Limits,
     grant: &EffectiveGrant,
     workspace: Option<crate::grants::WorkspaceScope>,

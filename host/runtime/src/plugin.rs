@@ -7,10 +7,10 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use wasmtime::Engine;
 
 use crate::bindings::PluginPre;
 use crate::cache::{CacheStatus, CompiledCache};
+use crate::engine::{PoolNeeds, SharedEngine};
 use crate::error::{Error, Result};
 use crate::grants::{self, EffectiveGrant, Policy};
 use crate::limits::Limits;
@@ -39,6 +39,8 @@ pub struct Plugin {
     grant: EffectiveGrant,
     imports: Vec<String>,
     pub(crate) slots: tokio::sync::Semaphore,
+    /// What one instance takes from the host's instance pool.
+    pub(crate) pool_needs: PoolNeeds,
     pub(crate) pre: PluginPre<CallState>,
 }
 
@@ -252,7 +254,7 @@ impl Tool {
 
 /// Load the plugin in `dir`.
 pub(crate) async fn load(
-    engine: &Engine,
+    engine: &SharedEngine,
     cache: Option<&CompiledCache>,
     policy: &Policy,
     dir: &Path,
@@ -323,7 +325,9 @@ pub(crate) async fn load(
                 ceiling,
             }
         })?;
-    let descriptors = pipeline::list_tools(engine, &pre, &limits, &name, &grant).await?;
+    let pool_needs = PoolNeeds::of(&component);
+    let descriptors =
+        pipeline::list_tools(engine, &pre, pool_needs, &limits, &name, &grant).await?;
     let (tools, undeclared) = reconcile(&manifest, descriptors)?;
 
     Ok(Plugin {
@@ -340,6 +344,7 @@ pub(crate) async fn load(
         ),
         grant,
         imports,
+        pool_needs,
         pre,
     })
 }
