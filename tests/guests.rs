@@ -31,6 +31,7 @@ const MISBEHAVE_TOOLS: &[&str] = &[
     "panic",
     "spin",
     "grow",
+    "grow-table",
     "big-output",
     "log-flood",
     "lie",
@@ -157,6 +158,23 @@ async fn the_memory_limit_stops_a_memory_hog() {
 }
 
 #[tokio::test]
+async fn the_table_limit_stops_a_table_growth_bomb() {
+    let dir = misbehave_plugin("");
+    let host = host_with(&dir).await;
+    // Growth within the limit (100,000 elements per table) is fine...
+    call(&host, "grow-table", json!({"elements": 20_000}))
+        .await
+        .unwrap();
+    // ...past it, the limiter refuses, the guest aborts, and the call ends
+    // as a memory limit, not as an anonymous trap.
+    let err = call(&host, "grow-table", json!({"elements": 4_000_000}))
+        .await
+        .unwrap_err();
+    assert_eq!(trap_kind(&err), TrapKind::MemoryLimit, "{err}");
+    call(&host, "echo", json!({})).await.unwrap();
+}
+
+#[tokio::test]
 async fn results_over_a_mebibyte_are_measured_against_the_output_limit() {
     // Regression: hostcall fuel (1 MiB) also bounds returned results, so a
     // 1.5 MiB result used to trap instead of being checked against the limit.
@@ -215,6 +233,7 @@ async fn misbehaving_calls_do_not_stop_concurrent_good_ones() {
         ("spin", json!({})),
         ("log-loop", json!({})),
         ("grow", json!({"mb": 512})),
+        ("grow-table", json!({"elements": 4_000_000})),
         ("recurse", json!({"depth": 100_000_000})),
         ("panic", json!({})),
         ("big-output", json!({"bytes": 40_000_000})),
@@ -234,7 +253,7 @@ async fn misbehaving_calls_do_not_stop_concurrent_good_ones() {
         let err = result.unwrap_err();
         let expected = match tool {
             "spin" | "log-loop" => "deadline_exceeded",
-            "grow" => "memory_limit",
+            "grow" | "grow-table" => "memory_limit",
             "big-output" => "memory_limit",
             _ => "guest_trap",
         };

@@ -1,5 +1,10 @@
 //! A plugin that misbehaves on request: errors, panics, endless loops,
-//! memory hogging, oversized output and log floods.
+//! memory hogging, table growth, oversized output and log floods.
+
+// `table.grow` has no Rust intrinsic: inline WebAssembly (the guest
+// toolchain builds std itself, with RUSTC_BOOTSTRAP). On other targets (the
+// host-side lint build) the tool is a stub that reports refusal.
+#![cfg_attr(target_arch = "wasm32", feature(asm_experimental_arch))]
 
 use airlock_sdk::serde_json::{Map, Value};
 use airlock_sdk::{Context, JsonSchema, ToolError, plugin, schemars};
@@ -60,6 +65,53 @@ pub fn grow(args: Grow, _: &Context) -> Result<Done, ToolError> {
     Ok(Done {
         done: std::hint::black_box(chunks.len()) == args.mb as usize,
     })
+}
+
+#[derive(Deserialize, JsonSchema)]
+pub struct GrowTable {
+    /// Elements to add to the function table, 10,000 at a time.
+    pub elements: u32,
+}
+
+/// Grow the module's function table by `delta` null elements; the previous
+/// size, or -1 when the growth is refused.
+#[cfg(target_arch = "wasm32")]
+fn table_grow(delta: u32) -> i32 {
+    let previous: i32;
+    // SAFETY: `table.grow` only appends null references to the table; no
+    // existing entry or memory is touched.
+    unsafe {
+        core::arch::asm!(
+            ".tabletype __indirect_function_table, funcref",
+            "ref.null_func",
+            "local.get {delta}",
+            "table.grow __indirect_function_table",
+            "local.set {previous}",
+            delta = in(local) delta,
+            previous = lateout(local) previous,
+        );
+    }
+    previous
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+fn table_grow(_delta: u32) -> i32 {
+    -1
+}
+
+/// Grows the function table (linked with `--growable-table`, see
+/// `build.rs`) step by step; a refused step aborts the instance, as a failed
+/// allocation does.
+pub fn grow_table(args: GrowTable, _: &Context) -> Result<Done, ToolError> {
+    let mut grown = 0;
+    while grown < args.elements {
+        let step = (args.elements - grown).min(10_000);
+        if table_grow(step) < 0 {
+            panic!("table growth refused after {grown} elements");
+        }
+        grown += step;
+    }
+    Ok(Done { done: true })
 }
 
 #[derive(Deserialize, JsonSchema)]
@@ -171,6 +223,7 @@ plugin! {
     "panic" => panic: "Panic (traps the instance).",
     "spin" => spin: "Loop forever.",
     "grow" => grow: "Allocate and touch `mb` MiB.",
+    "grow-table" => grow_table: "Grow the function table by `elements` elements.",
     "big-output" => big_output: "Return a string of `bytes` bytes.",
     "log-flood" => log_flood: "Log `lines` lines of `size` bytes.",
     "lie" => lie: "Return a result that does not match the declared output schema.",

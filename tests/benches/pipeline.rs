@@ -1,0 +1,660 @@
+//! Airlock's performance benchmark: the whole call pipeline next to raw
+//! wasmtime doing the same work, throughput under concurrency, cold and
+//! cached plugin loads, and memory.
+//!
+//! ```sh
+//! scripts/bench            # full run; rewrites the figures in docs/performance.md
+//! cargo bench -p airlock-tests --bench pipeline      # full run, printed only
+//! cargo test -p airlock-tests --bench pipeline       # smoke run (CI): every
+//!                                                    # figure, few iterations
+//! ```
+//!
+//! The trivial tool is the `misbehave` test guest's `echo` (returns its
+//! arguments, `{"n":1}`), the same component and arguments for every figure:
+//!
+//! - **raw wasmtime**: what an embedder writing against wasmtime directly
+//!   would do per call: a new `Store` with a fresh WASI context, instantiate
+//!   the component from an `InstancePre`, call the typed `call` export. Engine
+//!   with wasmtime's default configuration plus the pooling allocator (no
+//!   fuel, no epochs, no limits, no audit).
+//! - **Airlock pipeline**: `Host::call`: tool lookup, mode, rate limits and
+//!   approval checks, argument parsing and schema validation, idempotency,
+//!   the audit intent record, a fresh limited instance (fuel, epoch deadline,
+//!   memory limiter) from the plugin's `InstancePre` and a pooled slot, the
+//!   call, output checks and the audit outcome record. "Batched": the tool is
+//!   `read`, its records go to disk with the next group commit; "flushed":
+//!   the same tool declared `write`, whose intent and outcome records are
+//!   each fsynced before the call goes on.
+//!
+//! Nothing here asserts on timings; the smoke run checks that every figure
+//! can be produced.
+
+#![allow(clippy::unwrap_used, clippy::print_stdout)] // a benchmark: a panic is the report
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use airlock_host::{CacheStatus, CallRequest, Host, HostConfig};
+use airlock_tests::{MISBEHAVE, PLUGINS_DIR, read, sha256_hex};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+mod raw {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "airlock:plugin/plugin",
+        exports: { default: async },
+    });
+}
+
+const ARGS: &str = r#"{"n":1}"#;
+const CONCURRENCY: [usize; 4] = [1, 2, 8, 64];
+
+/// How much work each figure gets.
+#[derive(Clone, Copy)]
+struct Effort {
+    calls: usize,
+    throughput_for: Duration,
+    load_rounds: usize,
+}
+
+impl Effort {
+    fn from_args() -> Effort {
+        // `cargo bench` passes `--bench`; `cargo test` runs the binary bare.
+        if std::env::args().any(|a| a == "--bench") {
+            Effort {
+                calls: 5_000,
+                throughput_for: Duration::from_secs(3),
+                load_rounds: 5,
+            }
+        } else {
+            Effort {
+                calls: 30,
+                throughput_for: Duration::from_millis(100),
+                load_rounds: 1,
+            }
+        }
+    }
+
+    fn smoke(&self) -> bool {
+        self.load_rounds == 1
+    }
+}
+
+// ---------------------------------------------------------------- figures
+
+struct Latency {
+    n: usize,
+    mean: Duration,
+    p50: Duration,
+    p99: Duration,
+}
+
+impl Latency {
+    fn of(mut samples: Vec<Duration>) -> Latency {
+        samples.sort_unstable();
+        let n = samples.len().max(1);
+        let total: Duration = samples.iter().sum();
+        let at = |q: f64| {
+            samples
+                .get(((n as f64 * q) as usize).min(n - 1))
+                .copied()
+                .unwrap_or_default()
+        };
+        Latency {
+            n: samples.len(),
+            mean: total / u32::try_from(n).unwrap(),
+            p50: at(0.50),
+            p99: at(0.99),
+        }
+    }
+}
+
+fn us(d: Duration) -> String {
+    format!("{:.1} µs", d.as_secs_f64() * 1e6)
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+fn mib(bytes: i64) -> String {
+    format!("{:.2} MiB", bytes as f64 / f64::from(1 << 20))
+}
+
+/// Resident set size of this process, in bytes.
+fn rss() -> i64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: i64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_gib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|l| l.trim().trim_end_matches(" kB").parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "{cpu}, {cores} cores available, {mem_gib:.0} GiB RAM, Linux {}",
+        kernel.trim()
+    )
+}
+
+// ---------------------------------------------------------- raw wasmtime
+
+struct RawState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+}
+
+impl WasiView for RawState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl raw::airlock::plugin::types::Host for RawState {}
+
+impl raw::airlock::plugin::log::Host for RawState {
+    fn log(&mut self, _level: raw::airlock::plugin::log::Level, _message: String) {}
+}
+
+struct Raw {
+    engine: Engine,
+    pre: raw::PluginPre<RawState>,
+    pooled: bool,
+}
+
+impl Raw {
+    fn new(component: &[u8]) -> Raw {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        let mut pooled = config.clone();
+        pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(
+            PoolingAllocationConfig::default(),
+        ));
+        let (engine, pooled) = match Engine::new(&pooled) {
+            Ok(engine) => (engine, true),
+            Err(_) => (Engine::new(&config).unwrap(), false),
+        };
+        let component = Component::new(&engine, component).unwrap();
+        let mut linker = Linker::<RawState>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
+        raw::airlock::plugin::types::add_to_linker::<RawState, HasSelf<RawState>>(
+            &mut linker,
+            |s| s,
+        )
+        .unwrap();
+        raw::airlock::plugin::log::add_to_linker::<RawState, HasSelf<RawState>>(&mut linker, |s| s)
+            .unwrap();
+        let pre = raw::PluginPre::new(linker.instantiate_pre(&component).unwrap()).unwrap();
+        Raw {
+            engine,
+            pre,
+            pooled,
+        }
+    }
+
+    async fn call(&self) -> String {
+        let mut store = Store::new(
+            &self.engine,
+            RawState {
+                wasi: WasiCtx::builder().build(),
+                table: ResourceTable::new(),
+            },
+        );
+        let plugin = self.pre.instantiate_async(&mut store).await.unwrap();
+        let context = raw::exports::airlock::plugin::tools::CallContext {
+            call_id: "call".into(),
+            trace_id: "trace".into(),
+            principal: "bench".into(),
+        };
+        plugin
+            .airlock_plugin_tools()
+            .call_call(&mut store, "echo", ARGS, &context)
+            .await
+            .unwrap()
+            .unwrap()
+    }
+}
+
+// ---------------------------------------------------------------- airlock
+
+/// Install `component` under `name` in `plugins` with `echo` and `spin`
+/// declared `risk`.
+fn install(plugins: &Path, name: &str, component: &[u8], risk: &str) {
+    let dir = plugins.join(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("component.wasm"), component).unwrap();
+    let manifest = format!(
+        "[plugin]\nname = \"{name}\"\nversion = \"0.1.0\"\ncomponent = \"component.wasm\"\n\
+         sha256 = \"{}\"\n\n[capabilities]\nlog = true\n\n[limits]\nmax_concurrency = 64\n\
+         timeout_ms = 1000\nfuel = 1_000_000_000_000\n\n\
+         [[tools]]\nname = \"echo\"\nrisk = \"{risk}\"\n\n[[tools]]\nname = \"spin\"\nrisk = \"read\"\n",
+        sha256_hex(component)
+    );
+    std::fs::write(dir.join("plugin.toml"), manifest).unwrap();
+}
+
+/// `component` with a custom section naming `variant`: a distinct component
+/// (its own digest, compiled on its own) that behaves the same.
+fn variant(component: &[u8], variant: &str) -> Vec<u8> {
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let name = b"airlock-bench-variant";
+    let mut payload = Vec::new();
+    leb(name.len(), &mut payload);
+    payload.extend_from_slice(name);
+    payload.extend_from_slice(variant.as_bytes());
+    let mut out = component.to_vec();
+    out.push(0); // custom section
+    leb(payload.len(), &mut out);
+    out.extend_from_slice(&payload);
+    out
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+async fn sequential<F, Fut>(calls: usize, mut call: F) -> Latency
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = ()>,
+{
+    for _ in 0..(calls / 10).max(5) {
+        call().await;
+    }
+    let mut samples = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let started = Instant::now();
+        call().await;
+        samples.push(started.elapsed());
+    }
+    Latency::of(samples)
+}
+
+/// `callers` tasks calling for `period`: calls per second and latency.
+async fn throughput<F, Fut>(callers: usize, period: Duration, call: F) -> (f64, Latency)
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let call = Arc::new(call);
+    let started = Instant::now();
+    let until = started + period;
+    let tasks: Vec<_> = (0..callers)
+        .map(|_| {
+            let call = Arc::clone(&call);
+            tokio::spawn(async move {
+                let mut samples = Vec::new();
+                while Instant::now() < until {
+                    let t = Instant::now();
+                    call().await;
+                    samples.push(t.elapsed());
+                }
+                samples
+            })
+        })
+        .collect();
+    let mut samples = Vec::new();
+    for task in tasks {
+        samples.extend(task.await.unwrap());
+    }
+    let elapsed = started.elapsed();
+    let rate = samples.len() as f64 / elapsed.as_secs_f64();
+    (rate, Latency::of(samples))
+}
+
+fn host_config(data: &Path, cache: &Path) -> HostConfig {
+    HostConfig::default().data_dir(data).cache_dir(cache)
+}
+
+fn main() {
+    let effort = Effort::from_args();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(run(effort));
+}
+
+async fn run(effort: Effort) {
+    let misbehave = read(MISBEHAVE);
+    let work = tempfile::tempdir().unwrap();
+    let plugins = work.path().join("plugins");
+    install(&plugins, "bench", &misbehave, "read");
+    install(&plugins, "flushed", &misbehave, "write");
+    let cache = work.path().join("cache");
+    let data = work.path().join("data");
+
+    // `-- --profile SECONDS`: only call `bench/echo` in a loop, for a
+    // profiler (`perf record -g -- target/release/deps/pipeline-… --bench
+    // --profile 10`).
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(seconds) = args
+        .iter()
+        .position(|a| a == "--profile")
+        .and_then(|i| args.get(i + 1))
+    {
+        let seconds: u64 = seconds.parse().expect("--profile SECONDS");
+        let host = Host::new(host_config(&data, &cache)).unwrap();
+        host.load_plugins_dir(&plugins).await.unwrap();
+        let until = Instant::now() + Duration::from_secs(seconds);
+        let mut calls = 0u64;
+        while Instant::now() < until {
+            host.call(CallRequest::new("bench/echo", ARGS))
+                .await
+                .unwrap();
+            calls += 1;
+        }
+        println!("{calls} calls in {seconds} s");
+        return;
+    }
+
+    println!(
+        "Machine: {}. Mode: {}.\n",
+        machine(),
+        if effort.smoke() {
+            "smoke (few iterations; figures not meaningful)"
+        } else {
+            "full"
+        }
+    );
+
+    // Memory first, while the process is fresh.
+    let memory = memory(&effort, work.path(), &misbehave).await;
+
+    // ------------------------------------------------ latency per call
+    let raw = Arc::new(Raw::new(&misbehave));
+    assert_eq!(raw.call().await, ARGS);
+    let host = Arc::new(Host::new(host_config(&data, &cache)).unwrap());
+    let report = host.load_plugins_dir(&plugins).await.unwrap();
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    let output = host
+        .call(CallRequest::new("bench/echo", ARGS))
+        .await
+        .unwrap()
+        .output;
+    assert_eq!(output.to_string(), ARGS);
+
+    let raw_latency = sequential(effort.calls, || async { drop(raw.call().await) }).await;
+    let batched = sequential(effort.calls, || async {
+        host.call(CallRequest::new("bench/echo", ARGS))
+            .await
+            .unwrap();
+    })
+    .await;
+    let flushed = sequential(effort.calls.min(1000), || async {
+        host.call(CallRequest::new("flushed/echo", ARGS))
+            .await
+            .unwrap();
+    })
+    .await;
+
+    println!("### One call at a time\n");
+    println!("| | calls | mean | p50 | p99 | × raw (mean) |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let row = |name: &str, l: &Latency| {
+        println!(
+            "| {name} | {} | {} | {} | {} | {:.2} |",
+            l.n,
+            us(l.mean),
+            us(l.p50),
+            us(l.p99),
+            l.mean.as_secs_f64() / raw_latency.mean.as_secs_f64()
+        );
+    };
+    row(
+        &format!(
+            "raw wasmtime: instantiate + call ({})",
+            if raw.pooled { "pooled" } else { "on demand" }
+        ),
+        &raw_latency,
+    );
+    row("Airlock pipeline, audit batched (`read`)", &batched);
+    row(
+        "Airlock pipeline, audit flushed per record (`write`)",
+        &flushed,
+    );
+    println!(
+        "\nPipeline (batched) / raw wasmtime: **{:.2}×** (mean), {:.2}× (p50). Instance allocation: {}.\n",
+        batched.mean.as_secs_f64() / raw_latency.mean.as_secs_f64(),
+        batched.p50.as_secs_f64() / raw_latency.p50.as_secs_f64(),
+        host.instance_allocation()
+    );
+
+    // ------------------------------------------------ throughput
+    println!("### Throughput (audit batched)\n");
+    println!(
+        "| concurrent callers | Airlock calls/s | p50 | p99 | raw wasmtime calls/s | p50 | p99 |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    for callers in CONCURRENCY {
+        let h = Arc::clone(&host);
+        let (rate, l) = throughput(callers, effort.throughput_for, move || {
+            let h = Arc::clone(&h);
+            async move {
+                h.call(CallRequest::new("bench/echo", ARGS)).await.unwrap();
+            }
+        })
+        .await;
+        let r = Arc::clone(&raw);
+        let (raw_rate, rl) = throughput(callers, effort.throughput_for, move || {
+            let r = Arc::clone(&r);
+            async move { drop(r.call().await) }
+        })
+        .await;
+        println!(
+            "| {callers} | {rate:.0} | {} | {} | {raw_rate:.0} | {} | {} |",
+            us(l.p50),
+            us(l.p99),
+            us(rl.p50),
+            us(rl.p99)
+        );
+    }
+    // Every call of the run is on the record.
+    drop(host);
+    let log = airlock_host::audit_log::AuditLog::open_read_only(data.join("audit")).unwrap();
+    let verified = log.verify(&[]).unwrap().unwrap();
+    println!(
+        "\nAudit log after the run: {} records, chain verified.\n",
+        verified.records
+    );
+    drop(log);
+
+    // ------------------------------------------------ loads
+    loads(&effort, work.path(), &misbehave).await;
+
+    println!("### Memory (resident set)\n");
+    println!("| | |\n|---|---:|");
+    println!(
+        "| per idle loaded plugin (10 plugins, cached) | {} |",
+        mib(memory.per_plugin)
+    );
+    println!(
+        "| per concurrent instance ({} `spin` calls in flight) | {} |",
+        memory.instances,
+        mib(memory.per_instance)
+    );
+    println!(
+        "| process after loading 10 plugins | {} |",
+        mib(memory.process)
+    );
+}
+
+async fn loads(effort: &Effort, work: &Path, misbehave: &[u8]) {
+    // Ten plugins: the six examples and four variants of the test guest.
+    let ten = work.join("ten");
+    for entry in std::fs::read_dir(PLUGINS_DIR).unwrap() {
+        let entry = entry.unwrap();
+        copy_dir(&entry.path(), &ten.join(entry.file_name()));
+    }
+    for i in 0..4 {
+        install(
+            &ten,
+            &format!("guest-{i}"),
+            &variant(misbehave, &i.to_string()),
+            "read",
+        );
+    }
+    let one = work.join("one");
+    install(&one, "bench", misbehave, "read");
+    let size = |dir: &Path| -> u64 {
+        std::fs::read_dir(dir)
+            .unwrap()
+            .flat_map(|e| std::fs::read_dir(e.unwrap().path()).unwrap())
+            .map(|f| f.unwrap())
+            .filter(|f| f.path().extension().is_some_and(|x| x == "wasm"))
+            .map(|f| f.metadata().unwrap().len())
+            .sum()
+    };
+
+    println!(
+        "### Plugin loads (median of {} rounds)\n",
+        effort.load_rounds
+    );
+    println!(
+        "| | components | cold (compile + cache write) | cached: host start | cached: load | cached: start + load |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (name, dir, count) in [("1 plugin", &one, 1), ("10 plugins", &ten, 10)] {
+        let mut cold = Vec::new();
+        let mut start = Vec::new();
+        let mut warm = Vec::new();
+        for round in 0..effort.load_rounds {
+            let cache = work.join(format!("cache-{name}-{round}"));
+            let data = work.join(format!("data-{name}-{round}"));
+            {
+                let host = Host::new(host_config(&data, &cache)).unwrap();
+                let t = Instant::now();
+                let report = host.load_plugins_dir(dir).await.unwrap();
+                cold.push(t.elapsed());
+                assert_eq!(report.loaded.len(), count, "{:?}", report.failed);
+            }
+            let t = Instant::now();
+            let host = Host::new(host_config(&data, &cache)).unwrap();
+            start.push(t.elapsed());
+            let t = Instant::now();
+            let report = host.load_plugins_dir(dir).await.unwrap();
+            warm.push(t.elapsed());
+            assert_eq!(report.loaded.len(), count);
+            assert!(
+                host.plugins()
+                    .iter()
+                    .all(|p| p.cache_status() == CacheStatus::Hit)
+            );
+        }
+        let median = |mut v: Vec<Duration>| {
+            v.sort_unstable();
+            v[v.len() / 2]
+        };
+        let (cold, start, warm) = (median(cold), median(start), median(warm));
+        println!(
+            "| {name} | {} KiB | {} | {} | {} | {} |",
+            size(dir) / 1024,
+            ms(cold),
+            ms(start),
+            ms(warm),
+            ms(start + warm)
+        );
+    }
+    println!();
+}
+
+struct Memory {
+    per_plugin: i64,
+    per_instance: i64,
+    instances: usize,
+    process: i64,
+}
+
+async fn memory(effort: &Effort, work: &Path, misbehave: &[u8]) -> Memory {
+    let ten = work.join("memory-plugins");
+    for entry in std::fs::read_dir(PLUGINS_DIR).unwrap() {
+        let entry = entry.unwrap();
+        copy_dir(&entry.path(), &ten.join(entry.file_name()));
+    }
+    for i in 0..4 {
+        install(
+            &ten,
+            &format!("guest-{i}"),
+            &variant(misbehave, &i.to_string()),
+            "read",
+        );
+    }
+    let cache = work.join("memory-cache");
+    // Compile once into the cache, in a host of its own.
+    {
+        let host = Host::new(HostConfig::default().cache_dir(&cache)).unwrap();
+        host.load_plugins_dir(&ten).await.unwrap();
+    }
+    let host = Arc::new(Host::new(host_config(&work.join("memory-data"), &cache)).unwrap());
+    let before = rss();
+    let report = host.load_plugins_dir(&ten).await.unwrap();
+    assert_eq!(report.loaded.len(), 10, "{:?}", report.failed);
+    let loaded = rss();
+    // One call first, so the instance slot and the code are touched once.
+    host.call(CallRequest::new("guest-0/echo", ARGS))
+        .await
+        .unwrap();
+    let idle = rss();
+    let instances = if effort.smoke() { 8 } else { 64 };
+    let calls: Vec<_> = (0..instances)
+        .map(|_| {
+            let host = Arc::clone(&host);
+            tokio::spawn(async move { host.call(CallRequest::new("guest-0/spin", "{}")).await })
+        })
+        .collect();
+    let mut peak = idle;
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        peak = peak.max(rss());
+    }
+    for call in calls {
+        let err = call.await.unwrap().unwrap_err();
+        assert_eq!(err.kind(), "deadline_exceeded");
+    }
+    Memory {
+        per_plugin: (loaded - before) / 10,
+        per_instance: (peak - idle) / i64::try_from(instances).unwrap(),
+        instances,
+        process: loaded,
+    }
+}
