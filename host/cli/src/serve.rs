@@ -94,7 +94,7 @@ pub async fn run(settings: &Settings, args: ServeArgs) -> Result<u8, Failure> {
     tokio::spawn({
         let shutdown = shutdown.clone();
         async move {
-            let _ = tokio::signal::ctrl_c().await;
+            stop_requested().await;
             shutdown.cancel();
         }
     });
@@ -134,4 +134,22 @@ pub async fn run(settings: &Settings, args: ServeArgs) -> Result<u8, Failure> {
         }
     }
     Ok(exit::OK)
+}
+
+/// Wait for Ctrl-C or, on Unix, SIGTERM (what service managers send): the
+/// server then stops taking calls and the host closes its databases (the
+/// audit log flushes and signs a checkpoint).
+async fn stop_requested() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }

@@ -160,6 +160,18 @@ impl Running {
     fn url(&self) -> String {
         format!("http://{}/mcp", self.addr)
     }
+
+    /// Stop the server as a service manager does (SIGTERM) and wait for it
+    /// to close its databases.
+    fn terminate(&mut self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let exited = self.child.wait().unwrap();
+        assert!(exited.success(), "airlock serve exited with {exited}");
+    }
 }
 
 impl Drop for Running {
@@ -482,6 +494,25 @@ fn twenty_http_clients_calling_at_once_all_succeed() {
     for result in results {
         assert_eq!(result["is_error"], false, "{result}");
     }
+    // Every call is in the audit log, as the caller its token names, and
+    // the log verifies.
+    let mut running = running;
+    running.terminate();
+    let log = airlock_host::audit_log::AuditLog::open_read_only(server.data.path().join("audit"))
+        .unwrap();
+    let verified = log.verify(&[]).unwrap().unwrap();
+    assert!(verified.records >= 40, "{verified:?}");
+    let finished = log
+        .records(1)
+        .map(Result::unwrap)
+        .filter(|r| {
+            r.entry.event == airlock_host::audit_log::Event::CallFinished
+                && r.entry.tool.as_deref() == Some("slugify")
+                && r.entry.principal.as_deref() == Some("agent-1")
+                && r.entry.outcome.as_deref() == Some("ok")
+        })
+        .count();
+    assert_eq!(finished, 20);
 }
 
 #[test]
