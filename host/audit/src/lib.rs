@@ -46,6 +46,7 @@ mod keys;
 mod log;
 mod record;
 mod redact;
+pub mod sled_open;
 mod verify;
 
 pub use checkpoint::{CHECKPOINT_DOMAIN, Checkpoint};

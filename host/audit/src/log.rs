@@ -854,28 +854,14 @@ impl Drop for Inner {
 
 /// Open the database, retrying while another process holds its lock.
 fn open_db(dir: &Path, config: sled::Config, lock_wait_ms: u64) -> Result<sled::Db> {
-    let deadline = Instant::now() + Duration::from_millis(lock_wait_ms);
-    loop {
-        match config.open().map_err(|e| open_error(dir, e)) {
-            Err(Error::Locked { .. }) if Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            other => return other,
-        }
-    }
-}
-
-fn open_error(dir: &Path, e: sled::Error) -> Error {
-    let text = e.to_string();
-    let locked = matches!(&e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock)
-        || text.contains("could not acquire lock");
-    if locked {
-        Error::Locked {
-            path: dir.to_owned(),
-        }
-    } else {
-        Error::store(dir, text)
-    }
+    crate::sled_open::open_waiting(&config, Duration::from_millis(lock_wait_ms)).map_err(
+        |e| match e {
+            crate::sled_open::OpenError::Locked => Error::Locked {
+                path: dir.to_owned(),
+            },
+            crate::sled_open::OpenError::Failed(e) => Error::store(dir, e),
+        },
+    )
 }
 
 /// Read the key at `path`, or create it when missing and nothing (`what`)

@@ -50,16 +50,9 @@ fn tamper(dir: &Path, edit: impl FnOnce(&sled::Tree)) {
     // sled releases its file lock when its background flusher has exited,
     // which may be a moment after the log is closed: wait for it, as the
     // log's own `open` does.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let db = loop {
-        match sled::open(dir.join(DB_DIR)) {
-            Ok(db) => break db,
-            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
-            Err(e) => panic!("cannot open the closed log's database: {e}"),
-        }
-    };
+    let config = sled::Config::new().path(dir.join(DB_DIR));
+    let db = airlock_audit::sled_open::open_waiting(&config, std::time::Duration::from_secs(10))
+        .expect("open the closed log's database");
     let tree = db.open_tree("audit").unwrap();
     edit(&tree);
     db.flush().unwrap();

@@ -13,7 +13,7 @@
 //! becomes `unknown` — never re-executed automatically.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -164,11 +164,6 @@ fn store_error(path: &Path, e: impl std::fmt::Display) -> Error {
     }
 }
 
-fn is_locked(e: &sled::Error) -> bool {
-    matches!(e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock)
-        || e.to_string().contains("could not acquire lock")
-}
-
 impl Ledger {
     /// Open (or create) the ledger in `dir`, waiting up to `lock_wait` for
     /// another process. Idempotency keys left in flight become `unknown`.
@@ -179,19 +174,13 @@ impl Ledger {
         std::fs::create_dir_all(dir)
             .map_err(|e| store_error(dir, format!("cannot create: {e}")))?;
         let config = sled::Config::new().path(dir);
-        let deadline = Instant::now() + lock_wait;
-        let db = loop {
-            match config.open() {
-                Ok(db) => break db,
-                Err(e) if is_locked(&e) && Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20));
+        let db =
+            airlock_audit::sled_open::open_waiting(&config, lock_wait).map_err(|e| match e {
+                airlock_audit::sled_open::OpenError::Locked => {
+                    store_error(dir, "in use by another airlock process")
                 }
-                Err(e) if is_locked(&e) => {
-                    return Err(store_error(dir, "in use by another airlock process"));
-                }
-                Err(e) => return Err(store_error(dir, e)),
-            }
-        };
+                airlock_audit::sled_open::OpenError::Failed(e) => store_error(dir, e),
+            })?;
         let ledger = Ledger::from_db(dir.to_owned(), db)?;
         ledger.recover()?;
         Ok(ledger)

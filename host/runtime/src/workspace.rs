@@ -13,7 +13,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -124,22 +124,14 @@ impl WorkspaceStore {
         std::fs::create_dir_all(dir)
             .map_err(|e| store_error(dir, format!("cannot create: {e}")))?;
         let config = sled::Config::new().path(dir).flush_every_ms(Some(200));
-        let deadline = Instant::now() + lock_wait;
-        let db = loop {
-            match config.open() {
-                Ok(db) => break db,
-                Err(e) if is_locked(&e) && Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                Err(e) if is_locked(&e) => {
-                    return Err(store_error(
-                        dir,
-                        "in use by another airlock process; stop it or use another data directory",
-                    ));
-                }
-                Err(e) => return Err(store_error(dir, e)),
-            }
-        };
+        let db =
+            airlock_audit::sled_open::open_waiting(&config, lock_wait).map_err(|e| match e {
+                airlock_audit::sled_open::OpenError::Locked => store_error(
+                    dir,
+                    "in use by another airlock process; stop it or use another data directory",
+                ),
+                airlock_audit::sled_open::OpenError::Failed(e) => store_error(dir, e),
+            })?;
         WorkspaceStore::from_db(dir.to_owned(), db)
     }
 
@@ -487,11 +479,6 @@ impl WorkspaceStore {
             .lock()
             .map_err(|_| WorkspaceError::Unavailable("a writer panicked".into()))
     }
-}
-
-fn is_locked(e: &sled::Error) -> bool {
-    matches!(e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock)
-        || e.to_string().contains("could not acquire lock")
 }
 
 /// Check a caller-supplied session key.

@@ -1,0 +1,66 @@
+//! Opening a sled database that another process may hold.
+//!
+//! sled takes an exclusive file lock on its database; a short-lived
+//! `airlock` command (or a host that is just closing, whose flusher thread
+//! still holds the lock for a moment) releases it soon. Every store of the
+//! host (the audit log, the workspace, the ledger) opens through here.
+
+use std::time::{Duration, Instant};
+
+/// Why [`open_waiting`] did not open the database.
+#[derive(Debug)]
+pub enum OpenError {
+    /// Another process kept it locked for the whole wait.
+    Locked,
+    /// Any other failure.
+    Failed(sled::Error),
+}
+
+/// Open the database `config` describes, retrying every 20 ms while another
+/// process holds its lock, for up to `wait`.
+///
+/// # Errors
+/// [`OpenError::Locked`] when the lock is still held after `wait`;
+/// [`OpenError::Failed`] for any other error, at once.
+pub fn open_waiting(config: &sled::Config, wait: Duration) -> Result<sled::Db, OpenError> {
+    let deadline = Instant::now() + wait;
+    loop {
+        match config.open() {
+            Ok(db) => return Ok(db),
+            Err(e) if is_locked(&e) => {
+                if Instant::now() >= deadline {
+                    return Err(OpenError::Locked);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => return Err(OpenError::Failed(e)),
+        }
+    }
+}
+
+fn is_locked(e: &sled::Error) -> bool {
+    matches!(e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock)
+        || e.to_string().contains("could not acquire lock")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_held_database_is_reported_locked_after_the_wait_and_opens_once_released() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = sled::Config::new().path(dir.path().join("db"));
+        let held = open_waiting(&config, Duration::ZERO).expect("first open");
+        assert!(matches!(
+            open_waiting(&config, Duration::from_millis(60)),
+            Err(OpenError::Locked)
+        ));
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            drop(held);
+        });
+        open_waiting(&config, Duration::from_secs(10)).expect("opens once released");
+        release.join().expect("join");
+    }
+}
