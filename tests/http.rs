@@ -19,7 +19,7 @@ use airlock_host::{
 use airlock_tests::{HTTP_CLIENT, PLUGINS_DIR, PluginDir, install, read};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 const BIG_BODY_BYTES: usize = 256 * 1024;
 const HELLO: &str = "hello from the test server";
@@ -65,7 +65,7 @@ impl TestServer {
     }
 }
 
-async fn serve(mut stream: TcpStream) {
+async fn serve(mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin) {
     let mut head = Vec::new();
     let mut chunk = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
@@ -93,6 +93,80 @@ async fn serve(mut stream: TcpStream) {
     response.extend_from_slice(&body);
     let _ = stream.write_all(&response).await;
     let _ = stream.shutdown().await;
+}
+
+/// A TLS server on 127.0.0.1 for `localhost`, with the certificate in
+/// `tests/fixtures/tls/` (signed by the test CA there), serving the paths
+/// above. Counts handshakes that completed.
+struct TlsServer {
+    port: u16,
+    handshakes: Arc<AtomicUsize>,
+}
+
+fn fixture(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures/tls")
+        .join(name)
+}
+
+impl TlsServer {
+    async fn start() -> TlsServer {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let chain: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_file_iter(fixture("localhost.pem"))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+        let key = PrivateKeyDer::from_pem_file(fixture("localhost.key")).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let handshakes = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&handshakes);
+        tokio::spawn(async move {
+            for _ in 0..16 {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let acceptor = acceptor.clone();
+                let counter = Arc::clone(&counter);
+                tokio::spawn(async move {
+                    if let Ok(Ok(tls)) =
+                        tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await
+                    {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        serve(tls).await;
+                    }
+                });
+            }
+        });
+        TlsServer { port, handshakes }
+    }
+
+    fn handshakes(&self) -> usize {
+        self.handshakes.load(Ordering::SeqCst)
+    }
+}
+
+/// Loopback allowed (both families: `localhost` may resolve to either).
+fn localhost_allowed(ca_certs: Vec<std::path::PathBuf>) -> Policy {
+    Policy {
+        http_allow_private: vec![
+            IpRange::parse("127.0.0.1").unwrap(),
+            IpRange::parse("::1").unwrap(),
+        ],
+        http_ca_certs: ca_certs,
+        ..Policy::default()
+    }
 }
 
 fn fetch_component() -> Vec<u8> {
@@ -616,4 +690,87 @@ fn http_zero_limits_in_the_policy_are_a_config_error() {
     let err = Host::new(HostConfig::default().policy(policy)).unwrap_err();
     assert_eq!(err.kind(), "config");
     assert!(err.to_string().contains("http_max_response_kb"), "{err}");
+}
+
+// ---------------------------------------------------------------- TLS
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_to_a_server_signed_by_an_operator_ca_completes_the_handshake() {
+    let server = TlsServer::start().await;
+    let origin = format!("https://localhost:{}", server.port);
+    let dir = fetch(&[&origin], "");
+    let host = load(&dir, localhost_allowed(vec![fixture("ca.pem")]))
+        .await
+        .unwrap();
+    let out = call(
+        &host,
+        "fetch/get",
+        json!({"url": format!("{origin}/hello")}),
+    )
+    .await
+    .unwrap()
+    .output;
+    assert_eq!(out["status"], 200, "{out}");
+    assert_eq!(out["body"], HELLO);
+    assert_eq!(server.handshakes(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_to_a_server_no_trusted_ca_signed_is_refused() {
+    // Without the operator's CA, Mozilla's roots do not cover the test CA.
+    let server = TlsServer::start().await;
+    let authority = format!("localhost:{}", server.port);
+    let dir = client(&[&format!("https://{authority}")]);
+    let host = load(&dir, localhost_allowed(Vec::new())).await.unwrap();
+    let response = call(
+        &host,
+        "client/request",
+        json!({"scheme": "https", "authority": authority, "path": "/hello"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        response.output["outcomes"],
+        json!(["error: ErrorCode::TlsCertificateError"])
+    );
+    assert_eq!(server.handshakes(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_to_a_name_the_certificate_does_not_cover_is_refused() {
+    // The certificate names `localhost`; the request names 127.0.0.1.
+    let server = TlsServer::start().await;
+    let authority = format!("127.0.0.1:{}", server.port);
+    let dir = client(&[&format!("https://{authority}")]);
+    let host = load(&dir, localhost_allowed(vec![fixture("ca.pem")]))
+        .await
+        .unwrap();
+    let response = call(
+        &host,
+        "client/request",
+        json!({"scheme": "https", "authority": authority, "path": "/hello"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        response.output["outcomes"],
+        json!(["error: ErrorCode::TlsCertificateError"])
+    );
+    assert_eq!(server.handshakes(), 0);
+}
+
+#[test]
+fn http_ca_certs_that_are_missing_or_not_certificates_are_config_errors() {
+    for (path, says) in [
+        (fixture("missing.pem"), "missing.pem"),
+        (fixture("localhost.key"), "no CERTIFICATE"),
+        (fixture("README.md"), "no CERTIFICATE"),
+    ] {
+        let policy = localhost_allowed(vec![path]);
+        let err = Host::new(HostConfig::default().policy(policy)).unwrap_err();
+        assert_eq!(err.kind(), "config", "{err}");
+        let message = err.to_string();
+        assert!(message.contains("policy.http_ca_certs"), "{message}");
+        assert!(message.contains(says), "{message}");
+    }
 }

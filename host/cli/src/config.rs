@@ -162,6 +162,11 @@ impl Settings {
             }
             if let Some(mut policy) = file.policy {
                 policy.files_root = policy.files_root.map(|root| resolve_relative(root, base));
+                policy.http_ca_certs = policy
+                    .http_ca_certs
+                    .into_iter()
+                    .map(|path| resolve_relative(path, base))
+                    .collect();
                 layer.policy = Some(policy);
             }
         }

@@ -172,6 +172,11 @@ pub struct Policy {
     /// Empty (the default): only public unicast addresses.
     #[serde(default)]
     pub http_allow_private: Vec<IpRange>,
+    /// PEM files of certificate authorities HTTPS requests trust besides
+    /// Mozilla's roots (an internal CA). Relative paths in a config file are
+    /// relative to the file.
+    #[serde(default)]
+    pub http_ca_certs: Vec<PathBuf>,
     /// Outgoing HTTP requests per call (default
     /// [`crate::limits::DEFAULT_HTTP_MAX_REQUESTS`]).
     #[serde(default)]
@@ -211,6 +216,7 @@ impl Policy {
                 });
             }
         }
+        http::TlsClient::new(&self.http_ca_certs)?;
         self.rate_limits
             .validate()
             .map_err(|message| Error::Config { message })

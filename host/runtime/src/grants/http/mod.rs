@@ -42,6 +42,7 @@ use wasmtime_wasi_http::{RequestOptions, WasiBody, WasiHttpHooks};
 pub use address::IpRange;
 use address::special_purpose;
 pub use origin::{HttpScheme, Origin, OriginHost};
+pub(crate) use sender::TlsClient;
 
 use super::Policy;
 use crate::error::{Error, Result};
@@ -58,6 +59,13 @@ pub struct HttpGrant {
     pub allow_private: Vec<IpRange>,
     /// Requests per call, body size, timeouts.
     pub limits: HttpLimits,
+    /// Certificate authorities trusted besides Mozilla's roots (the
+    /// operator's `http_ca_certs`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ca_certs: Vec<std::path::PathBuf>,
+    /// The TLS client those roots make.
+    #[serde(skip)]
+    pub(crate) tls: TlsClient,
 }
 
 /// The manifest key.
@@ -94,6 +102,8 @@ pub(super) fn resolve(
             policy.http_connect_timeout_ms,
             policy.http_first_byte_timeout_ms,
         ),
+        ca_certs: policy.http_ca_certs.clone(),
+        tls: TlsClient::new(&policy.http_ca_certs)?,
     }))
 }
 

@@ -122,7 +122,9 @@ pub(super) async fn send(
     let stream: Box<dyn Connection> = match plan.origin.scheme {
         HttpScheme::Http => Box::new(stream),
         HttpScheme::Https => {
-            match tokio::time::timeout_at(connect_by, tls(&plan.origin, stream)).await {
+            match tokio::time::timeout_at(connect_by, tls(&plan.grant.tls, &plan.origin, stream))
+                .await
+            {
                 Ok(stream) => Box::new(stream?),
                 Err(_) => return Err(E::ConnectionTimeout),
             }
@@ -265,35 +267,100 @@ async fn connect(addresses: &[SocketAddr]) -> Result<TcpStream, E> {
     Err(last)
 }
 
-/// The TLS client configuration, built once: rustls with the `ring`
-/// provider, Mozilla's roots (webpki-roots), HTTP/1.1 by ALPN.
-fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
-    static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
-    CONFIG
-        .get_or_init(|| {
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let roots = rustls::RootCertStore {
-                roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+/// A TLS client configuration: rustls with the `ring` provider, Mozilla's
+/// roots (webpki-roots) plus the operator's CAs, HTTP/1.1 by ALPN. Without
+/// operator CAs every grant shares one, built once.
+#[derive(Clone)]
+pub(crate) struct TlsClient(Arc<rustls::ClientConfig>);
+
+impl std::fmt::Debug for TlsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TlsClient")
+    }
+}
+
+/// Two grants are equal when they trust the same roots; their `ca_certs`
+/// say so, this compares nothing.
+impl PartialEq for TlsClient {
+    fn eq(&self, _: &TlsClient) -> bool {
+        true
+    }
+}
+
+impl Eq for TlsClient {}
+
+impl TlsClient {
+    /// The client trusting Mozilla's roots and the CA certificates in the
+    /// PEM files `ca_certs`.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming `policy.http_ca_certs` and the file that
+    /// cannot be read, holds no certificate, or holds an invalid one.
+    pub(crate) fn new(ca_certs: &[std::path::PathBuf]) -> crate::error::Result<TlsClient> {
+        static SHARED: OnceLock<Result<TlsClient, String>> = OnceLock::new();
+        let config_error = |message: String| crate::error::Error::Config { message };
+        if ca_certs.is_empty() {
+            return SHARED
+                .get_or_init(|| build(Vec::new()).map(|c| TlsClient(Arc::new(c))))
+                .clone()
+                .map_err(config_error);
+        }
+        let mut extra = Vec::new();
+        for path in ca_certs {
+            use rustls::pki_types::CertificateDer;
+            use rustls::pki_types::pem::PemObject;
+            let bad = |why: String| {
+                config_error(format!("policy.http_ca_certs: {}: {why}", path.display()))
             };
-            let mut config = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .map_err(|e| e.to_string())?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            config.alpn_protocols = vec![b"http/1.1".to_vec()];
-            Ok(Arc::new(config))
-        })
-        .clone()
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| bad(e.to_string()))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| bad(format!("not a PEM certificate file: {e}")))?;
+            if certs.is_empty() {
+                return Err(bad("holds no CERTIFICATE block".into()));
+            }
+            for cert in certs {
+                // Checked one by one, so the error names its file.
+                rustls::RootCertStore::empty()
+                    .add(cert.clone())
+                    .map_err(|e| bad(format!("not a usable CA certificate: {e}")))?;
+                extra.push(cert);
+            }
+        }
+        build(extra)
+            .map(|c| TlsClient(Arc::new(c)))
+            .map_err(config_error)
+    }
+}
+
+fn build(
+    extra: Vec<rustls::pki_types::CertificateDer<'static>>,
+) -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    for cert in extra {
+        roots.add(cert).map_err(|e| e.to_string())?;
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
 }
 
 /// TLS over `stream`, verifying the certificate for the origin's host.
 async fn tls(
+    client: &TlsClient,
     origin: &Origin,
     stream: TcpStream,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, E> {
     use rustls::pki_types::ServerName;
 
-    let config = tls_config().map_err(|e| E::InternalError(Some(format!("TLS setup: {e}"))))?;
+    let config = Arc::clone(&client.0);
     let name = match &origin.host {
         OriginHost::Ip(ip) => ServerName::IpAddress((*ip).into()),
         OriginHost::Name(name) => ServerName::try_from(name.clone()).map_err(|e| E::DnsError {
