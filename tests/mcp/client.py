@@ -12,6 +12,7 @@ stdout; the Rust test asserts on them.
 
 import json
 import os
+import subprocess
 import sys
 import urllib.request
 
@@ -161,6 +162,37 @@ async def approval(transport, target, mode):
         emit(event="approved", **result_json(done))
 
 
+async def approval_cli(transport, target, mode):
+    """The approver uses `airlock approvals … --server` (AIRLOCK_TEST_AIRLOCK)
+    from "another terminal" while the server holds the data directory."""
+    base = target.rsplit("/mcp", 1)[0]
+
+    def cli(*args, token):
+        env = dict(os.environ, AIRLOCK_APPROVER_TOKEN=token)
+        env.pop("AIRLOCK_SERVER", None)
+        done = subprocess.run(
+            [os.environ["AIRLOCK_TEST_AIRLOCK"], "approvals", *args, "--server", base],
+            env=env, capture_output=True, text=True, timeout=120,
+        )
+        return {"code": done.returncode, "stdout": done.stdout, "stderr": done.stderr}
+
+    approver = os.environ["AIRLOCK_TEST_APPROVER_TOKEN"]
+    async with client_for(transport, target, mode) as client:
+        pending = await client.call_tool("misbehave__now", {}, meta={"airlock/reason": "clock check"})
+        approval_id = pending.meta["airlock/approval"]["approval_id"]
+        emit(event="pending_id", approval_id=approval_id)
+        emit(event="cli_list", **cli("list", "--json", token=approver))
+        emit(event="cli_show", **cli("show", approval_id, token=approver))
+        emit(event="cli_caller_token", **cli("approve", approval_id, "--reason", "mine", token=os.environ["AIRLOCK_TEST_TOKEN"]))
+        emit(event="cli_unknown", **cli("approve", "apr-0000", "--reason", "x", token=approver))
+        emit(event="cli_approve", **cli("approve", approval_id, "--reason", "looked at it", token=approver))
+        emit(event="cli_again", **cli("reject", approval_id, "--reason", "too late", token=approver))
+        done = await client.call_tool(
+            "misbehave__now", {}, meta={"airlock/approval_id": approval_id}
+        )
+        emit(event="approved", **result_json(done))
+
+
 def decide(base, approval_id, token):
     request = urllib.request.Request(
         f"{base}/approvals/{approval_id}",
@@ -181,6 +213,7 @@ SCENARIOS = {
     "list_changed": list_changed,
     "concurrent": concurrent,
     "approval": approval,
+    "approval_cli": approval_cli,
 }
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ use clap::Subcommand;
 use serde_json::json;
 
 use crate::config::Settings;
+use crate::remote::Remote;
 use crate::{Calls, Failure, exit, host_config, print_json};
 
 #[derive(Debug, Subcommand)]
@@ -18,6 +19,8 @@ pub(crate) enum ApprovalsCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        server: Server,
     },
     /// One request in full: tool, redacted arguments, caller, reason, expiry.
     Show {
@@ -26,6 +29,8 @@ pub(crate) enum ApprovalsCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        server: Server,
     },
     /// Approve a pending request (the caller then resumes it).
     Approve(Decision),
@@ -33,13 +38,46 @@ pub(crate) enum ApprovalsCommand {
     Reject(Decision),
 }
 
+/// Where to decide: this machine's data directory, or a running server.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Server {
+    /// Use the approver endpoints of a running `airlock serve` at this URL
+    /// (`http://127.0.0.1:7410`) instead of the data directory, which the
+    /// server holds. Needs your approver token (AIRLOCK_APPROVER_TOKEN).
+    #[arg(long, env = "AIRLOCK_SERVER", value_name = "URL")]
+    server: Option<String>,
+    /// Your approver token, for --server (prefer AIRLOCK_APPROVER_TOKEN:
+    /// command lines are visible to other users).
+    #[arg(long = "token", env = "AIRLOCK_APPROVER_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+impl Server {
+    fn remote(&self) -> Result<Option<Remote>, Failure> {
+        match &self.server {
+            None => Ok(None),
+            Some(url) => Remote::new(url, self.token.as_deref().unwrap_or("")).map(Some),
+        }
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub(crate) struct Decision {
     /// The approval id.
     id: String,
-    /// Your approver name, as configured in `[[policy.approvals.approvers]]`.
-    #[arg(long = "as", value_name = "APPROVER")]
-    approver: String,
+    /// Your approver name, as configured in `[[policy.approvals.approvers]]`
+    /// (not with --server: the server knows you by your token).
+    #[arg(
+        long = "as",
+        value_name = "APPROVER",
+        required_unless_present = "server",
+        conflicts_with = "server"
+    )]
+    approver: Option<String>,
+    /// Use the approver endpoints of a running `airlock serve` at this URL
+    /// instead of the data directory (see `airlock approvals list --help`).
+    #[arg(long, env = "AIRLOCK_SERVER", value_name = "URL")]
+    server: Option<String>,
     /// Why (required to reject).
     #[arg(long)]
     reason: Option<String>,
@@ -82,37 +120,29 @@ fn time(ms: u64) -> String {
 }
 
 pub(crate) async fn run(settings: &Settings, command: ApprovalsCommand) -> Result<u8, Failure> {
+    let remote = match &command {
+        ApprovalsCommand::List { server, .. } | ApprovalsCommand::Show { server, .. } => {
+            server.remote()?
+        }
+        ApprovalsCommand::Approve(d) | ApprovalsCommand::Reject(d) => match &d.server {
+            Some(url) => Some(Remote::new(url, &d.token)?),
+            None => None,
+        },
+    };
+    if let Some(remote) = remote {
+        return run_remote(&remote, command).await;
+    }
     let host = open(settings)?;
     match command {
-        ApprovalsCommand::List { all, json } => {
+        ApprovalsCommand::List { all, json, .. } => {
             let list = host.approvals((!all).then_some(ApprovalState::Pending))?;
-            if json {
-                print_json(&json!({ "approvals": list }));
-            } else if list.is_empty() {
-                println!("no {}approval requests", if all { "" } else { "pending " });
-            } else {
-                for a in &list {
-                    println!(
-                        "{}  {:<9} {}/{}  by {}  expires {}",
-                        a.id,
-                        a.state.as_str(),
-                        a.plugin,
-                        a.tool,
-                        a.principal,
-                        time(a.expires_ms)
-                    );
-                }
-            }
+            print_list(&list, all, json);
         }
-        ApprovalsCommand::Show { id, json } => {
+        ApprovalsCommand::Show { id, json, .. } => {
             let Some(a) = host.approval(&id)? else {
                 return Err(Failure::usage(anyhow::anyhow!("no approval {id}")));
             };
-            if json {
-                print_json(&json!(a));
-            } else {
-                print_approval(&a);
-            }
+            print_one(&a, json);
         }
         ApprovalsCommand::Approve(d) | ApprovalsCommand::Reject(d) if d.token.trim().is_empty() => {
             return Err(Failure::usage(anyhow::anyhow!(
@@ -120,19 +150,91 @@ pub(crate) async fn run(settings: &Settings, command: ApprovalsCommand) -> Resul
             )));
         }
         ApprovalsCommand::Approve(d) => {
+            let approver = d.approver.as_deref().unwrap_or_default();
             let a = host
-                .decide(&d.id, &d.approver, &d.token, true, d.reason.as_deref())
+                .decide(&d.id, approver, &d.token, true, d.reason.as_deref())
                 .await?;
             print_approval(&a);
         }
         ApprovalsCommand::Reject(d) => {
+            let approver = d.approver.as_deref().unwrap_or_default();
             let a = host
-                .decide(&d.id, &d.approver, &d.token, false, d.reason.as_deref())
+                .decide(&d.id, approver, &d.token, false, d.reason.as_deref())
                 .await?;
             print_approval(&a);
         }
     }
     Ok(exit::OK)
+}
+
+/// The same commands against a running server's approver endpoints.
+async fn run_remote(remote: &Remote, command: ApprovalsCommand) -> Result<u8, Failure> {
+    let parse = |value: serde_json::Value, field: &str| -> Result<serde_json::Value, Failure> {
+        value
+            .get(field)
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("the server's answer has no `{field}`").into())
+    };
+    let approval = |value: serde_json::Value| -> Result<Approval, Failure> {
+        serde_json::from_value(value)
+            .map_err(|e| anyhow::anyhow!("the server's approval is not one: {e}").into())
+    };
+    match command {
+        ApprovalsCommand::List { all, json, .. } => {
+            let list: Vec<Approval> =
+                serde_json::from_value(parse(remote.list(all).await?, "approvals")?).map_err(
+                    |e| anyhow::anyhow!("the server's list is not one of approvals: {e}"),
+                )?;
+            print_list(&list, all, json);
+        }
+        ApprovalsCommand::Show { id, json, .. } => {
+            let a = approval(parse(remote.show(&id).await?, "approval")?)?;
+            print_one(&a, json);
+        }
+        ApprovalsCommand::Approve(d) => {
+            let a = approval(parse(
+                remote.decide(&d.id, true, d.reason.as_deref()).await?,
+                "approval",
+            )?)?;
+            print_approval(&a);
+        }
+        ApprovalsCommand::Reject(d) => {
+            let a = approval(parse(
+                remote.decide(&d.id, false, d.reason.as_deref()).await?,
+                "approval",
+            )?)?;
+            print_approval(&a);
+        }
+    }
+    Ok(exit::OK)
+}
+
+fn print_list(list: &[Approval], all: bool, json: bool) {
+    if json {
+        print_json(&json!({ "approvals": list }));
+    } else if list.is_empty() {
+        println!("no {}approval requests", if all { "" } else { "pending " });
+    } else {
+        for a in list {
+            println!(
+                "{}  {:<9} {}/{}  by {}  expires {}",
+                a.id,
+                a.state.as_str(),
+                a.plugin,
+                a.tool,
+                a.principal,
+                time(a.expires_ms)
+            );
+        }
+    }
+}
+
+fn print_one(a: &Approval, json: bool) {
+    if json {
+        print_json(&json!(a));
+    } else {
+        print_approval(a);
+    }
 }
 
 #[derive(Debug, Subcommand)]

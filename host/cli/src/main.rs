@@ -5,6 +5,7 @@ mod audit;
 mod config;
 mod demo;
 mod inspect;
+mod remote;
 mod serve;
 mod workspace;
 
@@ -173,6 +174,7 @@ struct InspectArgs {
 }
 
 /// An error with the exit code it should produce.
+#[derive(Debug)]
 pub(crate) struct Failure {
     code: u8,
     error: anyhow::Error,

@@ -194,6 +194,7 @@ fn client(script: &str, args: &[&str]) -> Vec<Value> {
         .args(args)
         .env("AIRLOCK_TEST_TOKEN", TOKEN)
         .env("AIRLOCK_TEST_APPROVER_TOKEN", APPROVER_TOKEN)
+        .env("AIRLOCK_TEST_AIRLOCK", AIRLOCK)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -427,6 +428,66 @@ fn a_pending_approval_is_approved_out_of_band_then_the_call_completes() {
         done["meta"]["airlock/call"]["approval_id"],
         approval["approval_id"]
     );
+}
+
+#[test]
+fn an_approver_decides_from_the_cli_against_the_running_server() {
+    let root = plugins_root(LIMITS);
+    let server = Server::new(root.path(), true);
+    let running = server.start_http();
+    let lines = client(
+        "client.py",
+        &["approval_cli", "http", &running.url(), "legacy"],
+    );
+    let id = events(&lines, "pending_id")[0]["approval_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let cli = |event: &str| events(&lines, event)[0].clone();
+    let code = |event: &str| cli(event)["code"].as_i64().unwrap();
+    let out = |event: &str| cli(event)["stdout"].as_str().unwrap().to_owned();
+    let err = |event: &str| cli(event)["stderr"].as_str().unwrap().to_owned();
+
+    // The server holds the databases; the CLI lists and shows through it.
+    assert_eq!(code("cli_list"), 0, "{}", err("cli_list"));
+    let listed: Value = serde_json::from_str(&out("cli_list")).unwrap();
+    let listed = listed["approvals"].as_array().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0]["id"], id.as_str());
+    assert_eq!(listed[0]["state"], "pending");
+    assert_eq!(code("cli_show"), 0, "{}", err("cli_show"));
+    assert!(
+        out("cli_show").contains("misbehave/now"),
+        "{}",
+        out("cli_show")
+    );
+    assert!(
+        out("cli_show").contains("clock check"),
+        "{}",
+        out("cli_show")
+    );
+    // A caller's token decides nothing (exit 3, refused).
+    assert_eq!(code("cli_caller_token"), 3, "{}", err("cli_caller_token"));
+    assert!(err("cli_caller_token").contains("approver token"));
+    // So is a decision on an unknown id, as on the data directory.
+    assert_eq!(code("cli_unknown"), 3, "{}", err("cli_unknown"));
+    assert!(err("cli_unknown").contains("no approval apr-0000"));
+    // The approver approves; a second decision is refused (first wins).
+    assert_eq!(code("cli_approve"), 0, "{}", err("cli_approve"));
+    assert!(
+        out("cli_approve").contains("approved"),
+        "{}",
+        out("cli_approve")
+    );
+    assert!(
+        out("cli_approve").contains("by alice"),
+        "{}",
+        out("cli_approve")
+    );
+    assert_eq!(code("cli_again"), 3, "{}", err("cli_again"));
+    // The caller resumes and the call runs.
+    let done = events(&lines, "approved")[0];
+    assert_eq!(done["is_error"], false, "{done}");
 }
 
 #[test]

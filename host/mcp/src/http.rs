@@ -18,7 +18,8 @@
 //! # Approvers
 //! `/approvals` is not MCP and takes only *approver* tokens (the host
 //! policy's `approvals.approvers`), never a caller's: `GET /approvals`
-//! lists pending approvals, `POST /approvals/{id}` with
+//! lists pending approvals (`?all=true`: every one, `?state=…`: those in
+//! one state), `GET /approvals/{id}` shows one, `POST /approvals/{id}` with
 //! `{"decision": "approve" | "reject", "reason": "…"}` decides one. A
 //! caller token there gets `401`; an approver cannot decide on their own
 //! call (the host refuses, `409`).
@@ -412,7 +413,7 @@ async fn authenticate_caller(
 fn approvals_routes(server: &McpServer) -> Router {
     Router::new()
         .route("/approvals", get(list_approvals))
-        .route("/approvals/{id}", post(decide))
+        .route("/approvals/{id}", post(decide).get(show_approval))
         .with_state(server.clone())
 }
 
@@ -434,6 +435,9 @@ fn approver(host: &Host, headers: &HeaderMap) -> Result<(String, String), Option
 #[derive(Debug, Deserialize)]
 struct ListQuery {
     state: Option<ApprovalState>,
+    /// Every state (overrides `state`).
+    #[serde(default)]
+    all: bool,
 }
 
 async fn list_approvals(
@@ -444,11 +448,27 @@ async fn list_approvals(
     if let Err(error) = approver(server.host(), &headers) {
         return unauthorized(error);
     }
-    match server
-        .host()
-        .approvals(Some(query.state.unwrap_or(ApprovalState::Pending)))
-    {
+    match server.host().approvals(if query.all {
+        None
+    } else {
+        Some(query.state.unwrap_or(ApprovalState::Pending))
+    }) {
         Ok(approvals) => Json(json!({"approvals": approvals})).into_response(),
+        Err(error) => plain(StatusCode::INTERNAL_SERVER_ERROR, &error.to_string()),
+    }
+}
+
+async fn show_approval(
+    State(server): State<McpServer>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(error) = approver(server.host(), &headers) {
+        return unauthorized(error);
+    }
+    match server.host().approval(&id) {
+        Ok(Some(approval)) => Json(json!({"approval": approval})).into_response(),
+        Ok(None) => plain(StatusCode::NOT_FOUND, &format!("no approval {id}")),
         Err(error) => plain(StatusCode::INTERNAL_SERVER_ERROR, &error.to_string()),
     }
 }
