@@ -293,6 +293,24 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// Ten plugins in `dir`: the six examples and four variants of the test
+/// guest (`guest-0` … `guest-3`).
+fn ten_plugins(dir: &Path, misbehave: &[u8]) -> std::path::PathBuf {
+    for entry in std::fs::read_dir(PLUGINS_DIR).unwrap() {
+        let entry = entry.unwrap();
+        copy_dir(&entry.path(), &dir.join(entry.file_name()));
+    }
+    for i in 0..4 {
+        install(
+            dir,
+            &format!("guest-{i}"),
+            &variant(misbehave, &i.to_string()),
+            "read",
+        );
+    }
+    dir.to_owned()
+}
+
 async fn sequential<F, Fut>(calls: usize, mut call: F) -> Latency
 where
     F: FnMut() -> Fut,
@@ -520,20 +538,7 @@ async fn run(effort: Effort) {
 }
 
 async fn loads(effort: &Effort, work: &Path, misbehave: &[u8]) {
-    // Ten plugins: the six examples and four variants of the test guest.
-    let ten = work.join("ten");
-    for entry in std::fs::read_dir(PLUGINS_DIR).unwrap() {
-        let entry = entry.unwrap();
-        copy_dir(&entry.path(), &ten.join(entry.file_name()));
-    }
-    for i in 0..4 {
-        install(
-            &ten,
-            &format!("guest-{i}"),
-            &variant(misbehave, &i.to_string()),
-            "read",
-        );
-    }
+    let ten = ten_plugins(&work.join("ten"), misbehave);
     let one = work.join("one");
     install(&one, "bench", misbehave, "read");
     let size = |dir: &Path| -> u64 {
@@ -606,19 +611,7 @@ struct Memory {
 }
 
 async fn memory(effort: &Effort, work: &Path, misbehave: &[u8]) -> Memory {
-    let ten = work.join("memory-plugins");
-    for entry in std::fs::read_dir(PLUGINS_DIR).unwrap() {
-        let entry = entry.unwrap();
-        copy_dir(&entry.path(), &ten.join(entry.file_name()));
-    }
-    for i in 0..4 {
-        install(
-            &ten,
-            &format!("guest-{i}"),
-            &variant(misbehave, &i.to_string()),
-            "read",
-        );
-    }
+    let ten = ten_plugins(&work.join("memory-plugins"), misbehave);
     let cache = work.join("memory-cache");
     // Compile once into the cache, in a host of its own.
     {

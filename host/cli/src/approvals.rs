@@ -149,17 +149,11 @@ pub(crate) async fn run(settings: &Settings, command: ApprovalsCommand) -> Resul
                 "approving needs your approver token in AIRLOCK_APPROVER_TOKEN"
             )));
         }
-        ApprovalsCommand::Approve(d) => {
+        ApprovalsCommand::Approve(ref d) | ApprovalsCommand::Reject(ref d) => {
+            let approve = matches!(command, ApprovalsCommand::Approve(_));
             let approver = d.approver.as_deref().unwrap_or_default();
             let a = host
-                .decide(&d.id, approver, &d.token, true, d.reason.as_deref())
-                .await?;
-            print_approval(&a);
-        }
-        ApprovalsCommand::Reject(d) => {
-            let approver = d.approver.as_deref().unwrap_or_default();
-            let a = host
-                .decide(&d.id, approver, &d.token, false, d.reason.as_deref())
+                .decide(&d.id, approver, &d.token, approve, d.reason.as_deref())
                 .await?;
             print_approval(&a);
         }
@@ -191,19 +185,10 @@ async fn run_remote(remote: &Remote, command: ApprovalsCommand) -> Result<u8, Fa
             let a = approval(parse(remote.show(&id).await?, "approval")?)?;
             print_one(&a, json);
         }
-        ApprovalsCommand::Approve(d) => {
-            let a = approval(parse(
-                remote.decide(&d.id, true, d.reason.as_deref()).await?,
-                "approval",
-            )?)?;
-            print_approval(&a);
-        }
-        ApprovalsCommand::Reject(d) => {
-            let a = approval(parse(
-                remote.decide(&d.id, false, d.reason.as_deref()).await?,
-                "approval",
-            )?)?;
-            print_approval(&a);
+        ApprovalsCommand::Approve(ref d) | ApprovalsCommand::Reject(ref d) => {
+            let approve = matches!(command, ApprovalsCommand::Approve(_));
+            let answer = remote.decide(&d.id, approve, d.reason.as_deref()).await?;
+            print_approval(&approval(parse(answer, "approval")?)?);
         }
     }
     Ok(exit::OK)
