@@ -12,7 +12,7 @@ use airlock_host::{CallRequest, Host};
 use serde_json::json;
 
 use crate::config::Settings;
-use crate::{Calls, Failure, error_json, load_host};
+use crate::{Calls, Failure, load_host};
 
 struct Step {
     title: &'static str,
@@ -178,7 +178,7 @@ pub async fn run(settings: &Settings) -> Result<u8, Failure> {
                 None
             }
             Err(error) => {
-                let e = error_json(error);
+                let e = error.to_json();
                 println!("   {}: {}", e["kind"].as_str().unwrap_or("error"), error);
                 for v in error.violations() {
                     println!("     - {v}");

@@ -459,7 +459,7 @@ async fn call(settings: &Settings, args: CallArgs) -> Result<u8, Failure> {
     {
         let error = &failure.error;
         if args.json {
-            print_json(&json!({"ok": false, "error": error_json(error)}));
+            print_json(&json!({"ok": false, "error": error.to_json()}));
         } else {
             eprintln!("error: {error}");
         }
@@ -488,7 +488,7 @@ async fn call(settings: &Settings, args: CallArgs) -> Result<u8, Failure> {
         }
         Err(error) => {
             if args.json {
-                print_json(&json!({"ok": false, "error": error_json(&error)}));
+                print_json(&json!({"ok": false, "error": error.to_json()}));
             } else {
                 eprintln!("error: {error}");
                 for v in error.violations() {
@@ -498,25 +498,6 @@ async fn call(settings: &Settings, args: CallArgs) -> Result<u8, Failure> {
             Ok(exit_code(&error))
         }
     }
-}
-
-pub(crate) fn error_json(error: &Error) -> serde_json::Value {
-    let mut value = json!({
-        "kind": error.kind(),
-        "class": error.class(),
-        "message": error.to_string(),
-        "violations": error.violations(),
-    });
-    if let Error::ApprovalPending {
-        approval_id,
-        expires,
-        ..
-    } = error
-    {
-        value["approval_id"] = json!(approval_id);
-        value["expires"] = json!(expires);
-    }
-    value
 }
 
 pub(crate) fn exit_code(error: &Error) -> u8 {

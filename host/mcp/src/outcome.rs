@@ -60,15 +60,7 @@ fn failure(name: &str, error: &Error) -> CallToolResult {
     for violation in error.violations() {
         text.push_str(&format!("\n- {violation}"));
     }
-    let mut meta = meta(
-        META_ERROR,
-        json!({
-            "kind": error.kind(),
-            "class": error.class(),
-            "message": error.to_string(),
-            "violations": error.violations(),
-        }),
-    );
+    let mut meta = meta(META_ERROR, error.to_json());
     if let Error::ApprovalPending {
         approval_id,
         expires,

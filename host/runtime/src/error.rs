@@ -670,10 +670,79 @@ impl Error {
         }
     }
 
+    /// This error as the JSON object the CLI's `--json` output and the MCP
+    /// server's results carry: `kind`, `class`, `message`, `violations`, and
+    /// the fields a caller acts on — `approval_id` and `expires` of a pending
+    /// approval, `retry_after_ms` of a rate-limited call.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut value = serde_json::json!({
+            "kind": self.kind(),
+            "class": self.class(),
+            "message": self.to_string(),
+            "violations": self.violations(),
+        });
+        match self {
+            Error::ApprovalPending {
+                approval_id,
+                expires,
+                ..
+            } => {
+                value["approval_id"] = serde_json::json!(approval_id);
+                value["expires"] = serde_json::json!(expires);
+            }
+            Error::RateLimited { retry_after_ms, .. } => {
+                value["retry_after_ms"] = serde_json::json!(retry_after_ms);
+            }
+            _ => {}
+        }
+        value
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
         Error::Io {
             path: path.into(),
             source,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_carries_what_a_caller_acts_on() {
+        let limited = Error::RateLimited {
+            scope: "tool billing/refund".into(),
+            retry_after_ms: 1500,
+        }
+        .to_json();
+        assert_eq!(limited["kind"], "rate_limited");
+        assert_eq!(limited["class"], "refused");
+        assert_eq!(limited["retry_after_ms"], 1500);
+        assert!(limited.get("approval_id").is_none());
+
+        let pending = Error::ApprovalPending {
+            tool: "billing/refund".into(),
+            approval_id: "apr-1".into(),
+            expires: "2026-11-23T08:00:00Z".into(),
+        }
+        .to_json();
+        assert_eq!(pending["kind"], "approval_pending");
+        assert_eq!(pending["class"], "pending");
+        assert_eq!(pending["approval_id"], "apr-1");
+        assert_eq!(pending["expires"], "2026-11-23T08:00:00Z");
+        assert!(pending.get("retry_after_ms").is_none());
+
+        let invalid = Error::ArgumentsInvalid {
+            tool: "billing/refund".into(),
+            violations: vec![SchemaViolation {
+                path: "/amount".into(),
+                message: "-1 is less than the minimum of 0".into(),
+            }],
+        }
+        .to_json();
+        assert_eq!(invalid["kind"], "arguments_invalid");
+        assert_eq!(invalid["violations"][0]["path"], "/amount");
     }
 }
