@@ -439,19 +439,59 @@ impl AuditLog {
     /// outcome, then sign and flush.
     fn recover(&self) -> Result<()> {
         let inner = &self.inner;
-        let mut orphans = Vec::new();
+        let mut markers = Vec::new();
         for item in inner.tree.scan_prefix([OPEN_CALL]) {
-            let (_, v) = item.map_err(|e| Error::store(&inner.path, e))?;
-            let seq = v.as_ref().try_into().map(u64::from_be_bytes).unwrap_or(0);
-            orphans.push(seq);
+            let (key, value) = item.map_err(|e| Error::store(&inner.path, e))?;
+            let call_id = String::from_utf8_lossy(&key[1..]).into_owned();
+            let seq = value
+                .as_ref()
+                .try_into()
+                .map(u64::from_be_bytes)
+                .unwrap_or(0);
+            markers.push((key, call_id, seq));
         }
-        if orphans.is_empty() {
+        let Some(first) = markers.iter().map(|(_, _, seq)| *seq).min() else {
             return Ok(());
+        };
+        // Calls whose outcome was recorded after the earliest marked intent:
+        // a crash between an outcome record and its marker's removal leaves
+        // a marker behind for a call that is not in flight. Calls are
+        // bounded by their deadlines, so this reads few records.
+        let mut finished = std::collections::HashSet::new();
+        for record in self.records(first.saturating_add(1)) {
+            let record = record?;
+            if record.entry.event == Event::CallFinished
+                && let Some(call_id) = record.entry.call_id
+            {
+                finished.insert(call_id);
+            }
         }
-        for seq in orphans {
-            let Some(intent) = self.get(seq)? else {
-                continue;
-            };
+        let mut orphans = Vec::new();
+        for (key, call_id, seq) in markers {
+            let intent = self.get(seq)?.filter(|r| {
+                r.entry.event == Event::CallStarted
+                    && r.entry.call_id.as_deref() == Some(call_id.as_str())
+            });
+            match intent {
+                Some(intent) if !finished.contains(&call_id) => orphans.push((seq, intent)),
+                stale => {
+                    if stale.is_none() {
+                        // The crash came between the marker and its intent
+                        // record: the call never ran.
+                        tracing::warn!(
+                            call_id,
+                            intent = seq,
+                            "an in-flight marker without its intent record: dropped"
+                        );
+                    }
+                    inner
+                        .tree
+                        .remove(&key)
+                        .map_err(|e| Error::store(&inner.path, e))?;
+                }
+            }
+        }
+        for (seq, intent) in orphans {
             let e = intent.entry;
             let mut entry = Entry::new(Event::CallFinished);
             entry.call_id = e.call_id;
@@ -473,8 +513,8 @@ impl AuditLog {
             tracing::warn!(call_id = ?entry.call_id, intent = seq, "call in flight at last shutdown: outcome unknown");
             self.append(entry, Durability::Batched)?;
         }
-        self.checkpoint()?;
-        Ok(())
+        // Signs and flushes (the removals above included).
+        self.checkpoint().map(drop)
     }
 
     /// Sign a checkpoint every `checkpoint_interval_s` while records arrive.
@@ -535,21 +575,44 @@ impl AuditLog {
         let seq = head.seq + 1;
         let (record, hash, bytes) = Record::seal(seq, now_ms(), entry, &head.hash)
             .map_err(|e| Error::store(&inner.path, format!("cannot encode a record: {e}")))?;
-        let mut batch = sled::Batch::default();
-        batch.insert(&key(RECORD, seq), bytes);
-        if let Some(call_id) = &record.entry.call_id {
-            match record.entry.event {
-                Event::CallStarted => batch.insert(open_call_key(call_id), &seq.to_be_bytes()),
-                Event::CallFinished | Event::CallRefused => batch.remove(open_call_key(call_id)),
-                _ => {}
+        // The in-flight marker of a call: written before its intent record,
+        // removed after its outcome record. Two single-key writes, not one
+        // sled batch: sled writes every batch out to disk at once (it rolls
+        // its log buffer before and after one), which made each record a
+        // disk write of its own and defeated the group commit. sled recovers
+        // a prefix of its writes, so a crash between the two leaves a marker
+        // whose intent is missing or whose call has its outcome, and
+        // `recover` tells both apart from a call that was in flight.
+        let marker = match (&record.entry.call_id, record.entry.event) {
+            (Some(call_id), Event::CallStarted | Event::CallFinished) => {
+                Some(open_call_key(call_id))
             }
+            _ => None,
+        };
+        let tree = &inner.tree;
+        if let Some(marker) = &marker
+            && record.entry.event == Event::CallStarted
+        {
+            tree.insert(marker, &seq.to_be_bytes())
+                .map_err(|e| Error::store(&inner.path, e))?;
         }
-        // One atomic batch: the record and the in-flight marker appear (or
-        // vanish) together, even across a crash.
-        inner
-            .tree
-            .apply_batch(batch)
-            .map_err(|e| Error::store(&inner.path, e))?;
+        if let Err(e) = tree.insert(key(RECORD, seq), bytes) {
+            if let Some(marker) = &marker
+                && record.entry.event == Event::CallStarted
+            {
+                // Best effort: `recover` drops a marker without its intent.
+                let _ = tree.remove(marker);
+            }
+            return Err(Error::store(&inner.path, e));
+        }
+        if let Some(marker) = &marker
+            && record.entry.event == Event::CallFinished
+            && let Err(e) = tree.remove(marker)
+        {
+            // The record is written; `recover` drops a marker whose call has
+            // its outcome.
+            tracing::error!(error = %e, call_id = ?record.entry.call_id, "cannot clear a finished call's in-flight marker");
+        }
         head.seq = seq;
         head.hash = hash;
         head.unsigned += 1;

@@ -407,6 +407,50 @@ fn calls_left_in_flight_get_an_unknown_outcome_on_reopen() {
     assert_eq!(log.head().unwrap().0, 4);
 }
 
+/// The in-flight marker of `call_id`, as the log keeps it.
+fn marker_key(call_id: &str) -> Vec<u8> {
+    let mut k = vec![b'o'];
+    k.extend_from_slice(call_id.as_bytes());
+    k
+}
+
+#[test]
+fn a_crash_between_a_record_and_its_marker_leaves_no_false_unknown() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = AuditLog::open(dir.path(), AuditConfig::default()).unwrap();
+        for i in 1..=4 {
+            log.append(entry(i), Durability::Flushed).unwrap();
+        }
+        log.append(entry(5), Durability::Flushed).unwrap();
+        // call-3 is in flight when the host dies.
+    }
+    tamper(dir.path(), |tree| {
+        // The crash came after call-1's outcome record but before its
+        // marker was cleared...
+        tree.insert(marker_key("call-1"), &1u64.to_be_bytes())
+            .unwrap();
+        // ...and, for call-9, after its marker but before its intent record.
+        tree.insert(marker_key("call-9"), &6u64.to_be_bytes())
+            .unwrap();
+    });
+    let log = AuditLog::open(dir.path(), AuditConfig::default()).unwrap();
+    // Only the call really in flight gets an outcome: `unknown`.
+    assert_eq!(log.head().unwrap().0, 6);
+    let last = log.get(6).unwrap().unwrap();
+    assert_eq!(last.entry.call_id.as_deref(), Some("call-3"));
+    assert_eq!(last.entry.outcome.as_deref(), Some(OUTCOME_UNKNOWN));
+    assert_eq!(log.verify(&[]).unwrap().unwrap().records, 6);
+    log.close().unwrap();
+    drop(log);
+    // Every marker is gone: the next start records nothing.
+    let mut markers = 0;
+    tamper(dir.path(), |tree| markers = tree.scan_prefix(b"o").count());
+    assert_eq!(markers, 0);
+    let log = AuditLog::open(dir.path(), AuditConfig::default()).unwrap();
+    assert_eq!(log.head().unwrap().0, 6);
+}
+
 #[test]
 fn key_files_are_guarded() {
     let dir = tempfile::tempdir().unwrap();
