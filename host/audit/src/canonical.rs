@@ -61,7 +61,7 @@ fn write_str(value: &Value, out: &mut String) {
     }
 }
 
-fn write_string(s: &str, out: &mut String) {
+pub(crate) fn write_string(s: &str, out: &mut String) {
     use std::fmt::Write as _;
     out.reserve(s.len() + 2);
     out.push('"');

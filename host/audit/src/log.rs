@@ -457,7 +457,7 @@ impl AuditLog {
         // a crash between an outcome record and its marker's removal leaves
         // a marker behind for a call that is not in flight. Calls are
         // bounded by their deadlines, so this reads few records.
-        let mut finished = std::collections::HashSet::new();
+        let mut finished = HashSet::new();
         for record in self.records(first.saturating_add(1)) {
             let record = record?;
             if record.entry.event == Event::CallFinished
@@ -573,8 +573,7 @@ impl AuditLog {
             return Err(Error::Closed);
         }
         let seq = head.seq + 1;
-        let (record, hash, bytes) = Record::seal(seq, now_ms(), entry, &head.hash)
-            .map_err(|e| Error::store(&inner.path, format!("cannot encode a record: {e}")))?;
+        let (record, hash, bytes) = Record::seal(seq, now_ms(), entry, &head.hash);
         // The in-flight marker of a call: written before its intent record,
         // removed after its outcome record. Two single-key writes, not one
         // sled batch: sled writes every batch out to disk at once (it rolls
