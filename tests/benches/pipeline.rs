@@ -38,7 +38,9 @@ use std::time::{Duration, Instant};
 use airlock_host::{CacheStatus, CallRequest, Host, HostConfig};
 use airlock_tests::{MISBEHAVE, PLUGINS_DIR, read, sha256_hex};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store};
+use wasmtime::{
+    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
+};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 mod raw {
@@ -189,9 +191,15 @@ impl Raw {
         let mut config = Config::new();
         config.wasm_component_model(true);
         let mut pooled = config.clone();
-        pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(
-            PoolingAllocationConfig::default(),
-        ));
+        // The pool tuned as the host tunes its own (engine.rs): freed slots
+        // keep memory and stack resident and are reset in place, so the
+        // baseline is the fastest set-up, not wasmtime's defaults.
+        let mut pool = PoolingAllocationConfig::default();
+        pool.linear_memory_keep_resident(1 << 20)
+            .table_keep_resident(1 << 20)
+            .async_stack_keep_resident(64 << 10)
+            .pagemap_scan(Enabled::Auto);
+        pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let (engine, pooled) = match Engine::new(&pooled) {
             Ok(engine) => (engine, true),
             Err(_) => (Engine::new(&config).unwrap(), false),
