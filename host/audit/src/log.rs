@@ -582,35 +582,31 @@ impl AuditLog {
         // a prefix of its writes, so a crash between the two leaves a marker
         // whose intent is missing or whose call has its outcome, and
         // `recover` tells both apart from a call that was in flight.
-        let marker = match (&record.entry.call_id, record.entry.event) {
-            (Some(call_id), Event::CallStarted | Event::CallFinished) => {
-                Some(open_call_key(call_id))
-            }
-            _ => None,
-        };
         let tree = &inner.tree;
-        if let Some(marker) = &marker
-            && record.entry.event == Event::CallStarted
-        {
-            tree.insert(marker, &seq.to_be_bytes())
-                .map_err(|e| Error::store(&inner.path, e))?;
-        }
-        if let Err(e) = tree.insert(key(RECORD, seq), bytes) {
-            if let Some(marker) = &marker
-                && record.entry.event == Event::CallStarted
-            {
-                // Best effort: `recover` drops a marker without its intent.
-                let _ = tree.remove(marker);
+        let store_error = |e| Error::store(&inner.path, e);
+        let record_key = key(RECORD, seq);
+        match (record.entry.event, record.entry.call_id.as_deref()) {
+            (Event::CallStarted, Some(call_id)) => {
+                let marker = open_call_key(call_id);
+                tree.insert(&marker, &seq.to_be_bytes())
+                    .map_err(store_error)?;
+                if let Err(e) = tree.insert(record_key, bytes) {
+                    // Best effort: `recover` drops a marker without its intent.
+                    let _ = tree.remove(&marker);
+                    return Err(store_error(e));
+                }
             }
-            return Err(Error::store(&inner.path, e));
-        }
-        if let Some(marker) = &marker
-            && record.entry.event == Event::CallFinished
-            && let Err(e) = tree.remove(marker)
-        {
-            // The record is written; `recover` drops a marker whose call has
-            // its outcome.
-            tracing::error!(error = %e, call_id = ?record.entry.call_id, "cannot clear a finished call's in-flight marker");
+            (Event::CallFinished, Some(call_id)) => {
+                tree.insert(record_key, bytes).map_err(store_error)?;
+                if let Err(e) = tree.remove(open_call_key(call_id)) {
+                    // The record is written; `recover` drops a marker whose
+                    // call has its outcome.
+                    tracing::error!(error = %e, call_id, "cannot clear a finished call's in-flight marker");
+                }
+            }
+            _ => {
+                tree.insert(record_key, bytes).map_err(store_error)?;
+            }
         }
         head.seq = seq;
         head.hash = hash;
