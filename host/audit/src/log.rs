@@ -1,10 +1,10 @@
 //! [`AuditLog`]: the sled-backed, hash-chained, checkpointed log.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::fs;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
@@ -106,10 +106,62 @@ struct Inner {
     db: sled::Db,
     tree: sled::Tree,
     head: Mutex<Head>,
+    /// Records sealed but not yet in sled, shared with the writer thread.
+    queue: Arc<Queue>,
+    /// Held while queued records go into sled: one writer at a time, so
+    /// they go in sequence order.
+    writing: Mutex<()>,
     signing: Signer,
     redactor: Redactor,
     config: AuditConfig,
 }
+
+/// Sealed records on their way into sled. Appending seals a record (its
+/// sequence number and chain hash) under the head lock and queues its
+/// writes; the writer thread — or a flush, a read or a full queue — puts
+/// them into sled in order. sled's own work (and its occasional stalls)
+/// thus stays off the appending call's path.
+#[derive(Default)]
+struct Queue {
+    state: Mutex<QueueState>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct QueueState {
+    writes: VecDeque<QueuedWrite>,
+    /// Why writing to sled failed: the log takes no more records.
+    failed: Option<String>,
+    /// The log is gone: the writer thread exits.
+    stop: bool,
+    /// There is no writer thread: appenders write what they queue.
+    inline: bool,
+}
+
+impl Queue {
+    fn lock(&self) -> MutexGuard<'_, QueueState> {
+        // The state stays consistent whatever panicked while holding it.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// One sealed record and what it does to its call's in-flight marker.
+struct QueuedWrite {
+    seq: u64,
+    bytes: Vec<u8>,
+    marker: Marker,
+}
+
+enum Marker {
+    None,
+    /// The intent of a call: mark it in flight first.
+    Open(Vec<u8>),
+    /// The outcome of a call: clear its mark after.
+    Close(Vec<u8>),
+}
+
+/// Queued writes beyond which an appender writes them itself.
+const MAX_QUEUED: usize = 256;
 
 /// The checkpoint key: the secret one for a writing host, the public one
 /// for a read-only opener.
@@ -260,6 +312,7 @@ impl AuditLog {
         )?;
         log.check_unsigned_tail()?;
         log.recover()?;
+        log.start_writer();
         log.start_checkpointer();
         Ok(log)
     }
@@ -373,6 +426,7 @@ impl AuditLog {
             keys::random_bytes()?,
             config,
         )?;
+        log.start_writer();
         log.start_checkpointer();
         Ok(log)
     }
@@ -428,6 +482,8 @@ impl AuditLog {
                     last_checkpoint: Instant::now(),
                     closed: false,
                 }),
+                queue: Arc::default(),
+                writing: Mutex::new(()),
                 signing,
                 redactor,
                 config,
@@ -517,6 +573,39 @@ impl AuditLog {
         self.checkpoint().map(drop)
     }
 
+    /// Start the thread that puts queued records into sled. Without it
+    /// (the thread cannot be spawned), appenders write their own.
+    fn start_writer(&self) {
+        let weak: Weak<Inner> = Arc::downgrade(&self.inner);
+        let queue = Arc::clone(&self.inner.queue);
+        let spawned = std::thread::Builder::new()
+            .name("airlock-audit-writer".into())
+            .spawn(move || {
+                loop {
+                    {
+                        let state = queue.lock();
+                        let state = queue
+                            .wake
+                            .wait_while(state, |s| s.writes.is_empty() && !s.stop)
+                            .unwrap_or_else(PoisonError::into_inner);
+                        if state.stop {
+                            return;
+                        }
+                    }
+                    let Some(inner) = weak.upgrade() else { return };
+                    // A failure is logged and final (the log refuses
+                    // appends from then on).
+                    if inner.write_queued().is_err() {
+                        return;
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start the audit writer thread; appenders write their records themselves");
+            self.inner.queue.lock().inline = true;
+        }
+    }
+
     /// Sign a checkpoint every `checkpoint_interval_s` while records arrive.
     fn start_checkpointer(&self) {
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
@@ -573,49 +662,36 @@ impl AuditLog {
             return Err(Error::Closed);
         }
         let seq = head.seq + 1;
-        let (record, hash, bytes) = Record::seal(seq, now_ms(), entry, &head.hash);
-        // The in-flight marker of a call: written before its intent record,
-        // removed after its outcome record. Two single-key writes, not one
-        // sled batch: sled writes every batch out to disk at once (it rolls
-        // its log buffer before and after one), which made each record a
-        // disk write of its own and defeated the group commit. sled recovers
-        // a prefix of its writes, so a crash between the two leaves a marker
-        // whose intent is missing or whose call has its outcome, and
-        // `recover` tells both apart from a call that was in flight.
-        let tree = &inner.tree;
-        let store_error = |e| Error::store(&inner.path, e);
-        let record_key = key(RECORD, seq);
-        match (record.entry.event, record.entry.call_id.as_deref()) {
-            (Event::CallStarted, Some(call_id)) => {
-                let marker = open_call_key(call_id);
-                tree.insert(&marker, &seq.to_be_bytes())
-                    .map_err(store_error)?;
-                if let Err(e) = tree.insert(record_key, bytes) {
-                    // Best effort: `recover` drops a marker without its intent.
-                    let _ = tree.remove(&marker);
-                    return Err(store_error(e));
-                }
-            }
-            (Event::CallFinished, Some(call_id)) => {
-                tree.insert(record_key, bytes).map_err(store_error)?;
-                if let Err(e) = tree.remove(open_call_key(call_id)) {
-                    // The record is written; `recover` drops a marker whose
-                    // call has its outcome.
-                    tracing::error!(error = %e, call_id, "cannot clear a finished call's in-flight marker");
-                }
-            }
-            _ => {
-                tree.insert(record_key, bytes).map_err(store_error)?;
-            }
+        if let Some(failed) = &self.inner.queue.lock().failed {
+            return Err(Error::store(&inner.path, failed.clone()));
         }
+        let (record, hash, bytes) = Record::seal(seq, now_ms(), entry, &head.hash);
+        let marker = match (record.entry.event, record.entry.call_id.as_deref()) {
+            (Event::CallStarted, Some(call_id)) => Marker::Open(open_call_key(call_id)),
+            (Event::CallFinished, Some(call_id)) => Marker::Close(open_call_key(call_id)),
+            _ => Marker::None,
+        };
+        let (queued, inline) = {
+            let mut queue = inner.queue.lock();
+            queue.writes.push_back(QueuedWrite { seq, bytes, marker });
+            (queue.writes.len(), queue.inline)
+        };
         head.seq = seq;
         head.hash = hash;
         head.unsigned += 1;
         if head.unsigned >= inner.config.checkpoint_every.max(1)
             && let Err(e) = self.checkpoint_locked(&mut head)
         {
-            // The record is written; the next append tries again.
+            // The record is queued; the next append tries again.
             tracing::error!(error = %e, "cannot sign an audit checkpoint");
+        }
+        drop(head);
+        if inline || queued > MAX_QUEUED {
+            // The writer thread is behind: help it, which also slows the
+            // appenders down to sled's pace.
+            inner.write_queued()?;
+        } else {
+            inner.queue.wake.notify_one();
         }
         Ok(record)
     }
@@ -625,6 +701,7 @@ impl AuditLog {
     /// # Errors
     /// [`Error::Store`] when the flush fails.
     pub fn flush(&self) -> Result<()> {
+        self.inner.write_queued()?;
         self.inner
             .db
             .flush()
@@ -657,6 +734,8 @@ impl AuditLog {
         let bytes = serde_json::to_vec(&cp).map_err(|e| {
             Error::store(&self.inner.path, format!("cannot encode a checkpoint: {e}"))
         })?;
+        // The records it vouches for go in before it.
+        self.inner.write_queued()?;
         self.inner
             .tree
             .insert(key(CHECKPOINT, head.seq), bytes)
@@ -710,6 +789,7 @@ impl AuditLog {
     /// not parse.
     pub fn get(&self, seq: u64) -> Result<Option<Record>> {
         let inner = &self.inner;
+        inner.settle();
         let Some(bytes) = inner
             .tree
             .get(key(RECORD, seq))
@@ -730,6 +810,7 @@ impl AuditLog {
 
     /// Records from `from` on, oldest first.
     pub fn records(&self, from: u64) -> impl Iterator<Item = Result<Record>> + '_ {
+        self.inner.settle();
         self.inner
             .tree
             .range(key(RECORD, from)..=key(RECORD, u64::MAX))
@@ -744,6 +825,7 @@ impl AuditLog {
     /// # Errors
     /// As [`get`](Self::get).
     pub fn query(&self, filter: &Filter, limit: usize) -> Result<Vec<Record>> {
+        self.inner.settle();
         let mut out = Vec::new();
         for item in self
             .inner
@@ -770,6 +852,7 @@ impl AuditLog {
     /// [`Error::Store`] / [`Error::Corrupt`].
     pub fn checkpoints(&self) -> Result<Vec<Checkpoint>> {
         let inner = &self.inner;
+        inner.settle();
         let mut out = Vec::new();
         for item in inner.tree.scan_prefix([CHECKPOINT]) {
             let (k, v) = item.map_err(|e| Error::store(&inner.path, e))?;
@@ -794,6 +877,7 @@ impl AuditLog {
     /// first bad record.
     pub fn verify(&self, trusted: &[Checkpoint]) -> Result<Result<VerifyReport, VerifyFailure>> {
         let inner = &self.inner;
+        inner.settle();
         let mut checkpoints = Vec::new();
         for item in inner.tree.scan_prefix([CHECKPOINT]) {
             let (k, v) = item.map_err(|e| Error::store(&inner.path, e))?;
@@ -841,6 +925,8 @@ impl AuditLog {
         self.checkpoint()?;
         let checkpoints = self.checkpoints()?;
         let (records, head) = self.head()?;
+        // Records appended since the checkpoint, up to `records`.
+        self.inner.write_queued()?;
         let file_error = |e: std::io::Error| Error::File {
             path: path.to_owned(),
             message: e.to_string(),
@@ -882,8 +968,94 @@ impl AuditLog {
     }
 }
 
+impl Inner {
+    /// Put every queued record into sled, in order. A failure is final: the
+    /// queue is dropped and the log takes no more records.
+    fn write_queued(&self) -> Result<()> {
+        let _writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            let writes: Vec<QueuedWrite> = {
+                let mut queue = self.queue.lock();
+                if let Some(failed) = &queue.failed {
+                    return Err(Error::store(&self.path, failed.clone()));
+                }
+                queue.writes.drain(..).collect()
+            };
+            if writes.is_empty() {
+                return Ok(());
+            }
+            for write in writes {
+                if let Err(e) = self.write(write) {
+                    let mut queue = self.queue.lock();
+                    queue.failed = Some(format!("cannot write a record: {e}"));
+                    queue.writes.clear();
+                    tracing::error!(error = %e, "cannot write audit records; the log takes no more");
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Before a read: put what is queued into sled, so the reader sees
+    /// every record appended so far. A failure to write is the log's (it
+    /// is logged, and appends report it), not the reader's: it reads what
+    /// the store holds.
+    fn settle(&self) {
+        let _ = self.write_queued();
+    }
+
+    /// One record and its marker change, as two ordered single-key writes
+    /// rather than a sled batch: sled writes every batch out to disk at
+    /// once (it rolls its log buffer before and after one), which made each
+    /// record a disk write of its own and defeated the group commit. sled
+    /// recovers a prefix of its writes, so a crash between the two leaves a
+    /// marker whose intent is missing or whose call has its outcome, and
+    /// `recover` tells both apart from a call that was in flight.
+    fn write(&self, write: QueuedWrite) -> Result<()> {
+        let store_error = |e| Error::store(&self.path, e);
+        let record_key = key(RECORD, write.seq);
+        match write.marker {
+            Marker::Open(marker) => {
+                self.tree
+                    .insert(&marker, &write.seq.to_be_bytes())
+                    .map_err(store_error)?;
+                if let Err(e) = self.tree.insert(record_key, write.bytes) {
+                    // Best effort: `recover` drops a marker without its intent.
+                    let _ = self.tree.remove(&marker);
+                    return Err(store_error(e));
+                }
+            }
+            Marker::Close(marker) => {
+                self.tree
+                    .insert(record_key, write.bytes)
+                    .map_err(store_error)?;
+                if let Err(e) = self.tree.remove(marker) {
+                    // The record is written; `recover` drops a marker whose
+                    // call has its outcome.
+                    tracing::error!(error = %e, seq = write.seq, "cannot clear a finished call's in-flight marker");
+                }
+            }
+            Marker::None => {
+                self.tree
+                    .insert(record_key, write.bytes)
+                    .map_err(store_error)?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Drop for Inner {
     fn drop(&mut self) {
+        // What is queued goes in first; the writer thread then exits.
+        if let Err(e) = self.write_queued() {
+            tracing::error!(error = %e, "cannot write the last audit records");
+        }
+        {
+            let mut queue = self.queue.lock();
+            queue.stop = true;
+        }
+        self.queue.wake.notify_all();
         // Sign what is unsigned so a clean shutdown leaves the whole log
         // covered; best effort (errors are logged).
         let Ok(mut head) = self.head.lock() else {

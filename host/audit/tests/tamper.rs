@@ -407,6 +407,39 @@ fn calls_left_in_flight_get_an_unknown_outcome_on_reopen() {
     assert_eq!(log.head().unwrap().0, 4);
 }
 
+#[test]
+fn concurrent_appenders_leave_a_gap_free_chain_and_read_their_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = AuditConfig {
+        checkpoint_every: 97,
+        ..AuditConfig::default()
+    };
+    let log = AuditLog::open(dir.path(), config).unwrap();
+    std::thread::scope(|scope| {
+        for t in 0..8u64 {
+            let log = log.clone();
+            scope.spawn(move || {
+                for i in 0..300u64 {
+                    let durability = if i % 50 == 0 {
+                        Durability::Flushed
+                    } else {
+                        Durability::Batched
+                    };
+                    let record = log.append(entry(t * 1000 + i), durability).unwrap();
+                    // A record can be read back as soon as it is appended.
+                    assert_eq!(log.get(record.seq).unwrap().unwrap(), record);
+                }
+            });
+        }
+    });
+    assert_eq!(log.head().unwrap().0, 2400);
+    let report = log.verify(&[]).unwrap().unwrap();
+    assert_eq!(report.records, 2400);
+    log.close().unwrap();
+    drop(log);
+    assert_eq!(verify_dir(dir.path(), &[]).unwrap(), 2400);
+}
+
 /// The in-flight marker of `call_id`, as the log keeps it.
 fn marker_key(call_id: &str) -> Vec<u8> {
     let mut k = vec![b'o'];
