@@ -641,11 +641,14 @@ impl AuditLog {
         })
     }
 
-    /// Append `entry` as the next record.
+    /// Append `entry` as the next record: sealed (numbered and chained) at
+    /// once, written to the store by the writer thread — or, for
+    /// [`Durability::Flushed`], written and flushed before this returns.
     ///
     /// # Errors
-    /// [`Error::Store`] when the record cannot be written (or, for
-    /// [`Durability::Flushed`], flushed); [`Error::Closed`] after
+    /// [`Error::Store`] when the record (or, for a batched one, an earlier
+    /// record: writing failed and the log takes no more) cannot be written,
+    /// or a flushed one cannot be flushed; [`Error::Closed`] after
     /// [`close`](Self::close). Either way the caller must not run the call.
     pub fn append(&self, entry: Entry, durability: Durability) -> Result<Record> {
         let record = self.append_unflushed(entry)?;
