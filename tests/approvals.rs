@@ -501,3 +501,146 @@ async fn manifest_plugin_and_named_principal_limits_each_apply() {
     call("now", "a").await.unwrap();
     assert_eq!(scope(call("now", "b").await), "plugin misbehave");
 }
+
+/// An approval given for a call in one session, resumed from another: the
+/// session changes what the guest reaches (its workspace keys), so it is
+/// part of what was approved.
+#[tokio::test]
+async fn approved_refund_resumed_with_another_session_is_refused() {
+    let host = billing(HostConfig::default().policy(policy(true))).await;
+    let id = pending_id(
+        host.call(request(700, "sess-1").session("s1"))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        host.approval(&id).unwrap().unwrap().session.as_deref(),
+        Some("s1")
+    );
+    host.decide(&id, "alice", ALICE, true, None).await.unwrap();
+    for other in [Some("s2"), None] {
+        let mut resumed = request(700, "sess-1").approval_id(&id);
+        if let Some(s) = other {
+            resumed = resumed.session(s);
+        }
+        let err = host.call(resumed).await.unwrap_err();
+        assert_eq!(err.kind(), "approval_mismatch", "{other:?}: {err}");
+        assert!(err.to_string().contains("session"), "{err}");
+    }
+    assert_eq!(balance(&host).await, 0);
+    // The call as approved still runs, once.
+    host.call(request(700, "sess-1").session("s1").approval_id(&id))
+        .await
+        .unwrap();
+    assert_eq!(balance(&host).await, 700);
+}
+
+/// An approved approval nobody uses must not stay usable forever.
+#[tokio::test]
+async fn an_approved_approval_never_used_expires_and_is_recorded() {
+    let mut p = policy(true);
+    p.approvals.approved_expiry_s = 1;
+    let host = billing(HostConfig::default().policy(p)).await;
+    let id = pending_id(host.call(request(300, "late")).await.unwrap_err());
+    host.decide(&id, "alice", ALICE, true, None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let err = host
+        .call(request(300, "late").approval_id(&id))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), "approval_expired");
+    assert!(err.to_string().contains("not used in time"), "{err}");
+    assert_eq!(balance(&host).await, 0);
+    let expired: Vec<_> = host
+        .audit()
+        .records(1)
+        .map(|r| r.unwrap().entry)
+        .filter(|e| e.event == Event::ApprovalExpired)
+        .collect();
+    assert_eq!(expired.len(), 1);
+    assert_eq!(
+        expired[0].reason.as_deref(),
+        Some("approved but not used in time")
+    );
+}
+
+/// An approval that expires while an approver lists them used to change
+/// state with nothing on the record.
+#[tokio::test]
+async fn an_approval_expiring_on_listing_is_recorded() {
+    let plugin = airlock_tests::install(
+        "billing",
+        &airlock_tests::read(&format!("{PLUGINS_DIR}/billing/billing.wasm")),
+        "[capabilities]\nworkspace = \"read-write\"\nworkspace_scope = \"plugin\"\n\n[[tools]]\nname = \"open-account\"\nrisk = \"write\"\n\n[[tools]]\nname = \"lookup\"\nrisk = \"read\"\n\n[[tools]]\nname = \"refund\"\nrisk = \"irreversible\"\napproval = \"required\"\nidempotency = \"required\"\napproval_expiry_s = 1\n",
+    );
+    let host = Host::new(HostConfig::default().policy(policy(true))).unwrap();
+    host.load_plugin(plugin.path()).await.unwrap();
+    let id = pending_id(host.call(request(10, "list-exp")).await.unwrap_err());
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let all = host.approvals(None).unwrap();
+    assert_eq!(all[0].state, ApprovalState::Expired);
+    let recorded = host
+        .audit()
+        .records(1)
+        .map(|r| r.unwrap().entry)
+        .filter(|e| e.event == Event::ApprovalExpired && e.approval_id.as_deref() == Some(&id))
+        .count();
+    assert_eq!(recorded, 1);
+    // Listing again records nothing more.
+    host.approvals(None).unwrap();
+    let again = host
+        .audit()
+        .records(1)
+        .filter(|r| r.as_ref().unwrap().entry.event == Event::ApprovalExpired)
+        .count();
+    assert_eq!(again, 1);
+}
+
+/// A caller flooding approvers with requests is stopped at the policy's
+/// bound; other principals can still ask.
+#[tokio::test]
+async fn pending_approval_flood_by_one_principal_is_bounded() {
+    let mut p = policy(true);
+    p.approvals.max_pending_per_principal = 3;
+    let host = billing(HostConfig::default().policy(p)).await;
+    for i in 0..3 {
+        pending_id(
+            host.call(request(1, &format!("flood-{i}")))
+                .await
+                .unwrap_err(),
+        );
+    }
+    let err = host.call(request(1, "flood-3")).await.unwrap_err();
+    assert_eq!(err.kind(), "too_many_pending_approvals", "{err}");
+    assert_eq!(host.approvals(None).unwrap().len(), 3);
+    let other = CallRequest::new("billing/refund", refund(1))
+        .principal("agent-2")
+        .idempotency_key("other-1");
+    pending_id(host.call(other).await.unwrap_err());
+}
+
+/// The ledger used to grow forever: finished keys and decided approvals
+/// are forgotten after their retention (the audit log keeps the history).
+#[tokio::test]
+async fn the_ledger_sweeper_forgets_what_is_past_retention() {
+    let mut p = policy(true);
+    p.approvals.retention_s = 0;
+    p.approvals.idempotency_retention_s = 0;
+    let host = billing(HostConfig::default().policy(p)).await;
+    let id = pending_id(host.call(request(5, "sweep")).await.unwrap_err());
+    host.decide(&id, "alice", ALICE, true, None).await.unwrap();
+    host.call(request(5, "sweep").approval_id(&id))
+        .await
+        .unwrap();
+    // A pending approval is never swept.
+    let pending = pending_id(host.call(request(6, "sweep-2")).await.unwrap_err());
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let report = host.sweep_ledger().unwrap();
+    assert_eq!(report.approvals_removed, 1);
+    assert_eq!(report.keys_removed, 1);
+    assert!(host.approval(&id).unwrap().is_none());
+    assert_eq!(
+        host.approval(&pending).unwrap().unwrap().state,
+        ApprovalState::Pending
+    );
+}

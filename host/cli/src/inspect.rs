@@ -86,6 +86,12 @@ pub fn render(r: &InspectReport) -> String {
                 f.access
             ));
         }
+        if let Some(access) = g.workspace {
+            line(format!(
+                "  workspace {access:?}, keys scoped per {}",
+                g.workspace_scope.as_str()
+            ));
+        }
         if let Some(http) = &g.http {
             for origin in &http.origins {
                 line(format!("  http {origin}"));
@@ -121,6 +127,7 @@ pub fn render(r: &InspectReport) -> String {
             ("max_concurrency", l.max_concurrency),
             ("workspace_keys", l.workspace_keys),
             ("workspace_mb", l.workspace_mb),
+            ("workspace_blobs", l.workspace_blobs),
         ] {
             line(format!("  {:<16} {:>14}  {:?}", name, limit.value, limit.source).to_lowercase());
         }

@@ -4,7 +4,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use airlock_host::workspace::{WORKSPACE_DIR, WorkspaceStore};
+use airlock_host::workspace::{KeyOwner, KeyScope, WORKSPACE_DIR, WorkspaceStore};
 use anyhow::Context as _;
 use clap::Subcommand;
 use serde_json::json;
@@ -29,8 +29,12 @@ pub(crate) enum WorkspaceCommand {
         plugin: String,
         /// The key, or a blob ref (`sha256:…`).
         key: String,
-        /// The session the key belongs to.
+        /// The principal whose key it is (omit for a plugin-wide key).
         #[arg(long)]
+        principal: Option<String>,
+        /// The session within the principal (with --principal; omit for a
+        /// `principal`-scoped plugin's keys, or `""` for calls without one).
+        #[arg(long, requires = "principal")]
         session: Option<String>,
         /// Write the value to this file instead of stdout.
         #[arg(long, value_name = "FILE")]
@@ -98,32 +102,40 @@ pub(crate) fn run(settings: &Settings, command: WorkspaceCommand) -> Result<u8, 
                 );
             } else {
                 for (e, _) in &entries {
-                    let session = e.session.as_deref().unwrap_or("-");
-                    println!("key   {session:<20} {:<40} {:>10} bytes", e.key, e.size);
+                    let owner = e.owner.to_string();
+                    println!(
+                        "key   {:<36} {:<40} {:>10} bytes",
+                        crate::terminal::escape(&owner),
+                        crate::terminal::escape(&e.key),
+                        e.size
+                    );
                 }
                 for (r, size) in &blobs {
-                    println!("blob  {:<20} {r} {size:>10} bytes", "-");
+                    println!("blob  {:<36} {r} {size:>10} bytes", "plugin-wide");
                 }
             }
         }
         WorkspaceCommand::Get {
             plugin,
             key,
+            principal,
             session,
             out,
         } => {
+            let owner = match (&principal, &session) {
+                (None, _) => KeyOwner::Plugin,
+                (Some(p), None) => KeyOwner::Principal(p.clone()),
+                (Some(p), Some(s)) => KeyScope::Session.owner(p, Some(s)),
+            };
             let value = if key.starts_with("sha256:") {
                 store.get_blob(&plugin, &key)
             } else {
-                store.get(&plugin, session.as_deref(), &key)
+                store.get(&plugin, &owner, &key)
             }
             .map_err(|e| Failure::usage(anyhow::anyhow!("{e}")))?;
             let Some(value) = value else {
                 return Err(Failure::usage(anyhow::anyhow!(
-                    "plugin `{plugin}` has no {key:?}{}",
-                    session
-                        .map(|s| format!(" in session {s:?}"))
-                        .unwrap_or_default()
+                    "plugin `{plugin}` has no {key:?} ({owner})"
                 )));
             };
             match out {
@@ -136,7 +148,7 @@ pub(crate) fn run(settings: &Settings, command: WorkspaceCommand) -> Result<u8, 
         WorkspaceCommand::Export { plugin, out } => {
             let mut text = String::new();
             for (e, value) in store.entries(&plugin)? {
-                let mut line = json!({"session": e.session, "key": e.key});
+                let mut line = json!({"owner": e.owner, "key": e.key});
                 match String::from_utf8(value) {
                     Ok(s) => line["value"] = json!(s),
                     Err(e) => line["value_hex"] = json!(hex::encode(e.into_bytes())),

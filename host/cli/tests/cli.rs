@@ -574,8 +574,22 @@ fn workspace_commands_show_what_a_plugin_keeps() {
     let ls = env.run(&["workspace", "ls", "notes", "--json"]);
     assert!(ls.status.success(), "{}", stderr(&ls));
     assert_eq!(json(&ls)["keys"][0]["key"], "note/t");
-    assert_eq!(json(&ls)["keys"][0]["session"], "s1");
-    let get = env.run(&["workspace", "get", "notes", "note/t", "--session", "s1"]);
+    assert_eq!(json(&ls)["keys"][0]["owner"]["scope"], "session");
+    assert_eq!(json(&ls)["keys"][0]["owner"]["session"], "s1");
+    let principal = json(&ls)["keys"][0]["owner"]["principal"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let get = env.run(&[
+        "workspace",
+        "get",
+        "notes",
+        "note/t",
+        "--principal",
+        &principal,
+        "--session",
+        "s1",
+    ]);
     let value: Value = serde_json::from_slice(&get.stdout).unwrap();
     assert_eq!(value["body"], "kept");
     let missing = env.run(&["workspace", "get", "notes", "note/t"]);

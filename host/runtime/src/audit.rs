@@ -102,8 +102,11 @@ impl<'a> CallRecord<'a> {
         b.risk = Some(tool.risk().as_str().to_owned());
         self.pointers = tool.redact().to_vec();
         // Nothing with an effect on the world runs before its intent is on
-        // disk; read-only calls are group-committed.
-        self.durability = if tool.risk() == Risk::Read {
+        // disk; `read` calls of plugins that can only read are
+        // group-committed (a `read` tool with write-capable grants is not
+        // taken at its word).
+        self.durability = if tool.risk() == Risk::Read && plugin.grant().write_capable().is_empty()
+        {
             Durability::Batched
         } else {
             Durability::Flushed

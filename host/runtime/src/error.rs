@@ -457,6 +457,19 @@ pub enum Error {
         reason: String,
     },
 
+    /// The caller already has as many approvals pending as the policy
+    /// allows (`approvals.max_pending_per_principal`): no new request is
+    /// made until some are decided or expire.
+    #[error(
+        "principal `{principal}` already has {limit} approvals pending (policy approvals.max_pending_per_principal)"
+    )]
+    TooManyPendingApprovals {
+        /// The caller.
+        principal: String,
+        /// The limit.
+        limit: u64,
+    },
+
     /// The approval named does not allow this call.
     #[error("approval {approval_id} does not allow this call: {reason}")]
     ApprovalRefused {
@@ -606,6 +619,7 @@ impl Error {
             Error::Ledger { .. } => "ledger_unavailable",
             Error::ApprovalPending { .. } => "approval_pending",
             Error::ApprovalUnavailable { .. } => "approval_unavailable",
+            Error::TooManyPendingApprovals { .. } => "too_many_pending_approvals",
             Error::ApprovalRefused { why, .. } => match *why {
                 "rejected" => "approval_rejected",
                 "expired" => "approval_expired",
@@ -637,6 +651,7 @@ impl Error {
             | Error::ArgumentsInvalid { .. }
             | Error::InvalidSession { .. }
             | Error::ApprovalUnavailable { .. }
+            | Error::TooManyPendingApprovals { .. }
             | Error::ApprovalRefused { .. }
             | Error::IdempotencyKeyRequired { .. }
             | Error::IdempotencyMismatch { .. }

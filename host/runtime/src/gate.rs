@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::CallRecord;
 use crate::error::{Error, Result};
-use crate::ledger::{Approval, ApprovalState, Claim, IdempotencyState};
+use crate::ledger::{Approval, ApprovalState, Claim, EXPIRY, IdempotencyState};
 use crate::manifest::Risk;
 use crate::pipeline::{CallRequest, CallResponse};
 use crate::plugin::{Plugin, Tool};
@@ -204,9 +204,17 @@ impl crate::Host {
     }
 
     /// Step 2: admit the call under the host's mode and rate limits.
-    pub(crate) async fn admit(&self, plugin: &Plugin, tool: &Tool, principal: &str) -> Result<()> {
+    /// `Ok(true)`: the host is in read-only mode, and the call (a `read`
+    /// tool) runs with every grant narrowed to reading.
+    pub(crate) async fn admit(
+        &self,
+        plugin: &Plugin,
+        tool: &Tool,
+        principal: &str,
+    ) -> Result<bool> {
         let mode = self.mode()?;
         self.record_pending_mode().await?;
+        let read_only = mode.as_ref().is_some_and(|m| m.read_only);
         if let Some(mode) = mode
             && mode.read_only
             && tool.risk() != Risk::Read
@@ -222,7 +230,8 @@ impl crate::Host {
             .map_err(|(scope, wait)| Error::RateLimited {
                 scope,
                 retry_after_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1),
-            })
+            })?;
+        Ok(read_only)
     }
 
     // --------------------------------------------------------- idempotency
@@ -336,6 +345,18 @@ impl crate::Host {
                 | Error::HostBusy { .. }
                 | Error::Cancelled { ran: false, .. },
             ) => self.ledger.release(principal, p, t, key),
+            // The tool said it failed: a definite outcome, replayed.
+            Err(e @ Error::Tool { .. }) => self.ledger.complete(
+                principal,
+                p,
+                t,
+                key,
+                Err((e.kind().to_owned(), e.to_string())),
+            ),
+            // Stopped mid-run (cancelled, deadline, fuel, trap) or its result
+            // refused after it ran: whatever it did may have happened. Not a
+            // failure to retry under a new key, nor a call to run again.
+            Err(e) if effects_unknown(e) => self.ledger.mark_unknown(principal, p, t, key),
             Err(e) => self.ledger.complete(
                 principal,
                 p,
@@ -394,6 +415,14 @@ impl crate::Host {
         let id = match &request.approval_id {
             Some(id) => id.clone(),
             None => {
+                let (pending, expired) = self.ledger.pending_of(&request.principal, now_ms())?;
+                self.record_expiries(&expired);
+                if pending >= policy.max_pending_per_principal {
+                    return Err(Error::TooManyPendingApprovals {
+                        principal: request.principal.clone(),
+                        limit: policy.max_pending_per_principal,
+                    });
+                }
                 let expiry = tool.approval_expiry_s().unwrap_or(policy.expiry_s);
                 let created = now_ms();
                 let approval = Approval {
@@ -406,6 +435,7 @@ impl crate::Host {
                     args_digest: record.args_digest().to_owned(),
                     args: record.args_copy().to_owned(),
                     principal: request.principal.clone(),
+                    session: request.session.clone(),
                     idempotency_key: request.idempotency_key.clone(),
                     caller_reason: request.reason.as_deref().map(|r| bounded(r, 1024)),
                     call_id: call_id.to_owned(),
@@ -449,7 +479,12 @@ impl crate::Host {
             };
             if expired_now {
                 record
-                    .event(Event::ApprovalExpired, Some("expired"), None, Some(&id))
+                    .event(
+                        Event::ApprovalExpired,
+                        Some("expired"),
+                        Some(expiry_reason(&approval)),
+                        Some(&id),
+                    )
                     .await?;
             }
             check_binding(&approval, request, plugin, tool, record)?;
@@ -525,16 +560,20 @@ impl crate::Host {
         if !approve && reason.is_none_or(|r| r.trim().is_empty()) {
             return refused("a rejection needs a reason".into());
         }
+        let use_window = policy.approved_expiry_s.saturating_mul(1000);
         let decided = self
             .ledger
             .transition(id, ApprovalState::Pending, now_ms(), |a| {
+                let now = now_ms();
                 a.state = if approve {
+                    // A new window in which the approved call must run.
+                    a.expires_ms = now.saturating_add(use_window);
                     ApprovalState::Approved
                 } else {
                     ApprovalState::Rejected
                 };
                 a.decided_by = Some(who.name.clone());
-                a.decided_ms = Some(now_ms());
+                a.decided_ms = Some(now);
                 a.decision_reason = reason.map(|r| bounded(r, 1024));
             })?;
         let approval = match decided {
@@ -571,20 +610,102 @@ impl crate::Host {
         Ok(approval)
     }
 
-    /// Approvals, newest first, optionally only those in `state`.
+    /// Approvals, newest first, optionally only those in `state`. Any that
+    /// expire on the way are recorded in the audit log.
     ///
     /// # Errors
     /// [`Error::Ledger`].
     pub fn approvals(&self, state: Option<ApprovalState>) -> Result<Vec<Approval>> {
-        self.ledger.approvals(state, now_ms())
+        let (list, expired) = self.ledger.approvals(state, now_ms())?;
+        self.record_expiries(&expired);
+        Ok(list)
     }
 
-    /// The approval `id`.
+    /// The approval `id` (recorded in the audit log if it expires on the
+    /// way).
     ///
     /// # Errors
     /// [`Error::Ledger`].
     pub fn approval(&self, id: &str) -> Result<Option<Approval>> {
-        Ok(self.ledger.approval(id, now_ms())?.map(|(a, _)| a))
+        let found = self.ledger.approval(id, now_ms())?;
+        if let Some((a, true)) = &found {
+            self.record_expiries(std::slice::from_ref(a));
+        }
+        Ok(found.map(|(a, _)| a))
+    }
+
+    /// Expire overdue approvals (recording each) and forget what is past
+    /// its retention: terminal approvals after `policy.approvals.retention_s`,
+    /// finished idempotency entries after `idempotency_retention_s`. Runs by
+    /// itself every `sweep_interval_s` while calls arrive.
+    ///
+    /// # Errors
+    /// [`Error::Ledger`].
+    pub fn sweep_ledger(&self) -> Result<crate::ledger::SweepReport> {
+        let policy = &self.config().policy.approvals;
+        let report = self.ledger.sweep(
+            now_ms(),
+            Duration::from_secs(policy.retention_s),
+            Duration::from_secs(policy.idempotency_retention_s),
+        )?;
+        self.record_expiries(&report.expired);
+        if report.approvals_removed + report.keys_removed > 0 || !report.expired.is_empty() {
+            tracing::info!(
+                expired = report.expired.len(),
+                approvals_removed = report.approvals_removed,
+                keys_removed = report.keys_removed,
+                "ledger swept"
+            );
+        }
+        Ok(report)
+    }
+
+    /// Sweep the ledger if `sweep_interval_s` has passed since the last
+    /// sweep (one caller sweeps; the others go on).
+    pub(crate) fn sweep_if_due(&self) {
+        use std::sync::atomic::Ordering;
+        let interval = self
+            .config()
+            .policy
+            .approvals
+            .sweep_interval_s
+            .saturating_mul(1000);
+        let now = now_ms();
+        let last = self.last_sweep_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < interval
+            || self
+                .last_sweep_ms
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        if let Err(e) = self.sweep_ledger() {
+            tracing::error!(error = %e, "cannot sweep the ledger");
+        }
+    }
+
+    /// Record each of `expired` as `approval_expired` (batched: an expiry
+    /// precedes no side effect). A failure is logged; the approval stays
+    /// expired either way.
+    fn record_expiries(&self, expired: &[Approval]) {
+        for approval in expired {
+            let mut entry = airlock_audit::Entry::new(Event::ApprovalExpired);
+            entry.call_id = Some(approval.call_id.clone());
+            entry.principal = Some(approval.principal.clone());
+            entry.plugin = Some(approval.plugin.clone());
+            entry.component_digest = Some(approval.component_digest.clone());
+            entry.tool = Some(approval.tool.clone());
+            entry.risk = Some(approval.risk.clone());
+            entry.approval_id = Some(approval.id.clone());
+            entry.idempotency_key = approval.idempotency_key.clone();
+            entry.args_digest = Some(approval.args_digest.clone());
+            entry.decision = Some("expired".to_owned());
+            entry.reason = Some(expiry_reason(approval).to_owned());
+            if let Err(e) = self.audit.append(entry, airlock_audit::Durability::Batched) {
+                tracing::error!(error = %e, approval = %approval.id, "cannot record an approval's expiry");
+            }
+        }
     }
 }
 
@@ -616,6 +737,9 @@ fn check_binding(
     if approval.principal != request.principal {
         return mismatch("another principal");
     }
+    if approval.session != request.session {
+        return mismatch("another session");
+    }
     if approval.idempotency_key != request.idempotency_key {
         return mismatch("another idempotency key");
     }
@@ -635,7 +759,13 @@ fn refusal(approval: &Approval, state: ApprovalState) -> Error {
         .unwrap_or_default();
     let (reason, kind) = match state {
         ApprovalState::Rejected => (format!("rejected{by}{why}"), "rejected"),
-        ApprovalState::Expired => ("expired before anyone decided".to_owned(), "expired"),
+        ApprovalState::Expired if approval.decided_by.as_deref() == Some(EXPIRY) => {
+            ("expired before anyone decided".to_owned(), "expired")
+        }
+        ApprovalState::Expired => (
+            format!("expired: approved{by} but not used in time"),
+            "expired",
+        ),
         ApprovalState::Cancelled => (format!("cancelled{by}"), "cancelled"),
         _ => ("already used by another call".to_owned(), "consumed"),
     };
@@ -644,6 +774,28 @@ fn refusal(approval: &Approval, state: ApprovalState) -> Error {
         reason,
         why: kind,
     }
+}
+
+/// Why `approval` expired, as recorded.
+fn expiry_reason(approval: &Approval) -> &'static str {
+    if approval.decided_by.as_deref() == Some(EXPIRY) {
+        "not decided in time"
+    } else {
+        "approved but not used in time"
+    }
+}
+
+/// Whether a call that ended with `error` may have had effects nobody can
+/// know: it was stopped after the guest started, or its result was refused
+/// after the guest finished.
+fn effects_unknown(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::Cancelled { ran: true, .. }
+            | Error::Trap { .. }
+            | Error::OutputTooLarge { .. }
+            | Error::OutputInvalid { .. }
+    )
 }
 
 fn bounded(text: &str, max: usize) -> String {

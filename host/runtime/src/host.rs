@@ -141,6 +141,8 @@ pub struct Host {
     pub(crate) limiter: crate::ratelimit::Limiter,
     /// A mode switch seen but not yet recorded.
     pub(crate) mode_pending: std::sync::Mutex<Option<crate::gate::Mode>>,
+    /// When the ledger was last swept, ms since the Unix epoch.
+    pub(crate) last_sweep_ms: std::sync::atomic::AtomicU64,
     _ticker: EpochTicker,
 }
 
@@ -246,6 +248,7 @@ impl Host {
             ledger,
             mode,
             mode_pending: std::sync::Mutex::new(None),
+            last_sweep_ms: std::sync::atomic::AtomicU64::new(0),
             limiter,
             _ticker: ticker,
         })
@@ -286,9 +289,74 @@ impl Host {
                 second: dir.to_owned(),
             });
         }
+        self.check_files_grants(&plugin, &plugins)?;
         let plugin = Arc::new(plugin);
         plugins.insert(name, Arc::clone(&plugin));
         Ok(plugin)
+    }
+
+    /// Refuse a plugin whose `files` grants reach what the host protects
+    /// (plugin directories and where plugins are loaded from, the data
+    /// directory, the cache) or overlap another plugin's grants, and a
+    /// plugin whose directory lies inside a loaded plugin's grant. See
+    /// `grants/files.rs` for the rule.
+    fn check_files_grants(
+        &self,
+        plugin: &Plugin,
+        loaded: &BTreeMap<String, Arc<Plugin>>,
+    ) -> Result<()> {
+        let absolute = |p: &Path| {
+            p.canonicalize()
+                .or_else(|_| std::path::absolute(p))
+                .unwrap_or_else(|_| p.to_owned())
+        };
+        let mut plugin_dirs = Vec::new();
+        for dir in loaded
+            .values()
+            .map(|p| p.dir())
+            .chain(std::iter::once(plugin.dir()))
+        {
+            let dir = absolute(dir);
+            if let Some(parent) = dir.parent() {
+                plugin_dirs.push(parent.to_owned());
+            }
+            plugin_dirs.push(dir);
+        }
+        let stores: Vec<PathBuf> = [&self.config.data_dir, &self.config.cache_dir]
+            .into_iter()
+            .flatten()
+            .map(|d| absolute(d))
+            .collect();
+        crate::grants::check_files_overlaps(
+            plugin.name(),
+            &plugin.grant().files,
+            crate::grants::ProtectedPaths {
+                stores: &stores,
+                plugin_dirs: &plugin_dirs,
+            },
+            loaded
+                .values()
+                .flat_map(|p| p.grant().files.iter().map(move |f| (p.name(), f))),
+        )?;
+        // A loaded plugin's grant may not contain the new plugin's files.
+        let dir = absolute(plugin.dir());
+        for other in loaded.values() {
+            for files in &other.grant().files {
+                if dir.starts_with(&files.host) {
+                    return Err(Error::CapabilityDenied {
+                        plugin: plugin.name().to_owned(),
+                        capability: "capabilities.files".to_owned(),
+                        reason: format!(
+                            "the plugin directory {} lies inside {}, granted to plugin `{}`",
+                            dir.display(),
+                            files.host.display(),
+                            other.name()
+                        ),
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Unload the plugin `name`: new calls to its tools fail with
@@ -422,6 +490,7 @@ impl Host {
     /// Every call gets a fresh instance: no state leaks between calls through
     /// guest memory.
     pub async fn call(&self, request: CallRequest) -> Result<CallResponse> {
+        self.sweep_if_due();
         let call_id = new_call_id();
         let trace_id = request.trace_id.clone().unwrap_or_else(|| call_id.clone());
         let mut record = CallRecord::new(
@@ -445,10 +514,13 @@ impl Host {
         record.resolved(plugin, tool);
         record.idempotency_key(request.idempotency_key.as_deref());
         // 2. Admit: the host's mode.
-        if let Err(error) = self.admit(plugin, tool, &request.principal).await {
-            record.arguments(&request.arguments, None);
-            return Err(record.refused(error).await);
-        }
+        let read_only = match self.admit(plugin, tool, &request.principal).await {
+            Ok(read_only) => read_only,
+            Err(error) => {
+                record.arguments(&request.arguments, None);
+                return Err(record.refused(error).await);
+            }
+        };
         // 3. Validate arguments before anything runs.
         let arguments = match pipeline::validate_arguments(
             tool,
@@ -507,8 +579,13 @@ impl Host {
         let workspace = plugin.grant().workspace.map(|access| WorkspaceScope {
             store: self.workspace.clone(),
             plugin: plugin.name().to_owned(),
-            session: request.session.clone(),
-            writable: access == FileAccess::ReadWrite,
+            owner: plugin
+                .grant()
+                .workspace_scope
+                .owner(&request.principal, request.session.as_deref()),
+            // Read-only mode stops writes at the grant, whatever the tool's
+            // declared risk.
+            writable: access == FileAccess::ReadWrite && !read_only,
             quota: plugin.limits().workspace_quota(),
             dirty: false,
         });
@@ -519,6 +596,7 @@ impl Host {
             &arguments,
             context,
             workspace,
+            read_only,
             request.cancel.as_ref(),
         )
         .await;

@@ -260,6 +260,23 @@ impl Host {
             }
         }
         if let Some(g) = &grant {
+            let writes = g.write_capable();
+            if !writes.is_empty() {
+                for t in &manifest.tools {
+                    let id = format!("{}/{}", manifest.plugin.name, t.name);
+                    let risk = policy.risk.get(&id).copied().unwrap_or(t.risk);
+                    if risk == Risk::Read {
+                        findings.push(Finding {
+                            severity: Severity::Warning,
+                            message: format!(
+                                "tool `{}` is declared `read` but its plugin holds write-capable grants ({}): it gets no approval or flushed intent by its class unless the operator sets its risk (policy `risk`); read-only mode narrows those grants to reading",
+                                t.name,
+                                writes.join(", ")
+                            ),
+                        });
+                    }
+                }
+            }
             for name in &g.env_missing {
                 findings.push(Finding {
                     severity: Severity::Warning,

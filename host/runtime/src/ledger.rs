@@ -5,7 +5,11 @@
 //! record, so exactly one of two racing decisions (or claims) wins.
 //!
 //! Approvals: `pending → approved | rejected | expired | cancelled`, then
-//! `approved → consumed`. Terminal states never change.
+//! `approved → consumed | expired`. Terminal states never change. A pending
+//! approval expires at `expires_ms`; approving it starts a new window
+//! (`approved_expiry_s`) in which the call must run, after which it expires
+//! too. [`Ledger::sweep`] expires what is overdue and forgets terminal
+//! approvals and finished idempotency entries past their retention.
 //!
 //! Idempotency entries, keyed by (principal, plugin, tool, key):
 //! `in_flight → completed`; an entry still `in_flight` when a host opens the
@@ -76,6 +80,10 @@ pub struct Approval {
     pub args: String,
     /// Who asked.
     pub principal: String,
+    /// The caller's session it is bound to, if any (it changes which
+    /// workspace keys the call reaches).
+    #[serde(default)]
+    pub session: Option<String>,
     /// The idempotency key it is bound to, if any.
     pub idempotency_key: Option<String>,
     /// The caller's stated reason.
@@ -139,6 +147,20 @@ pub enum Claim {
     Claimed,
     /// An earlier call holds or held it.
     Existing(IdempotencyEntry),
+}
+
+/// Who `decided_by` names on an approval that expired before a decision.
+pub const EXPIRY: &str = "airlock (expiry)";
+
+/// What one [`Ledger::sweep`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Approvals this sweep expired (to be recorded in the audit log).
+    pub expired: Vec<Approval>,
+    /// Terminal approvals forgotten after their retention.
+    pub approvals_removed: u64,
+    /// Finished idempotency entries forgotten after their retention.
+    pub keys_removed: u64,
 }
 
 /// The sled-backed ledger.
@@ -289,13 +311,19 @@ impl Ledger {
             };
             let approval: Approval = serde_json::from_slice(&bytes)
                 .map_err(|e| store_error(&self.path, format!("approval {id} is corrupt: {e}")))?;
-            if approval.state != ApprovalState::Pending || now_ms < approval.expires_ms {
+            let live = matches!(
+                approval.state,
+                ApprovalState::Pending | ApprovalState::Approved
+            );
+            if !live || now_ms < approval.expires_ms {
                 return Ok(Some((approval, false)));
             }
             let mut expired = approval;
+            if expired.state == ApprovalState::Pending {
+                expired.decided_ms = Some(now_ms);
+                expired.decided_by = Some(EXPIRY.to_owned());
+            }
             expired.state = ApprovalState::Expired;
-            expired.decided_ms = Some(now_ms);
-            expired.decided_by = Some("airlock (expiry)".to_owned());
             if self.swap(&self.approvals, id.as_bytes(), Some(&bytes), &expired)? {
                 self.flush()?;
                 return Ok(Some((expired, true)));
@@ -342,26 +370,105 @@ impl Ledger {
         }
     }
 
-    /// Every approval, newest first, optionally only in `state`.
+    /// Every approval, newest first, optionally only in `state`, and the
+    /// approvals this listing expired (to be recorded).
     ///
     /// # Errors
     /// [`Error::Ledger`].
-    pub fn approvals(&self, state: Option<ApprovalState>, now_ms: u64) -> Result<Vec<Approval>> {
+    pub fn approvals(
+        &self,
+        state: Option<ApprovalState>,
+        now_ms: u64,
+    ) -> Result<(Vec<Approval>, Vec<Approval>)> {
         let mut ids = Vec::new();
         for item in self.approvals.iter() {
             let (k, _) = item.map_err(|e| store_error(&self.path, e))?;
             ids.push(String::from_utf8_lossy(&k).into_owned());
         }
         let mut out = Vec::new();
+        let mut expired = Vec::new();
         for id in ids {
-            if let Some((a, _)) = self.approval(&id, now_ms)?
-                && state.is_none_or(|s| s == a.state)
-            {
+            let Some((a, expired_now)) = self.approval(&id, now_ms)? else {
+                continue;
+            };
+            if expired_now {
+                expired.push(a.clone());
+            }
+            if state.is_none_or(|s| s == a.state) {
                 out.push(a);
             }
         }
         out.sort_by_key(|a| std::cmp::Reverse(a.created_ms));
-        Ok(out)
+        Ok((out, expired))
+    }
+
+    /// Pending approvals `principal` asked for.
+    ///
+    /// # Errors
+    /// [`Error::Ledger`].
+    pub fn pending_of(&self, principal: &str, now_ms: u64) -> Result<(u64, Vec<Approval>)> {
+        let (pending, expired) = self.approvals(Some(ApprovalState::Pending), now_ms)?;
+        let mine = pending.iter().filter(|a| a.principal == principal).count();
+        Ok((u64::try_from(mine).unwrap_or(u64::MAX), expired))
+    }
+
+    /// Expire every overdue approval, and forget terminal approvals decided
+    /// (or created) more than `approval_retention` ago and finished
+    /// idempotency entries older than `key_retention`. Entries still in
+    /// flight are never removed.
+    ///
+    /// # Errors
+    /// [`Error::Ledger`].
+    pub fn sweep(
+        &self,
+        now_ms: u64,
+        approval_retention: Duration,
+        key_retention: Duration,
+    ) -> Result<SweepReport> {
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let (all, expired) = self.approvals(None, now_ms)?;
+        let mut report = SweepReport {
+            expired,
+            ..SweepReport::default()
+        };
+        for approval in all {
+            let terminal = !matches!(
+                approval.state,
+                ApprovalState::Pending | ApprovalState::Approved
+            );
+            let since = approval.decided_ms.unwrap_or(approval.created_ms);
+            if terminal && now_ms.saturating_sub(since) > millis(approval_retention) {
+                let bytes =
+                    serde_json::to_vec(&approval).map_err(|e| store_error(&self.path, e))?;
+                let removed = self
+                    .approvals
+                    .compare_and_swap(approval.id.as_bytes(), Some(bytes), None::<Vec<u8>>)
+                    .map_err(|e| store_error(&self.path, e))?;
+                if removed.is_ok() {
+                    report.approvals_removed += 1;
+                }
+            }
+        }
+        for item in self.idempotency.iter() {
+            let (k, v) = item.map_err(|e| store_error(&self.path, e))?;
+            let Ok(entry) = serde_json::from_slice::<IdempotencyEntry>(&v) else {
+                continue;
+            };
+            let finished = !matches!(entry.state, IdempotencyState::InFlight { .. });
+            if finished && now_ms.saturating_sub(entry.created_ms) > millis(key_retention) {
+                let removed = self
+                    .idempotency
+                    .compare_and_swap(&k, Some(v), None::<Vec<u8>>)
+                    .map_err(|e| store_error(&self.path, e))?;
+                if removed.is_ok() {
+                    report.keys_removed += 1;
+                }
+            }
+        }
+        if report.approvals_removed + report.keys_removed > 0 {
+            self.flush()?;
+        }
+        Ok(report)
     }
 
     // ---------------------------------------------------------- idempotency
@@ -456,6 +563,34 @@ impl Ledger {
         self.flush()
     }
 
+    /// Mark the call holding `key` as ended with effects nobody can know
+    /// (cancelled or stopped mid-run): a retry with the key is refused as
+    /// `idempotency_outcome_unknown`, never run again nor replayed as a
+    /// plain failure.
+    ///
+    /// # Errors
+    /// [`Error::Ledger`].
+    pub fn mark_unknown(&self, principal: &str, plugin: &str, tool: &str, key: &str) -> Result<()> {
+        let k = Ledger::idempotency_key(principal, plugin, tool, key);
+        let Some(bytes) = self
+            .idempotency
+            .get(&k)
+            .map_err(|e| store_error(&self.path, e))?
+        else {
+            return Ok(());
+        };
+        let mut entry: IdempotencyEntry = serde_json::from_slice(&bytes)
+            .map_err(|e| store_error(&self.path, format!("corrupt idempotency entry: {e}")))?;
+        let IdempotencyState::InFlight { call_id } = &entry.state else {
+            return Ok(());
+        };
+        entry.state = IdempotencyState::Unknown {
+            call_id: call_id.clone(),
+        };
+        self.swap(&self.idempotency, &k, Some(&bytes), &entry)?;
+        self.flush()
+    }
+
     /// Give up a claim without a result (the call did not run, e.g. it
     /// waits for approval).
     ///
@@ -497,6 +632,16 @@ pub struct ApprovalPolicy {
     pub expiry_s: u64,
     /// Seconds an idempotency key's outcome is kept for replay.
     pub idempotency_retention_s: u64,
+    /// Seconds an approved approval stays usable; unused, it then expires.
+    pub approved_expiry_s: u64,
+    /// Seconds a decided, expired or consumed approval is kept before the
+    /// sweeper forgets it (the audit log keeps its history).
+    pub retention_s: u64,
+    /// Most approvals one principal may have pending at once; further calls
+    /// needing approval are refused (`too_many_pending_approvals`).
+    pub max_pending_per_principal: u64,
+    /// Seconds between two sweeps of the ledger (expiry and retention).
+    pub sweep_interval_s: u64,
 }
 
 impl Default for ApprovalPolicy {
@@ -507,6 +652,10 @@ impl Default for ApprovalPolicy {
             approvers: Vec::new(),
             expiry_s: 900,
             idempotency_retention_s: 24 * 3600,
+            approved_expiry_s: 900,
+            retention_s: 7 * 24 * 3600,
+            max_pending_per_principal: 20,
+            sweep_interval_s: 60,
         }
     }
 }

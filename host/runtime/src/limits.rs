@@ -32,6 +32,9 @@ pub const DEFAULT_MAX_CONCURRENCY: u64 = 16;
 pub const DEFAULT_WORKSPACE_KEYS: u64 = 10_000;
 /// Workspace space per plugin, in MiB, when the manifest is silent.
 pub const DEFAULT_WORKSPACE_MB: u64 = 64;
+/// Workspace blobs per plugin when the manifest is silent (bytes alone would
+/// let a plugin store millions of tiny blobs).
+pub const DEFAULT_WORKSPACE_BLOBS: u64 = 1_000;
 /// Host-side resources (open files, streams, ...) one call may hold at once,
 /// and component-model handles per store. Each open file is a host file
 /// descriptor, so this also bounds what one call can take from the
@@ -96,6 +99,8 @@ pub struct Limits {
     pub workspace_keys: Limit,
     /// Workspace space, in MiB.
     pub workspace_mb: Limit,
+    /// Workspace blobs.
+    pub workspace_blobs: Limit,
 }
 
 impl Limits {
@@ -164,6 +169,12 @@ impl Limits {
                 DEFAULT_WORKSPACE_MB,
                 c.workspace_mb,
             )?,
+            workspace_blobs: pick(
+                "limits.workspace_blobs",
+                d.workspace_blobs,
+                DEFAULT_WORKSPACE_BLOBS,
+                c.workspace_blobs,
+            )?,
         })
     }
 
@@ -182,6 +193,7 @@ impl Limits {
         crate::workspace::Quota {
             max_keys: self.workspace_keys.value,
             max_bytes: self.workspace_mb.value.saturating_mul(1024 * 1024),
+            max_blobs: self.workspace_blobs.value,
         }
     }
 

@@ -92,6 +92,11 @@ pub struct Capabilities {
     /// workspace.
     #[serde(default)]
     pub workspace: Option<FileAccess>,
+    /// Whose keys a call reaches: `session` (the default: the calling
+    /// principal's keys in the call's session), `principal` (the calling
+    /// principal's keys), or `plugin` (one set shared by every caller).
+    #[serde(default)]
+    pub workspace_scope: Option<crate::workspace::KeyScope>,
     /// Exact origins (`scheme://host[:port]`) the guest may send HTTP
     /// requests to through `wasi:http/outgoing-handler`.
     #[serde(default)]
@@ -139,6 +144,8 @@ pub struct DeclaredLimits {
     pub workspace_keys: Option<u64>,
     /// Most workspace bytes (keys, values, blobs), in MiB.
     pub workspace_mb: Option<u64>,
+    /// Most workspace blobs.
+    pub workspace_blobs: Option<u64>,
 }
 
 /// One `[[tools]]` entry.

@@ -224,7 +224,12 @@ pub(crate) async fn unless_cancelled<T>(
     }
 }
 
-/// Steps 7–9 for a validated call.
+/// Steps 7–9 for a validated call. `read_only`: the host is in read-only
+/// mode, and every write-capable grant is narrowed to reading.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the call's parts; they become one prepared-call value when the pipeline is regrouped"
+)]
 pub(crate) async fn run_tool(
     engine: &SharedEngine,
     plugin: &Plugin,
@@ -232,11 +237,12 @@ pub(crate) async fn run_tool(
     arguments: &Value,
     context: CallContext,
     workspace: Option<crate::grants::WorkspaceScope>,
+    read_only: bool,
     cancel: Option<&CancellationToken>,
 ) -> (Result<CallResponse>, RunStats) {
     let mut stats = RunStats::default();
     let result = run_tool_inner(
-        engine, plugin, tool, arguments, context, workspace, cancel, &mut stats,
+        engine, plugin, tool, arguments, context, workspace, read_only, cancel, &mut stats,
     )
     .await;
     (result, stats)
@@ -253,6 +259,7 @@ async fn run_tool_inner(
     arguments: &Value,
     context: CallContext,
     workspace: Option<crate::grants::WorkspaceScope>,
+    read_only: bool,
     cancel: Option<&CancellationToken>,
     stats: &mut RunStats,
 ) -> Result<CallResponse> {
@@ -283,7 +290,7 @@ async fn run_tool_inner(
         .ok_or_else(|| Error::HostBusy {
             limit: engine.max_instances(),
         })?;
-    let mut store = new_store(engine, limits, plugin.grant(), workspace)?;
+    let mut store = new_store(engine, limits, plugin.grant(), workspace, read_only)?;
     let call_id = context.call_id.clone();
     let trace_id = context.trace_id.clone();
     // Re-serialising the validated value gives the guest canonical JSON
@@ -410,7 +417,8 @@ pub(crate) async fn list_tools(
         .ok_or_else(|| Error::HostBusy {
             limit: engine.max_instances(),
         })?;
-    let mut store = new_store(engine, limits, grant, None)?;
+    // Listing tools never needs to write anything.
+    let mut store = new_store(engine, limits, grant, None, true)?;
     let outcome = with_deadline(limits, async {
         let instance = pre.instantiate_async(&mut store).await?;
         instance.airlock_plugin_tools().call_list(&mut store).await
@@ -430,10 +438,13 @@ fn new_store(
     limits: &Limits,
     grant: &EffectiveGrant,
     workspace: Option<crate::grants::WorkspaceScope>,
+    read_only: bool,
 ) -> Result<Store<CallState>> {
     let mut store =
-        CallState::new_store(engine, limits, grant, workspace).map_err(|e| Error::Engine {
-            message: format!("cannot create a store: {e:#}"),
+        CallState::new_store(engine, limits, grant, workspace, read_only).map_err(|e| {
+            Error::Engine {
+                message: format!("cannot create a store: {e:#}"),
+            }
         })?;
     // Check the deadline on every epoch tick; until it passes, yield to the
     // executor so one long call cannot starve others on the same thread.

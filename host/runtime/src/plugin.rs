@@ -135,6 +135,7 @@ pub struct Tool {
     name: String,
     description: String,
     risk: Risk,
+    risk_overridden: bool,
     redact: Vec<String>,
     approval_required: bool,
     idempotency_required: bool,
@@ -197,9 +198,15 @@ impl Tool {
         &self.description
     }
 
-    /// Risk class from the manifest.
+    /// Risk class: the operator's (policy `risk`) when it gives one, else
+    /// the manifest's.
     pub fn risk(&self) -> Risk {
         self.risk
+    }
+
+    /// Whether the operator's policy set the risk class.
+    pub fn risk_overridden(&self) -> bool {
+        self.risk_overridden
     }
 
     /// Whether the manifest requires approval for every call.
@@ -328,7 +335,7 @@ pub(crate) async fn load(
     let pool_needs = PoolNeeds::of(&component);
     let descriptors =
         pipeline::list_tools(engine, &pre, pool_needs, &limits, &name, &grant).await?;
-    let (tools, undeclared) = reconcile(&manifest, descriptors)?;
+    let (tools, undeclared) = reconcile(&manifest, descriptors, &policy.risk)?;
 
     Ok(Plugin {
         dir: dir.to_owned(),
@@ -401,6 +408,7 @@ type ExposedTools = BTreeMap<String, Arc<Tool>>;
 fn reconcile(
     manifest: &Manifest,
     descriptors: Vec<crate::bindings::exports::airlock::plugin::tools::ToolDescriptor>,
+    overrides: &BTreeMap<String, Risk>,
 ) -> Result<(ExposedTools, Vec<String>)> {
     let plugin = &manifest.plugin.name;
     let invalid = |reason: String| Error::InvalidToolList {
@@ -452,13 +460,15 @@ fn reconcile(
             .map(crate::ratelimit::Rate::parse)
             .transpose()
             .map_err(|e| invalid(format!("tool `{}`: {e}", d.name)))?;
+        let overridden = overrides.get(&format!("{plugin}/{}", d.name)).copied();
         tools.insert(
             d.name.clone(),
             Arc::new(Tool {
                 plugin: plugin.clone(),
                 description: truncate(&d.description, MAX_DESCRIPTION_BYTES).to_owned(),
                 name: d.name,
-                risk: declared.risk,
+                risk_overridden: overridden.is_some(),
+                risk: overridden.unwrap_or(declared.risk),
                 redact: declared.redact.clone(),
                 approval_required: declared.approval.is_some(),
                 idempotency_required: declared.idempotency.is_some(),

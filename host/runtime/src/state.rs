@@ -173,12 +173,13 @@ impl CallState {
         limits: &Limits,
         grant: &EffectiveGrant,
         workspace: Option<grants::WorkspaceScope>,
+        read_only: bool,
     ) -> wasmtime::Result<Store<CallState>> {
         let stdout = MemoryOutputPipe::new(limits::MAX_STDERR_BYTES);
         let stderr = MemoryOutputPipe::new(limits::MAX_STDERR_BYTES);
         let mut builder = WasiCtx::builder();
         builder.stdout(stdout.clone()).stderr(stderr.clone());
-        grants::configure(&mut builder, grant)?;
+        grants::configure(&mut builder, grant, read_only)?;
         let wasi = builder.build();
         let deadline = Instant::now() + limits.timeout();
         let state = CallState {
@@ -199,7 +200,7 @@ impl CallState {
             workspace,
             deadline,
             http: WasiHttpCtx::new(),
-            http_hooks: HttpHooks::new(grant.http.as_ref(), deadline),
+            http_hooks: HttpHooks::new(grant.http.as_ref(), deadline, read_only),
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limiter);

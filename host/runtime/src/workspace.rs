@@ -1,11 +1,25 @@
 //! The workspace store: plugin state (key-value) and artifacts (blobs) kept
-//! between calls in sled, scoped per plugin (and per session for keys),
-//! bounded by quotas.
+//! between calls in sled, scoped per plugin and, for keys, per owner
+//! ([`KeyOwner`]), bounded by quotas.
+//!
+//! # Security: isolation follows identity
+//!
+//! Whose keys a call reaches is decided by the host, from the manifest's
+//! `capabilities.workspace_scope` ([`KeyScope`]) and the call's
+//! *principal* (who the host authenticated the call as) — never from a
+//! string the caller picks alone. A caller's session only narrows within its
+//! own principal: two principals naming the same session reach different
+//! keys, and calls without a session share a namespace only within one
+//! principal. Plugin-wide keys exist only when the manifest asks for them.
 //!
 //! Layout (one sled tree, `workspace`):
-//! - `k` ‖ plugin ‖ 0 ‖ session ‖ 0 ‖ key → value (session empty when none);
+//! - `k` ‖ plugin ‖ 0 ‖ owner ‖ 0 ‖ key → value, where owner is `*`
+//!   (plugin-wide), `u` ‖ 0x1F ‖ principal, or `s` ‖ 0x1F ‖ principal ‖
+//!   0x1F ‖ session (principals and sessions have no control characters,
+//!   so the encoding is unambiguous);
 //! - `b` ‖ plugin ‖ 0 ‖ SHA-256(data) → data;
-//! - `u` ‖ plugin → usage (JSON: keys, blobs, bytes).
+//! - `u` ‖ plugin → usage (JSON: keys, blobs, bytes);
+//! - `L` → the layout version ([`LAYOUT`]).
 //!
 //! Every write updates the value and the plugin's usage in one atomic batch,
 //! under a lock, after checking the quota: usage can never drift from the
@@ -34,7 +48,123 @@ pub const MAX_SESSION_BYTES: usize = 128;
 const KV: u8 = b'k';
 const BLOB: u8 = b'b';
 const USAGE: u8 = b'u';
+const LAYOUT_KEY: &[u8] = b"L";
 const BLOB_REF_PREFIX: &str = "sha256:";
+/// Separates principal and session inside an owner (a control character,
+/// which neither may contain).
+const OWNER_SEP: u8 = 0x1f;
+
+/// The store's layout version. Layout 1 scoped keys by a session the caller
+/// named alone; a store in that layout is refused rather than read with
+/// other isolation.
+pub const LAYOUT: &str = "2";
+
+/// How a plugin's keys are scoped (`capabilities.workspace_scope`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KeyScope {
+    /// One set of keys per principal and session (calls without a session
+    /// use the principal's own default set). The default.
+    #[default]
+    Session,
+    /// One set of keys per principal, whatever the session.
+    Principal,
+    /// One set of keys shared by every caller of the plugin: the manifest
+    /// asks for it explicitly.
+    Plugin,
+}
+
+impl KeyScope {
+    /// The manifest spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyScope::Session => "session",
+            KeyScope::Principal => "principal",
+            KeyScope::Plugin => "plugin",
+        }
+    }
+
+    /// The owner of a call's keys under this scope.
+    pub fn owner(self, principal: &str, session: Option<&str>) -> KeyOwner {
+        match self {
+            KeyScope::Plugin => KeyOwner::Plugin,
+            KeyScope::Principal => KeyOwner::Principal(principal.to_owned()),
+            KeyScope::Session => KeyOwner::Session {
+                principal: principal.to_owned(),
+                session: session.unwrap_or_default().to_owned(),
+            },
+        }
+    }
+}
+
+/// Whose keys an operation reaches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "scope", rename_all = "snake_case")]
+pub enum KeyOwner {
+    /// Keys shared by every caller of the plugin.
+    Plugin,
+    /// One principal's keys.
+    Principal(String),
+    /// One principal's keys in one session (empty: calls without one).
+    Session {
+        /// The principal.
+        principal: String,
+        /// The session within it.
+        session: String,
+    },
+}
+
+impl KeyOwner {
+    fn segment(&self) -> Vec<u8> {
+        match self {
+            KeyOwner::Plugin => vec![b'*'],
+            KeyOwner::Principal(p) => {
+                let mut v = vec![b'u', OWNER_SEP];
+                v.extend_from_slice(p.as_bytes());
+                v
+            }
+            KeyOwner::Session { principal, session } => {
+                let mut v = vec![b's', OWNER_SEP];
+                v.extend_from_slice(principal.as_bytes());
+                v.push(OWNER_SEP);
+                v.extend_from_slice(session.as_bytes());
+                v
+            }
+        }
+    }
+
+    fn parse(segment: &[u8]) -> Option<KeyOwner> {
+        let text = std::str::from_utf8(segment).ok()?;
+        if text == "*" {
+            return Some(KeyOwner::Plugin);
+        }
+        let sep = char::from(OWNER_SEP);
+        if let Some(p) = text.strip_prefix(&format!("u{sep}")) {
+            return Some(KeyOwner::Principal(p.to_owned()));
+        }
+        let rest = text.strip_prefix(&format!("s{sep}"))?;
+        let (principal, session) = rest.split_once(sep)?;
+        Some(KeyOwner::Session {
+            principal: principal.to_owned(),
+            session: session.to_owned(),
+        })
+    }
+}
+
+impl std::fmt::Display for KeyOwner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyOwner::Plugin => f.write_str("plugin-wide"),
+            KeyOwner::Principal(p) => write!(f, "principal {p:?}"),
+            KeyOwner::Session { principal, session } if session.is_empty() => {
+                write!(f, "principal {principal:?}, no session")
+            }
+            KeyOwner::Session { principal, session } => {
+                write!(f, "principal {principal:?}, session {session:?}")
+            }
+        }
+    }
+}
 
 /// Why a workspace operation failed (the WIT `workspace-error`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -71,13 +201,15 @@ pub struct Quota {
     pub max_keys: u64,
     /// Most bytes (keys, values and blobs).
     pub max_bytes: u64,
+    /// Most blobs.
+    pub max_blobs: u64,
 }
 
 /// One key as the operator sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct KeyEntry {
-    /// The session it belongs to (`None`: calls without a session).
-    pub session: Option<String>,
+    /// Whose key it is.
+    pub owner: KeyOwner,
     /// The key.
     pub key: String,
     /// Size of its value in bytes.
@@ -152,6 +284,34 @@ impl WorkspaceStore {
         let tree = db
             .open_tree("workspace")
             .map_err(|e| store_error(&path, e))?;
+        match tree.get(LAYOUT_KEY).map_err(|e| store_error(&path, e))? {
+            Some(v) if v.as_ref() == LAYOUT.as_bytes() => {}
+            Some(v) => {
+                return Err(store_error(
+                    &path,
+                    format!(
+                        "workspace layout {} is not this host's layout {LAYOUT}",
+                        String::from_utf8_lossy(&v)
+                    ),
+                ));
+            }
+            None => {
+                let written_before = tree
+                    .iter()
+                    .next()
+                    .transpose()
+                    .map_err(|e| store_error(&path, e))?
+                    .is_some();
+                if written_before {
+                    return Err(store_error(
+                        &path,
+                        "this store was written in layout 1, where keys were scoped by caller-named sessions across principals; its keys cannot be given owners safely — move the directory aside and start a new one",
+                    ));
+                }
+                tree.insert(LAYOUT_KEY, LAYOUT.as_bytes())
+                    .map_err(|e| store_error(&path, e))?;
+            }
+        }
         Ok(WorkspaceStore {
             inner: Arc::new(Inner {
                 path,
@@ -167,7 +327,7 @@ impl WorkspaceStore {
         WorkspaceError::Unavailable(e.to_string())
     }
 
-    /// The value of `key` for `plugin` in `session`.
+    /// The value of `key` for `plugin` and `owner`.
     ///
     /// # Errors
     /// [`WorkspaceError::Invalid`] for a bad key; `Unavailable` on a store
@@ -175,13 +335,14 @@ impl WorkspaceStore {
     pub fn get(
         &self,
         plugin: &str,
-        session: Option<&str>,
+        owner: &KeyOwner,
         key: &str,
     ) -> Result<Option<Vec<u8>>, WorkspaceError> {
         check_key(key)?;
+        check_owner(owner)?;
         self.inner
             .tree
-            .get(kv_key(plugin, session, key))
+            .get(kv_key(plugin, owner, key))
             .map(|v| v.map(|v| v.to_vec()))
             .map_err(|e| self.unavailable(e))
     }
@@ -194,14 +355,15 @@ impl WorkspaceStore {
     pub fn set(
         &self,
         plugin: &str,
-        session: Option<&str>,
+        owner: &KeyOwner,
         key: &str,
         value: &[u8],
         quota: Quota,
     ) -> Result<(), WorkspaceError> {
         check_key(key)?;
+        check_owner(owner)?;
         check_size(value.len(), "value")?;
-        let k = kv_key(plugin, session, key);
+        let k = kv_key(plugin, owner, key);
         let _guard = self.lock()?;
         let mut usage = self.usage(plugin).map_err(|e| self.unavailable(e))?;
         let old = self.inner.tree.get(&k).map_err(|e| self.unavailable(e))?;
@@ -238,11 +400,12 @@ impl WorkspaceStore {
     pub fn delete(
         &self,
         plugin: &str,
-        session: Option<&str>,
+        owner: &KeyOwner,
         key: &str,
     ) -> Result<bool, WorkspaceError> {
         check_key(key)?;
-        let k = kv_key(plugin, session, key);
+        check_owner(owner)?;
+        let k = kv_key(plugin, owner, key);
         let _guard = self.lock()?;
         let Some(old) = self.inner.tree.get(&k).map_err(|e| self.unavailable(e))? else {
             return Ok(false);
@@ -267,23 +430,24 @@ impl WorkspaceStore {
     pub fn list_keys(
         &self,
         plugin: &str,
-        session: Option<&str>,
+        owner: &KeyOwner,
         prefix: &str,
         start_after: Option<&str>,
         limit: u32,
     ) -> Result<Vec<String>, WorkspaceError> {
+        check_owner(owner)?;
         if prefix.len() > MAX_KEY_BYTES {
             return Err(WorkspaceError::Invalid(format!(
                 "prefix longer than {MAX_KEY_BYTES} bytes"
             )));
         }
-        let scope = kv_key(plugin, session, "");
-        let full_prefix = kv_key(plugin, session, prefix);
+        let scope = kv_key(plugin, owner, "");
+        let full_prefix = kv_key(plugin, owner, prefix);
         let limit = limit.min(MAX_LIST) as usize;
         let mut out = Vec::new();
         let iter = match start_after {
             Some(after) => {
-                let mut from = kv_key(plugin, session, after);
+                let mut from = kv_key(plugin, owner, after);
                 from.push(0);
                 self.inner.tree.range(from..)
             }
@@ -329,6 +493,12 @@ impl WorkspaceStore {
         let mut usage = self.usage(plugin).map_err(|e| self.unavailable(e))?;
         usage.blobs += 1;
         usage.bytes += data.len() as u64;
+        if usage.blobs > quota.max_blobs {
+            return Err(WorkspaceError::QuotaExceeded(format!(
+                "{} blobs is the plugin's limit (limits.workspace_blobs)",
+                quota.max_blobs
+            )));
+        }
         check_bytes(&usage, quota)?;
         let mut batch = sled::Batch::default();
         batch.insert(k, data);
@@ -400,7 +570,7 @@ impl WorkspaceStore {
         Ok(out)
     }
 
-    /// Every key of `plugin`, all sessions, with its value.
+    /// Every key of `plugin`, all owners, with its value.
     ///
     /// # Errors
     /// [`Error::Workspace`].
@@ -415,11 +585,13 @@ impl WorkspaceStore {
             let Some(split) = rest.iter().position(|&b| b == 0) else {
                 continue;
             };
-            let session = String::from_utf8_lossy(&rest[..split]).into_owned();
+            let Some(owner) = KeyOwner::parse(&rest[..split]) else {
+                continue;
+            };
             let key = String::from_utf8_lossy(&rest[split + 1..]).into_owned();
             out.push((
                 KeyEntry {
-                    session: (!session.is_empty()).then_some(session),
+                    owner,
                     key,
                     size: v.len(),
                 },
@@ -495,6 +667,20 @@ pub fn check_session(session: &str) -> std::result::Result<(), String> {
     Ok(())
 }
 
+fn check_owner(owner: &KeyOwner) -> Result<(), WorkspaceError> {
+    let parts: &[&str] = match owner {
+        KeyOwner::Plugin => &[],
+        KeyOwner::Principal(p) => &[p.as_str()],
+        KeyOwner::Session { principal, session } => &[principal.as_str(), session.as_str()],
+    };
+    if parts.iter().any(|p| p.chars().any(char::is_control)) {
+        return Err(WorkspaceError::Invalid(
+            "principals and sessions have no control characters".into(),
+        ));
+    }
+    Ok(())
+}
+
 fn check_key(key: &str) -> Result<(), WorkspaceError> {
     if key.is_empty() || key.len() > MAX_KEY_BYTES {
         return Err(WorkspaceError::Invalid(format!(
@@ -539,13 +725,13 @@ fn parse_ref(reference: &str) -> Result<[u8; 32], WorkspaceError> {
     Ok(hash)
 }
 
-fn kv_key(plugin: &str, session: Option<&str>, key: &str) -> Vec<u8> {
-    let session = session.unwrap_or("");
-    let mut k = Vec::with_capacity(3 + plugin.len() + session.len() + key.len());
+fn kv_key(plugin: &str, owner: &KeyOwner, key: &str) -> Vec<u8> {
+    let owner = owner.segment();
+    let mut k = Vec::with_capacity(3 + plugin.len() + owner.len() + key.len());
     k.push(KV);
     k.extend_from_slice(plugin.as_bytes());
     k.push(0);
-    k.extend_from_slice(session.as_bytes());
+    k.extend_from_slice(&owner);
     k.push(0);
     k.extend_from_slice(key.as_bytes());
     k
@@ -577,21 +763,79 @@ mod tests {
     const Q: Quota = Quota {
         max_keys: 3,
         max_bytes: 1000,
+        max_blobs: 2,
     };
+    const P: &KeyOwner = &KeyOwner::Plugin;
+
+    fn session(principal: &str, session: &str) -> KeyOwner {
+        KeyScope::Session.owner(principal, Some(session))
+    }
 
     #[test]
-    fn keys_are_scoped_by_plugin_and_session() {
+    fn keys_are_scoped_by_plugin_and_owner() {
         let s = WorkspaceStore::temporary().unwrap();
-        s.set("a", None, "k", b"plugin a", Q).unwrap();
-        s.set("a", Some("s1"), "k", b"session 1", Q).unwrap();
-        assert_eq!(s.get("a", None, "k").unwrap().unwrap(), b"plugin a");
-        assert_eq!(s.get("a", Some("s1"), "k").unwrap().unwrap(), b"session 1");
-        assert_eq!(s.get("a", Some("s2"), "k").unwrap(), None);
-        assert_eq!(s.get("b", None, "k").unwrap(), None);
-        assert_eq!(s.list_keys("a", None, "", None, 10).unwrap(), ["k"]);
-        assert!(s.delete("a", None, "k").unwrap());
-        assert!(!s.delete("a", None, "k").unwrap());
+        let alice_s1 = session("alice", "s1");
+        s.set("a", P, "k", b"plugin a", Q).unwrap();
+        s.set("a", &alice_s1, "k", b"session 1", Q).unwrap();
+        assert_eq!(s.get("a", P, "k").unwrap().unwrap(), b"plugin a");
+        assert_eq!(s.get("a", &alice_s1, "k").unwrap().unwrap(), b"session 1");
+        assert_eq!(s.get("a", &session("alice", "s2"), "k").unwrap(), None);
+        // Another principal naming the same session reaches other keys.
+        assert_eq!(s.get("a", &session("mallory", "s1"), "k").unwrap(), None);
+        let no_session = KeyScope::Session.owner("alice", None);
+        assert_eq!(s.get("a", &no_session, "k").unwrap(), None);
+        assert_eq!(
+            s.get("a", &KeyOwner::Principal("alice".into()), "k")
+                .unwrap(),
+            None
+        );
+        assert_eq!(s.get("b", P, "k").unwrap(), None);
+        assert_eq!(s.list_keys("a", P, "", None, 10).unwrap(), ["k"]);
+        let entries = s.entries("a").unwrap();
+        assert_eq!(entries.len(), 2);
+        assert!(entries.iter().any(|(e, _)| e.owner == alice_s1));
+        assert!(s.delete("a", P, "k").unwrap());
+        assert!(!s.delete("a", P, "k").unwrap());
         assert_eq!(s.usage("a").unwrap().keys, 1);
+    }
+
+    #[test]
+    fn a_principal_with_a_separator_cannot_forge_another_owner() {
+        let s = WorkspaceStore::temporary().unwrap();
+        let forged = KeyOwner::Session {
+            principal: "alice\u{1f}s1".into(),
+            session: String::new(),
+        };
+        assert!(matches!(
+            s.set("a", &forged, "k", b"x", Q),
+            Err(WorkspaceError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn a_store_in_the_old_layout_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = sled::open(dir.path()).unwrap();
+            let tree = db.open_tree("workspace").unwrap();
+            tree.insert(b"kp\0\0k", b"v".to_vec()).unwrap();
+            db.flush().unwrap();
+        }
+        let err = WorkspaceStore::open(dir.path(), Duration::from_secs(5)).unwrap_err();
+        assert!(err.to_string().contains("layout 1"), "{err}");
+    }
+
+    #[test]
+    fn blob_count_is_bounded() {
+        let s = WorkspaceStore::temporary().unwrap();
+        s.put_blob("p", b"one", Q).unwrap();
+        s.put_blob("p", b"two", Q).unwrap();
+        assert!(matches!(
+            s.put_blob("p", b"three", Q),
+            Err(WorkspaceError::QuotaExceeded(m)) if m.contains("workspace_blobs")
+        ));
+        // An existing blob is not a new one.
+        s.put_blob("p", b"one", Q).unwrap();
     }
 
     #[test]
@@ -600,42 +844,37 @@ mod tests {
         let q = Quota {
             max_keys: 100,
             max_bytes: 10_000,
+            max_blobs: 10,
         };
         for k in ["n/1", "n/2", "n/3", "o/1"] {
-            s.set("p", None, k, b"x", q).unwrap();
+            s.set("p", P, k, b"x", q).unwrap();
         }
-        assert_eq!(
-            s.list_keys("p", None, "n/", None, 2).unwrap(),
-            ["n/1", "n/2"]
-        );
-        assert_eq!(
-            s.list_keys("p", None, "n/", Some("n/2"), 2).unwrap(),
-            ["n/3"]
-        );
+        assert_eq!(s.list_keys("p", P, "n/", None, 2).unwrap(), ["n/1", "n/2"]);
+        assert_eq!(s.list_keys("p", P, "n/", Some("n/2"), 2).unwrap(), ["n/3"]);
     }
 
     #[test]
     fn quotas_and_sizes_are_enforced_and_usage_stays_exact() {
         let s = WorkspaceStore::temporary().unwrap();
         for k in ["a", "b", "c"] {
-            s.set("p", None, k, b"1234", Q).unwrap();
+            s.set("p", P, k, b"1234", Q).unwrap();
         }
         assert!(matches!(
-            s.set("p", None, "d", b"x", Q),
+            s.set("p", P, "d", b"x", Q),
             Err(WorkspaceError::QuotaExceeded(_))
         ));
         // Replacing a value does not add a key.
-        s.set("p", None, "a", b"12345678", Q).unwrap();
+        s.set("p", P, "a", b"12345678", Q).unwrap();
         assert!(matches!(
-            s.set("p", None, "a", &[0; 1001], Q),
+            s.set("p", P, "a", &[0; 1001], Q),
             Err(WorkspaceError::QuotaExceeded(_))
         ));
         assert!(matches!(
-            s.set("p", None, "a", &vec![0; MAX_VALUE_BYTES + 1], Q),
+            s.set("p", P, "a", &vec![0; MAX_VALUE_BYTES + 1], Q),
             Err(WorkspaceError::Invalid(_))
         ));
         assert!(matches!(
-            s.set("p", None, "", b"x", Q),
+            s.set("p", P, "", b"x", Q),
             Err(WorkspaceError::Invalid(_))
         ));
         let u = s.usage("p").unwrap();

@@ -42,6 +42,7 @@ use wasmtime::component::{HasData, Linker, ResourceTable};
 use wasmtime_wasi::WasiCtxBuilder;
 
 pub use files::ResolvedFiles;
+pub(crate) use files::{Protected as ProtectedPaths, check_overlaps as check_files_overlaps};
 pub(crate) use http::HttpHooks;
 pub use http::{HttpGrant, HttpScheme, IpRange, Origin, OriginHost};
 pub(crate) use workspace::WorkspaceScope;
@@ -135,6 +136,8 @@ pub struct LimitCeilings {
     pub workspace_keys: Option<u64>,
     /// Workspace space per plugin, in MiB.
     pub workspace_mb: Option<u64>,
+    /// Workspace blobs per plugin.
+    pub workspace_blobs: Option<u64>,
 }
 
 /// The operator's policy: trusted configuration that narrows what any plugin
@@ -162,6 +165,12 @@ pub struct Policy {
     /// Rate limits per principal, plugin and tool.
     #[serde(default)]
     pub rate_limits: crate::ratelimit::RateLimitPolicy,
+    /// The operator's risk class for tools (`"plugin/tool" = "write"`),
+    /// replacing what the manifest declares: a tool its author calls
+    /// `read` gets its approvals, flushed intent and read-only refusal by
+    /// the class the operator gives it.
+    #[serde(default)]
+    pub risk: BTreeMap<String, crate::manifest::Risk>,
     /// Origins plugins may be granted (`http`). `None`: any origin a
     /// manifest lists; `Some(list)`: a manifest origin outside the list fails
     /// to load (an empty list allows none).
@@ -216,6 +225,28 @@ impl Policy {
                 });
             }
         }
+        for tool in self.risk.keys() {
+            if tool.split('/').count() != 2 || tool.split('/').any(str::is_empty) {
+                return Err(Error::Config {
+                    message: format!("policy.risk: `{tool}` is not a `plugin/tool` name"),
+                });
+            }
+        }
+        let a = &self.approvals;
+        for (key, value) in [
+            ("approvals.approved_expiry_s", a.approved_expiry_s),
+            (
+                "approvals.max_pending_per_principal",
+                a.max_pending_per_principal,
+            ),
+            ("approvals.sweep_interval_s", a.sweep_interval_s),
+        ] {
+            if value == 0 {
+                return Err(Error::Config {
+                    message: format!("policy.{key} must be at least 1"),
+                });
+            }
+        }
         http::TlsClient::new(&self.http_ca_certs)?;
         self.rate_limits
             .validate()
@@ -244,12 +275,35 @@ pub struct EffectiveGrant {
     pub files: Vec<ResolvedFiles>,
     /// Workspace access.
     pub workspace: Option<crate::manifest::FileAccess>,
+    /// Whose workspace keys a call reaches.
+    pub workspace_scope: crate::workspace::KeyScope,
     /// Outgoing HTTP: origins, the operator's address exceptions, limits.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpGrant>,
 }
 
 impl EffectiveGrant {
+    /// The grants through which a call could change something: read-write
+    /// files, a read-write workspace, outgoing HTTP. Empty when the plugin
+    /// can only read.
+    pub fn write_capable(&self) -> Vec<&'static str> {
+        let mut out = Vec::new();
+        if self
+            .files
+            .iter()
+            .any(|f| f.access == crate::manifest::FileAccess::ReadWrite)
+        {
+            out.push("files read-write");
+        }
+        if self.workspace == Some(crate::manifest::FileAccess::ReadWrite) {
+            out.push("workspace read-write");
+        }
+        if self.http.is_some() {
+            out.push("http");
+        }
+        out
+    }
+
     /// Whether `capability` is granted.
     pub fn has(&self, capability: Capability) -> bool {
         match capability {
@@ -308,6 +362,7 @@ pub fn effective(
         env_missing,
         files: files::resolve(plugin, &caps.files, policy, plugin_dir)?,
         workspace: caps.workspace,
+        workspace_scope: caps.workspace_scope.unwrap_or_default(),
         http: http::resolve(plugin, &caps.http, policy)?,
     })
 }
@@ -449,15 +504,18 @@ pub(crate) fn linker(
     Ok(linker)
 }
 
-/// Configure a call's WASI context for `grant`.
+/// Configure a call's WASI context for `grant`; with `read_only` (the
+/// host's read-only mode, and while listing tools) every write-capable
+/// grant is narrowed to reading.
 pub(crate) fn configure(
     builder: &mut WasiCtxBuilder,
     grant: &EffectiveGrant,
+    read_only: bool,
 ) -> wasmtime::Result<()> {
     env::configure(builder, grant);
     clocks::configure(builder, grant);
     random::configure(builder, grant);
-    files::configure(builder, grant)
+    files::configure(builder, grant, read_only)
 }
 
 pub(crate) use stdio::collect as collect_stdio;

@@ -1,14 +1,15 @@
 //! `workspace`: the plugin's key-value state and blobs through
-//! `airlock:plugin/workspace`, scoped to the plugin (and the caller's
-//! session for keys), bounded by quotas, read-only unless granted
-//! `read-write`. Linked only when granted.
+//! `airlock:plugin/workspace`, scoped to the plugin and, for keys, to the
+//! owner the host derives from the manifest's `workspace_scope` and the
+//! call's principal (see [`crate::workspace`]), bounded by quotas,
+//! read-only unless granted `read-write`. Linked only when granted.
 
 use wasmtime::component::{HasSelf, Linker};
 
 use super::EffectiveGrant;
 use crate::bindings::airlock::plugin::workspace as wit;
 use crate::state::CallState;
-use crate::workspace::{Quota, WorkspaceError, WorkspaceStore};
+use crate::workspace::{KeyOwner, Quota, WorkspaceError, WorkspaceStore};
 
 pub(super) fn link(linker: &mut Linker<CallState>, grant: &EffectiveGrant) -> wasmtime::Result<()> {
     if grant.workspace.is_some() {
@@ -22,7 +23,7 @@ pub(super) fn link(linker: &mut Linker<CallState>, grant: &EffectiveGrant) -> wa
 pub(crate) struct WorkspaceScope {
     pub(crate) store: WorkspaceStore,
     pub(crate) plugin: String,
-    pub(crate) session: Option<String>,
+    pub(crate) owner: KeyOwner,
     pub(crate) writable: bool,
     pub(crate) quota: Quota,
     /// Whether the call wrote anything (flushed before its result returns).
@@ -63,18 +64,17 @@ impl CallState {
 impl wit::Host for CallState {
     fn get(&mut self, key: String) -> WitResult<Option<Vec<u8>>> {
         let s = self.scope()?;
-        Ok(s.store.get(&s.plugin, s.session.as_deref(), &key)?)
+        Ok(s.store.get(&s.plugin, &s.owner, &key)?)
     }
 
     fn set(&mut self, key: String, value: Vec<u8>) -> WitResult<()> {
         let s = self.writable_scope()?;
-        Ok(s.store
-            .set(&s.plugin, s.session.as_deref(), &key, &value, s.quota)?)
+        Ok(s.store.set(&s.plugin, &s.owner, &key, &value, s.quota)?)
     }
 
     fn delete(&mut self, key: String) -> WitResult<bool> {
         let s = self.writable_scope()?;
-        Ok(s.store.delete(&s.plugin, s.session.as_deref(), &key)?)
+        Ok(s.store.delete(&s.plugin, &s.owner, &key)?)
     }
 
     fn list_keys(
@@ -84,13 +84,8 @@ impl wit::Host for CallState {
         limit: u32,
     ) -> WitResult<Vec<String>> {
         let s = self.scope()?;
-        Ok(s.store.list_keys(
-            &s.plugin,
-            s.session.as_deref(),
-            &prefix,
-            start_after.as_deref(),
-            limit,
-        )?)
+        Ok(s.store
+            .list_keys(&s.plugin, &s.owner, &prefix, start_after.as_deref(), limit)?)
     }
 
     fn put_blob(&mut self, data: Vec<u8>) -> WitResult<String> {

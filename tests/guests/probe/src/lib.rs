@@ -126,7 +126,54 @@ pub fn print(args: TextArg, _: &Context) -> Result<Done, ToolError> {
     Ok(Done { done: true })
 }
 
+#[derive(Deserialize, JsonSchema)]
+pub struct SwapArg {
+    /// Guest path of a preopened directory (e.g. `/shared`).
+    pub preopen: String,
+    /// A directory directly inside it.
+    pub name: String,
+    /// What the symbolic link put in its place points to.
+    pub target: String,
+}
+
+/// The symlink-swap attack, done with raw WASI calls through a preopen:
+/// move `name` aside (`rename-at`, or `remove-directory-at` when that
+/// fails) and put a symbolic link to `target` in its place (`symlink-at`).
+pub fn swap_for_symlink(args: SwapArg, _: &Context) -> Result<Text, ToolError> {
+    #[cfg(target_arch = "wasm32")]
+    {
+        use wasi::filesystem::preopens::get_directories;
+        let dirs = get_directories();
+        let Some((dir, _)) = dirs.iter().find(|(_, path)| *path == args.preopen) else {
+            return Err(ToolError::Failed(format!("no preopen {}", args.preopen)));
+        };
+        let moved = format!("{}.moved", args.name);
+        let aside = match dir.rename_at(&args.name, dir, &moved) {
+            Ok(()) => "renamed".to_owned(),
+            Err(e) => match dir.remove_directory_at(&args.name) {
+                Ok(()) => "removed".to_owned(),
+                Err(e2) => {
+                    return Err(ToolError::Failed(format!(
+                        "rename-at: {e:?}; remove-directory-at: {e2:?}"
+                    )));
+                }
+            },
+        };
+        dir.symlink_at(&args.target, &args.name)
+            .map_err(|e| ToolError::Failed(format!("symlink-at: {e:?}")))?;
+        Ok(Text {
+            text: format!("{aside}; linked {} -> {}", args.name, args.target),
+        })
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let _ = args;
+        Err(ToolError::Failed("only in the sandbox".into()))
+    }
+}
+
 plugin! {
+    "swap-for-symlink" => swap_for_symlink: "Replace a directory inside a preopen by a symbolic link (rename-at or remove-directory-at, then symlink-at).",
     "read-file" => read_file: "Read a file.",
     "write-file" => write_file: "Write a file.",
     "list-dir" => list_dir: "List a directory.",

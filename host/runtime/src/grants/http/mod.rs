@@ -122,6 +122,8 @@ pub(super) fn link(
 /// requests were sent, and what was refused.
 pub(crate) struct HttpHooks {
     grant: Option<Arc<HttpGrant>>,
+    /// The host is in read-only mode: only safe methods are sent.
+    read_only: bool,
     deadline: Instant,
     sent: u64,
     notes: Arc<Mutex<Vec<String>>>,
@@ -137,9 +139,10 @@ impl std::fmt::Debug for HttpHooks {
 
 impl HttpHooks {
     /// Hooks for one call that must finish by `deadline`.
-    pub(crate) fn new(grant: Option<&HttpGrant>, deadline: Instant) -> HttpHooks {
+    pub(crate) fn new(grant: Option<&HttpGrant>, deadline: Instant, read_only: bool) -> HttpHooks {
         HttpHooks {
             grant: grant.map(|g| Arc::new(g.clone())),
+            read_only,
             deadline,
             sent: 0,
             notes: Arc::default(),
@@ -226,6 +229,20 @@ impl WasiHttpHooks for HttpHooks {
                 &self.notes,
                 &target,
                 "refused: CONNECT (tunnels) is not allowed".to_owned(),
+            );
+            return refused(E::HttpRequestMethodInvalid);
+        }
+        if self.read_only
+            && ![http::Method::GET, http::Method::HEAD, http::Method::OPTIONS]
+                .contains(request.method())
+        {
+            note(
+                &self.notes,
+                &target,
+                format!(
+                    "refused: {} while the host is in read-only mode (only GET, HEAD and OPTIONS are sent)",
+                    request.method()
+                ),
             );
             return refused(E::HttpRequestMethodInvalid);
         }
