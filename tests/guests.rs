@@ -211,6 +211,33 @@ async fn deep_recursion_overflows_the_guest_stack_not_the_host() {
 }
 
 #[tokio::test]
+async fn guest_log_flood_of_empty_lines_is_bounded() {
+    // Empty lines cost no log bytes, so only a bound on their count keeps
+    // them from growing the host (millions of them took gigabytes).
+    let dir = misbehave_plugin("timeout_ms = 30_000");
+    let host = host_with(&dir).await;
+    let flood = call(&host, "log-flood", json!({"lines": 200_000, "size": 0}))
+        .await
+        .unwrap();
+    // The default bound: 1,000 lines.
+    assert_eq!(flood.logs.len(), 1_000);
+    assert_eq!(flood.logs_dropped, 199_000);
+
+    // The operator's `log_max_lines` sets the bound.
+    let policy = airlock_host::Policy {
+        log_max_lines: Some(10),
+        ..airlock_host::Policy::default()
+    };
+    let host = Host::new(HostConfig::default().policy(policy)).unwrap();
+    host.load_plugin(dir.path()).await.unwrap();
+    let flood = call(&host, "log-flood", json!({"lines": 5_000, "size": 0}))
+        .await
+        .unwrap();
+    assert_eq!(flood.logs.len(), 10);
+    assert_eq!(flood.logs_dropped, 4_990);
+}
+
+#[tokio::test]
 async fn a_guest_looping_on_host_calls_is_stopped_and_its_log_stays_bounded() {
     let dir = misbehave_plugin("fuel = 20_000_000\ntimeout_ms = 10_000");
     let host = host_with(&dir).await;

@@ -18,6 +18,10 @@ pub const DEFAULT_MEMORY_MB: u64 = 64;
 pub const DEFAULT_MAX_OUTPUT_KB: u64 = 1024;
 /// Log bytes kept per call; lines past it are dropped and counted.
 pub const DEFAULT_MAX_LOG_BYTES: usize = 64 * 1024;
+/// Log lines kept per call (policy `log_max_lines`), whatever their size:
+/// lines past it, empty ones included, are dropped and counted. Guest
+/// stdout/stderr lines and the host's own `host: …` lines count too.
+pub const DEFAULT_MAX_LOG_LINES: u64 = 1_000;
 /// Bytes kept per log line.
 pub const MAX_LOG_LINE_BYTES: usize = 4 * 1024;
 /// Bytes of guest stderr kept per call (panic messages land here).

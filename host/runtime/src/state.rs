@@ -50,24 +50,35 @@ pub struct LogLine {
     pub message: String,
 }
 
-/// The log lines of one call, bounded in bytes.
+/// The log lines of one call, bounded in bytes and in count.
+///
+/// # Security
+/// The count bound matters as much as the byte bound: an empty line costs
+/// no bytes but a whole `LogLine` of memory, so a guest logging empty lines
+/// in a loop would otherwise grow the host without limit.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct LogSink {
     pub(crate) lines: Vec<LogLine>,
     pub(crate) bytes: usize,
     pub(crate) dropped: u64,
     pub(crate) max_bytes: usize,
+    pub(crate) max_lines: usize,
 }
 
 impl LogSink {
-    pub(crate) fn new(max_bytes: usize) -> LogSink {
+    pub(crate) fn new(max_bytes: usize, max_lines: usize) -> LogSink {
         LogSink {
             max_bytes,
+            max_lines,
             ..LogSink::default()
         }
     }
 
     pub(crate) fn push(&mut self, level: LogLevel, mut message: String) {
+        if self.lines.len() >= self.max_lines {
+            self.dropped = self.dropped.saturating_add(1);
+            return;
+        }
         if message.len() > limits::MAX_LOG_LINE_BYTES {
             let mut cut = limits::MAX_LOG_LINE_BYTES;
             while !message.is_char_boundary(cut) {
@@ -77,7 +88,7 @@ impl LogSink {
             message.push_str("…[truncated]");
         }
         if self.bytes + message.len() > self.max_bytes {
-            self.dropped += 1;
+            self.dropped = self.dropped.saturating_add(1);
             return;
         }
         self.bytes += message.len();
@@ -193,7 +204,7 @@ impl CallState {
                 table_elements: limits::MAX_TABLE_ELEMENTS,
                 hit: false,
             },
-            log: LogSink::new(limits::DEFAULT_MAX_LOG_BYTES),
+            log: LogSink::new(limits::DEFAULT_MAX_LOG_BYTES, grant.log_max_lines()),
             stdout,
             stderr,
             workspace,
@@ -262,7 +273,7 @@ mod tests {
 
     #[test]
     fn log_sink_is_bounded_and_counts_drops() {
-        let mut sink = LogSink::new(10_000);
+        let mut sink = LogSink::new(10_000, 1_000);
         sink.push(LogLevel::Info, "x".repeat(limits::MAX_LOG_LINE_BYTES * 2));
         assert!(sink.lines[0].message.len() < limits::MAX_LOG_LINE_BYTES + 20);
         assert!(sink.lines[0].message.ends_with("[truncated]"));
@@ -274,8 +285,18 @@ mod tests {
     }
 
     #[test]
+    fn empty_lines_are_bounded_by_count() {
+        let mut sink = LogSink::new(10_000, 3);
+        for _ in 0..1_000 {
+            sink.push(LogLevel::Info, String::new());
+        }
+        assert_eq!(sink.lines.len(), 3);
+        assert_eq!(sink.dropped, 997);
+    }
+
+    #[test]
     fn truncation_respects_utf8_boundaries() {
-        let mut sink = LogSink::new(100_000);
+        let mut sink = LogSink::new(100_000, 1_000);
         sink.push(LogLevel::Warn, "é".repeat(limits::MAX_LOG_LINE_BYTES));
         assert!(sink.lines[0].message.starts_with('é'));
     }
