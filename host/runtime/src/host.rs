@@ -13,6 +13,7 @@ use crate::engine::{EpochTicker, InstanceAllocation, SharedEngine};
 use crate::error::{Error, Result};
 use crate::gate::ModeWatch;
 use crate::grants::{Policy, WorkspaceScope};
+use crate::identifiers;
 use crate::ledger::{LEDGER_DIR, Ledger};
 use crate::manifest::FileAccess;
 use crate::manifest::MANIFEST_FILE;
@@ -407,7 +408,9 @@ impl Host {
     /// Run one tool call through the pipeline.
     ///
     /// # Errors
-    /// Refusals, before the guest runs: [`Error::BadToolReference`],
+    /// Refusals, before the guest runs: [`Error::InvalidIdentifier`] and
+    /// [`Error::InvalidSession`] (checked first, before anything is
+    /// recorded), [`Error::BadToolReference`],
     /// [`Error::UnknownPlugin`], [`Error::UnknownTool`],
     /// [`Error::ArgumentsTooLarge`], [`Error::ArgumentsNotJson`],
     /// [`Error::ArgumentsNotObject`], [`Error::ArgumentsInvalid`] (every
@@ -423,6 +426,25 @@ impl Host {
     /// guest memory.
     pub async fn call(&self, request: CallRequest) -> Result<CallResponse> {
         let call_id = new_call_id();
+        // 0. Identifiers, before any of them is recorded: a refusal's
+        // record carries only bounded, escaped, marked forms.
+        if let Err(error) = identifiers::check(&request) {
+            let trace_id = request
+                .trace_id
+                .as_deref()
+                .map_or_else(|| call_id.clone(), identifiers::trace_id_for_record);
+            let mut record = CallRecord::new(
+                &self.audit,
+                &call_id,
+                &trace_id,
+                &identifiers::principal_for_record(&request.principal),
+                &request.tool,
+            );
+            if request.arguments.len() <= self.config.max_argument_bytes {
+                record.arguments(&request.arguments, None);
+            }
+            return Err(record.refused(error).await);
+        }
         let trace_id = request.trace_id.clone().unwrap_or_else(|| call_id.clone());
         let mut record = CallRecord::new(
             &self.audit,
@@ -464,11 +486,6 @@ impl Host {
             }
         };
         record.arguments(&request.arguments, Some(&arguments));
-        if let Some(session) = &request.session
-            && let Err(message) = crate::workspace::check_session(session)
-        {
-            return Err(record.refused(Error::InvalidSession { message }).await);
-        }
         // 4. Idempotency: claim the key, or replay the first outcome.
         match self
             .claim_key(&request, plugin, tool, &record, &call_id)

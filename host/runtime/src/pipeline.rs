@@ -46,9 +46,10 @@ pub struct CallRequest {
     pub tool: String,
     /// The arguments: a JSON object, as text.
     pub arguments: String,
-    /// Who the call runs for.
+    /// Who the call runs for (1–256 bytes, no control characters).
     pub principal: String,
-    /// Correlation id from the caller; generated when absent.
+    /// Correlation id from the caller (1–128 bytes of visible ASCII);
+    /// generated when absent.
     pub trace_id: Option<String>,
     /// The caller's session: workspace keys are scoped to it (1–128 bytes,
     /// no control characters). Without one, keys are shared by all calls of
