@@ -96,23 +96,61 @@ impl LogSink {
     }
 }
 
-/// Memory and table limits for one instance. Records which limit was hit so a
-/// resulting trap can be reported as a memory-limit failure.
+/// Memory and table limits for one instance, over all of its memories and
+/// tables. Records which limit was hit so a resulting trap can be reported
+/// as a memory-limit failure.
+///
+/// # Security
+/// A component may define several memories (and tables): each growth is
+/// charged against the instance's one budget, so sixteen memories do not
+/// get sixteen times the limit. The store holds one component instance
+/// per call, so the store's total is the instance's. A growth allowed here
+/// that then fails stays charged: the budget errs towards refusing.
 #[derive(Debug)]
 pub(crate) struct CallLimiter {
     memory_bytes: usize,
     table_elements: usize,
+    /// Bytes of linear memory over every memory of the instance.
+    memory_used: usize,
+    /// Elements over every table of the instance.
+    table_used: usize,
     pub(crate) hit: bool,
+}
+
+impl CallLimiter {
+    pub(crate) fn new(memory_bytes: usize, table_elements: usize) -> CallLimiter {
+        CallLimiter {
+            memory_bytes,
+            table_elements,
+            memory_used: 0,
+            table_used: 0,
+            hit: false,
+        }
+    }
+}
+
+/// Charge growth from `current` to `desired` against `used` of `budget`;
+/// `false` (and nothing charged) when it does not fit.
+fn charge(used: &mut usize, budget: usize, current: usize, desired: usize) -> bool {
+    let grown = used.saturating_add(desired.saturating_sub(current));
+    if grown > budget {
+        return false;
+    }
+    *used = grown;
+    true
 }
 
 impl ResourceLimiter for CallLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let allowed = desired <= self.memory_bytes && maximum.is_none_or(|m| desired <= m);
+        // Called with `current == 0` when a memory is created, so initial
+        // sizes are charged too.
+        let allowed = maximum.is_none_or(|m| desired <= m)
+            && charge(&mut self.memory_used, self.memory_bytes, current, desired);
         if !allowed {
             self.hit = true;
         }
@@ -121,11 +159,12 @@ impl ResourceLimiter for CallLimiter {
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let allowed = desired <= self.table_elements && maximum.is_none_or(|m| desired <= m);
+        let allowed = maximum.is_none_or(|m| desired <= m)
+            && charge(&mut self.table_used, self.table_elements, current, desired);
         if !allowed {
             self.hit = true;
         }
@@ -199,11 +238,7 @@ impl CallState {
                 table.set_max_capacity(limits::MAX_RESOURCES);
                 table
             },
-            limiter: CallLimiter {
-                memory_bytes: limits.memory_bytes(),
-                table_elements: limits::MAX_TABLE_ELEMENTS,
-                hit: false,
-            },
+            limiter: CallLimiter::new(limits.memory_bytes(), limits::MAX_TABLE_ELEMENTS),
             log: LogSink::new(limits::DEFAULT_MAX_LOG_BYTES, grant.log_max_lines()),
             stdout,
             stderr,
@@ -292,6 +327,55 @@ mod tests {
         }
         assert_eq!(sink.lines.len(), 3);
         assert_eq!(sink.dropped, 997);
+    }
+
+    /// Two memories of one instance share its limit: each may stay under
+    /// it while their sum may not.
+    #[test]
+    fn memory_is_limited_per_instance_not_per_memory() {
+        const PAGE: usize = 64 << 10;
+        let engine = wasmtime::Engine::default();
+        let module = wasmtime::Module::new(
+            &engine,
+            r#"(module
+                (memory 1) (memory 1)
+                (func (export "grow") (param i32 i32) (result i32)
+                  (memory.grow 0 (local.get 0)) drop
+                  (memory.grow 1 (local.get 1))))"#,
+        )
+        .unwrap();
+        let mut store = Store::new(&engine, CallLimiter::new(64 * PAGE, 1_000));
+        store.limiter(|l| l);
+        let instance = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
+        assert_eq!(
+            store.data().memory_used,
+            2 * PAGE,
+            "initial sizes are charged"
+        );
+        let grow = instance
+            .get_typed_func::<(i32, i32), i32>(&mut store, "grow")
+            .unwrap();
+        // 41 + 1 pages, then 41 + 41: each memory alone is under 64 pages,
+        // the instance is not.
+        assert_eq!(grow.call(&mut store, (40, 0)).unwrap(), 1);
+        assert!(!store.data().hit);
+        assert_eq!(grow.call(&mut store, (0, 40)).unwrap(), -1);
+        assert!(store.data().hit);
+        assert_eq!(store.data().memory_used, 42 * PAGE);
+        // What is left still fits.
+        assert_eq!(grow.call(&mut store, (0, 22)).unwrap(), 1);
+        assert_eq!(store.data().memory_used, 64 * PAGE);
+    }
+
+    #[test]
+    fn tables_are_limited_per_instance_not_per_table() {
+        let mut limiter = CallLimiter::new(0, 100);
+        assert!(limiter.table_growing(0, 60, None).unwrap());
+        assert!(!limiter.table_growing(0, 60, None).unwrap());
+        assert!(limiter.hit);
+        assert!(limiter.table_growing(0, 40, Some(50)).unwrap());
+        assert!(!limiter.table_growing(40, 41, None).unwrap());
+        assert_eq!(limiter.table_used, 100);
     }
 
     #[test]
