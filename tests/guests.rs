@@ -350,6 +350,55 @@ async fn dup_tools() {
 }
 
 #[tokio::test]
+async fn one_plugin_cannot_hold_every_instance_slot_of_the_pool() {
+    // A pool of two instances: each plugin may hold one. `hog`'s calls
+    // spin for 4 s; `good`'s wait at most 1 s for a slot.
+    let plugin = |name: &str, limits: &str| {
+        install(
+            name,
+            &read(MISBEHAVE),
+            &format!(
+                "[capabilities]\nlog = true\n\n[limits]\n{limits}\n\n[[tools]]\nname = \"spin\"\nrisk = \"read\"\n\n[[tools]]\nname = \"echo\"\nrisk = \"read\"\n"
+            ),
+        )
+    };
+    let hog = plugin("hog", "fuel = 1_000_000_000_000_000\ntimeout_ms = 4_000");
+    let good = plugin("good", "timeout_ms = 1_000");
+    let host = Host::new(HostConfig::default().max_instances(2)).unwrap();
+    if !matches!(
+        host.instance_allocation(),
+        airlock_host::InstanceAllocation::Pooling { .. }
+    ) {
+        eprintln!("no instance pool on this machine; nothing to share");
+        return;
+    }
+    host.load_plugin(hog.path()).await.unwrap();
+    host.load_plugin(good.path()).await.unwrap();
+    let host = std::sync::Arc::new(host);
+    let hogs: Vec<_> = (0..2)
+        .map(|_| {
+            let host = std::sync::Arc::clone(&host);
+            tokio::spawn(async move { host.call(CallRequest::new("hog/spin", "{}")).await })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    for i in 0..3 {
+        let ok = host
+            .call(CallRequest::new("good/echo", json!({"i": i}).to_string()))
+            .await
+            .unwrap();
+        assert_eq!(ok.output["i"], i);
+    }
+    for task in hogs {
+        let err = task.await.unwrap().unwrap_err();
+        assert!(
+            ["deadline_exceeded", "plugin_busy"].contains(&err.kind()),
+            "{err}"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_cancelled_call_stops_the_guest_and_frees_its_slot() {
     // One instance at a time and a long deadline: a guest left spinning
     // would hold the only slot for a minute and the next call would wait

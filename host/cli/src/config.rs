@@ -18,6 +18,7 @@ struct ConfigFile {
     cache_dir: Option<PathBuf>,
     max_argument_bytes: Option<usize>,
     max_instances: Option<u32>,
+    max_instances_per_plugin: Option<u32>,
     principal: Option<String>,
     policy: Option<airlock_host::Policy>,
     audit: Option<AuditConfig>,
@@ -86,6 +87,7 @@ pub struct Settings {
     pub cache_dir: PathBuf,
     pub max_argument_bytes: usize,
     pub max_instances: u32,
+    pub max_instances_per_plugin: Option<u32>,
     pub principal: String,
     pub policy: airlock_host::Policy,
     pub audit: AuditConfig,
@@ -151,6 +153,9 @@ impl Settings {
             if file.max_instances.is_some() {
                 layer.max_instances = file.max_instances;
             }
+            if file.max_instances_per_plugin.is_some() {
+                layer.max_instances_per_plugin = file.max_instances_per_plugin;
+            }
             if file.principal.is_some() {
                 layer.principal = file.principal;
             }
@@ -206,6 +211,10 @@ impl Settings {
             max_instances: layer
                 .max_instances
                 .unwrap_or(airlock_host::DEFAULT_MAX_INSTANCES),
+            max_instances_per_plugin: match layer.max_instances_per_plugin {
+                Some(0) => bail!("max_instances_per_plugin must be at least 1"),
+                other => other,
+            },
             principal,
             policy: layer.policy.unwrap_or_default(),
             audit: check_audit(layer.audit.unwrap_or_default())?,

@@ -50,6 +50,11 @@ pub struct HostConfig {
     /// `host_busy`). 0 turns the pool off: each instance is allocated on
     /// demand.
     pub max_instances: u32,
+    /// Pool instances one plugin may hold at once (its calls beyond it wait
+    /// until their deadline, then get `plugin_busy`), so one plugin cannot
+    /// starve the others. `None`: half of `max_instances` (at least 1).
+    /// Its memories and tables are bounded to the same fraction of theirs.
+    pub max_instances_per_plugin: Option<u32>,
 }
 
 impl Default for HostConfig {
@@ -61,6 +66,7 @@ impl Default for HostConfig {
             data_dir: None,
             audit: AuditConfig::default(),
             max_instances: crate::engine::DEFAULT_MAX_INSTANCES,
+            max_instances_per_plugin: None,
         }
     }
 }
@@ -94,6 +100,12 @@ impl HostConfig {
     /// pool).
     pub fn max_instances(mut self, instances: u32) -> HostConfig {
         self.max_instances = instances;
+        self
+    }
+
+    /// Let one plugin hold at most `instances` of the pool's instances.
+    pub fn max_instances_per_plugin(mut self, instances: u32) -> HostConfig {
+        self.max_instances_per_plugin = Some(instances);
         self
     }
 
@@ -230,7 +242,16 @@ impl Host {
         };
         let mode = ModeWatch::new(config.data_dir.as_deref());
         let memory_ceiling_mb = config.policy.limits.memory_mb;
-        let engine = SharedEngine::new(config.max_instances, memory_ceiling_mb)?;
+        if config.max_instances_per_plugin == Some(0) {
+            return Err(Error::Config {
+                message: "max_instances_per_plugin must be at least 1".to_owned(),
+            });
+        }
+        let engine = SharedEngine::new(
+            config.max_instances,
+            config.max_instances_per_plugin,
+            memory_ceiling_mb,
+        )?;
         tracing::debug!(allocation = %engine.allocation(), "engine ready");
         let cache = config
             .cache_dir

@@ -264,8 +264,9 @@ async fn run_tool_inner(
         tool: tool_id.clone(),
         ran,
     };
-    // Per-plugin concurrency cap: wait for a slot at most as long as the call
-    // itself may run.
+    // Per-plugin concurrency cap (`max_concurrency`, or the plugin's share
+    // of the instance pool when smaller): wait for a slot at most as long as
+    // the call itself may run.
     let slot = tokio::time::timeout(limits.timeout(), plugin.slots.acquire());
     let _permit = unless_cancelled(cancel, slot)
         .await
@@ -274,7 +275,7 @@ async fn run_tool_inner(
         .and_then(|permit| permit.ok())
         .ok_or_else(|| Error::PluginBusy {
             plugin: plugin.name().to_owned(),
-            limit: limits.max_concurrency.value,
+            limit: plugin.slots_limit,
         })?;
     // A slot of the host's instance pool, until the same deadline.
     let pool = engine.admit(plugin.pool_needs, started + limits.timeout());
