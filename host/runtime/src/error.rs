@@ -258,9 +258,11 @@ pub enum Error {
         hint: String,
     },
 
-    /// The manifest asks for a limit above the operator's ceiling.
+    /// The manifest asks for a limit above its ceiling: the operator's
+    /// (`[policy.limits]`), or the host's built-in one where the operator
+    /// sets none.
     #[error(
-        "plugin `{plugin}` asks for {limit} = {asked}, above the operator's ceiling of {ceiling}"
+        "plugin `{plugin}` asks for {limit} = {asked}, above the ceiling of {ceiling} (the operator sets ceilings in [policy.limits])"
     )]
     LimitAboveCeiling {
         /// Plugin name.
@@ -269,7 +271,7 @@ pub enum Error {
         limit: &'static str,
         /// What the manifest asks for.
         asked: u64,
-        /// The policy's ceiling.
+        /// The ceiling: the policy's, or the built-in one.
         ceiling: u64,
     },
 

@@ -241,7 +241,14 @@ impl Host {
             None => Ledger::temporary()?,
         };
         let mode = ModeWatch::new(config.data_dir.as_deref());
-        let memory_ceiling_mb = config.policy.limits.memory_mb;
+        // No plugin may ask for more, so no pool slot needs to hold more.
+        let memory_ceiling_mb = Some(
+            config
+                .policy
+                .limits
+                .memory_mb
+                .unwrap_or(crate::limits::CEILING_MEMORY_MB),
+        );
         if config.max_instances_per_plugin == Some(0) {
             return Err(Error::Config {
                 message: "max_instances_per_plugin must be at least 1".to_owned(),
