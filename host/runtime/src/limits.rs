@@ -70,6 +70,10 @@ pub const DEFAULT_HTTP_CONNECT_TIMEOUT_MS: u64 = 5_000;
 /// Default wait for a response to start, and between two chunks of its
 /// body. Always cut short by the call's deadline.
 pub const DEFAULT_HTTP_FIRST_BYTE_TIMEOUT_MS: u64 = 10_000;
+/// Default cap on blocking DNS lookups in flight at once, over every
+/// plugin (policy `http_max_dns_lookups`); requests past it wait within
+/// their connect timeout, then get `DNS-timeout`.
+pub const DEFAULT_HTTP_MAX_DNS_LOOKUPS: u64 = 8;
 /// Most resolved addresses one request tries to connect to.
 pub const HTTP_MAX_ADDRESSES: usize = 8;
 /// Read buffer per HTTP connection; also the largest response head accepted.

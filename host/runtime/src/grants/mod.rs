@@ -193,6 +193,10 @@ pub struct Policy {
     /// (default [`crate::limits::DEFAULT_HTTP_FIRST_BYTE_TIMEOUT_MS`]).
     #[serde(default)]
     pub http_first_byte_timeout_ms: Option<u64>,
+    /// Blocking DNS lookups in flight at once over every plugin (default
+    /// [`crate::limits::DEFAULT_HTTP_MAX_DNS_LOOKUPS`]).
+    #[serde(default)]
+    pub http_max_dns_lookups: Option<u64>,
     /// Log lines kept per call, empty ones included (default
     /// [`crate::limits::DEFAULT_MAX_LOG_LINES`]); lines past it are
     /// counted as dropped.
@@ -215,6 +219,7 @@ impl Policy {
                 "http_first_byte_timeout_ms",
                 self.http_first_byte_timeout_ms,
             ),
+            ("http_max_dns_lookups", self.http_max_dns_lookups),
             ("log_max_lines", self.log_max_lines),
         ] {
             if value == Some(0) {
