@@ -327,6 +327,35 @@ mod tests {
     }
 
     #[test]
+    fn resource_bounds_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("airlock.toml");
+        std::fs::write(
+            &path,
+            "max_instances_per_plugin = 3\n[policy]\nlog_max_lines = 50\nhttp_max_dns_lookups = 2\n",
+        )
+        .unwrap();
+        let s = Settings::load(Overrides {
+            config: Some(path.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.max_instances_per_plugin, Some(3));
+        assert_eq!(s.policy.log_max_lines, Some(50));
+        assert_eq!(s.policy.http_max_dns_lookups, Some(2));
+        std::fs::write(&path, "max_instances_per_plugin = 0\n").unwrap();
+        let err = Settings::load(Overrides {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("max_instances_per_plugin"),
+            "{err:#}"
+        );
+    }
+
+    #[test]
     fn unknown_keys_are_rejected() {
         let err = parse("plugin_dir = \"x\"", "test").unwrap_err();
         assert!(
