@@ -307,3 +307,53 @@ fn a_host_killed_mid_stream_leaves_a_log_that_verifies() {
         .count();
     assert_eq!(started, finished);
 }
+
+#[tokio::test]
+async fn a_megabyte_trace_id_is_refused_before_it_is_recorded() {
+    let data = tempfile::tempdir().unwrap();
+    let plugin = misbehave(&[("echo", "read", "")]);
+    let host = host_in(data.path(), &plugin).await;
+    let huge = "t".repeat(1 << 20);
+    let err = host
+        .call(CallRequest::new("misbehave/echo", "{}").trace_id(huge.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), "invalid_trace_id", "{err}");
+    assert_eq!(err.class(), airlock_host::ErrorClass::Refused);
+    assert!(err.to_string().len() < 200, "{err}");
+
+    // An invalid idempotency key and principal: the same, and neither is
+    // recorded whole.
+    let err = host
+        .call(CallRequest::new("misbehave/echo", "{}").idempotency_key(huge.clone()))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), "invalid_idempotency_key", "{err}");
+    let err = host
+        .call(CallRequest::new("misbehave/echo", "{}").principal(format!("\u{1b}[2K{huge}")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), "invalid_principal", "{err}");
+
+    let rows = records(&host);
+    assert_eq!(rows.len(), 3, "{rows:#?}");
+    for row in &rows {
+        let e = &row.entry;
+        assert_eq!(e.event, Event::CallRefused);
+        assert!(e.outcome.as_deref().unwrap().starts_with("invalid_"));
+        assert!(e.idempotency_key.is_none());
+        let whole = serde_json::to_string(e).unwrap();
+        assert!(whole.len() < 4096, "record of {} bytes", whole.len());
+        assert!(!whole.contains('\u{1b}'));
+    }
+    let trace = rows[0].entry.trace_id.as_deref().unwrap();
+    assert!(
+        trace.len() <= 128 && trace.starts_with("[invalid, 1048576 bytes]"),
+        "{trace}"
+    );
+    let principal = rows[2].entry.principal.as_deref().unwrap();
+    assert!(
+        principal.starts_with("[invalid, 1048580 bytes] \\u{1b}[2K"),
+        "{principal}"
+    );
+}

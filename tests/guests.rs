@@ -211,6 +211,33 @@ async fn deep_recursion_overflows_the_guest_stack_not_the_host() {
 }
 
 #[tokio::test]
+async fn guest_log_flood_of_empty_lines_is_bounded() {
+    // Empty lines cost no log bytes, so only a bound on their count keeps
+    // them from growing the host (millions of them took gigabytes).
+    let dir = misbehave_plugin("timeout_ms = 30_000");
+    let host = host_with(&dir).await;
+    let flood = call(&host, "log-flood", json!({"lines": 200_000, "size": 0}))
+        .await
+        .unwrap();
+    // The default bound: 1,000 lines.
+    assert_eq!(flood.logs.len(), 1_000);
+    assert_eq!(flood.logs_dropped, 199_000);
+
+    // The operator's `log_max_lines` sets the bound.
+    let policy = airlock_host::Policy {
+        log_max_lines: Some(10),
+        ..airlock_host::Policy::default()
+    };
+    let host = Host::new(HostConfig::default().policy(policy)).unwrap();
+    host.load_plugin(dir.path()).await.unwrap();
+    let flood = call(&host, "log-flood", json!({"lines": 5_000, "size": 0}))
+        .await
+        .unwrap();
+    assert_eq!(flood.logs.len(), 10);
+    assert_eq!(flood.logs_dropped, 4_990);
+}
+
+#[tokio::test]
 async fn a_guest_looping_on_host_calls_is_stopped_and_its_log_stays_bounded() {
     let dir = misbehave_plugin("fuel = 20_000_000\ntimeout_ms = 10_000");
     let host = host_with(&dir).await;
@@ -320,6 +347,55 @@ async fn dup_tools() {
         panic!("{err}")
     };
     assert!(reason.contains("exported twice"), "{reason}");
+}
+
+#[tokio::test]
+async fn one_plugin_cannot_hold_every_instance_slot_of_the_pool() {
+    // A pool of two instances: each plugin may hold one. `hog`'s calls
+    // spin for 4 s; `good`'s wait at most 1 s for a slot.
+    let plugin = |name: &str, limits: &str| {
+        install(
+            name,
+            &read(MISBEHAVE),
+            &format!(
+                "[capabilities]\nlog = true\n\n[limits]\n{limits}\n\n[[tools]]\nname = \"spin\"\nrisk = \"read\"\n\n[[tools]]\nname = \"echo\"\nrisk = \"read\"\n"
+            ),
+        )
+    };
+    let hog = plugin("hog", "fuel = 1_000_000_000_000_000\ntimeout_ms = 4_000");
+    let good = plugin("good", "timeout_ms = 1_000");
+    let host = Host::new(HostConfig::default().max_instances(2)).unwrap();
+    if !matches!(
+        host.instance_allocation(),
+        airlock_host::InstanceAllocation::Pooling { .. }
+    ) {
+        eprintln!("no instance pool on this machine; nothing to share");
+        return;
+    }
+    host.load_plugin(hog.path()).await.unwrap();
+    host.load_plugin(good.path()).await.unwrap();
+    let host = std::sync::Arc::new(host);
+    let hogs: Vec<_> = (0..2)
+        .map(|_| {
+            let host = std::sync::Arc::clone(&host);
+            tokio::spawn(async move { host.call(CallRequest::new("hog/spin", "{}")).await })
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    for i in 0..3 {
+        let ok = host
+            .call(CallRequest::new("good/echo", json!({"i": i}).to_string()))
+            .await
+            .unwrap();
+        assert_eq!(ok.output["i"], i);
+    }
+    for task in hogs {
+        let err = task.await.unwrap().unwrap_err();
+        assert!(
+            ["deadline_exceeded", "plugin_busy"].contains(&err.kind()),
+            "{err}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -18,6 +18,7 @@ struct ConfigFile {
     cache_dir: Option<PathBuf>,
     max_argument_bytes: Option<usize>,
     max_instances: Option<u32>,
+    max_instances_per_plugin: Option<u32>,
     principal: Option<String>,
     policy: Option<airlock_host::Policy>,
     audit: Option<AuditConfig>,
@@ -86,6 +87,7 @@ pub struct Settings {
     pub cache_dir: PathBuf,
     pub max_argument_bytes: usize,
     pub max_instances: u32,
+    pub max_instances_per_plugin: Option<u32>,
     pub principal: String,
     pub policy: airlock_host::Policy,
     pub audit: AuditConfig,
@@ -151,6 +153,9 @@ impl Settings {
             if file.max_instances.is_some() {
                 layer.max_instances = file.max_instances;
             }
+            if file.max_instances_per_plugin.is_some() {
+                layer.max_instances_per_plugin = file.max_instances_per_plugin;
+            }
             if file.principal.is_some() {
                 layer.principal = file.principal;
             }
@@ -206,6 +211,10 @@ impl Settings {
             max_instances: layer
                 .max_instances
                 .unwrap_or(airlock_host::DEFAULT_MAX_INSTANCES),
+            max_instances_per_plugin: match layer.max_instances_per_plugin {
+                Some(0) => bail!("max_instances_per_plugin must be at least 1"),
+                other => other,
+            },
             principal,
             policy: layer.policy.unwrap_or_default(),
             audit: check_audit(layer.audit.unwrap_or_default())?,
@@ -315,6 +324,35 @@ mod tests {
             let err = parse(&format!("[policy]\n{bad}"), "t").unwrap_err();
             assert!(format!("{err:#}").contains(reason), "{bad}: {err:#}");
         }
+    }
+
+    #[test]
+    fn resource_bounds_are_read_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("airlock.toml");
+        std::fs::write(
+            &path,
+            "max_instances_per_plugin = 3\n[policy]\nlog_max_lines = 50\nhttp_max_dns_lookups = 2\n",
+        )
+        .unwrap();
+        let s = Settings::load(Overrides {
+            config: Some(path.clone()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(s.max_instances_per_plugin, Some(3));
+        assert_eq!(s.policy.log_max_lines, Some(50));
+        assert_eq!(s.policy.http_max_dns_lookups, Some(2));
+        std::fs::write(&path, "max_instances_per_plugin = 0\n").unwrap();
+        let err = Settings::load(Overrides {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("max_instances_per_plugin"),
+            "{err:#}"
+        );
     }
 
     #[test]

@@ -328,12 +328,15 @@ pub(crate) async fn load_host(
 }
 
 pub(crate) fn host_config(settings: &Settings, calls: Calls) -> HostConfig {
-    let config = HostConfig::default()
+    let mut config = HostConfig::default()
         .cache_dir(&settings.cache_dir)
         .max_argument_bytes(settings.max_argument_bytes)
         .max_instances(settings.max_instances)
         .policy(settings.policy.clone())
         .audit(settings.audit.clone());
+    if let Some(share) = settings.max_instances_per_plugin {
+        config = config.max_instances_per_plugin(share);
+    }
     match calls {
         Calls::Recorded => config.data_dir(&settings.data_dir),
         Calls::None => config,

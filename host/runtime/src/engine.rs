@@ -153,6 +153,8 @@ pub(crate) struct SharedEngine {
     engine: Engine,
     allocation: InstanceAllocation,
     gate: Option<PoolGate>,
+    /// Instances one plugin may hold in the pool at once.
+    per_plugin: u32,
 }
 
 impl std::ops::Deref for SharedEngine {
@@ -171,7 +173,14 @@ impl SharedEngine {
     ///
     /// # Errors
     /// [`Error::Engine`] when even the on-demand engine cannot be built.
-    pub(crate) fn new(max_instances: u32, memory_ceiling_mb: Option<u64>) -> Result<SharedEngine> {
+    pub(crate) fn new(
+        max_instances: u32,
+        per_plugin: Option<u32>,
+        memory_ceiling_mb: Option<u64>,
+    ) -> Result<SharedEngine> {
+        let per_plugin = per_plugin
+            .unwrap_or_else(|| default_per_plugin(max_instances))
+            .clamp(1, max_instances.max(1));
         let reason = if max_instances == 0 {
             "disabled by the host configuration (max_instances = 0)".to_owned()
         } else {
@@ -197,6 +206,7 @@ impl SharedEngine {
                             memories: Arc::new(Semaphore::new(permits(pool.memories))),
                             tables: Arc::new(Semaphore::new(permits(pool.tables))),
                         }),
+                        per_plugin,
                     });
                 }
                 Err(e) => {
@@ -215,6 +225,7 @@ impl SharedEngine {
             engine,
             allocation: InstanceAllocation::OnDemand { reason },
             gate: None,
+            per_plugin,
         })
     }
 
@@ -229,6 +240,33 @@ impl SharedEngine {
             InstanceAllocation::Pooling { instances, .. } => instances,
             InstanceAllocation::OnDemand { .. } => 0,
         }
+    }
+
+    /// How many instances of a plugin needing `needs` may hold pool slots at
+    /// once: its share of the pool's instances, and the same share of its
+    /// memories and tables. `None` when allocating on demand.
+    ///
+    /// # Security
+    /// Without a share, one plugin's slow calls could take every slot (or,
+    /// with many memories or tables per instance, every memory or table
+    /// slot) and starve every other plugin's calls into `host_busy`.
+    pub(crate) fn plugin_share(&self, needs: PoolNeeds) -> Option<u32> {
+        let InstanceAllocation::Pooling {
+            instances,
+            memories,
+            tables,
+            ..
+        } = self.allocation
+        else {
+            return None;
+        };
+        Some(share_of(
+            self.per_plugin,
+            instances,
+            memories,
+            tables,
+            needs,
+        ))
     }
 
     /// Take `needs` from the pool, waiting until `deadline` at most.
@@ -273,6 +311,24 @@ impl SharedEngine {
             .ok()
             .flatten()
     }
+}
+
+/// The default share of the pool one plugin may hold: half of it (at
+/// least one instance).
+pub(crate) fn default_per_plugin(max_instances: u32) -> u32 {
+    (max_instances / 2).max(1)
+}
+
+/// Instances one plugin may hold: `per_plugin` of the pool's `instances`,
+/// fewer when its instances need more memories or tables than the same
+/// fraction of those pools holds; never less than one.
+fn share_of(per_plugin: u32, instances: u32, memories: u32, tables: u32, needs: PoolNeeds) -> u32 {
+    let fraction =
+        |total: u32| u64::from(total) * u64::from(per_plugin) / u64::from(instances.max(1));
+    let by_memories = fraction(memories) / u64::from(needs.memories.max(1));
+    let by_tables = fraction(tables) / u64::from(needs.tables.max(1));
+    let share = u64::from(per_plugin).min(by_memories).min(by_tables).max(1);
+    u32::try_from(share).unwrap_or(u32::MAX)
 }
 
 fn permits(n: u32) -> usize {
@@ -418,8 +474,25 @@ mod tests {
     }
 
     #[test]
+    fn one_plugin_gets_a_share_of_the_pool() {
+        let needs = |memories, tables| PoolNeeds { memories, tables };
+        // Half the instances by default...
+        assert_eq!(default_per_plugin(256), 128);
+        assert_eq!(default_per_plugin(1), 1);
+        let pool = PoolSize::new(256, None);
+        let share = |per_plugin, n| share_of(per_plugin, 256, pool.memories, pool.tables, n);
+        assert_eq!(share(128, needs(2, 4)), 128);
+        // ...fewer when each instance takes more memories or tables than
+        // an average one, so the same fraction of those pools is the bound.
+        assert_eq!(share(128, needs(16, 4)), 16);
+        assert_eq!(share(128, needs(2, 64)), 8);
+        // Never zero.
+        assert_eq!(share_of(1, 2, 16, 64, needs(16, 64)), 1);
+    }
+
+    #[test]
     fn zero_instances_means_on_demand() {
-        let on_demand = SharedEngine::new(0, None).unwrap();
+        let on_demand = SharedEngine::new(0, None, None).unwrap();
         let InstanceAllocation::OnDemand { reason } = on_demand.allocation() else {
             panic!("expected on-demand allocation");
         };
@@ -429,7 +502,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_full_pool_makes_callers_wait_until_their_deadline() {
-        let engine = SharedEngine::new(1, Some(64)).unwrap();
+        let engine = SharedEngine::new(1, None, Some(64)).unwrap();
         if engine.gate.is_none() {
             return;
         }

@@ -89,6 +89,32 @@ impl fmt::Display for TrapKind {
     }
 }
 
+/// Which caller-supplied identifier [`Error::InvalidIdentifier`] refuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Identifier {
+    /// The correlation id (`CallRequest::trace_id`).
+    TraceId,
+    /// Who the call runs for.
+    Principal,
+    /// The idempotency key.
+    IdempotencyKey,
+    /// The approval a call resumes under.
+    ApprovalId,
+}
+
+impl fmt::Display for Identifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Identifier::TraceId => "trace id",
+            Identifier::Principal => "principal",
+            Identifier::IdempotencyKey => "idempotency key",
+            Identifier::ApprovalId => "approval id",
+        })
+    }
+}
+
 /// What a caller or an operator should conclude from an [`Error`]; the CLI
 /// maps each class to its own exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -232,9 +258,11 @@ pub enum Error {
         hint: String,
     },
 
-    /// The manifest asks for a limit above the operator's ceiling.
+    /// The manifest asks for a limit above its ceiling: the operator's
+    /// (`[policy.limits]`), or the host's built-in one where the operator
+    /// sets none.
     #[error(
-        "plugin `{plugin}` asks for {limit} = {asked}, above the operator's ceiling of {ceiling}"
+        "plugin `{plugin}` asks for {limit} = {asked}, above the ceiling of {ceiling} (the operator sets ceilings in [policy.limits])"
     )]
     LimitAboveCeiling {
         /// Plugin name.
@@ -243,7 +271,7 @@ pub enum Error {
         limit: &'static str,
         /// What the manifest asks for.
         asked: u64,
-        /// The policy's ceiling.
+        /// The ceiling: the policy's, or the built-in one.
         ceiling: u64,
     },
 
@@ -417,6 +445,16 @@ pub enum Error {
         /// The store's directory.
         path: PathBuf,
         /// What failed.
+        message: String,
+    },
+
+    /// A caller-supplied identifier is empty, too long or holds characters
+    /// it may not; checked before anything about the call is recorded.
+    #[error("invalid {what}: {message}")]
+    InvalidIdentifier {
+        /// Which identifier.
+        what: Identifier,
+        /// What is wrong with it (never the identifier itself).
         message: String,
     },
 
@@ -616,6 +654,12 @@ impl Error {
             Error::Audit(_) => "audit",
             Error::Workspace { .. } => "workspace",
             Error::InvalidSession { .. } => "invalid_session",
+            Error::InvalidIdentifier { what, .. } => match what {
+                Identifier::TraceId => "invalid_trace_id",
+                Identifier::Principal => "invalid_principal",
+                Identifier::IdempotencyKey => "invalid_idempotency_key",
+                Identifier::ApprovalId => "invalid_approval_id",
+            },
             Error::Ledger { .. } => "ledger_unavailable",
             Error::ApprovalPending { .. } => "approval_pending",
             Error::ApprovalUnavailable { .. } => "approval_unavailable",
@@ -650,6 +694,7 @@ impl Error {
             | Error::ArgumentsNotObject { .. }
             | Error::ArgumentsInvalid { .. }
             | Error::InvalidSession { .. }
+            | Error::InvalidIdentifier { .. }
             | Error::ApprovalUnavailable { .. }
             | Error::TooManyPendingApprovals { .. }
             | Error::ApprovalRefused { .. }

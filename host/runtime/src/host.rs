@@ -13,6 +13,7 @@ use crate::engine::{EpochTicker, InstanceAllocation, SharedEngine};
 use crate::error::{Error, Result};
 use crate::gate::ModeWatch;
 use crate::grants::{Policy, WorkspaceScope};
+use crate::identifiers;
 use crate::ledger::{LEDGER_DIR, Ledger};
 use crate::manifest::FileAccess;
 use crate::manifest::MANIFEST_FILE;
@@ -49,6 +50,11 @@ pub struct HostConfig {
     /// `host_busy`). 0 turns the pool off: each instance is allocated on
     /// demand.
     pub max_instances: u32,
+    /// Pool instances one plugin may hold at once (its calls beyond it wait
+    /// until their deadline, then get `plugin_busy`), so one plugin cannot
+    /// starve the others. `None`: half of `max_instances` (at least 1).
+    /// Its memories and tables are bounded to the same fraction of theirs.
+    pub max_instances_per_plugin: Option<u32>,
 }
 
 impl Default for HostConfig {
@@ -60,6 +66,7 @@ impl Default for HostConfig {
             data_dir: None,
             audit: AuditConfig::default(),
             max_instances: crate::engine::DEFAULT_MAX_INSTANCES,
+            max_instances_per_plugin: None,
         }
     }
 }
@@ -93,6 +100,12 @@ impl HostConfig {
     /// pool).
     pub fn max_instances(mut self, instances: u32) -> HostConfig {
         self.max_instances = instances;
+        self
+    }
+
+    /// Let one plugin hold at most `instances` of the pool's instances.
+    pub fn max_instances_per_plugin(mut self, instances: u32) -> HostConfig {
+        self.max_instances_per_plugin = Some(instances);
         self
     }
 
@@ -230,8 +243,24 @@ impl Host {
             None => Ledger::temporary()?,
         };
         let mode = ModeWatch::new(config.data_dir.as_deref());
-        let memory_ceiling_mb = config.policy.limits.memory_mb;
-        let engine = SharedEngine::new(config.max_instances, memory_ceiling_mb)?;
+        // No plugin may ask for more, so no pool slot needs to hold more.
+        let memory_ceiling_mb = Some(
+            config
+                .policy
+                .limits
+                .memory_mb
+                .unwrap_or(crate::limits::CEILING_MEMORY_MB),
+        );
+        if config.max_instances_per_plugin == Some(0) {
+            return Err(Error::Config {
+                message: "max_instances_per_plugin must be at least 1".to_owned(),
+            });
+        }
+        let engine = SharedEngine::new(
+            config.max_instances,
+            config.max_instances_per_plugin,
+            memory_ceiling_mb,
+        )?;
         tracing::debug!(allocation = %engine.allocation(), "engine ready");
         let cache = config
             .cache_dir
@@ -475,7 +504,9 @@ impl Host {
     /// Run one tool call through the pipeline.
     ///
     /// # Errors
-    /// Refusals, before the guest runs: [`Error::BadToolReference`],
+    /// Refusals, before the guest runs: [`Error::InvalidIdentifier`] and
+    /// [`Error::InvalidSession`] (checked first, before anything is
+    /// recorded), [`Error::BadToolReference`],
     /// [`Error::UnknownPlugin`], [`Error::UnknownTool`],
     /// [`Error::ArgumentsTooLarge`], [`Error::ArgumentsNotJson`],
     /// [`Error::ArgumentsNotObject`], [`Error::ArgumentsInvalid`] (every
@@ -492,6 +523,25 @@ impl Host {
     pub async fn call(&self, request: CallRequest) -> Result<CallResponse> {
         self.sweep_if_due();
         let call_id = new_call_id();
+        // 0. Identifiers, before any of them is recorded: a refusal's
+        // record carries only bounded, escaped, marked forms.
+        if let Err(error) = identifiers::check(&request) {
+            let trace_id = request
+                .trace_id
+                .as_deref()
+                .map_or_else(|| call_id.clone(), identifiers::trace_id_for_record);
+            let mut record = CallRecord::new(
+                &self.audit,
+                &call_id,
+                &trace_id,
+                &identifiers::principal_for_record(&request.principal),
+                &request.tool,
+            );
+            if request.arguments.len() <= self.config.max_argument_bytes {
+                record.arguments(&request.arguments, None);
+            }
+            return Err(record.refused(error).await);
+        }
         let trace_id = request.trace_id.clone().unwrap_or_else(|| call_id.clone());
         let mut record = CallRecord::new(
             &self.audit,
@@ -536,11 +586,6 @@ impl Host {
             }
         };
         record.arguments(&request.arguments, Some(&arguments));
-        if let Some(session) = &request.session
-            && let Err(message) = crate::workspace::check_session(session)
-        {
-            return Err(record.refused(Error::InvalidSession { message }).await);
-        }
         // 4. Idempotency: claim the key, or replay the first outcome.
         match self
             .claim_key(&request, plugin, tool, &record, &call_id)

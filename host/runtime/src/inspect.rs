@@ -291,7 +291,7 @@ impl Host {
                 findings.push(Finding {
                     severity: Severity::Error,
                     message: format!(
-                        "{limit} = {asked} is above the operator's ceiling of {ceiling}"
+                        "{limit} = {asked} is above the ceiling of {ceiling} (the operator sets ceilings in [policy.limits])"
                     ),
                 });
                 None

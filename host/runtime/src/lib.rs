@@ -52,6 +52,7 @@ mod error;
 mod gate;
 mod grants;
 mod host;
+mod identifiers;
 mod inspect;
 pub mod ledger;
 mod limits;
@@ -66,7 +67,7 @@ pub mod workspace;
 pub use airlock_audit as audit_log;
 pub use cache::CacheStatus;
 pub use engine::{DEFAULT_MAX_INSTANCES, InstanceAllocation};
-pub use error::{Error, ErrorClass, Result, SchemaViolation, ToolErrorKind, TrapKind};
+pub use error::{Error, ErrorClass, Identifier, Result, SchemaViolation, ToolErrorKind, TrapKind};
 pub use gate::{MODE_FILE, Mode, write_mode};
 pub use grants::{
     Capability, EffectiveGrant, HttpGrant, HttpScheme, ImportClass, IpRange, LimitCeilings, Origin,

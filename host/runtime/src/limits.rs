@@ -16,8 +16,26 @@ pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
 pub const DEFAULT_MEMORY_MB: u64 = 64;
 /// Default maximum size of a call's result.
 pub const DEFAULT_MAX_OUTPUT_KB: u64 = 1024;
+/// Built-in ceiling on a manifest's `timeout_ms` when the operator sets
+/// none (`[policy.limits] timeout_ms` raises or lowers it).
+pub const CEILING_TIMEOUT_MS: u64 = 60_000;
+/// Built-in ceiling on `memory_mb`; also the instance pool's slot size
+/// unless the operator sets a ceiling.
+pub const CEILING_MEMORY_MB: u64 = 1024;
+/// Built-in ceiling on `max_output_kb`.
+pub const CEILING_MAX_OUTPUT_KB: u64 = 16 * 1024;
+/// Built-in ceiling on `max_concurrency`.
+pub const CEILING_MAX_CONCURRENCY: u64 = 256;
+/// Built-in ceiling on `workspace_keys`.
+pub const CEILING_WORKSPACE_KEYS: u64 = 1_000_000;
+/// Built-in ceiling on `workspace_mb`.
+pub const CEILING_WORKSPACE_MB: u64 = 1024;
 /// Log bytes kept per call; lines past it are dropped and counted.
 pub const DEFAULT_MAX_LOG_BYTES: usize = 64 * 1024;
+/// Log lines kept per call (policy `log_max_lines`), whatever their size:
+/// lines past it, empty ones included, are dropped and counted. Guest
+/// stdout/stderr lines and the host's own `host: …` lines count too.
+pub const DEFAULT_MAX_LOG_LINES: u64 = 1_000;
 /// Bytes kept per log line.
 pub const MAX_LOG_LINE_BYTES: usize = 4 * 1024;
 /// Bytes of guest stderr kept per call (panic messages land here).
@@ -55,6 +73,10 @@ pub const DEFAULT_HTTP_CONNECT_TIMEOUT_MS: u64 = 5_000;
 /// Default wait for a response to start, and between two chunks of its
 /// body. Always cut short by the call's deadline.
 pub const DEFAULT_HTTP_FIRST_BYTE_TIMEOUT_MS: u64 = 10_000;
+/// Default cap on blocking DNS lookups in flight at once, over every
+/// plugin (policy `http_max_dns_lookups`); requests past it wait within
+/// their connect timeout, then get `DNS-timeout`.
+pub const DEFAULT_HTTP_MAX_DNS_LOOKUPS: u64 = 8;
 /// Most resolved addresses one request tries to connect to.
 pub const HTTP_MAX_ADDRESSES: usize = 8;
 /// Read buffer per HTTP connection; also the largest response head accepted.
@@ -104,9 +126,15 @@ pub struct Limits {
 }
 
 impl Limits {
-    /// Resolve declared limits against the host defaults and the operator's
-    /// ceilings. Returns the first limit that asks for more than its ceiling
-    /// as `Err((manifest key, asked, ceiling))`.
+    /// Resolve declared limits against the host defaults and the ceilings:
+    /// the operator's, or the built-in `CEILING_*` where the operator sets
+    /// none (`fuel` has no built-in ceiling: the deadline bounds it).
+    /// Returns the first limit that asks for more than its ceiling as
+    /// `Err((manifest key, asked, ceiling))`.
+    ///
+    /// # Security
+    /// Without built-in ceilings a manifest could ask for any timeout,
+    /// memory, output or concurrency when the operator had set no ceiling.
     pub fn resolve(
         declared: &DeclaredLimits,
         ceilings: &LimitCeilings,
@@ -130,7 +158,15 @@ impl Limits {
                 }),
             };
         let d = declared;
-        let c = ceilings;
+        let c = &LimitCeilings {
+            fuel: ceilings.fuel,
+            timeout_ms: ceilings.timeout_ms.or(Some(CEILING_TIMEOUT_MS)),
+            memory_mb: ceilings.memory_mb.or(Some(CEILING_MEMORY_MB)),
+            max_output_kb: ceilings.max_output_kb.or(Some(CEILING_MAX_OUTPUT_KB)),
+            max_concurrency: ceilings.max_concurrency.or(Some(CEILING_MAX_CONCURRENCY)),
+            workspace_keys: ceilings.workspace_keys.or(Some(CEILING_WORKSPACE_KEYS)),
+            workspace_mb: ceilings.workspace_mb.or(Some(CEILING_WORKSPACE_MB)),
+        };
         Ok(Limits {
             fuel: pick("limits.fuel", d.fuel, DEFAULT_FUEL, c.fuel)?,
             timeout_ms: pick(
@@ -324,5 +360,89 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err, ("limits.fuel", 11, 10));
+    }
+
+    #[test]
+    fn silent_operators_still_get_ceilings_they_can_raise() {
+        let asks = |declared: DeclaredLimits, ceilings: &LimitCeilings| {
+            Limits::resolve(&declared, ceilings)
+        };
+        let none = LimitCeilings::default();
+        for (declared, key, ceiling) in [
+            (
+                DeclaredLimits {
+                    timeout_ms: Some(CEILING_TIMEOUT_MS + 1),
+                    ..Default::default()
+                },
+                "limits.timeout_ms",
+                CEILING_TIMEOUT_MS,
+            ),
+            (
+                DeclaredLimits {
+                    max_concurrency: Some(u64::MAX),
+                    ..Default::default()
+                },
+                "limits.max_concurrency",
+                CEILING_MAX_CONCURRENCY,
+            ),
+            (
+                DeclaredLimits {
+                    memory_mb: Some(CEILING_MEMORY_MB + 1),
+                    ..Default::default()
+                },
+                "limits.memory_mb",
+                CEILING_MEMORY_MB,
+            ),
+            (
+                DeclaredLimits {
+                    max_output_kb: Some(CEILING_MAX_OUTPUT_KB + 1),
+                    ..Default::default()
+                },
+                "limits.max_output_kb",
+                CEILING_MAX_OUTPUT_KB,
+            ),
+            (
+                DeclaredLimits {
+                    workspace_keys: Some(CEILING_WORKSPACE_KEYS + 1),
+                    ..Default::default()
+                },
+                "limits.workspace_keys",
+                CEILING_WORKSPACE_KEYS,
+            ),
+            (
+                DeclaredLimits {
+                    workspace_mb: Some(CEILING_WORKSPACE_MB + 1),
+                    ..Default::default()
+                },
+                "limits.workspace_mb",
+                CEILING_WORKSPACE_MB,
+            ),
+        ] {
+            let (k, asked, c) = asks(declared, &none).unwrap_err();
+            assert_eq!((k, c), (key, ceiling));
+            assert!(asked > ceiling);
+        }
+        // At the ceiling is fine, and the operator can raise it.
+        let at = DeclaredLimits {
+            timeout_ms: Some(CEILING_TIMEOUT_MS),
+            ..Default::default()
+        };
+        assert_eq!(
+            asks(at, &none).unwrap().timeout_ms.value,
+            CEILING_TIMEOUT_MS
+        );
+        let raised = LimitCeilings {
+            max_concurrency: Some(10_000),
+            ..Default::default()
+        };
+        let many = DeclaredLimits {
+            max_concurrency: Some(10_000),
+            ..Default::default()
+        };
+        assert_eq!(asks(many, &raised).unwrap().max_concurrency.value, 10_000);
+        // Defaults stay defaults.
+        let silent = asks(DeclaredLimits::default(), &none).unwrap();
+        assert_eq!(silent.timeout_ms.source, LimitSource::Default);
+        assert_eq!(silent.memory_mb.value, DEFAULT_MEMORY_MB);
     }
 }

@@ -46,9 +46,10 @@ pub struct CallRequest {
     pub tool: String,
     /// The arguments: a JSON object, as text.
     pub arguments: String,
-    /// Who the call runs for.
+    /// Who the call runs for (1–256 bytes, no control characters).
     pub principal: String,
-    /// Correlation id from the caller; generated when absent.
+    /// Correlation id from the caller (1–128 bytes of visible ASCII);
+    /// generated when absent.
     pub trace_id: Option<String>,
     /// The caller's session: workspace keys are scoped to it (1–128 bytes,
     /// no control characters). Without one, keys are shared by all calls of
@@ -270,8 +271,9 @@ async fn run_tool_inner(
         tool: tool_id.clone(),
         ran,
     };
-    // Per-plugin concurrency cap: wait for a slot at most as long as the call
-    // itself may run.
+    // Per-plugin concurrency cap (`max_concurrency`, or the plugin's share
+    // of the instance pool when smaller): wait for a slot at most as long as
+    // the call itself may run.
     let slot = tokio::time::timeout(limits.timeout(), plugin.slots.acquire());
     let _permit = unless_cancelled(cancel, slot)
         .await
@@ -280,7 +282,7 @@ async fn run_tool_inner(
         .and_then(|permit| permit.ok())
         .ok_or_else(|| Error::PluginBusy {
             plugin: plugin.name().to_owned(),
-            limit: limits.max_concurrency.value,
+            limit: plugin.slots_limit,
         })?;
     // A slot of the host's instance pool, until the same deadline.
     let pool = engine.admit(plugin.pool_needs, started + limits.timeout());

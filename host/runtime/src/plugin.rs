@@ -38,7 +38,11 @@ pub struct Plugin {
     cache: CacheStatus,
     grant: EffectiveGrant,
     imports: Vec<String>,
+    /// Calls of this plugin running at once: `max_concurrency`, or its
+    /// share of the host's instance pool when that is smaller.
     pub(crate) slots: tokio::sync::Semaphore,
+    /// How many `slots` there are.
+    pub(crate) slots_limit: u64,
     /// What one instance takes from the host's instance pool.
     pub(crate) pool_needs: PoolNeeds,
     pub(crate) pre: PluginPre<CallState>,
@@ -333,6 +337,13 @@ pub(crate) async fn load(
             }
         })?;
     let pool_needs = PoolNeeds::of(&component);
+    let slots_limit = engine
+        .plugin_share(pool_needs)
+        .map_or(limits.max_concurrency.value, |share| {
+            limits.max_concurrency.value.min(u64::from(share))
+        })
+        // The semaphore's own maximum.
+        .min(u64::try_from(tokio::sync::Semaphore::MAX_PERMITS).unwrap_or(u64::MAX));
     let descriptors =
         pipeline::list_tools(engine, &pre, pool_needs, &limits, &name, &grant).await?;
     let (tools, undeclared) = reconcile(&manifest, descriptors, &policy.risk)?;
@@ -346,9 +357,8 @@ pub(crate) async fn load(
         tools,
         undeclared,
         cache: cache_status,
-        slots: tokio::sync::Semaphore::new(
-            usize::try_from(limits.max_concurrency.value).unwrap_or(usize::MAX),
-        ),
+        slots: tokio::sync::Semaphore::new(usize::try_from(slots_limit).unwrap_or(usize::MAX)),
+        slots_limit,
         grant,
         imports,
         pool_needs,

@@ -50,24 +50,35 @@ pub struct LogLine {
     pub message: String,
 }
 
-/// The log lines of one call, bounded in bytes.
+/// The log lines of one call, bounded in bytes and in count.
+///
+/// # Security
+/// The count bound matters as much as the byte bound: an empty line costs
+/// no bytes but a whole `LogLine` of memory, so a guest logging empty lines
+/// in a loop would otherwise grow the host without limit.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct LogSink {
     pub(crate) lines: Vec<LogLine>,
     pub(crate) bytes: usize,
     pub(crate) dropped: u64,
     pub(crate) max_bytes: usize,
+    pub(crate) max_lines: usize,
 }
 
 impl LogSink {
-    pub(crate) fn new(max_bytes: usize) -> LogSink {
+    pub(crate) fn new(max_bytes: usize, max_lines: usize) -> LogSink {
         LogSink {
             max_bytes,
+            max_lines,
             ..LogSink::default()
         }
     }
 
     pub(crate) fn push(&mut self, level: LogLevel, mut message: String) {
+        if self.lines.len() >= self.max_lines {
+            self.dropped = self.dropped.saturating_add(1);
+            return;
+        }
         if message.len() > limits::MAX_LOG_LINE_BYTES {
             let mut cut = limits::MAX_LOG_LINE_BYTES;
             while !message.is_char_boundary(cut) {
@@ -77,7 +88,7 @@ impl LogSink {
             message.push_str("…[truncated]");
         }
         if self.bytes + message.len() > self.max_bytes {
-            self.dropped += 1;
+            self.dropped = self.dropped.saturating_add(1);
             return;
         }
         self.bytes += message.len();
@@ -85,23 +96,61 @@ impl LogSink {
     }
 }
 
-/// Memory and table limits for one instance. Records which limit was hit so a
-/// resulting trap can be reported as a memory-limit failure.
+/// Memory and table limits for one instance, over all of its memories and
+/// tables. Records which limit was hit so a resulting trap can be reported
+/// as a memory-limit failure.
+///
+/// # Security
+/// A component may define several memories (and tables): each growth is
+/// charged against the instance's one budget, so sixteen memories do not
+/// get sixteen times the limit. The store holds one component instance
+/// per call, so the store's total is the instance's. A growth allowed here
+/// that then fails stays charged: the budget errs towards refusing.
 #[derive(Debug)]
 pub(crate) struct CallLimiter {
     memory_bytes: usize,
     table_elements: usize,
+    /// Bytes of linear memory over every memory of the instance.
+    memory_used: usize,
+    /// Elements over every table of the instance.
+    table_used: usize,
     pub(crate) hit: bool,
+}
+
+impl CallLimiter {
+    pub(crate) fn new(memory_bytes: usize, table_elements: usize) -> CallLimiter {
+        CallLimiter {
+            memory_bytes,
+            table_elements,
+            memory_used: 0,
+            table_used: 0,
+            hit: false,
+        }
+    }
+}
+
+/// Charge growth from `current` to `desired` against `used` of `budget`;
+/// `false` (and nothing charged) when it does not fit.
+fn charge(used: &mut usize, budget: usize, current: usize, desired: usize) -> bool {
+    let grown = used.saturating_add(desired.saturating_sub(current));
+    if grown > budget {
+        return false;
+    }
+    *used = grown;
+    true
 }
 
 impl ResourceLimiter for CallLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let allowed = desired <= self.memory_bytes && maximum.is_none_or(|m| desired <= m);
+        // Called with `current == 0` when a memory is created, so initial
+        // sizes are charged too.
+        let allowed = maximum.is_none_or(|m| desired <= m)
+            && charge(&mut self.memory_used, self.memory_bytes, current, desired);
         if !allowed {
             self.hit = true;
         }
@@ -110,11 +159,12 @@ impl ResourceLimiter for CallLimiter {
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let allowed = desired <= self.table_elements && maximum.is_none_or(|m| desired <= m);
+        let allowed = maximum.is_none_or(|m| desired <= m)
+            && charge(&mut self.table_used, self.table_elements, current, desired);
         if !allowed {
             self.hit = true;
         }
@@ -189,12 +239,8 @@ impl CallState {
                 table.set_max_capacity(limits::MAX_RESOURCES);
                 table
             },
-            limiter: CallLimiter {
-                memory_bytes: limits.memory_bytes(),
-                table_elements: limits::MAX_TABLE_ELEMENTS,
-                hit: false,
-            },
-            log: LogSink::new(limits::DEFAULT_MAX_LOG_BYTES),
+            limiter: CallLimiter::new(limits.memory_bytes(), limits::MAX_TABLE_ELEMENTS),
+            log: LogSink::new(limits::DEFAULT_MAX_LOG_BYTES, grant.log_max_lines()),
             stdout,
             stderr,
             workspace,
@@ -263,7 +309,7 @@ mod tests {
 
     #[test]
     fn log_sink_is_bounded_and_counts_drops() {
-        let mut sink = LogSink::new(10_000);
+        let mut sink = LogSink::new(10_000, 1_000);
         sink.push(LogLevel::Info, "x".repeat(limits::MAX_LOG_LINE_BYTES * 2));
         assert!(sink.lines[0].message.len() < limits::MAX_LOG_LINE_BYTES + 20);
         assert!(sink.lines[0].message.ends_with("[truncated]"));
@@ -275,8 +321,67 @@ mod tests {
     }
 
     #[test]
+    fn empty_lines_are_bounded_by_count() {
+        let mut sink = LogSink::new(10_000, 3);
+        for _ in 0..1_000 {
+            sink.push(LogLevel::Info, String::new());
+        }
+        assert_eq!(sink.lines.len(), 3);
+        assert_eq!(sink.dropped, 997);
+    }
+
+    /// Two memories of one instance share its limit: each may stay under
+    /// it while their sum may not.
+    #[test]
+    fn memory_is_limited_per_instance_not_per_memory() {
+        const PAGE: usize = 64 << 10;
+        let engine = wasmtime::Engine::default();
+        let module = wasmtime::Module::new(
+            &engine,
+            r#"(module
+                (memory 1) (memory 1)
+                (func (export "grow") (param i32 i32) (result i32)
+                  (memory.grow 0 (local.get 0)) drop
+                  (memory.grow 1 (local.get 1))))"#,
+        )
+        .unwrap();
+        let mut store = Store::new(&engine, CallLimiter::new(64 * PAGE, 1_000));
+        store.limiter(|l| l);
+        let instance = wasmtime::Instance::new(&mut store, &module, &[]).unwrap();
+        assert_eq!(
+            store.data().memory_used,
+            2 * PAGE,
+            "initial sizes are charged"
+        );
+        let grow = instance
+            .get_typed_func::<(i32, i32), i32>(&mut store, "grow")
+            .unwrap();
+        // 41 + 1 pages, then 41 + 41: each memory alone is under 64 pages,
+        // the instance is not.
+        assert_eq!(grow.call(&mut store, (40, 0)).unwrap(), 1);
+        assert!(!store.data().hit);
+        assert_eq!(grow.call(&mut store, (0, 40)).unwrap(), -1);
+        assert!(store.data().hit);
+        assert_eq!(store.data().memory_used, 42 * PAGE);
+        // What is left still fits.
+        assert_eq!(grow.call(&mut store, (0, 22)).unwrap(), 1);
+        assert_eq!(store.data().memory_used, 64 * PAGE);
+    }
+
+    #[test]
+    fn tables_are_limited_per_instance_not_per_table() {
+        let mut limiter = CallLimiter::new(0, 100);
+        assert!(limiter.table_growing(0, 60, None).unwrap());
+        assert!(!limiter.table_growing(0, 60, None).unwrap());
+        assert!(limiter.hit);
+        assert!(limiter.table_growing(0, 40, Some(50)).unwrap());
+        assert!(!limiter.table_growing(40, 41, None).unwrap());
+        assert_eq!(limiter.table_used, 100);
+    }
+
+    #[test]
     fn truncation_respects_utf8_boundaries() {
-        let mut sink = LogSink::new(100_000);
+        let mut sink = LogSink::new(100_000, 1_000);
         sink.push(LogLevel::Warn, "é".repeat(limits::MAX_LOG_LINE_BYTES));
         assert!(sink.lines[0].message.starts_with('é'));
     }

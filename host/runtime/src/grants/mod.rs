@@ -202,10 +202,20 @@ pub struct Policy {
     /// (default [`crate::limits::DEFAULT_HTTP_FIRST_BYTE_TIMEOUT_MS`]).
     #[serde(default)]
     pub http_first_byte_timeout_ms: Option<u64>,
+    /// Blocking DNS lookups in flight at once over every plugin (default
+    /// [`crate::limits::DEFAULT_HTTP_MAX_DNS_LOOKUPS`]).
+    #[serde(default)]
+    pub http_max_dns_lookups: Option<u64>,
+    /// Log lines kept per call, empty ones included (default
+    /// [`crate::limits::DEFAULT_MAX_LOG_LINES`]); lines past it are
+    /// counted as dropped.
+    #[serde(default)]
+    pub log_max_lines: Option<u64>,
 }
 
 impl Policy {
-    /// Check the settings a type cannot: HTTP limits must be at least 1.
+    /// Check the settings a type cannot: HTTP and log limits must be at
+    /// least 1.
     ///
     /// # Errors
     /// [`Error::Config`] naming the first zero limit.
@@ -218,6 +228,8 @@ impl Policy {
                 "http_first_byte_timeout_ms",
                 self.http_first_byte_timeout_ms,
             ),
+            ("http_max_dns_lookups", self.http_max_dns_lookups),
+            ("log_max_lines", self.log_max_lines),
         ] {
             if value == Some(0) {
                 return Err(Error::Config {
@@ -280,6 +292,10 @@ pub struct EffectiveGrant {
     /// Outgoing HTTP: origins, the operator's address exceptions, limits.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpGrant>,
+    /// Log lines kept per call (the policy's `log_max_lines`); `None`: the
+    /// default.
+    #[serde(skip)]
+    pub log_max_lines: Option<u64>,
 }
 
 impl EffectiveGrant {
@@ -316,6 +332,14 @@ impl EffectiveGrant {
             Capability::Workspace => self.workspace.is_some(),
             Capability::Http => self.http.is_some(),
         }
+    }
+
+    /// Log lines kept per call.
+    pub(crate) fn log_max_lines(&self) -> usize {
+        let lines = self
+            .log_max_lines
+            .unwrap_or(crate::limits::DEFAULT_MAX_LOG_LINES);
+        usize::try_from(lines).unwrap_or(usize::MAX)
     }
 }
 
@@ -364,6 +388,7 @@ pub fn effective(
         workspace: caps.workspace,
         workspace_scope: caps.workspace_scope.unwrap_or_default(),
         http: http::resolve(plugin, &caps.http, policy)?,
+        log_max_lines: policy.log_max_lines,
     })
 }
 

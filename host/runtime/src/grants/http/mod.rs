@@ -14,7 +14,8 @@
 //! 2. refuses any method but the usual ones (`CONNECT` opens tunnels);
 //! 3. reduces the URL to its origin and requires an exact match with the
 //!    grant (`HTTP-request-denied`);
-//! 4. resolves the host and refuses the request if *any* address it
+//! 4. resolves the host — at most `http_max_dns_lookups` blocking lookups
+//!    in flight in the process (`DNS-timeout` past it) — and refuses the request if *any* address it
 //!    resolves to is not public unicast ([`special_purpose`]) and not in the
 //!    operator's `http_allow_private` (`destination-IP-prohibited`) — this is
 //!    what stops DNS names pointing at loopback, private networks or the
@@ -66,6 +67,9 @@ pub struct HttpGrant {
     /// The TLS client those roots make.
     #[serde(skip)]
     pub(crate) tls: TlsClient,
+    /// The bound on blocking DNS lookups in flight.
+    #[serde(skip)]
+    pub(crate) dns: sender::DnsLookups,
 }
 
 /// The manifest key.
@@ -104,6 +108,11 @@ pub(super) fn resolve(
         ),
         ca_certs: policy.http_ca_certs.clone(),
         tls: TlsClient::new(&policy.http_ca_certs)?,
+        dns: sender::DnsLookups::shared(
+            policy
+                .http_max_dns_lookups
+                .unwrap_or(crate::limits::DEFAULT_HTTP_MAX_DNS_LOOKUPS),
+        ),
     }))
 }
 

@@ -1,6 +1,7 @@
 //! The request sender: resolve, vet every address, connect to a vetted
 //! address, TLS, HTTP/1.1, and a capped, deadline-bounded response body.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -110,10 +111,7 @@ pub(super) async fn send(
     mut request: http::Request<WasiBody>,
 ) -> Result<(http::Response<WasiBody>, IoFuture), E> {
     let connect_by = tokio::time::Instant::from_std(plan.connect_by);
-    let addresses = match tokio::time::timeout_at(connect_by, resolve(&plan.origin)).await {
-        Ok(addresses) => addresses?,
-        Err(_) => return Err(E::DnsTimeout),
-    };
+    let addresses = resolve(&plan, connect_by).await?;
     let addresses = vet(&plan, addresses)?;
     let stream = match tokio::time::timeout_at(connect_by, connect(&addresses)).await {
         Ok(stream) => stream?,
@@ -192,18 +190,117 @@ pub(super) async fn send(
     Ok((response, io))
 }
 
-/// Every address the origin's host resolves to.
-async fn resolve(origin: &Origin) -> Result<Vec<SocketAddr>, E> {
-    let host = match &origin.host {
-        OriginHost::Ip(ip) => return Ok(vec![SocketAddr::new(*ip, origin.port)]),
-        OriginHost::Name(name) => name.as_str(),
+/// A blocking name lookup: every address `host` resolves to at `port`.
+pub(crate) type Resolver = Arc<dyn Fn(&str, u16) -> std::io::Result<Vec<SocketAddr>> + Send + Sync>;
+
+/// The blocking DNS lookups requests may have in flight at once (policy
+/// `http_max_dns_lookups`), shared by every grant of the process with the
+/// same bound.
+///
+/// # Security
+/// A name lookup runs on a blocking thread that cannot be cancelled: when a
+/// request's connect timeout passes, its lookup goes on. Each lookup holds
+/// a slot until it really ends, so a flood of names that answer slowly can
+/// hold at most `bound` threads of the runtime's blocking pool (which the
+/// audit log's flushes and the workspace store also use); requests past it
+/// wait for a slot within their connect timeout, then get `DNS-timeout`.
+#[derive(Clone)]
+pub(crate) struct DnsLookups {
+    slots: Arc<tokio::sync::Semaphore>,
+    bound: usize,
+    resolver: Resolver,
+}
+
+impl std::fmt::Debug for DnsLookups {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DnsLookups")
+            .field("bound", &self.bound)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Two grants are equal when they allow as many lookups.
+impl PartialEq for DnsLookups {
+    fn eq(&self, other: &DnsLookups) -> bool {
+        self.bound == other.bound
+    }
+}
+
+impl Eq for DnsLookups {}
+
+impl DnsLookups {
+    /// The process's lookups bounded by `bound` (at least one), with the
+    /// system resolver.
+    pub(crate) fn shared(bound: u64) -> DnsLookups {
+        static SHARED: Mutex<BTreeMap<usize, Arc<tokio::sync::Semaphore>>> =
+            Mutex::new(BTreeMap::new());
+        let bound = usize::try_from(bound)
+            .unwrap_or(usize::MAX)
+            .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
+        let slots = Arc::clone(
+            SHARED
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(bound)
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(bound))),
+        );
+        DnsLookups {
+            slots,
+            bound,
+            resolver: Arc::new(|host, port| {
+                use std::net::ToSocketAddrs as _;
+                (host, port).to_socket_addrs().map(Iterator::collect)
+            }),
+        }
+    }
+
+    /// Lookups of their own, bounded by `bound`, done by `resolver`.
+    #[cfg(test)]
+    pub(crate) fn with_resolver(bound: usize, resolver: Resolver) -> DnsLookups {
+        DnsLookups {
+            slots: Arc::new(tokio::sync::Semaphore::new(bound)),
+            bound,
+            resolver,
+        }
+    }
+}
+
+/// Every address the origin's host resolves to, by `connect_by`.
+async fn resolve(plan: &Plan, connect_by: tokio::time::Instant) -> Result<Vec<SocketAddr>, E> {
+    let host = match &plan.origin.host {
+        OriginHost::Ip(ip) => return Ok(vec![SocketAddr::new(*ip, plan.origin.port)]),
+        OriginHost::Name(name) => name.clone(),
     };
-    let found = tokio::net::lookup_host((host, origin.port))
-        .await
-        .map_err(|e| E::DnsError {
+    let dns = &plan.grant.dns;
+    let slot = tokio::time::timeout_at(connect_by, Arc::clone(&dns.slots).acquire_owned()).await;
+    let Ok(Ok(slot)) = slot else {
+        plan.note(format!(
+            "refused: {} DNS lookups are in flight, the host's limit (http_max_dns_lookups)",
+            dns.bound
+        ));
+        return Err(E::DnsTimeout);
+    };
+    let resolver = Arc::clone(&dns.resolver);
+    let port = plan.origin.port;
+    // The slot goes with the lookup, not with this request: it is freed
+    // when the lookup ends, even after the request gave up on it.
+    let lookup = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        resolver(&host, port)
+    });
+    let found = match tokio::time::timeout_at(connect_by, lookup).await {
+        Err(_) => return Err(E::DnsTimeout),
+        Ok(Err(_)) => {
+            return Err(E::DnsError {
+                rcode: Some("the lookup did not complete".to_owned()),
+                info_code: None,
+            });
+        }
+        Ok(Ok(found)) => found.map_err(|e| E::DnsError {
             rcode: Some(e.to_string()),
             info_code: None,
-        })?;
+        })?,
+    };
     let mut addresses: Vec<SocketAddr> = Vec::new();
     for address in found {
         if !addresses.contains(&address) {
@@ -520,5 +617,76 @@ mod tests {
             shorter(Duration::from_secs(5), Some(Duration::from_secs(9))),
             Duration::from_secs(5)
         );
+    }
+
+    /// A flood of slow lookups holds at most the bound's threads: requests
+    /// past it wait within their connect timeout, then get `DNS-timeout`
+    /// without starting a lookup; a slot is freed when its lookup ends.
+    #[tokio::test]
+    async fn slow_dns_answers_hold_at_most_the_bound_of_blocking_threads() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let started = Arc::new(AtomicUsize::new(0));
+        let resolver: Resolver = {
+            let started = Arc::clone(&started);
+            Arc::new(move |_host, port| {
+                // The first lookup answers long after any request's
+                // timeout; later ones at once.
+                if started.fetch_add(1, Ordering::SeqCst) == 0 {
+                    std::thread::sleep(Duration::from_millis(600));
+                }
+                Ok(vec![SocketAddr::from(([127, 0, 0, 1], port))])
+            })
+        };
+        let grant = Arc::new(HttpGrant {
+            origins: Vec::new(),
+            allow_private: Vec::new(),
+            limits: crate::limits::HttpLimits::resolve(None, None, Some(100), None),
+            ca_certs: Vec::new(),
+            tls: TlsClient::new(&[]).unwrap(),
+            dns: DnsLookups::with_resolver(1, resolver),
+        });
+        let notes = Arc::new(Mutex::new(Vec::new()));
+        let attempt = || {
+            let plan = Plan::new(
+                Origin::parse("http://slow.example").unwrap(),
+                Arc::clone(&grant),
+                None,
+                Instant::now() + Duration::from_secs(10),
+                Arc::clone(&notes),
+                "GET http://slow.example/".to_owned(),
+            );
+            async move {
+                let connect_by = tokio::time::Instant::from_std(plan.connect_by);
+                resolve(&plan, connect_by).await
+            }
+        };
+        // The slow lookup times out for its request but keeps its slot...
+        assert!(matches!(attempt().await, Err(E::DnsTimeout)));
+        // ...so the next requests wait, time out, and start no thread.
+        for _ in 0..3 {
+            assert!(matches!(attempt().await, Err(E::DnsTimeout)));
+        }
+        assert_eq!(started.load(Ordering::SeqCst), 1);
+        assert!(
+            notes
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|n| n.contains("http_max_dns_lookups")),
+            "{notes:?}"
+        );
+        // Once the slow lookup ends, its slot is free again.
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        let found = attempt().await.unwrap();
+        assert_eq!(found, vec![SocketAddr::from(([127, 0, 0, 1], 80))]);
+        assert_eq!(started.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn lookups_with_the_same_bound_share_their_slots() {
+        let a = DnsLookups::shared(3);
+        let b = DnsLookups::shared(3);
+        assert!(Arc::ptr_eq(&a.slots, &b.slots));
+        assert_eq!(DnsLookups::shared(0).bound, 1);
     }
 }
