@@ -37,6 +37,8 @@ pub const REDACTION_KEY_FILE: &str = "redaction.key";
 /// First line of an export.
 const EXPORT_FORMAT: &str = "airlock-audit-export";
 const EXPORT_VERSION: u64 = 1;
+/// How a record line of an export starts; the stored bytes and `}` follow.
+const RECORD_LINE_START: &str = "{\"record\":";
 
 /// How an [`AuditLog`] behaves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -952,7 +954,8 @@ impl AuditLog {
             }
             for item in self.inner.tree.range(key(RECORD, 1)..=key(RECORD, records)) {
                 let (_, v) = item.map_err(|e| Error::store(&self.inner.path, e))?;
-                out.write_all(b"{\"record\":").map_err(file_error)?;
+                out.write_all(RECORD_LINE_START.as_bytes())
+                    .map_err(file_error)?;
                 out.write_all(&v).map_err(file_error)?;
                 out.write_all(b"}\n").map_err(file_error)?;
             }
@@ -1144,7 +1147,12 @@ pub fn verify_export(
     let present: HashSet<u64> = export
         .records
         .iter()
-        .filter_map(|r| r.get("seq").and_then(Value::as_u64))
+        .filter_map(|r| {
+            serde_json::from_str::<Value>(r)
+                .ok()?
+                .get("seq")
+                .and_then(Value::as_u64)
+        })
         .collect();
     let mut verifier = match Verifier::new(
         key,
@@ -1156,7 +1164,7 @@ pub fn verify_export(
         Err(failure) => return Ok(Err(failure)),
     };
     for record in export.records {
-        if let Err(failure) = verifier.push(None, record) {
+        if let Err(failure) = verifier.push_bytes(None, record.as_bytes()) {
             return Ok(Err(failure));
         }
     }
@@ -1171,8 +1179,9 @@ pub struct Export {
     pub public_key: String,
     /// Its checkpoints.
     pub checkpoints: Vec<Checkpoint>,
-    /// Its records, as stored.
-    pub records: Vec<Value>,
+    /// Its records: each exactly the bytes the log stored (and hashed),
+    /// which verification checks as they are, never re-encoded.
+    pub records: Vec<String>,
 }
 
 /// Read an export file (or just its checkpoints, to use them as trusted
@@ -1225,10 +1234,21 @@ pub fn read_export(path: impl AsRef<Path>) -> Result<Export> {
         if line.trim().is_empty() {
             continue;
         }
-        let mut value: Value =
+        let value: Value =
             serde_json::from_str(&line).map_err(|e| bad(n, format!("not JSON: {e}")))?;
-        if let Some(record) = value.get_mut("record") {
-            export.records.push(record.take());
+        if value.get("record").is_some() {
+            // The record's stored bytes, exactly as written: the wrapper is
+            // fixed text, so nothing about them is lost to parsing.
+            let stored = line
+                .strip_prefix(RECORD_LINE_START)
+                .and_then(|rest| rest.strip_suffix('}'))
+                .ok_or_else(|| {
+                    bad(
+                        n,
+                        format!("a record line must be exactly {RECORD_LINE_START}<record>}}"),
+                    )
+                })?;
+            export.records.push(stored.to_owned());
         } else if let Some(cp) = value.get("checkpoint") {
             let cp: Checkpoint = serde_json::from_value(cp.clone())
                 .map_err(|e| bad(n, format!("malformed checkpoint: {e}")))?;

@@ -201,6 +201,15 @@ pub fn chain_hash(prev: &[u8; 32], body: &Value) -> [u8; 32] {
     hasher.finalize().into()
 }
 
+/// [`chain_hash`] over a body already in canonical form: `SHA-256(prev ‖
+/// body)`, the bytes hashed exactly as given.
+pub(crate) fn chain_hash_bytes(prev: &[u8; 32], body: &[u8]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(prev);
+    hasher.update(body);
+    hasher.finalize().into()
+}
+
 /// SHA-256 of `bytes`, hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
