@@ -153,18 +153,36 @@ impl<'a> CallRecord<'a> {
     /// The call is admitted: write the intent record (flushed for tools that
     /// are not read-only). If it cannot be written the call must not run.
     ///
+    /// A flushed intent that could not be flushed may still have been
+    /// sealed: it then reaches the store once the store recovers. So the
+    /// call's outcome, `audit_unavailable` (it did not run), is queued
+    /// behind it, and the log says what became of the call.
+    ///
     /// # Errors
     /// [`Error::AuditUnavailable`].
     pub(crate) async fn started(&self) -> Result<()> {
         let mut entry = self.base.clone();
         entry.event = Event::CallStarted;
         entry.decision = Some("admitted".to_owned());
-        append(self.log, entry, self.durability)
-            .await
-            .map(drop)
-            .map_err(|e| Error::AuditUnavailable {
-                message: e.to_string(),
-            })
+        let Err(e) = append(self.log, entry, self.durability).await else {
+            return Ok(());
+        };
+        let error = Error::AuditUnavailable {
+            message: e.to_string(),
+        };
+        let mut outcome = self.base.clone();
+        outcome.event = Event::CallFinished;
+        outcome.args = None;
+        outcome.args_truncated = false;
+        outcome.outcome = Some(error.kind().to_owned());
+        outcome.reason = Some(format!(
+            "the intent record could not be written, so the call did not run: {}",
+            self.scrub(&e.to_string())
+        ));
+        if let Err(e) = append(self.log, outcome, Durability::Batched).await {
+            tracing::error!(error = %e, call_id = ?self.base.call_id, "cannot record that a call did not run");
+        }
+        Err(error)
     }
 
     /// Record the outcome. The call has run: a failure to record is logged
