@@ -2,8 +2,10 @@
 //! for every call.
 //!
 //! Everything written goes through the log's redactor first: argument and
-//! result copies, and free text (refusal reasons, error messages) with every
-//! redacted argument value scrubbed from it.
+//! result copies, and free text (refusal reasons, guest error messages and
+//! the stderr quoted in them, log lines) with every redacted argument value
+//! and every secret-shaped text (header lines, URL query secrets, bearer
+//! credentials) scrubbed from it. What the caller gets back is not changed.
 
 use std::time::Duration;
 
@@ -212,6 +214,11 @@ impl<'a> CallRecord<'a> {
                     capped_json(&redacted.value, self.log.config().max_copy_bytes);
                 entry.result = Some(copy);
                 entry.result_truncated = truncated;
+                if !response.logs.is_empty() {
+                    let (copy, truncated) = self.logs_copy(&response.logs);
+                    entry.logs = Some(copy);
+                    entry.logs_truncated = truncated;
+                }
             }
             Err(error) => {
                 entry.outcome = Some(error.kind().to_owned());
@@ -221,6 +228,24 @@ impl<'a> CallRecord<'a> {
         if let Err(e) = append(self.log, entry, self.durability).await {
             tracing::error!(error = %e, call_id = ?self.base.call_id, "cannot record a call's outcome");
         }
+    }
+
+    /// The guest's log lines (stdout and stderr among them) as stored:
+    /// each message scrubbed like free text — the arguments' redacted
+    /// values, and secret-shaped text such as `Authorization: …` lines or
+    /// `?api_key=…` — then the list capped like a result copy.
+    fn logs_copy(&self, lines: &[crate::LogLine]) -> (String, bool) {
+        let redactor = self.log.redactor();
+        let lines: Vec<Value> = lines
+            .iter()
+            .map(|line| {
+                serde_json::json!({
+                    "level": line.level.to_string(),
+                    "message": redactor.scrub(&line.message, &self.secrets),
+                })
+            })
+            .collect();
+        capped_json(&Value::Array(lines), self.log.config().max_copy_bytes)
     }
 
     fn scrub(&self, text: &str) -> String {
