@@ -13,6 +13,7 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 
 use crate::config::Settings;
+use crate::terminal::escape;
 use crate::{Failure, exit, print_json};
 
 #[derive(Debug, Subcommand)]
@@ -230,9 +231,12 @@ fn show(settings: &Settings, seq: u64, json: bool) -> Result<u8, Failure> {
             if key == "time_ms" || key == "seq" {
                 continue;
             }
+            // Guest and caller text (reasons, logs, arguments, principal,
+            // trace id) is escaped: it must not drive the terminal.
+            let key = escape(key);
             match item {
-                serde_json::Value::String(s) => println!("  {key:<18} {s}"),
-                other => println!("  {key:<18} {other}"),
+                serde_json::Value::String(s) => println!("  {key:<18} {}", escape(s)),
+                other => println!("  {key:<18} {}", escape(&other.to_string())),
             }
         }
     }
@@ -337,9 +341,11 @@ fn print_record(record: &Record, json: bool) {
         return;
     }
     let e = &record.entry;
+    // The tool reference of a refused call, the principal and the outcome
+    // come from callers: escaped, like everything printed from a record.
     let tool = match (&e.plugin, &e.tool) {
-        (Some(p), Some(t)) => format!("{p}/{t}"),
-        (None, Some(t)) => t.clone(),
+        (Some(p), Some(t)) => format!("{}/{}", escape(p), escape(t)),
+        (None, Some(t)) => escape(t).into_owned(),
         _ => "-".into(),
     };
     let mut line = format!(
@@ -348,10 +354,10 @@ fn print_record(record: &Record, json: bool) {
         format_time(record.time_ms),
         e.event.as_str(),
         tool,
-        e.principal.as_deref().unwrap_or("-"),
+        escape(e.principal.as_deref().unwrap_or("-")),
     );
     if let Some(outcome) = &e.outcome {
-        line.push_str(&format!("  {outcome}"));
+        line.push_str(&format!("  {}", escape(outcome)));
     }
     if let Some(fuel) = e.fuel_used {
         line.push_str(&format!("  fuel={fuel}"));
@@ -360,7 +366,7 @@ fn print_record(record: &Record, json: bool) {
         line.push_str(&format!("  {:.1}ms", us as f64 / 1000.0));
     }
     if let Some(call) = &e.call_id {
-        line.push_str(&format!("  call={call}"));
+        line.push_str(&format!("  call={}", escape(call)));
     }
     println!("{line}");
 }

@@ -636,3 +636,58 @@ fn inspect_reports_http_imports_not_granted_and_origins_the_policy_refuses() {
     assert_eq!(http["declared"], true);
     assert_eq!(http["granted"], false);
 }
+
+#[test]
+fn guest_text_with_terminal_escapes_is_shown_escaped_by_audit_commands() {
+    let plugins = plugins_root(
+        "misbehave",
+        &read(MISBEHAVE),
+        "[capabilities]\nlog = true\nstdio = true\n\n[[tools]]\nname = \"say\"\nrisk = \"read\"\n",
+    );
+    let env = Env::new();
+    let attack = "irreversible\u{1b}[2K\rread";
+    let args = serde_json::json!({"text": attack, "fail": true}).to_string();
+    let failed = env
+        .cmd(plugins.path())
+        .args(["call", "misbehave/say", "--args", &args])
+        .output()
+        .unwrap();
+    assert_eq!(failed.status.code(), Some(4), "{}", stderr(&failed));
+    // A caller's tool reference with the same bytes, refused.
+    let refused = env
+        .cmd(plugins.path())
+        .args(["call", "misbehave/\u{1b}[2K\rread", "--args", "{}"])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(3), "{}", stderr(&refused));
+
+    let escaped = "irreversible\\u{1b}[2K\\u{d}read";
+    let show = env
+        .cmd(plugins.path())
+        .args(["audit", "show", "2"])
+        .output()
+        .unwrap();
+    assert!(show.status.success(), "{}", stderr(&show));
+    let out = String::from_utf8(show.stdout).unwrap();
+    assert!(!out.contains('\u{1b}') && !out.contains('\r'), "{out:?}");
+    assert!(out.contains(escaped), "the reason: {out}");
+    // The guest's log line (and its stderr) in the outcome record: the
+    // failed call keeps none, so look at the reason only; the escape of
+    // the JSON-quoted copy of the arguments holds no raw control either.
+    for command in [
+        &["audit", "tail"][..],
+        &["audit", "query", "--principal", "local"][..],
+    ] {
+        let listed = env.cmd(plugins.path()).args(command).output().unwrap();
+        assert!(listed.status.success(), "{}", stderr(&listed));
+        let out = String::from_utf8(listed.stdout).unwrap();
+        assert!(
+            !out.contains('\u{1b}') && !out.contains('\r'),
+            "{command:?}: {out:?}"
+        );
+        assert!(
+            out.contains("misbehave/\\u{1b}[2K\\u{d}read"),
+            "{command:?}: {out}"
+        );
+    }
+}
