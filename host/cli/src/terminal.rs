@@ -18,7 +18,7 @@ use std::fmt::Write as _;
 /// read as such an escape, so plain paths and text print unchanged.
 /// Borrowed when nothing needs escaping.
 pub(crate) fn escape(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(|c| needs_escape(c) || c == '\\') {
+    if !text.chars().any(needs_escape) && !text.contains("\\u") {
         return Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 16);
