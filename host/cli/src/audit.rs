@@ -271,7 +271,7 @@ fn verify(settings: &Settings, args: &VerifyArgs) -> Result<u8, Failure> {
             .map_err(Failure::usage)?;
         trusted.extend(export.checkpoints);
     }
-    let (what, outcome) = match &args.export {
+    let (what, key, outcome) = match &args.export {
         Some(file) => {
             let Some(key) = &args.pubkey else {
                 bail_usage(
@@ -281,24 +281,36 @@ fn verify(settings: &Settings, args: &VerifyArgs) -> Result<u8, Failure> {
             let key = parse_public_key(key).map_err(|e| Failure::usage(e.into()))?;
             (
                 file.display().to_string(),
+                KeySource::Given(*key.as_bytes()),
                 verify_export(file, &key, &trusted)?,
             )
         }
         None => {
             let log = open(settings)?;
-            if let Some(key) = &args.pubkey {
-                let key = parse_public_key(key).map_err(|e| Failure::usage(e.into()))?;
-                if key != log.public_key() {
-                    return Err(Failure::from(anyhow::anyhow!(
-                        "the live log is signed with key {}, not the one given",
-                        hex::encode(log.public_key().as_bytes())
-                    )));
+            let source = match &args.pubkey {
+                Some(key) => {
+                    let key = parse_public_key(key).map_err(|e| Failure::usage(e.into()))?;
+                    if key != log.public_key() {
+                        return Err(Failure::from(anyhow::anyhow!(
+                            "the live log is signed with key {}, not the one given",
+                            hex::encode(log.public_key().as_bytes())
+                        )));
+                    }
+                    KeySource::Given(*key.as_bytes())
                 }
-            }
-            (log.path().display().to_string(), log.verify(&trusted)?)
+                None => KeySource::BesideTheLog(
+                    *log.public_key().as_bytes(),
+                    log.path().join(PUBLIC_KEY_FILE),
+                ),
+            };
+            (
+                log.path().display().to_string(),
+                source,
+                log.verify(&trusted)?,
+            )
         }
     };
-    report(&what, &outcome, args.json);
+    report(&what, &key, &outcome, args.json);
     Ok(match outcome {
         Ok(_) => exit::OK,
         Err(_) => exit::VERIFY_FAILED,
@@ -309,10 +321,58 @@ fn bail_usage<T>(message: &str) -> Result<T, Failure> {
     Err(Failure::usage(anyhow::anyhow!("{message}")))
 }
 
-fn report(what: &str, outcome: &Result<VerifyReport, VerifyFailure>, json: bool) {
+/// The key checkpoints were verified against, and where it came from.
+enum KeySource {
+    /// `--pubkey`: a copy the reviewer brought.
+    Given([u8; 32]),
+    /// `signing.pub` beside the log: whoever could rewrite the log may have
+    /// replaced it too.
+    BesideTheLog([u8; 32], PathBuf),
+}
+
+impl KeySource {
+    fn hex(&self) -> String {
+        match self {
+            KeySource::Given(key) | KeySource::BesideTheLog(key, _) => hex::encode(key),
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        match self {
+            KeySource::Given(_) => json!({"public_key": self.hex(), "source": "pubkey"}),
+            KeySource::BesideTheLog(_, path) => json!({
+                "public_key": self.hex(),
+                "source": "stored_beside_log",
+                "path": path.display().to_string(),
+                "warning": BESIDE_THE_LOG_WARNING,
+            }),
+        }
+    }
+}
+
+const BESIDE_THE_LOG_WARNING: &str = "this key was read from beside the log: the check proves integrity only against someone who could not also replace that key file; verify with --pubkey and a copy of the key kept out of band";
+
+fn report(what: &str, key: &KeySource, outcome: &Result<VerifyReport, VerifyFailure>, json: bool) {
+    if !json {
+        match key {
+            KeySource::Given(_) => println!("key: {} (given with --pubkey)", key.hex()),
+            KeySource::BesideTheLog(_, path) => {
+                println!(
+                    "key: {} (stored beside the log: {})",
+                    key.hex(),
+                    path.display()
+                );
+                println!("warning: {BESIDE_THE_LOG_WARNING}");
+            }
+        }
+    }
     match (outcome, json) {
-        (Ok(report), true) => print_json(&json!({"ok": true, "log": what, "report": report})),
-        (Err(failure), true) => print_json(&json!({"ok": false, "log": what, "failure": failure})),
+        (Ok(report), true) => {
+            print_json(&json!({"ok": true, "log": what, "key": key.json(), "report": report}))
+        }
+        (Err(failure), true) => {
+            print_json(&json!({"ok": false, "log": what, "key": key.json(), "failure": failure}))
+        }
         (Ok(r), false) => {
             println!(
                 "ok: {} records, {} checkpoints verified ({what})",

@@ -638,6 +638,48 @@ fn inspect_reports_http_imports_not_granted_and_origins_the_policy_refuses() {
 }
 
 #[test]
+fn audit_verify_says_which_key_it_trusted() {
+    let env = Env::new();
+    assert!(
+        env.run(&["call", "text/slugify", "--args", r#"{"text":"A b"}"#])
+            .status
+            .success()
+    );
+    let pubkey = env.data.path().join("audit/signing.pub");
+    let key_hex = std::fs::read_to_string(&pubkey).unwrap().trim().to_owned();
+
+    // No --pubkey: the key beside the log, named, with what that proves.
+    let beside = env.run(&["audit", "verify"]);
+    assert!(beside.status.success(), "{}", stderr(&beside));
+    let out = String::from_utf8(beside.stdout).unwrap();
+    assert!(
+        out.contains(&format!("key: {key_hex} (stored beside the log: ")),
+        "{out}"
+    );
+    assert!(
+        out.contains("proves integrity only against someone who could not also replace that key"),
+        "{out}"
+    );
+    assert!(out.contains("--pubkey"), "{out}");
+    let beside_json = json(&env.run(&["audit", "verify", "--json"]));
+    assert_eq!(beside_json["key"]["source"], "stored_beside_log");
+    assert_eq!(beside_json["key"]["public_key"], key_hex.as_str());
+    assert!(beside_json["key"]["warning"].is_string());
+
+    // An out-of-band copy given with --pubkey: named as such, no warning.
+    let copy = env.data.path().join("trusted.pub");
+    std::fs::copy(&pubkey, &copy).unwrap();
+    let given = env.run(&["audit", "verify", "--pubkey", copy.to_str().unwrap()]);
+    assert!(given.status.success(), "{}", stderr(&given));
+    let out = String::from_utf8(given.stdout).unwrap();
+    assert!(
+        out.contains(&format!("key: {key_hex} (given with --pubkey)")),
+        "{out}"
+    );
+    assert!(!out.contains("warning"), "{out}");
+}
+
+#[test]
 fn guest_text_with_terminal_escapes_is_shown_escaped_by_audit_commands() {
     let plugins = plugins_root(
         "misbehave",
