@@ -202,6 +202,118 @@ async fn secrets_appear_nowhere_in_the_database_or_exports() {
     assert!(verify_export(&export, &key, &[]).unwrap().is_ok());
 }
 
+/// Every shape of secret a caller or guest may hand over: plural keys with
+/// arrays, header lists, URL query secrets, a short value at a declared
+/// pointer, and the guest repeating secrets in its log lines, its stderr
+/// and its error message. None reaches the database or an export, while a
+/// visible marker in each free-text channel does (so the search works).
+#[tokio::test]
+async fn secrets_of_every_shape_and_channel_appear_nowhere_on_disk() {
+    let data = tempfile::tempdir().unwrap();
+    let manifest = "[capabilities]\nlog = true\nstdio = true\n\n\
+        [[tools]]\nname = \"echo\"\nrisk = \"read\"\nredact = [\"/pin\"]\n\n\
+        [[tools]]\nname = \"say\"\nrisk = \"read\"\n";
+    let plugin = install("misbehave", &read(MISBEHAVE), manifest);
+    let host = host_in(data.path(), &plugin).await;
+    let secrets = [
+        "plural-Secret-aa01",
+        "plural-Secret-bb02",
+        "hdr-Secret-cc03",
+        "hdr-Secret-dd04",
+        "url-Secret-ee05",
+        "log-Secret-ff06",
+        "log-Secret-gg07",
+        "said-Secret-hh08",
+        "fail-Secret-ii09",
+    ];
+    let args = json!({
+        "api_keys": [secrets[0], secrets[1]],
+        "headers": [
+            {"name": "authorization", "value": format!("Bearer {}", secrets[2])},
+            {"key": "X-Api-Key", "value": secrets[3]},
+        ],
+        "url": format!("https://api.example.com/v1/items?api_key={}&page=2", secrets[4]),
+        "pin": "Q7",
+        "visible": "marker-visible-0042",
+    });
+    call(&host, "misbehave/echo", &args.to_string())
+        .await
+        .unwrap();
+    // The guest logs (and prints to stderr) a header line, a query secret
+    // and the password it was given.
+    let said = json!({
+        "text": format!(
+            "marker-log-0043 Authorization: Bearer {}\nGET /x?access_token={} sent",
+            secrets[5], secrets[6]
+        ),
+        "password": secrets[7],
+    });
+    call(&host, "misbehave/say", &said.to_string())
+        .await
+        .unwrap();
+    // And fails with the same kind of text.
+    let failing = json!({
+        "text": "marker-fail-0044 refused",
+        "password": secrets[8],
+        "fail": true,
+    });
+    let e = call(&host, "misbehave/say", &failing.to_string())
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), "tool_error");
+    // The caller still gets the guest's own text.
+    assert!(e.to_string().contains(secrets[8]), "{e}");
+
+    let rows = records(&host);
+    let finished: Vec<&Record> = rows
+        .iter()
+        .filter(|r| r.entry.event == Event::CallFinished)
+        .collect();
+    // The short secret at the declared pointer is a token, whatever its length.
+    let intent = &rows[0].entry;
+    assert!(
+        intent
+            .args
+            .as_deref()
+            .unwrap()
+            .contains("\"pin\":\"[redacted:"),
+        "{intent:?}"
+    );
+    // Log lines and stderr are stored, scrubbed; the error message too.
+    let logs = finished[1].entry.logs.as_deref().unwrap();
+    assert!(logs.contains("marker-log-0043"), "{logs}");
+    assert!(logs.contains("\"level\":\"warn\""), "{logs}");
+    let reason = finished[2].entry.reason.as_deref().unwrap();
+    assert!(reason.contains("marker-fail-0044"), "{reason}");
+
+    let export = data.path().join("export.jsonl");
+    host.audit().export(&export).unwrap();
+    let key = host.audit().public_key();
+    drop(host);
+    let mut files = Vec::new();
+    all_bytes(&data.path().join(AUDIT_DIR), &mut files);
+    files.push((
+        export.display().to_string(),
+        std::fs::read(&export).unwrap(),
+    ));
+    for marker in ["marker-visible-0042", "marker-log-0043", "marker-fail-0044"] {
+        assert!(
+            files.iter().any(|(_, b)| contains(b, marker)),
+            "{marker} missing: the grep proves nothing"
+        );
+    }
+    for (name, bytes) in &files {
+        for secret in secrets {
+            assert!(!contains(bytes, secret), "{secret:?} found in {name}");
+        }
+        assert!(
+            !contains(bytes, "\\\"pin\\\":\\\"Q7"),
+            "the short pin found in {name}"
+        );
+    }
+    assert!(verify_export(&export, &key, &[]).unwrap().is_ok());
+}
+
 #[tokio::test]
 async fn a_call_that_cannot_be_recorded_does_not_run() {
     let data = tempfile::tempdir().unwrap();

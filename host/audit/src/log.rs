@@ -37,6 +37,8 @@ pub const REDACTION_KEY_FILE: &str = "redaction.key";
 /// First line of an export.
 const EXPORT_FORMAT: &str = "airlock-audit-export";
 const EXPORT_VERSION: u64 = 1;
+/// How a record line of an export starts; the stored bytes and `}` follow.
+const RECORD_LINE_START: &str = "{\"record\":";
 
 /// How an [`AuditLog`] behaves.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +57,10 @@ pub struct AuditConfig {
     /// How long to wait for another process (a short-lived `airlock`
     /// command) to release the database before reporting it in use, ms.
     pub lock_wait_ms: u64,
+    /// Records sealed but not yet stored that the log holds while writing
+    /// to the store fails (disk full, no file descriptors); past it,
+    /// appends are refused until the store takes writes again.
+    pub max_pending_records: usize,
     /// Operator-wide redaction rules.
     pub redaction: RedactionRules,
 }
@@ -67,6 +73,7 @@ impl Default for AuditConfig {
             checkpoint_interval_s: 30,
             max_copy_bytes: 4096,
             lock_wait_ms: 3000,
+            max_pending_records: 1024,
             redaction: RedactionRules::default(),
         }
     }
@@ -114,6 +121,10 @@ struct Inner {
     signing: Signer,
     redactor: Redactor,
     config: AuditConfig,
+    /// Test hook: how many of the next store writes fail, as a full disk
+    /// would (sled has no fault injection of its own).
+    #[cfg(test)]
+    fail_writes: std::sync::atomic::AtomicU64,
 }
 
 /// Sealed records on their way into sled. Appending seals a record (its
@@ -130,8 +141,12 @@ struct Queue {
 #[derive(Default)]
 struct QueueState {
     writes: VecDeque<QueuedWrite>,
-    /// Why writing to sled failed: the log takes no more records.
-    failed: Option<String>,
+    /// Why the last attempt to write queued records failed, while they
+    /// still wait (the writer thread retries; the first success clears it).
+    failing: Option<String>,
+    /// Records taken from `writes` by the writer in progress (counted
+    /// against `max_pending_records` with those still queued).
+    taken: usize,
     /// The log is gone: the writer thread exits.
     stop: bool,
     /// There is no writer thread: appenders write what they queue.
@@ -162,6 +177,11 @@ enum Marker {
 
 /// Queued writes beyond which an appender writes them itself.
 const MAX_QUEUED: usize = 256;
+
+/// The writer thread's first and longest wait between attempts while the
+/// store fails.
+const RETRY_FIRST: Duration = Duration::from_millis(10);
+const RETRY_MAX: Duration = Duration::from_secs(1);
 
 /// The checkpoint key: the secret one for a writing host, the public one
 /// for a read-only opener.
@@ -487,6 +507,8 @@ impl AuditLog {
                 signing,
                 redactor,
                 config,
+                #[cfg(test)]
+                fail_writes: std::sync::atomic::AtomicU64::new(0),
             }),
         })
     }
@@ -581,6 +603,7 @@ impl AuditLog {
         let spawned = std::thread::Builder::new()
             .name("airlock-audit-writer".into())
             .spawn(move || {
+                let mut retry = RETRY_FIRST;
                 loop {
                     {
                         let state = queue.lock();
@@ -593,11 +616,24 @@ impl AuditLog {
                         }
                     }
                     let Some(inner) = weak.upgrade() else { return };
-                    // A failure is logged and final (the log refuses
-                    // appends from then on).
-                    if inner.write_queued().is_err() {
+                    let written = inner.write_queued();
+                    drop(inner);
+                    if written.is_ok() {
+                        retry = RETRY_FIRST;
+                        continue;
+                    }
+                    // The records stay queued, in order: try again after a
+                    // growing pause (a stop or a new record does not cut
+                    // it short: the store needs the time, not the thread).
+                    let state = queue.lock();
+                    let (state, _) = queue
+                        .wake
+                        .wait_timeout_while(state, retry, |s| !s.stop)
+                        .unwrap_or_else(PoisonError::into_inner);
+                    if state.stop {
                         return;
                     }
+                    retry = (retry * 2).min(RETRY_MAX);
                 }
             });
         if let Err(e) = spawned {
@@ -645,11 +681,22 @@ impl AuditLog {
     /// once, written to the store by the writer thread — or, for
     /// [`Durability::Flushed`], written and flushed before this returns.
     ///
+    /// A failure to write is not final. The records already sealed stay
+    /// queued, in order, and the writer thread writes them as soon as the
+    /// store takes writes again; meanwhile batched appends are sealed and
+    /// queued behind them up to `max_pending_records`, then refused
+    /// (nothing sealed, so no gap). The chain never forks: a sealed record
+    /// is never dropped or renumbered.
+    ///
     /// # Errors
-    /// [`Error::Store`] when the record (or, for a batched one, an earlier
-    /// record: writing failed and the log takes no more) cannot be written,
-    /// or a flushed one cannot be flushed; [`Error::Closed`] after
-    /// [`close`](Self::close). Either way the caller must not run the call.
+    /// [`Error::Store`] when the store is failing and `max_pending_records`
+    /// records already wait (this record was not sealed), or, for a flushed
+    /// append, when it cannot be written and flushed now — the record is
+    /// then sealed and stays queued: it reaches the store once the store
+    /// recovers, so the caller should record what became of it (the
+    /// pipeline appends the call's outcome, `audit_unavailable`);
+    /// [`Error::Closed`] after [`close`](Self::close). Either way the
+    /// caller must not run the call.
     pub fn append(&self, entry: Entry, durability: Durability) -> Result<Record> {
         let record = self.append_unflushed(entry)?;
         if durability == Durability::Flushed {
@@ -665,8 +712,19 @@ impl AuditLog {
             return Err(Error::Closed);
         }
         let seq = head.seq + 1;
-        if let Some(failed) = &self.inner.queue.lock().failed {
-            return Err(Error::store(&inner.path, failed.clone()));
+        {
+            let queue = inner.queue.lock();
+            let pending = queue.writes.len() + queue.taken;
+            if let Some(failing) = &queue.failing
+                && pending >= inner.config.max_pending_records
+            {
+                return Err(Error::store(
+                    &inner.path,
+                    format!(
+                        "{failing}; {pending} records wait for the store, no more are taken until it recovers"
+                    ),
+                ));
+            }
         }
         let (record, hash, bytes) = Record::seal(seq, now_ms(), entry, &head.hash);
         let marker = match (record.entry.event, record.entry.call_id.as_deref()) {
@@ -691,8 +749,15 @@ impl AuditLog {
         drop(head);
         if inline || queued > MAX_QUEUED {
             // The writer thread is behind: help it, which also slows the
-            // appenders down to sled's pace.
-            inner.write_queued()?;
+            // appenders down to sled's pace. The record is sealed and
+            // queued: if the store fails now it stays queued for the
+            // writer thread to retry, so this append still succeeded.
+            // While the store fails, the writer thread's pauses pace the
+            // retries (an appender is no help then).
+            if inline || inner.queue.lock().failing.is_none() {
+                let _ = inner.write_queued();
+            }
+            inner.queue.wake.notify_one();
         } else {
             inner.queue.wake.notify_one();
         }
@@ -952,7 +1017,8 @@ impl AuditLog {
             }
             for item in self.inner.tree.range(key(RECORD, 1)..=key(RECORD, records)) {
                 let (_, v) = item.map_err(|e| Error::store(&self.inner.path, e))?;
-                out.write_all(b"{\"record\":").map_err(file_error)?;
+                out.write_all(RECORD_LINE_START.as_bytes())
+                    .map_err(file_error)?;
                 out.write_all(&v).map_err(file_error)?;
                 out.write_all(b"}\n").map_err(file_error)?;
             }
@@ -972,31 +1038,66 @@ impl AuditLog {
 }
 
 impl Inner {
-    /// Put every queued record into sled, in order. A failure is final: the
-    /// queue is dropped and the log takes no more records.
+    /// Put every queued record into sled, in order. On a failure the
+    /// record that failed and every one after it go back to the front of
+    /// the queue, in order, to be tried again (by the writer thread, or
+    /// the next flush): nothing sealed is lost or reordered, so the chain
+    /// in the store stays a gap-free prefix of the sealed one.
     fn write_queued(&self) -> Result<()> {
         let _writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
-            let writes: Vec<QueuedWrite> = {
+            let writes: VecDeque<QueuedWrite> = {
                 let mut queue = self.queue.lock();
-                if let Some(failed) = &queue.failed {
-                    return Err(Error::store(&self.path, failed.clone()));
-                }
-                queue.writes.drain(..).collect()
+                queue.taken = queue.writes.len();
+                std::mem::take(&mut queue.writes)
             };
             if writes.is_empty() {
-                return Ok(());
+                let mut queue = self.queue.lock();
+                if queue.writes.is_empty() {
+                    if queue.failing.take().is_some() {
+                        tracing::warn!(
+                            "the audit store takes writes again; queued records are stored"
+                        );
+                    }
+                    return Ok(());
+                }
+                continue;
             }
-            for write in writes {
-                if let Err(e) = self.write(write) {
+            let mut writes = writes;
+            while let Some(write) = writes.front() {
+                let seq = write.seq;
+                if let Err(e) = self.write_checked(write) {
                     let mut queue = self.queue.lock();
-                    queue.failed = Some(format!("cannot write a record: {e}"));
-                    queue.writes.clear();
-                    tracing::error!(error = %e, "cannot write audit records; the log takes no more");
+                    let first_failure = queue.failing.is_none();
+                    queue.failing = Some(format!("cannot write record {seq}: {e}"));
+                    // Back in front of whatever was queued meanwhile.
+                    writes.append(&mut queue.writes);
+                    queue.writes = writes;
+                    queue.taken = 0;
+                    if first_failure {
+                        tracing::error!(error = %e, seq, queued = queue.writes.len(), "cannot write audit records; they stay queued and are retried");
+                    }
                     return Err(e);
                 }
+                writes.pop_front();
             }
         }
+    }
+
+    fn write_checked(&self, write: &QueuedWrite) -> Result<()> {
+        #[cfg(test)]
+        {
+            use std::sync::atomic::Ordering;
+            let left = self.fail_writes.load(Ordering::SeqCst);
+            if left > 0 {
+                self.fail_writes.store(left - 1, Ordering::SeqCst);
+                return Err(Error::store(
+                    &self.path,
+                    "No space left on device (os error 28) [injected]",
+                ));
+            }
+        }
+        self.write(write)
     }
 
     /// Before a read: put what is queued into sled, so the reader sees
@@ -1014,23 +1115,24 @@ impl Inner {
     /// recovers a prefix of its writes, so a crash between the two leaves a
     /// marker whose intent is missing or whose call has its outcome, and
     /// `recover` tells both apart from a call that was in flight.
-    fn write(&self, write: QueuedWrite) -> Result<()> {
+    fn write(&self, write: &QueuedWrite) -> Result<()> {
         let store_error = |e| Error::store(&self.path, e);
         let record_key = key(RECORD, write.seq);
-        match write.marker {
+        match &write.marker {
             Marker::Open(marker) => {
                 self.tree
-                    .insert(&marker, &write.seq.to_be_bytes())
+                    .insert(marker, &write.seq.to_be_bytes())
                     .map_err(store_error)?;
-                if let Err(e) = self.tree.insert(record_key, write.bytes) {
-                    // Best effort: `recover` drops a marker without its intent.
-                    let _ = self.tree.remove(&marker);
+                if let Err(e) = self.tree.insert(record_key, write.bytes.as_slice()) {
+                    // Best effort: `recover` drops a marker without its
+                    // intent; a retry writes both again.
+                    let _ = self.tree.remove(marker);
                     return Err(store_error(e));
                 }
             }
             Marker::Close(marker) => {
                 self.tree
-                    .insert(record_key, write.bytes)
+                    .insert(record_key, write.bytes.as_slice())
                     .map_err(store_error)?;
                 if let Err(e) = self.tree.remove(marker) {
                     // The record is written; `recover` drops a marker whose
@@ -1040,7 +1142,7 @@ impl Inner {
             }
             Marker::None => {
                 self.tree
-                    .insert(record_key, write.bytes)
+                    .insert(record_key, write.bytes.as_slice())
                     .map_err(store_error)?;
             }
         }
@@ -1144,7 +1246,12 @@ pub fn verify_export(
     let present: HashSet<u64> = export
         .records
         .iter()
-        .filter_map(|r| r.get("seq").and_then(Value::as_u64))
+        .filter_map(|r| {
+            serde_json::from_str::<Value>(r)
+                .ok()?
+                .get("seq")
+                .and_then(Value::as_u64)
+        })
         .collect();
     let mut verifier = match Verifier::new(
         key,
@@ -1156,7 +1263,7 @@ pub fn verify_export(
         Err(failure) => return Ok(Err(failure)),
     };
     for record in export.records {
-        if let Err(failure) = verifier.push(None, record) {
+        if let Err(failure) = verifier.push_bytes(None, record.as_bytes()) {
             return Ok(Err(failure));
         }
     }
@@ -1171,8 +1278,9 @@ pub struct Export {
     pub public_key: String,
     /// Its checkpoints.
     pub checkpoints: Vec<Checkpoint>,
-    /// Its records, as stored.
-    pub records: Vec<Value>,
+    /// Its records: each exactly the bytes the log stored (and hashed),
+    /// which verification checks as they are, never re-encoded.
+    pub records: Vec<String>,
 }
 
 /// Read an export file (or just its checkpoints, to use them as trusted
@@ -1225,10 +1333,21 @@ pub fn read_export(path: impl AsRef<Path>) -> Result<Export> {
         if line.trim().is_empty() {
             continue;
         }
-        let mut value: Value =
+        let value: Value =
             serde_json::from_str(&line).map_err(|e| bad(n, format!("not JSON: {e}")))?;
-        if let Some(record) = value.get_mut("record") {
-            export.records.push(record.take());
+        if value.get("record").is_some() {
+            // The record's stored bytes, exactly as written: the wrapper is
+            // fixed text, so nothing about them is lost to parsing.
+            let stored = line
+                .strip_prefix(RECORD_LINE_START)
+                .and_then(|rest| rest.strip_suffix('}'))
+                .ok_or_else(|| {
+                    bad(
+                        n,
+                        format!("a record line must be exactly {RECORD_LINE_START}<record>}}"),
+                    )
+                })?;
+            export.records.push(stored.to_owned());
         } else if let Some(cp) = value.get("checkpoint") {
             let cp: Checkpoint = serde_json::from_value(cp.clone())
                 .map_err(|e| bad(n, format!("malformed checkpoint: {e}")))?;
@@ -1238,4 +1357,124 @@ pub fn read_export(path: impl AsRef<Path>) -> Result<Export> {
         }
     }
     Ok(export)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+    use std::sync::atomic::Ordering;
+
+    use super::*;
+
+    fn entry(i: u64) -> Entry {
+        let mut e = Entry::new(Event::ModeChanged);
+        e.decision = Some(format!("entry-{i}"));
+        e
+    }
+
+    fn fail_next_writes(log: &AuditLog, n: u64) {
+        log.inner.fail_writes.store(n, Ordering::SeqCst);
+    }
+
+    /// Every record 1..=n present, in order, and the chain verifies.
+    fn assert_gap_free(log: &AuditLog, n: u64) {
+        let report = log.verify(&[]).unwrap().unwrap();
+        assert_eq!(report.records, n);
+        let seqs: Vec<u64> = log.records(1).map(|r| r.unwrap().seq).collect();
+        assert_eq!(seqs, (1..=n).collect::<Vec<_>>());
+    }
+
+    /// A full disk for a moment: the flushed append that hit it is told so,
+    /// the record it sealed is stored once the disk takes writes again, and
+    /// appends after it succeed — no restart, no gap, no fork.
+    #[test]
+    fn a_failed_audit_write_does_not_stop_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(dir.path(), AuditConfig::default()).unwrap();
+        for i in 1..=3 {
+            log.append(entry(i), Durability::Flushed).unwrap();
+        }
+        fail_next_writes(&log, u64::MAX);
+        let failed = log.append(entry(4), Durability::Flushed).unwrap_err();
+        assert!(failed.to_string().contains("No space left"), "{failed}");
+        // The store works again: later appends succeed, flushed or not.
+        fail_next_writes(&log, 0);
+        let fifth = log.append(entry(5), Durability::Flushed).unwrap();
+        assert_eq!(fifth.seq, 5);
+        let sixth = log.append(entry(6), Durability::Batched).unwrap();
+        log.flush().unwrap();
+        assert_gap_free(&log, 6);
+        // Record 4 was kept and stored, and what the appenders were handed
+        // is what the store holds.
+        assert_eq!(
+            log.get(4).unwrap().unwrap().entry.decision.as_deref(),
+            Some("entry-4")
+        );
+        assert_eq!(log.get(6).unwrap().unwrap(), sixth);
+        assert_eq!(
+            log.get(5).unwrap().unwrap().prev_hash,
+            log.get(4).unwrap().unwrap().hash
+        );
+        // Closed and reopened, it verifies and continues.
+        log.close().unwrap();
+        drop(log);
+        let log = AuditLog::open(dir.path(), AuditConfig::default()).unwrap();
+        assert_eq!(log.append(entry(7), Durability::Flushed).unwrap().seq, 7);
+        assert_gap_free(&log, 7);
+    }
+
+    /// While the store keeps failing, batched appends queue up to
+    /// `max_pending_records` and then are refused without sealing anything;
+    /// the writer thread stores the queue once the store recovers.
+    #[test]
+    fn a_store_failing_for_long_refuses_past_the_pending_bound_then_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = AuditConfig {
+            max_pending_records: 8,
+            ..AuditConfig::default()
+        };
+        let log = AuditLog::open(dir.path(), config).unwrap();
+        log.append(entry(1), Durability::Flushed).unwrap();
+        fail_next_writes(&log, u64::MAX);
+        assert!(log.append(entry(2), Durability::Flushed).is_err());
+        let mut accepted = 1 + 1;
+        let mut refused = 0;
+        for i in 3..=40 {
+            match log.append(entry(i), Durability::Batched) {
+                Ok(record) => {
+                    accepted += 1;
+                    assert_eq!(record.seq, accepted);
+                }
+                Err(e) => {
+                    refused += 1;
+                    assert!(e.to_string().contains("wait for the store"), "{e}");
+                }
+            }
+        }
+        assert_eq!(accepted, 9, "record 1 stored plus 8 pending");
+        assert_eq!(refused, 31);
+        // The disk has room again: the writer thread catches up by itself.
+        fail_next_writes(&log, 0);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while log.inner.queue.lock().failing.is_some() {
+            assert!(Instant::now() < deadline, "the writer thread did not retry");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(log.append(entry(41), Durability::Flushed).unwrap().seq, 10);
+        assert_gap_free(&log, 10);
+    }
+
+    /// Without a writer thread, the next append or flush retries.
+    #[test]
+    fn inline_writers_retry_what_failed() {
+        let log = AuditLog::temporary(AuditConfig::default()).unwrap();
+        log.inner.queue.lock().inline = true;
+        fail_next_writes(&log, u64::MAX);
+        assert!(log.append(entry(1), Durability::Flushed).is_err());
+        fail_next_writes(&log, 0);
+        assert_eq!(log.append(entry(2), Durability::Batched).unwrap().seq, 2);
+        log.flush().unwrap();
+        assert_gap_free(&log, 2);
+    }
 }

@@ -128,6 +128,14 @@ pub struct Entry {
     /// `result` was cut at the size cap.
     #[serde(default, skip_serializing_if = "is_false")]
     pub result_truncated: bool,
+    /// The lines the guest logged (its stdout and stderr too, with that
+    /// grant), redacted like the result: canonical JSON of
+    /// `[{"level": …, "message": …}, …]`, size-capped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logs: Option<String>,
+    /// `logs` was cut at the size cap.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub logs_truncated: bool,
     /// `ok`, an error kind (`tool_error`, `fuel_exhausted`, ...), or
     /// [`OUTCOME_UNKNOWN`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -168,6 +176,8 @@ impl Entry {
             result_digest: None,
             result: None,
             result_truncated: false,
+            logs: None,
+            logs_truncated: false,
             outcome: None,
             fuel_used: None,
             wall_us: None,
@@ -198,6 +208,15 @@ pub fn chain_hash(prev: &[u8; 32], body: &Value) -> [u8; 32] {
     let mut hasher = Sha256::new();
     hasher.update(prev);
     hasher.update(canonical::to_vec(body));
+    hasher.finalize().into()
+}
+
+/// [`chain_hash`] over a body already in canonical form: `SHA-256(prev ‖
+/// body)`, the bytes hashed exactly as given.
+pub(crate) fn chain_hash_bytes(prev: &[u8; 32], body: &[u8]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    hasher.update(prev);
+    hasher.update(body);
     hasher.finalize().into()
 }
 
@@ -266,6 +285,8 @@ impl Record {
             result_digest,
             result,
             result_truncated,
+            logs,
+            logs_truncated,
             outcome,
             fuel_used,
             wall_us,
@@ -273,7 +294,8 @@ impl Record {
         let mut out = Members::with_capacity(
             512 + args.as_ref().map_or(0, String::len)
                 + result.as_ref().map_or(0, String::len)
-                + reason.as_ref().map_or(0, String::len),
+                + reason.as_ref().map_or(0, String::len)
+                + logs.as_ref().map_or(0, String::len),
         );
         // Members in the byte order of their keys.
         out.text("approval_id", approval_id.as_deref());
@@ -287,6 +309,8 @@ impl Record {
         out.number("fuel_used", *fuel_used);
         out.text("hash", Some(self.hash.as_str()).filter(|_| with_hash));
         out.text("idempotency_key", idempotency_key.as_deref());
+        out.text("logs", logs.as_deref());
+        out.flag("logs_truncated", *logs_truncated);
         out.text("manifest_digest", manifest_digest.as_deref());
         out.text("outcome", outcome.as_deref());
         out.text("plugin", plugin.as_deref());
@@ -424,6 +448,8 @@ mod tests {
             result_digest: text("result digest"),
             result: text("[1,2]"),
             result_truncated: true,
+            logs: text("[{\"level\":\"info\"}]"),
+            logs_truncated: true,
             outcome: text("ok"),
             fuel_used: Some(u64::MAX),
             wall_us: Some(0),

@@ -1,21 +1,32 @@
 //! Redaction: secrets are replaced by a keyed hash before anything is written.
 //!
-//! Three rules, applied to arguments and results alike:
+//! Rules, applied to arguments and results alike:
 //! - **pointers** listed per tool in the manifest (`redact = ["/card"]`,
-//!   RFC 6901; a `*` segment matches every array element or object member);
+//!   RFC 6901; a `*` segment matches every array element or object member),
+//!   whatever the value's length;
 //! - **key words**: a member whose key contains one of the operator's words
 //!   (`password`, `token`, ...) as a word — `access_token`, `apiKey`,
-//!   `X-Auth-Token` match `token`/`key`-style words, `max_tokens` does not;
+//!   `X-Auth-Token` match `token`/`key`-style words, `max_tokens` does not.
+//!   A plural of the last word (`api_keys`, `tokens`, `passwords`) matches
+//!   too unless the value is a number or a boolean (a count);
+//! - **header lists**: `{"name": "Authorization", "value": "…"}` (or `key` /
+//!   `header` and `value` / `values`) and `["Cookie", "…"]` pairs whose name
+//!   is secret by the key words, in any letter case;
 //! - **card numbers**: 13–19 digits (spaces or dashes allowed) passing the
-//!   Luhn check, as a whole value or inside text.
+//!   Luhn check, as a whole value or inside text;
+//! - **secrets inside text**, in every string and in free text: URL query
+//!   (and form) parameters named by the key words (`?api_key=…`,
+//!   `&access_token=…`, `sig=`), `Bearer …` credentials, and header lines
+//!   such as `Authorization: …` or `X-Api-Key: …`.
 //!
 //! A redacted value becomes `"[redacted:<16 hex>]"`: the first 64 bits of
 //! HMAC-SHA-256 under the host's redaction key over the value's canonical
 //! JSON. Equal values give equal tokens, so records stay correlatable; the
 //! key never leaves the host, so tokens cannot be brute-forced offline.
-//! Every redacted string of four characters or more is also removed from
-//! free text written in the same record (error messages, results echoing
-//! their arguments).
+//! Every redacted string is also removed from free text written in the same
+//! record (error messages, log lines, stderr, results echoing their
+//! arguments): anywhere when it has four characters or more, as a whole
+//! word when shorter.
 
 use hmac::{Hmac, Mac};
 use regex::Regex;
@@ -60,6 +71,8 @@ impl Default for RedactionRules {
                 "cvv",
                 "cvc",
                 "pin",
+                "signature",
+                "sig",
             ]
             .map(String::from)
             .to_vec(),
@@ -75,6 +88,12 @@ pub struct Redactor {
     /// Each rule word split into its words (`api_key` → `api`, `key`).
     key_words: Vec<Vec<String>>,
     card: Regex,
+    /// `name=value` in a URL query, a form body or free text.
+    param: Regex,
+    /// `Name: value` header lines.
+    header: Regex,
+    /// `Bearer <credential>`.
+    bearer: Regex,
 }
 
 impl std::fmt::Debug for Redactor {
@@ -99,13 +118,16 @@ impl Redactor {
     pub fn new(key: [u8; 32], rules: RedactionRules) -> Redactor {
         let key_words = rules.key_words.iter().map(|w| words(w)).collect();
         // Digits with optional single separators, 13 to 19 digits long.
-        #[allow(clippy::unwrap_used)] // A constant pattern, covered by tests.
-        let card = Regex::new(r"\b\d(?:[ -]?\d){12,18}\b").unwrap();
+        #[allow(clippy::unwrap_used)] // Constant patterns, covered by tests.
+        let pattern = |p: &str| Regex::new(p).unwrap();
         Redactor {
             key,
             rules,
             key_words,
-            card,
+            card: pattern(r"\b\d(?:[ -]?\d){12,18}\b"),
+            param: pattern(r#"(^|[?&;#\s"'(,])([A-Za-z0-9_.\-\[\]]{1,64})=([^&#;\s"'<>)]+)"#),
+            header: pattern(r#"(?i)\b([a-z][a-z0-9]*(?:-[a-z0-9]+)*)[ \t]*:[ \t]*([^\r\n"]+)"#),
+            bearer: pattern(r"(?i)\bbearer\s+([A-Za-z0-9._~+/=\-]{6,})"),
         }
     }
 
@@ -147,25 +169,83 @@ impl Redactor {
         Redacted { value, secrets }
     }
 
-    /// Remove `secrets` and card numbers from free text.
+    /// Remove `secrets`, card numbers and secret-shaped text (query
+    /// parameters, header lines, bearer credentials) from free text: error
+    /// messages, log lines, stderr.
     pub fn scrub(&self, text: &str, secrets: &[String]) -> String {
         let mut out = text.to_owned();
-        let mut sorted: Vec<&String> = secrets
-            .iter()
-            .filter(|s| s.chars().count() >= MIN_SCRUB_LEN)
-            .collect();
+        let mut sorted: Vec<&String> = secrets.iter().filter(|s| !s.is_empty()).collect();
         // Longest first, so a secret containing another is replaced whole.
         sorted.sort_by_key(|s| std::cmp::Reverse(s.len()));
         for secret in sorted {
             if out.contains(secret.as_str()) {
                 let token = self.token(&Value::String(secret.clone()));
-                out = out.replace(secret.as_str(), &token);
+                out = if secret.chars().count() >= MIN_SCRUB_LEN {
+                    out.replace(secret.as_str(), &token)
+                } else {
+                    replace_whole_words(&out, secret, &token)
+                };
             }
         }
+        let mut found = Vec::new();
+        out = self.scrub_patterns(&out, &mut found, true);
         if self.rules.card_numbers {
             out = self.scrub_cards(&out);
         }
         out
+    }
+
+    /// Replace secret-shaped parts of `text`, adding what was replaced to
+    /// `found`. `lines`: also header lines (free text; a JSON string value
+    /// is rarely a header line, but a log line often is).
+    fn scrub_patterns(&self, text: &str, found: &mut Vec<String>, lines: bool) -> String {
+        let mut out = std::borrow::Cow::Borrowed(text);
+        if out.contains('=') {
+            let replaced = self.param.replace_all(&out, |caps: &regex::Captures<'_>| {
+                let (lead, name, value) = (&caps[1], &caps[2], &caps[3]);
+                let numeric = value.bytes().all(|b| b.is_ascii_digit());
+                if !is_token(value)
+                    && (self.secret_key(name) || (!numeric && self.plural_secret_key(name)))
+                {
+                    found.push(value.to_owned());
+                    format!(
+                        "{lead}{name}={}",
+                        self.token(&Value::String(value.to_owned()))
+                    )
+                } else {
+                    caps[0].to_owned()
+                }
+            });
+            out = std::borrow::Cow::Owned(replaced.into_owned());
+        }
+        if lines && out.contains(':') {
+            let replaced = self.header.replace_all(&out, |caps: &regex::Captures<'_>| {
+                let (name, value) = (&caps[1], caps[2].trim_end());
+                let headerish = name.contains('-')
+                    || ["authorization", "cookie"].contains(&name.to_ascii_lowercase().as_str());
+                if headerish && self.secret_key(name) && !is_token(value) {
+                    found.push(value.to_owned());
+                    let token = self.token(&Value::String(value.to_owned()));
+                    caps[0].replacen(value, &token, 1)
+                } else {
+                    caps[0].to_owned()
+                }
+            });
+            out = std::borrow::Cow::Owned(replaced.into_owned());
+        }
+        if out.len() >= 6 && out.to_ascii_lowercase().contains("bearer") {
+            let replaced = self.bearer.replace_all(&out, |caps: &regex::Captures<'_>| {
+                let credential = &caps[1];
+                found.push(credential.to_owned());
+                caps[0].replacen(
+                    credential,
+                    &self.token(&Value::String(credential.to_owned())),
+                    1,
+                )
+            });
+            out = std::borrow::Cow::Owned(replaced.into_owned());
+        }
+        out.into_owned()
     }
 
     fn scrub_cards(&self, text: &str) -> String {
@@ -215,7 +295,9 @@ impl Redactor {
     }
 
     fn replace(&self, value: &mut Value, secrets: &mut Vec<String>) {
-        if value.as_str().is_some_and(|s| s.starts_with("[redacted")) {
+        // Only a token this redactor wrote is left alone: a value that
+        // merely starts like one is redacted like any other.
+        if value.as_str().is_some_and(is_token) {
             return;
         }
         collect_leaves(value, secrets);
@@ -225,8 +307,15 @@ impl Redactor {
     fn walk(&self, value: &mut Value, secrets: &mut Vec<String>) {
         match value {
             Value::Object(map) => {
+                // A header list entry: `{"name": "Authorization", "value": …}`.
+                let named_secret = ["name", "key", "header", "field"].iter().any(|k| {
+                    map.get(*k)
+                        .and_then(Value::as_str)
+                        .is_some_and(|name| self.secret_key(name) || self.plural_secret_key(name))
+                });
                 for (key, item) in map.iter_mut() {
-                    if self.secret_key(key) {
+                    let is_value = ["value", "values", "val"].contains(&key.as_str());
+                    if (named_secret && is_value) || self.secret_member(key, item) {
                         self.replace(item, secrets);
                     } else {
                         self.walk(item, secrets);
@@ -234,12 +323,25 @@ impl Redactor {
                 }
             }
             Value::Array(items) => {
+                // A header pair: `["Cookie", "…"]`.
+                if let [Value::String(name), value] = items.as_mut_slice()
+                    && self.secret_key(name)
+                {
+                    self.replace(value, secrets);
+                    return;
+                }
                 for item in items {
                     self.walk(item, secrets);
                 }
             }
-            Value::String(s) if self.rules.card_numbers => {
-                let scrubbed = self.scrub_cards(s);
+            Value::String(s) => {
+                if is_token(s) {
+                    return;
+                }
+                let mut scrubbed = self.scrub_patterns(s, secrets, false);
+                if self.rules.card_numbers {
+                    scrubbed = self.scrub_cards(&scrubbed);
+                }
                 if scrubbed != *s {
                     *s = scrubbed;
                 }
@@ -262,6 +364,35 @@ impl Redactor {
                     .windows(rule.len())
                     .any(|window| window.iter().zip(rule).all(|(a, b)| a == b))
         })
+    }
+
+    /// `key` names several secrets: a key word's plural as its last word
+    /// (`api_keys`, `tokens`, `passwords`, `set_cookies`).
+    fn plural_secret_key(&self, key: &str) -> bool {
+        let key_words = words(key);
+        let Some((last, _)) = key_words.split_last() else {
+            return false;
+        };
+        let Some(singular) = last.strip_suffix('s') else {
+            return false;
+        };
+        let n = key_words.len();
+        self.key_words.iter().any(|rule| {
+            let Some((rule_last, rule_rest)) = rule.split_last() else {
+                return false;
+            };
+            singular == rule_last
+                && n > rule_rest.len()
+                && key_words[n - 1 - rule_rest.len()..n - 1] == *rule_rest
+        })
+    }
+
+    /// The member `key` holds a secret: by its key words, or by their
+    /// plural unless the value is a count.
+    fn secret_member(&self, key: &str, value: &Value) -> bool {
+        self.secret_key(key)
+            || (!matches!(value, Value::Number(_) | Value::Bool(_) | Value::Null)
+                && self.plural_secret_key(key))
     }
 }
 
@@ -291,6 +422,32 @@ fn words(key: &str) -> Vec<String> {
     out
 }
 
+/// `text` with every occurrence of `word` that is not part of a longer word
+/// (no letter or digit right before or after it) replaced by `with`.
+fn replace_whole_words(text: &str, word: &str, with: &str) -> String {
+    let is_word = |c: Option<char>| c.is_some_and(char::is_alphanumeric);
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find(word) {
+        let before = rest[..at]
+            .chars()
+            .next_back()
+            .or_else(|| out.chars().next_back());
+        let after = rest[at + word.len()..].chars().next();
+        let starts_word = word.chars().next().is_some_and(char::is_alphanumeric);
+        let ends_word = word.chars().next_back().is_some_and(char::is_alphanumeric);
+        out.push_str(&rest[..at]);
+        if (starts_word && is_word(before)) || (ends_word && is_word(after)) {
+            out.push_str(word);
+        } else {
+            out.push_str(with);
+        }
+        rest = &rest[at + word.len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
 fn collect_leaves(value: &Value, out: &mut Vec<String>) {
     match value {
         Value::String(s) => out.push(s.clone()),
@@ -301,9 +458,17 @@ fn collect_leaves(value: &Value, out: &mut Vec<String>) {
     }
 }
 
+/// `s` is a token a redactor wrote: `[redacted:<16 hex>]`.
+fn is_token(s: &str) -> bool {
+    s.len() == 27
+        && s.starts_with("[redacted:")
+        && s.ends_with(']')
+        && s[10..26].bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 fn scrub_strings(value: &mut Value, scrub: &dyn Fn(&str) -> String) {
     match value {
-        Value::String(s) if !s.starts_with("[redacted:") => *s = scrub(s),
+        Value::String(s) if !is_token(s) => *s = scrub(s),
         Value::Array(items) => items.iter_mut().for_each(|v| scrub_strings(v, scrub)),
         Value::Object(map) => map.values_mut().for_each(|v| scrub_strings(v, scrub)),
         _ => {}
@@ -447,6 +612,170 @@ mod tests {
         for key in ["max_tokens", "keyboard", "author", "pinned", "spinner"] {
             assert!(!r.secret_key(key), "{key}");
         }
+    }
+
+    fn assert_hidden(text: &str, secrets: &[&str]) {
+        for secret in secrets {
+            assert!(!text.contains(secret), "{secret} leaked: {text}");
+        }
+    }
+
+    #[test]
+    fn plural_keys_holding_arrays_are_redacted_but_counts_survive() {
+        let r = redactor();
+        let args = json!({
+            "api_keys": ["ak-first-1111", "ak-second-2222"],
+            "tokens": ["tk-aaaa", "tk-bbbb"],
+            "secrets": {"db": "s3cr3t-db"},
+            "passwords": ["pw-one-1", "pw-two-2"],
+            "apiKeys": ["camel-key-1"],
+            "max_tokens": 512,
+            "tokens_used": 12,
+            "keys": ["k1"],
+        });
+        let out = r.redact(&args, &[], &[]);
+        assert_hidden(
+            &out.value.to_string(),
+            &[
+                "ak-first",
+                "ak-second",
+                "tk-aaaa",
+                "tk-bbbb",
+                "s3cr3t-db",
+                "pw-one",
+                "pw-two",
+                "camel-key",
+            ],
+        );
+        assert_eq!(out.value["max_tokens"], 512);
+        assert_eq!(out.value["keys"], json!(["k1"]));
+        // Each element is also scrubbed from free text.
+        let message = r.scrub("bad key ak-second-2222", &out.secrets);
+        assert_hidden(&message, &["ak-second"]);
+    }
+
+    #[test]
+    fn header_lists_are_redacted_in_any_letter_case() {
+        let r = redactor();
+        let args = json!({
+            "headers": [
+                {"name": "Authorization", "value": "Bearer hdr-bearer-1"},
+                {"name": "proxy-authorization", "value": "Basic cHJveHk6cHc="},
+                {"name": "COOKIE", "value": "sid=hdr-cookie-2"},
+                {"name": "Set-Cookie", "values": ["sid=hdr-cookie-3"]},
+                {"key": "X-Api-Key", "value": "hdr-apikey-4"},
+                {"header": "x-auth-token", "value": "hdr-token-5"},
+                {"name": "Accept", "value": "application/json"},
+            ],
+            "pairs": [["Cookie", "hdr-pair-6"], ["Accept", "text/plain"]],
+        });
+        let out = r.redact(&args, &[], &[]);
+        let text = out.value.to_string();
+        assert_hidden(
+            &text,
+            &[
+                "hdr-bearer-1",
+                "cHJveHk6cHc=",
+                "hdr-cookie-2",
+                "hdr-cookie-3",
+                "hdr-apikey-4",
+                "hdr-token-5",
+                "hdr-pair-6",
+            ],
+        );
+        assert!(
+            text.contains("application/json") && text.contains("text/plain"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn secrets_in_url_queries_are_redacted_inside_any_string() {
+        let r = redactor();
+        let args = json!({
+            "url": "https://api.example.com/v1?api_key=q-apikey-1&page=2",
+            "next": "/list?cursor=abc&access_token=q-access-2#frag",
+            "signed": "https://bucket.example/o?X-Amz-Signature=q-sig-3&sig=q-sig-4&expires=60",
+            "form": "user=ann&password=q-pass-5",
+            "note": "retry with token=q-token-6 later",
+            "count": "?tokens=25",
+        });
+        let out = r.redact(&args, &[], &[]);
+        let text = out.value.to_string();
+        assert_hidden(
+            &text,
+            &[
+                "q-apikey-1",
+                "q-access-2",
+                "q-sig-3",
+                "q-sig-4",
+                "q-pass-5",
+                "q-token-6",
+            ],
+        );
+        for kept in [
+            "page=2",
+            "cursor=abc",
+            "expires=60",
+            "user=ann",
+            "tokens=25",
+            "https://api.example.com/v1?api_key=[redacted:",
+        ] {
+            assert!(text.contains(kept), "{kept} lost: {text}");
+        }
+        // The same in free text, and the values found are known secrets.
+        let message = r.scrub("GET /x?secret=q-free-7&ok=1 failed", &[]);
+        assert_hidden(&message, &["q-free-7"]);
+        assert!(message.contains("ok=1"), "{message}");
+        assert!(out.secrets.contains(&"q-apikey-1".to_owned()));
+    }
+
+    #[test]
+    fn header_lines_and_bearer_credentials_in_free_text_are_scrubbed() {
+        let r = redactor();
+        let log = "sending request\nAuthorization: Bearer ln-bearer-1\nX-Api-Key: ln-key-2\nAccept: */*\ncookie: a=ln-cookie-3";
+        let out = r.scrub(log, &[]);
+        assert_hidden(&out, &["ln-bearer-1", "ln-key-2", "ln-cookie-3"]);
+        assert!(
+            out.contains("Accept: */*") && out.contains("sending request"),
+            "{out}"
+        );
+        let stderr = r.scrub(
+            "panicked: request failed with bearer ln-bearer-4 (401)",
+            &[],
+        );
+        assert_hidden(&stderr, &["ln-bearer-4"]);
+        assert!(stderr.contains("(401)"), "{stderr}");
+    }
+
+    #[test]
+    fn short_secrets_at_declared_pointers_are_redacted_everywhere() {
+        let r = redactor();
+        let out = r.redact(
+            &json!({"pin": "42", "code": "7", "id": 9}),
+            &["/code".into(), "/id".into()],
+            &[],
+        );
+        assert!(
+            is_token(out.value["code"].as_str().unwrap()),
+            "{}",
+            out.value
+        );
+        assert!(is_token(out.value["id"].as_str().unwrap()), "{}", out.value);
+        // In free text, short secrets go where they stand as a word, and
+        // nowhere inside longer words or numbers.
+        let message = r.scrub(
+            "code 7 rejected for pin 42 (attempt 17, id=9)",
+            &out.secrets,
+        );
+        assert!(
+            !message.contains(" 7 ") && !message.contains("pin 42") && !message.contains("id=9"),
+            "{message}"
+        );
+        assert!(message.contains("attempt 17"), "{message}");
+        // A value shaped like the start of a token is not taken for one.
+        let sneaky = r.redact(&json!({"password": "[redacted] hunter22"}), &[], &[]);
+        assert_hidden(&sneaky.value.to_string(), &["hunter22"]);
     }
 
     #[test]

@@ -8,8 +8,9 @@ use ed25519_dalek::VerifyingKey;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::canonical;
 use crate::checkpoint::Checkpoint;
-use crate::record::{GENESIS_HASH, chain_hash, parse_hash};
+use crate::record::{GENESIS_HASH, chain_hash_bytes, parse_hash};
 
 /// What is wrong at the first bad place in a log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -32,6 +33,14 @@ pub enum Problem {
     },
     /// `prev_hash` does not match the previous record's hash.
     BrokenLink,
+    /// The stored bytes are JSON but not the canonical encoding the hash
+    /// is defined over (a duplicated key, keys out of order, whitespace,
+    /// other escaping): they are refused rather than re-encoded, since two
+    /// byte strings that parse alike could then both pass.
+    NotCanonical {
+        /// What differs.
+        reason: String,
+    },
     /// The record's contents do not match its hash.
     HashMismatch,
     /// The record's hash differs from the one a valid checkpoint signed:
@@ -65,6 +74,9 @@ impl fmt::Display for Problem {
             }
             Problem::BrokenLink => {
                 f.write_str("prev_hash does not match the previous record's hash")
+            }
+            Problem::NotCanonical { reason } => {
+                write!(f, "stored bytes are not in canonical form: {reason}")
             }
             Problem::HashMismatch => {
                 f.write_str("contents do not match its hash (changed after it was written)")
@@ -167,27 +179,15 @@ impl Verifier {
     /// Check the next stored record, given as its stored bytes; `position`
     /// is its key in the database (`None` for an export, where order is the
     /// position).
+    ///
+    /// The hash is computed over exactly these bytes (less the `hash`
+    /// member), never over a re-encoding of what they parse to; bytes that
+    /// are not the canonical encoding of the record they parse to are
+    /// refused ([`Problem::NotCanonical`]).
     pub(crate) fn push_bytes(
         &mut self,
         position: Option<u64>,
         bytes: &[u8],
-    ) -> Result<(), VerifyFailure> {
-        match serde_json::from_slice(bytes) {
-            Ok(body) => self.push(position, body),
-            Err(e) => Err(VerifyFailure {
-                seq: position.unwrap_or(self.expected),
-                problem: Problem::Unreadable {
-                    reason: format!("not JSON: {e}"),
-                },
-            }),
-        }
-    }
-
-    /// Check the next record, parsed.
-    pub(crate) fn push(
-        &mut self,
-        position: Option<u64>,
-        mut body: Value,
     ) -> Result<(), VerifyFailure> {
         let at = position.unwrap_or(self.expected);
         let fail = |seq: u64, problem: Problem| VerifyFailure { seq, problem };
@@ -196,8 +196,10 @@ impl Verifier {
             return Err(fail(self.expected, Problem::Gap { found: at }));
         }
         let unreadable = |reason: String| fail(at, Problem::Unreadable { reason });
+        let body: Value =
+            serde_json::from_slice(bytes).map_err(|e| unreadable(format!("not JSON: {e}")))?;
         let map = body
-            .as_object_mut()
+            .as_object()
             .ok_or_else(|| unreadable("not a JSON object".into()))?;
         let seq = map
             .get("seq")
@@ -216,12 +218,15 @@ impl Verifier {
             };
             return Err(fail(at, problem));
         }
-        let stored_hash = match map.remove("hash") {
+        let stored_hash_text = match map.get("hash") {
             Some(Value::String(h)) => h,
             _ => return Err(unreadable("no hash".into())),
         };
-        let stored_hash = parse_hash(&stored_hash)
+        let stored_hash = parse_hash(stored_hash_text)
             .ok_or_else(|| unreadable("hash is not 64 hex digits".into()))?;
+        if let Err(reason) = check_canonical(bytes, &body) {
+            return Err(fail(at, Problem::NotCanonical { reason }));
+        }
         let prev_ok = map
             .get("prev_hash")
             .and_then(Value::as_str)
@@ -230,7 +235,15 @@ impl Verifier {
         if !prev_ok {
             return Err(fail(at, Problem::BrokenLink));
         }
-        if chain_hash(&self.prev, &body) != stored_hash {
+        let Some(hashed) = without_hash_member(bytes, stored_hash_text) else {
+            return Err(fail(
+                at,
+                Problem::NotCanonical {
+                    reason: "the hash member is not where the canonical encoding puts it".into(),
+                },
+            ));
+        };
+        if chain_hash_bytes(&self.prev, &hashed) != stored_hash {
             return Err(fail(at, Problem::HashMismatch));
         }
         if let Some(cp) = self.checkpoints.get(&at) {
@@ -269,4 +282,75 @@ impl Verifier {
             unsigned_tail: last - self.last_good_checkpoint.unwrap_or(0),
         })
     }
+}
+
+/// `Ok` when `bytes` are exactly the canonical encoding of `body` (which
+/// they parse to); otherwise what differs, for the report.
+fn check_canonical(bytes: &[u8], body: &Value) -> Result<(), String> {
+    if canonical::to_vec(body) == bytes {
+        return Ok(());
+    }
+    // Say why: the parser kept one of two duplicated members, or the keys
+    // are out of order; otherwise it is whitespace or escaping.
+    let keys = top_level_keys(bytes).unwrap_or_default();
+    let mut seen = HashSet::new();
+    if let Some(dup) = keys.iter().find(|k| !seen.insert(k.as_str())) {
+        return Err(format!("the key {dup:?} appears more than once"));
+    }
+    if keys.windows(2).any(|w| w[0].as_bytes() >= w[1].as_bytes()) {
+        return Err("its keys are not in canonical (byte) order".into());
+    }
+    Err("it differs from the canonical encoding (whitespace or escaping)".into())
+}
+
+/// The top-level member names of the JSON object `bytes`, in stored order
+/// and with repeats (a `Value` keeps one of each).
+fn top_level_keys(bytes: &[u8]) -> Option<Vec<String>> {
+    struct Keys(Vec<String>);
+    impl<'de> serde::Deserialize<'de> for Keys {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Keys, D::Error> {
+            struct Visit;
+            impl<'de> serde::de::Visitor<'de> for Visit {
+                type Value = Keys;
+                fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                    f.write_str("a JSON object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut map: A,
+                ) -> Result<Keys, A::Error> {
+                    let mut keys = Vec::new();
+                    while let Some((key, _)) = map.next_entry::<String, serde::de::IgnoredAny>()? {
+                        keys.push(key);
+                    }
+                    Ok(Keys(keys))
+                }
+            }
+            d.deserialize_map(Visit)
+        }
+    }
+    serde_json::from_slice::<Keys>(bytes).ok().map(|k| k.0)
+}
+
+/// Canonical record bytes without their `hash` member: what the chain hash
+/// covers. The member is `,"hash":"<64 hex>"` (never first: `event` sorts
+/// before it); in canonical text a `"` inside a string is always escaped,
+/// so the sequence cannot occur inside a value. `None` unless it occurs
+/// exactly once.
+fn without_hash_member(bytes: &[u8], hash: &str) -> Option<Vec<u8>> {
+    let member = format!(",\"hash\":\"{hash}\"");
+    let member = member.as_bytes();
+    let mut found = bytes
+        .windows(member.len())
+        .enumerate()
+        .filter(|(_, w)| *w == member)
+        .map(|(i, _)| i);
+    let at = found.next()?;
+    if found.next().is_some() {
+        return None;
+    }
+    let mut out = Vec::with_capacity(bytes.len() - member.len());
+    out.extend_from_slice(&bytes[..at]);
+    out.extend_from_slice(&bytes[at + member.len()..]);
+    Some(out)
 }

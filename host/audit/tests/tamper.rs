@@ -148,7 +148,10 @@ fn a_flipped_byte_fails_at_that_record() {
     assert!(
         matches!(
             failure.problem,
-            Problem::HashMismatch | Problem::Unreadable { .. } | Problem::BrokenLink
+            Problem::HashMismatch
+                | Problem::Unreadable { .. }
+                | Problem::BrokenLink
+                | Problem::NotCanonical { .. }
         ),
         "{failure}"
     );
@@ -368,6 +371,104 @@ fn exports_verify_offline_and_name_the_first_bad_record() {
     let other = ed25519_dalek::SigningKey::from_bytes(&[5; 32]).verifying_key();
     let f = verify_export(&p, &other, &[]).unwrap().unwrap_err();
     assert!(matches!(f.problem, Problem::BadSignature { .. }), "{f}");
+}
+
+/// A record line of an export with `edit` applied to its stored bytes.
+fn edited_export(seq: u64, edit: impl FnOnce(&str) -> String) -> VerifyFailure {
+    let (_d, p, k) = export_of(12);
+    edit_lines(&p, |lines| {
+        let i = line_of(lines, seq);
+        let stored = lines[i]
+            .strip_prefix("{\"record\":")
+            .and_then(|l| l.strip_suffix('}'))
+            .unwrap();
+        lines[i] = format!("{{\"record\":{}}}", edit(stored));
+    });
+    verify_export(&p, &k, &[]).unwrap().unwrap_err()
+}
+
+/// A JSON reader that keeps the first of two equal keys sees `forged`; one
+/// that keeps the last sees the original, so a verifier that re-encodes
+/// what it parsed finds the hash intact. The stored bytes are checked as
+/// they are: either order is refused, naming the record.
+#[test]
+fn an_export_with_a_duplicated_key_is_caught() {
+    for forged_first in [true, false] {
+        let failure = edited_export(5, |stored| {
+            let original = "\"principal\":\"agent\"";
+            let forged = "\"principal\":\"someone-else\"";
+            let both = if forged_first {
+                format!("{forged},{original}")
+            } else {
+                format!("{original},{forged}")
+            };
+            assert!(stored.contains(original));
+            stored.replacen(original, &both, 1)
+        });
+        assert_eq!(failure.seq, 5, "{failure}");
+        match &failure.problem {
+            Problem::NotCanonical { reason } => {
+                assert!(
+                    reason.contains("\"principal\" appears more than once"),
+                    "{reason}"
+                )
+            }
+            other => panic!("expected NotCanonical, got {other}"),
+        }
+        assert!(
+            failure
+                .to_string()
+                .starts_with("record 5: stored bytes are not in canonical form")
+        );
+    }
+}
+
+#[test]
+fn an_export_with_reordered_keys_or_whitespace_is_not_canonical() {
+    // The same members, in another order: parses to the same record.
+    let failure = edited_export(3, |stored| {
+        let v: serde_json::Map<String, Value> = serde_json::from_str(stored).unwrap();
+        let members: Vec<String> = v
+            .iter()
+            .rev()
+            .map(|(k, v)| format!("{}:{}", Value::from(k.as_str()), v))
+            .collect();
+        format!("{{{}}}", members.join(","))
+    });
+    assert_eq!(failure.seq, 3);
+    assert!(
+        matches!(&failure.problem, Problem::NotCanonical { reason } if reason.contains("order")),
+        "{failure}"
+    );
+    // Whitespace after a colon.
+    let failure = edited_export(7, |stored| stored.replacen("\"tool\":", "\"tool\": ", 1));
+    assert_eq!(failure.seq, 7);
+    assert!(
+        matches!(&failure.problem, Problem::NotCanonical { reason } if reason.contains("whitespace")),
+        "{failure}"
+    );
+}
+
+#[test]
+fn a_live_record_with_a_duplicated_key_is_caught() {
+    let dir = tempfile::tempdir().unwrap();
+    log_with(dir.path(), 10, 4);
+    tamper(dir.path(), |t| {
+        let bytes = t.get(record_key(6)).unwrap().unwrap().to_vec();
+        let text = String::from_utf8(bytes).unwrap();
+        let text = text.replacen(
+            "\"principal\":",
+            "\"principal\":\"forged\",\"principal\":",
+            1,
+        );
+        t.insert(record_key(6), text.into_bytes()).unwrap();
+    });
+    let failure = verify_dir(dir.path(), &[]).unwrap_err();
+    assert_eq!(failure.seq, 6);
+    assert!(
+        matches!(failure.problem, Problem::NotCanonical { .. }),
+        "{failure}"
+    );
 }
 
 #[test]

@@ -13,6 +13,7 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 
 use crate::config::Settings;
+use crate::terminal::escape;
 use crate::{Failure, exit, print_json};
 
 #[derive(Debug, Subcommand)]
@@ -230,9 +231,12 @@ fn show(settings: &Settings, seq: u64, json: bool) -> Result<u8, Failure> {
             if key == "time_ms" || key == "seq" {
                 continue;
             }
+            // Guest and caller text (reasons, logs, arguments, principal,
+            // trace id) is escaped: it must not drive the terminal.
+            let key = escape(key);
             match item {
-                serde_json::Value::String(s) => println!("  {key:<18} {s}"),
-                other => println!("  {key:<18} {other}"),
+                serde_json::Value::String(s) => println!("  {key:<18} {}", escape(s)),
+                other => println!("  {key:<18} {}", escape(&other.to_string())),
             }
         }
     }
@@ -267,7 +271,7 @@ fn verify(settings: &Settings, args: &VerifyArgs) -> Result<u8, Failure> {
             .map_err(Failure::usage)?;
         trusted.extend(export.checkpoints);
     }
-    let (what, outcome) = match &args.export {
+    let (what, key, outcome) = match &args.export {
         Some(file) => {
             let Some(key) = &args.pubkey else {
                 bail_usage(
@@ -277,24 +281,36 @@ fn verify(settings: &Settings, args: &VerifyArgs) -> Result<u8, Failure> {
             let key = parse_public_key(key).map_err(|e| Failure::usage(e.into()))?;
             (
                 file.display().to_string(),
+                KeySource::Given(*key.as_bytes()),
                 verify_export(file, &key, &trusted)?,
             )
         }
         None => {
             let log = open(settings)?;
-            if let Some(key) = &args.pubkey {
-                let key = parse_public_key(key).map_err(|e| Failure::usage(e.into()))?;
-                if key != log.public_key() {
-                    return Err(Failure::from(anyhow::anyhow!(
-                        "the live log is signed with key {}, not the one given",
-                        hex::encode(log.public_key().as_bytes())
-                    )));
+            let source = match &args.pubkey {
+                Some(key) => {
+                    let key = parse_public_key(key).map_err(|e| Failure::usage(e.into()))?;
+                    if key != log.public_key() {
+                        return Err(Failure::from(anyhow::anyhow!(
+                            "the live log is signed with key {}, not the one given",
+                            hex::encode(log.public_key().as_bytes())
+                        )));
+                    }
+                    KeySource::Given(*key.as_bytes())
                 }
-            }
-            (log.path().display().to_string(), log.verify(&trusted)?)
+                None => KeySource::BesideTheLog(
+                    *log.public_key().as_bytes(),
+                    log.path().join(PUBLIC_KEY_FILE),
+                ),
+            };
+            (
+                log.path().display().to_string(),
+                source,
+                log.verify(&trusted)?,
+            )
         }
     };
-    report(&what, &outcome, args.json);
+    report(&what, &key, &outcome, args.json);
     Ok(match outcome {
         Ok(_) => exit::OK,
         Err(_) => exit::VERIFY_FAILED,
@@ -305,10 +321,58 @@ fn bail_usage<T>(message: &str) -> Result<T, Failure> {
     Err(Failure::usage(anyhow::anyhow!("{message}")))
 }
 
-fn report(what: &str, outcome: &Result<VerifyReport, VerifyFailure>, json: bool) {
+/// The key checkpoints were verified against, and where it came from.
+enum KeySource {
+    /// `--pubkey`: a copy the reviewer brought.
+    Given([u8; 32]),
+    /// `signing.pub` beside the log: whoever could rewrite the log may have
+    /// replaced it too.
+    BesideTheLog([u8; 32], PathBuf),
+}
+
+impl KeySource {
+    fn hex(&self) -> String {
+        match self {
+            KeySource::Given(key) | KeySource::BesideTheLog(key, _) => hex::encode(key),
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        match self {
+            KeySource::Given(_) => json!({"public_key": self.hex(), "source": "pubkey"}),
+            KeySource::BesideTheLog(_, path) => json!({
+                "public_key": self.hex(),
+                "source": "stored_beside_log",
+                "path": path.display().to_string(),
+                "warning": BESIDE_THE_LOG_WARNING,
+            }),
+        }
+    }
+}
+
+const BESIDE_THE_LOG_WARNING: &str = "this key was read from beside the log: the check proves integrity only against someone who could not also replace that key file; verify with --pubkey and a copy of the key kept out of band";
+
+fn report(what: &str, key: &KeySource, outcome: &Result<VerifyReport, VerifyFailure>, json: bool) {
+    if !json {
+        match key {
+            KeySource::Given(_) => println!("key: {} (given with --pubkey)", key.hex()),
+            KeySource::BesideTheLog(_, path) => {
+                println!(
+                    "key: {} (stored beside the log: {})",
+                    key.hex(),
+                    path.display()
+                );
+                println!("warning: {BESIDE_THE_LOG_WARNING}");
+            }
+        }
+    }
     match (outcome, json) {
-        (Ok(report), true) => print_json(&json!({"ok": true, "log": what, "report": report})),
-        (Err(failure), true) => print_json(&json!({"ok": false, "log": what, "failure": failure})),
+        (Ok(report), true) => {
+            print_json(&json!({"ok": true, "log": what, "key": key.json(), "report": report}))
+        }
+        (Err(failure), true) => {
+            print_json(&json!({"ok": false, "log": what, "key": key.json(), "failure": failure}))
+        }
         (Ok(r), false) => {
             println!(
                 "ok: {} records, {} checkpoints verified ({what})",
@@ -337,9 +401,11 @@ fn print_record(record: &Record, json: bool) {
         return;
     }
     let e = &record.entry;
+    // The tool reference of a refused call, the principal and the outcome
+    // come from callers: escaped, like everything printed from a record.
     let tool = match (&e.plugin, &e.tool) {
-        (Some(p), Some(t)) => format!("{p}/{t}"),
-        (None, Some(t)) => t.clone(),
+        (Some(p), Some(t)) => format!("{}/{}", escape(p), escape(t)),
+        (None, Some(t)) => escape(t).into_owned(),
         _ => "-".into(),
     };
     let mut line = format!(
@@ -348,10 +414,10 @@ fn print_record(record: &Record, json: bool) {
         format_time(record.time_ms),
         e.event.as_str(),
         tool,
-        e.principal.as_deref().unwrap_or("-"),
+        escape(e.principal.as_deref().unwrap_or("-")),
     );
     if let Some(outcome) = &e.outcome {
-        line.push_str(&format!("  {outcome}"));
+        line.push_str(&format!("  {}", escape(outcome)));
     }
     if let Some(fuel) = e.fuel_used {
         line.push_str(&format!("  fuel={fuel}"));
@@ -360,7 +426,7 @@ fn print_record(record: &Record, json: bool) {
         line.push_str(&format!("  {:.1}ms", us as f64 / 1000.0));
     }
     if let Some(call) = &e.call_id {
-        line.push_str(&format!("  call={call}"));
+        line.push_str(&format!("  call={}", escape(call)));
     }
     println!("{line}");
 }

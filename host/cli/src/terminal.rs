@@ -1,20 +1,36 @@
-//! Text from guests and callers, made safe to print on a terminal.
+//! Text for a terminal: what a guest, a caller or any other party the host
+//! does not trust wrote is printed so it cannot drive the terminal.
+//!
+//! A control character in printed text is a command to the terminal: `ESC`
+//! starts ANSI sequences that move the cursor, erase lines or retitle the
+//! window, and a bare `\r` returns to the start of the line, so text like
+//! `"\x1b[2K\rread"` can overwrite what the host printed before it (a fake
+//! "read" over a real "irreversible"). Every such character is shown as a
+//! visible escape instead.
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
-/// `text` with every C0 and C1 control character (newline and tab
-/// included) and DEL shown as a visible `\u{..}` escape, so that guest- or
-/// caller-controlled text can neither move the cursor, erase a line nor
-/// fake one. Borrowed when there is nothing to escape.
+/// `text` with every control character — C0 (U+0000–U+001F, newline and tab
+/// included), DEL, C1 (U+0080–U+009F) — and every bidirectional-override
+/// character (which can reorder what a reader sees) written as a visible
+/// `\u{…}` escape. A backslash is doubled only where it would otherwise
+/// read as such an escape, so plain paths and text print unchanged.
+/// Borrowed when nothing needs escaping.
 pub(crate) fn escape(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(char::is_control) {
+    if !text.chars().any(needs_escape) && !text.contains("\\u") {
         return Cow::Borrowed(text);
     }
-    let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        if c.is_control() {
+    let mut out = String::with_capacity(text.len() + 16);
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if needs_escape(c) {
+            // Writing to a String cannot fail.
             let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+        } else if c == '\\' && chars.peek() == Some(&'u') {
+            // A literal `\u` in the text: doubled, so it cannot pass for an
+            // escape this function wrote.
+            out.push_str("\\\\");
         } else {
             out.push(c);
         }
@@ -22,14 +38,42 @@ pub(crate) fn escape(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}')
+}
+
 #[cfg(test)]
 mod tests {
-    use super::escape;
+    use super::*;
 
     #[test]
-    fn controls_are_visible() {
-        assert_eq!(escape("plain"), "plain");
-        assert_eq!(escape("a\x1b[2K\rread\n"), "a\\u{1b}[2K\\u{d}read\\u{a}");
-        assert_eq!(escape("\u{9b}\u{7f}\t"), "\\u{9b}\\u{7f}\\u{9}");
+    fn control_characters_become_visible_escapes() {
+        assert_eq!(escape("ok\x1b[2K\rread"), "ok\\u{1b}[2K\\u{d}read");
+        assert_eq!(
+            escape("a\nb\tc\u{7f}\u{9b}"),
+            "a\\u{a}b\\u{9}c\\u{7f}\\u{9b}"
+        );
+        assert_eq!(escape("abc\u{202e}fed"), "abc\\u{202e}fed");
+    }
+
+    #[test]
+    fn plain_text_is_borrowed_unchanged() {
+        for text in [
+            "",
+            "refund 12.50 € to acct-1",
+            "C:\\path\\file",
+            "/etc/passwd",
+        ] {
+            assert!(
+                matches!(escape(text), Cow::Borrowed(t) if t == text),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_literal_escape_sequence_cannot_pass_for_one() {
+        assert_eq!(escape("x\\u{1b}\n"), "x\\\\u{1b}\\u{a}");
     }
 }

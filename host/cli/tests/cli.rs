@@ -650,3 +650,100 @@ fn inspect_reports_http_imports_not_granted_and_origins_the_policy_refuses() {
     assert_eq!(http["declared"], true);
     assert_eq!(http["granted"], false);
 }
+
+#[test]
+fn audit_verify_says_which_key_it_trusted() {
+    let env = Env::new();
+    assert!(
+        env.run(&["call", "text/slugify", "--args", r#"{"text":"A b"}"#])
+            .status
+            .success()
+    );
+    let pubkey = env.data.path().join("audit/signing.pub");
+    let key_hex = std::fs::read_to_string(&pubkey).unwrap().trim().to_owned();
+
+    // No --pubkey: the key beside the log, named, with what that proves.
+    let beside = env.run(&["audit", "verify"]);
+    assert!(beside.status.success(), "{}", stderr(&beside));
+    let out = String::from_utf8(beside.stdout).unwrap();
+    assert!(
+        out.contains(&format!("key: {key_hex} (stored beside the log: ")),
+        "{out}"
+    );
+    assert!(
+        out.contains("proves integrity only against someone who could not also replace that key"),
+        "{out}"
+    );
+    assert!(out.contains("--pubkey"), "{out}");
+    let beside_json = json(&env.run(&["audit", "verify", "--json"]));
+    assert_eq!(beside_json["key"]["source"], "stored_beside_log");
+    assert_eq!(beside_json["key"]["public_key"], key_hex.as_str());
+    assert!(beside_json["key"]["warning"].is_string());
+
+    // An out-of-band copy given with --pubkey: named as such, no warning.
+    let copy = env.data.path().join("trusted.pub");
+    std::fs::copy(&pubkey, &copy).unwrap();
+    let given = env.run(&["audit", "verify", "--pubkey", copy.to_str().unwrap()]);
+    assert!(given.status.success(), "{}", stderr(&given));
+    let out = String::from_utf8(given.stdout).unwrap();
+    assert!(
+        out.contains(&format!("key: {key_hex} (given with --pubkey)")),
+        "{out}"
+    );
+    assert!(!out.contains("warning"), "{out}");
+}
+
+#[test]
+fn guest_text_with_terminal_escapes_is_shown_escaped_by_audit_commands() {
+    let plugins = plugins_root(
+        "misbehave",
+        &read(MISBEHAVE),
+        "[capabilities]\nlog = true\nstdio = true\n\n[[tools]]\nname = \"say\"\nrisk = \"read\"\n",
+    );
+    let env = Env::new();
+    let attack = "irreversible\u{1b}[2K\rread";
+    let args = serde_json::json!({"text": attack, "fail": true}).to_string();
+    let failed = env
+        .cmd(plugins.path())
+        .args(["call", "misbehave/say", "--args", &args])
+        .output()
+        .unwrap();
+    assert_eq!(failed.status.code(), Some(4), "{}", stderr(&failed));
+    // A caller's tool reference with the same bytes, refused.
+    let refused = env
+        .cmd(plugins.path())
+        .args(["call", "misbehave/\u{1b}[2K\rread", "--args", "{}"])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(3), "{}", stderr(&refused));
+
+    let escaped = "irreversible\\u{1b}[2K\\u{d}read";
+    let show = env
+        .cmd(plugins.path())
+        .args(["audit", "show", "2"])
+        .output()
+        .unwrap();
+    assert!(show.status.success(), "{}", stderr(&show));
+    let out = String::from_utf8(show.stdout).unwrap();
+    assert!(!out.contains('\u{1b}') && !out.contains('\r'), "{out:?}");
+    assert!(out.contains(escaped), "the reason: {out}");
+    // The guest's log line (and its stderr) in the outcome record: the
+    // failed call keeps none, so look at the reason only; the escape of
+    // the JSON-quoted copy of the arguments holds no raw control either.
+    for command in [
+        &["audit", "tail"][..],
+        &["audit", "query", "--principal", "local"][..],
+    ] {
+        let listed = env.cmd(plugins.path()).args(command).output().unwrap();
+        assert!(listed.status.success(), "{}", stderr(&listed));
+        let out = String::from_utf8(listed.stdout).unwrap();
+        assert!(
+            !out.contains('\u{1b}') && !out.contains('\r'),
+            "{command:?}: {out:?}"
+        );
+        assert!(
+            out.contains("misbehave/\\u{1b}[2K\\u{d}read"),
+            "{command:?}: {out}"
+        );
+    }
+}

@@ -2,8 +2,10 @@
 //! for every call.
 //!
 //! Everything written goes through the log's redactor first: argument and
-//! result copies, and free text (refusal reasons, error messages) with every
-//! redacted argument value scrubbed from it.
+//! result copies, and free text (refusal reasons, guest error messages and
+//! the stderr quoted in them, log lines) with every redacted argument value
+//! and every secret-shaped text (header lines, URL query secrets, bearer
+//! credentials) scrubbed from it. What the caller gets back is not changed.
 
 use std::time::Duration;
 
@@ -156,18 +158,36 @@ impl<'a> CallRecord<'a> {
     /// The call is admitted: write the intent record (flushed for tools that
     /// are not read-only). If it cannot be written the call must not run.
     ///
+    /// A flushed intent that could not be flushed may still have been
+    /// sealed: it then reaches the store once the store recovers. So the
+    /// call's outcome, `audit_unavailable` (it did not run), is queued
+    /// behind it, and the log says what became of the call.
+    ///
     /// # Errors
     /// [`Error::AuditUnavailable`].
     pub(crate) async fn started(&self) -> Result<()> {
         let mut entry = self.base.clone();
         entry.event = Event::CallStarted;
         entry.decision = Some("admitted".to_owned());
-        append(self.log, entry, self.durability)
-            .await
-            .map(drop)
-            .map_err(|e| Error::AuditUnavailable {
-                message: e.to_string(),
-            })
+        let Err(e) = append(self.log, entry, self.durability).await else {
+            return Ok(());
+        };
+        let error = Error::AuditUnavailable {
+            message: e.to_string(),
+        };
+        let mut outcome = self.base.clone();
+        outcome.event = Event::CallFinished;
+        outcome.args = None;
+        outcome.args_truncated = false;
+        outcome.outcome = Some(error.kind().to_owned());
+        outcome.reason = Some(format!(
+            "the intent record could not be written, so the call did not run: {}",
+            self.scrub(&e.to_string())
+        ));
+        if let Err(e) = append(self.log, outcome, Durability::Batched).await {
+            tracing::error!(error = %e, call_id = ?self.base.call_id, "cannot record that a call did not run");
+        }
+        Err(error)
     }
 
     /// Record the outcome. The call has run: a failure to record is logged
@@ -197,6 +217,11 @@ impl<'a> CallRecord<'a> {
                     capped_json(&redacted.value, self.log.config().max_copy_bytes);
                 entry.result = Some(copy);
                 entry.result_truncated = truncated;
+                if !response.logs.is_empty() {
+                    let (copy, truncated) = self.logs_copy(&response.logs);
+                    entry.logs = Some(copy);
+                    entry.logs_truncated = truncated;
+                }
             }
             Err(error) => {
                 entry.outcome = Some(error.kind().to_owned());
@@ -206,6 +231,24 @@ impl<'a> CallRecord<'a> {
         if let Err(e) = append(self.log, entry, self.durability).await {
             tracing::error!(error = %e, call_id = ?self.base.call_id, "cannot record a call's outcome");
         }
+    }
+
+    /// The guest's log lines (stdout and stderr among them) as stored:
+    /// each message scrubbed like free text — the arguments' redacted
+    /// values, and secret-shaped text such as `Authorization: …` lines or
+    /// `?api_key=…` — then the list capped like a result copy.
+    fn logs_copy(&self, lines: &[crate::LogLine]) -> (String, bool) {
+        let redactor = self.log.redactor();
+        let lines: Vec<Value> = lines
+            .iter()
+            .map(|line| {
+                serde_json::json!({
+                    "level": line.level.to_string(),
+                    "message": redactor.scrub(&line.message, &self.secrets),
+                })
+            })
+            .collect();
+        capped_json(&Value::Array(lines), self.log.config().max_copy_bytes)
     }
 
     fn scrub(&self, text: &str) -> String {

@@ -28,6 +28,31 @@ pub fn echo(args: Echo, _: &Context) -> Result<Echo, ToolError> {
     Ok(args)
 }
 
+#[derive(Deserialize, JsonSchema)]
+pub struct Say {
+    /// Logged, written to stderr, and (with `fail`) the error message.
+    pub text: String,
+    /// Appended to `text`: a guest repeating a secret it was given.
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub fail: bool,
+}
+
+/// Repeat `text` through every channel a guest has for free text.
+pub fn say(args: Say, _: &Context) -> Result<Done, ToolError> {
+    let line = match &args.password {
+        Some(password) => format!("{} {password}", args.text),
+        None => args.text,
+    };
+    airlock_sdk::log::warn(&line);
+    eprintln!("{line}");
+    if args.fail {
+        return Err(ToolError::failed(line));
+    }
+    Ok(Done { done: true })
+}
+
 pub fn fail(_: Nothing, _: &Context) -> Result<Done, ToolError> {
     Err(ToolError::failed("deliberate failure"))
 }
@@ -217,6 +242,7 @@ pub fn hidden(_: Nothing, _: &Context) -> Result<Done, ToolError> {
 
 plugin! {
     "echo" => echo: "Return the arguments.",
+    "say" => say: "Log `text`, write it to stderr, and fail with it when `fail`.",
     "fail" => fail: "Return a failed tool error.",
     "reject" => reject: "Return an invalid-input tool error.",
     "deny" => deny: "Return a denied tool error.",
