@@ -30,6 +30,8 @@ pub const CEILING_MAX_CONCURRENCY: u64 = 256;
 pub const CEILING_WORKSPACE_KEYS: u64 = 1_000_000;
 /// Built-in ceiling on `workspace_mb`.
 pub const CEILING_WORKSPACE_MB: u64 = 1024;
+/// Built-in ceiling on `workspace_blobs` where `[policy.limits]` sets none.
+pub const CEILING_WORKSPACE_BLOBS: u64 = 1_000_000;
 /// Log bytes kept per call; lines past it are dropped and counted.
 pub const DEFAULT_MAX_LOG_BYTES: usize = 64 * 1024;
 /// Log lines kept per call (policy `log_max_lines`), whatever their size:
@@ -166,6 +168,7 @@ impl Limits {
             max_concurrency: ceilings.max_concurrency.or(Some(CEILING_MAX_CONCURRENCY)),
             workspace_keys: ceilings.workspace_keys.or(Some(CEILING_WORKSPACE_KEYS)),
             workspace_mb: ceilings.workspace_mb.or(Some(CEILING_WORKSPACE_MB)),
+            workspace_blobs: ceilings.workspace_blobs.or(Some(CEILING_WORKSPACE_BLOBS)),
         };
         Ok(Limits {
             fuel: pick("limits.fuel", d.fuel, DEFAULT_FUEL, c.fuel)?,
