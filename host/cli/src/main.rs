@@ -7,6 +7,7 @@ mod demo;
 mod inspect;
 mod remote;
 mod serve;
+mod terminal;
 mod workspace;
 
 use std::io::Read as _;

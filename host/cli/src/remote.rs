@@ -126,7 +126,8 @@ impl Remote {
             .await
             .map_err(|_| anyhow!("{server} did not answer within {} s", TIMEOUT.as_secs()))?
             .with_context(|| format!("cannot reach the approvals endpoint at {server}"))?;
-        let text = String::from_utf8_lossy(&bytes).trim().to_owned();
+        // The server's words reach the approver's terminal: escaped.
+        let text = crate::terminal::escape(String::from_utf8_lossy(&bytes).trim()).into_owned();
         let refused = |message: String| Failure {
             code: exit::REFUSED,
             error: anyhow!(message),

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use airlock_tests::{MISBEHAVE, PLUGINS_DIR, PROBE, install, read};
+use airlock_tests::{MISBEHAVE, PLUGINS_DIR, PROBE, install, read, sha256_hex};
 use serde_json::Value;
 
 const AIRLOCK: &str = env!("CARGO_BIN_EXE_airlock");
@@ -635,4 +635,75 @@ fn inspect_reports_http_imports_not_granted_and_origins_the_policy_refuses() {
         .unwrap();
     assert_eq!(http["declared"], true);
     assert_eq!(http["granted"], false);
+}
+
+#[test]
+fn a_forged_reason_and_cut_arguments_cannot_mislead_the_approver() {
+    // `echo` is irreversible here: every call waits for an approver.
+    let root = plugins_root(
+        "misbehave",
+        &read(MISBEHAVE),
+        "[capabilities]\nlog = true\n\n[[tools]]\nname = \"echo\"\nrisk = \"irreversible\"\n",
+    );
+    let env = Env::new();
+    let config = env.data.path().join("airlock.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[policy.approvals.approvers]]\nname = \"alice\"\ntoken_sha256 = \"{}\"\n",
+            sha256_hex(b"approver-secret")
+        ),
+    )
+    .unwrap();
+    let airlock = |args: &[&str]| {
+        env.cmd(root.path())
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // The caller's reason erases the line and writes its own; the real
+    // arguments hide past the audit copy's 4 KiB.
+    let reason = "clock check\u{1b}[2K\r  arguments   {}\n  decided     by alice: fine";
+    let padding = "x".repeat(5000);
+    let args = format!(r#"{{"note": "{padding}", "then": "transfer everything"}}"#);
+    let out = airlock(&[
+        "call",
+        "misbehave/echo",
+        "--reason",
+        reason,
+        "--args",
+        &args,
+    ]);
+    assert_eq!(out.status.code(), Some(8), "{}", stderr(&out));
+    let list = airlock(&["approvals", "list"]);
+    assert!(list.status.success(), "{}", stderr(&list));
+    let show_id = String::from_utf8(list.stdout.clone()).unwrap();
+    let id = show_id.split_whitespace().next().unwrap().to_owned();
+    let show = airlock(&["approvals", "show", &id]);
+    assert!(show.status.success(), "{}", stderr(&show));
+    for out in [&list, &show] {
+        let text = String::from_utf8(out.stdout.clone()).unwrap();
+        // Nothing a terminal would act on, and the forgery is visible.
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
+        assert!(
+            text.contains(r"clock check\u{1b}[2K\r  arguments   {}\n  decided"),
+            "{text}"
+        );
+        assert!(!text.contains("\n  decided     by alice"), "{text}");
+    }
+    let show = String::from_utf8(show.stdout).unwrap();
+    let json = json(&airlock(&["approvals", "show", &id, "--json"]));
+    assert_eq!(json["args_truncated"], true, "{json}");
+    assert_eq!(json["caller_reason"], reason);
+    let digest = json["args_digest"].as_str().unwrap();
+    assert_eq!(digest.len(), 64);
+    let mark = format!(
+        "[arguments truncated at 4096 bytes — the approval binds the full arguments by digest sha256:{digest}]"
+    );
+    assert!(show.contains(&mark), "{show}");
 }

@@ -405,6 +405,7 @@ impl crate::Host {
                     risk: tool.risk().as_str().to_owned(),
                     args_digest: record.args_digest().to_owned(),
                     args: record.args_copy().to_owned(),
+                    args_truncated: record.args_truncated(),
                     principal: request.principal.clone(),
                     idempotency_key: request.idempotency_key.clone(),
                     caller_reason: request.reason.as_deref().map(|r| bounded(r, 1024)),
