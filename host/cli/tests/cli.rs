@@ -637,6 +637,64 @@ fn inspect_reports_http_imports_not_granted_and_origins_the_policy_refuses() {
     assert_eq!(http["granted"], false);
 }
 
+/// This machine's address on its outgoing interface (not loopback), if it
+/// has one; no packet is sent.
+fn non_loopback_ip() -> Option<std::net::IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("192.0.2.1:9").ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+#[test]
+fn approver_token_is_never_sent_over_plain_http_to_another_address() {
+    // A "server" listening on every interface, reached by a non-loopback
+    // address: the token would travel in clear over the network.
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let ip = non_loopback_ip().map_or_else(|| "192.0.2.10".to_owned(), |ip| ip.to_string());
+    let env = Env::new();
+    let url = format!("http://{ip}:{port}");
+    for args in [
+        vec!["approvals", "list", "--server", &url],
+        vec!["approvals", "show", "apr-1", "--server", &url],
+        vec![
+            "approvals",
+            "approve",
+            "apr-1",
+            "--reason",
+            "ok",
+            "--server",
+            &url,
+        ],
+        vec![
+            "approvals",
+            "list",
+            "--server",
+            "http://approvals.example.com",
+        ],
+    ] {
+        let out = env
+            .cmd(Path::new(PLUGINS_DIR))
+            .env("AIRLOCK_APPROVER_TOKEN", "approver-secret")
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        let message = stderr(&out);
+        assert!(
+            message.contains("in clear") && message.contains("use https://"),
+            "{args:?}: {message}"
+        );
+    }
+    // Nothing ever connected.
+    assert!(matches!(
+        listener.accept(),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+    ));
+}
+
 #[test]
 fn a_forged_reason_and_cut_arguments_cannot_mislead_the_approver() {
     // `echo` is irreversible here: every call waits for an approver.
