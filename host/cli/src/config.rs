@@ -40,6 +40,11 @@ pub struct ServeConfig {
     pub allowed_hosts: Vec<String>,
     /// Largest HTTP request body, bytes.
     pub max_request_bytes: usize,
+    /// HTTP connections open at once (MCP and approvals listeners each).
+    pub max_connections: usize,
+    /// Time an HTTP connection has to send a request's head, ms (also how
+    /// long a keep-alive connection may sit idle).
+    pub header_read_timeout_ms: u64,
     /// Tool calls running at once over all clients.
     pub max_concurrent_calls: usize,
     /// Seconds a call waits for an approver before answering
@@ -58,6 +63,11 @@ impl Default for ServeConfig {
             allowed_origins: Vec::new(),
             allowed_hosts: Vec::new(),
             max_request_bytes: airlock_mcp::http::DEFAULT_MAX_REQUEST_BYTES,
+            max_connections: airlock_mcp::http::DEFAULT_MAX_CONNECTIONS,
+            header_read_timeout_ms: u64::try_from(
+                airlock_mcp::http::DEFAULT_HEADER_READ_TIMEOUT.as_millis(),
+            )
+            .unwrap_or(u64::MAX),
             max_concurrent_calls: airlock_mcp::DEFAULT_MAX_CONCURRENT_CALLS,
             approval_wait_s: 0,
             reload_interval_ms: 1000,

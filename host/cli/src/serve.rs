@@ -55,6 +55,8 @@ pub async fn run(settings: &Settings, args: ServeArgs) -> Result<u8, Failure> {
         config.allowed_origins = serve.allowed_origins.clone();
         config.allowed_hosts = serve.allowed_hosts.clone();
         config.max_request_bytes = serve.max_request_bytes;
+        config.max_connections = serve.max_connections;
+        config.header_read_timeout = Duration::from_millis(serve.header_read_timeout_ms);
         config
     });
     if !settings.plugins_dir.is_dir() {
@@ -108,7 +110,7 @@ pub async fn run(settings: &Settings, args: ServeArgs) -> Result<u8, Failure> {
                 .context("cannot read the bound address")?;
             // Logs and this line go to stderr; tests read the port from it.
             eprintln!("airlock: serving {tools} tools over MCP at http://{local}/mcp");
-            airlock_mcp::http::serve(listener, router, shutdown).await?;
+            airlock_mcp::http::serve(listener, router, &config, shutdown).await?;
         }
         None => {
             if let Some(addr) = args.approvals_http {
@@ -122,7 +124,13 @@ pub async fn run(settings: &Settings, args: ServeArgs) -> Result<u8, Failure> {
                     .local_addr()
                     .context("cannot read the bound address")?;
                 eprintln!("airlock: approvals at http://{local}/approvals");
-                tokio::spawn(airlock_mcp::http::serve(listener, router, shutdown.clone()));
+                let mut config = HttpConfig::new(addr, Vec::new());
+                config.max_connections = serve.max_connections;
+                config.header_read_timeout = Duration::from_millis(serve.header_read_timeout_ms);
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    airlock_mcp::http::serve(listener, router, &config, shutdown).await
+                });
             }
             let principal = args.principal.as_deref().unwrap_or(&settings.principal);
             eprintln!("airlock: serving {tools} tools over MCP on stdio as `{principal}`");
