@@ -702,3 +702,38 @@ fn half_open_http_connections_are_timed_out_and_capped_while_clients_are_served(
     // Slots are free again: the well-behaved client is served.
     assert_eq!(initialize(&addr), 200);
 }
+
+#[test]
+fn approvals_http_refuses_a_non_loopback_address_without_allow_remote() {
+    let root = plugins_root(LIMITS);
+    let server = Server::new(root.path(), true);
+    let serve = |extra: &[&str]| {
+        Command::new(AIRLOCK)
+            .args(server.args())
+            .args(extra)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = serve(&["--approvals-http", "0.0.0.0:0"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--approvals-http 0.0.0.0:0") && stderr.contains("serve.allow_remote"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("approvals at"), "{stderr}");
+    // Allowed explicitly, it still needs the names clients use.
+    let out = serve(&["--approvals-http", "0.0.0.0:0", "--allow-remote"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("serve.allowed_hosts"), "{stderr}");
+    // Loopback needs neither (the stdio server then ends with its closed
+    // stdin).
+    let out = serve(&["--approvals-http", "127.0.0.1:0"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("approvals at http://127.0.0.1:"),
+        "{stderr}"
+    );
+}

@@ -130,22 +130,18 @@ impl HttpConfig {
         }
     }
 
-    /// Check the configuration; `approver_hashes` are the approvers' token
-    /// hashes, which no caller token may share.
+    /// Check what every listener needs, callers' or approvers': a loopback
+    /// address unless `allow_remote`, then `allowed_hosts`; valid origins;
+    /// limits within their ranges. The caller tokens are not checked.
     ///
     /// # Errors
     /// [`Error::Config`] naming the key at fault.
-    pub fn validate(&self, approver_hashes: &[String]) -> Result<()> {
+    pub fn validate_listener(&self) -> Result<()> {
         if !self.addr.ip().is_loopback() && !self.allow_remote {
             return Err(config(format!(
-                "{} is not a loopback address; listening beyond this machine needs allow_remote (--allow-remote)",
+                "{} is not a loopback address; listening beyond this machine needs serve.allow_remote = true (or --allow-remote)",
                 self.addr
             )));
-        }
-        if self.tokens.is_empty() {
-            return Err(config(
-                "serving over HTTP needs at least one caller token ([[serve.tokens]] with principal and token_sha256)",
-            ));
         }
         if self.allow_remote && !self.addr.ip().is_loopback() && self.allowed_hosts.is_empty() {
             return Err(config(
@@ -167,6 +163,28 @@ impl HttpConfig {
                 "serve.header_read_timeout_ms must be between 100 and {}",
                 HEADER_READ_TIMEOUT_CEILING.as_millis()
             )));
+        }
+        for origin in &self.allowed_origins {
+            if parse_origin(origin).is_none() {
+                return Err(config(format!(
+                    "serve.allowed_origins: `{origin}` is not an origin (scheme://host[:port])"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Check the configuration; `approver_hashes` are the approvers' token
+    /// hashes, which no caller token may share.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the key at fault.
+    pub fn validate(&self, approver_hashes: &[String]) -> Result<()> {
+        self.validate_listener()?;
+        if self.tokens.is_empty() {
+            return Err(config(
+                "serving over HTTP needs at least one caller token ([[serve.tokens]] with principal and token_sha256)",
+            ));
         }
         let mut seen = std::collections::BTreeSet::new();
         for (i, token) in self.tokens.iter().enumerate() {
@@ -197,13 +215,6 @@ impl HttpConfig {
             {
                 return Err(config(format!(
                     "{key} is also an approver's token: callers and approvers must authenticate separately"
-                )));
-            }
-        }
-        for origin in &self.allowed_origins {
-            if parse_origin(origin).is_none() {
-                return Err(config(format!(
-                    "serve.allowed_origins: `{origin}` is not an origin (scheme://host[:port])"
                 )));
             }
         }
@@ -287,19 +298,21 @@ pub fn router(
 }
 
 /// Only the approvers' endpoints (for a stdio server's approvers), behind
-/// the Host and Origin checks.
-pub fn approvals_router(
-    server: &McpServer,
-    allowed_hosts: Vec<String>,
-    allowed_origins: Vec<String>,
-) -> Router {
-    approvals_routes(server).layer(middleware::from_fn_with_state(
-        Arc::new(Guard {
-            allowed_origins,
-            allowed_hosts,
-        }),
-        check_host_and_origin,
-    ))
+/// the Host and Origin checks, for a listener set up by `config` (its
+/// caller tokens are not used).
+///
+/// # Errors
+/// [`Error::Config`] from [`HttpConfig::validate_listener`]: like the MCP
+/// listener, a non-loopback address needs `allow_remote` and
+/// `allowed_hosts`.
+pub fn approvals_router(server: &McpServer, config: &HttpConfig) -> Result<Router> {
+    config.validate_listener()?;
+    Ok(
+        approvals_routes(server).layer(middleware::from_fn_with_state(
+            guard(config),
+            check_host_and_origin,
+        )),
+    )
 }
 
 fn guard(config: &HttpConfig) -> Arc<Guard> {
@@ -752,7 +765,12 @@ mod tests {
             .contains("also an approver")
         );
         let remote = HttpConfig::new(SocketAddr::from(([0, 0, 0, 0], 7410)), vec![t.clone()]);
-        assert!(err(remote.clone(), &[]).contains("allow_remote"));
+        assert!(err(remote.clone(), &[]).contains("serve.allow_remote"));
+        // The approvers' listener needs no caller token, but the same care.
+        let approvals = HttpConfig::new(SocketAddr::from(([0, 0, 0, 0], 7411)), vec![]);
+        let message = approvals.validate_listener().unwrap_err().to_string();
+        assert!(message.contains("--allow-remote"), "{message}");
+        HttpConfig::new(addr, vec![]).validate_listener().unwrap();
         let mut remote = remote;
         remote.allow_remote = true;
         assert!(err(remote.clone(), &[]).contains("allowed_hosts"));
