@@ -47,6 +47,8 @@ pub struct ServeConfig {
     pub header_read_timeout_ms: u64,
     /// Tool calls running at once over all clients.
     pub max_concurrent_calls: usize,
+    /// Tool calls one principal runs at once.
+    pub max_calls_per_principal: usize,
     /// Seconds a call waits for an approver before answering
     /// `approval_pending` (0: answer at once).
     pub approval_wait_s: u64,
@@ -69,6 +71,7 @@ impl Default for ServeConfig {
             )
             .unwrap_or(u64::MAX),
             max_concurrent_calls: airlock_mcp::DEFAULT_MAX_CONCURRENT_CALLS,
+            max_calls_per_principal: airlock_mcp::DEFAULT_MAX_CALLS_PER_PRINCIPAL,
             approval_wait_s: 0,
             reload_interval_ms: 1000,
         }
@@ -78,6 +81,9 @@ impl Default for ServeConfig {
 fn check_serve(serve: ServeConfig) -> anyhow::Result<ServeConfig> {
     if serve.max_concurrent_calls == 0 {
         bail!("serve.max_concurrent_calls must be at least 1");
+    }
+    if serve.max_calls_per_principal == 0 {
+        bail!("serve.max_calls_per_principal must be at least 1");
     }
     if serve.approval_wait_s > 24 * 3600 {
         bail!("serve.approval_wait_s must be at most 86400");

@@ -70,6 +70,7 @@ pub async fn run(settings: &Settings, args: ServeArgs) -> Result<u8, Failure> {
     let host = Arc::new(Host::new(host_config(settings, Calls::Recorded))?);
     let options = ServeOptions::default()
         .max_concurrent_calls(serve.max_concurrent_calls)
+        .max_calls_per_principal(serve.max_calls_per_principal)
         .approval_wait(
             (serve.approval_wait_s > 0).then(|| Duration::from_secs(serve.approval_wait_s)),
         );

@@ -16,6 +16,8 @@ use serde_json::Value;
 
 const AIRLOCK: &str = env!("CARGO_BIN_EXE_airlock");
 const TOKEN: &str = "caller-secret-1";
+/// A second caller, `agent-2`.
+const TOKEN_2: &str = "caller-secret-2";
 const APPROVER_TOKEN: &str = "approver-secret-1";
 
 fn repo() -> PathBuf {
@@ -93,8 +95,9 @@ impl Server {
         let data = tempfile::tempdir().unwrap();
         let config = data.path().join("airlock.toml");
         let mut text = format!(
-            "principal = \"stdio-agent\"\n[serve]\nreload_interval_ms = 200\n{serve}[[serve.tokens]]\nprincipal = \"agent-1\"\ntoken_sha256 = \"{}\"",
-            sha256_hex(TOKEN.as_bytes())
+            "principal = \"stdio-agent\"\n[serve]\nreload_interval_ms = 200\n{serve}[[serve.tokens]]\nprincipal = \"agent-1\"\ntoken_sha256 = \"{}\"\n[[serve.tokens]]\nprincipal = \"agent-2\"\ntoken_sha256 = \"{}\"\n",
+            sha256_hex(TOKEN.as_bytes()),
+            sha256_hex(TOKEN_2.as_bytes())
         );
         if approvers {
             text.push_str(&format!(
@@ -198,6 +201,7 @@ fn client(script: &str, args: &[&str]) -> Vec<Value> {
         .arg(repo().join("tests/mcp").join(script))
         .args(args)
         .env("AIRLOCK_TEST_TOKEN", TOKEN)
+        .env("AIRLOCK_TEST_TOKEN_2", TOKEN_2)
         .env("AIRLOCK_TEST_APPROVER_TOKEN", APPROVER_TOKEN)
         .env("AIRLOCK_TEST_AIRLOCK", AIRLOCK)
         .output()
@@ -550,7 +554,8 @@ fn bad_http_input_gets_the_right_error_and_the_server_keeps_serving() {
 #[test]
 fn twenty_http_clients_calling_at_once_all_succeed() {
     let root = plugins_root(LIMITS);
-    let server = Server::new(root.path(), false);
+    // All twenty are agent-1: allow it as many calls as the server.
+    let server = Server::with_serve(root.path(), false, "max_calls_per_principal = 32\n");
     let running = server.start_http();
     let lines = client("client.py", &["concurrent", "http", &running.url(), "auto"]);
     let results = events(&lines, "concurrent")[0]["results"]
@@ -701,6 +706,34 @@ fn half_open_http_connections_are_timed_out_and_capped_while_clients_are_served(
     }
     // Slots are free again: the well-behaved client is served.
     assert_eq!(initialize(&addr), 200);
+}
+
+#[test]
+fn one_principal_holding_its_call_slots_does_not_starve_another() {
+    let root = plugins_root(LIMITS);
+    // agent-1's call waiting for an approver holds its only slot.
+    let server = Server::with_serve(
+        root.path(),
+        true,
+        "max_calls_per_principal = 1\napproval_wait_s = 60\n",
+    );
+    let running = server.start_http();
+    let lines = client(
+        "client.py",
+        &["principal_slots", "http", &running.url(), "legacy"],
+    );
+    let busy = events(&lines, "first_busy")[0];
+    assert_eq!(kind(busy), "principal_busy", "{busy}");
+    let error = &busy["meta"]["airlock/error"];
+    assert_eq!(error["class"], "refused", "{busy}");
+    assert!(
+        error["message"].as_str().unwrap().contains("agent-1"),
+        "{busy}"
+    );
+    let other = events(&lines, "second_served")[0];
+    assert_eq!(other["is_error"], false, "{other}");
+    let again = events(&lines, "first_served_again")[0];
+    assert_eq!(again["is_error"], false, "{again}");
 }
 
 #[test]
