@@ -26,12 +26,12 @@ def emit(**fields):
     print(json.dumps(fields), flush=True)
 
 
-def client_for(transport, target, mode, **kwargs):
+def client_for(transport, target, mode, token=None, **kwargs):
     if transport == "stdio":
         command = json.loads(target)
         params = StdioServerParameters(command=command[0], args=command[1:], env=dict(os.environ))
         return Client(params, mode=mode, **kwargs)
-    headers = {"Authorization": "Bearer " + os.environ["AIRLOCK_TEST_TOKEN"]}
+    headers = {"Authorization": "Bearer " + (token or os.environ["AIRLOCK_TEST_TOKEN"])}
     http = httpx2.AsyncClient(headers=headers, timeout=60)
     return Client(streamable_http_client(target, http_client=http), mode=mode, **kwargs)
 
@@ -193,6 +193,42 @@ async def approval_cli(transport, target, mode):
         emit(event="approved", **result_json(done))
 
 
+async def principal_slots(transport, target, mode):
+    """agent-1 (one call slot) waits for an approver in one call; its next
+    call is refused at once; agent-2 is served meanwhile; once agent-1's
+    waiting call is cancelled, agent-1 is served again."""
+    async with client_for(transport, target, mode) as first, \
+            client_for(transport, target, mode, token=os.environ["AIRLOCK_TEST_TOKEN_2"]) as second:
+        def busy_result(result):
+            return result.is_error and result.meta["airlock/error"]["kind"] == "principal_busy"
+
+        async def hold():
+            # Until it holds the slot (a concurrent echo may have it).
+            while busy_result(await first.call_tool("misbehave__now", {})):
+                await anyio.sleep(0.05)
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(hold)
+            busy = None
+            with anyio.fail_after(60):
+                while busy is None:
+                    await anyio.sleep(0.1)
+                    result = await first.call_tool("misbehave__echo", {"n": 1})
+                    if busy_result(result):
+                        busy = result
+            emit(event="first_busy", **result_json(busy))
+            served = await second.call_tool("misbehave__echo", {"n": 2})
+            emit(event="second_served", **result_json(served))
+            group.cancel_scope.cancel()
+        with anyio.fail_after(60):
+            while True:
+                result = await first.call_tool("misbehave__echo", {"n": 3})
+                if not busy_result(result):
+                    break
+                await anyio.sleep(0.1)
+        emit(event="first_served_again", **result_json(result))
+
+
 def decide(base, approval_id, token):
     request = urllib.request.Request(
         f"{base}/approvals/{approval_id}",
@@ -214,6 +250,7 @@ SCENARIOS = {
     "concurrent": concurrent,
     "approval": approval,
     "approval_cli": approval_cli,
+    "principal_slots": principal_slots,
 }
 
 if __name__ == "__main__":

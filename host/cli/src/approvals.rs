@@ -7,6 +7,7 @@ use serde_json::json;
 
 use crate::config::Settings;
 use crate::remote::Remote;
+use crate::terminal::escape;
 use crate::{Calls, Failure, exit, host_config, print_json};
 
 #[derive(Debug, Subcommand)]
@@ -91,26 +92,57 @@ fn open(settings: &Settings) -> anyhow::Result<Host> {
     Ok(Host::new(host_config(settings, Calls::Recorded))?)
 }
 
+/// One approval in full. Every field but the state and times is someone
+/// else's text (the caller's reason and arguments, the plugin's names, a
+/// server's answer): escaped, so it cannot move the cursor or forge lines.
 fn print_approval(a: &Approval) {
-    println!("{}  {}", a.id, a.state.as_str());
-    println!("  tool        {}/{} ({})", a.plugin, a.tool, a.risk);
-    println!("  asked by    {}", a.principal);
+    println!("{}  {}", escape(&a.id), a.state.as_str());
+    println!(
+        "  tool        {}/{} ({})",
+        escape(&a.plugin),
+        escape(&a.tool),
+        escape(&a.risk)
+    );
+    println!("  asked by    {}", escape(&a.principal));
     if let Some(reason) = &a.caller_reason {
-        println!("  because     {reason}");
+        println!("  because     {}", escape(reason));
     }
-    println!("  arguments   {}", a.args);
+    println!("  arguments   {}", escape(&a.args));
+    if a.args_truncated {
+        println!("              {}", truncation_mark(a));
+    }
     if let Some(key) = &a.idempotency_key {
-        println!("  idem. key   {key}");
+        println!("  idem. key   {}", escape(key));
     }
     println!("  expires     {}", time(a.expires_ms));
     if let Some(by) = &a.decided_by {
         println!(
-            "  decided     by {by}{}",
+            "  decided     by {}{}",
+            escape(by),
             a.decision_reason
                 .as_deref()
-                .map(|r| format!(": {r}"))
+                .map(|r| format!(": {}", escape(r)))
                 .unwrap_or_default()
         );
+    }
+}
+
+/// What an approver reads under arguments that were cut: they see a
+/// prefix, and the approval covers the whole.
+fn truncation_mark(a: &Approval) -> String {
+    format!(
+        "[arguments truncated at {} bytes — the approval binds the full arguments by digest sha256:{}]",
+        a.args.len(),
+        escape(&a.args_digest)
+    )
+}
+
+/// At most `max` characters of `text`, escaped, with `…` where cut.
+fn short(text: &str, max: usize) -> String {
+    let escaped = escape(text);
+    match escaped.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &escaped[..cut]),
+        None => escaped.into_owned(),
     }
 }
 
@@ -201,13 +233,18 @@ fn print_list(list: &[Approval], all: bool, json: bool) {
         println!("no {}approval requests", if all { "" } else { "pending " });
     } else {
         for a in list {
+            let reason = a
+                .caller_reason
+                .as_deref()
+                .map(|r| format!("  because {}", short(r, 60)))
+                .unwrap_or_default();
             println!(
-                "{}  {:<9} {}/{}  by {}  expires {}",
-                a.id,
+                "{}  {:<9} {}/{}  by {}  expires {}{reason}",
+                escape(&a.id),
                 a.state.as_str(),
-                a.plugin,
-                a.tool,
-                a.principal,
+                escape(&a.plugin),
+                escape(&a.tool),
+                escape(&a.principal),
                 time(a.expires_ms)
             );
         }

@@ -41,8 +41,15 @@ pub struct ServeConfig {
     pub allowed_hosts: Vec<String>,
     /// Largest HTTP request body, bytes.
     pub max_request_bytes: usize,
+    /// HTTP connections open at once (MCP and approvals listeners each).
+    pub max_connections: usize,
+    /// Time an HTTP connection has to send a request's head, ms (also how
+    /// long a keep-alive connection may sit idle).
+    pub header_read_timeout_ms: u64,
     /// Tool calls running at once over all clients.
     pub max_concurrent_calls: usize,
+    /// Tool calls one principal runs at once.
+    pub max_calls_per_principal: usize,
     /// Seconds a call waits for an approver before answering
     /// `approval_pending` (0: answer at once).
     pub approval_wait_s: u64,
@@ -59,7 +66,13 @@ impl Default for ServeConfig {
             allowed_origins: Vec::new(),
             allowed_hosts: Vec::new(),
             max_request_bytes: airlock_mcp::http::DEFAULT_MAX_REQUEST_BYTES,
+            max_connections: airlock_mcp::http::DEFAULT_MAX_CONNECTIONS,
+            header_read_timeout_ms: u64::try_from(
+                airlock_mcp::http::DEFAULT_HEADER_READ_TIMEOUT.as_millis(),
+            )
+            .unwrap_or(u64::MAX),
             max_concurrent_calls: airlock_mcp::DEFAULT_MAX_CONCURRENT_CALLS,
+            max_calls_per_principal: airlock_mcp::DEFAULT_MAX_CALLS_PER_PRINCIPAL,
             approval_wait_s: 0,
             reload_interval_ms: 1000,
         }
@@ -69,6 +82,9 @@ impl Default for ServeConfig {
 fn check_serve(serve: ServeConfig) -> anyhow::Result<ServeConfig> {
     if serve.max_concurrent_calls == 0 {
         bail!("serve.max_concurrent_calls must be at least 1");
+    }
+    if serve.max_calls_per_principal == 0 {
+        bail!("serve.max_calls_per_principal must be at least 1");
     }
     if serve.approval_wait_s > 24 * 3600 {
         bail!("serve.approval_wait_s must be at most 86400");

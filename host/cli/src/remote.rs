@@ -3,8 +3,14 @@
 //! databases, so the CLI cannot open them itself).
 //!
 //! `GET /approvals[?all=true]`, `GET /approvals/{id}` and `POST
-//! /approvals/{id}` with the approver's bearer token; `http://` or
-//! `https://` (Mozilla's roots) URLs.
+//! /approvals/{id}` with the approver's bearer token; `https://` (Mozilla's
+//! roots) URLs, or `http://` to this machine only.
+//!
+//! # Security
+//! The approver's token goes in every request. Over plain `http://` anyone
+//! on the path can read it and decide as that approver, so `http://` is
+//! refused unless the host is a loopback address (`127.0.0.0/8`, `[::1]`)
+//! or `localhost` — and then the connected address must be loopback too.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -54,6 +60,11 @@ impl Remote {
         let Some(host) = uri.host() else {
             return Err(usage(format!("--server {url:?} names no host")));
         };
+        if !tls && !is_loopback_name(host) {
+            return Err(usage(format!(
+                "--server {url:?}: plain http would send your approver token in clear to another machine; use https:// (http:// is accepted only for 127.0.0.1, [::1] or localhost)"
+            )));
+        }
         if uri.query().is_some() || url.contains('@') {
             return Err(usage(format!(
                 "--server {url:?}: no query or user info; give the server's address"
@@ -126,7 +137,8 @@ impl Remote {
             .await
             .map_err(|_| anyhow!("{server} did not answer within {} s", TIMEOUT.as_secs()))?
             .with_context(|| format!("cannot reach the approvals endpoint at {server}"))?;
-        let text = String::from_utf8_lossy(&bytes).trim().to_owned();
+        // The server's words reach the approver's terminal: escaped.
+        let text = crate::terminal::escape(String::from_utf8_lossy(&bytes).trim()).into_owned();
         let refused = |message: String| Failure {
             code: exit::REFUSED,
             error: anyhow!(message),
@@ -151,6 +163,17 @@ impl Remote {
         body: Option<Value>,
     ) -> anyhow::Result<(u16, Bytes)> {
         let tcp = TcpStream::connect((self.host.as_str(), self.port)).await?;
+        if !self.tls {
+            // `localhost` could resolve elsewhere: the token goes in clear
+            // only to this machine.
+            let peer = tcp.peer_addr()?;
+            if !peer.ip().is_loopback() {
+                anyhow::bail!(
+                    "{} resolved to {peer}, not a loopback address: refusing to send the approver token over plain http (use https://)",
+                    self.host
+                );
+            }
+        }
         if self.tls {
             let config = tls_config()?;
             let name = rustls::pki_types::ServerName::try_from(self.host.clone())
@@ -220,6 +243,16 @@ fn tls_config() -> anyhow::Result<Arc<rustls::ClientConfig>> {
     Ok(Arc::new(config))
 }
 
+/// Whether `host` (as in a URL, IPv6 in brackets) is a loopback address or
+/// `localhost`.
+fn is_loopback_name(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// Percent-encode an approval id for a path segment (ids are `apr-` and
 /// hex, but the argument is the user's).
 fn encode(id: &str) -> String {
@@ -260,5 +293,33 @@ mod tests {
         }
         assert!(Remote::new("http://127.0.0.1:7410", " ").is_err());
         assert_eq!(encode("apr-01ab/..%"), "apr-01ab%2F..%25");
+    }
+
+    #[test]
+    fn plain_http_to_another_machine_is_refused_so_the_token_stays_secret() {
+        for remote in [
+            "http://approve.example.com",
+            "http://10.0.0.7:7410",
+            "http://0.0.0.0:7410",
+            "http://[2001:db8::1]:7410",
+            "http://localhost.evil.example",
+            "http://127.0.0.1.nip.io",
+        ] {
+            let error = Remote::new(remote, "t").unwrap_err();
+            let message = format!("{:#}", error.error);
+            assert_eq!(error.code, exit::USAGE, "{remote}");
+            assert!(message.contains("https://"), "{remote}: {message}");
+            assert!(message.contains("in clear"), "{remote}: {message}");
+        }
+        for local in [
+            "http://127.0.0.1:7410",
+            "http://127.8.9.10",
+            "http://[::1]:7410",
+            "http://localhost:7410",
+            "http://LOCALHOST",
+        ] {
+            assert!(!Remote::new(local, "t").unwrap().tls, "{local}");
+        }
+        assert!(Remote::new("https://10.0.0.7:7410", "t").unwrap().tls);
     }
 }

@@ -20,7 +20,8 @@ pub struct ServeArgs {
     /// from serve.http_addr: 127.0.0.1:7410). Needs [[serve.tokens]].
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "")]
     http: Option<String>,
-    /// Allow listening on a non-loopback address.
+    /// Allow listening on a non-loopback address (--http or
+    /// --approvals-http; also serve.allow_remote).
     #[arg(long)]
     allow_remote: bool,
     /// With stdio: also serve the approvers' endpoints (/approvals) over
@@ -55,6 +56,8 @@ pub async fn run(settings: &Settings, args: ServeArgs) -> Result<u8, Failure> {
         config.allowed_origins = serve.allowed_origins.clone();
         config.allowed_hosts = serve.allowed_hosts.clone();
         config.max_request_bytes = serve.max_request_bytes;
+        config.max_connections = serve.max_connections;
+        config.header_read_timeout = Duration::from_millis(serve.header_read_timeout_ms);
         config
     });
     if !settings.plugins_dir.is_dir() {
@@ -67,6 +70,7 @@ pub async fn run(settings: &Settings, args: ServeArgs) -> Result<u8, Failure> {
     let host = Arc::new(Host::new(host_config(settings, Calls::Recorded))?);
     let options = ServeOptions::default()
         .max_concurrent_calls(serve.max_concurrent_calls)
+        .max_calls_per_principal(serve.max_calls_per_principal)
         .approval_wait(
             (serve.approval_wait_s > 0).then(|| Duration::from_secs(serve.approval_wait_s)),
         );
@@ -108,21 +112,27 @@ pub async fn run(settings: &Settings, args: ServeArgs) -> Result<u8, Failure> {
                 .context("cannot read the bound address")?;
             // Logs and this line go to stderr; tests read the port from it.
             eprintln!("airlock: serving {tools} tools over MCP at http://{local}/mcp");
-            airlock_mcp::http::serve(listener, router, shutdown).await?;
+            airlock_mcp::http::serve(listener, router, &config, shutdown).await?;
         }
         None => {
             if let Some(addr) = args.approvals_http {
-                let router = airlock_mcp::http::approvals_router(
-                    &server,
-                    serve.allowed_hosts.clone(),
-                    serve.allowed_origins.clone(),
-                );
+                let mut config = HttpConfig::new(addr, Vec::new());
+                config.allow_remote = serve.allow_remote || args.allow_remote;
+                config.allowed_origins = serve.allowed_origins.clone();
+                config.allowed_hosts = serve.allowed_hosts.clone();
+                config.max_connections = serve.max_connections;
+                config.header_read_timeout = Duration::from_millis(serve.header_read_timeout_ms);
+                let router = airlock_mcp::http::approvals_router(&server, &config)
+                    .with_context(|| format!("--approvals-http {addr}"))?;
                 let listener = airlock_mcp::http::bind(addr).await?;
                 let local = listener
                     .local_addr()
                     .context("cannot read the bound address")?;
                 eprintln!("airlock: approvals at http://{local}/approvals");
-                tokio::spawn(airlock_mcp::http::serve(listener, router, shutdown.clone()));
+                let shutdown = shutdown.clone();
+                tokio::spawn(async move {
+                    airlock_mcp::http::serve(listener, router, &config, shutdown).await
+                });
             }
             let principal = args.principal.as_deref().unwrap_or(&settings.principal);
             eprintln!("airlock: serving {tools} tools over MCP on stdio as `{principal}`");

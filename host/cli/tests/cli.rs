@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use airlock_tests::{MISBEHAVE, PLUGINS_DIR, PROBE, install, read};
+use airlock_tests::{MISBEHAVE, PLUGINS_DIR, PROBE, install, read, sha256_hex};
 use serde_json::Value;
 
 const AIRLOCK: &str = env!("CARGO_BIN_EXE_airlock");
@@ -746,4 +746,133 @@ fn guest_text_with_terminal_escapes_is_shown_escaped_by_audit_commands() {
             "{command:?}: {out}"
         );
     }
+}
+
+/// This machine's address on its outgoing interface (not loopback), if it
+/// has one; no packet is sent.
+fn non_loopback_ip() -> Option<std::net::IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    socket.connect("192.0.2.1:9").ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_loopback() && !ip.is_unspecified()).then_some(ip)
+}
+
+#[test]
+fn approver_token_is_never_sent_over_plain_http_to_another_address() {
+    // A "server" listening on every interface, reached by a non-loopback
+    // address: the token would travel in clear over the network.
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let ip = non_loopback_ip().map_or_else(|| "192.0.2.10".to_owned(), |ip| ip.to_string());
+    let env = Env::new();
+    let url = format!("http://{ip}:{port}");
+    for args in [
+        vec!["approvals", "list", "--server", &url],
+        vec!["approvals", "show", "apr-1", "--server", &url],
+        vec![
+            "approvals",
+            "approve",
+            "apr-1",
+            "--reason",
+            "ok",
+            "--server",
+            &url,
+        ],
+        vec![
+            "approvals",
+            "list",
+            "--server",
+            "http://approvals.example.com",
+        ],
+    ] {
+        let out = env
+            .cmd(Path::new(PLUGINS_DIR))
+            .env("AIRLOCK_APPROVER_TOKEN", "approver-secret")
+            .args(&args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        let message = stderr(&out);
+        assert!(
+            message.contains("in clear") && message.contains("use https://"),
+            "{args:?}: {message}"
+        );
+    }
+    // Nothing ever connected.
+    assert!(matches!(
+        listener.accept(),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+    ));
+}
+
+#[test]
+fn a_forged_reason_and_cut_arguments_cannot_mislead_the_approver() {
+    // `echo` is irreversible here: every call waits for an approver.
+    let root = plugins_root(
+        "misbehave",
+        &read(MISBEHAVE),
+        "[capabilities]\nlog = true\n\n[[tools]]\nname = \"echo\"\nrisk = \"irreversible\"\n",
+    );
+    let env = Env::new();
+    let config = env.data.path().join("airlock.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[policy.approvals.approvers]]\nname = \"alice\"\ntoken_sha256 = \"{}\"\n",
+            sha256_hex(b"approver-secret")
+        ),
+    )
+    .unwrap();
+    let airlock = |args: &[&str]| {
+        env.cmd(root.path())
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    // The caller's reason erases the line and writes its own; the real
+    // arguments hide past the audit copy's 4 KiB.
+    let reason = "clock check\u{1b}[2K\r  arguments   {}\n  decided     by alice: fine";
+    let padding = "x".repeat(5000);
+    let args = format!(r#"{{"note": "{padding}", "then": "transfer everything"}}"#);
+    let out = airlock(&[
+        "call",
+        "misbehave/echo",
+        "--reason",
+        reason,
+        "--args",
+        &args,
+    ]);
+    assert_eq!(out.status.code(), Some(8), "{}", stderr(&out));
+    let list = airlock(&["approvals", "list"]);
+    assert!(list.status.success(), "{}", stderr(&list));
+    let show_id = String::from_utf8(list.stdout.clone()).unwrap();
+    let id = show_id.split_whitespace().next().unwrap().to_owned();
+    let show = airlock(&["approvals", "show", &id]);
+    assert!(show.status.success(), "{}", stderr(&show));
+    for out in [&list, &show] {
+        let text = String::from_utf8(out.stdout.clone()).unwrap();
+        // Nothing a terminal would act on, and the forgery is visible.
+        assert!(
+            !text.chars().any(|c| c.is_control() && c != '\n'),
+            "{text:?}"
+        );
+        assert!(
+            text.contains(r"clock check\u{1b}[2K\r  arguments   {}\n  decided"),
+            "{text}"
+        );
+        assert!(!text.contains("\n  decided     by alice"), "{text}");
+    }
+    let show = String::from_utf8(show.stdout).unwrap();
+    let json = json(&airlock(&["approvals", "show", &id, "--json"]));
+    assert_eq!(json["args_truncated"], true, "{json}");
+    assert_eq!(json["caller_reason"], reason);
+    let digest = json["args_digest"].as_str().unwrap();
+    assert_eq!(digest.len(), 64);
+    let mark = format!(
+        "[arguments truncated at 4096 bytes — the approval binds the full arguments by digest sha256:{digest}]"
+    );
+    assert!(show.contains(&mark), "{show}");
 }

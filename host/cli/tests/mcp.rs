@@ -16,6 +16,8 @@ use serde_json::Value;
 
 const AIRLOCK: &str = env!("CARGO_BIN_EXE_airlock");
 const TOKEN: &str = "caller-secret-1";
+/// A second caller, `agent-2`.
+const TOKEN_2: &str = "caller-secret-2";
 const APPROVER_TOKEN: &str = "approver-secret-1";
 
 fn repo() -> PathBuf {
@@ -85,11 +87,17 @@ struct Server {
 
 impl Server {
     fn new(plugins: &Path, approvers: bool) -> Server {
+        Server::with_serve(plugins, approvers, "")
+    }
+
+    /// With more `[serve]` keys (`serve`: TOML lines).
+    fn with_serve(plugins: &Path, approvers: bool, serve: &str) -> Server {
         let data = tempfile::tempdir().unwrap();
         let config = data.path().join("airlock.toml");
         let mut text = format!(
-            "principal = \"stdio-agent\"\n[serve]\nreload_interval_ms = 200\n[[serve.tokens]]\nprincipal = \"agent-1\"\ntoken_sha256 = \"{}\"\n",
-            sha256_hex(TOKEN.as_bytes())
+            "principal = \"stdio-agent\"\n[serve]\nreload_interval_ms = 200\n{serve}[[serve.tokens]]\nprincipal = \"agent-1\"\ntoken_sha256 = \"{}\"\n[[serve.tokens]]\nprincipal = \"agent-2\"\ntoken_sha256 = \"{}\"\n",
+            sha256_hex(TOKEN.as_bytes()),
+            sha256_hex(TOKEN_2.as_bytes())
         );
         if approvers {
             text.push_str(&format!(
@@ -193,6 +201,7 @@ fn client(script: &str, args: &[&str]) -> Vec<Value> {
         .arg(repo().join("tests/mcp").join(script))
         .args(args)
         .env("AIRLOCK_TEST_TOKEN", TOKEN)
+        .env("AIRLOCK_TEST_TOKEN_2", TOKEN_2)
         .env("AIRLOCK_TEST_APPROVER_TOKEN", APPROVER_TOKEN)
         .env("AIRLOCK_TEST_AIRLOCK", AIRLOCK)
         .output()
@@ -545,7 +554,8 @@ fn bad_http_input_gets_the_right_error_and_the_server_keeps_serving() {
 #[test]
 fn twenty_http_clients_calling_at_once_all_succeed() {
     let root = plugins_root(LIMITS);
-    let server = Server::new(root.path(), false);
+    // All twenty are agent-1: allow it as many calls as the server.
+    let server = Server::with_serve(root.path(), false, "max_calls_per_principal = 32\n");
     let running = server.start_http();
     let lines = client("client.py", &["concurrent", "http", &running.url(), "auto"]);
     let results = events(&lines, "concurrent")[0]["results"]
@@ -595,4 +605,168 @@ fn serve_refuses_unsafe_http_setups() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("at least one caller token"));
+}
+
+/// A well-behaved MCP request over a fresh connection: `initialize` with the
+/// caller's token; the response's status.
+fn initialize(addr: &str) -> u16 {
+    use std::io::{Read as _, Write as _};
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}}"#;
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        stream,
+        "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2025-11-25\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n") && stream.read(&mut byte).unwrap() == 1 {
+        head.push(byte[0]);
+    }
+    let line = String::from_utf8_lossy(&head).into_owned();
+    line.split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {line:?}"))
+}
+
+/// Read until the server closes `stream` (end of stream or reset) or
+/// `within` passes; whether it closed.
+fn closed_within(stream: &mut std::net::TcpStream, within: std::time::Duration) -> bool {
+    use std::io::Read as _;
+    let deadline = std::time::Instant::now() + within;
+    let mut buf = [0u8; 1024];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        stream.set_read_timeout(Some(left)).unwrap();
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {} // hyper answers 408 before closing
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false;
+            }
+            Err(_) => return true, // reset
+        }
+    }
+}
+
+#[test]
+fn half_open_http_connections_are_timed_out_and_capped_while_clients_are_served() {
+    use std::io::Write as _;
+    use std::time::{Duration, Instant};
+    let root = plugins_root(LIMITS);
+    let server = Server::with_serve(
+        root.path(),
+        false,
+        "max_connections = 8\nheader_read_timeout_ms = 3000\n",
+    );
+    let running = server.start_http();
+    let addr = running.addr.clone();
+    // Slowloris: connections that send part of a request head, then wait.
+    let half_open = || {
+        let mut stream = std::net::TcpStream::connect(&addr).unwrap();
+        stream
+            .write_all(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthoriz")
+            .unwrap();
+        (stream, Instant::now())
+    };
+    let mut held: Vec<_> = (0..7).map(|_| half_open()).collect();
+    // Below the cap, a well-behaved client is served beside them.
+    assert_eq!(initialize(&addr), 200);
+    held.push(half_open());
+    // At the cap: more connections are closed at once, not queued (well
+    // before the header timeout could have closed them).
+    for _ in 0..5 {
+        let mut extra = std::net::TcpStream::connect(&addr).unwrap();
+        assert!(
+            closed_within(&mut extra, Duration::from_millis(1500)),
+            "a connection past the cap was left open"
+        );
+    }
+    // The half-open ones are closed after the header timeout (3 s), not
+    // kept (they stayed open 40 s and more without it).
+    for (stream, opened) in &mut held {
+        let left = Duration::from_secs(15).saturating_sub(opened.elapsed());
+        assert!(
+            closed_within(stream, left),
+            "a half-open connection outlived the header timeout"
+        );
+    }
+    // Slots are free again: the well-behaved client is served.
+    assert_eq!(initialize(&addr), 200);
+}
+
+#[test]
+fn one_principal_holding_its_call_slots_does_not_starve_another() {
+    let root = plugins_root(LIMITS);
+    // agent-1's call waiting for an approver holds its only slot.
+    let server = Server::with_serve(
+        root.path(),
+        true,
+        "max_calls_per_principal = 1\napproval_wait_s = 60\n",
+    );
+    let running = server.start_http();
+    let lines = client(
+        "client.py",
+        &["principal_slots", "http", &running.url(), "legacy"],
+    );
+    let busy = events(&lines, "first_busy")[0];
+    assert_eq!(kind(busy), "principal_busy", "{busy}");
+    let error = &busy["meta"]["airlock/error"];
+    assert_eq!(error["class"], "refused", "{busy}");
+    assert!(
+        error["message"].as_str().unwrap().contains("agent-1"),
+        "{busy}"
+    );
+    let other = events(&lines, "second_served")[0];
+    assert_eq!(other["is_error"], false, "{other}");
+    let again = events(&lines, "first_served_again")[0];
+    assert_eq!(again["is_error"], false, "{again}");
+}
+
+#[test]
+fn approvals_http_refuses_a_non_loopback_address_without_allow_remote() {
+    let root = plugins_root(LIMITS);
+    let server = Server::new(root.path(), true);
+    let serve = |extra: &[&str]| {
+        Command::new(AIRLOCK)
+            .args(server.args())
+            .args(extra)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let out = serve(&["--approvals-http", "0.0.0.0:0"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--approvals-http 0.0.0.0:0") && stderr.contains("serve.allow_remote"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("approvals at"), "{stderr}");
+    // Allowed explicitly, it still needs the names clients use.
+    let out = serve(&["--approvals-http", "0.0.0.0:0", "--allow-remote"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("serve.allowed_hosts"), "{stderr}");
+    // Loopback needs neither (the stdio server then ends with its closed
+    // stdin).
+    let out = serve(&["--approvals-http", "127.0.0.1:0"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("approvals at http://127.0.0.1:"),
+        "{stderr}"
+    );
 }

@@ -15,6 +15,18 @@
 //! `WWW-Authenticate: Bearer`. Bodies over
 //! [`HttpConfig::max_request_bytes`] get `413`.
 //!
+//! # Connections
+//! [`serve`] runs hyper's HTTP/1 server itself (not `axum::serve`, which
+//! has no header timeout) with two bounds against clients that hold
+//! connections without using them:
+//! - [`HttpConfig::header_read_timeout`]: a connection must deliver a
+//!   request's whole head within it — from when the connection opens, and
+//!   again from the end of each response on a keep-alive connection (so it
+//!   is also the idle bound). A connection that does not is closed.
+//! - [`HttpConfig::max_connections`]: connections open at once. One past
+//!   the cap is accepted and closed at once (not left in the kernel's
+//!   backlog), so a well-behaved client gets a prompt error to retry on.
+//!
 //! # Approvers
 //! `/approvals` is not MCP and takes only *approver* tokens (the host
 //! policy's `approvals.approvers`), never a caller's: `GET /approvals`
@@ -26,6 +38,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use airlock_host::Host;
 use airlock_host::ledger::ApprovalState;
@@ -35,11 +48,14 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
 use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 use serde::Deserialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result, config};
@@ -51,6 +67,16 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:7410";
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 2 * 1024 * 1024;
 /// The MCP endpoint's path.
 pub const MCP_PATH: &str = "/mcp";
+/// Default cap on connections open at once.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+/// Largest `max_connections` a configuration may ask for.
+pub const MAX_CONNECTIONS_CEILING: usize = 65_536;
+/// Default time a connection has to deliver a request's head.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest `header_read_timeout` a configuration may ask for.
+pub const HEADER_READ_TIMEOUT_CEILING: Duration = Duration::from_secs(300);
+/// How long a stopping server waits for open connections to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// One caller token: the SHA-256 (hex) of the secret and who it is.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -80,6 +106,13 @@ pub struct HttpConfig {
     pub allowed_hosts: Vec<String>,
     /// Largest request body.
     pub max_request_bytes: usize,
+    /// Connections open at once; one more is closed as soon as it is
+    /// accepted.
+    pub max_connections: usize,
+    /// Time a connection has to deliver a request's head, from its start
+    /// or from the end of its previous response (the keep-alive idle
+    /// bound); then it is closed.
+    pub header_read_timeout: Duration,
 }
 
 impl HttpConfig {
@@ -92,25 +125,23 @@ impl HttpConfig {
             allowed_origins: Vec::new(),
             allowed_hosts: Vec::new(),
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
         }
     }
 
-    /// Check the configuration; `approver_hashes` are the approvers' token
-    /// hashes, which no caller token may share.
+    /// Check what every listener needs, callers' or approvers': a loopback
+    /// address unless `allow_remote`, then `allowed_hosts`; valid origins;
+    /// limits within their ranges. The caller tokens are not checked.
     ///
     /// # Errors
     /// [`Error::Config`] naming the key at fault.
-    pub fn validate(&self, approver_hashes: &[String]) -> Result<()> {
+    pub fn validate_listener(&self) -> Result<()> {
         if !self.addr.ip().is_loopback() && !self.allow_remote {
             return Err(config(format!(
-                "{} is not a loopback address; listening beyond this machine needs allow_remote (--allow-remote)",
+                "{} is not a loopback address; listening beyond this machine needs serve.allow_remote = true (or --allow-remote)",
                 self.addr
             )));
-        }
-        if self.tokens.is_empty() {
-            return Err(config(
-                "serving over HTTP needs at least one caller token ([[serve.tokens]] with principal and token_sha256)",
-            ));
         }
         if self.allow_remote && !self.addr.ip().is_loopback() && self.allowed_hosts.is_empty() {
             return Err(config(
@@ -119,6 +150,41 @@ impl HttpConfig {
         }
         if self.max_request_bytes < 1024 {
             return Err(config("serve.max_request_bytes must be at least 1024"));
+        }
+        if !(1..=MAX_CONNECTIONS_CEILING).contains(&self.max_connections) {
+            return Err(config(format!(
+                "serve.max_connections must be between 1 and {MAX_CONNECTIONS_CEILING}"
+            )));
+        }
+        if self.header_read_timeout < Duration::from_millis(100)
+            || self.header_read_timeout > HEADER_READ_TIMEOUT_CEILING
+        {
+            return Err(config(format!(
+                "serve.header_read_timeout_ms must be between 100 and {}",
+                HEADER_READ_TIMEOUT_CEILING.as_millis()
+            )));
+        }
+        for origin in &self.allowed_origins {
+            if parse_origin(origin).is_none() {
+                return Err(config(format!(
+                    "serve.allowed_origins: `{origin}` is not an origin (scheme://host[:port])"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Check the configuration; `approver_hashes` are the approvers' token
+    /// hashes, which no caller token may share.
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the key at fault.
+    pub fn validate(&self, approver_hashes: &[String]) -> Result<()> {
+        self.validate_listener()?;
+        if self.tokens.is_empty() {
+            return Err(config(
+                "serving over HTTP needs at least one caller token ([[serve.tokens]] with principal and token_sha256)",
+            ));
         }
         let mut seen = std::collections::BTreeSet::new();
         for (i, token) in self.tokens.iter().enumerate() {
@@ -149,13 +215,6 @@ impl HttpConfig {
             {
                 return Err(config(format!(
                     "{key} is also an approver's token: callers and approvers must authenticate separately"
-                )));
-            }
-        }
-        for origin in &self.allowed_origins {
-            if parse_origin(origin).is_none() {
-                return Err(config(format!(
-                    "serve.allowed_origins: `{origin}` is not an origin (scheme://host[:port])"
                 )));
             }
         }
@@ -239,19 +298,21 @@ pub fn router(
 }
 
 /// Only the approvers' endpoints (for a stdio server's approvers), behind
-/// the Host and Origin checks.
-pub fn approvals_router(
-    server: &McpServer,
-    allowed_hosts: Vec<String>,
-    allowed_origins: Vec<String>,
-) -> Router {
-    approvals_routes(server).layer(middleware::from_fn_with_state(
-        Arc::new(Guard {
-            allowed_origins,
-            allowed_hosts,
-        }),
-        check_host_and_origin,
-    ))
+/// the Host and Origin checks, for a listener set up by `config` (its
+/// caller tokens are not used).
+///
+/// # Errors
+/// [`Error::Config`] from [`HttpConfig::validate_listener`]: like the MCP
+/// listener, a non-loopback address needs `allow_remote` and
+/// `allowed_hosts`.
+pub fn approvals_router(server: &McpServer, config: &HttpConfig) -> Result<Router> {
+    config.validate_listener()?;
+    Ok(
+        approvals_routes(server).layer(middleware::from_fn_with_state(
+            guard(config),
+            check_host_and_origin,
+        )),
+    )
 }
 
 fn guard(config: &HttpConfig) -> Arc<Guard> {
@@ -271,21 +332,108 @@ fn approver_hashes(host: &Host) -> Vec<String> {
         .collect()
 }
 
-/// Serve `router` on `listener` until `shutdown` is cancelled.
+/// Serve `router` on `listener` until `shutdown` is cancelled, within
+/// `config`'s connection bounds ([`HttpConfig::max_connections`],
+/// [`HttpConfig::header_read_timeout`]). On shutdown, stop accepting, let
+/// requests in progress finish (up to 10 s) and close idle connections.
+///
+/// # Security
+/// Without these bounds, clients that open connections and send a partial
+/// request head (or nothing) hold sockets and tasks for as long as they
+/// like; past the cap, new connections would wait in the kernel's backlog
+/// with no answer.
 ///
 /// # Errors
-/// [`Error::Transport`] if the server fails.
+/// None at present: a failed accept is logged and retried.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
+    config: &HttpConfig,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    let max = config.max_connections.clamp(1, MAX_CONNECTIONS_CEILING);
+    let slots = Arc::new(Semaphore::new(max));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    // The timer makes hyper enforce the header timeout (without one it
+    // silently does not).
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .keep_alive(true);
+    let mut refusing = false;
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    accept_failed(&error).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
+            // Closed now rather than queued: the client sees it at once.
+            if !refusing {
+                tracing::warn!(
+                    max_connections = max,
+                    "HTTP connection limit reached: closing new connections until one ends"
+                );
+            }
+            refusing = true;
+            tracing::debug!(%peer, "connection refused: at the connection limit");
+            drop(stream);
+            continue;
+        };
+        refusing = false;
+        let _ = stream.set_nodelay(true);
+        let connection = builder.serve_connection(
+            TokioIo::new(stream),
+            TowerToHyperService::new(router.clone()),
+        );
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let mut connection = std::pin::pin!(connection);
+            let result = tokio::select! {
+                result = connection.as_mut() => result,
+                () = shutdown.cancelled() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(error) = result {
+                tracing::debug!(%peer, error = %error, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    let all = u32::try_from(max).unwrap_or(u32::MAX);
+    if tokio::time::timeout(SHUTDOWN_GRACE, slots.acquire_many(all))
         .await
-        .map_err(|e| Error::Transport {
-            message: e.to_string(),
-        })
+        .is_err()
+    {
+        tracing::warn!(
+            "connections still open {} s after shutdown began; closing them",
+            SHUTDOWN_GRACE.as_secs()
+        );
+    }
+    Ok(())
+}
+
+/// After a failed `accept`: go on at once when one connection failed;
+/// wait a moment when the process is out of something (file descriptors),
+/// so the loop does not spin.
+async fn accept_failed(error: &std::io::Error) {
+    use std::io::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::ConnectionRefused | ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset
+    ) {
+        return;
+    }
+    tracing::warn!(error = %error, "cannot accept a connection; retrying in 1 s");
+    tokio::time::sleep(Duration::from_secs(1)).await;
 }
 
 /// Bind `addr`.
@@ -617,12 +765,25 @@ mod tests {
             .contains("also an approver")
         );
         let remote = HttpConfig::new(SocketAddr::from(([0, 0, 0, 0], 7410)), vec![t.clone()]);
-        assert!(err(remote.clone(), &[]).contains("allow_remote"));
+        assert!(err(remote.clone(), &[]).contains("serve.allow_remote"));
+        // The approvers' listener needs no caller token, but the same care.
+        let approvals = HttpConfig::new(SocketAddr::from(([0, 0, 0, 0], 7411)), vec![]);
+        let message = approvals.validate_listener().unwrap_err().to_string();
+        assert!(message.contains("--allow-remote"), "{message}");
+        HttpConfig::new(addr, vec![]).validate_listener().unwrap();
         let mut remote = remote;
         remote.allow_remote = true;
         assert!(err(remote.clone(), &[]).contains("allowed_hosts"));
         remote.allowed_hosts = vec!["mcp.example.com".into()];
         remote.validate(&[]).unwrap();
+        let mut limits = HttpConfig::new(addr, vec![t.clone()]);
+        limits.max_connections = 0;
+        assert!(err(limits.clone(), &[]).contains("serve.max_connections"));
+        limits.max_connections = 1;
+        limits.header_read_timeout = Duration::from_millis(10);
+        assert!(err(limits.clone(), &[]).contains("serve.header_read_timeout_ms"));
+        limits.header_read_timeout = Duration::from_secs(3600);
+        assert!(err(limits, &[]).contains("serve.header_read_timeout_ms"));
         HttpConfig::new(addr, vec![t]).validate(&[]).unwrap();
     }
 

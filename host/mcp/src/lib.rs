@@ -62,4 +62,7 @@ pub use catalog::{
     valid_mcp_name,
 };
 pub use error::{Error, Result};
-pub use server::{DEFAULT_MAX_CONCURRENT_CALLS, McpServer, ReloadReport, ServeOptions, meta_keys};
+pub use server::{
+    DEFAULT_MAX_CALLS_PER_PRINCIPAL, DEFAULT_MAX_CONCURRENT_CALLS, McpServer, ReloadReport,
+    ServeOptions, meta_keys,
+};

@@ -1,6 +1,6 @@
 //! [`McpServer`]: the shared state, the rmcp handler, the plugin reloader.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -36,6 +36,8 @@ pub mod meta_keys {
 
 /// Default cap on tool calls running at once, over every client.
 pub const DEFAULT_MAX_CONCURRENT_CALLS: usize = 32;
+/// Default cap on tool calls one principal runs at once.
+pub const DEFAULT_MAX_CALLS_PER_PRINCIPAL: usize = 8;
 
 /// How the server runs calls, whatever the transport.
 #[derive(Debug, Clone)]
@@ -44,6 +46,10 @@ pub struct ServeOptions {
     /// Tool calls running at once over all clients; a call past the cap
     /// is refused at once (`server_busy`) rather than queued.
     pub max_concurrent_calls: usize,
+    /// Tool calls one principal runs at once; one more is refused at once
+    /// (`principal_busy`), so one caller cannot take every slot of
+    /// `max_concurrent_calls` from the others.
+    pub max_calls_per_principal: usize,
     /// Wait this long for an approver's decision before answering
     /// `approval_pending` (`None`: answer at once).
     pub approval_wait: Option<Duration>,
@@ -53,6 +59,7 @@ impl Default for ServeOptions {
     fn default() -> ServeOptions {
         ServeOptions {
             max_concurrent_calls: DEFAULT_MAX_CONCURRENT_CALLS,
+            max_calls_per_principal: DEFAULT_MAX_CALLS_PER_PRINCIPAL,
             approval_wait: None,
         }
     }
@@ -62,6 +69,12 @@ impl ServeOptions {
     /// Allow `calls` tool calls at once.
     pub fn max_concurrent_calls(mut self, calls: usize) -> ServeOptions {
         self.max_concurrent_calls = calls;
+        self
+    }
+
+    /// Allow each principal `calls` tool calls at once.
+    pub fn max_calls_per_principal(mut self, calls: usize) -> ServeOptions {
+        self.max_calls_per_principal = calls;
         self
     }
 
@@ -86,6 +99,8 @@ struct Shared {
     /// Bumped whenever the served tools change.
     changes: watch::Sender<u64>,
     calls: Arc<Semaphore>,
+    /// Calls running per principal (only principals with one running).
+    principal_calls: std::sync::Mutex<HashMap<String, usize>>,
     reload: Mutex<ReloadState>,
 }
 
@@ -136,6 +151,7 @@ impl McpServer {
         McpServer {
             shared: Arc::new(Shared {
                 calls: Arc::new(Semaphore::new(options.max_concurrent_calls)),
+                principal_calls: std::sync::Mutex::new(HashMap::new()),
                 host,
                 options,
                 catalog: RwLock::new(Arc::new(catalog)),
@@ -332,6 +348,47 @@ fn fingerprint(dir: &Path) -> Fingerprint {
     files
 }
 
+/// One of a principal's call slots, given back on drop.
+struct PrincipalSlot {
+    shared: Arc<Shared>,
+    principal: String,
+}
+
+impl PrincipalSlot {
+    /// A slot for `principal`, unless it runs its limit of calls already.
+    fn acquire(shared: &Arc<Shared>, principal: &str) -> Option<PrincipalSlot> {
+        let mut running = shared
+            .principal_calls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = running.entry(principal.to_owned()).or_insert(0);
+        if *count >= shared.options.max_calls_per_principal {
+            return None;
+        }
+        *count += 1;
+        Some(PrincipalSlot {
+            shared: Arc::clone(shared),
+            principal: principal.to_owned(),
+        })
+    }
+}
+
+impl Drop for PrincipalSlot {
+    fn drop(&mut self) {
+        let mut running = self
+            .shared
+            .principal_calls
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = running.get_mut(&self.principal) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                running.remove(&self.principal);
+            }
+        }
+    }
+}
+
 /// The principal the HTTP layer authenticated, in the request's
 /// extensions.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -458,6 +515,16 @@ impl ServerHandler for AirlockHandler {
         };
         let principal = self.principal(&context)?;
         let meta = CallMeta::parse(&context.meta, request.meta.as_ref())?;
+        // Per principal first: a principal at its limit never takes one of
+        // the slots every principal shares.
+        let Some(_principal_slot) = PrincipalSlot::acquire(&self.shared, &principal) else {
+            let error = airlock_host::Error::PrincipalBusy {
+                principal,
+                limit: self.shared.options.max_calls_per_principal,
+            };
+            tracing::debug!(tool = %name, kind = error.kind(), "call refused");
+            return Ok(outcome::tool_result(name, entry, Err(error)).into());
+        };
         let Ok(_slot) = Arc::clone(&self.shared.calls).try_acquire_owned() else {
             return Ok(outcome::refusal(
                 "server_busy",

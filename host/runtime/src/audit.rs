@@ -59,6 +59,11 @@ impl<'a> CallRecord<'a> {
         self.base.args.as_deref().unwrap_or_default()
     }
 
+    /// Whether the copy of the arguments was cut to the size cap.
+    pub(crate) fn args_truncated(&self) -> bool {
+        self.base.args_truncated
+    }
+
     /// The call carries idempotency `key`.
     pub(crate) fn idempotency_key(&mut self, key: Option<&str>) {
         self.base.idempotency_key = key.map(str::to_owned);

@@ -285,6 +285,18 @@ pub enum Error {
         limit: u64,
     },
 
+    /// The caller (principal) is running its limit of calls at once on a
+    /// server shared by several (the MCP server's `max_calls_per_principal`).
+    #[error(
+        "principal `{principal}` is running its limit of {limit} calls at once; try again when one ends"
+    )]
+    PrincipalBusy {
+        /// The principal.
+        principal: String,
+        /// Its limit.
+        limit: usize,
+    },
+
     /// Every instance slot of the host's pool stayed taken until the call's
     /// deadline.
     #[error(
@@ -630,6 +642,7 @@ impl Error {
             Error::LimitAboveCeiling { .. } => "limit_above_ceiling",
             Error::PluginBusy { .. } => "plugin_busy",
             Error::HostBusy { .. } => "host_busy",
+            Error::PrincipalBusy { .. } => "principal_busy",
             Error::Cancelled { .. } => "cancelled",
             Error::Config { .. } => "config",
             Error::BadToolReference { .. } => "bad_tool_reference",
@@ -706,6 +719,7 @@ impl Error {
             | Error::RateLimited { .. }
             | Error::PluginBusy { .. }
             | Error::HostBusy { .. }
+            | Error::PrincipalBusy { .. }
             | Error::Cancelled { ran: false, .. } => ErrorClass::Refused,
             Error::Cancelled { ran: true, .. } => ErrorClass::Trap,
             Error::ApprovalPending { .. } => ErrorClass::Pending,

@@ -434,6 +434,7 @@ impl crate::Host {
                     risk: tool.risk().as_str().to_owned(),
                     args_digest: record.args_digest().to_owned(),
                     args: record.args_copy().to_owned(),
+                    args_truncated: record.args_truncated(),
                     principal: request.principal.clone(),
                     session: request.session.clone(),
                     idempotency_key: request.idempotency_key.clone(),

@@ -78,6 +78,9 @@ pub struct Approval {
     pub args_digest: String,
     /// The arguments, redacted, for the approver.
     pub args: String,
+    /// Whether `args` was cut to the audit copy's size cap.
+    #[serde(default)]
+    pub args_truncated: bool,
     /// Who asked.
     pub principal: String,
     /// The caller's session it is bound to, if any (it changes which
