@@ -46,6 +46,9 @@ pub struct ServeConfig {
     /// Time an HTTP connection has to send a request's head, ms (also how
     /// long a keep-alive connection may sit idle).
     pub header_read_timeout_ms: u64,
+    /// Time an HTTP request has to send its whole body once its head is
+    /// in, ms.
+    pub body_read_timeout_ms: u64,
     /// Tool calls running at once over all clients.
     pub max_concurrent_calls: usize,
     /// Tool calls one principal runs at once.
@@ -69,6 +72,10 @@ impl Default for ServeConfig {
             max_connections: airlock_mcp::http::DEFAULT_MAX_CONNECTIONS,
             header_read_timeout_ms: u64::try_from(
                 airlock_mcp::http::DEFAULT_HEADER_READ_TIMEOUT.as_millis(),
+            )
+            .unwrap_or(u64::MAX),
+            body_read_timeout_ms: u64::try_from(
+                airlock_mcp::http::DEFAULT_BODY_READ_TIMEOUT.as_millis(),
             )
             .unwrap_or(u64::MAX),
             max_concurrent_calls: airlock_mcp::DEFAULT_MAX_CONCURRENT_CALLS,

@@ -58,6 +58,7 @@ pub async fn run(settings: &Settings, args: ServeArgs) -> Result<u8, Failure> {
         config.max_request_bytes = serve.max_request_bytes;
         config.max_connections = serve.max_connections;
         config.header_read_timeout = Duration::from_millis(serve.header_read_timeout_ms);
+        config.body_read_timeout = Duration::from_millis(serve.body_read_timeout_ms);
         config
     });
     if !settings.plugins_dir.is_dir() {
@@ -122,6 +123,8 @@ pub async fn run(settings: &Settings, args: ServeArgs) -> Result<u8, Failure> {
                 config.allowed_hosts = serve.allowed_hosts.clone();
                 config.max_connections = serve.max_connections;
                 config.header_read_timeout = Duration::from_millis(serve.header_read_timeout_ms);
+                config.body_read_timeout = Duration::from_millis(serve.body_read_timeout_ms);
+                config.max_request_bytes = serve.max_request_bytes;
                 let router = airlock_mcp::http::approvals_router(&server, &config)
                     .with_context(|| format!("--approvals-http {addr}"))?;
                 let listener = airlock_mcp::http::bind(addr).await?;

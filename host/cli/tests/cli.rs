@@ -860,7 +860,7 @@ fn a_forged_reason_and_cut_arguments_cannot_mislead_the_approver() {
             "{text:?}"
         );
         assert!(
-            text.contains(r"clock check\u{1b}[2K\r  arguments   {}\n  decided"),
+            text.contains(r"clock check\u{1b}[2K\u{d}  arguments   {}\u{a}  decided"),
             "{text}"
         );
         assert!(!text.contains("\n  decided     by alice"), "{text}");

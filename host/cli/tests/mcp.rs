@@ -708,6 +708,39 @@ fn half_open_http_connections_are_timed_out_and_capped_while_clients_are_served(
     assert_eq!(initialize(&addr), 200);
 }
 
+/// A client that sends a request head and then trickles (or withholds) its
+/// body held a connection and a handler for as long as it liked — before
+/// any token was checked.
+#[test]
+fn a_request_body_trickled_slowly_is_cut_off_at_the_body_timeout() {
+    use std::io::{Read as _, Write as _};
+    use std::time::Duration;
+    let root = plugins_root(LIMITS);
+    let server = Server::with_serve(root.path(), false, "body_read_timeout_ms = 1000\n");
+    let running = server.start_http();
+    let addr = running.addr.clone();
+    let mut slow = std::net::TcpStream::connect(&addr).unwrap();
+    slow.write_all(
+        b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 4096\r\n\r\n{\"jsonrpc\"",
+    )
+    .unwrap();
+    // A byte now and then keeps the connection from idling out.
+    for _ in 0..3 {
+        std::thread::sleep(Duration::from_millis(200));
+        let _ = slow.write_all(b" ");
+    }
+    slow.set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = slow.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    // Without the bound the server waited for the rest of the body: the
+    // read above timed out with nothing.
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    // Well-behaved clients are served all along.
+    assert_eq!(initialize(&addr), 200);
+}
+
 #[test]
 fn one_principal_holding_its_call_slots_does_not_starve_another() {
     let root = plugins_root(LIMITS);

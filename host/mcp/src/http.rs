@@ -73,6 +73,9 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 pub const MAX_CONNECTIONS_CEILING: usize = 65_536;
 /// Default time a connection has to deliver a request's head.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time a request has to deliver its whole body once its head is
+/// in ([`HttpConfig::body_read_timeout`]).
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest `header_read_timeout` a configuration may ask for.
 pub const HEADER_READ_TIMEOUT_CEILING: Duration = Duration::from_secs(300);
 /// How long a stopping server waits for open connections to finish.
@@ -113,6 +116,12 @@ pub struct HttpConfig {
     /// or from the end of its previous response (the keep-alive idle
     /// bound); then it is closed.
     pub header_read_timeout: Duration,
+    /// Time a request has to deliver its whole body (at most
+    /// `max_request_bytes`) once its head is in; then it is answered `408`
+    /// and the connection closed. Without it a client trickling a body
+    /// holds a connection (and a handler) as long as it likes — before any
+    /// token is checked.
+    pub body_read_timeout: Duration,
 }
 
 impl HttpConfig {
@@ -127,6 +136,7 @@ impl HttpConfig {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
         }
     }
 
@@ -155,6 +165,16 @@ impl HttpConfig {
             return Err(config(format!(
                 "serve.max_connections must be between 1 and {MAX_CONNECTIONS_CEILING}"
             )));
+        }
+        if self.body_read_timeout < Duration::from_millis(100)
+            || self.body_read_timeout > HEADER_READ_TIMEOUT_CEILING
+        {
+            return Err(Error::Config {
+                message: format!(
+                    "serve.body_read_timeout_ms must be between 100 and {}",
+                    HEADER_READ_TIMEOUT_CEILING.as_millis()
+                ),
+            });
         }
         if self.header_read_timeout < Duration::from_millis(100)
             || self.header_read_timeout > HEADER_READ_TIMEOUT_CEILING
@@ -229,6 +249,13 @@ struct Guard {
     allowed_hosts: Vec<String>,
 }
 
+/// How much body a request may send, and how fast.
+#[derive(Debug, Clone, Copy)]
+struct BodyBound {
+    max_bytes: usize,
+    timeout: Duration,
+}
+
 /// Caller tokens by hash.
 #[derive(Debug)]
 struct Callers {
@@ -292,6 +319,10 @@ pub fn router(
     Ok(mcp_routes
         .merge(approvals_routes(server))
         .layer(middleware::from_fn_with_state(
+            body_bound(config),
+            read_body_in_time,
+        ))
+        .layer(middleware::from_fn_with_state(
             guard(config),
             check_host_and_origin,
         )))
@@ -307,12 +338,61 @@ pub fn router(
 /// `allowed_hosts`.
 pub fn approvals_router(server: &McpServer, config: &HttpConfig) -> Result<Router> {
     config.validate_listener()?;
-    Ok(
-        approvals_routes(server).layer(middleware::from_fn_with_state(
+    Ok(approvals_routes(server)
+        .layer(middleware::from_fn_with_state(
+            body_bound(config),
+            read_body_in_time,
+        ))
+        .layer(middleware::from_fn_with_state(
             guard(config),
             check_host_and_origin,
-        )),
-    )
+        )))
+}
+
+fn body_bound(config: &HttpConfig) -> BodyBound {
+    BodyBound {
+        max_bytes: config.max_request_bytes,
+        timeout: config.body_read_timeout,
+    }
+}
+
+/// Read a request's whole body, at most `max_bytes`, within `timeout`,
+/// before any handler (or token check) sees the request: a body that
+/// trickles is answered `408`, one too large `413`. Bodies here are small
+/// JSON documents, so holding one in memory costs what the size bound
+/// allows.
+async fn read_body_in_time(
+    State(bound): State<BodyBound>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let (parts, body) = request.into_parts();
+    let read = tokio::time::timeout(bound.timeout, axum::body::to_bytes(body, bound.max_bytes));
+    let bytes = match read.await {
+        Ok(Ok(bytes)) => bytes,
+        Ok(Err(_)) => {
+            return plain(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("request body over {} bytes", bound.max_bytes),
+            );
+        }
+        Err(_) => {
+            tracing::debug!("request body not delivered in time");
+            let mut response = plain(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!(
+                    "request body not delivered within {} ms",
+                    bound.timeout.as_millis()
+                ),
+            );
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return response;
+        }
+    };
+    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await
 }
 
 fn guard(config: &HttpConfig) -> Arc<Guard> {

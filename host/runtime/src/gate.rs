@@ -799,6 +799,8 @@ fn effects_unknown(error: &Error) -> bool {
     )
 }
 
+/// `text` cut to at most `max` bytes, with a visible mark when it was cut
+/// (an approver must know they are not reading all of it).
 fn bounded(text: &str, max: usize) -> String {
     if text.len() <= max {
         return text.to_owned();
@@ -807,5 +809,22 @@ fn bounded(text: &str, max: usize) -> String {
     while !text.is_char_boundary(cut) {
         cut -= 1;
     }
-    text[..cut].to_owned()
+    format!(
+        "{}…[cut: {cut} of {} bytes shown]",
+        &text[..cut],
+        text.len()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bounded;
+
+    #[test]
+    fn a_cut_reason_says_it_was_cut() {
+        assert_eq!(bounded("short", 1024), "short");
+        let long = "é".repeat(600);
+        let cut = bounded(&long, 1023);
+        assert!(cut.ends_with("…[cut: 1022 of 1200 bytes shown]"), "{cut}");
+    }
 }
