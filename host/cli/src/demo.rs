@@ -7,12 +7,22 @@
 //! The demo fails (non-zero exit) if any step's outcome differs from what it
 //! expects, so it doubles as a smoke test.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
 use airlock_host::audit_log::Event;
-use airlock_host::{CallRequest, Host};
+use airlock_host::ledger::Approver;
+use airlock_host::{CallRequest, CallResponse, Host};
+use airlock_mcp::http::HttpConfig;
+use airlock_mcp::{McpServer, ServeOptions};
+use anyhow::Context as _;
 use serde_json::json;
+use sha2::{Digest as _, Sha256};
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
-use crate::{Calls, Failure, load_host};
+use crate::{Calls, Failure, host_config};
 
 struct Step {
     title: &'static str,
@@ -119,14 +129,11 @@ pub async fn run(settings: &Settings) -> Result<u8, Failure> {
         "Airlock demo — plugins from {}\n",
         settings.plugins_dir.display()
     );
-    let (host, report) = load_host(settings, Calls::Recorded).await?;
-    for failure in &report.failed {
-        println!(
-            "  ! {} did not load: {}",
-            failure.dir.display(),
-            failure.error
-        );
-    }
+    // The demo host's own approver: a token made for this run, of which the
+    // host keeps only the hash (no secret lives in any configuration).
+    let approver_token = hex::encode(random_bytes::<32>()?);
+    let run_id = hex::encode(random_bytes::<4>()?);
+    let host = Arc::new(demo_host(settings, &approver_token).await?);
     if host.plugins().is_empty() {
         return Err(anyhow::anyhow!(
             "no plugins in {}; build the examples with scripts/build-guests",
@@ -154,21 +161,112 @@ pub async fn run(settings: &Settings) -> Result<u8, Failure> {
     }
 
     let (first_seq, _) = host.audit().head()?;
-    let mut mismatches = 0;
-    for (i, step) in steps().into_iter().enumerate() {
-        println!("\n{}. {}", i + 1, step.title);
+    let mut demo = Demo {
+        host: &host,
+        principal: &settings.principal,
+        step: 0,
+        mismatches: 0,
+    };
+    for step in steps() {
+        demo.title(step.title);
         println!("   $ airlock call {} --args '{}'", step.tool, step.args);
         let request =
             CallRequest::new(step.tool, step.args.to_string()).principal(&settings.principal);
         let outcome = host.call(request).await;
-        let got = match &outcome {
+        demo.expect(&outcome, step.expect_error);
+    }
+    // Approvals, idempotency, rate limits and read-only mode, on an account
+    // made for this run (so the demo can be run again on the same data).
+    let story = story(&mut demo, settings, &run_id, &approver_token).await;
+    // Whatever happened above, leave the demo's data directory writable.
+    if host.mode()?.is_some_and(|m| m.read_only) {
+        host.set_mode(false, "demo", Some("the demo ends")).await?;
+    }
+    story?;
+    print_audit(&host, first_seq)?;
+    println!();
+    if demo.mismatches > 0 {
+        return Err(
+            anyhow::anyhow!("{} demo steps did not behave as expected", demo.mismatches).into(),
+        );
+    }
+    println!("All {} steps behaved as expected.", demo.step);
+    Ok(0)
+}
+
+/// A host on the plugins directory whose policy adds the demo's approver
+/// and a rate limit to run into. Every plugin must load.
+async fn demo_host(settings: &Settings, approver_token: &str) -> anyhow::Result<Host> {
+    let mut policy = settings.policy.clone();
+    policy.approvals.approvers.push(Approver {
+        name: APPROVER.into(),
+        token_sha256: hex::encode(Sha256::digest(approver_token.as_bytes())),
+    });
+    policy
+        .rate_limits
+        .tools
+        .insert(RATE_LIMITED_TOOL.into(), "2/s".into());
+    let host = Host::new(host_config(settings, Calls::Recorded).policy(policy))?;
+    if !settings.plugins_dir.is_dir() {
+        anyhow::bail!(
+            "plugins directory {} does not exist; build the examples with scripts/build-guests",
+            settings.plugins_dir.display()
+        );
+    }
+    let report = host.load_plugins_dir(&settings.plugins_dir).await?;
+    if let Some(failure) = report.failed.first() {
+        anyhow::bail!(
+            "plugin in {} did not load: {}",
+            failure.dir.display(),
+            failure.error
+        );
+    }
+    Ok(host)
+}
+
+/// The demo's approver (named in its host's policy only).
+const APPROVER: &str = "demo-approver";
+/// The tool the demo host limits to two calls a second.
+const RATE_LIMITED_TOOL: &str = "json/query";
+
+fn random_bytes<const N: usize>() -> anyhow::Result<[u8; N]> {
+    let mut bytes = [0u8; N];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no OS randomness: {e}"))?;
+    Ok(bytes)
+}
+
+/// Numbered steps and the count of those that surprised us.
+struct Demo<'a> {
+    host: &'a Arc<Host>,
+    principal: &'a str,
+    step: usize,
+    mismatches: usize,
+}
+
+impl Demo<'_> {
+    fn title(&mut self, title: &str) {
+        self.step += 1;
+        println!("\n{}. {title}", self.step);
+    }
+
+    /// Print a call's outcome; count it if it is not `expected` (`None`:
+    /// success, else the error kind).
+    fn expect(
+        &mut self,
+        outcome: &airlock_host::Result<CallResponse>,
+        expected: Option<&str>,
+    ) -> Option<&'static str> {
+        let got = match outcome {
             Ok(response) => {
                 let text = serde_json::to_string_pretty(&response.output).unwrap_or_default();
-                println!(
-                    "   ok ({} µs, {} fuel):",
-                    response.duration.as_micros(),
-                    response.fuel_used
-                );
+                match &response.replayed_from {
+                    Some(first) => println!("   ok, replayed from call {first} (not run again):"),
+                    None => println!(
+                        "   ok ({} µs, {} fuel):",
+                        response.duration.as_micros(),
+                        response.fuel_used
+                    ),
+                }
                 for line in text.lines() {
                     println!("     {line}");
                 }
@@ -186,18 +284,230 @@ pub async fn run(settings: &Settings) -> Result<u8, Failure> {
                 Some(error.kind())
             }
         };
-        if got != step.expect_error {
-            mismatches += 1;
-            println!("   ✗ expected {}", step.expect_error.unwrap_or("success"));
+        if got != expected {
+            self.mismatches += 1;
+            println!("   ✗ expected {}", expected.unwrap_or("success"));
+        }
+        got
+    }
+
+    async fn call(
+        &mut self,
+        request: CallRequest,
+        shown: &str,
+        expected: Option<&str>,
+    ) -> airlock_host::Result<CallResponse> {
+        println!("   $ airlock call {shown}");
+        let outcome = self.host.call(request).await;
+        self.expect(&outcome, expected);
+        outcome
+    }
+}
+
+/// The part of the tour that needs people: an approval decided from a
+/// second process, the agent's resumption and retry, a rate limit, and a
+/// read-only takeover.
+async fn story(
+    demo: &mut Demo<'_>,
+    settings: &Settings,
+    run_id: &str,
+    approver_token: &str,
+) -> anyhow::Result<()> {
+    let host = demo.host;
+    let principal = demo.principal.to_owned();
+    let account = format!("acct-{run_id}");
+    let key = format!("refund-{run_id}");
+    let refund_args =
+        json!({"account": account, "amount_cents": 240_000, "reason": "damaged goods"});
+    let refund = |key: &str| {
+        CallRequest::new("billing/refund", refund_args.to_string())
+            .principal(&principal)
+            .idempotency_key(key)
+            .reason("the customer's parcel arrived damaged")
+    };
+    let shown_refund =
+        format!("billing/refund --idempotency-key {key} --reason '…' --args '{refund_args}'");
+
+    demo.title("Open an account (the billing plugin keeps accounts in its workspace)");
+    let args = json!({"account": account, "balance_cents": 0});
+    demo.call(
+        CallRequest::new("billing/open-account", args.to_string()).principal(&principal),
+        &format!("billing/open-account --args '{args}'"),
+        None,
+    )
+    .await
+    .ok();
+
+    demo.title(
+        "An agent asks for a $2,400 refund: irreversible, so it waits for a human (it has not run)",
+    );
+    let pending = demo
+        .call(refund(&key), &shown_refund, Some("approval_pending"))
+        .await;
+    let approval_id = match &pending {
+        Err(error) => error.to_json()["approval_id"].as_str().map(str::to_owned),
+        Ok(_) => None,
+    };
+    let Some(approval_id) = approval_id else {
+        anyhow::bail!("the refund did not wait for an approval");
+    };
+
+    demo.title("An approver decides from another process, with their own token, on the host's approver endpoint");
+    let server = McpServer::new(Arc::clone(host), ServeOptions::default());
+    let config = HttpConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), Vec::new());
+    let router = airlock_mcp::http::approvals_router(&server, &config)?;
+    let listener = airlock_mcp::http::bind(config.addr).await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let shutdown = CancellationToken::new();
+    let serving = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { airlock_mcp::http::serve(listener, router, &config, shutdown).await }
+    });
+    println!(
+        "   $ AIRLOCK_APPROVER_TOKEN=… airlock approvals approve {approval_id} --server {url} --reason 'verified with the customer'"
+    );
+    let decided = approve_from_another_process(settings, &approval_id, &url, approver_token).await;
+    shutdown.cancel();
+    let _ = serving.await;
+    match decided {
+        Ok(text) => {
+            for line in text.lines() {
+                println!("     {line}");
+            }
+        }
+        Err(error) => {
+            demo.mismatches += 1;
+            println!("   ✗ the approver's command failed: {error:#}");
         }
     }
-    print_audit(&host, first_seq)?;
-    println!();
-    if mismatches > 0 || !report.failed.is_empty() {
-        return Err(anyhow::anyhow!("{mismatches} demo steps did not behave as expected").into());
+
+    demo.title("The agent resumes with the approval: the refund runs, once");
+    demo.call(
+        refund(&key).approval_id(&approval_id),
+        &format!("{shown_refund} --approval-id {approval_id}"),
+        None,
+    )
+    .await
+    .ok();
+
+    demo.title("The agent retries with the same idempotency key: the outcome is replayed, the refund does not run again");
+    let retried = demo
+        .call(
+            refund(&key).approval_id(&approval_id),
+            &format!("{shown_refund} --approval-id {approval_id}"),
+            None,
+        )
+        .await;
+    if retried.is_ok_and(|r| r.replayed_from.is_none()) {
+        demo.mismatches += 1;
+        println!("   ✗ expected a replay");
     }
-    println!("All {} steps behaved as expected.", steps().len());
-    Ok(0)
+
+    let lookup_args = json!({"account": account});
+    let lookup =
+        || CallRequest::new("billing/lookup", lookup_args.to_string()).principal(&principal);
+    let shown_lookup = format!("billing/lookup --args '{lookup_args}'");
+    demo.title("The account was paid once");
+    demo.call(lookup(), &shown_lookup, None).await.ok();
+
+    demo.title(&format!(
+        "A rate limit (this demo host allows {RATE_LIMITED_TOOL} twice a second): hit, then recovered after retry_after_ms"
+    ));
+    let args = json!({"document": {"status": "green"}, "pointer": "/status"});
+    let query = || CallRequest::new(RATE_LIMITED_TOOL, args.to_string()).principal(&principal);
+    println!("   $ airlock call {RATE_LIMITED_TOOL} --args '{args}'   (until refused)");
+    let mut admitted = 0;
+    let mut retry_after = None;
+    while admitted < 10 {
+        match host.call(query()).await {
+            Ok(_) => admitted += 1,
+            Err(error) if admitted == 0 => {
+                demo.mismatches += 1;
+                println!("   ✗ refused before the limit: {error}");
+                break;
+            }
+            Err(error) => {
+                let e = error.to_json();
+                println!("   ok within the limit, then {}: {error}", error.kind());
+                retry_after = e["retry_after_ms"].as_u64();
+                break;
+            }
+        }
+    }
+    match retry_after {
+        Some(ms) => {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            println!("   … after retry_after_ms:");
+            demo.call(
+                query(),
+                &format!("{RATE_LIMITED_TOOL} --args '{args}'"),
+                None,
+            )
+            .await
+            .ok();
+        }
+        None => {
+            demo.mismatches += 1;
+            println!("   ✗ expected rate_limited");
+        }
+    }
+
+    demo.title("Human takeover: read-only mode refuses the refund before anything else is checked");
+    println!("   $ airlock mode read-only --reason 'incident drill'");
+    host.set_mode(true, "demo-operator", Some("incident drill"))
+        .await?;
+    let second = format!("refund-{run_id}-2");
+    demo.call(
+        refund(&second),
+        &shown_refund.replace(&key, &second),
+        Some("read_only_mode"),
+    )
+    .await
+    .ok();
+
+    demo.title("…while reads go on; then back to normal");
+    demo.call(lookup(), &shown_lookup, None).await.ok();
+    println!("   $ airlock mode normal");
+    host.set_mode(false, "demo-operator", Some("drill over"))
+        .await?;
+    println!("   normal mode: every tool runs again");
+    Ok(())
+}
+
+/// `airlock approvals approve ID --server URL` as a separate process (this
+/// very binary), as an approver at another terminal would run it. Returns
+/// what it printed.
+async fn approve_from_another_process(
+    settings: &Settings,
+    id: &str,
+    url: &str,
+    token: &str,
+) -> anyhow::Result<String> {
+    let exe = std::env::current_exe().context("cannot find the airlock binary")?;
+    let mut command = tokio::process::Command::new(exe);
+    command
+        .arg("--plugins-dir")
+        .arg(&settings.plugins_dir)
+        .arg("--data-dir")
+        .arg(&settings.data_dir)
+        .args(["approvals", "approve", id, "--server", url])
+        .args(["--reason", "verified with the customer"])
+        .env("AIRLOCK_APPROVER_TOKEN", token)
+        .env_remove("AIRLOCK_SERVER")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    let output = tokio::time::timeout(Duration::from_secs(30), command.output())
+        .await
+        .context("the approver's command did not finish in 30 s")?
+        .context("cannot run the approver's command")?;
+    if !output.status.success() {
+        anyhow::bail!(
+            "{}: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// What this run left in the audit log, and the log's verification.
@@ -215,7 +525,7 @@ fn print_audit(host: &Host, after: u64) -> anyhow::Result<()> {
             _ => "-".into(),
         };
         println!(
-            "  #{:<5} {:<13} {:<22} {}",
+            "  #{:<5} {:<18} {:<22} {}",
             record.seq,
             e.event.as_str(),
             tool,
@@ -228,11 +538,18 @@ fn print_audit(host: &Host, after: u64) -> anyhow::Result<()> {
             println!("          arguments as recorded (redacted): {args}");
         }
     }
+    // Sign a checkpoint at the head now (the host also signs on a timer,
+    // every `checkpoint_every` records and when it closes), so the
+    // verification below covers this run's records with a signature.
+    host.audit().checkpoint()?;
     match host.audit().verify(&[])? {
-        Ok(report) => println!(
-            "  verified: {} records, hash chain intact, {} signed checkpoints",
-            report.records, report.checkpoints
+        Ok(report) if report.checkpoints > 0 => println!(
+            "  verified: {} records, hash chain intact, {} signed checkpoint{}",
+            report.records,
+            report.checkpoints,
+            if report.checkpoints == 1 { "" } else { "s" }
         ),
+        Ok(_) => anyhow::bail!("the audit log verifies but has no signed checkpoint"),
         Err(failure) => anyhow::bail!("the audit log does not verify: {failure}"),
     }
     Ok(())
