@@ -83,12 +83,6 @@ pub async fn run(settings: &Settings, args: ServeArgs) -> Result<u8, Failure> {
     for (dir, error) in &report.failed {
         eprintln!("warning: plugin in {} not loaded: {error}", dir.display());
     }
-    for excluded in server.catalog().excluded() {
-        eprintln!(
-            "warning: tool {} not served: {}",
-            excluded.tool, excluded.reason
-        );
-    }
     let _watch = (serve.reload_interval_ms > 0).then(|| {
         server.watch_plugins_dir(
             settings.plugins_dir.clone(),

@@ -803,3 +803,59 @@ fn approvals_http_refuses_a_non_loopback_address_without_allow_remote() {
         "{stderr}"
     );
 }
+
+/// An idle server rescans the plugins directory (every 200 ms here) but
+/// says each thing once: it used to rebuild its catalog on every scan and
+/// log the same "output schema not served" warning twice a second forever.
+#[test]
+fn an_idle_server_does_not_repeat_a_warning() {
+    let root = plugins_root(LIMITS);
+    // A plugin that cannot load: a warning that must be said, once.
+    let broken = root.path().join("broken");
+    std::fs::create_dir(&broken).unwrap();
+    std::fs::write(broken.join("plugin.toml"), "[plugin\nname = ").unwrap();
+    let server = Server::new(root.path(), false);
+    let log = server.data.path().join("serve.stderr");
+    let mut child = Command::new(AIRLOCK)
+        .args(server.args())
+        .args(["--http", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !std::fs::read_to_string(&log).unwrap().contains("serving") {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(120),
+            "airlock serve did not start: {}",
+            std::fs::read_to_string(&log).unwrap()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(child.wait().unwrap().success());
+    let text = std::fs::read_to_string(&log).unwrap();
+    // Without the time stamp: the same warning logged twice is the same line.
+    let warnings: Vec<&str> = text
+        .lines()
+        .filter_map(|line| {
+            line.split_once(" WARN ")
+                .map(|(_, rest)| rest)
+                .or_else(|| line.strip_prefix("warning: "))
+        })
+        .collect();
+    assert!(
+        warnings.iter().any(|w| w.contains("broken")),
+        "the broken plugin was not reported:\n{text}"
+    );
+    let mut seen = std::collections::HashSet::new();
+    for warning in &warnings {
+        assert!(seen.insert(warning), "repeated: {warning}\n\n{text}");
+    }
+}

@@ -83,17 +83,33 @@ pub struct Exclusion {
     pub reason: String,
 }
 
+/// Something an operator should know about one tool of a catalog (a tool
+/// left out, a schema not served as declared). The catalog does not log
+/// it: [`crate::McpServer`] logs each once per loaded plugin version, since
+/// catalogs are rebuilt whenever the served plugins change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CatalogWarning {
+    /// The plugin's name.
+    pub plugin: String,
+    /// `plugin/tool`.
+    pub tool: String,
+    /// What is wrong.
+    pub message: String,
+}
+
 /// Every served tool by MCP name, built from a snapshot of the host's
 /// tools.
 #[derive(Debug, Default)]
 pub struct Catalog {
     entries: BTreeMap<String, CatalogEntry>,
     excluded: Vec<Exclusion>,
+    warnings: Vec<CatalogWarning>,
 }
 
 impl Catalog {
-    /// Build the catalog for `tools`, logging a warning for each tool left
-    /// out and for each output schema omitted.
+    /// Build the catalog for `tools`, with a warning (see
+    /// [`Catalog::warnings`]) for each tool left out and each output schema
+    /// omitted.
     pub fn build(tools: &[Arc<Tool>]) -> Catalog {
         let mut by_name: BTreeMap<String, Vec<&Arc<Tool>>> = BTreeMap::new();
         for tool in tools {
@@ -136,9 +152,9 @@ impl Catalog {
                 Some(schema) => {
                     let object = object_schema(schema);
                     if object.is_none() {
-                        tracing::warn!(
-                            tool = %tool.id(),
-                            "output schema not served: MCP requires an output schema of type object; results carry text content only"
+                        catalog.warn(
+                            tool,
+                            "output schema not served: MCP requires an output schema of type object; results carry text content only".to_owned(),
                         );
                     }
                     object
@@ -175,11 +191,24 @@ impl Catalog {
     }
 
     fn exclude(&mut self, tool: &Tool, reason: String) {
-        tracing::warn!(tool = %tool.id(), reason = %reason, "tool not served over MCP");
+        self.warn(tool, format!("tool not served over MCP: {reason}"));
         self.excluded.push(Exclusion {
             tool: tool.id(),
             reason,
         });
+    }
+
+    fn warn(&mut self, tool: &Tool, message: String) {
+        self.warnings.push(CatalogWarning {
+            plugin: tool.plugin().to_owned(),
+            tool: tool.id(),
+            message,
+        });
+    }
+
+    /// What an operator should know about this catalog's tools.
+    pub fn warnings(&self) -> &[CatalogWarning] {
+        &self.warnings
     }
 
     /// The tool served as `name`.

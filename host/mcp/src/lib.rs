@@ -58,8 +58,8 @@ mod server;
 
 pub use airlock_host::Host;
 pub use catalog::{
-    Catalog, CatalogEntry, Exclusion, MAX_NAME_LEN, NAME_SEPARATOR, annotations, mcp_tool_name,
-    valid_mcp_name,
+    Catalog, CatalogEntry, CatalogWarning, Exclusion, MAX_NAME_LEN, NAME_SEPARATOR, annotations,
+    mcp_tool_name, valid_mcp_name,
 };
 pub use error::{Error, Result};
 pub use server::{

@@ -1,6 +1,6 @@
 //! [`McpServer`]: the shared state, the rmcp handler, the plugin reloader.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
@@ -102,6 +102,10 @@ struct Shared {
     /// Calls running per principal (only principals with one running).
     principal_calls: std::sync::Mutex<HashMap<String, usize>>,
     reload: Mutex<ReloadState>,
+    /// Catalog warnings logged already, by plugin version (component and
+    /// manifest digest), tool and message: each is logged once per loaded
+    /// version, however often the catalog is rebuilt.
+    warned: std::sync::Mutex<HashSet<String>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -126,8 +130,11 @@ struct Seen {
     plugin: Option<String>,
 }
 
-/// Names, sizes and modification times of the files in a plugin directory.
-type Fingerprint = Vec<(String, u64, Option<SystemTime>)>;
+/// Names, sizes, modification times and inodes of the files in a plugin
+/// directory (its manifest and component, and anything beside them): a
+/// stat of each, compared before anything is read or reloaded. The inode
+/// catches a file replaced by a rename that kept its size and time.
+type Fingerprint = Vec<(String, u64, Option<SystemTime>, u64)>;
 
 /// What one [`McpServer::reload`] did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -148,7 +155,7 @@ impl McpServer {
     pub fn new(host: Arc<Host>, options: ServeOptions) -> McpServer {
         let catalog = Catalog::build(&host.tools());
         let (changes, _) = watch::channel(0);
-        McpServer {
+        let server = McpServer {
             shared: Arc::new(Shared {
                 calls: Arc::new(Semaphore::new(options.max_concurrent_calls)),
                 principal_calls: std::sync::Mutex::new(HashMap::new()),
@@ -157,7 +164,40 @@ impl McpServer {
                 catalog: RwLock::new(Arc::new(catalog)),
                 changes,
                 reload: Mutex::new(ReloadState::default()),
+                warned: std::sync::Mutex::new(HashSet::new()),
             }),
+        };
+        server.log_warnings(&server.catalog());
+        server
+    }
+
+    /// Log the catalog's warnings not yet logged for the plugin versions
+    /// now loaded.
+    fn log_warnings(&self, catalog: &Catalog) {
+        if catalog.warnings().is_empty() {
+            return;
+        }
+        let mut warned = self
+            .shared
+            .warned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for warning in catalog.warnings() {
+            let version = self
+                .shared
+                .host
+                .plugin(&warning.plugin)
+                .map(|p| format!("{}/{}", p.digest(), p.manifest_digest()))
+                .unwrap_or_default();
+            let key = format!("{version}\0{}\0{}", warning.tool, warning.message);
+            if warned.contains(&key) {
+                continue;
+            }
+            if warned.len() >= MAX_WARNED {
+                warned.clear();
+            }
+            warned.insert(key);
+            tracing::warn!(tool = %warning.tool, "{}", warning.message);
         }
     }
 
@@ -232,7 +272,10 @@ impl McpServer {
                 },
             );
         }
-        report.tools_changed = self.refresh_catalog();
+        // Nothing loaded or unloaded (the usual tick): the catalog stands.
+        if !report.loaded.is_empty() || !report.unloaded.is_empty() {
+            report.tools_changed = self.refresh_catalog();
+        }
         Ok(report)
     }
 
@@ -261,6 +304,7 @@ impl McpServer {
     /// Rebuild the catalog from the host; tell clients if it changed.
     fn refresh_catalog(&self) -> bool {
         let fresh = Catalog::build(&self.shared.host.tools());
+        self.log_warnings(&fresh);
         let mut current = self
             .shared
             .catalog
@@ -340,6 +384,7 @@ fn fingerprint(dir: &Path) -> Fingerprint {
                     entry.file_name().to_string_lossy().into_owned(),
                     meta.len(),
                     meta.modified().ok(),
+                    inode(&meta),
                 )
             })
         })
@@ -347,6 +392,20 @@ fn fingerprint(dir: &Path) -> Fingerprint {
     files.sort();
     files
 }
+
+#[cfg(unix)]
+fn inode(meta: &std::fs::Metadata) -> u64 {
+    std::os::unix::fs::MetadataExt::ino(meta)
+}
+
+#[cfg(not(unix))]
+fn inode(_: &std::fs::Metadata) -> u64 {
+    0
+}
+
+/// Catalog warnings logged already, at most this many remembered (then
+/// forgotten all at once: a warning may then be logged once more).
+const MAX_WARNED: usize = 10_000;
 
 /// One of a principal's call slots, given back on drop.
 struct PrincipalSlot {
