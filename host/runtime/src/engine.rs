@@ -23,7 +23,7 @@
 //! pool full waits (up to its deadline) rather than failing inside wasmtime.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -155,6 +155,8 @@ pub(crate) struct SharedEngine {
     gate: Option<PoolGate>,
     /// Instances one plugin may hold in the pool at once.
     per_plugin: u32,
+    /// Stores alive now: the epoch ticker runs only while there are some.
+    epoch_demand: Arc<EpochDemand>,
 }
 
 impl std::ops::Deref for SharedEngine {
@@ -207,6 +209,7 @@ impl SharedEngine {
                             tables: Arc::new(Semaphore::new(permits(pool.tables))),
                         }),
                         per_plugin,
+                        epoch_demand: Arc::default(),
                     });
                 }
                 Err(e) => {
@@ -226,6 +229,7 @@ impl SharedEngine {
             allocation: InstanceAllocation::OnDemand { reason },
             gate: None,
             per_plugin,
+            epoch_demand: Arc::default(),
         })
     }
 
@@ -409,27 +413,86 @@ impl PoolSize {
     }
 }
 
-/// A background thread that advances an engine's epoch every [`EPOCH_TICK`].
-/// One per engine; stops when dropped.
+/// How many stores are alive (the ticker's only customers), and a stop
+/// flag; the ticker sleeps on `wake` while there are none.
+#[derive(Debug, Default)]
+pub(crate) struct EpochDemand {
+    state: Mutex<DemandState>,
+    wake: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct DemandState {
+    stores: usize,
+    stop: bool,
+}
+
+impl EpochDemand {
+    fn lock(&self) -> std::sync::MutexGuard<'_, DemandState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Held by every store while it lives: epochs advance (and deadlines are
+/// checked) only while one is held.
+#[derive(Debug)]
+pub(crate) struct EpochGuard(Arc<EpochDemand>);
+
+impl Drop for EpochGuard {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.stores = state.stores.saturating_sub(1);
+    }
+}
+
+impl SharedEngine {
+    /// A guard to hold while a store of this engine lives: wakes the epoch
+    /// ticker.
+    pub(crate) fn epoch_guard(&self) -> EpochGuard {
+        let mut state = self.epoch_demand.lock();
+        state.stores += 1;
+        if state.stores == 1 {
+            self.epoch_demand.wake.notify_all();
+        }
+        drop(state);
+        EpochGuard(Arc::clone(&self.epoch_demand))
+    }
+}
+
+/// A background thread that advances an engine's epoch every [`EPOCH_TICK`]
+/// while any store is alive, and sleeps otherwise (an idle host does not
+/// wake a hundred times a second). A store's deadline counts from its
+/// creation in wall-clock time, so a ticker that starts with it loses
+/// nothing. One per engine; stops when dropped.
 #[derive(Debug)]
 pub(crate) struct EpochTicker {
-    stop: Arc<AtomicBool>,
+    demand: Arc<EpochDemand>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl EpochTicker {
-    pub(crate) fn start(engine: &Engine) -> Result<EpochTicker> {
-        let stop = Arc::new(AtomicBool::new(false));
+    pub(crate) fn start(engine: &SharedEngine) -> Result<EpochTicker> {
+        let demand = Arc::clone(&engine.epoch_demand);
         let weak = engine.weak();
-        let flag = Arc::clone(&stop);
+        let shared = Arc::clone(&demand);
         let thread = std::thread::Builder::new()
             .name("airlock-epoch".to_owned())
             .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
+                loop {
+                    {
+                        let state = shared.lock();
+                        let state = shared
+                            .wake
+                            .wait_while(state, |s| s.stores == 0 && !s.stop)
+                            .unwrap_or_else(PoisonError::into_inner);
+                        if state.stop {
+                            return;
+                        }
+                    }
                     std::thread::sleep(EPOCH_TICK);
                     match weak.upgrade() {
                         Some(engine) => engine.increment_epoch(),
-                        None => break,
+                        None => return,
                     }
                 }
             })
@@ -437,7 +500,7 @@ impl EpochTicker {
                 message: format!("cannot start the epoch ticker thread: {e}"),
             })?;
         Ok(EpochTicker {
-            stop,
+            demand,
             thread: Some(thread),
         })
     }
@@ -445,7 +508,8 @@ impl EpochTicker {
 
 impl Drop for EpochTicker {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.demand.lock().stop = true;
+        self.demand.wake.notify_all();
         if let Some(thread) = self.thread.take() {
             // The thread wakes within one tick; a panic in it has nothing to
             // report here.

@@ -442,12 +442,17 @@ fn new_store(
     workspace: Option<crate::grants::WorkspaceScope>,
     read_only: bool,
 ) -> Result<Store<CallState>> {
-    let mut store =
-        CallState::new_store(engine, limits, grant, workspace, read_only).map_err(|e| {
-            Error::Engine {
-                message: format!("cannot create a store: {e:#}"),
-            }
-        })?;
+    let mut store = CallState::new_store(
+        engine,
+        limits,
+        grant,
+        workspace,
+        read_only,
+        engine.epoch_guard(),
+    )
+    .map_err(|e| Error::Engine {
+        message: format!("cannot create a store: {e:#}"),
+    })?;
     // Check the deadline on every epoch tick; until it passes, yield to the
     // executor so one long call cannot starve others on the same thread.
     // The store's deadline also bounds host functions that wait (HTTP).

@@ -199,6 +199,8 @@ pub(crate) struct CallState {
     pub(crate) deadline: Instant,
     http: WasiHttpCtx,
     pub(crate) http_hooks: HttpHooks,
+    /// Keeps the epoch ticker running while this store lives.
+    _epoch: crate::engine::EpochGuard,
 }
 
 impl std::fmt::Debug for CallState {
@@ -224,6 +226,7 @@ impl CallState {
         grant: &EffectiveGrant,
         workspace: Option<grants::WorkspaceScope>,
         read_only: bool,
+        epoch: crate::engine::EpochGuard,
     ) -> wasmtime::Result<Store<CallState>> {
         let stdout = MemoryOutputPipe::new(limits::MAX_STDERR_BYTES);
         let stderr = MemoryOutputPipe::new(limits::MAX_STDERR_BYTES);
@@ -247,6 +250,7 @@ impl CallState {
             deadline,
             http: WasiHttpCtx::new(),
             http_hooks: HttpHooks::new(grant.http.as_ref(), deadline, read_only),
+            _epoch: epoch,
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limiter);
