@@ -272,8 +272,19 @@ fn check_session(lines: &[Value]) {
         by_name("misbehave__now")["annotations"]["destructiveHint"],
         true
     );
-    // Its output is an array: MCP requires object output schemas.
-    assert!(by_name("notes__read-archive").get("outputSchema").is_none());
+    // Their outputs are arrays; MCP requires object output schemas: served
+    // wrapped as {"result": …}, with the definitions at the root.
+    for name in ["notes__read-archive", "notes__list"] {
+        let schema = &by_name(name)["outputSchema"];
+        assert_eq!(schema["type"], "object", "{schema}");
+        assert_eq!(
+            schema["required"],
+            serde_json::json!(["result"]),
+            "{schema}"
+        );
+        assert_eq!(schema["properties"]["result"]["type"], "array", "{schema}");
+        assert!(schema["$defs"].is_object(), "{schema}");
+    }
 
     let calls: Vec<&Value> = lines
         .iter()
@@ -291,8 +302,14 @@ fn check_session(lines: &[Value]) {
     assert_eq!(slug["structured"]["slug"], "hello-mcp-world");
     let text: Value = serde_json::from_str(slug["text"].as_str().unwrap()).unwrap();
     assert_eq!(text, slug["structured"]);
-    let archive = call(lines, "notes__read-archive");
-    assert!(archive["structured"].is_null(), "{archive}");
+    // Every tool's results are structured; wrapped ones under "result", the
+    // text content unchanged.
+    for name in ["notes__read-archive", "notes__list"] {
+        let result = call(lines, name);
+        let text: Value = serde_json::from_str(result["text"].as_str().unwrap()).unwrap();
+        assert!(text.is_array(), "{result}");
+        assert_eq!(result["structured"], serde_json::json!({"result": text}));
+    }
     // fetch may reach only its granted origin.
     let fetched = call(lines, "fetch__get");
     assert_eq!(kind(fetched), "tool_error", "{fetched}");

@@ -68,8 +68,12 @@ pub struct CatalogEntry {
     /// The host's tool.
     pub tool: Arc<Tool>,
     /// Whether results carry `structuredContent` (the tool declares an
-    /// object output schema).
+    /// output schema).
     pub structured: bool,
+    /// Whether the output schema is not an object schema and is served
+    /// wrapped ([`wrap_output_schema`]): `structuredContent` is then
+    /// `{"result": output}`.
+    pub wrapped: bool,
     /// The MCP tool definition.
     pub definition: rmcp::model::Tool,
 }
@@ -148,18 +152,12 @@ impl Catalog {
                 );
                 continue;
             };
-            let output = match tool.output_schema() {
-                Some(schema) => {
-                    let object = object_schema(schema);
-                    if object.is_none() {
-                        catalog.warn(
-                            tool,
-                            "output schema not served: MCP requires an output schema of type object; results carry text content only".to_owned(),
-                        );
-                    }
-                    object
-                }
-                None => None,
+            let (output, wrapped) = match tool.output_schema() {
+                Some(schema) => match object_schema(schema) {
+                    Some(object) => (Some(object), false),
+                    None => (Some(wrap_output_schema(schema)), true),
+                },
+                None => (None, false),
             };
             let mut definition = rmcp::model::Tool::new_with_raw(
                 name.clone(),
@@ -183,6 +181,7 @@ impl Catalog {
                 CatalogEntry {
                     tool: Arc::clone(tool),
                     structured,
+                    wrapped,
                     definition,
                 },
             );
@@ -248,6 +247,58 @@ impl Catalog {
 }
 
 /// `schema` as a JSON object if it is a schema of type object.
+/// The key a wrapped output goes under.
+pub const WRAPPED_RESULT: &str = "result";
+
+/// An output schema that is not an object schema (an array, a string, a
+/// union...) as the object schema MCP requires:
+/// `{"type": "object", "properties": {"result": schema}, "required":
+/// ["result"]}`. Definitions (`$defs`, `definitions`) and `$schema` move to
+/// the wrapper's root so `#/$defs/...` references still resolve; any other
+/// reference into the schema (`#`, `#/items`) gets the `#/properties/result`
+/// prefix.
+pub fn wrap_output_schema(schema: &Value) -> JsonObject {
+    let mut inner = schema.clone();
+    let mut root = JsonObject::new();
+    if let Value::Object(object) = &mut inner {
+        for key in ["$schema", "$defs", "definitions"] {
+            if let Some(value) = object.remove(key) {
+                root.insert(key.into(), value);
+            }
+        }
+    }
+    rebase_refs(&mut inner);
+    root.insert("type".into(), Value::String("object".into()));
+    let mut properties = JsonObject::new();
+    properties.insert(WRAPPED_RESULT.into(), inner);
+    root.insert("properties".into(), Value::Object(properties));
+    root.insert("required".into(), serde_json::json!([WRAPPED_RESULT]));
+    root
+}
+
+/// Point local references that are not into the hoisted definitions at the
+/// schema's new place.
+fn rebase_refs(value: &mut Value) {
+    match value {
+        Value::Object(object) => {
+            for (key, item) in object.iter_mut() {
+                if key == "$ref"
+                    && let Value::String(target) = item
+                    && (target == "#" || target.starts_with("#/"))
+                    && !target.starts_with("#/$defs/")
+                    && !target.starts_with("#/definitions/")
+                {
+                    *target = format!("#/properties/{WRAPPED_RESULT}{}", &target[1..]);
+                } else {
+                    rebase_refs(item);
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(rebase_refs),
+        _ => {}
+    }
+}
+
 fn object_schema(schema: &Value) -> Option<JsonObject> {
     let object = schema.as_object()?;
     (object.get("type") == Some(&Value::String("object".into()))).then(|| object.clone())
@@ -256,6 +307,38 @@ fn object_schema(schema: &Value) -> Option<JsonObject> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_non_object_output_schema_is_wrapped_with_its_definitions_at_the_root() {
+        let schema = serde_json::json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "$defs": {"Note": {"type": "object", "properties": {"next": {"$ref": "#"}}}},
+            "type": "array",
+            "items": {"$ref": "#/$defs/Note"},
+            "maxItems": 10,
+        });
+        let wrapped = Value::Object(wrap_output_schema(&schema));
+        assert_eq!(
+            wrapped,
+            serde_json::json!({
+                "$schema": "https://json-schema.org/draft/2020-12/schema",
+                "$defs": {"Note": {"type": "object", "properties": {"next": {"$ref": "#"}}}},
+                "type": "object",
+                "properties": {"result": {
+                    "type": "array",
+                    "items": {"$ref": "#/$defs/Note"},
+                    "maxItems": 10,
+                }},
+                "required": ["result"],
+            })
+        );
+        let union = serde_json::json!({"anyOf": [{"type": "string"}, {"type": "array", "items": {"$ref": "#/anyOf/0"}}]});
+        let wrapped = Value::Object(wrap_output_schema(&union));
+        assert_eq!(
+            wrapped["properties"]["result"]["anyOf"][1]["items"]["$ref"],
+            "#/properties/result/anyOf/0"
+        );
+    }
 
     #[test]
     fn names_follow_mcp_rules() {

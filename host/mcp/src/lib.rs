@@ -13,8 +13,9 @@
 //!   `notifications/tools/list_changed`.
 //! - Tool `plugin/tool` is the MCP tool `plugin__tool`
 //!   ([`mcp_tool_name`]); annotations come from its risk class
-//!   ([`annotations`]); an output schema is served when it is an object
-//!   schema, and results then carry `structuredContent`.
+//!   ([`annotations`]); its output schema is served as it is when it is an
+//!   object schema, else wrapped as `{"result": …}` ([`wrap_output_schema`]),
+//!   and results carry `structuredContent` to match (the text content stays).
 //! - Every outcome of an accepted call is a tool result; failures have
 //!   `isError: true` and their kind ([`outcome`]). An unknown tool name is a
 //!   JSON-RPC invalid-params error.
@@ -58,8 +59,8 @@ mod server;
 
 pub use airlock_host::Host;
 pub use catalog::{
-    Catalog, CatalogEntry, CatalogWarning, Exclusion, MAX_NAME_LEN, NAME_SEPARATOR, annotations,
-    mcp_tool_name, valid_mcp_name,
+    Catalog, CatalogEntry, CatalogWarning, Exclusion, MAX_NAME_LEN, NAME_SEPARATOR, WRAPPED_RESULT,
+    annotations, mcp_tool_name, valid_mcp_name, wrap_output_schema,
 };
 pub use error::{Error, Result};
 pub use server::{

@@ -50,7 +50,11 @@ fn success(entry: &CatalogEntry, response: CallResponse) -> CallToolResult {
         call.insert("replayed_from".into(), json!(first));
     }
     if entry.structured {
-        result.structured_content = Some(response.output);
+        result.structured_content = Some(if entry.wrapped {
+            json!({ crate::catalog::WRAPPED_RESULT: response.output })
+        } else {
+            response.output
+        });
     }
     result.with_meta(Some(meta(META_CALL, Value::Object(call))))
 }
