@@ -6,13 +6,17 @@
 //! (so mutated records of a real export still reach the chain and signature
 //! checks), otherwise a fixed key. The export's own checkpoints are tried as
 //! trusted anchors too.
+//!
+//! Each record also checks the canonical encoding the hashes cover: it
+//! parses back to the same value, and encoding that again gives the same
+//! bytes (one byte sequence per JSON value).
 
 #![no_main]
 
 use std::path::PathBuf;
 use std::sync::LazyLock;
 
-use airlock_audit::{parse_public_key, read_export, verify_export};
+use airlock_audit::{canonical, parse_public_key, read_export, verify_export};
 use libfuzzer_sys::fuzz_target;
 
 /// The verifier reads a path: one scratch file per fuzzing process.
@@ -30,6 +34,20 @@ fuzz_target!(|data: &[u8]| {
     let Ok(export) = read_export(&*SCRATCH) else {
         return;
     };
+    for record in &export.records {
+        let bytes = canonical::to_vec(record);
+        let back: serde_json::Value =
+            serde_json::from_slice(&bytes).expect("the canonical encoding is JSON");
+        assert_eq!(
+            &back, record,
+            "the canonical encoding parses back to the value"
+        );
+        assert_eq!(
+            canonical::to_vec(&back),
+            bytes,
+            "the canonical encoding is stable"
+        );
+    }
     let named = export.public_key.trim();
     let key_text = if named.len() == 64 && named.bytes().all(|b| b.is_ascii_hexdigit()) {
         named
