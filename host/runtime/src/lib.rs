@@ -49,6 +49,9 @@ mod bindings;
 mod cache;
 mod engine;
 mod error;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod gate;
 mod grants;
 mod host;

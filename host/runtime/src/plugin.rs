@@ -151,6 +151,30 @@ pub struct Tool {
     pub(crate) output_validator: Option<jsonschema::Validator>,
 }
 
+#[cfg(feature = "fuzzing")]
+impl Tool {
+    /// A `read` tool of plugin `fuzz` with only an input schema, compiled
+    /// as [`load`] compiles a guest's.
+    pub(crate) fn with_input_schema(text: &str) -> std::result::Result<Tool, String> {
+        let (input_schema, input_validator) = schema::compile_guest_schema(text, true)?;
+        Ok(Tool {
+            plugin: "fuzz".to_owned(),
+            name: "tool".to_owned(),
+            description: String::new(),
+            risk: Risk::Read,
+            redact: Vec::new(),
+            approval_required: false,
+            idempotency_required: false,
+            approval_expiry_s: None,
+            rate_limit: None,
+            input_schema,
+            output_schema: None,
+            input_validator,
+            output_validator: None,
+        })
+    }
+}
+
 impl std::fmt::Debug for Tool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tool")
