@@ -591,16 +591,8 @@ impl crate::Host {
             }
             Err(None) => return refused(format!("no approval {id}")),
         };
-        let mut entry = airlock_audit::Entry::new(Event::ApprovalDecided);
-        entry.call_id = Some(approval.call_id.clone());
+        let mut entry = approval_entry(Event::ApprovalDecided, &approval);
         entry.principal = Some(who.name.clone());
-        entry.plugin = Some(approval.plugin.clone());
-        entry.component_digest = Some(approval.component_digest.clone());
-        entry.tool = Some(approval.tool.clone());
-        entry.risk = Some(approval.risk.clone());
-        entry.approval_id = Some(approval.id.clone());
-        entry.idempotency_key = approval.idempotency_key.clone();
-        entry.args_digest = Some(approval.args_digest.clone());
         entry.decision = Some(approval.state.as_str().to_owned());
         entry.reason = approval.decision_reason.clone();
         crate::audit::append(&self.audit, entry, airlock_audit::Durability::Flushed)
@@ -691,16 +683,8 @@ impl crate::Host {
     /// expired either way.
     fn record_expiries(&self, expired: &[Approval]) {
         for approval in expired {
-            let mut entry = airlock_audit::Entry::new(Event::ApprovalExpired);
-            entry.call_id = Some(approval.call_id.clone());
+            let mut entry = approval_entry(Event::ApprovalExpired, approval);
             entry.principal = Some(approval.principal.clone());
-            entry.plugin = Some(approval.plugin.clone());
-            entry.component_digest = Some(approval.component_digest.clone());
-            entry.tool = Some(approval.tool.clone());
-            entry.risk = Some(approval.risk.clone());
-            entry.approval_id = Some(approval.id.clone());
-            entry.idempotency_key = approval.idempotency_key.clone();
-            entry.args_digest = Some(approval.args_digest.clone());
             entry.decision = Some("expired".to_owned());
             entry.reason = Some(expiry_reason(approval).to_owned());
             if let Err(e) = self.audit.append(entry, airlock_audit::Durability::Batched) {
@@ -775,6 +759,21 @@ fn refusal(approval: &Approval, state: ApprovalState) -> Error {
         reason,
         why: kind,
     }
+}
+
+/// An audit entry for `event` about `approval`: the call it was asked for
+/// and everything it binds.
+fn approval_entry(event: Event, approval: &Approval) -> airlock_audit::Entry {
+    let mut entry = airlock_audit::Entry::new(event);
+    entry.call_id = Some(approval.call_id.clone());
+    entry.plugin = Some(approval.plugin.clone());
+    entry.component_digest = Some(approval.component_digest.clone());
+    entry.tool = Some(approval.tool.clone());
+    entry.risk = Some(approval.risk.clone());
+    entry.approval_id = Some(approval.id.clone());
+    entry.idempotency_key = approval.idempotency_key.clone();
+    entry.args_digest = Some(approval.args_digest.clone());
+    entry
 }
 
 /// Why `approval` expired, as recorded.

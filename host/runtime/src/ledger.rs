@@ -545,25 +545,9 @@ impl Ledger {
         key: &str,
         outcome: std::result::Result<Value, (String, String)>,
     ) -> Result<()> {
-        let k = Ledger::idempotency_key(principal, plugin, tool, key);
-        let Some(bytes) = self
-            .idempotency
-            .get(&k)
-            .map_err(|e| store_error(&self.path, e))?
-        else {
-            return Ok(());
-        };
-        let mut entry: IdempotencyEntry = serde_json::from_slice(&bytes)
-            .map_err(|e| store_error(&self.path, format!("corrupt idempotency entry: {e}")))?;
-        let IdempotencyState::InFlight { call_id } = &entry.state else {
-            return Ok(());
-        };
-        entry.state = IdempotencyState::Completed {
-            call_id: call_id.clone(),
-            outcome,
-        };
-        self.swap(&self.idempotency, &k, Some(&bytes), &entry)?;
-        self.flush()
+        self.settle(principal, plugin, tool, key, |call_id| {
+            IdempotencyState::Completed { call_id, outcome }
+        })
     }
 
     /// Mark the call holding `key` as ended with effects nobody can know
@@ -574,6 +558,21 @@ impl Ledger {
     /// # Errors
     /// [`Error::Ledger`].
     pub fn mark_unknown(&self, principal: &str, plugin: &str, tool: &str, key: &str) -> Result<()> {
+        self.settle(principal, plugin, tool, key, |call_id| {
+            IdempotencyState::Unknown { call_id }
+        })
+    }
+
+    /// Move the entry of `key` from in flight to the state `settled` makes
+    /// of its call id; an entry not in flight (or none) is left alone.
+    fn settle(
+        &self,
+        principal: &str,
+        plugin: &str,
+        tool: &str,
+        key: &str,
+        settled: impl FnOnce(String) -> IdempotencyState,
+    ) -> Result<()> {
         let k = Ledger::idempotency_key(principal, plugin, tool, key);
         let Some(bytes) = self
             .idempotency
@@ -587,9 +586,7 @@ impl Ledger {
         let IdempotencyState::InFlight { call_id } = &entry.state else {
             return Ok(());
         };
-        entry.state = IdempotencyState::Unknown {
-            call_id: call_id.clone(),
-        };
+        entry.state = settled(call_id.clone());
         self.swap(&self.idempotency, &k, Some(&bytes), &entry)?;
         self.flush()
     }
