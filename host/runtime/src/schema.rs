@@ -123,7 +123,8 @@ mod tests {
         );
     }
 
-    /// Found by fuzzing (`fuzz/regressions/tool_arguments/`): with the
+    /// Found with the `tool_arguments` fuzz target, by a hand-made input
+    /// (`fuzz/regressions/tool_arguments/`): with the
     /// backtracking engine, each string matched against this pattern cost
     /// a million steps of host CPU, outside fuel and deadline; 40 strings
     /// in the arguments kept the host busy for most of a minute.
