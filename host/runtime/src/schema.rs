@@ -42,7 +42,12 @@ pub(crate) fn violations(
 /// # Security
 /// The text comes from untrusted plugin code: its size is capped, and the
 /// crate is built without remote or file `$ref` resolution, so compiling a
-/// schema never touches the network or the file system.
+/// schema never touches the network or the file system. `pattern` and
+/// `patternProperties` are matched by the linear-time `regex` engine, not
+/// the backtracking one: validation runs on the host, outside any fuel or
+/// deadline, and a backtracking pattern (`^(a|a)*(?=b)$`) cost about a
+/// million steps for each string it was tried on. Lookaround and
+/// backreferences are therefore refused when the plugin loads.
 pub(crate) fn compile_guest_schema(
     text: &str,
     require_object: bool,
@@ -61,8 +66,10 @@ pub(crate) fn compile_guest_schema(
     if require_object && schema.get("type").and_then(Value::as_str) != Some("object") {
         return Err("input schema must have `\"type\": \"object\"` at its root".to_owned());
     }
-    let validator =
-        jsonschema::validator_for(&schema).map_err(|e| format!("schema does not compile: {e}"))?;
+    let validator = jsonschema::options()
+        .with_pattern_options(jsonschema::PatternOptions::regex())
+        .build(&schema)
+        .map_err(|e| format!("schema does not compile: {e}"))?;
     Ok((schema, validator))
 }
 
@@ -113,6 +120,32 @@ mod tests {
             compile_guest_schema(&big, true)
                 .unwrap_err()
                 .contains("limit")
+        );
+    }
+
+    /// Found with the `tool_arguments` fuzz target, by a hand-made input
+    /// (`fuzz/regressions/tool_arguments/`): with the
+    /// backtracking engine, each string matched against this pattern cost
+    /// a million steps of host CPU, outside fuel and deadline; 40 strings
+    /// in the arguments kept the host busy for most of a minute.
+    #[test]
+    fn guest_schema_with_backtracking_pattern_cannot_stall_argument_validation() {
+        let schema = r#"{"type":"object","properties":{"a":{"type":"array","items":{"type":"string","pattern":"^(a|a)*(?=b)$"}}}}"#;
+        let err = compile_guest_schema(schema, true).unwrap_err();
+        assert!(err.contains("compile"), "{err}");
+        // Patterns the linear engine takes stay linear, however nested.
+        let schema = r#"{"type":"object","properties":{"a":{"type":"array","items":{"type":"string","pattern":"^(a+)+$"}}}}"#;
+        let (_, validator) = compile_guest_schema(schema, true).unwrap();
+        let items: Vec<String> = (0..2000)
+            .map(|i| format!("{}!{i}", "a".repeat(40)))
+            .collect();
+        let started = std::time::Instant::now();
+        let found = violations(&validator, &serde_json::json!({ "a": items }));
+        assert_eq!(found.len(), 65, "64 shown and a summary");
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
         );
     }
 
