@@ -316,16 +316,10 @@ pub fn router(
     let mcp_routes = Router::new()
         .route_service(MCP_PATH, mcp)
         .layer(middleware::from_fn_with_state(callers, authenticate_caller));
-    Ok(mcp_routes
-        .merge(approvals_routes(server))
-        .layer(middleware::from_fn_with_state(
-            body_bound(config),
-            read_body_in_time,
-        ))
-        .layer(middleware::from_fn_with_state(
-            guard(config),
-            check_host_and_origin,
-        )))
+    Ok(behind_listener_checks(
+        mcp_routes.merge(approvals_routes(server)),
+        config,
+    ))
 }
 
 /// Only the approvers' endpoints (for a stdio server's approvers), behind
@@ -338,7 +332,13 @@ pub fn router(
 /// `allowed_hosts`.
 pub fn approvals_router(server: &McpServer, config: &HttpConfig) -> Result<Router> {
     config.validate_listener()?;
-    Ok(approvals_routes(server)
+    Ok(behind_listener_checks(approvals_routes(server), config))
+}
+
+/// `router` behind what every listener checks, outermost first: `Host` and
+/// `Origin`, then the whole body read within its time and size bounds.
+fn behind_listener_checks(router: Router, config: &HttpConfig) -> Router {
+    router
         .layer(middleware::from_fn_with_state(
             body_bound(config),
             read_body_in_time,
@@ -346,7 +346,7 @@ pub fn approvals_router(server: &McpServer, config: &HttpConfig) -> Result<Route
         .layer(middleware::from_fn_with_state(
             guard(config),
             check_host_and_origin,
-        )))
+        ))
 }
 
 fn body_bound(config: &HttpConfig) -> BodyBound {
