@@ -1,0 +1,686 @@
+//! The ledger: approvals and idempotency keys.
+//!
+//! Both are small state machines whose transitions must be atomic even when
+//! many calls race — on one host or on many sharing a backend. A backend
+//! provides versioned records and compare-and-swap on the version
+//! ([`LedgerStore`]); [`Ledger`] writes the state machines once, on top, so
+//! exactly one of two racing decisions (or claims) wins on every backend.
+//!
+//! Approvals: `pending → approved | rejected | expired | cancelled`, then
+//! `approved → consumed | expired`. Terminal states never change. A pending
+//! approval expires at `expires_ms`; approving it starts a new window in
+//! which the call must run, after which it expires too. [`Ledger::sweep`]
+//! expires what is overdue and forgets terminal approvals and finished
+//! idempotency entries past their retention.
+//!
+//! Idempotency entries, keyed by [`KeyRef`] (principal, plugin, tool, key):
+//! `in_flight → completed | unknown`. An entry still `in_flight` when its
+//! host starts again belonged to a call that was running when that host
+//! stopped and becomes `unknown` ([`Ledger::recover`]) — never re-executed
+//! automatically.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::Result;
+
+/// An approval's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalState {
+    /// Waiting for a decision.
+    Pending,
+    /// Approved; the call may run once.
+    Approved,
+    /// Rejected by an approver.
+    Rejected,
+    /// Not decided in time.
+    Expired,
+    /// Withdrawn.
+    Cancelled,
+    /// Approved and used by the call it was for.
+    Consumed,
+}
+
+impl ApprovalState {
+    /// Every state.
+    pub const ALL: [ApprovalState; 6] = [
+        ApprovalState::Pending,
+        ApprovalState::Approved,
+        ApprovalState::Rejected,
+        ApprovalState::Expired,
+        ApprovalState::Cancelled,
+        ApprovalState::Consumed,
+    ];
+
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalState::Pending => "pending",
+            ApprovalState::Approved => "approved",
+            ApprovalState::Rejected => "rejected",
+            ApprovalState::Expired => "expired",
+            ApprovalState::Cancelled => "cancelled",
+            ApprovalState::Consumed => "consumed",
+        }
+    }
+
+    /// The state named `name`.
+    pub fn parse(name: &str) -> Option<ApprovalState> {
+        ApprovalState::ALL.into_iter().find(|s| s.as_str() == name)
+    }
+
+    /// Whether it can still change (pending or approved).
+    pub fn is_live(self) -> bool {
+        matches!(self, ApprovalState::Pending | ApprovalState::Approved)
+    }
+}
+
+/// A request for a human decision on exactly one call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Approval {
+    /// Its id.
+    pub id: String,
+    /// Where it is in its lifecycle.
+    pub state: ApprovalState,
+    /// Plugin name.
+    pub plugin: String,
+    /// Component digest the approval is bound to.
+    pub component_digest: String,
+    /// Tool name.
+    pub tool: String,
+    /// The tool's risk class.
+    pub risk: String,
+    /// Digest of the canonical arguments it is bound to.
+    pub args_digest: String,
+    /// The arguments, redacted, for the approver.
+    pub args: String,
+    /// Whether `args` was cut to the audit copy's size cap.
+    #[serde(default)]
+    pub args_truncated: bool,
+    /// Who asked.
+    pub principal: String,
+    /// The caller's session it is bound to, if any (it changes which
+    /// workspace keys the call reaches).
+    #[serde(default)]
+    pub session: Option<String>,
+    /// The idempotency key it is bound to, if any.
+    pub idempotency_key: Option<String>,
+    /// The caller's stated reason.
+    pub caller_reason: Option<String>,
+    /// The call that asked.
+    pub call_id: String,
+    /// When it was asked, ms since the Unix epoch.
+    pub created_ms: u64,
+    /// When it expires unless decided, ms since the Unix epoch.
+    pub expires_ms: u64,
+    /// Who decided.
+    pub decided_by: Option<String>,
+    /// When.
+    pub decided_ms: Option<u64>,
+    /// Why.
+    pub decision_reason: Option<String>,
+    /// The call that consumed it.
+    pub consumed_by_call: Option<String>,
+}
+
+/// An idempotency entry's state.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum IdempotencyState {
+    /// A call holding the key is running.
+    InFlight {
+        /// That call.
+        call_id: String,
+        /// The host running it (its audit origin); absent in stores
+        /// written before hosts shared a ledger.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        host: Option<String>,
+    },
+    /// The first call with the key completed; its outcome is replayed.
+    Completed {
+        /// The call.
+        call_id: String,
+        /// `Ok(output)` or `Err((error kind, message))`.
+        outcome: std::result::Result<Value, (String, String)>,
+    },
+    /// The call was running when its host stopped (or was cancelled):
+    /// whether it took effect is unknown, and it is not run again.
+    Unknown {
+        /// That call.
+        call_id: String,
+    },
+}
+
+impl IdempotencyState {
+    /// Whether a call still holds the key.
+    pub fn is_in_flight(&self) -> bool {
+        matches!(self, IdempotencyState::InFlight { .. })
+    }
+}
+
+/// One idempotency key's record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdempotencyEntry {
+    /// Digest of the arguments the key was first used with.
+    pub args_digest: String,
+    /// When it was first used, ms since the Unix epoch.
+    pub created_ms: u64,
+    /// Its state.
+    #[serde(flatten)]
+    pub state: IdempotencyState,
+}
+
+/// Which idempotency key: the caller's key, scoped by who called which
+/// tool. Two principals using the same key never meet.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyRef {
+    /// Who called.
+    pub principal: String,
+    /// The plugin.
+    pub plugin: String,
+    /// The tool (without the plugin).
+    pub tool: String,
+    /// The caller's key.
+    pub key: String,
+}
+
+impl KeyRef {
+    /// The key `key` of `principal` for `plugin/tool`.
+    pub fn new(
+        principal: impl Into<String>,
+        plugin: impl Into<String>,
+        tool: impl Into<String>,
+        key: impl Into<String>,
+    ) -> KeyRef {
+        KeyRef {
+            principal: principal.into(),
+            plugin: plugin.into(),
+            tool: tool.into(),
+            key: key.into(),
+        }
+    }
+
+    /// An unambiguous byte encoding (length-prefixed parts), for backends
+    /// that store keys as bytes.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut k = Vec::new();
+        for part in [&self.principal, &self.plugin, &self.tool, &self.key] {
+            let len = u32::try_from(part.len()).unwrap_or(u32::MAX);
+            k.extend_from_slice(&len.to_be_bytes());
+            k.extend_from_slice(part.as_bytes());
+        }
+        k
+    }
+
+    /// The inverse of [`KeyRef::encode`].
+    pub fn decode(mut bytes: &[u8]) -> Option<KeyRef> {
+        let mut parts = Vec::with_capacity(4);
+        for _ in 0..4 {
+            let len = u32::from_be_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+            let part = bytes.get(4..4 + len)?;
+            parts.push(String::from_utf8(part.to_vec()).ok()?);
+            bytes = &bytes[4 + len..];
+        }
+        if !bytes.is_empty() {
+            return None;
+        }
+        let key = parts.pop()?;
+        let tool = parts.pop()?;
+        let plugin = parts.pop()?;
+        let principal = parts.pop()?;
+        Some(KeyRef {
+            principal,
+            plugin,
+            tool,
+            key,
+        })
+    }
+}
+
+/// A record's version: what a compare-and-swap compares. Opaque; each
+/// backend chooses (a counter, a digest of the stored bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Version(pub u64);
+
+/// A record as read, with the version a later swap must match.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Versioned<T> {
+    /// The record.
+    pub value: T,
+    /// Its version.
+    pub version: Version,
+}
+
+/// What a ledger backend stores: versioned approvals and idempotency
+/// entries with compare-and-swap, and a few named host-wide values.
+///
+/// Contract (checked by the conformance suite): every write is durable
+/// when it returns; a `replace`/`remove` succeeds only if the record still
+/// has the version the caller read, so of racing writers exactly one wins
+/// — across every host sharing the backend.
+pub trait LedgerStore: Send + Sync + fmt::Debug {
+    /// Store a new approval; `false` if one with its id exists.
+    fn insert_approval(&self, approval: &Approval) -> Result<bool>;
+    /// The approval `id`.
+    fn approval(&self, id: &str) -> Result<Option<Versioned<Approval>>>;
+    /// Replace the approval `next.id` if it is still at `current`.
+    fn replace_approval(&self, current: Version, next: &Approval) -> Result<bool>;
+    /// Forget the approval `id` if it is still at `current`.
+    fn remove_approval(&self, id: &str, current: Version) -> Result<bool>;
+    /// Every approval, optionally only those in `state`, in no particular
+    /// order.
+    fn approvals(&self, state: Option<ApprovalState>) -> Result<Vec<Versioned<Approval>>>;
+
+    /// The entry of `key`.
+    fn key(&self, key: &KeyRef) -> Result<Option<Versioned<IdempotencyEntry>>>;
+    /// Store the first entry of `key`; `false` if it has one.
+    fn insert_key(&self, key: &KeyRef, entry: &IdempotencyEntry) -> Result<bool>;
+    /// Replace the entry of `key` if it is still at `current`.
+    fn replace_key(&self, key: &KeyRef, current: Version, next: &IdempotencyEntry) -> Result<bool>;
+    /// Forget the entry of `key` if it is still at `current`.
+    fn remove_key(&self, key: &KeyRef, current: Version) -> Result<bool>;
+    /// Every idempotency entry.
+    fn keys(&self) -> Result<Vec<(KeyRef, Versioned<IdempotencyEntry>)>>;
+
+    /// A small host-wide value.
+    fn meta(&self, name: &str) -> Result<Option<String>>;
+    /// Set a host-wide value.
+    fn set_meta(&self, name: &str, value: &str) -> Result<()>;
+}
+
+/// Who `decided_by` names on an approval that expired before a decision.
+pub const EXPIRY: &str = "airlock (expiry)";
+
+/// What a claim of an idempotency key found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Claim {
+    /// The key is now held by this call.
+    Claimed,
+    /// An earlier call holds or held it.
+    Existing(IdempotencyEntry),
+}
+
+/// What [`Ledger::transition`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transition {
+    /// The approval moved; here it is now.
+    Done(Approval),
+    /// It was not in the expected state (someone decided first, or it
+    /// expired); here it is as it is.
+    Already(Approval),
+    /// There is no such approval.
+    NotFound,
+}
+
+/// What one [`Ledger::sweep`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SweepReport {
+    /// Approvals this sweep expired (to be recorded in the audit log).
+    pub expired: Vec<Approval>,
+    /// Terminal approvals forgotten after their retention.
+    pub approvals_removed: u64,
+    /// Finished idempotency entries forgotten after their retention.
+    pub keys_removed: u64,
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The approval and idempotency state machines over a [`LedgerStore`].
+///
+/// Cheap to clone: clones share the store.
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    store: Arc<dyn LedgerStore>,
+}
+
+impl Ledger {
+    /// The ledger kept in `store`.
+    pub fn new(store: Arc<dyn LedgerStore>) -> Ledger {
+        Ledger { store }
+    }
+
+    /// The backend.
+    pub fn store(&self) -> &Arc<dyn LedgerStore> {
+        &self.store
+    }
+
+    /// Make every key `host` left in flight `unknown` (call when `host`
+    /// starts: its calls of before cannot be running). Entries written
+    /// without a host (a store one host owned alone) count as `host`'s.
+    /// Returns the keys it changed.
+    ///
+    /// # Errors
+    /// The store's.
+    pub fn recover(&self, host: &str) -> Result<Vec<KeyRef>> {
+        let mut changed = Vec::new();
+        for (key, entry) in self.store.keys()? {
+            let IdempotencyState::InFlight {
+                call_id,
+                host: owner,
+            } = &entry.value.state
+            else {
+                continue;
+            };
+            if owner.as_deref().is_some_and(|o| o != host) {
+                continue;
+            }
+            let next = IdempotencyEntry {
+                state: IdempotencyState::Unknown {
+                    call_id: call_id.clone(),
+                },
+                ..entry.value.clone()
+            };
+            if self.store.replace_key(&key, entry.version, &next)? {
+                changed.push(key);
+            }
+        }
+        Ok(changed)
+    }
+
+    // ------------------------------------------------------------ approvals
+
+    /// Store a new pending approval.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Conflict`](crate::ErrorKind::Conflict) when its id is
+    /// taken; the store's.
+    pub fn create_approval(&self, approval: &Approval) -> Result<()> {
+        if self.store.insert_approval(approval)? {
+            Ok(())
+        } else {
+            Err(crate::StoreError::new(
+                crate::ErrorKind::Conflict,
+                format!("approval id {} is taken", approval.id),
+            ))
+        }
+    }
+
+    /// The approval `id`, with expiry applied: a live approval past its time
+    /// becomes `expired` (returned with `true` when this read expired it, so
+    /// the caller records it — exactly one reader does).
+    ///
+    /// # Errors
+    /// The store's.
+    pub fn approval(&self, id: &str, now_ms: u64) -> Result<Option<(Approval, bool)>> {
+        loop {
+            let Some(current) = self.store.approval(id)? else {
+                return Ok(None);
+            };
+            let approval = current.value;
+            if !approval.state.is_live() || now_ms < approval.expires_ms {
+                return Ok(Some((approval, false)));
+            }
+            let mut expired = approval;
+            if expired.state == ApprovalState::Pending {
+                expired.decided_ms = Some(now_ms);
+                expired.decided_by = Some(EXPIRY.to_owned());
+            }
+            expired.state = ApprovalState::Expired;
+            if self.store.replace_approval(current.version, &expired)? {
+                return Ok(Some((expired, true)));
+            }
+            // Decided meanwhile: read it again.
+        }
+    }
+
+    /// Move approval `id` from `from` to what `change` makes of it,
+    /// atomically.
+    ///
+    /// # Errors
+    /// The store's.
+    pub fn transition(
+        &self,
+        id: &str,
+        from: ApprovalState,
+        now_ms: u64,
+        change: impl Fn(&mut Approval),
+    ) -> Result<Transition> {
+        loop {
+            // Expiry first: an overdue approval cannot be decided.
+            let Some((current, _)) = self.approval(id, now_ms)? else {
+                return Ok(Transition::NotFound);
+            };
+            if current.state != from {
+                return Ok(Transition::Already(current));
+            }
+            let Some(stored) = self.store.approval(id)? else {
+                return Ok(Transition::NotFound);
+            };
+            if stored.value != current {
+                continue;
+            }
+            let mut next = current;
+            change(&mut next);
+            if self.store.replace_approval(stored.version, &next)? {
+                return Ok(Transition::Done(next));
+            }
+        }
+    }
+
+    /// Every approval, newest first, optionally only in `state`, and the
+    /// approvals this listing expired (to be recorded).
+    ///
+    /// # Errors
+    /// The store's.
+    pub fn approvals(
+        &self,
+        state: Option<ApprovalState>,
+        now_ms: u64,
+    ) -> Result<(Vec<Approval>, Vec<Approval>)> {
+        // Live ones may expire on reading, so a filtered listing reads
+        // every live approval too.
+        let candidates = match state {
+            Some(s) if !s.is_live() => {
+                let mut all = self.store.approvals(Some(s))?;
+                all.extend(self.store.approvals(Some(ApprovalState::Pending))?);
+                all.extend(self.store.approvals(Some(ApprovalState::Approved))?);
+                all
+            }
+            _ => self.store.approvals(None)?,
+        };
+        let mut out = Vec::new();
+        let mut expired = Vec::new();
+        for candidate in candidates {
+            let approval =
+                if candidate.value.state.is_live() && now_ms >= candidate.value.expires_ms {
+                    match self.approval(&candidate.value.id, now_ms)? {
+                        Some((a, true)) => {
+                            expired.push(a.clone());
+                            a
+                        }
+                        Some((a, false)) => a,
+                        None => continue,
+                    }
+                } else {
+                    candidate.value
+                };
+            if state.is_none_or(|s| s == approval.state) {
+                out.push(approval);
+            }
+        }
+        out.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(b.id.cmp(&a.id)));
+        out.dedup_by(|a, b| a.id == b.id);
+        Ok((out, expired))
+    }
+
+    /// How many approvals `principal` has pending, and the approvals this
+    /// count expired (to be recorded).
+    ///
+    /// # Errors
+    /// The store's.
+    pub fn pending_of(&self, principal: &str, now_ms: u64) -> Result<(u64, Vec<Approval>)> {
+        let (pending, expired) = self.approvals(Some(ApprovalState::Pending), now_ms)?;
+        let mine = pending.iter().filter(|a| a.principal == principal).count();
+        Ok((u64::try_from(mine).unwrap_or(u64::MAX), expired))
+    }
+
+    /// Expire every overdue approval, and forget terminal approvals decided
+    /// (or created) more than `approval_retention` ago and finished
+    /// idempotency entries older than `key_retention`. Entries still in
+    /// flight are never removed.
+    ///
+    /// # Errors
+    /// The store's.
+    pub fn sweep(
+        &self,
+        now_ms: u64,
+        approval_retention: Duration,
+        key_retention: Duration,
+    ) -> Result<SweepReport> {
+        let mut report = SweepReport::default();
+        for candidate in self.store.approvals(None)? {
+            let approval = &candidate.value;
+            if approval.state.is_live() {
+                if now_ms >= approval.expires_ms
+                    && let Some((a, true)) = self.approval(&approval.id, now_ms)?
+                {
+                    report.expired.push(a);
+                }
+                continue;
+            }
+            let since = approval.decided_ms.unwrap_or(approval.created_ms);
+            if now_ms.saturating_sub(since) > millis(approval_retention)
+                && self
+                    .store
+                    .remove_approval(&approval.id, candidate.version)?
+            {
+                report.approvals_removed += 1;
+            }
+        }
+        for (key, entry) in self.store.keys()? {
+            let finished = !entry.value.state.is_in_flight();
+            if finished
+                && now_ms.saturating_sub(entry.value.created_ms) > millis(key_retention)
+                && self.store.remove_key(&key, entry.version)?
+            {
+                report.keys_removed += 1;
+            }
+        }
+        Ok(report)
+    }
+
+    // ---------------------------------------------------------- idempotency
+
+    /// Claim `key` for `call_id` running on `host`, or return what holds it.
+    /// A finished entry older than `retention` is replaced.
+    ///
+    /// # Errors
+    /// The store's;
+    /// [`ErrorKind::Corrupt`](crate::ErrorKind::Corrupt) for an unreadable
+    /// entry.
+    pub fn claim(
+        &self,
+        key: &KeyRef,
+        args_digest: &str,
+        call: (&str, &str),
+        now_ms: u64,
+        retention: Duration,
+    ) -> Result<Claim> {
+        let (call_id, host) = call;
+        let entry = IdempotencyEntry {
+            args_digest: args_digest.to_owned(),
+            created_ms: now_ms,
+            state: IdempotencyState::InFlight {
+                call_id: call_id.to_owned(),
+                host: Some(host.to_owned()),
+            },
+        };
+        loop {
+            if self.store.insert_key(key, &entry)? {
+                return Ok(Claim::Claimed);
+            }
+            let Some(existing) = self.store.key(key)? else {
+                // Swept between the two: try again.
+                continue;
+            };
+            let expired = now_ms.saturating_sub(existing.value.created_ms) > millis(retention);
+            if !expired || existing.value.state.is_in_flight() {
+                return Ok(Claim::Existing(existing.value));
+            }
+            if self.store.replace_key(key, existing.version, &entry)? {
+                return Ok(Claim::Claimed);
+            }
+        }
+    }
+
+    /// Record the outcome of the call holding `key`.
+    ///
+    /// # Errors
+    /// The store's.
+    pub fn complete(
+        &self,
+        key: &KeyRef,
+        outcome: std::result::Result<Value, (String, String)>,
+    ) -> Result<()> {
+        self.settle(key, |call_id| IdempotencyState::Completed {
+            call_id,
+            outcome,
+        })
+    }
+
+    /// Mark the call holding `key` as ended with effects nobody can know
+    /// (cancelled or stopped mid-run): a retry with the key is refused,
+    /// never run again nor replayed as a plain failure.
+    ///
+    /// # Errors
+    /// The store's.
+    pub fn mark_unknown(&self, key: &KeyRef) -> Result<()> {
+        self.settle(key, |call_id| IdempotencyState::Unknown { call_id })
+    }
+
+    /// Move the entry of `key` from in flight to the state `settled` makes
+    /// of its call id; an entry not in flight (or none) is left alone.
+    fn settle(&self, key: &KeyRef, settled: impl FnOnce(String) -> IdempotencyState) -> Result<()> {
+        let Some(current) = self.store.key(key)? else {
+            return Ok(());
+        };
+        let IdempotencyState::InFlight { call_id, .. } = &current.value.state else {
+            return Ok(());
+        };
+        let next = IdempotencyEntry {
+            state: settled(call_id.clone()),
+            ..current.value.clone()
+        };
+        // Only the holder settles an in-flight entry; losing the swap
+        // means it was settled already.
+        self.store.replace_key(key, current.version, &next)?;
+        Ok(())
+    }
+
+    /// Give up a claim without a result (the call did not run, e.g. it
+    /// waits for approval).
+    ///
+    /// # Errors
+    /// The store's.
+    pub fn release(&self, key: &KeyRef) -> Result<()> {
+        if let Some(current) = self.store.key(key)?
+            && current.value.state.is_in_flight()
+        {
+            self.store.remove_key(key, current.version)?;
+        }
+        Ok(())
+    }
+
+    /// A small host-wide value.
+    ///
+    /// # Errors
+    /// The store's.
+    pub fn meta(&self, name: &str) -> Result<Option<String>> {
+        self.store.meta(name)
+    }
+
+    /// Set a host-wide value.
+    ///
+    /// # Errors
+    /// The store's.
+    pub fn set_meta(&self, name: &str, value: &str) -> Result<()> {
+        self.store.set_meta(name, value)
+    }
+}

@@ -1,0 +1,139 @@
+//! Rate-limit buckets.
+//!
+//! A limit is written `N/unit` (`10/min`, `5/s`, `1000/hour`): a bucket of
+//! `N` tokens refilled continuously at `N` per unit. A call takes one token
+//! from every bucket that applies, or none. Where the buckets live is the
+//! backend's choice ([`RateLimitStore`]): in the host's memory for one host
+//! ([`MemoryBuckets`]), in a shared database for many — so every host of a
+//! deployment draws from the same buckets.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use crate::error::Result;
+
+/// A parsed `N/unit` rate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    /// Tokens per period (also the burst).
+    pub count: u32,
+    /// The period.
+    pub per: Duration,
+}
+
+impl Rate {
+    /// Parse `N/s`, `N/sec`, `N/second`, `N/m`, `N/min`, `N/minute`, `N/h`,
+    /// `N/hour`, `N/d`, `N/day`.
+    ///
+    /// # Errors
+    /// A message saying what is wrong.
+    pub fn parse(text: &str) -> std::result::Result<Rate, String> {
+        let bad = || format!("invalid rate {text:?}: write N/unit, e.g. 10/min, 5/s, 1000/hour");
+        let (count, unit) = text.split_once('/').ok_or_else(bad)?;
+        let count: u32 = count.trim().parse().map_err(|_| bad())?;
+        if count == 0 {
+            return Err(format!("invalid rate {text:?}: N must be at least 1"));
+        }
+        let per = match unit.trim() {
+            "s" | "sec" | "second" => Duration::from_secs(1),
+            "m" | "min" | "minute" => Duration::from_secs(60),
+            "h" | "hour" => Duration::from_secs(3600),
+            "d" | "day" => Duration::from_secs(86_400),
+            _ => return Err(bad()),
+        };
+        Ok(Rate { count, per })
+    }
+
+    /// Milliseconds per token.
+    pub fn ms_per_token(&self) -> f64 {
+        self.per.as_secs_f64() * 1000.0 / f64::from(self.count)
+    }
+}
+
+/// One bucket's state: tokens left at a time.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bucket {
+    /// Tokens in it at `updated_ms`.
+    pub tokens: f64,
+    /// Ms since the Unix epoch.
+    pub updated_ms: u64,
+}
+
+impl Bucket {
+    /// A full bucket of `rate` at `now_ms`.
+    pub fn full(rate: Rate, now_ms: u64) -> Bucket {
+        Bucket {
+            tokens: f64::from(rate.count),
+            updated_ms: now_ms,
+        }
+    }
+
+    /// The bucket refilled up to `now_ms` (a clock that went back refills
+    /// nothing).
+    pub fn refilled(self, rate: Rate, now_ms: u64) -> Bucket {
+        let elapsed = now_ms.saturating_sub(self.updated_ms) as f64;
+        Bucket {
+            tokens: (self.tokens + elapsed / rate.ms_per_token()).min(f64::from(rate.count)),
+            updated_ms: now_ms.max(self.updated_ms),
+        }
+    }
+
+    /// How long until it holds a token.
+    pub fn wait(&self, rate: Rate) -> Duration {
+        Duration::from_secs_f64(((1.0 - self.tokens).max(0.0) * rate.ms_per_token()) / 1000.0)
+    }
+}
+
+/// Where the buckets live.
+///
+/// Contract (checked by the conformance suite): [`RateLimitStore::take`]
+/// takes one token from every bucket, or from none, atomically — across
+/// every host sharing the backend.
+pub trait RateLimitStore: Send + Sync + fmt::Debug {
+    /// Take one token from each `(scope, rate)` bucket at `now_ms` (a
+    /// bucket seen first starts full), all or none. `Ok(Some((scope,
+    /// wait)))`: refused — the first exhausted scope and how long until it
+    /// has a token again.
+    fn take(&self, buckets: &[(String, Rate)], now_ms: u64) -> Result<Option<(String, Duration)>>;
+}
+
+/// Buckets in this process's memory: a restart refills them.
+#[derive(Debug, Default)]
+pub struct MemoryBuckets {
+    buckets: Mutex<HashMap<String, Bucket>>,
+}
+
+impl RateLimitStore for MemoryBuckets {
+    fn take(&self, limits: &[(String, Rate)], now_ms: u64) -> Result<Option<(String, Duration)>> {
+        if limits.is_empty() {
+            return Ok(None);
+        }
+        let mut buckets = self
+            .buckets
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut refusal: Option<(String, Duration)> = None;
+        for (scope, rate) in limits {
+            let bucket = buckets
+                .get(scope)
+                .copied()
+                .unwrap_or_else(|| Bucket::full(*rate, now_ms))
+                .refilled(*rate, now_ms);
+            buckets.insert(scope.clone(), bucket);
+            if bucket.tokens < 1.0 && refusal.is_none() {
+                refusal = Some((scope.clone(), bucket.wait(*rate)));
+            }
+        }
+        if refusal.is_some() {
+            return Ok(refusal);
+        }
+        for (scope, _) in limits {
+            if let Some(bucket) = buckets.get_mut(scope) {
+                bucket.tokens -= 1.0;
+            }
+        }
+        Ok(None)
+    }
+}
