@@ -282,23 +282,24 @@ fn calls_from_inside_a_multi_thread_runtime_work() {
 /// A PostgreSQL server of this test's own, destroyed when dropped.
 struct Server {
     dir: PathBuf,
+    tls: bool,
 }
 
 impl Server {
-    fn start() -> (Server, String) {
-        let dir = common::repo().join(format!("target/postgres-fault-{}", std::process::id()));
-        let server = Server { dir };
+    fn start(name: &str, tls: bool) -> (Server, String) {
+        let dir = common::repo().join(format!("target/postgres-{name}-{}", std::process::id()));
+        let server = Server { dir, tls };
         let url = server.script("start");
         (server, url)
     }
 
     fn script(&self, command: &str) -> String {
-        let out = Command::new(common::repo().join("scripts/postgres"))
-            .arg(command)
-            .arg("--dir")
-            .arg(&self.dir)
-            .output()
-            .expect("scripts/postgres");
+        let mut script = Command::new(common::repo().join("scripts/postgres"));
+        script.arg(command).arg("--dir").arg(&self.dir);
+        if self.tls && command == "start" {
+            script.arg("--tls");
+        }
+        let out = script.output().expect("scripts/postgres");
         assert!(
             out.status.success(),
             "scripts/postgres {command}: {}",
@@ -332,7 +333,7 @@ fn record(seq: u64) -> AuditWrite {
 
 #[test]
 fn a_server_stopped_mid_stream_fails_closed_and_recovers_without_a_gap() {
-    let (server, url) = Server::start();
+    let (server, url) = Server::start("fault", false);
     let mut config = common::config(&url);
     config.connect_timeout_ms = 1_000;
     config.pool_wait_ms = 1_000;
@@ -445,4 +446,26 @@ fn a_server_stopped_mid_stream_fails_closed_and_recovers_without_a_gap() {
     assert_eq!(open_calls, expected);
     drop(stores);
     drop(server);
+}
+
+#[test]
+fn tls_verifies_the_server_against_the_ca_file() {
+    let (server, url) = Server::start("tls", true);
+    let mut config = common::config(&url);
+    config.tls = TlsMode::Require;
+    config.ca_file = Some(server.dir.join("tls/ca.pem"));
+    let stores = open(&config).unwrap_or_else(|e| panic!("{}", e.chain()));
+    exercise(&stores);
+    drop(stores);
+    // Mozilla's roots do not know the test CA: refused, as configuration.
+    config.ca_file = None;
+    let e = open_err(&config);
+    assert_eq!(e.kind(), ErrorKind::Config, "{}", e.chain());
+    // A CA file that is not PEM.
+    let bogus = server.dir.join("not-a-ca.pem");
+    std::fs::write(&bogus, "not a certificate").expect("write");
+    config.ca_file = Some(bogus);
+    let e = open_err(&config);
+    assert_eq!(e.kind(), ErrorKind::Config, "{}", e.chain());
+    assert!(e.to_string().contains("not-a-ca.pem"), "{}", e.chain());
 }
