@@ -10,6 +10,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use airlock_store::{ErrorKind, StoreError};
@@ -125,17 +126,30 @@ impl Db {
 
     /// Run `work` on the backend's runtime and wait for it, at most the
     /// operation timeout.
-    pub(crate) fn run<T, F>(&self, work: impl FnOnce(Arc<Shared>) -> F) -> Result<T, StoreError>
+    pub(crate) fn run<T, F>(&self, work: impl FnOnce(Op) -> F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: Future<Output = Result<T, StoreError>> + Send + 'static,
     {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        let future = work(self.shared.clone());
+        let aborted = Arc::new(AtomicBool::new(false));
+        let future = work(Op {
+            shared: self.shared.clone(),
+            aborted: aborted.clone(),
+        });
         let op_timeout = self.op_timeout;
         let description = self.shared.description.clone();
         self.handle.spawn(async move {
-            let result = match tokio::time::timeout(op_timeout, future).await {
+            let mut future = Box::pin(future);
+            let outcome = tokio::time::timeout(op_timeout, &mut future).await;
+            if outcome.is_err() {
+                // Cut off mid-statement: its connection may be inside a
+                // transaction or owe answers; it must not go back to the
+                // pool (see `Conn`).
+                aborted.store(true, Ordering::Relaxed);
+            }
+            drop(future);
+            let result = match outcome {
                 Ok(result) => result,
                 Err(_) => Err(StoreError::new(
                     ErrorKind::Unavailable,
@@ -184,12 +198,73 @@ macro_rules! retrying {
 }
 pub(crate) use retrying;
 
-impl Shared {
-    /// A connection from the pool.
-    pub(crate) async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.pool.get().await.map_err(|e| self.pool_error(e))
-    }
+/// One operation's view of the backend: the shared pool, and whether the
+/// operation was cut off by its timeout.
+#[derive(Debug)]
+pub(crate) struct Op {
+    shared: Arc<Shared>,
+    aborted: Arc<AtomicBool>,
+}
 
+impl std::ops::Deref for Op {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.shared
+    }
+}
+
+impl Op {
+    /// A connection from the pool.
+    pub(crate) async fn client(&self) -> Result<Conn, StoreError> {
+        let object = self
+            .shared
+            .pool
+            .get()
+            .await
+            .map_err(|e| self.shared.pool_error(e))?;
+        Ok(Conn {
+            object: Some(object),
+            aborted: self.aborted.clone(),
+        })
+    }
+}
+
+/// A pooled connection that goes back to the pool when dropped — unless
+/// its operation was cut off by the timeout: then it is closed, since it
+/// may hold an open transaction or answers not yet read.
+pub(crate) struct Conn {
+    object: Option<deadpool_postgres::Object>,
+    aborted: Arc<AtomicBool>,
+}
+
+impl std::ops::Deref for Conn {
+    type Target = deadpool_postgres::Object;
+    fn deref(&self) -> &deadpool_postgres::Object {
+        self.object
+            .as_ref()
+            .unwrap_or_else(|| unreachable!("taken only in drop"))
+    }
+}
+
+impl std::ops::DerefMut for Conn {
+    fn deref_mut(&mut self) -> &mut deadpool_postgres::Object {
+        self.object
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("taken only in drop"))
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if self.aborted.load(Ordering::Relaxed)
+            && let Some(object) = self.object.take()
+        {
+            drop(deadpool_postgres::Object::take(object));
+        }
+    }
+}
+
+impl Shared {
     fn pool_error(&self, e: PoolError) -> StoreError {
         use deadpool_postgres::TimeoutType;
         let desc = &self.description;

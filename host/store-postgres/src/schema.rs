@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use airlock_store::{ErrorKind, StoreError};
 
-use crate::db::{Shared, ctx, is_retryable, pg_error};
+use crate::db::{Op, ctx, is_retryable, pg_error};
 
 /// The schema version this build writes and reads.
 pub const SCHEMA_VERSION: i64 = 1;
@@ -27,7 +27,7 @@ const CREATE_SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS airlock_schema (
 )";
 
 /// Bring the database to [`SCHEMA_VERSION`], or refuse a newer one.
-pub(crate) async fn migrate(shared: &Shared) -> Result<(), StoreError> {
+pub(crate) async fn migrate(shared: &Op) -> Result<(), StoreError> {
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -42,7 +42,7 @@ pub(crate) async fn migrate(shared: &Shared) -> Result<(), StoreError> {
     }
 }
 
-async fn migrate_once(shared: &Shared) -> Result<(), StoreError> {
+async fn migrate_once(shared: &Op) -> Result<(), StoreError> {
     let mut client = shared.client().await?;
     client
         .batch_execute(CREATE_SCHEMA_TABLE)

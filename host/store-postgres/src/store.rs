@@ -34,7 +34,7 @@ use futures_util::future::{join_all, try_join};
 use tokio_postgres::Row;
 use tokio_postgres::types::ToSql;
 
-use crate::db::{Db, Shared, ctx, pg_error, retrying};
+use crate::db::{Db, Op, ctx, pg_error, retrying};
 
 type Params<'a> = [&'a (dyn ToSql + Sync)];
 
@@ -56,7 +56,7 @@ impl PostgresStore {
 
 // ------------------------------------------------------------------ helpers
 
-impl Shared {
+impl Op {
     async fn execute(&self, what: &str, sql: &str, params: &Params<'_>) -> Result<u64> {
         let client = self.client().await?;
         let statement = client.prepare_cached(sql).await.map_err(ctx(what))?;

@@ -469,3 +469,53 @@ fn tls_verifies_the_server_against_the_ca_file() {
     assert_eq!(e.kind(), ErrorKind::Config, "{}", e.chain());
     assert!(e.to_string().contains("not-a-ca.pem"), "{}", e.chain());
 }
+
+#[test]
+fn a_server_that_stops_answering_times_out_and_its_connection_is_not_reused() {
+    let url = common::fresh_database();
+    let database = url.rsplit('/').next().expect("a database").to_owned();
+    let mut config = common::config(&url);
+    config.pool_size = 1;
+    config.pool_wait_ms = 100;
+    config.connect_timeout_ms = 2_000;
+    config.statement_timeout_ms = 100;
+    let stores = open(&config).expect("open");
+    stores
+        .mode
+        .get()
+        .expect("a first call opens the connection");
+    let backend = || {
+        common::admin_query(
+            &common::server_url(),
+            &format!(
+                "SELECT pid FROM pg_stat_activity WHERE datname = '{database}' \
+                 AND application_name = 'airlock'"
+            ),
+        )
+    };
+    let before = backend();
+    assert_eq!(before.len(), 1, "{before:?}");
+    let signal = |sig: &str| {
+        let status = Command::new("kill")
+            .args([sig, &before[0]])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    };
+    // The server process of the store's only connection stops answering
+    // (no error, no closed socket): only the client's bound ends the call.
+    signal("-STOP");
+    let started = Instant::now();
+    let result = stores.mode.get();
+    let took = started.elapsed();
+    signal("-CONT");
+    let e = result.expect_err("a stopped server answered");
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{}", e.chain());
+    assert!(e.to_string().contains("did not answer"), "{}", e.chain());
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    // The cut-off connection was closed, not handed to the next call.
+    assert_eq!(stores.mode.get().expect("next call"), None);
+    let after = backend();
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_ne!(after, before);
+}
