@@ -1,0 +1,1228 @@
+//! Every trait of the seam on PostgreSQL.
+//!
+//! What each operation relies on (see also docs/scaling.md):
+//! - ledger: one conditional statement per compare-and-swap (`UPDATE …
+//!   WHERE version = $n`, `INSERT … ON CONFLICT DO NOTHING`). Under READ
+//!   COMMITTED a second writer waits for the first's row lock, then
+//!   re-checks the condition against the committed row: one wins.
+//! - workspace: a transaction that first locks the plugin's usage row
+//!   (`INSERT … ON CONFLICT DO UPDATE … RETURNING`), so every write of a
+//!   plugin, on every host, runs one at a time with the usage it read; the
+//!   quota check, the write and the new usage commit together.
+//! - rate limits: a transaction that locks every bucket it takes from, in
+//!   scope order (no deadlock between two calls), and writes them all or
+//!   none.
+//! - audit: a transaction whose head compare-and-swap on the origin's
+//!   chain row admits exactly one writer of each seq; records, markers and
+//!   the head commit together.
+//!
+//! Statements that do not depend on each other's results are pipelined:
+//! sent together, answered together, one round trip. Joins poll in
+//! argument order (futures-util), and tokio-postgres sends a statement
+//! when first polled, so the server runs them in the order written.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use airlock_store::{
+    Approval, ApprovalState, AuditStore, AuditWrite, Bucket, ErrorKind, IdempotencyEntry, KeyEntry,
+    KeyOwner, KeyRef, LedgerStore, Marker, Mode, ModeStore, Quota, Rate, RateLimitStore, Result,
+    StoreError, Usage, Version, Versioned, WorkspaceError, WorkspaceStore,
+};
+use futures_util::future::{join_all, try_join};
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+
+use crate::db::{Db, Op, ctx, pg_error, retrying};
+
+type Params<'a> = [&'a (dyn ToSql + Sync)];
+
+/// The backend: one pool on one database, every store of the seam.
+#[derive(Debug)]
+pub(crate) struct PostgresStore {
+    db: Db,
+}
+
+impl PostgresStore {
+    pub(crate) fn new(db: Db) -> PostgresStore {
+        PostgresStore { db }
+    }
+
+    pub(crate) fn description(&self) -> &str {
+        &self.db.shared.description
+    }
+}
+
+// ------------------------------------------------------------------ helpers
+
+impl Op {
+    async fn execute(&self, what: &str, sql: &str, params: &Params<'_>) -> Result<u64> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await.map_err(ctx(what))?;
+        client.execute(&statement, params).await.map_err(ctx(what))
+    }
+
+    async fn query(&self, what: &str, sql: &str, params: &Params<'_>) -> Result<Vec<Row>> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await.map_err(ctx(what))?;
+        client.query(&statement, params).await.map_err(ctx(what))
+    }
+
+    async fn query_opt(&self, what: &str, sql: &str, params: &Params<'_>) -> Result<Option<Row>> {
+        let client = self.client().await?;
+        let statement = client.prepare_cached(sql).await.map_err(ctx(what))?;
+        client
+            .query_opt(&statement, params)
+            .await
+            .map_err(ctx(what))
+    }
+}
+
+/// A column of `row`, or a corrupt-data error.
+fn get<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, index: usize) -> Result<T> {
+    row.try_get(index)
+        .map_err(|e| StoreError::with_source(ErrorKind::Corrupt, "unexpected column type", e))
+}
+
+/// A stored count or time, which is never negative.
+fn unsigned(value: i64, what: &str) -> Result<u64> {
+    u64::try_from(value).map_err(|_| StoreError::corrupt(format!("{what} is negative: {value}")))
+}
+
+/// A count or time to store (saturating: nothing real reaches 2^63).
+fn signed(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// A new record's version: random, so a record removed and stored again
+/// never matches a version read before (no ABA). 62 bits leave room for
+/// `version + 1` on every later change.
+fn new_version() -> Result<i64> {
+    let random = getrandom::u64().map_err(|e| {
+        StoreError::new(
+            ErrorKind::Unavailable,
+            format!("no randomness for a record version: {e}"),
+        )
+    })?;
+    Ok(signed(random >> 2))
+}
+
+/// PostgreSQL's `text` cannot hold NUL; names the host chooses (origins,
+/// plugins, call ids, approval ids) never contain it.
+fn text<'a>(value: &'a str, what: &str) -> Result<&'a str> {
+    if value.contains('\0') {
+        return Err(StoreError::new(
+            ErrorKind::Config,
+            format!("{what} {value:?} contains a NUL character, which PostgreSQL text cannot hold"),
+        ));
+    }
+    Ok(value)
+}
+
+fn to_json<T: serde::Serialize>(value: &T, what: &str) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| {
+        StoreError::with_source(ErrorKind::Corrupt, format!("cannot encode {what}"), e)
+    })
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(body: &str, what: &str) -> Result<T> {
+    serde_json::from_str(body).map_err(|e| {
+        StoreError::with_source(
+            ErrorKind::Corrupt,
+            format!("stored {what} is unreadable"),
+            e,
+        )
+    })
+}
+
+fn versioned<T: serde::de::DeserializeOwned>(row: &Row, what: &str) -> Result<Versioned<T>> {
+    let version: i64 = get(row, 0)?;
+    let body: &str = get(row, 1)?;
+    Ok(Versioned {
+        value: from_json(body, what)?,
+        version: Version(version as u64),
+    })
+}
+
+// ------------------------------------------------------------------- ledger
+
+impl LedgerStore for PostgresStore {
+    fn insert_approval(&self, approval: &Approval) -> Result<bool> {
+        let id = text(&approval.id, "approval id")?.to_owned();
+        let state = approval.state.as_str();
+        let body = to_json(approval, "approval")?;
+        let version = new_version()?;
+        self.db.run(|s| async move {
+            let n = s
+                .execute(
+                    &format!("storing approval {id}"),
+                    "INSERT INTO airlock_approvals (id, state, version, body) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (id) DO NOTHING",
+                    &[&id, &state, &version, &body],
+                )
+                .await?;
+            Ok(n == 1)
+        })
+    }
+
+    fn approval(&self, id: &str) -> Result<Option<Versioned<Approval>>> {
+        if id.contains('\0') {
+            return Ok(None);
+        }
+        let id = id.to_owned();
+        self.db.run(|s| async move {
+            let row = s
+                .query_opt(
+                    &format!("reading approval {id}"),
+                    "SELECT version, body FROM airlock_approvals WHERE id = $1",
+                    &[&id],
+                )
+                .await?;
+            row.map(|r| versioned(&r, "approval")).transpose()
+        })
+    }
+
+    fn replace_approval(&self, current: Version, next: &Approval) -> Result<bool> {
+        if next.id.contains('\0') {
+            return Ok(false);
+        }
+        let id = next.id.clone();
+        let state = next.state.as_str();
+        let body = to_json(next, "approval")?;
+        let current = current.0 as i64;
+        self.db.run(|s| async move {
+            let n = s
+                .execute(
+                    &format!("updating approval {id}"),
+                    "UPDATE airlock_approvals SET state = $2, body = $3, version = version + 1 \
+                     WHERE id = $1 AND version = $4",
+                    &[&id, &state, &body, &current],
+                )
+                .await?;
+            Ok(n == 1)
+        })
+    }
+
+    fn remove_approval(&self, id: &str, current: Version) -> Result<bool> {
+        if id.contains('\0') {
+            return Ok(false);
+        }
+        let id = id.to_owned();
+        let current = current.0 as i64;
+        self.db.run(|s| async move {
+            let n = s
+                .execute(
+                    &format!("removing approval {id}"),
+                    "DELETE FROM airlock_approvals WHERE id = $1 AND version = $2",
+                    &[&id, &current],
+                )
+                .await?;
+            Ok(n == 1)
+        })
+    }
+
+    fn approvals(&self, state: Option<ApprovalState>) -> Result<Vec<Versioned<Approval>>> {
+        self.db.run(|s| async move {
+            let rows = match state {
+                None => {
+                    s.query(
+                        "listing approvals",
+                        "SELECT version, body FROM airlock_approvals",
+                        &[],
+                    )
+                    .await?
+                }
+                Some(state) => {
+                    s.query(
+                        "listing approvals",
+                        "SELECT version, body FROM airlock_approvals WHERE state = $1",
+                        &[&state.as_str()],
+                    )
+                    .await?
+                }
+            };
+            rows.iter().map(|r| versioned(r, "approval")).collect()
+        })
+    }
+
+    fn key(&self, key: &KeyRef) -> Result<Option<Versioned<IdempotencyEntry>>> {
+        let k = key.encode();
+        self.db.run(|s| async move {
+            let row = s
+                .query_opt(
+                    "reading an idempotency key",
+                    "SELECT version, body FROM airlock_keys WHERE key = $1",
+                    &[&k],
+                )
+                .await?;
+            row.map(|r| versioned(&r, "idempotency entry")).transpose()
+        })
+    }
+
+    fn insert_key(&self, key: &KeyRef, entry: &IdempotencyEntry) -> Result<bool> {
+        let k = key.encode();
+        let body = to_json(entry, "idempotency entry")?;
+        let version = new_version()?;
+        self.db.run(|s| async move {
+            let n = s
+                .execute(
+                    "storing an idempotency key",
+                    "INSERT INTO airlock_keys (key, version, body) VALUES ($1, $2, $3) \
+                     ON CONFLICT (key) DO NOTHING",
+                    &[&k, &version, &body],
+                )
+                .await?;
+            Ok(n == 1)
+        })
+    }
+
+    fn replace_key(&self, key: &KeyRef, current: Version, next: &IdempotencyEntry) -> Result<bool> {
+        let k = key.encode();
+        let body = to_json(next, "idempotency entry")?;
+        let current = current.0 as i64;
+        self.db.run(|s| async move {
+            let n = s
+                .execute(
+                    "updating an idempotency key",
+                    "UPDATE airlock_keys SET body = $2, version = version + 1 \
+                     WHERE key = $1 AND version = $3",
+                    &[&k, &body, &current],
+                )
+                .await?;
+            Ok(n == 1)
+        })
+    }
+
+    fn remove_key(&self, key: &KeyRef, current: Version) -> Result<bool> {
+        let k = key.encode();
+        let current = current.0 as i64;
+        self.db.run(|s| async move {
+            let n = s
+                .execute(
+                    "removing an idempotency key",
+                    "DELETE FROM airlock_keys WHERE key = $1 AND version = $2",
+                    &[&k, &current],
+                )
+                .await?;
+            Ok(n == 1)
+        })
+    }
+
+    fn keys(&self) -> Result<Vec<(KeyRef, Versioned<IdempotencyEntry>)>> {
+        self.db.run(|s| async move {
+            let rows = s
+                .query(
+                    "listing idempotency keys",
+                    "SELECT version, body, key FROM airlock_keys",
+                    &[],
+                )
+                .await?;
+            rows.iter()
+                .map(|r| {
+                    let raw: &[u8] = get(r, 2)?;
+                    let key = KeyRef::decode(raw).ok_or_else(|| {
+                        StoreError::corrupt(format!(
+                            "stored idempotency key {} is unreadable",
+                            hex::encode(raw)
+                        ))
+                    })?;
+                    Ok((key, versioned(r, "idempotency entry")?))
+                })
+                .collect()
+        })
+    }
+
+    fn meta(&self, name: &str) -> Result<Option<String>> {
+        if name.contains('\0') {
+            return Ok(None);
+        }
+        let name = name.to_owned();
+        self.db.run(|s| async move {
+            let row = s
+                .query_opt(
+                    &format!("reading {name}"),
+                    "SELECT value FROM airlock_meta WHERE name = $1",
+                    &[&name],
+                )
+                .await?;
+            row.map(|r| get::<String>(&r, 0)).transpose()
+        })
+    }
+
+    fn set_meta(&self, name: &str, value: &str) -> Result<()> {
+        let name = text(name, "meta name")?.to_owned();
+        let value = text(value, "meta value")?.to_owned();
+        self.db.run(|s| async move {
+            s.execute(
+                &format!("storing {name}"),
+                "INSERT INTO airlock_meta (name, value) VALUES ($1, $2) \
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+                &[&name, &value],
+            )
+            .await?;
+            Ok(())
+        })
+    }
+}
+
+// ---------------------------------------------------------------- workspace
+
+/// Lock the plugin's usage row (creating it empty) and read it. Every
+/// workspace write runs this first in its transaction.
+const LOCK_USAGE: &str = "INSERT INTO airlock_usage (plugin, keys, blobs, bytes) VALUES ($1, 0, 0, 0) \
+     ON CONFLICT (plugin) DO UPDATE SET plugin = excluded.plugin \
+     RETURNING keys, blobs, bytes";
+const WRITE_USAGE: &str =
+    "UPDATE airlock_usage SET keys = $2, blobs = $3, bytes = $4 WHERE plugin = $1";
+
+fn usage_of(row: &Row) -> Result<Usage> {
+    Ok(Usage {
+        keys: unsigned(get(row, 0)?, "stored key count")?,
+        blobs: unsigned(get(row, 1)?, "stored blob count")?,
+        bytes: unsigned(get(row, 2)?, "stored byte count")?,
+    })
+}
+
+fn size_of(row: &Row) -> Result<usize> {
+    let n: i32 = get(row, 0)?;
+    usize::try_from(n).map_err(|_| StoreError::corrupt(format!("stored size is negative: {n}")))
+}
+
+impl WorkspaceStore for PostgresStore {
+    fn get(&self, plugin: &str, owner: &KeyOwner, key: &str) -> Result<Option<Vec<u8>>> {
+        if plugin.contains('\0') {
+            return Ok(None);
+        }
+        let (plugin, owner, key) = (plugin.to_owned(), owner.encode(), key.as_bytes().to_vec());
+        self.db.run(|s| async move {
+            let row = s
+                .query_opt(
+                    "reading a workspace key",
+                    "SELECT value FROM airlock_kv WHERE plugin = $1 AND owner = $2 AND key = $3",
+                    &[&plugin, &owner.as_bytes(), &key],
+                )
+                .await?;
+            row.map(|r| get::<Vec<u8>>(&r, 0)).transpose()
+        })
+    }
+
+    fn set(
+        &self,
+        plugin: &str,
+        owner: &KeyOwner,
+        key: &str,
+        value: &[u8],
+        quota: Quota,
+    ) -> Result<(), WorkspaceError> {
+        let plugin = text(plugin, "plugin")?.to_owned();
+        let owner = owner.encode().into_bytes();
+        let key = key.to_owned();
+        let value = value.to_vec();
+        self.db
+            .run(|s| async move {
+                retrying!(async {
+                    let what = "writing a workspace key";
+                    let mut client = s.client().await?;
+                    let tx = client.transaction().await.map_err(ctx(what))?;
+                    let lock = tx.prepare_cached(LOCK_USAGE).await.map_err(ctx(what))?;
+                    let old = tx
+                        .prepare_cached(
+                            "SELECT octet_length(value) FROM airlock_kv \
+                             WHERE plugin = $1 AND owner = $2 AND key = $3",
+                        )
+                        .await
+                        .map_err(ctx(what))?;
+                    let put = tx
+                        .prepare_cached(
+                            "INSERT INTO airlock_kv (plugin, owner, key, value) VALUES ($1, $2, $3, $4) \
+                             ON CONFLICT (plugin, owner, key) DO UPDATE SET value = excluded.value",
+                        )
+                        .await
+                        .map_err(ctx(what))?;
+                    let write_usage = tx.prepare_cached(WRITE_USAGE).await.map_err(ctx(what))?;
+                    // The old value is read after the lock is held.
+                    let (usage, old) = try_join(
+                        tx.query_one(&lock, &[&plugin]),
+                        tx.query_opt(&old, &[&plugin, &owner, &key.as_bytes()]),
+                    )
+                    .await
+                    .map_err(ctx(what))?;
+                    let old = old.as_ref().map(size_of).transpose()?;
+                    let usage = match usage_of(&usage)?.after_set(&key, old, value.len(), quota) {
+                        Ok(usage) => usage,
+                        // Dropping the transaction rolls it back.
+                        Err(refused) => return Ok(Err(refused)),
+                    };
+                    try_join(
+                        tx.execute(&put, &[&plugin, &owner, &key.as_bytes(), &value]),
+                        tx.execute(
+                            &write_usage,
+                            &[
+                                &plugin,
+                                &signed(usage.keys),
+                                &signed(usage.blobs),
+                                &signed(usage.bytes),
+                            ],
+                        ),
+                    )
+                    .await
+                    .map_err(ctx(what))?;
+                    tx.commit().await.map_err(ctx(what))?;
+                    Ok(Ok(()))
+                })
+            })
+            .map_err(WorkspaceError::Unavailable)?
+    }
+
+    fn delete(&self, plugin: &str, owner: &KeyOwner, key: &str) -> Result<bool> {
+        if plugin.contains('\0') {
+            return Ok(false);
+        }
+        let (plugin, owner, key) = (plugin.to_owned(), owner.encode(), key.to_owned());
+        self.db.run(|s| async move {
+            retrying!(async {
+                let what = "deleting a workspace key";
+                let mut client = s.client().await?;
+                let tx = client.transaction().await.map_err(ctx(what))?;
+                let lock = tx
+                    .prepare_cached(
+                        "SELECT keys, blobs, bytes FROM airlock_usage WHERE plugin = $1 FOR UPDATE",
+                    )
+                    .await
+                    .map_err(ctx(what))?;
+                let remove = tx
+                    .prepare_cached(
+                        "DELETE FROM airlock_kv WHERE plugin = $1 AND owner = $2 AND key = $3 \
+                         RETURNING octet_length(value)",
+                    )
+                    .await
+                    .map_err(ctx(what))?;
+                let write_usage = tx.prepare_cached(WRITE_USAGE).await.map_err(ctx(what))?;
+                // The key is removed after the usage row is locked.
+                let (usage, removed) = try_join(
+                    tx.query_opt(&lock, &[&plugin]),
+                    tx.query_opt(&remove, &[&plugin, &owner.as_bytes(), &key.as_bytes()]),
+                )
+                .await
+                .map_err(ctx(what))?;
+                let Some(removed) = removed else {
+                    return Ok(false);
+                };
+                let usage = usage
+                    .as_ref()
+                    .map(usage_of)
+                    .transpose()?
+                    .unwrap_or_default()
+                    .after_delete(&key, size_of(&removed)?);
+                tx.execute(
+                    &write_usage,
+                    &[
+                        &plugin,
+                        &signed(usage.keys),
+                        &signed(usage.blobs),
+                        &signed(usage.bytes),
+                    ],
+                )
+                .await
+                .map_err(ctx(what))?;
+                tx.commit().await.map_err(ctx(what))?;
+                Ok(true)
+            })
+        })
+    }
+
+    fn list_keys(
+        &self,
+        plugin: &str,
+        owner: &KeyOwner,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>> {
+        if plugin.contains('\0') || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let plugin = plugin.to_owned();
+        let owner = owner.encode().into_bytes();
+        let from = prefix.as_bytes().to_vec();
+        let below = prefix_end(prefix.as_bytes());
+        let after = start_after.map(|a| a.as_bytes().to_vec());
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.db.run(|s| async move {
+            let rows = s
+                .query(
+                    "listing workspace keys",
+                    "SELECT key FROM airlock_kv WHERE plugin = $1 AND owner = $2 AND key >= $3 \
+                     AND ($4::bytea IS NULL OR key < $4) AND ($5::bytea IS NULL OR key > $5) \
+                     ORDER BY key LIMIT $6",
+                    &[&plugin, &owner, &from, &below, &after, &limit],
+                )
+                .await?;
+            rows.iter()
+                .map(|r| {
+                    let raw: Vec<u8> = get(r, 0)?;
+                    String::from_utf8(raw)
+                        .map_err(|_| StoreError::corrupt("a stored workspace key is not UTF-8"))
+                })
+                .collect()
+        })
+    }
+
+    fn put_blob(
+        &self,
+        plugin: &str,
+        hash: &[u8; 32],
+        data: &[u8],
+        quota: Quota,
+    ) -> Result<(), WorkspaceError> {
+        let plugin = text(plugin, "plugin")?.to_owned();
+        let hash = hash.to_vec();
+        let data = data.to_vec();
+        self.db
+            .run(|s| async move {
+                retrying!(async {
+                    let what = "storing a workspace blob";
+                    let mut client = s.client().await?;
+                    let tx = client.transaction().await.map_err(ctx(what))?;
+                    let lock = tx.prepare_cached(LOCK_USAGE).await.map_err(ctx(what))?;
+                    let exists = tx
+                        .prepare_cached(
+                            "SELECT 1 FROM airlock_blobs WHERE plugin = $1 AND hash = $2",
+                        )
+                        .await
+                        .map_err(ctx(what))?;
+                    let put = tx
+                        .prepare_cached(
+                            "INSERT INTO airlock_blobs (plugin, hash, data) VALUES ($1, $2, $3)",
+                        )
+                        .await
+                        .map_err(ctx(what))?;
+                    let write_usage = tx.prepare_cached(WRITE_USAGE).await.map_err(ctx(what))?;
+                    let (usage, exists) = try_join(
+                        tx.query_one(&lock, &[&plugin]),
+                        tx.query_opt(&exists, &[&plugin, &hash]),
+                    )
+                    .await
+                    .map_err(ctx(what))?;
+                    if exists.is_some() {
+                        return Ok(Ok(()));
+                    }
+                    let usage = match usage_of(&usage)?.after_blob(data.len(), quota) {
+                        Ok(usage) => usage,
+                        Err(refused) => return Ok(Err(refused)),
+                    };
+                    try_join(
+                        tx.execute(&put, &[&plugin, &hash, &data]),
+                        tx.execute(
+                            &write_usage,
+                            &[
+                                &plugin,
+                                &signed(usage.keys),
+                                &signed(usage.blobs),
+                                &signed(usage.bytes),
+                            ],
+                        ),
+                    )
+                    .await
+                    .map_err(ctx(what))?;
+                    tx.commit().await.map_err(ctx(what))?;
+                    Ok(Ok(()))
+                })
+            })
+            .map_err(WorkspaceError::Unavailable)?
+    }
+
+    fn get_blob(&self, plugin: &str, hash: &[u8; 32]) -> Result<Option<Vec<u8>>> {
+        if plugin.contains('\0') {
+            return Ok(None);
+        }
+        let (plugin, hash) = (plugin.to_owned(), hash.to_vec());
+        self.db.run(|s| async move {
+            let row = s
+                .query_opt(
+                    "reading a workspace blob",
+                    "SELECT data FROM airlock_blobs WHERE plugin = $1 AND hash = $2",
+                    &[&plugin, &hash],
+                )
+                .await?;
+            row.map(|r| get::<Vec<u8>>(&r, 0)).transpose()
+        })
+    }
+
+    fn usage(&self, plugin: &str) -> Result<Usage> {
+        if plugin.contains('\0') {
+            return Ok(Usage::default());
+        }
+        let plugin = plugin.to_owned();
+        self.db.run(|s| async move {
+            let row = s
+                .query_opt(
+                    "reading workspace usage",
+                    "SELECT keys, blobs, bytes FROM airlock_usage WHERE plugin = $1",
+                    &[&plugin],
+                )
+                .await?;
+            Ok(row.as_ref().map(usage_of).transpose()?.unwrap_or_default())
+        })
+    }
+
+    fn plugins(&self) -> Result<Vec<(String, Usage)>> {
+        self.db.run(|s| async move {
+            let rows = s
+                .query(
+                    "listing workspace plugins",
+                    "SELECT keys, blobs, bytes, plugin FROM airlock_usage \
+                     WHERE keys > 0 OR blobs > 0 OR bytes > 0",
+                    &[],
+                )
+                .await?;
+            let mut out = rows
+                .iter()
+                .map(|r| Ok((get::<String>(r, 3)?, usage_of(r)?)))
+                .collect::<Result<Vec<_>>>()?;
+            out.sort_by(|a, b| a.0.cmp(&b.0));
+            Ok(out)
+        })
+    }
+
+    fn entries(&self, plugin: &str) -> Result<Vec<(KeyEntry, Vec<u8>)>> {
+        if plugin.contains('\0') {
+            return Ok(Vec::new());
+        }
+        let plugin = plugin.to_owned();
+        self.db.run(|s| async move {
+            let rows = s
+                .query(
+                    "listing workspace entries",
+                    "SELECT owner, key, value FROM airlock_kv WHERE plugin = $1 ORDER BY owner, key",
+                    &[&plugin],
+                )
+                .await?;
+            let mut out = rows
+                .iter()
+                .map(|r| {
+                    let owner: Vec<u8> = get(r, 0)?;
+                    let owner = String::from_utf8(owner)
+                        .ok()
+                        .and_then(|o| KeyOwner::decode(&o))
+                        .ok_or_else(|| StoreError::corrupt("a stored workspace owner is unreadable"))?;
+                    let key = String::from_utf8(get(r, 1)?)
+                        .map_err(|_| StoreError::corrupt("a stored workspace key is not UTF-8"))?;
+                    let value: Vec<u8> = get(r, 2)?;
+                    Ok((
+                        KeyEntry {
+                            owner,
+                            key,
+                            size: value.len(),
+                        },
+                        value,
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            out.sort_by(|a, b| (&a.0.owner, &a.0.key).cmp(&(&b.0.owner, &b.0.key)));
+            Ok(out)
+        })
+    }
+
+    fn blobs(&self, plugin: &str) -> Result<Vec<([u8; 32], usize)>> {
+        if plugin.contains('\0') {
+            return Ok(Vec::new());
+        }
+        let plugin = plugin.to_owned();
+        self.db.run(|s| async move {
+            let rows = s
+                .query(
+                    "listing workspace blobs",
+                    "SELECT hash, octet_length(data) FROM airlock_blobs WHERE plugin = $1 ORDER BY hash",
+                    &[&plugin],
+                )
+                .await?;
+            rows.iter()
+                .map(|r| {
+                    let hash: Vec<u8> = get(r, 0)?;
+                    let hash: [u8; 32] = hash
+                        .try_into()
+                        .map_err(|_| StoreError::corrupt("a stored blob hash is not 32 bytes"))?;
+                    let n: i32 = get(r, 1)?;
+                    let size = usize::try_from(n)
+                        .map_err(|_| StoreError::corrupt("a stored blob size is negative"))?;
+                    Ok((hash, size))
+                })
+                .collect()
+        })
+    }
+
+    fn flush(&self) -> Result<()> {
+        // Every write committed before it returned.
+        Ok(())
+    }
+}
+
+/// The smallest byte string above every string starting with `prefix`
+/// (`None`: there is none, every key from `prefix` on matches).
+fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+// -------------------------------------------------------------- rate limits
+
+impl RateLimitStore for PostgresStore {
+    fn take(&self, buckets: &[(String, Rate)], now_ms: u64) -> Result<Option<(String, Duration)>> {
+        if buckets.is_empty() {
+            return Ok(None);
+        }
+        // One entry per scope (the first rate named wins), in byte order:
+        // the order rows are locked in, the same on every host.
+        let mut by_scope: BTreeMap<Vec<u8>, (String, Rate)> = BTreeMap::new();
+        for (scope, rate) in buckets {
+            by_scope
+                .entry(scope.as_bytes().to_vec())
+                .or_insert_with(|| (scope.clone(), *rate));
+        }
+        // Refusals name the first exhausted scope in the caller's order.
+        let order: Vec<Vec<u8>> = buckets.iter().map(|(s, _)| s.as_bytes().to_vec()).collect();
+        self.db.run(move |s| async move {
+            retrying!(async {
+                let what = "taking rate-limit tokens";
+                let scopes: Vec<Vec<u8>> = by_scope.keys().cloned().collect();
+                let full: Vec<f64> = by_scope.values().map(|(_, r)| f64::from(r.count)).collect();
+                let now = signed(now_ms);
+                let mut client = s.client().await?;
+                let tx = client.transaction().await.map_err(ctx(what))?;
+                let create = tx
+                    .prepare_cached(
+                        "INSERT INTO airlock_buckets (scope, tokens, updated_ms) \
+                         SELECT t.scope, t.tokens, $3 FROM unnest($1::bytea[], $2::float8[]) AS t(scope, tokens) \
+                         ORDER BY t.scope ON CONFLICT (scope) DO NOTHING",
+                    )
+                    .await
+                    .map_err(ctx(what))?;
+                let lock = tx
+                    .prepare_cached(
+                        "SELECT scope, tokens, updated_ms FROM airlock_buckets \
+                         WHERE scope = ANY($1) ORDER BY scope FOR UPDATE",
+                    )
+                    .await
+                    .map_err(ctx(what))?;
+                let (_, rows) = try_join(
+                    tx.execute(&create, &[&scopes, &full, &now]),
+                    tx.query(&lock, &[&scopes]),
+                )
+                .await
+                .map_err(ctx(what))?;
+                let mut state: BTreeMap<Vec<u8>, Bucket> = BTreeMap::new();
+                for row in &rows {
+                    let scope: Vec<u8> = get(row, 0)?;
+                    let tokens: f64 = get(row, 1)?;
+                    let updated: i64 = get(row, 2)?;
+                    let Some((_, rate)) = by_scope.get(&scope) else {
+                        continue;
+                    };
+                    let bucket = Bucket {
+                        tokens,
+                        updated_ms: unsigned(updated, "bucket time")?,
+                    };
+                    state.insert(scope, bucket.refilled(*rate, now_ms));
+                }
+                for scope in &order {
+                    let (name, rate) = &by_scope[scope];
+                    let Some(bucket) = state.get(scope) else {
+                        return Err(StoreError::corrupt(format!(
+                            "rate-limit bucket {name:?} vanished while locked"
+                        )));
+                    };
+                    if bucket.tokens < 1.0 {
+                        // Nothing to write: refilling later from the stored
+                        // state gives the same tokens as storing the refill.
+                        return Ok(Some((name.clone(), bucket.wait(*rate))));
+                    }
+                }
+                let tokens: Vec<f64> = state.values().map(|b| b.tokens - 1.0).collect();
+                let times: Vec<i64> = state.values().map(|b| signed(b.updated_ms)).collect();
+                let scopes: Vec<Vec<u8>> = state.keys().cloned().collect();
+                let write = tx
+                    .prepare_cached(
+                        "UPDATE airlock_buckets SET tokens = t.tokens, updated_ms = t.updated_ms \
+                         FROM unnest($1::bytea[], $2::float8[], $3::int8[]) AS t(scope, tokens, updated_ms) \
+                         WHERE airlock_buckets.scope = t.scope",
+                    )
+                    .await
+                    .map_err(ctx(what))?;
+                tx.execute(&write, &[&scopes, &tokens, &times])
+                    .await
+                    .map_err(ctx(what))?;
+                tx.commit().await.map_err(ctx(what))?;
+                Ok(None)
+            })
+        })
+    }
+}
+
+// --------------------------------------------------------------------- mode
+
+impl ModeStore for PostgresStore {
+    fn get(&self) -> Result<Option<Mode>> {
+        self.db.run(|s| async move {
+            let row = s
+                .query_opt(
+                    "reading the host mode",
+                    "SELECT body FROM airlock_mode WHERE id = 1",
+                    &[],
+                )
+                .await?;
+            row.map(|r| from_json::<Mode>(get(&r, 0)?, "host mode"))
+                .transpose()
+        })
+    }
+
+    fn set(&self, mode: &Mode) -> Result<()> {
+        let body = to_json(mode, "host mode")?;
+        self.db.run(|s| async move {
+            s.execute(
+                "switching the host mode",
+                "INSERT INTO airlock_mode (id, body) VALUES (1, $1) \
+                 ON CONFLICT (id) DO UPDATE SET body = excluded.body",
+                &[&body],
+            )
+            .await?;
+            Ok(())
+        })
+    }
+}
+
+// -------------------------------------------------------------------- audit
+
+impl AuditStore for PostgresStore {
+    fn head(&self, origin: &str) -> Result<Option<(u64, Vec<u8>)>> {
+        if origin.contains('\0') {
+            return Ok(None);
+        }
+        let origin = origin.to_owned();
+        self.db.run(|s| async move {
+            let row = s
+                .query_opt(
+                    &format!("reading the head of audit chain {origin:?}"),
+                    "SELECT c.head, r.bytes FROM airlock_audit_chains c \
+                     JOIN airlock_audit_records r ON r.origin = c.origin AND r.seq = c.head \
+                     WHERE c.origin = $1",
+                    &[&origin],
+                )
+                .await?;
+            row.map(|r| Ok((unsigned(get(&r, 0)?, "audit head")?, get(&r, 1)?)))
+                .transpose()
+        })
+    }
+
+    fn write(&self, origin: &str, writes: &[AuditWrite]) -> Result<()> {
+        let Some(first) = writes.first() else {
+            return Ok(());
+        };
+        let origin = text(origin, "audit origin")?.to_owned();
+        let first = first.seq;
+        for (i, w) in writes.iter().enumerate() {
+            if w.seq != first + i as u64 {
+                return Err(StoreError::new(
+                    ErrorKind::Conflict,
+                    format!(
+                        "audit chain {origin:?}: record {} does not follow record {} of the same write",
+                        w.seq,
+                        first + i as u64 - 1
+                    ),
+                ));
+            }
+        }
+        if first == 0 {
+            return Err(StoreError::new(
+                ErrorKind::Conflict,
+                format!("audit chain {origin:?}: records are numbered from 1"),
+            ));
+        }
+        let last = signed(first + writes.len() as u64 - 1);
+        let seqs: Vec<i64> = writes.iter().map(|w| signed(w.seq)).collect();
+        let bytes: Vec<Vec<u8>> = writes.iter().map(|w| w.bytes.clone()).collect();
+        // Markers: what each call's marker is after the whole write.
+        let mut markers: BTreeMap<String, Option<i64>> = BTreeMap::new();
+        for w in writes {
+            match &w.marker {
+                Marker::None => {}
+                Marker::Open(call) => {
+                    markers.insert(text(call, "call id")?.to_owned(), Some(signed(w.seq)));
+                }
+                Marker::Close(call) => {
+                    markers.insert(text(call, "call id")?.to_owned(), None);
+                }
+            }
+        }
+        let (open_ids, open_seqs): (Vec<String>, Vec<i64>) = markers
+            .iter()
+            .filter_map(|(c, s)| s.map(|s| (c.clone(), s)))
+            .unzip();
+        let closed: Vec<String> = markers
+            .iter()
+            .filter(|(_, s)| s.is_none())
+            .map(|(c, _)| c.clone())
+            .collect();
+        let expected = signed(first - 1);
+        self.db.run(|s| async move {
+            retrying!(async {
+                let what = format!("appending to audit chain {origin:?}");
+                let what = what.as_str();
+                let mut client = s.client().await?;
+                let tx = client.transaction().await.map_err(ctx(what))?;
+                // The head moves from `expected` to `last` or nothing is
+                // written: one writer per seq, whatever the hosts.
+                let advance = if first == 1 {
+                    tx.prepare_cached(
+                        "INSERT INTO airlock_audit_chains (origin, head) VALUES ($1, $2) \
+                         ON CONFLICT (origin) DO NOTHING",
+                    )
+                    .await
+                } else {
+                    tx.prepare_cached(
+                        "UPDATE airlock_audit_chains SET head = $3 WHERE origin = $1 AND head = $2",
+                    )
+                    .await
+                }
+                .map_err(ctx(what))?;
+                let insert = tx
+                    .prepare_cached(
+                        "INSERT INTO airlock_audit_records (origin, seq, bytes) \
+                         SELECT $1, t.seq, t.bytes FROM unnest($2::int8[], $3::bytea[]) AS t(seq, bytes)",
+                    )
+                    .await
+                    .map_err(ctx(what))?;
+                let open = tx
+                    .prepare_cached(
+                        "INSERT INTO airlock_audit_open (origin, call_id, seq) \
+                         SELECT $1, t.call_id, t.seq FROM unnest($2::text[], $3::int8[]) AS t(call_id, seq) \
+                         ON CONFLICT (origin, call_id) DO UPDATE SET seq = excluded.seq",
+                    )
+                    .await
+                    .map_err(ctx(what))?;
+                let close = tx
+                    .prepare_cached(
+                        "DELETE FROM airlock_audit_open WHERE origin = $1 AND call_id = ANY($2)",
+                    )
+                    .await
+                    .map_err(ctx(what))?;
+                // One flight: the head first (a second writer waits for the
+                // first's row lock here), then the records and markers.
+                let start: &Params<'_> = &[&origin, &last];
+                let follow: &Params<'_> = &[&origin, &expected, &last];
+                let records: &Params<'_> = &[&origin, &seqs, &bytes];
+                let opened: &Params<'_> = &[&origin, &open_ids, &open_seqs];
+                let closing: &Params<'_> = &[&origin, &closed];
+                let mut flight = vec![
+                    tx.execute(&advance, if first == 1 { start } else { follow }),
+                    tx.execute(&insert, records),
+                ];
+                if !open_ids.is_empty() {
+                    flight.push(tx.execute(&open, opened));
+                }
+                if !closed.is_empty() {
+                    flight.push(tx.execute(&close, closing));
+                }
+                let mut results = join_all(flight).await.into_iter();
+                let advanced = results.next().unwrap_or(Ok(0));
+                match advanced {
+                    Ok(1) => {}
+                    Ok(_) => {
+                        drop(tx);
+                        let head = client
+                            .query_opt(
+                                "SELECT head FROM airlock_audit_chains WHERE origin = $1",
+                                &[&origin],
+                            )
+                            .await
+                            .map_err(ctx(what))?
+                            .map(|r| get::<i64>(&r, 0))
+                            .transpose()?
+                            .unwrap_or(0);
+                        return Err(StoreError::new(
+                            ErrorKind::Conflict,
+                            format!(
+                                "audit chain {origin:?}: record {first} does not follow the stored head {head}"
+                            ),
+                        ));
+                    }
+                    Err(e) => return Err(pg_error(what, e)),
+                }
+                for result in results {
+                    result.map_err(ctx(what))?;
+                }
+                tx.commit().await.map_err(ctx(what))?;
+                Ok(())
+            })
+        })
+    }
+
+    fn record(&self, origin: &str, seq: u64) -> Result<Option<Vec<u8>>> {
+        if origin.contains('\0') {
+            return Ok(None);
+        }
+        let origin = origin.to_owned();
+        let seq = signed(seq);
+        self.db.run(|s| async move {
+            let row = s
+                .query_opt(
+                    &format!("reading audit record {seq} of {origin:?}"),
+                    "SELECT bytes FROM airlock_audit_records WHERE origin = $1 AND seq = $2",
+                    &[&origin, &seq],
+                )
+                .await?;
+            row.map(|r| get::<Vec<u8>>(&r, 0)).transpose()
+        })
+    }
+
+    fn records(&self, origin: &str, from: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>> {
+        if origin.contains('\0') || limit == 0 {
+            return Ok(Vec::new());
+        }
+        let origin = origin.to_owned();
+        let from = signed(from);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.db.run(|s| async move {
+            let rows = s
+                .query(
+                    &format!("reading audit chain {origin:?}"),
+                    "SELECT seq, bytes FROM airlock_audit_records WHERE origin = $1 AND seq >= $2 \
+                     ORDER BY seq LIMIT $3",
+                    &[&origin, &from, &limit],
+                )
+                .await?;
+            rows.iter()
+                .map(|r| Ok((unsigned(get(r, 0)?, "audit seq")?, get(r, 1)?)))
+                .collect()
+        })
+    }
+
+    fn put_checkpoint(&self, origin: &str, seq: u64, bytes: &[u8]) -> Result<()> {
+        let origin = text(origin, "audit origin")?.to_owned();
+        let seq = signed(seq);
+        let bytes = bytes.to_vec();
+        self.db.run(|s| async move {
+            s.execute(
+                &format!("storing a checkpoint of audit chain {origin:?}"),
+                "INSERT INTO airlock_audit_checkpoints (origin, seq, bytes) VALUES ($1, $2, $3) \
+                 ON CONFLICT (origin, seq) DO UPDATE SET bytes = excluded.bytes",
+                &[&origin, &seq, &bytes],
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn checkpoints(&self, origin: &str) -> Result<Vec<(u64, Vec<u8>)>> {
+        if origin.contains('\0') {
+            return Ok(Vec::new());
+        }
+        let origin = origin.to_owned();
+        self.db.run(|s| async move {
+            let rows = s
+                .query(
+                    &format!("reading the checkpoints of audit chain {origin:?}"),
+                    "SELECT seq, bytes FROM airlock_audit_checkpoints WHERE origin = $1 ORDER BY seq",
+                    &[&origin],
+                )
+                .await?;
+            rows.iter()
+                .map(|r| Ok((unsigned(get(r, 0)?, "checkpoint seq")?, get(r, 1)?)))
+                .collect()
+        })
+    }
+
+    fn open_calls(&self, origin: &str) -> Result<Vec<(String, u64)>> {
+        if origin.contains('\0') {
+            return Ok(Vec::new());
+        }
+        let origin = origin.to_owned();
+        self.db.run(|s| async move {
+            let rows = s
+                .query(
+                    &format!("reading the calls in flight of {origin:?}"),
+                    "SELECT call_id, seq FROM airlock_audit_open WHERE origin = $1",
+                    &[&origin],
+                )
+                .await?;
+            let mut out = rows
+                .iter()
+                .map(|r| Ok((get::<String>(r, 0)?, unsigned(get(r, 1)?, "intent seq")?)))
+                .collect::<Result<Vec<_>>>()?;
+            out.sort();
+            Ok(out)
+        })
+    }
+
+    fn clear_open_call(&self, origin: &str, call_id: &str) -> Result<()> {
+        if origin.contains('\0') || call_id.contains('\0') {
+            return Ok(());
+        }
+        let (origin, call_id) = (origin.to_owned(), call_id.to_owned());
+        self.db.run(|s| async move {
+            s.execute(
+                &format!("clearing call {call_id} of {origin:?}"),
+                "DELETE FROM airlock_audit_open WHERE origin = $1 AND call_id = $2",
+                &[&origin, &call_id],
+            )
+            .await?;
+            Ok(())
+        })
+    }
+
+    fn origins(&self) -> Result<Vec<String>> {
+        self.db.run(|s| async move {
+            let rows = s
+                .query(
+                    "listing audit chains",
+                    "SELECT origin FROM airlock_audit_chains",
+                    &[],
+                )
+                .await?;
+            let mut out = rows
+                .iter()
+                .map(|r| get::<String>(r, 0))
+                .collect::<Result<Vec<_>>>()?;
+            out.sort();
+            Ok(out)
+        })
+    }
+
+    fn flush(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// The handle [`crate::open`] wraps into [`airlock_store::Stores`].
+pub(crate) fn stores(store: PostgresStore) -> airlock_store::Stores {
+    let description = store.description().to_owned();
+    let store = Arc::new(store);
+    airlock_store::Stores {
+        description,
+        audit: store.clone(),
+        ledger: store.clone(),
+        workspace: store.clone(),
+        limits: store.clone(),
+        mode: store,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefix_end;
+
+    #[test]
+    fn a_prefix_ends_below_its_successor() {
+        assert_eq!(prefix_end(b"note/"), Some(b"note0".to_vec()));
+        assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(b"\xff\xff"), None);
+        assert_eq!(prefix_end(b""), None);
+    }
+}

@@ -1,0 +1,521 @@
+//! Faults against a real PostgreSQL server: configuration errors at open,
+//! a newer schema, an exhausted pool, a statement past its timeout, the
+//! server stopped mid-stream (on a dedicated server, so the shared one is
+//! not disturbed), and calls from inside tokio runtimes.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use airlock_store::{AuditWrite, ErrorKind, KeyOwner, Marker, Quota, Stores, Workspace};
+use airlock_store_postgres::{PostgresConfig, SCHEMA_VERSION, TlsMode, open};
+
+fn open_err(config: &PostgresConfig) -> airlock_store::StoreError {
+    match open(config) {
+        Ok(_) => panic!("{config:?} opened"),
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn a_url_that_does_not_parse_is_a_config_error() {
+    for url in [
+        "not a url",
+        "mysql://airlock:secret@127.0.0.1/airlock",
+        "postgres://airlock:secret@127.0.0.1:notaport/airlock",
+    ] {
+        let e = open_err(&PostgresConfig::new(url));
+        assert_eq!(e.kind(), ErrorKind::Config, "{url}: {}", e.chain());
+        assert!(!e.chain().contains("secret"), "{}", e.chain());
+    }
+}
+
+#[test]
+fn a_wrong_password_is_a_config_error() {
+    let url = common::with_password(&common::server_url(), "wrong-password");
+    let e = open_err(&common::config(&url));
+    assert_eq!(e.kind(), ErrorKind::Config, "{}", e.chain());
+    assert!(e.to_string().contains("wrong password"), "{}", e.chain());
+    assert!(!e.chain().contains("wrong-password"), "{}", e.chain());
+}
+
+#[test]
+fn a_missing_database_is_a_config_error() {
+    let url = common::with_database(&common::server_url(), "no_such_database");
+    let e = open_err(&common::config(&url));
+    assert_eq!(e.kind(), ErrorKind::Config, "{}", e.chain());
+    assert!(e.to_string().contains("does not exist"), "{}", e.chain());
+    assert!(e.to_string().contains("no_such_database"), "{}", e.chain());
+}
+
+#[test]
+fn tls_required_of_a_server_without_it_is_a_config_error() {
+    let mut config = common::config(&common::server_url());
+    config.tls = TlsMode::Require;
+    let e = open_err(&config);
+    assert_eq!(e.kind(), ErrorKind::Config, "{}", e.chain());
+    assert!(e.to_string().contains("TLS"), "{}", e.chain());
+}
+
+#[test]
+fn a_server_that_is_not_there_is_unavailable() {
+    // A port nothing listens on: the test server's, shifted.
+    let mut config = common::config("postgres://airlock:airlock@127.0.0.1:9/airlock");
+    config.connect_timeout_ms = 500;
+    let started = Instant::now();
+    let e = open_err(&config);
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{}", e.chain());
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn a_newer_schema_refuses_to_open_naming_both_versions() {
+    let url = common::fresh_database();
+    drop(open(&common::config(&url)).expect("first open"));
+    let newer = SCHEMA_VERSION + 41;
+    common::admin(
+        &url,
+        &format!(
+            "INSERT INTO airlock_schema (version, applied_ms, applied_by) VALUES ({newer}, 0, 'airlock 9.0.0')"
+        ),
+    );
+    let e = open_err(&common::config(&url));
+    assert_eq!(e.kind(), ErrorKind::Incompatible, "{}", e.chain());
+    let message = e.to_string();
+    assert!(
+        message.contains(&format!("schema version {newer}")),
+        "{message}"
+    );
+    assert!(
+        message.contains(&format!("(version {SCHEMA_VERSION})")),
+        "{message}"
+    );
+}
+
+#[test]
+fn hosts_opening_a_new_database_at_once_apply_the_schema_once() {
+    let url = common::fresh_database();
+    let handles: Vec<_> = (0..6)
+        .map(|_| {
+            let config = common::config(&url);
+            std::thread::spawn(move || open(&config).map(|_| ()).map_err(|e| e.chain()))
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("thread").expect("open");
+    }
+    assert_eq!(
+        common::admin_query(&url, "SELECT count(*) FROM airlock_schema"),
+        ["1"]
+    );
+    assert_eq!(
+        common::admin_query(&url, "SELECT max(version) FROM airlock_schema"),
+        [SCHEMA_VERSION.to_string()]
+    );
+}
+
+const QUOTA: Quota = Quota {
+    max_keys: 100,
+    max_bytes: 1 << 20,
+    max_blobs: 10,
+};
+
+/// A connection holding plugin `p`'s usage row locked until dropped (it
+/// then rolls back).
+struct RowLock {
+    _runtime: tokio::runtime::Runtime,
+    client: Option<tokio_postgres::Client>,
+}
+
+impl RowLock {
+    fn take(url: &str) -> RowLock {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let client = runtime.block_on(async {
+            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                .await
+                .expect("connect");
+            tokio::spawn(connection);
+            client
+                .batch_execute(
+                    "BEGIN; SELECT keys FROM airlock_usage WHERE plugin = 'p' FOR UPDATE",
+                )
+                .await
+                .expect("lock the usage row");
+            client
+        });
+        RowLock {
+            _runtime: runtime,
+            client: Some(client),
+        }
+    }
+
+    fn release(mut self) {
+        self.client.take();
+    }
+}
+
+#[test]
+fn an_exhausted_pool_waits_its_bound_then_is_unavailable() {
+    let url = common::fresh_database();
+    let mut config = common::config(&url);
+    config.pool_size = 1;
+    config.pool_wait_ms = 300;
+    let stores = open(&config).expect("open");
+    let ws = Workspace::new(stores.workspace.clone());
+    ws.set("p", &KeyOwner::Plugin, "k", b"v", QUOTA)
+        .expect("set");
+    let lock = RowLock::take(&url);
+    // The only connection waits on the lock...
+    let blocked = {
+        let ws = ws.clone();
+        std::thread::spawn(move || ws.set("p", &KeyOwner::Plugin, "k", b"w", QUOTA))
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    // ...so another operation waits for the pool, a bounded time.
+    let started = Instant::now();
+    let e = stores.mode.get().expect_err("no connection was free");
+    let waited = started.elapsed();
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{}", e.chain());
+    assert!(e.to_string().contains("pool_wait_ms (300 ms)"), "{e}");
+    assert!(waited >= Duration::from_millis(250), "{waited:?}");
+    assert!(waited < Duration::from_secs(3), "{waited:?}");
+    lock.release();
+    blocked.join().expect("thread").expect("the blocked write");
+    assert_eq!(
+        ws.get("p", &KeyOwner::Plugin, "k").expect("get").as_deref(),
+        Some(&b"w"[..])
+    );
+    assert_eq!(stores.mode.get().expect("free again"), None);
+}
+
+#[test]
+fn a_statement_past_its_timeout_is_unavailable_and_changes_nothing() {
+    let url = common::fresh_database();
+    let mut config = common::config(&url);
+    config.statement_timeout_ms = 300;
+    let stores = open(&config).expect("open");
+    let ws = Workspace::new(stores.workspace.clone());
+    ws.set("p", &KeyOwner::Plugin, "k", b"v", QUOTA)
+        .expect("set");
+    let lock = RowLock::take(&url);
+    let started = Instant::now();
+    let e = ws
+        .set("p", &KeyOwner::Plugin, "k", b"changed", QUOTA)
+        .expect_err("the write waited past its timeout");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let airlock_store::WorkspaceError::Unavailable(e) = e else {
+        panic!("{e}");
+    };
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{}", e.chain());
+    lock.release();
+    assert_eq!(
+        ws.get("p", &KeyOwner::Plugin, "k").expect("get").as_deref(),
+        Some(&b"v"[..])
+    );
+    assert_eq!(ws.usage("p").expect("usage").keys, 1);
+}
+
+fn exercise(stores: &Stores) {
+    stores.mode.get().expect("mode");
+    stores
+        .audit
+        .write(
+            "h",
+            &[AuditWrite {
+                seq: 1,
+                bytes: b"r".to_vec(),
+                marker: Marker::None,
+            }],
+        )
+        .expect("write");
+    assert_eq!(stores.audit.head("h").expect("head").map(|h| h.0), Some(1));
+}
+
+#[test]
+fn calls_from_inside_a_current_thread_runtime_work() {
+    let url = common::fresh_database();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let stores = open(&common::config(&url)).expect("open inside a runtime");
+        exercise(&stores);
+        // Dropped inside the runtime too.
+        drop(stores);
+    });
+}
+
+#[test]
+fn calls_from_inside_a_multi_thread_runtime_work() {
+    let url = common::fresh_database();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let stores = open(&common::config(&url)).expect("open");
+    let stores = runtime.block_on(async move {
+        tokio::spawn(async move {
+            exercise(&stores);
+            stores
+        })
+        .await
+        .expect("task")
+    });
+    // The last handle dropped on a runtime worker.
+    runtime.block_on(async move {
+        tokio::spawn(async move { drop(stores) })
+            .await
+            .expect("task");
+    });
+}
+
+/// A PostgreSQL server of this test's own, destroyed when dropped.
+struct Server {
+    dir: PathBuf,
+    tls: bool,
+}
+
+impl Server {
+    fn start(name: &str, tls: bool) -> (Server, String) {
+        let dir = common::repo().join(format!("target/postgres-{name}-{}", std::process::id()));
+        let server = Server { dir, tls };
+        let url = server.script("start");
+        (server, url)
+    }
+
+    fn script(&self, command: &str) -> String {
+        let mut script = Command::new(common::repo().join("scripts/postgres"));
+        script.arg(command).arg("--dir").arg(&self.dir);
+        if self.tls && command == "start" {
+            script.arg("--tls");
+        }
+        let out = script.output().expect("scripts/postgres");
+        assert!(
+            out.status.success(),
+            "scripts/postgres {command}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new(common::repo().join("scripts/postgres"))
+            .arg("destroy")
+            .arg("--dir")
+            .arg(&self.dir)
+            .output();
+    }
+}
+
+fn record(seq: u64) -> AuditWrite {
+    AuditWrite {
+        seq,
+        bytes: format!("record {seq}").into_bytes(),
+        marker: if seq % 2 == 1 {
+            Marker::Open(format!("call-{seq}"))
+        } else {
+            Marker::Close(format!("call-{}", seq - 1))
+        },
+    }
+}
+
+#[test]
+fn a_server_stopped_mid_stream_fails_closed_and_recovers_without_a_gap() {
+    let (server, url) = Server::start("fault", false);
+    let mut config = common::config(&url);
+    config.connect_timeout_ms = 1_000;
+    config.pool_wait_ms = 1_000;
+    config.statement_timeout_ms = 2_000;
+    let stores = open(&config).expect("open");
+    let audit = stores.audit.clone();
+
+    // A writer appending as fast as it can; on an error it reads the head
+    // again (a commit whose answer was lost moved it).
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let audit = audit.clone();
+        std::thread::spawn(move || {
+            let mut head = 0u64;
+            let mut written = Vec::new();
+            let mut errors = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let started = Instant::now();
+                match audit.write("host-a", &[record(head + 1)]) {
+                    Ok(()) => {
+                        head += 1;
+                        written.push((Instant::now(), head));
+                    }
+                    Err(e) => {
+                        errors.push((e.kind(), e.chain(), started.elapsed()));
+                        std::thread::sleep(Duration::from_millis(50));
+                        if let Ok(h) = audit.head("host-a") {
+                            head = h.map_or(0, |h| h.0);
+                        }
+                    }
+                }
+            }
+            (written, errors)
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    server.script("stop");
+    // While it is down: every operation fails, as unavailable, in bounded
+    // time.
+    std::thread::sleep(Duration::from_millis(300));
+    for (what, result) in [
+        ("mode", stores.mode.get().map(|_| ())),
+        ("head", stores.audit.head("host-a").map(|_| ())),
+        (
+            "workspace",
+            stores
+                .workspace
+                .set("p", &KeyOwner::Plugin, "k", b"v", QUOTA)
+                .map_err(|e| match e {
+                    airlock_store::WorkspaceError::Unavailable(e) => e,
+                    other => panic!("{other}"),
+                }),
+        ),
+    ] {
+        let e = result.expect_err(what);
+        assert_eq!(e.kind(), ErrorKind::Unavailable, "{what}: {}", e.chain());
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let restarted = Instant::now();
+    server.script("start");
+    // Recovered: the writer goes on.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let head = stores.audit.head("host-a").ok().flatten().map(|h| h.0);
+        if let Some(head) = head
+            && head > 0
+            && stores.mode.get().is_ok()
+        {
+            let later = stores.audit.records("host-a", head, 1);
+            if later.is_ok() && restarted.elapsed() > Duration::from_secs(1) {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the store did not recover");
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let (written, errors) = writer.join().expect("writer");
+
+    assert!(!errors.is_empty(), "the writer never saw the outage");
+    for (kind, message, took) in &errors {
+        assert!(
+            matches!(kind, ErrorKind::Unavailable | ErrorKind::Conflict),
+            "{kind}: {message}"
+        );
+        assert!(*took < Duration::from_secs(10), "{message} took {took:?}");
+    }
+    assert!(
+        written.iter().any(|(at, _)| *at > restarted),
+        "nothing was written after the restart"
+    );
+    // No gap, no fork: 1..=head, each record the one written for its seq.
+    let head = audit.head("host-a").expect("head").expect("records").0;
+    let records = audit.records("host-a", 1, 1_000_000).expect("records");
+    assert_eq!(records.len() as u64, head);
+    for (i, (seq, bytes)) in records.iter().enumerate() {
+        assert_eq!(*seq, i as u64 + 1);
+        assert_eq!(bytes, &record(*seq).bytes);
+    }
+    // Markers followed their records: only the last odd record's call
+    // can be open.
+    let open_calls = audit.open_calls("host-a").expect("open");
+    let expected: Vec<(String, u64)> = if head % 2 == 1 {
+        vec![(format!("call-{head}"), head)]
+    } else {
+        Vec::new()
+    };
+    assert_eq!(open_calls, expected);
+    drop(stores);
+    drop(server);
+}
+
+#[test]
+fn tls_verifies_the_server_against_the_ca_file() {
+    let (server, url) = Server::start("tls", true);
+    let mut config = common::config(&url);
+    config.tls = TlsMode::Require;
+    config.ca_file = Some(server.dir.join("tls/ca.pem"));
+    let stores = open(&config).unwrap_or_else(|e| panic!("{}", e.chain()));
+    exercise(&stores);
+    drop(stores);
+    // Mozilla's roots do not know the test CA: refused, as configuration.
+    config.ca_file = None;
+    let e = open_err(&config);
+    assert_eq!(e.kind(), ErrorKind::Config, "{}", e.chain());
+    // A CA file that is not PEM.
+    let bogus = server.dir.join("not-a-ca.pem");
+    std::fs::write(&bogus, "not a certificate").expect("write");
+    config.ca_file = Some(bogus);
+    let e = open_err(&config);
+    assert_eq!(e.kind(), ErrorKind::Config, "{}", e.chain());
+    assert!(e.to_string().contains("not-a-ca.pem"), "{}", e.chain());
+}
+
+#[test]
+fn a_server_that_stops_answering_times_out_and_its_connection_is_not_reused() {
+    let url = common::fresh_database();
+    let database = url.rsplit('/').next().expect("a database").to_owned();
+    let mut config = common::config(&url);
+    config.pool_size = 1;
+    config.pool_wait_ms = 100;
+    config.connect_timeout_ms = 2_000;
+    config.statement_timeout_ms = 100;
+    let stores = open(&config).expect("open");
+    stores
+        .mode
+        .get()
+        .expect("a first call opens the connection");
+    let backend = || {
+        common::admin_query(
+            &common::server_url(),
+            &format!(
+                "SELECT pid FROM pg_stat_activity WHERE datname = '{database}' \
+                 AND application_name = 'airlock'"
+            ),
+        )
+    };
+    let before = backend();
+    assert_eq!(before.len(), 1, "{before:?}");
+    let signal = |sig: &str| {
+        let status = Command::new("kill")
+            .args([sig, &before[0]])
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    };
+    // The server process of the store's only connection stops answering
+    // (no error, no closed socket): only the client's bound ends the call.
+    signal("-STOP");
+    let started = Instant::now();
+    let result = stores.mode.get();
+    let took = started.elapsed();
+    signal("-CONT");
+    let e = result.expect_err("a stopped server answered");
+    assert_eq!(e.kind(), ErrorKind::Unavailable, "{}", e.chain());
+    assert!(e.to_string().contains("did not answer"), "{}", e.chain());
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    // The cut-off connection was closed, not handed to the next call.
+    assert_eq!(stores.mode.get().expect("next call"), None);
+    let after = backend();
+    assert_eq!(after.len(), 1, "{after:?}");
+    assert_ne!(after, before);
+}
