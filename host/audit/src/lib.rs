@@ -46,9 +46,11 @@ mod keys;
 mod log;
 mod record;
 mod redact;
-pub mod sled_open;
 mod verify;
 
+/// Opening a sled database another process may hold (moved to
+/// `airlock-store-sled`; re-exported for the host's other sled stores).
+pub use airlock_store_sled::open as sled_open;
 pub use checkpoint::{CHECKPOINT_DOMAIN, Checkpoint};
 pub use error::{Error, Result};
 pub use keys::parse_public_key;
