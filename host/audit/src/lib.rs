@@ -48,15 +48,17 @@ mod record;
 mod redact;
 mod verify;
 
-/// Opening a sled database another process may hold (moved to
+/// Opening a sled database another process may hold (in
 /// `airlock-store-sled`; re-exported for the host's other sled stores).
+#[cfg(feature = "sled")]
 pub use airlock_store_sled::open as sled_open;
 pub use checkpoint::{CHECKPOINT_DOMAIN, Checkpoint};
 pub use error::{Error, Result};
 pub use keys::parse_public_key;
 pub use log::{
-    AuditConfig, AuditLog, DB_DIR, Durability, Export, ExportSummary, Filter, PUBLIC_KEY_FILE,
-    REDACTION_KEY_FILE, SIGNING_KEY_FILE, read_export, verify_export,
+    AuditConfig, AuditLog, DB_DIR, DEFAULT_ORIGIN, Durability, Export, ExportSummary, Filter,
+    KEYS_DIR, PUBLIC_KEY_FILE, REDACTION_KEY_FILE, SIGNING_KEY_FILE, check_origin, read_export,
+    verify_export,
 };
 pub use record::{Entry, Event, GENESIS_HASH, OUTCOME_UNKNOWN, Record, chain_hash, sha256_hex};
 pub use redact::{Redacted, RedactionRules, Redactor, capped_json};
