@@ -44,6 +44,7 @@ mod checkpoint;
 mod error;
 mod keys;
 mod log;
+mod origins;
 mod record;
 mod redact;
 mod verify;
@@ -59,6 +60,10 @@ pub use log::{
     AuditConfig, AuditLog, DB_DIR, DEFAULT_ORIGIN, Durability, Export, ExportSummary, Filter,
     KEYS_DIR, PUBLIC_KEY_FILE, REDACTION_KEY_FILE, SIGNING_KEY_FILE, check_origin, read_export,
     verify_export,
+};
+pub use origins::{
+    ChainRecord, ChainSummary, ChainVerification, EXPORT_VERSION_CHAINS, ExportChain, KeyRing,
+    KeySource, read_export_chains, verify_export_chains,
 };
 pub use record::{Entry, Event, GENESIS_HASH, OUTCOME_UNKNOWN, Record, chain_hash, sha256_hex};
 pub use redact::{Redacted, RedactionRules, Redactor, capped_json};

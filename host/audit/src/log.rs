@@ -38,8 +38,8 @@ pub const DEFAULT_ORIGIN: &str = "local";
 pub(crate) const PAGE: usize = 256;
 
 /// First line of an export.
-const EXPORT_FORMAT: &str = "airlock-audit-export";
-const EXPORT_VERSION: u64 = 1;
+pub(crate) const EXPORT_FORMAT: &str = "airlock-audit-export";
+pub(crate) const EXPORT_VERSION: u64 = 1;
 /// How a record line of an export starts; the stored bytes and `}` follow.
 const RECORD_LINE_START: &str = "{\"record\":";
 
@@ -1071,6 +1071,7 @@ impl AuditLog {
                 "format": EXPORT_FORMAT,
                 "version": EXPORT_VERSION,
                 "public_key": hex::encode(self.public_key().as_bytes()),
+                "origin": self.origin(),
                 "exported_ms": now_ms(),
                 "records": records,
                 "head_hash": head,
@@ -1132,7 +1133,12 @@ impl Inner {
             }
             let mut result = Ok(());
             if resync {
-                result = self.drop_stored(&mut writes);
+                result = self
+                    .drop_stored(&mut writes)
+                    .and_then(|diverged| match diverged {
+                        Some(e) => Err(e),
+                        None => Ok(()),
+                    });
                 if result.is_ok() {
                     self.queue.lock().resync = false;
                 }
@@ -1146,8 +1152,12 @@ impl Inner {
                 // written again; if it cannot say, the next writer asks.
                 match self.drop_stored(&mut writes) {
                     // It kept them all after all (its answer was lost).
-                    Ok(()) if writes.is_empty() => continue,
-                    Ok(()) => {}
+                    Ok(None) if writes.is_empty() => continue,
+                    Ok(None) => {}
+                    Ok(Some(diverged)) => {
+                        self.queue.lock().resync = true;
+                        result = Err(diverged);
+                    }
                     Err(_) => self.queue.lock().resync = true,
                 }
             }
@@ -1170,33 +1180,34 @@ impl Inner {
     /// Drop from the front of `writes` what the store already holds (a
     /// write that failed part-way, or whose answer was lost). A stored
     /// record that differs from the sealed one means another writer
-    /// extends this origin's chain: an error, every time, so the log stops
-    /// taking records rather than fork the chain.
-    fn drop_stored(&self, writes: &mut VecDeque<AuditWrite>) -> Result<()> {
+    /// extends this origin's chain: that error is returned (`Some`), every
+    /// time, so the log stops taking records rather than fork the chain.
+    /// `Err` is a store that cannot say.
+    fn drop_stored(&self, writes: &mut VecDeque<AuditWrite>) -> Result<Option<Error>> {
         let failed = |e: StoreError| store_error(&self.path, &e);
         let (Some(first), Some(last)) = (writes.front(), writes.back()) else {
-            return Ok(());
+            return Ok(None);
         };
         let (first, last) = (first.seq, last.seq);
         let Some((head, head_bytes)) = self.store.head(&self.origin).map_err(failed)? else {
-            return if first == 1 {
-                Ok(())
+            return Ok(if first == 1 {
+                None
             } else {
-                Err(self.diverged(format!(
+                Some(self.diverged(format!(
                     "the store holds no records, but records up to {} were stored",
                     first - 1
                 )))
-            };
+            });
         };
         if head < first {
-            return if head + 1 == first {
-                Ok(())
+            return Ok(if head + 1 == first {
+                None
             } else {
-                Err(self.diverged(format!(
+                Some(self.diverged(format!(
                     "the store's chain ends at record {head}, but records up to {} were stored",
                     first - 1
                 )))
-            };
+            });
         }
         let at = head.min(last);
         let stored = if at == head {
@@ -1207,13 +1218,13 @@ impl Inner {
         let index = usize::try_from(at - first).unwrap_or(usize::MAX);
         let ours = writes.get(index).map(|w| &w.bytes);
         if stored.as_ref() != ours {
-            return Err(self.diverged(format!(
+            return Ok(Some(self.diverged(format!(
                 "record {at} in the store is not the one this host sealed: another process appends to origin {:?} (two hosts must not share an origin id)",
                 self.origin
-            )));
+            ))));
         }
         writes.drain(..=index);
-        Ok(())
+        Ok(None)
     }
 
     fn diverged(&self, message: String) -> Error {
@@ -1253,14 +1264,18 @@ impl Inner {
 impl Drop for Inner {
     fn drop(&mut self) {
         // What is queued goes in first; the writer thread then exits.
-        if let Err(e) = self.write_queued() {
-            tracing::error!(error = %e, "cannot write the last audit records");
-        }
+        let written = self.write_queued();
         {
             let mut queue = self.queue.lock();
             queue.stop = true;
         }
         self.queue.wake.notify_all();
+        if let Err(e) = written {
+            // Never sign records the store does not hold (nor, when another
+            // writer extends this chain, over its records).
+            tracing::error!(error = %e, "cannot write the last audit records; no shutdown checkpoint is signed");
+            return;
+        }
         // Sign what is unsigned so a clean shutdown leaves the whole log
         // covered; best effort (errors are logged).
         let Ok(mut head) = self.head.lock() else {
