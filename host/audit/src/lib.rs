@@ -1,7 +1,13 @@
 //! Airlock's audit log: a tamper-evident record of every tool call.
 //!
-//! Records are appended to an embedded [sled](https://docs.rs/sled)
-//! database with a gap-free sequence number. Each record's hash covers the
+//! Records are appended to a chain with a gap-free sequence number, kept
+//! in an [`AuditStore`](airlock_store::AuditStore): by default an embedded
+//! [sled](https://docs.rs/sled) database in the audit directory
+//! ([`AuditLog::open`], feature `sled`), or any other backend
+//! ([`AuditLog::with_store`]). Every host (origin) appends to its own
+//! chain with its own key; a log reads and verifies every chain in its
+//! store ([`AuditLog::verify_all`], [`AuditLog::query_all`],
+//! [`AuditLog::export_all`]). Each record's hash covers the
 //! previous record's hash and the record's canonical encoding
 //! ([`canonical`]), so changing, removing or reordering any record breaks
 //! the chain. Every so often (and at shutdown) the host signs a
