@@ -8,7 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use airlock_store::{AuditStore, AuditWrite, ErrorKind, Marker, MemoryStore, StoreError};
+#[cfg(not(feature = "sled"))]
+use airlock_store::MemoryStore;
+use airlock_store::{AuditStore, AuditWrite, ErrorKind, Marker, StoreError};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -541,18 +543,28 @@ impl AuditLog {
         verifier.finish().map(drop).map_err(tampered)
     }
 
-    /// A log in memory, gone when the last clone is dropped, with fresh
-    /// in-memory keys: for tests and for hosts that do not keep records
-    /// (calls are still recorded while it lives).
+    /// A log in a temporary store (a temporary sled database with feature
+    /// `sled`, so a long-running host's records are not all held in
+    /// memory; memory otherwise), gone when the last clone is dropped,
+    /// with fresh in-memory keys: for tests and for hosts that do not keep
+    /// records (calls are still recorded while it lives).
     ///
     /// # Errors
+    /// [`Error::Store`] when the temporary database cannot be created;
     /// [`Error::Key`] when the operating system gives no entropy for keys.
     pub fn temporary(config: AuditConfig) -> Result<AuditLog> {
         let path = PathBuf::from("<temporary>");
+        #[cfg(feature = "sled")]
+        let store: Arc<dyn AuditStore> = Arc::new(
+            airlock_store_sled::SledAudit::temporary(DEFAULT_ORIGIN)
+                .map_err(|e| store_error(&path, &e))?,
+        );
+        #[cfg(not(feature = "sled"))]
+        let store: Arc<dyn AuditStore> = Arc::new(MemoryStore::new());
         let signing = SigningKey::from_bytes(&keys::random_bytes()?);
         let log = AuditLog::from_parts(
             path,
-            Arc::new(MemoryStore::new()),
+            store,
             DEFAULT_ORIGIN,
             Signer::Key(signing),
             keys::random_bytes()?,
@@ -1256,7 +1268,7 @@ impl Inner {
     /// sees every record appended so far. A failure to write is the log's
     /// (it is logged, and appends report it), not the reader's: it reads
     /// what the store holds.
-    fn settle(&self) {
+    pub(crate) fn settle(&self) {
         let _ = self.write_queued();
     }
 }

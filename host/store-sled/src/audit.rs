@@ -113,6 +113,7 @@ impl SledAudit {
         let what = "a temporary audit log".to_owned();
         let db = sled::Config::new()
             .temporary(true)
+            .flush_every_ms(SledAuditOptions::default().flush_every_ms)
             .open()
             .map_err(|e| StoreError::unavailable(format!("cannot create {what}"), e))?;
         SledAudit::from_db(db, origin, what)
