@@ -69,6 +69,14 @@ pub enum Error {
     /// The log was closed.
     #[error("the audit log is closed")]
     Closed,
+    /// An origin id that cannot name a chain (or its key file).
+    #[error(
+        "invalid audit origin {origin:?}: 1 to 64 ASCII letters, digits, '.', '_' or '-', not starting with '.' or '-'"
+    )]
+    InvalidOrigin {
+        /// The id given.
+        origin: String,
+    },
 }
 
 impl Error {

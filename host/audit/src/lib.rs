@@ -1,7 +1,13 @@
 //! Airlock's audit log: a tamper-evident record of every tool call.
 //!
-//! Records are appended to an embedded [sled](https://docs.rs/sled)
-//! database with a gap-free sequence number. Each record's hash covers the
+//! Records are appended to a chain with a gap-free sequence number, kept
+//! in an [`AuditStore`](airlock_store::AuditStore): by default an embedded
+//! [sled](https://docs.rs/sled) database in the audit directory
+//! ([`AuditLog::open`], feature `sled`), or any other backend
+//! ([`AuditLog::with_store`]). Every host (origin) appends to its own
+//! chain with its own key; a log reads and verifies every chain in its
+//! store ([`AuditLog::verify_all`], [`AuditLog::query_all`],
+//! [`AuditLog::export_all`]). Each record's hash covers the
 //! previous record's hash and the record's canonical encoding
 //! ([`canonical`]), so changing, removing or reordering any record breaks
 //! the chain. Every so often (and at shutdown) the host signs a
@@ -44,17 +50,26 @@ mod checkpoint;
 mod error;
 mod keys;
 mod log;
+mod origins;
 mod record;
 mod redact;
-pub mod sled_open;
 mod verify;
 
+/// Opening a sled database another process may hold (in
+/// `airlock-store-sled`; re-exported for the host's other sled stores).
+#[cfg(feature = "sled")]
+pub use airlock_store_sled::open as sled_open;
 pub use checkpoint::{CHECKPOINT_DOMAIN, Checkpoint};
 pub use error::{Error, Result};
 pub use keys::parse_public_key;
 pub use log::{
-    AuditConfig, AuditLog, DB_DIR, Durability, Export, ExportSummary, Filter, PUBLIC_KEY_FILE,
-    REDACTION_KEY_FILE, SIGNING_KEY_FILE, read_export, verify_export,
+    AuditConfig, AuditLog, DB_DIR, DEFAULT_ORIGIN, Durability, Export, ExportSummary, Filter,
+    KEYS_DIR, PUBLIC_KEY_FILE, REDACTION_KEY_FILE, SIGNING_KEY_FILE, check_origin, read_export,
+    verify_export,
+};
+pub use origins::{
+    ChainRecord, ChainSummary, ChainVerification, EXPORT_VERSION_CHAINS, ExportChain, KeyRing,
+    KeySource, read_export_chains, verify_export_chains,
 };
 pub use record::{Entry, Event, GENESIS_HASH, OUTCOME_UNKNOWN, Record, chain_hash, sha256_hex};
 pub use redact::{Redacted, RedactionRules, Redactor, capped_json};

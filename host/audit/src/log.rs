@@ -1,4 +1,5 @@
-//! [`AuditLog`]: the sled-backed, hash-chained, checkpointed log.
+//! [`AuditLog`]: the hash-chained, checkpointed log, over an
+//! [`AuditStore`] (sled in the audit directory by default).
 
 use std::collections::{HashSet, VecDeque};
 use std::fs;
@@ -7,6 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+#[cfg(not(feature = "sled"))]
+use airlock_store::MemoryStore;
+use airlock_store::{AuditStore, AuditWrite, ErrorKind, Marker, StoreError};
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -18,13 +22,6 @@ use crate::record::{Entry, Event, GENESIS_HASH, OUTCOME_UNKNOWN, Record, parse_h
 use crate::redact::{RedactionRules, Redactor};
 use crate::verify::{Verifier, VerifyFailure, VerifyReport};
 
-/// Key prefix of records: `r` ‖ seq (u64 big-endian).
-const RECORD: u8 = b'r';
-/// Key prefix of checkpoints: `c` ‖ seq (u64 big-endian).
-const CHECKPOINT: u8 = b'c';
-/// Key prefix of calls in flight: `o` ‖ call id → intent seq.
-const OPEN_CALL: u8 = b'o';
-
 /// The database directory, inside the audit directory.
 pub const DB_DIR: &str = "db";
 /// The checkpoint signing key (secret, mode 0600).
@@ -33,10 +30,18 @@ pub const SIGNING_KEY_FILE: &str = "signing.key";
 pub const PUBLIC_KEY_FILE: &str = "signing.pub";
 /// The redaction key (secret, mode 0600).
 pub const REDACTION_KEY_FILE: &str = "redaction.key";
+/// The directory, inside the audit directory, of origins' public keys:
+/// `keys/<origin>.pub`, as [`AuditLog::verify_all`] looks them up.
+pub const KEYS_DIR: &str = "keys";
+/// The origin of a log opened without naming one: the chain of a host
+/// with its own sled store ([`AuditLog::open`], [`AuditLog::temporary`]).
+pub const DEFAULT_ORIGIN: &str = "local";
+/// Records read from the store at a time.
+pub(crate) const PAGE: usize = 256;
 
 /// First line of an export.
-const EXPORT_FORMAT: &str = "airlock-audit-export";
-const EXPORT_VERSION: u64 = 1;
+pub(crate) const EXPORT_FORMAT: &str = "airlock-audit-export";
+pub(crate) const EXPORT_VERSION: u64 = 1;
 /// How a record line of an export starts; the stored bytes and `}` follow.
 const RECORD_LINE_START: &str = "{\"record\":";
 
@@ -92,45 +97,55 @@ pub enum Durability {
 
 /// The tamper-evident audit log.
 ///
-/// Cheap to clone: clones share one database. A database directory can be
+/// It appends to one chain — its origin's, signed with its key — in an
+/// [`AuditStore`]; the store may hold other hosts' chains too, which it
+/// reads and verifies ([`AuditLog::verify_all`], [`AuditLog::query_all`]).
+///
+/// Cheap to clone: clones share one store. A sled audit directory can be
 /// open in one process at a time ([`Error::Locked`] otherwise).
 #[derive(Clone)]
 pub struct AuditLog {
-    inner: Arc<Inner>,
+    pub(crate) inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for AuditLog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuditLog")
             .field("path", &self.inner.path)
+            .field("origin", &self.inner.origin)
+            .field("store", &self.inner.store)
             .finish_non_exhaustive()
     }
 }
 
-struct Inner {
-    /// The audit directory (`<memory>` for a temporary log).
-    path: PathBuf,
-    db: sled::Db,
-    tree: sled::Tree,
+pub(crate) struct Inner {
+    /// The audit directory, holding the keys (`<temporary>` for a
+    /// temporary log).
+    pub(crate) path: PathBuf,
+    pub(crate) store: Arc<dyn AuditStore>,
+    /// The chain this log appends to.
+    pub(crate) origin: String,
     head: Mutex<Head>,
-    /// Records sealed but not yet in sled, shared with the writer thread.
+    /// Records sealed but not yet in the store, shared with the writer
+    /// thread.
     queue: Arc<Queue>,
-    /// Held while queued records go into sled: one writer at a time, so
-    /// they go in sequence order.
+    /// Held while queued records go into the store: one writer at a time,
+    /// so they go in sequence order.
     writing: Mutex<()>,
     signing: Signer,
     redactor: Redactor,
     config: AuditConfig,
     /// Test hook: how many of the next store writes fail, as a full disk
-    /// would (sled has no fault injection of its own).
+    /// would.
     #[cfg(test)]
     fail_writes: std::sync::atomic::AtomicU64,
 }
 
-/// Sealed records on their way into sled. Appending seals a record (its
-/// sequence number and chain hash) under the head lock and queues its
+/// Sealed records on their way into the store. Appending seals a record
+/// (its sequence number and chain hash) under the head lock and queues its
 /// writes; the writer thread — or a flush, a read or a full queue — puts
-/// them into sled in order. sled's own work (and its occasional stalls)
+/// them into the store in order, as many as are queued in one
+/// [`AuditStore::write`]. The store's own work (and its occasional stalls)
 /// thus stays off the appending call's path.
 #[derive(Default)]
 struct Queue {
@@ -140,7 +155,7 @@ struct Queue {
 
 #[derive(Default)]
 struct QueueState {
-    writes: VecDeque<QueuedWrite>,
+    writes: VecDeque<AuditWrite>,
     /// Why the last attempt to write queued records failed, while they
     /// still wait (the writer thread retries; the first success clears it).
     failing: Option<String>,
@@ -151,6 +166,9 @@ struct QueueState {
     stop: bool,
     /// There is no writer thread: appenders write what they queue.
     inline: bool,
+    /// A write failed and what the store kept of it is not known yet: the
+    /// next writer asks the store for its head first.
+    resync: bool,
 }
 
 impl Queue {
@@ -158,21 +176,6 @@ impl Queue {
         // The state stays consistent whatever panicked while holding it.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
-}
-
-/// One sealed record and what it does to its call's in-flight marker.
-struct QueuedWrite {
-    seq: u64,
-    bytes: Vec<u8>,
-    marker: Marker,
-}
-
-enum Marker {
-    None,
-    /// The intent of a call: mark it in flight first.
-    Open(Vec<u8>),
-    /// The outcome of a call: clear its mark after.
-    Close(Vec<u8>),
 }
 
 /// Queued writes beyond which an appender writes them itself.
@@ -268,22 +271,73 @@ impl Filter {
     }
 }
 
-fn key(prefix: u8, seq: u64) -> [u8; 9] {
-    let mut k = [0u8; 9];
-    k[0] = prefix;
-    k[1..].copy_from_slice(&seq.to_be_bytes());
-    k
+/// Check an origin id: it names a chain in a shared store and the file of
+/// its public key (`keys/<origin>.pub`).
+///
+/// # Errors
+/// [`Error::InvalidOrigin`] unless it is 1 to 64 ASCII letters, digits,
+/// `.`, `_` or `-`, not starting with `.` or `-`.
+pub fn check_origin(origin: &str) -> Result<()> {
+    let ok = (1..=64).contains(&origin.len())
+        && origin
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        && !origin.starts_with(['.', '-']);
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidOrigin {
+            origin: origin.to_owned(),
+        })
+    }
 }
 
-fn seq_of(key: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(key.get(1..9)?.try_into().ok()?))
+/// A store failure as this crate's error, for the log at `path`.
+pub(crate) fn store_error(path: &Path, e: &StoreError) -> Error {
+    if e.kind() == ErrorKind::Locked {
+        return Error::Locked {
+            path: path.to_owned(),
+        };
+    }
+    Error::store(path, e.chain())
 }
 
-fn open_call_key(call_id: &str) -> Vec<u8> {
-    let mut k = Vec::with_capacity(1 + call_id.len());
-    k.push(OPEN_CALL);
-    k.extend_from_slice(call_id.as_bytes());
-    k
+/// The records of `origin` from `from` on, in stored order, read a page at
+/// a time: each with its position (the seq the store files it under).
+pub(crate) fn chain_records<'a>(
+    store: &'a dyn AuditStore,
+    origin: &'a str,
+    from: u64,
+) -> impl Iterator<Item = std::result::Result<(u64, Vec<u8>), StoreError>> + 'a {
+    let mut next = from;
+    let mut page: VecDeque<(u64, Vec<u8>)> = VecDeque::new();
+    let mut done = false;
+    std::iter::from_fn(move || {
+        if let Some(item) = page.pop_front() {
+            return Some(Ok(item));
+        }
+        if done {
+            return None;
+        }
+        match store.records(origin, next, PAGE) {
+            Err(e) => {
+                done = true;
+                Some(Err(e))
+            }
+            Ok(got) => {
+                done = got.len() < PAGE;
+                let last = got.iter().map(|(seq, _)| *seq).max().unwrap_or(0);
+                if last < next {
+                    // No progress (a position the store cannot name): stop
+                    // after this page rather than read it again.
+                    done = true;
+                }
+                next = last.saturating_add(1).max(next);
+                page = got.into();
+                page.pop_front().map(Ok)
+            }
+        }
+    })
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -294,9 +348,10 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 impl AuditLog {
-    /// Open (or create) the audit log in `dir`: the database in `dir/db`,
-    /// keys beside it. Calls that were in flight when the host last stopped
-    /// get an outcome record `unknown`.
+    /// Open (or create) the audit log in `dir`: the sled database in
+    /// `dir/db` holding the chain of [`DEFAULT_ORIGIN`], keys beside it.
+    /// Calls that were in flight when the host last stopped get an outcome
+    /// record `unknown`.
     ///
     /// # Errors
     /// [`Error::Locked`] when another process has it open; [`Error::Store`]
@@ -304,28 +359,69 @@ impl AuditLog {
     /// [`Error::Key`] for a corrupt, exposed or missing key (a key is only
     /// created for a log with nothing depending on it); [`Error::Corrupt`]
     /// when the last record cannot be read.
+    #[cfg(feature = "sled")]
     pub fn open(dir: impl AsRef<Path>, config: AuditConfig) -> Result<AuditLog> {
         let dir = dir.as_ref();
         fs::create_dir_all(dir).map_err(|e| Error::store(dir, format!("cannot create: {e}")))?;
-        let db_path = dir.join(DB_DIR);
-        let db = open_db(
-            dir,
-            sled::Config::new()
-                .path(&db_path)
-                .flush_every_ms(Some(config.group_commit_ms.max(1))),
-            config.lock_wait_ms,
-        )?;
-        let tree = db.open_tree("audit").map_err(|e| Error::store(dir, e))?;
-        let has_records = tree.scan_prefix([RECORD]).next().is_some();
-        let has_checkpoints = tree.scan_prefix([CHECKPOINT]).next().is_some();
+        let options = airlock_store_sled::SledAuditOptions {
+            flush_every_ms: Some(config.group_commit_ms.max(1)),
+            lock_wait: Duration::from_millis(config.lock_wait_ms),
+        };
+        let store =
+            airlock_store_sled::SledAudit::open(&dir.join(DB_DIR), DEFAULT_ORIGIN, &options)
+                .map_err(|e| store_error(dir, &e))?;
+        AuditLog::with_store(Arc::new(store), DEFAULT_ORIGIN, dir, config)
+    }
+
+    /// Open the log that appends to `origin`'s chain in `store`, with the
+    /// host's keys in `dir` (its audit directory: `signing.key`,
+    /// `redaction.key`, created when missing and nothing depends on them
+    /// yet; the public key is written as `signing.pub` and
+    /// `keys/<origin>.pub`). Calls of `origin` that were in flight when it
+    /// last stopped get an outcome record `unknown`.
+    ///
+    /// One origin is one writer: two hosts must never share an origin id
+    /// (the store refuses the second writer's records as conflicts, and
+    /// the log then stops taking records rather than fork the chain).
+    ///
+    /// # Errors
+    /// [`Error::InvalidOrigin`]; [`Error::Store`] when the store cannot be
+    /// read or `dir` created; [`Error::Key`], [`Error::Corrupt`] and
+    /// [`Error::Tampered`] as for [`open`](Self::open).
+    pub fn with_store(
+        store: Arc<dyn AuditStore>,
+        origin: &str,
+        dir: impl AsRef<Path>,
+        config: AuditConfig,
+    ) -> Result<AuditLog> {
+        check_origin(origin)?;
+        let dir = dir.as_ref();
+        fs::create_dir_all(dir).map_err(|e| Error::store(dir, format!("cannot create: {e}")))?;
+        let has_records = store
+            .head(origin)
+            .map_err(|e| store_error(dir, &e))?
+            .is_some();
+        let has_checkpoints = !store
+            .checkpoints(origin)
+            .map_err(|e| store_error(dir, &e))?
+            .is_empty();
         let signing = load_key(&dir.join(SIGNING_KEY_FILE), has_checkpoints, "checkpoints")?;
         let redaction = load_key(&dir.join(REDACTION_KEY_FILE), has_records, "records")?;
         let signing = keys::signing_key(&signing);
         write_public_key(&dir.join(PUBLIC_KEY_FILE), &signing.verifying_key())?;
+        let keys_dir = dir.join(KEYS_DIR);
+        fs::create_dir_all(&keys_dir).map_err(|e| Error::Key {
+            path: keys_dir.clone(),
+            reason: format!("cannot create: {e}"),
+        })?;
+        write_public_key(
+            &keys_dir.join(format!("{origin}.pub")),
+            &signing.verifying_key(),
+        )?;
         let log = AuditLog::from_parts(
             dir.to_owned(),
-            db,
-            tree,
+            store,
+            origin,
             Signer::Key(signing),
             redaction.0,
             config,
@@ -344,6 +440,7 @@ impl AuditLog {
     /// # Errors
     /// [`Error::Store`] when there is no log in `dir`; otherwise as
     /// [`open`](Self::open).
+    #[cfg(feature = "sled")]
     pub fn open_read_only(dir: impl AsRef<Path>) -> Result<AuditLog> {
         AuditLog::open_read_only_waiting(dir, AuditConfig::default().lock_wait_ms)
     }
@@ -353,6 +450,7 @@ impl AuditLog {
     ///
     /// # Errors
     /// As [`open_read_only`](Self::open_read_only).
+    #[cfg(feature = "sled")]
     pub fn open_read_only_waiting(dir: impl AsRef<Path>, lock_wait_ms: u64) -> Result<AuditLog> {
         let dir = dir.as_ref();
         let db_path = dir.join(DB_DIR);
@@ -362,13 +460,35 @@ impl AuditLog {
                 "no audit log here (nothing has been recorded yet)",
             ));
         }
-        let db = open_db(dir, sled::Config::new().path(&db_path), lock_wait_ms)?;
-        let tree = db.open_tree("audit").map_err(|e| Error::store(dir, e))?;
+        let options = airlock_store_sled::SledAuditOptions {
+            flush_every_ms: None,
+            lock_wait: Duration::from_millis(lock_wait_ms),
+        };
+        let store = airlock_store_sled::SledAudit::open(&db_path, DEFAULT_ORIGIN, &options)
+            .map_err(|e| store_error(dir, &e))?;
+        AuditLog::read_only(Arc::new(store), DEFAULT_ORIGIN, dir)
+    }
+
+    /// A log over `store` for reading, verifying and exporting only, as
+    /// the host of `origin` sees it: its own chain is checked against
+    /// `dir/signing.pub`, other origins' as [`verify_all`](Self::verify_all)
+    /// says. Never writes.
+    ///
+    /// # Errors
+    /// [`Error::InvalidOrigin`]; [`Error::Key`] when `signing.pub` cannot
+    /// be read; [`Error::Store`] / [`Error::Corrupt`] when the store cannot.
+    pub fn read_only(
+        store: Arc<dyn AuditStore>,
+        origin: &str,
+        dir: impl AsRef<Path>,
+    ) -> Result<AuditLog> {
+        check_origin(origin)?;
+        let dir = dir.as_ref();
         let public = keys::parse_public_key(&dir.join(PUBLIC_KEY_FILE).to_string_lossy())?;
         let log = AuditLog::from_parts(
             dir.to_owned(),
-            db,
-            tree,
+            store,
+            origin,
             Signer::VerifyOnly(public),
             keys::random_bytes()?,
             AuditConfig::default(),
@@ -414,34 +534,38 @@ impl AuditLog {
             verifier = verifier.resume(cp.seq, hash);
             from = cp.seq + 1;
         }
-        for item in inner.tree.range(key(RECORD, from)..=key(RECORD, u64::MAX)) {
-            let (k, v) = item.map_err(|e| Error::store(&inner.path, e))?;
+        for item in chain_records(&*inner.store, &inner.origin, from) {
+            let (position, bytes) = item.map_err(|e| store_error(&inner.path, &e))?;
             verifier
-                .push_bytes(Some(seq_of(&k).unwrap_or(0)), &v)
+                .push_bytes(Some(position), &bytes)
                 .map_err(tampered)?;
         }
         verifier.finish().map(drop).map_err(tampered)
     }
 
-    /// A log in a temporary database, removed when the last clone is
-    /// dropped, with fresh in-memory keys: for tests and for hosts that do
-    /// not keep records (calls are still recorded while it lives).
+    /// A log in a temporary store (a temporary sled database with feature
+    /// `sled`, so a long-running host's records are not all held in
+    /// memory; memory otherwise), gone when the last clone is dropped,
+    /// with fresh in-memory keys: for tests and for hosts that do not keep
+    /// records (calls are still recorded while it lives).
     ///
     /// # Errors
-    /// [`Error::Store`] when the temporary database cannot be created.
+    /// [`Error::Store`] when the temporary database cannot be created;
+    /// [`Error::Key`] when the operating system gives no entropy for keys.
     pub fn temporary(config: AuditConfig) -> Result<AuditLog> {
         let path = PathBuf::from("<temporary>");
-        let db = sled::Config::new()
-            .temporary(true)
-            .flush_every_ms(Some(config.group_commit_ms.max(1)))
-            .open()
-            .map_err(|e| Error::store(&path, e))?;
-        let tree = db.open_tree("audit").map_err(|e| Error::store(&path, e))?;
+        #[cfg(feature = "sled")]
+        let store: Arc<dyn AuditStore> = Arc::new(
+            airlock_store_sled::SledAudit::temporary(DEFAULT_ORIGIN)
+                .map_err(|e| store_error(&path, &e))?,
+        );
+        #[cfg(not(feature = "sled"))]
+        let store: Arc<dyn AuditStore> = Arc::new(MemoryStore::new());
         let signing = SigningKey::from_bytes(&keys::random_bytes()?);
         let log = AuditLog::from_parts(
             path,
-            db,
-            tree,
+            store,
+            DEFAULT_ORIGIN,
             Signer::Key(signing),
             keys::random_bytes()?,
             config,
@@ -453,27 +577,22 @@ impl AuditLog {
 
     fn from_parts(
         path: PathBuf,
-        db: sled::Db,
-        tree: sled::Tree,
+        store: Arc<dyn AuditStore>,
+        origin: &str,
         signing: Signer,
         redaction_key: [u8; 32],
         config: AuditConfig,
     ) -> Result<AuditLog> {
-        let (seq, hash) = match tree
-            .scan_prefix([RECORD])
-            .next_back()
-            .transpose()
-            .map_err(|e| Error::store(&path, e))?
-        {
+        let (seq, hash) = match store.head(origin).map_err(|e| store_error(&path, &e))? {
             None => (0, GENESIS_HASH),
-            Some((k, v)) => {
-                let seq = seq_of(&k).unwrap_or(0);
+            Some((seq, bytes)) => {
                 let corrupt = |reason: &str| Error::Corrupt {
                     path: path.clone(),
                     seq,
                     reason: reason.to_owned(),
                 };
-                let body: Value = serde_json::from_slice(&v).map_err(|_| corrupt("not JSON"))?;
+                let body: Value =
+                    serde_json::from_slice(&bytes).map_err(|_| corrupt("not JSON"))?;
                 let hash = body
                     .get("hash")
                     .and_then(Value::as_str)
@@ -482,19 +601,17 @@ impl AuditLog {
                 (seq, hash)
             }
         };
-        let last_checkpoint_seq = tree
-            .scan_prefix([CHECKPOINT])
-            .next_back()
-            .transpose()
-            .map_err(|e| Error::store(&path, e))?
-            .and_then(|(k, _)| seq_of(&k))
-            .unwrap_or(0);
+        let last_checkpoint_seq = store
+            .checkpoints(origin)
+            .map_err(|e| store_error(&path, &e))?
+            .last()
+            .map_or(0, |(seq, _)| *seq);
         let redactor = Redactor::new(redaction_key, config.redaction.clone());
         Ok(AuditLog {
             inner: Arc::new(Inner {
                 path,
-                db,
-                tree,
+                store,
+                origin: origin.to_owned(),
                 head: Mutex::new(Head {
                     seq,
                     hash,
@@ -517,18 +634,11 @@ impl AuditLog {
     /// outcome, then sign and flush.
     fn recover(&self) -> Result<()> {
         let inner = &self.inner;
-        let mut markers = Vec::new();
-        for item in inner.tree.scan_prefix([OPEN_CALL]) {
-            let (key, value) = item.map_err(|e| Error::store(&inner.path, e))?;
-            let call_id = String::from_utf8_lossy(&key[1..]).into_owned();
-            let seq = value
-                .as_ref()
-                .try_into()
-                .map(u64::from_be_bytes)
-                .unwrap_or(0);
-            markers.push((key, call_id, seq));
-        }
-        let Some(first) = markers.iter().map(|(_, _, seq)| *seq).min() else {
+        let markers = inner
+            .store
+            .open_calls(&inner.origin)
+            .map_err(|e| store_error(&inner.path, &e))?;
+        let Some(first) = markers.iter().map(|(_, seq)| *seq).min() else {
             return Ok(());
         };
         // Calls whose outcome was recorded after the earliest marked intent:
@@ -545,7 +655,7 @@ impl AuditLog {
             }
         }
         let mut orphans = Vec::new();
-        for (key, call_id, seq) in markers {
+        for (call_id, seq) in markers {
             let intent = self.get(seq)?.filter(|r| {
                 r.entry.event == Event::CallStarted
                     && r.entry.call_id.as_deref() == Some(call_id.as_str())
@@ -563,9 +673,9 @@ impl AuditLog {
                         );
                     }
                     inner
-                        .tree
-                        .remove(&key)
-                        .map_err(|e| Error::store(&inner.path, e))?;
+                        .store
+                        .clear_open_call(&inner.origin, &call_id)
+                        .map_err(|e| store_error(&inner.path, &e))?;
                 }
             }
         }
@@ -595,7 +705,7 @@ impl AuditLog {
         self.checkpoint().map(drop)
     }
 
-    /// Start the thread that puts queued records into sled. Without it
+    /// Start the thread that puts queued records into the store. Without it
     /// (the thread cannot be spawned), appenders write their own.
     fn start_writer(&self) {
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
@@ -728,13 +838,13 @@ impl AuditLog {
         }
         let (record, hash, bytes) = Record::seal(seq, now_ms(), entry, &head.hash);
         let marker = match (record.entry.event, record.entry.call_id.as_deref()) {
-            (Event::CallStarted, Some(call_id)) => Marker::Open(open_call_key(call_id)),
-            (Event::CallFinished, Some(call_id)) => Marker::Close(open_call_key(call_id)),
+            (Event::CallStarted, Some(call_id)) => Marker::Open(call_id.to_owned()),
+            (Event::CallFinished, Some(call_id)) => Marker::Close(call_id.to_owned()),
             _ => Marker::None,
         };
         let (queued, inline) = {
             let mut queue = inner.queue.lock();
-            queue.writes.push_back(QueuedWrite { seq, bytes, marker });
+            queue.writes.push_back(AuditWrite { seq, bytes, marker });
             (queue.writes.len(), queue.inline)
         };
         head.seq = seq;
@@ -749,7 +859,7 @@ impl AuditLog {
         drop(head);
         if inline || queued > MAX_QUEUED {
             // The writer thread is behind: help it, which also slows the
-            // appenders down to sled's pace. The record is sealed and
+            // appenders down to the store's pace. The record is sealed and
             // queued: if the store fails now it stays queued for the
             // writer thread to retry, so this append still succeeded.
             // While the store fails, the writer thread's pauses pace the
@@ -771,10 +881,9 @@ impl AuditLog {
     pub fn flush(&self) -> Result<()> {
         self.inner.write_queued()?;
         self.inner
-            .db
+            .store
             .flush()
-            .map(drop)
-            .map_err(|e| Error::store(&self.inner.path, e))
+            .map_err(|e| store_error(&self.inner.path, &e))
     }
 
     /// Sign a checkpoint at the current head (if it has records not yet
@@ -805,9 +914,9 @@ impl AuditLog {
         // The records it vouches for go in before it.
         self.inner.write_queued()?;
         self.inner
-            .tree
-            .insert(key(CHECKPOINT, head.seq), bytes)
-            .map_err(|e| Error::store(&self.inner.path, e))?;
+            .store
+            .put_checkpoint(&self.inner.origin, head.seq, &bytes)
+            .map_err(|e| store_error(&self.inner.path, &e))?;
         head.unsigned = 0;
         head.last_checkpoint = Instant::now();
         Ok(())
@@ -835,6 +944,16 @@ impl AuditLog {
         &self.inner.path
     }
 
+    /// The origin whose chain this log appends to.
+    pub fn origin(&self) -> &str {
+        &self.inner.origin
+    }
+
+    /// The store the chains are in.
+    pub fn store(&self) -> &Arc<dyn AuditStore> {
+        &self.inner.store
+    }
+
     /// The checkpoint signer's public key.
     pub fn public_key(&self) -> VerifyingKey {
         self.inner.signing.public()
@@ -859,16 +978,16 @@ impl AuditLog {
         let inner = &self.inner;
         inner.settle();
         let Some(bytes) = inner
-            .tree
-            .get(key(RECORD, seq))
-            .map_err(|e| Error::store(&inner.path, e))?
+            .store
+            .record(&inner.origin, seq)
+            .map_err(|e| store_error(&inner.path, &e))?
         else {
             return Ok(None);
         };
         self.parse(seq, &bytes).map(Some)
     }
 
-    fn parse(&self, seq: u64, bytes: &[u8]) -> Result<Record> {
+    pub(crate) fn parse(&self, seq: u64, bytes: &[u8]) -> Result<Record> {
         serde_json::from_slice(bytes).map_err(|e| Error::Corrupt {
             path: self.inner.path.clone(),
             seq,
@@ -876,42 +995,23 @@ impl AuditLog {
         })
     }
 
-    /// Records from `from` on, oldest first.
+    /// Records of this log's chain from `from` on, oldest first.
     pub fn records(&self, from: u64) -> impl Iterator<Item = Result<Record>> + '_ {
         self.inner.settle();
-        self.inner
-            .tree
-            .range(key(RECORD, from)..=key(RECORD, u64::MAX))
-            .map(move |item| {
-                let (k, v) = item.map_err(|e| Error::store(&self.inner.path, e))?;
-                self.parse(seq_of(&k).unwrap_or(0), &v)
-            })
+        chain_records(&*self.inner.store, &self.inner.origin, from).map(move |item| {
+            let (seq, bytes) = item.map_err(|e| store_error(&self.inner.path, &e))?;
+            self.parse(seq, &bytes)
+        })
     }
 
-    /// The newest `limit` records matching `filter`, oldest first.
+    /// The newest `limit` records of this log's chain matching `filter`,
+    /// oldest first.
     ///
     /// # Errors
     /// As [`get`](Self::get).
     pub fn query(&self, filter: &Filter, limit: usize) -> Result<Vec<Record>> {
         self.inner.settle();
-        let mut out = Vec::new();
-        for item in self
-            .inner
-            .tree
-            .range(key(RECORD, 0)..=key(RECORD, u64::MAX))
-            .rev()
-        {
-            if out.len() >= limit {
-                break;
-            }
-            let (k, v) = item.map_err(|e| Error::store(&self.inner.path, e))?;
-            let record = self.parse(seq_of(&k).unwrap_or(0), &v)?;
-            if filter.matches(&record) {
-                out.push(record);
-            }
-        }
-        out.reverse();
-        Ok(out)
+        newest_matching(self, &self.inner.origin, filter, limit)
     }
 
     /// Every checkpoint, oldest first.
@@ -922,9 +1022,11 @@ impl AuditLog {
         let inner = &self.inner;
         inner.settle();
         let mut out = Vec::new();
-        for item in inner.tree.scan_prefix([CHECKPOINT]) {
-            let (k, v) = item.map_err(|e| Error::store(&inner.path, e))?;
-            let seq = seq_of(&k).unwrap_or(0);
+        let stored = inner
+            .store
+            .checkpoints(&inner.origin)
+            .map_err(|e| store_error(&inner.path, &e))?;
+        for (seq, v) in stored {
             let cp = serde_json::from_slice(&v).map_err(|e| Error::Corrupt {
                 path: inner.path.clone(),
                 seq,
@@ -935,50 +1037,24 @@ impl AuditLog {
         Ok(out)
     }
 
-    /// Verify the live log: every record's link and hash, every checkpoint's
-    /// signature (against this host's key) and hash, and `trusted`
-    /// checkpoints kept elsewhere (an earlier export), which catch a history
-    /// rewritten together with its checkpoints.
+    /// Verify this log's chain: every record's link and hash, every
+    /// checkpoint's signature (against this host's key) and hash, and
+    /// `trusted` checkpoints kept elsewhere (an earlier export), which
+    /// catch a history rewritten together with its checkpoints. Other
+    /// origins' chains in the store: [`verify_all`](Self::verify_all).
     ///
     /// # Errors
     /// The outer error is a failure to read the store; the inner one is the
     /// first bad record.
     pub fn verify(&self, trusted: &[Checkpoint]) -> Result<Result<VerifyReport, VerifyFailure>> {
-        let inner = &self.inner;
-        inner.settle();
-        let mut checkpoints = Vec::new();
-        for item in inner.tree.scan_prefix([CHECKPOINT]) {
-            let (k, v) = item.map_err(|e| Error::store(&inner.path, e))?;
-            let seq = seq_of(&k).unwrap_or(0);
-            match serde_json::from_slice::<Checkpoint>(&v) {
-                Ok(cp) if cp.seq == seq => checkpoints.push(cp),
-                Ok(_) | Err(_) => {
-                    return Ok(Err(VerifyFailure {
-                        seq,
-                        problem: crate::verify::Problem::BadSignature {
-                            reason: "the stored checkpoint is unreadable or misplaced".into(),
-                        },
-                    }));
-                }
-            }
-        }
-        let mut verifier = match Verifier::new(
+        self.inner.settle();
+        verify_chain(
+            &*self.inner.store,
+            &self.inner.path,
+            &self.inner.origin,
             &self.public_key(),
-            checkpoints,
-            trusted.iter().cloned(),
-            None,
-        ) {
-            Ok(v) => v,
-            Err(failure) => return Ok(Err(failure)),
-        };
-        for item in inner.tree.scan_prefix([RECORD]) {
-            let (k, v) = item.map_err(|e| Error::store(&inner.path, e))?;
-            let position = seq_of(&k).unwrap_or(0);
-            if let Err(failure) = verifier.push_bytes(Some(position), &v) {
-                return Ok(Err(failure));
-            }
-        }
-        Ok(verifier.finish())
+            trusted,
+        )
     }
 
     /// Write the whole log to `path` as JSON lines: a header, every
@@ -1007,6 +1083,7 @@ impl AuditLog {
                 "format": EXPORT_FORMAT,
                 "version": EXPORT_VERSION,
                 "public_key": hex::encode(self.public_key().as_bytes()),
+                "origin": self.origin(),
                 "exported_ms": now_ms(),
                 "records": records,
                 "head_hash": head,
@@ -1015,8 +1092,10 @@ impl AuditLog {
             for cp in &checkpoints {
                 writeln!(out, "{}", serde_json::json!({ "checkpoint": cp })).map_err(file_error)?;
             }
-            for item in self.inner.tree.range(key(RECORD, 1)..=key(RECORD, records)) {
-                let (_, v) = item.map_err(|e| Error::store(&self.inner.path, e))?;
+            let chain = chain_records(&*self.inner.store, &self.inner.origin, 1)
+                .take_while(|item| item.as_ref().map_or(true, |(seq, _)| *seq <= records));
+            for item in chain {
+                let (_, v) = item.map_err(|e| store_error(&self.inner.path, &e))?;
                 out.write_all(RECORD_LINE_START.as_bytes())
                     .map_err(file_error)?;
                 out.write_all(&v).map_err(file_error)?;
@@ -1038,18 +1117,19 @@ impl AuditLog {
 }
 
 impl Inner {
-    /// Put every queued record into sled, in order. On a failure the
-    /// record that failed and every one after it go back to the front of
-    /// the queue, in order, to be tried again (by the writer thread, or
-    /// the next flush): nothing sealed is lost or reordered, so the chain
-    /// in the store stays a gap-free prefix of the sealed one.
+    /// Put every queued record into the store, in order, in one
+    /// [`AuditStore::write`]. On a failure the store is asked how far it
+    /// got; the record that failed and every one after it go back to the
+    /// front of the queue, in order, to be tried again (by the writer
+    /// thread, or the next flush): nothing sealed is lost or reordered, so
+    /// the chain in the store stays a gap-free prefix of the sealed one.
     fn write_queued(&self) -> Result<()> {
         let _writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
-            let writes: VecDeque<QueuedWrite> = {
+            let (mut writes, resync) = {
                 let mut queue = self.queue.lock();
                 queue.taken = queue.writes.len();
-                std::mem::take(&mut queue.writes)
+                (std::mem::take(&mut queue.writes), queue.resync)
             };
             if writes.is_empty() {
                 let mut queue = self.queue.lock();
@@ -1063,28 +1143,110 @@ impl Inner {
                 }
                 continue;
             }
-            let mut writes = writes;
-            while let Some(write) = writes.front() {
-                let seq = write.seq;
-                if let Err(e) = self.write_checked(write) {
-                    let mut queue = self.queue.lock();
-                    let first_failure = queue.failing.is_none();
-                    queue.failing = Some(format!("cannot write record {seq}: {e}"));
-                    // Back in front of whatever was queued meanwhile.
-                    writes.append(&mut queue.writes);
-                    queue.writes = writes;
-                    queue.taken = 0;
-                    if first_failure {
-                        tracing::error!(error = %e, seq, queued = queue.writes.len(), "cannot write audit records; they stay queued and are retried");
-                    }
-                    return Err(e);
+            let mut result = Ok(());
+            if resync {
+                result = self
+                    .drop_stored(&mut writes)
+                    .and_then(|diverged| match diverged {
+                        Some(e) => Err(e),
+                        None => Ok(()),
+                    });
+                if result.is_ok() {
+                    self.queue.lock().resync = false;
                 }
-                writes.pop_front();
             }
+            if result.is_ok() && !writes.is_empty() {
+                result = self.write_checked(writes.make_contiguous());
+                if result.is_ok() {
+                    continue;
+                }
+                // What did the store keep? Whatever it reports is not
+                // written again; if it cannot say, the next writer asks.
+                match self.drop_stored(&mut writes) {
+                    // It kept them all after all (its answer was lost).
+                    Ok(None) if writes.is_empty() => continue,
+                    Ok(None) => {}
+                    Ok(Some(diverged)) => {
+                        self.queue.lock().resync = true;
+                        result = Err(diverged);
+                    }
+                    Err(_) => self.queue.lock().resync = true,
+                }
+            }
+            let Err(e) = result else { continue };
+            let seq = writes.front().map_or(0, |w| w.seq);
+            let mut queue = self.queue.lock();
+            let first_failure = queue.failing.is_none();
+            queue.failing = Some(format!("cannot write record {seq}: {e}"));
+            // Back in front of whatever was queued meanwhile.
+            writes.append(&mut queue.writes);
+            queue.writes = writes;
+            queue.taken = 0;
+            if first_failure {
+                tracing::error!(error = %e, seq, queued = queue.writes.len(), "cannot write audit records; they stay queued and are retried");
+            }
+            return Err(e);
         }
     }
 
-    fn write_checked(&self, write: &QueuedWrite) -> Result<()> {
+    /// Drop from the front of `writes` what the store already holds (a
+    /// write that failed part-way, or whose answer was lost). A stored
+    /// record that differs from the sealed one means another writer
+    /// extends this origin's chain: that error is returned (`Some`), every
+    /// time, so the log stops taking records rather than fork the chain.
+    /// `Err` is a store that cannot say.
+    fn drop_stored(&self, writes: &mut VecDeque<AuditWrite>) -> Result<Option<Error>> {
+        let failed = |e: StoreError| store_error(&self.path, &e);
+        let (Some(first), Some(last)) = (writes.front(), writes.back()) else {
+            return Ok(None);
+        };
+        let (first, last) = (first.seq, last.seq);
+        let Some((head, head_bytes)) = self.store.head(&self.origin).map_err(failed)? else {
+            return Ok(if first == 1 {
+                None
+            } else {
+                Some(self.diverged(format!(
+                    "the store holds no records, but records up to {} were stored",
+                    first - 1
+                )))
+            });
+        };
+        if head < first {
+            return Ok(if head + 1 == first {
+                None
+            } else {
+                Some(self.diverged(format!(
+                    "the store's chain ends at record {head}, but records up to {} were stored",
+                    first - 1
+                )))
+            });
+        }
+        let at = head.min(last);
+        let stored = if at == head {
+            Some(head_bytes)
+        } else {
+            self.store.record(&self.origin, at).map_err(failed)?
+        };
+        let index = usize::try_from(at - first).unwrap_or(usize::MAX);
+        let ours = writes.get(index).map(|w| &w.bytes);
+        if stored.as_ref() != ours {
+            return Ok(Some(self.diverged(format!(
+                "record {at} in the store is not the one this host sealed: another process appends to origin {:?} (two hosts must not share an origin id)",
+                self.origin
+            ))));
+        }
+        writes.drain(..=index);
+        Ok(None)
+    }
+
+    fn diverged(&self, message: String) -> Error {
+        Error::store(
+            &self.path,
+            format!("audit chain {:?}: {message}", self.origin),
+        )
+    }
+
+    fn write_checked(&self, writes: &[AuditWrite]) -> Result<()> {
         #[cfg(test)]
         {
             use std::sync::atomic::Ordering;
@@ -1097,70 +1259,35 @@ impl Inner {
                 ));
             }
         }
-        self.write(write)
+        self.store
+            .write(&self.origin, writes)
+            .map_err(|e| store_error(&self.path, &e))
     }
 
-    /// Before a read: put what is queued into sled, so the reader sees
-    /// every record appended so far. A failure to write is the log's (it
-    /// is logged, and appends report it), not the reader's: it reads what
-    /// the store holds.
-    fn settle(&self) {
+    /// Before a read: put what is queued into the store, so the reader
+    /// sees every record appended so far. A failure to write is the log's
+    /// (it is logged, and appends report it), not the reader's: it reads
+    /// what the store holds.
+    pub(crate) fn settle(&self) {
         let _ = self.write_queued();
-    }
-
-    /// One record and its marker change, as two ordered single-key writes
-    /// rather than a sled batch: sled writes every batch out to disk at
-    /// once (it rolls its log buffer before and after one), which made each
-    /// record a disk write of its own and defeated the group commit. sled
-    /// recovers a prefix of its writes, so a crash between the two leaves a
-    /// marker whose intent is missing or whose call has its outcome, and
-    /// `recover` tells both apart from a call that was in flight.
-    fn write(&self, write: &QueuedWrite) -> Result<()> {
-        let store_error = |e| Error::store(&self.path, e);
-        let record_key = key(RECORD, write.seq);
-        match &write.marker {
-            Marker::Open(marker) => {
-                self.tree
-                    .insert(marker, &write.seq.to_be_bytes())
-                    .map_err(store_error)?;
-                if let Err(e) = self.tree.insert(record_key, write.bytes.as_slice()) {
-                    // Best effort: `recover` drops a marker without its
-                    // intent; a retry writes both again.
-                    let _ = self.tree.remove(marker);
-                    return Err(store_error(e));
-                }
-            }
-            Marker::Close(marker) => {
-                self.tree
-                    .insert(record_key, write.bytes.as_slice())
-                    .map_err(store_error)?;
-                if let Err(e) = self.tree.remove(marker) {
-                    // The record is written; `recover` drops a marker whose
-                    // call has its outcome.
-                    tracing::error!(error = %e, seq = write.seq, "cannot clear a finished call's in-flight marker");
-                }
-            }
-            Marker::None => {
-                self.tree
-                    .insert(record_key, write.bytes.as_slice())
-                    .map_err(store_error)?;
-            }
-        }
-        Ok(())
     }
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
         // What is queued goes in first; the writer thread then exits.
-        if let Err(e) = self.write_queued() {
-            tracing::error!(error = %e, "cannot write the last audit records");
-        }
+        let written = self.write_queued();
         {
             let mut queue = self.queue.lock();
             queue.stop = true;
         }
         self.queue.wake.notify_all();
+        if let Err(e) = written {
+            // Never sign records the store does not hold (nor, when another
+            // writer extends this chain, over its records).
+            tracing::error!(error = %e, "cannot write the last audit records; no shutdown checkpoint is signed");
+            return;
+        }
         // Sign what is unsigned so a clean shutdown leaves the whole log
         // covered; best effort (errors are logged).
         let Ok(mut head) = self.head.lock() else {
@@ -1175,28 +1302,89 @@ impl Drop for Inner {
         let result = serde_json::to_vec(&cp)
             .map_err(|e| e.to_string())
             .and_then(|bytes| {
-                self.tree
-                    .insert(key(CHECKPOINT, head.seq), bytes)
-                    .map_err(|e| e.to_string())
+                self.store
+                    .put_checkpoint(&self.origin, head.seq, &bytes)
+                    .map_err(|e| e.chain())
             })
-            .and_then(|_| self.db.flush().map_err(|e| e.to_string()));
+            .and_then(|()| self.store.flush().map_err(|e| e.chain()));
         match result {
-            Ok(_) => head.unsigned = 0,
+            Ok(()) => head.unsigned = 0,
             Err(e) => tracing::error!(error = %e, "cannot sign the shutdown audit checkpoint"),
         }
     }
 }
 
-/// Open the database, retrying while another process holds its lock.
-fn open_db(dir: &Path, config: sled::Config, lock_wait_ms: u64) -> Result<sled::Db> {
-    crate::sled_open::open_waiting(&config, Duration::from_millis(lock_wait_ms)).map_err(
-        |e| match e {
-            crate::sled_open::OpenError::Locked => Error::Locked {
-                path: dir.to_owned(),
-            },
-            crate::sled_open::OpenError::Failed(e) => Error::store(dir, e),
-        },
-    )
+/// The newest `limit` records of `origin` matching `filter`, oldest first,
+/// read backwards a page at a time.
+pub(crate) fn newest_matching(
+    log: &AuditLog,
+    origin: &str,
+    filter: &Filter,
+    limit: usize,
+) -> Result<Vec<Record>> {
+    let inner = &log.inner;
+    let failed = |e: StoreError| store_error(&inner.path, &e);
+    let mut out = Vec::new();
+    let Some((mut end, _)) = inner.store.head(origin).map_err(failed)? else {
+        return Ok(out);
+    };
+    let page = u64::try_from(PAGE).unwrap_or(u64::MAX);
+    while end >= 1 && out.len() < limit {
+        let start = end.saturating_sub(page - 1).max(1);
+        let records = inner.store.records(origin, start, PAGE).map_err(failed)?;
+        for (seq, bytes) in records.into_iter().rev() {
+            if seq > end || seq < start {
+                continue;
+            }
+            if out.len() >= limit {
+                break;
+            }
+            let record = log.parse(seq, &bytes)?;
+            if filter.matches(&record) {
+                out.push(record);
+            }
+        }
+        end = start - 1;
+    }
+    out.reverse();
+    Ok(out)
+}
+
+/// Verify the chain of `origin` in `store` against `key` and `trusted`
+/// checkpoints; `path` names the log in store errors.
+pub(crate) fn verify_chain(
+    store: &dyn AuditStore,
+    path: &Path,
+    origin: &str,
+    key: &VerifyingKey,
+    trusted: &[Checkpoint],
+) -> Result<Result<VerifyReport, VerifyFailure>> {
+    let failed = |e: StoreError| store_error(path, &e);
+    let mut checkpoints = Vec::new();
+    for (seq, v) in store.checkpoints(origin).map_err(failed)? {
+        match serde_json::from_slice::<Checkpoint>(&v) {
+            Ok(cp) if cp.seq == seq => checkpoints.push(cp),
+            Ok(_) | Err(_) => {
+                return Ok(Err(VerifyFailure {
+                    seq,
+                    problem: crate::verify::Problem::BadSignature {
+                        reason: "the stored checkpoint is unreadable or misplaced".into(),
+                    },
+                }));
+            }
+        }
+    }
+    let mut verifier = match Verifier::new(key, checkpoints, trusted.iter().cloned(), None) {
+        Ok(v) => v,
+        Err(failure) => return Ok(Err(failure)),
+    };
+    for item in chain_records(store, origin, 1) {
+        let (position, bytes) = item.map_err(failed)?;
+        if let Err(failure) = verifier.push_bytes(Some(position), &bytes) {
+            return Ok(Err(failure));
+        }
+    }
+    Ok(verifier.finish())
 }
 
 /// Read the key at `path`, or create it when missing and nothing (`what`)

@@ -7,6 +7,8 @@
 
 use std::time::{Duration, Instant};
 
+use airlock_store::{ErrorKind, StoreError};
+
 /// Why [`open_waiting`] did not open the database.
 #[derive(Debug)]
 pub enum OpenError {
@@ -38,6 +40,23 @@ pub fn open_waiting(config: &sled::Config, wait: Duration) -> Result<sled::Db, O
     }
 }
 
+/// [`open_waiting`] with the seam's error: [`ErrorKind::Locked`] when
+/// another process kept the database for the whole wait,
+/// [`ErrorKind::Unavailable`] for any other failure. `what` names the
+/// database in the message (`audit log at /var/lib/airlock/audit/db`).
+///
+/// # Errors
+/// As above.
+pub fn open(config: &sled::Config, wait: Duration, what: &str) -> Result<sled::Db, StoreError> {
+    open_waiting(config, wait).map_err(|e| match e {
+        OpenError::Locked => StoreError::new(
+            ErrorKind::Locked,
+            format!("{what} is in use by another airlock process"),
+        ),
+        OpenError::Failed(e) => StoreError::unavailable(format!("cannot open {what}"), e),
+    })
+}
+
 fn is_locked(e: &sled::Error) -> bool {
     matches!(e, sled::Error::Io(io) if io.kind() == std::io::ErrorKind::WouldBlock)
         || e.to_string().contains("could not acquire lock")
@@ -56,6 +75,10 @@ mod tests {
             open_waiting(&config, Duration::from_millis(60)),
             Err(OpenError::Locked)
         ));
+        let err =
+            open(&config, Duration::from_millis(60), "the test database").expect_err("still held");
+        assert_eq!(err.kind(), ErrorKind::Locked);
+        assert!(err.to_string().contains("in use"), "{err}");
         let release = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(100));
             drop(held);
