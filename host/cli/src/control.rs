@@ -72,6 +72,10 @@ pub(crate) async fn open_or_reach<T>(
     };
     match Control::reach(&path).await {
         Ok(control) => Ok(Source::Server(control)),
+        // Something answers, but not this user's server: nothing to wait for.
+        Err(untrusted) if untrusted.is::<Untrusted>() => {
+            Err(anyhow!("{held:#}; and the control socket cannot be used: {untrusted:#}").into())
+        }
         Err(unreachable) => match open(settings.audit.lock_wait_ms) {
             Ok(store) => Ok(Source::Local(store)),
             Err(_) => Err(anyhow!(
@@ -81,6 +85,15 @@ pub(crate) async fn open_or_reach<T>(
             .into()),
         },
     }
+}
+
+/// The socket is served by another user.
+#[derive(Debug, thiserror::Error)]
+#[error("{} is served by uid {server}, not by this user (uid {me}): refusing to use it", path.display())]
+struct Untrusted {
+    path: PathBuf,
+    server: u32,
+    me: u32,
 }
 
 /// This process's user, as the kernel reports it: the credentials of a
@@ -123,10 +136,12 @@ impl Control {
             .uid();
         let me = own_uid()?;
         if server != me {
-            anyhow::bail!(
-                "{} is served by uid {server}, not by this user (uid {me}): refusing to use it",
-                self.path.display()
-            );
+            return Err(Untrusted {
+                path: self.path.clone(),
+                server,
+                me,
+            }
+            .into());
         }
         Ok(stream)
     }
