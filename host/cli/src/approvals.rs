@@ -46,8 +46,9 @@ pub(crate) enum ApprovalsCommand {
 #[derive(Debug, clap::Args)]
 pub(crate) struct Server {
     /// Use the approver endpoints of a running `airlock serve` at this URL
-    /// (`http://127.0.0.1:7410`) instead of the data directory, which the
-    /// server holds. Needs your approver token (AIRLOCK_APPROVER_TOKEN).
+    /// (`https://airlock.example.com`), e.g. from another machine (on the
+    /// server's machine the commands reach it without a URL, through its
+    /// control socket). Needs your approver token (AIRLOCK_APPROVER_TOKEN).
     #[arg(long, env = "AIRLOCK_SERVER", value_name = "URL")]
     server: Option<String>,
     /// Your approver token, for --server (prefer AIRLOCK_APPROVER_TOKEN:

@@ -1,6 +1,7 @@
 //! `airlock approvals … --server URL`: deciding through the approver-only
-//! endpoints of a running `airlock serve` (which holds the data directory's
-//! databases, so the CLI cannot open them itself).
+//! endpoints of a running `airlock serve`, from any machine (on the
+//! server's own machine the control socket needs no URL: `control.rs`).
+//! The HTTP/1.1 exchange here ([`exchange`]) serves both.
 //!
 //! `GET /approvals[?all=true]`, `GET /approvals/{id}` and `POST
 //! /approvals/{id}` with the approver's bearer token; `https://` (Mozilla's
