@@ -1,12 +1,15 @@
 //! `airlock approvals` and `airlock mode`: the human side of the pipeline.
 
-use airlock_host::Host;
 use airlock_host::ledger::{Approval, ApprovalState};
+use airlock_host::{Host, Mode};
+use airlock_mcp::control::{DecideRequest, ModeRequest};
 use clap::Subcommand;
+use serde::Deserialize;
 use serde_json::json;
 
 use crate::config::Settings;
-use crate::remote::Remote;
+use crate::control::{Control, Source, open_or_reach};
+use crate::remote::{Remote, encode};
 use crate::terminal::escape;
 use crate::{Calls, Failure, exit, host_config, print_json};
 
@@ -43,8 +46,9 @@ pub(crate) enum ApprovalsCommand {
 #[derive(Debug, clap::Args)]
 pub(crate) struct Server {
     /// Use the approver endpoints of a running `airlock serve` at this URL
-    /// (`http://127.0.0.1:7410`) instead of the data directory, which the
-    /// server holds. Needs your approver token (AIRLOCK_APPROVER_TOKEN).
+    /// (`https://airlock.example.com`), e.g. from another machine (on the
+    /// server's machine the commands reach it without a URL, through its
+    /// control socket). Needs your approver token (AIRLOCK_APPROVER_TOKEN).
     #[arg(long, env = "AIRLOCK_SERVER", value_name = "URL")]
     server: Option<String>,
     /// Your approver token, for --server (prefer AIRLOCK_APPROVER_TOKEN:
@@ -88,8 +92,82 @@ pub(crate) struct Decision {
     token: String,
 }
 
-fn open(settings: &Settings) -> anyhow::Result<Host> {
-    Ok(Host::new(host_config(settings, Calls::Recorded))?)
+/// The ledger: a host on the data directory, or the server that holds it.
+enum Ledger {
+    Local(Box<Host>),
+    Server(Control),
+}
+
+#[derive(Deserialize)]
+struct ApprovalList {
+    approvals: Vec<Approval>,
+}
+
+#[derive(Deserialize)]
+struct OneApproval {
+    approval: Approval,
+}
+
+impl Ledger {
+    async fn open(settings: &Settings) -> Result<Ledger, Failure> {
+        let open = |wait| {
+            let mut audit = settings.audit.clone();
+            audit.lock_wait_ms = wait;
+            Ok(Host::new(
+                host_config(settings, Calls::Recorded).audit(audit),
+            )?)
+        };
+        Ok(match open_or_reach(settings, open).await? {
+            Source::Local(host) => Ledger::Local(Box::new(host)),
+            Source::Server(control) => Ledger::Server(control),
+        })
+    }
+
+    async fn list(&self, all: bool) -> Result<Vec<Approval>, Failure> {
+        match self {
+            Ledger::Local(host) => Ok(host.approvals((!all).then_some(ApprovalState::Pending))?),
+            Ledger::Server(control) => Ok(control
+                .json::<ApprovalList>("GET", &format!("/v1/approvals?all={all}"), None)
+                .await?
+                .approvals),
+        }
+    }
+
+    async fn show(&self, id: &str) -> Result<Approval, Failure> {
+        let missing = || Failure::usage(anyhow::anyhow!("no approval {id}"));
+        match self {
+            Ledger::Local(host) => host.approval(id)?.ok_or_else(missing),
+            Ledger::Server(control) => Ok(control
+                .json::<OneApproval>("GET", &format!("/v1/approvals/{}", encode(id)), None)
+                .await?
+                .approval),
+        }
+    }
+
+    async fn decide(&self, d: &Decision, approve: bool) -> Result<Approval, Failure> {
+        let approver = d.approver.as_deref().unwrap_or_default();
+        match self {
+            Ledger::Local(host) => Ok(host
+                .decide(&d.id, approver, &d.token, approve, d.reason.as_deref())
+                .await?),
+            Ledger::Server(control) => {
+                let request = DecideRequest {
+                    approve,
+                    approver: approver.to_owned(),
+                    token: d.token.clone(),
+                    reason: d.reason.clone(),
+                };
+                Ok(control
+                    .json::<OneApproval>(
+                        "POST",
+                        &format!("/v1/approvals/{}", encode(&d.id)),
+                        Some(json!(request)),
+                    )
+                    .await?
+                    .approval)
+            }
+        }
+    }
 }
 
 /// One approval in full. Every field but the state and times is someone
@@ -164,30 +242,24 @@ pub(crate) async fn run(settings: &Settings, command: ApprovalsCommand) -> Resul
     if let Some(remote) = remote {
         return run_remote(&remote, command).await;
     }
-    let host = open(settings)?;
+    if let ApprovalsCommand::Approve(d) | ApprovalsCommand::Reject(d) = &command
+        && d.token.trim().is_empty()
+    {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "approving needs your approver token in AIRLOCK_APPROVER_TOKEN"
+        )));
+    }
+    let ledger = Ledger::open(settings).await?;
     match command {
         ApprovalsCommand::List { all, json, .. } => {
-            let list = host.approvals((!all).then_some(ApprovalState::Pending))?;
-            print_list(&list, all, json);
+            print_list(&ledger.list(all).await?, all, json);
         }
         ApprovalsCommand::Show { id, json, .. } => {
-            let Some(a) = host.approval(&id)? else {
-                return Err(Failure::usage(anyhow::anyhow!("no approval {id}")));
-            };
-            print_one(&a, json);
-        }
-        ApprovalsCommand::Approve(d) | ApprovalsCommand::Reject(d) if d.token.trim().is_empty() => {
-            return Err(Failure::usage(anyhow::anyhow!(
-                "approving needs your approver token in AIRLOCK_APPROVER_TOKEN"
-            )));
+            print_one(&ledger.show(&id).await?, json);
         }
         ApprovalsCommand::Approve(ref d) | ApprovalsCommand::Reject(ref d) => {
             let approve = matches!(command, ApprovalsCommand::Approve(_));
-            let approver = d.approver.as_deref().unwrap_or_default();
-            let a = host
-                .decide(&d.id, approver, &d.token, approve, d.reason.as_deref())
-                .await?;
-            print_approval(&a);
+            print_approval(&ledger.decide(d, approve).await?);
         }
     }
     Ok(exit::OK)
@@ -283,22 +355,48 @@ pub(crate) enum ModeCommand {
     Show,
 }
 
-/// Switch by writing the mode file: a running host sees it at its next call
-/// and records the switch in the audit log.
-pub(crate) fn mode(settings: &Settings, command: ModeCommand) -> Result<u8, Failure> {
+#[derive(Deserialize)]
+struct ModeAnswer {
+    mode: Option<Mode>,
+}
+
+/// Switch through the running server when one holds the data directory
+/// (it records the switch in the audit log at once); else by writing the
+/// mode file: a host sees it at its next call and records it then.
+pub(crate) async fn mode(settings: &Settings, command: ModeCommand) -> Result<u8, Failure> {
+    let server = Control::find(settings).await;
     let (read_only, reason, by) = match command {
         ModeCommand::Show => {
-            let path = settings.data_dir.join(airlock_host::MODE_FILE);
-            match std::fs::read_to_string(&path) {
-                Ok(text) => println!("{}", text.trim()),
-                Err(_) => println!("normal (never switched)"),
-            }
+            let mode = match &server {
+                Some(control) => {
+                    control
+                        .json::<ModeAnswer>("GET", "/v1/mode", None)
+                        .await?
+                        .mode
+                }
+                None => read_mode_file(settings)?,
+            };
+            print_mode(mode.as_ref());
             return Ok(exit::OK);
         }
         ModeCommand::ReadOnly { reason, by } => (true, reason, by),
         ModeCommand::Normal { reason, by } => (false, reason, by),
     };
-    let mode = airlock_host::Mode {
+    let by = by.unwrap_or_else(|| settings.principal.clone());
+    let name = if read_only { "read-only" } else { "normal" };
+    if let Some(control) = server {
+        let request = ModeRequest {
+            read_only,
+            by,
+            reason,
+        };
+        control
+            .json::<ModeAnswer>("POST", "/v1/mode", Some(json!(request)))
+            .await?;
+        println!("host mode: {name} (recorded in the audit log by the running server)");
+        return Ok(exit::OK);
+    }
+    let mode = Mode {
         read_only,
         id: format!(
             "{}-{}",
@@ -308,7 +406,7 @@ pub(crate) fn mode(settings: &Settings, command: ModeCommand) -> Result<u8, Fail
                 .map(|d| d.as_nanos())
                 .unwrap_or(0)
         ),
-        by: by.unwrap_or_else(|| settings.principal.clone()),
+        by,
         reason,
         at_ms: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -316,9 +414,27 @@ pub(crate) fn mode(settings: &Settings, command: ModeCommand) -> Result<u8, Fail
             .unwrap_or(0),
     };
     airlock_host::write_mode(&settings.data_dir, &mode)?;
-    println!(
-        "host mode: {} (recorded in the audit log by the next host to run a call)",
-        if read_only { "read-only" } else { "normal" }
-    );
+    println!("host mode: {name} (recorded in the audit log by the next host to run a call)");
     Ok(exit::OK)
+}
+
+fn read_mode_file(settings: &Settings) -> Result<Option<Mode>, Failure> {
+    let path = settings.data_dir.join(airlock_host::MODE_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| {
+            anyhow::anyhow!("{} is not a valid mode file: {e}", path.display()).into()
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", path.display()).into()),
+    }
+}
+
+fn print_mode(mode: Option<&Mode>) {
+    match mode {
+        Some(mode) => println!(
+            "{}",
+            serde_json::to_string_pretty(mode).unwrap_or_else(|_| format!("{mode:?}"))
+        ),
+        None => println!("normal (never switched)"),
+    }
 }

@@ -5,14 +5,17 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use airlock_host::AUDIT_DIR;
 use airlock_host::audit_log::{
-    AuditLog, Checkpoint, Event, Filter, PUBLIC_KEY_FILE, Record, VerifyFailure, VerifyReport,
-    parse_public_key, read_export, verify_export,
+    AuditLog, Checkpoint, Event, PUBLIC_KEY_FILE, Record, parse_public_key, read_export,
+    verify_export,
 };
+use airlock_mcp::control::{AuditQuery, MAX_PAGE, Verdict, VerifyAnswer, export_headers};
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
+use serde::Deserialize;
 use serde_json::json;
 
 use crate::config::Settings;
+use crate::control::{Control, Source, open_or_reach};
 use crate::terminal::escape;
 use crate::{Failure, exit, print_json};
 
@@ -111,11 +114,120 @@ fn audit_dir(settings: &Settings) -> PathBuf {
     settings.data_dir.join(AUDIT_DIR)
 }
 
-fn open(settings: &Settings) -> anyhow::Result<AuditLog> {
-    Ok(AuditLog::open_read_only_waiting(
-        audit_dir(settings),
-        settings.audit.lock_wait_ms,
-    )?)
+/// The log: opened here, or read through the server that holds it.
+enum Log {
+    Local(AuditLog),
+    Server(Control),
+}
+
+#[derive(Deserialize)]
+struct Records {
+    records: Vec<Record>,
+}
+
+#[derive(Deserialize)]
+struct Head {
+    head: u64,
+}
+
+#[derive(Deserialize)]
+struct OneRecord {
+    record: Option<Record>,
+    head: u64,
+}
+
+impl Log {
+    async fn open(settings: &Settings) -> Result<Log, Failure> {
+        let dir = audit_dir(settings);
+        let open = |wait| Ok(AuditLog::open_read_only_waiting(&dir, wait)?);
+        Ok(match open_or_reach(settings, open).await? {
+            Source::Local(log) => Log::Local(log),
+            Source::Server(control) => Log::Server(control),
+        })
+    }
+
+    async fn query(&self, query: &AuditQuery) -> Result<Vec<Record>, Failure> {
+        match self {
+            Log::Local(log) => Ok(log.query(&query.filter(), query.limit)?),
+            Log::Server(control) => Ok(control
+                .json::<Records>("POST", "/v1/audit/query", Some(json!(query)))
+                .await?
+                .records),
+        }
+    }
+
+    async fn head(&self) -> Result<u64, Failure> {
+        match self {
+            Log::Local(log) => Ok(log.head()?.0),
+            Log::Server(control) => Ok(control
+                .json::<Head>("GET", "/v1/audit/head", None)
+                .await?
+                .head),
+        }
+    }
+
+    /// Record `seq`, and the newest record's number.
+    async fn get(&self, seq: u64) -> Result<(Option<Record>, u64), Failure> {
+        match self {
+            Log::Local(log) => Ok((log.get(seq)?, log.head()?.0)),
+            Log::Server(control) => {
+                let one: OneRecord = control
+                    .json("GET", &format!("/v1/audit/records/{seq}"), None)
+                    .await?;
+                Ok((one.record, one.head))
+            }
+        }
+    }
+
+    /// The log's directory, its key and the verdict.
+    async fn verify(&self, trusted: &[Checkpoint]) -> Result<(String, [u8; 32], Verdict), Failure> {
+        match self {
+            Log::Local(log) => Ok((
+                log.path().display().to_string(),
+                *log.public_key().as_bytes(),
+                Verdict::from(&log.verify(trusted)?),
+            )),
+            Log::Server(control) => {
+                let answer: VerifyAnswer = control
+                    .json_slow(
+                        "POST",
+                        "/v1/audit/verify",
+                        Some(json!({"trusted": trusted})),
+                    )
+                    .await?;
+                let key = parse_public_key(&answer.public_key)
+                    .map_err(|e| anyhow::anyhow!("the server's public key: {e}"))?;
+                Ok((answer.log, *key.as_bytes(), answer.verdict))
+            }
+        }
+    }
+
+    /// Write the export to `out`: records, checkpoints, public key.
+    async fn export(&self, out: &Path) -> Result<(u64, usize, String), Failure> {
+        match self {
+            Log::Local(log) => {
+                let summary = log
+                    .export(out)
+                    .with_context(|| format!("cannot export to {}", out.display()))?;
+                Ok((summary.records, summary.checkpoints, summary.public_key))
+            }
+            Log::Server(control) => {
+                let headers = control.download("/v1/audit/export", out).await?;
+                let header = |name: &str| {
+                    headers
+                        .get(name)
+                        .and_then(|v| v.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                Ok((
+                    header(export_headers::RECORDS).parse().unwrap_or(0),
+                    header(export_headers::CHECKPOINTS).parse().unwrap_or(0),
+                    header(export_headers::PUBLIC_KEY),
+                ))
+            }
+        }
+    }
 }
 
 pub(crate) async fn run(settings: &Settings, command: AuditCommand) -> Result<u8, Failure> {
@@ -125,30 +237,48 @@ pub(crate) async fn run(settings: &Settings, command: AuditCommand) -> Result<u8
             follow,
             json,
         } => tail(settings, lines, follow, json).await,
-        AuditCommand::Query(args) => query(settings, &args),
-        AuditCommand::Show { seq, json } => show(settings, seq, json),
-        AuditCommand::Export { out } => export(settings, &out),
-        AuditCommand::Verify(args) => verify(settings, &args),
+        AuditCommand::Query(args) => query(settings, &args).await,
+        AuditCommand::Show { seq, json } => show(settings, seq, json).await,
+        AuditCommand::Export { out } => export(settings, &out).await,
+        AuditCommand::Verify(args) => verify(settings, &args).await,
     }
 }
 
 async fn tail(settings: &Settings, lines: usize, follow: bool, json: bool) -> Result<u8, Failure> {
     let mut last = {
-        let log = open(settings)?;
-        let records = log.query(&Filter::default(), lines)?;
-        for record in &records {
+        let log = Log::open(settings).await?;
+        let newest = AuditQuery {
+            limit: lines,
+            ..AuditQuery::default()
+        };
+        for record in &log.query(&newest).await? {
             print_record(record, json);
         }
-        log.head()?.0
+        log.head().await?
     };
     if !follow {
         return Ok(exit::OK);
     }
     // The database admits one process at a time: open it briefly on each
-    // poll so hosts can keep appending in between.
+    // poll so hosts can keep appending in between; while a server holds
+    // it, ask the server.
     let mut told_busy = false;
+    let mut server: Option<Control> = None;
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
+        if let Some(control) = &server {
+            match records_after(control, last).await {
+                Ok(records) => {
+                    for record in records {
+                        last = record.seq;
+                        print_record(&record, json);
+                    }
+                    continue;
+                }
+                // The server stopped: back to the database.
+                Err(_) => server = None,
+            }
+        }
         match AuditLog::open_read_only_waiting(audit_dir(settings), 0) {
             Ok(log) => {
                 told_busy = false;
@@ -159,7 +289,8 @@ async fn tail(settings: &Settings, lines: usize, follow: bool, json: bool) -> Re
                 }
             }
             Err(airlock_host::audit_log::Error::Locked { .. }) => {
-                if !told_busy {
+                server = Control::find(settings).await;
+                if server.is_none() && !told_busy {
                     eprintln!(
                         "note: the audit log is held by a running airlock process; waiting for it"
                     );
@@ -171,7 +302,29 @@ async fn tail(settings: &Settings, lines: usize, follow: bool, json: bool) -> Re
     }
 }
 
-fn query(settings: &Settings, args: &QueryArgs) -> Result<u8, Failure> {
+/// Every record after `last`, page by page.
+async fn records_after(control: &Control, mut last: u64) -> Result<Vec<Record>, Failure> {
+    let mut all = Vec::new();
+    loop {
+        let page: Records = control
+            .json(
+                "GET",
+                &format!("/v1/audit/after/{last}?limit={MAX_PAGE}"),
+                None,
+            )
+            .await?;
+        let full = page.records.len() >= MAX_PAGE;
+        if let Some(newest) = page.records.last() {
+            last = newest.seq;
+        }
+        all.extend(page.records);
+        if !full {
+            return Ok(all);
+        }
+    }
+}
+
+async fn query(settings: &Settings, args: &QueryArgs) -> Result<u8, Failure> {
     let event = match &args.event {
         None => None,
         Some(name) => Some(
@@ -184,7 +337,7 @@ fn query(settings: &Settings, args: &QueryArgs) -> Result<u8, Failure> {
                 .map_err(Failure::usage)?,
         ),
     };
-    let filter = Filter {
+    let query = AuditQuery {
         plugin: args.plugin.clone(),
         tool: args.tool.clone(),
         principal: args.principal.clone(),
@@ -204,18 +357,19 @@ fn query(settings: &Settings, args: &QueryArgs) -> Result<u8, Failure> {
             .map(parse_time)
             .transpose()
             .map_err(Failure::usage)?,
+        limit: args.limit,
     };
-    let log = open(settings)?;
-    for record in log.query(&filter, args.limit)? {
+    let log = Log::open(settings).await?;
+    for record in log.query(&query).await? {
         print_record(&record, args.json);
     }
     Ok(exit::OK)
 }
 
-fn show(settings: &Settings, seq: u64, json: bool) -> Result<u8, Failure> {
-    let log = open(settings)?;
-    let Some(record) = log.get(seq)? else {
-        let (head, _) = log.head()?;
+async fn show(settings: &Settings, seq: u64, json: bool) -> Result<u8, Failure> {
+    let log = Log::open(settings).await?;
+    let (Some(record), _) = log.get(seq).await? else {
+        let head = log.head().await?;
         return Err(Failure::usage(anyhow::anyhow!(
             "no record {seq}: the log holds records 1 to {head}"
         )));
@@ -243,18 +397,14 @@ fn show(settings: &Settings, seq: u64, json: bool) -> Result<u8, Failure> {
     Ok(exit::OK)
 }
 
-fn export(settings: &Settings, out: &Path) -> Result<u8, Failure> {
-    let log = open(settings)?;
-    let summary = log
-        .export(out)
-        .with_context(|| format!("cannot export to {}", out.display()))?;
+async fn export(settings: &Settings, out: &Path) -> Result<u8, Failure> {
+    let log = Log::open(settings).await?;
+    let (records, checkpoints, public_key) = log.export(out).await?;
     println!(
-        "exported {} records and {} checkpoints to {}",
-        summary.records,
-        summary.checkpoints,
+        "exported {records} records and {checkpoints} checkpoints to {}",
         out.display()
     );
-    println!("public key: {}", summary.public_key);
+    println!("public key: {public_key}");
     println!(
         "verify with: airlock audit verify --export {} --pubkey {}",
         out.display(),
@@ -263,7 +413,7 @@ fn export(settings: &Settings, out: &Path) -> Result<u8, Failure> {
     Ok(exit::OK)
 }
 
-fn verify(settings: &Settings, args: &VerifyArgs) -> Result<u8, Failure> {
+async fn verify(settings: &Settings, args: &VerifyArgs) -> Result<u8, Failure> {
     let mut trusted: Vec<Checkpoint> = Vec::new();
     for file in &args.trusted {
         let export = read_export(file)
@@ -271,7 +421,7 @@ fn verify(settings: &Settings, args: &VerifyArgs) -> Result<u8, Failure> {
             .map_err(Failure::usage)?;
         trusted.extend(export.checkpoints);
     }
-    let (what, key, outcome) = match &args.export {
+    let (what, key, verdict) = match &args.export {
         Some(file) => {
             let Some(key) = &args.pubkey else {
                 bail_usage(
@@ -282,38 +432,35 @@ fn verify(settings: &Settings, args: &VerifyArgs) -> Result<u8, Failure> {
             (
                 file.display().to_string(),
                 KeySource::Given(*key.as_bytes()),
-                verify_export(file, &key, &trusted)?,
+                Verdict::from(&verify_export(file, &key, &trusted)?),
             )
         }
         None => {
-            let log = open(settings)?;
-            let source = match &args.pubkey {
+            let given = match &args.pubkey {
+                Some(key) => Some(parse_public_key(key).map_err(|e| Failure::usage(e.into()))?),
+                None => None,
+            };
+            let log = Log::open(settings).await?;
+            let (path, live_key, verdict) = log.verify(&trusted).await?;
+            let source = match given {
                 Some(key) => {
-                    let key = parse_public_key(key).map_err(|e| Failure::usage(e.into()))?;
-                    if key != log.public_key() {
+                    if *key.as_bytes() != live_key {
                         return Err(Failure::from(anyhow::anyhow!(
                             "the live log is signed with key {}, not the one given",
-                            hex::encode(log.public_key().as_bytes())
+                            hex::encode(live_key)
                         )));
                     }
-                    KeySource::Given(*key.as_bytes())
+                    KeySource::Given(live_key)
                 }
-                None => KeySource::BesideTheLog(
-                    *log.public_key().as_bytes(),
-                    log.path().join(PUBLIC_KEY_FILE),
-                ),
+                None => KeySource::BesideTheLog(live_key, Path::new(&path).join(PUBLIC_KEY_FILE)),
             };
-            (
-                log.path().display().to_string(),
-                source,
-                log.verify(&trusted)?,
-            )
+            (path, source, verdict)
         }
     };
-    report(&what, &key, &outcome, args.json);
-    Ok(match outcome {
-        Ok(_) => exit::OK,
-        Err(_) => exit::VERIFY_FAILED,
+    report(&what, &key, &verdict, args.json);
+    Ok(match verdict {
+        Verdict::Passed { .. } => exit::OK,
+        Verdict::Failed { .. } => exit::VERIFY_FAILED,
     })
 }
 
@@ -352,7 +499,7 @@ impl KeySource {
 
 const BESIDE_THE_LOG_WARNING: &str = "this key was read from beside the log: the check proves integrity only against someone who could not also replace that key file; verify with --pubkey and a copy of the key kept out of band";
 
-fn report(what: &str, key: &KeySource, outcome: &Result<VerifyReport, VerifyFailure>, json: bool) {
+fn report(what: &str, key: &KeySource, verdict: &Verdict, json: bool) {
     if !json {
         match key {
             KeySource::Given(_) => println!("key: {} (given with --pubkey)", key.hex()),
@@ -366,29 +513,36 @@ fn report(what: &str, key: &KeySource, outcome: &Result<VerifyReport, VerifyFail
             }
         }
     }
-    match (outcome, json) {
-        (Ok(report), true) => {
+    match (verdict, json) {
+        (Verdict::Passed { report, .. }, true) => {
             print_json(&json!({"ok": true, "log": what, "key": key.json(), "report": report}))
         }
-        (Err(failure), true) => {
+        (Verdict::Failed { failure, .. }, true) => {
             print_json(&json!({"ok": false, "log": what, "key": key.json(), "failure": failure}))
         }
-        (Ok(r), false) => {
-            println!(
-                "ok: {} records, {} checkpoints verified ({what})",
-                r.records, r.checkpoints
-            );
-            if let Some(head) = &r.head_hash {
+        (
+            Verdict::Passed {
+                records,
+                checkpoints,
+                head_hash,
+                unsigned_tail,
+                ..
+            },
+            false,
+        ) => {
+            println!("ok: {records} records, {checkpoints} checkpoints verified ({what})");
+            if let Some(head) = head_hash {
                 println!("head: {head}");
             }
-            if r.unsigned_tail > 0 {
+            if *unsigned_tail > 0 {
                 println!(
-                    "note: the last {} records are not covered by a checkpoint yet (signed every few seconds and at shutdown)",
-                    r.unsigned_tail
+                    "note: the last {unsigned_tail} records are not covered by a checkpoint yet (signed every few seconds and at shutdown)"
                 );
             }
         }
-        (Err(failure), false) => println!("FAILED at record {}: {}", failure.seq, failure.problem),
+        (Verdict::Failed { seq, problem, .. }, false) => {
+            println!("FAILED at record {seq}: {problem}")
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 mod approvals;
 mod audit;
 mod config;
+mod control;
 mod demo;
 mod inspect;
 mod remote;
@@ -286,9 +287,9 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Inspect(args) => inspect::run(&settings, args).await,
         Command::Demo => demo::run(&settings).await,
         Command::Audit(command) => audit::run(&settings, command).await,
-        Command::Workspace(command) => workspace::run(&settings, command),
+        Command::Workspace(command) => workspace::run(&settings, command).await,
         Command::Approvals(command) => approvals::run(&settings, command).await,
-        Command::Mode(command) => approvals::mode(&settings, command),
+        Command::Mode(command) => approvals::mode(&settings, command).await,
         Command::Serve(args) => serve::run(&settings, args).await,
     }
 }

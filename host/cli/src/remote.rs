@@ -1,6 +1,7 @@
 //! `airlock approvals … --server URL`: deciding through the approver-only
-//! endpoints of a running `airlock serve` (which holds the data directory's
-//! databases, so the CLI cannot open them itself).
+//! endpoints of a running `airlock serve`, from any machine (on the
+//! server's own machine the control socket needs no URL: `control.rs`).
+//! The HTTP/1.1 exchange here ([`exchange`]) serves both.
 //!
 //! `GET /approvals[?all=true]`, `GET /approvals/{id}` and `POST
 //! /approvals/{id}` with the approver's bearer token; `https://` (Mozilla's
@@ -197,15 +198,12 @@ impl Remote {
     where
         S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
     {
-        let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        tokio::spawn(connection);
         let authority = if self.host.contains(':') {
             format!("[{}]:{}", self.host, self.port)
         } else {
             format!("{}:{}", self.host, self.port)
         };
-        let mut request = hyper::Request::builder()
+        let request = hyper::Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.prefix))
             .header(hyper::header::HOST, authority)
@@ -213,22 +211,46 @@ impl Remote {
                 hyper::header::AUTHORIZATION,
                 format!("Bearer {}", self.token),
             );
-        let body = match body {
-            Some(value) => {
-                request = request.header(hyper::header::CONTENT_TYPE, "application/json");
-                Bytes::from(serde_json::to_vec(&value)?)
-            }
-            None => Bytes::new(),
-        };
-        let response = sender.send_request(request.body(Full::new(body))?).await?;
+        let response = exchange(stream, request, body).await?;
         let status = response.status().as_u16();
-        let bytes = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
-            .collect()
-            .await
-            .map_err(|e| anyhow!("reading the response: {e}"))?
-            .to_bytes();
+        let bytes = collect(response, MAX_RESPONSE_BYTES).await?;
         Ok((status, bytes))
     }
+}
+
+/// One HTTP/1.1 request over `stream` (TCP, TLS or the control socket's
+/// Unix stream), with `body` as JSON; the response, its body unread.
+pub(crate) async fn exchange<S>(
+    stream: S,
+    mut request: hyper::http::request::Builder,
+    body: Option<Value>,
+) -> anyhow::Result<hyper::Response<hyper::body::Incoming>>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let body = match body {
+        Some(value) => {
+            request = request.header(hyper::header::CONTENT_TYPE, "application/json");
+            Bytes::from(serde_json::to_vec(&value)?)
+        }
+        None => Bytes::new(),
+    };
+    Ok(sender.send_request(request.body(Full::new(body))?).await?)
+}
+
+/// A response's whole body, at most `max` bytes.
+pub(crate) async fn collect(
+    response: hyper::Response<hyper::body::Incoming>,
+    max: usize,
+) -> anyhow::Result<Bytes> {
+    Ok(Limited::new(response.into_body(), max)
+        .collect()
+        .await
+        .map_err(|e| anyhow!("reading the response: {e}"))?
+        .to_bytes())
 }
 
 fn tls_config() -> anyhow::Result<Arc<rustls::ClientConfig>> {
@@ -255,7 +277,7 @@ fn is_loopback_name(host: &str) -> bool {
 
 /// Percent-encode an approval id for a path segment (ids are `apr-` and
 /// hex, but the argument is the user's).
-fn encode(id: &str) -> String {
+pub(crate) fn encode(id: &str) -> String {
     let mut out = String::with_capacity(id.len());
     for byte in id.bytes() {
         if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'_' | b'.' | b'~') {

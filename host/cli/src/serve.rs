@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_host::Host;
+use airlock_mcp::control::ControlConfig;
 use airlock_mcp::http::HttpConfig;
 use airlock_mcp::{McpServer, ServeOptions};
 use anyhow::Context as _;
@@ -68,7 +69,13 @@ pub async fn run(settings: &Settings, args: ServeArgs) -> Result<u8, Failure> {
         )
         .into());
     }
+    // One server per data directory: refused at once when another answers
+    // on the control socket (rather than after the wait for its databases).
+    airlock_mcp::control::prepare(&settings.data_dir)?;
     let host = Arc::new(Host::new(host_config(settings, Calls::Recorded))?);
+    // The host holds the databases now: the operator's commands reach them
+    // through this server.
+    let control = airlock_mcp::control::ControlSocket::bind(&settings.data_dir)?;
     let options = ServeOptions::default()
         .max_concurrent_calls(serve.max_concurrent_calls)
         .max_calls_per_principal(serve.max_calls_per_principal)
@@ -98,6 +105,16 @@ pub async fn run(settings: &Settings, args: ServeArgs) -> Result<u8, Failure> {
         }
     });
     let tools = server.catalog().entries().count();
+    eprintln!(
+        "airlock: control socket for the operator's commands at {}",
+        control.path().display()
+    );
+    let control = tokio::spawn({
+        let host = Arc::clone(server.host());
+        let config = control_config(serve);
+        let shutdown = shutdown.clone();
+        async move { airlock_mcp::control::serve(control, host, &config, shutdown).await }
+    });
     match http_config {
         Some(config) => {
             let router = airlock_mcp::http::router(&server, &config, shutdown.clone())?;
@@ -107,7 +124,7 @@ pub async fn run(settings: &Settings, args: ServeArgs) -> Result<u8, Failure> {
                 .context("cannot read the bound address")?;
             // Logs and this line go to stderr; tests read the port from it.
             eprintln!("airlock: serving {tools} tools over MCP at http://{local}/mcp");
-            airlock_mcp::http::serve(listener, router, &config, shutdown).await?;
+            airlock_mcp::http::serve(listener, router, &config, shutdown.clone()).await?;
         }
         None => {
             if let Some(addr) = args.approvals_http {
@@ -140,7 +157,19 @@ pub async fn run(settings: &Settings, args: ServeArgs) -> Result<u8, Failure> {
             }
         }
     }
+    // Stop the control socket (and remove its file) before the host closes.
+    shutdown.cancel();
+    let _ = control.await;
     Ok(exit::OK)
+}
+
+/// The control socket's bounds: the HTTP listeners'.
+fn control_config(serve: &crate::config::ServeConfig) -> ControlConfig {
+    let mut config = ControlConfig::default();
+    config.max_request_bytes = serve.max_request_bytes;
+    config.header_read_timeout = Duration::from_millis(serve.header_read_timeout_ms);
+    config.body_read_timeout = Duration::from_millis(serve.body_read_timeout_ms);
+    config
 }
 
 /// Wait for Ctrl-C or, on Unix, SIGTERM (what service managers send): the

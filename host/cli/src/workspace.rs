@@ -4,12 +4,19 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use airlock_host::workspace::{KeyOwner, KeyScope, WORKSPACE_DIR, WorkspaceStore};
+use airlock_host::workspace::{WORKSPACE_DIR, WorkspaceStore};
+use airlock_mcp::control::{
+    PluginUsage, ValueRequest, WorkspaceListing, workspace_export, workspace_listing,
+    workspace_plugins,
+};
 use anyhow::Context as _;
 use clap::Subcommand;
+use serde::Deserialize;
 use serde_json::json;
 
 use crate::config::Settings;
+use crate::control::{Control, Source, open_or_reach};
+use crate::remote::encode;
 use crate::{Failure, exit, print_json};
 
 #[derive(Debug, Subcommand)]
@@ -51,7 +58,7 @@ pub(crate) enum WorkspaceCommand {
     },
 }
 
-fn open(settings: &Settings) -> anyhow::Result<WorkspaceStore> {
+fn open(settings: &Settings, wait_ms: u64) -> anyhow::Result<WorkspaceStore> {
     let dir = settings.data_dir.join(WORKSPACE_DIR);
     if !dir.is_dir() {
         anyhow::bail!(
@@ -59,28 +66,98 @@ fn open(settings: &Settings) -> anyhow::Result<WorkspaceStore> {
             dir.display()
         );
     }
-    Ok(WorkspaceStore::open(
-        &dir,
-        Duration::from_millis(settings.audit.lock_wait_ms),
-    )?)
+    Ok(WorkspaceStore::open(&dir, Duration::from_millis(wait_ms))?)
 }
 
-pub(crate) fn run(settings: &Settings, command: WorkspaceCommand) -> Result<u8, Failure> {
-    let store = open(settings)?;
+/// The store: opened here, or read through the server that holds it.
+enum Store {
+    Local(WorkspaceStore),
+    Server(Control),
+}
+
+#[derive(Deserialize)]
+struct Plugins {
+    plugins: Vec<PluginUsage>,
+}
+
+impl Store {
+    async fn open(settings: &Settings) -> Result<Store, Failure> {
+        Ok(
+            match open_or_reach(settings, |wait| open(settings, wait)).await? {
+                Source::Local(store) => Store::Local(store),
+                Source::Server(control) => Store::Server(control),
+            },
+        )
+    }
+
+    async fn plugins(&self) -> Result<Vec<PluginUsage>, Failure> {
+        match self {
+            Store::Local(store) => Ok(workspace_plugins(store)?),
+            Store::Server(control) => Ok(control
+                .json::<Plugins>("GET", "/v1/workspace", None)
+                .await?
+                .plugins),
+        }
+    }
+
+    async fn listing(&self, plugin: &str) -> Result<WorkspaceListing, Failure> {
+        match self {
+            Store::Local(store) => Ok(workspace_listing(store, plugin)?),
+            Store::Server(control) => {
+                control
+                    .json("GET", &format!("/v1/workspace/{}", encode(plugin)), None)
+                    .await
+            }
+        }
+    }
+
+    async fn value(&self, plugin: &str, request: &ValueRequest) -> Result<Vec<u8>, Failure> {
+        match self {
+            Store::Local(store) => request
+                .read(store, plugin)
+                .map_err(|e| Failure::usage(anyhow::anyhow!("{e}")))?
+                .ok_or_else(|| Failure::usage(anyhow::anyhow!(request.missing(plugin)))),
+            Store::Server(control) => Ok(control
+                .bytes(
+                    "POST",
+                    &format!("/v1/workspace/{}/value", encode(plugin)),
+                    Some(json!(request)),
+                )
+                .await?
+                .to_vec()),
+        }
+    }
+
+    async fn export(&self, plugin: &str) -> Result<Vec<u8>, Failure> {
+        match self {
+            Store::Local(store) => Ok(workspace_export(store, plugin)
+                .map_err(|e| anyhow::anyhow!("{e}"))?
+                .into_bytes()),
+            Store::Server(control) => Ok(control
+                .bytes(
+                    "GET",
+                    &format!("/v1/workspace/{}/export", encode(plugin)),
+                    None,
+                )
+                .await?
+                .to_vec()),
+        }
+    }
+}
+
+pub(crate) async fn run(settings: &Settings, command: WorkspaceCommand) -> Result<u8, Failure> {
+    let store = Store::open(settings).await?;
     match command {
         WorkspaceCommand::Ls { plugin: None, json } => {
-            let plugins = store.plugins()?;
+            let plugins = store.plugins().await?;
             if json {
-                let list: Vec<_> = plugins
-                    .iter()
-                    .map(|(name, usage)| json!({"plugin": name, "usage": usage}))
-                    .collect();
-                print_json(&json!({ "plugins": list }));
+                print_json(&json!({ "plugins": plugins }));
             } else {
-                for (name, u) in plugins {
+                for p in plugins {
+                    let u = p.usage;
                     println!(
-                        "{name:<16} {:>8} keys {:>6} blobs {:>12} bytes",
-                        u.keys, u.blobs, u.bytes
+                        "{:<16} {:>8} keys {:>6} blobs {:>12} bytes",
+                        p.plugin, u.keys, u.blobs, u.bytes
                     );
                 }
             }
@@ -89,29 +166,30 @@ pub(crate) fn run(settings: &Settings, command: WorkspaceCommand) -> Result<u8, 
             plugin: Some(plugin),
             json,
         } => {
-            let entries = store.entries(&plugin)?;
-            let blobs = store.blobs(&plugin)?;
+            let listing = store.listing(&plugin).await?;
             if json {
-                let keys: Vec<_> = entries.iter().map(|(e, _)| e).collect();
-                let blobs: Vec<_> = blobs
+                let keys: Vec<_> = listing
+                    .keys
                     .iter()
-                    .map(|(r, size)| json!({"ref": r, "size": size}))
+                    .map(|k| json!({"owner": k.owner, "key": k.key, "size": k.size}))
                     .collect();
                 print_json(
-                    &json!({"plugin": plugin, "usage": store.usage(&plugin)?, "keys": keys, "blobs": blobs}),
+                    &json!({"plugin": plugin, "usage": listing.usage, "keys": keys, "blobs": listing.blobs}),
                 );
             } else {
-                for (e, _) in &entries {
-                    let owner = e.owner.to_string();
+                for k in &listing.keys {
                     println!(
                         "key   {:<36} {:<40} {:>10} bytes",
-                        crate::terminal::escape(&owner),
-                        crate::terminal::escape(&e.key),
-                        e.size
+                        crate::terminal::escape(&k.owner_text),
+                        crate::terminal::escape(&k.key),
+                        k.size
                     );
                 }
-                for (r, size) in &blobs {
-                    println!("blob  {:<36} {r} {size:>10} bytes", "plugin-wide");
+                for b in &listing.blobs {
+                    println!(
+                        "blob  {:<36} {} {:>10} bytes",
+                        "plugin-wide", b.reference, b.size
+                    );
                 }
             }
         }
@@ -122,22 +200,12 @@ pub(crate) fn run(settings: &Settings, command: WorkspaceCommand) -> Result<u8, 
             session,
             out,
         } => {
-            let owner = match (&principal, &session) {
-                (None, _) => KeyOwner::Plugin,
-                (Some(p), None) => KeyOwner::Principal(p.clone()),
-                (Some(p), Some(s)) => KeyScope::Session.owner(p, Some(s)),
+            let request = ValueRequest {
+                key,
+                principal,
+                session,
             };
-            let value = if key.starts_with("sha256:") {
-                store.get_blob(&plugin, &key)
-            } else {
-                store.get(&plugin, &owner, &key)
-            }
-            .map_err(|e| Failure::usage(anyhow::anyhow!("{e}")))?;
-            let Some(value) = value else {
-                return Err(Failure::usage(anyhow::anyhow!(
-                    "plugin `{plugin}` has no {key:?} ({owner})"
-                )));
-            };
+            let value = store.value(&plugin, &request).await?;
             match out {
                 Some(path) => write_atomically(&path, &value)?,
                 None => std::io::stdout()
@@ -146,26 +214,8 @@ pub(crate) fn run(settings: &Settings, command: WorkspaceCommand) -> Result<u8, 
             }
         }
         WorkspaceCommand::Export { plugin, out } => {
-            let mut text = String::new();
-            for (e, value) in store.entries(&plugin)? {
-                let mut line = json!({"owner": e.owner, "key": e.key});
-                match String::from_utf8(value) {
-                    Ok(s) => line["value"] = json!(s),
-                    Err(e) => line["value_hex"] = json!(hex::encode(e.into_bytes())),
-                }
-                text.push_str(&line.to_string());
-                text.push('\n');
-            }
-            for (reference, _) in store.blobs(&plugin)? {
-                let data = store
-                    .get_blob(&plugin, &reference)
-                    .map_err(|e| anyhow::anyhow!("{e}"))?
-                    .unwrap_or_default();
-                let line = json!({"blob": reference, "data_hex": hex::encode(data)});
-                text.push_str(&line.to_string());
-                text.push('\n');
-            }
-            write_atomically(&out, text.as_bytes())?;
+            let text = store.export(&plugin).await?;
+            write_atomically(&out, &text)?;
             eprintln!("exported workspace of `{plugin}` to {}", out.display());
         }
     }

@@ -1,6 +1,7 @@
 //! The crate's error type.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 /// Everything that can go wrong setting up or running the MCP server.
 #[derive(Debug, thiserror::Error)]
@@ -21,6 +22,26 @@ pub enum Error {
         /// The underlying error.
         #[source]
         source: std::io::Error,
+    },
+
+    /// Another `airlock serve` answers on the data directory's control
+    /// socket: one server per data directory.
+    #[error(
+        "another airlock serve is running on this data directory (its control socket {} answers); stop it or use another data directory",
+        socket.display()
+    )]
+    ServerRunning {
+        /// The control socket.
+        socket: PathBuf,
+    },
+
+    /// The control socket cannot be set up.
+    #[error("control socket {}: {message}", path.display())]
+    Control {
+        /// The socket (or the directory it goes in).
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
     },
 
     /// The transport failed (stdio closed with an error, the HTTP server

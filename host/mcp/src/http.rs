@@ -243,17 +243,17 @@ impl HttpConfig {
 }
 
 /// Checks shared by every route.
-#[derive(Debug)]
-struct Guard {
-    allowed_origins: Vec<String>,
-    allowed_hosts: Vec<String>,
+#[derive(Debug, Default)]
+pub(crate) struct Guard {
+    pub(crate) allowed_origins: Vec<String>,
+    pub(crate) allowed_hosts: Vec<String>,
 }
 
 /// How much body a request may send, and how fast.
 #[derive(Debug, Clone, Copy)]
-struct BodyBound {
-    max_bytes: usize,
-    timeout: Duration,
+pub(crate) struct BodyBound {
+    pub(crate) max_bytes: usize,
+    pub(crate) timeout: Duration,
 }
 
 /// Caller tokens by hash.
@@ -338,15 +338,14 @@ pub fn approvals_router(server: &McpServer, config: &HttpConfig) -> Result<Route
 /// `router` behind what every listener checks, outermost first: `Host` and
 /// `Origin`, then the whole body read within its time and size bounds.
 fn behind_listener_checks(router: Router, config: &HttpConfig) -> Router {
+    behind_checks(router, guard(config), body_bound(config))
+}
+
+/// [`behind_listener_checks`] with the guard and bound given.
+pub(crate) fn behind_checks(router: Router, guard: Arc<Guard>, bound: BodyBound) -> Router {
     router
-        .layer(middleware::from_fn_with_state(
-            body_bound(config),
-            read_body_in_time,
-        ))
-        .layer(middleware::from_fn_with_state(
-            guard(config),
-            check_host_and_origin,
-        ))
+        .layer(middleware::from_fn_with_state(bound, read_body_in_time))
+        .layer(middleware::from_fn_with_state(guard, check_host_and_origin))
 }
 
 fn body_bound(config: &HttpConfig) -> BodyBound {
@@ -431,25 +430,80 @@ pub async fn serve(
     config: &HttpConfig,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let max = config.max_connections.clamp(1, MAX_CONNECTIONS_CEILING);
+    serve_connections(
+        listener,
+        router,
+        ConnectionBounds {
+            max_connections: config.max_connections,
+            header_read_timeout: config.header_read_timeout,
+        },
+        shutdown,
+    )
+    .await;
+    Ok(())
+}
+
+/// Where connections come from: a TCP listener, or the control socket
+/// (which refuses peers of another user before they are served).
+pub(crate) trait Accept: Send {
+    /// One connection.
+    type Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static;
+    /// The next connection to serve with a label for logs; `None` when one
+    /// was accepted and refused, or accepting failed (after a pause when
+    /// the process is out of something).
+    fn accept(&mut self) -> impl Future<Output = Option<(Self::Stream, String)>> + Send;
+}
+
+impl Accept for tokio::net::TcpListener {
+    type Stream = tokio::net::TcpStream;
+
+    async fn accept(&mut self) -> Option<(tokio::net::TcpStream, String)> {
+        match tokio::net::TcpListener::accept(self).await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                Some((stream, peer.to_string()))
+            }
+            Err(error) => {
+                accept_failed(&error).await;
+                None
+            }
+        }
+    }
+}
+
+/// How many connections a listener holds open, and how long each has to
+/// deliver a request's head.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConnectionBounds {
+    pub(crate) max_connections: usize,
+    pub(crate) header_read_timeout: Duration,
+}
+
+/// [`serve`]'s loop, for any listener: HTTP/1 with the header timeout and
+/// the connection cap; on shutdown, stop accepting and let requests in
+/// progress finish (up to 10 s).
+pub(crate) async fn serve_connections<L: Accept>(
+    mut listener: L,
+    router: Router,
+    bounds: ConnectionBounds,
+    shutdown: CancellationToken,
+) {
+    let max = bounds.max_connections.clamp(1, MAX_CONNECTIONS_CEILING);
     let slots = Arc::new(Semaphore::new(max));
     let mut builder = hyper::server::conn::http1::Builder::new();
     // The timer makes hyper enforce the header timeout (without one it
     // silently does not).
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(config.header_read_timeout)
+        .header_read_timeout(bounds.header_read_timeout)
         .keep_alive(true);
     let mut refusing = false;
     loop {
         let (stream, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    accept_failed(&error).await;
-                    continue;
-                }
+                Some(accepted) => accepted,
+                None => continue,
             },
         };
         let Ok(slot) = Arc::clone(&slots).try_acquire_owned() else {
@@ -466,7 +520,6 @@ pub async fn serve(
             continue;
         };
         refusing = false;
-        let _ = stream.set_nodelay(true);
         let connection = builder.serve_connection(
             TokioIo::new(stream),
             TowerToHyperService::new(router.clone()),
@@ -498,13 +551,12 @@ pub async fn serve(
             SHUTDOWN_GRACE.as_secs()
         );
     }
-    Ok(())
 }
 
 /// After a failed `accept`: go on at once when one connection failed;
 /// wait a moment when the process is out of something (file descriptors),
 /// so the loop does not spin.
-async fn accept_failed(error: &std::io::Error) {
+pub(crate) async fn accept_failed(error: &std::io::Error) {
     use std::io::ErrorKind;
     if matches!(
         error.kind(),
@@ -526,7 +578,7 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
         .map_err(|source| Error::Bind { addr, source })
 }
 
-fn plain(status: StatusCode, message: &str) -> Response {
+pub(crate) fn plain(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({"error": message}))).into_response()
 }
 

@@ -1,0 +1,604 @@
+//! The operator's commands while `airlock serve` holds the data directory:
+//! the real binary, a real `airlock serve` (stdio, driven with raw JSON-RPC
+//! lines), and the commands going through its control socket.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+use std::os::unix::fs::PermissionsExt as _;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use airlock_tests::{MISBEHAVE, PLUGINS_DIR, install, read, sha256_hex};
+use serde_json::{Value, json};
+
+const AIRLOCK: &str = env!("CARGO_BIN_EXE_airlock");
+const APPROVER_TOKEN: &str = "approver-secret-1";
+/// Longer than any command here may take: a command that waited for the
+/// lock would show.
+const LOCK_WAIT_MS: u64 = 30_000;
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let dest = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &dest);
+        } else {
+            std::fs::copy(entry.path(), dest).unwrap();
+        }
+    }
+}
+
+/// The example plugins and the misbehave guest (`now` irreversible: it
+/// needs an approval).
+fn plugins_root() -> tempfile::TempDir {
+    let root = tempfile::tempdir().unwrap();
+    copy_dir(Path::new(PLUGINS_DIR), root.path());
+    let mut manifest = String::from(
+        "[capabilities]\nlog = true\n\n[limits]\nfuel = 1_000_000_000_000\ntimeout_ms = 5_000\n",
+    );
+    for (tool, risk) in [
+        ("spin", "read"),
+        ("grow", "read"),
+        ("echo", "read"),
+        ("now", "irreversible"),
+    ] {
+        manifest.push_str(&format!(
+            "\n[[tools]]\nname = \"{tool}\"\nrisk = \"{risk}\"\n"
+        ));
+    }
+    let misbehave = install("misbehave", &read(MISBEHAVE), &manifest);
+    copy_dir(misbehave.path(), &root.path().join("misbehave"));
+    root
+}
+
+struct Setup {
+    _root: tempfile::TempDir,
+    plugins: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Setup {
+    fn new(serve: &str) -> Setup {
+        let root = plugins_root();
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!(
+            "principal = \"stdio-agent\"\n[audit]\nlock_wait_ms = {LOCK_WAIT_MS}\n[serve]\nreload_interval_ms = 0\n{serve}\n[policy.approvals]\n[[policy.approvals.approvers]]\nname = \"alice\"\ntoken_sha256 = \"{}\"\n",
+            sha256_hex(APPROVER_TOKEN.as_bytes())
+        );
+        std::fs::write(dir.path().join("airlock.toml"), config).unwrap();
+        Setup {
+            plugins: root.path().to_owned(),
+            _root: root,
+            dir,
+        }
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.data().join("control.sock")
+    }
+
+    fn cmd(&self) -> Command {
+        let mut cmd = Command::new(AIRLOCK);
+        cmd.env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .arg("--config")
+            .arg(self.dir.path().join("airlock.toml"))
+            .arg("--plugins-dir")
+            .arg(&self.plugins)
+            .arg("--data-dir")
+            .arg(self.data())
+            .arg("--cache-dir")
+            .arg(self.dir.path().join("cache"));
+        cmd
+    }
+
+    /// Run a command; it must not wait for the lock.
+    fn run(&self, args: &[&str]) -> Output {
+        let started = Instant::now();
+        let out = self
+            .cmd()
+            .env("AIRLOCK_APPROVER_TOKEN", APPROVER_TOKEN)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            started.elapsed() < Duration::from_millis(LOCK_WAIT_MS / 2),
+            "{args:?} took {:?}: it waited for the lock",
+            started.elapsed()
+        );
+        out
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "{args:?} failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// `airlock serve` on stdio, ready.
+    fn serve(&self) -> Serve {
+        let mut child = self
+            .cmd()
+            .arg("serve")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (ready_tx, ready) = mpsc::channel();
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                eprintln!("[serve] {line}");
+                if line.contains("serving") {
+                    let _ = ready_tx.send(());
+                }
+            }
+        });
+        let (lines_tx, lines) = mpsc::channel();
+        let stdout = BufReader::new(child.stdout.take().unwrap());
+        std::thread::spawn(move || {
+            for line in stdout.lines().map_while(Result::ok) {
+                let _ = lines_tx.send(line);
+            }
+        });
+        ready
+            .recv_timeout(Duration::from_secs(120))
+            .expect("airlock serve did not start");
+        let stdin = child.stdin.take().unwrap();
+        let mut serve = Serve {
+            child,
+            stdin: Some(stdin),
+            lines,
+            next_id: 0,
+        };
+        serve.request(
+            "initialize",
+            json!({"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "test", "version": "0"}}),
+        );
+        serve.notify("notifications/initialized");
+        serve
+    }
+}
+
+struct Serve {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: mpsc::Receiver<String>,
+    next_id: u64,
+}
+
+impl Serve {
+    fn notify(&mut self, method: &str) {
+        writeln!(
+            self.stdin.as_mut().unwrap(),
+            "{}",
+            json!({"jsonrpc": "2.0", "method": method})
+        )
+        .unwrap();
+    }
+
+    fn request(&mut self, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let message = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        writeln!(self.stdin.as_mut().unwrap(), "{message}").unwrap();
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(60))
+                .expect("no answer from airlock serve");
+            let value: Value = serde_json::from_str(&line).unwrap();
+            if value["id"] == id {
+                return value["result"].clone();
+            }
+        }
+    }
+
+    /// A tool call's result.
+    fn call(&mut self, tool: &str, arguments: Value, meta: Value) -> Value {
+        self.request(
+            "tools/call",
+            json!({"name": tool, "arguments": arguments, "_meta": meta}),
+        )
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn json_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn every_operator_command_works_through_the_running_server() {
+    let setup = Setup::new("");
+    let mut serve = setup.serve();
+    let mode = std::fs::metadata(setup.socket())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(setup.data())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o700
+    );
+
+    // Calls made through the server.
+    let added = serve.call(
+        "notes__add",
+        json!({"title": "T", "body": "kept"}),
+        json!({"airlock/session": "s1"}),
+    );
+    assert_eq!(added["isError"], false, "{added}");
+
+    // audit query / show / tail / verify / export.
+    let records = json_lines(&setup.ok(&["audit", "query", "--plugin", "notes", "--json"]));
+    let finished = records
+        .iter()
+        .find(|r| r["event"] == "call_finished" || r["entry"]["event"] == "call_finished")
+        .unwrap_or_else(|| panic!("no call_finished for notes: {records:?}"));
+    let seq = finished["seq"].as_u64().unwrap();
+    let shown: Value =
+        serde_json::from_str(&setup.ok(&["audit", "show", &seq.to_string(), "--json"])).unwrap();
+    assert_eq!(&shown, finished);
+    let missing = setup.run(&["audit", "show", "999999"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no record 999999"));
+    let text = setup.ok(&["audit", "tail", "-n", "50"]);
+    assert!(text.contains("notes/add"), "{text}");
+    let verified: Value = serde_json::from_str(&setup.ok(&["audit", "verify", "--json"])).unwrap();
+    assert_eq!(verified["ok"], true, "{verified}");
+    assert_eq!(
+        verified["log"],
+        setup.data().join("audit").display().to_string()
+    );
+    let export = setup.dir.path().join("export.jsonl");
+    let said = setup.ok(&["audit", "export", "--out", export.to_str().unwrap()]);
+    assert!(said.contains("exported"), "{said}");
+    let pubkey = setup.data().join("audit/signing.pub");
+    let offline: Value = serde_json::from_str(&setup.ok(&[
+        "audit",
+        "verify",
+        "--export",
+        export.to_str().unwrap(),
+        "--pubkey",
+        pubkey.to_str().unwrap(),
+        "--json",
+    ]))
+    .unwrap();
+    assert_eq!(offline["ok"], true, "{offline}");
+    assert!(offline["report"]["records"].as_u64().unwrap() >= seq);
+
+    // tail -f follows what the server appends.
+    let mut follow = setup
+        .cmd()
+        .args(["audit", "tail", "-f", "-n", "0", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, followed) = mpsc::channel();
+    let stdout = BufReader::new(follow.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    let slug = serve.call("text__slugify", json!({"text": "Hi there"}), json!({}));
+    assert_eq!(slug["isError"], false, "{slug}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut seen = false;
+    while let Ok(line) = followed.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        if line.contains("slugify") {
+            seen = true;
+            break;
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(
+        seen,
+        "audit tail -f did not show the call made through the server"
+    );
+
+    // workspace ls / get.
+    let plugins: Value = serde_json::from_str(&setup.ok(&["workspace", "ls", "--json"])).unwrap();
+    assert_eq!(plugins["plugins"][0]["plugin"], "notes", "{plugins}");
+    let listing: Value =
+        serde_json::from_str(&setup.ok(&["workspace", "ls", "notes", "--json"])).unwrap();
+    assert_eq!(listing["keys"][0]["key"], "note/t", "{listing}");
+    assert_eq!(listing["keys"][0]["owner"]["session"], "s1");
+    let text = setup.ok(&["workspace", "ls", "notes"]);
+    assert!(text.contains("session \"s1\""), "{text}");
+    let value: Value = serde_json::from_str(&setup.ok(&[
+        "workspace",
+        "get",
+        "notes",
+        "note/t",
+        "--principal",
+        "stdio-agent",
+        "--session",
+        "s1",
+    ]))
+    .unwrap();
+    assert_eq!(value["body"], "kept");
+    let none = setup.run(&["workspace", "get", "notes", "note/t"]);
+    assert_eq!(none.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&none.stderr).contains("has no \"note/t\""));
+
+    // An approval asked through the server, approved with the CLI; the
+    // call then runs.
+    let pending = serve.call("misbehave__now", json!({}), json!({}));
+    assert_eq!(pending["isError"], true, "{pending}");
+    let id = pending["_meta"]["airlock/approval"]["approval_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no approval id: {pending}"))
+        .to_owned();
+    let listed: Value = serde_json::from_str(&setup.ok(&["approvals", "list", "--json"])).unwrap();
+    assert_eq!(listed["approvals"][0]["id"], id.as_str(), "{listed}");
+    assert!(
+        setup
+            .ok(&["approvals", "show", &id])
+            .contains("misbehave/now")
+    );
+    // A wrong token is refused as on the data directory.
+    let wrong = setup
+        .cmd()
+        .env("AIRLOCK_APPROVER_TOKEN", "not-it")
+        .args(["approvals", "approve", &id, "--as", "alice"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        wrong.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&wrong.stderr)
+    );
+    let approved = setup.ok(&["approvals", "approve", &id, "--as", "alice"]);
+    assert!(
+        approved.contains("approved") && approved.contains("by alice"),
+        "{approved}"
+    );
+    let again = setup.run(&[
+        "approvals",
+        "reject",
+        &id,
+        "--as",
+        "alice",
+        "--reason",
+        "late",
+    ]);
+    assert_eq!(again.status.code(), Some(3));
+    let done = serve.call(
+        "misbehave__now",
+        json!({}),
+        json!({"airlock/approval_id": id}),
+    );
+    assert_eq!(done["isError"], false, "{done}");
+
+    // mode: switched through the server, recorded at once.
+    let said = setup.ok(&["mode", "read-only", "--reason", "takeover"]);
+    assert!(said.contains("read-only"), "{said}");
+    let shown: Value = serde_json::from_str(&setup.ok(&["mode", "show"])).unwrap();
+    assert_eq!(shown["read_only"], true);
+    let refused = serve.call("misbehave__now", json!({}), json!({}));
+    assert_eq!(refused["isError"], true, "{refused}");
+    let changes = setup.ok(&["audit", "query", "--json", "--limit", "1000"]);
+    assert!(
+        json_lines(&changes)
+            .iter()
+            .any(|r| r.to_string().contains("mode_changed") && r.to_string().contains("takeover")),
+        "{changes}"
+    );
+    setup.ok(&["mode", "normal"]);
+    let shown: Value = serde_json::from_str(&setup.ok(&["mode", "show"])).unwrap();
+    assert_eq!(shown["read_only"], false);
+
+    // The socket goes with the server; the commands then open the stores.
+    drop(serve.stdin.take());
+    let status = serve.child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(!setup.socket().exists());
+    let records = json_lines(&setup.ok(&["audit", "query", "--json", "--limit", "1000"]));
+    assert!(records.len() as u64 > seq);
+}
+
+/// One HTTP exchange on the control socket as raw bytes; what came back
+/// before the server closed or `within` passed.
+fn raw(socket: &Path, request: &[u8], within: Duration) -> String {
+    let mut stream = UnixStream::connect(socket).unwrap();
+    stream.set_read_timeout(Some(within)).unwrap();
+    let _ = stream.write_all(request);
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[test]
+fn the_control_socket_refuses_what_it_should() {
+    let setup = Setup::new(
+        "max_request_bytes = 4096\nbody_read_timeout_ms = 1000\nheader_read_timeout_ms = 1000\n",
+    );
+    // A stale socket from a server that was killed is replaced.
+    std::fs::create_dir_all(setup.data()).unwrap();
+    drop(std::os::unix::net::UnixListener::bind(setup.socket()).unwrap());
+    let mut serve = setup.serve();
+    let ok = raw(
+        &setup.socket(),
+        b"GET /v1/audit/head HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(10),
+    );
+    assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+
+    // A second server on the same data directory is refused at once.
+    let started = Instant::now();
+    let second = setup.run(&["serve"]);
+    assert_eq!(second.status.code(), Some(1));
+    let said = String::from_utf8_lossy(&second.stderr);
+    assert!(said.contains("another airlock serve is running"), "{said}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+
+    // An oversized body: 413.
+    let big = format!(
+        "POST /v1/audit/query HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: 100000\r\nConnection: close\r\n\r\n{}",
+        " ".repeat(100_000)
+    );
+    let answer = raw(&setup.socket(), big.as_bytes(), Duration::from_secs(10));
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    // A body that trickles: 408 at the body timeout.
+    let mut slow = UnixStream::connect(setup.socket()).unwrap();
+    slow.write_all(
+        b"POST /v1/audit/query HTTP/1.1\r\nHost: localhost\r\nContent-Length: 100\r\n\r\n{",
+    )
+    .unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = slow.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    // A head that never ends: closed at the header timeout.
+    let started = Instant::now();
+    let answer = raw(
+        &setup.socket(),
+        b"GET /v1/audit/head HTTP/1.1\r\nHo",
+        Duration::from_secs(15),
+    );
+    assert!(started.elapsed() < Duration::from_secs(10), "{answer}");
+    // A bad body: 400, and the server goes on.
+    let bad = "POST /v1/mode HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}";
+    let answer = raw(&setup.socket(), bad.as_bytes(), Duration::from_secs(10));
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    setup.ok(&["audit", "verify"]);
+
+    // Another user cannot reach the socket (0600 in a 0700 directory).
+    if is_root() {
+        let python = format!(
+            "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ntry:\n s.connect({:?})\nexcept PermissionError:\n sys.exit(3)\nsys.exit(0)",
+            setup.socket().display().to_string()
+        );
+        let status = Command::new("python3")
+            .args(["-c", &python])
+            .uid(NOBODY)
+            .gid(NOBODY)
+            .status()
+            .unwrap();
+        assert_eq!(status.code(), Some(3), "nobody connected to the socket");
+    }
+
+    // Killed: the socket file stays, nothing answers; the commands open
+    // the stores themselves, and the next server replaces the file.
+    serve.kill();
+    assert!(setup.socket().exists());
+    setup.ok(&["audit", "verify"]);
+    let _serve = setup.serve();
+    setup.ok(&["audit", "verify"]);
+}
+
+const NOBODY: u32 = 65534;
+
+fn is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
+}
+
+use std::os::unix::process::CommandExt as _;
+
+/// A server of another user: the peer-credential check closes a root
+/// client's connection (root passes the file permissions) before a byte is
+/// answered; the CLI refuses such a server too.
+#[test]
+fn a_peer_of_another_user_is_refused_by_the_server_and_by_the_cli() {
+    if !is_root() {
+        eprintln!("skipped: needs root to run a server as another user");
+        return;
+    }
+    let setup = Setup::new("");
+    let data = setup.data();
+    std::fs::create_dir_all(&data).unwrap();
+    // The server's user must reach its config, plugins and data.
+    for path in [setup.dir.path(), setup.plugins.as_path()] {
+        chown_tree(path);
+    }
+    let mut child = setup
+        .cmd()
+        .arg("serve")
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (tx, ready) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            eprintln!("[serve as nobody] {line}");
+            if line.contains("serving") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    ready
+        .recv_timeout(Duration::from_secs(120))
+        .expect("airlock serve as nobody did not start");
+    let answer = raw(
+        &setup.socket(),
+        b"GET /v1/audit/head HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(10),
+    );
+    assert!(
+        answer.is_empty(),
+        "another user's peer was answered: {answer}"
+    );
+    let out = setup.run(&["audit", "query"]);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("not by this user"), "{said}");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn chown_tree(path: &Path) {
+    std::os::unix::fs::chown(path, Some(NOBODY), Some(NOBODY)).unwrap();
+    if path.is_dir() {
+        for entry in std::fs::read_dir(path).unwrap() {
+            chown_tree(&entry.unwrap().path());
+        }
+    }
+}
