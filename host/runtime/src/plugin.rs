@@ -162,6 +162,7 @@ impl Tool {
             name: "tool".to_owned(),
             description: String::new(),
             risk: Risk::Read,
+            risk_overridden: false,
             redact: Vec::new(),
             approval_required: false,
             idempotency_required: false,
@@ -369,7 +370,7 @@ pub(crate) async fn load(
         // The semaphore's own maximum.
         .min(u64::try_from(tokio::sync::Semaphore::MAX_PERMITS).unwrap_or(u64::MAX));
     let descriptors =
-        pipeline::list_tools(engine, &pre, pool_needs, &limits, &name, &grant).await?;
+        pipeline::run::list_tools(engine, &pre, pool_needs, &limits, &name, &grant).await?;
     let (tools, undeclared) = reconcile(&manifest, descriptors, &policy.risk)?;
 
     Ok(Plugin {
