@@ -39,7 +39,7 @@ pub(crate) fn check(request: &CallRequest) -> Result<()> {
             .map_err(|message| Error::InvalidSession { message })?;
     }
     if let Some(key) = &request.idempotency_key {
-        no_control(key, crate::gate::MAX_IDEMPOTENCY_KEY_BYTES)
+        no_control(key, crate::pipeline::MAX_IDEMPOTENCY_KEY_BYTES)
             .map_err(|message| invalid(Identifier::IdempotencyKey, message))?;
     }
     if let Some(id) = &request.approval_id {

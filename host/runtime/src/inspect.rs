@@ -311,7 +311,7 @@ impl Host {
             })
             .collect();
         if findings.iter().all(|f| f.severity != Severity::Error) {
-            match crate::plugin::load(&self.engine, self.cache(), policy, dir).await {
+            match crate::plugin::load(self.engine(), self.cache(), policy, dir).await {
                 Ok(plugin) => {
                     for tool in &mut tools {
                         tool.exposed = plugin.tool(&tool.name).is_some();

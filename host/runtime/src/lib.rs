@@ -44,6 +44,7 @@
 
 #![deny(missing_docs)]
 
+mod approvals;
 mod audit;
 mod bindings;
 mod cache;
@@ -52,7 +53,6 @@ mod error;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
-mod gate;
 mod grants;
 mod host;
 mod identifiers;
@@ -60,6 +60,7 @@ mod inspect;
 pub mod ledger;
 mod limits;
 pub mod manifest;
+mod mode;
 mod pipeline;
 mod plugin;
 pub mod ratelimit;
@@ -71,7 +72,6 @@ pub use airlock_audit as audit_log;
 pub use cache::CacheStatus;
 pub use engine::{DEFAULT_MAX_INSTANCES, InstanceAllocation};
 pub use error::{Error, ErrorClass, Identifier, Result, SchemaViolation, ToolErrorKind, TrapKind};
-pub use gate::{MODE_FILE, Mode, write_mode};
 pub use grants::{
     Capability, EffectiveGrant, HttpGrant, HttpScheme, ImportClass, IpRange, LimitCeilings, Origin,
     OriginHost, Policy, ResolvedFiles, classify,
@@ -82,6 +82,7 @@ pub use host::{
 pub use inspect::{CapabilityReport, Finding, ImportReport, InspectReport, Severity, ToolReport};
 pub use limits::{HttpLimits, Limit, LimitSource, Limits};
 pub use manifest::{FileAccess, MANIFEST_FILE, MANIFEST_SCHEMA, Manifest, Risk};
+pub use mode::{MODE_FILE, Mode, write_mode};
 pub use pipeline::{CallRequest, CallResponse};
 pub use plugin::{Plugin, Tool, ToolInfo};
 pub use state::{LogLevel, LogLine};

@@ -1,208 +1,164 @@
-//! Pipeline steps 2, 4 and 5: the host's mode, idempotency keys and the
-//! approval gate. Each refuses with its own error kind, and fails closed:
-//! when the ledger cannot say, the call does not run.
+//! Pipeline steps 2, 4, 5 and 11: admission under the host's mode and rate
+//! limits, the idempotency key (claimed, then completed, by a [`KeyClaim`])
+//! and the approval gate. Each refuses with its own error kind, and fails
+//! closed: when the ledger cannot say, the call does not run.
 
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use airlock_audit::Event;
-use serde::{Deserialize, Serialize};
 
+use crate::approvals::expiry_reason;
 use crate::audit::CallRecord;
 use crate::error::{Error, Result};
-use crate::ledger::{Approval, ApprovalState, Claim, EXPIRY, IdempotencyState};
+use crate::ledger::{Approval, ApprovalState, Claim, EXPIRY, IdempotencyState, Ledger};
 use crate::manifest::Risk;
-use crate::pipeline::{CallRequest, CallResponse};
+use crate::mode::now_ms;
 use crate::plugin::{Plugin, Tool};
 
-/// The mode file inside the data directory.
-pub const MODE_FILE: &str = "mode.json";
+use super::Pipeline;
+use super::request::{CallRequest, CallResponse};
+
 /// Longest idempotency key, in bytes.
-pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
+pub(crate) const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
 /// How often a caller waiting for approval looks for the decision.
 const APPROVAL_POLL: Duration = Duration::from_millis(100);
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
 
 fn rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
-// ------------------------------------------------------------------ mode
-
-/// The operator's switch (`mode.json` in the data directory): read-only
-/// refuses every tool that is not `read`. A file, so an operator can flip it
-/// while a host runs; each host records every switch it sees in the audit
-/// log, once.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Mode {
-    /// Refuse everything but `read` tools.
-    pub read_only: bool,
-    /// Unique id of this switch.
-    pub id: String,
-    /// Who switched.
-    pub by: String,
-    /// Why.
-    pub reason: Option<String>,
-    /// When, ms since the Unix epoch.
-    pub at_ms: u64,
+/// What step 4 decided.
+pub(crate) enum Claimed<'h> {
+    /// Run the call, holding its key (if it has one).
+    Run(KeyClaim<'h>),
+    /// The key's first outcome, replayed: the tool does not run again.
+    Replay(CallResponse),
 }
 
-/// Write `mode` to `data_dir` atomically.
+/// A call's hold on its idempotency key, from step 4 to step 11.
 ///
-/// # Errors
-/// [`Error::Io`].
-pub fn write_mode(data_dir: &Path, mode: &Mode) -> Result<()> {
-    let path = data_dir.join(MODE_FILE);
-    let tmp = data_dir.join(format!("{MODE_FILE}.tmp"));
-    let bytes = serde_json::to_vec_pretty(mode).map_err(|e| Error::Config {
-        message: format!("cannot encode the mode: {e}"),
-    })?;
-    std::fs::create_dir_all(data_dir).map_err(|e| Error::io(data_dir, e))?;
-    std::fs::write(&tmp, bytes)
-        .and_then(|()| std::fs::rename(&tmp, &path))
-        .map_err(|e| Error::io(&path, e))
+/// Dropped before [`KeyClaim::running`], it releases the key: a call
+/// refused at the approval gate, whose intent could not be recorded, or
+/// abandoned by its caller before the guest could run never ran, and may be
+/// retried under the same key. From `running` on, only
+/// [`KeyClaim::complete`] settles the key: a call abandoned while the guest
+/// may run leaves it in flight (read as "outcome unknown" after a restart),
+/// never free for a second execution.
+#[must_use = "dropping the claim releases the idempotency key"]
+pub(crate) struct KeyClaim<'h> {
+    ledger: &'h Ledger,
+    /// Principal, plugin, tool and key; `None` for a call without a key.
+    held: Option<HeldKey>,
+    running: bool,
 }
 
-/// Watches the mode file; cheap enough for every call (one `stat`).
-#[derive(Debug)]
-pub(crate) struct ModeWatch {
-    path: Option<PathBuf>,
-    seen: Mutex<Option<(SystemTime, u64, Option<Mode>)>>,
-    /// Set by [`Host::set_mode`] for hosts without a data directory.
-    memory: Mutex<Option<Mode>>,
+struct HeldKey {
+    principal: String,
+    plugin: String,
+    tool: String,
+    key: String,
 }
 
-impl ModeWatch {
-    pub(crate) fn new(data_dir: Option<&Path>) -> ModeWatch {
-        ModeWatch {
-            path: data_dir.map(|d| d.join(MODE_FILE)),
-            seen: Mutex::new(None),
-            memory: Mutex::new(None),
+impl<'h> KeyClaim<'h> {
+    fn none(ledger: &'h Ledger) -> KeyClaim<'h> {
+        KeyClaim {
+            ledger,
+            held: None,
+            running: false,
         }
     }
 
-    /// The current mode, and whether it changed since last asked.
-    fn current(&self) -> Result<(Option<Mode>, bool)> {
-        let Some(path) = &self.path else {
-            let memory = self.memory.lock().map(|m| m.clone()).unwrap_or_default();
-            return Ok((memory, false));
+    fn held(
+        ledger: &'h Ledger,
+        request: &CallRequest,
+        plugin: &Plugin,
+        tool: &Tool,
+        key: &str,
+    ) -> KeyClaim<'h> {
+        KeyClaim {
+            ledger,
+            held: Some(HeldKey {
+                principal: request.principal.clone(),
+                plugin: plugin.name().to_owned(),
+                tool: tool.name().to_owned(),
+                key: key.to_owned(),
+            }),
+            running: false,
+        }
+    }
+
+    /// The guest may run from now on: dropping the claim no longer
+    /// releases the key.
+    pub(crate) fn running(&mut self) {
+        self.running = true;
+    }
+
+    /// Step 11: store the outcome for replays (or release the key when the
+    /// call never got to run, or mark its outcome unknown when it was
+    /// stopped after it started).
+    pub(crate) fn complete(mut self, result: &Result<CallResponse>) {
+        let Some(HeldKey {
+            principal,
+            plugin: p,
+            tool: t,
+            key,
+        }) = self.held.take()
+        else {
+            return;
         };
-        let meta = match std::fs::metadata(path) {
-            Ok(meta) => Some((meta.modified().unwrap_or(UNIX_EPOCH), meta.len())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            // Cannot tell the mode: fail closed.
-            Err(e) => return Err(Error::io(path, e)),
+        let ledger = self.ledger;
+        let stored = match result {
+            Ok(response) => ledger.complete(&principal, &p, &t, &key, Ok(response.output.clone())),
+            Err(
+                Error::PluginBusy { .. }
+                | Error::HostBusy { .. }
+                | Error::Cancelled { ran: false, .. },
+            ) => ledger.release(&principal, &p, &t, &key),
+            // The tool said it failed: a definite outcome, replayed.
+            Err(e @ Error::Tool { .. }) => ledger.complete(
+                &principal,
+                &p,
+                &t,
+                &key,
+                Err((e.kind().to_owned(), e.to_string())),
+            ),
+            // Stopped mid-run (cancelled, deadline, fuel, trap) or its result
+            // refused after it ran: whatever it did may have happened. Not a
+            // failure to retry under a new key, nor a call to run again.
+            Err(e) if effects_unknown(e) => ledger.mark_unknown(&principal, &p, &t, &key),
+            Err(e) => ledger.complete(
+                &principal,
+                &p,
+                &t,
+                &key,
+                Err((e.kind().to_owned(), e.to_string())),
+            ),
         };
-        let mut seen = self.seen.lock().map_err(|_| Error::Config {
-            message: "mode watcher poisoned".into(),
-        })?;
-        match (&*seen, meta) {
-            (Some((t, len, mode)), Some((t2, len2))) if *t == t2 && *len == len2 => {
-                Ok((mode.clone(), false))
-            }
-            (None, None) => Ok((None, false)),
-            (_, None) => {
-                *seen = None;
-                Ok((None, true))
-            }
-            (_, Some((t, len))) => {
-                let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-                let mode: Mode = serde_json::from_str(&text).map_err(|e| Error::Config {
-                    message: format!("{} is not a valid mode file: {e}", path.display()),
-                })?;
-                *seen = Some((t, len, Some(mode.clone())));
-                Ok((Some(mode), true))
-            }
+        if let Err(e) = stored {
+            // The key stays in flight and reads as "outcome unknown" after a
+            // restart: never a second execution.
+            tracing::error!(error = %e, key = %key, "cannot store an idempotency outcome");
         }
     }
 }
 
-impl crate::Host {
-    /// Switch the host to read-only mode (refuse every tool that is not
-    /// `read`) or back, recording the switch in the audit log. With a data
-    /// directory the switch is the mode file, which other processes (and
-    /// `airlock mode`) see too.
-    ///
-    /// # Errors
-    /// [`Error::Io`] writing the mode file; [`Error::AuditUnavailable`].
-    pub async fn set_mode(&self, read_only: bool, by: &str, reason: Option<&str>) -> Result<Mode> {
-        let mode = Mode {
-            read_only,
-            id: uuid::Uuid::now_v7().to_string(),
-            by: by.to_owned(),
-            reason: reason.map(str::to_owned),
-            at_ms: now_ms(),
-        };
-        match &self.config().data_dir {
-            Some(dir) => write_mode(dir, &mode)?,
-            None => {
-                if let Ok(mut m) = self.mode.memory.lock() {
-                    *m = Some(mode.clone());
-                }
-                self.record_mode(&mode).await?;
-            }
+impl Drop for KeyClaim<'_> {
+    /// Give up the key without an outcome, when the call did not run.
+    fn drop(&mut self) {
+        if self.running {
+            return;
         }
-        // Observe (and record) it now rather than at the next call.
-        self.mode()?;
-        let _ = self.record_pending_mode().await;
-        Ok(mode)
-    }
-
-    /// The current mode (`None`: normal, never switched).
-    ///
-    /// # Errors
-    /// [`Error::Io`] / [`Error::Config`] when the mode file is unreadable.
-    pub fn mode(&self) -> Result<Option<Mode>> {
-        let (mode, changed) = self.mode.current()?;
-        if changed
-            && let Some(m) = &mode
-            && let Ok(mut pending) = self.mode_pending.lock()
+        if let Some(held) = self.held.take()
+            && let Err(e) =
+                self.ledger
+                    .release(&held.principal, &held.plugin, &held.tool, &held.key)
         {
-            *pending = Some(m.clone());
+            tracing::error!(error = %e, key = %held.key, "cannot release an idempotency key");
         }
-        Ok(mode)
     }
+}
 
-    async fn record_mode(&self, mode: &Mode) -> Result<()> {
-        let recorded = self.ledger.meta("mode_recorded")?;
-        if recorded.as_deref() == Some(mode.id.as_str()) {
-            return Ok(());
-        }
-        let mut entry = airlock_audit::Entry::new(Event::ModeChanged);
-        entry.principal = Some(mode.by.clone());
-        entry.decision = Some(
-            if mode.read_only {
-                "read_only"
-            } else {
-                "normal"
-            }
-            .to_owned(),
-        );
-        entry.reason = mode.reason.clone();
-        crate::audit::append(&self.audit, entry, airlock_audit::Durability::Flushed)
-            .await
-            .map_err(|e| Error::AuditUnavailable {
-                message: e.to_string(),
-            })?;
-        self.ledger.set_meta("mode_recorded", &mode.id)
-    }
-
-    async fn record_pending_mode(&self) -> Result<()> {
-        let pending = self.mode_pending.lock().ok().and_then(|mut p| p.take());
-        if let Some(mode) = pending {
-            self.record_mode(&mode).await?;
-        }
-        Ok(())
-    }
-
+impl<'h> Pipeline<'h> {
     /// Step 2: admit the call under the host's mode and rate limits.
     /// `Ok(true)`: the host is in read-only mode, and the call (a `read`
     /// tool) runs with every grant narrowed to reading.
@@ -212,8 +168,8 @@ impl crate::Host {
         tool: &Tool,
         principal: &str,
     ) -> Result<bool> {
-        let mode = self.mode()?;
-        self.record_pending_mode().await?;
+        let mode = self.mode.mode()?;
+        self.mode.record_pending(self.ledger, self.audit).await?;
         let read_only = mode.as_ref().is_some_and(|m| m.read_only);
         if let Some(mode) = mode
             && mode.read_only
@@ -236,8 +192,8 @@ impl crate::Host {
 
     // --------------------------------------------------------- idempotency
 
-    /// Step 4: claim the call's idempotency key. `Ok(None)`: run the call;
-    /// `Ok(Some(response))`: the stored outcome, replayed.
+    /// Step 4: claim the call's idempotency key, or replay the outcome of
+    /// the first call that used it.
     pub(crate) async fn claim_key(
         &self,
         request: &CallRequest,
@@ -245,12 +201,12 @@ impl crate::Host {
         tool: &Tool,
         record: &CallRecord<'_>,
         call_id: &str,
-    ) -> Result<Option<CallResponse>> {
+    ) -> Result<Claimed<'h>> {
         let Some(key) = &request.idempotency_key else {
             if tool.idempotency_required() {
                 return Err(Error::IdempotencyKeyRequired { tool: tool.id() });
             }
-            return Ok(None);
+            return Ok(Claimed::Run(KeyClaim::none(self.ledger)));
         };
         if key.is_empty()
             || key.len() > MAX_IDEMPOTENCY_KEY_BYTES
@@ -262,7 +218,7 @@ impl crate::Host {
                 ),
             });
         }
-        let retention = Duration::from_secs(self.config().policy.approvals.idempotency_retention_s);
+        let retention = Duration::from_secs(self.config.policy.approvals.idempotency_retention_s);
         let claim = self.ledger.claim(
             &request.principal,
             plugin.name(),
@@ -274,7 +230,15 @@ impl crate::Host {
             retention,
         )?;
         let entry = match claim {
-            Claim::Claimed => return Ok(None),
+            Claim::Claimed => {
+                return Ok(Claimed::Run(KeyClaim::held(
+                    self.ledger,
+                    request,
+                    plugin,
+                    tool,
+                    key,
+                )));
+            }
             Claim::Existing(entry) => entry,
         };
         if entry.args_digest != record.args_digest() {
@@ -297,7 +261,7 @@ impl crate::Host {
                     .event(Event::CallReplayed, Some("replayed"), None, None)
                     .await?;
                 match outcome {
-                    Ok(output) => Ok(Some(CallResponse {
+                    Ok(output) => Ok(Claimed::Replay(CallResponse {
                         call_id: call_id.to_owned(),
                         trace_id: request
                             .trace_id
@@ -323,70 +287,10 @@ impl crate::Host {
         }
     }
 
-    /// Step 11: store the outcome for replays (or release the key when the
-    /// call never got to run).
-    pub(crate) fn complete_key(
-        &self,
-        request: &CallRequest,
-        plugin: &Plugin,
-        tool: &Tool,
-        result: &Result<CallResponse>,
-    ) {
-        let Some(key) = &request.idempotency_key else {
-            return;
-        };
-        let (principal, p, t) = (&request.principal, plugin.name(), tool.name());
-        let stored = match result {
-            Ok(response) => self
-                .ledger
-                .complete(principal, p, t, key, Ok(response.output.clone())),
-            Err(
-                Error::PluginBusy { .. }
-                | Error::HostBusy { .. }
-                | Error::Cancelled { ran: false, .. },
-            ) => self.ledger.release(principal, p, t, key),
-            // The tool said it failed: a definite outcome, replayed.
-            Err(e @ Error::Tool { .. }) => self.ledger.complete(
-                principal,
-                p,
-                t,
-                key,
-                Err((e.kind().to_owned(), e.to_string())),
-            ),
-            // Stopped mid-run (cancelled, deadline, fuel, trap) or its result
-            // refused after it ran: whatever it did may have happened. Not a
-            // failure to retry under a new key, nor a call to run again.
-            Err(e) if effects_unknown(e) => self.ledger.mark_unknown(principal, p, t, key),
-            Err(e) => self.ledger.complete(
-                principal,
-                p,
-                t,
-                key,
-                Err((e.kind().to_owned(), e.to_string())),
-            ),
-        };
-        if let Err(e) = stored {
-            // The key stays in flight and reads as "outcome unknown" after a
-            // restart: never a second execution.
-            tracing::error!(error = %e, key = %key, "cannot store an idempotency outcome");
-        }
-    }
-
-    /// Give up the call's key without an outcome (it did not run).
-    pub(crate) fn release_key(&self, request: &CallRequest, plugin: &Plugin, tool: &Tool) {
-        if let Some(key) = &request.idempotency_key
-            && let Err(e) = self
-                .ledger
-                .release(&request.principal, plugin.name(), tool.name(), key)
-        {
-            tracing::error!(error = %e, key = %key, "cannot release an idempotency key");
-        }
-    }
-
     // ----------------------------------------------------------- approvals
 
     fn needs_approval(&self, tool: &Tool) -> bool {
-        let policy = &self.config().policy.approvals;
+        let policy = &self.config.policy.approvals;
         tool.approval_required()
             || policy.require_for.contains(&tool.risk())
             || policy.tools.iter().any(|t| *t == tool.id())
@@ -405,7 +309,7 @@ impl crate::Host {
         if !self.needs_approval(tool) {
             return Ok(None);
         }
-        let policy = &self.config().policy.approvals;
+        let policy = &self.config.policy.approvals;
         if policy.approvers.is_empty() {
             return Err(Error::ApprovalUnavailable {
                 tool: tool.id(),
@@ -416,7 +320,7 @@ impl crate::Host {
             Some(id) => id.clone(),
             None => {
                 let (pending, expired) = self.ledger.pending_of(&request.principal, now_ms())?;
-                self.record_expiries(&expired);
+                self.approvals.record_expiries(&expired);
                 if pending >= policy.max_pending_per_principal {
                     return Err(Error::TooManyPendingApprovals {
                         principal: request.principal.clone(),
@@ -515,7 +419,7 @@ impl crate::Host {
                         });
                     }
                     let poll = tokio::time::sleep(APPROVAL_POLL);
-                    if crate::pipeline::unless_cancelled(request.cancel.as_ref(), poll)
+                    if super::run::unless_cancelled(request.cancel.as_ref(), poll)
                         .await
                         .is_none()
                     {
@@ -526,169 +430,6 @@ impl crate::Host {
                     }
                 }
                 other => return Err(refusal(&approval, other)),
-            }
-        }
-    }
-
-    /// An approver's decision on approval `id`. The first decision wins;
-    /// the approver must be configured, present their token, and not be the
-    /// caller. Recorded in the audit log.
-    ///
-    /// # Errors
-    /// [`Error::DecisionRefused`] saying why; [`Error::Ledger`],
-    /// [`Error::AuditUnavailable`].
-    pub async fn decide(
-        &self,
-        id: &str,
-        approver: &str,
-        token: &str,
-        approve: bool,
-        reason: Option<&str>,
-    ) -> Result<Approval> {
-        let policy = &self.config().policy.approvals;
-        let refused = |reason: String| Err(Error::DecisionRefused { reason });
-        let Some(who) = policy.authenticate(approver, token) else {
-            return refused(format!(
-                "`{approver}` is not a configured approver, or the token is wrong"
-            ));
-        };
-        let Some((current, _)) = self.ledger.approval(id, now_ms())? else {
-            return refused(format!("no approval {id}"));
-        };
-        if current.principal == who.name {
-            return refused("an approver cannot decide on their own call".into());
-        }
-        if !approve && reason.is_none_or(|r| r.trim().is_empty()) {
-            return refused("a rejection needs a reason".into());
-        }
-        let use_window = policy.approved_expiry_s.saturating_mul(1000);
-        let decided = self
-            .ledger
-            .transition(id, ApprovalState::Pending, now_ms(), |a| {
-                let now = now_ms();
-                a.state = if approve {
-                    // A new window in which the approved call must run.
-                    a.expires_ms = now.saturating_add(use_window);
-                    ApprovalState::Approved
-                } else {
-                    ApprovalState::Rejected
-                };
-                a.decided_by = Some(who.name.clone());
-                a.decided_ms = Some(now);
-                a.decision_reason = reason.map(|r| bounded(r, 1024));
-            })?;
-        let approval = match decided {
-            Ok(approval) => approval,
-            Err(Some(other)) => {
-                return refused(format!(
-                    "approval {id} is already {}{}",
-                    other.state.as_str(),
-                    other
-                        .decided_by
-                        .map(|b| format!(" (by {b})"))
-                        .unwrap_or_default()
-                ));
-            }
-            Err(None) => return refused(format!("no approval {id}")),
-        };
-        let mut entry = approval_entry(Event::ApprovalDecided, &approval);
-        entry.principal = Some(who.name.clone());
-        entry.decision = Some(approval.state.as_str().to_owned());
-        entry.reason = approval.decision_reason.clone();
-        crate::audit::append(&self.audit, entry, airlock_audit::Durability::Flushed)
-            .await
-            .map_err(|e| Error::AuditUnavailable {
-                message: e.to_string(),
-            })?;
-        Ok(approval)
-    }
-
-    /// Approvals, newest first, optionally only those in `state`. Any that
-    /// expire on the way are recorded in the audit log.
-    ///
-    /// # Errors
-    /// [`Error::Ledger`].
-    pub fn approvals(&self, state: Option<ApprovalState>) -> Result<Vec<Approval>> {
-        let (list, expired) = self.ledger.approvals(state, now_ms())?;
-        self.record_expiries(&expired);
-        Ok(list)
-    }
-
-    /// The approval `id` (recorded in the audit log if it expires on the
-    /// way).
-    ///
-    /// # Errors
-    /// [`Error::Ledger`].
-    pub fn approval(&self, id: &str) -> Result<Option<Approval>> {
-        let found = self.ledger.approval(id, now_ms())?;
-        if let Some((a, true)) = &found {
-            self.record_expiries(std::slice::from_ref(a));
-        }
-        Ok(found.map(|(a, _)| a))
-    }
-
-    /// Expire overdue approvals (recording each) and forget what is past
-    /// its retention: terminal approvals after `policy.approvals.retention_s`,
-    /// finished idempotency entries after `idempotency_retention_s`. Runs by
-    /// itself every `sweep_interval_s` while calls arrive.
-    ///
-    /// # Errors
-    /// [`Error::Ledger`].
-    pub fn sweep_ledger(&self) -> Result<crate::ledger::SweepReport> {
-        let policy = &self.config().policy.approvals;
-        let report = self.ledger.sweep(
-            now_ms(),
-            Duration::from_secs(policy.retention_s),
-            Duration::from_secs(policy.idempotency_retention_s),
-        )?;
-        self.record_expiries(&report.expired);
-        if report.approvals_removed + report.keys_removed > 0 || !report.expired.is_empty() {
-            tracing::info!(
-                expired = report.expired.len(),
-                approvals_removed = report.approvals_removed,
-                keys_removed = report.keys_removed,
-                "ledger swept"
-            );
-        }
-        Ok(report)
-    }
-
-    /// Sweep the ledger if `sweep_interval_s` has passed since the last
-    /// sweep (one caller sweeps; the others go on).
-    pub(crate) fn sweep_if_due(&self) {
-        use std::sync::atomic::Ordering;
-        let interval = self
-            .config()
-            .policy
-            .approvals
-            .sweep_interval_s
-            .saturating_mul(1000);
-        let now = now_ms();
-        let last = self.last_sweep_ms.load(Ordering::Relaxed);
-        if now.saturating_sub(last) < interval
-            || self
-                .last_sweep_ms
-                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
-                .is_err()
-        {
-            return;
-        }
-        if let Err(e) = self.sweep_ledger() {
-            tracing::error!(error = %e, "cannot sweep the ledger");
-        }
-    }
-
-    /// Record each of `expired` as `approval_expired` (batched: an expiry
-    /// precedes no side effect). A failure is logged; the approval stays
-    /// expired either way.
-    fn record_expiries(&self, expired: &[Approval]) {
-        for approval in expired {
-            let mut entry = approval_entry(Event::ApprovalExpired, approval);
-            entry.principal = Some(approval.principal.clone());
-            entry.decision = Some("expired".to_owned());
-            entry.reason = Some(expiry_reason(approval).to_owned());
-            if let Err(e) = self.audit.append(entry, airlock_audit::Durability::Batched) {
-                tracing::error!(error = %e, approval = %approval.id, "cannot record an approval's expiry");
             }
         }
     }
@@ -761,30 +502,6 @@ fn refusal(approval: &Approval, state: ApprovalState) -> Error {
     }
 }
 
-/// An audit entry for `event` about `approval`: the call it was asked for
-/// and everything it binds.
-fn approval_entry(event: Event, approval: &Approval) -> airlock_audit::Entry {
-    let mut entry = airlock_audit::Entry::new(event);
-    entry.call_id = Some(approval.call_id.clone());
-    entry.plugin = Some(approval.plugin.clone());
-    entry.component_digest = Some(approval.component_digest.clone());
-    entry.tool = Some(approval.tool.clone());
-    entry.risk = Some(approval.risk.clone());
-    entry.approval_id = Some(approval.id.clone());
-    entry.idempotency_key = approval.idempotency_key.clone();
-    entry.args_digest = Some(approval.args_digest.clone());
-    entry
-}
-
-/// Why `approval` expired, as recorded.
-fn expiry_reason(approval: &Approval) -> &'static str {
-    if approval.decided_by.as_deref() == Some(EXPIRY) {
-        "not decided in time"
-    } else {
-        "approved but not used in time"
-    }
-}
-
 /// Whether a call that ended with `error` may have had effects nobody can
 /// know: it was stopped after the guest started, or its result was refused
 /// after the guest finished.
@@ -800,7 +517,7 @@ fn effects_unknown(error: &Error) -> bool {
 
 /// `text` cut to at most `max` bytes, with a visible mark when it was cut
 /// (an approver must know they are not reading all of it).
-fn bounded(text: &str, max: usize) -> String {
+pub(crate) fn bounded(text: &str, max: usize) -> String {
     if text.len() <= max {
         return text.to_owned();
     }
@@ -817,7 +534,56 @@ fn bounded(text: &str, max: usize) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::bounded;
+    use super::*;
+
+    fn claim(ledger: &Ledger) -> Claim {
+        ledger
+            .claim(
+                "p",
+                "plug",
+                "tool",
+                "k",
+                "digest",
+                "call-1",
+                now_ms(),
+                Duration::from_secs(60),
+            )
+            .unwrap()
+    }
+
+    fn guard(ledger: &Ledger) -> KeyClaim<'_> {
+        KeyClaim {
+            ledger,
+            held: Some(HeldKey {
+                principal: "p".into(),
+                plugin: "plug".into(),
+                tool: "tool".into(),
+                key: "k".into(),
+            }),
+            running: false,
+        }
+    }
+
+    #[test]
+    fn a_claim_dropped_before_the_guest_may_run_frees_the_key() {
+        let ledger = Ledger::temporary().unwrap();
+        assert!(matches!(claim(&ledger), Claim::Claimed));
+        drop(guard(&ledger));
+        assert!(matches!(claim(&ledger), Claim::Claimed));
+    }
+
+    #[test]
+    fn a_claim_dropped_while_the_guest_may_run_keeps_the_key_in_flight() {
+        let ledger = Ledger::temporary().unwrap();
+        assert!(matches!(claim(&ledger), Claim::Claimed));
+        let mut held = guard(&ledger);
+        held.running();
+        drop(held);
+        let Claim::Existing(entry) = claim(&ledger) else {
+            panic!("the key was freed");
+        };
+        assert!(matches!(entry.state, IdempotencyState::InFlight { .. }));
+    }
 
     #[test]
     fn a_cut_reason_says_it_was_cut() {
