@@ -85,9 +85,7 @@ impl Approvals<'_> {
         entry.reason = approval.decision_reason.clone();
         crate::audit::append(self.audit, entry, airlock_audit::Durability::Flushed)
             .await
-            .map_err(|e| Error::AuditUnavailable {
-                message: e.to_string(),
-            })?;
+            .map_err(Error::AuditUnavailable)?;
         Ok(approval)
     }
 

@@ -10,7 +10,7 @@ use airlock_audit::{AuditConfig, AuditLog};
 use crate::approvals::Approvals;
 use crate::cache::CompiledCache;
 use crate::engine::{EpochTicker, InstanceAllocation, SharedEngine};
-use crate::error::{Error, Result};
+use crate::error::{CallError, Error, LoadError, LoadResult, Result};
 use crate::grants::Policy;
 use crate::ledger::{Approval, ApprovalState, LEDGER_DIR, Ledger, SweepReport};
 use crate::manifest::MANIFEST_FILE;
@@ -121,7 +121,7 @@ pub struct LoadFailure {
     /// The plugin's directory.
     pub dir: PathBuf,
     /// Why it did not load.
-    pub error: Error,
+    pub error: LoadError,
 }
 
 /// What [`Host::load_plugins_dir`] loaded.
@@ -308,32 +308,32 @@ impl Host {
     /// component it names).
     ///
     /// # Errors
-    /// Every manifest error ([`Error::ManifestSyntax`],
-    /// [`Error::ManifestInvalid`], [`Error::ManifestRejected`]);
-    /// [`Error::ComponentMissing`]; [`Error::DigestMismatch`] when the
+    /// Every manifest error ([`LoadError::ManifestSyntax`],
+    /// [`LoadError::ManifestInvalid`], [`LoadError::ManifestRejected`]);
+    /// [`LoadError::ComponentMissing`]; [`LoadError::DigestMismatch`] when the
     /// component is not the one the manifest pins;
-    /// [`Error::InvalidComponent`] for a file that is not a component;
-    /// [`Error::WrongWorld`] for a component that does not target
-    /// `airlock:plugin/plugin`; [`Error::InvalidToolList`] and
-    /// [`Error::ToolNotExported`] when its tools do not match the manifest;
-    /// [`Error::DuplicatePlugin`] when a plugin of that name is loaded;
-    /// [`Error::CapabilityDenied`] when the manifest asks for a capability
+    /// [`LoadError::InvalidComponent`] for a file that is not a component;
+    /// [`LoadError::WrongWorld`] for a component that does not target
+    /// `airlock:plugin/plugin`; [`LoadError::InvalidToolList`] and
+    /// [`LoadError::ToolNotExported`] when its tools do not match the manifest;
+    /// [`LoadError::DuplicatePlugin`] when a plugin of that name is loaded;
+    /// [`LoadError::CapabilityDenied`] when the manifest asks for a capability
     /// the policy forbids (or an `http` origin outside the policy's
-    /// `http_allow`); [`Error::CapabilityNotGranted`] when the
+    /// `http_allow`); [`LoadError::CapabilityNotGranted`] when the
     /// component imports an interface it is not granted;
-    /// [`Error::LimitAboveCeiling`] when a limit exceeds the policy.
+    /// [`LoadError::LimitAboveCeiling`] when a limit exceeds the policy.
     ///
     /// # Security
     /// The component's code runs once here (to list its tools) under the same
     /// limits as a call.
-    pub async fn load_plugin(&self, dir: impl AsRef<Path>) -> Result<Arc<Plugin>> {
+    pub async fn load_plugin(&self, dir: impl AsRef<Path>) -> LoadResult<Arc<Plugin>> {
         let dir = dir.as_ref();
         let plugin =
             plugin::load(&self.engine, self.cache.as_ref(), &self.config.policy, dir).await?;
         let name = plugin.name().to_owned();
         let mut plugins = self.plugins.write();
         if let Some(existing) = plugins.get(&name) {
-            return Err(Error::DuplicatePlugin {
+            return Err(LoadError::DuplicatePlugin {
                 name,
                 first: existing.dir().to_owned(),
                 second: dir.to_owned(),
@@ -354,7 +354,7 @@ impl Host {
         &self,
         plugin: &Plugin,
         loaded: &BTreeMap<String, Arc<Plugin>>,
-    ) -> Result<()> {
+    ) -> LoadResult<()> {
         let absolute = |p: &Path| {
             p.canonicalize()
                 .or_else(|_| std::path::absolute(p))
@@ -393,7 +393,7 @@ impl Host {
         for other in loaded.values() {
             for files in &other.grant().files {
                 if dir.starts_with(&files.host) {
-                    return Err(Error::CapabilityDenied {
+                    return Err(LoadError::CapabilityDenied {
                         plugin: plugin.name().to_owned(),
                         capability: "capabilities.files".to_owned(),
                         reason: format!(
@@ -410,7 +410,7 @@ impl Host {
     }
 
     /// Unload the plugin `name`: new calls to its tools fail with
-    /// [`Error::UnknownPlugin`]; calls already running finish normally.
+    /// [`CallError::UnknownPlugin`]; calls already running finish normally.
     /// Returns the plugin, or `None` when none of that name is loaded.
     pub fn unload_plugin(&self, name: &str) -> Option<Arc<Plugin>> {
         self.plugins.write().remove(name)
@@ -422,12 +422,12 @@ impl Host {
     ///
     /// # Errors
     /// [`Error::Io`] if `dir` cannot be read.
-    pub async fn load_plugins_dir(&self, dir: impl AsRef<Path>) -> Result<LoadReport> {
+    pub async fn load_plugins_dir(&self, dir: impl AsRef<Path>) -> LoadResult<LoadReport> {
         let dir = dir.as_ref();
-        let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+        let entries = std::fs::read_dir(dir).map_err(|e| LoadError::io(dir, e))?;
         let mut dirs = Vec::new();
         for entry in entries {
-            let entry = entry.map_err(|e| Error::io(dir, e))?;
+            let entry = entry.map_err(|e| LoadError::io(dir, e))?;
             let path = entry.path();
             if path.join(MANIFEST_FILE).is_file() {
                 dirs.push(path);
@@ -474,14 +474,14 @@ impl Host {
         digest: &str,
         bytes: &[u8],
         path: &Path,
-    ) -> Result<wasmtime::component::Component> {
+    ) -> LoadResult<wasmtime::component::Component> {
         let compiled = match &self.cache {
             Some(cache) => cache
                 .load_or_compile(&self.engine, digest, bytes)
                 .map(|(c, _)| c),
             None => wasmtime::component::Component::new(&self.engine, bytes),
         };
-        compiled.map_err(|e| Error::InvalidComponent {
+        compiled.map_err(|e| LoadError::InvalidComponent {
             path: path.to_owned(),
             reason: format!("{e:#}"),
         })
@@ -515,23 +515,23 @@ impl Host {
     /// Run one tool call through the pipeline.
     ///
     /// # Errors
-    /// Refusals, before the guest runs: [`Error::InvalidIdentifier`] and
-    /// [`Error::InvalidSession`] (checked first, before anything is
-    /// recorded), [`Error::BadToolReference`],
-    /// [`Error::UnknownPlugin`], [`Error::UnknownTool`],
-    /// [`Error::ArgumentsTooLarge`], [`Error::ArgumentsNotJson`],
-    /// [`Error::ArgumentsNotObject`], [`Error::ArgumentsInvalid`] (every
-    /// failing path). After it runs: [`Error::Tool`] when the guest returns a
-    /// tool error; [`Error::Trap`] when it crashes or hits a limit (fuel,
-    /// deadline, memory); [`Error::OutputTooLarge`] and
-    /// [`Error::OutputInvalid`] for results over the limit, not JSON or
-    /// failing the output schema. [`Error::Cancelled`] when the request's
+    /// Refusals, before the guest runs: [`CallError::InvalidIdentifier`] and
+    /// [`CallError::InvalidSession`] (checked first, before anything is
+    /// recorded), [`CallError::BadToolReference`],
+    /// [`CallError::UnknownPlugin`], [`CallError::UnknownTool`],
+    /// [`CallError::ArgumentsTooLarge`], [`CallError::ArgumentsNotJson`],
+    /// [`CallError::ArgumentsNotObject`], [`CallError::ArgumentsInvalid`] (every
+    /// failing path). After it runs: [`CallError::Tool`] when the guest returns a
+    /// tool error; [`CallError::Trap`] when it crashes or hits a limit (fuel,
+    /// deadline, memory); [`CallError::OutputTooLarge`] and
+    /// [`CallError::OutputInvalid`] for results over the limit, not JSON or
+    /// failing the output schema. [`CallError::Cancelled`] when the request's
     /// cancellation token ([`CallRequest::cancel_on`]) fires first.
     ///
     /// # Security
     /// Every call gets a fresh instance: no state leaks between calls through
     /// guest memory.
-    pub async fn call(&self, request: CallRequest) -> Result<CallResponse> {
+    pub async fn call(&self, request: CallRequest) -> Result<CallResponse, CallError> {
         self.pipeline().call(request).await
     }
 
@@ -585,7 +585,7 @@ impl Host {
     /// # Errors
     /// [`Error::Io`] / [`Error::Config`] when the mode file is unreadable.
     pub fn mode(&self) -> Result<Option<Mode>> {
-        self.mode.mode()
+        Ok(self.mode.mode()?)
     }
 
     /// An approver's decision on approval `id`. The first decision wins;
@@ -593,7 +593,7 @@ impl Host {
     /// caller. Recorded in the audit log.
     ///
     /// # Errors
-    /// [`Error::DecisionRefused`] saying why; [`Error::Ledger`],
+    /// [`Error::DecisionRefused`] saying why; [`Error::Store`],
     /// [`Error::AuditUnavailable`].
     pub async fn decide(
         &self,
@@ -612,7 +612,7 @@ impl Host {
     /// expire on the way are recorded in the audit log.
     ///
     /// # Errors
-    /// [`Error::Ledger`].
+    /// [`Error::Store`].
     pub fn approvals(&self, state: Option<ApprovalState>) -> Result<Vec<Approval>> {
         self.approvals_parts().list(state)
     }
@@ -621,7 +621,7 @@ impl Host {
     /// way).
     ///
     /// # Errors
-    /// [`Error::Ledger`].
+    /// [`Error::Store`].
     pub fn approval(&self, id: &str) -> Result<Option<Approval>> {
         self.approvals_parts().get(id)
     }
@@ -632,7 +632,7 @@ impl Host {
     /// itself every `sweep_interval_s` while calls arrive.
     ///
     /// # Errors
-    /// [`Error::Ledger`].
+    /// [`Error::Store`].
     pub fn sweep_ledger(&self) -> Result<SweepReport> {
         self.approvals_parts().sweep()
     }

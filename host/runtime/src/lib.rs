@@ -6,8 +6,9 @@
 //! capabilities and limits — and runs their tools through one pipeline:
 //! resolve, validate the arguments against the tool's JSON Schema, run the
 //! tool in a fresh instance under fuel, deadline and memory limits, validate
-//! the result. Every refusal, tool error and trap is a distinct [`Error`]
-//! variant; [`Error::class`] groups them for callers.
+//! the result. Every refusal, tool error and trap is a distinct
+//! [`CallError`] variant; [`CallError::class`] groups them for callers.
+//! Loading fails with a [`LoadError`]; every error converts into [`Error`].
 //!
 //! Every call is recorded in the host's audit log ([`Host::audit`], crate
 //! [`audit_log`]): a refusal, or an intent written before the guest runs and
@@ -71,7 +72,10 @@ pub mod workspace;
 pub use airlock_audit as audit_log;
 pub use cache::CacheStatus;
 pub use engine::{DEFAULT_MAX_INSTANCES, InstanceAllocation};
-pub use error::{Error, ErrorClass, Identifier, Result, SchemaViolation, ToolErrorKind, TrapKind};
+pub use error::{
+    ApprovalRefusal, CallError, Error, ErrorClass, Identifier, LoadError, Result, SchemaViolation,
+    Store, StoreError, ToolErrorKind, TrapKind,
+};
 pub use grants::{
     Capability, EffectiveGrant, HttpGrant, HttpScheme, ImportClass, IpRange, LimitCeilings, Origin,
     OriginHost, Policy, ResolvedFiles, classify,

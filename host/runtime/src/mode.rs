@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use airlock_audit::{AuditLog, Event};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{CallError, CallResult, Error, Result};
 use crate::ledger::Ledger;
 
 /// The mode file inside the data directory.
@@ -117,7 +117,7 @@ impl ModeWatch {
 
     /// The current mode (`None`: normal, never switched); a change since
     /// last asked becomes pending, to be recorded.
-    pub(crate) fn mode(&self) -> Result<Option<Mode>> {
+    pub(crate) fn mode(&self) -> CallResult<Option<Mode>> {
         let (mode, changed) = self.current()?;
         if changed
             && let Some(m) = &mode
@@ -129,7 +129,7 @@ impl ModeWatch {
     }
 
     /// Record the pending switch, if any, in the audit log.
-    pub(crate) async fn record_pending(&self, ledger: &Ledger, audit: &AuditLog) -> Result<()> {
+    pub(crate) async fn record_pending(&self, ledger: &Ledger, audit: &AuditLog) -> CallResult<()> {
         let pending = self.pending.lock().ok().and_then(|mut p| p.take());
         if let Some(mode) = pending {
             record_mode(ledger, audit, &mode).await?;
@@ -138,7 +138,7 @@ impl ModeWatch {
     }
 
     /// The current mode, and whether it changed since last asked.
-    fn current(&self) -> Result<(Option<Mode>, bool)> {
+    fn current(&self) -> CallResult<(Option<Mode>, bool)> {
         let Some(path) = &self.path else {
             let memory = self.memory.lock().map(|m| m.clone()).unwrap_or_default();
             return Ok((memory, false));
@@ -147,9 +147,9 @@ impl ModeWatch {
             Ok(meta) => Some((meta.modified().unwrap_or(UNIX_EPOCH), meta.len())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             // Cannot tell the mode: fail closed.
-            Err(e) => return Err(Error::io(path, e)),
+            Err(e) => return Err(CallError::io(path, e)),
         };
-        let mut seen = self.seen.lock().map_err(|_| Error::Config {
+        let mut seen = self.seen.lock().map_err(|_| CallError::Config {
             message: "mode watcher poisoned".into(),
         })?;
         match (&*seen, meta) {
@@ -162,8 +162,8 @@ impl ModeWatch {
                 Ok((None, true))
             }
             (_, Some((t, len))) => {
-                let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-                let mode: Mode = serde_json::from_str(&text).map_err(|e| Error::Config {
+                let text = std::fs::read_to_string(path).map_err(|e| CallError::io(path, e))?;
+                let mode: Mode = serde_json::from_str(&text).map_err(|e| CallError::Config {
                     message: format!("{} is not a valid mode file: {e}", path.display()),
                 })?;
                 *seen = Some((t, len, Some(mode.clone())));
@@ -174,7 +174,7 @@ impl ModeWatch {
 }
 
 /// Record `mode` in the audit log unless this host's ledger says it was.
-async fn record_mode(ledger: &Ledger, audit: &AuditLog, mode: &Mode) -> Result<()> {
+async fn record_mode(ledger: &Ledger, audit: &AuditLog, mode: &Mode) -> CallResult<()> {
     let recorded = ledger.meta("mode_recorded")?;
     if recorded.as_deref() == Some(mode.id.as_str()) {
         return Ok(());
@@ -192,8 +192,6 @@ async fn record_mode(ledger: &Ledger, audit: &AuditLog, mode: &Mode) -> Result<(
     entry.reason = mode.reason.clone();
     crate::audit::append(audit, entry, airlock_audit::Durability::Flushed)
         .await
-        .map_err(|e| Error::AuditUnavailable {
-            message: e.to_string(),
-        })?;
-    ledger.set_meta("mode_recorded", &mode.id)
+        .map_err(CallError::AuditUnavailable)?;
+    Ok(ledger.set_meta("mode_recorded", &mode.id)?)
 }

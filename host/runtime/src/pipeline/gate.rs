@@ -9,7 +9,7 @@ use airlock_audit::Event;
 
 use crate::approvals::expiry_reason;
 use crate::audit::CallRecord;
-use crate::error::{Error, Result};
+use crate::error::{ApprovalRefusal, CallError, CallResult};
 use crate::ledger::{Approval, ApprovalState, Claim, EXPIRY, IdempotencyState, Ledger};
 use crate::manifest::Risk;
 use crate::mode::now_ms;
@@ -96,7 +96,7 @@ impl<'h> KeyClaim<'h> {
     /// Step 11: store the outcome for replays (or release the key when the
     /// call never got to run, or mark its outcome unknown when it was
     /// stopped after it started).
-    pub(crate) fn complete(mut self, result: &Result<CallResponse>) {
+    pub(crate) fn complete(mut self, result: &CallResult<CallResponse>) {
         let Some(HeldKey {
             principal,
             plugin: p,
@@ -110,12 +110,12 @@ impl<'h> KeyClaim<'h> {
         let stored = match result {
             Ok(response) => ledger.complete(&principal, &p, &t, &key, Ok(response.output.clone())),
             Err(
-                Error::PluginBusy { .. }
-                | Error::HostBusy { .. }
-                | Error::Cancelled { ran: false, .. },
+                CallError::PluginBusy { .. }
+                | CallError::HostBusy { .. }
+                | CallError::Cancelled { ran: false, .. },
             ) => ledger.release(&principal, &p, &t, &key),
             // The tool said it failed: a definite outcome, replayed.
-            Err(e @ Error::Tool { .. }) => ledger.complete(
+            Err(e @ CallError::Tool { .. }) => ledger.complete(
                 &principal,
                 &p,
                 &t,
@@ -167,7 +167,7 @@ impl<'h> Pipeline<'h> {
         plugin: &Plugin,
         tool: &Tool,
         principal: &str,
-    ) -> Result<bool> {
+    ) -> CallResult<bool> {
         let mode = self.mode.mode()?;
         self.mode.record_pending(self.ledger, self.audit).await?;
         let read_only = mode.as_ref().is_some_and(|m| m.read_only);
@@ -175,15 +175,15 @@ impl<'h> Pipeline<'h> {
             && mode.read_only
             && tool.risk() != Risk::Read
         {
-            return Err(Error::ReadOnlyMode {
+            return Err(CallError::ReadOnlyMode {
                 tool: tool.id(),
-                risk: tool.risk().as_str().to_owned(),
+                risk: tool.risk(),
                 reason: mode.reason,
             });
         }
         self.limiter
             .admit(plugin.name(), &tool.id(), tool.rate_limit(), principal)
-            .map_err(|(scope, wait)| Error::RateLimited {
+            .map_err(|(scope, wait)| CallError::RateLimited {
                 scope,
                 retry_after_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1),
             })?;
@@ -201,10 +201,10 @@ impl<'h> Pipeline<'h> {
         tool: &Tool,
         record: &CallRecord<'_>,
         call_id: &str,
-    ) -> Result<Claimed<'h>> {
+    ) -> CallResult<Claimed<'h>> {
         let Some(key) = &request.idempotency_key else {
             if tool.idempotency_required() {
-                return Err(Error::IdempotencyKeyRequired { tool: tool.id() });
+                return Err(CallError::IdempotencyKeyRequired { tool: tool.id() });
             }
             return Ok(Claimed::Run(KeyClaim::none(self.ledger)));
         };
@@ -212,7 +212,7 @@ impl<'h> Pipeline<'h> {
             || key.len() > MAX_IDEMPOTENCY_KEY_BYTES
             || key.chars().any(char::is_control)
         {
-            return Err(Error::IdempotencyMismatch {
+            return Err(CallError::IdempotencyMismatch {
                 key: format!(
                     "(invalid: 1 to {MAX_IDEMPOTENCY_KEY_BYTES} bytes without control characters)"
                 ),
@@ -242,14 +242,14 @@ impl<'h> Pipeline<'h> {
             Claim::Existing(entry) => entry,
         };
         if entry.args_digest != record.args_digest() {
-            return Err(Error::IdempotencyMismatch { key: key.clone() });
+            return Err(CallError::IdempotencyMismatch { key: key.clone() });
         }
         match entry.state {
-            IdempotencyState::InFlight { call_id } => Err(Error::IdempotencyInUse {
+            IdempotencyState::InFlight { call_id } => Err(CallError::IdempotencyInUse {
                 key: key.clone(),
                 call_id,
             }),
-            IdempotencyState::Unknown { call_id } => Err(Error::IdempotencyOutcomeUnknown {
+            IdempotencyState::Unknown { call_id } => Err(CallError::IdempotencyOutcomeUnknown {
                 key: key.clone(),
                 call_id,
             }),
@@ -276,7 +276,7 @@ impl<'h> Pipeline<'h> {
                         replayed_from: Some(first),
                         approval_id: None,
                     })),
-                    Err((kind, message)) => Err(Error::ReplayedFailure {
+                    Err((kind, message)) => Err(CallError::ReplayedFailure {
                         key: key.clone(),
                         call_id: first,
                         kind,
@@ -305,13 +305,13 @@ impl<'h> Pipeline<'h> {
         tool: &Tool,
         record: &CallRecord<'_>,
         call_id: &str,
-    ) -> Result<Option<String>> {
+    ) -> CallResult<Option<String>> {
         if !self.needs_approval(tool) {
             return Ok(None);
         }
         let policy = &self.config.policy.approvals;
         if policy.approvers.is_empty() {
-            return Err(Error::ApprovalUnavailable {
+            return Err(CallError::ApprovalUnavailable {
                 tool: tool.id(),
                 reason: "no approver is configured on this host (policy.approvals.approvers), so it cannot run".into(),
             });
@@ -322,7 +322,7 @@ impl<'h> Pipeline<'h> {
                 let (pending, expired) = self.ledger.pending_of(&request.principal, now_ms())?;
                 self.approvals.record_expiries(&expired);
                 if pending >= policy.max_pending_per_principal {
-                    return Err(Error::TooManyPendingApprovals {
+                    return Err(CallError::TooManyPendingApprovals {
                         principal: request.principal.clone(),
                         limit: policy.max_pending_per_principal,
                     });
@@ -364,7 +364,7 @@ impl<'h> Pipeline<'h> {
                     .await?;
                 self.ledger.create_approval(&approval)?;
                 if request.wait_for_approval.is_none() {
-                    return Err(Error::ApprovalPending {
+                    return Err(CallError::ApprovalPending {
                         tool: tool.id(),
                         approval_id: approval.id,
                         expires: rfc3339(approval.expires_ms),
@@ -376,10 +376,10 @@ impl<'h> Pipeline<'h> {
         let deadline = request.wait_for_approval.map(|d| Instant::now() + d);
         loop {
             let Some((approval, expired_now)) = self.ledger.approval(&id, now_ms())? else {
-                return Err(Error::ApprovalRefused {
+                return Err(CallError::ApprovalRefused {
                     approval_id: id,
                     reason: "no such approval".into(),
-                    why: "unknown",
+                    why: ApprovalRefusal::Unknown,
                 });
             };
             if expired_now {
@@ -403,16 +403,16 @@ impl<'h> Pipeline<'h> {
                             })?;
                     return match consumed {
                         Ok(_) => Ok(Some(id)),
-                        Err(_) => Err(Error::ApprovalRefused {
+                        Err(_) => Err(CallError::ApprovalRefused {
                             approval_id: id,
                             reason: "already used by another call".into(),
-                            why: "consumed",
+                            why: ApprovalRefusal::Consumed,
                         }),
                     };
                 }
                 ApprovalState::Pending => {
                     if deadline.is_none_or(|d| Instant::now() >= d) {
-                        return Err(Error::ApprovalPending {
+                        return Err(CallError::ApprovalPending {
                             tool: tool.id(),
                             approval_id: id,
                             expires: rfc3339(approval.expires_ms),
@@ -423,7 +423,7 @@ impl<'h> Pipeline<'h> {
                         .await
                         .is_none()
                     {
-                        return Err(Error::Cancelled {
+                        return Err(CallError::Cancelled {
                             tool: tool.id(),
                             ran: false,
                         });
@@ -443,12 +443,12 @@ fn check_binding(
     plugin: &Plugin,
     tool: &Tool,
     record: &CallRecord<'_>,
-) -> Result<()> {
+) -> CallResult<()> {
     let mismatch = |what: &str| {
-        Err(Error::ApprovalRefused {
+        Err(CallError::ApprovalRefused {
             approval_id: approval.id.clone(),
             reason: format!("it was given for {what}"),
-            why: "mismatch",
+            why: ApprovalRefusal::Mismatch,
         })
     };
     if approval.plugin != plugin.name() || approval.tool != tool.name() {
@@ -472,7 +472,7 @@ fn check_binding(
     Ok(())
 }
 
-fn refusal(approval: &Approval, state: ApprovalState) -> Error {
+fn refusal(approval: &Approval, state: ApprovalState) -> CallError {
     let by = approval
         .decided_by
         .as_deref()
@@ -484,18 +484,22 @@ fn refusal(approval: &Approval, state: ApprovalState) -> Error {
         .map(|r| format!(": {r}"))
         .unwrap_or_default();
     let (reason, kind) = match state {
-        ApprovalState::Rejected => (format!("rejected{by}{why}"), "rejected"),
-        ApprovalState::Expired if approval.decided_by.as_deref() == Some(EXPIRY) => {
-            ("expired before anyone decided".to_owned(), "expired")
-        }
+        ApprovalState::Rejected => (format!("rejected{by}{why}"), ApprovalRefusal::Rejected),
+        ApprovalState::Expired if approval.decided_by.as_deref() == Some(EXPIRY) => (
+            "expired before anyone decided".to_owned(),
+            ApprovalRefusal::Expired,
+        ),
         ApprovalState::Expired => (
             format!("expired: approved{by} but not used in time"),
-            "expired",
+            ApprovalRefusal::Expired,
         ),
-        ApprovalState::Cancelled => (format!("cancelled{by}"), "cancelled"),
-        _ => ("already used by another call".to_owned(), "consumed"),
+        ApprovalState::Cancelled => (format!("cancelled{by}"), ApprovalRefusal::Cancelled),
+        _ => (
+            "already used by another call".to_owned(),
+            ApprovalRefusal::Consumed,
+        ),
     };
-    Error::ApprovalRefused {
+    CallError::ApprovalRefused {
         approval_id: approval.id.clone(),
         reason,
         why: kind,
@@ -505,13 +509,13 @@ fn refusal(approval: &Approval, state: ApprovalState) -> Error {
 /// Whether a call that ended with `error` may have had effects nobody can
 /// know: it was stopped after the guest started, or its result was refused
 /// after the guest finished.
-fn effects_unknown(error: &Error) -> bool {
+fn effects_unknown(error: &CallError) -> bool {
     matches!(
         error,
-        Error::Cancelled { ran: true, .. }
-            | Error::Trap { .. }
-            | Error::OutputTooLarge { .. }
-            | Error::OutputInvalid { .. }
+        CallError::Cancelled { ran: true, .. }
+            | CallError::Trap { .. }
+            | CallError::OutputTooLarge { .. }
+            | CallError::OutputInvalid { .. }
     )
 }
 

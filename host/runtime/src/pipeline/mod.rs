@@ -34,7 +34,7 @@ use crate::approvals::Approvals;
 use crate::audit::CallRecord;
 use crate::bindings::exports::airlock::plugin::tools::CallContext;
 use crate::engine::SharedEngine;
-use crate::error::{Error, Result};
+use crate::error::{CallError, CallResult};
 use crate::grants::WorkspaceScope;
 use crate::host::{HostConfig, PluginTable};
 use crate::identifiers;
@@ -66,7 +66,7 @@ pub(crate) struct Pipeline<'h> {
 impl<'h> Pipeline<'h> {
     /// Run one tool call through every step (see
     /// [`Host::call`](crate::Host::call)).
-    pub(crate) async fn call(&self, request: CallRequest) -> Result<CallResponse> {
+    pub(crate) async fn call(&self, request: CallRequest) -> CallResult<CallResponse> {
         self.approvals.sweep_if_due();
         let call_id = new_call_id();
         // 0. Identifiers, before any of them is recorded.
@@ -96,7 +96,7 @@ impl<'h> Pipeline<'h> {
             match validate_arguments(tool, &request.arguments, self.config.max_argument_bytes) {
                 Ok(arguments) => arguments,
                 Err(error) => {
-                    if !matches!(error, Error::ArgumentsTooLarge { .. }) {
+                    if !matches!(error, CallError::ArgumentsTooLarge { .. }) {
                         record.arguments(&request.arguments, None);
                     }
                     return Err(record.refused(error).await);
@@ -167,7 +167,7 @@ impl<'h> Pipeline<'h> {
         &self,
         request: &CallRequest,
         call_id: &str,
-    ) -> Result<CallRecord<'h>> {
+    ) -> CallResult<CallRecord<'h>> {
         if let Err(error) = identifiers::check(request) {
             let trace_id = request
                 .trace_id
@@ -199,23 +199,23 @@ impl<'h> Pipeline<'h> {
     }
 
     /// Step 1: resolve `plugin/tool` to a loaded plugin and an exposed tool.
-    fn resolve(&self, reference: &str) -> Result<(Arc<Plugin>, Arc<Tool>)> {
+    fn resolve(&self, reference: &str) -> CallResult<(Arc<Plugin>, Arc<Tool>)> {
         let (plugin_name, tool_name) =
             reference
                 .split_once('/')
-                .ok_or_else(|| Error::BadToolReference {
+                .ok_or_else(|| CallError::BadToolReference {
                     reference: reference.to_owned(),
                 })?;
         let plugin = self
             .plugins
             .get(plugin_name)
-            .ok_or_else(|| Error::UnknownPlugin {
+            .ok_or_else(|| CallError::UnknownPlugin {
                 plugin: plugin_name.to_owned(),
             })?;
         let tool = plugin
             .tool(tool_name)
             .cloned()
-            .ok_or_else(|| Error::UnknownTool {
+            .ok_or_else(|| CallError::UnknownTool {
                 plugin: plugin_name.to_owned(),
                 tool: tool_name.to_owned(),
             })?;
@@ -246,24 +246,29 @@ impl<'h> Pipeline<'h> {
 }
 
 /// Step 3: validate the arguments before anything runs.
-pub(crate) fn validate_arguments(tool: &Tool, arguments: &str, max_bytes: usize) -> Result<Value> {
+pub(crate) fn validate_arguments(
+    tool: &Tool,
+    arguments: &str,
+    max_bytes: usize,
+) -> CallResult<Value> {
     if arguments.len() > max_bytes {
-        return Err(Error::ArgumentsTooLarge {
+        return Err(CallError::ArgumentsTooLarge {
             size: arguments.len(),
             limit: max_bytes,
         });
     }
-    let value: Value = serde_json::from_str(arguments).map_err(|e| Error::ArgumentsNotJson {
-        message: e.to_string(),
-    })?;
+    let value: Value =
+        serde_json::from_str(arguments).map_err(|e| CallError::ArgumentsNotJson {
+            message: e.to_string(),
+        })?;
     if !value.is_object() {
-        return Err(Error::ArgumentsNotObject {
+        return Err(CallError::ArgumentsNotObject {
             found: schema::type_name(&value),
         });
     }
     let violations = schema::violations(&tool.input_validator, &value);
     if !violations.is_empty() {
-        return Err(Error::ArgumentsInvalid {
+        return Err(CallError::ArgumentsInvalid {
             tool: tool.id(),
             violations,
         });

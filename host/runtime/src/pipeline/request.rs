@@ -34,11 +34,11 @@ pub struct CallRequest {
     /// The caller's reason, shown to the approver.
     pub reason: Option<String>,
     /// Wait this long for an approval decision instead of returning
-    /// [`Error::ApprovalPending`](crate::Error::ApprovalPending) at once.
+    /// [`Error::ApprovalPending`](crate::CallError::ApprovalPending) at once.
     pub wait_for_approval: Option<Duration>,
     /// Cancelling this token stops the call: a wait for approval or for an
     /// instance slot ends, a running guest's instance is dropped, and the
-    /// call ends with [`Error::Cancelled`](crate::Error::Cancelled) — on
+    /// call ends with [`Error::Cancelled`](crate::CallError::Cancelled) — on
     /// the record like any other outcome.
     pub cancel: Option<CancellationToken>,
 }

@@ -15,7 +15,7 @@ use crate::engine::{PoolNeeds, SharedEngine};
 
 use crate::bindings::PluginPre;
 use crate::bindings::exports::airlock::plugin::tools::{CallContext, ToolDescriptor, ToolError};
-use crate::error::{Error, Result, ToolErrorKind, TrapKind};
+use crate::error::{CallError, CallResult, LoadError, LoadResult, ToolErrorKind, TrapKind};
 use crate::grants::EffectiveGrant;
 use crate::limits::Limits;
 use crate::plugin::{Plugin, Tool};
@@ -71,7 +71,7 @@ pub(crate) struct PreparedCall<'a> {
 pub(crate) async fn run_tool(
     engine: &SharedEngine,
     call: PreparedCall<'_>,
-) -> (Result<CallResponse>, RunStats) {
+) -> (CallResult<CallResponse>, RunStats) {
     let mut stats = RunStats::default();
     let result = run_tool_inner(engine, call, &mut stats).await;
     (result, stats)
@@ -81,7 +81,7 @@ async fn run_tool_inner(
     engine: &SharedEngine,
     call: PreparedCall<'_>,
     stats: &mut RunStats,
-) -> Result<CallResponse> {
+) -> CallResult<CallResponse> {
     let PreparedCall {
         plugin,
         tool,
@@ -94,7 +94,7 @@ async fn run_tool_inner(
     let limits = plugin.limits();
     let tool_id = tool.id();
     let started = Instant::now();
-    let cancelled = |ran| Error::Cancelled {
+    let cancelled = |ran| CallError::Cancelled {
         tool: tool_id.clone(),
         ran,
     };
@@ -107,7 +107,7 @@ async fn run_tool_inner(
         .ok_or_else(|| cancelled(false))?
         .ok()
         .and_then(|permit| permit.ok())
-        .ok_or_else(|| Error::PluginBusy {
+        .ok_or_else(|| CallError::PluginBusy {
             plugin: plugin.name().to_owned(),
             limit: plugin.slots_limit,
         })?;
@@ -116,10 +116,11 @@ async fn run_tool_inner(
     let _pool = unless_cancelled(cancel, pool)
         .await
         .ok_or_else(|| cancelled(false))?
-        .ok_or_else(|| Error::HostBusy {
+        .ok_or_else(|| CallError::HostBusy {
             limit: engine.max_instances(),
         })?;
-    let mut store = new_store(engine, limits, plugin.grant(), workspace, read_only)?;
+    let mut store = new_store(engine, limits, plugin.grant(), workspace, read_only)
+        .map_err(|message| CallError::Engine { message })?;
     let call_id = context.call_id.clone();
     let trace_id = context.trace_id.clone();
     // Re-serialising the validated value gives the guest canonical JSON
@@ -179,7 +180,7 @@ async fn run_tool_inner(
                 ToolError::Failed(m) => (ToolErrorKind::Failed, m),
                 ToolError::Denied(m) => (ToolErrorKind::Denied, m),
             };
-            return Err(Error::Tool {
+            return Err(CallError::Tool {
                 tool: tool_id,
                 kind,
                 message: bounded(message, 4096),
@@ -189,13 +190,13 @@ async fn run_tool_inner(
 
     let limit = limits.output_bytes();
     if text.len() > limit {
-        return Err(Error::OutputTooLarge {
+        return Err(CallError::OutputTooLarge {
             tool: tool_id,
             size: text.len(),
             limit,
         });
     }
-    let output: Value = serde_json::from_str(&text).map_err(|e| Error::OutputInvalid {
+    let output: Value = serde_json::from_str(&text).map_err(|e| CallError::OutputInvalid {
         tool: tool_id.clone(),
         message: format!("not JSON: {e}"),
     })?;
@@ -203,7 +204,7 @@ async fn run_tool_inner(
         let violations = schema::violations(validator, &output);
         if !violations.is_empty() {
             let list: Vec<String> = violations.iter().map(ToString::to_string).collect();
-            return Err(Error::OutputInvalid {
+            return Err(CallError::OutputInvalid {
                 tool: tool_id,
                 message: format!("does not match the output schema: {}", list.join("; ")),
             });
@@ -239,15 +240,16 @@ pub(crate) async fn list_tools(
     limits: &Limits,
     plugin: &str,
     grant: &EffectiveGrant,
-) -> Result<Vec<ToolDescriptor>> {
+) -> LoadResult<Vec<ToolDescriptor>> {
     let _pool = engine
         .admit(needs, Instant::now() + limits.timeout())
         .await
-        .ok_or_else(|| Error::HostBusy {
+        .ok_or_else(|| LoadError::HostBusy {
             limit: engine.max_instances(),
         })?;
     // Listing tools never needs to write anything.
-    let mut store = new_store(engine, limits, grant, None, true)?;
+    let mut store = new_store(engine, limits, grant, None, true)
+        .map_err(|message| LoadError::Engine { message })?;
     let outcome = with_deadline(limits, async {
         let instance = pre.instantiate_async(&mut store).await?;
         instance.airlock_plugin_tools().call_list(&mut store).await
@@ -255,7 +257,7 @@ pub(crate) async fn list_tools(
     .await;
     outcome.map_err(|error| {
         let trap = trap_error(&format!("{plugin}/list"), error, &store);
-        Error::InvalidToolList {
+        LoadError::InvalidToolList {
             plugin: plugin.to_owned(),
             reason: format!("listing its tools failed: {trap}"),
         }
@@ -268,7 +270,7 @@ fn new_store(
     grant: &EffectiveGrant,
     workspace: Option<crate::grants::WorkspaceScope>,
     read_only: bool,
-) -> Result<Store<CallState>> {
+) -> Result<Store<CallState>, String> {
     let mut store = CallState::new_store(
         engine,
         limits,
@@ -277,9 +279,7 @@ fn new_store(
         read_only,
         engine.epoch_guard(),
     )
-    .map_err(|e| Error::Engine {
-        message: format!("cannot create a store: {e:#}"),
-    })?;
+    .map_err(|e| format!("cannot create a store: {e:#}"))?;
     // Check the deadline on every epoch tick; until it passes, yield to the
     // executor so one long call cannot starve others on the same thread.
     // The store's deadline also bounds host functions that wait (HTTP).
@@ -320,7 +320,7 @@ async fn with_deadline<T>(
 }
 
 /// Classify an error from instantiating or calling a guest.
-fn trap_error(tool: &str, error: wasmtime::Error, store: &Store<CallState>) -> Error {
+fn trap_error(tool: &str, error: wasmtime::Error, store: &Store<CallState>) -> CallError {
     let state = store.data();
     let kind = if error.downcast_ref::<HostDeadline>().is_some() {
         TrapKind::DeadlineExceeded
@@ -342,7 +342,7 @@ fn trap_error(tool: &str, error: wasmtime::Error, store: &Store<CallState>) -> E
         message.push_str("; guest stderr: ");
         message.push_str(&bounded(stderr, 4096));
     }
-    Error::Trap {
+    CallError::Trap {
         tool: tool.to_owned(),
         kind,
         message,
