@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use airlock_host::audit_log::Event;
 use airlock_host::ledger::{ApprovalPolicy, ApprovalState, Approver};
-use airlock_host::{CallRequest, Error, Host, HostConfig, Policy};
+use airlock_host::{CallError, CallRequest, Error, Host, HostConfig, Policy};
 use airlock_tests::{PLUGINS_DIR, sha256_hex};
 use serde_json::{Value, json};
 
@@ -72,15 +72,17 @@ async fn balance(host: &Host) -> u64 {
     out["balance_cents"].as_u64().unwrap()
 }
 
-fn pending_id(err: Error) -> String {
+fn pending_id(err: CallError) -> String {
     match err {
-        Error::ApprovalPending { approval_id, .. } => approval_id,
+        CallError::ApprovalPending { approval_id, .. } => approval_id,
         other => panic!("expected approval_pending, got {other}"),
     }
 }
 
-fn kind<T: std::fmt::Debug>(result: Result<T, Error>) -> &'static str {
-    result.unwrap_err().kind()
+fn kind<T: std::fmt::Debug, E: Into<Error> + std::fmt::Debug>(
+    result: Result<T, E>,
+) -> &'static str {
+    Into::<Error>::into(result.unwrap_err()).kind()
 }
 
 #[tokio::test]
@@ -421,7 +423,7 @@ async fn a_rate_limit_is_hit_says_when_to_retry_and_recovers() {
         host.call(lookup()).await.unwrap();
     }
     let err = host.call(lookup()).await.unwrap_err();
-    let Error::RateLimited {
+    let CallError::RateLimited {
         scope,
         retry_after_ms,
     } = &err
@@ -485,8 +487,8 @@ async fn manifest_plugin_and_named_principal_limits_each_apply() {
     let call = |tool: &str, who: &str| {
         host.call(CallRequest::new(format!("misbehave/{tool}"), "{}").principal(who))
     };
-    let scope = |result: Result<_, Error>| match result {
-        Err(Error::RateLimited { scope, .. }) => scope,
+    let scope = |result: Result<_, CallError>| match result {
+        Err(CallError::RateLimited { scope, .. }) => scope,
         other => panic!("expected rate_limited, got {other:?}"),
     };
     // The manifest's limit on `echo` holds across callers.

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use airlock_host::audit_log::{AuditLog, Event, OUTCOME_UNKNOWN, Record, verify_export};
-use airlock_host::{AUDIT_DIR, CallRequest, Error, Host, HostConfig};
+use airlock_host::{AUDIT_DIR, CallError, CallRequest, Host, HostConfig};
 use airlock_tests::{MISBEHAVE, PROBE, PluginDir, install, read};
 use serde_json::{Value, json};
 
@@ -33,7 +33,7 @@ async fn host_in(data: &Path, plugin: &PluginDir) -> Host {
     host
 }
 
-async fn call(host: &Host, tool: &str, args: &str) -> Result<Value, Error> {
+async fn call(host: &Host, tool: &str, args: &str) -> Result<Value, CallError> {
     host.call(
         CallRequest::new(tool, args)
             .principal("agent-7")

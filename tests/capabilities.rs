@@ -6,7 +6,9 @@
 
 use std::collections::BTreeMap;
 
-use airlock_host::{CallRequest, Capability, Error, ErrorClass, Host, HostConfig, Policy};
+use airlock_host::{
+    CallError, CallRequest, Capability, ErrorClass, Host, HostConfig, LoadError, Policy,
+};
 use airlock_tests::{MISBEHAVE, PROBE, PluginDir, install, read};
 use serde_json::{Value, json};
 
@@ -46,21 +48,21 @@ fn probe(capabilities: &str) -> PluginDir {
     dir
 }
 
-async fn load(dir: &PluginDir, policy: Policy) -> Result<Host, Error> {
+async fn load(dir: &PluginDir, policy: Policy) -> Result<Host, LoadError> {
     let host = Host::new(HostConfig::default().policy(policy)).unwrap();
     host.load_plugin(dir.path()).await?;
     Ok(host)
 }
 
-async fn call(host: &Host, tool: &str, args: Value) -> Result<Value, Error> {
+async fn call(host: &Host, tool: &str, args: Value) -> Result<Value, CallError> {
     host.call(CallRequest::new(tool, args.to_string()))
         .await
         .map(|r| r.output)
 }
 
-fn failed(result: Result<Value, Error>) -> String {
+fn failed(result: Result<Value, CallError>) -> String {
     match result {
-        Err(Error::Tool { message, .. }) => message,
+        Err(CallError::Tool { message, .. }) => message,
         other => panic!("expected a tool error, got {other:?}"),
     }
 }
@@ -191,7 +193,7 @@ async fn files_host_paths_may_not_leave_the_plugin_directory() {
         ));
         let err = load(&dir, Policy::default()).await.unwrap_err();
         assert!(
-            matches!(err, Error::CapabilityDenied { .. }),
+            matches!(err, LoadError::CapabilityDenied { .. }),
             "{host_path}: {err}"
         );
         assert_eq!(err.class(), ErrorClass::CapabilityDenied);
@@ -231,7 +233,7 @@ async fn policy_can_forbid_a_capability() {
         ..Policy::default()
     };
     let err = load(&dir, policy).await.unwrap_err();
-    let Error::CapabilityDenied { capability, .. } = &err else {
+    let LoadError::CapabilityDenied { capability, .. } = &err else {
         panic!("{err}")
     };
     assert_eq!(capability, "capabilities.files");
@@ -335,7 +337,7 @@ async fn clocks_and_random_work_when_granted() {
     assert_ne!(a, b, "two draws of 64 random bits should differ");
 }
 
-async fn probe_load_error(capabilities: &str) -> Error {
+async fn probe_load_error(capabilities: &str) -> LoadError {
     let manifest = format!("[capabilities]\n{capabilities}\n{}", tools(PROBE_TOOLS));
     let dir = install("probe", &read(PROBE), &manifest);
     load(&dir, Policy::default()).await.unwrap_err()
@@ -344,7 +346,7 @@ async fn probe_load_error(capabilities: &str) -> Error {
 #[tokio::test]
 async fn importing_the_monotonic_clock_needs_the_clocks_grant() {
     let err = probe_load_error("random = true").await;
-    let Error::CapabilityNotGranted {
+    let LoadError::CapabilityNotGranted {
         interface, hint, ..
     } = &err
     else {
@@ -361,7 +363,7 @@ async fn importing_the_monotonic_clock_needs_the_clocks_grant() {
 #[tokio::test]
 async fn importing_entropy_needs_the_random_grant() {
     let err = probe_load_error("clocks = true").await;
-    let Error::CapabilityNotGranted {
+    let LoadError::CapabilityNotGranted {
         interface, hint, ..
     } = &err
     else {
@@ -430,7 +432,7 @@ async fn stdio_goes_to_the_call_log_only_when_granted() {
 async fn importing_log_needs_the_log_grant() {
     let dir = install("misbehave", &read(MISBEHAVE), &tools(&["echo"]));
     let err = load(&dir, Policy::default()).await.unwrap_err();
-    let Error::CapabilityNotGranted { interface, .. } = &err else {
+    let LoadError::CapabilityNotGranted { interface, .. } = &err else {
         panic!("{err}")
     };
     assert!(interface.starts_with("airlock:plugin/log"), "{interface}");
@@ -454,7 +456,7 @@ async fn limits_above_the_operator_ceiling_fail_to_load() {
     assert!(
         matches!(
             err,
-            Error::LimitAboveCeiling {
+            LoadError::LimitAboveCeiling {
                 limit: "limits.memory_mb",
                 asked: 512,
                 ceiling: 128,

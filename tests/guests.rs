@@ -4,7 +4,9 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-use airlock_host::{CallRequest, Error, ErrorClass, Host, HostConfig, ToolErrorKind, TrapKind};
+use airlock_host::{
+    CallError, CallRequest, ErrorClass, Host, HostConfig, LoadError, ToolErrorKind, TrapKind,
+};
 use airlock_tests::{BAD_SCHEMA, DUP_TOOLS, MISBEHAVE, PluginDir, WRONG_WORLD, install, read};
 use serde_json::{Value, json};
 
@@ -53,7 +55,11 @@ async fn host_with(dir: &PluginDir) -> Host {
     host
 }
 
-async fn call(host: &Host, tool: &str, args: Value) -> Result<airlock_host::CallResponse, Error> {
+async fn call(
+    host: &Host,
+    tool: &str,
+    args: Value,
+) -> Result<airlock_host::CallResponse, CallError> {
     host.call(CallRequest::new(
         format!("misbehave/{tool}"),
         args.to_string(),
@@ -61,9 +67,9 @@ async fn call(host: &Host, tool: &str, args: Value) -> Result<airlock_host::Call
     .await
 }
 
-fn trap_kind(err: &Error) -> TrapKind {
+fn trap_kind(err: &CallError) -> TrapKind {
     match err {
-        Error::Trap { kind, .. } => *kind,
+        CallError::Trap { kind, .. } => *kind,
         other => panic!("expected a trap, got {other}"),
     }
 }
@@ -87,7 +93,7 @@ async fn misbehave() {
     ] {
         let err = call(&host, tool, json!({})).await.unwrap_err();
         assert!(
-            matches!(&err, Error::Tool { kind: k, .. } if *k == kind),
+            matches!(&err, CallError::Tool { kind: k, .. } if *k == kind),
             "{tool}: {err}"
         );
         assert_eq!(err.class(), ErrorClass::ToolError);
@@ -103,7 +109,7 @@ async fn misbehave() {
     // The undeclared tool is not callable even though the component has it.
     assert!(matches!(
         call(&host, "hidden", json!({})).await.unwrap_err(),
-        Error::UnknownTool { .. }
+        CallError::UnknownTool { .. }
     ));
 
     // Output over the manifest's 64 KiB limit; under it is fine.
@@ -114,12 +120,12 @@ async fn misbehave() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, Error::OutputTooLarge { limit: 65536, .. }),
+        matches!(err, CallError::OutputTooLarge { limit: 65536, .. }),
         "{err}"
     );
 
     let err = call(&host, "lie", json!({})).await.unwrap_err();
-    assert!(matches!(err, Error::OutputInvalid { .. }), "{err}");
+    assert!(matches!(err, CallError::OutputInvalid { .. }), "{err}");
 
     // Logs are kept up to the per-call budget, the rest counted as dropped.
     let flood = call(&host, "log-flood", json!({"lines": 200, "size": 1000}))
@@ -190,7 +196,7 @@ async fn results_over_a_mebibyte_are_measured_against_the_output_limit() {
     assert!(
         matches!(
             err,
-            Error::OutputTooLarge {
+            CallError::OutputTooLarge {
                 limit: 2_097_152,
                 ..
             }
@@ -317,7 +323,7 @@ async fn wrong_world() {
     let dir = install("other", &read(WRONG_WORLD), "[[tools]]\nname = \"run\"\n");
     let host = Host::new(HostConfig::default()).unwrap();
     let err = host.load_plugin(dir.path()).await.unwrap_err();
-    assert!(matches!(err, Error::WrongWorld { .. }), "{err}");
+    assert!(matches!(err, LoadError::WrongWorld { .. }), "{err}");
     assert!(err.to_string().contains("airlock:plugin/tools"), "{err}");
 }
 
@@ -331,7 +337,7 @@ async fn bad_schema() {
         );
         let host = Host::new(HostConfig::default()).unwrap();
         let err = host.load_plugin(dir.path()).await.unwrap_err();
-        let Error::InvalidToolList { reason, .. } = &err else {
+        let LoadError::InvalidToolList { reason, .. } = &err else {
             panic!("{err}")
         };
         assert!(reason.contains(tool), "{reason}");
@@ -343,7 +349,7 @@ async fn dup_tools() {
     let dir = install("dup", &read(DUP_TOOLS), "[[tools]]\nname = \"twin\"\n");
     let host = Host::new(HostConfig::default()).unwrap();
     let err = host.load_plugin(dir.path()).await.unwrap_err();
-    let Error::InvalidToolList { reason, .. } = &err else {
+    let LoadError::InvalidToolList { reason, .. } = &err else {
         panic!("{err}")
     };
     assert!(reason.contains("exported twice"), "{reason}");
@@ -429,6 +435,9 @@ async fn a_cancelled_call_stops_the_guest_and_frees_its_slot() {
         .call(CallRequest::new("misbehave/echo", "{}").cancel_on(cancelled))
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::Cancelled { ran: false, .. }), "{err}");
+    assert!(
+        matches!(err, CallError::Cancelled { ran: false, .. }),
+        "{err}"
+    );
     assert_eq!(err.class(), ErrorClass::Refused);
 }

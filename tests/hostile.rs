@@ -5,7 +5,7 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-use airlock_host::{CallRequest, Error, Host, HostConfig, Policy};
+use airlock_host::{CallError, CallRequest, Host, HostConfig, Policy};
 use airlock_tests::{PROBE, PluginDir, install, read};
 use serde_json::{Value, json};
 
@@ -37,7 +37,7 @@ fn files_root(root: &std::path::Path) -> Policy {
     }
 }
 
-async fn call(host: &Host, tool: &str, args: Value) -> Result<Value, Error> {
+async fn call(host: &Host, tool: &str, args: Value) -> Result<Value, CallError> {
     host.call(CallRequest::new(tool, args.to_string()))
         .await
         .map(|r| r.output)
@@ -104,7 +104,7 @@ async fn symlink_swap_of_another_plugins_grant_does_not_move_it() {
     assert_eq!(after["text"], "checked dir");
     let passwd = call(&host_a, "victim/read-file", json!({"path": "/data/passwd"})).await;
     assert!(
-        matches!(passwd, Err(Error::Tool { .. })),
+        matches!(passwd, Err(CallError::Tool { .. })),
         "the victim reached /etc through the swapped path: {passwd:?}"
     );
 
@@ -207,7 +207,7 @@ async fn notes_call(
     principal: &str,
     session: Option<&str>,
     args: Value,
-) -> Result<Value, Error> {
+) -> Result<Value, CallError> {
     let mut request =
         CallRequest::new(format!("notes/{tool}"), args.to_string()).principal(principal);
     if let Some(s) = session {
@@ -235,7 +235,7 @@ async fn another_principal_naming_the_same_session_cannot_read_or_overwrite() {
         json!({"title": "plan"}),
     )
     .await;
-    assert!(matches!(read, Err(Error::Tool { .. })), "{read:?}");
+    assert!(matches!(read, Err(CallError::Tool { .. })), "{read:?}");
     let forged = json!({"title": "plan", "body": "overwritten by mallory"});
     notes_call(&host, "add", "mallory", Some("s1"), forged)
         .await
@@ -309,7 +309,7 @@ async fn plugin_wide_keys_are_shared_only_when_the_manifest_asks() {
         .await
         .unwrap();
     let other = notes_call(&host, "get", "bob", Some("s1"), json!({"title": "a"})).await;
-    assert!(matches!(other, Err(Error::Tool { .. })), "{other:?}");
+    assert!(matches!(other, Err(CallError::Tool { .. })), "{other:?}");
 }
 
 // ----------------------------------------------------- unknown outcomes
@@ -384,7 +384,7 @@ async fn read_only_mode_stops_writes_of_a_tool_that_claims_to_read() {
         json!({"path": "/work/a.txt", "content": "during"}),
     )
     .await;
-    assert!(matches!(write, Err(Error::Tool { .. })), "{write:?}");
+    assert!(matches!(write, Err(CallError::Tool { .. })), "{write:?}");
     let read_back = call(&host, "liar/read-file", json!({"path": "/work/a.txt"}))
         .await
         .unwrap();

@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use airlock_host::{
-    CallRequest, CallResponse, Capability, Error, Host, HostConfig, IpRange, Origin, Policy,
-    ToolErrorKind,
+    CallError, CallRequest, CallResponse, Capability, Host, HostConfig, IpRange, LoadError, Origin,
+    Policy, ToolErrorKind,
 };
 use airlock_tests::{HTTP_CLIENT, PLUGINS_DIR, PluginDir, install, read};
 use serde_json::{Value, json};
@@ -207,20 +207,20 @@ fn loopback_allowed() -> Policy {
     }
 }
 
-async fn load(dir: &PluginDir, policy: Policy) -> Result<Host, Error> {
+async fn load(dir: &PluginDir, policy: Policy) -> Result<Host, LoadError> {
     let host = Host::new(HostConfig::default().policy(policy)).unwrap();
     host.load_plugin(dir.path()).await?;
     Ok(host)
 }
 
-async fn call(host: &Host, tool: &str, args: Value) -> Result<CallResponse, Error> {
+async fn call(host: &Host, tool: &str, args: Value) -> Result<CallResponse, CallError> {
     host.call(CallRequest::new(tool, args.to_string())).await
 }
 
 /// The message of a tool error of `kind`; anything else fails the test.
-fn tool_error(result: Result<CallResponse, Error>, kind: ToolErrorKind) -> String {
+fn tool_error(result: Result<CallResponse, CallError>, kind: ToolErrorKind) -> String {
     match result {
-        Err(Error::Tool {
+        Err(CallError::Tool {
             kind: got, message, ..
         }) if got == kind => message,
         other => panic!("expected a {kind} tool error, got {other:?}"),
@@ -593,7 +593,7 @@ async fn http_forbidden_by_policy_fails_to_load_naming_the_key() {
         ..Policy::default()
     };
     let err = load(&dir, policy).await.unwrap_err();
-    let Error::CapabilityDenied { capability, .. } = &err else {
+    let LoadError::CapabilityDenied { capability, .. } = &err else {
         panic!("{err}")
     };
     assert_eq!(capability, "capabilities.http");
@@ -608,7 +608,7 @@ async fn http_import_without_the_grant_fails_to_load_naming_interface_and_key() 
         "[[tools]]\nname = \"get\"\nrisk = \"external\"\n",
     );
     let err = load(&dir, Policy::default()).await.unwrap_err();
-    let Error::CapabilityNotGranted {
+    let LoadError::CapabilityNotGranted {
         interface, hint, ..
     } = &err
     else {
@@ -627,7 +627,7 @@ async fn http_origin_outside_the_policy_allow_list_fails_to_load() {
         ..Policy::default()
     };
     let err = load(&dir, policy).await.unwrap_err();
-    let Error::CapabilityDenied {
+    let LoadError::CapabilityDenied {
         capability, reason, ..
     } = &err
     else {
@@ -659,7 +659,7 @@ async fn http_malformed_origins_fail_to_load_with_specific_errors() {
         let err = load(&fetch(&[origin], ""), Policy::default())
             .await
             .unwrap_err();
-        let Error::ManifestInvalid { violations, .. } = &err else {
+        let LoadError::ManifestInvalid { violations, .. } = &err else {
             panic!("{origin}: {err}")
         };
         assert_eq!(violations[0].path, "/capabilities/http/0", "{origin}");

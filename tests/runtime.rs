@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-use airlock_host::{CacheStatus, CallRequest, Error, ErrorClass, Host, HostConfig};
+use airlock_host::{CacheStatus, CallError, CallRequest, ErrorClass, Host, HostConfig, LoadError};
 use airlock_tests::{PLUGINS_DIR, PluginDir, install, install_raw, read, sha256_hex};
 use serde_json::{Value, json};
 
@@ -26,7 +26,7 @@ async fn examples() -> (Host, ()) {
     (host, cache)
 }
 
-async fn call(host: &Host, tool: &str, args: Value) -> Result<Value, Error> {
+async fn call(host: &Host, tool: &str, args: Value) -> Result<Value, CallError> {
     host.call(CallRequest::new(tool, args.to_string()))
         .await
         .map(|r| r.output)
@@ -160,7 +160,7 @@ async fn files_tools_read_only_their_granted_directory() {
         let err = call(&host, "files/read", json!({"path": escape}))
             .await
             .unwrap_err();
-        assert!(matches!(err, Error::Tool { .. }), "{escape}: {err}");
+        assert!(matches!(err, CallError::Tool { .. }), "{escape}: {err}");
     }
 }
 
@@ -177,7 +177,7 @@ async fn a_tool_error_from_the_guest_is_reported_as_such() {
     assert!(
         matches!(
             err,
-            Error::Tool {
+            CallError::Tool {
                 kind: airlock_host::ToolErrorKind::InvalidInput,
                 ..
             }
@@ -237,7 +237,7 @@ async fn corrupt_cache_entries_are_rebuilt_not_trusted() {
 
 // ---------------------------------------------------------------- manifests
 
-async fn load_err(dir: &PluginDir) -> Error {
+async fn load_err(dir: &PluginDir) -> LoadError {
     let (host, _cache) = host();
     host.load_plugin(dir.path()).await.unwrap_err()
 }
@@ -245,7 +245,7 @@ async fn load_err(dir: &PluginDir) -> Error {
 #[tokio::test]
 async fn manifest_not_toml() {
     let err = load_err(&install_raw(&text_component(), "[plugin\nname=")).await;
-    assert!(matches!(err, Error::ManifestSyntax { .. }), "{err}");
+    assert!(matches!(err, LoadError::ManifestSyntax { .. }), "{err}");
 }
 
 #[tokio::test]
@@ -256,7 +256,7 @@ async fn manifest_unknown_field() {
         &format!("[limits]\nteleport = true\n\n{TEXT_TOOLS}"),
     ))
     .await;
-    assert!(matches!(err, Error::ManifestInvalid { .. }), "{err}");
+    assert!(matches!(err, LoadError::ManifestInvalid { .. }), "{err}");
     assert!(err.to_string().contains("teleport"), "{err}");
 }
 
@@ -268,7 +268,7 @@ async fn manifest_missing_field() {
         sha256_hex(&component)
     );
     let err = load_err(&install_raw(&component, &manifest)).await;
-    assert!(matches!(err, Error::ManifestInvalid { .. }), "{err}");
+    assert!(matches!(err, LoadError::ManifestInvalid { .. }), "{err}");
     assert!(err.to_string().contains("version"), "{err}");
 }
 
@@ -294,7 +294,7 @@ async fn manifest_duplicate_tool_name() {
         &format!("{TEXT_TOOLS}\n[[tools]]\nname = \"stats\"\n"),
     ))
     .await;
-    assert!(matches!(err, Error::ManifestRejected { .. }), "{err}");
+    assert!(matches!(err, LoadError::ManifestRejected { .. }), "{err}");
 }
 
 #[tokio::test]
@@ -303,7 +303,7 @@ async fn component_file_missing() {
     std::fs::remove_file(dir.path().join("component.wasm")).unwrap();
     assert!(matches!(
         load_err(&dir).await,
-        Error::ComponentMissing { .. }
+        LoadError::ComponentMissing { .. }
     ));
 }
 
@@ -315,7 +315,7 @@ async fn digest_mismatch() {
         "ab".repeat(32)
     );
     let err = load_err(&install_raw(&component, &manifest)).await;
-    let Error::DigestMismatch { actual, .. } = &err else {
+    let LoadError::DigestMismatch { actual, .. } = &err else {
         panic!("{err}")
     };
     assert_eq!(actual, &sha256_hex(&component));
@@ -326,7 +326,7 @@ async fn digest_mismatch() {
 #[tokio::test]
 async fn component_not_wasm() {
     let err = load_err(&install("junk", b"#!/bin/sh\necho not wasm\n", TEXT_TOOLS)).await;
-    let Error::InvalidComponent { reason, .. } = &err else {
+    let LoadError::InvalidComponent { reason, .. } = &err else {
         panic!("{err}")
     };
     assert!(reason.contains("not a WebAssembly binary"), "{reason}");
@@ -336,7 +336,7 @@ async fn component_not_wasm() {
 async fn component_is_a_core_module() {
     // The smallest valid core module: magic + version 1.
     let err = load_err(&install("core", b"\0asm\x01\0\0\0", TEXT_TOOLS)).await;
-    let Error::InvalidComponent { reason, .. } = &err else {
+    let LoadError::InvalidComponent { reason, .. } = &err else {
         panic!("{err}")
     };
     assert!(reason.contains("core WebAssembly module"), "{reason}");
@@ -351,7 +351,7 @@ async fn component_truncated() {
         TEXT_TOOLS,
     ))
     .await;
-    assert!(matches!(err, Error::InvalidComponent { .. }), "{err}");
+    assert!(matches!(err, LoadError::InvalidComponent { .. }), "{err}");
 }
 
 #[tokio::test]
@@ -362,7 +362,7 @@ async fn declared_tool_not_exported() {
         &format!("{TEXT_TOOLS}\n[[tools]]\nname = \"teleport\"\n"),
     ))
     .await;
-    let Error::ToolNotExported { tool, .. } = &err else {
+    let LoadError::ToolNotExported { tool, .. } = &err else {
         panic!("{err}")
     };
     assert_eq!(tool, "teleport");
@@ -386,7 +386,7 @@ async fn exported_but_undeclared_tools_are_not_exposed() {
     )
     .await
     .unwrap_err();
-    assert!(matches!(err, Error::UnknownTool { .. }), "{err}");
+    assert!(matches!(err, CallError::UnknownTool { .. }), "{err}");
 }
 
 #[tokio::test]
@@ -396,7 +396,7 @@ async fn the_same_plugin_twice_is_refused() {
     let b = install("text", &text_component(), TEXT_TOOLS);
     host.load_plugin(a.path()).await.unwrap();
     let err = host.load_plugin(b.path()).await.unwrap_err();
-    assert!(matches!(err, Error::DuplicatePlugin { .. }), "{err}");
+    assert!(matches!(err, LoadError::DuplicatePlugin { .. }), "{err}");
 }
 
 #[tokio::test]
@@ -433,7 +433,7 @@ async fn one_broken_plugin_does_not_stop_the_others() {
     assert_eq!(report.failed.len(), 1);
     assert!(matches!(
         report.failed[0].error,
-        Error::ManifestSyntax { .. }
+        LoadError::ManifestSyntax { .. }
     ));
 }
 
@@ -452,15 +452,15 @@ async fn unknown_plugin_and_tool_and_bad_reference() {
     let (host, _cache) = examples().await;
     assert!(matches!(
         call(&host, "nope/stats", json!({})).await.unwrap_err(),
-        Error::UnknownPlugin { .. }
+        CallError::UnknownPlugin { .. }
     ));
     assert!(matches!(
         call(&host, "text/nope", json!({})).await.unwrap_err(),
-        Error::UnknownTool { .. }
+        CallError::UnknownTool { .. }
     ));
     assert!(matches!(
         call(&host, "stats", json!({})).await.unwrap_err(),
-        Error::BadToolReference { .. }
+        CallError::BadToolReference { .. }
     ));
 }
 
@@ -471,7 +471,7 @@ async fn arguments_not_json() {
         .call(CallRequest::new("text/stats", "{text: 'x'}"))
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::ArgumentsNotJson { .. }), "{err}");
+    assert!(matches!(err, CallError::ArgumentsNotJson { .. }), "{err}");
     assert_eq!(err.class(), ErrorClass::Refused);
 }
 
@@ -488,7 +488,7 @@ async fn arguments_not_an_object() {
             .call(CallRequest::new("text/stats", args))
             .await
             .unwrap_err();
-        let Error::ArgumentsNotObject { found: f } = &err else {
+        let CallError::ArgumentsNotObject { found: f } = &err else {
             panic!("{err}")
         };
         assert_eq!(*f, found);
@@ -505,7 +505,7 @@ async fn arguments_failing_the_schema_name_every_path() {
     )
     .await
     .unwrap_err();
-    let Error::ArgumentsInvalid { violations, .. } = &err else {
+    let CallError::ArgumentsInvalid { violations, .. } = &err else {
         panic!("{err}")
     };
     let paths: Vec<_> = violations.iter().map(|v| v.path.as_str()).collect();
@@ -534,7 +534,7 @@ async fn arguments_too_large() {
         .await
         .unwrap_err();
     assert!(
-        matches!(err, Error::ArgumentsTooLarge { limit: 1000, .. }),
+        matches!(err, CallError::ArgumentsTooLarge { limit: 1000, .. }),
         "{err}"
     );
 }

@@ -3,7 +3,9 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-use airlock_host::{CallRequest, Capability, Error, Host, HostConfig, Policy, ToolErrorKind};
+use airlock_host::{
+    CallError, CallRequest, Capability, Host, HostConfig, LoadError, Policy, ToolErrorKind,
+};
 use airlock_tests::{PLUGINS_DIR, PluginDir, install, read};
 use serde_json::{Value, json};
 
@@ -18,13 +20,18 @@ fn notes(capabilities: &str, limits: &str) -> PluginDir {
     )
 }
 
-async fn host_with(config: HostConfig, plugin: &PluginDir) -> Result<Host, Error> {
+async fn host_with(config: HostConfig, plugin: &PluginDir) -> Result<Host, LoadError> {
     let host = Host::new(config).unwrap();
     host.load_plugin(plugin.path()).await?;
     Ok(host)
 }
 
-async fn call(host: &Host, tool: &str, args: Value, session: Option<&str>) -> Result<Value, Error> {
+async fn call(
+    host: &Host,
+    tool: &str,
+    args: Value,
+    session: Option<&str>,
+) -> Result<Value, CallError> {
     let mut request = CallRequest::new(format!("notes/{tool}"), args.to_string());
     if let Some(s) = session {
         request = request.session(s);
@@ -32,9 +39,9 @@ async fn call(host: &Host, tool: &str, args: Value, session: Option<&str>) -> Re
     host.call(request).await.map(|r| r.output)
 }
 
-fn tool_failure(result: Result<Value, Error>) -> String {
+fn tool_failure(result: Result<Value, CallError>) -> String {
     match result {
-        Err(Error::Tool {
+        Err(CallError::Tool {
             kind: ToolErrorKind::Failed,
             message,
             ..
@@ -77,7 +84,7 @@ async fn notes_persist_across_hosts_and_stay_in_their_session() {
         assert!(
             matches!(
                 err,
-                Error::Tool {
+                CallError::Tool {
                     kind: ToolErrorKind::InvalidInput,
                     ..
                 }
@@ -174,7 +181,7 @@ async fn blobs_round_trip_and_bad_refs_are_refused() {
     assert!(
         matches!(
             err,
-            Error::Tool {
+            CallError::Tool {
                 kind: ToolErrorKind::InvalidInput,
                 ..
             }
@@ -189,7 +196,7 @@ async fn the_workspace_is_a_capability_like_any_other() {
     let plugin = notes("", "");
     let err = host_with(HostConfig::default(), &plugin).await.unwrap_err();
     match &err {
-        Error::CapabilityNotGranted {
+        LoadError::CapabilityNotGranted {
             interface, hint, ..
         } => {
             assert!(
@@ -210,7 +217,7 @@ async fn the_workspace_is_a_capability_like_any_other() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, Error::CapabilityDenied { capability, .. } if capability == "capabilities.workspace"),
+        matches!(&err, LoadError::CapabilityDenied { capability, .. } if capability == "capabilities.workspace"),
         "{err}"
     );
 }

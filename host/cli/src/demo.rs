@@ -253,7 +253,7 @@ impl Demo<'_> {
     /// success, else the error kind).
     fn expect(
         &mut self,
-        outcome: &airlock_host::Result<CallResponse>,
+        outcome: &Result<CallResponse, airlock_host::CallError>,
         expected: Option<&str>,
     ) -> Option<&'static str> {
         let got = match outcome {
@@ -296,7 +296,7 @@ impl Demo<'_> {
         request: CallRequest,
         shown: &str,
         expected: Option<&str>,
-    ) -> airlock_host::Result<CallResponse> {
+    ) -> Result<CallResponse, airlock_host::CallError> {
         println!("   $ airlock call {shown}");
         let outcome = self.host.call(request).await;
         self.expect(&outcome, expected);

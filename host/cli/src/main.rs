@@ -194,9 +194,27 @@ impl Failure {
 impl From<Error> for Failure {
     fn from(error: Error) -> Failure {
         Failure {
-            code: exit_code(&error),
+            code: exit_code(error.class()),
             error: error.into(),
         }
+    }
+}
+
+impl From<airlock_host::LoadError> for Failure {
+    fn from(error: airlock_host::LoadError) -> Failure {
+        Error::from(error).into()
+    }
+}
+
+impl From<airlock_host::CallError> for Failure {
+    fn from(error: airlock_host::CallError) -> Failure {
+        Error::from(error).into()
+    }
+}
+
+impl From<airlock_host::StoreError> for Failure {
+    fn from(error: airlock_host::StoreError) -> Failure {
+        Error::from(error).into()
     }
 }
 
@@ -466,9 +484,9 @@ async fn call(settings: &Settings, args: CallArgs) -> Result<u8, Failure> {
         if args.json {
             print_json(&json!({"ok": false, "error": error.to_json()}));
         } else {
-            eprintln!("error: {error}");
+            eprintln!("error: {}", with_causes(error));
         }
-        return Ok(exit_code(error));
+        return Ok(exit_code(error.class()));
     }
     match host.call(request).await {
         Ok(response) => {
@@ -495,25 +513,37 @@ async fn call(settings: &Settings, args: CallArgs) -> Result<u8, Failure> {
             if args.json {
                 print_json(&json!({"ok": false, "error": error.to_json()}));
             } else {
-                eprintln!("error: {error}");
+                eprintln!("error: {}", with_causes(&error));
                 for v in error.violations() {
                     eprintln!("  - {v}");
                 }
             }
-            Ok(exit_code(&error))
+            Ok(exit_code(error.class()))
         }
     }
 }
 
-pub(crate) fn exit_code(error: &Error) -> u8 {
-    match error.class() {
+pub(crate) fn exit_code(class: ErrorClass) -> u8 {
+    match class {
         ErrorClass::Refused => exit::REFUSED,
         ErrorClass::ToolError => exit::TOOL_ERROR,
         ErrorClass::Trap => exit::TRAP,
         ErrorClass::CapabilityDenied => exit::CAPABILITY_DENIED,
         ErrorClass::Pending => exit::PENDING,
-        _ => exit::HOST,
+        ErrorClass::Host => exit::HOST,
     }
+}
+
+/// `error` and its causes, as `{:#}` prints an `anyhow::Error`.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 pub(crate) fn print_json(value: &serde_json::Value) {

@@ -13,7 +13,7 @@
 //! and `expires_at`. Once an approver has approved it, the same call with
 //! `_meta["airlock/approval_id"]` runs.
 
-use airlock_host::{CallResponse, Error};
+use airlock_host::{CallError, CallResponse};
 use rmcp::model::{CallToolResult, ContentBlock, JsonObject, MetaObject};
 use serde_json::{Value, json};
 
@@ -30,7 +30,7 @@ pub const META_CALL: &str = "airlock/call";
 pub fn tool_result(
     name: &str,
     entry: &CatalogEntry,
-    outcome: Result<CallResponse, Error>,
+    outcome: Result<CallResponse, CallError>,
 ) -> CallToolResult {
     match outcome {
         Ok(response) => success(entry, response),
@@ -59,13 +59,13 @@ fn success(entry: &CatalogEntry, response: CallResponse) -> CallToolResult {
     result.with_meta(Some(meta(META_CALL, Value::Object(call))))
 }
 
-fn failure(name: &str, error: &Error) -> CallToolResult {
+fn failure(name: &str, error: &CallError) -> CallToolResult {
     let mut text = format!("{}: {error}", error.kind());
     for violation in error.violations() {
         text.push_str(&format!("\n- {violation}"));
     }
     let mut meta = meta(META_ERROR, error.to_json());
-    if let Error::ApprovalPending {
+    if let CallError::ApprovalPending {
         approval_id,
         expires,
         ..

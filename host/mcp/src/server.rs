@@ -577,7 +577,7 @@ impl ServerHandler for AirlockHandler {
         // Per principal first: a principal at its limit never takes one of
         // the slots every principal shares.
         let Some(_principal_slot) = PrincipalSlot::acquire(&self.shared, &principal) else {
-            let error = airlock_host::Error::PrincipalBusy {
+            let error = airlock_host::CallError::PrincipalBusy {
                 principal,
                 limit: self.shared.options.max_calls_per_principal,
             };

@@ -12,7 +12,7 @@ use std::time::Duration;
 use airlock_audit::{AuditLog, Durability, Entry, Event, capped_json, sha256_hex};
 use serde_json::Value;
 
-use crate::error::{Error, Result};
+use crate::error::{CallError, CallResult};
 use crate::manifest::Risk;
 use crate::plugin::{Plugin, Tool};
 
@@ -82,7 +82,7 @@ impl<'a> CallRecord<'a> {
         decision: Option<&str>,
         reason: Option<&str>,
         approval_id: Option<&str>,
-    ) -> Result<()> {
+    ) -> CallResult<()> {
         let mut entry = self.base.clone();
         entry.event = event;
         entry.decision = decision.map(str::to_owned);
@@ -93,9 +93,7 @@ impl<'a> CallRecord<'a> {
         append(self.log, entry, Durability::Flushed)
             .await
             .map(drop)
-            .map_err(|e| Error::AuditUnavailable {
-                message: e.to_string(),
-            })
+            .map_err(CallError::AuditUnavailable)
     }
 
     /// The call resolved to `tool` of `plugin`.
@@ -146,7 +144,7 @@ impl<'a> CallRecord<'a> {
     }
 
     /// The call was refused before it ran: record why and return `error`.
-    pub(crate) async fn refused(self, error: Error) -> Error {
+    pub(crate) async fn refused(self, error: CallError) -> CallError {
         let reason = self.scrub(&error.to_string());
         let log = self.log;
         let mut entry = self.base;
@@ -169,26 +167,25 @@ impl<'a> CallRecord<'a> {
     /// behind it, and the log says what became of the call.
     ///
     /// # Errors
-    /// [`Error::AuditUnavailable`].
-    pub(crate) async fn started(&self) -> Result<()> {
+    /// [`CallError::AuditUnavailable`].
+    pub(crate) async fn started(&self) -> CallResult<()> {
         let mut entry = self.base.clone();
         entry.event = Event::CallStarted;
         entry.decision = Some("admitted".to_owned());
         let Err(e) = append(self.log, entry, self.durability).await else {
             return Ok(());
         };
-        let error = Error::AuditUnavailable {
-            message: e.to_string(),
-        };
+        let reason = format!(
+            "the intent record could not be written, so the call did not run: {}",
+            self.scrub(&e.to_string())
+        );
+        let error = CallError::AuditUnavailable(e);
         let mut outcome = self.base.clone();
         outcome.event = Event::CallFinished;
         outcome.args = None;
         outcome.args_truncated = false;
         outcome.outcome = Some(error.kind().to_owned());
-        outcome.reason = Some(format!(
-            "the intent record could not be written, so the call did not run: {}",
-            self.scrub(&e.to_string())
-        ));
+        outcome.reason = Some(reason);
         if let Err(e) = append(self.log, outcome, Durability::Batched).await {
             tracing::error!(error = %e, call_id = ?self.base.call_id, "cannot record that a call did not run");
         }
@@ -200,7 +197,7 @@ impl<'a> CallRecord<'a> {
     /// does not hide the result from the caller.
     pub(crate) async fn finished(
         self,
-        result: &Result<crate::CallResponse>,
+        result: &CallResult<crate::CallResponse>,
         fuel_used: u64,
         wall: Duration,
     ) {

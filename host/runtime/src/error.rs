@@ -1,21 +1,42 @@
-//! The crate's error type.
+//! The crate's errors, one type per boundary:
+//! - [`LoadError`]: what loading a plugin can fail with (the manifest, the
+//!   component, its grants and limits);
+//! - [`CallError`]: what [`Host::call`](crate::Host::call) can fail with;
+//! - [`StoreError`]: a store (the ledger, the workspace store) failed; its
+//!   cause is kept as the error's source;
+//! - [`Error`]: any of them, or a failure of the host itself (its
+//!   configuration, its engine, its audit log); every other method of
+//!   [`Host`](crate::Host) returns it, and `?` turns each of the others into
+//!   it.
 //!
-//! Three kinds of failure are kept apart, as the plugin ABI does:
+//! Within a call, three kinds of failure are kept apart, as the plugin ABI
+//! does:
 //! - *refusals*: the host decided not to run a call (unknown tool, invalid
 //!   arguments, ...). The guest never ran.
 //! - *tool errors*: the guest ran and returned a `tool-error`.
 //! - *traps*: the guest crashed or hit a limit and its instance was killed.
 //!
-//! Everything else (a bad manifest, an unreadable file, an engine failure) is a
-//! host error.
+//! One vocabulary covers every type: `kind()` (a stable `snake_case` name),
+//! `class()` (an [`ErrorClass`], which the CLI maps to its exit code) and
+//! `to_json()` (what the CLI's `--json` output and the MCP server's results
+//! carry). Each `kind()` and `class()` names every variant: a new variant
+//! does not compile until it is classified.
 
 use std::fmt;
 use std::path::PathBuf;
 
 use serde::Serialize;
 
+use crate::manifest::Risk;
+
 /// A `Result` with this crate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+/// A `Result` with a [`LoadError`].
+pub(crate) type LoadResult<T, E = LoadError> = std::result::Result<T, E>;
+/// A `Result` with a [`CallError`].
+pub(crate) type CallResult<T, E = CallError> = std::result::Result<T, E>;
+/// A `Result` with a [`StoreError`].
+pub(crate) type StoreResult<T, E = StoreError> = std::result::Result<T, E>;
 
 /// One place where a JSON document failed a JSON Schema.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -89,7 +110,7 @@ impl fmt::Display for TrapKind {
     }
 }
 
-/// Which caller-supplied identifier [`Error::InvalidIdentifier`] refuses.
+/// Which caller-supplied identifier [`CallError::InvalidIdentifier`] refuses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
@@ -115,7 +136,7 @@ impl fmt::Display for Identifier {
     }
 }
 
-/// What a caller or an operator should conclude from an [`Error`]; the CLI
+/// What a caller or an operator should conclude from an error; the CLI
 /// maps each class to its own exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -134,10 +155,98 @@ pub enum ErrorClass {
     Pending,
 }
 
-/// Everything that can go wrong loading plugins or calling tools.
+/// Which store a [`StoreError`] is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Store {
+    /// The approvals and idempotency ledger.
+    Ledger,
+    /// The workspace store.
+    Workspace,
+}
+
+/// A store (the ledger, the workspace store) cannot be opened, or failed.
+/// What it reported is the error's source.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", describe_store(*store, path))]
+pub struct StoreError {
+    /// Which store.
+    pub store: Store,
+    /// Its directory.
+    pub path: PathBuf,
+    /// What failed.
+    #[source]
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+fn describe_store(store: Store, path: &std::path::Path) -> String {
+    match store {
+        // A call consults the ledger before its guest runs.
+        Store::Ledger => format!(
+            "call not run: the approvals and idempotency ledger at {} failed",
+            path.display()
+        ),
+        Store::Workspace => format!("workspace store at {} failed", path.display()),
+    }
+}
+
+impl StoreError {
+    pub(crate) fn new(
+        store: Store,
+        path: impl Into<PathBuf>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> StoreError {
+        StoreError {
+            store,
+            path: path.into(),
+            source: source.into(),
+        }
+    }
+
+    /// A stable, machine-readable name for this error.
+    pub fn kind(&self) -> &'static str {
+        match self.store {
+            Store::Ledger => "ledger_unavailable",
+            Store::Workspace => "workspace",
+        }
+    }
+
+    /// Which class of failure this is: the host's.
+    pub fn class(&self) -> ErrorClass {
+        ErrorClass::Host
+    }
+
+    /// This error as JSON (see [`Error::to_json`]).
+    pub fn to_json(&self) -> serde_json::Value {
+        json(self, self.kind(), self.class(), &[])
+    }
+}
+
+/// Why an approval does not allow a call ([`CallError::ApprovalRefused`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ApprovalRefusal {
+    /// An approver rejected it.
+    Rejected,
+    /// It expired, undecided or unused.
+    Expired,
+    /// It was cancelled.
+    Cancelled,
+    /// Another call used it.
+    Consumed,
+    /// No such approval exists.
+    Unknown,
+    /// It was given for another call (tool, component, arguments, principal,
+    /// session or idempotency key).
+    Mismatch,
+}
+
+/// What loading a plugin can fail with ([`Host::load_plugin`](crate::Host::load_plugin)).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum Error {
+pub enum LoadError {
     /// A file could not be read or written.
     #[error("cannot access {}", path.display())]
     Io {
@@ -234,6 +343,17 @@ pub enum Error {
         tool: String,
     },
 
+    /// Two plugins in one host have the same name.
+    #[error("plugin `{name}` is loaded twice (from {} and {})", first.display(), second.display())]
+    DuplicatePlugin {
+        /// Plugin name.
+        name: String,
+        /// Directory of the plugin loaded first.
+        first: PathBuf,
+        /// Directory of the second one.
+        second: PathBuf,
+    },
+
     /// The manifest asks for a capability the operator's policy does not
     /// allow, or a `files` grant that cannot be honoured.
     #[error("plugin `{plugin}` may not have `{capability}`: {reason}")]
@@ -275,30 +395,8 @@ pub enum Error {
         ceiling: u64,
     },
 
-    /// Every instance slot of the plugin stayed busy for the call's whole
-    /// timeout.
-    #[error("plugin `{plugin}` is at its limit of {limit} concurrent calls; try again later")]
-    PluginBusy {
-        /// Plugin name.
-        plugin: String,
-        /// Its concurrency limit.
-        limit: u64,
-    },
-
-    /// The caller (principal) is running its limit of calls at once on a
-    /// server shared by several (the MCP server's `max_calls_per_principal`).
-    #[error(
-        "principal `{principal}` is running its limit of {limit} calls at once; try again when one ends"
-    )]
-    PrincipalBusy {
-        /// The principal.
-        principal: String,
-        /// Its limit.
-        limit: usize,
-    },
-
-    /// Every instance slot of the host's pool stayed taken until the call's
-    /// deadline.
+    /// Every instance slot of the host's pool stayed taken while the
+    /// loader waited to list the component's tools.
     #[error(
         "the host is at its limit of {limit} concurrent instances over all plugins; try again later"
     )]
@@ -307,32 +405,42 @@ pub enum Error {
         limit: u32,
     },
 
-    /// The caller cancelled the call (for example an MCP client's
-    /// `notifications/cancelled`). If the guest was running, its instance
-    /// was dropped and stopped at its next epoch yield.
-    #[error("call to `{tool}` cancelled by the caller{}", if *ran { " while the tool ran" } else { " before the tool ran" })]
-    Cancelled {
-        /// `plugin/tool`.
-        tool: String,
-        /// Whether the guest had started.
-        ran: bool,
-    },
-
-    /// Two plugins in one host have the same name.
-    #[error("plugin `{name}` is loaded twice (from {} and {})", first.display(), second.display())]
-    DuplicatePlugin {
-        /// Plugin name.
-        name: String,
-        /// Directory of the plugin loaded first.
-        first: PathBuf,
-        /// Directory of the second one.
-        second: PathBuf,
-    },
-
     /// The host configuration is invalid.
     #[error("invalid host configuration: {message}")]
     Config {
         /// What is wrong.
+        message: String,
+    },
+
+    /// The WebAssembly engine failed for a reason that is not the guest's.
+    #[error("engine error: {message}")]
+    Engine {
+        /// What failed.
+        message: String,
+    },
+}
+
+/// What a call can fail with ([`Host::call`](crate::Host::call)): a
+/// refusal before the guest ran, the guest's own error, a trap, or a
+/// failure of what the call depends on (audit log, ledger, workspace
+/// store, engine).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CallError {
+    /// A caller-supplied identifier is empty, too long or holds characters
+    /// it may not; checked before anything about the call is recorded.
+    #[error("invalid {what}: {message}")]
+    InvalidIdentifier {
+        /// Which identifier.
+        what: Identifier,
+        /// What is wrong with it (never the identifier itself).
+        message: String,
+    },
+
+    /// The caller's session key is not acceptable.
+    #[error("invalid session key: {message}")]
+    InvalidSession {
+        /// What is wrong with it.
         message: String,
     },
 
@@ -357,6 +465,26 @@ pub enum Error {
         plugin: String,
         /// The requested tool.
         tool: String,
+    },
+
+    /// The host is in read-only mode: only `read` tools run.
+    #[error("the host is in read-only mode: `{tool}` ({}) does not run{}", risk.as_str(), reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default())]
+    ReadOnlyMode {
+        /// `plugin/tool`.
+        tool: String,
+        /// Its risk class.
+        risk: Risk,
+        /// The operator's stated reason.
+        reason: Option<String>,
+    },
+
+    /// A rate limit is exhausted; retry after the given time.
+    #[error("rate limit for {scope} reached; retry in {retry_after_ms} ms")]
+    RateLimited {
+        /// Which limit (`tool billing/refund`, `principal agent-1`, ...).
+        scope: String,
+        /// When a call would be admitted again.
+        retry_after_ms: u64,
     },
 
     /// The arguments are larger than the host accepts.
@@ -392,145 +520,6 @@ pub enum Error {
         tool: String,
         /// Every failing path.
         violations: Vec<SchemaViolation>,
-    },
-
-    /// The guest returned a `tool-error`.
-    #[error("tool `{tool}` reported an error ({kind}): {message}")]
-    Tool {
-        /// `plugin/tool`.
-        tool: String,
-        /// The guest's classification.
-        kind: ToolErrorKind,
-        /// The guest's message.
-        message: String,
-    },
-
-    /// The guest instance was killed.
-    #[error("tool `{tool}` was stopped: {kind}: {message}")]
-    Trap {
-        /// `plugin/tool`.
-        tool: String,
-        /// Why it was killed.
-        kind: TrapKind,
-        /// Details (the trap, and the guest's stderr if it wrote any).
-        message: String,
-    },
-
-    /// The guest's result is larger than the tool's output limit.
-    #[error("tool `{tool}` returned {size} bytes, more than its output limit of {limit} bytes")]
-    OutputTooLarge {
-        /// `plugin/tool`.
-        tool: String,
-        /// Size of the result.
-        size: usize,
-        /// The limit.
-        limit: usize,
-    },
-
-    /// The guest's result is not JSON or fails the tool's output schema.
-    #[error("tool `{tool}` returned an invalid result: {message}")]
-    OutputInvalid {
-        /// `plugin/tool`.
-        tool: String,
-        /// What is wrong.
-        message: String,
-    },
-
-    /// The WebAssembly engine failed for a reason that is not the guest's.
-    #[error("engine error: {message}")]
-    Engine {
-        /// What failed.
-        message: String,
-    },
-
-    /// The audit log cannot record the call, so it does not run (fail
-    /// closed).
-    #[error("call not run: the audit log cannot record it: {message}")]
-    AuditUnavailable {
-        /// What the log reported.
-        message: String,
-    },
-
-    /// The workspace store cannot be opened, or failed.
-    #[error("workspace store at {}: {message}", path.display())]
-    Workspace {
-        /// The store's directory.
-        path: PathBuf,
-        /// What failed.
-        message: String,
-    },
-
-    /// A caller-supplied identifier is empty, too long or holds characters
-    /// it may not; checked before anything about the call is recorded.
-    #[error("invalid {what}: {message}")]
-    InvalidIdentifier {
-        /// Which identifier.
-        what: Identifier,
-        /// What is wrong with it (never the identifier itself).
-        message: String,
-    },
-
-    /// The caller's session key is not acceptable.
-    #[error("invalid session key: {message}")]
-    InvalidSession {
-        /// What is wrong with it.
-        message: String,
-    },
-
-    /// The ledger (approvals, idempotency keys) cannot be used; the call
-    /// does not run.
-    #[error("call not run: the approvals and idempotency ledger failed: {message}")]
-    Ledger {
-        /// What failed.
-        message: String,
-    },
-
-    /// The call needs a human decision; it has not run. Resume it with the
-    /// same arguments and `approval_id` once approved.
-    #[error("`{tool}` needs approval: request {approval_id} waits for an approver until {expires}")]
-    ApprovalPending {
-        /// `plugin/tool`.
-        tool: String,
-        /// The approval request.
-        approval_id: String,
-        /// When it expires (RFC 3339).
-        expires: String,
-    },
-
-    /// The call needs approval but none can be given (no approver is
-    /// configured): it does not run.
-    #[error("`{tool}` needs approval, but {reason}")]
-    ApprovalUnavailable {
-        /// `plugin/tool`.
-        tool: String,
-        /// Why no approval is possible.
-        reason: String,
-    },
-
-    /// The caller already has as many approvals pending as the policy
-    /// allows (`approvals.max_pending_per_principal`): no new request is
-    /// made until some are decided or expire.
-    #[error(
-        "principal `{principal}` already has {limit} approvals pending (policy approvals.max_pending_per_principal)"
-    )]
-    TooManyPendingApprovals {
-        /// The caller.
-        principal: String,
-        /// The limit.
-        limit: u64,
-    },
-
-    /// The approval named does not allow this call.
-    #[error("approval {approval_id} does not allow this call: {reason}")]
-    ApprovalRefused {
-        /// The approval.
-        approval_id: String,
-        /// Its state or the mismatch (`rejected by alice: ...`, `expired`,
-        /// `already used`, `bound to other arguments`, ...).
-        reason: String,
-        /// Machine-readable: `rejected`, `expired`, `cancelled`, `consumed`,
-        /// `unknown`, `mismatch`.
-        why: &'static str,
     },
 
     /// The tool requires an idempotency key and none was given.
@@ -581,25 +570,218 @@ pub enum Error {
         message: String,
     },
 
-    /// A rate limit is exhausted; retry after the given time.
-    #[error("rate limit for {scope} reached; retry in {retry_after_ms} ms")]
-    RateLimited {
-        /// Which limit (`tool billing/refund`, `principal agent-1`, ...).
-        scope: String,
-        /// When a call would be admitted again.
-        retry_after_ms: u64,
-    },
-
-    /// The host is in read-only mode: only `read` tools run.
-    #[error("the host is in read-only mode: `{tool}` ({risk}) does not run{}", reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default())]
-    ReadOnlyMode {
+    /// The call needs a human decision; it has not run. Resume it with the
+    /// same arguments and `approval_id` once approved.
+    #[error("`{tool}` needs approval: request {approval_id} waits for an approver until {expires}")]
+    ApprovalPending {
         /// `plugin/tool`.
         tool: String,
-        /// Its risk class.
-        risk: String,
-        /// The operator's stated reason.
-        reason: Option<String>,
+        /// The approval request.
+        approval_id: String,
+        /// When it expires (RFC 3339).
+        expires: String,
     },
+
+    /// The call needs approval but none can be given (no approver is
+    /// configured): it does not run.
+    #[error("`{tool}` needs approval, but {reason}")]
+    ApprovalUnavailable {
+        /// `plugin/tool`.
+        tool: String,
+        /// Why no approval is possible.
+        reason: String,
+    },
+
+    /// The caller already has as many approvals pending as the policy
+    /// allows (`approvals.max_pending_per_principal`): no new request is
+    /// made until some are decided or expire.
+    #[error(
+        "principal `{principal}` already has {limit} approvals pending (policy approvals.max_pending_per_principal)"
+    )]
+    TooManyPendingApprovals {
+        /// The caller.
+        principal: String,
+        /// The limit.
+        limit: u64,
+    },
+
+    /// The approval named does not allow this call.
+    #[error("approval {approval_id} does not allow this call: {reason}")]
+    ApprovalRefused {
+        /// The approval.
+        approval_id: String,
+        /// Its state or the mismatch (`rejected by alice: ...`, `expired`,
+        /// `already used`, `bound to other arguments`, ...).
+        reason: String,
+        /// Why, for a program: the approval's state or a mismatch.
+        why: ApprovalRefusal,
+    },
+
+    /// Every instance slot of the plugin stayed busy for the call's whole
+    /// timeout.
+    #[error("plugin `{plugin}` is at its limit of {limit} concurrent calls; try again later")]
+    PluginBusy {
+        /// Plugin name.
+        plugin: String,
+        /// Its concurrency limit.
+        limit: u64,
+    },
+
+    /// The caller (principal) is running its limit of calls at once on a
+    /// server shared by several (the MCP server's `max_calls_per_principal`).
+    #[error(
+        "principal `{principal}` is running its limit of {limit} calls at once; try again when one ends"
+    )]
+    PrincipalBusy {
+        /// The principal.
+        principal: String,
+        /// Its limit.
+        limit: usize,
+    },
+
+    /// Every instance slot of the host's pool stayed taken until the call's
+    /// deadline.
+    #[error(
+        "the host is at its limit of {limit} concurrent instances over all plugins; try again later"
+    )]
+    HostBusy {
+        /// The pool's instance count (`HostConfig::max_instances`).
+        limit: u32,
+    },
+
+    /// The caller cancelled the call (for example an MCP client's
+    /// `notifications/cancelled`). If the guest was running, its instance
+    /// was dropped and stopped at its next epoch yield.
+    #[error("call to `{tool}` cancelled by the caller{}", if *ran { " while the tool ran" } else { " before the tool ran" })]
+    Cancelled {
+        /// `plugin/tool`.
+        tool: String,
+        /// Whether the guest had started.
+        ran: bool,
+    },
+
+    /// The guest returned a `tool-error`.
+    #[error("tool `{tool}` reported an error ({kind}): {message}")]
+    Tool {
+        /// `plugin/tool`.
+        tool: String,
+        /// The guest's classification.
+        kind: ToolErrorKind,
+        /// The guest's message.
+        message: String,
+    },
+
+    /// The guest instance was killed.
+    #[error("tool `{tool}` was stopped: {kind}: {message}")]
+    Trap {
+        /// `plugin/tool`.
+        tool: String,
+        /// Why it was killed.
+        kind: TrapKind,
+        /// Details (the trap, and the guest's stderr if it wrote any).
+        message: String,
+    },
+
+    /// The guest's result is larger than the tool's output limit.
+    #[error("tool `{tool}` returned {size} bytes, more than its output limit of {limit} bytes")]
+    OutputTooLarge {
+        /// `plugin/tool`.
+        tool: String,
+        /// Size of the result.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+
+    /// The guest's result is not JSON or fails the tool's output schema.
+    #[error("tool `{tool}` returned an invalid result: {message}")]
+    OutputInvalid {
+        /// `plugin/tool`.
+        tool: String,
+        /// What is wrong.
+        message: String,
+    },
+
+    /// The audit log cannot record the call, so it does not run (fail
+    /// closed).
+    #[error("call not run: the audit log cannot record it")]
+    AuditUnavailable(#[source] airlock_audit::Error),
+
+    /// A file could not be read or written.
+    #[error("cannot access {}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The host's mode cannot be read (the mode file is not valid); the
+    /// call does not run.
+    #[error("invalid host configuration: {message}")]
+    Config {
+        /// What is wrong.
+        message: String,
+    },
+
+    /// The WebAssembly engine failed for a reason that is not the guest's.
+    #[error("engine error: {message}")]
+    Engine {
+        /// What failed.
+        message: String,
+    },
+
+    /// The ledger or the workspace store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// Any error of this crate: one of the boundary errors, or a failure of
+/// the host itself. `?` converts each boundary error into it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Loading a plugin failed.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+
+    /// A call failed.
+    #[error(transparent)]
+    Call(#[from] CallError),
+
+    /// A store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+
+    /// A file could not be read or written.
+    #[error("cannot access {}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The host configuration is invalid.
+    #[error("invalid host configuration: {message}")]
+    Config {
+        /// What is wrong.
+        message: String,
+    },
+
+    /// The WebAssembly engine failed for a reason that is not the guest's.
+    #[error("engine error: {message}")]
+    Engine {
+        /// What failed.
+        message: String,
+    },
+
+    /// The audit log cannot record an event (a decision, a mode switch), so
+    /// the action it records is not taken.
+    #[error("the audit log cannot record it")]
+    AuditUnavailable(#[source] airlock_audit::Error),
 
     /// An approver's decision was refused.
     #[error("decision refused: {reason}")]
@@ -621,142 +803,212 @@ fn join(violations: &[SchemaViolation]) -> String {
         .join("; ")
 }
 
-impl Error {
+/// The one JSON shape of every error: `kind`, `class`, `message` (the
+/// error and its sources), `violations`.
+fn json(
+    error: &dyn std::error::Error,
+    kind: &str,
+    class: ErrorClass,
+    violations: &[SchemaViolation],
+) -> serde_json::Value {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    serde_json::json!({
+        "kind": kind,
+        "class": class,
+        "message": message,
+        "violations": violations,
+    })
+}
+
+impl LoadError {
     /// A stable, machine-readable name for this error (`snake_case`), used in
     /// the CLI's and the MCP server's JSON output.
     pub fn kind(&self) -> &'static str {
         match self {
-            Error::Io { .. } => "io",
-            Error::ManifestSyntax { .. } => "manifest_syntax",
-            Error::ManifestInvalid { .. } => "manifest_invalid",
-            Error::ManifestRejected { .. } => "manifest_rejected",
-            Error::ComponentMissing { .. } => "component_missing",
-            Error::DigestMismatch { .. } => "digest_mismatch",
-            Error::InvalidComponent { .. } => "invalid_component",
-            Error::WrongWorld { .. } => "wrong_world",
-            Error::InvalidToolList { .. } => "invalid_tool_list",
-            Error::ToolNotExported { .. } => "tool_not_exported",
-            Error::DuplicatePlugin { .. } => "duplicate_plugin",
-            Error::CapabilityDenied { .. } => "capability_denied",
-            Error::CapabilityNotGranted { .. } => "capability_not_granted",
-            Error::LimitAboveCeiling { .. } => "limit_above_ceiling",
-            Error::PluginBusy { .. } => "plugin_busy",
-            Error::HostBusy { .. } => "host_busy",
-            Error::PrincipalBusy { .. } => "principal_busy",
-            Error::Cancelled { .. } => "cancelled",
-            Error::Config { .. } => "config",
-            Error::BadToolReference { .. } => "bad_tool_reference",
-            Error::UnknownPlugin { .. } => "unknown_plugin",
-            Error::UnknownTool { .. } => "unknown_tool",
-            Error::ArgumentsTooLarge { .. } => "arguments_too_large",
-            Error::ArgumentsNotJson { .. } => "arguments_not_json",
-            Error::ArgumentsNotObject { .. } => "arguments_not_object",
-            Error::ArgumentsInvalid { .. } => "arguments_invalid",
-            Error::Tool { .. } => "tool_error",
-            Error::Trap { kind, .. } => match kind {
-                TrapKind::FuelExhausted => "fuel_exhausted",
-                TrapKind::DeadlineExceeded => "deadline_exceeded",
-                TrapKind::MemoryLimit => "memory_limit",
-                TrapKind::HostDataLimit => "host_data_limit",
-                TrapKind::GuestTrap => "guest_trap",
-            },
-            Error::OutputTooLarge { .. } => "output_too_large",
-            Error::OutputInvalid { .. } => "output_invalid",
-            Error::Engine { .. } => "engine",
-            Error::AuditUnavailable { .. } => "audit_unavailable",
-            Error::Audit(_) => "audit",
-            Error::Workspace { .. } => "workspace",
-            Error::InvalidSession { .. } => "invalid_session",
-            Error::InvalidIdentifier { what, .. } => match what {
-                Identifier::TraceId => "invalid_trace_id",
-                Identifier::Principal => "invalid_principal",
-                Identifier::IdempotencyKey => "invalid_idempotency_key",
-                Identifier::ApprovalId => "invalid_approval_id",
-            },
-            Error::Ledger { .. } => "ledger_unavailable",
-            Error::ApprovalPending { .. } => "approval_pending",
-            Error::ApprovalUnavailable { .. } => "approval_unavailable",
-            Error::TooManyPendingApprovals { .. } => "too_many_pending_approvals",
-            Error::ApprovalRefused { why, .. } => match *why {
-                "rejected" => "approval_rejected",
-                "expired" => "approval_expired",
-                "cancelled" => "approval_cancelled",
-                "consumed" => "approval_consumed",
-                "unknown" => "approval_unknown",
-                _ => "approval_mismatch",
-            },
-            Error::IdempotencyKeyRequired { .. } => "idempotency_key_required",
-            Error::IdempotencyMismatch { .. } => "idempotency_mismatch",
-            Error::IdempotencyInUse { .. } => "idempotency_in_use",
-            Error::IdempotencyOutcomeUnknown { .. } => "idempotency_outcome_unknown",
-            Error::ReplayedFailure { .. } => "replayed_failure",
-            Error::ReadOnlyMode { .. } => "read_only_mode",
-            Error::RateLimited { .. } => "rate_limited",
-            Error::DecisionRefused { .. } => "decision_refused",
+            LoadError::Io { .. } => "io",
+            LoadError::ManifestSyntax { .. } => "manifest_syntax",
+            LoadError::ManifestInvalid { .. } => "manifest_invalid",
+            LoadError::ManifestRejected { .. } => "manifest_rejected",
+            LoadError::ComponentMissing { .. } => "component_missing",
+            LoadError::DigestMismatch { .. } => "digest_mismatch",
+            LoadError::InvalidComponent { .. } => "invalid_component",
+            LoadError::WrongWorld { .. } => "wrong_world",
+            LoadError::InvalidToolList { .. } => "invalid_tool_list",
+            LoadError::ToolNotExported { .. } => "tool_not_exported",
+            LoadError::DuplicatePlugin { .. } => "duplicate_plugin",
+            LoadError::CapabilityDenied { .. } => "capability_denied",
+            LoadError::CapabilityNotGranted { .. } => "capability_not_granted",
+            LoadError::LimitAboveCeiling { .. } => "limit_above_ceiling",
+            LoadError::HostBusy { .. } => "host_busy",
+            LoadError::Config { .. } => "config",
+            LoadError::Engine { .. } => "engine",
         }
     }
 
     /// Which class of failure this is.
     pub fn class(&self) -> ErrorClass {
         match self {
-            Error::BadToolReference { .. }
-            | Error::UnknownPlugin { .. }
-            | Error::UnknownTool { .. }
-            | Error::ArgumentsTooLarge { .. }
-            | Error::ArgumentsNotJson { .. }
-            | Error::ArgumentsNotObject { .. }
-            | Error::ArgumentsInvalid { .. }
-            | Error::InvalidSession { .. }
-            | Error::InvalidIdentifier { .. }
-            | Error::ApprovalUnavailable { .. }
-            | Error::TooManyPendingApprovals { .. }
-            | Error::ApprovalRefused { .. }
-            | Error::IdempotencyKeyRequired { .. }
-            | Error::IdempotencyMismatch { .. }
-            | Error::IdempotencyInUse { .. }
-            | Error::IdempotencyOutcomeUnknown { .. }
-            | Error::ReadOnlyMode { .. }
-            | Error::RateLimited { .. }
-            | Error::PluginBusy { .. }
-            | Error::HostBusy { .. }
-            | Error::PrincipalBusy { .. }
-            | Error::Cancelled { ran: false, .. } => ErrorClass::Refused,
-            Error::Cancelled { ran: true, .. } => ErrorClass::Trap,
-            Error::ApprovalPending { .. } => ErrorClass::Pending,
-            Error::ReplayedFailure { .. } => ErrorClass::ToolError,
-            Error::CapabilityDenied { .. } | Error::CapabilityNotGranted { .. } => {
+            LoadError::CapabilityDenied { .. } | LoadError::CapabilityNotGranted { .. } => {
                 ErrorClass::CapabilityDenied
             }
-            Error::Tool { .. } => ErrorClass::ToolError,
-            Error::Trap { .. } | Error::OutputTooLarge { .. } | Error::OutputInvalid { .. } => {
-                ErrorClass::Trap
-            }
-            _ => ErrorClass::Host,
+            LoadError::HostBusy { .. } => ErrorClass::Refused,
+            LoadError::Io { .. }
+            | LoadError::ManifestSyntax { .. }
+            | LoadError::ManifestInvalid { .. }
+            | LoadError::ManifestRejected { .. }
+            | LoadError::ComponentMissing { .. }
+            | LoadError::DigestMismatch { .. }
+            | LoadError::InvalidComponent { .. }
+            | LoadError::WrongWorld { .. }
+            | LoadError::InvalidToolList { .. }
+            | LoadError::ToolNotExported { .. }
+            | LoadError::DuplicatePlugin { .. }
+            | LoadError::LimitAboveCeiling { .. }
+            | LoadError::Config { .. }
+            | LoadError::Engine { .. } => ErrorClass::Host,
         }
     }
 
     /// The schema violations carried by this error, if it has any.
     pub fn violations(&self) -> &[SchemaViolation] {
         match self {
-            Error::ManifestInvalid { violations, .. }
-            | Error::ArgumentsInvalid { violations, .. } => violations,
+            LoadError::ManifestInvalid { violations, .. } => violations,
             _ => &[],
         }
     }
 
-    /// This error as the JSON object the CLI's `--json` output and the MCP
-    /// server's results carry: `kind`, `class`, `message`, `violations`, and
-    /// the fields a caller acts on — `approval_id` and `expires` of a pending
-    /// approval, `retry_after_ms` of a rate-limited call.
+    /// This error as JSON (see [`Error::to_json`]).
     pub fn to_json(&self) -> serde_json::Value {
-        let mut value = serde_json::json!({
-            "kind": self.kind(),
-            "class": self.class(),
-            "message": self.to_string(),
-            "violations": self.violations(),
-        });
+        json(self, self.kind(), self.class(), self.violations())
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> LoadError {
+        LoadError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+impl CallError {
+    /// A stable, machine-readable name for this error (`snake_case`), used in
+    /// the CLI's and the MCP server's JSON output.
+    pub fn kind(&self) -> &'static str {
         match self {
-            Error::ApprovalPending {
+            CallError::InvalidIdentifier { what, .. } => match what {
+                Identifier::TraceId => "invalid_trace_id",
+                Identifier::Principal => "invalid_principal",
+                Identifier::IdempotencyKey => "invalid_idempotency_key",
+                Identifier::ApprovalId => "invalid_approval_id",
+            },
+            CallError::InvalidSession { .. } => "invalid_session",
+            CallError::BadToolReference { .. } => "bad_tool_reference",
+            CallError::UnknownPlugin { .. } => "unknown_plugin",
+            CallError::UnknownTool { .. } => "unknown_tool",
+            CallError::ReadOnlyMode { .. } => "read_only_mode",
+            CallError::RateLimited { .. } => "rate_limited",
+            CallError::ArgumentsTooLarge { .. } => "arguments_too_large",
+            CallError::ArgumentsNotJson { .. } => "arguments_not_json",
+            CallError::ArgumentsNotObject { .. } => "arguments_not_object",
+            CallError::ArgumentsInvalid { .. } => "arguments_invalid",
+            CallError::IdempotencyKeyRequired { .. } => "idempotency_key_required",
+            CallError::IdempotencyMismatch { .. } => "idempotency_mismatch",
+            CallError::IdempotencyInUse { .. } => "idempotency_in_use",
+            CallError::IdempotencyOutcomeUnknown { .. } => "idempotency_outcome_unknown",
+            CallError::ReplayedFailure { .. } => "replayed_failure",
+            CallError::ApprovalPending { .. } => "approval_pending",
+            CallError::ApprovalUnavailable { .. } => "approval_unavailable",
+            CallError::TooManyPendingApprovals { .. } => "too_many_pending_approvals",
+            CallError::ApprovalRefused { why, .. } => match why {
+                ApprovalRefusal::Rejected => "approval_rejected",
+                ApprovalRefusal::Expired => "approval_expired",
+                ApprovalRefusal::Cancelled => "approval_cancelled",
+                ApprovalRefusal::Consumed => "approval_consumed",
+                ApprovalRefusal::Unknown => "approval_unknown",
+                ApprovalRefusal::Mismatch => "approval_mismatch",
+            },
+            CallError::PluginBusy { .. } => "plugin_busy",
+            CallError::PrincipalBusy { .. } => "principal_busy",
+            CallError::HostBusy { .. } => "host_busy",
+            CallError::Cancelled { .. } => "cancelled",
+            CallError::Tool { .. } => "tool_error",
+            CallError::Trap { kind, .. } => match kind {
+                TrapKind::FuelExhausted => "fuel_exhausted",
+                TrapKind::DeadlineExceeded => "deadline_exceeded",
+                TrapKind::MemoryLimit => "memory_limit",
+                TrapKind::HostDataLimit => "host_data_limit",
+                TrapKind::GuestTrap => "guest_trap",
+            },
+            CallError::OutputTooLarge { .. } => "output_too_large",
+            CallError::OutputInvalid { .. } => "output_invalid",
+            CallError::AuditUnavailable(_) => "audit_unavailable",
+            CallError::Io { .. } => "io",
+            CallError::Config { .. } => "config",
+            CallError::Engine { .. } => "engine",
+            CallError::Store(e) => e.kind(),
+        }
+    }
+
+    /// Which class of failure this is.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            CallError::InvalidIdentifier { .. }
+            | CallError::InvalidSession { .. }
+            | CallError::BadToolReference { .. }
+            | CallError::UnknownPlugin { .. }
+            | CallError::UnknownTool { .. }
+            | CallError::ReadOnlyMode { .. }
+            | CallError::RateLimited { .. }
+            | CallError::ArgumentsTooLarge { .. }
+            | CallError::ArgumentsNotJson { .. }
+            | CallError::ArgumentsNotObject { .. }
+            | CallError::ArgumentsInvalid { .. }
+            | CallError::IdempotencyKeyRequired { .. }
+            | CallError::IdempotencyMismatch { .. }
+            | CallError::IdempotencyInUse { .. }
+            | CallError::IdempotencyOutcomeUnknown { .. }
+            | CallError::ApprovalUnavailable { .. }
+            | CallError::TooManyPendingApprovals { .. }
+            | CallError::ApprovalRefused { .. }
+            | CallError::PluginBusy { .. }
+            | CallError::PrincipalBusy { .. }
+            | CallError::HostBusy { .. }
+            | CallError::Cancelled { ran: false, .. } => ErrorClass::Refused,
+            CallError::ApprovalPending { .. } => ErrorClass::Pending,
+            CallError::Tool { .. } | CallError::ReplayedFailure { .. } => ErrorClass::ToolError,
+            CallError::Cancelled { ran: true, .. }
+            | CallError::Trap { .. }
+            | CallError::OutputTooLarge { .. }
+            | CallError::OutputInvalid { .. } => ErrorClass::Trap,
+            CallError::AuditUnavailable(_)
+            | CallError::Io { .. }
+            | CallError::Config { .. }
+            | CallError::Engine { .. } => ErrorClass::Host,
+            CallError::Store(e) => e.class(),
+        }
+    }
+
+    /// The schema violations carried by this error, if it has any.
+    pub fn violations(&self) -> &[SchemaViolation] {
+        match self {
+            CallError::ArgumentsInvalid { violations, .. } => violations,
+            _ => &[],
+        }
+    }
+
+    /// This error as JSON (see [`Error::to_json`]), with the fields a
+    /// caller acts on: `approval_id` and `expires` of a pending approval,
+    /// `retry_after_ms` of a rate-limited call.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut value = json(self, self.kind(), self.class(), self.violations());
+        match self {
+            CallError::ApprovalPending {
                 approval_id,
                 expires,
                 ..
@@ -764,12 +1016,75 @@ impl Error {
                 value["approval_id"] = serde_json::json!(approval_id);
                 value["expires"] = serde_json::json!(expires);
             }
-            Error::RateLimited { retry_after_ms, .. } => {
+            CallError::RateLimited { retry_after_ms, .. } => {
                 value["retry_after_ms"] = serde_json::json!(retry_after_ms);
             }
             _ => {}
         }
         value
+    }
+
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> CallError {
+        CallError::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+impl Error {
+    /// A stable, machine-readable name for this error (`snake_case`), used in
+    /// the CLI's and the MCP server's JSON output.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Load(e) => e.kind(),
+            Error::Call(e) => e.kind(),
+            Error::Store(e) => e.kind(),
+            Error::Io { .. } => "io",
+            Error::Config { .. } => "config",
+            Error::Engine { .. } => "engine",
+            Error::AuditUnavailable(_) => "audit_unavailable",
+            Error::DecisionRefused { .. } => "decision_refused",
+            Error::Audit(_) => "audit",
+        }
+    }
+
+    /// Which class of failure this is.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Error::Load(e) => e.class(),
+            Error::Call(e) => e.class(),
+            Error::Store(e) => e.class(),
+            Error::Io { .. }
+            | Error::Config { .. }
+            | Error::Engine { .. }
+            | Error::AuditUnavailable(_)
+            | Error::DecisionRefused { .. }
+            | Error::Audit(_) => ErrorClass::Host,
+        }
+    }
+
+    /// The schema violations carried by this error, if it has any.
+    pub fn violations(&self) -> &[SchemaViolation] {
+        match self {
+            Error::Load(e) => e.violations(),
+            Error::Call(e) => e.violations(),
+            _ => &[],
+        }
+    }
+
+    /// This error as the JSON object the CLI's `--json` output and the MCP
+    /// server's results carry: `kind`, `class`, `message` (the error and
+    /// its sources), `violations`, and the fields a caller acts on —
+    /// `approval_id` and `expires` of a pending approval, `retry_after_ms`
+    /// of a rate-limited call.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Error::Load(e) => e.to_json(),
+            Error::Call(e) => e.to_json(),
+            Error::Store(e) => e.to_json(),
+            _ => json(self, self.kind(), self.class(), self.violations()),
+        }
     }
 
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
@@ -786,7 +1101,7 @@ mod tests {
 
     #[test]
     fn json_carries_what_a_caller_acts_on() {
-        let limited = Error::RateLimited {
+        let limited = CallError::RateLimited {
             scope: "tool billing/refund".into(),
             retry_after_ms: 1500,
         }
@@ -796,11 +1111,11 @@ mod tests {
         assert_eq!(limited["retry_after_ms"], 1500);
         assert!(limited.get("approval_id").is_none());
 
-        let pending = Error::ApprovalPending {
+        let pending = Error::from(CallError::ApprovalPending {
             tool: "billing/refund".into(),
             approval_id: "apr-1".into(),
             expires: "2026-11-23T08:00:00Z".into(),
-        }
+        })
         .to_json();
         assert_eq!(pending["kind"], "approval_pending");
         assert_eq!(pending["class"], "pending");
@@ -808,7 +1123,7 @@ mod tests {
         assert_eq!(pending["expires"], "2026-11-23T08:00:00Z");
         assert!(pending.get("retry_after_ms").is_none());
 
-        let invalid = Error::ArgumentsInvalid {
+        let invalid = CallError::ArgumentsInvalid {
             tool: "billing/refund".into(),
             violations: vec![SchemaViolation {
                 path: "/amount".into(),
@@ -818,5 +1133,21 @@ mod tests {
         .to_json();
         assert_eq!(invalid["kind"], "arguments_invalid");
         assert_eq!(invalid["violations"][0]["path"], "/amount");
+    }
+
+    #[test]
+    fn a_store_failure_keeps_its_cause() {
+        let io = std::io::Error::other("disk on fire");
+        let error = Error::from(CallError::from(StoreError::new(
+            Store::Ledger,
+            "/data/ledger",
+            io,
+        )));
+        assert_eq!(error.kind(), "ledger_unavailable");
+        assert_eq!(error.class(), ErrorClass::Host);
+        let cause = std::error::Error::source(&error).expect("a source");
+        assert_eq!(cause.to_string(), "disk on fire");
+        let message = error.to_json()["message"].as_str().unwrap().to_owned();
+        assert!(message.ends_with(": disk on fire"), "{message}");
     }
 }

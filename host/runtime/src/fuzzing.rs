@@ -4,7 +4,7 @@
 
 use serde_json::Value;
 
-use crate::error::Result;
+use crate::error::CallError;
 use crate::plugin::Tool;
 
 /// Compile `input_schema` as the loader compiles a guest's declared input
@@ -17,7 +17,7 @@ pub fn validate_arguments(
     input_schema: &str,
     arguments: &str,
     max_bytes: usize,
-) -> std::result::Result<Result<Value>, String> {
+) -> Result<Result<Value, CallError>, String> {
     let tool = Tool::with_input_schema(input_schema)?;
     Ok(crate::pipeline::validate_arguments(
         &tool, arguments, max_bytes,

@@ -2,23 +2,22 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use airlock_audit::{AuditConfig, AuditLog};
 
-use crate::audit::CallRecord;
-use crate::bindings::exports::airlock::plugin::tools::CallContext;
+use crate::approvals::Approvals;
 use crate::cache::CompiledCache;
 use crate::engine::{EpochTicker, InstanceAllocation, SharedEngine};
-use crate::error::{Error, Result};
-use crate::gate::ModeWatch;
-use crate::grants::{Policy, WorkspaceScope};
-use crate::identifiers;
-use crate::ledger::{LEDGER_DIR, Ledger};
-use crate::manifest::FileAccess;
+use crate::error::{CallError, Error, LoadError, LoadResult, Result};
+use crate::grants::Policy;
+use crate::ledger::{Approval, ApprovalState, LEDGER_DIR, Ledger, SweepReport};
 use crate::manifest::MANIFEST_FILE;
-use crate::pipeline::{self, CallRequest, CallResponse};
+use crate::mode::{Mode, ModeWatch};
+use crate::pipeline::{CallRequest, CallResponse, Pipeline};
 use crate::plugin::{self, Plugin, Tool};
+use crate::ratelimit::Limiter;
 use crate::workspace::{WORKSPACE_DIR, WorkspaceStore};
 use serde::Serialize;
 
@@ -122,7 +121,7 @@ pub struct LoadFailure {
     /// The plugin's directory.
     pub dir: PathBuf,
     /// Why it did not load.
-    pub error: Error,
+    pub error: LoadError,
 }
 
 /// What [`Host::load_plugins_dir`] loaded.
@@ -141,22 +140,45 @@ pub struct LoadReport {
 /// while calls are in flight — a call holds its plugin (an `Arc`) from
 /// resolution to its outcome, so unloading never cuts a running call short.
 pub struct Host {
-    pub(crate) engine: SharedEngine,
+    engine: SharedEngine,
     cache: Option<CompiledCache>,
-    /// Loaded plugins by name. Locked only to look up, insert or remove an
-    /// entry, never across an `.await`.
-    plugins: RwLock<BTreeMap<String, Arc<Plugin>>>,
+    plugins: PluginTable,
     config: HostConfig,
-    pub(crate) audit: AuditLog,
+    audit: AuditLog,
     workspace: WorkspaceStore,
-    pub(crate) ledger: Ledger,
-    pub(crate) mode: ModeWatch,
-    pub(crate) limiter: crate::ratelimit::Limiter,
-    /// A mode switch seen but not yet recorded.
-    pub(crate) mode_pending: std::sync::Mutex<Option<crate::gate::Mode>>,
+    ledger: Ledger,
+    mode: ModeWatch,
+    limiter: Limiter,
     /// When the ledger was last swept, ms since the Unix epoch.
-    pub(crate) last_sweep_ms: std::sync::atomic::AtomicU64,
+    last_sweep_ms: AtomicU64,
     _ticker: EpochTicker,
+}
+
+/// Loaded plugins by name. Locked only to look up, insert or remove an
+/// entry, never across an `.await`.
+#[derive(Default)]
+pub(crate) struct PluginTable(RwLock<BTreeMap<String, Arc<Plugin>>>);
+
+impl PluginTable {
+    /// The loaded plugin `name`.
+    pub(crate) fn get(&self, name: &str) -> Option<Arc<Plugin>> {
+        self.read().get(name).cloned()
+    }
+
+    /// The map for reading. The lock is never held across an `.await` and
+    /// no code holding it can panic, so a poisoned lock still holds a
+    /// consistent map and is used as is.
+    fn read(&self) -> RwLockReadGuard<'_, BTreeMap<String, Arc<Plugin>>> {
+        self.0
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, BTreeMap<String, Arc<Plugin>>> {
+        self.0
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 impl std::fmt::Debug for Host {
@@ -222,7 +244,7 @@ impl Host {
     /// keys, or failing verification of its unsigned tail).
     pub fn new(config: HostConfig) -> Result<Host> {
         config.policy.validate()?;
-        let limiter = crate::ratelimit::Limiter::new(&config.policy.rate_limits)
+        let limiter = Limiter::new(&config.policy.rate_limits)
             .map_err(|message| Error::Config { message })?;
         let audit = match &config.data_dir {
             Some(dir) => AuditLog::open(dir.join(AUDIT_DIR), config.audit.clone())?,
@@ -270,14 +292,13 @@ impl Host {
         Ok(Host {
             engine,
             cache,
-            plugins: RwLock::new(BTreeMap::new()),
+            plugins: PluginTable::default(),
             config,
             audit,
             workspace,
             ledger,
             mode,
-            mode_pending: std::sync::Mutex::new(None),
-            last_sweep_ms: std::sync::atomic::AtomicU64::new(0),
+            last_sweep_ms: AtomicU64::new(0),
             limiter,
             _ticker: ticker,
         })
@@ -287,32 +308,32 @@ impl Host {
     /// component it names).
     ///
     /// # Errors
-    /// Every manifest error ([`Error::ManifestSyntax`],
-    /// [`Error::ManifestInvalid`], [`Error::ManifestRejected`]);
-    /// [`Error::ComponentMissing`]; [`Error::DigestMismatch`] when the
+    /// Every manifest error ([`LoadError::ManifestSyntax`],
+    /// [`LoadError::ManifestInvalid`], [`LoadError::ManifestRejected`]);
+    /// [`LoadError::ComponentMissing`]; [`LoadError::DigestMismatch`] when the
     /// component is not the one the manifest pins;
-    /// [`Error::InvalidComponent`] for a file that is not a component;
-    /// [`Error::WrongWorld`] for a component that does not target
-    /// `airlock:plugin/plugin`; [`Error::InvalidToolList`] and
-    /// [`Error::ToolNotExported`] when its tools do not match the manifest;
-    /// [`Error::DuplicatePlugin`] when a plugin of that name is loaded;
-    /// [`Error::CapabilityDenied`] when the manifest asks for a capability
+    /// [`LoadError::InvalidComponent`] for a file that is not a component;
+    /// [`LoadError::WrongWorld`] for a component that does not target
+    /// `airlock:plugin/plugin`; [`LoadError::InvalidToolList`] and
+    /// [`LoadError::ToolNotExported`] when its tools do not match the manifest;
+    /// [`LoadError::DuplicatePlugin`] when a plugin of that name is loaded;
+    /// [`LoadError::CapabilityDenied`] when the manifest asks for a capability
     /// the policy forbids (or an `http` origin outside the policy's
-    /// `http_allow`); [`Error::CapabilityNotGranted`] when the
+    /// `http_allow`); [`LoadError::CapabilityNotGranted`] when the
     /// component imports an interface it is not granted;
-    /// [`Error::LimitAboveCeiling`] when a limit exceeds the policy.
+    /// [`LoadError::LimitAboveCeiling`] when a limit exceeds the policy.
     ///
     /// # Security
     /// The component's code runs once here (to list its tools) under the same
     /// limits as a call.
-    pub async fn load_plugin(&self, dir: impl AsRef<Path>) -> Result<Arc<Plugin>> {
+    pub async fn load_plugin(&self, dir: impl AsRef<Path>) -> LoadResult<Arc<Plugin>> {
         let dir = dir.as_ref();
         let plugin =
             plugin::load(&self.engine, self.cache.as_ref(), &self.config.policy, dir).await?;
         let name = plugin.name().to_owned();
-        let mut plugins = self.plugins_mut();
+        let mut plugins = self.plugins.write();
         if let Some(existing) = plugins.get(&name) {
-            return Err(Error::DuplicatePlugin {
+            return Err(LoadError::DuplicatePlugin {
                 name,
                 first: existing.dir().to_owned(),
                 second: dir.to_owned(),
@@ -333,7 +354,7 @@ impl Host {
         &self,
         plugin: &Plugin,
         loaded: &BTreeMap<String, Arc<Plugin>>,
-    ) -> Result<()> {
+    ) -> LoadResult<()> {
         let absolute = |p: &Path| {
             p.canonicalize()
                 .or_else(|_| std::path::absolute(p))
@@ -372,7 +393,7 @@ impl Host {
         for other in loaded.values() {
             for files in &other.grant().files {
                 if dir.starts_with(&files.host) {
-                    return Err(Error::CapabilityDenied {
+                    return Err(LoadError::CapabilityDenied {
                         plugin: plugin.name().to_owned(),
                         capability: "capabilities.files".to_owned(),
                         reason: format!(
@@ -389,10 +410,10 @@ impl Host {
     }
 
     /// Unload the plugin `name`: new calls to its tools fail with
-    /// [`Error::UnknownPlugin`]; calls already running finish normally.
+    /// [`CallError::UnknownPlugin`]; calls already running finish normally.
     /// Returns the plugin, or `None` when none of that name is loaded.
     pub fn unload_plugin(&self, name: &str) -> Option<Arc<Plugin>> {
-        self.plugins_mut().remove(name)
+        self.plugins.write().remove(name)
     }
 
     /// Load every plugin in `dir`: each subdirectory holding a `plugin.toml`.
@@ -401,12 +422,12 @@ impl Host {
     ///
     /// # Errors
     /// [`Error::Io`] if `dir` cannot be read.
-    pub async fn load_plugins_dir(&self, dir: impl AsRef<Path>) -> Result<LoadReport> {
+    pub async fn load_plugins_dir(&self, dir: impl AsRef<Path>) -> LoadResult<LoadReport> {
         let dir = dir.as_ref();
-        let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+        let entries = std::fs::read_dir(dir).map_err(|e| LoadError::io(dir, e))?;
         let mut dirs = Vec::new();
         for entry in entries {
-            let entry = entry.map_err(|e| Error::io(dir, e))?;
+            let entry = entry.map_err(|e| LoadError::io(dir, e))?;
             let path = entry.path();
             if path.join(MANIFEST_FILE).is_file() {
                 dirs.push(path);
@@ -439,6 +460,10 @@ impl Host {
         self.engine.allocation()
     }
 
+    pub(crate) fn engine(&self) -> &SharedEngine {
+        &self.engine
+    }
+
     pub(crate) fn cache(&self) -> Option<&CompiledCache> {
         self.cache.as_ref()
     }
@@ -449,14 +474,14 @@ impl Host {
         digest: &str,
         bytes: &[u8],
         path: &Path,
-    ) -> Result<wasmtime::component::Component> {
+    ) -> LoadResult<wasmtime::component::Component> {
         let compiled = match &self.cache {
             Some(cache) => cache
                 .load_or_compile(&self.engine, digest, bytes)
                 .map(|(c, _)| c),
             None => wasmtime::component::Component::new(&self.engine, bytes),
         };
-        compiled.map_err(|e| Error::InvalidComponent {
+        compiled.map_err(|e| LoadError::InvalidComponent {
             path: path.to_owned(),
             reason: format!("{e:#}"),
         })
@@ -464,219 +489,152 @@ impl Host {
 
     /// The loaded plugins, by name (a snapshot).
     pub fn plugins(&self) -> Vec<Arc<Plugin>> {
-        self.plugins_ref().values().cloned().collect()
+        self.plugins.read().values().cloned().collect()
     }
 
     /// Names of the loaded plugins, sorted.
     pub fn plugin_names(&self) -> Vec<String> {
-        self.plugins_ref().keys().cloned().collect()
+        self.plugins.read().keys().cloned().collect()
     }
 
     /// The loaded plugin `name`.
     pub fn plugin(&self, name: &str) -> Option<Arc<Plugin>> {
-        self.plugins_ref().get(name).cloned()
+        self.plugins.read().get(name).cloned()
     }
 
     /// Every exposed tool of every plugin, by plugin then tool name (a
     /// snapshot).
     pub fn tools(&self) -> Vec<Arc<Tool>> {
-        self.plugins_ref()
+        self.plugins
+            .read()
             .values()
             .flat_map(|plugin| plugin.tools_arc())
             .collect()
     }
 
-    /// The plugin map for reading. The lock is never held across an
-    /// `.await` and no code holding it can panic, so a poisoned lock still
-    /// holds a consistent map and is used as is.
-    fn plugins_ref(&self) -> RwLockReadGuard<'_, BTreeMap<String, Arc<Plugin>>> {
-        self.plugins
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    fn plugins_mut(&self) -> RwLockWriteGuard<'_, BTreeMap<String, Arc<Plugin>>> {
-        self.plugins
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     /// Run one tool call through the pipeline.
     ///
     /// # Errors
-    /// Refusals, before the guest runs: [`Error::InvalidIdentifier`] and
-    /// [`Error::InvalidSession`] (checked first, before anything is
-    /// recorded), [`Error::BadToolReference`],
-    /// [`Error::UnknownPlugin`], [`Error::UnknownTool`],
-    /// [`Error::ArgumentsTooLarge`], [`Error::ArgumentsNotJson`],
-    /// [`Error::ArgumentsNotObject`], [`Error::ArgumentsInvalid`] (every
-    /// failing path). After it runs: [`Error::Tool`] when the guest returns a
-    /// tool error; [`Error::Trap`] when it crashes or hits a limit (fuel,
-    /// deadline, memory); [`Error::OutputTooLarge`] and
-    /// [`Error::OutputInvalid`] for results over the limit, not JSON or
-    /// failing the output schema. [`Error::Cancelled`] when the request's
+    /// Refusals, before the guest runs: [`CallError::InvalidIdentifier`] and
+    /// [`CallError::InvalidSession`] (checked first, before anything is
+    /// recorded), [`CallError::BadToolReference`],
+    /// [`CallError::UnknownPlugin`], [`CallError::UnknownTool`],
+    /// [`CallError::ArgumentsTooLarge`], [`CallError::ArgumentsNotJson`],
+    /// [`CallError::ArgumentsNotObject`], [`CallError::ArgumentsInvalid`] (every
+    /// failing path). After it runs: [`CallError::Tool`] when the guest returns a
+    /// tool error; [`CallError::Trap`] when it crashes or hits a limit (fuel,
+    /// deadline, memory); [`CallError::OutputTooLarge`] and
+    /// [`CallError::OutputInvalid`] for results over the limit, not JSON or
+    /// failing the output schema. [`CallError::Cancelled`] when the request's
     /// cancellation token ([`CallRequest::cancel_on`]) fires first.
     ///
     /// # Security
     /// Every call gets a fresh instance: no state leaks between calls through
     /// guest memory.
-    pub async fn call(&self, request: CallRequest) -> Result<CallResponse> {
-        self.sweep_if_due();
-        let call_id = new_call_id();
-        // 0. Identifiers, before any of them is recorded: a refusal's
-        // record carries only bounded, escaped, marked forms.
-        if let Err(error) = identifiers::check(&request) {
-            let trace_id = request
-                .trace_id
-                .as_deref()
-                .map_or_else(|| call_id.clone(), identifiers::trace_id_for_record);
-            let mut record = CallRecord::new(
-                &self.audit,
-                &call_id,
-                &trace_id,
-                &identifiers::principal_for_record(&request.principal),
-                &request.tool,
-            );
-            if request.arguments.len() <= self.config.max_argument_bytes {
-                record.arguments(&request.arguments, None);
-            }
-            return Err(record.refused(error).await);
-        }
-        let trace_id = request.trace_id.clone().unwrap_or_else(|| call_id.clone());
-        let mut record = CallRecord::new(
-            &self.audit,
-            &call_id,
-            &trace_id,
-            &request.principal,
-            &request.tool,
-        );
-        // 1. Resolve.
-        // The plugin is held (an `Arc`) until the call's outcome, even if it
-        // is unloaded meanwhile.
-        let (held_plugin, held_tool) = match self.resolve(&request.tool) {
-            Ok(found) => found,
-            Err(error) => {
-                record.arguments(&request.arguments, None);
-                return Err(record.refused(error).await);
-            }
-        };
-        let (plugin, tool) = (&*held_plugin, &*held_tool);
-        record.resolved(plugin, tool);
-        record.idempotency_key(request.idempotency_key.as_deref());
-        // 2. Admit: the host's mode.
-        let read_only = match self.admit(plugin, tool, &request.principal).await {
-            Ok(read_only) => read_only,
-            Err(error) => {
-                record.arguments(&request.arguments, None);
-                return Err(record.refused(error).await);
-            }
-        };
-        // 3. Validate arguments before anything runs.
-        let arguments = match pipeline::validate_arguments(
-            tool,
-            &request.arguments,
-            self.config.max_argument_bytes,
-        ) {
-            Ok(arguments) => arguments,
-            Err(error) => {
-                if !matches!(error, Error::ArgumentsTooLarge { .. }) {
-                    record.arguments(&request.arguments, None);
-                }
-                return Err(record.refused(error).await);
-            }
-        };
-        record.arguments(&request.arguments, Some(&arguments));
-        // 4. Idempotency: claim the key, or replay the first outcome.
-        match self
-            .claim_key(&request, plugin, tool, &record, &call_id)
-            .await
-        {
-            Ok(None) => {}
-            Ok(Some(replay)) => return Ok(replay),
-            Err(error) => return Err(record.refused(error).await),
-        }
-        // 5. Approval gate.
-        let approval_id = match self
-            .approval_gate(&request, plugin, tool, &record, &call_id)
-            .await
-        {
-            Ok(id) => id,
-            Err(error) => {
-                self.release_key(&request, plugin, tool);
-                return Err(record.refused(error).await);
-            }
-        };
-        if let Some(id) = &approval_id {
-            record.approval(id);
-        }
-        // 6. Intent record: no record, no call.
-        if let Err(error) = record.started().await {
-            self.release_key(&request, plugin, tool);
-            return Err(error);
-        }
-        let context = CallContext {
-            call_id,
-            trace_id,
-            principal: request.principal.clone(),
-        };
-        tracing::debug!(tool = %tool.id(), call_id = %context.call_id, "calling tool");
-        // 7–9. Instantiate, call, validate the output.
-        let workspace = plugin.grant().workspace.map(|access| WorkspaceScope {
-            store: self.workspace.clone(),
-            plugin: plugin.name().to_owned(),
-            owner: plugin
-                .grant()
-                .workspace_scope
-                .owner(&request.principal, request.session.as_deref()),
-            // Read-only mode stops writes at the grant, whatever the tool's
-            // declared risk.
-            writable: access == FileAccess::ReadWrite && !read_only,
-            quota: plugin.limits().workspace_quota(),
-            dirty: false,
-        });
-        let (mut result, stats) = pipeline::run_tool(
-            &self.engine,
-            plugin,
-            tool,
-            &arguments,
-            context,
-            workspace,
-            read_only,
-            request.cancel.as_ref(),
-        )
-        .await;
-        if let Ok(response) = &mut result {
-            response.approval_id = approval_id;
-        }
-        // 10. Outcome record.
-        record
-            .finished(&result, stats.fuel_used, stats.duration)
-            .await;
-        // 11. Complete the idempotency entry.
-        self.complete_key(&request, plugin, tool, &result);
-        result
+    pub async fn call(&self, request: CallRequest) -> Result<CallResponse, CallError> {
+        self.pipeline().call(request).await
     }
 
-    fn resolve(&self, reference: &str) -> Result<(Arc<Plugin>, Arc<Tool>)> {
-        let (plugin_name, tool_name) =
-            reference
-                .split_once('/')
-                .ok_or_else(|| Error::BadToolReference {
-                    reference: reference.to_owned(),
-                })?;
-        let plugin = self
-            .plugin(plugin_name)
-            .ok_or_else(|| Error::UnknownPlugin {
-                plugin: plugin_name.to_owned(),
-            })?;
-        let tool = plugin
-            .tool(tool_name)
-            .cloned()
-            .ok_or_else(|| Error::UnknownTool {
-                plugin: plugin_name.to_owned(),
-                tool: tool_name.to_owned(),
-            })?;
-        Ok((plugin, tool))
+    /// The parts of the host the pipeline uses.
+    fn pipeline(&self) -> Pipeline<'_> {
+        Pipeline {
+            engine: &self.engine,
+            config: &self.config,
+            plugins: &self.plugins,
+            audit: &self.audit,
+            ledger: &self.ledger,
+            workspace: &self.workspace,
+            mode: &self.mode,
+            limiter: &self.limiter,
+            approvals: self.approvals_parts(),
+        }
+    }
+
+    /// The parts of the host approvals use.
+    fn approvals_parts(&self) -> Approvals<'_> {
+        Approvals {
+            ledger: &self.ledger,
+            audit: &self.audit,
+            policy: &self.config.policy.approvals,
+            last_sweep_ms: &self.last_sweep_ms,
+        }
+    }
+
+    /// Switch the host to read-only mode (refuse every tool that is not
+    /// `read`) or back, recording the switch in the audit log. With a data
+    /// directory the switch is the mode file, which other processes (and
+    /// `airlock mode`) see too.
+    ///
+    /// # Errors
+    /// [`Error::Io`] writing the mode file; [`Error::AuditUnavailable`].
+    pub async fn set_mode(&self, read_only: bool, by: &str, reason: Option<&str>) -> Result<Mode> {
+        self.mode
+            .set(
+                self.config.data_dir.as_deref(),
+                &self.ledger,
+                &self.audit,
+                read_only,
+                by,
+                reason,
+            )
+            .await
+    }
+
+    /// The current mode (`None`: normal, never switched).
+    ///
+    /// # Errors
+    /// [`Error::Io`] / [`Error::Config`] when the mode file is unreadable.
+    pub fn mode(&self) -> Result<Option<Mode>> {
+        Ok(self.mode.mode()?)
+    }
+
+    /// An approver's decision on approval `id`. The first decision wins;
+    /// the approver must be configured, present their token, and not be the
+    /// caller. Recorded in the audit log.
+    ///
+    /// # Errors
+    /// [`Error::DecisionRefused`] saying why; [`Error::Store`],
+    /// [`Error::AuditUnavailable`].
+    pub async fn decide(
+        &self,
+        id: &str,
+        approver: &str,
+        token: &str,
+        approve: bool,
+        reason: Option<&str>,
+    ) -> Result<Approval> {
+        self.approvals_parts()
+            .decide(id, approver, token, approve, reason)
+            .await
+    }
+
+    /// Approvals, newest first, optionally only those in `state`. Any that
+    /// expire on the way are recorded in the audit log.
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    pub fn approvals(&self, state: Option<ApprovalState>) -> Result<Vec<Approval>> {
+        self.approvals_parts().list(state)
+    }
+
+    /// The approval `id` (recorded in the audit log if it expires on the
+    /// way).
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    pub fn approval(&self, id: &str) -> Result<Option<Approval>> {
+        self.approvals_parts().get(id)
+    }
+
+    /// Expire overdue approvals (recording each) and forget what is past
+    /// its retention: terminal approvals after `policy.approvals.retention_s`,
+    /// finished idempotency entries after `idempotency_retention_s`. Runs by
+    /// itself every `sweep_interval_s` while calls arrive.
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    pub fn sweep_ledger(&self) -> Result<SweepReport> {
+        self.approvals_parts().sweep()
     }
 
     /// The workspace store plugins keep their state in.
@@ -688,9 +646,4 @@ impl Host {
     pub fn audit(&self) -> &AuditLog {
         &self.audit
     }
-}
-
-/// A unique, time-ordered call id (UUID v7).
-fn new_call_id() -> String {
-    uuid::Uuid::now_v7().to_string()
 }

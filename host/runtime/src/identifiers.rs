@@ -9,7 +9,7 @@
 //! characters in one would reach an operator's terminal through
 //! `audit show`. A refused call's record carries only [`marked`] forms.
 
-use crate::error::{Error, Identifier, Result};
+use crate::error::{CallError, CallResult, Identifier};
 use crate::pipeline::CallRequest;
 
 /// Longest trace id, in bytes.
@@ -24,10 +24,10 @@ const MARKED_PREFIX_BYTES: usize = 32;
 /// Check every identifier `request` carries.
 ///
 /// # Errors
-/// [`Error::InvalidIdentifier`] for the first trace id, principal,
+/// [`CallError::InvalidIdentifier`] for the first trace id, principal,
 /// idempotency key or approval id that is empty, too long or holds
-/// characters it may not; [`Error::InvalidSession`] for a bad session key.
-pub(crate) fn check(request: &CallRequest) -> Result<()> {
+/// characters it may not; [`CallError::InvalidSession`] for a bad session key.
+pub(crate) fn check(request: &CallRequest) -> CallResult<()> {
     if let Some(trace_id) = &request.trace_id {
         visible_ascii(trace_id, MAX_TRACE_ID_BYTES)
             .map_err(|message| invalid(Identifier::TraceId, message))?;
@@ -36,10 +36,10 @@ pub(crate) fn check(request: &CallRequest) -> Result<()> {
         .map_err(|message| invalid(Identifier::Principal, message))?;
     if let Some(session) = &request.session {
         crate::workspace::check_session(session)
-            .map_err(|message| Error::InvalidSession { message })?;
+            .map_err(|message| CallError::InvalidSession { message })?;
     }
     if let Some(key) = &request.idempotency_key {
-        no_control(key, crate::gate::MAX_IDEMPOTENCY_KEY_BYTES)
+        no_control(key, crate::pipeline::MAX_IDEMPOTENCY_KEY_BYTES)
             .map_err(|message| invalid(Identifier::IdempotencyKey, message))?;
     }
     if let Some(id) = &request.approval_id {
@@ -78,11 +78,11 @@ pub(crate) fn marked(text: &str) -> String {
     format!("[invalid, {} bytes] {prefix}{more}", text.len())
 }
 
-fn invalid(what: Identifier, message: String) -> Error {
-    Error::InvalidIdentifier { what, message }
+fn invalid(what: Identifier, message: String) -> CallError {
+    CallError::InvalidIdentifier { what, message }
 }
 
-fn length(text: &str, max: usize) -> std::result::Result<(), String> {
+fn length(text: &str, max: usize) -> Result<(), String> {
     if text.is_empty() || text.len() > max {
         return Err(format!(
             "it is {} bytes; 1 to {max} are allowed",
@@ -93,7 +93,7 @@ fn length(text: &str, max: usize) -> std::result::Result<(), String> {
 }
 
 /// 1 to `max` bytes of visible ASCII (`!` to `~`).
-fn visible_ascii(text: &str, max: usize) -> std::result::Result<(), String> {
+fn visible_ascii(text: &str, max: usize) -> Result<(), String> {
     length(text, max)?;
     if !text.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(
@@ -104,7 +104,7 @@ fn visible_ascii(text: &str, max: usize) -> std::result::Result<(), String> {
 }
 
 /// 1 to `max` bytes without control characters.
-fn no_control(text: &str, max: usize) -> std::result::Result<(), String> {
+fn no_control(text: &str, max: usize) -> Result<(), String> {
     length(text, max)?;
     if text.chars().any(char::is_control) {
         return Err("control characters are not allowed".into());

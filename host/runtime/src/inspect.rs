@@ -140,10 +140,10 @@ impl Host {
         let manifest = Manifest::load(&manifest_path)?;
         let component_path = manifest.component_path(dir);
         let bytes = std::fs::read(&component_path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => crate::Error::ComponentMissing {
+            std::io::ErrorKind::NotFound => crate::LoadError::ComponentMissing {
                 path: component_path.clone(),
             },
-            _ => crate::Error::io(&component_path, e),
+            _ => crate::LoadError::io(&component_path, e),
         })?;
         let mut findings = Vec::new();
         let digest = hex::encode(Sha256::digest(&bytes));
@@ -311,7 +311,7 @@ impl Host {
             })
             .collect();
         if findings.iter().all(|f| f.severity != Severity::Error) {
-            match crate::plugin::load(&self.engine, self.cache(), policy, dir).await {
+            match crate::plugin::load(self.engine(), self.cache(), policy, dir).await {
                 Ok(plugin) => {
                     for tool in &mut tools {
                         tool.exposed = plugin.tool(&tool.name).is_some();

@@ -22,7 +22,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::error::{Error, Result};
+use crate::error::{Store, StoreError, StoreResult as Result};
 
 /// The ledger's directory inside the data directory.
 pub const LEDGER_DIR: &str = "ledger";
@@ -183,10 +183,8 @@ impl std::fmt::Debug for Ledger {
     }
 }
 
-fn store_error(path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::Ledger {
-        message: format!("{}: {e}", path.display()),
-    }
+fn store_error(path: &Path, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError {
+    StoreError::new(Store::Ledger, path, e)
 }
 
 impl Ledger {
@@ -194,7 +192,7 @@ impl Ledger {
     /// another process. Idempotency keys left in flight become `unknown`.
     ///
     /// # Errors
-    /// [`Error::Ledger`].
+    /// [`StoreError`].
     pub fn open(dir: &Path, lock_wait: Duration) -> Result<Ledger> {
         std::fs::create_dir_all(dir)
             .map_err(|e| store_error(dir, format!("cannot create: {e}")))?;
@@ -214,7 +212,7 @@ impl Ledger {
     /// A ledger in a temporary database.
     ///
     /// # Errors
-    /// [`Error::Ledger`].
+    /// [`StoreError`].
     pub fn temporary() -> Result<Ledger> {
         let path = PathBuf::from("<temporary>");
         let db = sled::Config::new()
@@ -259,7 +257,7 @@ impl Ledger {
     /// Make every change durable.
     ///
     /// # Errors
-    /// [`Error::Ledger`].
+    /// [`StoreError`].
     pub fn flush(&self) -> Result<()> {
         self.db
             .flush()
@@ -289,7 +287,7 @@ impl Ledger {
     /// Store a new pending approval.
     ///
     /// # Errors
-    /// [`Error::Ledger`].
+    /// [`StoreError`].
     pub fn create_approval(&self, approval: &Approval) -> Result<()> {
         if !self.swap(&self.approvals, approval.id.as_bytes(), None, approval)? {
             return Err(store_error(&self.path, "approval id collision"));
@@ -302,7 +300,7 @@ impl Ledger {
     /// it, so the caller records it).
     ///
     /// # Errors
-    /// [`Error::Ledger`].
+    /// [`StoreError`].
     pub fn approval(&self, id: &str, now_ms: u64) -> Result<Option<(Approval, bool)>> {
         loop {
             let Some(bytes) = self
@@ -340,7 +338,7 @@ impl Ledger {
     /// it was not in `from` (someone decided first).
     ///
     /// # Errors
-    /// [`Error::Ledger`].
+    /// [`StoreError`].
     pub fn transition(
         &self,
         id: &str,
@@ -377,7 +375,7 @@ impl Ledger {
     /// approvals this listing expired (to be recorded).
     ///
     /// # Errors
-    /// [`Error::Ledger`].
+    /// [`StoreError`].
     pub fn approvals(
         &self,
         state: Option<ApprovalState>,
@@ -408,7 +406,7 @@ impl Ledger {
     /// Pending approvals `principal` asked for.
     ///
     /// # Errors
-    /// [`Error::Ledger`].
+    /// [`StoreError`].
     pub fn pending_of(&self, principal: &str, now_ms: u64) -> Result<(u64, Vec<Approval>)> {
         let (pending, expired) = self.approvals(Some(ApprovalState::Pending), now_ms)?;
         let mine = pending.iter().filter(|a| a.principal == principal).count();
@@ -421,7 +419,7 @@ impl Ledger {
     /// flight are never removed.
     ///
     /// # Errors
-    /// [`Error::Ledger`].
+    /// [`StoreError`].
     pub fn sweep(
         &self,
         now_ms: u64,
@@ -489,7 +487,7 @@ impl Ledger {
     /// than `retention` are forgotten first.
     ///
     /// # Errors
-    /// [`Error::Ledger`].
+    /// [`StoreError`].
     #[allow(clippy::too_many_arguments)]
     pub fn claim(
         &self,
@@ -536,7 +534,7 @@ impl Ledger {
     /// Record the outcome of the call holding `key`.
     ///
     /// # Errors
-    /// [`Error::Ledger`].
+    /// [`StoreError`].
     pub fn complete(
         &self,
         principal: &str,
@@ -556,7 +554,7 @@ impl Ledger {
     /// plain failure.
     ///
     /// # Errors
-    /// [`Error::Ledger`].
+    /// [`StoreError`].
     pub fn mark_unknown(&self, principal: &str, plugin: &str, tool: &str, key: &str) -> Result<()> {
         self.settle(principal, plugin, tool, key, |call_id| {
             IdempotencyState::Unknown { call_id }
@@ -595,7 +593,7 @@ impl Ledger {
     /// waits for approval).
     ///
     /// # Errors
-    /// [`Error::Ledger`].
+    /// [`StoreError`].
     pub fn release(&self, principal: &str, plugin: &str, tool: &str, key: &str) -> Result<()> {
         let k = Ledger::idempotency_key(principal, plugin, tool, key);
         let Some(bytes) = self
@@ -693,7 +691,7 @@ impl Ledger {
     /// A small host-wide value (e.g. the last mode switch recorded).
     ///
     /// # Errors
-    /// [`Error::Ledger`].
+    /// [`StoreError`].
     pub fn meta(&self, key: &str) -> Result<Option<String>> {
         let tree = self
             .db
@@ -708,7 +706,7 @@ impl Ledger {
     /// Set a host-wide value.
     ///
     /// # Errors
-    /// [`Error::Ledger`].
+    /// [`StoreError`].
     pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
         let tree = self
             .db

@@ -6,8 +6,9 @@
 //! capabilities and limits — and runs their tools through one pipeline:
 //! resolve, validate the arguments against the tool's JSON Schema, run the
 //! tool in a fresh instance under fuel, deadline and memory limits, validate
-//! the result. Every refusal, tool error and trap is a distinct [`Error`]
-//! variant; [`Error::class`] groups them for callers.
+//! the result. Every refusal, tool error and trap is a distinct
+//! [`CallError`] variant; [`CallError::class`] groups them for callers.
+//! Loading fails with a [`LoadError`]; every error converts into [`Error`].
 //!
 //! Every call is recorded in the host's audit log ([`Host::audit`], crate
 //! [`audit_log`]): a refusal, or an intent written before the guest runs and
@@ -44,6 +45,7 @@
 
 #![deny(missing_docs)]
 
+mod approvals;
 mod audit;
 mod bindings;
 mod cache;
@@ -52,7 +54,6 @@ mod error;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
-mod gate;
 mod grants;
 mod host;
 mod identifiers;
@@ -60,6 +61,7 @@ mod inspect;
 pub mod ledger;
 mod limits;
 pub mod manifest;
+mod mode;
 mod pipeline;
 mod plugin;
 pub mod ratelimit;
@@ -70,8 +72,10 @@ pub mod workspace;
 pub use airlock_audit as audit_log;
 pub use cache::CacheStatus;
 pub use engine::{DEFAULT_MAX_INSTANCES, InstanceAllocation};
-pub use error::{Error, ErrorClass, Identifier, Result, SchemaViolation, ToolErrorKind, TrapKind};
-pub use gate::{MODE_FILE, Mode, write_mode};
+pub use error::{
+    ApprovalRefusal, CallError, Error, ErrorClass, Identifier, LoadError, Result, SchemaViolation,
+    Store, StoreError, ToolErrorKind, TrapKind,
+};
 pub use grants::{
     Capability, EffectiveGrant, HttpGrant, HttpScheme, ImportClass, IpRange, LimitCeilings, Origin,
     OriginHost, Policy, ResolvedFiles, classify,
@@ -82,6 +86,7 @@ pub use host::{
 pub use inspect::{CapabilityReport, Finding, ImportReport, InspectReport, Severity, ToolReport};
 pub use limits::{HttpLimits, Limit, LimitSource, Limits};
 pub use manifest::{FileAccess, MANIFEST_FILE, MANIFEST_SCHEMA, Manifest, Risk};
+pub use mode::{MODE_FILE, Mode, write_mode};
 pub use pipeline::{CallRequest, CallResponse};
 pub use plugin::{Plugin, Tool, ToolInfo};
 pub use state::{LogLevel, LogLine};

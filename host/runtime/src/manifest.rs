@@ -17,7 +17,7 @@ use std::sync::LazyLock;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result, SchemaViolation};
+use crate::error::{LoadError as Error, LoadResult as Result, SchemaViolation};
 use crate::grants::Origin;
 use crate::schema;
 

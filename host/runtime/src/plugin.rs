@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 use crate::bindings::PluginPre;
 use crate::cache::{CacheStatus, CompiledCache};
 use crate::engine::{PoolNeeds, SharedEngine};
-use crate::error::{Error, Result};
+use crate::error::{LoadError, LoadResult};
 use crate::grants::{self, EffectiveGrant, Policy};
 use crate::limits::Limits;
 use crate::manifest::{MANIFEST_FILE, Manifest, Risk};
@@ -155,13 +155,14 @@ pub struct Tool {
 impl Tool {
     /// A `read` tool of plugin `fuzz` with only an input schema, compiled
     /// as [`load`] compiles a guest's.
-    pub(crate) fn with_input_schema(text: &str) -> std::result::Result<Tool, String> {
+    pub(crate) fn with_input_schema(text: &str) -> Result<Tool, String> {
         let (input_schema, input_validator) = schema::compile_guest_schema(text, true)?;
         Ok(Tool {
             plugin: "fuzz".to_owned(),
             name: "tool".to_owned(),
             description: String::new(),
             risk: Risk::Read,
+            risk_overridden: false,
             redact: Vec::new(),
             approval_required: false,
             idempotency_required: false,
@@ -293,10 +294,10 @@ pub(crate) async fn load(
     cache: Option<&CompiledCache>,
     policy: &Policy,
     dir: &Path,
-) -> Result<Plugin> {
+) -> LoadResult<Plugin> {
     let manifest_path = dir.join(MANIFEST_FILE);
     let manifest_text =
-        std::fs::read_to_string(&manifest_path).map_err(|e| Error::io(&manifest_path, e))?;
+        std::fs::read_to_string(&manifest_path).map_err(|e| LoadError::io(&manifest_path, e))?;
     let manifest = Manifest::parse(&manifest_text, &manifest_path)?;
     let manifest_digest = hex::encode(Sha256::digest(manifest_text.as_bytes()));
     let name = manifest.plugin.name.clone();
@@ -305,13 +306,13 @@ pub(crate) async fn load(
     let bytes = read_component(&component_path)?;
     let digest = hex::encode(Sha256::digest(&bytes));
     if digest != manifest.plugin.sha256 {
-        return Err(Error::DigestMismatch {
+        return Err(LoadError::DigestMismatch {
             path: component_path,
             expected: manifest.plugin.sha256.clone(),
             actual: digest,
         });
     }
-    check_header(&bytes).map_err(|reason| Error::InvalidComponent {
+    check_header(&bytes).map_err(|reason| LoadError::InvalidComponent {
         path: component_path.clone(),
         reason,
     })?;
@@ -322,7 +323,7 @@ pub(crate) async fn load(
             wasmtime::component::Component::new(engine, &bytes).map(|c| (c, CacheStatus::Disabled))
         }
     };
-    let (component, cache_status) = compiled.map_err(|e| Error::InvalidComponent {
+    let (component, cache_status) = compiled.map_err(|e| LoadError::InvalidComponent {
         path: component_path.clone(),
         reason: format!("{e:#}"),
     })?;
@@ -337,23 +338,23 @@ pub(crate) async fn load(
         .map(|(name, _)| name.to_owned())
         .collect();
     grants::check_imports(&name, imports.iter().map(String::as_str), &grant)?;
-    let linker = grants::linker(engine, &grant).map_err(|e| Error::Engine {
+    let linker = grants::linker(engine, &grant).map_err(|e| LoadError::Engine {
         message: format!("cannot link host interfaces: {e:#}"),
     })?;
     let instance_pre = linker
         .instantiate_pre(&component)
-        .map_err(|e| Error::WrongWorld {
+        .map_err(|e| LoadError::WrongWorld {
             plugin: name.clone(),
             reason: format!("{e:#}"),
         })?;
-    let pre = PluginPre::new(instance_pre).map_err(|e| Error::WrongWorld {
+    let pre = PluginPre::new(instance_pre).map_err(|e| LoadError::WrongWorld {
         plugin: name.clone(),
         reason: format!("{e:#}"),
     })?;
 
     let limits =
         Limits::resolve(&manifest.limits, &policy.limits).map_err(|(limit, asked, ceiling)| {
-            Error::LimitAboveCeiling {
+            LoadError::LimitAboveCeiling {
                 plugin: name.clone(),
                 limit,
                 asked,
@@ -369,7 +370,7 @@ pub(crate) async fn load(
         // The semaphore's own maximum.
         .min(u64::try_from(tokio::sync::Semaphore::MAX_PERMITS).unwrap_or(u64::MAX));
     let descriptors =
-        pipeline::list_tools(engine, &pre, pool_needs, &limits, &name, &grant).await?;
+        pipeline::run::list_tools(engine, &pre, pool_needs, &limits, &name, &grant).await?;
     let (tools, undeclared) = reconcile(&manifest, descriptors, &policy.risk)?;
 
     Ok(Plugin {
@@ -390,24 +391,24 @@ pub(crate) async fn load(
     })
 }
 
-fn read_component(path: &Path) -> Result<Vec<u8>> {
+fn read_component(path: &Path) -> LoadResult<Vec<u8>> {
     let meta = match std::fs::metadata(path) {
         Ok(meta) => meta,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(Error::ComponentMissing {
+            return Err(LoadError::ComponentMissing {
                 path: path.to_owned(),
             });
         }
-        Err(e) => return Err(Error::io(path, e)),
+        Err(e) => return Err(LoadError::io(path, e)),
     };
     if !meta.is_file() {
-        return Err(Error::InvalidComponent {
+        return Err(LoadError::InvalidComponent {
             path: path.to_owned(),
             reason: "not a regular file".to_owned(),
         });
     }
     if meta.len() > MAX_COMPONENT_BYTES {
-        return Err(Error::InvalidComponent {
+        return Err(LoadError::InvalidComponent {
             path: path.to_owned(),
             reason: format!(
                 "{} bytes is larger than the limit of {MAX_COMPONENT_BYTES}",
@@ -415,12 +416,12 @@ fn read_component(path: &Path) -> Result<Vec<u8>> {
             ),
         });
     }
-    std::fs::read(path).map_err(|e| Error::io(path, e))
+    std::fs::read(path).map_err(|e| LoadError::io(path, e))
 }
 
 /// Tell a component from a core module or something else entirely, so the
 /// error says what to do.
-fn check_header(bytes: &[u8]) -> std::result::Result<(), String> {
+fn check_header(bytes: &[u8]) -> Result<(), String> {
     if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
         return Err("not a WebAssembly binary (bad magic number)".to_owned());
     }
@@ -443,9 +444,9 @@ fn reconcile(
     manifest: &Manifest,
     descriptors: Vec<crate::bindings::exports::airlock::plugin::tools::ToolDescriptor>,
     overrides: &BTreeMap<String, Risk>,
-) -> Result<(ExposedTools, Vec<String>)> {
+) -> LoadResult<(ExposedTools, Vec<String>)> {
     let plugin = &manifest.plugin.name;
-    let invalid = |reason: String| Error::InvalidToolList {
+    let invalid = |reason: String| LoadError::InvalidToolList {
         plugin: plugin.clone(),
         reason,
     };
@@ -472,7 +473,7 @@ fn reconcile(
     let mut tools = BTreeMap::new();
     for declared in &manifest.tools {
         let Some(d) = exported.remove(&declared.name) else {
-            return Err(Error::ToolNotExported {
+            return Err(LoadError::ToolNotExported {
                 plugin: plugin.clone(),
                 tool: declared.name.clone(),
             });

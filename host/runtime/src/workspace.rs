@@ -32,7 +32,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::error::{Error, Result};
+use crate::error::{Store, StoreError, StoreResult as Result};
 
 /// The workspace directory inside the data directory.
 pub const WORKSPACE_DIR: &str = "workspace";
@@ -238,11 +238,8 @@ impl std::fmt::Debug for WorkspaceStore {
     }
 }
 
-fn store_error(path: &Path, e: impl std::fmt::Display) -> Error {
-    Error::Workspace {
-        path: path.to_owned(),
-        message: e.to_string(),
-    }
+fn store_error(path: &Path, e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError {
+    StoreError::new(Store::Workspace, path, e)
 }
 
 impl WorkspaceStore {
@@ -250,7 +247,7 @@ impl WorkspaceStore {
     /// another process to release it.
     ///
     /// # Errors
-    /// [`Error::Workspace`] when it cannot be created or opened (including
+    /// [`StoreError`] when it cannot be created or opened (including
     /// when another process keeps it open).
     pub fn open(dir: &Path, lock_wait: Duration) -> Result<WorkspaceStore> {
         std::fs::create_dir_all(dir)
@@ -270,7 +267,7 @@ impl WorkspaceStore {
     /// A store in a temporary database, removed when dropped.
     ///
     /// # Errors
-    /// [`Error::Workspace`] when it cannot be created.
+    /// [`StoreError`] when it cannot be created.
     pub fn temporary() -> Result<WorkspaceStore> {
         let path = PathBuf::from("<temporary>");
         let db = sled::Config::new()
@@ -530,7 +527,7 @@ impl WorkspaceStore {
     /// What `plugin` uses.
     ///
     /// # Errors
-    /// [`Error::Workspace`] on a store failure or corrupt usage record.
+    /// [`StoreError`] on a store failure or corrupt usage record.
     pub fn usage(&self, plugin: &str) -> Result<Usage> {
         match self
             .inner
@@ -551,7 +548,7 @@ impl WorkspaceStore {
     /// Plugins with anything stored, and their usage.
     ///
     /// # Errors
-    /// [`Error::Workspace`].
+    /// [`StoreError`].
     pub fn plugins(&self) -> Result<Vec<(String, Usage)>> {
         let mut out = Vec::new();
         for item in self.inner.tree.scan_prefix([USAGE]) {
@@ -573,7 +570,7 @@ impl WorkspaceStore {
     /// Every key of `plugin`, all owners, with its value.
     ///
     /// # Errors
-    /// [`Error::Workspace`].
+    /// [`StoreError`].
     pub fn entries(&self, plugin: &str) -> Result<Vec<(KeyEntry, Vec<u8>)>> {
         let mut prefix = vec![KV];
         prefix.extend_from_slice(plugin.as_bytes());
@@ -604,7 +601,7 @@ impl WorkspaceStore {
     /// Every blob of `plugin`: ref and size.
     ///
     /// # Errors
-    /// [`Error::Workspace`].
+    /// [`StoreError`].
     pub fn blobs(&self, plugin: &str) -> Result<Vec<(String, usize)>> {
         let mut prefix = vec![BLOB];
         prefix.extend_from_slice(plugin.as_bytes());
@@ -623,7 +620,7 @@ impl WorkspaceStore {
     /// Make every write so far durable.
     ///
     /// # Errors
-    /// [`Error::Workspace`] when the flush fails.
+    /// [`StoreError`] when the flush fails.
     pub async fn flush_async(&self) -> Result<()> {
         // On the blocking pool: an fsync must not stall the executor (and
         // sled's own flush_async can stall under many concurrent flushes).
@@ -636,7 +633,7 @@ impl WorkspaceStore {
     /// Make every write so far durable, blocking.
     ///
     /// # Errors
-    /// [`Error::Workspace`] when the flush fails.
+    /// [`StoreError`] when the flush fails.
     pub fn flush(&self) -> Result<()> {
         self.inner
             .db
@@ -822,7 +819,7 @@ mod tests {
             db.flush().unwrap();
         }
         let err = WorkspaceStore::open(dir.path(), Duration::from_secs(5)).unwrap_err();
-        assert!(err.to_string().contains("layout 1"), "{err}");
+        assert!(err.source.to_string().contains("layout 1"), "{err}");
     }
 
     #[test]

@@ -42,7 +42,7 @@ use serde::Serialize;
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use super::{EffectiveGrant, Policy};
-use crate::error::{Error, Result};
+use crate::error::{LoadError as Error, LoadResult as Result};
 use crate::manifest::{FileAccess, FileGrant};
 
 /// A `files` grant with its host directory resolved and opened.

@@ -47,7 +47,7 @@ pub(crate) use http::HttpHooks;
 pub use http::{HttpGrant, HttpScheme, IpRange, Origin, OriginHost};
 pub(crate) use workspace::WorkspaceScope;
 
-use crate::error::{Error, Result};
+use crate::error::{LoadError as Error, LoadResult as Result};
 use crate::manifest::Manifest;
 use crate::state::CallState;
 

@@ -46,7 +46,7 @@ pub use origin::{HttpScheme, Origin, OriginHost};
 pub(crate) use sender::TlsClient;
 
 use super::Policy;
-use crate::error::{Error, Result};
+use crate::error::{LoadError as Error, LoadResult as Result};
 use crate::limits::HttpLimits;
 use crate::state::{CallState, LogLevel, LogSink};
 

@@ -391,11 +391,12 @@ impl TlsClient {
     /// PEM files `ca_certs`.
     ///
     /// # Errors
-    /// [`Error::Config`] naming `policy.http_ca_certs` and the file that
-    /// cannot be read, holds no certificate, or holds an invalid one.
-    pub(crate) fn new(ca_certs: &[std::path::PathBuf]) -> crate::error::Result<TlsClient> {
+    /// [`LoadError::Config`](crate::LoadError::Config) naming
+    /// `policy.http_ca_certs` and the file that cannot be read, holds no
+    /// certificate, or holds an invalid one.
+    pub(crate) fn new(ca_certs: &[std::path::PathBuf]) -> crate::error::LoadResult<TlsClient> {
         static SHARED: OnceLock<Result<TlsClient, String>> = OnceLock::new();
-        let config_error = |message: String| crate::error::Error::Config { message };
+        let config_error = |message: String| crate::error::LoadError::Config { message };
         if ca_certs.is_empty() {
             return SHARED
                 .get_or_init(|| build(Vec::new()).map(|c| TlsClient(Arc::new(c))))

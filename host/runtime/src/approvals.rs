@@ -1,0 +1,187 @@
+//! Approvals seen from outside a call: an approver's decision, the list,
+//! expiry and the ledger's sweep. The approval gate a call passes through
+//! (pipeline step 5) is in `pipeline/gate.rs`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use airlock_audit::{AuditLog, Event};
+
+use crate::error::{Error, Result};
+use crate::ledger::{Approval, ApprovalPolicy, ApprovalState, EXPIRY, Ledger, SweepReport};
+use crate::mode::now_ms;
+use crate::pipeline::gate::bounded;
+
+/// The parts of a host approvals use, borrowed.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Approvals<'h> {
+    pub(crate) ledger: &'h Ledger,
+    pub(crate) audit: &'h AuditLog,
+    pub(crate) policy: &'h ApprovalPolicy,
+    /// When the ledger was last swept, ms since the Unix epoch.
+    pub(crate) last_sweep_ms: &'h AtomicU64,
+}
+
+impl Approvals<'_> {
+    /// An approver's decision on approval `id` (see
+    /// [`Host::decide`](crate::Host::decide)).
+    pub(crate) async fn decide(
+        self,
+        id: &str,
+        approver: &str,
+        token: &str,
+        approve: bool,
+        reason: Option<&str>,
+    ) -> Result<Approval> {
+        let policy = self.policy;
+        let refused = |reason: String| Err(Error::DecisionRefused { reason });
+        let Some(who) = policy.authenticate(approver, token) else {
+            return refused(format!(
+                "`{approver}` is not a configured approver, or the token is wrong"
+            ));
+        };
+        let Some((current, _)) = self.ledger.approval(id, now_ms())? else {
+            return refused(format!("no approval {id}"));
+        };
+        if current.principal == who.name {
+            return refused("an approver cannot decide on their own call".into());
+        }
+        if !approve && reason.is_none_or(|r| r.trim().is_empty()) {
+            return refused("a rejection needs a reason".into());
+        }
+        let use_window = policy.approved_expiry_s.saturating_mul(1000);
+        let decided = self
+            .ledger
+            .transition(id, ApprovalState::Pending, now_ms(), |a| {
+                let now = now_ms();
+                a.state = if approve {
+                    // A new window in which the approved call must run.
+                    a.expires_ms = now.saturating_add(use_window);
+                    ApprovalState::Approved
+                } else {
+                    ApprovalState::Rejected
+                };
+                a.decided_by = Some(who.name.clone());
+                a.decided_ms = Some(now);
+                a.decision_reason = reason.map(|r| bounded(r, 1024));
+            })?;
+        let approval = match decided {
+            Ok(approval) => approval,
+            Err(Some(other)) => {
+                return refused(format!(
+                    "approval {id} is already {}{}",
+                    other.state.as_str(),
+                    other
+                        .decided_by
+                        .map(|b| format!(" (by {b})"))
+                        .unwrap_or_default()
+                ));
+            }
+            Err(None) => return refused(format!("no approval {id}")),
+        };
+        let mut entry = approval_entry(Event::ApprovalDecided, &approval);
+        entry.principal = Some(who.name.clone());
+        entry.decision = Some(approval.state.as_str().to_owned());
+        entry.reason = approval.decision_reason.clone();
+        crate::audit::append(self.audit, entry, airlock_audit::Durability::Flushed)
+            .await
+            .map_err(Error::AuditUnavailable)?;
+        Ok(approval)
+    }
+
+    /// Approvals, newest first, optionally only those in `state`; any that
+    /// expire on the way are recorded.
+    pub(crate) fn list(self, state: Option<ApprovalState>) -> Result<Vec<Approval>> {
+        let (list, expired) = self.ledger.approvals(state, now_ms())?;
+        self.record_expiries(&expired);
+        Ok(list)
+    }
+
+    /// The approval `id` (recorded if it expires on the way).
+    pub(crate) fn get(self, id: &str) -> Result<Option<Approval>> {
+        let found = self.ledger.approval(id, now_ms())?;
+        if let Some((a, true)) = &found {
+            self.record_expiries(std::slice::from_ref(a));
+        }
+        Ok(found.map(|(a, _)| a))
+    }
+
+    /// Expire overdue approvals (recording each) and forget what is past
+    /// its retention (see [`Host::sweep_ledger`](crate::Host::sweep_ledger)).
+    pub(crate) fn sweep(self) -> Result<SweepReport> {
+        let policy = self.policy;
+        let report = self.ledger.sweep(
+            now_ms(),
+            Duration::from_secs(policy.retention_s),
+            Duration::from_secs(policy.idempotency_retention_s),
+        )?;
+        self.record_expiries(&report.expired);
+        if report.approvals_removed + report.keys_removed > 0 || !report.expired.is_empty() {
+            tracing::info!(
+                expired = report.expired.len(),
+                approvals_removed = report.approvals_removed,
+                keys_removed = report.keys_removed,
+                "ledger swept"
+            );
+        }
+        Ok(report)
+    }
+
+    /// Sweep the ledger if `sweep_interval_s` has passed since the last
+    /// sweep (one caller sweeps; the others go on).
+    pub(crate) fn sweep_if_due(self) {
+        let interval = self.policy.sweep_interval_s.saturating_mul(1000);
+        let now = now_ms();
+        let last = self.last_sweep_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < interval
+            || self
+                .last_sweep_ms
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        if let Err(e) = self.sweep() {
+            tracing::error!(error = %e, "cannot sweep the ledger");
+        }
+    }
+
+    /// Record each of `expired` as `approval_expired` (batched: an expiry
+    /// precedes no side effect). A failure is logged; the approval stays
+    /// expired either way.
+    pub(crate) fn record_expiries(self, expired: &[Approval]) {
+        for approval in expired {
+            let mut entry = approval_entry(Event::ApprovalExpired, approval);
+            entry.principal = Some(approval.principal.clone());
+            entry.decision = Some("expired".to_owned());
+            entry.reason = Some(expiry_reason(approval).to_owned());
+            if let Err(e) = self.audit.append(entry, airlock_audit::Durability::Batched) {
+                tracing::error!(error = %e, approval = %approval.id, "cannot record an approval's expiry");
+            }
+        }
+    }
+}
+
+/// An audit entry for `event` about `approval`: the call it was asked for
+/// and everything it binds.
+fn approval_entry(event: Event, approval: &Approval) -> airlock_audit::Entry {
+    let mut entry = airlock_audit::Entry::new(event);
+    entry.call_id = Some(approval.call_id.clone());
+    entry.plugin = Some(approval.plugin.clone());
+    entry.component_digest = Some(approval.component_digest.clone());
+    entry.tool = Some(approval.tool.clone());
+    entry.risk = Some(approval.risk.clone());
+    entry.approval_id = Some(approval.id.clone());
+    entry.idempotency_key = approval.idempotency_key.clone();
+    entry.args_digest = Some(approval.args_digest.clone());
+    entry
+}
+
+/// Why `approval` expired, as recorded.
+pub(crate) fn expiry_reason(approval: &Approval) -> &'static str {
+    if approval.decided_by.as_deref() == Some(EXPIRY) {
+        "not decided in time"
+    } else {
+        "approved but not used in time"
+    }
+}

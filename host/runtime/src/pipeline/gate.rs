@@ -1,0 +1,599 @@
+//! Pipeline steps 2, 4, 5 and 11: admission under the host's mode and rate
+//! limits, the idempotency key (claimed, then completed, by a [`KeyClaim`])
+//! and the approval gate. Each refuses with its own error kind, and fails
+//! closed: when the ledger cannot say, the call does not run.
+
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use airlock_audit::Event;
+
+use crate::approvals::expiry_reason;
+use crate::audit::CallRecord;
+use crate::error::{ApprovalRefusal, CallError, CallResult};
+use crate::ledger::{Approval, ApprovalState, Claim, EXPIRY, IdempotencyState, Ledger};
+use crate::manifest::Risk;
+use crate::mode::now_ms;
+use crate::plugin::{Plugin, Tool};
+
+use super::Pipeline;
+use super::request::{CallRequest, CallResponse};
+
+/// Longest idempotency key, in bytes.
+pub(crate) const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
+/// How often a caller waiting for approval looks for the decision.
+const APPROVAL_POLL: Duration = Duration::from_millis(100);
+
+fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+/// What step 4 decided.
+pub(crate) enum Claimed<'h> {
+    /// Run the call, holding its key (if it has one).
+    Run(KeyClaim<'h>),
+    /// The key's first outcome, replayed: the tool does not run again.
+    Replay(CallResponse),
+}
+
+/// A call's hold on its idempotency key, from step 4 to step 11.
+///
+/// Dropped before [`KeyClaim::running`], it releases the key: a call
+/// refused at the approval gate, whose intent could not be recorded, or
+/// abandoned by its caller before the guest could run never ran, and may be
+/// retried under the same key. From `running` on, only
+/// [`KeyClaim::complete`] settles the key: a call abandoned while the guest
+/// may run leaves it in flight (read as "outcome unknown" after a restart),
+/// never free for a second execution.
+#[must_use = "dropping the claim releases the idempotency key"]
+pub(crate) struct KeyClaim<'h> {
+    ledger: &'h Ledger,
+    /// Principal, plugin, tool and key; `None` for a call without a key.
+    held: Option<HeldKey>,
+    running: bool,
+}
+
+struct HeldKey {
+    principal: String,
+    plugin: String,
+    tool: String,
+    key: String,
+}
+
+impl<'h> KeyClaim<'h> {
+    fn none(ledger: &'h Ledger) -> KeyClaim<'h> {
+        KeyClaim {
+            ledger,
+            held: None,
+            running: false,
+        }
+    }
+
+    fn held(
+        ledger: &'h Ledger,
+        request: &CallRequest,
+        plugin: &Plugin,
+        tool: &Tool,
+        key: &str,
+    ) -> KeyClaim<'h> {
+        KeyClaim {
+            ledger,
+            held: Some(HeldKey {
+                principal: request.principal.clone(),
+                plugin: plugin.name().to_owned(),
+                tool: tool.name().to_owned(),
+                key: key.to_owned(),
+            }),
+            running: false,
+        }
+    }
+
+    /// The guest may run from now on: dropping the claim no longer
+    /// releases the key.
+    pub(crate) fn running(&mut self) {
+        self.running = true;
+    }
+
+    /// Step 11: store the outcome for replays (or release the key when the
+    /// call never got to run, or mark its outcome unknown when it was
+    /// stopped after it started).
+    pub(crate) fn complete(mut self, result: &CallResult<CallResponse>) {
+        let Some(HeldKey {
+            principal,
+            plugin: p,
+            tool: t,
+            key,
+        }) = self.held.take()
+        else {
+            return;
+        };
+        let ledger = self.ledger;
+        let stored = match result {
+            Ok(response) => ledger.complete(&principal, &p, &t, &key, Ok(response.output.clone())),
+            Err(
+                CallError::PluginBusy { .. }
+                | CallError::HostBusy { .. }
+                | CallError::Cancelled { ran: false, .. },
+            ) => ledger.release(&principal, &p, &t, &key),
+            // The tool said it failed: a definite outcome, replayed.
+            Err(e @ CallError::Tool { .. }) => ledger.complete(
+                &principal,
+                &p,
+                &t,
+                &key,
+                Err((e.kind().to_owned(), e.to_string())),
+            ),
+            // Stopped mid-run (cancelled, deadline, fuel, trap) or its result
+            // refused after it ran: whatever it did may have happened. Not a
+            // failure to retry under a new key, nor a call to run again.
+            Err(e) if effects_unknown(e) => ledger.mark_unknown(&principal, &p, &t, &key),
+            Err(e) => ledger.complete(
+                &principal,
+                &p,
+                &t,
+                &key,
+                Err((e.kind().to_owned(), e.to_string())),
+            ),
+        };
+        if let Err(e) = stored {
+            // The key stays in flight and reads as "outcome unknown" after a
+            // restart: never a second execution.
+            tracing::error!(error = %e, key = %key, "cannot store an idempotency outcome");
+        }
+    }
+}
+
+impl Drop for KeyClaim<'_> {
+    /// Give up the key without an outcome, when the call did not run.
+    fn drop(&mut self) {
+        if self.running {
+            return;
+        }
+        if let Some(held) = self.held.take()
+            && let Err(e) =
+                self.ledger
+                    .release(&held.principal, &held.plugin, &held.tool, &held.key)
+        {
+            tracing::error!(error = %e, key = %held.key, "cannot release an idempotency key");
+        }
+    }
+}
+
+impl<'h> Pipeline<'h> {
+    /// Step 2: admit the call under the host's mode and rate limits.
+    /// `Ok(true)`: the host is in read-only mode, and the call (a `read`
+    /// tool) runs with every grant narrowed to reading.
+    pub(crate) async fn admit(
+        &self,
+        plugin: &Plugin,
+        tool: &Tool,
+        principal: &str,
+    ) -> CallResult<bool> {
+        let mode = self.mode.mode()?;
+        self.mode.record_pending(self.ledger, self.audit).await?;
+        let read_only = mode.as_ref().is_some_and(|m| m.read_only);
+        if let Some(mode) = mode
+            && mode.read_only
+            && tool.risk() != Risk::Read
+        {
+            return Err(CallError::ReadOnlyMode {
+                tool: tool.id(),
+                risk: tool.risk(),
+                reason: mode.reason,
+            });
+        }
+        self.limiter
+            .admit(plugin.name(), &tool.id(), tool.rate_limit(), principal)
+            .map_err(|(scope, wait)| CallError::RateLimited {
+                scope,
+                retry_after_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1),
+            })?;
+        Ok(read_only)
+    }
+
+    // --------------------------------------------------------- idempotency
+
+    /// Step 4: claim the call's idempotency key, or replay the outcome of
+    /// the first call that used it.
+    pub(crate) async fn claim_key(
+        &self,
+        request: &CallRequest,
+        plugin: &Plugin,
+        tool: &Tool,
+        record: &CallRecord<'_>,
+        call_id: &str,
+    ) -> CallResult<Claimed<'h>> {
+        let Some(key) = &request.idempotency_key else {
+            if tool.idempotency_required() {
+                return Err(CallError::IdempotencyKeyRequired { tool: tool.id() });
+            }
+            return Ok(Claimed::Run(KeyClaim::none(self.ledger)));
+        };
+        if key.is_empty()
+            || key.len() > MAX_IDEMPOTENCY_KEY_BYTES
+            || key.chars().any(char::is_control)
+        {
+            return Err(CallError::IdempotencyMismatch {
+                key: format!(
+                    "(invalid: 1 to {MAX_IDEMPOTENCY_KEY_BYTES} bytes without control characters)"
+                ),
+            });
+        }
+        let retention = Duration::from_secs(self.config.policy.approvals.idempotency_retention_s);
+        let claim = self.ledger.claim(
+            &request.principal,
+            plugin.name(),
+            tool.name(),
+            key,
+            record.args_digest(),
+            call_id,
+            now_ms(),
+            retention,
+        )?;
+        let entry = match claim {
+            Claim::Claimed => {
+                return Ok(Claimed::Run(KeyClaim::held(
+                    self.ledger,
+                    request,
+                    plugin,
+                    tool,
+                    key,
+                )));
+            }
+            Claim::Existing(entry) => entry,
+        };
+        if entry.args_digest != record.args_digest() {
+            return Err(CallError::IdempotencyMismatch { key: key.clone() });
+        }
+        match entry.state {
+            IdempotencyState::InFlight { call_id } => Err(CallError::IdempotencyInUse {
+                key: key.clone(),
+                call_id,
+            }),
+            IdempotencyState::Unknown { call_id } => Err(CallError::IdempotencyOutcomeUnknown {
+                key: key.clone(),
+                call_id,
+            }),
+            IdempotencyState::Completed {
+                call_id: first,
+                outcome,
+            } => {
+                record
+                    .event(Event::CallReplayed, Some("replayed"), None, None)
+                    .await?;
+                match outcome {
+                    Ok(output) => Ok(Claimed::Replay(CallResponse {
+                        call_id: call_id.to_owned(),
+                        trace_id: request
+                            .trace_id
+                            .clone()
+                            .unwrap_or_else(|| call_id.to_owned()),
+                        tool: tool.id(),
+                        output,
+                        logs: Vec::new(),
+                        logs_dropped: 0,
+                        fuel_used: 0,
+                        duration: Duration::ZERO,
+                        replayed_from: Some(first),
+                        approval_id: None,
+                    })),
+                    Err((kind, message)) => Err(CallError::ReplayedFailure {
+                        key: key.clone(),
+                        call_id: first,
+                        kind,
+                        message,
+                    }),
+                }
+            }
+        }
+    }
+
+    // ----------------------------------------------------------- approvals
+
+    fn needs_approval(&self, tool: &Tool) -> bool {
+        let policy = &self.config.policy.approvals;
+        tool.approval_required()
+            || policy.require_for.contains(&tool.risk())
+            || policy.tools.iter().any(|t| *t == tool.id())
+    }
+
+    /// Step 5: the approval gate. `Ok(Some(id))`: the call runs under
+    /// approval `id` (now consumed); `Ok(None)`: no approval needed.
+    pub(crate) async fn approval_gate(
+        &self,
+        request: &CallRequest,
+        plugin: &Plugin,
+        tool: &Tool,
+        record: &CallRecord<'_>,
+        call_id: &str,
+    ) -> CallResult<Option<String>> {
+        if !self.needs_approval(tool) {
+            return Ok(None);
+        }
+        let policy = &self.config.policy.approvals;
+        if policy.approvers.is_empty() {
+            return Err(CallError::ApprovalUnavailable {
+                tool: tool.id(),
+                reason: "no approver is configured on this host (policy.approvals.approvers), so it cannot run".into(),
+            });
+        }
+        let id = match &request.approval_id {
+            Some(id) => id.clone(),
+            None => {
+                let (pending, expired) = self.ledger.pending_of(&request.principal, now_ms())?;
+                self.approvals.record_expiries(&expired);
+                if pending >= policy.max_pending_per_principal {
+                    return Err(CallError::TooManyPendingApprovals {
+                        principal: request.principal.clone(),
+                        limit: policy.max_pending_per_principal,
+                    });
+                }
+                let expiry = tool.approval_expiry_s().unwrap_or(policy.expiry_s);
+                let created = now_ms();
+                let approval = Approval {
+                    id: format!("apr-{}", uuid::Uuid::now_v7()),
+                    state: ApprovalState::Pending,
+                    plugin: plugin.name().to_owned(),
+                    component_digest: plugin.digest().to_owned(),
+                    tool: tool.name().to_owned(),
+                    risk: tool.risk().as_str().to_owned(),
+                    args_digest: record.args_digest().to_owned(),
+                    args: record.args_copy().to_owned(),
+                    args_truncated: record.args_truncated(),
+                    principal: request.principal.clone(),
+                    session: request.session.clone(),
+                    idempotency_key: request.idempotency_key.clone(),
+                    caller_reason: request.reason.as_deref().map(|r| bounded(r, 1024)),
+                    call_id: call_id.to_owned(),
+                    created_ms: created,
+                    expires_ms: created.saturating_add(expiry.saturating_mul(1000)),
+                    decided_by: None,
+                    decided_ms: None,
+                    decision_reason: None,
+                    consumed_by_call: None,
+                };
+                // Recorded first: no approval exists that the log does not
+                // know of (a request recorded but not stored resumes as
+                // unknown, which refuses).
+                record
+                    .event(
+                        Event::ApprovalRequested,
+                        Some("approval_required"),
+                        approval.caller_reason.as_deref(),
+                        Some(&approval.id),
+                    )
+                    .await?;
+                self.ledger.create_approval(&approval)?;
+                if request.wait_for_approval.is_none() {
+                    return Err(CallError::ApprovalPending {
+                        tool: tool.id(),
+                        approval_id: approval.id,
+                        expires: rfc3339(approval.expires_ms),
+                    });
+                }
+                approval.id
+            }
+        };
+        let deadline = request.wait_for_approval.map(|d| Instant::now() + d);
+        loop {
+            let Some((approval, expired_now)) = self.ledger.approval(&id, now_ms())? else {
+                return Err(CallError::ApprovalRefused {
+                    approval_id: id,
+                    reason: "no such approval".into(),
+                    why: ApprovalRefusal::Unknown,
+                });
+            };
+            if expired_now {
+                record
+                    .event(
+                        Event::ApprovalExpired,
+                        Some("expired"),
+                        Some(expiry_reason(&approval)),
+                        Some(&id),
+                    )
+                    .await?;
+            }
+            check_binding(&approval, request, plugin, tool, record)?;
+            match approval.state {
+                ApprovalState::Approved => {
+                    let consumed =
+                        self.ledger
+                            .transition(&id, ApprovalState::Approved, now_ms(), |a| {
+                                a.state = ApprovalState::Consumed;
+                                a.consumed_by_call = Some(call_id.to_owned());
+                            })?;
+                    return match consumed {
+                        Ok(_) => Ok(Some(id)),
+                        Err(_) => Err(CallError::ApprovalRefused {
+                            approval_id: id,
+                            reason: "already used by another call".into(),
+                            why: ApprovalRefusal::Consumed,
+                        }),
+                    };
+                }
+                ApprovalState::Pending => {
+                    if deadline.is_none_or(|d| Instant::now() >= d) {
+                        return Err(CallError::ApprovalPending {
+                            tool: tool.id(),
+                            approval_id: id,
+                            expires: rfc3339(approval.expires_ms),
+                        });
+                    }
+                    let poll = tokio::time::sleep(APPROVAL_POLL);
+                    if super::run::unless_cancelled(request.cancel.as_ref(), poll)
+                        .await
+                        .is_none()
+                    {
+                        return Err(CallError::Cancelled {
+                            tool: tool.id(),
+                            ran: false,
+                        });
+                    }
+                }
+                other => return Err(refusal(&approval, other)),
+            }
+        }
+    }
+}
+
+/// An approval covers exactly one call: same component, tool, arguments,
+/// principal and idempotency key.
+fn check_binding(
+    approval: &Approval,
+    request: &CallRequest,
+    plugin: &Plugin,
+    tool: &Tool,
+    record: &CallRecord<'_>,
+) -> CallResult<()> {
+    let mismatch = |what: &str| {
+        Err(CallError::ApprovalRefused {
+            approval_id: approval.id.clone(),
+            reason: format!("it was given for {what}"),
+            why: ApprovalRefusal::Mismatch,
+        })
+    };
+    if approval.plugin != plugin.name() || approval.tool != tool.name() {
+        return mismatch(&format!("{}/{}", approval.plugin, approval.tool));
+    }
+    if approval.component_digest != plugin.digest() {
+        return mismatch("another version of the plugin's component");
+    }
+    if approval.args_digest != record.args_digest() {
+        return mismatch("other arguments");
+    }
+    if approval.principal != request.principal {
+        return mismatch("another principal");
+    }
+    if approval.session != request.session {
+        return mismatch("another session");
+    }
+    if approval.idempotency_key != request.idempotency_key {
+        return mismatch("another idempotency key");
+    }
+    Ok(())
+}
+
+fn refusal(approval: &Approval, state: ApprovalState) -> CallError {
+    let by = approval
+        .decided_by
+        .as_deref()
+        .map(|b| format!(" by {b}"))
+        .unwrap_or_default();
+    let why = approval
+        .decision_reason
+        .as_deref()
+        .map(|r| format!(": {r}"))
+        .unwrap_or_default();
+    let (reason, kind) = match state {
+        ApprovalState::Rejected => (format!("rejected{by}{why}"), ApprovalRefusal::Rejected),
+        ApprovalState::Expired if approval.decided_by.as_deref() == Some(EXPIRY) => (
+            "expired before anyone decided".to_owned(),
+            ApprovalRefusal::Expired,
+        ),
+        ApprovalState::Expired => (
+            format!("expired: approved{by} but not used in time"),
+            ApprovalRefusal::Expired,
+        ),
+        ApprovalState::Cancelled => (format!("cancelled{by}"), ApprovalRefusal::Cancelled),
+        _ => (
+            "already used by another call".to_owned(),
+            ApprovalRefusal::Consumed,
+        ),
+    };
+    CallError::ApprovalRefused {
+        approval_id: approval.id.clone(),
+        reason,
+        why: kind,
+    }
+}
+
+/// Whether a call that ended with `error` may have had effects nobody can
+/// know: it was stopped after the guest started, or its result was refused
+/// after the guest finished.
+fn effects_unknown(error: &CallError) -> bool {
+    matches!(
+        error,
+        CallError::Cancelled { ran: true, .. }
+            | CallError::Trap { .. }
+            | CallError::OutputTooLarge { .. }
+            | CallError::OutputInvalid { .. }
+    )
+}
+
+/// `text` cut to at most `max` bytes, with a visible mark when it was cut
+/// (an approver must know they are not reading all of it).
+pub(crate) fn bounded(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut cut = max;
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!(
+        "{}…[cut: {cut} of {} bytes shown]",
+        &text[..cut],
+        text.len()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim(ledger: &Ledger) -> Claim {
+        ledger
+            .claim(
+                "p",
+                "plug",
+                "tool",
+                "k",
+                "digest",
+                "call-1",
+                now_ms(),
+                Duration::from_secs(60),
+            )
+            .unwrap()
+    }
+
+    fn guard(ledger: &Ledger) -> KeyClaim<'_> {
+        KeyClaim {
+            ledger,
+            held: Some(HeldKey {
+                principal: "p".into(),
+                plugin: "plug".into(),
+                tool: "tool".into(),
+                key: "k".into(),
+            }),
+            running: false,
+        }
+    }
+
+    #[test]
+    fn a_claim_dropped_before_the_guest_may_run_frees_the_key() {
+        let ledger = Ledger::temporary().unwrap();
+        assert!(matches!(claim(&ledger), Claim::Claimed));
+        drop(guard(&ledger));
+        assert!(matches!(claim(&ledger), Claim::Claimed));
+    }
+
+    #[test]
+    fn a_claim_dropped_while_the_guest_may_run_keeps_the_key_in_flight() {
+        let ledger = Ledger::temporary().unwrap();
+        assert!(matches!(claim(&ledger), Claim::Claimed));
+        let mut held = guard(&ledger);
+        held.running();
+        drop(held);
+        let Claim::Existing(entry) = claim(&ledger) else {
+            panic!("the key was freed");
+        };
+        assert!(matches!(entry.state, IdempotencyState::InFlight { .. }));
+    }
+
+    #[test]
+    fn a_cut_reason_says_it_was_cut() {
+        assert_eq!(bounded("short", 1024), "short");
+        let long = "é".repeat(600);
+        let cut = bounded(&long, 1023);
+        assert!(cut.ends_with("…[cut: 1022 of 1200 bytes shown]"), "{cut}");
+    }
+}

@@ -1,0 +1,282 @@
+//! The call pipeline: the one path by which any tool runs.
+//!
+//! [`Pipeline::call`] runs the steps in order (see `DESIGN.md`, "The call
+//! pipeline"); each step is one function:
+//!
+//! | step | what | where |
+//! |------|------|-------|
+//! | 0 | check the caller's identifiers, before any is recorded | [`Pipeline::check_identifiers`] (here), `identifiers::check` |
+//! | 1 | resolve `plugin/tool` to a loaded plugin and an exposed tool | [`Pipeline::resolve`] (here) |
+//! | 2 | admit: the host's mode, rate limits | [`Pipeline::admit`] (`gate.rs`) |
+//! | 3 | validate the arguments: size cap, JSON, object, input schema | [`validate_arguments`] (here) |
+//! | 4 | claim the idempotency key, or replay the first outcome | [`Pipeline::claim_key`] (`gate.rs`) |
+//! | 5 | approval gate | [`Pipeline::approval_gate`] (`gate.rs`) |
+//! | 6 | intent record in the audit log (no record, no call) | `CallRecord::started` (`audit.rs`) |
+//! | 7–9 | instantiate, call the tool, validate its result | [`run::run_tool`] (`run.rs`) |
+//! | 10 | outcome record | `CallRecord::finished` (`audit.rs`) |
+//! | 11 | complete the idempotency key | [`gate::KeyClaim::complete`] (`gate.rs`) |
+//!
+//! A refusal at steps 0–5 gets one refusal record. The idempotency key
+//! claimed at step 4 is held by a [`gate::KeyClaim`] guard: whatever ends the call
+//! before the guest may run releases it, so a step added later cannot
+//! forget to.
+
+pub(crate) mod gate;
+mod request;
+pub(crate) mod run;
+
+use std::sync::Arc;
+
+use airlock_audit::AuditLog;
+use serde_json::Value;
+
+use crate::approvals::Approvals;
+use crate::audit::CallRecord;
+use crate::bindings::exports::airlock::plugin::tools::CallContext;
+use crate::engine::SharedEngine;
+use crate::error::{CallError, CallResult};
+use crate::grants::WorkspaceScope;
+use crate::host::{HostConfig, PluginTable};
+use crate::identifiers;
+use crate::ledger::Ledger;
+use crate::manifest::FileAccess;
+use crate::mode::ModeWatch;
+use crate::plugin::{Plugin, Tool};
+use crate::ratelimit::Limiter;
+use crate::schema;
+use crate::workspace::WorkspaceStore;
+
+pub(crate) use gate::MAX_IDEMPOTENCY_KEY_BYTES;
+pub use request::{CallRequest, CallResponse};
+use run::PreparedCall;
+
+/// The parts of a host the pipeline uses, borrowed for one call.
+pub(crate) struct Pipeline<'h> {
+    pub(crate) engine: &'h SharedEngine,
+    pub(crate) config: &'h HostConfig,
+    pub(crate) plugins: &'h PluginTable,
+    pub(crate) audit: &'h AuditLog,
+    pub(crate) ledger: &'h Ledger,
+    pub(crate) workspace: &'h WorkspaceStore,
+    pub(crate) mode: &'h ModeWatch,
+    pub(crate) limiter: &'h Limiter,
+    pub(crate) approvals: Approvals<'h>,
+}
+
+impl<'h> Pipeline<'h> {
+    /// Run one tool call through every step (see
+    /// [`Host::call`](crate::Host::call)).
+    pub(crate) async fn call(&self, request: CallRequest) -> CallResult<CallResponse> {
+        self.approvals.sweep_if_due();
+        let call_id = new_call_id();
+        // 0. Identifiers, before any of them is recorded.
+        let mut record = self.check_identifiers(&request, &call_id).await?;
+        // 1. Resolve. The plugin is held (an `Arc`) until the call's
+        // outcome, even if it is unloaded meanwhile.
+        let (held_plugin, held_tool) = match self.resolve(&request.tool) {
+            Ok(found) => found,
+            Err(error) => {
+                record.arguments(&request.arguments, None);
+                return Err(record.refused(error).await);
+            }
+        };
+        let (plugin, tool) = (&*held_plugin, &*held_tool);
+        record.resolved(plugin, tool);
+        record.idempotency_key(request.idempotency_key.as_deref());
+        // 2. Admit: the host's mode, rate limits.
+        let read_only = match self.admit(plugin, tool, &request.principal).await {
+            Ok(read_only) => read_only,
+            Err(error) => {
+                record.arguments(&request.arguments, None);
+                return Err(record.refused(error).await);
+            }
+        };
+        // 3. Validate arguments before anything runs.
+        let arguments =
+            match validate_arguments(tool, &request.arguments, self.config.max_argument_bytes) {
+                Ok(arguments) => arguments,
+                Err(error) => {
+                    if !matches!(error, CallError::ArgumentsTooLarge { .. }) {
+                        record.arguments(&request.arguments, None);
+                    }
+                    return Err(record.refused(error).await);
+                }
+            };
+        record.arguments(&request.arguments, Some(&arguments));
+        // 4. Idempotency: claim the key, or replay the first outcome. From
+        // here until the guest may run, leaving releases the key.
+        let mut claim = match self
+            .claim_key(&request, plugin, tool, &record, &call_id)
+            .await
+        {
+            Ok(gate::Claimed::Run(claim)) => claim,
+            Ok(gate::Claimed::Replay(replay)) => return Ok(replay),
+            Err(error) => return Err(record.refused(error).await),
+        };
+        // 5. Approval gate.
+        let approval_id = match self
+            .approval_gate(&request, plugin, tool, &record, &call_id)
+            .await
+        {
+            Ok(id) => id,
+            Err(error) => return Err(record.refused(error).await),
+        };
+        if let Some(id) = &approval_id {
+            record.approval(id);
+        }
+        // 6. Intent record: no record, no call.
+        record.started().await?;
+        // From here the guest may run: only step 11 settles the key.
+        claim.running();
+        // 7–9. Instantiate, call, validate the output.
+        let context = CallContext {
+            trace_id: request.trace_id.clone().unwrap_or_else(|| call_id.clone()),
+            call_id,
+            principal: request.principal.clone(),
+        };
+        tracing::debug!(tool = %tool.id(), call_id = %context.call_id, "calling tool");
+        let (mut result, stats) = run::run_tool(
+            self.engine,
+            PreparedCall {
+                plugin,
+                tool,
+                arguments: &arguments,
+                context,
+                workspace: self.workspace_scope(plugin, &request, read_only),
+                read_only,
+                cancel: request.cancel.as_ref(),
+            },
+        )
+        .await;
+        if let Ok(response) = &mut result {
+            response.approval_id = approval_id;
+        }
+        // 10. Outcome record.
+        record
+            .finished(&result, stats.fuel_used, stats.duration)
+            .await;
+        // 11. Complete the idempotency key.
+        claim.complete(&result);
+        result
+    }
+
+    /// Step 0: check the caller's identifiers before any of them is
+    /// recorded. A refusal's record carries only bounded, escaped, marked
+    /// forms; otherwise the call's record, to be filled by the steps.
+    async fn check_identifiers(
+        &self,
+        request: &CallRequest,
+        call_id: &str,
+    ) -> CallResult<CallRecord<'h>> {
+        if let Err(error) = identifiers::check(request) {
+            let trace_id = request
+                .trace_id
+                .as_deref()
+                .map_or_else(|| call_id.to_owned(), identifiers::trace_id_for_record);
+            let mut record = CallRecord::new(
+                self.audit,
+                call_id,
+                &trace_id,
+                &identifiers::principal_for_record(&request.principal),
+                &request.tool,
+            );
+            if request.arguments.len() <= self.config.max_argument_bytes {
+                record.arguments(&request.arguments, None);
+            }
+            return Err(record.refused(error).await);
+        }
+        let trace_id = request
+            .trace_id
+            .clone()
+            .unwrap_or_else(|| call_id.to_owned());
+        Ok(CallRecord::new(
+            self.audit,
+            call_id,
+            &trace_id,
+            &request.principal,
+            &request.tool,
+        ))
+    }
+
+    /// Step 1: resolve `plugin/tool` to a loaded plugin and an exposed tool.
+    fn resolve(&self, reference: &str) -> CallResult<(Arc<Plugin>, Arc<Tool>)> {
+        let (plugin_name, tool_name) =
+            reference
+                .split_once('/')
+                .ok_or_else(|| CallError::BadToolReference {
+                    reference: reference.to_owned(),
+                })?;
+        let plugin = self
+            .plugins
+            .get(plugin_name)
+            .ok_or_else(|| CallError::UnknownPlugin {
+                plugin: plugin_name.to_owned(),
+            })?;
+        let tool = plugin
+            .tool(tool_name)
+            .cloned()
+            .ok_or_else(|| CallError::UnknownTool {
+                plugin: plugin_name.to_owned(),
+                tool: tool_name.to_owned(),
+            })?;
+        Ok((plugin, tool))
+    }
+
+    /// The workspace a call of `plugin` may use, if it is granted one.
+    fn workspace_scope(
+        &self,
+        plugin: &Plugin,
+        request: &CallRequest,
+        read_only: bool,
+    ) -> Option<WorkspaceScope> {
+        plugin.grant().workspace.map(|access| WorkspaceScope {
+            store: self.workspace.clone(),
+            plugin: plugin.name().to_owned(),
+            owner: plugin
+                .grant()
+                .workspace_scope
+                .owner(&request.principal, request.session.as_deref()),
+            // Read-only mode stops writes at the grant, whatever the tool's
+            // declared risk.
+            writable: access == FileAccess::ReadWrite && !read_only,
+            quota: plugin.limits().workspace_quota(),
+            dirty: false,
+        })
+    }
+}
+
+/// Step 3: validate the arguments before anything runs.
+pub(crate) fn validate_arguments(
+    tool: &Tool,
+    arguments: &str,
+    max_bytes: usize,
+) -> CallResult<Value> {
+    if arguments.len() > max_bytes {
+        return Err(CallError::ArgumentsTooLarge {
+            size: arguments.len(),
+            limit: max_bytes,
+        });
+    }
+    let value: Value =
+        serde_json::from_str(arguments).map_err(|e| CallError::ArgumentsNotJson {
+            message: e.to_string(),
+        })?;
+    if !value.is_object() {
+        return Err(CallError::ArgumentsNotObject {
+            found: schema::type_name(&value),
+        });
+    }
+    let violations = schema::violations(&tool.input_validator, &value);
+    if !violations.is_empty() {
+        return Err(CallError::ArgumentsInvalid {
+            tool: tool.id(),
+            violations,
+        });
+    }
+    Ok(value)
+}
+
+/// A unique, time-ordered call id (UUID v7).
+fn new_call_id() -> String {
+    uuid::Uuid::now_v7().to_string()
+}
