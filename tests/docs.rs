@@ -22,7 +22,15 @@ fn spans(line: &str) -> Vec<&str> {
 /// Top-level directories of the repository: a span starting with one is a
 /// path.
 const TOP: &[&str] = &[
-    "host/", "sdk/", "tests/", "plugins/", "docs/", "scripts/", "wit/", "examples/", "fuzz/",
+    "host/",
+    "sdk/",
+    "tests/",
+    "plugins/",
+    "docs/",
+    "scripts/",
+    "wit/",
+    "examples/",
+    "fuzz/",
     ".ci/",
 ];
 
@@ -103,8 +111,8 @@ fn the_architecture_guide_names_only_what_exists() {
         .join("\n");
     let mut missing = Vec::new();
     for guide in GUIDES {
-        let text = std::fs::read_to_string(root.join(guide))
-            .unwrap_or_else(|e| panic!("{guide}: {e}"));
+        let text =
+            std::fs::read_to_string(root.join(guide)).unwrap_or_else(|e| panic!("{guide}: {e}"));
         let mut in_code = false;
         for (n, line) in text.lines().enumerate() {
             if line.trim_start().starts_with("```") {

@@ -87,3 +87,11 @@ impl Error {
         }
     }
 }
+
+impl Error {
+    /// The audit log's error for a failure of its store at `path`
+    /// ([`Error::Locked`] when another process holds it).
+    pub fn from_store(path: &std::path::Path, e: &airlock_store::StoreError) -> Error {
+        crate::log::store_error(path, e)
+    }
+}

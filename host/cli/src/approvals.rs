@@ -413,20 +413,16 @@ pub(crate) async fn mode(settings: &Settings, command: ModeCommand) -> Result<u8
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(0))
             .unwrap_or(0),
     };
-    airlock_host::write_mode(&settings.data_dir, &mode)?;
+    airlock_host::open_mode(&host_config(settings, Calls::Recorded))?
+        .set(&mode)
+        .map_err(airlock_host::Error::from)?;
     println!("host mode: {name} (recorded in the audit log by the next host to run a call)");
     Ok(exit::OK)
 }
 
 fn read_mode_file(settings: &Settings) -> Result<Option<Mode>, Failure> {
-    let path = settings.data_dir.join(airlock_host::MODE_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => serde_json::from_str(&text).map(Some).map_err(|e| {
-            anyhow::anyhow!("{} is not a valid mode file: {e}", path.display()).into()
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(anyhow::anyhow!("cannot read {}: {e}", path.display()).into()),
-    }
+    let store = airlock_host::open_mode(&host_config(settings, Calls::Recorded))?;
+    Ok(store.get().map_err(airlock_host::Error::from)?)
 }
 
 fn print_mode(mode: Option<&Mode>) {

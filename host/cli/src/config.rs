@@ -23,6 +23,75 @@ struct ConfigFile {
     policy: Option<airlock_host::Policy>,
     audit: Option<AuditConfig>,
     serve: Option<ServeConfig>,
+    store: Option<toml::Table>,
+}
+
+/// `[store]`: where the host keeps its state. `backend = "sled"` (the
+/// default: databases in the data directory, one host) or `"postgres"`
+/// (one database shared by any number of hosts, with the keys of
+/// `airlock_host::PostgresConfig`); `origin` names this host among them.
+/// `AIRLOCK_STORE_URL`, when set, replaces `url` (so the password need not
+/// be in a file).
+#[derive(Debug, Clone)]
+pub struct StoreSettings {
+    pub store: airlock_host::StoreConfig,
+    pub origin: String,
+}
+
+fn store_settings(
+    table: Option<toml::Table>,
+    url_override: Option<String>,
+) -> anyhow::Result<StoreSettings> {
+    let mut table = table.unwrap_or_default();
+    let backend = match table.remove("backend") {
+        None => "sled".to_owned(),
+        Some(toml::Value::String(b)) => b,
+        Some(other) => {
+            bail!("store.backend must be a string (\"sled\" or \"postgres\"), not {other}")
+        }
+    };
+    let origin = match table.remove("origin") {
+        None => airlock_host::audit_log::DEFAULT_ORIGIN.to_owned(),
+        Some(toml::Value::String(o)) => o,
+        Some(other) => bail!("store.origin must be a string, not {other}"),
+    };
+    if origin.is_empty()
+        || origin.len() > 64
+        || origin.starts_with(['.', '-'])
+        || !origin
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    {
+        bail!(
+            "invalid store.origin {origin:?}: 1-64 characters of A-Z a-z 0-9 . _ -, not starting with . or -"
+        );
+    }
+    let store = match backend.as_str() {
+        "sled" => {
+            if let Some(key) = table.keys().next() {
+                bail!(
+                    "store.{key} applies to backend = \"postgres\" only (this configuration's backend is sled)"
+                );
+            }
+            if url_override.is_some() {
+                bail!(
+                    "AIRLOCK_STORE_URL is set but the store backend is sled; set store.backend = \"postgres\" or unset it"
+                );
+            }
+            airlock_host::StoreConfig::Sled
+        }
+        "postgres" => {
+            if let Some(url) = url_override {
+                table.insert("url".to_owned(), toml::Value::String(url));
+            }
+            let config: airlock_host::PostgresConfig = toml::Value::Table(table)
+                .try_into()
+                .map_err(|e| anyhow::anyhow!("invalid [store] for postgres: {e}"))?;
+            airlock_host::StoreConfig::Postgres(config)
+        }
+        other => bail!("unknown store.backend {other:?}: \"sled\" or \"postgres\""),
+    };
+    Ok(StoreSettings { store, origin })
 }
 
 /// `[serve]`: how `airlock serve` serves MCP. Unknown keys are errors.
@@ -115,6 +184,7 @@ pub struct Settings {
     pub policy: airlock_host::Policy,
     pub audit: AuditConfig,
     pub serve: ServeConfig,
+    pub store: StoreSettings,
 }
 
 /// Overrides from flags and environment variables.
@@ -125,6 +195,8 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     pub cache_dir: Option<PathBuf>,
     pub principal: Option<String>,
+    /// `AIRLOCK_STORE_URL`: the PostgreSQL store's URL.
+    pub store_url: Option<String>,
 }
 
 fn parse(text: &str, origin: &str) -> anyhow::Result<ConfigFile> {
@@ -188,6 +260,9 @@ impl Settings {
             if file.serve.is_some() {
                 layer.serve = file.serve;
             }
+            if file.store.is_some() {
+                layer.store = file.store;
+            }
             if let Some(mut policy) = file.policy {
                 policy.files_root = policy.files_root.map(|root| resolve_relative(root, base));
                 policy.http_ca_certs = policy
@@ -242,6 +317,7 @@ impl Settings {
             policy: layer.policy.unwrap_or_default(),
             audit: check_audit(layer.audit.unwrap_or_default())?,
             serve: check_serve(layer.serve.unwrap_or_default())?,
+            store: store_settings(layer.store, overrides.store_url)?,
         })
     }
 }

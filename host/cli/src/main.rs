@@ -297,6 +297,9 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         data_dir: cli.global.data_dir,
         cache_dir: cli.global.cache_dir,
         principal,
+        store_url: std::env::var("AIRLOCK_STORE_URL")
+            .ok()
+            .filter(|url| !url.is_empty()),
     })?;
     match cli.command {
         Command::Plugins(PluginsCommand::List { json }) => plugins_list(&settings, json).await,
@@ -357,7 +360,10 @@ pub(crate) fn host_config(settings: &Settings, calls: Calls) -> HostConfig {
         config = config.max_instances_per_plugin(share);
     }
     match calls {
-        Calls::Recorded => config.data_dir(&settings.data_dir),
+        Calls::Recorded => config
+            .data_dir(&settings.data_dir)
+            .store(settings.store.store.clone())
+            .origin(settings.store.origin.clone()),
         Calls::None => config,
     }
 }

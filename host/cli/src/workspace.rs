@@ -4,7 +4,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use airlock_host::workspace::{WORKSPACE_DIR, WorkspaceStore};
+use airlock_host::workspace::{WORKSPACE_DIR, Workspace};
 use airlock_mcp::control::{
     PluginUsage, ValueRequest, WorkspaceListing, workspace_export, workspace_listing,
     workspace_plugins,
@@ -58,20 +58,24 @@ pub(crate) enum WorkspaceCommand {
     },
 }
 
-fn open(settings: &Settings, wait_ms: u64) -> anyhow::Result<WorkspaceStore> {
+fn open(settings: &Settings, wait_ms: u64) -> anyhow::Result<Workspace> {
+    let config = crate::host_config(settings, crate::Calls::Recorded);
     let dir = settings.data_dir.join(WORKSPACE_DIR);
-    if !dir.is_dir() {
+    if matches!(config.store, airlock_host::StoreConfig::Sled) && !dir.is_dir() {
         anyhow::bail!(
             "no workspace store at {} (no plugin has stored anything yet)",
             dir.display()
         );
     }
-    Ok(WorkspaceStore::open(&dir, Duration::from_millis(wait_ms))?)
+    Ok(airlock_host::open_workspace(
+        &config,
+        Duration::from_millis(wait_ms),
+    )?)
 }
 
 /// The store: opened here, or read through the server that holds it.
 enum Store {
-    Local(WorkspaceStore),
+    Local(Workspace),
     Server(Control),
 }
 

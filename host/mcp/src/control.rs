@@ -53,7 +53,7 @@ use std::time::Duration;
 
 use airlock_host::audit_log::{Checkpoint, Event, Filter, Record, VerifyFailure, VerifyReport};
 use airlock_host::ledger::ApprovalState;
-use airlock_host::workspace::{KeyOwner, KeyScope, Usage, WorkspaceError, WorkspaceStore};
+use airlock_host::workspace::{KeyOwner, KeyScope, Usage, Workspace, WorkspaceError};
 use airlock_host::{Host, Mode};
 use axum::body::{Body, Bytes};
 use axum::extract::{Path as UrlPath, Query, State};
@@ -509,7 +509,7 @@ impl ValueRequest {
     /// A bad key or ref; a store failure.
     pub fn read(
         &self,
-        store: &WorkspaceStore,
+        store: &Workspace,
         plugin: &str,
     ) -> std::result::Result<Option<Vec<u8>>, WorkspaceError> {
         if self.key.starts_with("sha256:") {
@@ -576,7 +576,7 @@ pub struct WorkspaceListing {
 ///
 /// # Errors
 /// The store's.
-pub fn workspace_plugins(store: &WorkspaceStore) -> airlock_host::Result<Vec<PluginUsage>> {
+pub fn workspace_plugins(store: &Workspace) -> airlock_host::Result<Vec<PluginUsage>> {
     Ok(store
         .plugins()?
         .into_iter()
@@ -589,7 +589,7 @@ pub fn workspace_plugins(store: &WorkspaceStore) -> airlock_host::Result<Vec<Plu
 /// # Errors
 /// The store's.
 pub fn workspace_listing(
-    store: &WorkspaceStore,
+    store: &Workspace,
     plugin: &str,
 ) -> airlock_host::Result<WorkspaceListing> {
     let keys = store
@@ -620,10 +620,7 @@ pub fn workspace_listing(
 ///
 /// # Errors
 /// What the store says, in words.
-pub fn workspace_export(
-    store: &WorkspaceStore,
-    plugin: &str,
-) -> std::result::Result<String, String> {
+pub fn workspace_export(store: &Workspace, plugin: &str) -> std::result::Result<String, String> {
     let mut text = String::new();
     for (e, value) in store.entries(plugin).map_err(|e| e.to_string())? {
         let mut line = json!({"owner": e.owner, "key": e.key});

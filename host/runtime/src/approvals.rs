@@ -8,7 +8,9 @@ use std::time::Duration;
 use airlock_audit::{AuditLog, Event};
 
 use crate::error::{Error, Result};
-use crate::ledger::{Approval, ApprovalPolicy, ApprovalState, EXPIRY, Ledger, SweepReport};
+use crate::ledger::{
+    Approval, ApprovalPolicy, ApprovalState, EXPIRY, Ledger, SweepReport, Transition,
+};
 use crate::mode::now_ms;
 use crate::pipeline::gate::bounded;
 
@@ -66,8 +68,8 @@ impl Approvals<'_> {
                 a.decision_reason = reason.map(|r| bounded(r, 1024));
             })?;
         let approval = match decided {
-            Ok(approval) => approval,
-            Err(Some(other)) => {
+            Transition::Done(approval) => approval,
+            Transition::Already(other) => {
                 return refused(format!(
                     "approval {id} is already {}{}",
                     other.state.as_str(),
@@ -77,7 +79,7 @@ impl Approvals<'_> {
                         .unwrap_or_default()
                 ));
             }
-            Err(None) => return refused(format!("no approval {id}")),
+            Transition::NotFound => return refused(format!("no approval {id}")),
         };
         let mut entry = approval_entry(Event::ApprovalDecided, &approval);
         entry.principal = Some(who.name.clone());

@@ -35,8 +35,6 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub(crate) type LoadResult<T, E = LoadError> = std::result::Result<T, E>;
 /// A `Result` with a [`CallError`].
 pub(crate) type CallResult<T, E = CallError> = std::result::Result<T, E>;
-/// A `Result` with a [`StoreError`].
-pub(crate) type StoreResult<T, E = StoreError> = std::result::Result<T, E>;
 
 /// One place where a JSON document failed a JSON Schema.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -164,44 +162,42 @@ pub enum Store {
     Ledger,
     /// The workspace store.
     Workspace,
+    /// The rate-limit buckets.
+    RateLimits,
+    /// The host mode.
+    Mode,
+    /// The backend as a whole (opening it).
+    Backend,
 }
 
-/// A store (the ledger, the workspace store) cannot be opened, or failed.
-/// What it reported is the error's source.
+/// A store (the ledger, the workspace, the rate-limit buckets, the mode)
+/// cannot be opened, or failed. What the backend reported — its
+/// [`ErrorKind`](airlock_store::ErrorKind) and its own error — is the
+/// source.
 #[derive(Debug, thiserror::Error)]
-#[error("{}", describe_store(*store, path))]
+#[error("{}", describe_store(*store))]
 pub struct StoreError {
     /// Which store.
     pub store: Store,
-    /// Its directory.
-    pub path: PathBuf,
     /// What failed.
     #[source]
-    pub source: Box<dyn std::error::Error + Send + Sync>,
+    pub source: airlock_store::StoreError,
 }
 
-fn describe_store(store: Store, path: &std::path::Path) -> String {
+fn describe_store(store: Store) -> &'static str {
     match store {
         // A call consults the ledger before its guest runs.
-        Store::Ledger => format!(
-            "call not run: the approvals and idempotency ledger at {} failed",
-            path.display()
-        ),
-        Store::Workspace => format!("workspace store at {} failed", path.display()),
+        Store::Ledger => "call not run: the approvals and idempotency ledger failed",
+        Store::Workspace => "the workspace store failed",
+        Store::RateLimits => "call not run: the rate-limit store failed",
+        Store::Mode => "call not run: the host mode cannot be read",
+        Store::Backend => "the store cannot be opened",
     }
 }
 
 impl StoreError {
-    pub(crate) fn new(
-        store: Store,
-        path: impl Into<PathBuf>,
-        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
-    ) -> StoreError {
-        StoreError {
-            store,
-            path: path.into(),
-            source: source.into(),
-        }
+    pub(crate) fn new(store: Store, source: airlock_store::StoreError) -> StoreError {
+        StoreError { store, source }
     }
 
     /// A stable, machine-readable name for this error.
@@ -209,6 +205,7 @@ impl StoreError {
         match self.store {
             Store::Ledger => "ledger_unavailable",
             Store::Workspace => "workspace",
+            Store::RateLimits | Store::Mode | Store::Backend => "store_unavailable",
         }
     }
 
@@ -220,6 +217,26 @@ impl StoreError {
     /// This error as JSON (see [`Error::to_json`]).
     pub fn to_json(&self) -> serde_json::Value {
         json(self, self.kind(), self.class(), &[])
+    }
+}
+
+/// A ledger operation failed: the pipeline and the approvals use the
+/// ledger through `?`.
+impl From<airlock_store::StoreError> for StoreError {
+    fn from(source: airlock_store::StoreError) -> StoreError {
+        StoreError::new(Store::Ledger, source)
+    }
+}
+
+impl From<airlock_store::StoreError> for CallError {
+    fn from(source: airlock_store::StoreError) -> CallError {
+        CallError::Store(source.into())
+    }
+}
+
+impl From<airlock_store::StoreError> for Error {
+    fn from(source: airlock_store::StoreError) -> Error {
+        Error::Store(source.into())
     }
 }
 
@@ -1023,13 +1040,6 @@ impl CallError {
         }
         value
     }
-
-    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> CallError {
-        CallError::Io {
-            path: path.into(),
-            source,
-        }
-    }
 }
 
 impl Error {
@@ -1140,13 +1150,14 @@ mod tests {
         let io = std::io::Error::other("disk on fire");
         let error = Error::from(CallError::from(StoreError::new(
             Store::Ledger,
-            "/data/ledger",
-            io,
+            airlock_store::StoreError::unavailable("ledger at /data/ledger", io),
         )));
         assert_eq!(error.kind(), "ledger_unavailable");
         assert_eq!(error.class(), ErrorClass::Host);
         let cause = std::error::Error::source(&error).expect("a source");
-        assert_eq!(cause.to_string(), "disk on fire");
+        assert_eq!(cause.to_string(), "ledger at /data/ledger");
+        let root = std::error::Error::source(cause).expect("the backend's error");
+        assert_eq!(root.to_string(), "disk on fire");
         let message = error.to_json()["message"].as_str().unwrap().to_owned();
         assert!(message.ends_with(": disk on fire"), "{message}");
     }

@@ -12,13 +12,14 @@ use crate::cache::CompiledCache;
 use crate::engine::{EpochTicker, InstanceAllocation, SharedEngine};
 use crate::error::{CallError, Error, LoadError, LoadResult, Result};
 use crate::grants::Policy;
-use crate::ledger::{Approval, ApprovalState, LEDGER_DIR, Ledger, SweepReport};
+use crate::ledger::{Approval, ApprovalState, Ledger, SweepReport};
 use crate::manifest::MANIFEST_FILE;
 use crate::mode::{Mode, ModeWatch};
 use crate::pipeline::{CallRequest, CallResponse, Pipeline};
 use crate::plugin::{self, Plugin, Tool};
 use crate::ratelimit::Limiter;
-use crate::workspace::{WORKSPACE_DIR, WorkspaceStore};
+use crate::stores::StoreConfig;
+use crate::workspace::Workspace;
 use serde::Serialize;
 
 /// The audit log's directory inside the data directory.
@@ -38,10 +39,18 @@ pub struct HostConfig {
     /// The operator's policy: forbidden capabilities, files root, env
     /// values, limit ceilings.
     pub policy: Policy,
-    /// Where the host keeps its state: the audit log in `audit/`, the
-    /// workspace store in `workspace/`. `None` keeps both in temporary
-    /// databases, removed with the host.
+    /// Where the host keeps its state: with the sled store, the audit log
+    /// in `audit/`, the ledger in `ledger/`, the workspace in `workspace/`,
+    /// the mode in `mode.json`; with a shared store, the host's own keys
+    /// (`audit/`). `None` keeps everything in temporary databases, removed
+    /// with the host (sled only).
     pub data_dir: Option<PathBuf>,
+    /// Which backend holds the host's state (sled by default).
+    pub store: StoreConfig,
+    /// This host's name among the hosts sharing a store: its audit chain,
+    /// and the owner of its calls' idempotency claims. Unique per host and
+    /// stable across its restarts; 1–64 characters of `[A-Za-z0-9._-]`.
+    pub origin: String,
     /// How the audit log commits, checkpoints and redacts.
     pub audit: AuditConfig,
     /// Component instances the engine's pool holds, over all plugins (calls
@@ -63,6 +72,8 @@ impl Default for HostConfig {
             max_argument_bytes: DEFAULT_MAX_ARGUMENT_BYTES,
             policy: Policy::default(),
             data_dir: None,
+            store: StoreConfig::default(),
+            origin: airlock_audit::DEFAULT_ORIGIN.to_owned(),
             audit: AuditConfig::default(),
             max_instances: crate::engine::DEFAULT_MAX_INSTANCES,
             max_instances_per_plugin: None,
@@ -86,6 +97,18 @@ impl HostConfig {
     /// Keep the host's state (the audit log) in `dir`.
     pub fn data_dir(mut self, dir: impl Into<PathBuf>) -> HostConfig {
         self.data_dir = Some(dir.into());
+        self
+    }
+
+    /// Keep the host's state in `store`.
+    pub fn store(mut self, store: StoreConfig) -> HostConfig {
+        self.store = store;
+        self
+    }
+
+    /// Name this host `origin` among the hosts sharing its store.
+    pub fn origin(mut self, origin: impl Into<String>) -> HostConfig {
+        self.origin = origin.into();
         self
     }
 
@@ -145,8 +168,10 @@ pub struct Host {
     plugins: PluginTable,
     config: HostConfig,
     audit: AuditLog,
-    workspace: WorkspaceStore,
+    workspace: Workspace,
     ledger: Ledger,
+    /// What the store is, for messages.
+    store_description: String,
     mode: ModeWatch,
     limiter: Limiter,
     /// When the ledger was last swept, ms since the Unix epoch.
@@ -244,27 +269,22 @@ impl Host {
     /// keys, or failing verification of its unsigned tail).
     pub fn new(config: HostConfig) -> Result<Host> {
         config.policy.validate()?;
-        let limiter = Limiter::new(&config.policy.rate_limits)
+        let (stores, audit) = crate::stores::open(
+            &config.store,
+            config.data_dir.as_deref(),
+            &config.origin,
+            &config.audit,
+        )?;
+        let limiter = Limiter::new(&config.policy.rate_limits, stores.limits.clone())
             .map_err(|message| Error::Config { message })?;
-        let audit = match &config.data_dir {
-            Some(dir) => AuditLog::open(dir.join(AUDIT_DIR), config.audit.clone())?,
-            None => AuditLog::temporary(config.audit.clone())?,
-        };
-        let workspace = match &config.data_dir {
-            Some(dir) => WorkspaceStore::open(
-                &dir.join(WORKSPACE_DIR),
-                std::time::Duration::from_millis(config.audit.lock_wait_ms),
-            )?,
-            None => WorkspaceStore::temporary()?,
-        };
-        let ledger = match &config.data_dir {
-            Some(dir) => Ledger::open(
-                &dir.join(LEDGER_DIR),
-                std::time::Duration::from_millis(config.audit.lock_wait_ms),
-            )?,
-            None => Ledger::temporary()?,
-        };
-        let mode = ModeWatch::new(config.data_dir.as_deref());
+        let ledger = Ledger::new(stores.ledger.clone());
+        // This host's calls of before cannot be running: their keys'
+        // outcomes are unknown, never run again.
+        for key in ledger.recover(&config.origin)? {
+            tracing::warn!(plugin = %key.plugin, tool = %key.tool, "idempotency key in flight at last shutdown: outcome unknown");
+        }
+        let workspace = Workspace::new(stores.workspace.clone());
+        let mode = ModeWatch::new(stores.mode.clone(), &config.origin);
         // No plugin may ask for more, so no pool slot needs to hold more.
         let memory_ceiling_mb = Some(
             config
@@ -297,6 +317,7 @@ impl Host {
             audit,
             workspace,
             ledger,
+            store_description: stores.description,
             mode,
             last_sweep_ms: AtomicU64::new(0),
             limiter,
@@ -546,6 +567,7 @@ impl Host {
             workspace: &self.workspace,
             mode: &self.mode,
             limiter: &self.limiter,
+            origin: &self.config.origin,
             approvals: self.approvals_parts(),
         }
     }
@@ -569,14 +591,7 @@ impl Host {
     /// [`Error::Io`] writing the mode file; [`Error::AuditUnavailable`].
     pub async fn set_mode(&self, read_only: bool, by: &str, reason: Option<&str>) -> Result<Mode> {
         self.mode
-            .set(
-                self.config.data_dir.as_deref(),
-                &self.ledger,
-                &self.audit,
-                read_only,
-                by,
-                reason,
-            )
+            .set(&self.ledger, &self.audit, read_only, by, reason)
             .await
     }
 
@@ -637,8 +652,14 @@ impl Host {
         self.approvals_parts().sweep()
     }
 
+    /// What holds the host's state (`sled at /var/lib/airlock`,
+    /// `postgres at db:5432/airlock`), for messages.
+    pub fn store_description(&self) -> &str {
+        &self.store_description
+    }
+
     /// The workspace store plugins keep their state in.
-    pub fn workspace(&self) -> &WorkspaceStore {
+    pub fn workspace(&self) -> &Workspace {
         &self.workspace
     }
 

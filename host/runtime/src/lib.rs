@@ -67,9 +67,13 @@ mod plugin;
 pub mod ratelimit;
 mod schema;
 mod state;
+mod stores;
 pub mod workspace;
 
 pub use airlock_audit as audit_log;
+pub use airlock_store as store;
+#[cfg(feature = "postgres")]
+pub use airlock_store_postgres::PostgresConfig;
 pub use cache::CacheStatus;
 pub use engine::{DEFAULT_MAX_INSTANCES, InstanceAllocation};
 pub use error::{
@@ -90,3 +94,4 @@ pub use mode::{MODE_FILE, Mode, write_mode};
 pub use pipeline::{CallRequest, CallResponse};
 pub use plugin::{Plugin, Tool, ToolInfo};
 pub use state::{LogLevel, LogLine};
+pub use stores::{StoreConfig, open_mode, open_workspace};

@@ -1,20 +1,21 @@
-//! The host's mode: the operator's read-only switch, `mode.json` in the
-//! data directory. The pipeline's admission step (step 2) asks it for the
-//! current mode; each host records every switch it sees in the audit log,
-//! once.
+//! The host's mode: the operator's read-only switch. Where it lives is the
+//! store's choice (`mode.json` in the data directory with sled, a row
+//! shared by every host with PostgreSQL); the pipeline's admission step
+//! (step 2) asks for it at every call, and each host records every switch
+//! it sees in the audit log, once.
 
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use airlock_audit::{AuditLog, Event};
-use serde::{Deserialize, Serialize};
+use airlock_store::ModeStore;
 
-use crate::error::{CallError, CallResult, Error, Result};
+use crate::error::{CallError, CallResult, Error, Result, Store, StoreError};
 use crate::ledger::Ledger;
 
-/// The mode file inside the data directory.
-pub const MODE_FILE: &str = "mode.json";
+pub use airlock_store::Mode;
+pub use airlock_store_sled::MODE_FILE;
 
 /// Milliseconds since the Unix epoch (0 before it).
 pub(crate) fn now_ms() -> u64 {
@@ -24,61 +25,44 @@ pub(crate) fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// The operator's switch (`mode.json` in the data directory): read-only
-/// refuses every tool that is not `read`. A file, so an operator can flip it
-/// while a host runs; each host records every switch it sees in the audit
-/// log, once.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Mode {
-    /// Refuse everything but `read` tools.
-    pub read_only: bool,
-    /// Unique id of this switch.
-    pub id: String,
-    /// Who switched.
-    pub by: String,
-    /// Why.
-    pub reason: Option<String>,
-    /// When, ms since the Unix epoch.
-    pub at_ms: u64,
-}
-
-/// Write `mode` to `data_dir` atomically.
+/// Write `mode` to the mode file of `data_dir` atomically (what `airlock
+/// mode` does without a running host).
 ///
 /// # Errors
-/// [`Error::Io`].
+/// [`Error::Store`].
 pub fn write_mode(data_dir: &Path, mode: &Mode) -> Result<()> {
-    let path = data_dir.join(MODE_FILE);
-    let tmp = data_dir.join(format!("{MODE_FILE}.tmp"));
-    let bytes = serde_json::to_vec_pretty(mode).map_err(|e| Error::Config {
-        message: format!("cannot encode the mode: {e}"),
-    })?;
-    std::fs::create_dir_all(data_dir).map_err(|e| Error::io(data_dir, e))?;
-    std::fs::write(&tmp, bytes)
-        .and_then(|()| std::fs::rename(&tmp, &path))
-        .map_err(|e| Error::io(&path, e))
+    airlock_store_sled::FileMode::new(data_dir)
+        .set(mode)
+        .map_err(|e| Error::Store(StoreError::new(Store::Mode, e)))
 }
 
-/// Watches the mode file; cheap enough for every call (one `stat`). A
-/// switch it sees is pending until recorded in the audit log.
+/// The mode as this host sees it: the store's, and which switch it has
+/// seen last (a new one is pending until recorded).
 #[derive(Debug)]
 pub(crate) struct ModeWatch {
-    /// The mode file; `None` for a host without a data directory.
-    path: Option<PathBuf>,
-    seen: Mutex<Option<(SystemTime, u64, Option<Mode>)>>,
-    /// Set by [`ModeWatch::set`] for hosts without a data directory.
-    memory: Mutex<Option<Mode>>,
-    /// A mode switch seen but not yet recorded.
+    store: Arc<dyn ModeStore>,
+    /// The id of the switch last seen (`None`: none yet).
+    seen: Mutex<Option<String>>,
+    /// A switch seen but not yet recorded in the audit log.
     pending: Mutex<Option<Mode>>,
+    /// The ledger meta value that says which switch this host recorded.
+    recorded_key: String,
 }
 
 impl ModeWatch {
-    pub(crate) fn new(data_dir: Option<&Path>) -> ModeWatch {
+    /// The mode kept in `store`, as host `origin` sees it.
+    pub(crate) fn new(store: Arc<dyn ModeStore>, origin: &str) -> ModeWatch {
+        // The one-host name keeps the key it always had.
+        let recorded_key = if origin == airlock_audit::DEFAULT_ORIGIN {
+            "mode_recorded".to_owned()
+        } else {
+            format!("mode_recorded/{origin}")
+        };
         ModeWatch {
-            path: data_dir.map(|d| d.join(MODE_FILE)),
+            store,
             seen: Mutex::new(None),
-            memory: Mutex::new(None),
             pending: Mutex::new(None),
+            recorded_key,
         }
     }
 
@@ -86,7 +70,6 @@ impl ModeWatch {
     /// log (see [`Host::set_mode`](crate::Host::set_mode)).
     pub(crate) async fn set(
         &self,
-        data_dir: Option<&Path>,
         ledger: &Ledger,
         audit: &AuditLog,
         read_only: bool,
@@ -100,98 +83,73 @@ impl ModeWatch {
             reason: reason.map(str::to_owned),
             at_ms: now_ms(),
         };
-        match data_dir {
-            Some(dir) => write_mode(dir, &mode)?,
-            None => {
-                if let Ok(mut m) = self.memory.lock() {
-                    *m = Some(mode.clone());
-                }
-                record_mode(ledger, audit, &mode).await?;
-            }
-        }
+        self.store
+            .set(&mode)
+            .map_err(|e| StoreError::new(Store::Mode, e))?;
         // Observe (and record) it now rather than at the next call.
         self.mode()?;
-        let _ = self.record_pending(ledger, audit).await;
+        self.record_pending(ledger, audit).await?;
         Ok(mode)
     }
 
-    /// The current mode (`None`: normal, never switched); a change since
-    /// last asked becomes pending, to be recorded.
+    /// The current mode (`None`: normal, never switched); a switch not seen
+    /// before becomes pending, to be recorded.
+    ///
+    /// # Errors
+    /// When the store cannot say: the caller fails closed.
     pub(crate) fn mode(&self) -> CallResult<Option<Mode>> {
-        let (mode, changed) = self.current()?;
-        if changed
-            && let Some(m) = &mode
-            && let Ok(mut pending) = self.pending.lock()
-        {
-            *pending = Some(m.clone());
+        let mode = self
+            .store
+            .get()
+            .map_err(|e| StoreError::new(Store::Mode, e))?;
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let id = mode.as_ref().map(|m| m.id.clone());
+        if *seen != id {
+            *seen = id;
+            if let Some(m) = &mode {
+                *self.pending.lock().unwrap_or_else(PoisonError::into_inner) = Some(m.clone());
+            }
         }
         Ok(mode)
     }
 
     /// Record the pending switch, if any, in the audit log.
     pub(crate) async fn record_pending(&self, ledger: &Ledger, audit: &AuditLog) -> CallResult<()> {
-        let pending = self.pending.lock().ok().and_then(|mut p| p.take());
-        if let Some(mode) = pending {
-            record_mode(ledger, audit, &mode).await?;
+        let pending = self
+            .pending
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(mode) = pending
+            && let Err(e) = self.record(ledger, audit, &mode).await
+        {
+            // Not recorded: try again at the next call.
+            *self.pending.lock().unwrap_or_else(PoisonError::into_inner) = Some(mode);
+            return Err(e);
         }
         Ok(())
     }
 
-    /// The current mode, and whether it changed since last asked.
-    fn current(&self) -> CallResult<(Option<Mode>, bool)> {
-        let Some(path) = &self.path else {
-            let memory = self.memory.lock().map(|m| m.clone()).unwrap_or_default();
-            return Ok((memory, false));
-        };
-        let meta = match std::fs::metadata(path) {
-            Ok(meta) => Some((meta.modified().unwrap_or(UNIX_EPOCH), meta.len())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            // Cannot tell the mode: fail closed.
-            Err(e) => return Err(CallError::io(path, e)),
-        };
-        let mut seen = self.seen.lock().map_err(|_| CallError::Config {
-            message: "mode watcher poisoned".into(),
-        })?;
-        match (&*seen, meta) {
-            (Some((t, len, mode)), Some((t2, len2))) if *t == t2 && *len == len2 => {
-                Ok((mode.clone(), false))
-            }
-            (None, None) => Ok((None, false)),
-            (_, None) => {
-                *seen = None;
-                Ok((None, true))
-            }
-            (_, Some((t, len))) => {
-                let text = std::fs::read_to_string(path).map_err(|e| CallError::io(path, e))?;
-                let mode: Mode = serde_json::from_str(&text).map_err(|e| CallError::Config {
-                    message: format!("{} is not a valid mode file: {e}", path.display()),
-                })?;
-                *seen = Some((t, len, Some(mode.clone())));
-                Ok((Some(mode), true))
-            }
+    /// Record `mode` in the audit log unless this host recorded it already.
+    async fn record(&self, ledger: &Ledger, audit: &AuditLog, mode: &Mode) -> CallResult<()> {
+        let recorded = ledger.meta(&self.recorded_key)?;
+        if recorded.as_deref() == Some(mode.id.as_str()) {
+            return Ok(());
         }
+        let mut entry = airlock_audit::Entry::new(Event::ModeChanged);
+        entry.principal = Some(mode.by.clone());
+        entry.decision = Some(
+            if mode.read_only {
+                "read_only"
+            } else {
+                "normal"
+            }
+            .to_owned(),
+        );
+        entry.reason = mode.reason.clone();
+        crate::audit::append(audit, entry, airlock_audit::Durability::Flushed)
+            .await
+            .map_err(CallError::AuditUnavailable)?;
+        Ok(ledger.set_meta(&self.recorded_key, &mode.id)?)
     }
-}
-
-/// Record `mode` in the audit log unless this host's ledger says it was.
-async fn record_mode(ledger: &Ledger, audit: &AuditLog, mode: &Mode) -> CallResult<()> {
-    let recorded = ledger.meta("mode_recorded")?;
-    if recorded.as_deref() == Some(mode.id.as_str()) {
-        return Ok(());
-    }
-    let mut entry = airlock_audit::Entry::new(Event::ModeChanged);
-    entry.principal = Some(mode.by.clone());
-    entry.decision = Some(
-        if mode.read_only {
-            "read_only"
-        } else {
-            "normal"
-        }
-        .to_owned(),
-    );
-    entry.reason = mode.reason.clone();
-    crate::audit::append(audit, entry, airlock_audit::Durability::Flushed)
-        .await
-        .map_err(CallError::AuditUnavailable)?;
-    Ok(ledger.set_meta("mode_recorded", &mode.id)?)
 }

@@ -3,47 +3,18 @@
 //! A limit is written `N/unit` (`10/min`, `5/s`, `1000/hour`): a bucket of
 //! `N` tokens refilled continuously at `N` per unit. A call takes one token
 //! from every bucket that applies, or none (it is refused with the time until
-//! the emptiest bucket has a token again). Buckets live in the host's memory:
-//! a restart refills them.
+//! the emptiest bucket has a token again). Buckets live in the host's store
+//! (`airlock_store::RateLimitStore`): in memory for one host on sled (a
+//! restart refills them), in the database for hosts sharing PostgreSQL.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
+use airlock_store::{RateLimitStore, StoreError};
 use serde::{Deserialize, Serialize};
 
-/// A parsed `N/unit` rate.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Rate {
-    /// Tokens per period (also the burst).
-    pub count: u32,
-    /// The period.
-    pub per: Duration,
-}
-
-impl Rate {
-    /// Parse `N/s`, `N/sec`, `N/second`, `N/m`, `N/min`, `N/minute`, `N/h`,
-    /// `N/hour`, `N/day`.
-    ///
-    /// # Errors
-    /// A message saying what is wrong.
-    pub fn parse(text: &str) -> Result<Rate, String> {
-        let bad = || format!("invalid rate {text:?}: write N/unit, e.g. 10/min, 5/s, 1000/hour");
-        let (count, unit) = text.split_once('/').ok_or_else(bad)?;
-        let count: u32 = count.trim().parse().map_err(|_| bad())?;
-        if count == 0 {
-            return Err(format!("invalid rate {text:?}: N must be at least 1"));
-        }
-        let per = match unit.trim() {
-            "s" | "sec" | "second" => Duration::from_secs(1),
-            "m" | "min" | "minute" => Duration::from_secs(60),
-            "h" | "hour" => Duration::from_secs(3600),
-            "d" | "day" => Duration::from_secs(86_400),
-            _ => return Err(bad()),
-        };
-        Ok(Rate { count, per })
-    }
-}
+pub use airlock_store::Rate;
 
 /// The operator's rate limits (`[policy.rate_limits]`).
 ///
@@ -132,39 +103,44 @@ impl Rates {
     }
 }
 
-#[derive(Debug)]
-struct Bucket {
-    tokens: f64,
-    updated: Instant,
-}
-
 /// Every bucket of a host, with the policy's rates.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Limiter {
     rates: Rates,
-    buckets: Mutex<HashMap<String, Bucket>>,
+    buckets: Arc<dyn RateLimitStore>,
 }
 
+/// A call refused by a limit: which, and how long until it has a token.
+pub(crate) type Refusal = (String, Duration);
+
 impl Limiter {
-    /// A limiter for `policy` (already validated).
-    pub(crate) fn new(policy: &RateLimitPolicy) -> Result<Limiter, String> {
+    /// A limiter for `policy` (already validated) over `buckets`.
+    pub(crate) fn new(
+        policy: &RateLimitPolicy,
+        buckets: Arc<dyn RateLimitStore>,
+    ) -> Result<Limiter, String> {
         Ok(Limiter {
             rates: Rates::new(policy)?,
-            buckets: Mutex::default(),
+            buckets,
         })
     }
 
     /// Admit one call of `tool` (with the manifest's `tool_rate`) of `plugin`
-    /// by `principal`, or say which limit refused it and when to retry.
+    /// by `principal` at `now_ms`, or say which limit refused it and when to
+    /// retry.
+    ///
+    /// # Errors
+    /// The store's, when it cannot say (the caller fails closed).
     pub(crate) fn admit(
         &self,
         plugin: &str,
         tool: &str,
         tool_rate: Option<Rate>,
         principal: &str,
-    ) -> Result<(), (String, Duration)> {
+        now_ms: u64,
+    ) -> Result<Option<Refusal>, StoreError> {
         if tool_rate.is_none() && self.rates.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let rates = &self.rates;
         let limits: Vec<(String, Rate)> = [
@@ -186,43 +162,10 @@ impl Limiter {
         .into_iter()
         .flatten()
         .collect();
-        self.take(&limits)
-    }
-
-    /// Take one token from each `(scope, rate)`, all or none. `Err(scope,
-    /// wait)`: the first exhausted scope and how long until it refills.
-    pub(crate) fn take(&self, limits: &[(String, Rate)]) -> Result<(), (String, Duration)> {
         if limits.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
-        let now = Instant::now();
-        let Ok(mut buckets) = self.buckets.lock() else {
-            return Err(("host".into(), Duration::from_secs(1)));
-        };
-        let mut refusal: Option<(String, Duration)> = None;
-        for (scope, rate) in limits {
-            let per_token = rate.per.as_secs_f64() / f64::from(rate.count);
-            let bucket = buckets.entry(scope.clone()).or_insert(Bucket {
-                tokens: f64::from(rate.count),
-                updated: now,
-            });
-            let elapsed = now.duration_since(bucket.updated).as_secs_f64();
-            bucket.tokens = (bucket.tokens + elapsed / per_token).min(f64::from(rate.count));
-            bucket.updated = now;
-            if bucket.tokens < 1.0 && refusal.is_none() {
-                let wait = Duration::from_secs_f64((1.0 - bucket.tokens) * per_token);
-                refusal = Some((scope.clone(), wait));
-            }
-        }
-        if let Some(refusal) = refusal {
-            return Err(refusal);
-        }
-        for (scope, _) in limits {
-            if let Some(bucket) = buckets.get_mut(scope) {
-                bucket.tokens -= 1.0;
-            }
-        }
-        Ok(())
+        self.buckets.take(&limits, now_ms)
     }
 }
 
@@ -246,21 +189,25 @@ mod tests {
     }
 
     #[test]
-    fn buckets_take_all_or_nothing_and_say_when_to_retry() {
-        let limiter = Limiter::default();
-        let two = Rate::parse("2/hour").unwrap();
-        let five = Rate::parse("5/hour").unwrap();
-        let both = vec![("tool".to_owned(), two), ("principal".to_owned(), five)];
-        limiter.take(&both).unwrap();
-        limiter.take(&both).unwrap();
-        let (scope, wait) = limiter.take(&both).unwrap_err();
-        assert_eq!(scope, "tool");
-        assert!(wait > Duration::from_secs(60));
-        // The refused call took nothing from the principal's bucket.
-        let principal_only = vec![("principal".to_owned(), five)];
-        for _ in 0..3 {
-            limiter.take(&principal_only).unwrap();
-        }
-        assert!(limiter.take(&principal_only).is_err());
+    fn every_limit_that_applies_is_a_bucket_of_its_own() {
+        let policy = RateLimitPolicy {
+            principal: Some("3/hour".into()),
+            plugins: BTreeMap::from([("billing".into(), "1/hour".into())]),
+            ..RateLimitPolicy::default()
+        };
+        let limiter =
+            Limiter::new(&policy, Arc::new(airlock_store::MemoryBuckets::default())).unwrap();
+        let admit = |plugin, principal| {
+            limiter
+                .admit(plugin, "t", None, principal, 1_000)
+                .unwrap()
+                .map(|(scope, _)| scope)
+        };
+        assert_eq!(admit("billing", "a"), None);
+        assert_eq!(admit("billing", "a").as_deref(), Some("plugin billing"));
+        assert_eq!(admit("notes", "a"), None);
+        assert_eq!(admit("notes", "a"), None);
+        assert_eq!(admit("notes", "a").as_deref(), Some("principal a"));
+        assert_eq!(admit("notes", "b"), None);
     }
 }

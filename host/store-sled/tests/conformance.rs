@@ -127,3 +127,16 @@ fn the_layout_is_the_one_airlock_always_wrote() {
         "the marker is cleared"
     );
 }
+
+/// A store in layout 1 (keys scoped by caller-named sessions) is refused,
+/// not read with other isolation.
+#[test]
+fn a_workspace_in_the_old_layout_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::Config::new().path(dir.path()).open().unwrap();
+    let tree = db.open_tree("workspace").unwrap();
+    tree.insert(b"kp\0\0k", b"v".to_vec()).unwrap();
+    let err = SledWorkspace::new(dir.path(), db).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Incompatible);
+    assert!(err.to_string().contains("layout 1"), "{err}");
+}

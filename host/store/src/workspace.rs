@@ -572,3 +572,93 @@ fn parse_ref(reference: &str) -> Result<[u8; 32], WorkspaceError> {
     hex::decode_to_slice(hex_part, &mut hash).map_err(|_| invalid())?;
     Ok(hash)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const Q: Quota = Quota {
+        max_keys: 3,
+        max_bytes: 1000,
+        max_blobs: 2,
+    };
+    const P: &KeyOwner = &KeyOwner::Plugin;
+
+    fn store() -> Workspace {
+        Workspace::new(Arc::new(crate::MemoryStore::new()))
+    }
+
+    fn session(principal: &str, session: &str) -> KeyOwner {
+        KeyScope::Session.owner(principal, Some(session))
+    }
+
+    #[test]
+    fn keys_are_scoped_by_plugin_and_owner() {
+        let s = store();
+        let alice_s1 = session("alice", "s1");
+        s.set("a", P, "k", b"plugin a", Q).unwrap();
+        s.set("a", &alice_s1, "k", b"session 1", Q).unwrap();
+        assert_eq!(s.get("a", P, "k").unwrap().unwrap(), b"plugin a");
+        assert_eq!(s.get("a", &alice_s1, "k").unwrap().unwrap(), b"session 1");
+        assert_eq!(s.get("a", &session("alice", "s2"), "k").unwrap(), None);
+        // Another principal naming the same session reaches other keys.
+        assert_eq!(s.get("a", &session("mallory", "s1"), "k").unwrap(), None);
+        let no_session = KeyScope::Session.owner("alice", None);
+        assert_eq!(s.get("a", &no_session, "k").unwrap(), None);
+        assert_eq!(
+            s.get("a", &KeyOwner::Principal("alice".into()), "k")
+                .unwrap(),
+            None
+        );
+        assert_eq!(s.get("b", P, "k").unwrap(), None);
+    }
+
+    #[test]
+    fn a_principal_with_a_separator_cannot_forge_another_owner() {
+        let s = store();
+        let forged = KeyOwner::Session {
+            principal: "alice\u{1f}s1".into(),
+            session: String::new(),
+        };
+        assert!(matches!(
+            s.set("a", &forged, "k", b"x", Q),
+            Err(WorkspaceError::Invalid(_))
+        ));
+        // And the encoding tells every owner apart.
+        for owner in [
+            KeyOwner::Plugin,
+            KeyOwner::Principal("alice".into()),
+            session("alice", "s1"),
+            session("alice", ""),
+        ] {
+            assert_eq!(KeyOwner::decode(&owner.encode()), Some(owner));
+        }
+    }
+
+    #[test]
+    fn oversized_values_and_bad_refs_are_invalid() {
+        let s = store();
+        let big = vec![0u8; MAX_VALUE_BYTES + 1];
+        assert!(matches!(
+            s.set("a", P, "k", &big, Q),
+            Err(WorkspaceError::Invalid(_))
+        ));
+        assert!(matches!(
+            s.put_blob("a", &big, Q),
+            Err(WorkspaceError::Invalid(_))
+        ));
+        let long = "k".repeat(MAX_KEY_BYTES + 1);
+        assert!(matches!(
+            s.get("a", P, &long),
+            Err(WorkspaceError::Invalid(_))
+        ));
+        assert!(matches!(
+            s.list_keys("a", P, &long, None, 10),
+            Err(WorkspaceError::Invalid(_))
+        ));
+        assert!(matches!(
+            s.get_blob("a", "md5:00"),
+            Err(WorkspaceError::Invalid(_))
+        ));
+    }
+}

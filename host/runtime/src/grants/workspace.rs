@@ -9,7 +9,7 @@ use wasmtime::component::{HasSelf, Linker};
 use super::EffectiveGrant;
 use crate::bindings::airlock::plugin::workspace as wit;
 use crate::state::CallState;
-use crate::workspace::{KeyOwner, Quota, WorkspaceError, WorkspaceStore};
+use crate::workspace::{KeyOwner, Quota, Workspace, WorkspaceError};
 
 pub(super) fn link(linker: &mut Linker<CallState>, grant: &EffectiveGrant) -> wasmtime::Result<()> {
     if grant.workspace.is_some() {
@@ -21,7 +21,7 @@ pub(super) fn link(linker: &mut Linker<CallState>, grant: &EffectiveGrant) -> wa
 /// One call's view of the workspace.
 #[derive(Debug)]
 pub(crate) struct WorkspaceScope {
-    pub(crate) store: WorkspaceStore,
+    pub(crate) store: Workspace,
     pub(crate) plugin: String,
     pub(crate) owner: KeyOwner,
     pub(crate) writable: bool,
@@ -36,7 +36,15 @@ impl From<WorkspaceError> for wit::WorkspaceError {
             WorkspaceError::ReadOnly => wit::WorkspaceError::ReadOnly,
             WorkspaceError::QuotaExceeded(m) => wit::WorkspaceError::QuotaExceeded(m),
             WorkspaceError::Invalid(m) => wit::WorkspaceError::Invalid(m),
-            WorkspaceError::Unavailable(m) => wit::WorkspaceError::Unavailable(m),
+            // The guest learns that the store failed, not where it lives
+            // or why (the host logs that).
+            WorkspaceError::Unavailable(e) => {
+                tracing::error!(error = %e.chain(), "workspace store failed");
+                wit::WorkspaceError::Unavailable(format!(
+                    "the workspace store is unavailable ({})",
+                    e.kind()
+                ))
+            }
         }
     }
 }
@@ -47,7 +55,10 @@ impl CallState {
     fn scope(&mut self) -> Result<&mut WorkspaceScope, WorkspaceError> {
         // Only while listing tools at load time is there no call scope.
         self.workspace.as_mut().ok_or_else(|| {
-            WorkspaceError::Unavailable("the workspace is not available while listing tools".into())
+            WorkspaceError::Unavailable(airlock_store::StoreError::new(
+                airlock_store::ErrorKind::Unavailable,
+                "the workspace is not available while listing tools",
+            ))
         })
     }
 

@@ -9,8 +9,10 @@ use airlock_audit::Event;
 
 use crate::approvals::expiry_reason;
 use crate::audit::CallRecord;
-use crate::error::{ApprovalRefusal, CallError, CallResult};
-use crate::ledger::{Approval, ApprovalState, Claim, EXPIRY, IdempotencyState, Ledger};
+use crate::error::{ApprovalRefusal, CallError, CallResult, Store, StoreError};
+use crate::ledger::{
+    Approval, ApprovalState, Claim, EXPIRY, IdempotencyState, KeyRef, Ledger, Transition,
+};
 use crate::manifest::Risk;
 use crate::mode::now_ms;
 use crate::plugin::{Plugin, Tool};
@@ -47,16 +49,9 @@ pub(crate) enum Claimed<'h> {
 #[must_use = "dropping the claim releases the idempotency key"]
 pub(crate) struct KeyClaim<'h> {
     ledger: &'h Ledger,
-    /// Principal, plugin, tool and key; `None` for a call without a key.
-    held: Option<HeldKey>,
+    /// The key; `None` for a call without one.
+    held: Option<KeyRef>,
     running: bool,
-}
-
-struct HeldKey {
-    principal: String,
-    plugin: String,
-    tool: String,
-    key: String,
 }
 
 impl<'h> KeyClaim<'h> {
@@ -68,21 +63,10 @@ impl<'h> KeyClaim<'h> {
         }
     }
 
-    fn held(
-        ledger: &'h Ledger,
-        request: &CallRequest,
-        plugin: &Plugin,
-        tool: &Tool,
-        key: &str,
-    ) -> KeyClaim<'h> {
+    fn held(ledger: &'h Ledger, key: KeyRef) -> KeyClaim<'h> {
         KeyClaim {
             ledger,
-            held: Some(HeldKey {
-                principal: request.principal.clone(),
-                plugin: plugin.name().to_owned(),
-                tool: tool.name().to_owned(),
-                key: key.to_owned(),
-            }),
+            held: Some(key),
             running: false,
         }
     }
@@ -97,47 +81,31 @@ impl<'h> KeyClaim<'h> {
     /// call never got to run, or mark its outcome unknown when it was
     /// stopped after it started).
     pub(crate) fn complete(mut self, result: &CallResult<CallResponse>) {
-        let Some(HeldKey {
-            principal,
-            plugin: p,
-            tool: t,
-            key,
-        }) = self.held.take()
-        else {
+        let Some(key) = self.held.take() else {
             return;
         };
         let ledger = self.ledger;
         let stored = match result {
-            Ok(response) => ledger.complete(&principal, &p, &t, &key, Ok(response.output.clone())),
+            Ok(response) => ledger.complete(&key, Ok(response.output.clone())),
             Err(
                 CallError::PluginBusy { .. }
                 | CallError::HostBusy { .. }
                 | CallError::Cancelled { ran: false, .. },
-            ) => ledger.release(&principal, &p, &t, &key),
+            ) => ledger.release(&key),
             // The tool said it failed: a definite outcome, replayed.
-            Err(e @ CallError::Tool { .. }) => ledger.complete(
-                &principal,
-                &p,
-                &t,
-                &key,
-                Err((e.kind().to_owned(), e.to_string())),
-            ),
+            Err(e @ CallError::Tool { .. }) => {
+                ledger.complete(&key, Err((e.kind().to_owned(), e.to_string())))
+            }
             // Stopped mid-run (cancelled, deadline, fuel, trap) or its result
             // refused after it ran: whatever it did may have happened. Not a
             // failure to retry under a new key, nor a call to run again.
-            Err(e) if effects_unknown(e) => ledger.mark_unknown(&principal, &p, &t, &key),
-            Err(e) => ledger.complete(
-                &principal,
-                &p,
-                &t,
-                &key,
-                Err((e.kind().to_owned(), e.to_string())),
-            ),
+            Err(e) if effects_unknown(e) => ledger.mark_unknown(&key),
+            Err(e) => ledger.complete(&key, Err((e.kind().to_owned(), e.to_string()))),
         };
         if let Err(e) = stored {
             // The key stays in flight and reads as "outcome unknown" after a
             // restart: never a second execution.
-            tracing::error!(error = %e, key = %key, "cannot store an idempotency outcome");
+            tracing::error!(error = %e.chain(), key = %key.key, "cannot store an idempotency outcome");
         }
     }
 }
@@ -148,12 +116,10 @@ impl Drop for KeyClaim<'_> {
         if self.running {
             return;
         }
-        if let Some(held) = self.held.take()
-            && let Err(e) =
-                self.ledger
-                    .release(&held.principal, &held.plugin, &held.tool, &held.key)
+        if let Some(key) = self.held.take()
+            && let Err(e) = self.ledger.release(&key)
         {
-            tracing::error!(error = %e, key = %held.key, "cannot release an idempotency key");
+            tracing::error!(error = %e.chain(), key = %key.key, "cannot release an idempotency key");
         }
     }
 }
@@ -181,12 +147,22 @@ impl<'h> Pipeline<'h> {
                 reason: mode.reason,
             });
         }
-        self.limiter
-            .admit(plugin.name(), &tool.id(), tool.rate_limit(), principal)
-            .map_err(|(scope, wait)| CallError::RateLimited {
+        let refusal = self
+            .limiter
+            .admit(
+                plugin.name(),
+                &tool.id(),
+                tool.rate_limit(),
+                principal,
+                now_ms(),
+            )
+            .map_err(|e| StoreError::new(Store::RateLimits, e))?;
+        if let Some((scope, wait)) = refusal {
+            return Err(CallError::RateLimited {
                 scope,
                 retry_after_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1),
-            })?;
+            });
+        }
         Ok(read_only)
     }
 
@@ -219,33 +195,23 @@ impl<'h> Pipeline<'h> {
             });
         }
         let retention = Duration::from_secs(self.config.policy.approvals.idempotency_retention_s);
+        let key_ref = KeyRef::new(&request.principal, plugin.name(), tool.name(), key);
         let claim = self.ledger.claim(
-            &request.principal,
-            plugin.name(),
-            tool.name(),
-            key,
+            &key_ref,
             record.args_digest(),
-            call_id,
+            (call_id, self.origin),
             now_ms(),
             retention,
         )?;
         let entry = match claim {
-            Claim::Claimed => {
-                return Ok(Claimed::Run(KeyClaim::held(
-                    self.ledger,
-                    request,
-                    plugin,
-                    tool,
-                    key,
-                )));
-            }
+            Claim::Claimed => return Ok(Claimed::Run(KeyClaim::held(self.ledger, key_ref))),
             Claim::Existing(entry) => entry,
         };
         if entry.args_digest != record.args_digest() {
             return Err(CallError::IdempotencyMismatch { key: key.clone() });
         }
         match entry.state {
-            IdempotencyState::InFlight { call_id } => Err(CallError::IdempotencyInUse {
+            IdempotencyState::InFlight { call_id, .. } => Err(CallError::IdempotencyInUse {
                 key: key.clone(),
                 call_id,
             }),
@@ -402,12 +368,14 @@ impl<'h> Pipeline<'h> {
                                 a.consumed_by_call = Some(call_id.to_owned());
                             })?;
                     return match consumed {
-                        Ok(_) => Ok(Some(id)),
-                        Err(_) => Err(CallError::ApprovalRefused {
-                            approval_id: id,
-                            reason: "already used by another call".into(),
-                            why: ApprovalRefusal::Consumed,
-                        }),
+                        Transition::Done(_) => Ok(Some(id)),
+                        Transition::Already(_) | Transition::NotFound => {
+                            Err(CallError::ApprovalRefused {
+                                approval_id: id,
+                                reason: "already used by another call".into(),
+                                why: ApprovalRefusal::Consumed,
+                            })
+                        }
                     };
                 }
                 ApprovalState::Pending => {
@@ -540,15 +508,16 @@ pub(crate) fn bounded(text: &str, max: usize) -> String {
 mod tests {
     use super::*;
 
+    fn key() -> KeyRef {
+        KeyRef::new("p", "plug", "tool", "k")
+    }
+
     fn claim(ledger: &Ledger) -> Claim {
         ledger
             .claim(
-                "p",
-                "plug",
-                "tool",
-                "k",
+                &key(),
                 "digest",
-                "call-1",
+                ("call-1", "local"),
                 now_ms(),
                 Duration::from_secs(60),
             )
@@ -556,21 +525,16 @@ mod tests {
     }
 
     fn guard(ledger: &Ledger) -> KeyClaim<'_> {
-        KeyClaim {
-            ledger,
-            held: Some(HeldKey {
-                principal: "p".into(),
-                plugin: "plug".into(),
-                tool: "tool".into(),
-                key: "k".into(),
-            }),
-            running: false,
-        }
+        KeyClaim::held(ledger, key())
+    }
+
+    fn temporary() -> Ledger {
+        Ledger::new(std::sync::Arc::new(airlock_store::MemoryStore::new()))
     }
 
     #[test]
     fn a_claim_dropped_before_the_guest_may_run_frees_the_key() {
-        let ledger = Ledger::temporary().unwrap();
+        let ledger = temporary();
         assert!(matches!(claim(&ledger), Claim::Claimed));
         drop(guard(&ledger));
         assert!(matches!(claim(&ledger), Claim::Claimed));
@@ -578,7 +542,7 @@ mod tests {
 
     #[test]
     fn a_claim_dropped_while_the_guest_may_run_keeps_the_key_in_flight() {
-        let ledger = Ledger::temporary().unwrap();
+        let ledger = temporary();
         assert!(matches!(claim(&ledger), Claim::Claimed));
         let mut held = guard(&ledger);
         held.running();

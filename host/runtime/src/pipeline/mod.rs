@@ -44,7 +44,7 @@ use crate::mode::ModeWatch;
 use crate::plugin::{Plugin, Tool};
 use crate::ratelimit::Limiter;
 use crate::schema;
-use crate::workspace::WorkspaceStore;
+use crate::workspace::Workspace;
 
 pub(crate) use gate::MAX_IDEMPOTENCY_KEY_BYTES;
 pub use request::{CallRequest, CallResponse};
@@ -57,9 +57,12 @@ pub(crate) struct Pipeline<'h> {
     pub(crate) plugins: &'h PluginTable,
     pub(crate) audit: &'h AuditLog,
     pub(crate) ledger: &'h Ledger,
-    pub(crate) workspace: &'h WorkspaceStore,
+    pub(crate) workspace: &'h Workspace,
     pub(crate) mode: &'h ModeWatch,
     pub(crate) limiter: &'h Limiter,
+    /// This host's name in shared stores (its audit chain, its calls'
+    /// idempotency claims).
+    pub(crate) origin: &'h str,
     pub(crate) approvals: Approvals<'h>,
 }
 

@@ -162,7 +162,15 @@ async fn run_tool_inner(
     if let Some(scope) = &store.data().workspace
         && scope.dirty
     {
-        scope.store.flush_async().await?;
+        // On the blocking pool: an fsync must not stall the executor.
+        let workspace = scope.store.clone();
+        tokio::task::spawn_blocking(move || workspace.flush())
+            .await
+            .map_err(|e| {
+                airlock_store::StoreError::unavailable("the workspace flush did not finish", e)
+            })
+            .and_then(|flushed| flushed)
+            .map_err(|e| crate::error::StoreError::new(crate::error::Store::Workspace, e))?;
     }
 
     let Some(outcome) = outcome else {

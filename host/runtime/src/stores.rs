@@ -1,0 +1,199 @@
+//! Where a host keeps its state: opening the stores of the backend its
+//! [`StoreConfig`] names, and the audit log over them.
+//!
+//! | backend | audit chain | ledger, workspace | rate limits | mode |
+//! | --- | --- | --- | --- | --- |
+//! | sled, data directory | `audit/db` | `ledger/`, `workspace/` | host memory | `mode.json` |
+//! | sled, no data directory | temporary | memory | host memory | memory |
+//! | PostgreSQL | one chain per host (its origin) | shared | shared | shared |
+//!
+//! The signing and redaction keys are the host's own, in `<data dir>/audit`
+//! whatever the backend.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use airlock_audit::{AuditConfig, AuditLog, DB_DIR};
+use airlock_store::{MemoryBuckets, Stores};
+use airlock_store_sled::{FileMode, SledAudit, SledAuditOptions, SledLedger, SledWorkspace};
+
+use crate::error::{Error, Result, Store, StoreError};
+use crate::host::AUDIT_DIR;
+use crate::ledger::LEDGER_DIR;
+use crate::workspace::{WORKSPACE_DIR, Workspace};
+
+/// Which backend holds a host's state.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub enum StoreConfig {
+    /// sled databases in the data directory (temporary ones without it):
+    /// one host, no server. The default.
+    #[default]
+    Sled,
+    /// One PostgreSQL database shared by any number of hosts. Needs a data
+    /// directory for the host's own keys.
+    #[cfg(feature = "postgres")]
+    Postgres(airlock_store_postgres::PostgresConfig),
+    /// Stores an embedder opened itself. Needs a data directory for the
+    /// host's own keys.
+    Custom(Stores),
+}
+
+impl StoreConfig {
+    /// The backend's name, as in `[store] backend`.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            StoreConfig::Sled => "sled",
+            #[cfg(feature = "postgres")]
+            StoreConfig::Postgres(_) => "postgres",
+            StoreConfig::Custom(_) => "custom",
+        }
+    }
+}
+
+fn backend_error(e: airlock_store::StoreError) -> Error {
+    Error::Store(StoreError::new(Store::Backend, e))
+}
+
+/// Open the stores `config` names and the audit log of `origin` over them.
+pub(crate) fn open(
+    config: &StoreConfig,
+    data_dir: Option<&Path>,
+    origin: &str,
+    audit: &AuditConfig,
+) -> Result<(Stores, AuditLog)> {
+    let lock_wait = Duration::from_millis(audit.lock_wait_ms);
+    let shared = |stores: Stores| -> Result<(Stores, AuditLog)> {
+        let Some(dir) = data_dir else {
+            return Err(Error::Config {
+                message: format!(
+                    "a host on the {} store needs a data directory: its audit signing and redaction keys are its own",
+                    config.backend()
+                ),
+            });
+        };
+        let log = AuditLog::with_store(
+            stores.audit.clone(),
+            origin,
+            dir.join(AUDIT_DIR),
+            audit.clone(),
+        )?;
+        Ok((stores, log))
+    };
+    match (config, data_dir) {
+        (StoreConfig::Sled, Some(dir)) => {
+            let audit_dir = dir.join(AUDIT_DIR);
+            std::fs::create_dir_all(&audit_dir).map_err(|e| Error::io(&audit_dir, e))?;
+            let chain = Arc::new(
+                SledAudit::open(
+                    &audit_dir.join(DB_DIR),
+                    origin,
+                    &SledAuditOptions {
+                        flush_every_ms: Some(audit.group_commit_ms.max(1)),
+                        lock_wait,
+                    },
+                )
+                .map_err(|e| Error::Audit(airlock_audit::Error::from_store(&audit_dir, &e)))?,
+            );
+            let log = AuditLog::with_store(chain.clone(), origin, &audit_dir, audit.clone())?;
+            let ledger_dir = dir.join(LEDGER_DIR);
+            let workspace_dir = dir.join(WORKSPACE_DIR);
+            for d in [&ledger_dir, &workspace_dir] {
+                std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+            }
+            let ledger_db = airlock_store_sled::open::open(
+                &sled::Config::new().path(&ledger_dir),
+                lock_wait,
+                &format!("the ledger at {}", ledger_dir.display()),
+            )
+            .map_err(|e| StoreError::new(Store::Ledger, e))?;
+            let workspace_db = airlock_store_sled::open::open(
+                &sled::Config::new()
+                    .path(&workspace_dir)
+                    .flush_every_ms(Some(200)),
+                lock_wait,
+                &format!("the workspace at {}", workspace_dir.display()),
+            )
+            .map_err(|e| StoreError::new(Store::Workspace, e))?;
+            let stores = Stores {
+                description: format!("sled at {}", dir.display()),
+                audit: chain,
+                ledger: Arc::new(
+                    SledLedger::new(&ledger_dir, ledger_db)
+                        .map_err(|e| StoreError::new(Store::Ledger, e))?,
+                ),
+                workspace: Arc::new(
+                    SledWorkspace::new(&workspace_dir, workspace_db)
+                        .map_err(|e| StoreError::new(Store::Workspace, e))?,
+                ),
+                limits: Arc::new(MemoryBuckets::default()),
+                mode: Arc::new(FileMode::new(dir)),
+            };
+            Ok((stores, log))
+        }
+        (StoreConfig::Sled, None) => {
+            let log = AuditLog::temporary(audit.clone())?;
+            Ok((Stores::memory(), log))
+        }
+        #[cfg(feature = "postgres")]
+        (StoreConfig::Postgres(postgres), _) => {
+            shared(airlock_store_postgres::open(postgres).map_err(backend_error)?)
+        }
+        (StoreConfig::Custom(stores), _) => shared(stores.clone()),
+    }
+}
+
+/// The workspace of the store `config` names, without a host — what an
+/// operator's `airlock workspace` reads. With sled, waits up to
+/// `lock_wait` for another process to release it.
+///
+/// # Errors
+/// [`Error::Store`] (of kind `Locked` when another process holds a sled
+/// store), [`Error::Config`] for a shared store without a data directory.
+pub fn open_workspace(config: &crate::HostConfig, lock_wait: Duration) -> Result<Workspace> {
+    match (&config.store, &config.data_dir) {
+        (StoreConfig::Sled, Some(dir)) => {
+            let dir = dir.join(WORKSPACE_DIR);
+            let db = airlock_store_sled::open::open(
+                &sled::Config::new().path(&dir),
+                lock_wait,
+                &format!("the workspace at {}", dir.display()),
+            )
+            .map_err(|e| StoreError::new(Store::Workspace, e))?;
+            let store =
+                SledWorkspace::new(&dir, db).map_err(|e| StoreError::new(Store::Workspace, e))?;
+            Ok(Workspace::new(Arc::new(store)))
+        }
+        (StoreConfig::Sled, None) => Err(Error::Config {
+            message: "a temporary store has no workspace to read".to_owned(),
+        }),
+        #[cfg(feature = "postgres")]
+        (StoreConfig::Postgres(postgres), _) => Ok(Workspace::new(
+            airlock_store_postgres::open(postgres)
+                .map_err(backend_error)?
+                .workspace,
+        )),
+        (StoreConfig::Custom(stores), _) => Ok(Workspace::new(stores.workspace.clone())),
+    }
+}
+
+/// The mode of the store `config` names, without a host — what `airlock
+/// mode` reads and switches when no server runs. Every host sharing the
+/// store sees a switch at its next call and records it in its audit log.
+///
+/// # Errors
+/// [`Error::Store`]; [`Error::Config`] for a temporary store.
+pub fn open_mode(config: &crate::HostConfig) -> Result<Arc<dyn airlock_store::ModeStore>> {
+    match (&config.store, &config.data_dir) {
+        (StoreConfig::Sled, Some(dir)) => Ok(Arc::new(FileMode::new(dir))),
+        (StoreConfig::Sled, None) => Err(Error::Config {
+            message: "a temporary store has no mode to switch".to_owned(),
+        }),
+        #[cfg(feature = "postgres")]
+        (StoreConfig::Postgres(postgres), _) => Ok(airlock_store_postgres::open(postgres)
+            .map_err(backend_error)?
+            .mode),
+        (StoreConfig::Custom(stores), _) => Ok(stores.mode.clone()),
+    }
+}
