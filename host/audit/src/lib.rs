@@ -14,6 +14,11 @@
 //! verify an export with it alone ([`verify_export`]), and the format is
 //! specified in `docs/audit-log.md` for verifiers in other languages.
 //!
+//! Two small helpers every Airlock crate above this one shares live here
+//! because this is the one they all depend on: [`text`] cuts text to a byte
+//! bound on a character boundary, [`token`] checks a bearer token against
+//! its configured SHA-256 in constant time.
+//!
 //! # Example
 //! ```
 //! use airlock_audit::{AuditConfig, AuditLog, Durability, Entry, Event};
@@ -47,6 +52,8 @@ mod log;
 mod record;
 mod redact;
 pub mod sled_open;
+pub mod text;
+pub mod token;
 mod verify;
 
 pub use checkpoint::{CHECKPOINT_DOMAIN, Checkpoint};

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use airlock_audit::text;
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -460,7 +461,7 @@ fn reconcile(
         if !valid_tool_name(&d.name) {
             return Err(invalid(format!(
                 "tool name {:?} is not lowercase letters, digits, `-` and `_` (starting with a letter, at most 64 bytes, no `__`)",
-                truncate(&d.name, 80)
+                text::prefix(&d.name, 80)
             )));
         }
         if exported.contains_key(&d.name) {
@@ -499,7 +500,7 @@ fn reconcile(
             d.name.clone(),
             Arc::new(Tool {
                 plugin: plugin.clone(),
-                description: truncate(&d.description, MAX_DESCRIPTION_BYTES).to_owned(),
+                description: text::prefix(&d.description, MAX_DESCRIPTION_BYTES).to_owned(),
                 name: d.name,
                 risk_overridden: overridden.is_some(),
                 risk: overridden.unwrap_or(declared.risk),
@@ -531,17 +532,6 @@ pub(crate) fn valid_tool_name(name: &str) -> bool {
             .iter()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-' || *b == b'_')
         && !name.contains("__")
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut cut = max;
-    while !s.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    &s[..cut]
 }
 
 #[cfg(test)]

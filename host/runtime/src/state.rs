@@ -2,6 +2,7 @@
 
 use std::time::Instant;
 
+use airlock_audit::text;
 use serde::Serialize;
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Store};
@@ -78,13 +79,8 @@ impl LogSink {
             self.dropped = self.dropped.saturating_add(1);
             return;
         }
-        if message.len() > limits::MAX_LOG_LINE_BYTES {
-            let mut cut = limits::MAX_LOG_LINE_BYTES;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-            message.push_str("…[truncated]");
+        if text::truncate(&mut message, limits::MAX_LOG_LINE_BYTES) {
+            message.push_str(text::TRUNCATED_MARK);
         }
         if self.bytes + message.len() > self.max_bytes {
             self.dropped = self.dropped.saturating_add(1);
