@@ -458,7 +458,7 @@ fn reconcile(
     }
     let mut exported = BTreeMap::new();
     for d in descriptors {
-        if !valid_tool_name(&d.name) {
+        if !airlock_names::is_valid_tool_name(&d.name) {
             return Err(invalid(format!(
                 "tool name {:?} is not lowercase letters, digits, `-` and `_` (starting with a letter, at most 64 bytes, no `__`)",
                 text::prefix(&d.name, 80)
@@ -523,17 +523,6 @@ fn reconcile(
     Ok((tools, undeclared))
 }
 
-pub(crate) fn valid_tool_name(name: &str) -> bool {
-    let bytes = name.as_bytes();
-    !bytes.is_empty()
-        && bytes.len() <= 64
-        && bytes[0].is_ascii_lowercase()
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-' || *b == b'_')
-        && !name.contains("__")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -547,15 +536,5 @@ mod tests {
                 .contains("core WebAssembly module")
         );
         check_header(b"\0asm\x0d\0\x01\0").unwrap();
-    }
-
-    #[test]
-    fn tool_names() {
-        for ok in ["stats", "regex-extract", "a_b", "x1"] {
-            assert!(valid_tool_name(ok), "{ok}");
-        }
-        for bad in ["", "Stats", "1x", "a__b", "a/b", "a b", &"a".repeat(65)] {
-            assert!(!valid_tool_name(bad), "{bad}");
-        }
     }
 }
