@@ -52,8 +52,8 @@ use crate::state::CallState;
 ///
 /// Each line makes a [`Capability`] variant (its serde name is the variant
 /// in snake case, which must match the manifest key), declares the module
-/// and ties the variant to the module's [`Factor`]. The order is the order of [`Capability::ALL`], of `inspect`'s
-/// capability list and of linking.
+/// and ties the variant to the module's [`Factor`]. The order is the order
+/// of [`Capability::ALL`], of `inspect`'s capability list and of linking.
 macro_rules! capabilities {
     ($($(#[$doc:meta])* $variant:ident => $module:ident::$factor:ident,)*) => {
         $(mod $module;)*
