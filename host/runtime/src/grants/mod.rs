@@ -108,7 +108,7 @@ capabilities! {
 /// Each capability is a unit struct in its own module implementing this
 /// trait, registered by one line in `capabilities!` above. No item has a
 /// default, so a capability missing a part does not compile.
-pub(crate) trait Factor: Sync {
+pub(crate) trait Factor {
     /// The manifest key that declares it (`capabilities.log`). A further
     /// key of the same capability starts with this one and `_`
     /// (`capabilities.workspace_scope`).
