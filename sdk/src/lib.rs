@@ -489,14 +489,9 @@ pub mod __private {
         tools.iter().map(|t| t.descriptor()).collect()
     }
 
-    /// Whether `name` is a valid tool name (see the WIT `tool-descriptor`).
-    pub fn is_valid_tool_name(name: &str) -> bool {
-        let mut chars = name.chars();
-        name.len() <= 64
-            && chars.next().is_some_and(|c| c.is_ascii_lowercase())
-            && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
-            && !name.contains("__")
-    }
+    /// Whether `name` is a valid tool name (see the WIT `tool-descriptor`):
+    /// the host's own rule.
+    pub use airlock_names::is_valid_tool_name;
 
     /// Check the registrations the way the host checks them at load time:
     /// valid and unique names, a description, and input schemas whose root

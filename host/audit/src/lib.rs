@@ -20,6 +20,11 @@
 //! verify an export with it alone ([`verify_export`]), and the format is
 //! specified in `docs/audit-log.md` for verifiers in other languages.
 //!
+//! Two small helpers every Airlock crate above this one shares live here
+//! because this is the one they all depend on: [`text`] cuts text to a byte
+//! bound on a character boundary, [`token`] checks a bearer token against
+//! its configured SHA-256 in constant time.
+//!
 //! # Example
 //! ```
 //! use airlock_audit::{AuditConfig, AuditLog, Durability, Entry, Event};
@@ -53,6 +58,8 @@ mod log;
 mod origins;
 mod record;
 mod redact;
+pub mod text;
+pub mod token;
 mod verify;
 
 /// Opening a sled database another process may hold (in

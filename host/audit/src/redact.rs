@@ -505,15 +505,8 @@ fn luhn(s: &str) -> bool {
 /// boundary; returns the text and whether it was cut.
 pub fn capped_json(value: &Value, max: usize) -> (String, bool) {
     let mut text = canonical::to_string(value);
-    if text.len() <= max {
-        return (text, false);
-    }
-    let mut cut = max;
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    text.truncate(cut);
-    (text, true)
+    let cut = crate::text::truncate(&mut text, max);
+    (text, cut)
 }
 
 #[cfg(test)]

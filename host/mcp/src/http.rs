@@ -54,7 +54,6 @@ use rmcp::transport::streamable_http_server::session::local::LocalSessionManager
 use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 use serde::Deserialize;
 use serde_json::json;
-use sha2::{Digest, Sha256};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -265,21 +264,11 @@ struct Callers {
 
 impl Callers {
     fn principal(&self, token: &str) -> Option<String> {
-        let digest = hex::encode(Sha256::digest(token.as_bytes()));
         self.tokens
             .iter()
-            .find(|t| {
-                constant_time_eq(
-                    t.token_sha256.to_ascii_lowercase().as_bytes(),
-                    digest.as_bytes(),
-                )
-            })
+            .find(|t| airlock_audit::token::matches_sha256(token, &t.token_sha256))
             .map(|t| t.principal.clone())
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// The whole HTTP application: `/mcp` for callers, `/approvals` for
@@ -837,6 +826,8 @@ pub fn default_addr() -> SocketAddr {
 
 #[cfg(test)]
 mod tests {
+    use sha2::{Digest, Sha256};
+
     use super::*;
 
     #[test]

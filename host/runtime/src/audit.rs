@@ -284,12 +284,5 @@ pub(crate) fn canonical_digest(value: &Value) -> String {
 }
 
 fn bounded(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_owned();
-    }
-    let mut cut = max;
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    format!("{}…[truncated]", &text[..cut])
+    airlock_audit::text::bounded(text, max).into_owned()
 }

@@ -69,12 +69,9 @@ pub(crate) fn trace_id_for_record(text: &str) -> String {
 /// A bounded, escaped and marked form of an invalid identifier: its first
 /// bytes with control and non-ASCII characters escaped, and its length.
 pub(crate) fn marked(text: &str) -> String {
-    let mut cut = text.len().min(MARKED_PREFIX_BYTES);
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    let prefix: String = text[..cut].chars().flat_map(char::escape_default).collect();
-    let more = if cut < text.len() { "…" } else { "" };
+    let kept = airlock_audit::text::prefix(text, MARKED_PREFIX_BYTES);
+    let prefix: String = kept.chars().flat_map(char::escape_default).collect();
+    let more = if kept.len() < text.len() { "…" } else { "" };
     format!("[invalid, {} bytes] {prefix}{more}", text.len())
 }
 

@@ -104,22 +104,11 @@ impl InspectReport {
     }
 }
 
-/// The interfaces whose behaviour a capability controls.
-fn affected(capability: Capability) -> &'static [&'static str] {
-    match capability {
-        Capability::Log => &["airlock:plugin/log"],
-        Capability::Clocks => &["wasi:clocks/monotonic-clock", "wasi:clocks/wall-clock"],
-        Capability::Random => &[
-            "wasi:random/random",
-            "wasi:random/insecure",
-            "wasi:random/insecure-seed",
-        ],
-        Capability::Stdio => &["wasi:cli/stdout", "wasi:cli/stderr"],
-        Capability::Env => &["wasi:cli/environment"],
-        Capability::Files => &["wasi:filesystem/preopens"],
-        Capability::Workspace => &["airlock:plugin/workspace"],
-        Capability::Http => &["wasi:http/outgoing-handler", "wasi:http/types"],
-    }
+/// Whether `interface` (versioned) is one whose presence or behaviour
+/// `capability` controls.
+fn affected(capability: Capability, interface: &str) -> bool {
+    let name = unversioned(interface);
+    capability.interfaces().any(|i| i == name)
 }
 
 fn unversioned(name: &str) -> &str {
@@ -185,7 +174,7 @@ impl Host {
                         "baseline",
                         Capability::ALL
                             .into_iter()
-                            .find(|c| affected(*c).contains(&unversioned(interface))),
+                            .find(|c| affected(*c, interface)),
                     ),
                     ImportClass::Gated(c) if effective.has(c) => ("granted", Some(c)),
                     ImportClass::Gated(c) => ("not_granted", Some(c)),
@@ -226,19 +215,8 @@ impl Host {
         let capabilities: Vec<CapabilityReport> = Capability::ALL
             .into_iter()
             .map(|capability| {
-                let declared = match capability {
-                    Capability::Log => caps.log,
-                    Capability::Clocks => caps.clocks,
-                    Capability::Random => caps.random,
-                    Capability::Stdio => caps.stdio,
-                    Capability::Env => !caps.env.is_empty(),
-                    Capability::Files => !caps.files.is_empty(),
-                    Capability::Workspace => caps.workspace.is_some(),
-                    Capability::Http => !caps.http.is_empty(),
-                };
-                let imported = import_names
-                    .iter()
-                    .any(|i| affected(capability).contains(&unversioned(i)));
+                let declared = capability.declared(caps);
+                let imported = import_names.iter().any(|i| affected(capability, i));
                 CapabilityReport {
                     capability,
                     key: capability.manifest_key(),

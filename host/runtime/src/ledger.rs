@@ -72,18 +72,8 @@ pub struct Approver {
 impl ApprovalPolicy {
     /// The approver `name` if `token` is theirs.
     pub fn authenticate(&self, name: &str, token: &str) -> Option<&Approver> {
-        use sha2::{Digest, Sha256};
-        let digest = hex::encode(Sha256::digest(token.as_bytes()));
         self.approvers.iter().find(|a| {
-            a.name == name
-                && constant_time_eq(
-                    a.token_sha256.to_ascii_lowercase().as_bytes(),
-                    digest.as_bytes(),
-                )
+            a.name == name && airlock_audit::token::matches_sha256(token, &a.token_sha256)
         })
     }
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use airlock_audit::text;
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -458,10 +459,10 @@ fn reconcile(
     }
     let mut exported = BTreeMap::new();
     for d in descriptors {
-        if !valid_tool_name(&d.name) {
+        if !airlock_names::is_valid_tool_name(&d.name) {
             return Err(invalid(format!(
                 "tool name {:?} is not lowercase letters, digits, `-` and `_` (starting with a letter, at most 64 bytes, no `__`)",
-                truncate(&d.name, 80)
+                text::prefix(&d.name, 80)
             )));
         }
         if exported.contains_key(&d.name) {
@@ -500,7 +501,7 @@ fn reconcile(
             d.name.clone(),
             Arc::new(Tool {
                 plugin: plugin.clone(),
-                description: truncate(&d.description, MAX_DESCRIPTION_BYTES).to_owned(),
+                description: text::prefix(&d.description, MAX_DESCRIPTION_BYTES).to_owned(),
                 name: d.name,
                 risk_overridden: overridden.is_some(),
                 risk: overridden.unwrap_or(declared.risk),
@@ -523,28 +524,6 @@ fn reconcile(
     Ok((tools, undeclared))
 }
 
-pub(crate) fn valid_tool_name(name: &str) -> bool {
-    let bytes = name.as_bytes();
-    !bytes.is_empty()
-        && bytes.len() <= 64
-        && bytes[0].is_ascii_lowercase()
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-' || *b == b'_')
-        && !name.contains("__")
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut cut = max;
-    while !s.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    &s[..cut]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -558,15 +537,5 @@ mod tests {
                 .contains("core WebAssembly module")
         );
         check_header(b"\0asm\x0d\0\x01\0").unwrap();
-    }
-
-    #[test]
-    fn tool_names() {
-        for ok in ["stats", "regex-extract", "a_b", "x1"] {
-            assert!(valid_tool_name(ok), "{ok}");
-        }
-        for bad in ["", "Stats", "1x", "a__b", "a/b", "a b", &"a".repeat(65)] {
-            assert!(!valid_tool_name(bad), "{bad}");
-        }
     }
 }

@@ -2,6 +2,7 @@
 
 use std::time::Instant;
 
+use airlock_audit::text;
 use serde::Serialize;
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Store};
@@ -9,8 +10,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use crate::bindings::airlock::plugin::log as wit_log;
-use crate::grants::{self, EffectiveGrant, HttpHooks};
+use crate::grants::{self, CallSetup, EffectiveGrant, HttpHooks};
 use crate::limits::{self, Limits};
 
 /// Severity of a guest log line.
@@ -79,13 +79,8 @@ impl LogSink {
             self.dropped = self.dropped.saturating_add(1);
             return;
         }
-        if message.len() > limits::MAX_LOG_LINE_BYTES {
-            let mut cut = limits::MAX_LOG_LINE_BYTES;
-            while !message.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            message.truncate(cut);
-            message.push_str("…[truncated]");
+        if text::truncate(&mut message, limits::MAX_LOG_LINE_BYTES) {
+            message.push_str(text::TRUNCATED_MARK);
         }
         if self.bytes + message.len() > self.max_bytes {
             self.dropped = self.dropped.saturating_add(1);
@@ -232,9 +227,18 @@ impl CallState {
         let stderr = MemoryOutputPipe::new(limits::MAX_STDERR_BYTES);
         let mut builder = WasiCtx::builder();
         builder.stdout(stdout.clone()).stderr(stderr.clone());
-        grants::configure(&mut builder, grant, read_only)?;
-        let wasi = builder.build();
         let deadline = Instant::now() + limits.timeout();
+        let mut http_hooks = HttpHooks::new(None, deadline, read_only);
+        grants::configure(
+            &mut CallSetup {
+                wasi: &mut builder,
+                http_hooks: &mut http_hooks,
+                read_only,
+                deadline,
+            },
+            grant,
+        )?;
+        let wasi = builder.build();
         let state = CallState {
             wasi,
             table: {
@@ -249,7 +253,7 @@ impl CallState {
             workspace,
             deadline,
             http: WasiHttpCtx::new(),
-            http_hooks: HttpHooks::new(grant.http.as_ref(), deadline, read_only),
+            http_hooks,
             _epoch: epoch,
         };
         let mut store = Store::new(engine, state);
@@ -293,19 +297,6 @@ impl WasiHttpView for CallState {
 /// `types` has no functions; the world imports it only for its type
 /// definitions.
 impl crate::bindings::airlock::plugin::types::Host for CallState {}
-
-impl wit_log::Host for CallState {
-    fn log(&mut self, level: wit_log::Level, message: String) {
-        let level = match level {
-            wit_log::Level::Trace => LogLevel::Trace,
-            wit_log::Level::Debug => LogLevel::Debug,
-            wit_log::Level::Info => LogLevel::Info,
-            wit_log::Level::Warn => LogLevel::Warn,
-            wit_log::Level::Error => LogLevel::Error,
-        };
-        self.log.push(level, message);
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -5,24 +5,69 @@
 use std::time::Duration;
 
 use wasmtime::component::Linker;
+use wasmtime_wasi::HostWallClock;
 use wasmtime_wasi::clocks::{WasiClocks, WasiClocksView as _};
 use wasmtime_wasi::p2::bindings::clocks;
-use wasmtime_wasi::{HostWallClock, WasiCtxBuilder};
 
-use super::EffectiveGrant;
+use super::{CallSetup, EffectiveGrant, Factor, Policy, Resolve};
+use crate::error::LoadResult as Result;
+use crate::manifest::Capabilities;
 use crate::state::CallState;
 
-pub(super) fn link(linker: &mut Linker<CallState>, grant: &EffectiveGrant) -> wasmtime::Result<()> {
-    clocks::wall_clock::add_to_linker::<_, WasiClocks>(linker, CallState::clocks)?;
-    if grant.clocks {
-        clocks::monotonic_clock::add_to_linker::<_, WasiClocks>(linker, CallState::clocks)?;
-    }
-    Ok(())
-}
+/// The `clocks` capability.
+pub(super) struct Clocks;
 
-pub(super) fn configure(builder: &mut WasiCtxBuilder, grant: &EffectiveGrant) {
-    if !grant.clocks {
-        builder.wall_clock(FrozenClock);
+impl Factor for Clocks {
+    fn manifest_key(&self) -> &'static str {
+        "capabilities.clocks"
+    }
+
+    fn grant_example(&self) -> &'static str {
+        "capabilities.clocks = true"
+    }
+
+    fn gated(&self) -> &'static [&'static str] {
+        &["wasi:clocks/monotonic-clock"]
+    }
+
+    fn shaped(&self) -> &'static [&'static str] {
+        &["wasi:clocks/wall-clock"]
+    }
+
+    fn declared(&self, caps: &Capabilities) -> bool {
+        caps.clocks
+    }
+
+    fn check_policy(&self, _: &Policy) -> Result<()> {
+        Ok(())
+    }
+
+    fn resolve(&self, cx: &Resolve<'_>, grant: &mut EffectiveGrant) -> Result<()> {
+        grant.clocks = cx.caps.clocks;
+        Ok(())
+    }
+
+    fn granted(&self, grant: &EffectiveGrant) -> bool {
+        grant.clocks
+    }
+
+    fn write_capable(&self, _: &EffectiveGrant) -> Option<&'static str> {
+        None
+    }
+
+    fn link(&self, linker: &mut Linker<CallState>, grant: &EffectiveGrant) -> wasmtime::Result<()> {
+        clocks::wall_clock::add_to_linker::<_, WasiClocks>(linker, CallState::clocks)?;
+        if grant.clocks {
+            clocks::monotonic_clock::add_to_linker::<_, WasiClocks>(linker, CallState::clocks)?;
+        }
+        Ok(())
+    }
+
+    fn configure(&self, call: &mut CallSetup<'_>, grant: &EffectiveGrant) -> wasmtime::Result<()> {
+        if !grant.clocks {
+            call.wasi.wall_clock(FrozenClock);
+        }
+        Ok(())
     }
 }
 

@@ -39,11 +39,88 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Serialize;
-use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+use wasmtime::component::Linker;
+use wasmtime_wasi::FsPerms;
+use wasmtime_wasi::filesystem::{WasiFilesystem, WasiFilesystemView as _};
+use wasmtime_wasi::p2::bindings::filesystem;
 
-use super::{EffectiveGrant, Policy};
+use super::{CallSetup, EffectiveGrant, Factor, Policy, Resolve};
 use crate::error::{LoadError as Error, LoadResult as Result};
-use crate::manifest::{FileAccess, FileGrant};
+use crate::manifest::{Capabilities, FileAccess, FileGrant};
+use crate::state::CallState;
+
+/// The manifest key.
+const KEY: &str = "capabilities.files";
+
+/// The `files` capability.
+pub(super) struct Files;
+
+impl Factor for Files {
+    fn manifest_key(&self) -> &'static str {
+        KEY
+    }
+
+    fn grant_example(&self) -> &'static str {
+        "capabilities.files = [{ host = \"dir\", guest = \"/dir\", access = \"read-only\" }]"
+    }
+
+    fn gated(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    fn shaped(&self) -> &'static [&'static str] {
+        &["wasi:filesystem/preopens"]
+    }
+
+    fn declared(&self, caps: &Capabilities) -> bool {
+        !caps.files.is_empty()
+    }
+
+    fn check_policy(&self, _: &Policy) -> Result<()> {
+        // `files_root` is checked when a grant is resolved against it.
+        Ok(())
+    }
+
+    fn resolve(&self, cx: &Resolve<'_>, grant: &mut EffectiveGrant) -> Result<()> {
+        grant.files = resolve(cx.plugin, &cx.caps.files, cx.policy, cx.plugin_dir)?;
+        Ok(())
+    }
+
+    fn granted(&self, grant: &EffectiveGrant) -> bool {
+        !grant.files.is_empty()
+    }
+
+    fn write_capable(&self, grant: &EffectiveGrant) -> Option<&'static str> {
+        grant
+            .files
+            .iter()
+            .any(|f| f.access == FileAccess::ReadWrite)
+            .then_some("files read-write")
+    }
+
+    fn link(&self, linker: &mut Linker<CallState>, _: &EffectiveGrant) -> wasmtime::Result<()> {
+        filesystem::preopens::add_to_linker::<_, WasiFilesystem>(linker, CallState::filesystem)
+    }
+
+    /// Preopen every granted directory, read-only in read-only mode.
+    fn configure(&self, call: &mut CallSetup<'_>, grant: &EffectiveGrant) -> wasmtime::Result<()> {
+        for files in &grant.files {
+            let perms = match files.access {
+                FileAccess::ReadWrite if !call.read_only => FsPerms::ReadWrite,
+                FileAccess::ReadOnly | FileAccess::ReadWrite => FsPerms::ReadOnly,
+            };
+            #[cfg(target_os = "linux")]
+            call.wasi
+                .preopened_dir(files.reopen_path(), &files.guest, perms)?;
+            #[cfg(not(target_os = "linux"))]
+            {
+                let _ = perms;
+                wasmtime::bail!("files grants need Linux");
+            }
+        }
+        Ok(())
+    }
+}
 
 /// A `files` grant with its host directory resolved and opened.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -87,7 +164,7 @@ impl ResolvedFiles {
     }
 }
 
-pub(super) fn resolve(
+fn resolve(
     plugin: &str,
     grants: &[FileGrant],
     policy: &Policy,
@@ -95,7 +172,7 @@ pub(super) fn resolve(
 ) -> Result<Vec<ResolvedFiles>> {
     let deny = |reason: String| Error::CapabilityDenied {
         plugin: plugin.to_owned(),
-        capability: "capabilities.files".to_owned(),
+        capability: KEY.to_owned(),
         reason,
     };
     let root = policy.files_root.as_deref().unwrap_or(plugin_dir);
@@ -226,7 +303,7 @@ pub(crate) fn check_overlaps<'a>(
 ) -> Result<()> {
     let deny = |reason: String| Error::CapabilityDenied {
         plugin: plugin.to_owned(),
-        capability: "capabilities.files".to_owned(),
+        capability: KEY.to_owned(),
         reason,
     };
     for files in grants {
@@ -265,26 +342,6 @@ pub(crate) fn check_overlaps<'a>(
     Ok(())
 }
 
-pub(super) fn configure(
-    builder: &mut WasiCtxBuilder,
-    grant: &EffectiveGrant,
-    read_only: bool,
-) -> wasmtime::Result<()> {
-    for files in &grant.files {
-        let perms = match files.access {
-            FileAccess::ReadWrite if !read_only => FsPerms::ReadWrite,
-            FileAccess::ReadOnly | FileAccess::ReadWrite => FsPerms::ReadOnly,
-        };
-        #[cfg(target_os = "linux")]
-        builder.preopened_dir(files.reopen_path(), &files.guest, perms)?;
-        #[cfg(not(target_os = "linux"))]
-        {
-            let _ = (builder, perms);
-            wasmtime::bail!("files grants need Linux");
-        }
-    }
-    Ok(())
-}
 
 #[cfg(test)]
 mod tests {

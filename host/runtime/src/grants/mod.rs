@@ -21,100 +21,203 @@
 //!   that serve rather than send requests are never linked. Network access
 //!   exists only as `http`, through its origin and address checks.
 //!
-//! Each capability lives in its own module owning both its linking and its
-//! checks.
-
-mod clocks;
-mod env;
-mod files;
-mod http;
-mod log;
-mod random;
-mod stdio;
-mod workspace;
+//! Each capability lives in its own module, one [`Factor`] owning its
+//! manifest key, its policy, the interfaces it grants, their linking and
+//! its part of a call's store. To add one: write `grants/<name>.rs` with a
+//! unit struct implementing [`Factor`] and add its line to `capabilities!`
+//! below; the data it reads and writes are its manifest field
+//! (`manifest::Capabilities`, and the manifest schema: a test checks the
+//! two agree) and its fields of [`EffectiveGrant`].
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use wasmtime::Engine;
-use wasmtime::component::{HasData, Linker, ResourceTable};
+use wasmtime::component::{HasData, HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::WasiCtxBuilder;
 
+pub(crate) use self::http::HttpHooks;
+pub use self::http::{HttpGrant, HttpScheme, IpRange, Origin, OriginHost};
 pub use files::ResolvedFiles;
 pub(crate) use files::{Protected as ProtectedPaths, check_overlaps as check_files_overlaps};
-pub(crate) use http::HttpHooks;
-pub use http::{HttpGrant, HttpScheme, IpRange, Origin, OriginHost};
 pub(crate) use workspace::WorkspaceScope;
 
 use crate::error::{LoadError as Error, LoadResult as Result};
-use crate::manifest::Manifest;
+use crate::manifest::{Capabilities, Manifest};
 use crate::state::CallState;
 
-/// A capability a manifest can declare and a policy can forbid.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Capability {
+/// The registry: every capability, once, with the module implementing it.
+///
+/// Each line makes a [`Capability`] variant (its serde name is the variant
+/// in snake case, which must match the manifest key), declares the module
+/// and ties the variant to the module's [`Factor`]. The order is the order
+/// of [`Capability::ALL`], of `inspect`'s capability list and of linking.
+macro_rules! capabilities {
+    ($($(#[$doc:meta])* $variant:ident => $module:ident::$factor:ident,)*) => {
+        $(mod $module;)*
+
+        /// A capability a manifest can declare and a policy can forbid.
+        #[derive(
+            Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+        )]
+        #[serde(rename_all = "snake_case")]
+        pub enum Capability {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl Capability {
+            /// Every capability.
+            pub const ALL: [Capability; [$(Capability::$variant),*].len()] =
+                [$(Capability::$variant),*];
+
+            /// The implementation of this capability.
+            pub(crate) fn factor(self) -> &'static dyn Factor {
+                match self {
+                    $(Capability::$variant => &$module::$factor,)*
+                }
+            }
+        }
+    };
+}
+
+capabilities! {
     /// `capabilities.log`
-    Log,
+    Log => log::Log,
     /// `capabilities.clocks`
-    Clocks,
+    Clocks => clocks::Clocks,
     /// `capabilities.random`
-    Random,
+    Random => random::Random,
     /// `capabilities.stdio`
-    Stdio,
+    Stdio => stdio::Stdio,
     /// `capabilities.env`
-    Env,
+    Env => env::Env,
     /// `capabilities.files`
-    Files,
+    Files => files::Files,
     /// `capabilities.workspace`
-    Workspace,
+    Workspace => workspace::Workspace,
     /// `capabilities.http`
-    Http,
+    Http => http::Http,
+}
+
+/// One capability, whole (after Spin's factors): its manifest key, its
+/// operator settings and what the policy lets through, the interfaces it
+/// grants, how they are linked, and what a call's store holds for it.
+///
+/// Each capability is a unit struct in its own module implementing this
+/// trait, registered by one line in `capabilities!` above. No item has a
+/// default, so a capability missing a part does not compile.
+pub(crate) trait Factor {
+    /// The manifest key that declares it (`capabilities.log`). A further
+    /// key of the same capability starts with this one and `_`
+    /// (`capabilities.workspace_scope`).
+    fn manifest_key(&self) -> &'static str;
+
+    /// How a manifest grants it, for messages.
+    fn grant_example(&self) -> &'static str;
+
+    /// Interfaces (unversioned) that confer authority by existing: linked
+    /// only when granted, and a component importing one without the grant
+    /// fails to load.
+    fn gated(&self) -> &'static [&'static str];
+
+    /// Baseline interfaces (unversioned, always linked) whose behaviour the
+    /// grant shapes: what the guest sees through them is what it is granted.
+    fn shaped(&self) -> &'static [&'static str];
+
+    /// Whether the manifest declares it.
+    fn declared(&self, caps: &Capabilities) -> bool;
+
+    /// Check its operator settings (part of [`Policy::validate`]).
+    ///
+    /// # Errors
+    /// [`Error::Config`] naming the setting.
+    fn check_policy(&self, policy: &Policy) -> Result<()>;
+
+    /// Write its part of the effective grant: what the manifest declares,
+    /// narrowed by the policy. Called for every capability, declared or
+    /// not, once none is forbidden.
+    ///
+    /// # Errors
+    /// [`Error::CapabilityDenied`] when the policy does not allow what the
+    /// manifest asks.
+    fn resolve(&self, manifest: &Resolve<'_>, grant: &mut EffectiveGrant) -> Result<()>;
+
+    /// Whether `grant` holds it.
+    fn granted(&self, grant: &EffectiveGrant) -> bool;
+
+    /// How a call could change something through it (`"files read-write"`),
+    /// `None` when it can only read. Read-only mode narrows exactly these.
+    fn write_capable(&self, grant: &EffectiveGrant) -> Option<&'static str>;
+
+    /// Link its interfaces: the shaped ones always, the gated ones only when
+    /// granted.
+    fn link(&self, linker: &mut Linker<CallState>, grant: &EffectiveGrant) -> wasmtime::Result<()>;
+
+    /// Set up its part of one call's store.
+    fn configure(&self, call: &mut CallSetup<'_>, grant: &EffectiveGrant) -> wasmtime::Result<()>;
+}
+
+/// What [`Factor::resolve`] works from.
+pub(crate) struct Resolve<'a> {
+    /// The plugin's name, for errors.
+    pub(crate) plugin: &'a str,
+    /// The manifest's `[capabilities]`.
+    pub(crate) caps: &'a Capabilities,
+    /// The operator's policy.
+    pub(crate) policy: &'a Policy,
+    /// The directory the manifest was loaded from.
+    pub(crate) plugin_dir: &'a Path,
+}
+
+/// What [`Factor::configure`] sets up for one call, before its store is
+/// made. State a capability keeps for the call is a field here and in
+/// [`CallState`].
+pub(crate) struct CallSetup<'a> {
+    /// The call's WASI context.
+    pub(crate) wasi: &'a mut WasiCtxBuilder,
+    /// The call's `wasi:http` sender.
+    pub(crate) http_hooks: &'a mut HttpHooks,
+    /// The host's read-only mode (and listing tools): every write-capable
+    /// grant is narrowed to reading.
+    pub(crate) read_only: bool,
+    /// When the call must be over.
+    pub(crate) deadline: Instant,
 }
 
 impl Capability {
     /// The manifest key that declares this capability.
     pub fn manifest_key(self) -> &'static str {
-        match self {
-            Capability::Log => "capabilities.log",
-            Capability::Clocks => "capabilities.clocks",
-            Capability::Random => "capabilities.random",
-            Capability::Stdio => "capabilities.stdio",
-            Capability::Env => "capabilities.env",
-            Capability::Files => "capabilities.files",
-            Capability::Workspace => "capabilities.workspace",
-            Capability::Http => "capabilities.http",
-        }
+        self.factor().manifest_key()
     }
 
     /// How a manifest grants this capability, for messages.
     pub fn grant_example(self) -> &'static str {
-        match self {
-            Capability::Log => "capabilities.log = true",
-            Capability::Clocks => "capabilities.clocks = true",
-            Capability::Random => "capabilities.random = true",
-            Capability::Stdio => "capabilities.stdio = true",
-            Capability::Env => "capabilities.env = [\"NAME\"]",
-            Capability::Files => {
-                "capabilities.files = [{ host = \"dir\", guest = \"/dir\", access = \"read-only\" }]"
-            }
-            Capability::Workspace => "capabilities.workspace = \"read-only\"",
-            Capability::Http => "capabilities.http = [\"https://api.example.com\"]",
-        }
+        self.factor().grant_example()
     }
 
-    /// Every capability.
-    pub const ALL: [Capability; 8] = [
-        Capability::Log,
-        Capability::Clocks,
-        Capability::Random,
-        Capability::Stdio,
-        Capability::Env,
-        Capability::Files,
-        Capability::Workspace,
-        Capability::Http,
-    ];
+    /// The interfaces (unversioned) whose presence or behaviour this
+    /// capability controls: the gated ones, then the shaped baseline ones.
+    pub(crate) fn interfaces(self) -> impl Iterator<Item = &'static str> {
+        let factor = self.factor();
+        factor.gated().iter().chain(factor.shaped()).copied()
+    }
+
+    /// Whether `caps` declares this capability.
+    pub(crate) fn declared(self, caps: &Capabilities) -> bool {
+        self.factor().declared(caps)
+    }
+}
+
+/// `policy.{key} must be at least 1` for the first zero among `settings`.
+fn at_least_one(settings: &[(&str, Option<u64>)]) -> Result<()> {
+    match settings.iter().find(|(_, value)| *value == Some(0)) {
+        Some((key, _)) => Err(Error::Config {
+            message: format!("policy.{key} must be at least 1"),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Ceilings the operator puts on every plugin's limits. A manifest asking for
@@ -214,28 +317,15 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// Check the settings a type cannot: HTTP and log limits must be at
-    /// least 1.
+    /// Check the settings a type cannot: each capability's own (HTTP and
+    /// log limits must be at least 1, the HTTP CA files must load), tool
+    /// names in `risk`, approval settings, rate limits.
     ///
     /// # Errors
-    /// [`Error::Config`] naming the first zero limit.
+    /// [`Error::Config`] naming the first bad setting.
     pub fn validate(&self) -> Result<()> {
-        for (key, value) in [
-            ("http_max_requests", self.http_max_requests),
-            ("http_max_response_kb", self.http_max_response_kb),
-            ("http_connect_timeout_ms", self.http_connect_timeout_ms),
-            (
-                "http_first_byte_timeout_ms",
-                self.http_first_byte_timeout_ms,
-            ),
-            ("http_max_dns_lookups", self.http_max_dns_lookups),
-            ("log_max_lines", self.log_max_lines),
-        ] {
-            if value == Some(0) {
-                return Err(Error::Config {
-                    message: format!("policy.{key} must be at least 1"),
-                });
-            }
+        for capability in Capability::ALL {
+            capability.factor().check_policy(self)?;
         }
         for tool in self.risk.keys() {
             if tool.split('/').count() != 2 || tool.split('/').any(str::is_empty) {
@@ -259,7 +349,6 @@ impl Policy {
                 });
             }
         }
-        http::TlsClient::new(&self.http_ca_certs)?;
         self.rate_limits
             .validate()
             .map_err(|message| Error::Config { message })
@@ -303,35 +392,15 @@ impl EffectiveGrant {
     /// files, a read-write workspace, outgoing HTTP. Empty when the plugin
     /// can only read.
     pub fn write_capable(&self) -> Vec<&'static str> {
-        let mut out = Vec::new();
-        if self
-            .files
-            .iter()
-            .any(|f| f.access == crate::manifest::FileAccess::ReadWrite)
-        {
-            out.push("files read-write");
-        }
-        if self.workspace == Some(crate::manifest::FileAccess::ReadWrite) {
-            out.push("workspace read-write");
-        }
-        if self.http.is_some() {
-            out.push("http");
-        }
-        out
+        Capability::ALL
+            .into_iter()
+            .filter_map(|c| c.factor().write_capable(self))
+            .collect()
     }
 
     /// Whether `capability` is granted.
     pub fn has(&self, capability: Capability) -> bool {
-        match capability {
-            Capability::Log => self.log,
-            Capability::Clocks => self.clocks,
-            Capability::Random => self.random,
-            Capability::Stdio => self.stdio,
-            Capability::Env => !self.env.is_empty() || !self.env_missing.is_empty(),
-            Capability::Files => !self.files.is_empty(),
-            Capability::Workspace => self.workspace.is_some(),
-            Capability::Http => self.http.is_some(),
-        }
+        capability.factor().granted(self)
     }
 
     /// Log lines kept per call.
@@ -355,41 +424,26 @@ pub fn effective(
     policy: &Policy,
     plugin_dir: &Path,
 ) -> Result<EffectiveGrant> {
-    let caps = &manifest.capabilities;
-    let plugin = &manifest.plugin.name;
-    let declared = [
-        (Capability::Log, caps.log),
-        (Capability::Clocks, caps.clocks),
-        (Capability::Random, caps.random),
-        (Capability::Stdio, caps.stdio),
-        (Capability::Env, !caps.env.is_empty()),
-        (Capability::Files, !caps.files.is_empty()),
-        (Capability::Workspace, caps.workspace.is_some()),
-        (Capability::Http, !caps.http.is_empty()),
-    ];
-    for (capability, asked) in declared {
-        if asked && policy.forbid.contains(&capability) {
+    let cx = Resolve {
+        plugin: &manifest.plugin.name,
+        caps: &manifest.capabilities,
+        policy,
+        plugin_dir,
+    };
+    for capability in Capability::ALL {
+        if policy.forbid.contains(&capability) && capability.declared(cx.caps) {
             return Err(Error::CapabilityDenied {
-                plugin: plugin.clone(),
+                plugin: cx.plugin.to_owned(),
                 capability: capability.manifest_key().to_owned(),
                 reason: "the operator's policy forbids it".to_owned(),
             });
         }
     }
-    let (env, env_missing) = env::resolve(&caps.env, policy);
-    Ok(EffectiveGrant {
-        log: caps.log,
-        clocks: caps.clocks,
-        random: caps.random,
-        stdio: caps.stdio,
-        env,
-        env_missing,
-        files: files::resolve(plugin, &caps.files, policy, plugin_dir)?,
-        workspace: caps.workspace,
-        workspace_scope: caps.workspace_scope.unwrap_or_default(),
-        http: http::resolve(plugin, &caps.http, policy)?,
-        log_max_lines: policy.log_max_lines,
-    })
+    let mut grant = EffectiveGrant::default();
+    for capability in Capability::ALL {
+        capability.factor().resolve(&cx, &mut grant)?;
+    }
+    Ok(grant)
 }
 
 /// How the host treats an interface a component imports.
@@ -406,38 +460,48 @@ pub enum ImportClass {
     Unknown,
 }
 
+/// Baseline interfaces no capability shapes: streams, exit, stdin, the
+/// terminal queries (always "no terminal"), filesystem types without any
+/// preopen, and the plugin world's own type definitions. Each capability's
+/// [`Factor::shaped`] interfaces are baseline too.
+const BASELINE: &[&str] = &[
+    "airlock:plugin/types",
+    "wasi:io/error",
+    "wasi:io/poll",
+    "wasi:io/streams",
+    "wasi:cli/exit",
+    "wasi:cli/stdin",
+    "wasi:cli/terminal-input",
+    "wasi:cli/terminal-output",
+    "wasi:cli/terminal-stdin",
+    "wasi:cli/terminal-stdout",
+    "wasi:cli/terminal-stderr",
+    "wasi:filesystem/types",
+];
+
+/// Interface prefixes never linked, whatever the grant: raw sockets, and
+/// every part of `wasi:http` a capability does not gate (serving requests).
+const NEVER: &[&str] = &["wasi:sockets/", "wasi:http/"];
+
 /// Classify an imported interface name such as `wasi:clocks/monotonic-clock@0.2.6`.
 pub fn classify(import: &str) -> ImportClass {
     let name = import.split('@').next().unwrap_or(import);
-    match name {
-        "airlock:plugin/types"
-        | "wasi:io/error"
-        | "wasi:io/poll"
-        | "wasi:io/streams"
-        | "wasi:cli/exit"
-        | "wasi:cli/environment"
-        | "wasi:cli/stdin"
-        | "wasi:cli/stdout"
-        | "wasi:cli/stderr"
-        | "wasi:cli/terminal-input"
-        | "wasi:cli/terminal-output"
-        | "wasi:cli/terminal-stdin"
-        | "wasi:cli/terminal-stdout"
-        | "wasi:cli/terminal-stderr"
-        | "wasi:filesystem/types"
-        | "wasi:filesystem/preopens"
-        | "wasi:clocks/wall-clock"
-        | "wasi:random/insecure-seed" => ImportClass::Baseline,
-        "airlock:plugin/log" => ImportClass::Gated(Capability::Log),
-        "airlock:plugin/workspace" => ImportClass::Gated(Capability::Workspace),
-        "wasi:clocks/monotonic-clock" => ImportClass::Gated(Capability::Clocks),
-        "wasi:random/random" | "wasi:random/insecure" => ImportClass::Gated(Capability::Random),
-        "wasi:http/types" | "wasi:http/outgoing-handler" => ImportClass::Gated(Capability::Http),
-        _ if name.starts_with("wasi:sockets/") || name.starts_with("wasi:http/") => {
-            ImportClass::Never
-        }
-        _ => ImportClass::Unknown,
+    if BASELINE.contains(&name) {
+        return ImportClass::Baseline;
     }
+    for capability in Capability::ALL {
+        let factor = capability.factor();
+        if factor.gated().contains(&name) {
+            return ImportClass::Gated(capability);
+        }
+        if factor.shaped().contains(&name) {
+            return ImportClass::Baseline;
+        }
+    }
+    if NEVER.iter().any(|prefix| name.starts_with(prefix)) {
+        return ImportClass::Never;
+    }
+    ImportClass::Unknown
 }
 
 /// Check every import of a component against `grant`.
@@ -494,14 +558,17 @@ pub(crate) fn linker(
     grant: &EffectiveGrant,
 ) -> wasmtime::Result<Linker<CallState>> {
     use wasmtime_wasi::WasiView as _;
+    use wasmtime_wasi::cli::{WasiCli, WasiCliView as _};
+    use wasmtime_wasi::filesystem::{WasiFilesystem, WasiFilesystemView as _};
     use wasmtime_wasi::p2::bindings::{cli, filesystem};
-    use wasmtime_wasi::{
-        cli::WasiCli, cli::WasiCliView as _, filesystem::WasiFilesystem,
-        filesystem::WasiFilesystemView as _,
-    };
 
     let mut linker = Linker::new(engine);
     let l = &mut linker;
+    // `types` defines only types, but the world imports it as an instance.
+    crate::bindings::airlock::plugin::types::add_to_linker::<CallState, HasSelf<CallState>>(
+        l,
+        |s| s,
+    )?;
     wasmtime_wasi_io::bindings::wasi::io::error::add_to_linker::<CallState, HasIo>(l, |t| {
         t.ctx().table
     })?;
@@ -512,35 +579,25 @@ pub(crate) fn linker(
         t.ctx().table
     })?;
     cli::exit::add_to_linker::<_, WasiCli>(l, CallState::cli)?;
-    cli::environment::add_to_linker::<_, WasiCli>(l, CallState::cli)?;
+    cli::stdin::add_to_linker::<_, WasiCli>(l, CallState::cli)?;
     cli::terminal_input::add_to_linker::<_, WasiCli>(l, CallState::cli)?;
     cli::terminal_output::add_to_linker::<_, WasiCli>(l, CallState::cli)?;
     cli::terminal_stdin::add_to_linker::<_, WasiCli>(l, CallState::cli)?;
     cli::terminal_stdout::add_to_linker::<_, WasiCli>(l, CallState::cli)?;
     cli::terminal_stderr::add_to_linker::<_, WasiCli>(l, CallState::cli)?;
-    stdio::link(l)?;
     filesystem::types::add_to_linker::<_, WasiFilesystem>(l, CallState::filesystem)?;
-    filesystem::preopens::add_to_linker::<_, WasiFilesystem>(l, CallState::filesystem)?;
-    clocks::link(l, grant)?;
-    random::link(l, grant)?;
-    log::link(l, grant)?;
-    workspace::link(l, grant)?;
-    http::link(l, grant)?;
+    for capability in Capability::ALL {
+        capability.factor().link(l, grant)?;
+    }
     Ok(linker)
 }
 
-/// Configure a call's WASI context for `grant`; with `read_only` (the
-/// host's read-only mode, and while listing tools) every write-capable
-/// grant is narrowed to reading.
-pub(crate) fn configure(
-    builder: &mut WasiCtxBuilder,
-    grant: &EffectiveGrant,
-    read_only: bool,
-) -> wasmtime::Result<()> {
-    env::configure(builder, grant);
-    clocks::configure(builder, grant);
-    random::configure(builder, grant);
-    files::configure(builder, grant, read_only)
+/// Set up a call's store for `grant`: every capability's part of it.
+pub(crate) fn configure(call: &mut CallSetup<'_>, grant: &EffectiveGrant) -> wasmtime::Result<()> {
+    for capability in Capability::ALL {
+        capability.factor().configure(call, grant)?;
+    }
+    Ok(())
 }
 
 pub(crate) use stdio::collect as collect_stdio;
@@ -582,6 +639,106 @@ mod tests {
             ImportClass::Never
         );
         assert_eq!(classify("acme:secrets/vault"), ImportClass::Unknown);
+    }
+
+    /// The manifest schema's `capabilities` keys are exactly the registered
+    /// capabilities' keys (and their further keys, `workspace_scope`).
+    #[test]
+    fn every_manifest_capability_key_is_registered() {
+        let schema: serde_json::Value =
+            serde_json::from_str(crate::manifest::MANIFEST_SCHEMA).unwrap();
+        let keys = schema["properties"]["capabilities"]["properties"]
+            .as_object()
+            .unwrap();
+        for key in keys.keys() {
+            let full = format!("capabilities.{key}");
+            assert!(
+                Capability::ALL.into_iter().any(|c| {
+                    let own = c.manifest_key();
+                    full == own || full.starts_with(&format!("{own}_"))
+                }),
+                "{full} belongs to no registered capability"
+            );
+        }
+        for capability in Capability::ALL {
+            let key = capability.manifest_key();
+            assert!(
+                keys.contains_key(key.trim_start_matches("capabilities.")),
+                "{key} is not in the manifest schema"
+            );
+            // Its serde name (policy `forbid`) is its key.
+            assert_eq!(
+                format!(
+                    "capabilities.{}",
+                    serde_json::to_value(capability).unwrap().as_str().unwrap()
+                ),
+                key
+            );
+        }
+    }
+
+    /// Each interface belongs to at most one capability, and none is both
+    /// baseline and gated.
+    #[test]
+    fn interfaces_have_one_owner() {
+        let mut seen = BTreeSet::new();
+        for capability in Capability::ALL {
+            for interface in capability.interfaces() {
+                assert!(!BASELINE.contains(&interface), "{interface}");
+                assert!(seen.insert(interface), "{interface} is claimed twice");
+            }
+        }
+    }
+
+    #[test]
+    fn write_capable_grants_are_listed_in_order() {
+        let policy = Policy::default();
+        let origin = Origin::parse("https://api.example.com").unwrap();
+        let grant = EffectiveGrant {
+            workspace: Some(crate::manifest::FileAccess::ReadWrite),
+            http: http::resolve("p", &[origin], &policy).unwrap(),
+            ..EffectiveGrant::default()
+        };
+        assert_eq!(grant.write_capable(), ["workspace read-write", "http"]);
+        let read_only = EffectiveGrant {
+            workspace: Some(crate::manifest::FileAccess::ReadOnly),
+            log: true,
+            ..EffectiveGrant::default()
+        };
+        assert!(read_only.write_capable().is_empty());
+    }
+
+    #[test]
+    fn every_baseline_interface_is_baseline() {
+        for name in [
+            "airlock:plugin/types",
+            "wasi:io/error",
+            "wasi:io/poll",
+            "wasi:io/streams",
+            "wasi:cli/exit",
+            "wasi:cli/environment",
+            "wasi:cli/stdin",
+            "wasi:cli/stdout",
+            "wasi:cli/stderr",
+            "wasi:cli/terminal-input",
+            "wasi:cli/terminal-output",
+            "wasi:cli/terminal-stdin",
+            "wasi:cli/terminal-stdout",
+            "wasi:cli/terminal-stderr",
+            "wasi:filesystem/types",
+            "wasi:filesystem/preopens",
+            "wasi:clocks/wall-clock",
+            "wasi:random/insecure-seed",
+        ] {
+            assert_eq!(classify(&format!("{name}@0.2.6")), ImportClass::Baseline);
+        }
+        for (name, capability) in [
+            ("airlock:plugin/log", Capability::Log),
+            ("airlock:plugin/workspace", Capability::Workspace),
+            ("wasi:random/insecure", Capability::Random),
+        ] {
+            assert_eq!(classify(name), ImportClass::Gated(capability));
+        }
     }
 
     #[test]

@@ -6,22 +6,75 @@
 
 use wasmtime::component::{HasSelf, Linker};
 
-use super::EffectiveGrant;
+use super::{CallSetup, EffectiveGrant, Factor, Policy, Resolve};
 use crate::bindings::airlock::plugin::workspace as wit;
+use crate::error::LoadResult as Result;
+use crate::manifest::{Capabilities, FileAccess};
 use crate::state::CallState;
-use crate::workspace::{KeyOwner, Quota, Workspace, WorkspaceError};
+use crate::workspace::{KeyOwner, Quota, WorkspaceError};
 
-pub(super) fn link(linker: &mut Linker<CallState>, grant: &EffectiveGrant) -> wasmtime::Result<()> {
-    if grant.workspace.is_some() {
-        wit::add_to_linker::<CallState, HasSelf<CallState>>(linker, |s| s)?;
+/// The `workspace` capability (and its `workspace_scope` key).
+pub(super) struct Workspace;
+
+impl Factor for Workspace {
+    fn manifest_key(&self) -> &'static str {
+        "capabilities.workspace"
     }
-    Ok(())
+
+    fn grant_example(&self) -> &'static str {
+        "capabilities.workspace = \"read-only\""
+    }
+
+    fn gated(&self) -> &'static [&'static str] {
+        &["airlock:plugin/workspace"]
+    }
+
+    fn shaped(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    fn declared(&self, caps: &Capabilities) -> bool {
+        caps.workspace.is_some()
+    }
+
+    fn check_policy(&self, _: &Policy) -> Result<()> {
+        // Its quotas are limits (`policy.limits.workspace_*`), checked there.
+        Ok(())
+    }
+
+    fn resolve(&self, cx: &Resolve<'_>, grant: &mut EffectiveGrant) -> Result<()> {
+        grant.workspace = cx.caps.workspace;
+        grant.workspace_scope = cx.caps.workspace_scope.unwrap_or_default();
+        Ok(())
+    }
+
+    fn granted(&self, grant: &EffectiveGrant) -> bool {
+        grant.workspace.is_some()
+    }
+
+    fn write_capable(&self, grant: &EffectiveGrant) -> Option<&'static str> {
+        (grant.workspace == Some(FileAccess::ReadWrite)).then_some("workspace read-write")
+    }
+
+    fn link(&self, linker: &mut Linker<CallState>, grant: &EffectiveGrant) -> wasmtime::Result<()> {
+        if grant.workspace.is_some() {
+            wit::add_to_linker::<CallState, HasSelf<CallState>>(linker, |s| s)?;
+        }
+        Ok(())
+    }
+
+    fn configure(&self, _: &mut CallSetup<'_>, _: &EffectiveGrant) -> wasmtime::Result<()> {
+        // The call's [`WorkspaceScope`] is made by the pipeline, which holds
+        // the host's store and knows the calling principal and read-only
+        // mode, and handed to `CallState::new_store`.
+        Ok(())
+    }
 }
 
 /// One call's view of the workspace.
 #[derive(Debug)]
 pub(crate) struct WorkspaceScope {
-    pub(crate) store: Workspace,
+    pub(crate) store: crate::workspace::Workspace,
     pub(crate) plugin: String,
     pub(crate) owner: KeyOwner,
     pub(crate) writable: bool,

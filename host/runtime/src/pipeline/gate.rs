@@ -493,15 +493,8 @@ pub(crate) fn bounded(text: &str, max: usize) -> String {
     if text.len() <= max {
         return text.to_owned();
     }
-    let mut cut = max;
-    while !text.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    format!(
-        "{}…[cut: {cut} of {} bytes shown]",
-        &text[..cut],
-        text.len()
-    )
+    let kept = airlock_audit::text::prefix(text, max);
+    format!("{kept}…[cut: {} of {} bytes shown]", kept.len(), text.len())
 }
 
 #[cfg(test)]

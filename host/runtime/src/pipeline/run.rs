@@ -358,13 +358,8 @@ fn trap_error(tool: &str, error: wasmtime::Error, store: &Store<CallState>) -> C
 }
 
 fn bounded(mut s: String, max: usize) -> String {
-    if s.len() > max {
-        let mut cut = max;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        s.truncate(cut);
-        s.push_str("…[truncated]");
+    if airlock_audit::text::truncate(&mut s, max) {
+        s.push_str(airlock_audit::text::TRUNCATED_MARK);
     }
     s
 }

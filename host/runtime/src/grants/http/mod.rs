@@ -45,9 +45,10 @@ use address::special_purpose;
 pub use origin::{HttpScheme, Origin, OriginHost};
 pub(crate) use sender::TlsClient;
 
-use super::Policy;
+use super::{CallSetup, EffectiveGrant, Factor, Policy, Resolve};
 use crate::error::{LoadError as Error, LoadResult as Result};
 use crate::limits::HttpLimits;
+use crate::manifest::Capabilities;
 use crate::state::{CallState, LogLevel, LogSink};
 
 /// What a plugin may reach over HTTP: manifest origins ∩ policy, with the
@@ -116,15 +117,72 @@ pub(super) fn resolve(
     }))
 }
 
-/// Link `wasi:http/types` and `wasi:http/outgoing-handler` when granted.
-pub(super) fn link(
-    linker: &mut Linker<CallState>,
-    grant: &super::EffectiveGrant,
-) -> wasmtime::Result<()> {
-    if grant.http.is_some() {
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
+/// The `http` capability.
+pub(super) struct Http;
+
+impl Factor for Http {
+    fn manifest_key(&self) -> &'static str {
+        KEY
     }
-    Ok(())
+
+    fn grant_example(&self) -> &'static str {
+        "capabilities.http = [\"https://api.example.com\"]"
+    }
+
+    fn gated(&self) -> &'static [&'static str] {
+        &["wasi:http/outgoing-handler", "wasi:http/types"]
+    }
+
+    fn shaped(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    fn declared(&self, caps: &Capabilities) -> bool {
+        !caps.http.is_empty()
+    }
+
+    /// Its limits must be at least 1 and its CA files must load.
+    fn check_policy(&self, policy: &Policy) -> Result<()> {
+        super::at_least_one(&[
+            ("http_max_requests", policy.http_max_requests),
+            ("http_max_response_kb", policy.http_max_response_kb),
+            ("http_connect_timeout_ms", policy.http_connect_timeout_ms),
+            (
+                "http_first_byte_timeout_ms",
+                policy.http_first_byte_timeout_ms,
+            ),
+            ("http_max_dns_lookups", policy.http_max_dns_lookups),
+        ])?;
+        TlsClient::new(&policy.http_ca_certs)?;
+        Ok(())
+    }
+
+    fn resolve(&self, cx: &Resolve<'_>, grant: &mut EffectiveGrant) -> Result<()> {
+        grant.http = resolve(cx.plugin, &cx.caps.http, cx.policy)?;
+        Ok(())
+    }
+
+    fn granted(&self, grant: &EffectiveGrant) -> bool {
+        grant.http.is_some()
+    }
+
+    fn write_capable(&self, grant: &EffectiveGrant) -> Option<&'static str> {
+        grant.http.is_some().then_some("http")
+    }
+
+    /// Link `wasi:http/types` and `wasi:http/outgoing-handler` when granted.
+    fn link(&self, linker: &mut Linker<CallState>, grant: &EffectiveGrant) -> wasmtime::Result<()> {
+        if grant.http.is_some() {
+            wasmtime_wasi_http::p2::add_only_http_to_linker_async(linker)?;
+        }
+        Ok(())
+    }
+
+    /// The call's sender holds the grant, the deadline and read-only mode.
+    fn configure(&self, call: &mut CallSetup<'_>, grant: &EffectiveGrant) -> wasmtime::Result<()> {
+        *call.http_hooks = HttpHooks::new(grant.http.as_ref(), call.deadline, call.read_only);
+        Ok(())
+    }
 }
 
 /// One call's `wasi:http` sender: the grant, the call's deadline, how many

@@ -1,0 +1,62 @@
+//! Cutting text to a byte bound without splitting a character.
+//!
+//! Every bound the host puts on text it keeps — a guest's log line, its
+//! stderr in a trap report, a reason in an audit record, an identifier in a
+//! refusal, a redacted value — is in bytes, and every cut must land on a
+//! character boundary (slicing inside one panics). These are the one place
+//! that is done.
+
+use std::borrow::Cow;
+
+/// What [`bounded`] appends to text it cut.
+pub const TRUNCATED_MARK: &str = "…[truncated]";
+
+/// The longest prefix of `text` that is at most `max` bytes and ends on a
+/// character boundary (all of `text` when it fits).
+pub fn prefix(text: &str, max: usize) -> &str {
+    &text[..text.floor_char_boundary(max)]
+}
+
+/// Cut `text` in place to [`prefix`]`(text, max)`; whether it was cut.
+pub fn truncate(text: &mut String, max: usize) -> bool {
+    let cut = prefix(text, max).len();
+    let was_cut = cut < text.len();
+    text.truncate(cut);
+    was_cut
+}
+
+/// `text` when it fits in `max` bytes, otherwise its [`prefix`] followed by
+/// [`TRUNCATED_MARK`] (so the result may exceed `max` by the mark's
+/// length): a reader sees that it was cut.
+pub fn bounded(text: &str, max: usize) -> Cow<'_, str> {
+    if text.len() <= max {
+        return Cow::Borrowed(text);
+    }
+    Cow::Owned(format!("{}{TRUNCATED_MARK}", prefix(text, max)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cuts_land_on_character_boundaries() {
+        let text = "aé€😀";
+        assert_eq!(prefix(text, 0), "");
+        assert_eq!(prefix(text, 2), "a");
+        assert_eq!(prefix(text, 3), "aé");
+        assert_eq!(prefix(text, 5), "aé");
+        assert_eq!(prefix(text, 6), "aé€");
+        assert_eq!(prefix(text, 99), text);
+        let mut owned = "é".repeat(10);
+        assert!(truncate(&mut owned, 5));
+        assert_eq!(owned, "éé");
+        assert!(!truncate(&mut owned, 4));
+    }
+
+    #[test]
+    fn bounded_text_says_it_was_cut() {
+        assert!(matches!(bounded("short", 5), Cow::Borrowed("short")));
+        assert_eq!(bounded("ééé", 3), "é…[truncated]");
+    }
+}
