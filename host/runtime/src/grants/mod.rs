@@ -606,6 +606,47 @@ pub(crate) use stdio::collect as collect_stdio;
 mod tests {
     use super::*;
 
+    fn refusal(policy: &Policy) -> String {
+        match policy.validate() {
+            Err(Error::Config { message }) => message,
+            other => panic!("the policy was not refused as a config error: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_risk_override_must_name_one_plugin_tool() {
+        for name in ["billing", "billing/", "/refund", "a/b/c", ""] {
+            let policy = Policy {
+                risk: BTreeMap::from([(name.to_owned(), crate::manifest::Risk::Write)]),
+                ..Policy::default()
+            };
+            let message = refusal(&policy);
+            assert!(message.starts_with("policy.risk:"), "{name:?}: {message}");
+        }
+        let fine = Policy {
+            risk: BTreeMap::from([("billing/refund".to_owned(), crate::manifest::Risk::Write)]),
+            ..Policy::default()
+        };
+        fine.validate().unwrap();
+    }
+
+    #[test]
+    fn approval_windows_and_bounds_of_zero_are_refused_by_name() {
+        type Set = fn(&mut crate::ledger::ApprovalPolicy);
+        let cases: [(&str, Set); 3] = [
+            ("approvals.approved_expiry_s", |a| a.approved_expiry_s = 0),
+            ("approvals.max_pending_per_principal", |a| {
+                a.max_pending_per_principal = 0
+            }),
+            ("approvals.sweep_interval_s", |a| a.sweep_interval_s = 0),
+        ];
+        for (key, set) in cases {
+            let mut policy = Policy::default();
+            set(&mut policy.approvals);
+            assert_eq!(refusal(&policy), format!("policy.{key} must be at least 1"));
+        }
+    }
+
     #[test]
     fn imports_are_classified() {
         assert_eq!(classify("wasi:io/streams@0.2.6"), ImportClass::Baseline);
