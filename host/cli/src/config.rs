@@ -455,6 +455,71 @@ mod tests {
     }
 
     #[test]
+    fn store_section_is_read_and_checked() {
+        let table = |text: &str| parse(text, "test").unwrap().store;
+        let sled = store_settings(None, None).unwrap();
+        assert!(matches!(sled.store, airlock_host::StoreConfig::Sled));
+        assert_eq!(sled.origin, "local");
+        let pg = store_settings(
+            table("[store]\nbackend = \"postgres\"\norigin = \"host-a\"\nurl = \"postgres://u:p@db/a\"\npool_size = 4"),
+            None,
+        )
+        .unwrap();
+        assert_eq!(pg.origin, "host-a");
+        let airlock_host::StoreConfig::Postgres(config) = pg.store else {
+            panic!("not postgres");
+        };
+        assert_eq!(config.pool_size, 4);
+        // The environment's URL wins over the file's.
+        let pg = store_settings(
+            table("[store]\nbackend = \"postgres\"\nurl = \"postgres://file/a\""),
+            Some("postgres://env/b".into()),
+        )
+        .unwrap();
+        let airlock_host::StoreConfig::Postgres(config) = pg.store else {
+            panic!("not postgres");
+        };
+        assert_eq!(config.url, "postgres://env/b");
+        for (text, url, expect) in [
+            (
+                "[store]\nbackend = \"mysql\"",
+                None,
+                "unknown store.backend",
+            ),
+            (
+                "[store]\nbackend = 3",
+                None,
+                "store.backend must be a string",
+            ),
+            (
+                "[store]\npool_size = 4",
+                None,
+                "store.pool_size applies to backend = \"postgres\" only",
+            ),
+            ("[store]\norigin = \"../a\"", None, "invalid store.origin"),
+            ("[store]\norigin = \"\"", None, "invalid store.origin"),
+            (
+                "[store]\nbackend = \"postgres\"",
+                None,
+                "invalid [store] for postgres",
+            ),
+            (
+                "[store]\nbackend = \"postgres\"\nurl = \"x\"\npool = 3",
+                None,
+                "invalid [store] for postgres",
+            ),
+            (
+                "[store]",
+                Some("postgres://env/b".to_owned()),
+                "AIRLOCK_STORE_URL is set but the store backend is sled",
+            ),
+        ] {
+            let err = store_settings(table(text), url).unwrap_err();
+            assert!(format!("{err:#}").contains(expect), "{text}: {err:#}");
+        }
+    }
+
+    #[test]
     fn unknown_keys_are_rejected() {
         let err = parse("plugin_dir = \"x\"", "test").unwrap_err();
         assert!(
