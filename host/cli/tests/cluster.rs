@@ -111,9 +111,54 @@ fn admin(url: &str, sql: &str) {
     });
 }
 
+/// The names of the databases on `url`'s server left by test processes
+/// that are gone (`c_<pid>_<n>`, `pid` no longer running).
+fn stale_databases(url: &str) -> Vec<String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let names: Vec<String> = rt.block_on(async {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .unwrap_or_else(|e| panic!("cannot reach the test PostgreSQL server: {e}"));
+        let driver = tokio::spawn(connection);
+        let rows = client
+            .simple_query("SELECT datname FROM pg_database WHERE datname LIKE 'c\\_%'")
+            .await
+            .unwrap();
+        drop(client);
+        let _ = driver.await;
+        rows.into_iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_owned),
+                _ => None,
+            })
+            .collect()
+    });
+    names
+        .into_iter()
+        .filter(|name| {
+            name.split('_')
+                .nth(1)
+                .and_then(|p| p.parse::<u32>().ok())
+                .is_some_and(|pid| {
+                    pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()
+                })
+        })
+        .collect()
+}
+
 /// A new, empty database on the server at `server`; its URL. The name
-/// says which test process made it (`c_<pid>_<n>`).
+/// says which test process made it (`c_<pid>_<n>`); those of processes
+/// that are gone are dropped first.
 fn fresh_database(server: &str) -> String {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(|| {
+        for name in stale_databases(server) {
+            admin(server, &format!("DROP DATABASE IF EXISTS \"{name}\""));
+        }
+    });
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let name = format!("c_{}_{n}", std::process::id());
