@@ -759,8 +759,13 @@ impl AuditLog {
         let spawned = std::thread::Builder::new()
             .name("airlock-audit-checkpoint".into())
             .spawn(move || {
+                // While signing fails (the store is down), retry with a
+                // growing pause and log the first failure of a streak and
+                // then every minute, not every tick.
+                let mut backoff = Duration::ZERO;
+                let mut last_logged: Option<std::time::Instant> = None;
                 loop {
-                    std::thread::sleep(Duration::from_millis(250).min(interval));
+                    std::thread::sleep(Duration::from_millis(250).min(interval) + backoff);
                     let Some(inner) = weak.upgrade() else { return };
                     let log = AuditLog { inner };
                     let due = {
@@ -770,8 +775,26 @@ impl AuditLog {
                         }
                         head.unsigned > 0 && head.last_checkpoint.elapsed() >= interval
                     };
-                    if due && let Err(e) = log.checkpoint() {
-                        tracing::error!(error = %e, "cannot sign an audit checkpoint");
+                    if !due {
+                        continue;
+                    }
+                    match log.checkpoint() {
+                        Ok(_) => {
+                            if !backoff.is_zero() {
+                                tracing::info!("audit checkpoints are signed again");
+                            }
+                            backoff = Duration::ZERO;
+                            last_logged = None;
+                        }
+                        Err(e) => {
+                            if last_logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
+                                tracing::error!(error = %e, "cannot sign an audit checkpoint; retrying");
+                                last_logged = Some(std::time::Instant::now());
+                            }
+                            backoff = (backoff * 2)
+                                .max(Duration::from_millis(250))
+                                .min(Duration::from_secs(10));
+                        }
                     }
                 }
             });
