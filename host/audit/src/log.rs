@@ -763,7 +763,7 @@ impl AuditLog {
                 // growing pause and log the first failure of a streak and
                 // then every minute, not every tick.
                 let mut backoff = Duration::ZERO;
-                let mut last_logged: Option<std::time::Instant> = None;
+                let mut last_logged: Option<Instant> = None;
                 loop {
                     std::thread::sleep(Duration::from_millis(250).min(interval) + backoff);
                     let Some(inner) = weak.upgrade() else { return };
@@ -789,7 +789,7 @@ impl AuditLog {
                         Err(e) => {
                             if last_logged.is_none_or(|t| t.elapsed() >= Duration::from_secs(60)) {
                                 tracing::error!(error = %e, "cannot sign an audit checkpoint; retrying");
-                                last_logged = Some(std::time::Instant::now());
+                                last_logged = Some(Instant::now());
                             }
                             backoff = (backoff * 2)
                                 .max(Duration::from_millis(250))
