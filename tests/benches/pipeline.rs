@@ -554,6 +554,9 @@ async fn run(effort: Effort) {
     );
     drop(log);
 
+    // ------------------------------------------------ storage backends
+    stores(&effort, work.path(), &plugins, &cache).await;
+
     // ------------------------------------------------ loads
     loads(&effort, work.path(), &misbehave).await;
 
@@ -686,5 +689,186 @@ async fn memory(effort: &Effort, work: &Path, misbehave: &[u8]) -> Memory {
         per_instance: (peak - idle) / i64::try_from(instances).unwrap(),
         instances,
         process: loaded,
+    }
+}
+
+// ------------------------------------------------------ storage backends
+
+/// Concurrent callers for the storage figures.
+const STORE_CALLERS: [usize; 2] = [1, 16];
+
+/// The PostgreSQL server for the storage figures: `AIRLOCK_TEST_POSTGRES_URL`,
+/// else the one `scripts/postgres start` runs (its URL in
+/// target/postgres/url); why there is none otherwise.
+fn postgres_url() -> Result<String, String> {
+    if let Ok(url) = std::env::var("AIRLOCK_TEST_POSTGRES_URL")
+        && !url.trim().is_empty()
+    {
+        return Ok(url.trim().to_owned());
+    }
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/postgres/url");
+    match std::fs::read_to_string(&path) {
+        Ok(url) if !url.trim().is_empty() => Ok(url.trim().to_owned()),
+        _ => Err(
+            "no PostgreSQL server: AIRLOCK_TEST_POSTGRES_URL is unset and target/postgres/url is missing (run `scripts/postgres start`)"
+                .to_owned(),
+        ),
+    }
+}
+
+/// Run `sql` on `url`.
+async fn admin(url: &str, sql: &str) -> Result<(), String> {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .map_err(|e| format!("cannot reach PostgreSQL at the configured URL: {e}"))?;
+    let driver = tokio::spawn(connection);
+    let done = client
+        .batch_execute(sql)
+        .await
+        .map_err(|e| format!("{sql}: {e}"));
+    drop(client);
+    let _ = driver.await;
+    done
+}
+
+/// `url` naming database `name` instead.
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = match url.find('?') {
+        Some(q) => (&url[..q], &url[q..]),
+        None => (url, ""),
+    };
+    let scheme = base.find("://").map_or(0, |i| i + 3);
+    let end = base[scheme..].find('/').map_or(base.len(), |i| scheme + i);
+    format!("{}/{name}{query}", &base[..end])
+}
+
+/// `hosts` hosts on one store, every one with the bench plugins.
+async fn store_hosts(
+    work: &Path,
+    name: &str,
+    plugins: &Path,
+    cache: &Path,
+    store: Option<&airlock_host::PostgresConfig>,
+    hosts: usize,
+) -> Vec<Arc<Host>> {
+    let mut out = Vec::new();
+    for i in 0..hosts {
+        let data = work.join(format!("{name}-{i}"));
+        let mut config = host_config(&data, cache);
+        if let Some(postgres) = store {
+            config = config
+                .store(airlock_host::StoreConfig::Postgres(postgres.clone()))
+                .origin(format!("bench-{i}"));
+        }
+        let host = Arc::new(Host::new(config).unwrap());
+        let report = host.load_plugins_dir(plugins).await.unwrap();
+        assert!(report.failed.is_empty(), "{:?}", report.failed);
+        out.push(host);
+    }
+    out
+}
+
+/// Calls per second and latency of `tool` with `callers` concurrent
+/// callers spread over `hosts` in turn.
+async fn spread(
+    hosts: &[Arc<Host>],
+    tool: &'static str,
+    callers: usize,
+    period: Duration,
+) -> (f64, Latency) {
+    let hosts: Arc<Vec<Arc<Host>>> = Arc::new(hosts.to_vec());
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    throughput(callers, period, move || {
+        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let host = Arc::clone(&hosts[i % hosts.len()]);
+        async move {
+            host.call(CallRequest::new(tool, ARGS)).await.unwrap();
+        }
+    })
+    .await
+}
+
+async fn store_rows(label: &str, hosts: &[Arc<Host>], effort: &Effort) {
+    for (kind, tool) in [
+        ("read (audit batched)", "bench/echo"),
+        ("side-effecting (audit flushed)", "flushed/echo"),
+    ] {
+        // Warm up: connections opened, statements prepared.
+        spread(hosts, tool, 4, Duration::from_millis(50)).await;
+        for callers in STORE_CALLERS {
+            let (rate, l) = spread(hosts, tool, callers, effort.throughput_for).await;
+            println!(
+                "| {label} | {} | {kind} | {callers} | {rate:.0} | {} | {} |",
+                hosts.len(),
+                us(l.p50),
+                us(l.p99)
+            );
+        }
+    }
+}
+
+async fn stores(effort: &Effort, work: &Path, plugins: &Path, cache: &Path) {
+    println!("### Storage backends\n");
+    println!(
+        "Calls of `bench/echo` (read: audit batched) and `flushed/echo` (declared `write`: its intent and outcome records are each committed before the call goes on), callers spread over the hosts in turn. Two hosts are two `Host`s in this process on one database, each with its own pool, origin and chain. No rate limits, no idempotency keys.\n"
+    );
+    println!("| store | hosts | call | concurrent callers | calls/s | p50 | p99 |");
+    println!("|---|---:|---|---:|---:|---:|---:|");
+    let sled = store_hosts(work, "store-sled", plugins, cache, None, 1).await;
+    store_rows("sled", &sled, effort).await;
+    drop(sled);
+    let url = match postgres_url() {
+        Ok(url) => url,
+        Err(why) => {
+            println!("\nPostgreSQL rows skipped: {why}.\n");
+            return;
+        }
+    };
+    let name = format!("airlock_bench_{}", std::process::id());
+    if let Err(why) = admin(&url, &format!("CREATE DATABASE \"{name}\"")).await {
+        println!("\nPostgreSQL rows skipped: {why}.\n");
+        return;
+    }
+    let mut postgres = airlock_host::PostgresConfig::new(with_database(&url, &name));
+    postgres.pool_size = 16;
+    for hosts in [1, 2] {
+        let group = store_hosts(
+            work,
+            // Host 0 keeps its data directory (its keys) and origin.
+            "store-pg",
+            plugins,
+            cache,
+            Some(&postgres),
+            hosts,
+        )
+        .await;
+        store_rows("PostgreSQL (loopback)", &group, effort).await;
+        if hosts == 2 {
+            // Every call of the run is on the record, in its host's chain.
+            let chains = group[0].audit().verify_all(&[]).unwrap();
+            let summary: Vec<String> = chains
+                .iter()
+                .map(|c| match &c.result {
+                    Ok(report) => format!("{}: {} records", c.origin, report.records),
+                    Err(failure) => panic!(
+                        "chain {} fails at {}: {}",
+                        c.origin, failure.seq, failure.problem
+                    ),
+                })
+                .collect();
+            println!(
+                "\nAudit chains on PostgreSQL after the run: {}; every chain verified. PostgreSQL pool: {} connections a host.\n",
+                summary.join(", "),
+                postgres.pool_size
+            );
+        }
+    }
+    if let Err(why) = admin(
+        &url,
+        &format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
+    )
+    .await
+    {
+        println!("note: the bench database {name} was not dropped: {why}");
     }
 }

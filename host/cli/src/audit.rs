@@ -1,12 +1,15 @@
 //! `airlock audit`: read, export and verify the call record.
 
+use std::collections::BTreeMap;
+use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use airlock_host::AUDIT_DIR;
 use airlock_host::audit_log::{
-    AuditLog, Checkpoint, Event, PUBLIC_KEY_FILE, Record, parse_public_key, read_export,
-    verify_export,
+    AuditLog, ChainRecord, ChainVerification, Checkpoint, Event, Filter, KEYS_DIR, KeyRing,
+    KeySource as ChainKeySource, PUBLIC_KEY_FILE, Record, check_origin, parse_public_key,
+    read_export_chains, verify_export, verify_export_chains,
 };
 use airlock_mcp::control::{AuditQuery, MAX_PAGE, Verdict, VerifyAnswer, export_headers};
 use anyhow::{Context as _, bail};
@@ -37,20 +40,24 @@ pub(crate) enum AuditCommand {
     Query(QueryArgs),
     /// One record in full.
     Show {
-        /// Its sequence number.
-        seq: u64,
+        /// Its sequence number in this host's chain, or `ORIGIN:SEQ` for
+        /// another host's chain in a shared store.
+        #[arg(value_name = "[ORIGIN:]SEQ")]
+        seq: String,
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
     /// Write the whole log (checkpoints and records) to a JSON-lines file
-    /// that `audit verify --export` checks offline.
+    /// that `audit verify --export` checks offline; every host's chain
+    /// when the store holds several.
     Export {
         /// The file to write.
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
     },
-    /// Check the hash chain and signed checkpoints; name the first bad record.
+    /// Check the hash chain and signed checkpoints of every chain in the
+    /// store; name the first bad record of each.
     Verify(VerifyArgs),
 }
 
@@ -93,14 +100,20 @@ pub(crate) struct QueryArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct VerifyArgs {
-    /// Verify this export file offline instead of the live log.
-    #[arg(long, value_name = "FILE", requires = "pubkey")]
+    /// Verify this export file (either version) offline instead of the
+    /// live log; needs --pubkey or --keys.
+    #[arg(long, value_name = "FILE")]
     export: Option<PathBuf>,
     /// The public key to trust: 64 hex digits or a file holding them (the
-    /// host writes `signing.pub` in its audit directory). Never taken from
-    /// the export itself.
-    #[arg(long, value_name = "KEY")]
-    pubkey: Option<String>,
+    /// host writes `signing.pub` in its audit directory), for this host's
+    /// chain (or an export's only one); `ORIGIN=KEY` for another host's.
+    /// Never taken from the export itself. Repeatable.
+    #[arg(long, value_name = "[ORIGIN=]KEY")]
+    pubkey: Vec<String>,
+    /// A directory of origins' public keys, `<origin>.pub` (like the
+    /// `keys/` of a host's audit directory), for an export's chains.
+    #[arg(long, value_name = "DIR")]
+    keys: Option<PathBuf>,
     /// Also hold the log to the checkpoints in this earlier export (kept
     /// away from the host): catches history rewritten with its checkpoints.
     #[arg(long, value_name = "FILE")]
@@ -112,6 +125,22 @@ pub(crate) struct VerifyArgs {
 
 fn audit_dir(settings: &Settings) -> PathBuf {
     settings.data_dir.join(AUDIT_DIR)
+}
+
+/// The configured store's audit log, read-only, opened here (with sled,
+/// waiting up to `wait_ms` for another process to release it).
+fn open_local(settings: &Settings, wait_ms: u64) -> anyhow::Result<AuditLog> {
+    let config = crate::host_config(settings, crate::Calls::Recorded);
+    Ok(airlock_host::open_audit_read_only(
+        &config,
+        Duration::from_millis(wait_ms),
+    )?)
+}
+
+/// Whether the configured store is the data directory's sled store (one
+/// process at a time; reached through a running server).
+fn is_sled(settings: &Settings) -> bool {
+    matches!(settings.store.store, airlock_host::StoreConfig::Sled)
 }
 
 /// The log: opened here, or read through the server that holds it.
@@ -138,12 +167,30 @@ struct OneRecord {
 
 impl Log {
     async fn open(settings: &Settings) -> Result<Log, Failure> {
-        let dir = audit_dir(settings);
-        let open = |wait| Ok(AuditLog::open_read_only_waiting(&dir, wait)?);
-        Ok(match open_or_reach(settings, open).await? {
-            Source::Local(log) => Log::Local(log),
-            Source::Server(control) => Log::Server(control),
-        })
+        Ok(
+            match open_or_reach(settings, |wait| open_local(settings, wait)).await? {
+                Source::Local(log) => Log::Local(log),
+                Source::Server(control) => Log::Server(control),
+            },
+        )
+    }
+
+    /// The store's origins when it holds chains of other hosts than this
+    /// one (a shared store); `None` when only this host's chain is there,
+    /// printed as it always was.
+    fn chains(&self) -> Result<Option<Vec<String>>, Failure> {
+        match self {
+            Log::Local(log) => {
+                let origins = log.origins()?;
+                if origins.iter().all(|o| o == log.origin()) {
+                    Ok(None)
+                } else {
+                    Ok(Some(origins))
+                }
+            }
+            // A server holds the data directory's sled store: one chain.
+            Log::Server(_) => Ok(None),
+        }
     }
 
     async fn query(&self, query: &AuditQuery) -> Result<Vec<Record>, Failure> {
@@ -238,24 +285,44 @@ pub(crate) async fn run(settings: &Settings, command: AuditCommand) -> Result<u8
             json,
         } => tail(settings, lines, follow, json).await,
         AuditCommand::Query(args) => query(settings, &args).await,
-        AuditCommand::Show { seq, json } => show(settings, seq, json).await,
+        AuditCommand::Show { seq, json } => show(settings, &seq, json).await,
         AuditCommand::Export { out } => export(settings, &out).await,
         AuditCommand::Verify(args) => verify(settings, &args).await,
     }
 }
 
+/// Every chain's head: origin → its last record's seq.
+fn heads(log: &AuditLog) -> Result<BTreeMap<String, u64>, Failure> {
+    let mut heads = BTreeMap::new();
+    for origin in log.origins()? {
+        let head = log
+            .store()
+            .head(&origin)
+            .map_err(|e| airlock_host::audit_log::Error::from_store(log.path(), &e))?
+            .map_or(0, |(seq, _)| seq);
+        heads.insert(origin, head);
+    }
+    Ok(heads)
+}
+
 async fn tail(settings: &Settings, lines: usize, follow: bool, json: bool) -> Result<u8, Failure> {
+    let log = Log::open(settings).await?;
+    if let Log::Local(shared) = &log
+        && !is_sled(settings)
+    {
+        return tail_shared(shared, lines, follow, json).await;
+    }
     let mut last = {
-        let log = Log::open(settings).await?;
         let newest = AuditQuery {
             limit: lines,
             ..AuditQuery::default()
         };
         for record in &log.query(&newest).await? {
-            print_record(record, json);
+            print_record(None, record, json);
         }
         log.head().await?
     };
+    drop(log);
     if !follow {
         return Ok(exit::OK);
     }
@@ -271,7 +338,7 @@ async fn tail(settings: &Settings, lines: usize, follow: bool, json: bool) -> Re
                 Ok(records) => {
                     for record in records {
                         last = record.seq;
-                        print_record(&record, json);
+                        print_record(None, &record, json);
                     }
                     continue;
                 }
@@ -279,16 +346,23 @@ async fn tail(settings: &Settings, lines: usize, follow: bool, json: bool) -> Re
                 Err(_) => server = None,
             }
         }
-        match AuditLog::open_read_only_waiting(audit_dir(settings), 0) {
+        match open_local(settings, 0) {
             Ok(log) => {
                 told_busy = false;
                 for record in log.records(last + 1) {
                     let record = record?;
                     last = record.seq;
-                    print_record(&record, json);
+                    print_record(None, &record, json);
                 }
             }
-            Err(airlock_host::audit_log::Error::Locked { .. }) => {
+            Err(e)
+                if matches!(
+                    e.downcast_ref::<airlock_host::Error>(),
+                    Some(airlock_host::Error::Audit(
+                        airlock_host::audit_log::Error::Locked { .. }
+                    ))
+                ) =>
+            {
                 server = Control::find(settings).await;
                 if server.is_none() && !told_busy {
                     eprintln!(
@@ -297,7 +371,40 @@ async fn tail(settings: &Settings, lines: usize, follow: bool, json: bool) -> Re
                     told_busy = true;
                 }
             }
-            Err(e) => return Err(anyhow::Error::from(e).into()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// `tail` over a shared store: every chain, merged by time; each record
+/// names its origin when there is more than this host's chain.
+async fn tail_shared(
+    log: &AuditLog,
+    lines: usize,
+    follow: bool,
+    json: bool,
+) -> Result<u8, Failure> {
+    let mut after = heads(log)?;
+    let many = |log: &AuditLog| -> Result<bool, Failure> {
+        Ok(log.origins()?.iter().any(|o| o != log.origin()))
+    };
+    let show_origin = many(log)?;
+    for ChainRecord { origin, record } in log.query_all(&Filter::default(), lines)? {
+        let seen = after.entry(origin.clone()).or_default();
+        *seen = (*seen).max(record.seq);
+        print_record(show_origin.then_some(&origin), &record, json);
+    }
+    if !follow {
+        return Ok(exit::OK);
+    }
+    // No lock: the store stays open, and new chains join as they appear.
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let show_origin = many(log)?;
+        let fresh: Vec<ChainRecord> = log.records_all(&after)?.collect::<Result<_, _>>()?;
+        for ChainRecord { origin, record } in fresh {
+            after.insert(origin.clone(), record.seq);
+            print_record(show_origin.then_some(&origin), &record, json);
         }
     }
 }
@@ -360,27 +467,84 @@ async fn query(settings: &Settings, args: &QueryArgs) -> Result<u8, Failure> {
         limit: args.limit,
     };
     let log = Log::open(settings).await?;
+    if let (Log::Local(shared), Some(_)) = (&log, log.chains()?) {
+        for ChainRecord { origin, record } in shared.query_all(&query.filter(), query.limit)? {
+            print_record(Some(&origin), &record, args.json);
+        }
+        return Ok(exit::OK);
+    }
     for record in log.query(&query).await? {
-        print_record(&record, args.json);
+        print_record(None, &record, args.json);
     }
     Ok(exit::OK)
 }
 
-async fn show(settings: &Settings, seq: u64, json: bool) -> Result<u8, Failure> {
-    let log = Log::open(settings).await?;
-    let (Some(record), _) = log.get(seq).await? else {
-        let head = log.head().await?;
-        return Err(Failure::usage(anyhow::anyhow!(
-            "no record {seq}: the log holds records 1 to {head}"
-        )));
+/// `SEQ` or `ORIGIN:SEQ`.
+fn parse_record_ref(text: &str) -> Result<(Option<String>, u64), Failure> {
+    let bad = || {
+        Failure::usage(anyhow::anyhow!(
+            "invalid record {text:?}: a sequence number (17) or ORIGIN:SEQ (host-a:17)"
+        ))
     };
+    let (origin, seq) = match text.rsplit_once(':') {
+        Some((origin, seq)) => {
+            check_origin(origin).map_err(|e| Failure::usage(e.into()))?;
+            (Some(origin.to_owned()), seq)
+        }
+        None => (None, text),
+    };
+    Ok((origin, seq.parse().map_err(|_| bad())?))
+}
+
+async fn show(settings: &Settings, text: &str, json: bool) -> Result<u8, Failure> {
+    let (origin, seq) = parse_record_ref(text)?;
+    let own = &settings.store.origin;
+    let log = Log::open(settings).await?;
+    let (label, record) = match (&origin, &log) {
+        (Some(origin), Log::Local(shared)) if origin != shared.origin() => {
+            let store = shared.store();
+            let failed = |e: airlock_host::store::StoreError| {
+                airlock_host::audit_log::Error::from_store(shared.path(), &e)
+            };
+            let found = store.record(origin, seq).map_err(failed)?;
+            let Some(bytes) = found else {
+                let head = store.head(origin).map_err(failed)?.map(|(seq, _)| seq);
+                return Err(Failure::usage(match head {
+                    Some(head) => anyhow::anyhow!(
+                        "no record {origin}:{seq}: the chain of {origin} holds records 1 to {head}"
+                    ),
+                    None => anyhow::anyhow!(
+                        "no chain of origin {origin:?} in the store (origins: {})",
+                        shared.origins()?.join(", ")
+                    ),
+                }));
+            };
+            let record: Record = serde_json::from_slice(&bytes)
+                .with_context(|| format!("record {origin}:{seq} in the store is not a record"))?;
+            (format!("{origin}:{seq}"), record)
+        }
+        (Some(origin), Log::Server(_)) if origin != own => {
+            return Err(Failure::usage(anyhow::anyhow!(
+                "no chain of origin {origin:?} here: the data directory's sled store holds this host's chain only ({own})"
+            )));
+        }
+        _ => {
+            let (Some(record), _) = log.get(seq).await? else {
+                let head = log.head().await?;
+                return Err(Failure::usage(anyhow::anyhow!(
+                    "no record {seq}: the log holds records 1 to {head}"
+                )));
+            };
+            (seq.to_string(), record)
+        }
+    };
+    let value = serde_json::to_value(&record).context("cannot serialize the record")?;
     if json {
-        print_json(&serde_json::to_value(&record).context("cannot serialize the record")?);
+        print_json(&value);
         return Ok(exit::OK);
     }
-    let value = serde_json::to_value(&record).context("cannot serialize the record")?;
     if let Some(map) = value.as_object() {
-        println!("record {seq} at {}", format_time(record.time_ms));
+        println!("record {label} at {}", format_time(record.time_ms));
         for (key, item) in map {
             if key == "time_ms" || key == "seq" {
                 continue;
@@ -399,6 +563,33 @@ async fn show(settings: &Settings, seq: u64, json: bool) -> Result<u8, Failure> 
 
 async fn export(settings: &Settings, out: &Path) -> Result<u8, Failure> {
     let log = Log::open(settings).await?;
+    if let (Log::Local(shared), Some(_)) = (&log, log.chains()?) {
+        let chains = shared
+            .export_all(out)
+            .with_context(|| format!("cannot export to {}", out.display()))?;
+        println!(
+            "exported {} chains (export version 2) to {}",
+            chains.len(),
+            out.display()
+        );
+        for chain in &chains {
+            println!(
+                "  {}: {} records, public key {}",
+                chain.origin,
+                chain.records,
+                chain
+                    .public_key
+                    .as_deref()
+                    .unwrap_or("none (no checkpoint yet)")
+            );
+        }
+        println!(
+            "verify with: airlock audit verify --export {} --keys {}",
+            out.display(),
+            audit_dir(settings).join(KEYS_DIR).display()
+        );
+        return Ok(exit::OK);
+    }
     let (records, checkpoints, public_key) = log.export(out).await?;
     println!(
         "exported {records} records and {checkpoints} checkpoints to {}",
@@ -413,55 +604,221 @@ async fn export(settings: &Settings, out: &Path) -> Result<u8, Failure> {
     Ok(exit::OK)
 }
 
-async fn verify(settings: &Settings, args: &VerifyArgs) -> Result<u8, Failure> {
-    let mut trusted: Vec<Checkpoint> = Vec::new();
-    for file in &args.trusted {
-        let export = read_export(file)
+/// `--pubkey` values: keys for named origins, and the one for "this
+/// chain" (the host's own, or an export's only one).
+#[derive(Default)]
+struct GivenKeys {
+    unnamed: Option<[u8; 32]>,
+    named: BTreeMap<String, [u8; 32]>,
+}
+
+impl GivenKeys {
+    fn parse(args: &[String]) -> Result<GivenKeys, Failure> {
+        let mut keys = GivenKeys::default();
+        for arg in args {
+            let named = arg
+                .split_once('=')
+                .filter(|(origin, _)| check_origin(origin).is_ok() && !Path::new(arg).is_file());
+            let (origin, text) = match named {
+                Some((origin, text)) => (Some(origin), text),
+                None => (None, arg.as_str()),
+            };
+            let key = *parse_public_key(text)
+                .map_err(|e| Failure::usage(e.into()))?
+                .as_bytes();
+            match origin {
+                Some(origin) => {
+                    keys.named.insert(origin.to_owned(), key);
+                }
+                None if keys.unnamed.is_some() => {
+                    return Err(Failure::usage(anyhow::anyhow!(
+                        "--pubkey given twice without an origin: name the others' (--pubkey ORIGIN=KEY)"
+                    )));
+                }
+                None => keys.unnamed = Some(key),
+            }
+        }
+        Ok(keys)
+    }
+
+    /// The key for `origin`, when `origin` is "this chain" for an unnamed one.
+    fn for_origin(&self, origin: &str, this: bool) -> Option<[u8; 32]> {
+        self.named
+            .get(origin)
+            .copied()
+            .or(if this { self.unnamed } else { None })
+    }
+
+    /// A key ring of these keys (the unnamed one for `this`), and the
+    /// key files in `dir`.
+    fn ring(&self, this: Option<&str>, dir: Option<&Path>) -> Result<KeyRing, Failure> {
+        let mut ring = KeyRing::new();
+        if let Some(dir) = dir {
+            ring = ring.with_dir(dir);
+        }
+        let verifying = |key: &[u8; 32]| {
+            parse_public_key(&hex::encode(key)).map_err(|e| Failure::from(anyhow::Error::from(e)))
+        };
+        for (origin, key) in &self.named {
+            ring.insert(origin.clone(), verifying(key)?);
+        }
+        if let (Some(key), Some(this)) = (&self.unnamed, this) {
+            ring.insert(this.to_owned(), verifying(key)?);
+        }
+        Ok(ring)
+    }
+}
+
+/// The checkpoints of every `--trusted` export (either version), by origin.
+fn trusted_checkpoints(files: &[PathBuf]) -> Result<Vec<(String, Vec<Checkpoint>)>, Failure> {
+    let mut out = Vec::new();
+    for file in files {
+        let chains = read_export_chains(file)
             .with_context(|| format!("cannot read trusted checkpoints from {}", file.display()))
             .map_err(Failure::usage)?;
-        trusted.extend(export.checkpoints);
+        for chain in chains {
+            out.push((chain.origin, chain.checkpoints));
+        }
     }
-    let (what, key, verdict) = match &args.export {
-        Some(file) => {
-            let Some(key) = &args.pubkey else {
-                bail_usage(
-                    "--export needs --pubkey: the key to trust is never taken from the file",
-                )?
-            };
-            let key = parse_public_key(key).map_err(|e| Failure::usage(e.into()))?;
-            (
-                file.display().to_string(),
-                KeySource::Given(*key.as_bytes()),
-                Verdict::from(&verify_export(file, &key, &trusted)?),
-            )
+    Ok(out)
+}
+
+/// An export's version, from its header line.
+fn export_version(file: &Path) -> Result<u64, Failure> {
+    let opened = std::fs::File::open(file)
+        .with_context(|| format!("cannot read {}", file.display()))
+        .map_err(Failure::usage)?;
+    let mut first = String::new();
+    std::io::BufReader::new(opened)
+        .read_line(&mut first)
+        .with_context(|| format!("cannot read {}", file.display()))
+        .map_err(Failure::usage)?;
+    let header: serde_json::Value = serde_json::from_str(&first).unwrap_or_default();
+    // A file that is no export is refused, naming its line, by the reader.
+    Ok(header
+        .get("version")
+        .and_then(serde_json::Value::as_u64)
+        .unwrap_or(0))
+}
+
+async fn verify(settings: &Settings, args: &VerifyArgs) -> Result<u8, Failure> {
+    let given = GivenKeys::parse(&args.pubkey)?;
+    let trusted_files = trusted_checkpoints(&args.trusted)?;
+    if let Some(file) = &args.export {
+        return verify_offline(file, &given, args, &trusted_files);
+    }
+    if args.keys.is_some() {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "--keys is for --export: a live store's keys are read from {}",
+            audit_dir(settings).join(KEYS_DIR).display()
+        )));
+    }
+    let own = settings.store.origin.clone();
+    let log = Log::open(settings).await?;
+    if let (Log::Local(shared), Some(_)) = (&log, log.chains()?) {
+        let mut trusted: BTreeMap<String, Vec<Checkpoint>> = BTreeMap::new();
+        for (origin, checkpoints) in trusted_files {
+            trusted.entry(origin).or_default().extend(checkpoints);
         }
-        None => {
-            let given = match &args.pubkey {
-                Some(key) => Some(parse_public_key(key).map_err(|e| Failure::usage(e.into()))?),
-                None => None,
-            };
-            let log = Log::open(settings).await?;
-            let (path, live_key, verdict) = log.verify(&trusted).await?;
-            let source = match given {
-                Some(key) => {
-                    if *key.as_bytes() != live_key {
-                        return Err(Failure::from(anyhow::anyhow!(
-                            "the live log is signed with key {}, not the one given",
-                            hex::encode(live_key)
-                        )));
-                    }
-                    KeySource::Given(live_key)
-                }
-                None => KeySource::BesideTheLog(live_key, Path::new(&path).join(PUBLIC_KEY_FILE)),
-            };
-            (path, source, verdict)
+        let ring = given.ring(Some(shared.origin()), Some(&shared.path().join(KEYS_DIR)))?;
+        let chains = shared.verify_all_with(&ring, &trusted)?;
+        let what = format!("the {} store", settings.store.store.backend());
+        return Ok(report_chains(
+            &what,
+            shared.origin(),
+            shared.path(),
+            &chains,
+            args.json,
+        ));
+    }
+    // This host's chain alone: the trusted checkpoints of its origin (or
+    // of an export's only chain, whatever it calls itself).
+    let single = trusted_files.len() == 1;
+    let trusted: Vec<Checkpoint> = trusted_files
+        .into_iter()
+        .filter(|(origin, _)| single || *origin == own)
+        .flat_map(|(_, checkpoints)| checkpoints)
+        .collect();
+    let (path, live_key, verdict) = log.verify(&trusted).await?;
+    let source = match given.for_origin(&own, true) {
+        Some(key) => {
+            if key != live_key {
+                return Err(Failure::from(anyhow::anyhow!(
+                    "the live log is signed with key {}, not the one given",
+                    hex::encode(live_key)
+                )));
+            }
+            KeySource::Given(live_key)
         }
+        None => KeySource::BesideTheLog(live_key, Path::new(&path).join(PUBLIC_KEY_FILE)),
     };
-    report(&what, &key, &verdict, args.json);
-    Ok(match verdict {
+    report(&path, &source, &verdict, args.json);
+    Ok(verdict_code(&verdict))
+}
+
+fn verdict_code(verdict: &Verdict) -> u8 {
+    match verdict {
         Verdict::Passed { .. } => exit::OK,
         Verdict::Failed { .. } => exit::VERIFY_FAILED,
-    })
+    }
+}
+
+/// `audit verify --export FILE`: a version 1 file with its key given is
+/// checked and printed as it always was; otherwise every chain of the
+/// file against its key (`--pubkey ORIGIN=KEY`, `--keys DIR`, else the key
+/// the file names, reported as unvouched).
+fn verify_offline(
+    file: &Path,
+    given: &GivenKeys,
+    args: &VerifyArgs,
+    trusted_files: &[(String, Vec<Checkpoint>)],
+) -> Result<u8, Failure> {
+    if given.unnamed.is_none() && given.named.is_empty() && args.keys.is_none() {
+        bail_usage(
+            "--export needs --pubkey (or --keys DIR of <origin>.pub files): the key to trust is never taken from the file",
+        )?;
+    }
+    let chains = read_export_chains(file).map_err(|e| Failure::usage(e.into()))?;
+    let only = match chains.as_slice() {
+        [chain] => Some(chain.origin.clone()),
+        _ => None,
+    };
+    if given.unnamed.is_some() && only.is_none() {
+        bail_usage(
+            "this export holds several chains: name each key's origin (--pubkey ORIGIN=KEY) or give --keys DIR",
+        )?;
+    }
+    if export_version(file)? == 1
+        && let Some(origin) = &only
+        && let Some(key) = given.for_origin(origin, true)
+    {
+        let trusted: Vec<Checkpoint> = trusted_files
+            .iter()
+            .filter(|(o, _)| trusted_files.len() == 1 || o == origin)
+            .flat_map(|(_, checkpoints)| checkpoints.iter().cloned())
+            .collect();
+        let verifying =
+            parse_public_key(&hex::encode(key)).map_err(|e| Failure::usage(e.into()))?;
+        let verdict = Verdict::from(&verify_export(file, &verifying, &trusted)?);
+        report(
+            &file.display().to_string(),
+            &KeySource::Given(key),
+            &verdict,
+            args.json,
+        );
+        return Ok(verdict_code(&verdict));
+    }
+    let mut trusted: BTreeMap<String, Vec<Checkpoint>> = BTreeMap::new();
+    for (origin, checkpoints) in trusted_files {
+        trusted
+            .entry(origin.clone())
+            .or_default()
+            .extend(checkpoints.iter().cloned());
+    }
+    let ring = given.ring(only.as_deref(), args.keys.as_deref())?;
+    let results = verify_export_chains(file, &ring, &trusted)?;
+    let what = file.display().to_string();
+    Ok(report_chains(&what, "", Path::new(""), &results, args.json))
 }
 
 fn bail_usage<T>(message: &str) -> Result<T, Failure> {
@@ -546,12 +903,143 @@ fn report(what: &str, key: &KeySource, verdict: &Verdict, json: bool) {
     }
 }
 
-fn print_record(record: &Record, json: bool) {
+const UNVOUCHED_WARNING: &str = "no key was given or found for this chain: its checkpoints were checked against the key they name themselves, which proves integrity only against someone who could not rewrite the chain and its checkpoints together; put the host's key in keys/<origin>.pub (or give --pubkey ORIGIN=KEY) from a copy kept out of band";
+
+/// Whether a chain's key is one someone vouched for.
+fn vouched(source: &ChainKeySource) -> bool {
+    matches!(
+        source,
+        ChainKeySource::Given | ChainKeySource::Own | ChainKeySource::File { .. }
+    )
+}
+
+/// One chain's verification as JSON: `origin`, `ok`, `key` (`public_key`,
+/// `source`, `vouched`, and `path` or `warning`), then `report` or
+/// `failure`.
+fn chain_json(chain: &ChainVerification, audit_dir: &Path) -> serde_json::Value {
+    let mut key = serde_json::to_value(&chain.key_source).unwrap_or_else(|_| json!({}));
+    if let Some(map) = key.as_object_mut() {
+        map.insert("public_key".into(), json!(chain.public_key));
+        map.insert("vouched".into(), json!(vouched(&chain.key_source)));
+        match &chain.key_source {
+            ChainKeySource::Own => {
+                map.insert(
+                    "path".into(),
+                    json!(audit_dir.join(PUBLIC_KEY_FILE).display().to_string()),
+                );
+            }
+            ChainKeySource::Named | ChainKeySource::None => {
+                map.insert("warning".into(), json!(UNVOUCHED_WARNING));
+            }
+            ChainKeySource::Given | ChainKeySource::File { .. } => {}
+        }
+    }
+    match &chain.result {
+        Ok(report) => json!({"origin": chain.origin, "ok": true, "key": key, "report": report}),
+        Err(failure) => {
+            json!({"origin": chain.origin, "ok": false, "key": key, "failure": failure})
+        }
+    }
+}
+
+/// Print the verification of every chain; the exit code.
+fn report_chains(
+    what: &str,
+    own: &str,
+    audit_dir: &Path,
+    chains: &[ChainVerification],
+    json: bool,
+) -> u8 {
+    let failed: Vec<&str> = chains
+        .iter()
+        .filter(|c| c.result.is_err())
+        .map(|c| c.origin.as_str())
+        .collect();
+    let code = if failed.is_empty() {
+        exit::OK
+    } else {
+        exit::VERIFY_FAILED
+    };
     if json {
+        let items: Vec<_> = chains.iter().map(|c| chain_json(c, audit_dir)).collect();
+        print_json(&json!({"ok": failed.is_empty(), "log": what, "chains": items}));
+        return code;
+    }
+    for chain in chains {
+        let me = if chain.origin == own {
+            " (this host)"
+        } else {
+            ""
+        };
+        match &chain.result {
+            Ok(report) => println!(
+                "chain {}{me}: ok: {} records, {} checkpoints verified",
+                chain.origin, report.records, report.checkpoints
+            ),
+            Err(failure) => println!(
+                "chain {}{me}: FAILED at record {}:{}: {}",
+                chain.origin, chain.origin, failure.seq, failure.problem
+            ),
+        }
+        let key = chain.public_key.as_deref().unwrap_or("none");
+        match &chain.key_source {
+            ChainKeySource::Given => println!("  key: {key} (given with --pubkey)"),
+            ChainKeySource::Own => println!(
+                "  key: {key} (this host's own: {})",
+                audit_dir.join(PUBLIC_KEY_FILE).display()
+            ),
+            ChainKeySource::File { path } => println!("  key: {key} ({})", path.display()),
+            ChainKeySource::Named => {
+                println!("  key: {key} (UNVOUCHED: named by the chain's own checkpoints)")
+            }
+            ChainKeySource::None => {
+                println!("  key: none (UNVOUCHED: no checkpoints; links and hashes checked only)")
+            }
+        }
+        if let Ok(report) = &chain.result {
+            if let Some(head) = &report.head_hash {
+                println!("  head: {head}");
+            }
+            if report.unsigned_tail > 0 {
+                println!(
+                    "  note: the last {} records are not covered by a checkpoint yet (signed every few seconds and at shutdown)",
+                    report.unsigned_tail
+                );
+            }
+        }
+    }
+    if chains.iter().any(|c| !vouched(&c.key_source)) {
+        println!("warning: {UNVOUCHED_WARNING}");
+    }
+    if failed.is_empty() {
+        println!("ok: {} chains verified ({what})", chains.len());
+    } else {
         println!(
-            "{}",
-            serde_json::to_string(record).unwrap_or_else(|_| "{}".into())
+            "FAILED: {} of {} chains ({}) in {what}",
+            failed.len(),
+            chains.len(),
+            failed.join(", ")
         );
+    }
+    code
+}
+
+/// One record on a line; with `origin` (several chains), its origin too:
+/// a JSON field, or `ORIGIN:SEQ` in place of the sequence number.
+fn print_record(origin: Option<&String>, record: &Record, json: bool) {
+    if json {
+        let Some(origin) = origin else {
+            println!(
+                "{}",
+                serde_json::to_string(record).unwrap_or_else(|_| "{}".into())
+            );
+            return;
+        };
+        let mut value = serde_json::to_value(record).unwrap_or_else(|_| json!({}));
+        if let Some(map) = value.as_object_mut() {
+            map.insert("origin".into(), json!(origin));
+        }
+        println!("{value}");
         return;
     }
     let e = &record.entry;
@@ -562,9 +1050,13 @@ fn print_record(record: &Record, json: bool) {
         (None, Some(t)) => escape(t).into_owned(),
         _ => "-".into(),
     };
+    let seq = match origin {
+        Some(origin) => format!("{origin}:{}", record.seq),
+        None => record.seq.to_string(),
+    };
     let mut line = format!(
         "{:>6}  {}  {:<13}  {:<24}  {:<10}",
-        record.seq,
+        seq,
         format_time(record.time_ms),
         e.event.as_str(),
         tool,

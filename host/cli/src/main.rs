@@ -454,6 +454,15 @@ fn read_arguments(args: &CallArgs) -> Result<String, Failure> {
     }
 }
 
+/// Before the process exits: put the audit log's queued records into the
+/// store and sign a checkpoint over them. Left to the log's drop, that work
+/// may run on its writer thread while the process ends under it.
+pub(crate) fn close_audit(host: &Host) {
+    if let Err(e) = host.audit().close() {
+        eprintln!("warning: cannot close the audit log: {e}");
+    }
+}
+
 async fn call(settings: &Settings, args: CallArgs) -> Result<u8, Failure> {
     let arguments = read_arguments(&args)?;
     let (host, report) = load_host(settings, Calls::Recorded).await?;
@@ -494,7 +503,9 @@ async fn call(settings: &Settings, args: CallArgs) -> Result<u8, Failure> {
         }
         return Ok(exit_code(error.class()));
     }
-    match host.call(request).await {
+    let result = host.call(request).await;
+    close_audit(&host);
+    match result {
         Ok(response) => {
             if args.json {
                 let mut value =

@@ -160,6 +160,7 @@ pub async fn run(settings: &Settings, args: ServeArgs) -> Result<u8, Failure> {
     // Stop the control socket (and remove its file) before the host closes.
     shutdown.cancel();
     let _ = control.await;
+    crate::close_audit(server.host());
     Ok(exit::OK)
 }
 

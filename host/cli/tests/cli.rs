@@ -10,6 +10,12 @@ use serde_json::Value;
 
 const AIRLOCK: &str = env!("CARGO_BIN_EXE_airlock");
 
+/// The binary under test: this build's, or `AIRLOCK_TEST_BIN` (a copy
+/// taken while a build directory is shared with other checkouts).
+fn airlock() -> std::ffi::OsString {
+    std::env::var_os("AIRLOCK_TEST_BIN").unwrap_or_else(|| AIRLOCK.into())
+}
+
 struct Env {
     data: tempfile::TempDir,
     cache: std::path::PathBuf,
@@ -39,7 +45,7 @@ impl Env {
     }
 
     fn cmd(&self, plugins: &Path) -> Command {
-        let mut cmd = Command::new(AIRLOCK);
+        let mut cmd = Command::new(airlock());
         cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .arg("--plugins-dir")

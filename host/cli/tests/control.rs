@@ -16,6 +16,12 @@ use airlock_tests::{MISBEHAVE, PLUGINS_DIR, install, read, sha256_hex};
 use serde_json::{Value, json};
 
 const AIRLOCK: &str = env!("CARGO_BIN_EXE_airlock");
+
+/// The binary under test: this build's, or `AIRLOCK_TEST_BIN` (a copy
+/// taken while a build directory is shared with other checkouts).
+fn airlock() -> std::ffi::OsString {
+    std::env::var_os("AIRLOCK_TEST_BIN").unwrap_or_else(|| AIRLOCK.into())
+}
 const APPROVER_TOKEN: &str = "approver-secret-1";
 /// Longer than any command here may take: a command that waited for the
 /// lock would show.
@@ -88,7 +94,7 @@ impl Setup {
     }
 
     fn cmd(&self) -> Command {
-        let mut cmd = Command::new(AIRLOCK);
+        let mut cmd = Command::new(airlock());
         cmd.env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .arg("--config")

@@ -94,4 +94,4 @@ pub use mode::{MODE_FILE, Mode, write_mode};
 pub use pipeline::{CallRequest, CallResponse};
 pub use plugin::{Plugin, Tool, ToolInfo};
 pub use state::{LogLevel, LogLine};
-pub use stores::{StoreConfig, open_mode, open_workspace};
+pub use stores::{StoreConfig, open_audit_read_only, open_mode, open_workspace};

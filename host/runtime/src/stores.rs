@@ -197,3 +197,57 @@ pub fn open_mode(config: &crate::HostConfig) -> Result<Arc<dyn airlock_store::Mo
         (StoreConfig::Custom(stores), _) => Ok(stores.mode.clone()),
     }
 }
+
+/// The audit log of the store `config` names, without a host, for reading,
+/// verifying and exporting only — what an operator's `airlock audit`
+/// reads. It is the log as the host of `config.origin` sees it: its own
+/// chain is checked against `<data dir>/audit/signing.pub`, other origins'
+/// as [`AuditLog::verify_all`] says. A sled store holds this host's chain
+/// alone; a shared store (PostgreSQL) every host's. With sled, waits up to
+/// `lock_wait` for another process to release the database.
+///
+/// # Errors
+/// [`Error::Audit`] ([`airlock_audit::Error::Locked`] when another process
+/// holds a sled store; [`airlock_audit::Error::Store`] when nothing has
+/// been recorded yet; [`airlock_audit::Error::Key`] without
+/// `signing.pub`); [`Error::Store`] when a shared store cannot be opened;
+/// [`Error::Config`] for a temporary store.
+pub fn open_audit_read_only(config: &crate::HostConfig, lock_wait: Duration) -> Result<AuditLog> {
+    let Some(dir) = &config.data_dir else {
+        return Err(Error::Config {
+            message: "a temporary store has no audit log to read".to_owned(),
+        });
+    };
+    let audit_dir = dir.join(AUDIT_DIR);
+    let read_only = |store: Arc<dyn airlock_store::AuditStore>| {
+        Ok(AuditLog::read_only(store, &config.origin, &audit_dir)?)
+    };
+    match &config.store {
+        StoreConfig::Sled => {
+            let db = audit_dir.join(DB_DIR);
+            if !db.is_dir() {
+                return Err(Error::Audit(airlock_audit::Error::Store {
+                    path: audit_dir,
+                    message: "no audit log here (nothing has been recorded yet)".to_owned(),
+                }));
+            }
+            let store = SledAudit::open(
+                &db,
+                &config.origin,
+                &SledAuditOptions {
+                    flush_every_ms: None,
+                    lock_wait,
+                },
+            )
+            .map_err(|e| Error::Audit(airlock_audit::Error::from_store(&audit_dir, &e)))?;
+            read_only(Arc::new(store))
+        }
+        #[cfg(feature = "postgres")]
+        StoreConfig::Postgres(postgres) => read_only(
+            airlock_store_postgres::open(postgres)
+                .map_err(backend_error)?
+                .audit,
+        ),
+        StoreConfig::Custom(stores) => read_only(stores.audit.clone()),
+    }
+}
