@@ -8,8 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_host::audit_log::Event;
-use airlock_host::ledger::{ApprovalPolicy, ApprovalState, Approver};
-use airlock_host::{CallError, CallRequest, Error, Host, HostConfig, Policy};
+use airlock_host::store::ApprovalState;
+use airlock_host::{
+    ApprovalPolicy, Approver, CallError, CallRequest, Error, Host, HostConfig, Policy,
+};
 use airlock_tests::{PLUGINS_DIR, sha256_hex};
 use serde_json::{Value, json};
 
@@ -370,7 +372,7 @@ async fn read_only_mode_serves_lookups_and_refuses_refunds() {
     // Another process (the CLI) flips it back through the mode file.
     airlock_host::write_mode(
         dir.path(),
-        &airlock_host::Mode {
+        &airlock_host::store::Mode {
             read_only: false,
             id: "switch-2".into(),
             by: "ops-oncall".into(),

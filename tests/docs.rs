@@ -44,19 +44,27 @@ fn is_path(span: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || "/._-*".contains(c))
 }
 
-/// `Host::call`, `claim_key()`, `airlock_store::Ledger` — not prose,
-/// commands or config keys.
+/// `Host::call`, `claim_key()`, `airlock_store::Ledger`, `KeyClaim` — not
+/// prose, commands, config keys or lowercase words.
 fn item_name(span: &str) -> Option<&str> {
-    let span = span.strip_suffix("()").unwrap_or(span);
     let ident = |s: &str| {
         !s.is_empty()
             && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
             && !s.starts_with(|c: char| c.is_ascii_digit())
     };
+    if let Some(function) = span.strip_suffix("()")
+        && !function.contains("::")
+    {
+        return ident(function).then_some(function);
+    }
+    let span = span.strip_suffix("()").unwrap_or(span);
     if span.contains("::") && span.split("::").all(ident) {
         return span.rsplit("::").next();
     }
-    None
+    // A type, trait or variant: `Pipeline`, `LoadError` (not `GET`).
+    let camel = span.starts_with(|c: char| c.is_ascii_uppercase())
+        && span.chars().any(|c| c.is_ascii_lowercase());
+    (camel && ident(span)).then_some(span)
 }
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
@@ -89,6 +97,8 @@ fn defines(source: &str, name: &str) -> bool {
             })
         })
         || source.contains(&format!("macro_rules! {name}"))
+        // Re-exports under another name: `pub use airlock_audit as audit_log;`.
+        || source.contains(&format!(" as {name};"))
         // Enum variants: `    Name,` / `    Name {` / `    Name(`.
         || source.lines().any(|l| {
             let l = l.trim_start();
@@ -168,6 +178,11 @@ fn the_checker_catches_a_stale_name() {
     assert_eq!(item_name("Host::call"), Some("call"));
     assert_eq!(item_name("airlock_store::Ledger"), Some("Ledger"));
     assert_eq!(item_name("airlock serve --http"), None);
+    assert_eq!(item_name("claim_key()"), Some("claim_key"));
+    assert_eq!(item_name("KeyClaim"), Some("KeyClaim"));
+    assert_eq!(item_name("GET"), None);
+    assert_eq!(item_name("read"), None);
+    assert!(defines("pub use airlock_audit as audit_log;", "audit_log"));
     assert!(is_path("host/runtime/src/pipeline.rs"));
     assert!(!is_path("N/unit"));
 }

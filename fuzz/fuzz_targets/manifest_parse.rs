@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use airlock_host::Manifest;
-use airlock_host::ratelimit::Rate;
+use airlock_host::store::Rate;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -15,8 +15,7 @@
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use airlock_host::ledger::Approver;
-use airlock_host::{Host, HostConfig, Policy};
+use airlock_host::{Approver, Host, HostConfig, Policy};
 use airlock_mcp::http::{CallerToken, HttpConfig, router};
 use airlock_mcp::{McpServer, ServeOptions};
 use hyper_util::rt::TokioIo;

@@ -256,26 +256,26 @@ pub mod workspace {
             }
         }
 
-        pub fn get(key: &str) -> Result<Option<Vec<u8>>, WorkspaceError> {
+        pub(super) fn get(key: &str) -> Result<Option<Vec<u8>>, WorkspaceError> {
             wit::get(key).map_err(map)
         }
-        pub fn set(key: &str, value: &[u8]) -> Result<(), WorkspaceError> {
+        pub(super) fn set(key: &str, value: &[u8]) -> Result<(), WorkspaceError> {
             wit::set(key, value).map_err(map)
         }
-        pub fn delete(key: &str) -> Result<bool, WorkspaceError> {
+        pub(super) fn delete(key: &str) -> Result<bool, WorkspaceError> {
             wit::delete(key).map_err(map)
         }
-        pub fn list_keys(
+        pub(super) fn list_keys(
             prefix: &str,
             start_after: Option<&str>,
             limit: u32,
         ) -> Result<Vec<String>, WorkspaceError> {
             wit::list_keys(prefix, start_after, limit).map_err(map)
         }
-        pub fn put_blob(data: &[u8]) -> Result<String, WorkspaceError> {
+        pub(super) fn put_blob(data: &[u8]) -> Result<String, WorkspaceError> {
             wit::put_blob(data).map_err(map)
         }
-        pub fn get_blob(reference: &str) -> Result<Option<Vec<u8>>, WorkspaceError> {
+        pub(super) fn get_blob(reference: &str) -> Result<Option<Vec<u8>>, WorkspaceError> {
             wit::get_blob(reference).map_err(map)
         }
     }
@@ -292,20 +292,20 @@ pub mod workspace {
             static BLOBS: RefCell<BTreeMap<String, Vec<u8>>> = RefCell::default();
         }
 
-        pub fn get(key: &str) -> Result<Option<Vec<u8>>, WorkspaceError> {
+        pub(super) fn get(key: &str) -> Result<Option<Vec<u8>>, WorkspaceError> {
             Ok(KEYS.with(|k| k.borrow().get(key).cloned()))
         }
-        pub fn set(key: &str, value: &[u8]) -> Result<(), WorkspaceError> {
+        pub(super) fn set(key: &str, value: &[u8]) -> Result<(), WorkspaceError> {
             if key.is_empty() {
                 return Err(WorkspaceError::Invalid("empty key".into()));
             }
             KEYS.with(|k| k.borrow_mut().insert(key.to_owned(), value.to_vec()));
             Ok(())
         }
-        pub fn delete(key: &str) -> Result<bool, WorkspaceError> {
+        pub(super) fn delete(key: &str) -> Result<bool, WorkspaceError> {
             Ok(KEYS.with(|k| k.borrow_mut().remove(key).is_some()))
         }
-        pub fn list_keys(
+        pub(super) fn list_keys(
             prefix: &str,
             start_after: Option<&str>,
             limit: u32,
@@ -320,7 +320,7 @@ pub mod workspace {
                     .collect()
             }))
         }
-        pub fn put_blob(data: &[u8]) -> Result<String, WorkspaceError> {
+        pub(super) fn put_blob(data: &[u8]) -> Result<String, WorkspaceError> {
             // Not the host's SHA-256, but content-addressed all the same.
             use std::hash::{Hash, Hasher};
             let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -329,7 +329,7 @@ pub mod workspace {
             BLOBS.with(|b| b.borrow_mut().insert(reference.clone(), data.to_vec()));
             Ok(reference)
         }
-        pub fn get_blob(reference: &str) -> Result<Option<Vec<u8>>, WorkspaceError> {
+        pub(super) fn get_blob(reference: &str) -> Result<Option<Vec<u8>>, WorkspaceError> {
             Ok(BLOBS.with(|b| b.borrow().get(reference).cloned()))
         }
     }

@@ -1501,28 +1501,8 @@ pub struct Export {
 /// [`Error::File`] naming the line that is not part of an export.
 pub fn read_export(path: impl AsRef<Path>) -> Result<Export> {
     let path = path.as_ref();
-    let bad = |line: usize, message: String| Error::File {
-        path: path.to_owned(),
-        message: format!("line {line}: {message}"),
-    };
-    let file = fs::File::open(path).map_err(|e| Error::File {
-        path: path.to_owned(),
-        message: e.to_string(),
-    })?;
-    let mut lines = BufReader::new(file).lines().enumerate();
-    let header: Value = match lines.next() {
-        Some((_, Ok(line))) => {
-            serde_json::from_str(&line).map_err(|e| bad(1, format!("not JSON: {e}")))?
-        }
-        Some((_, Err(e))) => return Err(bad(1, e.to_string())),
-        None => return Err(bad(1, "empty file, not an audit export".into())),
-    };
-    if header.get("format").and_then(Value::as_str) != Some(EXPORT_FORMAT) {
-        return Err(bad(
-            1,
-            "not an airlock audit export (no export header)".into(),
-        ));
-    }
+    let bad = export_error(path);
+    let (header, lines) = open_export(path)?;
     if header.get("version").and_then(Value::as_u64) != Some(EXPORT_VERSION) {
         return Err(bad(
             1,
@@ -1538,12 +1518,8 @@ pub fn read_export(path: impl AsRef<Path>) -> Result<Export> {
         checkpoints: Vec::new(),
         records: Vec::new(),
     };
-    for (i, line) in lines {
-        let n = i + 1;
-        let line = line.map_err(|e| bad(n, e.to_string()))?;
-        if line.trim().is_empty() {
-            continue;
-        }
+    for line in lines {
+        let (n, line) = line?;
         let value: Value =
             serde_json::from_str(&line).map_err(|e| bad(n, format!("not JSON: {e}")))?;
         if value.get("record").is_some() {
@@ -1568,6 +1544,53 @@ pub fn read_export(path: impl AsRef<Path>) -> Result<Export> {
         }
     }
     Ok(export)
+}
+
+/// The error about line `line` of the export file at `path`.
+pub(crate) fn export_error(path: &Path) -> impl Fn(usize, String) -> Error + '_ {
+    move |line, message| Error::File {
+        path: path.to_owned(),
+        message: format!("line {line}: {message}"),
+    }
+}
+
+/// Open the export file at `path`: its header, checked to name the export
+/// format (each reader checks the version it reads), and its further lines
+/// that are not blank, with their line numbers.
+///
+/// # Errors
+/// [`Error::File`] naming the line that is not part of an export.
+pub(crate) fn open_export(
+    path: &Path,
+) -> Result<(Value, impl Iterator<Item = Result<(usize, String)>> + '_)> {
+    let bad = export_error(path);
+    let file = fs::File::open(path).map_err(|e| Error::File {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    let mut lines = BufReader::new(file).lines().enumerate();
+    let header: Value = match lines.next() {
+        Some((_, Ok(line))) => {
+            serde_json::from_str(&line).map_err(|e| bad(1, format!("not JSON: {e}")))?
+        }
+        Some((_, Err(e))) => return Err(bad(1, e.to_string())),
+        None => return Err(bad(1, "empty file, not an audit export".into())),
+    };
+    if header.get("format").and_then(Value::as_str) != Some(EXPORT_FORMAT) {
+        return Err(bad(
+            1,
+            "not an airlock audit export (no export header)".into(),
+        ));
+    }
+    let rest = lines.filter_map(move |(i, line)| {
+        let n = i + 1;
+        match line {
+            Ok(line) if line.trim().is_empty() => None,
+            Ok(line) => Some(Ok((n, line))),
+            Err(e) => Some(Err(bad(n, e.to_string()))),
+        }
+    });
+    Ok((header, rest))
 }
 
 #[cfg(test)]

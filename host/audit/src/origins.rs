@@ -18,7 +18,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::keys::parse_public_key;
 use crate::log::{
     AuditLog, EXPORT_FORMAT, EXPORT_VERSION, Filter, KEYS_DIR, chain_records, check_origin,
-    newest_matching, now_ms, read_export, store_error, verify_chain,
+    export_error, newest_matching, now_ms, open_export, read_export, store_error, verify_chain,
 };
 use crate::record::Record;
 use crate::verify::{Problem, Verifier, VerifyFailure, VerifyReport};
@@ -540,28 +540,8 @@ pub struct ExportChain {
 /// [`Error::File`] naming the line that is not part of an export.
 pub fn read_export_chains(path: impl AsRef<Path>) -> Result<Vec<ExportChain>> {
     let path = path.as_ref();
-    let bad = |line: usize, message: String| Error::File {
-        path: path.to_owned(),
-        message: format!("line {line}: {message}"),
-    };
-    let file = fs::File::open(path).map_err(|e| Error::File {
-        path: path.to_owned(),
-        message: e.to_string(),
-    })?;
-    let mut lines = BufReader::new(file).lines().enumerate();
-    let header: Value = match lines.next() {
-        Some((_, Ok(line))) => {
-            serde_json::from_str(&line).map_err(|e| bad(1, format!("not JSON: {e}")))?
-        }
-        Some((_, Err(e))) => return Err(bad(1, e.to_string())),
-        None => return Err(bad(1, "empty file, not an audit export".into())),
-    };
-    if header.get("format").and_then(Value::as_str) != Some(EXPORT_FORMAT) {
-        return Err(bad(
-            1,
-            "not an airlock audit export (no export header)".into(),
-        ));
-    }
+    let bad = export_error(path);
+    let (header, lines) = open_export(path)?;
     match header.get("version").and_then(Value::as_u64) {
         Some(EXPORT_VERSION) => {
             drop(lines);
@@ -615,12 +595,8 @@ pub fn read_export_chains(path: impl AsRef<Path>) -> Result<Vec<ExportChain>> {
     for summary in &summaries {
         chain(&mut chains, &summaries, &summary.origin);
     }
-    for (i, line) in lines {
-        let n = i + 1;
-        let line = line.map_err(|e| bad(n, e.to_string()))?;
-        if line.trim().is_empty() {
-            continue;
-        }
+    for line in lines {
+        let (n, line) = line?;
         // A record line is fixed text around the stored bytes; an origin
         // id needs no escaping.
         if let Some(rest) = line.strip_prefix("{\"origin\":\"")

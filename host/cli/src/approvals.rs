@@ -1,7 +1,7 @@
 //! `airlock approvals` and `airlock mode`: the human side of the pipeline.
 
-use airlock_host::ledger::{Approval, ApprovalState};
-use airlock_host::{Host, Mode};
+use airlock_host::Host;
+use airlock_host::store::{Approval, ApprovalState, Mode};
 use airlock_mcp::control::{DecideRequest, ModeRequest};
 use clap::Subcommand;
 use serde::Deserialize;

@@ -7,7 +7,7 @@ use anyhow::{Context as _, bail};
 use serde::Deserialize;
 
 /// The built-in configuration.
-pub const DEFAULT_CONFIG: &str = include_str!("default-config.toml");
+pub(crate) const DEFAULT_CONFIG: &str = include_str!("default-config.toml");
 
 /// A configuration file (`airlock.toml`). Unknown keys are errors.
 #[derive(Debug, Default, Deserialize)]
@@ -33,7 +33,7 @@ struct ConfigFile {
 /// `AIRLOCK_STORE_URL`, when set, replaces `url` (so the password need not
 /// be in a file).
 #[derive(Debug, Clone)]
-pub struct StoreSettings {
+pub(crate) struct StoreSettings {
     pub store: airlock_host::StoreConfig,
     pub origin: String,
 }
@@ -97,7 +97,7 @@ fn store_settings(
 /// `[serve]`: how `airlock serve` serves MCP. Unknown keys are errors.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct ServeConfig {
+pub(crate) struct ServeConfig {
     /// Listen address for `--http` given without one.
     pub http_addr: std::net::SocketAddr,
     /// Allow a non-loopback listen address.
@@ -173,7 +173,7 @@ fn check_serve(serve: ServeConfig) -> anyhow::Result<ServeConfig> {
 
 /// Settings after every layer is applied.
 #[derive(Debug)]
-pub struct Settings {
+pub(crate) struct Settings {
     pub plugins_dir: PathBuf,
     pub data_dir: PathBuf,
     pub cache_dir: PathBuf,
@@ -189,7 +189,7 @@ pub struct Settings {
 
 /// Overrides from flags and environment variables.
 #[derive(Debug, Default)]
-pub struct Overrides {
+pub(crate) struct Overrides {
     pub config: Option<PathBuf>,
     pub plugins_dir: Option<PathBuf>,
     pub data_dir: Option<PathBuf>,
@@ -226,7 +226,7 @@ fn default_data_dir() -> anyhow::Result<PathBuf> {
 }
 
 impl Settings {
-    pub fn load(overrides: Overrides) -> anyhow::Result<Settings> {
+    pub(crate) fn load(overrides: Overrides) -> anyhow::Result<Settings> {
         let mut layer = parse(DEFAULT_CONFIG, "the built-in configuration")?;
         if let Some(path) = &overrides.config {
             let text = std::fs::read_to_string(path)

@@ -11,8 +11,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use airlock_host::Approver;
 use airlock_host::audit_log::Event;
-use airlock_host::ledger::Approver;
 use airlock_host::{CallRequest, CallResponse, Host};
 use airlock_mcp::http::HttpConfig;
 use airlock_mcp::{McpServer, ServeOptions};
@@ -124,7 +124,7 @@ fn steps() -> Vec<Step> {
     ]
 }
 
-pub async fn run(settings: &Settings) -> Result<u8, Failure> {
+pub(crate) async fn run(settings: &Settings) -> Result<u8, Failure> {
     println!(
         "Airlock demo — plugins from {}\n",
         settings.plugins_dir.display()

@@ -7,7 +7,7 @@ use airlock_host::{Host, InspectReport, Severity};
 use crate::config::Settings;
 use crate::{Calls, Failure, InspectArgs, host_config, print_json};
 
-pub async fn run(settings: &Settings, args: InspectArgs) -> Result<u8, Failure> {
+pub(crate) async fn run(settings: &Settings, args: InspectArgs) -> Result<u8, Failure> {
     let as_path = PathBuf::from(&args.plugin);
     let dir = if as_path.join(airlock_host::MANIFEST_FILE).is_file() {
         as_path
@@ -37,7 +37,7 @@ fn yes(b: bool) -> &'static str {
 }
 
 /// The human-readable report.
-pub fn render(r: &InspectReport) -> String {
+pub(crate) fn render(r: &InspectReport) -> String {
     let mut out = String::new();
     let mut line = |s: String| {
         out.push_str(&s);

@@ -25,24 +25,24 @@ use crate::config::{Overrides, Settings};
 /// Exit codes. Documented in the README; scripts rely on them.
 pub(crate) mod exit {
     /// Success.
-    pub const OK: u8 = 0;
+    pub(crate) const OK: u8 = 0;
     /// Host failure: bad configuration, a plugin that does not load, I/O.
-    pub const HOST: u8 = 1;
+    pub(crate) const HOST: u8 = 1;
     /// Usage error: bad flags or arguments to airlock itself.
-    pub const USAGE: u8 = 2;
+    pub(crate) const USAGE: u8 = 2;
     /// The call was refused before the tool ran (unknown tool, invalid
     /// arguments, ...).
-    pub const REFUSED: u8 = 3;
+    pub(crate) const REFUSED: u8 = 3;
     /// The tool ran and reported an error.
-    pub const TOOL_ERROR: u8 = 4;
+    pub(crate) const TOOL_ERROR: u8 = 4;
     /// The tool crashed or hit a limit (fuel, deadline, memory, output).
-    pub const TRAP: u8 = 5;
+    pub(crate) const TRAP: u8 = 5;
     /// The plugin asks for, or imports, a capability it may not have.
-    pub const CAPABILITY_DENIED: u8 = 6;
+    pub(crate) const CAPABILITY_DENIED: u8 = 6;
     /// `audit verify` found a bad record.
-    pub const VERIFY_FAILED: u8 = 7;
+    pub(crate) const VERIFY_FAILED: u8 = 7;
     /// The call waits for a human approval (it has not run).
-    pub const PENDING: u8 = 8;
+    pub(crate) const PENDING: u8 = 8;
 }
 
 /// Airlock: a sandboxed host for AI-agent tools compiled to WebAssembly.

@@ -16,7 +16,7 @@ use crate::config::Settings;
 use crate::{Calls, Failure, exit, host_config};
 
 #[derive(Debug, Args)]
-pub struct ServeArgs {
+pub(crate) struct ServeArgs {
     /// Serve Streamable HTTP (at /mcp) instead of stdio, on ADDR (default
     /// from serve.http_addr: 127.0.0.1:7410). Needs [[serve.tokens]].
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "")]
@@ -35,12 +35,12 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
-    pub fn principal(&self) -> Option<String> {
+    pub(crate) fn principal(&self) -> Option<String> {
         self.principal.clone()
     }
 }
 
-pub async fn run(settings: &Settings, args: ServeArgs) -> Result<u8, Failure> {
+pub(crate) async fn run(settings: &Settings, args: ServeArgs) -> Result<u8, Failure> {
     let serve = &settings.serve;
     let http = match args.http.as_deref() {
         None => None,

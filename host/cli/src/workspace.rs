@@ -4,7 +4,8 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use airlock_host::workspace::{WORKSPACE_DIR, Workspace};
+use airlock_host::WORKSPACE_DIR;
+use airlock_host::store::Workspace;
 use airlock_mcp::control::{
     PluginUsage, ValueRequest, WorkspaceListing, workspace_export, workspace_listing,
     workspace_plugins,

@@ -51,10 +51,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use airlock_host::Host;
 use airlock_host::audit_log::{Checkpoint, Event, Filter, Record, VerifyFailure, VerifyReport};
-use airlock_host::ledger::ApprovalState;
-use airlock_host::workspace::{KeyOwner, KeyScope, Usage, Workspace, WorkspaceError};
-use airlock_host::{Host, Mode};
+use airlock_host::store::{
+    ApprovalState, KeyOwner, KeyScope, Mode, Usage, Workspace, WorkspaceError,
+};
 use axum::body::{Body, Bytes};
 use axum::extract::{Path as UrlPath, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};

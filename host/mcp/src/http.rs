@@ -41,7 +41,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_host::Host;
-use airlock_host::ledger::ApprovalState;
+use airlock_host::store::ApprovalState;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};

@@ -13,11 +13,11 @@ use crate::error::{CallError, CallResult, Identifier};
 use crate::pipeline::CallRequest;
 
 /// Longest trace id, in bytes.
-pub const MAX_TRACE_ID_BYTES: usize = 128;
+pub(crate) const MAX_TRACE_ID_BYTES: usize = 128;
 /// Longest principal, in bytes.
-pub const MAX_PRINCIPAL_BYTES: usize = 256;
+pub(crate) const MAX_PRINCIPAL_BYTES: usize = 256;
 /// Longest approval id, in bytes.
-pub const MAX_APPROVAL_ID_BYTES: usize = 128;
+pub(crate) const MAX_APPROVAL_ID_BYTES: usize = 128;
 /// Bytes of an invalid identifier kept (escaped) in a refusal record.
 const MARKED_PREFIX_BYTES: usize = 32;
 

@@ -3,14 +3,15 @@
 //! The state machines and the records live in the storage seam
 //! (`airlock_store::Ledger` over any `LedgerStore`: sled in the data
 //! directory, PostgreSQL shared by hosts, memory); this module holds the
-//! operator's rules for them ([`ApprovalPolicy`]) and re-exports what the
-//! host's API names.
+//! operator's rules for them ([`ApprovalPolicy`]) and imports, for the
+//! crate, the seam's items it uses (the API names them as
+//! `airlock_host::store::…`).
 
 use serde::{Deserialize, Serialize};
 
-pub use airlock_store::{
-    Approval, ApprovalState, Claim, EXPIRY, IdempotencyEntry, IdempotencyState, KeyRef, Ledger,
-    SweepReport, Transition,
+pub(crate) use airlock_store::{
+    Approval, ApprovalState, Claim, EXPIRY, IdempotencyState, KeyRef, Ledger, SweepReport,
+    Transition,
 };
 
 /// The ledger's directory inside the data directory (sled).

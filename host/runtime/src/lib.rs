@@ -14,12 +14,21 @@
 //! [`audit_log`]): a refusal, or an intent written before the guest runs and
 //! an outcome after. If the log cannot record a call, the call does not run.
 //! Plugins granted `workspace` keep state between calls in the
-//! [`workspace`] store. Both live under [`HostConfig::data_dir`] (temporary
-//! databases without one).
+//! workspace store ([`Host::workspace`]). Both live where the host's
+//! [`StoreConfig`] says: under [`HostConfig::data_dir`] by default
+//! (temporary databases without one).
 //!
 //! Compiled components are cached on disk, keyed by component digest and
 //! engine fingerprint, so a second start does not recompile
 //! ([`HostConfig::cache_dir`], [`CacheStatus`]).
+//!
+//! # The API
+//!
+//! Every item of this crate is at its root. Two crates the host is built on
+//! are re-exported whole, so each of their types has one path:
+//! [`store`] (the storage seam, `airlock-store`: approvals, the workspace,
+//! the host mode, the traits a backend implements) and [`audit_log`]
+//! (`airlock-audit`: the log, its records and the offline verifier).
 //!
 //! # Example
 //!
@@ -58,17 +67,17 @@ mod grants;
 mod host;
 mod identifiers;
 mod inspect;
-pub mod ledger;
+mod ledger;
 mod limits;
-pub mod manifest;
+mod manifest;
 mod mode;
 mod pipeline;
 mod plugin;
-pub mod ratelimit;
+mod ratelimit;
 mod schema;
 mod state;
 mod stores;
-pub mod workspace;
+mod workspace;
 
 pub use airlock_audit as audit_log;
 pub use airlock_store as store;
@@ -88,10 +97,16 @@ pub use host::{
     AUDIT_DIR, DEFAULT_MAX_ARGUMENT_BYTES, Host, HostConfig, LoadFailure, LoadReport, PluginInfo,
 };
 pub use inspect::{CapabilityReport, Finding, ImportReport, InspectReport, Severity, ToolReport};
+pub use ledger::{ApprovalPolicy, Approver, LEDGER_DIR};
 pub use limits::{HttpLimits, Limit, LimitSource, Limits};
-pub use manifest::{FileAccess, MANIFEST_FILE, MANIFEST_SCHEMA, Manifest, Risk};
-pub use mode::{MODE_FILE, Mode, write_mode};
+pub use manifest::{
+    Capabilities, DeclaredLimits, FileAccess, FileGrant, MANIFEST_FILE, MANIFEST_SCHEMA, Manifest,
+    PluginSection, Requirement, Risk, ToolDeclaration,
+};
+pub use mode::{MODE_FILE, write_mode};
 pub use pipeline::{CallRequest, CallResponse};
 pub use plugin::{Plugin, Tool, ToolInfo};
+pub use ratelimit::RateLimitPolicy;
 pub use state::{LogLevel, LogLine};
 pub use stores::{StoreConfig, open_audit_read_only, open_mode, open_workspace};
+pub use workspace::WORKSPACE_DIR;

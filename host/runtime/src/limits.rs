@@ -9,80 +9,80 @@ use crate::manifest::DeclaredLimits;
 
 /// Default fuel per call: enough for real text and JSON work, small enough
 /// that a runaway loop stops within a second or two.
-pub const DEFAULT_FUEL: u64 = 1_000_000_000;
+pub(crate) const DEFAULT_FUEL: u64 = 1_000_000_000;
 /// Default wall-clock deadline per call.
-pub const DEFAULT_TIMEOUT_MS: u64 = 5_000;
+pub(crate) const DEFAULT_TIMEOUT_MS: u64 = 5_000;
 /// Default maximum linear memory per instance.
-pub const DEFAULT_MEMORY_MB: u64 = 64;
+pub(crate) const DEFAULT_MEMORY_MB: u64 = 64;
 /// Default maximum size of a call's result.
-pub const DEFAULT_MAX_OUTPUT_KB: u64 = 1024;
+pub(crate) const DEFAULT_MAX_OUTPUT_KB: u64 = 1024;
 /// Built-in ceiling on a manifest's `timeout_ms` when the operator sets
 /// none (`[policy.limits] timeout_ms` raises or lowers it).
-pub const CEILING_TIMEOUT_MS: u64 = 60_000;
+pub(crate) const CEILING_TIMEOUT_MS: u64 = 60_000;
 /// Built-in ceiling on `memory_mb`; also the instance pool's slot size
 /// unless the operator sets a ceiling.
-pub const CEILING_MEMORY_MB: u64 = 1024;
+pub(crate) const CEILING_MEMORY_MB: u64 = 1024;
 /// Built-in ceiling on `max_output_kb`.
-pub const CEILING_MAX_OUTPUT_KB: u64 = 16 * 1024;
+pub(crate) const CEILING_MAX_OUTPUT_KB: u64 = 16 * 1024;
 /// Built-in ceiling on `max_concurrency`.
-pub const CEILING_MAX_CONCURRENCY: u64 = 256;
+pub(crate) const CEILING_MAX_CONCURRENCY: u64 = 256;
 /// Built-in ceiling on `workspace_keys`.
-pub const CEILING_WORKSPACE_KEYS: u64 = 1_000_000;
+pub(crate) const CEILING_WORKSPACE_KEYS: u64 = 1_000_000;
 /// Built-in ceiling on `workspace_mb`.
-pub const CEILING_WORKSPACE_MB: u64 = 1024;
+pub(crate) const CEILING_WORKSPACE_MB: u64 = 1024;
 /// Built-in ceiling on `workspace_blobs` where `[policy.limits]` sets none.
-pub const CEILING_WORKSPACE_BLOBS: u64 = 1_000_000;
+pub(crate) const CEILING_WORKSPACE_BLOBS: u64 = 1_000_000;
 /// Log bytes kept per call; lines past it are dropped and counted.
-pub const DEFAULT_MAX_LOG_BYTES: usize = 64 * 1024;
+pub(crate) const DEFAULT_MAX_LOG_BYTES: usize = 64 * 1024;
 /// Log lines kept per call (policy `log_max_lines`), whatever their size:
 /// lines past it, empty ones included, are dropped and counted. Guest
 /// stdout/stderr lines and the host's own `host: …` lines count too.
-pub const DEFAULT_MAX_LOG_LINES: u64 = 1_000;
+pub(crate) const DEFAULT_MAX_LOG_LINES: u64 = 1_000;
 /// Bytes kept per log line.
-pub const MAX_LOG_LINE_BYTES: usize = 4 * 1024;
+pub(crate) const MAX_LOG_LINE_BYTES: usize = 4 * 1024;
 /// Bytes of guest stderr kept per call (panic messages land here).
-pub const MAX_STDERR_BYTES: usize = 16 * 1024;
+pub(crate) const MAX_STDERR_BYTES: usize = 16 * 1024;
 /// Minimum payload one guest-to-host transfer may carry
 /// (`Store::set_hostcall_fuel`); raised to twice the output limit so that
 /// results just over the limit are reported as too large rather than trapping.
-pub const HOSTCALL_FUEL: usize = 1024 * 1024;
+pub(crate) const HOSTCALL_FUEL: usize = 1024 * 1024;
 /// Default cap on concurrent instances of one plugin.
-pub const DEFAULT_MAX_CONCURRENCY: u64 = 16;
+pub(crate) const DEFAULT_MAX_CONCURRENCY: u64 = 16;
 /// Workspace keys per plugin when the manifest is silent.
-pub const DEFAULT_WORKSPACE_KEYS: u64 = 10_000;
+pub(crate) const DEFAULT_WORKSPACE_KEYS: u64 = 10_000;
 /// Workspace space per plugin, in MiB, when the manifest is silent.
-pub const DEFAULT_WORKSPACE_MB: u64 = 64;
+pub(crate) const DEFAULT_WORKSPACE_MB: u64 = 64;
 /// Workspace blobs per plugin when the manifest is silent (bytes alone would
 /// let a plugin store millions of tiny blobs).
-pub const DEFAULT_WORKSPACE_BLOBS: u64 = 1_000;
+pub(crate) const DEFAULT_WORKSPACE_BLOBS: u64 = 1_000;
 /// Host-side resources (open files, streams, ...) one call may hold at once,
 /// and component-model handles per store. Each open file is a host file
 /// descriptor, so this also bounds what one call can take from the
 /// process's descriptor limit.
-pub const MAX_RESOURCES: usize = 256;
+pub(crate) const MAX_RESOURCES: usize = 256;
 /// Table elements per instance.
-pub const MAX_TABLE_ELEMENTS: usize = 100_000;
+pub(crate) const MAX_TABLE_ELEMENTS: usize = 100_000;
 /// Default cap on outgoing HTTP requests one call may make (`http`
 /// capability); further requests get `connection-limit-reached`.
-pub const DEFAULT_HTTP_MAX_REQUESTS: u64 = 16;
+pub(crate) const DEFAULT_HTTP_MAX_REQUESTS: u64 = 16;
 /// Default cap on one HTTP response body, in KiB; reading past it gets
 /// `HTTP-response-body-size`. Bodies are streamed to the guest, never
 /// buffered whole by the host.
-pub const DEFAULT_HTTP_MAX_RESPONSE_KB: u64 = 1024;
+pub(crate) const DEFAULT_HTTP_MAX_RESPONSE_KB: u64 = 1024;
 /// Default time allowed to resolve, connect and finish the TLS handshake for
 /// one request. Always cut short by the call's deadline.
-pub const DEFAULT_HTTP_CONNECT_TIMEOUT_MS: u64 = 5_000;
+pub(crate) const DEFAULT_HTTP_CONNECT_TIMEOUT_MS: u64 = 5_000;
 /// Default wait for a response to start, and between two chunks of its
 /// body. Always cut short by the call's deadline.
-pub const DEFAULT_HTTP_FIRST_BYTE_TIMEOUT_MS: u64 = 10_000;
+pub(crate) const DEFAULT_HTTP_FIRST_BYTE_TIMEOUT_MS: u64 = 10_000;
 /// Default cap on blocking DNS lookups in flight at once, over every
 /// plugin (policy `http_max_dns_lookups`); requests past it wait within
 /// their connect timeout, then get `DNS-timeout`.
-pub const DEFAULT_HTTP_MAX_DNS_LOOKUPS: u64 = 8;
+pub(crate) const DEFAULT_HTTP_MAX_DNS_LOOKUPS: u64 = 8;
 /// Most resolved addresses one request tries to connect to.
-pub const HTTP_MAX_ADDRESSES: usize = 8;
+pub(crate) const HTTP_MAX_ADDRESSES: usize = 8;
 /// Read buffer per HTTP connection; also the largest response head accepted.
-pub const HTTP_MAX_BUFFER_BYTES: usize = 64 * 1024;
+pub(crate) const HTTP_MAX_BUFFER_BYTES: usize = 64 * 1024;
 
 /// Where a limit's value came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

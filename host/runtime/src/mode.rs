@@ -14,7 +14,7 @@ use airlock_store::ModeStore;
 use crate::error::{CallError, CallResult, Error, Result, Store, StoreError};
 use crate::ledger::Ledger;
 
-pub use airlock_store::Mode;
+pub(crate) use airlock_store::Mode;
 pub use airlock_store_sled::MODE_FILE;
 
 /// Milliseconds since the Unix epoch (0 before it).

@@ -14,7 +14,7 @@ use std::time::Duration;
 use airlock_store::{RateLimitStore, StoreError};
 use serde::{Deserialize, Serialize};
 
-pub use airlock_store::Rate;
+pub(crate) use airlock_store::Rate;
 
 /// The operator's rate limits (`[policy.rate_limits]`).
 ///

@@ -4,8 +4,9 @@
 //!
 //! The checks and the records live in the storage seam
 //! (`airlock_store::Workspace` over any `WorkspaceStore`: sled in the data
-//! directory, PostgreSQL shared by hosts, memory); this module re-exports
-//! what the host's API names.
+//! directory, PostgreSQL shared by hosts, memory); this module imports,
+//! for the crate, the seam's items it uses (the API names them as
+//! `airlock_host::store::…`).
 //!
 //! # Security: isolation follows identity
 //!
@@ -17,9 +18,8 @@
 //! keys, and calls without a session share a namespace only within one
 //! principal. Plugin-wide keys exist only when the manifest asks for them.
 
-pub use airlock_store::{
-    KeyEntry, KeyOwner, KeyScope, MAX_KEY_BYTES, MAX_LIST, MAX_SESSION_BYTES, MAX_VALUE_BYTES,
-    Quota, Usage, Workspace, WorkspaceError, check_session,
+pub(crate) use airlock_store::{
+    KeyOwner, KeyScope, Quota, Workspace, WorkspaceError, check_session,
 };
 
 /// The workspace directory inside the data directory (sled).

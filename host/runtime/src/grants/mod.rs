@@ -290,27 +290,27 @@ pub struct Policy {
     #[serde(default)]
     pub http_ca_certs: Vec<PathBuf>,
     /// Outgoing HTTP requests per call (default
-    /// [`crate::limits::DEFAULT_HTTP_MAX_REQUESTS`]).
+    /// 16).
     #[serde(default)]
     pub http_max_requests: Option<u64>,
     /// Largest HTTP response body, in KiB (default
-    /// [`crate::limits::DEFAULT_HTTP_MAX_RESPONSE_KB`]).
+    /// 1024).
     #[serde(default)]
     pub http_max_response_kb: Option<u64>,
     /// Resolve + connect + TLS time per request, in milliseconds (default
-    /// [`crate::limits::DEFAULT_HTTP_CONNECT_TIMEOUT_MS`]).
+    /// 5000).
     #[serde(default)]
     pub http_connect_timeout_ms: Option<u64>,
     /// Wait for a response head, and between body chunks, in milliseconds
-    /// (default [`crate::limits::DEFAULT_HTTP_FIRST_BYTE_TIMEOUT_MS`]).
+    /// (default 10000).
     #[serde(default)]
     pub http_first_byte_timeout_ms: Option<u64>,
     /// Blocking DNS lookups in flight at once over every plugin (default
-    /// [`crate::limits::DEFAULT_HTTP_MAX_DNS_LOOKUPS`]).
+    /// 8).
     #[serde(default)]
     pub http_max_dns_lookups: Option<u64>,
     /// Log lines kept per call, empty ones included (default
-    /// [`crate::limits::DEFAULT_MAX_LOG_LINES`]); lines past it are
+    /// 1000); lines past it are
     /// counted as dropped.
     #[serde(default)]
     pub log_max_lines: Option<u64>,
@@ -419,7 +419,7 @@ impl EffectiveGrant {
 /// policy forbids, a `files` host path that does not exist, is not a
 /// directory, or resolves outside the allowed root, or an `http` origin
 /// outside the policy's `http_allow`.
-pub fn effective(
+pub(crate) fn effective(
     manifest: &Manifest,
     policy: &Policy,
     plugin_dir: &Path,

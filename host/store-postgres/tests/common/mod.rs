@@ -17,12 +17,12 @@ use airlock_store::Stores;
 use airlock_store_postgres::{PostgresConfig, open};
 
 /// The repository's root.
-pub fn repo() -> PathBuf {
+pub(crate) fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
 /// The test server's URL (its default database).
-pub fn server_url() -> String {
+pub(crate) fn server_url() -> String {
     if let Ok(url) = std::env::var("AIRLOCK_TEST_POSTGRES_URL")
         && !url.trim().is_empty()
     {
@@ -39,7 +39,7 @@ pub fn server_url() -> String {
 }
 
 /// `url` naming database `name` instead.
-pub fn with_database(url: &str, name: &str) -> String {
+pub(crate) fn with_database(url: &str, name: &str) -> String {
     if let Some(scheme) = url.find("://") {
         let (base, query) = match url.find('?') {
             Some(q) => (&url[..q], &url[q..]),
@@ -55,7 +55,7 @@ pub fn with_database(url: &str, name: &str) -> String {
 }
 
 /// `url` with `password` instead of its own.
-pub fn with_password(url: &str, password: &str) -> String {
+pub(crate) fn with_password(url: &str, password: &str) -> String {
     let scheme = url.find("://").expect("a URL") + 3;
     let at = url.rfind('@').expect("a URL with a user");
     let user_end = url[scheme..at].find(':').map_or(at, |i| scheme + i);
@@ -63,7 +63,7 @@ pub fn with_password(url: &str, password: &str) -> String {
 }
 
 /// Run `sql` (simple protocol, several statements allowed) on `url`.
-pub fn admin(url: &str, sql: &str) {
+pub(crate) fn admin(url: &str, sql: &str) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -87,7 +87,7 @@ pub fn admin(url: &str, sql: &str) {
 }
 
 /// Rows of the first column of `sql` on `url`, as text.
-pub fn admin_query(url: &str, sql: &str) -> Vec<String> {
+pub(crate) fn admin_query(url: &str, sql: &str) -> Vec<String> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -139,7 +139,7 @@ fn sweep_stale_databases(server: &str) {
 }
 
 /// A new, empty database on the test server; its URL.
-pub fn fresh_database() -> String {
+pub(crate) fn fresh_database() -> String {
     let server = server_url();
     sweep_stale_databases(&server);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -149,7 +149,7 @@ pub fn fresh_database() -> String {
 }
 
 /// The configuration the tests open stores with.
-pub fn config(url: &str) -> PostgresConfig {
+pub(crate) fn config(url: &str) -> PostgresConfig {
     let mut config = PostgresConfig::new(url);
     config.pool_size = 8;
     config.pool_wait_ms = 20_000;
@@ -163,7 +163,7 @@ fn peers() -> &'static Mutex<HashMap<String, PostgresConfig>> {
 }
 
 /// Stores on a new database.
-pub fn fresh_stores() -> Stores {
+pub(crate) fn fresh_stores() -> Stores {
     let config = config(&fresh_database());
     let stores = open(&config).unwrap_or_else(|e| panic!("opening {config:?}: {}", e.chain()));
     peers()
@@ -174,7 +174,7 @@ pub fn fresh_stores() -> Stores {
 }
 
 /// Another pool on the database of `stores`: another host.
-pub fn peer_stores(stores: &Stores) -> Stores {
+pub(crate) fn peer_stores(stores: &Stores) -> Stores {
     let config = peers()
         .lock()
         .unwrap()

@@ -128,7 +128,7 @@ impl<'de> Deserialize<'de> for IpRange {
 /// This is the DNS-rebinding and SSRF guard: every address a request would
 /// connect to goes through it, after resolution, and the connection is made
 /// to the vetted address itself.
-pub fn special_purpose(ip: IpAddr) -> Option<&'static str> {
+pub(crate) fn special_purpose(ip: IpAddr) -> Option<&'static str> {
     match ip {
         IpAddr::V4(v4) => special_v4(v4),
         IpAddr::V6(v6) => special_v6(v6),
