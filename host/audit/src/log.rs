@@ -1094,14 +1094,7 @@ impl AuditLog {
         let (records, head) = self.head()?;
         // Records appended since the checkpoint, up to `records`.
         self.inner.write_queued()?;
-        let file_error = |e: std::io::Error| Error::File {
-            path: path.to_owned(),
-            message: e.to_string(),
-        };
-        let tmp = path.with_extension("partial");
-        let write = || -> Result<()> {
-            let file = fs::File::create(&tmp).map_err(file_error)?;
-            let mut out = BufWriter::new(file);
+        write_atomically(path, |out, file_error| {
             let header = serde_json::json!({
                 "format": EXPORT_FORMAT,
                 "version": EXPORT_VERSION,
@@ -1124,12 +1117,7 @@ impl AuditLog {
                 out.write_all(&v).map_err(file_error)?;
                 out.write_all(b"}\n").map_err(file_error)?;
             }
-            let file = out.into_inner().map_err(|e| file_error(e.into_error()))?;
-            file.sync_all().map_err(file_error)?;
-            fs::rename(&tmp, path).map_err(file_error)
-        };
-        write().inspect_err(|_| {
-            let _ = fs::remove_file(&tmp);
+            Ok(())
         })?;
         Ok(ExportSummary {
             records,
@@ -1412,6 +1400,32 @@ pub(crate) fn verify_chain(
 
 /// Read the key at `path`, or create it when missing and nothing (`what`)
 /// depends on it yet.
+/// Write `path` whole or not at all: `body` writes a buffered temporary
+/// file beside it (given the error for a failed write), which is then
+/// synced and renamed over `path`; on any failure the temporary file is
+/// removed and `path` is untouched.
+pub(crate) fn write_atomically(
+    path: &Path,
+    body: impl FnOnce(&mut BufWriter<fs::File>, &dyn Fn(std::io::Error) -> Error) -> Result<()>,
+) -> Result<()> {
+    let file_error = |e: std::io::Error| Error::File {
+        path: path.to_owned(),
+        message: e.to_string(),
+    };
+    let tmp = path.with_extension("partial");
+    let write = || -> Result<()> {
+        let file = fs::File::create(&tmp).map_err(file_error)?;
+        let mut out = BufWriter::new(file);
+        body(&mut out, &file_error)?;
+        let file = out.into_inner().map_err(|e| file_error(e.into_error()))?;
+        file.sync_all().map_err(file_error)?;
+        fs::rename(&tmp, path).map_err(file_error)
+    };
+    write().inspect_err(|_| {
+        let _ = fs::remove_file(&tmp);
+    })
+}
+
 fn load_key(path: &Path, in_use: bool, what: &str) -> Result<keys::Secret> {
     if keys::exists(path) {
         return keys::read(path);

@@ -17,8 +17,7 @@
 //!    links and hashes only ([`KeySource::None`]).
 
 use std::collections::{BTreeMap, HashSet};
-use std::fs;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
@@ -31,6 +30,7 @@ use crate::keys::parse_public_key;
 use crate::log::{
     AuditLog, EXPORT_FORMAT, EXPORT_VERSION, Filter, KEYS_DIR, chain_records, check_origin,
     export_error, newest_matching, now_ms, open_export, read_export, store_error, verify_chain,
+    write_atomically,
 };
 use crate::record::Record;
 use crate::verify::{Problem, Verifier, VerifyFailure, VerifyReport};
@@ -393,14 +393,7 @@ impl AuditLog {
                 head_hash,
             });
         }
-        let file_error = |e: std::io::Error| Error::File {
-            path: path.to_owned(),
-            message: e.to_string(),
-        };
-        let tmp = path.with_extension("partial");
-        let write = || -> Result<()> {
-            let file = fs::File::create(&tmp).map_err(file_error)?;
-            let mut out = BufWriter::new(file);
+        write_atomically(path, |out, file_error| {
             let header = serde_json::json!({
                 "format": EXPORT_FORMAT,
                 "version": EXPORT_VERSION_CHAINS,
@@ -441,12 +434,7 @@ impl AuditLog {
                 out.write_all(&bytes).map_err(file_error)?;
                 out.write_all(b"}\n").map_err(file_error)?;
             }
-            let file = out.into_inner().map_err(|e| file_error(e.into_error()))?;
-            file.sync_all().map_err(file_error)?;
-            fs::rename(&tmp, path).map_err(file_error)
-        };
-        write().inspect_err(|_| {
-            let _ = fs::remove_file(&tmp);
+            Ok(())
         })?;
         Ok(chains)
     }
