@@ -31,27 +31,7 @@ fn peer(stores: &Stores) -> Stores {
     stores.clone()
 }
 
-airlock_store::conformance_tests!(@each fresh, peer;
-    approvals_move_through_their_lifecycle,
-    an_approval_id_is_taken_once,
-    racing_decisions_have_one_winner,
-    an_overdue_approval_expires_once,
-    one_idempotency_key_is_claimed_once_across_hosts,
-    an_idempotency_key_settles_once,
-    recovery_touches_only_the_hosts_own_keys,
-    the_sweep_forgets_only_what_retention_allows,
-    meta_values_round_trip,
-    workspace_writes_account_usage,
-    a_refused_workspace_write_changes_nothing,
-    workspace_quotas_hold_under_concurrent_writers,
-    workspace_keys_list_by_owner_and_prefix,
-    blobs_are_stored_once,
-    rate_limits_take_all_or_nothing,
-    rate_limits_are_shared_by_hosts,
-    the_mode_is_seen_by_every_host,
-    audit_chains_are_gap_free_and_never_fork,
-    audit_markers_follow_their_records,
-);
+airlock_store::conformance_tests!(single_origin: fresh, peer);
 
 fn write(seq: u64) -> AuditWrite {
     AuditWrite {
