@@ -79,6 +79,7 @@ const DAY: Duration = Duration::from_secs(86_400);
 fn approval(id: &str, principal: &str, created_ms: u64, expires_ms: u64) -> Approval {
     Approval {
         id: id.to_owned(),
+        kind: crate::ApprovalKind::Call,
         state: ApprovalState::Pending,
         plugin: "billing".into(),
         component_digest: "sha256:00".into(),

@@ -57,8 +57,8 @@ use std::sync::Arc;
 pub use audit::{AuditStore, AuditWrite, Marker};
 pub use error::{ErrorKind, Result, StoreError};
 pub use ledger::{
-    Approval, ApprovalState, Claim, EXPIRY, IdempotencyEntry, IdempotencyState, KeyRef, Ledger,
-    LedgerStore, SweepReport, Transition, Version, Versioned,
+    Approval, ApprovalKind, ApprovalState, Claim, EXPIRY, IdempotencyEntry, IdempotencyState,
+    KeyRef, Ledger, LedgerStore, SweepReport, Transition, Version, Versioned,
 };
 pub use limits::{Bucket, MemoryBuckets, Rate, RateLimitStore};
 pub use memory::MemoryStore;
