@@ -236,6 +236,8 @@ pub struct PluginInfo {
     pub limits: crate::limits::Limits,
     /// Whether the compiled code came from the cache.
     pub cache: crate::cache::CacheStatus,
+    /// Who signed it, when it is signed.
+    pub signer: Option<crate::package::Signer>,
 }
 
 impl Plugin {
@@ -251,6 +253,7 @@ impl Plugin {
             undeclared_tools: self.undeclared_tools().to_vec(),
             limits: *self.limits(),
             cache: self.cache_status(),
+            signer: self.signer().cloned(),
         }
     }
 }

@@ -402,8 +402,13 @@ fn workspace(a: &EffectiveGrant, b: &EffectiveGrant, out: &mut Vec<PluginChange>
             ChangeKind::Narrowed
         };
         out.push(
-            PluginChange::new(ChangeArea::Capability, "workspace", kind, widens)
-                .values(access(from), access(to)),
+            PluginChange::new(
+                ChangeArea::Capability,
+                "capabilities.workspace",
+                kind,
+                widens,
+            )
+            .values(access(from), access(to)),
         );
     }
     if a.workspace.is_some() && b.workspace.is_some() && a.workspace_scope != b.workspace_scope {
@@ -421,8 +426,13 @@ fn workspace(a: &EffectiveGrant, b: &EffectiveGrant, out: &mut Vec<PluginChange>
             ChangeKind::Narrowed
         };
         out.push(
-            PluginChange::new(ChangeArea::Capability, "workspace_scope", kind, widens)
-                .values(a.workspace_scope.as_str(), b.workspace_scope.as_str()),
+            PluginChange::new(
+                ChangeArea::Capability,
+                "capabilities.workspace_scope",
+                kind,
+                widens,
+            )
+            .values(a.workspace_scope.as_str(), b.workspace_scope.as_str()),
         );
     }
 }
