@@ -6,6 +6,7 @@ mod config;
 mod control;
 mod demo;
 mod inspect;
+mod package;
 mod remote;
 mod serve;
 mod terminal;
@@ -43,6 +44,9 @@ pub(crate) mod exit {
     pub(crate) const VERIFY_FAILED: u8 = 7;
     /// The call waits for a human approval (it has not run).
     pub(crate) const PENDING: u8 = 8;
+    /// A plugin's signature is missing where required, invalid, or by an
+    /// untrusted key.
+    pub(crate) const UNTRUSTED: u8 = 9;
 }
 
 /// Airlock: a sandboxed host for AI-agent tools compiled to WebAssembly.
@@ -116,6 +120,8 @@ enum PluginsCommand {
         #[arg(long)]
         json: bool,
     },
+    #[command(flatten)]
+    Package(package::PackageCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -303,6 +309,9 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
     })?;
     match cli.command {
         Command::Plugins(PluginsCommand::List { json }) => plugins_list(&settings, json).await,
+        Command::Plugins(PluginsCommand::Package(command)) => {
+            package::run(&settings, command).await
+        }
         Command::Tools(ToolsCommand::List { json }) => tools_list(&settings, json).await,
         Command::Call(args) => call(&settings, args).await,
         Command::Inspect(args) => inspect::run(&settings, args).await,
@@ -548,6 +557,7 @@ pub(crate) fn exit_code(class: ErrorClass) -> u8 {
         ErrorClass::CapabilityDenied => exit::CAPABILITY_DENIED,
         ErrorClass::Pending => exit::PENDING,
         ErrorClass::Host => exit::HOST,
+        ErrorClass::Untrusted => exit::UNTRUSTED,
     }
 }
 

@@ -151,6 +151,9 @@ pub enum ErrorClass {
     Host,
     /// The call waits for a human decision (an approval); it has not run.
     Pending,
+    /// A plugin's signature is missing where the operator requires one,
+    /// invalid, or by a key the operator does not trust.
+    Untrusted,
 }
 
 /// Which store a [`StoreError`] is about.
@@ -258,6 +261,87 @@ pub enum ApprovalRefusal {
     /// It was given for another call (tool, component, arguments, principal,
     /// session or idempotency key).
     Mismatch,
+}
+
+/// Why a plugin archive is refused ([`LoadError::ArchiveRejected`]). An
+/// archive is flat: `plugin.toml`, the component it names, and optionally
+/// `cases.jsonl` and `plugin.sig`, each a regular file, once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ArchiveRefusal {
+    /// An entry's path has a `..` component.
+    ParentPath,
+    /// An entry's path is absolute.
+    AbsolutePath,
+    /// An entry's path has directories in it (archives are flat).
+    NestedPath,
+    /// An entry is a directory.
+    Directory,
+    /// An entry is a symbolic or hard link.
+    Link,
+    /// An entry is a device, a FIFO or another special file.
+    SpecialFile,
+    /// An entry is larger than its file may be.
+    EntryTooLarge {
+        /// Its size, in bytes.
+        size: u64,
+        /// The largest size accepted for it.
+        limit: u64,
+    },
+    /// Two entries have the same name.
+    DuplicateEntry,
+    /// An entry is none of the files a package holds.
+    UnknownEntry,
+    /// More entries than a package has files.
+    TooManyEntries {
+        /// The most entries accepted.
+        limit: usize,
+    },
+    /// The archive decompresses to more bytes than a package can hold.
+    TooLarge {
+        /// The most decompressed bytes accepted.
+        limit: u64,
+    },
+    /// There is no `plugin.toml`.
+    MissingManifest,
+}
+
+impl fmt::Display for ArchiveRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ArchiveRefusal::ParentPath => f.write_str("its path contains `..`"),
+            ArchiveRefusal::AbsolutePath => f.write_str("its path is absolute"),
+            ArchiveRefusal::NestedPath => {
+                f.write_str("its path has directories (a plugin archive is flat)")
+            }
+            ArchiveRefusal::Directory => f.write_str("it is a directory (a plugin archive is flat)"),
+            ArchiveRefusal::Link => f.write_str("it is a link"),
+            ArchiveRefusal::SpecialFile => f.write_str("it is not a regular file"),
+            ArchiveRefusal::EntryTooLarge { size, limit } => {
+                write!(f, "it is {size} bytes, more than the limit of {limit}")
+            }
+            ArchiveRefusal::DuplicateEntry => f.write_str("it appears twice"),
+            ArchiveRefusal::UnknownEntry => f.write_str(
+                "it is not a file of a plugin package (plugin.toml, its component, cases.jsonl, plugin.sig)",
+            ),
+            ArchiveRefusal::TooManyEntries { limit } => {
+                write!(f, "more than {limit} entries")
+            }
+            ArchiveRefusal::TooLarge { limit } => {
+                write!(f, "it decompresses to more than {limit} bytes")
+            }
+            ArchiveRefusal::MissingManifest => f.write_str("it holds no plugin.toml"),
+        }
+    }
+}
+
+/// `entry `name`: ` before an archive refusal about one entry.
+fn entry_prefix(entry: &Option<String>) -> String {
+    match entry {
+        Some(name) => format!("entry {name:?}: "),
+        None => String::new(),
+    }
 }
 
 /// What loading a plugin can fail with ([`Host::load_plugin`](crate::Host::load_plugin)).
@@ -434,6 +518,69 @@ pub enum LoadError {
     Engine {
         /// What failed.
         message: String,
+    },
+
+    /// A plugin archive holds something a package may not; nothing of it
+    /// was kept.
+    #[error("plugin archive {} refused: {}{why}", path.display(), entry_prefix(entry))]
+    ArchiveRejected {
+        /// The archive.
+        path: PathBuf,
+        /// The entry refused, when the refusal is about one.
+        entry: Option<String>,
+        /// Why.
+        why: ArchiveRefusal,
+    },
+
+    /// A plugin archive is not a readable gzip-compressed tar file.
+    #[error("plugin archive {} is not a readable .tar.gz", path.display())]
+    ArchiveCorrupt {
+        /// The archive.
+        path: PathBuf,
+        /// What the decoder reported.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The files of a plugin package do not make a package (a component
+    /// that is not a file beside the manifest, `cases.jsonl` that is not
+    /// UTF-8 or too large, a target directory that exists, ...).
+    #[error("plugin package {} is invalid: {message}", path.display())]
+    PackageInvalid {
+        /// The package (directory or archive) or file concerned.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+
+    /// The plugin has no signature and the operator's policy requires one
+    /// (`require_signature`).
+    #[error(
+        "plugin `{plugin}` is not signed, and the operator's policy requires a signature (require_signature)"
+    )]
+    Unsigned {
+        /// Plugin name.
+        plugin: String,
+    },
+
+    /// The plugin's signature is valid but made by a key that is not among
+    /// the operator's `trusted_keys`, and the policy requires a signature.
+    #[error("plugin `{plugin}` is signed by {key}, which is not among the operator's trusted_keys")]
+    UntrustedSigner {
+        /// Plugin name.
+        plugin: String,
+        /// The signing key, `ed25519:BASE64`.
+        key: String,
+    },
+
+    /// The plugin's signature file is garbled, or its signature is not over
+    /// this manifest and component (either was changed after signing).
+    #[error("plugin `{plugin}` has an invalid signature: {reason}")]
+    SignatureInvalid {
+        /// Plugin name.
+        plugin: String,
+        /// What is wrong.
+        reason: String,
     },
 }
 
@@ -865,6 +1012,25 @@ impl LoadError {
             LoadError::HostBusy { .. } => "host_busy",
             LoadError::Config { .. } => "config",
             LoadError::Engine { .. } => "engine",
+            LoadError::ArchiveRejected { why, .. } => match why {
+                ArchiveRefusal::ParentPath => "archive_parent_path",
+                ArchiveRefusal::AbsolutePath => "archive_absolute_path",
+                ArchiveRefusal::NestedPath => "archive_nested_path",
+                ArchiveRefusal::Directory => "archive_directory",
+                ArchiveRefusal::Link => "archive_link",
+                ArchiveRefusal::SpecialFile => "archive_special_file",
+                ArchiveRefusal::EntryTooLarge { .. } => "archive_entry_too_large",
+                ArchiveRefusal::DuplicateEntry => "archive_duplicate_entry",
+                ArchiveRefusal::UnknownEntry => "archive_unknown_entry",
+                ArchiveRefusal::TooManyEntries { .. } => "archive_too_many_entries",
+                ArchiveRefusal::TooLarge { .. } => "archive_too_large",
+                ArchiveRefusal::MissingManifest => "archive_missing_manifest",
+            },
+            LoadError::ArchiveCorrupt { .. } => "archive_corrupt",
+            LoadError::PackageInvalid { .. } => "package_invalid",
+            LoadError::Unsigned { .. } => "plugin_unsigned",
+            LoadError::UntrustedSigner { .. } => "signer_untrusted",
+            LoadError::SignatureInvalid { .. } => "signature_invalid",
         }
     }
 
@@ -875,7 +1041,13 @@ impl LoadError {
                 ErrorClass::CapabilityDenied
             }
             LoadError::HostBusy { .. } => ErrorClass::Refused,
+            LoadError::Unsigned { .. }
+            | LoadError::UntrustedSigner { .. }
+            | LoadError::SignatureInvalid { .. } => ErrorClass::Untrusted,
             LoadError::Io { .. }
+            | LoadError::ArchiveRejected { .. }
+            | LoadError::ArchiveCorrupt { .. }
+            | LoadError::PackageInvalid { .. }
             | LoadError::ManifestSyntax { .. }
             | LoadError::ManifestInvalid { .. }
             | LoadError::ManifestRejected { .. }

@@ -236,6 +236,8 @@ pub struct PluginInfo {
     pub limits: crate::limits::Limits,
     /// Whether the compiled code came from the cache.
     pub cache: crate::cache::CacheStatus,
+    /// Who signed it, when it is signed.
+    pub signer: Option<crate::package::Signer>,
 }
 
 impl Plugin {
@@ -251,6 +253,7 @@ impl Plugin {
             undeclared_tools: self.undeclared_tools().to_vec(),
             limits: *self.limits(),
             cache: self.cache_status(),
+            signer: self.signer().cloned(),
         }
     }
 }
@@ -325,6 +328,24 @@ impl Host {
         })
     }
 
+    /// Load the plugin in `dir`, checked as [`Host::load_plugin`] checks
+    /// it (manifest, digest, signature, grant, limits, tools), without
+    /// adding it to the host: to look at it, or compare it with another
+    /// version ([`PluginDiff`](crate::PluginDiff)).
+    ///
+    /// # Errors
+    /// As [`Host::load_plugin`], except that a plugin of a name already
+    /// loaded is not an error.
+    pub async fn open_plugin(&self, dir: impl AsRef<Path>) -> LoadResult<Plugin> {
+        plugin::load(
+            &self.engine,
+            self.cache.as_ref(),
+            &self.config.policy,
+            dir.as_ref(),
+        )
+        .await
+    }
+
     /// Load the plugin in `dir` (a directory holding `plugin.toml` and the
     /// component it names).
     ///
@@ -342,7 +363,11 @@ impl Host {
     /// the policy forbids (or an `http` origin outside the policy's
     /// `http_allow`); [`LoadError::CapabilityNotGranted`] when the
     /// component imports an interface it is not granted;
-    /// [`LoadError::LimitAboveCeiling`] when a limit exceeds the policy.
+    /// [`LoadError::LimitAboveCeiling`] when a limit exceeds the policy;
+    /// [`LoadError::Unsigned`], [`LoadError::SignatureInvalid`] or
+    /// [`LoadError::UntrustedSigner`] when its `plugin.sig` does not meet the
+    /// policy's `trusted_keys` / `require_signature` (checked before the
+    /// component is compiled).
     ///
     /// # Security
     /// The component's code runs once here (to list its tools) under the same

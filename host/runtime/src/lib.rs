@@ -71,6 +71,7 @@ mod ledger;
 mod limits;
 mod manifest;
 mod mode;
+mod package;
 mod pipeline;
 mod plugin;
 mod ratelimit;
@@ -86,8 +87,8 @@ pub use airlock_store_postgres::PostgresConfig;
 pub use cache::CacheStatus;
 pub use engine::{DEFAULT_MAX_INSTANCES, InstanceAllocation};
 pub use error::{
-    ApprovalRefusal, CallError, Error, ErrorClass, Identifier, LoadError, Result, SchemaViolation,
-    Store, StoreError, ToolErrorKind, TrapKind,
+    ApprovalRefusal, ArchiveRefusal, CallError, Error, ErrorClass, Identifier, LoadError, Result,
+    SchemaViolation, Store, StoreError, ToolErrorKind, TrapKind,
 };
 pub use grants::{
     Capability, EffectiveGrant, HttpGrant, HttpScheme, ImportClass, IpRange, LimitCeilings, Origin,
@@ -104,6 +105,10 @@ pub use manifest::{
     PluginSection, Requirement, Risk, ToolDeclaration,
 };
 pub use mode::{MODE_FILE, write_mode};
+pub use package::{
+    CASES_FILE, ChangeArea, ChangeKind, Compatibility, Package, PluginChange, PluginDiff,
+    PluginSignature, PublicKey, SIGNATURE_FILE, Signer, generate_signing_key,
+};
 pub use pipeline::{CallRequest, CallResponse};
 pub use plugin::{Plugin, Tool, ToolInfo};
 pub use ratelimit::RateLimitPolicy;
