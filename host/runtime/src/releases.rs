@@ -583,6 +583,7 @@ impl ReleaseParts<'_> {
             && !approved_before
         {
             let widenings = widenings(baseline, &target);
+            tracing::debug!(from = baseline.version(), to = target.version(), ?widenings, "upgrade compared");
             if !widenings.is_empty() {
                 let id = self
                     .upgrade_approval(request, baseline, &target, &widenings, approvals)
