@@ -77,6 +77,9 @@ impl std::fmt::Debug for Package {
     }
 }
 
+/// Reads the component of a package by the name its manifest gives it.
+type ComponentReader = Box<dyn FnOnce(&str) -> LoadResult<Vec<u8>>>;
+
 /// A package's files as read, before they are checked.
 struct Files {
     /// Where the package came from, for errors.
@@ -85,7 +88,7 @@ struct Files {
     manifest_path: PathBuf,
     manifest: Vec<u8>,
     /// The component, by the name the manifest gives it.
-    component: Box<dyn FnOnce(&str) -> LoadResult<Vec<u8>>>,
+    component: ComponentReader,
     cases: Option<Vec<u8>>,
     signature: Option<Vec<u8>>,
 }
