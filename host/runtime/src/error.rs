@@ -25,7 +25,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::manifest::Risk;
 
@@ -136,7 +136,7 @@ impl fmt::Display for Identifier {
 
 /// What a caller or an operator should conclude from an error; the CLI
 /// maps each class to its own exit code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorClass {
     /// The host refused to run the call; the guest never ran.
@@ -169,6 +169,8 @@ pub enum Store {
     RateLimits,
     /// The host mode.
     Mode,
+    /// Installed plugin versions and rollouts.
+    Plugins,
     /// The backend as a whole (opening it).
     Backend,
 }
@@ -194,6 +196,7 @@ fn describe_store(store: Store) -> &'static str {
         Store::Workspace => "the workspace store failed",
         Store::RateLimits => "call not run: the rate-limit store failed",
         Store::Mode => "call not run: the host mode cannot be read",
+        Store::Plugins => "the store of installed plugin versions and rollouts failed",
         Store::Backend => "the store cannot be opened",
     }
 }
@@ -208,7 +211,9 @@ impl StoreError {
         match self.store {
             Store::Ledger => "ledger_unavailable",
             Store::Workspace => "workspace",
-            Store::RateLimits | Store::Mode | Store::Backend => "store_unavailable",
+            Store::RateLimits | Store::Mode | Store::Plugins | Store::Backend => {
+                "store_unavailable"
+            }
         }
     }
 
@@ -957,6 +962,160 @@ pub enum Error {
     /// The audit log (or its keys) cannot be opened or read.
     #[error(transparent)]
     Audit(#[from] airlock_audit::Error),
+
+    /// An operator's release action (install, rollout, promote, rollback)
+    /// was refused.
+    #[error(transparent)]
+    Release(#[from] ReleaseError),
+}
+
+/// Why an operator's release action (a rollout, a promotion, a rollback) is
+/// refused. Nothing was changed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReleaseError {
+    /// The version is not installed (`airlock plugins install` it first).
+    #[error("{plugin} {version} is not installed")]
+    NotInstalled {
+        /// The plugin.
+        plugin: String,
+        /// The version asked for.
+        version: String,
+    },
+    /// A share outside 0–100.
+    #[error("a rollout percentage is 0-100, not {percent}")]
+    BadPercent {
+        /// What was asked.
+        percent: u32,
+    },
+    /// A canary, a promotion or a status needs a version serving already.
+    #[error("no installed version of {plugin} serves yet: activate one with --percent 100 first")]
+    NothingServes {
+        /// The plugin.
+        plugin: String,
+    },
+    /// The version serves already, alone.
+    #[error("{plugin} {version} serves already")]
+    AlreadyServing {
+        /// The plugin.
+        plugin: String,
+        /// The version.
+        version: String,
+    },
+    /// No canary to promote.
+    #[error("{plugin} has no canary to promote")]
+    NoCanary {
+        /// The plugin.
+        plugin: String,
+    },
+    /// No canary to stop and no previous version to return to.
+    #[error("{plugin} has nothing to roll back to (no canary, no previous version)")]
+    NothingToRollBack {
+        /// The plugin.
+        plugin: String,
+    },
+    /// Another operator changed the rollout first; this change was not
+    /// made (and is recorded as lost).
+    #[error(
+        "another change of {plugin}'s rollout came first (by {by}); nothing was changed: look at it and decide again"
+    )]
+    Conflict {
+        /// The plugin.
+        plugin: String,
+        /// Who changed it.
+        by: String,
+    },
+    /// The version asks for more than the one serving: an approver must
+    /// decide on `approval_id` first, then the same change is asked again
+    /// with it.
+    #[error("{plugin} {version} asks for more than {from} ({}): an approver must approve {approval_id}, then run the same change with that approval", widens.join("; "))]
+    ApprovalRequired {
+        /// The plugin.
+        plugin: String,
+        /// The version asked for.
+        version: String,
+        /// The version serving.
+        from: String,
+        /// The approval waiting for a decision.
+        approval_id: String,
+        /// What the new version may do that the serving one may not.
+        widens: Vec<String>,
+    },
+    /// The version asks for more than the one serving, and no approver is
+    /// configured to allow it.
+    #[error("{plugin} {version} asks for more than the version serving ({}), and no approver is configured (policy.approvals.approvers) to allow it", widens.join("; "))]
+    NoApprover {
+        /// The plugin.
+        plugin: String,
+        /// The version asked for.
+        version: String,
+        /// What widens.
+        widens: Vec<String>,
+    },
+    /// The approval given does not allow this change.
+    #[error("approval {approval_id} does not allow this change: {reason}")]
+    ApprovalRefused {
+        /// The approval.
+        approval_id: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl ReleaseError {
+    /// A stable, machine-readable name for this error.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ReleaseError::NotInstalled { .. } => "version_not_installed",
+            ReleaseError::BadPercent { .. } => "invalid_rollout",
+            ReleaseError::NothingServes { .. } => "nothing_serves",
+            ReleaseError::AlreadyServing { .. } => "already_serving",
+            ReleaseError::NoCanary { .. } => "no_canary",
+            ReleaseError::NothingToRollBack { .. } => "nothing_to_roll_back",
+            ReleaseError::Conflict { .. } => "rollout_conflict",
+            ReleaseError::ApprovalRequired { .. } => "upgrade_approval_pending",
+            ReleaseError::NoApprover { .. } => "approval_unavailable",
+            ReleaseError::ApprovalRefused { .. } => "upgrade_approval_refused",
+        }
+    }
+
+    /// Which class of failure this is.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            ReleaseError::ApprovalRequired { .. } => ErrorClass::Pending,
+            ReleaseError::NotInstalled { .. }
+            | ReleaseError::BadPercent { .. }
+            | ReleaseError::NothingServes { .. }
+            | ReleaseError::AlreadyServing { .. }
+            | ReleaseError::NoCanary { .. }
+            | ReleaseError::NothingToRollBack { .. }
+            | ReleaseError::Conflict { .. }
+            | ReleaseError::NoApprover { .. }
+            | ReleaseError::ApprovalRefused { .. } => ErrorClass::Refused,
+        }
+    }
+
+    /// This error as JSON (see [`Error::to_json`]); a pending upgrade
+    /// carries its `approval_id`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut value = json(self, self.kind(), self.class(), &[]);
+        if let ReleaseError::ApprovalRequired { approval_id, .. } = self {
+            value["approval_id"] = serde_json::Value::from(approval_id.clone());
+        }
+        value
+    }
+}
+
+/// An error and its sources, joined with `: `.
+pub(crate) fn chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
 }
 
 fn join(violations: &[SchemaViolation]) -> String {
@@ -975,13 +1134,7 @@ fn json(
     class: ErrorClass,
     violations: &[SchemaViolation],
 ) -> serde_json::Value {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
+    let message = chain(error);
     serde_json::json!({
         "kind": kind,
         "class": class,
@@ -1236,6 +1389,7 @@ impl Error {
             Error::AuditUnavailable(_) => "audit_unavailable",
             Error::DecisionRefused { .. } => "decision_refused",
             Error::Audit(_) => "audit",
+            Error::Release(e) => e.kind(),
         }
     }
 
@@ -1245,6 +1399,7 @@ impl Error {
             Error::Load(e) => e.class(),
             Error::Call(e) => e.class(),
             Error::Store(e) => e.class(),
+            Error::Release(e) => e.class(),
             Error::Io { .. }
             | Error::Config { .. }
             | Error::Engine { .. }
@@ -1273,6 +1428,7 @@ impl Error {
             Error::Load(e) => e.to_json(),
             Error::Call(e) => e.to_json(),
             Error::Store(e) => e.to_json(),
+            Error::Release(e) => e.to_json(),
             _ => json(self, self.kind(), self.class(), self.violations()),
         }
     }

@@ -75,6 +75,7 @@ mod package;
 mod pipeline;
 mod plugin;
 mod ratelimit;
+mod releases;
 mod schema;
 mod state;
 mod stores;
@@ -87,8 +88,8 @@ pub use airlock_store_postgres::PostgresConfig;
 pub use cache::CacheStatus;
 pub use engine::{DEFAULT_MAX_INSTANCES, InstanceAllocation};
 pub use error::{
-    ApprovalRefusal, ArchiveRefusal, CallError, Error, ErrorClass, Identifier, LoadError, Result,
-    SchemaViolation, Store, StoreError, ToolErrorKind, TrapKind,
+    ApprovalRefusal, ArchiveRefusal, CallError, Error, ErrorClass, Identifier, LoadError,
+    ReleaseError, Result, SchemaViolation, Store, StoreError, ToolErrorKind, TrapKind,
 };
 pub use grants::{
     Capability, EffectiveGrant, HttpGrant, HttpScheme, ImportClass, IpRange, LimitCeilings, Origin,
@@ -112,6 +113,9 @@ pub use package::{
 pub use pipeline::{CallRequest, CallResponse};
 pub use plugin::{Plugin, Tool, ToolInfo};
 pub use ratelimit::RateLimitPolicy;
+pub use releases::{
+    InstallReport, ROLLOUT_REFRESH, RolloutRequest, RolloutStatus, VERSIONS_DIR, VersionStats,
+};
 pub use state::{LogLevel, LogLine};
 pub use stores::{StoreConfig, open_audit_read_only, open_mode, open_workspace};
 pub use workspace::WORKSPACE_DIR;
