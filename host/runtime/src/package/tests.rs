@@ -540,9 +540,14 @@ fn a_garbled_signature_file_is_refused_on_open() {
         let err = Package::from_dir(&dir).unwrap_err();
         assert_eq!(err.kind(), "signature_invalid", "{err}");
     }
+    // Too large, or not a file: read as loading reads it.
     fs::write(dir.join(SIGNATURE_FILE), vec![b'#'; 8192]).unwrap();
     let err = Package::from_dir(&dir).unwrap_err();
-    assert_eq!(err.kind(), "package_invalid", "{err}");
+    assert_eq!(err.kind(), "signature_invalid", "{err}");
+    fs::remove_file(dir.join(SIGNATURE_FILE)).unwrap();
+    fs::create_dir(dir.join(SIGNATURE_FILE)).unwrap();
+    let err = Package::from_dir(&dir).unwrap_err();
+    assert_eq!(err.kind(), "signature_invalid", "{err}");
 }
 
 #[test]
