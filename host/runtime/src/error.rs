@@ -211,15 +211,27 @@ impl StoreError {
         match self.store {
             Store::Ledger => "ledger_unavailable",
             Store::Workspace => "workspace",
-            Store::RateLimits | Store::Mode | Store::Plugins | Store::Backend => {
-                "store_unavailable"
-            }
+            // Installed versions never change: another version's files
+            // under a taken number is the operator's mistake, not an outage.
+            Store::Plugins => match self.source.kind() {
+                airlock_store::ErrorKind::Conflict => "version_taken",
+                airlock_store::ErrorKind::Config => "invalid_version",
+                _ => "store_unavailable",
+            },
+            Store::RateLimits | Store::Mode | Store::Backend => "store_unavailable",
         }
     }
 
-    /// Which class of failure this is: the host's.
+    /// Which class of failure this is: the host's, but for a refused
+    /// install (a taken version, an invalid one).
     pub fn class(&self) -> ErrorClass {
-        ErrorClass::Host
+        match (self.store, self.source.kind()) {
+            (
+                Store::Plugins,
+                airlock_store::ErrorKind::Conflict | airlock_store::ErrorKind::Config,
+            ) => ErrorClass::Refused,
+            _ => ErrorClass::Host,
+        }
     }
 
     /// This error as JSON (see [`Error::to_json`]).

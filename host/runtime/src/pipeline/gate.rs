@@ -235,6 +235,7 @@ impl<'h> Pipeline<'h> {
                             .clone()
                             .unwrap_or_else(|| call_id.to_owned()),
                         tool: tool.id(),
+                        plugin_version: plugin.version().to_owned(),
                         output,
                         logs: Vec::new(),
                         logs_dropped: 0,
