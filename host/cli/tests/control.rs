@@ -699,7 +699,7 @@ fn release_actions_work_on_the_data_directory_and_through_the_running_server() {
     assert!(canary.contains("canary 2.0.0 takes 10%"), "{canary}");
 
     // Calls through the server follow the rollout.
-    let result = serve.call("text/slugify", json!({"text": "Hi there"}), json!({}));
+    let result = serve.call("text__slugify", json!({"text": "Hi there"}), json!({}));
     assert_eq!(result["isError"], false, "{result}");
 
     let status: Value =
