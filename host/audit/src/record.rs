@@ -46,6 +46,25 @@ pub enum Event {
     /// and `component_digest` name the version it concerns; `reason` says
     /// what serves after it.
     RolloutChanged,
+    /// An alert rule started firing: `decision` is the rule's name,
+    /// `plugin` and `tool` what it watches (when it watches one), `reason`
+    /// the value against the threshold and the actions taken.
+    AlertFired,
+    /// A firing alert resolved: fields as [`Event::AlertFired`].
+    AlertResolved,
+    /// The host took over by itself on an alert (or an operator did):
+    /// `decision` is `pause` (of `plugin`, or `plugin` and `tool`),
+    /// `read_only`, `rollback`, or `suppressed` when the takeover limit
+    /// stopped it; `principal` is who (`alert:RULE` for an alert);
+    /// `reason` why.
+    Takeover,
+    /// A human undid a takeover: `decision` is `resume` (of `plugin`, or
+    /// `plugin` and `tool`); `principal` who; `reason` why.
+    TakeoverUndone,
+    /// An alert's webhook was not delivered (every attempt failed, or the
+    /// delivery queue was full): `decision` is the rule's name, `reason`
+    /// the webhook, the attempts and the last error.
+    AlertUndelivered,
 }
 
 impl Event {
@@ -62,6 +81,11 @@ impl Event {
             Event::ModeChanged => "mode_changed",
             Event::PluginInstalled => "plugin_installed",
             Event::RolloutChanged => "rollout_changed",
+            Event::AlertFired => "alert_fired",
+            Event::AlertResolved => "alert_resolved",
+            Event::Takeover => "takeover",
+            Event::TakeoverUndone => "takeover_undone",
+            Event::AlertUndelivered => "alert_undelivered",
         }
     }
 }

@@ -659,6 +659,18 @@ pub enum CallError {
         reason: Option<String>,
     },
 
+    /// The tool (or its whole plugin) is paused: by an alert's takeover or
+    /// an operator, until a human resumes it (`airlock alerts resume`).
+    #[error("`{tool}` is paused by {by}{}; a human resumes it", reason.as_deref().map(|r| format!(" ({r})")).unwrap_or_default())]
+    ToolPaused {
+        /// `plugin/tool`.
+        tool: String,
+        /// Who paused it (`alert:RULE` for an alert's takeover).
+        by: String,
+        /// Why.
+        reason: Option<String>,
+    },
+
     /// A rate limit is exhausted; retry after the given time.
     #[error("rate limit for {scope} reached; retry in {retry_after_ms} ms")]
     RateLimited {
@@ -1274,6 +1286,7 @@ impl CallError {
             CallError::UnknownPlugin { .. } => "unknown_plugin",
             CallError::UnknownTool { .. } => "unknown_tool",
             CallError::ReadOnlyMode { .. } => "read_only_mode",
+            CallError::ToolPaused { .. } => "tool_paused",
             CallError::RateLimited { .. } => "rate_limited",
             CallError::ArgumentsTooLarge { .. } => "arguments_too_large",
             CallError::ArgumentsNotJson { .. } => "arguments_not_json",
@@ -1326,6 +1339,7 @@ impl CallError {
             | CallError::UnknownPlugin { .. }
             | CallError::UnknownTool { .. }
             | CallError::ReadOnlyMode { .. }
+            | CallError::ToolPaused { .. }
             | CallError::RateLimited { .. }
             | CallError::ArgumentsTooLarge { .. }
             | CallError::ArgumentsNotJson { .. }

@@ -5,8 +5,12 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use airlock_audit::{AuditConfig, AuditLog};
+use airlock_audit::{AuditConfig, AuditLog, Event};
 
+use crate::alerts::{
+    Action, AlertConfig, AlertStatus, Alerts, Pause, Pauses, TakeoverAction, alert_entry,
+    check_target, record,
+};
 use crate::approvals::Approvals;
 use crate::cache::CompiledCache;
 use crate::engine::{EpochTicker, InstanceAllocation, SharedEngine};
@@ -64,6 +68,9 @@ pub struct HostConfig {
     /// starve the others. `None`: half of `max_instances` (at least 1).
     /// Its memories and tables are bounded to the same fraction of theirs.
     pub max_instances_per_plugin: Option<u32>,
+    /// Alert rules over the calls this host runs, and what they do
+    /// (`[alerts]`).
+    pub alerts: AlertConfig,
 }
 
 impl Default for HostConfig {
@@ -78,6 +85,7 @@ impl Default for HostConfig {
             audit: AuditConfig::default(),
             max_instances: crate::engine::DEFAULT_MAX_INSTANCES,
             max_instances_per_plugin: None,
+            alerts: AlertConfig::default(),
         }
     }
 }
@@ -132,6 +140,12 @@ impl HostConfig {
         self
     }
 
+    /// Evaluate `alerts` over this host's calls.
+    pub fn alerts(mut self, alerts: AlertConfig) -> HostConfig {
+        self.alerts = alerts;
+        self
+    }
+
     /// Accept arguments up to `bytes` long.
     pub fn max_argument_bytes(mut self, bytes: usize) -> HostConfig {
         self.max_argument_bytes = bytes;
@@ -179,6 +193,10 @@ pub struct Host {
     served: Served,
     /// When the ledger was last swept, ms since the Unix epoch.
     last_sweep_ms: AtomicU64,
+    /// Alert rules, their state and their webhooks.
+    alerts: Alerts,
+    /// Paused tools and plugins (kept in the ledger).
+    pauses: Pauses,
     _ticker: EpochTicker,
 }
 
@@ -273,8 +291,11 @@ impl Host {
     /// WebAssembly engine cannot be set up; [`Error::Audit`] if the audit
     /// log cannot be opened (in use by another process, unwritable, bad
     /// keys, or failing verification of its unsigned tail).
-    pub fn new(config: HostConfig) -> Result<Host> {
+    pub fn new(mut config: HostConfig) -> Result<Host> {
         config.policy.validate()?;
+        config.alerts = std::mem::take(&mut config.alerts)
+            .resolve()
+            .map_err(|message| Error::Config { message })?;
         let (stores, audit) = crate::stores::open(
             &config.store,
             config.data_dir.as_deref(),
@@ -319,7 +340,10 @@ impl Host {
             .clone()
             .map(|dir| CompiledCache::new(dir, &engine));
         let ticker = EpochTicker::start(&engine)?;
+        let alerts = Alerts::new(config.alerts.clone(), audit.clone(), &config.origin);
         Ok(Host {
+            alerts,
+            pauses: Pauses::default(),
             engine,
             cache,
             plugins: PluginTable::default(),
@@ -613,7 +637,15 @@ impl Host {
     /// Every call gets a fresh instance: no state leaks between calls through
     /// guest memory.
     pub async fn call(&self, request: CallRequest) -> Result<CallResponse, CallError> {
-        self.pipeline().call(request).await
+        let started = std::time::Instant::now();
+        let tool = self.alerts.enabled().then(|| request.tool.clone());
+        let result = self.pipeline().call(request).await;
+        // Alert rules: each finished call, reported once, from here.
+        if let Some(tool) = tool {
+            let actions = self.alerts.observe(&tool, &result, started.elapsed());
+            self.act(actions).await;
+        }
+        result
     }
 
     /// The parts of the host the pipeline uses.
@@ -631,6 +663,7 @@ impl Host {
             cache: self.cache.as_ref(),
             origin: &self.config.origin,
             approvals: self.approvals_parts(),
+            pauses: &self.pauses,
         }
     }
 
@@ -874,4 +907,244 @@ impl Host {
     pub fn audit(&self) -> &AuditLog {
         &self.audit
     }
+
+    // -------------------------------------------------------------- alerts
+
+    /// Move the alert rules on as time passes — alerts resolve when calls
+    /// stop, approval backlogs are read — and act on what fired or
+    /// resolved. `airlock serve` runs it every second; an embedder with
+    /// alert rules should too.
+    ///
+    /// # Errors
+    /// [`Error::Store`] when the pending approvals cannot be read.
+    pub async fn check_alerts(&self) -> Result<Vec<AlertStatus>> {
+        if !self.alerts.enabled() {
+            return Ok(Vec::new());
+        }
+        let (pending, oldest_age_s) = if self.alerts.needs_approval_figures() {
+            let pending = self.approvals(Some(ApprovalState::Pending))?;
+            let now = crate::mode::now_ms();
+            let oldest = pending.iter().map(|a| a.created_ms).min().unwrap_or(now);
+            (
+                u64::try_from(pending.len()).unwrap_or(u64::MAX),
+                now.saturating_sub(oldest) / 1000,
+            )
+        } else {
+            (0, 0)
+        };
+        let actions = self.alerts.tick(pending, oldest_age_s);
+        let statuses = actions.iter().map(|a| a.status.clone()).collect();
+        self.act(actions).await;
+        Ok(statuses)
+    }
+
+    /// Alerts firing on this host now (newest first), then those resolved
+    /// lately (newest first). The audit log keeps every one
+    /// (`alert_fired`, `alert_resolved`).
+    pub fn alerts(&self) -> Vec<AlertStatus> {
+        self.alerts.list()
+    }
+
+    /// Paused tools and plugins, as every host sharing the ledger sees
+    /// them.
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    pub fn pauses(&self) -> Result<Vec<Pause>> {
+        Ok(self.pauses.list(&self.ledger)?)
+    }
+
+    /// Pause `target` (`plugin/tool`, or `plugin` for every tool of it):
+    /// its calls are refused with [`CallError::ToolPaused`] by every host
+    /// sharing the ledger (within [`PAUSE_REFRESH`](crate::PAUSE_REFRESH))
+    /// until [`resume`](Self::resume). Recorded (`takeover`). Pausing what
+    /// is paused keeps the first pause.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a malformed target; [`Error::Store`];
+    /// [`Error::AuditUnavailable`].
+    pub async fn pause(&self, target: &str, by: &str, reason: Option<&str>) -> Result<Pause> {
+        check_target(target).map_err(|message| Error::Config { message })?;
+        let pause = Pause {
+            target: target.to_owned(),
+            by: by.to_owned(),
+            reason: reason.map(|r| crate::pipeline::gate::bounded(r, 1024)),
+            at_ms: crate::mode::now_ms(),
+        };
+        if !self.pauses.pause(&self.ledger, &pause)? {
+            let existing = self.pauses.list(&self.ledger)?;
+            return Ok(existing
+                .into_iter()
+                .find(|p| p.target == target)
+                .unwrap_or(pause));
+        }
+        let entry = takeover_entry(
+            Event::Takeover,
+            "pause",
+            target,
+            by,
+            pause.reason.as_deref(),
+        );
+        crate::audit::append(&self.audit, entry, airlock_audit::Durability::Flushed)
+            .await
+            .map_err(Error::AuditUnavailable)?;
+        Ok(pause)
+    }
+
+    /// Undo a pause of `target` (exactly as paused: `plugin/tool` or
+    /// `plugin`), recorded (`takeover_undone`). `None` when it was not
+    /// paused (nothing is recorded).
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a malformed target; [`Error::Store`];
+    /// [`Error::AuditUnavailable`].
+    pub async fn resume(
+        &self,
+        target: &str,
+        by: &str,
+        reason: Option<&str>,
+    ) -> Result<Option<Pause>> {
+        check_target(target).map_err(|message| Error::Config { message })?;
+        let Some(pause) = self.pauses.resume(&self.ledger, target)? else {
+            return Ok(None);
+        };
+        let reason = reason.map(|r| crate::pipeline::gate::bounded(r, 1024));
+        let entry = takeover_entry(
+            Event::TakeoverUndone,
+            "resume",
+            target,
+            by,
+            reason.as_deref(),
+        );
+        crate::audit::append(&self.audit, entry, airlock_audit::Durability::Flushed)
+            .await
+            .map_err(Error::AuditUnavailable)?;
+        Ok(Some(pause))
+    }
+
+    /// Act on alerts that fired or resolved: record each, make its
+    /// takeover, queue its webhooks.
+    async fn act(&self, actions: Vec<Action>) {
+        for action in actions {
+            let status = &action.status;
+            record(
+                &self.audit,
+                alert_entry(&action, status.takeover.as_deref()),
+            )
+            .await;
+            if action.suppressed {
+                let entry = takeover_entry(
+                    Event::Takeover,
+                    "suppressed",
+                    &target_of(status),
+                    &format!("alert:{}", status.rule),
+                    Some(&format!(
+                        "the limit of {} automatic takeovers per hour is reached",
+                        self.config.alerts.max_takeovers_per_hour
+                    )),
+                );
+                record(&self.audit, entry).await;
+            }
+            if let Some(takeover) = action.takeover {
+                self.take_over(status, takeover).await;
+            }
+            self.alerts.notify(status);
+        }
+    }
+
+    /// Make an alert's takeover; recorded whether it worked or not.
+    async fn take_over(&self, status: &AlertStatus, takeover: TakeoverAction) {
+        let by = format!("alert:{}", status.rule);
+        let why = format!(
+            "alert {}: {} {} against threshold {}",
+            status.rule,
+            status.metric,
+            status
+                .value
+                .map_or_else(|| "-".to_owned(), |v| format!("{v:.4}")),
+            status.threshold
+        );
+        let plugin = status.plugin.clone().unwrap_or_default();
+        let (decision, target, outcome) = match takeover {
+            TakeoverAction::PauseTool | TakeoverAction::PausePlugin => {
+                let target = match (takeover, &status.tool) {
+                    (TakeoverAction::PauseTool, Some(tool)) => format!("{plugin}/{tool}"),
+                    _ => plugin.clone(),
+                };
+                let pause = Pause {
+                    target: target.clone(),
+                    by: by.clone(),
+                    reason: Some(why.clone()),
+                    at_ms: crate::mode::now_ms(),
+                };
+                let outcome = self
+                    .pauses
+                    .pause(&self.ledger, &pause)
+                    .map(|_| ())
+                    .map_err(|e| crate::error::chain(&e));
+                ("pause", target, outcome)
+            }
+            TakeoverAction::ReadOnly => {
+                let outcome = self
+                    .mode
+                    .set(&self.ledger, &self.audit, true, &by, Some(&why))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| crate::error::chain(&e));
+                ("read_only", String::new(), outcome)
+            }
+            TakeoverAction::Rollback => {
+                let outcome = self
+                    .rollback(&plugin, &by, Some(&why))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| crate::error::chain(&e));
+                ("rollback", plugin.clone(), outcome)
+            }
+        };
+        let reason = match &outcome {
+            Ok(()) => why,
+            Err(e) => {
+                tracing::error!(rule = %status.rule, takeover = decision, error = %e, "alert takeover failed");
+                format!("{why}; failed: {e}")
+            }
+        };
+        record(
+            &self.audit,
+            takeover_entry(Event::Takeover, decision, &target, &by, Some(&reason)),
+        )
+        .await;
+    }
+}
+
+/// `plugin/tool`, `plugin` or nothing: what an alert is about.
+fn target_of(status: &AlertStatus) -> String {
+    match (&status.plugin, &status.tool) {
+        (Some(p), Some(t)) => format!("{p}/{t}"),
+        (Some(p), None) => p.clone(),
+        _ => String::new(),
+    }
+}
+
+/// The audit entry of a takeover or its undoing, about `target`.
+fn takeover_entry(
+    event: Event,
+    decision: &str,
+    target: &str,
+    by: &str,
+    reason: Option<&str>,
+) -> airlock_audit::Entry {
+    let mut entry = airlock_audit::Entry::new(event);
+    entry.decision = Some(decision.to_owned());
+    entry.principal = Some(by.to_owned());
+    match target.split_once('/') {
+        Some((plugin, tool)) => {
+            entry.plugin = Some(plugin.to_owned());
+            entry.tool = Some(tool.to_owned());
+        }
+        None if !target.is_empty() => entry.plugin = Some(target.to_owned()),
+        None => {}
+    }
+    entry.reason = reason.map(str::to_owned);
+    entry
 }

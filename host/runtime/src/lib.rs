@@ -54,6 +54,7 @@
 
 #![deny(missing_docs)]
 
+mod alerts;
 mod approvals;
 mod audit;
 mod bindings;
@@ -85,6 +86,10 @@ pub use airlock_audit as audit_log;
 pub use airlock_store as store;
 #[cfg(feature = "postgres")]
 pub use airlock_store_postgres::PostgresConfig;
+pub use alerts::{
+    AlertConfig, AlertMetric, AlertRule, AlertStatus, PAUSE_REFRESH, Pause, SIGNATURE_HEADER,
+    TakeoverAction, Webhook, webhook_signature,
+};
 pub use cache::CacheStatus;
 pub use engine::{DEFAULT_MAX_INSTANCES, InstanceAllocation};
 pub use error::{

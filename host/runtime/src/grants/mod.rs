@@ -38,8 +38,8 @@ use wasmtime::Engine;
 use wasmtime::component::{HasData, HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::WasiCtxBuilder;
 
-pub(crate) use self::http::HttpHooks;
 pub use self::http::{HttpGrant, HttpScheme, IpRange, Origin, OriginHost};
+pub(crate) use self::http::{HttpHooks, TlsClient};
 pub use files::ResolvedFiles;
 pub(crate) use files::{Protected as ProtectedPaths, check_overlaps as check_files_overlaps};
 pub(crate) use workspace::WorkspaceScope;

@@ -126,7 +126,8 @@ impl Drop for KeyClaim<'_> {
 }
 
 impl<'h> Pipeline<'h> {
-    /// Step 2: admit the call under the host's mode and rate limits.
+    /// Step 2: admit the call under the host's mode, the paused tools and
+    /// the rate limits.
     /// `Ok(true)`: the host is in read-only mode, and the call (a `read`
     /// tool) runs with every grant narrowed to reading.
     pub(crate) async fn admit(
@@ -148,6 +149,8 @@ impl<'h> Pipeline<'h> {
                 reason: mode.reason,
             });
         }
+        // Paused by an alert's takeover or an operator, on any host.
+        self.pauses.check(self.ledger, plugin.name(), tool.name())?;
         let refusal = self
             .limiter
             .admit(

@@ -7,7 +7,7 @@
 //! |------|------|-------|
 //! | 0 | check the caller's identifiers, before any is recorded | [`Pipeline::check_identifiers`] (here), `identifiers::check` |
 //! | 1 | resolve `plugin/tool` to the version its rollout gives the caller (or the plugins directory's plugin) and an exposed tool | [`Pipeline::resolve`] (here), `releases.rs` |
-//! | 2 | admit: the host's mode, rate limits | [`Pipeline::admit`] (`gate.rs`) |
+//! | 2 | admit: the host's mode, paused tools, rate limits | [`Pipeline::admit`] (`gate.rs`) |
 //! | 3 | validate the arguments: size cap, JSON, object, input schema | [`validate_arguments`] (here) |
 //! | 4 | claim the idempotency key, or replay the first outcome | [`Pipeline::claim_key`] (`gate.rs`) |
 //! | 5 | approval gate | [`Pipeline::approval_gate`] (`gate.rs`) |
@@ -70,6 +70,8 @@ pub(crate) struct Pipeline<'h> {
     /// idempotency claims).
     pub(crate) origin: &'h str,
     pub(crate) approvals: Approvals<'h>,
+    /// Paused tools and plugins.
+    pub(crate) pauses: &'h crate::alerts::Pauses,
 }
 
 impl<'h> Pipeline<'h> {
@@ -92,7 +94,7 @@ impl<'h> Pipeline<'h> {
         let (plugin, tool) = (&*held_plugin, &*held_tool);
         record.resolved(plugin, tool);
         record.idempotency_key(request.idempotency_key.as_deref());
-        // 2. Admit: the host's mode, rate limits.
+        // 2. Admit: the host's mode, paused tools, rate limits.
         let read_only = match self.admit(plugin, tool, &request.principal).await {
             Ok(read_only) => read_only,
             Err(error) => {

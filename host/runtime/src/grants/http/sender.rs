@@ -429,6 +429,12 @@ impl TlsClient {
             .map(|c| TlsClient(Arc::new(c)))
             .map_err(config_error)
     }
+
+    /// The rustls configuration, for other clients of the host (alert
+    /// webhooks).
+    pub(crate) fn config(&self) -> Arc<rustls::ClientConfig> {
+        Arc::clone(&self.0)
+    }
 }
 
 fn build(

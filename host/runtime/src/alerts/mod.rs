@@ -1,0 +1,385 @@
+//! Alert rules that act.
+//!
+//! The operator's rules ([`AlertConfig`], `[alerts]`) are evaluated over
+//! the calls the host runs: every finished call is reported once, from
+//! [`Host::call`](crate::Host::call), to the evaluator (`window.rs`), and
+//! [`Host::check_alerts`](crate::Host::check_alerts) moves time on (alerts
+//! resolve when calls stop; approval figures are read). When an alert
+//! fires or resolves, the host, in order:
+//!
+//! 1. records it in the audit log (`alert_fired`, `alert_resolved`);
+//! 2. when firing, takes the rule's takeover, if any — pause the tool or
+//!    its plugin (`pause.rs`: refused with `tool_paused` on every host
+//!    sharing the ledger), switch to read-only, or roll the plugin back —
+//!    unless this host made `max_takeovers_per_hour` already, and records
+//!    it (`takeover`, decision `suppressed` when the limit stopped it);
+//! 3. queues the alert for the rule's webhooks (`webhook.rs`: signed,
+//!    retried, never waited for).
+//!
+//! A takeover is undone by a human only ([`Host::resume`](crate::Host::resume)
+//! for a pause, [`Host::set_mode`](crate::Host::set_mode) for read-only, a
+//! rollout for a rollback), recorded as `takeover_undone` (or as the mode
+//! and rollout changes record themselves).
+
+mod pause;
+mod rules;
+mod webhook;
+mod window;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use airlock_audit::{AuditLog, Durability, Entry, Event};
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::error::{CallError, ErrorClass, ToolErrorKind};
+use crate::mode::now_ms;
+use crate::pipeline::CallResponse;
+
+pub use pause::{PAUSE_REFRESH, Pause};
+pub(crate) use pause::{Pauses, check_target};
+pub use rules::{AlertConfig, AlertMetric, AlertRule, TakeoverAction, Webhook};
+pub use webhook::{SIGNATURE_HEADER, signature as webhook_signature};
+use window::{Evaluator, HOST_TARGET, HostFigures, Observation, Outcome, Transition};
+
+/// Alerts kept in the recent history [`Host::alerts`](crate::Host::alerts)
+/// lists.
+const HISTORY: usize = 256;
+
+/// An alert, firing or resolved, as [`Host::alerts`](crate::Host::alerts)
+/// lists it and webhooks receive it (the body's JSON).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[non_exhaustive]
+pub struct AlertStatus {
+    /// The rule's name.
+    pub rule: String,
+    /// What it measures.
+    pub metric: &'static str,
+    /// `firing` or `resolved`.
+    pub state: &'static str,
+    /// The plugin it is about (none for a host-wide rule).
+    pub plugin: Option<String>,
+    /// The tool it is about (none for a host-wide rule).
+    pub tool: Option<String>,
+    /// The value that fired or resolved it (`None`: no calls left in the
+    /// window).
+    pub value: Option<f64>,
+    /// The rule's threshold.
+    pub threshold: f64,
+    /// When it fired, ms since the Unix epoch.
+    pub fired_ms: u64,
+    /// When it resolved, if it did.
+    pub resolved_ms: Option<u64>,
+    /// The takeover made when it fired (`pause_tool`, … or `suppressed`).
+    pub takeover: Option<String>,
+    /// The host (origin) that raised it.
+    pub host: String,
+}
+
+/// A host's alert rules, their state, and what they act through.
+#[derive(Debug)]
+pub(crate) struct Alerts {
+    config: AlertConfig,
+    webhooks: BTreeMap<String, Arc<Webhook>>,
+    evaluator: Mutex<Evaluator>,
+    outbox: webhook::Outbox,
+    /// When this host's automatic takeovers of the last hour were made.
+    takeovers: Mutex<VecDeque<u64>>,
+    /// Alerts firing (by rule and target) and recently resolved.
+    firing: Mutex<BTreeMap<(usize, String), AlertStatus>>,
+    history: Mutex<VecDeque<AlertStatus>>,
+    origin: String,
+}
+
+/// What one transition needs done, in order.
+#[derive(Debug)]
+pub(crate) struct Action {
+    pub(crate) status: AlertStatus,
+    /// The takeover to make (already counted against the limit).
+    pub(crate) takeover: Option<TakeoverAction>,
+    pub(crate) suppressed: bool,
+}
+
+/// How one finished call counts for the rules; `None` for a call that
+/// names no real tool (malformed, unknown) or waits for approval.
+fn outcome(result: &Result<CallResponse, CallError>) -> Option<Outcome> {
+    let error = match result {
+        Ok(_) => return Some(Outcome::Ok),
+        Err(error) => error,
+    };
+    Some(match error {
+        CallError::InvalidIdentifier { .. }
+        | CallError::InvalidSession { .. }
+        | CallError::BadToolReference { .. }
+        | CallError::UnknownPlugin { .. }
+        | CallError::UnknownTool { .. }
+        | CallError::ApprovalPending { .. } => return None,
+        CallError::AuditUnavailable(_) | CallError::Store(_) => Outcome::StoreFailed,
+        CallError::Tool {
+            kind: ToolErrorKind::Denied,
+            ..
+        } => Outcome::Denied,
+        CallError::ApprovalRefused {
+            why: crate::ApprovalRefusal::Rejected,
+            ..
+        } => Outcome::Denied,
+        other => match other.class() {
+            ErrorClass::Refused | ErrorClass::Pending => Outcome::Refused,
+            _ => Outcome::Failed,
+        },
+    })
+}
+
+impl Alerts {
+    /// `config` checked already ([`AlertConfig::resolve`]).
+    pub(crate) fn new(config: AlertConfig, audit: AuditLog, origin: &str) -> Alerts {
+        let webhooks = config
+            .webhooks
+            .iter()
+            .map(|w| (w.name.clone(), Arc::new(w.clone())))
+            .collect();
+        Alerts {
+            evaluator: Mutex::new(Evaluator::new(&config)),
+            config,
+            webhooks,
+            outbox: webhook::Outbox::new(audit),
+            takeovers: Mutex::new(VecDeque::new()),
+            firing: Mutex::new(BTreeMap::new()),
+            history: Mutex::new(VecDeque::new()),
+            origin: origin.to_owned(),
+        }
+    }
+
+    /// Whether a rule needs the pending approvals.
+    pub(crate) fn needs_approval_figures(&self) -> bool {
+        self.config.rules.iter().any(|r| {
+            matches!(
+                r.metric,
+                AlertMetric::ApprovalsPending | AlertMetric::ApprovalAgeS
+            )
+        })
+    }
+
+    /// Whether any rule is configured.
+    pub(crate) fn enabled(&self) -> bool {
+        !self.config.rules.is_empty()
+    }
+
+    /// Report one finished call of `tool` (`plugin/tool` as asked);
+    /// what the alerts it moved need done.
+    pub(crate) fn observe(
+        &self,
+        tool: &str,
+        result: &Result<CallResponse, CallError>,
+        wall: Duration,
+    ) -> Vec<Action> {
+        if !self.enabled() {
+            return Vec::new();
+        }
+        let Some(outcome) = outcome(result) else {
+            return Vec::new();
+        };
+        let (tool, fuel) = match result {
+            Ok(response) => (response.tool.as_str(), response.fuel_used),
+            Err(_) => (tool, 0),
+        };
+        let call = Observation {
+            at_ms: now_ms(),
+            outcome,
+            duration_ms: u64::try_from(wall.as_millis()).unwrap_or(u64::MAX),
+            fuel,
+        };
+        let transitions = self
+            .evaluator
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .observe(&self.config, tool, call);
+        self.actions(transitions)
+    }
+
+    /// Move time on; what the alerts it moved need done.
+    pub(crate) fn tick(&self, approvals_pending: u64, oldest_approval_age_s: u64) -> Vec<Action> {
+        if !self.enabled() {
+            return Vec::new();
+        }
+        let transitions = self
+            .evaluator
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .tick(
+                &self.config,
+                now_ms(),
+                HostFigures {
+                    approvals_pending,
+                    oldest_approval_age_s,
+                },
+            );
+        self.actions(transitions)
+    }
+
+    fn actions(&self, transitions: Vec<Transition>) -> Vec<Action> {
+        transitions
+            .into_iter()
+            .filter_map(|t| self.action(t))
+            .collect()
+    }
+
+    fn action(&self, t: Transition) -> Option<Action> {
+        let rule = self.config.rules.get(t.rule)?;
+        let (plugin, tool) = match t.target.split_once('/') {
+            _ if t.target == HOST_TARGET => (None, None),
+            Some((p, tool)) => (Some(p.to_owned()), Some(tool.to_owned())),
+            None => (Some(t.target.clone()), None),
+        };
+        let mut firing = self.firing.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = (t.rule, t.target.clone());
+        if t.fired {
+            let (takeover, suppressed) = match rule.takeover {
+                Some(action) if self.may_take_over(t.at_ms) => (Some(action), false),
+                Some(_) => (None, true),
+                None => (None, false),
+            };
+            let status = AlertStatus {
+                rule: rule.name.clone(),
+                metric: rule.metric.as_str(),
+                state: "firing",
+                plugin,
+                tool,
+                value: t.value,
+                threshold: rule.threshold,
+                fired_ms: t.at_ms,
+                resolved_ms: None,
+                takeover: match (takeover, suppressed) {
+                    (Some(action), _) => Some(action.as_str().to_owned()),
+                    (None, true) => Some("suppressed".to_owned()),
+                    (None, false) => None,
+                },
+                host: self.origin.clone(),
+            };
+            firing.insert(key, status.clone());
+            Some(Action {
+                status,
+                takeover,
+                suppressed,
+            })
+        } else {
+            let mut status = firing.remove(&key)?;
+            status.state = "resolved";
+            status.value = t.value;
+            status.resolved_ms = Some(t.at_ms);
+            let mut history = self.history.lock().unwrap_or_else(PoisonError::into_inner);
+            history.push_front(status.clone());
+            history.truncate(HISTORY);
+            Some(Action {
+                status,
+                takeover: None,
+                suppressed: false,
+            })
+        }
+    }
+
+    /// Count a takeover at `now_ms` against the hourly limit; `false`
+    /// when the limit is reached.
+    fn may_take_over(&self, now_ms: u64) -> bool {
+        let mut made = self
+            .takeovers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let hour_ago = now_ms.saturating_sub(3_600_000);
+        while made.front().is_some_and(|at| *at < hour_ago) {
+            made.pop_front();
+        }
+        if made.len() >= usize::try_from(self.config.max_takeovers_per_hour).unwrap_or(usize::MAX) {
+            return false;
+        }
+        made.push_back(now_ms);
+        true
+    }
+
+    /// Alerts firing now, then those resolved lately (newest first).
+    pub(crate) fn list(&self) -> Vec<AlertStatus> {
+        let mut all: Vec<AlertStatus> = self
+            .firing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        all.sort_by(|a, b| b.fired_ms.cmp(&a.fired_ms));
+        all.extend(
+            self.history
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+                .cloned(),
+        );
+        all
+    }
+
+    /// Queue `status` for the webhooks of its rule (never waits).
+    pub(crate) fn notify(&self, status: &AlertStatus) {
+        let Some(rule) = self.config.rules.iter().find(|r| r.name == status.rule) else {
+            return;
+        };
+        if rule.webhooks.is_empty() {
+            return;
+        }
+        let body = match serde_json::to_vec(status) {
+            Ok(body) => Bytes::from(body),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot encode an alert");
+                return;
+            }
+        };
+        for name in &rule.webhooks {
+            if let Some(hook) = self.webhooks.get(name) {
+                self.outbox.send(webhook::Delivery {
+                    webhook: Arc::clone(hook),
+                    body: body.clone(),
+                    rule: status.rule.clone(),
+                    plugin: status.plugin.clone(),
+                    tool: status.tool.clone(),
+                });
+            }
+        }
+    }
+}
+
+/// The audit entry of an alert firing or resolving.
+pub(crate) fn alert_entry(action: &Action, takeover_note: Option<&str>) -> Entry {
+    let status = &action.status;
+    let mut entry = Entry::new(if status.state == "firing" {
+        Event::AlertFired
+    } else {
+        Event::AlertResolved
+    });
+    entry.decision = Some(status.rule.clone());
+    entry.plugin = status.plugin.clone();
+    entry.tool = status.tool.clone();
+    entry.principal = Some(format!("alert:{}", status.rule));
+    let value = status.value.map_or_else(
+        || "no calls in the window".to_owned(),
+        |v| format!("{v:.4}"),
+    );
+    let mut reason = format!(
+        "{} {value} against threshold {}",
+        status.metric, status.threshold
+    );
+    if let Some(note) = takeover_note {
+        reason.push_str("; takeover: ");
+        reason.push_str(note);
+    }
+    entry.reason = Some(reason);
+    entry
+}
+
+/// Append `entry`, logging (not failing) when the log cannot take it: an
+/// alert's actions go on without its record.
+pub(crate) async fn record(audit: &AuditLog, entry: Entry) {
+    let event = entry.event;
+    if let Err(e) = crate::audit::append(audit, entry, Durability::Flushed).await {
+        tracing::error!(error = %e, %event, "cannot record an alert event");
+    }
+}

@@ -1,0 +1,305 @@
+//! Alert webhooks: a JSON POST signed with HMAC-SHA256, off every call's
+//! path.
+//!
+//! A call that trips a rule only puts the alert on a bounded queue
+//! ([`Outbox::send`] never waits); a background task delivers it, at most
+//! [`MAX_IN_FLIGHT`] deliveries at once, each attempt bounded by the
+//! webhook's `timeout`, retried with doubling backoff up to its
+//! `max_attempts`. An alert that cannot be delivered — every attempt
+//! failed, or the queue was full — is recorded in the audit log
+//! (`alert_undelivered`) instead.
+//!
+//! # Security
+//! The body is signed with the webhook's secret: `X-Airlock-Signature:
+//! sha256=HEX` is HMAC-SHA256 of the exact body bytes, so a receiver can
+//! refuse anything not sent by a host holding the secret. The URL is the
+//! operator's own configuration, not a plugin's: it is not vetted like a
+//! guest's HTTP request.
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use airlock_audit::{AuditLog, Durability, Entry, Event};
+use bytes::Bytes;
+use hmac::{Hmac, Mac as _};
+use http_body_util::Full;
+use sha2::Sha256;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::{Semaphore, mpsc};
+use wasmtime_wasi_http::io::TokioIo;
+
+use super::rules::Webhook;
+
+/// Alerts waiting for delivery at most; more are recorded undelivered.
+pub(crate) const QUEUE: usize = 256;
+/// Deliveries in progress at once.
+pub(crate) const MAX_IN_FLIGHT: usize = 8;
+/// The longest wait between two attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// The header carrying the body's signature.
+pub const SIGNATURE_HEADER: &str = "x-airlock-signature";
+
+/// Where a webhook posts: scheme, host, port and path of its URL.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    https: bool,
+    host: String,
+    port: u16,
+    authority: String,
+    path: String,
+}
+
+impl Target {
+    /// Parse an `http://` or `https://` URL.
+    pub(crate) fn parse(url: &str) -> Result<Target, String> {
+        let uri: http::Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err("the scheme must be http or https".to_owned()),
+        };
+        let authority = uri
+            .authority()
+            .filter(|a| !a.host().is_empty())
+            .ok_or_else(|| "the URL has no host".to_owned())?;
+        if authority.as_str().contains('@') {
+            return Err("the URL may not hold credentials (user@host)".to_owned());
+        }
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+        Ok(Target {
+            https,
+            host,
+            port,
+            authority: authority.as_str().to_owned(),
+            path: uri.path_and_query().map_or("/", |p| p.as_str()).to_owned(),
+        })
+    }
+}
+
+/// HMAC-SHA256 of `body` under `secret`, as the signature header's value
+/// (`sha256=HEX`).
+pub fn signature(secret: &[u8], body: &[u8]) -> String {
+    // HMAC takes a key of any length.
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret)
+        .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// One alert for one webhook.
+#[derive(Debug)]
+pub(crate) struct Delivery {
+    pub(crate) webhook: Arc<Webhook>,
+    pub(crate) body: Bytes,
+    /// For the record when undelivered.
+    pub(crate) rule: String,
+    pub(crate) plugin: Option<String>,
+    pub(crate) tool: Option<String>,
+}
+
+/// The delivery queue and its background task (started with the first
+/// alert, on the runtime that raised it).
+#[derive(Debug)]
+pub(crate) struct Outbox {
+    queue: Mutex<Option<mpsc::Sender<Delivery>>>,
+    audit: AuditLog,
+    tls: Option<crate::grants::TlsClient>,
+}
+
+impl Outbox {
+    pub(crate) fn new(audit: AuditLog) -> Outbox {
+        Outbox {
+            queue: Mutex::new(None),
+            audit,
+            // Without a usable TLS configuration only http:// webhooks work;
+            // an https:// one is then recorded undelivered with the reason.
+            tls: crate::grants::TlsClient::new(&[]).ok(),
+        }
+    }
+
+    /// Queue `delivery` without waiting: when the queue is full, or no
+    /// runtime can run the sender, it is recorded undelivered at once.
+    pub(crate) fn send(&self, delivery: Delivery) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(rule = %delivery.rule, "no async runtime to deliver an alert webhook on");
+            return;
+        };
+        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        let sender = queue.get_or_insert_with(|| {
+            let (sender, receiver) = mpsc::channel(QUEUE);
+            runtime.spawn(deliver_all(
+                receiver,
+                self.audit.clone(),
+                self.tls.as_ref().map(crate::grants::TlsClient::config),
+            ));
+            sender
+        });
+        if let Err(error) = sender.try_send(delivery) {
+            let (delivery, why) = match error {
+                mpsc::error::TrySendError::Full(d) => (d, "the delivery queue is full"),
+                mpsc::error::TrySendError::Closed(d) => (d, "the delivery task stopped"),
+            };
+            if matches!(why, "the delivery task stopped") {
+                // Start a new task with the next alert.
+                *queue = None;
+            }
+            let audit = self.audit.clone();
+            runtime.spawn(record_undelivered(audit, delivery, 0, why.to_owned()));
+        }
+    }
+}
+
+/// The background task: deliver each queued alert, a few at once.
+async fn deliver_all(
+    mut receiver: mpsc::Receiver<Delivery>,
+    audit: AuditLog,
+    tls: Option<Arc<rustls::ClientConfig>>,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    while let Some(delivery) = receiver.recv().await {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        let audit = audit.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            deliver(delivery, audit, tls).await;
+        });
+    }
+}
+
+/// Deliver one alert, retrying with backoff; record it undelivered when
+/// every attempt fails.
+async fn deliver(delivery: Delivery, audit: AuditLog, tls: Option<Arc<rustls::ClientConfig>>) {
+    let hook = Arc::clone(&delivery.webhook);
+    let secret = hook.secret.as_deref().unwrap_or_default();
+    let signature = signature(secret.as_bytes(), &delivery.body);
+    let id = uuid::Uuid::now_v7().to_string();
+    let mut backoff = hook.backoff;
+    let mut last = String::new();
+    for attempt in 1..=hook.max_attempts {
+        let sent = tokio::time::timeout(
+            hook.timeout,
+            post(&hook.url, tls.as_ref(), &delivery.body, &signature, &id),
+        )
+        .await;
+        match sent {
+            Ok(Ok(status)) if (200..300).contains(&status) => {
+                tracing::debug!(webhook = %hook.name, rule = %delivery.rule, attempt, "alert delivered");
+                return;
+            }
+            Ok(Ok(status)) => last = format!("answered HTTP {status}"),
+            Ok(Err(e)) => last = e,
+            Err(_) => {
+                last = format!(
+                    "no answer within {}",
+                    humantime::format_duration(hook.timeout)
+                )
+            }
+        }
+        tracing::warn!(webhook = %hook.name, rule = %delivery.rule, attempt, error = %last, "alert webhook attempt failed");
+        if attempt < hook.max_attempts {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+    record_undelivered(audit, delivery, hook.max_attempts, last).await;
+}
+
+async fn record_undelivered(audit: AuditLog, delivery: Delivery, attempts: u32, why: String) {
+    tracing::error!(webhook = %delivery.webhook.name, rule = %delivery.rule, attempts, error = %why, "alert webhook undelivered");
+    let mut entry = Entry::new(Event::AlertUndelivered);
+    entry.decision = Some(delivery.rule.clone());
+    entry.plugin = delivery.plugin;
+    entry.tool = delivery.tool;
+    entry.reason = Some(format!(
+        "webhook {}: {attempts} attempt(s); {why}",
+        delivery.webhook.name
+    ));
+    if let Err(e) = crate::audit::append(&audit, entry, Durability::Flushed).await {
+        tracing::error!(error = %e, "cannot record an undelivered alert");
+    }
+}
+
+/// Any stream hyper can speak HTTP over.
+trait Connection: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Connection for T {}
+
+/// One attempt: POST `body` to `url`; the response's status.
+async fn post(
+    url: &str,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    body: &Bytes,
+    signature: &str,
+    id: &str,
+) -> Result<u16, String> {
+    let target = Target::parse(url)?;
+    let stream = TcpStream::connect((target.host.as_str(), target.port))
+        .await
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    let stream: Box<dyn Connection> = if target.https {
+        let config = tls.ok_or("no TLS configuration for an https webhook")?;
+        let name = rustls::pki_types::ServerName::try_from(target.host.clone())
+            .map_err(|e| format!("invalid host name: {e}"))?;
+        Box::new(
+            tokio_rustls::TlsConnector::from(Arc::clone(config))
+                .connect(name, stream)
+                .await
+                .map_err(|e| format!("TLS: {e}"))?,
+        )
+    } else {
+        Box::new(stream)
+    };
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("HTTP: {e}"))?;
+    let driver = tokio::spawn(connection);
+    let request = http::Request::post(target.path.as_str())
+        .header(http::header::HOST, target.authority.as_str())
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header(http::header::USER_AGENT, "airlock-alerts")
+        .header(SIGNATURE_HEADER, signature)
+        .header("x-airlock-delivery", id)
+        .body(Full::new(body.clone()))
+        .map_err(|e| format!("cannot build the request: {e}"))?;
+    let response = sender.send_request(request).await;
+    driver.abort();
+    response
+        .map(|r| r.status().as_u16())
+        .map_err(|e| format!("HTTP: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_parsed_and_refused() {
+        let t = Target::parse("http://127.0.0.1:9000/hook?x=1").unwrap();
+        assert_eq!(
+            (t.host.as_str(), t.port, t.path.as_str()),
+            ("127.0.0.1", 9000, "/hook?x=1")
+        );
+        assert!(Target::parse("https://ops.example").unwrap().https);
+        assert_eq!(Target::parse("https://ops.example").unwrap().port, 443);
+        for bad in ["ftp://x", "http://", "nonsense", "http://u:p@host/"] {
+            assert!(Target::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_signature_is_hmac_sha256_of_the_body() {
+        // RFC 4231 test case 2.
+        assert_eq!(
+            signature(b"Jefe", b"what do ya want for nothing?"),
+            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+        );
+    }
+}

@@ -1,0 +1,589 @@
+//! The alert evaluator: the calls of each rule's window, the value each
+//! rule measures, and the state machine that turns values into alerts
+//! firing and resolving. Pure: time is an argument, so the tests drive it.
+//!
+//! Each rule and target (a tool, or the host for host-wide metrics) moves
+//! through `Ok → Pending → Firing → Clearing → Ok`: the value must stay at
+//! or over the threshold for the rule's `for` duration to fire, and under
+//! its `clear` value as long to resolve. A value that crosses back and
+//! forth faster than that never fires, nor resolves, again and again.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use super::rules::{AlertConfig, AlertMetric, AlertRule};
+
+/// Calls kept per tool at most, whatever the windows: memory stays bounded
+/// under any call rate (values then cover the newest calls only).
+const MAX_CALLS_PER_TOOL: usize = 10_000;
+/// Tools tracked at most: tool names come from callers.
+const MAX_TOOLS: usize = 1024;
+/// Calls before a window kept for a tool's fuel norm.
+const NORM_CALLS: usize = 1000;
+/// The target of a host-wide rule.
+pub(crate) const HOST_TARGET: &str = "*";
+
+/// What one finished call tells the rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    /// It ran and succeeded.
+    Ok,
+    /// It ran (or was admitted) and failed.
+    Failed,
+    /// Refused before it ran.
+    Refused,
+    /// Denied: the tool said `denied`, or an approver rejected it.
+    Denied,
+    /// The audit log or a store could not record or answer.
+    StoreFailed,
+}
+
+/// One finished call.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Observation {
+    pub(crate) at_ms: u64,
+    pub(crate) outcome: Outcome,
+    pub(crate) duration_ms: u64,
+    pub(crate) fuel: u64,
+}
+
+/// Host-wide figures read when rules are checked.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct HostFigures {
+    pub(crate) approvals_pending: u64,
+    pub(crate) oldest_approval_age_s: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Phase {
+    Ok,
+    Pending { since_ms: u64 },
+    Firing { since_ms: u64 },
+    Clearing { since_ms: u64, fired_ms: u64 },
+}
+
+/// An alert that fired or resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Transition {
+    /// Index of the rule in the configuration.
+    pub(crate) rule: usize,
+    /// `plugin/tool`, or [`HOST_TARGET`].
+    pub(crate) target: String,
+    pub(crate) fired: bool,
+    /// The value that decided (`None`: no data left in the window).
+    pub(crate) value: Option<f64>,
+    pub(crate) at_ms: u64,
+}
+
+#[derive(Debug, Default)]
+struct ToolCalls {
+    calls: VecDeque<Observation>,
+    /// Fuel of successful calls before the longest window: the norm.
+    norm: VecDeque<u64>,
+}
+
+/// Calls by tool, and each rule's state by target.
+#[derive(Debug, Default)]
+pub(crate) struct Evaluator {
+    tools: BTreeMap<String, ToolCalls>,
+    /// Host-wide store and audit failures.
+    failures: VecDeque<u64>,
+    phases: BTreeMap<(usize, String), Phase>,
+    /// The longest window of any rule, ms.
+    horizon_ms: u64,
+}
+
+fn millis(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+impl Evaluator {
+    pub(crate) fn new(config: &AlertConfig) -> Evaluator {
+        Evaluator {
+            horizon_ms: config
+                .rules
+                .iter()
+                .map(|r| millis(r.window))
+                .max()
+                .unwrap_or(0),
+            ..Evaluator::default()
+        }
+    }
+
+    /// Record one finished call of `tool` and check the rules watching it.
+    pub(crate) fn observe(
+        &mut self,
+        config: &AlertConfig,
+        tool: &str,
+        call: Observation,
+    ) -> Vec<Transition> {
+        if config.rules.is_empty() {
+            return Vec::new();
+        }
+        if call.outcome == Outcome::StoreFailed {
+            self.failures.push_back(call.at_ms);
+            if self.failures.len() > MAX_CALLS_PER_TOOL {
+                self.failures.pop_front();
+            }
+        }
+        if self.tools.len() >= MAX_TOOLS && !self.tools.contains_key(tool) {
+            // Bounded: a flood of made-up tool names is not tracked.
+            return self.check(config, call.at_ms, None, Some(HOST_TARGET));
+        }
+        let calls = self.tools.entry(tool.to_owned()).or_default();
+        calls.calls.push_back(call);
+        if calls.calls.len() > MAX_CALLS_PER_TOOL {
+            calls.calls.pop_front();
+        }
+        self.trim(call.at_ms);
+        let mut transitions = self.check(config, call.at_ms, None, Some(tool));
+        transitions.extend(self.check(config, call.at_ms, None, Some(HOST_TARGET)));
+        transitions
+    }
+
+    /// Check every rule on every target, as time passes without calls
+    /// (alerts resolve when calls stop) and for host-wide figures.
+    pub(crate) fn tick(
+        &mut self,
+        config: &AlertConfig,
+        now_ms: u64,
+        figures: HostFigures,
+    ) -> Vec<Transition> {
+        self.trim(now_ms);
+        self.check(config, now_ms, Some(figures), None)
+    }
+
+    /// Forget calls older than every window (keeping the fuel norm).
+    fn trim(&mut self, now_ms: u64) {
+        let oldest = now_ms.saturating_sub(self.horizon_ms);
+        for calls in self.tools.values_mut() {
+            while let Some(first) = calls.calls.front()
+                && first.at_ms < oldest
+            {
+                if first.outcome == Outcome::Ok {
+                    calls.norm.push_back(first.fuel);
+                    if calls.norm.len() > NORM_CALLS {
+                        calls.norm.pop_front();
+                    }
+                }
+                calls.calls.pop_front();
+            }
+        }
+        while let Some(first) = self.failures.front()
+            && *first < oldest
+        {
+            self.failures.pop_front();
+        }
+    }
+
+    /// Check the rules on `only` (a tool or the host), or on every target.
+    fn check(
+        &mut self,
+        config: &AlertConfig,
+        now_ms: u64,
+        figures: Option<HostFigures>,
+        only: Option<&str>,
+    ) -> Vec<Transition> {
+        let mut transitions = Vec::new();
+        for (index, rule) in config.rules.iter().enumerate() {
+            let targets: Vec<String> = if rule.metric.is_host_wide() {
+                vec![HOST_TARGET.to_owned()]
+            } else {
+                self.tools
+                    .keys()
+                    .filter(|t| rule.watches(t))
+                    .cloned()
+                    .collect()
+            };
+            for target in targets {
+                if only.is_some_and(|o| o != target) {
+                    continue;
+                }
+                // Figures of the host are only known at a tick.
+                let value = match (rule.metric, figures) {
+                    (AlertMetric::ApprovalsPending | AlertMetric::ApprovalAgeS, None) => continue,
+                    _ => self.value(rule, &target, now_ms, figures.unwrap_or_default()),
+                };
+                if let Some(t) = self.step(index, rule, target, value, now_ms) {
+                    transitions.push(t);
+                }
+            }
+        }
+        transitions
+    }
+
+    /// The value `rule` measures on `target` now (`None`: not enough calls).
+    fn value(
+        &self,
+        rule: &AlertRule,
+        target: &str,
+        now_ms: u64,
+        figures: HostFigures,
+    ) -> Option<f64> {
+        let since = now_ms.saturating_sub(millis(rule.window));
+        let per_minute = |count: usize| {
+            // usize → f64: counts are far below 2^52.
+            #[allow(clippy::cast_precision_loss)]
+            let count = count as f64;
+            #[allow(clippy::cast_precision_loss)]
+            let window_ms = millis(rule.window).max(1) as f64;
+            Some(count * 60_000.0 / window_ms)
+        };
+        #[allow(clippy::cast_precision_loss)]
+        match rule.metric {
+            AlertMetric::ApprovalsPending => Some(figures.approvals_pending as f64),
+            AlertMetric::ApprovalAgeS => Some(figures.oldest_approval_age_s as f64),
+            AlertMetric::AuditFailures => {
+                Some(self.failures.iter().filter(|at| **at >= since).count() as f64)
+            }
+            metric => {
+                let calls = self.tools.get(target)?;
+                let window = calls.calls.iter().filter(|c| c.at_ms >= since);
+                match metric {
+                    AlertMetric::RefusalsPerMinute => {
+                        per_minute(window.filter(|c| c.outcome == Outcome::Refused).count())
+                    }
+                    AlertMetric::DenialsPerMinute => {
+                        per_minute(window.filter(|c| c.outcome == Outcome::Denied).count())
+                    }
+                    AlertMetric::ErrorRate => {
+                        let ran: Vec<_> =
+                            window.filter(|c| c.outcome != Outcome::Refused).collect();
+                        if (ran.len() as u64) < rule.min_calls.max(1) {
+                            return None;
+                        }
+                        let failed = ran
+                            .iter()
+                            .filter(|c| matches!(c.outcome, Outcome::Failed | Outcome::StoreFailed))
+                            .count();
+                        Some(failed as f64 / ran.len() as f64)
+                    }
+                    AlertMetric::LatencyP99Ms => {
+                        let mut times: Vec<u64> = window
+                            .filter(|c| c.outcome != Outcome::Refused)
+                            .map(|c| c.duration_ms)
+                            .collect();
+                        if (times.len() as u64) < rule.min_calls.max(1) {
+                            return None;
+                        }
+                        times.sort_unstable();
+                        // Nearest rank: the smallest value at or above 99 %.
+                        let rank = (times.len() * 99).div_ceil(100).max(1);
+                        times.get(rank - 1).map(|t| *t as f64)
+                    }
+                    AlertMetric::FuelRatio => {
+                        let fuel: Vec<u64> = window
+                            .filter(|c| c.outcome == Outcome::Ok)
+                            .map(|c| c.fuel)
+                            .collect();
+                        if (fuel.len() as u64) < rule.min_calls.max(1)
+                            || (calls.norm.len() as u64) < rule.min_calls.max(1)
+                        {
+                            return None;
+                        }
+                        let mean = |v: &mut dyn Iterator<Item = u64>, n: usize| {
+                            v.map(|f| f as f64).sum::<f64>() / n as f64
+                        };
+                        let now = mean(&mut fuel.iter().copied(), fuel.len());
+                        let norm = mean(&mut calls.norm.iter().copied(), calls.norm.len());
+                        Some(now / norm.max(1.0))
+                    }
+                    AlertMetric::ApprovalsPending
+                    | AlertMetric::ApprovalAgeS
+                    | AlertMetric::AuditFailures => None,
+                }
+            }
+        }
+    }
+
+    /// Move one rule's state on one target; the transition, if it fired or
+    /// resolved.
+    fn step(
+        &mut self,
+        index: usize,
+        rule: &AlertRule,
+        target: String,
+        value: Option<f64>,
+        now_ms: u64,
+    ) -> Option<Transition> {
+        let over = value.is_some_and(|v| v >= rule.threshold);
+        let under = value.is_none_or(|v| v < rule.clear_below());
+        let hold = millis(rule.for_duration);
+        let key = (index, target);
+        let phase = self.phases.get(&key).copied().unwrap_or(Phase::Ok);
+        let (next, fired) = match phase {
+            Phase::Ok if over && hold == 0 => (Phase::Firing { since_ms: now_ms }, Some(true)),
+            Phase::Ok if over => (Phase::Pending { since_ms: now_ms }, None),
+            Phase::Ok => (Phase::Ok, None),
+            Phase::Pending { .. } if !over => (Phase::Ok, None),
+            Phase::Pending { since_ms } if now_ms.saturating_sub(since_ms) >= hold => {
+                (Phase::Firing { since_ms: now_ms }, Some(true))
+            }
+            Phase::Pending { since_ms } => (Phase::Pending { since_ms }, None),
+            Phase::Firing { .. } if under && hold == 0 => (Phase::Ok, Some(false)),
+            Phase::Firing { since_ms } if under => (
+                Phase::Clearing {
+                    since_ms: now_ms,
+                    fired_ms: since_ms,
+                },
+                None,
+            ),
+            Phase::Firing { since_ms } => (Phase::Firing { since_ms }, None),
+            Phase::Clearing { fired_ms, .. } if !under => {
+                (Phase::Firing { since_ms: fired_ms }, None)
+            }
+            Phase::Clearing { since_ms, .. } if now_ms.saturating_sub(since_ms) >= hold => {
+                (Phase::Ok, Some(false))
+            }
+            Phase::Clearing { since_ms, fired_ms } => {
+                (Phase::Clearing { since_ms, fired_ms }, None)
+            }
+        };
+        let target = key.1.clone();
+        if next == Phase::Ok {
+            self.phases.remove(&key);
+        } else {
+            self.phases.insert(key, next);
+        }
+        fired.map(|fired| Transition {
+            rule: index,
+            target,
+            fired,
+            value,
+            at_ms: now_ms,
+        })
+    }
+
+    /// The alerts firing now: rule index, target, since when.
+    #[cfg(test)]
+    pub(crate) fn firing(&self) -> Vec<(usize, String, u64)> {
+        self.phases
+            .iter()
+            .filter_map(|((rule, target), phase)| match phase {
+                Phase::Firing { since_ms }
+                | Phase::Clearing {
+                    fired_ms: since_ms, ..
+                } => Some((*rule, target.clone(), *since_ms)),
+                Phase::Ok | Phase::Pending { .. } => None,
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::alerts::rules::AlertRule;
+
+    fn config(rule: AlertRule) -> AlertConfig {
+        AlertConfig {
+            rules: vec![rule],
+            ..AlertConfig::default()
+        }
+    }
+
+    fn call(at_ms: u64, outcome: Outcome) -> Observation {
+        Observation {
+            at_ms,
+            outcome,
+            duration_ms: 10,
+            fuel: 100,
+        }
+    }
+
+    fn fired(ts: &[Transition]) -> Vec<bool> {
+        ts.iter().map(|t| t.fired).collect()
+    }
+
+    #[test]
+    fn error_rate_fires_and_resolves() {
+        let config = config(
+            AlertRule::new(
+                "errors",
+                AlertMetric::ErrorRate,
+                Duration::from_secs(10),
+                0.5,
+            )
+            .min_calls(4),
+        );
+        let mut eval = Evaluator::new(&config);
+        let mut all = Vec::new();
+        for i in 0..3 {
+            all.extend(eval.observe(&config, "a/b", call(i, Outcome::Failed)));
+        }
+        assert!(all.is_empty(), "fewer than min_calls: no value");
+        let t = eval.observe(&config, "a/b", call(3, Outcome::Failed));
+        assert_eq!(fired(&t), [true]);
+        assert_eq!(t[0].target, "a/b");
+        assert_eq!(t[0].value, Some(1.0));
+        assert_eq!(eval.firing().len(), 1);
+        // Another tool is its own target.
+        assert!(
+            eval.observe(&config, "a/c", call(4, Outcome::Ok))
+                .is_empty()
+        );
+        // Successes dilute the failures, then the window empties.
+        for i in 5..9 {
+            eval.observe(&config, "a/b", call(i, Outcome::Ok));
+        }
+        let t = eval.observe(&config, "a/b", call(9, Outcome::Ok));
+        assert_eq!(fired(&t), [false], "4 failures of 9 is under 0.5");
+        assert!(eval.firing().is_empty());
+    }
+
+    #[test]
+    fn an_alert_resolves_when_its_window_empties() {
+        let config = config(
+            AlertRule::new(
+                "errors",
+                AlertMetric::ErrorRate,
+                Duration::from_secs(1),
+                0.5,
+            )
+            .min_calls(1),
+        );
+        let mut eval = Evaluator::new(&config);
+        assert_eq!(
+            fired(&eval.observe(&config, "a/b", call(0, Outcome::Failed))),
+            [true]
+        );
+        assert!(eval.tick(&config, 500, HostFigures::default()).is_empty());
+        assert_eq!(
+            fired(&eval.tick(&config, 1500, HostFigures::default())),
+            [false]
+        );
+    }
+
+    #[test]
+    fn a_value_flapping_around_its_threshold_does_not_fire_repeatedly() {
+        let config = config(
+            AlertRule::new(
+                "refusals",
+                AlertMetric::ErrorRate,
+                Duration::from_millis(400),
+                0.5,
+            )
+            .min_calls(1)
+            .for_duration(Duration::from_secs(2))
+            .clear(0.2),
+        );
+        let mut eval = Evaluator::new(&config);
+        let mut all = Vec::new();
+        // Alternating failures and successes: the value swings between
+        // over and under the threshold every 200 ms.
+        for i in 0..50u64 {
+            let outcome = if (i / 2) % 2 == 0 {
+                Outcome::Failed
+            } else {
+                Outcome::Ok
+            };
+            all.extend(eval.observe(&config, "a/b", call(i * 100, outcome)));
+        }
+        assert!(all.is_empty(), "{all:?}");
+        // Steadily over: fires once, after the for duration.
+        let mut all = Vec::new();
+        for i in 50..100u64 {
+            all.extend(eval.observe(&config, "a/b", call(i * 100, Outcome::Failed)));
+        }
+        assert_eq!(fired(&all), [true]);
+        // Dipping under the threshold but not under clear: stays firing.
+        let mut all = Vec::new();
+        for i in 100..150u64 {
+            let outcome = if i % 3 == 0 {
+                Outcome::Ok
+            } else {
+                Outcome::Failed
+            };
+            all.extend(eval.observe(&config, "a/b", call(i * 100, outcome)));
+        }
+        assert!(all.is_empty(), "{all:?}");
+        // Under clear for the for duration: resolves once.
+        let mut all = Vec::new();
+        for i in 150..200u64 {
+            all.extend(eval.observe(&config, "a/b", call(i * 100, Outcome::Ok)));
+        }
+        assert_eq!(fired(&all), [false]);
+    }
+
+    #[test]
+    fn latency_refusals_denials_and_fuel_are_measured() {
+        let window = Duration::from_secs(60);
+        let mut slow = call(0, Outcome::Ok);
+        slow.duration_ms = 900;
+        let rule = AlertRule::new("slow", AlertMetric::LatencyP99Ms, window, 500.0).min_calls(1);
+        let config1 = config(rule);
+        let mut eval = Evaluator::new(&config1);
+        assert_eq!(fired(&eval.observe(&config1, "a/b", slow)), [true]);
+
+        for (metric, outcome) in [
+            (AlertMetric::RefusalsPerMinute, Outcome::Refused),
+            (AlertMetric::DenialsPerMinute, Outcome::Denied),
+        ] {
+            let config = config(AlertRule::new("r", metric, window, 3.0));
+            let mut eval = Evaluator::new(&config);
+            assert!(eval.observe(&config, "a/b", call(0, outcome)).is_empty());
+            assert!(eval.observe(&config, "a/b", call(1, outcome)).is_empty());
+            assert_eq!(
+                fired(&eval.observe(&config, "a/b", call(2, outcome))),
+                [true]
+            );
+        }
+
+        let config = config(
+            AlertRule::new(
+                "fuel",
+                AlertMetric::FuelRatio,
+                Duration::from_millis(100),
+                3.0,
+            )
+            .min_calls(2),
+        );
+        let mut eval = Evaluator::new(&config);
+        for i in 0..5 {
+            assert!(
+                eval.observe(&config, "a/b", call(i, Outcome::Ok))
+                    .is_empty()
+            );
+        }
+        let mut hungry = call(1000, Outcome::Ok);
+        hungry.fuel = 1000;
+        assert!(
+            eval.observe(&config, "a/b", hungry).is_empty(),
+            "one call is under min_calls"
+        );
+        hungry.at_ms = 1001;
+        let t = eval.observe(&config, "a/b", hungry);
+        assert_eq!(fired(&t), [true]);
+        assert_eq!(t[0].value, Some(10.0));
+    }
+
+    #[test]
+    fn host_wide_figures_fire_at_ticks() {
+        let window = Duration::from_secs(60);
+        let config = AlertConfig {
+            rules: vec![
+                AlertRule::new("backlog", AlertMetric::ApprovalsPending, window, 10.0),
+                AlertRule::new("old", AlertMetric::ApprovalAgeS, window, 600.0),
+                AlertRule::new("audit", AlertMetric::AuditFailures, window, 2.0),
+            ],
+            ..AlertConfig::default()
+        };
+        let mut eval = Evaluator::new(&config);
+        let figures = HostFigures {
+            approvals_pending: 12,
+            oldest_approval_age_s: 700,
+        };
+        let t = eval.tick(&config, 0, figures);
+        assert_eq!(t.iter().map(|t| t.rule).collect::<Vec<_>>(), [0, 1]);
+        assert!(t.iter().all(|t| t.target == HOST_TARGET));
+        assert!(
+            eval.observe(&config, "a/b", call(1, Outcome::StoreFailed))
+                .is_empty()
+        );
+        let t = eval.observe(&config, "a/c", call(2, Outcome::StoreFailed));
+        assert_eq!((t[0].rule, t[0].fired), (2, true));
+        let t = eval.tick(&config, 120_000, HostFigures::default());
+        assert_eq!(fired(&t), [false, false, false]);
+    }
+}
