@@ -1,0 +1,500 @@
+//! Alert rules that act, against real guests: a tool failing on demand
+//! trips its error-rate rule, the webhook (a real HTTP receiver on
+//! loopback) gets the signed alert, the tool is paused until a human
+//! resumes it; read-only and rollback takeovers; the takeover limit; and
+//! webhooks that are down, slow or failing never delay a call and end up
+//! recorded undelivered.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use airlock_host::audit_log::{Event, Record};
+use airlock_host::{
+    AlertConfig, AlertMetric, AlertRule, CallRequest, Host, HostConfig, Package, RolloutRequest,
+    SIGNATURE_HEADER, TakeoverAction, Webhook, webhook_signature,
+};
+use airlock_tests::{PLUGINS_DIR, PluginDir, install, read};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+const SECRET: &str = "webhook-secret-for-tests";
+
+fn misbehave() -> PluginDir {
+    install(
+        "misbehave",
+        &read(airlock_tests::MISBEHAVE),
+        "[capabilities]\nlog = true\n\n\
+         [[tools]]\nname = \"say\"\nrisk = \"write\"\n\n\
+         [[tools]]\nname = \"echo\"\nrisk = \"read\"\n\n\
+         [[tools]]\nname = \"fail\"\nrisk = \"read\"\n\n\
+         [[tools]]\nname = \"panic\"\nrisk = \"read\"\n",
+    )
+}
+
+async fn host_with(alerts: AlertConfig, data: &Path) -> (Host, PluginDir) {
+    let plugin = misbehave();
+    let host = Host::new(HostConfig::default().data_dir(data).alerts(alerts)).unwrap();
+    host.load_plugin(plugin.path()).await.unwrap();
+    (host, plugin)
+}
+
+async fn say(host: &Host, fail: bool) -> Result<Value, airlock_host::CallError> {
+    host.call(CallRequest::new(
+        "misbehave/say",
+        json!({"text": "hello", "fail": fail}).to_string(),
+    ))
+    .await
+    .map(|r| r.output)
+}
+
+fn records(host: &Host, event: Event) -> Vec<Record> {
+    host.audit().flush().unwrap();
+    host.audit()
+        .records(0)
+        .map(Result::unwrap)
+        .filter(|r| r.entry.event == event)
+        .collect()
+}
+
+/// What a test webhook receiver got: headers (lowercase names) and body.
+#[derive(Debug)]
+struct Received {
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Received {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// How a test receiver answers.
+#[derive(Debug, Clone, Copy)]
+enum Answer {
+    Status(u16),
+    /// Read the request, never answer.
+    Hang,
+}
+
+/// A minimal HTTP/1.1 receiver on loopback: every request it reads is sent
+/// on the channel; it answers as told.
+async fn receiver(answer: Answer) -> (String, mpsc::UnboundedReceiver<Received>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let head_end = loop {
+                    let Ok(n) = stream.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buffer.extend_from_slice(&chunk[..n]);
+                    if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break at + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&buffer[..head_end]).to_string();
+                let headers: Vec<(String, String)> = head
+                    .lines()
+                    .skip(1)
+                    .filter_map(|l| l.split_once(':'))
+                    .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+                    .collect();
+                let length: usize = headers
+                    .iter()
+                    .find(|(n, _)| n == "content-length")
+                    .and_then(|(_, v)| v.parse().ok())
+                    .unwrap_or(0);
+                while buffer.len() < head_end + length {
+                    let Ok(n) = stream.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buffer.extend_from_slice(&chunk[..n]);
+                }
+                let body = buffer[head_end..head_end + length].to_vec();
+                let _ = tx.send(Received { headers, body });
+                match answer {
+                    Answer::Status(status) => {
+                        let response = format!(
+                            "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                        );
+                        let _ = stream.write_all(response.as_bytes()).await;
+                    }
+                    Answer::Hang => tokio::time::sleep(Duration::from_secs(60)).await,
+                }
+            });
+        }
+    });
+    (url, rx)
+}
+
+async fn next(rx: &mut mpsc::UnboundedReceiver<Received>) -> Received {
+    tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("no webhook within 10 s")
+        .unwrap()
+}
+
+fn errors_rule(window: Duration) -> AlertRule {
+    AlertRule::new("say-errors", AlertMetric::ErrorRate, window, 0.5)
+        .tools("misbehave/say")
+        .min_calls(3)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_tool_trips_its_rule_signs_the_webhook_and_is_paused_until_resumed() {
+    let data = tempfile::tempdir().unwrap();
+    let (url, mut hook) = receiver(Answer::Status(200)).await;
+    let mut alerts = AlertConfig::default();
+    alerts.webhooks.push(Webhook::new("ops", &url, SECRET));
+    alerts.rules.push(
+        errors_rule(Duration::from_secs(60))
+            .webhook("ops")
+            .takeover(TakeoverAction::PauseTool),
+    );
+    let (host, _plugin) = host_with(alerts, data.path()).await;
+
+    assert!(say(&host, false).await.is_ok());
+    assert!(say(&host, true).await.is_err());
+    assert!(host.alerts().is_empty(), "1 failure of 2 is under 0.5");
+    assert!(say(&host, true).await.is_err());
+
+    // Fired: on the list, on the record, paused.
+    let firing = host.alerts();
+    assert_eq!(firing.len(), 1, "{firing:?}");
+    assert_eq!(
+        (firing[0].state, firing[0].tool.as_deref()),
+        ("firing", Some("say"))
+    );
+    assert_eq!(firing[0].takeover.as_deref(), Some("pause_tool"));
+    let fired = records(&host, Event::AlertFired);
+    assert_eq!(fired.len(), 1);
+    assert_eq!(fired[0].entry.decision.as_deref(), Some("say-errors"));
+    let takeovers = records(&host, Event::Takeover);
+    assert_eq!(takeovers.len(), 1);
+    assert_eq!(takeovers[0].entry.decision.as_deref(), Some("pause"));
+    assert_eq!(
+        takeovers[0].entry.principal.as_deref(),
+        Some("alert:say-errors")
+    );
+    let paused = say(&host, false).await.unwrap_err();
+    assert_eq!(paused.kind(), "tool_paused");
+    assert_eq!(paused.class(), airlock_host::ErrorClass::Refused);
+    assert!(paused.to_string().contains("alert:say-errors"), "{paused}");
+    // Other tools of the plugin still run.
+    host.call(CallRequest::new("misbehave/echo", "{}"))
+        .await
+        .unwrap();
+    let pauses = host.pauses().unwrap();
+    assert_eq!(pauses.len(), 1);
+    assert_eq!(pauses[0].target, "misbehave/say");
+
+    // The webhook got the alert, signed over the exact body.
+    let got = next(&mut hook).await;
+    assert_eq!(
+        got.header(SIGNATURE_HEADER),
+        Some(webhook_signature(SECRET.as_bytes(), &got.body).as_str())
+    );
+    assert_ne!(
+        got.header(SIGNATURE_HEADER),
+        Some(webhook_signature(b"another secret", &got.body).as_str())
+    );
+    let body: Value = serde_json::from_slice(&got.body).unwrap();
+    assert_eq!(body["rule"], "say-errors");
+    assert_eq!(body["state"], "firing");
+    assert_eq!(body["plugin"], "misbehave");
+    assert_eq!(body["tool"], "say");
+    assert_eq!(body["metric"], "error_rate");
+
+    // A human resumes it: recorded, and the tool runs again.
+    let resumed = host
+        .resume("misbehave/say", "ops-alice", Some("fixed upstream"))
+        .await
+        .unwrap();
+    assert!(resumed.is_some());
+    assert!(
+        host.resume("misbehave/say", "ops-alice", None)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let undone = records(&host, Event::TakeoverUndone);
+    assert_eq!(undone.len(), 1);
+    assert_eq!(undone[0].entry.principal.as_deref(), Some("ops-alice"));
+    assert!(say(&host, false).await.is_ok());
+    assert!(host.pauses().unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_resolves_when_its_value_falls_and_the_webhook_hears_it() {
+    let data = tempfile::tempdir().unwrap();
+    let (url, mut hook) = receiver(Answer::Status(204)).await;
+    let mut alerts = AlertConfig::default();
+    alerts.webhooks.push(Webhook::new("ops", &url, SECRET));
+    alerts
+        .rules
+        .push(errors_rule(Duration::from_millis(400)).webhook("ops"));
+    let (host, _plugin) = host_with(alerts, data.path()).await;
+    for _ in 0..3 {
+        let _ = say(&host, true).await;
+    }
+    assert_eq!(host.alerts()[0].state, "firing");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&next(&mut hook).await.body).unwrap()["state"],
+        "firing"
+    );
+    // No calls: the window empties and the alert resolves at a check.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let moved = host.check_alerts().await.unwrap();
+    assert_eq!(moved.len(), 1);
+    assert_eq!(moved[0].state, "resolved");
+    assert_eq!(host.alerts()[0].state, "resolved");
+    assert_eq!(records(&host, Event::AlertResolved).len(), 1);
+    let resolved: Value = serde_json::from_slice(&next(&mut hook).await.body).unwrap();
+    assert_eq!(resolved["state"], "resolved");
+    // Nothing more to move.
+    assert!(host.check_alerts().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_down_slow_or_failing_never_delay_a_call_and_are_recorded_undelivered() {
+    let data = tempfile::tempdir().unwrap();
+    // Down: a port nothing listens on.
+    let down = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!("http://{}/hook", listener.local_addr().unwrap())
+    };
+    let (slow, _slow_rx) = receiver(Answer::Hang).await;
+    let (failing, mut failing_rx) = receiver(Answer::Status(500)).await;
+    let mut alerts = AlertConfig::default();
+    for (name, url) in [("down", &down), ("slow", &slow), ("failing", &failing)] {
+        alerts.webhooks.push(
+            Webhook::new(name, url, SECRET)
+                .max_attempts(2)
+                .timeout(Duration::from_millis(300))
+                .backoff(Duration::from_millis(50)),
+        );
+    }
+    alerts.rules.push(
+        errors_rule(Duration::from_secs(60))
+            .min_calls(1)
+            .webhook("down")
+            .webhook("slow")
+            .webhook("failing"),
+    );
+    let (host, _plugin) = host_with(alerts, data.path()).await;
+    // Warm the plugin, then time the call that fires the alert.
+    assert!(
+        host.call(CallRequest::new("misbehave/echo", "{}"))
+            .await
+            .is_ok()
+    );
+    let started = Instant::now();
+    assert!(say(&host, true).await.is_err());
+    let took = started.elapsed();
+    assert_eq!(host.alerts().len(), 1);
+    assert!(
+        took < Duration::from_millis(250),
+        "the call that fired waited for its webhooks: {took:?}"
+    );
+    // The failing receiver saw both attempts.
+    next(&mut failing_rx).await;
+    next(&mut failing_rx).await;
+    // Every webhook ends up recorded undelivered, within its bound.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let undelivered = loop {
+        let found = records(&host, Event::AlertUndelivered);
+        if found.len() == 3 || Instant::now() > deadline {
+            break found;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut reasons: Vec<String> = undelivered
+        .iter()
+        .map(|r| r.entry.reason.clone().unwrap())
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons.len(), 3, "{reasons:?}");
+    assert!(
+        reasons[0].starts_with("webhook down: 2 attempt(s); cannot connect"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[1].starts_with("webhook failing: 2 attempt(s); answered HTTP 500"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[2].starts_with("webhook slow: 2 attempt(s); no answer within 300ms"),
+        "{reasons:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_only_takeover_switches_the_host_and_the_takeover_limit_holds() {
+    let data = tempfile::tempdir().unwrap();
+    let mut alerts = AlertConfig::default();
+    alerts.max_takeovers_per_hour = 1;
+    alerts.rules.push(
+        AlertRule::new(
+            "traps",
+            AlertMetric::ErrorRate,
+            Duration::from_secs(60),
+            0.5,
+        )
+        .tools("misbehave/panic")
+        .min_calls(1)
+        .takeover(TakeoverAction::ReadOnly),
+    );
+    alerts.rules.push(
+        AlertRule::new(
+            "fails",
+            AlertMetric::ErrorRate,
+            Duration::from_secs(60),
+            0.5,
+        )
+        .tools("misbehave/fail")
+        .min_calls(1)
+        .takeover(TakeoverAction::PauseTool),
+    );
+    let (host, _plugin) = host_with(alerts, data.path()).await;
+    let trap = host
+        .call(CallRequest::new("misbehave/panic", "{}"))
+        .await
+        .unwrap_err();
+    assert_eq!(trap.kind(), "guest_trap");
+    let mode = host.mode().unwrap().unwrap();
+    assert!(mode.read_only);
+    assert_eq!(mode.by, "alert:traps");
+    // Writes are refused; reads run.
+    assert_eq!(
+        say(&host, false).await.unwrap_err().kind(),
+        "read_only_mode"
+    );
+    host.call(CallRequest::new("misbehave/echo", "{}"))
+        .await
+        .unwrap();
+    // The second rule fires, but the limit of one takeover an hour holds:
+    // recorded as suppressed, and the tool is not paused.
+    let failed = host
+        .call(CallRequest::new("misbehave/fail", "{}"))
+        .await
+        .unwrap_err();
+    assert_eq!(failed.kind(), "tool_error");
+    let decisions: Vec<String> = records(&host, Event::Takeover)
+        .into_iter()
+        .map(|r| r.entry.decision.unwrap())
+        .collect();
+    assert_eq!(decisions, ["read_only", "suppressed"]);
+    assert!(host.pauses().unwrap().is_empty());
+    let failed = host
+        .call(CallRequest::new("misbehave/fail", "{}"))
+        .await
+        .unwrap_err();
+    assert_eq!(failed.kind(), "tool_error", "not paused");
+    assert_eq!(records(&host, Event::ModeChanged).len(), 1);
+}
+
+/// A copy of the built `text` plugin as `version`.
+fn text_version(version: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let src = Path::new(PLUGINS_DIR).join("text");
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    let manifest = dir.path().join("plugin.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let text = text.replacen(
+        "version = \"0.1.0\"",
+        &format!("version = \"{version}\""),
+        1,
+    );
+    std::fs::write(&manifest, text).unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollback_takeover_stops_the_canary_that_trips_its_rule() {
+    let data = tempfile::tempdir().unwrap();
+    let mut alerts = AlertConfig::default();
+    alerts.rules.push(
+        AlertRule::new(
+            "refusals",
+            AlertMetric::RefusalsPerMinute,
+            Duration::from_secs(60),
+            3.0,
+        )
+        .tools("text/*")
+        .takeover(TakeoverAction::Rollback),
+    );
+    let host =
+        Arc::new(Host::new(HostConfig::default().data_dir(data.path()).alerts(alerts)).unwrap());
+    let (one, two) = (text_version("1.0.0"), text_version("2.0.0"));
+    for dir in [&one, &two] {
+        host.install(&Package::from_dir(dir.path()).unwrap(), "ops")
+            .await
+            .unwrap();
+    }
+    host.set_rollout(&RolloutRequest::new("text", "1.0.0", 100, "ops"))
+        .await
+        .unwrap();
+    host.set_rollout(&RolloutRequest::new("text", "2.0.0", 99, "ops"))
+        .await
+        .unwrap();
+    assert!(host.rollouts().unwrap()[0].canary.is_some());
+    // Arguments its schema refuses: three refusals a minute trip the rule.
+    for _ in 0..3 {
+        let refused = host
+            .call(CallRequest::new(
+                "text/slugify",
+                json!({"text": 5}).to_string(),
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.kind(), "arguments_invalid");
+    }
+    let rollout = &host.rollouts().unwrap()[0];
+    assert!(rollout.canary.is_none(), "{rollout:?}");
+    assert_eq!(rollout.serving, "1.0.0");
+    let decisions: Vec<String> = records(&host, Event::Takeover)
+        .into_iter()
+        .map(|r| r.entry.decision.unwrap())
+        .collect();
+    assert_eq!(decisions, ["rollback"]);
+}
+
+#[test]
+fn malformed_alert_rules_are_refused_when_the_host_starts() {
+    let mut alerts = AlertConfig::default();
+    alerts.rules.push(
+        AlertRule::new("r", AlertMetric::ErrorRate, Duration::from_secs(60), 0.5).webhook("nope"),
+    );
+    let error = Host::new(HostConfig::default().alerts(alerts)).unwrap_err();
+    assert_eq!(error.kind(), "config");
+    assert!(
+        error.to_string().contains("alerts.rules[0].webhooks[0]"),
+        "{error}"
+    );
+}
