@@ -24,6 +24,7 @@ struct ConfigFile {
     audit: Option<AuditConfig>,
     serve: Option<ServeConfig>,
     store: Option<toml::Table>,
+    alerts: Option<airlock_host::AlertConfig>,
 }
 
 /// `[store]`: where the host keeps its state. `backend = "sled"` (the
@@ -185,6 +186,8 @@ pub(crate) struct Settings {
     pub audit: AuditConfig,
     pub serve: ServeConfig,
     pub store: StoreSettings,
+    /// `[alerts]`: rules, webhooks (their secrets read), takeover limit.
+    pub alerts: airlock_host::AlertConfig,
 }
 
 /// Overrides from flags and environment variables.
@@ -263,6 +266,9 @@ impl Settings {
             if file.store.is_some() {
                 layer.store = file.store;
             }
+            if file.alerts.is_some() {
+                layer.alerts = file.alerts;
+            }
             if let Some(mut policy) = file.policy {
                 policy.files_root = policy.files_root.map(|root| resolve_relative(root, base));
                 policy.http_ca_certs = policy
@@ -318,6 +324,11 @@ impl Settings {
             audit: check_audit(layer.audit.unwrap_or_default())?,
             serve: check_serve(layer.serve.unwrap_or_default())?,
             store: store_settings(layer.store, overrides.store_url)?,
+            alerts: layer
+                .alerts
+                .unwrap_or_default()
+                .resolve()
+                .map_err(|e| anyhow::anyhow!("invalid [alerts]: {e}"))?,
         })
     }
 }

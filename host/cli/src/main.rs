@@ -1,5 +1,6 @@
 //! `airlock`: list, inspect and call sandboxed WebAssembly tools.
 
+mod alerts;
 mod approvals;
 mod audit;
 mod config;
@@ -107,6 +108,9 @@ enum Command {
     /// Read-only mode (human takeover): refuse every tool that is not `read`.
     #[command(subcommand)]
     Mode(approvals::ModeCommand),
+    /// Alerts firing and resolved, and paused tools; `pause` and `resume`
+    /// a tool or plugin (human takeover, recorded).
+    Alerts(alerts::AlertsArgs),
     /// Serve every installed tool over MCP: stdio by default, Streamable
     /// HTTP with --http. Plugins added or removed while serving are picked
     /// up.
@@ -337,6 +341,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Workspace(command) => workspace::run(&settings, command).await,
         Command::Approvals(command) => approvals::run(&settings, command).await,
         Command::Mode(command) => approvals::mode(&settings, command).await,
+        Command::Alerts(args) => alerts::run(&settings, args).await,
         Command::Serve(args) => serve::run(&settings, args).await,
     }
 }
@@ -381,7 +386,8 @@ pub(crate) fn host_config(settings: &Settings, calls: Calls) -> HostConfig {
         .max_argument_bytes(settings.max_argument_bytes)
         .max_instances(settings.max_instances)
         .policy(settings.policy.clone())
-        .audit(settings.audit.clone());
+        .audit(settings.audit.clone())
+        .alerts(settings.alerts.clone());
     if let Some(share) = settings.max_instances_per_plugin {
         config = config.max_instances_per_plugin(share);
     }

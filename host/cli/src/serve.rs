@@ -93,6 +93,9 @@ pub(crate) async fn run(settings: &Settings, args: ServeArgs) -> Result<u8, Fail
     // Rollouts changed by any host (or `airlock rollout`) reach the tool
     // list within a second, whatever the plugins directory's watch.
     let _rollouts = server.watch_rollouts(airlock_host::ROLLOUT_REFRESH);
+    // Alerts resolve when calls stop, and approval backlogs are read,
+    // every second.
+    let _alerts = server.watch_alerts(Duration::from_secs(1));
     let _watch = (serve.reload_interval_ms > 0).then(|| {
         server.watch_plugins_dir(
             settings.plugins_dir.clone(),

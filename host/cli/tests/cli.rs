@@ -904,3 +904,101 @@ fn a_forged_reason_and_cut_arguments_cannot_mislead_the_approver() {
     );
     assert!(show.contains(&mark), "{show}");
 }
+
+#[test]
+fn alerts_pause_and_resume_a_tool_on_the_data_directory() {
+    let env = Env::new();
+    let out = env.run(&[
+        "alerts",
+        "pause",
+        "text/slugify",
+        "--by",
+        "ops-alice",
+        "--reason",
+        "investigating",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "paused text/slugify (recorded)\n"
+    );
+    let out = env.run(&[
+        "call",
+        "text/slugify",
+        "--json",
+        "--args",
+        r#"{"text":"Hi"}"#,
+    ]);
+    assert_eq!(out.status.code(), Some(3), "refused: {}", stderr(&out));
+    let v = json(&out);
+    assert_eq!(v["error"]["kind"], "tool_paused");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("ops-alice (investigating)"),
+        "{v}"
+    );
+    // Other tools run.
+    let out = env.run(&["call", "text/stats", "--args", r#"{"text":"Hi"}"#]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v = json(&env.run(&["alerts", "--json"]));
+    assert_eq!(v["pauses"][0]["target"], "text/slugify");
+    assert_eq!(v["pauses"][0]["by"], "ops-alice");
+    assert_eq!(v["alerts"], serde_json::json!([]));
+    let listed = String::from_utf8_lossy(&env.run(&["alerts"]).stdout).into_owned();
+    assert!(listed.contains("paused    text/slugify"), "{listed}");
+
+    let out = env.run(&["alerts", "resume", "text/slugify", "--reason", "fixed"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "resumed text/slugify (recorded)\n"
+    );
+    let out = env.run(&["alerts", "resume", "text/slugify"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "text/slugify was not paused: nothing to resume\n"
+    );
+    let out = env.run(&["call", "text/slugify", "--args", r#"{"text":"Hi"}"#]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    // Both on the record.
+    let out = env.run(&["audit", "query", "--json"]);
+    let records = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(records.contains("\"takeover\""), "{records}");
+    assert!(records.contains("\"takeover_undone\""), "{records}");
+
+    let out = env.run(&["alerts", "pause", "a/b/c"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("invalid pause target"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn malformed_alert_rules_are_config_errors_naming_the_key() {
+    let env = Env::new();
+    let rule = "[[alerts.rules]]\nname = \"errors\"\nwindow = \"1m\"\n";
+    for (rest, expected) in [
+        (
+            "metric = \"bogus\"\nthreshold = 1.0\n",
+            "unknown variant `bogus`",
+        ),
+        (
+            "metric = \"error_rate\"\nthreshold = 2.0\n",
+            "alerts.rules[0].threshold",
+        ),
+        (
+            "metric = \"error_rate\"\nthreshold = 0.5\nwebhooks = [\"ops\"]\n",
+            "alerts.rules[0].webhooks[0]",
+        ),
+    ] {
+        let config = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(config.path(), format!("{rule}{rest}")).unwrap();
+        let out = env.run(&["--config", config.path().to_str().unwrap(), "alerts"]);
+        assert_eq!(out.status.code(), Some(1), "{rest}");
+        assert!(stderr(&out).contains(expected), "{rest}: {}", stderr(&out));
+    }
+}

@@ -23,6 +23,9 @@
 //! | `GET /v1/mode` | `{"mode": mode or null}` |
 //! | `POST /v1/mode` [`ModeRequest`] | `{"mode": ...}` (recorded in the audit log) |
 //! | `POST /v1/releases` [`ReleaseRequest`](crate::releases::ReleaseRequest) | the action's answer; `409` with `{"error": message, "kind", "class", "approval_id"?}` when refused |
+//! | `GET /v1/alerts` | `{"alerts": [`[`AlertStatus`](airlock_host::AlertStatus)`], "pauses": [`[`Pause`](airlock_host::Pause)`]}` |
+//! | `POST /v1/alerts/pause` [`PauseRequest`] | `{"pause": ...}` (recorded) |
+//! | `POST /v1/alerts/resume` [`PauseRequest`] | `{"resumed": pause or null}` (recorded) |
 //!
 //! Errors are `{"error": "..."}` with `400` (bad request), `404`, `409`
 //! (decision refused) or `500`.
@@ -341,6 +344,9 @@ fn routes(host: Arc<Host>) -> Router {
         .route("/v1/workspace/{plugin}/export", get(workspace_export_route))
         .route("/v1/mode", get(mode).post(set_mode))
         .route("/v1/releases", post(release))
+        .route("/v1/alerts", get(alerts))
+        .route("/v1/alerts/pause", post(pause))
+        .route("/v1/alerts/resume", post(resume))
         .with_state(host)
 }
 
@@ -907,6 +913,64 @@ async fn set_mode(State(host): State<Arc<Host>>, body: Bytes) -> Response {
     {
         Ok(mode) => Json(json!({"mode": mode})).into_response(),
         Err(error) => internal(error).into_response(),
+    }
+}
+
+/// `POST /v1/alerts/pause` and `/v1/alerts/resume`: what, by whom, why.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PauseRequest {
+    /// `plugin/tool`, or `plugin` for every tool of it.
+    pub target: String,
+    /// Who (recorded).
+    pub by: String,
+    /// Why (recorded).
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+async fn alerts(State(host): State<Arc<Host>>) -> Response {
+    blocking(move || {
+        let pauses = host.pauses().map_err(internal)?;
+        Ok(Json(json!({"alerts": host.alerts(), "pauses": pauses})).into_response())
+    })
+    .await
+}
+
+/// A host error as an answer: `400` for a malformed request (`config`),
+/// `500` otherwise.
+fn host_refusal(error: &airlock_host::Error) -> Refusal {
+    match error {
+        airlock_host::Error::Config { .. } => Refusal(StatusCode::BAD_REQUEST, error.to_string()),
+        other => internal(other),
+    }
+}
+
+async fn pause(State(host): State<Arc<Host>>, body: Bytes) -> Response {
+    let request: PauseRequest = match parse(&body) {
+        Ok(request) => request,
+        Err(refusal) => return refusal.into_response(),
+    };
+    match host
+        .pause(&request.target, &request.by, request.reason.as_deref())
+        .await
+    {
+        Ok(pause) => Json(json!({"pause": pause})).into_response(),
+        Err(error) => host_refusal(&error).into_response(),
+    }
+}
+
+async fn resume(State(host): State<Arc<Host>>, body: Bytes) -> Response {
+    let request: PauseRequest = match parse(&body) {
+        Ok(request) => request,
+        Err(refusal) => return refusal.into_response(),
+    };
+    match host
+        .resume(&request.target, &request.by, request.reason.as_deref())
+        .await
+    {
+        Ok(resumed) => Json(json!({"resumed": resumed})).into_response(),
+        Err(error) => host_refusal(&error).into_response(),
     }
 }
 

@@ -323,6 +323,26 @@ impl McpServer {
         })
     }
 
+    /// Move the host's alert rules on every `interval`
+    /// ([`Host::check_alerts`](airlock_host::Host::check_alerts)): alerts
+    /// resolve when calls stop, approval backlogs are read. Off the call
+    /// path; runs until the returned task is aborted (or the server is
+    /// dropped everywhere else).
+    pub fn watch_alerts(&self, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(&self.shared);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                let Some(shared) = weak.upgrade() else {
+                    return;
+                };
+                if let Err(error) = shared.host.check_alerts().await {
+                    tracing::warn!(error = %error, "cannot check the alert rules");
+                }
+            }
+        })
+    }
+
     /// Call [`McpServer::reload`] every `interval` until the returned task
     /// is aborted (or the server is dropped everywhere else).
     pub fn watch_plugins_dir(

@@ -347,12 +347,14 @@ fn valid_name(name: &str) -> bool {
 
 impl AlertConfig {
     /// Check the rules and webhooks, and read each webhook's secret from
-    /// its environment variable.
+    /// its environment variable (once: the result holds the secret).
+    /// [`Host::new`](crate::Host::new) does it; a configuration loader may
+    /// too, to report errors early.
     ///
     /// # Errors
     /// A message naming the key at fault (`alerts.rules[0].window must be
     /// …`).
-    pub(crate) fn resolve(mut self) -> Result<AlertConfig, String> {
+    pub fn resolve(mut self) -> Result<AlertConfig, String> {
         let mut webhook_names = std::collections::BTreeSet::new();
         for (i, hook) in self.webhooks.iter_mut().enumerate() {
             let key = format!("alerts.webhooks[{i}]");
@@ -385,6 +387,7 @@ impl AlertConfig {
                 return Err(format!("{key}: the secret must be at least 16 bytes long"));
             }
             hook.secret = Some(secret);
+            hook.secret_env = None;
             if !(1..=20).contains(&hook.max_attempts) {
                 return Err(format!("{key}.max_attempts must be between 1 and 20"));
             }
