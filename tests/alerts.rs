@@ -498,3 +498,70 @@ fn malformed_alert_rules_are_refused_when_the_host_starts() {
         "{error}"
     );
 }
+
+// ------------------------------------------------------------- retries
+
+/// `misbehave` with one call slot, a one-second timeout, and a retry
+/// policy on `echo` (read) and `say` (write).
+fn one_slot() -> PluginDir {
+    install(
+        "misbehave",
+        &read(airlock_tests::MISBEHAVE),
+        "[capabilities]\nlog = true\n\n\
+         [limits]\ntimeout_ms = 1000\nmax_concurrency = 1\nfuel = 1_000_000_000_000_000\n\n\
+         [[tools]]\nname = \"spin\"\nrisk = \"read\"\n\n\
+         [[tools]]\nname = \"echo\"\nrisk = \"read\"\nretry = { attempts = 3, backoff_ms = 50, budget_ms = 5000 }\n\n\
+         [[tools]]\nname = \"say\"\nrisk = \"write\"\nretry = { attempts = 3, backoff_ms = 50, budget_ms = 5000 }\n",
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transient_failures_are_retried_only_for_reads_and_keyed_calls() {
+    let data = tempfile::tempdir().unwrap();
+    let plugin = one_slot();
+    let host = Arc::new(Host::new(HostConfig::default().data_dir(data.path())).unwrap());
+    host.load_plugin(plugin.path()).await.unwrap();
+    let spin = |host: Arc<Host>| {
+        tokio::spawn(async move { host.call(CallRequest::new("misbehave/spin", "{}")).await })
+    };
+    // Two spins hold the one slot for about a second each, one after the
+    // other; calls arriving meanwhile wait a second, then get plugin_busy.
+    let first = spin(Arc::clone(&host));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let second = spin(Arc::clone(&host));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let echo = tokio::spawn({
+        let host = Arc::clone(&host);
+        async move {
+            host.call(CallRequest::new("misbehave/echo", r#"{"a":1}"#).trace_id("retried-read"))
+                .await
+        }
+    });
+    let write = tokio::spawn({
+        let host = Arc::clone(&host);
+        async move {
+            host.call(
+                CallRequest::new("misbehave/say", r#"{"text":"x"}"#).trace_id("unkeyed-write"),
+            )
+            .await
+        }
+    });
+    // A write without a key is not run again: its busy refusal stands.
+    assert_eq!(write.await.unwrap().unwrap_err().kind(), "plugin_busy");
+    // The read waits out the second spin on its next attempt.
+    let echoed = echo.await.unwrap().unwrap();
+    assert_eq!(echoed.output, json!({"a": 1}));
+    for spin in [first, second] {
+        assert_eq!(spin.await.unwrap().unwrap_err().kind(), "deadline_exceeded");
+    }
+    // Each attempt is on the record, under one trace id.
+    let outcomes = |trace: &str| -> Vec<String> {
+        records(&host, Event::CallFinished)
+            .into_iter()
+            .filter(|r| r.entry.trace_id.as_deref() == Some(trace))
+            .map(|r| r.entry.outcome.clone().unwrap())
+            .collect()
+    };
+    assert_eq!(outcomes("retried-read"), ["plugin_busy", "ok"]);
+    assert_eq!(outcomes("unkeyed-write"), ["plugin_busy"]);
+}

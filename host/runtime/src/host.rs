@@ -636,16 +636,71 @@ impl Host {
     /// # Security
     /// Every call gets a fresh instance: no state leaks between calls through
     /// guest memory.
-    pub async fn call(&self, request: CallRequest) -> Result<CallResponse, CallError> {
-        let started = std::time::Instant::now();
-        let tool = self.alerts.enabled().then(|| request.tool.clone());
-        let result = self.pipeline().call(request).await;
-        // Alert rules: each finished call, reported once, from here.
-        if let Some(tool) = tool {
-            let actions = self.alerts.observe(&tool, &result, started.elapsed());
-            self.act(actions).await;
+    pub async fn call(&self, mut request: CallRequest) -> Result<CallResponse, CallError> {
+        let first = std::time::Instant::now();
+        let mut attempt = 1;
+        loop {
+            let started = std::time::Instant::now();
+            let tool = self.alerts.enabled().then(|| request.tool.clone());
+            let result = self.pipeline().call(request.clone()).await;
+            // Alert rules: each finished call, reported once, from here.
+            if let Some(tool) = tool {
+                let actions = self.alerts.observe(&tool, &result, started.elapsed());
+                self.act(actions).await;
+            }
+            // Retries: only transient host-side failures, only where running
+            // again cannot repeat an effect, within the tool's policy.
+            let Err(error) = &result else {
+                return result;
+            };
+            let Some(wait) = self
+                .retry_wait(&request, error, attempt, first.elapsed())
+                .await
+            else {
+                return result;
+            };
+            tracing::info!(tool = %request.tool, attempt, kind = error.kind(), "retrying a call after a transient failure");
+            // Every attempt is a call on the record; one trace id links them.
+            if request.trace_id.is_none() {
+                request.trace_id = Some(uuid::Uuid::now_v7().to_string());
+            }
+            let cancelled = crate::pipeline::run::unless_cancelled(
+                request.cancel.as_ref(),
+                tokio::time::sleep(wait),
+            )
+            .await;
+            if cancelled.is_none() {
+                return result;
+            }
+            attempt += 1;
         }
-        result
+    }
+
+    /// How long to wait before attempt `attempt + 1` of `request`, which
+    /// failed with `error` after `elapsed` in all; `None`: no retry.
+    async fn retry_wait(
+        &self,
+        request: &CallRequest,
+        error: &CallError,
+        attempt: u32,
+        elapsed: std::time::Duration,
+    ) -> Option<std::time::Duration> {
+        let transient = match error {
+            CallError::HostBusy { .. } | CallError::PluginBusy { .. } => true,
+            CallError::Store(e) => e.kind() == "store_unavailable",
+            _ => false,
+        };
+        if !transient {
+            return None;
+        }
+        let (_, tool) = self.pipeline().resolve(request).await.ok()?;
+        retry_wait(
+            tool.retry()?,
+            tool.risk(),
+            request.idempotency_key.is_some(),
+            attempt,
+            elapsed,
+        )
     }
 
     /// The parts of the host the pipeline uses.
@@ -1147,4 +1202,80 @@ fn takeover_entry(
     }
     entry.reason = reason.map(str::to_owned);
     entry
+}
+
+/// The wait before attempt `attempt + 1` under `policy`, for a tool of
+/// `risk` (`keyed`: the call has an idempotency key), `elapsed` after the
+/// first attempt began; `None` when the call may not, or need not, be run
+/// again.
+fn retry_wait(
+    policy: crate::manifest::RetryPolicy,
+    risk: crate::manifest::Risk,
+    keyed: bool,
+    attempt: u32,
+    elapsed: std::time::Duration,
+) -> Option<std::time::Duration> {
+    // Running again cannot repeat an effect: a read, or a keyed call whose
+    // key was released by the failure (never run).
+    if risk != crate::manifest::Risk::Read && !keyed {
+        return None;
+    }
+    if attempt >= policy.attempts {
+        return None;
+    }
+    let wait = std::time::Duration::from_millis(
+        policy
+            .backoff_ms
+            .saturating_mul(1u64 << (attempt - 1).min(16)),
+    );
+    (elapsed + wait <= std::time::Duration::from_millis(policy.budget_ms)).then_some(wait)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::retry_wait;
+    use crate::manifest::{RetryPolicy, Risk};
+
+    const POLICY: RetryPolicy = RetryPolicy {
+        attempts: 3,
+        backoff_ms: 100,
+        budget_ms: 1000,
+    };
+
+    #[test]
+    fn retries_back_off_within_attempts_and_budget() {
+        let zero = Duration::ZERO;
+        assert_eq!(
+            retry_wait(POLICY, Risk::Read, false, 1, zero),
+            Some(Duration::from_millis(100))
+        );
+        assert_eq!(
+            retry_wait(POLICY, Risk::Read, false, 2, zero),
+            Some(Duration::from_millis(200))
+        );
+        assert_eq!(
+            retry_wait(POLICY, Risk::Read, false, 3, zero),
+            None,
+            "attempts"
+        );
+        assert_eq!(
+            retry_wait(POLICY, Risk::Read, false, 1, Duration::from_millis(950)),
+            None,
+            "budget"
+        );
+    }
+
+    #[test]
+    fn only_reads_and_keyed_calls_are_retried() {
+        let zero = Duration::ZERO;
+        for risk in [Risk::Write, Risk::External, Risk::Irreversible] {
+            assert_eq!(retry_wait(POLICY, risk, false, 1, zero), None, "{risk:?}");
+            assert!(
+                retry_wait(POLICY, risk, true, 1, zero).is_some(),
+                "{risk:?}"
+            );
+        }
+    }
 }

@@ -108,7 +108,7 @@ pub use ledger::{ApprovalPolicy, Approver, LEDGER_DIR};
 pub use limits::{HttpLimits, Limit, LimitSource, Limits};
 pub use manifest::{
     Capabilities, DeclaredLimits, FileAccess, FileGrant, MANIFEST_FILE, MANIFEST_SCHEMA, Manifest,
-    PluginSection, Requirement, Risk, ToolDeclaration,
+    PluginSection, Requirement, RetryPolicy, Risk, ToolDeclaration,
 };
 pub use mode::{MODE_FILE, write_mode};
 pub use package::{

@@ -176,6 +176,59 @@ pub struct ToolDeclaration {
     /// Calls per period across all callers, `N/unit` (`10/min`).
     #[serde(default)]
     pub rate_limit: Option<String>,
+    /// Retry the call on transient host-side failures (`host_busy`,
+    /// `plugin_busy`, `store_unavailable`) — only for a `read` tool or a
+    /// call with an idempotency key.
+    #[serde(default)]
+    pub retry: Option<RetryPolicy>,
+}
+
+/// A tool's retry policy (`retry = { attempts = 3, backoff_ms = 100,
+/// budget_ms = 2000 }`): the host runs a call again, as a new call on the
+/// record under the same trace id, when an attempt fails with `host_busy`,
+/// `plugin_busy` or `store_unavailable` — never another failure, and only
+/// when running it again cannot repeat an effect (a `read` tool, or a call
+/// with an idempotency key).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included (2 to 10).
+    pub attempts: u32,
+    /// Wait before the second attempt, doubled before each next one
+    /// (default 100 ms, at most 10 000).
+    #[serde(default = "default_backoff_ms")]
+    pub backoff_ms: u64,
+    /// No attempt starts past this many milliseconds after the first began
+    /// (default 5000, at most 60 000).
+    #[serde(default = "default_budget_ms")]
+    pub budget_ms: u64,
+}
+
+fn default_backoff_ms() -> u64 {
+    100
+}
+
+fn default_budget_ms() -> u64 {
+    5000
+}
+
+impl RetryPolicy {
+    /// Check the bounds.
+    ///
+    /// # Errors
+    /// A message naming the field out of bounds.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        if !(2..=10).contains(&self.attempts) {
+            return Err("retry.attempts must be between 2 and 10".to_owned());
+        }
+        if self.backoff_ms > 10_000 {
+            return Err("retry.backoff_ms must be at most 10000".to_owned());
+        }
+        if !(1..=60_000).contains(&self.budget_ms) {
+            return Err("retry.budget_ms must be between 1 and 60000".to_owned());
+        }
+        Ok(())
+    }
 }
 
 /// A per-tool requirement.

@@ -155,6 +155,7 @@ pub struct Tool {
     idempotency_required: bool,
     approval_expiry_s: Option<u64>,
     rate_limit: Option<crate::ratelimit::Rate>,
+    retry: Option<crate::manifest::RetryPolicy>,
     input_schema: Value,
     output_schema: Option<Value>,
     pub(crate) input_validator: jsonschema::Validator,
@@ -178,6 +179,7 @@ impl Tool {
             idempotency_required: false,
             approval_expiry_s: None,
             rate_limit: None,
+            retry: None,
             input_schema,
             output_schema: None,
             input_validator,
@@ -261,6 +263,11 @@ impl Tool {
     /// The manifest's rate limit for this tool.
     pub fn rate_limit(&self) -> Option<crate::ratelimit::Rate> {
         self.rate_limit
+    }
+
+    /// The manifest's retry policy for this tool.
+    pub fn retry(&self) -> Option<crate::manifest::RetryPolicy> {
+        self.retry
     }
 
     /// Approval expiry the manifest sets, in seconds.
@@ -518,6 +525,11 @@ fn reconcile(
             .map(crate::ratelimit::Rate::parse)
             .transpose()
             .map_err(|e| invalid(format!("tool `{}`: {e}", d.name)))?;
+        if let Some(retry) = &declared.retry {
+            retry
+                .check()
+                .map_err(|e| invalid(format!("tool `{}`: {e}", d.name)))?;
+        }
         let overridden = overrides.get(&format!("{plugin}/{}", d.name)).copied();
         tools.insert(
             d.name.clone(),
@@ -532,6 +544,7 @@ fn reconcile(
                 idempotency_required: declared.idempotency.is_some(),
                 approval_expiry_s: declared.approval_expiry_s,
                 rate_limit,
+                retry: declared.retry,
                 input_schema,
                 output_schema,
                 input_validator,

@@ -213,7 +213,10 @@ impl<'h> Pipeline<'h> {
     /// With a rollout for the plugin, the version its rollout gives this
     /// caller (loaded on first use); without one, the plugin loaded from
     /// the plugins directory.
-    async fn resolve(&self, request: &CallRequest) -> CallResult<(Arc<Plugin>, Arc<Tool>)> {
+    pub(crate) async fn resolve(
+        &self,
+        request: &CallRequest,
+    ) -> CallResult<(Arc<Plugin>, Arc<Tool>)> {
         let reference = request.tool.as_str();
         let (plugin_name, tool_name) =
             reference
