@@ -565,3 +565,88 @@ async fn transient_failures_are_retried_only_for_reads_and_keyed_calls() {
     assert_eq!(outcomes("retried-read"), ["plugin_busy", "ok"]);
     assert_eq!(outcomes("unkeyed-write"), ["plugin_busy"]);
 }
+
+// ----------------------------------------------------------- readiness
+
+#[tokio::test]
+async fn readiness_passes_a_ready_plugin_and_names_what_an_unready_one_misses() {
+    use airlock_host::{ReadinessCheck, ReadinessConfig};
+    let data = tempfile::tempdir().unwrap();
+    let ready = install(
+        "steady",
+        &read(airlock_tests::MISBEHAVE),
+        "[capabilities]\nlog = true\n\n[limits]\nfuel = 1_000_000_000\ntimeout_ms = 2000\nmemory_mb = 32\n\n\
+         [[tools]]\nname = \"echo\"\nrisk = \"read\"\n",
+    );
+    // `say` writes without an idempotency key, and its `password`
+    // argument is not redacted; `fail` is irreversible without a rate
+    // limit; the limits are the host's defaults.
+    let unready = install(
+        "shaky",
+        &read(airlock_tests::MISBEHAVE),
+        "[capabilities]\nlog = true\n\n\
+         [[tools]]\nname = \"say\"\nrisk = \"write\"\n\n\
+         [[tools]]\nname = \"fail\"\nrisk = \"irreversible\"\n",
+    );
+    let host = Host::new(HostConfig::default().data_dir(data.path())).unwrap();
+    host.load_plugin(ready.path()).await.unwrap();
+    host.load_plugin(unready.path()).await.unwrap();
+    let config = ReadinessConfig::default();
+
+    let reports = host.readiness(None, &config).await.unwrap();
+    assert_eq!(reports.len(), 2);
+    let steady = reports.iter().find(|r| r.plugin == "steady").unwrap();
+    assert!(steady.ready, "{steady:?}");
+    assert!(steady.missing_required.is_empty());
+    // Not required by default, so warnings: no cases, no rollback target,
+    // no checkpoint yet, no alert rules, no approver.
+    let warned: Vec<ReadinessCheck> = steady.warnings.iter().map(|f| f.check).collect();
+    for check in [
+        ReadinessCheck::EvalCases,
+        ReadinessCheck::RollbackTarget,
+        ReadinessCheck::AuditDurable,
+        ReadinessCheck::AlertRules,
+        ReadinessCheck::Approver,
+    ] {
+        assert!(warned.contains(&check), "{check:?} in {warned:?}");
+    }
+    assert!(steady.passed.contains(&ReadinessCheck::ReadOnlyTakeover));
+
+    let shaky = host
+        .readiness(Some("shaky"), &config)
+        .await
+        .unwrap()
+        .remove(0);
+    assert!(!shaky.ready);
+    let missing: Vec<(ReadinessCheck, Option<&str>)> = shaky
+        .missing_required
+        .iter()
+        .map(|f| (f.check, f.tool.as_deref()))
+        .collect();
+    assert_eq!(
+        missing,
+        [
+            (ReadinessCheck::Limits, None),
+            (ReadinessCheck::RateLimit, Some("fail")),
+            (ReadinessCheck::Idempotency, Some("fail")),
+            (ReadinessCheck::Idempotency, Some("say")),
+            (ReadinessCheck::Redaction, Some("say")),
+        ]
+    );
+    let redaction = &shaky.missing_required[4];
+    assert!(redaction.reason.contains("/password"), "{redaction:?}");
+    assert!(redaction.fix.contains("redact"), "{redaction:?}");
+    // The operator chooses: with nothing required, it is ready with
+    // warnings.
+    let lenient = ReadinessConfig::requiring([]);
+    let shaky = host
+        .readiness(Some("shaky"), &lenient)
+        .await
+        .unwrap()
+        .remove(0);
+    assert!(shaky.ready);
+    assert!(!shaky.warnings.is_empty());
+    // An unknown plugin is an error, not an empty report.
+    let unknown = host.readiness(Some("nope"), &config).await.unwrap_err();
+    assert_eq!(unknown.kind(), "unknown_plugin");
+}

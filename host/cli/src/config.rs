@@ -25,6 +25,7 @@ struct ConfigFile {
     serve: Option<ServeConfig>,
     store: Option<toml::Table>,
     alerts: Option<airlock_host::AlertConfig>,
+    readiness: Option<airlock_host::ReadinessConfig>,
 }
 
 /// `[store]`: where the host keeps its state. `backend = "sled"` (the
@@ -188,6 +189,8 @@ pub(crate) struct Settings {
     pub store: StoreSettings,
     /// `[alerts]`: rules, webhooks (their secrets read), takeover limit.
     pub alerts: airlock_host::AlertConfig,
+    /// `[readiness]`: which checks are required.
+    pub readiness: airlock_host::ReadinessConfig,
 }
 
 /// Overrides from flags and environment variables.
@@ -269,6 +272,9 @@ impl Settings {
             if file.alerts.is_some() {
                 layer.alerts = file.alerts;
             }
+            if file.readiness.is_some() {
+                layer.readiness = file.readiness;
+            }
             if let Some(mut policy) = file.policy {
                 policy.files_root = policy.files_root.map(|root| resolve_relative(root, base));
                 policy.http_ca_certs = policy
@@ -329,6 +335,7 @@ impl Settings {
                 .unwrap_or_default()
                 .resolve()
                 .map_err(|e| anyhow::anyhow!("invalid [alerts]: {e}"))?,
+            readiness: layer.readiness.unwrap_or_default(),
         })
     }
 }

@@ -8,6 +8,7 @@ mod control;
 mod demo;
 mod inspect;
 mod package;
+mod readiness;
 mod releases;
 mod remote;
 mod serve;
@@ -49,6 +50,8 @@ pub(crate) mod exit {
     /// A plugin's signature is missing where required, invalid, or by an
     /// untrusted key.
     pub(crate) const UNTRUSTED: u8 = 9;
+    /// `readiness`: a required check failed.
+    pub(crate) const NOT_READY: u8 = 10;
 }
 
 /// Airlock: a sandboxed host for AI-agent tools compiled to WebAssembly.
@@ -111,6 +114,11 @@ enum Command {
     /// Alerts firing and resolved, and paused tools; `pause` and `resume`
     /// a tool or plugin (human takeover, recorded).
     Alerts(alerts::AlertsArgs),
+    /// The pre-launch checklist per plugin and tool: limits, rate limits,
+    /// approvals, idempotency, redaction, eval cases, rollback target,
+    /// durable audit, alert rules, approver, read-only takeover. Exits 10
+    /// when a required check fails.
+    Readiness(readiness::ReadinessArgs),
     /// Serve every installed tool over MCP: stdio by default, Streamable
     /// HTTP with --http. Plugins added or removed while serving are picked
     /// up.
@@ -342,6 +350,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Approvals(command) => approvals::run(&settings, command).await,
         Command::Mode(command) => approvals::mode(&settings, command).await,
         Command::Alerts(args) => alerts::run(&settings, args).await,
+        Command::Readiness(args) => readiness::run(&settings, args).await,
         Command::Serve(args) => serve::run(&settings, args).await,
     }
 }

@@ -1002,3 +1002,46 @@ fn malformed_alert_rules_are_config_errors_naming_the_key() {
         assert!(stderr(&out).contains(expected), "{rest}: {}", stderr(&out));
     }
 }
+
+#[test]
+fn readiness_exits_10_when_a_required_check_fails_and_the_operator_chooses_the_checks() {
+    let env = Env::new();
+    let out = env.run(&["readiness", "--json"]);
+    assert_eq!(out.status.code(), Some(10), "{}", stderr(&out));
+    let v = json(&out);
+    assert_eq!(v["ready"], false);
+    let plugins = v["plugins"].as_array().unwrap();
+    assert!(plugins.len() >= 5, "{v}");
+    let missing = plugins
+        .iter()
+        .flat_map(|p| p["missing_required"].as_array().unwrap())
+        .next()
+        .expect("some required check fails on the examples");
+    assert!(missing["reason"].as_str().is_some_and(|r| !r.is_empty()));
+    assert!(missing["fix"].as_str().is_some_and(|f| !f.is_empty()));
+    let human = String::from_utf8_lossy(&env.run(&["readiness"]).stdout).into_owned();
+    assert!(
+        human.contains("NOT READY") && human.contains("fix: "),
+        "{human}"
+    );
+
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), "[readiness]\nrequired = []\n").unwrap();
+    let lenient = ["--config", config.path().to_str().unwrap()];
+    let out = env.run(&[&lenient[..], &["readiness", "text", "--json"]].concat());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let v = json(&out);
+    assert_eq!(v["ready"], true);
+    assert!(!v["plugins"][0]["warnings"].as_array().unwrap().is_empty());
+
+    std::fs::write(config.path(), "[readiness]\nrequired = [\"bogus\"]\n").unwrap();
+    let out = env.run(&[&lenient[..], &["readiness"]].concat());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("unknown variant `bogus`"),
+        "{}",
+        stderr(&out)
+    );
+    let out = env.run(&["readiness", "nope"]);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+}

@@ -963,6 +963,59 @@ impl Host {
         &self.audit
     }
 
+    // ----------------------------------------------------------- readiness
+
+    /// The readiness of `plugin` (of every serving plugin without one):
+    /// the pre-launch checklist, with `required` checks deciding whether
+    /// each is ready and the others warning. Each finding says what is
+    /// missing and how to fix it.
+    ///
+    /// # Errors
+    /// [`CallError::UnknownPlugin`] (as [`Error::Call`]) when `plugin`
+    /// serves nothing; [`Error::Store`], [`Error::Audit`], [`Error::Load`].
+    pub async fn readiness(
+        &self,
+        plugin: Option<&str>,
+        config: &crate::readiness::ReadinessConfig,
+    ) -> Result<Vec<crate::readiness::ReadinessReport>> {
+        let rollouts = self.served.rollouts()?;
+        let names: Vec<String> = match plugin {
+            Some(name) => vec![name.to_owned()],
+            None => {
+                let mut names = self.plugin_names();
+                names.extend(rollouts.keys().cloned());
+                names.sort();
+                names.dedup();
+                names
+            }
+        };
+        let durable =
+            self.config.data_dir.is_some() || !matches!(self.config.store, StoreConfig::Sled);
+        let last_checkpoint_ms = self.audit.checkpoints()?.last().map(|c| c.time_ms);
+        let mode_available = self.mode().is_ok();
+        let mut reports = Vec::new();
+        for name in names {
+            let Some(serving) = self.serving(&name).await? else {
+                return Err(Error::Call(CallError::UnknownPlugin { plugin: name }));
+            };
+            let rollback_target = rollouts
+                .get(&name)
+                .is_some_and(|r| r.previous.is_some() || r.canary.is_some());
+            let context = crate::readiness::Context {
+                policy: &self.config.policy,
+                alerts: &self.config.alerts,
+                required: &config.required,
+                rollback_target,
+                durable,
+                last_checkpoint_ms,
+                mode_available,
+                now_ms: crate::mode::now_ms(),
+            };
+            reports.push(crate::readiness::check(&serving, &context));
+        }
+        Ok(reports)
+    }
+
     // -------------------------------------------------------------- alerts
 
     /// Move the alert rules on as time passes — alerts resolve when calls

@@ -76,6 +76,7 @@ mod package;
 mod pipeline;
 mod plugin;
 mod ratelimit;
+mod readiness;
 mod releases;
 mod schema;
 mod state;
@@ -118,6 +119,7 @@ pub use package::{
 pub use pipeline::{CallRequest, CallResponse};
 pub use plugin::{Plugin, Tool, ToolInfo};
 pub use ratelimit::RateLimitPolicy;
+pub use readiness::{ReadinessCheck, ReadinessConfig, ReadinessFinding, ReadinessReport};
 pub use releases::{
     InstallReport, ROLLOUT_REFRESH, RolloutRequest, RolloutStatus, VERSIONS_DIR, VersionStats,
 };
