@@ -307,7 +307,7 @@ impl Alerts {
             .values()
             .cloned()
             .collect();
-        all.sort_by(|a, b| b.fired_ms.cmp(&a.fired_ms));
+        all.sort_by_key(|a| std::cmp::Reverse(a.fired_ms));
         all.extend(
             self.history
                 .lock()
