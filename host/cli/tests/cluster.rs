@@ -1061,6 +1061,51 @@ fn read_only_mode_switched_once_stops_both_hosts() {
 }
 
 #[test]
+fn a_tool_paused_once_is_refused_by_both_hosts_until_resumed() {
+    let cluster = Cluster::new();
+    let (a, b) = cluster.start();
+    let sessions = [a.session(), b.session()];
+    ok(&sessions[0].call(
+        "pay__open-account",
+        json!({"account": "acct-1", "balance_cents": 1000}),
+        json!({}),
+    ));
+    // The operator pauses once, from a machine of their own: the pause is
+    // in the shared ledger.
+    let operator = Node::new("operator", &cluster.a.plugins, &cluster.url);
+    let out = operator.airlock(&["alerts", "pause", "pay/refund", "--reason", "incident 13"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut attempt = 0;
+    for mcp in &sessions {
+        eventually("the pause reaches the host", || {
+            attempt += 1;
+            let refused = mcp.call("pay__refund", refund(10), key(&format!("p-{attempt}")));
+            (kind(&refused).as_deref() == Some("tool_paused")).then_some(())
+        });
+    }
+    // Its other tools go on. (A refund may have run on a host before the
+    // pause reached it: each host reads the pauses at most a second old.)
+    let before = refunds(&sessions[0], "pay").len();
+    let listed = operator.airlock(&["alerts", "--json"]);
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed["pauses"][0]["target"], "pay/refund", "{listed}");
+    let out = operator.airlock(&["alerts", "resume", "pay/refund", "--reason", "resolved"]);
+    assert!(out.status.success());
+    for mcp in &sessions {
+        eventually("the resume reaches the host", || {
+            attempt += 1;
+            let result = mcp.call("pay__refund", refund(10), key(&format!("p-{attempt}")));
+            kind(&result).is_none().then_some(())
+        });
+    }
+    assert_eq!(refunds(&sessions[1], "pay").len(), before + 2);
+}
+
+#[test]
 fn a_workspace_quota_holds_with_writers_on_both_hosts() {
     let cluster = Cluster::new();
     let (a, b) = cluster.start();
