@@ -546,11 +546,24 @@ async fn transient_failures_are_retried_only_for_reads_and_keyed_calls() {
             .await
         }
     });
+    let keyed = tokio::spawn({
+        let host = Arc::clone(&host);
+        async move {
+            host.call(
+                CallRequest::new("misbehave/say", r#"{"text":"y"}"#)
+                    .trace_id("keyed-write")
+                    .idempotency_key("say-once"),
+            )
+            .await
+        }
+    });
     // A write without a key is not run again: its busy refusal stands.
     assert_eq!(write.await.unwrap().unwrap_err().kind(), "plugin_busy");
     // The read waits out the second spin on its next attempt.
     let echoed = echo.await.unwrap().unwrap();
     assert_eq!(echoed.output, json!({"a": 1}));
+    // A keyed write is: the failure released its key, it never ran.
+    assert_eq!(keyed.await.unwrap().unwrap().output, json!({"done": true}));
     for spin in [first, second] {
         assert_eq!(spin.await.unwrap().unwrap_err().kind(), "deadline_exceeded");
     }
@@ -564,6 +577,7 @@ async fn transient_failures_are_retried_only_for_reads_and_keyed_calls() {
     };
     assert_eq!(outcomes("retried-read"), ["plugin_busy", "ok"]);
     assert_eq!(outcomes("unkeyed-write"), ["plugin_busy"]);
+    assert_eq!(outcomes("keyed-write"), ["plugin_busy", "ok"]);
 }
 
 // ----------------------------------------------------------- readiness

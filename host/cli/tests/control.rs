@@ -433,6 +433,26 @@ fn every_operator_command_works_through_the_running_server() {
     let shown: Value = serde_json::from_str(&setup.ok(&["mode", "show"])).unwrap();
     assert_eq!(shown["read_only"], false);
 
+    // alerts: a pause through the server, refused at once, then resumed.
+    let said = setup.ok(&["alerts", "pause", "misbehave/now", "--reason", "takeover"]);
+    assert!(said.contains("paused misbehave/now"), "{said}");
+    let refused = serve.call("misbehave__now", json!({}), json!({}));
+    assert_eq!(
+        refused["_meta"]["airlock/error"]["kind"], "tool_paused",
+        "{refused}"
+    );
+    let listed: Value = serde_json::from_str(&setup.ok(&["alerts", "--json"])).unwrap();
+    assert_eq!(listed["pauses"][0]["target"], "misbehave/now", "{listed}");
+    assert_eq!(listed["alerts"], json!([]));
+    let said = setup.ok(&["alerts", "resume", "misbehave/now"]);
+    assert!(said.contains("resumed misbehave/now"), "{said}");
+    // No longer paused: back to its own gate (it needs an approval).
+    let again = serve.call("misbehave__now", json!({}), json!({}));
+    assert_eq!(
+        again["_meta"]["airlock/error"]["kind"], "approval_pending",
+        "{again}"
+    );
+
     // The socket goes with the server; the commands then open the stores.
     drop(serve.stdin.take());
     let status = serve.child.wait().unwrap();
