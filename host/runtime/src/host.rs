@@ -641,11 +641,16 @@ impl Host {
         let mut attempt = 1;
         loop {
             let started = std::time::Instant::now();
-            let tool = self.alerts.enabled().then(|| request.tool.clone());
-            let result = self.pipeline().call(request.clone()).await;
+            let call_id = crate::pipeline::new_call_id();
+            // Without a trace id of the caller's, the first attempt's call
+            // id is the trace id (of every attempt, when it is retried).
+            let trace_id = request.trace_id.clone().unwrap_or_else(|| call_id.clone());
+            let result = self.pipeline().call(&request, call_id).await;
             // Alert rules: each finished call, reported once, from here.
-            if let Some(tool) = tool {
-                let actions = self.alerts.observe(&tool, &result, started.elapsed());
+            if self.alerts.enabled() {
+                let actions = self
+                    .alerts
+                    .observe(&request.tool, &result, started.elapsed());
                 self.act(actions).await;
             }
             // Retries: only transient host-side failures, only where running
@@ -661,9 +666,7 @@ impl Host {
             };
             tracing::info!(tool = %request.tool, attempt, kind = error.kind(), "retrying a call after a transient failure");
             // Every attempt is a call on the record; one trace id links them.
-            if request.trace_id.is_none() {
-                request.trace_id = Some(uuid::Uuid::now_v7().to_string());
-            }
+            request.trace_id = Some(trace_id);
             let cancelled = crate::pipeline::run::unless_cancelled(
                 request.cancel.as_ref(),
                 tokio::time::sleep(wait),

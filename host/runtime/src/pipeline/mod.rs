@@ -75,11 +75,14 @@ pub(crate) struct Pipeline<'h> {
 }
 
 impl<'h> Pipeline<'h> {
-    /// Run one tool call through every step (see
-    /// [`Host::call`](crate::Host::call)).
-    pub(crate) async fn call(&self, request: CallRequest) -> CallResult<CallResponse> {
+    /// Run one tool call, `call_id` ([`new_call_id`]), through every step
+    /// (see [`Host::call`](crate::Host::call)).
+    pub(crate) async fn call(
+        &self,
+        request: &CallRequest,
+        call_id: String,
+    ) -> CallResult<CallResponse> {
         self.approvals.sweep_if_due();
-        let call_id = new_call_id();
         // 0. Identifiers, before any of them is recorded.
         let mut record = self.check_identifiers(&request, &call_id).await?;
         // 1. Resolve. The plugin is held (an `Arc`) until the call's
@@ -323,6 +326,6 @@ pub(crate) fn validate_arguments(
 }
 
 /// A unique, time-ordered call id (UUID v7).
-fn new_call_id() -> String {
+pub(crate) fn new_call_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
