@@ -84,10 +84,10 @@ impl<'h> Pipeline<'h> {
     ) -> CallResult<CallResponse> {
         self.approvals.sweep_if_due();
         // 0. Identifiers, before any of them is recorded.
-        let mut record = self.check_identifiers(&request, &call_id).await?;
+        let mut record = self.check_identifiers(request, &call_id).await?;
         // 1. Resolve. The plugin is held (an `Arc`) until the call's
         // outcome, even if it is unloaded meanwhile.
-        let (held_plugin, held_tool) = match self.resolve(&request).await {
+        let (held_plugin, held_tool) = match self.resolve(request).await {
             Ok(found) => found,
             Err(error) => {
                 record.arguments(&request.arguments, None);
@@ -120,7 +120,7 @@ impl<'h> Pipeline<'h> {
         // 4. Idempotency: claim the key, or replay the first outcome. From
         // here until the guest may run, leaving releases the key.
         let mut claim = match self
-            .claim_key(&request, plugin, tool, &record, &call_id)
+            .claim_key(request, plugin, tool, &record, &call_id)
             .await
         {
             Ok(gate::Claimed::Run(claim)) => claim,
@@ -129,7 +129,7 @@ impl<'h> Pipeline<'h> {
         };
         // 5. Approval gate.
         let approval_id = match self
-            .approval_gate(&request, plugin, tool, &record, &call_id)
+            .approval_gate(request, plugin, tool, &record, &call_id)
             .await
         {
             Ok(id) => id,
@@ -156,7 +156,7 @@ impl<'h> Pipeline<'h> {
                 tool,
                 arguments: &arguments,
                 context,
-                workspace: self.workspace_scope(plugin, &request, read_only),
+                workspace: self.workspace_scope(plugin, request, read_only),
                 read_only,
                 cancel: request.cancel.as_ref(),
             },
