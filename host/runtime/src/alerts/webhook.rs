@@ -294,6 +294,61 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn alerts_beyond_the_queue_are_recorded_undelivered_at_once() {
+        // A receiver that accepts and never answers: every delivery in
+        // flight holds its slot for the whole timeout.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let _held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                open.push(stream);
+            }
+        });
+        let audit = AuditLog::temporary(airlock_audit::AuditConfig::default()).unwrap();
+        let outbox = Outbox::new(audit.clone());
+        let hook = Arc::new(
+            Webhook::new("slow", &url, "0123456789abcdef0123")
+                .timeout(Duration::from_secs(30))
+                .max_attempts(1),
+        );
+        let sent = QUEUE + MAX_IN_FLIGHT + 20;
+        for _ in 0..sent {
+            outbox.send(Delivery {
+                webhook: Arc::clone(&hook),
+                body: Bytes::from_static(b"{}"),
+                rule: "r".to_owned(),
+                plugin: None,
+                tool: None,
+            });
+        }
+        // `send` never waited; what did not fit is on the record.
+        let full = || {
+            audit.flush().unwrap();
+            audit
+                .records(0)
+                .map(Result::unwrap)
+                .filter(|r| {
+                    r.entry.event == Event::AlertUndelivered
+                        && r.entry
+                            .reason
+                            .as_deref()
+                            .is_some_and(|why| why.ends_with("the delivery queue is full"))
+                })
+                .count()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while full() < 20 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let recorded = full();
+        assert!(
+            (20..=sent - QUEUE).contains(&recorded),
+            "{recorded} of {sent} recorded as not queued"
+        );
+    }
+
     #[test]
     fn the_signature_is_hmac_sha256_of_the_body() {
         // RFC 4231 test case 2.
