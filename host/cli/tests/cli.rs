@@ -1045,3 +1045,42 @@ fn readiness_exits_10_when_a_required_check_fails_and_the_operator_chooses_the_c
     let out = env.run(&["readiness", "nope"]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
 }
+
+#[test]
+fn an_alert_fired_by_a_call_is_listed_from_the_audit_log() {
+    let env = Env::new();
+    let root = plugins_root(
+        "misbehave",
+        &read(MISBEHAVE),
+        "[capabilities]\nlog = true\n\n[[tools]]\nname = \"fail\"\nrisk = \"read\"\n",
+    );
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        config.path(),
+        "[[alerts.rules]]\nname = \"fails\"\nmetric = \"error_rate\"\nwindow = \"1h\"\n\
+         threshold = 0.5\nmin_calls = 1\ntakeover = \"pause_tool\"\n",
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        env.cmd(root.path())
+            .arg("--config")
+            .arg(config.path())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["call", "misbehave/fail"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let v = json(&run(&["alerts", "--json"]));
+    assert_eq!(v["alerts"][0]["rule"], "fails", "{v}");
+    assert_eq!(v["alerts"][0]["state"], "firing");
+    assert_eq!(v["alerts"][0]["plugin"], "misbehave");
+    assert_eq!(v["alerts"][0]["tool"], "fail");
+    assert_eq!(v["pauses"][0]["target"], "misbehave/fail");
+    assert_eq!(v["pauses"][0]["by"], "alert:fails");
+    let listed = String::from_utf8_lossy(&run(&["alerts"]).stdout).into_owned();
+    assert!(listed.starts_with("firing    fails"), "{listed}");
+    let out = run(&["call", "misbehave/fail", "--json"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert_eq!(json(&out)["error"]["kind"], "tool_paused");
+}
