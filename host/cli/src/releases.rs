@@ -16,7 +16,9 @@ use serde_json::{Value, json};
 
 use crate::config::Settings;
 use crate::control::Control;
-use crate::{Calls, Failure, close_audit, exit, load_host, print_json, warn_failures};
+use airlock_host::{Host, MANIFEST_FILE, Manifest};
+
+use crate::{Calls, Failure, close_audit, exit, host_config, print_json};
 
 /// `airlock plugins install`.
 #[derive(Debug, Args)]
@@ -118,11 +120,32 @@ pub(crate) async fn run(settings: &Settings, request: ReleaseRequest) -> Result<
             .json_slow::<Value>("POST", "/v1/releases", Some(json!(request)))
             .await;
     }
-    let (host, report) = load_host(settings, Calls::Recorded).await?;
-    warn_failures(&report);
+    let host = Host::new(host_config(settings, Calls::Recorded))?;
+    // A first rollout compares the new version with the plugins
+    // directory's plugin of that name, if any: load that one only (loading
+    // every plugin would compile them all for nothing).
+    if let ReleaseRequest::Rollout { plugin, .. } = &request
+        && let Some(dir) = dev_plugin_dir(settings, plugin)
+        && let Err(error) = host.load_plugin(&dir).await
+    {
+        eprintln!("warning: plugin in {} not loaded: {error}", dir.display());
+    }
     let answer = releases::run(&host, request).await;
     close_audit(&host);
     Ok(answer?)
+}
+
+/// The plugins directory's subdirectory whose manifest names `plugin`
+/// (manifests are read, nothing is compiled).
+fn dev_plugin_dir(settings: &Settings, plugin: &str) -> Option<PathBuf> {
+    let entries = std::fs::read_dir(&settings.plugins_dir).ok()?;
+    entries.flatten().map(|e| e.path()).find(|dir| {
+        let manifest = dir.join(MANIFEST_FILE);
+        std::fs::read_to_string(&manifest)
+            .ok()
+            .and_then(|text| Manifest::parse(&text, &manifest).ok())
+            .is_some_and(|m| m.plugin.name == plugin)
+    })
 }
 
 fn by(settings: &Settings, who: Option<String>) -> String {
