@@ -810,6 +810,10 @@ pub enum Error {
     /// The audit log (or its keys) cannot be opened or read.
     #[error(transparent)]
     Audit(#[from] airlock_audit::Error),
+
+    /// A scenario cases file cannot be used.
+    #[error(transparent)]
+    Cases(#[from] crate::eval::CasesError),
 }
 
 fn join(violations: &[SchemaViolation]) -> String {
@@ -1056,6 +1060,7 @@ impl Error {
             Error::AuditUnavailable(_) => "audit_unavailable",
             Error::DecisionRefused { .. } => "decision_refused",
             Error::Audit(_) => "audit",
+            Error::Cases(e) => e.kind(),
         }
     }
 
@@ -1070,7 +1075,8 @@ impl Error {
             | Error::Engine { .. }
             | Error::AuditUnavailable(_)
             | Error::DecisionRefused { .. }
-            | Error::Audit(_) => ErrorClass::Host,
+            | Error::Audit(_)
+            | Error::Cases(_) => ErrorClass::Host,
         }
     }
 

@@ -60,6 +60,7 @@ mod bindings;
 mod cache;
 mod engine;
 mod error;
+mod eval;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -88,6 +89,11 @@ pub use engine::{DEFAULT_MAX_INSTANCES, InstanceAllocation};
 pub use error::{
     ApprovalRefusal, CallError, Error, ErrorClass, Identifier, LoadError, Result, SchemaViolation,
     Store, StoreError, ToolErrorKind, TrapKind,
+};
+pub use eval::{
+    CASES_FILE, Case, CaseReport, Cases, CasesError, EVAL_PRINCIPAL, EvalReport, Expectation,
+    MAX_CASE_LINE_BYTES, MAX_CASES, MAX_CASES_FILE_BYTES, Mismatch, PointerCheck, PointerTest,
+    RecordedCall, RecordedOutcome, ReplayPlan, ReplayReport, ReplaySkips, ReplayedCall, Schema,
 };
 pub use grants::{
     Capability, EffectiveGrant, HttpGrant, HttpScheme, ImportClass, IpRange, LimitCeilings, Origin,
