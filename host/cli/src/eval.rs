@@ -222,7 +222,7 @@ fn render(report: &EvalReport) -> String {
     let mut out = format!("{}\n", label(report));
     for case in &report.cases {
         out.push_str(&format!(
-            "  {}  {:<32} {:<10} fuel {:>12}  {:>9}\n",
+            "  {}  {:<32} {:<18} fuel {:>12}  {:>9}\n",
             if case.passed { "PASS" } else { "FAIL" },
             case.name,
             case.outcome,
@@ -241,22 +241,35 @@ fn render(report: &EvalReport) -> String {
 /// Two reports over the same cases, side by side, then the candidate's
 /// failures.
 fn render_side_by_side(base: &EvalReport, candidate: &EvalReport) -> String {
-    let mut out = format!(
-        "{:<32} {:<38} {}\n",
-        "case",
-        format!("baseline {}", label(base)),
-        format!("candidate {}", label(candidate))
-    );
     let cell = |c: &airlock_host::CaseReport| {
         format!(
-            "{} fuel {:>11} {:>9}",
+            "{} {:<18} fuel {:>11} {:>9}",
             if c.passed { "PASS" } else { "FAIL" },
+            c.outcome,
             c.fuel_used,
             ms(c.wall_us)
         )
     };
+    let left = format!("baseline {}", label(base));
+    let width = base
+        .cases
+        .iter()
+        .map(|c| cell(c).len())
+        .chain([left.len()])
+        .max()
+        .unwrap_or(0);
+    let mut out = format!(
+        "{:<32} {left:<width$}   candidate {}\n",
+        "case",
+        label(candidate)
+    );
     for (b, c) in base.cases.iter().zip(&candidate.cases) {
-        out.push_str(&format!("{:<32} {:<38} {}\n", c.name, cell(b), cell(c)));
+        out.push_str(&format!(
+            "{:<32} {:<width$}   {}\n",
+            c.name,
+            cell(b),
+            cell(c)
+        ));
     }
     out.push_str(&format!("baseline:  {}\n", totals(base)));
     out.push_str(&format!("candidate: {}\n", totals(candidate)));
