@@ -141,7 +141,10 @@ async fn cases_run_in_a_scratch_workspace_and_approval_tools_run_too() {
     assert!(report.all_passed(), "{report:#?}");
     // Nothing reached the host's workspace or its audit log.
     let account = host
-        .call(CallRequest::new("billing/lookup", r#"{"account": "acct-1"}"#))
+        .call(CallRequest::new(
+            "billing/lookup",
+            r#"{"account": "acct-1"}"#,
+        ))
         .await
         .unwrap_err();
     assert_eq!(account.kind(), "tool_error");
@@ -171,12 +174,7 @@ async fn recording_host() -> Host {
         replayable: vec!["text/slugify".to_owned()],
         ..AuditConfig::default()
     };
-    let host = Host::new(
-        HostConfig::default()
-            .audit(audit)
-            .max_argument_bytes(5_000),
-    )
-    .unwrap();
+    let host = Host::new(HostConfig::default().audit(audit).max_argument_bytes(5_000)).unwrap();
     host.load_plugin(text_v1()).await.unwrap();
     host
 }

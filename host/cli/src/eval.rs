@@ -123,7 +123,8 @@ fn load_cases(given: Option<&Path>, dirs: &[&Path]) -> Result<(PathBuf, Cases), 
             .ok_or_else(|| {
                 Failure::usage(anyhow!(
                     "no cases: {} has no {CASES_FILE}; pass --cases FILE",
-                    dirs.first().map_or_else(String::new, |d| d.display().to_string())
+                    dirs.first()
+                        .map_or_else(String::new, |d| d.display().to_string())
                 ))
             })?,
     };
@@ -172,7 +173,9 @@ pub(crate) async fn eval(settings: &Settings, args: EvalArgs) -> Result<u8, Fail
     };
     if args.json {
         let value = match &base_report {
-            Some(base) => serde_json::json!({"cases_file": path, "candidate": report, "baseline": base}),
+            Some(base) => {
+                serde_json::json!({"cases_file": path, "candidate": report, "baseline": base})
+            }
             None => {
                 let mut value = serde_json::to_value(&report).context("cannot serialize")?;
                 value["cases_file"] = serde_json::json!(path);

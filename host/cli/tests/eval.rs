@@ -80,7 +80,11 @@ fn eval_passes_the_serving_version_and_catches_the_release_regression() {
     let env = Env::new();
     let ok = env.run(&["eval", "text"]);
     assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
-    assert!(stdout(&ok).contains("9 cases: 9 passed, 0 failed"), "{}", stdout(&ok));
+    assert!(
+        stdout(&ok).contains("9 cases: 9 passed, 0 failed"),
+        "{}",
+        stdout(&ok)
+    );
     // By version: the one in the plugins directory.
     let ok = env.run(&["eval", "text@0.1.0"]);
     assert_eq!(ok.status.code(), Some(0), "{}", stderr(&ok));
@@ -97,7 +101,10 @@ fn eval_passes_the_serving_version_and_catches_the_release_regression() {
     let text = stdout(&side);
     assert!(text.contains("baseline text 0.1.0"), "{text}");
     assert!(text.contains("candidate text 0.2.0"), "{text}");
-    assert!(text.contains("FAIL slugify-folds-accents (line 2)"), "{text}");
+    assert!(
+        text.contains("FAIL slugify-folds-accents (line 2)"),
+        "{text}"
+    );
     assert!(
         text.contains(r#"output: at /slug: expected "creme-brulee-a-la-carte", got "cr-me"#),
         "{text}"
@@ -136,16 +143,28 @@ fn eval_refuses_bad_references_and_bad_cases_files_with_exit_2() {
     );
     let out = env.run(&["eval", "nope"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("no plugin `nope`"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("no plugin `nope`"),
+        "{}",
+        stderr(&out)
+    );
     // A plugin that ships no cases, without --cases.
     let out = env.run(&["eval", "json"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("has no cases.jsonl"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("has no cases.jsonl"),
+        "{}",
+        stderr(&out)
+    );
     // A baseline of another plugin.
     let json_dir = Path::new(PLUGINS_DIR).join("json");
     let out = env.run(&["eval", "text", "--baseline", json_dir.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("--baseline is plugin `json`"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--baseline is plugin `json`"),
+        "{}",
+        stderr(&out)
+    );
 
     let bad: &[(&str, &str)] = &[
         (
@@ -216,7 +235,16 @@ fn replay_reruns_recorded_reads_against_a_release_and_counts_the_skipped() {
         "{text}"
     );
     // --limit: the newest three read calls (not the first).
-    let out = env.run(&["replay", "--plugin", "text", "--against", "0.1.0", "--limit", "3", "--json"]);
+    let out = env.run(&[
+        "replay",
+        "--plugin",
+        "text",
+        "--against",
+        "0.1.0",
+        "--limit",
+        "3",
+        "--json",
+    ]);
     let report = json(&out);
     assert_eq!(report["replayed"], 1);
     assert_eq!(report["calls"][0]["same"], true);
@@ -225,10 +253,24 @@ fn replay_reruns_recorded_reads_against_a_release_and_counts_the_skipped() {
 
     let out = env.run(&["replay", "--plugin", "text", "--against", "0.3.0"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("version 0.3.0 is not available"), "{}", stderr(&out));
-    let out = env.run(&["replay", "--plugin", "json", "--against", v2.to_str().unwrap()]);
+    assert!(
+        stderr(&out).contains("version 0.3.0 is not available"),
+        "{}",
+        stderr(&out)
+    );
+    let out = env.run(&[
+        "replay",
+        "--plugin",
+        "json",
+        "--against",
+        v2.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("--against is plugin `text`, not `json`"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("--against is plugin `text`, not `json`"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
@@ -236,5 +278,9 @@ fn a_bad_replayable_setting_is_a_configuration_error() {
     let env = Env::with_config("[audit]\nreplayable = [\"slugify\"]\n");
     let out = env.run(&["eval", "text"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("audit.replayable"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("audit.replayable"),
+        "{}",
+        stderr(&out)
+    );
 }

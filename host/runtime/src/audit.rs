@@ -116,8 +116,7 @@ impl<'a> CallRecord<'a> {
             .log
             .config()
             .replayable
-            .iter()
-            .any(|t| *t == id)
+            .contains(&id)
             .then_some(max_argument_bytes.max(self.log.config().max_copy_bytes));
         // Nothing with an effect on the world runs before its intent is on
         // disk; `read` calls of plugins that can only read are
@@ -149,9 +148,7 @@ impl<'a> CallRecord<'a> {
             Some(value) => {
                 self.base.args_digest = Some(canonical_digest(value));
                 let redacted = self.log.redactor().redact(value, &self.pointers, &[]);
-                let cap = self
-                    .replayable
-                    .unwrap_or(self.log.config().max_copy_bytes);
+                let cap = self.replayable.unwrap_or(self.log.config().max_copy_bytes);
                 let (copy, truncated) = capped_json(&redacted.value, cap);
                 self.base.args = Some(copy);
                 self.base.args_truncated = truncated;

@@ -442,7 +442,8 @@ impl Case {
                 ));
             }
         }
-        let expect = Expectation::from_raw(raw.expect).map_err(|e| format!("case {name:?}: {e}"))?;
+        let expect =
+            Expectation::from_raw(raw.expect).map_err(|e| format!("case {name:?}: {e}"))?;
         Ok(Case {
             name,
             tool: raw.tool,
@@ -491,9 +492,9 @@ impl Expectation {
             let test = match (p.equals, p.contains, p.matches) {
                 (Some(v), None, None) => PointerTest::Equals(v),
                 (None, Some(v), None) => PointerTest::Contains(v),
-                (None, None, Some(pattern)) => PointerTest::Matches(compile(&pattern).map_err(
-                    |e| format!("expect.pointers[{i}].matches: {e}"),
-                )?),
+                (None, None, Some(pattern)) => PointerTest::Matches(
+                    compile(&pattern).map_err(|e| format!("expect.pointers[{i}].matches: {e}"))?,
+                ),
                 _ => {
                     return Err(format!(
                         "expect.pointers[{i}]: give exactly one of equals, contains, matches"
@@ -651,7 +652,11 @@ pub(crate) fn difference(
 }
 
 fn pointer_name(pointer: &str) -> &str {
-    if pointer.is_empty() { "the root" } else { pointer }
+    if pointer.is_empty() {
+        "the root"
+    } else {
+        pointer
+    }
 }
 
 /// Whether `value` contains `part`: a substring of a string, an element of
@@ -660,9 +665,9 @@ pub(crate) fn contains(value: &Value, part: &Value) -> bool {
     match (value, part) {
         (Value::String(s), Value::String(p)) => s.contains(p.as_str()),
         (Value::Array(items), _) => items.contains(part),
-        (Value::Object(map), Value::Object(sub)) => {
-            sub.iter().all(|(k, v)| map.get(k).is_some_and(|have| have == v))
-        }
+        (Value::Object(map), Value::Object(sub)) => sub
+            .iter()
+            .all(|(k, v)| map.get(k).is_some_and(|have| have == v)),
         _ => false,
     }
 }
@@ -687,7 +692,11 @@ impl Expectation {
             failures.push(m);
         }
         for check in &self.pointers {
-            let name = format!("pointer {} {}", pointer_name(&check.pointer), check.test.name());
+            let name = format!(
+                "pointer {} {}",
+                pointer_name(&check.pointer),
+                check.test.name()
+            );
             let Some(value) = output.pointer(&check.pointer) else {
                 failures.push(Mismatch {
                     check: name,
@@ -808,7 +817,10 @@ mod tests {
     #[test]
     fn an_expected_null_output_is_kept() {
         let cases = Cases::parse(r#"{"name":"x","tool":"t","expect":{"output":null}}"#).unwrap();
-        assert_eq!(cases.iter().next().unwrap().expect.output, Some(Value::Null));
+        assert_eq!(
+            cases.iter().next().unwrap().expect.output,
+            Some(Value::Null)
+        );
     }
 
     #[test]
@@ -816,24 +828,63 @@ mod tests {
         let ok = r#"{"name":"ok","tool":"t"}"#;
         let cases: &[(&str, &str)] = &[
             ("not json", "expected"),
-            (r#"{"name":"x","tool":"t","extra":1}"#, "unknown field `extra`"),
-            (r#"{"name":"x","tool":"t","expect":{"ouput":1}}"#, "unknown field `ouput`"),
+            (
+                r#"{"name":"x","tool":"t","extra":1}"#,
+                "unknown field `extra`",
+            ),
+            (
+                r#"{"name":"x","tool":"t","expect":{"ouput":1}}"#,
+                "unknown field `ouput`",
+            ),
             (r#"{"tool":"t"}"#, "missing field `name`"),
             (r#"{"name":"x"}"#, "missing field `tool`"),
             (r#"{"name":"","tool":"t"}"#, "invalid case name"),
             (r#"{"name":"x","tool":"a b"}"#, "invalid tool"),
             (r#"{"name":"x","tool":"a/b/c"}"#, "invalid tool"),
-            (r#"{"name":"x","tool":"t","arguments":[1]}"#, "arguments must be a JSON object, not an array"),
-            (r#"{"name":"x","tool":"t","principal":""}"#, "invalid principal"),
-            (r#"{"name":"x","tool":"t","expect":{"error":"invalid_arguments"}}"#, "is not an error kind"),
-            (r#"{"name":"x","tool":"t","expect":{"error":"tool_error","output":1}}"#, "cannot be combined"),
-            (r#"{"name":"x","tool":"t","expect":{"pointers":[{"pointer":"a","equals":1}]}}"#, "is not a JSON pointer"),
-            (r#"{"name":"x","tool":"t","expect":{"pointers":[{"pointer":"/a"}]}}"#, "exactly one of"),
-            (r#"{"name":"x","tool":"t","expect":{"pointers":[{"pointer":"/a","equals":1,"contains":1}]}}"#, "exactly one of"),
-            (r#"{"name":"x","tool":"t","expect":{"pointers":[{"pointer":"/a","matches":"("}]}}"#, "does not compile"),
-            (r#"{"name":"x","tool":"t","expect":{"pointers":[{"pointer":"/a","matches":"(?=a)"}]}}"#, "does not compile"),
-            (r#"{"name":"x","tool":"t","expect":{"schema":{"type":"nonsense"}}}"#, "expect.schema"),
-            (r#"{"name":"x","tool":"t","expect":{"schema":3}}"#, "expect.schema"),
+            (
+                r#"{"name":"x","tool":"t","arguments":[1]}"#,
+                "arguments must be a JSON object, not an array",
+            ),
+            (
+                r#"{"name":"x","tool":"t","principal":""}"#,
+                "invalid principal",
+            ),
+            (
+                r#"{"name":"x","tool":"t","expect":{"error":"invalid_arguments"}}"#,
+                "is not an error kind",
+            ),
+            (
+                r#"{"name":"x","tool":"t","expect":{"error":"tool_error","output":1}}"#,
+                "cannot be combined",
+            ),
+            (
+                r#"{"name":"x","tool":"t","expect":{"pointers":[{"pointer":"a","equals":1}]}}"#,
+                "is not a JSON pointer",
+            ),
+            (
+                r#"{"name":"x","tool":"t","expect":{"pointers":[{"pointer":"/a"}]}}"#,
+                "exactly one of",
+            ),
+            (
+                r#"{"name":"x","tool":"t","expect":{"pointers":[{"pointer":"/a","equals":1,"contains":1}]}}"#,
+                "exactly one of",
+            ),
+            (
+                r#"{"name":"x","tool":"t","expect":{"pointers":[{"pointer":"/a","matches":"("}]}}"#,
+                "does not compile",
+            ),
+            (
+                r#"{"name":"x","tool":"t","expect":{"pointers":[{"pointer":"/a","matches":"(?=a)"}]}}"#,
+                "does not compile",
+            ),
+            (
+                r#"{"name":"x","tool":"t","expect":{"schema":{"type":"nonsense"}}}"#,
+                "expect.schema",
+            ),
+            (
+                r#"{"name":"x","tool":"t","expect":{"schema":3}}"#,
+                "expect.schema",
+            ),
             (r#"{"name":"ok","tool":"t"}"#, "used by an earlier case"),
         ];
         for (line, want) in cases {
@@ -871,7 +922,11 @@ mod tests {
     fn a_file_that_is_not_utf8_names_its_line() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(CASES_FILE);
-        std::fs::write(&path, b"{\"name\":\"a\",\"tool\":\"t\"}\n{\"name\":\"\xff\"}\n").unwrap();
+        std::fs::write(
+            &path,
+            b"{\"name\":\"a\",\"tool\":\"t\"}\n{\"name\":\"\xff\"}\n",
+        )
+        .unwrap();
         let error = Cases::from_file(&path).unwrap_err();
         assert_eq!(error.line(), Some(2), "{error}");
         assert!(matches!(
@@ -911,7 +966,13 @@ mod tests {
     }
 
     fn expectation(line: &str) -> Expectation {
-        Cases::parse(line).unwrap().iter().next().unwrap().expect.clone()
+        Cases::parse(line)
+            .unwrap()
+            .iter()
+            .next()
+            .unwrap()
+            .expect
+            .clone()
     }
 
     #[test]

@@ -283,9 +283,9 @@ fn compare(recorded: &RecordedOutcome, run: &ScratchRun) -> Option<Mismatch> {
         (RecordedOutcome::Ok { .. }, Err((kind, message))) => Some(outcome_differs(format!(
             "recorded ok, replayed {kind}: {message}"
         ))),
-        (RecordedOutcome::Failed { kind }, Ok(_)) => Some(outcome_differs(format!(
-            "recorded {kind}, replayed ok"
-        ))),
+        (RecordedOutcome::Failed { kind }, Ok(_)) => {
+            Some(outcome_differs(format!("recorded {kind}, replayed ok")))
+        }
         (RecordedOutcome::Failed { kind }, Err((now, message))) => (kind != now)
             .then(|| outcome_differs(format!("recorded {kind}, replayed {now}: {message}"))),
     }
@@ -405,8 +405,12 @@ mod tests {
             started(6, "d", None, false),
             started(7, "e", Some(false), false),
             // Another plugin's, and a write tool's: not considered.
-            record(8, Event::CallStarted, "f", |e| e.plugin = Some("json".into())),
-            record(9, Event::CallStarted, "g", |e| e.risk = Some("write".into())),
+            record(8, Event::CallStarted, "f", |e| {
+                e.plugin = Some("json".into())
+            }),
+            record(9, Event::CallStarted, "g", |e| {
+                e.risk = Some("write".into())
+            }),
         ];
         let plan = ReplayPlan::from_records(records.iter().map(|r| (None, r)), "text", 100);
         assert_eq!(plan.calls().len(), 1);
