@@ -112,9 +112,34 @@ pub(crate) fn create(path: &Path) -> Result<Secret> {
     };
     write().map_err(|e| {
         let _ = fs::remove_file(&tmp);
-        key_error(format!("cannot create: {e}"))
+        if e.kind() == std::io::ErrorKind::AlreadyExists && path.exists() {
+            key_error("already exists; a key file is never overwritten".to_owned())
+        } else {
+            key_error(format!("cannot create: {e}"))
+        }
     })?;
     Ok(Secret(bytes))
+}
+
+/// Create a new random Ed25519 signing key in a key file at `path`: 64 hex
+/// digits and a newline, mode 0600, written to a temporary file and linked
+/// into place (the conventions of the audit log's own key).
+///
+/// # Errors
+/// [`Error::Key`] when a file is already at `path` (a key file is never
+/// overwritten), or it cannot be written.
+pub fn create_signing_key(path: &Path) -> Result<SigningKey> {
+    Ok(signing_key(&create(path)?))
+}
+
+/// Read the Ed25519 signing key in the key file at `path` (as
+/// [`create_signing_key`] writes it).
+///
+/// # Errors
+/// [`Error::Key`] when the file cannot be read, is readable by other users,
+/// or does not hold a key.
+pub fn read_signing_key(path: &Path) -> Result<SigningKey> {
+    Ok(signing_key(&read(path)?))
 }
 
 /// The signing key for a secret.
@@ -160,7 +185,13 @@ mod tests {
         let path = dir.path().join("k");
         let made = create(&path).unwrap();
         assert_eq!(read(&path).unwrap().0, made.0);
-        assert!(create(&path).is_err(), "never overwrites a key");
+        let err = create(&path).unwrap_err().to_string();
+        assert!(err.contains("never overwritten"), "{err}");
+        assert_eq!(
+            read_signing_key(&path).unwrap().to_bytes(),
+            made.0,
+            "the public reader reads what create wrote"
+        );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

@@ -35,6 +35,17 @@ pub enum Event {
     /// The operator switched the host's mode (`decision`: `read_only` or
     /// `normal`).
     ModeChanged,
+    /// A plugin version was installed (`plugin`, `plugin_version`,
+    /// `component_digest`, `manifest_digest`; `principal`: who; `reason`:
+    /// its signer, if signed).
+    PluginInstalled,
+    /// An operator changed which versions of a plugin serve: `decision` is
+    /// `activate`, `canary`, `promote` or `rollback` — or `lost` when
+    /// another change came first and this one was not made, or
+    /// `approval_required` when it waits for an approver; `plugin_version`
+    /// and `component_digest` name the version it concerns; `reason` says
+    /// what serves after it.
+    RolloutChanged,
 }
 
 impl Event {
@@ -49,6 +60,8 @@ impl Event {
             Event::ApprovalDecided => "approval_decided",
             Event::ApprovalExpired => "approval_expired",
             Event::ModeChanged => "mode_changed",
+            Event::PluginInstalled => "plugin_installed",
+            Event::RolloutChanged => "rollout_changed",
         }
     }
 }

@@ -177,15 +177,22 @@ impl Control {
             return Ok(response);
         }
         let bytes = collect(response, 64 << 10).await.unwrap_or_default();
-        let message = serde_json::from_slice::<Value>(&bytes)
-            .ok()
+        let answer = serde_json::from_slice::<Value>(&bytes).ok();
+        let message = answer
+            .as_ref()
             .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
             .unwrap_or_else(|| String::from_utf8_lossy(&bytes).trim().to_owned());
         let message = crate::terminal::escape(&message).into_owned();
+        // A refusal that says its class (release actions) keeps the exit
+        // code it would have here.
+        let class = answer
+            .as_ref()
+            .and_then(|v| v.get("class").cloned())
+            .and_then(|c| serde_json::from_value::<airlock_host::ErrorClass>(c).ok());
         Err(match status {
             400 | 404 => Failure::usage(anyhow!(message)),
             409 => Failure {
-                code: exit::REFUSED,
+                code: class.map_or(exit::REFUSED, crate::exit_code),
                 error: anyhow!(message),
             },
             _ => anyhow!("the server on {socket} answered {status}: {message}").into(),

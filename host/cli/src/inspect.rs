@@ -46,6 +46,10 @@ pub(crate) fn render(r: &InspectReport) -> String {
     line(format!("plugin {} {}", r.plugin, r.version));
     line(format!("manifest {}", r.manifest.display()));
     line(format!("sha256 {}", r.sha256));
+    line(match &r.signer {
+        Some(signer) => format!("signature {signer}"),
+        None => "signature none".to_owned(),
+    });
     line(String::new());
     line("imports".to_owned());
     for i in &r.imports {

@@ -7,6 +7,8 @@ mod control;
 mod demo;
 mod eval;
 mod inspect;
+mod package;
+mod releases;
 mod remote;
 mod serve;
 mod terminal;
@@ -44,9 +46,12 @@ pub(crate) mod exit {
     pub(crate) const VERIFY_FAILED: u8 = 7;
     /// The call waits for a human approval (it has not run).
     pub(crate) const PENDING: u8 = 8;
+    /// A plugin's signature is missing where required, invalid, or by an
+    /// untrusted key.
+    pub(crate) const UNTRUSTED: u8 = 9;
     /// `eval`: a case failed; `replay`: a replayed call gave another
     /// outcome than the recorded one.
-    pub(crate) const EVAL_FAILED: u8 = 9;
+    pub(crate) const EVAL_FAILED: u8 = 10;
 }
 
 /// Airlock: a sandboxed host for AI-agent tools compiled to WebAssembly.
@@ -118,6 +123,14 @@ enum Command {
     /// HTTP with --http. Plugins added or removed while serving are picked
     /// up.
     Serve(serve::ServeArgs),
+    /// Send a share of a plugin's callers to an installed version
+    /// (`airlock rollout PLUGIN VERSION --percent N`): a sticky canary, or
+    /// at 100 the serving version; `status` compares the versions,
+    /// `promote` makes the canary serve.
+    Rollout(releases::RolloutArgs),
+    /// Send all of a plugin's traffic back in one step: stop its canary,
+    /// or serve the previous version again.
+    Rollback(releases::RollbackArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -128,6 +141,13 @@ enum PluginsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Install a plugin version (a directory or an archive) into the
+    /// host's plugin store: checked as a load checks it, content-addressed,
+    /// immutable, side by side with other versions. It serves nothing until
+    /// `airlock rollout` sends traffic to it.
+    Install(releases::InstallArgs),
+    #[command(flatten)]
+    Package(package::PackageCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -315,6 +335,12 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
     })?;
     match cli.command {
         Command::Plugins(PluginsCommand::List { json }) => plugins_list(&settings, json).await,
+        Command::Plugins(PluginsCommand::Install(args)) => releases::install(&settings, args).await,
+        Command::Rollout(args) => releases::rollout(&settings, args).await,
+        Command::Rollback(args) => releases::rollback(&settings, args).await,
+        Command::Plugins(PluginsCommand::Package(command)) => {
+            package::run(&settings, command).await
+        }
         Command::Tools(ToolsCommand::List { json }) => tools_list(&settings, json).await,
         Command::Call(args) => call(&settings, args).await,
         Command::Inspect(args) => inspect::run(&settings, args).await,
@@ -392,6 +418,53 @@ fn warn_failures(report: &LoadReport) {
     }
 }
 
+/// The installed versions and which of them serve (a rollout's serving
+/// version takes over from the plugins directory's plugin of that name).
+async fn print_installed(settings: &Settings) {
+    let answer = match releases::installed(settings).await {
+        Ok(answer) => answer,
+        Err(failure) => {
+            eprintln!(
+                "warning: installed versions cannot be read: {:#}",
+                failure.error
+            );
+            return;
+        }
+    };
+    let versions = answer["versions"].as_array().cloned().unwrap_or_default();
+    if versions.is_empty() {
+        return;
+    }
+    let rollouts = answer["rollouts"].as_array().cloned().unwrap_or_default();
+    println!();
+    println!("installed versions:");
+    for v in &versions {
+        let plugin = v["plugin"].as_str().unwrap_or("?");
+        let version = v["version"].as_str().unwrap_or("?");
+        let rollout = rollouts.iter().find(|r| r["plugin"] == v["plugin"]);
+        let role = match rollout {
+            Some(r) if r["serving"] == v["version"] => "serving".to_owned(),
+            Some(r) if r["canary"]["version"] == v["version"] => {
+                format!("canary {}%", r["canary"]["percent"])
+            }
+            Some(r) if r["previous"] == v["version"] => "previous".to_owned(),
+            _ => "-".to_owned(),
+        };
+        let digest = v["component_digest"].as_str().unwrap_or("");
+        println!(
+            "{:<16} {:<10} sha256:{}  {:<12} {}",
+            terminal::escape(plugin),
+            terminal::escape(version),
+            digest.get(..12).unwrap_or(digest),
+            role,
+            v["signer"]
+                .as_str()
+                .map(|s| format!("signed by {}", terminal::escape(s)))
+                .unwrap_or_default()
+        );
+    }
+}
+
 async fn plugins_list(settings: &Settings, json: bool) -> Result<u8, Failure> {
     let (host, report) = load_host(settings, Calls::None).await?;
     if json {
@@ -401,7 +474,11 @@ async fn plugins_list(settings: &Settings, json: bool) -> Result<u8, Failure> {
             .iter()
             .map(|f| json!({"dir": f.dir, "error": {"kind": f.error.kind(), "message": f.error.to_string()}}))
             .collect();
-        print_json(&json!({"plugins": loaded, "failed": failed}));
+        let installed = match releases::installed(settings).await {
+            Ok(answer) => answer,
+            Err(failure) => json!({"error": format!("{:#}", failure.error)}),
+        };
+        print_json(&json!({"plugins": loaded, "failed": failed, "installed": installed}));
     } else {
         if host.plugins().is_empty() && report.failed.is_empty() {
             println!("no plugins in {}", settings.plugins_dir.display());
@@ -420,6 +497,7 @@ async fn plugins_list(settings: &Settings, json: bool) -> Result<u8, Failure> {
         for failure in &report.failed {
             println!("{:<16} FAILED     {}", failure.dir.display(), failure.error);
         }
+        print_installed(settings).await;
     }
     Ok(if report.failed.is_empty() {
         exit::OK
@@ -562,6 +640,7 @@ pub(crate) fn exit_code(class: ErrorClass) -> u8 {
         ErrorClass::CapabilityDenied => exit::CAPABILITY_DENIED,
         ErrorClass::Pending => exit::PENDING,
         ErrorClass::Host => exit::HOST,
+        ErrorClass::Untrusted => exit::UNTRUSTED,
     }
 }
 

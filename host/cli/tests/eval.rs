@@ -97,7 +97,7 @@ fn eval_passes_the_serving_version_and_catches_the_release_regression() {
         "--baseline",
         v1.to_str().unwrap(),
     ]);
-    assert_eq!(side.status.code(), Some(9), "{}", stderr(&side));
+    assert_eq!(side.status.code(), Some(10), "{}", stderr(&side));
     let text = stdout(&side);
     assert!(text.contains("baseline text 0.1.0"), "{text}");
     assert!(text.contains("candidate text 0.2.0"), "{text}");
@@ -117,7 +117,7 @@ fn eval_passes_the_serving_version_and_catches_the_release_regression() {
         v1.to_str().unwrap(),
         "--json",
     ]);
-    assert_eq!(side.status.code(), Some(9));
+    assert_eq!(side.status.code(), Some(10));
     let report = json(&side);
     assert_eq!(report["baseline"]["failed"], 0);
     assert_eq!(report["candidate"]["failed"], 1);
@@ -213,7 +213,7 @@ fn replay_reruns_recorded_reads_against_a_release_and_counts_the_skipped() {
         v2.to_str().unwrap(),
         "--json",
     ]);
-    assert_eq!(out.status.code(), Some(9), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(10), "{}", stderr(&out));
     let report = json(&out);
     assert_eq!(report["version"], "0.2.0");
     assert_eq!(report["replayed"], 2);

@@ -22,6 +22,7 @@
 //! | `GET /v1/workspace/{plugin}/export` | JSON lines |
 //! | `GET /v1/mode` | `{"mode": mode or null}` |
 //! | `POST /v1/mode` [`ModeRequest`] | `{"mode": ...}` (recorded in the audit log) |
+//! | `POST /v1/releases` [`ReleaseRequest`](crate::releases::ReleaseRequest) | the action's answer; `409` with `{"error": message, "kind", "class", "approval_id"?}` when refused |
 //!
 //! Errors are `{"error": "..."}` with `400` (bad request), `404`, `409`
 //! (decision refused) or `500`.
@@ -339,6 +340,7 @@ fn routes(host: Arc<Host>) -> Router {
         .route("/v1/workspace/{plugin}/value", post(workspace_value_route))
         .route("/v1/workspace/{plugin}/export", get(workspace_export_route))
         .route("/v1/mode", get(mode).post(set_mode))
+        .route("/v1/releases", post(release))
         .with_state(host)
 }
 
@@ -905,6 +907,25 @@ async fn set_mode(State(host): State<Arc<Host>>, body: Bytes) -> Response {
     {
         Ok(mode) => Json(json!({"mode": mode})).into_response(),
         Err(error) => internal(error).into_response(),
+    }
+}
+
+async fn release(State(host): State<Arc<Host>>, body: Bytes) -> Response {
+    let request: crate::releases::ReleaseRequest = match parse(&body) {
+        Ok(request) => request,
+        Err(refusal) => return refusal.into_response(),
+    };
+    match crate::releases::run(&host, request).await {
+        Ok(answer) => Json(answer).into_response(),
+        Err(error) => {
+            let mut body = error.to_json();
+            body["error"] = body["message"].clone();
+            let status = match error.class() {
+                airlock_host::ErrorClass::Host => StatusCode::INTERNAL_SERVER_ERROR,
+                _ => StatusCode::CONFLICT,
+            };
+            (status, Json(body)).into_response()
+        }
     }
 }
 

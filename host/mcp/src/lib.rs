@@ -56,6 +56,7 @@ pub mod control;
 mod error;
 pub mod http;
 pub mod outcome;
+pub mod releases;
 mod server;
 
 pub use airlock_host::Host;

@@ -272,8 +272,16 @@ impl McpServer {
                 },
             );
         }
+        // Installed versions: a rollout changed on any host shows here.
+        let rollouts_changed = match host.prepare_rollouts().await {
+            Ok(changed) => changed,
+            Err(error) => {
+                tracing::warn!(error = %error, "rollouts cannot be read");
+                false
+            }
+        };
         // Nothing loaded or unloaded (the usual tick): the catalog stands.
-        if !report.loaded.is_empty() || !report.unloaded.is_empty() {
+        if rollouts_changed || !report.loaded.is_empty() || !report.unloaded.is_empty() {
             report.tools_changed = self.refresh_catalog();
         }
         Ok(report)

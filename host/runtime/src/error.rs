@@ -25,7 +25,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::manifest::Risk;
 
@@ -136,7 +136,7 @@ impl fmt::Display for Identifier {
 
 /// What a caller or an operator should conclude from an error; the CLI
 /// maps each class to its own exit code.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorClass {
     /// The host refused to run the call; the guest never ran.
@@ -151,6 +151,9 @@ pub enum ErrorClass {
     Host,
     /// The call waits for a human decision (an approval); it has not run.
     Pending,
+    /// A plugin's signature is missing where the operator requires one,
+    /// invalid, or by a key the operator does not trust.
+    Untrusted,
 }
 
 /// Which store a [`StoreError`] is about.
@@ -166,6 +169,8 @@ pub enum Store {
     RateLimits,
     /// The host mode.
     Mode,
+    /// Installed plugin versions and rollouts.
+    Plugins,
     /// The backend as a whole (opening it).
     Backend,
 }
@@ -191,6 +196,7 @@ fn describe_store(store: Store) -> &'static str {
         Store::Workspace => "the workspace store failed",
         Store::RateLimits => "call not run: the rate-limit store failed",
         Store::Mode => "call not run: the host mode cannot be read",
+        Store::Plugins => "the store of installed plugin versions and rollouts failed",
         Store::Backend => "the store cannot be opened",
     }
 }
@@ -205,13 +211,27 @@ impl StoreError {
         match self.store {
             Store::Ledger => "ledger_unavailable",
             Store::Workspace => "workspace",
+            // Installed versions never change: another version's files
+            // under a taken number is the operator's mistake, not an outage.
+            Store::Plugins => match self.source.kind() {
+                airlock_store::ErrorKind::Conflict => "version_taken",
+                airlock_store::ErrorKind::Config => "invalid_version",
+                _ => "store_unavailable",
+            },
             Store::RateLimits | Store::Mode | Store::Backend => "store_unavailable",
         }
     }
 
-    /// Which class of failure this is: the host's.
+    /// Which class of failure this is: the host's, but for a refused
+    /// install (a taken version, an invalid one).
     pub fn class(&self) -> ErrorClass {
-        ErrorClass::Host
+        match (self.store, self.source.kind()) {
+            (
+                Store::Plugins,
+                airlock_store::ErrorKind::Conflict | airlock_store::ErrorKind::Config,
+            ) => ErrorClass::Refused,
+            _ => ErrorClass::Host,
+        }
     }
 
     /// This error as JSON (see [`Error::to_json`]).
@@ -258,6 +278,87 @@ pub enum ApprovalRefusal {
     /// It was given for another call (tool, component, arguments, principal,
     /// session or idempotency key).
     Mismatch,
+}
+
+/// Why a plugin archive is refused ([`LoadError::ArchiveRejected`]). An
+/// archive is flat: `plugin.toml`, the component it names, and optionally
+/// `cases.jsonl` and `plugin.sig`, each a regular file, once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum ArchiveRefusal {
+    /// An entry's path has a `..` component.
+    ParentPath,
+    /// An entry's path is absolute.
+    AbsolutePath,
+    /// An entry's path has directories in it (archives are flat).
+    NestedPath,
+    /// An entry is a directory.
+    Directory,
+    /// An entry is a symbolic or hard link.
+    Link,
+    /// An entry is a device, a FIFO or another special file.
+    SpecialFile,
+    /// An entry is larger than its file may be.
+    EntryTooLarge {
+        /// Its size, in bytes.
+        size: u64,
+        /// The largest size accepted for it.
+        limit: u64,
+    },
+    /// Two entries have the same name.
+    DuplicateEntry,
+    /// An entry is none of the files a package holds.
+    UnknownEntry,
+    /// More entries than a package has files.
+    TooManyEntries {
+        /// The most entries accepted.
+        limit: usize,
+    },
+    /// The archive decompresses to more bytes than a package can hold.
+    TooLarge {
+        /// The most decompressed bytes accepted.
+        limit: u64,
+    },
+    /// There is no `plugin.toml`.
+    MissingManifest,
+}
+
+impl fmt::Display for ArchiveRefusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ArchiveRefusal::ParentPath => f.write_str("its path contains `..`"),
+            ArchiveRefusal::AbsolutePath => f.write_str("its path is absolute"),
+            ArchiveRefusal::NestedPath => {
+                f.write_str("its path has directories (a plugin archive is flat)")
+            }
+            ArchiveRefusal::Directory => f.write_str("it is a directory (a plugin archive is flat)"),
+            ArchiveRefusal::Link => f.write_str("it is a link"),
+            ArchiveRefusal::SpecialFile => f.write_str("it is not a regular file"),
+            ArchiveRefusal::EntryTooLarge { size, limit } => {
+                write!(f, "it is {size} bytes, more than the limit of {limit}")
+            }
+            ArchiveRefusal::DuplicateEntry => f.write_str("it appears twice"),
+            ArchiveRefusal::UnknownEntry => f.write_str(
+                "it is not a file of a plugin package (plugin.toml, its component, cases.jsonl, plugin.sig)",
+            ),
+            ArchiveRefusal::TooManyEntries { limit } => {
+                write!(f, "more than {limit} entries")
+            }
+            ArchiveRefusal::TooLarge { limit } => {
+                write!(f, "it decompresses to more than {limit} bytes")
+            }
+            ArchiveRefusal::MissingManifest => f.write_str("it holds no plugin.toml"),
+        }
+    }
+}
+
+/// `entry `name`: ` before an archive refusal about one entry.
+fn entry_prefix(entry: &Option<String>) -> String {
+    match entry {
+        Some(name) => format!("entry {name:?}: "),
+        None => String::new(),
+    }
 }
 
 /// What loading a plugin can fail with ([`Host::load_plugin`](crate::Host::load_plugin)).
@@ -434,6 +535,69 @@ pub enum LoadError {
     Engine {
         /// What failed.
         message: String,
+    },
+
+    /// A plugin archive holds something a package may not; nothing of it
+    /// was kept.
+    #[error("plugin archive {} refused: {}{why}", path.display(), entry_prefix(entry))]
+    ArchiveRejected {
+        /// The archive.
+        path: PathBuf,
+        /// The entry refused, when the refusal is about one.
+        entry: Option<String>,
+        /// Why.
+        why: ArchiveRefusal,
+    },
+
+    /// A plugin archive is not a readable gzip-compressed tar file.
+    #[error("plugin archive {} is not a readable .tar.gz", path.display())]
+    ArchiveCorrupt {
+        /// The archive.
+        path: PathBuf,
+        /// What the decoder reported.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The files of a plugin package do not make a package (a component
+    /// that is not a file beside the manifest, `cases.jsonl` that is not
+    /// UTF-8 or too large, a target directory that exists, ...).
+    #[error("plugin package {} is invalid: {message}", path.display())]
+    PackageInvalid {
+        /// The package (directory or archive) or file concerned.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+
+    /// The plugin has no signature and the operator's policy requires one
+    /// (`require_signature`).
+    #[error(
+        "plugin `{plugin}` is not signed, and the operator's policy requires a signature (require_signature)"
+    )]
+    Unsigned {
+        /// Plugin name.
+        plugin: String,
+    },
+
+    /// The plugin's signature is valid but made by a key that is not among
+    /// the operator's `trusted_keys`, and the policy requires a signature.
+    #[error("plugin `{plugin}` is signed by {key}, which is not among the operator's trusted_keys")]
+    UntrustedSigner {
+        /// Plugin name.
+        plugin: String,
+        /// The signing key, `ed25519:BASE64`.
+        key: String,
+    },
+
+    /// The plugin's signature file is garbled, or its signature is not over
+    /// this manifest and component (either was changed after signing).
+    #[error("plugin `{plugin}` has an invalid signature: {reason}")]
+    SignatureInvalid {
+        /// Plugin name.
+        plugin: String,
+        /// What is wrong.
+        reason: String,
     },
 }
 
@@ -814,6 +978,160 @@ pub enum Error {
     /// A scenario cases file cannot be used.
     #[error(transparent)]
     Cases(#[from] crate::eval::CasesError),
+
+    /// An operator's release action (install, rollout, promote, rollback)
+    /// was refused.
+    #[error(transparent)]
+    Release(#[from] ReleaseError),
+}
+
+/// Why an operator's release action (a rollout, a promotion, a rollback) is
+/// refused. Nothing was changed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReleaseError {
+    /// The version is not installed (`airlock plugins install` it first).
+    #[error("{plugin} {version} is not installed")]
+    NotInstalled {
+        /// The plugin.
+        plugin: String,
+        /// The version asked for.
+        version: String,
+    },
+    /// A share outside 0–100.
+    #[error("a rollout percentage is 0-100, not {percent}")]
+    BadPercent {
+        /// What was asked.
+        percent: u32,
+    },
+    /// A canary, a promotion or a status needs a version serving already.
+    #[error("no installed version of {plugin} serves yet: activate one with --percent 100 first")]
+    NothingServes {
+        /// The plugin.
+        plugin: String,
+    },
+    /// The version serves already, alone.
+    #[error("{plugin} {version} serves already")]
+    AlreadyServing {
+        /// The plugin.
+        plugin: String,
+        /// The version.
+        version: String,
+    },
+    /// No canary to promote.
+    #[error("{plugin} has no canary to promote")]
+    NoCanary {
+        /// The plugin.
+        plugin: String,
+    },
+    /// No canary to stop and no previous version to return to.
+    #[error("{plugin} has nothing to roll back to (no canary, no previous version)")]
+    NothingToRollBack {
+        /// The plugin.
+        plugin: String,
+    },
+    /// Another operator changed the rollout first; this change was not
+    /// made (and is recorded as lost).
+    #[error(
+        "another change of {plugin}'s rollout came first (by {by}); nothing was changed: look at it and decide again"
+    )]
+    Conflict {
+        /// The plugin.
+        plugin: String,
+        /// Who changed it.
+        by: String,
+    },
+    /// The version asks for more than the one serving: an approver must
+    /// decide on `approval_id` first, then the same change is asked again
+    /// with it.
+    #[error("{plugin} {version} asks for more than {from} ({}): an approver must approve {approval_id}, then run the same change with that approval", widens.join("; "))]
+    ApprovalRequired {
+        /// The plugin.
+        plugin: String,
+        /// The version asked for.
+        version: String,
+        /// The version serving.
+        from: String,
+        /// The approval waiting for a decision.
+        approval_id: String,
+        /// What the new version may do that the serving one may not.
+        widens: Vec<String>,
+    },
+    /// The version asks for more than the one serving, and no approver is
+    /// configured to allow it.
+    #[error("{plugin} {version} asks for more than the version serving ({}), and no approver is configured (policy.approvals.approvers) to allow it", widens.join("; "))]
+    NoApprover {
+        /// The plugin.
+        plugin: String,
+        /// The version asked for.
+        version: String,
+        /// What widens.
+        widens: Vec<String>,
+    },
+    /// The approval given does not allow this change.
+    #[error("approval {approval_id} does not allow this change: {reason}")]
+    ApprovalRefused {
+        /// The approval.
+        approval_id: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl ReleaseError {
+    /// A stable, machine-readable name for this error.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ReleaseError::NotInstalled { .. } => "version_not_installed",
+            ReleaseError::BadPercent { .. } => "invalid_rollout",
+            ReleaseError::NothingServes { .. } => "nothing_serves",
+            ReleaseError::AlreadyServing { .. } => "already_serving",
+            ReleaseError::NoCanary { .. } => "no_canary",
+            ReleaseError::NothingToRollBack { .. } => "nothing_to_roll_back",
+            ReleaseError::Conflict { .. } => "rollout_conflict",
+            ReleaseError::ApprovalRequired { .. } => "upgrade_approval_pending",
+            ReleaseError::NoApprover { .. } => "approval_unavailable",
+            ReleaseError::ApprovalRefused { .. } => "upgrade_approval_refused",
+        }
+    }
+
+    /// Which class of failure this is.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            ReleaseError::ApprovalRequired { .. } => ErrorClass::Pending,
+            ReleaseError::NotInstalled { .. }
+            | ReleaseError::BadPercent { .. }
+            | ReleaseError::NothingServes { .. }
+            | ReleaseError::AlreadyServing { .. }
+            | ReleaseError::NoCanary { .. }
+            | ReleaseError::NothingToRollBack { .. }
+            | ReleaseError::Conflict { .. }
+            | ReleaseError::NoApprover { .. }
+            | ReleaseError::ApprovalRefused { .. } => ErrorClass::Refused,
+        }
+    }
+
+    /// This error as JSON (see [`Error::to_json`]); a pending upgrade
+    /// carries its `approval_id`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut value = json(self, self.kind(), self.class(), &[]);
+        if let ReleaseError::ApprovalRequired { approval_id, .. } = self {
+            value["approval_id"] = serde_json::Value::from(approval_id.clone());
+        }
+        value
+    }
+}
+
+/// An error and its sources, joined with `: `.
+pub(crate) fn chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
 }
 
 fn join(violations: &[SchemaViolation]) -> String {
@@ -832,13 +1150,7 @@ fn json(
     class: ErrorClass,
     violations: &[SchemaViolation],
 ) -> serde_json::Value {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
+    let message = chain(error);
     serde_json::json!({
         "kind": kind,
         "class": class,
@@ -869,6 +1181,25 @@ impl LoadError {
             LoadError::HostBusy { .. } => "host_busy",
             LoadError::Config { .. } => "config",
             LoadError::Engine { .. } => "engine",
+            LoadError::ArchiveRejected { why, .. } => match why {
+                ArchiveRefusal::ParentPath => "archive_parent_path",
+                ArchiveRefusal::AbsolutePath => "archive_absolute_path",
+                ArchiveRefusal::NestedPath => "archive_nested_path",
+                ArchiveRefusal::Directory => "archive_directory",
+                ArchiveRefusal::Link => "archive_link",
+                ArchiveRefusal::SpecialFile => "archive_special_file",
+                ArchiveRefusal::EntryTooLarge { .. } => "archive_entry_too_large",
+                ArchiveRefusal::DuplicateEntry => "archive_duplicate_entry",
+                ArchiveRefusal::UnknownEntry => "archive_unknown_entry",
+                ArchiveRefusal::TooManyEntries { .. } => "archive_too_many_entries",
+                ArchiveRefusal::TooLarge { .. } => "archive_too_large",
+                ArchiveRefusal::MissingManifest => "archive_missing_manifest",
+            },
+            LoadError::ArchiveCorrupt { .. } => "archive_corrupt",
+            LoadError::PackageInvalid { .. } => "package_invalid",
+            LoadError::Unsigned { .. } => "plugin_unsigned",
+            LoadError::UntrustedSigner { .. } => "signer_untrusted",
+            LoadError::SignatureInvalid { .. } => "signature_invalid",
         }
     }
 
@@ -879,7 +1210,13 @@ impl LoadError {
                 ErrorClass::CapabilityDenied
             }
             LoadError::HostBusy { .. } => ErrorClass::Refused,
+            LoadError::Unsigned { .. }
+            | LoadError::UntrustedSigner { .. }
+            | LoadError::SignatureInvalid { .. } => ErrorClass::Untrusted,
             LoadError::Io { .. }
+            | LoadError::ArchiveRejected { .. }
+            | LoadError::ArchiveCorrupt { .. }
+            | LoadError::PackageInvalid { .. }
             | LoadError::ManifestSyntax { .. }
             | LoadError::ManifestInvalid { .. }
             | LoadError::ManifestRejected { .. }
@@ -1061,6 +1398,7 @@ impl Error {
             Error::DecisionRefused { .. } => "decision_refused",
             Error::Audit(_) => "audit",
             Error::Cases(e) => e.kind(),
+            Error::Release(e) => e.kind(),
         }
     }
 
@@ -1070,6 +1408,7 @@ impl Error {
             Error::Load(e) => e.class(),
             Error::Call(e) => e.class(),
             Error::Store(e) => e.class(),
+            Error::Release(e) => e.class(),
             Error::Io { .. }
             | Error::Config { .. }
             | Error::Engine { .. }
@@ -1099,6 +1438,7 @@ impl Error {
             Error::Load(e) => e.to_json(),
             Error::Call(e) => e.to_json(),
             Error::Store(e) => e.to_json(),
+            Error::Release(e) => e.to_json(),
             _ => json(self, self.kind(), self.class(), self.violations()),
         }
     }

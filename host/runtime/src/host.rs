@@ -18,6 +18,7 @@ use crate::mode::{Mode, ModeWatch};
 use crate::pipeline::{CallRequest, CallResponse, Pipeline};
 use crate::plugin::{self, Plugin, Tool};
 use crate::ratelimit::Limiter;
+use crate::releases::{InstallReport, ReleaseParts, RolloutRequest, RolloutStatus, Served};
 use crate::stores::StoreConfig;
 use crate::workspace::Workspace;
 use serde::Serialize;
@@ -174,6 +175,8 @@ pub struct Host {
     store_description: String,
     mode: ModeWatch,
     limiter: Limiter,
+    /// Installed versions and rollouts, as this host serves them.
+    served: Served,
     /// When the ledger was last swept, ms since the Unix epoch.
     last_sweep_ms: AtomicU64,
     _ticker: EpochTicker,
@@ -236,6 +239,8 @@ pub struct PluginInfo {
     pub limits: crate::limits::Limits,
     /// Whether the compiled code came from the cache.
     pub cache: crate::cache::CacheStatus,
+    /// Who signed it, when it is signed.
+    pub signer: Option<crate::package::Signer>,
 }
 
 impl Plugin {
@@ -251,6 +256,7 @@ impl Plugin {
             undeclared_tools: self.undeclared_tools().to_vec(),
             limits: *self.limits(),
             cache: self.cache_status(),
+            signer: self.signer().cloned(),
         }
     }
 }
@@ -285,6 +291,10 @@ impl Host {
         }
         let workspace = Workspace::new(stores.workspace.clone());
         let mode = ModeWatch::new(stores.mode.clone(), &config.origin);
+        let served = Served::new(
+            airlock_store::Releases::new(stores.plugins.clone()),
+            config.data_dir.as_deref(),
+        )?;
         // No plugin may ask for more, so no pool slot needs to hold more.
         let memory_ceiling_mb = Some(
             config
@@ -321,8 +331,27 @@ impl Host {
             mode,
             last_sweep_ms: AtomicU64::new(0),
             limiter,
+            served,
             _ticker: ticker,
         })
+    }
+
+    /// Load the plugin in `dir`, checked as [`Host::load_plugin`] checks
+    /// it (manifest, digest, signature, grant, limits, tools), without
+    /// adding it to the host: to look at it, or compare it with another
+    /// version ([`PluginDiff`](crate::PluginDiff)).
+    ///
+    /// # Errors
+    /// As [`Host::load_plugin`], except that a plugin of a name already
+    /// loaded is not an error.
+    pub async fn open_plugin(&self, dir: impl AsRef<Path>) -> LoadResult<Plugin> {
+        plugin::load(
+            &self.engine,
+            self.cache.as_ref(),
+            &self.config.policy,
+            dir.as_ref(),
+        )
+        .await
     }
 
     /// Load the plugin in `dir` (a directory holding `plugin.toml` and the
@@ -342,7 +371,11 @@ impl Host {
     /// the policy forbids (or an `http` origin outside the policy's
     /// `http_allow`); [`LoadError::CapabilityNotGranted`] when the
     /// component imports an interface it is not granted;
-    /// [`LoadError::LimitAboveCeiling`] when a limit exceeds the policy.
+    /// [`LoadError::LimitAboveCeiling`] when a limit exceeds the policy;
+    /// [`LoadError::Unsigned`], [`LoadError::SignatureInvalid`] or
+    /// [`LoadError::UntrustedSigner`] when its `plugin.sig` does not meet the
+    /// policy's `trusted_keys` / `require_signature` (checked before the
+    /// component is compiled).
     ///
     /// # Security
     /// The component's code runs once here (to list its tools) under the same
@@ -523,14 +556,41 @@ impl Host {
         self.plugins.read().get(name).cloned()
     }
 
-    /// Every exposed tool of every plugin, by plugin then tool name (a
-    /// snapshot).
+    /// Every exposed tool of what serves each plugin, by plugin then tool
+    /// name (a snapshot): the serving version of a plugin with a rollout
+    /// (once loaded, see [`prepare_rollouts`](Self::prepare_rollouts)),
+    /// else the plugin loaded from the plugins directory.
     pub fn tools(&self) -> Vec<Arc<Tool>> {
-        self.plugins
-            .read()
+        let rollouts = self.served.rollouts().unwrap_or_default();
+        let mut serving: BTreeMap<String, Arc<Plugin>> = self.plugins.read().clone();
+        for (name, rollout) in rollouts.iter() {
+            match self.served.loaded(name, &rollout.serving) {
+                Some(plugin) => {
+                    serving.insert(name.clone(), plugin);
+                }
+                None => {
+                    serving.remove(name);
+                }
+            }
+        }
+        serving
             .values()
             .flat_map(|plugin| plugin.tools_arc())
             .collect()
+    }
+
+    /// Load every installed version a rollout sends traffic to (so no call
+    /// waits for its compile) and say whether what serves some plugin
+    /// changed since the last time — the tool list may have. `airlock
+    /// serve` runs it with each look at the plugins directory.
+    ///
+    /// # Errors
+    /// [`Error::Store`] when the rollouts cannot be read.
+    pub async fn prepare_rollouts(&self) -> Result<bool> {
+        Ok(self
+            .served
+            .prepare(&self.engine, self.cache.as_ref(), &self.config.policy)
+            .await?)
     }
 
     /// Run one tool call through the pipeline.
@@ -567,8 +627,155 @@ impl Host {
             workspace: &self.workspace,
             mode: &self.mode,
             limiter: &self.limiter,
+            served: &self.served,
+            cache: self.cache.as_ref(),
             origin: &self.config.origin,
             approvals: self.approvals_parts(),
+        }
+    }
+
+    /// The parts of the host release actions use.
+    fn release_parts(&self, plugin: &str) -> ReleaseParts<'_> {
+        ReleaseParts {
+            served: &self.served,
+            engine: &self.engine,
+            cache: self.cache.as_ref(),
+            policy: &self.config.policy,
+            audit: &self.audit,
+            ledger: &self.ledger,
+            dev_plugin: self.plugins.get(plugin),
+        }
+    }
+
+    /// Install `package` as a version of its plugin in the host's store
+    /// (shared by every host on it): checked exactly as a load checks it
+    /// (digest pin, signature against the policy, component, tools,
+    /// grants), stored content-addressed and immutable, recorded in the
+    /// audit log. It serves nothing until a rollout sends traffic to it.
+    /// Installing the same files again does nothing (`new` is `false`).
+    ///
+    /// # Errors
+    /// Every [`LoadError`] of a load; [`Error::Store`] with kind `conflict`
+    /// when that version is installed with other files;
+    /// [`Error::AuditUnavailable`].
+    pub async fn install(&self, package: &crate::Package, by: &str) -> Result<InstallReport> {
+        self.release_parts(package.name())
+            .install(package, by)
+            .await
+    }
+
+    /// Installed versions (of `plugin` only, if given), by plugin, then
+    /// install time.
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    pub fn installed(&self, plugin: Option<&str>) -> Result<Vec<airlock_store::InstalledVersion>> {
+        self.served.releases().versions(plugin).map_err(|e| {
+            Error::Store(crate::error::StoreError::new(
+                crate::error::Store::Plugins,
+                e,
+            ))
+        })
+    }
+
+    /// Every plugin's rollout, as this host serves them (read again at most
+    /// every [`ROLLOUT_REFRESH`](crate::ROLLOUT_REFRESH)).
+    ///
+    /// # Errors
+    /// [`Error::Store`].
+    pub fn rollouts(&self) -> Result<Vec<airlock_store::Rollout>> {
+        Ok(self.served.rollouts()?.values().cloned().collect())
+    }
+
+    /// Send a share of a plugin's callers (all of them at 100 %) to an
+    /// installed version: a canary beside the serving version, sticky by
+    /// principal (or session), or the new serving version. Every host
+    /// sharing the store follows within [`ROLLOUT_REFRESH`](crate::ROLLOUT_REFRESH).
+    /// A version asking for more than the one serving (see
+    /// [`PluginDiff`](crate::PluginDiff)) first needs an approver's
+    /// decision: the change is refused with
+    /// [`ReleaseError::ApprovalRequired`] naming the approval, and asked
+    /// again with it once approved. Recorded in the audit log, including a
+    /// change that lost a race with another operator's.
+    ///
+    /// # Errors
+    /// [`Error::Release`] saying why it was refused; [`Error::Load`] when
+    /// the version does not load here; [`Error::Store`],
+    /// [`Error::AuditUnavailable`].
+    pub async fn set_rollout(&self, request: &RolloutRequest) -> Result<airlock_store::Rollout> {
+        self.release_parts(&request.plugin)
+            .set_rollout(request, &self.config.policy.approvals)
+            .await
+    }
+
+    /// Make a plugin's canary its serving version (the serving one becomes
+    /// what a rollback returns to).
+    ///
+    /// # Errors
+    /// [`ReleaseError::NoCanary`]; as [`set_rollout`](Self::set_rollout).
+    pub async fn promote(
+        &self,
+        plugin: &str,
+        by: &str,
+        reason: Option<&str>,
+    ) -> Result<airlock_store::Rollout> {
+        self.release_parts(plugin).promote(plugin, by, reason).await
+    }
+
+    /// Send all of a plugin's traffic back in one step: stop its canary,
+    /// or, without one, serve the previous version again. Needs no
+    /// approval: the version returned to served before.
+    ///
+    /// # Errors
+    /// [`ReleaseError::NothingToRollBack`]; as [`set_rollout`](Self::set_rollout).
+    pub async fn rollback(
+        &self,
+        plugin: &str,
+        by: &str,
+        reason: Option<&str>,
+    ) -> Result<airlock_store::Rollout> {
+        self.release_parts(plugin)
+            .rollback(plugin, by, reason)
+            .await
+    }
+
+    /// A plugin's rollout and, per version receiving traffic, its calls,
+    /// error rate, p50/p99 wall time and mean fuel since the canary started
+    /// (from the audit log, every host's chain).
+    ///
+    /// # Errors
+    /// [`ReleaseError::NothingServes`]; [`Error::Store`], [`Error::Audit`].
+    pub fn rollout_status(&self, plugin: &str) -> Result<RolloutStatus> {
+        self.release_parts(plugin).status(plugin)
+    }
+
+    /// Installed version `version` of `plugin`, loaded on this host (once;
+    /// later calls share it).
+    ///
+    /// # Errors
+    /// [`ReleaseError::NotInstalled`]; [`Error::Load`]; [`Error::Store`].
+    pub async fn plugin_version(&self, plugin: &str, version: &str) -> Result<Arc<Plugin>> {
+        self.served
+            .load(
+                &self.engine,
+                self.cache.as_ref(),
+                &self.config.policy,
+                plugin,
+                version,
+            )
+            .await
+    }
+
+    /// What serves `plugin` for callers outside any canary: its rollout's
+    /// serving version, else the plugin loaded from the plugins directory.
+    ///
+    /// # Errors
+    /// As [`plugin_version`](Self::plugin_version).
+    pub async fn serving(&self, plugin: &str) -> Result<Option<Arc<Plugin>>> {
+        let rollouts = self.served.rollouts()?;
+        match rollouts.get(plugin) {
+            Some(rollout) => Ok(Some(self.plugin_version(plugin, &rollout.serving).await?)),
+            None => Ok(self.plugins.get(plugin)),
         }
     }
 

@@ -81,6 +81,9 @@ pub struct InspectReport {
     pub manifest: PathBuf,
     /// SHA-256 the manifest pins.
     pub sha256: String,
+    /// Who signed the plugin (`plugin.sig`), when it is signed and the
+    /// signature verifies.
+    pub signer: Option<crate::Signer>,
     /// The component's imports.
     pub imports: Vec<ImportReport>,
     /// The component's exports.
@@ -126,7 +129,10 @@ impl Host {
     pub async fn inspect(&self, dir: impl AsRef<Path>) -> crate::Result<InspectReport> {
         let dir = dir.as_ref();
         let manifest_path = dir.join(MANIFEST_FILE);
-        let manifest = Manifest::load(&manifest_path)?;
+        let manifest_text = std::fs::read_to_string(&manifest_path)
+            .map_err(|e| crate::LoadError::io(&manifest_path, e))?;
+        let manifest = Manifest::parse(&manifest_text, &manifest_path)?;
+        let manifest_digest = hex::encode(Sha256::digest(manifest_text.as_bytes()));
         let component_path = manifest.component_path(dir);
         let bytes = std::fs::read(&component_path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => crate::LoadError::ComponentMissing {
@@ -145,13 +151,44 @@ impl Host {
                 ),
             });
         }
+        let policy = &self.config().policy;
+        let signer =
+            match crate::package::read_signature(dir, &manifest.plugin.name).and_then(|signature| {
+                crate::package::check_signature(
+                    &crate::package::Signed {
+                        name: &manifest.plugin.name,
+                        version: &manifest.plugin.version,
+                        manifest_digest: &manifest_digest,
+                        component_digest: &digest,
+                    },
+                    signature.as_ref(),
+                    policy,
+                )
+            }) {
+                Ok(signer) => signer,
+                Err(e) => {
+                    findings.push(Finding {
+                        severity: Severity::Error,
+                        message: e.to_string(),
+                    });
+                    None
+                }
+            };
+        if let Some(signer) = signer.as_ref().filter(|s| !s.is_trusted()) {
+            findings.push(Finding {
+                severity: Severity::Warning,
+                message: format!(
+                    "signed by {}, which is not among the operator's trusted_keys",
+                    signer.key()
+                ),
+            });
+        }
         let component = self.compile(&digest, &bytes, &component_path)?;
         let engine = component.engine();
         let ty = component.component_type();
         let import_names: Vec<String> = ty.imports(engine).map(|(n, _)| n.to_owned()).collect();
         let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_owned()).collect();
 
-        let policy = &self.config().policy;
         let grant = match grants::effective(&manifest, policy, dir) {
             Ok(grant) => Some(grant),
             Err(e) => {
@@ -320,6 +357,7 @@ impl Host {
             version: manifest.plugin.version.clone(),
             manifest: manifest_path,
             sha256: manifest.plugin.sha256.clone(),
+            signer,
             imports,
             exports,
             capabilities,

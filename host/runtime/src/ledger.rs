@@ -10,8 +10,8 @@
 use serde::{Deserialize, Serialize};
 
 pub(crate) use airlock_store::{
-    Approval, ApprovalState, Claim, EXPIRY, IdempotencyState, KeyRef, Ledger, SweepReport,
-    Transition,
+    Approval, ApprovalKind, ApprovalState, Claim, EXPIRY, IdempotencyState, KeyRef, Ledger,
+    SweepReport, Transition,
 };
 
 /// The ledger's directory inside the data directory (sled).

@@ -72,9 +72,11 @@ mod ledger;
 mod limits;
 mod manifest;
 mod mode;
+mod package;
 mod pipeline;
 mod plugin;
 mod ratelimit;
+mod releases;
 mod schema;
 mod state;
 mod stores;
@@ -87,11 +89,11 @@ pub use airlock_store_postgres::PostgresConfig;
 pub use cache::CacheStatus;
 pub use engine::{DEFAULT_MAX_INSTANCES, InstanceAllocation};
 pub use error::{
-    ApprovalRefusal, CallError, Error, ErrorClass, Identifier, LoadError, Result, SchemaViolation,
-    Store, StoreError, ToolErrorKind, TrapKind,
+    ApprovalRefusal, ArchiveRefusal, CallError, Error, ErrorClass, Identifier, LoadError,
+    ReleaseError, Result, SchemaViolation, Store, StoreError, ToolErrorKind, TrapKind,
 };
 pub use eval::{
-    CASES_FILE, Case, CaseReport, Cases, CasesError, EVAL_PRINCIPAL, EvalReport, Expectation,
+    Case, CaseReport, Cases, CasesError, EVAL_PRINCIPAL, EvalReport, Expectation,
     MAX_CASE_LINE_BYTES, MAX_CASES, MAX_CASES_FILE_BYTES, Mismatch, PointerCheck, PointerTest,
     RecordedCall, RecordedOutcome, ReplayPlan, ReplayReport, ReplaySkips, ReplayedCall, Schema,
 };
@@ -110,9 +112,16 @@ pub use manifest::{
     PluginSection, Requirement, Risk, ToolDeclaration,
 };
 pub use mode::{MODE_FILE, write_mode};
+pub use package::{
+    CASES_FILE, ChangeArea, ChangeKind, Compatibility, Package, PluginChange, PluginDiff,
+    PluginSignature, PublicKey, SIGNATURE_FILE, Signer, generate_signing_key,
+};
 pub use pipeline::{CallRequest, CallResponse};
 pub use plugin::{Plugin, Tool, ToolInfo};
 pub use ratelimit::RateLimitPolicy;
+pub use releases::{
+    InstallReport, ROLLOUT_REFRESH, RolloutRequest, RolloutStatus, VERSIONS_DIR, VersionStats,
+};
 pub use state::{LogLevel, LogLine};
 pub use stores::{StoreConfig, open_audit_read_only, open_mode, open_workspace};
 pub use workspace::WORKSPACE_DIR;

@@ -16,6 +16,7 @@ use crate::error::{LoadError, LoadResult};
 use crate::grants::{self, EffectiveGrant, Policy};
 use crate::limits::Limits;
 use crate::manifest::{MANIFEST_FILE, Manifest, Risk};
+use crate::package::{self, Signed, Signer};
 use crate::pipeline;
 use crate::schema;
 use crate::state::CallState;
@@ -25,7 +26,7 @@ const MAX_TOOLS: usize = 256;
 /// Longest tool description kept.
 const MAX_DESCRIPTION_BYTES: usize = 4096;
 /// Largest component file accepted.
-const MAX_COMPONENT_BYTES: u64 = 512 * 1024 * 1024;
+pub(crate) const MAX_COMPONENT_BYTES: u64 = 512 * 1024 * 1024;
 
 /// A loaded plugin: its manifest, pinned component and exposed tools.
 pub struct Plugin {
@@ -39,6 +40,7 @@ pub struct Plugin {
     cache: CacheStatus,
     grant: EffectiveGrant,
     imports: Vec<String>,
+    signer: Option<Signer>,
     /// Calls of this plugin running at once: `max_concurrency`, or its
     /// share of the host's instance pool when that is smaller.
     pub(crate) slots: tokio::sync::Semaphore,
@@ -131,6 +133,13 @@ impl Plugin {
     /// are never exposed.
     pub fn undeclared_tools(&self) -> &[String] {
         &self.undeclared
+    }
+
+    /// Who signed the plugin (`plugin.sig`): a key of the operator's
+    /// `trusted_keys`, by its name, or an untrusted key when signatures are
+    /// not required. `None`: not signed.
+    pub fn signer(&self) -> Option<&Signer> {
+        self.signer.as_ref()
     }
 }
 
@@ -317,6 +326,18 @@ pub(crate) async fn load(
         path: component_path.clone(),
         reason,
     })?;
+    // Signature before compiling: an untrusted component is not compiled.
+    let signature = package::read_signature(dir, &name)?;
+    let signer = package::check_signature(
+        &Signed {
+            name: &name,
+            version: &manifest.plugin.version,
+            manifest_digest: &manifest_digest,
+            component_digest: &digest,
+        },
+        signature.as_ref(),
+        policy,
+    )?;
 
     let compiled = match cache {
         Some(cache) => cache.load_or_compile(engine, &digest, &bytes),
@@ -387,12 +408,13 @@ pub(crate) async fn load(
         slots_limit,
         grant,
         imports,
+        signer,
         pool_needs,
         pre,
     })
 }
 
-fn read_component(path: &Path) -> LoadResult<Vec<u8>> {
+pub(crate) fn read_component(path: &Path) -> LoadResult<Vec<u8>> {
     let meta = match std::fs::metadata(path) {
         Ok(meta) => meta,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -422,7 +444,7 @@ fn read_component(path: &Path) -> LoadResult<Vec<u8>> {
 
 /// Tell a component from a core module or something else entirely, so the
 /// error says what to do.
-fn check_header(bytes: &[u8]) -> Result<(), String> {
+pub(crate) fn check_header(bytes: &[u8]) -> Result<(), String> {
     if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
         return Err("not a WebAssembly binary (bad magic number)".to_owned());
     }

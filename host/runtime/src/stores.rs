@@ -16,7 +16,9 @@ use std::time::Duration;
 
 use airlock_audit::{AuditConfig, AuditLog, DB_DIR};
 use airlock_store::{MemoryBuckets, Stores};
-use airlock_store_sled::{FileMode, SledAudit, SledAuditOptions, SledLedger, SledWorkspace};
+use airlock_store_sled::{
+    FileMode, FilePlugins, SledAudit, SledAuditOptions, SledLedger, SledWorkspace,
+};
 
 use crate::error::{Error, Result, Store, StoreError};
 use crate::host::AUDIT_DIR;
@@ -129,6 +131,7 @@ pub(crate) fn open(
                 ),
                 limits: Arc::new(MemoryBuckets::default()),
                 mode: Arc::new(FileMode::new(dir)),
+                plugins: Arc::new(FilePlugins::new(dir)),
             };
             Ok((stores, log))
         }

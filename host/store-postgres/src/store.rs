@@ -26,9 +26,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_store::{
-    Approval, ApprovalState, AuditStore, AuditWrite, Bucket, ErrorKind, IdempotencyEntry, KeyEntry,
-    KeyOwner, KeyRef, LedgerStore, Marker, Mode, ModeStore, Quota, Rate, RateLimitStore, Result,
-    StoreError, Usage, Version, Versioned, WorkspaceError, WorkspaceStore,
+    Approval, ApprovalState, AuditStore, AuditWrite, Bucket, ErrorKind, IdempotencyEntry,
+    InstalledVersion, KeyEntry, KeyOwner, KeyRef, LedgerStore, Marker, Mode, ModeStore,
+    PluginStore, Quota, Rate, RateLimitStore, Result, Rollout, StoreError, Usage, Version,
+    Versioned, WorkspaceError, WorkspaceStore,
 };
 use futures_util::future::{join_all, try_join};
 use tokio_postgres::Row;
@@ -1200,6 +1201,195 @@ impl AuditStore for PostgresStore {
     }
 }
 
+// ------------------------------------------------------------------ plugins
+
+impl PluginStore for PostgresStore {
+    fn put_artifact(&self, digest: &str, bytes: &[u8]) -> Result<()> {
+        let digest = text(digest, "artifact digest")?.to_owned();
+        let bytes = bytes.to_vec();
+        self.db.run(|s| {
+            let (digest, bytes) = (digest.clone(), bytes.clone());
+            async move {
+                s.execute(
+                    &format!("storing artifact {digest}"),
+                    "INSERT INTO airlock_artifacts (digest, data) VALUES ($1, $2) \
+                     ON CONFLICT (digest) DO NOTHING",
+                    &[&digest, &bytes],
+                )
+                .await?;
+                Ok(())
+            }
+        })
+    }
+
+    fn artifact(&self, digest: &str) -> Result<Option<Vec<u8>>> {
+        if digest.contains('\0') {
+            return Ok(None);
+        }
+        let digest = digest.to_owned();
+        self.db.run(|s| {
+            let digest = digest.clone();
+            async move {
+                let row = s
+                    .query_opt(
+                        &format!("reading artifact {digest}"),
+                        "SELECT data FROM airlock_artifacts WHERE digest = $1",
+                        &[&digest],
+                    )
+                    .await?;
+                row.map(|r| get::<Vec<u8>>(&r, 0)).transpose()
+            }
+        })
+    }
+
+    fn insert_version(&self, version: &InstalledVersion) -> Result<bool> {
+        let plugin = text(&version.plugin, "plugin name")?.to_owned();
+        let number = text(&version.version, "plugin version")?.to_owned();
+        let body = to_json(version, "installed version")?;
+        self.db.run(|s| {
+            let (plugin, number, body) = (plugin.clone(), number.clone(), body.clone());
+            async move {
+                let n = s
+                    .execute(
+                        &format!("recording {plugin} {number}"),
+                        "INSERT INTO airlock_plugin_versions (plugin, version, body) VALUES ($1, $2, $3) \
+                         ON CONFLICT (plugin, version) DO NOTHING",
+                        &[&plugin, &number, &body],
+                    )
+                    .await?;
+                Ok(n == 1)
+            }
+        })
+    }
+
+    fn version(&self, plugin: &str, version: &str) -> Result<Option<InstalledVersion>> {
+        if plugin.contains('\0') || version.contains('\0') {
+            return Ok(None);
+        }
+        let (plugin, version) = (plugin.to_owned(), version.to_owned());
+        self.db.run(|s| {
+            let (plugin, version) = (plugin.clone(), version.clone());
+            async move {
+                let row = s
+                    .query_opt(
+                        &format!("reading {plugin} {version}"),
+                        "SELECT body FROM airlock_plugin_versions WHERE plugin = $1 AND version = $2",
+                        &[&plugin, &version],
+                    )
+                    .await?;
+                row.map(|r| from_json(get(&r, 0)?, "installed version"))
+                    .transpose()
+            }
+        })
+    }
+
+    fn versions(&self, plugin: Option<&str>) -> Result<Vec<InstalledVersion>> {
+        if plugin.is_some_and(|p| p.contains('\0')) {
+            return Ok(Vec::new());
+        }
+        let plugin = plugin.map(str::to_owned);
+        self.db.run(|s| {
+            let plugin = plugin.clone();
+            async move {
+                let rows = match &plugin {
+                    Some(plugin) => {
+                        s.query(
+                            "listing installed versions",
+                            "SELECT body FROM airlock_plugin_versions WHERE plugin = $1",
+                            &[plugin],
+                        )
+                        .await?
+                    }
+                    None => {
+                        s.query(
+                            "listing installed versions",
+                            "SELECT body FROM airlock_plugin_versions",
+                            &[],
+                        )
+                        .await?
+                    }
+                };
+                rows.iter()
+                    .map(|r| from_json(get(r, 0)?, "installed version"))
+                    .collect()
+            }
+        })
+    }
+
+    fn rollout(&self, plugin: &str) -> Result<Option<Versioned<Rollout>>> {
+        if plugin.contains('\0') {
+            return Ok(None);
+        }
+        let plugin = plugin.to_owned();
+        self.db.run(|s| {
+            let plugin = plugin.clone();
+            async move {
+                let row = s
+                    .query_opt(
+                        &format!("reading the rollout of {plugin}"),
+                        "SELECT version, body FROM airlock_rollouts WHERE plugin = $1",
+                        &[&plugin],
+                    )
+                    .await?;
+                row.map(|r| versioned(&r, "rollout")).transpose()
+            }
+        })
+    }
+
+    fn insert_rollout(&self, rollout: &Rollout) -> Result<bool> {
+        let plugin = text(&rollout.plugin, "plugin name")?.to_owned();
+        let body = to_json(rollout, "rollout")?;
+        let version = new_version()?;
+        self.db.run(|s| {
+            let (plugin, body) = (plugin.clone(), body.clone());
+            async move {
+                let n = s
+                    .execute(
+                        &format!("storing the rollout of {plugin}"),
+                        "INSERT INTO airlock_rollouts (plugin, version, body) VALUES ($1, $2, $3) \
+                         ON CONFLICT (plugin) DO NOTHING",
+                        &[&plugin, &version, &body],
+                    )
+                    .await?;
+                Ok(n == 1)
+            }
+        })
+    }
+
+    fn replace_rollout(&self, current: Version, next: &Rollout) -> Result<bool> {
+        let plugin = text(&next.plugin, "plugin name")?.to_owned();
+        let body = to_json(next, "rollout")?;
+        let current = current.0 as i64;
+        self.db.run(|s| {
+            let (plugin, body) = (plugin.clone(), body.clone());
+            async move {
+                let n = s
+                    .execute(
+                        &format!("changing the rollout of {plugin}"),
+                        "UPDATE airlock_rollouts SET body = $2, version = version + 1 \
+                         WHERE plugin = $1 AND version = $3",
+                        &[&plugin, &body, &current],
+                    )
+                    .await?;
+                Ok(n == 1)
+            }
+        })
+    }
+
+    fn rollouts(&self) -> Result<Vec<Versioned<Rollout>>> {
+        self.db.run(|s| async move {
+            let rows = s
+                .query(
+                    "listing rollouts",
+                    "SELECT version, body FROM airlock_rollouts",
+                    &[],
+                )
+                .await?;
+            rows.iter().map(|r| versioned(r, "rollout")).collect()
+        })
+    }
+}
+
 /// The handle [`crate::open`] wraps into [`airlock_store::Stores`].
 pub(crate) fn stores(store: PostgresStore) -> airlock_store::Stores {
     let description = store.description().to_owned();
@@ -1210,7 +1400,8 @@ pub(crate) fn stores(store: PostgresStore) -> airlock_store::Stores {
         ledger: store.clone(),
         workspace: store.clone(),
         limits: store.clone(),
-        mode: store,
+        mode: store.clone(),
+        plugins: store,
     }
 }
 

@@ -13,9 +13,11 @@ mod audit;
 mod ledger;
 mod mode;
 pub mod open;
+mod plugins;
 mod workspace;
 
 pub use audit::{SledAudit, SledAuditOptions};
 pub use ledger::SledLedger;
 pub use mode::{FileMode, MODE_FILE};
+pub use plugins::{FilePlugins, INSTALLED_DIR};
 pub use workspace::{LAYOUT as WORKSPACE_LAYOUT, SledWorkspace};

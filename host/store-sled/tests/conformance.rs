@@ -9,7 +9,9 @@
 use std::sync::Arc;
 
 use airlock_store::{AuditStore, AuditWrite, ErrorKind, Marker, Stores};
-use airlock_store_sled::{FileMode, SledAudit, SledAuditOptions, SledLedger, SledWorkspace};
+use airlock_store_sled::{
+    FileMode, FilePlugins, SledAudit, SledAuditOptions, SledLedger, SledWorkspace,
+};
 
 fn fresh() -> Stores {
     let dir = tempfile::tempdir().unwrap().keep();
@@ -22,6 +24,7 @@ fn fresh() -> Stores {
         ledger: Arc::new(SledLedger::new(&dir, db.clone()).unwrap()),
         workspace: Arc::new(SledWorkspace::new(&dir, db).unwrap()),
         mode: Arc::new(FileMode::new(&dir)),
+        plugins: Arc::new(FilePlugins::new(&dir)),
         ..Stores::memory()
     }
 }
@@ -119,4 +122,60 @@ fn a_workspace_in_the_old_layout_is_refused() {
     let err = SledWorkspace::new(dir.path(), db).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Incompatible);
     assert!(err.to_string().contains("layout 1"), "{err}");
+}
+
+/// Two handles on one data directory (two processes: `airlock rollout`
+/// beside `airlock serve`) share versions and rollouts, one change winning.
+#[test]
+fn two_handles_on_one_data_directory_share_versions_and_rollouts() {
+    use airlock_store::{
+        Changed, Installed, Releases, Rollout, RolloutAction, RolloutChange, VersionFiles,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let a = Releases::new(Arc::new(FilePlugins::new(dir.path())));
+    let b = Releases::new(Arc::new(FilePlugins::new(dir.path())));
+    let files = VersionFiles {
+        manifest: b"m",
+        component: b"c",
+        component_file: "c.wasm",
+        cases: None,
+        signature: None,
+    };
+    assert!(matches!(
+        a.install("text", "1.0.0", files, None, "ops", 1).unwrap(),
+        Installed::New(_)
+    ));
+    assert!(matches!(
+        b.install("text", "1.0.0", files, None, "ops", 2).unwrap(),
+        Installed::Already(_)
+    ));
+    let rollout = |by: &str| Rollout {
+        plugin: "text".into(),
+        serving: "1.0.0".into(),
+        canary: None,
+        previous: None,
+        change: RolloutChange {
+            id: by.into(),
+            action: RolloutAction::Activate,
+            by: by.into(),
+            reason: None,
+            at_ms: 1,
+            approval_id: None,
+        },
+    };
+    assert!(matches!(
+        a.change(None, rollout("a")).unwrap(),
+        Changed::Done(_)
+    ));
+    let seen = b.rollout("text").unwrap().unwrap();
+    assert!(matches!(
+        b.change(Some(&seen), rollout("b")).unwrap(),
+        Changed::Done(_)
+    ));
+    assert!(
+        matches!(a.change(Some(&seen), rollout("a2")).unwrap(), Changed::Lost(Some(ref r)) if r.change.by == "b")
+    );
+    // Hostile names never become paths.
+    assert!(a.version("../etc", "1").unwrap().is_none());
+    assert!(b.store().version("text", "../../x").is_err());
 }

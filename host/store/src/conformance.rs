@@ -15,8 +15,9 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::{
-    Approval, ApprovalState, AuditWrite, Claim, ErrorKind, IdempotencyState, KeyOwner, KeyRef,
-    Ledger, Marker, Mode, Quota, Rate, Stores, Transition, Usage, Workspace, WorkspaceError,
+    Approval, ApprovalState, AuditWrite, Changed, Claim, ErrorKind, IdempotencyState, Installed,
+    KeyOwner, KeyRef, Ledger, Marker, Mode, Quota, Rate, Releases, Rollout, RolloutAction,
+    RolloutChange, Stores, Transition, Usage, VersionFiles, Workspace, WorkspaceError,
 };
 
 /// Generate one `#[test]` per check, for a backend.
@@ -54,6 +55,8 @@ macro_rules! conformance_tests {
             the_mode_is_seen_by_every_host,
             audit_chains_are_gap_free_and_never_fork,
             audit_markers_follow_their_records,
+            installed_versions_never_change,
+            racing_rollout_changes_have_one_winner,
         );
     };
     (@each $fresh:expr, $peer:expr; $($check:ident),* $(,)?) => {
@@ -76,6 +79,7 @@ const DAY: Duration = Duration::from_secs(86_400);
 fn approval(id: &str, principal: &str, created_ms: u64, expires_ms: u64) -> Approval {
     Approval {
         id: id.to_owned(),
+        kind: crate::ApprovalKind::Call,
         state: ApprovalState::Pending,
         plugin: "billing".into(),
         component_digest: "sha256:00".into(),
@@ -764,6 +768,136 @@ pub fn audit_chains_of_origins_are_separate(fresh: Fresh, peer: Peer) {
     let mut origins = a.audit.origins().expect("origins");
     origins.sort();
     assert_eq!(origins, ["host-a", "host-b"]);
+}
+
+fn files<'a>(manifest: &'a [u8], component: &'a [u8]) -> VersionFiles<'a> {
+    VersionFiles {
+        manifest,
+        component,
+        component_file: "text.wasm",
+        cases: None,
+        signature: None,
+    }
+}
+
+/// A version is installed once, seen by every host with its files; the
+/// same files again are a no-op, other files under its version a conflict.
+pub fn installed_versions_never_change(fresh: Fresh, peer: Peer) {
+    let a = fresh();
+    let b = peer(&a);
+    let (ra, rb) = (Releases::new(a.plugins), Releases::new(b.plugins));
+    let first = match ra
+        .install(
+            "text",
+            "1.0.0",
+            files(b"manifest", b"component one"),
+            None,
+            "ops",
+            1,
+        )
+        .expect("install")
+    {
+        Installed::New(v) => v,
+        other => panic!("first install: {other:?}"),
+    };
+    assert_eq!(
+        rb.version("text", "1.0.0").expect("read"),
+        Some(first.clone()),
+        "another host sees the installed version"
+    );
+    assert_eq!(
+        rb.artifact(&first.component_digest).expect("artifact"),
+        b"component one",
+        "another host reads the component"
+    );
+    assert!(matches!(
+        rb.install("text", "1.0.0", files(b"manifest", b"component one"), None, "ops2", 2)
+            .expect("reinstall"),
+        Installed::Already(ref v) if *v == first
+    ));
+    let err = rb
+        .install(
+            "text",
+            "1.0.0",
+            files(b"manifest", b"component two"),
+            None,
+            "ops",
+            3,
+        )
+        .expect_err("other files under a taken version");
+    assert_eq!(err.kind(), ErrorKind::Conflict);
+    ra.install(
+        "text",
+        "2.0.0",
+        files(b"manifest 2", b"component two"),
+        None,
+        "ops",
+        4,
+    )
+    .expect("second version");
+    let versions: Vec<String> = rb
+        .versions(Some("text"))
+        .expect("list")
+        .into_iter()
+        .map(|v| v.version)
+        .collect();
+    assert_eq!(versions, ["1.0.0", "2.0.0"], "versions side by side");
+    assert!(rb.version("text", "3.0.0").expect("read").is_none());
+    assert!(
+        rb.artifact(&"0".repeat(64)).is_err(),
+        "a missing artifact is an error"
+    );
+}
+
+fn rollout(serving: &str, by: &str) -> Rollout {
+    Rollout {
+        plugin: "text".into(),
+        serving: serving.into(),
+        canary: None,
+        previous: None,
+        change: RolloutChange {
+            id: format!("change-{by}"),
+            action: RolloutAction::Activate,
+            by: by.into(),
+            reason: None,
+            at_ms: 1,
+            approval_id: None,
+        },
+    }
+}
+
+/// Two operators changing one rollout at once from two hosts: one wins,
+/// the other is told what is there now.
+pub fn racing_rollout_changes_have_one_winner(fresh: Fresh, peer: Peer) {
+    let a = fresh();
+    let b = peer(&a);
+    let (ra, rb) = (Releases::new(a.plugins), Releases::new(b.plugins));
+    assert!(matches!(
+        ra.change(None, rollout("1.0.0", "first")).expect("first"),
+        Changed::Done(_)
+    ));
+    assert!(
+        matches!(rb.change(None, rollout("1.0.0", "late")).expect("late"), Changed::Lost(Some(ref r)) if r.change.by == "first"),
+        "a second first rollout loses"
+    );
+    for round in 0..5 {
+        let current = ra.rollout("text").expect("read").expect("some");
+        let stores = [ra.clone(), rb.clone()];
+        let current = Arc::new(current);
+        let won = threads(8, move |i| {
+            let next = rollout(&format!("{round}.{i}"), &format!("op-{i}"));
+            matches!(
+                stores[i % 2].change(Some(&current), next).expect("change"),
+                Changed::Done(_)
+            )
+        });
+        assert_eq!(
+            won.iter().filter(|w| **w).count(),
+            1,
+            "round {round}: exactly one of eight racing changes wins"
+        );
+    }
+    assert_eq!(rb.rollouts().expect("list").len(), 1);
 }
 
 #[cfg(test)]

@@ -80,11 +80,38 @@ impl ApprovalState {
     }
 }
 
-/// A request for a human decision on exactly one call.
+/// What an approval decides on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApprovalKind {
+    /// One tool call.
+    #[default]
+    Call,
+    /// Activating a plugin version whose grant or risk is wider than the
+    /// one it replaces (`args` says what widens; `component_digest` is the
+    /// new version's).
+    PluginUpgrade,
+}
+
+impl ApprovalKind {
+    /// The snake_case name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApprovalKind::Call => "call",
+            ApprovalKind::PluginUpgrade => "plugin_upgrade",
+        }
+    }
+}
+
+/// A request for a human decision on exactly one call (or one plugin
+/// upgrade, see [`ApprovalKind`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Approval {
     /// Its id.
     pub id: String,
+    /// What it decides on (absent in records of before: a call).
+    #[serde(default)]
+    pub kind: ApprovalKind,
     /// Where it is in its lifecycle.
     pub state: ApprovalState,
     /// Plugin name.

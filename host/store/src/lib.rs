@@ -13,6 +13,7 @@
 //! | [`WorkspaceStore`] | plugin keys and blobs, usage updated with each write | quotas hold across hosts |
 //! | [`RateLimitStore`] | token buckets | every host draws from the same bucket |
 //! | [`ModeStore`] | normal or read-only | one switch flips every host |
+//! | [`PluginStore`] | installed plugin versions (files by digest) and rollouts | one set of versions, one rollout per plugin |
 //!
 //! The crate knows no engine and no database: backends implement the
 //! traits, and [`Ledger`] and [`Workspace`] write the state machines and
@@ -48,6 +49,7 @@ mod ledger;
 mod limits;
 mod memory;
 mod mode;
+mod plugins;
 mod workspace;
 
 use std::sync::Arc;
@@ -55,12 +57,17 @@ use std::sync::Arc;
 pub use audit::{AuditStore, AuditWrite, Marker};
 pub use error::{ErrorKind, Result, StoreError};
 pub use ledger::{
-    Approval, ApprovalState, Claim, EXPIRY, IdempotencyEntry, IdempotencyState, KeyRef, Ledger,
-    LedgerStore, SweepReport, Transition, Version, Versioned,
+    Approval, ApprovalKind, ApprovalState, Claim, EXPIRY, IdempotencyEntry, IdempotencyState,
+    KeyRef, Ledger, LedgerStore, SweepReport, Transition, Version, Versioned,
 };
 pub use limits::{Bucket, MemoryBuckets, Rate, RateLimitStore};
 pub use memory::MemoryStore;
 pub use mode::{Mode, ModeStore};
+pub use plugins::{
+    Canary, Changed, Installed, InstalledVersion, MAX_PLUGIN_NAME_BYTES, MAX_VERSION_BYTES,
+    PluginStore, Releases, Rollout, RolloutAction, RolloutChange, Sticky, VersionFiles,
+    canary_bucket, check_digest, check_plugin_name, check_version, digest_of,
+};
 pub use workspace::{
     BLOB_REF_PREFIX, KeyEntry, KeyOwner, KeyScope, MAX_KEY_BYTES, MAX_LIST, MAX_SESSION_BYTES,
     MAX_VALUE_BYTES, Quota, Usage, Workspace, WorkspaceError, WorkspaceStore, blob_ref,
@@ -83,6 +90,8 @@ pub struct Stores {
     pub limits: Arc<dyn RateLimitStore>,
     /// The host mode.
     pub mode: Arc<dyn ModeStore>,
+    /// Installed plugin versions and their rollouts.
+    pub plugins: Arc<dyn PluginStore>,
 }
 
 impl Stores {
@@ -95,7 +104,8 @@ impl Stores {
             ledger: store.clone(),
             workspace: store.clone(),
             limits: Arc::new(MemoryBuckets::default()),
-            mode: store,
+            mode: store.clone(),
+            plugins: store,
         }
     }
 }

@@ -11,6 +11,7 @@ use crate::ledger::{
     Approval, ApprovalState, IdempotencyEntry, KeyRef, LedgerStore, Version, Versioned,
 };
 use crate::mode::{Mode, ModeStore};
+use crate::plugins::{InstalledVersion, PluginStore, Rollout};
 use crate::workspace::{KeyEntry, KeyOwner, Quota, Usage, WorkspaceError, WorkspaceStore};
 
 /// Every store of the seam in memory.
@@ -30,6 +31,9 @@ struct State {
     usage: BTreeMap<String, Usage>,
     chains: BTreeMap<String, Chain>,
     mode: Option<Mode>,
+    artifacts: HashMap<String, Vec<u8>>,
+    versions: BTreeMap<(String, String), InstalledVersion>,
+    rollouts: BTreeMap<String, (Rollout, u64)>,
 }
 
 #[derive(Debug, Default)]
@@ -450,5 +454,89 @@ impl ModeStore for MemoryStore {
     fn set(&self, mode: &Mode) -> Result<()> {
         self.lock().mode = Some(mode.clone());
         Ok(())
+    }
+}
+
+impl PluginStore for MemoryStore {
+    fn put_artifact(&self, digest: &str, bytes: &[u8]) -> Result<()> {
+        self.lock()
+            .artifacts
+            .entry(digest.to_owned())
+            .or_insert_with(|| bytes.to_vec());
+        Ok(())
+    }
+
+    fn artifact(&self, digest: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.lock().artifacts.get(digest).cloned())
+    }
+
+    fn insert_version(&self, version: &InstalledVersion) -> Result<bool> {
+        let mut s = self.lock();
+        let key = (version.plugin.clone(), version.version.clone());
+        if s.versions.contains_key(&key) {
+            return Ok(false);
+        }
+        s.versions.insert(key, version.clone());
+        Ok(true)
+    }
+
+    fn version(&self, plugin: &str, version: &str) -> Result<Option<InstalledVersion>> {
+        Ok(self
+            .lock()
+            .versions
+            .get(&(plugin.to_owned(), version.to_owned()))
+            .cloned())
+    }
+
+    fn versions(&self, plugin: Option<&str>) -> Result<Vec<InstalledVersion>> {
+        Ok(self
+            .lock()
+            .versions
+            .values()
+            .filter(|v| plugin.is_none_or(|p| v.plugin == p))
+            .cloned()
+            .collect())
+    }
+
+    fn rollout(&self, plugin: &str) -> Result<Option<Versioned<Rollout>>> {
+        Ok(self.lock().rollouts.get(plugin).map(|(r, v)| Versioned {
+            value: r.clone(),
+            version: Version(*v),
+        }))
+    }
+
+    fn insert_rollout(&self, rollout: &Rollout) -> Result<bool> {
+        let mut s = self.lock();
+        if s.rollouts.contains_key(&rollout.plugin) {
+            return Ok(false);
+        }
+        let v = s.version();
+        s.rollouts
+            .insert(rollout.plugin.clone(), (rollout.clone(), v));
+        Ok(true)
+    }
+
+    fn replace_rollout(&self, current: Version, next: &Rollout) -> Result<bool> {
+        let mut s = self.lock();
+        match s.rollouts.get(&next.plugin) {
+            Some((_, v)) if *v == current.0 => {
+                let v = s.version();
+                s.rollouts.insert(next.plugin.clone(), (next.clone(), v));
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    fn rollouts(&self) -> Result<Vec<Versioned<Rollout>>> {
+        Ok(self
+            .lock()
+            .rollouts
+            .values()
+            .map(|(r, v)| Versioned {
+                value: r.clone(),
+                version: Version(*v),
+            })
+            .collect())
     }
 }

@@ -14,15 +14,13 @@ use regex::Regex;
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
 
-/// The file a plugin's cases ship in, beside its `plugin.toml`.
-pub const CASES_FILE: &str = "cases.jsonl";
 /// Longest line of a cases file, bytes (room for arguments at the host's
 /// default argument cap).
 pub const MAX_CASE_LINE_BYTES: usize = 2 * 1024 * 1024;
 /// Most cases in one file.
 pub const MAX_CASES: usize = 1000;
-/// Largest cases file, bytes.
-pub const MAX_CASES_FILE_BYTES: u64 = 16 * 1024 * 1024;
+/// Largest cases file, bytes (as a package holds it).
+pub const MAX_CASES_FILE_BYTES: u64 = 4 * 1024 * 1024;
 /// Longest case name, bytes.
 const MAX_NAME_BYTES: usize = 128;
 /// Longest `matches` pattern, bytes.
@@ -81,6 +79,8 @@ const ERROR_KINDS: &[&str] = &[
     "ledger_unavailable",
     "workspace",
     "store_unavailable",
+    "version_taken",
+    "invalid_version",
 ];
 
 /// A cases file that cannot be used.
@@ -921,7 +921,7 @@ mod tests {
     #[test]
     fn a_file_that_is_not_utf8_names_its_line() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join(CASES_FILE);
+        let path = dir.path().join(crate::package::CASES_FILE);
         std::fs::write(
             &path,
             b"{\"name\":\"a\",\"tool\":\"t\"}\n{\"name\":\"\xff\"}\n",

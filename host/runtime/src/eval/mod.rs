@@ -48,8 +48,8 @@ use crate::plugin::Plugin;
 use crate::workspace::Workspace;
 
 pub use cases::{
-    CASES_FILE, Case, Cases, CasesError, Expectation, MAX_CASE_LINE_BYTES, MAX_CASES,
-    MAX_CASES_FILE_BYTES, Mismatch, PointerCheck, PointerTest, Schema,
+    Case, Cases, CasesError, Expectation, MAX_CASE_LINE_BYTES, MAX_CASES, MAX_CASES_FILE_BYTES,
+    Mismatch, PointerCheck, PointerTest, Schema,
 };
 pub use replay::{
     RecordedCall, RecordedOutcome, ReplayPlan, ReplayReport, ReplaySkips, ReplayedCall,

@@ -314,6 +314,14 @@ pub struct Policy {
     /// counted as dropped.
     #[serde(default)]
     pub log_max_lines: Option<u64>,
+    /// Keys whose plugin signatures the operator trusts, by the name shown
+    /// as the signer (`alice = "ed25519:BASE64"`).
+    #[serde(default)]
+    pub trusted_keys: BTreeMap<String, crate::package::PublicKey>,
+    /// Refuse plugins that are not signed by a key in `trusted_keys`. A
+    /// present signature is checked either way: a bad one always refuses.
+    #[serde(default)]
+    pub require_signature: bool,
 }
 
 impl Policy {
@@ -349,6 +357,7 @@ impl Policy {
                 });
             }
         }
+        crate::package::check_trust_policy(self).map_err(|message| Error::Config { message })?;
         self.rate_limits
             .validate()
             .map_err(|message| Error::Config { message })

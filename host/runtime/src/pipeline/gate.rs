@@ -11,7 +11,8 @@ use crate::approvals::expiry_reason;
 use crate::audit::CallRecord;
 use crate::error::{ApprovalRefusal, CallError, CallResult, Store, StoreError};
 use crate::ledger::{
-    Approval, ApprovalState, Claim, EXPIRY, IdempotencyState, KeyRef, Ledger, Transition,
+    Approval, ApprovalKind, ApprovalState, Claim, EXPIRY, IdempotencyState, KeyRef, Ledger,
+    Transition,
 };
 use crate::manifest::Risk;
 use crate::mode::now_ms;
@@ -234,6 +235,7 @@ impl<'h> Pipeline<'h> {
                             .clone()
                             .unwrap_or_else(|| call_id.to_owned()),
                         tool: tool.id(),
+                        plugin_version: plugin.version().to_owned(),
                         output,
                         logs: Vec::new(),
                         logs_dropped: 0,
@@ -298,6 +300,7 @@ impl<'h> Pipeline<'h> {
                 let approval = Approval {
                     id: format!("apr-{}", uuid::Uuid::now_v7()),
                     state: ApprovalState::Pending,
+                    kind: ApprovalKind::Call,
                     plugin: plugin.name().to_owned(),
                     component_digest: plugin.digest().to_owned(),
                     tool: tool.name().to_owned(),
@@ -419,6 +422,9 @@ fn check_binding(
             why: ApprovalRefusal::Mismatch,
         })
     };
+    if approval.kind != ApprovalKind::Call {
+        return mismatch(&format!("a {}, not a call", approval.kind.as_str()));
+    }
     if approval.plugin != plugin.name() || approval.tool != tool.name() {
         return mismatch(&format!("{}/{}", approval.plugin, approval.tool));
     }

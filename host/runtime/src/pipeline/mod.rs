@@ -6,7 +6,7 @@
 //! | step | what | where |
 //! |------|------|-------|
 //! | 0 | check the caller's identifiers, before any is recorded | [`Pipeline::check_identifiers`] (here), `identifiers::check` |
-//! | 1 | resolve `plugin/tool` to a loaded plugin and an exposed tool | [`Pipeline::resolve`] (here) |
+//! | 1 | resolve `plugin/tool` to the version its rollout gives the caller (or the plugins directory's plugin) and an exposed tool | [`Pipeline::resolve`] (here), `releases.rs` |
 //! | 2 | admit: the host's mode, rate limits | [`Pipeline::admit`] (`gate.rs`) |
 //! | 3 | validate the arguments: size cap, JSON, object, input schema | [`validate_arguments`] (here) |
 //! | 4 | claim the idempotency key, or replay the first outcome | [`Pipeline::claim_key`] (`gate.rs`) |
@@ -33,6 +33,7 @@ use serde_json::Value;
 use crate::approvals::Approvals;
 use crate::audit::CallRecord;
 use crate::bindings::exports::airlock::plugin::tools::CallContext;
+use crate::cache::CompiledCache;
 use crate::engine::SharedEngine;
 use crate::error::{CallError, CallResult};
 use crate::grants::WorkspaceScope;
@@ -43,6 +44,7 @@ use crate::manifest::FileAccess;
 use crate::mode::ModeWatch;
 use crate::plugin::{Plugin, Tool};
 use crate::ratelimit::Limiter;
+use crate::releases::Served;
 use crate::schema;
 use crate::workspace::Workspace;
 
@@ -60,6 +62,10 @@ pub(crate) struct Pipeline<'h> {
     pub(crate) workspace: &'h Workspace,
     pub(crate) mode: &'h ModeWatch,
     pub(crate) limiter: &'h Limiter,
+    /// Installed versions and rollouts.
+    pub(crate) served: &'h Served,
+    /// Compiled components, for versions loaded on first use.
+    pub(crate) cache: Option<&'h CompiledCache>,
     /// This host's name in shared stores (its audit chain, its calls'
     /// idempotency claims).
     pub(crate) origin: &'h str,
@@ -76,7 +82,7 @@ impl<'h> Pipeline<'h> {
         let mut record = self.check_identifiers(&request, &call_id).await?;
         // 1. Resolve. The plugin is held (an `Arc`) until the call's
         // outcome, even if it is unloaded meanwhile.
-        let (held_plugin, held_tool) = match self.resolve(&request.tool) {
+        let (held_plugin, held_tool) = match self.resolve(&request).await {
             Ok(found) => found,
             Err(error) => {
                 record.arguments(&request.arguments, None);
@@ -202,19 +208,51 @@ impl<'h> Pipeline<'h> {
     }
 
     /// Step 1: resolve `plugin/tool` to a loaded plugin and an exposed tool.
-    fn resolve(&self, reference: &str) -> CallResult<(Arc<Plugin>, Arc<Tool>)> {
+    /// With a rollout for the plugin, the version its rollout gives this
+    /// caller (loaded on first use); without one, the plugin loaded from
+    /// the plugins directory.
+    async fn resolve(&self, request: &CallRequest) -> CallResult<(Arc<Plugin>, Arc<Tool>)> {
+        let reference = request.tool.as_str();
         let (plugin_name, tool_name) =
             reference
                 .split_once('/')
                 .ok_or_else(|| CallError::BadToolReference {
                     reference: reference.to_owned(),
                 })?;
-        let plugin = self
-            .plugins
-            .get(plugin_name)
-            .ok_or_else(|| CallError::UnknownPlugin {
-                plugin: plugin_name.to_owned(),
-            })?;
+        let rollouts = self.served.rollouts()?;
+        let routed = Served::route(
+            &rollouts,
+            plugin_name,
+            &request.principal,
+            request.session.as_deref(),
+        );
+        let plugin = match routed {
+            Some(version) => self
+                .served
+                .load(
+                    self.engine,
+                    self.cache,
+                    &self.config.policy,
+                    plugin_name,
+                    version,
+                )
+                .await
+                .map_err(|e| match e {
+                    crate::Error::Store(e) => CallError::Store(e),
+                    other => CallError::Config {
+                        message: format!(
+                            "{plugin_name} {version}, which its rollout serves, cannot be loaded: {}",
+                            crate::error::chain(&other)
+                        ),
+                    },
+                })?,
+            None => self
+                .plugins
+                .get(plugin_name)
+                .ok_or_else(|| CallError::UnknownPlugin {
+                    plugin: plugin_name.to_owned(),
+                })?,
+        };
         let tool = plugin
             .tool(tool_name)
             .cloned()

@@ -119,6 +119,9 @@ pub struct CallResponse {
     pub trace_id: String,
     /// `plugin/tool`.
     pub tool: String,
+    /// The version of the plugin the call was routed to (with a canary,
+    /// the one this caller's share of the rollout gives them).
+    pub plugin_version: String,
     /// The tool's result.
     pub output: Value,
     /// Lines the guest logged (bounded).

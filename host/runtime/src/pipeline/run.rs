@@ -230,6 +230,7 @@ async fn run_tool_inner(
         call_id,
         trace_id,
         tool: tool_id,
+        plugin_version: plugin.version().to_owned(),
         output,
         logs: state.log.lines,
         logs_dropped: state.log.dropped,

@@ -1,0 +1,517 @@
+//! Plugin signatures: who vouches for a manifest and its component.
+//!
+//! A signature is Ed25519 over a domain-separated message naming the
+//! plugin, its version, the SHA-256 of the manifest's bytes and the SHA-256
+//! of the component ([`signed_message`]). It lives beside the manifest in
+//! `plugin.sig`:
+//!
+//! ```toml
+//! key = "ed25519:BASE64 of the 32-byte public key"
+//! signature = "BASE64 of the 64-byte signature"
+//! ```
+//!
+//! Trust is the operator's (`[policy] trusted_keys`, `require_signature`);
+//! [`check`] applies it, in this order:
+//! 1. no signature: refused ([`LoadError::Unsigned`]) when the policy
+//!    requires one, else loaded unsigned;
+//! 2. a signature file that does not parse, or a signature that does not
+//!    verify over these bytes: always refused
+//!    ([`LoadError::SignatureInvalid`]), required or not;
+//! 3. a valid signature by a key outside `trusted_keys`: refused
+//!    ([`LoadError::UntrustedSigner`]) when the policy requires a
+//!    signature, else loaded with the signer shown as untrusted;
+//! 4. a valid signature by a trusted key: loaded, the signer named.
+//!
+//! # Security
+//! The manifest digest is over its exact bytes, so a signature fixes the
+//! whole manifest (grants, limits, tools, and the component pin) as well as
+//! the component. Verification is `verify_strict` (no malleable or
+//! small-order keys). The signature file is read with a size cap.
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use ed25519_dalek::{Signature, Signer as _, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{LoadError, LoadResult};
+use crate::grants::Policy;
+
+/// File name of a plugin's signature, beside its manifest.
+pub const SIGNATURE_FILE: &str = "plugin.sig";
+
+/// Largest signature file accepted, in bytes (a real one is ~150).
+pub(crate) const MAX_SIGNATURE_BYTES: u64 = 4 * 1024;
+
+/// What the message starts with, so a plugin signature can never be taken
+/// for any other Ed25519 signature (an audit checkpoint's, say).
+const SIGNATURE_DOMAIN: &[u8] = b"airlock plugin signature v1\0";
+
+/// The prefix of a public key's text form.
+const KEY_PREFIX: &str = "ed25519:";
+
+/// An Ed25519 public key that signs plugins, written `ed25519:BASE64` (the
+/// base64 of its 32 bytes) in `trusted_keys` and in `plugin.sig`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct PublicKey(VerifyingKey);
+
+impl PublicKey {
+    /// The key's 32 bytes.
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        self.0.as_bytes()
+    }
+}
+
+impl From<VerifyingKey> for PublicKey {
+    fn from(key: VerifyingKey) -> PublicKey {
+        PublicKey(key)
+    }
+}
+
+impl fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{KEY_PREFIX}{}", BASE64.encode(self.0.as_bytes()))
+    }
+}
+
+impl fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PublicKey({self})")
+    }
+}
+
+impl FromStr for PublicKey {
+    type Err = String;
+
+    /// Parse `ed25519:BASE64`.
+    fn from_str(text: &str) -> Result<PublicKey, String> {
+        let shown = airlock_audit::text::prefix(text, 80);
+        let Some(encoded) = text.strip_prefix(KEY_PREFIX) else {
+            return Err(format!(
+                "{shown:?} is not a public key: write `ed25519:` and the base64 of its 32 bytes (`airlock plugins keygen` prints it)"
+            ));
+        };
+        let bytes = BASE64.decode(encoded).map_err(|_| {
+            format!("{shown:?} is not a public key: the part after `ed25519:` is not base64")
+        })?;
+        let bytes: [u8; 32] = bytes.as_slice().try_into().map_err(|_| {
+            format!(
+                "{shown:?} is not a public key: {} bytes where an Ed25519 key has 32",
+                bytes.len()
+            )
+        })?;
+        let key = VerifyingKey::from_bytes(&bytes)
+            .map_err(|_| format!("{shown:?} is not a valid Ed25519 public key"))?;
+        if key.is_weak() {
+            return Err(format!("{shown:?} is a weak (small-order) Ed25519 key"));
+        }
+        Ok(PublicKey(key))
+    }
+}
+
+impl Serialize for PublicKey {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for PublicKey {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<PublicKey, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// Who signed a loaded plugin: a key the operator trusts (by the name
+/// `trusted_keys` gives it), or a key it does not (only possible when
+/// signatures are not required).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Signer {
+    key: PublicKey,
+    name: Option<String>,
+    trusted: bool,
+}
+
+impl Signer {
+    /// The signing key.
+    pub fn key(&self) -> &PublicKey {
+        &self.key
+    }
+
+    /// The operator's name for the key (`trusted_keys`); `None` when the
+    /// key is not trusted.
+    pub fn name(&self) -> Option<&str> {
+        self.name.as_deref()
+    }
+
+    /// Whether the key is among the operator's `trusted_keys`.
+    pub fn is_trusted(&self) -> bool {
+        self.trusted
+    }
+}
+
+impl fmt::Display for Signer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.name {
+            Some(name) => write!(f, "{name} ({})", self.key),
+            None => write!(f, "untrusted key {}", self.key),
+        }
+    }
+}
+
+/// A parsed `plugin.sig`: the key that signed and the signature. Whether it
+/// verifies, and whether the key is trusted, is [`check`]'s business.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginSignature {
+    key: PublicKey,
+    signature: Signature,
+}
+
+/// The file's fields, as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SignatureFile {
+    key: String,
+    signature: String,
+}
+
+impl PluginSignature {
+    /// The key that made the signature.
+    pub fn key(&self) -> &PublicKey {
+        &self.key
+    }
+
+    /// Parse the text of a `plugin.sig`.
+    ///
+    /// # Errors
+    /// A message saying what is wrong (for [`LoadError::SignatureInvalid`]).
+    pub(crate) fn parse(text: &str) -> Result<PluginSignature, String> {
+        let file: SignatureFile = toml::from_str(text)
+            .map_err(|e| format!("{SIGNATURE_FILE} is garbled: {}", e.message()))?;
+        let key = file
+            .key
+            .parse()
+            .map_err(|e| format!("{SIGNATURE_FILE}: key {e}"))?;
+        let bytes = BASE64
+            .decode(file.signature.trim())
+            .map_err(|_| format!("{SIGNATURE_FILE}: signature is not base64"))?;
+        let signature = Signature::from_slice(&bytes).map_err(|_| {
+            format!(
+                "{SIGNATURE_FILE}: signature is {} bytes where an Ed25519 signature has 64",
+                bytes.len()
+            )
+        })?;
+        Ok(PluginSignature { key, signature })
+    }
+
+    /// The file's text.
+    pub(crate) fn to_text(&self) -> String {
+        format!(
+            "# Airlock plugin signature (airlock plugins sign): Ed25519 over the plugin's\n# name, version, manifest sha256 and component sha256.\nkey = \"{}\"\nsignature = \"{}\"\n",
+            self.key,
+            BASE64.encode(self.signature.to_bytes())
+        )
+    }
+
+    /// Sign `what` with `key`.
+    pub(crate) fn sign(what: &Signed<'_>, key: &SigningKey) -> PluginSignature {
+        PluginSignature {
+            key: PublicKey(key.verifying_key()),
+            signature: key.sign(&signed_message(what)),
+        }
+    }
+}
+
+/// What a signature covers.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Signed<'a> {
+    /// Plugin name.
+    pub(crate) name: &'a str,
+    /// Plugin version.
+    pub(crate) version: &'a str,
+    /// Hex SHA-256 of the manifest's bytes.
+    pub(crate) manifest_digest: &'a str,
+    /// Hex SHA-256 of the component.
+    pub(crate) component_digest: &'a str,
+}
+
+/// The signed message: the domain, then each field as its length (8 bytes,
+/// big-endian) and its bytes, so no two different field lists make the same
+/// message.
+fn signed_message(what: &Signed<'_>) -> Vec<u8> {
+    let mut message = SIGNATURE_DOMAIN.to_vec();
+    for field in [
+        what.name,
+        what.version,
+        what.manifest_digest,
+        what.component_digest,
+    ] {
+        message.extend_from_slice(&(field.len() as u64).to_be_bytes());
+        message.extend_from_slice(field.as_bytes());
+    }
+    message
+}
+
+/// Read the `plugin.sig` in `dir`, if there is one.
+///
+/// # Errors
+/// [`LoadError::SignatureInvalid`] when it is not a regular file, too
+/// large, not UTF-8 or garbled; [`LoadError::Io`] when it cannot be read.
+pub(crate) fn read(dir: &Path, plugin: &str) -> LoadResult<Option<PluginSignature>> {
+    let path = dir.join(SIGNATURE_FILE);
+    let invalid = |reason: String| LoadError::SignatureInvalid {
+        plugin: plugin.to_owned(),
+        reason,
+    };
+    let meta = match std::fs::symlink_metadata(&path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(LoadError::io(&path, e)),
+    };
+    if !meta.is_file() {
+        return Err(invalid(format!("{SIGNATURE_FILE} is not a regular file")));
+    }
+    if meta.len() > MAX_SIGNATURE_BYTES {
+        return Err(invalid(format!(
+            "{SIGNATURE_FILE} is {} bytes, more than the limit of {MAX_SIGNATURE_BYTES}",
+            meta.len()
+        )));
+    }
+    let bytes = std::fs::read(&path).map_err(|e| LoadError::io(&path, e))?;
+    parse_bytes(&bytes, plugin).map(Some)
+}
+
+/// Parse the bytes of a `plugin.sig` (from a directory or an archive).
+pub(crate) fn parse_bytes(bytes: &[u8], plugin: &str) -> LoadResult<PluginSignature> {
+    let invalid = |reason: String| LoadError::SignatureInvalid {
+        plugin: plugin.to_owned(),
+        reason,
+    };
+    let text = std::str::from_utf8(bytes)
+        .map_err(|_| invalid(format!("{SIGNATURE_FILE} is not UTF-8 text")))?;
+    PluginSignature::parse(text).map_err(invalid)
+}
+
+/// Apply the operator's trust rules (see the module documentation) to a
+/// plugin's signature.
+///
+/// # Errors
+/// [`LoadError::Unsigned`], [`LoadError::SignatureInvalid`] or
+/// [`LoadError::UntrustedSigner`], as the rules say.
+pub(crate) fn check(
+    what: &Signed<'_>,
+    signature: Option<&PluginSignature>,
+    policy: &Policy,
+) -> LoadResult<Option<Signer>> {
+    let Some(signature) = signature else {
+        if policy.require_signature {
+            return Err(LoadError::Unsigned {
+                plugin: what.name.to_owned(),
+            });
+        }
+        return Ok(None);
+    };
+    signature
+        .key
+        .0
+        .verify_strict(&signed_message(what), &signature.signature)
+        .map_err(|_| LoadError::SignatureInvalid {
+            plugin: what.name.to_owned(),
+            reason: format!(
+                "the signature by {} is not over this manifest and component (one of them changed after signing, or the manifest was signed before its digest was stamped)",
+                signature.key
+            ),
+        })?;
+    let name = policy
+        .trusted_keys
+        .iter()
+        .find(|(_, key)| **key == signature.key)
+        .map(|(name, _)| name.clone());
+    if name.is_none() {
+        if policy.require_signature {
+            return Err(LoadError::UntrustedSigner {
+                plugin: what.name.to_owned(),
+                key: signature.key.to_string(),
+            });
+        }
+        tracing::warn!(plugin = %what.name, key = %signature.key, "plugin signed by a key that is not in trusted_keys; loaded because signatures are not required");
+    }
+    Ok(Some(Signer {
+        key: signature.key,
+        trusted: name.is_some(),
+        name,
+    }))
+}
+
+/// Check `trusted_keys` (part of [`Policy::validate`]): names are plain,
+/// and no key is listed under two names.
+pub(crate) fn check_policy(policy: &Policy) -> Result<(), String> {
+    let mut seen: Vec<(&str, &PublicKey)> = Vec::new();
+    for (name, key) in &policy.trusted_keys {
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-@".contains(c))
+        {
+            return Err(format!(
+                "policy.trusted_keys: {:?} is not a signer name (1-64 characters of A-Z a-z 0-9 . _ - @)",
+                airlock_audit::text::prefix(name, 80)
+            ));
+        }
+        if let Some((other, _)) = seen.iter().find(|(_, k)| *k == key) {
+            return Err(format!(
+                "policy.trusted_keys: `{other}` and `{name}` are the same key; list it once"
+            ));
+        }
+        seen.push((name, key));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(seed: u8) -> SigningKey {
+        SigningKey::from_bytes(&[seed; 32])
+    }
+
+    const WHAT: Signed<'static> = Signed {
+        name: "text",
+        version: "0.1.0",
+        manifest_digest: "aa",
+        component_digest: "bb",
+    };
+
+    fn trusting(name: &str, key: &SigningKey, require: bool) -> Policy {
+        Policy {
+            trusted_keys: [(name.to_owned(), PublicKey(key.verifying_key()))].into(),
+            require_signature: require,
+            ..Policy::default()
+        }
+    }
+
+    #[test]
+    fn public_keys_round_trip_and_bad_ones_say_why() {
+        let public = PublicKey(key(1).verifying_key());
+        let text = public.to_string();
+        assert!(text.starts_with("ed25519:"), "{text}");
+        assert_eq!(text.parse::<PublicKey>().unwrap(), public);
+        for (bad, why) in [
+            ("AAAA", "write `ed25519:`"),
+            ("ed25519:%%%", "not base64"),
+            ("ed25519:AAAA", "3 bytes"),
+            (
+                "ed25519:AQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+                "weak",
+            ),
+        ] {
+            let err = bad.parse::<PublicKey>().unwrap_err();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_trusted_signature_names_its_signer() {
+        let sig = PluginSignature::sign(&WHAT, &key(1));
+        let parsed = PluginSignature::parse(&sig.to_text()).unwrap();
+        assert_eq!(parsed, sig);
+        let signer = check(&WHAT, Some(&parsed), &trusting("alice", &key(1), true))
+            .unwrap()
+            .unwrap();
+        assert_eq!(signer.name(), Some("alice"));
+        assert!(signer.is_trusted());
+        assert!(signer.to_string().starts_with("alice (ed25519:"));
+    }
+
+    #[test]
+    fn unsigned_is_refused_only_when_required() {
+        let err = check(&WHAT, None, &trusting("alice", &key(1), true)).unwrap_err();
+        assert_eq!(err.kind(), "plugin_unsigned");
+        assert_eq!(err.class(), crate::ErrorClass::Untrusted);
+        assert_eq!(check(&WHAT, None, &Policy::default()).unwrap(), None);
+    }
+
+    #[test]
+    fn another_key_is_untrusted_and_refused_only_when_required() {
+        let sig = PluginSignature::sign(&WHAT, &key(2));
+        let err = check(&WHAT, Some(&sig), &trusting("alice", &key(1), true)).unwrap_err();
+        assert_eq!(err.kind(), "signer_untrusted");
+        assert!(err.to_string().contains(&sig.key.to_string()), "{err}");
+        let signer = check(&WHAT, Some(&sig), &trusting("alice", &key(1), false))
+            .unwrap()
+            .unwrap();
+        assert!(!signer.is_trusted());
+        assert_eq!(signer.name(), None);
+        assert!(signer.to_string().starts_with("untrusted key ed25519:"));
+    }
+
+    #[test]
+    fn a_signature_over_other_bytes_is_always_refused() {
+        let sig = PluginSignature::sign(&WHAT, &key(1));
+        for tampered in [
+            Signed {
+                manifest_digest: "ab",
+                ..WHAT
+            },
+            Signed {
+                component_digest: "bc",
+                ..WHAT
+            },
+            Signed {
+                version: "0.1.1",
+                ..WHAT
+            },
+            // Moving bytes between fields does not make the same message.
+            Signed {
+                name: "tex",
+                version: "t0.1.0",
+                ..WHAT
+            },
+        ] {
+            for policy in [trusting("alice", &key(1), true), Policy::default()] {
+                let err = check(&tampered, Some(&sig), &policy).unwrap_err();
+                assert_eq!(err.kind(), "signature_invalid", "{tampered:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn garbled_signature_files_are_invalid() {
+        let good = PluginSignature::sign(&WHAT, &key(1)).to_text();
+        let short_sig = format!(
+            "key = \"{}\"\nsignature = \"AAAA\"\n",
+            PublicKey(key(1).verifying_key())
+        );
+        for (text, why) in [
+            ("not toml at all [", "garbled"),
+            ("key = \"x\"\n", "garbled"),
+            (&good.replace("key =", "kee ="), "garbled"),
+            (&good.replace("ed25519:", "rsa:"), "key"),
+            (&short_sig, "3 bytes"),
+            (&format!("{good}extra = 1\n"), "garbled"),
+        ] {
+            let err = parse_bytes(text.as_bytes(), "text").unwrap_err();
+            assert_eq!(err.kind(), "signature_invalid", "{text}");
+            assert!(err.to_string().contains(why), "{text}: {err}");
+        }
+        let err = parse_bytes(&[0xff, 0xfe], "text").unwrap_err();
+        assert!(err.to_string().contains("UTF-8"), "{err}");
+    }
+
+    #[test]
+    fn trusted_keys_are_checked() {
+        let mut policy = trusting("alice", &key(1), false);
+        check_policy(&policy).unwrap();
+        policy
+            .trusted_keys
+            .insert("bob".into(), PublicKey(key(1).verifying_key()));
+        assert!(check_policy(&policy).unwrap_err().contains("same key"));
+        let policy = trusting("al ice", &key(1), false);
+        assert!(check_policy(&policy).unwrap_err().contains("signer name"));
+    }
+}

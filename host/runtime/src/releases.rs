@@ -1,0 +1,967 @@
+//! Installed plugin versions and their rollouts, as this host serves them.
+//!
+//! The versions and rollouts themselves live in the storage seam
+//! ([`airlock_store::Releases`] over a `PluginStore`: files in the data
+//! directory beside sled, tables shared by every host with PostgreSQL).
+//! This module keeps what one host needs to serve them:
+//!
+//! - each installed version it serves, materialized once from the store's
+//!   artifacts into `<data dir>/versions/<plugin>/<version>-<digest>/` and
+//!   loaded like any plugin (digest pin, signature, grants, tool list);
+//! - the rollouts, re-read at most every [`ROLLOUT_REFRESH`], so a change
+//!   made on any host (or by `airlock rollout` beside a running server)
+//!   reaches every host within that time;
+//! - the rules an operator's change goes through: the version must be
+//!   installed; a version asking for more than the one serving (its grant or
+//!   a tool's risk, see [`PluginDiff`]) waits for an approver's decision
+//!   (an approval of kind `plugin_upgrade`, the same approvers, the same
+//!   separation of duties as calls); every change and every lost race is
+//!   recorded in the audit log.
+//!
+//! Step 1 of the pipeline asks [`Served::route`] which version a call
+//! gets: with a rollout, the serving version, or the canary for the share
+//! of callers whose principal (or session) hashes into it
+//! ([`airlock_store::canary_bucket`]); without one, the plugin loaded from
+//! the plugins directory.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
+
+use airlock_audit::{AuditLog, Durability, Entry, Event, Filter};
+use airlock_store::{
+    Approval, ApprovalKind, ApprovalState, Canary, Changed, Installed, InstalledVersion, Releases,
+    Rollout, RolloutAction, RolloutChange, Sticky, Transition, VersionFiles, Versioned,
+};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::cache::CompiledCache;
+use crate::engine::SharedEngine;
+use crate::error::{Error, ReleaseError, Result, Store, StoreError};
+use crate::grants::Policy;
+use crate::ledger::{ApprovalPolicy, Ledger};
+use crate::manifest::MANIFEST_FILE;
+use crate::mode::now_ms;
+use crate::package::{CASES_FILE, Package, SIGNATURE_FILE};
+use crate::plugin::{self, Plugin};
+
+/// How long a host serves the rollouts it read before reading them again.
+pub const ROLLOUT_REFRESH: Duration = Duration::from_secs(1);
+/// The directory of materialized versions inside the data directory.
+pub const VERSIONS_DIR: &str = "versions";
+
+/// What [`Host::install`](crate::Host::install) did.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstallReport {
+    /// The installed version.
+    pub version: InstalledVersion,
+    /// `false` when these very files were installed before.
+    pub new: bool,
+}
+
+/// An operator's change of a plugin's rollout
+/// ([`Host::set_rollout`](crate::Host::set_rollout)).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct RolloutRequest {
+    /// The plugin.
+    pub plugin: String,
+    /// The installed version to send traffic to.
+    pub version: String,
+    /// Its share of callers: 100 makes it the serving version; less makes
+    /// it a canary beside the serving one.
+    pub percent: u32,
+    /// What keeps a caller on one side of a canary.
+    pub sticky: Sticky,
+    /// Who asks (recorded; an approval for a wider version is theirs).
+    pub by: String,
+    /// Why.
+    pub reason: Option<String>,
+    /// An approver's approval for a version wider than the serving one.
+    pub approval_id: Option<String>,
+}
+
+impl RolloutRequest {
+    /// Send `percent` of `plugin`'s callers to `version`, asked by `by`.
+    pub fn new(
+        plugin: impl Into<String>,
+        version: impl Into<String>,
+        percent: u32,
+        by: impl Into<String>,
+    ) -> RolloutRequest {
+        RolloutRequest {
+            plugin: plugin.into(),
+            version: version.into(),
+            percent,
+            sticky: Sticky::Principal,
+            by: by.into(),
+            reason: None,
+            approval_id: None,
+        }
+    }
+
+    /// Keep callers on one side by `sticky`.
+    pub fn sticky(mut self, sticky: Sticky) -> RolloutRequest {
+        self.sticky = sticky;
+        self
+    }
+
+    /// Say why.
+    pub fn reason(mut self, reason: impl Into<String>) -> RolloutRequest {
+        self.reason = Some(reason.into());
+        self
+    }
+
+    /// Use approval `id` for a wider version.
+    pub fn approval(mut self, id: impl Into<String>) -> RolloutRequest {
+        self.approval_id = Some(id.into());
+        self
+    }
+}
+
+/// How one version did during a rollout
+/// ([`Host::rollout_status`](crate::Host::rollout_status)).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct VersionStats {
+    /// The version.
+    pub version: String,
+    /// Its role: `serving` or `canary`.
+    pub role: String,
+    /// Calls that finished.
+    pub calls: u64,
+    /// Of those, how many did not end `ok`.
+    pub errors: u64,
+    /// `errors / calls` (0 without calls).
+    pub error_rate: f64,
+    /// Median wall time, microseconds.
+    pub p50_us: u64,
+    /// 99th percentile wall time, microseconds.
+    pub p99_us: u64,
+    /// Mean fuel per call.
+    pub mean_fuel: u64,
+}
+
+/// A plugin's rollout and how its versions did since it last changed.
+#[derive(Debug, Clone, Serialize)]
+pub struct RolloutStatus {
+    /// The rollout.
+    pub rollout: Rollout,
+    /// Since when the figures count, ms since the Unix epoch.
+    pub since_ms: u64,
+    /// One entry per version receiving traffic.
+    pub versions: Vec<VersionStats>,
+    /// Whether the figures came from fewer records than exist (the newest
+    /// records were read).
+    pub truncated: bool,
+}
+
+/// Most outcome records `rollout status` reads.
+const STATUS_RECORDS: usize = 200_000;
+
+/// The parts of a host the release rules use, borrowed.
+pub(crate) struct ReleaseParts<'h> {
+    pub(crate) served: &'h Served,
+    pub(crate) engine: &'h SharedEngine,
+    pub(crate) cache: Option<&'h CompiledCache>,
+    pub(crate) policy: &'h Policy,
+    pub(crate) audit: &'h AuditLog,
+    pub(crate) ledger: &'h Ledger,
+    /// The plugin of this name loaded from the plugins directory, if any.
+    pub(crate) dev_plugin: Option<Arc<Plugin>>,
+}
+
+/// What one host keeps to serve installed versions.
+pub(crate) struct Served {
+    releases: Releases,
+    /// Installed versions loaded here, by plugin and version.
+    loaded: RwLock<BTreeMap<(String, String), Arc<Plugin>>>,
+    /// The rollouts as last read, and when.
+    rollouts: Mutex<Option<(Instant, Arc<BTreeMap<String, Rollout>>)>>,
+    /// One materialization and load at a time.
+    loading: tokio::sync::Mutex<()>,
+    /// Where versions are materialized.
+    dir: PathBuf,
+    /// What served each plugin at the last [`Served::prepare`], and the
+    /// versions that failed to load then (warned about once).
+    prepared: Mutex<(
+        BTreeMap<String, String>,
+        std::collections::BTreeSet<(String, String)>,
+    )>,
+    /// Removes `dir` with the host when it is temporary.
+    _temporary: Option<tempfile::TempDir>,
+}
+
+impl std::fmt::Debug for Served {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Served")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+fn store_error(e: airlock_store::StoreError) -> Error {
+    Error::Store(StoreError::new(Store::Plugins, e))
+}
+
+impl Served {
+    /// Serve the versions kept in `releases`, materializing them under
+    /// `data_dir/versions` (a temporary directory without one).
+    pub(crate) fn new(releases: Releases, data_dir: Option<&Path>) -> Result<Served> {
+        let (dir, temporary) = match data_dir {
+            Some(dir) => (dir.join(VERSIONS_DIR), None),
+            None => {
+                let temp = tempfile::Builder::new()
+                    .prefix("airlock-versions-")
+                    .tempdir()
+                    .map_err(|e| Error::io(std::env::temp_dir(), e))?;
+                (temp.path().to_owned(), Some(temp))
+            }
+        };
+        Ok(Served {
+            releases,
+            loaded: RwLock::default(),
+            rollouts: Mutex::new(None),
+            loading: tokio::sync::Mutex::new(()),
+            dir,
+            prepared: Mutex::default(),
+            _temporary: temporary,
+        })
+    }
+
+    pub(crate) fn releases(&self) -> &Releases {
+        &self.releases
+    }
+
+    /// The rollouts, read again when older than [`ROLLOUT_REFRESH`].
+    pub(crate) fn rollouts(
+        &self,
+    ) -> std::result::Result<Arc<BTreeMap<String, Rollout>>, StoreError> {
+        let mut cached = self.rollouts.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((at, rollouts)) = &*cached
+            && at.elapsed() < ROLLOUT_REFRESH
+        {
+            return Ok(rollouts.clone());
+        }
+        let rollouts: BTreeMap<String, Rollout> = self
+            .releases
+            .rollouts()
+            .map_err(|e| StoreError::new(Store::Plugins, e))?
+            .into_iter()
+            .map(|r| (r.value.plugin.clone(), r.value))
+            .collect();
+        let rollouts = Arc::new(rollouts);
+        *cached = Some((Instant::now(), rollouts.clone()));
+        Ok(rollouts)
+    }
+
+    /// Forget the rollouts read, so the next call reads them (after a
+    /// change made here).
+    fn invalidate(&self) {
+        *self.rollouts.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
+    /// The loaded installed version, if loaded here.
+    pub(crate) fn loaded(&self, plugin: &str, version: &str) -> Option<Arc<Plugin>> {
+        self.loaded
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(plugin.to_owned(), version.to_owned()))
+            .cloned()
+    }
+
+    /// Load every version a rollout sends traffic to, so no call waits
+    /// for a compile. `Ok(true)` when what serves some plugin changed since
+    /// the last time (the tool list may have changed). A version that does
+    /// not load is warned about once; calls routed to it are refused.
+    pub(crate) async fn prepare(
+        &self,
+        engine: &SharedEngine,
+        cache: Option<&CompiledCache>,
+        policy: &Policy,
+    ) -> std::result::Result<bool, StoreError> {
+        let rollouts = self.rollouts()?;
+        for rollout in rollouts.values() {
+            for version in rollout.versions() {
+                if self.loaded(&rollout.plugin, version).is_some() {
+                    continue;
+                }
+                if let Err(error) = self
+                    .load(engine, cache, policy, &rollout.plugin, version)
+                    .await
+                {
+                    let key = (rollout.plugin.clone(), version.to_owned());
+                    let mut prepared = self.prepared.lock().unwrap_or_else(PoisonError::into_inner);
+                    if prepared.1.insert(key) {
+                        tracing::warn!(plugin = %rollout.plugin, version, error = %crate::error::chain(&error), "installed version does not load: calls routed to it are refused");
+                    }
+                }
+            }
+        }
+        let serving: BTreeMap<String, String> = rollouts
+            .iter()
+            .map(|(plugin, r)| (plugin.clone(), r.serving.clone()))
+            .collect();
+        let mut prepared = self.prepared.lock().unwrap_or_else(PoisonError::into_inner);
+        let changed = prepared.0 != serving;
+        prepared.0 = serving;
+        Ok(changed)
+    }
+
+    /// Installed version `version` of `plugin`, loaded (materialized and
+    /// loaded on first use).
+    pub(crate) async fn load(
+        &self,
+        engine: &SharedEngine,
+        cache: Option<&CompiledCache>,
+        policy: &Policy,
+        plugin: &str,
+        version: &str,
+    ) -> Result<Arc<Plugin>> {
+        if let Some(loaded) = self.loaded(plugin, version) {
+            return Ok(loaded);
+        }
+        let _one = self.loading.lock().await;
+        if let Some(loaded) = self.loaded(plugin, version) {
+            return Ok(loaded);
+        }
+        let installed = self
+            .releases
+            .version(plugin, version)
+            .map_err(store_error)?
+            .ok_or_else(|| ReleaseError::NotInstalled {
+                plugin: plugin.to_owned(),
+                version: version.to_owned(),
+            })?;
+        let dir = self.materialize(&installed)?;
+        let loaded = plugin::load(engine, cache, policy, &dir).await?;
+        if loaded.name() != installed.plugin || loaded.version() != installed.version {
+            return Err(store_error(airlock_store::StoreError::new(
+                airlock_store::ErrorKind::Corrupt,
+                format!(
+                    "installed {} {} holds a manifest of {} {}",
+                    installed.plugin,
+                    installed.version,
+                    loaded.name(),
+                    loaded.version()
+                ),
+            )));
+        }
+        let loaded = Arc::new(loaded);
+        self.loaded
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert((plugin.to_owned(), version.to_owned()), Arc::clone(&loaded));
+        Ok(loaded)
+    }
+
+    /// Write the files of `installed` into its own directory (once: a
+    /// directory already there is used as is — loading checks its digests).
+    fn materialize(&self, installed: &InstalledVersion) -> Result<PathBuf> {
+        let short = installed.component_digest.get(..16).unwrap_or("");
+        let parent = self.dir.join(&installed.plugin);
+        let dir = parent.join(format!("{}-{short}", installed.version));
+        if dir.join(MANIFEST_FILE).is_file() {
+            return Ok(dir);
+        }
+        std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+        let temp = tempfile::Builder::new()
+            .prefix(".materializing-")
+            .tempdir_in(&parent)
+            .map_err(|e| Error::io(&parent, e))?;
+        let mut files = vec![
+            (MANIFEST_FILE.to_owned(), &installed.manifest_digest),
+            (
+                installed.component_file.clone(),
+                &installed.component_digest,
+            ),
+        ];
+        if let Some(cases) = &installed.cases_digest {
+            files.push((CASES_FILE.to_owned(), cases));
+        }
+        if let Some(signature) = &installed.signature_digest {
+            files.push((SIGNATURE_FILE.to_owned(), signature));
+        }
+        for (name, digest) in files {
+            let bytes = self.releases.artifact(digest).map_err(store_error)?;
+            let path = temp.path().join(&name);
+            std::fs::write(&path, bytes).map_err(|e| Error::io(&path, e))?;
+        }
+        let temp = temp.keep();
+        match std::fs::rename(&temp, &dir) {
+            Ok(()) => Ok(dir),
+            // Another process materialized it first: use theirs.
+            Err(_) if dir.join(MANIFEST_FILE).is_file() => {
+                let _ = std::fs::remove_dir_all(&temp);
+                Ok(dir)
+            }
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&temp);
+                Err(Error::io(&dir, e))
+            }
+        }
+    }
+
+    /// The version a call of `plugin` by `principal` (in `session`) gets:
+    /// `None` when no rollout names the plugin (the plugins directory's
+    /// plugin serves).
+    pub(crate) fn route<'r>(
+        rollouts: &'r BTreeMap<String, Rollout>,
+        plugin: &str,
+        principal: &str,
+        session: Option<&str>,
+    ) -> Option<&'r str> {
+        rollouts
+            .get(plugin)
+            .map(|r| r.version_for(principal, session))
+    }
+}
+
+impl ReleaseParts<'_> {
+    /// Install `package` (see [`Host::install`](crate::Host::install)).
+    pub(crate) async fn install(&self, package: &Package, by: &str) -> Result<InstallReport> {
+        // Check exactly the bytes to be installed, from a private copy:
+        // everything load checks (digest pin, signature, component, world,
+        // tools, grants against the policy).
+        let scratch = tempfile::Builder::new()
+            .prefix("airlock-install-")
+            .tempdir()
+            .map_err(|e| Error::io(std::env::temp_dir(), e))?;
+        let dir = scratch.path().join(package.name());
+        package.write_dir(&dir)?;
+        let checked = plugin::load(self.engine, self.cache, self.policy, &dir).await?;
+        let signer = checked.signer().map(ToString::to_string);
+        let signature = package.signature().map(|s| s.to_text());
+        let report = match self
+            .served
+            .releases
+            .install(
+                package.name(),
+                package.version(),
+                VersionFiles {
+                    manifest: package.manifest_text().as_bytes(),
+                    component: package.component(),
+                    component_file: package.component_name(),
+                    cases: package.cases().map(str::as_bytes),
+                    signature: signature.as_deref().map(str::as_bytes),
+                },
+                signer.as_deref(),
+                by,
+                now_ms(),
+            )
+            .map_err(store_error)?
+        {
+            Installed::New(version) => InstallReport { version, new: true },
+            Installed::Already(version) => InstallReport {
+                version,
+                new: false,
+            },
+        };
+        if report.new {
+            let mut entry = Entry::new(Event::PluginInstalled);
+            entry.principal = Some(by.to_owned());
+            entry.plugin = Some(report.version.plugin.clone());
+            entry.plugin_version = Some(report.version.version.clone());
+            entry.component_digest = Some(report.version.component_digest.clone());
+            entry.manifest_digest = Some(report.version.manifest_digest.clone());
+            entry.reason = report
+                .version
+                .signer
+                .as_ref()
+                .map(|s| format!("signed by {s}"));
+            self.record(entry).await?;
+        }
+        Ok(report)
+    }
+
+    async fn record(&self, entry: Entry) -> Result<()> {
+        crate::audit::append(self.audit, entry, Durability::Flushed)
+            .await
+            .map_err(Error::AuditUnavailable)?;
+        Ok(())
+    }
+
+    async fn load(&self, plugin: &str, version: &str) -> Result<Arc<Plugin>> {
+        self.served
+            .load(self.engine, self.cache, self.policy, plugin, version)
+            .await
+    }
+
+    /// The rollout of `plugin` as stored now.
+    fn current(&self, plugin: &str) -> Result<Option<Versioned<Rollout>>> {
+        self.served.releases.rollout(plugin).map_err(store_error)
+    }
+
+    /// Change the rollout (see [`Host::set_rollout`](crate::Host::set_rollout)).
+    pub(crate) async fn set_rollout(
+        &self,
+        request: &RolloutRequest,
+        approvals: &ApprovalPolicy,
+    ) -> Result<Rollout> {
+        let plugin = request.plugin.as_str();
+        if request.percent > 100 {
+            return Err(ReleaseError::BadPercent {
+                percent: request.percent,
+            }
+            .into());
+        }
+        let target = self.load(plugin, &request.version).await?;
+        let current = self.current(plugin)?;
+        let now = now_ms();
+        let next = match &current {
+            None if request.percent < 100 => {
+                return Err(ReleaseError::NothingServes {
+                    plugin: plugin.to_owned(),
+                }
+                .into());
+            }
+            None => Rollout {
+                plugin: plugin.to_owned(),
+                serving: request.version.clone(),
+                canary: None,
+                previous: None,
+                change: self.change_of(RolloutAction::Activate, request, now),
+            },
+            Some(current) => {
+                let r = &current.value;
+                if r.serving == request.version {
+                    if r.canary.is_none() {
+                        return Err(ReleaseError::AlreadyServing {
+                            plugin: plugin.to_owned(),
+                            version: request.version.clone(),
+                        }
+                        .into());
+                    }
+                    // Back to the serving version alone: a rollback.
+                    Rollout {
+                        canary: None,
+                        change: self.change_of(RolloutAction::Rollback, request, now),
+                        ..r.clone()
+                    }
+                } else if request.percent == 100 {
+                    Rollout {
+                        plugin: plugin.to_owned(),
+                        serving: request.version.clone(),
+                        canary: None,
+                        previous: Some(r.serving.clone()),
+                        change: self.change_of(RolloutAction::Activate, request, now),
+                    }
+                } else {
+                    let since_ms = match &r.canary {
+                        Some(c) if c.version == request.version => c.since_ms,
+                        _ => now,
+                    };
+                    Rollout {
+                        canary: Some(Canary {
+                            version: request.version.clone(),
+                            percent: u8::try_from(request.percent).unwrap_or(100),
+                            sticky: request.sticky,
+                            since_ms,
+                        }),
+                        change: self.change_of(RolloutAction::Canary, request, now),
+                        ..r.clone()
+                    }
+                }
+            }
+        };
+        // What serves now for everyone, to compare the new version with.
+        let baseline = match &current {
+            Some(c) => Some(self.load(plugin, &c.value.serving).await?),
+            None => self.dev_plugin.clone(),
+        };
+        // A version already taking traffic as the canary was approved (or
+        // needed no approval) when it started.
+        let approved_before = current
+            .as_ref()
+            .and_then(|c| c.value.canary.as_ref())
+            .is_some_and(|c| c.version == request.version);
+        let mut next = next;
+        // Compared whatever the digests: one component under a new
+        // manifest may be granted more.
+        if let Some(baseline) = &baseline
+            && !approved_before
+        {
+            let widenings = widenings(baseline, &target);
+            if !widenings.is_empty() {
+                let id = self
+                    .upgrade_approval(request, baseline, &target, &widenings, approvals)
+                    .await?;
+                next.change.approval_id = Some(id);
+            }
+        }
+        self.commit(current.as_ref(), next, &target).await
+    }
+
+    fn change_of(
+        &self,
+        action: RolloutAction,
+        request: &RolloutRequest,
+        now: u64,
+    ) -> RolloutChange {
+        RolloutChange {
+            id: uuid::Uuid::now_v7().to_string(),
+            action,
+            by: request.by.clone(),
+            reason: request.reason.clone(),
+            at_ms: now,
+            approval_id: None,
+        }
+    }
+
+    /// Store `next` if the rollout is still `current`; record the change,
+    /// or the lost race.
+    async fn commit(
+        &self,
+        current: Option<&Versioned<Rollout>>,
+        next: Rollout,
+        concerns: &Plugin,
+    ) -> Result<Rollout> {
+        let mut entry = Entry::new(Event::RolloutChanged);
+        entry.principal = Some(next.change.by.clone());
+        entry.plugin = Some(next.plugin.clone());
+        entry.plugin_version = Some(concerns.version().to_owned());
+        entry.component_digest = Some(concerns.digest().to_owned());
+        entry.approval_id = next.change.approval_id.clone();
+        let outcome = self
+            .served
+            .releases
+            .change(current, next.clone())
+            .map_err(store_error)?;
+        self.served.invalidate();
+        match outcome {
+            Changed::Done(rollout) => {
+                entry.decision = Some(rollout.change.action.as_str().to_owned());
+                entry.reason = Some(describe(&rollout));
+                self.record(entry).await?;
+                Ok(rollout)
+            }
+            Changed::Lost(now) => {
+                entry.decision = Some("lost".to_owned());
+                entry.reason = Some(match &now {
+                    Some(r) => format!(
+                        "another change came first (by {}); now {}",
+                        r.change.by,
+                        describe(r)
+                    ),
+                    None => "another change came first".to_owned(),
+                });
+                self.record(entry).await?;
+                Err(ReleaseError::Conflict {
+                    plugin: next.plugin.clone(),
+                    by: now.map(|r| r.change.by).unwrap_or_default(),
+                }
+                .into())
+            }
+        }
+    }
+
+    /// Use the approver's approval for an upgrade that widens, or ask for
+    /// one. `Ok(id)`: approval `id` is consumed by this change.
+    async fn upgrade_approval(
+        &self,
+        request: &RolloutRequest,
+        baseline: &Plugin,
+        target: &Plugin,
+        widenings: &[String],
+        policy: &ApprovalPolicy,
+    ) -> Result<String> {
+        let binding = serde_json::json!({
+            "plugin": request.plugin,
+            "from": { "version": baseline.version(), "component_digest": baseline.digest() },
+            "to": { "version": target.version(), "component_digest": target.digest() },
+            "widens": widenings,
+        });
+        let args = airlock_audit::canonical::to_string(&binding);
+        let args_digest = hex::encode(Sha256::digest(args.as_bytes()));
+        let refused = |id: &str, reason: String| -> Error {
+            ReleaseError::ApprovalRefused {
+                approval_id: id.to_owned(),
+                reason,
+            }
+            .into()
+        };
+        if let Some(id) = &request.approval_id {
+            let Some((approval, _)) = self.ledger.approval(id, now_ms())? else {
+                return Err(refused(id, "no such approval".to_owned()));
+            };
+            if approval.kind != ApprovalKind::PluginUpgrade
+                || approval.plugin != request.plugin
+                || approval.args_digest != args_digest
+            {
+                return Err(refused(
+                    id,
+                    "it was given for another upgrade (plugin, versions or what widens)".to_owned(),
+                ));
+            }
+            if approval.principal != request.by {
+                return Err(refused(
+                    id,
+                    format!("it was asked by {}", approval.principal),
+                ));
+            }
+            if approval.state != ApprovalState::Approved {
+                return Err(refused(id, format!("it is {}", approval.state.as_str())));
+            }
+            let consumed = self
+                .ledger
+                .transition(id, ApprovalState::Approved, now_ms(), |a| {
+                    a.state = ApprovalState::Consumed;
+                    a.consumed_by_call =
+                        Some(format!("rollout of {} {}", request.plugin, request.version));
+                })?;
+            return match consumed {
+                Transition::Done(_) => Ok(id.clone()),
+                Transition::Already(a) => Err(refused(id, format!("it is {}", a.state.as_str()))),
+                Transition::NotFound => Err(refused(id, "no such approval".to_owned())),
+            };
+        }
+        if policy.approvers.is_empty() {
+            return Err(ReleaseError::NoApprover {
+                plugin: request.plugin.clone(),
+                version: request.version.clone(),
+                widens: widenings.to_vec(),
+            }
+            .into());
+        }
+        let created = now_ms();
+        let approval = Approval {
+            id: format!("apr-{}", uuid::Uuid::now_v7()),
+            kind: ApprovalKind::PluginUpgrade,
+            state: ApprovalState::Pending,
+            plugin: request.plugin.clone(),
+            component_digest: target.digest().to_owned(),
+            tool: String::new(),
+            risk: "plugin_upgrade".to_owned(),
+            args_digest,
+            args,
+            args_truncated: false,
+            principal: request.by.clone(),
+            session: None,
+            idempotency_key: None,
+            caller_reason: request.reason.clone(),
+            call_id: format!("rollout of {} {}", request.plugin, request.version),
+            created_ms: created,
+            expires_ms: created.saturating_add(policy.expiry_s.saturating_mul(1000)),
+            decided_by: None,
+            decided_ms: None,
+            decision_reason: None,
+            consumed_by_call: None,
+        };
+        let mut entry = Entry::new(Event::ApprovalRequested);
+        entry.principal = Some(request.by.clone());
+        entry.plugin = Some(request.plugin.clone());
+        entry.plugin_version = Some(target.version().to_owned());
+        entry.component_digest = Some(target.digest().to_owned());
+        entry.risk = Some("plugin_upgrade".to_owned());
+        entry.decision = Some("approval_required".to_owned());
+        entry.approval_id = Some(approval.id.clone());
+        entry.args_digest = Some(approval.args_digest.clone());
+        entry.args = Some(approval.args.clone());
+        entry.reason = Some(format!("widens: {}", widenings.join("; ")));
+        self.record(entry).await?;
+        self.ledger.create_approval(&approval)?;
+        Err(ReleaseError::ApprovalRequired {
+            plugin: request.plugin.clone(),
+            version: request.version.clone(),
+            from: baseline.version().to_owned(),
+            approval_id: approval.id,
+            widens: widenings.to_vec(),
+        }
+        .into())
+    }
+
+    /// Make the canary the serving version.
+    pub(crate) async fn promote(
+        &self,
+        plugin: &str,
+        by: &str,
+        reason: Option<&str>,
+    ) -> Result<Rollout> {
+        let current = self.current(plugin)?;
+        let Some(current) = current else {
+            return Err(ReleaseError::NoCanary {
+                plugin: plugin.to_owned(),
+            }
+            .into());
+        };
+        let Some(canary) = current.value.canary.clone() else {
+            return Err(ReleaseError::NoCanary {
+                plugin: plugin.to_owned(),
+            }
+            .into());
+        };
+        let target = self.load(plugin, &canary.version).await?;
+        let next = Rollout {
+            plugin: plugin.to_owned(),
+            serving: canary.version.clone(),
+            canary: None,
+            previous: Some(current.value.serving.clone()),
+            change: RolloutChange {
+                id: uuid::Uuid::now_v7().to_string(),
+                action: RolloutAction::Promote,
+                by: by.to_owned(),
+                reason: reason.map(str::to_owned),
+                at_ms: now_ms(),
+                approval_id: None,
+            },
+        };
+        self.commit(Some(&current), next, &target).await
+    }
+
+    /// Send all traffic back: stop the canary, or, without one, serve the
+    /// previous version again. No approval: the version returned to served
+    /// before.
+    pub(crate) async fn rollback(
+        &self,
+        plugin: &str,
+        by: &str,
+        reason: Option<&str>,
+    ) -> Result<Rollout> {
+        let Some(current) = self.current(plugin)? else {
+            return Err(ReleaseError::NothingToRollBack {
+                plugin: plugin.to_owned(),
+            }
+            .into());
+        };
+        let r = &current.value;
+        let (next, concerns) = if r.canary.is_some() {
+            (
+                Rollout {
+                    canary: None,
+                    ..r.clone()
+                },
+                r.serving.clone(),
+            )
+        } else if let Some(previous) = &r.previous {
+            (
+                Rollout {
+                    serving: previous.clone(),
+                    canary: None,
+                    previous: None,
+                    ..r.clone()
+                },
+                previous.clone(),
+            )
+        } else {
+            return Err(ReleaseError::NothingToRollBack {
+                plugin: plugin.to_owned(),
+            }
+            .into());
+        };
+        let next = Rollout {
+            change: RolloutChange {
+                id: uuid::Uuid::now_v7().to_string(),
+                action: RolloutAction::Rollback,
+                by: by.to_owned(),
+                reason: reason.map(str::to_owned),
+                at_ms: now_ms(),
+                approval_id: None,
+            },
+            ..next
+        };
+        let target = self.load(plugin, &concerns).await?;
+        self.commit(Some(&current), next, &target).await
+    }
+
+    /// How the rollout's versions did since it last changed its canary
+    /// (or, without one, since its last change).
+    pub(crate) fn status(&self, plugin: &str) -> Result<RolloutStatus> {
+        let Some(current) = self.current(plugin)? else {
+            return Err(ReleaseError::NothingServes {
+                plugin: plugin.to_owned(),
+            }
+            .into());
+        };
+        let rollout = current.value;
+        let since_ms = rollout
+            .canary
+            .as_ref()
+            .map_or(rollout.change.at_ms, |c| c.since_ms);
+        let filter = Filter {
+            plugin: Some(plugin.to_owned()),
+            event: Some(Event::CallFinished),
+            since_ms: Some(since_ms),
+            ..Filter::default()
+        };
+        let records = self.audit.query_all(&filter, STATUS_RECORDS)?;
+        let truncated = records.len() >= STATUS_RECORDS;
+        let mut by_version: BTreeMap<&str, (Vec<u64>, u64, u64)> = BTreeMap::new();
+        for record in &records {
+            let e = &record.record.entry;
+            let Some(version) = e.plugin_version.as_deref() else {
+                continue;
+            };
+            let slot = by_version.entry(version).or_default();
+            slot.0.push(e.wall_us.unwrap_or(0));
+            if e.outcome.as_deref() != Some("ok") {
+                slot.1 += 1;
+            }
+            slot.2 = slot.2.saturating_add(e.fuel_used.unwrap_or(0));
+        }
+        let mut versions = Vec::new();
+        let roles = std::iter::once((rollout.serving.as_str(), "serving")).chain(
+            rollout
+                .canary
+                .as_ref()
+                .map(|c| (c.version.as_str(), "canary")),
+        );
+        for (version, role) in roles {
+            let (mut times, errors, fuel) = by_version.remove(version).unwrap_or_default();
+            times.sort_unstable();
+            let calls = times.len() as u64;
+            let pick = |q: f64| -> u64 {
+                if times.is_empty() {
+                    0
+                } else {
+                    let i = ((times.len() as f64 - 1.0) * q).round() as usize;
+                    times[i.min(times.len() - 1)]
+                }
+            };
+            versions.push(VersionStats {
+                version: version.to_owned(),
+                role: role.to_owned(),
+                calls,
+                errors,
+                error_rate: if calls == 0 {
+                    0.0
+                } else {
+                    errors as f64 / calls as f64
+                },
+                p50_us: pick(0.5),
+                p99_us: pick(0.99),
+                mean_fuel: fuel.checked_div(calls).unwrap_or(0),
+            });
+        }
+        Ok(RolloutStatus {
+            rollout,
+            since_ms,
+            versions,
+            truncated,
+        })
+    }
+}
+
+/// What a rollout serves, in words.
+pub(crate) fn describe(rollout: &Rollout) -> String {
+    match &rollout.canary {
+        Some(c) => format!(
+            "{} serves, {} takes {}% by {}",
+            rollout.serving,
+            c.version,
+            c.percent,
+            c.sticky.as_str()
+        ),
+        None => format!("{} serves", rollout.serving),
+    }
+}
+
+/// What `to` may do that `from` may not: capabilities, origins, files, env
+/// names, limits, tools, risks, dropped approval or idempotency
+/// requirements. Empty: `to` is no wider.
+pub(crate) fn widenings(from: &Plugin, to: &Plugin) -> Vec<String> {
+    crate::package::PluginDiff::between(from, to)
+        .widenings()
+        .map(ToString::to_string)
+        .collect()
+}

@@ -1,0 +1,324 @@
+//! [`FilePlugins`]: installed plugin versions and rollouts as files in the
+//! data directory.
+//!
+//! Files rather than a sled tree, so `airlock plugins install` and `airlock
+//! rollout` work beside a running `airlock serve` that holds the sled
+//! databases — as the mode file does. Layout under `<data dir>/installed/`:
+//!
+//! - `artifacts/<sha256>`: a file's bytes, written to a temporary name,
+//!   synced, then renamed into place (a reader never sees half a file);
+//! - `versions/<plugin>/<version>.json`: an [`InstalledVersion`], created by
+//!   a hard link of a synced temporary file, which fails if the name is
+//!   taken — so a version is recorded once, by one writer;
+//! - `rollouts/<plugin>.json`: `{"version": n, "rollout": …}`, replaced
+//!   (temporary file, rename) under an exclusive lock on `rollouts/.lock`
+//!   after checking `n`: compare-and-swap between processes.
+//!
+//! Names and versions are checked ([`check_plugin_name`],
+//! [`check_version`], [`check_digest`]) before they become file names.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind as IoKind, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use airlock_store::{
+    ErrorKind, InstalledVersion, PluginStore, Result, Rollout, StoreError, Version, Versioned,
+    check_digest, check_plugin_name, check_version,
+};
+use serde::{Deserialize, Serialize};
+
+/// The directory inside the data directory.
+pub const INSTALLED_DIR: &str = "installed";
+/// Largest version or rollout file read.
+const MAX_RECORD_BYTES: u64 = 1 << 20;
+
+/// Installed versions and rollouts under `<data dir>/installed`.
+#[derive(Debug)]
+pub struct FilePlugins {
+    root: PathBuf,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StoredRollout {
+    version: u64,
+    rollout: Rollout,
+}
+
+static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn io(path: &Path, e: std::io::Error) -> StoreError {
+    StoreError::unavailable(format!("{}", path.display()), e)
+}
+
+fn config(message: String) -> StoreError {
+    StoreError::new(ErrorKind::Config, message)
+}
+
+impl FilePlugins {
+    /// The store of data directory `data_dir` (created on first write).
+    pub fn new(data_dir: &Path) -> FilePlugins {
+        FilePlugins {
+            root: data_dir.join(INSTALLED_DIR),
+        }
+    }
+
+    /// A temporary file in `dir` holding `bytes`, synced.
+    fn temp_file(&self, dir: &Path, bytes: &[u8]) -> Result<PathBuf> {
+        fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let path = dir.join(format!(".tmp-{}-{n}", std::process::id()));
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| io(&path, e))?;
+        let written = file.write_all(bytes).and_then(|()| file.sync_all());
+        if let Err(e) = written {
+            let _ = fs::remove_file(&path);
+            return Err(io(&path, e));
+        }
+        Ok(path)
+    }
+
+    fn read_small(path: &Path) -> Result<Option<Vec<u8>>> {
+        let meta = match fs::metadata(path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == IoKind::NotFound => return Ok(None),
+            Err(e) => return Err(io(path, e)),
+        };
+        if meta.len() > MAX_RECORD_BYTES {
+            return Err(StoreError::new(
+                ErrorKind::Corrupt,
+                format!("{} is larger than any record", path.display()),
+            ));
+        }
+        fs::read(path).map(Some).map_err(|e| io(path, e))
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(path: &Path, bytes: &[u8]) -> Result<T> {
+        serde_json::from_slice(bytes).map_err(|e| {
+            StoreError::with_source(
+                ErrorKind::Corrupt,
+                format!("{} is not a valid record", path.display()),
+                e,
+            )
+        })
+    }
+
+    fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+        serde_json::to_vec_pretty(value)
+            .map_err(|e| StoreError::with_source(ErrorKind::Corrupt, "cannot encode a record", e))
+    }
+
+    fn version_path(&self, plugin: &str, version: &str) -> Result<PathBuf> {
+        check_plugin_name(plugin).map_err(config)?;
+        check_version(version).map_err(config)?;
+        Ok(self
+            .root
+            .join("versions")
+            .join(plugin)
+            .join(format!("{version}.json")))
+    }
+
+    fn rollouts_dir(&self) -> PathBuf {
+        self.root.join("rollouts")
+    }
+
+    fn rollout_path(&self, plugin: &str) -> Result<PathBuf> {
+        check_plugin_name(plugin).map_err(config)?;
+        Ok(self.rollouts_dir().join(format!("{plugin}.json")))
+    }
+
+    fn read_rollout(&self, path: &Path) -> Result<Option<Versioned<Rollout>>> {
+        let Some(bytes) = Self::read_small(path)? else {
+            return Ok(None);
+        };
+        let stored: StoredRollout = Self::decode(path, &bytes)?;
+        Ok(Some(Versioned {
+            value: stored.rollout,
+            version: Version(stored.version),
+        }))
+    }
+
+    /// Run `f` holding the exclusive lock on the rollouts (between
+    /// processes and threads).
+    fn locked<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let dir = self.rollouts_dir();
+        fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+        let lock_path = dir.join(".lock");
+        let lock = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(|e| io(&lock_path, e))?;
+        lock.lock().map_err(|e| io(&lock_path, e))?;
+        let result = f();
+        // Closing the file releases the lock too; say so explicitly.
+        let _ = lock.unlock();
+        result
+    }
+
+    /// Write `rollout` at `version`, replacing the file.
+    fn write_rollout(&self, path: &Path, version: u64, rollout: &Rollout) -> Result<()> {
+        let bytes = Self::encode(&StoredRollout {
+            version,
+            rollout: rollout.clone(),
+        })?;
+        let tmp = self.temp_file(&self.rollouts_dir(), &bytes)?;
+        fs::rename(&tmp, path).map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            io(path, e)
+        })?;
+        sync_dir(&self.rollouts_dir())
+    }
+}
+
+/// Make a rename or link in `dir` durable.
+fn sync_dir(dir: &Path) -> Result<()> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| io(dir, e))
+}
+
+impl PluginStore for FilePlugins {
+    fn put_artifact(&self, digest: &str, bytes: &[u8]) -> Result<()> {
+        check_digest(digest).map_err(config)?;
+        let dir = self.root.join("artifacts");
+        let path = dir.join(digest);
+        if path.is_file() {
+            return Ok(());
+        }
+        let tmp = self.temp_file(&dir, bytes)?;
+        fs::rename(&tmp, &path).map_err(|e| {
+            let _ = fs::remove_file(&tmp);
+            io(&path, e)
+        })?;
+        sync_dir(&dir)
+    }
+
+    fn artifact(&self, digest: &str) -> Result<Option<Vec<u8>>> {
+        check_digest(digest).map_err(config)?;
+        let path = self.root.join("artifacts").join(digest);
+        match fs::read(&path) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == IoKind::NotFound => Ok(None),
+            Err(e) => Err(io(&path, e)),
+        }
+    }
+
+    fn insert_version(&self, version: &InstalledVersion) -> Result<bool> {
+        let path = self.version_path(&version.plugin, &version.version)?;
+        let dir = path.parent().map(Path::to_owned).unwrap_or_default();
+        let tmp = self.temp_file(&dir, &Self::encode(version)?)?;
+        // A hard link fails when the name is taken: one writer wins.
+        let linked = fs::hard_link(&tmp, &path);
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {
+                sync_dir(&dir)?;
+                Ok(true)
+            }
+            Err(e) if e.kind() == IoKind::AlreadyExists => Ok(false),
+            Err(e) => Err(io(&path, e)),
+        }
+    }
+
+    fn version(&self, plugin: &str, version: &str) -> Result<Option<InstalledVersion>> {
+        let path = self.version_path(plugin, version)?;
+        match Self::read_small(&path)? {
+            Some(bytes) => Ok(Some(Self::decode(&path, &bytes)?)),
+            None => Ok(None),
+        }
+    }
+
+    fn versions(&self, plugin: Option<&str>) -> Result<Vec<InstalledVersion>> {
+        let base = self.root.join("versions");
+        let plugin_dirs: Vec<PathBuf> = match plugin {
+            Some(plugin) => {
+                check_plugin_name(plugin).map_err(config)?;
+                vec![base.join(plugin)]
+            }
+            None => match fs::read_dir(&base) {
+                Ok(entries) => entries
+                    .map(|e| e.map(|e| e.path()).map_err(|e| io(&base, e)))
+                    .collect::<Result<_>>()?,
+                Err(e) if e.kind() == IoKind::NotFound => Vec::new(),
+                Err(e) => return Err(io(&base, e)),
+            },
+        };
+        let mut out = Vec::new();
+        for dir in plugin_dirs {
+            let entries = match fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == IoKind::NotFound => continue,
+                Err(e) => return Err(io(&dir, e)),
+            };
+            for entry in entries {
+                let path = entry.map_err(|e| io(&dir, e))?.path();
+                let is_record = path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.ends_with(".json") && !n.starts_with('.'));
+                if !is_record {
+                    continue;
+                }
+                if let Some(bytes) = Self::read_small(&path)? {
+                    out.push(Self::decode(&path, &bytes)?);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn rollout(&self, plugin: &str) -> Result<Option<Versioned<Rollout>>> {
+        let path = self.rollout_path(plugin)?;
+        self.read_rollout(&path)
+    }
+
+    fn insert_rollout(&self, rollout: &Rollout) -> Result<bool> {
+        let path = self.rollout_path(&rollout.plugin)?;
+        self.locked(|| {
+            if self.read_rollout(&path)?.is_some() {
+                return Ok(false);
+            }
+            self.write_rollout(&path, 1, rollout)?;
+            Ok(true)
+        })
+    }
+
+    fn replace_rollout(&self, current: Version, next: &Rollout) -> Result<bool> {
+        let path = self.rollout_path(&next.plugin)?;
+        self.locked(|| match self.read_rollout(&path)? {
+            Some(stored) if stored.version == current => {
+                self.write_rollout(&path, current.0.saturating_add(1), next)?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        })
+    }
+
+    fn rollouts(&self) -> Result<Vec<Versioned<Rollout>>> {
+        let dir = self.rollouts_dir();
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == IoKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io(&dir, e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let path = entry.map_err(|e| io(&dir, e))?.path();
+            let is_record = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.ends_with(".json") && !n.starts_with('.'));
+            if is_record && let Some(rollout) = self.read_rollout(&path)? {
+                out.push(rollout);
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,437 @@
+//! Installed versions, rollouts and rollbacks against the real `text`
+//! plugin: versions side by side, a sticky canary split, rollback in one
+//! step, upgrades that widen the grant waiting for an approver, and the
+//! refusals of each release action.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::path::Path;
+
+use airlock_host::audit_log::{Event, Filter};
+use airlock_host::store::{ApprovalKind, ApprovalState};
+use airlock_host::{
+    ApprovalPolicy, Approver, CallRequest, Error, Host, HostConfig, Package, Policy, ReleaseError,
+    RolloutRequest,
+};
+use airlock_tests::{PLUGINS_DIR, sha256_hex};
+use serde_json::json;
+
+const ALICE: &str = "alice-secret-token";
+
+fn config(data: &Path) -> HostConfig {
+    HostConfig::default().data_dir(data).policy(Policy {
+        approvals: ApprovalPolicy {
+            approvers: vec![Approver {
+                name: "alice".into(),
+                token_sha256: sha256_hex(ALICE.as_bytes()),
+            }],
+            ..ApprovalPolicy::default()
+        },
+        ..Policy::default()
+    })
+}
+
+/// A copy of the built `text` plugin as `version`, its manifest edited by
+/// `edit`.
+fn text_version(version: &str, edit: impl Fn(String) -> String) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let src = Path::new(PLUGINS_DIR).join("text");
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    let manifest = dir.path().join("plugin.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let text = text.replacen(
+        "version = \"0.1.0\"",
+        &format!("version = \"{version}\""),
+        1,
+    );
+    std::fs::write(&manifest, edit(text)).unwrap();
+    dir
+}
+
+async fn install(host: &Host, dir: &Path) {
+    let package = Package::from_dir(dir).unwrap();
+    host.install(&package, "ops").await.unwrap();
+}
+
+async fn version_for(host: &Host, principal: &str) -> String {
+    host.call(
+        CallRequest::new("text/slugify", json!({"text": "Hi there"}).to_string())
+            .principal(principal),
+    )
+    .await
+    .unwrap()
+    .plugin_version
+}
+
+fn release_error(error: Error) -> ReleaseError {
+    match error {
+        Error::Release(e) => e,
+        other => panic!("expected a release refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn versions_install_side_by_side_and_a_canary_splits_callers_stickily() {
+    let data = tempfile::tempdir().unwrap();
+    let host = Host::new(config(data.path())).unwrap();
+    let one = text_version("1.0.0", |m| m);
+    let two = text_version("2.0.0", |m| m);
+    install(&host, one.path()).await;
+    install(&host, two.path()).await;
+    // Installing the same files again changes nothing.
+    let again = host
+        .install(&Package::from_dir(one.path()).unwrap(), "ops")
+        .await
+        .unwrap();
+    assert!(!again.new);
+    let versions: Vec<String> = host
+        .installed(Some("text"))
+        .unwrap()
+        .into_iter()
+        .map(|v| v.version)
+        .collect();
+    assert_eq!(versions, ["1.0.0", "2.0.0"]);
+
+    // Installed is not serving: no rollout, no plugins-directory plugin.
+    let unserved = host
+        .call(CallRequest::new(
+            "text/slugify",
+            json!({"text": "x"}).to_string(),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(unserved.kind(), "unknown_plugin");
+
+    host.set_rollout(&RolloutRequest::new("text", "1.0.0", 100, "ops"))
+        .await
+        .unwrap();
+    host.set_rollout(&RolloutRequest::new("text", "2.0.0", 10, "ops"))
+        .await
+        .unwrap();
+
+    let mut on_canary = Vec::new();
+    for i in 0..1000 {
+        let principal = format!("agent-{i}");
+        if version_for(&host, &principal).await == "2.0.0" {
+            on_canary.push(principal);
+        }
+    }
+    // Binomial(1000, 0.1): mean 100, standard deviation 9.5; five of them
+    // either side.
+    assert!(
+        (53..=147).contains(&on_canary.len()),
+        "{} of 1000 callers on a 10% canary",
+        on_canary.len()
+    );
+    // Sticky: the same callers again, the same side.
+    for principal in on_canary.iter().take(50) {
+        assert_eq!(version_for(&host, principal).await, "2.0.0");
+    }
+    // Raising the share keeps everyone already on the canary.
+    host.set_rollout(&RolloutRequest::new("text", "2.0.0", 50, "ops"))
+        .await
+        .unwrap();
+    for principal in &on_canary {
+        assert_eq!(version_for(&host, principal).await, "2.0.0", "{principal}");
+    }
+
+    let status = host.rollout_status("text").unwrap();
+    let canary = status.versions.iter().find(|v| v.role == "canary").unwrap();
+    let serving = status
+        .versions
+        .iter()
+        .find(|v| v.role == "serving")
+        .unwrap();
+    assert_eq!(canary.version, "2.0.0");
+    assert!(canary.calls >= on_canary.len() as u64);
+    assert!(serving.calls > 0);
+    assert_eq!(canary.errors, 0);
+
+    // Rollback: one step, everyone back on 1.0.0, recorded.
+    host.rollback("text", "oncall", Some("canary looks wrong"))
+        .await
+        .unwrap();
+    for principal in on_canary.iter().take(50) {
+        assert_eq!(version_for(&host, principal).await, "1.0.0");
+    }
+    let changes = host
+        .audit()
+        .query(
+            &Filter {
+                event: Some(Event::RolloutChanged),
+                ..Filter::default()
+            },
+            100,
+        )
+        .unwrap();
+    let decisions: Vec<_> = changes
+        .iter()
+        .map(|r| r.entry.decision.clone().unwrap())
+        .collect();
+    assert_eq!(decisions, ["activate", "canary", "canary", "rollback"]);
+    let installs = host
+        .audit()
+        .query(
+            &Filter {
+                event: Some(Event::PluginInstalled),
+                ..Filter::default()
+            },
+            100,
+        )
+        .unwrap();
+    assert_eq!(installs.len(), 2, "one record per new version");
+
+    // Nothing left to roll back to: the canary is gone and 1.0.0 had no
+    // predecessor.
+    let nothing = release_error(host.rollback("text", "oncall", None).await.unwrap_err());
+    assert_eq!(nothing.kind(), "nothing_to_roll_back");
+}
+
+#[tokio::test]
+async fn promote_then_rollback_returns_to_the_previous_version() {
+    let data = tempfile::tempdir().unwrap();
+    let host = Host::new(config(data.path())).unwrap();
+    let one = text_version("1.0.0", |m| m);
+    let two = text_version("1.0.1", |m| m);
+    install(&host, one.path()).await;
+    install(&host, two.path()).await;
+    host.set_rollout(&RolloutRequest::new("text", "1.0.0", 100, "ops"))
+        .await
+        .unwrap();
+    let promote = release_error(host.promote("text", "ops", None).await.unwrap_err());
+    assert_eq!(promote.kind(), "no_canary");
+    host.set_rollout(&RolloutRequest::new("text", "1.0.1", 5, "ops"))
+        .await
+        .unwrap();
+    let promoted = host.promote("text", "ops", None).await.unwrap();
+    assert_eq!(promoted.serving, "1.0.1");
+    assert_eq!(promoted.previous.as_deref(), Some("1.0.0"));
+    assert_eq!(version_for(&host, "anyone").await, "1.0.1");
+    host.rollback("text", "oncall", None).await.unwrap();
+    assert_eq!(version_for(&host, "anyone").await, "1.0.0");
+}
+
+#[tokio::test]
+async fn an_upgrade_that_widens_the_grant_waits_for_an_approver_and_one_that_does_not_goes_on() {
+    let data = tempfile::tempdir().unwrap();
+    let host = Host::new(config(data.path())).unwrap();
+    let one = text_version("1.0.0", |m| m);
+    // Narrower: a shorter deadline.
+    let narrower = text_version("1.1.0", |m| {
+        m.replacen("timeout_ms = 2_000", "timeout_ms = 1_500", 1)
+    });
+    // Wider: a longer deadline.
+    let wider = text_version("2.0.0", |m| {
+        m.replacen("timeout_ms = 2_000", "timeout_ms = 4_000", 1)
+    });
+    for dir in [&one, &narrower, &wider] {
+        install(&host, dir.path()).await;
+    }
+    host.set_rollout(&RolloutRequest::new("text", "1.0.0", 100, "ops"))
+        .await
+        .unwrap();
+    host.set_rollout(&RolloutRequest::new("text", "1.1.0", 100, "ops"))
+        .await
+        .expect("a narrower version needs no approval");
+
+    let waiting = release_error(
+        host.set_rollout(&RolloutRequest::new("text", "2.0.0", 10, "ops"))
+            .await
+            .unwrap_err(),
+    );
+    let ReleaseError::ApprovalRequired {
+        approval_id,
+        widens,
+        ..
+    } = &waiting
+    else {
+        panic!("expected an approval request, got {waiting:?}");
+    };
+    assert!(
+        widens.iter().any(|w| w.contains("timeout_ms")),
+        "{widens:?}"
+    );
+    assert_eq!(waiting.kind(), "upgrade_approval_pending");
+    // Nothing changed meanwhile.
+    assert_eq!(version_for(&host, "agent-1").await, "1.1.0");
+    let approval = host.approval(approval_id).unwrap().unwrap();
+    assert_eq!(approval.kind, ApprovalKind::PluginUpgrade);
+    assert_eq!(approval.state, ApprovalState::Pending);
+
+    // Asking again with the approval while it is pending: refused.
+    let pending = release_error(
+        host.set_rollout(&RolloutRequest::new("text", "2.0.0", 10, "ops").approval(approval_id))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(pending.kind(), "upgrade_approval_refused");
+    host.decide(approval_id, "alice", ALICE, true, Some("reviewed the diff"))
+        .await
+        .unwrap();
+
+    // Approved: the same change with the approval goes through, once.
+    let done = host
+        .set_rollout(&RolloutRequest::new("text", "2.0.0", 10, "ops").approval(approval_id))
+        .await
+        .unwrap();
+    assert_eq!(
+        done.change.approval_id.as_deref(),
+        Some(approval_id.as_str())
+    );
+    assert_eq!(
+        host.approval(approval_id).unwrap().unwrap().state,
+        ApprovalState::Consumed
+    );
+    // Raising the canary's share of an approved version needs no new
+    // approval.
+    host.set_rollout(&RolloutRequest::new("text", "2.0.0", 30, "ops"))
+        .await
+        .unwrap();
+    // The approval cannot be used for another upgrade (or again).
+    let again = release_error(
+        host.set_rollout(&RolloutRequest::new("text", "1.0.0", 100, "ops").approval(approval_id))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(again.kind(), "upgrade_approval_refused");
+}
+
+/// A copy of the built `billing` plugin as `version`, edited by `edit`.
+fn billing_version(version: &str, edit: impl Fn(String) -> String) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let src = Path::new(PLUGINS_DIR).join("billing");
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+    }
+    let manifest = dir.path().join("plugin.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let text = text.replacen(
+        "version = \"0.1.0\"",
+        &format!("version = \"{version}\""),
+        1,
+    );
+    std::fs::write(&manifest, edit(text)).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn an_approved_plugin_upgrade_cannot_be_spent_on_a_call() {
+    let data = tempfile::tempdir().unwrap();
+    let host = Host::new(config(data.path())).unwrap();
+    let one = billing_version("1.0.0", |m| m);
+    let wider = billing_version("2.0.0", |m| {
+        m.replacen("timeout_ms = 2_000", "timeout_ms = 4_000", 1)
+    });
+    install(&host, one.path()).await;
+    install(&host, wider.path()).await;
+    host.set_rollout(&RolloutRequest::new("billing", "1.0.0", 100, "agent-1"))
+        .await
+        .unwrap();
+    // The caller asked for the upgrade (as an operator would), so the
+    // approval names them as its principal: the closest a forged resume
+    // can get.
+    let ReleaseError::ApprovalRequired { approval_id, .. } = release_error(
+        host.set_rollout(&RolloutRequest::new("billing", "2.0.0", 100, "agent-1"))
+            .await
+            .unwrap_err(),
+    ) else {
+        panic!("expected an approval request");
+    };
+    host.decide(&approval_id, "alice", ALICE, true, None)
+        .await
+        .unwrap();
+    host.call(CallRequest::new(
+        "billing/open-account",
+        json!({"account": "9182", "balance_cents": 0}).to_string(),
+    ))
+    .await
+    .unwrap();
+    let refused = host
+        .call(
+            CallRequest::new(
+                "billing/refund",
+                json!({"account": "9182", "amount_cents": 5, "reason": "x"}).to_string(),
+            )
+            .principal("agent-1")
+            .idempotency_key("k-1")
+            .approval_id(&approval_id),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(refused.kind(), "approval_mismatch", "{refused}");
+    assert_eq!(
+        host.approval(&approval_id).unwrap().unwrap().state,
+        ApprovalState::Approved,
+        "the upgrade approval stays unspent"
+    );
+}
+
+#[tokio::test]
+async fn release_actions_refuse_what_does_not_hold_and_change_nothing() {
+    let data = tempfile::tempdir().unwrap();
+    let host = Host::new(config(data.path())).unwrap();
+    let one = text_version("1.0.0", |m| m);
+    install(&host, one.path()).await;
+
+    let kind = |e: Error| release_error(e).kind();
+    assert_eq!(
+        kind(
+            host.set_rollout(&RolloutRequest::new("text", "9.9.9", 100, "ops"))
+                .await
+                .unwrap_err()
+        ),
+        "version_not_installed"
+    );
+    assert_eq!(
+        kind(
+            host.set_rollout(&RolloutRequest::new("text", "1.0.0", 101, "ops"))
+                .await
+                .unwrap_err()
+        ),
+        "invalid_rollout"
+    );
+    assert_eq!(
+        kind(
+            host.set_rollout(&RolloutRequest::new("text", "1.0.0", 10, "ops"))
+                .await
+                .unwrap_err()
+        ),
+        "nothing_serves"
+    );
+    assert_eq!(
+        kind(host.rollback("text", "ops", None).await.unwrap_err()),
+        "nothing_to_roll_back"
+    );
+    assert!(host.rollouts().unwrap().is_empty(), "nothing changed");
+
+    // Another version under a taken number, with other files: refused, and
+    // 1.0.0 stays what it was.
+    let other = text_version("1.0.0", |m| {
+        m.replacen("timeout_ms = 2_000", "timeout_ms = 1_000", 1)
+    });
+    let conflict = host
+        .install(&Package::from_dir(other.path()).unwrap(), "ops")
+        .await
+        .unwrap_err();
+    assert_eq!(conflict.kind(), "version_taken");
+    let installed = host.installed(Some("text")).unwrap();
+    assert_eq!(installed.len(), 1);
+    assert_eq!(
+        installed[0].manifest_digest,
+        sha256_hex(&std::fs::read(one.path().join("plugin.toml")).unwrap())
+    );
+
+    // A package whose component does not match its pin never installs.
+    let tampered = text_version("3.0.0", |m| m);
+    std::fs::write(
+        tampered.path().join("text.wasm"),
+        b"\0asm\x0d\0\x01\0tampered",
+    )
+    .unwrap();
+    assert!(Package::from_dir(tampered.path()).is_err());
+    assert_eq!(host.installed(Some("text")).unwrap().len(), 1);
+}
