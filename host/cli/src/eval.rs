@@ -9,12 +9,9 @@
 //! when it holds the log).
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use airlock_host::audit_log::{ChainRecord, Event, Record};
-use airlock_host::{
-    CASES_FILE, Cases, EvalReport, Host, MANIFEST_FILE, Plugin, ReplayPlan, ReplayReport,
-};
+use airlock_host::{CASES_FILE, Cases, EvalReport, Host, Plugin, ReplayPlan, ReplayReport};
 use airlock_mcp::control::AuditQuery;
 use anyhow::{Context as _, anyhow};
 use clap::Args;
@@ -29,16 +26,17 @@ const MAX_REPLAY_RECORDS: usize = 10_000;
 #[derive(Debug, Args)]
 pub(crate) struct EvalArgs {
     /// The plugin: a name in the plugins directory (`text`), `NAME@VERSION`,
-    /// or a path to a plugin directory.
+    /// a plugin directory or a plugin archive.
     #[arg(value_name = "PLUGIN[@VERSION]")]
     plugin: String,
     /// The cases file (default: the plugin's own `cases.jsonl`).
     #[arg(long, value_name = "FILE")]
     cases: Option<PathBuf>,
-    /// Also run the cases against this plugin directory and show both side
-    /// by side (for example the version that serves, next to a new one).
-    #[arg(long, value_name = "DIR")]
-    baseline: Option<PathBuf>,
+    /// Also run the cases against this plugin (a directory, an archive, a
+    /// name or NAME@VERSION) and show both side by side (for example the
+    /// version that serves, next to a new one).
+    #[arg(long, value_name = "PLUGIN")]
+    baseline: Option<String>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -49,8 +47,8 @@ pub(crate) struct ReplayArgs {
     /// The plugin whose recorded calls are replayed.
     #[arg(long)]
     plugin: String,
-    /// What to replay them against: a version of the plugin, or a plugin
-    /// directory.
+    /// What to replay them against: a version of the plugin, a plugin
+    /// directory or a plugin archive.
     #[arg(long, value_name = "VERSION|DIR")]
     against: String,
     /// Only calls recorded at or after: RFC 3339 or an age (15m, 2h, 7d).
@@ -65,12 +63,15 @@ pub(crate) struct ReplayArgs {
 }
 
 /// A host to evaluate in: nothing of the data directory (module docs).
+/// Every version evaluated is opened in it (`Host::open_plugin`), so
+/// versions of one plugin sit side by side.
 fn scratch_host(settings: &Settings) -> Result<Host, Failure> {
     Ok(Host::new(host_config(settings, Calls::None))?)
 }
 
-/// Load the plugin `reference` into `host`: a path to a plugin directory,
-/// a plugin name in the plugins directory, or `NAME@VERSION`.
+/// The plugin `reference`, opened in `host`: a plugin directory, a plugin
+/// archive (unpacked into `scratch`), a name in the plugins directory
+/// (`crate::package::resolve_plugin_ref`), or `NAME@VERSION`.
 ///
 /// Today a version can only be the one in the plugins directory; anything
 /// else is refused, saying so. (Installed versions will resolve here.)
@@ -78,37 +79,22 @@ pub(crate) async fn resolve_plugin(
     host: &Host,
     settings: &Settings,
     reference: &str,
-) -> Result<Arc<Plugin>, Failure> {
-    let as_path = Path::new(reference);
-    if as_path.join(MANIFEST_FILE).is_file() {
-        return Ok(host.load_plugin(as_path).await?);
-    }
-    let (name, version) = match reference.split_once('@') {
-        Some((name, version)) => (name, Some(version)),
-        None => (reference, None),
-    };
-    let dir = settings.plugins_dir.join(name);
-    if name.is_empty()
-        || name.contains(['/', '\\'])
-        || name.starts_with('.')
-        || !dir.join(MANIFEST_FILE).is_file()
+    scratch: &Path,
+) -> Result<Plugin, Failure> {
+    if let Some((name, version)) = reference.split_once('@')
+        && !Path::new(reference).exists()
     {
-        return Err(Failure::usage(anyhow!(
-            "no plugin `{reference}`: neither a plugin directory nor a plugin in {}",
-            settings.plugins_dir.display()
-        )));
+        let plugin = crate::package::resolve_plugin_ref(host, settings, name, scratch).await?;
+        if plugin.version() != version {
+            return Err(Failure::usage(anyhow!(
+                "plugin `{name}` version {version} is not available: the plugins directory holds version {} ({})",
+                plugin.version(),
+                plugin.dir().display()
+            )));
+        }
+        return Ok(plugin);
     }
-    let plugin = host.load_plugin(&dir).await?;
-    if let Some(version) = version
-        && version != plugin.version()
-    {
-        return Err(Failure::usage(anyhow!(
-            "plugin `{name}` version {version} is not available: the plugins directory holds version {} ({})",
-            plugin.version(),
-            dir.display()
-        )));
-    }
-    Ok(plugin)
+    crate::package::resolve_plugin_ref(host, settings, reference, scratch).await
 }
 
 /// The cases to run: `--cases`, else the first of `dirs` that ships a
@@ -136,20 +122,13 @@ fn load_cases(given: Option<&Path>, dirs: &[&Path]) -> Result<(PathBuf, Cases), 
 
 pub(crate) async fn eval(settings: &Settings, args: EvalArgs) -> Result<u8, Failure> {
     let host = scratch_host(settings)?;
-    let candidate = resolve_plugin(&host, settings, &args.plugin).await?;
-    // A second host for the baseline: two versions of one plugin share
-    // its name, and a host holds one plugin of a name.
-    let baseline_host;
+    let scratch = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let candidate =
+        resolve_plugin(&host, settings, &args.plugin, &scratch.path().join("a")).await?;
     let baseline = match &args.baseline {
-        Some(dir) => {
-            if !dir.join(MANIFEST_FILE).is_file() {
-                return Err(Failure::usage(anyhow!(
-                    "--baseline {}: not a plugin directory (no {MANIFEST_FILE})",
-                    dir.display()
-                )));
-            }
-            baseline_host = scratch_host(settings)?;
-            let plugin = baseline_host.load_plugin(dir).await?;
+        Some(reference) => {
+            let plugin =
+                resolve_plugin(&host, settings, reference, &scratch.path().join("b")).await?;
             if plugin.name() != candidate.name() {
                 return Err(Failure::usage(anyhow!(
                     "--baseline is plugin `{}`, not `{}`",
@@ -157,18 +136,18 @@ pub(crate) async fn eval(settings: &Settings, args: EvalArgs) -> Result<u8, Fail
                     candidate.name()
                 )));
             }
-            Some((&baseline_host, plugin))
+            Some(plugin)
         }
         None => None,
     };
     let mut dirs = vec![candidate.dir()];
-    if let Some((_, plugin)) = &baseline {
+    if let Some(plugin) = &baseline {
         dirs.push(plugin.dir());
     }
     let (path, cases) = load_cases(args.cases.as_deref(), &dirs)?;
     let report = host.evaluate(&candidate, &cases).await?;
     let base_report = match &baseline {
-        Some((h, plugin)) => Some(h.evaluate(plugin, &cases).await?),
+        Some(plugin) => Some(host.evaluate(plugin, &cases).await?),
         None => None,
     };
     if args.json {
@@ -300,18 +279,14 @@ pub(crate) async fn replay(settings: &Settings, args: ReplayArgs) -> Result<u8, 
         .transpose()
         .map_err(Failure::usage)?;
     let host = scratch_host(settings)?;
-    // A directory, or a version of the plugin.
-    let reference = if Path::new(&args.against).join(MANIFEST_FILE).is_file() {
+    let scratch = tempfile::tempdir().context("cannot create a temporary directory")?;
+    // A directory or an archive, or a version of the plugin.
+    let reference = if Path::new(&args.against).exists() || args.against.contains(['/', '\\']) {
         args.against.clone()
-    } else if args.against.contains(['/', '\\']) {
-        return Err(Failure::usage(anyhow!(
-            "--against {}: not a plugin directory (no {MANIFEST_FILE})",
-            args.against
-        )));
     } else {
         format!("{}@{}", args.plugin, args.against)
     };
-    let plugin = resolve_plugin(&host, settings, &reference).await?;
+    let plugin = resolve_plugin(&host, settings, &reference, &scratch.path().join("a")).await?;
     if plugin.name() != args.plugin {
         return Err(Failure::usage(anyhow!(
             "--against is plugin `{}`, not `{}`",

@@ -130,6 +130,31 @@ fn eval_passes_the_serving_version_and_catches_the_release_regression() {
 }
 
 #[test]
+fn eval_takes_a_plugin_archive_and_its_shipped_cases() {
+    let env = Env::new();
+    let archive = env.data.path().join("text-0.2.0.tar.gz");
+    let out = env.run(&[
+        "plugins",
+        "pack",
+        text_v2().to_str().unwrap(),
+        "-o",
+        archive.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let out = env.run(&[
+        "eval",
+        archive.to_str().unwrap(),
+        "--baseline",
+        "text@0.1.0",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(10), "{}", stderr(&out));
+    let report = json(&out);
+    assert_eq!(report["candidate"]["failed"], 1);
+    assert_eq!(report["baseline"]["failed"], 0);
+}
+
+#[test]
 fn eval_refuses_bad_references_and_bad_cases_files_with_exit_2() {
     let env = Env::new();
     let out = env.run(&["eval", "text@0.2.0"]);
@@ -142,7 +167,7 @@ fn eval_refuses_bad_references_and_bad_cases_files_with_exit_2() {
         stderr(&out)
     );
     let out = env.run(&["eval", "nope"]);
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(out.status.code(), Some(1));
     assert!(
         stderr(&out).contains("no plugin `nope`"),
         "{}",
