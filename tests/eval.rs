@@ -254,3 +254,48 @@ async fn replay_reruns_kept_calls_and_counts_those_skipped() {
     assert_eq!(diff.at, "/slug");
     assert_eq!(diff.expected, json!("creme-brulee"));
 }
+
+#[tokio::test]
+async fn an_approval_shows_a_replayable_tools_arguments_cut_as_any_other() {
+    let audit = AuditConfig {
+        replayable: vec!["billing/refund".to_owned()],
+        max_copy_bytes: 64,
+        ..AuditConfig::default()
+    };
+    let policy = airlock_host::Policy {
+        approvals: airlock_host::ApprovalPolicy {
+            approvers: vec![airlock_host::Approver {
+                name: "alice".into(),
+                token_sha256: airlock_tests::sha256_hex(b"token"),
+            }],
+            ..airlock_host::ApprovalPolicy::default()
+        },
+        ..airlock_host::Policy::default()
+    };
+    let host = Host::new(HostConfig::default().audit(audit).policy(policy)).unwrap();
+    host.load_plugin(Path::new(PLUGINS_DIR).join("billing"))
+        .await
+        .unwrap();
+    let arguments = json!({"account": "a", "amount_cents": 5, "reason": "r".repeat(200)});
+    let error = host
+        .call(CallRequest::new("billing/refund", arguments.to_string()).idempotency_key("k1"))
+        .await
+        .unwrap_err();
+    let airlock_host::CallError::ApprovalPending { approval_id, .. } = error else {
+        panic!("{error}");
+    };
+    let approval = host.approval(&approval_id).unwrap().unwrap();
+    assert!(approval.args.len() <= 64, "{}", approval.args);
+    assert!(approval.args_truncated);
+    // The log's record keeps the whole (redacted) copy.
+    let filter = Filter {
+        plugin: Some("billing".into()),
+        event: Some(Event::ApprovalRequested),
+        ..Filter::default()
+    };
+    let records = host.audit().query(&filter, 10).unwrap();
+    let record = &records[0].entry;
+    assert_eq!(record.args_redacted, Some(false));
+    assert!(!record.args_truncated);
+    assert!(record.args.as_ref().unwrap().len() > 200);
+}

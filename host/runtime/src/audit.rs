@@ -58,14 +58,18 @@ impl<'a> CallRecord<'a> {
         self.base.args_digest.as_deref().unwrap_or_default()
     }
 
-    /// The redacted copy of the arguments, once recorded.
+    /// The redacted copy of the arguments, once recorded, cut to
+    /// `max_copy_bytes` (an approval shows it; a replayable tool's record
+    /// keeps more).
     pub(crate) fn args_copy(&self) -> &str {
-        self.base.args.as_deref().unwrap_or_default()
+        let copy = self.base.args.as_deref().unwrap_or_default();
+        airlock_audit::text::prefix(copy, self.log.config().max_copy_bytes)
     }
 
-    /// Whether the copy of the arguments was cut to the size cap.
+    /// Whether [`args_copy`](Self::args_copy) is cut.
     pub(crate) fn args_truncated(&self) -> bool {
         self.base.args_truncated
+            || self.args_copy().len() < self.base.args.as_ref().map_or(0, String::len)
     }
 
     /// The call carries idempotency `key`.
