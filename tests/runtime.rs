@@ -636,3 +636,164 @@ async fn without_a_pool_instances_are_allocated_on_demand() {
         .unwrap();
     assert_eq!(ok.output, json!({"b": 2}));
 }
+
+// ---------------------------------------------------------------- versions
+
+/// A copy of example plugin `name` (subdirectories too), its manifest
+/// edited by `edit`.
+fn version_of(
+    root: &std::path::Path,
+    name: &str,
+    edit: impl Fn(String) -> String,
+) -> std::path::PathBuf {
+    fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_dir() {
+                copy_tree(&entry.path(), &to.join(entry.file_name()));
+            } else {
+                std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+            }
+        }
+    }
+    let dir = root.join(format!("{name}-{}", root.read_dir().unwrap().count()));
+    copy_tree(&std::path::Path::new(PLUGINS_DIR).join(name), &dir);
+    let manifest = dir.join("plugin.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let edited = edit(text.clone());
+    std::fs::write(&manifest, edited).unwrap();
+    dir
+}
+
+/// `(area, subject, kind, widens)` of every change.
+fn summary(diff: &airlock_host::PluginDiff) -> Vec<(String, String, String, bool)> {
+    let value = serde_json::to_value(diff).unwrap();
+    value["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["area"].as_str().unwrap().to_owned(),
+                c["subject"].as_str().unwrap().to_owned(),
+                c["kind"].as_str().unwrap().to_owned(),
+                c["widens"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn change(area: &str, subject: &str, kind: &str, widens: bool) -> (String, String, String, bool) {
+    (area.into(), subject.into(), kind.into(), widens)
+}
+
+#[tokio::test]
+async fn plugin_diff_finds_every_widening_of_the_effective_grant() {
+    let root = tempfile::tempdir().unwrap();
+    let policy = airlock_host::Policy {
+        env: [("REGION".to_owned(), "eu".to_owned())].into(),
+        ..Default::default()
+    };
+    let host = Host::new(
+        HostConfig::default()
+            .cache_dir(shared_cache())
+            .policy(policy),
+    )
+    .unwrap();
+
+    // billing: workspace read-only per session -> read-write for everyone;
+    // refund loses its approval and idempotency requirements; lookup's rate
+    // limit loosens; an env name appears.
+    let old = version_of(root.path(), "billing", |m| {
+        m.replace("workspace = \"read-write\"", "workspace = \"read-only\"")
+            .replace(
+                "workspace_scope = \"plugin\"",
+                "workspace_scope = \"session\"",
+            )
+            .replace(
+                "name = \"lookup\"\nrisk = \"read\"",
+                "name = \"lookup\"\nrisk = \"read\"\nrate_limit = \"10/min\"",
+            )
+    });
+    let new = version_of(root.path(), "billing", |m| {
+        m.replace("version = \"0.1.0\"", "version = \"0.2.0\"")
+            .replace(
+                "workspace_scope = \"plugin\"",
+                "workspace_scope = \"plugin\"\nenv = [\"REGION\"]",
+            )
+            .replace("approval = \"required\"\n", "")
+            .replace("idempotency = \"required\"\n", "")
+            .replace(
+                "name = \"lookup\"\nrisk = \"read\"",
+                "name = \"lookup\"\nrisk = \"read\"\nrate_limit = \"100/min\"",
+            )
+    });
+    let (old, new) = (
+        host.open_plugin(&old).await.unwrap(),
+        host.open_plugin(&new).await.unwrap(),
+    );
+    let diff = airlock_host::PluginDiff::between(&old, &new);
+    let changes = summary(&diff);
+    for expected in [
+        change("capability", "capabilities.env", "added", true),
+        change("capability", "capabilities.workspace", "widened", true),
+        change(
+            "capability",
+            "capabilities.workspace_scope",
+            "widened",
+            true,
+        ),
+        change("env", "REGION", "added", true),
+        change("approval", "refund", "removed", true),
+        change("idempotency", "refund", "removed", true),
+        change("rate_limit", "lookup", "raised", true),
+    ] {
+        assert!(
+            changes.contains(&expected),
+            "{expected:?} not in {changes:#?}"
+        );
+    }
+    assert!(diff.widens());
+    // Backwards, none of these widen.
+    let back = airlock_host::PluginDiff::between(&new, &old);
+    assert!(!back.widens(), "{back}");
+    assert_eq!(back.changes().len(), diff.changes().len(), "{back}");
+
+    // fetch: one more origin. files: read-only -> read-write, then another
+    // directory behind the same guest path.
+    for (name, edit, expected) in [
+        (
+            "fetch",
+            (|m: String| {
+                m.replace(
+                    "http = [\"https://www.rfc-editor.org\"]",
+                    "http = [\"https://www.rfc-editor.org\", \"https://api.example.com\"]",
+                )
+            }) as fn(String) -> String,
+            change("http", "https://api.example.com", "added", true),
+        ),
+        (
+            "files",
+            |m: String| m.replace("access = \"read-only\"", "access = \"read-write\""),
+            change("files", "/docs", "widened", true),
+        ),
+    ] {
+        let old = host
+            .open_plugin(version_of(root.path(), name, |m| m))
+            .await
+            .unwrap();
+        let new = host
+            .open_plugin(version_of(root.path(), name, edit))
+            .await
+            .unwrap();
+        let diff = airlock_host::PluginDiff::between(&old, &new);
+        assert_eq!(summary(&diff), [expected], "{diff}");
+        assert!(diff.widens());
+        assert!(diff.to_string().contains("widens: yes"), "{diff}");
+    }
+
+    // The same version twice: nothing, nothing to approve.
+    let diff = airlock_host::PluginDiff::between(&old, &old);
+    assert!(diff.is_empty() && !diff.widens(), "{diff}");
+}

@@ -90,6 +90,9 @@ pub(crate) async fn run(settings: &Settings, args: ServeArgs) -> Result<u8, Fail
     for (dir, error) in &report.failed {
         eprintln!("warning: plugin in {} not loaded: {error}", dir.display());
     }
+    // Rollouts changed by any host (or `airlock rollout`) reach the tool
+    // list within a second, whatever the plugins directory's watch.
+    let _rollouts = server.watch_rollouts(airlock_host::ROLLOUT_REFRESH);
     let _watch = (serve.reload_interval_ms > 0).then(|| {
         server.watch_plugins_dir(
             settings.plugins_dir.clone(),

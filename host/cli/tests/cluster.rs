@@ -1241,3 +1241,137 @@ fn serve_refuses_to_start_on_a_bad_store_url_naming_the_problem_not_the_password
         assert!(!stderr.contains(":airlock@"), "{stderr}");
     }
 }
+
+/// A copy of the built `text` plugin named `words`, as `version`, in `to`.
+fn words_version(to: &Path, version: &str) -> PathBuf {
+    let dir = to.join(format!("words-{version}"));
+    copy_dir(&Path::new(PLUGINS_DIR).join("text"), &dir);
+    let manifest = dir.join("plugin.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let text = text
+        .replacen("name = \"text\"", "name = \"words\"", 1)
+        .replacen(
+            "version = \"0.1.0\"",
+            &format!("version = \"{version}\""),
+            1,
+        );
+    std::fs::write(&manifest, text).unwrap();
+    dir
+}
+
+/// The version that answered a successful call.
+fn version_of(result: &Value) -> String {
+    ok(result);
+    result["_meta"]["airlock/call"]["plugin_version"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no plugin_version: {result}"))
+        .to_owned()
+}
+
+#[test]
+fn a_version_installed_and_rolled_out_once_serves_on_both_hosts_and_rolls_back_everywhere() {
+    let cluster = Cluster::new();
+    let (a, b) = cluster.start();
+    let sessions = [a.session(), b.session()];
+    let versions = tempfile::tempdir().unwrap();
+    // The operator installs and activates from a machine of their own: its
+    // own data directory, the same database.
+    let operator = Node::new("operator", &cluster.a.plugins, &cluster.url);
+    for version in ["1.0.0", "2.0.0"] {
+        let dir = words_version(versions.path(), version);
+        let out = operator.airlock(&["plugins", "install", dir.to_str().unwrap()]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let activate = operator.airlock(&["rollout", "words", "1.0.0", "--percent", "100"]);
+    assert!(
+        activate.status.success(),
+        "{}",
+        String::from_utf8_lossy(&activate.stderr)
+    );
+    let slug = |mcp: &Mcp| mcp.call("words__slugify", json!({"text": "Hi there"}), json!({}));
+    for mcp in &sessions {
+        // Until the host's tool list follows the rollout (within a
+        // second), the tool is unknown there.
+        eventually("1.0.0 serving on both hosts", || {
+            let request = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+                "name": "words__slugify", "arguments": {"text": "Hi there"}}});
+            let reply = Mcp::post(&mcp.addr, Some(&mcp.session), &request);
+            let result = reply.message().get("result").cloned()?;
+            (version_of(&result) == "1.0.0").then_some(())
+        });
+    }
+    // Every caller on 2.0.0, set through host A's running server.
+    let out = cluster
+        .a
+        .airlock(&["rollout", "words", "2.0.0", "--percent", "100"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for mcp in &sessions {
+        eventually("2.0.0 serving on both hosts", || {
+            (version_of(&slug(mcp)) == "2.0.0").then_some(())
+        });
+    }
+    // One rollback, through host B, reaches both.
+    let out = cluster
+        .b
+        .airlock(&["rollback", "words", "--reason", "regression"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for mcp in &sessions {
+        eventually("1.0.0 back on both hosts", || {
+            (version_of(&slug(mcp)) == "1.0.0").then_some(())
+        });
+    }
+    // The versions were installed once, in the shared store; the changes
+    // are in the chains of the hosts that made them.
+    let (mut a, mut b) = (a, b);
+    a.terminate();
+    b.terminate();
+    // The operator's chain verifies against the operator's key too.
+    let keys = cluster.a.audit_dir().join(KEYS_DIR);
+    std::fs::create_dir_all(&keys).unwrap();
+    std::fs::copy(
+        operator.audit_dir().join("signing.pub"),
+        keys.join("operator.pub"),
+    )
+    .unwrap();
+    let (verified, records) = cluster.audit();
+    let origins: Vec<&str> = verified.iter().map(|v| v.origin.as_str()).collect();
+    assert_eq!(origins, ["host-a", "host-b", "operator"], "{verified:?}");
+    for chain in &verified {
+        assert!(
+            chain.result.is_ok(),
+            "chain {} broken: {chain:?}",
+            chain.origin
+        );
+    }
+    let installs = records
+        .iter()
+        .filter(|r| r.record.entry.event == Event::PluginInstalled)
+        .count();
+    assert_eq!(installs, 2, "{records:?}");
+    let changes: Vec<(String, String)> = records
+        .iter()
+        .filter(|r| r.record.entry.event == Event::RolloutChanged)
+        .map(|r| (r.origin.clone(), r.record.entry.decision.clone().unwrap()))
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            ("operator".to_owned(), "activate".to_owned()),
+            ("host-a".to_owned(), "activate".to_owned()),
+            ("host-b".to_owned(), "rollback".to_owned()),
+        ],
+        "{records:?}"
+    );
+}

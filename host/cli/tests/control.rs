@@ -647,3 +647,162 @@ fn chown_tree(path: &Path) {
         }
     }
 }
+
+/// A copy of the built `text` plugin as `version` in `to`, its manifest
+/// edited by `edit`.
+fn text_version(to: &Path, version: &str, edit: impl Fn(String) -> String) -> PathBuf {
+    let dir = to.join(format!("text-{version}"));
+    copy_dir(&Path::new(PLUGINS_DIR).join("text"), &dir);
+    let manifest = dir.join("plugin.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let text = text.replacen(
+        "version = \"0.1.0\"",
+        &format!("version = \"{version}\""),
+        1,
+    );
+    std::fs::write(&manifest, edit(text)).unwrap();
+    dir
+}
+
+fn approval_id_in(text: &str) -> String {
+    let start = text.find("apr-").expect("an approval id");
+    text[start..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .collect()
+}
+
+#[test]
+fn release_actions_work_on_the_data_directory_and_through_the_running_server() {
+    let setup = Setup::new("");
+    let versions = tempfile::tempdir().unwrap();
+    let one = text_version(versions.path(), "1.0.0", |m| m);
+    let wider = text_version(versions.path(), "2.0.0", |m| {
+        m.replacen("timeout_ms = 2_000", "timeout_ms = 4_000", 1)
+    });
+    let one = one.to_str().unwrap();
+    let wider = wider.to_str().unwrap();
+
+    // No server: the commands open the data directory.
+    let installed = setup.ok(&["plugins", "install", one]);
+    assert!(installed.contains("installed text 1.0.0"), "{installed}");
+    let again = setup.ok(&["plugins", "install", one]);
+    assert!(again.contains("already installed"), "{again}");
+    let activated = setup.ok(&[
+        "rollout",
+        "text",
+        "1.0.0",
+        "--percent",
+        "100",
+        "--by",
+        "ops",
+    ]);
+    assert!(
+        activated.contains("1.0.0 serves every caller"),
+        "{activated}"
+    );
+
+    // A server holds the data directory: the same commands go through it.
+    let mut serve = setup.serve();
+    setup.ok(&["plugins", "install", wider]);
+    let listed = setup.ok(&["plugins", "list"]);
+    assert!(listed.contains("installed versions:"), "{listed}");
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.contains("1.0.0") && l.contains("serving")),
+        "{listed}"
+    );
+
+    // Wider: waits for an approver (exit 8), then goes through with the
+    // approval.
+    let waiting = setup.run(&["rollout", "text", "2.0.0", "--percent", "10", "--by", "ops"]);
+    let stderr = String::from_utf8_lossy(&waiting.stderr).into_owned();
+    assert_eq!(waiting.status.code(), Some(8), "{stderr}");
+    assert!(stderr.contains("timeout_ms"), "{stderr}");
+    let id = approval_id_in(&stderr);
+    let shown = setup.ok(&["approvals", "show", &id]);
+    assert!(shown.contains("2.0.0"), "{shown}");
+    setup.ok(&["approvals", "approve", &id, "--as", "alice"]);
+    let canary = setup.ok(&[
+        "rollout",
+        "text",
+        "2.0.0",
+        "--percent",
+        "10",
+        "--by",
+        "ops",
+        "--approval",
+        &id,
+    ]);
+    assert!(canary.contains("canary 2.0.0 takes 10%"), "{canary}");
+
+    // Calls through the server follow the rollout.
+    let result = serve.call("text__slugify", json!({"text": "Hi there"}), json!({}));
+    assert_eq!(result["isError"], false, "{result}");
+
+    let status: Value =
+        serde_json::from_str(&setup.ok(&["rollout", "status", "text", "--json"])).unwrap();
+    let roles: Vec<&str> = status["status"]["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["role"].as_str().unwrap())
+        .collect();
+    assert_eq!(roles, ["serving", "canary"], "{status}");
+    let table = setup.ok(&["rollout", "status", "text"]);
+    assert!(table.contains("p99 ms"), "{table}");
+
+    // Rollback in one command; then nothing is left to roll back to.
+    let back = setup.ok(&[
+        "rollback",
+        "text",
+        "--by",
+        "oncall",
+        "--reason",
+        "errors up",
+    ]);
+    assert!(back.contains("1.0.0 serves every caller"), "{back}");
+    let nothing = setup.run(&["rollback", "text"]);
+    assert_eq!(nothing.status.code(), Some(3));
+    assert!(
+        String::from_utf8_lossy(&nothing.stderr).contains("nothing to roll back"),
+        "{}",
+        String::from_utf8_lossy(&nothing.stderr)
+    );
+
+    // Bad input: a share out of range, a version not installed, a path that
+    // is no plugin.
+    for (args, code, says) in [
+        (
+            vec!["rollout", "text", "1.0.0", "--percent", "101"],
+            3,
+            "0-100",
+        ),
+        (
+            vec!["rollout", "text", "9.9.9", "--percent", "100"],
+            3,
+            "not installed",
+        ),
+        (
+            vec!["plugins", "install", "/nonexistent/plugin"],
+            1,
+            "/nonexistent/plugin",
+        ),
+    ] {
+        let out = setup.run(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+    }
+
+    // Every change is in the audit log, in order.
+    let records = setup.ok(&["audit", "query", "--json", "--limit", "1000"]);
+    let decisions: Vec<String> = json_lines(&records)
+        .iter()
+        .filter(|r| r["event"] == "rollout_changed")
+        .map(|r| r["decision"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(decisions, ["activate", "canary", "rollback"], "{records}");
+    serve.kill();
+}

@@ -43,6 +43,7 @@ fn success(entry: &CatalogEntry, response: CallResponse) -> CallToolResult {
     let mut call = JsonObject::new();
     call.insert("call_id".into(), json!(response.call_id));
     call.insert("trace_id".into(), json!(response.trace_id));
+    call.insert("plugin_version".into(), json!(response.plugin_version));
     if let Some(id) = &response.approval_id {
         call.insert("approval_id".into(), json!(id));
     }

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
@@ -102,6 +103,8 @@ struct Shared {
     /// Calls running per principal (only principals with one running).
     principal_calls: std::sync::Mutex<HashMap<String, usize>>,
     reload: Mutex<ReloadState>,
+    /// The rollouts could not be read at the last look (warned once).
+    rollouts_failing: AtomicBool,
     /// Catalog warnings logged already, by plugin version (component and
     /// manifest digest), tool and message: each is logged once per loaded
     /// version, however often the catalog is rebuilt.
@@ -164,6 +167,7 @@ impl McpServer {
                 catalog: RwLock::new(Arc::new(catalog)),
                 changes,
                 reload: Mutex::new(ReloadState::default()),
+                rollouts_failing: AtomicBool::new(false),
                 warned: std::sync::Mutex::new(HashSet::new()),
             }),
         };
@@ -272,19 +276,51 @@ impl McpServer {
                 },
             );
         }
-        // Installed versions: a rollout changed on any host shows here.
-        let rollouts_changed = match host.prepare_rollouts().await {
-            Ok(changed) => changed,
-            Err(error) => {
-                tracing::warn!(error = %error, "rollouts cannot be read");
-                false
-            }
-        };
+        // Installed versions: what the rollouts serve now.
+        let rollouts_changed = self.prepare_rollouts().await;
         // Nothing loaded or unloaded (the usual tick): the catalog stands.
         if rollouts_changed || !report.loaded.is_empty() || !report.unloaded.is_empty() {
             report.tools_changed = self.refresh_catalog();
         }
         Ok(report)
+    }
+
+    /// Load what the rollouts serve; `true` when that changed. A store
+    /// that cannot be read is warned about once until it can again.
+    async fn prepare_rollouts(&self) -> bool {
+        match self.shared.host.prepare_rollouts().await {
+            Ok(changed) => {
+                self.shared.rollouts_failing.store(false, Ordering::Relaxed);
+                changed
+            }
+            Err(error) => {
+                if !self.shared.rollouts_failing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(error = %error, "rollouts cannot be read: the versions serving stay as they were");
+                }
+                false
+            }
+        }
+    }
+
+    /// Follow the rollouts every `interval` (a change made on any host
+    /// sharing the store, or by `airlock rollout`): load the versions they
+    /// name and refresh the tool list when what serves changed. Runs until
+    /// the returned task is aborted (or the server is dropped everywhere
+    /// else).
+    pub fn watch_rollouts(&self, interval: Duration) -> tokio::task::JoinHandle<()> {
+        let weak = Arc::downgrade(&self.shared);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                let Some(shared) = weak.upgrade() else {
+                    return;
+                };
+                let server = McpServer { shared };
+                if server.prepare_rollouts().await {
+                    server.refresh_catalog();
+                }
+            }
+        })
     }
 
     /// Call [`McpServer::reload`] every `interval` until the returned task

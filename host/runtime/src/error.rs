@@ -1241,9 +1241,17 @@ impl LoadError {
         }
     }
 
-    /// This error as JSON (see [`Error::to_json`]).
+    /// This error as JSON (see [`Error::to_json`]), with the archive entry
+    /// an [`LoadError::ArchiveRejected`] is about as `entry`.
     pub fn to_json(&self) -> serde_json::Value {
-        json(self, self.kind(), self.class(), self.violations())
+        let mut value = json(self, self.kind(), self.class(), self.violations());
+        if let LoadError::ArchiveRejected {
+            entry: Some(entry), ..
+        } = self
+        {
+            value["entry"] = serde_json::json!(entry);
+        }
+        value
     }
 
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> LoadError {

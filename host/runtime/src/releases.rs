@@ -160,6 +160,17 @@ pub struct RolloutStatus {
 /// Most outcome records `rollout status` reads.
 const STATUS_RECORDS: usize = 200_000;
 
+/// Rollouts by plugin, as read at once.
+type RolloutTable = Arc<BTreeMap<String, Rollout>>;
+
+/// What [`Served::prepare`] saw last: the serving version of each plugin,
+/// and the versions that failed to load (warned about once).
+#[derive(Debug, Default)]
+struct Prepared {
+    serving: BTreeMap<String, String>,
+    failed: std::collections::BTreeSet<(String, String)>,
+}
+
 /// The parts of a host the release rules use, borrowed.
 pub(crate) struct ReleaseParts<'h> {
     pub(crate) served: &'h Served,
@@ -178,17 +189,13 @@ pub(crate) struct Served {
     /// Installed versions loaded here, by plugin and version.
     loaded: RwLock<BTreeMap<(String, String), Arc<Plugin>>>,
     /// The rollouts as last read, and when.
-    rollouts: Mutex<Option<(Instant, Arc<BTreeMap<String, Rollout>>)>>,
+    rollouts: Mutex<Option<(Instant, RolloutTable)>>,
     /// One materialization and load at a time.
     loading: tokio::sync::Mutex<()>,
     /// Where versions are materialized.
     dir: PathBuf,
-    /// What served each plugin at the last [`Served::prepare`], and the
-    /// versions that failed to load then (warned about once).
-    prepared: Mutex<(
-        BTreeMap<String, String>,
-        std::collections::BTreeSet<(String, String)>,
-    )>,
+    /// What the last [`Served::prepare`] saw.
+    prepared: Mutex<Prepared>,
     /// Removes `dir` with the host when it is temporary.
     _temporary: Option<tempfile::TempDir>,
 }
@@ -235,9 +242,7 @@ impl Served {
     }
 
     /// The rollouts, read again when older than [`ROLLOUT_REFRESH`].
-    pub(crate) fn rollouts(
-        &self,
-    ) -> std::result::Result<Arc<BTreeMap<String, Rollout>>, StoreError> {
+    pub(crate) fn rollouts(&self) -> std::result::Result<RolloutTable, StoreError> {
         let mut cached = self.rollouts.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((at, rollouts)) = &*cached
             && at.elapsed() < ROLLOUT_REFRESH
@@ -293,7 +298,7 @@ impl Served {
                 {
                     let key = (rollout.plugin.clone(), version.to_owned());
                     let mut prepared = self.prepared.lock().unwrap_or_else(PoisonError::into_inner);
-                    if prepared.1.insert(key) {
+                    if prepared.failed.insert(key) {
                         tracing::warn!(plugin = %rollout.plugin, version, error = %crate::error::chain(&error), "installed version does not load: calls routed to it are refused");
                     }
                 }
@@ -304,8 +309,8 @@ impl Served {
             .map(|(plugin, r)| (plugin.clone(), r.serving.clone()))
             .collect();
         let mut prepared = self.prepared.lock().unwrap_or_else(PoisonError::into_inner);
-        let changed = prepared.0 != serving;
-        prepared.0 = serving;
+        let changed = prepared.serving != serving;
+        prepared.serving = serving;
         Ok(changed)
     }
 
@@ -583,6 +588,12 @@ impl ReleaseParts<'_> {
             && !approved_before
         {
             let widenings = widenings(baseline, &target);
+            tracing::debug!(
+                from = baseline.version(),
+                to = target.version(),
+                ?widenings,
+                "upgrade compared"
+            );
             if !widenings.is_empty() {
                 let id = self
                     .upgrade_approval(request, baseline, &target, &widenings, approvals)

@@ -224,7 +224,7 @@ fn check_flat(raw: &[u8]) -> Result<(), ArchiveRefusal> {
     }
     let text = String::from_utf8_lossy(raw);
     let parts: Vec<&str> = text.split(['/', '\\']).collect();
-    if parts.iter().any(|p| *p == "..") {
+    if parts.contains(&"..") {
         return Err(ArchiveRefusal::ParentPath);
     }
     let path = Path::new(text.as_ref());

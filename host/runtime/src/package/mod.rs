@@ -77,6 +77,9 @@ impl std::fmt::Debug for Package {
     }
 }
 
+/// Reads the component of a package by the name its manifest gives it.
+type ComponentReader = Box<dyn FnOnce(&str) -> LoadResult<Vec<u8>>>;
+
 /// A package's files as read, before they are checked.
 struct Files {
     /// Where the package came from, for errors.
@@ -85,9 +88,17 @@ struct Files {
     manifest_path: PathBuf,
     manifest: Vec<u8>,
     /// The component, by the name the manifest gives it.
-    component: Box<dyn FnOnce(&str) -> LoadResult<Vec<u8>>>,
+    component: ComponentReader,
     cases: Option<Vec<u8>>,
-    signature: Option<Vec<u8>>,
+    signature: SignatureSource,
+}
+
+/// Where a package's `plugin.sig` comes from.
+enum SignatureSource {
+    /// A plugin directory: read as loading reads it.
+    Dir(PathBuf),
+    /// An archive's entry, if it had one.
+    Archive(Option<Vec<u8>>),
 }
 
 impl Package {
@@ -178,7 +189,7 @@ impl Package {
                 }),
             }),
             cases,
-            signature,
+            signature: SignatureSource::Archive(signature),
         };
         Package::check_files(files)
     }
@@ -224,10 +235,12 @@ impl Package {
                 })
             })
             .transpose()?;
-        let signature = files
-            .signature
-            .map(|bytes| signature::parse_bytes(&bytes, &manifest.plugin.name))
-            .transpose()?;
+        let signature = match files.signature {
+            SignatureSource::Dir(dir) => signature::read(&dir, &manifest.plugin.name)?,
+            SignatureSource::Archive(bytes) => bytes
+                .map(|bytes| signature::parse_bytes(&bytes, &manifest.plugin.name))
+                .transpose()?,
+        };
         Ok(Package {
             source: files.source,
             manifest_digest: hex::encode(Sha256::digest(text.as_bytes())),
@@ -465,7 +478,7 @@ impl Files {
             manifest,
             component: Box::new(move |name: &str| crate::plugin::read_component(&owned.join(name))),
             cases: optional(CASES_FILE, MAX_CASES_BYTES)?,
-            signature: optional(SIGNATURE_FILE, signature::MAX_SIGNATURE_BYTES)?,
+            signature: SignatureSource::Dir(dir.to_owned()),
         })
     }
 }

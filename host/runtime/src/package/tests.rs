@@ -366,6 +366,7 @@ fn hostile_archives_are_refused_each_with_its_own_kind() {
     ] {
         let err = refused(r, &entries);
         assert_eq!(err.kind(), kind, "{err}");
+        assert_eq!(err.to_json()["kind"], kind);
         assert!(
             err.to_string().starts_with("plugin archive") || kind == "component_missing",
             "{err}"
@@ -383,6 +384,8 @@ fn an_oversized_component_is_refused_before_it_is_read() {
     let err = refused_with(root.path(), &good_entries(root.path()), &caps);
     assert_eq!(err.kind(), "archive_entry_too_large", "{err}");
     assert!(err.to_string().contains("\"text.wasm\""), "{err}");
+    assert_eq!(err.to_json()["entry"], "text.wasm");
+    assert_eq!(err.class(), crate::ErrorClass::Host);
 }
 
 #[test]
@@ -537,9 +540,14 @@ fn a_garbled_signature_file_is_refused_on_open() {
         let err = Package::from_dir(&dir).unwrap_err();
         assert_eq!(err.kind(), "signature_invalid", "{err}");
     }
+    // Too large, or not a file: read as loading reads it.
     fs::write(dir.join(SIGNATURE_FILE), vec![b'#'; 8192]).unwrap();
     let err = Package::from_dir(&dir).unwrap_err();
-    assert_eq!(err.kind(), "package_invalid", "{err}");
+    assert_eq!(err.kind(), "signature_invalid", "{err}");
+    fs::remove_file(dir.join(SIGNATURE_FILE)).unwrap();
+    fs::create_dir(dir.join(SIGNATURE_FILE)).unwrap();
+    let err = Package::from_dir(&dir).unwrap_err();
+    assert_eq!(err.kind(), "signature_invalid", "{err}");
 }
 
 #[test]
