@@ -33,8 +33,9 @@ pub(crate) struct EvalArgs {
     #[arg(long, value_name = "FILE")]
     cases: Option<PathBuf>,
     /// Also run the cases against this plugin (a directory, an archive, a
-    /// name or NAME@VERSION) and show both side by side (for example the
-    /// version that serves, next to a new one).
+    /// name or NAME@VERSION) and show both side by side. Without it,
+    /// PLUGIN@VERSION is shown next to the version serving PLUGIN when that
+    /// is another one.
     #[arg(long, value_name = "PLUGIN")]
     baseline: Option<String>,
     /// Print JSON.
@@ -97,6 +98,19 @@ pub(crate) async fn resolve_plugin(
     crate::package::resolve_plugin_ref(host, settings, reference, scratch).await
 }
 
+/// What serves plugin `name`, opened in `host`: today the plugins
+/// directory's `name` (installed versions and rollouts will resolve here).
+async fn serving_plugin(
+    host: &Host,
+    settings: &Settings,
+    name: &str,
+    scratch: &Path,
+) -> Result<Option<Plugin>, Failure> {
+    resolve_plugin(host, settings, name, scratch)
+        .await
+        .map(Some)
+}
+
 /// The cases to run: `--cases`, else the first of `dirs` that ships a
 /// `cases.jsonl`.
 fn load_cases(given: Option<&Path>, dirs: &[&Path]) -> Result<(PathBuf, Cases), Failure> {
@@ -138,7 +152,16 @@ pub(crate) async fn eval(settings: &Settings, args: EvalArgs) -> Result<u8, Fail
             }
             Some(plugin)
         }
-        None => None,
+        // NAME@VERSION: next to what serves NAME, when that is another
+        // version.
+        None => match args.plugin.split_once('@') {
+            Some((name, _)) if !Path::new(&args.plugin).exists() => {
+                serving_plugin(&host, settings, name, &scratch.path().join("b"))
+                    .await?
+                    .filter(|serving| serving.digest() != candidate.digest())
+            }
+            _ => None,
+        },
     };
     let mut dirs = vec![candidate.dir()];
     if let Some(plugin) = &baseline {
