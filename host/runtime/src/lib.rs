@@ -60,6 +60,7 @@ mod bindings;
 mod cache;
 mod engine;
 mod error;
+mod eval;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -90,6 +91,11 @@ pub use engine::{DEFAULT_MAX_INSTANCES, InstanceAllocation};
 pub use error::{
     ApprovalRefusal, ArchiveRefusal, CallError, Error, ErrorClass, Identifier, LoadError,
     ReleaseError, Result, SchemaViolation, Store, StoreError, ToolErrorKind, TrapKind,
+};
+pub use eval::{
+    Case, CaseReport, Cases, CasesError, EVAL_PRINCIPAL, EvalReport, Expectation,
+    MAX_CASE_LINE_BYTES, MAX_CASES, MAX_CASES_FILE_BYTES, Mismatch, PointerCheck, PointerTest,
+    RecordedCall, RecordedOutcome, ReplayPlan, ReplayReport, ReplaySkips, ReplayedCall, Schema,
 };
 pub use grants::{
     Capability, EffectiveGrant, HttpGrant, HttpScheme, ImportClass, IpRange, LimitCeilings, Origin,
