@@ -74,8 +74,8 @@ fn scratch_host(settings: &Settings) -> Result<Host, Failure> {
 /// archive (unpacked into `scratch`), a name in the plugins directory
 /// (`crate::package::resolve_plugin_ref`), or `NAME@VERSION`.
 ///
-/// Today a version can only be the one in the plugins directory; anything
-/// else is refused, saying so. (Installed versions will resolve here.)
+/// `NAME@VERSION` is an installed version (read from the host's plugin
+/// store), else the plugins directory's plugin when it has that version.
 pub(crate) async fn resolve_plugin(
     host: &Host,
     settings: &Settings,
@@ -85,10 +85,21 @@ pub(crate) async fn resolve_plugin(
     if let Some((name, version)) = reference.split_once('@')
         && !Path::new(reference).exists()
     {
+        // An installed version first (the host's plugin store), then the
+        // plugins directory's plugin of that version.
+        if let Some(dir) = installed_version(settings, name, version, scratch)? {
+            return crate::package::resolve_plugin_ref(
+                host,
+                settings,
+                &dir.to_string_lossy(),
+                scratch,
+            )
+            .await;
+        }
         let plugin = crate::package::resolve_plugin_ref(host, settings, name, scratch).await?;
         if plugin.version() != version {
             return Err(Failure::usage(anyhow!(
-                "plugin `{name}` version {version} is not available: the plugins directory holds version {} ({})",
+                "plugin `{name}` version {version} is not installed (`airlock plugins list`), and the plugins directory holds version {} ({})",
                 plugin.version(),
                 plugin.dir().display()
             )));
@@ -98,17 +109,93 @@ pub(crate) async fn resolve_plugin(
     crate::package::resolve_plugin_ref(host, settings, reference, scratch).await
 }
 
-/// What serves plugin `name`, opened in `host`: today the plugins
-/// directory's `name` (installed versions and rollouts will resolve here).
+/// The installed version `version` of `name`, written into a directory
+/// under `scratch`; `None` when it is not installed (or there is no store
+/// to ask).
+fn installed_version(
+    settings: &Settings,
+    name: &str,
+    version: &str,
+    scratch: &Path,
+) -> Result<Option<PathBuf>, Failure> {
+    let Ok(releases) = airlock_host::open_releases(&host_config(settings, Calls::Recorded)) else {
+        return Ok(None);
+    };
+    let Some(installed) = releases
+        .version(name, version)
+        .map_err(airlock_host::Error::from)?
+    else {
+        return Ok(None);
+    };
+    let dir = scratch.join(format!("installed-{name}-{version}"));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    airlock_host::write_version(&releases, &installed, &dir)?;
+    Ok(Some(dir))
+}
+
+/// What serves plugin `name` for callers outside any canary, opened in
+/// `host`: its rollout's serving version, else the plugins directory's
+/// `name`.
 async fn serving_plugin(
     host: &Host,
     settings: &Settings,
     name: &str,
     scratch: &Path,
 ) -> Result<Option<Plugin>, Failure> {
-    resolve_plugin(host, settings, name, scratch)
-        .await
-        .map(Some)
+    let serving = airlock_host::open_releases(&host_config(settings, Calls::Recorded))
+        .ok()
+        .and_then(|releases| releases.rollout(name).ok().flatten())
+        .map(|rollout| rollout.value.serving);
+    match serving {
+        Some(version) => resolve_plugin(host, settings, &format!("{name}@{version}"), scratch)
+            .await
+            .map(Some),
+        None => resolve_plugin(host, settings, name, scratch)
+            .await
+            .map(Some),
+    }
+}
+
+/// Run `name@version`'s shipped cases; `Ok` when every one passes (what
+/// `airlock rollout --require-eval` asks before changing anything).
+///
+/// # Errors
+/// A failure with exit code 10 naming the failing cases; a usage failure
+/// when the version ships no cases.
+pub(crate) async fn require_passing(
+    settings: &Settings,
+    name: &str,
+    version: &str,
+) -> Result<EvalReport, Failure> {
+    let host = scratch_host(settings)?;
+    let scratch = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let plugin = resolve_plugin(
+        &host,
+        settings,
+        &format!("{name}@{version}"),
+        scratch.path(),
+    )
+    .await?;
+    let (_, cases) = load_cases(None, &[plugin.dir()])?;
+    let report = host.evaluate(&plugin, &cases).await?;
+    if report.all_passed() {
+        return Ok(report);
+    }
+    let failing: Vec<&str> = report
+        .cases
+        .iter()
+        .filter(|c| !c.passed)
+        .map(|c| c.name.as_str())
+        .collect();
+    Err(Failure {
+        code: exit::EVAL_FAILED,
+        error: anyhow!(
+            "--require-eval: {name} {version} fails {} of its {} cases ({}); nothing was changed (`airlock eval {name}@{version}` shows why)",
+            report.failed,
+            report.cases.len(),
+            failing.join(", ")
+        ),
+    })
 }
 
 /// The cases to run: `--cases`, else the first of `dirs` that ships a

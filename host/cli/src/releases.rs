@@ -55,6 +55,10 @@ pub(crate) struct RolloutArgs {
     /// Approval an approver gave for a version wider than the serving one.
     #[arg(long, value_name = "ID")]
     approval: Option<String>,
+    /// Refuse unless the version passes its own scenario cases
+    /// (`airlock eval PLUGIN@VERSION`) first.
+    #[arg(long)]
+    require_eval: bool,
     #[command(flatten)]
     who: Who,
     /// Print JSON.
@@ -222,6 +226,10 @@ pub(crate) async fn rollout(settings: &Settings, args: RolloutArgs) -> Result<u8
                     "usage: airlock rollout PLUGIN VERSION --percent N"
                 )));
             };
+            if args.require_eval {
+                let report = crate::eval::require_passing(settings, &plugin, &version).await?;
+                eprintln!("{plugin} {version} passes its {} cases", report.cases.len());
+            }
             (
                 ReleaseRequest::Rollout {
                     plugin,

@@ -121,7 +121,8 @@ pub use plugin::{Plugin, Tool, ToolInfo};
 pub use ratelimit::RateLimitPolicy;
 pub use releases::{
     InstallReport, ROLLOUT_REFRESH, RolloutRequest, RolloutStatus, VERSIONS_DIR, VersionStats,
+    write_version,
 };
 pub use state::{LogLevel, LogLine};
-pub use stores::{StoreConfig, open_audit_read_only, open_mode, open_workspace};
+pub use stores::{StoreConfig, open_audit_read_only, open_mode, open_releases, open_workspace};
 pub use workspace::WORKSPACE_DIR;
