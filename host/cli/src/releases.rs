@@ -312,11 +312,11 @@ fn print_status(status: &Value) {
             "{:<8} {:<16} {:>8} {:>7.1}% {:>10.2} {:>10.2} {:>12}",
             text(&v["role"]),
             text(&v["version"]),
-            v["calls"],
+            v["calls"].as_u64().unwrap_or(0),
             v["error_rate"].as_f64().unwrap_or(0.0) * 100.0,
             ms(&v["p50_us"]),
             ms(&v["p99_us"]),
-            v["mean_fuel"]
+            v["mean_fuel"].as_u64().unwrap_or(0)
         );
     }
     if status["truncated"].as_bool() == Some(true) {
