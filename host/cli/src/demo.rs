@@ -599,14 +599,17 @@ async fn release(
     demo.title(
         "Releasing a new version: text 0.1.0 and 0.2.0 installed side by side; 0.1.0 serves",
     );
-    for dir in [&current, &next] {
+    let plugins = settings.plugins_dir.display();
+    for (dir, shown) in [
+        (&current, format!("{plugins}/text")),
+        (&next, format!("{plugins}/../releases/text-0.2.0")),
+    ] {
         let package = Package::from_dir(dir)?;
         let report = host.install(&package, "release-manager").await?;
         println!(
-            "   $ airlock plugins install {}   → text {} (sha256:{}…)",
-            dir.display(),
+            "   $ airlock plugins install {shown}   → text {} (sha256:{}…)",
             report.version.version,
-            &report.version.component_digest[..12]
+            &report.version.component_digest[..16]
         );
     }
     host.set_rollout(&RolloutRequest::new(
