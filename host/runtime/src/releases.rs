@@ -945,6 +945,17 @@ impl ReleaseParts<'_> {
 /// [`Error::Store`] when a file is missing or does not match its digest;
 /// [`Error::Io`] writing.
 pub fn write_version(releases: &Releases, installed: &InstalledVersion, dir: &Path) -> Result<()> {
+    // A stored record names its component's file: a plain name, never a
+    // path out of `dir`, whatever the store holds.
+    airlock_store::check_file_name(&installed.component_file).map_err(|m| {
+        store_error(airlock_store::StoreError::new(
+            airlock_store::ErrorKind::Corrupt,
+            format!(
+                "installed {} {} names its component {m}",
+                installed.plugin, installed.version
+            ),
+        ))
+    })?;
     let mut files = vec![
         (MANIFEST_FILE.to_owned(), &installed.manifest_digest),
         (
