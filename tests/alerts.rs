@@ -606,6 +606,17 @@ async fn readiness_passes_a_ready_plugin_and_names_what_an_unready_one_misses() 
          [[tools]]\nname = \"say\"\nrisk = \"write\"\n\n\
          [[tools]]\nname = \"fail\"\nrisk = \"irreversible\"\n",
     );
+    // `steady` ships a case that passes; `shaky` one that fails.
+    std::fs::write(
+        ready.path().join("cases.jsonl"),
+        r#"{"name": "echo", "tool": "echo", "arguments": {"a": 1}, "expect": {"output": {"a": 1}}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        unready.path().join("cases.jsonl"),
+        r#"{"name": "fail", "tool": "fail", "arguments": {}, "expect": {"output": {"done": true}}}"#,
+    )
+    .unwrap();
     let host = Host::new(HostConfig::default().data_dir(data.path())).unwrap();
     host.load_plugin(ready.path()).await.unwrap();
     host.load_plugin(unready.path()).await.unwrap();
@@ -616,11 +627,10 @@ async fn readiness_passes_a_ready_plugin_and_names_what_an_unready_one_misses() 
     let steady = reports.iter().find(|r| r.plugin == "steady").unwrap();
     assert!(steady.ready, "{steady:?}");
     assert!(steady.missing_required.is_empty());
-    // Not required by default, so warnings: no cases, no rollback target,
-    // no checkpoint yet, no alert rules, no approver.
+    // Not required by default, so warnings: no rollback target, no
+    // checkpoint yet, no alert rules, no approver.
     let warned: Vec<ReadinessCheck> = steady.warnings.iter().map(|f| f.check).collect();
     for check in [
-        ReadinessCheck::EvalCases,
         ReadinessCheck::RollbackTarget,
         ReadinessCheck::AuditDurable,
         ReadinessCheck::AlertRules,
@@ -629,6 +639,10 @@ async fn readiness_passes_a_ready_plugin_and_names_what_an_unready_one_misses() 
         assert!(warned.contains(&check), "{check:?} in {warned:?}");
     }
     assert!(steady.passed.contains(&ReadinessCheck::ReadOnlyTakeover));
+    assert!(
+        steady.passed.contains(&ReadinessCheck::EvalCases),
+        "{steady:?}"
+    );
 
     let shaky = host
         .readiness(Some("shaky"), &config)
@@ -651,6 +665,12 @@ async fn readiness_passes_a_ready_plugin_and_names_what_an_unready_one_misses() 
             (ReadinessCheck::Redaction, Some("say")),
         ]
     );
+    let eval = shaky
+        .warnings
+        .iter()
+        .find(|f| f.check == ReadinessCheck::EvalCases)
+        .unwrap();
+    assert_eq!(eval.reason, "1 of 1 evaluation cases fail");
     let redaction = &shaky.missing_required[4];
     assert!(redaction.reason.contains("/password"), "{redaction:?}");
     assert!(redaction.fix.contains("redact"), "{redaction:?}");

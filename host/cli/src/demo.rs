@@ -13,7 +13,10 @@ use std::time::Duration;
 
 use airlock_host::Approver;
 use airlock_host::audit_log::Event;
-use airlock_host::{CallRequest, CallResponse, Host};
+use airlock_host::{
+    CASES_FILE, CallRequest, CallResponse, Cases, Host, HostConfig, MANIFEST_FILE, Package,
+    ReleaseError, RolloutRequest,
+};
 use airlock_mcp::http::HttpConfig;
 use airlock_mcp::{McpServer, ServeOptions};
 use anyhow::Context as _;
@@ -183,6 +186,7 @@ pub(crate) async fn run(settings: &Settings) -> Result<u8, Failure> {
         host.set_mode(false, "demo", Some("the demo ends")).await?;
     }
     story?;
+    release(&mut demo, settings, &approver_token).await?;
     print_audit(&host, first_seq)?;
     println!();
     if demo.mismatches > 0 {
@@ -552,5 +556,158 @@ fn print_audit(host: &Host, after: u64) -> anyhow::Result<()> {
         Ok(_) => anyhow::bail!("the audit log verifies but has no signed checkpoint"),
         Err(failure) => anyhow::bail!("the audit log does not verify: {failure}"),
     }
+    Ok(())
+}
+
+/// Releasing a new version, on a host of its own (a scratch data
+/// directory, so the demo's own host keeps serving the plugins directory
+/// run after run): `text` 0.1.0 and the example release 0.2.0 side by side,
+/// 0.2.0's own cases catching its regression, its wider grant waiting for
+/// the approver, a 10% canary sticky by caller, and the rollback.
+/// `scripts/release-scenario` does the same with the CLI, signatures
+/// included.
+async fn release(
+    demo: &mut Demo<'_>,
+    settings: &Settings,
+    approver_token: &str,
+) -> anyhow::Result<()> {
+    let current = settings.plugins_dir.join("text");
+    let Some(next) = settings
+        .plugins_dir
+        .parent()
+        .map(|p| p.join("releases/text-0.2.0"))
+        .filter(|p| p.join(MANIFEST_FILE).is_file())
+    else {
+        println!(
+            "\n(no example release next to the plugins directory: the release steps are skipped)"
+        );
+        return Ok(());
+    };
+    let scratch = tempfile::tempdir()?;
+    let mut policy = settings.policy.clone();
+    policy.approvals.approvers.push(Approver {
+        name: APPROVER.into(),
+        token_sha256: hex::encode(Sha256::digest(approver_token.as_bytes())),
+    });
+    let host = Host::new(
+        HostConfig::default()
+            .data_dir(scratch.path())
+            .cache_dir(&settings.cache_dir)
+            .policy(policy),
+    )?;
+
+    demo.title(
+        "Releasing a new version: text 0.1.0 and 0.2.0 installed side by side; 0.1.0 serves",
+    );
+    let plugins = settings.plugins_dir.display();
+    for (dir, shown) in [
+        (&current, format!("{plugins}/text")),
+        (&next, format!("{plugins}/../releases/text-0.2.0")),
+    ] {
+        let package = Package::from_dir(dir)?;
+        let report = host.install(&package, "release-manager").await?;
+        println!(
+            "   $ airlock plugins install {shown}   → text {} (sha256:{}…)",
+            report.version.version,
+            &report.version.component_digest[..16]
+        );
+    }
+    host.set_rollout(&RolloutRequest::new(
+        "text",
+        "0.1.0",
+        100,
+        "release-manager",
+    ))
+    .await?;
+    println!("   $ airlock rollout text 0.1.0 --percent 100   → 0.1.0 serves every caller");
+
+    demo.title("Its own cases catch 0.2.0's regression before any caller sees it");
+    println!("   $ airlock eval text@0.2.0");
+    let candidate = host.plugin_version("text", "0.2.0").await?;
+    let cases = Cases::from_file(&next.join(CASES_FILE))?;
+    let report = host.evaluate(&candidate, &cases).await?;
+    for case in report.cases.iter().filter(|c| !c.passed) {
+        println!("   FAIL {}", case.name);
+        for failure in &case.failures {
+            println!("     {failure}");
+        }
+    }
+    println!("   {} of {} cases pass", report.passed, report.cases.len());
+    if report.all_passed() {
+        demo.mismatches += 1;
+        println!("   ✗ expected the regression to be caught");
+    }
+
+    demo.title("0.2.0 asks for more than 0.1.0, so its canary waits for the approver");
+    println!("   $ airlock rollout text 0.2.0 --percent 10");
+    let approval = match host
+        .set_rollout(&RolloutRequest::new("text", "0.2.0", 10, "release-manager"))
+        .await
+    {
+        Err(airlock_host::Error::Release(ReleaseError::ApprovalRequired {
+            approval_id,
+            widens,
+            ..
+        })) => {
+            println!("   upgrade_approval_pending: {approval_id}");
+            for w in &widens {
+                println!("     + {w}");
+            }
+            approval_id
+        }
+        other => {
+            demo.mismatches += 1;
+            println!("   ✗ expected upgrade_approval_pending, got {other:?}");
+            return Ok(());
+        }
+    };
+    println!("   $ airlock approvals approve {approval} --reason 'canary it'   (the approver)");
+    host.decide(&approval, APPROVER, approver_token, true, Some("canary it"))
+        .await?;
+    host.set_rollout(
+        &RolloutRequest::new("text", "0.2.0", 10, "release-manager").approval(&approval),
+    )
+    .await?;
+    println!("   $ airlock rollout text 0.2.0 --percent 10 --approval {approval}   → a 10% canary");
+
+    demo.title("Twenty callers: each sticks to its side; on 0.2.0 the accents vanish");
+    let mut on_canary = Vec::new();
+    for i in 1..=20 {
+        let principal = format!("agent-{i}");
+        let response = host
+            .call(
+                CallRequest::new("text/slugify", r#"{"text":"Crème brûlée"}"#)
+                    .principal(&principal),
+            )
+            .await?;
+        if response.plugin_version == "0.2.0" {
+            on_canary.push((principal, response.output));
+        }
+    }
+    println!("   {} of 20 callers on 0.2.0", on_canary.len());
+    if let Some((principal, output)) = on_canary.first() {
+        println!("   {principal} on 0.2.0: {output}");
+    }
+
+    demo.title("One command rolls it back: every caller on 0.1.0 again");
+    println!("   $ airlock rollback text --reason 'accents dropped'");
+    host.rollback("text", "oncall", Some("accents dropped"))
+        .await?;
+    if let Some((principal, _)) = on_canary.first() {
+        let response = host
+            .call(
+                CallRequest::new("text/slugify", r#"{"text":"Crème brûlée"}"#).principal(principal),
+            )
+            .await?;
+        println!(
+            "   {principal} on {}: {}",
+            response.plugin_version, response.output
+        );
+        if response.plugin_version != "0.1.0" {
+            demo.mismatches += 1;
+            println!("   ✗ expected 0.1.0 after the rollback");
+        }
+    }
+    let _ = host.audit().close();
     Ok(())
 }

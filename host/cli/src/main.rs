@@ -6,6 +6,7 @@ mod audit;
 mod config;
 mod control;
 mod demo;
+mod eval;
 mod inspect;
 mod package;
 mod readiness;
@@ -50,8 +51,11 @@ pub(crate) mod exit {
     /// A plugin's signature is missing where required, invalid, or by an
     /// untrusted key.
     pub(crate) const UNTRUSTED: u8 = 9;
+    /// `eval`: a case failed; `replay`: a replayed call gave another
+    /// outcome than the recorded one.
+    pub(crate) const EVAL_FAILED: u8 = 10;
     /// `readiness`: a required check failed.
-    pub(crate) const NOT_READY: u8 = 10;
+    pub(crate) const NOT_READY: u8 = 11;
 }
 
 /// Airlock: a sandboxed host for AI-agent tools compiled to WebAssembly.
@@ -111,12 +115,20 @@ enum Command {
     /// Read-only mode (human takeover): refuse every tool that is not `read`.
     #[command(subcommand)]
     Mode(approvals::ModeCommand),
+    /// Run a plugin's scenario cases (`cases.jsonl`) in the sandbox with a
+    /// scratch workspace: pass/fail with diffs, fuel and latency; with
+    /// --baseline, next to another version.
+    Eval(eval::EvalArgs),
+    /// Re-run recorded `read` calls of a plugin (those whose complete
+    /// arguments were kept: `audit.replayable`) against a version or a
+    /// plugin directory, and compare the outputs.
+    Replay(eval::ReplayArgs),
     /// Alerts firing and resolved, and paused tools; `pause` and `resume`
     /// a tool or plugin (human takeover, recorded).
     Alerts(alerts::AlertsArgs),
     /// The pre-launch checklist per plugin and tool: limits, rate limits,
     /// approvals, idempotency, redaction, eval cases, rollback target,
-    /// durable audit, alert rules, approver, read-only takeover. Exits 10
+    /// durable audit, alert rules, approver, read-only takeover. Exits 11
     /// when a required check fails.
     Readiness(readiness::ReadinessArgs),
     /// Serve every installed tool over MCP: stdio by default, Streamable
@@ -352,6 +364,8 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Alerts(args) => alerts::run(&settings, args).await,
         Command::Readiness(args) => readiness::run(&settings, args).await,
         Command::Serve(args) => serve::run(&settings, args).await,
+        Command::Eval(args) => eval::eval(&settings, args).await,
+        Command::Replay(args) => eval::replay(&settings, args).await,
     }
 }
 

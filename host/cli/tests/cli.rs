@@ -385,7 +385,7 @@ fn demo_runs_the_real_pipeline() {
     let again = env.run(&["demo"]);
     let text = String::from_utf8_lossy(&again.stdout);
     assert!(again.status.success(), "{text}\n{}", stderr(&again));
-    assert!(text.contains("All 23 steps behaved as expected."), "{text}");
+    assert!(text.contains("All 28 steps behaved as expected."), "{text}");
 }
 
 #[test]
@@ -1004,10 +1004,10 @@ fn malformed_alert_rules_are_config_errors_naming_the_key() {
 }
 
 #[test]
-fn readiness_exits_10_when_a_required_check_fails_and_the_operator_chooses_the_checks() {
+fn readiness_exits_11_when_a_required_check_fails_and_the_operator_chooses_the_checks() {
     let env = Env::new();
     let out = env.run(&["readiness", "--json"]);
-    assert_eq!(out.status.code(), Some(10), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(11), "{}", stderr(&out));
     let v = json(&out);
     assert_eq!(v["ready"], false);
     let plugins = v["plugins"].as_array().unwrap();

@@ -987,6 +987,10 @@ pub enum Error {
     #[error(transparent)]
     Audit(#[from] airlock_audit::Error),
 
+    /// A scenario cases file cannot be used.
+    #[error(transparent)]
+    Cases(#[from] crate::eval::CasesError),
+
     /// An operator's release action (install, rollout, promote, rollback)
     /// was refused.
     #[error(transparent)]
@@ -1415,6 +1419,7 @@ impl Error {
             Error::AuditUnavailable(_) => "audit_unavailable",
             Error::DecisionRefused { .. } => "decision_refused",
             Error::Audit(_) => "audit",
+            Error::Cases(e) => e.kind(),
             Error::Release(e) => e.kind(),
         }
     }
@@ -1431,7 +1436,8 @@ impl Error {
             | Error::Engine { .. }
             | Error::AuditUnavailable(_)
             | Error::DecisionRefused { .. }
-            | Error::Audit(_) => ErrorClass::Host,
+            | Error::Audit(_)
+            | Error::Cases(_) => ErrorClass::Host,
         }
     }
 

@@ -1004,6 +1004,21 @@ impl Host {
             let rollback_target = rollouts
                 .get(&name)
                 .is_some_and(|r| r.previous.is_some() || r.canary.is_some());
+            let cases_path = serving.dir().join(crate::package::CASES_FILE);
+            let eval = if !cases_path.is_file() {
+                crate::readiness::Eval::Missing
+            } else {
+                match crate::Cases::from_file(&cases_path) {
+                    Err(e) => crate::readiness::Eval::Unusable(crate::error::chain(&e)),
+                    Ok(cases) => match self.evaluate(&serving, &cases).await {
+                        Ok(report) => crate::readiness::Eval::Ran {
+                            failed: report.failed,
+                            total: report.cases.len(),
+                        },
+                        Err(e) => crate::readiness::Eval::Unusable(crate::error::chain(&e)),
+                    },
+                }
+            };
             let context = crate::readiness::Context {
                 policy: &self.config.policy,
                 alerts: &self.config.alerts,
@@ -1013,6 +1028,7 @@ impl Host {
                 last_checkpoint_ms,
                 mode_available,
                 now_ms: crate::mode::now_ms(),
+                eval,
             };
             reports.push(crate::readiness::check(&serving, &context));
         }

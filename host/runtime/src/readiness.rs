@@ -33,7 +33,8 @@ pub enum ReadinessCheck {
     /// Argument fields that look sensitive (password, token, secret, …)
     /// are redacted before the audit log.
     Redaction,
-    /// The plugin ships evaluation cases (`cases.jsonl`).
+    /// The plugin ships evaluation cases (`cases.jsonl`) and every one
+    /// passes ([`Host::evaluate`](crate::Host::evaluate)).
     EvalCases,
     /// There is a version to roll back to (a rollout with a previous
     /// version or a canary).
@@ -165,6 +166,19 @@ pub(crate) struct Context<'a> {
     /// The mode store answers.
     pub(crate) mode_available: bool,
     pub(crate) now_ms: u64,
+    /// What the plugin's evaluation cases gave.
+    pub(crate) eval: Eval,
+}
+
+/// What a plugin's evaluation cases gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Eval {
+    /// No `cases.jsonl`.
+    Missing,
+    /// The cases file cannot be read or run: why.
+    Unusable(String),
+    /// Run: cases that failed, of how many.
+    Ran { failed: usize, total: usize },
 }
 
 /// Field names that usually hold secrets or personal data.
@@ -282,16 +296,31 @@ pub(crate) fn check(plugin: &Plugin, context: &Context<'_>) -> ReadinessReport {
             }
         }
     }
-    if !plugin.dir().join(crate::package::CASES_FILE).is_file() {
-        failed.push(finding(
+    let cases = crate::package::CASES_FILE;
+    match &context.eval {
+        Eval::Missing => failed.push(finding(
             ReadinessCheck::EvalCases,
             None,
-            format!("no {} beside the manifest", crate::package::CASES_FILE),
-            format!(
-                "write evaluation cases (one JSON object a line) to {}",
-                crate::package::CASES_FILE
-            ),
-        ));
+            format!("no {cases} beside the manifest"),
+            format!("write evaluation cases (one JSON object a line) to {cases}; `airlock eval` runs them"),
+        )),
+        Eval::Unusable(why) => failed.push(finding(
+            ReadinessCheck::EvalCases,
+            None,
+            format!("{cases} cannot be run: {why}"),
+            format!("fix {cases} (`airlock eval {}` says where)", plugin.name()),
+        )),
+        Eval::Ran { failed: 0, total } if *total > 0 => {}
+        Eval::Ran { failed: bad, total } => failed.push(finding(
+            ReadinessCheck::EvalCases,
+            None,
+            if *total == 0 {
+                format!("{cases} holds no case")
+            } else {
+                format!("{bad} of {total} evaluation cases fail")
+            },
+            format!("run `airlock eval {}` and fix the plugin or its cases", plugin.name()),
+        )),
     }
     if !context.rollback_target {
         failed.push(finding(

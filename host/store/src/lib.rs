@@ -66,7 +66,7 @@ pub use mode::{Mode, ModeStore};
 pub use plugins::{
     Canary, Changed, Installed, InstalledVersion, MAX_PLUGIN_NAME_BYTES, MAX_VERSION_BYTES,
     PluginStore, Releases, Rollout, RolloutAction, RolloutChange, Sticky, VersionFiles,
-    canary_bucket, check_digest, check_plugin_name, check_version, digest_of,
+    canary_bucket, check_digest, check_file_name, check_plugin_name, check_version, digest_of,
 };
 pub use workspace::{
     BLOB_REF_PREFIX, KeyEntry, KeyOwner, KeyScope, MAX_KEY_BYTES, MAX_LIST, MAX_SESSION_BYTES,

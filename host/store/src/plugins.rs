@@ -302,6 +302,26 @@ pub fn check_plugin_name(name: &str) -> std::result::Result<(), String> {
     }
 }
 
+/// Check a component's file name: a plain name (`[A-Za-z0-9][A-Za-z0-9._-]*`,
+/// at most 255 bytes), never a path — it becomes a file name when a
+/// version is written out.
+///
+/// # Errors
+/// A message saying what is wrong.
+pub fn check_file_name(name: &str) -> std::result::Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 255
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("`{name}` is not a plain file name"))
+    }
+}
+
 /// Check an artifact digest: 64 lowercase hex digits.
 ///
 /// # Errors
@@ -396,6 +416,7 @@ impl Releases {
     ) -> Result<Installed> {
         check_plugin_name(plugin).map_err(|m| StoreError::new(ErrorKind::Config, m))?;
         check_version(version).map_err(|m| StoreError::new(ErrorKind::Config, m))?;
+        check_file_name(files.component_file).map_err(|m| StoreError::new(ErrorKind::Config, m))?;
         let mut put = |bytes: &[u8]| -> Result<String> {
             let digest = digest_of(bytes);
             self.store.put_artifact(&digest, bytes)?;
@@ -531,6 +552,10 @@ mod tests {
         for bad in ["", ".1", "-1", "1/2", "../x", "1 0", "é", &"1".repeat(65)] {
             assert!(check_version(bad).is_err(), "{bad}");
         }
+        for bad in ["", "../x.wasm", "a/b.wasm", ".hidden", "x\0.wasm"] {
+            assert!(check_file_name(bad).is_err(), "{bad}");
+        }
+        assert!(check_file_name("text.wasm").is_ok());
     }
 
     #[test]

@@ -95,7 +95,7 @@ impl<'h> Pipeline<'h> {
             }
         };
         let (plugin, tool) = (&*held_plugin, &*held_tool);
-        record.resolved(plugin, tool);
+        record.resolved(plugin, tool, self.config.max_argument_bytes);
         record.idempotency_key(request.idempotency_key.as_deref());
         // 2. Admit: the host's mode, paused tools, rate limits.
         let read_only = match self.admit(plugin, tool, &request.principal).await {
