@@ -24,13 +24,17 @@ const MARKED_PREFIX_BYTES: usize = 32;
 /// Check every identifier `request` carries.
 ///
 /// # Errors
-/// [`CallError::InvalidIdentifier`] for the first trace id, principal,
+/// [`CallError::InvalidIdentifier`] for the first trace id, `traceparent`, principal,
 /// idempotency key or approval id that is empty, too long or holds
 /// characters it may not; [`CallError::InvalidSession`] for a bad session key.
 pub(crate) fn check(request: &CallRequest) -> CallResult<()> {
     if let Some(trace_id) = &request.trace_id {
         visible_ascii(trace_id, MAX_TRACE_ID_BYTES)
             .map_err(|message| invalid(Identifier::TraceId, message))?;
+    }
+    if let Some(traceparent) = &request.traceparent {
+        crate::telemetry::traceparent::TraceParent::parse(traceparent)
+            .map_err(|message| invalid(Identifier::Traceparent, message))?;
     }
     no_control(&request.principal, MAX_PRINCIPAL_BYTES)
         .map_err(|message| invalid(Identifier::Principal, message))?;
