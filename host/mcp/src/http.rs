@@ -15,6 +15,14 @@
 //! `WWW-Authenticate: Bearer`. Bodies over
 //! [`HttpConfig::max_request_bytes`] get `413`.
 //!
+//! # Metrics
+//! `GET /metrics` serves the host's metrics ([`Host::metrics`]) in the
+//! OpenMetrics text format, which Prometheus scrapes. Without
+//! [`HttpConfig::metrics_token_sha256`] only loopback peers get them (`403`
+//! for others); with it, only requests bearing that token (`401` without),
+//! wherever they come from. It is its own token: no caller's or
+//! approver's.
+//!
 //! # Connections
 //! [`serve`] runs hyper's HTTP/1 server itself (not `axum::serve`, which
 //! has no header timeout) with two bounds against clients that hold
@@ -66,6 +74,8 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:7410";
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 2 * 1024 * 1024;
 /// The MCP endpoint's path.
 pub const MCP_PATH: &str = "/mcp";
+/// The metrics endpoint's path.
+pub const METRICS_PATH: &str = "/metrics";
 /// Default cap on connections open at once.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 /// Largest `max_connections` a configuration may ask for.
@@ -121,6 +131,9 @@ pub struct HttpConfig {
     /// holds a connection (and a handler) as long as it likes — before any
     /// token is checked.
     pub body_read_timeout: Duration,
+    /// SHA-256 (hex) of the token `/metrics` requires; `None`: `/metrics`
+    /// answers loopback peers only.
+    pub metrics_token_sha256: Option<String>,
 }
 
 impl HttpConfig {
@@ -136,6 +149,7 @@ impl HttpConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
+            metrics_token_sha256: None,
         }
     }
 
@@ -204,6 +218,25 @@ impl HttpConfig {
             return Err(config(
                 "serving over HTTP needs at least one caller token ([[serve.tokens]] with principal and token_sha256)",
             ));
+        }
+        if let Some(metrics) = &self.metrics_token_sha256 {
+            let hash = metrics.to_ascii_lowercase();
+            if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(config(
+                    "serve.metrics_token_sha256 must be 64 hex digits (the SHA-256 of the token, e.g. `printf %s \"$TOKEN\" | sha256sum`)",
+                ));
+            }
+            if self
+                .tokens
+                .iter()
+                .map(|t| &t.token_sha256)
+                .chain(approver_hashes)
+                .any(|other| other.eq_ignore_ascii_case(&hash))
+            {
+                return Err(config(
+                    "serve.metrics_token_sha256 is also a caller's or an approver's token: /metrics takes a token of its own",
+                ));
+            }
         }
         let mut seen = std::collections::BTreeSet::new();
         for (i, token) in self.tokens.iter().enumerate() {
@@ -305,8 +338,16 @@ pub fn router(
     let mcp_routes = Router::new()
         .route_service(MCP_PATH, mcp)
         .layer(middleware::from_fn_with_state(callers, authenticate_caller));
+    let metrics_routes = Router::new()
+        .route(METRICS_PATH, get(serve_metrics))
+        .with_state(Arc::new(MetricsAccess {
+            host: Arc::clone(server.host()),
+            token_sha256: config.metrics_token_sha256.clone(),
+        }));
     Ok(behind_listener_checks(
-        mcp_routes.merge(approvals_routes(server)),
+        mcp_routes
+            .merge(approvals_routes(server))
+            .merge(metrics_routes),
         config,
     ))
 }
@@ -509,9 +550,14 @@ pub(crate) async fn serve_connections<L: Accept>(
             continue;
         };
         refusing = false;
+        // The peer's address, for handlers that answer loopback peers only.
+        let peer_ip = PeerIp(peer.parse::<SocketAddr>().ok().map(|a| a.ip()));
         let connection = builder.serve_connection(
             TokioIo::new(stream),
-            TowerToHyperService::new(router.clone()),
+            WithPeer {
+                inner: TowerToHyperService::new(router.clone()),
+                peer: peer_ip,
+            },
         );
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
@@ -539,6 +585,82 @@ pub(crate) async fn serve_connections<L: Accept>(
             "connections still open {} s after shutdown began; closing them",
             SHUTDOWN_GRACE.as_secs()
         );
+    }
+}
+
+/// The address a request's connection came from (`None`: not a TCP
+/// connection), set on every request by [`serve_connections`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PeerIp(pub(crate) Option<IpAddr>);
+
+/// A connection's service: the router, with the peer's address in each
+/// request's extensions.
+#[derive(Clone)]
+struct WithPeer {
+    inner: TowerToHyperService<Router>,
+    peer: PeerIp,
+}
+
+impl<B> hyper::service::Service<hyper::Request<B>> for WithPeer
+where
+    TowerToHyperService<Router>: hyper::service::Service<hyper::Request<B>>,
+{
+    type Response =
+        <TowerToHyperService<Router> as hyper::service::Service<hyper::Request<B>>>::Response;
+    type Error = <TowerToHyperService<Router> as hyper::service::Service<hyper::Request<B>>>::Error;
+    type Future = <TowerToHyperService<Router> as hyper::service::Service<hyper::Request<B>>>::Future;
+
+    fn call(&self, mut request: hyper::Request<B>) -> Self::Future {
+        request.extensions_mut().insert(self.peer);
+        self.inner.call(request)
+    }
+}
+
+/// Who may read `/metrics`, and from what.
+struct MetricsAccess {
+    host: Arc<Host>,
+    token_sha256: Option<String>,
+}
+
+/// `GET /metrics`: the host's metrics, to loopback peers (no token
+/// configured) or to bearers of the metrics token.
+async fn serve_metrics(State(access): State<Arc<MetricsAccess>>, request: Request) -> Response {
+    match &access.token_sha256 {
+        Some(hash) => match bearer(request.headers()) {
+            None => return unauthorized(None),
+            Some(token) if !airlock_audit::token::matches_sha256(token, hash) => {
+                tracing::warn!("/metrics refused: unknown bearer token");
+                return unauthorized(Some("invalid_token"));
+            }
+            Some(_) => {}
+        },
+        None => {
+            let peer = request.extensions().get::<PeerIp>().and_then(|p| p.0);
+            if !peer.is_some_and(|ip| ip.is_loopback()) {
+                tracing::warn!(peer = ?peer, "/metrics refused: not a loopback peer");
+                return plain(
+                    StatusCode::FORBIDDEN,
+                    "metrics are served to loopback peers only; set serve.metrics_token_sha256 to serve them to bearers of that token",
+                );
+            }
+        }
+    }
+    // Reading the approvals may wait for the store: off the executor.
+    let host = Arc::clone(&access.host);
+    match tokio::task::spawn_blocking(move || host.metrics()).await {
+        Ok(Ok(text)) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot read the metrics");
+            plain(StatusCode::SERVICE_UNAVAILABLE, "the metrics cannot be read now")
+        }
+        Err(_) => plain(StatusCode::INTERNAL_SERVER_ERROR, "the metrics cannot be read"),
     }
 }
 
