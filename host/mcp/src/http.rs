@@ -1041,4 +1041,114 @@ mod tests {
         assert_eq!(callers.principal("two").as_deref(), Some("agent-2"));
         assert_eq!(callers.principal("three"), None);
     }
+
+    /// `GET /metrics` through a connection's service, as `peer` with
+    /// `token`: the status and body.
+    async fn scrape(
+        metrics_token: Option<&str>,
+        peer: Option<IpAddr>,
+        token: Option<&str>,
+    ) -> (StatusCode, String) {
+        use http_body_util::BodyExt as _;
+        use hyper::service::Service as _;
+        let host = Arc::new(Host::new(airlock_host::HostConfig::default()).unwrap());
+        let server = McpServer::new(host, crate::ServeOptions::default());
+        let mut config = HttpConfig::new(
+            default_addr(),
+            vec![token_of("agent-1", "caller-secret")],
+        );
+        config.metrics_token_sha256 =
+            metrics_token.map(|t| hex::encode(Sha256::digest(t.as_bytes())));
+        let router = router(&server, &config, CancellationToken::new()).unwrap();
+        let service = WithPeer {
+            inner: TowerToHyperService::new(router),
+            peer: PeerIp(peer),
+        };
+        let mut request = hyper::Request::get(METRICS_PATH).header(header::HOST, "127.0.0.1:7410");
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let response = service
+            .call(request.body(axum::body::Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    fn token_of(principal: &str, secret: &str) -> CallerToken {
+        CallerToken {
+            principal: principal.into(),
+            token_sha256: hex::encode(Sha256::digest(secret.as_bytes())),
+        }
+    }
+
+    #[tokio::test]
+    async fn metrics_answer_loopback_peers_only_without_a_token() {
+        let loopback = Some(IpAddr::from([127, 0, 0, 1]));
+        let (status, body) = scrape(None, loopback, None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(body.contains("airlock_approvals_pending"), "{body}");
+        let v6 = Some("::1".parse().unwrap());
+        assert_eq!(scrape(None, v6, None).await.0, StatusCode::OK);
+        for other in [
+            Some(IpAddr::from([10, 0, 0, 7])),
+            Some(IpAddr::from([192, 168, 1, 2])),
+            Some("2001:db8::1".parse().unwrap()),
+            None,
+        ] {
+            let (status, body) = scrape(None, other, None).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{other:?}");
+            assert!(body.contains("loopback"), "{body}");
+            // A caller's token does not open it either.
+            let (status, _) = scrape(None, other, Some("caller-secret")).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{other:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn metrics_with_a_token_answer_its_bearers_only_wherever_they_are() {
+        let remote = Some(IpAddr::from([10, 0, 0, 7]));
+        let loopback = Some(IpAddr::from([127, 0, 0, 1]));
+        let token = Some("metrics-secret");
+        for peer in [remote, loopback] {
+            assert_eq!(
+                scrape(token, peer, None).await.0,
+                StatusCode::UNAUTHORIZED
+            );
+            assert_eq!(
+                scrape(token, peer, Some("caller-secret")).await.0,
+                StatusCode::UNAUTHORIZED
+            );
+            assert_eq!(
+                scrape(token, peer, Some("metrics-secret ")).await.0,
+                StatusCode::OK
+            );
+            assert_eq!(
+                scrape(token, peer, Some("metrics-secreT")).await.0,
+                StatusCode::UNAUTHORIZED
+            );
+            let (status, body) = scrape(token, peer, Some("metrics-secret")).await;
+            assert_eq!(status, StatusCode::OK);
+            assert!(body.ends_with("# EOF\n"), "{body}");
+        }
+    }
+
+    #[test]
+    fn a_metrics_token_must_be_a_digest_of_its_own() {
+        let mut config = HttpConfig::new(default_addr(), vec![token_of("agent-1", "caller")]);
+        config.metrics_token_sha256 = Some("abc".into());
+        let error = config.validate(&[]).unwrap_err().to_string();
+        assert!(error.contains("serve.metrics_token_sha256"), "{error}");
+        config.metrics_token_sha256 = Some(config.tokens[0].token_sha256.to_uppercase());
+        let error = config.validate(&[]).unwrap_err().to_string();
+        assert!(error.contains("serve.metrics_token_sha256"), "{error}");
+        assert!(error.contains("its own"), "{error}");
+        let approver = hex::encode(Sha256::digest(b"approver"));
+        config.metrics_token_sha256 = Some(approver.clone());
+        assert!(config.validate(&[approver]).is_err());
+        config.metrics_token_sha256 = Some(hex::encode(Sha256::digest(b"metrics")));
+        config.validate(&[]).unwrap();
+    }
 }
