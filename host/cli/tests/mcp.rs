@@ -917,7 +917,24 @@ fn metrics_are_scraped_from_a_running_server_after_calls_over_mcp() {
     let running = server.start_http();
     // Calls over MCP (among them one that succeeds and an unknown tool).
     let lines = client("raw_http.py", &[&running.addr]);
-    assert!(!lines.is_empty());
+    // `_meta.traceparent` makes the W3C trace id the call's; a malformed
+    // one is refused.
+    let case = |name: &str| {
+        lines
+            .iter()
+            .find(|l| l["case"] == name)
+            .unwrap_or_else(|| panic!("no case {name}"))
+    };
+    let traced = &case("traceparent")["message"]["result"];
+    assert_eq!(
+        traced["_meta"]["airlock/call"]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736",
+        "{traced}"
+    );
+    let refused = &case("bad_traceparent")["message"]["result"];
+    assert_eq!(
+        refused["_meta"]["airlock/error"]["kind"], "invalid_traceparent",
+        "{refused}"
+    );
     let (status, body) = http_get(&running.addr, "/metrics", None);
     assert_eq!(status, 200, "{body}");
     let ok_calls = body
