@@ -124,7 +124,10 @@ async fn metrics_count_calls_refusals_replays_rate_limits_and_read_the_host() {
     assert_eq!(e.kind(), "rate_limited");
     // An approval left pending.
     let e = host
-        .call(CallRequest::new("gated/slugify", json!({"text": "x"}).to_string()))
+        .call(CallRequest::new(
+            "gated/slugify",
+            json!({"text": "x"}).to_string(),
+        ))
         .await
         .unwrap_err();
     assert_eq!(e.kind(), "approval_pending");
@@ -163,7 +166,10 @@ async fn metrics_count_calls_refusals_replays_rate_limits_and_read_the_host() {
         Some(1.0)
     );
     assert_eq!(
-        sample(&metrics, "airlock_refusals_total{kind=\"arguments_not_object\"}"),
+        sample(
+            &metrics,
+            "airlock_refusals_total{kind=\"arguments_not_object\"}"
+        ),
         Some(1.0)
     );
     assert_eq!(
@@ -276,10 +282,7 @@ async fn a_malformed_traceparent_is_refused_before_anything_runs() {
         "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
         "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\nx",
     ] {
-        let e = host
-            .call(slugify("x").traceparent(bad))
-            .await
-            .unwrap_err();
+        let e = host.call(slugify("x").traceparent(bad)).await.unwrap_err();
         assert_eq!(e.kind(), "invalid_traceparent", "{bad:?}");
         assert!(matches!(e, CallError::InvalidIdentifier { .. }));
     }
@@ -331,10 +334,7 @@ async fn receive(
 ) -> Result<hyper::Response<http_body_util::Full<bytes::Bytes>>, hyper::Error> {
     use http_body_util::BodyExt as _;
     assert_eq!(request.uri().path(), "/v1/traces");
-    assert_eq!(
-        request.headers()["content-type"],
-        "application/x-protobuf"
-    );
+    assert_eq!(request.headers()["content-type"], "application/x-protobuf");
     let body = request.into_body().collect().await?.to_bytes();
     let export = ExportTraceServiceRequest::decode(body).unwrap();
     let mut spans = kept.lock().unwrap();
@@ -463,7 +463,10 @@ async fn spans_reach_a_real_otlp_receiver_with_parent_links_and_attributes() {
         Some(AnyValue::StringValue(id)) => id,
         other => panic!("{other:?}"),
     };
-    assert_eq!(hex::encode(&refused_root.trace_id), call_id.replace('-', ""));
+    assert_eq!(
+        hex::encode(&refused_root.trace_id),
+        call_id.replace('-', "")
+    );
     assert_eq!(refused_root.status.as_ref().unwrap().code, 2); // error
     let mut refused_steps: Vec<&Span> = spans
         .iter()

@@ -987,12 +987,36 @@ fn metrics_with_a_token_refuse_callers_without_it() {
 fn malformed_telemetry_and_metrics_settings_are_config_errors_naming_the_key() {
     let root = plugins_root(LIMITS);
     for (extra, serve, key) in [
-        ("", "metrics_token_sha256 = \"nothex\"\n", "serve.metrics_token_sha256"),
-        ("[telemetry]\notlp_endpoint = \"ftp://collector\"\n", "", "telemetry.otlp_endpoint"),
-        ("[telemetry]\notlp_timeout_ms = 0\n", "", "telemetry.otlp_timeout_ms"),
-        ("[telemetry]\nmax_queued_spans = 1\n", "", "telemetry.max_queued_spans"),
-        ("[telemetry]\nservice_name = \"\"\n", "", "telemetry.service_name"),
-        ("[telemetry]\notlp_endpont = \"http://x\"\n", "", "otlp_endpont"),
+        (
+            "",
+            "metrics_token_sha256 = \"nothex\"\n",
+            "serve.metrics_token_sha256",
+        ),
+        (
+            "[telemetry]\notlp_endpoint = \"ftp://collector\"\n",
+            "",
+            "telemetry.otlp_endpoint",
+        ),
+        (
+            "[telemetry]\notlp_timeout_ms = 0\n",
+            "",
+            "telemetry.otlp_timeout_ms",
+        ),
+        (
+            "[telemetry]\nmax_queued_spans = 1\n",
+            "",
+            "telemetry.max_queued_spans",
+        ),
+        (
+            "[telemetry]\nservice_name = \"\"\n",
+            "",
+            "telemetry.service_name",
+        ),
+        (
+            "[telemetry]\notlp_endpont = \"http://x\"\n",
+            "",
+            "otlp_endpont",
+        ),
         ("[telemetry]\nmetrics = \"yes\"\n", "", "metrics"),
     ] {
         let server = Server::with_serve(root.path(), false, serve);

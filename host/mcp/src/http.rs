@@ -608,7 +608,8 @@ where
     type Response =
         <TowerToHyperService<Router> as hyper::service::Service<hyper::Request<B>>>::Response;
     type Error = <TowerToHyperService<Router> as hyper::service::Service<hyper::Request<B>>>::Error;
-    type Future = <TowerToHyperService<Router> as hyper::service::Service<hyper::Request<B>>>::Future;
+    type Future =
+        <TowerToHyperService<Router> as hyper::service::Service<hyper::Request<B>>>::Future;
 
     fn call(&self, mut request: hyper::Request<B>) -> Self::Future {
         request.extensions_mut().insert(self.peer);
@@ -658,9 +659,15 @@ async fn serve_metrics(State(access): State<Arc<MetricsAccess>>, request: Reques
             .into_response(),
         Ok(Err(e)) => {
             tracing::error!(error = %e, "cannot read the metrics");
-            plain(StatusCode::SERVICE_UNAVAILABLE, "the metrics cannot be read now")
+            plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the metrics cannot be read now",
+            )
         }
-        Err(_) => plain(StatusCode::INTERNAL_SERVER_ERROR, "the metrics cannot be read"),
+        Err(_) => plain(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the metrics cannot be read",
+        ),
     }
 }
 
@@ -1053,10 +1060,8 @@ mod tests {
         use hyper::service::Service as _;
         let host = Arc::new(Host::new(airlock_host::HostConfig::default()).unwrap());
         let server = McpServer::new(host, crate::ServeOptions::default());
-        let mut config = HttpConfig::new(
-            default_addr(),
-            vec![token_of("agent-1", "caller-secret")],
-        );
+        let mut config =
+            HttpConfig::new(default_addr(), vec![token_of("agent-1", "caller-secret")]);
         config.metrics_token_sha256 =
             metrics_token.map(|t| hex::encode(Sha256::digest(t.as_bytes())));
         let router = router(&server, &config, CancellationToken::new()).unwrap();
@@ -1113,10 +1118,7 @@ mod tests {
         let loopback = Some(IpAddr::from([127, 0, 0, 1]));
         let token = Some("metrics-secret");
         for peer in [remote, loopback] {
-            assert_eq!(
-                scrape(token, peer, None).await.0,
-                StatusCode::UNAUTHORIZED
-            );
+            assert_eq!(scrape(token, peer, None).await.0, StatusCode::UNAUTHORIZED);
             assert_eq!(
                 scrape(token, peer, Some("caller-secret")).await.0,
                 StatusCode::UNAUTHORIZED

@@ -286,8 +286,8 @@ impl Host {
     /// keys, or failing verification of its unsigned tail).
     pub fn new(config: HostConfig) -> Result<Host> {
         config.policy.validate()?;
-        let telemetry =
-            Telemetry::new(config.telemetry.clone()).map_err(|message| Error::Config { message })?;
+        let telemetry = Telemetry::new(config.telemetry.clone())
+            .map_err(|message| Error::Config { message })?;
         let (stores, audit) = crate::stores::open(
             &config.store,
             config.data_dir.as_deref(),

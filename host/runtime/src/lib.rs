@@ -118,6 +118,6 @@ pub use releases::{
     InstallReport, ROLLOUT_REFRESH, RolloutRequest, RolloutStatus, VERSIONS_DIR, VersionStats,
 };
 pub use state::{LogLevel, LogLine};
-pub use telemetry::{DEFAULT_MAX_QUEUED_SPANS, DEFAULT_OTLP_TIMEOUT, Telemetry, TelemetryConfig};
 pub use stores::{StoreConfig, open_audit_read_only, open_mode, open_workspace};
+pub use telemetry::{DEFAULT_MAX_QUEUED_SPANS, DEFAULT_OTLP_TIMEOUT, Telemetry, TelemetryConfig};
 pub use workspace::WORKSPACE_DIR;

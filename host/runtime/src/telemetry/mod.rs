@@ -99,7 +99,9 @@ impl TelemetryConfig {
             let host = rest.split('/').next().unwrap_or_default();
             if host.is_empty()
                 || endpoint.len() > 2048
-                || endpoint.chars().any(|c| c.is_control() || c.is_whitespace())
+                || endpoint
+                    .chars()
+                    .any(|c| c.is_control() || c.is_whitespace())
             {
                 return Err(format!(
                     "telemetry.otlp_endpoint {endpoint:?} is not a URL like http://127.0.0.1:4318"
@@ -116,11 +118,11 @@ impl TelemetryConfig {
             || self.service_name.chars().any(char::is_control)
         {
             return Err(
-                "telemetry.service_name must be 1-256 characters without control characters"
-                    .into(),
+                "telemetry.service_name must be 1-256 characters without control characters".into(),
             );
         }
-        if self.otlp_timeout < Duration::from_millis(100) || self.otlp_timeout > Duration::from_secs(60)
+        if self.otlp_timeout < Duration::from_millis(100)
+            || self.otlp_timeout > Duration::from_secs(60)
         {
             return Err("telemetry.otlp_timeout_ms must be between 100 and 60000".into());
         }
@@ -213,8 +215,7 @@ impl Telemetry {
             .set(i64::try_from(gauges.approvals_pending).unwrap_or(i64::MAX));
         m.approval_oldest_age
             .set(gauges.oldest_pending_approval.as_secs_f64());
-        m.instances_in_use
-            .set(i64::from(gauges.instances_in_use));
+        m.instances_in_use.set(i64::from(gauges.instances_in_use));
         m.instances_max.set(i64::from(gauges.instances_max));
         m.call_slots_in_use.clear();
         m.call_slots_max.clear();
@@ -358,10 +359,7 @@ impl CallSummary {
             .and_then(|t| TraceParent::parse(t).ok());
         let trace_id = match &parent {
             Some(parent) => parent.trace_id_hex(),
-            None => request
-                .trace_id
-                .clone()
-                .unwrap_or_else(|| call_id.clone()),
+            None => request.trace_id.clone().unwrap_or_else(|| call_id.clone()),
         };
         let otel_trace_id = match &parent {
             Some(parent) => Some(parent.trace_id),
