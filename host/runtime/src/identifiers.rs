@@ -124,7 +124,8 @@ mod tests {
             .principal("agent-7")
             .session("s-1")
             .idempotency_key("refund 42")
-            .approval_id("apr-0199");
+            .approval_id("apr-0199")
+            .traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
         check(&ok).unwrap();
         let cases = [
             (ok.clone().trace_id("x".repeat(129)), "invalid_trace_id"),
@@ -140,6 +141,11 @@ mod tests {
             ),
             (ok.clone().idempotency_key(""), "invalid_idempotency_key"),
             (ok.clone().approval_id("apr\r"), "invalid_approval_id"),
+            (ok.clone().traceparent("00-x-y-01"), "invalid_traceparent"),
+            (
+                ok.clone().traceparent("t".repeat(1 << 20)),
+                "invalid_traceparent",
+            ),
         ];
         for (request, kind) in cases {
             let err = check(&request).unwrap_err();
