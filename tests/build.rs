@@ -59,6 +59,17 @@ fn main() {
             path_str(&out.join("plugins"))
         ),
     );
+    line(
+        &mut code,
+        "/// Directory of the built example releases (`plugins/releases`): another version of an example plugin each.",
+    );
+    line(
+        &mut code,
+        format!(
+            "pub const RELEASES_DIR: &str = {:?};",
+            path_str(&out.join("releases"))
+        ),
+    );
     for guest in &guests {
         let ident = guest.replace('-', "_").to_uppercase();
         line(

@@ -435,3 +435,78 @@ async fn release_actions_refuse_what_does_not_hold_and_change_nothing() {
     assert!(Package::from_dir(tampered.path()).is_err());
     assert_eq!(host.installed(Some("text")).unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn operators_changing_one_rollout_at_once_from_two_hosts_each_get_an_answer_on_the_record() {
+    use airlock_host::StoreConfig;
+    use airlock_host::store::Stores;
+    let stores = Stores::memory();
+    let (data_a, data_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let host = |data: &Path, origin: &str| {
+        Host::new(
+            config(data)
+                .store(StoreConfig::Custom(stores.clone()))
+                .origin(origin),
+        )
+        .unwrap()
+    };
+    let a = std::sync::Arc::new(host(data_a.path(), "host-a"));
+    let b = std::sync::Arc::new(host(data_b.path(), "host-b"));
+    for version in ["1.0.0", "1.0.1"] {
+        install(&a, text_version(version, |m| m).path()).await;
+    }
+    a.set_rollout(&RolloutRequest::new("text", "1.0.0", 100, "ops"))
+        .await
+        .unwrap();
+    // Both hosts load the canary version first, so the changes below race
+    // on the store, not on compiling.
+    a.plugin_version("text", "1.0.1").await.unwrap();
+    b.plugin_version("text", "1.0.1").await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..40u32 {
+        let host = if i % 2 == 0 { a.clone() } else { b.clone() };
+        tasks.push(tokio::spawn(async move {
+            host.set_rollout(&RolloutRequest::new(
+                "text",
+                "1.0.1",
+                1 + i % 50,
+                format!("op-{i}"),
+            ))
+            .await
+        }));
+    }
+    let mut won = 0;
+    let mut lost = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(_) => won += 1,
+            Err(error) => {
+                assert_eq!(release_error(error).kind(), "rollout_conflict");
+                lost += 1;
+            }
+        }
+    }
+    assert_eq!(won + lost, 40);
+    // Every change and every lost race is on the record, in the chain of
+    // the host that tried.
+    let mut decisions = Vec::new();
+    for host in [&a, &b] {
+        for record in host
+            .audit()
+            .query(
+                &Filter {
+                    event: Some(Event::RolloutChanged),
+                    ..Filter::default()
+                },
+                1000,
+            )
+            .unwrap()
+        {
+            decisions.push(record.entry.decision.unwrap());
+        }
+    }
+    let count = |d: &str| decisions.iter().filter(|x| x.as_str() == d).count();
+    assert_eq!(count("canary"), won, "{decisions:?}");
+    assert_eq!(count("lost"), lost, "{decisions:?}");
+    assert_eq!(count("activate"), 1);
+}

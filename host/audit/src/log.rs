@@ -68,6 +68,12 @@ pub struct AuditConfig {
     pub max_pending_records: usize,
     /// Operator-wide redaction rules.
     pub redaction: RedactionRules,
+    /// Tools (`plugin/tool`) whose calls may be replayed (`airlock
+    /// replay`): their intent records keep the redacted arguments up to the
+    /// call's argument size cap instead of `max_copy_bytes`, and say
+    /// whether redaction changed them (`args_redacted`). An opt-in: a
+    /// complete copy of arguments is more of them on disk.
+    pub replayable: Vec<String>,
 }
 
 impl Default for AuditConfig {
@@ -80,6 +86,7 @@ impl Default for AuditConfig {
             lock_wait_ms: 3000,
             max_pending_records: 1024,
             redaction: RedactionRules::default(),
+            replayable: Vec::new(),
         }
     }
 }

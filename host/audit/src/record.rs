@@ -129,6 +129,16 @@ pub struct Entry {
     /// Redacted, size-capped canonical arguments.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub args: Option<String>,
+    /// Set only on the records that carry the argument copy (the intent
+    /// `call_started`, a refusal, an approval request) of a call to a tool
+    /// the operator made replayable (`audit.replayable`): its `args` copy
+    /// is then kept up to the call's argument size cap instead of
+    /// `max_copy_bytes`, and this says whether redaction changed it
+    /// (`true`: not the arguments the tool saw, so the call cannot be
+    /// replayed). Absent on every other record, and on records written
+    /// before the setting existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args_redacted: Option<bool>,
     /// `args` was cut at the size cap.
     #[serde(default, skip_serializing_if = "is_false")]
     pub args_truncated: bool,
@@ -185,6 +195,7 @@ impl Entry {
             idempotency_key: None,
             args_digest: None,
             args: None,
+            args_redacted: None,
             args_truncated: false,
             result_digest: None,
             result: None,
@@ -294,6 +305,7 @@ impl Record {
             idempotency_key,
             args_digest,
             args,
+            args_redacted,
             args_truncated,
             result_digest,
             result,
@@ -314,6 +326,7 @@ impl Record {
         out.text("approval_id", approval_id.as_deref());
         out.text("args", args.as_deref());
         out.text("args_digest", args_digest.as_deref());
+        out.boolean("args_redacted", *args_redacted);
         out.flag("args_truncated", *args_truncated);
         out.text("call_id", call_id.as_deref());
         out.text("component_digest", component_digest.as_deref());
@@ -401,6 +414,14 @@ impl Members {
         }
     }
 
+    /// A member present whenever `value` is (`true` or `false`).
+    fn boolean(&mut self, key: &'static str, value: Option<bool>) {
+        if let Some(value) = value {
+            self.key(key);
+            self.out.push_str(if value { "true" } else { "false" });
+        }
+    }
+
     fn finish(mut self) -> String {
         self.out.push('}');
         self.out
@@ -457,6 +478,7 @@ mod tests {
             idempotency_key: text("key"),
             args_digest: text("args digest"),
             args: text("{\"a\":1}"),
+            args_redacted: Some(false),
             args_truncated: true,
             result_digest: text("result digest"),
             result: text("[1,2]"),
@@ -467,7 +489,9 @@ mod tests {
             fuel_used: Some(u64::MAX),
             wall_us: Some(0),
         };
-        for (i, entry) in [full, Entry::new(Event::ModeChanged)]
+        let mut redacted = full.clone();
+        redacted.args_redacted = Some(true);
+        for (i, entry) in [full, redacted, Entry::new(Event::ModeChanged)]
             .into_iter()
             .enumerate()
         {

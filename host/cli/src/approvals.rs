@@ -1,7 +1,7 @@
 //! `airlock approvals` and `airlock mode`: the human side of the pipeline.
 
 use airlock_host::Host;
-use airlock_host::store::{Approval, ApprovalState, Mode};
+use airlock_host::store::{Approval, ApprovalKind, ApprovalState, Mode};
 use airlock_mcp::control::{DecideRequest, ModeRequest};
 use clap::Subcommand;
 use serde::Deserialize;
@@ -175,12 +175,18 @@ impl Ledger {
 /// server's answer): escaped, so it cannot move the cursor or forge lines.
 fn print_approval(a: &Approval) {
     println!("{}  {}", escape(&a.id), a.state.as_str());
-    println!(
-        "  tool        {}/{} ({})",
-        escape(&a.plugin),
-        escape(&a.tool),
-        escape(&a.risk)
-    );
+    match a.kind {
+        ApprovalKind::Call => println!(
+            "  tool        {}/{} ({})",
+            escape(&a.plugin),
+            escape(&a.tool),
+            escape(&a.risk)
+        ),
+        ApprovalKind::PluginUpgrade => println!(
+            "  upgrade     plugin {} to a version that asks for more (see arguments: widens)",
+            escape(&a.plugin)
+        ),
+    }
     println!("  asked by    {}", escape(&a.principal));
     if let Some(reason) = &a.caller_reason {
         println!("  because     {}", escape(reason));
@@ -310,12 +316,14 @@ fn print_list(list: &[Approval], all: bool, json: bool) {
                 .as_deref()
                 .map(|r| format!("  because {}", short(r, 60)))
                 .unwrap_or_default();
+            let what = match a.kind {
+                ApprovalKind::Call => format!("{}/{}", escape(&a.plugin), escape(&a.tool)),
+                ApprovalKind::PluginUpgrade => format!("upgrade of {}", escape(&a.plugin)),
+            };
             println!(
-                "{}  {:<9} {}/{}  by {}  expires {}{reason}",
+                "{}  {:<9} {what}  by {}  expires {}{reason}",
                 escape(&a.id),
                 a.state.as_str(),
-                escape(&a.plugin),
-                escape(&a.tool),
                 escape(&a.principal),
                 time(a.expires_ms)
             );

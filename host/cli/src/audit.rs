@@ -144,7 +144,7 @@ fn is_sled(settings: &Settings) -> bool {
 }
 
 /// The log: opened here, or read through the server that holds it.
-enum Log {
+pub(crate) enum Log {
     Local(AuditLog),
     Server(Control),
 }
@@ -166,7 +166,7 @@ struct OneRecord {
 }
 
 impl Log {
-    async fn open(settings: &Settings) -> Result<Log, Failure> {
+    pub(crate) async fn open(settings: &Settings) -> Result<Log, Failure> {
         Ok(
             match open_or_reach(settings, |wait| open_local(settings, wait)).await? {
                 Source::Local(log) => Log::Local(log),
@@ -178,7 +178,7 @@ impl Log {
     /// The store's origins when it holds chains of other hosts than this
     /// one (a shared store); `None` when only this host's chain is there,
     /// printed as it always was.
-    fn chains(&self) -> Result<Option<Vec<String>>, Failure> {
+    pub(crate) fn chains(&self) -> Result<Option<Vec<String>>, Failure> {
         match self {
             Log::Local(log) => {
                 let origins = log.origins()?;
@@ -193,7 +193,7 @@ impl Log {
         }
     }
 
-    async fn query(&self, query: &AuditQuery) -> Result<Vec<Record>, Failure> {
+    pub(crate) async fn query(&self, query: &AuditQuery) -> Result<Vec<Record>, Failure> {
         match self {
             Log::Local(log) => Ok(log.query(&query.filter(), query.limit)?),
             Log::Server(control) => Ok(control
@@ -1084,7 +1084,7 @@ fn format_time(ms: u64) -> String {
 
 /// RFC 3339 (`2026-11-23T10:00:00Z`, date alone allowed) or an age before
 /// now (`15m`, `2h`, `7d`).
-fn parse_time(text: &str) -> anyhow::Result<u64> {
+pub(crate) fn parse_time(text: &str) -> anyhow::Result<u64> {
     let to_ms = |t: SystemTime| {
         t.duration_since(UNIX_EPOCH)
             .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

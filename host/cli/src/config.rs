@@ -393,6 +393,15 @@ fn check_audit(audit: AuditConfig) -> anyhow::Result<AuditConfig> {
     if audit.max_copy_bytes > 1024 * 1024 {
         bail!("audit.max_copy_bytes must be at most 1048576");
     }
+    for tool in &audit.replayable {
+        let valid = |part: &str| {
+            !part.is_empty() && !part.chars().any(|c| c.is_control() || c.is_whitespace())
+        };
+        match tool.split_once('/') {
+            Some((plugin, name)) if valid(plugin) && valid(name) && !name.contains('/') => {}
+            _ => bail!("audit.replayable: {tool:?} is not a tool reference (plugin/tool)"),
+        }
+    }
     Ok(audit)
 }
 
@@ -426,6 +435,21 @@ mod tests {
                 .to_string()
                 .contains("max_concurrent_calls")
         );
+    }
+
+    #[test]
+    fn replayable_tools_are_plugin_slash_tool() {
+        let file = parse("[audit]\nreplayable = [\"text/slugify\"]\n", "t").unwrap();
+        let audit = check_audit(file.audit.unwrap()).unwrap();
+        assert_eq!(audit.replayable, ["text/slugify"]);
+        for bad in ["slugify", "text/", "/x", "a/b/c", "text/slug ify"] {
+            let audit = AuditConfig {
+                replayable: vec![bad.to_owned()],
+                ..AuditConfig::default()
+            };
+            let err = check_audit(audit).unwrap_err().to_string();
+            assert!(err.contains("audit.replayable"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@ mod audit;
 mod config;
 mod control;
 mod demo;
+mod eval;
 mod inspect;
 mod package;
 mod releases;
@@ -48,6 +49,9 @@ pub(crate) mod exit {
     /// A plugin's signature is missing where required, invalid, or by an
     /// untrusted key.
     pub(crate) const UNTRUSTED: u8 = 9;
+    /// `eval`: a case failed; `replay`: a replayed call gave another
+    /// outcome than the recorded one.
+    pub(crate) const EVAL_FAILED: u8 = 10;
 }
 
 /// Airlock: a sandboxed host for AI-agent tools compiled to WebAssembly.
@@ -107,6 +111,14 @@ enum Command {
     /// Read-only mode (human takeover): refuse every tool that is not `read`.
     #[command(subcommand)]
     Mode(approvals::ModeCommand),
+    /// Run a plugin's scenario cases (`cases.jsonl`) in the sandbox with a
+    /// scratch workspace: pass/fail with diffs, fuel and latency; with
+    /// --baseline, next to another version.
+    Eval(eval::EvalArgs),
+    /// Re-run recorded `read` calls of a plugin (those whose complete
+    /// arguments were kept: `audit.replayable`) against a version or a
+    /// plugin directory, and compare the outputs.
+    Replay(eval::ReplayArgs),
     /// Serve every installed tool over MCP: stdio by default, Streamable
     /// HTTP with --http. Plugins added or removed while serving are picked
     /// up.
@@ -338,6 +350,8 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Approvals(command) => approvals::run(&settings, command).await,
         Command::Mode(command) => approvals::mode(&settings, command).await,
         Command::Serve(args) => serve::run(&settings, args).await,
+        Command::Eval(args) => eval::eval(&settings, args).await,
+        Command::Replay(args) => eval::replay(&settings, args).await,
     }
 }
 

@@ -16,7 +16,9 @@ use serde_json::{Value, json};
 
 use crate::config::Settings;
 use crate::control::Control;
-use crate::{Calls, Failure, close_audit, exit, load_host, print_json, warn_failures};
+use airlock_host::{Host, MANIFEST_FILE, Manifest};
+
+use crate::{Calls, Failure, close_audit, exit, host_config, print_json};
 
 /// `airlock plugins install`.
 #[derive(Debug, Args)]
@@ -53,6 +55,10 @@ pub(crate) struct RolloutArgs {
     /// Approval an approver gave for a version wider than the serving one.
     #[arg(long, value_name = "ID")]
     approval: Option<String>,
+    /// Refuse unless the version passes its own scenario cases
+    /// (`airlock eval PLUGIN@VERSION`) first.
+    #[arg(long)]
+    require_eval: bool,
     #[command(flatten)]
     who: Who,
     /// Print JSON.
@@ -118,11 +124,32 @@ pub(crate) async fn run(settings: &Settings, request: ReleaseRequest) -> Result<
             .json_slow::<Value>("POST", "/v1/releases", Some(json!(request)))
             .await;
     }
-    let (host, report) = load_host(settings, Calls::Recorded).await?;
-    warn_failures(&report);
+    let host = Host::new(host_config(settings, Calls::Recorded))?;
+    // A first rollout compares the new version with the plugins
+    // directory's plugin of that name, if any: load that one only (loading
+    // every plugin would compile them all for nothing).
+    if let ReleaseRequest::Rollout { plugin, .. } = &request
+        && let Some(dir) = dev_plugin_dir(settings, plugin)
+        && let Err(error) = host.load_plugin(&dir).await
+    {
+        eprintln!("warning: plugin in {} not loaded: {error}", dir.display());
+    }
     let answer = releases::run(&host, request).await;
     close_audit(&host);
     Ok(answer?)
+}
+
+/// The plugins directory's subdirectory whose manifest names `plugin`
+/// (manifests are read, nothing is compiled).
+fn dev_plugin_dir(settings: &Settings, plugin: &str) -> Option<PathBuf> {
+    let entries = std::fs::read_dir(&settings.plugins_dir).ok()?;
+    entries.flatten().map(|e| e.path()).find(|dir| {
+        let manifest = dir.join(MANIFEST_FILE);
+        std::fs::read_to_string(&manifest)
+            .ok()
+            .and_then(|text| Manifest::parse(&text, &manifest).ok())
+            .is_some_and(|m| m.plugin.name == plugin)
+    })
 }
 
 fn by(settings: &Settings, who: Option<String>) -> String {
@@ -199,6 +226,10 @@ pub(crate) async fn rollout(settings: &Settings, args: RolloutArgs) -> Result<u8
                     "usage: airlock rollout PLUGIN VERSION --percent N"
                 )));
             };
+            if args.require_eval {
+                let report = crate::eval::require_passing(settings, &plugin, &version).await?;
+                eprintln!("{plugin} {version} passes its {} cases", report.cases.len());
+            }
             (
                 ReleaseRequest::Rollout {
                     plugin,
@@ -281,11 +312,11 @@ fn print_status(status: &Value) {
             "{:<8} {:<16} {:>8} {:>7.1}% {:>10.2} {:>10.2} {:>12}",
             text(&v["role"]),
             text(&v["version"]),
-            v["calls"],
+            v["calls"].as_u64().unwrap_or(0),
             v["error_rate"].as_f64().unwrap_or(0.0) * 100.0,
             ms(&v["p50_us"]),
             ms(&v["p99_us"]),
-            v["mean_fuel"]
+            v["mean_fuel"].as_u64().unwrap_or(0)
         );
     }
     if status["truncated"].as_bool() == Some(true) {

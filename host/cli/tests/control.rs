@@ -71,10 +71,15 @@ struct Setup {
 
 impl Setup {
     fn new(serve: &str) -> Setup {
+        Setup::with_audit(serve, "")
+    }
+
+    /// With `audit` lines added to the `[audit]` table.
+    fn with_audit(serve: &str, audit: &str) -> Setup {
         let root = plugins_root();
         let dir = tempfile::tempdir().unwrap();
         let config = format!(
-            "principal = \"stdio-agent\"\n[audit]\nlock_wait_ms = {LOCK_WAIT_MS}\n[serve]\nreload_interval_ms = 0\n{serve}\n[policy.approvals]\n[[policy.approvals.approvers]]\nname = \"alice\"\ntoken_sha256 = \"{}\"\n",
+            "principal = \"stdio-agent\"\n[audit]\nlock_wait_ms = {LOCK_WAIT_MS}\n{audit}\n[serve]\nreload_interval_ms = 0\n{serve}\n[policy.approvals]\n[[policy.approvals.approvers]]\nname = \"alice\"\ntoken_sha256 = \"{}\"\n",
             sha256_hex(APPROVER_TOKEN.as_bytes())
         );
         std::fs::write(dir.path().join("airlock.toml"), config).unwrap();
@@ -235,6 +240,40 @@ impl Drop for Serve {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+#[test]
+fn eval_and_replay_work_while_the_server_holds_the_data_directory() {
+    let setup = Setup::with_audit("", "replayable = [\"text/slugify\"]");
+    let mut serve = setup.serve();
+    for text in ["Crème brûlée", "Hello, World!"] {
+        let slug = serve.call("text__slugify", json!({"text": text}), json!({}));
+        assert_eq!(slug["isError"], false, "{slug}");
+    }
+    // eval holds nothing of the data directory.
+    let out = setup.ok(&["eval", "text"]);
+    assert!(out.contains("9 passed, 0 failed"), "{out}");
+    // replay reads the log through the server.
+    let release = Path::new(airlock_tests::RELEASES_DIR).join("text-0.2.0");
+    let out = setup.run(&[
+        "replay",
+        "--plugin",
+        "text",
+        "--against",
+        release.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(10),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["replayed"], 2, "{report}");
+    assert_eq!(report["different"], 1, "{report}");
+    assert_eq!(report["calls"][0]["diff"]["at"], "/slug", "{report}");
+    serve.kill();
 }
 
 fn json_lines(text: &str) -> Vec<Value> {

@@ -24,6 +24,9 @@ pub(crate) struct CallRecord<'a> {
     secrets: Vec<String>,
     pointers: Vec<String>,
     durability: Durability,
+    /// For a tool the operator made replayable (`audit.replayable`): the
+    /// cap of its argument copy, the call's argument size cap.
+    replayable: Option<usize>,
 }
 
 impl<'a> CallRecord<'a> {
@@ -46,6 +49,7 @@ impl<'a> CallRecord<'a> {
             secrets: Vec::new(),
             pointers: Vec::new(),
             durability: Durability::Batched,
+            replayable: None,
         }
     }
 
@@ -54,14 +58,18 @@ impl<'a> CallRecord<'a> {
         self.base.args_digest.as_deref().unwrap_or_default()
     }
 
-    /// The redacted copy of the arguments, once recorded.
+    /// The redacted copy of the arguments, once recorded, cut to
+    /// `max_copy_bytes` (an approval shows it; a replayable tool's record
+    /// keeps more).
     pub(crate) fn args_copy(&self) -> &str {
-        self.base.args.as_deref().unwrap_or_default()
+        let copy = self.base.args.as_deref().unwrap_or_default();
+        airlock_audit::text::prefix(copy, self.log.config().max_copy_bytes)
     }
 
-    /// Whether the copy of the arguments was cut to the size cap.
+    /// Whether [`args_copy`](Self::args_copy) is cut.
     pub(crate) fn args_truncated(&self) -> bool {
         self.base.args_truncated
+            || self.args_copy().len() < self.base.args.as_ref().map_or(0, String::len)
     }
 
     /// The call carries idempotency `key`.
@@ -96,8 +104,9 @@ impl<'a> CallRecord<'a> {
             .map_err(CallError::AuditUnavailable)
     }
 
-    /// The call resolved to `tool` of `plugin`.
-    pub(crate) fn resolved(&mut self, plugin: &Plugin, tool: &Tool) {
+    /// The call resolved to `tool` of `plugin`; its arguments are at most
+    /// `max_argument_bytes` long (the cap of a replayable copy).
+    pub(crate) fn resolved(&mut self, plugin: &Plugin, tool: &Tool, max_argument_bytes: usize) {
         let b = &mut self.base;
         b.plugin = Some(plugin.name().to_owned());
         b.plugin_version = Some(plugin.version().to_owned());
@@ -106,6 +115,13 @@ impl<'a> CallRecord<'a> {
         b.tool = Some(tool.name().to_owned());
         b.risk = Some(tool.risk().as_str().to_owned());
         self.pointers = tool.redact().to_vec();
+        let id = tool.id();
+        self.replayable = self
+            .log
+            .config()
+            .replayable
+            .contains(&id)
+            .then_some(max_argument_bytes.max(self.log.config().max_copy_bytes));
         // Nothing with an effect on the world runs before its intent is on
         // disk; `read` calls of plugins that can only read are
         // group-committed (a `read` tool with write-capable grants is not
@@ -119,7 +135,10 @@ impl<'a> CallRecord<'a> {
     }
 
     /// Record the arguments: their digest and a redacted, capped copy. Text
-    /// that is not JSON is only digested.
+    /// that is not JSON is only digested. For a replayable tool the copy is
+    /// kept up to the argument size cap, and whether redaction changed it
+    /// is recorded (`args_redacted`), so `airlock replay` knows whether
+    /// the copy is the arguments the tool saw.
     pub(crate) fn arguments(&mut self, raw: &str, parsed: Option<&Value>) {
         let parsed_now;
         let value = match parsed {
@@ -133,10 +152,11 @@ impl<'a> CallRecord<'a> {
             Some(value) => {
                 self.base.args_digest = Some(canonical_digest(value));
                 let redacted = self.log.redactor().redact(value, &self.pointers, &[]);
-                let (copy, truncated) =
-                    capped_json(&redacted.value, self.log.config().max_copy_bytes);
+                let cap = self.replayable.unwrap_or(self.log.config().max_copy_bytes);
+                let (copy, truncated) = capped_json(&redacted.value, cap);
                 self.base.args = Some(copy);
                 self.base.args_truncated = truncated;
+                self.base.args_redacted = self.replayable.map(|_| redacted.value != *value);
                 self.secrets = redacted.secrets;
             }
             None => self.base.args_digest = Some(sha256_hex(raw.as_bytes())),
@@ -183,6 +203,7 @@ impl<'a> CallRecord<'a> {
         let mut outcome = self.base.clone();
         outcome.event = Event::CallFinished;
         outcome.args = None;
+        outcome.args_redacted = None;
         outcome.args_truncated = false;
         outcome.outcome = Some(error.kind().to_owned());
         outcome.reason = Some(reason);
@@ -204,6 +225,7 @@ impl<'a> CallRecord<'a> {
         let mut entry = self.base.clone();
         entry.event = Event::CallFinished;
         entry.args = None;
+        entry.args_redacted = None;
         entry.args_truncated = false;
         entry.fuel_used = Some(fuel_used);
         entry.wall_us = Some(u64::try_from(wall.as_micros()).unwrap_or(u64::MAX));

@@ -978,6 +978,10 @@ pub enum Error {
     #[error(transparent)]
     Audit(#[from] airlock_audit::Error),
 
+    /// A scenario cases file cannot be used.
+    #[error(transparent)]
+    Cases(#[from] crate::eval::CasesError),
+
     /// An operator's release action (install, rollout, promote, rollback)
     /// was refused.
     #[error(transparent)]
@@ -1405,6 +1409,7 @@ impl Error {
             Error::AuditUnavailable(_) => "audit_unavailable",
             Error::DecisionRefused { .. } => "decision_refused",
             Error::Audit(_) => "audit",
+            Error::Cases(e) => e.kind(),
             Error::Release(e) => e.kind(),
         }
     }
@@ -1421,7 +1426,8 @@ impl Error {
             | Error::Engine { .. }
             | Error::AuditUnavailable(_)
             | Error::DecisionRefused { .. }
-            | Error::Audit(_) => ErrorClass::Host,
+            | Error::Audit(_)
+            | Error::Cases(_) => ErrorClass::Host,
         }
     }
 

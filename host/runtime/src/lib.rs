@@ -60,6 +60,7 @@ mod bindings;
 mod cache;
 mod engine;
 mod error;
+mod eval;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -92,6 +93,11 @@ pub use error::{
     ApprovalRefusal, ArchiveRefusal, CallError, Error, ErrorClass, Identifier, LoadError,
     ReleaseError, Result, SchemaViolation, Store, StoreError, ToolErrorKind, TrapKind,
 };
+pub use eval::{
+    Case, CaseReport, Cases, CasesError, EVAL_PRINCIPAL, EvalReport, Expectation,
+    MAX_CASE_LINE_BYTES, MAX_CASES, MAX_CASES_FILE_BYTES, Mismatch, PointerCheck, PointerTest,
+    RecordedCall, RecordedOutcome, ReplayPlan, ReplayReport, ReplaySkips, ReplayedCall, Schema,
+};
 pub use grants::{
     Capability, EffectiveGrant, HttpGrant, HttpScheme, ImportClass, IpRange, LimitCeilings, Origin,
     OriginHost, Policy, ResolvedFiles, classify,
@@ -116,8 +122,9 @@ pub use plugin::{Plugin, Tool, ToolInfo};
 pub use ratelimit::RateLimitPolicy;
 pub use releases::{
     InstallReport, ROLLOUT_REFRESH, RolloutRequest, RolloutStatus, VERSIONS_DIR, VersionStats,
+    write_version,
 };
 pub use state::{LogLevel, LogLine};
-pub use stores::{StoreConfig, open_audit_read_only, open_mode, open_workspace};
+pub use stores::{StoreConfig, open_audit_read_only, open_mode, open_releases, open_workspace};
 pub use telemetry::{DEFAULT_MAX_QUEUED_SPANS, DEFAULT_OTLP_TIMEOUT, Telemetry, TelemetryConfig};
 pub use workspace::WORKSPACE_DIR;

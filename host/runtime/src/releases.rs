@@ -375,24 +375,7 @@ impl Served {
             .prefix(".materializing-")
             .tempdir_in(&parent)
             .map_err(|e| Error::io(&parent, e))?;
-        let mut files = vec![
-            (MANIFEST_FILE.to_owned(), &installed.manifest_digest),
-            (
-                installed.component_file.clone(),
-                &installed.component_digest,
-            ),
-        ];
-        if let Some(cases) = &installed.cases_digest {
-            files.push((CASES_FILE.to_owned(), cases));
-        }
-        if let Some(signature) = &installed.signature_digest {
-            files.push((SIGNATURE_FILE.to_owned(), signature));
-        }
-        for (name, digest) in files {
-            let bytes = self.releases.artifact(digest).map_err(store_error)?;
-            let path = temp.path().join(&name);
-            std::fs::write(&path, bytes).map_err(|e| Error::io(&path, e))?;
-        }
+        write_version(&self.releases, installed, temp.path())?;
         let temp = temp.keep();
         match std::fs::rename(&temp, &dir) {
             Ok(()) => Ok(dir),
@@ -951,6 +934,36 @@ impl ReleaseParts<'_> {
             truncated,
         })
     }
+}
+
+/// Write the files of installed version `installed` (read from
+/// `releases`, each checked against its digest) into the existing, empty
+/// directory `dir`: a plugin directory that loads as the version did when
+/// it was installed.
+///
+/// # Errors
+/// [`Error::Store`] when a file is missing or does not match its digest;
+/// [`Error::Io`] writing.
+pub fn write_version(releases: &Releases, installed: &InstalledVersion, dir: &Path) -> Result<()> {
+    let mut files = vec![
+        (MANIFEST_FILE.to_owned(), &installed.manifest_digest),
+        (
+            installed.component_file.clone(),
+            &installed.component_digest,
+        ),
+    ];
+    if let Some(cases) = &installed.cases_digest {
+        files.push((CASES_FILE.to_owned(), cases));
+    }
+    if let Some(signature) = &installed.signature_digest {
+        files.push((SIGNATURE_FILE.to_owned(), signature));
+    }
+    for (name, digest) in files {
+        let bytes = releases.artifact(digest).map_err(store_error)?;
+        let path = dir.join(&name);
+        std::fs::write(&path, bytes).map_err(|e| Error::io(&path, e))?;
+    }
+    Ok(())
 }
 
 /// What a rollout serves, in words.

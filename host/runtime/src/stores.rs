@@ -201,6 +201,32 @@ pub fn open_mode(config: &crate::HostConfig) -> Result<Arc<dyn airlock_store::Mo
     }
 }
 
+/// The installed plugin versions and rollouts of the store `config` names,
+/// without a host — what `airlock eval NAME@VERSION` reads. Files in the
+/// data directory with sled (readable while a server runs), the shared
+/// tables with PostgreSQL.
+///
+/// # Errors
+/// [`Error::Store`]; [`Error::Config`] for a temporary store.
+pub fn open_releases(config: &crate::HostConfig) -> Result<airlock_store::Releases> {
+    let store: Arc<dyn airlock_store::PluginStore> = match (&config.store, &config.data_dir) {
+        (StoreConfig::Sled, Some(dir)) => Arc::new(FilePlugins::new(dir)),
+        (StoreConfig::Sled, None) => {
+            return Err(Error::Config {
+                message: "a temporary store has no installed versions".to_owned(),
+            });
+        }
+        #[cfg(feature = "postgres")]
+        (StoreConfig::Postgres(postgres), _) => {
+            airlock_store_postgres::open(postgres)
+                .map_err(backend_error)?
+                .plugins
+        }
+        (StoreConfig::Custom(stores), _) => stores.plugins.clone(),
+    };
+    Ok(airlock_store::Releases::new(store))
+}
+
 /// The audit log of the store `config` names, without a host, for reading,
 /// verifying and exporting only — what an operator's `airlock audit`
 /// reads. It is the log as the host of `config.origin` sees it: its own

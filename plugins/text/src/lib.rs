@@ -3,7 +3,6 @@
 
 use airlock_sdk::{Context, JsonSchema, ToolError, plugin, schemars};
 use serde::{Deserialize, Serialize};
-use unicode_normalization::UnicodeNormalization;
 use unicode_normalization::char::is_combining_mark;
 
 /// Largest text any tool accepts.
@@ -138,9 +137,7 @@ pub fn slugify(args: SlugifyArgs, _: &Context) -> Result<Slug, ToolError> {
     let mut slug = String::new();
     let mut pending_sep = false;
     // Decompose, drop combining marks (é -> e), keep ASCII alphanumerics.
-    let folded = args
-        .text
-        .nfkd()
+    let folded = decomposed(&args.text)
         .filter(|c| !is_combining_mark(*c))
         .flat_map(|c| {
             // Letters that do not decompose to ASCII.
@@ -187,6 +184,21 @@ pub fn slugify(args: SlugifyArgs, _: &Context) -> Result<Slug, ToolError> {
         }
     }
     Ok(Slug { slug })
+}
+
+/// `text` decomposed (NFKD), so accents come apart from their letters.
+#[cfg(not(feature = "regression-v2"))]
+fn decomposed(text: &str) -> impl Iterator<Item = char> + '_ {
+    unicode_normalization::UnicodeNormalization::nfkd(text)
+}
+
+/// The deliberate regression of the example release 0.2.0
+/// (`plugins/releases/text-0.2.0`): no decomposition, so accented letters
+/// are dropped instead of folded (`Crème` → `cr-me`). `airlock eval`
+/// catches it with the case `slugify-folds-accents` of `cases.jsonl`.
+#[cfg(feature = "regression-v2")]
+fn decomposed(text: &str) -> impl Iterator<Item = char> + '_ {
+    text.chars()
 }
 
 /// Arguments of `regex-extract`.

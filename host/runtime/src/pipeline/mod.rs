@@ -116,7 +116,7 @@ impl<'h> Pipeline<'h> {
             }
         };
         let (plugin, tool) = (&*held_plugin, &*held_tool);
-        record.resolved(plugin, tool);
+        record.resolved(plugin, tool, self.config.max_argument_bytes);
         record.idempotency_key(request.idempotency_key.as_deref());
         summary.resolved(plugin, tool);
         summary.mark(Step::Resolve);

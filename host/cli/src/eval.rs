@@ -1,0 +1,485 @@
+//! `airlock eval` (a plugin's scenario cases) and `airlock replay`
+//! (recorded `read` calls re-run against another version).
+//!
+//! Both run their calls in a scratch host: no data directory, a temporary
+//! audit log, a workspace in memory (`Host::evaluate` and `Host::replay`
+//! say what of the pipeline they skip and why). Neither holds the data
+//! directory, so they work while `airlock serve` runs; `replay` reads the
+//! audit log as `audit query` does (through the server's control socket
+//! when it holds the log).
+
+use std::path::{Path, PathBuf};
+
+use airlock_host::audit_log::{ChainRecord, Event, Record};
+use airlock_host::{CASES_FILE, Cases, EvalReport, Host, Plugin, ReplayPlan, ReplayReport};
+use airlock_mcp::control::AuditQuery;
+use anyhow::{Context as _, anyhow};
+use clap::Args;
+
+use crate::audit::{Log, parse_time};
+use crate::config::Settings;
+use crate::{Calls, Failure, exit, host_config, print_json};
+
+/// Most intent (and outcome) records `replay` reads.
+const MAX_REPLAY_RECORDS: usize = 10_000;
+
+#[derive(Debug, Args)]
+pub(crate) struct EvalArgs {
+    /// The plugin: a name in the plugins directory (`text`), `NAME@VERSION`,
+    /// a plugin directory or a plugin archive.
+    #[arg(value_name = "PLUGIN[@VERSION]")]
+    plugin: String,
+    /// The cases file (default: the plugin's own `cases.jsonl`).
+    #[arg(long, value_name = "FILE")]
+    cases: Option<PathBuf>,
+    /// Also run the cases against this plugin (a directory, an archive, a
+    /// name or NAME@VERSION) and show both side by side. Without it,
+    /// PLUGIN@VERSION is shown next to the version serving PLUGIN when that
+    /// is another one.
+    #[arg(long, value_name = "PLUGIN")]
+    baseline: Option<String>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ReplayArgs {
+    /// The plugin whose recorded calls are replayed.
+    #[arg(long)]
+    plugin: String,
+    /// What to replay them against: a version of the plugin, a plugin
+    /// directory or a plugin archive.
+    #[arg(long, value_name = "VERSION|DIR")]
+    against: String,
+    /// Only calls recorded at or after: RFC 3339 or an age (15m, 2h, 7d).
+    #[arg(long, value_name = "TIME")]
+    since: Option<String>,
+    /// At most this many calls (the newest).
+    #[arg(long, default_value_t = 100)]
+    limit: usize,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// A host to evaluate in: nothing of the data directory (module docs).
+/// Every version evaluated is opened in it (`Host::open_plugin`), so
+/// versions of one plugin sit side by side.
+fn scratch_host(settings: &Settings) -> Result<Host, Failure> {
+    Ok(Host::new(host_config(settings, Calls::None))?)
+}
+
+/// The plugin `reference`, opened in `host`: a plugin directory, a plugin
+/// archive (unpacked into `scratch`), a name in the plugins directory
+/// (`crate::package::resolve_plugin_ref`), or `NAME@VERSION`.
+///
+/// `NAME@VERSION` is an installed version (read from the host's plugin
+/// store), else the plugins directory's plugin when it has that version.
+pub(crate) async fn resolve_plugin(
+    host: &Host,
+    settings: &Settings,
+    reference: &str,
+    scratch: &Path,
+) -> Result<Plugin, Failure> {
+    if let Some((name, version)) = reference.split_once('@')
+        && !Path::new(reference).exists()
+    {
+        // An installed version first (the host's plugin store), then the
+        // plugins directory's plugin of that version.
+        if let Some(dir) = installed_version(settings, name, version, scratch)? {
+            return crate::package::resolve_plugin_ref(
+                host,
+                settings,
+                &dir.to_string_lossy(),
+                scratch,
+            )
+            .await;
+        }
+        let plugin = crate::package::resolve_plugin_ref(host, settings, name, scratch).await?;
+        if plugin.version() != version {
+            return Err(Failure::usage(anyhow!(
+                "plugin `{name}` version {version} is not installed (`airlock plugins list`), and the plugins directory holds version {} ({})",
+                plugin.version(),
+                plugin.dir().display()
+            )));
+        }
+        return Ok(plugin);
+    }
+    crate::package::resolve_plugin_ref(host, settings, reference, scratch).await
+}
+
+/// The installed version `version` of `name`, written into a directory
+/// under `scratch`; `None` when it is not installed (or there is no store
+/// to ask).
+fn installed_version(
+    settings: &Settings,
+    name: &str,
+    version: &str,
+    scratch: &Path,
+) -> Result<Option<PathBuf>, Failure> {
+    let Ok(releases) = airlock_host::open_releases(&host_config(settings, Calls::Recorded)) else {
+        return Ok(None);
+    };
+    let Some(installed) = releases
+        .version(name, version)
+        .map_err(airlock_host::Error::from)?
+    else {
+        return Ok(None);
+    };
+    let dir = scratch.join(format!("installed-{name}-{version}"));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    airlock_host::write_version(&releases, &installed, &dir)?;
+    Ok(Some(dir))
+}
+
+/// What serves plugin `name` for callers outside any canary, opened in
+/// `host`: its rollout's serving version, else the plugins directory's
+/// `name`.
+async fn serving_plugin(
+    host: &Host,
+    settings: &Settings,
+    name: &str,
+    scratch: &Path,
+) -> Result<Option<Plugin>, Failure> {
+    let serving = airlock_host::open_releases(&host_config(settings, Calls::Recorded))
+        .ok()
+        .and_then(|releases| releases.rollout(name).ok().flatten())
+        .map(|rollout| rollout.value.serving);
+    match serving {
+        Some(version) => resolve_plugin(host, settings, &format!("{name}@{version}"), scratch)
+            .await
+            .map(Some),
+        None => resolve_plugin(host, settings, name, scratch)
+            .await
+            .map(Some),
+    }
+}
+
+/// Run `name@version`'s shipped cases; `Ok` when every one passes (what
+/// `airlock rollout --require-eval` asks before changing anything).
+///
+/// # Errors
+/// A failure with exit code 10 naming the failing cases; a usage failure
+/// when the version ships no cases.
+pub(crate) async fn require_passing(
+    settings: &Settings,
+    name: &str,
+    version: &str,
+) -> Result<EvalReport, Failure> {
+    let host = scratch_host(settings)?;
+    let scratch = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let plugin = resolve_plugin(
+        &host,
+        settings,
+        &format!("{name}@{version}"),
+        scratch.path(),
+    )
+    .await?;
+    let (_, cases) = load_cases(None, &[plugin.dir()])?;
+    let report = host.evaluate(&plugin, &cases).await?;
+    if report.all_passed() {
+        return Ok(report);
+    }
+    let failing: Vec<&str> = report
+        .cases
+        .iter()
+        .filter(|c| !c.passed)
+        .map(|c| c.name.as_str())
+        .collect();
+    Err(Failure {
+        code: exit::EVAL_FAILED,
+        error: anyhow!(
+            "--require-eval: {name} {version} fails {} of its {} cases ({}); nothing was changed (`airlock eval {name}@{version}` shows why)",
+            report.failed,
+            report.cases.len(),
+            failing.join(", ")
+        ),
+    })
+}
+
+/// The cases to run: `--cases`, else the first of `dirs` that ships a
+/// `cases.jsonl`.
+fn load_cases(given: Option<&Path>, dirs: &[&Path]) -> Result<(PathBuf, Cases), Failure> {
+    let path = match given {
+        Some(path) => path.to_owned(),
+        None => dirs
+            .iter()
+            .map(|d| d.join(CASES_FILE))
+            .find(|p| p.is_file())
+            .ok_or_else(|| {
+                Failure::usage(anyhow!(
+                    "no cases: {} has no {CASES_FILE}; pass --cases FILE",
+                    dirs.first()
+                        .map_or_else(String::new, |d| d.display().to_string())
+                ))
+            })?,
+    };
+    let cases = Cases::from_file(&path).map_err(|e| {
+        Failure::usage(anyhow::Error::from(e).context(format!("in {}", path.display())))
+    })?;
+    Ok((path, cases))
+}
+
+pub(crate) async fn eval(settings: &Settings, args: EvalArgs) -> Result<u8, Failure> {
+    let host = scratch_host(settings)?;
+    let scratch = tempfile::tempdir().context("cannot create a temporary directory")?;
+    let candidate =
+        resolve_plugin(&host, settings, &args.plugin, &scratch.path().join("a")).await?;
+    let baseline = match &args.baseline {
+        Some(reference) => {
+            let plugin =
+                resolve_plugin(&host, settings, reference, &scratch.path().join("b")).await?;
+            if plugin.name() != candidate.name() {
+                return Err(Failure::usage(anyhow!(
+                    "--baseline is plugin `{}`, not `{}`",
+                    plugin.name(),
+                    candidate.name()
+                )));
+            }
+            Some(plugin)
+        }
+        // NAME@VERSION: next to what serves NAME, when that is another
+        // version.
+        None => match args.plugin.split_once('@') {
+            Some((name, _)) if !Path::new(&args.plugin).exists() => {
+                serving_plugin(&host, settings, name, &scratch.path().join("b"))
+                    .await?
+                    .filter(|serving| serving.digest() != candidate.digest())
+            }
+            _ => None,
+        },
+    };
+    let mut dirs = vec![candidate.dir()];
+    if let Some(plugin) = &baseline {
+        dirs.push(plugin.dir());
+    }
+    let (path, cases) = load_cases(args.cases.as_deref(), &dirs)?;
+    let report = host.evaluate(&candidate, &cases).await?;
+    let base_report = match &baseline {
+        Some(plugin) => Some(host.evaluate(plugin, &cases).await?),
+        None => None,
+    };
+    if args.json {
+        let value = match &base_report {
+            Some(base) => {
+                serde_json::json!({"cases_file": path, "candidate": report, "baseline": base})
+            }
+            None => {
+                let mut value = serde_json::to_value(&report).context("cannot serialize")?;
+                value["cases_file"] = serde_json::json!(path);
+                value
+            }
+        };
+        print_json(&value);
+    } else {
+        match &base_report {
+            Some(base) => print!("{}", render_side_by_side(base, &report)),
+            None => print!("{}", render(&report)),
+        }
+    }
+    Ok(if report.all_passed() {
+        exit::OK
+    } else {
+        exit::EVAL_FAILED
+    })
+}
+
+fn label(report: &EvalReport) -> String {
+    format!(
+        "{} {} (sha256:{})",
+        report.plugin,
+        report.version,
+        report.digest.get(..12).unwrap_or(&report.digest)
+    )
+}
+
+fn ms(us: u64) -> String {
+    format!("{:.1} ms", us as f64 / 1000.0)
+}
+
+fn totals(report: &EvalReport) -> String {
+    format!(
+        "{} cases: {} passed, {} failed; fuel {}, {}",
+        report.cases.len(),
+        report.passed,
+        report.failed,
+        report.fuel_used,
+        ms(report.wall_us)
+    )
+}
+
+/// One report, case by case, with the failures' diffs.
+fn render(report: &EvalReport) -> String {
+    let mut out = format!("{}\n", label(report));
+    for case in &report.cases {
+        out.push_str(&format!(
+            "  {}  {:<32} {:<18} fuel {:>12}  {:>9}\n",
+            if case.passed { "PASS" } else { "FAIL" },
+            case.name,
+            case.outcome,
+            case.fuel_used,
+            ms(case.wall_us)
+        ));
+        for failure in &case.failures {
+            out.push_str(&format!("        {failure}\n"));
+        }
+    }
+    out.push_str(&totals(report));
+    out.push('\n');
+    out
+}
+
+/// Two reports over the same cases, side by side, then the candidate's
+/// failures.
+fn render_side_by_side(base: &EvalReport, candidate: &EvalReport) -> String {
+    let cell = |c: &airlock_host::CaseReport| {
+        format!(
+            "{} {:<18} fuel {:>11} {:>9}",
+            if c.passed { "PASS" } else { "FAIL" },
+            c.outcome,
+            c.fuel_used,
+            ms(c.wall_us)
+        )
+    };
+    let left = format!("baseline {}", label(base));
+    let width = base
+        .cases
+        .iter()
+        .map(|c| cell(c).len())
+        .chain([left.len()])
+        .max()
+        .unwrap_or(0);
+    let mut out = format!(
+        "{:<32} {left:<width$}   candidate {}\n",
+        "case",
+        label(candidate)
+    );
+    for (b, c) in base.cases.iter().zip(&candidate.cases) {
+        out.push_str(&format!(
+            "{:<32} {:<width$}   {}\n",
+            c.name,
+            cell(b),
+            cell(c)
+        ));
+    }
+    out.push_str(&format!("baseline:  {}\n", totals(base)));
+    out.push_str(&format!("candidate: {}\n", totals(candidate)));
+    for case in candidate.cases.iter().filter(|c| !c.passed) {
+        out.push_str(&format!("FAIL {} (line {})\n", case.name, case.line));
+        for failure in &case.failures {
+            out.push_str(&format!("  {failure}\n"));
+        }
+    }
+    out
+}
+
+// ------------------------------------------------------------------ replay
+
+pub(crate) async fn replay(settings: &Settings, args: ReplayArgs) -> Result<u8, Failure> {
+    if args.limit == 0 || args.limit > MAX_REPLAY_RECORDS {
+        return Err(Failure::usage(anyhow!(
+            "--limit must be 1 to {MAX_REPLAY_RECORDS}"
+        )));
+    }
+    let since_ms = args
+        .since
+        .as_deref()
+        .map(parse_time)
+        .transpose()
+        .map_err(Failure::usage)?;
+    let host = scratch_host(settings)?;
+    let scratch = tempfile::tempdir().context("cannot create a temporary directory")?;
+    // A directory or an archive, or a version of the plugin.
+    let reference = if Path::new(&args.against).exists() || args.against.contains(['/', '\\']) {
+        args.against.clone()
+    } else {
+        format!("{}@{}", args.plugin, args.against)
+    };
+    let plugin = resolve_plugin(&host, settings, &reference, &scratch.path().join("a")).await?;
+    if plugin.name() != args.plugin {
+        return Err(Failure::usage(anyhow!(
+            "--against is plugin `{}`, not `{}`",
+            plugin.name(),
+            args.plugin
+        )));
+    }
+    let records = recorded_calls(settings, &args.plugin, since_ms).await?;
+    let plan = ReplayPlan::from_records(
+        records.iter().map(|(o, r)| (o.as_deref(), r)),
+        &args.plugin,
+        args.limit,
+    );
+    let report = host.replay(&plugin, &plan).await?;
+    if args.json {
+        print_json(&serde_json::to_value(&report).context("cannot serialize")?);
+    } else {
+        print!("{}", render_replay(&report));
+    }
+    Ok(if report.different == 0 {
+        exit::OK
+    } else {
+        exit::EVAL_FAILED
+    })
+}
+
+/// The plugin's intent and outcome records, from every chain.
+async fn recorded_calls(
+    settings: &Settings,
+    plugin: &str,
+    since_ms: Option<u64>,
+) -> Result<Vec<(Option<String>, Record)>, Failure> {
+    let log = Log::open(settings).await?;
+    let mut out = Vec::new();
+    for event in [Event::CallStarted, Event::CallFinished] {
+        let query = AuditQuery {
+            plugin: Some(plugin.to_owned()),
+            event: Some(event),
+            since_ms,
+            limit: MAX_REPLAY_RECORDS,
+            ..AuditQuery::default()
+        };
+        if let (Log::Local(shared), Some(_)) = (&log, log.chains()?) {
+            for ChainRecord { origin, record } in shared.query_all(&query.filter(), query.limit)? {
+                out.push((Some(origin), record));
+            }
+        } else {
+            out.extend(log.query(&query).await?.into_iter().map(|r| (None, r)));
+        }
+    }
+    Ok(out)
+}
+
+fn render_replay(r: &ReplayReport) -> String {
+    let mut out = format!(
+        "replayed against {} {} (sha256:{})\n",
+        r.plugin,
+        r.version,
+        r.digest.get(..12).unwrap_or(&r.digest)
+    );
+    for call in &r.calls {
+        let at = match &call.origin {
+            Some(origin) => format!("{origin}:{}", call.seq),
+            None => call.seq.to_string(),
+        };
+        out.push_str(&format!(
+            "  {:<9} #{:<8} {:<20} {} -> {:<14} fuel {:>11} {:>9}\n",
+            if call.same { "SAME" } else { "DIFFERENT" },
+            at,
+            call.tool,
+            call.recorded_outcome,
+            call.outcome,
+            call.fuel_used,
+            ms(call.wall_us)
+        ));
+        if let Some(diff) = &call.diff {
+            out.push_str(&format!("        {diff}\n"));
+        }
+    }
+    let s = &r.skipped;
+    out.push_str(&format!(
+        "{} replayed: {} same, {} different, {} errors; skipped: {} redacted, {} cut, {} without a replayable copy, {} unfinished\n",
+        r.replayed, r.same, r.different, r.errors, s.redacted, s.cut, s.no_copy, s.unfinished
+    ));
+    out
+}
