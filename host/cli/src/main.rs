@@ -395,7 +395,8 @@ pub(crate) fn host_config(settings: &Settings, calls: Calls) -> HostConfig {
         .max_argument_bytes(settings.max_argument_bytes)
         .max_instances(settings.max_instances)
         .policy(settings.policy.clone())
-        .audit(settings.audit.clone());
+        .audit(settings.audit.clone())
+        .telemetry(settings.telemetry.clone());
     if let Some(share) = settings.max_instances_per_plugin {
         config = config.max_instances_per_plugin(share);
     }

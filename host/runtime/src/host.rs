@@ -20,6 +20,7 @@ use crate::plugin::{self, Plugin, Tool};
 use crate::ratelimit::Limiter;
 use crate::releases::{InstallReport, ReleaseParts, RolloutRequest, RolloutStatus, Served};
 use crate::stores::StoreConfig;
+use crate::telemetry::{ScrapeGauges, Telemetry, TelemetryConfig};
 use crate::workspace::Workspace;
 use serde::Serialize;
 
@@ -64,6 +65,8 @@ pub struct HostConfig {
     /// starve the others. `None`: half of `max_instances` (at least 1).
     /// Its memories and tables are bounded to the same fraction of theirs.
     pub max_instances_per_plugin: Option<u32>,
+    /// Metrics and span export ([`Host::metrics`], [`Host::telemetry`]).
+    pub telemetry: TelemetryConfig,
 }
 
 impl Default for HostConfig {
@@ -78,6 +81,7 @@ impl Default for HostConfig {
             audit: AuditConfig::default(),
             max_instances: crate::engine::DEFAULT_MAX_INSTANCES,
             max_instances_per_plugin: None,
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -132,6 +136,12 @@ impl HostConfig {
         self
     }
 
+    /// Measure and trace calls as `telemetry` says.
+    pub fn telemetry(mut self, telemetry: TelemetryConfig) -> HostConfig {
+        self.telemetry = telemetry;
+        self
+    }
+
     /// Accept arguments up to `bytes` long.
     pub fn max_argument_bytes(mut self, bytes: usize) -> HostConfig {
         self.max_argument_bytes = bytes;
@@ -179,6 +189,7 @@ pub struct Host {
     served: Served,
     /// When the ledger was last swept, ms since the Unix epoch.
     last_sweep_ms: AtomicU64,
+    telemetry: Telemetry,
     _ticker: EpochTicker,
 }
 
@@ -275,6 +286,8 @@ impl Host {
     /// keys, or failing verification of its unsigned tail).
     pub fn new(config: HostConfig) -> Result<Host> {
         config.policy.validate()?;
+        let telemetry = Telemetry::new(config.telemetry.clone())
+            .map_err(|message| Error::Config { message })?;
         let (stores, audit) = crate::stores::open(
             &config.store,
             config.data_dir.as_deref(),
@@ -332,6 +345,7 @@ impl Host {
             last_sweep_ms: AtomicU64::new(0),
             limiter,
             served,
+            telemetry,
             _ticker: ticker,
         })
     }
@@ -631,6 +645,7 @@ impl Host {
             cache: self.cache.as_ref(),
             origin: &self.config.origin,
             approvals: self.approvals_parts(),
+            telemetry: &self.telemetry,
         }
     }
 
@@ -873,5 +888,49 @@ impl Host {
     /// The audit log every call is recorded in.
     pub fn audit(&self) -> &AuditLog {
         &self.audit
+    }
+
+    /// The host's metrics and span export: to set the alerts gauge, or
+    /// flush spans.
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.telemetry
+    }
+
+    /// Every metric family in the Prometheus text format (what `/metrics`
+    /// serves): the calls counted so far, and the host's state read now —
+    /// approvals pending (expired ones are expired and recorded on the
+    /// way), the instance pool and each plugin's call slots, the audit
+    /// log's queue and last checkpoint.
+    ///
+    /// # Errors
+    /// [`Error::Store`] when the approvals cannot be read.
+    pub fn metrics(&self) -> Result<String> {
+        let pending = self.approvals(Some(ApprovalState::Pending))?;
+        let now = crate::mode::now_ms();
+        let oldest = pending
+            .iter()
+            .map(|a| now.saturating_sub(a.created_ms))
+            .max()
+            .unwrap_or(0);
+        let call_slots = self
+            .plugins()
+            .iter()
+            .map(|p| {
+                let free = u64::try_from(p.slots.available_permits()).unwrap_or(u64::MAX);
+                (
+                    p.name().to_owned(),
+                    p.slots_limit.saturating_sub(free),
+                    p.slots_limit,
+                )
+            })
+            .collect();
+        Ok(self.telemetry.encode(&ScrapeGauges {
+            approvals_pending: pending.len(),
+            oldest_pending_approval: std::time::Duration::from_millis(oldest),
+            instances_in_use: self.engine.instances_in_use(),
+            instances_max: self.engine.max_instances(),
+            call_slots,
+            audit: self.audit.health(),
+        }))
     }
 }
