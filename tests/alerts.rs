@@ -688,3 +688,26 @@ async fn readiness_passes_a_ready_plugin_and_names_what_an_unready_one_misses() 
     let unknown = host.readiness(Some("nope"), &config).await.unwrap_err();
     assert_eq!(unknown.kind(), "unknown_plugin");
 }
+
+#[tokio::test]
+async fn the_alerts_firing_gauge_follows_the_alerts() {
+    let data = tempfile::tempdir().unwrap();
+    let mut alerts = AlertConfig::default();
+    alerts
+        .rules
+        .push(errors_rule(Duration::from_millis(300)).min_calls(1));
+    let (host, _plugin) = host_with(alerts, data.path()).await;
+    let gauge = |host: &Host| {
+        host.metrics()
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("airlock_alerts_firing "))
+            .map(str::to_owned)
+    };
+    assert_eq!(gauge(&host).as_deref(), Some("airlock_alerts_firing 0"));
+    let _ = say(&host, true).await;
+    assert_eq!(gauge(&host).as_deref(), Some("airlock_alerts_firing 1"));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    host.check_alerts().await.unwrap();
+    assert_eq!(gauge(&host).as_deref(), Some("airlock_alerts_firing 0"));
+}

@@ -35,7 +35,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use airlock_host::{CacheStatus, CallRequest, Host, HostConfig};
+use airlock_host::{CacheStatus, CallRequest, Host, HostConfig, TelemetryConfig};
 use airlock_tests::{MISBEHAVE, PLUGINS_DIR, read, sha256_hex};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{
@@ -515,6 +515,9 @@ async fn run(effort: Effort) {
         host.instance_allocation()
     );
 
+    // ------------------------------------------------ telemetry
+    telemetry_cost(&effort, work.path(), &plugins, &cache).await;
+
     // ------------------------------------------------ throughput
     println!("### Throughput (audit batched)\n");
     println!(
@@ -575,6 +578,106 @@ async fn run(effort: Effort) {
         "| process after loading 10 plugins | {} |",
         mib(memory.process)
     );
+}
+
+/// A minimal OTLP/HTTP receiver on loopback: reads each request (head and
+/// `Content-Length` body) and answers `200`, on keep-alive connections.
+async fn otlp_sink() -> String {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut stream = BufReader::new(stream);
+                loop {
+                    let mut length = 0usize;
+                    loop {
+                        let mut line = String::new();
+                        if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let lower = line.to_ascii_lowercase();
+                        if let Some(value) = lower.strip_prefix("content-length:") {
+                            length = value.trim().parse().unwrap_or(0);
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    if stream.read_exact(&mut body).await.is_err() {
+                        return;
+                    }
+                    let ok = b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n";
+                    if stream.get_mut().write_all(ok).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+async fn echo(host: &Host) {
+    host.call(CallRequest::new("bench/echo", ARGS))
+        .await
+        .unwrap();
+}
+
+/// What metrics and span export cost a call: hosts alike but for their
+/// telemetry, called in turn.
+async fn telemetry_cost(effort: &Effort, work: &Path, plugins: &Path, cache: &Path) {
+    let sink = otlp_sink().await;
+    let host = |name: &str, telemetry: TelemetryConfig| {
+        let data = work.join(name);
+        let plugins = plugins.to_owned();
+        let config = host_config(&data, cache).telemetry(telemetry);
+        async move {
+            let host = Host::new(config).unwrap();
+            host.load_plugins_dir(&plugins).await.unwrap();
+            host
+        }
+    };
+    let off = host("telemetry-off", TelemetryConfig::default().metrics(false)).await;
+    let metrics = host("telemetry-metrics", TelemetryConfig::default()).await;
+    let traced = host(
+        "telemetry-traced",
+        TelemetryConfig::default().otlp_endpoint(&sink),
+    )
+    .await;
+    let (off_1, with_metrics) = interleaved(effort.calls, || echo(&off), || echo(&metrics)).await;
+    let (off_2, with_spans) = interleaved(effort.calls, || echo(&off), || echo(&traced)).await;
+    println!("### Metrics and tracing, cost per call (audit batched)\n");
+    println!("| | calls | mean | p50 | p99 | cost (mean) |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    let row = |name: &str, l: &Latency, base: &Latency| {
+        let cost = l.mean.as_secs_f64() - base.mean.as_secs_f64();
+        println!(
+            "| {name} | {} | {} | {} | {} | {:+.1} µs ({:+.1} %) |",
+            l.n,
+            us(l.mean),
+            us(l.p50),
+            us(l.p99),
+            cost * 1e6,
+            100.0 * cost / base.mean.as_secs_f64()
+        );
+    };
+    row("without metrics or spans", &off_1, &off_1);
+    row("metrics (the default)", &with_metrics, &off_1);
+    row("without metrics or spans (again)", &off_2, &off_2);
+    row(
+        "metrics + spans exported over OTLP/HTTP (loopback receiver)",
+        &with_spans,
+        &off_2,
+    );
+    println!();
+    // The spans went out on the exporter's thread.
+    let traced = Arc::new(traced);
+    tokio::task::spawn_blocking(move || traced.telemetry().flush_spans())
+        .await
+        .unwrap();
 }
 
 async fn loads(effort: &Effort, work: &Path, misbehave: &[u8]) {

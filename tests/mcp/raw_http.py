@@ -69,3 +69,10 @@ emit("loopback_origin", post(init, headers={"Origin": "http://localhost:3000"}))
 emit("wrong_host", post(init, headers={"Host": "evil.example:7410"}))
 emit("still_serving", post(json.dumps({"jsonrpc": "2.0", "id": 6, "method": "tools/call", "params": {
     "name": "text__slugify", "arguments": {"text": "Still Here"}}}), session=session))
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+emit("traceparent", post(json.dumps({"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {
+    "name": "text__slugify", "arguments": {"text": "Traced"}, "_meta": {"traceparent": TRACEPARENT}}}),
+    session=session))
+emit("bad_traceparent", post(json.dumps({"jsonrpc": "2.0", "id": 8, "method": "tools/call", "params": {
+    "name": "text__slugify", "arguments": {"text": "Traced"}, "_meta": {"traceparent": "00-nope"}}}),
+    session=session))

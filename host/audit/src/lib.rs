@@ -70,9 +70,9 @@ pub use checkpoint::{CHECKPOINT_DOMAIN, Checkpoint};
 pub use error::{Error, Result};
 pub use keys::{create_signing_key, parse_public_key, read_signing_key};
 pub use log::{
-    AuditConfig, AuditLog, DB_DIR, DEFAULT_ORIGIN, Durability, Export, ExportSummary, Filter,
-    KEYS_DIR, PUBLIC_KEY_FILE, REDACTION_KEY_FILE, SIGNING_KEY_FILE, check_origin, read_export,
-    verify_export,
+    AuditConfig, AuditHealth, AuditLog, DB_DIR, DEFAULT_ORIGIN, Durability, Export, ExportSummary,
+    Filter, KEYS_DIR, PUBLIC_KEY_FILE, REDACTION_KEY_FILE, SIGNING_KEY_FILE, check_origin,
+    read_export, verify_export,
 };
 pub use origins::{
     ChainRecord, ChainSummary, ChainVerification, EXPORT_VERSION_CHAINS, ExportChain, KeyRing,

@@ -173,6 +173,8 @@ struct QueueState {
     stop: bool,
     /// There is no writer thread: appenders write what they queue.
     inline: bool,
+    /// Failed attempts to write queued records, since the log was opened.
+    write_failures: u64,
     /// A write failed and what the store kept of it is not known yet: the
     /// next writer asks the store for its head first.
     resync: bool,
@@ -223,6 +225,22 @@ struct Head {
     unsigned: u64,
     last_checkpoint: Instant,
     closed: bool,
+}
+
+/// How the log is doing, for metrics ([`AuditLog::health`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AuditHealth {
+    /// Records sealed but not yet in the store.
+    pub queued: u64,
+    /// Whether the last attempt to write queued records failed (they stay
+    /// queued and are retried).
+    pub failing: bool,
+    /// Failed attempts to write queued records since the log was opened.
+    pub write_failures: u64,
+    /// Time since the last checkpoint was signed (or since the log was
+    /// opened, when none was signed since).
+    pub since_checkpoint: Duration,
 }
 
 /// What [`AuditLog::export`] wrote.
@@ -962,6 +980,25 @@ impl AuditLog {
         Ok(())
     }
 
+    /// Queue depth, store failures and checkpoint age: cheap (two short
+    /// locks), for a metrics scrape.
+    pub fn health(&self) -> AuditHealth {
+        let since_checkpoint = self
+            .inner
+            .head
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .last_checkpoint
+            .elapsed();
+        let queue = self.inner.queue.lock();
+        AuditHealth {
+            queued: u64::try_from(queue.writes.len() + queue.taken).unwrap_or(u64::MAX),
+            failing: queue.failing.is_some(),
+            write_failures: queue.write_failures,
+            since_checkpoint,
+        }
+    }
+
     /// Sequence number and hash (hex) of the newest record; `(0, None)` when
     /// empty.
     pub fn head(&self) -> Result<(u64, Option<String>)> {
@@ -1196,6 +1233,7 @@ impl Inner {
             let mut queue = self.queue.lock();
             let first_failure = queue.failing.is_none();
             queue.failing = Some(format!("cannot write record {seq}: {e}"));
+            queue.write_failures = queue.write_failures.saturating_add(1);
             // Back in front of whatever was queued meanwhile.
             writes.append(&mut queue.writes);
             queue.writes = writes;

@@ -26,6 +26,48 @@ struct ConfigFile {
     store: Option<toml::Table>,
     alerts: Option<airlock_host::AlertConfig>,
     readiness: Option<airlock_host::ReadinessConfig>,
+    telemetry: Option<TelemetrySection>,
+}
+
+/// `[telemetry]`: metrics and span export. Unknown keys are errors.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct TelemetrySection {
+    /// Count calls into the metric families (`/metrics`).
+    pub metrics: bool,
+    /// OTLP/HTTP endpoint spans are exported to (`http://127.0.0.1:4318`).
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the exported spans.
+    pub service_name: String,
+    /// How long one export may take, ms.
+    pub otlp_timeout_ms: u64,
+    /// Finished spans waiting for export, at most.
+    pub max_queued_spans: usize,
+}
+
+impl Default for TelemetrySection {
+    fn default() -> TelemetrySection {
+        let defaults = airlock_host::TelemetryConfig::default();
+        TelemetrySection {
+            metrics: defaults.metrics,
+            otlp_endpoint: None,
+            service_name: defaults.service_name,
+            otlp_timeout_ms: u64::try_from(defaults.otlp_timeout.as_millis()).unwrap_or(u64::MAX),
+            max_queued_spans: defaults.max_queued_spans,
+        }
+    }
+}
+
+/// `[telemetry]` as the host's configuration, checked.
+fn telemetry_config(section: TelemetrySection) -> anyhow::Result<airlock_host::TelemetryConfig> {
+    let mut config = airlock_host::TelemetryConfig::default()
+        .metrics(section.metrics)
+        .otlp_timeout(std::time::Duration::from_millis(section.otlp_timeout_ms));
+    config.otlp_endpoint = section.otlp_endpoint;
+    config.service_name = section.service_name;
+    config.max_queued_spans = section.max_queued_spans;
+    config.validate().map_err(anyhow::Error::msg)?;
+    Ok(config)
 }
 
 /// `[store]`: where the host keeps its state. `backend = "sled"` (the
@@ -129,6 +171,9 @@ pub(crate) struct ServeConfig {
     pub approval_wait_s: u64,
     /// How often the plugins directory is scanned for changes, ms (0: never).
     pub reload_interval_ms: u64,
+    /// SHA-256 (hex) of the token `/metrics` requires; without one it
+    /// answers loopback peers only.
+    pub metrics_token_sha256: Option<String>,
 }
 
 impl Default for ServeConfig {
@@ -153,6 +198,7 @@ impl Default for ServeConfig {
             max_calls_per_principal: airlock_mcp::DEFAULT_MAX_CALLS_PER_PRINCIPAL,
             approval_wait_s: 0,
             reload_interval_ms: 1000,
+            metrics_token_sha256: None,
         }
     }
 }
@@ -166,6 +212,13 @@ fn check_serve(serve: ServeConfig) -> anyhow::Result<ServeConfig> {
     }
     if serve.approval_wait_s > 24 * 3600 {
         bail!("serve.approval_wait_s must be at most 86400");
+    }
+    if let Some(hash) = &serve.metrics_token_sha256
+        && (hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()))
+    {
+        bail!(
+            "serve.metrics_token_sha256 must be 64 hex digits (the SHA-256 of the token, e.g. `printf %s \"$TOKEN\" | sha256sum`)"
+        );
     }
     if serve.reload_interval_ms != 0 && serve.reload_interval_ms < 100 {
         bail!("serve.reload_interval_ms must be 0 (no reloading) or at least 100");
@@ -191,6 +244,7 @@ pub(crate) struct Settings {
     pub alerts: airlock_host::AlertConfig,
     /// `[readiness]`: which checks are required.
     pub readiness: airlock_host::ReadinessConfig,
+    pub telemetry: airlock_host::TelemetryConfig,
 }
 
 /// Overrides from flags and environment variables.
@@ -275,6 +329,9 @@ impl Settings {
             if file.readiness.is_some() {
                 layer.readiness = file.readiness;
             }
+            if file.telemetry.is_some() {
+                layer.telemetry = file.telemetry;
+            }
             if let Some(mut policy) = file.policy {
                 policy.files_root = policy.files_root.map(|root| resolve_relative(root, base));
                 policy.http_ca_certs = policy
@@ -336,6 +393,7 @@ impl Settings {
                 .resolve()
                 .map_err(|e| anyhow::anyhow!("invalid [alerts]: {e}"))?,
             readiness: layer.readiness.unwrap_or_default(),
+            telemetry: telemetry_config(layer.telemetry.unwrap_or_default())?,
         })
     }
 }

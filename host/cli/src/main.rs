@@ -410,7 +410,8 @@ pub(crate) fn host_config(settings: &Settings, calls: Calls) -> HostConfig {
         .max_instances(settings.max_instances)
         .policy(settings.policy.clone())
         .audit(settings.audit.clone())
-        .alerts(settings.alerts.clone());
+        .alerts(settings.alerts.clone())
+        .telemetry(settings.telemetry.clone());
     if let Some(share) = settings.max_instances_per_plugin {
         config = config.max_instances_per_plugin(share);
     }

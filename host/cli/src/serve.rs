@@ -60,6 +60,7 @@ pub(crate) async fn run(settings: &Settings, args: ServeArgs) -> Result<u8, Fail
         config.max_connections = serve.max_connections;
         config.header_read_timeout = Duration::from_millis(serve.header_read_timeout_ms);
         config.body_read_timeout = Duration::from_millis(serve.body_read_timeout_ms);
+        config.metrics_token_sha256 = serve.metrics_token_sha256.clone();
         config
     });
     if !settings.plugins_dir.is_dir() {
@@ -167,6 +168,9 @@ pub(crate) async fn run(settings: &Settings, args: ServeArgs) -> Result<u8, Fail
     shutdown.cancel();
     let _ = control.await;
     crate::close_audit(server.host());
+    // Spans still queued go out now (bounded by the export timeout).
+    let host = Arc::clone(server.host());
+    let _ = tokio::task::spawn_blocking(move || host.telemetry().flush_spans()).await;
     Ok(exit::OK)
 }
 

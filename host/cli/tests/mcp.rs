@@ -893,3 +893,158 @@ fn an_idle_server_does_not_repeat_a_warning() {
         assert!(seen.insert(warning), "repeated: {warning}\n\n{text}");
     }
 }
+
+/// `GET path` on the server at `addr`, with a bearer `token`: the status
+/// and the body.
+fn http_get(addr: &str, path: &str, token: Option<&str>) -> (u16, String) {
+    use std::io::{Read as _, Write as _};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let status = response
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("no status line: {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn metrics_are_scraped_from_a_running_server_after_calls_over_mcp() {
+    let root = plugins_root(LIMITS);
+    let server = Server::new(root.path(), false);
+    let running = server.start_http();
+    // Calls over MCP (among them one that succeeds and an unknown tool).
+    let lines = client("raw_http.py", &[&running.addr]);
+    // `_meta.traceparent` makes the W3C trace id the call's; a malformed
+    // one is refused.
+    let case = |name: &str| {
+        lines
+            .iter()
+            .find(|l| l["case"] == name)
+            .unwrap_or_else(|| panic!("no case {name}"))
+    };
+    let traced = &case("traceparent")["message"]["result"];
+    assert_eq!(
+        traced["_meta"]["airlock/call"]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736",
+        "{traced}"
+    );
+    let refused = &case("bad_traceparent")["message"]["result"];
+    assert_eq!(
+        refused["_meta"]["airlock/error"]["kind"], "invalid_traceparent",
+        "{refused}"
+    );
+    let (status, body) = http_get(&running.addr, "/metrics", None);
+    assert_eq!(status, 200, "{body}");
+    let ok_calls = body
+        .lines()
+        .filter(|l| {
+            l.starts_with("airlock_calls_total{plugin=\"text\"")
+                && l.contains("tool=\"slugify\"")
+                && l.contains("outcome=\"ok\"")
+        })
+        .count();
+    assert_eq!(ok_calls, 1, "{body}");
+    for family in [
+        "airlock_call_duration_seconds_bucket",
+        "airlock_call_fuel_bucket",
+        "airlock_approvals_pending ",
+        "airlock_instances_in_use ",
+        "airlock_call_slots_max{plugin=\"text\"}",
+        "airlock_audit_queue_depth ",
+        "airlock_audit_last_checkpoint_age_seconds ",
+        "airlock_alerts_firing ",
+    ] {
+        assert!(body.contains(family), "{family} missing from {body}");
+    }
+    // A caller's token is no metrics token, but loopback peers need none.
+    assert_eq!(http_get(&running.addr, "/metrics", Some(TOKEN)).0, 200);
+}
+
+#[test]
+fn metrics_with_a_token_refuse_callers_without_it() {
+    let root = plugins_root(LIMITS);
+    let serve = format!(
+        "metrics_token_sha256 = \"{}\"\n",
+        sha256_hex(b"metrics-secret")
+    );
+    let server = Server::with_serve(root.path(), false, &serve);
+    let running = server.start_http();
+    let (status, body) = http_get(&running.addr, "/metrics", None);
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(http_get(&running.addr, "/metrics", Some(TOKEN)).0, 401);
+    assert_eq!(
+        http_get(&running.addr, "/metrics", Some("metrics-secre")).0,
+        401
+    );
+    let (status, body) = http_get(&running.addr, "/metrics", Some("metrics-secret"));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("airlock_approvals_pending 0"), "{body}");
+}
+
+#[test]
+fn malformed_telemetry_and_metrics_settings_are_config_errors_naming_the_key() {
+    let root = plugins_root(LIMITS);
+    for (extra, serve, key) in [
+        (
+            "",
+            "metrics_token_sha256 = \"nothex\"\n",
+            "serve.metrics_token_sha256",
+        ),
+        (
+            "[telemetry]\notlp_endpoint = \"ftp://collector\"\n",
+            "",
+            "telemetry.otlp_endpoint",
+        ),
+        (
+            "[telemetry]\notlp_timeout_ms = 0\n",
+            "",
+            "telemetry.otlp_timeout_ms",
+        ),
+        (
+            "[telemetry]\nmax_queued_spans = 1\n",
+            "",
+            "telemetry.max_queued_spans",
+        ),
+        (
+            "[telemetry]\nservice_name = \"\"\n",
+            "",
+            "telemetry.service_name",
+        ),
+        (
+            "[telemetry]\notlp_endpont = \"http://x\"\n",
+            "",
+            "otlp_endpont",
+        ),
+        ("[telemetry]\nmetrics = \"yes\"\n", "", "metrics"),
+    ] {
+        let server = Server::with_serve(root.path(), false, serve);
+        let mut text = std::fs::read_to_string(&server.config).unwrap();
+        text.push_str(extra);
+        std::fs::write(&server.config, text).unwrap();
+        let out = Command::new(AIRLOCK)
+            .args(server.args())
+            .args(["--http", "127.0.0.1:0"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{key}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(key), "{key}: {stderr}");
+    }
+}

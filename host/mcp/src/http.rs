@@ -15,6 +15,14 @@
 //! `WWW-Authenticate: Bearer`. Bodies over
 //! [`HttpConfig::max_request_bytes`] get `413`.
 //!
+//! # Metrics
+//! `GET /metrics` serves the host's metrics ([`Host::metrics`]) in the
+//! OpenMetrics text format, which Prometheus scrapes. Without
+//! [`HttpConfig::metrics_token_sha256`] only loopback peers get them (`403`
+//! for others); with it, only requests bearing that token (`401` without),
+//! wherever they come from. It is its own token: no caller's or
+//! approver's.
+//!
 //! # Connections
 //! [`serve`] runs hyper's HTTP/1 server itself (not `axum::serve`, which
 //! has no header timeout) with two bounds against clients that hold
@@ -66,6 +74,8 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1:7410";
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 2 * 1024 * 1024;
 /// The MCP endpoint's path.
 pub const MCP_PATH: &str = "/mcp";
+/// The metrics endpoint's path.
+pub const METRICS_PATH: &str = "/metrics";
 /// Default cap on connections open at once.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
 /// Largest `max_connections` a configuration may ask for.
@@ -121,6 +131,9 @@ pub struct HttpConfig {
     /// holds a connection (and a handler) as long as it likes — before any
     /// token is checked.
     pub body_read_timeout: Duration,
+    /// SHA-256 (hex) of the token `/metrics` requires; `None`: `/metrics`
+    /// answers loopback peers only.
+    pub metrics_token_sha256: Option<String>,
 }
 
 impl HttpConfig {
@@ -136,6 +149,7 @@ impl HttpConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
+            metrics_token_sha256: None,
         }
     }
 
@@ -204,6 +218,25 @@ impl HttpConfig {
             return Err(config(
                 "serving over HTTP needs at least one caller token ([[serve.tokens]] with principal and token_sha256)",
             ));
+        }
+        if let Some(metrics) = &self.metrics_token_sha256 {
+            let hash = metrics.to_ascii_lowercase();
+            if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(config(
+                    "serve.metrics_token_sha256 must be 64 hex digits (the SHA-256 of the token, e.g. `printf %s \"$TOKEN\" | sha256sum`)",
+                ));
+            }
+            if self
+                .tokens
+                .iter()
+                .map(|t| &t.token_sha256)
+                .chain(approver_hashes)
+                .any(|other| other.eq_ignore_ascii_case(&hash))
+            {
+                return Err(config(
+                    "serve.metrics_token_sha256 is also a caller's or an approver's token: /metrics takes a token of its own",
+                ));
+            }
         }
         let mut seen = std::collections::BTreeSet::new();
         for (i, token) in self.tokens.iter().enumerate() {
@@ -305,8 +338,16 @@ pub fn router(
     let mcp_routes = Router::new()
         .route_service(MCP_PATH, mcp)
         .layer(middleware::from_fn_with_state(callers, authenticate_caller));
+    let metrics_routes = Router::new()
+        .route(METRICS_PATH, get(serve_metrics))
+        .with_state(Arc::new(MetricsAccess {
+            host: Arc::clone(server.host()),
+            token_sha256: config.metrics_token_sha256.clone(),
+        }));
     Ok(behind_listener_checks(
-        mcp_routes.merge(approvals_routes(server)),
+        mcp_routes
+            .merge(approvals_routes(server))
+            .merge(metrics_routes),
         config,
     ))
 }
@@ -509,9 +550,14 @@ pub(crate) async fn serve_connections<L: Accept>(
             continue;
         };
         refusing = false;
+        // The peer's address, for handlers that answer loopback peers only.
+        let peer_ip = PeerIp(peer.parse::<SocketAddr>().ok().map(|a| a.ip()));
         let connection = builder.serve_connection(
             TokioIo::new(stream),
-            TowerToHyperService::new(router.clone()),
+            WithPeer {
+                inner: TowerToHyperService::new(router.clone()),
+                peer: peer_ip,
+            },
         );
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
@@ -539,6 +585,89 @@ pub(crate) async fn serve_connections<L: Accept>(
             "connections still open {} s after shutdown began; closing them",
             SHUTDOWN_GRACE.as_secs()
         );
+    }
+}
+
+/// The address a request's connection came from (`None`: not a TCP
+/// connection), set on every request by [`serve_connections`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PeerIp(pub(crate) Option<IpAddr>);
+
+/// A connection's service: the router, with the peer's address in each
+/// request's extensions.
+#[derive(Clone)]
+struct WithPeer {
+    inner: TowerToHyperService<Router>,
+    peer: PeerIp,
+}
+
+impl<B> hyper::service::Service<hyper::Request<B>> for WithPeer
+where
+    TowerToHyperService<Router>: hyper::service::Service<hyper::Request<B>>,
+{
+    type Response =
+        <TowerToHyperService<Router> as hyper::service::Service<hyper::Request<B>>>::Response;
+    type Error = <TowerToHyperService<Router> as hyper::service::Service<hyper::Request<B>>>::Error;
+    type Future =
+        <TowerToHyperService<Router> as hyper::service::Service<hyper::Request<B>>>::Future;
+
+    fn call(&self, mut request: hyper::Request<B>) -> Self::Future {
+        request.extensions_mut().insert(self.peer);
+        self.inner.call(request)
+    }
+}
+
+/// Who may read `/metrics`, and from what.
+struct MetricsAccess {
+    host: Arc<Host>,
+    token_sha256: Option<String>,
+}
+
+/// `GET /metrics`: the host's metrics, to loopback peers (no token
+/// configured) or to bearers of the metrics token.
+async fn serve_metrics(State(access): State<Arc<MetricsAccess>>, request: Request) -> Response {
+    match &access.token_sha256 {
+        Some(hash) => match bearer(request.headers()) {
+            None => return unauthorized(None),
+            Some(token) if !airlock_audit::token::matches_sha256(token, hash) => {
+                tracing::warn!("/metrics refused: unknown bearer token");
+                return unauthorized(Some("invalid_token"));
+            }
+            Some(_) => {}
+        },
+        None => {
+            let peer = request.extensions().get::<PeerIp>().and_then(|p| p.0);
+            if !peer.is_some_and(|ip| ip.is_loopback()) {
+                tracing::warn!(peer = ?peer, "/metrics refused: not a loopback peer");
+                return plain(
+                    StatusCode::FORBIDDEN,
+                    "metrics are served to loopback peers only; set serve.metrics_token_sha256 to serve them to bearers of that token",
+                );
+            }
+        }
+    }
+    // Reading the approvals may wait for the store: off the executor.
+    let host = Arc::clone(&access.host);
+    match tokio::task::spawn_blocking(move || host.metrics()).await {
+        Ok(Ok(text)) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Ok(Err(e)) => {
+            tracing::error!(error = %e, "cannot read the metrics");
+            plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the metrics cannot be read now",
+            )
+        }
+        Err(_) => plain(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the metrics cannot be read",
+        ),
     }
 }
 
@@ -918,5 +1047,110 @@ mod tests {
         };
         assert_eq!(callers.principal("two").as_deref(), Some("agent-2"));
         assert_eq!(callers.principal("three"), None);
+    }
+
+    /// `GET /metrics` through a connection's service, as `peer` with
+    /// `token`: the status and body.
+    async fn scrape(
+        metrics_token: Option<&str>,
+        peer: Option<IpAddr>,
+        token: Option<&str>,
+    ) -> (StatusCode, String) {
+        use http_body_util::BodyExt as _;
+        use hyper::service::Service as _;
+        let host = Arc::new(Host::new(airlock_host::HostConfig::default()).unwrap());
+        let server = McpServer::new(host, crate::ServeOptions::default());
+        let mut config =
+            HttpConfig::new(default_addr(), vec![token_of("agent-1", "caller-secret")]);
+        config.metrics_token_sha256 =
+            metrics_token.map(|t| hex::encode(Sha256::digest(t.as_bytes())));
+        let router = router(&server, &config, CancellationToken::new()).unwrap();
+        let service = WithPeer {
+            inner: TowerToHyperService::new(router),
+            peer: PeerIp(peer),
+        };
+        let mut request = hyper::Request::get(METRICS_PATH).header(header::HOST, "127.0.0.1:7410");
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let response = service
+            .call(request.body(axum::body::Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    fn token_of(principal: &str, secret: &str) -> CallerToken {
+        CallerToken {
+            principal: principal.into(),
+            token_sha256: hex::encode(Sha256::digest(secret.as_bytes())),
+        }
+    }
+
+    #[tokio::test]
+    async fn metrics_answer_loopback_peers_only_without_a_token() {
+        let loopback = Some(IpAddr::from([127, 0, 0, 1]));
+        let (status, body) = scrape(None, loopback, None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(body.contains("airlock_approvals_pending"), "{body}");
+        let v6 = Some("::1".parse().unwrap());
+        assert_eq!(scrape(None, v6, None).await.0, StatusCode::OK);
+        for other in [
+            Some(IpAddr::from([10, 0, 0, 7])),
+            Some(IpAddr::from([192, 168, 1, 2])),
+            Some("2001:db8::1".parse().unwrap()),
+            None,
+        ] {
+            let (status, body) = scrape(None, other, None).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{other:?}");
+            assert!(body.contains("loopback"), "{body}");
+            // A caller's token does not open it either.
+            let (status, _) = scrape(None, other, Some("caller-secret")).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{other:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn metrics_with_a_token_answer_its_bearers_only_wherever_they_are() {
+        let remote = Some(IpAddr::from([10, 0, 0, 7]));
+        let loopback = Some(IpAddr::from([127, 0, 0, 1]));
+        let token = Some("metrics-secret");
+        for peer in [remote, loopback] {
+            assert_eq!(scrape(token, peer, None).await.0, StatusCode::UNAUTHORIZED);
+            assert_eq!(
+                scrape(token, peer, Some("caller-secret")).await.0,
+                StatusCode::UNAUTHORIZED
+            );
+            assert_eq!(
+                scrape(token, peer, Some("metrics-secret ")).await.0,
+                StatusCode::OK
+            );
+            assert_eq!(
+                scrape(token, peer, Some("metrics-secreT")).await.0,
+                StatusCode::UNAUTHORIZED
+            );
+            let (status, body) = scrape(token, peer, Some("metrics-secret")).await;
+            assert_eq!(status, StatusCode::OK);
+            assert!(body.ends_with("# EOF\n"), "{body}");
+        }
+    }
+
+    #[test]
+    fn a_metrics_token_must_be_a_digest_of_its_own() {
+        let mut config = HttpConfig::new(default_addr(), vec![token_of("agent-1", "caller")]);
+        config.metrics_token_sha256 = Some("abc".into());
+        let error = config.validate(&[]).unwrap_err().to_string();
+        assert!(error.contains("serve.metrics_token_sha256"), "{error}");
+        config.metrics_token_sha256 = Some(config.tokens[0].token_sha256.to_uppercase());
+        let error = config.validate(&[]).unwrap_err().to_string();
+        assert!(error.contains("serve.metrics_token_sha256"), "{error}");
+        assert!(error.contains("its own"), "{error}");
+        let approver = hex::encode(Sha256::digest(b"approver"));
+        config.metrics_token_sha256 = Some(approver.clone());
+        assert!(config.validate(&[approver]).is_err());
+        config.metrics_token_sha256 = Some(hex::encode(Sha256::digest(b"metrics")));
+        config.validate(&[]).unwrap();
     }
 }

@@ -33,6 +33,10 @@ pub mod meta_keys {
     pub const SESSION: &str = "airlock/session";
     /// Correlation id.
     pub const TRACE_ID: &str = "airlock/trace_id";
+    /// W3C Trace Context of the caller's span (as OpenTelemetry's MCP
+    /// conventions carry it): the call's spans are its children and its
+    /// trace id is the call's.
+    pub const TRACEPARENT: &str = "traceparent";
 }
 
 /// Default cap on tool calls running at once, over every client.
@@ -560,6 +564,7 @@ struct CallMeta {
     reason: Option<String>,
     session: Option<String>,
     trace_id: Option<String>,
+    traceparent: Option<String>,
 }
 
 impl CallMeta {
@@ -588,6 +593,7 @@ impl CallMeta {
             reason: get(meta_keys::REASON)?,
             session: get(meta_keys::SESSION)?,
             trace_id: get(meta_keys::TRACE_ID)?,
+            traceparent: get(meta_keys::TRACEPARENT)?,
         })
     }
 }
@@ -667,6 +673,7 @@ impl ServerHandler for AirlockHandler {
         call.reason = meta.reason;
         call.session = meta.session;
         call.trace_id = meta.trace_id;
+        call.traceparent = meta.traceparent;
         call.wait_for_approval = self.shared.options.approval_wait;
         let result = self.shared.host.call(call).await;
         if let Err(error) = &result {

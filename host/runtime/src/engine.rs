@@ -238,6 +238,17 @@ impl SharedEngine {
         &self.allocation
     }
 
+    /// Pool instances held by calls now (0 when allocating on demand).
+    pub(crate) fn instances_in_use(&self) -> u32 {
+        match &self.gate {
+            Some(gate) => {
+                let free = u32::try_from(gate.instances.available_permits()).unwrap_or(u32::MAX);
+                self.max_instances().saturating_sub(free)
+            }
+            None => 0,
+        }
+    }
+
     /// The pool's instance count (0 when allocating on demand).
     pub(crate) fn max_instances(&self) -> u32 {
         match self.allocation {

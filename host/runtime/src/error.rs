@@ -115,6 +115,8 @@ impl fmt::Display for TrapKind {
 pub enum Identifier {
     /// The correlation id (`CallRequest::trace_id`).
     TraceId,
+    /// The W3C `traceparent` (`CallRequest::traceparent`).
+    Traceparent,
     /// Who the call runs for.
     Principal,
     /// The idempotency key.
@@ -127,6 +129,7 @@ impl fmt::Display for Identifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Identifier::TraceId => "trace id",
+            Identifier::Traceparent => "traceparent",
             Identifier::Principal => "principal",
             Identifier::IdempotencyKey => "idempotency key",
             Identifier::ApprovalId => "approval id",
@@ -1281,6 +1284,7 @@ impl CallError {
         match self {
             CallError::InvalidIdentifier { what, .. } => match what {
                 Identifier::TraceId => "invalid_trace_id",
+                Identifier::Traceparent => "invalid_traceparent",
                 Identifier::Principal => "invalid_principal",
                 Identifier::IdempotencyKey => "invalid_idempotency_key",
                 Identifier::ApprovalId => "invalid_approval_id",

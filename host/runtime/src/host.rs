@@ -24,6 +24,7 @@ use crate::plugin::{self, Plugin, Tool};
 use crate::ratelimit::Limiter;
 use crate::releases::{InstallReport, ReleaseParts, RolloutRequest, RolloutStatus, Served};
 use crate::stores::StoreConfig;
+use crate::telemetry::{ScrapeGauges, Telemetry, TelemetryConfig};
 use crate::workspace::Workspace;
 use serde::Serialize;
 
@@ -71,6 +72,8 @@ pub struct HostConfig {
     /// Alert rules over the calls this host runs, and what they do
     /// (`[alerts]`).
     pub alerts: AlertConfig,
+    /// Metrics and span export ([`Host::metrics`], [`Host::telemetry`]).
+    pub telemetry: TelemetryConfig,
 }
 
 impl Default for HostConfig {
@@ -86,6 +89,7 @@ impl Default for HostConfig {
             max_instances: crate::engine::DEFAULT_MAX_INSTANCES,
             max_instances_per_plugin: None,
             alerts: AlertConfig::default(),
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -146,6 +150,12 @@ impl HostConfig {
         self
     }
 
+    /// Measure and trace calls as `telemetry` says.
+    pub fn telemetry(mut self, telemetry: TelemetryConfig) -> HostConfig {
+        self.telemetry = telemetry;
+        self
+    }
+
     /// Accept arguments up to `bytes` long.
     pub fn max_argument_bytes(mut self, bytes: usize) -> HostConfig {
         self.max_argument_bytes = bytes;
@@ -197,6 +207,7 @@ pub struct Host {
     alerts: Alerts,
     /// Paused tools and plugins (kept in the ledger).
     pauses: Pauses,
+    telemetry: Telemetry,
     _ticker: EpochTicker,
 }
 
@@ -296,6 +307,8 @@ impl Host {
         config.alerts = std::mem::take(&mut config.alerts)
             .resolve()
             .map_err(|message| Error::Config { message })?;
+        let telemetry = Telemetry::new(config.telemetry.clone())
+            .map_err(|message| Error::Config { message })?;
         let (stores, audit) = crate::stores::open(
             &config.store,
             config.data_dir.as_deref(),
@@ -356,6 +369,7 @@ impl Host {
             last_sweep_ms: AtomicU64::new(0),
             limiter,
             served,
+            telemetry,
             _ticker: ticker,
         })
     }
@@ -665,8 +679,11 @@ impl Host {
                 return result;
             };
             tracing::info!(tool = %request.tool, attempt, kind = error.kind(), "retrying a call after a transient failure");
-            // Every attempt is a call on the record; one trace id links them.
-            request.trace_id = Some(trace_id);
+            // Every attempt is a call on the record; one trace id links them
+            // (a caller's traceparent does already).
+            if request.traceparent.is_none() {
+                request.trace_id = Some(trace_id);
+            }
             let cancelled = crate::pipeline::run::unless_cancelled(
                 request.cancel.as_ref(),
                 tokio::time::sleep(wait),
@@ -722,6 +739,7 @@ impl Host {
             origin: &self.config.origin,
             approvals: self.approvals_parts(),
             pauses: &self.pauses,
+            telemetry: &self.telemetry,
         }
     }
 
@@ -966,6 +984,50 @@ impl Host {
         &self.audit
     }
 
+    /// The host's metrics and span export: to set the alerts gauge, or
+    /// flush spans.
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.telemetry
+    }
+
+    /// Every metric family in the Prometheus text format (what `/metrics`
+    /// serves): the calls counted so far, and the host's state read now —
+    /// approvals pending (expired ones are expired and recorded on the
+    /// way), the instance pool and each plugin's call slots, the audit
+    /// log's queue and last checkpoint.
+    ///
+    /// # Errors
+    /// [`Error::Store`] when the approvals cannot be read.
+    pub fn metrics(&self) -> Result<String> {
+        let pending = self.approvals(Some(ApprovalState::Pending))?;
+        let now = crate::mode::now_ms();
+        let oldest = pending
+            .iter()
+            .map(|a| now.saturating_sub(a.created_ms))
+            .max()
+            .unwrap_or(0);
+        let call_slots = self
+            .plugins()
+            .iter()
+            .map(|p| {
+                let free = u64::try_from(p.slots.available_permits()).unwrap_or(u64::MAX);
+                (
+                    p.name().to_owned(),
+                    p.slots_limit.saturating_sub(free),
+                    p.slots_limit,
+                )
+            })
+            .collect();
+        Ok(self.telemetry.encode(&ScrapeGauges {
+            approvals_pending: pending.len(),
+            oldest_pending_approval: std::time::Duration::from_millis(oldest),
+            instances_in_use: self.engine.instances_in_use(),
+            instances_max: self.engine.max_instances(),
+            call_slots,
+            audit: self.audit.health(),
+        }))
+    }
+
     // ----------------------------------------------------------- readiness
 
     /// The readiness of `plugin` (of every serving plugin without one):
@@ -1152,6 +1214,11 @@ impl Host {
     /// Act on alerts that fired or resolved: record each, make its
     /// takeover, queue its webhooks.
     async fn act(&self, actions: Vec<Action>) {
+        if actions.is_empty() {
+            return;
+        }
+        // The `airlock_alerts_firing` gauge follows every change.
+        self.telemetry.set_alerts_firing(self.alerts.firing_count());
         for action in actions {
             let status = &action.status;
             record(

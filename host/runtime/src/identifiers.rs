@@ -24,13 +24,17 @@ const MARKED_PREFIX_BYTES: usize = 32;
 /// Check every identifier `request` carries.
 ///
 /// # Errors
-/// [`CallError::InvalidIdentifier`] for the first trace id, principal,
+/// [`CallError::InvalidIdentifier`] for the first trace id, `traceparent`, principal,
 /// idempotency key or approval id that is empty, too long or holds
 /// characters it may not; [`CallError::InvalidSession`] for a bad session key.
 pub(crate) fn check(request: &CallRequest) -> CallResult<()> {
     if let Some(trace_id) = &request.trace_id {
         visible_ascii(trace_id, MAX_TRACE_ID_BYTES)
             .map_err(|message| invalid(Identifier::TraceId, message))?;
+    }
+    if let Some(traceparent) = &request.traceparent {
+        crate::telemetry::traceparent::TraceParent::parse(traceparent)
+            .map_err(|message| invalid(Identifier::Traceparent, message))?;
     }
     no_control(&request.principal, MAX_PRINCIPAL_BYTES)
         .map_err(|message| invalid(Identifier::Principal, message))?;
@@ -120,7 +124,8 @@ mod tests {
             .principal("agent-7")
             .session("s-1")
             .idempotency_key("refund 42")
-            .approval_id("apr-0199");
+            .approval_id("apr-0199")
+            .traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
         check(&ok).unwrap();
         let cases = [
             (ok.clone().trace_id("x".repeat(129)), "invalid_trace_id"),
@@ -136,6 +141,11 @@ mod tests {
             ),
             (ok.clone().idempotency_key(""), "invalid_idempotency_key"),
             (ok.clone().approval_id("apr\r"), "invalid_approval_id"),
+            (ok.clone().traceparent("00-x-y-01"), "invalid_traceparent"),
+            (
+                ok.clone().traceparent("t".repeat(1 << 20)),
+                "invalid_traceparent",
+            ),
         ];
         for (request, kind) in cases {
             let err = check(&request).unwrap_err();

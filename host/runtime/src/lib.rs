@@ -82,6 +82,7 @@ mod releases;
 mod schema;
 mod state;
 mod stores;
+mod telemetry;
 mod workspace;
 
 pub use airlock_audit as audit_log;
@@ -132,4 +133,5 @@ pub use releases::{
 };
 pub use state::{LogLevel, LogLine};
 pub use stores::{StoreConfig, open_audit_read_only, open_mode, open_releases, open_workspace};
+pub use telemetry::{DEFAULT_MAX_QUEUED_SPANS, DEFAULT_OTLP_TIMEOUT, Telemetry, TelemetryConfig};
 pub use workspace::WORKSPACE_DIR;

@@ -298,6 +298,12 @@ impl Alerts {
         true
     }
 
+    /// How many alerts fire now.
+    pub(crate) fn firing_count(&self) -> u64 {
+        let firing = self.firing.lock().unwrap_or_else(PoisonError::into_inner);
+        u64::try_from(firing.len()).unwrap_or(u64::MAX)
+    }
+
     /// Alerts firing now, then those resolved lately (newest first).
     pub(crate) fn list(&self) -> Vec<AlertStatus> {
         let mut all: Vec<AlertStatus> = self

@@ -16,6 +16,9 @@
 //! | 10 | outcome record | `CallRecord::finished` (`audit.rs`) |
 //! | 11 | complete the idempotency key | [`gate::KeyClaim::complete`] (`gate.rs`) |
 //!
+//! Each step marks its end in the call's [`CallSummary`]; the finished
+//! call is reported once, by [`Pipeline::observe`] (metrics and spans).
+//!
 //! A refusal at steps 0–5 gets one refusal record. The idempotency key
 //! claimed at step 4 is held by a [`gate::KeyClaim`] guard: whatever ends the call
 //! before the guest may run releases it, so a step added later cannot
@@ -46,6 +49,7 @@ use crate::plugin::{Plugin, Tool};
 use crate::ratelimit::Limiter;
 use crate::releases::Served;
 use crate::schema;
+use crate::telemetry::{CallSummary, Step, Telemetry};
 use crate::workspace::Workspace;
 
 pub(crate) use gate::MAX_IDEMPOTENCY_KEY_BYTES;
@@ -72,6 +76,7 @@ pub(crate) struct Pipeline<'h> {
     pub(crate) approvals: Approvals<'h>,
     /// Paused tools and plugins.
     pub(crate) pauses: &'h crate::alerts::Pauses,
+    pub(crate) telemetry: &'h Telemetry,
 }
 
 impl<'h> Pipeline<'h> {
@@ -82,9 +87,32 @@ impl<'h> Pipeline<'h> {
         request: &CallRequest,
         call_id: String,
     ) -> CallResult<CallResponse> {
+        let mut summary = CallSummary::start(request, call_id);
+        let result = self.steps(request, &mut summary).await;
+        summary.finish(&result);
+        self.observe(&summary);
+        result
+    }
+
+    /// Report a finished call, once: the one place every call's outcome
+    /// reaches whatever watches calls. (The alert rules, which may act
+    /// through the whole host, are told by `Host::call`, right after.)
+    fn observe(&self, summary: &CallSummary) {
+        // Metrics and spans.
+        self.telemetry.observe(summary);
+    }
+
+    /// The steps, in order, each marking its end in `summary`.
+    async fn steps(
+        &self,
+        request: &CallRequest,
+        summary: &mut CallSummary,
+    ) -> CallResult<CallResponse> {
         self.approvals.sweep_if_due();
+        let call_id = summary.call_id.clone();
         // 0. Identifiers, before any of them is recorded.
-        let mut record = self.check_identifiers(request, &call_id).await?;
+        let mut record = self.check_identifiers(request, summary).await?;
+        summary.mark(Step::Identifiers);
         // 1. Resolve. The plugin is held (an `Arc`) until the call's
         // outcome, even if it is unloaded meanwhile.
         let (held_plugin, held_tool) = match self.resolve(request).await {
@@ -97,6 +125,8 @@ impl<'h> Pipeline<'h> {
         let (plugin, tool) = (&*held_plugin, &*held_tool);
         record.resolved(plugin, tool, self.config.max_argument_bytes);
         record.idempotency_key(request.idempotency_key.as_deref());
+        summary.resolved(plugin, tool);
+        summary.mark(Step::Resolve);
         // 2. Admit: the host's mode, paused tools, rate limits.
         let read_only = match self.admit(plugin, tool, &request.principal).await {
             Ok(read_only) => read_only,
@@ -105,6 +135,7 @@ impl<'h> Pipeline<'h> {
                 return Err(record.refused(error).await);
             }
         };
+        summary.mark(Step::Admit);
         // 3. Validate arguments before anything runs.
         let arguments =
             match validate_arguments(tool, &request.arguments, self.config.max_argument_bytes) {
@@ -117,6 +148,7 @@ impl<'h> Pipeline<'h> {
                 }
             };
         record.arguments(&request.arguments, Some(&arguments));
+        summary.mark(Step::Validate);
         // 4. Idempotency: claim the key, or replay the first outcome. From
         // here until the guest may run, leaving releases the key.
         let mut claim = match self
@@ -124,9 +156,13 @@ impl<'h> Pipeline<'h> {
             .await
         {
             Ok(gate::Claimed::Run(claim)) => claim,
-            Ok(gate::Claimed::Replay(replay)) => return Ok(replay),
+            Ok(gate::Claimed::Replay(mut replay)) => {
+                replay.trace_id.clone_from(&summary.trace_id);
+                return Ok(replay);
+            }
             Err(error) => return Err(record.refused(error).await),
         };
+        summary.mark(Step::Idempotency);
         // 5. Approval gate.
         let approval_id = match self
             .approval_gate(request, plugin, tool, &record, &call_id)
@@ -138,13 +174,16 @@ impl<'h> Pipeline<'h> {
         if let Some(id) = &approval_id {
             record.approval(id);
         }
+        summary.mark(Step::Approval);
         // 6. Intent record: no record, no call.
         record.started().await?;
+        summary.mark(Step::Intent);
+        summary.ran = true;
         // From here the guest may run: only step 11 settles the key.
         claim.running();
         // 7–9. Instantiate, call, validate the output.
         let context = CallContext {
-            trace_id: request.trace_id.clone().unwrap_or_else(|| call_id.clone()),
+            trace_id: summary.trace_id.clone(),
             call_id,
             principal: request.principal.clone(),
         };
@@ -165,12 +204,16 @@ impl<'h> Pipeline<'h> {
         if let Ok(response) = &mut result {
             response.approval_id = approval_id;
         }
+        summary.fuel_used = stats.fuel_used;
+        summary.mark(Step::Run);
         // 10. Outcome record.
         record
             .finished(&result, stats.fuel_used, stats.duration)
             .await;
+        summary.mark(Step::Outcome);
         // 11. Complete the idempotency key.
         claim.complete(&result);
+        summary.mark(Step::Complete);
         result
     }
 
@@ -180,8 +223,9 @@ impl<'h> Pipeline<'h> {
     async fn check_identifiers(
         &self,
         request: &CallRequest,
-        call_id: &str,
+        summary: &CallSummary,
     ) -> CallResult<CallRecord<'h>> {
+        let call_id = summary.call_id.as_str();
         if let Err(error) = identifiers::check(request) {
             let trace_id = request
                 .trace_id
@@ -199,14 +243,11 @@ impl<'h> Pipeline<'h> {
             }
             return Err(record.refused(error).await);
         }
-        let trace_id = request
-            .trace_id
-            .clone()
-            .unwrap_or_else(|| call_id.to_owned());
+        // The W3C trace id when a traceparent is given.
         Ok(CallRecord::new(
             self.audit,
             call_id,
-            &trace_id,
+            &summary.trace_id,
             &request.principal,
             &request.tool,
         ))

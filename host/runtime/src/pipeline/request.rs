@@ -19,8 +19,13 @@ pub struct CallRequest {
     /// Who the call runs for (1–256 bytes, no control characters).
     pub principal: String,
     /// Correlation id from the caller (1–128 bytes of visible ASCII);
-    /// generated when absent.
+    /// the call id when absent. A `traceparent` takes its place.
     pub trace_id: Option<String>,
+    /// W3C Trace Context `traceparent` of the caller's span
+    /// (`00-<trace id>-<parent id>-<flags>`): the call's spans are its
+    /// children, and its trace id (32 hex digits) is the call's trace id,
+    /// in every audit record, in place of `trace_id`.
+    pub traceparent: Option<String>,
     /// The caller's session: workspace keys are scoped to it (1–128 bytes,
     /// no control characters). Without one, keys are shared by all calls of
     /// the plugin that give none.
@@ -52,6 +57,7 @@ impl CallRequest {
             arguments: arguments.into(),
             principal: "local".to_owned(),
             trace_id: None,
+            traceparent: None,
             session: None,
             idempotency_key: None,
             approval_id: None,
@@ -100,6 +106,12 @@ impl CallRequest {
     /// Scope workspace keys to `session`.
     pub fn session(mut self, session: impl Into<String>) -> CallRequest {
         self.session = Some(session.into());
+        self
+    }
+
+    /// Continue the caller's trace: a W3C `traceparent`.
+    pub fn traceparent(mut self, traceparent: impl Into<String>) -> CallRequest {
+        self.traceparent = Some(traceparent.into());
         self
     }
 
