@@ -161,7 +161,7 @@ fn eval_refuses_bad_references_and_bad_cases_files_with_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     assert!(
         stderr(&out).contains(
-            "plugin `text` version 0.2.0 is not available: the plugins directory holds version 0.1.0"
+            "plugin `text` version 0.2.0 is not installed (`airlock plugins list`), and the plugins directory holds version 0.1.0"
         ),
         "{}",
         stderr(&out)
@@ -279,7 +279,7 @@ fn replay_reruns_recorded_reads_against_a_release_and_counts_the_skipped() {
     let out = env.run(&["replay", "--plugin", "text", "--against", "0.3.0"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        stderr(&out).contains("version 0.3.0 is not available"),
+        stderr(&out).contains("version 0.3.0 is not installed"),
         "{}",
         stderr(&out)
     );
