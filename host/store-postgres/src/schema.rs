@@ -105,7 +105,13 @@ async fn current_version(client: &tokio_postgres::Client) -> Result<i64, StoreEr
 fn schema_error(context: &str, e: tokio_postgres::Error) -> StoreError {
     use tokio_postgres::error::SqlState;
     match e.code() {
-        Some(c) if *c == SqlState::DUPLICATE_TABLE || *c == SqlState::UNIQUE_VIOLATION => {
+        // Two hosts creating the same table at once: PostgreSQL may report
+        // the table, its row type (`duplicate_object`) or the catalog row.
+        Some(c)
+            if *c == SqlState::DUPLICATE_TABLE
+                || *c == SqlState::DUPLICATE_OBJECT
+                || *c == SqlState::UNIQUE_VIOLATION =>
+        {
             StoreError::with_source(ErrorKind::Conflict, context, e)
         }
         Some(c) if *c == SqlState::INSUFFICIENT_PRIVILEGE => StoreError::with_source(
