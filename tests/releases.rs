@@ -31,11 +31,15 @@ fn config(data: &Path) -> HostConfig {
     })
 }
 
-/// A copy of the built `text` plugin as `version`, its manifest edited by
-/// `edit`.
-fn text_version(version: &str, edit: impl Fn(String) -> String) -> tempfile::TempDir {
+/// A copy of the built example plugin `plugin` as `version`, its manifest
+/// edited by `edit`.
+fn example_version(
+    plugin: &str,
+    version: &str,
+    edit: impl Fn(String) -> String,
+) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let src = Path::new(PLUGINS_DIR).join("text");
+    let src = Path::new(PLUGINS_DIR).join(plugin);
     for entry in std::fs::read_dir(&src).unwrap() {
         let entry = entry.unwrap();
         std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
@@ -49,6 +53,11 @@ fn text_version(version: &str, edit: impl Fn(String) -> String) -> tempfile::Tem
     );
     std::fs::write(&manifest, edit(text)).unwrap();
     dir
+}
+
+/// The `text` plugin as `version`, edited by `edit`.
+fn text_version(version: &str, edit: impl Fn(String) -> String) -> tempfile::TempDir {
+    example_version("text", version, edit)
 }
 
 async fn install(host: &Host, dir: &Path) {
@@ -299,31 +308,12 @@ async fn an_upgrade_that_widens_the_grant_waits_for_an_approver_and_one_that_doe
     assert_eq!(again.kind(), "upgrade_approval_refused");
 }
 
-/// A copy of the built `billing` plugin as `version`, edited by `edit`.
-fn billing_version(version: &str, edit: impl Fn(String) -> String) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let src = Path::new(PLUGINS_DIR).join("billing");
-    for entry in std::fs::read_dir(&src).unwrap() {
-        let entry = entry.unwrap();
-        std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
-    }
-    let manifest = dir.path().join("plugin.toml");
-    let text = std::fs::read_to_string(&manifest).unwrap();
-    let text = text.replacen(
-        "version = \"0.1.0\"",
-        &format!("version = \"{version}\""),
-        1,
-    );
-    std::fs::write(&manifest, edit(text)).unwrap();
-    dir
-}
-
 #[tokio::test]
 async fn an_approved_plugin_upgrade_cannot_be_spent_on_a_call() {
     let data = tempfile::tempdir().unwrap();
     let host = Host::new(config(data.path())).unwrap();
-    let one = billing_version("1.0.0", |m| m);
-    let wider = billing_version("2.0.0", |m| {
+    let one = example_version("billing", "1.0.0", |m| m);
+    let wider = example_version("billing", "2.0.0", |m| {
         m.replacen("timeout_ms = 2_000", "timeout_ms = 4_000", 1)
     });
     install(&host, one.path()).await;
