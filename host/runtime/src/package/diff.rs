@@ -396,11 +396,7 @@ fn workspace(a: &EffectiveGrant, b: &EffectiveGrant, out: &mut Vec<PluginChange>
         && from != to
     {
         let widens = to == FileAccess::ReadWrite;
-        let kind = if widens {
-            ChangeKind::Widened
-        } else {
-            ChangeKind::Narrowed
-        };
+        let kind = ChangeKind::widened_if(widens);
         out.push(
             PluginChange::new(
                 ChangeArea::Capability,
@@ -420,11 +416,7 @@ fn workspace(a: &EffectiveGrant, b: &EffectiveGrant, out: &mut Vec<PluginChange>
             crate::workspace::KeyScope::Plugin => 2,
         };
         let widens = rank(b.workspace_scope) > rank(a.workspace_scope);
-        let kind = if widens {
-            ChangeKind::Widened
-        } else {
-            ChangeKind::Narrowed
-        };
+        let kind = ChangeKind::widened_if(widens);
         out.push(
             PluginChange::new(
                 ChangeArea::Capability,
@@ -473,11 +465,7 @@ fn files(old: &Plugin, new: &Plugin, out: &mut Vec<PluginChange>) {
                 }
                 if old_mode != mode {
                     let widens = *mode == FileAccess::ReadWrite;
-                    let kind = if widens {
-                        ChangeKind::Widened
-                    } else {
-                        ChangeKind::Narrowed
-                    };
+                    let kind = ChangeKind::widened_if(widens);
                     out.push(
                         PluginChange::new(ChangeArea::Files, guest, kind, widens)
                             .values(access(*old_mode), access(*mode)),
@@ -518,6 +506,17 @@ fn limits(old: &Plugin, new: &Plugin, out: &mut Vec<PluginChange>) {
                 PluginChange::new(ChangeArea::Limit, name, ChangeKind::Lowered, false)
                     .values(from.value, to.value),
             );
+        }
+    }
+}
+
+impl ChangeKind {
+    /// `Widened` when `widens`, else `Narrowed`.
+    fn widened_if(widens: bool) -> ChangeKind {
+        if widens {
+            ChangeKind::Widened
+        } else {
+            ChangeKind::Narrowed
         }
     }
 }
