@@ -584,6 +584,104 @@ async fn transient_failures_are_retried_only_for_reads_and_keyed_calls() {
     assert_eq!(outcomes("keyed-write"), ["plugin_busy", "ok"]);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operators_retry_policy_replaces_the_manifests() {
+    use airlock_host::{Policy, RetryPolicy};
+    let data = tempfile::tempdir().unwrap();
+    // `echo` asks for retries in its manifest; `say` does not.
+    let plugin = install(
+        "misbehave",
+        &read(airlock_tests::MISBEHAVE),
+        "[capabilities]\nlog = true\n\n\
+         [limits]\ntimeout_ms = 1000\nmax_concurrency = 1\nfuel = 1_000_000_000_000_000\n\n\
+         [[tools]]\nname = \"spin\"\nrisk = \"read\"\n\n\
+         [[tools]]\nname = \"echo\"\nrisk = \"read\"\nretry = { attempts = 3, backoff_ms = 50, budget_ms = 5000 }\n\n\
+         [[tools]]\nname = \"say\"\nrisk = \"write\"\n",
+    );
+    // The operator turns the plugin's retries off, but for `say`.
+    let mut policy = Policy::default();
+    let retry = |attempts| RetryPolicy {
+        attempts,
+        backoff_ms: 50,
+        budget_ms: 5000,
+    };
+    policy.retry.insert("misbehave/*".into(), retry(1));
+    policy.retry.insert("misbehave/say".into(), retry(3));
+    let host =
+        Arc::new(Host::new(HostConfig::default().data_dir(data.path()).policy(policy)).unwrap());
+    host.load_plugin(plugin.path()).await.unwrap();
+    let spin = |host: Arc<Host>| {
+        tokio::spawn(async move { host.call(CallRequest::new("misbehave/spin", "{}")).await })
+    };
+    let first = spin(Arc::clone(&host));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let second = spin(Arc::clone(&host));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let echo = tokio::spawn({
+        let host = Arc::clone(&host);
+        async move {
+            host.call(CallRequest::new("misbehave/echo", r#"{"a":1}"#))
+                .await
+        }
+    });
+    let keyed = tokio::spawn({
+        let host = Arc::clone(&host);
+        async move {
+            host.call(
+                CallRequest::new("misbehave/say", r#"{"text":"y"}"#).idempotency_key("say-once"),
+            )
+            .await
+        }
+    });
+    // The manifest's retries are off: the busy refusal stands.
+    assert_eq!(echo.await.unwrap().unwrap_err().kind(), "plugin_busy");
+    // The policy's: the keyed write waits out the second spin.
+    assert_eq!(keyed.await.unwrap().unwrap().output, json!({"done": true}));
+    for spin in [first, second] {
+        assert_eq!(spin.await.unwrap().unwrap_err().kind(), "deadline_exceeded");
+    }
+}
+
+#[test]
+fn a_retry_policy_out_of_bounds_or_naming_no_tool_is_refused() {
+    use airlock_host::{Policy, RetryPolicy};
+    let retry = |attempts, budget_ms| RetryPolicy {
+        attempts,
+        backoff_ms: 100,
+        budget_ms,
+    };
+    for (name, policy, expected) in [
+        ("billing", retry(3, 1000), "policy.retry: `billing` is not"),
+        (
+            "Billing/*",
+            retry(3, 1000),
+            "policy.retry: `Billing/*` is not",
+        ),
+        ("billing/re fund", retry(3, 1000), "is not a `plugin/tool`"),
+        (
+            "billing/refund",
+            retry(0, 1000),
+            "policy.retry.\"billing/refund\": attempts must be between 1 and 10",
+        ),
+        (
+            "billing/*",
+            retry(11, 1000),
+            "attempts must be between 1 and 10",
+        ),
+        (
+            "billing/*",
+            retry(3, 0),
+            "policy.retry.\"billing/*\": budget_ms must be between 1 and 60000",
+        ),
+    ] {
+        let mut p = Policy::default();
+        p.retry.insert(name.into(), policy);
+        let error = Host::new(HostConfig::default().policy(p)).unwrap_err();
+        assert_eq!(error.kind(), "config", "{name}");
+        assert!(error.to_string().contains(expected), "{name}: {error}");
+    }
+}
+
 // ----------------------------------------------------------- readiness
 
 #[tokio::test]

@@ -14,8 +14,9 @@ use std::time::Duration;
 use airlock_host::Approver;
 use airlock_host::audit_log::Event;
 use airlock_host::{
-    CASES_FILE, CallRequest, CallResponse, Cases, Host, HostConfig, MANIFEST_FILE, Package,
-    ReleaseError, RolloutRequest,
+    AlertMetric, AlertRule, CASES_FILE, CallRequest, CallResponse, Cases, Host, HostConfig,
+    MANIFEST_FILE, Package, ReadinessConfig, ReleaseError, RolloutRequest, SIGNATURE_HEADER,
+    TakeoverAction, Webhook, webhook_signature,
 };
 use airlock_mcp::http::HttpConfig;
 use airlock_mcp::{McpServer, ServeOptions};
@@ -136,7 +137,10 @@ pub(crate) async fn run(settings: &Settings) -> Result<u8, Failure> {
     // host keeps only the hash (no secret lives in any configuration).
     let approver_token = hex::encode(random_bytes::<32>()?);
     let run_id = hex::encode(random_bytes::<4>()?);
-    let host = Arc::new(demo_host(settings, &approver_token).await?);
+    // The on-call pager the demo's alert rule posts to: a webhook receiver
+    // on loopback that checks each alert's signature.
+    let mut pager = Pager::start().await?;
+    let host = Arc::new(demo_host(settings, &approver_token, &pager).await?);
     if host.plugins().is_empty() {
         return Err(anyhow::anyhow!(
             "no plugins in {}; build the examples with scripts/build-guests",
@@ -186,6 +190,15 @@ pub(crate) async fn run(settings: &Settings) -> Result<u8, Failure> {
         host.set_mode(false, "demo", Some("the demo ends")).await?;
     }
     story?;
+    let alerted = alert(&mut demo, &mut pager).await;
+    // Whatever happened above, leave the failing tool unpaused.
+    if host.pauses()?.iter().any(|p| p.target == FAILING_TOOL) {
+        host.resume(FAILING_TOOL, "demo", Some("the demo ends"))
+            .await?;
+    }
+    pager.stop().await;
+    alerted?;
+    readiness(&mut demo).await?;
     release(&mut demo, settings, &approver_token).await?;
     print_audit(&host, first_seq)?;
     println!();
@@ -199,8 +212,13 @@ pub(crate) async fn run(settings: &Settings) -> Result<u8, Failure> {
 }
 
 /// A host on the plugins directory whose policy adds the demo's approver
-/// and a rate limit to run into. Every plugin must load.
-async fn demo_host(settings: &Settings, approver_token: &str) -> anyhow::Result<Host> {
+/// and a rate limit to run into, and an alert rule that pauses a failing
+/// tool and pages `pager`. Every plugin must load.
+async fn demo_host(
+    settings: &Settings,
+    approver_token: &str,
+    pager: &Pager,
+) -> anyhow::Result<Host> {
     let mut policy = settings.policy.clone();
     policy.approvals.approvers.push(Approver {
         name: APPROVER.into(),
@@ -210,7 +228,16 @@ async fn demo_host(settings: &Settings, approver_token: &str) -> anyhow::Result<
         .rate_limits
         .tools
         .insert(RATE_LIMITED_TOOL.into(), "2/s".into());
-    let host = Host::new(host_config(settings, Calls::Recorded).policy(policy))?;
+    let mut alerts = settings.alerts.clone();
+    alerts
+        .webhooks
+        .push(Webhook::new(PAGER, &pager.url, &pager.secret));
+    alerts.rules.push(alert_rule());
+    let host = Host::new(
+        host_config(settings, Calls::Recorded)
+            .policy(policy)
+            .alerts(alerts),
+    )?;
     if !settings.plugins_dir.is_dir() {
         anyhow::bail!(
             "plugins directory {} does not exist; build the examples with scripts/build-guests",
@@ -232,6 +259,25 @@ async fn demo_host(settings: &Settings, approver_token: &str) -> anyhow::Result<
 const APPROVER: &str = "demo-approver";
 /// The tool the demo host limits to two calls a second.
 const RATE_LIMITED_TOOL: &str = "json/query";
+/// The tool that starts failing, its alert rule, and the webhook it pages.
+const FAILING_TOOL: &str = "text/regex-extract";
+const ALERT_RULE: &str = "regex-errors";
+const PAGER: &str = "demo-pager";
+
+/// Fires when 60 % of the tool's last five minutes of calls (four at
+/// least) failed, and pauses it.
+fn alert_rule() -> AlertRule {
+    AlertRule::new(
+        ALERT_RULE,
+        AlertMetric::ErrorRate,
+        Duration::from_secs(300),
+        0.6,
+    )
+    .tools(FAILING_TOOL)
+    .min_calls(4)
+    .webhook(PAGER)
+    .takeover(TakeoverAction::PauseTool)
+}
 
 fn random_bytes<const N: usize>() -> anyhow::Result<[u8; N]> {
     let mut bytes = [0u8; N];
@@ -260,34 +306,7 @@ impl Demo<'_> {
         outcome: &Result<CallResponse, airlock_host::CallError>,
         expected: Option<&str>,
     ) -> Option<&'static str> {
-        let got = match outcome {
-            Ok(response) => {
-                let text = serde_json::to_string_pretty(&response.output).unwrap_or_default();
-                match &response.replayed_from {
-                    Some(first) => println!("   ok, replayed from call {first} (not run again):"),
-                    None => println!(
-                        "   ok ({} µs, {} fuel):",
-                        response.duration.as_micros(),
-                        response.fuel_used
-                    ),
-                }
-                for line in text.lines() {
-                    println!("     {line}");
-                }
-                for line in &response.logs {
-                    println!("     [log {}] {}", line.level, line.message);
-                }
-                None
-            }
-            Err(error) => {
-                let e = error.to_json();
-                println!("   {}: {}", e["kind"].as_str().unwrap_or("error"), error);
-                for v in error.violations() {
-                    println!("     - {v}");
-                }
-                Some(error.kind())
-            }
-        };
+        let got = show(outcome);
         if got != expected {
             self.mismatches += 1;
             println!("   ✗ expected {}", expected.unwrap_or("success"));
@@ -305,6 +324,38 @@ impl Demo<'_> {
         let outcome = self.host.call(request).await;
         self.expect(&outcome, expected);
         outcome
+    }
+}
+
+/// Print a call's outcome; `None` for a success, else the error kind.
+fn show(outcome: &Result<CallResponse, airlock_host::CallError>) -> Option<&'static str> {
+    match outcome {
+        Ok(response) => {
+            let text = serde_json::to_string_pretty(&response.output).unwrap_or_default();
+            match &response.replayed_from {
+                Some(first) => println!("   ok, replayed from call {first} (not run again):"),
+                None => println!(
+                    "   ok ({} µs, {} fuel):",
+                    response.duration.as_micros(),
+                    response.fuel_used
+                ),
+            }
+            for line in text.lines() {
+                println!("     {line}");
+            }
+            for line in &response.logs {
+                println!("     [log {}] {}", line.level, line.message);
+            }
+            None
+        }
+        Err(error) => {
+            let e = error.to_json();
+            println!("   {}: {}", e["kind"].as_str().unwrap_or("error"), error);
+            for v in error.violations() {
+                println!("     - {v}");
+            }
+            Some(error.kind())
+        }
     }
 }
 
@@ -475,6 +526,217 @@ async fn story(
     host.set_mode(false, "demo-operator", Some("drill over"))
         .await?;
     println!("   normal mode: every tool runs again");
+    Ok(())
+}
+
+/// The on-call pager: an HTTP receiver on loopback for the alert webhook,
+/// handing each delivery (its signature header and body) to the demo.
+struct Pager {
+    url: String,
+    secret: String,
+    deliveries: tokio::sync::mpsc::Receiver<(Option<String>, axum::body::Bytes)>,
+    shutdown: CancellationToken,
+    serving: tokio::task::JoinHandle<()>,
+}
+
+impl Pager {
+    async fn start() -> anyhow::Result<Pager> {
+        let (send, deliveries) = tokio::sync::mpsc::channel(16);
+        let router = axum::Router::new().route(
+            "/alerts",
+            axum::routing::post(
+                |headers: axum::http::HeaderMap, body: axum::body::Bytes| async move {
+                    let signature = headers
+                        .get(SIGNATURE_HEADER)
+                        .and_then(|v| v.to_str().ok())
+                        .map(str::to_owned);
+                    // A full queue drops the delivery; the demo then says
+                    // it saw none.
+                    let _ = send.try_send((signature, body));
+                    axum::http::StatusCode::NO_CONTENT
+                },
+            ),
+        );
+        let config = HttpConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), Vec::new());
+        let listener = airlock_mcp::http::bind(config.addr).await?;
+        let url = format!("http://{}/alerts", listener.local_addr()?);
+        let shutdown = CancellationToken::new();
+        let serving = tokio::spawn({
+            let shutdown = shutdown.clone();
+            async move {
+                if let Err(error) =
+                    airlock_mcp::http::serve(listener, router, &config, shutdown).await
+                {
+                    tracing::warn!(%error, "the demo's webhook receiver stopped");
+                }
+            }
+        });
+        Ok(Pager {
+            url,
+            secret: hex::encode(random_bytes::<32>()?),
+            deliveries,
+            shutdown,
+            serving,
+        })
+    }
+
+    /// The next alert delivered within ten seconds, if one is.
+    async fn next(&mut self) -> Option<(Option<String>, axum::body::Bytes)> {
+        tokio::time::timeout(Duration::from_secs(10), self.deliveries.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.serving.await;
+    }
+}
+
+/// A tool that starts failing trips its alert rule: the pager gets the
+/// signed alert, the tool is paused until an operator resumes it.
+async fn alert(demo: &mut Demo<'_>, pager: &mut Pager) -> anyhow::Result<()> {
+    let host = demo.host;
+    let principal = demo.principal.to_owned();
+    demo.title(&format!(
+        "A tool starts failing: the alert rule `{ALERT_RULE}` (error rate of {FAILING_TOOL} ≥ 60 % over 5 min) fires, pages on-call and pauses the tool"
+    ));
+    println!(
+        "   [[alerts.rules]] name = \"{ALERT_RULE}\", metric = \"error_rate\", tools = \"{FAILING_TOOL}\", threshold = 0.6, window = \"5m\", min_calls = 4, webhooks = [\"{PAGER}\"], takeover = \"pause_tool\""
+    );
+    let args = json!({"pattern": "(unclosed", "text": "upstream sent a broken pattern"});
+    let shown = format!("{FAILING_TOOL} --args '{args}'");
+    // It fails until the rule pauses it (a few calls: the window needs
+    // four, with the demo's earlier calls of the tool among them).
+    let mut paused = false;
+    for _ in 0..5 {
+        println!("   $ airlock call {shown}");
+        let outcome = host
+            .call(CallRequest::new(FAILING_TOOL, args.to_string()).principal(&principal))
+            .await;
+        // The regex error's caret diagram aside: its first and last lines.
+        match &outcome {
+            Err(error) if matches!(error.kind(), "tool_error" | "tool_paused") => {
+                let message = error.to_string();
+                let mut lines = message.lines();
+                let first = lines.next().unwrap_or_default();
+                match lines.last() {
+                    Some(last) => println!("   {}: {first} … {}", error.kind(), last.trim()),
+                    None => println!("   {}: {first}", error.kind()),
+                }
+                if error.kind() == "tool_paused" {
+                    paused = true;
+                    break;
+                }
+            }
+            _ => {
+                show(&outcome);
+                break;
+            }
+        }
+    }
+    if !paused {
+        demo.mismatches += 1;
+        println!("   ✗ expected the tool to be paused");
+    }
+    match pager.next().await {
+        Some((signature, body)) => {
+            let expected = webhook_signature(pager.secret.as_bytes(), &body);
+            let alert: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            println!(
+                "   on-call's webhook got: {} {} on {}/{} (value {}, threshold {}), takeover {}",
+                alert["rule"].as_str().unwrap_or("?"),
+                alert["state"].as_str().unwrap_or("?"),
+                alert["plugin"].as_str().unwrap_or("?"),
+                alert["tool"].as_str().unwrap_or("?"),
+                alert["value"]
+                    .as_f64()
+                    .map_or("?".into(), |v| format!("{v:.2}")),
+                alert["threshold"],
+                alert["takeover"].as_str().unwrap_or("none"),
+            );
+            if signature.as_deref() == Some(expected.as_str()) {
+                println!(
+                    "   {SIGNATURE_HEADER}: sha256=… matches the HMAC of the body under the shared secret"
+                );
+            } else {
+                demo.mismatches += 1;
+                println!("   ✗ the alert's signature does not match");
+            }
+        }
+        None => {
+            demo.mismatches += 1;
+            println!("   ✗ no alert reached the webhook");
+        }
+    }
+
+    demo.title("On-call looks, then resumes the tool by hand (the pause and its undoing are on the record)");
+    println!("   $ airlock alerts");
+    for status in host.alerts() {
+        println!(
+            "   {:<9} {:<14} {}/{}  {} {:.2} ≥ {}  takeover: {}",
+            status.state,
+            status.rule,
+            status.plugin.as_deref().unwrap_or("-"),
+            status.tool.as_deref().unwrap_or("-"),
+            status.metric,
+            status.value.unwrap_or(f64::NAN),
+            status.threshold,
+            status.takeover.as_deref().unwrap_or("none"),
+        );
+    }
+    for pause in host.pauses()? {
+        println!("   paused    {:<14} by {}", pause.target, pause.by);
+    }
+    println!("   $ airlock alerts resume {FAILING_TOOL} --reason 'upstream fixed its patterns'");
+    host.resume(
+        FAILING_TOOL,
+        "demo-operator",
+        Some("upstream fixed its patterns"),
+    )
+    .await?;
+    let args = json!({"pattern": "[0-9]+", "text": "order 66 shipped in 3 boxes"});
+    demo.call(
+        CallRequest::new(FAILING_TOOL, args.to_string()).principal(&principal),
+        &format!("{FAILING_TOOL} --args '{args}'"),
+        None,
+    )
+    .await
+    .ok();
+    Ok(())
+}
+
+/// `airlock readiness` on the example plugins: what each still lacks for
+/// production (the required checks; it lists the warnings too).
+async fn readiness(demo: &mut Demo<'_>) -> anyhow::Result<()> {
+    demo.title(
+        "Before production: `airlock readiness` checks each plugin against the launch checklist",
+    );
+    println!("   $ airlock readiness");
+    let reports = demo
+        .host
+        .readiness(None, &ReadinessConfig::default())
+        .await?;
+    for report in &reports {
+        if report.ready {
+            println!("   {} {}: ready", report.plugin, report.version);
+            continue;
+        }
+        println!("   {} {}: NOT READY", report.plugin, report.version);
+        for finding in &report.missing_required {
+            let what = match &finding.tool {
+                Some(tool) => format!("{}/{tool}", finding.plugin),
+                None => finding.plugin.clone(),
+            };
+            println!("     missing {:<12} {what}", finding.check.as_str());
+        }
+    }
+    if reports.iter().all(|r| r.ready) {
+        demo.mismatches += 1;
+        println!("   ✗ expected an example plugin that is not ready");
+    }
+    println!("   (exit 11 when a plugin is not ready; `[readiness] required` chooses the checks)");
     Ok(())
 }
 

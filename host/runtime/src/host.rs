@@ -714,8 +714,12 @@ impl Host {
             return None;
         }
         let (_, tool) = self.pipeline().resolve(request).await.ok()?;
+        let policy = self
+            .config
+            .policy
+            .retry_of(tool.plugin(), tool.name(), tool.retry())?;
         retry_wait(
-            tool.retry()?,
+            policy,
             tool.risk(),
             request.idempotency_key.is_some(),
             attempt,

@@ -221,6 +221,22 @@ impl RetryPolicy {
         if !(2..=10).contains(&self.attempts) {
             return Err("retry.attempts must be between 2 and 10".to_owned());
         }
+        self.check_bounds()
+    }
+
+    /// Check the bounds of an operator's policy, where `attempts = 1`
+    /// turns a manifest's retries off.
+    ///
+    /// # Errors
+    /// A message naming the field out of bounds.
+    pub(crate) fn check_policy(&self) -> Result<(), String> {
+        if !(1..=10).contains(&self.attempts) {
+            return Err("attempts must be between 1 and 10".to_owned());
+        }
+        self.check_bounds().map_err(|e| e.replacen("retry.", "", 1))
+    }
+
+    fn check_bounds(&self) -> Result<(), String> {
         if self.backoff_ms > 10_000 {
             return Err("retry.backoff_ms must be at most 10000".to_owned());
         }

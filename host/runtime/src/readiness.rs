@@ -278,7 +278,15 @@ pub(crate) fn check(plugin: &Plugin, context: &Context<'_>) -> ReadinessReport {
             failed.push(finding(
                 ReadinessCheck::Idempotency,
                 Some(tool),
-                format!("a {} tool callers may run twice by retrying", risk.as_str()),
+                format!(
+                    "{} {} tool callers may run twice by retrying",
+                    if risk.as_str().starts_with(['a', 'e', 'i', 'o', 'u']) {
+                        "an"
+                    } else {
+                        "a"
+                    },
+                    risk.as_str()
+                ),
                 "add idempotency = \"required\" to the tool in the manifest".to_owned(),
             ));
         }

@@ -274,6 +274,14 @@ pub struct Policy {
     /// the class the operator gives it.
     #[serde(default)]
     pub risk: BTreeMap<String, crate::manifest::Risk>,
+    /// The operator's retry policy for tools (`"plugin/tool"` or
+    /// `"plugin/*"`), replacing the manifest's: the exact name first, then
+    /// the plugin's wildcard. `attempts = 1` turns a manifest's retries
+    /// off. The same rules hold whoever sets it: only `host_busy`,
+    /// `plugin_busy` and `store_unavailable`, only for a `read` tool or a
+    /// call with an idempotency key.
+    #[serde(default)]
+    pub retry: BTreeMap<String, crate::manifest::RetryPolicy>,
     /// Origins plugins may be granted (`http`). `None`: any origin a
     /// manifest lists; `Some(list)`: a manifest origin outside the list fails
     /// to load (an empty list allows none).
@@ -325,6 +333,25 @@ pub struct Policy {
 }
 
 impl Policy {
+    /// The retry policy of `plugin/tool`: the operator's (exact name, then
+    /// `plugin/*`), else `declared` (the manifest's). `None`: no retries.
+    pub(crate) fn retry_of(
+        &self,
+        plugin: &str,
+        tool: &str,
+        declared: Option<crate::manifest::RetryPolicy>,
+    ) -> Option<crate::manifest::RetryPolicy> {
+        if self.retry.is_empty() {
+            return declared;
+        }
+        self.retry
+            .get(&format!("{plugin}/{tool}"))
+            .or_else(|| self.retry.get(&format!("{plugin}/*")))
+            .copied()
+            .or(declared)
+            .filter(|r| r.attempts > 1)
+    }
+
     /// Check the settings a type cannot: each capability's own (HTTP and
     /// log limits must be at least 1, the HTTP CA files must load), tool
     /// names in `risk`, approval settings, rate limits.
@@ -341,6 +368,25 @@ impl Policy {
                     message: format!("policy.risk: `{tool}` is not a `plugin/tool` name"),
                 });
             }
+        }
+        for (tool, retry) in &self.retry {
+            let named = match tool.split_once('/') {
+                Some((plugin, rest)) => {
+                    airlock_names::is_valid_tool_name(plugin)
+                        && (rest == "*" || airlock_names::is_valid_tool_name(rest))
+                }
+                None => false,
+            };
+            if !named {
+                return Err(Error::Config {
+                    message: format!(
+                        "policy.retry: `{tool}` is not a `plugin/tool` or `plugin/*` name"
+                    ),
+                });
+            }
+            retry.check_policy().map_err(|e| Error::Config {
+                message: format!("policy.retry.\"{tool}\": {e}"),
+            })?;
         }
         let a = &self.approvals;
         for (key, value) in [
