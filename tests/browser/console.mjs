@@ -42,11 +42,12 @@ function agentCall(tool, args, meta) {
   });
 }
 
-/** The approvals page until a row with `text` shows up; that row's link. */
+/** The approvals page (every state: one that expires must still be
+ * found) until a row with `text` shows up; that row's link. */
 async function waitForApproval(page, text) {
   const deadline = Date.now() + 60_000;
   for (;;) {
-    await page.goto(`${base}/console/approvals`);
+    await page.goto(`${base}/console/approvals?state=all`);
     const row = page.locator('#approvals tbody tr', { hasText: text });
     if (await row.count() > 0) return row.first().locator('a').first();
     if (Date.now() > deadline) throw new Error(`no pending approval showing "${text}"`);

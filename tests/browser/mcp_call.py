@@ -10,6 +10,7 @@ the call is sent ({"event": "sent"}) and one with its result
 """
 
 import json
+import logging
 import os
 import sys
 
@@ -34,5 +35,7 @@ async def main(url, tool, arguments, meta):
 
 
 if __name__ == "__main__":
+    # The SDK warns when the server answers a session's DELETE with 202.
+    logging.basicConfig(level=logging.ERROR)
     url, tool, arguments, meta = sys.argv[1:5]
     anyio.run(main, url, tool, json.loads(arguments), json.loads(meta))
