@@ -13,7 +13,9 @@
 //! | `GET /console/audit/verify` | the audit chain verified |
 //! | `GET /console/plugins`, `GET /console/plugins/{name}` | plugins, installed versions, rollouts; one plugin's grant and `inspect` findings |
 //! | `GET /console/mode`, `POST` | the host mode (normal or read-only), switched as `airlock mode` does |
+//! | `POST /console/plugins/{name}/rollback` | all of a plugin's traffic back (as `airlock rollback`) |
 //! | `GET /console/alerts` | alert rules and pauses |
+//! | `POST /console/alerts/pause`, `POST /console/alerts/resume` | pause a tool or plugin, or resume it (as `airlock alerts pause/resume`) |
 //!
 //! # Security
 //! Everything on these pages — plugin and tool names, arguments, reasons,
@@ -116,7 +118,13 @@ fn router_for(console: Arc<Console>) -> Router {
         .route("/console/plugins", get(plugins))
         .route("/console/plugins/{name}", get(plugin))
         .route("/console/mode", get(mode).post(set_mode))
+        .route(
+            "/console/plugins/{name}/rollback",
+            axum::routing::post(rollback),
+        )
         .route("/console/alerts", get(alerts))
+        .route("/console/alerts/pause", axum::routing::post(pause))
+        .route("/console/alerts/resume", axum::routing::post(resume))
         .route("/console/static/console.css", get(stylesheet))
         .route("/console/{*rest}", get(not_found).post(not_found))
         .layer(middleware::map_response(security_headers))
@@ -916,6 +924,113 @@ async fn alerts(State(console): State<Arc<Console>>, headers: HeaderMap) -> Resp
     {
         Ok((alerts, pauses)) => html(StatusCode::OK, pages::alerts(&who, &alerts, &pauses)),
         Err(message) => error_page(StatusCode::INTERNAL_SERVER_ERROR, Some(&who), &message),
+    }
+}
+
+/// A host error from an operator's action as a page: `400` for what the
+/// request got wrong (a malformed target), `409` for what the host
+/// refuses in this state (nothing to roll back), `500` for the host's own
+/// failures.
+fn action_refused(who: &SessionView, error: &airlock_host::Error) -> Response {
+    let status = if matches!(error, airlock_host::Error::Config { .. }) {
+        StatusCode::BAD_REQUEST
+    } else {
+        match error.class() {
+            airlock_host::ErrorClass::Host => StatusCode::INTERNAL_SERVER_ERROR,
+            _ => StatusCode::CONFLICT,
+        }
+    };
+    error_page(status, Some(who), &error.to_string())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReasonForm {
+    #[serde(default)]
+    reason: String,
+}
+
+async fn rollback(
+    State(console): State<Arc<Console>>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Response {
+    let (_, who, form) = match session_form::<ReasonForm>(&console, &headers, &body) {
+        Ok(found) => found,
+        Err(response) => return *response,
+    };
+    if form.reason.len() > MAX_REASON_LEN {
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            Some(&who),
+            &format!("a reason is at most {MAX_REASON_LEN} bytes"),
+        );
+    }
+    let reason = Some(form.reason.trim()).filter(|r| !r.is_empty());
+    match console.host.rollback(&name, &who.approver, reason).await {
+        Ok(_) => {
+            tracing::info!(approver = %who.approver, plugin = %name, "console rollback");
+            see_other("/console/plugins")
+        }
+        Err(error) => action_refused(&who, &error),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PauseForm {
+    target: String,
+    #[serde(default)]
+    reason: String,
+}
+
+async fn pause(State(console): State<Arc<Console>>, headers: HeaderMap, body: Bytes) -> Response {
+    pause_or_resume(&console, &headers, &body, true).await
+}
+
+async fn resume(State(console): State<Arc<Console>>, headers: HeaderMap, body: Bytes) -> Response {
+    pause_or_resume(&console, &headers, &body, false).await
+}
+
+async fn pause_or_resume(
+    console: &Console,
+    headers: &HeaderMap,
+    body: &Bytes,
+    pause: bool,
+) -> Response {
+    let (_, who, form) = match session_form::<PauseForm>(console, headers, body) {
+        Ok(found) => found,
+        Err(response) => return *response,
+    };
+    if form.reason.len() > MAX_REASON_LEN {
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            Some(&who),
+            &format!("a reason is at most {MAX_REASON_LEN} bytes"),
+        );
+    }
+    let target = form.target.trim();
+    let reason = Some(form.reason.trim()).filter(|r| !r.is_empty());
+    let done = if pause {
+        console
+            .host
+            .pause(target, &who.approver, reason)
+            .await
+            .map(|_| ())
+    } else {
+        console
+            .host
+            .resume(target, &who.approver, reason)
+            .await
+            .map(|_| ())
+    };
+    match done {
+        Ok(()) => {
+            tracing::info!(approver = %who.approver, %target, pause, "console takeover");
+            see_other("/console/alerts")
+        }
+        Err(error) => action_refused(&who, &error),
     }
 }
 

@@ -511,7 +511,7 @@ pub(crate) fn plugins(
             h2 { "Rollouts" }
             @if rollouts.is_empty() { p.muted { "No rollout." } } @else {
                 table {
-                    thead { tr { th { "Plugin" } th { "Serving" } th { "Canary" } th { "Previous" } } }
+                    thead { tr { th { "Plugin" } th { "Serving" } th { "Canary" } th { "Previous" } th { "Roll back" } } }
                     tbody {
                         @for r in rollouts {
                             tr {
@@ -519,6 +519,16 @@ pub(crate) fn plugins(
                                 td { (r.serving) }
                                 td { @if let Some(c) = &r.canary { (c.version) " at " (c.percent) "%" } @else { "–" } }
                                 td { (r.previous.as_deref().unwrap_or("–")) }
+                                td {
+                                    @if r.canary.is_some() || r.previous.is_some() {
+                                        form.inline method="post" action={ "/console/plugins/" (segment(&r.plugin)) "/rollback" } {
+                                            (csrf(who))
+                                            input type="text" name="reason" placeholder="reason" maxlength="2048";
+                                            " "
+                                            button.reject type="submit" { "Roll back" }
+                                        }
+                                    }
+                                }
                             }
                         }
                     }
@@ -679,13 +689,37 @@ pub(crate) fn alerts(who: &SessionView, alerts: &[AlertStatus], pauses: &[Pause]
             h2 { "Paused tools" }
             @if pauses.is_empty() { p.muted { "Nothing is paused." } } @else {
                 table {
-                    thead { tr { th { "Target" } th { "By" } th { "At" } th { "Reason" } } }
+                    thead { tr { th { "Target" } th { "By" } th { "At" } th { "Reason" } th { "Resume" } } }
                     tbody {
                         @for p in pauses {
-                            tr { td { code { (p.target) } } td { (p.by) } td { (time(p.at_ms)) } td { (p.reason.as_deref().unwrap_or("")) } }
+                            tr {
+                                td { code { (p.target) } } td { (p.by) } td { (time(p.at_ms)) } td { (p.reason.as_deref().unwrap_or("")) }
+                                td {
+                                    form.inline method="post" action="/console/alerts/resume" {
+                                        (csrf(who))
+                                        input type="hidden" name="target" value=(p.target);
+                                        input type="text" name="reason" placeholder="reason" maxlength="2048";
+                                        " "
+                                        button.primary type="submit" { "Resume" }
+                                    }
+                                }
+                            }
                         }
                     }
                 }
+            }
+            h2 { "Pause a tool or plugin" }
+            form.filters method="post" action="/console/alerts/pause" {
+                (csrf(who))
+                div {
+                    label for="pause-target" { "plugin/tool or plugin" }
+                    input #pause-target type="text" name="target" required maxlength="256";
+                }
+                div {
+                    label for="pause-reason" { "reason (recorded)" }
+                    input #pause-reason type="text" name="reason" maxlength="2048";
+                }
+                button.reject type="submit" { "Pause" }
             }
         },
     )

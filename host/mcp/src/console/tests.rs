@@ -676,3 +676,80 @@ fn the_session_cookie_is_found_among_others() {
     headers.append(header::COOKIE, "b=2;airlock_console=abc ".parse().unwrap());
     assert_eq!(session_cookie(&headers), Some("abc"));
 }
+
+#[tokio::test]
+async fn an_approver_pauses_and_resumes_a_tool_on_the_record_and_a_bad_target_or_rollback_is_refused()
+ {
+    let f = fixture().await;
+    let (cookie, csrf) = f.login(ALICE).await;
+    let answer = f
+        .post(
+            "/console/alerts/pause",
+            &cookie,
+            &[
+                ("csrf", &csrf),
+                ("target", "billing/refund"),
+                ("reason", "incident 7"),
+            ],
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::SEE_OTHER, "{}", answer.body);
+    let pauses = f.host.pauses().unwrap();
+    assert_eq!(pauses.len(), 1);
+    assert_eq!(pauses[0].by, "alice");
+    let page = f.get("/console/alerts", &cookie).await;
+    assert!(page.body.contains("billing/refund"), "{}", page.body);
+    assert!(page.body.contains("incident 7"));
+    let answer = f
+        .post(
+            "/console/alerts/resume",
+            &cookie,
+            &[("csrf", &csrf), ("target", "billing/refund")],
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::SEE_OTHER, "{}", answer.body);
+    assert!(f.host.pauses().unwrap().is_empty());
+    let undone = f
+        .host
+        .audit()
+        .query(
+            &Filter {
+                event: Some(Event::TakeoverUndone),
+                ..Default::default()
+            },
+            10,
+        )
+        .unwrap();
+    assert_eq!(undone.len(), 1);
+    // A malformed target, a missing one, no token: refused, nothing paused.
+    for form in [
+        vec![("csrf", csrf.as_str()), ("target", "../x y")],
+        vec![("csrf", csrf.as_str())],
+        vec![("target", "billing")],
+    ] {
+        let answer = f.post("/console/alerts/pause", &cookie, &form).await;
+        assert!(
+            answer.status.is_client_error(),
+            "{form:?}: {}",
+            answer.status
+        );
+        assert!(f.host.pauses().unwrap().is_empty());
+    }
+    // Nothing to roll back: the host's refusal, shown.
+    let answer = f
+        .post(
+            "/console/plugins/billing/rollback",
+            &cookie,
+            &[("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::CONFLICT, "{}", answer.body);
+    let answer = f
+        .post(
+            "/console/plugins/billing/rollback",
+            &cookie,
+            &[("reason", "x")],
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::FORBIDDEN);
+}
