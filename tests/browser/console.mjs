@@ -186,6 +186,7 @@ try {
   await scenario('plugins show their grant and inspect findings; the mode switch is recorded', async () => {
     await page.goto(`${base}/console/plugins/billing`);
     assert.match(await page.locator('main').innerText(), /Findings/);
+    await page.screenshot({ path: `${shots}/plugin.png`, fullPage: true });
     await page.goto(`${base}/console/mode`);
     await page.fill('#reason', 'browser test');
     await page.click('form.decide button');
