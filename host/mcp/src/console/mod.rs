@@ -446,6 +446,11 @@ async fn login(State(console): State<Arc<Console>>, headers: HeaderMap, body: By
             );
         }
     };
+    // A new session replaces the one this browser had (never reused: no
+    // session fixation).
+    if let Some(old) = session_cookie(&headers) {
+        console.sessions.remove(old);
+    }
     let (id, _) = match console.sessions.create(&name, token) {
         Ok(created) => created,
         Err(_) => {

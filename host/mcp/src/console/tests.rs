@@ -245,6 +245,16 @@ async fn the_session_cookie_is_httponly_strict_scoped_and_secure_off_loopback() 
     }
     assert!(!cookie.contains("Secure"), "{cookie}");
     assert!(!answer.body.contains(id));
+    // Signing in again from that browser ends its first session.
+    let first = format!("airlock_console={id}");
+    assert_eq!(f.get("/console/mode", &first).await.status, StatusCode::OK);
+    let again = f.post("/console/login", &first, &[("token", ALICE)]).await;
+    assert_eq!(again.status, StatusCode::SEE_OTHER);
+    assert!(!again.header(header::SET_COOKIE).contains(id));
+    assert_eq!(
+        f.get("/console/mode", &first).await.status,
+        StatusCode::SEE_OTHER
+    );
 
     let remote = fixture_on(SocketAddr::from(([0, 0, 0, 0], 7410)), true).await;
     let answer = remote
