@@ -347,7 +347,8 @@ pub fn router(
     Ok(behind_listener_checks(
         mcp_routes
             .merge(approvals_routes(server))
-            .merge(metrics_routes),
+            .merge(metrics_routes)
+            .merge(crate::console::routes(server, config)),
         config,
     ))
 }

@@ -52,6 +52,7 @@
 #![deny(missing_docs)]
 
 mod catalog;
+pub mod console;
 pub mod control;
 mod error;
 pub mod http;

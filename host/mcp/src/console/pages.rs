@@ -1,0 +1,764 @@
+//! The console's pages, as `maud` templates: every `(value)` below is
+//! HTML-escaped by the macro; nothing here writes unescaped text
+//! (`PreEscaped` appears nowhere), so a hostile tool name, argument,
+//! reason or principal is shown as text, never run as markup.
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use airlock_host::audit_log::Record;
+use airlock_host::audit_log::text::TRUNCATED_MARK;
+use airlock_host::store::{Approval, ApprovalState, InstalledVersion, Mode, Rollout};
+use airlock_host::{AlertStatus, InspectReport, Pause, Plugin, Severity};
+use axum::http::StatusCode;
+use maud::{DOCTYPE, Markup, html};
+
+use super::session::SessionView;
+use super::{AuditFilters, PAGE_SIZE};
+use crate::control::Verdict;
+
+/// `text` as one URL path segment: unreserved characters kept, every
+/// other byte percent-encoded.
+pub(crate) fn segment(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// `ms` since the Unix epoch as an RFC 3339 time (UTC, seconds).
+fn time(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+/// A span of `ms` milliseconds, roughly, in words.
+fn span(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0..60 => format!("{s} s"),
+        60..3600 => format!("{} min", s / 60),
+        3600..86_400 => format!("{} h {} min", s / 3600, (s % 3600) / 60),
+        _ => format!("{} d", s / 86_400),
+    }
+}
+
+fn ago(at_ms: u64, now_ms: u64) -> String {
+    format!("{} ago", span(now_ms.saturating_sub(at_ms)))
+}
+
+fn until(at_ms: u64, now_ms: u64) -> String {
+    if at_ms <= now_ms {
+        format!("{} ago", span(now_ms - at_ms))
+    } else {
+        format!("in {}", span(at_ms - now_ms))
+    }
+}
+
+/// Text at most `max` characters long, marked when cut.
+fn short(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_owned();
+    }
+    let mut cut: String = text.chars().take(max).collect();
+    cut.push('…');
+    cut
+}
+
+/// Arguments (or a result) as the approver reads them: pretty JSON when it
+/// parses, else the text as stored; redacted values and the truncation mark
+/// highlighted.
+fn marked_json(text: &str) -> Markup {
+    let pretty = serde_json::from_str::<serde_json::Value>(text)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or_else(|| text.to_owned());
+    html! { pre.args { (marked(&pretty)) } }
+}
+
+/// `text` with `"[redacted:…]"` values and the truncation mark in
+/// `<mark>`s, everything escaped.
+fn marked(text: &str) -> Markup {
+    let mut parts: Vec<(bool, &str, &str)> = Vec::new();
+    let mut rest = text;
+    loop {
+        let redacted = rest.find("[redacted:").and_then(|start| {
+            rest[start..]
+                .find(']')
+                .map(|end| (start, start + end + 1, "redacted"))
+        });
+        let cut = rest
+            .find(TRUNCATED_MARK)
+            .map(|start| (start, start + TRUNCATED_MARK.len(), "cut"));
+        let next = match (redacted, cut) {
+            (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+            (a, b) => a.or(b),
+        };
+        let Some((start, end, class)) = next else {
+            parts.push((false, rest, ""));
+            break;
+        };
+        parts.push((false, &rest[..start], ""));
+        parts.push((true, &rest[start..end], class));
+        rest = &rest[end..];
+    }
+    html! {
+        @for (mark, text, class) in parts {
+            @if mark {
+                mark class=(class) title=(if class == "cut" { "cut here: the rest is not kept" } else { "redacted before it was stored" }) { (text) }
+            } @else {
+                (text)
+            }
+        }
+    }
+}
+
+fn layout(title: &str, who: Option<&SessionView>, body: Markup) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { "Airlock console · " (title) }
+                link rel="stylesheet" href="/console/static/console.css";
+            }
+            body {
+                header {
+                    span.brand { "Airlock console" }
+                    @if who.is_some() {
+                        nav {
+                            a href="/console/approvals" { "Approvals" }
+                            a href="/console/audit" { "Audit log" }
+                            a href="/console/plugins" { "Plugins" }
+                            a href="/console/mode" { "Mode" }
+                            a href="/console/alerts" { "Alerts" }
+                        }
+                    }
+                    @if let Some(who) = who {
+                        div.who {
+                            span { "Signed in as " strong { (who.approver) } }
+                            form.inline method="post" action="/console/logout" {
+                                (csrf(who))
+                                button type="submit" { "Sign out" }
+                            }
+                        }
+                    }
+                }
+                main { (body) }
+            }
+        }
+    }
+}
+
+fn csrf(who: &SessionView) -> Markup {
+    html! { input type="hidden" name="csrf" value=(who.csrf); }
+}
+
+pub(crate) fn error(who: Option<&SessionView>, status: StatusCode, message: &str) -> Markup {
+    layout(
+        "error",
+        who,
+        html! {
+            h1 { (status.as_u16()) " " (status.canonical_reason().unwrap_or("")) }
+            p.notice.error { (message) }
+            p { a href="/console" { "Back to the console" } }
+        },
+    )
+}
+
+pub(crate) fn login(message: Option<&str>) -> Markup {
+    layout(
+        "sign in",
+        None,
+        html! {
+            h1 { "Sign in" }
+            @if let Some(message) = message { p.notice.error role="alert" { (message) } }
+            form.login method="post" action="/console/login" autocomplete="off" {
+                label for="token" { "Approver token" }
+                input #token type="password" name="token" required autofocus size="48";
+                " "
+                button.primary type="submit" { "Sign in" }
+                p.muted { "Approvers only (the host policy's approvals.approvers). Callers' tokens are refused." }
+            }
+        },
+    )
+}
+
+fn state(state: ApprovalState) -> Markup {
+    html! { span class={ "state state-" (state.as_str()) } { (state.as_str()) } }
+}
+
+fn risk(risk: &str) -> Markup {
+    html! { span class={ "risk-" (risk) } { (risk) } }
+}
+
+const STATE_CHOICES: [&str; 7] = [
+    "pending",
+    "approved",
+    "rejected",
+    "expired",
+    "cancelled",
+    "consumed",
+    "all",
+];
+
+pub(crate) fn approvals(
+    who: &SessionView,
+    list: &[Approval],
+    state_name: &str,
+    page: usize,
+    now_ms: u64,
+) -> Markup {
+    let shown: Vec<&Approval> = list.iter().skip(page * PAGE_SIZE).take(PAGE_SIZE).collect();
+    let more = list.len() > (page + 1) * PAGE_SIZE;
+    layout(
+        "approvals",
+        Some(who),
+        html! {
+            h1 { "Approvals" }
+            p {
+                @for choice in STATE_CHOICES {
+                    @if choice == state_name { strong { (choice) } } @else {
+                        a href={ "/console/approvals?state=" (choice) } { (choice) }
+                    }
+                    " "
+                }
+            }
+            @if shown.is_empty() {
+                p.notice { "No " (state_name) " approvals." }
+            } @else {
+                table #approvals {
+                    thead { tr {
+                        th { "Approval" } th { "Tool" } th { "Risk" } th { "Principal" }
+                        th { "Session" } th { "Caller's reason" } th { "Asked" } th { "Expires" } th { "State" }
+                    } }
+                    tbody {
+                        @for a in &shown {
+                            tr {
+                                td { a href={ "/console/approvals/" (segment(&a.id)) } { (a.id) } }
+                                td { code { (a.plugin) "/" (a.tool) } }
+                                td { (risk(&a.risk)) }
+                                td { (a.principal) }
+                                td { (a.session.as_deref().unwrap_or("–")) }
+                                td { (short(a.caller_reason.as_deref().unwrap_or("–"), 120)) }
+                                td { (ago(a.created_ms, now_ms)) }
+                                td { (until(a.expires_ms, now_ms)) }
+                                td { (state(a.state)) }
+                            }
+                        }
+                    }
+                }
+            }
+            div.pager {
+                @if page > 0 {
+                    a href={ "/console/approvals?state=" (state_name) "&page=" (page - 1) } { "← newer" }
+                }
+                @if more {
+                    a href={ "/console/approvals?state=" (state_name) "&page=" (page + 1) } { "older →" }
+                }
+            }
+        },
+    )
+}
+
+pub(crate) fn approval(
+    who: &SessionView,
+    a: &Approval,
+    notice: Option<&str>,
+    now_ms: u64,
+) -> Markup {
+    let own = a.principal == who.approver;
+    layout(
+        &format!("approval {}", a.id),
+        Some(who),
+        html! {
+            h1 { "Approval " code { (a.id) } " " (state(a.state)) }
+            @if let Some(notice) = notice { p.notice.error role="alert" { (notice) } }
+            dl.fields {
+                dt { "Decides on" } dd { (a.kind.as_str()) }
+                dt { "Tool" } dd { code { (a.plugin) "/" (a.tool) } }
+                dt { "Risk" } dd { (risk(&a.risk)) }
+                dt { "Principal" } dd { (a.principal) }
+                dt { "Session" } dd { (a.session.as_deref().unwrap_or("none")) }
+                dt { "Idempotency key" } dd { (a.idempotency_key.as_deref().unwrap_or("none")) }
+                dt { "Caller's reason" } dd { (a.caller_reason.as_deref().unwrap_or("none given")) }
+                dt { "Asked" } dd { (time(a.created_ms)) " (" (ago(a.created_ms, now_ms)) ")" }
+                dt { "Expires" } dd { (time(a.expires_ms)) " (" (until(a.expires_ms, now_ms)) ")" }
+                dt { "Call" } dd { a href={ "/console/audit/calls/" (segment(&a.call_id)) } { code { (a.call_id) } } }
+                dt { "Component digest" } dd { code { (a.component_digest) } }
+                dt { "Arguments digest" } dd { code { (a.args_digest) } }
+                @if let Some(by) = &a.decided_by {
+                    dt { "Decided by" } dd { (by) @if let Some(at) = a.decided_ms { " at " (time(at)) } }
+                    dt { "Decision reason" } dd { (a.decision_reason.as_deref().unwrap_or("none given")) }
+                }
+                @if let Some(call) = &a.consumed_by_call {
+                    dt { "Consumed by" } dd { a href={ "/console/audit/calls/" (segment(call)) } { code { (call) } } }
+                }
+            }
+            h2 { "Arguments (redacted)" }
+            @if a.args_truncated {
+                p.notice.warn { "These arguments were cut at the audit copy's size cap: the part after the mark is not shown. The approval is bound to the digest of the whole arguments." }
+            }
+            (marked_json(&a.args))
+            @if a.state == ApprovalState::Pending {
+                @if own {
+                    p.notice.warn { "This is your own call: the host refuses a decision on it by you." }
+                }
+                form.decide method="post" action={ "/console/approvals/" (segment(&a.id)) } {
+                    (csrf(who))
+                    label for="reason" { "Reason (required to reject)" }
+                    textarea #reason name="reason" maxlength="2048" {}
+                    p {
+                        button.approve type="submit" name="decision" value="approve" { "Approve" }
+                        " "
+                        button.reject type="submit" name="decision" value="reject" { "Reject" }
+                    }
+                }
+            }
+        },
+    )
+}
+
+fn outcome(outcome: Option<&str>) -> Markup {
+    match outcome {
+        None => html! { "–" },
+        Some("ok") => html! { span.outcome-ok { "ok" } },
+        Some(other) => html! { span.outcome-bad { (other) } },
+    }
+}
+
+fn audit_link(filters: &AuditFilters, page: usize) -> String {
+    let mut f = filters.clone();
+    f.page = page;
+    format!(
+        "/console/audit?{}",
+        serde_urlencoded::to_string(&f).unwrap_or_default()
+    )
+}
+
+pub(crate) fn audit(
+    who: &SessionView,
+    filters: &AuditFilters,
+    records: &[Record],
+    more: bool,
+) -> Markup {
+    layout(
+        "audit log",
+        Some(who),
+        html! {
+            h1 { "Audit log" }
+            p { a href="/console/audit/verify" { "Verify the chain" } }
+            form.filters method="get" action="/console/audit" {
+                @for (name, value) in [("plugin", &filters.plugin), ("tool", &filters.tool), ("outcome", &filters.outcome), ("principal", &filters.principal), ("event", &filters.event)] {
+                    div {
+                        label for={ "f-" (name) } { (name) }
+                        input id={ "f-" (name) } type="text" name=(name) value=(value) maxlength="256";
+                    }
+                }
+                button type="submit" { "Filter" }
+            }
+            @if records.is_empty() {
+                p.notice { "No records." }
+            } @else {
+                table #audit {
+                    thead { tr {
+                        th { "#" } th { "Time" } th { "Event" } th { "Principal" } th { "Tool" }
+                        th { "Decision" } th { "Outcome" } th { "Reason" } th { "Call" }
+                    } }
+                    tbody {
+                        @for r in records {
+                            tr {
+                                td { (r.seq) }
+                                td { (time(r.time_ms)) }
+                                td { (r.entry.event.as_str()) }
+                                td { (r.entry.principal.as_deref().unwrap_or("–")) }
+                                td { code {
+                                    (r.entry.plugin.as_deref().unwrap_or(""))
+                                    @if let Some(tool) = &r.entry.tool { "/" (tool) }
+                                } }
+                                td { (r.entry.decision.as_deref().unwrap_or("–")) }
+                                td { (outcome(r.entry.outcome.as_deref())) }
+                                td { (short(r.entry.reason.as_deref().unwrap_or(""), 160)) }
+                                td {
+                                    @if let Some(call) = &r.entry.call_id {
+                                        a href={ "/console/audit/calls/" (segment(call)) } { "story" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            div.pager {
+                @if filters.page > 0 { a href=(audit_link(filters, filters.page - 1)) { "← newer" } }
+                @if more { a href=(audit_link(filters, filters.page + 1)) { "older →" } }
+            }
+        },
+    )
+}
+
+pub(crate) fn call_story(who: &SessionView, call_id: &str, records: &[Record]) -> Markup {
+    layout(
+        &format!("call {call_id}"),
+        Some(who),
+        html! {
+            h1 { "Call " code { (call_id) } }
+            p.muted { "Every record of this call, oldest first: refusal or intent, approval, outcome." }
+            @for r in records {
+                h2 { "#" (r.seq) " " (r.entry.event.as_str()) " · " (time(r.time_ms)) }
+                dl.fields {
+                    @if let Some(v) = &r.entry.principal { dt { "Principal" } dd { (v) } }
+                    @if let Some(v) = &r.entry.plugin {
+                        dt { "Plugin" } dd { code { (v) } @if let Some(ver) = &r.entry.plugin_version { " " (ver) } }
+                    }
+                    @if let Some(v) = &r.entry.tool { dt { "Tool" } dd { code { (v) } } }
+                    @if let Some(v) = &r.entry.risk { dt { "Risk" } dd { (risk(v)) } }
+                    @if let Some(v) = &r.entry.decision { dt { "Decision" } dd { (v) } }
+                    @if let Some(v) = &r.entry.reason { dt { "Reason" } dd { (marked(v)) } }
+                    @if let Some(v) = &r.entry.approval_id {
+                        dt { "Approval" } dd { a href={ "/console/approvals/" (segment(v)) } { code { (v) } } }
+                    }
+                    @if let Some(v) = &r.entry.idempotency_key { dt { "Idempotency key" } dd { (v) } }
+                    @if let Some(v) = &r.entry.trace_id { dt { "Trace" } dd { code { (v) } } }
+                    @if let Some(v) = &r.entry.outcome { dt { "Outcome" } dd { (outcome(Some(v))) } }
+                    @if let Some(v) = r.entry.fuel_used { dt { "Fuel" } dd { (v) } }
+                    @if let Some(v) = r.entry.wall_us { dt { "Wall time" } dd { (v) " µs" } }
+                    @if let Some(v) = &r.entry.args_digest { dt { "Arguments digest" } dd { code { (v) } } }
+                    @if let Some(v) = &r.entry.result_digest { dt { "Result digest" } dd { code { (v) } } }
+                    dt { "Hash" } dd { code { (r.hash) } }
+                }
+                @if let Some(args) = &r.entry.args {
+                    h2 { "Arguments" @if r.entry.args_truncated { " (cut at the size cap)" } }
+                    (marked_json(args))
+                }
+                @if let Some(result) = &r.entry.result {
+                    h2 { "Result" @if r.entry.result_truncated { " (cut at the size cap)" } }
+                    (marked_json(result))
+                }
+                @if let Some(logs) = &r.entry.logs {
+                    h2 { "Logs" @if r.entry.logs_truncated { " (cut at the size cap)" } }
+                    (marked_json(logs))
+                }
+            }
+        },
+    )
+}
+
+pub(crate) fn verify(who: &SessionView, verdict: &Verdict, public_key: &str) -> Markup {
+    layout(
+        "verify",
+        Some(who),
+        html! {
+            h1 { "Audit chain verification" }
+            @match verdict {
+                Verdict::Passed { records, checkpoints, head_hash, unsigned_tail, .. } => {
+                    p.notice.ok #verdict { "Verified: " (records) " records, " (checkpoints) " signed checkpoints; every hash links." }
+                    dl.fields {
+                        dt { "Head hash" } dd { code { (head_hash.as_deref().unwrap_or("none")) } }
+                        dt { "Records after the last checkpoint" } dd { (unsigned_tail) }
+                        dt { "Checkpoint key" } dd { code { (public_key) } }
+                    }
+                }
+                Verdict::Failed { seq, problem, .. } => {
+                    p.notice.error #verdict { "Verification FAILED at record " (seq) ": " (problem) }
+                    dl.fields { dt { "Checkpoint key" } dd { code { (public_key) } } }
+                }
+            }
+            p.muted { "Checked against the host's own checkpoints. For checkpoints kept elsewhere, use airlock audit verify --trusted." }
+        },
+    )
+}
+
+pub(crate) fn plugins(
+    who: &SessionView,
+    loaded: &[std::sync::Arc<Plugin>],
+    installed: &[InstalledVersion],
+    rollouts: &[Rollout],
+) -> Markup {
+    layout(
+        "plugins",
+        Some(who),
+        html! {
+            h1 { "Plugins" }
+            @if loaded.is_empty() { p.notice { "No plugin is loaded." } } @else {
+                table #plugins {
+                    thead { tr { th { "Plugin" } th { "Version" } th { "Tools" } th { "Signer" } th { "Component digest" } } }
+                    tbody {
+                        @for p in loaded {
+                            tr {
+                                td { a href={ "/console/plugins/" (segment(p.name())) } { (p.name()) } }
+                                td { (p.version()) }
+                                td {
+                                    @for t in p.tools() {
+                                        code { (t.name()) } " " (risk(t.risk().as_str()))
+                                        @if t.approval_required() { " · approval" }
+                                        br;
+                                    }
+                                }
+                                td { (p.signer().map(|s| s.to_string()).unwrap_or_else(|| "unsigned".to_owned())) }
+                                td { code { (short(p.digest(), 16)) } }
+                            }
+                        }
+                    }
+                }
+            }
+            h2 { "Installed versions" }
+            (versions_table(installed))
+            h2 { "Rollouts" }
+            @if rollouts.is_empty() { p.muted { "No rollout." } } @else {
+                table {
+                    thead { tr { th { "Plugin" } th { "Serving" } th { "Canary" } th { "Previous" } th { "Roll back" } } }
+                    tbody {
+                        @for r in rollouts {
+                            tr {
+                                td { (r.plugin) }
+                                td { (r.serving) }
+                                td { @if let Some(c) = &r.canary { (c.version) " at " (c.percent) "%" } @else { "–" } }
+                                td { (r.previous.as_deref().unwrap_or("–")) }
+                                td {
+                                    @if r.canary.is_some() || r.previous.is_some() {
+                                        form.inline method="post" action={ "/console/plugins/" (segment(&r.plugin)) "/rollback" } {
+                                            (csrf(who))
+                                            input type="text" name="reason" placeholder="reason" maxlength="2048";
+                                            " "
+                                            button.reject type="submit" { "Roll back" }
+                                        }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        },
+    )
+}
+
+fn versions_table(installed: &[InstalledVersion]) -> Markup {
+    html! {
+        @if installed.is_empty() { p.muted { "No version installed in the store (plugins load from the plugins directory)." } } @else {
+            table {
+                thead { tr { th { "Plugin" } th { "Version" } th { "Installed" } th { "By" } th { "Signer" } th { "Component digest" } } }
+                tbody {
+                    @for v in installed {
+                        tr {
+                            td { (v.plugin) } td { (v.version) } td { (time(v.installed_ms)) }
+                            td { (v.installed_by) } td { (v.signer.as_deref().unwrap_or("unsigned")) }
+                            td { code { (short(&v.component_digest, 16)) } }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn yes(b: bool) -> &'static str {
+    if b { "yes" } else { "no" }
+}
+
+pub(crate) fn plugin(
+    who: &SessionView,
+    loaded: &Plugin,
+    report: Result<&InspectReport, &String>,
+    versions: Result<&[InstalledVersion], &str>,
+) -> Markup {
+    let grant = serde_json::to_string_pretty(loaded.grant()).unwrap_or_default();
+    layout(
+        &format!("plugin {}", loaded.name()),
+        Some(who),
+        html! {
+            h1 { "Plugin " code { (loaded.name()) } " " (loaded.version()) }
+            dl.fields {
+                dt { "Component digest" } dd { code { (loaded.digest()) } }
+                dt { "Manifest digest" } dd { code { (loaded.manifest_digest()) } }
+                dt { "Signer" } dd { (loaded.signer().map(|s| s.to_string()).unwrap_or_else(|| "unsigned".to_owned())) }
+            }
+            h2 { "Findings (inspect)" }
+            @match report {
+                Ok(report) => {
+                    @if report.findings.is_empty() { p.notice.ok { "No findings." } } @else {
+                        table #findings {
+                            thead { tr { th { "Severity" } th { "Finding" } } }
+                            tbody {
+                                @for f in &report.findings {
+                                    tr {
+                                        td { @match f.severity { Severity::Error => span.outcome-bad { "error" }, Severity::Warning => span.risk-external { "warning" } } }
+                                        td { (f.message) }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                    h2 { "Capabilities" }
+                    table {
+                        thead { tr { th { "Capability" } th { "Declared" } th { "Granted" } th { "Imported" } } }
+                        tbody {
+                            @for c in &report.capabilities {
+                                tr { td { code { (c.key) } } td { (yes(c.declared)) } td { (yes(c.granted)) } td { (yes(c.imported)) } }
+                            }
+                        }
+                    }
+                    h2 { "Tools" }
+                    table {
+                        thead { tr { th { "Tool" } th { "Risk" } th { "State" } } }
+                        tbody {
+                            @for t in &report.tools {
+                                tr {
+                                    td { code { (t.name) } }
+                                    td { (t.risk.map(|r| r.as_str()).unwrap_or("–")) }
+                                    td { @if t.hidden { "hidden (exported, not declared)" } @else if t.exposed { "exposed" } @else { "not exposed" } }
+                                }
+                            }
+                        }
+                    }
+                }
+                Err(message) => { p.notice.error { "Cannot inspect: " (message) } }
+            }
+            h2 { "Effective grant" }
+            pre { (grant) }
+            h2 { "Installed versions" }
+            @match versions {
+                Ok(versions) => { (versions_table(versions)) }
+                Err(message) => { p.notice.error { (message) } }
+            }
+        },
+    )
+}
+
+pub(crate) fn mode(who: &SessionView, mode: Option<&Mode>) -> Markup {
+    let read_only = mode.is_some_and(|m| m.read_only);
+    layout(
+        "mode",
+        Some(who),
+        html! {
+            h1 { "Host mode" }
+            p.notice.(if read_only { "warn" } else { "ok" }) #mode {
+                @if read_only { "READ-ONLY: every tool that is not read is refused." } @else { "Normal." }
+            }
+            @if let Some(m) = mode {
+                dl.fields {
+                    dt { "Switched by" } dd { (m.by) }
+                    dt { "At" } dd { (time(m.at_ms)) }
+                    dt { "Reason" } dd { (m.reason.as_deref().unwrap_or("none given")) }
+                }
+            }
+            form.decide method="post" action="/console/mode" {
+                (csrf(who))
+                input type="hidden" name="mode" value=(if read_only { "normal" } else { "read_only" });
+                label for="reason" { "Reason (recorded in the audit log)" }
+                textarea #reason name="reason" maxlength="2048" {}
+                p {
+                    @if read_only {
+                        button.primary type="submit" { "Back to normal" }
+                    } @else {
+                        button.reject type="submit" { "Switch to read-only" }
+                    }
+                }
+            }
+        },
+    )
+}
+
+pub(crate) fn alerts(who: &SessionView, alerts: &[AlertStatus], pauses: &[Pause]) -> Markup {
+    layout(
+        "alerts",
+        Some(who),
+        html! {
+            h1 { "Alerts" }
+            @if alerts.is_empty() { p.muted { "No alert rule is configured." } } @else {
+                table {
+                    thead { tr { th { "Rule" } th { "Metric" } th { "State" } th { "Watches" } th { "Value" } th { "Threshold" } th { "Takeover" } } }
+                    tbody {
+                        @for a in alerts {
+                            tr {
+                                td { (a.rule) } td { (a.metric) } td { (a.state) }
+                                td { (a.plugin.as_deref().unwrap_or("all")) @if let Some(t) = &a.tool { "/" (t) } }
+                                td { (a.value.map(|v| v.to_string()).unwrap_or_else(|| "–".to_owned())) }
+                                td { (a.threshold) }
+                                td { (a.takeover.as_deref().unwrap_or("–")) }
+                            }
+                        }
+                    }
+                }
+            }
+            h2 { "Paused tools" }
+            @if pauses.is_empty() { p.muted { "Nothing is paused." } } @else {
+                table {
+                    thead { tr { th { "Target" } th { "By" } th { "At" } th { "Reason" } th { "Resume" } } }
+                    tbody {
+                        @for p in pauses {
+                            tr {
+                                td { code { (p.target) } } td { (p.by) } td { (time(p.at_ms)) } td { (p.reason.as_deref().unwrap_or("")) }
+                                td {
+                                    form.inline method="post" action="/console/alerts/resume" {
+                                        (csrf(who))
+                                        input type="hidden" name="target" value=(p.target);
+                                        input type="text" name="reason" placeholder="reason" maxlength="2048";
+                                        " "
+                                        button.primary type="submit" { "Resume" }
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            h2 { "Pause a tool or plugin" }
+            form.filters method="post" action="/console/alerts/pause" {
+                (csrf(who))
+                div {
+                    label for="pause-target" { "plugin/tool or plugin" }
+                    input #pause-target type="text" name="target" required maxlength="256";
+                }
+                div {
+                    label for="pause-reason" { "reason (recorded)" }
+                    input #pause-reason type="text" name="reason" maxlength="2048";
+                }
+                button.reject type="submit" { "Pause" }
+            }
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_are_percent_encoded() {
+        assert_eq!(segment("apr-01_x.y~"), "apr-01_x.y~");
+        assert_eq!(segment("a/b?c#d e"), "a%2Fb%3Fc%23d%20e");
+        assert_eq!(segment("<\"'>"), "%3C%22%27%3E");
+    }
+
+    #[test]
+    fn redactions_and_cuts_are_marked_and_the_rest_escaped() {
+        let html = marked("{\"card\":\"[redacted:0123456789abcdef]\",\"x\":\"<b>\"…[truncated]")
+            .into_string();
+        assert!(html.contains("<mark class=\"redacted\""), "{html}");
+        assert!(
+            html.contains(">[redacted:0123456789abcdef]</mark>"),
+            "{html}"
+        );
+        assert!(html.contains("<mark class=\"cut\""), "{html}");
+        assert!(html.contains("&lt;b&gt;"), "{html}");
+        assert!(!html.contains("<b>"), "{html}");
+        // An unclosed marker is text.
+        assert_eq!(marked("[redacted:").into_string(), "[redacted:");
+    }
+
+    #[test]
+    fn spans_read_as_words() {
+        assert_eq!(span(59_999), "59 s");
+        assert_eq!(span(61_000), "1 min");
+        assert_eq!(span(3_660_000), "1 h 1 min");
+        assert_eq!(until(1_000, 61_000), "1 min ago");
+        assert_eq!(until(121_000, 61_000), "in 1 min");
+        assert_eq!(short("abcdef", 3), "abc…");
+    }
+}

@@ -1,0 +1,765 @@
+//! The console's security properties, through the whole HTTP application
+//! (`http::router`, with its Host and Origin checks) and a real host
+//! holding a pending approval for the `billing` example plugin.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use airlock_host::store::{Approval, ApprovalKind, ApprovalState};
+use airlock_host::{ApprovalPolicy, Approver, CallError, CallRequest, Host, HostConfig, Policy};
+use airlock_tests::{PLUGINS_DIR, sha256_hex};
+use axum::Router;
+use axum::http::{HeaderMap, StatusCode, header};
+use http_body_util::BodyExt as _;
+use hyper::service::Service as _;
+use hyper_util::service::TowerToHyperService;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use super::*;
+use crate::http::{CallerToken, HttpConfig, default_addr, router};
+use crate::{McpServer, ServeOptions};
+
+const ALICE: &str = "alice-approver-secret";
+const MALLORY: &str = "mallory-approver-secret";
+const CALLER: &str = "agent-caller-secret";
+const HOST: &str = "127.0.0.1:7410";
+const ORIGIN: &str = "http://127.0.0.1:7410";
+const HOSTILE: &str = "<script>alert(1)</script><img src=x onerror=alert(2)>\"'&";
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    host: Arc<Host>,
+    app: Router,
+    host_header: &'static str,
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: String,
+}
+
+impl Answer {
+    fn header(&self, name: header::HeaderName) -> &str {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    }
+}
+
+async fn fixture_on(addr: SocketAddr, remote: bool) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let approver = |name: &str, secret: &str| Approver {
+        name: name.into(),
+        token_sha256: sha256_hex(secret.as_bytes()),
+    };
+    let policy = Policy {
+        approvals: ApprovalPolicy {
+            approvers: vec![approver("alice", ALICE), approver("mallory", MALLORY)],
+            ..ApprovalPolicy::default()
+        },
+        ..Policy::default()
+    };
+    let host = Arc::new(
+        Host::new(
+            HostConfig::default()
+                .data_dir(dir.path().join("data"))
+                .policy(policy),
+        )
+        .unwrap(),
+    );
+    host.load_plugin(format!("{PLUGINS_DIR}/billing"))
+        .await
+        .unwrap();
+    host.call(CallRequest::new(
+        "billing/open-account",
+        json!({"account": "9182", "balance_cents": 0}).to_string(),
+    ))
+    .await
+    .unwrap();
+    let server = McpServer::new(Arc::clone(&host), ServeOptions::default());
+    let mut config = HttpConfig::new(
+        addr,
+        vec![CallerToken {
+            principal: "agent-1".into(),
+            token_sha256: sha256_hex(CALLER.as_bytes()),
+        }],
+    );
+    let host_header = if remote {
+        config.allow_remote = true;
+        config.allowed_hosts = vec!["console.example".into()];
+        config.allowed_origins = vec!["https://console.example".into()];
+        "console.example"
+    } else {
+        HOST
+    };
+    let app = router(&server, &config, CancellationToken::new()).unwrap();
+    Fixture {
+        _dir: dir,
+        host,
+        app,
+        host_header,
+    }
+}
+
+async fn fixture() -> Fixture {
+    fixture_on(default_addr(), false).await
+}
+
+impl Fixture {
+    async fn send(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Answer {
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, self.host_header);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let service = TowerToHyperService::new(self.app.clone());
+        let response = service
+            .call(
+                request
+                    .body(axum::body::Body::from(body.to_owned()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        Answer {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+        }
+    }
+
+    async fn get(&self, path: &str, cookie: &str) -> Answer {
+        self.send("GET", path, &[("cookie", cookie)], "").await
+    }
+
+    /// A form POST from this server's own page.
+    async fn post(&self, path: &str, cookie: &str, form: &[(&str, &str)]) -> Answer {
+        let body = serde_urlencoded::to_string(form).unwrap();
+        self.send(
+            "POST",
+            path,
+            &[
+                ("cookie", cookie),
+                ("origin", ORIGIN),
+                ("content-type", "application/x-www-form-urlencoded"),
+            ],
+            &body,
+        )
+        .await
+    }
+
+    /// Sign in with `token`: the cookie header to send, and the CSRF token.
+    async fn login(&self, token: &str) -> (String, String) {
+        let answer = self.post("/console/login", "", &[("token", token)]).await;
+        assert_eq!(answer.status, StatusCode::SEE_OTHER, "{}", answer.body);
+        let set = answer.header(header::SET_COOKIE);
+        let cookie = set.split(';').next().unwrap().to_owned();
+        let page = self.get("/console/mode", &cookie).await;
+        assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+        let csrf = page
+            .body
+            .split("name=\"csrf\" value=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap()
+            .to_owned();
+        (cookie, csrf)
+    }
+
+    /// A refund by `principal` that waits for a decision: its approval id.
+    async fn pending(&self, principal: &str, reason: &str) -> String {
+        let call = CallRequest::new(
+            "billing/refund",
+            json!({"account": "9182", "amount_cents": 240_000, "reason": reason, "card_last4": "4242"})
+                .to_string(),
+        )
+        .principal(principal)
+        .idempotency_key(format!("key-{}", now_ms()))
+        .reason(reason);
+        match self.host.call(call).await {
+            Err(CallError::ApprovalPending { approval_id, .. }) => approval_id,
+            other => panic!("expected approval_pending, got {other:?}"),
+        }
+    }
+
+    fn state(&self, id: &str) -> ApprovalState {
+        self.host.approval(id).unwrap().unwrap().state
+    }
+}
+
+#[tokio::test]
+async fn only_an_approvers_token_signs_in_and_a_callers_is_refused_and_told_so() {
+    let f = fixture().await;
+    let caller = f.post("/console/login", "", &[("token", CALLER)]).await;
+    assert_eq!(caller.status, StatusCode::FORBIDDEN);
+    assert!(
+        caller.body.contains("caller&#39;s token") || caller.body.contains("caller's token"),
+        "{}",
+        caller.body
+    );
+    assert!(caller.headers.get(header::SET_COOKIE).is_none());
+    let unknown = f.post("/console/login", "", &[("token", "guess")]).await;
+    assert_eq!(unknown.status, StatusCode::UNAUTHORIZED);
+    assert!(unknown.body.contains("unknown token"), "{}", unknown.body);
+    assert!(unknown.headers.get(header::SET_COOKIE).is_none());
+    let empty = f.post("/console/login", "", &[("token", " ")]).await;
+    assert_eq!(empty.status, StatusCode::BAD_REQUEST);
+    let extra = f
+        .post("/console/login", "", &[("token", ALICE), ("as", "root")])
+        .await;
+    assert_eq!(extra.status, StatusCode::BAD_REQUEST);
+    // A token in the URL is not read: the login page, no session.
+    let url = f.get(&format!("/console/login?token={ALICE}"), "").await;
+    assert_eq!(url.status, StatusCode::OK);
+    assert!(url.headers.get(header::SET_COOKIE).is_none());
+    // Signed out, a page sends the browser to sign in.
+    let page = f.get("/console/approvals", "").await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER);
+    assert_eq!(page.header(header::LOCATION), "/console/login");
+    let forged = f.get("/console/approvals", "airlock_console=00ff").await;
+    assert_eq!(forged.status, StatusCode::SEE_OTHER);
+}
+
+#[tokio::test]
+async fn the_session_cookie_is_httponly_strict_scoped_and_secure_off_loopback() {
+    let f = fixture().await;
+    let answer = f.post("/console/login", "", &[("token", ALICE)]).await;
+    assert_eq!(answer.status, StatusCode::SEE_OTHER);
+    assert_eq!(answer.header(header::LOCATION), "/console/approvals");
+    let cookie = answer.header(header::SET_COOKIE);
+    let id = cookie
+        .strip_prefix("airlock_console=")
+        .and_then(|c| c.split(';').next())
+        .unwrap();
+    assert_eq!(id.len(), 64, "{cookie}");
+    for flag in ["HttpOnly", "SameSite=Strict", "Path=/console"] {
+        assert!(cookie.split("; ").any(|p| p == flag), "{flag}: {cookie}");
+    }
+    assert!(!cookie.contains("Secure"), "{cookie}");
+    assert!(!answer.body.contains(id));
+    // Signing in again from that browser ends its first session.
+    let first = format!("airlock_console={id}");
+    assert_eq!(f.get("/console/mode", &first).await.status, StatusCode::OK);
+    let again = f.post("/console/login", &first, &[("token", ALICE)]).await;
+    assert_eq!(again.status, StatusCode::SEE_OTHER);
+    assert!(!again.header(header::SET_COOKIE).contains(id));
+    assert_eq!(
+        f.get("/console/mode", &first).await.status,
+        StatusCode::SEE_OTHER
+    );
+
+    let remote = fixture_on(SocketAddr::from(([0, 0, 0, 0], 7410)), true).await;
+    let answer = remote
+        .send(
+            "POST",
+            "/console/login",
+            &[
+                ("origin", "https://console.example"),
+                ("content-type", "application/x-www-form-urlencoded"),
+            ],
+            &format!("token={ALICE}"),
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::SEE_OTHER, "{}", answer.body);
+    let cookie = answer.header(header::SET_COOKIE);
+    assert!(cookie.split("; ").any(|p| p == "Secure"), "{cookie}");
+}
+
+#[tokio::test]
+async fn every_console_answer_carries_the_strict_csp_and_no_caching() {
+    let f = fixture().await;
+    let (cookie, _) = f.login(ALICE).await;
+    for (path, cookie) in [
+        ("/console/login", ""),
+        ("/console", ""),
+        ("/console/approvals", ""),
+        ("/console/static/console.css", ""),
+        ("/console/nothing/here", ""),
+        ("/console/approvals", cookie.as_str()),
+        ("/console/audit", cookie.as_str()),
+    ] {
+        let answer = f.get(path, cookie).await;
+        assert_eq!(
+            answer.header(header::CONTENT_SECURITY_POLICY),
+            CONTENT_SECURITY_POLICY,
+            "{path}"
+        );
+        assert!(CONTENT_SECURITY_POLICY.contains("default-src 'self'"));
+        assert!(CONTENT_SECURITY_POLICY.contains("frame-ancestors 'none'"));
+        assert_eq!(answer.header(header::X_FRAME_OPTIONS), "DENY", "{path}");
+        assert_eq!(answer.header(header::X_CONTENT_TYPE_OPTIONS), "nosniff");
+        assert_eq!(answer.header(header::CACHE_CONTROL), "no-store");
+        assert_eq!(answer.header(header::REFERRER_POLICY), "same-origin");
+        // No inline script or style anywhere.
+        assert!(!answer.body.contains("<script"), "{path}");
+        assert!(!answer.body.contains("<style"), "{path}");
+        assert!(!answer.body.contains("style="), "{path}");
+    }
+    let css = f.get("/console/static/console.css", "").await;
+    assert_eq!(css.status, StatusCode::OK);
+    assert!(css.header(header::CONTENT_TYPE).starts_with("text/css"));
+}
+
+#[tokio::test]
+async fn a_post_without_the_sessions_csrf_token_or_from_another_origin_changes_nothing() {
+    let f = fixture().await;
+    let id = f.pending("agent-1", "damaged goods").await;
+    let (cookie, csrf) = f.login(ALICE).await;
+    let (_, other_csrf) = f.login(ALICE).await;
+    let path = format!("/console/approvals/{id}");
+    let approve = |token: &'static str| -> Vec<(&'static str, &'static str)> {
+        vec![("csrf", token), ("decision", "approve")]
+    };
+    // No token, a wrong one, another session's, two of them.
+    for form in [
+        vec![("decision", "approve")],
+        approve("0000"),
+        vec![("csrf", other_csrf.as_str()), ("decision", "approve")],
+        vec![
+            ("csrf", csrf.as_str()),
+            ("csrf", "0000"),
+            ("decision", "approve"),
+        ],
+    ] {
+        let answer = f.post(&path, &cookie, &form).await;
+        assert_eq!(answer.status, StatusCode::FORBIDDEN, "{form:?}");
+        assert!(answer.body.contains("CSRF"), "{}", answer.body);
+        assert_eq!(f.state(&id), ApprovalState::Pending);
+    }
+    let form = format!("csrf={csrf}&decision=approve");
+    // No Origin; another origin (refused by the listener's guard); a
+    // loopback origin that is not this server; a cross-site fetch.
+    for headers in [
+        vec![],
+        vec![("origin", "https://evil.example")],
+        vec![("origin", "http://localhost:9999")],
+        vec![("origin", "null")],
+        vec![("origin", ORIGIN), ("sec-fetch-site", "cross-site")],
+    ] {
+        let mut all = vec![
+            ("cookie", cookie.as_str()),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ];
+        all.extend(headers.iter().copied());
+        let answer = f.send("POST", &path, &all, &form).await;
+        assert_eq!(answer.status, StatusCode::FORBIDDEN, "{headers:?}");
+        assert_eq!(f.state(&id), ApprovalState::Pending);
+    }
+    // Not a form; too large a form.
+    let answer = f
+        .send(
+            "POST",
+            &path,
+            &[
+                ("cookie", cookie.as_str()),
+                ("origin", ORIGIN),
+                ("content-type", "application/json"),
+            ],
+            "{}",
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let big = "x".repeat(MAX_FORM_BYTES + 1);
+    let answer = f
+        .post(
+            &path,
+            &cookie,
+            &[("csrf", &csrf), ("decision", "approve"), ("reason", &big)],
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE);
+    // A GET never decides.
+    let answer = f
+        .get(&format!("{path}?csrf={csrf}&decision=approve"), &cookie)
+        .await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(f.state(&id), ApprovalState::Pending);
+    // Without a session, even with a token.
+    let answer = f
+        .post(&path, "", &[("csrf", &csrf), ("decision", "approve")])
+        .await;
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
+    // The real thing.
+    let answer = f
+        .post(
+            &path,
+            &cookie,
+            &[
+                ("csrf", &csrf),
+                ("decision", "approve"),
+                ("reason", "checked"),
+            ],
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::SEE_OTHER, "{}", answer.body);
+    let approval = f.host.approval(&id).unwrap().unwrap();
+    assert_eq!(approval.state, ApprovalState::Approved);
+    assert_eq!(approval.decided_by.as_deref(), Some("alice"));
+    assert_eq!(approval.decision_reason.as_deref(), Some("checked"));
+}
+
+#[tokio::test]
+async fn a_rejection_needs_a_reason_and_an_approver_cannot_decide_their_own_call() {
+    let f = fixture().await;
+    let own = f.pending("mallory", "mine").await;
+    let (cookie, csrf) = f.login(MALLORY).await;
+    let page = f.get(&format!("/console/approvals/{own}"), &cookie).await;
+    assert!(page.body.contains("your own call"), "{}", page.body);
+    let answer = f
+        .post(
+            &format!("/console/approvals/{own}"),
+            &cookie,
+            &[("csrf", &csrf), ("decision", "approve")],
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::CONFLICT);
+    assert!(
+        answer.body.contains("cannot decide on their own call"),
+        "{}",
+        answer.body
+    );
+    assert_eq!(f.state(&own), ApprovalState::Pending);
+
+    let other = f.pending("agent-1", "theirs").await;
+    let path = format!("/console/approvals/{other}");
+    let answer = f
+        .post(&path, &cookie, &[("csrf", &csrf), ("decision", "reject")])
+        .await;
+    assert_eq!(answer.status, StatusCode::CONFLICT);
+    assert!(answer.body.contains("needs a reason"), "{}", answer.body);
+    let answer = f
+        .post(&path, &cookie, &[("csrf", &csrf), ("decision", "maybe")])
+        .await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+    let answer = f
+        .post(
+            &path,
+            &cookie,
+            &[
+                ("csrf", &csrf),
+                ("decision", "reject"),
+                ("reason", "not ours"),
+            ],
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::SEE_OTHER);
+    assert_eq!(f.state(&other), ApprovalState::Rejected);
+    // Decided: the first decision stands.
+    let answer = f
+        .post(&path, &cookie, &[("csrf", &csrf), ("decision", "approve")])
+        .await;
+    assert_eq!(answer.status, StatusCode::CONFLICT);
+    assert_eq!(f.state(&other), ApprovalState::Rejected);
+}
+
+#[tokio::test]
+async fn hostile_arguments_reasons_and_principals_are_shown_as_text() {
+    let f = fixture().await;
+    let id = f.pending(HOSTILE, HOSTILE).await;
+    let (cookie, _) = f.login(ALICE).await;
+    for path in [
+        "/console/approvals".to_owned(),
+        format!("/console/approvals/{id}"),
+        "/console/audit".to_owned(),
+        format!("/console/audit?principal={}", pages::segment(HOSTILE)),
+    ] {
+        let page = f.get(&path, &cookie).await;
+        assert_eq!(page.status, StatusCode::OK, "{path}");
+        assert!(
+            !page.body.contains("<script>alert"),
+            "{path}: {}",
+            page.body
+        );
+        assert!(!page.body.contains("<img"), "{path}");
+        assert!(page.body.contains("&lt;script&gt;alert(1)"), "{path}");
+    }
+    // The card number is redacted, and marked so.
+    let page = f.get(&format!("/console/approvals/{id}"), &cookie).await;
+    assert!(!page.body.contains("4242"), "{}", page.body);
+    assert!(
+        page.body.contains("<mark class=\"redacted\""),
+        "{}",
+        page.body
+    );
+
+    // What no real plugin can be named, the templates escape all the same.
+    let approval = Approval {
+        id: HOSTILE.into(),
+        kind: ApprovalKind::Call,
+        state: ApprovalState::Pending,
+        plugin: HOSTILE.into(),
+        component_digest: HOSTILE.into(),
+        tool: HOSTILE.into(),
+        risk: HOSTILE.into(),
+        args_digest: HOSTILE.into(),
+        args: HOSTILE.into(),
+        args_truncated: true,
+        principal: HOSTILE.into(),
+        session: Some(HOSTILE.into()),
+        idempotency_key: Some(HOSTILE.into()),
+        caller_reason: Some(HOSTILE.into()),
+        call_id: HOSTILE.into(),
+        created_ms: 0,
+        expires_ms: 0,
+        decided_by: Some(HOSTILE.into()),
+        decided_ms: None,
+        decision_reason: Some(HOSTILE.into()),
+        consumed_by_call: Some(HOSTILE.into()),
+    };
+    let (_, who) = Sessions::new(SessionLimits::default())
+        .create("<b>alice</b>", "t")
+        .unwrap();
+    for html in [
+        pages::approval(&who, &approval, Some(HOSTILE), 0).into_string(),
+        pages::approvals(&who, std::slice::from_ref(&approval), "all", 0, 0).into_string(),
+        pages::error(Some(&who), StatusCode::CONFLICT, HOSTILE).into_string(),
+    ] {
+        assert!(!html.contains("<script>"), "{html}");
+        assert!(!html.contains("<img"), "{html}");
+        assert!(!html.contains("<b>alice"), "{html}");
+        assert!(html.contains("&lt;script&gt;"));
+        // Attribute values cannot be closed early either.
+        assert!(!html.contains("\"'&\""), "{html}");
+        assert!(!html.contains("href=\"/console/approvals/<"), "{html}");
+    }
+}
+
+#[tokio::test]
+async fn a_session_ends_at_logout_and_its_cookie_is_cleared() {
+    let f = fixture().await;
+    let (cookie, csrf) = f.login(ALICE).await;
+    // A logout without the token is refused like any POST.
+    let answer = f.post("/console/logout", &cookie, &[]).await;
+    assert_eq!(answer.status, StatusCode::FORBIDDEN);
+    assert_eq!(f.get("/console/mode", &cookie).await.status, StatusCode::OK);
+    let answer = f.post("/console/logout", &cookie, &[("csrf", &csrf)]).await;
+    assert_eq!(answer.status, StatusCode::SEE_OTHER);
+    let cleared = answer.header(header::SET_COOKIE);
+    assert!(cleared.starts_with("airlock_console=;"), "{cleared}");
+    assert!(cleared.contains("Max-Age=0"), "{cleared}");
+    let after = f.get("/console/mode", &cookie).await;
+    assert_eq!(after.status, StatusCode::SEE_OTHER);
+    assert_eq!(after.header(header::LOCATION), "/console/login");
+}
+
+#[tokio::test]
+async fn an_expired_session_sends_the_browser_back_to_sign_in() {
+    let console = Console {
+        host: Arc::new(Host::new(HostConfig::default()).unwrap()),
+        callers: Vec::new(),
+        sessions: Sessions::new(SessionLimits {
+            idle: std::time::Duration::from_millis(50),
+            lifetime: std::time::Duration::from_secs(60),
+            max_sessions: 4,
+        }),
+        secure_cookie: false,
+    };
+    let (id, _) = console.sessions.create("alice", ALICE).unwrap();
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::COOKIE,
+        format!("other=1; {SESSION_COOKIE}={id}").parse().unwrap(),
+    );
+    assert!(signed_in(&console, &headers).is_ok());
+    tokio::time::sleep(std::time::Duration::from_millis(80)).await;
+    let answer = signed_in(&console, &headers).unwrap_err();
+    assert_eq!(answer.status(), StatusCode::SEE_OTHER);
+}
+
+#[tokio::test]
+async fn the_pages_show_the_audit_trail_plugins_and_switch_the_mode_on_the_record() {
+    let f = fixture().await;
+    let id = f.pending("agent-1", "damaged goods").await;
+    let (cookie, csrf) = f.login(ALICE).await;
+    let list = f.get("/console/approvals", &cookie).await;
+    assert!(list.body.contains(&id), "{}", list.body);
+    assert!(list.body.contains("billing/refund"));
+    let detail = f.get(&format!("/console/approvals/{id}"), &cookie).await;
+    for field in [
+        "irreversible",
+        "agent-1",
+        "damaged goods",
+        "Expires",
+        "Arguments digest",
+    ] {
+        assert!(detail.body.contains(field), "{field}: {}", detail.body);
+    }
+    let call_id = f.host.approval(&id).unwrap().unwrap().call_id;
+    let story = f
+        .get(&format!("/console/audit/calls/{call_id}"), &cookie)
+        .await;
+    assert_eq!(story.status, StatusCode::OK);
+    assert!(story.body.contains("approval_requested"), "{}", story.body);
+    let filtered = f
+        .get(
+            "/console/audit?plugin=billing&tool=refund&event=approval_requested",
+            &cookie,
+        )
+        .await;
+    assert_eq!(filtered.status, StatusCode::OK);
+    assert!(filtered.body.contains("approval_requested"));
+    assert!(!filtered.body.contains("open-account"));
+    for bad in [
+        "/console/audit?event=nothing",
+        "/console/audit?page=999",
+        "/console/audit?page=-1",
+        "/console/approvals?state=maybe",
+    ] {
+        assert_eq!(
+            f.get(bad, &cookie).await.status,
+            StatusCode::BAD_REQUEST,
+            "{bad}"
+        );
+    }
+    let long = format!("/console/audit?plugin={}", "p".repeat(300));
+    assert_eq!(f.get(&long, &cookie).await.status, StatusCode::BAD_REQUEST);
+    let verify = f.get("/console/audit/verify", &cookie).await;
+    assert!(verify.body.contains("Verified"), "{}", verify.body);
+    let plugins = f.get("/console/plugins", &cookie).await;
+    assert!(plugins.body.contains("/console/plugins/billing"));
+    let billing = f.get("/console/plugins/billing", &cookie).await;
+    assert_eq!(billing.status, StatusCode::OK);
+    assert!(billing.body.contains("Findings"), "{}", billing.body);
+    assert!(billing.body.contains("workspace"), "{}", billing.body);
+    assert_eq!(
+        f.get("/console/plugins/nothing", &cookie).await.status,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        f.get("/console/alerts", &cookie).await.status,
+        StatusCode::OK
+    );
+
+    let answer = f
+        .post(
+            "/console/mode",
+            &cookie,
+            &[
+                ("csrf", &csrf),
+                ("mode", "read_only"),
+                ("reason", "incident 42"),
+            ],
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::SEE_OTHER, "{}", answer.body);
+    let mode = f.host.mode().unwrap().unwrap();
+    assert!(mode.read_only);
+    assert_eq!(mode.by, "alice");
+    let page = f.get("/console/mode", &cookie).await;
+    assert!(page.body.contains("READ-ONLY"), "{}", page.body);
+    let records = f
+        .host
+        .audit()
+        .query(
+            &Filter {
+                event: Some(Event::ModeChanged),
+                ..Default::default()
+            },
+            10,
+        )
+        .unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].entry.reason.as_deref(), Some("incident 42"));
+    let answer = f
+        .post(
+            "/console/mode",
+            &cookie,
+            &[("csrf", &csrf), ("mode", "off")],
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+}
+
+#[test]
+fn the_session_cookie_is_found_among_others() {
+    let mut headers = HeaderMap::new();
+    headers.append(header::COOKIE, "a=1; airlock_console_x=2".parse().unwrap());
+    assert_eq!(session_cookie(&headers), None);
+    headers.append(header::COOKIE, "b=2;airlock_console=abc ".parse().unwrap());
+    assert_eq!(session_cookie(&headers), Some("abc"));
+}
+
+#[tokio::test]
+async fn an_approver_pauses_and_resumes_a_tool_on_the_record_and_a_bad_target_or_rollback_is_refused()
+ {
+    let f = fixture().await;
+    let (cookie, csrf) = f.login(ALICE).await;
+    let answer = f
+        .post(
+            "/console/alerts/pause",
+            &cookie,
+            &[
+                ("csrf", &csrf),
+                ("target", "billing/refund"),
+                ("reason", "incident 7"),
+            ],
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::SEE_OTHER, "{}", answer.body);
+    let pauses = f.host.pauses().unwrap();
+    assert_eq!(pauses.len(), 1);
+    assert_eq!(pauses[0].by, "alice");
+    let page = f.get("/console/alerts", &cookie).await;
+    assert!(page.body.contains("billing/refund"), "{}", page.body);
+    assert!(page.body.contains("incident 7"));
+    let answer = f
+        .post(
+            "/console/alerts/resume",
+            &cookie,
+            &[("csrf", &csrf), ("target", "billing/refund")],
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::SEE_OTHER, "{}", answer.body);
+    assert!(f.host.pauses().unwrap().is_empty());
+    let undone = f
+        .host
+        .audit()
+        .query(
+            &Filter {
+                event: Some(Event::TakeoverUndone),
+                ..Default::default()
+            },
+            10,
+        )
+        .unwrap();
+    assert_eq!(undone.len(), 1);
+    // A malformed target, a missing one, no token: refused, nothing paused.
+    for form in [
+        vec![("csrf", csrf.as_str()), ("target", "../x y")],
+        vec![("csrf", csrf.as_str())],
+        vec![("target", "billing")],
+    ] {
+        let answer = f.post("/console/alerts/pause", &cookie, &form).await;
+        assert!(
+            answer.status.is_client_error(),
+            "{form:?}: {}",
+            answer.status
+        );
+        assert!(f.host.pauses().unwrap().is_empty());
+    }
+    // Nothing to roll back: the host's refusal, shown.
+    let answer = f
+        .post(
+            "/console/plugins/billing/rollback",
+            &cookie,
+            &[("csrf", &csrf)],
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::CONFLICT, "{}", answer.body);
+    let answer = f
+        .post(
+            "/console/plugins/billing/rollback",
+            &cookie,
+            &[("reason", "x")],
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::FORBIDDEN);
+}
