@@ -259,6 +259,16 @@ fn check_session(lines: &[Value]) {
         assert_eq!(hints["destructiveHint"], *risk != "read", "{tool}");
         let open_world = matches!(*risk, "external" | "irreversible");
         assert_eq!(hints["openWorldHint"], open_world, "{tool}");
+        // Plain JSON Schema 2020-12: no `uint64`-style formats.
+        for key in ["inputSchema", "outputSchema"] {
+            let text = tool[key].to_string();
+            for format in ["\"uint", "\"int", "\"double\"", "\"float\""] {
+                assert!(
+                    !text.contains(&format!("\"format\":{format}")),
+                    "{id} {key}: {text}"
+                );
+            }
+        }
     }
     let slugify = by_name("text__slugify");
     assert_eq!(slugify["outputSchema"]["type"], "object");
@@ -343,7 +353,20 @@ fn stdio_serves_every_example_tool_to_the_python_sdk() {
         "client.py",
         &["session", "stdio", &server.stdio_command(), "auto"],
     );
+    // `auto` over stdio probes `server/discover` while the server is still
+    // loading its plugins and may time out into the handshake: either
+    // version is right here (2026-07-28 is asserted over HTTP below).
     assert!(events(&lines, "connected")[0]["protocol"].is_string());
+    check_session(&lines);
+}
+
+#[test]
+fn http_serves_every_example_tool_to_the_python_sdk_on_2026_07_28() {
+    let root = plugins_root(LIMITS);
+    let server = Server::new(root.path(), false);
+    let running = server.start_http();
+    let lines = client("client.py", &["session", "http", &running.url(), "auto"]);
+    assert_eq!(events(&lines, "connected")[0]["protocol"], "2026-07-28");
     check_session(&lines);
 }
 
