@@ -755,6 +755,59 @@ mod tests {
         }
     }
 
+    /// An RSA key for the test, made by `openssl` (ring verifies RSA but
+    /// does not generate keys).
+    fn rsa(kid: &str) -> TestKey {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("key.pem");
+        let der = dir.path().join("key.der");
+        let openssl = |args: &[&std::ffi::OsStr]| {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            out.stdout
+        };
+        openssl(&[
+            "genrsa".as_ref(),
+            "-traditional".as_ref(),
+            "-out".as_ref(),
+            pem.as_os_str(),
+            "2048".as_ref(),
+        ]);
+        openssl(&[
+            "rsa".as_ref(),
+            "-in".as_ref(),
+            pem.as_os_str(),
+            "-traditional".as_ref(),
+            "-outform".as_ref(),
+            "DER".as_ref(),
+            "-out".as_ref(),
+            der.as_os_str(),
+        ]);
+        let modulus = openssl(&[
+            "rsa".as_ref(),
+            "-in".as_ref(),
+            pem.as_os_str(),
+            "-noout".as_ref(),
+            "-modulus".as_ref(),
+        ]);
+        let modulus = String::from_utf8(modulus).unwrap();
+        let n = hex::decode(modulus.trim().trim_start_matches("Modulus=")).unwrap();
+        TestKey {
+            alg: Algorithm::RS256,
+            kid: kid.into(),
+            private: EncodingKey::from_rsa_der(&std::fs::read(&der).unwrap()),
+            jwk: json!({"kty": "RSA", "kid": kid, "use": "sig", "alg": "RS256",
+                        "n": B64.encode(n), "e": "AQAB"}),
+        }
+    }
+
     fn now() -> i64 {
         i64::try_from(
             std::time::SystemTime::now()
@@ -856,6 +909,31 @@ mod tests {
         );
         // Keys fetched once for all of it (per verifier).
         assert_eq!(issuer.fetches.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn rs256_tokens_verify_with_the_issuers_rsa_key_only() {
+        let (rs, ed) = (rsa("rsa-1"), ed25519("ed-1"));
+        let issuer = issuer(&[&rs, &ed]).await;
+        let verifier = OauthVerifier::new(config(&issuer.uri)).unwrap();
+        assert_eq!(
+            verifier.verify(&sign(&rs, &claims())).await.unwrap(),
+            "oauth:agent-7"
+        );
+        // An RS256 signature under the Ed25519 key's `kid`, and another
+        // RSA key under the RSA `kid`.
+        let mut header = JwtHeader::new(Algorithm::RS256);
+        header.kid = Some("ed-1".into());
+        let crossed = jsonwebtoken::encode(&header, &claims(), &rs.private).unwrap();
+        assert_eq!(
+            kind(&verifier, &crossed).await,
+            OauthErrorKind::AlgorithmRefused
+        );
+        let other = rsa("rsa-1");
+        assert_eq!(
+            kind(&verifier, &sign(&other, &claims())).await,
+            OauthErrorKind::BadSignature
+        );
     }
 
     #[tokio::test]
