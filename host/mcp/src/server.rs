@@ -613,8 +613,9 @@ impl CallMeta {
 /// needing approval answers `approval_pending` as for a client without
 /// tasks.
 pub const MAX_APPROVAL_TASKS: usize = 10_000;
-/// How often a task re-reads its approval while an approver decides.
-const TASK_APPROVAL_POLL: Duration = Duration::from_millis(250);
+/// How often a task re-reads its approval while an approver decides (one
+/// store read per waiting task each time).
+const TASK_APPROVAL_POLL: Duration = Duration::from_secs(1);
 /// How long a finished task stays readable past its approval's expiry.
 const TASK_GRACE: Duration = Duration::from_secs(600);
 
