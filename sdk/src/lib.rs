@@ -450,6 +450,17 @@ pub mod __private {
         })
     }
 
+    /// `T`'s JSON Schema (2020-12) with only the `format`s the standard
+    /// defines: schemars marks integers `uint64`, `int32`… and floats
+    /// `double`, which clients validating against the standard warn about
+    /// (the `minimum`/`maximum` bounds stay).
+    pub fn standard_schema<T: JsonSchema>() -> schemars::Schema {
+        schemars::generate::SchemaSettings::draft2020_12()
+            .with_transform(schemars::transform::RestrictFormats::default())
+            .into_generator()
+            .into_root_schema_for::<T>()
+    }
+
     impl<A, R> ErasedTool for ToolFn<A, R>
     where
         A: DeserializeOwned + JsonSchema,
@@ -463,8 +474,8 @@ pub mod __private {
             wit::ToolDescriptor {
                 name: self.name.to_owned(),
                 description: self.description.to_owned(),
-                input_schema: schemars::schema_for!(A).as_value().to_string(),
-                output_schema: Some(schemars::schema_for!(R).as_value().to_string()),
+                input_schema: standard_schema::<A>().as_value().to_string(),
+                output_schema: Some(standard_schema::<R>().as_value().to_string()),
             }
         }
 
@@ -668,6 +679,40 @@ mod tests {
         let output: serde_json::Value =
             serde_json::from_str(d.output_schema.as_ref().unwrap()).unwrap();
         assert_eq!(output["type"], "object");
+    }
+
+    #[test]
+    fn schemas_carry_only_standard_formats() {
+        #[derive(Deserialize, JsonSchema)]
+        #[allow(dead_code)]
+        struct Many {
+            a: u8,
+            b: u16,
+            c: i64,
+            d: usize,
+            e: f64,
+            when: Option<String>,
+        }
+        let d = &list(&[tool("double", "Double it.", double)])[0];
+        let input: serde_json::Value = serde_json::from_str(&d.input_schema).unwrap();
+        assert_eq!(
+            input["$schema"],
+            "https://json-schema.org/draft/2020-12/schema"
+        );
+        assert_eq!(input["properties"]["n"]["type"], "integer");
+        assert_eq!(input["properties"]["n"]["minimum"], 0);
+        assert!(input["properties"]["n"].get("format").is_none(), "{input}");
+        let output: serde_json::Value =
+            serde_json::from_str(d.output_schema.as_ref().unwrap()).unwrap();
+        assert!(output["properties"]["double"].get("format").is_none());
+        assert_eq!(output["properties"]["double"]["minimum"], 0);
+        let many = __private::standard_schema::<Many>();
+        let many = many.as_value();
+        for field in ["a", "b", "c", "d", "e"] {
+            assert!(many["properties"][field].get("format").is_none(), "{many}");
+        }
+        assert_eq!(many["properties"]["a"]["maximum"], 255);
+        assert_eq!(many["properties"]["b"]["maximum"], 65535);
     }
 
     #[test]

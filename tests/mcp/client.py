@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 
 import anyio
@@ -243,6 +244,77 @@ def decide(base, approval_id, token):
         return error.code
 
 
+async def oauth_keys(transport, target, mode):
+    """An Ed25519 signing key for a test issuer: its public JWK and the
+    private key (PKCS#8 PEM), made with `cryptography`."""
+    import base64
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    x = base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+    emit(event="keys", jwk={"kty": "OKP", "crv": "Ed25519", "kid": "k1", "use": "sig", "x": x}, pem=pem)
+
+
+def mint(**overrides):
+    """An access token from the test issuer, signed by PyJWT (an
+    independent JWT implementation)."""
+    import time
+
+    import jwt
+
+    claims = {
+        "iss": os.environ["AIRLOCK_TEST_OAUTH_ISSUER"],
+        "aud": os.environ["AIRLOCK_TEST_OAUTH_RESOURCE"],
+        "sub": "agent-9",
+        "iat": int(time.time()),
+        "exp": int(time.time()) + 300,
+    }
+    claims.update(overrides)
+    claims = {k: v for k, v in claims.items() if v is not None}
+    return jwt.encode(claims, os.environ["AIRLOCK_TEST_OAUTH_PEM"], algorithm="EdDSA", headers={"kid": "k1"})
+
+
+def raw_initialize(target, token=None):
+    """POST initialize with `token`: (status, WWW-Authenticate)."""
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}}).encode()
+    headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"}
+    if token:
+        headers["Authorization"] = "Bearer " + token
+    request = urllib.request.Request(target, data=body, headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.headers.get("WWW-Authenticate")
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers.get("WWW-Authenticate")
+
+
+async def oauth(transport, target, mode):
+    base = target.rsplit("/mcp", 1)[0]
+    status, challenge = raw_initialize(target)
+    emit(event="no_token", status=status, challenge=challenge)
+    with urllib.request.urlopen(base + "/.well-known/oauth-protected-resource/mcp", timeout=30) as response:
+        emit(event="metadata", metadata=json.loads(response.read()))
+    for label, token in [
+        ("expired", mint(exp=1_000_000)),
+        ("wrong_aud", mint(aud="https://another.example/mcp")),
+        ("no_exp", mint(exp=None)),
+        ("unknown_issuer", mint(iss="https://evil.example")),
+    ]:
+        status, challenge = raw_initialize(target, token)
+        emit(event="refused", label=label, status=status, challenge=challenge)
+    async with client_for(transport, target, mode, token=mint()) as client:
+        tools = await client.list_tools()
+        result = await client.call_tool("text__slugify", {"text": "Hello OAuth"})
+        emit(event="call", tools=len(tools.tools), **result_json(result))
+
+
 SCENARIOS = {
     "session": session,
     "cancel": cancel,
@@ -251,6 +323,8 @@ SCENARIOS = {
     "approval": approval,
     "approval_cli": approval_cli,
     "principal_slots": principal_slots,
+    "oauth_keys": oauth_keys,
+    "oauth": oauth,
 }
 
 if __name__ == "__main__":

@@ -174,6 +174,10 @@ pub(crate) struct ServeConfig {
     /// SHA-256 (hex) of the token `/metrics` requires; without one it
     /// answers loopback peers only.
     pub metrics_token_sha256: Option<String>,
+    /// OAuth 2.1 resource server: `[serve.oauth] resource` and
+    /// `[[serve.oauth.issuers]] issuer, jwks_uri, principal_claim,
+    /// principal_prefix`.
+    pub oauth: Option<airlock_mcp::oauth::OauthConfig>,
 }
 
 impl Default for ServeConfig {
@@ -199,6 +203,7 @@ impl Default for ServeConfig {
             approval_wait_s: 0,
             reload_interval_ms: 1000,
             metrics_token_sha256: None,
+            oauth: None,
         }
     }
 }
@@ -438,6 +443,23 @@ mod tests {
         assert_eq!(serve.tokens[0].principal, "agent-1");
         assert_eq!(serve.max_concurrent_calls, 4);
         assert_eq!(serve.http_addr, airlock_mcp::http::default_addr());
+        let file = parse(
+            "[serve.oauth]\nresource = \"https://mcp.example.com/mcp\"\n[[serve.oauth.issuers]]\nissuer = \"https://id.example.com\"\njwks_uri = \"https://id.example.com/jwks\"\n",
+            "t",
+        )
+        .unwrap();
+        let oauth = file.serve.unwrap().oauth.unwrap();
+        assert_eq!(oauth.issuers[0].principal_claim, "sub");
+        assert_eq!(oauth.issuers[0].principal_prefix, "");
+        let err = parse(
+            "[serve.oauth]\nresource = \"https://x/mcp\"\n[[serve.oauth.issuers]]\nissuer = \"i\"\njwks = \"j\"\n",
+            "t",
+        )
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("unknown field `jwks`"),
+            "{err:#}"
+        );
         let err = parse("[serve]\ntoken = \"x\"", "t").unwrap_err();
         assert!(
             format!("{err:#}").contains("unknown field `token`"),

@@ -18,7 +18,8 @@ use crate::{Calls, Failure, exit, host_config};
 #[derive(Debug, Args)]
 pub(crate) struct ServeArgs {
     /// Serve Streamable HTTP (at /mcp) instead of stdio, on ADDR (default
-    /// from serve.http_addr: 127.0.0.1:7410). Needs [[serve.tokens]].
+    /// from serve.http_addr: 127.0.0.1:7410). Needs [[serve.tokens]] or
+    /// [serve.oauth].
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "")]
     http: Option<String>,
     /// Allow listening on a non-loopback address (--http or
@@ -61,6 +62,7 @@ pub(crate) async fn run(settings: &Settings, args: ServeArgs) -> Result<u8, Fail
         config.header_read_timeout = Duration::from_millis(serve.header_read_timeout_ms);
         config.body_read_timeout = Duration::from_millis(serve.body_read_timeout_ms);
         config.metrics_token_sha256 = serve.metrics_token_sha256.clone();
+        config.oauth = serve.oauth.clone();
         config
     });
     if !settings.plugins_dir.is_dir() {

@@ -259,6 +259,16 @@ fn check_session(lines: &[Value]) {
         assert_eq!(hints["destructiveHint"], *risk != "read", "{tool}");
         let open_world = matches!(*risk, "external" | "irreversible");
         assert_eq!(hints["openWorldHint"], open_world, "{tool}");
+        // Plain JSON Schema 2020-12: no `uint64`-style formats.
+        for key in ["inputSchema", "outputSchema"] {
+            let text = tool[key].to_string();
+            for format in ["\"uint", "\"int", "\"double\"", "\"float\""] {
+                assert!(
+                    !text.contains(&format!("\"format\":{format}")),
+                    "{id} {key}: {text}"
+                );
+            }
+        }
     }
     let slugify = by_name("text__slugify");
     assert_eq!(slugify["outputSchema"]["type"], "object");
@@ -343,7 +353,20 @@ fn stdio_serves_every_example_tool_to_the_python_sdk() {
         "client.py",
         &["session", "stdio", &server.stdio_command(), "auto"],
     );
+    // `auto` over stdio probes `server/discover` while the server is still
+    // loading its plugins and may time out into the handshake: either
+    // version is right here (2026-07-28 is asserted over HTTP below).
     assert!(events(&lines, "connected")[0]["protocol"].is_string());
+    check_session(&lines);
+}
+
+#[test]
+fn http_serves_every_example_tool_to_the_python_sdk_on_2026_07_28() {
+    let root = plugins_root(LIMITS);
+    let server = Server::new(root.path(), false);
+    let running = server.start_http();
+    let lines = client("client.py", &["session", "http", &running.url(), "auto"]);
+    assert_eq!(events(&lines, "connected")[0]["protocol"], "2026-07-28");
     check_session(&lines);
 }
 
@@ -1047,4 +1070,91 @@ fn malformed_telemetry_and_metrics_settings_are_config_errors_naming_the_key() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(key), "{key}: {stderr}");
     }
+}
+
+/// A JWKS endpoint on loopback serving `jwks` to every request: its URL.
+fn serve_jwks(jwks: String) -> String {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/jwks", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().map_while(Result::ok) {
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                head.push(byte[0]);
+            }
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{jwks}",
+                jwks.len()
+            );
+        }
+    });
+    url
+}
+
+#[test]
+fn http_takes_oauth_access_tokens_from_a_configured_issuer() {
+    const ISSUER: &str = "https://issuer.airlock.test";
+    const RESOURCE: &str = "https://mcp.airlock.test/mcp";
+    // The issuer's key, made by the Python side; its JWKS on loopback.
+    let keys = client("client.py", &["oauth_keys", "-", "-"]);
+    let keys = events(&keys, "keys")[0];
+    let jwks_uri = serve_jwks(serde_json::json!({"keys": [keys["jwk"]]}).to_string());
+    let root = plugins_root(LIMITS);
+    let server = Server::with_serve(
+        root.path(),
+        false,
+        &format!(
+            "[serve.oauth]\nresource = \"{RESOURCE}\"\n[[serve.oauth.issuers]]\nissuer = \"{ISSUER}\"\njwks_uri = \"{jwks_uri}\"\nprincipal_prefix = \"oauth:\"\n"
+        ),
+    );
+    let running = server.start_http();
+    let out = Command::new(python())
+        .arg(repo().join("tests/mcp/client.py"))
+        .args(["oauth", "http", &running.url(), "auto"])
+        .env("AIRLOCK_TEST_OAUTH_PEM", keys["pem"].as_str().unwrap())
+        .env("AIRLOCK_TEST_OAUTH_ISSUER", ISSUER)
+        .env("AIRLOCK_TEST_OAUTH_RESOURCE", RESOURCE)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let no_token = events(&lines, "no_token")[0];
+    assert_eq!(no_token["status"], 401);
+    assert_eq!(
+        no_token["challenge"],
+        "Bearer resource_metadata=\"https://mcp.airlock.test/.well-known/oauth-protected-resource/mcp\""
+    );
+    let metadata = &events(&lines, "metadata")[0]["metadata"];
+    assert_eq!(metadata["resource"], RESOURCE);
+    assert_eq!(
+        metadata["authorization_servers"],
+        serde_json::json!([ISSUER])
+    );
+    for refused in events(&lines, "refused") {
+        assert_eq!(refused["status"], 401, "{refused}");
+        assert!(
+            refused["challenge"]
+                .as_str()
+                .unwrap()
+                .contains("error=\"invalid_token\""),
+            "{refused}"
+        );
+    }
+    assert_eq!(events(&lines, "refused").len(), 4);
+    // A good token: tools listed, a call served.
+    let call = events(&lines, "call")[0];
+    assert_eq!(call["is_error"], false, "{call}");
+    assert_eq!(call["structured"]["slug"], "hello-oauth");
+    assert!(call["tools"].as_u64().unwrap() >= 21);
 }

@@ -144,7 +144,7 @@ impl Catalog {
                 );
                 continue;
             }
-            let Some(input) = object_schema(tool.input_schema()) else {
+            let Some(input) = object_schema(&standard_schema(tool.input_schema())) else {
                 catalog.exclude(
                     tool,
                     "its input schema is not a JSON Schema of type object, which MCP requires"
@@ -152,10 +152,10 @@ impl Catalog {
                 );
                 continue;
             };
-            let (output, wrapped) = match tool.output_schema() {
-                Some(schema) => match object_schema(schema) {
+            let (output, wrapped) = match tool.output_schema().map(standard_schema) {
+                Some(schema) => match object_schema(&schema) {
                     Some(object) => (Some(object), false),
-                    None => (Some(wrap_output_schema(schema)), true),
+                    None => (Some(wrap_output_schema(&schema)), true),
                 },
                 None => (None, false),
             };
@@ -246,7 +246,54 @@ impl Catalog {
     }
 }
 
-/// `schema` as a JSON object if it is a schema of type object.
+/// The `format` values JSON Schema 2020-12 defines (its format vocabulary,
+/// section 7.3 of the validation spec).
+pub const STANDARD_FORMATS: &[&str] = &[
+    "date-time",
+    "date",
+    "time",
+    "duration",
+    "email",
+    "idn-email",
+    "hostname",
+    "idn-hostname",
+    "ipv4",
+    "ipv6",
+    "uri",
+    "uri-reference",
+    "iri",
+    "iri-reference",
+    "uuid",
+    "uri-template",
+    "json-pointer",
+    "relative-json-pointer",
+    "regex",
+];
+
+/// `schema` as clients get it: plain JSON Schema 2020-12, every `format`
+/// that standard does not define removed from every subschema (the Rust
+/// SDK's derive marks integers `uint64`, `int32`… and floats `double`,
+/// which clients validating against the standard warn about on every
+/// listing). Bounds such as `minimum: 0` stay, and `format` as a property
+/// name or inside `const`/`enum`/`default` values is data, left alone.
+/// The host validates arguments against the schema as the plugin declared
+/// it; unknown formats never constrained that validation.
+pub fn standard_schema(schema: &Value) -> Value {
+    use schemars::transform::Transform as _;
+    let Ok(mut parsed) = schemars::Schema::try_from(schema.clone()) else {
+        return schema.clone();
+    };
+    let mut restrict = schemars::transform::RestrictFormats::default();
+    restrict.infer_from_meta_schema = false;
+    restrict.allowed_formats.extend(
+        STANDARD_FORMATS
+            .iter()
+            .map(|f| std::borrow::Cow::Borrowed(*f)),
+    );
+    restrict.transform(&mut parsed);
+    parsed.to_value()
+}
+
 /// The key a wrapped output goes under.
 pub const WRAPPED_RESULT: &str = "result";
 
@@ -299,6 +346,7 @@ fn rebase_refs(value: &mut Value) {
     }
 }
 
+/// `schema` as a JSON object if it is a schema of type object.
 fn object_schema(schema: &Value) -> Option<JsonObject> {
     let object = schema.as_object()?;
     (object.get("type") == Some(&Value::String("object".into()))).then(|| object.clone())
@@ -338,6 +386,105 @@ mod tests {
             wrapped["properties"]["result"]["anyOf"][1]["items"]["$ref"],
             "#/properties/result/anyOf/0"
         );
+    }
+
+    #[test]
+    fn only_standard_formats_are_served() {
+        let schema = serde_json::json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "type": "object",
+            "properties": {
+                "n": {"type": "integer", "format": "uint64", "minimum": 0},
+                "small": {"type": "integer", "format": "uint8", "minimum": 0, "maximum": 255},
+                "when": {"type": "string", "format": "date-time"},
+                "id": {"type": "string", "format": "uuid"},
+                "format": {"type": "string", "const": {"format": "uint"}},
+                "list": {"type": "array", "items": {"type": "number", "format": "double"}},
+                "either": {"anyOf": [{"type": "integer", "format": "int32"}, {"type": "null"}]},
+                "ref": {"$ref": "#/$defs/Count"},
+            },
+            "$defs": {"Count": {"type": "integer", "format": "uint16", "minimum": 0}},
+        });
+        let served = standard_schema(&schema);
+        let p = &served["properties"];
+        assert_eq!(p["n"], serde_json::json!({"type": "integer", "minimum": 0}));
+        assert_eq!(
+            p["small"],
+            serde_json::json!({"type": "integer", "minimum": 0, "maximum": 255})
+        );
+        assert_eq!(p["when"]["format"], "date-time");
+        assert_eq!(p["id"]["format"], "uuid");
+        // A property named `format`, and data that looks like a schema,
+        // are not schema keywords.
+        assert_eq!(p["format"]["const"], serde_json::json!({"format": "uint"}));
+        assert!(p["list"]["items"].get("format").is_none());
+        assert!(p["either"]["anyOf"][0].get("format").is_none());
+        assert!(served["$defs"]["Count"].get("format").is_none());
+        assert_eq!(served["$defs"]["Count"]["minimum"], 0);
+        // Not a schema at all: served as it is (the catalog refuses it).
+        assert_eq!(standard_schema(&serde_json::json!(3)), serde_json::json!(3));
+        assert_eq!(
+            standard_schema(&serde_json::json!(true)),
+            serde_json::json!(true)
+        );
+    }
+
+    /// Every `format` in `schema`'s subschemas (not in data).
+    fn formats(schema: &Value, found: &mut Vec<String>) {
+        let Value::Object(object) = schema else {
+            if let Value::Array(items) = schema {
+                items.iter().for_each(|i| formats(i, found));
+            }
+            return;
+        };
+        for (key, value) in object {
+            match key.as_str() {
+                "format" => {
+                    if let Value::String(f) = value {
+                        found.push(f.clone());
+                    }
+                }
+                "const" | "enum" | "default" | "examples" => {}
+                "properties" | "$defs" | "definitions" | "patternProperties" => {
+                    if let Value::Object(map) = value {
+                        map.values().for_each(|v| formats(v, found));
+                    }
+                }
+                _ => formats(value, found),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn every_example_plugin_is_listed_with_standard_formats_only() {
+        let host = airlock_host::Host::new(airlock_host::HostConfig::default()).unwrap();
+        let report = host
+            .load_plugins_dir(airlock_tests::PLUGINS_DIR)
+            .await
+            .unwrap();
+        assert!(report.failed.is_empty(), "{:?}", report.failed);
+        let catalog = Catalog::build(&host.tools());
+        assert_eq!(
+            catalog.entries().count(),
+            airlock_tests::EXAMPLE_TOOLS.len()
+        );
+        let mut integers = 0;
+        for (name, entry) in catalog.entries() {
+            let definition = serde_json::to_value(&entry.definition).unwrap();
+            for key in ["inputSchema", "outputSchema"] {
+                let mut found = Vec::new();
+                formats(&definition[key], &mut found);
+                for format in found {
+                    assert!(
+                        STANDARD_FORMATS.contains(&format.as_str()),
+                        "{name} {key}: format `{format}`"
+                    );
+                }
+                integers += definition[key].to_string().matches("\"minimum\":0").count();
+            }
+        }
+        // The unsigned integers keep their bound.
+        assert!(integers > 0);
     }
 
     #[test]

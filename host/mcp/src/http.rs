@@ -11,8 +11,12 @@
 //!
 //! `/mcp` (the MCP endpoint) then requires `Authorization: Bearer <token>`
 //! where the token's SHA-256 is one of [`HttpConfig::tokens`]; the call runs
-//! as that entry's principal. No or an unknown token: `401` with
-//! `WWW-Authenticate: Bearer`. Bodies over
+//! as that entry's principal. With [`HttpConfig::oauth`], a token that is
+//! none of those may instead be a JWT access token from a configured issuer
+//! ([`crate::oauth`]); the protected resource metadata is then served at
+//! `/.well-known/oauth-protected-resource`. No or an unknown token: `401`
+//! with `WWW-Authenticate: Bearer` (and `resource_metadata="…"` with
+//! OAuth); an issuer whose keys cannot be fetched: `503`. Bodies over
 //! [`HttpConfig::max_request_bytes`] get `413`.
 //!
 //! # Metrics
@@ -66,6 +70,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result, config};
+use crate::oauth::{OauthConfig, OauthErrorKind, OauthVerifier};
 use crate::server::{McpServer, Principal};
 
 /// The default address for `airlock serve --http`.
@@ -134,6 +139,8 @@ pub struct HttpConfig {
     /// SHA-256 (hex) of the token `/metrics` requires; `None`: `/metrics`
     /// answers loopback peers only.
     pub metrics_token_sha256: Option<String>,
+    /// JWT access tokens from OAuth issuers, besides `tokens`.
+    pub oauth: Option<OauthConfig>,
 }
 
 impl HttpConfig {
@@ -150,6 +157,7 @@ impl HttpConfig {
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
             metrics_token_sha256: None,
+            oauth: None,
         }
     }
 
@@ -214,10 +222,13 @@ impl HttpConfig {
     /// [`Error::Config`] naming the key at fault.
     pub fn validate(&self, approver_hashes: &[String]) -> Result<()> {
         self.validate_listener()?;
-        if self.tokens.is_empty() {
+        if self.tokens.is_empty() && self.oauth.is_none() {
             return Err(config(
-                "serving over HTTP needs at least one caller token ([[serve.tokens]] with principal and token_sha256)",
+                "serving over HTTP needs at least one caller token ([[serve.tokens]] with principal and token_sha256) or [serve.oauth] issuers",
             ));
+        }
+        if let Some(oauth) = &self.oauth {
+            oauth.validate()?;
         }
         if let Some(metrics) = &self.metrics_token_sha256 {
             let hash = metrics.to_ascii_lowercase();
@@ -288,11 +299,12 @@ pub(crate) struct BodyBound {
     pub(crate) timeout: Duration,
 }
 
-/// Caller tokens by hash.
+/// Caller tokens by hash, and the OAuth issuers' tokens.
 #[derive(Debug)]
 struct Callers {
     tokens: Vec<CallerToken>,
     max_request_bytes: usize,
+    oauth: Option<OauthVerifier>,
 }
 
 impl Callers {
@@ -331,13 +343,26 @@ pub fn router(
         Arc::new(LocalSessionManager::default()),
         rmcp_config,
     );
+    let oauth = config.oauth.clone().map(OauthVerifier::new).transpose()?;
+    let metadata = config
+        .oauth
+        .as_ref()
+        .map(|o| (o.metadata_paths(), o.metadata()));
     let callers = Arc::new(Callers {
         tokens: config.tokens.clone(),
         max_request_bytes: config.max_request_bytes,
+        oauth,
     });
-    let mcp_routes = Router::new()
+    let mut mcp_routes = Router::new()
         .route_service(MCP_PATH, mcp)
         .layer(middleware::from_fn_with_state(callers, authenticate_caller));
+    // Added after the token layer: the metadata is public (RFC 9728).
+    if let Some((paths, document)) = metadata {
+        for path in paths {
+            let document = document.clone();
+            mcp_routes = mcp_routes.route(&path, get(move || std::future::ready(Json(document))));
+        }
+    }
     let metrics_routes = Router::new()
         .route(METRICS_PATH, get(serve_metrics))
         .with_state(Arc::new(MetricsAccess {
@@ -763,17 +788,58 @@ fn unauthorized(error: Option<&str>) -> Response {
     response
 }
 
+/// `401` from `/mcp`: [`unauthorized`], with the protected resource
+/// metadata's URL when OAuth is on (RFC 9728 section 5.1).
+fn unauthorized_caller(callers: &Callers, error: Option<&str>) -> Response {
+    let mut response = unauthorized(error);
+    if let Some(oauth) = &callers.oauth {
+        let challenge = match error {
+            Some(e) => format!(
+                "Bearer resource_metadata=\"{}\", error=\"{e}\"",
+                oauth.config().metadata_url()
+            ),
+            None => format!(
+                "Bearer resource_metadata=\"{}\"",
+                oauth.config().metadata_url()
+            ),
+        };
+        if let Ok(value) = HeaderValue::from_str(&challenge) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, value);
+        }
+    }
+    response
+}
+
 async fn authenticate_caller(
     State(callers): State<Arc<Callers>>,
     mut request: Request,
     next: Next,
 ) -> Response {
     let Some(token) = bearer(request.headers()) else {
-        return unauthorized(None);
+        return unauthorized_caller(&callers, None);
     };
-    let Some(principal) = callers.principal(token) else {
-        tracing::warn!("MCP request refused: unknown bearer token");
-        return unauthorized(Some("invalid_token"));
+    let principal = match (callers.principal(token), &callers.oauth) {
+        (Some(principal), _) => principal,
+        (None, None) => {
+            tracing::warn!("MCP request refused: unknown bearer token");
+            return unauthorized_caller(&callers, Some("invalid_token"));
+        }
+        (None, Some(oauth)) => match oauth.verify(token).await {
+            Ok(principal) => principal,
+            Err(error) if error.kind == OauthErrorKind::JwksUnavailable => {
+                tracing::warn!(error = %error, "MCP request refused: the issuer's keys cannot be fetched");
+                return plain(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the token's issuer cannot be reached to check it; try again later",
+                );
+            }
+            Err(error) => {
+                tracing::warn!(error = %error, "MCP request refused: access token refused");
+                return unauthorized_caller(&callers, Some("invalid_token"));
+            }
+        },
     };
     request.extensions_mut().insert(Principal(principal));
     if request.method() != axum::http::Method::POST {
@@ -1045,6 +1111,7 @@ mod tests {
         let callers = Callers {
             tokens: vec![token("agent-1", "one"), token("agent-2", "two")],
             max_request_bytes: 1024,
+            oauth: None,
         };
         assert_eq!(callers.principal("two").as_deref(), Some("agent-2"));
         assert_eq!(callers.principal("three"), None);

@@ -16,12 +16,15 @@
 //!   ([`annotations`]); its output schema is served as it is when it is an
 //!   object schema, else wrapped as `{"result": …}` ([`wrap_output_schema`]),
 //!   and results carry `structuredContent` to match (the text content stays).
+//!   Schemas are served as plain JSON Schema 2020-12: `format`s the standard
+//!   does not define are dropped ([`standard_schema`]).
 //! - Every outcome of an accepted call is a tool result; failures have
 //!   `isError: true` and their kind ([`outcome`]). An unknown tool name is a
 //!   JSON-RPC invalid-params error.
 //! - Identity: stdio calls run as one configured principal; HTTP requests
 //!   carry `Authorization: Bearer <token>`, mapped to a principal by the
-//!   token's SHA-256 ([`http::HttpConfig`]). There is no MCP method to
+//!   token's SHA-256 ([`http::HttpConfig`]), or JWT access tokens from
+//!   configured OAuth issuers ([`oauth`]). There is no MCP method to
 //!   approve a call or change a grant: approvers use their own endpoints
 //!   with their own tokens ([`http::approvals_router`]).
 //!
@@ -56,17 +59,19 @@ pub mod console;
 pub mod control;
 mod error;
 pub mod http;
+pub mod oauth;
 pub mod outcome;
 pub mod releases;
 mod server;
 
 pub use airlock_host::Host;
 pub use catalog::{
-    Catalog, CatalogEntry, CatalogWarning, Exclusion, MAX_NAME_LEN, NAME_SEPARATOR, WRAPPED_RESULT,
-    annotations, mcp_tool_name, valid_mcp_name, wrap_output_schema,
+    Catalog, CatalogEntry, CatalogWarning, Exclusion, MAX_NAME_LEN, NAME_SEPARATOR,
+    STANDARD_FORMATS, WRAPPED_RESULT, annotations, mcp_tool_name, standard_schema, valid_mcp_name,
+    wrap_output_schema,
 };
 pub use error::{Error, Result};
 pub use server::{
-    DEFAULT_MAX_CALLS_PER_PRINCIPAL, DEFAULT_MAX_CONCURRENT_CALLS, McpServer, ReloadReport,
-    ServeOptions, meta_keys,
+    DEFAULT_MAX_CALLS_PER_PRINCIPAL, DEFAULT_MAX_CONCURRENT_CALLS, MAX_APPROVAL_TASKS, McpServer,
+    ReloadReport, ServeOptions, meta_keys,
 };

@@ -6,18 +6,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
+use airlock_host::store::ApprovalState;
 use airlock_host::{CallRequest, Host, MANIFEST_FILE};
 use rmcp::model::{
-    CallToolRequestParams, CallToolResponse, Implementation, ListToolsResult,
+    CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams, CreateTaskResult,
+    GetTaskParams, GetTaskResult, Implementation, JsonObject, ListToolsResult,
     PaginatedRequestParams, RequestMetaObject, ServerCapabilities, ServerConfig,
-    SubscriptionFilter,
+    SubscriptionFilter, UpdateTaskParams,
 };
 use rmcp::service::{NotificationContext, RequestContext, SubscriptionContext};
+use rmcp::task_manager::{TaskExit, TaskManager, TaskOptions};
 use rmcp::{ErrorData, RoleServer, ServerHandler, ServiceExt as _};
 use serde_json::{Value, json};
 use tokio::sync::{Mutex, Semaphore, watch};
+use tokio_util::sync::CancellationToken;
 
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, CatalogEntry};
 use crate::error::{Error, Result};
 use crate::outcome;
 
@@ -113,6 +117,10 @@ struct Shared {
     /// manifest digest), tool and message: each is logged once per loaded
     /// version, however often the catalog is rebuilt.
     warned: std::sync::Mutex<HashSet<String>>,
+    /// Calls waiting for an approver as tasks (the MCP Tasks extension).
+    tasks: TaskManager,
+    /// Each task's principal: only it may see or cancel the task.
+    task_owners: std::sync::Mutex<HashMap<String, String>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -173,6 +181,8 @@ impl McpServer {
                 reload: Mutex::new(ReloadState::default()),
                 rollouts_failing: AtomicBool::new(false),
                 warned: std::sync::Mutex::new(HashSet::new()),
+                tasks: TaskManager::new(),
+                task_owners: std::sync::Mutex::new(HashMap::new()),
             }),
         };
         server.log_warnings(&server.catalog());
@@ -557,7 +567,7 @@ impl AirlockHandler {
 }
 
 /// The `_meta` entries of a `tools/call` the pipeline uses.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct CallMeta {
     approval_id: Option<String>,
     idempotency_key: Option<String>,
@@ -598,19 +608,227 @@ impl CallMeta {
     }
 }
 
+/// Tasks remembered at most (pending approvals held as tasks, and
+/// finished ones until the task manager forgets them); past it, a call
+/// needing approval answers `approval_pending` as for a client without
+/// tasks.
+pub const MAX_APPROVAL_TASKS: usize = 10_000;
+/// How often a task re-reads its approval while an approver decides (one
+/// store read per waiting task each time).
+const TASK_APPROVAL_POLL: Duration = Duration::from_secs(1);
+/// How long a finished task stays readable past its approval's expiry.
+const TASK_GRACE: Duration = Duration::from_secs(600);
+
+/// Everything needed to make a call again once its approval is decided.
+#[derive(Debug, Clone)]
+struct Resume {
+    tool: String,
+    arguments: String,
+    principal: String,
+    meta: CallMeta,
+}
+
+impl Resume {
+    fn request(&self, approval_id: &str, cancel: CancellationToken) -> CallRequest {
+        let mut call = CallRequest::new(self.tool.clone(), self.arguments.clone())
+            .principal(self.principal.clone())
+            .cancel_on(cancel);
+        call.approval_id = Some(approval_id.to_owned());
+        call.idempotency_key = self.meta.idempotency_key.clone();
+        call.reason = self.meta.reason.clone();
+        call.session = self.meta.session.clone();
+        call.trace_id = self.meta.trace_id.clone();
+        call.traceparent = self.meta.traceparent.clone();
+        call
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A task's work: wait, holding no call slot, until an approver decides
+/// approval `approval_id` (or it expires, or the client cancels the
+/// task), then make the call — which the host runs only if the approval
+/// is approved, bound to this very call, and unused — in the slots every
+/// call takes.
+async fn resume_after_decision(
+    shared: Arc<Shared>,
+    name: String,
+    entry: CatalogEntry,
+    resume: Resume,
+    approval_id: String,
+    cancel: CancellationToken,
+) -> Result<CallToolResult, TaskExit> {
+    let pause = |cancel: &CancellationToken| {
+        let cancel = cancel.clone();
+        async move {
+            tokio::select! {
+                () = cancel.cancelled() => Err(TaskExit::Cancelled),
+                () = tokio::time::sleep(TASK_APPROVAL_POLL) => Ok(()),
+            }
+        }
+    };
+    loop {
+        let host = Arc::clone(&shared.host);
+        let id = approval_id.clone();
+        // A store read may wait: off the executor. Anything but a pending,
+        // unexpired approval ends the wait; the host then decides.
+        let read = tokio::task::spawn_blocking(move || host.approval(&id)).await;
+        let pending = matches!(
+            &read,
+            Ok(Ok(Some(a))) if a.state == ApprovalState::Pending && a.expires_ms > now_ms()
+        );
+        if !pending {
+            break;
+        }
+        pause(&cancel).await?;
+    }
+    let _principal_slot = loop {
+        if let Some(slot) = PrincipalSlot::acquire(&shared, &resume.principal) {
+            break slot;
+        }
+        pause(&cancel).await?;
+    };
+    let _slot = tokio::select! {
+        () = cancel.cancelled() => return Err(TaskExit::Cancelled),
+        permit = Arc::clone(&shared.calls).acquire_owned() => permit.map_err(|_| {
+            TaskExit::Error(ErrorData::internal_error("the server is shutting down", None))
+        })?,
+    };
+    let result = shared.host.call(resume.request(&approval_id, cancel)).await;
+    if let Err(error) = &result {
+        tracing::debug!(tool = %name, kind = error.kind(), "call resumed from a task failed");
+    }
+    Ok(outcome::tool_result(&name, &entry, result))
+}
+
+impl AirlockHandler {
+    /// The call that answered `approval_pending` as a task that completes
+    /// once an approver decides; `None` when too many tasks are held.
+    fn approval_task(
+        &self,
+        name: &str,
+        entry: &CatalogEntry,
+        resume: Resume,
+        approval_id: &str,
+        expires: &str,
+    ) -> Option<CreateTaskResult> {
+        let owner = resume.principal.clone();
+        {
+            let mut owners = self
+                .shared
+                .task_owners
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if owners.len() >= MAX_APPROVAL_TASKS {
+                let tasks = &self.shared.tasks;
+                owners.retain(|id, _| tasks.get_task(id).is_ok());
+                if owners.len() >= MAX_APPROVAL_TASKS {
+                    return None;
+                }
+            }
+        }
+        // Readable until its approval expires, and a while after.
+        let expires_ms = self
+            .shared
+            .host
+            .approval(approval_id)
+            .ok()
+            .flatten()
+            .map_or(0, |a| a.expires_ms);
+        let ttl = expires_ms
+            .saturating_sub(now_ms())
+            .saturating_add(u64::try_from(TASK_GRACE.as_millis()).unwrap_or(u64::MAX));
+        let options = TaskOptions::new()
+            .with_ttl_ms(ttl)
+            .with_poll_interval_ms(1_000)
+            .with_status_message(format!(
+                "waiting for an approver to decide approval {approval_id} (expires {expires})"
+            ));
+        let (shared, name, entry, id) = (
+            Arc::clone(&self.shared),
+            name.to_owned(),
+            entry.clone(),
+            approval_id.to_owned(),
+        );
+        let task = self.shared.tasks.spawn(options, move |context| {
+            Box::pin(async move {
+                let cancel = CancellationToken::new();
+                let watcher = {
+                    let cancel = cancel.clone();
+                    tokio::spawn(async move {
+                        context.cancelled().await;
+                        cancel.cancel();
+                    })
+                };
+                let result = resume_after_decision(shared, name, entry, resume, id, cancel).await;
+                watcher.abort();
+                result
+            })
+        });
+        self.shared
+            .task_owners
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(task.task_id.clone(), owner);
+        let mut meta = JsonObject::new();
+        meta.insert(
+            "airlock/approval".into(),
+            json!({
+                "status": "pending",
+                "approval_id": approval_id,
+                "waits_for": "a decision by one of the host's approvers",
+                "expires_at": expires,
+            }),
+        );
+        Some(CreateTaskResult::new(task).with_meta(meta.into()))
+    }
+
+    /// Refuse a task that is not the requesting principal's exactly as one
+    /// that does not exist.
+    fn own_task(
+        &self,
+        task_id: &str,
+        context: &RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        let principal = self.principal(context)?;
+        let owners = self
+            .shared
+            .task_owners
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if owners.get(task_id) == Some(&principal) {
+            return Ok(());
+        }
+        Err(ErrorData::invalid_params(
+            format!(
+                "unknown task `{}`",
+                task_id.chars().take(64).collect::<String>()
+            ),
+            Some(json!({"kind": "unknown_task"})),
+        ))
+    }
+}
+
 impl ServerHandler for AirlockHandler {
     fn get_info(&self) -> ServerConfig {
         ServerConfig::new(
             ServerCapabilities::builder()
                 .enable_tools()
                 .enable_tool_list_changed()
+                .enable_tasks()
                 .build(),
         )
         .with_server_info(Implementation::new("airlock", env!("CARGO_PKG_VERSION")))
         .with_instructions(
             "Airlock serves sandboxed WebAssembly tools. The tool `plugin/tool` is named \
              `plugin__tool`. Every call is validated, limited and audited by the host; a call \
-             that needs a human approval returns `approval_pending` with an approval id.",
+             that needs a human approval becomes a task (for clients of the tasks extension) \
+             that completes once an approver decides, or else returns `approval_pending` with \
+             an approval id.",
         )
     }
 
@@ -665,6 +883,17 @@ impl ServerHandler for AirlockHandler {
             .into());
         };
         let arguments = Value::Object(request.arguments.clone().unwrap_or_default()).to_string();
+        // A client of the tasks extension gets a task instead of a call
+        // that blocks or answers `approval_pending`.
+        let tasks = context
+            .client_capabilities()
+            .is_some_and(|c| c.supports_tasks());
+        let resume = tasks.then(|| Resume {
+            tool: entry.tool.id(),
+            arguments: arguments.clone(),
+            principal: principal.clone(),
+            meta: meta.clone(),
+        });
         let mut call = CallRequest::new(entry.tool.id(), arguments)
             .principal(principal)
             .cancel_on(context.ct.clone());
@@ -674,12 +903,65 @@ impl ServerHandler for AirlockHandler {
         call.session = meta.session;
         call.trace_id = meta.trace_id;
         call.traceparent = meta.traceparent;
-        call.wait_for_approval = self.shared.options.approval_wait;
+        call.wait_for_approval = if tasks {
+            None
+        } else {
+            self.shared.options.approval_wait
+        };
         let result = self.shared.host.call(call).await;
+        if let (
+            Some(resume),
+            Err(airlock_host::CallError::ApprovalPending {
+                approval_id,
+                expires,
+                ..
+            }),
+        ) = (resume, &result)
+            && let Some(task) = self.approval_task(name, entry, resume, approval_id, expires)
+        {
+            tracing::debug!(tool = %name, approval_id = %approval_id, task = %task.task.task_id, "call waits for an approver as a task");
+            return Ok(task.into());
+        }
         if let Err(error) = &result {
             tracing::debug!(tool = %name, kind = error.kind(), "call failed");
         }
         Ok(outcome::tool_result(name, entry, result).into())
+    }
+
+    async fn get_task(
+        &self,
+        request: GetTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<GetTaskResult, ErrorData> {
+        self.own_task(&request.task_id, &context)?;
+        Ok(GetTaskResult::new(
+            self.shared.tasks.get_task(&request.task_id)?,
+        ))
+    }
+
+    async fn update_task(
+        &self,
+        request: UpdateTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        // Airlock's tasks never ask the client for input: the decision is
+        // an approver's. Responses are accepted and ignored, as the spec
+        // says of keys that were not asked for.
+        self.own_task(&request.task_id, &context)?;
+        self.shared
+            .tasks
+            .update_task(&request.task_id, request.input_responses)
+    }
+
+    async fn cancel_task(
+        &self,
+        request: CancelTaskParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        // The task stops waiting; the approval stays for the approvers
+        // (it expires unused if no call resumes it).
+        self.own_task(&request.task_id, &context)?;
+        self.shared.tasks.cancel_task(&request.task_id)
     }
 
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
@@ -720,5 +1002,265 @@ impl ServerHandler for AirlockHandler {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Approvals as MCP tasks, through the whole HTTP application with the
+    //! real `billing` plugin: a client of the tasks extension gets a task
+    //! that completes when an approver decides; other clients get
+    //! `approval_pending` as before.
+
+    use airlock_host::{ApprovalPolicy, Approver, HostConfig, Policy};
+    use airlock_tests::{PLUGINS_DIR, sha256_hex};
+    use http_body_util::BodyExt as _;
+    use hyper::service::Service as _;
+
+    use super::*;
+    use crate::http::{CallerToken, HttpConfig, MCP_PATH, default_addr, router};
+
+    const ALICE: &str = "alice-secret-token";
+
+    async fn billing_server() -> (McpServer, axum::Router) {
+        let config = HostConfig::default().policy(Policy {
+            approvals: ApprovalPolicy {
+                approvers: vec![Approver {
+                    name: "alice".into(),
+                    token_sha256: sha256_hex(ALICE.as_bytes()),
+                }],
+                ..ApprovalPolicy::default()
+            },
+            ..Policy::default()
+        });
+        let host = Arc::new(Host::new(config).unwrap());
+        host.load_plugin(format!("{PLUGINS_DIR}/billing"))
+            .await
+            .unwrap();
+        host.call(CallRequest::new(
+            "billing/open-account",
+            json!({"account": "9182", "balance_cents": 0}).to_string(),
+        ))
+        .await
+        .unwrap();
+        let server = McpServer::new(host, ServeOptions::default());
+        let tokens = ["agent-1", "agent-2"]
+            .iter()
+            .map(|p| CallerToken {
+                principal: (*p).into(),
+                token_sha256: sha256_hex(format!("{p}-secret").as_bytes()),
+            })
+            .collect();
+        let http = HttpConfig::new(default_addr(), tokens);
+        let router = router(&server, &http, CancellationToken::new()).unwrap();
+        (server, router)
+    }
+
+    /// One MCP session over the router.
+    struct Session {
+        router: axum::Router,
+        principal: &'static str,
+        id: Option<String>,
+        next: u64,
+    }
+
+    impl Session {
+        async fn open(router: &axum::Router, principal: &'static str, tasks: bool) -> Session {
+            let mut session = Session {
+                router: router.clone(),
+                principal,
+                id: None,
+                next: 1,
+            };
+            let capabilities = if tasks {
+                json!({"extensions": {rmcp::model::TASKS_EXTENSION_ID: {}}})
+            } else {
+                json!({})
+            };
+            let (id, answer) = session
+                .post(
+                    json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+                    "protocolVersion": "2025-11-25", "capabilities": capabilities,
+                    "clientInfo": {"name": "test", "version": "0"}}}),
+                )
+                .await;
+            assert!(answer.get("result").is_some(), "{answer}");
+            session.id = id;
+            session
+                .post(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+                .await;
+            session
+        }
+
+        /// POST `body`: the session id answered, and the JSON-RPC message
+        /// (from a JSON or an SSE body; `null` for a notification).
+        async fn post(&self, body: Value) -> (Option<String>, Value) {
+            let mut request = hyper::Request::post(MCP_PATH)
+                .header("host", "127.0.0.1:7410")
+                .header("content-type", "application/json")
+                .header("accept", "application/json, text/event-stream")
+                .header("mcp-protocol-version", "2025-11-25")
+                .header("authorization", format!("Bearer {}-secret", self.principal));
+            if let Some(id) = &self.id {
+                request = request.header("mcp-session-id", id);
+            }
+            let service = hyper_util::service::TowerToHyperService::new(self.router.clone());
+            let response = service
+                .call(
+                    request
+                        .body(axum::body::Body::from(body.to_string()))
+                        .unwrap(),
+                )
+                .await
+                .unwrap();
+            let id = response
+                .headers()
+                .get("mcp-session-id")
+                .map(|v| v.to_str().unwrap().to_owned());
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            let text = String::from_utf8_lossy(&bytes);
+            let message = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .chain(std::iter::once(text.as_ref()))
+                .filter_map(|d| serde_json::from_str::<Value>(d.trim()).ok())
+                .find(|v| v.get("id").is_some())
+                .unwrap_or(Value::Null);
+            (id, message)
+        }
+
+        async fn request(&mut self, method: &str, params: Value) -> Value {
+            self.next += 1;
+            let body =
+                json!({"jsonrpc": "2.0", "id": self.next, "method": method, "params": params});
+            self.post(body).await.1
+        }
+    }
+
+    fn refund(key: &str) -> Value {
+        json!({"name": "billing__refund",
+               "arguments": {"account": "9182", "amount_cents": 2400, "reason": "damaged"},
+               "_meta": {"airlock/idempotency_key": key, "airlock/reason": "ticket #7"}})
+    }
+
+    /// Poll `tasks/get` until the task is terminal.
+    async fn settled(session: &mut Session, task: &str) -> Value {
+        for _ in 0..200 {
+            let answer = session.request("tasks/get", json!({"taskId": task})).await;
+            let result = &answer["result"];
+            if matches!(
+                result["status"].as_str(),
+                Some("completed" | "failed" | "cancelled")
+            ) {
+                return result.clone();
+            }
+            assert_eq!(result["status"], "working", "{answer}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("task {task} did not settle");
+    }
+
+    #[tokio::test]
+    async fn a_call_needing_approval_becomes_a_task_an_approver_completes() {
+        let (server, router) = billing_server().await;
+        let mut agent = Session::open(&router, "agent-1", true).await;
+        let answer = agent.request("tools/call", refund("r-1")).await;
+        let created = &answer["result"];
+        assert_eq!(created["resultType"], "task", "{answer}");
+        assert_eq!(created["status"], "working");
+        let task = created["taskId"].as_str().unwrap().to_owned();
+        let approval = created["_meta"]["airlock/approval"]["approval_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            created["statusMessage"]
+                .as_str()
+                .unwrap()
+                .contains(&approval),
+            "{created}"
+        );
+        // Working while no one decides; nothing ran.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let now = agent.request("tasks/get", json!({"taskId": task})).await;
+        assert_eq!(now["result"]["status"], "working", "{now}");
+        // Another principal cannot see or cancel it.
+        let mut other = Session::open(&router, "agent-2", true).await;
+        for method in ["tasks/get", "tasks/cancel"] {
+            let refused = other.request(method, json!({"taskId": task})).await;
+            assert_eq!(
+                refused["error"]["data"]["kind"], "unknown_task",
+                "{refused}"
+            );
+        }
+        // The approver decides: the call runs, once, and the task holds its
+        // result.
+        server
+            .host()
+            .decide(&approval, "alice", ALICE, true, Some("checked"))
+            .await
+            .unwrap();
+        let done = settled(&mut agent, &task).await;
+        assert_eq!(done["status"], "completed", "{done}");
+        let result = &done["result"];
+        assert_eq!(result["isError"], false, "{done}");
+        assert_eq!(
+            result["_meta"]["airlock/call"]["approval_id"],
+            approval.as_str()
+        );
+        let state = server.host().approval(&approval).unwrap().unwrap().state;
+        assert_eq!(state, ApprovalState::Consumed);
+    }
+
+    #[tokio::test]
+    async fn a_rejected_or_cancelled_task_runs_nothing() {
+        let (server, router) = billing_server().await;
+        let mut agent = Session::open(&router, "agent-1", true).await;
+        let created = agent.request("tools/call", refund("r-2")).await["result"].clone();
+        let task = created["taskId"].as_str().unwrap().to_owned();
+        let approval = created["_meta"]["airlock/approval"]["approval_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        server
+            .host()
+            .decide(&approval, "alice", ALICE, false, Some("no"))
+            .await
+            .unwrap();
+        let done = settled(&mut agent, &task).await;
+        assert_eq!(done["status"], "completed", "{done}");
+        assert_eq!(done["result"]["isError"], true);
+        assert_eq!(
+            done["result"]["_meta"]["airlock/error"]["kind"], "approval_rejected",
+            "{done}"
+        );
+        // Cancelled by the client: the task ends, the approval stays for
+        // the approvers and nothing runs.
+        let created = agent.request("tools/call", refund("r-3")).await["result"].clone();
+        let task = created["taskId"].as_str().unwrap().to_owned();
+        let approval = created["_meta"]["airlock/approval"]["approval_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let ack = agent.request("tasks/cancel", json!({"taskId": task})).await;
+        assert!(ack.get("result").is_some(), "{ack}");
+        let done = settled(&mut agent, &task).await;
+        assert_eq!(done["status"], "cancelled", "{done}");
+        let state = server.host().approval(&approval).unwrap().unwrap().state;
+        assert_eq!(state, ApprovalState::Pending);
+    }
+
+    #[tokio::test]
+    async fn a_client_without_tasks_gets_approval_pending() {
+        let (_server, router) = billing_server().await;
+        let mut agent = Session::open(&router, "agent-1", false).await;
+        let answer = agent.request("tools/call", refund("r-4")).await;
+        let result = &answer["result"];
+        assert_eq!(result["isError"], true, "{answer}");
+        assert_eq!(result["_meta"]["airlock/error"]["kind"], "approval_pending");
+        assert!(result.get("taskId").is_none());
+        // And the tasks methods need the capability.
+        let refused = agent.request("tasks/get", json!({"taskId": "x"})).await;
+        assert!(refused.get("error").is_some(), "{refused}");
     }
 }
