@@ -39,6 +39,12 @@
 //!   the cap is accepted and closed at once (not left in the kernel's
 //!   backlog), so a well-behaved client gets a prompt error to retry on.
 //!
+//! # Console
+//! `/console` is the approvers' and operators' console in a browser
+//! ([`crate::console`]): approver tokens only, a server-side session in an
+//! `HttpOnly; SameSite=Strict` cookie, CSRF tokens and an `Origin` check on
+//! every form, a strict CSP and no script.
+//!
 //! # Approvers
 //! `/approvals` is not MCP and takes only *approver* tokens (the host
 //! policy's `approvals.approvers`), never a caller's: `GET /approvals`
@@ -316,8 +322,9 @@ impl Callers {
     }
 }
 
-/// The whole HTTP application: `/mcp` for callers, `/approvals` for
-/// approvers, behind the Host and Origin checks.
+/// The whole HTTP application: `/mcp` for callers, `/approvals` and the
+/// `/console` ([`crate::console`]) for approvers, `/metrics` for scrapers,
+/// behind the Host and Origin checks.
 ///
 /// # Errors
 /// [`Error::Config`] from [`HttpConfig::validate`].
