@@ -193,6 +193,10 @@ struct QueueState {
     /// Records taken from `writes` by the writer in progress (counted
     /// against `max_pending_records` with those still queued).
     taken: usize,
+    /// Checkpoints signed but not yet stored: each goes into the store
+    /// once every record it vouches for is there (signed under the head
+    /// lock, stored off it).
+    checkpoints: Vec<(u64, Vec<u8>)>,
     /// The log is gone: the writer thread exits.
     stop: bool,
     /// There is no writer thread: appenders write what they queue.
@@ -985,10 +989,14 @@ impl AuditLog {
             self.checkpoint_locked(&mut head)?;
         }
         drop(head);
+        // Stores the records and the checkpoint, and flushes.
         self.flush()?;
         self.checkpoints().map(|mut all| all.pop())
     }
 
+    /// Sign a checkpoint at the head and queue it behind the records it
+    /// vouches for: the next write of the queue stores it after them. No
+    /// store work here, so appenders never wait on the store for it.
     fn checkpoint_locked(&self, head: &mut Head) -> Result<()> {
         if head.seq == 0 {
             return Ok(());
@@ -999,12 +1007,7 @@ impl AuditLog {
         let bytes = serde_json::to_vec(&cp).map_err(|e| {
             Error::store(&self.inner.path, format!("cannot encode a checkpoint: {e}"))
         })?;
-        // The records it vouches for go in before it.
-        self.inner.write_queued()?;
-        self.inner
-            .store
-            .put_checkpoint(&self.inner.origin, head.seq, &bytes)
-            .map_err(|e| store_error(&self.inner.path, &e))?;
+        self.inner.queue.lock().checkpoints.push((head.seq, bytes));
         head.unsigned = 0;
         head.last_checkpoint = Instant::now();
         Ok(())
@@ -1313,7 +1316,10 @@ impl Inner {
                             "the audit store takes writes again; queued records are stored"
                         );
                     }
-                    return Ok(());
+                    // Every record sealed before them is stored now.
+                    let checkpoints = std::mem::take(&mut queue.checkpoints);
+                    drop(queue);
+                    return self.put_checkpoints(checkpoints);
                 }
                 continue;
             }
@@ -1366,6 +1372,21 @@ impl Inner {
             self.queue.drained.notify_all();
             return Err(e);
         }
+    }
+
+    /// Store signed checkpoints whose records are stored; on a failure,
+    /// the one that failed and those after it wait for the next write.
+    fn put_checkpoints(&self, checkpoints: Vec<(u64, Vec<u8>)>) -> Result<()> {
+        for (i, (seq, bytes)) in checkpoints.iter().enumerate() {
+            if let Err(e) = self.store.put_checkpoint(&self.origin, *seq, bytes) {
+                let mut queue = self.queue.lock();
+                let mut left = checkpoints[i..].to_vec();
+                left.append(&mut queue.checkpoints);
+                queue.checkpoints = left;
+                return Err(store_error(&self.path, &e));
+            }
+        }
+        Ok(())
     }
 
     /// Drop from the front of `writes` what the store already holds (a
@@ -1921,6 +1942,9 @@ mod tests {
             seq: u64,
             bytes: &[u8],
         ) -> airlock_store::Result<()> {
+            if std::thread::current().name() != Some("airlock-audit-writer") {
+                self.foreign_writes.fetch_add(1, Ordering::SeqCst);
+            }
             self.inner.put_checkpoint(origin, seq, bytes)
         }
         fn checkpoints(&self, origin: &str) -> airlock_store::Result<Vec<(u64, Vec<u8>)>> {
@@ -1944,13 +1968,13 @@ mod tests {
         }
     }
 
-    fn watched_log(store: Watched, dir: &Path) -> (AuditLog, Arc<Watched>) {
+    fn watched_log(store: Watched, dir: &Path, config: AuditConfig) -> (AuditLog, Arc<Watched>) {
         let store = Arc::new(store);
         let log = AuditLog::with_store(
             Arc::clone(&store) as Arc<dyn AuditStore>,
             DEFAULT_ORIGIN,
             dir,
-            AuditConfig::default(),
+            config,
         )
         .unwrap();
         (log, store)
@@ -1967,6 +1991,7 @@ mod tests {
                 ..Watched::default()
             },
             dir.path(),
+            AuditConfig::default(),
         );
         let before = store.flushes.load(Ordering::SeqCst);
         let (threads, each) = (16u64, 10u64);
@@ -2001,16 +2026,23 @@ mod tests {
 
     /// Many callers appending at once, the store slower than they are:
     /// the chain is gap-free and in order, and no caller wrote to the
-    /// store (they wait for room in the queue instead).
+    /// store (they wait for room in the queue instead) — not even the
+    /// checkpoints signed every 100 records, which the writer thread
+    /// stores behind their records.
     #[test]
     fn concurrent_appenders_never_write_and_leave_a_gap_free_chain() {
         let dir = tempfile::tempdir().unwrap();
+        let config = AuditConfig {
+            checkpoint_every: 100,
+            ..AuditConfig::default()
+        };
         let (log, store) = watched_log(
             Watched {
                 write_delay: Duration::from_millis(2),
                 ..Watched::default()
             },
             dir.path(),
+            config,
         );
         let (threads, each) = (8u64, 400u64);
         std::thread::scope(|scope| {
@@ -2031,6 +2063,9 @@ mod tests {
         assert_eq!(store.foreign_writes.load(Ordering::SeqCst), 0);
         log.flush().unwrap();
         assert_gap_free(&log, threads * each);
+        let signed: Vec<u64> = log.checkpoints().unwrap().iter().map(|c| c.seq).collect();
+        let every_100: Vec<u64> = (1..=threads * each / 100).map(|i| i * 100).collect();
+        assert_eq!(signed, every_100);
         // Each caller's records carry what it appended, in its order.
         for t in 0..threads {
             let mine: Vec<String> = log
