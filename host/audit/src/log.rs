@@ -491,8 +491,10 @@ impl AuditLog {
             config,
         )?;
         log.check_unsigned_tail()?;
-        log.recover()?;
+        // The writer first: recovery may append many records, and
+        // appenders leave the writing to it.
         log.start_writer();
+        log.recover()?;
         log.start_checkpointer();
         Ok(log)
     }
