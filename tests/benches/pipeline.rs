@@ -250,13 +250,18 @@ impl Raw {
 /// Install `component` under `name` in `plugins` with `echo` and `spin`
 /// declared `risk`.
 fn install(plugins: &Path, name: &str, component: &[u8], risk: &str) {
+    install_with_timeout(plugins, name, component, risk, 1000);
+}
+
+/// [`install`] with a deadline of `timeout_ms` a call.
+fn install_with_timeout(plugins: &Path, name: &str, component: &[u8], risk: &str, timeout_ms: u64) {
     let dir = plugins.join(name);
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("component.wasm"), component).unwrap();
     let manifest = format!(
         "[plugin]\nname = \"{name}\"\nversion = \"0.1.0\"\ncomponent = \"component.wasm\"\n\
          sha256 = \"{}\"\n\n[capabilities]\nlog = true\n\n[limits]\nmax_concurrency = 64\n\
-         timeout_ms = 1000\nfuel = 1_000_000_000_000\n\n\
+         timeout_ms = {timeout_ms}\nfuel = 1_000_000_000_000\n\n\
          [[tools]]\nname = \"echo\"\nrisk = \"{risk}\"\n\n[[tools]]\nname = \"spin\"\nrisk = \"read\"\n",
         sha256_hex(component)
     );
@@ -399,12 +404,111 @@ fn host_config(data: &Path, cache: &Path) -> HostConfig {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--instructions") {
+        instructions(&args[i + 1..]);
+        return;
+    }
     let effort = Effort::from_args();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(run(effort));
+}
+
+// ------------------------------------------------ instruction counts
+
+/// Callgrind zeroes its counts when this is entered
+/// (`--zero-before=*instructions_begin*`): what comes before it — start-up,
+/// compiling, loading, warming up — is not counted.
+#[inline(never)]
+fn instructions_begin(calls: usize) -> usize {
+    // Bodies unlike `instructions_end`'s: identical functions are merged
+    // in a release build, and callgrind would then see one name.
+    std::hint::black_box(calls).wrapping_add(0x0b)
+}
+
+/// Callgrind writes its counts when this is entered
+/// (`--dump-before=*instructions_end*`): the measured calls, on every
+/// thread (the audit writer's work among them), and nothing after.
+#[inline(never)]
+fn instructions_end(calls: usize) -> usize {
+    std::hint::black_box(calls).wrapping_mul(0x0e)
+}
+
+/// `--instructions KIND CALLS CACHE_DIR`: one kind of call, `CALLS` times
+/// one after the other between [`instructions_begin`] and
+/// [`instructions_end`], for `scripts/bench --instructions` to run under
+/// valgrind's callgrind. `KIND` is `raw` (raw wasmtime), `read` (the
+/// pipeline, audit batched) or `write` (the pipeline, audit flushed).
+/// `CACHE_DIR` keeps the host's compiled code from one run to the next. On
+/// one thread (a current-thread runtime), so the count repeats.
+fn instructions(args: &[String]) {
+    let [kind, calls, cache] = args else {
+        panic!("usage: pipeline --instructions raw|read|write CALLS CACHE_DIR");
+    };
+    let calls: usize = calls.parse().expect("CALLS: a number");
+    let cache = Path::new(cache);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let misbehave = read(MISBEHAVE);
+        let work = tempfile::tempdir().unwrap();
+        let warm_up = 20;
+        match kind.as_str() {
+            "raw" => {
+                let raw = Raw::new(&misbehave);
+                for _ in 0..warm_up {
+                    assert_eq!(raw.call().await, ARGS);
+                }
+                instructions_begin(calls);
+                for _ in 0..calls {
+                    drop(raw.call().await);
+                }
+                instructions_end(calls);
+                println!(
+                    "Raw wasmtime instance allocation: {}.",
+                    if raw.pooled { "pooled" } else { "on demand" }
+                );
+            }
+            "read" | "write" => {
+                let plugins = work.path().join("plugins");
+                let (name, risk) = if kind == "read" {
+                    ("bench", "read")
+                } else {
+                    ("flushed", "write")
+                };
+                // Valgrind runs the calls some fifty times slower, and a
+                // busy machine slower still: a deadline that cannot bite.
+                install_with_timeout(&plugins, name, &misbehave, risk, 60_000);
+                let host = Host::new(host_config(&work.path().join("data"), cache)).unwrap();
+                let report = host.load_plugins_dir(&plugins).await.unwrap();
+                assert!(report.failed.is_empty(), "{:?}", report.failed);
+                let tool = format!("{name}/echo");
+                for _ in 0..warm_up {
+                    host.call(CallRequest::new(&tool, ARGS)).await.unwrap();
+                }
+                host.audit().flush().unwrap();
+                instructions_begin(calls);
+                for _ in 0..calls {
+                    host.call(CallRequest::new(&tool, ARGS)).await.unwrap();
+                }
+                // The records of the measured calls are written, on
+                // whichever thread, before the count ends.
+                host.audit().flush().unwrap();
+                instructions_end(calls);
+                println!(
+                    "Airlock instance allocation: {}.",
+                    host.instance_allocation()
+                );
+                host.audit().close().unwrap();
+            }
+            other => panic!("unknown kind {other:?}: raw, read or write"),
+        }
+    });
 }
 
 async fn run(effort: Effort) {
@@ -798,7 +902,7 @@ async fn memory(effort: &Effort, work: &Path, misbehave: &[u8]) -> Memory {
 // ------------------------------------------------------ storage backends
 
 /// Concurrent callers for the storage figures.
-const STORE_CALLERS: [usize; 2] = [1, 16];
+const STORE_CALLERS: [usize; 3] = [1, 16, 64];
 
 /// The PostgreSQL server for the storage figures: `AIRLOCK_TEST_POSTGRES_URL`,
 /// else the one `scripts/postgres start` runs (its URL in

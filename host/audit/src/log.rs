@@ -5,6 +5,7 @@ use std::collections::{HashSet, VecDeque};
 use std::fs;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -18,7 +19,7 @@ use serde_json::Value;
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::keys;
-use crate::record::{Entry, Event, GENESIS_HASH, OUTCOME_UNKNOWN, Record, parse_hash};
+use crate::record::{Entry, Event, GENESIS_HASH, OUTCOME_UNKNOWN, Prepared, Record, parse_hash};
 use crate::redact::{RedactionRules, Redactor};
 use crate::verify::{Verifier, VerifyFailure, VerifyReport};
 
@@ -139,13 +140,21 @@ pub(crate) struct Inner {
     /// Held while queued records go into the store: one writer at a time,
     /// so they go in sequence order.
     writing: Mutex<()>,
+    /// The seq of the last record sealed (queued or stored).
+    sealed: AtomicU64,
+    /// Group commit of flushed appends: how far the store is known to be
+    /// on disk, and whether a flush is under way.
+    durable: Mutex<Durable>,
+    /// A flush ended (every appender waiting for one checks whether it
+    /// covered its record).
+    flushed: Condvar,
     signing: Signer,
     redactor: Redactor,
     config: AuditConfig,
     /// Test hook: how many of the next store writes fail, as a full disk
     /// would.
     #[cfg(test)]
-    fail_writes: std::sync::atomic::AtomicU64,
+    fail_writes: AtomicU64,
 }
 
 /// Sealed records on their way into the store. Appending seals a record
@@ -158,6 +167,21 @@ pub(crate) struct Inner {
 struct Queue {
     state: Mutex<QueueState>,
     wake: Condvar,
+    /// The writer took what was queued (appenders waiting for room check
+    /// again).
+    drained: Condvar,
+}
+
+/// Where the group commit of flushed appends stands.
+#[derive(Debug, Default)]
+struct Durable {
+    /// Every record up to this seq is on disk.
+    seq: u64,
+    /// A flush is under way: an appender whose record it may not cover
+    /// waits for it to end, then flushes (or finds itself covered).
+    flushing: bool,
+    /// Flushes made for flushed appends and [`AuditLog::flush`].
+    flushes: u64,
 }
 
 #[derive(Default)]
@@ -169,6 +193,10 @@ struct QueueState {
     /// Records taken from `writes` by the writer in progress (counted
     /// against `max_pending_records` with those still queued).
     taken: usize,
+    /// Checkpoints signed but not yet stored: each goes into the store
+    /// once every record it vouches for is there (signed under the head
+    /// lock, stored off it).
+    checkpoints: Vec<(u64, Vec<u8>)>,
     /// The log is gone: the writer thread exits.
     stop: bool,
     /// There is no writer thread: appenders write what they queue.
@@ -187,8 +215,15 @@ impl Queue {
     }
 }
 
-/// Queued writes beyond which an appender writes them itself.
-const MAX_QUEUED: usize = 256;
+/// Queued writes beyond which an appender waits for the writer thread to
+/// take them (the log's memory stays bounded when the store is slower
+/// than the callers). Appenders never write to the store themselves.
+const MAX_QUEUED: usize = 1024;
+
+/// How long an appender waits for room in the queue before writing the
+/// queue itself (the writer thread is stuck or gone: never in a healthy
+/// log).
+const MAX_QUEUE_WAIT: Duration = Duration::from_secs(1);
 
 /// The writer thread's first and longest wait between attempts while the
 /// store fails.
@@ -241,6 +276,10 @@ pub struct AuditHealth {
     /// Time since the last checkpoint was signed (or since the log was
     /// opened, when none was signed since).
     pub since_checkpoint: Duration,
+    /// Flushes to disk made for flushed appends and [`AuditLog::flush`]
+    /// since the log was opened: concurrent flushed appends share one
+    /// (group commit), so under load this grows slower than they do.
+    pub flushes: u64,
 }
 
 /// What [`AuditLog::export`] wrote.
@@ -452,8 +491,10 @@ impl AuditLog {
             config,
         )?;
         log.check_unsigned_tail()?;
-        log.recover()?;
+        // The writer first: recovery may append many records, and
+        // appenders leave the writing to it.
         log.start_writer();
+        log.recover()?;
         log.start_checkpointer();
         Ok(log)
     }
@@ -646,11 +687,17 @@ impl AuditLog {
                 }),
                 queue: Arc::default(),
                 writing: Mutex::new(()),
+                sealed: AtomicU64::new(seq),
+                durable: Mutex::new(Durable {
+                    seq,
+                    ..Durable::default()
+                }),
+                flushed: Condvar::new(),
                 signing,
                 redactor,
                 config,
                 #[cfg(test)]
-                fail_writes: std::sync::atomic::AtomicU64::new(0),
+                fail_writes: AtomicU64::new(0),
             }),
         })
     }
@@ -858,13 +905,21 @@ impl AuditLog {
     pub fn append(&self, entry: Entry, durability: Durability) -> Result<Record> {
         let record = self.append_unflushed(entry)?;
         if durability == Durability::Flushed {
-            self.flush()?;
+            self.inner.flush_through(record.seq, false)?;
         }
         Ok(record)
     }
 
     fn append_unflushed(&self, entry: Entry) -> Result<Record> {
         let inner = &self.inner;
+        // Encoded before the head lock is taken: under it, only the seq,
+        // the time and the chain hash are added.
+        let prepared = Prepared::new(entry);
+        let marker = match (prepared.entry().event, prepared.entry().call_id.as_deref()) {
+            (Event::CallStarted, Some(call_id)) => Marker::Open(call_id.to_owned()),
+            (Event::CallFinished, Some(call_id)) => Marker::Close(call_id.to_owned()),
+            _ => Marker::None,
+        };
         let mut head = self.lock()?;
         if head.closed {
             return Err(Error::Closed);
@@ -884,19 +939,16 @@ impl AuditLog {
                 ));
             }
         }
-        let (record, hash, bytes) = Record::seal(seq, now_ms(), entry, &head.hash);
-        let marker = match (record.entry.event, record.entry.call_id.as_deref()) {
-            (Event::CallStarted, Some(call_id)) => Marker::Open(call_id.to_owned()),
-            (Event::CallFinished, Some(call_id)) => Marker::Close(call_id.to_owned()),
-            _ => Marker::None,
-        };
+        let linked = prepared.link(seq, now_ms(), &head.hash);
+        let bytes = linked.bytes();
         let (queued, inline) = {
             let mut queue = inner.queue.lock();
             queue.writes.push_back(AuditWrite { seq, bytes, marker });
             (queue.writes.len(), queue.inline)
         };
+        inner.sealed.store(seq, Ordering::Release);
         head.seq = seq;
-        head.hash = hash;
+        head.hash = linked.hash;
         head.unsigned += 1;
         if head.unsigned >= inner.config.checkpoint_every.max(1)
             && let Err(e) = self.checkpoint_locked(&mut head)
@@ -905,21 +957,16 @@ impl AuditLog {
             tracing::error!(error = %e, "cannot sign an audit checkpoint");
         }
         drop(head);
-        if inline || queued > MAX_QUEUED {
-            // The writer thread is behind: help it, which also slows the
-            // appenders down to the store's pace. The record is sealed and
-            // queued: if the store fails now it stays queued for the
-            // writer thread to retry, so this append still succeeded.
-            // While the store fails, the writer thread's pauses pace the
-            // retries (an appender is no help then).
-            if inline || inner.queue.lock().failing.is_none() {
-                let _ = inner.write_queued();
-            }
-            inner.queue.wake.notify_one();
-        } else {
-            inner.queue.wake.notify_one();
+        inner.queue.wake.notify_one();
+        if inline {
+            // No writer thread: the appender writes. The record is sealed
+            // and queued: if the store fails now it stays queued for the
+            // next append or flush to retry, so this append succeeded.
+            let _ = inner.write_queued();
+        } else if queued > MAX_QUEUED {
+            inner.wait_for_room();
         }
-        Ok(record)
+        Ok(linked.into_record())
     }
 
     /// Flush everything appended so far to disk.
@@ -927,11 +974,10 @@ impl AuditLog {
     /// # Errors
     /// [`Error::Store`] when the flush fails.
     pub fn flush(&self) -> Result<()> {
-        self.inner.write_queued()?;
+        // Always a flush of its own (after any under way): a checkpoint or
+        // a cleared marker written since must reach the disk too.
         self.inner
-            .store
-            .flush()
-            .map_err(|e| store_error(&self.inner.path, &e))
+            .flush_through(self.inner.sealed.load(Ordering::Acquire), true)
     }
 
     /// Sign a checkpoint at the current head (if it has records not yet
@@ -945,10 +991,14 @@ impl AuditLog {
             self.checkpoint_locked(&mut head)?;
         }
         drop(head);
+        // Stores the records and the checkpoint, and flushes.
         self.flush()?;
         self.checkpoints().map(|mut all| all.pop())
     }
 
+    /// Sign a checkpoint at the head and queue it behind the records it
+    /// vouches for: the next write of the queue stores it after them. No
+    /// store work here, so appenders never wait on the store for it.
     fn checkpoint_locked(&self, head: &mut Head) -> Result<()> {
         if head.seq == 0 {
             return Ok(());
@@ -959,12 +1009,7 @@ impl AuditLog {
         let bytes = serde_json::to_vec(&cp).map_err(|e| {
             Error::store(&self.inner.path, format!("cannot encode a checkpoint: {e}"))
         })?;
-        // The records it vouches for go in before it.
-        self.inner.write_queued()?;
-        self.inner
-            .store
-            .put_checkpoint(&self.inner.origin, head.seq, &bytes)
-            .map_err(|e| store_error(&self.inner.path, &e))?;
+        self.inner.queue.lock().checkpoints.push((head.seq, bytes));
         head.unsigned = 0;
         head.last_checkpoint = Instant::now();
         Ok(())
@@ -990,12 +1035,19 @@ impl AuditLog {
             .unwrap_or_else(PoisonError::into_inner)
             .last_checkpoint
             .elapsed();
+        let flushes = self
+            .inner
+            .durable
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .flushes;
         let queue = self.inner.queue.lock();
         AuditHealth {
             queued: u64::try_from(queue.writes.len() + queue.taken).unwrap_or(u64::MAX),
             failing: queue.failing.is_some(),
             write_failures: queue.write_failures,
             since_checkpoint,
+            flushes,
         }
     }
 
@@ -1172,6 +1224,77 @@ impl AuditLog {
 }
 
 impl Inner {
+    /// Make every record up to `seq` durable: written to the store and
+    /// flushed. Group commit: one appender at a time flushes, and its
+    /// flush covers every record sealed before it began; appenders that
+    /// arrive meanwhile wait for it and return at once if it covered them,
+    /// else one of them flushes for all of them. No window is added: the
+    /// flush under way is the window, so a lone appender never waits for
+    /// company.
+    ///
+    /// With `force`, flush even when `seq` is covered already (after the
+    /// flush under way, if any): other writes than records (a checkpoint,
+    /// a cleared marker) must reach the disk too.
+    ///
+    /// # Errors
+    /// [`Error::Store`] when the write or the flush fails (the records stay
+    /// queued, as for any failed write).
+    fn flush_through(&self, seq: u64, force: bool) -> Result<()> {
+        let lock = || self.durable.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut durable = lock();
+        loop {
+            if !force && durable.seq >= seq {
+                return Ok(());
+            }
+            if !durable.flushing {
+                break;
+            }
+            durable = self
+                .flushed
+                .wait(durable)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        durable.flushing = true;
+        drop(durable);
+        // Every record sealed up to here is queued or stored: written and
+        // flushed below, it is on disk.
+        let target = self.sealed.load(Ordering::Acquire);
+        let result = self
+            .write_queued()
+            .and_then(|()| self.store.flush().map_err(|e| store_error(&self.path, &e)));
+        let mut durable = lock();
+        durable.flushing = false;
+        durable.flushes = durable.flushes.saturating_add(1);
+        if result.is_ok() {
+            durable.seq = durable.seq.max(target);
+        }
+        drop(durable);
+        self.flushed.notify_all();
+        result
+    }
+
+    /// Wait (bounded) until the writer thread has taken what is queued, or
+    /// writing fails (failing writes are bounded by `max_pending_records`
+    /// instead); past [`MAX_QUEUE_WAIT`], write the queue here.
+    fn wait_for_room(&self) {
+        let queue = self.queue.lock();
+        let (queue, waited) = self
+            .queue
+            .drained
+            .wait_timeout_while(queue, MAX_QUEUE_WAIT, |s| {
+                s.writes.len() > MAX_QUEUED && s.failing.is_none() && !s.stop && !s.inline
+            })
+            .unwrap_or_else(PoisonError::into_inner);
+        let stuck = waited.timed_out() && queue.failing.is_none();
+        drop(queue);
+        if stuck {
+            tracing::warn!(
+                "the audit writer thread is behind by more than a second; an appender writes the queue"
+            );
+            let _ = self.write_queued();
+        }
+    }
+
     /// Put every queued record into the store, in order, in one
     /// [`AuditStore::write`]. On a failure the store is asked how far it
     /// got; the record that failed and every one after it go back to the
@@ -1186,6 +1309,7 @@ impl Inner {
                 queue.taken = queue.writes.len();
                 (std::mem::take(&mut queue.writes), queue.resync)
             };
+            self.queue.drained.notify_all();
             if writes.is_empty() {
                 let mut queue = self.queue.lock();
                 if queue.writes.is_empty() {
@@ -1194,7 +1318,10 @@ impl Inner {
                             "the audit store takes writes again; queued records are stored"
                         );
                     }
-                    return Ok(());
+                    // Every record sealed before them is stored now.
+                    let checkpoints = std::mem::take(&mut queue.checkpoints);
+                    drop(queue);
+                    return self.put_checkpoints(checkpoints);
                 }
                 continue;
             }
@@ -1241,8 +1368,27 @@ impl Inner {
             if first_failure {
                 tracing::error!(error = %e, seq, queued = queue.writes.len(), "cannot write audit records; they stay queued and are retried");
             }
+            drop(queue);
+            // Appenders waiting for room stop waiting: while the store
+            // fails, `max_pending_records` bounds the queue.
+            self.queue.drained.notify_all();
             return Err(e);
         }
+    }
+
+    /// Store signed checkpoints whose records are stored; on a failure,
+    /// the one that failed and those after it wait for the next write.
+    fn put_checkpoints(&self, checkpoints: Vec<(u64, Vec<u8>)>) -> Result<()> {
+        for (i, (seq, bytes)) in checkpoints.iter().enumerate() {
+            if let Err(e) = self.store.put_checkpoint(&self.origin, *seq, bytes) {
+                let mut queue = self.queue.lock();
+                let mut left = checkpoints[i..].to_vec();
+                left.append(&mut queue.checkpoints);
+                queue.checkpoints = left;
+                return Err(store_error(&self.path, &e));
+            }
+        }
+        Ok(())
     }
 
     /// Drop from the front of `writes` what the store already holds (a
@@ -1338,6 +1484,7 @@ impl Drop for Inner {
             queue.stop = true;
         }
         self.queue.wake.notify_all();
+        self.queue.drained.notify_all();
         if let Err(e) = written {
             // Never sign records the store does not hold (nor, when another
             // writer extends this chain, over its records).
@@ -1656,8 +1803,6 @@ pub(crate) fn open_export(
 mod tests {
     #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-    use std::sync::atomic::Ordering;
-
     use super::*;
 
     fn entry(i: u64) -> Entry {
@@ -1756,6 +1901,210 @@ mod tests {
         }
         assert_eq!(log.append(entry(41), Durability::Flushed).unwrap().seq, 10);
         assert_gap_free(&log, 10);
+    }
+
+    /// A store that counts what it is asked and takes its time: which
+    /// records a flush covered (every record stored when it began), and
+    /// writes from threads other than the log's writer.
+    #[derive(Debug, Default)]
+    struct Watched {
+        inner: airlock_store::MemoryStore,
+        write_delay: Duration,
+        flush_delay: Duration,
+        flushes: AtomicU64,
+        flushed_through: AtomicU64,
+        foreign_writes: AtomicU64,
+    }
+
+    impl AuditStore for Watched {
+        fn head(&self, origin: &str) -> airlock_store::Result<Option<(u64, Vec<u8>)>> {
+            self.inner.head(origin)
+        }
+        fn write(&self, origin: &str, writes: &[AuditWrite]) -> airlock_store::Result<()> {
+            if std::thread::current().name() != Some("airlock-audit-writer") {
+                self.foreign_writes.fetch_add(1, Ordering::SeqCst);
+            }
+            std::thread::sleep(self.write_delay);
+            self.inner.write(origin, writes)
+        }
+        fn record(&self, origin: &str, seq: u64) -> airlock_store::Result<Option<Vec<u8>>> {
+            self.inner.record(origin, seq)
+        }
+        fn records(
+            &self,
+            origin: &str,
+            from: u64,
+            limit: usize,
+        ) -> airlock_store::Result<Vec<(u64, Vec<u8>)>> {
+            self.inner.records(origin, from, limit)
+        }
+        fn put_checkpoint(
+            &self,
+            origin: &str,
+            seq: u64,
+            bytes: &[u8],
+        ) -> airlock_store::Result<()> {
+            if std::thread::current().name() != Some("airlock-audit-writer") {
+                self.foreign_writes.fetch_add(1, Ordering::SeqCst);
+            }
+            self.inner.put_checkpoint(origin, seq, bytes)
+        }
+        fn checkpoints(&self, origin: &str) -> airlock_store::Result<Vec<(u64, Vec<u8>)>> {
+            self.inner.checkpoints(origin)
+        }
+        fn open_calls(&self, origin: &str) -> airlock_store::Result<Vec<(String, u64)>> {
+            self.inner.open_calls(origin)
+        }
+        fn clear_open_call(&self, origin: &str, call_id: &str) -> airlock_store::Result<()> {
+            self.inner.clear_open_call(origin, call_id)
+        }
+        fn origins(&self) -> airlock_store::Result<Vec<String>> {
+            self.inner.origins()
+        }
+        fn flush(&self) -> airlock_store::Result<()> {
+            let stored = self.inner.head(DEFAULT_ORIGIN)?.map_or(0, |(seq, _)| seq);
+            std::thread::sleep(self.flush_delay);
+            self.flushed_through.fetch_max(stored, Ordering::SeqCst);
+            self.flushes.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    fn watched_log(store: Watched, dir: &Path, config: AuditConfig) -> (AuditLog, Arc<Watched>) {
+        let store = Arc::new(store);
+        let log = AuditLog::with_store(
+            Arc::clone(&store) as Arc<dyn AuditStore>,
+            DEFAULT_ORIGIN,
+            dir,
+            config,
+        )
+        .unwrap();
+        (log, store)
+    }
+
+    /// Group commit: flushed appends from many threads at once share
+    /// flushes, and none returns before a flush covered its record.
+    #[test]
+    fn concurrent_flushed_appends_share_flushes_and_each_is_on_disk_when_it_returns() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, store) = watched_log(
+            Watched {
+                flush_delay: Duration::from_millis(3),
+                ..Watched::default()
+            },
+            dir.path(),
+            AuditConfig::default(),
+        );
+        let before = store.flushes.load(Ordering::SeqCst);
+        let (threads, each) = (16u64, 10u64);
+        std::thread::scope(|scope| {
+            for t in 0..threads {
+                let (log, store) = (&log, &store);
+                scope.spawn(move || {
+                    let mut last = 0;
+                    for i in 0..each {
+                        let record = log.append(entry(t * 100 + i), Durability::Flushed).unwrap();
+                        assert!(record.seq > last, "one appender's records in order");
+                        last = record.seq;
+                        assert!(
+                            store.flushed_through.load(Ordering::SeqCst) >= record.seq,
+                            "record {} returned before a flush covered it",
+                            record.seq
+                        );
+                    }
+                });
+            }
+        });
+        let appends = threads * each;
+        let flushes = store.flushes.load(Ordering::SeqCst) - before;
+        assert!(flushes >= 1);
+        assert!(
+            flushes < appends,
+            "{flushes} flushes for {appends} concurrent flushed appends: none shared"
+        );
+        assert_eq!(log.health().flushes, flushes);
+        assert_gap_free(&log, appends);
+    }
+
+    /// Many callers appending at once, the store slower than they are:
+    /// the chain is gap-free and in order, and no caller wrote to the
+    /// store (they wait for room in the queue instead) — not even the
+    /// checkpoints signed every 100 records, which the writer thread
+    /// stores behind their records.
+    #[test]
+    fn concurrent_appenders_never_write_and_leave_a_gap_free_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = AuditConfig {
+            checkpoint_every: 100,
+            ..AuditConfig::default()
+        };
+        let (log, store) = watched_log(
+            Watched {
+                write_delay: Duration::from_millis(2),
+                ..Watched::default()
+            },
+            dir.path(),
+            config,
+        );
+        let (threads, each) = (8u64, 400u64);
+        std::thread::scope(|scope| {
+            for t in 0..threads {
+                let log = &log;
+                scope.spawn(move || {
+                    let mut last = 0;
+                    for i in 0..each {
+                        let record = log
+                            .append(entry(t * 1000 + i), Durability::Batched)
+                            .unwrap();
+                        assert!(record.seq > last);
+                        last = record.seq;
+                    }
+                });
+            }
+        });
+        assert_eq!(store.foreign_writes.load(Ordering::SeqCst), 0);
+        log.flush().unwrap();
+        assert_gap_free(&log, threads * each);
+        let signed: Vec<u64> = log.checkpoints().unwrap().iter().map(|c| c.seq).collect();
+        let every_100: Vec<u64> = (1..=threads * each / 100).map(|i| i * 100).collect();
+        assert_eq!(signed, every_100);
+        // Each caller's records carry what it appended, in its order.
+        for t in 0..threads {
+            let mine: Vec<String> = log
+                .records(1)
+                .map(|r| r.unwrap().entry.decision.unwrap())
+                .filter(|d| {
+                    d.strip_prefix("entry-")
+                        .and_then(|n| n.parse::<u64>().ok())
+                        .is_some_and(|n| n / 1000 == t)
+                })
+                .collect();
+            let want: Vec<String> = (0..each)
+                .map(|i| format!("entry-{}", t * 1000 + i))
+                .collect();
+            assert_eq!(mine, want);
+        }
+    }
+
+    /// A flushed append while the store fails is told so, and so is every
+    /// appender waiting on the same flush; none hangs.
+    #[test]
+    fn a_failed_group_flush_fails_each_waiting_append() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(dir.path(), AuditConfig::default()).unwrap();
+        fail_next_writes(&log, u64::MAX);
+        std::thread::scope(|scope| {
+            for t in 0..4 {
+                let log = &log;
+                scope.spawn(move || {
+                    let e = log.append(entry(t), Durability::Flushed).unwrap_err();
+                    assert!(e.to_string().contains("No space left"), "{e}");
+                });
+            }
+        });
+        fail_next_writes(&log, 0);
+        log.flush().unwrap();
+        assert_gap_free(&log, 4);
     }
 
     /// Without a writer thread, the next append or flush retries.

@@ -283,34 +283,41 @@ pub(crate) fn parse_hash(s: &str) -> Option<[u8; 32]> {
 impl Record {
     /// Seal `entry` as record `seq` after `prev`, returning the record and
     /// its stored bytes (canonical JSON including `hash`).
+    #[cfg(test)]
     pub(crate) fn seal(
         seq: u64,
         time_ms: u64,
         entry: Entry,
         prev: &[u8; 32],
     ) -> (Record, [u8; 32], Vec<u8>) {
-        let mut record = Record {
-            seq,
-            time_ms,
-            entry,
-            prev_hash: hex::encode(prev),
-            hash: String::new(),
-        };
-        let mut hasher = Sha256::new();
-        hasher.update(prev);
-        hasher.update(record.canonical(false));
-        let hash: [u8; 32] = hasher.finalize().into();
-        record.hash = hex::encode(hash);
-        let bytes = record.canonical(true).into_bytes();
-        (record, hash, bytes)
+        let linked = Prepared::new(entry).link(seq, time_ms, prev);
+        let (hash, bytes) = (linked.hash, linked.bytes());
+        (linked.into_record(), hash, bytes)
     }
+}
 
-    /// The canonical encoding of this record's JSON form (with or without
-    /// `hash`), written straight from its fields: the same bytes as
-    /// [`canonical::to_vec`] of the record serialised to a JSON value (a
-    /// test holds the two together), at a fraction of the cost — sealing
-    /// sits on every call's path, twice.
-    fn canonical(&self, with_hash: bool) -> String {
+/// An entry encoded ahead of sealing: the canonical encoding of every
+/// member but the four only sealing knows (`hash`, `prev_hash`, `seq`,
+/// `time_ms`), written straight from its fields — the same bytes as
+/// [`canonical::to_vec`] of the record serialised to a JSON value (a test
+/// holds the two together), at a fraction of the cost. Preparing happens
+/// outside the log's head lock; linking ([`Prepared::link`]), under it, is
+/// a few copies and one SHA-256.
+pub(crate) struct Prepared {
+    entry: Entry,
+    /// The members before `hash` (never empty: `event` is among them).
+    before_hash: String,
+    /// The members between `hash` and `prev_hash`.
+    before_prev: String,
+    /// The members between `prev_hash` and `seq`.
+    before_seq: String,
+    /// The members after `time_ms`.
+    after_time: String,
+}
+
+impl Prepared {
+    /// Encode `entry`'s members.
+    pub(crate) fn new(entry: Entry) -> Prepared {
         // No `..`: a new field must be placed here, in key order.
         let Entry {
             event,
@@ -339,14 +346,10 @@ impl Record {
             outcome,
             fuel_used,
             wall_us,
-        } = &self.entry;
-        let mut out = Members::with_capacity(
-            512 + args.as_ref().map_or(0, String::len)
-                + result.as_ref().map_or(0, String::len)
-                + reason.as_ref().map_or(0, String::len)
-                + logs.as_ref().map_or(0, String::len),
-        );
-        // Members in the byte order of their keys.
+        } = &entry;
+        // Members in the byte order of their keys, in four runs around
+        // `hash`, `prev_hash`, and `seq` and `time_ms`.
+        let mut out = Members::with_capacity(256 + args.as_ref().map_or(0, String::len));
         out.text("approval_id", approval_id.as_deref());
         out.text("args", args.as_deref());
         out.text("args_digest", args_digest.as_deref());
@@ -357,7 +360,9 @@ impl Record {
         out.text("decision", decision.as_deref());
         out.text("event", Some(event.as_str()));
         out.number("fuel_used", *fuel_used);
-        out.text("hash", Some(self.hash.as_str()).filter(|_| with_hash));
+        let before_hash = out.finish();
+        // "hash"
+        let mut out = Members::with_capacity(256 + logs.as_ref().map_or(0, String::len));
         out.text("idempotency_key", idempotency_key.as_deref());
         out.text("logs", logs.as_deref());
         out.flag("logs_truncated", *logs_truncated);
@@ -365,24 +370,131 @@ impl Record {
         out.text("outcome", outcome.as_deref());
         out.text("plugin", plugin.as_deref());
         out.text("plugin_version", plugin_version.as_deref());
-        out.text("prev_hash", Some(self.prev_hash.as_str()));
+        let before_prev = out.finish();
+        // "prev_hash"
+        let mut out = Members::with_capacity(
+            256 + reason.as_ref().map_or(0, String::len) + result.as_ref().map_or(0, String::len),
+        );
         out.text("principal", principal.as_deref());
         out.text("reason", reason.as_deref());
         out.text("result", result.as_deref());
         out.text("result_digest", result_digest.as_deref());
         out.flag("result_truncated", *result_truncated);
         out.text("risk", risk.as_deref());
-        out.number("seq", Some(self.seq));
-        out.number("time_ms", Some(self.time_ms));
+        let before_seq = out.finish();
+        // "seq", "time_ms"
+        let mut out = Members::with_capacity(128);
         out.text("tool", tool.as_deref());
         out.text("trace_id", trace_id.as_deref());
         out.number("wall_us", *wall_us);
-        out.finish()
+        let after_time = out.finish();
+        Prepared {
+            entry,
+            before_hash,
+            before_prev,
+            before_seq,
+            after_time,
+        }
+    }
+
+    /// The entry being recorded.
+    pub(crate) fn entry(&self) -> &Entry {
+        &self.entry
+    }
+
+    /// Seal as record `seq`, appended at `time_ms`, after the record whose
+    /// hash is `prev`: the canonical body without `hash` and its chain hash.
+    pub(crate) fn link(self, seq: u64, time_ms: u64, prev: &[u8; 32]) -> Linked {
+        let mut hex = [0u8; 64];
+        // 64 digits for 32 bytes: cannot fail.
+        let _ = hex::encode_to_slice(prev, &mut hex);
+        let prev_hex = std::str::from_utf8(&hex).unwrap_or_default();
+        let mut body = String::with_capacity(
+            self.before_hash.len()
+                + self.before_prev.len()
+                + self.before_seq.len()
+                + self.after_time.len()
+                + 192,
+        );
+        body.push('{');
+        body.push_str(&self.before_hash);
+        body.push(',');
+        let hash_at = body.len();
+        if !self.before_prev.is_empty() {
+            body.push_str(&self.before_prev);
+            body.push(',');
+        }
+        body.push_str("\"prev_hash\":\"");
+        body.push_str(prev_hex);
+        body.push('"');
+        if !self.before_seq.is_empty() {
+            body.push(',');
+            body.push_str(&self.before_seq);
+        }
+        // Writing to a String cannot fail.
+        let _ = write!(body, ",\"seq\":{seq},\"time_ms\":{time_ms}");
+        if !self.after_time.is_empty() {
+            body.push(',');
+            body.push_str(&self.after_time);
+        }
+        body.push('}');
+        let hash = chain_hash_bytes(prev, body.as_bytes());
+        Linked {
+            entry: self.entry,
+            seq,
+            time_ms,
+            prev: *prev,
+            hash,
+            body,
+            hash_at,
+        }
     }
 }
 
-/// A canonical JSON object written member by member, in the order given;
-/// absent members (as serde skips them) are not written.
+/// A sealed record: its number, links and canonical body.
+pub(crate) struct Linked {
+    entry: Entry,
+    pub(crate) seq: u64,
+    time_ms: u64,
+    prev: [u8; 32],
+    /// Its chain hash.
+    pub(crate) hash: [u8; 32],
+    /// The canonical encoding without `hash`.
+    body: String,
+    /// Where the `hash` member goes in `body`.
+    hash_at: usize,
+}
+
+impl Linked {
+    /// The stored bytes: the canonical encoding with `hash`.
+    pub(crate) fn bytes(&self) -> Vec<u8> {
+        let (head, tail) = self.body.split_at(self.hash_at);
+        let mut out = Vec::with_capacity(self.body.len() + 76);
+        out.extend_from_slice(head.as_bytes());
+        out.extend_from_slice(b"\"hash\":\"");
+        let mut hex = [0u8; 64];
+        let _ = hex::encode_to_slice(self.hash, &mut hex);
+        out.extend_from_slice(&hex);
+        out.extend_from_slice(b"\",");
+        out.extend_from_slice(tail.as_bytes());
+        out
+    }
+
+    /// The record, as a reader parses it.
+    pub(crate) fn into_record(self) -> Record {
+        Record {
+            seq: self.seq,
+            time_ms: self.time_ms,
+            entry: self.entry,
+            prev_hash: hex::encode(self.prev),
+            hash: hex::encode(self.hash),
+        }
+    }
+}
+
+/// A run of a canonical JSON object's members, written member by member
+/// in the order given, separated by commas (no braces); absent members (as
+/// serde skips them) are not written.
 struct Members {
     out: String,
     #[cfg(debug_assertions)]
@@ -391,10 +503,8 @@ struct Members {
 
 impl Members {
     fn with_capacity(capacity: usize) -> Members {
-        let mut out = String::with_capacity(capacity);
-        out.push('{');
         Members {
-            out,
+            out: String::with_capacity(capacity),
             #[cfg(debug_assertions)]
             last_key: "",
         }
@@ -409,7 +519,7 @@ impl Members {
             );
             self.last_key = key;
         }
-        if self.out.len() > 1 {
+        if !self.out.is_empty() {
             self.out.push(',');
         }
         canonical::write_string(key, &mut self.out);
@@ -446,8 +556,7 @@ impl Members {
         }
     }
 
-    fn finish(mut self) -> String {
-        self.out.push('}');
+    fn finish(self) -> String {
         self.out
     }
 }
