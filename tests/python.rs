@@ -93,10 +93,21 @@ async fn an_unexpected_python_exception_is_a_failed_tool_error_without_a_traceba
     let data = tempfile::tempdir().unwrap();
     let plugin = csv_stats(GRANTS, LIMITS);
     let host = host(&plugin, data.path()).await;
-    // The csv module raises its own error on a NUL byte: the plugin does
-    // not catch it.
-    let (kind, message) =
-        tool_error(call(&host, "summarize", json!({"csv": "a,b\n1,\u{0}\n"})).await);
+    // The csv module raises its own error on a cell over its field size
+    // limit: the plugin does not catch it.
+    let cell = "x".repeat(200_000);
+    let (kind, message) = tool_error(
+        call(
+            &host,
+            "summarize",
+            json!({"csv": format!("a,b\n1,{cell}\n")}),
+        )
+        .await,
+    );
+    assert!(
+        message.contains("field larger than field limit"),
+        "{message}"
+    );
     assert_eq!(kind, ToolErrorKind::Failed);
     assert!(message.starts_with("unexpected "), "{message}");
     assert!(!message.contains("Traceback"), "{message}");
@@ -106,9 +117,14 @@ async fn an_unexpected_python_exception_is_a_failed_tool_error_without_a_traceba
 #[tokio::test]
 async fn python_calls_run_out_of_fuel() {
     let data = tempfile::tempdir().unwrap();
-    let plugin = csv_stats(GRANTS, "fuel = 200_000\nmemory_mb = 128");
+    // Enough to load (the interpreter lists its tools) and for a small
+    // table, not for 20,000 rows (about 600 million instructions).
+    let plugin = csv_stats(GRANTS, "fuel = 50_000_000\nmemory_mb = 128");
     let host = host(&plugin, data.path()).await;
-    let rows: String = (0..2000).map(|i| format!("{i},{}\n", i * 7)).collect();
+    call(&host, "summarize", json!({"csv": TABLE}))
+        .await
+        .unwrap();
+    let rows: String = (0..20_000).map(|i| format!("{i},{}\n", i * 7)).collect();
     let err = call(&host, "summarize", json!({"csv": format!("a,b\n{rows}")}))
         .await
         .unwrap_err();
@@ -127,11 +143,18 @@ async fn python_calls_run_out_of_fuel() {
 #[tokio::test]
 async fn python_calls_hit_the_memory_limit() {
     let data = tempfile::tempdir().unwrap();
-    let plugin = csv_stats(GRANTS, "fuel = 10_000_000_000\nmemory_mb = 48");
+    let plugin = csv_stats(
+        GRANTS,
+        "fuel = 20_000_000_000\ntimeout_ms = 60_000\nmemory_mb = 24",
+    );
     let host = host(&plugin, data.path()).await;
-    // A table that fits in the arguments but not, parsed into Python
-    // objects, in the plugin's memory.
-    let rows: String = (0..200_000).map(|i| format!("{i},x{i}\n")).collect();
+    call(&host, "summarize", json!({"csv": TABLE}))
+        .await
+        .unwrap();
+    // A table that fits in the arguments (under 1 MiB) but not, parsed into
+    // Python objects, in the plugin's 24 MiB: the interpreter's allocation
+    // fails (a `MemoryError`, reported as `failed`) or the growth traps.
+    let rows: String = (0..75_000).map(|i| format!("{i},x{i}\n")).collect();
     let err = call(&host, "summarize", json!({"csv": format!("a,b\n{rows}")}))
         .await
         .unwrap_err();
