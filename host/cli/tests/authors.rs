@@ -88,7 +88,7 @@ fn scratch() -> (tempfile::TempDir, PathBuf) {
 #[test]
 fn plugin_new_refuses_an_invalid_name() {
     let (_root, work) = scratch();
-    for bad in ["Demo", "1demo", "demo__tool", "demo/tool", "-x", ""] {
+    for bad in ["Demo", "1demo", "demo__tool", "demo/tool", "_x", "", "démo"] {
         let out = run(&work, &["plugin", "new", bad]);
         assert_eq!(out.status.code(), Some(2), "{bad}: {}", stderr(&out));
         assert!(
@@ -182,6 +182,8 @@ fn plugin_build_without_a_toolchain_says_what_to_install() {
         .env_clear()
         .env("PATH", &path)
         .current_dir(work.join("snake"))
+        .arg("--data-dir")
+        .arg(work.join("data"))
         .args(["plugin", "build"])
         .output()
         .unwrap();
@@ -195,11 +197,17 @@ fn plugin_build_without_a_toolchain_says_what_to_install() {
             work.join("no-such-componentize-py"),
         )
         .current_dir(work.join("snake"))
+        .arg("--data-dir")
+        .arg(work.join("data"))
         .args(["plugin", "build"])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
-    assert!(stderr(&out).contains("componentize-py"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("pip install componentize-py==0.25.1"),
+        "{}",
+        stderr(&out)
+    );
     assert!(!work.join("snake/target/airlock").exists());
 }
 

@@ -185,7 +185,15 @@ fn python() -> anyhow::Result<PathBuf> {
 /// The componentize-py to build with.
 fn componentize_py() -> anyhow::Result<PathBuf> {
     if let Some(path) = std::env::var_os(COMPONENTIZE_PY_ENV) {
-        return Ok(PathBuf::from(path));
+        let path = PathBuf::from(path);
+        if !path.is_file() {
+            anyhow::bail!(
+                "{COMPONENTIZE_PY_ENV} names {}, which is not a file: install componentize-py \
+                 with `pip install {COMPONENTIZE_PY}` and point {COMPONENTIZE_PY_ENV} at it",
+                path.display()
+            );
+        }
+        return Ok(path);
     }
     on_path("componentize-py").with_context(|| {
         format!(
