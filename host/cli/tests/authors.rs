@@ -301,7 +301,15 @@ fn new_build_check(lang: &str) {
     assert_eq!(out.status.code(), Some(4), "{}", stdout(&out));
     assert!(stdout(&out).contains("`name` is empty"), "{}", stdout(&out));
     // The cases travel with the build.
-    let eval = ok(&work, &["--plugins-dir", plugins, "eval", "demo-tool"]);
+    let eval = ok(
+        &work,
+        &[
+            "--plugins-dir",
+            plugins,
+            "eval",
+            installed.to_str().unwrap(),
+        ],
+    );
     assert!(eval.contains("greet-ada"), "{eval}");
 }
 
