@@ -88,6 +88,13 @@ def componentize(argv: list) -> int:
     parser.add_argument("--componentize-py", default=None)
     parser.add_argument("project")
     args = parser.parse_args(argv)
+    if sys.version_info < (3, 11):
+        print(
+            "building a Python plugin needs Python 3.11 or newer (for tomllib); this is "
+            f"{sys.version.split()[0]}",
+            file=sys.stderr,
+        )
+        return 3
     project = os.path.abspath(args.project)
     sys.path.insert(0, project)
     code = check(MODULE)

@@ -179,7 +179,7 @@ fn python() -> anyhow::Result<PathBuf> {
     if let Some(path) = std::env::var_os(PYTHON_ENV) {
         return Ok(PathBuf::from(path));
     }
-    on_path("python3").context("no python3 on PATH: install Python 3.10 or newer")
+    on_path("python3").context("no python3 on PATH: install Python 3.11 or newer")
 }
 
 /// The componentize-py to build with.
