@@ -70,6 +70,17 @@ fn main() {
             path_str(&out.join("releases"))
         ),
     );
+    line(
+        &mut code,
+        "/// Directory of the built Python example plugins (`plugins/*/app.py`), one subdirectory each.",
+    );
+    line(
+        &mut code,
+        format!(
+            "pub const PYTHON_PLUGINS_DIR: &str = {:?};",
+            path_str(&out.join("python-plugins"))
+        ),
+    );
     for guest in &guests {
         let ident = guest.replace('-', "_").to_uppercase();
         line(

@@ -73,8 +73,10 @@ pub use serde_json;
 #[doc(hidden)]
 #[allow(missing_docs, unsafe_code, clippy::all)]
 pub mod bindings {
+    // The crate's own copy of the repository's `wit/` (a test keeps the
+    // two equal), so the crate builds wherever it is copied or vendored.
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "wit",
         world: "airlock:plugin/plugin",
         pub_export_macro: true,
         export_macro_name: "__export_airlock_plugin",
@@ -869,5 +871,32 @@ mod tests {
         log::info("i");
         log::warn("w");
         log::error("e");
+    }
+
+    /// The crate's `wit/` is a copy of the repository's `wit/` (the ABI's
+    /// source of truth), kept so the crate builds outside the repository.
+    /// In the repository the two must be equal, file for file; a copy of
+    /// the crate elsewhere has no repository `wit/` to compare with.
+    #[test]
+    fn wit_is_the_repository_wit() {
+        let crate_wit = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("wit");
+        let repository_wit = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../wit");
+        if !repository_wit.join("plugin.wit").is_file() {
+            return;
+        }
+        let files = |dir: &std::path::Path| -> std::collections::BTreeMap<String, String> {
+            std::fs::read_dir(dir)
+                .unwrap()
+                .map(|entry| {
+                    let path = entry.unwrap().path();
+                    let name = path.file_name().unwrap().to_string_lossy().into_owned();
+                    (name, std::fs::read_to_string(&path).unwrap())
+                })
+                .collect()
+        };
+        assert!(
+            files(&crate_wit) == files(&repository_wit),
+            "sdk/wit/ differs from wit/: copy wit/ into sdk/wit/ (cp wit/* sdk/wit/)"
+        );
     }
 }

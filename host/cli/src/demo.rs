@@ -200,6 +200,7 @@ pub(crate) async fn run(settings: &Settings) -> Result<u8, Failure> {
     alerted?;
     readiness(&mut demo).await?;
     release(&mut demo, settings, &approver_token).await?;
+    python_plugin(&mut demo, settings).await?;
     print_audit(&host, first_seq)?;
     println!();
     if demo.mismatches > 0 {
@@ -971,5 +972,56 @@ async fn release(
         }
     }
     let _ = host.audit().close();
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// The Python example plugin (issue 19): its own step, at the end.
+
+/// The Python example plugin `csv-stats`, built by `scripts/build-guests`
+/// next to the plugins directory (kept out of it: an interpreter is a large
+/// component to compile, and not every user of the examples needs it),
+/// loaded into the demo's host and called like any other plugin.
+async fn python_plugin(demo: &mut Demo<'_>, settings: &Settings) -> anyhow::Result<()> {
+    let Some(dir) = settings
+        .plugins_dir
+        .parent()
+        .map(|p| p.join("python-plugins/csv-stats"))
+        .filter(|p| p.join(MANIFEST_FILE).is_file())
+    else {
+        println!("\n(no Python example plugin next to the plugins directory: its step is skipped)");
+        return Ok(());
+    };
+    demo.title("A plugin written in Python (csv-stats, built with componentize-py): same sandbox, same pipeline");
+    let plugin = demo.host.load_plugin(&dir).await?;
+    println!(
+        "   loaded {} {} from {}/../python-plugins/csv-stats (sha256:{}…)",
+        plugin.name(),
+        plugin.version(),
+        settings.plugins_dir.display(),
+        &plugin.digest()[..16]
+    );
+    let args = json!({"csv": "city,population,area_km2\nOslo,709000,454\nBergen,291000,465\nTromsø,,2521\n"});
+    let request =
+        CallRequest::new("csv-stats/summarize", args.to_string()).principal(demo.principal);
+    demo.call(
+        request,
+        &format!("csv-stats/summarize --args '{args}'"),
+        None,
+    )
+    .await
+    .ok();
+    // Its schema, derived from Python type hints, refuses a typo as the
+    // host's validation does for every plugin.
+    let args = json!({"csv": "a\n1\n", "delimeter": ";"});
+    let request =
+        CallRequest::new("csv-stats/summarize", args.to_string()).principal(demo.principal);
+    demo.call(
+        request,
+        &format!("csv-stats/summarize --args '{args}'"),
+        Some("arguments_invalid"),
+    )
+    .await
+    .ok();
     Ok(())
 }

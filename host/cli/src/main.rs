@@ -9,6 +9,7 @@ mod demo;
 mod eval;
 mod inspect;
 mod package;
+mod project;
 mod readiness;
 mod releases;
 mod remote;
@@ -92,6 +93,11 @@ enum Command {
     /// Installed plugins.
     #[command(subcommand)]
     Plugins(PluginsCommand),
+    /// Write a plugin (Rust or Python) outside this repository: `new`
+    /// creates a project, `build` compiles it and stamps its digest,
+    /// `check` loads it the way a host does.
+    #[command(subcommand)]
+    Plugin(project::PluginCommand),
     /// Tools of the installed plugins.
     #[command(subcommand)]
     Tools(ToolsCommand),
@@ -353,6 +359,7 @@ async fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Plugins(PluginsCommand::Package(command)) => {
             package::run(&settings, command).await
         }
+        Command::Plugin(command) => project::run(&settings, command).await,
         Command::Tools(ToolsCommand::List { json }) => tools_list(&settings, json).await,
         Command::Call(args) => call(&settings, args).await,
         Command::Inspect(args) => inspect::run(&settings, args).await,

@@ -437,16 +437,19 @@ pub(crate) fn read_component(path: &Path) -> LoadResult<Vec<u8>> {
             reason: "not a regular file".to_owned(),
         });
     }
-    if meta.len() > MAX_COMPONENT_BYTES {
+    check_component_size(path, meta.len())?;
+    std::fs::read(path).map_err(|e| LoadError::io(path, e))
+}
+
+/// Refuse a component of `len` bytes over the loader's size limit.
+pub(crate) fn check_component_size(path: &Path, len: u64) -> LoadResult<()> {
+    if len > MAX_COMPONENT_BYTES {
         return Err(LoadError::InvalidComponent {
             path: path.to_owned(),
-            reason: format!(
-                "{} bytes is larger than the limit of {MAX_COMPONENT_BYTES}",
-                meta.len()
-            ),
+            reason: format!("{len} bytes is larger than the limit of {MAX_COMPONENT_BYTES}"),
         });
     }
-    std::fs::read(path).map_err(|e| LoadError::io(path, e))
+    Ok(())
 }
 
 /// Tell a component from a core module or something else entirely, so the

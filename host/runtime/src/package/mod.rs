@@ -130,8 +130,37 @@ impl Package {
         let manifest_path = dir.join(MANIFEST_FILE);
         let bytes = read_capped(&manifest_path, MAX_MANIFEST_BYTES)?;
         let text = manifest_text(&manifest_path, bytes)?;
-        let stamped = stamp_digest(&text, &manifest_path, dir)?;
+        let stamped = stamp_digest(&text, &manifest_path, dir, |name| {
+            crate::plugin::read_component(&dir.join(name))
+        })?;
         Package::check_files(Files::in_dir(dir, manifest_path, stamped.into_bytes())?)
+    }
+
+    /// A package from a plugin *project* `dir` (its `plugin.toml` and
+    /// optional `cases.jsonl`) and the component a build of it produced:
+    /// the manifest's `[plugin] sha256` is set to the component's digest as
+    /// [`Package::from_source_dir`] sets it, and the whole is checked as
+    /// [`Package::from_dir`] checks it. A project's own `plugin.sig` is not
+    /// part of it: sign the built package. This is what `airlock plugin
+    /// build` writes.
+    ///
+    /// # Errors
+    /// As [`Package::from_source_dir`]; [`LoadError::InvalidComponent`]
+    /// when `component` is not a component or is over the loader's size.
+    pub fn from_build(dir: &Path, component: Vec<u8>) -> Result<Package, LoadError> {
+        let manifest_path = dir.join(MANIFEST_FILE);
+        let bytes = read_capped(&manifest_path, MAX_MANIFEST_BYTES)?;
+        let text = manifest_text(&manifest_path, bytes)?;
+        let built = |name: &str| -> LoadResult<Vec<u8>> {
+            let path = dir.join(name);
+            crate::plugin::check_component_size(&path, component.len() as u64)?;
+            Ok(component.clone())
+        };
+        let stamped = stamp_digest(&text, &manifest_path, dir, built)?;
+        let mut files = Files::in_dir(dir, manifest_path, stamped.into_bytes())?;
+        files.component = Box::new(move |_: &str| Ok(component));
+        files.signature = SignatureSource::Archive(None);
+        Package::check_files(files)
     }
 
     /// Read the plugin archive (`.tar.gz`) at `path`, entry by entry with
@@ -378,6 +407,69 @@ impl Package {
                 message: "the target already exists; a package is never written over it".to_owned(),
             });
         }
+        let tmp = self.write_temporary_dir(dir)?;
+        fs::rename(&tmp, dir)
+            .and_then(|()| sync_parent(dir))
+            .map_err(|e| {
+                let _ = fs::remove_dir_all(&tmp);
+                LoadError::io(dir, e)
+            })
+    }
+
+    /// Write the package into the plugin directory `dir`, replacing the
+    /// package there (a directory holding a `plugin.toml`), if any: the new
+    /// files are written and synced beside it first, then swapped in by
+    /// two renames, so `dir` holds the old package or the new one, never a
+    /// mix. This is where `airlock plugin build` puts what it built.
+    ///
+    /// # Errors
+    /// [`LoadError::PackageInvalid`] when `dir` exists but is not a plugin
+    /// directory (it is never replaced); [`LoadError::Io`] when writing
+    /// fails.
+    pub fn replace_dir(&self, dir: &Path) -> Result<(), LoadError> {
+        match fs::symlink_metadata(dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return self.write_dir(dir),
+            Err(e) => return Err(LoadError::io(dir, e)),
+            Ok(meta) if !meta.is_dir() || !dir.join(MANIFEST_FILE).is_file() => {
+                return Err(LoadError::PackageInvalid {
+                    path: dir.to_owned(),
+                    message: "the target exists and is not a plugin directory; it is never \
+                              replaced"
+                        .to_owned(),
+                });
+            }
+            Ok(_) => {}
+        }
+        let tmp = self.write_temporary_dir(dir)?;
+        let old = temporary_sibling(&dir.with_file_name(format!(
+            "{}.old",
+            dir.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        )));
+        let swap = || -> std::io::Result<()> {
+            fs::rename(dir, &old)?;
+            if let Err(e) = fs::rename(&tmp, dir) {
+                let _ = fs::rename(&old, dir);
+                return Err(e);
+            }
+            sync_parent(dir)
+        };
+        match swap() {
+            Ok(()) => {
+                let _ = fs::remove_dir_all(&old);
+                Ok(())
+            }
+            Err(e) => {
+                let _ = fs::remove_dir_all(&tmp);
+                Err(LoadError::io(dir, e))
+            }
+        }
+    }
+
+    /// Write the package's files into a new temporary directory beside
+    /// `dir`, synced; its path. On failure nothing is left.
+    fn write_temporary_dir(&self, dir: &Path) -> Result<PathBuf, LoadError> {
         let tmp = temporary_sibling(dir);
         let write = || -> std::io::Result<()> {
             fs::create_dir(&tmp)?;
@@ -389,14 +481,13 @@ impl Package {
                 file.write_all(&bytes)?;
                 file.sync_all()?;
             }
-            fs::File::open(&tmp)?.sync_all()?;
-            fs::rename(&tmp, dir)?;
-            sync_parent(dir)
+            fs::File::open(&tmp)?.sync_all()
         };
         write().map_err(|e| {
             let _ = fs::remove_dir_all(&tmp);
             LoadError::io(dir, e)
-        })
+        })?;
+        Ok(tmp)
     }
 
     /// Write the package as a flat `.tar.gz` archive at `path` (replacing
@@ -544,8 +635,15 @@ fn read_capped(path: &Path, cap: u64) -> LoadResult<Vec<u8>> {
 }
 
 /// Set `[plugin] sha256` in the manifest text to the digest of the
-/// component it names, keeping the rest of the text as written.
-fn stamp_digest(text: &str, manifest_path: &Path, dir: &Path) -> LoadResult<String> {
+/// component it names (read by `component`), keeping the rest of the text
+/// as written. The one place a digest is stamped: `plugins pack` and
+/// `plugin build` both come here.
+fn stamp_digest(
+    text: &str,
+    manifest_path: &Path,
+    dir: &Path,
+    component: impl FnOnce(&str) -> LoadResult<Vec<u8>>,
+) -> LoadResult<String> {
     let syntax = |message: String| LoadError::ManifestSyntax {
         path: manifest_path.to_owned(),
         message,
@@ -553,21 +651,21 @@ fn stamp_digest(text: &str, manifest_path: &Path, dir: &Path) -> LoadResult<Stri
     let mut doc: toml_edit::DocumentMut = text
         .parse()
         .map_err(|e: toml_edit::TomlError| syntax(e.message().to_owned()))?;
-    let component = doc
+    let component_name = doc
         .get("plugin")
         .and_then(|p| p.get("component"))
         .and_then(|c| c.as_str())
         .map(str::to_owned);
-    let (Some(component), Some(plugin)) = (
-        component,
+    let (Some(component_name), Some(plugin)) = (
+        component_name,
         doc.get_mut("plugin").and_then(|p| p.as_table_like_mut()),
     ) else {
         // Let the manifest's own checks say what is missing.
         Manifest::parse(text, manifest_path)?;
         return Err(syntax("[plugin] component is not a string".to_owned()));
     };
-    check_component_name(&component, dir)?;
-    let bytes = crate::plugin::read_component(&dir.join(&component))?;
+    check_component_name(&component_name, dir)?;
+    let bytes = component(&component_name)?;
     let digest = hex::encode(Sha256::digest(&bytes));
     plugin.insert("sha256", toml_edit::value(digest));
     Ok(doc.to_string())

@@ -168,6 +168,58 @@ fn packing_stamps_the_digest_and_keeps_the_text() {
 }
 
 #[test]
+fn a_build_is_stamped_like_a_pack_and_replaces_the_last_one() {
+    let root = tempfile::tempdir().unwrap();
+    // A project: manifest and cases, no component beside them (the build
+    // wrote it elsewhere), a stray plugin.sig that is not part of a build.
+    let project = source_dir(root.path());
+    fs::remove_file(project.join("text.wasm")).unwrap();
+    fs::write(project.join(SIGNATURE_FILE), "garbage").unwrap();
+    let built = Package::from_build(&project, component_bytes("v1")).unwrap();
+    assert_eq!(built.component_digest(), digest(&component_bytes("v1")));
+    assert!(built.signature().is_none());
+    assert_eq!(built.cases(), Some("{\"tool\": \"stats\"}\n"));
+    // The same stamping as `plugins pack`.
+    fs::write(project.join("text.wasm"), component_bytes("v1")).unwrap();
+    fs::remove_file(project.join(SIGNATURE_FILE)).unwrap();
+    let packed = Package::from_source_dir(&project).unwrap();
+    assert_eq!(built.manifest_text(), packed.manifest_text());
+
+    let out = root.path().join("out");
+    built.replace_dir(&out).unwrap();
+    assert_eq!(
+        Package::from_dir(&out).unwrap().component(),
+        component_bytes("v1")
+    );
+    let rebuilt = Package::from_build(&project, component_bytes("v2")).unwrap();
+    rebuilt.replace_dir(&out).unwrap();
+    assert_eq!(
+        Package::from_dir(&out).unwrap().component(),
+        component_bytes("v2")
+    );
+    let left: Vec<_> = fs::read_dir(root.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(left.iter().all(|n| !n.starts_with('.')), "{left:?}");
+
+    // Never over something that is not a plugin directory.
+    let other = root.path().join("other");
+    fs::create_dir(&other).unwrap();
+    fs::write(other.join("notes.txt"), "keep me").unwrap();
+    let err = rebuilt.replace_dir(&other).unwrap_err();
+    assert_eq!(err.kind(), "package_invalid", "{err}");
+    assert_eq!(
+        fs::read_to_string(other.join("notes.txt")).unwrap(),
+        "keep me"
+    );
+
+    // What a build produced must still be a component.
+    let err = Package::from_build(&project, b"not wasm".to_vec()).unwrap_err();
+    assert_eq!(err.kind(), "invalid_component", "{err}");
+}
+
+#[test]
 fn a_component_that_does_not_match_its_pin_is_refused() {
     let root = tempfile::tempdir().unwrap();
     let dir = pinned_dir(root.path());

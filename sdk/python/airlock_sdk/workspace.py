@@ -1,0 +1,154 @@
+"""Plugin state the host keeps between calls (the ABI's ``workspace``).
+
+Linked only when the manifest grants ``capabilities.workspace``
+(``"read-only"`` or ``"read-write"``). Keys are 1 to 512 bytes of UTF-8,
+values and blobs at most 512 KiB. Every function raises
+:class:`WorkspaceError` when the host refuses; a tool that lets it propagate
+fails with its message.
+
+Off WebAssembly (unit tests) the workspace is an in-memory store; call
+:func:`reset` between tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Dict, List, Optional
+
+try:  # in a component: the bindings componentize-py generates
+    import wit_world as _world  # type: ignore[import-not-found]  # noqa: F401
+    from componentize_py_types import Err as _Err  # type: ignore[import-not-found]
+
+    try:
+        from wit_world.imports import workspace as _wit  # type: ignore[import-not-found]
+    except ImportError:  # the manifest does not grant the workspace
+        _wit = False
+except ImportError:  # plain Python: unit tests
+    _wit = None
+    _Err = None
+
+__all__ = [
+    "WorkspaceError",
+    "get",
+    "set",
+    "delete",
+    "list_keys",
+    "put_blob",
+    "get_blob",
+    "get_json",
+    "set_json",
+    "reset",
+]
+
+
+class WorkspaceError(Exception):
+    """The host refused a workspace operation. ``kind`` is ``read-only``,
+    ``quota-exceeded``, ``invalid`` or ``unavailable``."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(f"workspace {kind}: {message}" if message else f"workspace {kind}")
+        self.kind = kind
+
+
+_KINDS = {
+    "WorkspaceError_ReadOnly": "read-only",
+    "WorkspaceError_QuotaExceeded": "quota-exceeded",
+    "WorkspaceError_Invalid": "invalid",
+    "WorkspaceError_Unavailable": "unavailable",
+}
+
+
+def _host(operation: str, *args: Any) -> Any:
+    if _wit is False:
+        raise WorkspaceError(
+            "unavailable", "the plugin's manifest does not grant `capabilities.workspace`"
+        )
+    try:
+        return getattr(_wit, operation)(*args)
+    except _Err as e:  # type: ignore[misc]
+        error = e.value
+        raise WorkspaceError(
+            _KINDS.get(type(error).__name__, "unavailable"), str(getattr(error, "value", "") or "")
+        ) from None
+
+
+_KEYS: Dict[str, bytes] = {}
+_BLOBS: Dict[str, bytes] = {}
+
+
+def _check_key(key: str) -> None:
+    if not 1 <= len(key.encode()) <= 512:
+        raise WorkspaceError("invalid", "a key is 1 to 512 bytes")
+
+
+def get(key: str) -> Optional[bytes]:
+    """The value stored under ``key``, if any."""
+    if _wit is not None:  # a component
+        return _host("get", key)
+    _check_key(key)
+    return _KEYS.get(key)
+
+
+def set(key: str, value: bytes) -> None:  # noqa: A001 - the ABI's name
+    """Store ``value`` under ``key``, replacing any previous value."""
+    value = bytes(value)
+    if _wit is not None:  # a component
+        _host("set", key, value)
+        return
+    _check_key(key)
+    _KEYS[key] = value
+
+
+def delete(key: str) -> bool:
+    """Remove ``key``; whether it existed."""
+    if _wit is not None:  # a component
+        return bool(_host("delete", key))
+    _check_key(key)
+    return _KEYS.pop(key, None) is not None
+
+
+def list_keys(prefix: str = "", start_after: Optional[str] = None, limit: int = 100) -> List[str]:
+    """Keys starting with ``prefix`` in byte order, at most ``limit``
+    (capped at 1000), after ``start_after`` when given (for paging)."""
+    limit = max(0, min(int(limit), 1000))
+    if _wit is not None:  # a component
+        return list(_host("list_keys", prefix, start_after, limit))
+    keys = sorted((k for k in _KEYS if k.startswith(prefix)), key=lambda k: k.encode())
+    if start_after is not None:
+        keys = [k for k in keys if k.encode() > start_after.encode()]
+    return keys[:limit]
+
+
+def put_blob(data: bytes) -> str:
+    """Store ``data`` as an immutable blob; its ref, ``sha256:<hex>``."""
+    data = bytes(data)
+    if _wit is not None:  # a component
+        return str(_host("put_blob", data))
+    ref = "sha256:" + hashlib.sha256(data).hexdigest()
+    _BLOBS[ref] = data
+    return ref
+
+
+def get_blob(ref: str) -> Optional[bytes]:
+    """The blob with ``ref``, if this plugin stored it."""
+    if _wit is not None:  # a component
+        return _host("get_blob", ref)
+    return _BLOBS.get(ref)
+
+
+def get_json(key: str) -> Any:
+    """The JSON value stored under ``key`` (``None`` when absent)."""
+    value = get(key)
+    return None if value is None else json.loads(value)
+
+
+def set_json(key: str, value: Any) -> None:
+    """Store ``value`` as JSON under ``key``."""
+    set(key, json.dumps(value, separators=(",", ":")).encode())
+
+
+def reset() -> None:
+    """Empty the in-memory workspace (unit tests only)."""
+    _KEYS.clear()
+    _BLOBS.clear()
