@@ -13,14 +13,15 @@ use std::time::{Duration, Instant};
 
 use airlock_host::audit_log::{Event, Record};
 use airlock_host::{
-    AlertConfig, AlertMetric, AlertRule, CallRequest, Host, HostConfig, Package, RolloutRequest,
-    SIGNATURE_HEADER, TakeoverAction, Webhook, webhook_signature,
+    AlertConfig, AlertMetric, AlertRule, CallError, CallRequest, CallResponse, Host, HostConfig,
+    Package, RolloutRequest, SIGNATURE_HEADER, TakeoverAction, Webhook, webhook_signature,
 };
 use airlock_tests::{PLUGINS_DIR, PluginDir, install, read};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 
 const SECRET: &str = "webhook-secret-for-tests";
 
@@ -516,21 +517,28 @@ fn one_slot() -> PluginDir {
     )
 }
 
+/// Two `spin` calls that hold `misbehave`'s one call slot for about a
+/// second each, one after the other: calls arriving meanwhile wait a
+/// second, then get `plugin_busy`. Each ends `deadline_exceeded`.
+async fn hold_the_slot(host: &Arc<Host>) -> [JoinHandle<Result<CallResponse, CallError>>; 2] {
+    let spin = || {
+        let host = Arc::clone(host);
+        tokio::spawn(async move { host.call(CallRequest::new("misbehave/spin", "{}")).await })
+    };
+    let first = spin();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let second = spin();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    [first, second]
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transient_failures_are_retried_only_for_reads_and_keyed_calls() {
     let data = tempfile::tempdir().unwrap();
     let plugin = one_slot();
     let host = Arc::new(Host::new(HostConfig::default().data_dir(data.path())).unwrap());
     host.load_plugin(plugin.path()).await.unwrap();
-    let spin = |host: Arc<Host>| {
-        tokio::spawn(async move { host.call(CallRequest::new("misbehave/spin", "{}")).await })
-    };
-    // Two spins hold the one slot for about a second each, one after the
-    // other; calls arriving meanwhile wait a second, then get plugin_busy.
-    let first = spin(Arc::clone(&host));
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let second = spin(Arc::clone(&host));
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let [first, second] = hold_the_slot(&host).await;
     let echo = tokio::spawn({
         let host = Arc::clone(&host);
         async move {
@@ -610,13 +618,7 @@ async fn the_operators_retry_policy_replaces_the_manifests() {
     let host =
         Arc::new(Host::new(HostConfig::default().data_dir(data.path()).policy(policy)).unwrap());
     host.load_plugin(plugin.path()).await.unwrap();
-    let spin = |host: Arc<Host>| {
-        tokio::spawn(async move { host.call(CallRequest::new("misbehave/spin", "{}")).await })
-    };
-    let first = spin(Arc::clone(&host));
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let second = spin(Arc::clone(&host));
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    let [first, second] = hold_the_slot(&host).await;
     let echo = tokio::spawn({
         let host = Arc::clone(&host);
         async move {
