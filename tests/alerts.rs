@@ -44,7 +44,7 @@ async fn host_with(alerts: AlertConfig, data: &Path) -> (Host, PluginDir) {
     (host, plugin)
 }
 
-async fn say(host: &Host, fail: bool) -> Result<Value, airlock_host::CallError> {
+async fn say(host: &Host, fail: bool) -> Result<Value, CallError> {
     host.call(CallRequest::new(
         "misbehave/say",
         json!({"text": "hello", "fail": fail}).to_string(),
