@@ -520,27 +520,41 @@ async fn run(effort: Effort) {
     let cache = work.path().join("cache");
     let data = work.path().join("data");
 
-    // `-- --profile SECONDS`: only call `bench/echo` in a loop, for a
-    // profiler (`perf record -g -- target/release/deps/pipeline-… --bench
-    // --profile 10`).
+    // `-- --profile SECONDS [CALLERS]`: only call `bench/echo` in a loop
+    // (CALLERS tasks, 1 by default), for a profiler (`perf record -g --
+    // target/release/deps/pipeline-… --bench --profile 10 2`).
     let args: Vec<String> = std::env::args().collect();
-    if let Some(seconds) = args
-        .iter()
-        .position(|a| a == "--profile")
-        .and_then(|i| args.get(i + 1))
-    {
-        let seconds: u64 = seconds.parse().expect("--profile SECONDS");
-        let host = Host::new(host_config(&data, &cache)).unwrap();
+    if let Some(i) = args.iter().position(|a| a == "--profile") {
+        let seconds: u64 = args
+            .get(i + 1)
+            .and_then(|s| s.parse().ok())
+            .expect("--profile SECONDS [CALLERS]");
+        let callers: usize = args.get(i + 2).map_or(1, |s| {
+            s.parse().expect("--profile SECONDS [CALLERS]: CALLERS a number")
+        });
+        let host = Arc::new(Host::new(host_config(&data, &cache)).unwrap());
         host.load_plugins_dir(&plugins).await.unwrap();
         let until = Instant::now() + Duration::from_secs(seconds);
-        let mut calls = 0u64;
-        while Instant::now() < until {
-            host.call(CallRequest::new("bench/echo", ARGS))
-                .await
-                .unwrap();
-            calls += 1;
+        let tasks: Vec<_> = (0..callers)
+            .map(|_| {
+                let host = Arc::clone(&host);
+                tokio::spawn(async move {
+                    let mut calls = 0u64;
+                    while Instant::now() < until {
+                        host.call(CallRequest::new("bench/echo", ARGS))
+                            .await
+                            .unwrap();
+                        calls += 1;
+                    }
+                    calls
+                })
+            })
+            .collect();
+        let mut calls = 0;
+        for task in tasks {
+            calls += task.await.unwrap();
         }
-        println!("{calls} calls in {seconds} s");
+        println!("{calls} calls in {seconds} s with {callers} callers");
         return;
     }
 
