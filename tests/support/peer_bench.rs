@@ -135,11 +135,14 @@ fn parse_args() -> Result<Args, Error> {
 
 // ------------------------------------------------------------- figures
 
-/// One cell: calls, wall time, each call's latency (sorted).
+/// One cell: calls, wall time, each call's latency (sorted), and the CPU
+/// time the server and this client spent meanwhile.
 struct Cell {
     calls: usize,
     elapsed: Duration,
     latencies: Vec<Duration>,
+    server_cpu: Duration,
+    client_cpu: Duration,
 }
 
 impl Cell {
@@ -149,7 +152,23 @@ impl Cell {
             calls: latencies.len(),
             elapsed,
             latencies,
+            server_cpu: Duration::ZERO,
+            client_cpu: Duration::ZERO,
         }
+    }
+
+    /// The cell with the CPU time spent from `before` to `after`
+    /// (server, client).
+    fn cpu(mut self, before: (Duration, Duration), after: (Duration, Duration)) -> Cell {
+        self.server_cpu = after.0.saturating_sub(before.0);
+        self.client_cpu = after.1.saturating_sub(before.1);
+        self
+    }
+
+    /// CPU time per call: (server, client).
+    fn cpu_per_call(&self) -> (Duration, Duration) {
+        let calls = u32::try_from(self.calls.max(1)).unwrap_or(u32::MAX);
+        (self.server_cpu / calls, self.client_cpu / calls)
     }
 
     fn per_second(&self) -> f64 {
@@ -175,6 +194,8 @@ struct Pass {
     sequential: Cell,
     concurrent: Cell,
     rss_warm_kb: u64,
+    rss_sequential_kb: u64,
+    rss_end_kb: u64,
     hwm_kb: u64,
     exit: String,
 }
@@ -196,6 +217,31 @@ fn status_kb(pid: u32, field: &str) -> Result<u64, Error> {
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .ok_or_else(|| format!("no {field} in /proc/{pid}/status").into())
+}
+
+/// CPU time (user and system, every thread, exited ones included) of
+/// process `pid` ("self" for this one), from `/proc/PID/stat` (in ticks
+/// of 10 ms: precise enough over cells of thousands of calls).
+fn cpu_time(pid: &str) -> Result<Duration, Error> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| format!("cannot read /proc/{pid}/stat: {e}"))?;
+    // After the command name (in parentheses, which may hold spaces) come
+    // the fields from the third on: utime is the 14th, stime the 15th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
+    match (ticks(11), ticks(12)) {
+        // USER_HZ is 100 on Linux.
+        (Some(user), Some(system)) => Ok(Duration::from_millis((user + system) * 10)),
+        _ => Err(format!("no utime/stime in /proc/{pid}/stat").into()),
+    }
+}
+
+/// CPU time so far: (the server `pid`, this client).
+fn cpu_times(pid: u32) -> Result<(Duration, Duration), Error> {
+    Ok((cpu_time(&pid.to_string())?, cpu_time("self")?))
 }
 
 fn machine() -> String {
@@ -490,9 +536,15 @@ async fn drive(
         n += 1;
     }
     let rss_warm_kb = status_kb(pid, "VmRSS")?;
+    let before = cpu_times(pid)?;
     let sequential = sequential(&peer, server, n, effort.sequential).await?;
+    let between = cpu_times(pid)?;
+    let sequential = sequential.cpu(before, between);
+    let rss_sequential_kb = status_kb(pid, "VmRSS")?;
     n += effort.sequential as u64;
     let concurrent = concurrent(&peer, server, n, effort.concurrent_for).await?;
+    let concurrent = concurrent.cpu(between, cpu_times(pid)?);
+    let rss_end_kb = status_kb(pid, "VmRSS")?;
     let hwm_kb = status_kb(pid, "VmHWM")?;
 
     drop(peer);
@@ -510,6 +562,8 @@ async fn drive(
         sequential,
         concurrent,
         rss_warm_kb,
+        rss_sequential_kb,
+        rss_end_kb,
         hwm_kb,
         exit,
     })
@@ -543,24 +597,26 @@ fn report(args: &Args, effort: Effort, machine: &str, passes: &[Pass]) -> String
     );
     let _ = writeln!(
         out,
-        "| server | pass | mode | calls | calls/s | p50 | p99 | RSS after warm-up | peak RSS |"
+        "| server | pass | mode | calls | calls/s | p50 | p99 | server CPU a call | client CPU a call | peak RSS |"
     );
-    let _ = writeln!(out, "|---|---:|---|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(out, "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|");
     for pass in passes {
         for (mode, cell) in [
             ("sequential".to_owned(), &pass.sequential),
             (format!("{IN_FLIGHT} in flight"), &pass.concurrent),
         ] {
+            let (server_cpu, client_cpu) = cell.cpu_per_call();
             let _ = writeln!(
                 out,
-                "| {} | {} | {mode} | {} | {:.0} | {} | {} | {} | {} |",
+                "| {} | {} | {mode} | {} | {:.0} | {} | {} | {} | {} | {} |",
                 pass.server.label(),
                 pass.number,
                 cell.calls,
                 cell.per_second(),
                 us(cell.percentile(50.0)),
                 us(cell.percentile(99.0)),
-                mib(pass.rss_warm_kb),
+                us(server_cpu),
+                us(client_cpu),
                 mib(pass.hwm_kb),
             );
         }
@@ -571,6 +627,7 @@ fn report(args: &Args, effort: Effort, machine: &str, passes: &[Pass]) -> String
     let pooled = |server: Server, concurrent_mode: bool| -> Cell {
         let mut latencies = Vec::new();
         let mut elapsed = Duration::ZERO;
+        let mut cpu = (Duration::ZERO, Duration::ZERO);
         for pass in passes.iter().filter(|p| p.server == server) {
             let cell = if concurrent_mode {
                 &pass.concurrent
@@ -579,8 +636,10 @@ fn report(args: &Args, effort: Effort, machine: &str, passes: &[Pass]) -> String
             };
             latencies.extend_from_slice(&cell.latencies);
             elapsed += cell.elapsed;
+            cpu.0 += cell.server_cpu;
+            cpu.1 += cell.client_cpu;
         }
-        Cell::new(latencies, elapsed)
+        Cell::new(latencies, elapsed).cpu((Duration::ZERO, Duration::ZERO), cpu)
     };
     let _ = writeln!(
         out,
@@ -588,9 +647,9 @@ fn report(args: &Args, effort: Effort, machine: &str, passes: &[Pass]) -> String
     );
     let _ = writeln!(
         out,
-        "| mode | Airlock calls/s | hyper-mcp calls/s | Airlock ÷ hyper-mcp | Airlock p50 | hyper-mcp p50 | Airlock p99 | hyper-mcp p99 |"
+        "| mode | Airlock calls/s | hyper-mcp calls/s | Airlock ÷ hyper-mcp | Airlock p50 | hyper-mcp p50 | Airlock p99 | hyper-mcp p99 | Airlock CPU a call | hyper-mcp CPU a call |"
     );
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (mode, concurrent_mode) in [
         ("sequential".to_owned(), false),
         (format!("{IN_FLIGHT} in flight"), true),
@@ -599,7 +658,7 @@ fn report(args: &Args, effort: Effort, machine: &str, passes: &[Pass]) -> String
         let p = pooled(Server::Peer, concurrent_mode);
         let _ = writeln!(
             out,
-            "| {mode} | {:.0} | {:.0} | {:.2}× | {} | {} | {} | {} |",
+            "| {mode} | {:.0} | {:.0} | {:.2}× | {} | {} | {} | {} | {} | {} |",
             a.per_second(),
             p.per_second(),
             a.per_second() / p.per_second().max(f64::MIN_POSITIVE),
@@ -607,17 +666,23 @@ fn report(args: &Args, effort: Effort, machine: &str, passes: &[Pass]) -> String
             us(p.percentile(50.0)),
             us(a.percentile(99.0)),
             us(p.percentile(99.0)),
+            us(a.cpu_per_call().0),
+            us(p.cpu_per_call().0),
         );
     }
     let _ = writeln!(out);
     for pass in passes {
         let _ = writeln!(
             out,
-            "- {} pass {}: {} ready (spawn to tools listed) in {:.0} ms; {}.",
+            "- {} pass {}: {} ready (spawn to tools listed) in {:.0} ms; resident {} after the warm-up, {} after the sequential calls, {} at the end, peak {}; {}.",
             pass.server.label(),
             pass.number,
             pass.server_info,
             pass.start.as_secs_f64() * 1e3,
+            mib(pass.rss_warm_kb),
+            mib(pass.rss_sequential_kb),
+            mib(pass.rss_end_kb),
+            mib(pass.hwm_kb),
             pass.exit
         );
     }
