@@ -530,7 +530,8 @@ async fn run(effort: Effort) {
             .and_then(|s| s.parse().ok())
             .expect("--profile SECONDS [CALLERS]");
         let callers: usize = args.get(i + 2).map_or(1, |s| {
-            s.parse().expect("--profile SECONDS [CALLERS]: CALLERS a number")
+            s.parse()
+                .expect("--profile SECONDS [CALLERS]: CALLERS a number")
         });
         let host = Arc::new(Host::new(host_config(&data, &cache)).unwrap());
         host.load_plugins_dir(&plugins).await.unwrap();

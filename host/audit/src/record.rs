@@ -270,7 +270,17 @@ pub(crate) fn chain_hash_bytes(prev: &[u8; 32], body: &[u8]) -> [u8; 32] {
 
 /// SHA-256 of `bytes`, hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
+    hex32(&Sha256::digest(bytes).into())
+}
+
+/// 32 bytes as 64 lowercase hex digits. `hex::encode` goes through a
+/// `char` iterator; this is a table lookup per byte, and it runs several
+/// times per call (digests, hashes).
+pub(crate) fn hex32(bytes: &[u8; 32]) -> String {
+    let mut out = [0u8; 64];
+    // 64 digits for 32 bytes: cannot fail.
+    let _ = hex::encode_to_slice(bytes, &mut out);
+    std::str::from_utf8(&out).unwrap_or_default().to_owned()
 }
 
 /// Parse a 64-hex-digit hash.
@@ -486,8 +496,8 @@ impl Linked {
             seq: self.seq,
             time_ms: self.time_ms,
             entry: self.entry,
-            prev_hash: hex::encode(self.prev),
-            hash: hex::encode(self.hash),
+            prev_hash: hex32(&self.prev),
+            hash: hex32(&self.hash),
         }
     }
 }

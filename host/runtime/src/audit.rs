@@ -287,12 +287,12 @@ pub(crate) async fn append(
     log: &AuditLog,
     entry: Entry,
     durability: Durability,
-) -> airlock_audit::Result<airlock_audit::Record> {
+) -> airlock_audit::Result<u64> {
     match durability {
-        Durability::Batched => log.append(entry, durability),
+        Durability::Batched => log.append_seq(entry, durability),
         Durability::Flushed => {
             let log = log.clone();
-            tokio::task::spawn_blocking(move || log.append(entry, durability))
+            tokio::task::spawn_blocking(move || log.append_seq(entry, durability))
                 .await
                 .unwrap_or(Err(airlock_audit::Error::Closed))
         }
