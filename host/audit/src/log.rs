@@ -969,20 +969,21 @@ impl AuditLog {
     /// [`Error::Closed`] after [`close`](Self::close). Either way the
     /// caller must not run the call.
     pub fn append(&self, entry: Entry, durability: Durability) -> Result<Record> {
-        let linked = self.append_unflushed(entry)?;
+        let linked = self.append_unflushed(&entry)?;
         if durability == Durability::Flushed {
             self.inner.flush_through(linked.seq, false)?;
         }
-        Ok(linked.into_record())
+        Ok(linked.into_record(entry))
     }
 
-    /// [`append`](Self::append), returning the record's sequence number
-    /// only: for callers that do not read the record back (the call
-    /// pipeline), it saves making the [`Record`] (hex hashes, the entry).
+    /// [`append`](Self::append) `entry` without taking it, returning the
+    /// record's sequence number only: for callers that do not read the
+    /// record back (the call pipeline), it saves copying the entry and
+    /// making the [`Record`] (hex hashes).
     ///
     /// # Errors
     /// As [`append`](Self::append).
-    pub fn append_seq(&self, entry: Entry, durability: Durability) -> Result<u64> {
+    pub fn append_seq(&self, entry: &Entry, durability: Durability) -> Result<u64> {
         let seq = self.append_unflushed(entry)?.seq;
         if durability == Durability::Flushed {
             self.inner.flush_through(seq, false)?;
@@ -990,12 +991,12 @@ impl AuditLog {
         Ok(seq)
     }
 
-    fn append_unflushed(&self, entry: Entry) -> Result<Linked> {
+    fn append_unflushed(&self, entry: &Entry) -> Result<Linked> {
         let inner = &self.inner;
         // Encoded before the head lock is taken: under it, only the seq,
         // the time and the chain hash are added.
         let prepared = Prepared::new(entry);
-        let marker = match (prepared.entry().event, prepared.entry().call_id.as_deref()) {
+        let marker = match (entry.event, entry.call_id.as_deref()) {
             (Event::CallStarted, Some(call_id)) => Marker::Open(call_id.to_owned()),
             (Event::CallFinished, Some(call_id)) => Marker::Close(call_id.to_owned()),
             _ => Marker::None,

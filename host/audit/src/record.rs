@@ -300,9 +300,9 @@ impl Record {
         entry: Entry,
         prev: &[u8; 32],
     ) -> (Record, [u8; 32], Vec<u8>) {
-        let linked = Prepared::new(entry).link(seq, time_ms, prev);
+        let linked = Prepared::new(&entry).link(seq, time_ms, prev);
         let (hash, bytes) = (linked.hash, linked.bytes());
-        (linked.into_record(), hash, bytes)
+        (linked.into_record(entry), hash, bytes)
     }
 }
 
@@ -314,7 +314,6 @@ impl Record {
 /// outside the log's head lock; linking ([`Prepared::link`]), under it, is
 /// a few copies and one SHA-256.
 pub(crate) struct Prepared {
-    entry: Entry,
     /// The members before `hash` (never empty: `event` is among them).
     before_hash: String,
     /// The members between `hash` and `prev_hash`.
@@ -327,7 +326,7 @@ pub(crate) struct Prepared {
 
 impl Prepared {
     /// Encode `entry`'s members.
-    pub(crate) fn new(entry: Entry) -> Prepared {
+    pub(crate) fn new(entry: &Entry) -> Prepared {
         // No `..`: a new field must be placed here, in key order.
         let Entry {
             event,
@@ -356,7 +355,7 @@ impl Prepared {
             outcome,
             fuel_used,
             wall_us,
-        } = &entry;
+        } = entry;
         // Members in the byte order of their keys, in four runs around
         // `hash`, `prev_hash`, and `seq` and `time_ms`.
         let mut out = Members::with_capacity(256 + args.as_ref().map_or(0, String::len));
@@ -399,17 +398,11 @@ impl Prepared {
         out.number("wall_us", *wall_us);
         let after_time = out.finish();
         Prepared {
-            entry,
             before_hash,
             before_prev,
             before_seq,
             after_time,
         }
-    }
-
-    /// The entry being recorded.
-    pub(crate) fn entry(&self) -> &Entry {
-        &self.entry
     }
 
     /// Seal as record `seq`, appended at `time_ms`, after the record whose
@@ -450,7 +443,6 @@ impl Prepared {
         body.push('}');
         let hash = chain_hash_bytes(prev, body.as_bytes());
         Linked {
-            entry: self.entry,
             seq,
             time_ms,
             prev: *prev,
@@ -463,7 +455,6 @@ impl Prepared {
 
 /// A sealed record: its number, links and canonical body.
 pub(crate) struct Linked {
-    entry: Entry,
     pub(crate) seq: u64,
     time_ms: u64,
     prev: [u8; 32],
@@ -490,12 +481,12 @@ impl Linked {
         out
     }
 
-    /// The record, as a reader parses it.
-    pub(crate) fn into_record(self) -> Record {
+    /// The record of `entry` (the one linked), as a reader parses it.
+    pub(crate) fn into_record(self, entry: Entry) -> Record {
         Record {
             seq: self.seq,
             time_ms: self.time_ms,
-            entry: self.entry,
+            entry,
             prev_hash: hex32(&self.prev),
             hash: hex32(&self.hash),
         }

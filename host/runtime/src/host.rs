@@ -1178,7 +1178,7 @@ impl Host {
             by,
             pause.reason.as_deref(),
         );
-        crate::audit::append(&self.audit, entry, airlock_audit::Durability::Flushed)
+        crate::audit::append(&self.audit, &entry, airlock_audit::Durability::Flushed)
             .await
             .map_err(Error::AuditUnavailable)?;
         Ok(pause)
@@ -1209,7 +1209,7 @@ impl Host {
             by,
             reason.as_deref(),
         );
-        crate::audit::append(&self.audit, entry, airlock_audit::Durability::Flushed)
+        crate::audit::append(&self.audit, &entry, airlock_audit::Durability::Flushed)
             .await
             .map_err(Error::AuditUnavailable)?;
         Ok(Some(pause))
