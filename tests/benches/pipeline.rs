@@ -540,22 +540,29 @@ async fn run(effort: Effort) {
             .map(|_| {
                 let host = Arc::clone(&host);
                 tokio::spawn(async move {
-                    let mut calls = 0u64;
+                    let mut took = Vec::new();
                     while Instant::now() < until {
+                        let start = Instant::now();
                         host.call(CallRequest::new("bench/echo", ARGS))
                             .await
                             .unwrap();
-                        calls += 1;
+                        took.push(start.elapsed());
                     }
-                    calls
+                    took
                 })
             })
             .collect();
-        let mut calls = 0;
+        let mut took = Vec::new();
         for task in tasks {
-            calls += task.await.unwrap();
+            took.extend(task.await.unwrap());
         }
-        println!("{calls} calls in {seconds} s with {callers} callers");
+        let l = Latency::of(took);
+        println!(
+            "{} calls in {seconds} s with {callers} callers: p50 {}, p99 {}",
+            l.n,
+            us(l.p50),
+            us(l.p99)
+        );
         return;
     }
 

@@ -61,19 +61,38 @@ fn write_str(value: &Value, out: &mut String) {
     }
 }
 
+/// The bytes a JSON string escapes: `"`, `\` and the control characters.
+static ESCAPED: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = true;
+        b += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
+
 pub(crate) fn write_string(s: &str, out: &mut String) {
     use std::fmt::Write as _;
     out.reserve(s.len() + 2);
     out.push('"');
     // Copy runs that need no escaping in one go: only `"`, `\` and control
-    // characters (all ASCII) are escaped.
+    // characters (all ASCII) are escaped, found by a table lookup per byte.
+    let bytes = s.as_bytes();
     let mut run = 0;
-    for (i, byte) in s.bytes().enumerate() {
+    let mut i = 0;
+    while i < bytes.len() {
+        let byte = bytes[i];
+        if !ESCAPED[usize::from(byte)] {
+            i += 1;
+            continue;
+        }
         let escape = match byte {
             b'"' => "\\\"",
             b'\\' => "\\\\",
-            b if b < 0x20 => "",
-            _ => continue,
+            _ => "",
         };
         out.push_str(&s[run..i]);
         if escape.is_empty() {
@@ -82,7 +101,8 @@ pub(crate) fn write_string(s: &str, out: &mut String) {
         } else {
             out.push_str(escape);
         }
-        run = i + 1;
+        i += 1;
+        run = i;
     }
     out.push_str(&s[run..]);
     out.push('"');
@@ -106,6 +126,20 @@ mod tests {
     fn escapes_only_quote_backslash_and_controls() {
         let v = json!("a\"b\\c\n\u{1}é/\u{7f}");
         assert_eq!(to_string(&v), "\"a\\\"b\\\\c\\u000a\\u0001é/\u{7f}\"");
+    }
+
+    #[test]
+    fn every_character_round_trips_and_only_the_escaped_ones_change() {
+        let text: String = (0u32..0x800)
+            .filter_map(char::from_u32)
+            .chain(['\u{ffff}', '\u{10ffff}', '€'])
+            .collect();
+        let mut out = String::new();
+        write_string(&text, &mut out);
+        assert_eq!(serde_json::from_str::<String>(&out).unwrap(), text);
+        let escaped = out.matches('\\').count();
+        // 32 controls as \u00XX, then \" and \\ (two backslashes).
+        assert_eq!(escaped, 32 + 1 + 2);
     }
 
     #[test]

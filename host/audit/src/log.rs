@@ -1,7 +1,7 @@
 //! [`AuditLog`]: the hash-chained, checkpointed log, over an
 //! [`AuditStore`] (sled in the audit directory by default).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -19,7 +19,9 @@ use serde_json::Value;
 use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::keys;
-use crate::record::{Entry, Event, GENESIS_HASH, OUTCOME_UNKNOWN, Prepared, Record, parse_hash};
+use crate::record::{
+    Entry, Event, GENESIS_HASH, Linked, OUTCOME_UNKNOWN, Prepared, Record, parse_hash,
+};
 use crate::redact::{RedactionRules, Redactor};
 use crate::verify::{Verifier, VerifyFailure, VerifyReport};
 
@@ -201,6 +203,13 @@ struct QueueState {
     stop: bool,
     /// There is no writer thread: appenders write what they queue.
     inline: bool,
+    /// The writer thread waits for records with none queued: the next
+    /// appender wakes it. Otherwise it is writing or gathering a batch,
+    /// and appenders do not signal it (a signal is a system call).
+    writer_idle: bool,
+    /// Appenders waiting for room in the queue (the writer signals
+    /// `drained` only when there are some).
+    waiting_for_room: usize,
     /// Failed attempts to write queued records, since the log was opened.
     write_failures: u64,
     /// A write failed and what the store kept of it is not known yet: the
@@ -219,6 +228,26 @@ impl Queue {
 /// take them (the log's memory stays bounded when the store is slower
 /// than the callers). Appenders never write to the store themselves.
 const MAX_QUEUED: usize = 1024;
+
+/// How long the writer thread, woken by a record, lets more gather before
+/// it writes them (unless [`GATHER`] are queued first). Batched records
+/// are promised to the disk only at the next group commit
+/// (`audit.group_commit_ms`), and a flush or a reader writes the queue
+/// itself, so the window delays nothing anyone waits for; it makes one
+/// store write (and one wake-up) carry the records of many calls.
+const GATHER_WINDOW: Duration = Duration::from_millis(1);
+
+/// Queued records at which the writer thread stops gathering and writes.
+const GATHER: usize = 256;
+
+/// A call whose intent and outcome records go into the store in one
+/// [`AuditStore::write`], at most this many records apart, gets no
+/// in-flight marker (neither set nor cleared: two store operations
+/// saved). A store keeps a prefix of its writes through a crash, so if the
+/// outcome is lost the intent is among the last `ELIDE_SPAN` stored
+/// records, and recovery looks there for intents without an outcome as
+/// well as at the markers.
+pub(crate) const ELIDE_SPAN: u64 = 1024;
 
 /// How long an appender waits for room in the queue before writing the
 /// queue itself (the writer thread is stuck or gone: never in a healthy
@@ -710,23 +739,49 @@ impl AuditLog {
             .store
             .open_calls(&inner.origin)
             .map_err(|e| store_error(&inner.path, &e))?;
-        let Some(first) = markers.iter().map(|(_, seq)| *seq).min() else {
+        let head = self.lock()?.seq;
+        // Intents written without a marker (with their outcome, in one
+        // store write: see ELIDE_SPAN) whose outcome a crash lost are
+        // among the last ELIDE_SPAN records.
+        let tail = head.saturating_sub(ELIDE_SPAN - 1).max(1);
+        if head == 0 {
             return Ok(());
-        };
+        }
+        let first = markers
+            .iter()
+            .map(|(_, seq)| *seq)
+            .min()
+            .map_or(tail, |seq| seq.min(tail));
+        let marked: HashSet<&str> = markers.iter().map(|(id, _)| id.as_str()).collect();
         // Calls whose outcome was recorded after the earliest marked intent:
         // a crash between an outcome record and its marker's removal leaves
         // a marker behind for a call that is not in flight. Calls are
         // bounded by their deadlines, so this reads few records.
         let mut finished = HashSet::new();
-        for record in self.records(first.saturating_add(1)) {
+        let mut unmarked = Vec::new();
+        for record in self.records(first) {
             let record = record?;
-            if record.entry.event == Event::CallFinished
-                && let Some(call_id) = record.entry.call_id
-            {
-                finished.insert(call_id);
+            match (record.entry.event, &record.entry.call_id) {
+                (Event::CallFinished, Some(call_id)) => {
+                    finished.insert(call_id.clone());
+                }
+                (Event::CallStarted, Some(call_id))
+                    if record.seq >= tail && !marked.contains(call_id.as_str()) =>
+                {
+                    unmarked.push(record);
+                }
+                _ => {}
             }
         }
+        drop(marked);
         let mut orphans = Vec::new();
+        for intent in unmarked {
+            if let Some(call_id) = &intent.entry.call_id
+                && !finished.contains(call_id)
+            {
+                orphans.push((intent.seq, intent));
+            }
+        }
         for (call_id, seq) in markers {
             let intent = self.get(seq)?.filter(|r| {
                 r.entry.event == Event::CallStarted
@@ -788,10 +843,21 @@ impl AuditLog {
                 let mut retry = RETRY_FIRST;
                 loop {
                     {
-                        let state = queue.lock();
-                        let state = queue
+                        let mut state = queue.lock();
+                        while state.writes.is_empty() && !state.stop {
+                            state.writer_idle = true;
+                            state = queue
+                                .wake
+                                .wait(state)
+                                .unwrap_or_else(PoisonError::into_inner);
+                        }
+                        state.writer_idle = false;
+                        // Let a batch gather (see GATHER_WINDOW).
+                        let (state, _) = queue
                             .wake
-                            .wait_while(state, |s| s.writes.is_empty() && !s.stop)
+                            .wait_timeout_while(state, GATHER_WINDOW, |s| {
+                                s.writes.len() < GATHER && !s.stop
+                            })
                             .unwrap_or_else(PoisonError::into_inner);
                         if state.stop {
                             return;
@@ -903,19 +969,34 @@ impl AuditLog {
     /// [`Error::Closed`] after [`close`](Self::close). Either way the
     /// caller must not run the call.
     pub fn append(&self, entry: Entry, durability: Durability) -> Result<Record> {
-        let record = self.append_unflushed(entry)?;
+        let linked = self.append_unflushed(&entry)?;
         if durability == Durability::Flushed {
-            self.inner.flush_through(record.seq, false)?;
+            self.inner.flush_through(linked.seq, false)?;
         }
-        Ok(record)
+        Ok(linked.into_record(entry))
     }
 
-    fn append_unflushed(&self, entry: Entry) -> Result<Record> {
+    /// [`append`](Self::append) `entry` without taking it, returning the
+    /// record's sequence number only: for callers that do not read the
+    /// record back (the call pipeline), it saves copying the entry and
+    /// making the [`Record`] (hex hashes).
+    ///
+    /// # Errors
+    /// As [`append`](Self::append).
+    pub fn append_seq(&self, entry: &Entry, durability: Durability) -> Result<u64> {
+        let seq = self.append_unflushed(entry)?.seq;
+        if durability == Durability::Flushed {
+            self.inner.flush_through(seq, false)?;
+        }
+        Ok(seq)
+    }
+
+    fn append_unflushed(&self, entry: &Entry) -> Result<Linked> {
         let inner = &self.inner;
         // Encoded before the head lock is taken: under it, only the seq,
         // the time and the chain hash are added.
         let prepared = Prepared::new(entry);
-        let marker = match (prepared.entry().event, prepared.entry().call_id.as_deref()) {
+        let marker = match (entry.event, entry.call_id.as_deref()) {
             (Event::CallStarted, Some(call_id)) => Marker::Open(call_id.to_owned()),
             (Event::CallFinished, Some(call_id)) => Marker::Close(call_id.to_owned()),
             _ => Marker::None,
@@ -941,10 +1022,16 @@ impl AuditLog {
         }
         let linked = prepared.link(seq, now_ms(), &head.hash);
         let bytes = linked.bytes();
-        let (queued, inline) = {
+        let (queued, inline, wake) = {
             let mut queue = inner.queue.lock();
             queue.writes.push_back(AuditWrite { seq, bytes, marker });
-            (queue.writes.len(), queue.inline)
+            let queued = queue.writes.len();
+            // Signal the writer only when it waits for records or its
+            // batch is full: a signal is a system call, per record it
+            // would cost more than the record.
+            let wake = queue.writer_idle || queued == GATHER;
+            queue.writer_idle = false;
+            (queued, queue.inline, wake)
         };
         inner.sealed.store(seq, Ordering::Release);
         head.seq = seq;
@@ -957,7 +1044,9 @@ impl AuditLog {
             tracing::error!(error = %e, "cannot sign an audit checkpoint");
         }
         drop(head);
-        inner.queue.wake.notify_one();
+        if wake {
+            inner.queue.wake.notify_one();
+        }
         if inline {
             // No writer thread: the appender writes. The record is sealed
             // and queued: if the store fails now it stays queued for the
@@ -966,7 +1055,7 @@ impl AuditLog {
         } else if queued > MAX_QUEUED {
             inner.wait_for_room();
         }
-        Ok(linked.into_record())
+        Ok(linked)
     }
 
     /// Flush everything appended so far to disk.
@@ -1277,14 +1366,16 @@ impl Inner {
     /// writing fails (failing writes are bounded by `max_pending_records`
     /// instead); past [`MAX_QUEUE_WAIT`], write the queue here.
     fn wait_for_room(&self) {
-        let queue = self.queue.lock();
-        let (queue, waited) = self
+        let mut queue = self.queue.lock();
+        queue.waiting_for_room += 1;
+        let (mut queue, waited) = self
             .queue
             .drained
             .wait_timeout_while(queue, MAX_QUEUE_WAIT, |s| {
                 s.writes.len() > MAX_QUEUED && s.failing.is_none() && !s.stop && !s.inline
             })
             .unwrap_or_else(PoisonError::into_inner);
+        queue.waiting_for_room -= 1;
         let stuck = waited.timed_out() && queue.failing.is_none();
         drop(queue);
         if stuck {
@@ -1304,12 +1395,18 @@ impl Inner {
     fn write_queued(&self) -> Result<()> {
         let _writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
-            let (mut writes, resync) = {
+            let (mut writes, resync, room_waiters) = {
                 let mut queue = self.queue.lock();
                 queue.taken = queue.writes.len();
-                (std::mem::take(&mut queue.writes), queue.resync)
+                (
+                    std::mem::take(&mut queue.writes),
+                    queue.resync,
+                    queue.waiting_for_room > 0,
+                )
             };
-            self.queue.drained.notify_all();
+            if room_waiters {
+                self.queue.drained.notify_all();
+            }
             if writes.is_empty() {
                 let mut queue = self.queue.lock();
                 if queue.writes.is_empty() {
@@ -1338,6 +1435,7 @@ impl Inner {
                 }
             }
             if result.is_ok() && !writes.is_empty() {
+                elide_markers(writes.make_contiguous());
                 result = self.write_checked(writes.make_contiguous());
                 if result.is_ok() {
                     continue;
@@ -1472,6 +1570,33 @@ impl Inner {
     /// what the store holds.
     pub(crate) fn settle(&self) {
         let _ = self.write_queued();
+    }
+}
+
+/// Drop the in-flight markers of calls whose intent and outcome are both
+/// in `writes`, fewer than [`ELIDE_SPAN`] records apart: written together,
+/// the call is never in flight in the store (see [`ELIDE_SPAN`]).
+fn elide_markers(writes: &mut [AuditWrite]) {
+    let mut opened: HashMap<&str, (usize, u64)> = HashMap::new();
+    let mut pairs = Vec::new();
+    for (i, write) in writes.iter().enumerate() {
+        match &write.marker {
+            Marker::Open(call_id) => {
+                opened.insert(call_id, (i, write.seq));
+            }
+            Marker::Close(call_id) => {
+                if let Some((at, seq)) = opened.remove(call_id.as_str())
+                    && write.seq - seq < ELIDE_SPAN
+                {
+                    pairs.push((at, i));
+                }
+            }
+            Marker::None => {}
+        }
+    }
+    for (open, close) in pairs {
+        writes[open].marker = Marker::None;
+        writes[close].marker = Marker::None;
     }
 }
 
@@ -1980,6 +2105,51 @@ mod tests {
         )
         .unwrap();
         (log, store)
+    }
+
+    fn marked(seq: u64, marker: Marker) -> AuditWrite {
+        AuditWrite {
+            seq,
+            bytes: Vec::new(),
+            marker,
+        }
+    }
+
+    #[test]
+    fn markers_are_elided_only_for_calls_whole_in_one_write() {
+        let open = |id: &str| Marker::Open(id.to_owned());
+        let close = |id: &str| Marker::Close(id.to_owned());
+        let far = 10 + ELIDE_SPAN;
+        let mut writes = vec![
+            marked(10, open("a")),
+            marked(11, open("b")),
+            marked(12, Marker::None),
+            marked(13, close("a")),
+            // Its intent was in an earlier write.
+            marked(14, close("z")),
+            // Its outcome is in a later write.
+            marked(15, open("c")),
+            marked(far - 1, close("b")),
+            marked(far, open("d")),
+            // Too far from its intent for recovery's look at the tail.
+            marked(far + ELIDE_SPAN, close("d")),
+        ];
+        elide_markers(&mut writes);
+        let markers: Vec<_> = writes.into_iter().map(|w| w.marker).collect();
+        assert_eq!(
+            markers,
+            vec![
+                Marker::None,
+                Marker::None,
+                Marker::None,
+                Marker::None,
+                close("z"),
+                open("c"),
+                Marker::None,
+                open("d"),
+                close("d"),
+            ]
+        );
     }
 
     /// Group commit: flushed appends from many threads at once share

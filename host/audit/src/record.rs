@@ -270,7 +270,17 @@ pub(crate) fn chain_hash_bytes(prev: &[u8; 32], body: &[u8]) -> [u8; 32] {
 
 /// SHA-256 of `bytes`, hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
+    hex32(&Sha256::digest(bytes).into())
+}
+
+/// 32 bytes as 64 lowercase hex digits. `hex::encode` goes through a
+/// `char` iterator; this is a table lookup per byte, and it runs several
+/// times per call (digests, hashes).
+pub(crate) fn hex32(bytes: &[u8; 32]) -> String {
+    let mut out = [0u8; 64];
+    // 64 digits for 32 bytes: cannot fail.
+    let _ = hex::encode_to_slice(bytes, &mut out);
+    std::str::from_utf8(&out).unwrap_or_default().to_owned()
 }
 
 /// Parse a 64-hex-digit hash.
@@ -290,9 +300,9 @@ impl Record {
         entry: Entry,
         prev: &[u8; 32],
     ) -> (Record, [u8; 32], Vec<u8>) {
-        let linked = Prepared::new(entry).link(seq, time_ms, prev);
+        let linked = Prepared::new(&entry).link(seq, time_ms, prev);
         let (hash, bytes) = (linked.hash, linked.bytes());
-        (linked.into_record(), hash, bytes)
+        (linked.into_record(entry), hash, bytes)
     }
 }
 
@@ -304,7 +314,6 @@ impl Record {
 /// outside the log's head lock; linking ([`Prepared::link`]), under it, is
 /// a few copies and one SHA-256.
 pub(crate) struct Prepared {
-    entry: Entry,
     /// The members before `hash` (never empty: `event` is among them).
     before_hash: String,
     /// The members between `hash` and `prev_hash`.
@@ -317,7 +326,7 @@ pub(crate) struct Prepared {
 
 impl Prepared {
     /// Encode `entry`'s members.
-    pub(crate) fn new(entry: Entry) -> Prepared {
+    pub(crate) fn new(entry: &Entry) -> Prepared {
         // No `..`: a new field must be placed here, in key order.
         let Entry {
             event,
@@ -346,7 +355,7 @@ impl Prepared {
             outcome,
             fuel_used,
             wall_us,
-        } = &entry;
+        } = entry;
         // Members in the byte order of their keys, in four runs around
         // `hash`, `prev_hash`, and `seq` and `time_ms`.
         let mut out = Members::with_capacity(256 + args.as_ref().map_or(0, String::len));
@@ -389,17 +398,11 @@ impl Prepared {
         out.number("wall_us", *wall_us);
         let after_time = out.finish();
         Prepared {
-            entry,
             before_hash,
             before_prev,
             before_seq,
             after_time,
         }
-    }
-
-    /// The entry being recorded.
-    pub(crate) fn entry(&self) -> &Entry {
-        &self.entry
     }
 
     /// Seal as record `seq`, appended at `time_ms`, after the record whose
@@ -440,7 +443,6 @@ impl Prepared {
         body.push('}');
         let hash = chain_hash_bytes(prev, body.as_bytes());
         Linked {
-            entry: self.entry,
             seq,
             time_ms,
             prev: *prev,
@@ -453,7 +455,6 @@ impl Prepared {
 
 /// A sealed record: its number, links and canonical body.
 pub(crate) struct Linked {
-    entry: Entry,
     pub(crate) seq: u64,
     time_ms: u64,
     prev: [u8; 32],
@@ -480,14 +481,14 @@ impl Linked {
         out
     }
 
-    /// The record, as a reader parses it.
-    pub(crate) fn into_record(self) -> Record {
+    /// The record of `entry` (the one linked), as a reader parses it.
+    pub(crate) fn into_record(self, entry: Entry) -> Record {
         Record {
             seq: self.seq,
             time_ms: self.time_ms,
-            entry: self.entry,
-            prev_hash: hex::encode(self.prev),
-            hash: hex::encode(self.hash),
+            entry,
+            prev_hash: hex32(&self.prev),
+            hash: hex32(&self.hash),
         }
     }
 }

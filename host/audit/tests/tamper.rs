@@ -586,6 +586,77 @@ fn a_crash_between_a_record_and_its_marker_leaves_no_false_unknown() {
 }
 
 #[test]
+fn an_intent_flushed_alone_keeps_its_marker_until_its_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = AuditLog::open(dir.path(), AuditConfig::default()).unwrap();
+        // call-1: intent and outcome reach the store together.
+        log.append(entry(1), Durability::Batched).unwrap();
+        log.append(entry(2), Durability::Batched).unwrap();
+        // call-2: its intent is flushed alone, before its outcome.
+        log.append(entry(3), Durability::Flushed).unwrap();
+        let mut markers = Vec::new();
+        let store = log.store();
+        for (call_id, seq) in store.open_calls(log.origin()).unwrap() {
+            markers.push((call_id, seq));
+        }
+        assert_eq!(markers, vec![("call-2".to_owned(), 3)]);
+        log.append(entry(4), Durability::Flushed).unwrap();
+        assert!(store.open_calls(log.origin()).unwrap().is_empty());
+        log.close().unwrap();
+    }
+    let log = AuditLog::open(dir.path(), AuditConfig::default()).unwrap();
+    assert_eq!(log.head().unwrap().0, 4, "nothing to recover");
+}
+
+#[test]
+fn an_intent_stored_without_its_outcome_or_marker_gets_an_unknown_outcome() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let log = AuditLog::open(dir.path(), AuditConfig::default()).unwrap();
+        for i in 1..=6 {
+            log.append(entry(i), Durability::Batched).unwrap();
+        }
+        log.close().unwrap();
+    }
+    // A crash in the middle of the write that held call-3's intent and
+    // outcome (records 5 and 6): the store kept a prefix, up to record 5,
+    // and no marker for call-3 (written together, it got none).
+    tamper(dir.path(), |tree| {
+        assert_eq!(tree.scan_prefix(b"o").count(), 0);
+        tree.remove(record_key(6)).unwrap();
+        let checkpoints: Vec<_> = tree.scan_prefix(b"c").keys().collect();
+        for key in checkpoints {
+            let key = key.unwrap();
+            if u64::from_be_bytes(key[1..9].try_into().unwrap()) >= 6 {
+                tree.remove(key).unwrap();
+            }
+        }
+    });
+    let log = AuditLog::open(dir.path(), AuditConfig::default()).unwrap();
+    assert_eq!(log.head().unwrap().0, 6);
+    let last = log.get(6).unwrap().unwrap();
+    assert_eq!(last.entry.event, Event::CallFinished);
+    assert_eq!(last.entry.call_id.as_deref(), Some("call-3"));
+    assert_eq!(last.entry.outcome.as_deref(), Some(OUTCOME_UNKNOWN));
+    assert!(
+        last.entry
+            .reason
+            .as_deref()
+            .unwrap()
+            .contains("intent record 5"),
+        "{:?}",
+        last.entry.reason
+    );
+    assert_eq!(log.verify(&[]).unwrap().unwrap().records, 6);
+    log.close().unwrap();
+    drop(log);
+    // Recovered once: the next start adds nothing.
+    let log = AuditLog::open(dir.path(), AuditConfig::default()).unwrap();
+    assert_eq!(log.head().unwrap().0, 6);
+}
+
+#[test]
 fn key_files_are_guarded() {
     let dir = tempfile::tempdir().unwrap();
     log_with(dir.path(), 4, 100);

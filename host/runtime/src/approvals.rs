@@ -85,7 +85,7 @@ impl Approvals<'_> {
         entry.principal = Some(who.name.clone());
         entry.decision = Some(approval.state.as_str().to_owned());
         entry.reason = approval.decision_reason.clone();
-        crate::audit::append(self.audit, entry, airlock_audit::Durability::Flushed)
+        crate::audit::append(self.audit, &entry, airlock_audit::Durability::Flushed)
             .await
             .map_err(Error::AuditUnavailable)?;
         Ok(approval)

@@ -98,7 +98,7 @@ impl<'a> CallRecord<'a> {
         if let Some(id) = approval_id {
             entry.approval_id = Some(id.to_owned());
         }
-        append(self.log, entry, Durability::Flushed)
+        append(self.log, &entry, Durability::Flushed)
             .await
             .map(drop)
             .map_err(CallError::AuditUnavailable)
@@ -172,7 +172,7 @@ impl<'a> CallRecord<'a> {
         entry.decision = Some("refused".to_owned());
         entry.outcome = Some(error.kind().to_owned());
         entry.reason = Some(reason);
-        if let Err(e) = append(log, entry, Durability::Batched).await {
+        if let Err(e) = append(log, &entry, Durability::Batched).await {
             tracing::error!(error = %e, "cannot record a refused call");
         }
         error
@@ -188,11 +188,14 @@ impl<'a> CallRecord<'a> {
     ///
     /// # Errors
     /// [`CallError::AuditUnavailable`].
-    pub(crate) async fn started(&self) -> CallResult<()> {
-        let mut entry = self.base.clone();
-        entry.event = Event::CallStarted;
-        entry.decision = Some("admitted".to_owned());
-        let Err(e) = append(self.log, entry, self.durability).await else {
+    pub(crate) async fn started(&mut self) -> CallResult<()> {
+        // The base as the intent (no copy of it), then back.
+        self.base.event = Event::CallStarted;
+        self.base.decision = Some("admitted".to_owned());
+        let appended = append(self.log, &self.base, self.durability).await;
+        self.base.event = Event::CallRefused;
+        self.base.decision = None;
+        let Err(e) = appended else {
             return Ok(());
         };
         let reason = format!(
@@ -207,7 +210,7 @@ impl<'a> CallRecord<'a> {
         outcome.args_truncated = false;
         outcome.outcome = Some(error.kind().to_owned());
         outcome.reason = Some(reason);
-        if let Err(e) = append(self.log, outcome, Durability::Batched).await {
+        if let Err(e) = append(self.log, &outcome, Durability::Batched).await {
             tracing::error!(error = %e, call_id = ?self.base.call_id, "cannot record that a call did not run");
         }
         Err(error)
@@ -217,12 +220,12 @@ impl<'a> CallRecord<'a> {
     /// (the intent stays open and reads as "unknown" after a restart) but
     /// does not hide the result from the caller.
     pub(crate) async fn finished(
-        self,
+        mut self,
         result: &CallResult<crate::CallResponse>,
         fuel_used: u64,
         wall: Duration,
     ) {
-        let mut entry = self.base.clone();
+        let mut entry = std::mem::replace(&mut self.base, Entry::new(Event::CallFinished));
         entry.event = Event::CallFinished;
         entry.args = None;
         entry.args_redacted = None;
@@ -252,8 +255,8 @@ impl<'a> CallRecord<'a> {
                 entry.reason = Some(self.scrub(&error.to_string()));
             }
         }
-        if let Err(e) = append(self.log, entry, self.durability).await {
-            tracing::error!(error = %e, call_id = ?self.base.call_id, "cannot record a call's outcome");
+        if let Err(e) = append(self.log, &entry, self.durability).await {
+            tracing::error!(error = %e, call_id = ?entry.call_id, "cannot record a call's outcome");
         }
     }
 
@@ -285,14 +288,14 @@ impl<'a> CallRecord<'a> {
 /// it never stalls the executor thread.
 pub(crate) async fn append(
     log: &AuditLog,
-    entry: Entry,
+    entry: &Entry,
     durability: Durability,
-) -> airlock_audit::Result<airlock_audit::Record> {
+) -> airlock_audit::Result<u64> {
     match durability {
-        Durability::Batched => log.append(entry, durability),
+        Durability::Batched => log.append_seq(entry, durability),
         Durability::Flushed => {
-            let log = log.clone();
-            tokio::task::spawn_blocking(move || log.append(entry, durability))
+            let (log, entry) = (log.clone(), entry.clone());
+            tokio::task::spawn_blocking(move || log.append_seq(&entry, durability))
                 .await
                 .unwrap_or(Err(airlock_audit::Error::Closed))
         }

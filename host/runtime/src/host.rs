@@ -659,7 +659,16 @@ impl Host {
             // Without a trace id of the caller's, the first attempt's call
             // id is the trace id (of every attempt, when it is retried).
             let trace_id = request.trace_id.clone().unwrap_or_else(|| call_id.clone());
-            let result = self.pipeline().call(&request, call_id).await;
+            // Exempt from tokio's cooperative budget: an attempt is a
+            // bounded piece of work (its deadline), and a budget yield in
+            // the middle of it — at a semaphore or the deadline's timer —
+            // sends it behind every other runnable task while it holds
+            // its pool slot: with 64 callers on two workers that was most
+            // of the p99 (5 ms against 0.9 ms without). It still yields
+            // where it really waits, and a running guest at every epoch
+            // tick (10 ms).
+            let result =
+                tokio::task::coop::unconstrained(self.pipeline().call(&request, call_id)).await;
             // Alert rules: each finished call, reported once, from here.
             if self.alerts.enabled() {
                 let actions = self
@@ -1178,7 +1187,7 @@ impl Host {
             by,
             pause.reason.as_deref(),
         );
-        crate::audit::append(&self.audit, entry, airlock_audit::Durability::Flushed)
+        crate::audit::append(&self.audit, &entry, airlock_audit::Durability::Flushed)
             .await
             .map_err(Error::AuditUnavailable)?;
         Ok(pause)
@@ -1209,7 +1218,7 @@ impl Host {
             by,
             reason.as_deref(),
         );
-        crate::audit::append(&self.audit, entry, airlock_audit::Durability::Flushed)
+        crate::audit::append(&self.audit, &entry, airlock_audit::Durability::Flushed)
             .await
             .map_err(Error::AuditUnavailable)?;
         Ok(Some(pause))

@@ -147,7 +147,7 @@ impl ModeWatch {
             .to_owned(),
         );
         entry.reason = mode.reason.clone();
-        crate::audit::append(audit, entry, airlock_audit::Durability::Flushed)
+        crate::audit::append(audit, &entry, airlock_audit::Durability::Flushed)
             .await
             .map_err(CallError::AuditUnavailable)?;
         Ok(ledger.set_meta(&self.recorded_key, &mode.id)?)

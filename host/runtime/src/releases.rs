@@ -464,7 +464,7 @@ impl ReleaseParts<'_> {
     }
 
     async fn record(&self, entry: Entry) -> Result<()> {
-        crate::audit::append(self.audit, entry, Durability::Flushed)
+        crate::audit::append(self.audit, &entry, Durability::Flushed)
             .await
             .map_err(Error::AuditUnavailable)?;
         Ok(())

@@ -148,9 +148,10 @@ impl SledAudit {
         self.head.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn failed(&self, doing: &str) -> impl Fn(sled::Error) -> StoreError + '_ {
-        let context = format!("{}: cannot {doing}", self.what);
-        move |e| StoreError::unavailable(context.clone(), e)
+    /// The error of a failed sled operation, described when it happens
+    /// (not before: this runs for every record written).
+    fn failed<'a>(&'a self, doing: &'a str) -> impl Fn(sled::Error) -> StoreError + 'a {
+        move |e| StoreError::unavailable(format!("{}: cannot {doing}", self.what), e)
     }
 
     /// Refuse to write `origin` unless it is this store's.

@@ -1,8 +1,12 @@
 //! [`FileMode`]: the host mode as a file in the data directory.
 //!
-//! A file, so `airlock mode` can flip it while a host runs; reading it
+//! A file, so `airlock mode` can flip it while a host runs. Reading it
 //! costs one `stat` per call (the contents are read again only when the
-//! file's time or size changed).
+//! file's time or size changed) — on Linux not even that: an inotify watch
+//! on the data directory says whether anything in it changed since the
+//! last read, and while nothing did, the mode read last still holds. The
+//! kernel queues the event when the file is replaced, before `airlock mode`
+//! returns, so the next call sees the switch either way.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
@@ -18,8 +22,16 @@ pub const MODE_FILE: &str = "mode.json";
 pub struct FileMode {
     dir: PathBuf,
     path: PathBuf,
-    /// The file's time and size when last read, and what it said.
-    seen: Mutex<Option<(SystemTime, u64, Mode)>>,
+    seen: Mutex<Seen>,
+}
+
+#[derive(Debug, Default)]
+struct Seen {
+    /// The file's time and size when last read, and what it said; `None`
+    /// inside when there was no file.
+    last: Option<Option<(SystemTime, u64, Mode)>>,
+    /// Changes in the data directory since `last` was read (Linux).
+    watch: watch::Watch,
 }
 
 impl FileMode {
@@ -28,29 +40,35 @@ impl FileMode {
         FileMode {
             dir: dir.to_owned(),
             path: dir.join(MODE_FILE),
-            seen: Mutex::new(None),
+            seen: Mutex::new(Seen::default()),
         }
     }
 
     fn io(&self, path: &Path, e: std::io::Error) -> StoreError {
         StoreError::unavailable(format!("mode file {}", path.display()), e)
     }
-}
 
-impl ModeStore for FileMode {
-    fn get(&self) -> Result<Option<Mode>> {
+    /// Read the file (or find it absent), reusing what was read last when
+    /// its time and size are unchanged.
+    fn read(&self, seen: &mut Seen) -> Result<Option<Mode>> {
         let stat = match std::fs::metadata(&self.path) {
             Ok(meta) => (meta.modified().unwrap_or(UNIX_EPOCH), meta.len()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                seen.last = Some(None);
+                return Ok(None);
+            }
             // Cannot tell the mode: the caller fails closed.
-            Err(e) => return Err(self.io(&self.path, e)),
+            Err(e) => {
+                seen.last = None;
+                return Err(self.io(&self.path, e));
+            }
         };
-        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((time, len, mode)) = &*seen
+        if let Some(Some((time, len, mode))) = &seen.last
             && (*time, *len) == stat
         {
             return Ok(Some(mode.clone()));
         }
+        seen.last = None;
         let text = std::fs::read_to_string(&self.path).map_err(|e| self.io(&self.path, e))?;
         let mode: Mode = serde_json::from_str(&text).map_err(|e| {
             StoreError::with_source(
@@ -59,8 +77,26 @@ impl ModeStore for FileMode {
                 e,
             )
         })?;
-        *seen = Some((stat.0, stat.1, mode.clone()));
+        seen.last = Some(Some((stat.0, stat.1, mode.clone())));
         Ok(Some(mode))
+    }
+}
+
+impl ModeStore for FileMode {
+    fn get(&self) -> Result<Option<Mode>> {
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        let seen = &mut *seen;
+        if let Some(last) = &seen.last
+            && seen.watch.quiet()
+        {
+            return Ok(last.as_ref().map(|(_, _, mode)| mode.clone()));
+        }
+        // Watch first, then read: a change after the read is an event.
+        seen.watch.arm(&self.dir);
+        seen.watch.drain();
+        // Without a watch (`quiet` is then never true) this runs at every
+        // read: the file's time and size say whether it changed.
+        self.read(seen)
     }
 
     fn set(&self, mode: &Mode) -> Result<()> {
@@ -71,5 +107,192 @@ impl ModeStore for FileMode {
         std::fs::create_dir_all(&self.dir).map_err(|e| self.io(&self.dir, e))?;
         std::fs::write(&tmp, bytes).map_err(|e| self.io(&tmp, e))?;
         std::fs::rename(&tmp, &self.path).map_err(|e| self.io(&self.path, e))
+    }
+}
+
+/// Whether anything in the data directory changed since the last look: an
+/// inotify watch on Linux, nothing elsewhere (every read then checks the
+/// file).
+#[cfg(target_os = "linux")]
+mod watch {
+    use std::mem::MaybeUninit;
+    use std::path::Path;
+
+    use rustix::fd::OwnedFd;
+    use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
+    use rustix::io::Errno;
+
+    #[derive(Debug, Default)]
+    pub(super) struct Watch {
+        fd: Option<OwnedFd>,
+        /// The directory is watched.
+        pub(super) watching: bool,
+        /// Setting up the watch failed (or it was lost): checking the
+        /// file at every read from then on.
+        failed: bool,
+    }
+
+    impl Watch {
+        /// Watch `dir` (a failure other than a missing directory is not
+        /// retried).
+        pub(super) fn arm(&mut self, dir: &Path) {
+            if self.watching || self.failed {
+                return;
+            }
+            if self.fd.is_none() {
+                match inotify::init(CreateFlags::NONBLOCK | CreateFlags::CLOEXEC) {
+                    Ok(fd) => self.fd = Some(fd),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "no inotify instance; the mode file is checked at every call");
+                        self.failed = true;
+                        return;
+                    }
+                }
+            }
+            let Some(fd) = &self.fd else { return };
+            let armed = inotify::add_watch(
+                fd,
+                dir,
+                WatchFlags::CREATE
+                    | WatchFlags::DELETE
+                    | WatchFlags::MODIFY
+                    | WatchFlags::CLOSE_WRITE
+                    | WatchFlags::ATTRIB
+                    | WatchFlags::MOVED_FROM
+                    | WatchFlags::MOVED_TO
+                    | WatchFlags::DELETE_SELF
+                    | WatchFlags::MOVE_SELF,
+            );
+            match armed {
+                Ok(_) => self.watching = true,
+                // No directory yet (the mode was never set): try again at
+                // the next read.
+                Err(Errno::NOENT) => {}
+                Err(e) => {
+                    tracing::debug!(error = %e, dir = %dir.display(), "no inotify watch on the data directory; the mode file is checked at every call");
+                    self.failed = true;
+                }
+            }
+        }
+
+        /// No event since the last look (and the watch stands).
+        pub(super) fn quiet(&mut self) -> bool {
+            self.watching && !self.drain()
+        }
+
+        /// Read every queued event; whether there was any. A lost watch
+        /// (the directory deleted or moved) or a read error ends watching.
+        pub(super) fn drain(&mut self) -> bool {
+            let Some(fd) = &self.fd else { return false };
+            let mut buf = [MaybeUninit::<u8>::uninit(); 1024];
+            let mut reader = inotify::Reader::new(fd, &mut buf);
+            let mut any = false;
+            let mut lost = false;
+            loop {
+                match reader.next() {
+                    Ok(event) => {
+                        any = true;
+                        if event.events().intersects(
+                            ReadFlags::IGNORED
+                                | ReadFlags::DELETE_SELF
+                                | ReadFlags::MOVE_SELF
+                                | ReadFlags::UNMOUNT,
+                        ) {
+                            lost = true;
+                        }
+                    }
+                    Err(Errno::AGAIN) => break,
+                    Err(Errno::INTR) => {}
+                    Err(_) => {
+                        lost = true;
+                        any = true;
+                        break;
+                    }
+                }
+            }
+            if lost {
+                self.fd = None;
+                self.watching = false;
+                self.failed = true;
+            }
+            any
+        }
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+mod watch {
+    use std::path::Path;
+
+    #[derive(Debug, Default)]
+    pub(super) struct Watch;
+
+    impl Watch {
+        pub(super) fn arm(&mut self, _dir: &Path) {}
+
+        pub(super) fn quiet(&mut self) -> bool {
+            false
+        }
+
+        pub(super) fn drain(&mut self) -> bool {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(id: &str, read_only: bool) -> Mode {
+        serde_json::from_value(serde_json::json!({
+            "id": id,
+            "read_only": read_only,
+            "by": "operator",
+            "at_ms": 1,
+        }))
+        .unwrap()
+    }
+
+    /// Another process flipping the file — by replacing it, by writing it
+    /// in place, by deleting it, by removing the directory — is seen by
+    /// the very next read.
+    #[test]
+    fn every_change_by_another_writer_is_seen_at_the_next_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let ours = FileMode::new(&data);
+        let theirs = FileMode::new(&data);
+        assert_eq!(ours.get().unwrap(), None, "no directory yet");
+        theirs.set(&mode("a", true)).unwrap();
+        assert_eq!(ours.get().unwrap().unwrap().id, "a");
+        assert_eq!(ours.get().unwrap().unwrap().id, "a", "cached");
+        #[cfg(target_os = "linux")]
+        assert!(ours.seen.lock().unwrap().watch.watching, "the watch stands");
+        theirs.set(&mode("b", false)).unwrap();
+        assert_eq!(ours.get().unwrap().unwrap().id, "b");
+        // Written in place, same size.
+        let text = std::fs::read_to_string(data.join(MODE_FILE)).unwrap();
+        std::fs::write(data.join(MODE_FILE), text.replace("\"b\"", "\"c\"")).unwrap();
+        assert_eq!(ours.get().unwrap().unwrap().id, "c");
+        std::fs::write(data.join(MODE_FILE), "not json").unwrap();
+        assert!(ours.get().is_err(), "a broken file fails closed");
+        std::fs::remove_file(data.join(MODE_FILE)).unwrap();
+        assert_eq!(ours.get().unwrap(), None);
+        theirs.set(&mode("d", true)).unwrap();
+        assert_eq!(ours.get().unwrap().unwrap().id, "d");
+        // The directory itself replaced: the watch is lost, reads check
+        // the file from then on.
+        std::fs::remove_dir_all(&data).unwrap();
+        assert_eq!(ours.get().unwrap(), None);
+        theirs.set(&mode("e", false)).unwrap();
+        assert_eq!(ours.get().unwrap().unwrap().id, "e");
+        theirs.set(&mode("f", true)).unwrap();
+        assert_eq!(ours.get().unwrap().unwrap().id, "f");
+        #[cfg(target_os = "linux")]
+        assert!(
+            !ours.seen.lock().unwrap().watch.watching,
+            "the watch is lost"
+        );
     }
 }

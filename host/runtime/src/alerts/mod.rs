@@ -385,7 +385,7 @@ pub(crate) fn alert_entry(action: &Action, takeover_note: Option<&str>) -> Entry
 /// alert's actions go on without its record.
 pub(crate) async fn record(audit: &AuditLog, entry: Entry) {
     let event = entry.event;
-    if let Err(e) = crate::audit::append(audit, entry, Durability::Flushed).await {
+    if let Err(e) = crate::audit::append(audit, &entry, Durability::Flushed).await {
         tracing::error!(error = %e, %event, "cannot record an alert event");
     }
 }

@@ -223,7 +223,7 @@ async fn record_undelivered(audit: AuditLog, delivery: Delivery, attempts: u32, 
         "webhook {}: {attempts} attempt(s); {why}",
         delivery.webhook.name
     ));
-    if let Err(e) = crate::audit::append(&audit, entry, Durability::Flushed).await {
+    if let Err(e) = crate::audit::append(&audit, &entry, Durability::Flushed).await {
         tracing::error!(error = %e, "cannot record an undelivered alert");
     }
 }
