@@ -479,12 +479,20 @@ async fn run_pass(
         .kill_on_drop(true);
     let result = drive(&mut command, server, number, effort).await;
     if result.is_err() {
-        let log = std::fs::read_to_string(&stderr_path).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(20).collect();
-        if !tail.is_empty() {
-            eprintln!("--- {} stderr (last lines) ---", server.label());
-            for line in tail.iter().rev() {
-                eprintln!("{line}");
+        // What the server said: its stderr, and hyper-mcp's log file
+        // (it logs there, not to stderr).
+        let mut logs = vec![stderr_path];
+        if let Ok(entries) = std::fs::read_dir(dir.join("logs")) {
+            logs.extend(entries.filter_map(|e| e.ok()).map(|e| e.path()));
+        }
+        for path in logs {
+            let log = std::fs::read_to_string(&path).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect();
+            if !tail.is_empty() {
+                eprintln!("--- {} (last lines) ---", path.display());
+                for line in tail.iter().rev() {
+                    eprintln!("{line}");
+                }
             }
         }
     }
