@@ -105,7 +105,9 @@ pub(crate) fn open(
                 std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
             }
             let ledger_db = airlock_store_sled::open::open(
-                &sled::Config::new().path(&ledger_dir),
+                &sled::Config::new()
+                    .path(&ledger_dir)
+                    .cache_capacity(airlock_store_sled::CACHE_BYTES),
                 lock_wait,
                 &format!("the ledger at {}", ledger_dir.display()),
             )
@@ -113,6 +115,7 @@ pub(crate) fn open(
             let workspace_db = airlock_store_sled::open::open(
                 &sled::Config::new()
                     .path(&workspace_dir)
+                    .cache_capacity(airlock_store_sled::CACHE_BYTES)
                     .flush_every_ms(Some(200)),
                 lock_wait,
                 &format!("the workspace at {}", workspace_dir.display()),
@@ -159,7 +162,9 @@ pub fn open_workspace(config: &crate::HostConfig, lock_wait: Duration) -> Result
         (StoreConfig::Sled, Some(dir)) => {
             let dir = dir.join(WORKSPACE_DIR);
             let db = airlock_store_sled::open::open(
-                &sled::Config::new().path(&dir),
+                &sled::Config::new()
+                    .path(&dir)
+                    .cache_capacity(airlock_store_sled::CACHE_BYTES),
                 lock_wait,
                 &format!("the workspace at {}", dir.display()),
             )

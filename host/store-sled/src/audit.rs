@@ -100,6 +100,7 @@ impl SledAudit {
         let what = format!("the audit log at {}", path.display());
         let config = sled::Config::new()
             .path(path)
+            .cache_capacity(crate::AUDIT_CACHE_BYTES)
             .flush_every_ms(options.flush_every_ms);
         let db = crate::open::open(&config, options.lock_wait, &what)?;
         SledAudit::from_db(db, origin, what)
@@ -113,6 +114,7 @@ impl SledAudit {
         let what = "a temporary audit log".to_owned();
         let db = sled::Config::new()
             .temporary(true)
+            .cache_capacity(crate::AUDIT_CACHE_BYTES)
             .flush_every_ms(SledAuditOptions::default().flush_every_ms)
             .open()
             .map_err(|e| StoreError::unavailable(format!("cannot create {what}"), e))?;

@@ -17,6 +17,16 @@ mod plugins;
 mod workspace;
 
 pub use audit::{SledAudit, SledAuditOptions};
+
+/// How much of the audit log's database sled keeps in memory (its page
+/// cache, approximately). sled's default is 1 GiB, and a serving host
+/// fills it with the records it appends (2–4 KiB a call, measured) and
+/// rarely reads again; appends touch only the newest pages.
+pub const AUDIT_CACHE_BYTES: u64 = 32 << 20;
+
+/// The same for the ledger's and the workspace's databases (read by
+/// calls, so kept larger).
+pub const CACHE_BYTES: u64 = 64 << 20;
 pub use ledger::SledLedger;
 pub use mode::{FileMode, MODE_FILE};
 pub use plugins::{FilePlugins, INSTALLED_DIR};
