@@ -189,12 +189,12 @@ impl<'a> CallRecord<'a> {
     /// # Errors
     /// [`CallError::AuditUnavailable`].
     pub(crate) async fn started(&mut self) -> CallResult<()> {
-        // The base as the intent (no copy of it), then back.
-        self.base.event = Event::CallStarted;
-        self.base.decision = Some("admitted".to_owned());
+        // The base as the intent (no copy of it), then back as it was.
+        let event = std::mem::replace(&mut self.base.event, Event::CallStarted);
+        let decision = self.base.decision.replace("admitted".to_owned());
         let appended = append(self.log, &self.base, self.durability).await;
-        self.base.event = Event::CallRefused;
-        self.base.decision = None;
+        self.base.event = event;
+        self.base.decision = decision;
         let Err(e) = appended else {
             return Ok(());
         };
