@@ -244,26 +244,16 @@ fn cpu_times(pid: u32) -> Result<(Duration, Duration), Error> {
     Ok((cpu_time(&pid.to_string())?, cpu_time("self")?))
 }
 
+#[path = "machine.rs"]
+mod machine;
+
+/// The machine line, with the load average when the run starts.
 fn machine() -> String {
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let cpu = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name"))
-        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
-        .unwrap_or_else(|| "unknown CPU".into());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
-    let mem_gib = meminfo
-        .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))
-        .and_then(|l| l.trim().trim_end_matches(" kB").parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let load: Vec<&str> = load.split_whitespace().take(3).collect();
     format!(
-        "{cpu}, {cores} cores available, {mem_gib:.0} GiB RAM, Linux {}; load average at the start {}",
-        kernel.trim(),
+        "{}; load average at the start {}",
+        machine::machine(),
         load.join(" ")
     )
 }
