@@ -45,8 +45,50 @@ fn record_key(seq: u64) -> [u8; 9] {
     k
 }
 
-/// Edit the closed database directly, as an attacker with file access would.
+/// Store every record one per `r` key, as versions before segments did
+/// (which verification reads as well): the edits below work on single
+/// records. Segments themselves are edited by the `segment_` tests.
+fn unpack_segments(tree: &sled::Tree) {
+    let segments: Vec<_> = tree.scan_prefix(b"s").map(Result::unwrap).collect();
+    assert!(
+        !segments.is_empty(),
+        "a log of this version stores segments"
+    );
+    for (key, value) in segments {
+        for (seq, bytes) in segment_records(&key, &value) {
+            tree.insert(record_key(seq), bytes).unwrap();
+        }
+        tree.remove(key).unwrap();
+    }
+}
+
+/// A segment's records: its format byte (1), then each record's length
+/// (u32 big-endian) and bytes, seqs from the key's on.
+fn segment_records(key: &[u8], value: &[u8]) -> Vec<(u64, Vec<u8>)> {
+    let mut seq = u64::from_be_bytes(key[1..9].try_into().unwrap());
+    assert_eq!(value[0], 1, "segment format");
+    let mut rest = &value[1..];
+    let mut out = Vec::new();
+    while !rest.is_empty() {
+        let len = u32::from_be_bytes(rest[..4].try_into().unwrap()) as usize;
+        out.push((seq, rest[4..4 + len].to_vec()));
+        rest = &rest[4 + len..];
+        seq += 1;
+    }
+    out
+}
+
+/// Edit the closed database directly, as an attacker with file access
+/// would, every record stored alone.
 fn tamper(dir: &Path, edit: impl FnOnce(&sled::Tree)) {
+    tamper_segments(dir, |tree| {
+        unpack_segments(tree);
+        edit(tree);
+    });
+}
+
+/// Edit the closed database directly, as it is.
+fn tamper_segments(dir: &Path, edit: impl FnOnce(&sled::Tree)) {
     // sled releases its file lock when its background flusher has exited,
     // which may be a moment after the log is closed: wait for it, as the
     // log's own `open` does.
@@ -155,6 +197,61 @@ fn a_flipped_byte_fails_at_that_record() {
         ),
         "{failure}"
     );
+}
+
+/// The segment holding `seq`: its key, value, and where `seq`'s bytes
+/// start in it.
+fn segment_of(tree: &sled::Tree, seq: u64) -> (sled::IVec, Vec<u8>, usize) {
+    for item in tree.scan_prefix(b"s") {
+        let (key, value) = item.unwrap();
+        let mut at = 1;
+        for (s, bytes) in segment_records(&key, &value) {
+            if s == seq {
+                return (key, value.to_vec(), at + 4);
+            }
+            at += 4 + bytes.len();
+        }
+    }
+    panic!("no segment holds record {seq}");
+}
+
+#[test]
+fn a_flipped_byte_in_a_segment_fails_at_that_record() {
+    let dir = tempfile::tempdir().unwrap();
+    log_with(dir.path(), 10, 4);
+    tamper_segments(dir.path(), |t| {
+        let (key, mut value, at) = segment_of(t, 6);
+        value[at + 40] ^= 0x01;
+        t.insert(key, value).unwrap();
+    });
+    let failure = verify_dir(dir.path(), &[]).unwrap_err();
+    assert_eq!(failure.seq, 6, "{failure}");
+    assert!(
+        matches!(
+            failure.problem,
+            Problem::HashMismatch | Problem::Unreadable { .. } | Problem::NotCanonical { .. }
+        ),
+        "{failure}"
+    );
+}
+
+#[test]
+fn a_segment_cut_short_is_corrupt_at_its_first_record_that_does_not_parse() {
+    let dir = tempfile::tempdir().unwrap();
+    log_with(dir.path(), 10, 4);
+    tamper_segments(dir.path(), |t| {
+        let (key, mut value, at) = segment_of(t, 7);
+        value.truncate(at + 10);
+        t.insert(key, value).unwrap();
+    });
+    // The rest of the segment is the last record there is: the log does
+    // not open, and says which record.
+    match AuditLog::open_read_only(dir.path()) {
+        Err(Error::Corrupt { seq, reason, .. }) => {
+            assert_eq!((seq, reason.as_str()), (7, "not JSON"))
+        }
+        other => panic!("expected Corrupt at 7, got {other:?}"),
+    }
 }
 
 #[test]

@@ -16,7 +16,7 @@ pub mod open;
 mod plugins;
 mod workspace;
 
-pub use audit::{SledAudit, SledAuditOptions};
+pub use audit::{SEGMENT_BYTES, SledAudit, SledAuditOptions};
 
 /// How much of the audit log's database sled keeps in memory (its page
 /// cache, approximately). sled's default is 1 GiB, and a serving host

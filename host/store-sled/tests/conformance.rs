@@ -68,10 +68,12 @@ fn raw_key(prefix: u8, seq: u64) -> Vec<u8> {
     k
 }
 
-/// The keys Airlock has always written (`r`‖seq, `c`‖seq, `o`‖call id in
-/// the tree `audit`) are what the store reads and writes.
+/// Records stored one per key by earlier versions (`r`‖seq, `c`‖seq,
+/// `o`‖call id in the tree `audit`) are read as they are; new records go
+/// into a segment after them, behind a fence that an earlier version reads
+/// as a head record without a hash (and so refuses the log).
 #[test]
-fn the_layout_is_the_one_airlock_always_wrote() {
+fn a_log_of_records_stored_alone_reads_and_goes_on_in_segments() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("db");
     {
@@ -88,27 +90,142 @@ fn the_layout_is_the_one_airlock_always_wrote() {
     assert_eq!(store.head("local").unwrap(), Some((2, b"two".to_vec())));
     assert_eq!(store.checkpoints("local").unwrap(), [(2, b"cp".to_vec())]);
     assert_eq!(store.open_calls("local").unwrap(), [("call-2".into(), 2)]);
-    store
-        .write(
-            "local",
-            &[AuditWrite {
-                seq: 3,
-                bytes: b"three".to_vec(),
-                marker: Marker::Close("call-2".into()),
-            }],
-        )
-        .unwrap();
+    let writes: Vec<_> = [(3, "three"), (4, "four"), (5, "five")]
+        .into_iter()
+        .map(|(seq, text)| AuditWrite {
+            seq,
+            bytes: text.as_bytes().to_vec(),
+            marker: if seq == 3 {
+                Marker::Close("call-2".into())
+            } else {
+                Marker::None
+            },
+        })
+        .collect();
+    store.write("local", &writes).unwrap();
+    let expected: Vec<(u64, Vec<u8>)> = [
+        (1, "one"),
+        (2, "two"),
+        (3, "three"),
+        (4, "four"),
+        (5, "five"),
+    ]
+    .into_iter()
+    .map(|(seq, text)| (seq, text.as_bytes().to_vec()))
+    .collect();
+    assert_eq!(store.records("local", 1, 10).unwrap(), expected);
+    assert_eq!(store.records("local", 2, 2).unwrap(), expected[1..3]);
+    assert_eq!(store.records("local", 4, 10).unwrap(), expected[3..]);
+    assert_eq!(
+        store.record("local", 4).unwrap().as_deref(),
+        Some(&b"four"[..])
+    );
+    assert_eq!(
+        store.record("local", 1).unwrap().as_deref(),
+        Some(&b"one"[..])
+    );
+    assert_eq!(store.record("local", 6).unwrap(), None);
+    assert_eq!(
+        store.record("local", u64::MAX).unwrap(),
+        None,
+        "the fence is no record"
+    );
+    assert_eq!(store.head("local").unwrap(), Some((5, b"five".to_vec())));
     store.flush().unwrap();
     drop(store);
+
     let db =
         airlock_store_sled::open::open(&sled::Config::new().path(&path), options.lock_wait, "db")
             .unwrap();
     let tree = db.open_tree("audit").unwrap();
-    assert_eq!(tree.get(raw_key(b'r', 3)).unwrap().unwrap(), b"three");
     assert!(
         tree.get(b"ocall-2").unwrap().is_none(),
         "the marker is cleared"
     );
+    assert!(
+        tree.get(raw_key(b'r', 3)).unwrap().is_none(),
+        "not stored alone"
+    );
+    let segment = tree.get(raw_key(b's', 3)).unwrap().unwrap();
+    assert_eq!(
+        segment.as_ref(),
+        b"\x01\x00\x00\x00\x05three\x00\x00\x00\x04four\x00\x00\x00\x04five",
+        "format byte, then each record's length (u32 big-endian) and bytes"
+    );
+    // What an earlier version takes for the head: the fence, which has no
+    // hash to go on from.
+    let (k, v) = tree.scan_prefix(b"r").next_back().unwrap().unwrap();
+    assert_eq!(k.as_ref(), raw_key(b'r', u64::MAX));
+    let fence: serde_json::Value = serde_json::from_slice(&v).unwrap();
+    assert!(fence.get("hash").is_none(), "{fence}");
+    drop(tree);
+    drop(db);
+
+    // And it opens again where it was.
+    let store = SledAudit::open(&path, "local", &options).unwrap();
+    assert_eq!(store.head("local").unwrap(), Some((5, b"five".to_vec())));
+    assert_eq!(store.origins().unwrap(), ["local"]);
+}
+
+/// A fresh log holds segments only (and the fence once written to).
+#[test]
+fn a_new_log_writes_segments_and_opens_at_their_last_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("db");
+    let options = SledAuditOptions::default();
+    let big = vec![b'x'; airlock_store_sled::SEGMENT_BYTES];
+    {
+        let store = SledAudit::open(&path, "local", &options).unwrap();
+        assert!(
+            store.origins().unwrap().is_empty(),
+            "the fence is no record"
+        );
+        let writes: Vec<_> = (1..=40)
+            .map(|seq| AuditWrite {
+                seq,
+                bytes: if seq == 20 {
+                    big.clone()
+                } else {
+                    format!("{{\"seq\":{seq}}}").into_bytes()
+                },
+                marker: Marker::None,
+            })
+            .collect();
+        store.write("local", &writes[..25]).unwrap();
+        store.write("local", &writes[25..]).unwrap();
+        let all = store.records("local", 1, 100).unwrap();
+        assert_eq!(all.len(), 40);
+        assert!(
+            all.iter()
+                .zip(&writes)
+                .all(|((s, b), w)| *s == w.seq && *b == w.bytes)
+        );
+        // Pages that start inside a segment.
+        for from in 1..=40u64 {
+            let page = store.records("local", from, 3).unwrap();
+            let seqs: Vec<u64> = page.iter().map(|(s, _)| *s).collect();
+            let want: Vec<u64> = (from..=40).take(3).collect();
+            assert_eq!(seqs, want, "page from {from}");
+            assert_eq!(
+                store.record("local", from).unwrap().unwrap(),
+                writes[from as usize - 1].bytes
+            );
+        }
+        store.flush().unwrap();
+    }
+    let store = SledAudit::open(&path, "local", &options).unwrap();
+    assert_eq!(store.head("local").unwrap().map(|(s, _)| s), Some(40));
+    let err = store
+        .write(
+            "local",
+            &[AuditWrite {
+                seq: 40,
+                bytes: b"again".to_vec(),
+                marker: Marker::None,
+            }],
+        )
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict);
 }
 
 /// A store in layout 1 (keys scoped by caller-named sessions) is refused,
