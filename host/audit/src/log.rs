@@ -136,13 +136,17 @@ pub(crate) struct Inner {
     /// The chain this log appends to.
     pub(crate) origin: String,
     head: Mutex<Head>,
-    /// Records sealed but not yet in the store, shared with the writer
+    /// The chain as far as it is sealed, held while queued records are
+    /// sealed (in order, by whoever takes them first).
+    chain: Mutex<Chain>,
+    /// Records appended but not yet in the store, shared with the writer
     /// thread.
     queue: Arc<Queue>,
     /// Held while queued records go into the store: one writer at a time,
     /// so they go in sequence order.
     writing: Mutex<()>,
-    /// The seq of the last record sealed (queued or stored).
+    /// The seq of the last record appended (queued, sealed or not, or
+    /// stored).
     sealed: AtomicU64,
     /// Group commit of flushed appends: how far the store is known to be
     /// on disk, and whether a flush is under way.
@@ -159,12 +163,14 @@ pub(crate) struct Inner {
     fail_writes: AtomicU64,
 }
 
-/// Sealed records on their way into the store. Appending seals a record
-/// (its sequence number and chain hash) under the head lock and queues its
-/// writes; the writer thread — or a flush, a read or a full queue — puts
-/// them into the store in order, as many as are queued in one
-/// [`AuditStore::write`]. The store's own work (and its occasional stalls)
-/// thus stays off the appending call's path.
+/// Records on their way into the store. Appending numbers a record (its
+/// sequence number and time) under the head lock and queues it, encoded
+/// but not yet sealed; the writer thread — or a flush, a read or a full
+/// queue — seals what is queued (links each record to the one before and
+/// hashes it, in order) and puts it into the store, as many records as
+/// are queued in one [`AuditStore::write`]. The chain's hashing and the
+/// store's own work (and its occasional stalls) thus stay off the
+/// appending call's path.
 #[derive(Default)]
 struct Queue {
     state: Mutex<QueueState>,
@@ -188,6 +194,10 @@ struct Durable {
 
 #[derive(Default)]
 struct QueueState {
+    /// Records numbered but not sealed, in seq order (all after those in
+    /// `writes`).
+    unsealed: VecDeque<Unsealed>,
+    /// Sealed records, in seq order.
     writes: VecDeque<AuditWrite>,
     /// Why the last attempt to write queued records failed, while they
     /// still wait (the writer thread retries; the first success clears it).
@@ -222,6 +232,30 @@ impl Queue {
         // The state stays consistent whatever panicked while holding it.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+impl QueueState {
+    /// Records waiting for the store, sealed or not.
+    fn queued(&self) -> usize {
+        self.unsealed.len() + self.writes.len()
+    }
+}
+
+/// A record numbered and encoded, waiting to be sealed.
+struct Unsealed {
+    seq: u64,
+    time_ms: u64,
+    prepared: Prepared,
+    marker: Marker,
+}
+
+/// When an appended record is sealed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seal {
+    /// Before the append returns (its caller reads the record back).
+    Now,
+    /// By whoever writes the queue next.
+    Later,
 }
 
 /// Queued writes beyond which an appender waits for the writer thread to
@@ -282,13 +316,23 @@ impl Signer {
     }
 }
 
+/// The chain as appended: what numbering a record needs.
 struct Head {
+    /// The seq of the last record appended.
     seq: u64,
+    closed: bool,
+}
+
+/// The chain as sealed: what linking a record and signing a checkpoint
+/// need.
+struct Chain {
+    /// The seq of the last record sealed.
+    seq: u64,
+    /// Its hash.
     hash: [u8; 32],
-    /// Records since the last checkpoint.
+    /// Records sealed since the last checkpoint.
     unsigned: u64,
     last_checkpoint: Instant,
-    closed: bool,
 }
 
 /// How the log is doing, for metrics ([`AuditLog::health`]).
@@ -707,12 +751,12 @@ impl AuditLog {
                 path,
                 store,
                 origin: origin.to_owned(),
-                head: Mutex::new(Head {
+                head: Mutex::new(Head { seq, closed: false }),
+                chain: Mutex::new(Chain {
                     seq,
                     hash,
                     unsigned: seq.saturating_sub(last_checkpoint_seq),
                     last_checkpoint: Instant::now(),
-                    closed: false,
                 }),
                 queue: Arc::default(),
                 writing: Mutex::new(()),
@@ -844,7 +888,7 @@ impl AuditLog {
                 loop {
                     {
                         let mut state = queue.lock();
-                        while state.writes.is_empty() && !state.stop {
+                        while state.queued() == 0 && !state.stop {
                             state.writer_idle = true;
                             state = queue
                                 .wake
@@ -856,7 +900,7 @@ impl AuditLog {
                         let (state, _) = queue
                             .wake
                             .wait_timeout_while(state, GATHER_WINDOW, |s| {
-                                s.writes.len() < GATHER && !s.stop
+                                s.queued() < GATHER && !s.stop
                             })
                             .unwrap_or_else(PoisonError::into_inner);
                         if state.stop {
@@ -911,7 +955,11 @@ impl AuditLog {
                         if head.closed {
                             return;
                         }
-                        head.unsigned > 0 && head.last_checkpoint.elapsed() >= interval
+                        drop(head);
+                        // Records appended since the writer last sealed
+                        // count once it has (within a gather window).
+                        let chain = log.inner.lock_chain();
+                        chain.unsigned > 0 && chain.last_checkpoint.elapsed() >= interval
                     };
                     if !due {
                         continue;
@@ -969,32 +1017,37 @@ impl AuditLog {
     /// [`Error::Closed`] after [`close`](Self::close). Either way the
     /// caller must not run the call.
     pub fn append(&self, entry: Entry, durability: Durability) -> Result<Record> {
-        let linked = self.append_unflushed(&entry)?;
+        let (seq, linked) = self.append_unflushed(&entry, Seal::Now)?;
         if durability == Durability::Flushed {
-            self.inner.flush_through(linked.seq, false)?;
+            self.inner.flush_through(seq, false)?;
         }
-        Ok(linked.into_record(entry))
+        linked
+            .map(|linked| linked.into_record(entry))
+            .ok_or_else(|| Error::store(&self.inner.path, "a record sealed now was not sealed"))
     }
 
     /// [`append`](Self::append) `entry` without taking it, returning the
     /// record's sequence number only: for callers that do not read the
-    /// record back (the call pipeline), it saves copying the entry and
-    /// making the [`Record`] (hex hashes).
+    /// record back (the call pipeline). It saves copying the entry and
+    /// making the [`Record`], and the record is sealed (linked and hashed)
+    /// later, by whoever writes the queue — the writer thread, or the
+    /// flush of a [`Durability::Flushed`] append before it returns — so
+    /// the chain's hashing is off the caller's path.
     ///
     /// # Errors
     /// As [`append`](Self::append).
     pub fn append_seq(&self, entry: &Entry, durability: Durability) -> Result<u64> {
-        let seq = self.append_unflushed(entry)?.seq;
+        let (seq, _) = self.append_unflushed(entry, Seal::Later)?;
         if durability == Durability::Flushed {
             self.inner.flush_through(seq, false)?;
         }
         Ok(seq)
     }
 
-    fn append_unflushed(&self, entry: &Entry) -> Result<Linked> {
+    fn append_unflushed(&self, entry: &Entry, seal: Seal) -> Result<(u64, Option<Linked>)> {
         let inner = &self.inner;
-        // Encoded before the head lock is taken: under it, only the seq,
-        // the time and the chain hash are added.
+        // Encoded before the head lock is taken: under it, the record is
+        // only numbered, timed and queued.
         let prepared = Prepared::new(entry);
         let marker = match (entry.event, entry.call_id.as_deref()) {
             (Event::CallStarted, Some(call_id)) => Marker::Open(call_id.to_owned()),
@@ -1008,7 +1061,7 @@ impl AuditLog {
         let seq = head.seq + 1;
         {
             let queue = inner.queue.lock();
-            let pending = queue.writes.len() + queue.taken;
+            let pending = queue.queued() + queue.taken;
             if let Some(failing) = &queue.failing
                 && pending >= inner.config.max_pending_records
             {
@@ -1020,42 +1073,51 @@ impl AuditLog {
                 ));
             }
         }
-        let linked = prepared.link(seq, now_ms(), &head.hash);
-        let bytes = linked.bytes();
-        let (queued, inline, wake) = {
-            let mut queue = inner.queue.lock();
-            queue.writes.push_back(AuditWrite { seq, bytes, marker });
-            let queued = queue.writes.len();
-            // Signal the writer only when it waits for records or its
-            // batch is full: a signal is a system call, per record it
-            // would cost more than the record.
-            let wake = queue.writer_idle || queued == GATHER;
-            queue.writer_idle = false;
-            (queued, queue.inline, wake)
+        let unsealed = Unsealed {
+            seq,
+            time_ms: now_ms(),
+            prepared,
+            marker,
+        };
+        let (linked, queued, inline, wake) = match seal {
+            Seal::Later => {
+                let mut queue = inner.queue.lock();
+                queue.unsealed.push_back(unsealed);
+                let queued = queue.queued();
+                // Signal the writer only when it waits for records or its
+                // batch is full: a signal is a system call, per record it
+                // would cost more than the record.
+                let wake = queue.writer_idle || queued == GATHER;
+                queue.writer_idle = false;
+                (None, queued, queue.inline, wake)
+            }
+            Seal::Now => {
+                // Everything before it is sealed first, in order; nothing
+                // is appended meanwhile (the head lock is held).
+                let (chain, linked) = inner.seal_queued_and(Some(unsealed));
+                drop(chain);
+                let mut queue = inner.queue.lock();
+                let queued = queue.queued();
+                let wake = queue.writer_idle || queued == GATHER;
+                queue.writer_idle = false;
+                (linked, queued, queue.inline, wake)
+            }
         };
         inner.sealed.store(seq, Ordering::Release);
         head.seq = seq;
-        head.hash = linked.hash;
-        head.unsigned += 1;
-        if head.unsigned >= inner.config.checkpoint_every.max(1)
-            && let Err(e) = self.checkpoint_locked(&mut head)
-        {
-            // The record is queued; the next append tries again.
-            tracing::error!(error = %e, "cannot sign an audit checkpoint");
-        }
         drop(head);
         if wake {
             inner.queue.wake.notify_one();
         }
         if inline {
-            // No writer thread: the appender writes. The record is sealed
-            // and queued: if the store fails now it stays queued for the
-            // next append or flush to retry, so this append succeeded.
+            // No writer thread: the appender writes. The record is queued:
+            // if the store fails now it stays queued for the next append
+            // or flush to retry, so this append succeeded.
             let _ = inner.write_queued();
         } else if queued > MAX_QUEUED {
             inner.wait_for_room();
         }
-        Ok(linked)
+        Ok((seq, linked))
     }
 
     /// Flush everything appended so far to disk.
@@ -1075,33 +1137,17 @@ impl AuditLog {
     /// # Errors
     /// [`Error::Store`] when it cannot be written.
     pub fn checkpoint(&self) -> Result<Option<Checkpoint>> {
-        let mut head = self.lock()?;
-        if head.unsigned > 0 && !head.closed {
-            self.checkpoint_locked(&mut head)?;
+        let head = self.lock()?;
+        if !head.closed {
+            let mut chain = self.inner.seal_queued();
+            if chain.unsigned > 0 {
+                self.inner.checkpoint_locked(&mut chain)?;
+            }
         }
         drop(head);
         // Stores the records and the checkpoint, and flushes.
         self.flush()?;
         self.checkpoints().map(|mut all| all.pop())
-    }
-
-    /// Sign a checkpoint at the head and queue it behind the records it
-    /// vouches for: the next write of the queue stores it after them. No
-    /// store work here, so appenders never wait on the store for it.
-    fn checkpoint_locked(&self, head: &mut Head) -> Result<()> {
-        if head.seq == 0 {
-            return Ok(());
-        }
-        let Some(cp) = self.inner.signing.sign(head.seq, &head.hash) else {
-            return Ok(());
-        };
-        let bytes = serde_json::to_vec(&cp).map_err(|e| {
-            Error::store(&self.inner.path, format!("cannot encode a checkpoint: {e}"))
-        })?;
-        self.inner.queue.lock().checkpoints.push((head.seq, bytes));
-        head.unsigned = 0;
-        head.last_checkpoint = Instant::now();
-        Ok(())
     }
 
     /// Sign a final checkpoint, flush, and refuse further appends.
@@ -1117,13 +1163,7 @@ impl AuditLog {
     /// Queue depth, store failures and checkpoint age: cheap (two short
     /// locks), for a metrics scrape.
     pub fn health(&self) -> AuditHealth {
-        let since_checkpoint = self
-            .inner
-            .head
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .last_checkpoint
-            .elapsed();
+        let since_checkpoint = self.inner.lock_chain().last_checkpoint.elapsed();
         let flushes = self
             .inner
             .durable
@@ -1132,7 +1172,7 @@ impl AuditLog {
             .flushes;
         let queue = self.inner.queue.lock();
         AuditHealth {
-            queued: u64::try_from(queue.writes.len() + queue.taken).unwrap_or(u64::MAX),
+            queued: u64::try_from(queue.queued() + queue.taken).unwrap_or(u64::MAX),
             failing: queue.failing.is_some(),
             write_failures: queue.write_failures,
             since_checkpoint,
@@ -1143,8 +1183,10 @@ impl AuditLog {
     /// Sequence number and hash (hex) of the newest record; `(0, None)` when
     /// empty.
     pub fn head(&self) -> Result<(u64, Option<String>)> {
-        let head = self.lock()?;
-        Ok((head.seq, (head.seq > 0).then(|| hex::encode(head.hash))))
+        // What was appended before this is sealed then (what is appended
+        // meanwhile is newer than the answer).
+        let chain = self.inner.seal_queued();
+        Ok((chain.seq, (chain.seq > 0).then(|| hex::encode(chain.hash))))
     }
 
     /// The audit directory.
@@ -1313,6 +1355,91 @@ impl AuditLog {
 }
 
 impl Inner {
+    fn lock_chain(&self) -> MutexGuard<'_, Chain> {
+        // Plain values, each set after what it describes: consistent
+        // whatever panicked while holding them.
+        self.chain.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Seal every queued record not yet sealed, in order, and queue them
+    /// for the store. Returns the chain, still locked (nothing is sealed
+    /// meanwhile).
+    fn seal_queued(&self) -> MutexGuard<'_, Chain> {
+        self.seal_queued_and(None).0
+    }
+
+    /// [`seal_queued`](Self::seal_queued), then `next` (numbered after
+    /// every queued record: its appender holds the head lock), returning
+    /// `next` linked. The sealed records, and the checkpoints that fall
+    /// due among them, enter the queue together: a writer that finds the
+    /// queue empty may store every checkpoint queued, because every record
+    /// such a checkpoint vouches for is stored by then.
+    fn seal_queued_and(&self, next: Option<Unsealed>) -> (MutexGuard<'_, Chain>, Option<Linked>) {
+        let mut chain = self.lock_chain();
+        let mut unsealed = std::mem::take(&mut self.queue.lock().unsealed);
+        let wants_next = next.is_some();
+        unsealed.extend(next);
+        if unsealed.is_empty() {
+            return (chain, None);
+        }
+        let every = self.config.checkpoint_every.max(1);
+        let mut writes = VecDeque::with_capacity(unsealed.len());
+        let mut checkpoints = Vec::new();
+        let mut last = None;
+        for record in unsealed {
+            let linked = record
+                .prepared
+                .link(record.seq, record.time_ms, &chain.hash);
+            chain.seq = record.seq;
+            chain.hash = linked.hash;
+            chain.unsigned += 1;
+            writes.push_back(AuditWrite {
+                seq: record.seq,
+                bytes: linked.bytes(),
+                marker: record.marker,
+            });
+            if chain.unsigned >= every {
+                match self.sign(&mut chain) {
+                    Ok(signed) => checkpoints.extend(signed),
+                    // The records are sealed; the next one tries again.
+                    Err(e) => tracing::error!(error = %e, "cannot sign an audit checkpoint"),
+                }
+            }
+            last = Some(linked);
+        }
+        let mut queue = self.queue.lock();
+        queue.writes.append(&mut writes);
+        queue.checkpoints.append(&mut checkpoints);
+        drop(queue);
+        (chain, last.filter(|_| wants_next))
+    }
+
+    /// A checkpoint of the chain as sealed, encoded with its seq (`None`
+    /// for an empty chain or a log that cannot sign).
+    fn sign(&self, chain: &mut Chain) -> Result<Option<(u64, Vec<u8>)>> {
+        if chain.seq == 0 {
+            return Ok(None);
+        }
+        let Some(cp) = self.signing.sign(chain.seq, &chain.hash) else {
+            return Ok(None);
+        };
+        let bytes = serde_json::to_vec(&cp)
+            .map_err(|e| Error::store(&self.path, format!("cannot encode a checkpoint: {e}")))?;
+        chain.unsigned = 0;
+        chain.last_checkpoint = Instant::now();
+        Ok(Some((chain.seq, bytes)))
+    }
+
+    /// Sign a checkpoint at the sealed head and queue it behind the records
+    /// it vouches for (all sealed, so queued or stored): the next write of
+    /// the queue stores it after them.
+    fn checkpoint_locked(&self, chain: &mut Chain) -> Result<()> {
+        if let Some(signed) = self.sign(chain)? {
+            self.queue.lock().checkpoints.push(signed);
+        }
+        Ok(())
+    }
+
     /// Make every record up to `seq` durable: written to the store and
     /// flushed. Group commit: one appender at a time flushes, and its
     /// flush covers every record sealed before it began; appenders that
@@ -1372,7 +1499,7 @@ impl Inner {
             .queue
             .drained
             .wait_timeout_while(queue, MAX_QUEUE_WAIT, |s| {
-                s.writes.len() > MAX_QUEUED && s.failing.is_none() && !s.stop && !s.inline
+                s.queued() > MAX_QUEUED && s.failing.is_none() && !s.stop && !s.inline
             })
             .unwrap_or_else(PoisonError::into_inner);
         queue.waiting_for_room -= 1;
@@ -1395,6 +1522,7 @@ impl Inner {
     fn write_queued(&self) -> Result<()> {
         let _writing = self.writing.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
+            drop(self.seal_queued());
             let (mut writes, resync, room_waiters) = {
                 let mut queue = self.queue.lock();
                 queue.taken = queue.writes.len();
@@ -1409,7 +1537,7 @@ impl Inner {
             }
             if writes.is_empty() {
                 let mut queue = self.queue.lock();
-                if queue.writes.is_empty() {
+                if queue.queued() == 0 {
                     if queue.failing.take().is_some() {
                         tracing::warn!(
                             "the audit store takes writes again; queued records are stored"
@@ -1618,26 +1746,31 @@ impl Drop for Inner {
         }
         // Sign what is unsigned so a clean shutdown leaves the whole log
         // covered; best effort (errors are logged).
-        let Ok(mut head) = self.head.lock() else {
+        let Ok(head) = self.head.lock() else {
             return;
         };
-        if head.closed || head.unsigned == 0 || head.seq == 0 {
+        if head.closed {
             return;
         }
-        let Some(cp) = self.signing.sign(head.seq, &head.hash) else {
+        // Everything appended is sealed and stored (written above).
+        let mut chain = self.lock_chain();
+        if chain.unsigned == 0 {
             return;
-        };
-        let result = serde_json::to_vec(&cp)
+        }
+        let result = self
+            .sign(&mut chain)
             .map_err(|e| e.to_string())
-            .and_then(|bytes| {
+            .and_then(|signed| {
+                let Some((seq, bytes)) = signed else {
+                    return Ok(());
+                };
                 self.store
-                    .put_checkpoint(&self.origin, head.seq, &bytes)
+                    .put_checkpoint(&self.origin, seq, &bytes)
+                    .and_then(|()| self.store.flush())
                     .map_err(|e| e.chain())
-            })
-            .and_then(|()| self.store.flush().map_err(|e| e.chain()));
-        match result {
-            Ok(()) => head.unsigned = 0,
-            Err(e) => tracing::error!(error = %e, "cannot sign the shutdown audit checkpoint"),
+            });
+        if let Err(e) = result {
+            tracing::error!(error = %e, "cannot sign the shutdown audit checkpoint");
         }
     }
 }
@@ -2039,6 +2172,8 @@ mod tests {
         flushes: AtomicU64,
         flushed_through: AtomicU64,
         foreign_writes: AtomicU64,
+        /// Checkpoints stored before a record they vouch for.
+        early_checkpoints: AtomicU64,
     }
 
     impl AuditStore for Watched {
@@ -2071,6 +2206,9 @@ mod tests {
         ) -> airlock_store::Result<()> {
             if std::thread::current().name() != Some("airlock-audit-writer") {
                 self.foreign_writes.fetch_add(1, Ordering::SeqCst);
+            }
+            if self.inner.head(origin)?.is_none_or(|(head, _)| head < seq) {
+                self.early_checkpoints.fetch_add(1, Ordering::SeqCst);
             }
             self.inner.put_checkpoint(origin, seq, bytes)
         }
@@ -2203,6 +2341,9 @@ mod tests {
     /// stores behind their records.
     #[test]
     fn concurrent_appenders_never_write_and_leave_a_gap_free_chain() {
+        // Half the callers append as the pipeline does (sealed later, by
+        // the writer), half take the sealed record back (sealed at once,
+        // after everything queued before it): one chain either way.
         let dir = tempfile::tempdir().unwrap();
         let config = AuditConfig {
             checkpoint_every: 100,
@@ -2217,17 +2358,24 @@ mod tests {
             config,
         );
         let (threads, each) = (8u64, 400u64);
+        let handed = Mutex::new(Vec::new());
         std::thread::scope(|scope| {
             for t in 0..threads {
-                let log = &log;
+                let (log, handed) = (&log, &handed);
                 scope.spawn(move || {
                     let mut last = 0;
                     for i in 0..each {
-                        let record = log
-                            .append(entry(t * 1000 + i), Durability::Batched)
-                            .unwrap();
-                        assert!(record.seq > last);
-                        last = record.seq;
+                        let entry = entry(t * 1000 + i);
+                        let seq = if t % 2 == 0 {
+                            log.append_seq(&entry, Durability::Batched).unwrap()
+                        } else {
+                            let record = log.append(entry, Durability::Batched).unwrap();
+                            let seq = record.seq;
+                            handed.lock().unwrap().push(record);
+                            seq
+                        };
+                        assert!(seq > last);
+                        last = seq;
                     }
                 });
             }
@@ -2235,6 +2383,20 @@ mod tests {
         assert_eq!(store.foreign_writes.load(Ordering::SeqCst), 0);
         log.flush().unwrap();
         assert_gap_free(&log, threads * each);
+        assert_eq!(store.early_checkpoints.load(Ordering::SeqCst), 0);
+        let report = log.verify(&[]).unwrap().expect("the chain verifies");
+        assert_eq!(report.records, threads * each);
+        let (head, hash) = log.head().unwrap();
+        assert_eq!(head, threads * each);
+        assert_eq!(hash, Some(log.get(head).unwrap().unwrap().hash));
+        // A record handed back is the one stored.
+        for record in handed.into_inner().unwrap() {
+            let stored = log.get(record.seq).unwrap().unwrap();
+            assert_eq!(
+                (&stored.hash, &stored.prev_hash),
+                (&record.hash, &record.prev_hash)
+            );
+        }
         let signed: Vec<u64> = log.checkpoints().unwrap().iter().map(|c| c.seq).collect();
         let every_100: Vec<u64> = (1..=threads * each / 100).map(|i| i * 100).collect();
         assert_eq!(signed, every_100);

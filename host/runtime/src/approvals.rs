@@ -157,7 +157,10 @@ impl Approvals<'_> {
             entry.principal = Some(approval.principal.clone());
             entry.decision = Some("expired".to_owned());
             entry.reason = Some(expiry_reason(approval).to_owned());
-            if let Err(e) = self.audit.append(entry, airlock_audit::Durability::Batched) {
+            if let Err(e) = self
+                .audit
+                .append_seq(&entry, airlock_audit::Durability::Batched)
+            {
                 tracing::error!(error = %e, approval = %approval.id, "cannot record an approval's expiry");
             }
         }
