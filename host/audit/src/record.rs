@@ -311,17 +311,18 @@ impl Record {
 /// `time_ms`), written straight from its fields — the same bytes as
 /// [`canonical::to_vec`] of the record serialised to a JSON value (a test
 /// holds the two together), at a fraction of the cost. Preparing happens
-/// outside the log's head lock; linking ([`Prepared::link`]), under it, is
-/// a few copies and one SHA-256.
+/// by the appending caller; linking ([`Prepared::link`]), in sequence
+/// order by whoever seals the queue, is one SHA-256 over the encoding with
+/// the four members added, and writing it out ([`Linked::bytes`]) one copy.
+/// One buffer holds the four runs of members, so a record queued from one
+/// thread and sealed on another is one allocation to free.
 pub(crate) struct Prepared {
-    /// The members before `hash` (never empty: `event` is among them).
-    before_hash: String,
-    /// The members between `hash` and `prev_hash`.
-    before_prev: String,
-    /// The members between `prev_hash` and `seq`.
-    before_seq: String,
-    /// The members after `time_ms`.
-    after_time: String,
+    /// The members in four runs: before `hash` (never empty: `event` is
+    /// among them), between `hash` and `prev_hash`, between `prev_hash`
+    /// and `seq`, and after `time_ms`.
+    runs: String,
+    /// Where the second, third and fourth runs start in `runs`.
+    starts: [usize; 3],
 }
 
 impl Prepared {
@@ -358,7 +359,12 @@ impl Prepared {
         } = entry;
         // Members in the byte order of their keys, in four runs around
         // `hash`, `prev_hash`, and `seq` and `time_ms`.
-        let mut out = Members::with_capacity(256 + args.as_ref().map_or(0, String::len));
+        let mut out = Members::with_capacity(
+            768 + [args, logs, reason, result]
+                .iter()
+                .map(|text| text.as_ref().map_or(0, String::len))
+                .sum::<usize>(),
+        );
         out.text("approval_id", approval_id.as_deref());
         out.text("args", args.as_deref());
         out.text("args_digest", args_digest.as_deref());
@@ -369,9 +375,8 @@ impl Prepared {
         out.text("decision", decision.as_deref());
         out.text("event", Some(event.as_str()));
         out.number("fuel_used", *fuel_used);
-        let before_hash = out.finish();
         // "hash"
-        let mut out = Members::with_capacity(256 + logs.as_ref().map_or(0, String::len));
+        let before_prev = out.next_run();
         out.text("idempotency_key", idempotency_key.as_deref());
         out.text("logs", logs.as_deref());
         out.flag("logs_truncated", *logs_truncated);
@@ -379,76 +384,103 @@ impl Prepared {
         out.text("outcome", outcome.as_deref());
         out.text("plugin", plugin.as_deref());
         out.text("plugin_version", plugin_version.as_deref());
-        let before_prev = out.finish();
         // "prev_hash"
-        let mut out = Members::with_capacity(
-            256 + reason.as_ref().map_or(0, String::len) + result.as_ref().map_or(0, String::len),
-        );
+        let before_seq = out.next_run();
         out.text("principal", principal.as_deref());
         out.text("reason", reason.as_deref());
         out.text("result", result.as_deref());
         out.text("result_digest", result_digest.as_deref());
         out.flag("result_truncated", *result_truncated);
         out.text("risk", risk.as_deref());
-        let before_seq = out.finish();
         // "seq", "time_ms"
-        let mut out = Members::with_capacity(128);
+        let after_time = out.next_run();
         out.text("tool", tool.as_deref());
         out.text("trace_id", trace_id.as_deref());
         out.number("wall_us", *wall_us);
-        let after_time = out.finish();
         Prepared {
-            before_hash,
-            before_prev,
-            before_seq,
-            after_time,
+            runs: out.finish(),
+            starts: [before_prev, before_seq, after_time],
         }
+    }
+
+    /// The four runs of members.
+    fn runs(&self) -> [&str; 4] {
+        let [a, b, c] = self.starts;
+        let runs = self.runs.as_str();
+        // The starts are ascending offsets into `runs` at member
+        // boundaries (ASCII commas or the end), set by `new`.
+        [
+            runs.get(..a).unwrap_or_default(),
+            runs.get(a..b).unwrap_or_default(),
+            runs.get(b..c).unwrap_or_default(),
+            runs.get(c..).unwrap_or_default(),
+        ]
+    }
+
+    /// The canonical encoding as record `seq`, appended at `time_ms`, after
+    /// the record whose hash is `prev`, piece by piece into `out` — with
+    /// the `hash` member if `hash` is given (the stored bytes), without it
+    /// if not (what the chain hash is computed over).
+    fn write(
+        &self,
+        seq: u64,
+        time_ms: u64,
+        prev: &[u8; 32],
+        hash: Option<&[u8; 32]>,
+        mut out: impl FnMut(&[u8]),
+    ) {
+        let [before_hash, before_prev, before_seq, after_time] = self.runs();
+        let mut hex = [0u8; 64];
+        out(b"{");
+        out(before_hash.as_bytes());
+        out(b",");
+        if let Some(hash) = hash {
+            // 64 digits for 32 bytes: cannot fail.
+            let _ = hex::encode_to_slice(hash, &mut hex);
+            out(b"\"hash\":\"");
+            out(&hex);
+            out(b"\",");
+        }
+        if !before_prev.is_empty() {
+            out(before_prev.as_bytes());
+            out(b",");
+        }
+        let _ = hex::encode_to_slice(prev, &mut hex);
+        out(b"\"prev_hash\":\"");
+        out(&hex);
+        out(b"\"");
+        if !before_seq.is_empty() {
+            out(b",");
+            out(before_seq.as_bytes());
+        }
+        let mut numbers = [0u8; 64];
+        let mut cursor = std::io::Cursor::new(&mut numbers[..]);
+        // 64 bytes hold both numbers (20 digits each at most) and the keys.
+        let _ = std::io::Write::write_fmt(
+            &mut cursor,
+            format_args!(",\"seq\":{seq},\"time_ms\":{time_ms}"),
+        );
+        let written = usize::try_from(cursor.position()).unwrap_or(0);
+        out(numbers.get(..written).unwrap_or_default());
+        if !after_time.is_empty() {
+            out(b",");
+            out(after_time.as_bytes());
+        }
+        out(b"}");
     }
 
     /// Seal as record `seq`, appended at `time_ms`, after the record whose
     /// hash is `prev`: the canonical body without `hash` and its chain hash.
     pub(crate) fn link(self, seq: u64, time_ms: u64, prev: &[u8; 32]) -> Linked {
-        let mut hex = [0u8; 64];
-        // 64 digits for 32 bytes: cannot fail.
-        let _ = hex::encode_to_slice(prev, &mut hex);
-        let prev_hex = std::str::from_utf8(&hex).unwrap_or_default();
-        let mut body = String::with_capacity(
-            self.before_hash.len()
-                + self.before_prev.len()
-                + self.before_seq.len()
-                + self.after_time.len()
-                + 192,
-        );
-        body.push('{');
-        body.push_str(&self.before_hash);
-        body.push(',');
-        let hash_at = body.len();
-        if !self.before_prev.is_empty() {
-            body.push_str(&self.before_prev);
-            body.push(',');
-        }
-        body.push_str("\"prev_hash\":\"");
-        body.push_str(prev_hex);
-        body.push('"');
-        if !self.before_seq.is_empty() {
-            body.push(',');
-            body.push_str(&self.before_seq);
-        }
-        // Writing to a String cannot fail.
-        let _ = write!(body, ",\"seq\":{seq},\"time_ms\":{time_ms}");
-        if !self.after_time.is_empty() {
-            body.push(',');
-            body.push_str(&self.after_time);
-        }
-        body.push('}');
-        let hash = chain_hash_bytes(prev, body.as_bytes());
+        let mut hasher = Sha256::new();
+        hasher.update(prev);
+        self.write(seq, time_ms, prev, None, |piece| hasher.update(piece));
         Linked {
             seq,
             time_ms,
             prev: *prev,
-            hash,
-            body,
-            hash_at,
+            hash: hasher.finalize().into(),
+            prepared: self,
         }
     }
 }
@@ -460,24 +492,22 @@ pub(crate) struct Linked {
     prev: [u8; 32],
     /// Its chain hash.
     pub(crate) hash: [u8; 32],
-    /// The canonical encoding without `hash`.
-    body: String,
-    /// Where the `hash` member goes in `body`.
-    hash_at: usize,
+    /// Its members.
+    prepared: Prepared,
 }
 
 impl Linked {
     /// The stored bytes: the canonical encoding with `hash`.
     pub(crate) fn bytes(&self) -> Vec<u8> {
-        let (head, tail) = self.body.split_at(self.hash_at);
-        let mut out = Vec::with_capacity(self.body.len() + 76);
-        out.extend_from_slice(head.as_bytes());
-        out.extend_from_slice(b"\"hash\":\"");
-        let mut hex = [0u8; 64];
-        let _ = hex::encode_to_slice(self.hash, &mut hex);
-        out.extend_from_slice(&hex);
-        out.extend_from_slice(b"\",");
-        out.extend_from_slice(tail.as_bytes());
+        // The runs, the four members sealing adds and the punctuation.
+        let mut out = Vec::with_capacity(self.prepared.runs.len() + 256);
+        self.prepared.write(
+            self.seq,
+            self.time_ms,
+            &self.prev,
+            Some(&self.hash),
+            |piece| out.extend_from_slice(piece),
+        );
         out
     }
 
@@ -498,6 +528,8 @@ impl Linked {
 /// serde skips them) are not written.
 struct Members {
     out: String,
+    /// Where the current run starts in `out`.
+    run: usize,
     #[cfg(debug_assertions)]
     last_key: &'static str,
 }
@@ -506,6 +538,7 @@ impl Members {
     fn with_capacity(capacity: usize) -> Members {
         Members {
             out: String::with_capacity(capacity),
+            run: 0,
             #[cfg(debug_assertions)]
             last_key: "",
         }
@@ -520,7 +553,7 @@ impl Members {
             );
             self.last_key = key;
         }
-        if !self.out.is_empty() {
+        if self.out.len() > self.run {
             self.out.push(',');
         }
         canonical::write_string(key, &mut self.out);
@@ -555,6 +588,14 @@ impl Members {
             self.key(key);
             self.out.push_str(if value { "true" } else { "false" });
         }
+    }
+
+    /// End the current run (its members follow each other; the next
+    /// run's first member is not preceded by a comma): where the next
+    /// starts.
+    fn next_run(&mut self) -> usize {
+        self.run = self.out.len();
+        self.run
     }
 
     fn finish(self) -> String {
