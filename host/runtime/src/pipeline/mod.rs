@@ -87,7 +87,7 @@ impl<'h> Pipeline<'h> {
         request: &CallRequest,
         call_id: String,
     ) -> CallResult<CallResponse> {
-        let mut summary = CallSummary::start(request, call_id);
+        let mut summary = CallSummary::start(request, call_id, self.telemetry.exports_spans());
         let result = self.steps(request, &mut summary).await;
         summary.finish(&result);
         self.observe(&summary);

@@ -341,8 +341,12 @@ pub(crate) struct CallSummary {
     pub(crate) duration: Duration,
     pub(crate) started_at: SystemTime,
     started: Instant,
-    /// When each step ended, from `started`.
+    /// Which steps ended, and when, from `started` (when `timed`; else
+    /// `Duration::ZERO`).
     marks: [Option<Duration>; Step::ALL.len()],
+    /// Whether the steps are timed: only spans use their times, and a
+    /// clock read per step is a tenth of a call's clock reads.
+    timed: bool,
     /// The step that ended the call with an error.
     pub(crate) failed_at: Option<Step>,
     /// The store whose failure ended the call.
@@ -351,8 +355,8 @@ pub(crate) struct CallSummary {
 
 #[cfg_attr(not(feature = "otlp"), allow(dead_code))]
 impl CallSummary {
-    /// A call starting now.
-    pub(crate) fn start(request: &CallRequest, call_id: String) -> CallSummary {
+    /// A call starting now; `timed`: time each step (for its span).
+    pub(crate) fn start(request: &CallRequest, call_id: String, timed: bool) -> CallSummary {
         let parent = request
             .traceparent
             .as_deref()
@@ -380,6 +384,7 @@ impl CallSummary {
             started_at: SystemTime::now(),
             started: Instant::now(),
             marks: [None; Step::ALL.len()],
+            timed,
             failed_at: None,
             store_error: None,
         }
@@ -387,7 +392,11 @@ impl CallSummary {
 
     /// `step` has ended.
     pub(crate) fn mark(&mut self, step: Step) {
-        self.marks[step as usize] = Some(self.started.elapsed());
+        self.marks[step as usize] = Some(if self.timed {
+            self.started.elapsed()
+        } else {
+            Duration::ZERO
+        });
     }
 
     /// The call resolved to `tool` of `plugin`.
