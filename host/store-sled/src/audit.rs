@@ -19,9 +19,9 @@
 //! crash keeps or loses it whole (sled recovers a prefix of its
 //! operations). Records written one per key by earlier versions are read
 //! as they are, before and beside segments, so existing audit directories
-//! open unchanged; the fence, written at open, makes an earlier version
-//! refuse the log (its head does not parse) rather than append to a chain
-//! whose newest records it cannot see.
+//! open unchanged; the fence, written with the first segment, makes an
+//! earlier version refuse the log (its head does not parse) rather than
+//! append to a chain whose newest records it cannot see.
 //!
 //! The layout has no room for an origin: a sled store holds one chain, the
 //! host's own, and the origin is the name the store is opened with (it only
@@ -56,9 +56,9 @@ const OPEN_CALL: u8 = b'o';
 const TREE: &str = "audit";
 
 /// A segment is closed before a record would take it past this many bytes
-/// (a record larger than this is a segment of its own). sled stores a
-/// node holding more than an eighth of a segment of its log (128 KiB) as
-/// a file of its own, and splits a leaf at seventeen entries: segments of
+/// (a record larger than this is a segment of its own). sled writes a
+/// page larger than a quarter of its log segments (128 KiB of 512) to a
+/// file of its own, and splits a leaf at seventeen entries: segments of
 /// up to 6 KiB keep a leaf of them under that, for records of the 1–2
 /// KiB a call's intent and outcome take each.
 pub const SEGMENT_BYTES: usize = 6 << 10;
