@@ -147,7 +147,7 @@ pub(crate) struct Inner {
     writing: Mutex<()>,
     /// The seq of the last record appended (queued, sealed or not, or
     /// stored).
-    sealed: AtomicU64,
+    appended: AtomicU64,
     /// Group commit of flushed appends: how far the store is known to be
     /// on disk, and whether a flush is under way.
     durable: Mutex<Durable>,
@@ -760,7 +760,7 @@ impl AuditLog {
                 }),
                 queue: Arc::default(),
                 writing: Mutex::new(()),
-                sealed: AtomicU64::new(seq),
+                appended: AtomicU64::new(seq),
                 durable: Mutex::new(Durable {
                     seq,
                     ..Durable::default()
@@ -1103,7 +1103,7 @@ impl AuditLog {
                 (linked, queued, queue.inline, wake)
             }
         };
-        inner.sealed.store(seq, Ordering::Release);
+        inner.appended.store(seq, Ordering::Release);
         head.seq = seq;
         drop(head);
         if wake {
@@ -1128,7 +1128,7 @@ impl AuditLog {
         // Always a flush of its own (after any under way): a checkpoint or
         // a cleared marker written since must reach the disk too.
         self.inner
-            .flush_through(self.inner.sealed.load(Ordering::Acquire), true)
+            .flush_through(self.inner.appended.load(Ordering::Acquire), true)
     }
 
     /// Sign a checkpoint at the current head (if it has records not yet
@@ -1472,9 +1472,9 @@ impl Inner {
         }
         durable.flushing = true;
         drop(durable);
-        // Every record sealed up to here is queued or stored: written and
-        // flushed below, it is on disk.
-        let target = self.sealed.load(Ordering::Acquire);
+        // Every record appended up to here is queued or stored: sealed,
+        // written and flushed below, it is on disk.
+        let target = self.appended.load(Ordering::Acquire);
         let result = self
             .write_queued()
             .and_then(|()| self.store.flush().map_err(|e| store_error(&self.path, &e)));
