@@ -537,18 +537,17 @@ mod tests {
         }
     }
 
+    /// The writes each segment holds.
+    fn parts(packed: &[(Range<usize>, Vec<u8>)]) -> Vec<Range<usize>> {
+        packed.iter().map(|(part, _)| part.clone()).collect()
+    }
+
     #[test]
     fn segments_hold_consecutive_records_up_to_their_size() {
         // 1 KiB records: five fit in 6 KiB with their frames, a sixth not.
         let writes: Vec<_> = (1..=12).map(|seq| record(seq, 1024)).collect();
         let packed = segments(&writes);
-        assert_eq!(
-            packed
-                .iter()
-                .map(|(part, _)| part.clone())
-                .collect::<Vec<_>>(),
-            [0..5, 5..10, 10..12]
-        );
+        assert_eq!(parts(&packed), [0..5, 5..10, 10..12]);
         assert!(packed.iter().all(|(_, v)| v.len() <= SEGMENT_BYTES));
         let mut seqs = Vec::new();
         for (part, value) in &packed {
@@ -564,13 +563,7 @@ mod tests {
     fn a_record_larger_than_a_segment_is_a_segment_of_its_own() {
         let writes = [record(1, 10), record(2, SEGMENT_BYTES * 3), record(3, 10)];
         let packed = segments(&writes);
-        assert_eq!(
-            packed
-                .iter()
-                .map(|(part, _)| part.clone())
-                .collect::<Vec<_>>(),
-            [0..1, 1..2, 2..3]
-        );
+        assert_eq!(parts(&packed), [0..1, 1..2, 2..3]);
         assert_eq!(unpack(2, &packed[1].1), [(2, writes[1].bytes.clone())]);
     }
 
