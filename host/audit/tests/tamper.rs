@@ -127,6 +127,53 @@ fn an_untouched_log_verifies_and_reopens_where_it_left_off() {
     assert_eq!(next.prev_hash, log.get(10).unwrap().unwrap().hash);
 }
 
+/// A log written before segments (every record under its own `r` key)
+/// opens, goes on in segments, and verifies, export included, as one
+/// chain across the two layouts.
+#[test]
+fn a_log_from_before_segments_goes_on_in_segments_as_one_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    log_with(dir.path(), 10, 4);
+    tamper(dir.path(), |_| {});
+    let log = AuditLog::open(dir.path(), AuditConfig::default()).unwrap();
+    for i in 11..=30 {
+        log.append_seq(&entry(i), Durability::Batched).unwrap();
+    }
+    log.close().unwrap();
+    drop(log);
+    tamper_segments(dir.path(), |t| {
+        assert_eq!(
+            t.scan_prefix(b"r").count(),
+            11,
+            "10 records alone and the fence"
+        );
+        let packed: usize = t
+            .scan_prefix(b"s")
+            .map(|item| {
+                let (key, value) = item.unwrap();
+                segment_records(&key, &value).len()
+            })
+            .sum();
+        assert_eq!(packed, 20);
+    });
+    let log = AuditLog::open_read_only(dir.path()).unwrap();
+    let report = log.verify(&[]).unwrap().unwrap();
+    assert_eq!(report.records, 30);
+    let seqs: Vec<u64> = log.records(1).map(|r| r.unwrap().seq).collect();
+    assert_eq!(seqs, (1..=30).collect::<Vec<_>>());
+    assert_eq!(
+        log.get(11).unwrap().unwrap().prev_hash,
+        log.get(10).unwrap().unwrap().hash
+    );
+    let export = dir.path().join("export.jsonl");
+    assert_eq!(log.export(&export).unwrap().records, 30);
+    let key = log.public_key();
+    assert_eq!(
+        verify_export(&export, &key, &[]).unwrap().unwrap().records,
+        30
+    );
+}
+
 #[test]
 fn a_changed_value_fails_at_that_record() {
     let dir = tempfile::tempdir().unwrap();
