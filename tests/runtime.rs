@@ -58,7 +58,7 @@ async fn example_plugins_load_with_their_tools_and_schemas() {
         assert_eq!(tool.input_schema()["type"], "object", "{}", tool.id());
         assert!(!tool.description().is_empty(), "{}", tool.id());
     }
-    let ids: Vec<_> = host.tools().iter().map(|t| t.id()).collect();
+    let ids: Vec<String> = host.tools().iter().map(|t| t.id().to_owned()).collect();
     for &(expected, _) in airlock_tests::EXAMPLE_TOOLS {
         assert!(
             ids.iter().any(|id| id == expected),

@@ -125,7 +125,7 @@ impl Catalog {
         let mut catalog = Catalog::default();
         for (name, same) in by_name {
             if same.len() > 1 {
-                let ids: Vec<String> = same.iter().map(|t| t.id()).collect();
+                let ids: Vec<String> = same.iter().map(|t| t.id().to_owned()).collect();
                 for tool in &same {
                     catalog.exclude(
                         tool,
@@ -170,7 +170,7 @@ impl Catalog {
                 definition = definition.with_raw_output_schema(Arc::new(output));
             }
             let mut meta = JsonObject::new();
-            meta.insert("airlock/tool".into(), Value::String(tool.id()));
+            meta.insert("airlock/tool".into(), Value::String(tool.id().to_owned()));
             meta.insert(
                 "airlock/risk".into(),
                 Value::String(tool.risk().as_str().to_owned()),
@@ -192,7 +192,7 @@ impl Catalog {
     fn exclude(&mut self, tool: &Tool, reason: String) {
         self.warn(tool, format!("tool not served over MCP: {reason}"));
         self.excluded.push(Exclusion {
-            tool: tool.id(),
+            tool: tool.id().to_owned(),
             reason,
         });
     }
@@ -200,7 +200,7 @@ impl Catalog {
     fn warn(&mut self, tool: &Tool, message: String) {
         self.warnings.push(CatalogWarning {
             plugin: tool.plugin().to_owned(),
-            tool: tool.id(),
+            tool: tool.id().to_owned(),
             message,
         });
     }

@@ -889,7 +889,7 @@ impl ServerHandler for AirlockHandler {
             .client_capabilities()
             .is_some_and(|c| c.supports_tasks());
         let resume = tasks.then(|| Resume {
-            tool: entry.tool.id(),
+            tool: entry.tool.id().to_owned(),
             arguments: arguments.clone(),
             principal: principal.clone(),
             meta: meta.clone(),

@@ -120,7 +120,8 @@ impl<'a> CallRecord<'a> {
             .log
             .config()
             .replayable
-            .contains(&id)
+            .iter()
+            .any(|t| t == id)
             .then_some(max_argument_bytes.max(self.log.config().max_copy_bytes));
         // Nothing with an effect on the world runs before its intent is on
         // disk; `read` calls of plugins that can only read are

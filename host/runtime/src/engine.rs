@@ -436,6 +436,10 @@ pub(crate) struct EpochDemand {
 struct DemandState {
     stores: usize,
     stop: bool,
+    /// The ticker waits on `wake` (rather than sleeping out a tick): only
+    /// then does a new store signal it. A signal is a system call; while
+    /// the ticker sleeps between ticks it finds the store anyway.
+    waiting: bool,
 }
 
 impl EpochDemand {
@@ -462,7 +466,8 @@ impl SharedEngine {
     pub(crate) fn epoch_guard(&self) -> EpochGuard {
         let mut state = self.epoch_demand.lock();
         state.stores += 1;
-        if state.stores == 1 {
+        if state.waiting {
+            state.waiting = false;
             self.epoch_demand.wake.notify_all();
         }
         drop(state);
@@ -491,11 +496,15 @@ impl EpochTicker {
             .spawn(move || {
                 loop {
                     {
-                        let state = shared.lock();
-                        let state = shared
-                            .wake
-                            .wait_while(state, |s| s.stores == 0 && !s.stop)
-                            .unwrap_or_else(PoisonError::into_inner);
+                        let mut state = shared.lock();
+                        while state.stores == 0 && !state.stop {
+                            state.waiting = true;
+                            state = shared
+                                .wake
+                                .wait(state)
+                                .unwrap_or_else(PoisonError::into_inner);
+                        }
+                        state.waiting = false;
                         if state.stop {
                             return;
                         }

@@ -145,6 +145,8 @@ impl Plugin {
 
 /// One tool a plugin exposes.
 pub struct Tool {
+    /// `plugin/tool`, made once (every call names its tool).
+    id: String,
     plugin: String,
     name: String,
     description: String,
@@ -169,6 +171,7 @@ impl Tool {
     pub(crate) fn with_input_schema(text: &str) -> Result<Tool, String> {
         let (input_schema, input_validator) = schema::compile_guest_schema(text, true)?;
         Ok(Tool {
+            id: "fuzz/tool".to_owned(),
             plugin: "fuzz".to_owned(),
             name: "tool".to_owned(),
             description: String::new(),
@@ -220,8 +223,8 @@ pub struct ToolInfo {
 
 impl Tool {
     /// `plugin/tool`.
-    pub fn id(&self) -> String {
-        format!("{}/{}", self.plugin, self.name)
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
     /// The plugin this tool belongs to.
@@ -294,7 +297,7 @@ impl Tool {
     /// A serializable description.
     pub fn info(&self) -> ToolInfo {
         ToolInfo {
-            id: self.id(),
+            id: self.id().to_owned(),
             plugin: self.plugin.clone(),
             name: self.name.clone(),
             description: self.description.clone(),
@@ -537,6 +540,7 @@ fn reconcile(
         tools.insert(
             d.name.clone(),
             Arc::new(Tool {
+                id: format!("{plugin}/{}", d.name),
                 plugin: plugin.clone(),
                 description: text::prefix(&d.description, MAX_DESCRIPTION_BYTES).to_owned(),
                 name: d.name,

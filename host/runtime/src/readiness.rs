@@ -242,7 +242,7 @@ pub(crate) fn check(plugin: &Plugin, context: &Context<'_>) -> ReadinessReport {
         // Rate limits on external and irreversible tools.
         if matches!(risk, Risk::External | Risk::Irreversible)
             && tool.rate_limit().is_none()
-            && !context.policy.rate_limits.tools.contains_key(&tool.id())
+            && !context.policy.rate_limits.tools.contains_key(tool.id())
             && !context
                 .policy
                 .rate_limits
@@ -264,7 +264,7 @@ pub(crate) fn check(plugin: &Plugin, context: &Context<'_>) -> ReadinessReport {
         if risk == Risk::Irreversible
             && !tool.approval_required()
             && !approvals.require_for.contains(&Risk::Irreversible)
-            && !approvals.tools.contains(&tool.id())
+            && !approvals.tools.iter().any(|t| t == tool.id())
         {
             failed.push(finding(
                 ReadinessCheck::Approval,
@@ -365,7 +365,7 @@ pub(crate) fn check(plugin: &Plugin, context: &Context<'_>) -> ReadinessReport {
                 .alerts
                 .rules
                 .iter()
-                .any(|r| r.metric == metric && r.watches(&tool.id()))
+                .any(|r| r.metric == metric && r.watches(tool.id()))
         });
         if !watched {
             failed.push(finding(

@@ -144,7 +144,7 @@ impl<'h> Pipeline<'h> {
             && tool.risk() != Risk::Read
         {
             return Err(CallError::ReadOnlyMode {
-                tool: tool.id(),
+                tool: tool.id().to_owned(),
                 risk: tool.risk(),
                 reason: mode.reason,
             });
@@ -155,7 +155,7 @@ impl<'h> Pipeline<'h> {
             .limiter
             .admit(
                 plugin.name(),
-                &tool.id(),
+                tool.id(),
                 tool.rate_limit(),
                 principal,
                 now_ms(),
@@ -184,7 +184,9 @@ impl<'h> Pipeline<'h> {
     ) -> CallResult<Claimed<'h>> {
         let Some(key) = &request.idempotency_key else {
             if tool.idempotency_required() {
-                return Err(CallError::IdempotencyKeyRequired { tool: tool.id() });
+                return Err(CallError::IdempotencyKeyRequired {
+                    tool: tool.id().to_owned(),
+                });
             }
             return Ok(Claimed::Run(KeyClaim::none(self.ledger)));
         };
@@ -237,7 +239,7 @@ impl<'h> Pipeline<'h> {
                             .trace_id
                             .clone()
                             .unwrap_or_else(|| call_id.to_owned()),
-                        tool: tool.id(),
+                        tool: tool.id().to_owned(),
                         plugin_version: plugin.version().to_owned(),
                         output,
                         logs: Vec::new(),
@@ -283,7 +285,7 @@ impl<'h> Pipeline<'h> {
         let policy = &self.config.policy.approvals;
         if policy.approvers.is_empty() {
             return Err(CallError::ApprovalUnavailable {
-                tool: tool.id(),
+                tool: tool.id().to_owned(),
                 reason: "no approver is configured on this host (policy.approvals.approvers), so it cannot run".into(),
             });
         }
@@ -337,7 +339,7 @@ impl<'h> Pipeline<'h> {
                 self.ledger.create_approval(&approval)?;
                 if request.wait_for_approval.is_none() {
                     return Err(CallError::ApprovalPending {
-                        tool: tool.id(),
+                        tool: tool.id().to_owned(),
                         approval_id: approval.id,
                         expires: rfc3339(approval.expires_ms),
                     });
@@ -387,7 +389,7 @@ impl<'h> Pipeline<'h> {
                 ApprovalState::Pending => {
                     if deadline.is_none_or(|d| Instant::now() >= d) {
                         return Err(CallError::ApprovalPending {
-                            tool: tool.id(),
+                            tool: tool.id().to_owned(),
                             approval_id: id,
                             expires: rfc3339(approval.expires_ms),
                         });
@@ -398,7 +400,7 @@ impl<'h> Pipeline<'h> {
                         .is_none()
                     {
                         return Err(CallError::Cancelled {
-                            tool: tool.id(),
+                            tool: tool.id().to_owned(),
                             ran: false,
                         });
                     }

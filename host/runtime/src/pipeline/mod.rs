@@ -359,7 +359,7 @@ pub(crate) fn validate_arguments(
     let violations = schema::violations(&tool.input_validator, &value);
     if !violations.is_empty() {
         return Err(CallError::ArgumentsInvalid {
-            tool: tool.id(),
+            tool: tool.id().to_owned(),
             violations,
         });
     }

@@ -95,7 +95,7 @@ async fn run_tool_inner(
     let tool_id = tool.id();
     let started = Instant::now();
     let cancelled = |ran| CallError::Cancelled {
-        tool: tool_id.clone(),
+        tool: tool_id.to_owned(),
         ran,
     };
     // Per-plugin concurrency cap (`max_concurrency`, or the plugin's share
@@ -178,7 +178,7 @@ async fn run_tool_inner(
     };
     let returned = match outcome {
         Ok(returned) => returned,
-        Err(error) => return Err(trap_error(&tool_id, error, &store)),
+        Err(error) => return Err(trap_error(tool_id, error, &store)),
     };
     let text = match returned {
         Ok(text) => text,
@@ -189,7 +189,7 @@ async fn run_tool_inner(
                 ToolError::Denied(m) => (ToolErrorKind::Denied, m),
             };
             return Err(CallError::Tool {
-                tool: tool_id,
+                tool: tool_id.to_owned(),
                 kind,
                 message: bounded(message, 4096),
             });
@@ -199,13 +199,13 @@ async fn run_tool_inner(
     let limit = limits.output_bytes();
     if text.len() > limit {
         return Err(CallError::OutputTooLarge {
-            tool: tool_id,
+            tool: tool_id.to_owned(),
             size: text.len(),
             limit,
         });
     }
     let output: Value = serde_json::from_str(&text).map_err(|e| CallError::OutputInvalid {
-        tool: tool_id.clone(),
+        tool: tool_id.to_owned(),
         message: format!("not JSON: {e}"),
     })?;
     if let Some(validator) = &tool.output_validator {
@@ -213,7 +213,7 @@ async fn run_tool_inner(
         if !violations.is_empty() {
             let list: Vec<String> = violations.iter().map(ToString::to_string).collect();
             return Err(CallError::OutputInvalid {
-                tool: tool_id,
+                tool: tool_id.to_owned(),
                 message: format!("does not match the output schema: {}", list.join("; ")),
             });
         }
@@ -229,7 +229,7 @@ async fn run_tool_inner(
     Ok(CallResponse {
         call_id,
         trace_id,
-        tool: tool_id,
+        tool: tool_id.to_owned(),
         plugin_version: plugin.version().to_owned(),
         output,
         logs: state.log.lines,

@@ -401,7 +401,7 @@ impl CallSummary {
 
     /// The call resolved to `tool` of `plugin`.
     pub(crate) fn resolved(&mut self, plugin: &Plugin, tool: &Tool) {
-        self.tool_ref = tool.id();
+        self.tool_ref = tool.id().to_owned();
         self.resolved = Some(Resolved {
             plugin: plugin.name().to_owned(),
             version: plugin.version().to_owned(),
