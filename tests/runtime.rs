@@ -637,6 +637,39 @@ async fn without_a_pool_instances_are_allocated_on_demand() {
     assert_eq!(ok.output, json!({"b": 2}));
 }
 
+#[tokio::test]
+async fn stacks_zeroed_or_not_calls_reuse_the_pool_and_say_which() {
+    for zero in [true, false] {
+        let host = Host::new(
+            HostConfig::default()
+                .cache_dir(shared_cache())
+                .max_instances(1)
+                .zero_stacks(zero),
+        )
+        .unwrap();
+        let airlock_host::InstanceAllocation::Pooling { zero_stacks, .. } =
+            host.instance_allocation()
+        else {
+            panic!(
+                "expected a pooled engine, got {}",
+                host.instance_allocation()
+            );
+        };
+        assert_eq!(*zero_stacks, zero);
+        let plugin = misbehave_named("misbehave", 1_000);
+        host.load_plugin(plugin.path()).await.unwrap();
+        // One slot: each call runs on the stack the one before it used.
+        for i in 0..3 {
+            let args = format!(r#"{{"i":{i},"zero":{zero}}}"#);
+            let ok = host
+                .call(CallRequest::new("misbehave/echo", &args))
+                .await
+                .unwrap();
+            assert_eq!(ok.output, json!({"i": i, "zero": zero}));
+        }
+    }
+}
+
 // ---------------------------------------------------------------- versions
 
 /// A copy of example plugin `name` (subdirectories too), its manifest

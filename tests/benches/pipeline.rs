@@ -503,20 +503,26 @@ async fn run(effort: Effort) {
     let cache = work.path().join("cache");
     let data = work.path().join("data");
 
-    // `-- --profile SECONDS [CALLERS]`: only call `bench/echo` in a loop
-    // (CALLERS tasks, 1 by default), for a profiler (`perf record -g --
-    // target/release/deps/pipeline-… --bench --profile 10 2`).
+    // `-- --profile SECONDS [CALLERS] [--no-zero-stacks]`: only call
+    // `bench/echo` in a loop (CALLERS tasks, 1 by default), for a profiler
+    // (`perf record -g -- target/release/deps/pipeline-… --bench --profile
+    // 10 2`); `--no-zero-stacks` on a host with `zero_stacks = false`.
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--profile") {
         let seconds: u64 = args
             .get(i + 1)
             .and_then(|s| s.parse().ok())
             .expect("--profile SECONDS [CALLERS]");
-        let callers: usize = args.get(i + 2).map_or(1, |s| {
-            s.parse()
-                .expect("--profile SECONDS [CALLERS]: CALLERS a number")
-        });
-        let host = Arc::new(Host::new(host_config(&data, &cache)).unwrap());
+        let callers: usize = args
+            .get(i + 2)
+            .filter(|a| !a.starts_with("--"))
+            .map_or(1, |s| {
+                s.parse()
+                    .expect("--profile SECONDS [CALLERS]: CALLERS a number")
+            });
+        let zero_stacks = !args.iter().any(|a| a == "--no-zero-stacks");
+        let host =
+            Arc::new(Host::new(host_config(&data, &cache).zero_stacks(zero_stacks)).unwrap());
         host.load_plugins_dir(&plugins).await.unwrap();
         let until = Instant::now() + Duration::from_secs(seconds);
         let tasks: Vec<_> = (0..callers)
@@ -656,6 +662,56 @@ async fn run(effort: Effort) {
             us(rl.p99)
         );
     }
+
+    // ------------------------------------------------ stack zeroing
+    // The same calls on a host whose pooled stacks are not zeroed between
+    // calls (`zero_stacks = false`), next to the default host and raw
+    // wasmtime, in turn, so the cost of that defense is a measured figure.
+    let unzeroed_data = work.path().join("data-unzeroed");
+    let unzeroed =
+        Arc::new(Host::new(host_config(&unzeroed_data, &cache).zero_stacks(false)).unwrap());
+    unzeroed.load_plugins_dir(&plugins).await.unwrap();
+    println!("### Pooled stacks zeroed or not (audit batched)\n");
+    println!(
+        "Instance allocation without zeroing: {}.\n",
+        unzeroed.instance_allocation()
+    );
+    println!(
+        "| concurrent callers | stacks zeroed (default) calls/s | p99 | not zeroed calls/s | p99 | raw wasmtime calls/s |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for callers in [2, 8] {
+        let mut rates = Vec::new();
+        for h in [&host, &unzeroed] {
+            let h = Arc::clone(h);
+            rates.push(
+                throughput(callers, effort.throughput_for, move || {
+                    let h = Arc::clone(&h);
+                    async move {
+                        h.call(CallRequest::new("bench/echo", ARGS)).await.unwrap();
+                    }
+                })
+                .await,
+            );
+        }
+        let r = Arc::clone(&raw);
+        let (raw_rate, _) = throughput(callers, effort.throughput_for, move || {
+            let r = Arc::clone(&r);
+            async move { drop(r.call().await) }
+        })
+        .await;
+        let [(zeroed, zl), (not, nl)] = [rates.remove(0), rates.remove(0)];
+        println!(
+            "| {callers} | {zeroed:.0} ({:.2}× raw) | {} | {not:.0} ({:.2}× raw) | {} | {raw_rate:.0} |",
+            zeroed / raw_rate,
+            us(zl.p99),
+            not / raw_rate,
+            us(nl.p99)
+        );
+    }
+    println!();
+    drop(unzeroed);
+
     // Every call of the run is on the record.
     drop(host);
     let log = airlock_host::audit_log::AuditLog::open_read_only(data.join("audit")).unwrap();

@@ -19,6 +19,7 @@ struct ConfigFile {
     max_argument_bytes: Option<usize>,
     max_instances: Option<u32>,
     max_instances_per_plugin: Option<u32>,
+    zero_stacks: Option<bool>,
     principal: Option<String>,
     policy: Option<airlock_host::Policy>,
     audit: Option<AuditConfig>,
@@ -240,6 +241,8 @@ pub(crate) struct Settings {
     pub max_argument_bytes: usize,
     pub max_instances: u32,
     pub max_instances_per_plugin: Option<u32>,
+    /// Pooled fiber stacks zeroed between calls (`zero_stacks`, default on).
+    pub zero_stacks: bool,
     pub principal: String,
     pub policy: airlock_host::Policy,
     pub audit: AuditConfig,
@@ -316,6 +319,9 @@ impl Settings {
             if file.max_instances_per_plugin.is_some() {
                 layer.max_instances_per_plugin = file.max_instances_per_plugin;
             }
+            if file.zero_stacks.is_some() {
+                layer.zero_stacks = file.zero_stacks;
+            }
             if file.principal.is_some() {
                 layer.principal = file.principal;
             }
@@ -387,6 +393,7 @@ impl Settings {
                 Some(0) => bail!("max_instances_per_plugin must be at least 1"),
                 other => other,
             },
+            zero_stacks: layer.zero_stacks.unwrap_or(true),
             principal,
             policy: layer.policy.unwrap_or_default(),
             audit: check_audit(layer.audit.unwrap_or_default())?,
@@ -574,6 +581,26 @@ mod tests {
             format!("{err:#}").contains("max_instances_per_plugin"),
             "{err:#}"
         );
+    }
+
+    #[test]
+    fn stack_zeroing_is_on_unless_turned_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("airlock.toml");
+        let load = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            Settings::load(Overrides {
+                config: Some(path.clone()),
+                ..Default::default()
+            })
+        };
+        assert!(load("").unwrap().zero_stacks);
+        assert!(load("zero_stacks = true\n").unwrap().zero_stacks);
+        assert!(!load("zero_stacks = false\n").unwrap().zero_stacks);
+        let err = load("zero_stacks = \"no\"\n").unwrap_err();
+        assert!(format!("{err:#}").contains("invalid type"), "{err:#}");
+        // The built-in defaults say it too.
+        assert!(parse(DEFAULT_CONFIG, "default").unwrap().zero_stacks == Some(true));
     }
 
     #[test]

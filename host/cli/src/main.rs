@@ -415,6 +415,7 @@ pub(crate) fn host_config(settings: &Settings, calls: Calls) -> HostConfig {
         .cache_dir(&settings.cache_dir)
         .max_argument_bytes(settings.max_argument_bytes)
         .max_instances(settings.max_instances)
+        .zero_stacks(settings.zero_stacks)
         .policy(settings.policy.clone())
         .audit(settings.audit.clone())
         .alerts(settings.alerts.clone())

@@ -83,6 +83,9 @@ pub enum InstanceAllocation {
         tables: u32,
         /// Largest linear memory a slot holds, in bytes.
         max_memory_bytes: u64,
+        /// A pooled fiber stack is zeroed before another call uses it
+        /// ([`HostConfig::zero_stacks`](crate::HostConfig::zero_stacks)).
+        zero_stacks: bool,
     },
     /// Each instance maps its own memory and stack.
     OnDemand {
@@ -99,10 +102,16 @@ impl std::fmt::Display for InstanceAllocation {
                 memories,
                 tables,
                 max_memory_bytes,
+                zero_stacks,
             } => write!(
                 f,
-                "pooling: {instances} instances, {memories} memories of up to {} MiB, {tables} tables",
-                max_memory_bytes >> 20
+                "pooling: {instances} instances, {memories} memories of up to {} MiB, {tables} tables, stacks {}",
+                max_memory_bytes >> 20,
+                if *zero_stacks {
+                    "zeroed between calls"
+                } else {
+                    "not zeroed between calls"
+                }
             ),
             InstanceAllocation::OnDemand { reason } => write!(f, "on demand ({reason})"),
         }
@@ -171,7 +180,7 @@ impl SharedEngine {
     /// Build the engine: pooled with room for `max_instances` instances and
     /// memories of up to `memory_ceiling_mb` (the policy's ceiling, if any),
     /// or on demand when `max_instances` is 0 or the pool cannot be
-    /// reserved.
+    /// reserved; pooled stacks zeroed between calls when `zero_stacks`.
     ///
     /// # Errors
     /// [`Error::Engine`] when even the on-demand engine cannot be built.
@@ -179,6 +188,7 @@ impl SharedEngine {
         max_instances: u32,
         per_plugin: Option<u32>,
         memory_ceiling_mb: Option<u64>,
+        zero_stacks: bool,
     ) -> Result<SharedEngine> {
         let per_plugin = per_plugin
             .unwrap_or_else(|| default_per_plugin(max_instances))
@@ -187,7 +197,7 @@ impl SharedEngine {
             "disabled by the host configuration (max_instances = 0)".to_owned()
         } else {
             let pool = PoolSize::new(max_instances, memory_ceiling_mb);
-            match Engine::new(&pool.config()) {
+            match Engine::new(&pool.config(zero_stacks)) {
                 Ok(engine) => {
                     tracing::debug!(
                         instances = pool.instances,
@@ -202,6 +212,7 @@ impl SharedEngine {
                             memories: pool.memories,
                             tables: pool.tables,
                             max_memory_bytes: pool.max_memory_bytes,
+                            zero_stacks,
                         },
                         gate: Some(PoolGate {
                             instances: Arc::new(Semaphore::new(permits(pool.instances))),
@@ -390,7 +401,7 @@ impl PoolSize {
         }
     }
 
-    fn config(&self) -> Config {
+    fn config(&self, zero_stacks: bool) -> Config {
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(self.instances)
             // Core instances cost no reserved space, only a count.
@@ -417,9 +428,10 @@ impl PoolSize {
             .pagemap_scan(Enabled::Auto);
         let mut config = base_config();
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        // A pooled stack is reused by other plugins' calls: zero it first,
-        // as a fresh on-demand stack would be.
-        config.async_stack_zeroing(true);
+        // A pooled stack is reused by other plugins' calls: zeroed first (by
+        // default), it holds nothing of theirs, as a fresh on-demand stack
+        // would not (see HostConfig::zero_stacks for the cost).
+        config.async_stack_zeroing(zero_stacks);
         config
     }
 }
@@ -576,7 +588,7 @@ mod tests {
 
     #[test]
     fn zero_instances_means_on_demand() {
-        let on_demand = SharedEngine::new(0, None, None).unwrap();
+        let on_demand = SharedEngine::new(0, None, None, true).unwrap();
         let InstanceAllocation::OnDemand { reason } = on_demand.allocation() else {
             panic!("expected on-demand allocation");
         };
@@ -584,9 +596,30 @@ mod tests {
         assert!(on_demand.gate.is_none());
     }
 
+    #[test]
+    fn pooled_stacks_are_zeroed_unless_turned_off() {
+        for zero in [true, false] {
+            let engine = SharedEngine::new(1, None, Some(64), zero).unwrap();
+            let InstanceAllocation::Pooling { zero_stacks, .. } = engine.allocation() else {
+                // No pool on this machine: nothing pooled to zero.
+                return;
+            };
+            assert_eq!(*zero_stacks, zero);
+            assert!(engine.allocation().to_string().contains(if zero {
+                "stacks zeroed between calls"
+            } else {
+                "stacks not zeroed between calls"
+            }));
+            // wasmtime keeps count of the stack bytes it resets in place
+            // only when it zeroes them.
+            let metrics = engine.engine.pooling_allocator_metrics().unwrap();
+            assert_eq!(metrics.unused_stack_bytes_resident().is_some(), zero);
+        }
+    }
+
     #[tokio::test]
     async fn a_full_pool_makes_callers_wait_until_their_deadline() {
-        let engine = SharedEngine::new(1, None, Some(64)).unwrap();
+        let engine = SharedEngine::new(1, None, Some(64), true).unwrap();
         if engine.gate.is_none() {
             return;
         }

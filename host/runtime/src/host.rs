@@ -69,6 +69,18 @@ pub struct HostConfig {
     /// starve the others. `None`: half of `max_instances` (at least 1).
     /// Its memories and tables are bounded to the same fraction of theirs.
     pub max_instances_per_plugin: Option<u32>,
+    /// Zero a pooled fiber stack before another call uses it (on by
+    /// default). The stack a guest runs on — its compiled frames and the
+    /// host functions it calls — is reused by later calls of any plugin;
+    /// compiled code never reads a stack slot it has not written, so
+    /// zeroing is defense in depth against a compiler bug that would,
+    /// leaking one call's data into another. Its cost is wasmtime's: the
+    /// stack's first 64 KiB are cleared with `memset` and the rest handed
+    /// back to the kernel (`madvise`), which, with calls on several cores,
+    /// interrupts the other cores to flush their TLBs (see
+    /// `docs/performance.md`). Only the pool's stacks are concerned: an
+    /// instance allocated on demand gets a fresh stack.
+    pub zero_stacks: bool,
     /// Alert rules over the calls this host runs, and what they do
     /// (`[alerts]`).
     pub alerts: AlertConfig,
@@ -88,6 +100,7 @@ impl Default for HostConfig {
             audit: AuditConfig::default(),
             max_instances: crate::engine::DEFAULT_MAX_INSTANCES,
             max_instances_per_plugin: None,
+            zero_stacks: true,
             alerts: AlertConfig::default(),
             telemetry: TelemetryConfig::default(),
         }
@@ -141,6 +154,13 @@ impl HostConfig {
     /// Let one plugin hold at most `instances` of the pool's instances.
     pub fn max_instances_per_plugin(mut self, instances: u32) -> HostConfig {
         self.max_instances_per_plugin = Some(instances);
+        self
+    }
+
+    /// Zero pooled fiber stacks between calls, or not (see
+    /// [`HostConfig::zero_stacks`](#structfield.zero_stacks)).
+    pub fn zero_stacks(mut self, on: bool) -> HostConfig {
+        self.zero_stacks = on;
         self
     }
 
@@ -346,6 +366,7 @@ impl Host {
             config.max_instances,
             config.max_instances_per_plugin,
             memory_ceiling_mb,
+            config.zero_stacks,
         )?;
         tracing::debug!(allocation = %engine.allocation(), "engine ready");
         let cache = config
