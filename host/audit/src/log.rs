@@ -1017,7 +1017,10 @@ impl AuditLog {
     /// [`Error::Closed`] after [`close`](Self::close). Either way the
     /// caller must not run the call.
     pub fn append(&self, entry: Entry, durability: Durability) -> Result<Record> {
-        let (seq, linked) = self.append_unflushed(&entry, Seal::Now)?;
+        let (seq, linked, behind) = self.append_unflushed(&entry, Seal::Now)?;
+        if behind {
+            self.wait_for_room();
+        }
         if durability == Durability::Flushed {
             self.inner.flush_through(seq, false)?;
         }
@@ -1037,14 +1040,40 @@ impl AuditLog {
     /// # Errors
     /// As [`append`](Self::append).
     pub fn append_seq(&self, entry: &Entry, durability: Durability) -> Result<u64> {
-        let (seq, _) = self.append_unflushed(entry, Seal::Later)?;
+        let (seq, _, behind) = self.append_unflushed(entry, Seal::Later)?;
+        if behind {
+            self.wait_for_room();
+        }
         if durability == Durability::Flushed {
             self.inner.flush_through(seq, false)?;
         }
         Ok(seq)
     }
 
-    fn append_unflushed(&self, entry: &Entry, seal: Seal) -> Result<(u64, Option<Linked>)> {
+    /// [`append_seq`](Self::append_seq) of a [`Durability::Batched`]
+    /// record that never blocks: the record's sequence number, and whether
+    /// the writer thread is behind (more than its bound of records queued).
+    /// When it is, the caller should call [`wait_for_room`](Self::wait_for_room)
+    /// before appending again — where blocking is harmless: an async
+    /// runtime's worker that blocked there would stall every task on it.
+    ///
+    /// # Errors
+    /// As [`append`](Self::append).
+    pub fn append_batched(&self, entry: &Entry) -> Result<(u64, bool)> {
+        let (seq, _, behind) = self.append_unflushed(entry, Seal::Later)?;
+        Ok((seq, behind))
+    }
+
+    /// Block until the writer thread has brought the queue back under its
+    /// bound, for at most a second (then write the queue on this thread:
+    /// the writer is stuck). Returns at once when the queue is under it.
+    pub fn wait_for_room(&self) {
+        self.inner.wait_for_room();
+    }
+
+    /// Append, without waiting for room: the seq, the record if sealed now,
+    /// and whether the queue is past its bound.
+    fn append_unflushed(&self, entry: &Entry, seal: Seal) -> Result<(u64, Option<Linked>, bool)> {
         let inner = &self.inner;
         // Encoded before the head lock is taken: under it, the record is
         // only numbered, timed and queued.
@@ -1114,10 +1143,8 @@ impl AuditLog {
             // if the store fails now it stays queued for the next append
             // or flush to retry, so this append succeeded.
             let _ = inner.write_queued();
-        } else if queued > MAX_QUEUED {
-            inner.wait_for_room();
         }
-        Ok((seq, linked))
+        Ok((seq, linked, !inline && queued > MAX_QUEUED))
     }
 
     /// Flush everything appended so far to disk.
@@ -2339,6 +2366,49 @@ mod tests {
     /// store (they wait for room in the queue instead) — not even the
     /// checkpoints signed every 100 records, which the writer thread
     /// stores behind their records.
+    #[test]
+    fn a_batched_append_past_the_bound_says_so_instead_of_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        // Each store write takes two seconds: the writer thread falls behind.
+        let (log, store) = watched_log(
+            Watched {
+                write_delay: Duration::from_secs(2),
+                ..Watched::default()
+            },
+            dir.path(),
+            AuditConfig::default(),
+        );
+        let stored = || {
+            store
+                .inner
+                .head(DEFAULT_ORIGIN)
+                .unwrap()
+                .map_or(0, |(seq, _)| seq)
+        };
+        // The writer takes what is queued once before its write: three
+        // bounds' worth leave more than one queued behind it.
+        let n = 3 * MAX_QUEUED as u64;
+        let mut behind_at = None;
+        for i in 1..=n {
+            let (seq, behind) = log.append_batched(&entry(i)).unwrap();
+            assert_eq!(seq, i);
+            if behind {
+                behind_at.get_or_insert(seq);
+            }
+        }
+        // Past the bound the appends said so, and none waited for the
+        // writer: its first write (two seconds) is still under way, and
+        // room is made only once it is done.
+        let behind_at = behind_at.expect("appends past the bound are told the writer is behind");
+        assert!(behind_at > MAX_QUEUED as u64, "{behind_at}");
+        assert_eq!(stored(), 0, "an append waited for the store");
+        // Waiting for room is the caller's to do, where blocking is fine;
+        // every record reaches the store, in order.
+        log.wait_for_room();
+        log.flush().unwrap();
+        assert_gap_free(&log, n);
+    }
+
     #[test]
     fn concurrent_appenders_never_write_and_leave_a_gap_free_chain() {
         // Half the callers append as the pipeline does (sealed later, by

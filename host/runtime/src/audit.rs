@@ -293,7 +293,17 @@ pub(crate) async fn append(
     durability: Durability,
 ) -> airlock_audit::Result<u64> {
     match durability {
-        Durability::Batched => log.append_seq(entry, durability),
+        Durability::Batched => {
+            let (seq, behind) = log.append_batched(entry)?;
+            if behind {
+                // The writer thread is behind: wait for it off the
+                // runtime's workers (a blocked worker stalls every task on
+                // it, guests past their deadlines among them).
+                let log = log.clone();
+                let _ = tokio::task::spawn_blocking(move || log.wait_for_room()).await;
+            }
+            Ok(seq)
+        }
         Durability::Flushed => {
             let (log, entry) = (log.clone(), entry.clone());
             tokio::task::spawn_blocking(move || log.append_seq(&entry, durability))
