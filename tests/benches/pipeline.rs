@@ -356,7 +356,27 @@ where
     F: Fn() -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send,
 {
-    let call = Arc::new(call);
+    let (samples, elapsed) = throughput_slice(callers, period, Arc::new(call)).await;
+    rate_of(samples, elapsed)
+}
+
+/// Calls/s and latency of `samples` taken over `elapsed`.
+fn rate_of(samples: Vec<Duration>, elapsed: Duration) -> (f64, Latency) {
+    let rate = samples.len() as f64 / elapsed.as_secs_f64();
+    (rate, Latency::of(samples))
+}
+
+/// `callers` tasks calling `call` in a loop for `period`: each call's
+/// latency, and how long it took for all of them to finish.
+async fn throughput_slice<F, Fut>(
+    callers: usize,
+    period: Duration,
+    call: Arc<F>,
+) -> (Vec<Duration>, Duration)
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send,
+{
     let started = Instant::now();
     let until = started + period;
     let tasks: Vec<_> = (0..callers)
@@ -377,9 +397,41 @@ where
     for task in tasks {
         samples.extend(task.await.unwrap());
     }
-    let elapsed = started.elapsed();
-    let rate = samples.len() as f64 / elapsed.as_secs_f64();
-    (rate, Latency::of(samples))
+    (samples, started.elapsed())
+}
+
+/// Slices a throughput comparison takes turns in.
+const SLICES: u32 = 6;
+
+/// The throughput of `a` and of `b`, `period` each, in alternating slices
+/// (a, b, a, b, …): a change in the machine's speed during the run (a
+/// shared machine's neighbours) touches both alike, so their ratio holds
+/// better than that of two runs one after the other.
+async fn throughput_pair<A, AF, B, BF>(
+    callers: usize,
+    period: Duration,
+    a: A,
+    b: B,
+) -> ((f64, Latency), (f64, Latency))
+where
+    A: Fn() -> AF + Send + Sync + 'static,
+    AF: Future<Output = ()> + Send,
+    B: Fn() -> BF + Send + Sync + 'static,
+    BF: Future<Output = ()> + Send,
+{
+    let (a, b) = (Arc::new(a), Arc::new(b));
+    let slice = period / SLICES;
+    let (mut a_samples, mut a_time) = (Vec::new(), Duration::ZERO);
+    let (mut b_samples, mut b_time) = (Vec::new(), Duration::ZERO);
+    for _ in 0..SLICES {
+        let (samples, took) = throughput_slice(callers, slice, Arc::clone(&a)).await;
+        a_samples.extend(samples);
+        a_time += took;
+        let (samples, took) = throughput_slice(callers, slice, Arc::clone(&b)).await;
+        b_samples.extend(samples);
+        b_time += took;
+    }
+    (rate_of(a_samples, a_time), rate_of(b_samples, b_time))
 }
 
 fn host_config(data: &Path, cache: &Path) -> HostConfig {
@@ -640,19 +692,21 @@ async fn run(effort: Effort) {
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|");
     for callers in CONCURRENCY {
-        let h = Arc::clone(&host);
-        let (rate, l) = throughput(callers, effort.throughput_for, move || {
-            let h = Arc::clone(&h);
-            async move {
-                h.call(CallRequest::new("bench/echo", ARGS)).await.unwrap();
-            }
-        })
-        .await;
-        let r = Arc::clone(&raw);
-        let (raw_rate, rl) = throughput(callers, effort.throughput_for, move || {
-            let r = Arc::clone(&r);
-            async move { drop(r.call().await) }
-        })
+        let (h, r) = (Arc::clone(&host), Arc::clone(&raw));
+        let ((rate, l), (raw_rate, rl)) = throughput_pair(
+            callers,
+            effort.throughput_for,
+            move || {
+                let h = Arc::clone(&h);
+                async move {
+                    h.call(CallRequest::new("bench/echo", ARGS)).await.unwrap();
+                }
+            },
+            move || {
+                let r = Arc::clone(&r);
+                async move { drop(r.call().await) }
+            },
+        )
         .await;
         println!(
             "| {callers} | {rate:.0} | {} | {} | {raw_rate:.0} | {} | {} |",
@@ -681,26 +735,30 @@ async fn run(effort: Effort) {
     );
     println!("|---:|---:|---:|---:|---:|---:|");
     for callers in [2, 8] {
-        let mut rates = Vec::new();
-        for h in [&host, &unzeroed] {
-            let h = Arc::clone(h);
-            rates.push(
-                throughput(callers, effort.throughput_for, move || {
-                    let h = Arc::clone(&h);
-                    async move {
-                        h.call(CallRequest::new("bench/echo", ARGS)).await.unwrap();
-                    }
-                })
-                .await,
-            );
-        }
+        let (h, u) = (Arc::clone(&host), Arc::clone(&unzeroed));
+        let ((zeroed, zl), (not, nl)) = throughput_pair(
+            callers,
+            effort.throughput_for,
+            move || {
+                let h = Arc::clone(&h);
+                async move {
+                    h.call(CallRequest::new("bench/echo", ARGS)).await.unwrap();
+                }
+            },
+            move || {
+                let u = Arc::clone(&u);
+                async move {
+                    u.call(CallRequest::new("bench/echo", ARGS)).await.unwrap();
+                }
+            },
+        )
+        .await;
         let r = Arc::clone(&raw);
         let (raw_rate, _) = throughput(callers, effort.throughput_for, move || {
             let r = Arc::clone(&r);
             async move { drop(r.call().await) }
         })
         .await;
-        let [(zeroed, zl), (not, nl)] = [rates.remove(0), rates.remove(0)];
         println!(
             "| {callers} | {zeroed:.0} ({:.2}× raw) | {} | {not:.0} ({:.2}× raw) | {} | {raw_rate:.0} |",
             zeroed / raw_rate,
