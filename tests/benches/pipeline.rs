@@ -403,15 +403,25 @@ where
 /// Slices a throughput comparison takes turns in.
 const SLICES: u32 = 6;
 
+/// One side of [`throughput_pair`]: the call, and what brings the side
+/// to rest after a slice (a host's audit log written out and flushed; its
+/// time counts as the side's, since its calls left that work behind).
+struct Side<F> {
+    call: F,
+    settle: Option<Arc<Host>>,
+}
+
 /// The throughput of `a` and of `b`, `period` each, in alternating slices
 /// (a, b, a, b, …): a change in the machine's speed during the run (a
 /// shared machine's neighbours) touches both alike, so their ratio holds
-/// better than that of two runs one after the other.
+/// better than that of two runs one after the other. After each slice a
+/// host side is settled (its audit log's queue written and flushed) within
+/// its own time, so its writer thread does not run in the other side's.
 async fn throughput_pair<A, AF, B, BF>(
     callers: usize,
     period: Duration,
-    a: A,
-    b: B,
+    a: Side<A>,
+    b: Side<B>,
 ) -> ((f64, Latency), (f64, Latency))
 where
     A: Fn() -> AF + Send + Sync + 'static,
@@ -419,17 +429,52 @@ where
     B: Fn() -> BF + Send + Sync + 'static,
     BF: Future<Output = ()> + Send,
 {
-    let (a, b) = (Arc::new(a), Arc::new(b));
-    let slice = period / SLICES;
+    async fn slice<F, Fut>(
+        callers: usize,
+        period: Duration,
+        call: &Arc<F>,
+        settle: Option<&Arc<Host>>,
+        samples: &mut Vec<Duration>,
+        time: &mut Duration,
+    ) where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
+        let (taken, took) = throughput_slice(callers, period, Arc::clone(call)).await;
+        samples.extend(taken);
+        *time += took;
+        if let Some(host) = settle {
+            let started = Instant::now();
+            let host = Arc::clone(host);
+            tokio::task::spawn_blocking(move || host.audit().flush().unwrap())
+                .await
+                .unwrap();
+            *time += started.elapsed();
+        }
+    }
+    let (a_call, b_call) = (Arc::new(a.call), Arc::new(b.call));
+    let part = period / SLICES;
     let (mut a_samples, mut a_time) = (Vec::new(), Duration::ZERO);
     let (mut b_samples, mut b_time) = (Vec::new(), Duration::ZERO);
     for _ in 0..SLICES {
-        let (samples, took) = throughput_slice(callers, slice, Arc::clone(&a)).await;
-        a_samples.extend(samples);
-        a_time += took;
-        let (samples, took) = throughput_slice(callers, slice, Arc::clone(&b)).await;
-        b_samples.extend(samples);
-        b_time += took;
+        slice(
+            callers,
+            part,
+            &a_call,
+            a.settle.as_ref(),
+            &mut a_samples,
+            &mut a_time,
+        )
+        .await;
+        slice(
+            callers,
+            part,
+            &b_call,
+            b.settle.as_ref(),
+            &mut b_samples,
+            &mut b_time,
+        )
+        .await;
     }
     (rate_of(a_samples, a_time), rate_of(b_samples, b_time))
 }
@@ -696,15 +741,21 @@ async fn run(effort: Effort) {
         let ((rate, l), (raw_rate, rl)) = throughput_pair(
             callers,
             effort.throughput_for,
-            move || {
-                let h = Arc::clone(&h);
-                async move {
-                    h.call(CallRequest::new("bench/echo", ARGS)).await.unwrap();
-                }
+            Side {
+                settle: Some(Arc::clone(&h)),
+                call: move || {
+                    let h = Arc::clone(&h);
+                    async move {
+                        h.call(CallRequest::new("bench/echo", ARGS)).await.unwrap();
+                    }
+                },
             },
-            move || {
-                let r = Arc::clone(&r);
-                async move { drop(r.call().await) }
+            Side {
+                settle: None,
+                call: move || {
+                    let r = Arc::clone(&r);
+                    async move { drop(r.call().await) }
+                },
             },
         )
         .await;
@@ -739,17 +790,23 @@ async fn run(effort: Effort) {
         let ((zeroed, zl), (not, nl)) = throughput_pair(
             callers,
             effort.throughput_for,
-            move || {
-                let h = Arc::clone(&h);
-                async move {
-                    h.call(CallRequest::new("bench/echo", ARGS)).await.unwrap();
-                }
+            Side {
+                settle: Some(Arc::clone(&h)),
+                call: move || {
+                    let h = Arc::clone(&h);
+                    async move {
+                        h.call(CallRequest::new("bench/echo", ARGS)).await.unwrap();
+                    }
+                },
             },
-            move || {
-                let u = Arc::clone(&u);
-                async move {
-                    u.call(CallRequest::new("bench/echo", ARGS)).await.unwrap();
-                }
+            Side {
+                settle: Some(Arc::clone(&u)),
+                call: move || {
+                    let u = Arc::clone(&u);
+                    async move {
+                        u.call(CallRequest::new("bench/echo", ARGS)).await.unwrap();
+                    }
+                },
             },
         )
         .await;
