@@ -429,8 +429,8 @@ impl PoolSize {
         let mut config = base_config();
         config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         // A pooled stack is reused by other plugins' calls: zeroed first (by
-        // default), it holds nothing of theirs, as a fresh on-demand stack
-        // would not (see HostConfig::zero_stacks for the cost).
+        // default), it holds nothing of theirs, like a fresh on-demand stack
+        // (HostConfig::zero_stacks says what it costs).
         config.async_stack_zeroing(zero_stacks);
         config
     }
