@@ -56,7 +56,14 @@ async fn every_call_leaves_its_records_row_by_row() {
         ("panic", "read", ""),
         ("spin", "read", ""),
     ]);
-    let host = host_in(data.path(), &plugin).await;
+    // A group-commit window no call here outlasts (`spin` runs into its
+    // 300 ms deadline), so each `read` call's shape does not depend on
+    // the machine's speed: one record. (A call longer than the window:
+    // `a_read_call_longer_than_the_window_is_on_record_while_it_runs`.)
+    let mut config = HostConfig::default().data_dir(data.path());
+    config.audit.group_commit_ms = 60_000;
+    let host = Host::new(config).unwrap();
+    host.load_plugin(plugin.path()).await.unwrap();
     let p = host.plugin("misbehave").unwrap();
     let (digest, manifest_digest) = (p.digest().to_owned(), p.manifest_digest().to_owned());
 
@@ -72,15 +79,15 @@ async fn every_call_leaves_its_records_row_by_row() {
     let e = call(&host, "misbehave/echo", "[1]").await.unwrap_err();
     assert_eq!(e.kind(), "arguments_not_object");
 
+    // A `read` call of a plugin that can only read, finished within the
+    // group-commit window, is one record carrying its intent; a `write`
+    // call's intent is written before it runs.
     let rows = records(&host);
     let expected: &[(Event, &str, Option<&str>)] = &[
-        (Event::CallStarted, "echo", None),
         (Event::CallFinished, "echo", Some("ok")),
         (Event::CallStarted, "fail", None),
         (Event::CallFinished, "fail", Some("tool_error")),
-        (Event::CallStarted, "panic", None),
         (Event::CallFinished, "panic", Some("guest_trap")),
-        (Event::CallStarted, "spin", None),
         (Event::CallFinished, "spin", Some("deadline_exceeded")),
         (Event::CallRefused, "misbehave/nope", Some("unknown_tool")),
         (Event::CallRefused, "echo", Some("arguments_not_object")),
@@ -105,15 +112,24 @@ async fn every_call_leaves_its_records_row_by_row() {
             assert_eq!(e.manifest_digest.as_deref(), Some(manifest_digest.as_str()));
             assert!(e.risk.is_some());
         }
+        let after_intent = i > 0 && rows[i - 1].entry.event == Event::CallStarted;
         match event {
             Event::CallStarted => {
                 assert_eq!(e.decision.as_deref(), Some("admitted"));
                 assert!(e.args.is_some());
             }
+            Event::CallFinished if after_intent => {
+                assert!(e.fuel_used.is_some() && e.wall_us.is_some());
+                // The outcome belongs to the intent before it, which has
+                // the arguments.
+                assert_eq!(e.call_id, rows[i - 1].entry.call_id);
+                assert!(!e.carries_intent() && e.args.is_none(), "row {}", row.seq);
+            }
             Event::CallFinished => {
                 assert!(e.fuel_used.is_some() && e.wall_us.is_some());
-                // The outcome belongs to the intent before it.
-                assert_eq!(e.call_id, rows[i - 1].entry.call_id);
+                assert!(e.carries_intent(), "row {}", row.seq);
+                assert_eq!(e.risk.as_deref(), Some("read"));
+                assert!(e.args.is_some(), "row {}", row.seq);
             }
             Event::CallRefused => {
                 assert_eq!(e.decision.as_deref(), Some("refused"));
@@ -122,10 +138,11 @@ async fn every_call_leaves_its_records_row_by_row() {
             other => panic!("unexpected event {other}"),
         }
     }
-    assert_eq!(rows[1].entry.result.as_deref(), Some(r#"{"a":1}"#));
-    assert!(rows[1].entry.result_digest.is_some());
-    assert_eq!(rows[3].entry.risk.as_deref(), Some("write"));
-    assert_eq!(host.audit().verify(&[]).unwrap().unwrap().records, 10);
+    assert_eq!(rows[0].entry.args.as_deref(), Some(r#"{"a":1}"#));
+    assert_eq!(rows[0].entry.result.as_deref(), Some(r#"{"a":1}"#));
+    assert!(rows[0].entry.result_digest.is_some());
+    assert_eq!(rows[2].entry.risk.as_deref(), Some("write"));
+    assert_eq!(host.audit().verify(&[]).unwrap().unwrap().records, 7);
 }
 
 /// Every file under `dir`, read whole.
@@ -338,6 +355,130 @@ async fn a_call_that_cannot_be_recorded_does_not_run() {
     assert!(
         !dir.path().join("data/effect.txt").exists(),
         "the tool ran without a record"
+    );
+}
+
+/// `misbehave` with a `read` `spin` that only cancellation ends (a minute's
+/// deadline), on a host whose group-commit window is `window_ms`.
+async fn spinning_host(data: &Path, window_ms: u64) -> (Host, PluginDir) {
+    let plugin = install(
+        "misbehave",
+        &read(MISBEHAVE),
+        "[capabilities]\nlog = true\n\n[limits]\ntimeout_ms = 60000\nfuel = 1_000_000_000_000_000\n\n[[tools]]\nname = \"spin\"\nrisk = \"read\"\n",
+    );
+    let mut config = HostConfig::default().data_dir(data);
+    config.audit.group_commit_ms = window_ms;
+    let host = Host::new(config).unwrap();
+    host.load_plugin(plugin.path()).await.unwrap();
+    (host, plugin)
+}
+
+/// Wait (a minute at most) until `done` holds.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !done() {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+fn instances_in_use(host: &Host) -> String {
+    let metrics = host.metrics().unwrap();
+    metrics
+        .lines()
+        .find(|l| l.starts_with("airlock_instances_in_use "))
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// `audit.hold_read_intents = false`: every intent is written before its
+/// call runs, `read` calls' too — two records a call.
+#[tokio::test]
+async fn holding_read_intents_can_be_turned_off() {
+    let data = tempfile::tempdir().unwrap();
+    let plugin = misbehave(&[("echo", "read", "")]);
+    let mut config = HostConfig::default().data_dir(data.path());
+    config.audit.hold_read_intents = false;
+    let host = Host::new(config).unwrap();
+    host.load_plugin(plugin.path()).await.unwrap();
+    call(&host, "misbehave/echo", r#"{"a":1}"#).await.unwrap();
+    let rows = records(&host);
+    let events: Vec<_> = rows.iter().map(|r| r.entry.event).collect();
+    assert_eq!(events, [Event::CallStarted, Event::CallFinished]);
+    assert_eq!(rows[0].entry.args.as_deref(), Some(r#"{"a":1}"#));
+    assert!(!rows[1].entry.carries_intent() && rows[1].entry.args.is_none());
+}
+
+/// A `read` call's intent is held only for the group-commit window: one
+/// that runs longer is in the log while it runs, and its outcome follows.
+#[tokio::test]
+async fn a_read_call_longer_than_the_window_is_on_record_while_it_runs() {
+    let data = tempfile::tempdir().unwrap();
+    let (host, _plugin) = spinning_host(data.path(), 20).await;
+    let host = std::sync::Arc::new(host);
+    let token = tokio_util::sync::CancellationToken::new();
+    let call = tokio::spawn({
+        let (host, token) = (host.clone(), token.clone());
+        async move {
+            host.call(CallRequest::new("misbehave/spin", "{}").cancel_on(token))
+                .await
+        }
+    });
+    until("the running call's intent is recorded", || {
+        records(&host)
+            .iter()
+            .any(|r| r.entry.event == Event::CallStarted)
+    })
+    .await;
+    // Only the token ends it: it is still running.
+    assert!(!call.is_finished());
+    token.cancel();
+    assert_eq!(call.await.unwrap().unwrap_err().kind(), "cancelled");
+    let rows = records(&host);
+    let events: Vec<_> = rows.iter().map(|r| r.entry.event).collect();
+    assert_eq!(events, [Event::CallStarted, Event::CallFinished]);
+    assert_eq!(rows[0].entry.call_id, rows[1].entry.call_id);
+    assert!(!rows[1].entry.carries_intent());
+    assert_eq!(rows[1].entry.outcome.as_deref(), Some("cancelled"));
+}
+
+/// A `read` call whose intent is held has no record until it finishes: if
+/// the log refuses that record, the call's result does not reach the
+/// caller. And a call the log would refuse is not run at all.
+#[tokio::test]
+async fn a_read_call_the_log_cannot_record_returns_no_result() {
+    let data = tempfile::tempdir().unwrap();
+    // A window no call here outlasts: the intent stays held.
+    let (host, _plugin) = spinning_host(data.path(), 600_000).await;
+    let host = std::sync::Arc::new(host);
+    let token = tokio_util::sync::CancellationToken::new();
+    let call = tokio::spawn({
+        let (host, token) = (host.clone(), token.clone());
+        async move {
+            host.call(CallRequest::new("misbehave/spin", "{}").cancel_on(token))
+                .await
+        }
+    });
+    // Running (its instance taken): admitted, with nothing on record.
+    until("the call runs", || instances_in_use(&host).ends_with(" 1")).await;
+    assert!(records(&host).is_empty());
+    // The store stops taking records (as on a failed disk), then the call
+    // ends: it has no record, so no result either.
+    host.audit().close().unwrap();
+    token.cancel();
+    let err = call.await.unwrap().unwrap_err();
+    assert_eq!(err.kind(), "audit_unavailable", "{err}");
+    assert!(records(&host).is_empty());
+    // The next call is not run: refused before its instance is taken.
+    let err = host
+        .call(CallRequest::new("misbehave/spin", "{}"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), "audit_unavailable", "{err}");
+    assert!(
+        instances_in_use(&host).ends_with(" 0"),
+        "{}",
+        instances_in_use(&host)
     );
 }
 

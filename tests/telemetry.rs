@@ -257,7 +257,10 @@ async fn a_traceparent_makes_the_w3c_trace_id_the_calls_trace_id_in_every_record
             10,
         )
         .unwrap();
-    assert_eq!(records.len(), 2);
+    // One record (a `read` call done within the group-commit window), or
+    // its intent and outcome.
+    assert!(matches!(records.len(), 1 | 2), "{records:?}");
+    assert_eq!(records.last().unwrap().entry.outcome.as_deref(), Some("ok"));
     for record in &records {
         assert_eq!(record.entry.trace_id.as_deref(), Some(TRACE_ID));
     }

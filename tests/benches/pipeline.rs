@@ -32,6 +32,7 @@
 #![allow(clippy::unwrap_used, clippy::print_stdout)] // a benchmark: a panic is the report
 
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -600,10 +601,11 @@ async fn run(effort: Effort) {
     let cache = work.path().join("cache");
     let data = work.path().join("data");
 
-    // `-- --profile SECONDS [CALLERS] [--no-zero-stacks]`: only call
-    // `bench/echo` in a loop (CALLERS tasks, 1 by default), for a profiler
-    // (`perf record -g -- target/release/deps/pipeline-… --bench --profile
-    // 10 2`); `--no-zero-stacks` on a host with `zero_stacks = false`.
+    // `-- --profile SECONDS [CALLERS] [--no-zero-stacks | --raw]`: only
+    // call `bench/echo` in a loop (CALLERS tasks, 1 by default), for a
+    // profiler (`perf record -g -- target/release/deps/pipeline-… --bench
+    // --profile 10 2`) or `/usr/bin/time`; `--no-zero-stacks` on a host
+    // with `zero_stacks = false`, `--raw` the raw wasmtime baseline.
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--profile") {
         let seconds: u64 = args
@@ -618,20 +620,37 @@ async fn run(effort: Effort) {
                     .expect("--profile SECONDS [CALLERS]: CALLERS a number")
             });
         let zero_stacks = !args.iter().any(|a| a == "--no-zero-stacks");
-        let host =
-            Arc::new(Host::new(host_config(&data, &cache).zero_stacks(zero_stacks)).unwrap());
-        host.load_plugins_dir(&plugins).await.unwrap();
+        type Call = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+        let call: Call = if args.iter().any(|a| a == "--raw") {
+            let raw = Arc::new(Raw::new(&misbehave));
+            Arc::new(move || {
+                let raw = Arc::clone(&raw);
+                Box::pin(async move {
+                    raw.call().await;
+                })
+            })
+        } else {
+            let host =
+                Arc::new(Host::new(host_config(&data, &cache).zero_stacks(zero_stacks)).unwrap());
+            host.load_plugins_dir(&plugins).await.unwrap();
+            Arc::new(move || {
+                let host = Arc::clone(&host);
+                Box::pin(async move {
+                    host.call(CallRequest::new("bench/echo", ARGS))
+                        .await
+                        .unwrap();
+                })
+            })
+        };
         let until = Instant::now() + Duration::from_secs(seconds);
         let tasks: Vec<_> = (0..callers)
             .map(|_| {
-                let host = Arc::clone(&host);
+                let call = Arc::clone(&call);
                 tokio::spawn(async move {
                     let mut took = Vec::new();
                     while Instant::now() < until {
                         let start = Instant::now();
-                        host.call(CallRequest::new("bench/echo", ARGS))
-                            .await
-                            .unwrap();
+                        call().await;
                         took.push(start.elapsed());
                     }
                     took

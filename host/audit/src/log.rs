@@ -69,6 +69,13 @@ pub struct AuditConfig {
     /// to the store fails (disk full, no file descriptors); past it,
     /// appends are refused until the store takes writes again.
     pub max_pending_records: usize,
+    /// Hold the intent of a group-committed call (a `read` tool of a
+    /// plugin that can only read) while it runs, for at most
+    /// `group_commit_ms`: a call finished by then is recorded once, its
+    /// outcome carrying its intent ([`Entry::carries_intent`]). Off, every
+    /// intent is written before its call runs (two records a call). See
+    /// docs/audit-log.md, "Held intents of `read` calls".
+    pub hold_read_intents: bool,
     /// Operator-wide redaction rules.
     pub redaction: RedactionRules,
     /// Tools (`plugin/tool`) whose calls may be replayed (`airlock
@@ -88,6 +95,7 @@ impl Default for AuditConfig {
             max_copy_bytes: 4096,
             lock_wait_ms: 3000,
             max_pending_records: 1024,
+            hold_read_intents: true,
             redaction: RedactionRules::default(),
             replayable: Vec::new(),
         }
@@ -1064,6 +1072,22 @@ impl AuditLog {
         Ok((seq, behind))
     }
 
+    /// Whether an append would be taken now: `Ok` unless the log is
+    /// closed, or the store is failing and `max_pending_records` records
+    /// already wait for it — the errors [`append`](Self::append) would
+    /// return. For a caller that holds a record back while its call runs
+    /// (the pipeline's `read` calls) and must not run a call the log
+    /// would refuse to record.
+    ///
+    /// # Errors
+    /// As [`append`](Self::append), without sealing anything.
+    pub fn admits(&self) -> Result<()> {
+        if self.lock()?.closed {
+            return Err(Error::Closed);
+        }
+        self.inner.check_room()
+    }
+
     /// Block until the writer thread has brought the queue back under its
     /// bound, for at most a second (then write the queue on this thread:
     /// the writer is stuck). Returns at once when the queue is under it.
@@ -1078,30 +1102,13 @@ impl AuditLog {
         // Encoded before the head lock is taken: under it, the record is
         // only numbered, timed and queued.
         let prepared = Prepared::new(entry);
-        let marker = match (entry.event, entry.call_id.as_deref()) {
-            (Event::CallStarted, Some(call_id)) => Marker::Open(call_id.to_owned()),
-            (Event::CallFinished, Some(call_id)) => Marker::Close(call_id.to_owned()),
-            _ => Marker::None,
-        };
+        let marker = marker_of(entry);
         let mut head = self.lock()?;
         if head.closed {
             return Err(Error::Closed);
         }
         let seq = head.seq + 1;
-        {
-            let queue = inner.queue.lock();
-            let pending = queue.queued() + queue.taken;
-            if let Some(failing) = &queue.failing
-                && pending >= inner.config.max_pending_records
-            {
-                return Err(Error::store(
-                    &inner.path,
-                    format!(
-                        "{failing}; {pending} records wait for the store, no more are taken until it recovers"
-                    ),
-                ));
-            }
-        }
+        inner.check_room()?;
         let unsealed = Unsealed {
             seq,
             time_ms: now_ms(),
@@ -1719,12 +1726,40 @@ impl Inner {
             .map_err(|e| store_error(&self.path, &e))
     }
 
+    /// `Ok` unless the store is failing and `max_pending_records` records
+    /// already wait for it.
+    fn check_room(&self) -> Result<()> {
+        let queue = self.queue.lock();
+        let pending = queue.queued() + queue.taken;
+        match &queue.failing {
+            Some(failing) if pending >= self.config.max_pending_records => Err(Error::store(
+                &self.path,
+                format!(
+                    "{failing}; {pending} records wait for the store, no more are taken until it recovers"
+                ),
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// Before a read: put what is queued into the store, so the reader
     /// sees every record appended so far. A failure to write is the log's
     /// (it is logged, and appends report it), not the reader's: it reads
     /// what the store holds.
     pub(crate) fn settle(&self) {
         let _ = self.write_queued();
+    }
+}
+
+/// The in-flight marker an appended entry sets or clears: an intent opens
+/// its call, an outcome closes it — but not an outcome that carries its
+/// intent ([`Entry::carries_intent`]): that call was never open.
+fn marker_of(entry: &Entry) -> Marker {
+    match (entry.event, entry.call_id.as_deref()) {
+        (Event::CallStarted, Some(call_id)) => Marker::Open(call_id.to_owned()),
+        (Event::CallFinished, Some(_)) if entry.carries_intent() => Marker::None,
+        (Event::CallFinished, Some(call_id)) => Marker::Close(call_id.to_owned()),
+        _ => Marker::None,
     }
 }
 
@@ -2177,6 +2212,10 @@ mod tests {
         }
         assert_eq!(accepted, 9, "record 1 stored plus 8 pending");
         assert_eq!(refused, 31);
+        // What the next append would meet, said without sealing anything.
+        let held = log.admits().unwrap_err();
+        assert!(held.to_string().contains("wait for the store"), "{held}");
+        assert_eq!(log.inner.appended.load(Ordering::Acquire), 9);
         // The disk has room again: the writer thread catches up by itself.
         fail_next_writes(&log, 0);
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -2184,8 +2223,44 @@ mod tests {
             assert!(Instant::now() < deadline, "the writer thread did not retry");
             std::thread::sleep(Duration::from_millis(10));
         }
+        log.admits().unwrap();
         assert_eq!(log.append(entry(41), Durability::Flushed).unwrap().seq, 10);
         assert_gap_free(&log, 10);
+        log.close().unwrap();
+        assert!(matches!(log.admits(), Err(Error::Closed)));
+    }
+
+    /// An intent opens its call and an outcome closes it; an outcome that
+    /// carries its intent (a call recorded once) neither opens nor closes
+    /// anything, so it costs the store no marker write.
+    #[test]
+    fn a_call_recorded_once_sets_no_marker() {
+        let call = |event, decision: Option<&str>| {
+            let mut e = Entry::new(event);
+            e.call_id = Some("c1".into());
+            e.decision = decision.map(str::to_owned);
+            e
+        };
+        let started = call(Event::CallStarted, Some(Entry::ADMITTED));
+        assert_eq!(marker_of(&started), Marker::Open("c1".into()));
+        let finished = call(Event::CallFinished, None);
+        assert!(!finished.carries_intent());
+        assert_eq!(marker_of(&finished), Marker::Close("c1".into()));
+        let whole = call(Event::CallFinished, Some(Entry::ADMITTED));
+        assert!(whole.carries_intent());
+        assert_eq!(marker_of(&whole), Marker::None);
+        let refused = call(Event::CallRefused, Some("refused"));
+        assert!(!refused.carries_intent());
+        assert_eq!(marker_of(&refused), Marker::None);
+        // Nothing open is left behind in a store, after a restart either.
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(dir.path(), AuditConfig::default()).unwrap();
+        log.append(whole, Durability::Batched).unwrap();
+        log.close().unwrap();
+        drop(log);
+        let log = AuditLog::open(dir.path(), AuditConfig::default()).unwrap();
+        let events: Vec<_> = log.records(1).map(|r| r.unwrap().entry.event).collect();
+        assert_eq!(events, [Event::CallFinished]);
     }
 
     /// A store that counts what it is asked and takes its time: which

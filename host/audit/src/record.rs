@@ -22,6 +22,11 @@ pub enum Event {
     CallStarted,
     /// A call finished: `outcome` is `ok`, an error kind, or `unknown` when
     /// the host stopped before the call finished.
+    ///
+    /// A `read` call of a plugin that can only read, finished within the
+    /// log's group-commit window, has this record only: its intent was
+    /// held while it ran and is carried here (`decision` is `admitted`,
+    /// with the argument copy) — see [`Entry::carries_intent`].
     CallFinished,
     /// A call with an idempotency key already used was answered with the
     /// first call's stored outcome, without running.
@@ -230,6 +235,18 @@ impl Entry {
             fuel_used: None,
             wall_us: None,
         }
+    }
+
+    /// The decision an intent record carries: the call was admitted.
+    pub const ADMITTED: &'static str = "admitted";
+
+    /// Whether this is a `call_finished` record that also carries its
+    /// call's intent (`decision` is [`ADMITTED`](Self::ADMITTED)): the
+    /// only record of a `read` call whose intent was held while it ran,
+    /// because it finished within the group-commit window. No
+    /// `call_started` record precedes it.
+    pub fn carries_intent(&self) -> bool {
+        self.event == Event::CallFinished && self.decision.as_deref() == Some(Entry::ADMITTED)
     }
 }
 

@@ -791,8 +791,14 @@ fn print_audit(host: &Host, after: u64) -> anyhow::Result<()> {
             (_, Some(t)) => t.clone(),
             _ => "-".into(),
         };
+        // A `read` call done within the group-commit window is one record.
+        let whole = if e.carries_intent() {
+            "  (intent and outcome in one record)"
+        } else {
+            ""
+        };
         println!(
-            "  #{:<5} {:<18} {:<22} {}",
+            "  #{:<5} {:<18} {:<22} {}{whole}",
             record.seq,
             e.event.as_str(),
             tool,

@@ -88,7 +88,11 @@ impl Host {
         let config = dir.path().join("airlock.toml");
         std::fs::write(
             &config,
-            format!("[store]\nbackend = \"postgres\"\nurl = \"{url}\"\norigin = \"{origin}\"\n"),
+            // Two records a call (intent, outcome), which the chains'
+            // shapes below count on: `read` intents are not held.
+            format!(
+                "[store]\nbackend = \"postgres\"\nurl = \"{url}\"\norigin = \"{origin}\"\n\n[audit]\nhold_read_intents = false\n"
+            ),
         )
         .unwrap();
         Host { dir, config }

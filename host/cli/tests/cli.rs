@@ -63,6 +63,21 @@ impl Env {
             .output()
             .unwrap()
     }
+
+    /// [`run`](Self::run) with a group-commit window of a minute: every
+    /// `read` call of a plugin that can only read is done within it, so it
+    /// is one audit record however slow the machine (the default 50 ms
+    /// window would make the records' shape depend on the machine).
+    fn run_held(&self, args: &[&str]) -> Output {
+        let config = self.data.path().join("held.toml");
+        std::fs::write(&config, "[audit]\ngroup_commit_ms = 60000\n").unwrap();
+        self.cmd(Path::new(PLUGINS_DIR))
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .unwrap()
+    }
 }
 
 fn json(output: &Output) -> Value {
@@ -360,7 +375,7 @@ fn broken_plugins_are_reported_but_do_not_hide_good_ones() {
 #[test]
 fn demo_runs_the_real_pipeline() {
     let env = Env::new();
-    let out = env.run(&["demo"]);
+    let out = env.run_held(&["demo"]);
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{text}\n{}", stderr(&out));
     let text = text
@@ -527,7 +542,7 @@ fn inspect_reports_imports_that_are_not_granted_and_exits_non_zero() {
 fn calls_are_audited_and_the_log_verifies_live_and_exported() {
     let env = Env::new();
     assert!(
-        env.run(&["call", "text/slugify", "--args", r#"{"text":"A b"}"#])
+        env.run_held(&["call", "text/slugify", "--args", r#"{"text":"A b"}"#])
             .status
             .success()
     );
@@ -542,9 +557,11 @@ fn calls_are_audited_and_the_log_verifies_live_and_exported() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     let events: Vec<_> = rows.iter().map(|r| r["event"].as_str().unwrap()).collect();
-    assert_eq!(events, ["call_started", "call_finished", "call_refused"]);
-    assert_eq!(rows[1]["outcome"], "ok");
-    assert_eq!(rows[2]["outcome"], "unknown_tool");
+    // The `read` call is one record, its outcome carrying its intent.
+    assert_eq!(events, ["call_finished", "call_refused"]);
+    assert_eq!(rows[0]["outcome"], "ok");
+    assert_eq!(rows[0]["decision"], "admitted");
+    assert_eq!(rows[1]["outcome"], "unknown_tool");
 
     let query = env.run(&["audit", "query", "--outcome", "unknown_tool", "--json"]);
     assert_eq!(String::from_utf8(query.stdout).unwrap().lines().count(), 1);
@@ -553,7 +570,7 @@ fn calls_are_audited_and_the_log_verifies_live_and_exported() {
 
     let verify = env.run(&["audit", "verify", "--json"]);
     assert!(verify.status.success(), "{}", stderr(&verify));
-    assert_eq!(json(&verify)["report"]["records"], 3);
+    assert_eq!(json(&verify)["report"]["records"], 2);
 
     let export = env.data.path().join("export.jsonl");
     let export_arg = export.to_str().unwrap();
@@ -683,7 +700,7 @@ fn inspect_reports_http_imports_not_granted_and_origins_the_policy_refuses() {
 fn audit_verify_says_which_key_it_trusted() {
     let env = Env::new();
     assert!(
-        env.run(&["call", "text/slugify", "--args", r#"{"text":"A b"}"#])
+        env.run_held(&["call", "text/slugify", "--args", r#"{"text":"A b"}"#])
             .status
             .success()
     );
@@ -726,7 +743,8 @@ fn guest_text_with_terminal_escapes_is_shown_escaped_by_audit_commands() {
     let plugins = plugins_root(
         "misbehave",
         &read(MISBEHAVE),
-        "[capabilities]\nlog = true\nstdio = true\n\n[[tools]]\nname = \"say\"\nrisk = \"read\"\n",
+        // `write`: intent and outcome, so the outcome is record 2.
+        "[capabilities]\nlog = true\nstdio = true\n\n[[tools]]\nname = \"say\"\nrisk = \"write\"\n",
     );
     let env = Env::new();
     let attack = "irreversible\u{1b}[2K\rread";

@@ -612,7 +612,9 @@ fn twenty_http_clients_calling_at_once_all_succeed() {
     let log = airlock_host::audit_log::AuditLog::open_read_only(server.data.path().join("audit"))
         .unwrap();
     let verified = log.verify(&[]).unwrap().unwrap();
-    assert!(verified.records >= 40, "{verified:?}");
+    // One record a call, or two when a call outlasts the group-commit
+    // window (the finished ones are counted below).
+    assert!(verified.records >= 20, "{verified:?}");
     let finished = log
         .records(1)
         .map(Result::unwrap)

@@ -1,5 +1,7 @@
 //! The pipeline's audit records: one refusal, or an intent and an outcome,
-//! for every call.
+//! for every call — or, for a `read` call of a plugin that can only read
+//! that finishes within the group-commit window, one outcome record that
+//! carries its intent.
 //!
 //! Everything written goes through the log's redactor first: argument and
 //! result copies, and free text (refusal reasons, guest error messages and
@@ -16,10 +18,24 @@ use crate::error::{CallError, CallResult};
 use crate::manifest::Risk;
 use crate::plugin::{Plugin, Tool};
 
+/// Where a call's intent record is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Intent {
+    /// Not due yet: the call has not been admitted.
+    Due,
+    /// Appended (sealed into the chain).
+    Written,
+    /// Held while a group-committed call runs, for at most
+    /// [`CallRecord::hold_window`]: written with the outcome, as one
+    /// record, if the call finishes within it.
+    Held,
+}
+
 /// What one call has recorded so far.
 pub(crate) struct CallRecord<'a> {
     log: &'a AuditLog,
     base: Entry,
+    intent: Intent,
     /// Redacted argument values, scrubbed from free text.
     secrets: Vec<String>,
     pointers: Vec<String>,
@@ -46,6 +62,7 @@ impl<'a> CallRecord<'a> {
         CallRecord {
             log,
             base,
+            intent: Intent::Due,
             secrets: Vec::new(),
             pointers: Vec::new(),
             durability: Durability::Batched,
@@ -167,20 +184,22 @@ impl<'a> CallRecord<'a> {
     /// The call was refused before it ran: record why and return `error`.
     pub(crate) async fn refused(self, error: CallError) -> CallError {
         let reason = self.scrub(&error.to_string());
-        let log = self.log;
-        let mut entry = self.base;
-        entry.event = Event::CallRefused;
-        entry.decision = Some("refused".to_owned());
-        entry.outcome = Some(error.kind().to_owned());
-        entry.reason = Some(reason);
-        if let Err(e) = append(log, &entry, Durability::Batched).await {
-            tracing::error!(error = %e, "cannot record a refused call");
-        }
+        refusal(self.log, self.base, &reason, &error).await;
         error
     }
 
     /// The call is admitted: write the intent record (flushed for tools that
     /// are not read-only). If it cannot be written the call must not run.
+    ///
+    /// The intent of a group-committed call (a `read` tool of a plugin
+    /// that can only read) is held instead, once the log says it would
+    /// take it ([`AuditLog::admits`]): written with the outcome as one
+    /// record if the call finishes within the group-commit window, or by
+    /// [`write_held_intent`](Self::write_held_intent) when it runs longer.
+    /// Holding it loses nothing the log promised: a batched record may be
+    /// lost to a crash for up to that window anyway, and such a call has
+    /// no effect on the world — its result is its only output, and that
+    /// is withheld unless the record is sealed ([`finished`](Self::finished)).
     ///
     /// A flushed intent that could not be flushed may still have been
     /// sealed: it then reaches the store once the store recovers. So the
@@ -190,13 +209,19 @@ impl<'a> CallRecord<'a> {
     /// # Errors
     /// [`CallError::AuditUnavailable`].
     pub(crate) async fn started(&mut self) -> CallResult<()> {
-        // The base as the intent (no copy of it), then back as it was.
-        let event = std::mem::replace(&mut self.base.event, Event::CallStarted);
-        let decision = self.base.decision.replace("admitted".to_owned());
-        let appended = append(self.log, &self.base, self.durability).await;
-        self.base.event = event;
-        self.base.decision = decision;
+        if self.hold_window().is_some() {
+            return match self.log.admits() {
+                Ok(()) => {
+                    self.intent = Intent::Held;
+                    Ok(())
+                }
+                // Nothing was sealed: the call is refused like any other.
+                Err(e) => Err(self.refused_now(CallError::AuditUnavailable(e)).await),
+            };
+        }
+        let appended = self.append_intent().await;
         let Err(e) = appended else {
+            self.intent = Intent::Written;
             return Ok(());
         };
         let reason = format!(
@@ -217,20 +242,87 @@ impl<'a> CallRecord<'a> {
         Err(error)
     }
 
-    /// Record the outcome. The call has run: a failure to record is logged
-    /// (the intent stays open and reads as "unknown" after a restart) but
-    /// does not hide the result from the caller.
+    /// How long a group-committed call's intent may be held while it runs:
+    /// the log's group-commit window; `None` for other calls, and when
+    /// the operator turned holding off (`audit.hold_read_intents`).
+    pub(crate) fn hold_window(&self) -> Option<Duration> {
+        let config = self.log.config();
+        (self.durability == Durability::Batched && config.hold_read_intents)
+            .then(|| Duration::from_millis(config.group_commit_ms.max(1)))
+    }
+
+    /// Whether the intent is held ([`started`](Self::started)).
+    pub(crate) fn intent_held(&self) -> bool {
+        self.intent == Intent::Held
+    }
+
+    /// The call has run longer than [`hold_window`](Self::hold_window):
+    /// write its held intent now, so the log shows it in flight. If the
+    /// log refuses it the intent stays held and the outcome carries it —
+    /// or, refused too, withholds the result.
+    pub(crate) async fn write_held_intent(&mut self) {
+        if self.intent != Intent::Held {
+            return;
+        }
+        match self.append_intent().await {
+            Ok(_) => self.intent = Intent::Written,
+            Err(e) => {
+                tracing::error!(error = %e, call_id = ?self.base.call_id, "cannot record a running call's intent; its outcome will carry it");
+            }
+        }
+    }
+
+    /// Append the base as the intent record (no copy of it), then put the
+    /// base back as it was.
+    async fn append_intent(&mut self) -> airlock_audit::Result<u64> {
+        let event = std::mem::replace(&mut self.base.event, Event::CallStarted);
+        let decision = self.base.decision.replace(Entry::ADMITTED.to_owned());
+        let appended = append(self.log, &self.base, self.durability).await;
+        self.base.event = event;
+        self.base.decision = decision;
+        appended
+    }
+
+    /// Record a refusal, keeping the record (the pipeline's refusals take
+    /// it by value: [`refused`](Self::refused)).
+    async fn refused_now(&self, error: CallError) -> CallError {
+        refusal(
+            self.log,
+            self.base.clone(),
+            &self.scrub(&error.to_string()),
+            &error,
+        )
+        .await;
+        error
+    }
+
+    /// Record the outcome.
+    ///
+    /// The call has run: if its intent is on record, a failure to record
+    /// the outcome is logged (the intent stays open and reads as "unknown"
+    /// after a restart) but does not hide the result from the caller. If
+    /// its intent was held, this record is the call's only one: it carries
+    /// the intent, and if it cannot be written the call's result must not
+    /// reach the caller.
+    ///
+    /// # Errors
+    /// The log's error, when the call has no record at all.
     pub(crate) async fn finished(
         mut self,
         result: &CallResult<crate::CallResponse>,
         fuel_used: u64,
         wall: Duration,
-    ) {
+    ) -> Result<(), airlock_audit::Error> {
+        let held = self.intent == Intent::Held;
         let mut entry = std::mem::replace(&mut self.base, Entry::new(Event::CallFinished));
         entry.event = Event::CallFinished;
-        entry.args = None;
-        entry.args_redacted = None;
-        entry.args_truncated = false;
+        if held {
+            entry.decision = Some(Entry::ADMITTED.to_owned());
+        } else {
+            entry.args = None;
+            entry.args_redacted = None;
+            entry.args_truncated = false;
+        }
         entry.fuel_used = Some(fuel_used);
         entry.wall_us = Some(u64::try_from(wall.as_micros()).unwrap_or(u64::MAX));
         match result {
@@ -256,8 +348,16 @@ impl<'a> CallRecord<'a> {
                 entry.reason = Some(self.scrub(&error.to_string()));
             }
         }
-        if let Err(e) = append(self.log, &entry, self.durability).await {
-            tracing::error!(error = %e, call_id = ?entry.call_id, "cannot record a call's outcome");
+        match append(self.log, &entry, self.durability).await {
+            Ok(_) => Ok(()),
+            Err(e) if held => {
+                tracing::error!(error = %e, call_id = ?entry.call_id, "cannot record a call; its result is withheld");
+                Err(e)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, call_id = ?entry.call_id, "cannot record a call's outcome");
+                Ok(())
+            }
         }
     }
 
@@ -282,6 +382,18 @@ impl<'a> CallRecord<'a> {
     fn scrub(&self, text: &str) -> String {
         let max = self.log.config().max_copy_bytes;
         bounded(&self.log.redactor().scrub(text, &self.secrets), max)
+    }
+}
+
+/// Append `base` as the refusal of its call by `error`, for `reason`
+/// (scrubbed). A failure is logged: the call did not run.
+async fn refusal(log: &AuditLog, mut entry: Entry, reason: &str, error: &CallError) {
+    entry.event = Event::CallRefused;
+    entry.decision = Some("refused".to_owned());
+    entry.outcome = Some(error.kind().to_owned());
+    entry.reason = Some(reason.to_owned());
+    if let Err(e) = append(log, &entry, Durability::Batched).await {
+        tracing::error!(error = %e, "cannot record a refused call");
     }
 }
 

@@ -3,7 +3,8 @@
 //!
 //! Only calls whose complete arguments the log kept can be replayed: calls
 //! to tools the operator named in `audit.replayable`, whose intent record
-//! (`call_started`) carries `args_redacted`. Every other recorded call is
+//! (`call_started`, or the `call_finished` that carries it when the call
+//! was recorded once) carries `args_redacted`. Every other recorded call is
 //! skipped and counted, by reason: its copy was changed by redaction, cut
 //! at the size cap, or not kept for replay at all; or it never finished.
 
@@ -115,6 +116,10 @@ impl ReplayPlan {
                     started.push((origin, record));
                 }
                 Event::CallFinished => {
+                    // A call recorded once is its own intent.
+                    if e.carries_intent() && e.risk.as_deref() == Some("read") {
+                        started.push((origin, record));
+                    }
                     finished.insert((origin, call_id), record);
                 }
                 _ => {}
@@ -429,6 +434,32 @@ mod tests {
         let plan = ReplayPlan::from_records(records.iter().map(|r| (None, r)), "text", 1);
         assert!(plan.calls().is_empty());
         assert_eq!(plan.skipped.unfinished, 1);
+    }
+
+    #[test]
+    fn a_call_recorded_once_is_its_own_intent() {
+        let whole = |seq, call: &str, redacted| {
+            let mut r = finished(seq, call);
+            r.entry.decision = Some(Entry::ADMITTED.into());
+            r.entry.args = Some(r#"{"text":"Hi"}"#.into());
+            r.entry.args_redacted = redacted;
+            r
+        };
+        let records = [
+            whole(1, "a", Some(false)),
+            whole(2, "b", Some(true)),
+            // An outcome without the intent (the intent was written): its
+            // call is only as replayable as that intent.
+            finished(3, "c"),
+            started(4, "d", Some(false), false),
+            finished(5, "d"),
+        ];
+        let plan = ReplayPlan::from_records(records.iter().map(|r| (None, r)), "text", 100);
+        let replayed: Vec<_> = plan.calls().iter().map(|c| c.call_id.as_str()).collect();
+        assert_eq!(replayed, ["a", "d"]);
+        assert_eq!(plan.calls()[0].arguments, json!({"text": "Hi"}));
+        assert_eq!(plan.skipped.redacted, 1);
+        assert_eq!(plan.skipped.unfinished, 0);
     }
 
     #[test]

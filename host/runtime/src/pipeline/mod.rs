@@ -175,7 +175,9 @@ impl<'h> Pipeline<'h> {
             record.approval(id);
         }
         summary.mark(Step::Approval);
-        // 6. Intent record: no record, no call.
+        // 6. Intent record: no record, no call. (A `read` call of a plugin
+        // that can only read holds it while it runs, within the log's
+        // group-commit window: see `CallRecord::started`.)
         record.started().await?;
         summary.mark(Step::Intent);
         summary.ran = true;
@@ -188,7 +190,7 @@ impl<'h> Pipeline<'h> {
             principal: request.principal.clone(),
         };
         tracing::debug!(tool = %tool.id(), call_id = %context.call_id, "calling tool");
-        let (mut result, stats) = run::run_tool(
+        let run = run::run_tool(
             self.engine,
             PreparedCall {
                 plugin,
@@ -199,17 +201,36 @@ impl<'h> Pipeline<'h> {
                 read_only,
                 cancel: request.cancel.as_ref(),
             },
-        )
-        .await;
+        );
+        let (mut result, stats) = match record.hold_window().filter(|_| record.intent_held()) {
+            Some(window) => {
+                // Polled first: a call done at its first poll never
+                // registers the timer.
+                let mut run = std::pin::pin!(run);
+                tokio::select! {
+                    biased;
+                    done = &mut run => done,
+                    () = tokio::time::sleep(window) => {
+                        record.write_held_intent().await;
+                        run.await
+                    }
+                }
+            }
+            None => run.await,
+        };
         if let Ok(response) = &mut result {
             response.approval_id = approval_id;
         }
         summary.fuel_used = stats.fuel_used;
         summary.mark(Step::Run);
-        // 10. Outcome record.
-        record
+        // 10. Outcome record. A call with no record at all (its intent
+        // held, and the log refusing it now) does not return its result.
+        if let Err(e) = record
             .finished(&result, stats.fuel_used, stats.duration)
-            .await;
+            .await
+        {
+            result = Err(CallError::AuditUnavailable(e));
+        }
         summary.mark(Step::Outcome);
         // 11. Complete the idempotency key.
         claim.complete(&result);
