@@ -442,6 +442,38 @@ async fn a_read_call_longer_than_the_window_is_on_record_while_it_runs() {
     assert_eq!(rows[1].entry.outcome.as_deref(), Some("cancelled"));
 }
 
+/// A caller that drops a running call whose intent is held (a dropped
+/// future: a client gone, a timeout around `Host::call`) leaves it on
+/// record all the same: one record, its outcome `cancelled`.
+#[tokio::test]
+async fn a_held_call_dropped_by_its_caller_is_still_recorded() {
+    let data = tempfile::tempdir().unwrap();
+    let (host, _plugin) = spinning_host(data.path(), 600_000).await;
+    let host = std::sync::Arc::new(host);
+    let call = tokio::spawn({
+        let host = host.clone();
+        async move { host.call(CallRequest::new("misbehave/spin", "{}")).await }
+    });
+    until("the call runs", || instances_in_use(&host).ends_with(" 1")).await;
+    assert!(records(&host).is_empty());
+    call.abort();
+    assert!(call.await.unwrap_err().is_cancelled());
+    let rows = records(&host);
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    let e = &rows[0].entry;
+    assert_eq!(e.event, Event::CallFinished);
+    assert!(e.carries_intent());
+    assert_eq!(e.outcome.as_deref(), Some("cancelled"));
+    assert_eq!(e.tool.as_deref(), Some("spin"));
+    assert!(e.args_digest.is_some() && e.args.is_some());
+    // Its instance went back to the pool with the future.
+    until("the instance is free", || {
+        instances_in_use(&host).ends_with(" 0")
+    })
+    .await;
+    assert_eq!(host.audit().verify(&[]).unwrap().unwrap().records, 1);
+}
+
 /// A `read` call whose intent is held has no record until it finishes: if
 /// the log refuses that record, the call's result does not reach the
 /// caller. And a call the log would refuse is not run at all.

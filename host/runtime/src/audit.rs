@@ -182,9 +182,10 @@ impl<'a> CallRecord<'a> {
     }
 
     /// The call was refused before it ran: record why and return `error`.
-    pub(crate) async fn refused(self, error: CallError) -> CallError {
+    pub(crate) async fn refused(mut self, error: CallError) -> CallError {
         let reason = self.scrub(&error.to_string());
-        refusal(self.log, self.base, &reason, &error).await;
+        let base = std::mem::replace(&mut self.base, Entry::new(Event::CallRefused));
+        refusal(self.log, base, &reason, &error).await;
         error
     }
 
@@ -264,8 +265,20 @@ impl<'a> CallRecord<'a> {
         if self.intent != Intent::Held {
             return;
         }
-        match self.append_intent().await {
-            Ok(_) => self.intent = Intent::Written,
+        // Appended before any wait, so that a caller who drops the call
+        // from here on leaves the intent on record, once.
+        let event = std::mem::replace(&mut self.base.event, Event::CallStarted);
+        let decision = self.base.decision.replace(Entry::ADMITTED.to_owned());
+        let appended = self.log.append_batched(&self.base);
+        self.base.event = event;
+        self.base.decision = decision;
+        match appended {
+            Ok((_, behind)) => {
+                self.intent = Intent::Written;
+                if behind {
+                    wait_for_room(self.log).await;
+                }
+            }
             Err(e) => {
                 tracing::error!(error = %e, call_id = ?self.base.call_id, "cannot record a running call's intent; its outcome will carry it");
             }
@@ -314,6 +327,8 @@ impl<'a> CallRecord<'a> {
         wall: Duration,
     ) -> Result<(), airlock_audit::Error> {
         let held = self.intent == Intent::Held;
+        // Recorded here, whatever becomes of the append: not again on drop.
+        self.intent = Intent::Written;
         let mut entry = std::mem::replace(&mut self.base, Entry::new(Event::CallFinished));
         entry.event = Event::CallFinished;
         if held {
@@ -385,6 +400,32 @@ impl<'a> CallRecord<'a> {
     }
 }
 
+/// A call whose intent is held, dropped before it finished (its caller
+/// stopped waiting, and with the future the guest): recorded here, as it
+/// would have been — one record, its outcome `cancelled`. The append
+/// never blocks.
+impl Drop for CallRecord<'_> {
+    fn drop(&mut self) {
+        if self.intent != Intent::Held {
+            return;
+        }
+        let mut entry = std::mem::replace(&mut self.base, Entry::new(Event::CallFinished));
+        entry.event = Event::CallFinished;
+        entry.decision = Some(Entry::ADMITTED.to_owned());
+        entry.outcome = Some(CALLER_WENT_AWAY.0.to_owned());
+        entry.reason = Some(CALLER_WENT_AWAY.1.to_owned());
+        if let Err(e) = self.log.append_batched(&entry) {
+            tracing::error!(error = %e, call_id = ?entry.call_id, "cannot record a call its caller dropped while it ran");
+        }
+    }
+}
+
+/// The outcome and reason recorded for a held call dropped while it ran.
+const CALLER_WENT_AWAY: (&str, &str) = (
+    "cancelled",
+    "the caller stopped waiting while the call ran (its future was dropped), which stopped the guest",
+);
+
 /// Append `base` as the refusal of its call by `error`, for `reason`
 /// (scrubbed). A failure is logged: the call did not run.
 async fn refusal(log: &AuditLog, mut entry: Entry, reason: &str, error: &CallError) {
@@ -408,11 +449,7 @@ pub(crate) async fn append(
         Durability::Batched => {
             let (seq, behind) = log.append_batched(entry)?;
             if behind {
-                // The writer thread is behind: wait for it off the
-                // runtime's workers (a blocked worker stalls every task on
-                // it, guests past their deadlines among them).
-                let log = log.clone();
-                let _ = tokio::task::spawn_blocking(move || log.wait_for_room()).await;
+                wait_for_room(log).await;
             }
             Ok(seq)
         }
@@ -423,6 +460,14 @@ pub(crate) async fn append(
                 .unwrap_or(Err(airlock_audit::Error::Closed))
         }
     }
+}
+
+/// The writer thread is behind: wait for it off the runtime's workers (a
+/// blocked worker stalls every task on it, guests past their deadlines
+/// among them).
+async fn wait_for_room(log: &AuditLog) {
+    let log = log.clone();
+    let _ = tokio::task::spawn_blocking(move || log.wait_for_room()).await;
 }
 
 /// SHA-256 (hex) of the canonical JSON of `value`: the digest records and
