@@ -474,6 +474,43 @@ async fn a_held_call_dropped_by_its_caller_is_still_recorded() {
     assert_eq!(host.audit().verify(&[]).unwrap().unwrap().records, 1);
 }
 
+/// Closing the log while a call holds its intent: the call writes its
+/// intent at once and `close` waits for it, so the log's last checkpoint
+/// covers the call (and the next host gives it an `unknown` outcome if it
+/// never finishes) — a shutdown does not make a running call vanish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_the_log_writes_the_intents_held_by_running_calls() {
+    let data = tempfile::tempdir().unwrap();
+    let (host, _plugin) = spinning_host(data.path(), 600_000).await;
+    let host = std::sync::Arc::new(host);
+    let token = tokio_util::sync::CancellationToken::new();
+    let call = tokio::spawn({
+        let (host, token) = (host.clone(), token.clone());
+        async move {
+            host.call(CallRequest::new("misbehave/spin", "{}").cancel_on(token))
+                .await
+        }
+    });
+    until("the call runs", || instances_in_use(&host).ends_with(" 1")).await;
+    assert!(records(&host).is_empty());
+    let closing = host.clone();
+    tokio::task::spawn_blocking(move || closing.audit().close().unwrap())
+        .await
+        .unwrap();
+    let rows = records(&host);
+    let events: Vec<_> = rows.iter().map(|r| r.entry.event).collect();
+    assert_eq!(events, [Event::CallStarted], "{rows:#?}");
+    assert_eq!(rows[0].entry.tool.as_deref(), Some("spin"));
+    // A call that starts now is refused: the log takes no more records.
+    let err = host
+        .call(CallRequest::new("misbehave/spin", "{}"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), "audit_unavailable", "{err}");
+    token.cancel();
+    assert_eq!(call.await.unwrap().unwrap_err().kind(), "cancelled");
+}
+
 /// A `read` call whose intent is held has no record until it finishes: if
 /// the log refuses that record, the call's result does not reach the
 /// caller. And a call the log would refuse is not run at all.
@@ -494,7 +531,10 @@ async fn a_read_call_the_log_cannot_record_returns_no_result() {
     // Running (its instance taken): admitted, with nothing on record.
     until("the call runs", || instances_in_use(&host).ends_with(" 1")).await;
     assert!(records(&host).is_empty());
-    // The store stops taking records (as on a failed disk), then the call
+    // The log closes while the call cannot write what it holds: `close`
+    // runs on this test's only runtime thread, the one the call needs, so
+    // it waits out `HOLD_RELEASE_WAIT` and closes without the record (as
+    // a stuck holder, or a failed disk, would leave it). Then the call
     // ends: it has no record, so no result either.
     host.audit().close().unwrap();
     token.cancel();

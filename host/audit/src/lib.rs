@@ -71,8 +71,8 @@ pub use error::{Error, Result};
 pub use keys::{create_signing_key, parse_public_key, read_signing_key};
 pub use log::{
     AuditConfig, AuditHealth, AuditLog, DB_DIR, DEFAULT_ORIGIN, Durability, Export, ExportSummary,
-    Filter, KEYS_DIR, PUBLIC_KEY_FILE, REDACTION_KEY_FILE, SIGNING_KEY_FILE, check_origin,
-    read_export, verify_export,
+    Filter, HOLD_RELEASE_WAIT, Hold, KEYS_DIR, PUBLIC_KEY_FILE, REDACTION_KEY_FILE,
+    SIGNING_KEY_FILE, check_origin, read_export, verify_export,
 };
 pub use origins::{
     ChainRecord, ChainSummary, ChainVerification, EXPORT_VERSION_CHAINS, ExportChain, KeyRing,

@@ -5,7 +5,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs;
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -165,6 +165,12 @@ pub(crate) struct Inner {
     signing: Signer,
     redactor: Redactor,
     config: AuditConfig,
+    /// Records held back by their callers ([`AuditLog::hold`]), and
+    /// whether the log is closing (no more are taken; [`close`] waits for
+    /// those held to be appended).
+    ///
+    /// [`close`]: AuditLog::close
+    holds: Holds,
     /// Test hook: how many of the next store writes fail, as a full disk
     /// would.
     #[cfg(test)]
@@ -777,6 +783,7 @@ impl AuditLog {
                 signing,
                 redactor,
                 config,
+                holds: Holds::default(),
                 #[cfg(test)]
                 fail_writes: AtomicU64::new(0),
             }),
@@ -1072,22 +1079,6 @@ impl AuditLog {
         Ok((seq, behind))
     }
 
-    /// Whether an append would be taken now: `Ok` unless the log is
-    /// closed, or the store is failing and `max_pending_records` records
-    /// already wait for it — the errors [`append`](Self::append) would
-    /// return. For a caller that holds a record back while its call runs
-    /// (the pipeline's `read` calls) and must not run a call the log
-    /// would refuse to record.
-    ///
-    /// # Errors
-    /// As [`append`](Self::append), without sealing anything.
-    pub fn admits(&self) -> Result<()> {
-        if self.lock()?.closed {
-            return Err(Error::Closed);
-        }
-        self.inner.check_room()
-    }
-
     /// Block until the writer thread has brought the queue back under its
     /// bound, for at most a second (then write the queue on this thread:
     /// the writer is stuck). Returns at once when the queue is under it.
@@ -1186,12 +1177,81 @@ impl AuditLog {
 
     /// Sign a final checkpoint, flush, and refuse further appends.
     ///
+    /// Records held back by running calls ([`hold`](Self::hold)) are
+    /// appended first: their holders are told ([`on_closing`](Self::on_closing))
+    /// and `close` waits for them, at most [`HOLD_RELEASE_WAIT`] — so call
+    /// it off the threads those calls run on (an async runtime's blocking
+    /// pool), or once they are done.
+    ///
     /// # Errors
     /// [`Error::Store`] when the checkpoint or flush fails.
     pub fn close(&self) -> Result<()> {
+        self.release_holds();
         self.checkpoint()?;
         self.lock()?.closed = true;
         Ok(())
+    }
+
+    /// Take no more [`hold`](Self::hold)s, tell the holders (the
+    /// functions given to [`on_closing`](Self::on_closing)) and wait, for
+    /// at most [`HOLD_RELEASE_WAIT`], until every record held has been
+    /// appended, so that [`close`](Self::close)'s checkpoint covers it.
+    fn release_holds(&self) {
+        let holds = &self.inner.holds;
+        holds.closing.store(true, Ordering::SeqCst);
+        let callbacks = std::mem::take(&mut *lock_ignoring_poison(&holds.on_closing));
+        for callback in &callbacks {
+            callback();
+        }
+        let deadline = Instant::now() + HOLD_RELEASE_WAIT;
+        let mut guard = lock_ignoring_poison(&holds.lock);
+        while holds.count.load(Ordering::SeqCst) > 0 {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                tracing::warn!(
+                    held = holds.count.load(Ordering::SeqCst),
+                    "closing the audit log while calls still hold their records"
+                );
+                break;
+            };
+            guard = holds
+                .released
+                .wait_timeout(guard, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Hold a record back while its call runs — the pipeline's `read`
+    /// calls, whose intent is written with their outcome as one record —
+    /// after checking that an append would be taken now: `Ok` unless the
+    /// log is closing or closed, or the store is failing and
+    /// `max_pending_records` records already wait for it (the errors
+    /// [`append`](Self::append) would return). The caller appends the
+    /// record, then drops the [`Hold`]. [`close`](Self::close) first
+    /// calls the functions given to [`on_closing`](Self::on_closing), so
+    /// holders append what they hold, and waits for the holds to be
+    /// dropped (at most [`HOLD_RELEASE_WAIT`]).
+    ///
+    /// # Errors
+    /// As [`append`](Self::append), without sealing anything.
+    pub fn hold(&self) -> Result<Hold<'_>> {
+        let holds = &self.inner.holds;
+        // Counted before `closing` is read, and `close` sets `closing`
+        // before it reads the count: one of the two sees the other.
+        holds.count.fetch_add(1, Ordering::SeqCst);
+        let hold = Hold { holds };
+        if holds.closing.load(Ordering::SeqCst) || self.lock()?.closed {
+            return Err(Error::Closed);
+        }
+        self.inner.check_room()?;
+        Ok(hold)
+    }
+
+    /// Call `f` when [`close`](Self::close) begins: a holder of records
+    /// ([`hold`](Self::hold)) appends them then. Called once, on the
+    /// closing thread; it must not block.
+    pub fn on_closing(&self, f: impl Fn() + Send + Sync + 'static) {
+        lock_ignoring_poison(&self.inner.holds.on_closing).push(Box::new(f));
     }
 
     /// Queue depth, store failures and checkpoint age: cheap (two short
@@ -1751,6 +1811,51 @@ impl Inner {
     }
 }
 
+/// How long [`AuditLog::close`] waits for records held back
+/// ([`AuditLog::hold`]) to be appended.
+pub const HOLD_RELEASE_WAIT: Duration = Duration::from_secs(5);
+
+/// Records held back by their callers: how many, whether the log is
+/// closing, and who to tell when it is.
+#[derive(Default)]
+struct Holds {
+    count: AtomicUsize,
+    closing: std::sync::atomic::AtomicBool,
+    on_closing: Mutex<Vec<Box<dyn Fn() + Send + Sync>>>,
+    /// With `released`: a hold was dropped while the log was closing.
+    lock: Mutex<()>,
+    released: Condvar,
+}
+
+/// A record held back from the log while its call runs
+/// ([`AuditLog::hold`]); dropped once the record is appended (or cannot
+/// be).
+#[must_use = "a hold is released when dropped: keep it until the record is appended"]
+pub struct Hold<'a> {
+    holds: &'a Holds,
+}
+
+impl std::fmt::Debug for Hold<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Hold")
+    }
+}
+
+impl Drop for Hold<'_> {
+    fn drop(&mut self) {
+        let holds = self.holds;
+        if holds.count.fetch_sub(1, Ordering::SeqCst) == 1 && holds.closing.load(Ordering::SeqCst) {
+            // Under the lock `close` waits with, so the wake is not lost.
+            let _guard = lock_ignoring_poison(&holds.lock);
+            holds.released.notify_all();
+        }
+    }
+}
+
+fn lock_ignoring_poison<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
 /// The in-flight marker an appended entry sets or clears: an intent opens
 /// its call, an outcome closes it — but not an outcome that carries its
 /// intent ([`Entry::carries_intent`]): that call was never open.
@@ -2213,7 +2318,7 @@ mod tests {
         assert_eq!(accepted, 9, "record 1 stored plus 8 pending");
         assert_eq!(refused, 31);
         // What the next append would meet, said without sealing anything.
-        let held = log.admits().unwrap_err();
+        let held = log.hold().unwrap_err();
         assert!(held.to_string().contains("wait for the store"), "{held}");
         assert_eq!(log.inner.appended.load(Ordering::Acquire), 9);
         // The disk has room again: the writer thread catches up by itself.
@@ -2223,11 +2328,45 @@ mod tests {
             assert!(Instant::now() < deadline, "the writer thread did not retry");
             std::thread::sleep(Duration::from_millis(10));
         }
-        log.admits().unwrap();
+        drop(log.hold().unwrap());
         assert_eq!(log.append(entry(41), Durability::Flushed).unwrap().seq, 10);
         assert_gap_free(&log, 10);
         log.close().unwrap();
-        assert!(matches!(log.admits(), Err(Error::Closed)));
+        assert!(matches!(log.hold(), Err(Error::Closed)));
+    }
+
+    /// `close` tells whoever holds records back, takes no more holds, and
+    /// waits until those held are appended and released: its checkpoint
+    /// covers them.
+    #[test]
+    fn close_tells_holders_and_waits_for_their_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::open(dir.path(), AuditConfig::default()).unwrap();
+        let told = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        log.on_closing({
+            let told = Arc::clone(&told);
+            move || told.store(true, Ordering::SeqCst)
+        });
+        let hold = log.hold().unwrap();
+        let closer = {
+            let log = log.clone();
+            std::thread::spawn(move || log.close())
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !told.load(Ordering::SeqCst) {
+            assert!(Instant::now() < deadline, "the holder was never told");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        assert!(matches!(log.hold(), Err(Error::Closed)));
+        // Still open for the record held: it goes in, then the hold.
+        assert_eq!(log.append(entry(1), Durability::Batched).unwrap().seq, 1);
+        drop(hold);
+        closer.join().unwrap().unwrap();
+        assert_eq!(log.checkpoints().unwrap().last().unwrap().seq, 1);
+        assert!(matches!(
+            log.append(entry(2), Durability::Batched),
+            Err(Error::Closed)
+        ));
     }
 
     /// An intent opens its call and an outcome closes it; an outcome that

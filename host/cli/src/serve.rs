@@ -169,7 +169,10 @@ pub(crate) async fn run(settings: &Settings, args: ServeArgs) -> Result<u8, Fail
     // Stop the control socket (and remove its file) before the host closes.
     shutdown.cancel();
     let _ = control.await;
-    crate::close_audit(server.host());
+    // Off the runtime's workers: closing waits for calls still running
+    // to write the intents they hold, and those calls need the workers.
+    let host = Arc::clone(server.host());
+    let _ = tokio::task::spawn_blocking(move || crate::close_audit(&host)).await;
     // Spans still queued go out now (bounded by the export timeout).
     let host = Arc::clone(server.host());
     let _ = tokio::task::spawn_blocking(move || host.telemetry().flush_spans()).await;

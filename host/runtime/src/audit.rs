@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use airlock_audit::{AuditLog, Durability, Entry, Event, capped_json, sha256_hex};
+use airlock_audit::{AuditLog, Durability, Entry, Event, Hold, capped_json, sha256_hex};
 use serde_json::Value;
 
 use crate::error::{CallError, CallResult};
@@ -36,6 +36,8 @@ pub(crate) struct CallRecord<'a> {
     log: &'a AuditLog,
     base: Entry,
     intent: Intent,
+    /// While the intent is held: the log waits for it at close.
+    hold: Option<Hold<'a>>,
     /// Redacted argument values, scrubbed from free text.
     secrets: Vec<String>,
     pointers: Vec<String>,
@@ -63,6 +65,7 @@ impl<'a> CallRecord<'a> {
             log,
             base,
             intent: Intent::Due,
+            hold: None,
             secrets: Vec::new(),
             pointers: Vec::new(),
             durability: Durability::Batched,
@@ -194,7 +197,7 @@ impl<'a> CallRecord<'a> {
     ///
     /// The intent of a group-committed call (a `read` tool of a plugin
     /// that can only read) is held instead, once the log says it would
-    /// take it ([`AuditLog::admits`]): written with the outcome as one
+    /// take it ([`AuditLog::hold`]): written with the outcome as one
     /// record if the call finishes within the group-commit window, or by
     /// [`write_held_intent`](Self::write_held_intent) when it runs longer.
     /// Holding it loses nothing the log promised: a batched record may be
@@ -211,9 +214,10 @@ impl<'a> CallRecord<'a> {
     /// [`CallError::AuditUnavailable`].
     pub(crate) async fn started(&mut self) -> CallResult<()> {
         if self.hold_window().is_some() {
-            return match self.log.admits() {
-                Ok(()) => {
+            return match self.log.hold() {
+                Ok(hold) => {
                     self.intent = Intent::Held;
+                    self.hold = Some(hold);
                     Ok(())
                 }
                 // Nothing was sealed: the call is refused like any other.
@@ -275,6 +279,7 @@ impl<'a> CallRecord<'a> {
         match appended {
             Ok((_, behind)) => {
                 self.intent = Intent::Written;
+                self.hold = None;
                 if behind {
                     wait_for_room(self.log).await;
                 }
@@ -363,7 +368,9 @@ impl<'a> CallRecord<'a> {
                 entry.reason = Some(self.scrub(&error.to_string()));
             }
         }
-        match append(self.log, &entry, self.durability).await {
+        let appended = append(self.log, &entry, self.durability).await;
+        self.hold = None;
+        match appended {
             Ok(_) => Ok(()),
             Err(e) if held => {
                 tracing::error!(error = %e, call_id = ?entry.call_id, "cannot record a call; its result is withheld");

@@ -228,6 +228,9 @@ pub struct Host {
     /// Paused tools and plugins (kept in the ledger).
     pauses: Pauses,
     telemetry: Telemetry,
+    /// Cancelled when the audit log begins to close: calls holding their
+    /// intent write it then (see `CallRecord::started`).
+    audit_closing: tokio_util::sync::CancellationToken,
     _ticker: EpochTicker,
 }
 
@@ -375,6 +378,11 @@ impl Host {
             .map(|dir| CompiledCache::new(dir, &engine));
         let ticker = EpochTicker::start(&engine)?;
         let alerts = Alerts::new(config.alerts.clone(), audit.clone(), &config.origin);
+        let audit_closing = tokio_util::sync::CancellationToken::new();
+        audit.on_closing({
+            let closing = audit_closing.clone();
+            move || closing.cancel()
+        });
         Ok(Host {
             alerts,
             pauses: Pauses::default(),
@@ -391,6 +399,7 @@ impl Host {
             limiter,
             served,
             telemetry,
+            audit_closing,
             _ticker: ticker,
         })
     }
@@ -774,6 +783,7 @@ impl Host {
             approvals: self.approvals_parts(),
             pauses: &self.pauses,
             telemetry: &self.telemetry,
+            audit_closing: &self.audit_closing,
         }
     }
 

@@ -77,6 +77,8 @@ pub(crate) struct Pipeline<'h> {
     /// Paused tools and plugins.
     pub(crate) pauses: &'h crate::alerts::Pauses,
     pub(crate) telemetry: &'h Telemetry,
+    /// Cancelled when the audit log begins to close.
+    pub(crate) audit_closing: &'h tokio_util::sync::CancellationToken,
 }
 
 impl<'h> Pipeline<'h> {
@@ -210,7 +212,13 @@ impl<'h> Pipeline<'h> {
                 tokio::select! {
                     biased;
                     done = &mut run => done,
+                    // Past the window, or the log closing (it waits for
+                    // what is held): the intent is written now.
                     () = tokio::time::sleep(window) => {
+                        record.write_held_intent().await;
+                        run.await
+                    }
+                    () = self.audit_closing.cancelled() => {
                         record.write_held_intent().await;
                         run.await
                     }
