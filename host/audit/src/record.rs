@@ -159,7 +159,8 @@ pub struct Entry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub args: Option<String>,
     /// Set only on the records that carry the argument copy (the intent
-    /// `call_started`, a refusal, an approval request) of a call to a tool
+    /// `call_started` or a `call_finished` that carries its intent, a
+    /// refusal, an approval request) of a call to a tool
     /// the operator made replayable (`audit.replayable`): its `args` copy
     /// is then kept up to the call's argument size cap instead of
     /// `max_copy_bytes`, and this says whether redaction changed it
