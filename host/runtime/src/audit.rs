@@ -26,7 +26,7 @@ enum Intent {
     /// Appended (sealed into the chain).
     Written,
     /// Held while a group-committed call runs, for at most
-    /// [`CallRecord::hold_window`]: written with the outcome, as one
+    /// [`CallRecord::held_for`]: written with the outcome, as one
     /// record, if the call finishes within it.
     Held,
 }
@@ -250,15 +250,16 @@ impl<'a> CallRecord<'a> {
     /// How long a group-committed call's intent may be held while it runs:
     /// the log's group-commit window; `None` for other calls, and when
     /// the operator turned holding off (`audit.hold_read_intents`).
-    pub(crate) fn hold_window(&self) -> Option<Duration> {
+    fn hold_window(&self) -> Option<Duration> {
         let config = self.log.config();
         (self.durability == Durability::Batched && config.hold_read_intents)
             .then(|| Duration::from_millis(config.group_commit_ms.max(1)))
     }
 
-    /// Whether the intent is held ([`started`](Self::started)).
-    pub(crate) fn intent_held(&self) -> bool {
-        self.intent == Intent::Held
+    /// While the intent is held ([`started`](Self::started)): how long it
+    /// may be, before [`write_held_intent`](Self::write_held_intent).
+    pub(crate) fn held_for(&self) -> Option<Duration> {
+        self.hold_window().filter(|_| self.intent == Intent::Held)
     }
 
     /// The call has run longer than [`hold_window`](Self::hold_window):

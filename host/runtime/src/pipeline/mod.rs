@@ -204,7 +204,7 @@ impl<'h> Pipeline<'h> {
                 cancel: request.cancel.as_ref(),
             },
         );
-        let (mut result, stats) = match record.hold_window().filter(|_| record.intent_held()) {
+        let (mut result, stats) = match record.held_for() {
             Some(window) => {
                 // Polled first: a call done at its first poll never
                 // registers the timer.
