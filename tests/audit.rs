@@ -373,6 +373,20 @@ async fn spinning_host(data: &Path, window_ms: u64) -> (Host, PluginDir) {
     (host, plugin)
 }
 
+/// A call of `spin` on `host`, running in its own task until `token` (if
+/// any) cancels it or the task is aborted.
+fn spin(
+    host: &std::sync::Arc<Host>,
+    token: Option<&tokio_util::sync::CancellationToken>,
+) -> tokio::task::JoinHandle<Result<airlock_host::CallResponse, CallError>> {
+    let host = host.clone();
+    let mut request = CallRequest::new("misbehave/spin", "{}");
+    if let Some(token) = token {
+        request = request.cancel_on(token.clone());
+    }
+    tokio::spawn(async move { host.call(request).await })
+}
+
 /// Wait (a minute at most) until `done` holds.
 async fn until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -417,13 +431,7 @@ async fn a_read_call_longer_than_the_window_is_on_record_while_it_runs() {
     let (host, _plugin) = spinning_host(data.path(), 20).await;
     let host = std::sync::Arc::new(host);
     let token = tokio_util::sync::CancellationToken::new();
-    let call = tokio::spawn({
-        let (host, token) = (host.clone(), token.clone());
-        async move {
-            host.call(CallRequest::new("misbehave/spin", "{}").cancel_on(token))
-                .await
-        }
-    });
+    let call = spin(&host, Some(&token));
     until("the running call's intent is recorded", || {
         records(&host)
             .iter()
@@ -450,10 +458,7 @@ async fn a_held_call_dropped_by_its_caller_is_still_recorded() {
     let data = tempfile::tempdir().unwrap();
     let (host, _plugin) = spinning_host(data.path(), 600_000).await;
     let host = std::sync::Arc::new(host);
-    let call = tokio::spawn({
-        let host = host.clone();
-        async move { host.call(CallRequest::new("misbehave/spin", "{}")).await }
-    });
+    let call = spin(&host, None);
     until("the call runs", || instances_in_use(&host).ends_with(" 1")).await;
     assert!(records(&host).is_empty());
     call.abort();
@@ -484,13 +489,7 @@ async fn closing_the_log_writes_the_intents_held_by_running_calls() {
     let (host, _plugin) = spinning_host(data.path(), 600_000).await;
     let host = std::sync::Arc::new(host);
     let token = tokio_util::sync::CancellationToken::new();
-    let call = tokio::spawn({
-        let (host, token) = (host.clone(), token.clone());
-        async move {
-            host.call(CallRequest::new("misbehave/spin", "{}").cancel_on(token))
-                .await
-        }
-    });
+    let call = spin(&host, Some(&token));
     until("the call runs", || instances_in_use(&host).ends_with(" 1")).await;
     assert!(records(&host).is_empty());
     let closing = host.clone();
@@ -521,13 +520,7 @@ async fn a_read_call_the_log_cannot_record_returns_no_result() {
     let (host, _plugin) = spinning_host(data.path(), 600_000).await;
     let host = std::sync::Arc::new(host);
     let token = tokio_util::sync::CancellationToken::new();
-    let call = tokio::spawn({
-        let (host, token) = (host.clone(), token.clone());
-        async move {
-            host.call(CallRequest::new("misbehave/spin", "{}").cancel_on(token))
-                .await
-        }
-    });
+    let call = spin(&host, Some(&token));
     // Running (its instance taken): admitted, with nothing on record.
     until("the call runs", || instances_in_use(&host).ends_with(" 1")).await;
     assert!(records(&host).is_empty());
