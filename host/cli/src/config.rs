@@ -604,6 +604,30 @@ mod tests {
     }
 
     #[test]
+    fn read_intents_are_held_unless_turned_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("airlock.toml");
+        let load = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            Settings::load(Overrides {
+                config: Some(path.clone()),
+                ..Default::default()
+            })
+        };
+        assert!(load("").unwrap().audit.hold_read_intents);
+        assert!(
+            !load("[audit]\nhold_read_intents = false\n")
+                .unwrap()
+                .audit
+                .hold_read_intents
+        );
+        let err = load("[audit]\nhold_read_intents = \"no\"\n").unwrap_err();
+        assert!(format!("{err:#}").contains("invalid type"), "{err:#}");
+        let err = load("[audit]\nhold_read_intent = true\n").unwrap_err();
+        assert!(format!("{err:#}").contains("unknown field"), "{err:#}");
+    }
+
+    #[test]
     fn store_section_is_read_and_checked() {
         let table = |text: &str| parse(text, "test").unwrap().store;
         let sled = store_settings(None, None).unwrap();
