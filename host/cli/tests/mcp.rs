@@ -1160,3 +1160,161 @@ fn http_takes_oauth_access_tokens_from_a_configured_issuer() {
     assert_eq!(call["structured"]["slug"], "hello-oauth");
     assert!(call["tools"].as_u64().unwrap() >= 21);
 }
+
+/// Speak MCP over one stream pair by hand (newline-delimited JSON-RPC, as
+/// the stdio transport frames it): initialize, then call `misbehave__echo`
+/// with each of `ns`, all written before any answer is read (pipelined),
+/// written in small pieces. Returns each call's `structuredContent`, by id.
+fn raw_stdio_session(
+    input: &mut impl std::io::Write,
+    output: &mut impl std::io::BufRead,
+    ns: &[u64],
+) -> std::collections::BTreeMap<u64, Value> {
+    let mut line = String::new();
+    let mut read_reply = |output: &mut dyn std::io::BufRead| -> Value {
+        line.clear();
+        assert!(
+            output.read_line(&mut line).unwrap() > 0,
+            "the server closed stdout"
+        );
+        serde_json::from_str(&line).unwrap()
+    };
+    let mut send = |value: Value| {
+        let text = format!("{value}\n");
+        // A few bytes at a time: a message split across reads.
+        for piece in text.as_bytes().chunks(7) {
+            input.write_all(piece).unwrap();
+            input.flush().unwrap();
+        }
+    };
+    send(serde_json::json!({
+        "jsonrpc": "2.0", "id": 0, "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "raw-stdio-test", "version": "0"}
+        }
+    }));
+    let initialized = read_reply(output);
+    assert_eq!(initialized["id"], 0, "{initialized}");
+    assert!(
+        initialized["result"]["serverInfo"]["name"].is_string(),
+        "{initialized}"
+    );
+    send(serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+    for &n in ns {
+        send(serde_json::json!({
+            "jsonrpc": "2.0", "id": n, "method": "tools/call",
+            "params": {"name": "misbehave__echo", "arguments": {"n": n}}
+        }));
+    }
+    let mut results = std::collections::BTreeMap::new();
+    while results.len() < ns.len() {
+        let reply = read_reply(output);
+        // Notifications (a log line, a list change) may come between.
+        let Some(id) = reply["id"].as_u64() else {
+            continue;
+        };
+        assert_eq!(reply["result"]["isError"], false, "{reply}");
+        results.insert(id, reply["result"]["structuredContent"].clone());
+    }
+    results
+}
+
+/// Each of `ns` was called once, `ok`, and the chain verifies.
+fn assert_each_call_recorded_once(server: &Server, ns: &[u64]) {
+    let airlock = |args: &[&str]| {
+        let out = Command::new(AIRLOCK)
+            .args(&server.args()[..6])
+            .args(args)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    airlock(&["audit", "verify"]);
+    let finished = airlock(&[
+        "audit",
+        "query",
+        "--tool",
+        "echo",
+        "--event",
+        "call_finished",
+        "--json",
+    ]);
+    let mut seen: Vec<u64> = finished
+        .lines()
+        .map(|line| {
+            let record: Value = serde_json::from_str(line).unwrap();
+            assert_eq!(record["outcome"], "ok", "{record}");
+            let args: Value = serde_json::from_str(record["args"].as_str().unwrap()).unwrap();
+            args["n"].as_u64().unwrap()
+        })
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(seen, ns);
+}
+
+/// The stdio server reads and writes pipes on tokio's reactor (through
+/// non-blocking descriptors of its own) and anything else (here a Unix
+/// socket pair, which some clients start servers with) through the
+/// blocking standard streams: both serve pipelined requests split across
+/// reads, answer each call once with its own result, record each call
+/// once, and end cleanly when the client closes its side.
+#[test]
+fn stdio_serves_pipes_and_socket_pairs_alike() {
+    use std::os::unix::net::UnixStream;
+
+    let root = plugins_root(LIMITS);
+    let ns: Vec<u64> = (1..=20).collect();
+    let expected: std::collections::BTreeMap<u64, Value> = ns
+        .iter()
+        .map(|&n| (n, serde_json::json!({ "n": n })))
+        .collect();
+
+    // Pipes, as an MCP client starts a server.
+    let piped = Server::new(root.path(), false);
+    let mut child = Command::new(AIRLOCK)
+        .args(piped.args())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let mut output = BufReader::new(child.stdout.take().unwrap());
+    assert_eq!(raw_stdio_session(&mut input, &mut output, &ns), expected);
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_each_call_recorded_once(&piped, &ns);
+
+    // A socket pair: not a pipe, so the blocking standard streams serve.
+    let paired = Server::new(root.path(), false);
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let child = Command::new(AIRLOCK)
+        .args(paired.args())
+        .stdin(Stdio::from(std::os::fd::OwnedFd::from(
+            theirs.try_clone().unwrap(),
+        )))
+        .stdout(Stdio::from(std::os::fd::OwnedFd::from(theirs)))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = ours.try_clone().unwrap();
+    let mut output = BufReader::new(ours);
+    assert_eq!(raw_stdio_session(&mut input, &mut output, &ns), expected);
+    input.shutdown(std::net::Shutdown::Write).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_each_call_recorded_once(&paired, &ns);
+}

@@ -414,12 +414,25 @@ impl McpServer {
     /// closes the stream. Calls run as `principal`. Nothing else may write
     /// to stdout meanwhile (logs go to stderr).
     ///
+    /// When both streams are pipes (how an MCP client starts a server),
+    /// they are read and written on tokio's reactor, non-blocking, through
+    /// descriptors of their own (`rmcp::transport::stdio_pipes`), instead
+    /// of handing every read and every write to a blocking-pool thread and
+    /// back: those thread switches are most of a trivial call's cost on a
+    /// small machine (`docs/performance.md`, "Against a peer").
+    /// Otherwise (a terminal, a file, a socket) the blocking standard
+    /// streams serve.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime with its IO driver enabled (`enable_io`,
+    /// `enable_all`), as tokio's own network types do.
+    ///
     /// # Errors
     /// [`Error::Transport`] if the session cannot start or ends abnormally.
     pub async fn serve_stdio(&self, principal: &str) -> Result<()> {
         let running = self
             .handler(Some(principal.to_owned()))
-            .serve(rmcp::transport::stdio())
+            .serve(rmcp::transport::stdio_pipes())
             .await
             .map_err(|e| Error::Transport {
                 message: e.to_string(),
