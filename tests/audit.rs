@@ -387,6 +387,27 @@ fn spin(
     tokio::spawn(async move { host.call(request).await })
 }
 
+/// A `spin` call running on a fresh host in `data` with its intent held
+/// (a window no test outlasts), checked to have nothing on record yet:
+/// the host, the call and the plugin's directory (kept while the host
+/// runs).
+async fn running_held_spin(
+    data: &Path,
+    token: Option<&tokio_util::sync::CancellationToken>,
+) -> (
+    std::sync::Arc<Host>,
+    tokio::task::JoinHandle<Result<airlock_host::CallResponse, CallError>>,
+    PluginDir,
+) {
+    let (host, plugin) = spinning_host(data, 600_000).await;
+    let host = std::sync::Arc::new(host);
+    let call = spin(&host, token);
+    // Running (its instance taken): admitted, with nothing on record.
+    until("the call runs", || instances_in_use(&host).ends_with(" 1")).await;
+    assert!(records(&host).is_empty());
+    (host, call, plugin)
+}
+
 /// Wait (a minute at most) until `done` holds.
 async fn until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
@@ -456,11 +477,7 @@ async fn a_read_call_longer_than_the_window_is_on_record_while_it_runs() {
 #[tokio::test]
 async fn a_held_call_dropped_by_its_caller_is_still_recorded() {
     let data = tempfile::tempdir().unwrap();
-    let (host, _plugin) = spinning_host(data.path(), 600_000).await;
-    let host = std::sync::Arc::new(host);
-    let call = spin(&host, None);
-    until("the call runs", || instances_in_use(&host).ends_with(" 1")).await;
-    assert!(records(&host).is_empty());
+    let (host, call, _plugin) = running_held_spin(data.path(), None).await;
     call.abort();
     assert!(call.await.unwrap_err().is_cancelled());
     let rows = records(&host);
@@ -486,12 +503,8 @@ async fn a_held_call_dropped_by_its_caller_is_still_recorded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closing_the_log_writes_the_intents_held_by_running_calls() {
     let data = tempfile::tempdir().unwrap();
-    let (host, _plugin) = spinning_host(data.path(), 600_000).await;
-    let host = std::sync::Arc::new(host);
     let token = tokio_util::sync::CancellationToken::new();
-    let call = spin(&host, Some(&token));
-    until("the call runs", || instances_in_use(&host).ends_with(" 1")).await;
-    assert!(records(&host).is_empty());
+    let (host, call, _plugin) = running_held_spin(data.path(), Some(&token)).await;
     let closing = host.clone();
     tokio::task::spawn_blocking(move || closing.audit().close().unwrap())
         .await
@@ -516,14 +529,8 @@ async fn closing_the_log_writes_the_intents_held_by_running_calls() {
 #[tokio::test]
 async fn a_read_call_the_log_cannot_record_returns_no_result() {
     let data = tempfile::tempdir().unwrap();
-    // A window no call here outlasts: the intent stays held.
-    let (host, _plugin) = spinning_host(data.path(), 600_000).await;
-    let host = std::sync::Arc::new(host);
     let token = tokio_util::sync::CancellationToken::new();
-    let call = spin(&host, Some(&token));
-    // Running (its instance taken): admitted, with nothing on record.
-    until("the call runs", || instances_in_use(&host).ends_with(" 1")).await;
-    assert!(records(&host).is_empty());
+    let (host, call, _plugin) = running_held_spin(data.path(), Some(&token)).await;
     // The log closes while the call cannot write what it holds: `close`
     // runs on this test's only runtime thread, the one the call needs, so
     // it waits out `HOLD_RELEASE_WAIT` and closes without the record (as

@@ -499,6 +499,17 @@ mod tests {
         }
     }
 
+    /// Settings loaded from a config file holding `text`.
+    fn load(text: &str) -> anyhow::Result<Settings> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("airlock.toml");
+        std::fs::write(&path, text).unwrap();
+        Settings::load(Overrides {
+            config: Some(path),
+            ..Default::default()
+        })
+    }
+
     #[test]
     fn builtin_config_parses() {
         parse(DEFAULT_CONFIG, "builtin").unwrap();
@@ -585,15 +596,6 @@ mod tests {
 
     #[test]
     fn stack_zeroing_is_on_unless_turned_off() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("airlock.toml");
-        let load = |text: &str| {
-            std::fs::write(&path, text).unwrap();
-            Settings::load(Overrides {
-                config: Some(path.clone()),
-                ..Default::default()
-            })
-        };
         assert!(load("").unwrap().zero_stacks);
         assert!(load("zero_stacks = true\n").unwrap().zero_stacks);
         assert!(!load("zero_stacks = false\n").unwrap().zero_stacks);
@@ -605,15 +607,6 @@ mod tests {
 
     #[test]
     fn read_intents_are_held_unless_turned_off() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("airlock.toml");
-        let load = |text: &str| {
-            std::fs::write(&path, text).unwrap();
-            Settings::load(Overrides {
-                config: Some(path.clone()),
-                ..Default::default()
-            })
-        };
         assert!(load("").unwrap().audit.hold_read_intents);
         assert!(
             !load("[audit]\nhold_read_intents = false\n")
