@@ -418,8 +418,9 @@ impl McpServer {
     /// they are read and written on tokio's reactor, non-blocking, through
     /// descriptors of their own (`rmcp::transport::stdio_pipes`), instead
     /// of handing every read and every write to a blocking-pool thread and
-    /// back: those thread switches are most of a trivial call's cost on a
-    /// small machine (`docs/performance.md`, "Against a peer").
+    /// back: those thread switches were a quarter to 40 % of a trivial
+    /// call's server CPU on a two-core machine (`docs/performance.md`,
+    /// "Against a peer").
     /// Otherwise (a terminal, a file, a socket) the blocking standard
     /// streams serve.
     ///
