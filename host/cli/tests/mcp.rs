@@ -1162,12 +1162,14 @@ fn http_takes_oauth_access_tokens_from_a_configured_issuer() {
 }
 
 /// Speak MCP over one stream pair by hand (newline-delimited JSON-RPC, as
-/// the stdio transport frames it): initialize, then call `misbehave__echo`
-/// with each of `ns`, all written before any answer is read (pipelined),
-/// written in small pieces. Returns each call's `structuredContent`, by id.
+/// the stdio transport frames it): initialize, write `junk` (raw bytes),
+/// then call `misbehave__echo` with each of `ns`, all written before any
+/// answer is read (pipelined), written in small pieces. Returns each
+/// call's `structuredContent`, by id.
 fn raw_stdio_session(
     input: &mut impl std::io::Write,
     output: &mut impl std::io::BufRead,
+    junk: &[u8],
     ns: &[u64],
 ) -> std::collections::BTreeMap<u64, Value> {
     let mut line = String::new();
@@ -1179,34 +1181,44 @@ fn raw_stdio_session(
         );
         serde_json::from_str(&line).unwrap()
     };
-    let mut send = |value: Value| {
+    fn send(input: &mut impl std::io::Write, value: Value) {
         let text = format!("{value}\n");
         // A few bytes at a time: a message split across reads.
         for piece in text.as_bytes().chunks(7) {
             input.write_all(piece).unwrap();
             input.flush().unwrap();
         }
-    };
-    send(serde_json::json!({
-        "jsonrpc": "2.0", "id": 0, "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-06-18",
-            "capabilities": {},
-            "clientInfo": {"name": "raw-stdio-test", "version": "0"}
-        }
-    }));
+    }
+    send(
+        input,
+        serde_json::json!({
+            "jsonrpc": "2.0", "id": 0, "method": "initialize",
+            "params": {
+                "protocolVersion": "2025-06-18",
+                "capabilities": {},
+                "clientInfo": {"name": "raw-stdio-test", "version": "0"}
+            }
+        }),
+    );
     let initialized = read_reply(output);
     assert_eq!(initialized["id"], 0, "{initialized}");
     assert!(
         initialized["result"]["serverInfo"]["name"].is_string(),
         "{initialized}"
     );
-    send(serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"}));
+    send(
+        input,
+        serde_json::json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+    );
+    input.write_all(junk).unwrap();
     for &n in ns {
-        send(serde_json::json!({
-            "jsonrpc": "2.0", "id": n, "method": "tools/call",
-            "params": {"name": "misbehave__echo", "arguments": {"n": n}}
-        }));
+        send(
+            input,
+            serde_json::json!({
+                "jsonrpc": "2.0", "id": n, "method": "tools/call",
+                "params": {"name": "misbehave__echo", "arguments": {"n": n}}
+            }),
+        );
     }
     let mut results = std::collections::BTreeMap::new();
     while results.len() < ns.len() {
@@ -1288,7 +1300,10 @@ fn stdio_serves_pipes_and_socket_pairs_alike() {
         .unwrap();
     let mut input = child.stdin.take().unwrap();
     let mut output = BufReader::new(child.stdout.take().unwrap());
-    assert_eq!(raw_stdio_session(&mut input, &mut output, &ns), expected);
+    assert_eq!(
+        raw_stdio_session(&mut input, &mut output, b"", &ns),
+        expected
+    );
     drop(input);
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -1310,11 +1325,57 @@ fn stdio_serves_pipes_and_socket_pairs_alike() {
         .unwrap();
     let mut input = ours.try_clone().unwrap();
     let mut output = BufReader::new(ours);
-    assert_eq!(raw_stdio_session(&mut input, &mut output, &ns), expected);
+    assert_eq!(
+        raw_stdio_session(&mut input, &mut output, b"", &ns),
+        expected
+    );
     input.shutdown(std::net::Shutdown::Write).unwrap();
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_each_call_recorded_once(&paired, &ns);
+}
+
+/// A hostile stdio client: a message past the transport's line cap (16
+/// MiB, rmcp's), then a line that is not JSON, then one that is JSON but
+/// not JSON-RPC. The server drops each and goes on answering the calls
+/// that follow, each once; it exits cleanly at the end of input.
+#[test]
+fn stdio_drops_oversized_and_malformed_lines_and_keeps_serving() {
+    let root = plugins_root(LIMITS);
+    let server = Server::new(root.path(), false);
+    let mut child = Command::new(AIRLOCK)
+        .args(server.args())
+        .env_remove("AIRLOCK_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let mut output = BufReader::new(child.stdout.take().unwrap());
+    let mut junk = vec![b'x'; 16 * 1024 * 1024 + 1];
+    junk.extend_from_slice(b"\n{not json\n{\"hello\": \"world\"}\n");
+    let ns = [1, 2, 3];
+    let expected: std::collections::BTreeMap<u64, Value> = ns
+        .iter()
+        .map(|&n| (n, serde_json::json!({ "n": n })))
+        .collect();
+    assert_eq!(
+        raw_stdio_session(&mut input, &mut output, &junk, &ns),
+        expected
+    );
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    // Dropped at the cap as it was read (rmcp's words, logged at error),
+    // not buffered whole and then refused as JSON.
+    assert!(
+        stderr.contains("exceeded the maximum line length"),
+        "{stderr}"
+    );
+    assert_each_call_recorded_once(&server, &ns);
 }
