@@ -1272,6 +1272,41 @@ fn assert_each_call_recorded_once(server: &Server, ns: &[u64]) {
     assert_eq!(seen, ns);
 }
 
+/// Each of `ns` echoed back, by id.
+fn echoed(ns: &[u64]) -> std::collections::BTreeMap<u64, Value> {
+    ns.iter()
+        .map(|&n| (n, serde_json::json!({ "n": n })))
+        .collect()
+}
+
+/// `server` on stdio pipes (as an MCP client starts it, with the default
+/// log filter): a raw session writing `junk` before calling with each of
+/// `ns`; every call answered with its own result and recorded once, and a
+/// clean exit at the end of input. Returns what the server logged.
+fn piped_session(server: &Server, junk: &[u8], ns: &[u64]) -> String {
+    let mut child = Command::new(AIRLOCK)
+        .args(server.args())
+        .env_remove("AIRLOCK_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let mut output = BufReader::new(child.stdout.take().unwrap());
+    assert_eq!(
+        raw_stdio_session(&mut input, &mut output, junk, ns),
+        echoed(ns)
+    );
+    drop(input);
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_each_call_recorded_once(server, ns);
+    stderr
+}
+
 /// The stdio server reads and writes pipes on tokio's reactor (through
 /// non-blocking descriptors of its own) and anything else (here a Unix
 /// socket pair, which some clients start servers with) through the
@@ -1284,32 +1319,9 @@ fn stdio_serves_pipes_and_socket_pairs_alike() {
 
     let root = plugins_root(LIMITS);
     let ns: Vec<u64> = (1..=20).collect();
-    let expected: std::collections::BTreeMap<u64, Value> = ns
-        .iter()
-        .map(|&n| (n, serde_json::json!({ "n": n })))
-        .collect();
 
     // Pipes, as an MCP client starts a server.
-    let piped = Server::new(root.path(), false);
-    let mut child = Command::new(AIRLOCK)
-        .args(piped.args())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    let mut output = BufReader::new(child.stdout.take().unwrap());
-    assert_eq!(
-        raw_stdio_session(&mut input, &mut output, b"", &ns),
-        expected
-    );
-    drop(input);
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
-    assert_each_call_recorded_once(&piped, &ns);
+    piped_session(&Server::new(root.path(), false), b"", &ns);
 
     // A socket pair: not a pipe, so the blocking standard streams serve.
     let paired = Server::new(root.path(), false);
@@ -1327,7 +1339,7 @@ fn stdio_serves_pipes_and_socket_pairs_alike() {
     let mut output = BufReader::new(ours);
     assert_eq!(
         raw_stdio_session(&mut input, &mut output, b"", &ns),
-        expected
+        echoed(&ns)
     );
     input.shutdown(std::net::Shutdown::Write).unwrap();
     let out = child.wait_with_output().unwrap();
@@ -1344,38 +1356,13 @@ fn stdio_serves_pipes_and_socket_pairs_alike() {
 #[test]
 fn stdio_drops_oversized_and_malformed_lines_and_keeps_serving() {
     let root = plugins_root(LIMITS);
-    let server = Server::new(root.path(), false);
-    let mut child = Command::new(AIRLOCK)
-        .args(server.args())
-        .env_remove("AIRLOCK_LOG")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    let mut output = BufReader::new(child.stdout.take().unwrap());
     let mut junk = vec![b'x'; 16 * 1024 * 1024 + 1];
     junk.extend_from_slice(b"\n{not json\n{\"hello\": \"world\"}\n");
-    let ns = [1, 2, 3];
-    let expected: std::collections::BTreeMap<u64, Value> = ns
-        .iter()
-        .map(|&n| (n, serde_json::json!({ "n": n })))
-        .collect();
-    assert_eq!(
-        raw_stdio_session(&mut input, &mut output, &junk, &ns),
-        expected
-    );
-    drop(input);
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
+    let stderr = piped_session(&Server::new(root.path(), false), &junk, &[1, 2, 3]);
     // Dropped at the cap as it was read (rmcp's words, logged at error),
     // not buffered whole and then refused as JSON.
     assert!(
         stderr.contains("exceeded the maximum line length"),
         "{stderr}"
     );
-    assert_each_call_recorded_once(&server, &ns);
 }
