@@ -17,6 +17,10 @@
 //!   the component from an `InstancePre`, call the typed `call` export. Engine
 //!   with wasmtime's default configuration plus the pooling allocator (no
 //!   fuel, no epochs, no limits, no audit).
+//! - **raw wasmtime under the sandbox's limits**: the same with fuel
+//!   metering, epoch interruption, a memory limiter and pooled stacks
+//!   zeroed, as every Airlock call runs: the pipeline's own work is what
+//!   separates this from the pipeline.
 //! - **Airlock pipeline**: `Host::call`: tool lookup, mode, rate limits and
 //!   approval checks, argument parsing and schema validation, idempotency,
 //!   the audit intent record, a fresh limited instance (fuel, epoch deadline,
@@ -41,6 +45,7 @@ use airlock_tests::{MISBEHAVE, PLUGINS_DIR, read, sha256_hex};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store,
+    StoreLimits, StoreLimitsBuilder,
 };
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -147,6 +152,7 @@ use machine::machine;
 struct RawState {
     wasi: WasiCtx,
     table: ResourceTable,
+    limits: StoreLimits,
 }
 
 impl WasiView for RawState {
@@ -168,12 +174,34 @@ struct Raw {
     engine: Engine,
     pre: raw::PluginPre<RawState>,
     pooled: bool,
+    /// The sandbox's limits on: fuel, epoch interruption, a memory
+    /// limiter, pooled stacks zeroed ([`Raw::limited`]).
+    limited: bool,
 }
 
 impl Raw {
+    /// The baseline: wasmtime's defaults and the host's pool tuning,
+    /// nothing limited.
     fn new(component: &[u8]) -> Raw {
+        Raw::build(component, false)
+    }
+
+    /// The same, under the limits every Airlock call runs under (engine.rs,
+    /// state.rs): fuel metering, epoch interruption (a deadline that never
+    /// comes: the checks compiled into the guest are what it costs), a
+    /// memory limiter, and pooled stacks zeroed between calls. What is left
+    /// between this and the pipeline is the pipeline's own work.
+    fn limited(component: &[u8]) -> Raw {
+        Raw::build(component, true)
+    }
+
+    fn build(component: &[u8], limited: bool) -> Raw {
         let mut config = Config::new();
         config.wasm_component_model(true);
+        if limited {
+            config.consume_fuel(true);
+            config.epoch_interruption(true);
+        }
         let mut pooled = config.clone();
         // The pool tuned as the host tunes its own (engine.rs): freed slots
         // keep memory and stack resident and are reset in place, so the
@@ -184,6 +212,9 @@ impl Raw {
             .async_stack_keep_resident(64 << 10)
             .pagemap_scan(Enabled::Auto);
         pooled.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        if limited {
+            pooled.async_stack_zeroing(true);
+        }
         let (engine, pooled) = match Engine::new(&pooled) {
             Ok(engine) => (engine, true),
             Err(_) => (Engine::new(&config).unwrap(), false),
@@ -203,6 +234,17 @@ impl Raw {
             engine,
             pre,
             pooled,
+            limited,
+        }
+    }
+
+    /// How instances are allocated, and what is limited.
+    fn describe(&self) -> String {
+        let allocation = if self.pooled { "pooled" } else { "on demand" };
+        if self.limited {
+            format!("{allocation}; fuel, epochs, memory limiter, stacks zeroed")
+        } else {
+            allocation.to_owned()
         }
     }
 
@@ -212,8 +254,14 @@ impl Raw {
             RawState {
                 wasi: WasiCtx::builder().build(),
                 table: ResourceTable::new(),
+                limits: StoreLimitsBuilder::new().memory_size(64 << 20).build(),
             },
         );
+        if self.limited {
+            store.limiter(|s| &mut s.limits);
+            store.set_fuel(1_000_000_000).unwrap();
+            store.set_epoch_deadline(1 << 40);
+        }
         let plugin = self.pre.instantiate_async(&mut store).await.unwrap();
         let context = raw::exports::airlock::plugin::tools::CallContext {
             call_id: "call".into(),
@@ -335,20 +383,32 @@ where
     B: FnMut() -> BFut,
     BFut: Future<Output = ()>,
 {
+    let mut a = || -> Pin<Box<dyn Future<Output = ()> + '_>> { Box::pin(a()) };
+    let mut b = || -> Pin<Box<dyn Future<Output = ()> + '_>> { Box::pin(b()) };
+    let [a, b] = interleaved_all(calls, [&mut a, &mut b]).await;
+    (a, b)
+}
+
+/// A kind of call for [`interleaved_all`].
+type Kind<'a> = &'a mut dyn FnMut() -> Pin<Box<dyn Future<Output = ()> + 'a>>;
+
+/// Several kinds of call in turn, `calls` times each (after a warm-up),
+/// timed separately: drift in the machine's speed touches all alike.
+async fn interleaved_all<const N: usize>(calls: usize, mut kinds: [Kind<'_>; N]) -> [Latency; N] {
     for _ in 0..(calls / 10).max(5) {
-        a().await;
-        b().await;
+        for kind in &mut kinds {
+            kind().await;
+        }
     }
-    let mut samples = (Vec::with_capacity(calls), Vec::with_capacity(calls));
+    let mut samples: [Vec<Duration>; N] = std::array::from_fn(|_| Vec::with_capacity(calls));
     for _ in 0..calls {
-        let started = Instant::now();
-        a().await;
-        samples.0.push(started.elapsed());
-        let started = Instant::now();
-        b().await;
-        samples.1.push(started.elapsed());
+        for (kind, samples) in kinds.iter_mut().zip(&mut samples) {
+            let started = Instant::now();
+            kind().await;
+            samples.push(started.elapsed());
+        }
     }
-    (Latency::of(samples.0), Latency::of(samples.1))
+    samples.map(Latency::of)
 }
 
 /// `callers` tasks calling for `period`: calls per second and latency.
@@ -389,6 +449,11 @@ where
                     let t = Instant::now();
                     call().await;
                     samples.push(t.elapsed());
+                    // Between calls, back to the scheduler, as independent
+                    // callers would be: a loop whose calls finish at their
+                    // first poll never gives up its worker, and a call
+                    // that yielded at an epoch tick waits behind it.
+                    tokio::task::yield_now().await;
                 }
                 samples
             })
@@ -521,13 +586,14 @@ fn instructions_end(calls: usize) -> usize {
 /// `--instructions KIND CALLS CACHE_DIR`: one kind of call, `CALLS` times
 /// one after the other between [`instructions_begin`] and
 /// [`instructions_end`], for `scripts/bench --instructions` to run under
-/// valgrind's callgrind. `KIND` is `raw` (raw wasmtime), `read` (the
+/// valgrind's callgrind. `KIND` is `raw` (raw wasmtime), `limited` (raw
+/// wasmtime under the sandbox's limits, [`Raw::limited`]), `read` (the
 /// pipeline, audit batched) or `write` (the pipeline, audit flushed).
 /// `CACHE_DIR` keeps the host's compiled code from one run to the next. On
 /// one thread (a current-thread runtime), so the count repeats.
 fn instructions(args: &[String]) {
     let [kind, calls, cache] = args else {
-        panic!("usage: pipeline --instructions raw|read|write CALLS CACHE_DIR");
+        panic!("usage: pipeline --instructions raw|limited|read|write CALLS CACHE_DIR");
     };
     let calls: usize = calls.parse().expect("CALLS: a number");
     let cache = Path::new(cache);
@@ -540,8 +606,12 @@ fn instructions(args: &[String]) {
         let work = tempfile::tempdir().unwrap();
         let warm_up = 20;
         match kind.as_str() {
-            "raw" => {
-                let raw = Raw::new(&misbehave);
+            "raw" | "limited" => {
+                let raw = if kind == "raw" {
+                    Raw::new(&misbehave)
+                } else {
+                    Raw::limited(&misbehave)
+                };
                 for _ in 0..warm_up {
                     assert_eq!(raw.call().await, ARGS);
                 }
@@ -550,10 +620,7 @@ fn instructions(args: &[String]) {
                     drop(raw.call().await);
                 }
                 instructions_end(calls);
-                println!(
-                    "Raw wasmtime instance allocation: {}.",
-                    if raw.pooled { "pooled" } else { "on demand" }
-                );
+                println!("Raw wasmtime instance allocation: {}.", raw.describe());
             }
             "read" | "write" => {
                 let plugins = work.path().join("plugins");
@@ -587,7 +654,7 @@ fn instructions(args: &[String]) {
                 );
                 host.audit().close().unwrap();
             }
-            other => panic!("unknown kind {other:?}: raw, read or write"),
+            other => panic!("unknown kind {other:?}: raw, limited, read or write"),
         }
     });
 }
@@ -601,11 +668,13 @@ async fn run(effort: Effort) {
     let cache = work.path().join("cache");
     let data = work.path().join("data");
 
-    // `-- --profile SECONDS [CALLERS] [--no-zero-stacks | --raw]`: only
-    // call `bench/echo` in a loop (CALLERS tasks, 1 by default), for a
-    // profiler (`perf record -g -- target/release/deps/pipeline-… --bench
-    // --profile 10 2`) or `/usr/bin/time`; `--no-zero-stacks` on a host
-    // with `zero_stacks = false`, `--raw` the raw wasmtime baseline.
+    // `-- --profile SECONDS [CALLERS] [--no-zero-stacks | --raw |
+    // --limited]`: only call `bench/echo` in a loop (CALLERS tasks, 1 by
+    // default), for a profiler (`perf record -g --
+    // target/release/deps/pipeline-… --bench --profile 10 2`) or
+    // `/usr/bin/time`; `--no-zero-stacks` on a host with `zero_stacks =
+    // false`, `--raw` the raw wasmtime baseline, `--limited` the same under
+    // the sandbox's limits.
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--profile") {
         let seconds: u64 = args
@@ -621,8 +690,15 @@ async fn run(effort: Effort) {
             });
         let zero_stacks = !args.iter().any(|a| a == "--no-zero-stacks");
         type Call = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
-        let call: Call = if args.iter().any(|a| a == "--raw") {
-            let raw = Arc::new(Raw::new(&misbehave));
+        let raw = if args.iter().any(|a| a == "--raw") {
+            Some(Raw::new(&misbehave))
+        } else if args.iter().any(|a| a == "--limited") {
+            Some(Raw::limited(&misbehave))
+        } else {
+            None
+        };
+        let call: Call = if let Some(raw) = raw {
+            let raw = Arc::new(raw);
             Arc::new(move || {
                 let raw = Arc::clone(&raw);
                 Box::pin(async move {
@@ -652,6 +728,7 @@ async fn run(effort: Effort) {
                         let start = Instant::now();
                         call().await;
                         took.push(start.elapsed());
+                        tokio::task::yield_now().await;
                     }
                     took
                 })
@@ -697,14 +774,21 @@ async fn run(effort: Effort) {
         .output;
     assert_eq!(output.to_string(), ARGS);
 
-    let (raw_latency, batched) = interleaved(
+    let limited = Raw::limited(&misbehave);
+    assert_eq!(limited.call().await, ARGS);
+    let [raw_latency, limited_latency, batched] = interleaved_all(
         effort.calls,
-        || async { drop(raw.call().await) },
-        || async {
-            host.call(CallRequest::new("bench/echo", ARGS))
-                .await
-                .unwrap();
-        },
+        [
+            &mut || Box::pin(async { drop(raw.call().await) }),
+            &mut || Box::pin(async { drop(limited.call().await) }),
+            &mut || {
+                Box::pin(async {
+                    host.call(CallRequest::new("bench/echo", ARGS))
+                        .await
+                        .unwrap();
+                })
+            },
+        ],
     )
     .await;
     let flushed = sequential(effort.calls.min(1000), || async {
@@ -728,11 +812,15 @@ async fn run(effort: Effort) {
         );
     };
     row(
-        &format!(
-            "raw wasmtime: instantiate + call ({})",
-            if raw.pooled { "pooled" } else { "on demand" }
-        ),
+        &format!("raw wasmtime: instantiate + call ({})", raw.describe()),
         &raw_latency,
+    );
+    row(
+        &format!(
+            "raw wasmtime under the sandbox's limits ({})",
+            limited.describe()
+        ),
+        &limited_latency,
     );
     row("Airlock pipeline, audit batched (`read`)", &batched);
     row(
@@ -740,9 +828,11 @@ async fn run(effort: Effort) {
         &flushed,
     );
     println!(
-        "\nPipeline (batched) / raw wasmtime: **{:.2}×** (mean), {:.2}× (p50). Instance allocation: {}.\n",
+        "\nPipeline (batched) / raw wasmtime: **{:.2}×** (mean), {:.2}× (p50). Pipeline / raw wasmtime under the same limits (what the pipeline adds to the sandbox): {:.2}× (mean), {:.2}× (p50). Instance allocation: {}.\n",
         batched.mean.as_secs_f64() / raw_latency.mean.as_secs_f64(),
         batched.p50.as_secs_f64() / raw_latency.p50.as_secs_f64(),
+        batched.mean.as_secs_f64() / limited_latency.mean.as_secs_f64(),
+        batched.p50.as_secs_f64() / limited_latency.p50.as_secs_f64(),
         host.instance_allocation()
     );
 
@@ -786,6 +876,49 @@ async fn run(effort: Effort) {
             us(rl.p99)
         );
     }
+
+    // ------------------------------------------------ the same sandbox
+    // The pipeline next to raw wasmtime under the same limits, in turn:
+    // what the pipeline's own steps cost under concurrency, the sandbox
+    // set apart.
+    println!("### Throughput against raw wasmtime under the same limits (audit batched)\n");
+    println!(
+        "| concurrent callers | Airlock calls/s | p99 | raw wasmtime under the limits calls/s | p99 | Airlock ÷ it |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    let limited = Arc::new(limited);
+    for callers in [2, 8, 64] {
+        let (h, r) = (Arc::clone(&host), Arc::clone(&limited));
+        let ((rate, l), (limited_rate, ll)) = throughput_pair(
+            callers,
+            effort.throughput_for,
+            Side {
+                settle: Some(Arc::clone(&h)),
+                call: move || {
+                    let h = Arc::clone(&h);
+                    async move {
+                        h.call(CallRequest::new("bench/echo", ARGS)).await.unwrap();
+                    }
+                },
+            },
+            Side {
+                settle: None,
+                call: move || {
+                    let r = Arc::clone(&r);
+                    async move { drop(r.call().await) }
+                },
+            },
+        )
+        .await;
+        println!(
+            "| {callers} | {rate:.0} | {} | {limited_rate:.0} | {} | {:.2}× |",
+            us(l.p99),
+            us(ll.p99),
+            rate / limited_rate
+        );
+    }
+    println!();
+    drop(limited);
 
     // ------------------------------------------------ stack zeroing
     // The same calls on a host whose pooled stacks are not zeroed between
