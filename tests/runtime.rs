@@ -830,3 +830,43 @@ async fn plugin_diff_finds_every_widening_of_the_effective_grant() {
     let diff = airlock_host::PluginDiff::between(&old, &old);
     assert!(diff.is_empty() && !diff.widens(), "{diff}");
 }
+
+/// A task calling in a loop, every call finishing at its first poll (here
+/// refusals: no guest runs, so no epoch tick can make one wait), still
+/// lets the other tasks on its thread run: each call counts against the
+/// caller's cooperative budget, exhausted within 128 calls. (A call runs
+/// exempt from the budget, so a yield never happens in the middle of one
+/// while it holds a pool slot.)
+#[test]
+fn a_task_calling_in_a_loop_does_not_hold_its_thread() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let (host, _cache) = examples().await;
+        let other_ran = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&other_ran);
+        let other = tokio::spawn(async move {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        let mut calls = 0;
+        while !other_ran.load(std::sync::atomic::Ordering::SeqCst) && calls < 300 {
+            let refused = host
+                .call(CallRequest::new("text/no-such-tool", "{}"))
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(refused, CallError::UnknownTool { .. }),
+                "{refused:?}"
+            );
+            calls += 1;
+        }
+        assert!(
+            other_ran.load(std::sync::atomic::Ordering::SeqCst),
+            "the other task never ran during {calls} calls"
+        );
+        assert!(calls <= 129, "the other task waited {calls} calls");
+        other.await.unwrap();
+    });
+}

@@ -699,6 +699,13 @@ impl Host {
             // tick (10 ms).
             let result =
                 tokio::task::coop::unconstrained(self.pipeline().call(&request, call_id)).await;
+            // The attempt, done, counts against the caller's budget: a
+            // task calling in a loop, its calls finishing at their first
+            // poll (a refusal, a quick guest), gives up its worker every
+            // so often instead of holding it — and every task behind it,
+            // a guest that yielded at an epoch tick among them. Nothing
+            // is held here (no pool slot, no key).
+            tokio::task::coop::consume_budget().await;
             // Alert rules: each finished call, reported once, from here.
             if self.alerts.enabled() {
                 let actions = self
