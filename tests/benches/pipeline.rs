@@ -469,12 +469,36 @@ where
 /// Slices a throughput comparison takes turns in.
 const SLICES: u32 = 6;
 
-/// One side of [`throughput_pair`]: the call, and what brings the side
-/// to rest after a slice (a host's audit log written out and flushed; its
-/// time counts as the side's, since its calls left that work behind).
-struct Side<F> {
-    call: F,
-    settle: Option<Arc<Host>>,
+/// One side of [`throughput_pair`]: who is called (`bench/echo`, the same
+/// tool on either side).
+#[derive(Clone)]
+enum Side {
+    /// The pipeline of a host, brought to rest after each slice (its audit
+    /// log written out and flushed; its time counts as the side's, since
+    /// its calls left that work behind).
+    Host(Arc<Host>),
+    /// Raw wasmtime (unlimited or under the limits).
+    Raw(Arc<Raw>),
+}
+
+impl Side {
+    async fn call(&self) {
+        match self {
+            Side::Host(host) => {
+                host.call(CallRequest::new("bench/echo", ARGS))
+                    .await
+                    .unwrap();
+            }
+            Side::Raw(raw) => drop(raw.call().await),
+        }
+    }
+
+    fn settle(&self) -> Option<&Arc<Host>> {
+        match self {
+            Side::Host(host) => Some(host),
+            Side::Raw(_) => None,
+        }
+    }
 }
 
 /// The throughput of `a` and of `b`, `period` each, in alternating slices
@@ -483,18 +507,12 @@ struct Side<F> {
 /// better than that of two runs one after the other. After each slice a
 /// host side is settled (its audit log's queue written and flushed) within
 /// its own time, so its writer thread does not run in the other side's.
-async fn throughput_pair<A, AF, B, BF>(
+async fn throughput_pair(
     callers: usize,
     period: Duration,
-    a: Side<A>,
-    b: Side<B>,
-) -> ((f64, Latency), (f64, Latency))
-where
-    A: Fn() -> AF + Send + Sync + 'static,
-    AF: Future<Output = ()> + Send,
-    B: Fn() -> BF + Send + Sync + 'static,
-    BF: Future<Output = ()> + Send,
-{
+    a: Side,
+    b: Side,
+) -> ((f64, Latency), (f64, Latency)) {
     async fn slice<F, Fut>(
         callers: usize,
         period: Duration,
@@ -518,7 +536,14 @@ where
             *time += started.elapsed();
         }
     }
-    let (a_call, b_call) = (Arc::new(a.call), Arc::new(b.call));
+    let caller = |side: &Side| {
+        let side = side.clone();
+        Arc::new(move || {
+            let side = side.clone();
+            async move { side.call().await }
+        })
+    };
+    let (a_call, b_call) = (caller(&a), caller(&b));
     let part = period / SLICES;
     let (mut a_samples, mut a_time) = (Vec::new(), Duration::ZERO);
     let (mut b_samples, mut b_time) = (Vec::new(), Duration::ZERO);
@@ -527,7 +552,7 @@ where
             callers,
             part,
             &a_call,
-            a.settle.as_ref(),
+            a.settle(),
             &mut a_samples,
             &mut a_time,
         )
@@ -536,7 +561,7 @@ where
             callers,
             part,
             &b_call,
-            b.settle.as_ref(),
+            b.settle(),
             &mut b_samples,
             &mut b_time,
         )
@@ -846,26 +871,11 @@ async fn run(effort: Effort) {
     );
     println!("|---:|---:|---:|---:|---:|---:|---:|");
     for callers in CONCURRENCY {
-        let (h, r) = (Arc::clone(&host), Arc::clone(&raw));
         let ((rate, l), (raw_rate, rl)) = throughput_pair(
             callers,
             effort.throughput_for,
-            Side {
-                settle: Some(Arc::clone(&h)),
-                call: move || {
-                    let h = Arc::clone(&h);
-                    async move {
-                        h.call(CallRequest::new("bench/echo", ARGS)).await.unwrap();
-                    }
-                },
-            },
-            Side {
-                settle: None,
-                call: move || {
-                    let r = Arc::clone(&r);
-                    async move { drop(r.call().await) }
-                },
-            },
+            Side::Host(Arc::clone(&host)),
+            Side::Raw(Arc::clone(&raw)),
         )
         .await;
         println!(
@@ -888,26 +898,11 @@ async fn run(effort: Effort) {
     println!("|---:|---:|---:|---:|---:|---:|");
     let limited = Arc::new(limited);
     for callers in [2, 8, 64] {
-        let (h, r) = (Arc::clone(&host), Arc::clone(&limited));
         let ((rate, l), (limited_rate, ll)) = throughput_pair(
             callers,
             effort.throughput_for,
-            Side {
-                settle: Some(Arc::clone(&h)),
-                call: move || {
-                    let h = Arc::clone(&h);
-                    async move {
-                        h.call(CallRequest::new("bench/echo", ARGS)).await.unwrap();
-                    }
-                },
-            },
-            Side {
-                settle: None,
-                call: move || {
-                    let r = Arc::clone(&r);
-                    async move { drop(r.call().await) }
-                },
-            },
+            Side::Host(Arc::clone(&host)),
+            Side::Raw(Arc::clone(&limited)),
         )
         .await;
         println!(
@@ -938,28 +933,11 @@ async fn run(effort: Effort) {
     );
     println!("|---:|---:|---:|---:|---:|---:|");
     for callers in [2, 8] {
-        let (h, u) = (Arc::clone(&host), Arc::clone(&unzeroed));
         let ((zeroed, zl), (not, nl)) = throughput_pair(
             callers,
             effort.throughput_for,
-            Side {
-                settle: Some(Arc::clone(&h)),
-                call: move || {
-                    let h = Arc::clone(&h);
-                    async move {
-                        h.call(CallRequest::new("bench/echo", ARGS)).await.unwrap();
-                    }
-                },
-            },
-            Side {
-                settle: Some(Arc::clone(&u)),
-                call: move || {
-                    let u = Arc::clone(&u);
-                    async move {
-                        u.call(CallRequest::new("bench/echo", ARGS)).await.unwrap();
-                    }
-                },
-            },
+            Side::Host(Arc::clone(&host)),
+            Side::Host(Arc::clone(&unzeroed)),
         )
         .await;
         let r = Arc::clone(&raw);
