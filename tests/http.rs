@@ -395,6 +395,43 @@ async fn http_requests_per_call_are_capped_and_the_refusal_is_in_the_call_log() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_refusals_in_a_loop_keep_a_bounded_number_of_short_notes() {
+    // A guest looping on refused requests with long paths: the host keeps
+    // 32 notes of a bounded size and one line saying the rest were dropped,
+    // not one note (and one operator log line) per refusal.
+    let server = TestServer::start().await;
+    let dir = client(&[&server.origin()]);
+    let host = load(&dir, loopback_allowed()).await.unwrap();
+    let path = format!("/{}", "a".repeat(5_000));
+    let response = call(
+        &host,
+        "client/request",
+        json!({"scheme": "http", "authority": "example.invalid", "path": path, "times": 200}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.output["outcomes"].as_array().unwrap().len(), 200);
+    let notes: Vec<&str> = response
+        .logs
+        .iter()
+        .map(|l| l.message.as_str())
+        .filter(|m| m.starts_with("host: http"))
+        .collect();
+    assert_eq!(notes.len(), 33, "{notes:?}");
+    assert!(
+        notes[..32]
+            .iter()
+            .all(|n| n.contains("…[truncated]: refused: ") && n.len() < 512),
+        "{notes:?}"
+    );
+    assert_eq!(
+        notes[32],
+        "host: http: more than 32 notes in this call; the rest are dropped"
+    );
+    assert_eq!(server.connections(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_raw_requests_outside_the_grant_are_refused_with_their_code() {
     let server = TestServer::start().await;
     let dir = client(&[&server.origin()]);

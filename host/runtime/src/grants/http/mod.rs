@@ -229,15 +229,38 @@ impl HttpHooks {
     }
 }
 
+/// Notes kept (and logged to the operator) per call: a guest looping on
+/// refused requests gets this many, then one line saying the rest were
+/// dropped, so neither the host's memory nor its log grows with it.
+const MAX_NOTES: usize = 32;
+
+/// Bytes of a request's target quoted in a note (its path is the guest's).
+const MAX_TARGET_BYTES: usize = 256;
+
 /// A refusal or failure worth telling the operator about: logged now, and
-/// kept for the call's log.
+/// kept for the call's log, up to [`MAX_NOTES`] a call.
 fn note(notes: &Mutex<Vec<String>>, target: &str, message: String) {
-    tracing::warn!(target: "airlock::http", request = %target, "{message}");
-    let line = format!("host: http {target}: {message}");
-    match notes.lock() {
-        Ok(mut notes) => notes.push(line),
-        Err(poisoned) => poisoned.into_inner().push(line),
+    let mut notes = match notes.lock() {
+        Ok(notes) => notes,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    match notes.len().cmp(&MAX_NOTES) {
+        std::cmp::Ordering::Less => {}
+        std::cmp::Ordering::Equal => {
+            tracing::warn!(
+                target: "airlock::http",
+                "more than {MAX_NOTES} http notes in one call; the rest are dropped"
+            );
+            notes.push(format!(
+                "host: http: more than {MAX_NOTES} notes in this call; the rest are dropped"
+            ));
+            return;
+        }
+        std::cmp::Ordering::Greater => return,
     }
+    let target = airlock_audit::text::bounded(target, MAX_TARGET_BYTES);
+    tracing::warn!(target: "airlock::http", request = %target, "{message}");
+    notes.push(format!("host: http {target}: {message}"));
 }
 
 type SendFuture = Box<
