@@ -495,6 +495,27 @@ fn inspect_flags_over_privilege_as_warnings() {
 }
 
 #[test]
+fn inspect_refuses_a_component_that_is_not_a_regular_file() {
+    // `inspect` is run on plugins not yet trusted: a component that is a
+    // device or a FIFO is refused as the loader refuses it, not read until
+    // memory runs out or forever.
+    let json_wasm = read(&format!("{PLUGINS_DIR}/json/json.wasm"));
+    let tools = "[[tools]]\nname = \"query\"\nrisk = \"read\"\n";
+    let root = plugins_root("json", &json_wasm, tools);
+    let component = root.path().join("json").join("component.wasm");
+    std::fs::remove_file(&component).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &component).unwrap();
+    let out = Env::new()
+        .cmd(root.path())
+        .args(["inspect", "json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("not a regular file"), "{stderr}");
+}
+
+#[test]
 fn inspect_reports_imports_that_are_not_granted_and_exits_non_zero() {
     let tools = "[[tools]]\nname = \"env\"\n";
     let root = plugins_root("probe", &read(PROBE), tools);

@@ -134,12 +134,10 @@ impl Host {
         let manifest = Manifest::parse(&manifest_text, &manifest_path)?;
         let manifest_digest = hex::encode(Sha256::digest(manifest_text.as_bytes()));
         let component_path = manifest.component_path(dir);
-        let bytes = std::fs::read(&component_path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => crate::LoadError::ComponentMissing {
-                path: component_path.clone(),
-            },
-            _ => crate::LoadError::io(&component_path, e),
-        })?;
+        // The loader's own read: a regular file within the size limit, so a
+        // hostile plugin directory (a FIFO, /dev/zero, a huge file) is refused
+        // here too instead of hanging or exhausting memory.
+        let bytes = crate::plugin::read_component(&component_path)?;
         let mut findings = Vec::new();
         let digest = hex::encode(Sha256::digest(&bytes));
         if digest != manifest.plugin.sha256 {
