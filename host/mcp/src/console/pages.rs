@@ -213,8 +213,11 @@ pub(crate) fn approvals(
     page: usize,
     now_ms: u64,
 ) -> Markup {
-    let shown: Vec<&Approval> = list.iter().skip(page * PAGE_SIZE).take(PAGE_SIZE).collect();
-    let more = list.len() > (page + 1) * PAGE_SIZE;
+    // `page` comes from the query string: saturating, so a huge one is an
+    // empty page, not an overflow.
+    let skip = page.saturating_mul(PAGE_SIZE);
+    let shown: Vec<&Approval> = list.iter().skip(skip).take(PAGE_SIZE).collect();
+    let more = list.len() > skip.saturating_add(PAGE_SIZE);
     layout(
         "approvals",
         Some(who),

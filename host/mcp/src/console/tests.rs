@@ -533,6 +533,36 @@ async fn hostile_arguments_reasons_and_principals_are_shown_as_text() {
 }
 
 #[tokio::test]
+async fn a_page_number_past_the_end_is_an_empty_page_not_a_crash() {
+    let f = fixture().await;
+    let (cookie, _) = f.login(ALICE).await;
+    for page in ["1000", &usize::MAX.to_string()] {
+        let answer = f
+            .get(
+                &format!("/console/approvals?state=all&page={page}"),
+                &cookie,
+            )
+            .await;
+        assert_eq!(
+            answer.status,
+            StatusCode::OK,
+            "page {page}: {}",
+            answer.body
+        );
+        assert!(
+            answer.body.contains("← newer"),
+            "page {page}: {}",
+            answer.body
+        );
+        assert!(
+            !answer.body.contains("older →"),
+            "page {page}: {}",
+            answer.body
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_session_ends_at_logout_and_its_cookie_is_cleared() {
     let f = fixture().await;
     let (cookie, csrf) = f.login(ALICE).await;
