@@ -160,8 +160,8 @@ pub struct Tool {
     retry: Option<crate::manifest::RetryPolicy>,
     input_schema: Value,
     output_schema: Option<Value>,
-    pub(crate) input_validator: jsonschema::Validator,
-    pub(crate) output_validator: Option<jsonschema::Validator>,
+    pub(crate) input_validator: schema::GuestSchema,
+    pub(crate) output_validator: Option<schema::GuestSchema>,
 }
 
 #[cfg(feature = "fuzzing")]

@@ -37,6 +37,108 @@ pub(crate) fn violations(
     out
 }
 
+/// Most a guest schema may apply to one value: the sum, over every
+/// subschema that can reach the same place of a document (through `allOf`,
+/// `anyOf`, `$ref`, ...), of its weight (one, plus its `enum` and `required`
+/// entries). Real tool schemas stay in the tens.
+pub(crate) const MAX_SCHEMA_WIDTH: u64 = 65_536;
+
+/// Deepest a guest schema may reach into a document, `$ref`s followed.
+const MAX_SCHEMA_DEPTH: usize = 256;
+
+/// Most subschemas a walk of a guest schema may be inside of at once,
+/// `$ref`s followed (a chain of `$ref`s nests without going deeper into
+/// the document).
+const MAX_SCHEMA_NESTING: usize = 1024;
+
+/// Most validation steps one document may cost: the document's values at
+/// each depth times the schema's width there, summed. Measured on the
+/// widest schema a guest can declare, a step costs about 60 ns
+/// (`docs/security.md`): a document that could cost more is refused
+/// unvalidated, so validation, which runs on the host outside fuel and
+/// deadline, stays under about a second.
+pub(crate) const MAX_VALIDATION_STEPS: u64 = 16_000_000;
+
+/// Most steps for which every violation is listed; past it only the first
+/// is (listing costs some thirty times a plain check, per failing branch).
+const MAX_LISTING_STEPS: u64 = 250_000;
+
+/// A guest's schema, compiled, with what validating against it can cost.
+pub(crate) struct GuestSchema {
+    validator: jsonschema::Validator,
+    /// At each depth of a document, the most steps one value there costs.
+    width: Vec<u64>,
+}
+
+impl std::fmt::Debug for GuestSchema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestSchema")
+            .field("width", &self.width)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GuestSchema {
+    /// Every place where `instance` fails the schema, as [`violations`] —
+    /// or, when validating `instance` could cost more than
+    /// [`MAX_VALIDATION_STEPS`], one violation saying so: the document is
+    /// refused unvalidated (fail closed).
+    pub(crate) fn violations(&self, instance: &Value) -> Vec<SchemaViolation> {
+        let steps = self.steps(instance);
+        if steps > MAX_VALIDATION_STEPS {
+            return vec![SchemaViolation {
+                path: String::new(),
+                message: format!(
+                    "not validated: checking a document this large against this schema could \
+                     take {steps} steps, more than the host's limit of {MAX_VALIDATION_STEPS}"
+                ),
+            }];
+        }
+        if self.validator.is_valid(instance) {
+            return Vec::new();
+        }
+        if steps <= MAX_LISTING_STEPS {
+            return violations(&self.validator, instance);
+        }
+        // Listing every violation is eager in `jsonschema` and builds an
+        // error per failing branch: name the first one only.
+        let mut out = Vec::new();
+        if let Err(error) = self.validator.validate(instance) {
+            out.push(SchemaViolation {
+                path: error.instance_path().to_string(),
+                message: error.to_string(),
+            });
+        }
+        out.push(SchemaViolation {
+            path: String::new(),
+            message: "further violations were not looked for: the document is too large \
+                      to list them all"
+                .to_owned(),
+        });
+        out
+    }
+
+    /// The most validation steps `instance` can cost: its values at each
+    /// depth times the schema's width there. Deeper values than the
+    /// schema reaches are not visited by validation.
+    fn steps(&self, instance: &Value) -> u64 {
+        let mut steps = 0u64;
+        let mut stack = vec![(instance, 0usize)];
+        while let Some((value, depth)) = stack.pop() {
+            let Some(&width) = self.width.get(depth) else {
+                continue;
+            };
+            steps = steps.saturating_add(width);
+            match value {
+                Value::Array(items) => stack.extend(items.iter().map(|v| (v, depth + 1))),
+                Value::Object(map) => stack.extend(map.values().map(|v| (v, depth + 1))),
+                _ => {}
+            }
+        }
+        steps
+    }
+}
+
 /// Compile a schema supplied by a guest.
 ///
 /// # Security
@@ -48,10 +150,17 @@ pub(crate) fn violations(
 /// deadline, and a backtracking pattern (`^(a|a)*(?=b)$`) cost about a
 /// million steps for each string it was tried on. Lookaround and
 /// backreferences are therefore refused when the plugin loads.
+///
+/// For the same reason the work a schema can make the host do is bounded
+/// (see [`schema_width`]): `$ref`s may only point inside the schema and
+/// never back into what contains them (a recursive `$ref` under `anyOf`
+/// made validation exponential in the document's nesting), the schema may
+/// apply at most [`MAX_SCHEMA_WIDTH`] to one value, and each document is
+/// checked against [`MAX_VALIDATION_STEPS`] before it is validated.
 pub(crate) fn compile_guest_schema(
     text: &str,
     require_object: bool,
-) -> Result<(Value, jsonschema::Validator), String> {
+) -> Result<(Value, GuestSchema), String> {
     if text.len() > MAX_SCHEMA_BYTES {
         return Err(format!(
             "schema is {} bytes, more than the limit of {MAX_SCHEMA_BYTES}",
@@ -66,11 +175,228 @@ pub(crate) fn compile_guest_schema(
     if require_object && schema.get("type").and_then(Value::as_str) != Some("object") {
         return Err("input schema must have `\"type\": \"object\"` at its root".to_owned());
     }
+    let width = schema_width(&schema)?;
+    if let Some(widest) = width.iter().copied().max()
+        && widest > MAX_SCHEMA_WIDTH
+    {
+        return Err(format!(
+            "schema applies subschemas of weight {widest} to one value (through `allOf`, \
+             `anyOf`, `oneOf`, `$ref`, `enum`, `required`...), more than the limit of \
+             {MAX_SCHEMA_WIDTH}"
+        ));
+    }
     let validator = jsonschema::options()
         .with_pattern_options(jsonschema::PatternOptions::regex())
         .build(&schema)
         .map_err(|e| format!("schema does not compile: {e}"))?;
-    Ok((schema, validator))
+    Ok((schema, GuestSchema { validator, width }))
+}
+
+/// At each depth of a document, the most validation steps one value there
+/// can cost under `schema`: every subschema that can apply to it, `$ref`s
+/// followed, weighted by one plus its `enum` and `required` entries.
+///
+/// Refuses what would make that unbounded or unknowable: a `$ref` that is
+/// not a JSON pointer into this schema (`#` or `#/...`), one that leads
+/// back into a schema containing it, `$dynamicRef` and `$recursiveRef`,
+/// and an `$id` below the root (which would change what a `$ref` means).
+pub(crate) fn schema_width(schema: &Value) -> Result<Vec<u64>, String> {
+    let draft4 = schema
+        .get("$schema")
+        .and_then(Value::as_str)
+        .is_some_and(|s| s.contains("draft-04"));
+    let mut walk = Width {
+        root: schema,
+        draft4,
+        done: std::collections::HashMap::new(),
+        open: std::collections::HashSet::new(),
+    };
+    let width = walk.of(schema, true)?;
+    Ok(width.as_ref().clone())
+}
+
+struct Width<'a> {
+    root: &'a Value,
+    draft4: bool,
+    /// Width of each subschema already walked, by address.
+    done: std::collections::HashMap<usize, std::rc::Rc<Vec<u64>>>,
+    /// Subschemas being walked: reaching one again is a cycle.
+    open: std::collections::HashSet<usize>,
+}
+
+/// Keywords whose subschemas apply to the value itself.
+const IN_PLACE: &[&str] = &["allOf", "anyOf", "oneOf", "not", "if", "then", "else"];
+/// Keywords whose subschemas apply to the value's members or items.
+const INSIDE: &[&str] = &[
+    "additionalProperties",
+    "propertyNames",
+    "items",
+    "prefixItems",
+    "additionalItems",
+    "contains",
+    "unevaluatedItems",
+    "unevaluatedProperties",
+    "contentSchema",
+];
+/// Keywords holding a map of subschemas for the value's members.
+const INSIDE_MAPS: &[&str] = &["properties", "patternProperties"];
+/// Keywords holding a map of subschemas for the value itself.
+const IN_PLACE_MAPS: &[&str] = &["dependentSchemas", "dependencies"];
+
+impl<'a> Width<'a> {
+    fn of(&mut self, node: &'a Value, root: bool) -> Result<std::rc::Rc<Vec<u64>>, String> {
+        let key = std::ptr::from_ref(node) as usize;
+        if let Some(done) = self.done.get(&key) {
+            return Ok(done.clone());
+        }
+        if self.open.len() >= MAX_SCHEMA_NESTING {
+            return Err(format!(
+                "schema nests subschemas and `$ref`s more than {MAX_SCHEMA_NESTING} deep"
+            ));
+        }
+        if !self.open.insert(key) {
+            return Err(
+                "a `$ref` leads back into a schema that contains it: recursive schemas are \
+                 refused, as validating them can cost the host time exponential in the \
+                 document's nesting"
+                    .to_owned(),
+            );
+        }
+        let mut width = vec![1u64];
+        if let Value::Object(map) = node {
+            let entries = |k: &str| {
+                map.get(k)
+                    .and_then(Value::as_array)
+                    .map_or(0u64, |a| a.len() as u64)
+            };
+            width[0] = 1 + entries("enum") + entries("required");
+            for (keyword, value) in map {
+                let keyword = keyword.as_str();
+                let mut in_place: Vec<&'a Value> = Vec::new();
+                let mut inside: Vec<&'a Value> = Vec::new();
+                match keyword {
+                    "$ref" => {
+                        if let Some(target) = value.as_str() {
+                            in_place.push(self.resolve(target)?);
+                        }
+                    }
+                    "$dynamicRef" | "$recursiveRef" => {
+                        return Err(format!(
+                            "`{keyword}` is not supported in a plugin's schema; use `$ref` \
+                             to a `#/...` pointer"
+                        ));
+                    }
+                    "$id" if !root && value.is_string() => {
+                        return Err(
+                            "`$id` below a schema's root is not supported in a plugin's schema"
+                                .to_owned(),
+                        );
+                    }
+                    "id" if self.draft4 && !root && value.is_string() => {
+                        return Err(
+                            "`id` below a schema's root is not supported in a plugin's schema"
+                                .to_owned(),
+                        );
+                    }
+                    k if IN_PLACE.contains(&k) => schemas_in(value, &mut in_place),
+                    k if INSIDE.contains(&k) => schemas_in(value, &mut inside),
+                    k if INSIDE_MAPS.contains(&k) => {
+                        if let Some(m) = value.as_object() {
+                            inside.extend(m.values());
+                        }
+                    }
+                    k if IN_PLACE_MAPS.contains(&k) => {
+                        if let Some(m) = value.as_object() {
+                            in_place.extend(m.values().filter(|v| v.is_object() || v.is_boolean()));
+                        }
+                    }
+                    _ => {}
+                }
+                for child in in_place {
+                    let w = self.of(child, false)?;
+                    add(&mut width, &w, 0)?;
+                }
+                for child in inside {
+                    let w = self.of(child, false)?;
+                    add(&mut width, &w, 1)?;
+                }
+            }
+        }
+        self.open.remove(&key);
+        let width = std::rc::Rc::new(width);
+        self.done.insert(key, width.clone());
+        Ok(width)
+    }
+
+    fn resolve(&self, target: &str) -> Result<&'a Value, String> {
+        let pointer = match target.strip_prefix('#') {
+            Some(p) if p.is_empty() || p.starts_with('/') => p,
+            _ => {
+                return Err(format!(
+                    "`$ref` {target:?}: a plugin's schema may only refer inside itself, with \
+                     `#` or a `#/...` JSON pointer"
+                ));
+            }
+        };
+        if pointer.contains('%') {
+            return Err(format!(
+                "`$ref` {target:?}: percent-encoded pointers are not supported in a plugin's schema"
+            ));
+        }
+        // Walk the pointer a token at a time: a `$ref` is resolved against
+        // the nearest `$id` above it, so a target under a nested `$id` would
+        // mean something else to the validator than to this walk.
+        let mut node = self.root;
+        for token in pointer.split('/').skip(1) {
+            let token = token.replace("~1", "/").replace("~0", "~");
+            let next = match node {
+                Value::Object(map) => map.get(&token),
+                Value::Array(items) => token.parse::<usize>().ok().and_then(|i| items.get(i)),
+                _ => None,
+            };
+            node =
+                next.ok_or_else(|| format!("`$ref` {target:?} points at nothing in the schema"))?;
+            if self.declares_id(node) {
+                return Err(format!(
+                    "`$ref` {target:?} leads under an `$id` below the schema's root, which is \
+                     not supported in a plugin's schema"
+                ));
+            }
+        }
+        Ok(node)
+    }
+
+    /// Whether `node` declares an identifier that changes what `$ref`s
+    /// below it mean.
+    fn declares_id(&self, node: &Value) -> bool {
+        node.get("$id").is_some_and(Value::is_string)
+            || (self.draft4 && node.get("id").is_some_and(Value::is_string))
+    }
+}
+
+/// The subschemas of a keyword's value: itself, or each item of an array.
+fn schemas_in<'a>(value: &'a Value, out: &mut Vec<&'a Value>) {
+    match value {
+        Value::Array(items) => out.extend(items.iter()),
+        other => out.push(other),
+    }
+}
+
+/// Add `child`'s width into `width`, `shift` levels deeper.
+fn add(width: &mut Vec<u64>, child: &[u64], shift: usize) -> Result<(), String> {
+    let needed = child.len() + shift;
+    if needed > MAX_SCHEMA_DEPTH {
+        return Err(format!(
+            "schema reaches more than {MAX_SCHEMA_DEPTH} levels into a document (through `$ref`s)"
+        ));
+    }
+    if width.len() < needed {
+        width.resize(needed, 0);
+    }
+    for (i, w) in child.iter().enumerate() {
+        width[i + shift] = width[i + shift].saturating_add(*w);
+    }
+    Ok(())
 }
 
 /// The JSON type name of `value`, for error messages.
@@ -140,7 +466,7 @@ mod tests {
             .map(|i| format!("{}!{i}", "a".repeat(40)))
             .collect();
         let started = std::time::Instant::now();
-        let found = violations(&validator, &serde_json::json!({ "a": items }));
+        let found = validator.violations(&serde_json::json!({ "a": items }));
         assert_eq!(found.len(), 65, "64 shown and a summary");
         assert!(
             started.elapsed() < std::time::Duration::from_secs(10),
@@ -156,7 +482,7 @@ mod tests {
             true,
         )
         .unwrap_err();
-        assert!(err.contains("compile"), "{err}");
+        assert!(err.contains("refer inside itself"), "{err}");
     }
 
     #[test]
@@ -166,11 +492,149 @@ mod tests {
             true,
         )
         .unwrap();
-        let found = violations(&v, &serde_json::json!({"a": "x", "b": 1}));
+        let found = v.violations(&serde_json::json!({"a": "x", "b": 1}));
         let paths: Vec<_> = found.iter().map(|v| v.path.as_str()).collect();
         assert!(
             paths.contains(&"/a") && paths.contains(&"/b") && paths.contains(&""),
             "{found:?}"
         );
+    }
+
+    /// A `$ref` back into what contains it, under `anyOf`, made validation
+    /// exponential in the document's nesting: refused when the plugin loads.
+    #[test]
+    fn recursive_schemas_are_refused() {
+        let schema = r##"{"type":"object","properties":{"t":{"$ref":"#/$defs/node"}},
+            "$defs":{"node":{"anyOf":[{"type":"integer"},
+                {"type":"array","items":{"$ref":"#/$defs/node"}},
+                {"type":"array","items":{"$ref":"#/$defs/node"}}]}}}"##;
+        let err = compile_guest_schema(schema, true).unwrap_err();
+        assert!(err.contains("recursive"), "{err}");
+        let err =
+            compile_guest_schema(r##"{"type":"object","not":{"$ref":"#"}}"##, true).unwrap_err();
+        assert!(err.contains("recursive"), "{err}");
+    }
+
+    /// Each level refers twice to the one below: 2^20 subschemas apply to
+    /// one value though the text is small.
+    #[test]
+    fn ref_doubling_is_refused_for_its_width() {
+        let mut defs = serde_json::Map::new();
+        defs.insert("d0".to_owned(), serde_json::json!({"type": "integer"}));
+        for i in 1..=20 {
+            let below = format!("#/$defs/d{}", i - 1);
+            defs.insert(
+                format!("d{i}"),
+                serde_json::json!({"anyOf": [{"$ref": below}, {"$ref": below}]}),
+            );
+        }
+        let schema = serde_json::json!({
+            "type": "object",
+            "properties": {"x": {"$ref": "#/$defs/d20"}},
+            "$defs": defs,
+        });
+        let err = compile_guest_schema(&schema.to_string(), true).unwrap_err();
+        assert!(err.contains("weight") && err.contains("limit"), "{err}");
+        // A long chain of `$ref`s is refused before it can exhaust the stack.
+        let mut defs = serde_json::Map::new();
+        for i in 0..5000 {
+            defs.insert(
+                format!("c{i}"),
+                serde_json::json!({"$ref": format!("#/$defs/c{}", i + 1)}),
+            );
+        }
+        defs.insert("c5000".to_owned(), serde_json::json!({"type": "integer"}));
+        let schema = serde_json::json!({"type": "object", "$ref": "#/$defs/c0", "$defs": defs});
+        let err = compile_guest_schema(&schema.to_string(), true).unwrap_err();
+        assert!(err.contains("deep"), "{err}");
+    }
+
+    /// A schema within the width limit but wide (11,000 `anyOf` branches
+    /// for each item) against a large document: refused unvalidated, which
+    /// fails closed, rather than validated for seconds of host time.
+    #[test]
+    fn a_document_too_costly_to_validate_is_refused_unvalidated() {
+        let branches: Vec<Value> = (0..5000)
+            .map(|i| serde_json::json!({"required": [format!("x{i}")]}))
+            .collect();
+        let schema = serde_json::json!({
+            "type": "object",
+            "properties": {"a": {"type": "array", "items": {"anyOf": branches}}},
+        });
+        let (_, validator) = compile_guest_schema(&schema.to_string(), true).unwrap();
+        let items: Vec<Value> = (0..10_000).map(|_| serde_json::json!({})).collect();
+        let found = validator.violations(&serde_json::json!({ "a": items }));
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].message.starts_with("not validated"), "{found:?}");
+        // A small document against the same schema is validated as usual:
+        // past the listing budget, only the first violation is named.
+        let items: Vec<Value> = (0..100).map(|_| serde_json::json!({})).collect();
+        let found = validator.violations(&serde_json::json!({ "a": items }));
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert_eq!(found[0].path, "/a/0", "{found:?}");
+        assert!(found[1].message.contains("not looked for"), "{found:?}");
+        let ok: Vec<Value> = (0..100).map(|_| serde_json::json!({"x7": 1})).collect();
+        assert!(
+            validator
+                .violations(&serde_json::json!({ "a": ok }))
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn local_non_recursive_refs_still_work() {
+        let (_, v) = compile_guest_schema(
+            r##"{"type":"object","properties":{"from":{"$ref":"#/$defs/point"},
+                "to":{"$ref":"#/$defs/point"}},
+                "$defs":{"point":{"type":"object","required":["x","y"],
+                "properties":{"x":{"type":"number"},"y":{"type":"number"}}}}}"##,
+            true,
+        )
+        .unwrap();
+        assert!(
+            v.violations(&serde_json::json!({"from": {"x": 1, "y": 2}, "to": {"x": 3, "y": 4}}))
+                .is_empty()
+        );
+        let found = v.violations(&serde_json::json!({"from": {"x": "a", "y": 2}, "to": {"x": 3}}));
+        let paths: Vec<_> = found.iter().map(|v| v.path.as_str()).collect();
+        assert!(
+            paths.contains(&"/from/x") && paths.contains(&"/to"),
+            "{found:?}"
+        );
+    }
+
+    #[test]
+    fn refs_outside_the_schema_or_under_a_nested_id_are_refused() {
+        for (schema, expect) in [
+            (
+                r##"{"type":"object","$ref":"#anchor"}"##,
+                "refer inside itself",
+            ),
+            (
+                r##"{"type":"object","$ref":"other.json#/a"}"##,
+                "refer inside itself",
+            ),
+            (
+                r##"{"type":"object","$ref":"#/$defs/none"}"##,
+                "points at nothing",
+            ),
+            (
+                r##"{"type":"object","$dynamicRef":"#node"}"##,
+                "not supported",
+            ),
+            (r##"{"type":"object","$ref":"#/$defs/a%25"}"##, "percent"),
+            (
+                r##"{"type":"object","properties":{"a":{"$id":"http://x/a","type":"string"}}}"##,
+                "`$id`",
+            ),
+            (
+                r##"{"type":"object","$ref":"#/$defs/y/$defs/z",
+                   "$defs":{"y":{"$id":"http://x/y","$defs":{"z":{"type":"string"}}}}}"##,
+                "`$id`",
+            ),
+        ] {
+            let err = compile_guest_schema(schema, true).unwrap_err();
+            assert!(err.contains(expect), "{schema}: {err}");
+        }
     }
 }

@@ -202,7 +202,7 @@ pub struct Expectation {
 #[derive(Debug, Clone)]
 pub struct Schema {
     value: Value,
-    validator: std::sync::Arc<jsonschema::Validator>,
+    validator: std::sync::Arc<crate::schema::GuestSchema>,
 }
 
 impl Schema {
@@ -211,7 +211,7 @@ impl Schema {
         &self.value
     }
 
-    pub(crate) fn validator(&self) -> &jsonschema::Validator {
+    pub(crate) fn validator(&self) -> &crate::schema::GuestSchema {
         &self.validator
     }
 }
@@ -737,7 +737,7 @@ impl Expectation {
             failures.extend(failure);
         }
         if let Some(schema) = &self.schema {
-            let violations = crate::schema::violations(schema.validator(), output);
+            let violations = schema.validator().violations(output);
             if let Some(first) = violations.first() {
                 let list: Vec<String> = violations.iter().map(ToString::to_string).collect();
                 failures.push(Mismatch {

@@ -385,7 +385,7 @@ pub(crate) fn validate_arguments(
             found: schema::type_name(&value),
         });
     }
-    let violations = schema::violations(&tool.input_validator, &value);
+    let violations = tool.input_validator.violations(&value);
     if !violations.is_empty() {
         return Err(CallError::ArgumentsInvalid {
             tool: tool.id().to_owned(),

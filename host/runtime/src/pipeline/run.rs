@@ -19,7 +19,6 @@ use crate::error::{CallError, CallResult, LoadError, LoadResult, ToolErrorKind, 
 use crate::grants::EffectiveGrant;
 use crate::limits::Limits;
 use crate::plugin::{Plugin, Tool};
-use crate::schema;
 use crate::state::CallState;
 
 use super::request::CallResponse;
@@ -209,7 +208,7 @@ async fn run_tool_inner(
         message: format!("not JSON: {e}"),
     })?;
     if let Some(validator) = &tool.output_validator {
-        let violations = schema::violations(validator, &output);
+        let violations = validator.violations(&output);
         if !violations.is_empty() {
             let list: Vec<String> = violations.iter().map(ToString::to_string).collect();
             return Err(CallError::OutputInvalid {
