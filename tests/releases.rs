@@ -500,3 +500,78 @@ async fn operators_changing_one_rollout_at_once_from_two_hosts_each_get_an_answe
     assert_eq!(count("lost"), lost, "{decisions:?}");
     assert_eq!(count("activate"), 1);
 }
+
+/// Installed versions are materialized under the host's releases
+/// directory by the names in their store record: a record edited on disk
+/// (or in the shared database) to name another plugin, or a path, is
+/// refused as corrupt instead of written outside that directory.
+#[tokio::test]
+async fn a_version_record_that_names_a_path_is_refused_not_written_there() {
+    let data = tempfile::tempdir().unwrap();
+    {
+        let host = Host::new(config(data.path())).unwrap();
+        install(&host, text_version("1.0.0", |m| m).path()).await;
+    }
+    let mut records = Vec::new();
+    let mut dirs = vec![data.path().to_owned()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.ends_with("versions/text/1.0.0.json") {
+                records.push(path);
+            }
+        }
+    }
+    assert_eq!(records.len(), 1, "{records:?}");
+    let original = std::fs::read_to_string(&records[0]).unwrap();
+    for (field, value) in [
+        ("plugin", "../../../escaped"),
+        ("version", "../../escaped"),
+        ("component_digest", "../../../../escaped-0123456789abcdef"),
+    ] {
+        let mut record: serde_json::Value = serde_json::from_str(&original).unwrap();
+        assert!(record.get(field).is_some(), "{field} in {record}");
+        record[field] = json!(value);
+        std::fs::write(&records[0], record.to_string()).unwrap();
+        let host = Host::new(config(data.path())).unwrap();
+        let err = match host.plugin_version("text", "1.0.0").await {
+            Ok(_) => panic!("{field} = {value:?} was loaded"),
+            Err(e) => {
+                let mut text = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(cause) = source {
+                    text = format!("{text}: {cause}");
+                    source = cause.source();
+                }
+                text
+            }
+        };
+        assert!(
+            err.contains("names") || err.contains("cannot name a directory"),
+            "{field}: {err}"
+        );
+        drop(host);
+        let mut escaped = Vec::new();
+        let mut dirs = vec![data.path().parent().unwrap().to_owned()];
+        while let Some(dir) = dirs.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                if path
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with("escaped"))
+                {
+                    escaped.push(path.clone());
+                }
+                if path.is_dir() && path.starts_with(data.path()) {
+                    dirs.push(path);
+                }
+            }
+        }
+        assert!(escaped.is_empty(), "{field}: {escaped:?}");
+    }
+}

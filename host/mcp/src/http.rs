@@ -100,6 +100,12 @@ pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const HEADER_READ_TIMEOUT_CEILING: Duration = Duration::from_secs(300);
 /// How long a stopping server waits for open connections to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Most MCP sessions one caller may hold open at once; past it a new
+/// `initialize` is refused (429) until one is closed or idles out.
+pub const MAX_SESSIONS_PER_CALLER: usize = 64;
+/// Most MCP sessions the server holds open at once, all callers together;
+/// past it a new `initialize` is refused (503).
+pub const MAX_SESSIONS: usize = 4096;
 
 /// One caller token: the SHA-256 (hex) of the secret and who it is.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -311,6 +317,58 @@ struct Callers {
     tokens: Vec<CallerToken>,
     max_request_bytes: usize,
     oauth: Option<OauthVerifier>,
+    /// The SDK's sessions (closed and idle ones leave it).
+    sessions: Arc<LocalSessionManager>,
+    /// Who opened each session, to count a caller's open sessions.
+    session_owners: std::sync::Mutex<std::collections::HashMap<String, String>>,
+}
+
+impl Callers {
+    /// Why `principal` may not open another session now, if it may not.
+    async fn refuse_new_session(&self, principal: &str) -> Option<Response> {
+        let open: std::collections::HashSet<String> = self
+            .sessions
+            .sessions
+            .read()
+            .await
+            .keys()
+            .map(ToString::to_string)
+            .collect();
+        let mut owners = self
+            .session_owners
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        owners.retain(|id, _| open.contains(id));
+        if open.len() >= MAX_SESSIONS {
+            tracing::warn!(
+                sessions = open.len(),
+                "MCP session refused: the server holds its most"
+            );
+            return Some(plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!(
+                    "the server holds its most MCP sessions ({MAX_SESSIONS}); try again later"
+                ),
+            ));
+        }
+        let held = owners.values().filter(|p| *p == principal).count();
+        if held >= MAX_SESSIONS_PER_CALLER {
+            tracing::warn!(
+                principal,
+                held,
+                "MCP session refused: the caller holds its most"
+            );
+            return Some(plain(
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!(
+                    "this caller holds {held} open MCP sessions, the most allowed \
+                     ({MAX_SESSIONS_PER_CALLER}); close one (HTTP DELETE with its \
+                     Mcp-Session-Id) or let one idle out"
+                ),
+            ));
+        }
+        None
+    }
 }
 
 impl Callers {
@@ -345,11 +403,8 @@ pub fn router(
         let server = server.clone();
         move || Ok(server.handler(None))
     };
-    let mcp = StreamableHttpService::new(
-        factory,
-        Arc::new(LocalSessionManager::default()),
-        rmcp_config,
-    );
+    let sessions = Arc::new(LocalSessionManager::default());
+    let mcp = StreamableHttpService::new(factory, Arc::clone(&sessions), rmcp_config);
     let oauth = config.oauth.clone().map(OauthVerifier::new).transpose()?;
     let metadata = config
         .oauth
@@ -359,6 +414,8 @@ pub fn router(
         tokens: config.tokens.clone(),
         max_request_bytes: config.max_request_bytes,
         oauth,
+        sessions,
+        session_owners: std::sync::Mutex::default(),
     });
     let mut mcp_routes = Router::new()
         .route_service(MCP_PATH, mcp)
@@ -848,9 +905,17 @@ async fn authenticate_caller(
             }
         },
     };
-    request.extensions_mut().insert(Principal(principal));
+    request
+        .extensions_mut()
+        .insert(Principal(principal.clone()));
     if request.method() != axum::http::Method::POST {
         return next.run(request).await;
+    }
+    // A POST without a session id opens a session (when it is an
+    // `initialize`): bounded per caller and in all.
+    let opens_session = !request.headers().contains_key("mcp-session-id");
+    if opens_session && let Some(refused) = callers.refuse_new_session(&principal).await {
+        return refused;
     }
     // Read the body here (bounded) so that a body over the limit is a 413
     // and one that is not JSON a JSON-RPC parse error, whatever the SDK
@@ -876,8 +941,22 @@ async fn authenticate_caller(
         )
             .into_response();
     }
-    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
-        .await
+    let response = next
+        .run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await;
+    if opens_session
+        && let Some(id) = response
+            .headers()
+            .get("mcp-session-id")
+            .and_then(|v| v.to_str().ok())
+    {
+        callers
+            .session_owners
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id.to_owned(), principal);
+    }
+    response
 }
 
 // ---------------------------------------------------------------- approvers
@@ -1119,6 +1198,8 @@ mod tests {
             tokens: vec![token("agent-1", "one"), token("agent-2", "two")],
             max_request_bytes: 1024,
             oauth: None,
+            sessions: Arc::default(),
+            session_owners: std::sync::Mutex::default(),
         };
         assert_eq!(callers.principal("two").as_deref(), Some("agent-2"));
         assert_eq!(callers.principal("three"), None);

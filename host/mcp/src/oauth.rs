@@ -37,9 +37,10 @@
 //! The JWKS is fetched with a time limit ([`JWKS_FETCH_TIMEOUT`]) and a
 //! size limit ([`MAX_JWKS_BYTES`], [`MAX_JWKS_KEYS`]); plain `http` only
 //! to a loopback host. A token naming an unknown key triggers at most one
-//! fetch per issuer per [`JWKS_REFETCH_INTERVAL`], so a flood of forged
-//! `kid`s cannot turn the server into a load on the issuer. Tokens are
-//! never logged.
+//! fetch per issuer per [`JWKS_REFETCH_INTERVAL`] (a fetch that fails
+//! counts), so a flood of forged `kid`s cannot turn the server into a load
+//! on the issuer; and a fetch never holds up a token whose key is held.
+//! Tokens are never logged.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -264,16 +265,29 @@ fn refuse(kind: OauthErrorKind, message: impl Into<String>) -> OauthError {
 #[derive(Debug)]
 pub struct OauthVerifier {
     config: OauthConfig,
-    keys: HashMap<String, Mutex<KeyCache>>,
+    keys: HashMap<String, IssuerKeys>,
     /// [`JWKS_REFETCH_INTERVAL`] (shorter in tests).
     refetch_interval: Duration,
+}
+
+/// One issuer's keys: read under a short lock that is never held across
+/// a fetch, so a token whose key is held never waits for one.
+#[derive(Debug, Default)]
+struct IssuerKeys {
+    cache: std::sync::Mutex<KeyCache>,
+    /// Held while fetching: one fetch per issuer at a time.
+    fetching: Mutex<()>,
 }
 
 #[derive(Default)]
 struct KeyCache {
     /// Keys by `kid` (`""` for a key without one), with their algorithm.
     keys: Vec<(String, Algorithm, Arc<DecodingKey>)>,
+    /// The last fetch that succeeded.
     fetched: Option<Instant>,
+    /// The last fetch tried, whether it succeeded or not: the next is not
+    /// tried before [`JWKS_REFETCH_INTERVAL`] after it.
+    attempted: Option<Instant>,
 }
 
 impl std::fmt::Debug for KeyCache {
@@ -288,6 +302,7 @@ impl std::fmt::Debug for KeyCache {
                     .collect::<Vec<_>>(),
             )
             .field("fetched", &self.fetched)
+            .field("attempted", &self.attempted)
             .finish()
     }
 }
@@ -309,7 +324,7 @@ impl OauthVerifier {
         let keys = config
             .issuers
             .iter()
-            .map(|i| (i.issuer.clone(), Mutex::new(KeyCache::default())))
+            .map(|i| (i.issuer.clone(), IssuerKeys::default()))
             .collect();
         Ok(OauthVerifier {
             config,
@@ -440,22 +455,42 @@ impl OauthVerifier {
         issuer: &OauthIssuer,
         kid: Option<&str>,
     ) -> Result<(Algorithm, Arc<DecodingKey>), OauthError> {
-        let Some(cache) = self.keys.get(&issuer.issuer) else {
+        let Some(entry) = self.keys.get(&issuer.issuer) else {
             return Err(refuse(
                 OauthErrorKind::UnknownIssuer,
                 "issuer not configured",
             ));
         };
-        let mut cache = cache.lock().await;
-        let stale = cache.fetched.is_none_or(|at| at.elapsed() >= JWKS_TTL);
-        if !stale && let Some(found) = find_key(&cache.keys, kid) {
+        let cached = |entry: &IssuerKeys| {
+            let cache = entry
+                .cache
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let fresh = cache.fetched.is_some_and(|at| at.elapsed() < JWKS_TTL);
+            let found = fresh.then(|| find_key(&cache.keys, kid)).flatten();
+            let may_fetch = cache
+                .attempted
+                .is_none_or(|at| at.elapsed() >= self.refetch_interval);
+            (found, may_fetch)
+        };
+        if let (Some(found), _) = cached(entry) {
             return Ok(found);
         }
-        let may_fetch = cache
-            .fetched
-            .is_none_or(|at| at.elapsed() >= self.refetch_interval);
+        // Only tokens that need a fetch wait for one; the first fetches,
+        // the others then find what it brought (or that it was just tried).
+        let _fetching = entry.fetching.lock().await;
+        let (found, may_fetch) = cached(entry);
+        if let Some(found) = found {
+            return Ok(found);
+        }
         if may_fetch {
-            match fetch_jwks(&issuer.jwks_uri).await {
+            let fetched = fetch_jwks(&issuer.jwks_uri).await;
+            let mut cache = entry
+                .cache
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            cache.attempted = Some(Instant::now());
+            match fetched {
                 Ok(keys) => {
                     cache.keys = keys;
                     cache.fetched = Some(Instant::now());
@@ -468,6 +503,19 @@ impl OauthVerifier {
                     // Keep the keys held: the issuer may be down a moment.
                 }
             }
+        }
+        let cache = entry
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cache.fetched.is_none() {
+            return Err(refuse(
+                OauthErrorKind::JwksUnavailable,
+                format!(
+                    "the issuer's keys could not be fetched; the next try is at most {} s away",
+                    self.refetch_interval.as_secs()
+                ),
+            ));
         }
         find_key(&cache.keys, kid).ok_or_else(|| {
             refuse(
@@ -834,6 +882,10 @@ mod tests {
         jwks: Arc<std::sync::Mutex<Value>>,
         fetches: Arc<AtomicUsize>,
         uri: String,
+        /// Held for writing, every fetch hangs until it is released.
+        hold: Arc<tokio::sync::RwLock<()>>,
+        /// Set, every fetch answers 500.
+        failing: Arc<std::sync::atomic::AtomicBool>,
     }
 
     async fn issuer(keys: &[&TestKey]) -> Issuer {
@@ -841,21 +893,37 @@ mod tests {
             json!({"keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>()}),
         ));
         let fetches = Arc::new(AtomicUsize::new(0));
+        let hold = Arc::new(tokio::sync::RwLock::new(()));
+        let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let app = {
             let (jwks, fetches) = (Arc::clone(&jwks), Arc::clone(&fetches));
+            let (hold, failing) = (Arc::clone(&hold), Arc::clone(&failing));
             axum::Router::new().route(
                 "/jwks",
                 axum::routing::get(move || {
                     fetches.fetch_add(1, Ordering::SeqCst);
                     let body = jwks.lock().unwrap().clone();
-                    std::future::ready(axum::Json(body))
+                    let (hold, failing) = (Arc::clone(&hold), Arc::clone(&failing));
+                    async move {
+                        drop(hold.read().await);
+                        if failing.load(Ordering::SeqCst) {
+                            return Err(axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+                        }
+                        Ok(axum::Json(body))
+                    }
                 }),
             )
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let uri = format!("http://{}/jwks", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await });
-        Issuer { jwks, fetches, uri }
+        Issuer {
+            jwks,
+            fetches,
+            uri,
+            hold,
+            failing,
+        }
     }
 
     fn config(jwks_uri: &str) -> OauthConfig {
@@ -1067,6 +1135,71 @@ mod tests {
         header.kid = None;
         let anonymous = jsonwebtoken::encode(&header, &claims(), &new.private).unwrap();
         assert_eq!(kind(&quick, &anonymous).await, OauthErrorKind::UnknownKey);
+    }
+
+    /// A fetch that fails counts as one: a flood of tokens for an issuer
+    /// whose JWKS answers 500 tries it once per interval, not once each.
+    #[tokio::test]
+    async fn a_failing_jwks_is_tried_at_most_once_per_interval() {
+        let key = ed25519("k");
+        let issuer = issuer(&[&key]).await;
+        issuer.failing.store(true, Ordering::SeqCst);
+        let verifier = OauthVerifier::new(config(&issuer.uri)).unwrap();
+        for _ in 0..20 {
+            assert_eq!(
+                kind(&verifier, &sign(&key, &claims())).await,
+                OauthErrorKind::JwksUnavailable
+            );
+        }
+        assert_eq!(issuer.fetches.load(Ordering::SeqCst), 1);
+        // Keys held stay in use while the issuer fails.
+        issuer.failing.store(false, Ordering::SeqCst);
+        let mut quick = OauthVerifier::new(config(&issuer.uri)).unwrap();
+        quick.refetch_interval = Duration::ZERO;
+        quick.verify(&sign(&key, &claims())).await.unwrap();
+        issuer.failing.store(true, Ordering::SeqCst);
+        let forged = ed25519("forged");
+        assert_eq!(
+            kind(&quick, &sign(&forged, &claims())).await,
+            OauthErrorKind::UnknownKey
+        );
+        quick.verify(&sign(&key, &claims())).await.unwrap();
+    }
+
+    /// A token whose key is held does not wait for a fetch that a token
+    /// naming an unknown key started.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_held_key_verifies_while_a_fetch_hangs() {
+        let key = ed25519("k");
+        let issuer = issuer(&[&key]).await;
+        let mut verifier = OauthVerifier::new(config(&issuer.uri)).unwrap();
+        verifier.refetch_interval = Duration::ZERO;
+        let verifier = Arc::new(verifier);
+        verifier.verify(&sign(&key, &claims())).await.unwrap();
+        let stalled = issuer.hold.write().await;
+        let forged = ed25519("forged");
+        let hanging = {
+            let (verifier, token) = (Arc::clone(&verifier), sign(&forged, &claims()));
+            tokio::spawn(async move { verifier.verify(&token).await })
+        };
+        while issuer.fetches.load(Ordering::SeqCst) < 2 {
+            tokio::task::yield_now().await;
+        }
+        // The fetch is in flight and hangs; the held key still verifies
+        // (were it to wait, this would never finish: the bound only turns
+        // a hang into a failure).
+        let good = tokio::time::timeout(
+            Duration::from_secs(60),
+            verifier.verify(&sign(&key, &claims())),
+        )
+        .await
+        .expect("a held key waited for a fetch");
+        assert_eq!(good.unwrap(), "oauth:agent-7");
+        drop(stalled);
+        assert_eq!(
+            hanging.await.unwrap().unwrap_err().kind,
+            OauthErrorKind::UnknownKey
+        );
     }
 
     #[tokio::test]

@@ -121,6 +121,10 @@ struct Shared {
     tasks: TaskManager,
     /// Each task's principal: only it may see or cancel the task.
     task_owners: std::sync::Mutex<HashMap<String, String>>,
+    /// The task waiting on each approval: a call resent with the
+    /// approval's id while it waits gets that task back rather than a new
+    /// one (taken after `task_owners`, never before).
+    approval_tasks: std::sync::Mutex<HashMap<String, String>>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -183,6 +187,7 @@ impl McpServer {
                 warned: std::sync::Mutex::new(HashSet::new()),
                 tasks: TaskManager::new(),
                 task_owners: std::sync::Mutex::new(HashMap::new()),
+                approval_tasks: std::sync::Mutex::new(HashMap::new()),
             }),
         };
         server.log_warnings(&server.catalog());
@@ -719,6 +724,21 @@ async fn resume_after_decision(
     Ok(outcome::tool_result(&name, &entry, result))
 }
 
+/// What a task waiting on `approval_id` tells its client in `_meta`.
+fn pending_meta(approval_id: &str, expires: &str) -> JsonObject {
+    let mut meta = JsonObject::new();
+    meta.insert(
+        "airlock/approval".into(),
+        json!({
+            "status": "pending",
+            "approval_id": approval_id,
+            "waits_for": "a decision by one of the host's approvers",
+            "expires_at": expires,
+        }),
+    );
+    meta
+}
+
 impl AirlockHandler {
     /// The call that answered `approval_pending` as a task that completes
     /// once an approver decides; `None` when too many tasks are held.
@@ -730,21 +750,6 @@ impl AirlockHandler {
         approval_id: &str,
         expires: &str,
     ) -> Option<CreateTaskResult> {
-        let owner = resume.principal.clone();
-        {
-            let mut owners = self
-                .shared
-                .task_owners
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if owners.len() >= MAX_APPROVAL_TASKS {
-                let tasks = &self.shared.tasks;
-                owners.retain(|id, _| tasks.get_task(id).is_ok());
-                if owners.len() >= MAX_APPROVAL_TASKS {
-                    return None;
-                }
-            }
-        }
         // Readable until its approval expires, and a while after.
         let expires_ms = self
             .shared
@@ -753,6 +758,39 @@ impl AirlockHandler {
             .ok()
             .flatten()
             .map_or(0, |a| a.expires_ms);
+        let owner = resume.principal.clone();
+        let mut owners = self
+            .shared
+            .task_owners
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut by_approval = self
+            .shared
+            .approval_tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // One waiting task per approval: resending the call with the
+        // approval's id must not spawn a task (and a store poll) each time.
+        if let Some(task_id) = by_approval.get(approval_id)
+            && let Ok(waiting) = self.shared.tasks.get_task(task_id)
+            && waiting.task.status == rmcp::model::TaskStatus::Working
+        {
+            if owners.get(task_id) != Some(&owner) {
+                return None;
+            }
+            return Some(
+                CreateTaskResult::new(waiting.task)
+                    .with_meta(pending_meta(approval_id, expires).into()),
+            );
+        }
+        if owners.len() >= MAX_APPROVAL_TASKS {
+            let tasks = &self.shared.tasks;
+            owners.retain(|id, _| tasks.get_task(id).is_ok());
+            by_approval.retain(|_, id| owners.contains_key(id));
+            if owners.len() >= MAX_APPROVAL_TASKS {
+                return None;
+            }
+        }
         let ttl = expires_ms
             .saturating_sub(now_ms())
             .saturating_add(u64::try_from(TASK_GRACE.as_millis()).unwrap_or(u64::MAX));
@@ -783,22 +821,10 @@ impl AirlockHandler {
                 result
             })
         });
-        self.shared
-            .task_owners
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(task.task_id.clone(), owner);
-        let mut meta = JsonObject::new();
-        meta.insert(
-            "airlock/approval".into(),
-            json!({
-                "status": "pending",
-                "approval_id": approval_id,
-                "waits_for": "a decision by one of the host's approvers",
-                "expires_at": expires,
-            }),
-        );
-        Some(CreateTaskResult::new(task).with_meta(meta.into()))
+        owners.insert(task.task_id.clone(), owner);
+        by_approval.insert(approval_id.to_owned(), task.task_id.clone());
+        drop((owners, by_approval));
+        Some(CreateTaskResult::new(task).with_meta(pending_meta(approval_id, expires).into()))
     }
 
     /// Refuse a task that is not the requesting principal's exactly as one
@@ -1143,12 +1169,76 @@ mod tests {
             (id, message)
         }
 
+        /// `method` on the MCP path with this session's id: the status and
+        /// the body as text.
+        async fn send(
+            &self,
+            method: hyper::Method,
+            body: Option<&Value>,
+        ) -> (hyper::StatusCode, String) {
+            let mut request = hyper::Request::builder()
+                .method(method)
+                .uri(MCP_PATH)
+                .header("host", "127.0.0.1:7410")
+                .header("content-type", "application/json")
+                .header("accept", "application/json, text/event-stream")
+                .header("mcp-protocol-version", "2025-11-25")
+                .header("authorization", format!("Bearer {}-secret", self.principal));
+            if let Some(id) = &self.id {
+                request = request.header("mcp-session-id", id);
+            }
+            let body = body.map_or_else(String::new, ToString::to_string);
+            let service = hyper_util::service::TowerToHyperService::new(self.router.clone());
+            let response = service
+                .call(request.body(axum::body::Body::from(body)).unwrap())
+                .await
+                .unwrap();
+            let status = response.status();
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&bytes).into_owned())
+        }
+
         async fn request(&mut self, method: &str, params: Value) -> Value {
             self.next += 1;
             let body =
                 json!({"jsonrpc": "2.0", "id": self.next, "method": method, "params": params});
             self.post(body).await.1
         }
+    }
+
+    /// A caller cannot hold more than its share of MCP sessions (each
+    /// holds a worker and buffers): past it `initialize` is refused until
+    /// one is closed, and other callers are not affected.
+    #[tokio::test]
+    async fn a_caller_holds_a_bounded_number_of_sessions() {
+        use crate::http::MAX_SESSIONS_PER_CALLER;
+        let (_server, router) = billing_server().await;
+        let mut held = Vec::new();
+        for _ in 0..MAX_SESSIONS_PER_CALLER {
+            held.push(Session::open(&router, "agent-1", false).await);
+        }
+        let initialize = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "test", "version": "0"}}});
+        let extra = Session {
+            router: router.clone(),
+            principal: "agent-1",
+            id: None,
+            next: 1,
+        };
+        let (status, body) = extra.send(hyper::Method::POST, Some(&initialize)).await;
+        assert_eq!(status, hyper::StatusCode::TOO_MANY_REQUESTS, "{body}");
+        assert!(body.contains("close one"), "{body}");
+        // Others still open sessions; sessions held still answer.
+        Session::open(&router, "agent-2", false).await;
+        let listed = held[0].request("tools/list", json!({})).await;
+        assert!(listed["result"]["tools"].is_array(), "{listed}");
+        // Closing one frees a place.
+        let (status, _) = held[0].send(hyper::Method::DELETE, None).await;
+        assert!(status.is_success(), "{status}");
+        Session::open(&router, "agent-1", false).await;
+        let (status, _) = extra.send(hyper::Method::POST, Some(&initialize)).await;
+        assert_eq!(status, hyper::StatusCode::TOO_MANY_REQUESTS);
     }
 
     fn refund(key: &str) -> Value {
@@ -1224,6 +1314,46 @@ mod tests {
         );
         let state = server.host().approval(&approval).unwrap().unwrap().state;
         assert_eq!(state, ApprovalState::Consumed);
+    }
+
+    /// Resending a pending call with its approval's id, as a client that
+    /// polls by calling again does, gets the task already waiting on that
+    /// approval: no new task, no new poller, however often it is resent.
+    #[tokio::test]
+    async fn a_call_resent_with_its_approval_id_gets_the_waiting_task_back() {
+        let (server, router) = billing_server().await;
+        let mut agent = Session::open(&router, "agent-1", true).await;
+        let answer = agent.request("tools/call", refund("r-again")).await;
+        let first = answer["result"]["taskId"].as_str().unwrap().to_owned();
+        let approval = answer["result"]["_meta"]["airlock/approval"]["approval_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let mut again = refund("r-again");
+        again["_meta"]["airlock/approval_id"] = json!(approval);
+        for _ in 0..50 {
+            let answer = agent.request("tools/call", again.clone()).await;
+            assert_eq!(answer["result"]["taskId"], first.as_str(), "{answer}");
+            assert_eq!(
+                answer["result"]["_meta"]["airlock/approval"]["approval_id"],
+                approval.as_str()
+            );
+        }
+        let held = server
+            .shared
+            .task_owners
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len();
+        assert_eq!(held, 1);
+        assert_eq!(server.shared.tasks.running_task_count(), 1);
+        server
+            .host()
+            .decide(&approval, "alice", ALICE, true, Some("checked"))
+            .await
+            .unwrap();
+        let done = settled(&mut agent, &first).await;
+        assert_eq!(done["status"], "completed", "{done}");
     }
 
     #[tokio::test]

@@ -339,6 +339,15 @@ impl Served {
                 plugin: plugin.to_owned(),
                 version: version.to_owned(),
             })?;
+        if installed.plugin != plugin || installed.version != version {
+            return Err(store_error(airlock_store::StoreError::new(
+                airlock_store::ErrorKind::Corrupt,
+                format!(
+                    "the store's record for {plugin} {version} names {} {}",
+                    installed.plugin, installed.version
+                ),
+            )));
+        }
         let dir = self.materialize(&installed)?;
         let loaded = plugin::load(engine, cache, policy, &dir).await?;
         if loaded.name() != installed.plugin || loaded.version() != installed.version {
@@ -365,6 +374,21 @@ impl Served {
     /// directory already there is used as is — loading checks its digests).
     fn materialize(&self, installed: &InstalledVersion) -> Result<PathBuf> {
         let short = installed.component_digest.get(..16).unwrap_or("");
+        // Each becomes a path component under the releases directory: a
+        // record that would name anything else (`..`, a separator) is
+        // refused rather than written outside it.
+        for (what, part) in [
+            ("plugin", installed.plugin.as_str()),
+            ("version", installed.version.as_str()),
+            ("component digest", short),
+        ] {
+            if !is_path_component(part) {
+                return Err(store_error(airlock_store::StoreError::new(
+                    airlock_store::ErrorKind::Corrupt,
+                    format!("an installed version's {what} {part:?} cannot name a directory"),
+                )));
+            }
+        }
         let parent = self.dir.join(&installed.plugin);
         let dir = parent.join(format!("{}-{short}", installed.version));
         if dir.join(MANIFEST_FILE).is_file() {
@@ -999,4 +1023,15 @@ pub(crate) fn widenings(from: &Plugin, to: &Plugin) -> Vec<String> {
         .widenings()
         .map(ToString::to_string)
         .collect()
+}
+
+/// Whether `part` is one plain path component: not empty, not `.` or `..`,
+/// and made only of letters, digits, `-`, `_`, `.` and `+`.
+fn is_path_component(part: &str) -> bool {
+    !part.is_empty()
+        && part != "."
+        && part != ".."
+        && part
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '+'))
 }
