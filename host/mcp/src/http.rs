@@ -911,12 +911,6 @@ async fn authenticate_caller(
     if request.method() != axum::http::Method::POST {
         return next.run(request).await;
     }
-    // A POST without a session id opens a session (when it is an
-    // `initialize`): bounded per caller and in all.
-    let opens_session = !request.headers().contains_key("mcp-session-id");
-    if opens_session && let Some(refused) = callers.refuse_new_session(&principal).await {
-        return refused;
-    }
     // Read the body here (bounded) so that a body over the limit is a 413
     // and one that is not JSON a JSON-RPC parse error, whatever the SDK
     // would answer.
@@ -930,16 +924,26 @@ async fn authenticate_caller(
             );
         }
     };
-    if let Err(e) = serde_json::from_slice::<serde_json::Value>(&bytes) {
-        return (
-            StatusCode::BAD_REQUEST,
-            Json(json!({
-                "jsonrpc": "2.0",
-                "id": null,
-                "error": {"code": -32700, "message": format!("Parse error: {e}")},
-            })),
-        )
-            .into_response();
+    let message = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(message) => message,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({
+                    "jsonrpc": "2.0",
+                    "id": null,
+                    "error": {"code": -32700, "message": format!("Parse error: {e}")},
+                })),
+            )
+                .into_response();
+        }
+    };
+    // An `initialize` without a session id opens a session: bounded per
+    // caller and in all.
+    let opens_session = !parts.headers.contains_key("mcp-session-id")
+        && message.get("method").and_then(serde_json::Value::as_str) == Some("initialize");
+    if opens_session && let Some(refused) = callers.refuse_new_session(&principal).await {
+        return refused;
     }
     let response = next
         .run(Request::from_parts(parts, axum::body::Body::from(bytes)))
