@@ -1135,24 +1135,7 @@ mod tests {
         /// POST `body`: the session id answered, and the JSON-RPC message
         /// (from a JSON or an SSE body; `null` for a notification).
         async fn post(&self, body: Value) -> (Option<String>, Value) {
-            let mut request = hyper::Request::post(MCP_PATH)
-                .header("host", "127.0.0.1:7410")
-                .header("content-type", "application/json")
-                .header("accept", "application/json, text/event-stream")
-                .header("mcp-protocol-version", "2025-11-25")
-                .header("authorization", format!("Bearer {}-secret", self.principal));
-            if let Some(id) = &self.id {
-                request = request.header("mcp-session-id", id);
-            }
-            let service = hyper_util::service::TowerToHyperService::new(self.router.clone());
-            let response = service
-                .call(
-                    request
-                        .body(axum::body::Body::from(body.to_string()))
-                        .unwrap(),
-                )
-                .await
-                .unwrap();
+            let response = self.call(hyper::Method::POST, body.to_string()).await;
             let id = response
                 .headers()
                 .get("mcp-session-id")
@@ -1169,13 +1152,13 @@ mod tests {
             (id, message)
         }
 
-        /// `method` on the MCP path with this session's id: the status and
-        /// the body as text.
-        async fn send(
+        /// One request on the MCP path as this session's caller, with its
+        /// session id once it has one.
+        async fn call(
             &self,
             method: hyper::Method,
-            body: Option<&Value>,
-        ) -> (hyper::StatusCode, String) {
+            body: String,
+        ) -> hyper::Response<axum::body::Body> {
             let mut request = hyper::Request::builder()
                 .method(method)
                 .uri(MCP_PATH)
@@ -1187,12 +1170,22 @@ mod tests {
             if let Some(id) = &self.id {
                 request = request.header("mcp-session-id", id);
             }
-            let body = body.map_or_else(String::new, ToString::to_string);
             let service = hyper_util::service::TowerToHyperService::new(self.router.clone());
-            let response = service
+            service
                 .call(request.body(axum::body::Body::from(body)).unwrap())
                 .await
-                .unwrap();
+                .unwrap()
+        }
+
+        /// `method` on the MCP path with this session's id: the status and
+        /// the body as text.
+        async fn send(
+            &self,
+            method: hyper::Method,
+            body: Option<&Value>,
+        ) -> (hyper::StatusCode, String) {
+            let body = body.map_or_else(String::new, ToString::to_string);
+            let response = self.call(method, body).await;
             let status = response.status();
             let bytes = response.into_body().collect().await.unwrap().to_bytes();
             (status, String::from_utf8_lossy(&bytes).into_owned())
