@@ -92,26 +92,13 @@ pub(crate) fn create(path: &Path) -> Result<Secret> {
     let bytes = random_bytes()?;
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(|e| key_error(format!("cannot create its directory: {e}")))?;
-    let tmp = path.with_extension("tmp");
-    let _ = fs::remove_file(&tmp);
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
     let write = || -> std::io::Result<()> {
-        let mut file = options.open(&tmp)?;
-        writeln!(file, "{}", hex::encode(bytes))?;
-        file.sync_all()?;
+        let mut tmp = airlock_store::file::private_temporary_beside(path)?;
+        writeln!(tmp, "{}", hex::encode(bytes))?;
         // Never replace a key another process created meanwhile.
-        fs::hard_link(&tmp, path)?;
-        fs::remove_file(&tmp)?;
-        Ok(())
+        airlock_store::file::persist_new(tmp, path)
     };
     write().map_err(|e| {
-        let _ = fs::remove_file(&tmp);
         if e.kind() == std::io::ErrorKind::AlreadyExists && path.exists() {
             key_error("already exists; a key file is never overwritten".to_owned())
         } else {

@@ -2015,12 +2015,10 @@ pub(crate) fn verify_chain(
     Ok(verifier.finish())
 }
 
-/// Read the key at `path`, or create it when missing and nothing (`what`)
-/// depends on it yet.
-/// Write `path` whole or not at all: `body` writes a buffered temporary
-/// file beside it (given the error for a failed write), which is then
-/// synced and renamed over `path`; on any failure the temporary file is
-/// removed and `path` is untouched.
+/// Write `path` whole or not at all (`airlock_store::file`): `body` writes
+/// a buffered temporary file beside it (given the error for a failed
+/// write), which is then synced and renamed over `path`; on any failure
+/// the temporary file is removed and `path` is untouched.
 pub(crate) fn write_atomically(
     path: &Path,
     body: impl FnOnce(&mut BufWriter<fs::File>, &dyn Fn(std::io::Error) -> Error) -> Result<()>,
@@ -2029,20 +2027,11 @@ pub(crate) fn write_atomically(
         path: path.to_owned(),
         message: e.to_string(),
     };
-    let tmp = path.with_extension("partial");
-    let write = || -> Result<()> {
-        let file = fs::File::create(&tmp).map_err(file_error)?;
-        let mut out = BufWriter::new(file);
-        body(&mut out, &file_error)?;
-        let file = out.into_inner().map_err(|e| file_error(e.into_error()))?;
-        file.sync_all().map_err(file_error)?;
-        fs::rename(&tmp, path).map_err(file_error)
-    };
-    write().inspect_err(|_| {
-        let _ = fs::remove_file(&tmp);
-    })
+    airlock_store::file::write_with(path, |out| body(out, &file_error), file_error)
 }
 
+/// Read the key at `path`, or create it when missing and nothing (`what`)
+/// depends on it yet.
 fn load_key(path: &Path, in_use: bool, what: &str) -> Result<keys::Secret> {
     if keys::exists(path) {
         return keys::read(path);
@@ -2063,13 +2052,10 @@ fn write_public_key(path: &Path, key: &VerifyingKey) -> Result<()> {
     if fs::read_to_string(path).is_ok_and(|t| t == text) {
         return Ok(());
     }
-    let tmp = path.with_extension("tmp");
-    fs::write(&tmp, &text)
-        .and_then(|()| fs::rename(&tmp, path))
-        .map_err(|e| Error::Key {
-            path: path.to_owned(),
-            reason: format!("cannot write the public key: {e}"),
-        })
+    airlock_store::file::write(path, |out| out.write_all(text.as_bytes())).map_err(|e| Error::Key {
+        path: path.to_owned(),
+        reason: format!("cannot write the public key: {e}"),
+    })
 }
 
 /// Verify an export file offline against the trusted public `key` (never

@@ -244,9 +244,9 @@ impl Control {
             .map_err(Failure::from)
     }
 
-    /// `GET path`, its body streamed into `out` (through a `.partial` file
-    /// renamed at the end, so a failed transfer leaves nothing); the
-    /// answer's headers.
+    /// `GET path`, its body streamed into `out` (through a new temporary
+    /// file beside it, renamed at the end, so a failed transfer leaves
+    /// nothing and touches no other file); the answer's headers.
     pub(crate) async fn download(
         &self,
         path: &str,
@@ -255,22 +255,24 @@ impl Control {
         let work = async {
             let response = self.send("GET", path, None, LONG_TIMEOUT).await?;
             let headers = response.headers().clone();
-            let tmp = out.with_extension("partial");
             let written = async {
-                let mut file = tokio::fs::File::create(&tmp).await?;
+                let tmp = airlock_host::store::file::temporary_beside(out)?;
+                let mut file = tokio::fs::File::from_std(tmp.reopen()?);
                 let mut body = response.into_body();
                 while let Some(frame) = body.frame().await {
                     if let Ok(data) = frame?.into_data() {
                         file.write_all(&data).await?;
                     }
                 }
-                file.sync_all().await?;
-                tokio::fs::rename(&tmp, out).await?;
+                file.flush().await?;
+                drop(file);
+                let out = out.to_owned();
+                tokio::task::spawn_blocking(move || airlock_host::store::file::persist(tmp, &out))
+                    .await??;
                 anyhow::Ok(())
             }
             .await;
             if let Err(error) = written {
-                let _ = tokio::fs::remove_file(&tmp).await;
                 return Err(Failure::from(
                     error.context(format!("cannot write {}", out.display())),
                 ));

@@ -228,11 +228,6 @@ pub(crate) async fn run(settings: &Settings, command: WorkspaceCommand) -> Resul
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    let tmp = path.with_extension("partial");
-    std::fs::write(&tmp, bytes)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .inspect_err(|_| {
-            let _ = std::fs::remove_file(&tmp);
-        })
+    airlock_host::store::file::write(path, |out| out.write_all(bytes))
         .with_context(|| format!("cannot write {}", path.display()))
 }

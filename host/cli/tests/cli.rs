@@ -595,11 +595,16 @@ fn calls_are_audited_and_the_log_verifies_live_and_exported() {
 
     let export = env.data.path().join("export.jsonl");
     let export_arg = export.to_str().unwrap();
+    // A file named as exports once named their temporary file is the
+    // user's, and the export neither overwrites nor removes it.
+    let theirs = env.data.path().join("export.partial");
+    std::fs::write(&theirs, "the user's").unwrap();
     assert!(
         env.run(&["audit", "export", "--out", export_arg])
             .status
             .success()
     );
+    assert_eq!(std::fs::read_to_string(&theirs).unwrap(), "the user's");
     let pubkey = env.data.path().join("audit/signing.pub");
     let pubkey_arg = pubkey.to_str().unwrap();
     let ok = env.run(&[

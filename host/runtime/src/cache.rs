@@ -136,36 +136,11 @@ fn deserialize(engine: &Engine, payload: &[u8]) -> wasmtime::Result<Component> {
 
 fn write_entry(dir: &Path, path: &Path, payload: &[u8]) -> std::io::Result<()> {
     std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile_in(dir)?;
-    tmp.1.write_all(MAGIC)?;
-    tmp.1.write_all(&Sha256::digest(payload))?;
-    tmp.1.write_all(payload)?;
-    tmp.1.sync_all()?;
-    drop(tmp.1);
-    std::fs::rename(&tmp.0, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp.0);
+    airlock_store::file::write(path, |out| {
+        out.write_all(MAGIC)?;
+        out.write_all(&Sha256::digest(payload))?;
+        out.write_all(payload)
     })
-}
-
-/// A new, uniquely named file in `dir`.
-fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let name = format!(
-        ".tmp-{}-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0)
-    );
-    let path = dir.join(name);
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&path)?;
-    Ok((path, file))
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 //! kernel queues the event when the file is replaced, before `airlock mode`
 //! returns, so the next call sees the switch either way.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, PoisonError};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -100,13 +101,12 @@ impl ModeStore for FileMode {
     }
 
     fn set(&self, mode: &Mode) -> Result<()> {
-        let tmp = self.dir.join(format!("{MODE_FILE}.tmp"));
         let bytes = serde_json::to_vec_pretty(mode).map_err(|e| {
             StoreError::with_source(ErrorKind::Corrupt, "cannot encode the mode", e)
         })?;
         std::fs::create_dir_all(&self.dir).map_err(|e| self.io(&self.dir, e))?;
-        std::fs::write(&tmp, bytes).map_err(|e| self.io(&tmp, e))?;
-        std::fs::rename(&tmp, &self.path).map_err(|e| self.io(&self.path, e))
+        airlock_store::file::write(&self.path, |out| out.write_all(&bytes))
+            .map_err(|e| self.io(&self.path, e))
     }
 }
 

@@ -45,6 +45,7 @@ mod audit;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 mod error;
+pub mod file;
 mod ledger;
 mod limits;
 mod memory;

@@ -693,29 +693,12 @@ fn sync_parent(path: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Write `path` whole or not at all: `body` writes a temporary file beside
-/// it, which is synced and renamed over `path`; on failure the temporary
-/// file is removed and `path` is untouched.
+/// Write `path` whole or not at all (`airlock_store::file::write`).
 fn write_file_atomically(
     path: &Path,
     body: impl FnOnce(&mut std::io::BufWriter<fs::File>) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
-    let tmp = temporary_sibling(path);
-    let write = || -> std::io::Result<()> {
-        let file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
-        let mut out = std::io::BufWriter::new(file);
-        body(&mut out)?;
-        let file = out.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)?;
-        sync_parent(path)
-    };
-    write().inspect_err(|_| {
-        let _ = fs::remove_file(&tmp);
-    })
+    airlock_store::file::write(path, body)
 }
 
 #[cfg(test)]

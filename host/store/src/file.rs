@@ -1,0 +1,218 @@
+//! Files replaced whole or not at all.
+//!
+//! Every file the host writes for later (an export, a key, the mode, a
+//! cached component, a package) is written to a new, uniquely named
+//! temporary file beside it — created exclusively, so it never truncates
+//! or removes a file someone else put there — synced, renamed over the
+//! target and the directory synced. On any failure the temporary file is
+//! removed and the target is as it was.
+//!
+//! ```
+//! use std::io::Write;
+//!
+//! let dir = tempfile::tempdir()?;
+//! let path = dir.path().join("export.jsonl");
+//! // A file named like a temporary one is nobody's to touch.
+//! std::fs::write(dir.path().join("export.partial"), "theirs")?;
+//! airlock_store::file::write(&path, |out| out.write_all(b"{}\n"))?;
+//! assert_eq!(std::fs::read_to_string(&path)?, "{}\n");
+//! assert_eq!(std::fs::read_to_string(dir.path().join("export.partial"))?, "theirs");
+//! assert_eq!(std::fs::read_dir(dir.path())?.count(), 2);
+//! # Ok::<(), std::io::Error>(())
+//! ```
+
+use std::fs::File;
+use std::io::{self, BufWriter};
+use std::path::Path;
+
+use tempfile::NamedTempFile;
+
+/// A new temporary file in the directory of `path`, named after it
+/// (`.NAME.XXXXXX.partial`) and created exclusively, with the permissions
+/// of any new file (0666 less the umask); removed when dropped unless
+/// [`persist`]ed.
+///
+/// # Errors
+/// The directory cannot be written.
+pub fn temporary_beside(path: &Path) -> io::Result<NamedTempFile> {
+    temporary(path, 0o666)
+}
+
+/// [`temporary_beside`], readable and writable by its owner only (0600):
+/// for secrets.
+///
+/// # Errors
+/// The directory cannot be written.
+pub fn private_temporary_beside(path: &Path) -> io::Result<NamedTempFile> {
+    temporary(path, 0o600)
+}
+
+fn temporary(path: &Path, mode: u32) -> io::Result<NamedTempFile> {
+    let prefix = match path.file_name() {
+        Some(name) => format!(".{}.", name.to_string_lossy()),
+        None => ".".to_owned(),
+    };
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(&prefix).suffix(".partial");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        builder.permissions(std::fs::Permissions::from_mode(mode));
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
+    builder.tempfile_in(parent(path))
+}
+
+/// Sync `tmp` and rename it over `path`, then sync the directory so the
+/// rename survives a crash. `tmp` must come from [`temporary_beside`]
+/// `path` (a rename does not cross file systems).
+///
+/// # Errors
+/// Syncing or renaming fails; the temporary file is then removed.
+pub fn persist(tmp: NamedTempFile, path: &Path) -> io::Result<()> {
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    sync_dir(parent(path))
+}
+
+/// Like [`persist`], but never replaces a file already at `path`: fails
+/// with [`io::ErrorKind::AlreadyExists`] instead.
+///
+/// # Errors
+/// A file is at `path`, or syncing or linking fails; the temporary file
+/// is then removed.
+pub fn persist_new(tmp: NamedTempFile, path: &Path) -> io::Result<()> {
+    tmp.as_file().sync_all()?;
+    tmp.persist_noclobber(path).map_err(|e| e.error)?;
+    sync_dir(parent(path))
+}
+
+/// Write `path` whole or not at all: `body` writes a buffered temporary
+/// file beside it ([`temporary_beside`]), which is then [`persist`]ed.
+/// `io_error` turns a failure of the file itself into the caller's error.
+///
+/// # Errors
+/// Whatever `body` returns, or a failure to create, sync or rename the
+/// file; `path` is then untouched and the temporary file removed.
+pub fn write_with<E>(
+    path: &Path,
+    body: impl FnOnce(&mut BufWriter<File>) -> Result<(), E>,
+    io_error: impl Fn(io::Error) -> E,
+) -> Result<(), E> {
+    let tmp = temporary_beside(path).map_err(&io_error)?;
+    let mut out = BufWriter::new(tmp.reopen().map_err(&io_error)?);
+    body(&mut out)?;
+    out.into_inner().map_err(|e| io_error(e.into_error()))?;
+    persist(tmp, path).map_err(io_error)
+}
+
+/// [`write_with`] for a body whose errors are I/O errors.
+///
+/// # Errors
+/// As [`write_with`].
+pub fn write(
+    path: &Path,
+    body: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>,
+) -> io::Result<()> {
+    write_with(path, body, |e| e)
+}
+
+/// Sync directory `dir`, so a rename or link into it is durable.
+///
+/// # Errors
+/// The directory cannot be opened or synced.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn parent(path: &Path) -> &Path {
+    match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn a_failed_body_leaves_the_target_and_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.json");
+        std::fs::write(&path, "old").unwrap();
+        let failed = write(&path, |out| {
+            out.write_all(b"half")?;
+            Err(io::Error::other("the body failed"))
+        });
+        assert_eq!(failed.unwrap_err().to_string(), "the body failed");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "old");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn the_temporary_file_is_never_one_already_there() {
+        let dir = tempfile::tempdir().unwrap();
+        // The names the old writers used, each someone else's file now.
+        for name in ["out.partial", "out.tmp", ".out.json.partial"] {
+            std::fs::write(dir.path().join(name), name).unwrap();
+        }
+        let path = dir.path().join("out.json");
+        write(&path, |out| out.write_all(b"new")).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "new");
+        for name in ["out.partial", "out.tmp", ".out.json.partial"] {
+            assert_eq!(
+                std::fs::read_to_string(dir.path().join(name)).unwrap(),
+                name
+            );
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 4);
+    }
+
+    #[test]
+    fn a_target_named_like_a_temporary_file_is_written_not_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.partial");
+        write(&path, |out| out.write_all(b"new")).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "new");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn persist_new_never_replaces_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key");
+        std::fs::write(&path, "theirs").unwrap();
+        let mut tmp = temporary_beside(&path).unwrap();
+        tmp.write_all(b"mine").unwrap();
+        let error = persist_new(tmp, &path).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "theirs");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn files_are_made_with_the_umask_and_secrets_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        let path = dir.path().join("export");
+        write(&path, |out| out.write_all(b"x")).unwrap();
+        // Whatever the umask, never more than a plain new file, and the
+        // owner can read and write it.
+        assert_eq!(mode(&path) & 0o600, 0o600);
+        assert_eq!(mode(&path) & 0o111, 0);
+        let key = dir.path().join("key");
+        persist_new(private_temporary_beside(&key).unwrap(), &key).unwrap();
+        assert_eq!(mode(&key), 0o600);
+    }
+
+    #[test]
+    fn a_relative_path_in_the_current_directory_has_a_parent() {
+        assert_eq!(parent(Path::new("out.json")), Path::new("."));
+        assert_eq!(parent(Path::new("a/out.json")), Path::new("a"));
+    }
+}
