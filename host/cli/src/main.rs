@@ -17,7 +17,7 @@ mod serve;
 mod terminal;
 mod workspace;
 
-use std::io::Read as _;
+use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -549,20 +549,40 @@ async fn tools_list(settings: &Settings, json: bool) -> Result<u8, Failure> {
     Ok(exit::OK)
 }
 
-fn read_arguments(args: &CallArgs) -> Result<String, Failure> {
+/// The call's arguments: `--args`, `--args-file` (`-` for stdin) or `{}`.
+/// A file or stdin is read up to `max_bytes` and no further: a larger
+/// input (or an endless one, `/dev/zero`) is refused before it is held.
+fn read_arguments(args: &CallArgs, max_bytes: usize) -> Result<String, Failure> {
+    let read = |from: &mut dyn Read, what: &str| -> Result<String, Failure> {
+        let mut bytes = Vec::new();
+        let limit = u64::try_from(max_bytes)
+            .unwrap_or(u64::MAX)
+            .saturating_add(1);
+        from.take(limit)
+            .read_to_end(&mut bytes)
+            .with_context(|| format!("cannot read arguments from {what}"))
+            .map_err(Failure::usage)?;
+        if bytes.len() > max_bytes {
+            return Err(Failure::usage(anyhow::anyhow!(
+                "the arguments from {what} are over max_argument_bytes ({max_bytes} bytes); nothing was called"
+            )));
+        }
+        String::from_utf8(bytes)
+            .map_err(|e| anyhow::anyhow!("the arguments from {what} are not UTF-8: {e}"))
+            .map_err(Failure::usage)
+    };
     match (&args.args, &args.args_file) {
         (Some(text), None) => Ok(text.clone()),
         (None, Some(path)) if path.as_os_str() == "-" => {
-            let mut text = String::new();
-            std::io::stdin()
-                .read_to_string(&mut text)
-                .context("cannot read arguments from stdin")
-                .map_err(Failure::usage)?;
-            Ok(text)
+            read(&mut std::io::stdin().lock(), "stdin")
         }
-        (None, Some(path)) => std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read arguments file {}", path.display()))
-            .map_err(Failure::usage),
+        (None, Some(path)) => {
+            let what = path.display().to_string();
+            let mut file = std::fs::File::open(path)
+                .with_context(|| format!("cannot read arguments file {what}"))
+                .map_err(Failure::usage)?;
+            read(&mut file, &what)
+        }
         (None, None) => Ok("{}".to_owned()),
         (Some(_), Some(_)) => Err(Failure::usage(anyhow::anyhow!(
             "--args and --args-file are mutually exclusive"
@@ -580,7 +600,7 @@ pub(crate) fn close_audit(host: &Host) {
 }
 
 async fn call(settings: &Settings, args: CallArgs) -> Result<u8, Failure> {
-    let arguments = read_arguments(&args)?;
+    let arguments = read_arguments(&args, settings.max_argument_bytes)?;
     let (host, report) = load_host(settings, Calls::Recorded).await?;
     warn_failures(&report);
     let mut request = CallRequest::new(&args.tool, arguments).principal(&settings.principal);

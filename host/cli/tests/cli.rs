@@ -211,6 +211,68 @@ fn call_reads_args_from_a_file_and_stdin() {
 }
 
 #[test]
+fn arguments_over_the_limit_are_refused_before_they_are_held() {
+    let env = Env::new();
+    let config = env.data.path().join("airlock.toml");
+    std::fs::write(&config, "max_argument_bytes = 64\n").unwrap();
+    let run = |args: &[&str], stdin: Stdio| {
+        env.cmd(Path::new(PLUGINS_DIR))
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .stdin(stdin)
+            .output()
+            .unwrap()
+    };
+    // Exactly at the limit is a call.
+    let file = tempfile::NamedTempFile::new().unwrap();
+    let text = format!(r#"{{"text":"{}"}}"#, "a".repeat(64 - 11));
+    assert_eq!(text.len(), 64);
+    std::fs::write(file.path(), &text).unwrap();
+    let path = file.path().to_str().unwrap();
+    let out = run(
+        &["call", "text/slugify", "--args-file", path],
+        Stdio::null(),
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    // One byte over, from a file; an endless file; endless stdin: each
+    // refused as a usage error naming the limit, having read no more than
+    // it (an endless input would otherwise never end).
+    std::fs::write(file.path(), format!("{text} ")).unwrap();
+    let zero = std::fs::File::open("/dev/zero").unwrap();
+    for (args, stdin) in [
+        (
+            vec!["call", "text/slugify", "--args-file", path],
+            Stdio::null(),
+        ),
+        (
+            vec!["call", "text/slugify", "--args-file", "/dev/zero"],
+            Stdio::null(),
+        ),
+        (
+            vec!["call", "text/slugify", "--args-file", "-"],
+            Stdio::from(zero),
+        ),
+    ] {
+        let out = run(&args, stdin);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("over max_argument_bytes (64 bytes); nothing was called"),
+            "{args:?}: {}",
+            stderr(&out)
+        );
+    }
+    // Not UTF-8: named as such.
+    std::fs::write(file.path(), b"{\"text\":\"\xff\"}").unwrap();
+    let out = run(
+        &["call", "text/slugify", "--args-file", path],
+        Stdio::null(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("are not UTF-8"), "{}", stderr(&out));
+}
+
+#[test]
 fn refused_calls_exit_3_and_name_every_failing_path() {
     let env = Env::new();
     let out = env.run(&[
