@@ -118,9 +118,14 @@ fn installed_version(
     version: &str,
     scratch: &Path,
 ) -> Result<Option<PathBuf>, Failure> {
-    let Ok(releases) = airlock_host::open_releases(&host_config(settings, Calls::Recorded)) else {
+    let config = host_config(settings, Calls::Recorded);
+    if matches!(config.store, airlock_host::StoreConfig::Sled) && config.data_dir.is_none() {
+        // A temporary store: nothing is installed in it.
         return Ok(None);
-    };
+    }
+    // Any other store that cannot be opened (a database down) is an
+    // error, not "not installed".
+    let releases = airlock_host::open_releases(&config)?;
     let Some(installed) = releases
         .version(name, version)
         .map_err(airlock_host::Error::from)?

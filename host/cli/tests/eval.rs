@@ -155,6 +155,23 @@ fn eval_takes_a_plugin_archive_and_its_shipped_cases() {
 }
 
 #[test]
+fn an_installed_version_in_a_store_that_cannot_be_opened_is_an_error_not_missing() {
+    // Nothing listens on port 1: the store is down, and that is what eval
+    // says (exit 1), not that the version is not installed (exit 2).
+    let env = Env::with_config(
+        "[store]\nbackend = \"postgres\"\nurl = \"postgres://airlock@127.0.0.1:1/airlock\"\nconnect_timeout_ms = 500\n",
+    );
+    let out = env.run(&["eval", "text@0.2.0"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the store cannot be opened: store unavailable: cannot connect to postgres at 127.0.0.1:1"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!stderr(&out).contains("not installed"), "{}", stderr(&out));
+}
+
+#[test]
 fn eval_refuses_bad_references_and_bad_cases_files_with_exit_2() {
     let env = Env::new();
     let out = env.run(&["eval", "text@0.2.0"]);
