@@ -423,14 +423,18 @@ pub(crate) async fn mode(settings: &Settings, command: ModeCommand) -> Result<u8
     };
     airlock_host::open_mode(&host_config(settings, Calls::Recorded))?
         .set(&mode)
-        .map_err(airlock_host::Error::from)?;
+        .map_err(mode_error)?;
     println!("host mode: {name} (recorded in the audit log by the next host to run a call)");
     Ok(exit::OK)
 }
 
 fn read_mode_file(settings: &Settings) -> Result<Option<Mode>, Failure> {
     let store = airlock_host::open_mode(&host_config(settings, Calls::Recorded))?;
-    Ok(store.get().map_err(airlock_host::Error::from)?)
+    Ok(store.get().map_err(mode_error)?)
+}
+
+fn mode_error(source: airlock_host::store::StoreError) -> airlock_host::Error {
+    airlock_host::StoreError::new(airlock_host::Store::Mode, source).into()
 }
 
 fn print_mode(mode: Option<&Mode>) {

@@ -128,6 +128,7 @@ fn installed_version(
     let releases = airlock_host::open_releases(&config)?;
     let Some(installed) = releases
         .version(name, version)
+        .map_err(|e| airlock_host::StoreError::new(airlock_host::Store::Plugins, e))
         .map_err(airlock_host::Error::from)?
     else {
         return Ok(None);

@@ -1190,3 +1190,33 @@ fn an_alert_fired_by_a_call_is_listed_from_the_audit_log() {
     assert_eq!(out.status.code(), Some(3));
     assert_eq!(json(&out)["error"]["kind"], "tool_paused");
 }
+
+#[test]
+fn a_corrupt_mode_file_is_named_as_the_mode_and_a_switch_replaces_it() {
+    let env = Env::new();
+    let mode_file = env.data.path().join("mode.json");
+    std::fs::write(&mode_file, "{bad").unwrap();
+    let out = env.run(&["mode", "show"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the host mode store failed")
+            && stderr(&out).contains("is not a valid mode file"),
+        "{}",
+        stderr(&out)
+    );
+    // Not the ledger's failure, as it once said.
+    assert!(!stderr(&out).contains("ledger"), "{}", stderr(&out));
+    // A call is refused for the same reason, not run.
+    let out = env.run(&["call", "text/stats", "--args", r#"{"text":"a"}"#]);
+    assert_ne!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the host mode store failed"),
+        "{}",
+        stderr(&out)
+    );
+    // Switching writes a whole new file over it.
+    let out = env.run(&["mode", "normal"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = env.run(&["mode", "show"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}

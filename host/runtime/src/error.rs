@@ -198,14 +198,17 @@ fn describe_store(store: Store) -> &'static str {
         Store::Ledger => "call not run: the approvals and idempotency ledger failed",
         Store::Workspace => "the workspace store failed",
         Store::RateLimits => "call not run: the rate-limit store failed",
-        Store::Mode => "call not run: the host mode cannot be read",
+        Store::Mode => "the host mode store failed (calls are refused until it is read)",
         Store::Plugins => "the store of installed plugin versions and rollouts failed",
         Store::Backend => "the store cannot be opened",
     }
 }
 
 impl StoreError {
-    pub(crate) fn new(store: Store, source: airlock_store::StoreError) -> StoreError {
+    /// `source`, a backend's error, as a failure of `store` (the `?` of a
+    /// [`airlock_store::StoreError`] says [`Store::Ledger`]: name the
+    /// store where it is another).
+    pub fn new(store: Store, source: airlock_store::StoreError) -> StoreError {
         StoreError { store, source }
     }
 
