@@ -59,6 +59,12 @@ const MAX_SCHEMA_NESTING: usize = 1024;
 /// deadline, stays under about a second.
 pub(crate) const MAX_VALIDATION_STEPS: u64 = 16_000_000;
 
+/// Most steps validated where the call runs, on the async worker; a
+/// document that can cost more (about 3 ms and up) is validated with the
+/// worker handed to the runtime's other tasks first (`block_in_place`), so
+/// a caller sending heavy documents to a wide schema stalls no one else.
+const MAX_IN_PLACE_STEPS: u64 = 50_000;
+
 /// Most steps for which every violation is listed; past it only the first
 /// is (listing costs some thirty times a plain check, per failing branch).
 const MAX_LISTING_STEPS: u64 = 250_000;
@@ -94,6 +100,13 @@ impl GuestSchema {
                 ),
             }];
         }
+        if steps > MAX_IN_PLACE_STEPS {
+            return off_the_worker(|| self.check(instance, steps));
+        }
+        self.check(instance, steps)
+    }
+
+    fn check(&self, instance: &Value, steps: u64) -> Vec<SchemaViolation> {
         if self.validator.is_valid(instance) {
             return Vec::new();
         }
@@ -136,6 +149,20 @@ impl GuestSchema {
             }
         }
         steps
+    }
+}
+
+/// Run `work`, which may take a while, without holding up other tasks: on
+/// a multi-threaded tokio runtime the worker's queued tasks move to
+/// another worker first; elsewhere (a current-thread runtime, no runtime)
+/// it runs where it is.
+fn off_the_worker<T>(work: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
     }
 }
 
@@ -579,6 +606,53 @@ mod tests {
                 .violations(&serde_json::json!({ "a": ok }))
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn a_costly_validation_hands_its_worker_to_the_other_tasks() {
+        // Each item matches only the last of 5,000 branches: a million
+        // steps, well past what is validated in place.
+        let branches: Vec<Value> = (0..5000)
+            .map(|i| serde_json::json!({"required": [format!("x{i}")]}))
+            .collect();
+        let schema = serde_json::json!({
+            "type": "object",
+            "properties": {"a": {"type": "array", "items": {"anyOf": branches}}},
+        });
+        let (_, validator) = compile_guest_schema(&schema.to_string(), true).unwrap();
+        let items: Vec<Value> = (0..200).map(|_| serde_json::json!({"x4999": 1})).collect();
+        let document = serde_json::json!({ "a": items });
+        assert!(validator.steps(&document) > MAX_IN_PLACE_STEPS);
+        // One worker: a task queued behind the validating one runs only if
+        // the validation gives the worker up.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .build()
+            .unwrap();
+        let (found, other_ran) = runtime.block_on(async move {
+            tokio::spawn(async move {
+                let (ran, done) = std::sync::mpsc::channel();
+                tokio::spawn(async move { ran.send(()) });
+                let found = validator.violations(&document);
+                (found, done.try_recv().is_ok())
+            })
+            .await
+            .unwrap()
+        });
+        assert!(found.is_empty(), "{found:?}");
+        assert!(other_ran, "the queued task waited for the validation");
+        // On a current-thread runtime, and outside any, it runs in place.
+        let (_, validator) = compile_guest_schema(&schema.to_string(), true).unwrap();
+        let small = serde_json::json!({ "a": [{"x4999": 1}] });
+        assert!(validator.violations(&small).is_empty());
+        let current = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert!(current.block_on(async { validator.violations(&small).is_empty() }));
+        let items: Vec<Value> = (0..20).map(|_| serde_json::json!({"x4999": 1})).collect();
+        let heavy = serde_json::json!({ "a": items });
+        assert!(validator.steps(&heavy) > MAX_IN_PLACE_STEPS);
+        assert!(current.block_on(async { validator.violations(&heavy).is_empty() }));
     }
 
     #[test]
