@@ -319,13 +319,64 @@ struct Callers {
     oauth: Option<OauthVerifier>,
     /// The SDK's sessions (closed and idle ones leave it).
     sessions: Arc<LocalSessionManager>,
-    /// Who opened each session, to count a caller's open sessions.
-    session_owners: std::sync::Mutex<std::collections::HashMap<String, String>>,
+    /// Who opened each session, and the sessions being opened.
+    session_owners: std::sync::Mutex<SessionOwners>,
+}
+
+/// Who opened each open session, to count a caller's; and the `initialize`
+/// requests in flight, which count too until they answer (so concurrent
+/// ones cannot all pass the check before any session exists).
+#[derive(Debug, Default)]
+struct SessionOwners {
+    by_session: std::collections::HashMap<String, String>,
+    opening: std::collections::HashMap<String, usize>,
+}
+
+impl SessionOwners {
+    fn opening_total(&self) -> usize {
+        self.opening.values().sum()
+    }
+}
+
+/// A session being opened by `principal`: counted against the limits
+/// until dropped (the `initialize` answered, failed or was abandoned), and
+/// recorded as the session's owner if it opened one.
+struct Opening<'a> {
+    callers: &'a Callers,
+    principal: String,
+}
+
+impl Opening<'_> {
+    fn opened(self, session: &str) {
+        self.callers
+            .owners()
+            .by_session
+            .insert(session.to_owned(), self.principal.clone());
+    }
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        let mut owners = self.callers.owners();
+        if let Some(n) = owners.opening.get_mut(&self.principal) {
+            *n -= 1;
+            if *n == 0 {
+                owners.opening.remove(&self.principal);
+            }
+        }
+    }
 }
 
 impl Callers {
-    /// Why `principal` may not open another session now, if it may not.
-    async fn refuse_new_session(&self, principal: &str) -> Option<Response> {
+    fn owners(&self) -> std::sync::MutexGuard<'_, SessionOwners> {
+        self.session_owners
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A session `principal` may open now, counted until it is open; or
+    /// why it may not.
+    async fn open_session(&self, principal: &str) -> Result<Opening<'_>, Response> {
         let open: std::collections::HashSet<String> = self
             .sessions
             .sessions
@@ -334,31 +385,34 @@ impl Callers {
             .keys()
             .map(ToString::to_string)
             .collect();
-        let mut owners = self
-            .session_owners
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        owners.retain(|id, _| open.contains(id));
-        if open.len() >= MAX_SESSIONS {
+        let mut owners = self.owners();
+        owners.by_session.retain(|id, _| open.contains(id));
+        let total = open.len() + owners.opening_total();
+        if total >= MAX_SESSIONS {
             tracing::warn!(
-                sessions = open.len(),
+                sessions = total,
                 "MCP session refused: the server holds its most"
             );
-            return Some(plain(
+            return Err(plain(
                 StatusCode::SERVICE_UNAVAILABLE,
                 &format!(
                     "the server holds its most MCP sessions ({MAX_SESSIONS}); try again later"
                 ),
             ));
         }
-        let held = owners.values().filter(|p| *p == principal).count();
+        let held = owners
+            .by_session
+            .values()
+            .filter(|p| *p == principal)
+            .count()
+            + owners.opening.get(principal).copied().unwrap_or(0);
         if held >= MAX_SESSIONS_PER_CALLER {
             tracing::warn!(
                 principal,
                 held,
                 "MCP session refused: the caller holds its most"
             );
-            return Some(plain(
+            return Err(plain(
                 StatusCode::TOO_MANY_REQUESTS,
                 &format!(
                     "this caller holds {held} open MCP sessions, the most allowed \
@@ -367,7 +421,11 @@ impl Callers {
                 ),
             ));
         }
-        None
+        *owners.opening.entry(principal.to_owned()).or_default() += 1;
+        Ok(Opening {
+            callers: self,
+            principal: principal.to_owned(),
+        })
     }
 }
 
@@ -942,23 +1000,24 @@ async fn authenticate_caller(
     // caller and in all.
     let opens_session = !parts.headers.contains_key("mcp-session-id")
         && message.get("method").and_then(serde_json::Value::as_str) == Some("initialize");
-    if opens_session && let Some(refused) = callers.refuse_new_session(&principal).await {
-        return refused;
-    }
+    let opening = if opens_session {
+        match callers.open_session(&principal).await {
+            Ok(opening) => Some(opening),
+            Err(refused) => return refused,
+        }
+    } else {
+        None
+    };
     let response = next
         .run(Request::from_parts(parts, axum::body::Body::from(bytes)))
         .await;
-    if opens_session
+    if let Some(opening) = opening
         && let Some(id) = response
             .headers()
             .get("mcp-session-id")
             .and_then(|v| v.to_str().ok())
     {
-        callers
-            .session_owners
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(id.to_owned(), principal);
+        opening.opened(id);
     }
     response
 }

@@ -1234,6 +1234,51 @@ mod tests {
         assert_eq!(status, hyper::StatusCode::TOO_MANY_REQUESTS);
     }
 
+    /// Concurrent `initialize` requests count while they are answered:
+    /// together they cannot open more than a caller's share (before, each
+    /// passed the check before any of them had opened a session).
+    #[tokio::test]
+    async fn concurrent_initializes_open_no_more_than_a_callers_share() {
+        use crate::http::MAX_SESSIONS_PER_CALLER;
+        let (_server, router) = billing_server().await;
+        let initialize = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "test", "version": "0"}}});
+        let mut requests = tokio::task::JoinSet::new();
+        for _ in 0..MAX_SESSIONS_PER_CALLER + 32 {
+            let session = Session {
+                router: router.clone(),
+                principal: "agent-1",
+                id: None,
+                next: 1,
+            };
+            let initialize = initialize.clone();
+            requests
+                .spawn(async move { session.send(hyper::Method::POST, Some(&initialize)).await });
+        }
+        let (mut opened, mut refused) = (0, 0);
+        while let Some(answer) = requests.join_next().await {
+            let (status, body) = answer.unwrap();
+            match status {
+                hyper::StatusCode::OK => opened += 1,
+                hyper::StatusCode::TOO_MANY_REQUESTS => refused += 1,
+                other => panic!("{other}: {body}"),
+            }
+        }
+        assert_eq!(opened, MAX_SESSIONS_PER_CALLER);
+        assert_eq!(refused, 32);
+        // Every place is taken, none is leaked by the refused or answered.
+        let extra = Session {
+            router: router.clone(),
+            principal: "agent-1",
+            id: None,
+            next: 1,
+        };
+        let (status, _) = extra.send(hyper::Method::POST, Some(&initialize)).await;
+        assert_eq!(status, hyper::StatusCode::TOO_MANY_REQUESTS);
+        Session::open(&router, "agent-2", false).await;
+    }
+
     fn refund(key: &str) -> Value {
         json!({"name": "billing__refund",
                "arguments": {"account": "9182", "amount_cents": 2400, "reason": "damaged"},
