@@ -444,6 +444,16 @@ async fn query(settings: &Settings, args: &QueryArgs) -> Result<u8, Failure> {
                 .map_err(Failure::usage)?,
         ),
     };
+    if let Some(outcome) = &args.outcome
+        && outcome != "ok"
+        && outcome != airlock_host::audit_log::OUTCOME_UNKNOWN
+        && !airlock_host::CALL_ERROR_KINDS.contains(&outcome.as_str())
+    {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "unknown outcome {outcome:?}: expected ok, unknown or an error kind ({})",
+            airlock_host::CALL_ERROR_KINDS.join(", ")
+        )));
+    }
     let query = AuditQuery {
         plugin: args.plugin.clone(),
         tool: args.tool.clone(),

@@ -650,6 +650,20 @@ fn calls_are_audited_and_the_log_verifies_live_and_exported() {
     assert_eq!(String::from_utf8(query.stdout).unwrap().lines().count(), 1);
     let bad_time = env.run(&["audit", "query", "--since", "last tuesday"]);
     assert_eq!(bad_time.status.code(), Some(2));
+    // A misspelt outcome is a usage error, not an empty answer; every kind
+    // a call can end with is accepted.
+    let misspelt = env.run(&["audit", "query", "--outcome", "unknown_tol"]);
+    assert_eq!(misspelt.status.code(), Some(2));
+    assert!(
+        stderr(&misspelt)
+            .contains("unknown outcome \"unknown_tol\": expected ok, unknown or an error kind"),
+        "{}",
+        stderr(&misspelt)
+    );
+    for outcome in ["ok", "unknown", "tool_paused", "ledger_unavailable"] {
+        let query = env.run(&["audit", "query", "--outcome", outcome]);
+        assert!(query.status.success(), "{outcome}: {}", stderr(&query));
+    }
 
     let verify = env.run(&["audit", "verify", "--json"]);
     assert!(verify.status.success(), "{}", stderr(&verify));

@@ -1280,6 +1280,62 @@ impl LoadError {
     }
 }
 
+/// Every kind a call can end with ([`CallError::kind`]): the outcomes of
+/// failed calls in the audit log, what a case's `expect.error` may name.
+pub const CALL_ERROR_KINDS: &[&str] = &[
+    "invalid_trace_id",
+    "invalid_traceparent",
+    "invalid_principal",
+    "invalid_idempotency_key",
+    "invalid_approval_id",
+    "invalid_session",
+    "bad_tool_reference",
+    "unknown_plugin",
+    "unknown_tool",
+    "read_only_mode",
+    "tool_paused",
+    "rate_limited",
+    "arguments_too_large",
+    "arguments_not_json",
+    "arguments_not_object",
+    "arguments_invalid",
+    "idempotency_key_required",
+    "idempotency_mismatch",
+    "idempotency_in_use",
+    "idempotency_outcome_unknown",
+    "replayed_failure",
+    "approval_pending",
+    "approval_unavailable",
+    "too_many_pending_approvals",
+    "approval_rejected",
+    "approval_expired",
+    "approval_cancelled",
+    "approval_consumed",
+    "approval_unknown",
+    "approval_mismatch",
+    "plugin_busy",
+    "principal_busy",
+    "host_busy",
+    "cancelled",
+    "tool_error",
+    "fuel_exhausted",
+    "deadline_exceeded",
+    "memory_limit",
+    "host_data_limit",
+    "guest_trap",
+    "output_too_large",
+    "output_invalid",
+    "audit_unavailable",
+    "io",
+    "config",
+    "engine",
+    "ledger_unavailable",
+    "workspace",
+    "store_unavailable",
+    "version_taken",
+    "invalid_version",
+];
+
 impl CallError {
     /// A stable, machine-readable name for this error (`snake_case`), used in
     /// the CLI's and the MCP server's JSON output.
@@ -1482,6 +1538,34 @@ impl Error {
 
 #[cfg(test)]
 mod tests {
+    /// The kinds `CallError::kind` and `StoreError::kind` can return, read
+    /// from their source: `CALL_ERROR_KINDS` lists exactly these, so a new
+    /// kind cannot be missing from what `expect.error` and `audit query
+    /// --outcome` accept.
+    #[test]
+    fn call_error_kinds_lists_every_kind_a_call_can_end_with() {
+        let source = include_str!("error.rs");
+        let kinds_in = |owner: &str| -> Vec<String> {
+            let start = source.find(&format!("impl {owner} {{")).unwrap();
+            let body = &source[start..];
+            let body = &body[body.find("pub fn kind(&self)").unwrap()..];
+            let body = &body[..body.find("\n    }\n").unwrap()];
+            body.split("=> \"")
+                .skip(1)
+                .map(|rest| rest[..rest.find('"').unwrap()].to_owned())
+                .collect()
+        };
+        let mut found = kinds_in("CallError");
+        found.extend(kinds_in("StoreError"));
+        found.sort();
+        found.dedup();
+        let mut listed: Vec<String> = CALL_ERROR_KINDS.iter().map(|k| (*k).to_owned()).collect();
+        listed.sort();
+        assert_eq!(listed.len(), CALL_ERROR_KINDS.len(), "a kind listed twice");
+        assert!(found.len() > 50, "{found:?}");
+        assert_eq!(listed, found);
+    }
+
     use super::*;
 
     #[test]

@@ -96,8 +96,8 @@ pub use alerts::{
 pub use cache::CacheStatus;
 pub use engine::{DEFAULT_MAX_INSTANCES, InstanceAllocation};
 pub use error::{
-    ApprovalRefusal, ArchiveRefusal, CallError, Error, ErrorClass, Identifier, LoadError,
-    ReleaseError, Result, SchemaViolation, Store, StoreError, ToolErrorKind, TrapKind,
+    ApprovalRefusal, ArchiveRefusal, CALL_ERROR_KINDS, CallError, Error, ErrorClass, Identifier,
+    LoadError, ReleaseError, Result, SchemaViolation, Store, StoreError, ToolErrorKind, TrapKind,
 };
 pub use eval::{
     Case, CaseReport, Cases, CasesError, EVAL_PRINCIPAL, EvalReport, Expectation,

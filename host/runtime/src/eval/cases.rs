@@ -28,61 +28,6 @@ const MAX_PATTERN_BYTES: usize = 1024;
 /// Memory a compiled `matches` pattern may use.
 const REGEX_SIZE_LIMIT: usize = 1024 * 1024;
 
-/// Every error kind a call can end with (`CallError::kind`): what
-/// `expect.error` may name. A kind not in it is refused when the file is
-/// read, so a misspelt kind cannot make a case that never passes.
-const ERROR_KINDS: &[&str] = &[
-    "invalid_trace_id",
-    "invalid_principal",
-    "invalid_idempotency_key",
-    "invalid_approval_id",
-    "invalid_session",
-    "bad_tool_reference",
-    "unknown_plugin",
-    "unknown_tool",
-    "read_only_mode",
-    "rate_limited",
-    "arguments_too_large",
-    "arguments_not_json",
-    "arguments_not_object",
-    "arguments_invalid",
-    "idempotency_key_required",
-    "idempotency_mismatch",
-    "idempotency_in_use",
-    "idempotency_outcome_unknown",
-    "replayed_failure",
-    "approval_pending",
-    "approval_unavailable",
-    "too_many_pending_approvals",
-    "approval_rejected",
-    "approval_expired",
-    "approval_cancelled",
-    "approval_consumed",
-    "approval_unknown",
-    "approval_mismatch",
-    "plugin_busy",
-    "principal_busy",
-    "host_busy",
-    "cancelled",
-    "tool_error",
-    "fuel_exhausted",
-    "deadline_exceeded",
-    "memory_limit",
-    "host_data_limit",
-    "guest_trap",
-    "output_too_large",
-    "output_invalid",
-    "audit_unavailable",
-    "io",
-    "config",
-    "engine",
-    "ledger_unavailable",
-    "workspace",
-    "store_unavailable",
-    "version_taken",
-    "invalid_version",
-];
-
 /// A cases file that cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -474,7 +419,7 @@ impl Expectation {
                         .to_owned(),
                 );
             }
-            if !ERROR_KINDS.contains(&kind.as_str()) {
+            if !crate::error::CALL_ERROR_KINDS.contains(&kind.as_str()) {
                 return Err(format!(
                     "expect.error {:?} is not an error kind (for example tool_error, arguments_invalid, fuel_exhausted)",
                     crate::pipeline::gate::bounded(kind, 64)
