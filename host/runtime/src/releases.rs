@@ -402,7 +402,10 @@ impl Served {
         write_version(&self.releases, installed, temp.path())?;
         let temp = temp.keep();
         match std::fs::rename(&temp, &dir) {
-            Ok(()) => Ok(dir),
+            Ok(()) => {
+                airlock_store::file::sync_dir(&parent).map_err(|e| Error::io(&parent, e))?;
+                Ok(dir)
+            }
             // Another process materialized it first: use theirs.
             Err(_) if dir.join(MANIFEST_FILE).is_file() => {
                 let _ = std::fs::remove_dir_all(&temp);
@@ -996,9 +999,16 @@ pub fn write_version(releases: &Releases, installed: &InstalledVersion, dir: &Pa
     for (name, digest) in files {
         let bytes = releases.artifact(digest).map_err(store_error)?;
         let path = dir.join(&name);
-        std::fs::write(&path, bytes).map_err(|e| Error::io(&path, e))?;
+        // Synced: a directory renamed into place after a crash holds
+        // whole files, not empty ones its manifest check would trip on.
+        std::fs::File::create(&path)
+            .and_then(|mut file| {
+                std::io::Write::write_all(&mut file, &bytes)?;
+                file.sync_all()
+            })
+            .map_err(|e| Error::io(&path, e))?;
     }
-    Ok(())
+    airlock_store::file::sync_dir(dir).map_err(|e| Error::io(dir, e))
 }
 
 /// What a rollout serves, in words.
