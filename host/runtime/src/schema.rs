@@ -576,11 +576,9 @@ mod tests {
         assert!(err.contains("deep"), "{err}");
     }
 
-    /// A schema within the width limit but wide (11,000 `anyOf` branches
-    /// for each item) against a large document: refused unvalidated, which
-    /// fails closed, rather than validated for seconds of host time.
-    #[test]
-    fn a_document_too_costly_to_validate_is_refused_unvalidated() {
+    /// `{"a": [...]}` whose items must each match one of 5,000 `anyOf`
+    /// branches, item `{"xN": 1}` branch N.
+    fn wide_items() -> GuestSchema {
         let branches: Vec<Value> = (0..5000)
             .map(|i| serde_json::json!({"required": [format!("x{i}")]}))
             .collect();
@@ -588,7 +586,15 @@ mod tests {
             "type": "object",
             "properties": {"a": {"type": "array", "items": {"anyOf": branches}}},
         });
-        let (_, validator) = compile_guest_schema(&schema.to_string(), true).unwrap();
+        compile_guest_schema(&schema.to_string(), true).unwrap().1
+    }
+
+    /// A schema within the width limit but wide (5,000 `anyOf` branches
+    /// for each item) against a large document: refused unvalidated, which
+    /// fails closed, rather than validated for seconds of host time.
+    #[test]
+    fn a_document_too_costly_to_validate_is_refused_unvalidated() {
+        let validator = wide_items();
         let items: Vec<Value> = (0..10_000).map(|_| serde_json::json!({})).collect();
         let found = validator.violations(&serde_json::json!({ "a": items }));
         assert_eq!(found.len(), 1, "{found:?}");
@@ -612,14 +618,7 @@ mod tests {
     fn a_costly_validation_hands_its_worker_to_the_other_tasks() {
         // Each item matches only the last of 5,000 branches: a million
         // steps, well past what is validated in place.
-        let branches: Vec<Value> = (0..5000)
-            .map(|i| serde_json::json!({"required": [format!("x{i}")]}))
-            .collect();
-        let schema = serde_json::json!({
-            "type": "object",
-            "properties": {"a": {"type": "array", "items": {"anyOf": branches}}},
-        });
-        let (_, validator) = compile_guest_schema(&schema.to_string(), true).unwrap();
+        let validator = wide_items();
         let items: Vec<Value> = (0..200).map(|_| serde_json::json!({"x4999": 1})).collect();
         let document = serde_json::json!({ "a": items });
         assert!(validator.steps(&document) > MAX_IN_PLACE_STEPS);
@@ -642,7 +641,7 @@ mod tests {
         assert!(found.is_empty(), "{found:?}");
         assert!(other_ran, "the queued task waited for the validation");
         // On a current-thread runtime, and outside any, it runs in place.
-        let (_, validator) = compile_guest_schema(&schema.to_string(), true).unwrap();
+        let validator = wide_items();
         let small = serde_json::json!({ "a": [{"x4999": 1}] });
         assert!(validator.violations(&small).is_empty());
         let current = tokio::runtime::Builder::new_current_thread()
