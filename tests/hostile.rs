@@ -186,6 +186,57 @@ async fn grant_over_the_data_directory_is_refused() {
     assert!(err.to_string().contains("store"), "{err}");
 }
 
+/// An installed version is held to the same rule as a plugin of the
+/// plugins directory: a package granting itself the data directory is
+/// refused at install, and a version installed where its grant reached
+/// nothing protected is refused where it would (before, both loaded, and
+/// every call had the audit log's keys and the ledger in reach).
+#[tokio::test]
+async fn an_installed_version_cannot_grant_itself_the_data_directory() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("state")).unwrap();
+    std::fs::create_dir_all(root.path().join("elsewhere/state")).unwrap();
+    let data = root.path().join("state/airlock");
+    let dir = probe(
+        "datawrite",
+        r#"[{ host = "state", guest = "/state", access = "read-write" }]"#,
+    );
+    let package = airlock_host::Package::from_dir(dir.path()).unwrap();
+    let host = Host::new(
+        HostConfig::default()
+            .policy(files_root(root.path()))
+            .data_dir(&data),
+    )
+    .unwrap();
+    let err = host.install(&package, "ops").await.unwrap_err();
+    assert_eq!(err.kind(), "capability_denied", "{err}");
+    assert!(err.to_string().contains("store"), "{err}");
+    assert!(host.installed(None).unwrap().is_empty());
+    drop(host);
+
+    // Installed by a host whose files root made the grant harmless...
+    let host = Host::new(
+        HostConfig::default()
+            .policy(files_root(&root.path().join("elsewhere")))
+            .data_dir(&data),
+    )
+    .unwrap();
+    host.install(&package, "ops").await.unwrap();
+    host.plugin_version("datawrite", "0.1.0").await.unwrap();
+    host.audit().close().unwrap();
+    drop(host);
+    // ...served by one where the same grant is the data directory.
+    let host = Host::new(
+        HostConfig::default()
+            .policy(files_root(root.path()))
+            .data_dir(&data),
+    )
+    .unwrap();
+    let err = host.plugin_version("datawrite", "0.1.0").await.unwrap_err();
+    assert_eq!(err.kind(), "capability_denied", "{err}");
+    assert!(err.to_string().contains("store"), "{err}");
+}
+
 // ------------------------------------------------- isolation by identity
 
 fn notes_plugin(scope: &str) -> PluginDir {

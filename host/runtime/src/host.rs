@@ -235,9 +235,10 @@ pub struct Host {
 }
 
 /// Loaded plugins by name. Locked only to look up, insert or remove an
-/// entry, never across an `.await`.
-#[derive(Default)]
-pub(crate) struct PluginTable(RwLock<BTreeMap<String, Arc<Plugin>>>);
+/// entry, never across an `.await`. Cloned, it is the same table (the
+/// served versions check their grants against it).
+#[derive(Default, Clone)]
+pub(crate) struct PluginTable(Arc<RwLock<BTreeMap<String, Arc<Plugin>>>>);
 
 impl PluginTable {
     /// The loaded plugin `name`.
@@ -248,7 +249,7 @@ impl PluginTable {
     /// The map for reading. The lock is never held across an `.await` and
     /// no code holding it can panic, so a poisoned lock still holds a
     /// consistent map and is used as is.
-    fn read(&self) -> RwLockReadGuard<'_, BTreeMap<String, Arc<Plugin>>> {
+    pub(crate) fn read(&self) -> RwLockReadGuard<'_, BTreeMap<String, Arc<Plugin>>> {
         self.0
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -259,6 +260,79 @@ impl PluginTable {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
+}
+
+/// Refuse a plugin whose `files` grants reach what the host protects
+/// (plugin directories and where plugins are loaded from, the data
+/// directory, the cache) or overlap another plugin's grants, and a
+/// plugin whose directory lies inside a loaded plugin's grant. See
+/// `grants/files.rs` for the rule. `stores` are the host's own
+/// directories (data, cache), absolute; a loaded plugin of the same name
+/// (the directory's plugin, for a served version of it) is not another.
+fn absolute(p: &Path) -> PathBuf {
+    p.canonicalize()
+        .or_else(|_| std::path::absolute(p))
+        .unwrap_or_else(|_| p.to_owned())
+}
+
+/// The host's own directories (data, cache), absolute: no `files` grant
+/// may reach them.
+fn protected_stores(config: &HostConfig) -> Vec<PathBuf> {
+    [&config.data_dir, &config.cache_dir]
+        .into_iter()
+        .flatten()
+        .map(|d| absolute(d))
+        .collect()
+}
+
+pub(crate) fn check_files_grants(
+    plugin: &Plugin,
+    stores: &[PathBuf],
+    loaded: &BTreeMap<String, Arc<Plugin>>,
+) -> LoadResult<()> {
+    let mut plugin_dirs = Vec::new();
+    for dir in loaded
+        .values()
+        .map(|p| p.dir())
+        .chain(std::iter::once(plugin.dir()))
+    {
+        let dir = absolute(dir);
+        if let Some(parent) = dir.parent() {
+            plugin_dirs.push(parent.to_owned());
+        }
+        plugin_dirs.push(dir);
+    }
+    crate::grants::check_files_overlaps(
+        plugin.name(),
+        &plugin.grant().files,
+        crate::grants::ProtectedPaths {
+            stores,
+            plugin_dirs: &plugin_dirs,
+        },
+        loaded
+            .values()
+            .filter(|p| p.name() != plugin.name())
+            .flat_map(|p| p.grant().files.iter().map(move |f| (p.name(), f))),
+    )?;
+    // A loaded plugin's grant may not contain the new plugin's files.
+    let dir = absolute(plugin.dir());
+    for other in loaded.values().filter(|p| p.name() != plugin.name()) {
+        for files in &other.grant().files {
+            if dir.starts_with(&files.host) {
+                return Err(LoadError::CapabilityDenied {
+                    plugin: plugin.name().to_owned(),
+                    capability: "capabilities.files".to_owned(),
+                    reason: format!(
+                        "the plugin directory {} lies inside {}, granted to plugin `{}`",
+                        dir.display(),
+                        files.host.display(),
+                        other.name()
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 impl std::fmt::Debug for Host {
@@ -348,9 +422,12 @@ impl Host {
         }
         let workspace = Workspace::new(stores.workspace.clone());
         let mode = ModeWatch::new(stores.mode.clone(), &config.origin);
+        let plugins = PluginTable::default();
         let served = Served::new(
             airlock_store::Releases::new(stores.plugins.clone()),
             config.data_dir.as_deref(),
+            protected_stores(&config),
+            plugins.clone(),
         )?;
         // No plugin may ask for more, so no pool slot needs to hold more.
         let memory_ceiling_mb = Some(
@@ -388,7 +465,7 @@ impl Host {
             pauses: Pauses::default(),
             engine,
             cache,
-            plugins: PluginTable::default(),
+            plugins,
             config,
             audit,
             workspace,
@@ -461,74 +538,10 @@ impl Host {
                 second: dir.to_owned(),
             });
         }
-        self.check_files_grants(&plugin, &plugins)?;
+        check_files_grants(&plugin, &protected_stores(&self.config), &plugins)?;
         let plugin = Arc::new(plugin);
         plugins.insert(name, Arc::clone(&plugin));
         Ok(plugin)
-    }
-
-    /// Refuse a plugin whose `files` grants reach what the host protects
-    /// (plugin directories and where plugins are loaded from, the data
-    /// directory, the cache) or overlap another plugin's grants, and a
-    /// plugin whose directory lies inside a loaded plugin's grant. See
-    /// `grants/files.rs` for the rule.
-    fn check_files_grants(
-        &self,
-        plugin: &Plugin,
-        loaded: &BTreeMap<String, Arc<Plugin>>,
-    ) -> LoadResult<()> {
-        let absolute = |p: &Path| {
-            p.canonicalize()
-                .or_else(|_| std::path::absolute(p))
-                .unwrap_or_else(|_| p.to_owned())
-        };
-        let mut plugin_dirs = Vec::new();
-        for dir in loaded
-            .values()
-            .map(|p| p.dir())
-            .chain(std::iter::once(plugin.dir()))
-        {
-            let dir = absolute(dir);
-            if let Some(parent) = dir.parent() {
-                plugin_dirs.push(parent.to_owned());
-            }
-            plugin_dirs.push(dir);
-        }
-        let stores: Vec<PathBuf> = [&self.config.data_dir, &self.config.cache_dir]
-            .into_iter()
-            .flatten()
-            .map(|d| absolute(d))
-            .collect();
-        crate::grants::check_files_overlaps(
-            plugin.name(),
-            &plugin.grant().files,
-            crate::grants::ProtectedPaths {
-                stores: &stores,
-                plugin_dirs: &plugin_dirs,
-            },
-            loaded
-                .values()
-                .flat_map(|p| p.grant().files.iter().map(move |f| (p.name(), f))),
-        )?;
-        // A loaded plugin's grant may not contain the new plugin's files.
-        let dir = absolute(plugin.dir());
-        for other in loaded.values() {
-            for files in &other.grant().files {
-                if dir.starts_with(&files.host) {
-                    return Err(LoadError::CapabilityDenied {
-                        plugin: plugin.name().to_owned(),
-                        capability: "capabilities.files".to_owned(),
-                        reason: format!(
-                            "the plugin directory {} lies inside {}, granted to plugin `{}`",
-                            dir.display(),
-                            files.host.display(),
-                            other.name()
-                        ),
-                    });
-                }
-            }
-        }
-        Ok(())
     }
 
     /// Unload the plugin `name`: new calls to its tools fail with

@@ -198,6 +198,11 @@ pub(crate) struct Served {
     prepared: Mutex<Prepared>,
     /// Removes `dir` with the host when it is temporary.
     _temporary: Option<tempfile::TempDir>,
+    /// The host's own directories, which no version's `files` grant may
+    /// reach, and its plugins directory's plugins, whose code and grants
+    /// no version's may either (`crate::host::check_files_grants`).
+    stores: Vec<PathBuf>,
+    directory: crate::host::PluginTable,
 }
 
 impl std::fmt::Debug for Served {
@@ -215,7 +220,12 @@ fn store_error(e: airlock_store::StoreError) -> Error {
 impl Served {
     /// Serve the versions kept in `releases`, materializing them under
     /// `data_dir/versions` (a temporary directory without one).
-    pub(crate) fn new(releases: Releases, data_dir: Option<&Path>) -> Result<Served> {
+    pub(crate) fn new(
+        releases: Releases,
+        data_dir: Option<&Path>,
+        stores: Vec<PathBuf>,
+        directory: crate::host::PluginTable,
+    ) -> Result<Served> {
         let (dir, temporary) = match data_dir {
             Some(dir) => (dir.join(VERSIONS_DIR), None),
             None => {
@@ -234,7 +244,18 @@ impl Served {
             dir,
             prepared: Mutex::default(),
             _temporary: temporary,
+            stores,
+            directory,
         })
+    }
+
+    /// Refuse a version whose `files` grants reach the host's own
+    /// directories, a plugin's code, or another plugin's grants, as a
+    /// plugin of the plugins directory is refused.
+    fn check_grants(&self, version: &Plugin) -> Result<()> {
+        let directory = self.directory.read();
+        crate::host::check_files_grants(version, &self.stores, &directory)?;
+        Ok(())
     }
 
     pub(crate) fn releases(&self) -> &Releases {
@@ -350,6 +371,7 @@ impl Served {
         }
         let dir = self.materialize(&installed)?;
         let loaded = plugin::load(engine, cache, policy, &dir).await?;
+        self.check_grants(&loaded)?;
         if loaded.name() != installed.plugin || loaded.version() != installed.version {
             return Err(store_error(airlock_store::StoreError::new(
                 airlock_store::ErrorKind::Corrupt,
@@ -446,6 +468,7 @@ impl ReleaseParts<'_> {
         let dir = scratch.path().join(package.name());
         package.write_dir(&dir)?;
         let checked = plugin::load(self.engine, self.cache, self.policy, &dir).await?;
+        self.served.check_grants(&checked)?;
         let signer = checked.signer().map(ToString::to_string);
         let signature = package.signature().map(|s| s.to_text());
         let report = match self

@@ -458,6 +458,21 @@ impl EffectiveGrant {
         capability.factor().granted(self)
     }
 
+    /// What a plugin's `list` export runs with at load: no files,
+    /// environment, workspace or network, whatever the plugin is granted.
+    /// Its code runs before the host has checked the grant against what it
+    /// protects and against the other plugins, and naming tools needs none
+    /// of them.
+    pub(crate) fn for_listing(&self) -> EffectiveGrant {
+        EffectiveGrant {
+            env: Vec::new(),
+            files: Vec::new(),
+            workspace: None,
+            http: None,
+            ..self.clone()
+        }
+    }
+
     /// Log lines kept per call.
     pub(crate) fn log_max_lines(&self) -> usize {
         let lines = self
@@ -835,6 +850,24 @@ mod tests {
         ] {
             assert_eq!(classify(name), ImportClass::Gated(capability));
         }
+    }
+
+    /// A plugin's `list` runs at load with nothing that reaches outside
+    /// it: no environment, files, workspace or network.
+    #[test]
+    fn listing_runs_with_no_capability_that_reaches_out() {
+        let grant = EffectiveGrant {
+            log: true,
+            clocks: true,
+            random: true,
+            env: vec![("TOKEN".to_owned(), "secret".to_owned())],
+            workspace: Some(crate::manifest::FileAccess::ReadWrite),
+            ..EffectiveGrant::default()
+        };
+        let listing = grant.for_listing();
+        assert!(listing.env.is_empty() && listing.files.is_empty());
+        assert!(listing.workspace.is_none() && listing.http.is_none());
+        assert!(listing.log && listing.clocks && listing.random);
     }
 
     #[test]

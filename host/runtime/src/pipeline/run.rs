@@ -255,8 +255,8 @@ pub(crate) async fn list_tools(
         .ok_or_else(|| LoadError::HostBusy {
             limit: engine.max_instances(),
         })?;
-    // Listing tools never needs to write anything.
-    let mut store = new_store(engine, limits, grant, None, true)
+    // Listing tools never needs to write anything, nor any capability.
+    let mut store = new_store(engine, limits, &grant.for_listing(), None, true)
         .map_err(|message| LoadError::Engine { message })?;
     let outcome = with_deadline(limits, async {
         let instance = pre.instantiate_async(&mut store).await?;
