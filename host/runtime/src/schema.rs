@@ -69,6 +69,19 @@ const MAX_IN_PLACE_STEPS: u64 = 50_000;
 /// is (listing costs some thirty times a plain check, per failing branch).
 const MAX_LISTING_STEPS: u64 = 250_000;
 
+/// Bytes of a string that cost about one step to scan (`pattern`,
+/// `format`, `minLength`...: a linear pass, about a nanosecond a byte,
+/// against about 60 ns a step).
+const STRING_BYTES_PER_STEP: usize = 64;
+
+/// The steps scanning `bytes` of string costs beyond the value's own, for
+/// each of the `width` subschemas that apply to it: a schema applying
+/// thousands of `pattern`s to one property, given a megabyte string, would
+/// otherwise cost minutes for a handful of counted steps.
+fn string_steps(width: u64, bytes: usize) -> u64 {
+    width.saturating_mul(u64::try_from(bytes / STRING_BYTES_PER_STEP).unwrap_or(u64::MAX))
+}
+
 /// A guest's schema, compiled, with what validating against it can cost.
 pub(crate) struct GuestSchema {
     validator: jsonschema::Validator,
@@ -144,7 +157,16 @@ impl GuestSchema {
             steps = steps.saturating_add(width);
             match value {
                 Value::Array(items) => stack.extend(items.iter().map(|v| (v, depth + 1))),
-                Value::Object(map) => stack.extend(map.values().map(|v| (v, depth + 1))),
+                Value::Object(map) => {
+                    // Keys are matched too (`patternProperties`,
+                    // `propertyNames`).
+                    let key_bytes = map.keys().map(String::len).sum::<usize>();
+                    steps = steps.saturating_add(string_steps(width, key_bytes));
+                    stack.extend(map.values().map(|v| (v, depth + 1)));
+                }
+                Value::String(text) => {
+                    steps = steps.saturating_add(string_steps(width, text.len()));
+                }
                 _ => {}
             }
         }
@@ -612,6 +634,46 @@ mod tests {
                 .violations(&serde_json::json!({ "a": ok }))
                 .is_empty()
         );
+    }
+
+    /// Long strings cost by their length: 16,384 `pattern`s applied
+    /// to one megabyte string are refused unvalidated, not scanned for
+    /// minutes; the same string under a plain schema is validated.
+    #[test]
+    fn a_long_string_under_many_patterns_is_refused_for_its_length() {
+        // `p14` applies the pattern 16,384 times, through `$ref` doubling.
+        let mut defs = serde_json::Map::new();
+        defs.insert("p0".to_owned(), serde_json::json!({"pattern": "^a*$"}));
+        for i in 1..=14 {
+            let previous = format!("#/$defs/p{}", i - 1);
+            defs.insert(
+                format!("p{i}"),
+                serde_json::json!({"allOf": [{"$ref": previous}, {"$ref": previous}]}),
+            );
+        }
+        let schema = serde_json::json!({
+            "type": "object",
+            "$defs": defs,
+            "properties": {"x": {"$ref": "#/$defs/p14"}},
+        });
+        let (_, validator) = compile_guest_schema(&schema.to_string(), false).unwrap();
+        let long = serde_json::json!({ "x": "a".repeat(1 << 20) });
+        let found = validator.violations(&long);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].message.starts_with("not validated"), "{found:?}");
+        // Short strings against it, and the long one against a plain
+        // schema, are validated.
+        assert!(
+            validator
+                .violations(&serde_json::json!({ "x": "aaa" }))
+                .is_empty()
+        );
+        let (_, plain) = compile_guest_schema(
+            r#"{"type":"object","properties":{"x":{"type":"string","pattern":"^a*$"}}}"#,
+            false,
+        )
+        .unwrap();
+        assert!(plain.violations(&long).is_empty());
     }
 
     #[test]
