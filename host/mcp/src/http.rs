@@ -996,6 +996,17 @@ async fn authenticate_caller(
                 .into_response();
         }
     };
+    // A session id the SDK would not read (not visible ASCII) is refused:
+    // the SDK takes it for none and opens a session, which this check would
+    // not have counted.
+    if let Some(id) = parts.headers.get("mcp-session-id")
+        && !id.as_bytes().iter().all(|b| b.is_ascii_graphic())
+    {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "Mcp-Session-Id must be visible ASCII",
+        );
+    }
     // An `initialize` without a session id opens a session: bounded per
     // caller and in all.
     let opens_session = !parts.headers.contains_key("mcp-session-id")

@@ -412,6 +412,7 @@ impl McpServer {
             shared: Arc::clone(&self.shared),
             principal,
             bound: std::sync::OnceLock::new(),
+            watcher: std::sync::OnceLock::new(),
         }
     }
 
@@ -559,6 +560,18 @@ pub(crate) struct AirlockHandler {
     /// The principal an HTTP session started with: later requests in the
     /// session must authenticate as the same principal.
     bound: std::sync::OnceLock<String>,
+    /// The task sending this session's list-change notifications: one
+    /// (however often the client says `initialized`), stopped with the
+    /// session (when the SDK drops its handler).
+    watcher: std::sync::OnceLock<tokio::task::AbortHandle>,
+}
+
+impl Drop for AirlockHandler {
+    fn drop(&mut self) {
+        if let Some(watcher) = self.watcher.get() {
+            watcher.abort();
+        }
+    }
 }
 
 impl AirlockHandler {
@@ -1007,15 +1020,24 @@ impl ServerHandler for AirlockHandler {
     async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
         // Sessions that began with `initialize` (protocol versions before
         // 2026-07-28) get list changes as plain notifications.
+        // Once per session: a client repeating `initialized` gets no second
+        // task (each held the session's peer until the catalog changed).
+        if self.watcher.get().is_some() {
+            return;
+        }
         let mut changes = self.shared.changes.subscribe();
         let peer = context.peer;
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             while changes.changed().await.is_ok() {
                 if peer.notify_tool_list_changed().await.is_err() {
                     break;
                 }
             }
         });
+        if let Err(task) = self.watcher.set(task.abort_handle()) {
+            // Another `initialized` won the race.
+            task.abort();
+        }
     }
 
     fn accepted_subscription_filter(
@@ -1159,6 +1181,21 @@ mod tests {
             method: hyper::Method,
             body: String,
         ) -> hyper::Response<axum::body::Body> {
+            let id = self
+                .id
+                .as_deref()
+                .map(|id| hyper::header::HeaderValue::from_str(id).unwrap());
+            self.call_with(method, body, id).await
+        }
+
+        /// [`call`](Self::call) with `session` as the session id header,
+        /// whatever its bytes.
+        async fn call_with(
+            &self,
+            method: hyper::Method,
+            body: String,
+            session: Option<hyper::header::HeaderValue>,
+        ) -> hyper::Response<axum::body::Body> {
             let mut request = hyper::Request::builder()
                 .method(method)
                 .uri(MCP_PATH)
@@ -1167,7 +1204,7 @@ mod tests {
                 .header("accept", "application/json, text/event-stream")
                 .header("mcp-protocol-version", "2025-11-25")
                 .header("authorization", format!("Bearer {}-secret", self.principal));
-            if let Some(id) = &self.id {
+            if let Some(id) = session {
                 request = request.header("mcp-session-id", id);
             }
             let service = hyper_util::service::TowerToHyperService::new(self.router.clone());
@@ -1277,6 +1314,67 @@ mod tests {
         let (status, _) = extra.send(hyper::Method::POST, Some(&initialize)).await;
         assert_eq!(status, hyper::StatusCode::TOO_MANY_REQUESTS);
         Session::open(&router, "agent-2", false).await;
+    }
+
+    /// A session id the SDK cannot read would be taken for none, opening a
+    /// session outside the caller's count: it is refused before.
+    #[tokio::test]
+    async fn an_unreadable_session_id_opens_no_session() {
+        let (_server, router) = billing_server().await;
+        let initialize = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "test", "version": "0"}}});
+        let caller = Session {
+            router: router.clone(),
+            principal: "agent-1",
+            id: None,
+            next: 1,
+        };
+        for bytes in [&b"\xff"[..], b"a b", b"id\x80"] {
+            let id = hyper::header::HeaderValue::from_bytes(bytes).unwrap();
+            let response = caller
+                .call_with(hyper::Method::POST, initialize.to_string(), Some(id))
+                .await;
+            assert_eq!(
+                response.status(),
+                hyper::StatusCode::BAD_REQUEST,
+                "{bytes:?}"
+            );
+            assert!(response.headers().get("mcp-session-id").is_none());
+        }
+        // None was opened: the caller still has its whole share.
+        for _ in 0..crate::http::MAX_SESSIONS_PER_CALLER {
+            Session::open(&router, "agent-1", false).await;
+        }
+    }
+
+    /// However often a client says `initialized`, its session has one
+    /// task watching the catalog, stopped with the session.
+    #[tokio::test]
+    async fn repeated_initialized_notifications_start_one_watcher() {
+        let (server, router) = billing_server().await;
+        let receivers = || server.shared.changes.receiver_count();
+        let base = receivers();
+        let mut session = Session::open(&router, "agent-1", false).await;
+        let initialized = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
+        for _ in 0..50 {
+            let (status, body) = session.send(hyper::Method::POST, Some(&initialized)).await;
+            assert!(status.is_success(), "{status}: {body}");
+        }
+        // Notifications are handled in the session's task, in order: a
+        // request answered after them was handled after them.
+        let listed = session.request("tools/list", json!({})).await;
+        assert!(listed["result"]["tools"].is_array(), "{listed}");
+        assert_eq!(receivers(), base + 1, "one watcher for the session");
+        let (status, _) = session.send(hyper::Method::DELETE, None).await;
+        assert!(status.is_success(), "{status}");
+        for _ in 0..250 {
+            if receivers() == base {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(receivers(), base, "the watcher outlived its session");
     }
 
     fn refund(key: &str) -> Value {
