@@ -1073,12 +1073,16 @@ async fn list_approvals(
     if let Err(error) = approver(server.host(), &headers) {
         return unauthorized(error);
     }
-    match server.host().approvals(if query.all {
+    let state = if query.all {
         None
     } else {
         Some(query.state.unwrap_or(ApprovalState::Pending))
-    }) {
-        Ok(approvals) => Json(json!({"approvals": approvals})).into_response(),
+    };
+    // Reading the ledger may wait for the store: off the executor.
+    let host = Arc::clone(server.host());
+    match tokio::task::spawn_blocking(move || host.approvals(state)).await {
+        Ok(Ok(approvals)) => Json(json!({"approvals": approvals})).into_response(),
+        Ok(Err(error)) => plain(StatusCode::INTERNAL_SERVER_ERROR, &error.to_string()),
         Err(error) => plain(StatusCode::INTERNAL_SERVER_ERROR, &error.to_string()),
     }
 }
@@ -1091,9 +1095,15 @@ async fn show_approval(
     if let Err(error) = approver(server.host(), &headers) {
         return unauthorized(error);
     }
-    match server.host().approval(&id) {
-        Ok(Some(approval)) => Json(json!({"approval": approval})).into_response(),
-        Ok(None) => plain(StatusCode::NOT_FOUND, &format!("no approval {id}")),
+    let host = Arc::clone(server.host());
+    let found = {
+        let id = id.clone();
+        tokio::task::spawn_blocking(move || host.approval(&id)).await
+    };
+    match found {
+        Ok(Ok(Some(approval))) => Json(json!({"approval": approval})).into_response(),
+        Ok(Ok(None)) => plain(StatusCode::NOT_FOUND, &format!("no approval {id}")),
+        Ok(Err(error)) => plain(StatusCode::INTERNAL_SERVER_ERROR, &error.to_string()),
         Err(error) => plain(StatusCode::INTERNAL_SERVER_ERROR, &error.to_string()),
     }
 }
