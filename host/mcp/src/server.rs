@@ -1127,13 +1127,18 @@ mod tests {
     }
 
     impl Session {
-        async fn open(router: &axum::Router, principal: &'static str, tasks: bool) -> Session {
-            let mut session = Session {
+        /// A caller with no session yet.
+        fn unopened(router: &axum::Router, principal: &'static str) -> Session {
+            Session {
                 router: router.clone(),
                 principal,
                 id: None,
                 next: 1,
-            };
+            }
+        }
+
+        async fn open(router: &axum::Router, principal: &'static str, tasks: bool) -> Session {
+            let mut session = Session::unopened(router, principal);
             let capabilities = if tasks {
                 json!({"extensions": {rmcp::model::TASKS_EXTENSION_ID: {}}})
             } else {
@@ -1236,6 +1241,13 @@ mod tests {
         }
     }
 
+    /// An `initialize` request opening a session.
+    fn initialize_request() -> Value {
+        json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {},
+            "clientInfo": {"name": "test", "version": "0"}}})
+    }
+
     /// A caller cannot hold more than its share of MCP sessions (each
     /// holds a worker and buffers): past it `initialize` is refused until
     /// one is closed, and other callers are not affected.
@@ -1247,15 +1259,8 @@ mod tests {
         for _ in 0..MAX_SESSIONS_PER_CALLER {
             held.push(Session::open(&router, "agent-1", false).await);
         }
-        let initialize = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-            "protocolVersion": "2025-11-25", "capabilities": {},
-            "clientInfo": {"name": "test", "version": "0"}}});
-        let extra = Session {
-            router: router.clone(),
-            principal: "agent-1",
-            id: None,
-            next: 1,
-        };
+        let initialize = initialize_request();
+        let extra = Session::unopened(&router, "agent-1");
         let (status, body) = extra.send(hyper::Method::POST, Some(&initialize)).await;
         assert_eq!(status, hyper::StatusCode::TOO_MANY_REQUESTS, "{body}");
         assert!(body.contains("close one"), "{body}");
@@ -1278,17 +1283,10 @@ mod tests {
     async fn concurrent_initializes_open_no_more_than_a_callers_share() {
         use crate::http::MAX_SESSIONS_PER_CALLER;
         let (_server, router) = billing_server().await;
-        let initialize = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-            "protocolVersion": "2025-11-25", "capabilities": {},
-            "clientInfo": {"name": "test", "version": "0"}}});
+        let initialize = initialize_request();
         let mut requests = tokio::task::JoinSet::new();
         for _ in 0..MAX_SESSIONS_PER_CALLER + 32 {
-            let session = Session {
-                router: router.clone(),
-                principal: "agent-1",
-                id: None,
-                next: 1,
-            };
+            let session = Session::unopened(&router, "agent-1");
             let initialize = initialize.clone();
             requests
                 .spawn(async move { session.send(hyper::Method::POST, Some(&initialize)).await });
@@ -1305,12 +1303,7 @@ mod tests {
         assert_eq!(opened, MAX_SESSIONS_PER_CALLER);
         assert_eq!(refused, 32);
         // Every place is taken, none is leaked by the refused or answered.
-        let extra = Session {
-            router: router.clone(),
-            principal: "agent-1",
-            id: None,
-            next: 1,
-        };
+        let extra = Session::unopened(&router, "agent-1");
         let (status, _) = extra.send(hyper::Method::POST, Some(&initialize)).await;
         assert_eq!(status, hyper::StatusCode::TOO_MANY_REQUESTS);
         Session::open(&router, "agent-2", false).await;
@@ -1321,15 +1314,8 @@ mod tests {
     #[tokio::test]
     async fn an_unreadable_session_id_opens_no_session() {
         let (_server, router) = billing_server().await;
-        let initialize = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-            "protocolVersion": "2025-11-25", "capabilities": {},
-            "clientInfo": {"name": "test", "version": "0"}}});
-        let caller = Session {
-            router: router.clone(),
-            principal: "agent-1",
-            id: None,
-            next: 1,
-        };
+        let initialize = initialize_request();
+        let caller = Session::unopened(&router, "agent-1");
         for bytes in [&b"\xff"[..], b"a b", b"id\x80"] {
             let id = hyper::header::HeaderValue::from_bytes(bytes).unwrap();
             let response = caller
