@@ -963,6 +963,24 @@ async fn authenticate_caller(
             }
         },
     };
+    // A session is its opener's: another caller naming it (to read its
+    // event stream, or close it) finds none.
+    if let Some(id) = request
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        && callers
+            .owners()
+            .by_session
+            .get(id)
+            .is_some_and(|owner| *owner != principal)
+    {
+        tracing::warn!(
+            principal,
+            "MCP request refused: names another caller's session"
+        );
+        return plain(StatusCode::NOT_FOUND, "no such MCP session for this caller");
+    }
     request
         .extensions_mut()
         .insert(Principal(principal.clone()));

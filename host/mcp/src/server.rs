@@ -1309,6 +1309,31 @@ mod tests {
         Session::open(&router, "agent-2", false).await;
     }
 
+    /// A caller naming another caller's session id finds no session: it
+    /// can neither close it nor post into it; its owner still can.
+    #[tokio::test]
+    async fn a_session_answers_only_its_opener() {
+        let (_server, router) = billing_server().await;
+        let mut owner = Session::open(&router, "agent-1", false).await;
+        let mut intruder = Session::unopened(&router, "agent-2");
+        intruder.id = owner.id.clone();
+        let (status, body) = intruder.send(hyper::Method::DELETE, None).await;
+        assert_eq!(status, hyper::StatusCode::NOT_FOUND, "{body}");
+        let (status, _) = intruder.send(hyper::Method::GET, None).await;
+        assert_eq!(status, hyper::StatusCode::NOT_FOUND);
+        let (status, _) = intruder
+            .send(
+                hyper::Method::POST,
+                Some(&json!({"jsonrpc": "2.0", "id": 9, "method": "tools/list"})),
+            )
+            .await;
+        assert_eq!(status, hyper::StatusCode::NOT_FOUND);
+        let listed = owner.request("tools/list", json!({})).await;
+        assert!(listed["result"]["tools"].is_array(), "{listed}");
+        let (status, _) = owner.send(hyper::Method::DELETE, None).await;
+        assert!(status.is_success(), "{status}");
+    }
+
     /// A session id the SDK cannot read would be taken for none, opening a
     /// session outside the caller's count: it is refused before.
     #[tokio::test]
