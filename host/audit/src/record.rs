@@ -189,6 +189,17 @@ pub struct Entry {
     /// `logs` was cut at the size cap.
     #[serde(default, skip_serializing_if = "is_false")]
     pub logs_truncated: bool,
+    /// What the host itself refused or hit on the guest's behalf during
+    /// the call (an HTTP request to an origin not granted, a response body
+    /// over its limit, ...), whatever the call's outcome: canonical JSON of
+    /// `["…", …]`, each note scrubbed like `reason`, size-capped. Apart
+    /// from `logs` so that a guest can neither imitate these notes nor
+    /// crowd them out of the record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_notes: Option<String>,
+    /// `host_notes` was cut at the size cap.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub host_notes_truncated: bool,
     /// `ok`, an error kind (`tool_error`, `fuel_exhausted`, ...), or
     /// [`OUTCOME_UNKNOWN`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -232,6 +243,8 @@ impl Entry {
             result_truncated: false,
             logs: None,
             logs_truncated: false,
+            host_notes: None,
+            host_notes_truncated: false,
             outcome: None,
             fuel_used: None,
             wall_us: None,
@@ -371,6 +384,8 @@ impl Prepared {
             result_truncated,
             logs,
             logs_truncated,
+            host_notes,
+            host_notes_truncated,
             outcome,
             fuel_used,
             wall_us,
@@ -378,7 +393,7 @@ impl Prepared {
         // Members in the byte order of their keys, in four runs around
         // `hash`, `prev_hash`, and `seq` and `time_ms`.
         let mut out = Members::with_capacity(
-            768 + [args, logs, reason, result]
+            768 + [args, logs, host_notes, reason, result]
                 .iter()
                 .map(|text| text.as_ref().map_or(0, String::len))
                 .sum::<usize>(),
@@ -395,6 +410,8 @@ impl Prepared {
         out.number("fuel_used", *fuel_used);
         // "hash"
         let before_prev = out.next_run();
+        out.text("host_notes", host_notes.as_deref());
+        out.flag("host_notes_truncated", *host_notes_truncated);
         out.text("idempotency_key", idempotency_key.as_deref());
         out.text("logs", logs.as_deref());
         out.flag("logs_truncated", *logs_truncated);
@@ -678,6 +695,8 @@ mod tests {
             result_truncated: true,
             logs: text("[{\"level\":\"info\"}]"),
             logs_truncated: true,
+            host_notes: text("[\"http GET https://a.example/: refused\"]"),
+            host_notes_truncated: true,
             outcome: text("ok"),
             fuel_used: Some(u64::MAX),
             wall_us: Some(0),

@@ -347,6 +347,9 @@ fn show(outcome: &Result<CallResponse, airlock_host::CallError>) -> Option<&'sta
             for line in &response.logs {
                 println!("     [log {}] {}", line.level, line.message);
             }
+            for note in &response.host_notes {
+                println!("     [host] {note}");
+            }
             None
         }
         Err(error) => {

@@ -658,6 +658,9 @@ async fn call(settings: &Settings, args: CallArgs) -> Result<u8, Failure> {
                         response.logs_dropped
                     );
                 }
+                for note in &response.host_notes {
+                    eprintln!("[host] {note}");
+                }
                 print_json(&response.output);
             }
             Ok(exit::OK)

@@ -329,8 +329,7 @@ impl<'a> CallRecord<'a> {
     pub(crate) async fn finished(
         mut self,
         result: &CallResult<crate::CallResponse>,
-        fuel_used: u64,
-        wall: Duration,
+        stats: &crate::pipeline::run::RunStats,
     ) -> Result<(), airlock_audit::Error> {
         let held = self.intent == Intent::Held;
         // Recorded here, whatever becomes of the append: not again on drop.
@@ -344,8 +343,30 @@ impl<'a> CallRecord<'a> {
             entry.args_redacted = None;
             entry.args_truncated = false;
         }
-        entry.fuel_used = Some(fuel_used);
-        entry.wall_us = Some(u64::try_from(wall.as_micros()).unwrap_or(u64::MAX));
+        entry.fuel_used = Some(stats.fuel_used);
+        entry.wall_us = Some(u64::try_from(stats.duration.as_micros()).unwrap_or(u64::MAX));
+        // The guest's log and the host's notes on every outcome: the
+        // notes in a field of their own, which the guest cannot write.
+        let logs = match result {
+            Ok(response) => &response.logs,
+            Err(_) => &stats.logs,
+        };
+        if !logs.is_empty() {
+            let (copy, truncated) = self.logs_copy(logs);
+            entry.logs = Some(copy);
+            entry.logs_truncated = truncated;
+        }
+        if !stats.host_notes.is_empty() {
+            let notes = stats
+                .host_notes
+                .iter()
+                .map(|note| Value::String(self.log.redactor().scrub(note, &self.secrets)))
+                .collect();
+            let (copy, truncated) =
+                capped_json(&Value::Array(notes), self.log.config().max_copy_bytes);
+            entry.host_notes = Some(copy);
+            entry.host_notes_truncated = truncated;
+        }
         match result {
             Ok(response) => {
                 entry.outcome = Some("ok".to_owned());
@@ -358,11 +379,6 @@ impl<'a> CallRecord<'a> {
                     capped_json(&redacted.value, self.log.config().max_copy_bytes);
                 entry.result = Some(copy);
                 entry.result_truncated = truncated;
-                if !response.logs.is_empty() {
-                    let (copy, truncated) = self.logs_copy(&response.logs);
-                    entry.logs = Some(copy);
-                    entry.logs_truncated = truncated;
-                }
             }
             Err(error) => {
                 entry.outcome = Some(error.kind().to_owned());

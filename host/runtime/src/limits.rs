@@ -36,7 +36,7 @@ pub(crate) const CEILING_WORKSPACE_BLOBS: u64 = 1_000_000;
 pub(crate) const DEFAULT_MAX_LOG_BYTES: usize = 64 * 1024;
 /// Log lines kept per call (policy `log_max_lines`), whatever their size:
 /// lines past it, empty ones included, are dropped and counted. Guest
-/// stdout/stderr lines and the host's own `host: …` lines count too.
+/// stdout/stderr lines count too (the host's notes are apart).
 pub(crate) const DEFAULT_MAX_LOG_LINES: u64 = 1_000;
 /// Bytes kept per log line.
 pub(crate) const MAX_LOG_LINE_BYTES: usize = 4 * 1024;

@@ -446,6 +446,10 @@ pub(crate) fn call_story(who: &SessionView, call_id: &str, records: &[Record]) -
                     h2 { "Logs" @if r.entry.logs_truncated { " (cut at the size cap)" } }
                     (marked_json(logs))
                 }
+                @if let Some(notes) = &r.entry.host_notes {
+                    h2 { "Host notes" @if r.entry.host_notes_truncated { " (cut at the size cap)" } }
+                    (marked_json(notes))
+                }
             }
         },
     )

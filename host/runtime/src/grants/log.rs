@@ -1,7 +1,7 @@
 //! `log`: structured logging through `airlock:plugin/log`, bounded per call
 //! (see `state::LogSink`). Linked only when granted. The operator bounds the
-//! lines kept per call (`log_max_lines`), for the guest's log, its stdio and
-//! the host's notes alike.
+//! lines kept per call (`log_max_lines`), for the guest's log and its stdio
+//! alike (the host's own notes are kept apart: `RunStats::host_notes`).
 
 use wasmtime::component::{HasSelf, Linker};
 
@@ -61,8 +61,8 @@ impl Factor for Log {
     }
 
     fn configure(&self, _: &mut CallSetup<'_>, _: &EffectiveGrant) -> wasmtime::Result<()> {
-        // The call's log sink exists whatever the grant (stdio and the
-        // host's notes use it too); `CallState::new_store` sizes it by
+        // The call's log sink exists whatever the grant (stdio uses it
+        // too); `CallState::new_store` sizes it by
         // `grant.log_max_lines()`.
         Ok(())
     }

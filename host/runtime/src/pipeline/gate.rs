@@ -244,6 +244,7 @@ impl<'h> Pipeline<'h> {
                         output,
                         logs: Vec::new(),
                         logs_dropped: 0,
+                        host_notes: Vec::new(),
                         fuel_used: 0,
                         duration: Duration::ZERO,
                         replayed_from: Some(first),

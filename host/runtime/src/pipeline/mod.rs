@@ -233,10 +233,7 @@ impl<'h> Pipeline<'h> {
         summary.mark(Step::Run);
         // 10. Outcome record. A call with no record at all (its intent
         // held, and the log refusing it now) does not return its result.
-        if let Err(e) = record
-            .finished(&result, stats.fuel_used, stats.duration)
-            .await
-        {
+        if let Err(e) = record.finished(&result, &stats).await {
             result = Err(CallError::AuditUnavailable(e));
         }
         summary.mark(Step::Outcome);

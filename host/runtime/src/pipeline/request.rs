@@ -140,6 +140,13 @@ pub struct CallResponse {
     pub logs: Vec<LogLine>,
     /// Log lines dropped because the call's log budget was spent.
     pub logs_dropped: u64,
+    /// What the host refused or hit on the guest's behalf during the call
+    /// (an HTTP request to an origin not granted, a body over its limit,
+    /// ...): the host's words, never the guest's, bounded (32 notes and a
+    /// last one saying more were dropped). Also in the call's audit record,
+    /// whatever its outcome.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub host_notes: Vec<String>,
     /// Fuel the call consumed.
     pub fuel_used: u64,
     /// Wall time of the guest call, including instantiation.

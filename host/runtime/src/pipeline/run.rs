@@ -27,11 +27,17 @@ use super::request::CallResponse;
 /// when the guest is blocked in a host call (where epochs cannot interrupt).
 const DEADLINE_GRACE: Duration = Duration::from_millis(500);
 
-/// What a call cost, whatever its outcome.
-#[derive(Debug, Clone, Copy, Default)]
+/// What a call cost and left behind, whatever its outcome.
+#[derive(Debug, Default)]
 pub(crate) struct RunStats {
     pub(crate) fuel_used: u64,
     pub(crate) duration: Duration,
+    /// What the host refused or hit on the guest's behalf (`wasi:http`),
+    /// apart from the guest's own log.
+    pub(crate) host_notes: Vec<String>,
+    /// The guest's log lines (its stdio with that grant), when the call
+    /// returned no response: a response carries them instead.
+    pub(crate) logs: Vec<crate::LogLine>,
 }
 
 /// `future`'s output, or `None` if `cancel` fires first (`future` is then
@@ -152,9 +158,22 @@ async fn run_tool_inner(
         .fuel
         .value
         .saturating_sub(store.get_fuel().unwrap_or(0));
+    // What the guest logged and what the host noted on its behalf, kept
+    // whatever the outcome: a guest that traps after a refused request
+    // does not take the refusal out of its record.
+    let state = store.data_mut();
+    let host_notes = state.http_hooks.take_notes();
+    if plugin.grant().stdio {
+        let (stdout, stderr) = (state.stdout.contents(), state.stderr.contents());
+        crate::grants::collect_stdio(&stdout, crate::state::LogLevel::Info, &mut state.log);
+        crate::grants::collect_stdio(&stderr, crate::state::LogLevel::Warn, &mut state.log);
+    }
+    let logs_dropped = state.log.dropped;
     *stats = RunStats {
         fuel_used,
         duration,
+        host_notes,
+        logs: std::mem::take(&mut state.log.lines),
     };
     // Whatever the outcome, what the guest wrote to its workspace is on disk
     // before the caller hears of it.
@@ -218,21 +237,15 @@ async fn run_tool_inner(
         }
     }
 
-    let mut state = store.into_data();
-    state.http_hooks.drain_into(&mut state.log);
-    if plugin.grant().stdio {
-        let (stdout, stderr) = (state.stdout.contents(), state.stderr.contents());
-        crate::grants::collect_stdio(&stdout, crate::state::LogLevel::Info, &mut state.log);
-        crate::grants::collect_stdio(&stderr, crate::state::LogLevel::Warn, &mut state.log);
-    }
     Ok(CallResponse {
         call_id,
         trace_id,
         tool: tool_id.to_owned(),
         plugin_version: plugin.version().to_owned(),
         output,
-        logs: state.log.lines,
-        logs_dropped: state.log.dropped,
+        logs: std::mem::take(&mut stats.logs),
+        logs_dropped,
+        host_notes: stats.host_notes.clone(),
         fuel_used,
         duration,
         replayed_from: None,

@@ -19,6 +19,16 @@ pub struct RequestArgs {
     /// How many times to send it (default 1).
     #[serde(default)]
     pub times: Option<u32>,
+    /// Log these lines first (to imitate or crowd out the host's notes).
+    #[serde(default)]
+    pub log: Vec<String>,
+    /// Log the first of `log` this many more times.
+    #[serde(default)]
+    pub log_repeat: u32,
+    /// After the requests: `fail` (a tool error) or `trap` (a panic)
+    /// instead of returning the outcomes.
+    #[serde(default)]
+    pub then: Option<String>,
 }
 
 #[derive(Serialize, JsonSchema)]
@@ -29,11 +39,23 @@ pub struct Outcomes {
 }
 
 pub fn request(args: RequestArgs, _: &Context) -> Result<Outcomes, ToolError> {
+    for line in &args.log {
+        airlock_sdk::log::warn(line);
+    }
+    if let Some(first) = args.log.first() {
+        for _ in 0..args.log_repeat {
+            airlock_sdk::log::warn(first);
+        }
+    }
     let path = args.path.unwrap_or_else(|| "/".to_owned());
-    let outcomes = (0..args.times.unwrap_or(1))
+    let outcomes: Vec<String> = (0..args.times.unwrap_or(1))
         .map(|_| net::send(&args.scheme, &args.authority, &path))
         .collect();
-    Ok(Outcomes { outcomes })
+    match args.then.as_deref() {
+        Some("fail") => Err(ToolError::failed(outcomes.join("; "))),
+        Some("trap") => panic!("trapping after {} requests", outcomes.len()),
+        _ => Ok(Outcomes { outcomes }),
+    }
 }
 
 #[cfg(target_arch = "wasm32")]

@@ -49,7 +49,7 @@ use super::{CallSetup, EffectiveGrant, Factor, Policy, Resolve};
 use crate::error::{LoadError as Error, LoadResult as Result};
 use crate::limits::HttpLimits;
 use crate::manifest::Capabilities;
-use crate::state::{CallState, LogLevel, LogSink};
+use crate::state::CallState;
 
 /// What a plugin may reach over HTTP: manifest origins ∩ policy, with the
 /// operator's exceptions and limits.
@@ -216,18 +216,14 @@ impl HttpHooks {
         }
     }
 
-    /// Move what the sender refused or hit during the call into the call's
-    /// log.
-    pub(crate) fn drain_into(&self, log: &mut LogSink) {
-        let notes = match self.notes.lock() {
+    /// Take what the sender refused or hit during the call so far: the
+    /// call's host notes (recorded apart from the guest's log).
+    pub(crate) fn take_notes(&self) -> Vec<String> {
+        match self.notes.lock() {
             Ok(mut notes) => std::mem::take(&mut *notes),
             Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
-        };
-        for note in notes {
-            log.push(LogLevel::Warn, note);
         }
-    }
-}
+    }}
 
 /// Notes kept (and logged to the operator) per call: a guest looping on
 /// refused requests gets this many, then one line saying the rest were
@@ -237,8 +233,11 @@ const MAX_NOTES: usize = 32;
 /// Bytes of a request's target quoted in a note (its path is the guest's).
 const MAX_TARGET_BYTES: usize = 256;
 
+/// Bytes of a note's message (an error's text may quote the peer).
+const MAX_MESSAGE_BYTES: usize = 512;
+
 /// A refusal or failure worth telling the operator about: logged now, and
-/// kept for the call's log, up to [`MAX_NOTES`] a call.
+/// kept for the call's host notes, up to [`MAX_NOTES`] a call.
 fn note(notes: &Mutex<Vec<String>>, target: &str, message: String) {
     let mut notes = match notes.lock() {
         Ok(notes) => notes,
@@ -252,15 +251,16 @@ fn note(notes: &Mutex<Vec<String>>, target: &str, message: String) {
                 "more than {MAX_NOTES} http notes in one call; the rest are dropped"
             );
             notes.push(format!(
-                "host: http: more than {MAX_NOTES} notes in this call; the rest are dropped"
+                "http: more than {MAX_NOTES} notes in this call; the rest are dropped"
             ));
             return;
         }
         std::cmp::Ordering::Greater => return,
     }
     let target = airlock_audit::text::bounded(target, MAX_TARGET_BYTES);
+    let message = airlock_audit::text::bounded(&message, MAX_MESSAGE_BYTES);
     tracing::warn!(target: "airlock::http", request = %target, "{message}");
-    notes.push(format!("host: http {target}: {message}"));
+    notes.push(format!("http {target}: {message}"));
 }
 
 type SendFuture = Box<
