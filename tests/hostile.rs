@@ -237,6 +237,52 @@ async fn an_installed_version_cannot_grant_itself_the_data_directory() {
     assert!(err.to_string().contains("store"), "{err}");
 }
 
+/// Installed versions of two plugins are held to the rule between
+/// plugins too: one may not be served with a writable directory another
+/// served version holds (before, a version was checked against the
+/// plugins directory's plugins only, so two installed plugins could share
+/// a directory the other wrote to).
+#[tokio::test]
+async fn served_versions_of_two_plugins_cannot_share_a_writable_directory() {
+    let root = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("files/shared")).unwrap();
+    let data = root.path().join("data");
+    let grant = r#"[{ host = "shared", guest = "/shared", access = "read-write" }]"#;
+    let one = airlock_host::Package::from_dir(probe("one", grant).path()).unwrap();
+    let two = airlock_host::Package::from_dir(probe("two", grant).path()).unwrap();
+    let new_host = || {
+        Host::new(
+            HostConfig::default()
+                .policy(files_root(&root.path().join("files")))
+                .data_dir(&data),
+        )
+        .unwrap()
+    };
+    // Installed while `one` is served: refused, naming it.
+    let host = new_host();
+    host.install(&one, "ops").await.unwrap();
+    host.plugin_version("one", "0.1.0").await.unwrap();
+    let err = host.install(&two, "ops").await.unwrap_err();
+    assert_eq!(err.kind(), "capability_denied", "{err}");
+    assert!(err.to_string().contains("`one`"), "{err}");
+    host.audit().close().unwrap();
+    drop(host);
+    // Installed where `one` was not loaded: then refused where it is.
+    let host = new_host();
+    host.install(&two, "ops").await.unwrap();
+    host.audit().close().unwrap();
+    drop(host);
+    let host = new_host();
+    host.plugin_version("one", "0.1.0").await.unwrap();
+    let err = host.plugin_version("two", "0.1.0").await.unwrap_err();
+    assert_eq!(err.kind(), "capability_denied", "{err}");
+    assert!(err.to_string().contains("`one`"), "{err}");
+    // Nor may a plugin of the plugins directory take it.
+    let three = probe("three", grant);
+    let err = host.load_plugin(three.path()).await.unwrap_err();
+    assert!(err.to_string().contains("`one`"), "{err}");
+}
+
 // ------------------------------------------------- isolation by identity
 
 fn notes_plugin(scope: &str) -> PluginDir {

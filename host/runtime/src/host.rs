@@ -285,17 +285,14 @@ fn protected_stores(config: &HostConfig) -> Vec<PathBuf> {
         .collect()
 }
 
-pub(crate) fn check_files_grants(
+pub(crate) fn check_files_grants<'a>(
     plugin: &Plugin,
     stores: &[PathBuf],
-    loaded: &BTreeMap<String, Arc<Plugin>>,
+    loaded: impl Iterator<Item = &'a Plugin> + Clone,
 ) -> LoadResult<()> {
     let mut plugin_dirs = Vec::new();
-    for dir in loaded
-        .values()
-        .map(|p| p.dir())
-        .chain(std::iter::once(plugin.dir()))
-    {
+    let dirs: Vec<&Path> = loaded.clone().map(Plugin::dir).collect();
+    for dir in dirs.into_iter().chain(std::iter::once(plugin.dir())) {
         let dir = absolute(dir);
         if let Some(parent) = dir.parent() {
             plugin_dirs.push(parent.to_owned());
@@ -310,13 +307,13 @@ pub(crate) fn check_files_grants(
             plugin_dirs: &plugin_dirs,
         },
         loaded
-            .values()
+            .clone()
             .filter(|p| p.name() != plugin.name())
             .flat_map(|p| p.grant().files.iter().map(move |f| (p.name(), f))),
     )?;
     // A loaded plugin's grant may not contain the new plugin's files.
     let dir = absolute(plugin.dir());
-    for other in loaded.values().filter(|p| p.name() != plugin.name()) {
+    for other in loaded.filter(|p| p.name() != plugin.name()) {
         for files in &other.grant().files {
             if dir.starts_with(&files.host) {
                 return Err(LoadError::CapabilityDenied {
@@ -530,6 +527,8 @@ impl Host {
         let plugin =
             plugin::load(&self.engine, self.cache.as_ref(), &self.config.policy, dir).await?;
         let name = plugin.name().to_owned();
+        // Installed versions served here hold grants too.
+        let served = self.served.all_loaded();
         let mut plugins = self.plugins.write();
         if let Some(existing) = plugins.get(&name) {
             return Err(LoadError::DuplicatePlugin {
@@ -538,7 +537,11 @@ impl Host {
                 second: dir.to_owned(),
             });
         }
-        check_files_grants(&plugin, &protected_stores(&self.config), &plugins)?;
+        check_files_grants(
+            &plugin,
+            &protected_stores(&self.config),
+            plugins.values().chain(&served).map(|p| &**p),
+        )?;
         let plugin = Arc::new(plugin);
         plugins.insert(name, Arc::clone(&plugin));
         Ok(plugin)

@@ -250,12 +250,28 @@ impl Served {
     }
 
     /// Refuse a version whose `files` grants reach the host's own
-    /// directories, a plugin's code, or another plugin's grants, as a
-    /// plugin of the plugins directory is refused.
+    /// directories, a plugin's code, or another plugin's grants — of the
+    /// plugins directory or of a version served here — as a plugin of the
+    /// plugins directory is refused.
     fn check_grants(&self, version: &Plugin) -> Result<()> {
+        let served = self.all_loaded();
         let directory = self.directory.read();
-        crate::host::check_files_grants(version, &self.stores, &directory)?;
+        crate::host::check_files_grants(
+            version,
+            &self.stores,
+            directory.values().chain(&served).map(|p| &**p),
+        )?;
         Ok(())
+    }
+
+    /// Every installed version loaded here, of every plugin.
+    pub(crate) fn all_loaded(&self) -> Vec<Arc<Plugin>> {
+        self.loaded
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect()
     }
 
     pub(crate) fn releases(&self) -> &Releases {
