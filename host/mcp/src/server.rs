@@ -763,14 +763,15 @@ impl AirlockHandler {
         approval_id: &str,
         expires: &str,
     ) -> Option<CreateTaskResult> {
-        // Readable until its approval expires, and a while after.
-        let expires_ms = self
-            .shared
-            .host
-            .approval(approval_id)
+        // Readable until its approval expires, and a while after: the
+        // expiry the host answered with (to the second), not read again
+        // from the store on this async worker.
+        let expires_ms = humantime::parse_rfc3339(expires)
             .ok()
-            .flatten()
-            .map_or(0, |a| a.expires_ms);
+            .and_then(|at| at.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |since| {
+                u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+            });
         let owner = resume.principal.clone();
         let mut owners = self
             .shared
@@ -1431,6 +1432,20 @@ mod tests {
                 .contains(&approval),
             "{created}"
         );
+        // Readable until the approval expires and the grace after it: the
+        // expiry the call answered with, to the second.
+        let expires_ms = server
+            .host()
+            .approval(&approval)
+            .unwrap()
+            .unwrap()
+            .expires_ms;
+        let grace = u64::try_from(TASK_GRACE.as_millis()).unwrap();
+        let ttl = created["ttlMs"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{created}"));
+        let wanted = expires_ms.saturating_sub(now_ms()) + grace;
+        assert!(ttl.abs_diff(wanted) < 5_000, "ttl {ttl}, wanted {wanted}");
         // Working while no one decides; nothing ran.
         tokio::time::sleep(Duration::from_millis(400)).await;
         let now = agent.request("tasks/get", json!({"taskId": task})).await;
