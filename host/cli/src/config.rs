@@ -147,6 +147,9 @@ pub(crate) struct ServeConfig {
     pub http_addr: std::net::SocketAddr,
     /// Allow a non-loopback listen address.
     pub allow_remote: bool,
+    /// A reverse proxy on this machine forwards clients: nothing is
+    /// trusted for being loopback (needs `allowed_hosts`).
+    pub behind_proxy: bool,
     /// Caller tokens for HTTP: `[[serve.tokens]] principal, token_sha256`.
     pub tokens: Vec<airlock_mcp::http::CallerToken>,
     /// Browser origins allowed besides loopback ones.
@@ -186,6 +189,7 @@ impl Default for ServeConfig {
         ServeConfig {
             http_addr: airlock_mcp::http::default_addr(),
             allow_remote: false,
+            behind_proxy: false,
             tokens: Vec::new(),
             allowed_origins: Vec::new(),
             allowed_hosts: Vec::new(),

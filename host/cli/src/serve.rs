@@ -26,6 +26,12 @@ pub(crate) struct ServeArgs {
     /// --approvals-http; also serve.allow_remote).
     #[arg(long)]
     allow_remote: bool,
+    /// A reverse proxy on this machine forwards clients to the listener:
+    /// trust nothing for being loopback (Host, Origin, /metrics peer) and
+    /// set the console cookie Secure. Needs serve.allowed_hosts; also
+    /// serve.behind_proxy.
+    #[arg(long)]
+    behind_proxy: bool,
     /// With stdio: also serve the approvers' endpoints (/approvals) over
     /// HTTP on ADDR, so approvers can decide while the server runs.
     #[arg(long, value_name = "ADDR", conflicts_with = "http")]
@@ -55,6 +61,7 @@ pub(crate) async fn run(settings: &Settings, args: ServeArgs) -> Result<u8, Fail
     let http_config = http.map(|addr| {
         let mut config = HttpConfig::new(addr, serve.tokens.clone());
         config.allow_remote = serve.allow_remote || args.allow_remote;
+        config.behind_proxy = serve.behind_proxy || args.behind_proxy;
         config.allowed_origins = serve.allowed_origins.clone();
         config.allowed_hosts = serve.allowed_hosts.clone();
         config.max_request_bytes = serve.max_request_bytes;
@@ -139,6 +146,7 @@ pub(crate) async fn run(settings: &Settings, args: ServeArgs) -> Result<u8, Fail
             if let Some(addr) = args.approvals_http {
                 let mut config = HttpConfig::new(addr, Vec::new());
                 config.allow_remote = serve.allow_remote || args.allow_remote;
+                config.behind_proxy = serve.behind_proxy || args.behind_proxy;
                 config.allowed_origins = serve.allowed_origins.clone();
                 config.allowed_hosts = serve.allowed_hosts.clone();
                 config.max_connections = serve.max_connections;

@@ -308,7 +308,7 @@ pub async fn serve(
     } = socket;
     let router = behind_checks(
         routes(host),
-        Arc::new(Guard::default()),
+        Arc::new(Guard::loopback_only()),
         BodyBound {
             max_bytes: config.max_request_bytes,
             timeout: config.body_read_timeout,

@@ -153,6 +153,14 @@ pub struct HttpConfig {
     pub metrics_token_sha256: Option<String>,
     /// JWT access tokens from OAuth issuers, besides `tokens`.
     pub oauth: Option<OauthConfig>,
+    /// A reverse proxy on this machine forwards clients to this listener,
+    /// so a request from a loopback peer, or naming a loopback `Host` or
+    /// `Origin`, may come from anywhere: nothing is trusted for being
+    /// loopback. `Host` must be in `allowed_hosts` (required) and an
+    /// `Origin` in `allowed_origins`; `/metrics` needs
+    /// `metrics_token_sha256`; the console's cookie is `Secure` (the proxy
+    /// speaks HTTPS to browsers).
+    pub behind_proxy: bool,
 }
 
 impl HttpConfig {
@@ -170,7 +178,14 @@ impl HttpConfig {
             body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
             metrics_token_sha256: None,
             oauth: None,
+            behind_proxy: false,
         }
+    }
+
+    /// Whether being loopback (the peer, a `Host` or an `Origin`) vouches
+    /// for a request: yes, unless a proxy forwards to this listener.
+    pub(crate) fn trusts_loopback(&self) -> bool {
+        !self.behind_proxy
     }
 
     /// Check what every listener needs, callers' or approvers': a loopback
@@ -189,6 +204,11 @@ impl HttpConfig {
         if self.allow_remote && !self.addr.ip().is_loopback() && self.allowed_hosts.is_empty() {
             return Err(config(
                 "a remote listener needs serve.allowed_hosts naming the host clients connect to (DNS rebinding protection)",
+            ));
+        }
+        if self.behind_proxy && self.allowed_hosts.is_empty() {
+            return Err(config(
+                "serve.behind_proxy needs serve.allowed_hosts naming the host clients connect to (behind a proxy, loopback names are not trusted)",
             ));
         }
         if self.max_request_bytes < 1024 {
@@ -298,10 +318,24 @@ impl HttpConfig {
 }
 
 /// Checks shared by every route.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Guard {
     pub(crate) allowed_origins: Vec<String>,
     pub(crate) allowed_hosts: Vec<String>,
+    /// Loopback `Host`s and `Origin`s pass without being listed (no proxy
+    /// forwards to the listener).
+    pub(crate) loopback: bool,
+}
+
+impl Guard {
+    /// Loopback `Host`s and `Origin`s only (the control socket's).
+    pub(crate) fn loopback_only() -> Guard {
+        Guard {
+            allowed_origins: Vec::new(),
+            allowed_hosts: Vec::new(),
+            loopback: true,
+        }
+    }
 }
 
 /// How much body a request may send, and how fast.
@@ -490,6 +524,7 @@ pub fn router(
         .with_state(Arc::new(MetricsAccess {
             host: Arc::clone(server.host()),
             token_sha256: config.metrics_token_sha256.clone(),
+            loopback_peers: config.trusts_loopback(),
         }));
     Ok(behind_listener_checks(
         mcp_routes
@@ -576,6 +611,7 @@ fn guard(config: &HttpConfig) -> Arc<Guard> {
     Arc::new(Guard {
         allowed_origins: config.allowed_origins.clone(),
         allowed_hosts: config.allowed_hosts.clone(),
+        loopback: config.trusts_loopback(),
     })
 }
 
@@ -769,6 +805,9 @@ where
 struct MetricsAccess {
     host: Arc<Host>,
     token_sha256: Option<String>,
+    /// Loopback peers may read without a token (no proxy forwards to the
+    /// listener).
+    loopback_peers: bool,
 }
 
 /// `GET /metrics`: the host's metrics, to loopback peers (no token
@@ -783,6 +822,13 @@ async fn serve_metrics(State(access): State<Arc<MetricsAccess>>, request: Reques
             }
             Some(_) => {}
         },
+        None if !access.loopback_peers => {
+            tracing::warn!("/metrics refused: behind a proxy, metrics need a token");
+            return plain(
+                StatusCode::FORBIDDEN,
+                "behind a proxy (serve.behind_proxy) no peer is trusted for being loopback; set serve.metrics_token_sha256 to serve metrics to bearers of that token",
+            );
+        }
         None => {
             let peer = request.extensions().get::<PeerIp>().and_then(|p| p.0);
             if !peer.is_some_and(|ip| ip.is_loopback()) {
@@ -856,7 +902,7 @@ async fn check_host_and_origin(
     let headers = request.headers();
     let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
     let host_ok = host.is_some_and(|h| {
-        host_is_loopback(h)
+        (guard.loopback && host_is_loopback(h))
             || guard.allowed_hosts.iter().any(|allowed| {
                 allowed.eq_ignore_ascii_case(h) || allowed.eq_ignore_ascii_case(strip_port(h))
             })
@@ -870,7 +916,8 @@ async fn check_host_and_origin(
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("");
-        let allowed = parse_origin(origin).is_some_and(|(_, host)| host_is_loopback(&host))
+        let allowed = (guard.loopback
+            && parse_origin(origin).is_some_and(|(_, host)| host_is_loopback(&host)))
             || guard
                 .allowed_origins
                 .iter()
@@ -1314,30 +1361,128 @@ mod tests {
         peer: Option<IpAddr>,
         token: Option<&str>,
     ) -> (StatusCode, String) {
-        use http_body_util::BodyExt as _;
-        use hyper::service::Service as _;
-        let host = Arc::new(Host::new(airlock_host::HostConfig::default()).unwrap());
-        let server = McpServer::new(host, crate::ServeOptions::default());
         let mut config =
             HttpConfig::new(default_addr(), vec![token_of("agent-1", "caller-secret")]);
         config.metrics_token_sha256 =
             metrics_token.map(|t| hex::encode(Sha256::digest(t.as_bytes())));
-        let router = router(&server, &config, CancellationToken::new()).unwrap();
-        let service = WithPeer {
-            inner: TowerToHyperService::new(router),
-            peer: PeerIp(peer),
-        };
         let mut request = hyper::Request::get(METRICS_PATH).header(header::HOST, "127.0.0.1:7410");
         if let Some(token) = token {
             request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
         }
-        let response = service
-            .call(request.body(axum::body::Body::empty()).unwrap())
-            .await
-            .unwrap();
+        send(
+            &config,
+            peer,
+            request.body(axum::body::Body::empty()).unwrap(),
+        )
+        .await
+    }
+
+    /// `request` through a connection's service of a server set up by
+    /// `config`, from `peer`: the status and body.
+    async fn send(
+        config: &HttpConfig,
+        peer: Option<IpAddr>,
+        request: hyper::Request<axum::body::Body>,
+    ) -> (StatusCode, String) {
+        use http_body_util::BodyExt as _;
+        use hyper::service::Service as _;
+        let host = Arc::new(Host::new(airlock_host::HostConfig::default()).unwrap());
+        let server = McpServer::new(host, crate::ServeOptions::default());
+        let router = router(&server, config, CancellationToken::new()).unwrap();
+        let service = WithPeer {
+            inner: TowerToHyperService::new(router),
+            peer: PeerIp(peer),
+        };
+        let response = service.call(request).await.unwrap();
         let status = response.status();
         let body = response.into_body().collect().await.unwrap().to_bytes();
         (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn behind_a_proxy_nothing_passes_for_being_loopback() {
+        // A reverse proxy on the same machine makes every client a
+        // loopback peer, and forwards whatever Host and Origin it was
+        // sent: none of them vouches for a request.
+        let mut config =
+            HttpConfig::new(default_addr(), vec![token_of("agent-1", "caller-secret")]);
+        config.behind_proxy = true;
+        let err = config.validate(&[]).unwrap_err().to_string();
+        assert!(err.contains("serve.allowed_hosts"), "{err}");
+        config.allowed_hosts = vec!["mcp.example.com".into()];
+        config.allowed_origins = vec!["https://app.example.com".into()];
+        config.validate(&[]).unwrap();
+        let loopback = Some(IpAddr::from([127, 0, 0, 1]));
+        let get = |path: &str, host: &str, origin: Option<&str>, token: Option<&str>| {
+            let mut request = hyper::Request::get(path).header(header::HOST, host);
+            if let Some(origin) = origin {
+                request = request.header(header::ORIGIN, origin);
+            }
+            if let Some(token) = token {
+                request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+            }
+            request.body(axum::body::Body::empty()).unwrap()
+        };
+        // /metrics: a loopback peer without a token is refused, saying why.
+        let (status, body) = send(
+            &config,
+            loopback,
+            get(METRICS_PATH, "mcp.example.com", None, None),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        assert!(body.contains("serve.behind_proxy"), "{body}");
+        // Loopback Host names are refused; the listed one passes the guard
+        // (and meets the approvals endpoint's token check).
+        for host in ["127.0.0.1:7410", "localhost", "[::1]:7410"] {
+            let (status, body) = send(&config, loopback, get("/approvals", host, None, None)).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{host}: {body}");
+            assert!(body.contains("Host"), "{host}: {body}");
+        }
+        let (status, _) = send(
+            &config,
+            loopback,
+            get("/approvals", "mcp.example.com", None, None),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        // Loopback origins are refused; the listed one passes.
+        for origin in ["http://localhost:3000", "http://127.0.0.1"] {
+            let (status, body) = send(
+                &config,
+                loopback,
+                get("/approvals", "mcp.example.com", Some(origin), None),
+            )
+            .await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{origin}: {body}");
+            assert!(body.contains("Origin"), "{origin}: {body}");
+        }
+        let (status, _) = send(
+            &config,
+            loopback,
+            get(
+                "/approvals",
+                "mcp.example.com",
+                Some("https://app.example.com"),
+                None,
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        // With a metrics token, its bearers read the metrics.
+        config.metrics_token_sha256 = Some(hex::encode(Sha256::digest(b"metrics-secret")));
+        let (status, body) = send(
+            &config,
+            loopback,
+            get(
+                METRICS_PATH,
+                "mcp.example.com",
+                None,
+                Some("metrics-secret"),
+            ),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
     }
 
     fn token_of(principal: &str, secret: &str) -> CallerToken {

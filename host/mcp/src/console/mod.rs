@@ -100,7 +100,7 @@ pub(crate) fn routes(server: &McpServer, config: &HttpConfig) -> Router {
         host: Arc::clone(server.host()),
         callers: config.tokens.clone(),
         sessions: Sessions::new(SessionLimits::default()),
-        secure_cookie: !config.addr.ip().is_loopback(),
+        secure_cookie: config.behind_proxy || !config.addr.ip().is_loopback(),
     }))
 }
 

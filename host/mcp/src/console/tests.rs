@@ -49,7 +49,18 @@ impl Answer {
     }
 }
 
-async fn fixture_on(addr: SocketAddr, remote: bool) -> Fixture {
+/// How a fixture's listener is reached.
+#[derive(Clone, Copy, PartialEq)]
+enum Reached {
+    /// On loopback, directly.
+    Loopback,
+    /// From other machines.
+    Remote,
+    /// Through a reverse proxy on the same machine.
+    BehindProxy,
+}
+
+async fn fixture_on(addr: SocketAddr, reached: Reached) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let approver = |name: &str, secret: &str| Approver {
         name: name.into(),
@@ -87,8 +98,9 @@ async fn fixture_on(addr: SocketAddr, remote: bool) -> Fixture {
             token_sha256: sha256_hex(CALLER.as_bytes()),
         }],
     );
-    let host_header = if remote {
-        config.allow_remote = true;
+    let host_header = if reached != Reached::Loopback {
+        config.allow_remote = reached == Reached::Remote;
+        config.behind_proxy = reached == Reached::BehindProxy;
         config.allowed_hosts = vec!["console.example".into()];
         config.allowed_origins = vec!["https://console.example".into()];
         "console.example"
@@ -105,7 +117,7 @@ async fn fixture_on(addr: SocketAddr, remote: bool) -> Fixture {
 }
 
 async fn fixture() -> Fixture {
-    fixture_on(default_addr(), false).await
+    fixture_on(default_addr(), Reached::Loopback).await
 }
 
 impl Fixture {
@@ -256,21 +268,28 @@ async fn the_session_cookie_is_httponly_strict_scoped_and_secure_off_loopback() 
         StatusCode::SEE_OTHER
     );
 
-    let remote = fixture_on(SocketAddr::from(([0, 0, 0, 0], 7410)), true).await;
-    let answer = remote
-        .send(
-            "POST",
-            "/console/login",
-            &[
-                ("origin", "https://console.example"),
-                ("content-type", "application/x-www-form-urlencoded"),
-            ],
-            &format!("token={ALICE}"),
-        )
-        .await;
-    assert_eq!(answer.status, StatusCode::SEE_OTHER, "{}", answer.body);
-    let cookie = answer.header(header::SET_COOKIE);
-    assert!(cookie.split("; ").any(|p| p == "Secure"), "{cookie}");
+    // Off loopback, and on loopback behind a proxy (which speaks HTTPS
+    // to the browser), the cookie is Secure.
+    for (addr, reached) in [
+        (SocketAddr::from(([0, 0, 0, 0], 7410)), Reached::Remote),
+        (default_addr(), Reached::BehindProxy),
+    ] {
+        let f = fixture_on(addr, reached).await;
+        let answer = f
+            .send(
+                "POST",
+                "/console/login",
+                &[
+                    ("origin", "https://console.example"),
+                    ("content-type", "application/x-www-form-urlencoded"),
+                ],
+                &format!("token={ALICE}"),
+            )
+            .await;
+        assert_eq!(answer.status, StatusCode::SEE_OTHER, "{}", answer.body);
+        let cookie = answer.header(header::SET_COOKIE);
+        assert!(cookie.split("; ").any(|p| p == "Secure"), "{cookie}");
+    }
 }
 
 #[tokio::test]
