@@ -813,6 +813,11 @@ fn print_audit(host: &Host, after: u64) -> anyhow::Result<()> {
         {
             println!("          arguments as recorded (redacted): {args}");
         }
+        // What the host refused on the guest's behalf, in a field the
+        // guest cannot write (its own log lines are in `logs`).
+        if let Some(notes) = &e.host_notes {
+            println!("          the host's notes on the call: {notes}");
+        }
     }
     // Sign a checkpoint at the head now (the host also signs on a timer,
     // every `checkpoint_every` records and when it closes), so the
