@@ -527,9 +527,10 @@ impl Host {
         let plugin =
             plugin::load(&self.engine, self.cache.as_ref(), &self.config.policy, dir).await?;
         let name = plugin.name().to_owned();
-        // Installed versions served here hold grants too.
-        let served = self.served.all_loaded();
         let mut plugins = self.plugins.write();
+        // Installed versions loaded here hold grants too (read under the
+        // table's lock, the order `Served` takes them in too).
+        let served = self.served.all_loaded();
         if let Some(existing) = plugins.get(&name) {
             return Err(LoadError::DuplicatePlugin {
                 name,

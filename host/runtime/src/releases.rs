@@ -254,14 +254,35 @@ impl Served {
     /// plugins directory or of a version served here — as a plugin of the
     /// plugins directory is refused.
     fn check_grants(&self, version: &Plugin) -> Result<()> {
-        let served = self.all_loaded();
+        // Locks in the order every load takes them: the plugins
+        // directory's table, then the versions loaded here.
         let directory = self.directory.read();
+        let served = self.loaded.read().unwrap_or_else(PoisonError::into_inner);
         crate::host::check_files_grants(
             version,
             &self.stores,
-            directory.values().chain(&served).map(|p| &**p),
+            directory.values().chain(served.values()).map(|p| &**p),
         )?;
         Ok(())
+    }
+
+    /// Check `version`'s grants and keep it as loaded, under the same
+    /// locks: a directory plugin or another version loading meanwhile is
+    /// checked against it, or it against them.
+    fn keep(&self, version: Plugin) -> Result<Arc<Plugin>> {
+        let directory = self.directory.read();
+        let mut served = self.loaded.write().unwrap_or_else(PoisonError::into_inner);
+        crate::host::check_files_grants(
+            &version,
+            &self.stores,
+            directory.values().chain(served.values()).map(|p| &**p),
+        )?;
+        let version = Arc::new(version);
+        served.insert(
+            (version.name().to_owned(), version.version().to_owned()),
+            Arc::clone(&version),
+        );
+        Ok(version)
     }
 
     /// Every installed version loaded here, of every plugin.
@@ -387,7 +408,6 @@ impl Served {
         }
         let dir = self.materialize(&installed)?;
         let loaded = plugin::load(engine, cache, policy, &dir).await?;
-        self.check_grants(&loaded)?;
         if loaded.name() != installed.plugin || loaded.version() != installed.version {
             return Err(store_error(airlock_store::StoreError::new(
                 airlock_store::ErrorKind::Corrupt,
@@ -400,12 +420,7 @@ impl Served {
                 ),
             )));
         }
-        let loaded = Arc::new(loaded);
-        self.loaded
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert((plugin.to_owned(), version.to_owned()), Arc::clone(&loaded));
-        Ok(loaded)
+        self.keep(loaded)
     }
 
     /// Write the files of `installed` into its own directory (once: a
