@@ -58,6 +58,11 @@ pub(crate) async fn run(settings: &Settings, args: ServeArgs) -> Result<u8, Fail
                 .map_err(Failure::usage)?,
         ),
     };
+    if args.behind_proxy && http.is_none() && args.approvals_http.is_none() {
+        return Err(Failure::usage(anyhow::anyhow!(
+            "--behind-proxy is about an HTTP listener: give it with --http or --approvals-http"
+        )));
+    }
     let http_config = http.map(|addr| {
         let mut config = HttpConfig::new(addr, serve.tokens.clone());
         config.allow_remote = serve.allow_remote || args.allow_remote;

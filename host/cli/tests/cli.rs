@@ -368,6 +368,8 @@ fn usage_errors_exit_2() {
         vec!["call"],
         vec!["frobnicate"],
         vec!["tools", "list", "--yaml"],
+        // About a listener that is not there (stdio): said, not ignored.
+        vec!["serve", "--behind-proxy"],
     ] {
         let out = env.run(&args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));

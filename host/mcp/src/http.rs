@@ -9,6 +9,9 @@
 //! - `Origin`, when present, must be a loopback origin or one of
 //!   [`HttpConfig::allowed_origins`]; otherwise `403`.
 //!
+//! With [`HttpConfig::behind_proxy`] no loopback name, origin or peer
+//! vouches for anything: only the lists do.
+//!
 //! `/mcp` (the MCP endpoint) then requires `Authorization: Bearer <token>`
 //! where the token's SHA-256 is one of [`HttpConfig::tokens`]; the call runs
 //! as that entry's principal. With [`HttpConfig::oauth`], a token that is
@@ -23,7 +26,7 @@
 //! `GET /metrics` serves the host's metrics ([`Host::metrics`]) in the
 //! OpenMetrics text format, which Prometheus scrapes. Without
 //! [`HttpConfig::metrics_token_sha256`] only loopback peers get them (`403`
-//! for others); with it, only requests bearing that token (`401` without),
+//! for others; no one with [`HttpConfig::behind_proxy`]); with it, only requests bearing that token (`401` without),
 //! wherever they come from. It is its own token: no caller's or
 //! approver's.
 //!
@@ -206,10 +209,29 @@ impl HttpConfig {
                 "a remote listener needs serve.allowed_hosts naming the host clients connect to (DNS rebinding protection)",
             ));
         }
-        if self.behind_proxy && self.allowed_hosts.is_empty() {
-            return Err(config(
-                "serve.behind_proxy needs serve.allowed_hosts naming the host clients connect to (behind a proxy, loopback names are not trusted)",
-            ));
+        if self.behind_proxy {
+            if self.allowed_hosts.is_empty() {
+                return Err(config(
+                    "serve.behind_proxy needs serve.allowed_hosts naming the host clients connect to (behind a proxy, loopback names are not trusted)",
+                ));
+            }
+            // Listing a loopback name would trust it again: every request
+            // through a proxy that rewrites `Host` to its upstream's
+            // address would pass, whatever name its client used.
+            if let Some(host) = self.allowed_hosts.iter().find(|h| host_is_loopback(h)) {
+                return Err(config(format!(
+                    "serve.allowed_hosts: `{host}` is a loopback name, which behind a proxy (serve.behind_proxy) names every request; have the proxy pass the client's Host on (nginx: proxy_set_header Host $host) and list that"
+                )));
+            }
+            if let Some(origin) = self
+                .allowed_origins
+                .iter()
+                .find(|o| parse_origin(o).is_some_and(|(_, host)| host_is_loopback(&host)))
+            {
+                return Err(config(format!(
+                    "serve.allowed_origins: `{origin}` is a loopback origin, which behind a proxy (serve.behind_proxy) is any page on a client's own machine; list the origins browsers load the console from"
+                )));
+            }
         }
         if self.max_request_bytes < 1024 {
             return Err(config("serve.max_request_bytes must be at least 1024"));
@@ -484,6 +506,11 @@ pub fn router(
     shutdown: CancellationToken,
 ) -> Result<Router> {
     config.validate(&approver_hashes(server.host()))?;
+    if config.behind_proxy && config.allowed_origins.is_empty() {
+        tracing::warn!(
+            "behind a proxy with no serve.allowed_origins: every browser request that sends an Origin (the console's sign-in and forms) is refused; MCP clients are not affected"
+        );
+    }
     let rmcp_config = StreamableHttpServerConfig::default()
         // Host and Origin are checked by this crate's guard (with the
         // configured lists), before authentication.
@@ -1409,7 +1436,16 @@ mod tests {
         config.behind_proxy = true;
         let err = config.validate(&[]).unwrap_err().to_string();
         assert!(err.contains("serve.allowed_hosts"), "{err}");
+        // Listing a loopback name or origin would trust it again.
+        for host in ["127.0.0.1:7410", "localhost", "[::1]"] {
+            config.allowed_hosts = vec!["mcp.example.com".into(), host.into()];
+            let err = config.validate(&[]).unwrap_err().to_string();
+            assert!(err.contains(host) && err.contains("loopback"), "{err}");
+        }
         config.allowed_hosts = vec!["mcp.example.com".into()];
+        config.allowed_origins = vec!["http://localhost:3000".into()];
+        let err = config.validate(&[]).unwrap_err().to_string();
+        assert!(err.contains("serve.allowed_origins"), "{err}");
         config.allowed_origins = vec!["https://app.example.com".into()];
         config.validate(&[]).unwrap();
         let loopback = Some(IpAddr::from([127, 0, 0, 1]));
