@@ -426,6 +426,13 @@ async fn http_refusals_in_a_loop_keep_a_bounded_number_of_short_notes() {
         "http: more than 32 notes in this call; the rest are dropped"
     );
     assert_eq!(server.connections(), 0);
+    // The record keeps them all, the last line too: the notes have a
+    // budget of their own, which long targets do not exhaust.
+    let record = finished_record(&host);
+    assert!(!record.entry.host_notes_truncated);
+    let recorded: Vec<String> =
+        serde_json::from_str(record.entry.host_notes.as_deref().unwrap()).unwrap();
+    assert_eq!(&recorded, notes);
 }
 
 /// The `call_finished` record of the host's only call.

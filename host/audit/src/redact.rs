@@ -94,6 +94,8 @@ pub struct Redactor {
     header: Regex,
     /// `Bearer <credential>`.
     bearer: Regex,
+    /// The userinfo of a URL: `scheme://user:password@`.
+    userinfo: Regex,
 }
 
 impl std::fmt::Debug for Redactor {
@@ -128,6 +130,7 @@ impl Redactor {
             param: pattern(r#"(^|[?&;#\s"'(,])([A-Za-z0-9_.\-\[\]]{1,64})=([^&#;\s"'<>)]+)"#),
             header: pattern(r#"(?i)\b([a-z][a-z0-9]*(?:-[a-z0-9]+)*)[ \t]*:[ \t]*([^\r\n"]+)"#),
             bearer: pattern(r"(?i)\bbearer\s+([A-Za-z0-9._~+/=\-]{6,})"),
+            userinfo: pattern(r#"\b([A-Za-z][A-Za-z0-9+.\-]{0,31}://)([^/?#\s@"'<>]{1,256})@"#),
         }
     }
 
@@ -231,6 +234,22 @@ impl Redactor {
                     caps[0].to_owned()
                 }
             });
+            out = std::borrow::Cow::Owned(replaced.into_owned());
+        }
+        if out.contains("://") && out.contains('@') {
+            let replaced = self
+                .userinfo
+                .replace_all(&out, |caps: &regex::Captures<'_>| {
+                    let (scheme, userinfo) = (&caps[1], &caps[2]);
+                    if is_token(userinfo) {
+                        return caps[0].to_owned();
+                    }
+                    found.push(userinfo.to_owned());
+                    format!(
+                        "{scheme}{}@",
+                        self.token(&Value::String(userinfo.to_owned()))
+                    )
+                });
             out = std::borrow::Cow::Owned(replaced.into_owned());
         }
         if out.len() >= 6 && out.to_ascii_lowercase().contains("bearer") {
@@ -739,6 +758,23 @@ mod tests {
         );
         assert_hidden(&stderr, &["ln-bearer-4"]);
         assert!(stderr.contains("(401)"), "{stderr}");
+    }
+
+    #[test]
+    fn url_credentials_in_free_text_and_values_are_scrubbed() {
+        let r = redactor();
+        let log = "connecting to postgres://app:pg-pass-1@db.internal:5432/app, then https://ui-user-2@example.com/x";
+        let out = r.scrub(log, &[]);
+        assert_hidden(&out, &["pg-pass-1", "ui-user-2"]);
+        assert!(
+            out.contains("postgres://[redacted:") && out.contains("@db.internal:5432/app"),
+            "{out}"
+        );
+        // Mail addresses and a URL without userinfo are left alone.
+        let plain = "mail ann@example.com about https://example.com/a@b";
+        assert_eq!(r.scrub(plain, &[]), plain);
+        let value = r.redact(&json!({"dsn": "redis://:rd-pass-3@cache:6379"}), &[], &[]);
+        assert_hidden(&value.value.to_string(), &["rd-pass-3"]);
     }
 
     #[test]

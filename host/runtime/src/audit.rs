@@ -18,6 +18,11 @@ use crate::error::{CallError, CallResult};
 use crate::manifest::Risk;
 use crate::plugin::{Plugin, Tool};
 
+/// Bytes of a call's host notes kept in its record (at least; more when
+/// `max_copy_bytes` is larger): 33 notes of the largest size the HTTP
+/// sender writes (a 256-byte target, a 256-byte message) fit.
+const HOST_NOTES_BYTES: usize = 32 * 1024;
+
 /// Where a call's intent record is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Intent {
@@ -362,8 +367,11 @@ impl<'a> CallRecord<'a> {
                 .iter()
                 .map(|note| Value::String(self.log.redactor().scrub(note, &self.secrets)))
                 .collect();
-            let (copy, truncated) =
-                capped_json(&Value::Array(notes), self.log.config().max_copy_bytes);
+            // A budget of their own, which the notes' bounds keep them
+            // under: a guest's requests cannot push the last notes (or the
+            // line saying more were dropped) out of the record.
+            let budget = self.log.config().max_copy_bytes.max(HOST_NOTES_BYTES);
+            let (copy, truncated) = capped_json(&Value::Array(notes), budget);
             entry.host_notes = Some(copy);
             entry.host_notes_truncated = truncated;
         }

@@ -39,7 +39,9 @@ use wasmtime::component::{HasData, HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::WasiCtxBuilder;
 
 pub use self::http::{HttpGrant, HttpScheme, IpRange, Origin, OriginHost};
-pub(crate) use self::http::{HttpHooks, TlsClient};
+pub(crate) use self::http::{
+    HttpHooks, Notes as HttpNotes, TlsClient, take_notes as take_http_notes,
+};
 pub use files::ResolvedFiles;
 pub(crate) use files::{Protected as ProtectedPaths, check_overlaps as check_files_overlaps};
 pub(crate) use workspace::WorkspaceScope;

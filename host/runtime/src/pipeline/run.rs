@@ -78,7 +78,17 @@ pub(crate) async fn run_tool(
     call: PreparedCall<'_>,
 ) -> (CallResult<CallResponse>, RunStats) {
     let mut stats = RunStats::default();
-    let result = run_tool_inner(engine, call, &mut stats).await;
+    let mut notes = None;
+    let mut result = run_tool_inner(engine, call, &mut stats, &mut notes).await;
+    // Read once the store is dropped, and with it the call's HTTP tasks
+    // (`wasi:http` sends on a task of its own): a refusal noted by a task
+    // still running when the guest returned or trapped is kept too.
+    if let Some(notes) = notes {
+        stats.host_notes = crate::grants::take_http_notes(&notes);
+        if let Ok(response) = &mut result {
+            response.host_notes.clone_from(&stats.host_notes);
+        }
+    }
     (result, stats)
 }
 
@@ -86,6 +96,7 @@ async fn run_tool_inner(
     engine: &SharedEngine,
     call: PreparedCall<'_>,
     stats: &mut RunStats,
+    notes: &mut Option<crate::grants::HttpNotes>,
 ) -> CallResult<CallResponse> {
     let PreparedCall {
         plugin,
@@ -126,6 +137,7 @@ async fn run_tool_inner(
         })?;
     let mut store = new_store(engine, limits, plugin.grant(), workspace, read_only)
         .map_err(|message| CallError::Engine { message })?;
+    *notes = Some(store.data().http_hooks.notes());
     let call_id = context.call_id.clone();
     let trace_id = context.trace_id.clone();
     // Re-serialising the validated value gives the guest canonical JSON
@@ -158,11 +170,9 @@ async fn run_tool_inner(
         .fuel
         .value
         .saturating_sub(store.get_fuel().unwrap_or(0));
-    // What the guest logged and what the host noted on its behalf, kept
-    // whatever the outcome: a guest that traps after a refused request
-    // does not take the refusal out of its record.
+    // What the guest logged, kept whatever the outcome (the host's notes
+    // are read by `run_tool`, after the store is gone).
     let state = store.data_mut();
-    let host_notes = state.http_hooks.take_notes();
     if plugin.grant().stdio {
         let (stdout, stderr) = (state.stdout.contents(), state.stderr.contents());
         crate::grants::collect_stdio(&stdout, crate::state::LogLevel::Info, &mut state.log);
@@ -172,7 +182,7 @@ async fn run_tool_inner(
     *stats = RunStats {
         fuel_used,
         duration,
-        host_notes,
+        host_notes: Vec::new(),
         logs: std::mem::take(&mut state.log.lines),
     };
     // Whatever the outcome, what the guest wrote to its workspace is on disk
@@ -245,7 +255,7 @@ async fn run_tool_inner(
         output,
         logs: std::mem::take(&mut stats.logs),
         logs_dropped,
-        host_notes: stats.host_notes.clone(),
+        host_notes: Vec::new(),
         fuel_used,
         duration,
         replayed_from: None,

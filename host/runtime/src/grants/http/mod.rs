@@ -193,7 +193,7 @@ pub(crate) struct HttpHooks {
     read_only: bool,
     deadline: Instant,
     sent: u64,
-    notes: Arc<Mutex<Vec<String>>>,
+    notes: Notes,
 }
 
 impl std::fmt::Debug for HttpHooks {
@@ -216,14 +216,25 @@ impl HttpHooks {
         }
     }
 
-    /// Take what the sender refused or hit during the call so far: the
-    /// call's host notes (recorded apart from the guest's log).
-    pub(crate) fn take_notes(&self) -> Vec<String> {
-        match self.notes.lock() {
-            Ok(mut notes) => std::mem::take(&mut *notes),
-            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
-        }
-    }}
+    /// The call's host notes: what the sender refused or hit on the
+    /// guest's behalf (recorded apart from the guest's log). A handle, to
+    /// be read once the store — and with it every HTTP task of the call —
+    /// is gone ([`take_notes`]).
+    pub(crate) fn notes(&self) -> Notes {
+        Arc::clone(&self.notes)
+    }
+}
+
+/// A call's host notes, shared with its HTTP tasks.
+pub(crate) type Notes = Arc<Mutex<Vec<String>>>;
+
+/// Take the notes written so far.
+pub(crate) fn take_notes(notes: &Notes) -> Vec<String> {
+    match notes.lock() {
+        Ok(mut notes) => std::mem::take(&mut *notes),
+        Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+    }
+}
 
 /// Notes kept (and logged to the operator) per call: a guest looping on
 /// refused requests gets this many, then one line saying the rest were
@@ -234,7 +245,7 @@ const MAX_NOTES: usize = 32;
 const MAX_TARGET_BYTES: usize = 256;
 
 /// Bytes of a note's message (an error's text may quote the peer).
-const MAX_MESSAGE_BYTES: usize = 512;
+const MAX_MESSAGE_BYTES: usize = 256;
 
 /// A refusal or failure worth telling the operator about: logged now, and
 /// kept for the call's host notes, up to [`MAX_NOTES`] a call.

@@ -39,6 +39,14 @@ pub(super) fn request_origin(uri: &Uri) -> Result<Origin, String> {
         .map(|a| a.as_str())
         .filter(|a| !a.is_empty())
         .ok_or_else(|| "the request has no authority (host)".to_owned())?;
+    if authority.contains('@') {
+        // Said without quoting it: the userinfo is a credential, and this
+        // message becomes a host note in the audit record.
+        return Err(
+            "the request's authority has userinfo (`…@`); credentials do not belong in a URL"
+                .to_owned(),
+        );
+    }
     Origin::parse(&format!("{scheme}://{authority}"))
 }
 
@@ -599,8 +607,9 @@ mod tests {
             Origin::parse("https://api.example.com").unwrap()
         );
         assert_eq!(redacted_uri(&uri), "https://API.example.com:443/v1?…");
-        let uri: Uri = "http://user:pw@example.com/x".parse().unwrap();
-        assert!(request_origin(&uri).unwrap_err().contains("userinfo"));
+        let uri: Uri = "http://user:pw-secret@example.com/x".parse().unwrap();
+        let err = request_origin(&uri).unwrap_err();
+        assert!(err.contains("userinfo") && !err.contains("pw-secret"), "{err}");
         assert_eq!(redacted_uri(&uri), "http://example.com/x");
         let uri: Uri = "/relative".parse().unwrap();
         assert!(request_origin(&uri).is_err());
