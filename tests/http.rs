@@ -435,6 +435,36 @@ async fn http_refusals_in_a_loop_keep_a_bounded_number_of_short_notes() {
     assert_eq!(&recorded, notes);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_notes_that_grow_when_scrubbed_still_fit_their_budget() {
+    // Secret-shaped path parameters grow when scrubbed (`;pin=a` becomes
+    // `;pin=[redacted:…]`): each note is bounded again, so the last ones
+    // and the line saying more were dropped stay in the record.
+    let server = TestServer::start().await;
+    let dir = client(&[&server.origin()]);
+    let host = load(&dir, loopback_allowed()).await.unwrap();
+    let path = format!("/{}", ";pin=a".repeat(800));
+    let response = call(
+        &host,
+        "client/request",
+        json!({"scheme": "http", "authority": "example.invalid", "path": path, "times": 50}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.host_notes.len(), 33);
+    let record = finished_record(&host);
+    assert!(!record.entry.host_notes_truncated);
+    let recorded: Vec<String> =
+        serde_json::from_str(record.entry.host_notes.as_deref().unwrap()).unwrap();
+    assert_eq!(recorded.len(), 33);
+    assert!(recorded[0].contains(";pin=[redacted:"), "{}", recorded[0]);
+    assert!(!recorded[0].contains(";pin=a;"), "{}", recorded[0]);
+    assert_eq!(
+        recorded[32],
+        "http: more than 32 notes in this call; the rest are dropped"
+    );
+}
+
 /// The `call_finished` record of the host's only call.
 fn finished_record(host: &Host) -> airlock_host::audit_log::Record {
     host.audit()

@@ -81,6 +81,11 @@ impl Default for RedactionRules {
     }
 }
 
+/// A URL's user name with no password is redacted from this length on:
+/// a token used as the user name (`https://<token>@host`), not `git` or
+/// `postgres`.
+const USERINFO_TOKEN_LEN: usize = 16;
+
 /// Applies [`RedactionRules`] under a secret key.
 pub struct Redactor {
     key: [u8; 32],
@@ -130,7 +135,9 @@ impl Redactor {
             param: pattern(r#"(^|[?&;#\s"'(,])([A-Za-z0-9_.\-\[\]]{1,64})=([^&#;\s"'<>)]+)"#),
             header: pattern(r#"(?i)\b([a-z][a-z0-9]*(?:-[a-z0-9]+)*)[ \t]*:[ \t]*([^\r\n"]+)"#),
             bearer: pattern(r"(?i)\bbearer\s+([A-Za-z0-9._~+/=\-]{6,})"),
-            userinfo: pattern(r#"\b([A-Za-z][A-Za-z0-9+.\-]{0,31}://)([^/?#\s@"'<>]{1,256})@"#),
+            userinfo: pattern(
+                r#"\b([A-Za-z][A-Za-z0-9+.\-]*://)([^/?#\s@:"'<>]*)(:[^/?#\s@"'<>]*)?@"#,
+            ),
         }
     }
 
@@ -237,18 +244,26 @@ impl Redactor {
             out = std::borrow::Cow::Owned(replaced.into_owned());
         }
         if out.contains("://") && out.contains('@') {
+            // The password; a user name alone only when it is long enough
+            // to be a token (`https://<token>@host`), not `git@` or
+            // `postgres@` — a user name becomes a secret of the call,
+            // replaced wherever it appears.
             let replaced = self
                 .userinfo
                 .replace_all(&out, |caps: &regex::Captures<'_>| {
-                    let (scheme, userinfo) = (&caps[1], &caps[2]);
-                    if is_token(userinfo) {
-                        return caps[0].to_owned();
+                    let (scheme, user) = (&caps[1], &caps[2]);
+                    match caps.get(3).map(|m| &m.as_str()[1..]) {
+                        Some(password) if !password.is_empty() && !is_token(password) => {
+                            found.push(password.to_owned());
+                            let token = self.token(&Value::String(password.to_owned()));
+                            format!("{scheme}{user}:{token}@")
+                        }
+                        None if user.len() >= USERINFO_TOKEN_LEN && !is_token(user) => {
+                            found.push(user.to_owned());
+                            format!("{scheme}{}@", self.token(&Value::String(user.to_owned())))
+                        }
+                        _ => caps[0].to_owned(),
                     }
-                    found.push(userinfo.to_owned());
-                    format!(
-                        "{scheme}{}@",
-                        self.token(&Value::String(userinfo.to_owned()))
-                    )
                 });
             out = std::borrow::Cow::Owned(replaced.into_owned());
         }
@@ -763,18 +778,28 @@ mod tests {
     #[test]
     fn url_credentials_in_free_text_and_values_are_scrubbed() {
         let r = redactor();
-        let log = "connecting to postgres://app:pg-pass-1@db.internal:5432/app, then https://ui-user-2@example.com/x";
-        let out = r.scrub(log, &[]);
-        assert_hidden(&out, &["pg-pass-1", "ui-user-2"]);
+        let jwt = format!("eyJ{}", "x".repeat(400));
+        let log = format!(
+            "connecting to postgres://app:pg-pass-1@db.internal:5432/app, then https://ghp_ui0token0000000002@example.com/x and https://oauth2:{jwt}@git.example.com/r"
+        );
+        let out = r.scrub(&log, &[]);
+        assert_hidden(&out, &["pg-pass-1", "ghp_ui0token0000000002", &jwt]);
         assert!(
-            out.contains("postgres://[redacted:") && out.contains("@db.internal:5432/app"),
+            out.contains("postgres://app:[redacted:") && out.contains("@db.internal:5432/app"),
             "{out}"
         );
-        // Mail addresses and a URL without userinfo are left alone.
-        let plain = "mail ann@example.com about https://example.com/a@b";
+        // Mail addresses, a URL without userinfo and short user names
+        // (no password) are left alone: a user name redacted would be
+        // replaced wherever it appears.
+        let plain = "mail ann@example.com about https://example.com/a@b, ssh://git@github.com/x and postgres://postgres@db/app";
         assert_eq!(r.scrub(plain, &[]), plain);
-        let value = r.redact(&json!({"dsn": "redis://:rd-pass-3@cache:6379"}), &[], &[]);
+        let value = r.redact(
+            &json!({"dsn": "redis://:rd-pass-3@cache:6379", "repo": "ssh://git@github.com/x"}),
+            &[],
+            &[],
+        );
         assert_hidden(&value.value.to_string(), &["rd-pass-3"]);
+        assert_eq!(value.secrets, ["rd-pass-3"]);
     }
 
     #[test]

@@ -218,7 +218,7 @@ impl HttpConfig {
             // Listing a loopback name would trust it again: every request
             // through a proxy that rewrites `Host` to its upstream's
             // address would pass, whatever name its client used.
-            if let Some(host) = self.allowed_hosts.iter().find(|h| host_is_loopback(h)) {
+            if let Some(host) = self.allowed_hosts.iter().find(|h| may_name_this_machine(h)) {
                 return Err(config(format!(
                     "serve.allowed_hosts: `{host}` is a loopback name, which behind a proxy (serve.behind_proxy) names every request; have the proxy pass the client's Host on (nginx: proxy_set_header Host $host) and list that"
                 )));
@@ -226,7 +226,7 @@ impl HttpConfig {
             if let Some(origin) = self
                 .allowed_origins
                 .iter()
-                .find(|o| parse_origin(o).is_some_and(|(_, host)| host_is_loopback(&host)))
+                .find(|o| parse_origin(o).is_some_and(|(_, host)| may_name_this_machine(&host)))
             {
                 return Err(config(format!(
                     "serve.allowed_origins: `{origin}` is a loopback origin, which behind a proxy (serve.behind_proxy) is any page on a client's own machine; list the origins browsers load the console from"
@@ -1277,6 +1277,40 @@ fn host_is_loopback(host: &str) -> bool {
     literal.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Whether `host` (a `Host` value or an origin's host, with or without a
+/// port) may name this machine in any spelling: what
+/// [`host_is_loopback`] accepts, and also a trailing dot, `*.localhost`,
+/// the unspecified addresses, IPv4-mapped loopback, and numeric forms
+/// other than a dotted quad (`127.1`, `2130706433`, `0x7f.1`) that some
+/// resolvers read as addresses. For refusing list entries behind a
+/// proxy, where erring wide is safe.
+fn may_name_this_machine(host: &str) -> bool {
+    let name = strip_port(host).trim_end_matches('.').to_ascii_lowercase();
+    if name == "localhost" || name.ends_with(".localhost") {
+        return true;
+    }
+    let literal = name.trim_start_matches('[').trim_end_matches(']');
+    match literal.parse::<IpAddr>() {
+        Ok(IpAddr::V4(ip)) => ip.is_loopback() || ip.is_unspecified(),
+        Ok(IpAddr::V6(ip)) => {
+            ip.is_loopback()
+                || ip.is_unspecified()
+                || ip
+                    .to_ipv4_mapped()
+                    .is_some_and(|v4| v4.is_loopback() || v4.is_unspecified())
+        }
+        // Digits, dots and hex digits (with an `x`) only, yet not an
+        // address: a shorthand some resolvers take for one.
+        Err(_) => {
+            !literal.is_empty()
+                && literal.starts_with(|c: char| c.is_ascii_digit())
+                && literal
+                    .chars()
+                    .all(|c| c.is_ascii_hexdigit() || c == '.' || c == 'x')
+        }
+    }
+}
+
 /// The default listen address.
 pub fn default_addr() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 7410))
@@ -1437,11 +1471,30 @@ mod tests {
         let err = config.validate(&[]).unwrap_err().to_string();
         assert!(err.contains("serve.allowed_hosts"), "{err}");
         // Listing a loopback name or origin would trust it again.
-        for host in ["127.0.0.1:7410", "localhost", "[::1]"] {
+        for host in [
+            "127.0.0.1:7410",
+            "localhost",
+            "[::1]",
+            "LOCALHOST.",
+            "app.localhost:8080",
+            "127.1",
+            "2130706433",
+            "0x7f.1",
+            "0.0.0.0:7410",
+            "[::]",
+            "[::ffff:127.0.0.1]:80",
+        ] {
             config.allowed_hosts = vec!["mcp.example.com".into(), host.into()];
             let err = config.validate(&[]).unwrap_err().to_string();
             assert!(err.contains(host) && err.contains("loopback"), "{err}");
         }
+        // Public names and addresses are fine, digits included.
+        config.allowed_hosts = vec![
+            "mcp.example.com".into(),
+            "203.0.113.7:443".into(),
+            "3com.example".into(),
+        ];
+        config.validate(&[]).unwrap();
         config.allowed_hosts = vec!["mcp.example.com".into()];
         config.allowed_origins = vec!["http://localhost:3000".into()];
         let err = config.validate(&[]).unwrap_err().to_string();

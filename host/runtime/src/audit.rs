@@ -19,9 +19,12 @@ use crate::manifest::Risk;
 use crate::plugin::{Plugin, Tool};
 
 /// Bytes of a call's host notes kept in its record (at least; more when
-/// `max_copy_bytes` is larger): 33 notes of the largest size the HTTP
-/// sender writes (a 256-byte target, a 256-byte message) fit.
+/// `max_copy_bytes` is larger): 33 notes of [`HOST_NOTE_BYTES`] fit.
 const HOST_NOTES_BYTES: usize = 32 * 1024;
+
+/// Bytes of one host note in a record, once scrubbed (the HTTP sender
+/// writes a target of at most 256 bytes and a message of at most 256).
+const HOST_NOTE_BYTES: usize = 768;
 
 /// Where a call's intent record is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -365,7 +368,12 @@ impl<'a> CallRecord<'a> {
             let notes = stats
                 .host_notes
                 .iter()
-                .map(|note| Value::String(self.log.redactor().scrub(note, &self.secrets)))
+                .map(|note| {
+                    // Bounded again once scrubbed: tokens are longer than
+                    // what they replace (`;pin=a` → `;pin=[redacted:…]`).
+                    let scrubbed = self.log.redactor().scrub(note, &self.secrets);
+                    Value::String(bounded(&scrubbed, HOST_NOTE_BYTES))
+                })
                 .collect();
             // A budget of their own, which the notes' bounds keep them
             // under: a guest's requests cannot push the last notes (or the

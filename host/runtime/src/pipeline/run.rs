@@ -80,9 +80,12 @@ pub(crate) async fn run_tool(
     let mut stats = RunStats::default();
     let mut notes = None;
     let mut result = run_tool_inner(engine, call, &mut stats, &mut notes).await;
-    // Read once the store is dropped, and with it the call's HTTP tasks
+    // Read once the store is dropped, which aborts the call's HTTP tasks
     // (`wasi:http` sends on a task of its own): a refusal noted by a task
-    // still running when the guest returned or trapped is kept too.
+    // still running when the guest returned or trapped is kept too. (A
+    // task in the middle of a poll on another worker when it is aborted
+    // may still note after this; that note reaches the operator's log
+    // only.)
     if let Some(notes) = notes {
         stats.host_notes = crate::grants::take_http_notes(&notes);
         if let Ok(response) = &mut result {
