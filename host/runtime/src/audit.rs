@@ -48,6 +48,8 @@ pub(crate) struct CallRecord<'a> {
     hold: Option<Hold<'a>>,
     /// Redacted argument values, scrubbed from free text.
     secrets: Vec<String>,
+    /// The same, prepared for scrubbing (once, not per text).
+    known: airlock_audit::KnownSecrets,
     pointers: Vec<String>,
     durability: Durability,
     /// For a tool the operator made replayable (`audit.replayable`): the
@@ -75,6 +77,7 @@ impl<'a> CallRecord<'a> {
             intent: Intent::Due,
             hold: None,
             secrets: Vec::new(),
+            known: airlock_audit::KnownSecrets::default(),
             pointers: Vec::new(),
             durability: Durability::Batched,
             replayable: None,
@@ -186,6 +189,7 @@ impl<'a> CallRecord<'a> {
                 self.base.args = Some(copy);
                 self.base.args_truncated = truncated;
                 self.base.args_redacted = self.replayable.map(|_| redacted.value != *value);
+                self.known = airlock_audit::KnownSecrets::new(&redacted.secrets);
                 self.secrets = redacted.secrets;
             }
             None => self.base.args_digest = Some(sha256_hex(raw.as_bytes())),
@@ -371,7 +375,7 @@ impl<'a> CallRecord<'a> {
                 .map(|note| {
                     // Bounded again once scrubbed: tokens are longer than
                     // what they replace (`;pin=a` → `;pin=[redacted:…]`).
-                    let scrubbed = self.log.redactor().scrub(note, &self.secrets);
+                    let scrubbed = self.log.redactor().scrub_known(note, &self.known);
                     Value::String(bounded(&scrubbed, HOST_NOTE_BYTES))
                 })
                 .collect();
@@ -427,7 +431,7 @@ impl<'a> CallRecord<'a> {
             .map(|line| {
                 serde_json::json!({
                     "level": line.level.to_string(),
-                    "message": redactor.scrub(&line.message, &self.secrets),
+                    "message": redactor.scrub_known(&line.message, &self.known),
                 })
             })
             .collect();
@@ -436,7 +440,7 @@ impl<'a> CallRecord<'a> {
 
     fn scrub(&self, text: &str) -> String {
         let max = self.log.config().max_copy_bytes;
-        bounded(&self.log.redactor().scrub(text, &self.secrets), max)
+        bounded(&self.log.redactor().scrub_known(text, &self.known), max)
     }
 }
 
