@@ -24,6 +24,7 @@ airlock_tests::foreach_guest!(assert_test_exists);
 
 const MISBEHAVE_TOOLS: &[&str] = &[
     "recurse",
+    "nest",
     "log-loop",
     "now",
     "echo",
@@ -440,4 +441,47 @@ async fn a_cancelled_call_stops_the_guest_and_frees_its_slot() {
         "{err}"
     );
     assert_eq!(err.class(), ErrorClass::Refused);
+}
+
+/// A result nested deeper than JSON is read back (127 levels) was stored
+/// in its idempotency entry, which then could not be read: every call with
+/// that key failed, the ledger's sweep stopped, and the host no longer
+/// started (recovery reads every entry). Results, like arguments, are
+/// held to 64 levels.
+#[tokio::test]
+async fn results_too_deep_to_read_back_are_refused_and_the_host_restarts() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = misbehave_plugin("");
+    let open = || Host::new(HostConfig::default().data_dir(data.path())).unwrap();
+    let host = open();
+    host.load_plugin(dir.path()).await.unwrap();
+    let deep = |depth: u64| {
+        CallRequest::new("misbehave/nest", json!({ "depth": depth }).to_string())
+            .idempotency_key(format!("nest-{depth}"))
+    };
+    let ok = host.call(deep(64)).await.unwrap();
+    assert!(ok.output.is_array());
+    for depth in [65, 126] {
+        let err = host.call(deep(depth)).await.unwrap_err();
+        assert_eq!(err.kind(), "output_invalid", "{err}");
+        assert!(err.to_string().contains("nested deeper than 64"), "{err}");
+    }
+    // Arguments too.
+    let args = format!("{{\"a\":{}{}}}", "[".repeat(64), "]".repeat(64));
+    let err = host
+        .call(CallRequest::new("misbehave/echo", args))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), "arguments_not_json", "{err}");
+    host.audit().close().unwrap();
+    drop(host);
+    // The ledger reads back: the host starts, and each key replays.
+    let host = open();
+    host.load_plugin(dir.path()).await.unwrap();
+    let again = host.call(deep(64)).await.unwrap();
+    assert!(again.replayed_from.is_some());
+    // A result refused after the tool ran leaves its key "outcome
+    // unknown" (never run twice), read back like any other.
+    let err = host.call(deep(126)).await.unwrap_err();
+    assert!(err.to_string().contains("outcome is unknown"), "{err}");
 }

@@ -527,18 +527,29 @@ impl KnownSecrets {
             return out;
         };
         let mut out = String::with_capacity(text.len());
-        let mut last = 0;
-        for found in matcher.find_iter(text) {
+        let (mut last, mut from) = (0, 0);
+        while let Some(found) = matcher.find(aho_corasick::Input::new(text).span(from..text.len()))
+        {
             let i = found.pattern().as_usize();
             let secret = self.secrets[i].as_str();
             if secret.chars().count() < MIN_SCRUB_LEN
                 && !stands_alone(text, found.start(), found.end(), secret)
             {
+                // Not a word here: look again from the next character, where
+                // another secret may start inside this one (`12` refused in
+                // `12345678` must not hide `2345678`). A short secret is a few
+                // characters, so this stays linear.
+                let step = text[found.start()..]
+                    .chars()
+                    .next()
+                    .map_or(1, char::len_utf8);
+                from = found.start() + step;
                 continue;
             }
             out.push_str(&text[last..found.start()]);
             out.push_str(token(i));
             last = found.end();
+            from = found.end();
         }
         out.push_str(&text[last..]);
         out
@@ -907,6 +918,13 @@ mod tests {
         assert_eq!(
             r.scrub_known("nothing here", &KnownSecrets::default()),
             "nothing here"
+        );
+        // A short secret that is not a word where it stands does not hide a
+        // longer one starting inside it.
+        let known = KnownSecrets::new(&["12".to_owned(), "2345678".to_owned()]);
+        assert_eq!(
+            r.scrub_known("pin 12, code 12345678.", &known),
+            format!("pin {}, code 1{}.", token("12"), token("2345678"))
         );
     }
 

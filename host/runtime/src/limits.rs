@@ -38,6 +38,10 @@ pub(crate) const DEFAULT_MAX_LOG_BYTES: usize = 64 * 1024;
 /// lines past it, empty ones included, are dropped and counted. Guest
 /// stdout/stderr lines count too (the host's notes are apart).
 pub(crate) const DEFAULT_MAX_LOG_LINES: u64 = 1_000;
+/// Levels of arrays and objects a call's arguments or a tool's result may
+/// nest (JSON is parsed to 127 at most; an idempotency entry stores a
+/// result a few levels below its top, and must read back).
+pub(crate) const MAX_JSON_DEPTH: usize = 64;
 /// Bytes kept per log line.
 pub(crate) const MAX_LOG_LINE_BYTES: usize = 4 * 1024;
 /// Bytes of guest stderr kept per call (panic messages land here).

@@ -12,6 +12,36 @@ const MAX_VIOLATIONS: usize = 64;
 
 /// Every place where `instance` fails `validator`, capped at
 /// [`MAX_VIOLATIONS`] entries (a final entry says how many were left out).
+/// Bytes of one violation's message: `jsonschema` quotes the failing
+/// value whole (`"…" is not of type "number"`), and that value may be a
+/// guest's megabytes.
+const MAX_VIOLATION_BYTES: usize = 1024;
+
+/// `error`'s message, formatted no further than [`MAX_VIOLATION_BYTES`]
+/// (the writer refuses the rest, which stops the formatting: a quoted
+/// value is never written out whole).
+fn message(error: &impl std::fmt::Display) -> String {
+    struct Capped(String, bool);
+    impl std::fmt::Write for Capped {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            let room = MAX_VIOLATION_BYTES.saturating_sub(self.0.len());
+            if s.len() <= room {
+                self.0.push_str(s);
+                return Ok(());
+            }
+            self.0.push_str(airlock_audit::text::prefix(s, room));
+            self.1 = true;
+            Err(std::fmt::Error)
+        }
+    }
+    let mut out = Capped(String::new(), false);
+    let _ = std::fmt::Write::write_fmt(&mut out, format_args!("{error}"));
+    if out.1 {
+        out.0.push_str(airlock_audit::text::TRUNCATED_MARK);
+    }
+    out.0
+}
+
 pub(crate) fn violations(
     validator: &jsonschema::Validator,
     instance: &Value,
@@ -22,7 +52,7 @@ pub(crate) fn violations(
         if out.len() < MAX_VIOLATIONS {
             out.push(SchemaViolation {
                 path: error.instance_path().to_string(),
-                message: error.to_string(),
+                message: message(&error),
             });
         } else {
             omitted += 1;
@@ -132,7 +162,7 @@ impl GuestSchema {
         if let Err(error) = self.validator.validate(instance) {
             out.push(SchemaViolation {
                 path: error.instance_path().to_string(),
-                message: error.to_string(),
+                message: message(&error),
             });
         }
         out.push(SchemaViolation {
@@ -448,6 +478,24 @@ fn add(width: &mut Vec<u64>, child: &[u64], shift: usize) -> Result<(), String> 
     Ok(())
 }
 
+/// Whether `value` nests arrays and objects more than `max` levels deep,
+/// each array or object a level (`[]` is one, `[[]]` two, a scalar none).
+pub(crate) fn deeper_than(value: &Value, max: usize) -> bool {
+    let mut stack = vec![(value, 0usize)];
+    while let Some((value, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match value {
+            Value::Array(items) => Box::new(items.iter()),
+            Value::Object(map) => Box::new(map.values()),
+            _ => continue,
+        };
+        if depth >= max {
+            return true;
+        }
+        stack.extend(children.map(|child| (child, depth + 1)));
+    }
+    false
+}
+
 /// The JSON type name of `value`, for error messages.
 pub(crate) fn type_name(value: &Value) -> &'static str {
     match value {
@@ -463,6 +511,42 @@ pub(crate) fn type_name(value: &Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn violation_messages_do_not_quote_a_large_value_whole() {
+        let schema = json!({"type": "number"});
+        let validator = jsonschema::validator_for(&schema).unwrap();
+        let big = Value::String("x".repeat(1 << 20));
+        let found = violations(&validator, &big);
+        assert_eq!(found.len(), 1);
+        assert!(
+            found[0].message.len() <= 1024 + 20,
+            "{}",
+            found[0].message.len()
+        );
+        assert!(
+            found[0].message.ends_with("…[truncated]"),
+            "{}",
+            &found[0].message[..60]
+        );
+        let small = violations(&validator, &json!("x"));
+        assert_eq!(small[0].message, "\"x\" is not of type \"number\"");
+    }
+
+    #[test]
+    fn depth_counts_levels_of_arrays_and_objects() {
+        let nested = |levels: usize| -> Value {
+            let text = format!("{}{}", "[".repeat(levels), "]".repeat(levels));
+            serde_json::from_str(&text).unwrap()
+        };
+        assert!(!deeper_than(&json!(1), 0));
+        assert!(!deeper_than(&json!({}), 1));
+        assert!(!deeper_than(&nested(64), 64));
+        assert!(deeper_than(&nested(65), 64));
+        assert!(deeper_than(&json!({"a": [1, {"b": []}]}), 3));
+        assert!(!deeper_than(&json!({"a": [1, {"b": []}]}), 4));
+    }
 
     #[test]
     fn guest_schemas_are_checked() {

@@ -382,6 +382,14 @@ pub(crate) fn validate_arguments(
             found: schema::type_name(&value),
         });
     }
+    if schema::deeper_than(&value, crate::limits::MAX_JSON_DEPTH) {
+        return Err(CallError::ArgumentsNotJson {
+            message: format!(
+                "nested deeper than {} levels of arrays and objects (the host's limit)",
+                crate::limits::MAX_JSON_DEPTH
+            ),
+        });
+    }
     let violations = tool.input_validator.violations(&value);
     if !violations.is_empty() {
         return Err(CallError::ArgumentsInvalid {

@@ -239,6 +239,17 @@ async fn run_tool_inner(
         tool: tool_id.to_owned(),
         message: format!("not JSON: {e}"),
     })?;
+    // Deeper results cannot be stored to read back (an idempotency entry
+    // holds one a few levels down, and JSON is read to 127 levels).
+    if crate::schema::deeper_than(&output, crate::limits::MAX_JSON_DEPTH) {
+        return Err(CallError::OutputInvalid {
+            tool: tool_id.to_owned(),
+            message: format!(
+                "nested deeper than {} levels of arrays and objects (the host's limit)",
+                crate::limits::MAX_JSON_DEPTH
+            ),
+        });
+    }
     if let Some(validator) = &tool.output_validator {
         let violations = validator.violations(&output);
         if !violations.is_empty() {

@@ -203,6 +203,15 @@ fn descend(n: u64, pad: &mut [u8; 256]) -> u64 {
     descend(n - 1, std::hint::black_box(pad)) + 1
 }
 
+/// Return `depth` arrays nested in one another (`[[[]]]` for 3).
+pub fn nest(args: Depth, _: &Context) -> Result<airlock_sdk::serde_json::Value, ToolError> {
+    let mut value = airlock_sdk::serde_json::Value::Array(Vec::new());
+    for _ in 1..args.depth {
+        value = airlock_sdk::serde_json::Value::Array(vec![value]);
+    }
+    Ok(value)
+}
+
 /// Recurse `depth` levels with a 256-byte frame (overflows the stack when deep).
 pub fn recurse(args: Depth, _: &Context) -> Result<Done, ToolError> {
     let mut pad = [0u8; 256];
@@ -254,6 +263,7 @@ plugin! {
     "log-flood" => log_flood: "Log `lines` lines of `size` bytes.",
     "lie" => lie: "Return a result that does not match the declared output schema.",
     "recurse" => recurse: "Recurse `depth` levels.",
+    "nest" => nest: "Return `depth` nested arrays.",
     "log-loop" => log_loop: "Call the log interface forever.",
     "now" => now: "Read the wall clock.",
     "hidden" => hidden: "Exported but never declared in a manifest.",
