@@ -118,6 +118,13 @@ impl Approvals<'_> {
             Duration::from_secs(policy.idempotency_retention_s),
         )?;
         self.record_expiries(&report.expired);
+        if let Some(first) = report.unreadable.first() {
+            tracing::error!(
+                unreadable = report.unreadable.len(),
+                first = %first,
+                "idempotency entries the ledger cannot read are left in place: calls with their keys fail"
+            );
+        }
         if report.approvals_removed + report.keys_removed > 0 || !report.expired.is_empty() {
             tracing::info!(
                 expired = report.expired.len(),
@@ -143,7 +150,9 @@ impl Approvals<'_> {
         {
             return;
         }
-        if let Err(e) = self.sweep() {
+        // It reads every approval and key: the call that happens to run
+        // it waits, the worker's other tasks move on.
+        if let Err(e) = crate::off_the_worker(|| self.sweep()) {
             tracing::error!(error = %e, "cannot sweep the ledger");
         }
     }

@@ -414,8 +414,12 @@ impl Host {
         let ledger = Ledger::new(stores.ledger.clone());
         // This host's calls of before cannot be running: their keys'
         // outcomes are unknown, never run again.
-        for key in ledger.recover(&config.origin)? {
+        let recovery = ledger.recover(&config.origin)?;
+        for key in &recovery.changed {
             tracing::warn!(plugin = %key.plugin, tool = %key.tool, "idempotency key in flight at last shutdown: outcome unknown");
+        }
+        for entry in &recovery.unreadable {
+            tracing::error!(%entry, "unreadable idempotency entry left in place: calls with its key fail");
         }
         let workspace = Workspace::new(stores.workspace.clone());
         let mode = ModeWatch::new(stores.mode.clone(), &config.origin);

@@ -135,3 +135,17 @@ pub use state::{LogLevel, LogLine};
 pub use stores::{StoreConfig, open_audit_read_only, open_mode, open_releases, open_workspace};
 pub use telemetry::{DEFAULT_MAX_QUEUED_SPANS, DEFAULT_OTLP_TIMEOUT, Telemetry, TelemetryConfig};
 pub use workspace::WORKSPACE_DIR;
+
+/// Run `work`, which may take a while, without holding up other tasks: on
+/// a multi-threaded tokio runtime the worker's queued tasks move to
+/// another worker first; elsewhere (a current-thread runtime, no runtime)
+/// it runs where it is.
+pub(crate) fn off_the_worker<T>(work: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
+}

@@ -223,7 +223,7 @@ impl GuestSchema {
             }];
         }
         if steps > MAX_IN_PLACE_STEPS {
-            return off_the_worker(|| self.check(instance, steps));
+            return crate::off_the_worker(|| self.check(instance, steps));
         }
         self.check(instance, steps)
     }
@@ -331,20 +331,6 @@ impl GuestSchema {
 /// 64-byte runs in `bytes` of string (see [`STRING_BYTES_PER_STEP`]).
 fn runs(bytes: usize) -> u64 {
     u64::try_from(bytes / STRING_BYTES_PER_STEP).unwrap_or(u64::MAX)
-}
-
-/// Run `work`, which may take a while, without holding up other tasks: on
-/// a multi-threaded tokio runtime the worker's queued tasks move to
-/// another worker first; elsewhere (a current-thread runtime, no runtime)
-/// it runs where it is.
-fn off_the_worker<T>(work: impl FnOnce() -> T) -> T {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    match Handle::try_current() {
-        Ok(handle) if handle.runtime_flavor() == RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(work)
-        }
-        _ => work(),
-    }
 }
 
 /// Compile a schema supplied by a guest.

@@ -27,9 +27,9 @@ use std::time::Duration;
 
 use airlock_store::{
     Approval, ApprovalState, AuditStore, AuditWrite, Bucket, ErrorKind, IdempotencyEntry,
-    InstalledVersion, KeyEntry, KeyOwner, KeyRef, LedgerStore, Marker, Mode, ModeStore,
-    PluginStore, Quota, Rate, RateLimitStore, Result, Rollout, StoreError, Usage, Version,
-    Versioned, WorkspaceError, WorkspaceStore,
+    InstalledVersion, KeyEntry, KeyHead, KeyListing, KeyOwner, KeyRef, LedgerStore, Marker, Mode,
+    ModeStore, PluginStore, Quota, Rate, RateLimitStore, Result, Rollout, StoreError, Usage,
+    Version, Versioned, WorkspaceError, WorkspaceStore,
 };
 use futures_util::future::{join_all, try_join};
 use tokio_postgres::Row;
@@ -310,7 +310,7 @@ impl LedgerStore for PostgresStore {
         })
     }
 
-    fn keys(&self) -> Result<Vec<(KeyRef, Versioned<IdempotencyEntry>)>> {
+    fn keys(&self) -> Result<KeyListing> {
         self.db.run(|s| async move {
             let rows = s
                 .query(
@@ -319,18 +319,33 @@ impl LedgerStore for PostgresStore {
                     &[],
                 )
                 .await?;
-            rows.iter()
-                .map(|r| {
-                    let raw: &[u8] = get(r, 2)?;
-                    let key = KeyRef::decode(raw).ok_or_else(|| {
-                        StoreError::corrupt(format!(
-                            "stored idempotency key {} is unreadable",
-                            hex::encode(raw)
-                        ))
-                    })?;
-                    Ok((key, versioned(r, "idempotency entry")?))
-                })
-                .collect()
+            let mut out = KeyListing::default();
+            for row in &rows {
+                let version: i64 = get(row, 0)?;
+                let body: &str = get(row, 1)?;
+                let raw: &[u8] = get(row, 2)?;
+                let Some(key) = KeyRef::decode(raw) else {
+                    out.unreadable.push(format!(
+                        "stored idempotency key {} is unreadable",
+                        hex::encode(raw)
+                    ));
+                    continue;
+                };
+                match KeyHead::from_json(body.as_bytes()) {
+                    Ok(head) => out.keys.push((
+                        key,
+                        Versioned {
+                            value: head,
+                            version: Version(version as u64),
+                        },
+                    )),
+                    Err(e) => out.unreadable.push(format!(
+                        "the stored entry of idempotency key {:?} of {}/{} is unreadable: {e}",
+                        key.key, key.plugin, key.tool
+                    )),
+                }
+            }
+            Ok(out)
         })
     }
 

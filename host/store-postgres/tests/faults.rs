@@ -1,7 +1,7 @@
 //! Faults against a real PostgreSQL server: configuration errors at open,
 //! a newer schema, an exhausted pool, a statement past its timeout, the
 //! server stopped mid-stream (on a dedicated server, so the shared one is
-//! not disturbed), and calls from inside tokio runtimes.
+//! not disturbed), calls from inside tokio runtimes, and damaged rows.
 
 mod common;
 
@@ -519,4 +519,48 @@ fn a_server_that_stops_answering_times_out_and_its_connection_is_not_reused() {
     let after = backend();
     assert_eq!(after.len(), 1, "{after:?}");
     assert_ne!(after, before);
+}
+
+/// A damaged idempotency row (a body that does not decode) is named by
+/// recovery and the sweep and left in place; it stops neither, and a call
+/// with its key fails rather than runs.
+#[test]
+fn a_garbled_idempotency_row_is_reported_and_left_in_place() {
+    use airlock_store::{Claim, KeyRef, Ledger};
+    let url = common::fresh_database();
+    let stores = open(&common::config(&url)).expect("open");
+    let ledger = Ledger::new(stores.ledger.clone());
+    let day = Duration::from_secs(86_400);
+    let fine = KeyRef::new("agent", "p", "t", "fine");
+    ledger.claim(&fine, "d", ("c1", "h"), 0, day).unwrap();
+    let garbled = KeyRef::new("agent", "p", "t", "garbled");
+    ledger.claim(&garbled, "d", ("c2", "h"), 0, day).unwrap();
+    common::admin(
+        &url,
+        &format!(
+            "UPDATE airlock_keys SET body = '{{\"created_ms\": 0, \"sta' WHERE key = '\\x{}'",
+            hex::encode(garbled.encode())
+        ),
+    );
+
+    let recovery = ledger.recover("h").unwrap();
+    assert_eq!(recovery.changed, vec![fine.clone()]);
+    assert_eq!(recovery.unreadable.len(), 1, "{recovery:?}");
+    assert!(
+        recovery.unreadable[0].contains("\"garbled\" of p/t"),
+        "{recovery:?}"
+    );
+    let report = ledger.sweep(2 * 86_400_000, day, day).unwrap();
+    assert_eq!(report.keys_removed, 1, "{report:?}");
+    assert_eq!(report.unreadable.len(), 1, "{report:?}");
+    let err = ledger
+        .claim(&garbled, "d", ("c3", "h"), 2 * 86_400_000, day)
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+    assert_eq!(
+        ledger
+            .claim(&fine, "d", ("c4", "h"), 2 * 86_400_000, day)
+            .unwrap(),
+        Claim::Claimed
+    );
 }

@@ -9,8 +9,8 @@
 use std::path::{Path, PathBuf};
 
 use airlock_store::{
-    Approval, ApprovalState, IdempotencyEntry, KeyRef, LedgerStore, Result, StoreError, Version,
-    Versioned,
+    Approval, ApprovalState, IdempotencyEntry, KeyHead, KeyListing, KeyRef, LedgerStore, Result,
+    StoreError, Version, Versioned,
 };
 use sha2::{Digest, Sha256};
 
@@ -191,23 +191,34 @@ impl LedgerStore for SledLedger {
         self.swap(&self.idempotency, &key.encode(), Some(current), None)
     }
 
-    fn keys(&self) -> Result<Vec<(KeyRef, Versioned<IdempotencyEntry>)>> {
-        let mut out = Vec::new();
+    fn keys(&self) -> Result<KeyListing> {
+        let mut out = KeyListing::default();
         for item in self.idempotency.iter() {
             let (k, bytes) = item.map_err(|e| self.failed(e))?;
             let Some(key) = KeyRef::decode(&k) else {
-                return Err(StoreError::corrupt(format!(
-                    "ledger at {}: an idempotency key is unreadable",
-                    self.path.display()
-                )));
+                out.unreadable.push(format!(
+                    "ledger at {}: idempotency key {} is unreadable",
+                    self.path.display(),
+                    hex::encode(&k)
+                ));
+                continue;
             };
-            out.push((
-                key,
-                Versioned {
-                    value: self.decode("an idempotency entry", &bytes)?,
-                    version: version(&bytes),
-                },
-            ));
+            match KeyHead::from_json(&bytes) {
+                Ok(head) => out.keys.push((
+                    key,
+                    Versioned {
+                        value: head,
+                        version: version(&bytes),
+                    },
+                )),
+                Err(e) => out.unreadable.push(format!(
+                    "ledger at {}: the entry of idempotency key {:?} of {}/{} is unreadable: {e}",
+                    self.path.display(),
+                    key.key,
+                    key.plugin,
+                    key.tool
+                )),
+            }
         }
         Ok(out)
     }

@@ -296,3 +296,49 @@ fn two_handles_on_one_data_directory_share_versions_and_rollouts() {
     assert!(a.version("../etc", "1").unwrap().is_none());
     assert!(b.store().version("text", "../../x").is_err());
 }
+
+/// A damaged idempotency entry (a key or body that does not decode) is
+/// named by recovery and the sweep and left in place; it stops neither,
+/// and a call with its key fails rather than runs.
+#[test]
+fn a_garbled_idempotency_entry_is_reported_and_left_in_place() {
+    use airlock_store::{Claim, KeyRef, Ledger};
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::Config::new()
+        .path(dir.path().join("db"))
+        .open()
+        .unwrap();
+    let ledger = Ledger::new(Arc::new(SledLedger::new(dir.path(), db.clone()).unwrap()));
+    let day = std::time::Duration::from_secs(86_400);
+    let fine = KeyRef::new("agent", "p", "t", "fine");
+    ledger.claim(&fine, "d", ("c1", "h"), 0, day).unwrap();
+    let garbled = KeyRef::new("agent", "p", "t", "garbled");
+    let tree = db.open_tree("idempotency").unwrap();
+    tree.insert(garbled.encode(), &b"{\"created_ms\": 0, \"sta"[..])
+        .unwrap();
+    tree.insert(&b"\xff not a key"[..], &b"{}"[..]).unwrap();
+
+    let recovery = ledger.recover("h").unwrap();
+    assert_eq!(recovery.changed, vec![fine.clone()]);
+    assert_eq!(recovery.unreadable.len(), 2, "{recovery:?}");
+    assert!(
+        recovery
+            .unreadable
+            .iter()
+            .any(|e| e.contains("\"garbled\" of p/t")),
+        "{recovery:?}"
+    );
+    let report = ledger.sweep(2 * 86_400_000, day, day).unwrap();
+    assert_eq!(report.keys_removed, 1, "{report:?}");
+    assert_eq!(report.unreadable.len(), 2, "{report:?}");
+    let err = ledger
+        .claim(&garbled, "d", ("c2", "h"), 2 * 86_400_000, day)
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+    assert_eq!(
+        ledger
+            .claim(&fine, "d", ("c3", "h"), 2 * 86_400_000, day)
+            .unwrap(),
+        Claim::Claimed
+    );
+}

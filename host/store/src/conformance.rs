@@ -44,6 +44,7 @@ macro_rules! conformance_tests {
             an_idempotency_key_settles_once,
             recovery_touches_only_the_hosts_own_keys,
             the_sweep_forgets_only_what_retention_allows,
+            an_outcome_too_deep_to_decode_is_still_listed_and_swept,
             meta_values_round_trip,
             workspace_writes_account_usage,
             a_refused_workspace_write_changes_nothing,
@@ -369,8 +370,9 @@ pub fn recovery_touches_only_the_hosts_own_keys(fresh: Fresh, peer: Peer) {
     ledger_b
         .claim(&theirs, "d", ("c2", "host-b"), 1, DAY)
         .expect("claim");
-    let changed = ledger_a.recover("host-a").expect("recover");
-    assert_eq!(changed, vec![mine.clone()]);
+    let recovery = ledger_a.recover("host-a").expect("recover");
+    assert_eq!(recovery.changed, vec![mine.clone()]);
+    assert!(recovery.unreadable.is_empty(), "{recovery:?}");
     let state = |key: &KeyRef| match ledger_b.claim(key, "d", ("c9", "host-b"), 2, DAY) {
         Ok(Claim::Existing(e)) => e.state,
         other => panic!("unexpected claim: {other:?}"),
@@ -430,6 +432,40 @@ pub fn the_sweep_forgets_only_what_retention_allows(fresh: Fresh, _peer: Peer) {
             .expect("claim"),
         Claim::Existing(_)
     ));
+}
+
+/// An entry whose outcome nests deeper than JSON is read back (stores
+/// written before results were held to 64 levels) neither stops recovery
+/// nor the sweep: both read entries without their outcomes, and the sweep
+/// forgets it after its retention like any other.
+pub fn an_outcome_too_deep_to_decode_is_still_listed_and_swept(fresh: Fresh, _peer: Peer) {
+    let ledger = Ledger::new(fresh().ledger);
+    let deep = KeyRef::new("agent", "p", "t", "deep");
+    ledger
+        .claim(&deep, "d", ("c1", "h"), 0, DAY)
+        .expect("claim");
+    let mut outcome = json!(1);
+    for _ in 0..300 {
+        outcome = json!([outcome]);
+    }
+    ledger.complete(&deep, Ok(outcome)).expect("complete");
+    let running = KeyRef::new("agent", "p", "t", "running");
+    ledger
+        .claim(&running, "d", ("c2", "h"), 0, DAY)
+        .expect("claim");
+
+    let recovery = ledger.recover("h").expect("recover");
+    assert_eq!(recovery.changed, vec![running]);
+    assert!(recovery.unreadable.is_empty(), "{recovery:?}");
+    let report = ledger.sweep(2 * 86_400_000, DAY, DAY).expect("sweep");
+    assert_eq!(report.keys_removed, 2, "{report:?}");
+    assert!(report.unreadable.is_empty(), "{report:?}");
+    assert_eq!(
+        ledger
+            .claim(&deep, "d", ("c3", "h"), 2 * 86_400_000, DAY)
+            .expect("claim"),
+        Claim::Claimed
+    );
 }
 
 /// Meta values round-trip and are seen by another host.

@@ -202,6 +202,73 @@ pub struct IdempotencyEntry {
     pub state: IdempotencyState,
 }
 
+/// An idempotency entry as [`LedgerStore::keys`] lists it: what recovery
+/// and the sweep need of it, without its stored outcome (a tool's result,
+/// up to its output limit, which a listing of every key would otherwise
+/// read and decode).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyHead {
+    /// When the key was first used, ms since the Unix epoch.
+    pub created_ms: u64,
+    /// While a call holds the key: the host running it, as in
+    /// [`IdempotencyState::InFlight`].
+    pub in_flight: Option<Option<String>>,
+}
+
+impl KeyHead {
+    /// The head of `entry`.
+    pub fn of(entry: &IdempotencyEntry) -> KeyHead {
+        KeyHead {
+            created_ms: entry.created_ms,
+            in_flight: match &entry.state {
+                IdempotencyState::InFlight { host, .. } => Some(host.clone()),
+                _ => None,
+            },
+        }
+    }
+
+    /// The head of an entry stored as the JSON of [`IdempotencyEntry`],
+    /// read without decoding its outcome: the outcome is skipped, not
+    /// parsed into values, so neither its size nor its nesting matters.
+    ///
+    /// # Errors
+    /// Text that is not such an entry.
+    pub fn from_json(text: &[u8]) -> serde_json::Result<KeyHead> {
+        /// The members of the head; the others are skipped.
+        #[derive(Deserialize)]
+        struct Head {
+            created_ms: u64,
+            state: String,
+            #[serde(default)]
+            host: Option<String>,
+        }
+        let head: Head = serde_json::from_slice(text)?;
+        let in_flight = match head.state.as_str() {
+            "in_flight" => Some(head.host),
+            "completed" | "unknown" => None,
+            other => {
+                return Err(serde::de::Error::custom(format!(
+                    "unknown idempotency state {other:?}"
+                )));
+            }
+        };
+        Ok(KeyHead {
+            created_ms: head.created_ms,
+            in_flight,
+        })
+    }
+}
+
+/// Every idempotency key, as [`LedgerStore::keys`] lists them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct KeyListing {
+    /// The keys that could be read.
+    pub keys: Vec<(KeyRef, Versioned<KeyHead>)>,
+    /// A description of each entry that could not be (a damaged store):
+    /// left where it is, for the operator; a call with its key fails.
+    pub unreadable: Vec<String>,
+}
+
 /// Which idempotency key: the caller's key, scoped by who called which
 /// tool. Two principals using the same key never meet.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -311,8 +378,10 @@ pub trait LedgerStore: Send + Sync + fmt::Debug {
     fn replace_key(&self, key: &KeyRef, current: Version, next: &IdempotencyEntry) -> Result<bool>;
     /// Forget the entry of `key` if it is still at `current`.
     fn remove_key(&self, key: &KeyRef, current: Version) -> Result<bool>;
-    /// Every idempotency entry.
-    fn keys(&self) -> Result<Vec<(KeyRef, Versioned<IdempotencyEntry>)>>;
+    /// Every idempotency entry's head (without its outcome). An entry
+    /// that cannot be read is named in [`KeyListing::unreadable`] rather
+    /// than failing the listing: recovery and the sweep go on without it.
+    fn keys(&self) -> Result<KeyListing>;
 
     /// A small host-wide value.
     fn meta(&self, name: &str) -> Result<Option<String>>;
@@ -344,9 +413,21 @@ pub enum Transition {
     NotFound,
 }
 
+/// What [`Ledger::recover`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// The keys it made `unknown`.
+    pub changed: Vec<KeyRef>,
+    /// Entries it could not read (see [`KeyListing::unreadable`]).
+    pub unreadable: Vec<String>,
+}
+
 /// What one [`Ledger::sweep`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SweepReport {
+    /// Idempotency entries it could not read, left in place (see
+    /// [`KeyListing::unreadable`]).
+    pub unreadable: Vec<String>,
     /// Approvals this sweep expired (to be recorded in the audit log).
     pub expired: Vec<Approval>,
     /// Terminal approvals forgotten after their retention.
@@ -381,21 +462,38 @@ impl Ledger {
     /// Make every key `host` left in flight `unknown` (call when `host`
     /// starts: its calls of before cannot be running). Entries written
     /// without a host (a store one host owned alone) count as `host`'s.
-    /// Returns the keys it changed.
+    /// Returns the keys it changed, and the entries it could not read
+    /// (which it leaves: a call with their key fails, so none runs again).
     ///
     /// # Errors
     /// The store's.
-    pub fn recover(&self, host: &str) -> Result<Vec<KeyRef>> {
-        let mut changed = Vec::new();
-        for (key, entry) in self.store.keys()? {
-            let IdempotencyState::InFlight {
-                call_id,
-                host: owner,
-            } = &entry.value.state
-            else {
+    pub fn recover(&self, host: &str) -> Result<Recovery> {
+        let listing = self.store.keys()?;
+        let mut recovery = Recovery {
+            unreadable: listing.unreadable,
+            ..Recovery::default()
+        };
+        for (key, head) in listing.keys {
+            let Some(owner) = &head.value.in_flight else {
                 continue;
             };
             if owner.as_deref().is_some_and(|o| o != host) {
+                continue;
+            }
+            // In flight, so no outcome to read: the whole entry is small.
+            let entry = match self.store.key(&key) {
+                Ok(Some(entry)) => entry,
+                Ok(None) => continue,
+                Err(e) if e.kind() == crate::ErrorKind::Corrupt => {
+                    recovery.unreadable.push(e.to_string());
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let IdempotencyState::InFlight { call_id, host: now } = &entry.value.state else {
+                continue;
+            };
+            if now.as_deref().is_some_and(|o| o != host) {
                 continue;
             }
             let next = IdempotencyEntry {
@@ -405,10 +503,10 @@ impl Ledger {
                 ..entry.value.clone()
             };
             if self.store.replace_key(&key, entry.version, &next)? {
-                changed.push(key);
+                recovery.changed.push(key);
             }
         }
-        Ok(changed)
+        Ok(recovery)
     }
 
     // ------------------------------------------------------------ approvals
@@ -581,11 +679,13 @@ impl Ledger {
                 report.approvals_removed += 1;
             }
         }
-        for (key, entry) in self.store.keys()? {
-            let finished = !entry.value.state.is_in_flight();
+        let listing = self.store.keys()?;
+        report.unreadable = listing.unreadable;
+        for (key, head) in listing.keys {
+            let finished = head.value.in_flight.is_none();
             if finished
-                && now_ms.saturating_sub(entry.value.created_ms) > millis(key_retention)
-                && self.store.remove_key(&key, entry.version)?
+                && now_ms.saturating_sub(head.value.created_ms) > millis(key_retention)
+                && self.store.remove_key(&key, head.version)?
             {
                 report.keys_removed += 1;
             }

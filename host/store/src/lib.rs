@@ -59,7 +59,8 @@ pub use audit::{AuditStore, AuditWrite, Marker};
 pub use error::{ErrorKind, Result, StoreError};
 pub use ledger::{
     Approval, ApprovalKind, ApprovalState, Claim, EXPIRY, IdempotencyEntry, IdempotencyState,
-    KeyRef, Ledger, LedgerStore, SweepReport, Transition, Version, Versioned,
+    KeyHead, KeyListing, KeyRef, Ledger, LedgerStore, Recovery, SweepReport, Transition, Version,
+    Versioned,
 };
 pub use limits::{Bucket, MemoryBuckets, Rate, RateLimitStore};
 pub use memory::MemoryStore;

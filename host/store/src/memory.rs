@@ -8,7 +8,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use crate::audit::{AuditStore, AuditWrite, Marker};
 use crate::error::{ErrorKind, Result, StoreError};
 use crate::ledger::{
-    Approval, ApprovalState, IdempotencyEntry, KeyRef, LedgerStore, Version, Versioned,
+    Approval, ApprovalState, IdempotencyEntry, KeyHead, KeyListing, KeyRef, LedgerStore, Version,
+    Versioned,
 };
 use crate::mode::{Mode, ModeStore};
 use crate::plugins::{InstalledVersion, PluginStore, Rollout};
@@ -158,8 +159,8 @@ impl LedgerStore for MemoryStore {
         }
     }
 
-    fn keys(&self) -> Result<Vec<(KeyRef, Versioned<IdempotencyEntry>)>> {
-        Ok(self
+    fn keys(&self) -> Result<KeyListing> {
+        let keys = self
             .lock()
             .keys
             .iter()
@@ -167,12 +168,16 @@ impl LedgerStore for MemoryStore {
                 (
                     k.clone(),
                     Versioned {
-                        value: e.clone(),
+                        value: KeyHead::of(e),
                         version: Version(*v),
                     },
                 )
             })
-            .collect())
+            .collect();
+        Ok(KeyListing {
+            keys,
+            unreadable: Vec::new(),
+        })
     }
 
     fn meta(&self, name: &str) -> Result<Option<String>> {
