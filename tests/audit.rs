@@ -682,3 +682,53 @@ async fn a_megabyte_trace_id_is_refused_before_it_is_recorded() {
         "{principal}"
     );
 }
+
+/// Arguments over the host's limit are only digested, whichever step
+/// refuses the call: never parsed, redacted or copied into its record
+/// (refusals before the size check — unknown tool, paused tool, bad
+/// identifiers — used to parse and redact whatever the transport let in).
+#[tokio::test]
+async fn oversized_arguments_are_only_digested_whichever_step_refuses() {
+    use sha2::Digest;
+    let data = tempfile::tempdir().unwrap();
+    let plugin = misbehave(&[("echo", "read", "")]);
+    let host = Host::new(
+        HostConfig::default()
+            .data_dir(data.path())
+            .max_argument_bytes(1000),
+    )
+    .unwrap();
+    host.load_plugin(plugin.path()).await.unwrap();
+    let large = json!({"token": "x".repeat(2000)}).to_string();
+    let digest = hex::encode(sha2::Sha256::digest(large.as_bytes()));
+    let small = json!({"note": "y"}).to_string();
+
+    let kinds = [
+        (call(&host, "misbehave/nope", &large).await, "unknown_tool"),
+        (
+            call(&host, "misbehave/echo", &large).await,
+            "arguments_too_large",
+        ),
+        (
+            host.call(CallRequest::new("misbehave/echo", large.clone()).principal("bad\nname"))
+                .await
+                .map(|r| r.output),
+            "invalid_principal",
+        ),
+        (call(&host, "misbehave/nope", &small).await, "unknown_tool"),
+    ];
+    for (result, kind) in &kinds {
+        assert_eq!(result.as_ref().unwrap_err().kind(), *kind);
+    }
+    let refused: Vec<Record> = records(&host)
+        .into_iter()
+        .filter(|r| r.entry.event == Event::CallRefused)
+        .collect();
+    assert_eq!(refused.len(), 4, "{refused:?}");
+    for record in &refused[..3] {
+        assert_eq!(record.entry.args_digest.as_deref(), Some(digest.as_str()));
+        assert_eq!(record.entry.args, None, "{record:?}");
+    }
+    // Within the limit, a refused call's arguments are copied as before.
+    assert!(refused[3].entry.args.as_deref().unwrap().contains("\"y\""));
+}

@@ -55,6 +55,8 @@ pub(crate) struct CallRecord<'a> {
     /// For a tool the operator made replayable (`audit.replayable`): the
     /// cap of its argument copy, the call's argument size cap.
     replayable: Option<usize>,
+    /// The host's argument limit: text over it is only digested.
+    max_argument_bytes: usize,
 }
 
 impl<'a> CallRecord<'a> {
@@ -64,6 +66,7 @@ impl<'a> CallRecord<'a> {
         trace_id: &str,
         principal: &str,
         tool_ref: &str,
+        max_argument_bytes: usize,
     ) -> CallRecord<'a> {
         let mut base = Entry::new(Event::CallRefused);
         base.call_id = Some(call_id.to_owned());
@@ -81,6 +84,7 @@ impl<'a> CallRecord<'a> {
             pointers: Vec::new(),
             durability: Durability::Batched,
             replayable: None,
+            max_argument_bytes,
         }
     }
 
@@ -137,7 +141,7 @@ impl<'a> CallRecord<'a> {
 
     /// The call resolved to `tool` of `plugin`; its arguments are at most
     /// `max_argument_bytes` long (the cap of a replayable copy).
-    pub(crate) fn resolved(&mut self, plugin: &Plugin, tool: &Tool, max_argument_bytes: usize) {
+    pub(crate) fn resolved(&mut self, plugin: &Plugin, tool: &Tool) {
         let b = &mut self.base;
         b.plugin = Some(plugin.name().to_owned());
         b.plugin_version = Some(plugin.version().to_owned());
@@ -153,7 +157,10 @@ impl<'a> CallRecord<'a> {
             .replayable
             .iter()
             .any(|t| t == id)
-            .then_some(max_argument_bytes.max(self.log.config().max_copy_bytes));
+            .then_some(
+                self.max_argument_bytes
+                    .max(self.log.config().max_copy_bytes),
+            );
         // Nothing with an effect on the world runs before its intent is on
         // disk; `read` calls of plugins that can only read are
         // group-committed (a `read` tool with write-capable grants is not
@@ -170,11 +177,14 @@ impl<'a> CallRecord<'a> {
     /// that is not JSON is only digested. For a replayable tool the copy is
     /// kept up to the argument size cap, and whether redaction changed it
     /// is recorded (`args_redacted`), so `airlock replay` knows whether
-    /// the copy is the arguments the tool saw.
+    /// the copy is the arguments the tool saw. Text over the host's
+    /// argument limit (a call refused for it, or before its size was
+    /// checked) is only digested: never parsed, redacted or copied.
     pub(crate) fn arguments(&mut self, raw: &str, parsed: Option<&Value>) {
         let parsed_now;
         let value = match parsed {
             Some(v) => Some(v),
+            None if raw.len() > self.max_argument_bytes => None,
             None => {
                 parsed_now = serde_json::from_str::<Value>(raw).ok();
                 parsed_now.as_ref()

@@ -125,7 +125,7 @@ impl<'h> Pipeline<'h> {
             }
         };
         let (plugin, tool) = (&*held_plugin, &*held_tool);
-        record.resolved(plugin, tool, self.config.max_argument_bytes);
+        record.resolved(plugin, tool);
         record.idempotency_key(request.idempotency_key.as_deref());
         summary.resolved(plugin, tool);
         summary.mark(Step::Resolve);
@@ -143,9 +143,7 @@ impl<'h> Pipeline<'h> {
             match validate_arguments(tool, &request.arguments, self.config.max_argument_bytes) {
                 Ok(arguments) => arguments,
                 Err(error) => {
-                    if !matches!(error, CallError::ArgumentsTooLarge { .. }) {
-                        record.arguments(&request.arguments, None);
-                    }
+                    record.arguments(&request.arguments, None);
                     return Err(record.refused(error).await);
                 }
             };
@@ -263,10 +261,9 @@ impl<'h> Pipeline<'h> {
                 &trace_id,
                 &identifiers::principal_for_record(&request.principal),
                 &request.tool,
+                self.config.max_argument_bytes,
             );
-            if request.arguments.len() <= self.config.max_argument_bytes {
-                record.arguments(&request.arguments, None);
-            }
+            record.arguments(&request.arguments, None);
             return Err(record.refused(error).await);
         }
         // The W3C trace id when a traceparent is given.
@@ -276,6 +273,7 @@ impl<'h> Pipeline<'h> {
             &summary.trace_id,
             &request.principal,
             &request.tool,
+            self.config.max_argument_bytes,
         ))
     }
 
