@@ -400,13 +400,23 @@ impl<'a> CallRecord<'a> {
         match result {
             Ok(response) => {
                 entry.outcome = Some("ok".to_owned());
-                entry.result_digest = Some(canonical_digest(&response.output));
-                let redacted =
-                    self.log
-                        .redactor()
-                        .redact(&response.output, &self.pointers, &self.secrets);
-                let (copy, truncated) =
-                    capped_json(&redacted.value, self.log.config().max_copy_bytes);
+                let record = || {
+                    let digest = canonical_digest(&response.output);
+                    let redacted =
+                        self.log
+                            .redactor()
+                            .redact(&response.output, &self.pointers, &self.secrets);
+                    let copy = capped_json(&redacted.value, self.log.config().max_copy_bytes);
+                    (digest, copy)
+                };
+                // Digesting and redacting a large result walks all of it.
+                let (digest, (copy, truncated)) =
+                    if stats.output_bytes > crate::limits::IN_PLACE_RESULT_BYTES {
+                        crate::off_the_worker(record)
+                    } else {
+                        record()
+                    };
+                entry.result_digest = Some(digest);
                 entry.result = Some(copy);
                 entry.result_truncated = truncated;
             }

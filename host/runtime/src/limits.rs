@@ -7,6 +7,11 @@ use serde::Serialize;
 use crate::grants::LimitCeilings;
 use crate::manifest::DeclaredLimits;
 
+/// Largest result the host parses, checks and records in place on the
+/// call's async worker; a larger one is handled with the worker's other
+/// tasks handed over first (see `off_the_worker`).
+pub(crate) const IN_PLACE_RESULT_BYTES: usize = 256 * 1024;
+
 /// Default fuel per call: enough for real text and JSON work, small enough
 /// that a runaway loop stops within a second or two.
 pub(crate) const DEFAULT_FUEL: u64 = 1_000_000_000;

@@ -38,6 +38,8 @@ pub(crate) struct RunStats {
     /// The guest's log lines (its stdio with that grant), when the call
     /// returned no response: a response carries them instead.
     pub(crate) logs: Vec<crate::LogLine>,
+    /// Bytes of the result the guest returned (0 when it returned none).
+    pub(crate) output_bytes: usize,
 }
 
 /// `future`'s output, or `None` if `cancel` fires first (`future` is then
@@ -187,6 +189,7 @@ async fn run_tool_inner(
         duration,
         host_notes: Vec::new(),
         logs: std::mem::take(&mut state.log.lines),
+        output_bytes: 0,
     };
     // Whatever the outcome, what the guest wrote to its workspace is on disk
     // before the caller hears of it.
@@ -235,31 +238,15 @@ async fn run_tool_inner(
             limit,
         });
     }
-    let output: Value = serde_json::from_str(&text).map_err(|e| CallError::OutputInvalid {
-        tool: tool_id.to_owned(),
-        message: format!("not JSON: {e}"),
-    })?;
-    // Deeper results cannot be stored to read back (an idempotency entry
-    // holds one a few levels down, and JSON is read to 127 levels).
-    if crate::schema::deeper_than(&output, crate::limits::MAX_JSON_DEPTH) {
-        return Err(CallError::OutputInvalid {
-            tool: tool_id.to_owned(),
-            message: format!(
-                "nested deeper than {} levels of arrays and objects (the host's limit)",
-                crate::limits::MAX_JSON_DEPTH
-            ),
-        });
-    }
-    if let Some(validator) = &tool.output_validator {
-        let violations = validator.violations(&output);
-        if !violations.is_empty() {
-            let list: Vec<String> = violations.iter().map(ToString::to_string).collect();
-            return Err(CallError::OutputInvalid {
-                tool: tool_id.to_owned(),
-                message: format!("does not match the output schema: {}", list.join("; ")),
-            });
-        }
-    }
+    stats.output_bytes = text.len();
+    // A large result is parsed and checked with the worker's other tasks
+    // handed over first: at tens of megabytes that is tens of
+    // milliseconds.
+    let output = if text.len() > crate::limits::IN_PLACE_RESULT_BYTES {
+        crate::off_the_worker(|| parse_output(tool, tool_id, &text))?
+    } else {
+        parse_output(tool, tool_id, &text)?
+    };
 
     Ok(CallResponse {
         call_id,
@@ -399,4 +386,35 @@ fn bounded(mut s: String, max: usize) -> String {
         s.push_str(airlock_audit::text::TRUNCATED_MARK);
     }
     s
+}
+
+/// Step 9: the guest's result text as JSON, within the host's depth limit
+/// and the tool's output schema.
+fn parse_output(tool: &Tool, tool_id: &str, text: &str) -> CallResult<Value> {
+    let output: Value = serde_json::from_str(text).map_err(|e| CallError::OutputInvalid {
+        tool: tool_id.to_owned(),
+        message: format!("not JSON: {e}"),
+    })?;
+    // Deeper results cannot be stored to read back (an idempotency entry
+    // holds one a few levels down, and JSON is read to 127 levels).
+    if crate::schema::deeper_than(&output, crate::limits::MAX_JSON_DEPTH) {
+        return Err(CallError::OutputInvalid {
+            tool: tool_id.to_owned(),
+            message: format!(
+                "nested deeper than {} levels of arrays and objects (the host's limit)",
+                crate::limits::MAX_JSON_DEPTH
+            ),
+        });
+    }
+    if let Some(validator) = &tool.output_validator {
+        let violations = validator.violations(&output);
+        if !violations.is_empty() {
+            let list: Vec<String> = violations.iter().map(ToString::to_string).collect();
+            return Err(CallError::OutputInvalid {
+                tool: tool_id.to_owned(),
+                message: format!("does not match the output schema: {}", list.join("; ")),
+            });
+        }
+    }
+    Ok(output)
 }
