@@ -22,6 +22,7 @@ const PROBE_TOOLS: &[&str] = &[
     "random",
     "print",
     "open-many",
+    "fill",
 ];
 
 fn tools(names: &[&str]) -> String {
@@ -125,6 +126,90 @@ async fn files_read_write_grant_allows_writing_inside() {
         std::fs::read_to_string(dir.path().join("data/new.txt")).unwrap(),
         "written"
     );
+}
+
+/// A call writes through its read-write `files` grants at most its
+/// budget (`files_max_write_kb`, `files_max_created`): bytes through a
+/// stream (`std::fs::write`) or `descriptor.write`, growth by `set-size`,
+/// created files and directories. Past it the write fails with
+/// `insufficient-space`,
+/// the call goes on, its record has one host note, and the next call has
+/// a budget of its own.
+#[tokio::test]
+async fn files_writes_are_held_to_the_calls_budget() {
+    let dir = probe("files = [{ host = \"data\", guest = \"/data\", access = \"read-write\" }]");
+    let policy = Policy {
+        files_max_write_kb: Some(64),
+        files_max_created: Some(5),
+        ..Policy::default()
+    };
+    let host = load(&dir, policy).await.unwrap();
+    let fill = |how: &str, count: u32, bytes: u64| {
+        let args = json!({"preopen": "/data", "how": how, "count": count, "bytes": bytes});
+        host.call(CallRequest::new("probe/fill", args.to_string()))
+    };
+    let used = || -> u64 {
+        std::fs::read_dir(dir.path().join("data"))
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum()
+    };
+    let before = used();
+
+    // 20,000 bytes a file: three fit in 65,536, the fourth does not.
+    let response = fill("std", 10, 20_000).await.unwrap();
+    assert_eq!(response.output["made"], 3, "{:?}", response.output);
+    let error = response.output["error"].as_str().unwrap();
+    assert!(error.contains("No space left"), "{error}");
+    assert_eq!(response.host_notes.len(), 1, "{:?}", response.host_notes);
+    assert!(
+        response.host_notes[0].starts_with("files: the call's write budget (65536 bytes, 5"),
+        "{:?}",
+        response.host_notes
+    );
+    // The fourth file has what fit of it (a stream writes in chunks).
+    let first = used() - before;
+    assert!((60_000..=65_536).contains(&first), "{first}");
+
+    // Each call has its own budget; `descriptor.write` keeps to it too.
+    let response = fill("write", 3, 30_000).await.unwrap();
+    assert_eq!(response.output["made"], 2, "{:?}", response.output);
+    assert!(
+        response.output["error"]
+            .as_str()
+            .unwrap()
+            .contains("insufficient-space"),
+        "{:?}",
+        response.output
+    );
+    assert_eq!(used() - before, first + 60_000);
+    let response = fill("set-size", 2, 1 << 30).await.unwrap();
+    assert_eq!(response.output["made"], 0, "{:?}", response.output);
+    assert!(
+        response.output["error"]
+            .as_str()
+            .unwrap()
+            .contains("insufficient-space"),
+        "{:?}",
+        response.output
+    );
+    assert_eq!(used() - before, first + 60_000);
+    let response = fill("mkdir", 10, 0).await.unwrap();
+    assert_eq!(response.output["made"], 5, "{:?}", response.output);
+    assert!(
+        response.output["error"]
+            .as_str()
+            .unwrap()
+            .contains("insufficient-space"),
+        "{:?}",
+        response.output
+    );
+    assert!(dir.path().join("data/mkdir-4").is_dir());
+    assert!(!dir.path().join("data/mkdir-5").exists());
+    // Within the budget, nothing is noted.
+    let response = fill("write", 1, 10).await.unwrap();
+    assert_eq!(response.output["made"], 1, "{:?}", response.output);
+    assert!(response.host_notes.is_empty(), "{:?}", response.host_notes);
 }
 
 #[tokio::test]

@@ -47,6 +47,12 @@ pub(crate) const DEFAULT_MAX_LOG_LINES: u64 = 1_000;
 /// nest (JSON is parsed to 127 at most; an idempotency entry stores a
 /// result a few levels below its top, and must read back).
 pub(crate) const MAX_JSON_DEPTH: usize = 64;
+/// Default KiB one call may write through its read-write `files` grants
+/// (policy `files_max_write_kb`).
+pub(crate) const DEFAULT_FILES_MAX_WRITE_KB: u64 = 64 * 1024;
+/// Default files, directories and links one call may create through its
+/// read-write `files` grants (policy `files_max_created`).
+pub(crate) const DEFAULT_FILES_MAX_CREATED: u64 = 1_000;
 /// Bytes kept per log line.
 pub(crate) const MAX_LOG_LINE_BYTES: usize = 4 * 1024;
 /// Bytes of guest stderr kept per call (panic messages land here).

@@ -194,6 +194,9 @@ pub(crate) struct CallState {
     pub(crate) deadline: Instant,
     http: WasiHttpCtx,
     pub(crate) http_hooks: HttpHooks,
+    /// What the call may still write through its `files` grants (none:
+    /// no read-write grant, or read-only mode).
+    pub(crate) files_budget: Option<std::sync::Arc<grants::FilesBudget>>,
     /// Keeps the epoch ticker running while this store lives.
     _epoch: crate::engine::EpochGuard,
 }
@@ -229,15 +232,14 @@ impl CallState {
         builder.stdout(stdout.clone()).stderr(stderr.clone());
         let deadline = Instant::now() + limits.timeout();
         let mut http_hooks = HttpHooks::new(None, deadline, read_only);
-        grants::configure(
-            &mut CallSetup {
-                wasi: &mut builder,
-                http_hooks: &mut http_hooks,
-                read_only,
-                deadline,
-            },
-            grant,
-        )?;
+        let mut setup = CallSetup {
+            wasi: &mut builder,
+            http_hooks: &mut http_hooks,
+            read_only,
+            files_budget: None,
+        };
+        grants::configure(&mut setup, grant)?;
+        let files_budget = setup.files_budget;
         let wasi = builder.build();
         let state = CallState {
             wasi,
@@ -254,6 +256,7 @@ impl CallState {
             deadline,
             http: WasiHttpCtx::new(),
             http_hooks,
+            files_budget,
             _epoch: epoch,
         };
         let mut store = Store::new(engine, state);

@@ -44,6 +44,7 @@ use wasmtime_wasi::FsPerms;
 use wasmtime_wasi::filesystem::{WasiFilesystem, WasiFilesystemView as _};
 use wasmtime_wasi::p2::bindings::filesystem;
 
+use super::files_quota::FilesLimits;
 use super::{CallSetup, EffectiveGrant, Factor, Policy, Resolve};
 use crate::error::{LoadError as Error, LoadResult as Result};
 use crate::manifest::{Capabilities, FileAccess, FileGrant};
@@ -76,13 +77,32 @@ impl Factor for Files {
         !caps.files.is_empty()
     }
 
-    fn check_policy(&self, _: &Policy) -> Result<()> {
-        // `files_root` is checked when a grant is resolved against it.
-        Ok(())
+    /// Its write budget must be at least 1 (`files_root` is checked when
+    /// a grant is resolved against it).
+    fn check_policy(&self, policy: &Policy) -> Result<()> {
+        super::at_least_one(&[
+            ("files_max_write_kb", policy.files_max_write_kb),
+            ("files_max_created", policy.files_max_created),
+        ])
     }
 
     fn resolve(&self, cx: &Resolve<'_>, grant: &mut EffectiveGrant) -> Result<()> {
         grant.files = resolve(cx.plugin, &cx.caps.files, cx.policy, cx.plugin_dir)?;
+        grant.files_limits = grant
+            .files
+            .iter()
+            .any(|f| f.access == FileAccess::ReadWrite)
+            .then(|| FilesLimits {
+                max_write_bytes: cx
+                    .policy
+                    .files_max_write_kb
+                    .unwrap_or(crate::limits::DEFAULT_FILES_MAX_WRITE_KB)
+                    .saturating_mul(1024),
+                max_created: cx
+                    .policy
+                    .files_max_created
+                    .unwrap_or(crate::limits::DEFAULT_FILES_MAX_CREATED),
+            });
         Ok(())
     }
 
@@ -98,12 +118,27 @@ impl Factor for Files {
             .then_some("files read-write")
     }
 
-    fn link(&self, linker: &mut Linker<CallState>, _: &EffectiveGrant) -> wasmtime::Result<()> {
-        filesystem::preopens::add_to_linker::<_, WasiFilesystem>(linker, CallState::filesystem)
+    /// Preopens; with a read-write grant, the writing functions of
+    /// `wasi:filesystem/types` that keep to the call's budget.
+    fn link(&self, linker: &mut Linker<CallState>, grant: &EffectiveGrant) -> wasmtime::Result<()> {
+        filesystem::preopens::add_to_linker::<_, WasiFilesystem>(linker, CallState::filesystem)?;
+        if grant.files_limits.is_some() {
+            super::files_quota::link(linker)?;
+        }
+        Ok(())
     }
 
-    /// Preopen every granted directory, read-only in read-only mode.
+    /// Preopen every granted directory, read-only in read-only mode; give
+    /// a call that may write there its budget.
     fn configure(&self, call: &mut CallSetup<'_>, grant: &EffectiveGrant) -> wasmtime::Result<()> {
+        if let Some(limits) = grant.files_limits
+            && !call.read_only
+        {
+            call.files_budget = Some(Arc::new(super::FilesBudget::new(
+                limits,
+                call.http_hooks.notes(),
+            )));
+        }
         for files in &grant.files {
             let perms = match files.access {
                 FileAccess::ReadWrite if !call.read_only => FsPerms::ReadWrite,

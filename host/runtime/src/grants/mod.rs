@@ -31,7 +31,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use wasmtime::Engine;
@@ -42,8 +41,11 @@ pub use self::http::{HttpGrant, HttpScheme, IpRange, Origin, OriginHost};
 pub(crate) use self::http::{
     HttpHooks, Notes as HttpNotes, TlsClient, take_notes as take_http_notes,
 };
+mod files_quota;
+
 pub use files::ResolvedFiles;
 pub(crate) use files::{Protected as ProtectedPaths, check_overlaps as check_files_overlaps};
+pub(crate) use files_quota::FilesBudget;
 pub(crate) use workspace::WorkspaceScope;
 
 use crate::error::{LoadError as Error, LoadResult as Result};
@@ -184,8 +186,9 @@ pub(crate) struct CallSetup<'a> {
     /// The host's read-only mode (and listing tools): every write-capable
     /// grant is narrowed to reading.
     pub(crate) read_only: bool,
-    /// When the call must be over.
-    pub(crate) deadline: Instant,
+    /// What the call may still write through its `files` grants, when it
+    /// may write there at all.
+    pub(crate) files_budget: Option<std::sync::Arc<FilesBudget>>,
 }
 
 impl Capability {
@@ -324,6 +327,14 @@ pub struct Policy {
     /// counted as dropped.
     #[serde(default)]
     pub log_max_lines: Option<u64>,
+    /// KiB one call may write through its read-write `files` grants
+    /// (default 65536); past it writes fail with `insufficient-space`.
+    #[serde(default)]
+    pub files_max_write_kb: Option<u64>,
+    /// Files, directories and links one call may create through its
+    /// read-write `files` grants (default 1000).
+    #[serde(default)]
+    pub files_max_created: Option<u64>,
     /// Keys whose plugin signatures the operator trusts, by the name shown
     /// as the signer (`alice = "ed25519:BASE64"`).
     #[serde(default)]
@@ -442,6 +453,11 @@ pub struct EffectiveGrant {
     /// default.
     #[serde(skip)]
     pub log_max_lines: Option<u64>,
+    /// What one call may write through the read-write `files` grants
+    /// (the policy's `files_max_write_kb`, `files_max_created`); `None`
+    /// without such a grant.
+    #[serde(skip)]
+    pub(crate) files_limits: Option<files_quota::FilesLimits>,
 }
 
 impl EffectiveGrant {

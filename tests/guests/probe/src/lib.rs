@@ -172,7 +172,87 @@ pub fn swap_for_symlink(args: SwapArg, _: &Context) -> Result<Text, ToolError> {
     }
 }
 
+#[derive(Deserialize, JsonSchema)]
+pub struct FillArg {
+    /// Guest path of a preopened directory (e.g. `/data`).
+    pub preopen: String,
+    /// How: `std` (`std::fs::write`: open-at and an output stream),
+    /// `write` (`descriptor.write`), `set-size` (grow a new file),
+    /// `mkdir` (`create-directory-at`).
+    pub how: String,
+    /// Entries to make.
+    pub count: u32,
+    /// Bytes each (not for `mkdir`).
+    pub bytes: u64,
+}
+
+#[derive(Serialize, JsonSchema)]
+pub struct Filled {
+    /// Entries made before the first failure.
+    pub made: u32,
+    /// That failure.
+    pub error: Option<String>,
+}
+
+/// Make `count` entries of `bytes` each in a preopen, until one fails.
+pub fn fill(args: FillArg, _: &Context) -> Result<Filled, ToolError> {
+    #[cfg(target_arch = "wasm32")]
+    {
+        use wasi::filesystem::preopens::get_directories;
+        use wasi::filesystem::types::{DescriptorFlags, OpenFlags, PathFlags};
+        let dirs = get_directories();
+        let Some((dir, _)) = dirs.iter().find(|(_, path)| *path == args.preopen) else {
+            return Err(ToolError::Failed(format!("no preopen {}", args.preopen)));
+        };
+        let buffer = match args.how.as_str() {
+            "std" | "write" => vec![b'x'; usize::try_from(args.bytes).unwrap_or(usize::MAX)],
+            _ => Vec::new(),
+        };
+        let create = |name: &str| {
+            dir.open_at(
+                PathFlags::empty(),
+                name,
+                OpenFlags::CREATE,
+                DescriptorFlags::READ | DescriptorFlags::WRITE,
+            )
+        };
+        for i in 0..args.count {
+            let name = format!("{}-{i}", args.how);
+            let made: Result<(), String> = match args.how.as_str() {
+                "std" => std::fs::write(format!("{}/{name}", args.preopen), &buffer)
+                    .map_err(|e| format!("{e} ({:?})", e.raw_os_error())),
+                "write" => create(&name)
+                    .and_then(|file| file.write(&buffer, 0).map(|_| ()))
+                    .map_err(|e| format!("{e:?}")),
+                "set-size" => create(&name)
+                    .and_then(|file| file.set_size(args.bytes))
+                    .map_err(|e| format!("{e:?}")),
+                "mkdir" => dir
+                    .create_directory_at(&name)
+                    .map_err(|e| format!("{e:?}")),
+                other => return Err(ToolError::InvalidInput(format!("how: {other}"))),
+            };
+            if let Err(error) = made {
+                return Ok(Filled {
+                    made: i,
+                    error: Some(error),
+                });
+            }
+        }
+        Ok(Filled {
+            made: args.count,
+            error: None,
+        })
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let _ = args;
+        Err(ToolError::Failed("only in the sandbox".into()))
+    }
+}
+
 plugin! {
+    "fill" => fill: "Make files or directories in a preopen until one fails.",
     "swap-for-symlink" => swap_for_symlink: "Replace a directory inside a preopen by a symbolic link (rename-at or remove-directory-at, then symlink-at).",
     "read-file" => read_file: "Read a file.",
     "write-file" => write_file: "Write a file.",

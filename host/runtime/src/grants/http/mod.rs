@@ -180,7 +180,9 @@ impl Factor for Http {
 
     /// The call's sender holds the grant, the deadline and read-only mode.
     fn configure(&self, call: &mut CallSetup<'_>, grant: &EffectiveGrant) -> wasmtime::Result<()> {
-        *call.http_hooks = HttpHooks::new(grant.http.as_ref(), call.deadline, call.read_only);
+        // The hooks were made for this call (deadline, mode, and the host
+        // notes every capability writes to): only the grant is added.
+        call.http_hooks.grant = grant.http.as_ref().map(|g| Arc::new(g.clone()));
         Ok(())
     }
 }
@@ -250,6 +252,19 @@ const MAX_MESSAGE_BYTES: usize = 256;
 /// A refusal or failure worth telling the operator about: logged now, and
 /// kept for the call's host notes, up to [`MAX_NOTES`] a call.
 fn note(notes: &Mutex<Vec<String>>, target: &str, message: String) {
+    let target = airlock_audit::text::bounded(target, MAX_TARGET_BYTES);
+    let message = airlock_audit::text::bounded(&message, MAX_MESSAGE_BYTES);
+    if host_note(notes, format!("http {target}: {message}")) {
+        tracing::warn!(target: "airlock::http", request = %target, "{message}");
+    }
+}
+
+/// Keep `text` among the call's host notes, up to [`MAX_NOTES`] a call
+/// (then one line saying the rest were dropped); whether it was kept (to
+/// be logged: neither the host's memory nor its log grows with a guest
+/// looping on refusals). Every capability that refuses something on a
+/// guest's behalf notes it here.
+pub(crate) fn host_note(notes: &Mutex<Vec<String>>, text: String) -> bool {
     let mut notes = match notes.lock() {
         Ok(notes) => notes,
         Err(poisoned) => poisoned.into_inner(),
@@ -259,19 +274,17 @@ fn note(notes: &Mutex<Vec<String>>, target: &str, message: String) {
         std::cmp::Ordering::Equal => {
             tracing::warn!(
                 target: "airlock::http",
-                "more than {MAX_NOTES} http notes in one call; the rest are dropped"
+                "more than {MAX_NOTES} host notes in one call; the rest are dropped"
             );
             notes.push(format!(
                 "http: more than {MAX_NOTES} notes in this call; the rest are dropped"
             ));
-            return;
+            return false;
         }
-        std::cmp::Ordering::Greater => return,
+        std::cmp::Ordering::Greater => return false,
     }
-    let target = airlock_audit::text::bounded(target, MAX_TARGET_BYTES);
-    let message = airlock_audit::text::bounded(&message, MAX_MESSAGE_BYTES);
-    tracing::warn!(target: "airlock::http", request = %target, "{message}");
-    notes.push(format!("http {target}: {message}"));
+    notes.push(text);
+    true
 }
 
 type SendFuture = Box<
