@@ -148,6 +148,16 @@ pub(crate) fn render(r: &InspectReport) -> String {
             line(format!("  {:<22} {:>8}  {:?}", name, limit.value, limit.source).to_lowercase());
         }
     }
+    if let Some(f) = r.effective_grant.as_ref().and_then(|g| g.files_limits) {
+        line(String::new());
+        line("files write budget per call (operator policy files_*)".to_owned());
+        for (name, limit) in [
+            ("max_write_kb", f.max_write_kb),
+            ("max_created", f.max_created),
+        ] {
+            line(format!("  {:<22} {:>8}  {:?}", name, limit.value, limit.source).to_lowercase());
+        }
+    }
     line(String::new());
     if r.findings.is_empty() {
         line("findings: none".to_owned());

@@ -558,6 +558,33 @@ fn inspect_flags_over_privilege_as_warnings() {
     assert_report!("inspect_over_privileged", report);
 }
 
+/// A read-write `files` grant shows the write budget each call gets.
+#[test]
+fn inspect_shows_the_write_budget_of_a_read_write_grant() {
+    let wasm = read(&format!("{PLUGINS_DIR}/files/files.wasm"));
+    let root = plugins_root(
+        "files",
+        &wasm,
+        "[capabilities]\nfiles = [{ host = \"data\", guest = \"/docs\", access = \"read-write\" }]\n\n\
+         [[tools]]\nname = \"list\"\nrisk = \"read\"\n",
+    );
+    std::fs::create_dir(root.path().join("files/data")).unwrap();
+    let (code, report) = inspect_snapshot(root.path(), "files");
+    assert_eq!(code, Some(0), "{report}");
+    assert!(
+        report.contains("files write budget per call (operator policy files_*)"),
+        "{report}"
+    );
+    assert!(
+        report.contains("  max_write_kb              65536  default"),
+        "{report}"
+    );
+    assert!(
+        report.contains("  max_created                1000  default"),
+        "{report}"
+    );
+}
+
 #[test]
 fn inspect_refuses_a_component_that_is_not_a_regular_file() {
     // `inspect` is run on plugins not yet trusted: a component that is a

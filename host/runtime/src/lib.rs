@@ -113,7 +113,7 @@ pub use host::{
 };
 pub use inspect::{CapabilityReport, Finding, ImportReport, InspectReport, Severity, ToolReport};
 pub use ledger::{ApprovalPolicy, Approver, LEDGER_DIR};
-pub use limits::{HttpLimits, Limit, LimitSource, Limits};
+pub use limits::{FilesLimits, HttpLimits, Limit, LimitSource, Limits};
 pub use manifest::{
     Capabilities, DeclaredLimits, FileAccess, FileGrant, MANIFEST_FILE, MANIFEST_SCHEMA, Manifest,
     PluginSection, Requirement, RetryPolicy, Risk, ToolDeclaration,

@@ -464,3 +464,40 @@ mod tests {
         assert_eq!(silent.memory_mb.value, DEFAULT_MEMORY_MB);
     }
 }
+
+/// What one call may write through a plugin's read-write `files` grants.
+/// The manifest cannot set them; the operator's policy can
+/// (`files_max_write_kb`, `files_max_created`), otherwise the defaults
+/// above apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct FilesLimits {
+    /// Bytes written per call (`set-size` growth included), in KiB.
+    pub max_write_kb: Limit,
+    /// Files, directories and links created per call.
+    pub max_created: Limit,
+}
+
+impl FilesLimits {
+    /// The operator's values where set, else the defaults.
+    pub fn resolve(max_write_kb: Option<u64>, max_created: Option<u64>) -> FilesLimits {
+        let pick = |value: Option<u64>, default: u64| match value {
+            Some(value) => Limit {
+                value,
+                source: LimitSource::Policy,
+            },
+            None => Limit {
+                value: default,
+                source: LimitSource::Default,
+            },
+        };
+        FilesLimits {
+            max_write_kb: pick(max_write_kb, DEFAULT_FILES_MAX_WRITE_KB),
+            max_created: pick(max_created, DEFAULT_FILES_MAX_CREATED),
+        }
+    }
+
+    /// Bytes one call may write.
+    pub fn max_write_bytes(&self) -> u64 {
+        self.max_write_kb.value.saturating_mul(1024)
+    }
+}

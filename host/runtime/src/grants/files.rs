@@ -44,7 +44,6 @@ use wasmtime_wasi::FsPerms;
 use wasmtime_wasi::filesystem::{WasiFilesystem, WasiFilesystemView as _};
 use wasmtime_wasi::p2::bindings::filesystem;
 
-use super::files_quota::FilesLimits;
 use super::{CallSetup, EffectiveGrant, Factor, Policy, Resolve};
 use crate::error::{LoadError as Error, LoadResult as Result};
 use crate::manifest::{Capabilities, FileAccess, FileGrant};
@@ -92,16 +91,11 @@ impl Factor for Files {
             .files
             .iter()
             .any(|f| f.access == FileAccess::ReadWrite)
-            .then(|| FilesLimits {
-                max_write_bytes: cx
-                    .policy
-                    .files_max_write_kb
-                    .unwrap_or(crate::limits::DEFAULT_FILES_MAX_WRITE_KB)
-                    .saturating_mul(1024),
-                max_created: cx
-                    .policy
-                    .files_max_created
-                    .unwrap_or(crate::limits::DEFAULT_FILES_MAX_CREATED),
+            .then(|| {
+                crate::limits::FilesLimits::resolve(
+                    cx.policy.files_max_write_kb,
+                    cx.policy.files_max_created,
+                )
             });
         Ok(())
     }

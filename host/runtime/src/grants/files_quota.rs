@@ -43,6 +43,7 @@ use wasmtime_wasi_io::poll::Pollable;
 use wasmtime_wasi_io::streams::{DynOutputStream, OutputStream, StreamError, StreamResult};
 
 use super::HttpNotes;
+use crate::limits::FilesLimits;
 use crate::state::CallState;
 
 /// The interface whose writing functions are shadowed, named as
@@ -54,15 +55,6 @@ const TYPES: &str = "wasi:filesystem/types@0.2.12";
 /// `filesystem-error-code` reads it as `insufficient-space` (wasmtime-wasi
 /// reads `EDQUOT` as a plain I/O error).
 const ENOSPC: i32 = 28;
-
-/// A call's write budget, from the policy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct FilesLimits {
-    /// Bytes one call may write.
-    pub(crate) max_write_bytes: u64,
-    /// Files, directories and links one call may create.
-    pub(crate) max_created: u64,
-}
 
 /// What a call has left of its [`FilesLimits`], shared by its write
 /// functions and the output streams they hand out.
@@ -79,8 +71,8 @@ impl FilesBudget {
     pub(crate) fn new(limits: FilesLimits, notes: HttpNotes) -> FilesBudget {
         FilesBudget {
             limits,
-            bytes_left: AtomicU64::new(limits.max_write_bytes),
-            created_left: AtomicU64::new(limits.max_created),
+            bytes_left: AtomicU64::new(limits.max_write_bytes()),
+            created_left: AtomicU64::new(limits.max_created.value),
             noted: AtomicBool::new(false),
             notes,
         }
@@ -106,10 +98,8 @@ impl FilesBudget {
 
     fn refuse(&self) -> bool {
         if !self.noted.swap(true, Ordering::Relaxed) {
-            let FilesLimits {
-                max_write_bytes,
-                max_created,
-            } = self.limits;
+            let (max_write_bytes, max_created) =
+                (self.limits.max_write_bytes(), self.limits.max_created.value);
             let text = format!(
                 "files: the call's write budget ({max_write_bytes} bytes, {max_created} \
                  created entries: policy files_max_write_kb, files_max_created) is used up; \

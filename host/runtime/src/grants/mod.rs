@@ -456,8 +456,8 @@ pub struct EffectiveGrant {
     /// What one call may write through the read-write `files` grants
     /// (the policy's `files_max_write_kb`, `files_max_created`); `None`
     /// without such a grant.
-    #[serde(skip)]
-    pub(crate) files_limits: Option<files_quota::FilesLimits>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files_limits: Option<crate::limits::FilesLimits>,
 }
 
 impl EffectiveGrant {
