@@ -148,6 +148,24 @@ fn budget(store: &StoreContextMut<'_, CallState>) -> Option<Arc<FilesBudget>> {
     store.data().files_budget.clone()
 }
 
+/// Run `create` if the budget allows one more entry (given back if it
+/// fails).
+async fn creating<T>(
+    budget: Option<&FilesBudget>,
+    create: impl Future<Output = FsResult<T>>,
+) -> FsResult<T> {
+    if let Some(b) = budget
+        && !b.take_created()
+    {
+        return Err(ErrorCode::InsufficientSpace.into());
+    }
+    let result = create.await;
+    if let (Some(b), Err(_)) = (budget, &result) {
+        b.refund_created();
+    }
+    result
+}
+
 type Out<'a, T> = Box<dyn Future<Output = wasmtime::Result<(Result<T, ErrorCode>,)>> + Send + 'a>;
 
 fn shadow(linker: &mut Linker<CallState>) -> wasmtime::Result<()> {
@@ -219,18 +237,10 @@ fn shadow(linker: &mut Linker<CallState>) -> wasmtime::Result<()> {
          -> Out<'_, Resource<Descriptor>> {
             Box::new(async move {
                 let budget = budget(&store).filter(|_| open_flags.contains(OpenFlags::CREATE));
-                if let Some(b) = &budget
-                    && !b.take_created()
-                {
-                    return Ok((Err(ErrorCode::InsufficientSpace),));
-                }
                 let mut view = store.data_mut().filesystem();
-                let result =
-                    HostDescriptor::open_at(&mut view, fd, path_flags, path, open_flags, flags)
-                        .await;
-                if let (Some(b), Err(_)) = (&budget, &result) {
-                    b.refund_created();
-                }
+                let open =
+                    HostDescriptor::open_at(&mut view, fd, path_flags, path, open_flags, flags);
+                let result = creating(budget.as_deref(), open).await;
                 Ok((settle(&mut view, result)?,))
             })
         },
@@ -242,16 +252,9 @@ fn shadow(linker: &mut Linker<CallState>) -> wasmtime::Result<()> {
          -> Out<'_, ()> {
             Box::new(async move {
                 let budget = budget(&store);
-                if let Some(b) = &budget
-                    && !b.take_created()
-                {
-                    return Ok((Err(ErrorCode::InsufficientSpace),));
-                }
                 let mut view = store.data_mut().filesystem();
-                let result = HostDescriptor::create_directory_at(&mut view, fd, path).await;
-                if let (Some(b), Err(_)) = (&budget, &result) {
-                    b.refund_created();
-                }
+                let create = HostDescriptor::create_directory_at(&mut view, fd, path);
+                let result = creating(budget.as_deref(), create).await;
                 Ok((settle(&mut view, result)?,))
             })
         },
@@ -269,18 +272,10 @@ fn shadow(linker: &mut Linker<CallState>) -> wasmtime::Result<()> {
          -> Out<'_, ()> {
             Box::new(async move {
                 let budget = budget(&store);
-                if let Some(b) = &budget
-                    && !b.take_created()
-                {
-                    return Ok((Err(ErrorCode::InsufficientSpace),));
-                }
                 let mut view = store.data_mut().filesystem();
-                let result =
-                    HostDescriptor::link_at(&mut view, fd, old_flags, old_path, new_fd, new_path)
-                        .await;
-                if let (Some(b), Err(_)) = (&budget, &result) {
-                    b.refund_created();
-                }
+                let link =
+                    HostDescriptor::link_at(&mut view, fd, old_flags, old_path, new_fd, new_path);
+                let result = creating(budget.as_deref(), link).await;
                 Ok((settle(&mut view, result)?,))
             })
         },
@@ -292,16 +287,9 @@ fn shadow(linker: &mut Linker<CallState>) -> wasmtime::Result<()> {
          -> Out<'_, ()> {
             Box::new(async move {
                 let budget = budget(&store);
-                if let Some(b) = &budget
-                    && !b.take_created()
-                {
-                    return Ok((Err(ErrorCode::InsufficientSpace),));
-                }
                 let mut view = store.data_mut().filesystem();
-                let result = HostDescriptor::symlink_at(&mut view, fd, target, path).await;
-                if let (Some(b), Err(_)) = (&budget, &result) {
-                    b.refund_created();
-                }
+                let link = HostDescriptor::symlink_at(&mut view, fd, target, path);
+                let result = creating(budget.as_deref(), link).await;
                 Ok((settle(&mut view, result)?,))
             })
         },
