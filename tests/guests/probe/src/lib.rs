@@ -227,9 +227,7 @@ pub fn fill(args: FillArg, _: &Context) -> Result<Filled, ToolError> {
                 "set-size" => create(&name)
                     .and_then(|file| file.set_size(args.bytes))
                     .map_err(|e| format!("{e:?}")),
-                "mkdir" => dir
-                    .create_directory_at(&name)
-                    .map_err(|e| format!("{e:?}")),
+                "mkdir" => dir.create_directory_at(&name).map_err(|e| format!("{e:?}")),
                 other => return Err(ToolError::InvalidInput(format!("how: {other}"))),
             };
             if let Err(error) = made {
