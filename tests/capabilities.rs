@@ -171,39 +171,24 @@ async fn files_writes_are_held_to_the_calls_budget() {
     let first = used() - before;
     assert!((60_000..=65_536).contains(&first), "{first}");
 
-    // Each call has its own budget; `descriptor.write` keeps to it too.
-    let response = fill("write", 3, 30_000).await.unwrap();
-    assert_eq!(response.output["made"], 2, "{:?}", response.output);
-    assert!(
-        response.output["error"]
-            .as_str()
-            .unwrap()
-            .contains("insufficient-space"),
-        "{:?}",
-        response.output
-    );
+    // Each call has its own budget; `descriptor.write`, `set-size` and
+    // `create-directory-at` keep to it too. (`made` of `count`, then
+    // refused.)
+    let refused_after = async |how: &str, count: u32, bytes: u64, made: u32| {
+        let response = fill(how, count, bytes).await.unwrap();
+        assert_eq!(
+            response.output["made"], made,
+            "{how}: {:?}",
+            response.output
+        );
+        let error = response.output["error"].as_str().unwrap_or_default();
+        assert!(error.contains("insufficient-space"), "{how}: {error}");
+    };
+    refused_after("write", 3, 30_000, 2).await;
     assert_eq!(used() - before, first + 60_000);
-    let response = fill("set-size", 2, 1 << 30).await.unwrap();
-    assert_eq!(response.output["made"], 0, "{:?}", response.output);
-    assert!(
-        response.output["error"]
-            .as_str()
-            .unwrap()
-            .contains("insufficient-space"),
-        "{:?}",
-        response.output
-    );
+    refused_after("set-size", 2, 1 << 30, 0).await;
     assert_eq!(used() - before, first + 60_000);
-    let response = fill("mkdir", 10, 0).await.unwrap();
-    assert_eq!(response.output["made"], 5, "{:?}", response.output);
-    assert!(
-        response.output["error"]
-            .as_str()
-            .unwrap()
-            .contains("insufficient-space"),
-        "{:?}",
-        response.output
-    );
+    refused_after("mkdir", 10, 0, 5).await;
     assert!(dir.path().join("data/mkdir-4").is_dir());
     assert!(!dir.path().join("data/mkdir-5").exists());
     // Within the budget, nothing is noted.

@@ -121,6 +121,22 @@ pub struct Limit {
     pub source: LimitSource,
 }
 
+impl Limit {
+    /// The operator's `value` where set, else `default`.
+    fn policy_or_default(value: Option<u64>, default: u64) -> Limit {
+        match value {
+            Some(value) => Limit {
+                value,
+                source: LimitSource::Policy,
+            },
+            None => Limit {
+                value: default,
+                source: LimitSource::Default,
+            },
+        }
+    }
+}
+
 /// The limits a plugin's calls run under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Limits {
@@ -281,16 +297,7 @@ impl HttpLimits {
         connect_timeout_ms: Option<u64>,
         first_byte_timeout_ms: Option<u64>,
     ) -> HttpLimits {
-        let pick = |value: Option<u64>, default: u64| match value {
-            Some(value) => Limit {
-                value,
-                source: LimitSource::Policy,
-            },
-            None => Limit {
-                value: default,
-                source: LimitSource::Default,
-            },
-        };
+        let pick = Limit::policy_or_default;
         HttpLimits {
             max_requests: pick(max_requests, DEFAULT_HTTP_MAX_REQUESTS),
             max_response_kb: pick(max_response_kb, DEFAULT_HTTP_MAX_RESPONSE_KB),
@@ -480,16 +487,7 @@ pub struct FilesLimits {
 impl FilesLimits {
     /// The operator's values where set, else the defaults.
     pub fn resolve(max_write_kb: Option<u64>, max_created: Option<u64>) -> FilesLimits {
-        let pick = |value: Option<u64>, default: u64| match value {
-            Some(value) => Limit {
-                value,
-                source: LimitSource::Policy,
-            },
-            None => Limit {
-                value: default,
-                source: LimitSource::Default,
-            },
-        };
+        let pick = Limit::policy_or_default;
         FilesLimits {
             max_write_kb: pick(max_write_kb, DEFAULT_FILES_MAX_WRITE_KB),
             max_created: pick(max_created, DEFAULT_FILES_MAX_CREATED),
