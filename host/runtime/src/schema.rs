@@ -131,11 +131,8 @@ pub(crate) struct Weight {
     /// one with the value reads as much of the value as the entry holds,
     /// so each costs up to the value's whole size.
     whole: u64,
-    /// `uniqueItems: true`: every item hashed, and compared with the items
-    /// whose hash it meets. Items holding objects can be made to meet
-    /// (`jsonschema` hashes an object as the XOR of its members' hashes,
-    /// under fixed keys), so for them each item may be compared with every
-    /// other; up to 15 items are compared pairwise anyway.
+    /// `uniqueItems: true`: every item hashed once (see [`UniqueItems`]),
+    /// and compared with the rare item whose hash it meets.
     unique: u64,
 }
 
@@ -180,23 +177,11 @@ impl Weight {
 /// differ from only at the end (4.7 s), against about 60 ns a step.
 const VALUES_READ_PER_STEP: u64 = 16;
 
-/// Items up to which `uniqueItems` compares every pair of items rather
-/// than hashing them (`jsonschema`'s threshold).
-const UNIQUE_PAIRWISE_ITEMS: u64 = 15;
-
 /// Deepest a document is walked to size a value under `enum`, `const` or
 /// `uniqueItems`: documents are held to 64 levels before they are
 /// validated (`limits::MAX_JSON_DEPTH`); one deeper is refused as too
 /// costly rather than walked further.
 const MAX_SIZED_DEPTH: usize = 1024;
-
-/// A value's size for the subtree-reading keywords: its values, and
-/// 64-byte runs of its strings and keys; and whether it holds an object.
-#[derive(Clone, Copy, Default)]
-struct Subtree {
-    size: u64,
-    objects: bool,
-}
 
 impl std::fmt::Debug for GuestSchema {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -265,66 +250,51 @@ impl GuestSchema {
     }
 
     /// Add what validating `value`, at `depth`, costs to `steps`; return
-    /// its size when an enclosing value (`sized`) or the schema here needs
-    /// it.
-    fn visit(&self, value: &Value, depth: usize, sized: bool, steps: &mut u64) -> Subtree {
+    /// its size (its values, and 64-byte runs of its strings and keys)
+    /// when an enclosing value (`sized`) or the schema here needs it.
+    fn visit(&self, value: &Value, depth: usize, sized: bool, steps: &mut u64) -> u64 {
         let weight = self.width.get(depth).copied();
         let sized = sized || weight.is_some_and(|w| w.reads_subtrees());
         if weight.is_none() && !sized {
-            return Subtree::default();
+            return 0;
         }
         if depth > MAX_SIZED_DEPTH {
             *steps = u64::MAX;
-            return Subtree {
-                size: u64::MAX,
-                objects: true,
-            };
+            return u64::MAX;
         }
         let each = weight.map_or(0, |w| w.each);
         *steps = steps.saturating_add(each);
-        let mut tree = Subtree {
-            size: 1,
-            objects: false,
-        };
+        let mut size = 1u64;
         let children: &mut dyn Iterator<Item = &Value> = match value {
             Value::Array(items) => &mut items.iter(),
             Value::Object(map) => {
-                // Keys are matched too (`patternProperties`,
-                // `propertyNames`).
+                // Keys are matched by the subschemas of the members
+                // (`patternProperties`, `propertyNames`), one level down.
                 let key_bytes = map.keys().map(String::len).sum::<usize>();
-                *steps = steps.saturating_add(string_steps(each, key_bytes));
-                tree.size = tree.size.saturating_add(runs(key_bytes));
-                tree.objects = true;
+                let members = self.width.get(depth + 1).map_or(0, |w| w.each);
+                *steps =
+                    steps.saturating_add(string_steps(each.saturating_add(members), key_bytes));
+                size = size.saturating_add(runs(key_bytes));
                 &mut map.values()
             }
             Value::String(text) => {
                 *steps = steps.saturating_add(string_steps(each, text.len()));
-                tree.size = tree.size.saturating_add(runs(text.len()));
+                size = size.saturating_add(runs(text.len()));
                 &mut std::iter::empty()
             }
             _ => &mut std::iter::empty(),
         };
         for child in children {
-            let below = self.visit(child, depth + 1, sized, steps);
-            tree.size = tree.size.saturating_add(below.size);
-            tree.objects |= below.objects;
+            size = size.saturating_add(self.visit(child, depth + 1, sized, steps));
         }
         if let Some(weight) = weight {
-            let reads = |times: u64| times.saturating_mul(tree.size) / VALUES_READ_PER_STEP;
+            let reads = |times: u64| times.saturating_mul(size) / VALUES_READ_PER_STEP;
             *steps = steps.saturating_add(reads(weight.whole));
-            if let Value::Array(items) = value
-                && weight.unique > 0
-            {
-                let items = items.len() as u64;
-                let passes = if tree.objects || items <= UNIQUE_PAIRWISE_ITEMS {
-                    items.max(1)
-                } else {
-                    1
-                };
-                *steps = steps.saturating_add(reads(weight.unique.saturating_mul(passes)));
+            if value.is_array() {
+                *steps = steps.saturating_add(reads(weight.unique));
             }
         }
-        tree
+        size
     }
 }
 
@@ -370,10 +340,7 @@ pub(crate) fn compile_guest_schema(
         return Err("input schema must have `\"type\": \"object\"` at its root".to_owned());
     }
     let width = schema_width(&schema)?;
-    if let Some(widest) = width
-        .iter()
-        .map(|w| w.each.saturating_add(w.whole).saturating_add(w.unique))
-        .max()
+    if let Some(widest) = width.iter().map(|w| w.each).max()
         && widest > MAX_SCHEMA_WIDTH
     {
         return Err(format!(
@@ -384,9 +351,129 @@ pub(crate) fn compile_guest_schema(
     }
     let validator = jsonschema::options()
         .with_pattern_options(jsonschema::PatternOptions::regex())
+        .with_keyword("uniqueItems", unique_items)
         .build(&schema)
         .map_err(|e| format!("schema does not compile: {e}"))?;
     Ok((schema, GuestSchema { validator, width }))
+}
+
+/// `uniqueItems: true` in a guest's schema, in place of `jsonschema`'s:
+/// that one hashes an object as the XOR of its members' hashes under fixed
+/// keys, so a document can make every item's hash meet every other's and
+/// the check compare each item with each (quadratic host time for one
+/// counted pass). Here every item is hashed with keys drawn for the
+/// validator (SipHash, `RandomState`), which a document cannot aim at,
+/// and items whose hashes meet are compared by `jsonschema`'s own
+/// equality (`1` equals `1.0`, members in any order).
+struct UniqueItems {
+    keys: std::collections::hash_map::RandomState,
+}
+
+impl UniqueItems {
+    /// A hash of `value` that equal values (by [`jsonschema::json::cmp::equal`])
+    /// share: numbers by their exact value, object members in any order.
+    fn digest(&self, value: &Value) -> u64 {
+        use std::hash::BuildHasher as _;
+        match value {
+            Value::Null => self.keys.hash_one(0u8),
+            Value::Bool(b) => self.keys.hash_one((1u8, b)),
+            Value::Number(n) => match exact(n) {
+                Ok(whole) => self.keys.hash_one((2u8, whole)),
+                Err(bits) => self.keys.hash_one((3u8, bits)),
+            },
+            Value::String(text) => self.keys.hash_one((4u8, text.as_str())),
+            Value::Array(items) => {
+                let digests: Vec<u64> = items.iter().map(|item| self.digest(item)).collect();
+                self.keys.hash_one((5u8, digests))
+            }
+            Value::Object(map) => {
+                // A sum, which does not depend on the members' order, of
+                // hashes a document cannot predict.
+                let members = map.iter().fold(0u64, |sum, (key, member)| {
+                    sum.wrapping_add(self.keys.hash_one((6u8, key.as_str(), self.digest(member))))
+                });
+                self.keys.hash_one((7u8, map.len(), members))
+            }
+        }
+    }
+}
+
+/// A JSON number's exact value: `Ok` for a whole number (`1` and `1.0`
+/// alike), `Err` with the bits of any other float (`-0.0` is whole).
+fn exact(number: &serde_json::Number) -> Result<i128, u64> {
+    if let Some(n) = number.as_i64() {
+        return Ok(i128::from(n));
+    }
+    if let Some(n) = number.as_u64() {
+        return Ok(i128::from(n));
+    }
+    let float = number.as_f64().unwrap_or(f64::NAN);
+    // Whole floats below 10^30 are exact integers in an `i128` (no JSON
+    // integer `serde_json` reads is above 2^64); others keep their bits.
+    if float.fract() == 0.0 && float.abs() < 1.0e30 {
+        #[allow(clippy::cast_possible_truncation)]
+        return Ok(float as i128);
+    }
+    Err(float.to_bits())
+}
+
+impl<'i> jsonschema::Keyword<'i> for UniqueItems {
+    fn validate(&self, instance: &'i Value) -> Result<(), jsonschema::ValidationError<'i>> {
+        if jsonschema::Keyword::is_valid(self, instance) {
+            Ok(())
+        } else {
+            Err(jsonschema::ValidationError::custom(
+                "has non-unique elements",
+            ))
+        }
+    }
+
+    fn is_valid(&self, instance: &'i Value) -> bool {
+        let Value::Array(items) = instance else {
+            return true;
+        };
+        let mut seen: std::collections::HashMap<u64, Vec<&Value>> =
+            std::collections::HashMap::with_capacity(items.len());
+        for item in items {
+            let bucket = seen.entry(self.digest(item)).or_default();
+            if bucket
+                .iter()
+                .any(|other| jsonschema::json::cmp::equal(item, other))
+            {
+                return false;
+            }
+            bucket.push(item);
+        }
+        true
+    }
+}
+
+/// `uniqueItems: false` (or anything but `true`): nothing to check.
+struct AnyItems;
+
+impl<'i> jsonschema::Keyword<'i> for AnyItems {
+    fn validate(&self, _: &'i Value) -> Result<(), jsonschema::ValidationError<'i>> {
+        Ok(())
+    }
+
+    fn is_valid(&self, _: &'i Value) -> bool {
+        true
+    }
+}
+
+/// The `uniqueItems` keyword of a guest's schema: [`UniqueItems`].
+fn unique_items<'a>(
+    _: &'a serde_json::Map<String, Value>,
+    value: &'a Value,
+    _: jsonschema::paths::Location,
+) -> Result<Box<dyn for<'i> jsonschema::Keyword<'i>>, jsonschema::ValidationError<'a>> {
+    if value == &Value::Bool(true) {
+        Ok(Box::new(UniqueItems {
+            keys: std::collections::hash_map::RandomState::new(),
+        }))
+    } else {
+        Ok(Box::new(AnyItems))
+    }
 }
 
 /// At each depth of a document, the most validation steps one value there
@@ -469,29 +556,12 @@ impl<'a> Width<'a> {
                 let keyword = keyword.as_str();
                 let mut in_place: Vec<&'a Value> = Vec::new();
                 let mut inside: Vec<&'a Value> = Vec::new();
+                self.supported(keyword, value, root)?;
                 match keyword {
                     "$ref" => {
                         if let Some(target) = value.as_str() {
                             in_place.push(self.resolve(target)?);
                         }
-                    }
-                    "$dynamicRef" | "$recursiveRef" => {
-                        return Err(format!(
-                            "`{keyword}` is not supported in a plugin's schema; use `$ref` \
-                             to a `#/...` pointer"
-                        ));
-                    }
-                    "$id" if !root && value.is_string() => {
-                        return Err(
-                            "`$id` below a schema's root is not supported in a plugin's schema"
-                                .to_owned(),
-                        );
-                    }
-                    "id" if self.draft4 && !root && value.is_string() => {
-                        return Err(
-                            "`id` below a schema's root is not supported in a plugin's schema"
-                                .to_owned(),
-                        );
                     }
                     k if IN_PLACE.contains(&k) => schemas_in(value, &mut in_place),
                     k if INSIDE.contains(&k) => schemas_in(value, &mut inside),
@@ -521,6 +591,32 @@ impl<'a> Width<'a> {
         let width = std::rc::Rc::new(width);
         self.done.insert(key, width.clone());
         Ok(width)
+    }
+
+    /// Refuse a keyword a plugin's schema may not use. (A function of its
+    /// own: [`Width::of`] recurses up to [`MAX_SCHEMA_NESTING`] deep, so
+    /// its frame stays small.)
+    #[inline(never)]
+    fn supported(&self, keyword: &str, value: &Value, root: bool) -> Result<(), String> {
+        match keyword {
+            "unevaluatedItems" | "unevaluatedProperties" => Err(format!(
+                "`{keyword}` is not supported in a plugin's schema: validating it \
+                     checks the subschemas beside it again at every level of `allOf`, \
+                     `anyOf`, `oneOf` and `$ref` below, a cost the host cannot bound \
+                     (use `additionalItems`/`items` or `additionalProperties`)"
+            )),
+            "$dynamicRef" | "$recursiveRef" => Err(format!(
+                "`{keyword}` is not supported in a plugin's schema; use `$ref` \
+                     to a `#/...` pointer"
+            )),
+            "$id" if !root && value.is_string() => {
+                Err("`$id` below a schema's root is not supported in a plugin's schema".to_owned())
+            }
+            "id" if self.draft4 && !root && value.is_string() => {
+                Err("`id` below a schema's root is not supported in a plugin's schema".to_owned())
+            }
+            _ => Ok(()),
+        }
     }
 
     fn resolve(&self, target: &str) -> Result<&'a Value, String> {
@@ -919,36 +1015,112 @@ mod tests {
         .unwrap();
         let numbers = serde_json::json!({ "a": vec![7; 20_000] });
         assert!(scalars.violations(&numbers).is_empty());
+    }
 
-        // `uniqueItems`: items holding objects may all be compared with
-        // each other (their hashes can be made to collide), so 20,000 of
-        // them are refused unvalidated; as many strings are hashed, and
-        // validated.
+    /// `uniqueItems` is checked by hashes a document cannot aim at (not
+    /// `jsonschema`'s XOR of fixed-key hashes, whose collisions make the
+    /// check quadratic), so it costs one pass: 20,000 objects are checked,
+    /// and an unrelated large array beside a `uniqueItems` one is not
+    /// refused for it. Equality stays JSON Schema's.
+    #[test]
+    fn unique_items_costs_one_pass_and_keeps_json_schema_equality() {
         let unique = compile_guest_schema(
-            r#"{"type":"object","properties":{"a":{"type":"array","uniqueItems":true}}}"#,
+            r#"{"type":"object","properties":{"a":{"type":"array","uniqueItems":true},"rows":{"type":"array"}}}"#,
             true,
         )
         .unwrap()
         .1;
-        let objects: Vec<Value> = (0..20_000).map(|i| serde_json::json!({"k": i})).collect();
-        let found = unique.violations(&serde_json::json!({ "a": objects }));
-        assert_eq!(found.len(), 1, "{found:?}");
-        assert!(found[0].message.starts_with("not validated"), "{found:?}");
-        let objects: Vec<Value> = (0..1000).map(|i| serde_json::json!({"k": i})).collect();
+        let objects: Vec<Value> = (0..20_000)
+            .map(|i| serde_json::json!({"k": i, "v": [i, "x"]}))
+            .collect();
         assert!(
             unique
                 .violations(&serde_json::json!({ "a": objects }))
                 .is_empty()
         );
-        let strings: Vec<Value> = (0..20_000).map(|i| Value::from(format!("s{i}"))).collect();
+        let rows: Vec<Value> = (0..10_000)
+            .map(|i| serde_json::json!({"a": i, "b": i, "c": i, "d": i, "e": "same"}))
+            .collect();
         assert!(
             unique
-                .violations(&serde_json::json!({ "a": strings }))
+                .violations(&serde_json::json!({ "a": [1, 2], "rows": rows }))
                 .is_empty()
         );
-        let found = unique.violations(&serde_json::json!({ "a": vec!["same"; 20_000] }));
+        for duplicated in [
+            serde_json::json!([1, 1.0]),
+            serde_json::json!([0, -0.0]),
+            serde_json::json!([{"a": 1, "b": [2, {"c": null}]}, {"b": [2, {"c": null}], "a": 1.0}]),
+            serde_json::json!(["x", [1], "x"]),
+            serde_json::json!(vec!["same"; 20_000]),
+        ] {
+            let found = unique.violations(&serde_json::json!({ "a": duplicated }));
+            assert_eq!(found.len(), 1, "{duplicated}: {found:?}");
+            assert_eq!(found[0].path, "/a", "{found:?}");
+            assert!(found[0].message.contains("non-unique"), "{found:?}");
+        }
+        for distinct in [
+            serde_json::json!([1, 1.5, -1, "1", [1], {"1": 1}, null, true, false]),
+            serde_json::json!([{"a": 1}, {"a": 1, "b": 1}, {"b": 1}]),
+            serde_json::json!([9_007_199_254_740_993_u64, 9_007_199_254_740_992.0]),
+            serde_json::json!([[1, 2], [2, 1]]),
+        ] {
+            assert!(
+                unique
+                    .violations(&serde_json::json!({ "a": distinct }))
+                    .is_empty(),
+                "{distinct}"
+            );
+        }
+        // `uniqueItems: false` checks nothing.
+        let any = compile_guest_schema(
+            r#"{"type":"object","properties":{"a":{"uniqueItems":false}}}"#,
+            true,
+        )
+        .unwrap()
+        .1;
+        assert!(
+            any.violations(&serde_json::json!({ "a": [1, 1] }))
+                .is_empty()
+        );
+    }
+
+    /// Keys are scanned by the member subschemas' `patternProperties`: a
+    /// megabyte key under 4,000 patterns was charged as 16,384 steps and
+    /// scanned four gigabytes; it is charged by the patterns now.
+    #[test]
+    fn long_keys_cost_what_the_patterns_on_them_scan() {
+        let patterns: serde_json::Map<String, Value> = (0..4000)
+            .map(|i| (format!("^p{i}$"), serde_json::json!({})))
+            .collect();
+        let schema = serde_json::json!({"type": "object", "patternProperties": patterns});
+        let (_, validator) = compile_guest_schema(&schema.to_string(), true).unwrap();
+        let mut document = serde_json::Map::new();
+        document.insert("k".repeat(1 << 20), Value::from(1));
+        let found = validator.violations(&Value::Object(document));
         assert_eq!(found.len(), 1, "{found:?}");
-        assert_eq!(found[0].path, "/a", "{found:?}");
+        assert!(found[0].message.starts_with("not validated"), "{found:?}");
+        assert!(
+            validator
+                .violations(&serde_json::json!({"p7": 1, "short": 2}))
+                .is_empty()
+        );
+    }
+
+    /// `unevaluatedItems`/`unevaluatedProperties` check the subschemas
+    /// beside them again at each level of applicators below: refused.
+    #[test]
+    fn unevaluated_keywords_are_refused() {
+        for keyword in ["unevaluatedProperties", "unevaluatedItems"] {
+            let schema = serde_json::json!({
+                "type": "object",
+                "properties": {"a": {"allOf": [{"type": "array"}], keyword: false}},
+            });
+            let err = compile_guest_schema(&schema.to_string(), true).unwrap_err();
+            assert!(
+                err.contains(keyword) && err.contains("not supported"),
+                "{err}"
+            );
+        }
     }
 
     #[test]
