@@ -86,7 +86,9 @@ impl<'h> KeyClaim<'h> {
             return;
         };
         let ledger = self.ledger;
-        let stored = match result {
+        // A durable write of the whole result: the worker's other tasks
+        // move on meanwhile.
+        let stored = crate::off_the_worker(|| match result {
             Ok(response) => ledger.complete(&key, Ok(response.output.clone())),
             Err(
                 CallError::PluginBusy { .. }
@@ -102,7 +104,7 @@ impl<'h> KeyClaim<'h> {
             // failure to retry under a new key, nor a call to run again.
             Err(e) if effects_unknown(e) => ledger.mark_unknown(&key),
             Err(e) => ledger.complete(&key, Err((e.kind().to_owned(), e.to_string()))),
-        };
+        });
         if let Err(e) = stored {
             // The key stays in flight and reads as "outcome unknown" after a
             // restart: never a second execution.
@@ -202,13 +204,17 @@ impl<'h> Pipeline<'h> {
         }
         let retention = Duration::from_secs(self.config.policy.approvals.idempotency_retention_s);
         let key_ref = KeyRef::new(&request.principal, plugin.name(), tool.name(), key);
-        let claim = self.ledger.claim(
-            &key_ref,
-            record.args_digest(),
-            (call_id, self.origin),
-            now_ms(),
-            retention,
-        )?;
+        // A durable write (sled syncs it, PostgreSQL commits it): the
+        // worker's other tasks move on meanwhile.
+        let claim = crate::off_the_worker(|| {
+            self.ledger.claim(
+                &key_ref,
+                record.args_digest(),
+                (call_id, self.origin),
+                now_ms(),
+                retention,
+            )
+        })?;
         let entry = match claim {
             Claim::Claimed => return Ok(Claimed::Run(KeyClaim::held(self.ledger, key_ref))),
             Claim::Existing(entry) => entry,
