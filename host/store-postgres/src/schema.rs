@@ -15,12 +15,13 @@ use airlock_store::{ErrorKind, StoreError};
 use crate::db::{Op, ctx, is_retryable, pg_error};
 
 /// The schema version this build writes and reads.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Every migration, by the version it brings the schema to.
 const MIGRATIONS: &[(i64, &str)] = &[
     (1, include_str!("../migrations/0001_initial.sql")),
     (2, include_str!("../migrations/0002_plugins.sql")),
+    (3, include_str!("../migrations/0003_key_heads.sql")),
 ];
 
 const CREATE_SCHEMA_TABLE: &str = "CREATE TABLE IF NOT EXISTS airlock_schema (

@@ -146,6 +146,19 @@ fn versioned<T: serde::de::DeserializeOwned>(row: &Row, what: &str) -> Result<Ve
     })
 }
 
+/// The columns an idempotency entry's head is listed by (schema version 3).
+fn head_columns(entry: &IdempotencyEntry) -> Result<(i64, bool, Option<String>)> {
+    let head = KeyHead::of(entry);
+    let created_ms = i64::try_from(head.created_ms).map_err(|_| {
+        StoreError::corrupt(format!("creation time {} out of range", head.created_ms))
+    })?;
+    Ok((
+        created_ms,
+        head.in_flight.is_some(),
+        head.in_flight.flatten(),
+    ))
+}
+
 // ------------------------------------------------------------------- ledger
 
 impl LedgerStore for PostgresStore {
@@ -264,14 +277,16 @@ impl LedgerStore for PostgresStore {
     fn insert_key(&self, key: &KeyRef, entry: &IdempotencyEntry) -> Result<bool> {
         let k = key.encode();
         let body = to_json(entry, "idempotency entry")?;
+        let (created_ms, in_flight, host) = head_columns(entry)?;
         let version = new_version()?;
         self.db.run(|s| async move {
             let n = s
                 .execute(
                     "storing an idempotency key",
-                    "INSERT INTO airlock_keys (key, version, body) VALUES ($1, $2, $3) \
-                     ON CONFLICT (key) DO NOTHING",
-                    &[&k, &version, &body],
+                    "INSERT INTO airlock_keys \
+                     (key, version, body, created_ms, in_flight, in_flight_host) \
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (key) DO NOTHING",
+                    &[&k, &version, &body, &created_ms, &in_flight, &host],
                 )
                 .await?;
             Ok(n == 1)
@@ -281,14 +296,16 @@ impl LedgerStore for PostgresStore {
     fn replace_key(&self, key: &KeyRef, current: Version, next: &IdempotencyEntry) -> Result<bool> {
         let k = key.encode();
         let body = to_json(next, "idempotency entry")?;
+        let (created_ms, in_flight, host) = head_columns(next)?;
         let current = current.0 as i64;
         self.db.run(|s| async move {
             let n = s
                 .execute(
                     "updating an idempotency key",
-                    "UPDATE airlock_keys SET body = $2, version = version + 1 \
+                    "UPDATE airlock_keys SET body = $2, version = version + 1, \
+                     created_ms = $4, in_flight = $5, in_flight_host = $6 \
                      WHERE key = $1 AND version = $3",
-                    &[&k, &body, &current],
+                    &[&k, &body, &current, &created_ms, &in_flight, &host],
                 )
                 .await?;
             Ok(n == 1)
@@ -312,18 +329,20 @@ impl LedgerStore for PostgresStore {
 
     fn keys(&self) -> Result<KeyListing> {
         self.db.run(|s| async move {
+            // The head's columns; the body only of rows written before them.
             let rows = s
                 .query(
                     "listing idempotency keys",
-                    "SELECT version, body, key FROM airlock_keys",
+                    "SELECT version, key, created_ms, in_flight, in_flight_host, \
+                     CASE WHEN created_ms IS NULL OR in_flight IS NULL THEN body END \
+                     FROM airlock_keys",
                     &[],
                 )
                 .await?;
             let mut out = KeyListing::default();
             for row in &rows {
                 let version: i64 = get(row, 0)?;
-                let body: &str = get(row, 1)?;
-                let raw: &[u8] = get(row, 2)?;
+                let raw: &[u8] = get(row, 1)?;
                 let Some(key) = KeyRef::decode(raw) else {
                     out.unreadable.push(format!(
                         "stored idempotency key {} is unreadable",
@@ -331,7 +350,22 @@ impl LedgerStore for PostgresStore {
                     ));
                     continue;
                 };
-                match KeyHead::from_json(body.as_bytes()) {
+                let created_ms: Option<i64> = get(row, 2)?;
+                let in_flight: Option<bool> = get(row, 3)?;
+                let host: Option<String> = get(row, 4)?;
+                let body: Option<&str> = get(row, 5)?;
+                let head = match (created_ms, in_flight, body) {
+                    (Some(created_ms), Some(in_flight), _) => {
+                        unsigned(created_ms, "a key's creation time").map(|created_ms| KeyHead {
+                            created_ms,
+                            in_flight: in_flight.then_some(host),
+                        })
+                    }
+                    (_, _, Some(body)) => KeyHead::from_json(body.as_bytes())
+                        .map_err(|e| StoreError::corrupt(e.to_string())),
+                    _ => Err(StoreError::corrupt("no body".to_owned())),
+                };
+                match head {
                     Ok(head) => out.keys.push((
                         key,
                         Versioned {

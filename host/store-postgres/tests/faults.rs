@@ -521,46 +521,65 @@ fn a_server_that_stops_answering_times_out_and_its_connection_is_not_reused() {
     assert_ne!(after, before);
 }
 
-/// A damaged idempotency row (a body that does not decode) is named by
-/// recovery and the sweep and left in place; it stops neither, and a call
-/// with its key fails rather than runs.
+/// Listing keys (recovery, the sweep) reads each row's head columns, not
+/// its body: a finished row whose body is damaged is still swept. A row
+/// from before those columns (NULL) is read by its body; one whose body
+/// does not decode is named by recovery and the sweep and left in place —
+/// it stops neither, and a call with its key fails rather than runs.
 #[test]
-fn a_garbled_idempotency_row_is_reported_and_left_in_place() {
+fn keys_are_listed_by_their_heads_and_a_garbled_old_row_is_reported() {
     use airlock_store::{Claim, KeyRef, Ledger};
     let url = common::fresh_database();
     let stores = open(&common::config(&url)).expect("open");
     let ledger = Ledger::new(stores.ledger.clone());
     let day = Duration::from_secs(86_400);
-    let fine = KeyRef::new("agent", "p", "t", "fine");
-    ledger.claim(&fine, "d", ("c1", "h"), 0, day).unwrap();
-    let garbled = KeyRef::new("agent", "p", "t", "garbled");
-    ledger.claim(&garbled, "d", ("c2", "h"), 0, day).unwrap();
-    common::admin(
-        &url,
-        &format!(
-            "UPDATE airlock_keys SET body = '{{\"created_ms\": 0, \"sta' WHERE key = '\\x{}'",
-            hex::encode(garbled.encode())
-        ),
+    let key = |name: &str| KeyRef::new("agent", "p", "t", name);
+    let set = |name: &str, columns: &str| {
+        common::admin(
+            &url,
+            &format!(
+                "UPDATE airlock_keys SET {columns} WHERE key = '\\x{}'",
+                hex::encode(key(name).encode())
+            ),
+        );
+    };
+    const OLD: &str = "created_ms = NULL, in_flight = NULL, in_flight_host = NULL";
+    for name in ["fine", "garbled", "old", "damaged"] {
+        ledger.claim(&key(name), "d", ("c1", "h"), 0, day).unwrap();
+    }
+    for name in ["old", "damaged"] {
+        ledger
+            .complete(&key(name), Ok(serde_json::json!(1)))
+            .unwrap();
+    }
+    set(
+        "garbled",
+        &format!("body = '{{\"created_ms\": 0, \"sta', {OLD}"),
     );
+    set("old", OLD);
+    set("damaged", "body = 'not json'");
 
     let recovery = ledger.recover("h").unwrap();
-    assert_eq!(recovery.changed, vec![fine.clone()]);
+    assert_eq!(recovery.changed, vec![key("fine")]);
     assert_eq!(recovery.unreadable.len(), 1, "{recovery:?}");
     assert!(
         recovery.unreadable[0].contains("\"garbled\" of p/t"),
         "{recovery:?}"
     );
     let report = ledger.sweep(2 * 86_400_000, day, day).unwrap();
-    assert_eq!(report.keys_removed, 1, "{report:?}");
+    assert_eq!(report.keys_removed, 3, "fine, old and damaged: {report:?}");
     assert_eq!(report.unreadable.len(), 1, "{report:?}");
     let err = ledger
-        .claim(&garbled, "d", ("c3", "h"), 2 * 86_400_000, day)
+        .claim(&key("garbled"), "d", ("c3", "h"), 2 * 86_400_000, day)
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
-    assert_eq!(
-        ledger
-            .claim(&fine, "d", ("c4", "h"), 2 * 86_400_000, day)
-            .unwrap(),
-        Claim::Claimed
-    );
+    for name in ["fine", "old", "damaged"] {
+        assert_eq!(
+            ledger
+                .claim(&key(name), "d", ("c4", "h"), 2 * 86_400_000, day)
+                .unwrap(),
+            Claim::Claimed,
+            "{name}"
+        );
+    }
 }
