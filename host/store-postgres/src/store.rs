@@ -284,8 +284,8 @@ impl LedgerStore for PostgresStore {
                 .execute(
                     "storing an idempotency key",
                     "INSERT INTO airlock_keys \
-                     (key, version, body, created_ms, in_flight, in_flight_host) \
-                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (key) DO NOTHING",
+                     (key, version, body, head_version, created_ms, in_flight, in_flight_host) \
+                     VALUES ($1, $2, $3, $2, $4, $5, $6) ON CONFLICT (key) DO NOTHING",
                     &[&k, &version, &body, &created_ms, &in_flight, &host],
                 )
                 .await?;
@@ -303,8 +303,8 @@ impl LedgerStore for PostgresStore {
                 .execute(
                     "updating an idempotency key",
                     "UPDATE airlock_keys SET body = $2, version = version + 1, \
-                     created_ms = $4, in_flight = $5, in_flight_host = $6 \
-                     WHERE key = $1 AND version = $3",
+                     head_version = version + 1, created_ms = $4, in_flight = $5, \
+                     in_flight_host = $6 WHERE key = $1 AND version = $3",
                     &[&k, &body, &current, &created_ms, &in_flight, &host],
                 )
                 .await?;
@@ -329,12 +329,14 @@ impl LedgerStore for PostgresStore {
 
     fn keys(&self) -> Result<KeyListing> {
         self.db.run(|s| async move {
-            // The head's columns; the body only of rows written before them.
+            // The head's columns where they were written with the row's
+            // version; else (a row from before them, or last written by an
+            // older host) its body.
             let rows = s
                 .query(
                     "listing idempotency keys",
                     "SELECT version, key, created_ms, in_flight, in_flight_host, \
-                     CASE WHEN created_ms IS NULL OR in_flight IS NULL THEN body END \
+                     CASE WHEN head_version = version THEN NULL ELSE body END \
                      FROM airlock_keys",
                     &[],
                 )
@@ -355,15 +357,17 @@ impl LedgerStore for PostgresStore {
                 let host: Option<String> = get(row, 4)?;
                 let body: Option<&str> = get(row, 5)?;
                 let head = match (created_ms, in_flight, body) {
-                    (Some(created_ms), Some(in_flight), _) => {
+                    (_, _, Some(body)) => KeyHead::from_json(body.as_bytes())
+                        .map_err(|e| StoreError::corrupt(e.to_string())),
+                    (Some(created_ms), Some(in_flight), None) => {
                         unsigned(created_ms, "a key's creation time").map(|created_ms| KeyHead {
                             created_ms,
                             in_flight: in_flight.then_some(host),
                         })
                     }
-                    (_, _, Some(body)) => KeyHead::from_json(body.as_bytes())
-                        .map_err(|e| StoreError::corrupt(e.to_string())),
-                    _ => Err(StoreError::corrupt("no body".to_owned())),
+                    _ => Err(StoreError::corrupt(
+                        "its head columns are incomplete".to_owned(),
+                    )),
                 };
                 match head {
                     Ok(head) => out.keys.push((

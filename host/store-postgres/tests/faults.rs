@@ -523,7 +523,10 @@ fn a_server_that_stops_answering_times_out_and_its_connection_is_not_reused() {
 
 /// Listing keys (recovery, the sweep) reads each row's head columns, not
 /// its body: a finished row whose body is damaged is still swept. A row
-/// from before those columns (NULL) is read by its body; one whose body
+/// from before those columns, or whose version an older host moved on
+/// without them, is read by its body (a stale head would have kept the
+/// finished `stale` from the sweep, or let it sweep a claim an older host
+/// renewed); one whose body
 /// does not decode is named by recovery and the sweep and left in place —
 /// it stops neither, and a call with its key fails rather than runs.
 #[test]
@@ -543,11 +546,14 @@ fn keys_are_listed_by_their_heads_and_a_garbled_old_row_is_reported() {
             ),
         );
     };
-    const OLD: &str = "created_ms = NULL, in_flight = NULL, in_flight_host = NULL";
-    for name in ["fine", "garbled", "old", "damaged"] {
+    // As a row from before the head columns, or as an older host's update
+    // leaves it (version moved on, head not).
+    const OLD: &str = "head_version = NULL, created_ms = NULL, in_flight = NULL";
+    const STALE: &str = "version = version + 1, in_flight = true";
+    for name in ["fine", "garbled", "old", "damaged", "stale"] {
         ledger.claim(&key(name), "d", ("c1", "h"), 0, day).unwrap();
     }
-    for name in ["old", "damaged"] {
+    for name in ["old", "damaged", "stale"] {
         ledger
             .complete(&key(name), Ok(serde_json::json!(1)))
             .unwrap();
@@ -557,6 +563,7 @@ fn keys_are_listed_by_their_heads_and_a_garbled_old_row_is_reported() {
         &format!("body = '{{\"created_ms\": 0, \"sta', {OLD}"),
     );
     set("old", OLD);
+    set("stale", STALE);
     set("damaged", "body = 'not json'");
 
     let recovery = ledger.recover("h").unwrap();
@@ -567,13 +574,16 @@ fn keys_are_listed_by_their_heads_and_a_garbled_old_row_is_reported() {
         "{recovery:?}"
     );
     let report = ledger.sweep(2 * 86_400_000, day, day).unwrap();
-    assert_eq!(report.keys_removed, 3, "fine, old and damaged: {report:?}");
+    assert_eq!(
+        report.keys_removed, 4,
+        "fine, old, damaged, stale: {report:?}"
+    );
     assert_eq!(report.unreadable.len(), 1, "{report:?}");
     let err = ledger
         .claim(&key("garbled"), "d", ("c3", "h"), 2 * 86_400_000, day)
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
-    for name in ["fine", "old", "damaged"] {
+    for name in ["fine", "old", "damaged", "stale"] {
         assert_eq!(
             ledger
                 .claim(&key(name), "d", ("c4", "h"), 2 * 86_400_000, day)
