@@ -189,6 +189,11 @@ async fn files_writes_are_held_to_the_calls_budget() {
     refused_after("set-size", 2, 1 << 30, 0).await;
     assert_eq!(used() - before, first + 60_000);
     refused_after("mkdir", 10, 0, 5).await;
+    // A write far past the end counts its hole, as `set-size` does.
+    refused_after("sparse", 1, 1 << 30, 0).await;
+    // Opening an existing file with `create` creates nothing.
+    let response = fill("reopen", 10, 0).await.unwrap();
+    assert_eq!(response.output["made"], 10, "{:?}", response.output);
     assert!(dir.path().join("data/mkdir-4").is_dir());
     assert!(!dir.path().join("data/mkdir-5").exists());
     // Within the budget, nothing is noted.

@@ -423,7 +423,7 @@ async fn http_refusals_in_a_loop_keep_a_bounded_number_of_short_notes() {
     );
     assert_eq!(
         notes[32],
-        "http: more than 32 notes in this call; the rest are dropped"
+        "host: more than 32 notes in this call; the rest are dropped"
     );
     assert_eq!(server.connections(), 0);
     // The record keeps them all, the last line too: the notes have a
@@ -461,7 +461,7 @@ async fn host_notes_that_grow_when_scrubbed_still_fit_their_budget() {
     assert!(!recorded[0].contains(";pin=a;"), "{}", recorded[0]);
     assert_eq!(
         recorded[32],
-        "http: more than 32 notes in this call; the rest are dropped"
+        "host: more than 32 notes in this call; the rest are dropped"
     );
 }
 

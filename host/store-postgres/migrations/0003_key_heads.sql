@@ -6,7 +6,7 @@
 -- written before version 3, or updated by a host still running an older
 -- build during an upgrade (which changes `version` and `body` only), has
 -- a `head_version` other than its `version`, and its body is read instead.
-ALTER TABLE airlock_keys ADD COLUMN head_version bigint;
-ALTER TABLE airlock_keys ADD COLUMN created_ms bigint;
-ALTER TABLE airlock_keys ADD COLUMN in_flight boolean;
-ALTER TABLE airlock_keys ADD COLUMN in_flight_host text;
+ALTER TABLE airlock_keys ADD COLUMN IF NOT EXISTS head_version bigint;
+ALTER TABLE airlock_keys ADD COLUMN IF NOT EXISTS created_ms bigint;
+ALTER TABLE airlock_keys ADD COLUMN IF NOT EXISTS in_flight boolean;
+ALTER TABLE airlock_keys ADD COLUMN IF NOT EXISTS in_flight_host text;

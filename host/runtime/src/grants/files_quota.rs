@@ -177,17 +177,27 @@ fn shadow(linker: &mut Linker<CallState>) -> wasmtime::Result<()> {
          -> Out<'_, u64> {
             Box::new(async move {
                 let budget = budget(&store);
-                let asked = buffer.len() as u64;
-                if let Some(b) = &budget
-                    && !b.take_bytes(asked)
-                {
-                    return Ok((Err(ErrorCode::InsufficientSpace),));
-                }
                 let mut view = store.data_mut().filesystem();
+                // Past the end, the hole counts too (as `set-size`
+                // growth does).
+                let mut asked = buffer.len() as u64;
+                if let Some(b) = &budget {
+                    let hole = hole(&mut view, &fd, offset).await;
+                    match settle(&mut view, hole)? {
+                        Ok(hole) => asked = asked.saturating_add(hole),
+                        Err(code) => return Ok((Err(code),)),
+                    }
+                    if !b.take_bytes(asked) {
+                        return Ok((Err(ErrorCode::InsufficientSpace),));
+                    }
+                }
+                let length = buffer.len() as u64;
                 let result = HostDescriptor::write(&mut view, fd, buffer, offset).await;
                 if let Some(b) = &budget {
-                    let written = result.as_ref().map_or(0, |n| *n);
-                    b.refund_bytes(asked.saturating_sub(written));
+                    b.refund_bytes(match &result {
+                        Ok(written) => length.saturating_sub(*written),
+                        Err(_) => asked,
+                    });
                 }
                 Ok((settle(&mut view, result)?,))
             })
@@ -236,8 +246,22 @@ fn shadow(linker: &mut Linker<CallState>) -> wasmtime::Result<()> {
         )|
          -> Out<'_, Resource<Descriptor>> {
             Box::new(async move {
-                let budget = budget(&store).filter(|_| open_flags.contains(OpenFlags::CREATE));
+                let mut budget = budget(&store).filter(|_| open_flags.contains(OpenFlags::CREATE));
                 let mut view = store.data_mut().filesystem();
+                // Opening a file that exists creates nothing.
+                if budget.is_some()
+                    && !open_flags.contains(OpenFlags::EXCLUSIVE)
+                    && HostDescriptor::stat_at(
+                        &mut view,
+                        Resource::new_borrow(fd.rep()),
+                        path_flags,
+                        path.clone(),
+                    )
+                    .await
+                    .is_ok()
+                {
+                    budget = None;
+                }
                 let open =
                     HostDescriptor::open_at(&mut view, fd, path_flags, path, open_flags, flags);
                 let result = creating(budget.as_deref(), open).await;
@@ -302,7 +326,22 @@ fn shadow(linker: &mut Linker<CallState>) -> wasmtime::Result<()> {
             Box::new(async move {
                 let budget = budget(&store);
                 let mut view = store.data_mut().filesystem();
+                // A stream starting past the end leaves a hole: charged now.
+                let mut charged = 0;
+                if let Some(b) = &budget {
+                    let hole = hole(&mut view, &fd, offset).await;
+                    match settle(&mut view, hole)? {
+                        Ok(hole) => charged = hole,
+                        Err(code) => return Ok((Err(code),)),
+                    }
+                    if !b.take_bytes(charged) {
+                        return Ok((Err(ErrorCode::InsufficientSpace),));
+                    }
+                }
                 let result = HostDescriptor::write_via_stream(&mut view, fd, offset);
+                if let (Some(b), Err(_)) = (&budget, &result) {
+                    b.refund_bytes(charged);
+                }
                 let result = metered(&mut view, result, budget);
                 Ok((settle(&mut view, result)?,))
             })
@@ -323,6 +362,16 @@ fn shadow(linker: &mut Linker<CallState>) -> wasmtime::Result<()> {
         },
     )?;
     Ok(())
+}
+
+/// How far past the end of the file `fd` a write at `offset` starts.
+async fn hole(
+    view: &mut WasiFilesystemCtxView<'_>,
+    fd: &Resource<Descriptor>,
+    offset: u64,
+) -> FsResult<u64> {
+    let stat = HostDescriptor::stat(view, Resource::new_borrow(fd.rep())).await?;
+    Ok(offset.saturating_sub(stat.size))
 }
 
 /// Put the stream of `result` behind the call's budget.

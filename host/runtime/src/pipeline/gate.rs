@@ -120,7 +120,7 @@ impl Drop for KeyClaim<'_> {
             return;
         }
         if let Some(key) = self.held.take()
-            && let Err(e) = self.ledger.release(&key)
+            && let Err(e) = crate::off_the_worker(|| self.ledger.release(&key))
         {
             tracing::error!(error = %e.chain(), key = %key.key, "cannot release an idempotency key");
         }

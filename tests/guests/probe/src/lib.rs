@@ -178,7 +178,8 @@ pub struct FillArg {
     pub preopen: String,
     /// How: `std` (`std::fs::write`: open-at and an output stream),
     /// `write` (`descriptor.write`), `set-size` (grow a new file),
-    /// `mkdir` (`create-directory-at`).
+    /// `mkdir` (`create-directory-at`), `sparse` (one byte `bytes` into
+    /// a new file), `reopen` (one file opened with `create` `count` times).
     pub how: String,
     /// Entries to make.
     pub count: u32,
@@ -228,6 +229,12 @@ pub fn fill(args: FillArg, _: &Context) -> Result<Filled, ToolError> {
                     .and_then(|file| file.set_size(args.bytes))
                     .map_err(|e| format!("{e:?}")),
                 "mkdir" => dir.create_directory_at(&name).map_err(|e| format!("{e:?}")),
+                // One byte `bytes` past the start of a new file.
+                "sparse" => create(&name)
+                    .and_then(|file| file.write(b"x", args.bytes).map(|_| ()))
+                    .map_err(|e| format!("{e:?}")),
+                // The same file opened with `create`, again and again.
+                "reopen" => create("reopened").map(drop).map_err(|e| format!("{e:?}")),
                 other => return Err(ToolError::InvalidInput(format!("how: {other}"))),
             };
             if let Err(error) = made {

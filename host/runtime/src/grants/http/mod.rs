@@ -273,11 +273,11 @@ pub(crate) fn host_note(notes: &Mutex<Vec<String>>, text: String) -> bool {
         std::cmp::Ordering::Less => {}
         std::cmp::Ordering::Equal => {
             tracing::warn!(
-                target: "airlock::http",
+                target: "airlock::host_notes",
                 "more than {MAX_NOTES} host notes in one call; the rest are dropped"
             );
             notes.push(format!(
-                "http: more than {MAX_NOTES} notes in this call; the rest are dropped"
+                "host: more than {MAX_NOTES} notes in this call; the rest are dropped"
             ));
             return false;
         }
