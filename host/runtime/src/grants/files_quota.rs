@@ -178,20 +178,12 @@ fn shadow(linker: &mut Linker<CallState>) -> wasmtime::Result<()> {
             Box::new(async move {
                 let budget = budget(&store);
                 let mut view = store.data_mut().filesystem();
-                // Past the end, the hole counts too (as `set-size`
-                // growth does).
-                let mut asked = buffer.len() as u64;
-                if let Some(b) = &budget {
-                    let hole = hole(&mut view, &fd, offset).await;
-                    match settle(&mut view, hole)? {
-                        Ok(hole) => asked = asked.saturating_add(hole),
-                        Err(code) => return Ok((Err(code),)),
-                    }
-                    if !b.take_bytes(asked) {
-                        return Ok((Err(ErrorCode::InsufficientSpace),));
-                    }
-                }
                 let length = buffer.len() as u64;
+                let asked =
+                    match take_write(&mut view, budget.as_deref(), &fd, offset, length).await? {
+                        Ok(asked) => asked,
+                        Err(code) => return Ok((Err(code),)),
+                    };
                 let result = HostDescriptor::write(&mut view, fd, buffer, offset).await;
                 if let Some(b) = &budget {
                     b.refund_bytes(match &result {
@@ -212,20 +204,11 @@ fn shadow(linker: &mut Linker<CallState>) -> wasmtime::Result<()> {
                 let budget = budget(&store);
                 let mut view = store.data_mut().filesystem();
                 // Growth counts as written (a file system without sparse
-                // files allocates it).
-                let mut growth = 0;
-                if let Some(b) = &budget {
-                    let stat =
-                        HostDescriptor::stat(&mut view, Resource::new_borrow(fd.rep())).await;
-                    let current = match settle(&mut view, stat)? {
-                        Ok(stat) => stat.size,
-                        Err(code) => return Ok((Err(code),)),
-                    };
-                    growth = size.saturating_sub(current);
-                    if !b.take_bytes(growth) {
-                        return Ok((Err(ErrorCode::InsufficientSpace),));
-                    }
-                }
+                // files allocates it): a write of nothing at the new end.
+                let growth = match take_write(&mut view, budget.as_deref(), &fd, size, 0).await? {
+                    Ok(growth) => growth,
+                    Err(code) => return Ok((Err(code),)),
+                };
                 let result = HostDescriptor::set_size(&mut view, fd, size).await;
                 if let (Some(b), Err(_)) = (&budget, &result) {
                     b.refund_bytes(growth);
@@ -326,18 +309,13 @@ fn shadow(linker: &mut Linker<CallState>) -> wasmtime::Result<()> {
             Box::new(async move {
                 let budget = budget(&store);
                 let mut view = store.data_mut().filesystem();
-                // A stream starting past the end leaves a hole: charged now.
-                let mut charged = 0;
-                if let Some(b) = &budget {
-                    let hole = hole(&mut view, &fd, offset).await;
-                    match settle(&mut view, hole)? {
-                        Ok(hole) => charged = hole,
-                        Err(code) => return Ok((Err(code),)),
-                    }
-                    if !b.take_bytes(charged) {
-                        return Ok((Err(ErrorCode::InsufficientSpace),));
-                    }
-                }
+                // A stream starting past the end leaves a hole: charged
+                // now, its bytes as they are written.
+                let charged = match take_write(&mut view, budget.as_deref(), &fd, offset, 0).await?
+                {
+                    Ok(charged) => charged,
+                    Err(code) => return Ok((Err(code),)),
+                };
                 let result = HostDescriptor::write_via_stream(&mut view, fd, offset);
                 if let (Some(b), Err(_)) = (&budget, &result) {
                     b.refund_bytes(charged);
@@ -364,14 +342,31 @@ fn shadow(linker: &mut Linker<CallState>) -> wasmtime::Result<()> {
     Ok(())
 }
 
-/// How far past the end of the file `fd` a write at `offset` starts.
-async fn hole(
+/// Take a write of `bytes` at `offset` of `fd` from the budget, with the
+/// hole it leaves when it starts past the end (as `set-size` growth
+/// counts; `set-size` is a write of nothing at the new end): what was
+/// taken, or the error to answer with.
+async fn take_write(
     view: &mut WasiFilesystemCtxView<'_>,
+    budget: Option<&FilesBudget>,
     fd: &Resource<Descriptor>,
     offset: u64,
-) -> FsResult<u64> {
-    let stat = HostDescriptor::stat(view, Resource::new_borrow(fd.rep())).await?;
-    Ok(offset.saturating_sub(stat.size))
+    bytes: u64,
+) -> wasmtime::Result<Result<u64, ErrorCode>> {
+    let Some(budget) = budget else {
+        return Ok(Ok(0));
+    };
+    let stat = HostDescriptor::stat(view, Resource::new_borrow(fd.rep())).await;
+    let size = match settle(view, stat)? {
+        Ok(stat) => stat.size,
+        Err(code) => return Ok(Err(code)),
+    };
+    let asked = bytes.saturating_add(offset.saturating_sub(size));
+    Ok(if budget.take_bytes(asked) {
+        Ok(asked)
+    } else {
+        Err(ErrorCode::InsufficientSpace)
+    })
 }
 
 /// Put the stream of `result` behind the call's budget.
