@@ -132,8 +132,8 @@ pub(crate) struct Weight {
     /// so each costs up to the value's whole size.
     whole: u64,
     /// `uniqueItems: true`: every value of the array hashed once (see
-    /// [`UniqueItems`]), a step each, and compared with the rare item whose
-    /// hash it meets.
+    /// [`UniqueItems`]), two steps each, and compared with the rare item
+    /// whose hash it meets.
     unique: u64,
 }
 
@@ -292,9 +292,11 @@ impl GuestSchema {
             let reads = |times: u64| times.saturating_mul(size) / VALUES_READ_PER_STEP;
             *steps = steps.saturating_add(reads(weight.whole));
             // `UniqueItems` hashes each value once (SipHash, and a table
-            // entry per item): a step a value, as `each` is.
+            // entry an item): 75–115 ns a value measured (release build,
+            // 200,000 objects, a million numbers, 500,000 strings, on a
+            // busy machine), two steps.
             if value.is_array() {
-                *steps = steps.saturating_add(weight.unique.saturating_mul(size));
+                *steps = steps.saturating_add(weight.unique.saturating_mul(size).saturating_mul(2));
             }
         }
         size
@@ -380,8 +382,16 @@ impl UniqueItems {
         match value {
             Value::Null => self.keys.hash_one(0u8),
             Value::Bool(b) => self.keys.hash_one((1u8, b)),
+            // (An `i128` hashes a byte at a time: whole numbers hash as
+            // `i64` where they fit, else as two words.)
             Value::Number(n) => match exact(n) {
-                Ok(whole) => self.keys.hash_one((2u8, whole)),
+                Ok(whole) => match i64::try_from(whole) {
+                    Ok(small) => self.keys.hash_one((2u8, small)),
+                    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                    Err(_) => self
+                        .keys
+                        .hash_one((8u8, (whole >> 64) as u64, whole as u64)),
+                },
                 Err(bits) => self.keys.hash_one((3u8, bits)),
             },
             Value::String(text) => self.keys.hash_one((4u8, text.as_str())),
@@ -435,8 +445,9 @@ impl<'i> jsonschema::Keyword<'i> for UniqueItems {
         let Value::Array(items) = instance else {
             return true;
         };
-        let mut seen: std::collections::HashMap<u64, &Value> =
-            std::collections::HashMap::with_capacity(items.len());
+        // Keyed by the digests themselves: they are keyed hashes already.
+        let mut seen: std::collections::HashMap<u64, &Value, Digests> =
+            std::collections::HashMap::with_capacity_and_hasher(items.len(), Digests::default());
         // Unequal items whose hashes met (by chance: the keys are secret).
         let mut also: Vec<(u64, &Value)> = Vec::new();
         for item in items {
@@ -457,6 +468,30 @@ impl<'i> jsonschema::Keyword<'i> for UniqueItems {
             }
         }
         true
+    }
+}
+
+/// A table keyed by [`UniqueItems::digest`]s, which are hashed already.
+type Digests = std::hash::BuildHasherDefault<Digest>;
+
+/// Hashes a digest to itself.
+#[derive(Default)]
+struct Digest(u64);
+
+impl std::hash::Hasher for Digest {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64`s are hashed here; anything else is folded in.
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
     }
 }
 
