@@ -229,21 +229,26 @@ fn shadow(linker: &mut Linker<CallState>) -> wasmtime::Result<()> {
         )|
          -> Out<'_, Resource<Descriptor>> {
             Box::new(async move {
-                let mut budget = budget(&store).filter(|_| open_flags.contains(OpenFlags::CREATE));
+                let budget = budget(&store).filter(|_| open_flags.contains(OpenFlags::CREATE));
                 let mut view = store.data_mut().filesystem();
-                // Opening a file that exists creates nothing.
-                if budget.is_some()
-                    && !open_flags.contains(OpenFlags::EXCLUSIVE)
-                    && HostDescriptor::stat_at(
+                // Opening a file that exists creates nothing: without
+                // `exclusive`, open it without `create` first, and create
+                // (charged) only if it is not there. (A check beside the
+                // open would race another call renaming the file away.)
+                if budget.is_some() && !open_flags.contains(OpenFlags::EXCLUSIVE) {
+                    let existing = HostDescriptor::open_at(
                         &mut view,
                         Resource::new_borrow(fd.rep()),
                         path_flags,
                         path.clone(),
+                        open_flags & !OpenFlags::CREATE,
+                        flags,
                     )
-                    .await
-                    .is_ok()
-                {
-                    budget = None;
+                    .await;
+                    match settle(&mut view, existing)? {
+                        Err(ErrorCode::NoEntry) => {}
+                        opened => return Ok((opened,)),
+                    }
                 }
                 let open =
                     HostDescriptor::open_at(&mut view, fd, path_flags, path, open_flags, flags);
