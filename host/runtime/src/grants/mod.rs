@@ -959,4 +959,37 @@ mod tests {
         assert!(err.to_string().contains("http_max_requests"), "{err}");
         Policy::default().validate().unwrap();
     }
+
+    /// A files write budget of nothing would fail every write of every
+    /// read-write grant: refused as a config error, naming the key.
+    #[test]
+    fn zero_files_budgets_are_a_config_error() {
+        for (key, policy) in [
+            (
+                "files_max_write_kb",
+                Policy {
+                    files_max_write_kb: Some(0),
+                    ..Policy::default()
+                },
+            ),
+            (
+                "files_max_created",
+                Policy {
+                    files_max_created: Some(0),
+                    ..Policy::default()
+                },
+            ),
+        ] {
+            let err = policy.validate().unwrap_err();
+            assert_eq!(err.kind(), "config");
+            assert!(err.to_string().contains(key), "{err}");
+        }
+        Policy {
+            files_max_write_kb: Some(1),
+            files_max_created: Some(1),
+            ..Policy::default()
+        }
+        .validate()
+        .unwrap();
+    }
 }
