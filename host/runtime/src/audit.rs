@@ -207,11 +207,20 @@ impl<'a> CallRecord<'a> {
     }
 
     /// The call was refused before it ran: record why and return `error`.
-    pub(crate) async fn refused(mut self, error: CallError) -> CallError {
-        let reason = self.scrub(&error.to_string());
-        let base = std::mem::replace(&mut self.base, Entry::new(Event::CallRefused));
-        refusal(self.log, base, &reason, &error).await;
-        error
+    ///
+    /// Boxed: a refusal is off the hot path, and its future inline would
+    /// grow every future that may refuse (the pipeline's steps among them)
+    /// by its size — bytes each call copies as the futures move.
+    pub(crate) fn refused(
+        mut self,
+        error: CallError,
+    ) -> std::pin::Pin<Box<impl Future<Output = CallError> + Send + 'a>> {
+        Box::pin(async move {
+            let reason = self.scrub(&error.to_string());
+            let base = std::mem::replace(&mut self.base, Entry::new(Event::CallRefused));
+            refusal(self.log, base, &reason, &error).await;
+            error
+        })
     }
 
     /// The call is admitted: write the intent record (flushed for tools that

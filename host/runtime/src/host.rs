@@ -732,7 +732,12 @@ impl Host {
                 let actions = self
                     .alerts
                     .observe(&request.tool, &result, started.elapsed());
-                self.act(actions).await;
+                // Boxed, and only when there is something to do: most
+                // calls fire nothing, and the acting future inline would
+                // be bytes every call's future carries.
+                if !actions.is_empty() {
+                    Box::pin(self.act(actions)).await;
+                }
             }
             // Retries: only transient host-side failures, only where running
             // again cannot repeat an effect, within the tool's policy.

@@ -190,7 +190,9 @@ impl<'h> Pipeline<'h> {
             principal: request.principal.clone(),
         };
         tracing::debug!(tool = %tool.id(), call_id = %context.call_id, "calling tool");
-        let run = run::run_tool(
+        // Boxed: the run's future is most of a call's state, and inline it
+        // would be copied whole each time the futures around it move.
+        let mut run = Box::pin(run::run_tool(
             self.engine,
             PreparedCall {
                 plugin,
@@ -201,12 +203,11 @@ impl<'h> Pipeline<'h> {
                 read_only,
                 cancel: request.cancel.as_ref(),
             },
-        );
+        ));
         let (mut result, stats) = match record.held_for() {
             Some(window) => {
                 // Polled first: a call done at its first poll never
                 // registers the timer.
-                let mut run = std::pin::pin!(run);
                 tokio::select! {
                     biased;
                     done = &mut run => done,
@@ -300,25 +301,24 @@ impl<'h> Pipeline<'h> {
             request.session.as_deref(),
         );
         let plugin = match routed {
-            Some(version) => self
-                .served
-                .load(
-                    self.engine,
-                    self.cache,
-                    &self.config.policy,
-                    plugin_name,
-                    version,
-                )
-                .await
-                .map_err(|e| match e {
-                    crate::Error::Store(e) => CallError::Store(e),
-                    other => CallError::Config {
-                        message: format!(
-                            "{plugin_name} {version}, which its rollout serves, cannot be loaded: {}",
-                            crate::error::chain(&other)
-                        ),
-                    },
-                })?,
+            // Boxed: loading a version is rare and its future large.
+            Some(version) => Box::pin(self.served.load(
+                self.engine,
+                self.cache,
+                &self.config.policy,
+                plugin_name,
+                version,
+            ))
+            .await
+            .map_err(|e| match e {
+                crate::Error::Store(e) => CallError::Store(e),
+                other => CallError::Config {
+                    message: format!(
+                        "{plugin_name} {version}, which its rollout serves, cannot be loaded: {}",
+                        crate::error::chain(&other)
+                    ),
+                },
+            })?,
             None => self
                 .plugins
                 .get(plugin_name)

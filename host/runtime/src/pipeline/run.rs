@@ -156,20 +156,20 @@ async fn run_tool_inner(
     // Cancellation drops the guest's future, and with it the only path
     // back into the instance: it never runs again (it yields to the
     // executor at every epoch tick, so this takes at most one tick).
-    let outcome = unless_cancelled(
-        cancel,
-        tracing::Instrument::instrument(
-            with_deadline(limits, async {
-                let instance = plugin.pre.instantiate_async(&mut store).await?;
-                instance
-                    .airlock_plugin_tools()
-                    .call_call(&mut store, tool.name(), &arguments_text, &context)
-                    .await
-            }),
-            span,
-        ),
-    )
-    .await;
+    // Boxed: the guest's futures (wasmtime's instantiation and call, under
+    // the deadline) are most of the call's state; inline, each future
+    // around them would copy them whole as it is built and moved.
+    let guest = Box::pin(tracing::Instrument::instrument(
+        with_deadline(limits, async {
+            let instance = plugin.pre.instantiate_async(&mut store).await?;
+            instance
+                .airlock_plugin_tools()
+                .call_call(&mut store, tool.name(), &arguments_text, &context)
+                .await
+        }),
+        span,
+    ));
+    let outcome = unless_cancelled(cancel, guest).await;
     let duration = started.elapsed();
     let fuel_used = limits
         .fuel
