@@ -34,6 +34,8 @@ pub struct Plugin {
     manifest: Manifest,
     digest: String,
     manifest_digest: String,
+    /// The manifest's version, shared (metrics labels).
+    shared_version: Arc<str>,
     limits: Limits,
     tools: BTreeMap<String, Arc<Tool>>,
     undeclared: Vec<String>,
@@ -71,6 +73,11 @@ impl Plugin {
     /// The plugin's version.
     pub fn version(&self) -> &str {
         &self.manifest.plugin.version
+    }
+
+    /// The plugin's version, shared (metrics labels).
+    pub(crate) fn shared_version(&self) -> &Arc<str> {
+        &self.shared_version
     }
 
     /// The directory the plugin was loaded from.
@@ -147,8 +154,10 @@ impl Plugin {
 pub struct Tool {
     /// `plugin/tool`, made once (every call names its tool).
     id: String,
-    plugin: String,
-    name: String,
+    /// Shared, as the call's metrics labels hold them: a call clones
+    /// them rather than copying the text.
+    plugin: Arc<str>,
+    name: Arc<str>,
     description: String,
     risk: Risk,
     risk_overridden: bool,
@@ -172,8 +181,8 @@ impl Tool {
         let (input_schema, input_validator) = schema::compile_guest_schema(text, true)?;
         Ok(Tool {
             id: "fuzz/tool".to_owned(),
-            plugin: "fuzz".to_owned(),
-            name: "tool".to_owned(),
+            plugin: "fuzz".into(),
+            name: "tool".into(),
             description: String::new(),
             risk: Risk::Read,
             risk_overridden: false,
@@ -225,6 +234,11 @@ impl Tool {
     /// `plugin/tool`.
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The plugin's name and the tool's, shared (metrics labels).
+    pub(crate) fn shared_names(&self) -> (&Arc<str>, &Arc<str>) {
+        (&self.plugin, &self.name)
     }
 
     /// The plugin this tool belongs to.
@@ -298,8 +312,8 @@ impl Tool {
     pub fn info(&self) -> ToolInfo {
         ToolInfo {
             id: self.id().to_owned(),
-            plugin: self.plugin.clone(),
-            name: self.name.clone(),
+            plugin: self.plugin.to_string(),
+            name: self.name.to_string(),
             description: self.description.clone(),
             risk: self.risk,
             input_schema: self.input_schema.clone(),
@@ -407,6 +421,7 @@ pub(crate) async fn load(
 
     Ok(Plugin {
         dir: dir.to_owned(),
+        shared_version: manifest.plugin.version.as_str().into(),
         manifest,
         digest,
         manifest_digest,
@@ -482,6 +497,7 @@ fn reconcile(
     overrides: &BTreeMap<String, Risk>,
 ) -> LoadResult<(ExposedTools, Vec<String>)> {
     let plugin = &manifest.plugin.name;
+    let shared_plugin: Arc<str> = plugin.as_str().into();
     let invalid = |reason: String| LoadError::InvalidToolList {
         plugin: plugin.clone(),
         reason,
@@ -541,9 +557,9 @@ fn reconcile(
             d.name.clone(),
             Arc::new(Tool {
                 id: format!("{plugin}/{}", d.name),
-                plugin: plugin.clone(),
+                plugin: Arc::clone(&shared_plugin),
                 description: text::prefix(&d.description, MAX_DESCRIPTION_BYTES).to_owned(),
-                name: d.name,
+                name: d.name.into(),
                 risk_overridden: overridden.is_some(),
                 risk: overridden.unwrap_or(declared.risk),
                 redact: declared.redact.clone(),

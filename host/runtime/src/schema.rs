@@ -740,17 +740,30 @@ fn add(width: &mut Vec<Weight>, child: &[Weight], shift: usize) -> Result<(), St
 /// Whether `value` nests arrays and objects more than `max` levels deep,
 /// each array or object a level (`[]` is one, `[[]]` two, a scalar none).
 pub(crate) fn deeper_than(value: &Value, max: usize) -> bool {
-    let mut stack = vec![(value, 0usize)];
+    fn container(value: &Value) -> bool {
+        matches!(value, Value::Array(_) | Value::Object(_))
+    }
+    // Containers only, each with its depth (a scalar deepens nothing): a
+    // flat object — most arguments and results — is one push, and no
+    // allocation per container.
+    let mut stack = Vec::new();
+    if container(value) {
+        stack.push((value, 0usize));
+    }
     while let Some((value, depth)) = stack.pop() {
-        let children: Box<dyn Iterator<Item = &Value>> = match value {
-            Value::Array(items) => Box::new(items.iter()),
-            Value::Object(map) => Box::new(map.values()),
-            _ => continue,
-        };
         if depth >= max {
             return true;
         }
-        stack.extend(children.map(|child| (child, depth + 1)));
+        let below = |child: &&Value| container(child);
+        match value {
+            Value::Array(items) => {
+                stack.extend(items.iter().filter(below).map(|c| (c, depth + 1)));
+            }
+            Value::Object(map) => {
+                stack.extend(map.values().filter(below).map(|c| (c, depth + 1)));
+            }
+            _ => {}
+        }
     }
     false
 }

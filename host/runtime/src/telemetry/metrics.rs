@@ -8,6 +8,7 @@
 //! plugin and tool labels, so a caller naming made-up tools cannot grow
 //! the number of series.
 
+use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -21,16 +22,16 @@ use super::CallSummary;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CallLabels {
-    plugin: String,
-    version: String,
-    tool: String,
+    plugin: Arc<str>,
+    version: Arc<str>,
+    tool: Arc<str>,
     outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ToolLabels {
-    plugin: String,
-    tool: String,
+    plugin: Arc<str>,
+    tool: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -80,12 +81,15 @@ pub(super) struct Metrics {
     pub(super) audit_queue_depth: Gauge,
     pub(super) audit_checkpoint_age: FloatGauge,
     pub(super) alerts_firing: Gauge,
+    /// The empty label value of a call that never resolved to a tool.
+    unresolved: Arc<str>,
 }
 
 impl Metrics {
     pub(super) fn new() -> Metrics {
         let mut registry = Registry::with_prefix("airlock");
         let m = Metrics {
+            unresolved: Arc::from(""),
             calls: Family::default(),
             duration: Family::new_with_constructor(duration_histogram),
             fuel: Family::new_with_constructor(fuel_histogram),
@@ -193,21 +197,23 @@ impl Metrics {
 
     /// Count one finished call.
     pub(super) fn observe(&self, call: &CallSummary) {
+        // Labels share the names the call's plugin and tool hold: a
+        // lookup clones three `Arc`s, not three strings.
         let (plugin, version, tool) = match &call.resolved {
-            Some(r) => (r.plugin.as_str(), r.version.as_str(), r.tool.as_str()),
-            None => ("", "", ""),
+            Some(r) => (&r.plugin, &r.version, &r.tool),
+            None => (&self.unresolved, &self.unresolved, &self.unresolved),
         };
         self.calls
             .get_or_create(&CallLabels {
-                plugin: plugin.to_owned(),
-                version: version.to_owned(),
-                tool: tool.to_owned(),
+                plugin: Arc::clone(plugin),
+                version: Arc::clone(version),
+                tool: Arc::clone(tool),
                 outcome: call.outcome,
             })
             .inc();
         let tool_labels = ToolLabels {
-            plugin: plugin.to_owned(),
-            tool: tool.to_owned(),
+            plugin: Arc::clone(plugin),
+            tool: Arc::clone(tool),
         };
         self.duration
             .get_or_create(&tool_labels)

@@ -17,6 +17,7 @@ mod metrics;
 mod otlp;
 pub(crate) mod traceparent;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::error::{CallError, CallResult, Store};
@@ -308,9 +309,9 @@ impl Step {
 #[cfg_attr(not(feature = "otlp"), allow(dead_code))]
 #[derive(Debug, Clone)]
 pub(crate) struct Resolved {
-    pub(crate) plugin: String,
-    pub(crate) version: String,
-    pub(crate) tool: String,
+    pub(crate) plugin: Arc<str>,
+    pub(crate) version: Arc<str>,
+    pub(crate) tool: Arc<str>,
     pub(crate) risk: &'static str,
 }
 
@@ -402,10 +403,11 @@ impl CallSummary {
     /// The call resolved to `tool` of `plugin`.
     pub(crate) fn resolved(&mut self, plugin: &Plugin, tool: &Tool) {
         self.tool_ref = tool.id().to_owned();
+        let (plugin_name, tool_name) = tool.shared_names();
         self.resolved = Some(Resolved {
-            plugin: plugin.name().to_owned(),
-            version: plugin.version().to_owned(),
-            tool: tool.name().to_owned(),
+            plugin: Arc::clone(plugin_name),
+            version: Arc::clone(plugin.shared_version()),
+            tool: Arc::clone(tool_name),
             risk: tool.risk().as_str(),
         });
     }

@@ -154,8 +154,11 @@ impl Spans {
             KeyValue::new("airlock.tool", call.tool_ref.clone()),
         ];
         if let Some(r) = &call.resolved {
-            attributes.push(KeyValue::new("airlock.plugin", r.plugin.clone()));
-            attributes.push(KeyValue::new("airlock.plugin.version", r.version.clone()));
+            attributes.push(KeyValue::new("airlock.plugin", r.plugin.to_string()));
+            attributes.push(KeyValue::new(
+                "airlock.plugin.version",
+                r.version.to_string(),
+            ));
             attributes.push(KeyValue::new("airlock.risk", r.risk));
         }
         if call.ran {
