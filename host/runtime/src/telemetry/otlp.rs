@@ -10,6 +10,7 @@
 
 use std::borrow::Cow;
 use std::cell::Cell;
+use std::sync::Arc;
 use std::time::Duration;
 
 use opentelemetry::trace::{
@@ -154,10 +155,10 @@ impl Spans {
             KeyValue::new("airlock.tool", call.tool_ref.clone()),
         ];
         if let Some(r) = &call.resolved {
-            attributes.push(KeyValue::new("airlock.plugin", r.plugin.to_string()));
+            attributes.push(KeyValue::new("airlock.plugin", Arc::clone(&r.plugin)));
             attributes.push(KeyValue::new(
                 "airlock.plugin.version",
-                r.version.to_string(),
+                Arc::clone(&r.version),
             ));
             attributes.push(KeyValue::new("airlock.risk", r.risk));
         }
