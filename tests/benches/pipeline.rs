@@ -124,6 +124,23 @@ fn us(d: Duration) -> String {
     format!("{:.1} µs", d.as_secs_f64() * 1e6)
 }
 
+/// CPU time of this process so far: every thread's, user and system (the
+/// audit log's writer and sled's threads with the callers'), from the
+/// kernel's per-process clock.
+fn process_cpu() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    Duration::new(
+        u64::try_from(t.tv_sec).unwrap_or(0),
+        u32::try_from(t.tv_nsec).unwrap_or(0),
+    )
+}
+
+/// CPU time a call: `cpu` spent on `calls` calls.
+fn per_call(cpu: Duration, calls: usize) -> Duration {
+    cpu.checked_div(u32::try_from(calls.max(1)).unwrap_or(u32::MAX))
+        .unwrap_or_default()
+}
+
 fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1e3)
 }
@@ -417,7 +434,7 @@ where
     F: Fn() -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send,
 {
-    let (samples, elapsed) = throughput_slice(callers, period, Arc::new(call)).await;
+    let (samples, elapsed, _) = throughput_slice(callers, period, Arc::new(call)).await;
     rate_of(samples, elapsed)
 }
 
@@ -428,17 +445,19 @@ fn rate_of(samples: Vec<Duration>, elapsed: Duration) -> (f64, Latency) {
 }
 
 /// `callers` tasks calling `call` in a loop for `period`: each call's
-/// latency, and how long it took for all of them to finish.
+/// latency, how long it took for all of them to finish, and the process's
+/// CPU time meanwhile.
 async fn throughput_slice<F, Fut>(
     callers: usize,
     period: Duration,
     call: Arc<F>,
-) -> (Vec<Duration>, Duration)
+) -> (Vec<Duration>, Duration, Duration)
 where
     F: Fn() -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send,
 {
     let started = Instant::now();
+    let cpu = process_cpu();
     let until = started + period;
     let tasks: Vec<_> = (0..callers)
         .map(|_| {
@@ -463,7 +482,11 @@ where
     for task in tasks {
         samples.extend(task.await.unwrap());
     }
-    (samples, started.elapsed())
+    (
+        samples,
+        started.elapsed(),
+        process_cpu().saturating_sub(cpu),
+    )
 }
 
 /// Slices a throughput comparison takes turns in.
@@ -507,12 +530,7 @@ impl Side {
 /// better than that of two runs one after the other. After each slice a
 /// host side is settled (its audit log's queue written and flushed) within
 /// its own time, so its writer thread does not run in the other side's.
-async fn throughput_pair(
-    callers: usize,
-    period: Duration,
-    a: Side,
-    b: Side,
-) -> ((f64, Latency), (f64, Latency)) {
+async fn throughput_pair(callers: usize, period: Duration, a: Side, b: Side) -> (Run, Run) {
     async fn slice<F, Fut>(
         callers: usize,
         period: Duration,
@@ -520,20 +538,24 @@ async fn throughput_pair(
         settle: Option<&Arc<Host>>,
         samples: &mut Vec<Duration>,
         time: &mut Duration,
+        cpu: &mut Duration,
     ) where
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send,
     {
-        let (taken, took) = throughput_slice(callers, period, Arc::clone(call)).await;
+        let (taken, took, used) = throughput_slice(callers, period, Arc::clone(call)).await;
         samples.extend(taken);
         *time += took;
+        *cpu += used;
         if let Some(host) = settle {
             let started = Instant::now();
+            let before = process_cpu();
             let host = Arc::clone(host);
             tokio::task::spawn_blocking(move || host.audit().flush().unwrap())
                 .await
                 .unwrap();
             *time += started.elapsed();
+            *cpu += process_cpu().saturating_sub(before);
         }
     }
     let caller = |side: &Side| {
@@ -545,8 +567,8 @@ async fn throughput_pair(
     };
     let (a_call, b_call) = (caller(&a), caller(&b));
     let part = period / SLICES;
-    let (mut a_samples, mut a_time) = (Vec::new(), Duration::ZERO);
-    let (mut b_samples, mut b_time) = (Vec::new(), Duration::ZERO);
+    let (mut a_samples, mut a_time, mut a_cpu) = (Vec::new(), Duration::ZERO, Duration::ZERO);
+    let (mut b_samples, mut b_time, mut b_cpu) = (Vec::new(), Duration::ZERO, Duration::ZERO);
     for _ in 0..SLICES {
         slice(
             callers,
@@ -555,6 +577,7 @@ async fn throughput_pair(
             a.settle(),
             &mut a_samples,
             &mut a_time,
+            &mut a_cpu,
         )
         .await;
         slice(
@@ -564,10 +587,38 @@ async fn throughput_pair(
             b.settle(),
             &mut b_samples,
             &mut b_time,
+            &mut b_cpu,
         )
         .await;
     }
-    (rate_of(a_samples, a_time), rate_of(b_samples, b_time))
+    (
+        Run::of(a_samples, a_time, a_cpu),
+        Run::of(b_samples, b_time, b_cpu),
+    )
+}
+
+/// One side's figures in [`throughput_pair`].
+struct Run {
+    /// Calls a second.
+    rate: f64,
+    latency: Latency,
+    /// The process's CPU time a call (every thread: the audit log's writer
+    /// and sled's with the callers'). With every core busy, calls/s is the
+    /// cores over this, so two sides' CPU a call give the ratio of their
+    /// calls/s without the share of the machine another load takes.
+    cpu: Duration,
+}
+
+impl Run {
+    fn of(samples: Vec<Duration>, elapsed: Duration, cpu: Duration) -> Run {
+        let calls = samples.len();
+        let (rate, latency) = rate_of(samples, elapsed);
+        Run {
+            rate,
+            latency,
+            cpu: per_call(cpu, calls),
+        }
+    }
 }
 
 fn host_config(data: &Path, cache: &Path) -> HostConfig {
@@ -743,6 +794,7 @@ async fn run(effort: Effort) {
                 })
             })
         };
+        let cpu = process_cpu();
         let until = Instant::now() + Duration::from_secs(seconds);
         let tasks: Vec<_> = (0..callers)
             .map(|_| {
@@ -763,12 +815,14 @@ async fn run(effort: Effort) {
         for task in tasks {
             took.extend(task.await.unwrap());
         }
+        let cpu = process_cpu().saturating_sub(cpu);
         let l = Latency::of(took);
         println!(
-            "{} calls in {seconds} s with {callers} callers: p50 {}, p99 {}",
+            "{} calls in {seconds} s with {callers} callers: p50 {}, p99 {}, CPU a call {} (every thread)",
             l.n,
             us(l.p50),
-            us(l.p99)
+            us(l.p99),
+            us(per_call(cpu, l.n))
         );
         return;
     }
@@ -865,13 +919,16 @@ async fn run(effort: Effort) {
     telemetry_cost(&effort, work.path(), &plugins, &cache).await;
 
     // ------------------------------------------------ throughput
+    // CPU a call is the process's (every thread) over the side's calls:
+    // with the cores busy, raw wasmtime's over Airlock's is the ratio of
+    // their calls/s that the machine's other loads do not move.
     println!("### Throughput (audit batched)\n");
     println!(
-        "| concurrent callers | Airlock calls/s | p50 | p99 | raw wasmtime calls/s | p50 | p99 |"
+        "| concurrent callers | Airlock calls/s | p50 | p99 | CPU a call | raw wasmtime calls/s | p50 | p99 | CPU a call | Airlock ÷ raw: calls/s, by CPU a call |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for callers in CONCURRENCY {
-        let ((rate, l), (raw_rate, rl)) = throughput_pair(
+        let (airlock, raw_run) = throughput_pair(
             callers,
             effort.throughput_for,
             Side::Host(Arc::clone(&host)),
@@ -879,11 +936,17 @@ async fn run(effort: Effort) {
         )
         .await;
         println!(
-            "| {callers} | {rate:.0} | {} | {} | {raw_rate:.0} | {} | {} |",
-            us(l.p50),
-            us(l.p99),
-            us(rl.p50),
-            us(rl.p99)
+            "| {callers} | {:.0} | {} | {} | {} | {:.0} | {} | {} | {} | {:.2}×, {:.2}× |",
+            airlock.rate,
+            us(airlock.latency.p50),
+            us(airlock.latency.p99),
+            us(airlock.cpu),
+            raw_run.rate,
+            us(raw_run.latency.p50),
+            us(raw_run.latency.p99),
+            us(raw_run.cpu),
+            airlock.rate / raw_run.rate,
+            raw_run.cpu.as_secs_f64() / airlock.cpu.as_secs_f64().max(f64::MIN_POSITIVE),
         );
     }
 
@@ -893,12 +956,12 @@ async fn run(effort: Effort) {
     // set apart.
     println!("### Throughput against raw wasmtime under the same limits (audit batched)\n");
     println!(
-        "| concurrent callers | Airlock calls/s | p99 | raw wasmtime under the limits calls/s | p99 | Airlock ÷ it |"
+        "| concurrent callers | Airlock calls/s | p99 | CPU a call | raw wasmtime under the limits calls/s | p99 | CPU a call | Airlock ÷ it: calls/s, by CPU a call |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     let limited = Arc::new(limited);
     for callers in [2, 8, 64] {
-        let ((rate, l), (limited_rate, ll)) = throughput_pair(
+        let (airlock, limited_run) = throughput_pair(
             callers,
             effort.throughput_for,
             Side::Host(Arc::clone(&host)),
@@ -906,10 +969,15 @@ async fn run(effort: Effort) {
         )
         .await;
         println!(
-            "| {callers} | {rate:.0} | {} | {limited_rate:.0} | {} | {:.2}× |",
-            us(l.p99),
-            us(ll.p99),
-            rate / limited_rate
+            "| {callers} | {:.0} | {} | {} | {:.0} | {} | {} | {:.2}×, {:.2}× |",
+            airlock.rate,
+            us(airlock.latency.p99),
+            us(airlock.cpu),
+            limited_run.rate,
+            us(limited_run.latency.p99),
+            us(limited_run.cpu),
+            airlock.rate / limited_run.rate,
+            limited_run.cpu.as_secs_f64() / airlock.cpu.as_secs_f64().max(f64::MIN_POSITIVE),
         );
     }
     println!();
@@ -929,11 +997,11 @@ async fn run(effort: Effort) {
         unzeroed.instance_allocation()
     );
     println!(
-        "| concurrent callers | stacks zeroed (default) calls/s | p99 | not zeroed calls/s | p99 | raw wasmtime calls/s |"
+        "| concurrent callers | stacks zeroed (default) calls/s | p99 | CPU a call | not zeroed calls/s | p99 | CPU a call | raw wasmtime calls/s |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
     for callers in [2, 8] {
-        let ((zeroed, zl), (not, nl)) = throughput_pair(
+        let (zeroed, not) = throughput_pair(
             callers,
             effort.throughput_for,
             Side::Host(Arc::clone(&host)),
@@ -947,11 +1015,15 @@ async fn run(effort: Effort) {
         })
         .await;
         println!(
-            "| {callers} | {zeroed:.0} ({:.2}× raw) | {} | {not:.0} ({:.2}× raw) | {} | {raw_rate:.0} |",
-            zeroed / raw_rate,
-            us(zl.p99),
-            not / raw_rate,
-            us(nl.p99)
+            "| {callers} | {:.0} ({:.2}× raw) | {} | {} | {:.0} ({:.2}× raw) | {} | {} | {raw_rate:.0} |",
+            zeroed.rate,
+            zeroed.rate / raw_rate,
+            us(zeroed.latency.p99),
+            us(zeroed.cpu),
+            not.rate,
+            not.rate / raw_rate,
+            us(not.latency.p99),
+            us(not.cpu),
         );
     }
     println!();
