@@ -949,6 +949,7 @@ async fn run(effort: Effort) {
             raw_run.cpu.as_secs_f64() / airlock.cpu.as_secs_f64().max(f64::MIN_POSITIVE),
         );
     }
+    println!();
 
     // ------------------------------------------------ the same sandbox
     // The pipeline next to raw wasmtime under the same limits, in turn:
