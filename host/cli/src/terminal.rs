@@ -39,8 +39,7 @@ pub(crate) fn escape(text: &str) -> Cow<'_, str> {
 }
 
 fn needs_escape(c: char) -> bool {
-    c.is_control()
-        || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}')
+    c.is_control() || airlock_host::audit_log::text::reorders(c)
 }
 
 #[cfg(test)]

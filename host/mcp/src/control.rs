@@ -309,10 +309,7 @@ pub async fn serve(
     let router = behind_checks(
         routes(host),
         Arc::new(Guard::loopback_only()),
-        BodyBound {
-            max_bytes: config.max_request_bytes,
-            timeout: config.body_read_timeout,
-        },
+        BodyBound::new(config.max_request_bytes, config.body_read_timeout),
     );
     serve_connections(
         ControlListener { listener, uid },

@@ -41,6 +41,13 @@
 //! - [`HttpConfig::max_connections`]: connections open at once. One past
 //!   the cap is accepted and closed at once (not left in the kernel's
 //!   backlog), so a well-behaved client gets a prompt error to retry on.
+//!   Callers' event streams (`GET /mcp`, open as long as their client
+//!   likes) may take half of them at most, and one caller
+//!   [`MAX_STREAMS_PER_CALLER`]: the rest stay for requests, approvers'
+//!   and the console's among them.
+//! - Request bodies the listener holds at once (read before any token is
+//!   checked): four of the largest, at least 64 MiB; past that a request
+//!   is answered `503` at once.
 //!
 //! # Console
 //! `/console` is the approvers' and operators' console in a browser
@@ -109,6 +116,9 @@ pub const MAX_SESSIONS_PER_CALLER: usize = 64;
 /// Most MCP sessions the server holds open at once, all callers together;
 /// past it a new `initialize` is refused (503).
 pub const MAX_SESSIONS: usize = 4096;
+/// Most event streams (`GET /mcp`) one caller may hold open at once; past
+/// it another is refused (429) until one closes.
+pub const MAX_STREAMS_PER_CALLER: usize = 16;
 
 /// One caller token: the SHA-256 (hex) of the secret and who it is.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -360,11 +370,38 @@ impl Guard {
     }
 }
 
-/// How much body a request may send, and how fast.
-#[derive(Debug, Clone, Copy)]
+/// How much body a request may send, and how fast; and how many bytes of
+/// bodies the listener holds at once.
+#[derive(Debug, Clone)]
 pub(crate) struct BodyBound {
-    pub(crate) max_bytes: usize,
-    pub(crate) timeout: Duration,
+    max_bytes: usize,
+    timeout: Duration,
+    /// Bytes of request bodies read (or being read) and not yet let go,
+    /// all requests together: a permit a byte.
+    in_flight: Arc<Semaphore>,
+}
+
+/// Least room for request bodies held at once, whatever the size bound.
+const MIN_BODY_BYTES_IN_FLIGHT: usize = 64 << 20;
+
+impl BodyBound {
+    /// Bodies of at most `max_bytes`, delivered within `timeout`; room for
+    /// four bodies of the largest size held at once, at least
+    /// [`MIN_BODY_BYTES_IN_FLIGHT`] bytes.
+    pub(crate) fn new(max_bytes: usize, timeout: Duration) -> BodyBound {
+        let room = max_bytes.saturating_mul(4).max(MIN_BODY_BYTES_IN_FLIGHT);
+        BodyBound::with_room(max_bytes, timeout, room)
+    }
+
+    /// Bodies of at most `max_bytes`, within `timeout`, `room` bytes of
+    /// them held at once.
+    fn with_room(max_bytes: usize, timeout: Duration, room: usize) -> BodyBound {
+        BodyBound {
+            max_bytes,
+            timeout,
+            in_flight: Arc::new(Semaphore::new(room.min(Semaphore::MAX_PERMITS))),
+        }
+    }
 }
 
 /// Caller tokens by hash, and the OAuth issuers' tokens.
@@ -377,6 +414,12 @@ struct Callers {
     sessions: Arc<LocalSessionManager>,
     /// Who opened each session, and the sessions being opened.
     session_owners: std::sync::Mutex<SessionOwners>,
+    /// Event streams open, by caller.
+    streams: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    /// Most event streams open at once, all callers together: half the
+    /// listener's connections, so that streams held open cannot take the
+    /// connections approvers, the console and calls need.
+    max_streams: usize,
 }
 
 /// Who opened each open session, to count a caller's; and the `initialize`
@@ -384,13 +427,35 @@ struct Callers {
 /// ones cannot all pass the check before any session exists).
 #[derive(Debug, Default)]
 struct SessionOwners {
-    by_session: std::collections::HashMap<String, String>,
+    /// Each open session's opener, and when it was recorded (a count of
+    /// sessions recorded before it: see [`Callers::open_session`]).
+    by_session: std::collections::HashMap<String, (String, u64)>,
+    /// Sessions recorded so far.
+    recorded: u64,
     opening: std::collections::HashMap<String, usize>,
 }
 
 impl SessionOwners {
     fn opening_total(&self) -> usize {
         self.opening.values().sum()
+    }
+
+    /// Forget the owners of sessions closed since: those recorded before
+    /// `recorded_before` whose session is not in `open` (a snapshot of the
+    /// SDK's sessions taken after `recorded_before` was read). An owner
+    /// recorded later is kept whatever the snapshot says: its session may
+    /// have opened after the snapshot.
+    fn prune(&mut self, open: &std::collections::HashSet<String>, recorded_before: u64) {
+        self.by_session
+            .retain(|id, (_, recorded)| open.contains(id) || *recorded >= recorded_before);
+    }
+
+    /// Record `principal` as the opener of `session`.
+    fn record(&mut self, session: &str, principal: &str) {
+        let recorded = self.recorded;
+        self.recorded += 1;
+        self.by_session
+            .insert(session.to_owned(), (principal.to_owned(), recorded));
     }
 }
 
@@ -404,10 +469,7 @@ struct Opening<'a> {
 
 impl Opening<'_> {
     fn opened(self, session: &str) {
-        self.callers
-            .owners()
-            .by_session
-            .insert(session.to_owned(), self.principal.clone());
+        self.callers.owners().record(session, &self.principal);
     }
 }
 
@@ -433,6 +495,11 @@ impl Callers {
     /// A session `principal` may open now, counted until it is open; or
     /// why it may not.
     async fn open_session(&self, principal: &str) -> Result<Opening<'_>, Response> {
+        // Owners recorded from here on are kept whatever the snapshot below
+        // says: a session is in the SDK's table before its opener is
+        // recorded (after its `initialize` is answered), but one recorded
+        // after this point may have opened after the snapshot was taken.
+        let recorded_before = self.owners().recorded;
         let open: std::collections::HashSet<String> = self
             .sessions
             .sessions
@@ -442,7 +509,7 @@ impl Callers {
             .map(ToString::to_string)
             .collect();
         let mut owners = self.owners();
-        owners.by_session.retain(|id, _| open.contains(id));
+        owners.prune(&open, recorded_before);
         let total = open.len() + owners.opening_total();
         if total >= MAX_SESSIONS {
             tracing::warn!(
@@ -459,7 +526,7 @@ impl Callers {
         let held = owners
             .by_session
             .values()
-            .filter(|p| *p == principal)
+            .filter(|(p, _)| p == principal)
             .count()
             + owners.opening.get(principal).copied().unwrap_or(0);
         if held >= MAX_SESSIONS_PER_CALLER {
@@ -485,7 +552,83 @@ impl Callers {
     }
 }
 
+/// An event stream `principal` holds open, counted against the limits
+/// until its response body is dropped (the stream ended or its client
+/// went away).
+struct StreamSlot {
+    callers: Arc<Callers>,
+    principal: String,
+}
+
+impl StreamSlot {
+    /// Kept alive by whatever calls this (the stream's body).
+    fn held(&self) {}
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        let mut streams = self.callers.stream_counts();
+        if let Some(n) = streams.get_mut(&self.principal) {
+            *n -= 1;
+            if *n == 0 {
+                streams.remove(&self.principal);
+            }
+        }
+    }
+}
+
 impl Callers {
+    fn stream_counts(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, usize>> {
+        self.streams
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A slot for one more event stream of `principal`; or why not.
+    ///
+    /// # Security
+    /// An event stream lasts as long as its client keeps it open (the
+    /// header and body timeouts are over once it answers): without these
+    /// bounds one caller opening streams takes every connection of the
+    /// listener, approvers' and the console's among them.
+    fn open_stream(self: &Arc<Self>, principal: &str) -> Result<StreamSlot, Box<Response>> {
+        let mut streams = self.stream_counts();
+        let total: usize = streams.values().sum();
+        if total >= self.max_streams {
+            tracing::warn!(
+                streams = total,
+                "MCP event stream refused: the server holds its most"
+            );
+            return Err(Box::new(plain(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!(
+                    "the server holds its most MCP event streams ({}); try again later",
+                    self.max_streams
+                ),
+            )));
+        }
+        let held = streams.get(principal).copied().unwrap_or(0);
+        if held >= MAX_STREAMS_PER_CALLER {
+            tracing::warn!(
+                principal,
+                held,
+                "MCP event stream refused: the caller holds its most"
+            );
+            return Err(Box::new(plain(
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!(
+                    "this caller holds {held} open MCP event streams, the most allowed \
+                     ({MAX_STREAMS_PER_CALLER}); close one first"
+                ),
+            )));
+        }
+        *streams.entry(principal.to_owned()).or_default() += 1;
+        Ok(StreamSlot {
+            callers: Arc::clone(self),
+            principal: principal.to_owned(),
+        })
+    }
+
     fn principal(&self, token: &str) -> Option<String> {
         self.tokens
             .iter()
@@ -535,6 +678,8 @@ pub fn router(
         oauth,
         sessions,
         session_owners: std::sync::Mutex::default(),
+        streams: std::sync::Mutex::default(),
+        max_streams: (config.max_connections / 2).max(1),
     });
     let mut mcp_routes = Router::new()
         .route_service(MCP_PATH, mcp)
@@ -589,10 +734,46 @@ pub(crate) fn behind_checks(router: Router, guard: Arc<Guard>, bound: BodyBound)
 }
 
 fn body_bound(config: &HttpConfig) -> BodyBound {
-    BodyBound {
-        max_bytes: config.max_request_bytes,
-        timeout: config.body_read_timeout,
+    BodyBound::new(config.max_request_bytes, config.body_read_timeout)
+}
+
+/// Why a body was not read.
+enum BodyRefused {
+    TooLarge,
+    NoRoom,
+    Broken,
+}
+
+/// Read `body` whole, at most `bound.max_bytes`, each chunk taking its
+/// size from `bound.in_flight` into `held`.
+async fn read_bounded(
+    mut body: axum::body::Body,
+    bound: &BodyBound,
+    held: &mut Option<tokio::sync::OwnedSemaphorePermit>,
+) -> std::result::Result<bytes::Bytes, BodyRefused> {
+    use http_body_util::BodyExt as _;
+    let mut bytes = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Err(BodyRefused::Broken);
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if bytes.len().saturating_add(data.len()) > bound.max_bytes {
+            return Err(BodyRefused::TooLarge);
+        }
+        let size = u32::try_from(data.len()).map_err(|_| BodyRefused::TooLarge)?;
+        let Ok(permit) = Arc::clone(&bound.in_flight).try_acquire_many_owned(size) else {
+            return Err(BodyRefused::NoRoom);
+        };
+        match held {
+            Some(held) => held.merge(permit),
+            None => *held = Some(permit),
+        }
+        bytes.extend_from_slice(&data);
     }
+    Ok(bytes.freeze())
 }
 
 /// Read a request's whole body, at most `max_bytes`, within `timeout`,
@@ -600,38 +781,66 @@ fn body_bound(config: &HttpConfig) -> BodyBound {
 /// trickles is answered `408`, one too large `413`. Bodies here are small
 /// JSON documents, so holding one in memory costs what the size bound
 /// allows.
+///
+/// # Security
+/// Bodies are read before any token is checked, so what the listener
+/// holds of them at once is bounded too (`BodyBound::in_flight`): past it
+/// a request is answered `503` at once, and unauthenticated clients
+/// sending large bodies slowly cannot grow the server's memory past
+/// that room.
 async fn read_body_in_time(
     State(bound): State<BodyBound>,
     request: Request,
     next: Next,
 ) -> Response {
     let (parts, body) = request.into_parts();
-    let read = tokio::time::timeout(bound.timeout, axum::body::to_bytes(body, bound.max_bytes));
+    // Held until the request is answered: its body is in memory till then.
+    let mut held = None;
+    let read = tokio::time::timeout(bound.timeout, read_bounded(body, &bound, &mut held));
+    let closing = |status: StatusCode, message: &str| {
+        let mut response = plain(status, message);
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        response
+    };
     let bytes = match read.await {
         Ok(Ok(bytes)) => bytes,
-        Ok(Err(_)) => {
+        Ok(Err(BodyRefused::TooLarge)) => {
             return plain(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 &format!("request body over {} bytes", bound.max_bytes),
             );
         }
+        Ok(Err(BodyRefused::NoRoom)) => {
+            tracing::warn!("request refused: the server holds its most request bodies");
+            return closing(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the server holds as many request bodies as it may; try again shortly",
+            );
+        }
+        Ok(Err(BodyRefused::Broken)) => {
+            return closing(
+                StatusCode::BAD_REQUEST,
+                "the request body could not be read",
+            );
+        }
         Err(_) => {
             tracing::debug!("request body not delivered in time");
-            let mut response = plain(
+            return closing(
                 StatusCode::REQUEST_TIMEOUT,
                 &format!(
                     "request body not delivered within {} ms",
                     bound.timeout.as_millis()
                 ),
             );
-            response
-                .headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return response;
         }
     };
-    next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
-        .await
+    let response = next
+        .run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+        .await;
+    drop(held);
+    response
 }
 
 fn guard(config: &HttpConfig) -> Arc<Guard> {
@@ -1037,17 +1246,31 @@ async fn authenticate_caller(
             }
         },
     };
+    // A session id the SDK would not read (not visible ASCII) is refused:
+    // the SDK takes it for none.
+    if let Some(id) = request.headers().get("mcp-session-id")
+        && !id.as_bytes().iter().all(|b| b.is_ascii_graphic())
+    {
+        return plain(
+            StatusCode::BAD_REQUEST,
+            "Mcp-Session-Id must be visible ASCII",
+        );
+    }
     // A session is its opener's: another caller naming it (to read its
-    // event stream, or close it) finds none.
-    if let Some(id) = request
-        .headers()
-        .get("mcp-session-id")
-        .and_then(|v| v.to_str().ok())
-        && callers
-            .owners()
-            .by_session
-            .get(id)
-            .is_some_and(|owner| *owner != principal)
+    // event stream, or close it) finds none; nor does anyone name a
+    // session with no opener on record (none this server opened).
+    if let Some(id) = request.headers().get("mcp-session-id")
+        && !id
+            .to_str()
+            .ok()
+            .and_then(|id| {
+                callers
+                    .owners()
+                    .by_session
+                    .get(id)
+                    .map(|(owner, _)| *owner == principal)
+            })
+            .unwrap_or(false)
     {
         tracing::warn!(
             principal,
@@ -1058,6 +1281,19 @@ async fn authenticate_caller(
     request
         .extensions_mut()
         .insert(Principal(principal.clone()));
+    if request.method() == axum::http::Method::GET {
+        // An event stream: bounded per caller and in all while it is open.
+        let slot = match callers.open_stream(&principal) {
+            Ok(slot) => slot,
+            Err(refused) => return *refused,
+        };
+        let (parts, body) = next.run(request).await.into_parts();
+        let body = http_body_util::BodyExt::map_frame(body, move |frame| {
+            slot.held();
+            frame
+        });
+        return Response::from_parts(parts, axum::body::Body::new(body));
+    }
     if request.method() != axum::http::Method::POST {
         return next.run(request).await;
     }
@@ -1088,17 +1324,6 @@ async fn authenticate_caller(
                 .into_response();
         }
     };
-    // A session id the SDK would not read (not visible ASCII) is refused:
-    // the SDK takes it for none and opens a session, which this check would
-    // not have counted.
-    if let Some(id) = parts.headers.get("mcp-session-id")
-        && !id.as_bytes().iter().all(|b| b.is_ascii_graphic())
-    {
-        return plain(
-            StatusCode::BAD_REQUEST,
-            "Mcp-Session-Id must be visible ASCII",
-        );
-    }
     // An `initialize` without a session id opens a session: bounded per
     // caller and in all.
     let opens_session = !parts.headers.contains_key("mcp-session-id")
@@ -1410,6 +1635,8 @@ mod tests {
             oauth: None,
             sessions: Arc::default(),
             session_owners: std::sync::Mutex::default(),
+            streams: std::sync::Mutex::default(),
+            max_streams: 1,
         };
         assert_eq!(callers.principal("two").as_deref(), Some("agent-2"));
         assert_eq!(callers.principal("three"), None);
@@ -1644,5 +1871,214 @@ mod tests {
         assert!(config.validate(&[approver]).is_err());
         config.metrics_token_sha256 = Some(hex::encode(Sha256::digest(b"metrics")));
         config.validate(&[]).unwrap();
+    }
+
+    /// A server for `callers` (principal, secret) with `max_connections`,
+    /// whose requests are sent straight to its service.
+    fn mcp_service(callers: &[(&str, &str)], max_connections: usize) -> WithPeer {
+        let host = Arc::new(Host::new(airlock_host::HostConfig::default()).unwrap());
+        let server = McpServer::new(host, crate::ServeOptions::default());
+        let mut config = HttpConfig::new(
+            default_addr(),
+            callers.iter().map(|(p, s)| token_of(p, s)).collect(),
+        );
+        config.max_connections = max_connections;
+        WithPeer {
+            inner: TowerToHyperService::new(
+                router(&server, &config, CancellationToken::new()).unwrap(),
+            ),
+            peer: PeerIp(Some(IpAddr::from([127, 0, 0, 1]))),
+        }
+    }
+
+    /// `method /mcp` as the bearer of `secret`, in `session`: the answer,
+    /// its body unread.
+    async fn mcp(
+        service: &WithPeer,
+        method: &str,
+        secret: &str,
+        session: Option<&str>,
+        body: &str,
+    ) -> hyper::Response<axum::body::Body> {
+        use hyper::service::Service as _;
+        let mut request = hyper::Request::builder()
+            .method(method)
+            .uri(MCP_PATH)
+            .header(header::HOST, "127.0.0.1:7410")
+            .header(header::AUTHORIZATION, format!("Bearer {secret}"))
+            .header(header::ACCEPT, "application/json, text/event-stream");
+        if method == "POST" {
+            request = request.header(header::CONTENT_TYPE, "application/json");
+        }
+        if let Some(session) = session {
+            request = request.header("mcp-session-id", session);
+        }
+        let response = service
+            .call(
+                request
+                    .body(axum::body::Body::from(body.to_owned()))
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        response.map(axum::body::Body::new)
+    }
+
+    const INITIALIZE: &str = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}"#;
+    const PING: &str = r#"{"jsonrpc":"2.0","id":2,"method":"ping"}"#;
+
+    /// A session opened by the bearer of `secret`: its id; `None` when
+    /// refused (with the status).
+    async fn open(service: &WithPeer, secret: &str) -> Result<String, StatusCode> {
+        let response = mcp(service, "POST", secret, None, INITIALIZE).await;
+        if response.status() != StatusCode::OK {
+            return Err(response.status());
+        }
+        Ok(response.headers()["mcp-session-id"]
+            .to_str()
+            .unwrap()
+            .to_owned())
+    }
+
+    #[tokio::test]
+    async fn request_bodies_held_at_once_are_bounded_before_any_token_is_checked() {
+        use http_body_util::BodyExt as _;
+        use hyper::service::Service as _;
+        // A handler that holds its request (and so its body) until told.
+        let entered = Arc::new(tokio::sync::Notify::new());
+        let release = Arc::new(tokio::sync::Notify::new());
+        let app = {
+            let (entered, release) = (Arc::clone(&entered), Arc::clone(&release));
+            Router::new().route(
+                "/",
+                post(move |body: bytes::Bytes| async move {
+                    if body.starts_with(b"hold") {
+                        entered.notify_one();
+                        release.notified().await;
+                    }
+                    body.len().to_string()
+                }),
+            )
+        };
+        let service = TowerToHyperService::new(app.layer(middleware::from_fn_with_state(
+            BodyBound::with_room(800, Duration::from_secs(5), 1000),
+            read_body_in_time,
+        )));
+        let send = |body: String| {
+            let service = service.clone();
+            async move {
+                let request = hyper::Request::post("/")
+                    .body(axum::body::Body::from(body))
+                    .unwrap();
+                let response = service.call(request).await.unwrap();
+                let status = response.status();
+                let text = response.into_body().collect().await.unwrap().to_bytes();
+                (status, String::from_utf8_lossy(&text).into_owned())
+            }
+        };
+        let held = tokio::spawn(send(format!("hold{}", "x".repeat(596))));
+        entered.notified().await;
+        // 600 + 600 is past the room: refused at once, saying why.
+        let (status, text) = send("y".repeat(600)).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{text}");
+        assert!(text.contains("request bodies"), "{text}");
+        // Small ones still fit; one over the size bound is a 413.
+        assert_eq!(send("z".repeat(300)).await.0, StatusCode::OK);
+        assert_eq!(send("z".repeat(801)).await.0, StatusCode::PAYLOAD_TOO_LARGE);
+        // Answered, the first gives its room back.
+        release.notify_one();
+        assert_eq!(held.await.unwrap(), (StatusCode::OK, "600".to_owned()));
+        assert_eq!(
+            send("y".repeat(600)).await,
+            (StatusCode::OK, "600".to_owned())
+        );
+    }
+
+    #[test]
+    fn a_session_recorded_while_the_table_is_pruned_keeps_its_owner() {
+        // Regression: a request counting sessions took its snapshot of the
+        // open ones, another's session opened and its owner was recorded,
+        // then the first pruned every owner missing from its snapshot —
+        // the new one among them, leaving that session uncounted.
+        let mut owners = SessionOwners::default();
+        owners.record("s1", "agent-1");
+        owners.record("s2", "agent-1");
+        let recorded_before = owners.recorded;
+        let open: std::collections::HashSet<String> = ["s1".to_owned()].into();
+        owners.record("s3", "agent-1");
+        owners.prune(&open, recorded_before);
+        let mut kept: Vec<&str> = owners.by_session.keys().map(String::as_str).collect();
+        kept.sort_unstable();
+        // s2 closed before the snapshot; s3 opened after it.
+        assert_eq!(kept, ["s1", "s3"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn sessions_answer_their_opener_only_and_are_capped_per_caller_under_a_storm() {
+        let service = mcp_service(&[("agent-1", "one"), ("agent-2", "two")], 256);
+        // Many `initialize`s at once: exactly the cap opens (regression:
+        // an owner recorded while another request pruned the table was
+        // dropped, its session then uncounted and open to anyone).
+        let storm = (0..MAX_SESSIONS_PER_CALLER + 40).map(|_| {
+            let service = service.clone();
+            tokio::spawn(async move { open(&service, "one").await })
+        });
+        let mut opened = Vec::new();
+        for done in storm {
+            match done.await.unwrap() {
+                Ok(id) => opened.push(id),
+                Err(status) => assert_eq!(status, StatusCode::TOO_MANY_REQUESTS),
+            }
+        }
+        assert_eq!(opened.len(), MAX_SESSIONS_PER_CALLER);
+        assert_eq!(
+            open(&service, "one").await,
+            Err(StatusCode::TOO_MANY_REQUESTS)
+        );
+        // Each answers its opener, and no one else.
+        for id in &opened {
+            let theirs = mcp(&service, "POST", "one", Some(id), PING).await;
+            assert_eq!(theirs.status(), StatusCode::OK, "{id}");
+            let other = mcp(&service, "POST", "two", Some(id), PING).await;
+            assert_eq!(other.status(), StatusCode::NOT_FOUND, "{id}");
+            let other = mcp(&service, "GET", "two", Some(id), "").await;
+            assert_eq!(other.status(), StatusCode::NOT_FOUND, "{id}");
+        }
+        // A session id no one opened finds nothing either.
+        let made_up = mcp(&service, "POST", "one", Some("not-a-session"), PING).await;
+        assert_eq!(made_up.status(), StatusCode::NOT_FOUND);
+        // The other caller's own count is untouched.
+        open(&service, "two").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn event_streams_are_capped_per_caller_and_in_all_leaving_connections_to_others() {
+        // 40 connections: 20 for event streams at most.
+        let service = mcp_service(&[("agent-1", "one"), ("agent-2", "two")], 40);
+        let one = open(&service, "one").await.unwrap();
+        let two = open(&service, "two").await.unwrap();
+        let mut held = Vec::new();
+        for _ in 0..MAX_STREAMS_PER_CALLER {
+            let stream = mcp(&service, "GET", "one", Some(&one), "").await;
+            assert_eq!(stream.status(), StatusCode::OK);
+            held.push(stream);
+        }
+        let refused = mcp(&service, "GET", "one", Some(&one), "").await;
+        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+        // The other caller gets what is left of the server's share.
+        for _ in MAX_STREAMS_PER_CALLER..20 {
+            let stream = mcp(&service, "GET", "two", Some(&two), "").await;
+            assert_eq!(stream.status(), StatusCode::OK);
+            held.push(stream);
+        }
+        let refused = mcp(&service, "GET", "two", Some(&two), "").await;
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        // Requests other than streams still pass.
+        let ping = mcp(&service, "POST", "one", Some(&one), PING).await;
+        assert_eq!(ping.status(), StatusCode::OK);
+        // A stream closed (its body dropped) gives its slot back.
+        drop(held.swap_remove(0));
+        let stream = mcp(&service, "GET", "two", Some(&two), "").await;
+        assert_eq!(stream.status(), StatusCode::OK);
     }
 }

@@ -1008,6 +1008,13 @@ pub enum Error {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ReleaseError {
+    /// What was named is not a plugin name (nothing of that name can be
+    /// installed).
+    #[error("{message}")]
+    InvalidPluginName {
+        /// What is wrong with it.
+        message: String,
+    },
     /// The version is not installed (`airlock plugins install` it first).
     #[error("{plugin} {version} is not installed")]
     NotInstalled {
@@ -1100,6 +1107,7 @@ impl ReleaseError {
     /// A stable, machine-readable name for this error.
     pub fn kind(&self) -> &'static str {
         match self {
+            ReleaseError::InvalidPluginName { .. } => "invalid_plugin_name",
             ReleaseError::NotInstalled { .. } => "version_not_installed",
             ReleaseError::BadPercent { .. } => "invalid_rollout",
             ReleaseError::NothingServes { .. } => "nothing_serves",
@@ -1117,7 +1125,8 @@ impl ReleaseError {
     pub fn class(&self) -> ErrorClass {
         match self {
             ReleaseError::ApprovalRequired { .. } => ErrorClass::Pending,
-            ReleaseError::NotInstalled { .. }
+            ReleaseError::InvalidPluginName { .. }
+            | ReleaseError::NotInstalled { .. }
             | ReleaseError::BadPercent { .. }
             | ReleaseError::NothingServes { .. }
             | ReleaseError::AlreadyServing { .. }

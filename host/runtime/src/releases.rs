@@ -213,6 +213,12 @@ impl std::fmt::Debug for Served {
     }
 }
 
+/// `plugin` is a name a plugin can have ([`check_plugin_name`](airlock_store::check_plugin_name)).
+fn check_name(plugin: &str) -> Result<()> {
+    airlock_store::check_plugin_name(plugin)
+        .map_err(|message| ReleaseError::InvalidPluginName { message }.into())
+}
+
 fn store_error(e: airlock_store::StoreError) -> Error {
     Error::Store(StoreError::new(Store::Plugins, e))
 }
@@ -558,7 +564,11 @@ impl ReleaseParts<'_> {
     }
 
     /// The rollout of `plugin` as stored now.
+    /// The rollout of `plugin`, if it has one; every release action reads
+    /// it first, so a name no plugin can have is refused here, as the
+    /// operator's mistake rather than the store's failure.
     fn current(&self, plugin: &str) -> Result<Option<Versioned<Rollout>>> {
+        check_name(plugin)?;
         self.served.releases.rollout(plugin).map_err(store_error)
     }
 
@@ -569,6 +579,7 @@ impl ReleaseParts<'_> {
         approvals: &ApprovalPolicy,
     ) -> Result<Rollout> {
         let plugin = request.plugin.as_str();
+        check_name(plugin)?;
         if request.percent > 100 {
             return Err(ReleaseError::BadPercent {
                 percent: request.percent,

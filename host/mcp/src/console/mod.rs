@@ -154,9 +154,32 @@ fn html(status: StatusCode, markup: Markup) -> Response {
     (
         status,
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
-        markup.into_string(),
+        visible_reordering(markup.into_string()),
     )
         .into_response()
+}
+
+/// `page` with every character that reorders what a reader sees
+/// ([`reorders`](airlock_host::audit_log::text::reorders)) written as a
+/// visible `\u{…}` escape: a caller's reason or arguments cannot read to
+/// an approver as something they are not. The console's own templates
+/// hold none, so only what came from outside changes.
+fn visible_reordering(page: String) -> String {
+    use airlock_host::audit_log::text::reorders;
+    use std::fmt::Write as _;
+    if !page.chars().any(reorders) {
+        return page;
+    }
+    let mut out = String::with_capacity(page.len() + 32);
+    for c in page.chars() {
+        if reorders(c) {
+            // Writing to a String cannot fail.
+            let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// `303 See Other` to `to` (a fixed console path).
@@ -250,9 +273,11 @@ fn signed_in(console: &Console, headers: &HeaderMap) -> Result<SessionView, Refu
 }
 
 /// Whether a POST comes from a page of this server: `Origin` present and
-/// naming the `Host` the request was sent to, and no `Sec-Fetch-Site`
-/// saying otherwise.
-fn same_origin(headers: &HeaderMap) -> Result<(), &'static str> {
+/// naming the `Host` the request was sent to with the scheme browsers
+/// reach the console by (`https` where cookies are `Secure`: a proxy or
+/// TLS in front; `http` on loopback), and no `Sec-Fetch-Site` saying
+/// otherwise.
+fn same_origin(headers: &HeaderMap, secure: bool) -> Result<(), &'static str> {
     let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) else {
         return Err("a console form must be sent by a browser from this server (no Origin header)");
     };
@@ -260,9 +285,11 @@ fn same_origin(headers: &HeaderMap) -> Result<(), &'static str> {
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .unwrap_or("");
+    let scheme = if secure { "https://" } else { "http://" };
     let authority = origin
-        .strip_prefix("http://")
-        .or_else(|| origin.strip_prefix("https://"));
+        .get(..scheme.len())
+        .filter(|s| s.eq_ignore_ascii_case(scheme))
+        .and_then(|_| origin.get(scheme.len()..));
     if !authority.is_some_and(|a| !host.is_empty() && a.eq_ignore_ascii_case(host)) {
         return Err(
             "a console form must be sent from this server's own pages (Origin does not match)",
@@ -280,8 +307,12 @@ fn same_origin(headers: &HeaderMap) -> Result<(), &'static str> {
 
 /// A POST's form fields, after the checks every console POST passes:
 /// same origin, a form body within [`MAX_FORM_BYTES`].
-fn form_fields(headers: &HeaderMap, body: &Bytes) -> Result<Vec<(String, String)>, Refused> {
-    if let Err(message) = same_origin(headers) {
+fn form_fields(
+    console: &Console,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Vec<(String, String)>, Refused> {
+    if let Err(message) = same_origin(headers, console.secure_cookie) {
         tracing::warn!("console POST refused: {message}");
         return Err(Box::new(error_page(StatusCode::FORBIDDEN, None, message)));
     }
@@ -321,7 +352,7 @@ fn session_form<T: serde::de::DeserializeOwned>(
     headers: &HeaderMap,
     body: &Bytes,
 ) -> Result<(String, SessionView, T), Refused> {
-    let fields = form_fields(headers, body)?;
+    let fields = form_fields(console, headers, body)?;
     let Some((id, view)) = console.session(headers) else {
         return Err(Box::new(error_page(
             StatusCode::UNAUTHORIZED,
@@ -406,7 +437,7 @@ fn token_owner(host: &Host, callers: &[CallerToken], token: &str) -> TokenOwner 
 }
 
 async fn login(State(console): State<Arc<Console>>, headers: HeaderMap, body: Bytes) -> Response {
-    let fields = match form_fields(&headers, &body) {
+    let fields = match form_fields(&console, &headers, &body) {
         Ok(fields) => fields,
         Err(response) => return *response,
     };
@@ -937,7 +968,11 @@ async fn alerts(State(console): State<Arc<Console>>, headers: HeaderMap) -> Resp
 /// refuses in this state (nothing to roll back), `500` for the host's own
 /// failures.
 fn action_refused(who: &SessionView, error: &airlock_host::Error) -> Response {
-    let status = if matches!(error, airlock_host::Error::Config { .. }) {
+    let status = if matches!(
+        error,
+        airlock_host::Error::Config { .. }
+            | airlock_host::Error::Release(airlock_host::ReleaseError::InvalidPluginName { .. })
+    ) {
         StatusCode::BAD_REQUEST
     } else {
         match error.class() {

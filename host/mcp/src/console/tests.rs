@@ -361,6 +361,9 @@ async fn a_post_without_the_sessions_csrf_token_or_from_another_origin_changes_n
         vec![("origin", "https://evil.example")],
         vec![("origin", "http://localhost:9999")],
         vec![("origin", "null")],
+        // This server's host and port, but a page served over another
+        // scheme (regression: the scheme was not compared).
+        vec![("origin", "https://127.0.0.1:7410")],
         vec![("origin", ORIGIN), ("sec-fetch-site", "cross-site")],
     ] {
         let mut all = vec![
@@ -548,6 +551,37 @@ async fn hostile_arguments_reasons_and_principals_are_shown_as_text() {
         // Attribute values cannot be closed early either.
         assert!(!html.contains("\"'&\""), "{html}");
         assert!(!html.contains("href=\"/console/approvals/<"), "{html}");
+    }
+}
+
+#[tokio::test]
+async fn a_reason_that_reorders_its_text_is_shown_with_the_reordering_visible() {
+    // Regression: U+202E in a caller's reason showed "small refund of
+    // $5000" for what reads, logically, "small refund \u{202e}0005$ fo".
+    let f = fixture().await;
+    let sneaky = "small refund \u{202e}0005$ fo\u{2066}x\u{2069}\u{200f}";
+    let id = f.pending("agent", sneaky).await;
+    let (cookie, _) = f.login(ALICE).await;
+    for path in [
+        "/console/approvals".to_owned(),
+        format!("/console/approvals/{id}"),
+    ] {
+        let page = f.get(&path, &cookie).await;
+        assert_eq!(page.status, StatusCode::OK, "{path}");
+        assert!(
+            !page
+                .body
+                .chars()
+                .any(airlock_host::audit_log::text::reorders),
+            "{path}: {}",
+            page.body
+        );
+        assert!(
+            page.body
+                .contains("small refund \\u{202e}0005$ fo\\u{2066}x\\u{2069}\\u{200f}"),
+            "{path}: {}",
+            page.body
+        );
     }
 }
 
@@ -803,6 +837,28 @@ async fn an_approver_pauses_and_resumes_a_tool_on_the_record_and_a_bad_target_or
         )
         .await;
     assert_eq!(answer.status, StatusCode::CONFLICT, "{}", answer.body);
+    // A name no plugin can have: the approver's mistake, named, not a
+    // store failure (regression: answered 409 "the store … failed").
+    for name in ["%3Cx%3E", "..", "%C3%A9", &"a".repeat(200)] {
+        let answer = f
+            .post(
+                &format!("/console/plugins/{name}/rollback"),
+                &cookie,
+                &[("csrf", &csrf)],
+            )
+            .await;
+        assert_eq!(
+            answer.status,
+            StatusCode::BAD_REQUEST,
+            "{name}: {}",
+            answer.body
+        );
+        assert!(
+            answer.body.contains("is not a plugin name"),
+            "{name}: {}",
+            answer.body
+        );
+    }
     let answer = f
         .post(
             "/console/plugins/billing/rollback",
