@@ -120,6 +120,73 @@ pub const MAX_SESSIONS: usize = 4096;
 /// it another is refused (429) until one closes.
 pub const MAX_STREAMS_PER_CALLER: usize = 16;
 
+/// Refused requests logged a second, at most; the rest are counted and
+/// the count logged with the next one logged.
+pub(crate) const REFUSALS_LOGGED_A_SECOND: u32 = 20;
+
+/// The refusals logged in the current second, and those not logged.
+#[derive(Debug)]
+struct RefusalLog {
+    second: Option<std::time::Instant>,
+    logged: u32,
+    unlogged: u64,
+}
+
+static REFUSAL_LOG: std::sync::Mutex<RefusalLog> = std::sync::Mutex::new(RefusalLog {
+    second: None,
+    logged: 0,
+    unlogged: 0,
+});
+
+/// Whether a refused request may be logged now: `Some(n)`, with the `n`
+/// refusals not logged since the last one that was; `None` past
+/// [`REFUSALS_LOGGED_A_SECOND`] in this second.
+///
+/// # Security
+/// Every refusal (a bad token, a foreign `Host`, a session over its
+/// caller's count) is one warning, and anyone who can connect can make
+/// thousands a second: unbounded, they fill the operator's disk and bury
+/// what matters.
+pub(crate) fn refusal_may_be_logged() -> Option<u64> {
+    REFUSAL_LOG
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .allow(std::time::Instant::now())
+}
+
+impl RefusalLog {
+    /// See [`refusal_may_be_logged`]; `now` is the refusal's time.
+    fn allow(&mut self, now: std::time::Instant) -> Option<u64> {
+        if self
+            .second
+            .is_none_or(|start| now.saturating_duration_since(start) >= Duration::from_secs(1))
+        {
+            self.second = Some(now);
+            self.logged = 0;
+        }
+        if self.logged >= REFUSALS_LOGGED_A_SECOND {
+            self.unlogged = self.unlogged.saturating_add(1);
+            return None;
+        }
+        self.logged += 1;
+        Some(std::mem::take(&mut self.unlogged))
+    }
+}
+
+/// `tracing::warn!` for a refused request, within
+/// [`refusal_may_be_logged`]'s bound.
+macro_rules! warn_refused {
+    ($($arg:tt)+) => {
+        if let Some(unlogged) = $crate::http::refusal_may_be_logged() {
+            if unlogged > 0 {
+                tracing::warn!(unlogged, "requests refused and not logged (over {} a second)", $crate::http::REFUSALS_LOGGED_A_SECOND);
+            }
+            tracing::warn!($($arg)+);
+        }
+    };
+}
+pub(crate) use warn_refused;
+
 /// One caller token: the SHA-256 (hex) of the secret and who it is.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -512,7 +579,7 @@ impl Callers {
         owners.prune(&open, recorded_before);
         let total = open.len() + owners.opening_total();
         if total >= MAX_SESSIONS {
-            tracing::warn!(
+            warn_refused!(
                 sessions = total,
                 "MCP session refused: the server holds its most"
             );
@@ -530,7 +597,7 @@ impl Callers {
             .count()
             + owners.opening.get(principal).copied().unwrap_or(0);
         if held >= MAX_SESSIONS_PER_CALLER {
-            tracing::warn!(
+            warn_refused!(
                 principal,
                 held,
                 "MCP session refused: the caller holds its most"
@@ -595,7 +662,7 @@ impl Callers {
         let mut streams = self.stream_counts();
         let total: usize = streams.values().sum();
         if total >= self.max_streams {
-            tracing::warn!(
+            warn_refused!(
                 streams = total,
                 "MCP event stream refused: the server holds its most"
             );
@@ -609,7 +676,7 @@ impl Callers {
         }
         let held = streams.get(principal).copied().unwrap_or(0);
         if held >= MAX_STREAMS_PER_CALLER {
-            tracing::warn!(
+            warn_refused!(
                 principal,
                 held,
                 "MCP event stream refused: the caller holds its most"
@@ -813,7 +880,7 @@ async fn read_body_in_time(
             );
         }
         Ok(Err(BodyRefused::NoRoom)) => {
-            tracing::warn!("request refused: the server holds its most request bodies");
+            warn_refused!("request refused: the server holds its most request bodies");
             return closing(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the server holds as many request bodies as it may; try again shortly",
@@ -1053,13 +1120,13 @@ async fn serve_metrics(State(access): State<Arc<MetricsAccess>>, request: Reques
         Some(hash) => match bearer(request.headers()) {
             None => return unauthorized(None),
             Some(token) if !airlock_audit::token::matches_sha256(token, hash) => {
-                tracing::warn!("/metrics refused: unknown bearer token");
+                warn_refused!("/metrics refused: unknown bearer token");
                 return unauthorized(Some("invalid_token"));
             }
             Some(_) => {}
         },
         None if !access.loopback_peers => {
-            tracing::warn!("/metrics refused: behind a proxy, metrics need a token");
+            warn_refused!("/metrics refused: behind a proxy, metrics need a token");
             return plain(
                 StatusCode::FORBIDDEN,
                 "behind a proxy (serve.behind_proxy) no peer is trusted for being loopback; set serve.metrics_token_sha256 to serve metrics to bearers of that token",
@@ -1068,7 +1135,7 @@ async fn serve_metrics(State(access): State<Arc<MetricsAccess>>, request: Reques
         None => {
             let peer = request.extensions().get::<PeerIp>().and_then(|p| p.0);
             if !peer.is_some_and(|ip| ip.is_loopback()) {
-                tracing::warn!(peer = ?peer, "/metrics refused: not a loopback peer");
+                warn_refused!(peer = ?peer, "/metrics refused: not a loopback peer");
                 return plain(
                     StatusCode::FORBIDDEN,
                     "metrics are served to loopback peers only; set serve.metrics_token_sha256 to serve them to bearers of that token",
@@ -1144,7 +1211,7 @@ async fn check_host_and_origin(
             })
     });
     if !host_ok {
-        tracing::warn!(host = ?host, "request refused: Host not allowed");
+        warn_refused!(host = ?host, "request refused: Host not allowed");
         return plain(
             StatusCode::FORBIDDEN,
             "Host header does not name this server",
@@ -1159,7 +1226,7 @@ async fn check_host_and_origin(
                 .iter()
                 .any(|a| a.trim_end_matches('/').eq_ignore_ascii_case(origin));
         if !allowed {
-            tracing::warn!(origin = %origin, "request refused: Origin not allowed");
+            warn_refused!(origin = %origin, "request refused: Origin not allowed");
             return plain(StatusCode::FORBIDDEN, "Origin not allowed");
         }
     }
@@ -1228,20 +1295,20 @@ async fn authenticate_caller(
     let principal = match (callers.principal(token), &callers.oauth) {
         (Some(principal), _) => principal,
         (None, None) => {
-            tracing::warn!("MCP request refused: unknown bearer token");
+            warn_refused!("MCP request refused: unknown bearer token");
             return unauthorized_caller(&callers, Some("invalid_token"));
         }
         (None, Some(oauth)) => match oauth.verify(token).await {
             Ok(principal) => principal,
             Err(error) if error.kind == OauthErrorKind::JwksUnavailable => {
-                tracing::warn!(error = %error, "MCP request refused: the issuer's keys cannot be fetched");
+                warn_refused!(error = %error, "MCP request refused: the issuer's keys cannot be fetched");
                 return plain(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "the token's issuer cannot be reached to check it; try again later",
                 );
             }
             Err(error) => {
-                tracing::warn!(error = %error, "MCP request refused: access token refused");
+                warn_refused!(error = %error, "MCP request refused: access token refused");
                 return unauthorized_caller(&callers, Some("invalid_token"));
             }
         },
@@ -1272,7 +1339,7 @@ async fn authenticate_caller(
             })
             .unwrap_or(false)
     {
-        tracing::warn!(
+        warn_refused!(
             principal,
             "MCP request refused: names another caller's session"
         );
@@ -1992,6 +2059,25 @@ mod tests {
             send("y".repeat(600)).await,
             (StatusCode::OK, "600".to_owned())
         );
+    }
+
+    #[test]
+    fn refusals_are_logged_at_most_so_many_a_second_and_the_rest_counted() {
+        let mut log = RefusalLog {
+            second: None,
+            logged: 0,
+            unlogged: 0,
+        };
+        let start = std::time::Instant::now();
+        for _ in 0..REFUSALS_LOGGED_A_SECOND {
+            assert_eq!(log.allow(start), Some(0));
+        }
+        for _ in 0..1000 {
+            assert_eq!(log.allow(start + Duration::from_millis(999)), None);
+        }
+        // The next second logs again, first saying how many were not.
+        assert_eq!(log.allow(start + Duration::from_secs(1)), Some(1000));
+        assert_eq!(log.allow(start + Duration::from_secs(1)), Some(0));
     }
 
     #[test]

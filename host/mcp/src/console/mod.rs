@@ -60,7 +60,7 @@ use axum::routing::get;
 use maud::Markup;
 use serde::Deserialize;
 
-use crate::http::{CallerToken, HttpConfig};
+use crate::http::{CallerToken, HttpConfig, warn_refused};
 use crate::server::McpServer;
 use session::{SessionLimits, SessionView, Sessions};
 
@@ -313,7 +313,7 @@ fn form_fields(
     body: &Bytes,
 ) -> Result<Vec<(String, String)>, Refused> {
     if let Err(message) = same_origin(headers, console.secure_cookie) {
-        tracing::warn!("console POST refused: {message}");
+        warn_refused!("console POST refused: {message}");
         return Err(Box::new(error_page(StatusCode::FORBIDDEN, None, message)));
     }
     if body.len() > MAX_FORM_BYTES {
@@ -366,7 +366,7 @@ fn session_form<T: serde::de::DeserializeOwned>(
         _ => false,
     };
     if !token_ok {
-        tracing::warn!(approver = %view.approver, "console POST refused: bad CSRF token");
+        warn_refused!(approver = %view.approver, "console POST refused: bad CSRF token");
         return Err(Box::new(error_page(
             StatusCode::FORBIDDEN,
             Some(&view),
@@ -461,7 +461,7 @@ async fn login(State(console): State<Arc<Console>>, headers: HeaderMap, body: By
     let name = match token_owner(&console.host, &console.callers, token) {
         TokenOwner::Approver(name) => name,
         TokenOwner::Caller => {
-            tracing::warn!("console login refused: a caller's token");
+            warn_refused!("console login refused: a caller's token");
             return html(
                 StatusCode::FORBIDDEN,
                 pages::login(Some(
@@ -470,7 +470,7 @@ async fn login(State(console): State<Arc<Console>>, headers: HeaderMap, body: By
             );
         }
         TokenOwner::Unknown => {
-            tracing::warn!("console login refused: unknown token");
+            warn_refused!("console login refused: unknown token");
             return html(
                 StatusCode::UNAUTHORIZED,
                 pages::login(Some("unknown token: sign in with an approver's token")),
