@@ -559,16 +559,7 @@ impl AuditLog {
         let signing = load_key(&dir.join(SIGNING_KEY_FILE), has_checkpoints, "checkpoints")?;
         let redaction = load_key(&dir.join(REDACTION_KEY_FILE), has_records, "records")?;
         let signing = keys::signing_key(&signing);
-        write_public_key(&dir.join(PUBLIC_KEY_FILE), &signing.verifying_key())?;
-        let keys_dir = dir.join(KEYS_DIR);
-        fs::create_dir_all(&keys_dir).map_err(|e| Error::Key {
-            path: keys_dir.clone(),
-            reason: format!("cannot create: {e}"),
-        })?;
-        write_public_key(
-            &keys_dir.join(format!("{origin}.pub")),
-            &signing.verifying_key(),
-        )?;
+        let public = signing.verifying_key();
         let log = AuditLog::from_parts(
             dir.to_owned(),
             store,
@@ -578,6 +569,16 @@ impl AuditLog {
             config,
         )?;
         log.check_unsigned_tail()?;
+        // Only now, the key having signed this log's checkpoints: a wrong
+        // `signing.key` (restored from the wrong backup) must not replace
+        // the public key an auditor verifies the log with.
+        write_public_key(&dir.join(PUBLIC_KEY_FILE), &public)?;
+        let keys_dir = dir.join(KEYS_DIR);
+        fs::create_dir_all(&keys_dir).map_err(|e| Error::Key {
+            path: keys_dir.clone(),
+            reason: format!("cannot create: {e}"),
+        })?;
+        write_public_key(&keys_dir.join(format!("{origin}.pub")), &public)?;
         // The writer first: recovery may append many records, and
         // appenders leave the writing to it.
         log.start_writer();

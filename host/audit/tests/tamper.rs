@@ -825,6 +825,25 @@ fn key_files_are_guarded() {
     }
     let err = AuditLog::open(dir.path(), AuditConfig::default()).unwrap_err();
     assert!(err.to_string().contains("expected 64 hex digits"), "{err}");
+    // Another valid key (the wrong backup restored): refused, and the
+    // public key an auditor verifies with is left as it was (regression:
+    // it was rewritten with the wrong key's before the refusal).
+    let public = dir.path().join(airlock_audit::PUBLIC_KEY_FILE);
+    let public_before = std::fs::read(&public).unwrap();
+    let origin_key = dir.path().join(airlock_audit::KEYS_DIR);
+    let origin_keys_before: Vec<_> = std::fs::read_dir(&origin_key)
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect();
+    std::fs::write(&key, format!("{}\n", "7".repeat(64))).unwrap();
+    let err = AuditLog::open(dir.path(), AuditConfig::default()).unwrap_err();
+    assert!(matches!(err, Error::Tampered { .. }), "{err}");
+    assert_eq!(std::fs::read(&public).unwrap(), public_before);
+    let origin_keys_after: Vec<_> = std::fs::read_dir(&origin_key)
+        .unwrap()
+        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
+        .collect();
+    assert_eq!(origin_keys_after, origin_keys_before);
     // Restored: opens and verifies.
     std::fs::write(&key, saved).unwrap();
     assert_eq!(verify_dir(dir.path(), &[]), Ok(4));

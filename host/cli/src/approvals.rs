@@ -423,7 +423,15 @@ pub(crate) async fn mode(settings: &Settings, command: ModeCommand) -> Result<u8
     };
     airlock_host::open_mode(&host_config(settings, Calls::Recorded))?
         .set(&mode)
-        .map_err(mode_error)?;
+        .map_err(|e| {
+            // Said first: this is the takeover path, and the store's own
+            // message speaks of reads.
+            let mut failure = Failure::from(mode_error(e));
+            failure.error = failure.error.context(format!(
+                "the host mode was NOT switched to {name}: calls go on as before"
+            ));
+            failure
+        })?;
     println!("host mode: {name} (recorded in the audit log by the next host to run a call)");
     Ok(exit::OK)
 }
