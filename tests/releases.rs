@@ -575,3 +575,75 @@ async fn a_version_record_that_names_a_path_is_refused_not_written_there() {
         assert!(escaped.is_empty(), "{field}: {escaped:?}");
     }
 }
+
+/// An installed version is served from a copy under the data directory's
+/// `versions/`. An edit to that copy (a risk lowered, a signature added)
+/// is refused by name instead of served while the store and the audit log
+/// name the installed files; removing the copy writes it again.
+#[tokio::test]
+async fn an_edited_copy_of_an_installed_version_is_refused_not_served() {
+    let data = tempfile::tempdir().unwrap();
+    {
+        let host = Host::new(config(data.path())).unwrap();
+        install(&host, text_version("1.0.0", |m| m).path()).await;
+        host.plugin_version("text", "1.0.0").await.unwrap();
+    }
+    let parent = data.path().join("versions/text");
+    let copies: Vec<_> = std::fs::read_dir(&parent)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("1.0.0-")
+        })
+        .collect();
+    assert_eq!(copies.len(), 1, "{copies:?}");
+    let copy = copies[0].clone();
+    let manifest = copy.join("plugin.toml");
+    let original = std::fs::read_to_string(&manifest).unwrap();
+    let load = || async {
+        let host = Host::new(config(data.path())).unwrap();
+        host.plugin_version("text", "1.0.0")
+            .await
+            .map(|p| p.manifest_digest().to_owned())
+    };
+    let refusal = |result: Result<String, Error>| match result {
+        Ok(_) => panic!("an edited copy was served"),
+        Err(Error::Store(e)) => {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                text = format!("{text}: {cause}");
+                source = cause.source();
+            }
+            text
+        }
+        Err(other) => panic!("expected a store refusal, got {other:?}"),
+    };
+
+    std::fs::write(
+        &manifest,
+        original.replacen("risk = \"read\"", "risk = \"write\"", 1),
+    )
+    .unwrap();
+    let err = refusal(load().await);
+    assert!(
+        err.contains("plugin.toml") && err.contains("differs"),
+        "{err}"
+    );
+
+    std::fs::write(&manifest, &original).unwrap();
+    let installed = load().await.unwrap();
+    std::fs::write(copy.join("plugin.sig"), "not installed").unwrap();
+    let err = refusal(load().await);
+    assert!(
+        err.contains("plugin.sig") && err.contains("was not installed"),
+        "{err}"
+    );
+
+    std::fs::remove_dir_all(&copy).unwrap();
+    assert_eq!(load().await.unwrap(), installed);
+    assert_eq!(std::fs::read_to_string(&manifest).unwrap(), original);
+}

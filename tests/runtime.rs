@@ -248,6 +248,28 @@ async fn manifest_not_toml() {
     assert!(matches!(err, LoadError::ManifestSyntax { .. }), "{err}");
 }
 
+/// A manifest is read under the size a package may hold: one linked to a
+/// device that never ends is refused, not read until memory runs out.
+#[tokio::test]
+async fn a_manifest_linked_to_an_endless_device_is_refused_by_its_size() {
+    let dir = install_raw(&text_component(), "");
+    let manifest = dir.path().join("plugin.toml");
+    std::fs::remove_file(&manifest).unwrap();
+    std::fs::write(&manifest, vec![b'#'; 64 * 1024 + 1]).unwrap();
+    let err = load_err(&dir).await;
+    assert!(
+        matches!(&err, LoadError::ManifestSyntax { message, .. } if message.contains("limit")),
+        "{err}"
+    );
+    std::fs::remove_file(&manifest).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &manifest).unwrap();
+    let err = load_err(&dir).await;
+    assert!(
+        matches!(&err, LoadError::ManifestSyntax { message, .. } if message.contains("not a regular file")),
+        "{err}"
+    );
+}
+
 #[tokio::test]
 async fn manifest_unknown_field() {
     let err = load_err(&install(

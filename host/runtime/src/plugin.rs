@@ -330,8 +330,7 @@ pub(crate) async fn load(
     dir: &Path,
 ) -> LoadResult<Plugin> {
     let manifest_path = dir.join(MANIFEST_FILE);
-    let manifest_text =
-        std::fs::read_to_string(&manifest_path).map_err(|e| LoadError::io(&manifest_path, e))?;
+    let manifest_text = read_manifest(&manifest_path)?;
     let manifest = Manifest::parse(&manifest_text, &manifest_path)?;
     let manifest_digest = hex::encode(Sha256::digest(manifest_text.as_bytes()));
     let name = manifest.plugin.name.clone();
@@ -437,6 +436,18 @@ pub(crate) async fn load(
         pool_needs,
         pre,
     })
+}
+
+/// The manifest at `path`, read under the size a package may hold: a
+/// manifest linked to a device or a huge file is refused, not read whole.
+fn read_manifest(path: &Path) -> LoadResult<String> {
+    let bytes = match package::read_capped(path, package::MAX_MANIFEST_BYTES) {
+        Err(LoadError::PackageInvalid { path, message }) => {
+            return Err(LoadError::ManifestSyntax { path, message });
+        }
+        read => read?,
+    };
+    package::manifest_text(path, bytes)
 }
 
 pub(crate) fn read_component(path: &Path) -> LoadResult<Vec<u8>> {

@@ -44,7 +44,7 @@ use crate::grants::Policy;
 use crate::ledger::{ApprovalPolicy, Ledger};
 use crate::manifest::MANIFEST_FILE;
 use crate::mode::now_ms;
-use crate::package::{CASES_FILE, Package, SIGNATURE_FILE};
+use crate::package::{self, CASES_FILE, Package, SIGNATURE_FILE};
 use crate::plugin::{self, Plugin};
 
 /// How long a host serves the rollouts it read before reading them again.
@@ -451,6 +451,7 @@ impl Served {
         let parent = self.dir.join(&installed.plugin);
         let dir = parent.join(format!("{}-{short}", installed.version));
         if dir.join(MANIFEST_FILE).is_file() {
+            check_materialized(&dir, installed)?;
             return Ok(dir);
         }
         std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
@@ -1076,6 +1077,71 @@ pub fn write_version(releases: &Releases, installed: &InstalledVersion, dir: &Pa
     airlock_store::file::sync_dir(dir).map_err(|e| Error::io(dir, e))
 }
 
+/// Check that the materialized directory `dir` still holds the files of
+/// `installed`: its manifest (whose pin covers the component, checked when
+/// it loads), its cases and its signature, each by its digest, and none
+/// the version was installed without.
+///
+/// # Security
+/// The directory is only a copy of what the store holds. Without this, an
+/// edit there (a risk lowered, a grant widened, a signature removed) would
+/// serve as edited while the store and the audit log name the installed
+/// files. A copy that differs is refused rather than rewritten: whoever
+/// edited it should see why, and a running host may still be serving from
+/// it.
+///
+/// # Errors
+/// [`Error::Store`] (corrupt) naming the file that differs; [`Error::Load`]
+/// reading one.
+fn check_materialized(dir: &Path, installed: &InstalledVersion) -> Result<()> {
+    let files = [
+        (
+            MANIFEST_FILE,
+            Some(&installed.manifest_digest),
+            package::MAX_MANIFEST_BYTES,
+        ),
+        (
+            CASES_FILE,
+            installed.cases_digest.as_ref(),
+            package::MAX_CASES_BYTES,
+        ),
+        (
+            SIGNATURE_FILE,
+            installed.signature_digest.as_ref(),
+            package::MAX_SIGNATURE_BYTES,
+        ),
+    ];
+    for (name, expected, cap) in files {
+        let path = dir.join(name);
+        let found = match std::fs::symlink_metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io(&path, e)),
+            Ok(_) => Some(hex::encode(Sha256::digest(package::read_capped(
+                &path, cap,
+            )?))),
+        };
+        if found.as_ref() == expected {
+            continue;
+        }
+        let what = match (expected, &found) {
+            (Some(_), Some(found)) => format!("differs from it (sha256 {found})"),
+            (Some(_), None) => "is missing".to_owned(),
+            (None, _) => "was not installed with it".to_owned(),
+        };
+        return Err(store_error(airlock_store::StoreError::new(
+            airlock_store::ErrorKind::Corrupt,
+            format!(
+                "{} of installed {} {} {what}: remove {} and it is written again from the store",
+                path.display(),
+                installed.plugin,
+                installed.version,
+                dir.display()
+            ),
+        )));
+    }
+    Ok(())
+}
+
 /// What a rollout serves, in words.
 pub(crate) fn describe(rollout: &Rollout) -> String {
     match &rollout.canary {
@@ -1094,7 +1160,7 @@ pub(crate) fn describe(rollout: &Rollout) -> String {
 /// names, limits, tools, risks, dropped approval or idempotency
 /// requirements. Empty: `to` is no wider.
 pub(crate) fn widenings(from: &Plugin, to: &Plugin) -> Vec<String> {
-    crate::package::PluginDiff::between(from, to)
+    package::PluginDiff::between(from, to)
         .widenings()
         .map(ToString::to_string)
         .collect()

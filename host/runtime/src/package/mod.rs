@@ -23,8 +23,10 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 pub use diff::{ChangeArea, ChangeKind, Compatibility, PluginChange, PluginDiff};
+pub(crate) use signature::{
+    MAX_SIGNATURE_BYTES, Signed, check as check_signature, read as read_signature,
+};
 pub use signature::{PluginSignature, PublicKey, SIGNATURE_FILE, Signer};
-pub(crate) use signature::{Signed, check as check_signature, read as read_signature};
 
 use crate::error::{ArchiveRefusal, LoadError, LoadResult};
 use crate::grants::Policy;
@@ -35,9 +37,9 @@ use crate::manifest::{MANIFEST_FILE, Manifest};
 pub const CASES_FILE: &str = "cases.jsonl";
 
 /// Largest manifest in a package, in bytes.
-const MAX_MANIFEST_BYTES: u64 = 64 * 1024;
+pub(crate) const MAX_MANIFEST_BYTES: u64 = 64 * 1024;
 /// Largest `cases.jsonl` in a package, in bytes.
-const MAX_CASES_BYTES: u64 = 4 * 1024 * 1024;
+pub(crate) const MAX_CASES_BYTES: u64 = 4 * 1024 * 1024;
 /// Most entries in an archive: one per file a package can hold.
 const MAX_ENTRIES: usize = 4;
 
@@ -47,7 +49,7 @@ fn default_caps() -> archive::Caps {
         manifest: MAX_MANIFEST_BYTES,
         component: crate::plugin::MAX_COMPONENT_BYTES,
         cases: MAX_CASES_BYTES,
-        signature: signature::MAX_SIGNATURE_BYTES,
+        signature: MAX_SIGNATURE_BYTES,
         entries: MAX_ENTRIES,
     }
 }
@@ -575,7 +577,7 @@ impl Files {
 }
 
 /// The manifest's bytes as text.
-fn manifest_text(path: &Path, bytes: Vec<u8>) -> LoadResult<String> {
+pub(crate) fn manifest_text(path: &Path, bytes: Vec<u8>) -> LoadResult<String> {
     String::from_utf8(bytes).map_err(|_| LoadError::ManifestSyntax {
         path: path.to_owned(),
         message: "not UTF-8 text".to_owned(),
@@ -602,7 +604,7 @@ fn check_component_name(name: &str, source: &Path) -> LoadResult<()> {
 }
 
 /// Read a file (following links, like loading does) of at most `cap` bytes.
-fn read_capped(path: &Path, cap: u64) -> LoadResult<Vec<u8>> {
+pub(crate) fn read_capped(path: &Path, cap: u64) -> LoadResult<Vec<u8>> {
     let meta = fs::metadata(path).map_err(|e| LoadError::io(path, e))?;
     if !meta.is_file() {
         return Err(LoadError::PackageInvalid {
