@@ -513,7 +513,8 @@ impl AuditLog {
     #[cfg(feature = "sled")]
     pub fn open(dir: impl AsRef<Path>, config: AuditConfig) -> Result<AuditLog> {
         let dir = dir.as_ref();
-        fs::create_dir_all(dir).map_err(|e| Error::store(dir, format!("cannot create: {e}")))?;
+        airlock_store::file::create_private_dir(dir)
+            .map_err(|e| Error::store(dir, format!("cannot create: {e}")))?;
         let options = airlock_store_sled::SledAuditOptions {
             flush_every_ms: Some(config.group_commit_ms.max(1)),
             lock_wait: Duration::from_millis(config.lock_wait_ms),
@@ -547,7 +548,8 @@ impl AuditLog {
     ) -> Result<AuditLog> {
         check_origin(origin)?;
         let dir = dir.as_ref();
-        fs::create_dir_all(dir).map_err(|e| Error::store(dir, format!("cannot create: {e}")))?;
+        airlock_store::file::create_private_dir(dir)
+            .map_err(|e| Error::store(dir, format!("cannot create: {e}")))?;
         let has_records = store
             .head(origin)
             .map_err(|e| store_error(dir, &e))?

@@ -735,6 +735,39 @@ fn calls_are_audited_and_the_log_verifies_live_and_exported() {
     assert_eq!(missing_key.status.code(), Some(2));
 }
 
+/// The data directory holds the audit log's redacted copies of arguments
+/// and results, the workspace, the ledger and the keys: one any command
+/// creates is owner-only, as `serve`'s always was, whatever the umask.
+#[cfg(unix)]
+#[test]
+fn a_data_directory_any_command_creates_is_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let data = env.data.path().join("new/data");
+    let output = Command::new(airlock())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .arg("--plugins-dir")
+        .arg(PLUGINS_DIR)
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--cache-dir")
+        .arg(&env.cache)
+        .args(["call", "text/slugify", "--args", r#"{"text":"A b"}"#])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700, "{}", data.display());
+    assert_eq!(mode(data.parent().unwrap()), 0o700);
+    for entry in std::fs::read_dir(&data).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            assert_eq!(mode(&path), 0o700, "{}", path.display());
+        }
+    }
+}
+
 #[test]
 fn workspace_commands_show_what_a_plugin_keeps() {
     let env = Env::new();

@@ -86,7 +86,8 @@ pub(crate) fn open(
     match (config, data_dir) {
         (StoreConfig::Sled, Some(dir)) => {
             let audit_dir = dir.join(AUDIT_DIR);
-            std::fs::create_dir_all(&audit_dir).map_err(|e| Error::io(&audit_dir, e))?;
+            airlock_store::file::create_private_dir(&audit_dir)
+                .map_err(|e| Error::io(&audit_dir, e))?;
             let chain = Arc::new(
                 SledAudit::open(
                     &audit_dir.join(DB_DIR),
@@ -102,7 +103,7 @@ pub(crate) fn open(
             let ledger_dir = dir.join(LEDGER_DIR);
             let workspace_dir = dir.join(WORKSPACE_DIR);
             for d in [&ledger_dir, &workspace_dir] {
-                std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+                airlock_store::file::create_private_dir(d).map_err(|e| Error::io(d, e))?;
             }
             let ledger_db = airlock_store_sled::open::open(
                 &sled::Config::new()

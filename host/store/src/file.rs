@@ -118,6 +118,28 @@ pub fn write(
     write_with(path, body, |e| e)
 }
 
+/// Create directory `dir` and any missing parents, each owner-only
+/// (0700); directories that exist are left as they are.
+///
+/// # Security
+/// A data directory holds the audit log with its redacted copies of
+/// arguments and results, the workspace, the ledger's stored results and
+/// the keys: other users of the machine must not read or replace any of
+/// it, whatever the umask.
+///
+/// # Errors
+/// A directory cannot be created.
+pub fn create_private_dir(dir: &Path) -> io::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        builder.mode(0o700);
+    }
+    builder.create(dir)
+}
+
 /// Sync directory `dir`, so a rename or link into it is durable.
 ///
 /// # Errors
@@ -208,6 +230,23 @@ mod tests {
         let key = dir.path().join("key");
         persist_new(private_temporary_beside(&key).unwrap(), &key).unwrap();
         assert_eq!(mode(&key), 0o600);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn private_directories_are_owner_only_and_existing_ones_left_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        let nested = dir.path().join("data/audit");
+        create_private_dir(&nested).unwrap();
+        assert_eq!(mode(&dir.path().join("data")), 0o700);
+        assert_eq!(mode(&nested), 0o700);
+        let open = dir.path().join("shared");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+        create_private_dir(&open).unwrap();
+        assert_eq!(mode(&open), 0o755);
     }
 
     #[test]
