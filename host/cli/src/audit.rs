@@ -55,6 +55,9 @@ pub(crate) enum AuditCommand {
         /// The file to write.
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
+        /// Replace the file if it exists (never one in the data directory).
+        #[arg(long)]
+        force: bool,
     },
     /// Check the hash chain and signed checkpoints of every chain in the
     /// store; name the first bad record of each.
@@ -286,7 +289,10 @@ pub(crate) async fn run(settings: &Settings, command: AuditCommand) -> Result<u8
         } => tail(settings, lines, follow, json).await,
         AuditCommand::Query(args) => query(settings, &args).await,
         AuditCommand::Show { seq, json } => show(settings, &seq, json).await,
-        AuditCommand::Export { out } => export(settings, &out).await,
+        AuditCommand::Export { out, force } => {
+            crate::outfile::check(settings, &out, force)?;
+            export(settings, &out).await
+        }
         AuditCommand::Verify(args) => verify(settings, &args).await,
     }
 }

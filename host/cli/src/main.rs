@@ -8,6 +8,7 @@ mod control;
 mod demo;
 mod eval;
 mod inspect;
+mod outfile;
 mod package;
 mod project;
 mod readiness;

@@ -57,18 +57,21 @@ pub(crate) enum PackageCommand {
 
 pub(crate) async fn run(settings: &Settings, command: PackageCommand) -> Result<u8, Failure> {
     match command {
-        PackageCommand::Pack { dir, out } => pack(&dir, out),
+        PackageCommand::Pack { dir, out } => pack(settings, &dir, out),
         PackageCommand::Keygen { out } => keygen(&out),
         PackageCommand::Sign { path, key } => sign(&path, &key),
         PackageCommand::Diff { a, b, json } => diff(settings, &a, &b, json).await,
     }
 }
 
-fn pack(dir: &Path, out: Option<PathBuf>) -> Result<u8, Failure> {
+fn pack(settings: &Settings, dir: &Path, out: Option<PathBuf>) -> Result<u8, Failure> {
     let package = Package::from_source_dir(dir)?;
     let out = out.unwrap_or_else(|| {
         PathBuf::from(format!("{}-{}.tar.gz", package.name(), package.version()))
     });
+    // Packing again replaces the archive, as an author expects; never a
+    // file of the data directory.
+    crate::outfile::check(settings, &out, true)?;
     package.write_archive(&out)?;
     println!(
         "packed {} {} (component sha256 {}) into {}",

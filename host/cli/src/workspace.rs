@@ -47,6 +47,9 @@ pub(crate) enum WorkspaceCommand {
         /// Write the value to this file instead of stdout.
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
+        /// With --out: replace the file if it exists (never one in the data directory).
+        #[arg(long)]
+        force: bool,
     },
     /// Write everything a plugin keeps (keys of every session, and blobs) to
     /// a JSON-lines file.
@@ -56,6 +59,9 @@ pub(crate) enum WorkspaceCommand {
         /// The file to write.
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
+        /// Replace the file if it exists (never one in the data directory).
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -204,7 +210,11 @@ pub(crate) async fn run(settings: &Settings, command: WorkspaceCommand) -> Resul
             principal,
             session,
             out,
+            force,
         } => {
+            if let Some(out) = &out {
+                crate::outfile::check(settings, out, force)?;
+            }
             let request = ValueRequest {
                 key,
                 principal,
@@ -218,7 +228,8 @@ pub(crate) async fn run(settings: &Settings, command: WorkspaceCommand) -> Resul
                     .context("cannot write to stdout")?,
             }
         }
-        WorkspaceCommand::Export { plugin, out } => {
+        WorkspaceCommand::Export { plugin, out, force } => {
+            crate::outfile::check(settings, &out, force)?;
             let text = store.export(&plugin).await?;
             write_atomically(&out, &text)?;
             eprintln!("exported workspace of `{plugin}` to {}", out.display());

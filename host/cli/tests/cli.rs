@@ -805,6 +805,93 @@ fn workspace_commands_show_what_a_plugin_keeps() {
     assert_eq!(missing.status.code(), Some(2));
 }
 
+/// `--out` of every command that writes a file the user names: a file
+/// that exists is replaced only with `--force`, and never one of the data
+/// directory (a mistyped path replaced the audit log's signing key with an
+/// export), however the path reaches it.
+#[cfg(unix)]
+#[test]
+fn out_files_are_replaced_only_with_force_and_never_in_the_data_directory() {
+    let env = Env::new();
+    let add = env.run(&[
+        "call",
+        "notes/add",
+        "--args",
+        r#"{"title":"T","body":"kept"}"#,
+    ]);
+    assert!(add.status.success(), "{}", stderr(&add));
+    let ls = env.run(&["workspace", "ls", "notes", "--json"]);
+    let principal = json(&ls)["keys"][0]["owner"]["principal"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let out = elsewhere.path().join("out.jsonl");
+    let out_arg = out.to_str().unwrap();
+    let key = env.data.path().join("audit/signing.key");
+    let original_key = std::fs::read(&key).unwrap();
+    let link = elsewhere.path().join("link");
+    std::os::unix::fs::symlink(env.data.path().join("audit"), &link).unwrap();
+    let through_link = link.join("signing.key");
+    let dotted = env.data.path().join("workspace/../audit/signing.key");
+    let commands: [&[&str]; 3] = [
+        &["audit", "export"],
+        &["workspace", "export", "notes"],
+        &[
+            "workspace",
+            "get",
+            "notes",
+            "note/t",
+            "--principal",
+            &principal,
+            "--session",
+            "",
+        ],
+    ];
+    for command in commands {
+        std::fs::write(&out, "mine").unwrap();
+        let with = |out: &str, force: bool| {
+            let mut args = command.to_vec();
+            args.extend(["--out", out]);
+            if force {
+                args.push("--force");
+            }
+            env.run(&args)
+        };
+        let refused = with(out_arg, false);
+        assert_eq!(
+            refused.status.code(),
+            Some(2),
+            "{command:?}: {}",
+            stderr(&refused)
+        );
+        assert!(
+            stderr(&refused).contains("exists: pass --force"),
+            "{}",
+            stderr(&refused)
+        );
+        assert_eq!(std::fs::read_to_string(&out).unwrap(), "mine");
+        let forced = with(out_arg, true);
+        assert!(forced.status.success(), "{command:?}: {}", stderr(&forced));
+        assert_ne!(std::fs::read_to_string(&out).unwrap(), "mine");
+        for path in [&key, &through_link, &dotted] {
+            let refused = with(path.to_str().unwrap(), true);
+            assert_eq!(
+                refused.status.code(),
+                Some(2),
+                "{command:?} {}",
+                path.display()
+            );
+            assert!(
+                stderr(&refused).contains("is a file of the data directory"),
+                "{}",
+                stderr(&refused)
+            );
+            assert_eq!(std::fs::read(&key).unwrap(), original_key);
+        }
+    }
+}
+
 #[test]
 fn inspect_reports_http_imports_not_granted_and_origins_the_policy_refuses() {
     let fetch_wasm = read(&format!("{PLUGINS_DIR}/fetch/fetch.wasm"));
