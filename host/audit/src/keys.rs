@@ -13,6 +13,11 @@ use ed25519_dalek::{SigningKey, VerifyingKey};
 
 use crate::error::{Error, Result};
 
+/// Largest key file read: a key is 64 hex digits and a newline, so
+/// anything much longer is not one (and a path linked to a device is not
+/// read until memory runs out).
+const MAX_KEY_FILE_BYTES: u64 = 4096;
+
 /// 32 secret bytes.
 pub(crate) struct Secret(pub(crate) [u8; 32]);
 
@@ -48,7 +53,8 @@ pub(crate) fn read(path: &Path) -> Result<Secret> {
         return Err(key_error("not a regular file".into()));
     }
     check_private(path, &meta)?;
-    let text = fs::read_to_string(path).map_err(|e| key_error(format!("cannot read: {e}")))?;
+    let text = airlock_store::file::read_text_capped(path, MAX_KEY_FILE_BYTES)
+        .map_err(|e| key_error(format!("cannot read: {e}")))?;
     let text = text.trim_end_matches('\n');
     let mut bytes = [0u8; 32];
     hex::decode_to_slice(text, &mut bytes).map_err(|_| {
@@ -141,16 +147,18 @@ pub(crate) fn signing_key(secret: &Secret) -> SigningKey {
 /// [`Error::Key`] when neither reading works.
 pub fn parse_public_key(text_or_path: &str) -> Result<VerifyingKey> {
     let text = text_or_path.trim();
-    let (source, hex_text) = if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
-        (PathBuf::from("<argument>"), text.to_owned())
-    } else {
-        let path = PathBuf::from(text);
-        let contents = fs::read_to_string(&path).map_err(|e| Error::Key {
-            path: path.clone(),
-            reason: format!("not 64 hex digits and not a readable file: {e}"),
-        })?;
-        (path, contents.trim().to_owned())
-    };
+    let (source, hex_text) =
+        if text.len() == 64 && text.bytes().all(|b| b.is_ascii_hexdigit()) {
+            (PathBuf::from("<argument>"), text.to_owned())
+        } else {
+            let path = PathBuf::from(text);
+            let contents = airlock_store::file::read_text_capped(&path, MAX_KEY_FILE_BYTES)
+                .map_err(|e| Error::Key {
+                    path: path.clone(),
+                    reason: format!("not 64 hex digits and not a readable file: {e}"),
+                })?;
+            (path, contents.trim().to_owned())
+        };
     let mut bytes = [0u8; 32];
     hex::decode_to_slice(&hex_text, &mut bytes).map_err(|_| Error::Key {
         path: source.clone(),

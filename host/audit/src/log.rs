@@ -3,7 +3,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs;
-use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::io::{BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, Weak};
@@ -2174,6 +2174,10 @@ pub(crate) fn export_error(path: &Path) -> impl Fn(usize, String) -> Error + '_ 
     }
 }
 
+/// Longest line of an export read: a record holds copies of a call's
+/// arguments and result, each bounded by the host's size caps, far below.
+pub(crate) const MAX_EXPORT_LINE_BYTES: u64 = 256 * 1024 * 1024;
+
 /// Open the export file at `path`: its header, checked to name the export
 /// format (each reader checks the version it reads), and its further lines
 /// that are not blank, with their line numbers.
@@ -2188,7 +2192,34 @@ pub(crate) fn open_export(
         path: path.to_owned(),
         message: e.to_string(),
     })?;
-    let mut lines = BufReader::new(file).lines().enumerate();
+    let mut reader = BufReader::new(file);
+    let mut failed = false;
+    // Lines read under a cap: a file that never ends a line (a link to a
+    // device) is refused, not read until memory runs out; after a failed
+    // line nothing more is read.
+    let mut lines = std::iter::from_fn(move || {
+        if failed {
+            return None;
+        }
+        let mut line = String::new();
+        match airlock_store::file::read_line_capped(&mut reader, &mut line, MAX_EXPORT_LINE_BYTES) {
+            Ok(0) => None,
+            Ok(_) => {
+                if line.ends_with('\n') {
+                    line.pop();
+                    if line.ends_with('\r') {
+                        line.pop();
+                    }
+                }
+                Some(Ok(line))
+            }
+            Err(e) => {
+                failed = true;
+                Some(Err(e))
+            }
+        }
+    })
+    .enumerate();
     let header: Value = match lines.next() {
         Some((_, Ok(line))) => {
             serde_json::from_str(&line).map_err(|e| bad(1, format!("not JSON: {e}")))?

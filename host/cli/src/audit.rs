@@ -1,7 +1,6 @@
 //! `airlock audit`: read, export and verify the call record.
 
 use std::collections::BTreeMap;
-use std::io::BufRead as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -705,10 +704,15 @@ fn export_version(file: &Path) -> Result<u64, Failure> {
         .with_context(|| format!("cannot read {}", file.display()))
         .map_err(Failure::usage)?;
     let mut first = String::new();
-    std::io::BufReader::new(opened)
-        .read_line(&mut first)
-        .with_context(|| format!("cannot read {}", file.display()))
-        .map_err(Failure::usage)?;
+    // The header is a short line; a file that never ends one is not read
+    // whole.
+    airlock_host::store::file::read_line_capped(
+        &mut std::io::BufReader::new(opened),
+        &mut first,
+        1024 * 1024,
+    )
+    .with_context(|| format!("cannot read {}", file.display()))
+    .map_err(Failure::usage)?;
     let header: serde_json::Value = serde_json::from_str(&first).unwrap_or_default();
     // A file that is no export is refused, naming its line, by the reader.
     Ok(header

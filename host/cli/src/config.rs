@@ -297,11 +297,19 @@ fn default_data_dir() -> anyhow::Result<PathBuf> {
     }
 }
 
+/// Largest configuration file read (a config is a few KiB; a path linked
+/// to a device is refused, not read until memory runs out).
+const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// Largest `max_argument_bytes`: a held call's arguments are kept whole in
+/// its audit record and approval, and an export's line must stay readable.
+const MAX_ARGUMENT_BYTES_CEILING: usize = 64 * 1024 * 1024;
+
 impl Settings {
     pub(crate) fn load(overrides: Overrides) -> anyhow::Result<Settings> {
         let mut layer = parse(DEFAULT_CONFIG, "the built-in configuration")?;
         if let Some(path) = &overrides.config {
-            let text = std::fs::read_to_string(path)
+            let text = airlock_host::store::file::read_text_capped(path, MAX_CONFIG_BYTES)
                 .with_context(|| format!("cannot read configuration file {}", path.display()))?;
             let file = parse(&text, &path.display().to_string())?;
             let base = path.parent().unwrap_or(Path::new("."));
@@ -382,8 +390,8 @@ impl Settings {
         let max_argument_bytes = layer
             .max_argument_bytes
             .unwrap_or(airlock_host::DEFAULT_MAX_ARGUMENT_BYTES);
-        if max_argument_bytes == 0 {
-            bail!("max_argument_bytes must be greater than zero");
+        if max_argument_bytes == 0 || max_argument_bytes > MAX_ARGUMENT_BYTES_CEILING {
+            bail!("max_argument_bytes must be between 1 and {MAX_ARGUMENT_BYTES_CEILING}");
         }
         Ok(Settings {
             plugins_dir,
@@ -512,6 +520,24 @@ mod tests {
             config: Some(path),
             ..Default::default()
         })
+    }
+
+    /// A held call's arguments are kept whole in its record and approval:
+    /// the cap on them has a ceiling, and 0 is no cap at all.
+    #[test]
+    fn max_argument_bytes_is_refused_at_zero_and_past_its_ceiling() {
+        for bad in [0, MAX_ARGUMENT_BYTES_CEILING + 1] {
+            let err = load(&format!("max_argument_bytes = {bad}\n")).unwrap_err();
+            assert!(
+                format!("{err:#}").contains("max_argument_bytes must be between 1 and"),
+                "{bad}: {err:#}"
+            );
+        }
+        let s = load(&format!(
+            "max_argument_bytes = {MAX_ARGUMENT_BYTES_CEILING}\n"
+        ))
+        .unwrap();
+        assert_eq!(s.max_argument_bytes, MAX_ARGUMENT_BYTES_CEILING);
     }
 
     #[test]

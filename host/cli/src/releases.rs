@@ -145,10 +145,7 @@ fn dev_plugin_dir(settings: &Settings, plugin: &str) -> Option<PathBuf> {
     let entries = std::fs::read_dir(&settings.plugins_dir).ok()?;
     entries.flatten().map(|e| e.path()).find(|dir| {
         let manifest = dir.join(MANIFEST_FILE);
-        std::fs::read_to_string(&manifest)
-            .ok()
-            .and_then(|text| Manifest::parse(&text, &manifest).ok())
-            .is_some_and(|m| m.plugin.name == plugin)
+        Manifest::load(&manifest).is_ok_and(|m| m.plugin.name == plugin)
     })
 }
 

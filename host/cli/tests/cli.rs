@@ -1383,3 +1383,58 @@ fn a_corrupt_mode_file_is_named_as_the_mode_and_a_switch_replaces_it() {
     let out = env.run(&["mode", "show"]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+/// Files an operator's flag names, or the data directory keeps, are read
+/// under a cap: each linked to `/dev/zero` was read until memory ran out.
+#[cfg(unix)]
+#[test]
+fn inputs_linked_to_an_endless_device_are_refused_not_read_whole() {
+    let env = Env::new();
+    let zero = "/dev/zero";
+    let config = env
+        .cmd(Path::new(PLUGINS_DIR))
+        .args(["--config", zero, "tools", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(config.status.code(), Some(1), "{}", stderr(&config));
+    assert!(
+        stderr(&config).contains("more than the limit"),
+        "{}",
+        stderr(&config)
+    );
+
+    let call = env.run(&["call", "text/stats", "--args", r#"{"text":"a"}"#]);
+    assert!(call.status.success(), "{}", stderr(&call));
+    let key = "00".repeat(32);
+    let export = env.run(&["audit", "verify", "--export", zero, "--pubkey", &key]);
+    assert_ne!(export.status.code(), Some(0), "{}", stderr(&export));
+    assert!(
+        stderr(&export).contains("a line longer than"),
+        "{}",
+        stderr(&export)
+    );
+    let pubkey = env.run(&["audit", "verify", "--pubkey", zero]);
+    assert_ne!(pubkey.status.code(), Some(0), "{}", stderr(&pubkey));
+    assert!(
+        stderr(&pubkey).contains("more than the limit"),
+        "{}",
+        stderr(&pubkey)
+    );
+
+    let mode_file = env.data.path().join("mode.json");
+    std::os::unix::fs::symlink(zero, &mode_file).unwrap();
+    let mode = env.run(&["mode", "show"]);
+    assert_eq!(mode.status.code(), Some(1), "{}", stderr(&mode));
+    assert!(
+        stderr(&mode).contains("mode file") && stderr(&mode).contains("more than the limit"),
+        "{}",
+        stderr(&mode)
+    );
+    let key_file = env.data.path().join("audit/signing.key");
+    std::fs::remove_file(&key_file).unwrap();
+    std::fs::remove_file(&mode_file).unwrap();
+    std::os::unix::fs::symlink(zero, &key_file).unwrap();
+    let call = env.run(&["call", "text/stats", "--args", r#"{"text":"a"}"#]);
+    assert_ne!(call.status.code(), Some(0), "{}", stderr(&call));
+    assert!(stderr(&call).contains("signing.key"), "{}", stderr(&call));
+}

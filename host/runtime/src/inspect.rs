@@ -129,8 +129,7 @@ impl Host {
     pub async fn inspect(&self, dir: impl AsRef<Path>) -> crate::Result<InspectReport> {
         let dir = dir.as_ref();
         let manifest_path = dir.join(MANIFEST_FILE);
-        let manifest_text = std::fs::read_to_string(&manifest_path)
-            .map_err(|e| crate::LoadError::io(&manifest_path, e))?;
+        let manifest_text = crate::plugin::read_manifest(&manifest_path)?;
         let manifest = Manifest::parse(&manifest_text, &manifest_path)?;
         let manifest_digest = hex::encode(Sha256::digest(manifest_text.as_bytes()));
         let component_path = manifest.component_path(dir);

@@ -290,7 +290,8 @@ impl Manifest {
     /// [`Error::Io`] if the file cannot be read, otherwise the errors of
     /// [`Manifest::parse`].
     pub fn load(path: &Path) -> Result<Manifest> {
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let text = airlock_store::file::read_text_capped(path, crate::package::MAX_MANIFEST_BYTES)
+            .map_err(|e| Error::io(path, e))?;
         Manifest::parse(&text, path)
     }
 

@@ -440,7 +440,7 @@ pub(crate) async fn load(
 
 /// The manifest at `path`, read under the size a package may hold: a
 /// manifest linked to a device or a huge file is refused, not read whole.
-fn read_manifest(path: &Path) -> LoadResult<String> {
+pub(crate) fn read_manifest(path: &Path) -> LoadResult<String> {
     let bytes = match package::read_capped(path, package::MAX_MANIFEST_BYTES) {
         Err(LoadError::PackageInvalid { path, message }) => {
             return Err(LoadError::ManifestSyntax { path, message });

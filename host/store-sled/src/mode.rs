@@ -15,6 +15,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use airlock_store::{ErrorKind, Mode, ModeStore, Result, StoreError};
 
+/// Largest mode file read (one is a few hundred bytes).
+const MAX_MODE_FILE_BYTES: u64 = 64 * 1024;
+
 /// The mode file inside the data directory.
 pub const MODE_FILE: &str = "mode.json";
 
@@ -70,7 +73,9 @@ impl FileMode {
             return Ok(Some(mode.clone()));
         }
         seen.last = None;
-        let text = std::fs::read_to_string(&self.path).map_err(|e| self.io(&self.path, e))?;
+        // A mode file is a few hundred bytes; one grown past this is not one.
+        let text = airlock_store::file::read_text_capped(&self.path, MAX_MODE_FILE_BYTES)
+            .map_err(|e| self.io(&self.path, e))?;
         let mode: Mode = serde_json::from_str(&text).map_err(|e| {
             StoreError::with_source(
                 ErrorKind::Corrupt,

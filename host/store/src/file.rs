@@ -22,7 +22,7 @@
 //! ```
 
 use std::fs::File;
-use std::io::{self, BufWriter};
+use std::io::{self, BufRead, BufWriter};
 use std::path::Path;
 
 use tempfile::NamedTempFile;
@@ -116,6 +116,63 @@ pub fn write(
     body: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>,
 ) -> io::Result<()> {
     write_with(path, body, |e| e)
+}
+
+/// The bytes of the file at `path` (links followed; a pipe or device read
+/// like a file), if there are at most `cap` of them.
+///
+/// # Security
+/// Files named by an operator's flag or kept in the data directory are
+/// still read under a cap: a path linked to `/dev/zero`, or a file grown
+/// by mistake, is refused instead of read until memory runs out.
+///
+/// # Errors
+/// The file cannot be read, or holds more than `cap` bytes
+/// (`InvalidData`, saying so).
+pub fn read_capped(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    io::Read::read_to_end(
+        &mut io::Read::take(File::open(path)?, cap.saturating_add(1)),
+        &mut bytes,
+    )?;
+    if bytes.len() as u64 > cap {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("more than the limit of {cap} bytes"),
+        ));
+    }
+    Ok(bytes)
+}
+
+/// [`read_capped`], as UTF-8 text.
+///
+/// # Errors
+/// As [`read_capped`]; `InvalidData` for text that is not UTF-8.
+pub fn read_text_capped(path: &Path, cap: u64) -> io::Result<String> {
+    String::from_utf8(read_capped(path, cap)?)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text"))
+}
+
+/// Read one line (up to and with its `\n`) from `reader` into `line`, as
+/// [`BufRead::read_line`] does, if it is at most `cap` bytes: a line that
+/// never ends is refused after `cap` bytes instead of read whole.
+///
+/// # Errors
+/// Reading fails, the line is not UTF-8, or it is longer than `cap`
+/// (`InvalidData`, saying so).
+pub fn read_line_capped(
+    reader: &mut impl BufRead,
+    line: &mut String,
+    cap: u64,
+) -> io::Result<usize> {
+    let read = io::Read::take(&mut *reader, cap.saturating_add(1)).read_line(line)?;
+    if read as u64 > cap {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("a line longer than the limit of {cap} bytes"),
+        ));
+    }
+    Ok(read)
 }
 
 /// Create directory `dir` and any missing parents, each owner-only
@@ -247,6 +304,37 @@ mod tests {
         std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
         create_private_dir(&open).unwrap();
         assert_eq!(mode(&open), 0o755);
+    }
+
+    #[test]
+    fn reads_are_capped_whatever_the_file_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config");
+        std::fs::write(&path, "12345").unwrap();
+        assert_eq!(read_text_capped(&path, 5).unwrap(), "12345");
+        let over = read_capped(&path, 4).unwrap_err();
+        assert_eq!(over.kind(), io::ErrorKind::InvalidData);
+        assert!(over.to_string().contains("limit of 4 bytes"), "{over}");
+        std::fs::write(&path, [0xff, 0xfe]).unwrap();
+        let text = read_text_capped(&path, 5).unwrap_err();
+        assert!(text.to_string().contains("not UTF-8"), "{text}");
+        // A device that never ends is cut at the cap.
+        #[cfg(unix)]
+        {
+            let endless = read_capped(Path::new("/dev/zero"), 1 << 20).unwrap_err();
+            assert_eq!(endless.kind(), io::ErrorKind::InvalidData);
+            let mut reader = io::BufReader::new(File::open("/dev/zero").unwrap());
+            let mut line = String::new();
+            let endless = read_line_capped(&mut reader, &mut line, 1 << 20).unwrap_err();
+            assert!(endless.to_string().contains("a line longer"), "{endless}");
+        }
+        let mut reader = io::Cursor::new("one\ntwo");
+        let mut line = String::new();
+        assert_eq!(read_line_capped(&mut reader, &mut line, 4).unwrap(), 4);
+        assert_eq!(line, "one\n");
+        line.clear();
+        assert_eq!(read_line_capped(&mut reader, &mut line, 4).unwrap(), 3);
+        assert_eq!(line, "two");
     }
 
     #[test]

@@ -401,6 +401,20 @@ impl Policy {
                 message: format!("policy.retry.\"{tool}\": {e}"),
             })?;
         }
+        // A ceiling of 0 would leave every plugin that declares the limit
+        // unloadable and every silent one with nothing (no fuel, no memory,
+        // no time): an operator's slip, refused here by name.
+        let l = &self.limits;
+        at_least_one(&[
+            ("limits.fuel", l.fuel),
+            ("limits.timeout_ms", l.timeout_ms),
+            ("limits.memory_mb", l.memory_mb),
+            ("limits.max_output_kb", l.max_output_kb),
+            ("limits.max_concurrency", l.max_concurrency),
+            ("limits.workspace_keys", l.workspace_keys),
+            ("limits.workspace_mb", l.workspace_mb),
+            ("limits.workspace_blobs", l.workspace_blobs),
+        ])?;
         let a = &self.approvals;
         for (key, value) in [
             ("approvals.approved_expiry_s", a.approved_expiry_s),
@@ -733,6 +747,34 @@ mod tests {
             set(&mut policy.approvals);
             assert_eq!(refusal(&policy), format!("policy.{key} must be at least 1"));
         }
+    }
+
+    /// A ceiling of 0 left every plugin declaring the limit unloadable and
+    /// every silent one without fuel, memory or time.
+    #[test]
+    fn limit_ceilings_of_zero_are_refused_by_name() {
+        type Set = fn(&mut LimitCeilings);
+        let cases: [(&str, Set); 8] = [
+            ("fuel", |l| l.fuel = Some(0)),
+            ("timeout_ms", |l| l.timeout_ms = Some(0)),
+            ("memory_mb", |l| l.memory_mb = Some(0)),
+            ("max_output_kb", |l| l.max_output_kb = Some(0)),
+            ("max_concurrency", |l| l.max_concurrency = Some(0)),
+            ("workspace_keys", |l| l.workspace_keys = Some(0)),
+            ("workspace_mb", |l| l.workspace_mb = Some(0)),
+            ("workspace_blobs", |l| l.workspace_blobs = Some(0)),
+        ];
+        for (key, set) in cases {
+            let mut policy = Policy::default();
+            set(&mut policy.limits);
+            assert_eq!(
+                refusal(&policy),
+                format!("policy.limits.{key} must be at least 1")
+            );
+        }
+        let mut one = Policy::default();
+        one.limits.fuel = Some(1);
+        one.validate().unwrap();
     }
 
     #[test]
