@@ -271,33 +271,44 @@ impl fmt::Debug for PostgresConfig {
 }
 
 /// `url` with any password replaced by `***`: the `user:password@` of a
-/// URL, `password=` of a URL's query or of the `key=value` form.
+/// URL, `password=` of a URL's query or of the `key=value` form (spaces
+/// around `=` allowed, as libpq allows them).
+///
+/// # Security
+/// This runs on text that failed to parse too, so it errs towards hiding:
+/// a URL's user information runs to the last `@` before its query, so a
+/// password holding a `/` (not percent-encoded) is hidden as well.
 fn redact(url: &str) -> String {
     let mut out = url.to_owned();
     if let Some(scheme_end) = out.find("://") {
         let rest_start = scheme_end + 3;
-        let authority_end = out[rest_start..]
-            .find(['/', '?'])
+        let query = out[rest_start..]
+            .find('?')
             .map_or(out.len(), |i| rest_start + i);
-        if let Some(at) = out[rest_start..authority_end].rfind('@') {
+        if let Some(at) = out[rest_start..query].rfind('@') {
             let userinfo = &out[rest_start..rest_start + at];
             if let Some(colon) = userinfo.find(':') {
                 out.replace_range(rest_start + colon + 1..rest_start + at, "***");
             }
         }
     }
-    // `password=...` up to the next `&` or whitespace (query or key=value
-    // form); a quoted key=value password up to its closing quote.
     let mut result = String::with_capacity(out.len());
     let mut rest = out.as_str();
-    while let Some(i) = rest.find("password=") {
-        let before_ok = i == 0 || matches!(rest.as_bytes()[i - 1], b'?' | b'&' | b' ' | b'\t');
-        let value_start = i + "password=".len();
-        result.push_str(&rest[..value_start]);
-        rest = &rest[value_start..];
-        if !before_ok {
+    while let Some(i) = rest.find("password") {
+        let before_ok =
+            i == 0 || matches!(rest.as_bytes()[i - 1], b'?' | b'&' | b' ' | b'\t' | b'\n');
+        let keyword_end = i + "password".len();
+        result.push_str(&rest[..keyword_end]);
+        rest = &rest[keyword_end..];
+        let spaced = rest.trim_start_matches([' ', '\t']);
+        let Some(value) = spaced.strip_prefix('=').filter(|_| before_ok) else {
             continue;
-        }
+        };
+        let value = value.trim_start_matches([' ', '\t']);
+        result.push_str(&rest[..rest.len() - value.len()]);
+        rest = value;
+        // A quoted key=value password runs to its closing quote; any other
+        // to the next `&` or whitespace.
         let end = if let Some(quoted) = rest.strip_prefix('\'') {
             let mut end = None;
             let mut escaped = false;
@@ -313,7 +324,7 @@ fn redact(url: &str) -> String {
             }
             end.unwrap_or(rest.len())
         } else {
-            rest.find(['&', ' ', '\t']).unwrap_or(rest.len())
+            rest.find(['&', ' ', '\t', '\n']).unwrap_or(rest.len())
         };
         result.push_str("***");
         rest = &rest[end..];
@@ -350,6 +361,38 @@ mod tests {
             redact("host=h mypassword=x password=y dbname=d"),
             "host=h mypassword=x password=*** dbname=d"
         );
+        // Leaked once: spaces around `=`, and a `/` in a URL's password.
+        assert_eq!(
+            redact("host=h password = s3cret dbname=d"),
+            "host=h password = *** dbname=d"
+        );
+        assert_eq!(
+            redact("host=h password=\ts3cret user=u password\t=  's3 cret'"),
+            "host=h password=\t*** user=u password\t=  ***"
+        );
+        assert_eq!(
+            redact("postgres://u:s3/cr@et@h:1/d?sslmode=disable"),
+            "postgres://u:***@h:1/d?sslmode=disable"
+        );
+        assert_eq!(redact("password"), "password");
+        assert_eq!(redact("password ="), "password =***");
+        for url in [
+            "host=h password = s3cret dbname=d",
+            "postgres://u:s3/cret@h/d",
+            "postgres://u:s3cret@h/d?password = s3cret2",
+        ] {
+            let err = PostgresConfig::new(url).client_config().err();
+            if let Some(err) = err {
+                let mut text = err.to_string();
+                let mut source = std::error::Error::source(&err);
+                while let Some(cause) = source {
+                    text = format!("{text}: {cause}");
+                    source = cause.source();
+                }
+                assert!(!text.contains("s3"), "{text}");
+            }
+            assert!(!format!("{:?}", PostgresConfig::new(url)).contains("s3"));
+        }
     }
 
     #[test]
