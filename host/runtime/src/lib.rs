@@ -12,7 +12,9 @@
 //!
 //! Every call is recorded in the host's audit log ([`Host::audit`], crate
 //! [`audit_log`]): a refusal, or an intent written before the guest runs and
-//! an outcome after. If the log cannot record a call, the call does not run.
+//! an outcome after (a `read` call of a plugin that can only read, done
+//! within the group-commit window: one record, its outcome carrying its
+//! intent). If the log cannot record a call, the call does not run.
 //! Plugins granted `workspace` keep state between calls in the
 //! workspace store ([`Host::workspace`]). Both live where the host's
 //! [`StoreConfig`] says: under [`HostConfig::data_dir`] by default
@@ -45,9 +47,12 @@
 //!     .call(CallRequest::new("text/slugify", r#"{"text": "Hello, World!"}"#))
 //!     .await?;
 //! println!("{}", response.output); // {"slug":"hello-world"}
-//! // The call is on the record.
+//! // The call is on the record: `slugify` is a `read` tool of a plugin that
+//! // can only read, so its intent is held while it runs and sealed with its
+//! // outcome, one record (two, intent then outcome, for a call still running
+//! // after the group-commit window, and for a tool that is not `read`).
 //! let (records, _head) = host.audit().head()?;
-//! assert_eq!(records, 2); // its intent and its outcome
+//! assert_eq!(records, 1); // a fresh log: its outcome, carrying its intent
 //! # Ok(())
 //! # }
 //! ```

@@ -1,7 +1,7 @@
 //! The call pipeline: the one path by which any tool runs.
 //!
-//! [`Pipeline::call`] runs the steps in order (see `DESIGN.md`, "The call
-//! pipeline"); each step is one function:
+//! [`Pipeline::call`] runs the steps in order (see `docs/architecture.md`,
+//! "The call pipeline"); each step is one function:
 //!
 //! | step | what | where |
 //! |------|------|-------|
