@@ -157,7 +157,10 @@ impl From<ToolError> for wit::ToolError {
 }
 
 /// Logging to the host. The host keeps a bounded number of bytes per call
-/// and drops (and counts) lines past that; logging never fails.
+/// and drops (and counts) lines past that. Logging returns no error, but a
+/// message larger than the data one host call may pass (1 MiB, or twice the
+/// plugin's `max_output_kb` when larger) traps: the call fails with
+/// `host_data_limit`.
 ///
 /// On targets other than WebAssembly (unit tests of tool functions), lines go
 /// to stderr.
@@ -195,9 +198,12 @@ pub mod log {
 /// host keeps between calls (manifest: `capabilities.workspace =
 /// "read-write"` or `"read-only"`).
 ///
-/// Keys are scoped to the plugin and to the caller's session when it gives
-/// one; blobs to the plugin. Writes count against the plugin's quotas and are
-/// on disk before the call's result reaches the caller. A component that uses
+/// Keys are scoped to the plugin and, by the manifest's
+/// `capabilities.workspace_scope`, to the calling principal's session
+/// (`"session"`, the default), to the principal (`"principal"`) or to no one
+/// caller (`"plugin"`); blobs to the plugin. Writes count against the
+/// plugin's quotas and are on disk before the call's result reaches the
+/// caller. A component that uses
 /// these functions without the grant does not load.
 ///
 /// On targets other than WebAssembly (unit tests of tool functions) an

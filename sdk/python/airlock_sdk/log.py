@@ -2,7 +2,10 @@
 
 In a component the host keeps them, bounded (each message truncated, a byte
 and line budget per call); a plugin's manifest needs ``log = true``. Off
-WebAssembly (unit tests) they go to stderr. Logging never fails.
+WebAssembly (unit tests) they go to stderr. Logging returns no error, but a
+message larger than the data one host call may pass (1 MiB, or twice the
+plugin's ``max_output_kb`` when larger) traps: the call fails with
+``host_data_limit``.
 """
 
 from __future__ import annotations
