@@ -174,33 +174,33 @@ impl Ledger {
 /// else's text (the caller's reason and arguments, the plugin's names, a
 /// server's answer): escaped, so it cannot move the cursor or forge lines.
 fn print_approval(a: &Approval) {
-    println!("{}  {}", escape(&a.id), a.state.as_str());
+    outln!("{}  {}", escape(&a.id), a.state.as_str());
     match a.kind {
-        ApprovalKind::Call => println!(
+        ApprovalKind::Call => outln!(
             "  tool        {}/{} ({})",
             escape(&a.plugin),
             escape(&a.tool),
             escape(&a.risk)
         ),
-        ApprovalKind::PluginUpgrade => println!(
+        ApprovalKind::PluginUpgrade => outln!(
             "  upgrade     plugin {} to a version that asks for more (see arguments: widens)",
             escape(&a.plugin)
         ),
     }
-    println!("  asked by    {}", escape(&a.principal));
+    outln!("  asked by    {}", escape(&a.principal));
     if let Some(reason) = &a.caller_reason {
-        println!("  because     {}", escape(reason));
+        outln!("  because     {}", escape(reason));
     }
-    println!("  arguments   {}", escape(&a.args));
+    outln!("  arguments   {}", escape(&a.args));
     if a.args_truncated {
-        println!("              {}", truncation_mark(a));
+        outln!("              {}", truncation_mark(a));
     }
     if let Some(key) = &a.idempotency_key {
-        println!("  idem. key   {}", escape(key));
+        outln!("  idem. key   {}", escape(key));
     }
-    println!("  expires     {}", time(a.expires_ms));
+    outln!("  expires     {}", time(a.expires_ms));
     if let Some(by) = &a.decided_by {
-        println!(
+        outln!(
             "  decided     by {}{}",
             escape(by),
             a.decision_reason
@@ -308,7 +308,7 @@ fn print_list(list: &[Approval], all: bool, json: bool) {
     if json {
         print_json(&json!({ "approvals": list }));
     } else if list.is_empty() {
-        println!("no {}approval requests", if all { "" } else { "pending " });
+        outln!("no {}approval requests", if all { "" } else { "pending " });
     } else {
         for a in list {
             let reason = a
@@ -320,7 +320,7 @@ fn print_list(list: &[Approval], all: bool, json: bool) {
                 ApprovalKind::Call => format!("{}/{}", escape(&a.plugin), escape(&a.tool)),
                 ApprovalKind::PluginUpgrade => format!("upgrade of {}", escape(&a.plugin)),
             };
-            println!(
+            outln!(
                 "{}  {:<9} {what}  by {}  expires {}{reason}",
                 escape(&a.id),
                 a.state.as_str(),
@@ -401,7 +401,7 @@ pub(crate) async fn mode(settings: &Settings, command: ModeCommand) -> Result<u8
         control
             .json::<ModeAnswer>("POST", "/v1/mode", Some(json!(request)))
             .await?;
-        println!("host mode: {name} (recorded in the audit log by the running server)");
+        outln!("host mode: {name} (recorded in the audit log by the running server)");
         return Ok(exit::OK);
     }
     let mode = Mode {
@@ -432,7 +432,7 @@ pub(crate) async fn mode(settings: &Settings, command: ModeCommand) -> Result<u8
             ));
             failure
         })?;
-    println!("host mode: {name} (recorded in the audit log by the next host to run a call)");
+    outln!("host mode: {name} (recorded in the audit log by the next host to run a call)");
     Ok(exit::OK)
 }
 
@@ -447,10 +447,10 @@ fn mode_error(source: airlock_host::store::StoreError) -> airlock_host::Error {
 
 fn print_mode(mode: Option<&Mode>) {
     match mode {
-        Some(mode) => println!(
+        Some(mode) => outln!(
             "{}",
             serde_json::to_string_pretty(mode).unwrap_or_else(|_| format!("{mode:?}"))
         ),
-        None => println!("normal (never switched)"),
+        None => outln!("normal (never switched)"),
     }
 }

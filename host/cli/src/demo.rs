@@ -129,7 +129,7 @@ fn steps() -> Vec<Step> {
 }
 
 pub(crate) async fn run(settings: &Settings) -> Result<u8, Failure> {
-    println!(
+    outln!(
         "Airlock demo — plugins from {}\n",
         settings.plugins_dir.display()
     );
@@ -148,9 +148,9 @@ pub(crate) async fn run(settings: &Settings) -> Result<u8, Failure> {
         )
         .into());
     }
-    println!("Loaded plugins (component digest pinned by each manifest):");
+    outln!("Loaded plugins (component digest pinned by each manifest):");
     for plugin in host.plugins() {
-        println!(
+        outln!(
             "  {} {}  sha256:{}…  compiled code: {:?}",
             plugin.name(),
             plugin.version(),
@@ -158,7 +158,7 @@ pub(crate) async fn run(settings: &Settings) -> Result<u8, Failure> {
             plugin.cache_status()
         );
         for tool in plugin.tools() {
-            println!(
+            outln!(
                 "    - {:<16} [{}] {}",
                 tool.name(),
                 tool.risk().as_str(),
@@ -176,7 +176,7 @@ pub(crate) async fn run(settings: &Settings) -> Result<u8, Failure> {
     };
     for step in steps() {
         demo.title(step.title);
-        println!("   $ airlock call {} --args '{}'", step.tool, step.args);
+        outln!("   $ airlock call {} --args '{}'", step.tool, step.args);
         let request =
             CallRequest::new(step.tool, step.args.to_string()).principal(&settings.principal);
         let outcome = host.call(request).await;
@@ -202,13 +202,13 @@ pub(crate) async fn run(settings: &Settings) -> Result<u8, Failure> {
     release(&mut demo, settings, &approver_token).await?;
     python_plugin(&mut demo, settings).await?;
     print_audit(&host, first_seq)?;
-    println!();
+    outln!();
     if demo.mismatches > 0 {
         return Err(
             anyhow::anyhow!("{} demo steps did not behave as expected", demo.mismatches).into(),
         );
     }
-    println!("All {} steps behaved as expected.", demo.step);
+    outln!("All {} steps behaved as expected.", demo.step);
     Ok(0)
 }
 
@@ -297,7 +297,7 @@ struct Demo<'a> {
 impl Demo<'_> {
     fn title(&mut self, title: &str) {
         self.step += 1;
-        println!("\n{}. {title}", self.step);
+        outln!("\n{}. {title}", self.step);
     }
 
     /// Print a call's outcome; count it if it is not `expected` (`None`:
@@ -310,7 +310,7 @@ impl Demo<'_> {
         let got = show(outcome);
         if got != expected {
             self.mismatches += 1;
-            println!("   ✗ expected {}", expected.unwrap_or("success"));
+            outln!("   ✗ expected {}", expected.unwrap_or("success"));
         }
         got
     }
@@ -321,7 +321,7 @@ impl Demo<'_> {
         shown: &str,
         expected: Option<&str>,
     ) -> Result<CallResponse, airlock_host::CallError> {
-        println!("   $ airlock call {shown}");
+        outln!("   $ airlock call {shown}");
         let outcome = self.host.call(request).await;
         self.expect(&outcome, expected);
         outcome
@@ -334,29 +334,29 @@ fn show(outcome: &Result<CallResponse, airlock_host::CallError>) -> Option<&'sta
         Ok(response) => {
             let text = serde_json::to_string_pretty(&response.output).unwrap_or_default();
             match &response.replayed_from {
-                Some(first) => println!("   ok, replayed from call {first} (not run again):"),
-                None => println!(
+                Some(first) => outln!("   ok, replayed from call {first} (not run again):"),
+                None => outln!(
                     "   ok ({} µs, {} fuel):",
                     response.duration.as_micros(),
                     response.fuel_used
                 ),
             }
             for line in text.lines() {
-                println!("     {line}");
+                outln!("     {line}");
             }
             for line in &response.logs {
-                println!("     [log {}] {}", line.level, line.message);
+                outln!("     [log {}] {}", line.level, line.message);
             }
             for note in &response.host_notes {
-                println!("     [host] {note}");
+                outln!("     [host] {note}");
             }
             None
         }
         Err(error) => {
             let e = error.to_json();
-            println!("   {}: {}", e["kind"].as_str().unwrap_or("error"), error);
+            outln!("   {}: {}", e["kind"].as_str().unwrap_or("error"), error);
             for v in error.violations() {
-                println!("     - {v}");
+                outln!("     - {v}");
             }
             Some(error.kind())
         }
@@ -422,7 +422,7 @@ async fn story(
         let shutdown = shutdown.clone();
         async move { airlock_mcp::http::serve(listener, router, &config, shutdown).await }
     });
-    println!(
+    outln!(
         "   $ AIRLOCK_APPROVER_TOKEN=… airlock approvals approve {approval_id} --server {url} --reason 'verified with the customer'"
     );
     let decided = approve_from_another_process(settings, &approval_id, &url, approver_token).await;
@@ -431,12 +431,12 @@ async fn story(
     match decided {
         Ok(text) => {
             for line in text.lines() {
-                println!("     {line}");
+                outln!("     {line}");
             }
         }
         Err(error) => {
             demo.mismatches += 1;
-            println!("   ✗ the approver's command failed: {error:#}");
+            outln!("   ✗ the approver's command failed: {error:#}");
         }
     }
 
@@ -459,7 +459,7 @@ async fn story(
         .await;
     if retried.is_ok_and(|r| r.replayed_from.is_none()) {
         demo.mismatches += 1;
-        println!("   ✗ expected a replay");
+        outln!("   ✗ expected a replay");
     }
 
     let lookup_args = json!({"account": account});
@@ -474,7 +474,7 @@ async fn story(
     ));
     let args = json!({"document": {"status": "green"}, "pointer": "/status"});
     let query = || CallRequest::new(RATE_LIMITED_TOOL, args.to_string()).principal(&principal);
-    println!("   $ airlock call {RATE_LIMITED_TOOL} --args '{args}'   (until refused)");
+    outln!("   $ airlock call {RATE_LIMITED_TOOL} --args '{args}'   (until refused)");
     let mut admitted = 0;
     let mut retry_after = None;
     while admitted < 10 {
@@ -482,12 +482,12 @@ async fn story(
             Ok(_) => admitted += 1,
             Err(error) if admitted == 0 => {
                 demo.mismatches += 1;
-                println!("   ✗ refused before the limit: {error}");
+                outln!("   ✗ refused before the limit: {error}");
                 break;
             }
             Err(error) => {
                 let e = error.to_json();
-                println!("   ok within the limit, then {}: {error}", error.kind());
+                outln!("   ok within the limit, then {}: {error}", error.kind());
                 retry_after = e["retry_after_ms"].as_u64();
                 break;
             }
@@ -496,7 +496,7 @@ async fn story(
     match retry_after {
         Some(ms) => {
             tokio::time::sleep(Duration::from_millis(ms)).await;
-            println!("   … after retry_after_ms:");
+            outln!("   … after retry_after_ms:");
             demo.call(
                 query(),
                 &format!("{RATE_LIMITED_TOOL} --args '{args}'"),
@@ -507,12 +507,12 @@ async fn story(
         }
         None => {
             demo.mismatches += 1;
-            println!("   ✗ expected rate_limited");
+            outln!("   ✗ expected rate_limited");
         }
     }
 
     demo.title("Human takeover: read-only mode refuses the refund before anything else is checked");
-    println!("   $ airlock mode read-only --reason 'incident drill'");
+    outln!("   $ airlock mode read-only --reason 'incident drill'");
     host.set_mode(true, "demo-operator", Some("incident drill"))
         .await?;
     let second = format!("refund-{run_id}-2");
@@ -526,10 +526,10 @@ async fn story(
 
     demo.title("…while reads go on; then back to normal");
     demo.call(lookup(), &shown_lookup, None).await.ok();
-    println!("   $ airlock mode normal");
+    outln!("   $ airlock mode normal");
     host.set_mode(false, "demo-operator", Some("drill over"))
         .await?;
-    println!("   normal mode: every tool runs again");
+    outln!("   normal mode: every tool runs again");
     Ok(())
 }
 
@@ -606,7 +606,7 @@ async fn alert(demo: &mut Demo<'_>, pager: &mut Pager) -> anyhow::Result<()> {
     demo.title(&format!(
         "A tool starts failing: the alert rule `{ALERT_RULE}` (error rate of {FAILING_TOOL} ≥ 60 % over 5 min) fires, pages on-call and pauses the tool"
     ));
-    println!(
+    outln!(
         "   [[alerts.rules]] name = \"{ALERT_RULE}\", metric = \"error_rate\", tools = \"{FAILING_TOOL}\", threshold = 0.6, window = \"5m\", min_calls = 4, webhooks = [\"{PAGER}\"], takeover = \"pause_tool\""
     );
     let args = json!({"pattern": "(unclosed", "text": "upstream sent a broken pattern"});
@@ -615,7 +615,7 @@ async fn alert(demo: &mut Demo<'_>, pager: &mut Pager) -> anyhow::Result<()> {
     // four, with the demo's earlier calls of the tool among them).
     let mut paused = false;
     for _ in 0..5 {
-        println!("   $ airlock call {shown}");
+        outln!("   $ airlock call {shown}");
         let outcome = host
             .call(CallRequest::new(FAILING_TOOL, args.to_string()).principal(&principal))
             .await;
@@ -626,8 +626,8 @@ async fn alert(demo: &mut Demo<'_>, pager: &mut Pager) -> anyhow::Result<()> {
                 let mut lines = message.lines();
                 let first = lines.next().unwrap_or_default();
                 match lines.last() {
-                    Some(last) => println!("   {}: {first} … {}", error.kind(), last.trim()),
-                    None => println!("   {}: {first}", error.kind()),
+                    Some(last) => outln!("   {}: {first} … {}", error.kind(), last.trim()),
+                    None => outln!("   {}: {first}", error.kind()),
                 }
                 if error.kind() == "tool_paused" {
                     paused = true;
@@ -642,13 +642,13 @@ async fn alert(demo: &mut Demo<'_>, pager: &mut Pager) -> anyhow::Result<()> {
     }
     if !paused {
         demo.mismatches += 1;
-        println!("   ✗ expected the tool to be paused");
+        outln!("   ✗ expected the tool to be paused");
     }
     match pager.next().await {
         Some((signature, body)) => {
             let expected = webhook_signature(pager.secret.as_bytes(), &body);
             let alert: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-            println!(
+            outln!(
                 "   on-call's webhook got: {} {} on {}/{} (value {}, threshold {}), takeover {}",
                 alert["rule"].as_str().unwrap_or("?"),
                 alert["state"].as_str().unwrap_or("?"),
@@ -661,24 +661,24 @@ async fn alert(demo: &mut Demo<'_>, pager: &mut Pager) -> anyhow::Result<()> {
                 alert["takeover"].as_str().unwrap_or("none"),
             );
             if signature.as_deref() == Some(expected.as_str()) {
-                println!(
+                outln!(
                     "   {SIGNATURE_HEADER}: sha256=… matches the HMAC of the body under the shared secret"
                 );
             } else {
                 demo.mismatches += 1;
-                println!("   ✗ the alert's signature does not match");
+                outln!("   ✗ the alert's signature does not match");
             }
         }
         None => {
             demo.mismatches += 1;
-            println!("   ✗ no alert reached the webhook");
+            outln!("   ✗ no alert reached the webhook");
         }
     }
 
     demo.title("On-call looks, then resumes the tool by hand (the pause and its undoing are on the record)");
-    println!("   $ airlock alerts");
+    outln!("   $ airlock alerts");
     for status in host.alerts() {
-        println!(
+        outln!(
             "   {:<9} {:<14} {}/{}  {} {:.2} ≥ {}  takeover: {}",
             status.state,
             status.rule,
@@ -691,9 +691,9 @@ async fn alert(demo: &mut Demo<'_>, pager: &mut Pager) -> anyhow::Result<()> {
         );
     }
     for pause in host.pauses()? {
-        println!("   paused    {:<14} by {}", pause.target, pause.by);
+        outln!("   paused    {:<14} by {}", pause.target, pause.by);
     }
-    println!("   $ airlock alerts resume {FAILING_TOOL} --reason 'upstream fixed its patterns'");
+    outln!("   $ airlock alerts resume {FAILING_TOOL} --reason 'upstream fixed its patterns'");
     host.resume(
         FAILING_TOOL,
         "demo-operator",
@@ -717,30 +717,30 @@ async fn readiness(demo: &mut Demo<'_>) -> anyhow::Result<()> {
     demo.title(
         "Before production: `airlock readiness` checks each plugin against the launch checklist",
     );
-    println!("   $ airlock readiness");
+    outln!("   $ airlock readiness");
     let reports = demo
         .host
         .readiness(None, &ReadinessConfig::default())
         .await?;
     for report in &reports {
         if report.ready {
-            println!("   {} {}: ready", report.plugin, report.version);
+            outln!("   {} {}: ready", report.plugin, report.version);
             continue;
         }
-        println!("   {} {}: NOT READY", report.plugin, report.version);
+        outln!("   {} {}: NOT READY", report.plugin, report.version);
         for finding in &report.missing_required {
             let what = match &finding.tool {
                 Some(tool) => format!("{}/{tool}", finding.plugin),
                 None => finding.plugin.clone(),
             };
-            println!("     missing {:<12} {what}", finding.check.as_str());
+            outln!("     missing {:<12} {what}", finding.check.as_str());
         }
     }
     if reports.iter().all(|r| r.ready) {
         demo.mismatches += 1;
-        println!("   ✗ expected an example plugin that is not ready");
+        outln!("   ✗ expected an example plugin that is not ready");
     }
-    println!("   (exit 11 when a plugin is not ready; `[readiness] required` chooses the checks)");
+    outln!("   (exit 11 when a plugin is not ready; `[readiness] required` chooses the checks)");
     Ok(())
 }
 
@@ -782,7 +782,7 @@ async fn approve_from_another_process(
 
 /// What this run left in the audit log, and the log's verification.
 fn print_audit(host: &Host, after: u64) -> anyhow::Result<()> {
-    println!(
+    outln!(
         "\nThe audit log ({}) — every call above, on the record:",
         host.audit().path().display()
     );
@@ -800,7 +800,7 @@ fn print_audit(host: &Host, after: u64) -> anyhow::Result<()> {
         } else {
             ""
         };
-        println!(
+        outln!(
             "  #{:<5} {:<18} {:<22} {}{whole}",
             record.seq,
             e.event.as_str(),
@@ -811,12 +811,12 @@ fn print_audit(host: &Host, after: u64) -> anyhow::Result<()> {
             && tool == "notes/add"
             && let Some(args) = &e.args
         {
-            println!("          arguments as recorded (redacted): {args}");
+            outln!("          arguments as recorded (redacted): {args}");
         }
         // What the host refused on the guest's behalf, in a field the
         // guest cannot write (its own log lines are in `logs`).
         if let Some(notes) = &e.host_notes {
-            println!("          the host's notes on the call: {notes}");
+            outln!("          the host's notes on the call: {notes}");
         }
     }
     // Sign a checkpoint at the head now (the host also signs on a timer,
@@ -824,7 +824,7 @@ fn print_audit(host: &Host, after: u64) -> anyhow::Result<()> {
     // verification below covers this run's records with a signature.
     host.audit().checkpoint()?;
     match host.audit().verify(&[])? {
-        Ok(report) if report.checkpoints > 0 => println!(
+        Ok(report) if report.checkpoints > 0 => outln!(
             "  verified: {} records, hash chain intact, {} signed checkpoint{}",
             report.records,
             report.checkpoints,
@@ -855,7 +855,7 @@ async fn release(
         .map(|p| p.join("releases/text-0.2.0"))
         .filter(|p| p.join(MANIFEST_FILE).is_file())
     else {
-        println!(
+        outln!(
             "\n(no example release next to the plugins directory: the release steps are skipped)"
         );
         return Ok(());
@@ -883,7 +883,7 @@ async fn release(
     ] {
         let package = Package::from_dir(dir)?;
         let report = host.install(&package, "release-manager").await?;
-        println!(
+        outln!(
             "   $ airlock plugins install {shown}   → text {} (sha256:{}…)",
             report.version.version,
             &report.version.component_digest[..16]
@@ -896,27 +896,27 @@ async fn release(
         "release-manager",
     ))
     .await?;
-    println!("   $ airlock rollout text 0.1.0 --percent 100   → 0.1.0 serves every caller");
+    outln!("   $ airlock rollout text 0.1.0 --percent 100   → 0.1.0 serves every caller");
 
     demo.title("Its own cases catch 0.2.0's regression before any caller sees it");
-    println!("   $ airlock eval text@0.2.0");
+    outln!("   $ airlock eval text@0.2.0");
     let candidate = host.plugin_version("text", "0.2.0").await?;
     let cases = Cases::from_file(&next.join(CASES_FILE))?;
     let report = host.evaluate(&candidate, &cases).await?;
     for case in report.cases.iter().filter(|c| !c.passed) {
-        println!("   FAIL {}", case.name);
+        outln!("   FAIL {}", case.name);
         for failure in &case.failures {
-            println!("     {failure}");
+            outln!("     {failure}");
         }
     }
-    println!("   {} of {} cases pass", report.passed, report.cases.len());
+    outln!("   {} of {} cases pass", report.passed, report.cases.len());
     if report.all_passed() {
         demo.mismatches += 1;
-        println!("   ✗ expected the regression to be caught");
+        outln!("   ✗ expected the regression to be caught");
     }
 
     demo.title("0.2.0 asks for more than 0.1.0, so its canary waits for the approver");
-    println!("   $ airlock rollout text 0.2.0 --percent 10");
+    outln!("   $ airlock rollout text 0.2.0 --percent 10");
     let approval = match host
         .set_rollout(&RolloutRequest::new("text", "0.2.0", 10, "release-manager"))
         .await
@@ -926,26 +926,26 @@ async fn release(
             widens,
             ..
         })) => {
-            println!("   upgrade_approval_pending: {approval_id}");
+            outln!("   upgrade_approval_pending: {approval_id}");
             for w in &widens {
-                println!("     + {w}");
+                outln!("     + {w}");
             }
             approval_id
         }
         other => {
             demo.mismatches += 1;
-            println!("   ✗ expected upgrade_approval_pending, got {other:?}");
+            outln!("   ✗ expected upgrade_approval_pending, got {other:?}");
             return Ok(());
         }
     };
-    println!("   $ airlock approvals approve {approval} --reason 'canary it'   (the approver)");
+    outln!("   $ airlock approvals approve {approval} --reason 'canary it'   (the approver)");
     host.decide(&approval, APPROVER, approver_token, true, Some("canary it"))
         .await?;
     host.set_rollout(
         &RolloutRequest::new("text", "0.2.0", 10, "release-manager").approval(&approval),
     )
     .await?;
-    println!("   $ airlock rollout text 0.2.0 --percent 10 --approval {approval}   → a 10% canary");
+    outln!("   $ airlock rollout text 0.2.0 --percent 10 --approval {approval}   → a 10% canary");
 
     demo.title("Twenty callers: each sticks to its side; on 0.2.0 the accents vanish");
     let mut on_canary = Vec::new();
@@ -961,13 +961,13 @@ async fn release(
             on_canary.push((principal, response.output));
         }
     }
-    println!("   {} of 20 callers on 0.2.0", on_canary.len());
+    outln!("   {} of 20 callers on 0.2.0", on_canary.len());
     if let Some((principal, output)) = on_canary.first() {
-        println!("   {principal} on 0.2.0: {output}");
+        outln!("   {principal} on 0.2.0: {output}");
     }
 
     demo.title("One command rolls it back: every caller on 0.1.0 again");
-    println!("   $ airlock rollback text --reason 'accents dropped'");
+    outln!("   $ airlock rollback text --reason 'accents dropped'");
     host.rollback("text", "oncall", Some("accents dropped"))
         .await?;
     if let Some((principal, _)) = on_canary.first() {
@@ -976,13 +976,14 @@ async fn release(
                 CallRequest::new("text/slugify", r#"{"text":"Crème brûlée"}"#).principal(principal),
             )
             .await?;
-        println!(
+        outln!(
             "   {principal} on {}: {}",
-            response.plugin_version, response.output
+            response.plugin_version,
+            response.output
         );
         if response.plugin_version != "0.1.0" {
             demo.mismatches += 1;
-            println!("   ✗ expected 0.1.0 after the rollback");
+            outln!("   ✗ expected 0.1.0 after the rollback");
         }
     }
     let _ = host.audit().close();
@@ -1003,12 +1004,12 @@ async fn python_plugin(demo: &mut Demo<'_>, settings: &Settings) -> anyhow::Resu
         .map(|p| p.join("python-plugins/csv-stats"))
         .filter(|p| p.join(MANIFEST_FILE).is_file())
     else {
-        println!("\n(no Python example plugin next to the plugins directory: its step is skipped)");
+        outln!("\n(no Python example plugin next to the plugins directory: its step is skipped)");
         return Ok(());
     };
     demo.title("A plugin written in Python (csv-stats, built with componentize-py): same sandbox, same pipeline");
     let plugin = demo.host.load_plugin(&dir).await?;
-    println!(
+    outln!(
         "   loaded {} {} from {}/../python-plugins/csv-stats (sha256:{}…)",
         plugin.name(),
         plugin.version(),

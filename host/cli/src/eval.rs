@@ -280,8 +280,8 @@ pub(crate) async fn eval(settings: &Settings, args: EvalArgs) -> Result<u8, Fail
         print_json(&value);
     } else {
         match &base_report {
-            Some(base) => print!("{}", render_side_by_side(base, &report)),
-            None => print!("{}", render(&report)),
+            Some(base) => out!("{}", render_side_by_side(base, &report)),
+            None => out!("{}", render(&report)),
         }
     }
     Ok(if report.all_passed() {
@@ -420,7 +420,7 @@ pub(crate) async fn replay(settings: &Settings, args: ReplayArgs) -> Result<u8, 
     if args.json {
         print_json(&serde_json::to_value(&report).context("cannot serialize")?);
     } else {
-        print!("{}", render_replay(&report));
+        out!("{}", render_replay(&report));
     }
     Ok(if report.different == 0 {
         exit::OK

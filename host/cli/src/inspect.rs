@@ -27,7 +27,7 @@ pub(crate) async fn run(settings: &Settings, args: InspectArgs) -> Result<u8, Fa
     if args.json {
         print_json(&serde_json::to_value(&report).map_err(anyhow::Error::from)?);
     } else {
-        print!("{}", render(&report));
+        out!("{}", render(&report));
     }
     Ok(if report.has_errors() { 1 } else { 0 })
 }

@@ -1,5 +1,8 @@
 //! `airlock`: list, inspect and call sandboxed WebAssembly tools.
 
+// First: its `outln!` and `out!` are used by every module below.
+#[macro_use]
+mod stdout;
 mod alerts;
 mod approvals;
 mod audit;
@@ -309,12 +312,20 @@ fn main() -> ExitCode {
             return ExitCode::from(exit::HOST);
         }
     };
-    match runtime.block_on(run(cli)) {
-        Ok(code) => ExitCode::from(code),
+    let code = match runtime.block_on(run(cli)) {
+        Ok(code) => code,
         Err(failure) => {
             eprintln!("error: {:#}", failure.error);
-            ExitCode::from(failure.code)
+            failure.code
         }
+    };
+    // A reader that went away is no failure; a disk that filled is.
+    match stdout::finish() {
+        Some(e) if code == exit::OK => {
+            eprintln!("error: cannot write to standard output: {e}");
+            ExitCode::from(exit::HOST)
+        }
+        _ => ExitCode::from(code),
     }
 }
 
@@ -461,8 +472,8 @@ async fn print_installed(settings: &Settings) {
         return;
     }
     let rollouts = answer["rollouts"].as_array().cloned().unwrap_or_default();
-    println!();
-    println!("installed versions:");
+    outln!();
+    outln!("installed versions:");
     for v in &versions {
         let plugin = v["plugin"].as_str().unwrap_or("?");
         let version = v["version"].as_str().unwrap_or("?");
@@ -476,7 +487,7 @@ async fn print_installed(settings: &Settings) {
             _ => "-".to_owned(),
         };
         let digest = v["component_digest"].as_str().unwrap_or("");
-        println!(
+        outln!(
             "{:<16} {:<10} sha256:{}  {:<12} {}",
             terminal::escape(plugin),
             terminal::escape(version),
@@ -506,11 +517,11 @@ async fn plugins_list(settings: &Settings, json: bool) -> Result<u8, Failure> {
         print_json(&json!({"plugins": loaded, "failed": failed, "installed": installed}));
     } else {
         if host.plugins().is_empty() && report.failed.is_empty() {
-            println!("no plugins in {}", settings.plugins_dir.display());
+            outln!("no plugins in {}", settings.plugins_dir.display());
         }
         for plugin in host.plugins() {
             let tools: Vec<_> = plugin.tools().map(|t| t.name()).collect();
-            println!(
+            outln!(
                 "{:<16} {:<10} sha256:{}  cache:{:<8} tools: {}",
                 plugin.name(),
                 plugin.version(),
@@ -520,7 +531,7 @@ async fn plugins_list(settings: &Settings, json: bool) -> Result<u8, Failure> {
             );
         }
         for failure in &report.failed {
-            println!("{:<16} FAILED     {}", failure.dir.display(), failure.error);
+            outln!("{:<16} FAILED     {}", failure.dir.display(), failure.error);
         }
         print_installed(settings).await;
     }
@@ -539,7 +550,7 @@ async fn tools_list(settings: &Settings, json: bool) -> Result<u8, Failure> {
         print_json(&json!({"tools": tools}));
     } else {
         for tool in host.tools() {
-            println!(
+            outln!(
                 "{:<28} {:<12} {}",
                 tool.id(),
                 tool.risk().as_str(),
@@ -706,7 +717,7 @@ fn with_causes(error: &dyn std::error::Error) -> String {
 
 pub(crate) fn print_json(value: &serde_json::Value) {
     // `Value`'s Display cannot fail; pretty printing likewise.
-    println!(
+    outln!(
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
     );

@@ -73,7 +73,7 @@ fn pack(settings: &Settings, dir: &Path, out: Option<PathBuf>) -> Result<u8, Fai
     // file of the data directory.
     crate::outfile::check(settings, &out, true)?;
     package.write_archive(&out)?;
-    println!(
+    outln!(
         "packed {} {} (component sha256 {}) into {}",
         package.name(),
         package.version(),
@@ -89,7 +89,7 @@ fn keygen(out: &Path) -> Result<u8, Failure> {
         "created signing key {} (keep it secret); trust it with, in [policy] trusted_keys:",
         out.display()
     );
-    println!("{public}");
+    outln!("{public}");
     Ok(exit::OK)
 }
 
@@ -103,7 +103,7 @@ fn sign(path: &Path, key: &Path) -> Result<u8, Failure> {
         package.write_archive(path)?;
         path.to_owned()
     };
-    println!(
+    outln!(
         "signed {} {} with {public} ({})",
         package.name(),
         package.version(),
@@ -121,7 +121,7 @@ async fn diff(settings: &Settings, a: &str, b: &str, json: bool) -> Result<u8, F
     if json {
         print_json(&serde_json::to_value(&diff).context("cannot serialize the diff")?);
     } else {
-        print!("{diff}");
+        out!("{diff}");
     }
     Ok(exit::OK)
 }

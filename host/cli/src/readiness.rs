@@ -31,7 +31,7 @@ pub(crate) async fn run(settings: &Settings, args: ReadinessArgs) -> Result<u8, 
         print_json(&serde_json::json!({"ready": ready, "plugins": reports}));
     } else {
         for report in &reports {
-            println!(
+            outln!(
                 "{} {}: {}",
                 escape(&report.plugin),
                 escape(&report.version),
@@ -46,13 +46,13 @@ pub(crate) async fn run(settings: &Settings, args: ReadinessArgs) -> Result<u8, 
                         Some(tool) => format!("{}/{}", f.plugin, tool),
                         None => f.plugin.clone(),
                     };
-                    println!(
+                    outln!(
                         "  {label:<8} {:<18} {}: {}",
                         f.check.as_str(),
                         escape(&what),
                         escape(&f.reason)
                     );
-                    println!("  {:<8} {:<18} fix: {}", "", "", escape(&f.fix));
+                    outln!("  {:<8} {:<18} fix: {}", "", "", escape(&f.fix));
                 }
             }
         }

@@ -175,14 +175,14 @@ pub(crate) async fn install(settings: &Settings, args: InstallArgs) -> Result<u8
             text(&v["component_digest"])
         );
         if answer["new"].as_bool() == Some(true) {
-            println!("installed {what}");
+            outln!("installed {what}");
         } else {
-            println!("already installed: {what}");
+            outln!("already installed: {what}");
         }
         if let Some(signer) = v["signer"].as_str() {
-            println!("  signed by {signer}");
+            outln!("  signed by {signer}");
         }
-        println!(
+        outln!(
             "  it serves nothing yet: `airlock rollout {} {} --percent N`",
             text(&v["plugin"]),
             text(&v["version"])
@@ -269,13 +269,13 @@ fn print_rollout(answer: &Value, json_out: bool) {
         return;
     }
     let r = &answer["rollout"];
-    println!(
+    outln!(
         "{}: {} (recorded in the audit log)",
         text(&r["plugin"]),
         describe(r)
     );
     if let Some(previous) = r["previous"].as_str() {
-        println!(
+        outln!(
             "  `airlock rollback {}` returns to {}",
             text(&r["plugin"]),
             crate::terminal::escape(previous)
@@ -298,14 +298,20 @@ fn describe(r: &Value) -> String {
 
 fn print_status(status: &Value) {
     let r = &status["rollout"];
-    println!("{}: {}", text(&r["plugin"]), describe(r));
-    println!(
+    outln!("{}: {}", text(&r["plugin"]), describe(r));
+    outln!(
         "{:<8} {:<16} {:>8} {:>8} {:>10} {:>10} {:>12}",
-        "role", "version", "calls", "errors", "p50 ms", "p99 ms", "mean fuel"
+        "role",
+        "version",
+        "calls",
+        "errors",
+        "p50 ms",
+        "p99 ms",
+        "mean fuel"
     );
     for v in status["versions"].as_array().into_iter().flatten() {
         let ms = |us: &Value| us.as_u64().unwrap_or(0) as f64 / 1000.0;
-        println!(
+        outln!(
             "{:<8} {:<16} {:>8} {:>7.1}% {:>10.2} {:>10.2} {:>12}",
             text(&v["role"]),
             text(&v["version"]),
@@ -317,7 +323,7 @@ fn print_status(status: &Value) {
         );
     }
     if status["truncated"].as_bool() == Some(true) {
-        println!("(from the newest records only)");
+        outln!("(from the newest records only)");
     }
 }
 

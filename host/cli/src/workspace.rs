@@ -166,9 +166,12 @@ pub(crate) async fn run(settings: &Settings, command: WorkspaceCommand) -> Resul
             } else {
                 for p in plugins {
                     let u = p.usage;
-                    println!(
+                    outln!(
                         "{:<16} {:>8} keys {:>6} blobs {:>12} bytes",
-                        p.plugin, u.keys, u.blobs, u.bytes
+                        p.plugin,
+                        u.keys,
+                        u.blobs,
+                        u.bytes
                     );
                 }
             }
@@ -189,7 +192,7 @@ pub(crate) async fn run(settings: &Settings, command: WorkspaceCommand) -> Resul
                 );
             } else {
                 for k in &listing.keys {
-                    println!(
+                    outln!(
                         "key   {:<36} {:<40} {:>10} bytes",
                         crate::terminal::escape(&k.owner_text),
                         crate::terminal::escape(&k.key),
@@ -197,9 +200,11 @@ pub(crate) async fn run(settings: &Settings, command: WorkspaceCommand) -> Resul
                     );
                 }
                 for b in &listing.blobs {
-                    println!(
+                    outln!(
                         "blob  {:<36} {} {:>10} bytes",
-                        "plugin-wide", b.reference, b.size
+                        "plugin-wide",
+                        b.reference,
+                        b.size
                     );
                 }
             }

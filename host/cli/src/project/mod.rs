@@ -116,7 +116,7 @@ fn new(name: &str, lang: Lang, dir: Option<PathBuf>) -> Result<u8, Failure> {
     }
     let files = templates::project(name, lang)?;
     templates::write(&dir, &files)?;
-    println!(
+    outln!(
         "created the {} plugin project `{name}` in {}",
         match lang {
             Lang::Rust => "Rust",
@@ -124,7 +124,7 @@ fn new(name: &str, lang: Lang, dir: Option<PathBuf>) -> Result<u8, Failure> {
         },
         dir.display()
     );
-    println!(
+    outln!(
         "next: cd {} && airlock plugin build && airlock plugin check",
         dir.display()
     );
@@ -193,7 +193,7 @@ fn build(dir: &Path) -> Result<u8, Failure> {
             .with_context(|| format!("cannot create {}", parent.display()))?;
     }
     package.replace_dir(&out)?;
-    println!(
+    outln!(
         "built {} {} (component sha256 {}) into {}",
         package.name(),
         package.version(),
@@ -233,14 +233,14 @@ async fn check(settings: &Settings, path: &Path, json: bool) -> Result<u8, Failu
     if json {
         print_json(&serde_json::to_value(&report).context("cannot serialize the report")?);
     } else {
-        print!("{}", crate::inspect::render(&report));
+        out!("{}", crate::inspect::render(&report));
     }
     let plugin = loaded?;
     if report.has_errors() {
         return Ok(exit::HOST);
     }
     if !json {
-        println!(
+        outln!(
             "\nok: {} {} loads with {} tool(s)",
             package.name(),
             package.version(),

@@ -396,7 +396,7 @@ fn hostile_archives_are_refused_each_with_its_own_kind() {
             with(raw(
                 SIGNATURE_FILE,
                 EntryType::Regular,
-                &vec![b'#'; signature::MAX_SIGNATURE_BYTES as usize + 1],
+                &vec![b'#'; MAX_SIGNATURE_BYTES as usize + 1],
             )),
             "archive_entry_too_large",
         ),
