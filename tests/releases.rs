@@ -634,6 +634,12 @@ async fn an_edited_copy_of_an_installed_version_is_refused_not_served() {
         "{err}"
     );
 
+    // A copy without its manifest is named as such, not an OS error from
+    // writing a new copy over it.
+    std::fs::remove_file(&manifest).unwrap();
+    let err = refusal(load().await);
+    assert!(err.contains("holds no plugin.toml"), "{err}");
+
     std::fs::write(&manifest, &original).unwrap();
     let installed = load().await.unwrap();
     std::fs::write(copy.join("plugin.sig"), "not installed").unwrap();

@@ -73,6 +73,26 @@ pub enum Event {
 }
 
 impl Event {
+    /// Every event, in declaration order (for listing them, as `airlock
+    /// audit query --event` does).
+    pub const ALL: [Event; 15] = [
+        Event::CallRefused,
+        Event::CallStarted,
+        Event::CallFinished,
+        Event::CallReplayed,
+        Event::ApprovalRequested,
+        Event::ApprovalDecided,
+        Event::ApprovalExpired,
+        Event::ModeChanged,
+        Event::PluginInstalled,
+        Event::RolloutChanged,
+        Event::AlertFired,
+        Event::AlertResolved,
+        Event::Takeover,
+        Event::TakeoverUndone,
+        Event::AlertUndelivered,
+    ];
+
     /// The snake_case name stored in records.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -641,6 +661,29 @@ impl Members {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `ALL` lists every event once, by the name records store. serde's
+    /// refusal of an unknown name lists every variant it knows: an event
+    /// added without `ALL` fails here.
+    #[test]
+    fn every_event_is_listed_once_by_its_stored_name() {
+        let listed: Vec<&str> = Event::ALL.iter().map(|e| e.as_str()).collect();
+        for event in Event::ALL {
+            let parsed: Event = serde_json::from_value(Value::from(event.as_str())).unwrap();
+            assert_eq!(parsed, event);
+        }
+        let refusal = serde_json::from_value::<Event>(Value::from("no_such_event"))
+            .unwrap_err()
+            .to_string();
+        let known: Vec<&str> = refusal
+            .split_once("expected one of ")
+            .unwrap()
+            .1
+            .split(", ")
+            .map(|name| name.trim_matches('`'))
+            .collect();
+        assert_eq!(listed, known, "{refusal}");
+    }
 
     #[test]
     fn sealing_links_and_hashes_the_canonical_body() {

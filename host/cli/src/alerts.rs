@@ -52,6 +52,11 @@ struct Target {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// Pause a target that names no plugin or tool this host serves (it
+    /// holds on every host sharing the store); without it such a target,
+    /// mistyped perhaps, is refused.
+    #[arg(long)]
+    force: bool,
 }
 
 pub(crate) async fn run(settings: &Settings, args: AlertsArgs) -> Result<u8, Failure> {
@@ -77,6 +82,7 @@ async fn change(
         target: target.target,
         by: target.by.unwrap_or_else(|| settings.principal.clone()),
         reason: target.reason,
+        force: target.force,
     };
     let answer: Value = match server {
         Some(control) => {
@@ -89,6 +95,19 @@ async fn change(
         }
         None => {
             let host = local_host(settings)?;
+            if pause && !request.force {
+                // What this host would serve: its plugins directory too.
+                let _ = host.load_plugins_dir(&settings.plugins_dir).await;
+                if let Err(error) = host.check_pause_target(&request.target).await {
+                    close_audit(&host);
+                    return Err(match error {
+                        airlock_host::Error::Config { .. } => {
+                            Failure::usage(anyhow::Error::new(error))
+                        }
+                        other => other.into(),
+                    });
+                }
+            }
             let reason = request.reason.as_deref();
             let answer = if pause {
                 host.pause(&request.target, &request.by, reason)
@@ -111,14 +130,14 @@ async fn change(
     if pause {
         let by = answer["pause"]["by"].as_str().unwrap_or("?");
         if by == request.by {
-            println!("paused {name} (recorded)");
+            outln!("paused {name} (recorded)");
         } else {
-            println!("{name} was paused already, by {}", escape(by));
+            outln!("{name} was paused already, by {}", escape(by));
         }
     } else if answer["resumed"].is_null() {
-        println!("{name} was not paused: nothing to resume");
+        outln!("{name} was not paused: nothing to resume");
     } else {
-        println!("resumed {name} (recorded)");
+        outln!("resumed {name} (recorded)");
     }
     Ok(exit::OK)
 }
@@ -139,7 +158,7 @@ async fn list(settings: &Settings, server: Option<Control>, json_out: bool) -> R
     }
     let alerts = answer["alerts"].as_array().cloned().unwrap_or_default();
     if alerts.is_empty() {
-        println!("no alerts");
+        outln!("no alerts");
     }
     for alert in &alerts {
         let target = match (alert["plugin"].as_str(), alert["tool"].as_str()) {
@@ -160,11 +179,11 @@ async fn list(settings: &Settings, server: Option<Control>, json_out: bool) -> R
         if let Some(takeover) = alert["takeover"].as_str() {
             line.push_str(&format!("; takeover {}", escape(takeover)));
         }
-        println!("{line}");
+        outln!("{line}");
     }
     let pauses = answer["pauses"].as_array().cloned().unwrap_or_default();
     for pause in &pauses {
-        println!(
+        outln!(
             "paused    {:<53} by {} since {}{}",
             text(&pause["target"]),
             text(&pause["by"]),

@@ -83,8 +83,8 @@ pub(crate) struct QueryArgs {
     /// Outcome: ok, an error kind (tool_error, fuel_exhausted, ...) or unknown.
     #[arg(long)]
     outcome: Option<String>,
-    /// Event: call_refused, call_started or call_finished.
-    #[arg(long)]
+    /// Event, as records name it.
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(Event::ALL.map(Event::as_str)))]
     event: Option<String>,
     /// At or after: RFC 3339 (2026-11-23T10:00:00Z) or an age (15m, 2h, 7d).
     #[arg(long, value_name = "TIME")]
@@ -336,7 +336,8 @@ async fn tail(settings: &Settings, lines: usize, follow: bool, json: bool) -> Re
     // it, ask the server.
     let mut told_busy = false;
     let mut server: Option<Control> = None;
-    loop {
+    // Until a record cannot be shown: whoever read the output is gone.
+    while !crate::stdout::closed() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         if let Some(control) = &server {
             match records_after(control, last).await {
@@ -379,6 +380,7 @@ async fn tail(settings: &Settings, lines: usize, follow: bool, json: bool) -> Re
             Err(e) => return Err(e.into()),
         }
     }
+    Ok(exit::OK)
 }
 
 /// `tail` over a shared store: every chain, merged by time; each record
@@ -403,7 +405,7 @@ async fn tail_shared(
         return Ok(exit::OK);
     }
     // No lock: the store stays open, and new chains join as they appear.
-    loop {
+    while !crate::stdout::closed() {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let show_origin = many(log)?;
         let fresh: Vec<ChainRecord> = log.records_all(&after)?.collect::<Result<_, _>>()?;
@@ -412,6 +414,7 @@ async fn tail_shared(
             print_record(show_origin.then_some(&origin), &record, json);
         }
     }
+    Ok(exit::OK)
 }
 
 /// Every record after `last`, page by page.
@@ -443,7 +446,8 @@ async fn query(settings: &Settings, args: &QueryArgs) -> Result<u8, Failure> {
             serde_json::from_value::<Event>(json!(name))
                 .map_err(|_| {
                     anyhow::anyhow!(
-                        "unknown event {name:?}: expected call_refused, call_started or call_finished"
+                        "unknown event {name:?}: expected one of {}",
+                        Event::ALL.map(Event::as_str).join(", ")
                     )
                 })
                 .map_err(Failure::usage)?,
@@ -559,7 +563,7 @@ async fn show(settings: &Settings, text: &str, json: bool) -> Result<u8, Failure
         return Ok(exit::OK);
     }
     if let Some(map) = value.as_object() {
-        println!("record {label} at {}", format_time(record.time_ms));
+        outln!("record {label} at {}", format_time(record.time_ms));
         for (key, item) in map {
             if key == "time_ms" || key == "seq" {
                 continue;
@@ -568,8 +572,8 @@ async fn show(settings: &Settings, text: &str, json: bool) -> Result<u8, Failure
             // trace id) is escaped: it must not drive the terminal.
             let key = escape(key);
             match item {
-                serde_json::Value::String(s) => println!("  {key:<18} {}", escape(s)),
-                other => println!("  {key:<18} {}", escape(&other.to_string())),
+                serde_json::Value::String(s) => outln!("  {key:<18} {}", escape(s)),
+                other => outln!("  {key:<18} {}", escape(&other.to_string())),
             }
         }
     }
@@ -582,13 +586,13 @@ async fn export(settings: &Settings, out: &Path) -> Result<u8, Failure> {
         let chains = shared
             .export_all(out)
             .with_context(|| format!("cannot export to {}", out.display()))?;
-        println!(
+        outln!(
             "exported {} chains (export version 2) to {}",
             chains.len(),
             out.display()
         );
         for chain in &chains {
-            println!(
+            outln!(
                 "  {}: {} records, public key {}",
                 chain.origin,
                 chain.records,
@@ -598,7 +602,7 @@ async fn export(settings: &Settings, out: &Path) -> Result<u8, Failure> {
                     .unwrap_or("none (no checkpoint yet)")
             );
         }
-        println!(
+        outln!(
             "verify with: airlock audit verify --export {} --keys {}",
             out.display(),
             audit_dir(settings).join(KEYS_DIR).display()
@@ -606,12 +610,12 @@ async fn export(settings: &Settings, out: &Path) -> Result<u8, Failure> {
         return Ok(exit::OK);
     }
     let (records, checkpoints, public_key) = log.export(out).await?;
-    println!(
+    outln!(
         "exported {records} records and {checkpoints} checkpoints to {}",
         out.display()
     );
-    println!("public key: {public_key}");
-    println!(
+    outln!("public key: {public_key}");
+    outln!(
         "verify with: airlock audit verify --export {} --pubkey {}",
         out.display(),
         audit_dir(settings).join(PUBLIC_KEY_FILE).display()
@@ -879,14 +883,14 @@ const BESIDE_THE_LOG_WARNING: &str = "this key was read from beside the log: the
 fn report(what: &str, key: &KeySource, verdict: &Verdict, json: bool) {
     if !json {
         match key {
-            KeySource::Given(_) => println!("key: {} (given with --pubkey)", key.hex()),
+            KeySource::Given(_) => outln!("key: {} (given with --pubkey)", key.hex()),
             KeySource::BesideTheLog(_, path) => {
-                println!(
+                outln!(
                     "key: {} (stored beside the log: {})",
                     key.hex(),
                     path.display()
                 );
-                println!("warning: {BESIDE_THE_LOG_WARNING}");
+                outln!("warning: {BESIDE_THE_LOG_WARNING}");
             }
         }
     }
@@ -907,18 +911,18 @@ fn report(what: &str, key: &KeySource, verdict: &Verdict, json: bool) {
             },
             false,
         ) => {
-            println!("ok: {records} records, {checkpoints} checkpoints verified ({what})");
+            outln!("ok: {records} records, {checkpoints} checkpoints verified ({what})");
             if let Some(head) = head_hash {
-                println!("head: {head}");
+                outln!("head: {head}");
             }
             if *unsigned_tail > 0 {
-                println!(
+                outln!(
                     "note: the last {unsigned_tail} records are not covered by a checkpoint yet (signed every few seconds and at shutdown)"
                 );
             }
         }
         (Verdict::Failed { seq, problem, .. }, false) => {
-            println!("FAILED at record {seq}: {problem}")
+            outln!("FAILED at record {seq}: {problem}")
         }
     }
 }
@@ -992,36 +996,41 @@ fn report_chains(
             ""
         };
         match &chain.result {
-            Ok(report) => println!(
+            Ok(report) => outln!(
                 "chain {}{me}: ok: {} records, {} checkpoints verified",
-                chain.origin, report.records, report.checkpoints
+                chain.origin,
+                report.records,
+                report.checkpoints
             ),
-            Err(failure) => println!(
+            Err(failure) => outln!(
                 "chain {}{me}: FAILED at record {}:{}: {}",
-                chain.origin, chain.origin, failure.seq, failure.problem
+                chain.origin,
+                chain.origin,
+                failure.seq,
+                failure.problem
             ),
         }
         let key = chain.public_key.as_deref().unwrap_or("none");
         match &chain.key_source {
-            ChainKeySource::Given => println!("  key: {key} (given with --pubkey)"),
-            ChainKeySource::Own => println!(
+            ChainKeySource::Given => outln!("  key: {key} (given with --pubkey)"),
+            ChainKeySource::Own => outln!(
                 "  key: {key} (this host's own: {})",
                 audit_dir.join(PUBLIC_KEY_FILE).display()
             ),
-            ChainKeySource::File { path } => println!("  key: {key} ({})", path.display()),
+            ChainKeySource::File { path } => outln!("  key: {key} ({})", path.display()),
             ChainKeySource::Named => {
-                println!("  key: {key} (UNVOUCHED: named by the chain's own checkpoints)")
+                outln!("  key: {key} (UNVOUCHED: named by the chain's own checkpoints)")
             }
             ChainKeySource::None => {
-                println!("  key: none (UNVOUCHED: no checkpoints; links and hashes checked only)")
+                outln!("  key: none (UNVOUCHED: no checkpoints; links and hashes checked only)")
             }
         }
         if let Ok(report) = &chain.result {
             if let Some(head) = &report.head_hash {
-                println!("  head: {head}");
+                outln!("  head: {head}");
             }
             if report.unsigned_tail > 0 {
-                println!(
+                outln!(
                     "  note: the last {} records are not covered by a checkpoint yet (signed every few seconds and at shutdown)",
                     report.unsigned_tail
                 );
@@ -1029,12 +1038,12 @@ fn report_chains(
         }
     }
     if chains.iter().any(|c| !vouched(&c.key_source)) {
-        println!("warning: {UNVOUCHED_WARNING}");
+        outln!("warning: {UNVOUCHED_WARNING}");
     }
     if failed.is_empty() {
-        println!("ok: {} chains verified ({what})", chains.len());
+        outln!("ok: {} chains verified ({what})", chains.len());
     } else {
-        println!(
+        outln!(
             "FAILED: {} of {} chains ({}) in {what}",
             failed.len(),
             chains.len(),
@@ -1049,7 +1058,7 @@ fn report_chains(
 fn print_record(origin: Option<&String>, record: &Record, json: bool) {
     if json {
         let Some(origin) = origin else {
-            println!(
+            outln!(
                 "{}",
                 serde_json::to_string(record).unwrap_or_else(|_| "{}".into())
             );
@@ -1059,7 +1068,7 @@ fn print_record(origin: Option<&String>, record: &Record, json: bool) {
         if let Some(map) = value.as_object_mut() {
             map.insert("origin".into(), json!(origin));
         }
-        println!("{value}");
+        outln!("{value}");
         return;
     }
     let e = &record.entry;
@@ -1094,7 +1103,7 @@ fn print_record(origin: Option<&String>, record: &Record, json: bool) {
     if let Some(call) = &e.call_id {
         line.push_str(&format!("  call={}", escape(call)));
     }
-    println!("{line}");
+    outln!("{line}");
 }
 
 fn format_time(ms: u64) -> String {

@@ -1237,12 +1237,35 @@ fn alerts_pause_and_resume_a_tool_on_the_data_directory() {
     assert!(records.contains("\"takeover\""), "{records}");
     assert!(records.contains("\"takeover_undone\""), "{records}");
 
+    // A malformed target, and one naming nothing this host serves (a
+    // typo during an incident would pause nothing), are usage errors, and
+    // nothing is paused or recorded.
     let out = env.run(&["alerts", "pause", "a/b/c"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(
         stderr(&out).contains("invalid pause target"),
         "{}",
         stderr(&out)
+    );
+    for (target, says) in [
+        ("text/slugfy", "`text` has no such tool here (its tools: "),
+        ("txet", "no plugin here is named `txet` (plugins: "),
+        ("txet/slugify", "no plugin here is named `txet`"),
+    ] {
+        let out = env.run(&["alerts", "pause", target]);
+        assert_eq!(out.status.code(), Some(2), "{target}: {}", stderr(&out));
+        assert!(stderr(&out).contains(says), "{target}: {}", stderr(&out));
+    }
+    assert_eq!(
+        json(&env.run(&["alerts", "--json"]))["pauses"],
+        serde_json::json!([])
+    );
+    // With --force it holds (for a tool other hosts serve, or will).
+    let out = env.run(&["alerts", "pause", "txet/slugify", "--force"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        json(&env.run(&["alerts", "--json"]))["pauses"][0]["target"],
+        "txet/slugify"
     );
 }
 
@@ -1437,4 +1460,39 @@ fn inputs_linked_to_an_endless_device_are_refused_not_read_whole() {
     let call = env.run(&["call", "text/stats", "--args", r#"{"text":"a"}"#]);
     assert_ne!(call.status.code(), Some(0), "{}", stderr(&call));
     assert!(stderr(&call).contains("signing.key"), "{}", stderr(&call));
+}
+
+/// A reader that goes away (`airlock tools list | head -1`) ended the
+/// command with a panic (exit 101): it now stops printing and exits as it
+/// would have. A write that fails for another reason (a full disk) is an
+/// error, not lost output.
+#[cfg(unix)]
+#[test]
+fn output_to_a_closed_pipe_is_no_panic_and_to_a_full_disk_an_error() {
+    let env = Env::new();
+    let mut child = env
+        .cmd(Path::new(PLUGINS_DIR))
+        .args(["tools", "list", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let closed = child.wait_with_output().unwrap();
+    assert_eq!(closed.status.code(), Some(0), "{}", stderr(&closed));
+    assert!(!stderr(&closed).contains("panicked"), "{}", stderr(&closed));
+
+    let full = env
+        .cmd(Path::new(PLUGINS_DIR))
+        .args(["tools", "list", "--json"])
+        .stdout(std::fs::File::create("/dev/full").unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(full.status.code(), Some(1), "{}", stderr(&full));
+    assert!(
+        stderr(&full).contains("cannot write to standard output")
+            && !stderr(&full).contains("panicked"),
+        "{}",
+        stderr(&full)
+    );
 }

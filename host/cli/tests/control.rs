@@ -472,7 +472,15 @@ fn every_operator_command_works_through_the_running_server() {
     let shown: Value = serde_json::from_str(&setup.ok(&["mode", "show"])).unwrap();
     assert_eq!(shown["read_only"], false);
 
-    // alerts: a pause through the server, refused at once, then resumed.
+    // alerts: a target the server does not serve is refused by it (a
+    // typo would pause nothing); a pause through the server, refused at
+    // once, then resumed.
+    let typo = setup.run(&["alerts", "pause", "misbehave/nwo"]);
+    assert_eq!(typo.status.code(), Some(2), "{typo:?}");
+    assert!(
+        String::from_utf8_lossy(&typo.stderr).contains("`misbehave` has no such tool here"),
+        "{typo:?}"
+    );
     let said = setup.ok(&["alerts", "pause", "misbehave/now", "--reason", "takeover"]);
     assert!(said.contains("paused misbehave/now"), "{said}");
     let refused = serve.call("misbehave__now", json!({}), json!({}));

@@ -24,7 +24,7 @@
 //! | `POST /v1/mode` [`ModeRequest`] | `{"mode": ...}` (recorded in the audit log) |
 //! | `POST /v1/releases` [`ReleaseRequest`](crate::releases::ReleaseRequest) | the action's answer; `409` with `{"error": message, "kind", "class", "approval_id"?}` when refused |
 //! | `GET /v1/alerts` | `{"alerts": [`[`AlertStatus`](airlock_host::AlertStatus)`], "pauses": [`[`Pause`](airlock_host::Pause)`]}` |
-//! | `POST /v1/alerts/pause` [`PauseRequest`] | `{"pause": ...}` (recorded) |
+//! | `POST /v1/alerts/pause` [`PauseRequest`] | `{"pause": ...}` (recorded); 400 for a target the host does not serve, unless `force` |
 //! | `POST /v1/alerts/resume` [`PauseRequest`] | `{"resumed": pause or null}` (recorded) |
 //!
 //! Errors are `{"error": "..."}` with `400` (bad request), `404`, `409`
@@ -924,6 +924,10 @@ pub struct PauseRequest {
     /// Why (recorded).
     #[serde(default)]
     pub reason: Option<String>,
+    /// Pause even a target this host does not serve (see
+    /// [`Host::check_pause_target`]); resuming ignores it.
+    #[serde(default)]
+    pub force: bool,
 }
 
 async fn alerts(State(host): State<Arc<Host>>) -> Response {
@@ -948,6 +952,11 @@ async fn pause(State(host): State<Arc<Host>>, body: Bytes) -> Response {
         Ok(request) => request,
         Err(refusal) => return refusal.into_response(),
     };
+    if !request.force
+        && let Err(error) = host.check_pause_target(&request.target).await
+    {
+        return host_refusal(&error).into_response();
+    }
     match host
         .pause(&request.target, &request.by, request.reason.as_deref())
         .await

@@ -1220,6 +1220,68 @@ impl Host {
         Ok(self.pauses.list(&self.ledger)?)
     }
 
+    /// Check that `target` (as [`pause`](Self::pause) takes it) names what
+    /// this host serves or keeps: a plugin loaded from its plugins
+    /// directory or installed, and with a tool, a tool that plugin, or a
+    /// version its rollout routes to, exposes.
+    ///
+    /// A pause holds on every host sharing the store, so `pause` itself
+    /// takes any well-formed target (one may pause a tool before it is
+    /// rolled out here); operators' commands call this first, so that a
+    /// mistyped target during an incident is refused instead of pausing
+    /// nothing.
+    ///
+    /// # Errors
+    /// [`Error::Config`] for a malformed target or one this host does not
+    /// know, naming what it knows; [`Error::Store`]; [`Error::Load`] when
+    /// a routed version cannot be loaded.
+    pub async fn check_pause_target(&self, target: &str) -> Result<()> {
+        check_target(target).map_err(|message| Error::Config { message })?;
+        let (plugin, tool) = match target.split_once('/') {
+            Some((plugin, tool)) => (plugin, Some(tool)),
+            None => (target, None),
+        };
+        let mut versions: Vec<Arc<Plugin>> = self.plugins.get(plugin).into_iter().collect();
+        if let Some(rollout) = self.served.rollouts()?.get(plugin) {
+            for version in rollout.versions() {
+                versions.push(self.plugin_version(plugin, version).await?);
+            }
+        }
+        let known = match tool {
+            None => !versions.is_empty() || !self.installed(Some(plugin))?.is_empty(),
+            Some(tool) => versions.iter().any(|p| p.tool(tool).is_some()),
+        };
+        if known {
+            return Ok(());
+        }
+        let mut names: Vec<String> = self.plugin_names();
+        names.extend(self.installed(None)?.into_iter().map(|v| v.plugin));
+        names.sort();
+        names.dedup();
+        let what = match tool {
+            Some(_) if !versions.is_empty() => {
+                let mut tools: Vec<&str> = versions
+                    .iter()
+                    .flat_map(|p| p.tools().map(Tool::name))
+                    .collect();
+                tools.sort_unstable();
+                tools.dedup();
+                format!(
+                    "`{plugin}` has no such tool here (its tools: {})",
+                    some(&tools)
+                )
+            }
+            _ if names.is_empty() => "this host has no plugins".to_owned(),
+            _ => format!(
+                "no plugin here is named `{plugin}` (plugins: {})",
+                some(&names)
+            ),
+        };
+        Err(Error::Config {
+            message: format!("pause target {target:?} names nothing this host serves: {what}"),
+        })
+    }
+
     /// Pause `target` (`plugin/tool`, or `plugin` for every tool of it):
     /// its calls are refused with [`CallError::ToolPaused`] by every host
     /// sharing the ledger (within [`PAUSE_REFRESH`](crate::PAUSE_REFRESH))
@@ -1445,6 +1507,21 @@ fn retry_wait(
             .saturating_mul(1u64 << (attempt - 1).min(16)),
     );
     (elapsed + wait <= std::time::Duration::from_millis(policy.budget_ms)).then_some(wait)
+}
+
+/// The first names of `names`, for a message: a host may keep hundreds.
+fn some(names: &[impl AsRef<str>]) -> String {
+    const SHOWN: usize = 20;
+    let mut text = names
+        .iter()
+        .take(SHOWN)
+        .map(AsRef::as_ref)
+        .collect::<Vec<_>>()
+        .join(", ");
+    if names.len() > SHOWN {
+        text.push_str(&format!(", and {} more", names.len() - SHOWN));
+    }
+    text
 }
 
 #[cfg(test)]

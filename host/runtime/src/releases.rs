@@ -450,9 +450,28 @@ impl Served {
         }
         let parent = self.dir.join(&installed.plugin);
         let dir = parent.join(format!("{}-{short}", installed.version));
-        if dir.join(MANIFEST_FILE).is_file() {
-            check_materialized(&dir, installed)?;
-            return Ok(dir);
+        let manifest = dir.join(MANIFEST_FILE);
+        match std::fs::metadata(&manifest) {
+            Ok(_) => {
+                check_materialized(&dir, installed)?;
+                return Ok(dir);
+            }
+            // A copy is renamed into place whole: a directory without its
+            // manifest was cut short by hand, and would not be replaced.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if std::fs::symlink_metadata(&dir).is_ok() {
+                    return Err(store_error(airlock_store::StoreError::new(
+                        airlock_store::ErrorKind::Corrupt,
+                        format!(
+                            "{} of installed {} {} holds no {MANIFEST_FILE}: remove it and it is written again from the store",
+                            dir.display(),
+                            installed.plugin,
+                            installed.version
+                        ),
+                    )));
+                }
+            }
+            Err(e) => return Err(Error::io(&manifest, e)),
         }
         std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
         let temp = tempfile::Builder::new()
