@@ -42,6 +42,8 @@ pub fn open_waiting(config: &sled::Config, wait: Duration) -> Result<sled::Db, O
 
 /// [`open_waiting`] with the seam's error: [`ErrorKind::Locked`] when
 /// another process kept the database for the whole wait,
+/// [`ErrorKind::Corrupt`] when sled finds its files damaged (said in
+/// words, with what to do: sled's own message names no file),
 /// [`ErrorKind::Unavailable`] for any other failure. `what` names the
 /// database in the message (`audit log at /var/lib/airlock/audit/db`).
 ///
@@ -52,6 +54,12 @@ pub fn open(config: &sled::Config, wait: Duration, what: &str) -> Result<sled::D
         OpenError::Locked => StoreError::new(
             ErrorKind::Locked,
             format!("{what} is in use by another airlock process"),
+        ),
+        OpenError::Failed(sled::Error::Corruption { .. }) => StoreError::new(
+            ErrorKind::Corrupt,
+            format!(
+                "{what} is damaged: sled cannot read its files (nothing was changed); restore its directory from a backup, or move it aside to keep it for inspection and start afresh"
+            ),
         ),
         OpenError::Failed(e) => StoreError::unavailable(format!("cannot open {what}"), e),
     })
@@ -65,6 +73,32 @@ fn is_locked(e: &sled::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// sled's own word for damaged files ("Read corrupted data at file
+    /// offset None backtrace ()") named neither the database nor what to
+    /// do.
+    #[test]
+    fn a_damaged_database_is_reported_corrupt_by_name() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db");
+        let config = sled::Config::new().path(&path);
+        {
+            let db = open_waiting(&config, Duration::ZERO).expect("first open");
+            for i in 0u32..2000 {
+                db.insert(i.to_be_bytes(), vec![7u8; 100]).expect("insert");
+            }
+            db.flush().expect("flush");
+        }
+        // A snapshot whose checksum does not hold: what a disk error, or
+        // a copy cut short, leaves.
+        std::fs::write(path.join("snap.0000000000000FFF"), [0x5a; 130]).expect("write");
+        let err = open(&config, Duration::ZERO, "the test database").expect_err("damaged");
+        assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+        assert!(
+            err.to_string().contains("the test database is damaged"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn a_held_database_is_reported_locked_after_the_wait_and_opens_once_released() {
