@@ -27,6 +27,16 @@ pub(crate) fn text(args: fmt::Arguments<'_>) {
     write(args, false);
 }
 
+/// Print `bytes` as they are (a stored value), unless standard output is
+/// closed.
+pub(crate) fn bytes(bytes: &[u8]) {
+    if closed() {
+        return;
+    }
+    let written = io::stdout().lock().write_all(bytes);
+    remember(written);
+}
+
 fn write(args: fmt::Arguments<'_>, newline: bool) {
     if closed() {
         return;
@@ -39,6 +49,12 @@ fn write(args: fmt::Arguments<'_>, newline: bool) {
             Ok(())
         }
     });
+    remember(written);
+}
+
+/// After a failed write, standard output stays closed, and the first
+/// failure is kept for [`finish`].
+fn remember(written: io::Result<()>) {
     if let Err(e) = written {
         CLOSED.store(true, Ordering::Relaxed);
         let mut failure = FAILURE

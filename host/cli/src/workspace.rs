@@ -228,9 +228,7 @@ pub(crate) async fn run(settings: &Settings, command: WorkspaceCommand) -> Resul
             let value = store.value(&plugin, &request).await?;
             match out {
                 Some(path) => write_atomically(&path, &value)?,
-                None => std::io::stdout()
-                    .write_all(&value)
-                    .context("cannot write to stdout")?,
+                None => crate::stdout::bytes(&value),
             }
         }
         WorkspaceCommand::Export { plugin, out, force } => {
