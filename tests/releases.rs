@@ -75,6 +75,17 @@ async fn version_for(host: &Host, principal: &str) -> String {
     .plugin_version
 }
 
+/// An error with its causes, as the CLI prints it.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text = format!("{text}: {cause}");
+        source = cause.source();
+    }
+    text
+}
+
 fn release_error(error: Error) -> ReleaseError {
     match error {
         Error::Release(e) => e,
@@ -538,15 +549,7 @@ async fn a_version_record_that_names_a_path_is_refused_not_written_there() {
         let host = Host::new(config(data.path())).unwrap();
         let err = match host.plugin_version("text", "1.0.0").await {
             Ok(_) => panic!("{field} = {value:?} was loaded"),
-            Err(e) => {
-                let mut text = e.to_string();
-                let mut source = std::error::Error::source(&e);
-                while let Some(cause) = source {
-                    text = format!("{text}: {cause}");
-                    source = cause.source();
-                }
-                text
-            }
+            Err(e) => chain(&e),
         };
         assert!(
             err.contains("names") || err.contains("cannot name a directory"),
@@ -611,15 +614,7 @@ async fn an_edited_copy_of_an_installed_version_is_refused_not_served() {
     };
     let refusal = |result: Result<String, Error>| match result {
         Ok(_) => panic!("an edited copy was served"),
-        Err(Error::Store(e)) => {
-            let mut text = e.to_string();
-            let mut source = std::error::Error::source(&e);
-            while let Some(cause) = source {
-                text = format!("{text}: {cause}");
-                source = cause.source();
-            }
-            text
-        }
+        Err(Error::Store(e)) => chain(&e),
         Err(other) => panic!("expected a store refusal, got {other:?}"),
     };
 

@@ -219,6 +219,15 @@ fn check_name(plugin: &str) -> Result<()> {
         .map_err(|message| ReleaseError::InvalidPluginName { message }.into())
 }
 
+/// The store (or the copy of it served from disk) holds what it must
+/// not: `message` says what.
+fn corrupt(message: impl Into<String>) -> Error {
+    store_error(airlock_store::StoreError::new(
+        airlock_store::ErrorKind::Corrupt,
+        message,
+    ))
+}
+
 fn store_error(e: airlock_store::StoreError) -> Error {
     Error::Store(StoreError::new(Store::Plugins, e))
 }
@@ -404,26 +413,20 @@ impl Served {
                 version: version.to_owned(),
             })?;
         if installed.plugin != plugin || installed.version != version {
-            return Err(store_error(airlock_store::StoreError::new(
-                airlock_store::ErrorKind::Corrupt,
-                format!(
-                    "the store's record for {plugin} {version} names {} {}",
-                    installed.plugin, installed.version
-                ),
+            return Err(corrupt(format!(
+                "the store's record for {plugin} {version} names {} {}",
+                installed.plugin, installed.version
             )));
         }
         let dir = self.materialize(&installed)?;
         let loaded = plugin::load(engine, cache, policy, &dir).await?;
         if loaded.name() != installed.plugin || loaded.version() != installed.version {
-            return Err(store_error(airlock_store::StoreError::new(
-                airlock_store::ErrorKind::Corrupt,
-                format!(
-                    "installed {} {} holds a manifest of {} {}",
-                    installed.plugin,
-                    installed.version,
-                    loaded.name(),
-                    loaded.version()
-                ),
+            return Err(corrupt(format!(
+                "installed {} {} holds a manifest of {} {}",
+                installed.plugin,
+                installed.version,
+                loaded.name(),
+                loaded.version()
             )));
         }
         self.keep(loaded)
@@ -442,9 +445,8 @@ impl Served {
             ("component digest", short),
         ] {
             if !is_path_component(part) {
-                return Err(store_error(airlock_store::StoreError::new(
-                    airlock_store::ErrorKind::Corrupt,
-                    format!("an installed version's {what} {part:?} cannot name a directory"),
+                return Err(corrupt(format!(
+                    "an installed version's {what} {part:?} cannot name a directory"
                 )));
             }
         }
@@ -460,14 +462,11 @@ impl Served {
             // manifest was cut short by hand, and would not be replaced.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if std::fs::symlink_metadata(&dir).is_ok() {
-                    return Err(store_error(airlock_store::StoreError::new(
-                        airlock_store::ErrorKind::Corrupt,
-                        format!(
-                            "{} of installed {} {} holds no {MANIFEST_FILE}: remove it and it is written again from the store",
-                            dir.display(),
-                            installed.plugin,
-                            installed.version
-                        ),
+                    return Err(corrupt(format!(
+                        "{} of installed {} {} holds no {MANIFEST_FILE}: remove it and it is written again from the store",
+                        dir.display(),
+                        installed.plugin,
+                        installed.version
                     )));
                 }
             }
@@ -1060,12 +1059,9 @@ pub fn write_version(releases: &Releases, installed: &InstalledVersion, dir: &Pa
     // A stored record names its component's file: a plain name, never a
     // path out of `dir`, whatever the store holds.
     airlock_store::check_file_name(&installed.component_file).map_err(|m| {
-        store_error(airlock_store::StoreError::new(
-            airlock_store::ErrorKind::Corrupt,
-            format!(
-                "installed {} {} names its component {m}",
-                installed.plugin, installed.version
-            ),
+        corrupt(format!(
+            "installed {} {} names its component {m}",
+            installed.plugin, installed.version
         ))
     })?;
     let mut files = vec![
@@ -1147,15 +1143,12 @@ fn check_materialized(dir: &Path, installed: &InstalledVersion) -> Result<()> {
             (Some(_), None) => "is missing".to_owned(),
             (None, _) => "was not installed with it".to_owned(),
         };
-        return Err(store_error(airlock_store::StoreError::new(
-            airlock_store::ErrorKind::Corrupt,
-            format!(
-                "{} of installed {} {} {what}: remove {} and it is written again from the store",
-                path.display(),
-                installed.plugin,
-                installed.version,
-                dir.display()
-            ),
+        return Err(corrupt(format!(
+            "{} of installed {} {} {what}: remove {} and it is written again from the store",
+            path.display(),
+            installed.plugin,
+            installed.version,
+            dir.display()
         )));
     }
     Ok(())
