@@ -50,7 +50,12 @@ pub fn open_waiting(config: &sled::Config, wait: Duration) -> Result<sled::Db, O
 /// # Errors
 /// As above.
 pub fn open(config: &sled::Config, wait: Duration, what: &str) -> Result<sled::Db, StoreError> {
-    open_waiting(config, wait).map_err(|e| match e {
+    open_waiting(config, wait).map_err(|e| open_error(e, what))
+}
+
+/// The seam's error for a database `what` that did not open.
+fn open_error(error: OpenError, what: &str) -> StoreError {
+    match error {
         OpenError::Locked => StoreError::new(
             ErrorKind::Locked,
             format!("{what} is in use by another airlock process"),
@@ -61,8 +66,24 @@ pub fn open(config: &sled::Config, wait: Duration, what: &str) -> Result<sled::D
                 "{what} is damaged: sled cannot read its files (nothing was changed); restore its directory from a backup, or move it aside to keep it for inspection and start afresh"
             ),
         ),
+        // sled opens its files read-write, even to read: say so, since a
+        // reader (an auditor verifying the log) may expect read access to
+        // be enough.
+        OpenError::Failed(sled::Error::Io(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem
+            ) =>
+        {
+            StoreError::unavailable(
+                format!(
+                    "cannot open {what}: the database is opened read-write, even to read it (run as its owner, or verify an `airlock audit export` of it instead)"
+                ),
+                e,
+            )
+        }
         OpenError::Failed(e) => StoreError::unavailable(format!("cannot open {what}"), e),
-    })
+    }
 }
 
 fn is_locked(e: &sled::Error) -> bool {
@@ -98,6 +119,35 @@ mod tests {
             err.to_string().contains("the test database is damaged"),
             "{err}"
         );
+    }
+
+    /// A database its reader may not write cannot be opened (sled opens
+    /// read-write); the error says so rather than "permission denied"
+    /// alone. (Tests run as root here, so the mapping is tested directly.)
+    #[test]
+    fn a_database_that_cannot_be_written_says_it_is_opened_read_write() {
+        for kind in [
+            std::io::ErrorKind::PermissionDenied,
+            std::io::ErrorKind::ReadOnlyFilesystem,
+        ] {
+            let err = open_error(
+                OpenError::Failed(sled::Error::Io(std::io::Error::from(kind))),
+                "the audit log at x",
+            );
+            assert_eq!(err.kind(), ErrorKind::Unavailable);
+            assert!(
+                err.to_string()
+                    .contains("opened read-write, even to read it"),
+                "{err}"
+            );
+        }
+        let other = open_error(
+            OpenError::Failed(sled::Error::Io(std::io::Error::from(
+                std::io::ErrorKind::NotFound,
+            ))),
+            "the audit log at x",
+        );
+        assert!(!other.to_string().contains("read-write"), "{other}");
     }
 
     #[test]
