@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_store::{ErrorKind, StoreError};
+use percent_encoding::percent_decode_str;
 use serde::Deserialize;
 
 /// Whether the connection is encrypted.
@@ -271,66 +272,127 @@ impl fmt::Debug for PostgresConfig {
 }
 
 /// `url` with any password replaced by `***`: the `user:password@` of a
-/// URL, `password=` of a URL's query or of the `key=value` form (spaces
-/// around `=` allowed, as libpq allows them).
+/// URL and a `password` in its query, or the `password` of the
+/// `key=value` form, read as libpq (and tokio-postgres) read them.
 ///
 /// # Security
-/// This runs on text that failed to parse too, so it errs towards hiding:
-/// a URL's user information runs to the last `@` before its query, so a
-/// password holding a `/` (not percent-encoded) is hidden as well.
+/// This runs on text that failed to parse too, so wherever it cannot tell
+/// it hides: a URL's user information runs to its last `@` (a password
+/// may hold `/`, `?` or `@`), query keys are compared decoded and in any
+/// case, and a `key=value` text it cannot read past a point is shown only
+/// up to it when what follows might hold a password.
 fn redact(url: &str) -> String {
-    let mut out = url.to_owned();
-    if let Some(scheme_end) = out.find("://") {
-        let rest_start = scheme_end + 3;
-        let query = out[rest_start..]
-            .find('?')
-            .map_or(out.len(), |i| rest_start + i);
-        if let Some(at) = out[rest_start..query].rfind('@') {
-            let userinfo = &out[rest_start..rest_start + at];
-            if let Some(colon) = userinfo.find(':') {
-                out.replace_range(rest_start + colon + 1..rest_start + at, "***");
-            }
+    // Any `scheme://`: a URL of another scheme is refused, but shown.
+    match url.find("://") {
+        Some(i)
+            if !url[..i].is_empty()
+                && url[..i]
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')) =>
+        {
+            redact_url(url, i + 3)
         }
+        _ => redact_keywords(url),
     }
-    let mut result = String::with_capacity(out.len());
-    let mut rest = out.as_str();
-    while let Some(i) = rest.find("password") {
-        let before_ok =
-            i == 0 || matches!(rest.as_bytes()[i - 1], b'?' | b'&' | b' ' | b'\t' | b'\n');
-        let keyword_end = i + "password".len();
-        result.push_str(&rest[..keyword_end]);
-        rest = &rest[keyword_end..];
-        let spaced = rest.trim_start_matches([' ', '\t']);
-        let Some(value) = spaced.strip_prefix('=').filter(|_| before_ok) else {
-            continue;
+}
+
+/// [`redact`] for a URL whose authority starts at byte `start`.
+fn redact_url(url: &str, start: usize) -> String {
+    let mut out = url.to_owned();
+    if let Some(at) = out.rfind('@').filter(|&at| at >= start)
+        && let Some(colon) = out[start..at].find(':')
+    {
+        out.replace_range(start + colon + 1..at, "***");
+    }
+    let Some(query_start) = out.find('?').map(|q| q + 1) else {
+        return out;
+    };
+    let params: Vec<String> = out[query_start..]
+        .split('&')
+        .map(|param| match param.split_once('=') {
+            Some((key, _)) if is_password_key(&percent_decode_str(key).decode_utf8_lossy()) => {
+                format!("{key}=***")
+            }
+            _ => param.to_owned(),
+        })
+        .collect();
+    format!("{}{}", &out[..query_start], params.join("&"))
+}
+
+fn is_password_key(key: &str) -> bool {
+    key.trim().eq_ignore_ascii_case("password")
+}
+
+/// [`redact`] for libpq's `key = value` form: pairs split by whitespace,
+/// `=` with any whitespace around it, values quoted (`'…'`, `\` escaping)
+/// or plain up to unescaped whitespace.
+fn redact_keywords(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.char_indices().peekable();
+    let skip_space = |chars: &mut std::iter::Peekable<std::str::CharIndices<'_>>,
+                      out: &mut String| {
+        while let Some(&(_, c)) = chars.peek() {
+            if !c.is_whitespace() {
+                break;
+            }
+            out.push(c);
+            chars.next();
+        }
+    };
+    loop {
+        skip_space(&mut chars, &mut out);
+        let Some(&(key_start, _)) = chars.peek() else {
+            return out;
         };
-        let value = value.trim_start_matches([' ', '\t']);
-        result.push_str(&rest[..rest.len() - value.len()]);
-        rest = value;
-        // A quoted key=value password runs to its closing quote; any other
-        // to the next `&` or whitespace.
-        let end = if let Some(quoted) = rest.strip_prefix('\'') {
-            let mut end = None;
+        let mut key_end = text.len();
+        while let Some(&(i, c)) = chars.peek() {
+            if c.is_whitespace() || c == '=' {
+                key_end = i;
+                break;
+            }
+            chars.next();
+        }
+        let key = &text[key_start..key_end];
+        out.push_str(key);
+        skip_space(&mut chars, &mut out);
+        if chars.next_if(|&(_, c)| c == '=').is_none() {
+            // Not `key = value`: what follows is not shown if it might
+            // hold a password.
+            let rest = chars.peek().map_or("", |&(i, _)| &text[i..]);
+            if is_password_key(key) || rest.to_ascii_lowercase().contains("pass") {
+                out.push_str("***");
+            } else {
+                out.push_str(rest);
+            }
+            return out;
+        }
+        out.push('=');
+        skip_space(&mut chars, &mut out);
+        let mut value = String::new();
+        if chars.next_if(|&(_, c)| c == '\'').is_some() {
+            value.push('\'');
             let mut escaped = false;
-            for (j, c) in quoted.char_indices() {
+            for (_, c) in chars.by_ref() {
+                value.push(c);
                 match c {
                     '\\' if !escaped => escaped = true,
-                    '\'' if !escaped => {
-                        end = Some(j + 2);
-                        break;
-                    }
+                    '\'' if !escaped => break,
                     _ => escaped = false,
                 }
             }
-            end.unwrap_or(rest.len())
         } else {
-            rest.find(['&', ' ', '\t', '\n']).unwrap_or(rest.len())
-        };
-        result.push_str("***");
-        rest = &rest[end..];
+            let mut escaped = false;
+            while let Some(&(_, c)) = chars.peek() {
+                if c.is_whitespace() && !escaped {
+                    break;
+                }
+                escaped = c == '\\' && !escaped;
+                value.push(c);
+                chars.next();
+            }
+        }
+        out.push_str(if is_password_key(key) { "***" } else { &value });
     }
-    result.push_str(rest);
-    result
 }
 
 #[cfg(test)]
@@ -374,12 +436,61 @@ mod tests {
             redact("postgres://u:s3/cr@et@h:1/d?sslmode=disable"),
             "postgres://u:***@h:1/d?sslmode=disable"
         );
-        assert_eq!(redact("password"), "password");
+        assert_eq!(redact("password"), "password***");
         assert_eq!(redact("password ="), "password =***");
+        // Leaked in review: each as tokio-postgres reads it.
+        for (url, shown) in [
+            ("postgres://u:s3?cret@h", "postgres://u:***@h"),
+            ("postgres://u:s3@cr@et@h/d", "postgres://u:***@h/d"),
+            ("POSTGRES://u:s3cret@h/d", "POSTGRES://u:***@h/d"),
+            (
+                "postgres://u@h/d?pass%77ord=s3cret&x=1",
+                "postgres://u@h/d?pass%77ord=***&x=1",
+            ),
+            (
+                "postgres://u@h/d?password=s3 cret",
+                "postgres://u@h/d?password=***",
+            ),
+            (
+                "postgres://u@h/d?PASSWORD=s3cret",
+                "postgres://u@h/d?PASSWORD=***",
+            ),
+            (
+                "host=h password=ab&cd dbname=d",
+                "host=h password=*** dbname=d",
+            ),
+            (
+                "host=h password=ab\\ cd dbname=d",
+                "host=h password=*** dbname=d",
+            ),
+            (
+                "host=h password=\ns3cret dbname=d",
+                "host=h password=\n*** dbname=d",
+            ),
+            ("host=h password\n=s3cret", "host=h password\n=***"),
+            ("host=h\rpassword=s3cret", "host=h\rpassword=***"),
+            ("host=h\u{a0}password=s3cret", "host=h\u{a0}password=***"),
+            ("host=h PASSWORD=s3cret", "host=h PASSWORD=***"),
+            (
+                "host=h password='s3 \\' cret' dbname=d",
+                "host=h password=*** dbname=d",
+            ),
+            ("host=h nonsense password s3cret", "host=h nonsense ***"),
+            ("mysql://u:s3cret@h/d", "mysql://u:***@h/d"),
+            ("host=h password=x://y", "host=h password=***"),
+            ("password=x://y@h", "password=***"),
+            ("host=h nonsense rest", "host=h nonsense rest"),
+            ("password=s3cret", "password=***"),
+        ] {
+            assert_eq!(redact(url), shown, "{url:?}");
+        }
         for url in [
             "host=h password = s3cret dbname=d",
             "postgres://u:s3/cret@h/d",
             "postgres://u:s3cret@h/d?password = s3cret2",
+            "postgres://u:s3?cret@h",
+            "host=h PASSWORD=s3cret",
+            "host=h password=\ns3cret",
         ] {
             let err = PostgresConfig::new(url).client_config().err();
             if let Some(err) = err {
