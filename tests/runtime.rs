@@ -270,6 +270,24 @@ async fn a_manifest_linked_to_an_endless_device_is_refused_by_its_size() {
     );
 }
 
+/// A held call's arguments are kept whole in its record and approval, and
+/// an export's line is read back under a cap: the argument cap has a
+/// ceiling in the library too, and 0 is no cap.
+#[test]
+fn max_argument_bytes_past_its_ceiling_or_zero_is_a_config_error() {
+    for bytes in [0, airlock_host::MAX_ARGUMENT_BYTES_CEILING + 1] {
+        match Host::new(HostConfig::default().max_argument_bytes(bytes)) {
+            Err(airlock_host::Error::Config { message }) => {
+                assert!(message.contains("max_argument_bytes"), "{message}")
+            }
+            Err(other) => panic!("{bytes}: {other}"),
+            Ok(_) => panic!("{bytes} accepted"),
+        }
+    }
+    Host::new(HostConfig::default().max_argument_bytes(airlock_host::MAX_ARGUMENT_BYTES_CEILING))
+        .unwrap();
+}
+
 #[tokio::test]
 async fn manifest_unknown_field() {
     let err = load_err(&install(

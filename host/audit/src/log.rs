@@ -2052,7 +2052,8 @@ fn load_key(path: &Path, in_use: bool, what: &str) -> Result<keys::Secret> {
 
 fn write_public_key(path: &Path, key: &VerifyingKey) -> Result<()> {
     let text = format!("{}\n", hex::encode(key.as_bytes()));
-    if fs::read_to_string(path).is_ok_and(|t| t == text) {
+    // Read under a cap: the file may be anything (a link to a device).
+    if airlock_store::file::read_text_capped(path, 4096).is_ok_and(|t| t == text) {
         return Ok(());
     }
     airlock_store::file::write(path, |out| out.write_all(text.as_bytes())).map_err(|e| Error::Key {

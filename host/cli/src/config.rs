@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
+use airlock_host::MAX_ARGUMENT_BYTES_CEILING;
 use airlock_host::audit_log::AuditConfig;
 use anyhow::{Context as _, bail};
 use serde::Deserialize;
@@ -300,10 +301,6 @@ fn default_data_dir() -> anyhow::Result<PathBuf> {
 /// Largest configuration file read (a config is a few KiB; a path linked
 /// to a device is refused, not read until memory runs out).
 const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
-
-/// Largest `max_argument_bytes`: a held call's arguments are kept whole in
-/// its audit record and approval, and an export's line must stay readable.
-const MAX_ARGUMENT_BYTES_CEILING: usize = 64 * 1024 * 1024;
 
 impl Settings {
     pub(crate) fn load(overrides: Overrides) -> anyhow::Result<Settings> {

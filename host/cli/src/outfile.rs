@@ -1,10 +1,11 @@
 //! Files the user names with `--out`.
 //!
 //! Writing is always whole-or-nothing (`airlock_host::store::file`); this
-//! decides whether the path may be written at all. A file that exists is
-//! replaced only with `--force`, and never one the host keeps in its data
-//! directory: one mistyped path would otherwise replace the audit log's
-//! signing key, the mode file or a database with an export.
+//! decides whether the path may be written at all. Nothing is written
+//! inside the data directory: one mistyped path would otherwise replace
+//! the audit log's signing key or a database with an export, or create a
+//! file the host then reads as its own (a mode file, a version's cases).
+//! Elsewhere a file that exists is replaced only with `--force`.
 
 use std::path::{Path, PathBuf};
 
@@ -16,22 +17,19 @@ use crate::config::Settings;
 /// Check that `out` may be written by a command run with `settings`.
 ///
 /// # Errors
-/// A usage failure when `out` exists and `force` is not given, or when it
-/// exists inside the data directory.
+/// A usage failure when `out` is inside the data directory, or exists and
+/// `force` is not given.
 pub(crate) fn check(settings: &Settings, out: &Path, force: bool) -> Result<(), Failure> {
-    if std::fs::symlink_metadata(out).is_err() {
-        // Nothing to replace; a path that cannot be written fails when it
-        // is, with the system's reason.
-        return Ok(());
-    }
     if let Some(data_dir) = inside(&settings.data_dir, out) {
         return Err(Failure::usage(anyhow!(
-            "{} is a file of the data directory {}: write the output elsewhere",
+            "{} is inside the data directory {}: write the output elsewhere",
             out.display(),
             data_dir.display()
         )));
     }
-    if !force {
+    // A path that cannot be written fails when it is, with the system's
+    // reason.
+    if std::fs::symlink_metadata(out).is_ok() && !force {
         return Err(Failure::usage(anyhow!(
             "{} exists: pass --force to replace it",
             out.display()

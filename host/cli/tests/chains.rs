@@ -259,7 +259,8 @@ fn audit_commands_cover_every_hosts_chain_in_a_shared_store() {
 
     // export writes both chains (version 2); verified offline with the
     // keys directory, and with named keys.
-    let export = a.dir.path().join("all.jsonl");
+    let outside = tempfile::tempdir().unwrap();
+    let export = outside.path().join("all.jsonl");
     let export_arg = export.to_str().unwrap();
     let said = a.ok(&["audit", "export", "--out", export_arg]);
     assert!(said.contains("exported 2 chains"), "{said}");
@@ -330,7 +331,7 @@ fn audit_commands_cover_every_hosts_chain_in_a_shared_store() {
     assert_eq!(b.run(&["audit", "verify"]).status.code(), Some(7));
     // An export taken now carries the tampered record: offline verify fails
     // the same way.
-    let tampered = a.dir.path().join("tampered.jsonl");
+    let tampered = outside.path().join("tampered.jsonl");
     a.ok(&["audit", "export", "--out", tampered.to_str().unwrap()]);
     let offline = a.run(&[
         "audit",
@@ -358,7 +359,8 @@ fn one_host_on_a_shared_store_prints_as_a_single_chain() {
     let first = json(tail.lines().next().unwrap());
     assert!(first.get("origin").is_none(), "{first}");
     // A one-chain export is version 1, verified with the host's key.
-    let export = a.dir.path().join("solo.jsonl");
+    let outside = tempfile::tempdir().unwrap();
+    let export = outside.path().join("solo.jsonl");
     a.ok(&["audit", "export", "--out", export.to_str().unwrap()]);
     let pubkey = a.dir.path().join("audit/signing.pub");
     let ok = json(&a.ok(&[

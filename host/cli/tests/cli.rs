@@ -698,11 +698,12 @@ fn calls_are_audited_and_the_log_verifies_live_and_exported() {
     assert!(verify.status.success(), "{}", stderr(&verify));
     assert_eq!(json(&verify)["report"]["records"], 2);
 
-    let export = env.data.path().join("export.jsonl");
+    let outside = tempfile::tempdir().unwrap();
+    let export = outside.path().join("export.jsonl");
     let export_arg = export.to_str().unwrap();
     // A file named as exports once named their temporary file is the
     // user's, and the export neither overwrites nor removes it.
-    let theirs = env.data.path().join("export.partial");
+    let theirs = outside.path().join("export.partial");
     std::fs::write(&theirs, "the user's").unwrap();
     assert!(
         env.run(&["audit", "export", "--out", export_arg])
@@ -743,27 +744,34 @@ fn calls_are_audited_and_the_log_verifies_live_and_exported() {
 fn a_data_directory_any_command_creates_is_owner_only() {
     use std::os::unix::fs::PermissionsExt;
     let env = Env::new();
-    let data = env.data.path().join("new/data");
-    let output = Command::new(airlock())
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .arg("--plugins-dir")
-        .arg(PLUGINS_DIR)
-        .arg("--data-dir")
-        .arg(&data)
-        .arg("--cache-dir")
-        .arg(&env.cache)
-        .args(["call", "text/slugify", "--args", r#"{"text":"A b"}"#])
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", stderr(&output));
     let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode(&data), 0o700, "{}", data.display());
-    assert_eq!(mode(data.parent().unwrap()), 0o700);
-    for entry in std::fs::read_dir(&data).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            assert_eq!(mode(&path), 0o700, "{}", path.display());
+    let commands: [&[&str]; 3] = [
+        &["call", "text/slugify", "--args", r#"{"text":"A b"}"#],
+        &["mode", "read-only"],
+        // The compiled-component cache's default place is the data
+        // directory: the first command to create it may be a listing.
+        &["plugins", "list"],
+    ];
+    for (n, args) in commands.into_iter().enumerate() {
+        let data = env.data.path().join(format!("new-{n}/data"));
+        let output = Command::new(airlock())
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .arg("--plugins-dir")
+            .arg(PLUGINS_DIR)
+            .arg("--data-dir")
+            .arg(&data)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{args:?}: {}", stderr(&output));
+        assert_eq!(mode(&data), 0o700, "{args:?}: {}", data.display());
+        assert_eq!(mode(data.parent().unwrap()), 0o700, "{args:?}");
+        for entry in std::fs::read_dir(&data).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                assert_eq!(mode(&path), 0o700, "{args:?}: {}", path.display());
+            }
         }
     }
 }
@@ -874,7 +882,9 @@ fn out_files_are_replaced_only_with_force_and_never_in_the_data_directory() {
         let forced = with(out_arg, true);
         assert!(forced.status.success(), "{command:?}: {}", stderr(&forced));
         assert_ne!(std::fs::read_to_string(&out).unwrap(), "mine");
-        for path in [&key, &through_link, &dotted] {
+        // A new file too: the host would read it as its own.
+        let new_inside = env.data.path().join("mode.json");
+        for path in [&key, &through_link, &dotted, &new_inside] {
             let refused = with(path.to_str().unwrap(), true);
             assert_eq!(
                 refused.status.code(),
@@ -883,7 +893,7 @@ fn out_files_are_replaced_only_with_force_and_never_in_the_data_directory() {
                 path.display()
             );
             assert!(
-                stderr(&refused).contains("is a file of the data directory"),
+                stderr(&refused).contains("is inside the data directory"),
                 "{}",
                 stderr(&refused)
             );

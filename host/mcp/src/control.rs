@@ -155,6 +155,12 @@ pub fn prepare(data_dir: &Path) -> Result<()> {
             dir = %data_dir.display(),
             "the data directory is writable by other users: they could replace its databases and control socket (chmod 700 it)"
         ),
+        // Made by an older version, or by hand: every command now makes
+        // it owner-only, but one already there is left as it is.
+        Ok(meta) if meta.permissions().mode() & 0o044 != 0 => tracing::warn!(
+            dir = %data_dir.display(),
+            "the data directory is readable by other users: they can read the audit log's copies of arguments and results, the workspace and the ledger (chmod 700 it)"
+        ),
         Ok(_) => {}
     }
     let socket = socket_path(data_dir);
@@ -925,8 +931,9 @@ pub struct PauseRequest {
     #[serde(default)]
     pub reason: Option<String>,
     /// Pause even a target this host does not serve (see
-    /// [`Host::check_pause_target`]); resuming ignores it.
-    #[serde(default)]
+    /// [`Host::check_pause_target`]); resuming ignores it. Sent only when
+    /// set, so a request without it still reaches a server from before it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub force: bool,
 }
 

@@ -135,7 +135,9 @@ fn deserialize(engine: &Engine, payload: &[u8]) -> wasmtime::Result<Component> {
 }
 
 fn write_entry(dir: &Path, path: &Path, payload: &[u8]) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
+    // Owner-only: the cache's default place is the data directory, which
+    // this may be the first to create.
+    airlock_store::file::create_private_dir(dir)?;
     airlock_store::file::write(path, |out| {
         out.write_all(MAGIC)?;
         out.write_all(&Sha256::digest(payload))?;

@@ -34,6 +34,11 @@ pub const AUDIT_DIR: &str = "audit";
 /// Default cap on the size of a call's arguments.
 pub const DEFAULT_MAX_ARGUMENT_BYTES: usize = 1024 * 1024;
 
+/// Largest [`HostConfig::max_argument_bytes`]: a held call's arguments
+/// are kept whole in its audit record and approval, and an audit export's
+/// line is read back under a cap.
+pub const MAX_ARGUMENT_BYTES_CEILING: usize = 64 * 1024 * 1024;
+
 /// How a [`Host`] is set up.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -392,12 +397,20 @@ impl Host {
     /// `unknown` outcome recorded.
     ///
     /// # Errors
-    /// [`Error::Config`] if the policy is invalid; [`Error::Engine`] if the
+    /// [`Error::Config`] if the policy is invalid or `max_argument_bytes`
+    /// is 0 or above [`MAX_ARGUMENT_BYTES_CEILING`]; [`Error::Engine`] if the
     /// WebAssembly engine cannot be set up; [`Error::Audit`] if the audit
     /// log cannot be opened (in use by another process, unwritable, bad
     /// keys, or failing verification of its unsigned tail).
     pub fn new(mut config: HostConfig) -> Result<Host> {
         config.policy.validate()?;
+        if !(1..=MAX_ARGUMENT_BYTES_CEILING).contains(&config.max_argument_bytes) {
+            return Err(Error::Config {
+                message: format!(
+                    "max_argument_bytes must be between 1 and {MAX_ARGUMENT_BYTES_CEILING}"
+                ),
+            });
+        }
         config.alerts = std::mem::take(&mut config.alerts)
             .resolve()
             .map_err(|message| Error::Config { message })?;
@@ -1227,14 +1240,16 @@ impl Host {
     ///
     /// A pause holds on every host sharing the store, so `pause` itself
     /// takes any well-formed target (one may pause a tool before it is
-    /// rolled out here); operators' commands call this first, so that a
-    /// mistyped target during an incident is refused instead of pausing
-    /// nothing.
+    /// rolled out here); `airlock alerts pause`, the control socket and
+    /// the console call this first unless forced, so that a mistyped
+    /// target during an incident is refused instead of pausing nothing.
+    /// Whatever it cannot tell (a routed version that does not load, the
+    /// store unreadable) counts as known: a pause is never held up by what
+    /// it may be meant to stop.
     ///
     /// # Errors
     /// [`Error::Config`] for a malformed target or one this host does not
-    /// know, naming what it knows; [`Error::Store`]; [`Error::Load`] when
-    /// a routed version cannot be loaded.
+    /// know, naming what it knows.
     pub async fn check_pause_target(&self, target: &str) -> Result<()> {
         check_target(target).map_err(|message| Error::Config { message })?;
         let (plugin, tool) = match target.split_once('/') {
@@ -1242,20 +1257,29 @@ impl Host {
             None => (target, None),
         };
         let mut versions: Vec<Arc<Plugin>> = self.plugins.get(plugin).into_iter().collect();
-        if let Some(rollout) = self.served.rollouts()?.get(plugin) {
+        let Ok(rollouts) = self.served.rollouts() else {
+            return Ok(());
+        };
+        if let Some(rollout) = rollouts.get(plugin) {
             for version in rollout.versions() {
-                versions.push(self.plugin_version(plugin, version).await?);
+                match self.plugin_version(plugin, version).await {
+                    Ok(loaded) => versions.push(loaded),
+                    Err(_) => return Ok(()),
+                }
             }
         }
+        let Ok(installed) = self.installed(None) else {
+            return Ok(());
+        };
         let known = match tool {
-            None => !versions.is_empty() || !self.installed(Some(plugin))?.is_empty(),
+            None => !versions.is_empty() || installed.iter().any(|v| v.plugin == plugin),
             Some(tool) => versions.iter().any(|p| p.tool(tool).is_some()),
         };
         if known {
             return Ok(());
         }
         let mut names: Vec<String> = self.plugin_names();
-        names.extend(self.installed(None)?.into_iter().map(|v| v.plugin));
+        names.extend(installed.into_iter().map(|v| v.plugin));
         names.sort();
         names.dedup();
         let what = match tool {
@@ -1278,7 +1302,9 @@ impl Host {
             ),
         };
         Err(Error::Config {
-            message: format!("pause target {target:?} names nothing this host serves: {what}"),
+            message: format!(
+                "pause target {target:?} names nothing this host serves: {what}; to pause it on every host sharing the store all the same, force it"
+            ),
         })
     }
 

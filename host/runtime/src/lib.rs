@@ -114,7 +114,8 @@ pub use grants::{
     OriginHost, Policy, ResolvedFiles, classify,
 };
 pub use host::{
-    AUDIT_DIR, DEFAULT_MAX_ARGUMENT_BYTES, Host, HostConfig, LoadFailure, LoadReport, PluginInfo,
+    AUDIT_DIR, DEFAULT_MAX_ARGUMENT_BYTES, Host, HostConfig, LoadFailure, LoadReport,
+    MAX_ARGUMENT_BYTES_CEILING, PluginInfo,
 };
 pub use inspect::{CapabilityReport, Finding, ImportReport, InspectReport, Severity, ToolReport};
 pub use ledger::{ApprovalPolicy, Approver, LEDGER_DIR};

@@ -420,6 +420,18 @@ impl Served {
         }
         let dir = self.materialize(&installed)?;
         let loaded = plugin::load(engine, cache, policy, &dir).await?;
+        // Checked again on what was loaded: the copy's manifest may have
+        // changed since `materialize` checked it.
+        if loaded.manifest_digest() != installed.manifest_digest {
+            return Err(corrupt(format!(
+                "{} of installed {} {} changed while it loaded (sha256 {}): remove {} and it is written again from the store",
+                dir.join(MANIFEST_FILE).display(),
+                installed.plugin,
+                installed.version,
+                loaded.manifest_digest(),
+                dir.display()
+            )));
+        }
         if loaded.name() != installed.plugin || loaded.version() != installed.version {
             return Err(corrupt(format!(
                 "installed {} {} holds a manifest of {} {}",
@@ -433,7 +445,9 @@ impl Served {
     }
 
     /// Write the files of `installed` into its own directory (once: a
-    /// directory already there is used as is — loading checks its digests).
+    /// directory already there is used once [`check_materialized`] finds
+    /// it holds the installed files; loading then checks the component's
+    /// pin, and the caller the manifest it loaded).
     fn materialize(&self, installed: &InstalledVersion) -> Result<PathBuf> {
         let short = installed.component_digest.get(..16).unwrap_or("");
         // Each becomes a path component under the releases directory: a
@@ -472,7 +486,7 @@ impl Served {
             }
             Err(e) => return Err(Error::io(&manifest, e)),
         }
-        std::fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
+        airlock_store::file::create_private_dir(&parent).map_err(|e| Error::io(&parent, e))?;
         let temp = tempfile::Builder::new()
             .prefix(".materializing-")
             .tempdir_in(&parent)
@@ -484,9 +498,11 @@ impl Served {
                 airlock_store::file::sync_dir(&parent).map_err(|e| Error::io(&parent, e))?;
                 Ok(dir)
             }
-            // Another process materialized it first: use theirs.
+            // Another process materialized it first: use theirs, checked
+            // as any copy found there is.
             Err(_) if dir.join(MANIFEST_FILE).is_file() => {
                 let _ = std::fs::remove_dir_all(&temp);
+                check_materialized(&dir, installed)?;
                 Ok(dir)
             }
             Err(e) => {

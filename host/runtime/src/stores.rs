@@ -162,6 +162,9 @@ pub fn open_workspace(config: &crate::HostConfig, lock_wait: Duration) -> Result
     match (&config.store, &config.data_dir) {
         (StoreConfig::Sled, Some(dir)) => {
             let dir = dir.join(WORKSPACE_DIR);
+            // Before sled, which would create it (and the data directory)
+            // readable by everyone.
+            airlock_store::file::create_private_dir(&dir).map_err(|e| Error::io(&dir, e))?;
             let db = airlock_store_sled::open::open(
                 &sled::Config::new()
                     .path(&dir)

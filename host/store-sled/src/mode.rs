@@ -74,8 +74,18 @@ impl FileMode {
         }
         seen.last = None;
         // A mode file is a few hundred bytes; one grown past this is not one.
-        let text = airlock_store::file::read_text_capped(&self.path, MAX_MODE_FILE_BYTES)
-            .map_err(|e| self.io(&self.path, e))?;
+        let text = airlock_store::file::read_text_capped(&self.path, MAX_MODE_FILE_BYTES).map_err(
+            |e| match e.kind() {
+                // Too large, or not text: a file that is no mode file, as
+                // one that is not JSON.
+                std::io::ErrorKind::InvalidData => StoreError::with_source(
+                    ErrorKind::Corrupt,
+                    format!("{} is not a valid mode file", self.path.display()),
+                    e,
+                ),
+                _ => self.io(&self.path, e),
+            },
+        )?;
         let mode: Mode = serde_json::from_str(&text).map_err(|e| {
             StoreError::with_source(
                 ErrorKind::Corrupt,
@@ -109,7 +119,8 @@ impl ModeStore for FileMode {
         let bytes = serde_json::to_vec_pretty(mode).map_err(|e| {
             StoreError::with_source(ErrorKind::Corrupt, "cannot encode the mode", e)
         })?;
-        std::fs::create_dir_all(&self.dir).map_err(|e| self.io(&self.dir, e))?;
+        // The data directory itself, when the mode is the first thing in it.
+        airlock_store::file::create_private_dir(&self.dir).map_err(|e| self.io(&self.dir, e))?;
         airlock_store::file::write(&self.path, |out| out.write_all(&bytes))
             .map_err(|e| self.io(&self.path, e))
     }

@@ -63,7 +63,7 @@ fn open_error(error: OpenError, what: &str) -> StoreError {
         OpenError::Failed(sled::Error::Corruption { .. }) => StoreError::new(
             ErrorKind::Corrupt,
             format!(
-                "{what} is damaged: sled cannot read its files (nothing was changed); restore its directory from a backup, or move it aside to keep it for inspection and start afresh"
+                "{what} is damaged: sled cannot read its files; restore its directory from a backup, or move it aside to keep it for inspection and start afresh"
             ),
         ),
         // sled opens its files read-write, even to read: say so, since a

@@ -66,7 +66,7 @@ impl FilePlugins {
 
     /// A temporary file in `dir` holding `bytes`, synced.
     fn temp_file(&self, dir: &Path, bytes: &[u8]) -> Result<PathBuf> {
-        fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        airlock_store::file::create_private_dir(dir).map_err(|e| io(dir, e))?;
         let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
         let path = dir.join(format!(".tmp-{}-{n}", std::process::id()));
         let mut file = OpenOptions::new()
@@ -147,7 +147,7 @@ impl FilePlugins {
     /// processes and threads).
     fn locked<T>(&self, f: impl FnOnce() -> Result<T>) -> Result<T> {
         let dir = self.rollouts_dir();
-        fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+        airlock_store::file::create_private_dir(&dir).map_err(|e| io(&dir, e))?;
         let lock_path = dir.join(".lock");
         let lock = OpenOptions::new()
             .write(true)

@@ -1023,6 +1023,10 @@ struct PauseForm {
     target: String,
     #[serde(default)]
     reason: String,
+    /// The checkbox "even if this host does not serve it" (`on` when
+    /// ticked).
+    #[serde(default)]
+    force: Option<String>,
 }
 
 async fn pause(State(console): State<Arc<Console>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -1053,6 +1057,11 @@ async fn pause_or_resume(
     let target = form.target.trim();
     let reason = Some(form.reason.trim()).filter(|r| !r.is_empty());
     let done = if pause {
+        if form.force.is_none()
+            && let Err(error) = console.host.check_pause_target(target).await
+        {
+            return action_refused(&who, &error);
+        }
         console
             .host
             .pause(target, &who.approver, reason)

@@ -726,6 +726,10 @@ pub(crate) fn alerts(who: &SessionView, alerts: &[AlertStatus], pauses: &[Pause]
                     label for="pause-reason" { "reason (recorded)" }
                     input #pause-reason type="text" name="reason" maxlength="2048";
                 }
+                div {
+                    input #pause-force type="checkbox" name="force";
+                    label for="pause-force" { "even if this host does not serve it (it pauses on every host)" }
+                }
                 button.reject type="submit" { "Pause" }
             }
         },

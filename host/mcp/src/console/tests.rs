@@ -814,11 +814,14 @@ async fn an_approver_pauses_and_resumes_a_tool_on_the_record_and_a_bad_target_or
         )
         .unwrap();
     assert_eq!(undone.len(), 1);
-    // A malformed target, a missing one, no token: refused, nothing paused.
+    // A malformed target, a missing one, no token, one this host does not
+    // serve (a typo pauses nothing): refused, nothing paused.
     for form in [
         vec![("csrf", csrf.as_str()), ("target", "../x y")],
         vec![("csrf", csrf.as_str())],
         vec![("target", "billing")],
+        vec![("csrf", csrf.as_str()), ("target", "billing/refnud")],
+        vec![("csrf", csrf.as_str()), ("target", "biling")],
     ] {
         let answer = f.post("/console/alerts/pause", &cookie, &form).await;
         assert!(
@@ -828,6 +831,26 @@ async fn an_approver_pauses_and_resumes_a_tool_on_the_record_and_a_bad_target_or
         );
         assert!(f.host.pauses().unwrap().is_empty());
     }
+    let typo = f
+        .post(
+            "/console/alerts/pause",
+            &cookie,
+            &[("csrf", &csrf), ("target", "billing/refnud")],
+        )
+        .await;
+    assert_eq!(typo.status, StatusCode::BAD_REQUEST);
+    assert!(typo.body.contains("has no such tool here"), "{}", typo.body);
+    // Forced, it holds (for a tool other hosts serve).
+    let forced = f
+        .post(
+            "/console/alerts/pause",
+            &cookie,
+            &[("csrf", &csrf), ("target", "other/tool"), ("force", "on")],
+        )
+        .await;
+    assert_eq!(forced.status, StatusCode::SEE_OTHER, "{}", forced.body);
+    assert_eq!(f.host.pauses().unwrap()[0].target, "other/tool");
+    f.host.resume("other/tool", "alice", None).await.unwrap();
     // Nothing to roll back: the host's refusal, shown.
     let answer = f
         .post(
