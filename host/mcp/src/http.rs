@@ -1391,6 +1391,9 @@ async fn authenticate_caller(
                 .into_response();
         }
     };
+    if let Some(refused) = malformed_message(&message) {
+        return refused;
+    }
     // An `initialize` without a session id opens a session: bounded per
     // caller and in all.
     let opens_session = !parts.headers.contains_key("mcp-session-id")
@@ -1415,6 +1418,54 @@ async fn authenticate_caller(
         opening.opened(id);
     }
     response
+}
+
+/// The JSON-RPC error for a message the SDK would answer with the wrong
+/// code: one that is not an object or a batch (the SDK: `415`), and a
+/// `tools/call` whose params are not `{"name": string, "arguments"?:
+/// object}` (the SDK: `-32601`, method not found). `None` for anything
+/// else, which goes on to the SDK.
+fn malformed_message(message: &serde_json::Value) -> Option<Response> {
+    let error = |status: StatusCode, id: &serde_json::Value, code: i64, text: &str| {
+        (
+            status,
+            Json(json!({
+                "jsonrpc": "2.0",
+                "id": id,
+                "error": {"code": code, "message": text},
+            })),
+        )
+            .into_response()
+    };
+    let Some(object) = message.as_object() else {
+        return (!message.is_array()).then(|| {
+            error(
+                StatusCode::BAD_REQUEST,
+                &serde_json::Value::Null,
+                -32600,
+                "Invalid Request: a JSON-RPC message is an object",
+            )
+        });
+    };
+    let id = object.get("id")?;
+    if object.get("method").and_then(serde_json::Value::as_str) != Some("tools/call") {
+        return None;
+    }
+    let params = object.get("params").and_then(serde_json::Value::as_object);
+    let named = params
+        .and_then(|p| p.get("name"))
+        .is_some_and(serde_json::Value::is_string);
+    let arguments_fit = params
+        .and_then(|p| p.get("arguments"))
+        .is_none_or(|a| a.is_object() || a.is_null());
+    (!(named && arguments_fit)).then(|| {
+        error(
+            StatusCode::OK,
+            id,
+            -32602,
+            "Invalid params: tools/call takes {\"name\": string, \"arguments\": object}",
+        )
+    })
 }
 
 // ---------------------------------------------------------------- approvers
@@ -2005,6 +2056,64 @@ mod tests {
             .to_str()
             .unwrap()
             .to_owned())
+    }
+
+    /// The SDK answered a body that is no JSON-RPC object with `415`, and a
+    /// `tools/call` with malformed params with "method not found": both
+    /// now get the JSON-RPC code that says what is wrong.
+    #[tokio::test]
+    async fn malformed_messages_get_the_json_rpc_code_that_names_them() {
+        use http_body_util::BodyExt as _;
+        let service = mcp_service(&[("alice", "alice-secret")], 16);
+        let session = open(&service, "alice-secret").await.unwrap();
+        let answer = |body: &'static str| {
+            let (service, session) = (&service, session.clone());
+            async move {
+                let response = mcp(service, "POST", "alice-secret", Some(&session), body).await;
+                let status = response.status();
+                let bytes = response.into_body().collect().await.unwrap().to_bytes();
+                let text = String::from_utf8_lossy(&bytes).into_owned();
+                // A JSON body, or the message event of a stream (after
+                // its empty priming event).
+                let json = text
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data: "))
+                    .find(|data| !data.is_empty())
+                    .unwrap_or(&text)
+                    .to_owned();
+                (
+                    status,
+                    serde_json::from_str::<serde_json::Value>(&json).unwrap_or_default(),
+                )
+            }
+        };
+        for body in ["42", "\"tools/list\"", "null", "true"] {
+            let (status, json) = answer(body).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+            assert_eq!(json["error"]["code"], -32600, "{body}: {json}");
+        }
+        let (status, json) = answer("{not json").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(json["error"]["code"], -32700, "{json}");
+        for body in [
+            r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":[1]}"#,
+            r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":3}}"#,
+            r#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"text__stats","arguments":[1]}}"#,
+            r#"{"jsonrpc":"2.0","id":7,"method":"tools/call"}"#,
+        ] {
+            let (status, json) = answer(body).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            assert_eq!(json["error"]["code"], -32602, "{body}: {json}");
+            assert_eq!(json["id"], 7, "{body}: {json}");
+        }
+        // Well-formed, it goes on to the SDK: an unknown tool is its answer.
+        let (status, json) = answer(
+            r#"{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"no__such","arguments":{}}}"#,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(json["id"], 8, "{status} {json}");
+        assert_eq!(json["error"]["data"]["kind"], "unknown_tool", "{json}");
     }
 
     #[tokio::test]
