@@ -412,6 +412,9 @@ impl HttpConfig {
                 )));
             }
         }
+        if let Some(oauth) = &self.oauth {
+            oauth.check_principals_apart(self.tokens.iter().map(|t| t.principal.as_str()))?;
+        }
         Ok(())
     }
 }

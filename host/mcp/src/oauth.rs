@@ -39,7 +39,10 @@
 //! to a loopback host. A token naming an unknown key triggers at most one
 //! fetch per issuer per [`JWKS_REFETCH_INTERVAL`] (a fetch that fails
 //! counts), so a flood of forged `kid`s cannot turn the server into a load
-//! on the issuer; and a fetch never holds up a token whose key is held.
+//! on the issuer. Keys past [`JWKS_TTL`] are fetched again by one request
+//! while the others go on with them, so a fetch holds up no token whose
+//! key is held; keys are never used past [`JWKS_MAX_AGE`], so a rotated-out
+//! key stops working even while the issuer cannot be reached.
 //! Tokens are never logged.
 
 use std::collections::HashMap;
@@ -65,6 +68,9 @@ pub const MAX_JWKS_KEYS: usize = 64;
 pub const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a fetched JWKS is used before it is fetched again.
 pub const JWKS_TTL: Duration = Duration::from_secs(600);
+/// Longest a fetched JWKS is used while it cannot be fetched again: past
+/// it, tokens of that issuer are refused until a fetch succeeds.
+pub const JWKS_MAX_AGE: Duration = Duration::from_secs(3600);
 /// Shortest time between two fetches of one issuer's JWKS.
 pub const JWKS_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
 /// Clock skew allowed on `exp` and `nbf`.
@@ -156,6 +162,47 @@ impl OauthConfig {
                 return Err(config(format!(
                     "{key}.principal_prefix must be at most 64 characters without control characters"
                 )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Check that no two sources of callers can name the same principal:
+    /// each issuer's `principal_prefix` is one no other issuer's starts
+    /// with (or is the start of), and no static token's principal starts
+    /// with an issuer's prefix.
+    ///
+    /// # Security
+    /// The principal is a caller's whole identity: its workspace keys, its
+    /// sessions, the approvals it may use, its idempotency keys and rate
+    /// limits. A user who may choose a claim's value (a username) at an
+    /// issuer without a prefix could otherwise become a static caller, or
+    /// another issuer's user, by naming them.
+    ///
+    /// # Errors
+    /// [`crate::Error::Config`] naming the keys that overlap.
+    pub fn check_principals_apart<'a>(
+        &self,
+        static_principals: impl IntoIterator<Item = &'a str>,
+    ) -> Result<()> {
+        for (i, a) in self.issuers.iter().enumerate() {
+            for (j, b) in self.issuers.iter().enumerate().skip(i + 1) {
+                let (p, q) = (&a.principal_prefix, &b.principal_prefix);
+                if p.starts_with(q.as_str()) || q.starts_with(p.as_str()) {
+                    return Err(config(format!(
+                        "serve.oauth.issuers[{i}].principal_prefix ({p:?}) and serve.oauth.issuers[{j}].principal_prefix ({q:?}) overlap: one issuer's users could take the other's principals; give each a prefix no other starts with (e.g. \"idp1:\", \"idp2:\")"
+                    )));
+                }
+            }
+        }
+        for (k, principal) in static_principals.into_iter().enumerate() {
+            for (i, issuer) in self.issuers.iter().enumerate() {
+                if principal.starts_with(issuer.principal_prefix.as_str()) {
+                    return Err(config(format!(
+                        "serve.tokens[{k}].principal ({principal:?}) starts with serve.oauth.issuers[{i}].principal_prefix ({:?}): that issuer's users could take it; give the issuer a prefix static principals do not start with (e.g. \"oauth:\")",
+                        issuer.principal_prefix
+                    )));
+                }
             }
         }
         Ok(())
@@ -288,6 +335,8 @@ struct KeyCache {
     /// The last fetch tried, whether it succeeded or not: the next is not
     /// tried before [`JWKS_REFETCH_INTERVAL`] after it.
     attempted: Option<Instant>,
+    /// Why the last fetch that failed did.
+    last_error: Option<String>,
 }
 
 impl std::fmt::Debug for KeyCache {
@@ -303,6 +352,7 @@ impl std::fmt::Debug for KeyCache {
             )
             .field("fetched", &self.fetched)
             .field("attempted", &self.attempted)
+            .field("last_error", &self.last_error)
             .finish()
     }
 }
@@ -447,9 +497,19 @@ impl OauthVerifier {
         Ok(principal)
     }
 
-    /// `issuer`'s key named `kid` (or its only key), fetching the JWKS when
-    /// it is not cached, is stale, or lacks the key (then at most once per
-    /// [`JWKS_REFETCH_INTERVAL`]).
+    /// `issuer`'s key named `kid` (or its only key).
+    ///
+    /// Keys fetched less than [`JWKS_TTL`] ago are used as they are. Past
+    /// it they are still used, up to [`JWKS_MAX_AGE`], while one request
+    /// (at most one per [`JWKS_REFETCH_INTERVAL`]) fetches them again:
+    /// the others do not wait for it. A key not held, or keys past
+    /// [`JWKS_MAX_AGE`], are fetched (at most once per
+    /// [`JWKS_REFETCH_INTERVAL`]) and waited for.
+    ///
+    /// # Security
+    /// Keys are never used past [`JWKS_MAX_AGE`]: a key the issuer has
+    /// rotated out (after a compromise, say) stops working even if the
+    /// issuer's JWKS cannot be reached, whoever blocks it.
     async fn key(
         &self,
         issuer: &OauthIssuer,
@@ -461,58 +521,91 @@ impl OauthVerifier {
                 "issuer not configured",
             ));
         };
-        let cached = |entry: &IssuerKeys| {
-            let cache = entry
-                .cache
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let fresh = cache.fetched.is_some_and(|at| at.elapsed() < JWKS_TTL);
-            let found = fresh.then(|| find_key(&cache.keys, kid)).flatten();
-            let may_fetch = cache
-                .attempted
-                .is_none_or(|at| at.elapsed() >= self.refetch_interval);
-            (found, may_fetch)
-        };
-        if let (Some(found), _) = cached(entry) {
-            return Ok(found);
+        let (found, fresh, may_fetch) = self.cached(entry, kid);
+        if let Some(found) = found {
+            if fresh || !may_fetch {
+                return Ok(found);
+            }
+            // Stale but usable: one request fetches again, the others go
+            // on with the keys held.
+            let Ok(_fetching) = entry.fetching.try_lock() else {
+                return Ok(found);
+            };
+            self.fetch(issuer, entry).await;
+            return self.held(entry, kid);
         }
         // Only tokens that need a fetch wait for one; the first fetches,
         // the others then find what it brought (or that it was just tried).
         let _fetching = entry.fetching.lock().await;
-        let (found, may_fetch) = cached(entry);
+        let (found, _, may_fetch) = self.cached(entry, kid);
         if let Some(found) = found {
             return Ok(found);
         }
         if may_fetch {
-            let fetched = fetch_jwks(&issuer.jwks_uri).await;
-            let mut cache = entry
-                .cache
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            cache.attempted = Some(Instant::now());
-            match fetched {
-                Ok(keys) => {
-                    cache.keys = keys;
-                    cache.fetched = Some(Instant::now());
-                }
-                Err(message) => {
-                    tracing::warn!(issuer = %issuer.issuer, jwks_uri = %issuer.jwks_uri, error = %message, "cannot fetch the issuer's keys");
-                    if cache.fetched.is_none() {
-                        return Err(refuse(OauthErrorKind::JwksUnavailable, message));
-                    }
-                    // Keep the keys held: the issuer may be down a moment.
-                }
-            }
+            self.fetch(issuer, entry).await;
         }
+        self.held(entry, kid)
+    }
+
+    /// The key `kid` among `entry`'s usable keys, whether they are fresh,
+    /// and whether a fetch may be tried now.
+    fn cached(
+        &self,
+        entry: &IssuerKeys,
+        kid: Option<&str>,
+    ) -> (Option<(Algorithm, Arc<DecodingKey>)>, bool, bool) {
         let cache = entry
             .cache
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if cache.fetched.is_none() {
+        let age = cache.fetched.map(|at| at.elapsed());
+        let usable = age.is_some_and(|age| age < JWKS_MAX_AGE);
+        let fresh = age.is_some_and(|age| age < JWKS_TTL);
+        let found = usable.then(|| find_key(&cache.keys, kid)).flatten();
+        let may_fetch = cache
+            .attempted
+            .is_none_or(|at| at.elapsed() >= self.refetch_interval);
+        (found, fresh, may_fetch)
+    }
+
+    /// Fetch `issuer`'s JWKS into `entry` (the caller holds `fetching`);
+    /// on failure the keys held stay, within [`JWKS_MAX_AGE`].
+    async fn fetch(&self, issuer: &OauthIssuer, entry: &IssuerKeys) {
+        let fetched = fetch_jwks(&issuer.jwks_uri).await;
+        let mut cache = entry
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        cache.attempted = Some(Instant::now());
+        match fetched {
+            Ok(keys) => {
+                cache.keys = keys;
+                cache.fetched = Some(Instant::now());
+            }
+            Err(message) => {
+                tracing::warn!(issuer = %issuer.issuer, jwks_uri = %issuer.jwks_uri, error = %message, "cannot fetch the issuer's keys");
+                cache.last_error = Some(message);
+            }
+        }
+    }
+
+    /// The key `kid` among `entry`'s keys as they are now, or why not.
+    fn held(
+        &self,
+        entry: &IssuerKeys,
+        kid: Option<&str>,
+    ) -> Result<(Algorithm, Arc<DecodingKey>), OauthError> {
+        let cache = entry
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let usable = cache.fetched.is_some_and(|at| at.elapsed() < JWKS_MAX_AGE);
+        if !usable {
+            let why = cache.last_error.as_deref().unwrap_or("not fetched yet");
             return Err(refuse(
                 OauthErrorKind::JwksUnavailable,
                 format!(
-                    "the issuer's keys could not be fetched; the next try is at most {} s away",
+                    "the issuer's keys could not be fetched ({why}); the next try is at most {} s away",
                     self.refetch_interval.as_secs()
                 ),
             ));
@@ -1166,6 +1259,44 @@ mod tests {
         quick.verify(&sign(&key, &claims())).await.unwrap();
     }
 
+    /// Make `verifier`'s keys of `ISSUER` look fetched `age` ago.
+    fn age_keys(verifier: &OauthVerifier, age: Duration) {
+        let mut cache = verifier.keys[ISSUER].cache.lock().unwrap();
+        cache.fetched = Instant::now().checked_sub(age);
+        cache.attempted = cache.fetched;
+    }
+
+    /// Keys past their time to live are fetched again by one request while
+    /// others go on with them; keys past their longest age are not used
+    /// while the issuer cannot be reached (a rotated-out key stayed in use
+    /// for as long as someone kept the JWKS unreachable); a key the fresh
+    /// JWKS no longer holds is refused at once.
+    #[tokio::test]
+    async fn stale_keys_are_refetched_and_never_used_past_their_longest_age() {
+        let key = ed25519("k");
+        let issuer = issuer(&[&key]).await;
+        let verifier = OauthVerifier::new(config(&issuer.uri)).unwrap();
+        verifier.verify(&sign(&key, &claims())).await.unwrap();
+        assert_eq!(issuer.fetches.load(Ordering::SeqCst), 1);
+        // Stale, the issuer down: still used, a fetch was tried.
+        issuer.failing.store(true, Ordering::SeqCst);
+        age_keys(&verifier, JWKS_TTL + Duration::from_secs(1));
+        verifier.verify(&sign(&key, &claims())).await.unwrap();
+        assert_eq!(issuer.fetches.load(Ordering::SeqCst), 2);
+        // Past the longest age, the issuer still down: refused.
+        age_keys(&verifier, JWKS_MAX_AGE + Duration::from_secs(1));
+        let refused = verifier.verify(&sign(&key, &claims())).await.unwrap_err();
+        assert_eq!(refused.kind, OauthErrorKind::JwksUnavailable, "{refused:?}");
+        // Back up, with the key rotated out: refused as unknown.
+        issuer.failing.store(false, Ordering::SeqCst);
+        *issuer.jwks.lock().unwrap() = json!({"keys": [ed25519("new").jwk]});
+        age_keys(&verifier, JWKS_TTL + Duration::from_secs(1));
+        assert_eq!(
+            kind(&verifier, &sign(&key, &claims())).await,
+            OauthErrorKind::UnknownKey
+        );
+    }
+
     /// A token whose key is held does not wait for a fetch that a token
     /// naming an unknown key started.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1342,6 +1473,47 @@ mod tests {
         assert!(error(c.clone()).contains("repeats"));
         c.issuers.clear();
         assert!(error(c).contains("at least one"));
+    }
+
+    /// An issuer without a prefix beside static tokens, or two issuers
+    /// whose prefixes overlap, let one source's callers take another's
+    /// principals (a username chosen as `ops-bot`).
+    #[test]
+    fn principals_of_different_sources_cannot_overlap() {
+        let apart = |c: &OauthConfig, statics: &[&str]| {
+            c.check_principals_apart(statics.iter().copied())
+                .map_err(|e| e.to_string())
+        };
+        let mut c = config("https://issuer.test/jwks");
+        c.issuers[0].principal_prefix = String::new();
+        apart(&c, &[]).unwrap();
+        let err = apart(&c, &["ops-bot"]).unwrap_err();
+        assert!(err.contains("serve.tokens[0].principal"), "{err}");
+        c.issuers[0].principal_prefix = "oauth:".into();
+        apart(&c, &["ops-bot"]).unwrap();
+        assert!(
+            apart(&c, &["ops-bot", "oauth:alice"])
+                .unwrap_err()
+                .contains("serve.tokens[1]")
+        );
+        let mut second = c.issuers[0].clone();
+        second.issuer = "https://other.test".into();
+        for (prefix, overlaps) in [
+            ("oauth:", true),
+            ("oauth:x", true),
+            ("", true),
+            ("oauth", true),
+            ("idp2:", false),
+        ] {
+            second.principal_prefix = prefix.into();
+            let mut two = c.clone();
+            two.issuers.push(second.clone());
+            match apart(&two, &["ops-bot"]) {
+                Err(e) if overlaps => assert!(e.contains("overlap"), "{prefix}: {e}"),
+                Ok(()) if !overlaps => {}
+                other => panic!("{prefix:?}: {other:?}"),
+            }
+        }
     }
 
     #[test]

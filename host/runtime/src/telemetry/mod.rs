@@ -354,6 +354,17 @@ pub(crate) struct CallSummary {
     pub(crate) store_error: Option<&'static str>,
 }
 
+/// The tool a call named, for its span before it is resolved: as named
+/// when it is a plausible `plugin/tool` (at most 128 bytes of visible
+/// ASCII), else bounded and escaped.
+fn tool_for_span(tool: &str) -> String {
+    if tool.len() <= 128 && tool.bytes().all(|b| b.is_ascii_graphic()) {
+        tool.to_owned()
+    } else {
+        crate::identifiers::marked(tool)
+    }
+}
+
 #[cfg_attr(not(feature = "otlp"), allow(dead_code))]
 impl CallSummary {
     /// A call starting now; `timed`: time each step (for its span).
@@ -362,9 +373,15 @@ impl CallSummary {
             .traceparent
             .as_deref()
             .and_then(|t| TraceParent::parse(t).ok());
+        // A call refused for its identifiers still has a span: what the
+        // caller sent goes into it as the audit record has it, bounded and
+        // escaped, never as sent (megabytes of control characters).
         let trace_id = match &parent {
             Some(parent) => parent.trace_id_hex(),
-            None => request.trace_id.clone().unwrap_or_else(|| call_id.clone()),
+            None => request
+                .trace_id
+                .as_deref()
+                .map_or_else(|| call_id.clone(), crate::identifiers::trace_id_for_record),
         };
         let otel_trace_id = match &parent {
             Some(parent) => Some(parent.trace_id),
@@ -374,7 +391,7 @@ impl CallSummary {
             trace_id,
             otel_trace_id,
             parent,
-            tool_ref: airlock_audit::text::prefix(&request.tool, 128).to_owned(),
+            tool_ref: tool_for_span(&request.tool),
             call_id,
             resolved: None,
             outcome: OK,
@@ -462,5 +479,29 @@ fn store_of(error: &CallError) -> Option<&'static str> {
             Store::Backend => "backend",
         }),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A span named what the caller sent as it was sent: a 2 MB trace id
+    /// of control characters was queued as such, 8,192 spans deep. Now it
+    /// carries the audit record's bounded, escaped form.
+    #[test]
+    fn a_callers_trace_id_and_tool_reach_a_span_bounded_and_escaped() {
+        let hostile = format!("\u{1b}[31m{}", "A".repeat(2_000_000));
+        let request = CallRequest::new(format!("x/{hostile}"), "{}").trace_id(hostile.clone());
+        let call = CallSummary::start(&request, "call-1".to_owned(), false);
+        for text in [&call.trace_id, &call.tool_ref] {
+            assert!(text.len() < 100, "{} bytes", text.len());
+            assert!(!text.chars().any(char::is_control), "{text:?}");
+            assert!(text.starts_with("[invalid, "), "{text:?}");
+        }
+        let fine = CallRequest::new("text/slugify", "{}").trace_id("trace-7");
+        let call = CallSummary::start(&fine, "call-2".to_owned(), false);
+        assert_eq!(call.trace_id, "trace-7");
+        assert_eq!(call.tool_ref, "text/slugify");
     }
 }
