@@ -661,8 +661,11 @@ async fn call(settings: &Settings, args: CallArgs) -> Result<u8, Failure> {
                 value["ok"] = json!(true);
                 print_json(&value);
             } else {
+                // Guest text, all of it (log lines, host notes quoting a
+                // guest's request, a tool's error): escaped, so a plugin
+                // cannot forge a host line or rewrite the terminal.
                 for line in &response.logs {
-                    eprintln!("[{}] {}", line.level, line.message);
+                    eprintln!("[{}] {}", line.level, terminal::escape(&line.message));
                 }
                 if response.logs_dropped > 0 {
                     eprintln!(
@@ -671,7 +674,7 @@ async fn call(settings: &Settings, args: CallArgs) -> Result<u8, Failure> {
                     );
                 }
                 for note in &response.host_notes {
-                    eprintln!("[host] {note}");
+                    eprintln!("[host] {}", terminal::escape(note));
                 }
                 print_json(&response.output);
             }
@@ -681,9 +684,9 @@ async fn call(settings: &Settings, args: CallArgs) -> Result<u8, Failure> {
             if args.json {
                 print_json(&json!({"ok": false, "error": error.to_json()}));
             } else {
-                eprintln!("error: {}", with_causes(&error));
+                eprintln!("error: {}", terminal::escape(&with_causes(&error)));
                 for v in error.violations() {
-                    eprintln!("  - {v}");
+                    eprintln!("  - {}", terminal::escape(&v.to_string()));
                 }
             }
             Ok(exit_code(error.class()))

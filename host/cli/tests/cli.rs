@@ -1016,6 +1016,24 @@ fn guest_text_with_terminal_escapes_is_shown_escaped_by_audit_commands() {
         .output()
         .unwrap();
     assert_eq!(failed.status.code(), Some(4), "{}", stderr(&failed));
+    // `call` itself shows the guest's error, log lines and stderr escaped
+    // (they reached the terminal raw: a plugin could forge a `[host]` line
+    // or rewrite the screen).
+    let said = serde_json::json!({"text": attack}).to_string();
+    let succeeded = env
+        .cmd(plugins.path())
+        .args(["call", "misbehave/say", "--args", &said])
+        .output()
+        .unwrap();
+    for output in [&failed, &succeeded] {
+        let err = stderr(output);
+        assert!(!err.contains('\u{1b}') && !err.contains('\r'), "{err:?}");
+    }
+    assert!(
+        stderr(&failed).contains("\\u{1b}[2K"),
+        "{}",
+        stderr(&failed)
+    );
     // A caller's tool reference with the same bytes, refused.
     let refused = env
         .cmd(plugins.path())
