@@ -562,7 +562,9 @@ fn parse_ref(reference: &str) -> Result<[u8; 32], WorkspaceError> {
     let invalid = || {
         WorkspaceError::Invalid(format!(
             "a blob ref is `sha256:` and 64 hex digits, not {:?}",
-            reference.get(..80).unwrap_or(reference)
+            // Cut on a character boundary: `get(..80)` inside a character
+            // gave `None`, and then the whole ref (a megabyte) was quoted.
+            &reference[..reference.floor_char_boundary(80)]
         ))
     };
     let hex_part = reference
@@ -583,6 +585,21 @@ mod tests {
         max_blobs: 2,
     };
     const P: &KeyOwner = &KeyOwner::Plugin;
+
+    /// A bad ref is quoted cut short, on a character boundary: cut inside
+    /// a character, the whole ref (a megabyte) was quoted back.
+    #[test]
+    fn a_bad_blob_ref_is_quoted_at_most_80_bytes() {
+        for reference in [
+            format!("sha256:{}", "é".repeat(500_000)),
+            format!("sha256:{}", "x".repeat(500_000)),
+        ] {
+            let Err(WorkspaceError::Invalid(message)) = parse_ref(&reference) else {
+                panic!("accepted");
+            };
+            assert!(message.len() < 200, "{} bytes", message.len());
+        }
+    }
 
     fn store() -> Workspace {
         Workspace::new(Arc::new(crate::MemoryStore::new()))
