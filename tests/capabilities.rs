@@ -503,6 +503,35 @@ async fn stdio_goes_to_the_call_log_only_when_granted() {
     assert!(response.logs.is_empty(), "{:?}", response.logs);
 }
 
+/// Output past the 16 KiB kept of each stream is dropped, with or without
+/// the grant: the call goes on (wasmtime's in-memory pipe refused the
+/// write, and the guest's `println!` panicked: the call trapped).
+#[tokio::test]
+async fn output_past_what_is_kept_is_dropped_and_the_call_goes_on() {
+    let text = "x".repeat(40 * 1024);
+    let args = serde_json::json!({ "text": text }).to_string();
+    for grant in ["stdio = true", ""] {
+        let host = load(&probe(grant), Policy::default()).await.unwrap();
+        let response = host
+            .call(CallRequest::new("probe/print", args.clone()))
+            .await
+            .unwrap_or_else(|e| panic!("{grant:?}: {e}"));
+        let kept: usize = response.logs.iter().map(|l| l.message.len()).sum();
+        assert!(kept <= 2 * 16 * 1024, "{grant:?}: {kept} bytes kept");
+        if grant.is_empty() {
+            assert!(response.logs.is_empty(), "{:?}", response.logs.len());
+        } else {
+            // Each stream's one long line, kept (cut to a log line's size).
+            for stream in ["out: xxxx", "err: xxxx"] {
+                assert!(
+                    response.logs.iter().any(|l| l.message.starts_with(stream)),
+                    "{stream}"
+                );
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn importing_log_needs_the_log_grant() {
     let dir = install("misbehave", &read(MISBEHAVE), &tools(&["echo"]));

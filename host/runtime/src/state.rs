@@ -6,11 +6,10 @@ use airlock_audit::text;
 use serde::Serialize;
 use wasmtime::component::ResourceTable;
 use wasmtime::{ResourceLimiter, Store};
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use crate::grants::{self, CallSetup, EffectiveGrant, HttpHooks};
+use crate::grants::{self, CallSetup, CapturedOutput, EffectiveGrant, HttpHooks};
 use crate::limits::{self, Limits};
 
 /// Severity of a guest log line.
@@ -185,8 +184,8 @@ pub(crate) struct CallState {
     table: ResourceTable,
     pub(crate) limiter: CallLimiter,
     pub(crate) log: LogSink,
-    pub(crate) stdout: MemoryOutputPipe,
-    pub(crate) stderr: MemoryOutputPipe,
+    pub(crate) stdout: CapturedOutput,
+    pub(crate) stderr: CapturedOutput,
     /// The call's workspace, when granted (none while listing tools).
     pub(crate) workspace: Option<grants::WorkspaceScope>,
     /// When the call must be over: the epoch deadline and the bound on
@@ -226,8 +225,8 @@ impl CallState {
         read_only: bool,
         epoch: crate::engine::EpochGuard,
     ) -> wasmtime::Result<Store<CallState>> {
-        let stdout = MemoryOutputPipe::new(limits::MAX_STDERR_BYTES);
-        let stderr = MemoryOutputPipe::new(limits::MAX_STDERR_BYTES);
+        let stdout = CapturedOutput::new(limits::MAX_STDERR_BYTES);
+        let stderr = CapturedOutput::new(limits::MAX_STDERR_BYTES);
         let mut builder = WasiCtx::builder();
         builder.stdout(stdout.clone()).stderr(stderr.clone());
         let deadline = Instant::now() + limits.timeout();

@@ -702,7 +702,7 @@ pub(crate) fn configure(call: &mut CallSetup<'_>, grant: &EffectiveGrant) -> was
     Ok(())
 }
 
-pub(crate) use stdio::collect as collect_stdio;
+pub(crate) use stdio::{CapturedOutput, collect as collect_stdio};
 
 #[cfg(test)]
 mod tests {

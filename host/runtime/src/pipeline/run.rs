@@ -360,11 +360,14 @@ fn trap_error(tool: &str, error: wasmtime::Error, store: &Store<CallState>) -> C
         match error.downcast_ref::<Trap>() {
             Some(Trap::OutOfFuel) => TrapKind::FuelExhausted,
             Some(Trap::Interrupt) => TrapKind::DeadlineExceeded,
-            _ if state.limiter.hit => TrapKind::MemoryLimit,
-            // wasmtime's error type for this is private; its message is not.
+            // Before the memory limiter's flag: a guest refused memory
+            // once could otherwise have every later trap, this one too,
+            // reported as `memory_limit`. wasmtime's error type for this is
+            // private; its message is not.
             _ if format!("{error:#}").contains("allocated for hostcalls has been exhausted") => {
                 TrapKind::HostDataLimit
             }
+            _ if state.limiter.hit => TrapKind::MemoryLimit,
             _ => TrapKind::GuestTrap,
         }
     };
