@@ -212,11 +212,22 @@ pub(crate) type Resolver = Arc<dyn Fn(&str, u16) -> std::io::Result<Vec<SocketAd
 /// hold at most `bound` threads of the runtime's blocking pool (which the
 /// audit log's flushes and the workspace store also use); requests past it
 /// wait for a slot within their connect timeout, then get `DNS-timeout`.
+/// One plugin's grant holds at most half of them (`own`): a plugin whose
+/// granted name is served by a nameserver that never answers cannot take
+/// every slot from the others.
 #[derive(Clone)]
 pub(crate) struct DnsLookups {
     slots: Arc<tokio::sync::Semaphore>,
     bound: usize,
+    /// This grant's (one plugin's) share of `slots`.
+    own: Arc<tokio::sync::Semaphore>,
+    own_bound: usize,
     resolver: Resolver,
+}
+
+/// A plugin's share of `bound` lookups: half, and at least one.
+fn share_of(bound: usize) -> usize {
+    (bound / 2).max(1)
 }
 
 impl std::fmt::Debug for DnsLookups {
@@ -255,6 +266,8 @@ impl DnsLookups {
         DnsLookups {
             slots,
             bound,
+            own: Arc::new(tokio::sync::Semaphore::new(share_of(bound))),
+            own_bound: share_of(bound),
             resolver: Arc::new(|host, port| {
                 use std::net::ToSocketAddrs as _;
                 (host, port).to_socket_addrs().map(Iterator::collect)
@@ -268,7 +281,19 @@ impl DnsLookups {
         DnsLookups {
             slots: Arc::new(tokio::sync::Semaphore::new(bound)),
             bound,
+            own: Arc::new(tokio::sync::Semaphore::new(share_of(bound))),
+            own_bound: share_of(bound),
             resolver,
+        }
+    }
+
+    /// Another plugin's grant on the same process-wide slots.
+    #[cfg(test)]
+    pub(crate) fn sibling(&self, resolver: Resolver) -> DnsLookups {
+        DnsLookups {
+            own: Arc::new(tokio::sync::Semaphore::new(self.own_bound)),
+            resolver,
+            ..self.clone()
         }
     }
 }
@@ -280,6 +305,14 @@ async fn resolve(plan: &Plan, connect_by: tokio::time::Instant) -> Result<Vec<So
         OriginHost::Name(name) => name.clone(),
     };
     let dns = &plan.grant.dns;
+    let own = tokio::time::timeout_at(connect_by, Arc::clone(&dns.own).acquire_owned()).await;
+    let Ok(Ok(own)) = own else {
+        plan.note(format!(
+            "refused: {} of this plugin's DNS lookups are in flight, its share of the host's limit (half of http_max_dns_lookups)",
+            dns.own_bound
+        ));
+        return Err(E::DnsTimeout);
+    };
     let slot = tokio::time::timeout_at(connect_by, Arc::clone(&dns.slots).acquire_owned()).await;
     let Ok(Ok(slot)) = slot else {
         plan.note(format!(
@@ -293,7 +326,7 @@ async fn resolve(plan: &Plan, connect_by: tokio::time::Instant) -> Result<Vec<So
     // The slot goes with the lookup, not with this request: it is freed
     // when the lookup ends, even after the request gave up on it.
     let lookup = tokio::task::spawn_blocking(move || {
-        let _slot = slot;
+        let _slots = (own, slot);
         resolver(&host, port)
     });
     let found = match tokio::time::timeout_at(connect_by, lookup).await {
@@ -696,6 +729,60 @@ mod tests {
         let found = attempt().await.unwrap();
         assert_eq!(found, vec![SocketAddr::from(([127, 0, 0, 1], 80))]);
         assert_eq!(started.load(Ordering::SeqCst), 2);
+    }
+
+    /// A plugin whose names never resolve holds at most half the
+    /// process's lookups: another plugin's lookup still gets a slot.
+    #[tokio::test]
+    async fn one_plugin_holds_at_most_half_the_lookups() {
+        let hanging: Resolver = Arc::new(|_host, _port| {
+            std::thread::sleep(Duration::from_millis(400));
+            Ok(Vec::new())
+        });
+        let answering: Resolver =
+            Arc::new(|_host, port| Ok(vec![SocketAddr::from(([127, 0, 0, 1], port))]));
+        let shared = DnsLookups::with_resolver(4, hanging);
+        let grant = |dns: DnsLookups| {
+            Arc::new(HttpGrant {
+                origins: Vec::new(),
+                allow_private: Vec::new(),
+                limits: crate::limits::HttpLimits::resolve(None, None, Some(100), None),
+                ca_certs: Vec::new(),
+                tls: TlsClient::new(&[]).unwrap(),
+                dns,
+            })
+        };
+        let (hostile, other) = (grant(shared.clone()), grant(shared.sibling(answering)));
+        let notes = Arc::new(Mutex::new(Vec::new()));
+        let attempt = |grant: &Arc<HttpGrant>| {
+            let plan = Plan::new(
+                Origin::parse("http://slow.example").unwrap(),
+                Arc::clone(grant),
+                None,
+                Instant::now() + Duration::from_secs(10),
+                Arc::clone(&notes),
+                "GET http://slow.example/".to_owned(),
+            );
+            async move {
+                let connect_by = tokio::time::Instant::from_std(plan.connect_by);
+                resolve(&plan, connect_by).await
+            }
+        };
+        for _ in 0..4 {
+            assert!(matches!(attempt(&hostile).await, Err(E::DnsTimeout)));
+        }
+        assert!(
+            notes
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|n| n.contains("this plugin's DNS lookups")),
+            "{notes:?}"
+        );
+        assert_eq!(
+            attempt(&other).await.unwrap(),
+            vec![SocketAddr::from(([127, 0, 0, 1], 80))]
+        );
     }
 
     #[test]
