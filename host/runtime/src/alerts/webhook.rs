@@ -1,11 +1,13 @@
 //! Alert webhooks: a JSON POST signed with HMAC-SHA256, off every call's
 //! path.
 //!
-//! A call that trips a rule only puts the alert on a bounded queue
-//! ([`Outbox::send`] never waits); a background task delivers it, at most
-//! [`MAX_IN_FLIGHT`] deliveries at once, each attempt bounded by the
-//! webhook's `timeout`, retried with doubling backoff up to its
-//! `max_attempts`. An alert that cannot be delivered — every attempt
+//! A call that trips a rule only puts the alert on its webhook's bounded
+//! queue ([`Outbox::send`] never waits); a background task per webhook
+//! delivers it, at most [`MAX_IN_FLIGHT`] deliveries at once, each attempt
+//! bounded by the webhook's `timeout`, retried with doubling backoff up to
+//! its `max_attempts`. Each webhook has its own queue and task, so a
+//! receiver that never answers delays only its own alerts, never the
+//! pager's. An alert that cannot be delivered — every attempt
 //! failed, or the queue was full — is recorded in the audit log
 //! (`alert_undelivered`) instead.
 //!
@@ -16,6 +18,7 @@
 //! operator's own configuration, not a plugin's: it is not vetted like a
 //! guest's HTTP request.
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -103,11 +106,11 @@ pub(crate) struct Delivery {
     pub(crate) tool: Option<String>,
 }
 
-/// The delivery queue and its background task (started with the first
-/// alert, on the runtime that raised it).
+/// Each webhook's delivery queue and background task (started with its
+/// first alert, on the runtime that raised it), by webhook name.
 #[derive(Debug)]
 pub(crate) struct Outbox {
-    queue: Mutex<Option<mpsc::Sender<Delivery>>>,
+    queues: Mutex<HashMap<String, mpsc::Sender<Delivery>>>,
     audit: AuditLog,
     tls: Option<crate::grants::TlsClient>,
 }
@@ -115,7 +118,7 @@ pub(crate) struct Outbox {
 impl Outbox {
     pub(crate) fn new(audit: AuditLog) -> Outbox {
         Outbox {
-            queue: Mutex::new(None),
+            queues: Mutex::new(HashMap::new()),
             audit,
             // Without a usable TLS configuration only http:// webhooks work;
             // an https:// one is then recorded undelivered with the reason.
@@ -130,24 +133,26 @@ impl Outbox {
             tracing::warn!(rule = %delivery.rule, "no async runtime to deliver an alert webhook on");
             return;
         };
-        let mut queue = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
-        let sender = queue.get_or_insert_with(|| {
-            let (sender, receiver) = mpsc::channel(QUEUE);
-            runtime.spawn(deliver_all(
-                receiver,
-                self.audit.clone(),
-                self.tls.as_ref().map(crate::grants::TlsClient::config),
-            ));
-            sender
-        });
+        let mut queues = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
+        let sender = queues
+            .entry(delivery.webhook.name.clone())
+            .or_insert_with(|| {
+                let (sender, receiver) = mpsc::channel(QUEUE);
+                runtime.spawn(deliver_all(
+                    receiver,
+                    self.audit.clone(),
+                    self.tls.as_ref().map(crate::grants::TlsClient::config),
+                ));
+                sender
+            });
         if let Err(error) = sender.try_send(delivery) {
             let (delivery, why) = match error {
                 mpsc::error::TrySendError::Full(d) => (d, "the delivery queue is full"),
                 mpsc::error::TrySendError::Closed(d) => (d, "the delivery task stopped"),
             };
             if matches!(why, "the delivery task stopped") {
-                // Start a new task with the next alert.
-                *queue = None;
+                // Start a new task with the webhook's next alert.
+                queues.remove(&delivery.webhook.name);
             }
             let audit = self.audit.clone();
             runtime.spawn(record_undelivered(audit, delivery, 0, why.to_owned()));
@@ -347,6 +352,63 @@ mod tests {
             (20..=sent - QUEUE).contains(&recorded),
             "{recorded} of {sent} recorded as not queued"
         );
+    }
+
+    /// A receiver that never answers held every delivery slot and the one
+    /// queue, and the pager's alerts waited behind it (then were recorded
+    /// undelivered): each webhook now has its queue and slots.
+    #[tokio::test]
+    async fn a_webhook_that_never_answers_does_not_delay_another() {
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let silent_url = format!("http://{}/", silent.local_addr().unwrap());
+        let _held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((stream, _)) = silent.accept().await {
+                open.push(stream);
+            }
+        });
+        let pager = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let pager_url = format!("http://{}/", pager.local_addr().unwrap());
+        let (heard, mut hear) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+            while let Ok((mut stream, _)) = pager.accept().await {
+                let heard = heard.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let _ = stream.read(&mut buf).await;
+                    let _ = stream
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                        )
+                        .await;
+                    let _ = heard.send(());
+                });
+            }
+        });
+        let audit = AuditLog::temporary(airlock_audit::AuditConfig::default()).unwrap();
+        let outbox = Outbox::new(audit);
+        let slow = Arc::new(
+            Webhook::new("slow", &silent_url, "0123456789abcdef0123")
+                .timeout(Duration::from_secs(60))
+                .max_attempts(1),
+        );
+        let page = Arc::new(Webhook::new("pager", &pager_url, "0123456789abcdef0123"));
+        let delivery = |webhook: &Arc<Webhook>| Delivery {
+            webhook: Arc::clone(webhook),
+            body: Bytes::from_static(b"{}"),
+            rule: "r".to_owned(),
+            plugin: None,
+            tool: None,
+        };
+        for _ in 0..QUEUE + MAX_IN_FLIGHT {
+            outbox.send(delivery(&slow));
+        }
+        outbox.send(delivery(&page));
+        tokio::time::timeout(Duration::from_secs(20), hear.recv())
+            .await
+            .expect("the pager's alert waited behind the silent webhook")
+            .unwrap();
     }
 
     #[test]
