@@ -183,7 +183,12 @@ impl Alerts {
         };
         let (tool, fuel) = match result {
             Ok(response) => (response.tool.as_str(), response.fuel_used),
-            Err(_) => (tool, 0),
+            // A call that failed before its tool was resolved (a store
+            // error routing it) is counted against the tool as asked —
+            // only when that could name a tool: a caller's made-up text
+            // neither takes the evaluator's slots nor reaches a webhook.
+            Err(_) if is_tool_id(tool) => (tool, 0),
+            Err(_) => return Vec::new(),
         };
         let call = Observation {
             at_ms: now_ms(),
@@ -387,5 +392,31 @@ pub(crate) async fn record(audit: &AuditLog, entry: Entry) {
     let event = entry.event;
     if let Err(e) = crate::audit::append(audit, &entry, Durability::Flushed).await {
         tracing::error!(error = %e, %event, "cannot record an alert event");
+    }
+}
+/// Whether `tool` has the shape of a `plugin/tool` id.
+fn is_tool_id(tool: &str) -> bool {
+    tool.split_once('/').is_some_and(|(plugin, name)| {
+        airlock_names::is_valid_tool_name(plugin) && airlock_names::is_valid_tool_name(name)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A call refused before its tool was resolved counts against the tool
+    /// as asked only when that could be one: made-up text (a megabyte, a
+    /// terminal escape) took the evaluator's tool slots and reached
+    /// webhooks.
+    #[test]
+    fn only_what_could_name_a_tool_is_counted_against_one() {
+        for id in ["text/slugify", "billing/open-account", "a_b/c-d"] {
+            assert!(is_tool_id(id), "{id}");
+        }
+        let long = format!("text/{}", "x".repeat(1_000_000));
+        for id in ["text", "text/", "/slugify", "a/b/c", "text/\u{1b}[2K", &long] {
+            assert!(!is_tool_id(id), "{id:.40}");
+        }
     }
 }
