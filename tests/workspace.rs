@@ -234,3 +234,170 @@ async fn a_bad_session_key_is_refused_before_the_call_runs() {
     }
     assert_eq!(host.workspace().usage("notes").unwrap().keys, 0);
 }
+
+/// A workspace store that holds every `get` until the test lets it go: a
+/// PostgreSQL store under a slow network, made certain.
+#[derive(Debug)]
+struct HeldStore {
+    inner: std::sync::Arc<dyn airlock_host::store::WorkspaceStore>,
+    gate: std::sync::Arc<(std::sync::Mutex<(usize, bool)>, std::sync::Condvar)>,
+}
+
+impl HeldStore {
+    fn wait(&self) {
+        let (lock, changed) = &*self.gate;
+        let mut state = lock.lock().unwrap();
+        state.0 += 1;
+        changed.notify_all();
+        while !state.1 {
+            state = changed.wait(state).unwrap();
+        }
+    }
+}
+
+impl airlock_host::store::WorkspaceStore for HeldStore {
+    fn get(
+        &self,
+        plugin: &str,
+        owner: &airlock_host::store::KeyOwner,
+        key: &str,
+    ) -> airlock_host::store::Result<Option<Vec<u8>>> {
+        self.wait();
+        self.inner.get(plugin, owner, key)
+    }
+    fn set(
+        &self,
+        plugin: &str,
+        owner: &airlock_host::store::KeyOwner,
+        key: &str,
+        value: &[u8],
+        quota: airlock_host::store::Quota,
+    ) -> Result<(), airlock_host::store::WorkspaceError> {
+        self.inner.set(plugin, owner, key, value, quota)
+    }
+    fn delete(
+        &self,
+        plugin: &str,
+        owner: &airlock_host::store::KeyOwner,
+        key: &str,
+    ) -> airlock_host::store::Result<bool> {
+        self.inner.delete(plugin, owner, key)
+    }
+    fn list_keys(
+        &self,
+        plugin: &str,
+        owner: &airlock_host::store::KeyOwner,
+        prefix: &str,
+        start_after: Option<&str>,
+        limit: usize,
+    ) -> airlock_host::store::Result<Vec<String>> {
+        self.inner
+            .list_keys(plugin, owner, prefix, start_after, limit)
+    }
+    fn put_blob(
+        &self,
+        plugin: &str,
+        hash: &[u8; 32],
+        data: &[u8],
+        quota: airlock_host::store::Quota,
+    ) -> Result<(), airlock_host::store::WorkspaceError> {
+        self.inner.put_blob(plugin, hash, data, quota)
+    }
+    fn get_blob(
+        &self,
+        plugin: &str,
+        hash: &[u8; 32],
+    ) -> airlock_host::store::Result<Option<Vec<u8>>> {
+        self.inner.get_blob(plugin, hash)
+    }
+    fn usage(&self, plugin: &str) -> airlock_host::store::Result<airlock_host::store::Usage> {
+        self.inner.usage(plugin)
+    }
+    fn plugins(&self) -> airlock_host::store::Result<Vec<(String, airlock_host::store::Usage)>> {
+        self.inner.plugins()
+    }
+    fn entries(
+        &self,
+        plugin: &str,
+    ) -> airlock_host::store::Result<Vec<(airlock_host::store::KeyEntry, Vec<u8>)>> {
+        self.inner.entries(plugin)
+    }
+    fn blobs(&self, plugin: &str) -> airlock_host::store::Result<Vec<([u8; 32], usize)>> {
+        self.inner.blobs(plugin)
+    }
+    fn flush(&self) -> airlock_host::store::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Workspace host calls wait on the store off the async worker: with both
+/// workers of a two-worker runtime inside guests waiting on a slow store,
+/// another call still runs (a guest looping over `get` against a slow
+/// PostgreSQL store held the worker, and with it every call queued there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_waiting_on_a_slow_workspace_store_do_not_hold_the_workers() {
+    use std::sync::Arc;
+    let gate = Arc::new((std::sync::Mutex::new((0, false)), std::sync::Condvar::new()));
+    let memory = airlock_host::store::Stores::memory();
+    let stores = airlock_host::store::Stores {
+        workspace: Arc::new(HeldStore {
+            inner: memory.workspace.clone(),
+            gate: Arc::clone(&gate),
+        }),
+        ..memory
+    };
+    let data = tempfile::tempdir().unwrap();
+    let plugin = notes("workspace = \"read-write\"", "timeout_ms = 30000");
+    let host = Arc::new(
+        host_with(
+            HostConfig::default()
+                .data_dir(data.path())
+                .store(airlock_host::StoreConfig::Custom(stores)),
+            &plugin,
+        )
+        .await
+        .unwrap(),
+    );
+    host.load_plugin(format!("{PLUGINS_DIR}/text"))
+        .await
+        .unwrap();
+    let held: Vec<_> = (0..2)
+        .map(|_| {
+            let host = Arc::clone(&host);
+            tokio::spawn(async move { call(&host, "get", json!({"title": "t"}), None).await })
+        })
+        .collect();
+    // Both calls are inside the store, each on a worker.
+    loop {
+        if gate.0.lock().unwrap().0 >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let other = {
+        let host = Arc::clone(&host);
+        tokio::spawn(async move {
+            host.call(CallRequest::new("text/slugify", r#"{"text":"Still Here"}"#))
+                .await
+                .map(|r| r.output)
+        })
+    };
+    let answered = tokio::time::timeout(std::time::Duration::from_secs(20), other).await;
+    {
+        let (lock, changed) = &*gate;
+        lock.lock().unwrap().1 = true;
+        changed.notify_all();
+    }
+    let answered = answered.expect("a call waited for the workers held by the store");
+    assert_eq!(answered.unwrap().unwrap()["slug"], "still-here");
+    // Released, they finish: there is no such note.
+    for call in held {
+        assert!(matches!(
+            call.await.unwrap(),
+            Err(CallError::Tool {
+                kind: ToolErrorKind::InvalidInput,
+                ..
+            })
+        ));
+    }
+}

@@ -125,20 +125,26 @@ impl CallState {
     }
 }
 
+/// Each operation runs off the async worker (`off_the_worker`): against a
+/// PostgreSQL store it waits on the network, and a guest looping over
+/// `get` would otherwise hold the worker that runs other calls for as long
+/// as the store takes.
 impl wit::Host for CallState {
     fn get(&mut self, key: String) -> WitResult<Option<Vec<u8>>> {
         let s = self.scope()?;
-        Ok(s.store.get(&s.plugin, &s.owner, &key)?)
+        Ok(crate::off_the_worker(|| s.store.get(&s.plugin, &s.owner, &key))?)
     }
 
     fn set(&mut self, key: String, value: Vec<u8>) -> WitResult<()> {
         let s = self.writable_scope()?;
-        Ok(s.store.set(&s.plugin, &s.owner, &key, &value, s.quota)?)
+        Ok(crate::off_the_worker(|| {
+            s.store.set(&s.plugin, &s.owner, &key, &value, s.quota)
+        })?)
     }
 
     fn delete(&mut self, key: String) -> WitResult<bool> {
         let s = self.writable_scope()?;
-        Ok(s.store.delete(&s.plugin, &s.owner, &key)?)
+        Ok(crate::off_the_worker(|| s.store.delete(&s.plugin, &s.owner, &key))?)
     }
 
     fn list_keys(
@@ -148,17 +154,19 @@ impl wit::Host for CallState {
         limit: u32,
     ) -> WitResult<Vec<String>> {
         let s = self.scope()?;
-        Ok(s.store
-            .list_keys(&s.plugin, &s.owner, &prefix, start_after.as_deref(), limit)?)
+        Ok(crate::off_the_worker(|| {
+            s.store
+                .list_keys(&s.plugin, &s.owner, &prefix, start_after.as_deref(), limit)
+        })?)
     }
 
     fn put_blob(&mut self, data: Vec<u8>) -> WitResult<String> {
         let s = self.writable_scope()?;
-        Ok(s.store.put_blob(&s.plugin, &data, s.quota)?)
+        Ok(crate::off_the_worker(|| s.store.put_blob(&s.plugin, &data, s.quota))?)
     }
 
     fn get_blob(&mut self, reference: String) -> WitResult<Option<Vec<u8>>> {
         let s = self.scope()?;
-        Ok(s.store.get_blob(&s.plugin, &reference)?)
+        Ok(crate::off_the_worker(|| s.store.get_blob(&s.plugin, &reference))?)
     }
 }
