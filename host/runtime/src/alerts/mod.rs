@@ -415,7 +415,14 @@ mod tests {
             assert!(is_tool_id(id), "{id}");
         }
         let long = format!("text/{}", "x".repeat(1_000_000));
-        for id in ["text", "text/", "/slugify", "a/b/c", "text/\u{1b}[2K", &long] {
+        for id in [
+            "text",
+            "text/",
+            "/slugify",
+            "a/b/c",
+            "text/\u{1b}[2K",
+            &long,
+        ] {
             assert!(!is_tool_id(id), "{id:.40}");
         }
     }
