@@ -501,6 +501,28 @@ async fn an_unsampled_traceparent_exports_nothing() {
     assert!(receiver.spans().is_empty());
 }
 
+/// With `sample_all`, a caller's unsampled `traceparent` does not keep its
+/// call out of the traces: the span is a child of the caller's, in its
+/// trace.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unsampled_traceparent_is_exported_when_the_operator_samples_all() {
+    let receiver = Receiver::start().await;
+    let mut config = otlp(&receiver.url);
+    config.sample_all = true;
+    let host = Arc::new(host(config).await);
+    let unsampled = TRACEPARENT.replace("-01", "-00");
+    host.call(slugify("x").traceparent(unsampled))
+        .await
+        .unwrap();
+    flush(&host).await;
+    let spans = receiver.spans();
+    assert!(
+        spans.iter().any(|s| s.name == "airlock.call"),
+        "{:?}",
+        spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+    );
+}
+
 /// Calls with the exporter pointed at `endpoint` take about as long as
 /// calls without one: the export never sits on a call's path.
 async fn calls_are_not_delayed_by(endpoint: &str) {

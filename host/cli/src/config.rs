@@ -45,6 +45,8 @@ pub(crate) struct TelemetrySection {
     pub otlp_timeout_ms: u64,
     /// Finished spans waiting for export, at most.
     pub max_queued_spans: usize,
+    /// Export spans of calls whose caller does not sample them too.
+    pub sample_all: bool,
 }
 
 impl Default for TelemetrySection {
@@ -56,6 +58,7 @@ impl Default for TelemetrySection {
             service_name: defaults.service_name,
             otlp_timeout_ms: u64::try_from(defaults.otlp_timeout.as_millis()).unwrap_or(u64::MAX),
             max_queued_spans: defaults.max_queued_spans,
+            sample_all: defaults.sample_all,
         }
     }
 }
@@ -68,6 +71,7 @@ fn telemetry_config(section: TelemetrySection) -> anyhow::Result<airlock_host::T
     config.otlp_endpoint = section.otlp_endpoint;
     config.service_name = section.service_name;
     config.max_queued_spans = section.max_queued_spans;
+    config.sample_all = section.sample_all;
     config.validate().map_err(anyhow::Error::msg)?;
     Ok(config)
 }

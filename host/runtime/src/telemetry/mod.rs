@@ -53,6 +53,12 @@ pub struct TelemetryConfig {
     pub otlp_timeout: Duration,
     /// Finished spans waiting for export, at most; more are dropped.
     pub max_queued_spans: usize,
+    /// Export the spans of calls whose `traceparent` says the caller does
+    /// not sample them too (default: off, the caller's choice is
+    /// followed). On, a caller cannot keep its calls out of the traces by
+    /// sending `-00`; the audit log and the metrics have every call
+    /// either way.
+    pub sample_all: bool,
 }
 
 impl Default for TelemetryConfig {
@@ -63,6 +69,7 @@ impl Default for TelemetryConfig {
             service_name: "airlock".to_owned(),
             otlp_timeout: DEFAULT_OTLP_TIMEOUT,
             max_queued_spans: DEFAULT_MAX_QUEUED_SPANS,
+            sample_all: false,
         }
     }
 }

@@ -55,6 +55,8 @@ impl IdGenerator for CallTraceIds {
 pub(super) struct Spans {
     provider: Option<SdkTracerProvider>,
     tracer: Tracer,
+    /// [`TelemetryConfig::sample_all`].
+    sample_all: bool,
 }
 
 /// `endpoint` with the OTLP traces path when it has no path of its own.
@@ -112,6 +114,7 @@ impl Spans {
         Ok(Spans {
             provider: Some(provider),
             tracer,
+            sample_all: config.sample_all,
         })
     }
 
@@ -133,7 +136,7 @@ impl Spans {
             return;
         };
         let parent = match call.parent {
-            Some(parent) if !parent.sampled => return,
+            Some(parent) if !parent.sampled && !self.sample_all => return,
             Some(parent) => Context::new().with_remote_span_context(SpanContext::new(
                 TraceId::from_bytes(parent.trace_id),
                 SpanId::from_bytes(parent.parent_id),
