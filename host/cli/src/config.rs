@@ -542,6 +542,19 @@ mod tests {
     }
 
     #[test]
+    fn telemetry_sample_all_is_read_and_off_by_default() {
+        assert!(!load("").unwrap().telemetry.sample_all);
+        assert!(
+            load("[telemetry]\nsample_all = true\n")
+                .unwrap()
+                .telemetry
+                .sample_all
+        );
+        let err = load("[telemetry]\nsample_all = \"yes\"\n").unwrap_err();
+        assert!(format!("{err:#}").contains("sample_all"), "{err:#}");
+    }
+
+    #[test]
     fn builtin_config_parses() {
         parse(DEFAULT_CONFIG, "builtin").unwrap();
     }
