@@ -648,3 +648,37 @@ async fn an_edited_copy_of_an_installed_version_is_refused_not_served() {
     assert_eq!(load().await.unwrap(), installed);
     assert_eq!(std::fs::read_to_string(&manifest).unwrap(), original);
 }
+
+/// A pause target is checked against what the host serves: an installed
+/// plugin by name; its tools once a version of it serves here; a name
+/// nothing has, refused naming what the host knows.
+#[tokio::test]
+async fn a_pause_target_is_known_by_the_versions_that_serve_here() {
+    let data = tempfile::tempdir().unwrap();
+    let host = Host::new(config(data.path())).unwrap();
+    install(&host, text_version("1.0.0", |m| m).path()).await;
+    let refusal = |result: Result<(), Error>| match result {
+        Err(Error::Config { message }) => message,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    host.check_pause_target("text").await.unwrap();
+    let err = refusal(host.check_pause_target("text/slugify").await);
+    assert!(
+        err.contains("is installed but no version of it serves here"),
+        "{err}"
+    );
+    let err = refusal(host.check_pause_target("txet").await);
+    assert!(
+        err.contains("no plugin here is named `txet` (plugins: text)"),
+        "{err}"
+    );
+    host.set_rollout(&RolloutRequest::new("text", "1.0.0", 100, "ops"))
+        .await
+        .unwrap();
+    host.check_pause_target("text/slugify").await.unwrap();
+    let err = refusal(host.check_pause_target("text/slugfy").await);
+    assert!(
+        err.contains("`text` has no such tool here (its tools: "),
+        "{err}"
+    );
+}

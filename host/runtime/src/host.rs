@@ -1271,8 +1271,9 @@ impl Host {
         let Ok(installed) = self.installed(None) else {
             return Ok(());
         };
+        let installed_here = installed.iter().any(|v| v.plugin == plugin);
         let known = match tool {
-            None => !versions.is_empty() || installed.iter().any(|v| v.plugin == plugin),
+            None => !versions.is_empty() || installed_here,
             Some(tool) => versions.iter().any(|p| p.tool(tool).is_some()),
         };
         if known {
@@ -1295,6 +1296,9 @@ impl Host {
                     some(&tools)
                 )
             }
+            Some(_) if installed_here => format!(
+                "`{plugin}` is installed but no version of it serves here, so its tools are not known"
+            ),
             _ if names.is_empty() => "this host has no plugins".to_owned(),
             _ => format!(
                 "no plugin here is named `{plugin}` (plugins: {})",
