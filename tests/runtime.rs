@@ -799,7 +799,11 @@ async fn plugin_diff_finds_every_widening_of_the_effective_grant() {
             .replace("idempotency = \"required\"\n", "")
             .replace(
                 "name = \"lookup\"\nrisk = \"read\"",
-                "name = \"lookup\"\nrisk = \"read\"\nrate_limit = \"100/min\"",
+                "name = \"lookup\"\nrisk = \"read\"\nrate_limit = \"100/min\"\nretry = { attempts = 3 }",
+            )
+            .replace(
+                "approval_expiry_s = 900\nredact = [\"/card_last4\"]",
+                "approval_expiry_s = 3600",
             )
     });
     let (old, new) = (
@@ -821,6 +825,11 @@ async fn plugin_diff_finds_every_widening_of_the_effective_grant() {
         change("approval", "refund", "removed", true),
         change("idempotency", "refund", "removed", true),
         change("rate_limit", "lookup", "raised", true),
+        // Missed once: a redaction dropped (secrets then recorded in
+        // clear), retries added, an approval usable for longer.
+        change("redaction", "refund", "removed", true),
+        change("retry", "lookup", "added", true),
+        change("approval_expiry", "refund", "raised", true),
     ] {
         assert!(
             changes.contains(&expected),
@@ -869,6 +878,65 @@ async fn plugin_diff_finds_every_widening_of_the_effective_grant() {
     // The same version twice: nothing, nothing to approve.
     let diff = airlock_host::PluginDiff::between(&old, &old);
     assert!(diff.is_empty() && !diff.widens(), "{diff}");
+}
+
+/// A trusted key is trusted for any plugin name: a version signed by
+/// another key than the serving one's (or no longer signed) widens, so
+/// one vendor's key cannot ship another's plugin with no one deciding.
+#[tokio::test]
+async fn plugin_diff_finds_a_change_of_signer() {
+    let root = tempfile::tempdir().unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let alice = airlock_host::generate_signing_key(&keys.path().join("alice")).unwrap();
+    let mallory = airlock_host::generate_signing_key(&keys.path().join("mallory")).unwrap();
+    let host = Host::new(HostConfig::default().cache_dir(shared_cache()).policy(
+        airlock_host::Policy {
+            trusted_keys: [("alice".to_owned(), alice), ("mallory".to_owned(), mallory)].into(),
+            ..Default::default()
+        },
+    ))
+    .unwrap();
+    let signed = |by: Option<&str>, version: &str| {
+        let dir = version_of(root.path(), "text", |m| {
+            m.replace("version = \"0.1.0\"", &format!("version = \"{version}\""))
+        });
+        if let Some(by) = by {
+            let mut package = airlock_host::Package::open(&dir).unwrap();
+            package.sign(&keys.path().join(by)).unwrap();
+            package.write_signature(&dir).unwrap();
+        }
+        dir
+    };
+    let by_alice = host
+        .open_plugin(signed(Some("alice"), "1.0.0"))
+        .await
+        .unwrap();
+    for (by, kind, widens) in [
+        (Some("mallory"), "changed", true),
+        (None, "removed", true),
+        (Some("alice"), "", false),
+    ] {
+        let new = host.open_plugin(signed(by, "1.1.0")).await.unwrap();
+        let diff = airlock_host::PluginDiff::between(&by_alice, &new);
+        let signer: Vec<_> = summary(&diff)
+            .into_iter()
+            .filter(|c| c.0 == "signer")
+            .collect();
+        if widens {
+            assert_eq!(
+                signer,
+                [change("signer", "plugin.sig", kind, true)],
+                "{diff}"
+            );
+            assert!(diff.widens(), "{diff}");
+        } else {
+            assert!(signer.is_empty() && !diff.widens(), "{diff}");
+        }
+    }
+    // Gaining a signature asks nothing.
+    let unsigned = host.open_plugin(signed(None, "1.0.0")).await.unwrap();
+    let diff = airlock_host::PluginDiff::between(&unsigned, &by_alice);
+    assert!(!diff.widens(), "{diff}");
 }
 
 /// A task calling in a loop, every call finishing at its first poll (here

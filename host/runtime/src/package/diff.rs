@@ -61,6 +61,14 @@ pub enum ChangeArea {
     InputSchema,
     /// A tool's output schema.
     OutputSchema,
+    /// Who signed the version (its key).
+    Signer,
+    /// A JSON pointer a tool's arguments and results are redacted at.
+    Redaction,
+    /// A tool's retries of transient host failures.
+    Retry,
+    /// How long an approved call of a tool stays usable.
+    ApprovalExpiry,
 }
 
 impl ChangeArea {
@@ -78,6 +86,10 @@ impl ChangeArea {
             ChangeArea::RateLimit => "rate limit",
             ChangeArea::InputSchema => "input schema",
             ChangeArea::OutputSchema => "output schema",
+            ChangeArea::Signer => "signer",
+            ChangeArea::Redaction => "redaction",
+            ChangeArea::Retry => "retry",
+            ChangeArea::ApprovalExpiry => "approval expiry",
         }
     }
 }
@@ -232,6 +244,7 @@ impl PluginDiff {
     /// Compare `old` with `new` (see the module documentation).
     pub fn between(old: &Plugin, new: &Plugin) -> PluginDiff {
         let mut changes = Vec::new();
+        signer(old, new, &mut changes);
         grants(old, new, &mut changes);
         limits(old, new, &mut changes);
         tools(old, new, &mut changes);
@@ -552,8 +565,101 @@ fn tools(old: &Plugin, new: &Plugin, out: &mut Vec<PluginChange>) {
     }
 }
 
+/// Another key signing the new version widens: a trusted key is trusted
+/// for any plugin name, so one vendor's key could otherwise ship another's
+/// plugin under its name with no one deciding. Losing the signature
+/// widens too; gaining one does not.
+fn signer(old: &Plugin, new: &Plugin, out: &mut Vec<PluginChange>) {
+    let key = |p: &Plugin| p.signer().map(|s| s.key().to_string());
+    let shown = |p: &Plugin| match p.signer() {
+        Some(s) => match s.name() {
+            Some(name) => format!("{name} ({})", s.key()),
+            None => s.key().to_string(),
+        },
+        None => "unsigned".to_owned(),
+    };
+    let kind = match (key(old), key(new)) {
+        (Some(a), Some(b)) if a != b => ChangeKind::Changed,
+        (Some(_), None) => ChangeKind::Removed,
+        (None, Some(_)) => ChangeKind::Added,
+        _ => return,
+    };
+    let widens = kind != ChangeKind::Added;
+    out.push(
+        PluginChange::new(ChangeArea::Signer, "plugin.sig", kind, widens)
+            .values(shown(old), shown(new)),
+    );
+}
+
 fn tool_changes(old: &Plugin, a: &Tool, new: &Plugin, b: &Tool, out: &mut Vec<PluginChange>) {
     let name = b.name();
+    // A pointer no longer redacted sends what it held to the audit log,
+    // the console and replays in clear.
+    let (from, to): (BTreeSet<String>, BTreeSet<String>) = (
+        a.redact().iter().cloned().collect(),
+        b.redact().iter().cloned().collect(),
+    );
+    for removed in from.difference(&to) {
+        out.push(
+            PluginChange::new(ChangeArea::Redaction, name, ChangeKind::Removed, true)
+                .values(removed.as_str(), "not redacted"),
+        );
+    }
+    for added in to.difference(&from) {
+        out.push(
+            PluginChange::new(ChangeArea::Redaction, name, ChangeKind::Added, false)
+                .values("not redacted", added.as_str()),
+        );
+    }
+    // More attempts, or a longer budget, re-run the tool more.
+    let retry = |r: Option<crate::manifest::RetryPolicy>| {
+        r.map_or_else(
+            || "none".to_owned(),
+            |r| format!("{} attempts in {} ms", r.attempts, r.budget_ms),
+        )
+    };
+    match (a.retry(), b.retry()) {
+        (None, Some(_)) => out.push(
+            PluginChange::new(ChangeArea::Retry, name, ChangeKind::Added, true)
+                .values("none", retry(b.retry())),
+        ),
+        (Some(_), None) => out.push(
+            PluginChange::new(ChangeArea::Retry, name, ChangeKind::Removed, false)
+                .values(retry(a.retry()), "none"),
+        ),
+        (Some(f), Some(t)) if f != t => {
+            let more = t.attempts > f.attempts || t.budget_ms > f.budget_ms;
+            let kind = if more {
+                ChangeKind::Raised
+            } else {
+                ChangeKind::Lowered
+            };
+            out.push(
+                PluginChange::new(ChangeArea::Retry, name, kind, more)
+                    .values(retry(a.retry()), retry(b.retry())),
+            );
+        }
+        _ => {}
+    }
+    // An approval that stays usable longer; without a value of its own the
+    // policy's applies, which may be longer than any the tool named.
+    let expiry = |s: Option<u64>| s.map_or_else(|| "the policy's".to_owned(), |s| format!("{s} s"));
+    let (from, to) = (a.approval_expiry_s(), b.approval_expiry_s());
+    if from != to {
+        let longer = match (from, to) {
+            (Some(f), Some(t)) => t > f,
+            _ => true,
+        };
+        let kind = if longer {
+            ChangeKind::Raised
+        } else {
+            ChangeKind::Lowered
+        };
+        out.push(
+            PluginChange::new(ChangeArea::ApprovalExpiry, name, kind, longer)
+                .values(expiry(from), expiry(to)),
+        );
+    }
     if a.risk() != b.risk() {
         let widens = risk_rank(b.risk()) > risk_rank(a.risk());
         let kind = if widens {
