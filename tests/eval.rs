@@ -232,7 +232,8 @@ async fn replay_reruns_kept_calls_and_counts_those_skipped() {
             redacted: 1,
             cut: 1,
             no_copy: 1,
-            unfinished: 0
+            unfinished: 0,
+            not_read: 0,
         }
     );
 
@@ -254,6 +255,29 @@ async fn replay_reruns_kept_calls_and_counts_those_skipped() {
     let diff = different.diff.as_ref().unwrap();
     assert_eq!(diff.at, "/slug");
     assert_eq!(diff.expected, json!("creme-brulee"));
+
+    // Against a version where slugify is no longer `read`: not run (it
+    // may now have effects, and would get the callers' arguments).
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("text");
+    std::fs::create_dir(&dir).unwrap();
+    for entry in std::fs::read_dir(text_v1()).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dir.join(entry.file_name())).unwrap();
+    }
+    let manifest = dir.join("plugin.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let edited = text.replacen(
+        "name = \"slugify\"\nrisk = \"read\"",
+        "name = \"slugify\"\nrisk = \"irreversible\"",
+        1,
+    );
+    assert_ne!(edited, text, "the manifest names slugify's risk");
+    std::fs::write(&manifest, edited).unwrap();
+    let (w_host, writes) = host_with(&dir).await;
+    let report = w_host.replay(&writes, &plan).await.unwrap();
+    assert_eq!(report.replayed, 0, "{report:?}");
+    assert_eq!(report.skipped.not_read, 2);
 }
 
 #[tokio::test]

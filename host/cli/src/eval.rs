@@ -484,8 +484,16 @@ fn render_replay(r: &ReplayReport) -> String {
     }
     let s = &r.skipped;
     out.push_str(&format!(
-        "{} replayed: {} same, {} different, {} errors; skipped: {} redacted, {} cut, {} without a replayable copy, {} unfinished\n",
-        r.replayed, r.same, r.different, r.errors, s.redacted, s.cut, s.no_copy, s.unfinished
+        "{} replayed: {} same, {} different, {} errors; skipped: {} redacted, {} cut, {} without a replayable copy, {} unfinished, {} no longer read\n",
+        r.replayed,
+        r.same,
+        r.different,
+        r.errors,
+        s.redacted,
+        s.cut,
+        s.no_copy,
+        s.unfinished,
+        s.not_read
     ));
     out
 }

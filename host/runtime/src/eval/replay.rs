@@ -41,6 +41,10 @@ pub struct ReplaySkips {
     pub no_copy: usize,
     /// The call has no outcome record (still running, or the host stopped).
     pub unfinished: usize,
+    /// The tool is not `read` in the version replayed against (it was when
+    /// recorded): it is not run, since it may now have effects, and it
+    /// would get real callers' arguments.
+    pub not_read: usize,
 }
 
 /// A recorded call to replay.
@@ -321,6 +325,15 @@ impl Host {
             calls: Vec::with_capacity(plan.calls.len()),
         };
         for call in &plan.calls {
+            // Chosen because they were `read` when recorded; run only if
+            // they still are in this version.
+            if plugin
+                .tool(&call.tool)
+                .is_some_and(|tool| tool.risk() != crate::manifest::Risk::Read)
+            {
+                report.skipped.not_read += 1;
+                continue;
+            }
             let run = self
                 .run_scratch(
                     plugin,
@@ -427,7 +440,8 @@ mod tests {
                 redacted: 1,
                 cut: 1,
                 no_copy: 1,
-                unfinished: 1
+                unfinished: 1,
+                not_read: 0,
             }
         );
         // The newest `limit` intents only.
