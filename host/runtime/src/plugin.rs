@@ -534,6 +534,9 @@ fn reconcile(
     }
 
     let mut tools = BTreeMap::new();
+    // Regular expressions of all the schemas: bounded for the plugin, not
+    // only each schema, since a plugin has up to MAX_TOOLS tools.
+    let mut patterns = 0;
     for declared in &manifest.tools {
         let Some(d) = exported.remove(&declared.name) else {
             return Err(LoadError::ToolNotExported {
@@ -552,6 +555,15 @@ fn reconcile(
             }
             None => (None, None),
         };
+        patterns +=
+            input_validator.patterns() + output_validator.as_ref().map_or(0, |v| v.patterns());
+        if patterns > schema::MAX_PATTERNS {
+            return Err(invalid(format!(
+                "the tools' schemas hold more than {} regular expressions (`pattern`, `patternProperties`) in all, through tool `{}`",
+                schema::MAX_PATTERNS,
+                d.name
+            )));
+        }
         let rate_limit = declared
             .rate_limit
             .as_deref()

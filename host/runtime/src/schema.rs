@@ -6,6 +6,16 @@ use crate::error::SchemaViolation;
 
 /// Largest schema text a guest may declare for one tool.
 pub(crate) const MAX_SCHEMA_BYTES: usize = 256 * 1024;
+/// Most regular expressions (`pattern`, `patternProperties` keys) in one
+/// guest schema.
+pub(crate) const MAX_SCHEMA_PATTERNS: usize = 4096;
+/// Most regular expressions in all the schemas of one plugin, so what they
+/// hold compiled is bounded whatever the count of tools: with
+/// [`PATTERN_SIZE_LIMIT`] each, at most 256 MiB.
+pub(crate) const MAX_PATTERNS: usize = 4096;
+/// Memory one compiled pattern, and its lazy DFA's cache, may use (the
+/// regex crate's default is 10 MiB).
+pub(crate) const PATTERN_SIZE_LIMIT: usize = 64 * 1024;
 
 /// Most violations reported for one document; the rest are summarised.
 const MAX_VIOLATIONS: usize = 64;
@@ -115,6 +125,8 @@ fn string_steps(width: u64, bytes: usize) -> u64 {
 /// A guest's schema, compiled, with what validating against it can cost.
 pub(crate) struct GuestSchema {
     validator: jsonschema::Validator,
+    /// Its regular expressions, counted against [`MAX_PATTERNS`].
+    patterns: usize,
     /// At each depth of a document, what the subschemas that can apply to
     /// one value there cost it.
     width: Vec<Weight>,
@@ -193,6 +205,11 @@ impl std::fmt::Debug for GuestSchema {
 }
 
 impl GuestSchema {
+    /// Its regular expressions, counted against [`MAX_PATTERNS`].
+    pub(crate) fn patterns(&self) -> usize {
+        self.patterns
+    }
+
     /// Every place where `instance` fails the schema, as [`violations`] —
     /// or, when validating `instance` could cost more than
     /// [`MAX_VALIDATION_STEPS`], one violation saying so: the document is
@@ -354,12 +371,53 @@ pub(crate) fn compile_guest_schema(
              {MAX_SCHEMA_WIDTH}"
         ));
     }
+    // Each pattern compiles to up to the regex crate's 10 MiB by default:
+    // a 256 KiB schema holds thousands, so their count and size are
+    // bounded here.
+    let patterns = pattern_count(&schema);
+    if patterns > MAX_SCHEMA_PATTERNS {
+        return Err(format!(
+            "schema holds {patterns} regular expressions (`pattern`, `patternProperties`), more than the limit of {MAX_SCHEMA_PATTERNS}"
+        ));
+    }
     let validator = jsonschema::options()
-        .with_pattern_options(jsonschema::PatternOptions::regex())
+        .with_pattern_options(
+            jsonschema::PatternOptions::regex()
+                .size_limit(PATTERN_SIZE_LIMIT)
+                .dfa_size_limit(PATTERN_SIZE_LIMIT),
+        )
         .with_keyword("uniqueItems", unique_items)
         .build(&schema)
         .map_err(|e| format!("schema does not compile: {e}"))?;
-    Ok((schema, GuestSchema { validator, width }))
+    Ok((
+        schema,
+        GuestSchema {
+            validator,
+            width,
+            patterns,
+        },
+    ))
+}
+
+/// The regular expressions `schema` holds: `pattern` strings and
+/// `patternProperties` keys, anywhere (a property named `pattern` whose
+/// value is a schema is not one).
+fn pattern_count(schema: &Value) -> usize {
+    match schema {
+        Value::Object(map) => map
+            .iter()
+            .map(|(key, value)| {
+                let own = match (key.as_str(), value) {
+                    ("pattern", Value::String(_)) => 1,
+                    ("patternProperties", Value::Object(keys)) => keys.len(),
+                    _ => 0,
+                };
+                own + pattern_count(value)
+            })
+            .sum(),
+        Value::Array(items) => items.iter().map(pattern_count).sum(),
+        _ => 0,
+    }
 }
 
 /// `uniqueItems: true` in a guest's schema, in place of `jsonschema`'s:
@@ -783,6 +841,42 @@ pub(crate) fn type_name(value: &Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A 256 KiB schema held thousands of patterns, each compiling to up
+    /// to 10 MiB: their count is bounded, and each one's size.
+    #[test]
+    fn a_schema_holds_a_bounded_count_of_patterns() {
+        let properties: serde_json::Map<String, Value> = (0..=MAX_SCHEMA_PATTERNS)
+            .map(|i| {
+                (
+                    format!("p{i}"),
+                    serde_json::json!({"type": "string", "pattern": "^a+$"}),
+                )
+            })
+            .collect();
+        let schema = serde_json::json!({"type": "object", "properties": properties});
+        let error = compile_guest_schema(&schema.to_string(), true)
+            .err()
+            .unwrap();
+        assert!(error.contains("regular expressions"), "{error}");
+        let fine = serde_json::json!({
+            "type": "object",
+            "properties": {"pattern": {"type": "string", "pattern": "^a$"}},
+            "patternProperties": {"^x": {}, "^y": {}}
+        });
+        let (_, compiled) = compile_guest_schema(&fine.to_string(), true).unwrap();
+        assert_eq!(compiled.patterns(), 3);
+        // Everyday patterns fit the size limit.
+        for pattern in [
+            "^\\w{8}$",
+            "^\\d{4}-\\d{2}-\\d{2}$",
+            "^[a-z0-9._%+-]+@[a-z0-9.-]+$",
+        ] {
+            let schema = serde_json::json!({"type": "object", "properties": {"a": {"type": "string", "pattern": pattern}}});
+            compile_guest_schema(&schema.to_string(), true)
+                .unwrap_or_else(|e| panic!("{pattern}: {e}"));
+        }
+    }
     use serde_json::json;
 
     #[test]

@@ -25,8 +25,14 @@ pub const MAX_CASES_FILE_BYTES: u64 = 4 * 1024 * 1024;
 const MAX_NAME_BYTES: usize = 128;
 /// Longest `matches` pattern, bytes.
 const MAX_PATTERN_BYTES: usize = 1024;
-/// Memory a compiled `matches` pattern may use.
-const REGEX_SIZE_LIMIT: usize = 1024 * 1024;
+/// Memory a compiled `matches` pattern may use (Rust syntax, so `\w` is
+/// Unicode's: `\w{3}` takes more than 64 KiB).
+const REGEX_SIZE_LIMIT: usize = 256 * 1024;
+/// Most checks in one case's `expect.pointers`.
+pub(crate) const MAX_POINTERS: usize = 64;
+/// Most regular expressions in one file (`matches`, and those of
+/// `expect.schema`s): with [`REGEX_SIZE_LIMIT`] each, at most 64 MiB.
+pub(crate) const MAX_FILE_PATTERNS: usize = 256;
 
 /// A cases file that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -292,6 +298,10 @@ impl Cases {
     pub fn parse(text: &str) -> Result<Cases, CasesError> {
         let mut cases = Vec::new();
         let mut names = BTreeSet::new();
+        // Regular expressions of the whole file (`matches`, and those of
+        // `expect.schema`s): what they hold compiled is bounded for the
+        // file, not only for each case.
+        let mut patterns = 0;
         for (index, line_text) in text.split('\n').enumerate() {
             let line = index + 1;
             if line_text.len() > MAX_CASE_LINE_BYTES {
@@ -314,6 +324,12 @@ impl Cases {
             let invalid = |reason: String| CasesError::Invalid { line, reason };
             let raw: RawCase = serde_json::from_str(trimmed).map_err(|e| invalid(e.to_string()))?;
             let case = Case::from_raw(raw, line).map_err(invalid)?;
+            patterns += case.expect.patterns();
+            if patterns > MAX_FILE_PATTERNS {
+                return Err(invalid(format!(
+                    "the file's checks hold more than {MAX_FILE_PATTERNS} regular expressions (`matches`, and schemas' `pattern`s) in all"
+                )));
+            }
             if !names.insert(case.name.clone()) {
                 return Err(invalid(format!(
                     "case name {:?} is used by an earlier case",
@@ -426,6 +442,12 @@ impl Expectation {
                 ));
             }
         }
+        if raw.pointers.len() > MAX_POINTERS {
+            return Err(format!(
+                "expect.pointers has {} checks, more than the limit of {MAX_POINTERS}",
+                raw.pointers.len()
+            ));
+        }
         let mut pointers = Vec::with_capacity(raw.pointers.len());
         for (i, p) in raw.pointers.into_iter().enumerate() {
             if !(p.pointer.is_empty() || p.pointer.starts_with('/')) {
@@ -483,6 +505,23 @@ fn compile(pattern: &str) -> Result<Regex, String> {
         .size_limit(REGEX_SIZE_LIMIT)
         .build()
         .map_err(|e| format!("pattern does not compile: {e}"))
+}
+
+/// Largest value a report shows as it came; larger ones are described.
+pub(crate) const MAX_SHOWN_VALUE_BYTES: usize = 4096;
+
+/// `value`, or when its JSON is over [`MAX_SHOWN_VALUE_BYTES`] a string
+/// saying how large it was.
+pub(crate) fn bounded_value(value: Value) -> Value {
+    let size = serde_json::to_vec(&value).map_or(usize::MAX, |v| v.len());
+    if size <= MAX_SHOWN_VALUE_BYTES {
+        value
+    } else {
+        Value::String(format!(
+            "[{size} bytes of {}, not shown]",
+            crate::schema::type_name(&value)
+        ))
+    }
 }
 
 /// How one check of a case failed: what was expected, what came, and the
@@ -618,6 +657,16 @@ pub(crate) fn contains(value: &Value, part: &Value) -> bool {
 }
 
 impl Expectation {
+    /// The regular expressions its checks hold.
+    fn patterns(&self) -> usize {
+        let matches = self
+            .pointers
+            .iter()
+            .filter(|p| matches!(p.test, PointerTest::Matches(_)))
+            .count();
+        matches + self.schema.as_ref().map_or(0, |s| s.validator.patterns())
+    }
+
     /// Check a successful call's `output`: every failed check.
     pub(crate) fn check_output(&self, output: &Value) -> Vec<Mismatch> {
         let mut failures = Vec::new();
@@ -693,6 +742,11 @@ impl Expectation {
                     message: format!("the output does not match the schema: {}", list.join("; ")),
                 });
             }
+        }
+        // What came is shown cut short when large: a check of the whole
+        // output would otherwise copy it into the report once more.
+        for failure in &mut failures {
+            failure.actual = bounded_value(std::mem::take(&mut failure.actual));
         }
         failures
     }
@@ -841,6 +895,46 @@ mod tests {
             assert!(message.starts_with("line 3: "), "{message}");
             assert!(message.contains(want), "{line}: {message}");
         }
+    }
+
+    /// A hostile cases file held gigabytes of compiled patterns (tens of
+    /// thousands of `matches` in one case), and a failed check of a large
+    /// output copied it whole into the report.
+    #[test]
+    fn patterns_and_what_a_report_shows_are_bounded() {
+        let pointer = r#"{"pointer":"","matches":"^a+$"}"#;
+        let many = |n: usize| vec![pointer; n].join(",");
+        let line = format!(
+            r#"{{"name":"a","tool":"t","expect":{{"pointers":[{}]}}}}"#,
+            many(MAX_POINTERS + 1)
+        );
+        let error = parse_err(&line).to_string();
+        assert!(error.contains("more than the limit of 64"), "{error}");
+        let lines: Vec<String> = (0..=MAX_FILE_PATTERNS / MAX_POINTERS)
+            .map(|i| {
+                format!(
+                    r#"{{"name":"c{i}","tool":"t","expect":{{"pointers":[{}]}}}}"#,
+                    many(MAX_POINTERS)
+                )
+            })
+            .collect();
+        let error = parse_err(&lines.join("\n")).to_string();
+        assert!(error.contains("regular expressions"), "{error}");
+        assert!(
+            error.starts_with(&format!("line {}: ", MAX_FILE_PATTERNS / MAX_POINTERS + 1)),
+            "{error}"
+        );
+
+        let small = serde_json::json!({"a": 1});
+        assert_eq!(bounded_value(small.clone()), small);
+        let large = Value::String("x".repeat(MAX_SHOWN_VALUE_BYTES));
+        assert_eq!(
+            bounded_value(large),
+            Value::String(format!(
+                "[{} bytes of a string, not shown]",
+                MAX_SHOWN_VALUE_BYTES + 2
+            ))
+        );
     }
 
     #[test]

@@ -162,6 +162,7 @@ impl Host {
             fuel_used: 0,
             wall_us: 0,
         };
+        let mut kept = KeptOutputs::default();
         for case in cases.iter() {
             let (named_plugin, tool) = case.tool_parts();
             let run = match named_plugin {
@@ -202,7 +203,9 @@ impl Host {
             report.wall_us = report.wall_us.saturating_add(micros(run.duration));
             let outcome = run.outcome();
             let (output, error) = match run.result {
-                Ok(output) => (Some(output), None),
+                // Kept within the report's budget: a plugin may return
+                // megabytes a case, a thousand cases a file.
+                Ok(output) => (Some(kept.keep(output)), None),
                 Err((_, message)) => (None, Some(message)),
             };
             report.cases.push(CaseReport {
@@ -308,4 +311,27 @@ impl Host {
 /// A workspace in memory, for one evaluation or replay run.
 pub(crate) fn scratch_workspace() -> Workspace {
     Workspace::new(Arc::new(airlock_store::MemoryStore::new()))
+}
+/// Outputs an evaluation report keeps in all, bytes of JSON; past it a
+/// case's output is described, not kept.
+pub(crate) const MAX_REPORT_OUTPUT_BYTES: usize = 16 * 1024 * 1024;
+
+/// What a report's outputs have taken of [`MAX_REPORT_OUTPUT_BYTES`].
+#[derive(Default)]
+struct KeptOutputs {
+    bytes: usize,
+}
+
+impl KeptOutputs {
+    /// `output`, or a description of it once the budget is spent.
+    fn keep(&mut self, output: Value) -> Value {
+        let size = serde_json::to_vec(&output).map_or(usize::MAX, |v| v.len());
+        if self.bytes.saturating_add(size) > MAX_REPORT_OUTPUT_BYTES {
+            return Value::String(format!(
+                "[{size} bytes of output, not kept: the report keeps {MAX_REPORT_OUTPUT_BYTES} bytes of outputs]"
+            ));
+        }
+        self.bytes += size;
+        output
+    }
 }
