@@ -117,7 +117,7 @@ impl Package {
     /// [`LoadError::SignatureInvalid`] for a garbled `plugin.sig`.
     pub fn from_dir(dir: &Path) -> Result<Package, LoadError> {
         let manifest_path = dir.join(MANIFEST_FILE);
-        let manifest = read_capped(&manifest_path, MAX_MANIFEST_BYTES)?;
+        let manifest = read_package_file(&manifest_path, MAX_MANIFEST_BYTES)?;
         Package::check_files(Files::in_dir(dir, manifest_path, manifest)?)
     }
 
@@ -130,7 +130,7 @@ impl Package {
     /// As [`Package::from_dir`], but never a digest mismatch.
     pub fn from_source_dir(dir: &Path) -> Result<Package, LoadError> {
         let manifest_path = dir.join(MANIFEST_FILE);
-        let bytes = read_capped(&manifest_path, MAX_MANIFEST_BYTES)?;
+        let bytes = read_package_file(&manifest_path, MAX_MANIFEST_BYTES)?;
         let text = manifest_text(&manifest_path, bytes)?;
         let stamped = stamp_digest(&text, &manifest_path, dir, |name| {
             crate::plugin::read_component(&dir.join(name))
@@ -151,7 +151,7 @@ impl Package {
     /// when `component` is not a component or is over the loader's size.
     pub fn from_build(dir: &Path, component: Vec<u8>) -> Result<Package, LoadError> {
         let manifest_path = dir.join(MANIFEST_FILE);
-        let bytes = read_capped(&manifest_path, MAX_MANIFEST_BYTES)?;
+        let bytes = read_package_file(&manifest_path, MAX_MANIFEST_BYTES)?;
         let text = manifest_text(&manifest_path, bytes)?;
         let built = |name: &str| -> LoadResult<Vec<u8>> {
             let path = dir.join(name);
@@ -561,7 +561,7 @@ impl Files {
             match fs::symlink_metadata(&path) {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
                 Err(e) => Err(LoadError::io(&path, e)),
-                Ok(_) => read_capped(&path, cap).map(Some),
+                Ok(_) => read_package_file(&path, cap).map(Some),
             }
         };
         let owned = dir.to_owned();
@@ -601,6 +601,21 @@ fn check_component_name(name: &str, source: &Path) -> LoadResult<()> {
             ),
         })
     }
+}
+
+/// Read a package's own file (`plugin.toml`, `cases.jsonl`) of at most
+/// `cap` bytes, refusing a symbolic link as `plugin.sig` is refused: a
+/// package holds its files, and a link in an author's directory
+/// (`cases.jsonl -> ~/.aws/credentials`) would be packed, installed and
+/// stored as the package's.
+fn read_package_file(path: &Path, cap: u64) -> LoadResult<Vec<u8>> {
+    if fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(LoadError::PackageInvalid {
+            path: path.to_owned(),
+            message: "is a symbolic link: a package holds the file itself".to_owned(),
+        });
+    }
+    read_capped(path, cap)
 }
 
 /// Read a file (following links, like loading does) of at most `cap` bytes.

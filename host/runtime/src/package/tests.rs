@@ -636,3 +636,37 @@ fn trust_policy_is_checked() {
     let err = toml::from_str::<Policy>("trusted_keys = { alice = \"AAAA\" }").unwrap_err();
     assert!(err.to_string().contains("ed25519:"), "{err}");
 }
+
+/// A link in an author's directory (`cases.jsonl -> ~/.aws/credentials`)
+/// was read, packed and installed as the package's file; now a package's
+/// manifest and cases are refused when they are links, as its signature
+/// always was.
+#[cfg(unix)]
+#[test]
+fn a_package_file_that_is_a_link_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let secret = root.path().join("credentials");
+    fs::write(&secret, "{\"tool\": \"stats\"}\n").unwrap();
+    for name in [CASES_FILE, MANIFEST_FILE] {
+        let dir = pinned_dir(&root.path().join(name));
+        let target = if name == MANIFEST_FILE {
+            let real = root.path().join(format!("{name}.real"));
+            fs::copy(dir.join(name), &real).unwrap();
+            real
+        } else {
+            secret.clone()
+        };
+        fs::remove_file(dir.join(name)).unwrap();
+        std::os::unix::fs::symlink(&target, dir.join(name)).unwrap();
+        for read in [Package::from_dir, Package::from_source_dir] {
+            match read(&dir) {
+                Err(LoadError::PackageInvalid { path, message }) => {
+                    assert!(path.ends_with(name), "{}", path.display());
+                    assert!(message.contains("symbolic link"), "{message}");
+                }
+                Err(other) => panic!("{name}: {other}"),
+                Ok(_) => panic!("{name}: a link was read"),
+            }
+        }
+    }
+}
