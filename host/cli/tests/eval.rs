@@ -132,7 +132,9 @@ fn eval_passes_the_serving_version_and_catches_the_release_regression() {
 #[test]
 fn eval_takes_a_plugin_archive_and_its_shipped_cases() {
     let env = Env::new();
-    let archive = env.data.path().join("text-0.2.0.tar.gz");
+    // Not in the data directory: no command writes there.
+    let outside = tempfile::tempdir().unwrap();
+    let archive = outside.path().join("text-0.2.0.tar.gz");
     let out = env.run(&[
         "plugins",
         "pack",
