@@ -889,12 +889,18 @@ async fn plugin_diff_finds_a_change_of_signer() {
     let keys = tempfile::tempdir().unwrap();
     let alice = airlock_host::generate_signing_key(&keys.path().join("alice")).unwrap();
     let mallory = airlock_host::generate_signing_key(&keys.path().join("mallory")).unwrap();
-    let host = Host::new(HostConfig::default().cache_dir(shared_cache()).policy(
-        airlock_host::Policy {
-            trusted_keys: [("alice".to_owned(), alice), ("mallory".to_owned(), mallory)].into(),
-            ..Default::default()
-        },
-    ))
+    let host = Host::new(
+        HostConfig::default()
+            .cache_dir(shared_cache())
+            .policy(airlock_host::Policy {
+                trusted_keys: [
+                    ("alice".to_owned(), alice.into()),
+                    ("mallory".to_owned(), mallory.into()),
+                ]
+                .into(),
+                ..Default::default()
+            }),
+    )
     .unwrap();
     let signed = |by: Option<&str>, version: &str| {
         let dir = version_of(root.path(), "text", |m| {

@@ -165,6 +165,9 @@ pub(crate) struct ServeConfig {
     pub max_request_bytes: usize,
     /// HTTP connections open at once (MCP and approvals listeners each).
     pub max_connections: usize,
+    /// HTTP connections one peer address (IPv6: its /64) holds at once;
+    /// `None`: half of `max_connections`.
+    pub max_connections_per_peer: Option<usize>,
     /// Time an HTTP connection has to send a request's head, ms (also how
     /// long a keep-alive connection may sit idle).
     pub header_read_timeout_ms: u64,
@@ -200,6 +203,7 @@ impl Default for ServeConfig {
             allowed_hosts: Vec::new(),
             max_request_bytes: airlock_mcp::http::DEFAULT_MAX_REQUEST_BYTES,
             max_connections: airlock_mcp::http::DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_peer: None,
             header_read_timeout_ms: u64::try_from(
                 airlock_mcp::http::DEFAULT_HEADER_READ_TIMEOUT.as_millis(),
             )

@@ -71,6 +71,7 @@ pub(crate) async fn run(settings: &Settings, args: ServeArgs) -> Result<u8, Fail
         config.allowed_hosts = serve.allowed_hosts.clone();
         config.max_request_bytes = serve.max_request_bytes;
         config.max_connections = serve.max_connections;
+        config.max_connections_per_peer = serve.max_connections_per_peer;
         config.header_read_timeout = Duration::from_millis(serve.header_read_timeout_ms);
         config.body_read_timeout = Duration::from_millis(serve.body_read_timeout_ms);
         config.metrics_token_sha256 = serve.metrics_token_sha256.clone();
@@ -155,6 +156,7 @@ pub(crate) async fn run(settings: &Settings, args: ServeArgs) -> Result<u8, Fail
                 config.allowed_origins = serve.allowed_origins.clone();
                 config.allowed_hosts = serve.allowed_hosts.clone();
                 config.max_connections = serve.max_connections;
+                config.max_connections_per_peer = serve.max_connections_per_peer;
                 config.header_read_timeout = Duration::from_millis(serve.header_read_timeout_ms);
                 config.body_read_timeout = Duration::from_millis(serve.body_read_timeout_ms);
                 config.max_request_bytes = serve.max_request_bytes;

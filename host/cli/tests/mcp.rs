@@ -652,9 +652,30 @@ fn serve_refuses_unsafe_http_setups() {
 /// A well-behaved MCP request over a fresh connection: `initialize` with the
 /// caller's token; the response's status.
 fn initialize(addr: &str) -> u16 {
+    initialize_on(std::net::TcpStream::connect(addr).unwrap(), addr)
+}
+
+/// A connection to `addr` (`127.0.0.1:port`) from the loopback address
+/// `source` (`127.0.0.2`: another peer on this machine).
+fn connect_from(source: &str, addr: &str) -> std::net::TcpStream {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+        let stream = socket.connect(addr.parse().unwrap()).await.unwrap();
+        let stream = stream.into_std().unwrap();
+        stream.set_nonblocking(false).unwrap();
+        stream
+    })
+}
+
+/// `initialize` on `stream`, a connection to `addr`; the answer's status.
+fn initialize_on(mut stream: std::net::TcpStream, addr: &str) -> u16 {
     use std::io::{Read as _, Write as _};
     let body = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}}"#;
-    let mut stream = std::net::TcpStream::connect(addr).unwrap();
     stream
         .set_read_timeout(Some(std::time::Duration::from_secs(30)))
         .unwrap();
@@ -715,7 +736,9 @@ fn half_open_http_connections_are_timed_out_and_capped_while_clients_are_served(
         // A header timeout long enough that no half-open connection can
         // time out while the cap is being checked, however slow the
         // machine: a slot freed early would let an extra connection in.
-        "max_connections = 8\nheader_read_timeout_ms = 20000\n",
+        // Every connection here is one peer's (127.0.0.1): the per-peer
+        // bound is the cap under test.
+        "max_connections = 8\nmax_connections_per_peer = 8\nheader_read_timeout_ms = 20000\n",
     );
     let running = server.start_http();
     let addr = running.addr.clone();
@@ -765,6 +788,62 @@ fn half_open_http_connections_are_timed_out_and_capped_while_clients_are_served(
     }
     // Slots are free again: the well-behaved client is served.
     assert_eq!(initialize(&addr), 200);
+}
+
+/// One peer opening idle connections took every slot of a listener —
+/// before any token is checked — and locked approvers and every other
+/// caller out until the header timeout.
+#[test]
+fn one_peer_cannot_take_every_connection() {
+    use std::io::Write as _;
+    use std::time::Duration;
+    let root = plugins_root(LIMITS);
+    let server = Server::with_serve(
+        root.path(),
+        false,
+        "max_connections = 8\nmax_connections_per_peer = 3\nheader_read_timeout_ms = 20000\n",
+    );
+    let running = server.start_http();
+    let addr = running.addr.clone();
+    let idle_from = |source: &str| {
+        let mut stream = connect_from(source, &addr);
+        stream
+            .write_all(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+            .unwrap();
+        stream
+    };
+    let mut held: Vec<_> = (0..3).map(|_| idle_from("127.0.0.2")).collect();
+    // Its fourth and later are closed at once, long before the header
+    // timeout (20 s) — though the listener has room for eight.
+    for _ in 0..3 {
+        let mut extra = idle_from("127.0.0.2");
+        assert!(
+            closed_within(&mut extra, Duration::from_secs(10)),
+            "a connection past the peer's bound was left open"
+        );
+    }
+    for stream in &mut held {
+        assert!(
+            !closed_within(stream, Duration::from_millis(200)),
+            "a connection within the peer's bound was closed"
+        );
+    }
+    // Other peers are served: this machine's own address, and another.
+    assert_eq!(initialize(&addr), 200);
+    assert_eq!(initialize_on(connect_from("127.0.0.3", &addr), &addr), 200);
+    // When one of the peer's connections ends, it may open another (once
+    // the server has seen it end).
+    drop(held.pop());
+    let again = (0..100).find_map(|_| {
+        let mut stream = idle_from("127.0.0.2");
+        if closed_within(&mut stream, Duration::from_millis(300)) {
+            std::thread::sleep(Duration::from_millis(100));
+            None
+        } else {
+            Some(stream)
+        }
+    });
+    assert!(again.is_some(), "the peer's slot was never given back");
 }
 
 /// A client that sends a request head and then trickles (or withholds) its

@@ -233,6 +233,103 @@ fn an_untrusted_signer_is_shown_when_signatures_are_not_required() {
     );
 }
 
+/// A key trusted for `billing` only cannot vouch for `text`: refused at
+/// install when signatures are required (nothing installed), and the
+/// same key scoped to `text` too installs it.
+#[test]
+fn a_scoped_key_cannot_install_another_plugin() {
+    let env = Env::new();
+    let source = text_source(env.root.path());
+    env.ok(&[
+        "plugins",
+        "pack",
+        source.to_str().unwrap(),
+        "-o",
+        "text.tar.gz",
+    ]);
+    let team = keygen(&env, "team.key");
+    env.ok(&["plugins", "sign", "text.tar.gz", "--key", "team.key"]);
+    let scoped = |plugins: &str| {
+        env.config(&format!(
+            "[policy]\nrequire_signature = true\n[policy.trusted_keys]\nbilling-team = {{ key = \"{team}\", plugins = [{plugins}] }}\n"
+        ));
+    };
+    scoped("\"billing\"");
+    let out = env.run(&["plugins", "install", "text.tar.gz"]);
+    assert_eq!(out.status.code(), Some(9), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("trusts (as `billing-team`) only for `billing`"),
+        "{}",
+        stderr(&out)
+    );
+    // Not required: inspect names the scope, not "not trusted at all".
+    env.config(&format!(
+        "[policy.trusted_keys]\nbilling-team = {{ key = \"{team}\", plugins = [\"billing\"] }}\n"
+    ));
+    airlock_host::Package::from_archive(&env.path("text.tar.gz"))
+        .unwrap()
+        .write_dir(&env.plugins().join("text"))
+        .unwrap();
+    let report = json(&env.run(&["inspect", "text", "--json"]));
+    assert_eq!(report["signer"]["trusted"], false, "{report}");
+    assert!(
+        report["findings"]
+            .to_string()
+            .contains("only for `billing`"),
+        "{report}"
+    );
+    // Scoped to `text` too: installed now, so nothing was before.
+    scoped("\"billing\", \"text\"");
+    let out = env.ok(&["plugins", "install", "text.tar.gz"]);
+    assert!(out.starts_with("installed text"), "{out}");
+    assert!(out.contains("signed by billing-team"), "{out}");
+}
+
+/// `cases.jsonl` decides readiness and evaluation: a signed plugin whose
+/// cases were edited, removed or added after signing is refused, signed
+/// or not required.
+#[test]
+fn cases_changed_after_signing_break_the_signature() {
+    let env = Env::new();
+    let source = text_source(env.root.path());
+    let cases = fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../plugins/text/cases.jsonl"),
+    )
+    .unwrap();
+    fs::write(source.join("cases.jsonl"), &cases).unwrap();
+    env.ok(&[
+        "plugins",
+        "pack",
+        source.to_str().unwrap(),
+        "-o",
+        "text.tar.gz",
+    ]);
+    let alice = keygen(&env, "alice.key");
+    env.ok(&["plugins", "sign", "text.tar.gz", "--key", "alice.key"]);
+    env.config(&format!(
+        "[policy]\ntrusted_keys = {{ alice = \"{alice}\" }}\n"
+    ));
+    let dir = env.plugins().join("text");
+    airlock_host::Package::from_archive(&env.path("text.tar.gz"))
+        .unwrap()
+        .write_dir(&dir)
+        .unwrap();
+    assert!(
+        fs::read_to_string(dir.join("plugin.sig"))
+            .unwrap()
+            .contains("format = 2"),
+    );
+    assert_eq!(listing(&env), (vec!["text".to_owned()], vec![]));
+
+    let first_line_only = cases.lines().next().unwrap().to_owned() + "\n";
+    fs::write(dir.join("cases.jsonl"), &first_line_only).unwrap();
+    assert_eq!(listing(&env).1, ["signature_invalid"]);
+    fs::remove_file(dir.join("cases.jsonl")).unwrap();
+    assert_eq!(listing(&env).1, ["signature_invalid"]);
+    fs::write(dir.join("cases.jsonl"), &cases).unwrap();
+    assert_eq!(listing(&env), (vec!["text".to_owned()], vec![]));
+}
+
 #[test]
 fn keygen_never_overwrites_a_key() {
     let env = Env::new();

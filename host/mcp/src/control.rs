@@ -322,6 +322,8 @@ pub async fn serve(
         router,
         ConnectionBounds {
             max_connections: config.max_connections,
+            // Every peer of the control socket is this user.
+            max_per_peer: None,
             header_read_timeout: config.header_read_timeout,
         },
         shutdown,

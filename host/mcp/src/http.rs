@@ -45,6 +45,12 @@
 //!   likes) may take half of them at most, and one caller
 //!   [`MAX_STREAMS_PER_CALLER`]: the rest stay for requests, approvers'
 //!   and the console's among them.
+//! - [`HttpConfig::max_connections_per_peer`]: connections one peer
+//!   holds at once (default half of `max_connections`; an IPv6 peer is
+//!   its /64, which one host usually has whole). One past it is closed at
+//!   once as above, so no single address can take every connection —
+//!   before any token is checked — and lock approvers out. Not applied
+//!   behind a proxy, where every connection is the proxy's.
 //! - Request bodies the listener holds at once (read before any token is
 //!   checked): four of the largest, at least 64 MiB; past that a request
 //!   is answered `503` at once.
@@ -218,6 +224,11 @@ pub struct HttpConfig {
     /// Connections open at once; one more is closed as soon as it is
     /// accepted.
     pub max_connections: usize,
+    /// Connections one peer address (an IPv6 peer: its /64) may hold at
+    /// once; one more from it is closed as soon as it is accepted. `None`:
+    /// half of `max_connections`, rounded up. Not applied when
+    /// `behind_proxy`.
+    pub max_connections_per_peer: Option<usize>,
     /// Time a connection has to deliver a request's head, from its start
     /// or from the end of its previous response (the keep-alive idle
     /// bound); then it is closed.
@@ -254,12 +265,26 @@ impl HttpConfig {
             allowed_hosts: Vec::new(),
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_peer: None,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
             metrics_token_sha256: None,
             oauth: None,
             behind_proxy: false,
         }
+    }
+
+    /// Connections one peer may hold at once; `None` behind a proxy, where
+    /// the peer is always the proxy.
+    pub(crate) fn per_peer_cap(&self) -> Option<usize> {
+        if self.behind_proxy {
+            return None;
+        }
+        Some(
+            self.max_connections_per_peer
+                .unwrap_or(self.max_connections.div_ceil(2))
+                .max(1),
+        )
     }
 
     /// Whether being loopback (the peer, a `Host` or an `Origin`) vouches
@@ -317,6 +342,19 @@ impl HttpConfig {
             return Err(config(format!(
                 "serve.max_connections must be between 1 and {MAX_CONNECTIONS_CEILING}"
             )));
+        }
+        if let Some(per_peer) = self.max_connections_per_peer {
+            if !(1..=self.max_connections).contains(&per_peer) {
+                return Err(config(format!(
+                    "serve.max_connections_per_peer must be between 1 and serve.max_connections ({})",
+                    self.max_connections
+                )));
+            }
+            if self.behind_proxy {
+                return Err(config(
+                    "serve.max_connections_per_peer cannot apply behind a proxy (serve.behind_proxy): every connection comes from the proxy; limit clients at the proxy",
+                ));
+            }
         }
         if self.body_read_timeout < Duration::from_millis(100)
             || self.body_read_timeout > HEADER_READ_TIMEOUT_CEILING
@@ -955,6 +993,7 @@ pub async fn serve(
         router,
         ConnectionBounds {
             max_connections: config.max_connections,
+            max_per_peer: config.per_peer_cap(),
             header_read_timeout: config.header_read_timeout,
         },
         shutdown,
@@ -996,7 +1035,81 @@ impl Accept for tokio::net::TcpListener {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ConnectionBounds {
     pub(crate) max_connections: usize,
+    /// Connections one peer address may hold (`None`: no such bound).
+    pub(crate) max_per_peer: Option<usize>,
     pub(crate) header_read_timeout: Duration,
+}
+
+/// Whom a connection counts against for [`ConnectionBounds::max_per_peer`]:
+/// an IPv4 address, or an IPv6 address's /64 (a host is usually given a
+/// whole /64, so counting single IPv6 addresses would bound nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum PeerKey {
+    V4(std::net::Ipv4Addr),
+    V6Net([u8; 8]),
+}
+
+impl PeerKey {
+    fn of(ip: IpAddr) -> PeerKey {
+        match ip {
+            IpAddr::V4(v4) => PeerKey::V4(v4),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => PeerKey::V4(v4),
+                None => {
+                    let mut net = [0; 8];
+                    net.copy_from_slice(&v6.octets()[..8]);
+                    PeerKey::V6Net(net)
+                }
+            },
+        }
+    }
+}
+
+/// Connections open per peer. Entries go when their count does, so the
+/// map holds at most one entry per open connection.
+#[derive(Debug, Default, Clone)]
+struct PeerCounts(Arc<std::sync::Mutex<std::collections::HashMap<PeerKey, usize>>>);
+
+impl PeerCounts {
+    /// One more connection for `peer`, unless it already holds `cap`.
+    fn take(&self, peer: PeerKey, cap: usize) -> Option<PeerSlot> {
+        let mut counts = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = counts.entry(peer).or_insert(0);
+        if *count >= cap {
+            return None;
+        }
+        *count += 1;
+        Some(PeerSlot {
+            counts: self.clone(),
+            peer,
+        })
+    }
+}
+
+/// A connection counted against its peer, given back when dropped.
+#[derive(Debug)]
+struct PeerSlot {
+    counts: PeerCounts,
+    peer: PeerKey,
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut counts = self
+            .counts
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = counts.get_mut(&self.peer) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                counts.remove(&self.peer);
+            }
+        }
+    }
 }
 
 /// [`serve`]'s loop, for any listener: HTTP/1 with the header timeout and
@@ -1010,6 +1123,7 @@ pub(crate) async fn serve_connections<L: Accept>(
 ) {
     let max = bounds.max_connections.clamp(1, MAX_CONNECTIONS_CEILING);
     let slots = Arc::new(Semaphore::new(max));
+    let peers = PeerCounts::default();
     let mut builder = hyper::server::conn::http1::Builder::new();
     // The timer makes hyper enforce the header timeout (without one it
     // silently does not).
@@ -1042,6 +1156,21 @@ pub(crate) async fn serve_connections<L: Accept>(
         refusing = false;
         // The peer's address, for handlers that answer loopback peers only.
         let peer_ip = PeerIp(peer.parse::<SocketAddr>().ok().map(|a| a.ip()));
+        let peer_slot = match (bounds.max_per_peer, peer_ip.0) {
+            (Some(cap), Some(ip)) => {
+                let Some(peer_slot) = peers.take(PeerKey::of(ip), cap) else {
+                    warn_refused!(
+                        %peer,
+                        max_connections_per_peer = cap,
+                        "connection refused: the peer holds as many connections as one peer may"
+                    );
+                    drop(stream);
+                    continue;
+                };
+                Some(peer_slot)
+            }
+            _ => None,
+        };
         let connection = builder.serve_connection(
             TokioIo::new(stream),
             WithPeer {
@@ -1051,7 +1180,7 @@ pub(crate) async fn serve_connections<L: Accept>(
         );
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let _slot = slot;
+            let _slots = (slot, peer_slot);
             let mut connection = std::pin::pin!(connection);
             let result = tokio::select! {
                 result = connection.as_mut() => result,
@@ -1667,6 +1796,51 @@ mod tests {
     use sha2::{Digest, Sha256};
 
     use super::*;
+
+    #[test]
+    fn peers_are_counted_by_address_and_ipv6_by_its_64() {
+        let key = |ip: &str| PeerKey::of(ip.parse().unwrap());
+        assert_eq!(key("::ffff:10.0.0.1"), key("10.0.0.1"));
+        assert_ne!(key("10.0.0.1"), key("10.0.0.2"));
+        assert_eq!(key("2001:db8:1:2::1"), key("2001:db8:1:2:ffff::9"));
+        assert_ne!(key("2001:db8:1:2::1"), key("2001:db8:1:3::1"));
+        let counts = PeerCounts::default();
+        let first = counts.take(key("10.0.0.1"), 2).unwrap();
+        let second = counts.take(key("10.0.0.1"), 2).unwrap();
+        assert!(counts.take(key("10.0.0.1"), 2).is_none());
+        let other = counts.take(key("10.0.0.2"), 2).unwrap();
+        drop(first);
+        let third = counts.take(key("10.0.0.1"), 2).unwrap();
+        drop((second, third, other));
+        // Entries go with their last connection.
+        assert!(counts.0.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn the_per_peer_bound_is_checked_and_off_behind_a_proxy() {
+        let mut config = HttpConfig::new(default_addr(), Vec::new());
+        assert_eq!(config.per_peer_cap(), Some(DEFAULT_MAX_CONNECTIONS / 2));
+        config.max_connections = 5;
+        assert_eq!(config.per_peer_cap(), Some(3));
+        config.max_connections = 1;
+        assert_eq!(config.per_peer_cap(), Some(1));
+        config.max_connections = 8;
+        for bad in [0, 9] {
+            config.max_connections_per_peer = Some(bad);
+            let err = config.validate_listener().unwrap_err().to_string();
+            assert!(err.contains("serve.max_connections_per_peer"), "{err}");
+        }
+        config.max_connections_per_peer = Some(8);
+        config.validate_listener().unwrap();
+        assert_eq!(config.per_peer_cap(), Some(8));
+        config.behind_proxy = true;
+        config.allowed_hosts = vec!["mcp.example.com".into()];
+        let err = config.validate_listener().unwrap_err().to_string();
+        assert!(err.contains("behind a proxy"), "{err}");
+        config.max_connections_per_peer = None;
+        config.validate_listener().unwrap();
+        assert_eq!(config.per_peer_cap(), None);
+    }
 
     #[test]
     fn loopback_hosts_and_origins() {

@@ -587,13 +587,16 @@ pub enum LoadError {
     },
 
     /// The plugin's signature is valid but made by a key that is not among
-    /// the operator's `trusted_keys`, and the policy requires a signature.
-    #[error("plugin `{plugin}` is signed by {key}, which is not among the operator's trusted_keys")]
+    /// the operator's `trusted_keys`, or is trusted only for other
+    /// plugins, and the policy requires a signature.
+    #[error("plugin `{plugin}` is signed by {key}, {reason}")]
     UntrustedSigner {
         /// Plugin name.
         plugin: String,
         /// The signing key, `ed25519:BASE64`.
         key: String,
+        /// Why the key does not vouch for this plugin.
+        reason: String,
     },
 
     /// The plugin's signature file is garbled, or its signature is not over

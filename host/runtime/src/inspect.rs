@@ -149,34 +149,29 @@ impl Host {
             });
         }
         let policy = &self.config().policy;
-        let signer =
-            match crate::package::read_signature(dir, &manifest.plugin.name).and_then(|signature| {
-                crate::package::check_signature(
-                    &crate::package::Signed {
-                        name: &manifest.plugin.name,
-                        version: &manifest.plugin.version,
-                        manifest_digest: &manifest_digest,
-                        component_digest: &digest,
-                    },
-                    signature.as_ref(),
-                    policy,
-                )
-            }) {
-                Ok(signer) => signer,
-                Err(e) => {
-                    findings.push(Finding {
-                        severity: Severity::Error,
-                        message: e.to_string(),
-                    });
-                    None
-                }
-            };
+        let signer = match crate::package::check_dir_signature(
+            dir,
+            &manifest,
+            &manifest_digest,
+            &digest,
+            policy,
+        ) {
+            Ok(signer) => signer,
+            Err(e) => {
+                findings.push(Finding {
+                    severity: Severity::Error,
+                    message: e.to_string(),
+                });
+                None
+            }
+        };
         if let Some(signer) = signer.as_ref().filter(|s| !s.is_trusted()) {
             findings.push(Finding {
                 severity: Severity::Warning,
                 message: format!(
-                    "signed by {}, which is not among the operator's trusted_keys",
-                    signer.key()
+                    "signed by {}, {}",
+                    signer.key(),
+                    crate::package::why_untrusted(policy, signer.key())
                 ),
             });
         }

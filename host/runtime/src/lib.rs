@@ -127,7 +127,7 @@ pub use manifest::{
 pub use mode::{MODE_FILE, write_mode};
 pub use package::{
     CASES_FILE, ChangeArea, ChangeKind, Compatibility, Package, PluginChange, PluginDiff,
-    PluginSignature, PublicKey, SIGNATURE_FILE, Signer, generate_signing_key,
+    PluginSignature, PublicKey, SIGNATURE_FILE, Signer, TrustedKey, generate_signing_key,
 };
 pub use pipeline::{CallRequest, CallResponse};
 pub use plugin::{Plugin, Tool, ToolInfo};

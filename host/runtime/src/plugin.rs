@@ -16,7 +16,7 @@ use crate::error::{LoadError, LoadResult};
 use crate::grants::{self, EffectiveGrant, Policy};
 use crate::limits::Limits;
 use crate::manifest::{MANIFEST_FILE, Manifest, Risk};
-use crate::package::{self, Signed, Signer};
+use crate::package::{self, Signer};
 use crate::pipeline;
 use crate::schema;
 use crate::state::CallState;
@@ -350,17 +350,7 @@ pub(crate) async fn load(
         reason,
     })?;
     // Signature before compiling: an untrusted component is not compiled.
-    let signature = package::read_signature(dir, &name)?;
-    let signer = package::check_signature(
-        &Signed {
-            name: &name,
-            version: &manifest.plugin.version,
-            manifest_digest: &manifest_digest,
-            component_digest: &digest,
-        },
-        signature.as_ref(),
-        policy,
-    )?;
+    let signer = package::check_dir_signature(dir, &manifest, &manifest_digest, &digest, policy)?;
 
     let compiled = match cache {
         Some(cache) => cache.load_or_compile(engine, &digest, &bytes),

@@ -336,9 +336,11 @@ pub struct Policy {
     #[serde(default)]
     pub files_max_created: Option<u64>,
     /// Keys whose plugin signatures the operator trusts, by the name shown
-    /// as the signer (`alice = "ed25519:BASE64"`).
+    /// as the signer: for every plugin (`alice = "ed25519:BASE64"`) or only
+    /// for the plugins named (`release = { key = "ed25519:BASE64",
+    /// plugins = ["billing"] }`).
     #[serde(default)]
-    pub trusted_keys: BTreeMap<String, crate::package::PublicKey>,
+    pub trusted_keys: BTreeMap<String, crate::package::TrustedKey>,
     /// Refuse plugins that are not signed by a key in `trusted_keys`. A
     /// present signature is checked either way: a bad one always refuses.
     #[serde(default)]

@@ -23,10 +23,8 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 pub use diff::{ChangeArea, ChangeKind, Compatibility, PluginChange, PluginDiff};
-pub(crate) use signature::{
-    MAX_SIGNATURE_BYTES, Signed, check as check_signature, read as read_signature,
-};
-pub use signature::{PluginSignature, PublicKey, SIGNATURE_FILE, Signer};
+pub(crate) use signature::{MAX_SIGNATURE_BYTES, Signed, why_untrusted};
+pub use signature::{PluginSignature, PublicKey, SIGNATURE_FILE, Signer, TrustedKey};
 
 use crate::error::{ArchiveRefusal, LoadError, LoadResult};
 use crate::grants::Policy;
@@ -64,6 +62,7 @@ pub struct Package {
     component: Vec<u8>,
     component_digest: String,
     cases: Option<String>,
+    cases_digest: Option<String>,
     signature: Option<PluginSignature>,
 }
 
@@ -279,6 +278,9 @@ impl Package {
             manifest,
             component,
             component_digest,
+            cases_digest: cases
+                .as_ref()
+                .map(|cases| hex::encode(Sha256::digest(cases.as_bytes()))),
             cases,
             signature,
         })
@@ -374,6 +376,7 @@ impl Package {
             version: self.version(),
             manifest_digest: &self.manifest_digest,
             component_digest: &self.component_digest,
+            cases_digest: self.cases_digest.as_deref(),
         }
     }
 
@@ -538,6 +541,51 @@ impl Package {
 pub fn generate_signing_key(path: &Path) -> crate::Result<PublicKey> {
     let key = airlock_audit::create_signing_key(path)?;
     Ok(PublicKey::from(key.verifying_key()))
+}
+
+/// Apply the operator's trust rules to the plugin directory `dir` as it
+/// loads: its `plugin.sig`, if any, against the manifest and component
+/// digests given and its `cases.jsonl` (read, capped, only when there is a
+/// signature to check it against).
+///
+/// # Errors
+/// Those of [`signature::read`] and [`signature::check`];
+/// [`LoadError::PackageInvalid`] or [`LoadError::Io`] for a
+/// `cases.jsonl` that cannot be read or is over its cap.
+pub(crate) fn check_dir_signature(
+    dir: &Path,
+    manifest: &Manifest,
+    manifest_digest: &str,
+    component_digest: &str,
+    policy: &Policy,
+) -> LoadResult<Option<Signer>> {
+    let name = &manifest.plugin.name;
+    let signature = signature::read(dir, name)?;
+    let cases_digest = match &signature {
+        None => None,
+        Some(_) => {
+            let path = dir.join(CASES_FILE);
+            match fs::symlink_metadata(&path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(LoadError::io(&path, e)),
+                Ok(_) => Some(hex::encode(Sha256::digest(read_capped(
+                    &path,
+                    MAX_CASES_BYTES,
+                )?))),
+            }
+        }
+    };
+    signature::check(
+        &Signed {
+            name,
+            version: &manifest.plugin.version,
+            manifest_digest,
+            component_digest,
+            cases_digest: cases_digest.as_deref(),
+        },
+        signature.as_ref(),
+        policy,
+    )
 }
 
 /// Check the policy's `trusted_keys` and `require_signature` (part of

@@ -1,14 +1,20 @@
 //! Plugin signatures: who vouches for a manifest and its component.
 //!
 //! A signature is Ed25519 over a domain-separated message naming the
-//! plugin, its version, the SHA-256 of the manifest's bytes and the SHA-256
-//! of the component ([`signed_message`]). It lives beside the manifest in
-//! `plugin.sig`:
+//! plugin, its version, the SHA-256 of the manifest's bytes, the SHA-256
+//! of the component and the SHA-256 of the evaluation cases
+//! (`cases.jsonl`), or their absence ([`signed_message`]). It lives beside
+//! the manifest in `plugin.sig`:
 //!
 //! ```toml
+//! format = 2
 //! key = "ed25519:BASE64 of the 32-byte public key"
 //! signature = "BASE64 of the 64-byte signature"
 //! ```
+//!
+//! Format 1 (no `format` line) left the cases out. It is still read for a
+//! plugin without `cases.jsonl`, and refused for one with it: its cases
+//! decide readiness and evaluation, and nobody vouched for them.
 //!
 //! Trust is the operator's (`[policy] trusted_keys`, `require_signature`);
 //! [`check`] applies it, in this order:
@@ -17,17 +23,22 @@
 //! 2. a signature file that does not parse, or a signature that does not
 //!    verify over these bytes: always refused
 //!    ([`LoadError::SignatureInvalid`]), required or not;
-//! 3. a valid signature by a key outside `trusted_keys`: refused
+//! 3. a valid signature by a key outside `trusted_keys`, or by a key
+//!    trusted only for other plugins (`plugins = [...]`): refused
 //!    ([`LoadError::UntrustedSigner`]) when the policy requires a
 //!    signature, else loaded with the signer shown as untrusted;
-//! 4. a valid signature by a trusted key: loaded, the signer named.
+//! 4. a valid signature by a key trusted for this plugin: loaded, the
+//!    signer named.
 //!
 //! # Security
 //! The manifest digest is over its exact bytes, so a signature fixes the
 //! whole manifest (grants, limits, tools, and the component pin) as well as
-//! the component. Verification is `verify_strict` (no malleable or
-//! small-order keys). The signature file is read with a size cap.
+//! the component and the cases. Verification is `verify_strict` (no
+//! malleable or small-order keys). The signature file is read with a size
+//! cap. A key scoped to plugins signs only those: a team's key cannot sign
+//! (and so install) another team's plugin.
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
@@ -47,8 +58,13 @@ pub const SIGNATURE_FILE: &str = "plugin.sig";
 pub(crate) const MAX_SIGNATURE_BYTES: u64 = 4 * 1024;
 
 /// What the message starts with, so a plugin signature can never be taken
-/// for any other Ed25519 signature (an audit checkpoint's, say).
-const SIGNATURE_DOMAIN: &[u8] = b"airlock plugin signature v1\0";
+/// for any other Ed25519 signature (an audit checkpoint's, say), nor a
+/// signature of one format for another's.
+const SIGNATURE_DOMAIN_V1: &[u8] = b"airlock plugin signature v1\0";
+const SIGNATURE_DOMAIN_V2: &[u8] = b"airlock plugin signature v2\0";
+
+/// The `format` a signature file is written in.
+const FORMAT: u32 = 2;
 
 /// The prefix of a public key's text form.
 const KEY_PREFIX: &str = "ed25519:";
@@ -125,6 +141,104 @@ impl<'de> Deserialize<'de> for PublicKey {
     }
 }
 
+/// A key in the operator's `trusted_keys`: trusted for every plugin
+/// (`alice = "ed25519:BASE64"`), or only for the plugins it names
+/// (`release = { key = "ed25519:BASE64", plugins = ["billing"] }`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustedKey {
+    key: PublicKey,
+    plugins: Option<BTreeSet<String>>,
+}
+
+impl TrustedKey {
+    /// A key trusted for every plugin.
+    pub fn any_plugin(key: PublicKey) -> TrustedKey {
+        TrustedKey { key, plugins: None }
+    }
+
+    /// A key trusted only for the plugins named.
+    pub fn for_plugins<I, S>(key: PublicKey, plugins: I) -> TrustedKey
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        TrustedKey {
+            key,
+            plugins: Some(plugins.into_iter().map(Into::into).collect()),
+        }
+    }
+
+    /// The key.
+    pub fn key(&self) -> &PublicKey {
+        &self.key
+    }
+
+    /// The plugins it is trusted for; `None`: every plugin.
+    pub fn plugins(&self) -> Option<&BTreeSet<String>> {
+        self.plugins.as_ref()
+    }
+
+    fn trusts(&self, plugin: &str) -> bool {
+        self.plugins.as_ref().is_none_or(|p| p.contains(plugin))
+    }
+}
+
+impl From<PublicKey> for TrustedKey {
+    fn from(key: PublicKey) -> TrustedKey {
+        TrustedKey::any_plugin(key)
+    }
+}
+
+/// The table form of a [`TrustedKey`].
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ScopedKey {
+    key: PublicKey,
+    plugins: BTreeSet<String>,
+}
+
+impl Serialize for TrustedKey {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match &self.plugins {
+            None => self.key.serialize(serializer),
+            Some(plugins) => ScopedKey {
+                key: self.key,
+                plugins: plugins.clone(),
+            }
+            .serialize(serializer),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for TrustedKey {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<TrustedKey, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = TrustedKey;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "a public key (\"ed25519:BASE64\") or { key = \"ed25519:BASE64\", plugins = [\"name\", ...] }",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<TrustedKey, E> {
+                text.parse().map(TrustedKey::any_plugin).map_err(E::custom)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<TrustedKey, A::Error> {
+                let scoped =
+                    ScopedKey::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(TrustedKey {
+                    key: scoped.key,
+                    plugins: Some(scoped.plugins),
+                })
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
 /// Who signed a loaded plugin: a key the operator trusts (by the name
 /// `trusted_keys` gives it), or a key it does not (only possible when
 /// signatures are not required).
@@ -162,10 +276,12 @@ impl fmt::Display for Signer {
     }
 }
 
-/// A parsed `plugin.sig`: the key that signed and the signature. Whether it
-/// verifies, and whether the key is trusted, is [`check`]'s business.
+/// A parsed `plugin.sig`: its format, the key that signed and the
+/// signature. Whether it verifies, and whether the key is trusted, is
+/// [`check`]'s business.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PluginSignature {
+    format: u32,
     key: PublicKey,
     signature: Signature,
 }
@@ -174,6 +290,8 @@ pub struct PluginSignature {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SignatureFile {
+    /// Absent in format 1.
+    format: Option<u32>,
     key: String,
     signature: String,
 }
@@ -191,6 +309,15 @@ impl PluginSignature {
     pub(crate) fn parse(text: &str) -> Result<PluginSignature, String> {
         let file: SignatureFile = toml::from_str(text)
             .map_err(|e| format!("{SIGNATURE_FILE} is garbled: {}", e.message()))?;
+        let format = match file.format {
+            None => 1,
+            Some(FORMAT) => FORMAT,
+            Some(other) => {
+                return Err(format!(
+                    "{SIGNATURE_FILE}: format {other} is not one this host reads (1 or {FORMAT}); sign the plugin with this version of airlock"
+                ));
+            }
+        };
         let key = file
             .key
             .parse()
@@ -204,23 +331,35 @@ impl PluginSignature {
                 bytes.len()
             )
         })?;
-        Ok(PluginSignature { key, signature })
+        Ok(PluginSignature {
+            format,
+            key,
+            signature,
+        })
     }
 
     /// The file's text.
     pub(crate) fn to_text(&self) -> String {
+        let (format, covers) = match self.format {
+            1 => ("", "manifest sha256 and component sha256"),
+            _ => (
+                "format = 2\n",
+                "manifest sha256, component sha256\n# and cases.jsonl sha256 (or its absence)",
+            ),
+        };
         format!(
-            "# Airlock plugin signature (airlock plugins sign): Ed25519 over the plugin's\n# name, version, manifest sha256 and component sha256.\nkey = \"{}\"\nsignature = \"{}\"\n",
+            "# Airlock plugin signature (airlock plugins sign): Ed25519 over the plugin's\n# name, version, {covers}.\n{format}key = \"{}\"\nsignature = \"{}\"\n",
             self.key,
             BASE64.encode(self.signature.to_bytes())
         )
     }
 
-    /// Sign `what` with `key`.
+    /// Sign `what` with `key`, in the current format.
     pub(crate) fn sign(what: &Signed<'_>, key: &SigningKey) -> PluginSignature {
         PluginSignature {
+            format: FORMAT,
             key: PublicKey(key.verifying_key()),
-            signature: key.sign(&signed_message(what)),
+            signature: key.sign(&signed_message(what, FORMAT)),
         }
     }
 }
@@ -236,19 +375,30 @@ pub(crate) struct Signed<'a> {
     pub(crate) manifest_digest: &'a str,
     /// Hex SHA-256 of the component.
     pub(crate) component_digest: &'a str,
+    /// Hex SHA-256 of `cases.jsonl`; `None`: the plugin has none.
+    pub(crate) cases_digest: Option<&'a str>,
 }
 
-/// The signed message: the domain, then each field as its length (8 bytes,
-/// big-endian) and its bytes, so no two different field lists make the same
-/// message.
-fn signed_message(what: &Signed<'_>) -> Vec<u8> {
-    let mut message = SIGNATURE_DOMAIN.to_vec();
+/// The signed message of `format`: the domain, then each field as its
+/// length (8 bytes, big-endian) and its bytes, so no two different field
+/// lists make the same message. Format 2 adds the cases' digest, empty
+/// when there are none (a digest is never empty).
+fn signed_message(what: &Signed<'_>, format: u32) -> Vec<u8> {
+    let (domain, cases) = match format {
+        1 => (SIGNATURE_DOMAIN_V1, None),
+        _ => (SIGNATURE_DOMAIN_V2, Some(what.cases_digest.unwrap_or(""))),
+    };
+    let mut message = domain.to_vec();
     for field in [
-        what.name,
-        what.version,
-        what.manifest_digest,
-        what.component_digest,
-    ] {
+        Some(what.name),
+        Some(what.version),
+        Some(what.manifest_digest),
+        Some(what.component_digest),
+        cases,
+    ]
+    .into_iter()
+    .flatten()
+    {
         message.extend_from_slice(&(field.len() as u64).to_be_bytes());
         message.extend_from_slice(field.as_bytes());
     }
@@ -314,30 +464,41 @@ pub(crate) fn check(
         }
         return Ok(None);
     };
+    if signature.format == 1 && what.cases_digest.is_some() {
+        return Err(LoadError::SignatureInvalid {
+            plugin: what.name.to_owned(),
+            reason: format!(
+                "{SIGNATURE_FILE} is in format 1, which does not cover {}: the evaluation cases that decide readiness would be nobody's word; sign the plugin again (airlock plugins sign)",
+                super::CASES_FILE
+            ),
+        });
+    }
     signature
         .key
         .0
-        .verify_strict(&signed_message(what), &signature.signature)
+        .verify_strict(&signed_message(what, signature.format), &signature.signature)
         .map_err(|_| LoadError::SignatureInvalid {
             plugin: what.name.to_owned(),
             reason: format!(
-                "the signature by {} is not over this manifest and component (one of them changed after signing, or the manifest was signed before its digest was stamped)",
+                "the signature by {} is not over this manifest, component and cases (one of them changed after signing, or the manifest was signed before its digest was stamped)",
                 signature.key
             ),
         })?;
     let name = policy
         .trusted_keys
         .iter()
-        .find(|(_, key)| **key == signature.key)
+        .find(|(_, trusted)| trusted.key == signature.key && trusted.trusts(what.name))
         .map(|(name, _)| name.clone());
     if name.is_none() {
+        let reason = why_untrusted(policy, &signature.key);
         if policy.require_signature {
             return Err(LoadError::UntrustedSigner {
                 plugin: what.name.to_owned(),
                 key: signature.key.to_string(),
+                reason,
             });
         }
-        tracing::warn!(plugin = %what.name, key = %signature.key, "plugin signed by a key that is not in trusted_keys; loaded because signatures are not required");
+        tracing::warn!(plugin = %what.name, key = %signature.key, "plugin signed by a key {reason}; loaded as untrusted because signatures are not required");
     }
     Ok(Some(Signer {
         key: signature.key,
@@ -346,11 +507,35 @@ pub(crate) fn check(
     }))
 }
 
+/// Why `key` does not vouch for a plugin it signed, as a clause after the
+/// key ("signed by KEY, which ..."): it is not in `trusted_keys`, or it is
+/// trusted only for the plugins it lists.
+pub(crate) fn why_untrusted(policy: &Policy, key: &PublicKey) -> String {
+    let scoped = policy
+        .trusted_keys
+        .iter()
+        .find(|(_, trusted)| trusted.key == *key)
+        .and_then(|(name, trusted)| Some((name, trusted.plugins.as_ref()?)));
+    match scoped {
+        Some((name, plugins)) => format!(
+            "which trusted_keys trusts (as `{name}`) only for {}",
+            plugins
+                .iter()
+                .map(|p| format!("`{p}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        None => "which is not among the operator's trusted_keys".to_owned(),
+    }
+}
+
 /// Check `trusted_keys` (part of [`Policy::validate`]): names are plain,
-/// and no key is listed under two names.
+/// no key is listed under two names, and a scoped key names at least one
+/// plugin, each a plugin name.
 pub(crate) fn check_policy(policy: &Policy) -> Result<(), String> {
     let mut seen: Vec<(&str, &PublicKey)> = Vec::new();
-    for (name, key) in &policy.trusted_keys {
+    for (name, trusted) in &policy.trusted_keys {
+        let key = &trusted.key;
         if name.is_empty()
             || name.len() > 64
             || !name
@@ -366,6 +551,22 @@ pub(crate) fn check_policy(policy: &Policy) -> Result<(), String> {
             return Err(format!(
                 "policy.trusted_keys: `{other}` and `{name}` are the same key; list it once"
             ));
+        }
+        if let Some(plugins) = &trusted.plugins {
+            if plugins.is_empty() {
+                return Err(format!(
+                    "policy.trusted_keys.{name}: `plugins` is empty, so the key would sign nothing; name the plugins it signs, or give the key alone to trust it for every plugin"
+                ));
+            }
+            if let Some(bad) = plugins
+                .iter()
+                .find(|p| airlock_store::check_plugin_name(p).is_err())
+            {
+                return Err(format!(
+                    "policy.trusted_keys.{name}: {:?} is not a plugin name",
+                    airlock_audit::text::prefix(bad, 80)
+                ));
+            }
         }
         seen.push((name, key));
     }
@@ -385,11 +586,16 @@ mod tests {
         version: "0.1.0",
         manifest_digest: "aa",
         component_digest: "bb",
+        cases_digest: None,
     };
 
     fn trusting(name: &str, key: &SigningKey, require: bool) -> Policy {
         Policy {
-            trusted_keys: [(name.to_owned(), PublicKey(key.verifying_key()))].into(),
+            trusted_keys: [(
+                name.to_owned(),
+                TrustedKey::any_plugin(PublicKey(key.verifying_key())),
+            )]
+            .into(),
             require_signature: require,
             ..Policy::default()
         }
@@ -507,11 +713,178 @@ mod tests {
     fn trusted_keys_are_checked() {
         let mut policy = trusting("alice", &key(1), false);
         check_policy(&policy).unwrap();
-        policy
-            .trusted_keys
-            .insert("bob".into(), PublicKey(key(1).verifying_key()));
+        policy.trusted_keys.insert(
+            "bob".into(),
+            TrustedKey::any_plugin(PublicKey(key(1).verifying_key())),
+        );
         assert!(check_policy(&policy).unwrap_err().contains("same key"));
         let policy = trusting("al ice", &key(1), false);
         assert!(check_policy(&policy).unwrap_err().contains("signer name"));
+        for (plugins, why) in [
+            (vec![], "`plugins` is empty"),
+            (vec!["text", "../etc"], "\"../etc\" is not a plugin name"),
+            (vec!["Text"], "not a plugin name"),
+        ] {
+            let policy = Policy {
+                trusted_keys: [(
+                    "release".to_owned(),
+                    TrustedKey::for_plugins(PublicKey(key(1).verifying_key()), plugins),
+                )]
+                .into(),
+                ..Policy::default()
+            };
+            let err = check_policy(&policy).unwrap_err();
+            assert!(err.contains(why), "{err}");
+            assert!(err.contains("policy.trusted_keys.release"), "{err}");
+        }
+    }
+
+    const WITH_CASES: Signed<'static> = Signed {
+        cases_digest: Some("cc"),
+        ..WHAT
+    };
+
+    #[test]
+    fn a_signature_covers_the_cases_and_their_absence() {
+        let policy = trusting("alice", &key(1), true);
+        let signed = PluginSignature::sign(&WITH_CASES, &key(1));
+        assert!(
+            signed.to_text().contains("format = 2\n"),
+            "{}",
+            signed.to_text()
+        );
+        let parsed = PluginSignature::parse(&signed.to_text()).unwrap();
+        assert_eq!(parsed, signed);
+        check(&WITH_CASES, Some(&parsed), &policy).unwrap().unwrap();
+        // Cases edited, removed, or added to a plugin signed without them.
+        let edited = Signed {
+            cases_digest: Some("cd"),
+            ..WHAT
+        };
+        for (what, sig) in [
+            (edited, &signed),
+            (WHAT, &signed),
+            (WITH_CASES, &PluginSignature::sign(&WHAT, &key(1))),
+        ] {
+            let err = check(&what, Some(sig), &policy).unwrap_err();
+            assert_eq!(err.kind(), "signature_invalid", "{what:?}");
+            assert!(err.to_string().contains("cases"), "{err}");
+        }
+    }
+
+    /// A format-1 signature (before cases were covered), as the host of
+    /// that time wrote it.
+    fn format_1(what: &Signed<'_>, key: &SigningKey) -> String {
+        let sig = PluginSignature {
+            format: 1,
+            key: PublicKey(key.verifying_key()),
+            signature: key.sign(&signed_message(what, 1)),
+        };
+        let text = sig.to_text();
+        assert!(!text.contains("format"), "{text}");
+        text
+    }
+
+    #[test]
+    fn format_1_holds_only_for_a_plugin_without_cases() {
+        let policy = trusting("alice", &key(1), true);
+        let old = PluginSignature::parse(&format_1(&WHAT, &key(1))).unwrap();
+        let signer = check(&WHAT, Some(&old), &policy).unwrap().unwrap();
+        assert_eq!(signer.name(), Some("alice"));
+        // The same bytes with cases beside them: nobody signed the cases.
+        for policy in [policy, Policy::default()] {
+            let err = check(&WITH_CASES, Some(&old), &policy).unwrap_err();
+            assert_eq!(err.kind(), "signature_invalid");
+            assert!(err.to_string().contains("format 1"), "{err}");
+        }
+        // A format-2 signature is never read as format 1, nor the reverse.
+        let new = PluginSignature::sign(&WHAT, &key(1));
+        let relabelled = new.to_text().replace("format = 2\n", "");
+        let err = check(
+            &WHAT,
+            Some(&PluginSignature::parse(&relabelled).unwrap()),
+            &Policy::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), "signature_invalid");
+        let promoted = format_1(&WHAT, &key(1)).replace("key =", "format = 2\nkey =");
+        let err = check(
+            &WHAT,
+            Some(&PluginSignature::parse(&promoted).unwrap()),
+            &Policy::default(),
+        )
+        .unwrap_err();
+        assert_eq!(err.kind(), "signature_invalid");
+        // A format this host does not know.
+        let future = new.to_text().replace("format = 2", "format = 3");
+        let err = parse_bytes(future.as_bytes(), "text").unwrap_err();
+        assert!(err.to_string().contains("format 3"), "{err}");
+    }
+
+    #[test]
+    fn a_key_scoped_to_plugins_signs_only_those() {
+        let scoped = |require| Policy {
+            trusted_keys: [(
+                "billing-team".to_owned(),
+                TrustedKey::for_plugins(PublicKey(key(1).verifying_key()), ["billing", "text"]),
+            )]
+            .into(),
+            require_signature: require,
+            ..Policy::default()
+        };
+        let sig = PluginSignature::sign(&WHAT, &key(1));
+        let signer = check(&WHAT, Some(&sig), &scoped(true)).unwrap().unwrap();
+        assert_eq!(signer.name(), Some("billing-team"));
+        let other = Signed {
+            name: "payroll",
+            ..WHAT
+        };
+        let sig = PluginSignature::sign(&other, &key(1));
+        let err = check(&other, Some(&sig), &scoped(true)).unwrap_err();
+        assert_eq!(err.kind(), "signer_untrusted");
+        assert!(
+            err.to_string()
+                .contains("trusts (as `billing-team`) only for `billing`, `text`"),
+            "{err}"
+        );
+        let signer = check(&other, Some(&sig), &scoped(false)).unwrap().unwrap();
+        assert!(!signer.is_trusted());
+        assert_eq!(signer.name(), None);
+    }
+
+    #[test]
+    fn trusted_keys_are_read_in_both_forms() {
+        let public = PublicKey(key(1).verifying_key());
+        let text = format!(
+            "trusted_keys = {{ alice = \"{public}\", release = {{ key = \"{public}\", plugins = [\"billing\"] }} }}"
+        );
+        let policy: Policy = toml::from_str(&text).unwrap();
+        assert_eq!(policy.trusted_keys["alice"], TrustedKey::any_plugin(public));
+        assert_eq!(
+            policy.trusted_keys["release"],
+            TrustedKey::for_plugins(public, ["billing"])
+        );
+        // And written back the same way.
+        let again: Policy = toml::from_str(&toml::to_string(&policy).unwrap()).unwrap();
+        assert_eq!(again, policy);
+        for (bad, why) in [
+            (
+                "release = { key = \"AAAA\", plugins = [] }",
+                "write `ed25519:`",
+            ),
+            (
+                "release = { key = \"KEY\", plugin = [\"x\"] }",
+                "unknown field `plugin`",
+            ),
+            ("release = { plugins = [\"x\"] }", "missing field `key`"),
+            ("release = 7", "a public key"),
+        ] {
+            let text = format!(
+                "trusted_keys = {{ {} }}",
+                bad.replace("KEY", &public.to_string())
+            );
+            let err = toml::from_str::<Policy>(&text).unwrap_err().to_string();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
     }
 }

@@ -68,7 +68,7 @@ fn key_file(root: &Path, name: &str) -> (PathBuf, PublicKey) {
 
 fn trusting(name: &str, key: PublicKey, require: bool) -> Policy {
     Policy {
-        trusted_keys: [(name.to_owned(), key)].into(),
+        trusted_keys: [(name.to_owned(), key.into())].into(),
         require_signature: require,
         ..Policy::default()
     }
