@@ -10,12 +10,15 @@ use std::borrow::Cow;
 
 /// Whether `c` changes the order in which the characters around it are
 /// shown — the bidirectional embeddings, overrides, isolates and marks
-/// (U+202A–U+202E, U+2066–U+2069, U+200E, U+200F) — so that text holding
+/// (U+202A–U+202E, U+2066–U+2069, U+200E, U+200F, U+061C) — so that text holding
 /// it can read, to a person, as something it is not (`"\u{202e}0005$"`
 /// shows as `$5000`). Whatever shows untrusted text to a person (a
 /// terminal, the console) writes these as visible escapes.
 pub fn reorders(c: char) -> bool {
-    matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}')
+    matches!(
+        c,
+        '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}' | '\u{061c}'
+    )
 }
 
 /// What [`bounded`] appends to text it cut.

@@ -174,6 +174,8 @@ pub(crate) struct ServeConfig {
     /// Time an HTTP request has to send its whole body once its head is
     /// in, ms.
     pub body_read_timeout_ms: u64,
+    /// Time a write to an HTTP client may make no progress, ms.
+    pub write_timeout_ms: u64,
     /// Tool calls running at once over all clients.
     pub max_concurrent_calls: usize,
     /// Tool calls one principal runs at once.
@@ -212,6 +214,8 @@ impl Default for ServeConfig {
                 airlock_mcp::http::DEFAULT_BODY_READ_TIMEOUT.as_millis(),
             )
             .unwrap_or(u64::MAX),
+            write_timeout_ms: u64::try_from(airlock_mcp::http::DEFAULT_WRITE_TIMEOUT.as_millis())
+                .unwrap_or(u64::MAX),
             max_concurrent_calls: airlock_mcp::DEFAULT_MAX_CONCURRENT_CALLS,
             max_calls_per_principal: airlock_mcp::DEFAULT_MAX_CALLS_PER_PRINCIPAL,
             approval_wait_s: 0,

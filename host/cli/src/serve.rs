@@ -74,6 +74,7 @@ pub(crate) async fn run(settings: &Settings, args: ServeArgs) -> Result<u8, Fail
         config.max_connections_per_peer = serve.max_connections_per_peer;
         config.header_read_timeout = Duration::from_millis(serve.header_read_timeout_ms);
         config.body_read_timeout = Duration::from_millis(serve.body_read_timeout_ms);
+        config.write_timeout = Duration::from_millis(serve.write_timeout_ms);
         config.metrics_token_sha256 = serve.metrics_token_sha256.clone();
         config.oauth = serve.oauth.clone();
         config
@@ -159,6 +160,7 @@ pub(crate) async fn run(settings: &Settings, args: ServeArgs) -> Result<u8, Fail
                 config.max_connections_per_peer = serve.max_connections_per_peer;
                 config.header_read_timeout = Duration::from_millis(serve.header_read_timeout_ms);
                 config.body_read_timeout = Duration::from_millis(serve.body_read_timeout_ms);
+                config.write_timeout = Duration::from_millis(serve.write_timeout_ms);
                 config.max_request_bytes = serve.max_request_bytes;
                 let router = airlock_mcp::http::approvals_router(&server, &config)
                     .with_context(|| format!("--approvals-http {addr}"))?;

@@ -54,6 +54,7 @@ mod tests {
             "a\\u{a}b\\u{9}c\\u{7f}\\u{9b}"
         );
         assert_eq!(escape("abc\u{202e}fed"), "abc\\u{202e}fed");
+        assert_eq!(escape("range \u{61c}10 - 5000"), "range \\u{61c}10 - 5000");
     }
 
     #[test]

@@ -846,6 +846,62 @@ fn one_peer_cannot_take_every_connection() {
     assert!(again.is_some(), "the peer's slot was never given back");
 }
 
+/// A client that pipelines requests and never reads the answers held its
+/// connection for as long as it liked, before any token was checked:
+/// hyper reads no further head while an answer waits to be written, so the
+/// header timeout never started.
+#[test]
+fn a_client_that_never_reads_is_cut_off_at_the_write_timeout() {
+    use std::io::Write as _;
+    use std::time::{Duration, Instant};
+    let root = plugins_root(LIMITS);
+    let server = Server::with_serve(
+        root.path(),
+        true,
+        // A header timeout far past the test's wait: only the write
+        // timeout can close the connection in time.
+        "write_timeout_ms = 1000\nheader_read_timeout_ms = 120000\n",
+    );
+    let running = server.start_http();
+    let addr = running.addr.clone();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let mut stream = runtime.block_on(async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        // A small window fills at once.
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = socket.connect(addr.parse().unwrap()).await.unwrap();
+        let stream = stream.into_std().unwrap();
+        stream.set_nonblocking(false).unwrap();
+        stream
+    });
+    stream
+        .set_write_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let request = b"GET /console/login HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".repeat(64);
+    let started = Instant::now();
+    let closed = loop {
+        if started.elapsed() > Duration::from_secs(60) {
+            break false;
+        }
+        match stream.write(&request) {
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            // Reset or broken pipe: the server closed it.
+            Err(_) => break true,
+        }
+    };
+    assert!(closed, "a client that reads nothing kept its connection");
+    // Others are served all along.
+    assert_eq!(initialize(&addr), 200);
+}
+
 /// A client that sends a request head and then trickles (or withholds) its
 /// body held a connection and a handler for as long as it liked — before
 /// any token was checked.

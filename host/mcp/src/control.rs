@@ -325,6 +325,7 @@ pub async fn serve(
             // Every peer of the control socket is this user.
             max_per_peer: None,
             header_read_timeout: config.header_read_timeout,
+            write_timeout: crate::http::DEFAULT_WRITE_TIMEOUT,
         },
         shutdown,
     )

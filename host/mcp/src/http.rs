@@ -38,6 +38,11 @@
 //!   request's whole head within it — from when the connection opens, and
 //!   again from the end of each response on a keep-alive connection (so it
 //!   is also the idle bound). A connection that does not is closed.
+//! - [`HttpConfig::write_timeout`]: a write to the client that makes no
+//!   progress for so long closes the connection (a client that pipelines
+//!   requests and reads no answer would otherwise hold it forever: hyper
+//!   reads no further head while an answer waits, so the header timeout
+//!   never starts).
 //! - [`HttpConfig::max_connections`]: connections open at once. One past
 //!   the cap is accepted and closed at once (not left in the kernel's
 //!   backlog), so a well-behaved client gets a prompt error to retry on.
@@ -112,6 +117,9 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default time a request has to deliver its whole body once its head is
 /// in ([`HttpConfig::body_read_timeout`]).
 pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time a write to a client may make no progress
+/// ([`HttpConfig::write_timeout`]).
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest `header_read_timeout` a configuration may ask for.
 pub const HEADER_READ_TIMEOUT_CEILING: Duration = Duration::from_secs(300);
 /// How long a stopping server waits for open connections to finish.
@@ -239,6 +247,12 @@ pub struct HttpConfig {
     /// holds a connection (and a handler) as long as it likes — before any
     /// token is checked.
     pub body_read_timeout: Duration,
+    /// Time a write to the client may make no progress (the client reads
+    /// nothing); then the connection is closed. Without it a client that
+    /// pipelines requests and never reads their answers holds a
+    /// connection for as long as it likes: hyper stops reading (so no
+    /// header timeout runs) while an answer waits to be written.
+    pub write_timeout: Duration,
     /// SHA-256 (hex) of the token `/metrics` requires; `None`: `/metrics`
     /// answers loopback peers only.
     pub metrics_token_sha256: Option<String>,
@@ -268,6 +282,7 @@ impl HttpConfig {
             max_connections_per_peer: None,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
             body_read_timeout: DEFAULT_BODY_READ_TIMEOUT,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
             metrics_token_sha256: None,
             oauth: None,
             behind_proxy: false,
@@ -365,6 +380,14 @@ impl HttpConfig {
                     HEADER_READ_TIMEOUT_CEILING.as_millis()
                 ),
             });
+        }
+        if self.write_timeout < Duration::from_millis(100)
+            || self.write_timeout > HEADER_READ_TIMEOUT_CEILING
+        {
+            return Err(config(format!(
+                "serve.write_timeout_ms must be between 100 and {}",
+                HEADER_READ_TIMEOUT_CEILING.as_millis()
+            )));
         }
         if self.header_read_timeout < Duration::from_millis(100)
             || self.header_read_timeout > HEADER_READ_TIMEOUT_CEILING
@@ -995,6 +1018,7 @@ pub async fn serve(
             max_connections: config.max_connections,
             max_per_peer: config.per_peer_cap(),
             header_read_timeout: config.header_read_timeout,
+            write_timeout: config.write_timeout,
         },
         shutdown,
     )
@@ -1038,6 +1062,8 @@ pub(crate) struct ConnectionBounds {
     /// Connections one peer address may hold (`None`: no such bound).
     pub(crate) max_per_peer: Option<usize>,
     pub(crate) header_read_timeout: Duration,
+    /// How long a write to the peer may make no progress.
+    pub(crate) write_timeout: Duration,
 }
 
 /// Whom a connection counts against for [`ConnectionBounds::max_per_peer`]:
@@ -1171,8 +1197,10 @@ pub(crate) async fn serve_connections<L: Accept>(
             }
             _ => None,
         };
+        let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
+        stream.set_write_timeout(Some(bounds.write_timeout));
         let connection = builder.serve_connection(
-            TokioIo::new(stream),
+            TokioIo::new(Box::pin(stream)),
             WithPeer {
                 inner: TowerToHyperService::new(router.clone()),
                 peer: peer_ip,

@@ -559,7 +559,8 @@ async fn a_reason_that_reorders_its_text_is_shown_with_the_reordering_visible() 
     // Regression: U+202E in a caller's reason showed "small refund of
     // $5000" for what reads, logically, "small refund \u{202e}0005$ fo".
     let f = fixture().await;
-    let sneaky = "small refund \u{202e}0005$ fo\u{2066}x\u{2069}\u{200f}";
+    // U+061C (the Arabic letter mark) reorders runs of digits around it.
+    let sneaky = "small refund \u{202e}0005$ fo\u{2066}x\u{2069}\u{200f} \u{61c}10 - 5000";
     let id = f.pending("agent", sneaky).await;
     let (cookie, _) = f.login(ALICE).await;
     for path in [
@@ -577,8 +578,9 @@ async fn a_reason_that_reorders_its_text_is_shown_with_the_reordering_visible() 
             page.body
         );
         assert!(
-            page.body
-                .contains("small refund \\u{202e}0005$ fo\\u{2066}x\\u{2069}\\u{200f}"),
+            page.body.contains(
+                "small refund \\u{202e}0005$ fo\\u{2066}x\\u{2069}\\u{200f} \\u{61c}10 - 5000"
+            ),
             "{path}: {}",
             page.body
         );
