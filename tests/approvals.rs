@@ -24,6 +24,7 @@ fn policy(approvers: bool) -> Policy {
                 vec![Approver {
                     name: "alice".into(),
                     token_sha256: sha256_hex(ALICE.as_bytes()),
+                    operator: false,
                 }]
             } else {
                 Vec::new()

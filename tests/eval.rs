@@ -292,6 +292,7 @@ async fn an_approval_shows_a_replayable_tools_arguments_cut_as_any_other() {
             approvers: vec![airlock_host::Approver {
                 name: "alice".into(),
                 token_sha256: airlock_tests::sha256_hex(b"token"),
+                operator: false,
             }],
             ..airlock_host::ApprovalPolicy::default()
         },

@@ -24,6 +24,7 @@ fn config(data: &Path) -> HostConfig {
             approvers: vec![Approver {
                 name: "alice".into(),
                 token_sha256: sha256_hex(ALICE.as_bytes()),
+                operator: false,
             }],
             ..ApprovalPolicy::default()
         },

@@ -35,6 +35,7 @@ fn policy() -> Policy {
             approvers: vec![Approver {
                 name: "alice".into(),
                 token_sha256: sha256_hex(b"alice-token"),
+                operator: false,
             }],
             ..ApprovalPolicy::default()
         },

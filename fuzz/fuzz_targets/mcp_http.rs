@@ -49,6 +49,7 @@ static SERVER: LazyLock<McpServer> = LazyLock::new(|| {
     policy.approvals.approvers.push(Approver {
         name: "fuzz-approver".to_owned(),
         token_sha256: APPROVER_SHA256.to_owned(),
+        operator: true,
     });
     let host = Host::new(HostConfig::default().policy(policy)).expect("a host without plugins");
     McpServer::new(Arc::new(host), ServeOptions::default())

@@ -224,6 +224,7 @@ async fn demo_host(
     policy.approvals.approvers.push(Approver {
         name: APPROVER.into(),
         token_sha256: hex::encode(Sha256::digest(approver_token.as_bytes())),
+        operator: true,
     });
     policy
         .rate_limits
@@ -865,6 +866,7 @@ async fn release(
     policy.approvals.approvers.push(Approver {
         name: APPROVER.into(),
         token_sha256: hex::encode(Sha256::digest(approver_token.as_bytes())),
+        operator: true,
     });
     let host = Host::new(
         HostConfig::default()

@@ -1091,6 +1091,7 @@ mod tests {
                 approvers: vec![Approver {
                     name: "alice".into(),
                     token_sha256: sha256_hex(ALICE.as_bytes()),
+                    operator: false,
                 }],
                 ..ApprovalPolicy::default()
             },

@@ -68,6 +68,12 @@ pub struct Approver {
     pub name: String,
     /// SHA-256 of the approver's token, 64 hex digits.
     pub token_sha256: String,
+    /// Whether they may also take over from the console: switch the host
+    /// to read-only and back, pause and resume tools, roll a plugin back
+    /// (default `false`: they approve and reject, and watch). The CLI's
+    /// takeovers are the server's own user's, over the control socket.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub operator: bool,
 }
 
 impl ApprovalPolicy {

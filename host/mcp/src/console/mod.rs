@@ -410,8 +410,8 @@ struct LoginForm {
 /// Who a console login token belongs to.
 #[derive(Debug, PartialEq, Eq)]
 enum TokenOwner {
-    /// An approver, by name.
-    Approver(String),
+    /// An approver, by name, and whether they may take over.
+    Approver { name: String, operator: bool },
     /// A caller (refused).
     Caller,
     /// Nobody configured.
@@ -425,7 +425,10 @@ fn token_owner(host: &Host, callers: &[CallerToken], token: &str) -> TokenOwner 
         .iter()
         .find_map(|a| policy.authenticate(&a.name, token))
     {
-        return TokenOwner::Approver(approver.name.clone());
+        return TokenOwner::Approver {
+            name: approver.name.clone(),
+            operator: approver.operator,
+        };
     }
     if callers
         .iter()
@@ -458,8 +461,8 @@ async fn login(State(console): State<Arc<Console>>, headers: HeaderMap, body: By
             pages::login(Some("enter your approver token")),
         );
     }
-    let name = match token_owner(&console.host, &console.callers, token) {
-        TokenOwner::Approver(name) => name,
+    let (name, operator) = match token_owner(&console.host, &console.callers, token) {
+        TokenOwner::Approver { name, operator } => (name, operator),
         TokenOwner::Caller => {
             warn_refused!("console login refused: a caller's token");
             return html(
@@ -482,7 +485,7 @@ async fn login(State(console): State<Arc<Console>>, headers: HeaderMap, body: By
     if let Some(old) = session_cookie(&headers) {
         console.sessions.remove(old);
     }
-    let (id, _) = match console.sessions.create(&name, token) {
+    let (id, _) = match console.sessions.create(&name, token, operator) {
         Ok(created) => created,
         Err(_) => {
             return error_page(
@@ -492,7 +495,7 @@ async fn login(State(console): State<Arc<Console>>, headers: HeaderMap, body: By
             );
         }
     };
-    tracing::info!(approver = %name, "console login");
+    tracing::info!(approver = %name, operator, "console login");
     let mut response = see_other("/console/approvals");
     if let Ok(value) = HeaderValue::from_str(&console.cookie(Some(&id))) {
         response.headers_mut().insert(header::SET_COOKIE, value);
@@ -920,6 +923,9 @@ async fn set_mode(
         Ok(found) => found,
         Err(response) => return *response,
     };
+    if let Err(response) = operator(&who) {
+        return *response;
+    }
     if form.reason.len() > MAX_REASON_LEN {
         return error_page(
             StatusCode::BAD_REQUEST,
@@ -963,6 +969,20 @@ async fn alerts(State(console): State<Arc<Console>>, headers: HeaderMap) -> Resp
     }
 }
 
+/// A takeover (mode, pause, resume, rollback) is an operator's: an
+/// approver without `operator = true` gets `403` and nothing changes.
+fn operator(who: &SessionView) -> Result<(), Refused> {
+    if who.operator {
+        return Ok(());
+    }
+    warn_refused!(approver = %who.approver, "console takeover refused: not an operator");
+    Err(Box::new(error_page(
+        StatusCode::FORBIDDEN,
+        Some(who),
+        "takeovers (mode, pause, resume, roll back) are for operators: this approver's entry in [[policy.approvals.approvers]] does not say operator = true",
+    )))
+}
+
 /// A host error from an operator's action as a page: `400` for what the
 /// request got wrong (a malformed target), `409` for what the host
 /// refuses in this state (nothing to roll back), `500` for the host's own
@@ -1000,6 +1020,9 @@ async fn rollback(
         Ok(found) => found,
         Err(response) => return *response,
     };
+    if let Err(response) = operator(&who) {
+        return *response;
+    }
     if form.reason.len() > MAX_REASON_LEN {
         return error_page(
             StatusCode::BAD_REQUEST,
@@ -1047,6 +1070,9 @@ async fn pause_or_resume(
         Ok(found) => found,
         Err(response) => return *response,
     };
+    if let Err(response) = operator(&who) {
+        return *response;
+    }
     if form.reason.len() > MAX_REASON_LEN {
         return error_page(
             StatusCode::BAD_REQUEST,

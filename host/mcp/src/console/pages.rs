@@ -527,7 +527,9 @@ pub(crate) fn plugins(
                                 td { @if let Some(c) = &r.canary { (c.version) " at " (c.percent) "%" } @else { "–" } }
                                 td { (r.previous.as_deref().unwrap_or("–")) }
                                 td {
-                                    @if r.canary.is_some() || r.previous.is_some() {
+                                    @if !who.operator {
+                                        span.muted { "operators only" }
+                                    } @else if r.canary.is_some() || r.previous.is_some() {
                                         form.inline method="post" action={ "/console/plugins/" (segment(&r.plugin)) "/rollback" } {
                                             (csrf(who))
                                             input type="text" name="reason" placeholder="reason" maxlength="2048";
@@ -637,6 +639,11 @@ pub(crate) fn plugin(
     )
 }
 
+/// What a page shows an approver who is not an operator where a takeover
+/// form would be.
+const NOT_AN_OPERATOR: &str =
+    "Takeovers are for operators: your approver entry does not say operator = true.";
+
 pub(crate) fn mode(who: &SessionView, mode: Option<&Mode>) -> Markup {
     let read_only = mode.is_some_and(|m| m.read_only);
     layout(
@@ -654,6 +661,9 @@ pub(crate) fn mode(who: &SessionView, mode: Option<&Mode>) -> Markup {
                     dt { "Reason" } dd { (m.reason.as_deref().unwrap_or("none given")) }
                 }
             }
+            @if !who.operator {
+                p.muted { (NOT_AN_OPERATOR) }
+            } @else {
             form.decide method="post" action="/console/mode" {
                 (csrf(who))
                 input type="hidden" name="mode" value=(if read_only { "normal" } else { "read_only" });
@@ -666,6 +676,7 @@ pub(crate) fn mode(who: &SessionView, mode: Option<&Mode>) -> Markup {
                         button.reject type="submit" { "Switch to read-only" }
                     }
                 }
+            }
             }
         },
     )
@@ -702,12 +713,14 @@ pub(crate) fn alerts(who: &SessionView, alerts: &[AlertStatus], pauses: &[Pause]
                             tr {
                                 td { code { (p.target) } } td { (p.by) } td { (time(p.at_ms)) } td { (p.reason.as_deref().unwrap_or("")) }
                                 td {
+                                    @if !who.operator { span.muted { "operators only" } } @else {
                                     form.inline method="post" action="/console/alerts/resume" {
                                         (csrf(who))
                                         input type="hidden" name="target" value=(p.target);
                                         input type="text" name="reason" placeholder="reason" maxlength="2048";
                                         " "
                                         button.primary type="submit" { "Resume" }
+                                    }
                                     }
                                 }
                             }
@@ -716,6 +729,9 @@ pub(crate) fn alerts(who: &SessionView, alerts: &[AlertStatus], pauses: &[Pause]
                 }
             }
             h2 { "Pause a tool or plugin" }
+            @if !who.operator {
+                p.muted { (NOT_AN_OPERATOR) }
+            } @else {
             form.filters method="post" action="/console/alerts/pause" {
                 (csrf(who))
                 div {
@@ -731,6 +747,7 @@ pub(crate) fn alerts(who: &SessionView, alerts: &[AlertStatus], pauses: &[Pause]
                     label for="pause-force" { "even if this host does not serve it (it pauses on every host)" }
                 }
                 button.reject type="submit" { "Pause" }
+            }
             }
         },
     )

@@ -54,6 +54,9 @@ pub(crate) struct SessionView {
     /// The CSRF token the session's forms carry.
     pub(crate) csrf: String,
     csrf_sha256: String,
+    /// The approver may take over (`operator = true`): mode, pauses,
+    /// rollbacks.
+    pub(crate) operator: bool,
 }
 
 impl fmt::Debug for SessionView {
@@ -136,14 +139,16 @@ impl Sessions {
         &self,
         approver: &str,
         token: &str,
+        operator: bool,
     ) -> Result<(String, SessionView), NoRandomness> {
-        self.create_at(approver, token, Instant::now())
+        self.create_at(approver, token, operator, Instant::now())
     }
 
     pub(crate) fn create_at(
         &self,
         approver: &str,
         token: &str,
+        operator: bool,
         now: Instant,
     ) -> Result<(String, SessionView), NoRandomness> {
         let id = random_hex()?;
@@ -153,6 +158,7 @@ impl Sessions {
             token: token.to_owned(),
             csrf_sha256: sha256_hex(&csrf),
             csrf,
+            operator,
         };
         let mut table = self.table();
         table.retain(|_, s| !self.expired(s, now));
@@ -223,8 +229,8 @@ mod tests {
     #[test]
     fn ids_and_csrf_tokens_are_256_random_bits_and_never_repeat() {
         let sessions = Sessions::new(limits());
-        let (a, va) = sessions.create("alice", "t").unwrap();
-        let (b, vb) = sessions.create("alice", "t").unwrap();
+        let (a, va) = sessions.create("alice", "t", false).unwrap();
+        let (b, vb) = sessions.create("alice", "t", false).unwrap();
         for value in [&a, &b, &va.csrf, &vb.csrf] {
             assert_eq!(value.len(), 64);
             assert!(value.bytes().all(|c| c.is_ascii_hexdigit()));
@@ -240,7 +246,7 @@ mod tests {
     fn a_session_expires_when_idle_and_after_its_lifetime() {
         let sessions = Sessions::new(limits());
         let start = Instant::now();
-        let (id, _) = sessions.create_at("alice", "t", start).unwrap();
+        let (id, _) = sessions.create_at("alice", "t", false, start).unwrap();
         // Used within the idle bound: it lives on.
         let mut at = start;
         for _ in 0..9 {
@@ -254,7 +260,7 @@ mod tests {
                 .is_none()
         );
         assert_eq!(sessions.len(), 0, "an expired session is removed");
-        let (idle, _) = sessions.create_at("alice", "t", start).unwrap();
+        let (idle, _) = sessions.create_at("alice", "t", false, start).unwrap();
         assert!(
             sessions
                 .get_at(&idle, start + Duration::from_secs(60))
@@ -266,12 +272,12 @@ mod tests {
     fn the_table_is_capped_and_the_longest_idle_session_goes_first() {
         let sessions = Sessions::new(limits());
         let start = Instant::now();
-        let (first, _) = sessions.create_at("a", "t", start).unwrap();
+        let (first, _) = sessions.create_at("a", "t", false, start).unwrap();
         let (second, _) = sessions
-            .create_at("b", "t", start + Duration::from_secs(1))
+            .create_at("b", "t", false, start + Duration::from_secs(1))
             .unwrap();
         let (third, _) = sessions
-            .create_at("c", "t", start + Duration::from_secs(2))
+            .create_at("c", "t", false, start + Duration::from_secs(2))
             .unwrap();
         // `first` used again: `second` is now idle the longest.
         assert!(
@@ -280,7 +286,7 @@ mod tests {
                 .is_some()
         );
         let (fourth, _) = sessions
-            .create_at("d", "t", start + Duration::from_secs(4))
+            .create_at("d", "t", false, start + Duration::from_secs(4))
             .unwrap();
         assert_eq!(sessions.len(), 3);
         let at = start + Duration::from_secs(5);
@@ -293,7 +299,7 @@ mod tests {
     #[test]
     fn csrf_tokens_match_exactly_and_logout_ends_a_session() {
         let sessions = Sessions::new(limits());
-        let (id, view) = sessions.create("alice", "t").unwrap();
+        let (id, view) = sessions.create("alice", "t", false).unwrap();
         assert!(view.csrf_matches(&view.csrf));
         assert!(!view.csrf_matches(""));
         assert!(!view.csrf_matches(&view.csrf[..63]));

@@ -62,13 +62,18 @@ enum Reached {
 
 async fn fixture_on(addr: SocketAddr, reached: Reached) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let approver = |name: &str, secret: &str| Approver {
+    let approver = |name: &str, secret: &str, operator: bool| Approver {
         name: name.into(),
         token_sha256: sha256_hex(secret.as_bytes()),
+        operator,
     };
     let policy = Policy {
         approvals: ApprovalPolicy {
-            approvers: vec![approver("alice", ALICE), approver("mallory", MALLORY)],
+            // alice also takes over; mallory only approves.
+            approvers: vec![
+                approver("alice", ALICE, true),
+                approver("mallory", MALLORY, false),
+            ],
             ..ApprovalPolicy::default()
         },
         ..Policy::default()
@@ -537,7 +542,7 @@ async fn hostile_arguments_reasons_and_principals_are_shown_as_text() {
         consumed_by_call: Some(HOSTILE.into()),
     };
     let (_, who) = Sessions::new(SessionLimits::default())
-        .create("<b>alice</b>", "t")
+        .create("<b>alice</b>", "t", true)
         .unwrap();
     for html in [
         pages::approval(&who, &approval, Some(HOSTILE), 0).into_string(),
@@ -647,7 +652,7 @@ async fn an_expired_session_sends_the_browser_back_to_sign_in() {
         }),
         secure_cookie: false,
     };
-    let (id, _) = console.sessions.create("alice", ALICE).unwrap();
+    let (id, _) = console.sessions.create("alice", ALICE, true).unwrap();
     let mut headers = HeaderMap::new();
     headers.insert(
         header::COOKIE,
@@ -761,6 +766,72 @@ async fn the_pages_show_the_audit_trail_plugins_and_switch_the_mode_on_the_recor
         )
         .await;
     assert_eq!(answer.status, StatusCode::BAD_REQUEST);
+}
+
+/// An approver without `operator = true` signed in to the console could
+/// lift read-only mode, resume a tool an alert paused, or roll a plugin
+/// back: takeovers were any approver's.
+#[tokio::test]
+async fn an_approver_who_is_not_an_operator_cannot_take_over() {
+    let f = fixture().await;
+    f.host
+        .pause("billing/refund", "alice", Some("incident 9"))
+        .await
+        .unwrap();
+    f.host
+        .set_mode(true, "alice", Some("incident 9"))
+        .await
+        .unwrap();
+    let (cookie, csrf) = f.login(MALLORY).await;
+    for (path, form) in [
+        ("/console/mode", vec![("mode", "normal")]),
+        ("/console/alerts/resume", vec![("target", "billing/refund")]),
+        ("/console/alerts/pause", vec![("target", "notes/add")]),
+        ("/console/plugins/billing/rollback", vec![]),
+    ] {
+        let mut fields = vec![("csrf", csrf.as_str()), ("reason", "mine now")];
+        fields.extend(form);
+        let answer = f.post(path, &cookie, &fields).await;
+        assert_eq!(
+            answer.status,
+            StatusCode::FORBIDDEN,
+            "{path}: {}",
+            answer.body
+        );
+        assert!(
+            answer.body.contains("operator = true"),
+            "{path}: {}",
+            answer.body
+        );
+    }
+    // Nothing changed.
+    assert!(f.host.mode().unwrap().unwrap().read_only);
+    let pauses = f.host.pauses().unwrap();
+    assert_eq!(pauses.len(), 1);
+    assert_eq!(pauses[0].target, "billing/refund");
+    // The pages show no takeover form to them.
+    for path in ["/console/mode", "/console/alerts"] {
+        let page = f.get(path, &cookie).await;
+        assert_eq!(page.status, StatusCode::OK, "{path}");
+        assert!(
+            !page.body.contains("action=\"/console/mode\"")
+                && !page.body.contains("action=\"/console/alerts/"),
+            "{path}: {}",
+            page.body
+        );
+        assert!(page.body.contains("operators"), "{path}: {}", page.body);
+    }
+    // An operator does what they could not.
+    let (cookie, csrf) = f.login(ALICE).await;
+    let answer = f
+        .post(
+            "/console/mode",
+            &cookie,
+            &[("csrf", &csrf), ("mode", "normal")],
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::SEE_OTHER, "{}", answer.body);
+    assert!(!f.host.mode().unwrap().unwrap().read_only);
 }
 
 #[test]
