@@ -965,13 +965,27 @@ impl AuditStore for PostgresStore {
                 .query_opt(
                     &format!("reading the head of audit chain {origin:?}"),
                     "SELECT c.head, r.bytes FROM airlock_audit_chains c \
-                     JOIN airlock_audit_records r ON r.origin = c.origin AND r.seq = c.head \
+                     LEFT JOIN airlock_audit_records r ON r.origin = c.origin AND r.seq = c.head \
                      WHERE c.origin = $1",
                     &[&origin],
                 )
                 .await?;
-            row.map(|r| Ok((unsigned(get(&r, 0)?, "audit head")?, get(&r, 1)?)))
-                .transpose()
+            let Some(row) = row else {
+                return Ok(None);
+            };
+            let head = unsigned(get(&row, 0)?, "audit head")?;
+            // A chain whose head record is gone is not an empty chain: read
+            // as one, the log would start again (a new redaction key, a
+            // second record 1) over the records still there.
+            let Some(bytes) = get::<Option<Vec<u8>>>(&row, 1)? else {
+                return Err(StoreError::new(
+                    ErrorKind::Corrupt,
+                    format!(
+                        "audit chain {origin:?}: its head is record {head}, which the database does not hold; restore the audit records from a backup"
+                    ),
+                ));
+            };
+            Ok(Some((head, bytes)))
         })
     }
 

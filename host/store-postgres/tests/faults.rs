@@ -593,3 +593,52 @@ fn keys_are_listed_by_their_heads_and_a_garbled_old_row_is_reported() {
         );
     }
 }
+
+/// A chain whose head record row is gone read as an empty chain (an inner
+/// join found nothing): the log would have started again over the records
+/// still there. It is corrupt, named.
+#[test]
+fn a_chain_without_its_head_record_is_corrupt_not_empty() {
+    let url = common::fresh_database();
+    let stores = open(&common::config(&url)).expect("open");
+    let writes: Vec<_> = (1..=3)
+        .map(|seq| AuditWrite {
+            seq,
+            bytes: format!("record {seq}").into_bytes(),
+            marker: Marker::None,
+        })
+        .collect();
+    stores.audit.write("h1", &writes).unwrap();
+    assert_eq!(stores.audit.head("h1").unwrap().unwrap().0, 3);
+    common::admin(
+        &url,
+        "DELETE FROM airlock_audit_records WHERE origin = 'h1' AND seq = 3",
+    );
+    let err = stores.audit.head("h1").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+    assert!(err.to_string().contains("record 3"), "{err}");
+    // An origin with no chain at all is still empty.
+    assert_eq!(stores.audit.head("h2").unwrap(), None);
+}
+
+/// A bucket row of `-Infinity` tokens (edited in the shared database)
+/// panicked the task taking from it, and every call of its scope got "the
+/// operation was dropped" until the row was fixed; it refills from empty.
+#[test]
+fn a_damaged_rate_limit_bucket_refills_from_empty() {
+    use airlock_store::Rate;
+    let url = common::fresh_database();
+    let stores = open(&common::config(&url)).expect("open");
+    let rate = Rate::parse("10/s").unwrap();
+    let scope = vec![("principal:agent".to_owned(), rate)];
+    assert_eq!(stores.limits.take(&scope, 1_000).unwrap(), None);
+    common::admin(
+        &url,
+        "UPDATE airlock_buckets SET tokens = '-Infinity'::float8 WHERE scope = 'principal:agent'",
+    );
+    let (refused, wait) = stores.limits.take(&scope, 1_000).unwrap().unwrap();
+    assert_eq!(refused, "principal:agent");
+    assert_eq!(wait, Duration::from_millis(100));
+    // A token's time later, one token.
+    assert_eq!(stores.limits.take(&scope, 1_100).unwrap(), None);
+}

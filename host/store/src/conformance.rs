@@ -77,7 +77,7 @@ pub type Peer = fn(&Stores) -> Stores;
 
 const DAY: Duration = Duration::from_secs(86_400);
 
-fn approval(id: &str, principal: &str, created_ms: u64, expires_ms: u64) -> Approval {
+pub(crate) fn approval(id: &str, principal: &str, created_ms: u64, expires_ms: u64) -> Approval {
     Approval {
         id: id.to_owned(),
         kind: crate::ApprovalKind::Call,

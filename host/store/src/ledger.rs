@@ -28,6 +28,21 @@ use serde_json::Value;
 
 use crate::error::Result;
 
+/// Times a read-then-swap loop (expiring or deciding an approval,
+/// claiming a key) starts again after losing its swap before it gives up.
+/// Each lost swap is another writer's progress, so a real race ends long
+/// before; an entry that can never be swapped (a store that misreports
+/// versions) would otherwise hold the thread for ever.
+const MAX_RACES: u32 = 1000;
+
+/// The error of a loop that lost [`MAX_RACES`] swaps on `what`.
+fn too_many_races(what: &str) -> crate::StoreError {
+    crate::StoreError::new(
+        crate::ErrorKind::Conflict,
+        format!("{what} changed {MAX_RACES} times while this host tried to update it; giving up"),
+    )
+}
+
 /// An approval's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -534,8 +549,8 @@ impl Ledger {
     /// # Errors
     /// The store's.
     pub fn approval(&self, id: &str, now_ms: u64) -> Result<Option<(Approval, bool)>> {
-        loop {
-            let Some(current) = self.store.approval(id)? else {
+        for _ in 0..MAX_RACES {
+            let Some(current) = self.stored_approval(id)? else {
                 return Ok(None);
             };
             let approval = current.value;
@@ -553,6 +568,26 @@ impl Ledger {
             }
             // Decided meanwhile: read it again.
         }
+        Err(too_many_races(id))
+    }
+
+    /// The stored approval `id`, which must say it is `id`: a body naming
+    /// another id (an edited row) would never match a swap by its own id,
+    /// and a loop reading it again would spin for ever.
+    fn stored_approval(&self, id: &str) -> Result<Option<Versioned<Approval>>> {
+        let stored = self.store.approval(id)?;
+        if let Some(found) = &stored
+            && found.value.id != id
+        {
+            return Err(crate::StoreError::new(
+                crate::ErrorKind::Corrupt,
+                format!(
+                    "the stored approval {id} says it is {:?}: the ledger was edited; remove or restore that entry",
+                    &found.value.id[..found.value.id.floor_char_boundary(80)]
+                ),
+            ));
+        }
+        Ok(stored)
     }
 
     /// Move approval `id` from `from` to what `change` makes of it,
@@ -567,7 +602,7 @@ impl Ledger {
         now_ms: u64,
         change: impl Fn(&mut Approval),
     ) -> Result<Transition> {
-        loop {
+        for _ in 0..MAX_RACES {
             // Expiry first: an overdue approval cannot be decided.
             let Some((current, _)) = self.approval(id, now_ms)? else {
                 return Ok(Transition::NotFound);
@@ -575,7 +610,7 @@ impl Ledger {
             if current.state != from {
                 return Ok(Transition::Already(current));
             }
-            let Some(stored) = self.store.approval(id)? else {
+            let Some(stored) = self.stored_approval(id)? else {
                 return Ok(Transition::NotFound);
             };
             if stored.value != current {
@@ -587,6 +622,7 @@ impl Ledger {
                 return Ok(Transition::Done(next));
             }
         }
+        Err(too_many_races(id))
     }
 
     /// Every approval, newest first, optionally only in `state`, and the
@@ -719,7 +755,7 @@ impl Ledger {
                 host: Some(host.to_owned()),
             },
         };
-        loop {
+        for _ in 0..MAX_RACES {
             if self.store.insert_key(key, &entry)? {
                 return Ok(Claim::Claimed);
             }
@@ -735,6 +771,7 @@ impl Ledger {
                 return Ok(Claim::Claimed);
             }
         }
+        Err(too_many_races(&format!("idempotency key {}", key.key)))
     }
 
     /// Record the outcome of the call holding `key`.
@@ -809,5 +846,107 @@ impl Ledger {
     /// The store's.
     pub fn set_meta(&self, name: &str, value: &str) -> Result<()> {
         self.store.set_meta(name, value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemoryStore;
+
+    /// A backend whose reads of approvals are wrong in one of two ways:
+    /// every body names another id (a row edited by hand), or no swap
+    /// ever succeeds (versions misreported).
+    #[derive(Debug)]
+    struct Misreporting {
+        inner: MemoryStore,
+        relabel: bool,
+    }
+
+    impl LedgerStore for Misreporting {
+        fn insert_approval(&self, approval: &Approval) -> Result<bool> {
+            self.inner.insert_approval(approval)
+        }
+        fn approval(&self, id: &str) -> Result<Option<Versioned<Approval>>> {
+            let mut found = self.inner.approval(id)?;
+            if self.relabel
+                && let Some(found) = &mut found
+            {
+                found.value.id = "someone-else".to_owned();
+            }
+            Ok(found)
+        }
+        fn replace_approval(&self, current: Version, next: &Approval) -> Result<bool> {
+            if self.relabel {
+                return self.inner.replace_approval(current, next);
+            }
+            Ok(false)
+        }
+        fn remove_approval(&self, id: &str, current: Version) -> Result<bool> {
+            self.inner.remove_approval(id, current)
+        }
+        fn approvals(&self, state: Option<ApprovalState>) -> Result<Vec<Versioned<Approval>>> {
+            self.inner.approvals(state)
+        }
+        fn key(&self, key: &KeyRef) -> Result<Option<Versioned<IdempotencyEntry>>> {
+            self.inner.key(key)
+        }
+        fn insert_key(&self, key: &KeyRef, entry: &IdempotencyEntry) -> Result<bool> {
+            self.inner.insert_key(key, entry)
+        }
+        fn replace_key(
+            &self,
+            key: &KeyRef,
+            current: Version,
+            next: &IdempotencyEntry,
+        ) -> Result<bool> {
+            self.inner.replace_key(key, current, next)
+        }
+        fn remove_key(&self, key: &KeyRef, current: Version) -> Result<bool> {
+            self.inner.remove_key(key, current)
+        }
+        fn keys(&self) -> Result<KeyListing> {
+            self.inner.keys()
+        }
+        fn meta(&self, name: &str) -> Result<Option<String>> {
+            self.inner.meta(name)
+        }
+        fn set_meta(&self, name: &str, value: &str) -> Result<()> {
+            self.inner.set_meta(name, value)
+        }
+    }
+
+    fn overdue_approval(relabel: bool) -> Ledger {
+        let ledger = Ledger::new(Arc::new(Misreporting {
+            inner: MemoryStore::new(),
+            relabel,
+        }));
+        ledger
+            .create_approval(&crate::conformance::approval("a1", "agent", 100, 1_000))
+            .unwrap();
+        ledger
+    }
+
+    /// An approval row whose body named another id made every read of it
+    /// (and so every call naming it, and its decision) loop for ever: the
+    /// swap by the body's id never matched.
+    #[test]
+    fn an_approval_that_names_another_id_is_corrupt_not_a_loop() {
+        let ledger = overdue_approval(true);
+        let err = ledger.approval("a1", 5_000).unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Corrupt, "{err}");
+        assert!(err.to_string().contains("someone-else"), "{err}");
+        let err = ledger
+            .transition("a1", ApprovalState::Pending, 500, |_| {})
+            .unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Corrupt, "{err}");
+    }
+
+    #[test]
+    fn a_swap_that_never_succeeds_gives_up() {
+        let ledger = overdue_approval(false);
+        let err = ledger.approval("a1", 5_000).unwrap_err();
+        assert_eq!(err.kind(), crate::ErrorKind::Conflict, "{err}");
+        assert!(err.to_string().contains("1000 times"), "{err}");
     }
 }

@@ -71,18 +71,33 @@ impl Bucket {
     }
 
     /// The bucket refilled up to `now_ms` (a clock that went back refills
-    /// nothing).
+    /// nothing). A stored token count no bucket can have (not a number,
+    /// infinite, negative: a row edited or damaged) counts as empty, so it
+    /// refills from nothing rather than granting a burst or failing every
+    /// call of its scope.
     pub fn refilled(self, rate: Rate, now_ms: u64) -> Bucket {
         let elapsed = now_ms.saturating_sub(self.updated_ms) as f64;
+        let tokens = if self.tokens.is_finite() && self.tokens >= 0.0 {
+            self.tokens
+        } else {
+            0.0
+        };
         Bucket {
-            tokens: (self.tokens + elapsed / rate.ms_per_token()).min(f64::from(rate.count)),
+            tokens: (tokens + elapsed / rate.ms_per_token()).min(f64::from(rate.count)),
             updated_ms: now_ms.max(self.updated_ms),
         }
     }
 
-    /// How long until it holds a token.
+    /// How long until it holds a token (at most [`Duration::MAX`], never
+    /// a panic, whatever the stored state).
     pub fn wait(&self, rate: Rate) -> Duration {
-        Duration::from_secs_f64(((1.0 - self.tokens).max(0.0) * rate.ms_per_token()) / 1000.0)
+        let tokens = if self.tokens.is_nan() {
+            0.0
+        } else {
+            self.tokens
+        };
+        Duration::try_from_secs_f64(((1.0 - tokens).max(0.0) * rate.ms_per_token()) / 1000.0)
+            .unwrap_or(Duration::MAX)
     }
 }
 
@@ -135,5 +150,34 @@ impl RateLimitStore for MemoryBuckets {
             }
         }
         Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stored bucket of `-inf` tokens (a row edited in the shared
+    /// database) panicked in `Duration::from_secs_f64`, killing the task of
+    /// every call in its scope; `NaN` refilled it to full.
+    #[test]
+    fn a_damaged_bucket_neither_panics_nor_grants_a_burst() {
+        let rate = Rate::parse("10/s").unwrap();
+        for tokens in [f64::NEG_INFINITY, f64::INFINITY, f64::NAN, -1e300, f64::MIN] {
+            let bucket = Bucket {
+                tokens,
+                updated_ms: 1_000,
+            };
+            let refilled = bucket.refilled(rate, 1_000);
+            assert_eq!(refilled.tokens, 0.0, "{tokens}");
+            assert_eq!(refilled.wait(rate), Duration::from_millis(100), "{tokens}");
+            // Even unrefilled, its wait is a duration.
+            let _ = bucket.wait(rate);
+        }
+        let fine = Bucket {
+            tokens: 3.5,
+            updated_ms: 1_000,
+        };
+        assert_eq!(fine.refilled(rate, 1_100).tokens, 4.5);
     }
 }

@@ -203,11 +203,17 @@ impl Usage {
         let entry = (key.len() + new) as u64;
         match old {
             Some(old) => {
-                usage.bytes = usage.bytes.saturating_sub((key.len() + old) as u64) + entry;
+                usage.bytes = usage
+                    .bytes
+                    .saturating_sub((key.len() + old) as u64)
+                    .saturating_add(entry);
             }
             None => {
-                usage.keys += 1;
-                usage.bytes += entry;
+                // Saturating: a stored count past any quota (a damaged
+                // usage record) must refuse the write, not wrap to a
+                // small number and pass.
+                usage.keys = usage.keys.saturating_add(1);
+                usage.bytes = usage.bytes.saturating_add(entry);
             }
         }
         if usage.keys > quota.max_keys {
@@ -235,8 +241,8 @@ impl Usage {
     /// [`WorkspaceError::QuotaExceeded`].
     pub fn after_blob(self, len: usize, quota: Quota) -> Result<Usage, WorkspaceError> {
         let usage = Usage {
-            blobs: self.blobs + 1,
-            bytes: self.bytes + len as u64,
+            blobs: self.blobs.saturating_add(1),
+            bytes: self.bytes.saturating_add(len as u64),
             ..self
         };
         if usage.blobs > quota.max_blobs {
@@ -603,6 +609,33 @@ mod tests {
 
     fn store() -> Workspace {
         Workspace::new(Arc::new(crate::MemoryStore::new()))
+    }
+
+    /// A stored usage at the top of its range (a damaged record) wrapped
+    /// to a small number on the next write in a release build, which then
+    /// passed every quota; it must refuse instead, as PostgreSQL's does.
+    #[test]
+    fn usage_at_the_top_of_its_range_refuses_rather_than_wraps() {
+        let full = Usage {
+            keys: u64::MAX,
+            blobs: u64::MAX,
+            bytes: u64::MAX,
+        };
+        let quota = Quota {
+            max_keys: u64::MAX,
+            max_bytes: u64::MAX - 1,
+            max_blobs: u64::MAX,
+        };
+        for result in [
+            full.after_set("k", None, 10, quota),
+            full.after_set("k", Some(1), 10, quota),
+            full.after_blob(10, quota),
+        ] {
+            assert!(
+                matches!(result, Err(WorkspaceError::QuotaExceeded(_))),
+                "{result:?}"
+            );
+        }
     }
 
     fn session(principal: &str, session: &str) -> KeyOwner {
