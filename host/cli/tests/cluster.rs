@@ -1010,6 +1010,67 @@ fn a_rate_limit_is_one_bucket_over_both_hosts() {
     }
 }
 
+/// An operator's command run beside a serving host with the host's own
+/// configuration opened a second host of its origin on the shared
+/// database: it marked the server's calls unknown and moved its chain's
+/// head, so the server's next append failed as diverged and its audit log
+/// stopped. The origin is held by the server; the command goes through
+/// its control socket, as with sled.
+#[test]
+fn a_command_beside_a_serving_host_goes_through_it_not_around_it() {
+    let cluster = Cluster::new();
+    let (a, b) = cluster.start();
+    let mcp = a.session();
+    ok(&mcp.call(
+        "billing__open-account",
+        json!({"account": "acct-1", "balance_cents": 0}),
+        json!({}),
+    ));
+    let asked = mcp.call("billing__refund", refund(500), key("beside-1"));
+    assert_eq!(kind(&asked).as_deref(), Some("approval_pending"), "{asked}");
+    let id = asked["_meta"]["airlock/approval"]["approval_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The approver decides on the server's machine, with its configuration.
+    let out = cluster.a.airlock(&[
+        "approvals",
+        "approve",
+        &id,
+        "--reason",
+        "checked",
+        "--as",
+        "alice",
+        "--token",
+        ALICE,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The server's audit log goes on: the approved refund runs, recorded.
+    let mut meta = key("beside-1");
+    meta["airlock/approval_id"] = json!(id);
+    ok(&mcp.call("billing__refund", refund(500), meta));
+    ok(&b.session().call(
+        "billing__open-account",
+        json!({"account": "acct-2", "balance_cents": 0}),
+        json!({}),
+    ));
+    let (mut a, mut b) = (a, b);
+    a.terminate();
+    b.terminate();
+    let (verified, records) = cluster.audit();
+    check_chains(&verified);
+    assert!(
+        records
+            .iter()
+            .any(|r| r.origin == "host-a" && r.record.entry.event == Event::ApprovalDecided),
+        "{records:?}"
+    );
+}
+
 #[test]
 fn read_only_mode_switched_once_stops_both_hosts() {
     let cluster = Cluster::new();

@@ -75,6 +75,13 @@ pub(crate) fn open(
                 ),
             });
         };
+        // Before anything reads or recovers the chain: a second process on
+        // this origin would mark the first's calls unknown and fork its
+        // chain.
+        stores
+            .audit
+            .claim_origin(origin, lock_wait)
+            .map_err(backend_error)?;
         let log = AuditLog::with_store(
             stores.audit.clone(),
             origin,

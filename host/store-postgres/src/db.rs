@@ -254,6 +254,19 @@ impl std::ops::DerefMut for Conn {
     }
 }
 
+impl Conn {
+    /// Take the connection out of the pool for good: it stays open, and
+    /// its session (with any lock it holds) lasts, until the returned
+    /// client is dropped.
+    pub(crate) fn detach(mut self) -> deadpool_postgres::ClientWrapper {
+        let object = self
+            .object
+            .take()
+            .unwrap_or_else(|| unreachable!("taken only here and in drop"));
+        deadpool_postgres::Object::take(object)
+    }
+}
+
 impl Drop for Conn {
     fn drop(&mut self) {
         if self.aborted.load(Ordering::Relaxed)

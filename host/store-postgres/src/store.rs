@@ -43,11 +43,18 @@ type Params<'a> = [&'a (dyn ToSql + Sync)];
 #[derive(Debug)]
 pub(crate) struct PostgresStore {
     db: Db,
+    /// The sessions holding this handle's claims on audit origins
+    /// ([`AuditStore::claim_origin`]): an advisory lock lives as long as
+    /// its session, so a process that dies lets its origin go at once.
+    claims: std::sync::Mutex<Vec<deadpool_postgres::ClientWrapper>>,
 }
 
 impl PostgresStore {
     pub(crate) fn new(db: Db) -> PostgresStore {
-        PostgresStore { db }
+        PostgresStore {
+            db,
+            claims: std::sync::Mutex::new(Vec::new()),
+        }
     }
 
     pub(crate) fn description(&self) -> &str {
@@ -416,6 +423,35 @@ impl LedgerStore for PostgresStore {
             )
             .await?;
             Ok(())
+        })
+    }
+
+    fn swap_meta(&self, name: &str, current: Option<&str>, next: &str) -> Result<bool> {
+        let name = text(name, "meta name")?.to_owned();
+        let current = current.map(|c| text(c, "meta value")).transpose()?;
+        let current = current.map(str::to_owned);
+        let next = text(next, "meta value")?.to_owned();
+        self.db.run(|s| async move {
+            let changed = match &current {
+                None => {
+                    s.execute(
+                        &format!("storing {name}"),
+                        "INSERT INTO airlock_meta (name, value) VALUES ($1, $2) \
+                         ON CONFLICT (name) DO NOTHING",
+                        &[&name, &next],
+                    )
+                    .await?
+                }
+                Some(current) => {
+                    s.execute(
+                        &format!("storing {name}"),
+                        "UPDATE airlock_meta SET value = $3 WHERE name = $1 AND value = $2",
+                        &[&name, current, &next],
+                    )
+                    .await?
+                }
+            };
+            Ok(changed == 1)
         })
     }
 }
@@ -1265,6 +1301,85 @@ impl AuditStore for PostgresStore {
 
     fn flush(&self) -> Result<()> {
         Ok(())
+    }
+
+    /// An advisory lock on the origin's name (`pg_try_advisory_lock` of
+    /// its `hashtextextended`), held by a session taken out of the pool
+    /// for as long as this handle lives. Tried every 100 ms for `wait`.
+    fn claim_origin(&self, origin: &str, wait: Duration) -> Result<()> {
+        let origin = text(origin, "audit origin")?.to_owned();
+        let deadline = std::time::Instant::now() + wait;
+        loop {
+            let name = origin.clone();
+            let claimed = self.db.run(|s| async move {
+                let conn = s.client().await?;
+                let row = conn
+                    .query_one(
+                        "SELECT pg_try_advisory_lock(hashtextextended('airlock origin ' || $1, 0))",
+                        &[&name],
+                    )
+                    .await
+                    .map_err(ctx(&format!("claiming audit origin {name:?}")))?;
+                let claimed: bool = get(&row, 0)?;
+                Ok(claimed.then(|| conn.detach()))
+            })?;
+            if let Some(session) = claimed {
+                self.claims
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .push(session);
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(StoreError::new(
+                    ErrorKind::Conflict,
+                    format!(
+                        "audit origin {origin:?} is in use by another airlock process{}: one process appends to a chain and recovers its calls; give each host its own `[store] origin`, and run commands for a serving host through it (on its machine they reach it by its control socket)",
+                        self.origin_holder(&origin)
+                    ),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl PostgresStore {
+    /// Who holds the claim on `origin`, for the refusal (`""` when the
+    /// server does not say).
+    fn origin_holder(&self, origin: &str) -> String {
+        let name = origin.to_owned();
+        let holder = self.db.run(|s| async move {
+            let conn = s.client().await?;
+            let row = conn
+                .query_opt(
+                    "SELECT a.pid, coalesce(host(a.client_addr), 'a local socket'), \
+                     to_char(a.backend_start, 'YYYY-MM-DD HH24:MI:SS TZ') \
+                     FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+                     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+                     AND (l.classid::bigint << 32) | l.objid::bigint \
+                         = hashtextextended('airlock origin ' || $1, 0) \
+                     LIMIT 1",
+                    &[&name],
+                )
+                .await
+                .map_err(ctx("finding who holds an audit origin"))?;
+            row.map(|r| {
+                Ok::<_, StoreError>((
+                    get::<i32>(&r, 0)?,
+                    get::<String>(&r, 1)?,
+                    get::<Option<String>>(&r, 2)?,
+                ))
+            })
+            .transpose()
+        });
+        match holder {
+            Ok(Some((pid, from, since))) => format!(
+                " (server process {pid}, connected from {from}{})",
+                since.map(|s| format!(" since {s}")).unwrap_or_default()
+            ),
+            _ => String::new(),
+        }
     }
 }
 

@@ -642,3 +642,35 @@ fn a_damaged_rate_limit_bucket_refills_from_empty() {
     // A token's time later, one token.
     assert_eq!(stores.limits.take(&scope, 1_100).unwrap(), None);
 }
+
+/// Nothing stopped a second process from opening a host on a serving
+/// host's origin (the CLI did, on every command): it marked the first's
+/// calls unknown and forked its chain. An origin is claimed by one handle
+/// at a time, named in the refusal, and free again once its holder is
+/// gone.
+#[test]
+fn an_origin_is_claimed_by_one_process_at_a_time() {
+    let url = common::fresh_database();
+    let first = open(&common::config(&url)).expect("open");
+    let second = open(&common::config(&url)).expect("open");
+    first
+        .audit
+        .claim_origin("h1", Duration::ZERO)
+        .expect("first claim");
+    let started = Instant::now();
+    let err = second
+        .audit
+        .claim_origin("h1", Duration::from_millis(300))
+        .unwrap_err();
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    assert!(err.to_string().contains("\"h1\" is in use"), "{err}");
+    assert!(err.to_string().contains("server process"), "{err}");
+    // Another origin is free; so is this one once its holder has gone.
+    second.audit.claim_origin("h2", Duration::ZERO).unwrap();
+    drop(first);
+    second
+        .audit
+        .claim_origin("h1", Duration::from_secs(10))
+        .expect("claimed once the holder is gone");
+}

@@ -237,4 +237,20 @@ impl LedgerStore for SledLedger {
             .map_err(|e| self.failed(e))?;
         self.flush()
     }
+
+    fn swap_meta(&self, name: &str, current: Option<&str>, next: &str) -> Result<bool> {
+        let swapped = self
+            .meta
+            .compare_and_swap(
+                name.as_bytes(),
+                current.map(str::as_bytes),
+                Some(next.as_bytes()),
+            )
+            .map_err(|e| self.failed(e))?;
+        if swapped.is_err() {
+            return Ok(false);
+        }
+        self.flush()?;
+        Ok(true)
+    }
 }

@@ -64,4 +64,17 @@ pub trait AuditStore: Send + Sync + fmt::Debug {
     /// Make every write so far durable (backends whose writes are durable
     /// when they return do nothing).
     fn flush(&self) -> Result<()>;
+    /// Hold `origin` for this handle alone until it is dropped, waiting up
+    /// to `wait` for another holder to let it go: one process appends to a
+    /// chain, recovers its in-flight calls and idempotency keys. A backend
+    /// that can be opened by one process only (sled's lock) holds it by
+    /// being open, and does nothing here.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Conflict`](crate::ErrorKind::Conflict) naming the
+    /// holder when another process holds `origin`; the backend's own.
+    fn claim_origin(&self, origin: &str, wait: std::time::Duration) -> Result<()> {
+        let _ = (origin, wait);
+        Ok(())
+    }
 }

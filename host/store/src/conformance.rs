@@ -46,6 +46,7 @@ macro_rules! conformance_tests {
             the_sweep_forgets_only_what_retention_allows,
             an_outcome_too_deep_to_decode_is_still_listed_and_swept,
             meta_values_round_trip,
+            racing_meta_swaps_lose_no_write,
             workspace_writes_account_usage,
             a_refused_workspace_write_changes_nothing,
             workspace_quotas_hold_under_concurrent_writers,
@@ -476,6 +477,50 @@ pub fn meta_values_round_trip(fresh: Fresh, peer: Peer) {
     a.ledger.set_meta("m", "one").expect("set");
     a.ledger.set_meta("m", "two").expect("set");
     assert_eq!(b.ledger.meta("m").expect("read").as_deref(), Some("two"));
+}
+
+/// A meta value changes only over the value a writer read: of two hosts
+/// swapping from one value one wins, and writers that read, change and
+/// swap until they win lose no one's change (paused tools were lost when
+/// each host wrote and read back its own table).
+pub fn racing_meta_swaps_lose_no_write(fresh: Fresh, peer: Peer) {
+    let a = fresh();
+    let b = peer(&a);
+    assert!(a.ledger.swap_meta("m", None, "one").expect("swap"));
+    assert!(!b.ledger.swap_meta("m", None, "two").expect("swap"));
+    assert!(!b.ledger.swap_meta("m", Some("zero"), "two").expect("swap"));
+    assert!(b.ledger.swap_meta("m", Some("one"), "two").expect("swap"));
+    assert!(!a.ledger.swap_meta("m", Some("one"), "three").expect("swap"));
+    assert_eq!(a.ledger.meta("m").expect("read").as_deref(), Some("two"));
+
+    let hosts = [a, b];
+    let ledgers: Vec<_> = hosts.iter().map(|h| h.ledger.clone()).collect();
+    let ledgers = Arc::new(ledgers);
+    threads(8, move |i| {
+        let ledger = &ledgers[i % 2];
+        loop {
+            let current = ledger.meta("set").expect("read");
+            let mut items: Vec<String> = current
+                .as_deref()
+                .map(|c| {
+                    c.split(',')
+                        .filter(|s| !s.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default();
+            items.push(format!("w{i}"));
+            if ledger
+                .swap_meta("set", current.as_deref(), &items.join(","))
+                .expect("swap")
+            {
+                break;
+            }
+        }
+    });
+    let stored = hosts[0].ledger.meta("set").expect("read").expect("written");
+    let items: HashSet<&str> = stored.split(',').collect();
+    assert_eq!(items.len(), 8, "a write was lost: {stored}");
 }
 
 const QUOTA: Quota = Quota {

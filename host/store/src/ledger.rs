@@ -402,6 +402,9 @@ pub trait LedgerStore: Send + Sync + fmt::Debug {
     fn meta(&self, name: &str) -> Result<Option<String>>;
     /// Set a host-wide value.
     fn set_meta(&self, name: &str, value: &str) -> Result<()>;
+    /// Set `name` to `next` if it still holds `current` (`None`: no value
+    /// yet); whether it did. Of racing writers exactly one wins.
+    fn swap_meta(&self, name: &str, current: Option<&str>, next: &str) -> Result<bool>;
 }
 
 /// Who `decided_by` names on an approval that expired before a decision.
@@ -840,6 +843,15 @@ impl Ledger {
         self.store.meta(name)
     }
 
+    /// Set `name` to `next` if it still holds `current` (`None`: none);
+    /// whether it did — of writers racing from one value, one wins.
+    ///
+    /// # Errors
+    /// The store's.
+    pub fn swap_meta(&self, name: &str, current: Option<&str>, next: &str) -> Result<bool> {
+        self.store.swap_meta(name, current, next)
+    }
+
     /// Set a host-wide value.
     ///
     /// # Errors
@@ -913,6 +925,9 @@ mod tests {
         }
         fn set_meta(&self, name: &str, value: &str) -> Result<()> {
             self.inner.set_meta(name, value)
+        }
+        fn swap_meta(&self, name: &str, current: Option<&str>, next: &str) -> Result<bool> {
+            self.inner.swap_meta(name, current, next)
         }
     }
 

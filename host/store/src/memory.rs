@@ -188,6 +188,15 @@ impl LedgerStore for MemoryStore {
         self.lock().meta.insert(name.to_owned(), value.to_owned());
         Ok(())
     }
+
+    fn swap_meta(&self, name: &str, current: Option<&str>, next: &str) -> Result<bool> {
+        let mut s = self.lock();
+        if s.meta.get(name).map(String::as_str) != current {
+            return Ok(false);
+        }
+        s.meta.insert(name.to_owned(), next.to_owned());
+        Ok(true)
+    }
 }
 
 fn kv(plugin: &str, owner: &KeyOwner, key: &str) -> (String, KeyOwner, String) {

@@ -31,7 +31,7 @@ pub const PAUSE_REFRESH: Duration = Duration::from_secs(1);
 /// Longest pause target, in bytes.
 const MAX_TARGET_BYTES: usize = 257;
 /// Attempts at a pause or resume racing other hosts' writes.
-const WRITE_ATTEMPTS: usize = 5;
+const WRITE_ATTEMPTS: usize = 100;
 
 /// A paused tool (`plugin/tool`) or plugin (`plugin`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,20 +81,26 @@ pub(crate) fn check_target(target: &str) -> Result<(), String> {
 }
 
 fn read(ledger: &Ledger) -> Result<Table, StoreError> {
+    read_text(ledger).map(|(table, _)| table)
+}
+
+/// The table and the stored text it was read from (`None`: none stored).
+fn read_text(ledger: &Ledger) -> Result<(Table, Option<String>), StoreError> {
     let Some(text) = ledger
         .meta(PAUSES_META)
         .map_err(|e| StoreError::new(Store::Ledger, e))?
     else {
-        return Ok(Table::new());
+        return Ok((Table::new(), None));
     };
-    serde_json::from_str(&text).map_err(|e| {
+    let table = serde_json::from_str(&text).map_err(|e| {
         StoreError::new(
             Store::Ledger,
             airlock_store::StoreError::corrupt(format!(
                 "the paused tools ({PAUSES_META}) are not readable: {e}"
             )),
         )
-    })
+    })?;
+    Ok((table, Some(text)))
 }
 
 impl Pauses {
@@ -165,8 +171,10 @@ impl Pauses {
         Ok(removed)
     }
 
-    /// Read, change, write and read back the table, again if another
-    /// host's write replaced ours.
+    /// Read, change and swap the table in (only over the text read), again
+    /// if another host changed it meanwhile. A plain write and a read-back
+    /// lost pauses: two hosts each saw their own write before the other's
+    /// replaced it.
     fn change(
         &self,
         ledger: &Ledger,
@@ -174,7 +182,7 @@ impl Pauses {
     ) -> Result<(bool, Table), StoreError> {
         let meta_error = |e| StoreError::new(Store::Ledger, e);
         for _ in 0..WRITE_ATTEMPTS {
-            let mut table = read(ledger)?;
+            let (mut table, before) = read_text(ledger)?;
             if !edit(&mut table) {
                 return Ok((false, table));
             }
@@ -183,12 +191,13 @@ impl Pauses {
                     "cannot encode the paused tools: {e}"
                 )))
             })?;
-            ledger.set_meta(PAUSES_META, &text).map_err(meta_error)?;
-            let stored = read(ledger)?;
-            *self.cached.lock().unwrap_or_else(PoisonError::into_inner) =
-                Some((Instant::now(), Arc::new(stored.clone())));
-            if stored == table {
-                return Ok((true, stored));
+            if ledger
+                .swap_meta(PAUSES_META, before.as_deref(), &text)
+                .map_err(meta_error)?
+            {
+                *self.cached.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Some((Instant::now(), Arc::new(table.clone())));
+                return Ok((true, table));
             }
         }
         Err(meta_error(airlock_store::StoreError::new(
