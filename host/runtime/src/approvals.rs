@@ -94,9 +94,16 @@ impl Approvals<'_> {
     /// Approvals, newest first, optionally only those in `state`; any that
     /// expire on the way are recorded.
     pub(crate) fn list(self, state: Option<ApprovalState>) -> Result<Vec<Approval>> {
-        let (list, expired) = self.ledger.approvals(state, now_ms())?;
-        self.record_expiries(&expired);
-        Ok(list)
+        let listed = self.ledger.approvals(state, now_ms())?;
+        self.record_expiries(&listed.expired);
+        if let Some(first) = listed.unreadable.first() {
+            tracing::error!(
+                unreadable = listed.unreadable.len(),
+                first = %first,
+                "stored approvals that cannot be read are left out of the listing"
+            );
+        }
+        Ok(listed.list)
     }
 
     /// The approval `id` (recorded if it expires on the way).
@@ -122,7 +129,7 @@ impl Approvals<'_> {
             tracing::error!(
                 unreadable = report.unreadable.len(),
                 first = %first,
-                "idempotency entries the ledger cannot read are left in place: calls with their keys fail"
+                "ledger entries that cannot be read are left in place: calls with their idempotency keys or approvals fail"
             );
         }
         if report.approvals_removed + report.keys_removed > 0 || !report.expired.is_empty() {

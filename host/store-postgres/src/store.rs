@@ -26,10 +26,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use airlock_store::{
-    Approval, ApprovalState, AuditStore, AuditWrite, Bucket, ErrorKind, IdempotencyEntry,
-    InstalledVersion, KeyEntry, KeyHead, KeyListing, KeyOwner, KeyRef, LedgerStore, Marker, Mode,
-    ModeStore, PluginStore, Quota, Rate, RateLimitStore, Result, Rollout, StoreError, Usage,
-    Version, Versioned, WorkspaceError, WorkspaceStore,
+    Approval, ApprovalListing, ApprovalState, AuditStore, AuditWrite, Bucket, ErrorKind,
+    IdempotencyEntry, InstalledVersion, KeyEntry, KeyHead, KeyListing, KeyOwner, KeyRef,
+    LedgerStore, Marker, Mode, ModeStore, PluginStore, Quota, Rate, RateLimitStore, Result,
+    Rollout, StoreError, Usage, Version, Versioned, WorkspaceError, WorkspaceStore,
 };
 use futures_util::future::{join_all, try_join};
 use tokio_postgres::Row;
@@ -243,13 +243,13 @@ impl LedgerStore for PostgresStore {
         })
     }
 
-    fn approvals(&self, state: Option<ApprovalState>) -> Result<Vec<Versioned<Approval>>> {
+    fn approvals(&self, state: Option<ApprovalState>) -> Result<ApprovalListing> {
         self.db.run(|s| async move {
             let rows = match state {
                 None => {
                     s.query(
                         "listing approvals",
-                        "SELECT version, body FROM airlock_approvals",
+                        "SELECT version, body, id FROM airlock_approvals",
                         &[],
                     )
                     .await?
@@ -257,13 +257,26 @@ impl LedgerStore for PostgresStore {
                 Some(state) => {
                     s.query(
                         "listing approvals",
-                        "SELECT version, body FROM airlock_approvals WHERE state = $1",
+                        "SELECT version, body, id FROM airlock_approvals WHERE state = $1",
                         &[&state.as_str()],
                     )
                     .await?
                 }
             };
-            rows.iter().map(|r| versioned(r, "approval")).collect()
+            let mut out = ApprovalListing::default();
+            for row in &rows {
+                match versioned(row, "approval") {
+                    Ok(approval) => out.approvals.push(approval),
+                    Err(e) => {
+                        let id = get::<String>(row, 2).unwrap_or_default();
+                        out.unreadable.push(format!(
+                            "approval {:?}: {e}",
+                            &id[..id.floor_char_boundary(80)]
+                        ));
+                    }
+                }
+            }
+            Ok(out)
         })
     }
 

@@ -674,3 +674,61 @@ fn an_origin_is_claimed_by_one_process_at_a_time() {
         .claim_origin("h1", Duration::from_secs(10))
         .expect("claimed once the holder is gone");
 }
+
+/// One approval row that does not decode failed every listing, the sweep
+/// (so no idempotency key was ever removed again) and every call that
+/// needs an approval. It is named and left out; the rest goes on.
+#[test]
+fn one_unreadable_approval_stops_neither_listings_nor_the_sweep() {
+    use airlock_store::{Approval, ApprovalKind, ApprovalState, KeyRef, Ledger};
+    let url = common::fresh_database();
+    let stores = open(&common::config(&url)).expect("open");
+    let ledger = Ledger::new(stores.ledger.clone());
+    let approval = |id: &str| Approval {
+        id: id.to_owned(),
+        kind: ApprovalKind::Call,
+        state: ApprovalState::Pending,
+        plugin: "billing".into(),
+        component_digest: "sha256:00".into(),
+        tool: "refund".into(),
+        risk: "irreversible".into(),
+        args_digest: "digest".into(),
+        args: "{}".into(),
+        args_truncated: false,
+        principal: "agent".into(),
+        session: None,
+        idempotency_key: None,
+        caller_reason: None,
+        call_id: format!("call-{id}"),
+        created_ms: 1,
+        expires_ms: 10_000,
+        decided_by: None,
+        decided_ms: None,
+        decision_reason: None,
+        consumed_by_call: None,
+    };
+    for id in ["good", "bad"] {
+        ledger.create_approval(&approval(id)).unwrap();
+    }
+    common::admin(
+        &url,
+        "UPDATE airlock_approvals SET body = '{}' WHERE id = 'bad'",
+    );
+    let listed = ledger.approvals(None, 100).unwrap();
+    let ids: Vec<_> = listed.list.iter().map(|a| a.id.as_str()).collect();
+    assert_eq!(ids, ["good"]);
+    assert_eq!(listed.unreadable.len(), 1, "{listed:?}");
+    assert!(listed.unreadable[0].contains("\"bad\""), "{listed:?}");
+    assert_eq!(ledger.pending_of("agent", 100).unwrap().0, 1);
+    // The sweep goes on to the keys.
+    let day = Duration::from_secs(86_400);
+    let key = KeyRef::new("agent", "p", "t", "k");
+    ledger.claim(&key, "d", ("c1", "h"), 0, day).unwrap();
+    ledger.complete(&key, Ok(serde_json::json!(1))).unwrap();
+    let report = ledger.sweep(3 * 86_400_000, day, day).unwrap();
+    assert_eq!(report.keys_removed, 1, "{report:?}");
+    assert!(
+        report.unreadable.iter().any(|u| u.contains("\"bad\"")),
+        "{report:?}"
+    );
+}

@@ -9,8 +9,8 @@
 use std::path::{Path, PathBuf};
 
 use airlock_store::{
-    Approval, ApprovalState, IdempotencyEntry, KeyHead, KeyListing, KeyRef, LedgerStore, Result,
-    StoreError, Version, Versioned,
+    Approval, ApprovalListing, ApprovalState, IdempotencyEntry, KeyHead, KeyListing, KeyRef,
+    LedgerStore, Result, StoreError, Version, Versioned,
 };
 use sha2::{Digest, Sha256};
 
@@ -147,14 +147,20 @@ impl LedgerStore for SledLedger {
         self.swap(&self.approvals, id.as_bytes(), Some(current), None)
     }
 
-    fn approvals(&self, state: Option<ApprovalState>) -> Result<Vec<Versioned<Approval>>> {
-        let mut out = Vec::new();
+    fn approvals(&self, state: Option<ApprovalState>) -> Result<ApprovalListing> {
+        let mut out = ApprovalListing::default();
         for item in self.approvals.iter() {
             let (k, bytes) = item.map_err(|e| self.failed(e))?;
             let approval: Approval =
-                self.decode(&format!("approval {}", String::from_utf8_lossy(&k)), &bytes)?;
+                match self.decode(&format!("approval {}", String::from_utf8_lossy(&k)), &bytes) {
+                    Ok(approval) => approval,
+                    Err(e) => {
+                        out.unreadable.push(e.to_string());
+                        continue;
+                    }
+                };
             if state.is_none_or(|s| s == approval.state) {
-                out.push(Versioned {
+                out.approvals.push(Versioned {
                     value: approval,
                     version: version(&bytes),
                 });

@@ -165,17 +165,19 @@ pub fn approvals_move_through_their_lifecycle(fresh: Fresh, _peer: Peer) {
             .expect("missing"),
         Transition::NotFound
     );
-    let (all, _) = ledger.approvals(None, 500).expect("list");
+    let all = ledger.approvals(None, 500).expect("list").list;
     assert_eq!(all.len(), 1);
     assert_eq!(all[0].state, ApprovalState::Consumed);
     assert_eq!(all[0].consumed_by_call.as_deref(), Some("call-2"));
-    let (consumed, _) = ledger
+    let consumed = ledger
         .approvals(Some(ApprovalState::Consumed), 500)
-        .expect("list consumed");
+        .expect("list consumed")
+        .list;
     assert_eq!(consumed.len(), 1);
-    let (pending, _) = ledger
+    let pending = ledger
         .approvals(Some(ApprovalState::Pending), 500)
-        .expect("list pending");
+        .expect("list pending")
+        .list;
     assert!(pending.is_empty());
 }
 
@@ -424,7 +426,7 @@ pub fn the_sweep_forgets_only_what_retention_allows(fresh: Fresh, _peer: Peer) {
     );
     assert_eq!(report.approvals_removed, 1, "only `old` was past retention");
     assert_eq!(report.keys_removed, 1, "in-flight keys are never removed");
-    let (left, _) = ledger.approvals(None, now).expect("list");
+    let left = ledger.approvals(None, now).expect("list").list;
     let ids: HashSet<_> = left.iter().map(|a| a.id.as_str()).collect();
     assert_eq!(ids, HashSet::from(["overdue", "live"]));
     assert!(matches!(

@@ -274,6 +274,30 @@ impl KeyHead {
     }
 }
 
+/// Every approval, as [`LedgerStore::approvals`] lists them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ApprovalListing {
+    /// The approvals that could be read.
+    pub approvals: Vec<Versioned<Approval>>,
+    /// A description of each stored approval that could not be (a damaged
+    /// row), naming its id: left where it is, for the operator. One such
+    /// row no longer fails every listing, the sweep and every call that
+    /// needs an approval.
+    pub unreadable: Vec<String>,
+}
+
+/// Approvals listed by [`Ledger::approvals`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Approvals {
+    /// Newest first.
+    pub list: Vec<Approval>,
+    /// The approvals this listing expired (to be recorded).
+    pub expired: Vec<Approval>,
+    /// Stored approvals that could not be read (see
+    /// [`ApprovalListing::unreadable`]).
+    pub unreadable: Vec<String>,
+}
+
 /// Every idempotency key, as [`LedgerStore::keys`] lists them.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct KeyListing {
@@ -382,8 +406,9 @@ pub trait LedgerStore: Send + Sync + fmt::Debug {
     /// Forget the approval `id` if it is still at `current`.
     fn remove_approval(&self, id: &str, current: Version) -> Result<bool>;
     /// Every approval, optionally only those in `state`, in no particular
-    /// order.
-    fn approvals(&self, state: Option<ApprovalState>) -> Result<Vec<Versioned<Approval>>>;
+    /// order; one that cannot be read is named in
+    /// [`ApprovalListing::unreadable`] rather than failing the listing.
+    fn approvals(&self, state: Option<ApprovalState>) -> Result<ApprovalListing>;
 
     /// The entry of `key`.
     fn key(&self, key: &KeyRef) -> Result<Option<Versioned<IdempotencyEntry>>>;
@@ -443,8 +468,8 @@ pub struct Recovery {
 /// What one [`Ledger::sweep`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SweepReport {
-    /// Idempotency entries it could not read, left in place (see
-    /// [`KeyListing::unreadable`]).
+    /// Idempotency entries and approvals it could not read, left in place
+    /// (see [`KeyListing::unreadable`], [`ApprovalListing::unreadable`]).
     pub unreadable: Vec<String>,
     /// Approvals this sweep expired (to be recorded in the audit log).
     pub expired: Vec<Approval>,
@@ -633,45 +658,53 @@ impl Ledger {
     ///
     /// # Errors
     /// The store's.
-    pub fn approvals(
-        &self,
-        state: Option<ApprovalState>,
-        now_ms: u64,
-    ) -> Result<(Vec<Approval>, Vec<Approval>)> {
+    pub fn approvals(&self, state: Option<ApprovalState>, now_ms: u64) -> Result<Approvals> {
         // Live ones may expire on reading, so a filtered listing reads
         // every live approval too.
-        let candidates = match state {
+        let listing = match state {
             Some(s) if !s.is_live() => {
                 let mut all = self.store.approvals(Some(s))?;
-                all.extend(self.store.approvals(Some(ApprovalState::Pending))?);
-                all.extend(self.store.approvals(Some(ApprovalState::Approved))?);
+                for live in [ApprovalState::Pending, ApprovalState::Approved] {
+                    let more = self.store.approvals(Some(live))?;
+                    all.approvals.extend(more.approvals);
+                    all.unreadable.extend(more.unreadable);
+                }
                 all
             }
             _ => self.store.approvals(None)?,
         };
-        let mut out = Vec::new();
-        let mut expired = Vec::new();
-        for candidate in candidates {
+        let mut listed = Approvals {
+            unreadable: listing.unreadable,
+            ..Approvals::default()
+        };
+        for candidate in listing.approvals {
             let approval =
                 if candidate.value.state.is_live() && now_ms >= candidate.value.expires_ms {
-                    match self.approval(&candidate.value.id, now_ms)? {
-                        Some((a, true)) => {
-                            expired.push(a.clone());
+                    match self.approval(&candidate.value.id, now_ms) {
+                        Ok(Some((a, true))) => {
+                            listed.expired.push(a.clone());
                             a
                         }
-                        Some((a, false)) => a,
-                        None => continue,
+                        Ok(Some((a, false))) => a,
+                        Ok(None) => continue,
+                        Err(e) if e.kind() == crate::ErrorKind::Corrupt => {
+                            listed.unreadable.push(e.to_string());
+                            continue;
+                        }
+                        Err(e) => return Err(e),
                     }
                 } else {
                     candidate.value
                 };
             if state.is_none_or(|s| s == approval.state) {
-                out.push(approval);
+                listed.list.push(approval);
             }
         }
-        out.sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(b.id.cmp(&a.id)));
-        out.dedup_by(|a, b| a.id == b.id);
-        Ok((out, expired))
+        listed
+            .list
+            .sort_by(|a, b| b.created_ms.cmp(&a.created_ms).then(b.id.cmp(&a.id)));
+        listed.list.dedup_by(|a, b| a.id == b.id);
+        Ok(listed)
     }
 
     /// How many approvals `principal` has pending, and the approvals this
@@ -680,9 +713,13 @@ impl Ledger {
     /// # Errors
     /// The store's.
     pub fn pending_of(&self, principal: &str, now_ms: u64) -> Result<(u64, Vec<Approval>)> {
-        let (pending, expired) = self.approvals(Some(ApprovalState::Pending), now_ms)?;
-        let mine = pending.iter().filter(|a| a.principal == principal).count();
-        Ok((u64::try_from(mine).unwrap_or(u64::MAX), expired))
+        let pending = self.approvals(Some(ApprovalState::Pending), now_ms)?;
+        let mine = pending
+            .list
+            .iter()
+            .filter(|a| a.principal == principal)
+            .count();
+        Ok((u64::try_from(mine).unwrap_or(u64::MAX), pending.expired))
     }
 
     /// Expire every overdue approval, and forget terminal approvals decided
@@ -699,13 +736,20 @@ impl Ledger {
         key_retention: Duration,
     ) -> Result<SweepReport> {
         let mut report = SweepReport::default();
-        for candidate in self.store.approvals(None)? {
+        let listing = self.store.approvals(None)?;
+        report.unreadable.extend(listing.unreadable);
+        for candidate in listing.approvals {
             let approval = &candidate.value;
             if approval.state.is_live() {
-                if now_ms >= approval.expires_ms
-                    && let Some((a, true)) = self.approval(&approval.id, now_ms)?
-                {
-                    report.expired.push(a);
+                if now_ms >= approval.expires_ms {
+                    match self.approval(&approval.id, now_ms) {
+                        Ok(Some((a, true))) => report.expired.push(a),
+                        Ok(_) => {}
+                        Err(e) if e.kind() == crate::ErrorKind::Corrupt => {
+                            report.unreadable.push(e.to_string());
+                        }
+                        Err(e) => return Err(e),
+                    }
                 }
                 continue;
             }
@@ -719,7 +763,7 @@ impl Ledger {
             }
         }
         let listing = self.store.keys()?;
-        report.unreadable = listing.unreadable;
+        report.unreadable.extend(listing.unreadable);
         for (key, head) in listing.keys {
             let finished = head.value.in_flight.is_none();
             if finished
@@ -897,7 +941,7 @@ mod tests {
         fn remove_approval(&self, id: &str, current: Version) -> Result<bool> {
             self.inner.remove_approval(id, current)
         }
-        fn approvals(&self, state: Option<ApprovalState>) -> Result<Vec<Versioned<Approval>>> {
+        fn approvals(&self, state: Option<ApprovalState>) -> Result<ApprovalListing> {
             self.inner.approvals(state)
         }
         fn key(&self, key: &KeyRef) -> Result<Option<Versioned<IdempotencyEntry>>> {

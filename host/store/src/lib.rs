@@ -58,9 +58,9 @@ use std::sync::Arc;
 pub use audit::{AuditStore, AuditWrite, Marker};
 pub use error::{ErrorKind, Result, StoreError};
 pub use ledger::{
-    Approval, ApprovalKind, ApprovalState, Claim, EXPIRY, IdempotencyEntry, IdempotencyState,
-    KeyHead, KeyListing, KeyRef, Ledger, LedgerStore, Recovery, SweepReport, Transition, Version,
-    Versioned,
+    Approval, ApprovalKind, ApprovalListing, ApprovalState, Approvals, Claim, EXPIRY,
+    IdempotencyEntry, IdempotencyState, KeyHead, KeyListing, KeyRef, Ledger, LedgerStore, Recovery,
+    SweepReport, Transition, Version, Versioned,
 };
 pub use limits::{Bucket, MemoryBuckets, Rate, RateLimitStore};
 pub use memory::MemoryStore;

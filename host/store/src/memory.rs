@@ -8,8 +8,8 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use crate::audit::{AuditStore, AuditWrite, Marker};
 use crate::error::{ErrorKind, Result, StoreError};
 use crate::ledger::{
-    Approval, ApprovalState, IdempotencyEntry, KeyHead, KeyListing, KeyRef, LedgerStore, Version,
-    Versioned,
+    Approval, ApprovalListing, ApprovalState, IdempotencyEntry, KeyHead, KeyListing, KeyRef,
+    LedgerStore, Version, Versioned,
 };
 use crate::mode::{Mode, ModeStore};
 use crate::plugins::{InstalledVersion, PluginStore, Rollout};
@@ -106,17 +106,20 @@ impl LedgerStore for MemoryStore {
         }
     }
 
-    fn approvals(&self, state: Option<ApprovalState>) -> Result<Vec<Versioned<Approval>>> {
-        Ok(self
-            .lock()
-            .approvals
-            .values()
-            .filter(|(a, _)| state.is_none_or(|s| a.state == s))
-            .map(|(a, v)| Versioned {
-                value: a.clone(),
-                version: Version(*v),
-            })
-            .collect())
+    fn approvals(&self, state: Option<ApprovalState>) -> Result<ApprovalListing> {
+        Ok(ApprovalListing {
+            approvals: self
+                .lock()
+                .approvals
+                .values()
+                .filter(|(a, _)| state.is_none_or(|s| a.state == s))
+                .map(|(a, v)| Versioned {
+                    value: a.clone(),
+                    version: Version(*v),
+                })
+                .collect(),
+            unreadable: Vec::new(),
+        })
     }
 
     fn key(&self, key: &KeyRef) -> Result<Option<Versioned<IdempotencyEntry>>> {
