@@ -659,9 +659,13 @@ impl Ledger {
     /// # Errors
     /// The store's.
     pub fn approvals(&self, state: Option<ApprovalState>, now_ms: u64) -> Result<Approvals> {
-        // Live ones may expire on reading, so a filtered listing reads
-        // every live approval too.
+        // Live ones may expire on reading, so a listing of a terminal
+        // state reads every live approval too; a listing of a live state
+        // reads that state only (expiry only leaves it), not the whole
+        // table with a week of decided approvals — each call that needs an
+        // approval counts its principal's pending ones this way.
         let listing = match state {
+            Some(s) if s.is_live() => self.store.approvals(Some(s))?,
             Some(s) if !s.is_live() => {
                 let mut all = self.store.approvals(Some(s))?;
                 for live in [ApprovalState::Pending, ApprovalState::Approved] {
