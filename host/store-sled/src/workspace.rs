@@ -268,17 +268,30 @@ impl WorkspaceStore for SledWorkspace {
         let mut out = Vec::new();
         for item in self.inner.tree.scan_prefix(&prefix) {
             let (k, v) = item.map_err(|e| self.failed(e))?;
+            // As PostgreSQL does: an entry that does not decode is an
+            // error, never skipped or its key changed, so an export holds
+            // every entry exactly or fails naming the plugin.
+            let corrupt = |what: &str| {
+                StoreError::new(
+                    ErrorKind::Corrupt,
+                    format!(
+                        "workspace at {}: a stored entry of `{plugin}` {what}",
+                        self.inner.path.display()
+                    ),
+                )
+            };
             let rest = &k[prefix.len()..];
             let Some(split) = rest.iter().position(|&b| b == 0) else {
-                continue;
+                return Err(corrupt("has no owner"));
             };
             let Some(owner) = std::str::from_utf8(&rest[..split])
                 .ok()
                 .and_then(KeyOwner::decode)
             else {
-                continue;
+                return Err(corrupt("has an owner that does not decode"));
             };
-            let key = String::from_utf8_lossy(&rest[split + 1..]).into_owned();
+            let key = String::from_utf8(rest[split + 1..].to_vec())
+                .map_err(|_| corrupt("has a key that is not UTF-8"))?;
             out.push((
                 KeyEntry {
                     owner,
@@ -336,4 +349,40 @@ fn usage_key(plugin: &str) -> Vec<u8> {
     let mut k = vec![USAGE];
     k.extend_from_slice(plugin.as_bytes());
     k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// sled's listing skipped an entry whose owner did not decode and
+    /// changed a key that was not UTF-8 (lossily), so `airlock workspace
+    /// export` dropped or altered data without a word; PostgreSQL's
+    /// refused. Both refuse now.
+    #[test]
+    fn an_entry_that_does_not_decode_fails_the_listing_not_the_data() {
+        for bad in [
+            {
+                let mut k = vec![KV];
+                k.extend_from_slice(b"notes\0no-such-owner\0key");
+                k
+            },
+            {
+                let mut k = kv_key("notes", &KeyOwner::Plugin, "");
+                k.extend_from_slice(&[0xff, 0xfe]);
+                k
+            },
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let db = sled::Config::new().path(dir.path()).open().unwrap();
+            let workspace = SledWorkspace::new(dir.path(), db).unwrap();
+            let tree = &workspace.inner.tree;
+            tree.insert(kv_key("notes", &KeyOwner::Plugin, "fine"), b"1".as_slice())
+                .unwrap();
+            tree.insert(bad, b"2".as_slice()).unwrap();
+            let err = workspace.entries("notes").unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+            assert!(err.to_string().contains("`notes`"), "{err}");
+        }
+    }
 }
