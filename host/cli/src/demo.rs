@@ -16,7 +16,7 @@ use airlock_host::audit_log::Event;
 use airlock_host::{
     AlertMetric, AlertRule, CASES_FILE, CallRequest, CallResponse, Cases, Host, HostConfig,
     MANIFEST_FILE, Package, ReadinessConfig, ReleaseError, RolloutRequest, SIGNATURE_HEADER,
-    TakeoverAction, Webhook, webhook_signature,
+    TakeoverAction, TrustedKey, Webhook, generate_signing_key, webhook_signature,
 };
 use airlock_mcp::http::HttpConfig;
 use airlock_mcp::{McpServer, ServeOptions};
@@ -862,7 +862,25 @@ async fn release(
         return Ok(());
     };
     let scratch = tempfile::tempdir()?;
+    // Two signing keys, each trusted for its team's plugins only, and
+    // nothing runs unsigned on this host.
+    let keys = scratch.path().join("keys");
+    std::fs::create_dir(&keys)?;
+    let release_key = keys.join("release.key");
+    let billing_key = keys.join("billing-team.key");
     let mut policy = settings.policy.clone();
+    policy.trusted_keys = [
+        (
+            "release".to_owned(),
+            TrustedKey::for_plugins(generate_signing_key(&release_key)?, ["text"]),
+        ),
+        (
+            "billing-team".to_owned(),
+            TrustedKey::for_plugins(generate_signing_key(&billing_key)?, ["billing"]),
+        ),
+    ]
+    .into();
+    policy.require_signature = true;
     policy.approvals.approvers.push(Approver {
         name: APPROVER.into(),
         token_sha256: hex::encode(Sha256::digest(approver_token.as_bytes())),
@@ -876,19 +894,44 @@ async fn release(
     )?;
 
     demo.title(
-        "Releasing a new version: text 0.1.0 and 0.2.0 installed side by side; 0.1.0 serves",
+        "Releasing a new version: text 0.1.0 and 0.2.0 signed and installed side by side; 0.1.0 serves",
+    );
+    outln!(
+        "   [policy] require_signature = true; trusted_keys: release for text, billing-team for billing"
     );
     let plugins = settings.plugins_dir.display();
+    // Another team's key does not vouch for text, signature or not.
+    let mut foreign = Package::from_dir(&next)?;
+    foreign.sign(&billing_key)?;
+    outln!(
+        "   $ airlock plugins sign text-0.2.0 --key billing-team.key && airlock plugins install …"
+    );
+    match host.install(&foreign, "release-manager").await {
+        Err(error) if error.kind() == "signer_untrusted" => {
+            outln!("   signer_untrusted: {error}");
+        }
+        other => {
+            demo.mismatches += 1;
+            outln!("   ✗ expected signer_untrusted, got {other:?}");
+        }
+    }
     for (dir, shown) in [
         (&current, format!("{plugins}/text")),
         (&next, format!("{plugins}/../releases/text-0.2.0")),
     ] {
-        let package = Package::from_dir(dir)?;
+        let mut package = Package::from_dir(dir)?;
+        package.sign(&release_key)?;
         let report = host.install(&package, "release-manager").await?;
         outln!(
-            "   $ airlock plugins install {shown}   → text {} (sha256:{}…)",
+            "   $ airlock plugins sign {shown} --key release.key; airlock plugins install {shown}\n     → text {} (sha256:{}…), signed by {}",
             report.version.version,
-            &report.version.component_digest[..16]
+            &report.version.component_digest[..16],
+            report
+                .version
+                .signer
+                .as_deref()
+                .and_then(|s| s.split(" (").next())
+                .unwrap_or("nobody")
         );
     }
     host.set_rollout(&RolloutRequest::new(

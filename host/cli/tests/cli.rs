@@ -456,6 +456,7 @@ fn demo_runs_the_real_pipeline() {
         (r"retry in \d+ ms", "retry in [MS] ms"),
         (r"\[redacted:[0-9a-f]+\]", "[redacted:[KEYED]]"),
         (r"\d+ signed checkpoints?", "[N] signed checkpoint(s)"),
+        (r"ed25519:[A-Za-z0-9+/=]{44}", "ed25519:[KEY]"),
     ]}, {
         insta::assert_snapshot!("demo", text);
     });
