@@ -60,6 +60,11 @@ def world(manifest_path: str) -> str:
         manifest = tomllib.load(f)
     imports = []
     for key, value in manifest.get("capabilities", {}).items():
+        # `workspace_scope` says how the workspace is shared, not what is
+        # imported; a capability set to false or an empty list grants
+        # nothing, so it needs no import either.
+        if key == "workspace_scope" or value is False or value == []:
+            continue
         if key not in PYTHON_CAPABILITIES:
             raise ValueError(
                 f"a Python plugin can be granted `log` and `workspace` only, not `{key}`: its "

@@ -326,6 +326,20 @@ class WorldTest(unittest.TestCase):
     def test_a_python_plugin_cannot_ask_for_wasi_capabilities(self):
         with self.assertRaisesRegex(ValueError, "not `clocks`"):
             self.world("[capabilities]\nclocks = true\n")
+        with self.assertRaisesRegex(ValueError, "not `http`"):
+            self.world('[capabilities]\nhttp = ["https://api.example.com"]\n')
+
+    def test_a_workspace_scope_and_capabilities_granted_no_are_not_imports(self):
+        # Regression: `workspace_scope` (and `clocks = false`, `http = []`)
+        # were refused as WASI capabilities, so a Python plugin could not
+        # share its workspace by principal or plugin.
+        world = self.world(
+            '[capabilities]\nworkspace = "read-write"\nworkspace_scope = "plugin"\n'
+            "clocks = false\nhttp = []\n"
+        )
+        self.assertIn("import workspace;", world)
+        self.assertNotIn("workspace_scope", world)
+        self.assertNotIn("clocks", world)
 
 
 class WorkspaceTest(unittest.TestCase):

@@ -176,7 +176,23 @@ fn manifest_basics(dir: &Path) -> anyhow::Result<(String, String)> {
             path.display()
         );
     }
-    Ok((name, field("component")?))
+    let component = field("component")?;
+    // Checked before the build, which writes the component under this name
+    // (`../x.wasm` or an absolute path would be written outside its
+    // scratch directory); a package holds a plain `*.wasm` beside its
+    // manifest anyway.
+    let plain = Path::new(&component)
+        .file_name()
+        .is_some_and(|n| n == component.as_str())
+        && !component.contains(['/', '\\'])
+        && component.ends_with(".wasm");
+    if !plain {
+        anyhow::bail!(
+            "{}: [plugin] component `{component}` must be a plain `*.wasm` file name beside plugin.toml",
+            path.display()
+        );
+    }
+    Ok((name, component))
 }
 
 fn build(dir: &Path) -> Result<u8, Failure> {
@@ -248,4 +264,35 @@ async fn check(settings: &Settings, path: &Path, json: bool) -> Result<u8, Failu
         );
     }
     Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A Python build wrote its component under the manifest's name in its
+    /// scratch directory before the name was checked: `../x.wasm` or an
+    /// absolute path was written outside it.
+    #[test]
+    fn a_component_name_that_leaves_the_project_is_refused_before_the_build() {
+        let dir = tempfile::tempdir().unwrap();
+        for (component, ok) in [
+            ("x.wasm", true),
+            ("../x.wasm", false),
+            ("/tmp/x.wasm", false),
+            ("sub/x.wasm", false),
+            ("x.py", false),
+        ] {
+            std::fs::write(
+                dir.path().join(airlock_host::MANIFEST_FILE),
+                format!("[plugin]\nname = \"x\"\ncomponent = \"{component}\"\n"),
+            )
+            .unwrap();
+            let result = manifest_basics(dir.path());
+            assert_eq!(result.is_ok(), ok, "{component}: {result:?}");
+            if let Err(e) = result {
+                assert!(e.to_string().contains("plain `*.wasm`"), "{e}");
+            }
+        }
+    }
 }
