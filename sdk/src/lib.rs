@@ -460,13 +460,60 @@ pub mod __private {
 
     /// `T`'s JSON Schema (2020-12) with only the `format`s the standard
     /// defines: schemars marks integers `uint64`, `int32`… and floats
-    /// `double`, which clients validating against the standard warn about
-    /// (the `minimum`/`maximum` bounds stay).
+    /// `double`, which clients validating against the standard warn about.
+    /// An integer format's range becomes `minimum`/`maximum` first
+    /// ([`IntegerBounds`]), so a `u32` parameter still refuses 2^32 before
+    /// the guest runs.
     pub fn standard_schema<T: JsonSchema>() -> schemars::Schema {
         schemars::generate::SchemaSettings::draft2020_12()
+            .with_transform(IntegerBounds)
             .with_transform(schemars::transform::RestrictFormats::default())
             .into_generator()
             .into_root_schema_for::<T>()
+    }
+
+    /// Writes the range an integer `format` of schemars implies (`int32`,
+    /// `uint32`, `int64`, `uint64`, `int`, `uint`) as `minimum` and
+    /// `maximum`, keeping a bound the schema already has where it is
+    /// tighter. `int`/`uint` are the guest's `isize`/`usize`. 128-bit
+    /// integers keep only what schemars wrote: their range is beyond a
+    /// JSON number a host can compare exactly.
+    #[derive(Debug, Clone, Copy)]
+    pub struct IntegerBounds;
+
+    impl schemars::transform::Transform for IntegerBounds {
+        fn transform(&mut self, schema: &mut schemars::Schema) {
+            let range: Option<(serde_json::Number, serde_json::Number)> =
+                match schema.get("format").and_then(|f| f.as_str()) {
+                    Some("int32") => Some((i32::MIN.into(), i32::MAX.into())),
+                    Some("uint32") => Some((0.into(), u32::MAX.into())),
+                    Some("int64") => Some((i64::MIN.into(), i64::MAX.into())),
+                    Some("uint64") => Some((0.into(), u64::MAX.into())),
+                    Some("int") => Some(((isize::MIN as i64).into(), (isize::MAX as i64).into())),
+                    Some("uint") => Some((0.into(), (usize::MAX as u64).into())),
+                    _ => None,
+                };
+            if let (Some((min, max)), Some(object)) = (range, schema.as_object_mut()) {
+                let tighter = |existing: Option<&serde_json::Value>,
+                               bound: &serde_json::Number,
+                               low: bool| {
+                    match existing.and_then(|v| v.as_f64()) {
+                        Some(v) => {
+                            let b = bound.as_f64().unwrap_or(v);
+                            if low { v >= b } else { v <= b }
+                        }
+                        None => false,
+                    }
+                };
+                if !tighter(object.get("minimum"), &min, true) {
+                    object.insert("minimum".to_owned(), min.into());
+                }
+                if !tighter(object.get("maximum"), &max, false) {
+                    object.insert("maximum".to_owned(), max.into());
+                }
+            }
+            schemars::transform::transform_subschemas(self, schema);
+        }
     }
 
     impl<A, R> ErasedTool for ToolFn<A, R>
@@ -721,6 +768,45 @@ mod tests {
         }
         assert_eq!(many["properties"]["a"]["maximum"], 255);
         assert_eq!(many["properties"]["b"]["maximum"], 65535);
+    }
+
+    #[test]
+    fn integer_formats_become_bounds_before_they_are_stripped() {
+        #[derive(Deserialize, JsonSchema)]
+        #[allow(dead_code)]
+        struct Ints {
+            a: u32,
+            b: i32,
+            c: i64,
+            d: u64,
+            e: usize,
+            f: Option<u32>,
+            g: Vec<i32>,
+            #[schemars(range(min = 5, max = 10))]
+            h: u32,
+            i: u8,
+        }
+        let schema = __private::standard_schema::<Ints>();
+        let v = schema.as_value();
+        let p = &v["properties"];
+        assert_eq!(p["a"]["minimum"], 0);
+        assert_eq!(p["a"]["maximum"], u32::MAX);
+        assert_eq!(p["b"]["minimum"], i32::MIN);
+        assert_eq!(p["b"]["maximum"], i32::MAX);
+        assert_eq!(p["c"]["minimum"], i64::MIN);
+        assert_eq!(p["c"]["maximum"], i64::MAX);
+        assert_eq!(p["d"]["maximum"], u64::MAX);
+        assert_eq!(p["e"]["maximum"], usize::MAX as u64);
+        // Nested: an `Option` and an array's items.
+        let f = serde_json::to_string(&p["f"]).unwrap();
+        assert!(f.contains(&u32::MAX.to_string()), "{f}");
+        assert_eq!(p["g"]["items"]["maximum"], i32::MAX);
+        // A tighter bound the author wrote stays.
+        assert_eq!(p["h"]["minimum"], 5);
+        assert_eq!(p["h"]["maximum"], 10);
+        assert_eq!(p["i"]["maximum"], 255);
+        // And no format is left anywhere.
+        assert!(!v.to_string().contains("\"format\""), "{v}");
     }
 
     #[test]

@@ -31,6 +31,11 @@ fn componentize_py() -> PathBuf {
 /// Run airlock in `cwd` with `path` as PATH and a data directory in `cwd`'s
 /// parent.
 fn run_with_path(cwd: &Path, path: &OsString, args: &[&str]) -> Output {
+    command(cwd, path).args(args).output().unwrap()
+}
+
+/// The command `run_with_path` runs, without its arguments.
+fn command(cwd: &Path, path: &OsString) -> Command {
     let mut cmd = Command::new(airlock());
     cmd.env_clear()
         .env("PATH", path)
@@ -50,7 +55,7 @@ fn run_with_path(cwd: &Path, path: &OsString, args: &[&str]) -> Output {
         repository().join("target/plugin-projects"),
     );
     cmd.env("AIRLOCK_COMPONENTIZE_PY", componentize_py());
-    cmd.args(args).output().unwrap()
+    cmd
 }
 
 fn run(cwd: &Path, args: &[&str]) -> Output {
@@ -133,6 +138,29 @@ fn plugin_new_refuses_a_non_empty_directory() {
         ],
     );
     assert!(work.join("empty/plugin.toml").is_file());
+    // `.` when it is empty: the working directory cannot be renamed over,
+    // so the files are written into it.
+    let here = work.join("here");
+    fs::create_dir(&here).unwrap();
+    let made = ok(
+        &here,
+        &[
+            "plugin",
+            "new",
+            "demo-tool",
+            "--dir",
+            ".",
+            "--lang",
+            "python",
+        ],
+    );
+    assert!(made.contains("created the Python plugin project"), "{made}");
+    assert!(here.join("plugin.toml").is_file());
+    assert!(here.join("vendor/airlock_sdk/__init__.py").is_file());
+    // And not when it is not.
+    let out = run(&here, &["plugin", "new", "other", "--dir", "."]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("is not empty"), "{}", stderr(&out));
     let partial: Vec<_> = fs::read_dir(&work)
         .unwrap()
         .map(|e| e.unwrap().file_name().into_string().unwrap())
@@ -245,7 +273,35 @@ fn new_build_check(lang: &str) {
     let (root, work) = scratch();
     ok(&work, &["plugin", "new", "demo-tool", "--lang", lang]);
     let project = work.join("demo-tool");
-    let built = ok(&project, &["plugin", "build"]);
+    let built = if lang == "rust" {
+        // The project's own `.cargo/config.toml` puts cargo's output
+        // elsewhere (the shared directory, so the standard library is
+        // built once), and a stale component lies where cargo would have
+        // put it by default: the build takes what cargo says it built.
+        let cargo_dir = project.join(".cargo");
+        fs::create_dir(&cargo_dir).unwrap();
+        let target = repository().join("target/plugin-projects");
+        fs::write(
+            cargo_dir.join("config.toml"),
+            format!(
+                "[build]\ntarget-dir = {}\n",
+                toml::Value::String(target.to_str().unwrap().to_owned())
+            ),
+        )
+        .unwrap();
+        let stale = project.join("target/wasm32-wasip2/release");
+        fs::create_dir_all(&stale).unwrap();
+        fs::write(stale.join("demo_tool.wasm"), "stale: not this build's").unwrap();
+        let out = command(&project, &std::env::var_os("PATH").unwrap_or_default())
+            .env_remove("CARGO_TARGET_DIR")
+            .args(["plugin", "build"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}\n{}", stderr(&out), stdout(&out));
+        stdout(&out)
+    } else {
+        ok(&project, &["plugin", "build"])
+    };
     assert!(built.contains("built demo-tool 0.1.0"), "{built}");
     let report = ok(&project, &["plugin", "check"]);
     assert!(

@@ -128,6 +128,7 @@ pub use mode::{MODE_FILE, write_mode};
 pub use package::{
     CASES_FILE, ChangeArea, ChangeKind, Compatibility, Package, PluginChange, PluginDiff,
     PluginSignature, PublicKey, SIGNATURE_FILE, Signer, TrustedKey, generate_signing_key,
+    is_plain_component_name,
 };
 pub use pipeline::{CallRequest, CallResponse};
 pub use plugin::{Plugin, Tool, ToolInfo};

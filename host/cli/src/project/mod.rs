@@ -181,12 +181,7 @@ fn manifest_basics(dir: &Path) -> anyhow::Result<(String, String)> {
     // (`../x.wasm` or an absolute path would be written outside its
     // scratch directory); a package holds a plain `*.wasm` beside its
     // manifest anyway.
-    let plain = Path::new(&component)
-        .file_name()
-        .is_some_and(|n| n == component.as_str())
-        && !component.contains(['/', '\\'])
-        && component.ends_with(".wasm");
-    if !plain {
+    if !airlock_host::is_plain_component_name(&component) {
         anyhow::bail!(
             "{}: [plugin] component `{component}` must be a plain `*.wasm` file name beside plugin.toml",
             path.display()

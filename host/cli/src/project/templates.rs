@@ -10,6 +10,7 @@
 //! vendored crate has the dependencies the SDK is tested with.
 
 use std::fs;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
@@ -220,9 +221,22 @@ fn standalone_manifest(member: &str, root: &str, paths: &[(&str, &str)]) -> anyh
 }
 
 /// Write `files` into the new project directory `dir` (absent or empty),
-/// whole or not at all: into a temporary directory beside it, renamed to
-/// `dir` at the end.
+/// whole or not at all: where none was, into a temporary directory beside
+/// it, renamed to `dir` at the end.
 pub(super) fn write(dir: &Path, files: &[(PathBuf, String)]) -> anyhow::Result<()> {
+    if dir.is_dir() {
+        // An existing empty directory (the caller checked it is empty),
+        // `.` among them: it cannot be renamed over (`.` and a working
+        // directory are busy), so the files are written into it, and what
+        // this wrote is taken out again if one fails.
+        let mut created = Vec::new();
+        return write_into(dir, files, &mut created).map_err(|e| {
+            for top in created.iter().rev() {
+                let _ = fs::remove_dir_all(top).or_else(|_| fs::remove_file(top));
+            }
+            anyhow::Error::new(e).context(format!("cannot create the project in {}", dir.display()))
+        });
+    }
     let name = dir
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -235,20 +249,42 @@ pub(super) fn write(dir: &Path, files: &[(PathBuf, String)]) -> anyhow::Result<(
     let tmp = parent.join(format!(".{name}.{}.partial", std::process::id()));
     let result = (|| -> std::io::Result<()> {
         fs::create_dir(&tmp)?;
-        for (path, text) in files {
-            let path = tmp.join(path);
-            if let Some(dir) = path.parent() {
-                fs::create_dir_all(dir)?;
-            }
-            fs::write(&path, text)?;
-        }
-        // Over an empty directory, or where none was.
+        write_into(&tmp, files, &mut Vec::new())?;
+        // Where no directory was: the project appears whole or not at all.
         fs::rename(&tmp, dir)
     })();
     result.map_err(|e| {
         let _ = fs::remove_dir_all(&tmp);
         anyhow::Error::new(e).context(format!("cannot create the project in {}", dir.display()))
     })
+}
+
+/// Write `files` under `dir`, never over a file; `created` gets each
+/// entry of `dir` itself this made, as it makes it.
+fn write_into(
+    dir: &Path,
+    files: &[(PathBuf, String)],
+    created: &mut Vec<PathBuf>,
+) -> std::io::Result<()> {
+    for (path, text) in files {
+        if let Some(top) = path.components().next() {
+            let top = dir.join(top);
+            if !created.contains(&top) && fs::symlink_metadata(&top).is_err() {
+                created.push(top);
+            }
+        }
+        let path = dir.join(path);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        // `create_new`: never over a file that appeared since the check.
+        fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)?
+            .write_all(text.as_bytes())?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

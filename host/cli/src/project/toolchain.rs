@@ -14,8 +14,9 @@
 //! (`log`, `workspace`), with its WASI imports stubbed: an interpreter's
 //! runtime imports sockets, clocks and entropy that no plugin may have.
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use anyhow::Context as _;
 
@@ -110,26 +111,10 @@ fn rust_toolchain() -> anyhow::Result<RustToolchain> {
     Ok(RustToolchain::BuildStd { linker_dir })
 }
 
-/// The crate's name in its `Cargo.toml`.
-fn crate_name(dir: &Path) -> anyhow::Result<String> {
-    let path = dir.join("Cargo.toml");
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    let table: toml::Table =
-        toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
-    table
-        .get("package")
-        .and_then(|p| p.get("name"))
-        .and_then(|n| n.as_str())
-        .map(str::to_owned)
-        .with_context(|| format!("{}: [package] name is missing", path.display()))
-}
-
 /// Build the Rust project in `dir` for `wasm32-wasip2` (release); the
 /// component's bytes.
 pub(super) fn build_rust(dir: &Path) -> anyhow::Result<Vec<u8>> {
     let toolchain = rust_toolchain()?;
-    let name = crate_name(dir)?;
     let mut command = match &toolchain {
         RustToolchain::Rustup => {
             let mut cargo = Command::new("cargo");
@@ -150,28 +135,76 @@ pub(super) fn build_rust(dir: &Path) -> anyhow::Result<Vec<u8>> {
             cargo
         }
     };
+    let manifest = dir.join("Cargo.toml");
     command
         .args(["--release", "--target", TARGET, "--manifest-path"])
-        .arg(dir.join("Cargo.toml"))
-        .current_dir(dir);
-    let status = command.status().context("cannot run cargo")?;
+        .arg(&manifest)
+        // cargo names what it built on stdout (its diagnostics, rendered,
+        // still reach the author on stderr): the component is read from
+        // there, never from a guessed path, which `build.target-dir` in a
+        // `.cargo/config.toml` or `CARGO_TARGET_DIR` would make a stale
+        // file's.
+        .arg("--message-format=json-render-diagnostics")
+        .current_dir(dir)
+        .stdout(Stdio::piped());
+    let mut child = command.spawn().context("cannot run cargo")?;
+    let stdout = child.stdout.take().context("cargo's standard output")?;
+    let built = built_components(BufReader::new(stdout), &manifest);
+    let status = child.wait().context("cannot run cargo")?;
     if !status.success() {
         anyhow::bail!("cargo build for {TARGET} failed ({status})");
     }
-    let target_dir = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .map(|d| if d.is_absolute() { d } else { dir.join(d) })
-        .unwrap_or_else(|| dir.join("target"));
-    let wasm = target_dir
-        .join(TARGET)
-        .join("release")
-        .join(format!("{}.wasm", name.replace('-', "_")));
-    std::fs::read(&wasm).with_context(|| {
-        format!(
-            "cargo built no component at {} (is the crate a `cdylib`?)",
-            wasm.display()
-        )
-    })
+    let wasm = match built?.as_slice() {
+        [one] => one.clone(),
+        [] => anyhow::bail!(
+            "cargo built no component for {} (is the crate a `cdylib`?)",
+            manifest.display()
+        ),
+        many => anyhow::bail!(
+            "cargo built {} components for {}, expected one: {}",
+            many.len(),
+            manifest.display(),
+            many.iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    std::fs::read(&wasm).with_context(|| format!("cannot read {}", wasm.display()))
+}
+
+/// The `.wasm` files cargo reports having built (or found fresh) for the
+/// `cdylib` of the package whose manifest is `manifest`, from its JSON
+/// messages. Reads the stream to its end, so cargo never blocks on a full
+/// pipe.
+fn built_components(stdout: impl BufRead, manifest: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let manifest = std::fs::canonicalize(manifest)
+        .with_context(|| format!("cannot read {}", manifest.display()))?;
+    let mut built = Vec::new();
+    let mut unreadable = None;
+    for message in cargo_metadata::Message::parse_stream(stdout) {
+        match message {
+            Ok(cargo_metadata::Message::CompilerArtifact(artifact))
+                if artifact.target.is_cdylib()
+                    && std::fs::canonicalize(&artifact.manifest_path)
+                        .is_ok_and(|p| p == manifest) =>
+            {
+                built.extend(
+                    artifact
+                        .filenames
+                        .into_iter()
+                        .filter(|f| f.extension() == Some("wasm"))
+                        .map(PathBuf::from),
+                );
+            }
+            Ok(_) => {}
+            Err(e) => unreadable = Some(e),
+        }
+    }
+    match unreadable {
+        Some(e) => Err(anyhow::Error::new(e).context("cannot read cargo's messages")),
+        None => Ok(built),
+    }
 }
 
 /// The Python interpreter to run the SDK's check with.

@@ -634,12 +634,19 @@ pub(crate) fn manifest_text(path: &Path, bytes: Vec<u8>) -> LoadResult<String> {
 
 /// A package's component is a plain `*.wasm` file name beside the manifest,
 /// so the package can be written flat.
-fn check_component_name(name: &str, source: &Path) -> LoadResult<()> {
-    let plain = Path::new(name).file_name().is_some_and(|n| n == name)
+/// Whether a manifest's `[plugin] component` is a name a package can hold:
+/// a plain `*.wasm` file name beside `plugin.toml` (no directory, no `..`,
+/// not absolute, not one of the package's own files). `plugins pack`,
+/// `plugins install` and `airlock plugin build` refuse any other.
+pub fn is_plain_component_name(name: &str) -> bool {
+    Path::new(name).file_name().is_some_and(|n| n == name)
         && !name.contains(['/', '\\'])
         && name.ends_with(".wasm")
-        && ![MANIFEST_FILE, CASES_FILE, SIGNATURE_FILE].contains(&name);
-    if plain {
+        && ![MANIFEST_FILE, CASES_FILE, SIGNATURE_FILE].contains(&name)
+}
+
+fn check_component_name(name: &str, source: &Path) -> LoadResult<()> {
+    if is_plain_component_name(name) {
         Ok(())
     } else {
         Err(LoadError::PackageInvalid {
