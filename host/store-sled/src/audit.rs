@@ -492,7 +492,7 @@ impl AuditStore for SledAudit {
             .scan_prefix([OPEN_CALL])
             .map(|item| {
                 let (k, v) = item.map_err(self.failed("read the calls in flight"))?;
-                let call_id = String::from_utf8_lossy(&k[1..]).into_owned();
+                let call_id = crate::stored_str(|| "a call in flight's id".to_owned(), &k[1..])?;
                 // A malformed value names no intent: recovery finds none at
                 // 0 and drops the marker.
                 let seq = v.as_ref().try_into().map_or(0, u64::from_be_bytes);

@@ -230,11 +230,16 @@ impl LedgerStore for SledLedger {
     }
 
     fn meta(&self, name: &str) -> Result<Option<String>> {
-        Ok(self
-            .meta
+        self.meta
             .get(name.as_bytes())
             .map_err(|e| self.failed(e))?
-            .map(|v| String::from_utf8_lossy(&v).into_owned()))
+            .map(|v| {
+                crate::stored_str(
+                    || format!("ledger at {}: meta `{name}`", self.path.display()),
+                    &v,
+                )
+            })
+            .transpose()
     }
 
     fn set_meta(&self, name: &str, value: &str) -> Result<()> {

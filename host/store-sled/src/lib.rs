@@ -31,3 +31,17 @@ pub use ledger::SledLedger;
 pub use mode::{FileMode, MODE_FILE};
 pub use plugins::{FilePlugins, INSTALLED_DIR};
 pub use workspace::{LAYOUT as WORKSPACE_LAYOUT, SledWorkspace};
+
+/// Stored bytes that must be UTF-8 (a name in a key, a meta value), as a
+/// string; [`Corrupt`](airlock_store::ErrorKind::Corrupt) naming `what`
+/// when they are not. A lossy decoding would hand on another name than
+/// the one stored (two damaged keys could even read as one).
+fn stored_str(what: impl FnOnce() -> String, bytes: &[u8]) -> airlock_store::Result<String> {
+    std::str::from_utf8(bytes).map(str::to_owned).map_err(|e| {
+        airlock_store::StoreError::with_source(
+            airlock_store::ErrorKind::Corrupt,
+            format!("{} is not UTF-8", what()),
+            e,
+        )
+    })
+}

@@ -294,7 +294,19 @@ impl PluginStore for FilePlugins {
         let path = self.rollout_path(&next.plugin)?;
         self.locked(|| match self.read_rollout(&path)? {
             Some(stored) if stored.version == current => {
-                self.write_rollout(&path, current.0.saturating_add(1), next)?;
+                // A version that cannot grow would let a second writer
+                // holding it swap too: refused, never wrapped or kept.
+                let Some(version) = current.0.checked_add(1) else {
+                    return Err(StoreError::new(
+                        ErrorKind::Corrupt,
+                        format!(
+                            "rollout of `{}` at {}: its version is at the maximum",
+                            next.plugin,
+                            path.display()
+                        ),
+                    ));
+                };
+                self.write_rollout(&path, version, next)?;
                 Ok(true)
             }
             _ => Ok(false),

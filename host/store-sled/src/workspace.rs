@@ -192,7 +192,10 @@ impl WorkspaceStore for SledWorkspace {
             if !k.starts_with(&full_prefix) {
                 break;
             }
-            out.push(String::from_utf8_lossy(&k[scope.len()..]).into_owned());
+            out.push(crate::stored_str(
+                || format!("workspace at {}: a key", self.inner.path.display()),
+                &k[scope.len()..],
+            )?);
         }
         Ok(out)
     }
@@ -252,7 +255,15 @@ impl WorkspaceStore for SledWorkspace {
         let mut out = Vec::new();
         for item in self.inner.tree.scan_prefix([USAGE]) {
             let (k, _) = item.map_err(|e| self.failed(e))?;
-            let name = String::from_utf8_lossy(&k[1..]).into_owned();
+            let name = crate::stored_str(
+                || {
+                    format!(
+                        "workspace at {}: a plugin's name",
+                        self.inner.path.display()
+                    )
+                },
+                &k[1..],
+            )?;
             let usage = self.usage(&name)?;
             if usage != Usage::default() {
                 out.push((name, usage));

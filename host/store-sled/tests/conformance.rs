@@ -342,3 +342,80 @@ fn a_garbled_idempotency_entry_is_reported_and_left_in_place() {
         Claim::Claimed
     );
 }
+
+/// Names and values sled holds as bytes are read as the UTF-8 they were
+/// written as or refused as corrupt: a lossy decoding named another
+/// plugin, key, call or meta value than the one stored. A rollout whose
+/// version cannot grow is refused rather than swapped in place (which
+/// would let a second writer holding that version swap too).
+#[test]
+fn damaged_names_and_a_rollout_version_at_its_end_are_corrupt() {
+    use airlock_store::{
+        KeyOwner, LedgerStore, PluginStore, Rollout, RolloutAction, RolloutChange, WorkspaceStore,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = sled::Config::new()
+        .path(dir.path().join("db"))
+        .open()
+        .unwrap();
+
+    let ledger = SledLedger::new(dir.path(), db.clone()).unwrap();
+    ledger.set_meta("policy", "fine").unwrap();
+    assert_eq!(ledger.meta("policy").unwrap().as_deref(), Some("fine"));
+    db.open_tree("meta")
+        .unwrap()
+        .insert(b"policy", &b"fi\xffne"[..])
+        .unwrap();
+    let err = ledger.meta("policy").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+    assert!(err.to_string().contains("meta `policy`"), "{err}");
+
+    let workspace = SledWorkspace::new(dir.path(), db.clone()).unwrap();
+    let tree = db.open_tree("workspace").unwrap();
+    let mut key = b"knotes\0".to_vec();
+    key.extend_from_slice(KeyOwner::Plugin.encode().as_bytes());
+    key.push(0);
+    key.extend_from_slice(b"\xc3\x28");
+    tree.insert(key, &b"1"[..]).unwrap();
+    let err = workspace
+        .list_keys("notes", &KeyOwner::Plugin, "", None, 10)
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+    tree.insert(&b"u\xffnotes"[..], &[0u8; 16][..]).unwrap();
+    let err = workspace.plugins().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+
+    let plugins = FilePlugins::new(dir.path());
+    let rollout = Rollout {
+        plugin: "text".into(),
+        serving: "1.0.0".into(),
+        canary: None,
+        previous: None,
+        change: RolloutChange {
+            id: "c".into(),
+            action: RolloutAction::Activate,
+            by: "ops".into(),
+            reason: None,
+            at_ms: 1,
+            approval_id: None,
+        },
+    };
+    assert!(plugins.insert_rollout(&rollout).unwrap());
+    let path = dir
+        .path()
+        .join(airlock_store_sled::INSTALLED_DIR)
+        .join("rollouts/text.json");
+    let mut stored: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    stored["version"] = serde_json::json!(u64::MAX);
+    std::fs::write(&path, serde_json::to_vec(&stored).unwrap()).unwrap();
+    let seen = plugins.rollout("text").unwrap().unwrap();
+    let err = plugins.replace_rollout(seen.version, &rollout).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+    assert!(err.to_string().contains("maximum"), "{err}");
+    // Nothing was written.
+    assert_eq!(
+        plugins.rollout("text").unwrap().unwrap().version,
+        seen.version
+    );
+}
