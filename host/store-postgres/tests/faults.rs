@@ -680,35 +680,16 @@ fn an_origin_is_claimed_by_one_process_at_a_time() {
 /// needs an approval. It is named and left out; the rest goes on.
 #[test]
 fn one_unreadable_approval_stops_neither_listings_nor_the_sweep() {
-    use airlock_store::{Approval, ApprovalKind, ApprovalState, KeyRef, Ledger};
+    use airlock_store::{KeyRef, Ledger};
     let url = common::fresh_database();
     let stores = open(&common::config(&url)).expect("open");
     let ledger = Ledger::new(stores.ledger.clone());
-    let approval = |id: &str| Approval {
-        id: id.to_owned(),
-        kind: ApprovalKind::Call,
-        state: ApprovalState::Pending,
-        plugin: "billing".into(),
-        component_digest: "sha256:00".into(),
-        tool: "refund".into(),
-        risk: "irreversible".into(),
-        args_digest: "digest".into(),
-        args: "{}".into(),
-        args_truncated: false,
-        principal: "agent".into(),
-        session: None,
-        idempotency_key: None,
-        caller_reason: None,
-        call_id: format!("call-{id}"),
-        created_ms: 1,
-        expires_ms: 10_000,
-        decided_by: None,
-        decided_ms: None,
-        decision_reason: None,
-        consumed_by_call: None,
-    };
     for id in ["good", "bad"] {
-        ledger.create_approval(&approval(id)).unwrap();
+        ledger
+            .create_approval(&airlock_store::conformance::approval(
+                id, "agent", 1, 10_000,
+            ))
+            .unwrap();
     }
     common::admin(
         &url,

@@ -78,7 +78,9 @@ pub type Peer = fn(&Stores) -> Stores;
 
 const DAY: Duration = Duration::from_secs(86_400);
 
-pub(crate) fn approval(id: &str, principal: &str, created_ms: u64, expires_ms: u64) -> Approval {
+/// A pending approval of `billing/refund` for `principal`, for tests of a
+/// backend beyond this suite.
+pub fn approval(id: &str, principal: &str, created_ms: u64, expires_ms: u64) -> Approval {
     Approval {
         id: id.to_owned(),
         kind: crate::ApprovalKind::Call,
