@@ -46,7 +46,21 @@ pub(crate) struct PostgresStore {
     /// The sessions holding this handle's claims on audit origins
     /// ([`AuditStore::claim_origin`]): an advisory lock lives as long as
     /// its session, so a process that dies lets its origin go at once.
-    claims: std::sync::Mutex<Vec<deadpool_postgres::ClientWrapper>>,
+    claims: std::sync::Mutex<Vec<Claim>>,
+}
+
+/// How often a write to a claimed origin asks the server whether the
+/// session holding the claim is still there (a closed socket is noticed
+/// at once, without asking).
+const CLAIM_CHECK: Duration = Duration::from_secs(2);
+
+/// One claimed origin: the session holding its advisory lock, and when
+/// that session last answered.
+#[derive(Debug)]
+struct Claim {
+    origin: String,
+    session: Arc<deadpool_postgres::ClientWrapper>,
+    checked: std::time::Instant,
 }
 
 impl PostgresStore {
@@ -1088,6 +1102,7 @@ impl AuditStore for PostgresStore {
             .map(|(c, _)| c.clone())
             .collect();
         let expected = signed(first - 1);
+        self.keep_claim(&origin)?;
         self.db.run(|s| async move {
             retrying!(async {
                 let what = format!("appending to audit chain {origin:?}");
@@ -1323,24 +1338,15 @@ impl AuditStore for PostgresStore {
         let origin = text(origin, "audit origin")?.to_owned();
         let deadline = std::time::Instant::now() + wait;
         loop {
-            let name = origin.clone();
-            let claimed = self.db.run(|s| async move {
-                let conn = s.client().await?;
-                let row = conn
-                    .query_one(
-                        "SELECT pg_try_advisory_lock(hashtextextended('airlock origin ' || $1, 0))",
-                        &[&name],
-                    )
-                    .await
-                    .map_err(ctx(&format!("claiming audit origin {name:?}")))?;
-                let claimed: bool = get(&row, 0)?;
-                Ok(claimed.then(|| conn.detach()))
-            })?;
-            if let Some(session) = claimed {
+            if let Some(session) = self.try_claim(&origin)? {
                 self.claims
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .push(session);
+                    .push(Claim {
+                        origin,
+                        session: Arc::new(session),
+                        checked: std::time::Instant::now(),
+                    });
                 return Ok(());
             }
             if std::time::Instant::now() >= deadline {
@@ -1358,6 +1364,76 @@ impl AuditStore for PostgresStore {
 }
 
 impl PostgresStore {
+    /// One try at the advisory lock of `origin`: the session holding it,
+    /// or `None` when another session does.
+    fn try_claim(&self, origin: &str) -> Result<Option<deadpool_postgres::ClientWrapper>> {
+        let name = origin.to_owned();
+        self.db.run(|s| async move {
+            let conn = s.client().await?;
+            let row = conn
+                .query_one(
+                    "SELECT pg_try_advisory_lock(hashtextextended('airlock origin ' || $1, 0))",
+                    &[&name],
+                )
+                .await
+                .map_err(ctx(&format!("claiming audit origin {name:?}")))?;
+            let claimed: bool = get(&row, 0)?;
+            Ok(claimed.then(|| conn.detach()))
+        })
+    }
+
+    /// Before a write to `origin`: if this handle claimed it, the session
+    /// holding the claim is still there — or, when it ended (the server
+    /// restarted, an administrator ended it, the network dropped it), the
+    /// claim is taken again. Without this, a lost session let a second
+    /// process claim the origin, recover this one's calls in flight as
+    /// unknown and extend its chain, while this one went on appending.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Conflict`] when another process holds the origin now
+    /// (every write fails until this process is restarted: its view of
+    /// the chain can no longer be trusted); the server's errors.
+    fn keep_claim(&self, origin: &str) -> Result<()> {
+        let mut claims = self
+            .claims
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let Some(claim) = claims.iter_mut().find(|c| c.origin == origin) else {
+            return Ok(());
+        };
+        if !claim.session.is_closed() && claim.checked.elapsed() < CLAIM_CHECK {
+            return Ok(());
+        }
+        if !claim.session.is_closed() {
+            let session = claim.session.clone();
+            let alive = self
+                .db
+                .run(|_| async move { Ok(session.simple_query("SELECT 1").await.is_ok()) })?;
+            if alive {
+                claim.checked = std::time::Instant::now();
+                return Ok(());
+            }
+        }
+        match self.try_claim(origin)? {
+            Some(session) => {
+                tracing::warn!(
+                    origin,
+                    "the database session holding this process's claim on its audit origin ended; the origin is claimed again"
+                );
+                claim.session = Arc::new(session);
+                claim.checked = std::time::Instant::now();
+                Ok(())
+            }
+            None => Err(StoreError::new(
+                ErrorKind::Conflict,
+                format!(
+                    "audit origin {origin:?}: the database session holding this process's claim ended, and another airlock process holds the origin now{}: this process appends nothing more to its chain; stop the other process or give each host its own `[store] origin`, then restart this one",
+                    self.origin_holder(origin)
+                ),
+            )),
+        }
+    }
+
     /// Who holds the claim on `origin`, for the refusal (`""` when the
     /// server does not say).
     fn origin_holder(&self, origin: &str) -> String {

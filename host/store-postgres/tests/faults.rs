@@ -1,7 +1,8 @@
 //! Faults against a real PostgreSQL server: configuration errors at open,
 //! a newer schema, an exhausted pool, a statement past its timeout, the
 //! server stopped mid-stream (on a dedicated server, so the shared one is
-//! not disturbed), calls from inside tokio runtimes, and damaged rows.
+//! not disturbed), calls from inside tokio runtimes, damaged rows, and a
+//! claim on an origin whose session ends.
 
 mod common;
 
@@ -673,6 +674,76 @@ fn an_origin_is_claimed_by_one_process_at_a_time() {
         .audit
         .claim_origin("h1", Duration::from_secs(10))
         .expect("claimed once the holder is gone");
+}
+
+/// End the server session holding the claim on `origin` (as a server
+/// restart or an administrator would), and wait until it is gone.
+fn end_claim_session(url: &str, origin: &str) {
+    let pids = common::admin_query(
+        url,
+        &format!(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 \
+             AND (classid::bigint << 32) | objid::bigint = hashtextextended('airlock origin {origin}', 0)"
+        ),
+    );
+    assert_eq!(pids.len(), 1, "one session holds {origin:?}: {pids:?}");
+    common::admin(url, &format!("SELECT pg_terminate_backend({})", pids[0]));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !common::admin_query(
+        url,
+        &format!("SELECT 1 FROM pg_stat_activity WHERE pid = {}", pids[0]),
+    )
+    .is_empty()
+    {
+        assert!(Instant::now() < deadline, "session {} did not end", pids[0]);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A claim lived as long as its session, silently: once that session
+/// ended (a server restart, an administrator), a second process could
+/// claim the origin, recover the first one's calls as unknown and extend
+/// its chain while the first went on appending. A write to a claimed
+/// origin now takes the claim again when its session is gone, and fails
+/// closed, naming the holder, when another process took it meanwhile.
+#[test]
+fn a_claim_whose_session_ends_is_taken_again_or_fails_closed() {
+    let url = common::fresh_database();
+    let first = open(&common::config(&url)).expect("open");
+    let second = open(&common::config(&url)).expect("open");
+    first.audit.claim_origin("h1", Duration::ZERO).unwrap();
+    first.audit.write("h1", &[record(1)]).unwrap();
+
+    // The session ends; nobody else claims: the next write takes the
+    // claim again, and the second process is still kept out.
+    end_claim_session(&url, "h1");
+    // Past the interval at which a write asks whether the session is
+    // there (a closed socket is usually noticed sooner).
+    std::thread::sleep(Duration::from_millis(2_100));
+    first.audit.write("h1", &[record(2)]).unwrap();
+    let err = second.audit.claim_origin("h1", Duration::ZERO).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+
+    // The session ends and the second process claims the origin first:
+    // the first one's writes fail closed, and write nothing.
+    end_claim_session(&url, "h1");
+    second
+        .audit
+        .claim_origin("h1", Duration::from_secs(10))
+        .expect("claimed once the first's session ended");
+    std::thread::sleep(Duration::from_millis(2_100));
+    for _ in 0..2 {
+        let err = first.audit.write("h1", &[record(3)]).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+        assert!(
+            err.to_string()
+                .contains("another airlock process holds the origin now"),
+            "{err}"
+        );
+        assert!(err.to_string().contains("server process"), "{err}");
+    }
+    assert_eq!(first.audit.head("h1").unwrap().map(|h| h.0), Some(2));
+    second.audit.write("h1", &[record(3)]).unwrap();
 }
 
 /// One approval row that does not decode failed every listing, the sweep
