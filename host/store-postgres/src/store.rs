@@ -54,12 +54,13 @@ pub(crate) struct PostgresStore {
 /// at once, without asking).
 const CLAIM_CHECK: Duration = Duration::from_secs(2);
 
-/// One claimed origin: the session holding its advisory lock, and when
-/// that session last answered.
+/// One claimed origin: the session holding its advisory lock (`None`
+/// once it was lost and not taken again), and when that session last
+/// answered.
 #[derive(Debug)]
 struct Claim {
     origin: String,
-    session: Arc<deadpool_postgres::ClientWrapper>,
+    session: Option<Arc<deadpool_postgres::ClientWrapper>>,
     checked: std::time::Instant,
 }
 
@@ -1344,7 +1345,7 @@ impl AuditStore for PostgresStore {
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .push(Claim {
                         origin,
-                        session: Arc::new(session),
+                        session: Some(Arc::new(session)),
                         checked: std::time::Instant::now(),
                     });
                 return Ok(());
@@ -1401,26 +1402,32 @@ impl PostgresStore {
         let Some(claim) = claims.iter_mut().find(|c| c.origin == origin) else {
             return Ok(());
         };
-        if !claim.session.is_closed() && claim.checked.elapsed() < CLAIM_CHECK {
-            return Ok(());
-        }
-        if !claim.session.is_closed() {
-            let session = claim.session.clone();
+        if let Some(session) = claim.session.clone()
+            && !session.is_closed()
+        {
+            if claim.checked.elapsed() < CLAIM_CHECK {
+                return Ok(());
+            }
+            // No answer within the operation's bound counts as gone: a
+            // session the network cut may never say it closed.
             let alive = self
                 .db
-                .run(|_| async move { Ok(session.simple_query("SELECT 1").await.is_ok()) })?;
-            if alive {
+                .run(|_| async move { Ok(session.simple_query("SELECT 1").await.is_ok()) });
+            if matches!(alive, Ok(true)) {
                 claim.checked = std::time::Instant::now();
                 return Ok(());
             }
         }
+        // Gone: closed, so that the server lets its lock go if it has not
+        // noticed yet, and not asked again.
+        claim.session = None;
         match self.try_claim(origin)? {
             Some(session) => {
                 tracing::warn!(
                     origin,
                     "the database session holding this process's claim on its audit origin ended; the origin is claimed again"
                 );
-                claim.session = Arc::new(session);
+                claim.session = Some(Arc::new(session));
                 claim.checked = std::time::Instant::now();
                 Ok(())
             }
@@ -1446,6 +1453,7 @@ impl PostgresStore {
                      to_char(a.backend_start, 'YYYY-MM-DD HH24:MI:SS TZ') \
                      FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
                      WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1 \
+                     AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
                      AND (l.classid::bigint << 32) | l.objid::bigint \
                          = hashtextextended('airlock origin ' || $1, 0) \
                      LIMIT 1",

@@ -683,6 +683,7 @@ fn end_claim_session(url: &str, origin: &str) {
         url,
         &format!(
             "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
              AND (classid::bigint << 32) | objid::bigint = hashtextextended('airlock origin {origin}', 0)"
         ),
     );
