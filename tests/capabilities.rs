@@ -478,6 +478,45 @@ async fn the_wall_clock_is_frozen_without_the_clocks_grant() {
     assert!(seconds > 1_700_000_000, "{seconds}");
 }
 
+/// A file the plugin writes carries the time it was written: with a
+/// `files` grant, `stat` was a wall clock (and two of them a stopwatch)
+/// for a plugin without `clocks`. Without the grant it reports no
+/// timestamps; with it, the file's.
+#[tokio::test]
+async fn file_timestamps_tell_no_time_without_the_clocks_grant() {
+    let plugin = |clocks: bool| {
+        let dir = install(
+            "misbehave",
+            &read(MISBEHAVE),
+            &format!(
+                "[capabilities]\nlog = true\nclocks = {clocks}\n\
+                 files = [{{ host = \"data\", guest = \"/data\", access = \"read-write\" }}]\n{}",
+                tools(&["file-times"])
+            ),
+        );
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        dir
+    };
+    let args = json!({"preopen": "/data", "name": "now.txt"});
+    let frozen = plugin(false);
+    let host = load(&frozen, Policy::default()).await.unwrap();
+    let times = call(&host, "misbehave/file-times", args.clone())
+        .await
+        .unwrap();
+    assert_eq!(times["stat"], json!([null, null, null]), "{times}");
+    assert_eq!(times["stat_at"], json!([null, null, null]), "{times}");
+    // The file is there, with its real times, for the host.
+    assert!(frozen.path().join("data/now.txt").is_file());
+
+    let real = plugin(true);
+    let host = load(&real, Policy::default()).await.unwrap();
+    let times = call(&host, "misbehave/file-times", args).await.unwrap();
+    for stat in ["stat", "stat_at"] {
+        let modified = times[stat][1].as_u64().unwrap_or_else(|| panic!("{times}"));
+        assert!(modified > 1_700_000_000, "{times}");
+    }
+}
+
 // ---------------------------------------------------------------- stdio, log
 
 #[tokio::test]

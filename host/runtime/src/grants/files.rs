@@ -113,11 +113,15 @@ impl Factor for Files {
     }
 
     /// Preopens; with a read-write grant, the writing functions of
-    /// `wasi:filesystem/types` that keep to the call's budget.
+    /// `wasi:filesystem/types` that keep to the call's budget; without
+    /// `clocks`, `stat` without timestamps (which would tell the time).
     fn link(&self, linker: &mut Linker<CallState>, grant: &EffectiveGrant) -> wasmtime::Result<()> {
         filesystem::preopens::add_to_linker::<_, WasiFilesystem>(linker, CallState::filesystem)?;
         if grant.files_limits.is_some() {
             super::files_quota::link(linker)?;
+        }
+        if !grant.clocks && !grant.files.is_empty() {
+            super::files_times::link(linker)?;
         }
         Ok(())
     }

@@ -49,7 +49,7 @@ use crate::state::CallState;
 /// The interface whose writing functions are shadowed, named as
 /// wasmtime-wasi defines it (a component importing any 0.2 version is
 /// linked to it).
-const TYPES: &str = "wasi:filesystem/types@0.2.12";
+pub(super) const TYPES: &str = "wasi:filesystem/types@0.2.12";
 
 /// `ENOSPC`: what a stream write past the budget fails with, so that
 /// `filesystem-error-code` reads it as `insufficient-space` (wasmtime-wasi
@@ -132,7 +132,7 @@ pub(super) fn link(linker: &mut Linker<CallState>) -> wasmtime::Result<()> {
 
 /// A host function's result as the guest sees it: a filesystem error
 /// becomes its code, anything else traps (as wasmtime-wasi's own do).
-fn settle<T>(
+pub(super) fn settle<T>(
     view: &mut WasiFilesystemCtxView<'_>,
     result: FsResult<T>,
 ) -> wasmtime::Result<Result<T, ErrorCode>> {
@@ -166,7 +166,8 @@ async fn creating<T>(
     result
 }
 
-type Out<'a, T> = Box<dyn Future<Output = wasmtime::Result<(Result<T, ErrorCode>,)>> + Send + 'a>;
+pub(super) type Out<'a, T> =
+    Box<dyn Future<Output = wasmtime::Result<(Result<T, ErrorCode>,)>> + Send + 'a>;
 
 fn shadow(linker: &mut Linker<CallState>) -> wasmtime::Result<()> {
     let mut types = linker.instance(TYPES)?;

@@ -42,6 +42,7 @@ pub(crate) use self::http::{
     HttpHooks, Notes as HttpNotes, TlsClient, take_notes as take_http_notes,
 };
 mod files_quota;
+mod files_times;
 
 pub use files::ResolvedFiles;
 pub(crate) use files::{Protected as ProtectedPaths, check_overlaps as check_files_overlaps};

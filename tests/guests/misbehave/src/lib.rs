@@ -245,6 +245,71 @@ pub fn now(_: Nothing, _: &Context) -> Result<Seconds, ToolError> {
     Ok(Seconds { seconds })
 }
 
+#[derive(Deserialize, JsonSchema)]
+pub struct FileTimesArg {
+    /// Guest path of a preopened directory (e.g. `/data`).
+    pub preopen: String,
+    /// A file it holds (created when missing).
+    pub name: String,
+}
+
+#[derive(Serialize, JsonSchema)]
+pub struct FileTimes {
+    /// The timestamps `stat-at` gives (access, modification, status
+    /// change), in seconds; absent when it gives none.
+    pub stat_at: Vec<Option<u64>>,
+    /// The same of `stat` on an open descriptor of the file.
+    pub stat: Vec<Option<u64>>,
+}
+
+/// Reads a file's timestamps (`descriptor.stat-at` and `descriptor.stat`):
+/// a file written now says what time it is, clock or no clock.
+pub fn file_times(args: FileTimesArg, _: &Context) -> Result<FileTimes, ToolError> {
+    #[cfg(target_arch = "wasm32")]
+    {
+        use wasi::filesystem::preopens::get_directories;
+        use wasi::filesystem::types::{DescriptorFlags, DescriptorStat, OpenFlags, PathFlags};
+        let times = |s: DescriptorStat| {
+            [
+                s.data_access_timestamp,
+                s.data_modification_timestamp,
+                s.status_change_timestamp,
+            ]
+            .iter()
+            .map(|t| t.map(|t| t.seconds))
+            .collect::<Vec<_>>()
+        };
+        let failed = |what: &str, e: wasi::filesystem::types::ErrorCode| {
+            ToolError::Failed(format!("{what}: {e:?}"))
+        };
+        let dirs = get_directories();
+        let Some((dir, _)) = dirs.iter().find(|(_, path)| *path == args.preopen) else {
+            return Err(ToolError::Failed(format!("no preopen {}", args.preopen)));
+        };
+        let file = dir
+            .open_at(
+                PathFlags::empty(),
+                &args.name,
+                OpenFlags::CREATE,
+                DescriptorFlags::READ,
+            )
+            .map_err(|e| failed("open-at", e))?;
+        let stat = file.stat().map_err(|e| failed("stat", e))?;
+        let stat_at = dir
+            .stat_at(PathFlags::empty(), &args.name)
+            .map_err(|e| failed("stat-at", e))?;
+        Ok(FileTimes {
+            stat_at: times(stat_at),
+            stat: times(stat),
+        })
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let _ = args;
+        Err(ToolError::Failed("only in the sandbox".into()))
+    }
+}
+
 pub fn hidden(_: Nothing, _: &Context) -> Result<Done, ToolError> {
     Ok(Done { done: true })
 }
@@ -266,5 +331,6 @@ plugin! {
     "nest" => nest: "Return `depth` nested arrays.",
     "log-loop" => log_loop: "Call the log interface forever.",
     "now" => now: "Read the wall clock.",
+    "file-times" => file_times: "Read a file's timestamps in a preopen.",
     "hidden" => hidden: "Exported but never declared in a manifest.",
 }
