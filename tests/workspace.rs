@@ -401,3 +401,54 @@ async fn calls_waiting_on_a_slow_workspace_store_do_not_hold_the_workers() {
         ));
     }
 }
+
+/// A guest waiting in a workspace host call is abandoned at the call's
+/// deadline: the call waited for the store's own timeout instead (for
+/// PostgreSQL, the pool's wait, a connection and statements: seconds past
+/// a deadline of one), since a blocking host call cannot be interrupted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_waiting_on_the_workspace_store_ends_at_its_deadline() {
+    use std::sync::Arc;
+    let gate = Arc::new((std::sync::Mutex::new((0, false)), std::sync::Condvar::new()));
+    let memory = airlock_host::store::Stores::memory();
+    let stores = airlock_host::store::Stores {
+        workspace: Arc::new(HeldStore {
+            inner: memory.workspace.clone(),
+            gate: Arc::clone(&gate),
+        }),
+        ..memory
+    };
+    let data = tempfile::tempdir().unwrap();
+    let plugin = notes("workspace = \"read-write\"", "timeout_ms = 1000");
+    let host = Arc::new(
+        host_with(
+            HostConfig::default()
+                .data_dir(data.path())
+                .store(airlock_host::StoreConfig::Custom(stores)),
+            &plugin,
+        )
+        .await
+        .unwrap(),
+    );
+    // On a task of its own, so that this one can give up on it.
+    let calling = {
+        let host = Arc::clone(&host);
+        tokio::spawn(async move { call(&host, "get", json!({"title": "t"}), None).await })
+    };
+    let ended = tokio::time::timeout(std::time::Duration::from_secs(60), calling).await;
+    let entered = gate.0.lock().unwrap().0;
+    {
+        let (lock, changed) = &*gate;
+        lock.lock().unwrap().1 = true;
+        changed.notify_all();
+    }
+    let err = ended
+        .expect("the call waited for the store past its deadline")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(entered, 1, "the guest was inside the store");
+    let CallError::Trap { kind, .. } = &err else {
+        panic!("{err}")
+    };
+    assert_eq!(*kind, airlock_host::TrapKind::DeadlineExceeded, "{err}");
+}

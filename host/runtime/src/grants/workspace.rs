@@ -125,48 +125,78 @@ impl CallState {
     }
 }
 
-/// Each operation runs off the async worker (`off_the_worker`): against a
-/// PostgreSQL store it waits on the network, and a guest looping over
-/// `get` would otherwise hold the worker that runs other calls for as long
-/// as the store takes.
+/// A workspace operation's blocking part, on tokio's blocking threads:
+/// it does not hold the async worker that runs other calls (a guest
+/// looping over `get` against a slow PostgreSQL store would, for as long
+/// as the store takes), and the call waiting for it can be abandoned at
+/// its deadline (the pipeline drops the call's future then; the operation
+/// finishes on its thread, bounded by the store's own timeout, and its
+/// answer is dropped). Inline where no tokio runtime is running.
+async fn off_the_caller<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, WorkspaceError> + Send + 'static,
+) -> Result<T, WorkspaceError> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return work();
+    }
+    tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| {
+        Err(WorkspaceError::Unavailable(
+            airlock_store::StoreError::new(
+                airlock_store::ErrorKind::Unavailable,
+                format!("the workspace operation did not finish: {e}"),
+            ),
+        ))
+    })
+}
+
+impl WorkspaceScope {
+    /// What an operation needs, owned (it runs on another thread).
+    fn parts(&self) -> (crate::workspace::Workspace, String, KeyOwner, Quota) {
+        (
+            self.store.clone(),
+            self.plugin.clone(),
+            self.owner.clone(),
+            self.quota,
+        )
+    }
+}
+
+/// Each operation runs on a blocking thread ([`off_the_caller`]).
 impl wit::Host for CallState {
-    fn get(&mut self, key: String) -> WitResult<Option<Vec<u8>>> {
-        let s = self.scope()?;
-        Ok(crate::off_the_worker(|| s.store.get(&s.plugin, &s.owner, &key))?)
+    async fn get(&mut self, key: String) -> WitResult<Option<Vec<u8>>> {
+        let (store, plugin, owner, _) = self.scope()?.parts();
+        Ok(off_the_caller(move || store.get(&plugin, &owner, &key)).await?)
     }
 
-    fn set(&mut self, key: String, value: Vec<u8>) -> WitResult<()> {
-        let s = self.writable_scope()?;
-        Ok(crate::off_the_worker(|| {
-            s.store.set(&s.plugin, &s.owner, &key, &value, s.quota)
-        })?)
+    async fn set(&mut self, key: String, value: Vec<u8>) -> WitResult<()> {
+        let (store, plugin, owner, quota) = self.writable_scope()?.parts();
+        Ok(off_the_caller(move || store.set(&plugin, &owner, &key, &value, quota)).await?)
     }
 
-    fn delete(&mut self, key: String) -> WitResult<bool> {
-        let s = self.writable_scope()?;
-        Ok(crate::off_the_worker(|| s.store.delete(&s.plugin, &s.owner, &key))?)
+    async fn delete(&mut self, key: String) -> WitResult<bool> {
+        let (store, plugin, owner, _) = self.writable_scope()?.parts();
+        Ok(off_the_caller(move || store.delete(&plugin, &owner, &key)).await?)
     }
 
-    fn list_keys(
+    async fn list_keys(
         &mut self,
         prefix: String,
         start_after: Option<String>,
         limit: u32,
     ) -> WitResult<Vec<String>> {
-        let s = self.scope()?;
-        Ok(crate::off_the_worker(|| {
-            s.store
-                .list_keys(&s.plugin, &s.owner, &prefix, start_after.as_deref(), limit)
-        })?)
+        let (store, plugin, owner, _) = self.scope()?.parts();
+        Ok(off_the_caller(move || {
+            store.list_keys(&plugin, &owner, &prefix, start_after.as_deref(), limit)
+        })
+        .await?)
     }
 
-    fn put_blob(&mut self, data: Vec<u8>) -> WitResult<String> {
-        let s = self.writable_scope()?;
-        Ok(crate::off_the_worker(|| s.store.put_blob(&s.plugin, &data, s.quota))?)
+    async fn put_blob(&mut self, data: Vec<u8>) -> WitResult<String> {
+        let (store, plugin, _, quota) = self.writable_scope()?.parts();
+        Ok(off_the_caller(move || store.put_blob(&plugin, &data, quota)).await?)
     }
 
-    fn get_blob(&mut self, reference: String) -> WitResult<Option<Vec<u8>>> {
-        let s = self.scope()?;
-        Ok(crate::off_the_worker(|| s.store.get_blob(&s.plugin, &reference))?)
+    async fn get_blob(&mut self, reference: String) -> WitResult<Option<Vec<u8>>> {
+        let (store, plugin, _, _) = self.scope()?.parts();
+        Ok(off_the_caller(move || store.get_blob(&plugin, &reference)).await?)
     }
 }
