@@ -1239,6 +1239,9 @@ impl AuditStore for PostgresStore {
 
     fn put_checkpoint(&self, origin: &str, seq: u64, bytes: &[u8]) -> Result<()> {
         let origin = text(origin, "audit origin")?.to_owned();
+        // A process that lost its origin must not replace the new
+        // holder's checkpoints either.
+        self.keep_claim(&origin)?;
         let seq = signed(seq);
         let bytes = bytes.to_vec();
         self.db.run(|s| async move {
@@ -1298,6 +1301,7 @@ impl AuditStore for PostgresStore {
         if origin.contains('\0') || call_id.contains('\0') {
             return Ok(());
         }
+        self.keep_claim(origin)?;
         let (origin, call_id) = (origin.to_owned(), call_id.to_owned());
         self.db.run(|s| async move {
             s.execute(
@@ -1379,7 +1383,20 @@ impl PostgresStore {
                 .await
                 .map_err(ctx(&format!("claiming audit origin {name:?}")))?;
             let claimed: bool = get(&row, 0)?;
-            Ok(claimed.then(|| conn.detach()))
+            if !claimed {
+                return Ok(None);
+            }
+            // The session lives as long as the host: a server-wide
+            // `idle_session_timeout` must not end it between appends
+            // (best effort: a server without the setting has no such
+            // timeout to fear).
+            if let Err(e) = conn
+                .batch_execute("SELECT set_config('idle_session_timeout', '0', false)")
+                .await
+            {
+                tracing::debug!(error = %e, "the origin claim's session keeps the server's idle_session_timeout");
+            }
+            Ok(Some(conn.detach()))
         })
     }
 
@@ -1392,8 +1409,10 @@ impl PostgresStore {
     ///
     /// # Errors
     /// [`ErrorKind::Conflict`] when another process holds the origin now
-    /// (every write fails until this process is restarted: its view of
-    /// the chain can no longer be trusted); the server's errors.
+    /// (every write fails while it does; once it lets go the claim is
+    /// taken again, and the audit log's own check stops appending if
+    /// the other process extended the chain meanwhile); the server's
+    /// errors.
     fn keep_claim(&self, origin: &str) -> Result<()> {
         let mut claims = self
             .claims

@@ -747,6 +747,53 @@ fn a_claim_whose_session_ends_is_taken_again_or_fails_closed() {
     second.audit.write("h1", &[record(3)]).unwrap();
 }
 
+/// A server-wide `idle_session_timeout` ended the claim's session while
+/// the host was idle, and with it the claim: another process could take
+/// the origin between two appends. The claim's session turns it off.
+#[test]
+fn an_idle_session_timeout_does_not_end_a_claim() {
+    let url = common::fresh_database();
+    common::admin(
+        &url,
+        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET idle_session_timeout = %L', \
+         current_database(), '1s'); END $$",
+    );
+    let first = open(&common::config(&url)).expect("open");
+    first.audit.claim_origin("h1", Duration::ZERO).unwrap();
+    std::thread::sleep(Duration::from_millis(2_500));
+    let second = open(&common::config(&url)).expect("open");
+    let err = second.audit.claim_origin("h1", Duration::ZERO).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+}
+
+/// A process that lost its origin to another stores no checkpoint on it
+/// either (it would replace the new holder's at the same seq).
+#[test]
+fn a_lost_claim_stores_no_checkpoint() {
+    let url = common::fresh_database();
+    let first = open(&common::config(&url)).expect("open");
+    let second = open(&common::config(&url)).expect("open");
+    first.audit.claim_origin("h1", Duration::ZERO).unwrap();
+    first.audit.write("h1", &[record(1)]).unwrap();
+    first.audit.put_checkpoint("h1", 1, b"first's").unwrap();
+    end_claim_session(&url, "h1");
+    second
+        .audit
+        .claim_origin("h1", Duration::from_secs(10))
+        .unwrap();
+    second.audit.put_checkpoint("h1", 1, b"second's").unwrap();
+    std::thread::sleep(Duration::from_millis(2_100));
+    let err = first
+        .audit
+        .put_checkpoint("h1", 1, b"first's again")
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    assert_eq!(
+        second.audit.checkpoints("h1").unwrap(),
+        vec![(1, b"second's".to_vec())]
+    );
+}
+
 /// One approval row that does not decode failed every listing, the sweep
 /// (so no idempotency key was ever removed again) and every call that
 /// needs an approval. It is named and left out; the rest goes on.
