@@ -54,14 +54,39 @@ pub(crate) struct PostgresStore {
 /// at once, without asking).
 const CLAIM_CHECK: Duration = Duration::from_secs(2);
 
+/// How long a claim's session may go without a sign of its client
+/// before the server ends it (its TCP keepalives and `tcp_user_timeout`,
+/// on a TCP connection): a session the network cut off, which this
+/// process has given up, does not hold the origin for the kernel's two
+/// hours.
+const CLAIM_KEEPALIVE: &str = "SELECT set_config('tcp_keepalives_idle', '10', false), \
+     set_config('tcp_keepalives_interval', '5', false), \
+     set_config('tcp_keepalives_count', '4', false), \
+     set_config('tcp_user_timeout', '30000', false)";
+
 /// One claimed origin: the session holding its advisory lock (`None`
-/// once it was lost and not taken again), and when that session last
-/// answered.
+/// once it was lost and not taken again), which server process that is,
+/// and when that session last answered.
 #[derive(Debug)]
 struct Claim {
     origin: String,
     session: Option<Arc<deadpool_postgres::ClientWrapper>>,
+    backend: Option<Backend>,
     checked: std::time::Instant,
+}
+
+/// A server process, named so that it cannot be mistaken for a later one
+/// given the same pid: its pid and the microsecond it started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Backend {
+    pid: i32,
+    started_us: i64,
+}
+
+/// A session holding an origin's advisory lock, and its server process.
+struct Claimed {
+    session: deadpool_postgres::ClientWrapper,
+    backend: Option<Backend>,
 }
 
 impl PostgresStore {
@@ -1343,13 +1368,14 @@ impl AuditStore for PostgresStore {
         let origin = text(origin, "audit origin")?.to_owned();
         let deadline = std::time::Instant::now() + wait;
         loop {
-            if let Some(session) = self.try_claim(&origin)? {
+            if let Some(claimed) = self.try_claim(&origin)? {
                 self.claims
                     .lock()
                     .unwrap_or_else(std::sync::PoisonError::into_inner)
                     .push(Claim {
                         origin,
-                        session: Some(Arc::new(session)),
+                        session: Some(Arc::new(claimed.session)),
+                        backend: claimed.backend,
                         checked: std::time::Instant::now(),
                     });
                 return Ok(());
@@ -1371,13 +1397,16 @@ impl AuditStore for PostgresStore {
 impl PostgresStore {
     /// One try at the advisory lock of `origin`: the session holding it,
     /// or `None` when another session does.
-    fn try_claim(&self, origin: &str) -> Result<Option<deadpool_postgres::ClientWrapper>> {
+    fn try_claim(&self, origin: &str) -> Result<Option<Claimed>> {
         let name = origin.to_owned();
         self.db.run(|s| async move {
             let conn = s.client().await?;
             let row = conn
                 .query_one(
-                    "SELECT pg_try_advisory_lock(hashtextextended('airlock origin ' || $1, 0))",
+                    "SELECT pg_try_advisory_lock(hashtextextended('airlock origin ' || $1, 0)), \
+                     pg_backend_pid(), \
+                     (SELECT (extract(epoch FROM backend_start) * 1000000)::bigint \
+                      FROM pg_stat_activity WHERE pid = pg_backend_pid())",
                     &[&name],
                 )
                 .await
@@ -1386,17 +1415,57 @@ impl PostgresStore {
             if !claimed {
                 return Ok(None);
             }
+            let pid: i32 = get(&row, 1)?;
+            let backend =
+                get::<Option<i64>>(&row, 2)?.map(|started_us| Backend { pid, started_us });
             // The session lives as long as the host: a server-wide
-            // `idle_session_timeout` must not end it between appends
-            // (best effort: a server without the setting has no such
-            // timeout to fear).
-            if let Err(e) = conn
-                .batch_execute("SELECT set_config('idle_session_timeout', '0', false)")
-                .await
-            {
-                tracing::debug!(error = %e, "the origin claim's session keeps the server's idle_session_timeout");
+            // `idle_session_timeout` must not end it between appends, and
+            // the server ends it soon once its client is cut off (best
+            // effort: a server without a setting has nothing to fear
+            // from it, and keepalives mean nothing on a Unix socket).
+            for (settings, what) in [
+                (
+                    "SELECT set_config('idle_session_timeout', '0', false)",
+                    "keeps the server's idle_session_timeout",
+                ),
+                (CLAIM_KEEPALIVE, "keeps the server's TCP keepalives"),
+            ] {
+                if let Err(e) = conn.batch_execute(settings).await {
+                    tracing::debug!(error = %e, "the origin claim's session {what}");
+                }
             }
-            Ok(Some(conn.detach()))
+            Ok(Some(Claimed {
+                session: conn.detach(),
+                backend,
+            }))
+        })
+    }
+
+    /// Ends this process's own former claim session on the server, if it
+    /// is still there, and waits (up to the operation's bound) until it
+    /// is gone with its lock. A session the network cut off stays on the
+    /// server, holding the origin, until its keepalives give up; without
+    /// this, this process would be refused its own origin, in the name of
+    /// its own dead session, until then.
+    fn end_own_session(&self, backend: Backend) -> Result<()> {
+        self.db.run(move |s| async move {
+            let conn = s.client().await?;
+            let mine = "FROM pg_stat_activity WHERE pid = $1 \
+                        AND (extract(epoch FROM backend_start) * 1000000)::bigint = $2";
+            let params: [&(dyn ToSql + Sync); 2] = [&backend.pid, &backend.started_us];
+            conn.query(&format!("SELECT pg_terminate_backend(pid) {mine}"), &params)
+                .await
+                .map_err(ctx("ending this process's former claim session"))?;
+            loop {
+                let left = conn
+                    .query(&format!("SELECT 1 {mine}"), &params)
+                    .await
+                    .map_err(ctx("ending this process's former claim session"))?;
+                if left.is_empty() {
+                    return Ok(());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
         })
     }
 
@@ -1438,18 +1507,35 @@ impl PostgresStore {
             }
         }
         // Gone: closed, so that the server lets its lock go if it has not
-        // noticed yet, and not asked again.
+        // noticed yet, and not asked again. If the server still has it (a
+        // network cut it has not noticed), it is ended there too.
+        // (Until that is done, the next write tries again.)
         claim.session = None;
+        let mut not_ended = None;
+        if let Some(backend) = claim.backend {
+            match self.end_own_session(backend) {
+                Ok(()) => claim.backend = None,
+                Err(e) => not_ended = Some(e),
+            }
+        }
         match self.try_claim(origin)? {
-            Some(session) => {
+            Some(claimed) => {
                 tracing::warn!(
                     origin,
                     "the database session holding this process's claim on its audit origin ended; the origin is claimed again"
                 );
-                claim.session = Some(Arc::new(session));
+                claim.session = Some(Arc::new(claimed.session));
+                claim.backend = claimed.backend;
                 claim.checked = std::time::Instant::now();
                 Ok(())
             }
+            // Perhaps still this process's own former session.
+            None if let Some(e) = not_ended => Err(StoreError::new(
+                ErrorKind::Unavailable,
+                format!(
+                    "audit origin {origin:?}: this process lost the database session holding its claim, and could not end it on the server to claim again ({e}); the next write tries again"
+                ),
+            )),
             None => Err(StoreError::new(
                 ErrorKind::Conflict,
                 format!(

@@ -2,14 +2,16 @@
 //! a newer schema, an exhausted pool, a statement past its timeout, the
 //! server stopped mid-stream (on a dedicated server, so the shared one is
 //! not disturbed), calls from inside tokio runtimes, damaged rows, and a
-//! claim on an origin whose session ends.
+//! claim on an origin whose session ends or is cut off by the network.
 
 mod common;
 
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use airlock_store::{AuditWrite, ErrorKind, KeyOwner, Marker, Quota, Stores, Workspace};
@@ -745,6 +747,177 @@ fn a_claim_whose_session_ends_is_taken_again_or_fails_closed() {
     }
     assert_eq!(first.audit.head("h1").unwrap().map(|h| h.0), Some(2));
     second.audit.write("h1", &[record(3)]).unwrap();
+}
+
+/// A TCP forwarder to the test server whose open connections can be cut
+/// off the way a network cut does it: nothing passes either way any more,
+/// and neither end is told (no reset, no close, not even when the client
+/// closes its side). Connections made after the cut pass.
+struct Cutter {
+    url: String,
+    generation: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Cutter {
+    fn start(url: &str) -> Cutter {
+        let at = url.find("@127.0.0.1:").expect("a loopback URL") + 1;
+        let end = at + url[at..].find('/').expect("a database");
+        let upstream = url[at..end].to_owned();
+        let listener = TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+        let url = format!(
+            "{}{}{}",
+            &url[..at],
+            listener.local_addr().expect("its address"),
+            &url[end..]
+        );
+        let generation = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        listener
+            .set_nonblocking(true)
+            .expect("a non-blocking listener");
+        let (g, st) = (generation.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !st.load(Ordering::Relaxed) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                };
+                // A connection the forwarder cannot make is one the
+                // client sees closed at once.
+                let Ok(server) = TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let born = g.load(Ordering::SeqCst);
+                let (Ok(()), Ok(c), Ok(s)) = (
+                    client.set_nonblocking(false),
+                    client.try_clone(),
+                    server.try_clone(),
+                ) else {
+                    continue;
+                };
+                for (from, to) in [(c, s), (server, client)] {
+                    let (g, st) = (g.clone(), st.clone());
+                    std::thread::spawn(move || Cutter::pass(from, to, born, &g, &st));
+                }
+            }
+        });
+        Cutter {
+            url,
+            generation,
+            stop,
+        }
+    }
+
+    /// Forward `from` to `to` until either closes, or, once cut, hold
+    /// both open and silent until the cutter stops.
+    fn pass(mut from: TcpStream, mut to: TcpStream, born: u64, g: &AtomicU64, stop: &AtomicBool) {
+        if from
+            .set_read_timeout(Some(Duration::from_millis(20)))
+            .is_err()
+        {
+            return;
+        }
+        let mut buf = [0u8; 16 * 1024];
+        while !stop.load(Ordering::Relaxed) {
+            if g.load(Ordering::SeqCst) != born {
+                std::thread::sleep(Duration::from_millis(20));
+                continue;
+            }
+            match from.read(&mut buf) {
+                Ok(0) => {
+                    let _ = to.shutdown(Shutdown::Write);
+                    return;
+                }
+                Ok(n) => {
+                    if g.load(Ordering::SeqCst) == born && to.write_all(&buf[..n]).is_err() {
+                        return;
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Cut every connection open now.
+    fn cut(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Cutter {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The session holding a claim cut off by the network: this process gives
+/// it up, but the server keeps it, and its lock, until its keepalives give
+/// up (hours, by default), so the claim could not be taken again and
+/// every write was refused in the name of this process's own dead session.
+/// The process now ends its former session on the server and claims the
+/// origin again; meanwhile nobody else can.
+#[test]
+fn a_claim_session_the_network_cut_off_is_ended_and_the_origin_claimed_again() {
+    let url = common::fresh_database();
+    let cutter = Cutter::start(&url);
+    let mut config = common::config(&cutter.url);
+    config.pool_wait_ms = 1_000;
+    config.connect_timeout_ms = 2_000;
+    config.statement_timeout_ms = 500;
+    let first = open(&config).expect("open");
+    let second = open(&common::config(&url)).expect("open");
+    first.audit.claim_origin("h1", Duration::ZERO).unwrap();
+    first.audit.write("h1", &[record(1)]).unwrap();
+    let holder = || {
+        common::admin_query(
+            &url,
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND objsubid = 1 \
+             AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+             AND (classid::bigint << 32) | objid::bigint = hashtextextended('airlock origin h1', 0)",
+        )
+    };
+    let old = holder();
+    assert_eq!(old.len(), 1, "{old:?}");
+
+    cutter.cut();
+    std::thread::sleep(Duration::from_millis(2_100));
+    // The writes that meet a cut-off connection of the pool fail
+    // `unavailable` (and that connection is not used again); then the
+    // claim is the process's again, on a new session.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        match first.audit.write("h1", &[record(2)]) {
+            Ok(()) => break,
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::Unavailable, "{}", e.chain());
+                assert!(
+                    Instant::now() < deadline,
+                    "never claimed again: {}",
+                    e.chain()
+                );
+            }
+        }
+    }
+    let now = holder();
+    assert_eq!(now.len(), 1, "{now:?}");
+    assert_ne!(now, old, "the origin is held by a new session");
+    assert!(
+        common::admin_query(
+            &url,
+            &format!("SELECT 1 FROM pg_stat_activity WHERE pid = {}", old[0])
+        )
+        .is_empty(),
+        "the cut-off session was ended on the server"
+    );
+    let err = second.audit.claim_origin("h1", Duration::ZERO).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Conflict, "{err}");
+    assert_eq!(first.audit.head("h1").unwrap().map(|h| h.0), Some(2));
 }
 
 /// A server-wide `idle_session_timeout` ended the claim's session while
