@@ -48,7 +48,8 @@ use crate::state::CallState;
 
 /// The interface whose writing functions are shadowed, named as
 /// wasmtime-wasi defines it (a component importing any 0.2 version is
-/// linked to it).
+/// linked to it). wasmtime-wasi is pinned in the workspace's Cargo.toml
+/// for this name: an upgrade that moves it must move this too.
 pub(super) const TYPES: &str = "wasi:filesystem/types@0.2.12";
 
 /// `ENOSPC`: what a stream write past the budget fails with, so that
