@@ -240,8 +240,12 @@ async fn a_bad_session_key_is_refused_before_the_call_runs() {
 #[derive(Debug)]
 struct HeldStore {
     inner: std::sync::Arc<dyn airlock_host::store::WorkspaceStore>,
-    gate: std::sync::Arc<(std::sync::Mutex<(usize, bool)>, std::sync::Condvar)>,
+    gate: Gate,
 }
+
+/// How many `get`s reached the store, whether they may go on, and the
+/// condition both are told by.
+type Gate = std::sync::Arc<(std::sync::Mutex<(usize, bool)>, std::sync::Condvar)>;
 
 impl HeldStore {
     fn wait(&self) {
@@ -330,6 +334,42 @@ impl airlock_host::store::WorkspaceStore for HeldStore {
     }
 }
 
+/// A host whose workspace store holds every `get` at `gate` (see
+/// [`HeldStore`]) until the test opens it, and `timeout_ms` for the notes
+/// plugin's calls.
+async fn host_held_at(gate: &Gate, timeout_ms: u64) -> (std::sync::Arc<Host>, tempfile::TempDir) {
+    use std::sync::Arc;
+    let memory = airlock_host::store::Stores::memory();
+    let stores = airlock_host::store::Stores {
+        workspace: Arc::new(HeldStore {
+            inner: memory.workspace.clone(),
+            gate: Arc::clone(gate),
+        }),
+        ..memory
+    };
+    let data = tempfile::tempdir().unwrap();
+    let plugin = notes(
+        "workspace = \"read-write\"",
+        &format!("timeout_ms = {timeout_ms}"),
+    );
+    let host = host_with(
+        HostConfig::default()
+            .data_dir(data.path())
+            .store(airlock_host::StoreConfig::Custom(stores)),
+        &plugin,
+    )
+    .await
+    .unwrap();
+    (Arc::new(host), data)
+}
+
+/// Lets every `get` held at `gate` go on.
+fn open_gate(gate: &Gate) {
+    let (lock, changed) = &**gate;
+    lock.lock().unwrap().1 = true;
+    changed.notify_all();
+}
+
 /// Workspace host calls wait on the store off the async worker: with both
 /// workers of a two-worker runtime inside guests waiting on a slow store,
 /// another call still runs (a guest looping over `get` against a slow
@@ -337,27 +377,8 @@ impl airlock_host::store::WorkspaceStore for HeldStore {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_waiting_on_a_slow_workspace_store_do_not_hold_the_workers() {
     use std::sync::Arc;
-    let gate = Arc::new((std::sync::Mutex::new((0, false)), std::sync::Condvar::new()));
-    let memory = airlock_host::store::Stores::memory();
-    let stores = airlock_host::store::Stores {
-        workspace: Arc::new(HeldStore {
-            inner: memory.workspace.clone(),
-            gate: Arc::clone(&gate),
-        }),
-        ..memory
-    };
-    let data = tempfile::tempdir().unwrap();
-    let plugin = notes("workspace = \"read-write\"", "timeout_ms = 30000");
-    let host = Arc::new(
-        host_with(
-            HostConfig::default()
-                .data_dir(data.path())
-                .store(airlock_host::StoreConfig::Custom(stores)),
-            &plugin,
-        )
-        .await
-        .unwrap(),
-    );
+    let gate: Gate = Arc::default();
+    let (host, _data) = host_held_at(&gate, 30_000).await;
     host.load_plugin(format!("{PLUGINS_DIR}/text"))
         .await
         .unwrap();
@@ -383,11 +404,7 @@ async fn calls_waiting_on_a_slow_workspace_store_do_not_hold_the_workers() {
         })
     };
     let answered = tokio::time::timeout(std::time::Duration::from_secs(20), other).await;
-    {
-        let (lock, changed) = &*gate;
-        lock.lock().unwrap().1 = true;
-        changed.notify_all();
-    }
+    open_gate(&gate);
     let answered = answered.expect("a call waited for the workers held by the store");
     assert_eq!(answered.unwrap().unwrap()["slug"], "still-here");
     // Released, they finish: there is no such note.
@@ -409,27 +426,8 @@ async fn calls_waiting_on_a_slow_workspace_store_do_not_hold_the_workers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_waiting_on_the_workspace_store_ends_at_its_deadline() {
     use std::sync::Arc;
-    let gate = Arc::new((std::sync::Mutex::new((0, false)), std::sync::Condvar::new()));
-    let memory = airlock_host::store::Stores::memory();
-    let stores = airlock_host::store::Stores {
-        workspace: Arc::new(HeldStore {
-            inner: memory.workspace.clone(),
-            gate: Arc::clone(&gate),
-        }),
-        ..memory
-    };
-    let data = tempfile::tempdir().unwrap();
-    let plugin = notes("workspace = \"read-write\"", "timeout_ms = 1000");
-    let host = Arc::new(
-        host_with(
-            HostConfig::default()
-                .data_dir(data.path())
-                .store(airlock_host::StoreConfig::Custom(stores)),
-            &plugin,
-        )
-        .await
-        .unwrap(),
-    );
+    let gate: Gate = Arc::default();
+    let (host, _data) = host_held_at(&gate, 1_000).await;
     // On a task of its own, so that this one can give up on it.
     let calling = {
         let host = Arc::clone(&host);
@@ -437,11 +435,7 @@ async fn a_call_waiting_on_the_workspace_store_ends_at_its_deadline() {
     };
     let ended = tokio::time::timeout(std::time::Duration::from_secs(60), calling).await;
     let entered = gate.0.lock().unwrap().0;
-    {
-        let (lock, changed) = &*gate;
-        lock.lock().unwrap().1 = true;
-        changed.notify_all();
-    }
+    open_gate(&gate);
     let err = ended
         .expect("the call waited for the store past its deadline")
         .unwrap()

@@ -151,14 +151,16 @@ impl LedgerStore for SledLedger {
         let mut out = ApprovalListing::default();
         for item in self.approvals.iter() {
             let (k, bytes) = item.map_err(|e| self.failed(e))?;
-            let approval: Approval =
-                match self.decode(&format!("approval {}", String::from_utf8_lossy(&k)), &bytes) {
-                    Ok(approval) => approval,
-                    Err(e) => {
-                        out.unreadable.push(e.to_string());
-                        continue;
-                    }
-                };
+            let approval: Approval = match self.decode(
+                &format!("approval {:?}", String::from_utf8_lossy(&k)),
+                &bytes,
+            ) {
+                Ok(approval) => approval,
+                Err(e) => {
+                    out.unreadable.push(e.to_string());
+                    continue;
+                }
+            };
             if state.is_none_or(|s| s == approval.state) {
                 out.approvals.push(Versioned {
                     value: approval,

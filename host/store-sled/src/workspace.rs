@@ -66,7 +66,7 @@ impl SledWorkspace {
                 return Err(StoreError::new(
                     ErrorKind::Incompatible,
                     format!(
-                        "workspace at {}: layout {} is not this host's layout {LAYOUT}",
+                        "workspace at {}: layout {:?} is not this host's layout {LAYOUT}",
                         path.display(),
                         String::from_utf8_lossy(&v)
                     ),
