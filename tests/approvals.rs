@@ -624,6 +624,35 @@ async fn pending_approval_flood_by_one_principal_is_bounded() {
     pending_id(host.call(other).await.unwrap_err());
 }
 
+/// The bound held only for requests one after the other: concurrent calls
+/// of one principal each counted the pending requests before any of them
+/// stored its own, and all were stored — a caller fanning out got as many
+/// approval requests in front of the approvers as it had calls in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_of_one_principal_stay_within_the_bound() {
+    let mut p = policy(true);
+    p.approvals.max_pending_per_principal = 3;
+    let host = Arc::new(billing(HostConfig::default().policy(p)).await);
+    let calls: Vec<_> = (0..32)
+        .map(|i| {
+            let host = Arc::clone(&host);
+            tokio::spawn(async move { host.call(request(1, &format!("fan-{i}"))).await })
+        })
+        .collect();
+    let mut kinds = std::collections::BTreeMap::new();
+    for call in calls {
+        let err = call.await.unwrap().unwrap_err();
+        *kinds.entry(err.kind()).or_insert(0) += 1;
+    }
+    assert_eq!(kinds.get("approval_pending"), Some(&3), "{kinds:?}");
+    assert_eq!(
+        kinds.get("too_many_pending_approvals"),
+        Some(&29),
+        "{kinds:?}"
+    );
+    assert_eq!(host.approvals(None).unwrap().len(), 3);
+}
+
 /// The ledger used to grow forever: finished keys and decided approvals
 /// are forgotten after their retention (the audit log keeps the history).
 #[tokio::test]

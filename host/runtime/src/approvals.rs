@@ -22,6 +22,11 @@ pub(crate) struct Approvals<'h> {
     pub(crate) policy: &'h ApprovalPolicy,
     /// When the ledger was last swept, ms since the Unix epoch.
     pub(crate) last_sweep_ms: &'h AtomicU64,
+    /// Held from counting a principal's pending approvals to storing the
+    /// new request: one request at a time on this host, so that calls in
+    /// flight together cannot each count the others out and all be
+    /// stored past `max_pending_per_principal`.
+    pub(crate) requesting: &'h tokio::sync::Mutex<()>,
 }
 
 impl Approvals<'_> {

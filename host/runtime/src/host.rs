@@ -228,6 +228,9 @@ pub struct Host {
     served: Served,
     /// When the ledger was last swept, ms since the Unix epoch.
     last_sweep_ms: AtomicU64,
+    /// Held while a call counts its principal's pending approvals and
+    /// stores its own request (see [`Approvals::requesting`]).
+    approval_requests: tokio::sync::Mutex<()>,
     /// Alert rules, their state and their webhooks.
     alerts: Alerts,
     /// Paused tools and plugins (kept in the ledger).
@@ -487,6 +490,7 @@ impl Host {
             store_description: stores.description,
             mode,
             last_sweep_ms: AtomicU64::new(0),
+            approval_requests: tokio::sync::Mutex::new(()),
             limiter,
             served,
             telemetry,
@@ -985,6 +989,7 @@ impl Host {
             audit: &self.audit,
             policy: &self.config.policy.approvals,
             last_sweep_ms: &self.last_sweep_ms,
+            requesting: &self.approval_requests,
         }
     }
 

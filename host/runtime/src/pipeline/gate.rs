@@ -299,6 +299,9 @@ impl<'h> Pipeline<'h> {
         let id = match &request.approval_id {
             Some(id) => id.clone(),
             None => {
+                // Counted and stored as one step on this host (hosts
+                // sharing a store can still race: docs/scaling.md).
+                let _requesting = self.approvals.requesting.lock().await;
                 let (pending, expired) = self.ledger.pending_of(&request.principal, now_ms())?;
                 self.approvals.record_expiries(&expired);
                 if pending >= policy.max_pending_per_principal {
