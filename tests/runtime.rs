@@ -984,3 +984,65 @@ fn a_task_calling_in_a_loop_does_not_hold_its_thread() {
         other.await.unwrap();
     });
 }
+
+/// A signed plugin's cases decide its readiness, and readiness read them
+/// from disk unchecked: cases edited after the plugin loaded (so that
+/// every case passes) counted, though the signature covers them. They are
+/// now held to the digest the signature covers.
+#[tokio::test]
+async fn cases_edited_after_a_signed_plugin_loaded_are_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let alice = airlock_host::generate_signing_key(&keys.path().join("alice")).unwrap();
+    let host = Host::new(HostConfig::default().cache_dir(shared_cache()).policy(
+        airlock_host::Policy {
+            trusted_keys: [("alice".to_owned(), alice.into())].into(),
+            ..Default::default()
+        },
+    ))
+    .unwrap();
+    let dir = version_of(root.path(), "text", |m| m);
+    let mut package = airlock_host::Package::open(&dir).unwrap();
+    package.sign(&keys.path().join("alice")).unwrap();
+    package.write_signature(&dir).unwrap();
+    host.load_plugin(&dir).await.unwrap();
+    let plugin = host.serving("text").await.unwrap().unwrap();
+    let signed = std::fs::read_to_string(dir.join("cases.jsonl")).unwrap();
+    assert_eq!(
+        plugin.cases().unwrap().unwrap().len(),
+        signed.lines().count()
+    );
+    let eval_findings = || async {
+        let report = host
+            .readiness(Some("text"), &airlock_host::ReadinessConfig::default())
+            .await
+            .unwrap()
+            .remove(0);
+        report
+            .missing_required
+            .into_iter()
+            .chain(report.warnings)
+            .filter(|f| f.check == airlock_host::ReadinessCheck::EvalCases)
+            .map(|f| f.reason)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(eval_findings().await, Vec::<String>::new());
+
+    // One case that passes, in place of the signed ones.
+    let first = signed.lines().next().unwrap().to_owned() + "\n";
+    std::fs::write(dir.join("cases.jsonl"), &first).unwrap();
+    let err = plugin.cases().unwrap_err();
+    assert_eq!(err.kind(), "cases_unsigned", "{err}");
+    assert!(err.to_string().contains("changed since"), "{err}");
+    let findings = eval_findings().await;
+    assert_eq!(findings.len(), 1, "{findings:?}");
+    assert!(findings[0].contains("not the signed one"), "{findings:?}");
+
+    std::fs::remove_file(dir.join("cases.jsonl")).unwrap();
+    let err = plugin.cases().unwrap_err();
+    assert!(err.to_string().contains("is gone"), "{err}");
+    // As signed again: as good as before.
+    std::fs::write(dir.join("cases.jsonl"), &signed).unwrap();
+    assert!(plugin.cases().unwrap().is_some());
+    assert_eq!(eval_findings().await, Vec::<String>::new());
+}

@@ -1161,20 +1161,18 @@ impl Host {
             let rollback_target = rollouts
                 .get(&name)
                 .is_some_and(|r| r.previous.is_some() || r.canary.is_some());
-            let cases_path = serving.dir().join(crate::package::CASES_FILE);
-            let eval = if !cases_path.is_file() {
-                crate::readiness::Eval::Missing
-            } else {
-                match crate::Cases::from_file(&cases_path) {
-                    Err(e) => crate::readiness::Eval::Unusable(crate::error::chain(&e)),
-                    Ok(cases) => match self.evaluate(&serving, &cases).await {
-                        Ok(report) => crate::readiness::Eval::Ran {
-                            failed: report.failed,
-                            total: report.cases.len(),
-                        },
-                        Err(e) => crate::readiness::Eval::Unusable(crate::error::chain(&e)),
+            // As signed, if the plugin is: cases edited since it loaded
+            // could make any tool look ready.
+            let eval = match serving.cases() {
+                Ok(None) => crate::readiness::Eval::Missing,
+                Err(e) => crate::readiness::Eval::Unusable(crate::error::chain(&e)),
+                Ok(Some(cases)) => match self.evaluate(&serving, &cases).await {
+                    Ok(report) => crate::readiness::Eval::Ran {
+                        failed: report.failed,
+                        total: report.cases.len(),
                     },
-                }
+                    Err(e) => crate::readiness::Eval::Unusable(crate::error::chain(&e)),
+                },
             };
             let context = crate::readiness::Context {
                 policy: &self.config.policy,

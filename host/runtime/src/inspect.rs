@@ -156,7 +156,7 @@ impl Host {
             &digest,
             policy,
         ) {
-            Ok(signer) => signer,
+            Ok(signed) => signed.map(|(signer, _)| signer),
             Err(e) => {
                 findings.push(Finding {
                     severity: Severity::Error,

@@ -43,6 +43,9 @@ pub struct Plugin {
     grant: EffectiveGrant,
     imports: Vec<String>,
     signer: Option<Signer>,
+    /// Signed: the digest of the `cases.jsonl` the signature covers
+    /// (`None`: none), which the cases are held to when read later.
+    signed_cases: Option<Option<String>>,
     /// Calls of this plugin running at once: `max_concurrency`, or its
     /// share of the host's instance pool when that is smaller.
     pub(crate) slots: tokio::sync::Semaphore,
@@ -147,6 +150,46 @@ impl Plugin {
     /// not required. `None`: not signed.
     pub fn signer(&self) -> Option<&Signer> {
         self.signer.as_ref()
+    }
+
+    /// The plugin's evaluation cases (`cases.jsonl` in its directory),
+    /// `None` when it has none. A signed plugin's cases are held to the
+    /// digest its signature covers: cases edited since it was loaded are
+    /// refused, not evaluated (they decide readiness).
+    ///
+    /// # Errors
+    /// [`CasesError`](crate::CasesError) when the file cannot be read or
+    /// parsed, or no longer matches the signature.
+    pub fn cases(&self) -> Result<Option<crate::Cases>, crate::CasesError> {
+        let path = self.dir.join(package::CASES_FILE);
+        let bytes = match crate::Cases::read_bytes(&path) {
+            Ok(bytes) => bytes,
+            Err(crate::CasesError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                if let Some(Some(_)) = &self.signed_cases {
+                    return Err(crate::CasesError::Unsigned {
+                        path,
+                        reason: "it is gone, but the plugin's signature covers cases".to_owned(),
+                    });
+                }
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        if let Some(signed) = &self.signed_cases {
+            let digest = hex::encode(Sha256::digest(&bytes));
+            if signed.as_deref() != Some(digest.as_str()) {
+                return Err(crate::CasesError::Unsigned {
+                    path,
+                    reason: match signed {
+                        Some(_) => "it changed since the plugin was loaded: its digest is not the one the plugin's signature covers".to_owned(),
+                        None => "it appeared after the plugin was loaded: the plugin's signature covers no cases".to_owned(),
+                    },
+                });
+            }
+        }
+        crate::Cases::from_bytes(bytes).map(Some)
     }
 }
 
@@ -350,7 +393,11 @@ pub(crate) async fn load(
         reason,
     })?;
     // Signature before compiling: an untrusted component is not compiled.
-    let signer = package::check_dir_signature(dir, &manifest, &manifest_digest, &digest, policy)?;
+    let signed = package::check_dir_signature(dir, &manifest, &manifest_digest, &digest, policy)?;
+    let (signer, signed_cases) = match signed {
+        Some((signer, cases)) => (Some(signer), Some(cases)),
+        None => (None, None),
+    };
 
     let compiled = match cache {
         Some(cache) => cache.load_or_compile(engine, &digest, &bytes),
@@ -423,6 +470,7 @@ pub(crate) async fn load(
         grant,
         imports,
         signer,
+        signed_cases,
         pool_needs,
         pre,
     })
@@ -457,7 +505,11 @@ pub(crate) fn read_component(path: &Path) -> LoadResult<Vec<u8>> {
         });
     }
     check_component_size(path, meta.len())?;
-    std::fs::read(path).map_err(|e| LoadError::io(path, e))
+    // Bounded again: the file may have changed since it was measured.
+    let bytes =
+        package::read_at_most(path, MAX_COMPONENT_BYTES).map_err(|e| LoadError::io(path, e))?;
+    check_component_size(path, bytes.len() as u64)?;
+    Ok(bytes)
 }
 
 /// Refuse a component of `len` bytes over the loader's size limit.

@@ -84,6 +84,14 @@ pub enum CasesError {
     /// The file holds no case.
     #[error("no cases: the file holds no line with a case")]
     Empty,
+    /// A signed plugin's cases file is not the one its signature covers.
+    #[error("the cases file {} is not the signed one: {reason}", path.display())]
+    Unsigned {
+        /// The file.
+        path: PathBuf,
+        /// How it differs.
+        reason: String,
+    },
 }
 
 impl CasesError {
@@ -96,6 +104,7 @@ impl CasesError {
             | CasesError::TooManyCases { .. }
             | CasesError::Invalid { .. }
             | CasesError::Empty => "cases_invalid",
+            CasesError::Unsigned { .. } => "cases_unsigned",
         }
     }
 
@@ -105,7 +114,10 @@ impl CasesError {
             CasesError::LineTooLong { line, .. }
             | CasesError::TooManyCases { line, .. }
             | CasesError::Invalid { line, .. } => Some(*line),
-            CasesError::Io { .. } | CasesError::FileTooLarge { .. } | CasesError::Empty => None,
+            CasesError::Io { .. }
+            | CasesError::FileTooLarge { .. }
+            | CasesError::Empty
+            | CasesError::Unsigned { .. } => None,
         }
     }
 }
@@ -260,6 +272,12 @@ impl Cases {
     /// [`CasesError::Io`], [`CasesError::FileTooLarge`], and every error of
     /// [`Cases::parse`].
     pub fn from_file(path: &Path) -> Result<Cases, CasesError> {
+        Cases::from_bytes(Cases::read_bytes(path)?)
+    }
+
+    /// The bytes of the cases file at `path`, at most
+    /// [`MAX_CASES_FILE_BYTES`].
+    pub(crate) fn read_bytes(path: &Path) -> Result<Vec<u8>, CasesError> {
         let io = |source| CasesError::Io {
             path: path.to_owned(),
             source,
@@ -275,6 +293,11 @@ impl Cases {
                 limit: MAX_CASES_FILE_BYTES,
             });
         }
+        Ok(bytes)
+    }
+
+    /// Cases from the bytes of a cases file.
+    pub(crate) fn from_bytes(bytes: Vec<u8>) -> Result<Cases, CasesError> {
         let text = String::from_utf8(bytes).map_err(|e| {
             let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
             CasesError::Invalid {

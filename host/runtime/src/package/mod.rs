@@ -546,7 +546,9 @@ pub fn generate_signing_key(path: &Path) -> crate::Result<PublicKey> {
 /// Apply the operator's trust rules to the plugin directory `dir` as it
 /// loads: its `plugin.sig`, if any, against the manifest and component
 /// digests given and its `cases.jsonl` (read, capped, only when there is a
-/// signature to check it against).
+/// signature to check it against). Signed, the signer and the digest of
+/// the `cases.jsonl` it covers (`None`: the signature says there is none),
+/// which whoever reads the cases later checks them against.
 ///
 /// # Errors
 /// Those of [`signature::read`] and [`signature::check`];
@@ -558,7 +560,7 @@ pub(crate) fn check_dir_signature(
     manifest_digest: &str,
     component_digest: &str,
     policy: &Policy,
-) -> LoadResult<Option<Signer>> {
+) -> LoadResult<Option<(Signer, Option<String>)>> {
     let name = &manifest.plugin.name;
     let signature = signature::read(dir, name)?;
     let cases_digest = match &signature {
@@ -575,7 +577,7 @@ pub(crate) fn check_dir_signature(
             }
         }
     };
-    signature::check(
+    let signer = signature::check(
         &Signed {
             name,
             version: &manifest.plugin.version,
@@ -585,7 +587,8 @@ pub(crate) fn check_dir_signature(
         },
         signature.as_ref(),
         policy,
-    )
+    )?;
+    Ok(signer.map(|signer| (signer, cases_digest)))
 }
 
 /// Check the policy's `trusted_keys` and `require_signature` (part of
@@ -688,21 +691,26 @@ pub(crate) fn read_capped(path: &Path, cap: u64) -> LoadResult<Vec<u8>> {
             message: format!("{} bytes, more than the limit of {cap}", meta.len()),
         });
     }
-    let mut bytes = Vec::new();
-    std::io::Read::read_to_end(
-        &mut std::io::Read::take(
-            fs::File::open(path).map_err(|e| LoadError::io(path, e))?,
-            cap + 1,
-        ),
-        &mut bytes,
-    )
-    .map_err(|e| LoadError::io(path, e))?;
+    let bytes = read_at_most(path, cap).map_err(|e| LoadError::io(path, e))?;
     if bytes.len() as u64 > cap {
         return Err(LoadError::PackageInvalid {
             path: path.to_owned(),
             message: format!("more than the limit of {cap} bytes"),
         });
     }
+    Ok(bytes)
+}
+
+/// The first `cap + 1` bytes of the file at `path`: more than `cap` means
+/// the file is larger than its limit. Whatever its size said when it was
+/// checked (the file may have grown since, or become a link to an endless
+/// device), no more is read.
+pub(crate) fn read_at_most(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(fs::File::open(path)?, cap.saturating_add(1)),
+        &mut bytes,
+    )?;
     Ok(bytes)
 }
 

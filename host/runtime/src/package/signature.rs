@@ -430,7 +430,14 @@ pub(crate) fn read(dir: &Path, plugin: &str) -> LoadResult<Option<PluginSignatur
             meta.len()
         )));
     }
-    let bytes = std::fs::read(&path).map_err(|e| LoadError::io(&path, e))?;
+    // Bounded again: the file may have changed since it was measured.
+    let bytes =
+        super::read_at_most(&path, MAX_SIGNATURE_BYTES).map_err(|e| LoadError::io(&path, e))?;
+    if bytes.len() as u64 > MAX_SIGNATURE_BYTES {
+        return Err(invalid(format!(
+            "{SIGNATURE_FILE} is more than the limit of {MAX_SIGNATURE_BYTES} bytes"
+        )));
+    }
     parse_bytes(&bytes, plugin).map(Some)
 }
 
