@@ -683,3 +683,46 @@ async fn a_pause_target_is_known_by_the_versions_that_serve_here() {
         "{err}"
     );
 }
+
+/// A version stored whose install record was never written (the audit log
+/// refused, or the process ended first) stayed unrecorded for good:
+/// installing it again found it installed and recorded nothing. It is
+/// recorded then — once: a third install records nothing more.
+#[tokio::test]
+async fn an_install_whose_record_failed_is_recorded_when_installed_again() {
+    let data = tempfile::tempdir().unwrap();
+    let one = text_version("1.0.0", |m| m);
+    let package = Package::from_dir(one.path()).unwrap();
+    let installs = |host: &Host| {
+        host.audit()
+            .query(
+                &Filter {
+                    event: Some(Event::PluginInstalled),
+                    ..Filter::default()
+                },
+                100,
+            )
+            .unwrap()
+    };
+    {
+        let host = Host::new(config(data.path())).unwrap();
+        host.audit().close().unwrap();
+        let err = host.install(&package, "ops").await.unwrap_err();
+        assert!(chain(&err).contains("audit"), "{}", chain(&err));
+    }
+    let host = Host::new(config(data.path())).unwrap();
+    assert!(installs(&host).is_empty());
+    let again = host.install(&package, "ops-2").await.unwrap();
+    assert!(!again.new, "the version was stored");
+    let recorded = installs(&host);
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    let entry = &recorded[0].entry;
+    assert_eq!(entry.plugin_version.as_deref(), Some("1.0.0"));
+    assert_eq!(entry.principal.as_deref(), Some("ops"), "who installed it");
+    assert!(
+        entry.reason.as_deref().unwrap_or("").contains("ops-2"),
+        "{entry:?}"
+    );
+    host.install(&package, "ops-3").await.unwrap();
+    assert_eq!(installs(&host).len(), 1);
+}

@@ -568,19 +568,43 @@ impl ReleaseParts<'_> {
                 new: false,
             },
         };
-        if report.new {
+        // Recorded once it is stored, and marked recorded after: a version
+        // stored whose record failed (the audit log refused, the process
+        // ended before its queued record was written) is recorded when it
+        // is installed again, instead of never (at least once: a record
+        // that was only late may then be there twice).
+        let installed = &report.version;
+        let marker = format!(
+            "install_recorded/{}/{}",
+            installed.plugin, installed.version
+        );
+        let ledger_error = |e| Error::Store(StoreError::new(Store::Ledger, e));
+        let recorded = if report.new {
+            None
+        } else {
+            self.ledger.meta(&marker).map_err(ledger_error)?
+        };
+        if recorded.as_deref() != Some(installed.component_digest.as_str()) {
             let mut entry = Entry::new(Event::PluginInstalled);
-            entry.principal = Some(by.to_owned());
-            entry.plugin = Some(report.version.plugin.clone());
-            entry.plugin_version = Some(report.version.version.clone());
-            entry.component_digest = Some(report.version.component_digest.clone());
-            entry.manifest_digest = Some(report.version.manifest_digest.clone());
-            entry.reason = report
-                .version
-                .signer
-                .as_ref()
-                .map(|s| format!("signed by {s}"));
+            entry.principal = Some(installed.installed_by.clone());
+            entry.plugin = Some(installed.plugin.clone());
+            entry.plugin_version = Some(installed.version.clone());
+            entry.component_digest = Some(installed.component_digest.clone());
+            entry.manifest_digest = Some(installed.manifest_digest.clone());
+            let signed = installed.signer.as_ref().map(|s| format!("signed by {s}"));
+            entry.reason = if report.new {
+                signed
+            } else {
+                Some(format!(
+                    "installed at {} ms since the Unix epoch and recorded now, when {by} installed it again: no record of it was marked written{}",
+                    installed.installed_ms,
+                    signed.map(|s| format!("; {s}")).unwrap_or_default()
+                ))
+            };
             self.record(entry).await?;
+            self.ledger
+                .set_meta(&marker, &installed.component_digest)
+                .map_err(ledger_error)?;
         }
         Ok(report)
     }
