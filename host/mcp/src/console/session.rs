@@ -12,6 +12,11 @@
 //! - At most [`SessionLimits::max_sessions`] live at once: a login past the
 //!   cap ends the session idle the longest, so the table is bounded by
 //!   configuration, not by how often approvers log in.
+//! - At most [`MAX_SESSIONS_PER_APPROVER`] of them are one approver's: a
+//!   login past that ends that approver's own session idle the longest.
+//!   Without it, one approver (or a stolen approver token) logging in in a
+//!   loop filled the table and so ended everyone else's sessions,
+//!   operators' included, for as long as the loop ran.
 //! - The CSRF token is compared through its SHA-256 in constant time
 //!   ([`airlock_audit::token::matches_sha256`]).
 
@@ -21,6 +26,11 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
+
+/// Sessions one approver holds at once (fewer when
+/// [`SessionLimits::max_sessions`] is lower): a browser or two per
+/// approver, with room to spare.
+pub(crate) const MAX_SESSIONS_PER_APPROVER: usize = 8;
 
 /// How long sessions live and how many there may be.
 #[derive(Debug, Clone, Copy)]
@@ -162,6 +172,26 @@ impl Sessions {
         };
         let mut table = self.table();
         table.retain(|_, s| !self.expired(s, now));
+        let own = MAX_SESSIONS_PER_APPROVER
+            .min(self.limits.max_sessions)
+            .max(1);
+        loop {
+            let mut mine = table.iter().filter(|(_, s)| s.view.approver == approver);
+            if mine.clone().count() < own {
+                break;
+            }
+            let Some(oldest) = mine
+                .min_by_key(|(_, s)| s.last_seen)
+                .map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            tracing::info!(
+                approver,
+                "console sessions of one approver at their cap: ending this approver's session idle the longest"
+            );
+            table.remove(&oldest);
+        }
         while table.len() >= self.limits.max_sessions.max(1) {
             let Some(oldest) = table
                 .iter()
@@ -293,6 +323,31 @@ mod tests {
         assert!(sessions.get_at(&second, at).is_none());
         for live in [&first, &third, &fourth] {
             assert!(sessions.get_at(live, at).is_some());
+        }
+    }
+
+    /// One approver logging in over and over ends only their own
+    /// sessions, never another approver's.
+    #[test]
+    fn one_approver_logging_in_again_and_again_ends_only_their_own_sessions() {
+        let sessions = Sessions::new(SessionLimits {
+            max_sessions: 64,
+            ..limits()
+        });
+        let start = Instant::now();
+        let (operator, _) = sessions.create_at("olga", "t", true, start).unwrap();
+        let mut at = start;
+        let mut mallory = Vec::new();
+        for _ in 0..200 {
+            at += Duration::from_millis(10);
+            mallory.push(sessions.create_at("mallory", "t", false, at).unwrap().0);
+        }
+        assert_eq!(sessions.len(), 1 + MAX_SESSIONS_PER_APPROVER);
+        assert!(sessions.get_at(&operator, at).is_some());
+        // The newest of mallory's live; the oldest went first.
+        for (i, id) in mallory.iter().enumerate() {
+            let live = i >= mallory.len() - MAX_SESSIONS_PER_APPROVER;
+            assert_eq!(sessions.get_at(id, at).is_some(), live, "session {i}");
         }
     }
 
