@@ -176,7 +176,7 @@ impl Sessions {
             .min(self.limits.max_sessions)
             .max(1);
         loop {
-            let mut mine = table.iter().filter(|(_, s)| s.view.approver == approver);
+            let mine = table.iter().filter(|(_, s)| s.view.approver == approver);
             if mine.clone().count() < own {
                 break;
             }
