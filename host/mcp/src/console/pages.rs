@@ -90,8 +90,13 @@ fn marked(text: &str) -> Markup {
                 .find(']')
                 .map(|end| (start, start + end + 1, "redacted"))
         });
+        // Only where the host cut: at the very end of what was kept. The
+        // same text inside a caller's value is the caller's, and marking
+        // it would tell the approver the arguments were cut when they
+        // were not.
         let cut = rest
-            .find(TRUNCATED_MARK)
+            .ends_with(TRUNCATED_MARK)
+            .then(|| rest.len() - TRUNCATED_MARK.len())
             .map(|start| (start, start + TRUNCATED_MARK.len(), "cut"));
         let next = match (redacted, cut) {
             (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
@@ -778,6 +783,9 @@ mod tests {
         assert!(!html.contains("<b>"), "{html}");
         // An unclosed marker is text.
         assert_eq!(marked("[redacted:").into_string(), "[redacted:");
+        // A cut mark anywhere but at the end is a caller's text.
+        let html = marked("{\"note\":\"…[truncated]\"}").into_string();
+        assert!(!html.contains("<mark"), "{html}");
     }
 
     #[test]
