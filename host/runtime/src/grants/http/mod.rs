@@ -113,6 +113,7 @@ pub(super) fn resolve(
             policy
                 .http_max_dns_lookups
                 .unwrap_or(crate::limits::DEFAULT_HTTP_MAX_DNS_LOOKUPS),
+            plugin,
         ),
     }))
 }

@@ -212,14 +212,16 @@ pub(crate) type Resolver = Arc<dyn Fn(&str, u16) -> std::io::Result<Vec<SocketAd
 /// hold at most `bound` threads of the runtime's blocking pool (which the
 /// audit log's flushes and the workspace store also use); requests past it
 /// wait for a slot within their connect timeout, then get `DNS-timeout`.
-/// One plugin's grant holds at most half of them (`own`): a plugin whose
+/// One plugin holds at most half of them (`own`, shared by every grant of
+/// the plugin's name: its versions loaded side by side for a canary, and
+/// the grant a reload replaced whose lookups still run): a plugin whose
 /// granted name is served by a nameserver that never answers cannot take
 /// every slot from the others.
 #[derive(Clone)]
 pub(crate) struct DnsLookups {
     slots: Arc<tokio::sync::Semaphore>,
     bound: usize,
-    /// This grant's (one plugin's) share of `slots`.
+    /// The plugin's share of `slots`.
     own: Arc<tokio::sync::Semaphore>,
     own_bound: usize,
     resolver: Resolver,
@@ -249,10 +251,12 @@ impl Eq for DnsLookups {}
 
 impl DnsLookups {
     /// The process's lookups bounded by `bound` (at least one), with the
-    /// system resolver.
-    pub(crate) fn shared(bound: u64) -> DnsLookups {
-        static SHARED: Mutex<BTreeMap<usize, Arc<tokio::sync::Semaphore>>> =
-            Mutex::new(BTreeMap::new());
+    /// system resolver, for a grant of `plugin`.
+    pub(crate) fn shared(bound: u64, plugin: &str) -> DnsLookups {
+        type Slots = Arc<tokio::sync::Semaphore>;
+        static SHARED: Mutex<BTreeMap<usize, Slots>> = Mutex::new(BTreeMap::new());
+        // One entry per plugin name and bound the process ever granted.
+        static OWN: Mutex<BTreeMap<(usize, String), Slots>> = Mutex::new(BTreeMap::new());
         let bound = usize::try_from(bound)
             .unwrap_or(usize::MAX)
             .clamp(1, tokio::sync::Semaphore::MAX_PERMITS);
@@ -263,10 +267,16 @@ impl DnsLookups {
                 .entry(bound)
                 .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(bound))),
         );
+        let own = Arc::clone(
+            OWN.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry((bound, plugin.to_owned()))
+                .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(share_of(bound)))),
+        );
         DnsLookups {
             slots,
             bound,
-            own: Arc::new(tokio::sync::Semaphore::new(share_of(bound))),
+            own,
             own_bound: share_of(bound),
             resolver: Arc::new(|host, port| {
                 use std::net::ToSocketAddrs as _;
@@ -785,11 +795,18 @@ mod tests {
         );
     }
 
+    /// Every grant of one plugin (two versions loaded for a canary, the
+    /// grant a reload replaced) shares the plugin's half: each had a half
+    /// of its own, so a plugin with a canary could hold every slot.
     #[test]
-    fn lookups_with_the_same_bound_share_their_slots() {
-        let a = DnsLookups::shared(3);
-        let b = DnsLookups::shared(3);
+    fn lookups_with_the_same_bound_share_their_slots_and_a_plugin_its_half() {
+        let a = DnsLookups::shared(3, "p");
+        let b = DnsLookups::shared(3, "p");
+        let other = DnsLookups::shared(3, "q");
         assert!(Arc::ptr_eq(&a.slots, &b.slots));
-        assert_eq!(DnsLookups::shared(0).bound, 1);
+        assert!(Arc::ptr_eq(&a.slots, &other.slots));
+        assert!(Arc::ptr_eq(&a.own, &b.own), "one plugin, one half");
+        assert!(!Arc::ptr_eq(&a.own, &other.own));
+        assert_eq!(DnsLookups::shared(0, "p").bound, 1);
     }
 }
