@@ -726,3 +726,56 @@ async fn an_install_whose_record_failed_is_recorded_when_installed_again() {
     host.install(&package, "ops-3").await.unwrap();
     assert_eq!(installs(&host).len(), 1);
 }
+
+#[tokio::test]
+async fn a_rollout_change_whose_record_failed_is_recorded_at_the_next_change() {
+    let data = tempfile::tempdir().unwrap();
+    let one = text_version("1.0.0", |m| m);
+    let two = text_version("1.0.1", |m| m);
+    let changes = |host: &Host| {
+        host.audit()
+            .query(
+                &Filter {
+                    event: Some(Event::RolloutChanged),
+                    ..Filter::default()
+                },
+                100,
+            )
+            .unwrap()
+    };
+    {
+        let host = Host::new(config(data.path())).unwrap();
+        for dir in [&one, &two] {
+            host.install(&Package::from_dir(dir.path()).unwrap(), "ops")
+                .await
+                .unwrap();
+        }
+        host.audit().close().unwrap();
+        let err = host
+            .set_rollout(&RolloutRequest::new("text", "1.0.0", 100, "ops"))
+            .await
+            .unwrap_err();
+        assert!(chain(&err).contains("audit"), "{}", chain(&err));
+    }
+    let host = Host::new(config(data.path())).unwrap();
+    assert!(changes(&host).is_empty());
+    assert_eq!(version_for(&host, "agent").await, "1.0.0", "it was stored");
+    host.set_rollout(&RolloutRequest::new("text", "1.0.1", 10, "ops-2"))
+        .await
+        .unwrap();
+    let recorded = changes(&host);
+    assert_eq!(recorded.len(), 2, "{recorded:?}");
+    // The one whose record was lost, recorded before the change now.
+    let late = &recorded[0].entry;
+    assert_eq!(late.principal.as_deref(), Some("ops"), "who changed it");
+    assert_eq!(late.plugin_version.as_deref(), Some("1.0.0"));
+    let reason = late.reason.as_deref().unwrap_or("");
+    assert!(reason.contains("1.0.0 serves"), "{reason}");
+    assert!(reason.contains("ops-2"), "{reason}");
+    assert_eq!(recorded[1].entry.principal.as_deref(), Some("ops-2"));
+    // Recorded once: the next change records only itself.
+    host.set_rollout(&RolloutRequest::new("text", "1.0.1", 50, "ops-3"))
+        .await
+        .unwrap();
+    assert_eq!(changes(&host).len(), 3);
+}

@@ -192,6 +192,8 @@ pub(crate) struct Served {
     rollouts: Mutex<Option<(Instant, RolloutTable)>>,
     /// One materialization and load at a time.
     loading: tokio::sync::Mutex<()>,
+    /// One rollout change at a time (`ReleaseParts::commit`).
+    changing: tokio::sync::Mutex<()>,
     /// Where versions are materialized.
     dir: PathBuf,
     /// What the last [`Served::prepare`] saw.
@@ -256,6 +258,7 @@ impl Served {
             loaded: RwLock::default(),
             rollouts: Mutex::new(None),
             loading: tokio::sync::Mutex::new(()),
+            changing: tokio::sync::Mutex::new(()),
             dir,
             prepared: Mutex::default(),
             _temporary: temporary,
@@ -578,7 +581,6 @@ impl ReleaseParts<'_> {
             "install_recorded/{}/{}",
             installed.plugin, installed.version
         );
-        let ledger_error = |e| Error::Store(StoreError::new(Store::Ledger, e));
         let recorded = if report.new {
             None
         } else {
@@ -762,6 +764,15 @@ impl ReleaseParts<'_> {
         next: Rollout,
         concerns: &Plugin,
     ) -> Result<Rollout> {
+        // One change at a time on this host, so that the marker below is
+        // this host's own and never another change's in flight.
+        let _changing = self.served.changing.lock().await;
+        let marker = unrecorded_marker(self.audit.origin(), &next.plugin);
+        self.record_if_unrecorded(current, &marker, &next.change.by)
+            .await?;
+        self.ledger
+            .set_meta(&marker, &next.change.id)
+            .map_err(ledger_error)?;
         let mut entry = Entry::new(Event::RolloutChanged);
         entry.principal = Some(next.change.by.clone());
         entry.plugin = Some(next.plugin.clone());
@@ -779,6 +790,7 @@ impl ReleaseParts<'_> {
                 entry.decision = Some(rollout.change.action.as_str().to_owned());
                 entry.reason = Some(describe(&rollout));
                 self.record(entry).await?;
+                self.ledger.set_meta(&marker, "").map_err(ledger_error)?;
                 Ok(rollout)
             }
             Changed::Lost(now) => {
@@ -792,6 +804,7 @@ impl ReleaseParts<'_> {
                     None => "another change came first".to_owned(),
                 });
                 self.record(entry).await?;
+                self.ledger.set_meta(&marker, "").map_err(ledger_error)?;
                 Err(ReleaseError::Conflict {
                     plugin: next.plugin.clone(),
                     by: now.map(|r| r.change.by).unwrap_or_default(),
@@ -799,6 +812,50 @@ impl ReleaseParts<'_> {
                 .into())
             }
         }
+    }
+
+    /// Record the current rollout's last change now if this host stored
+    /// it and never recorded it: its record failed (the audit log refused,
+    /// the process ended before its queued record was written). `marker`
+    /// names the change this host was making, set before it is stored and
+    /// cleared once it is recorded, so every change stored is recorded at
+    /// least once (a record that was only late may be there twice). A
+    /// change another host changed again before this host's next change is
+    /// not recorded late: whether it was stored is not known here.
+    async fn record_if_unrecorded(
+        &self,
+        current: Option<&Versioned<Rollout>>,
+        marker: &str,
+        now_by: &str,
+    ) -> Result<()> {
+        let Some(making) = self.ledger.meta(marker).map_err(ledger_error)? else {
+            return Ok(());
+        };
+        let Some(rollout) = current
+            .map(|c| &c.value)
+            .filter(|r| !making.is_empty() && r.change.id == making)
+        else {
+            return Ok(());
+        };
+        let mut entry = Entry::new(Event::RolloutChanged);
+        entry.principal = Some(rollout.change.by.clone());
+        entry.plugin = Some(rollout.plugin.clone());
+        entry.plugin_version = Some(
+            rollout
+                .canary
+                .as_ref()
+                .map_or(&rollout.serving, |c| &c.version)
+                .clone(),
+        );
+        entry.approval_id = rollout.change.approval_id.clone();
+        entry.decision = Some(rollout.change.action.as_str().to_owned());
+        entry.reason = Some(format!(
+            "{}; changed at {} ms since the Unix epoch and recorded now, when {now_by} changed the rollout again: no record of it was marked written",
+            describe(rollout),
+            rollout.change.at_ms
+        ));
+        self.record(entry).await?;
+        self.ledger.set_meta(marker, "").map_err(ledger_error)
     }
 
     /// Use the approver's approval for an upgrade that widens, or ask for
@@ -1216,6 +1273,17 @@ pub(crate) fn widenings(from: &Plugin, to: &Plugin) -> Vec<String> {
         .widenings()
         .map(ToString::to_string)
         .collect()
+}
+
+/// The ledger's meta name holding the id of the change to `plugin`'s
+/// rollout that the host of audit origin `origin` is making and has not
+/// recorded yet (empty: none).
+fn unrecorded_marker(origin: &str, plugin: &str) -> String {
+    format!("rollout_unrecorded/{origin}/{plugin}")
+}
+
+fn ledger_error(e: airlock_store::StoreError) -> Error {
+    Error::Store(StoreError::new(Store::Ledger, e))
 }
 
 /// Whether `part` is one plain path component: not empty, not `.` or `..`,
