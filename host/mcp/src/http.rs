@@ -78,6 +78,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use airlock_host::Host;
 use airlock_host::store::ApprovalState;
@@ -591,20 +592,20 @@ impl SessionOwners {
 }
 
 /// A session being opened by `principal`: counted against the limits
-/// until dropped (the `initialize` answered, failed or was abandoned), and
-/// recorded as the session's owner if it opened one.
-struct Opening<'a> {
-    callers: &'a Callers,
+/// until dropped (the `initialize` answered or failed), and recorded as
+/// the session's owner if it opened one.
+struct Opening {
+    callers: Arc<Callers>,
     principal: String,
 }
 
-impl Opening<'_> {
+impl Opening {
     fn opened(self, session: &str) {
         self.callers.owners().record(session, &self.principal);
     }
 }
 
-impl Drop for Opening<'_> {
+impl Drop for Opening {
     fn drop(&mut self) {
         let mut owners = self.callers.owners();
         if let Some(n) = owners.opening.get_mut(&self.principal) {
@@ -625,7 +626,7 @@ impl Callers {
 
     /// A session `principal` may open now, counted until it is open; or
     /// why it may not.
-    async fn open_session(&self, principal: &str) -> Result<Opening<'_>, Response> {
+    async fn open_session(self: &Arc<Self>, principal: &str) -> Result<Opening, Response> {
         // Owners recorded from here on are kept whatever the snapshot below
         // says: a session is in the SDK's table before its opener is
         // recorded (after its `initialize` is answered), but one recorded
@@ -677,7 +678,7 @@ impl Callers {
         }
         *owners.opening.entry(principal.to_owned()).or_default() += 1;
         Ok(Opening {
-            callers: self,
+            callers: Arc::clone(self),
             principal: principal.to_owned(),
         })
     }
@@ -1558,26 +1559,43 @@ async fn authenticate_caller(
     // caller and in all.
     let opens_session = !parts.headers.contains_key("mcp-session-id")
         && message.get("method").and_then(serde_json::Value::as_str) == Some("initialize");
-    let opening = if opens_session {
-        match callers.open_session(&principal).await {
-            Ok(opening) => Some(opening),
-            Err(refused) => return refused,
-        }
-    } else {
-        None
-    };
-    let response = next
-        .run(Request::from_parts(parts, axum::body::Body::from(bytes)))
-        .await;
-    if let Some(opening) = opening
-        && let Some(id) = response
-            .headers()
-            .get("mcp-session-id")
-            .and_then(|v| v.to_str().ok())
-    {
-        opening.opened(id);
+    let request = Request::from_parts(parts, axum::body::Body::from(bytes));
+    if !opens_session {
+        return next.run(request).await;
     }
-    response
+    let opening = match callers.open_session(&principal).await {
+        Ok(opening) => opening,
+        Err(refused) => return refused,
+    };
+    // On a task of its own, so that it records the session's owner
+    // whatever its client does: the SDK puts a session in its table before
+    // it answers, and a client that went away in between (its request
+    // dropped here) would otherwise leave a session no one owns, outside
+    // every caller's count.
+    let opened = tokio::spawn(
+        async move {
+            let response = next.run(request).await;
+            if let Some(id) = response
+                .headers()
+                .get("mcp-session-id")
+                .and_then(|v| v.to_str().ok())
+            {
+                opening.opened(id);
+            }
+            response
+        }
+        .instrument(tracing::Span::current()),
+    );
+    match opened.await {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::error!(error = %e, "MCP initialize failed");
+            plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the MCP session could not be opened",
+            )
+        }
+    }
 }
 
 /// The JSON-RPC error for a message the SDK would answer with the wrong
@@ -2449,6 +2467,45 @@ mod tests {
         assert_eq!(made_up.status(), StatusCode::NOT_FOUND);
         // The other caller's own count is untouched.
         open(&service, "two").await.unwrap();
+    }
+
+    /// A client that goes away while its `initialize` is being answered
+    /// (the SDK has put the session in its table, the answer is not back)
+    /// still has the session counted as its own: it was left open, no
+    /// one's, outside every caller's count (one caller could fill the
+    /// server's cap with them).
+    #[tokio::test]
+    async fn a_session_whose_opener_went_away_before_the_answer_counts_as_theirs() {
+        use hyper::service::Service as _;
+        use std::task::Poll;
+        let service = mcp_service(&[("agent-1", "one")], 256);
+        let request = hyper::Request::builder()
+            .method("POST")
+            .uri(MCP_PATH)
+            .header(header::HOST, "127.0.0.1:7410")
+            .header(header::AUTHORIZATION, "Bearer one")
+            .header(header::ACCEPT, "application/json, text/event-stream")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(axum::body::Body::from(INITIALIZE))
+            .unwrap();
+        {
+            // One thread: the session's worker answers only when this test
+            // yields, so the request polled until it waits is one whose
+            // session the SDK has opened and not answered; then its client
+            // goes away (the request is dropped).
+            let mut call = std::pin::pin!(service.call(request));
+            let pending =
+                std::future::poll_fn(|cx| Poll::Ready(call.as_mut().poll(cx).is_pending())).await;
+            assert!(pending, "answered at once");
+        }
+        for n in 1..MAX_SESSIONS_PER_CALLER {
+            assert!(open(&service, "one").await.is_ok(), "session {n}");
+        }
+        assert_eq!(
+            open(&service, "one").await,
+            Err(StatusCode::TOO_MANY_REQUESTS),
+            "the abandoned session counts"
+        );
     }
 
     #[tokio::test]
