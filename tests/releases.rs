@@ -66,6 +66,19 @@ async fn install(host: &Host, dir: &Path) {
     host.install(&package, "ops").await.unwrap();
 }
 
+/// The host's records of `event`, oldest first (at most 100).
+fn recorded(host: &Host, event: Event) -> Vec<airlock_host::audit_log::Record> {
+    host.audit()
+        .query(
+            &Filter {
+                event: Some(event),
+                ..Filter::default()
+            },
+            100,
+        )
+        .unwrap()
+}
+
 async fn version_for(host: &Host, principal: &str) -> String {
     host.call(
         CallRequest::new("text/slugify", json!({"text": "Hi there"}).to_string())
@@ -693,17 +706,7 @@ async fn an_install_whose_record_failed_is_recorded_when_installed_again() {
     let data = tempfile::tempdir().unwrap();
     let one = text_version("1.0.0", |m| m);
     let package = Package::from_dir(one.path()).unwrap();
-    let installs = |host: &Host| {
-        host.audit()
-            .query(
-                &Filter {
-                    event: Some(Event::PluginInstalled),
-                    ..Filter::default()
-                },
-                100,
-            )
-            .unwrap()
-    };
+    let installs = |host: &Host| recorded(host, Event::PluginInstalled);
     {
         let host = Host::new(config(data.path())).unwrap();
         host.audit().close().unwrap();
@@ -732,17 +735,7 @@ async fn a_rollout_change_whose_record_failed_is_recorded_at_the_next_change() {
     let data = tempfile::tempdir().unwrap();
     let one = text_version("1.0.0", |m| m);
     let two = text_version("1.0.1", |m| m);
-    let changes = |host: &Host| {
-        host.audit()
-            .query(
-                &Filter {
-                    event: Some(Event::RolloutChanged),
-                    ..Filter::default()
-                },
-                100,
-            )
-            .unwrap()
-    };
+    let changes = |host: &Host| recorded(host, Event::RolloutChanged);
     {
         let host = Host::new(config(data.path())).unwrap();
         for dir in [&one, &two] {
