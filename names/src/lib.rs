@@ -20,6 +20,12 @@
 /// Longest tool name, in bytes.
 pub const MAX_TOOL_NAME_BYTES: usize = 64;
 
+/// Most tools one plugin may export.
+pub const MAX_TOOLS: usize = 256;
+
+/// Longest input or output schema a tool may report, in bytes.
+pub const MAX_SCHEMA_BYTES: usize = 256 * 1024;
+
 /// Whether `name` is a valid tool name (the WIT `tool-descriptor`): lowercase
 /// ASCII letters, digits, `-` and `_`, starting with a letter, at most
 /// [`MAX_TOOL_NAME_BYTES`], without `__` (the host joins plugin and tool

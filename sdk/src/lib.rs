@@ -560,11 +560,20 @@ pub mod __private {
     pub use airlock_names::is_valid_tool_name;
 
     /// Check the registrations the way the host checks them at load time:
-    /// valid and unique names, a description, and input schemas whose root
-    /// is `"type": "object"`. [`plugin!`](crate::plugin) runs this as a unit
+    /// at most [`airlock_names::MAX_TOOLS`], valid and unique names, a
+    /// description, input schemas whose root is `"type": "object"`, and no
+    /// schema over [`airlock_names::MAX_SCHEMA_BYTES`] or recursive.
+    /// [`plugin!`](crate::plugin) runs this as a unit
     /// test in every plugin crate, so a mistake fails `cargo test` instead of
     /// the host's load.
     pub fn validate(tools: &[Box<dyn ErasedTool>]) -> Result<(), String> {
+        if tools.len() > airlock_names::MAX_TOOLS {
+            return Err(format!(
+                "{} tools registered, more than the host's limit of {}",
+                tools.len(),
+                airlock_names::MAX_TOOLS
+            ));
+        }
         let mut seen = std::collections::BTreeSet::new();
         for d in list(tools) {
             if !is_valid_tool_name(&d.name) {
@@ -580,6 +589,32 @@ pub mod __private {
             if d.description.trim().is_empty() {
                 return Err(format!("tool `{}` has no description", d.name));
             }
+            for (which, text) in [
+                ("input", Some(&d.input_schema)),
+                ("output", d.output_schema.as_ref()),
+            ] {
+                let Some(text) = text else { continue };
+                if text.len() > airlock_names::MAX_SCHEMA_BYTES {
+                    return Err(format!(
+                        "tool `{}`: its {which} schema is {} bytes, more than the host's \
+                         limit of {}",
+                        d.name,
+                        text.len(),
+                        airlock_names::MAX_SCHEMA_BYTES
+                    ));
+                }
+                let schema: serde_json::Value = serde_json::from_str(text)
+                    .map_err(|e| format!("tool `{}`: {which} schema is not JSON: {e}", d.name))?;
+                recursion(&schema).map_err(|e| {
+                    format!(
+                        "tool `{}`: its {which} type is recursive ({e}); the host refuses \
+                         recursive schemas, so that checking a value's shape is bounded: \
+                         give the type a fixed depth, or take that part as \
+                         `serde_json::Value`",
+                        d.name
+                    )
+                })?;
+            }
             let schema: serde_json::Value = serde_json::from_str(&d.input_schema)
                 .map_err(|e| format!("tool `{}`: input schema is not JSON: {e}", d.name))?;
             if schema.get("type").and_then(serde_json::Value::as_str) != Some("object") {
@@ -594,6 +629,82 @@ pub mod __private {
             }
         }
         Ok(())
+    }
+
+    /// Where a `$ref` of `schema` leads back into a schema that contains
+    /// it, as the host finds it when it loads the plugin (a type that holds
+    /// itself, directly or through others).
+    fn recursion(schema: &serde_json::Value) -> Result<(), String> {
+        /// Schemas visited at most, following `$ref`s: a schema that
+        /// reaches this many is far past what the host accepts.
+        const MAX_VISITS: usize = 1_000_000;
+        struct Walk<'a> {
+            root: &'a serde_json::Value,
+            /// The locations of the `$ref`s being followed.
+            followed: Vec<Vec<String>>,
+            visits: usize,
+        }
+        impl Walk<'_> {
+            fn of(&mut self, node: &serde_json::Value, at: &mut Vec<String>) -> Result<(), String> {
+                self.visits += 1;
+                if self.visits > MAX_VISITS || self.followed.len() > 256 {
+                    return Err("its `$ref`s lead too far to follow".to_owned());
+                }
+                match node {
+                    serde_json::Value::Object(members) => {
+                        if let Some(pointer) = members
+                            .get("$ref")
+                            .and_then(serde_json::Value::as_str)
+                            .and_then(|r| r.strip_prefix('#'))
+                        {
+                            let target: Vec<String> = pointer
+                                .split('/')
+                                .skip(1)
+                                .map(|part| part.replace("~1", "/").replace("~0", "~"))
+                                .collect();
+                            if self
+                                .followed
+                                .iter()
+                                .chain(std::iter::once(&*at))
+                                .any(|location| location.starts_with(&target))
+                            {
+                                return Err(format!(
+                                    "`$ref: \"#{pointer}\"` at /{} leads back into a schema \
+                                     that contains it",
+                                    at.join("/")
+                                ));
+                            }
+                            if let Some(next) = self.root.pointer(pointer) {
+                                self.followed.push(at.clone());
+                                let mut inside = target;
+                                self.of(next, &mut inside)?;
+                                self.followed.pop();
+                            }
+                        }
+                        for (key, value) in members {
+                            at.push(key.clone());
+                            self.of(value, at)?;
+                            at.pop();
+                        }
+                    }
+                    serde_json::Value::Array(items) => {
+                        for (i, value) in items.iter().enumerate() {
+                            at.push(i.to_string());
+                            self.of(value, at)?;
+                            at.pop();
+                        }
+                    }
+                    _ => {}
+                }
+                Ok(())
+            }
+        }
+        Walk {
+            root: schema,
+            followed: Vec::new(),
+            visits: 0,
+        }
+        .of(schema, &mut Vec::new())
     }
 
     pub fn dispatch(
@@ -637,10 +748,12 @@ pub mod __private {
 /// - a result that does not serialize returns [`ToolError::Failed`].
 ///
 /// The macro also adds a unit test, `airlock_plugin_tools_are_valid`, that
-/// checks what the host checks when it loads the plugin: tool names are
-/// lowercase `[a-z][a-z0-9_-]*` (at most 64 bytes, no `__`) and unique,
-/// descriptions are not empty, and every input schema's root is
-/// `"type": "object"`.
+/// checks what the host checks when it loads the plugin: at most 256 tools,
+/// tool names are lowercase `[a-z][a-z0-9_-]*` (at most 64 bytes, no `__`)
+/// and unique, descriptions are not empty, every input schema's root is
+/// `"type": "object"`, and no schema is over 256 KiB or recursive (an
+/// argument or result type that holds itself, directly or through others:
+/// the host refuses those, so that checking a value is bounded).
 #[macro_export]
 macro_rules! plugin {
     ($($name:literal => $func:path : $description:literal),+ $(,)?) => {
@@ -935,6 +1048,68 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    /// The host refuses a recursive schema at load (its checks of a value
+    /// would be unbounded): a recursive type fails the plugin's own test
+    /// instead, and a type used twice (a `$ref` that is no cycle) passes.
+    #[test]
+    fn validation_catches_recursive_types_and_passes_shared_ones() {
+        #[derive(Deserialize, Serialize, JsonSchema)]
+        struct Tree {
+            children: Vec<Tree>,
+        }
+        #[derive(Deserialize, Serialize, JsonSchema)]
+        struct Forest {
+            trees: Vec<Tree>,
+        }
+        #[derive(Deserialize, Serialize, JsonSchema)]
+        struct Ping {
+            pong: Option<Box<Pong>>,
+        }
+        #[derive(Deserialize, Serialize, JsonSchema)]
+        struct Pong {
+            ping: Option<Ping>,
+        }
+        #[derive(Deserialize, JsonSchema)]
+        #[allow(dead_code)]
+        struct Point {
+            x: i32,
+        }
+        #[derive(Deserialize, JsonSchema)]
+        #[allow(dead_code)]
+        struct Line {
+            from: Point,
+            to: Point,
+        }
+        fn tree(_: Tree, _: &Context) -> Result<Out, ToolError> {
+            Ok(Out { double: 0 })
+        }
+        fn forest(_: Args, _: &Context) -> Result<Forest, ToolError> {
+            Ok(Forest { trees: Vec::new() })
+        }
+        fn ping(_: Ping, _: &Context) -> Result<Out, ToolError> {
+            Ok(Out { double: 0 })
+        }
+        fn line(_: Line, _: &Context) -> Result<Out, ToolError> {
+            Ok(Out { double: 0 })
+        }
+        for (tools, which) in [
+            (vec![tool("tree", "T.", tree)], "input"),
+            (vec![tool("forest", "F.", forest)], "output"),
+            (vec![tool("ping", "P.", ping)], "input"),
+        ] {
+            let err = validate(&tools).unwrap_err();
+            assert!(
+                err.contains(&format!("its {which} type is recursive")),
+                "{err}"
+            );
+        }
+        validate(&[tool("line", "L.", line)]).unwrap();
+        let many: Vec<_> = (0..=airlock_names::MAX_TOOLS)
+            .map(|i| tool(format!("t{i}").leak(), "T.", double))
+            .collect();
+        assert!(validate(&many).unwrap_err().contains("tools registered"));
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use airlock_audit::text;
+use airlock_names::MAX_TOOLS;
 use serde::Serialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -21,8 +22,6 @@ use crate::pipeline;
 use crate::schema;
 use crate::state::CallState;
 
-/// Most tools one component may export.
-const MAX_TOOLS: usize = 256;
 /// Longest tool description kept.
 const MAX_DESCRIPTION_BYTES: usize = 4096;
 /// Largest component file accepted.

@@ -5,7 +5,7 @@ use serde_json::Value;
 use crate::error::SchemaViolation;
 
 /// Largest schema text a guest may declare for one tool.
-pub(crate) const MAX_SCHEMA_BYTES: usize = 256 * 1024;
+pub(crate) use airlock_names::MAX_SCHEMA_BYTES;
 /// Most regular expressions (`pattern`, `patternProperties` keys) in one
 /// guest schema.
 pub(crate) const MAX_SCHEMA_PATTERNS: usize = 4096;
