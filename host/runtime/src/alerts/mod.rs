@@ -103,13 +103,18 @@ pub(crate) struct Action {
 }
 
 /// How one finished call counts for the rules; `None` for a call that
-/// names no real tool (malformed, unknown) or waits for approval.
+/// names no real tool (malformed, unknown), waits for approval, or is a
+/// replay of an earlier call's outcome (it did not run: counted, a caller
+/// replaying one failure could raise a tool's error rate to a takeover,
+/// or replaying a success hide its real errors).
 fn outcome(result: &Result<CallResponse, CallError>) -> Option<Outcome> {
     let error = match result {
+        Ok(response) if response.replayed_from.is_some() => return None,
         Ok(_) => return Some(Outcome::Ok),
         Err(error) => error,
     };
     Some(match error {
+        CallError::ReplayedFailure { .. } => return None,
         CallError::InvalidIdentifier { .. }
         | CallError::InvalidSession { .. }
         | CallError::BadToolReference { .. }
@@ -404,6 +409,37 @@ fn is_tool_id(tool: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A replay of an earlier call's outcome (same idempotency key) did
+    /// not run, so the rules do not count it: a caller replaying one
+    /// failure again and again raised a tool's error rate to a takeover,
+    /// and one replaying a success hid the tool's real errors.
+    #[test]
+    fn replays_are_not_counted_as_calls() {
+        let response = |replayed_from: Option<&str>| CallResponse {
+            call_id: "c".into(),
+            trace_id: "t".into(),
+            tool: "text/slugify".into(),
+            plugin_version: "1.0.0".into(),
+            output: serde_json::Value::Null,
+            logs: Vec::new(),
+            logs_dropped: 0,
+            host_notes: Vec::new(),
+            fuel_used: 0,
+            duration: Duration::ZERO,
+            replayed_from: replayed_from.map(str::to_owned),
+            approval_id: None,
+        };
+        assert_eq!(outcome(&Ok(response(None))), Some(Outcome::Ok));
+        assert_eq!(outcome(&Ok(response(Some("first")))), None);
+        let replayed_failure = CallError::ReplayedFailure {
+            key: "k".into(),
+            call_id: "first".into(),
+            kind: "tool_error".into(),
+            message: "failed".into(),
+        };
+        assert_eq!(outcome(&Err(replayed_failure)), None);
+    }
 
     /// A call refused before its tool was resolved counts against the tool
     /// as asked only when that could be one: made-up text (a megabyte, a

@@ -427,6 +427,29 @@ impl AlertConfig {
                     "{key}.threshold of an error_rate is a share, 0 to 1 (0.05 is 5 %)"
                 ));
             }
+            // The evaluator keeps the newest calls of a tool (and the
+            // newest failures of the host) up to a bound: a count over it
+            // could never be reached, and the rule never fire.
+            let needed = match rule.metric {
+                AlertMetric::RefusalsPerMinute | AlertMetric::DenialsPerMinute => {
+                    Some(rule.threshold * rule.window.as_secs_f64() / 60.0)
+                }
+                AlertMetric::AuditFailures => Some(rule.threshold),
+                _ => None,
+            };
+            #[allow(clippy::cast_precision_loss)]
+            if let Some(needed) = needed
+                && needed > super::window::MAX_CALLS_PER_TOOL as f64
+            {
+                return Err(format!(
+                    "{key}: a threshold of {} {} over a window of {} needs {} calls counted, more than the {} the evaluator keeps per tool (and of the host's failures): the rule could never fire; lower the threshold or shorten the window",
+                    rule.threshold,
+                    rule.metric.as_str(),
+                    humantime::format_duration(rule.window),
+                    needed.ceil(),
+                    super::window::MAX_CALLS_PER_TOOL
+                ));
+            }
             if let Some(clear) = rule.clear
                 && (!clear.is_finite() || clear < 0.0 || clear > rule.threshold)
             {
@@ -583,6 +606,24 @@ mod tests {
         )
         .unwrap_err();
         assert!(twice.contains("alerts.rules[1].name"), "{twice}");
+        // A count the evaluator cannot hold (it keeps 10,000 calls a tool)
+        // could never be reached: refused rather than never firing.
+        let rule = |window: &str, metric: &str, threshold: &str| {
+            parse(&format!(
+                "[[rules]]\nname = \"r\"\nwindow = \"{window}\"\nmetric = \"{metric}\"\nthreshold = {threshold}"
+            ))
+        };
+        for (window, metric, threshold) in [
+            ("1h", "refusals_per_minute", "200.0"),
+            ("24h", "denials_per_minute", "7.0"),
+            ("1m", "audit_failures", "10001.0"),
+        ] {
+            let error = rule(window, metric, threshold).unwrap_err();
+            assert!(error.contains("could never fire"), "{error}");
+            assert!(error.contains("alerts.rules[0]"), "{error}");
+        }
+        rule("1h", "refusals_per_minute", "150.0").unwrap();
+        rule("1m", "audit_failures", "10000.0").unwrap();
     }
 
     #[test]

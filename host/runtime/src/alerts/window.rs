@@ -13,9 +13,11 @@ use std::collections::{BTreeMap, VecDeque};
 use super::rules::{AlertConfig, AlertMetric, AlertRule};
 
 /// Calls kept per tool at most, whatever the windows: memory stays bounded
-/// under any call rate (values then cover the newest calls only).
-const MAX_CALLS_PER_TOOL: usize = 10_000;
-/// Tools tracked at most: tool names come from callers.
+/// under any call rate (values then cover the newest calls only; a rule
+/// whose threshold needs more is refused at load).
+pub(crate) const MAX_CALLS_PER_TOOL: usize = 10_000;
+/// Tools tracked at most: tool names come from callers. Past it, a tool
+/// with no call in any window (and no alert under way) makes room.
 const MAX_TOOLS: usize = 1024;
 /// Calls before a window kept for a tool's fuel norm.
 const NORM_CALLS: usize = 1000;
@@ -81,9 +83,39 @@ struct ToolCalls {
     norm: VecDeque<u64>,
 }
 
+impl ToolCalls {
+    /// A call past its window: a successful one's fuel joins the norm.
+    fn remember(&mut self, call: Observation) {
+        if call.outcome == Outcome::Ok {
+            self.norm.push_back(call.fuel);
+            if self.norm.len() > NORM_CALLS {
+                self.norm.pop_front();
+            }
+        }
+    }
+}
+
+/// What an evaluator keeps at most.
+#[derive(Debug, Clone, Copy)]
+struct Bounds {
+    /// Calls per tool, and host-wide failures.
+    calls: usize,
+    tools: usize,
+}
+
+impl Default for Bounds {
+    fn default() -> Bounds {
+        Bounds {
+            calls: MAX_CALLS_PER_TOOL,
+            tools: MAX_TOOLS,
+        }
+    }
+}
+
 /// Calls by tool, and each rule's state by target.
 #[derive(Debug, Default)]
 pub(crate) struct Evaluator {
+    bounds: Bounds,
     tools: BTreeMap<String, ToolCalls>,
     /// Host-wide store and audit failures.
     failures: VecDeque<u64>,
@@ -121,20 +153,29 @@ impl Evaluator {
         }
         if call.outcome == Outcome::StoreFailed {
             self.failures.push_back(call.at_ms);
-            if self.failures.len() > MAX_CALLS_PER_TOOL {
+            if self.failures.len() > self.bounds.calls {
                 self.failures.pop_front();
             }
         }
-        if self.tools.len() >= MAX_TOOLS && !self.tools.contains_key(tool) {
-            // Bounded: a flood of made-up tool names is not tracked.
+        self.trim(call.at_ms);
+        if self.tools.len() >= self.bounds.tools
+            && !self.tools.contains_key(tool)
+            && !self.forget_an_idle_tool()
+        {
+            // Bounded: past the most tools, and none idle, a new name is
+            // not tracked.
             return self.check(config, call.at_ms, None, Some(HOST_TARGET));
         }
         let calls = self.tools.entry(tool.to_owned()).or_default();
         calls.calls.push_back(call);
-        if calls.calls.len() > MAX_CALLS_PER_TOOL {
-            calls.calls.pop_front();
+        if calls.calls.len() > self.bounds.calls
+            && let Some(oldest) = calls.calls.pop_front()
+        {
+            // The oldest kept is older than every other: it joins the norm
+            // as if its window had passed (a busy tool's norm would
+            // otherwise never fill).
+            calls.remember(oldest);
         }
-        self.trim(call.at_ms);
         let mut transitions = self.check(config, call.at_ms, None, Some(tool));
         transitions.extend(self.check(config, call.at_ms, None, Some(HOST_TARGET)));
         transitions
@@ -158,14 +199,9 @@ impl Evaluator {
         for calls in self.tools.values_mut() {
             while let Some(first) = calls.calls.front()
                 && first.at_ms < oldest
+                && let Some(first) = calls.calls.pop_front()
             {
-                if first.outcome == Outcome::Ok {
-                    calls.norm.push_back(first.fuel);
-                    if calls.norm.len() > NORM_CALLS {
-                        calls.norm.pop_front();
-                    }
-                }
-                calls.calls.pop_front();
+                calls.remember(first);
             }
         }
         while let Some(first) = self.failures.front()
@@ -173,6 +209,28 @@ impl Evaluator {
         {
             self.failures.pop_front();
         }
+    }
+
+    /// Forget one tool that has no call in any window and no alert under
+    /// way (its fuel norm with it); whether there was one.
+    fn forget_an_idle_tool(&mut self) -> bool {
+        let alerting: std::collections::BTreeSet<&str> = self
+            .phases
+            .iter()
+            .filter(|(_, phase)| **phase != Phase::Ok)
+            .map(|((_, target), _)| target.as_str())
+            .collect();
+        let Some(idle) = self
+            .tools
+            .iter()
+            .find(|(tool, calls)| calls.calls.is_empty() && !alerting.contains(tool.as_str()))
+            .map(|(tool, _)| tool.clone())
+        else {
+            return false;
+        };
+        self.tools.remove(&idle);
+        self.phases.retain(|(_, target), _| *target != idle);
+        true
     }
 
     /// Check the rules on `only` (a tool or the host), or on every target.
@@ -394,6 +452,76 @@ mod tests {
 
     fn fired(ts: &[Transition]) -> Vec<bool> {
         ts.iter().map(|t| t.fired).collect()
+    }
+
+    /// A busy tool holds more calls in its window than are kept: those
+    /// let go (the oldest) make its fuel norm, so `fuel_ratio` still sees
+    /// a spike. (Only calls past the window did: a busy tool never had a
+    /// norm, and the rule never fired on it.)
+    #[test]
+    fn a_busy_tools_calls_over_the_bound_make_its_fuel_norm() {
+        let config = config(
+            AlertRule::new("fuel", AlertMetric::FuelRatio, Duration::from_secs(60), 3.0)
+                .min_calls(10),
+        );
+        let mut eval = Evaluator::new(&config);
+        eval.bounds.calls = 50;
+        let mut all = Vec::new();
+        for i in 0..100 {
+            all.extend(eval.observe(&config, "a/b", call(i, Outcome::Ok)));
+        }
+        assert!(all.is_empty(), "{all:?}");
+        let mut hungry = call(100, Outcome::Ok);
+        hungry.fuel = 1000;
+        for i in 100..150 {
+            hungry.at_ms = i;
+            all.extend(eval.observe(&config, "a/b", hungry));
+        }
+        assert_eq!(fired(&all), [true]);
+    }
+
+    /// Tool names come from callers, so at most so many are tracked; one
+    /// with no call left in any window (and no alert under way) makes
+    /// room for a new one. (Slots were never given back: once filled, a
+    /// tool seen for the first time was never watched by any rule.)
+    #[test]
+    fn tools_gone_idle_make_room_for_new_ones() {
+        let config = config(
+            AlertRule::new(
+                "errors",
+                AlertMetric::ErrorRate,
+                Duration::from_secs(10),
+                0.5,
+            )
+            .min_calls(1),
+        );
+        let mut eval = Evaluator::new(&config);
+        eval.bounds.tools = 3;
+        // One alert under way keeps its tool; two others go idle.
+        assert_eq!(
+            fired(&eval.observe(&config, "a/firing", call(0, Outcome::Failed))),
+            [true]
+        );
+        for name in ["a/x1", "a/x2"] {
+            assert!(eval.observe(&config, name, call(0, Outcome::Ok)).is_empty());
+        }
+        // While they are in their window, a new name is not tracked.
+        assert!(
+            eval.observe(&config, "a/new", call(5, Outcome::Failed))
+                .is_empty()
+        );
+        // Past it, the idle ones make room, the firing one stays.
+        let t = eval.observe(&config, "a/new", call(20_000, Outcome::Failed));
+        assert_eq!((fired(&t), t[0].target.as_str()), (vec![true], "a/new"));
+        let t = eval.observe(&config, "a/newer", call(20_001, Outcome::Failed));
+        assert_eq!((fired(&t), t[0].target.as_str()), (vec![true], "a/newer"));
+        let firing: Vec<String> = eval.firing().into_iter().map(|(_, t, _)| t).collect();
+        assert_eq!(firing, ["a/firing", "a/new", "a/newer"]);
+        // Full again, none idle: not tracked.
+        assert!(
+            eval.observe(&config, "a/newest", call(20_002, Outcome::Failed))
+                .is_empty()
+        );
     }
 
     #[test]
