@@ -84,6 +84,8 @@ enum Answer {
     Status(u16),
     /// Read the request, never answer.
     Hang,
+    /// 500 to the first request, 204 to the others.
+    FailFirst,
 }
 
 /// A minimal HTTP/1.1 receiver on loopback: every request it reads is sent
@@ -92,12 +94,14 @@ async fn receiver(answer: Answer) -> (String, mpsc::UnboundedReceiver<Received>)
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     let (tx, rx) = mpsc::unbounded_channel();
+    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     tokio::spawn(async move {
         loop {
             let Ok((mut stream, _)) = listener.accept().await else {
                 return;
             };
             let tx = tx.clone();
+            let answered = Arc::clone(&answered);
             tokio::spawn(async move {
                 let mut buffer = Vec::new();
                 let mut chunk = [0u8; 4096];
@@ -136,7 +140,14 @@ async fn receiver(answer: Answer) -> (String, mpsc::UnboundedReceiver<Received>)
                 }
                 let body = buffer[head_end..head_end + length].to_vec();
                 let _ = tx.send(Received { headers, body });
+                let first = answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+                let answer = match answer {
+                    Answer::FailFirst if first => Answer::Status(500),
+                    Answer::FailFirst => Answer::Status(204),
+                    other => other,
+                };
                 match answer {
+                    Answer::FailFirst => unreachable!("answered above"),
                     Answer::Status(status) => {
                         let response = format!(
                             "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
@@ -277,6 +288,86 @@ async fn an_alert_resolves_when_its_value_falls_and_the_webhook_hears_it() {
     assert_eq!(resolved["state"], "resolved");
     // Nothing more to move.
     assert!(host.check_alerts().await.unwrap().is_empty());
+}
+
+/// A `resolved` raised while its `firing` waits to be tried again goes
+/// out after it: a receiver never sees an alert resolve, then fire. (Each
+/// went out on its own: the `resolved` overtook the `firing` retrying, and
+/// the receiver was left with the alert firing.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alerts_resolved_never_overtakes_its_firing_being_retried() {
+    let data = tempfile::tempdir().unwrap();
+    let (url, mut hook) = receiver(Answer::FailFirst).await;
+    let mut alerts = AlertConfig::default();
+    alerts.webhooks.push(
+        Webhook::new("ops", &url, SECRET)
+            .max_attempts(3)
+            .backoff(Duration::from_secs(2)),
+    );
+    alerts
+        .rules
+        .push(errors_rule(Duration::from_millis(300)).webhook("ops"));
+    let (host, _plugin) = host_with(alerts, data.path()).await;
+    for _ in 0..3 {
+        let _ = say(&host, true).await;
+    }
+    let state = |r: Received| {
+        serde_json::from_slice::<Value>(&r.body).unwrap()["state"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    // The first attempt is refused; the next waits 2 s.
+    assert_eq!(state(next(&mut hook).await), "firing");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let moved = host.check_alerts().await.unwrap();
+    assert_eq!(moved[0].state, "resolved");
+    assert_eq!(state(next(&mut hook).await), "firing");
+    assert_eq!(state(next(&mut hook).await), "resolved");
+}
+
+/// When the host stops, alerts still being tried get a grace period, then
+/// each is recorded undelivered, saying so. (A process that exited
+/// dropped them: neither delivered nor recorded.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_left_when_the_host_stops_are_recorded_undelivered() {
+    let data = tempfile::tempdir().unwrap();
+    let (hanging, mut hanging_rx) = receiver(Answer::Hang).await;
+    let (failing, mut failing_rx) = receiver(Answer::Status(500)).await;
+    let mut alerts = AlertConfig::default();
+    for (name, url) in [("hanging", &hanging), ("failing", &failing)] {
+        alerts.webhooks.push(
+            Webhook::new(name, url, SECRET)
+                .max_attempts(5)
+                .timeout(Duration::from_secs(30))
+                .backoff(Duration::from_secs(30)),
+        );
+    }
+    alerts.rules.push(
+        errors_rule(Duration::from_secs(60))
+            .min_calls(1)
+            .webhook("hanging")
+            .webhook("failing"),
+    );
+    let (host, _plugin) = host_with(alerts, data.path()).await;
+    assert!(say(&host, true).await.is_err());
+    // One attempt under way, one waiting to try again.
+    next(&mut hanging_rx).await;
+    next(&mut failing_rx).await;
+    assert!(records(&host, Event::AlertUndelivered).is_empty());
+    host.close_alerts(Duration::from_millis(200)).await;
+    let mut reasons: Vec<String> = records(&host, Event::AlertUndelivered)
+        .iter()
+        .map(|r| r.entry.reason.clone().unwrap())
+        .collect();
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        [
+            "webhook failing: 1 attempt(s); the host stopped before another attempt; the last answered HTTP 500",
+            "webhook hanging: 1 attempt(s); the host stopped during the attempt",
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

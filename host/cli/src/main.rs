@@ -602,6 +602,17 @@ fn read_arguments(args: &CallArgs, max_bytes: usize) -> Result<String, Failure> 
     }
 }
 
+/// How long a command that ends waits for its alert webhooks still
+/// queued or being retried (then records them undelivered).
+pub(crate) const ALERT_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Before the process exits: alerts raised are delivered (or recorded
+/// undelivered), then the audit log closes ([`close_audit`]).
+pub(crate) async fn close_host(host: &Host) {
+    host.close_alerts(ALERT_GRACE).await;
+    close_audit(host);
+}
+
 /// Before the process exits: put the audit log's queued records into the
 /// store and sign a checkpoint over them. Left to the log's drop, that work
 /// may run on its writer thread while the process ends under it.
@@ -652,7 +663,7 @@ async fn call(settings: &Settings, args: CallArgs) -> Result<u8, Failure> {
         return Ok(exit_code(error.class()));
     }
     let result = host.call(request).await;
-    close_audit(&host);
+    close_host(&host).await;
     match result {
         Ok(response) => {
             if args.json {

@@ -6,7 +6,7 @@ use clap::Args;
 
 use crate::config::Settings;
 use crate::terminal::escape;
-use crate::{Calls, Failure, close_audit, exit, load_host, print_json, warn_failures};
+use crate::{Calls, Failure, close_host, exit, load_host, print_json, warn_failures};
 
 /// `airlock readiness`.
 #[derive(Debug, Args)]
@@ -24,7 +24,7 @@ pub(crate) async fn run(settings: &Settings, args: ReadinessArgs) -> Result<u8, 
     let reports = host
         .readiness(args.plugin.as_deref(), &settings.readiness)
         .await;
-    close_audit(&host);
+    close_host(&host).await;
     let reports = reports?;
     let ready = reports.iter().all(|r| r.ready);
     if args.json {

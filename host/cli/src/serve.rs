@@ -186,6 +186,9 @@ pub(crate) async fn run(settings: &Settings, args: ServeArgs) -> Result<u8, Fail
     // Stop the control socket (and remove its file) before the host closes.
     shutdown.cancel();
     let _ = control.await;
+    // Alerts still queued or retrying get a grace period, then are
+    // recorded undelivered: before the audit log closes.
+    server.host().close_alerts(crate::ALERT_GRACE).await;
     // Off the runtime's workers: closing waits for calls still running
     // to write the intents they hold, and those calls need the workers.
     let host = Arc::clone(server.host());

@@ -1220,6 +1220,16 @@ impl Host {
         Ok(statuses)
     }
 
+    /// Before the host stops (and before its audit log closes): wait up
+    /// to `grace` for alert webhooks queued or being retried to be
+    /// delivered, then stop them and record each one left as
+    /// `alert_undelivered`. Alerts raised after this are recorded
+    /// undelivered at once. Without it, a process that exits drops them
+    /// unrecorded.
+    pub async fn close_alerts(&self, grace: std::time::Duration) {
+        self.alerts.close(grace).await;
+    }
+
     /// Alerts firing on this host now (newest first), then those resolved
     /// lately (newest first). The audit log keeps every one
     /// (`alert_fired`, `alert_resolved`).

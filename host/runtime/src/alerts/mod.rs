@@ -334,6 +334,12 @@ impl Alerts {
         all
     }
 
+    /// The host stops: give the alerts queued or retrying `grace` to be
+    /// delivered, then record those left as undelivered.
+    pub(crate) async fn close(&self, grace: Duration) {
+        self.outbox.close(grace).await;
+    }
+
     /// Queue `status` for the webhooks of its rule (never waits).
     pub(crate) fn notify(&self, status: &AlertStatus) {
         let Some(rule) = self.config.rules.iter().find(|r| r.name == status.rule) else {

@@ -7,9 +7,13 @@
 //! bounded by the webhook's `timeout`, retried with doubling backoff up to
 //! its `max_attempts`. Each webhook has its own queue and task, so a
 //! receiver that never answers delays only its own alerts, never the
-//! pager's. An alert that cannot be delivered — every attempt
-//! failed, or the queue was full — is recorded in the audit log
-//! (`alert_undelivered`) instead.
+//! pager's. The alerts of one rule and target go out one after another,
+//! in the order they were raised (a `resolved` never overtakes its
+//! `firing` retrying). An alert that cannot be delivered — every attempt
+//! failed, the queue was full, or the host stopped first — is recorded in
+//! the audit log (`alert_undelivered`) instead: [`Outbox::close`] gives
+//! deliveries under way a grace period when the host stops, then records
+//! what is left.
 //!
 //! # Security
 //! The body is signed with the webhook's secret: `X-Airlock-Signature:
@@ -18,7 +22,8 @@
 //! operator's own configuration, not a plugin's: it is not vetted like a
 //! guest's HTTP request.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -29,7 +34,8 @@ use http_body_util::Full;
 use sha2::Sha256;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
 use wasmtime_wasi_http::io::TokioIo;
 
 use super::rules::Webhook;
@@ -40,6 +46,9 @@ pub(crate) const QUEUE: usize = 256;
 pub(crate) const MAX_IN_FLIGHT: usize = 8;
 /// The longest wait between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long a stopping host waits for what is left to be recorded
+/// undelivered, after its grace period.
+const RECORDING_LEFT: Duration = Duration::from_secs(5);
 /// The header carrying the body's signature.
 pub const SIGNATURE_HEADER: &str = "x-airlock-signature";
 
@@ -106,6 +115,59 @@ pub(crate) struct Delivery {
     pub(crate) tool: Option<String>,
 }
 
+impl Delivery {
+    /// The alert it is about: its rule and target.
+    fn alert(&self) -> (String, Option<String>, Option<String>) {
+        (self.rule.clone(), self.plugin.clone(), self.tool.clone())
+    }
+}
+
+/// The delivery tasks running, to wait for when the host stops.
+#[derive(Debug, Default)]
+struct Running {
+    count: AtomicUsize,
+    none: Notify,
+}
+
+impl Running {
+    /// Run `task`, counted until it ends.
+    fn spawn(
+        self: &Arc<Self>,
+        runtime: &tokio::runtime::Handle,
+        task: impl Future<Output = ()> + Send + 'static,
+    ) {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        let running = Arc::clone(self);
+        runtime.spawn(async move {
+            let _counted = Counted(running);
+            task.await;
+        });
+    }
+
+    /// Until no task runs.
+    async fn none(&self) {
+        loop {
+            let ended = self.none.notified();
+            if self.count.load(Ordering::SeqCst) == 0 {
+                return;
+            }
+            ended.await;
+        }
+    }
+}
+
+/// Counts its task as running until dropped (the task ended, or was
+/// dropped with its runtime).
+struct Counted(Arc<Running>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.none.notify_waiters();
+        }
+    }
+}
+
 /// Each webhook's delivery queue and background task (started with its
 /// first alert, on the runtime that raised it), by webhook name.
 #[derive(Debug)]
@@ -113,6 +175,13 @@ pub(crate) struct Outbox {
     queues: Mutex<HashMap<String, mpsc::Sender<Delivery>>>,
     audit: AuditLog,
     tls: Option<crate::grants::TlsClient>,
+    running: Arc<Running>,
+    /// Set when the host stops: alerts raised after it are recorded
+    /// undelivered at once.
+    closed: AtomicBool,
+    /// Cancelled when the grace period is over: deliveries stop and
+    /// record what they could not deliver.
+    stopping: CancellationToken,
 }
 
 impl Outbox {
@@ -123,6 +192,36 @@ impl Outbox {
             // Without a usable TLS configuration only http:// webhooks work;
             // an https:// one is then recorded undelivered with the reason.
             tls: crate::grants::TlsClient::new(&[]).ok(),
+            running: Arc::default(),
+            closed: AtomicBool::new(false),
+            stopping: CancellationToken::new(),
+        }
+    }
+
+    /// The host stops: wait up to `grace` for the queued alerts and those
+    /// being retried to be delivered, then stop them and record each one
+    /// left undelivered (bounded too). Alerts raised after this are
+    /// recorded undelivered at once.
+    pub(crate) async fn close(&self, grace: Duration) {
+        self.closed.store(true, Ordering::SeqCst);
+        // Each webhook's task delivers what is queued, then ends.
+        self.queues
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clear();
+        if tokio::time::timeout(grace, self.running.none())
+            .await
+            .is_err()
+        {
+            self.stopping.cancel();
+            if tokio::time::timeout(RECORDING_LEFT, self.running.none())
+                .await
+                .is_err()
+            {
+                tracing::error!(
+                    "alerts left undelivered when the host stopped could not all be recorded"
+                );
+            }
         }
     }
 
@@ -133,16 +232,31 @@ impl Outbox {
             tracing::warn!(rule = %delivery.rule, "no async runtime to deliver an alert webhook on");
             return;
         };
+        if self.closed.load(Ordering::SeqCst) {
+            let audit = self.audit.clone();
+            let why = "the host was stopping".to_owned();
+            self.running
+                .spawn(&runtime, record_undelivered(audit, delivery, 0, why));
+            return;
+        }
         let mut queues = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
         let sender = queues
             .entry(delivery.webhook.name.clone())
             .or_insert_with(|| {
                 let (sender, receiver) = mpsc::channel(QUEUE);
-                runtime.spawn(deliver_all(
-                    receiver,
-                    self.audit.clone(),
-                    self.tls.as_ref().map(crate::grants::TlsClient::config),
-                ));
+                self.running.spawn(
+                    &runtime,
+                    deliver_all(
+                        receiver,
+                        Sending {
+                            audit: self.audit.clone(),
+                            tls: self.tls.as_ref().map(crate::grants::TlsClient::config),
+                            stopping: self.stopping.clone(),
+                            running: Arc::clone(&self.running),
+                            runtime: runtime.clone(),
+                        },
+                    ),
+                );
                 sender
             });
         if let Err(error) = sender.try_send(delivery) {
@@ -155,46 +269,119 @@ impl Outbox {
                 queues.remove(&delivery.webhook.name);
             }
             let audit = self.audit.clone();
-            runtime.spawn(record_undelivered(audit, delivery, 0, why.to_owned()));
+            self.running.spawn(
+                &runtime,
+                record_undelivered(audit, delivery, 0, why.to_owned()),
+            );
         }
     }
 }
 
-/// The background task: deliver each queued alert, a few at once.
-async fn deliver_all(
-    mut receiver: mpsc::Receiver<Delivery>,
+/// What a webhook's task delivers with.
+#[derive(Clone)]
+struct Sending {
     audit: AuditLog,
     tls: Option<Arc<rustls::ClientConfig>>,
-) {
+    stopping: CancellationToken,
+    running: Arc<Running>,
+    runtime: tokio::runtime::Handle,
+}
+
+/// The alerts waiting behind one being delivered, by alert.
+type Lines = Mutex<HashMap<(String, Option<String>, Option<String>), VecDeque<Delivery>>>;
+
+/// The background task: deliver each queued alert, a few at once, those
+/// of one alert (rule and target) one after another in order.
+async fn deliver_all(mut receiver: mpsc::Receiver<Delivery>, sending: Sending) {
     let slots = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
-    while let Some(delivery) = receiver.recv().await {
-        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-            return;
+    let lines: Arc<Lines> = Arc::default();
+    loop {
+        let delivery = tokio::select! {
+            biased;
+            () = sending.stopping.cancelled() => break,
+            next = receiver.recv() => match next {
+                Some(delivery) => delivery,
+                None => return,
+            },
         };
-        let audit = audit.clone();
-        let tls = tls.clone();
-        tokio::spawn(async move {
+        let alert = delivery.alert();
+        {
+            let mut lines = lines.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(waiting) = lines.get_mut(&alert) {
+                // Its alert's earlier one is being delivered: this one goes
+                // after it.
+                waiting.push_back(delivery);
+                continue;
+            }
+            lines.insert(alert.clone(), VecDeque::new());
+        }
+        let slot = tokio::select! {
+            biased;
+            () = sending.stopping.cancelled() => {
+                record_undelivered(sending.audit.clone(), delivery, 0, STOPPED.to_owned()).await;
+                break;
+            }
+            slot = Arc::clone(&slots).acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_) => return,
+            },
+        };
+        let (lines, task) = (Arc::clone(&lines), sending.clone());
+        sending.running.spawn(&sending.runtime, async move {
             let _slot = slot;
-            deliver(delivery, audit, tls).await;
+            let mut next = Some(delivery);
+            while let Some(delivery) = next {
+                deliver(delivery, &task).await;
+                let mut lines = lines.lock().unwrap_or_else(PoisonError::into_inner);
+                next = lines.get_mut(&alert).and_then(VecDeque::pop_front);
+                if next.is_none() {
+                    lines.remove(&alert);
+                }
+            }
         });
+    }
+    // The host stopped: what is still queued was never sent.
+    receiver.close();
+    while let Ok(delivery) = receiver.try_recv() {
+        record_undelivered(sending.audit.clone(), delivery, 0, STOPPED.to_owned()).await;
     }
 }
 
+/// Why an alert the host stopped before sending is undelivered.
+const STOPPED: &str = "the host stopped before it was sent";
+
 /// Deliver one alert, retrying with backoff; record it undelivered when
-/// every attempt fails.
-async fn deliver(delivery: Delivery, audit: AuditLog, tls: Option<Arc<rustls::ClientConfig>>) {
+/// every attempt fails, or the host stops first.
+async fn deliver(delivery: Delivery, sending: &Sending) {
     let hook = Arc::clone(&delivery.webhook);
     let secret = hook.secret.as_deref().unwrap_or_default();
     let signature = signature(secret.as_bytes(), &delivery.body);
     let id = uuid::Uuid::now_v7().to_string();
-    let mut backoff = hook.backoff;
+    let mut backoff = hook.backoff.min(MAX_BACKOFF);
     let mut last = String::new();
+    let audit = sending.audit.clone();
     for attempt in 1..=hook.max_attempts {
-        let sent = tokio::time::timeout(
-            hook.timeout,
-            post(&hook.url, tls.as_ref(), &delivery.body, &signature, &id),
-        )
-        .await;
+        if sending.stopping.is_cancelled() {
+            let why = if attempt == 1 {
+                STOPPED.to_owned()
+            } else {
+                format!("the host stopped before another attempt; the last {last}")
+            };
+            record_undelivered(audit, delivery, attempt - 1, why).await;
+            return;
+        }
+        let sent = tokio::select! {
+            biased;
+            () = sending.stopping.cancelled() => {
+                let why = "the host stopped during the attempt".to_owned();
+                record_undelivered(audit, delivery, attempt, why).await;
+                return;
+            }
+            sent = tokio::time::timeout(
+                hook.timeout,
+                post(&hook.url, sending.tls.as_ref(), &delivery.body, &signature, &id),
+            ) => sent,
+        };
         match sent {
             Ok(Ok(status)) if (200..300).contains(&status) => {
                 tracing::debug!(webhook = %hook.name, rule = %delivery.rule, attempt, "alert delivered");
@@ -211,7 +398,10 @@ async fn deliver(delivery: Delivery, audit: AuditLog, tls: Option<Arc<rustls::Cl
         }
         tracing::warn!(webhook = %hook.name, rule = %delivery.rule, attempt, error = %last, "alert webhook attempt failed");
         if attempt < hook.max_attempts {
-            tokio::time::sleep(backoff).await;
+            tokio::select! {
+                () = sending.stopping.cancelled() => {}
+                () = tokio::time::sleep(backoff) => {}
+            }
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
