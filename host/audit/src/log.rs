@@ -2018,10 +2018,12 @@ pub(crate) fn verify_chain(
     Ok(verifier.finish())
 }
 
-/// Write `path` whole or not at all (`airlock_store::file`): `body` writes
-/// a buffered temporary file beside it (given the error for a failed
-/// write), which is then synced and renamed over `path`; on any failure
-/// the temporary file is removed and `path` is untouched.
+/// Write `path` whole or not at all (`airlock_store::file`), readable by
+/// its owner only (0600: an export holds the records' arguments and
+/// results): `body` writes a buffered temporary file beside it (given the
+/// error for a failed write), which is then synced and renamed over
+/// `path`; on any failure the temporary file is removed and `path` is
+/// untouched.
 pub(crate) fn write_atomically(
     path: &Path,
     body: impl FnOnce(&mut BufWriter<fs::File>, &dyn Fn(std::io::Error) -> Error) -> Result<()>,
@@ -2030,7 +2032,7 @@ pub(crate) fn write_atomically(
         path: path.to_owned(),
         message: e.to_string(),
     };
-    airlock_store::file::write_with(path, |out| body(out, &file_error), file_error)
+    airlock_store::file::write_private_with(path, |out| body(out, &file_error), file_error)
 }
 
 /// Read the key at `path`, or create it when missing and nothing (`what`)

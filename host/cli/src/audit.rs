@@ -803,6 +803,33 @@ fn verify_offline(
         )?;
     }
     let chains = read_export_chains(file).map_err(|e| Failure::usage(e.into()))?;
+    // What the file lacks fails the check, not only what it holds wrong:
+    // a chain whose key the reviewer brought must be there (removed, or
+    // renamed to fall back to a key of the file's own, it passed), and a
+    // file of no chain verifies nothing.
+    let mut missing: Vec<String> = given
+        .named
+        .keys()
+        .filter(|origin| !chains.iter().any(|c| &c.origin == *origin))
+        .map(|origin| {
+            format!("no chain of origin {origin} in the export, though its key was given (--pubkey {origin}=…): it was removed or renamed")
+        })
+        .collect();
+    if chains.is_empty() {
+        missing.push("the export holds no chain: nothing was verified".to_owned());
+    }
+    if !missing.is_empty() {
+        if args.json {
+            print_json(
+                &json!({"ok": false, "log": file.display().to_string(), "problems": missing}),
+            );
+        } else {
+            for problem in &missing {
+                outln!("FAILED: {}", escape(problem));
+            }
+        }
+        return Ok(exit::VERIFY_FAILED);
+    }
     let only = match chains.as_slice() {
         [chain] => Some(chain.origin.clone()),
         _ => None,
@@ -1126,7 +1153,9 @@ pub(crate) fn parse_time(text: &str) -> anyhow::Result<u64> {
         return Ok(to_ms(t));
     }
     if let Ok(age) = humantime::parse_duration(text) {
-        return Ok(to_ms(SystemTime::now() - age));
+        // An age before the epoch (or past what the clock can hold) is
+        // the epoch: every record is after it.
+        return Ok(SystemTime::now().checked_sub(age).map_or(0, to_ms));
     }
     bail!(
         "invalid time {text:?}: use RFC 3339 (2026-11-23T10:00:00Z), a date, or an age (15m, 2h, 7d)"
@@ -1136,6 +1165,16 @@ pub(crate) fn parse_time(text: &str) -> anyhow::Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An age too large for the clock (humantime takes up to `u64::MAX`
+    /// seconds) is the epoch, not a panic.
+    #[test]
+    fn an_age_past_the_epoch_is_the_epoch() {
+        for age in ["300000000000y", "18446744073709551615s", "60y"] {
+            assert_eq!(parse_time(age).unwrap(), 0, "{age}");
+        }
+        assert!(parse_time("15m").unwrap() > 0);
+    }
 
     #[test]
     fn times_parse_as_dates_instants_or_ages() {

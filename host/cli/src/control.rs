@@ -256,7 +256,9 @@ impl Control {
             let response = self.send("GET", path, None, LONG_TIMEOUT).await?;
             let headers = response.headers().clone();
             let written = async {
-                let tmp = airlock_host::store::file::temporary_beside(out)?;
+                // Owner only: what is downloaded is an export of the
+                // host's private data.
+                let tmp = airlock_host::store::file::private_temporary_beside(out)?;
                 let mut file = tokio::fs::File::from_std(tmp.reopen()?);
                 let mut body = response.into_body();
                 while let Some(frame) = body.frame().await {

@@ -242,6 +242,7 @@ pub(crate) async fn run(settings: &Settings, command: WorkspaceCommand) -> Resul
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    airlock_host::store::file::write(path, |out| out.write_all(bytes))
+    // Owner only: plugins keep what they keep private (tokens, state).
+    airlock_host::store::file::write_private_with(path, |out| out.write_all(bytes), |e| e)
         .with_context(|| format!("cannot write {}", path.display()))
 }

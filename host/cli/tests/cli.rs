@@ -718,6 +718,43 @@ fn calls_are_audited_and_the_log_verifies_live_and_exported() {
         "audit", "verify", "--export", export_arg, "--pubkey", pubkey_arg,
     ]);
     assert!(ok.status.success(), "{}", stderr(&ok));
+    // What the file lacks fails too: a chain whose key the reviewer
+    // brought (its origin renamed, or its lines removed, the file's own
+    // key then checked it), and any chain at all. (Both passed.)
+    let key_text = std::fs::read_to_string(&pubkey).unwrap();
+    let elsewhere = format!("host-z={}", key_text.trim());
+    let renamed = env.run(&[
+        "audit", "verify", "--export", export_arg, "--pubkey", &elsewhere, "--json",
+    ]);
+    assert_eq!(renamed.status.code(), Some(7), "{}", stderr(&renamed));
+    assert!(
+        json(&renamed)["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("no chain of origin host-z"),
+        "{}",
+        String::from_utf8_lossy(&renamed.stdout)
+    );
+    let empty = outside.path().join("empty.jsonl");
+    std::fs::write(
+        &empty,
+        "{\"format\":\"airlock-audit-export\",\"version\":2,\"chains\":[]}\n",
+    )
+    .unwrap();
+    let nothing = env.run(&[
+        "audit",
+        "verify",
+        "--export",
+        empty.to_str().unwrap(),
+        "--pubkey",
+        pubkey_arg,
+    ]);
+    assert_eq!(nothing.status.code(), Some(7), "{}", stderr(&nothing));
+    assert!(
+        String::from_utf8_lossy(&nothing.stdout).contains("holds no chain"),
+        "{}",
+        String::from_utf8_lossy(&nothing.stdout)
+    );
 
     // Tamper with the export: record 2 now claims another principal.
     let text = std::fs::read_to_string(&export).unwrap();
@@ -883,6 +920,15 @@ fn out_files_are_replaced_only_with_force_and_never_in_the_data_directory() {
         let forced = with(out_arg, true);
         assert!(forced.status.success(), "{command:?}: {}", stderr(&forced));
         assert_ne!(std::fs::read_to_string(&out).unwrap(), "mine");
+        // The host's private data, whatever the umask: its owner's only.
+        // (It was 0666 less the umask: readable by every local user.)
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(
+                &std::fs::metadata(&out).unwrap().permissions()
+            ) & 0o777,
+            0o600,
+            "{command:?}"
+        );
         // A new file too: the host would read it as its own.
         let new_inside = env.data.path().join("mode.json");
         for path in [&key, &through_link, &dotted, &new_inside] {

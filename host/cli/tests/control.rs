@@ -332,6 +332,12 @@ fn every_operator_command_works_through_the_running_server() {
     let export = setup.dir.path().join("export.jsonl");
     let said = setup.ok(&["audit", "export", "--out", export.to_str().unwrap()]);
     assert!(said.contains("exported"), "{said}");
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&export).unwrap().permissions())
+            & 0o777,
+        0o600,
+        "an export is its owner's only"
+    );
     let pubkey = setup.data().join("audit/signing.pub");
     let offline: Value = serde_json::from_str(&setup.ok(&[
         "audit",

@@ -100,7 +100,31 @@ pub fn write_with<E>(
     body: impl FnOnce(&mut BufWriter<File>) -> Result<(), E>,
     io_error: impl Fn(io::Error) -> E,
 ) -> Result<(), E> {
-    let tmp = temporary_beside(path).map_err(&io_error)?;
+    write_file(temporary_beside(path), path, body, io_error)
+}
+
+/// [`write_with`], the file readable and writable by its owner only
+/// (0600): for what holds the host's private data (an audit export, a
+/// workspace export), which another local user must not read whatever the
+/// umask.
+///
+/// # Errors
+/// As [`write_with`].
+pub fn write_private_with<E>(
+    path: &Path,
+    body: impl FnOnce(&mut BufWriter<File>) -> Result<(), E>,
+    io_error: impl Fn(io::Error) -> E,
+) -> Result<(), E> {
+    write_file(private_temporary_beside(path), path, body, io_error)
+}
+
+fn write_file<E>(
+    tmp: io::Result<NamedTempFile>,
+    path: &Path,
+    body: impl FnOnce(&mut BufWriter<File>) -> Result<(), E>,
+    io_error: impl Fn(io::Error) -> E,
+) -> Result<(), E> {
+    let tmp = tmp.map_err(&io_error)?;
     let mut out = BufWriter::new(tmp.reopen().map_err(&io_error)?);
     body(&mut out)?;
     out.into_inner().map_err(|e| io_error(e.into_error()))?;
