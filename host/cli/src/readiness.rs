@@ -4,6 +4,8 @@
 
 use clap::Args;
 
+use airlock_host::LoadFailure;
+
 use crate::config::Settings;
 use crate::terminal::escape;
 use crate::{Calls, Failure, close_host, exit, load_host, print_json, warn_failures};
@@ -21,15 +23,44 @@ pub(crate) struct ReadinessArgs {
 pub(crate) async fn run(settings: &Settings, args: ReadinessArgs) -> Result<u8, Failure> {
     let (host, report) = load_host(settings, Calls::Recorded).await?;
     warn_failures(&report);
-    let reports = host
-        .readiness(args.plugin.as_deref(), &settings.readiness)
-        .await;
+    // A plugin that did not load is not ready: left out of the checks, a
+    // stale pin or an untrusted signature passed the launch gate.
+    let unloaded: Vec<&LoadFailure> = report
+        .failed
+        .iter()
+        .filter(|f| {
+            args.plugin
+                .as_deref()
+                .is_none_or(|p| f.dir.file_name().is_some_and(|n| n == p))
+        })
+        .collect();
+    let reports = if args.plugin.is_some() && !unloaded.is_empty() {
+        Ok(Vec::new())
+    } else {
+        host.readiness(args.plugin.as_deref(), &settings.readiness)
+            .await
+    };
     close_host(&host).await;
     let reports = reports?;
-    let ready = reports.iter().all(|r| r.ready);
+    let nothing = reports.is_empty() && unloaded.is_empty();
+    let ready = !nothing && unloaded.is_empty() && reports.iter().all(|r| r.ready);
     if args.json {
-        print_json(&serde_json::json!({"ready": ready, "plugins": reports}));
+        let failed: Vec<_> = unloaded
+            .iter()
+            .map(|f| serde_json::json!({"dir": f.dir.display().to_string(), "error": f.error.to_json()}))
+            .collect();
+        print_json(&serde_json::json!({"ready": ready, "plugins": reports, "not_loaded": failed}));
     } else {
+        if nothing {
+            outln!("NOT READY: no plugin serves, so nothing was checked");
+        }
+        for failure in &unloaded {
+            outln!(
+                "{}: NOT READY: did not load: {}",
+                escape(&failure.dir.display().to_string()),
+                escape(&failure.error.to_string())
+            );
+        }
         for report in &reports {
             outln!(
                 "{} {}: {}",

@@ -1413,6 +1413,53 @@ fn readiness_exits_11_when_a_required_check_fails_and_the_operator_chooses_the_c
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
 }
 
+/// A plugin that does not load is not ready, and a host with nothing to
+/// serve is not either: a stale pin or an untrusted signature left the
+/// plugin out of the checks, and `readiness` said ready (exit 0).
+#[test]
+fn readiness_counts_a_plugin_that_did_not_load_and_an_empty_host_as_not_ready() {
+    let env = Env::new();
+    let root = plugins_root(
+        "misbehave",
+        &read(MISBEHAVE),
+        "[capabilities]\nlog = true\n\n[[tools]]\nname = \"fail\"\nrisk = \"read\"\n",
+    );
+    let manifest = root.path().join("misbehave/plugin.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, format!("{text}\n[bogus]\n")).unwrap();
+    for args in [&["readiness"][..], &["readiness", "misbehave"][..]] {
+        let out = env.cmd(root.path()).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(11), "{args:?}: {}", stderr(&out));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("misbehave: NOT READY: did not load"),
+            "{args:?}: {text}"
+        );
+    }
+    let out = env
+        .cmd(root.path())
+        .args(["readiness", "--json"])
+        .output()
+        .unwrap();
+    let v = json(&out);
+    assert_eq!(v["ready"], false, "{v}");
+    assert!(
+        v["not_loaded"][0]["dir"]
+            .as_str()
+            .unwrap()
+            .ends_with("misbehave"),
+        "{v}"
+    );
+    let empty = tempfile::tempdir().unwrap();
+    let out = env.cmd(empty.path()).arg("readiness").output().unwrap();
+    assert_eq!(out.status.code(), Some(11), "{}", stderr(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("no plugin serves"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
 #[test]
 fn an_alert_fired_by_a_call_is_listed_from_the_audit_log() {
     let env = Env::new();
