@@ -18,6 +18,7 @@ use clap::Args;
 
 use crate::audit::{Log, parse_time};
 use crate::config::Settings;
+use crate::terminal::escape;
 use crate::{Calls, Failure, exit, host_config, print_json};
 
 /// Most intent (and outcome) records `replay` reads.
@@ -322,13 +323,13 @@ fn render(report: &EvalReport) -> String {
         out.push_str(&format!(
             "  {}  {:<32} {:<18} fuel {:>12}  {:>9}\n",
             if case.passed { "PASS" } else { "FAIL" },
-            case.name,
-            case.outcome,
+            escape(&case.name),
+            escape(&case.outcome.to_string()),
             case.fuel_used,
             ms(case.wall_us)
         ));
         for failure in &case.failures {
-            out.push_str(&format!("        {failure}\n"));
+            out.push_str(&format!("        {}\n", escape(&failure.to_string())));
         }
     }
     out.push_str(&totals(report));
@@ -343,7 +344,7 @@ fn render_side_by_side(base: &EvalReport, candidate: &EvalReport) -> String {
         format!(
             "{} {:<18} fuel {:>11} {:>9}",
             if c.passed { "PASS" } else { "FAIL" },
-            c.outcome,
+            escape(&c.outcome.to_string()),
             c.fuel_used,
             ms(c.wall_us)
         )
@@ -364,7 +365,7 @@ fn render_side_by_side(base: &EvalReport, candidate: &EvalReport) -> String {
     for (b, c) in base.cases.iter().zip(&candidate.cases) {
         out.push_str(&format!(
             "{:<32} {:<width$}   {}\n",
-            c.name,
+            escape(&c.name),
             cell(b),
             cell(c)
         ));
@@ -372,9 +373,13 @@ fn render_side_by_side(base: &EvalReport, candidate: &EvalReport) -> String {
     out.push_str(&format!("baseline:  {}\n", totals(base)));
     out.push_str(&format!("candidate: {}\n", totals(candidate)));
     for case in candidate.cases.iter().filter(|c| !c.passed) {
-        out.push_str(&format!("FAIL {} (line {})\n", case.name, case.line));
+        out.push_str(&format!(
+            "FAIL {} (line {})\n",
+            escape(&case.name),
+            case.line
+        ));
         for failure in &case.failures {
-            out.push_str(&format!("  {failure}\n"));
+            out.push_str(&format!("  {}\n", escape(&failure.to_string())));
         }
     }
     out
@@ -471,15 +476,15 @@ fn render_replay(r: &ReplayReport) -> String {
         out.push_str(&format!(
             "  {:<9} #{:<8} {:<20} {} -> {:<14} fuel {:>11} {:>9}\n",
             if call.same { "SAME" } else { "DIFFERENT" },
-            at,
-            call.tool,
-            call.recorded_outcome,
-            call.outcome,
+            escape(&at),
+            escape(&call.tool),
+            escape(&call.recorded_outcome.to_string()),
+            escape(&call.outcome.to_string()),
             call.fuel_used,
             ms(call.wall_us)
         ));
         if let Some(diff) = &call.diff {
-            out.push_str(&format!("        {diff}\n"));
+            out.push_str(&format!("        {}\n", escape(&diff.to_string())));
         }
     }
     let s = &r.skipped;
@@ -496,4 +501,52 @@ fn render_replay(r: &ReplayReport) -> String {
         s.not_read
     ));
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use airlock_host::{CaseReport, EvalReport, Mismatch};
+
+    use super::*;
+
+    /// What a guest wrote (its error message, in a failure) and what a
+    /// case file names are printed so they cannot drive the terminal: an
+    /// ESC sequence and a carriage return could print a forged clean line
+    /// over a failure.
+    #[test]
+    fn what_a_guest_or_a_case_file_wrote_cannot_drive_the_terminal() {
+        let forged = "\x1b[1A\x1b[2K\r  PASS all 0 different";
+        let case = CaseReport {
+            name: format!("case{forged}"),
+            tool: "text/slugify".to_owned(),
+            line: 1,
+            passed: false,
+            outcome: "tool_error".to_owned(),
+            output: None,
+            error: Some(forged.to_owned()),
+            failures: vec![Mismatch {
+                check: "error".to_owned(),
+                at: String::new(),
+                expected: serde_json::Value::Null,
+                actual: serde_json::Value::Null,
+                message: forged.to_owned(),
+            }],
+            fuel_used: 1,
+            wall_us: 1,
+        };
+        let report = EvalReport {
+            plugin: "text".to_owned(),
+            version: "1.0.0".to_owned(),
+            digest: "0".repeat(64),
+            cases: vec![case],
+            passed: 0,
+            failed: 1,
+            fuel_used: 1,
+            wall_us: 1,
+        };
+        for text in [render(&report), render_side_by_side(&report, &report)] {
+            assert!(!text.contains('\x1b') && !text.contains('\r'), "{text:?}");
+            assert!(text.contains("\\u{1b}[1A"), "{text}");
+        }
+    }
 }

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use airlock_host::{Host, InspectReport, Severity};
 
 use crate::config::Settings;
+use crate::terminal::escape;
 use crate::{Calls, Failure, InspectArgs, host_config, print_json};
 
 pub(crate) async fn run(settings: &Settings, args: InspectArgs) -> Result<u8, Failure> {
@@ -39,8 +40,10 @@ fn yes(b: bool) -> &'static str {
 /// The human-readable report.
 pub(crate) fn render(r: &InspectReport) -> String {
     let mut out = String::new();
+    // Each line escaped: names, paths and findings quote what a plugin's
+    // author wrote, which must not drive the reviewer's terminal.
     let mut line = |s: String| {
-        out.push_str(&s);
+        out.push_str(&escape(&s));
         out.push('\n');
     };
     line(format!("plugin {} {}", r.plugin, r.version));
