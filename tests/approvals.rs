@@ -277,7 +277,82 @@ async fn approve_racing_reject_has_exactly_one_winner() {
             ApprovalState::Rejected
         };
         assert_eq!(state, winner);
+        // On the record: each decision before it took effect, the
+        // winner's once; the loser's, if it got that far, followed by a
+        // `lost` saying it did not take effect.
+        let decisions: Vec<String> = decided(&host, &id);
+        let count = |d: &str| decisions.iter().filter(|x| x.as_str() == d).count();
+        let loser = if approve.is_ok() {
+            "rejected"
+        } else {
+            "approved"
+        };
+        assert_eq!(count(winner.as_str()), 1, "{decisions:?}");
+        assert_eq!(count(loser), count("lost"), "{decisions:?}");
+        assert_ne!(
+            decisions.last().map(String::as_str),
+            Some(loser),
+            "{decisions:?}"
+        );
     }
+}
+
+/// The decisions recorded on approval `id`, oldest first.
+fn decided(host: &Host, id: &str) -> Vec<String> {
+    host.audit()
+        .records(1)
+        .map(|r| r.unwrap().entry)
+        .filter(|e| e.event == Event::ApprovalDecided && e.approval_id.as_deref() == Some(id))
+        .map(|e| e.decision.unwrap_or_default())
+        .collect()
+}
+
+/// A decision is recorded before it takes effect: one the audit log
+/// cannot record leaves the approval pending. (It was stored first: the
+/// approver was told it failed, yet the call could then run with no
+/// record of who allowed it.)
+#[tokio::test]
+async fn a_decision_the_audit_log_cannot_record_does_not_take_effect() {
+    let host = billing(HostConfig::default().policy(policy(true))).await;
+    let id = pending_id(host.call(request(7, "unrecorded")).await.unwrap_err());
+    host.audit().close().unwrap();
+    let refused = host
+        .decide(&id, "alice", ALICE, true, None)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.kind(), "audit_unavailable", "{refused}");
+    assert_eq!(
+        host.approval(&id).unwrap().unwrap().state,
+        ApprovalState::Pending
+    );
+}
+
+/// An approval the approver's own read expires is recorded as expired
+/// then: nothing else would (no sweep sees an expired approval again).
+#[tokio::test]
+async fn an_approval_expiring_as_an_approver_decides_is_recorded() {
+    let plugin = airlock_tests::install(
+        "billing",
+        &airlock_tests::read(&format!("{PLUGINS_DIR}/billing/billing.wasm")),
+        "[capabilities]\nworkspace = \"read-write\"\nworkspace_scope = \"plugin\"\n\n[[tools]]\nname = \"refund\"\nrisk = \"irreversible\"\napproval = \"required\"\nidempotency = \"required\"\napproval_expiry_s = 1\n",
+    );
+    let host = Host::new(HostConfig::default().policy(policy(true))).unwrap();
+    host.load_plugin(plugin.path()).await.unwrap();
+    let id = pending_id(host.call(request(10, "decide-exp")).await.unwrap_err());
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let refused = host
+        .decide(&id, "alice", ALICE, true, None)
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("already expired"), "{refused}");
+    let expired = host
+        .audit()
+        .records(1)
+        .map(|r| r.unwrap().entry)
+        .filter(|e| e.event == Event::ApprovalExpired && e.approval_id.as_deref() == Some(&id))
+        .count();
+    assert_eq!(expired, 1);
+    assert!(decided(&host, &id).is_empty(), "no decision took effect");
 }
 
 #[tokio::test]

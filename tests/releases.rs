@@ -8,7 +8,7 @@
 use std::path::Path;
 
 use airlock_host::audit_log::{Event, Filter};
-use airlock_host::store::{ApprovalKind, ApprovalState};
+use airlock_host::store::{ApprovalKind, ApprovalState, Rollout};
 use airlock_host::{
     ApprovalPolicy, Approver, CallRequest, Error, Host, HostConfig, Package, Policy, ReleaseError,
     RolloutRequest,
@@ -246,6 +246,121 @@ async fn promote_then_rollback_returns_to_the_previous_version() {
     assert_eq!(version_for(&host, "anyone").await, "1.0.1");
     host.rollback("text", "oncall", None).await.unwrap();
     assert_eq!(version_for(&host, "anyone").await, "1.0.0");
+}
+
+/// A plugin store whose next rollout swap loses (as when another host's
+/// change came first), once armed.
+#[derive(Debug)]
+struct LosesNextSwap {
+    inner: std::sync::Arc<dyn airlock_host::store::PluginStore>,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+impl airlock_host::store::PluginStore for LosesNextSwap {
+    fn put_artifact(&self, digest: &str, bytes: &[u8]) -> airlock_host::store::Result<()> {
+        self.inner.put_artifact(digest, bytes)
+    }
+    fn artifact(&self, digest: &str) -> airlock_host::store::Result<Option<Vec<u8>>> {
+        self.inner.artifact(digest)
+    }
+    fn insert_version(
+        &self,
+        version: &airlock_host::store::InstalledVersion,
+    ) -> airlock_host::store::Result<bool> {
+        self.inner.insert_version(version)
+    }
+    fn version(
+        &self,
+        plugin: &str,
+        version: &str,
+    ) -> airlock_host::store::Result<Option<airlock_host::store::InstalledVersion>> {
+        self.inner.version(plugin, version)
+    }
+    fn versions(
+        &self,
+        plugin: Option<&str>,
+    ) -> airlock_host::store::Result<Vec<airlock_host::store::InstalledVersion>> {
+        self.inner.versions(plugin)
+    }
+    fn rollout(
+        &self,
+        plugin: &str,
+    ) -> airlock_host::store::Result<Option<airlock_host::store::Versioned<Rollout>>> {
+        self.inner.rollout(plugin)
+    }
+    fn insert_rollout(&self, rollout: &Rollout) -> airlock_host::store::Result<bool> {
+        self.inner.insert_rollout(rollout)
+    }
+    fn replace_rollout(
+        &self,
+        current: airlock_host::store::Version,
+        next: &Rollout,
+    ) -> airlock_host::store::Result<bool> {
+        if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return Ok(false);
+        }
+        self.inner.replace_rollout(current, next)
+    }
+    fn rollouts(
+        &self,
+    ) -> airlock_host::store::Result<Vec<airlock_host::store::Versioned<Rollout>>> {
+        self.inner.rollouts()
+    }
+}
+
+/// An upgrade approval is used up only by a change that happened: one
+/// whose rollout lost its race is approved again, and the operator's
+/// retry goes through with it. (It stayed consumed, naming a rollout that
+/// never happened, and the retry needed a new decision.)
+#[tokio::test]
+async fn an_upgrade_approval_whose_rollout_lost_its_race_is_approved_again() {
+    use airlock_host::StoreConfig;
+    let data = tempfile::tempdir().unwrap();
+    let mut stores = airlock_host::store::Stores::memory();
+    let losing = std::sync::Arc::new(LosesNextSwap {
+        inner: stores.plugins.clone(),
+        armed: std::sync::atomic::AtomicBool::new(false),
+    });
+    stores.plugins = losing.clone();
+    let host = Host::new(config(data.path()).store(StoreConfig::Custom(stores))).unwrap();
+    let one = text_version("1.0.0", |m| m);
+    let wider = text_version("2.0.0", |m| {
+        m.replacen("timeout_ms = 2_000", "timeout_ms = 4_000", 1)
+    });
+    for dir in [&one, &wider] {
+        install(&host, dir.path()).await;
+    }
+    host.set_rollout(&RolloutRequest::new("text", "1.0.0", 100, "ops"))
+        .await
+        .unwrap();
+    let ReleaseError::ApprovalRequired { approval_id, .. } = release_error(
+        host.set_rollout(&RolloutRequest::new("text", "2.0.0", 10, "ops"))
+            .await
+            .unwrap_err(),
+    ) else {
+        panic!("expected an approval request");
+    };
+    host.decide(&approval_id, "alice", ALICE, true, None)
+        .await
+        .unwrap();
+    let with_it = RolloutRequest::new("text", "2.0.0", 10, "ops").approval(&approval_id);
+    losing
+        .armed
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let lost = release_error(host.set_rollout(&with_it).await.unwrap_err());
+    assert_eq!(lost.kind(), "rollout_conflict");
+    let approval = host.approval(&approval_id).unwrap().unwrap();
+    assert_eq!(approval.state, ApprovalState::Approved);
+    assert_eq!(approval.consumed_by_call, None);
+    let done = host.set_rollout(&with_it).await.unwrap();
+    assert_eq!(
+        done.change.approval_id.as_deref(),
+        Some(approval_id.as_str())
+    );
+    assert_eq!(
+        host.approval(&approval_id).unwrap().unwrap().state,
+        ApprovalState::Consumed
+    );
 }
 
 #[tokio::test]

@@ -47,53 +47,70 @@ impl Approvals<'_> {
                 "`{approver}` is not a configured approver, or the token is wrong"
             ));
         };
-        let Some((current, _)) = self.ledger.approval(id, now_ms())? else {
+        let Some((current, expired_now)) = self.ledger.approval(id, now_ms())? else {
             return refused(format!("no approval {id}"));
         };
+        if expired_now {
+            // This read expired it: recorded here, or never (no sweep
+            // sees an expired approval again).
+            self.record_expiries(std::slice::from_ref(&current));
+        }
         if current.principal == who.name {
             return refused("an approver cannot decide on their own call".into());
         }
         if !approve && reason.is_none_or(|r| r.trim().is_empty()) {
             return refused("a rejection needs a reason".into());
         }
+        if current.state != ApprovalState::Pending {
+            return refused(already(id, &current));
+        }
+        // Recorded first: no decision takes effect that the log does not
+        // know of (stored first, a decision whose record failed let the
+        // call run with no record of who allowed it). A decision that then
+        // finds the approval decided or expired is recorded as lost.
+        let decision = if approve {
+            ApprovalState::Approved
+        } else {
+            ApprovalState::Rejected
+        };
+        let mut entry = approval_entry(Event::ApprovalDecided, &current);
+        entry.principal = Some(who.name.clone());
+        entry.decision = Some(decision.as_str().to_owned());
+        entry.reason = reason.map(|r| bounded(r, 1024));
+        crate::audit::append(self.audit, &entry, airlock_audit::Durability::Flushed)
+            .await
+            .map_err(Error::AuditUnavailable)?;
         let use_window = policy.approved_expiry_s.saturating_mul(1000);
         let decided = self
             .ledger
             .transition(id, ApprovalState::Pending, now_ms(), |a| {
                 let now = now_ms();
-                a.state = if approve {
+                if approve {
                     // A new window in which the approved call must run.
                     a.expires_ms = now.saturating_add(use_window);
-                    ApprovalState::Approved
-                } else {
-                    ApprovalState::Rejected
-                };
+                }
+                a.state = decision;
                 a.decided_by = Some(who.name.clone());
                 a.decided_ms = Some(now);
                 a.decision_reason = reason.map(|r| bounded(r, 1024));
             })?;
-        let approval = match decided {
-            Transition::Done(approval) => approval,
-            Transition::Already(other) => {
-                return refused(format!(
-                    "approval {id} is already {}{}",
-                    other.state.as_str(),
-                    other
-                        .decided_by
-                        .map(|b| format!(" (by {b})"))
-                        .unwrap_or_default()
-                ));
-            }
-            Transition::NotFound => return refused(format!("no approval {id}")),
+        let why = match decided {
+            Transition::Done(approval) => return Ok(approval),
+            Transition::Already(other) => already(id, &other),
+            Transition::NotFound => format!("no approval {id}"),
         };
-        let mut entry = approval_entry(Event::ApprovalDecided, &approval);
-        entry.principal = Some(who.name.clone());
-        entry.decision = Some(approval.state.as_str().to_owned());
-        entry.reason = approval.decision_reason.clone();
-        crate::audit::append(self.audit, &entry, airlock_audit::Durability::Flushed)
-            .await
-            .map_err(Error::AuditUnavailable)?;
-        Ok(approval)
+        entry.reason = Some(format!(
+            "the decision recorded before this one ({} by {}) did not take effect: {why}",
+            decision.as_str(),
+            who.name
+        ));
+        entry.decision = Some("lost".to_owned());
+        if let Err(e) =
+            crate::audit::append(self.audit, &entry, airlock_audit::Durability::Flushed).await
+        {
+            tracing::error!(error = %e, approval = %id, "cannot record that a decision did not take effect");
+        }
+        refused(why)
     }
 
     /// Approvals, newest first, optionally only those in `state`; any that
@@ -173,19 +190,35 @@ impl Approvals<'_> {
     /// precedes no side effect). A failure is logged; the approval stays
     /// expired either way.
     pub(crate) fn record_expiries(self, expired: &[Approval]) {
-        for approval in expired {
-            let mut entry = approval_entry(Event::ApprovalExpired, approval);
-            entry.principal = Some(approval.principal.clone());
-            entry.decision = Some("expired".to_owned());
-            entry.reason = Some(expiry_reason(approval).to_owned());
-            if let Err(e) = self
-                .audit
-                .append_seq(&entry, airlock_audit::Durability::Batched)
-            {
-                tracing::error!(error = %e, approval = %approval.id, "cannot record an approval's expiry");
-            }
+        record_expiries(self.audit, expired);
+    }
+}
+
+/// Record each of `expired` (approvals that expired on the way) as
+/// `approval_expired`.
+pub(crate) fn record_expiries(audit: &AuditLog, expired: &[Approval]) {
+    for approval in expired {
+        let mut entry = approval_entry(Event::ApprovalExpired, approval);
+        entry.principal = Some(approval.principal.clone());
+        entry.decision = Some("expired".to_owned());
+        entry.reason = Some(expiry_reason(approval).to_owned());
+        if let Err(e) = audit.append_seq(&entry, airlock_audit::Durability::Batched) {
+            tracing::error!(error = %e, approval = %approval.id, "cannot record an approval's expiry");
         }
     }
+}
+
+/// Why approval `id`, found in `state`, cannot be decided.
+fn already(id: &str, found: &Approval) -> String {
+    format!(
+        "approval {id} is already {}{}",
+        found.state.as_str(),
+        found
+            .decided_by
+            .as_ref()
+            .map(|b| format!(" (by {b})"))
+            .unwrap_or_default()
+    )
 }
 
 /// An audit entry for `event` about `approval`: the call it was asked for

@@ -737,7 +737,29 @@ impl ReleaseParts<'_> {
                 next.change.approval_id = Some(id);
             }
         }
-        self.commit(current.as_ref(), next, &target).await
+        let approval = next.change.approval_id.clone();
+        let committed = self.commit(current.as_ref(), next, &target).await;
+        if let Err(Error::Release(ReleaseError::Conflict { .. })) = &committed
+            && let Some(id) = approval
+        {
+            self.give_back(&id);
+        }
+        committed
+    }
+
+    /// The change that consumed upgrade approval `id` did not happen
+    /// (another change came first): the approval is approved again, for
+    /// the operator's retry, until it expires.
+    fn give_back(&self, id: &str) {
+        let back = self
+            .ledger
+            .transition(id, ApprovalState::Consumed, now_ms(), |a| {
+                a.state = ApprovalState::Approved;
+                a.consumed_by_call = None;
+            });
+        if !matches!(back, Ok(Transition::Done(_))) {
+            tracing::warn!(approval = %id, "an upgrade approval whose rollout did not happen stays consumed");
+        }
     }
 
     fn change_of(
@@ -884,9 +906,12 @@ impl ReleaseParts<'_> {
             .into()
         };
         if let Some(id) = &request.approval_id {
-            let Some((approval, _)) = self.ledger.approval(id, now_ms())? else {
+            let Some((approval, expired_now)) = self.ledger.approval(id, now_ms())? else {
                 return Err(refused(id, "no such approval".to_owned()));
             };
+            if expired_now {
+                crate::approvals::record_expiries(self.audit, std::slice::from_ref(&approval));
+            }
             if approval.kind != ApprovalKind::PluginUpgrade
                 || approval.plugin != request.plugin
                 || approval.args_digest != args_digest
