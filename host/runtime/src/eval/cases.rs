@@ -7,7 +7,6 @@
 //! plugin nobody has reviewed yet.
 
 use std::collections::BTreeSet;
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 
 use regex::Regex;
@@ -282,11 +281,9 @@ impl Cases {
             path: path.to_owned(),
             source,
         };
-        let file = std::fs::File::open(path).map_err(io)?;
-        let mut bytes = Vec::new();
-        file.take(MAX_CASES_FILE_BYTES + 1)
-            .read_to_end(&mut bytes)
-            .map_err(io)?;
+        // A regular file only: a FIFO named cases.jsonl would hold the
+        // command reading it forever.
+        let bytes = crate::package::read_at_most(path, MAX_CASES_FILE_BYTES).map_err(io)?;
         if bytes.len() as u64 > MAX_CASES_FILE_BYTES {
             return Err(CasesError::FileTooLarge {
                 path: path.to_owned(),

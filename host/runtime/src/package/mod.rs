@@ -705,10 +705,29 @@ pub(crate) fn read_capped(path: &Path, cap: u64) -> LoadResult<Vec<u8>> {
 /// the file is larger than its limit. Whatever its size said when it was
 /// checked (the file may have grown since, or become a link to an endless
 /// device), no more is read.
+///
+/// Only a regular file is read (links followed): a FIFO or a device put
+/// in a plugin's directory is refused at once, never waited on (opening a
+/// FIFO waits for a writer; reading a terminal, for its input).
 pub(crate) fn read_at_most(path: &Path, cap: u64) -> std::io::Result<Vec<u8>> {
+    let mut options = fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        // Without effect on a regular file; a FIFO opens without a writer.
+        options.custom_flags(rustix::fs::OFlags::NONBLOCK.bits().cast_signed());
+    }
+    let file = options.open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
     let mut bytes = Vec::new();
     std::io::Read::read_to_end(
-        &mut std::io::Read::take(fs::File::open(path)?, cap.saturating_add(1)),
+        &mut std::io::Read::take(file, cap.saturating_add(1)),
         &mut bytes,
     )?;
     Ok(bytes)

@@ -670,3 +670,41 @@ fn a_package_file_that_is_a_link_is_refused() {
         }
     }
 }
+
+/// A plugin's file that is a FIFO (or a device) is refused at once:
+/// opening a FIFO waited for a writer that never came, holding `airlock
+/// readiness` (which reads an unsigned plugin's cases) forever.
+#[cfg(unix)]
+#[test]
+fn a_plugin_file_that_is_a_fifo_is_refused_not_waited_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join(CASES_FILE);
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let (done, finished) = std::sync::mpsc::channel();
+    let path = fifo.clone();
+    std::thread::spawn(move || {
+        let _ = done.send(read_at_most(&path, 1024).map(|_| ()));
+    });
+    // Generous: without the check, the read never returns.
+    let read = finished
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the read of a FIFO returned");
+    let error = read.unwrap_err();
+    assert_eq!(error.kind(), std::io::ErrorKind::InvalidInput, "{error}");
+    let cases = crate::eval::Cases::read_bytes(&fifo).unwrap_err();
+    assert!(
+        format!("{cases:?}").contains("not a regular file"),
+        "{cases:?}"
+    );
+    // A regular file still reads, and a link to one.
+    let file = dir.path().join("real");
+    fs::write(&file, "abc").unwrap();
+    assert_eq!(read_at_most(&file, 1024).unwrap(), b"abc");
+    let link = dir.path().join("link");
+    std::os::unix::fs::symlink(&file, &link).unwrap();
+    assert_eq!(read_at_most(&link, 1024).unwrap(), b"abc");
+}
