@@ -433,11 +433,47 @@ impl Policy {
                 });
             }
         }
+        check_approvers(&a.approvers).map_err(|message| Error::Config { message })?;
         crate::package::check_trust_policy(self).map_err(|message| Error::Config { message })?;
         self.rate_limits
             .validate()
             .map_err(|message| Error::Config { message })
     }
+}
+
+/// Check `policy.approvals.approvers`: a name each (recorded with every
+/// decision, so one name is one person), and a token digest that could
+/// match a token (a token pasted in place of its digest matched nothing,
+/// and every approval waited for a decision no one could make) and is no
+/// other approver's (the first listed would take every decision made with
+/// it).
+fn check_approvers(approvers: &[crate::ledger::Approver]) -> std::result::Result<(), String> {
+    let mut names = std::collections::BTreeSet::new();
+    let mut digests = std::collections::BTreeSet::new();
+    for (i, approver) in approvers.iter().enumerate() {
+        let key = format!("policy.approvals.approvers[{i}]");
+        let name = &approver.name;
+        if name.trim().is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
+            return Err(format!(
+                "{key}.name must be 1-128 characters without control characters"
+            ));
+        }
+        if !names.insert(name.as_str()) {
+            return Err(format!("{key}.name {name:?} is an earlier approver's name"));
+        }
+        let digest = approver.token_sha256.to_ascii_lowercase();
+        if digest.len() != 64 || !digest.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!(
+                "{key}.token_sha256 must be 64 hex digits (the SHA-256 of the token, e.g. `printf %s \"$TOKEN\" | sha256sum`), not the token"
+            ));
+        }
+        if !digests.insert(digest) {
+            return Err(format!(
+                "{key}.token_sha256 is an earlier approver's: each approver needs a token of their own"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// What a plugin is actually granted: manifest ∩ policy, with paths resolved.
@@ -1003,6 +1039,43 @@ mod tests {
         assert_eq!(err.kind(), "config");
         assert!(err.to_string().contains("http_max_requests"), "{err}");
         Policy::default().validate().unwrap();
+    }
+
+    /// Approvers whose token digest is not one (a pasted token), repeats
+    /// another's, or whose name repeats another's, are refused by key.
+    #[test]
+    fn malformed_or_repeated_approvers_are_a_config_error() {
+        use crate::ledger::Approver;
+        let approver = |name: &str, digest: &str| Approver {
+            name: name.to_owned(),
+            token_sha256: digest.to_owned(),
+            operator: false,
+        };
+        let (a, b) = ("a".repeat(64), "B".repeat(64));
+        for (approvers, expected) in [
+            (
+                vec![approver("alice", "alice-secret-token")],
+                "approvers[0].token_sha256 must be 64 hex",
+            ),
+            (
+                vec![approver("alice", &a), approver("bob", &a.to_uppercase())],
+                "approvers[1].token_sha256 is an earlier",
+            ),
+            (
+                vec![approver("alice", &a), approver("alice", &b)],
+                "approvers[1].name \"alice\"",
+            ),
+            (vec![approver(" ", &a)], "approvers[0].name must be"),
+        ] {
+            let mut policy = Policy::default();
+            policy.approvals.approvers = approvers;
+            let err = policy.validate().unwrap_err();
+            assert_eq!(err.kind(), "config");
+            assert!(err.to_string().contains(expected), "{err}");
+        }
+        let mut policy = Policy::default();
+        policy.approvals.approvers = vec![approver("alice", &a), approver("bob", &b)];
+        policy.validate().unwrap();
     }
 
     /// A files write budget of nothing would fail every write of every
