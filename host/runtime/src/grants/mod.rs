@@ -448,8 +448,8 @@ impl Policy {
 /// other approver's (the first listed would take every decision made with
 /// it).
 fn check_approvers(approvers: &[crate::ledger::Approver]) -> std::result::Result<(), String> {
-    let mut names = std::collections::BTreeSet::new();
-    let mut digests = std::collections::BTreeSet::new();
+    let mut names = BTreeSet::new();
+    let mut digests = BTreeSet::new();
     for (i, approver) in approvers.iter().enumerate() {
         let key = format!("policy.approvals.approvers[{i}]");
         let name = &approver.name;
