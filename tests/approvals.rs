@@ -126,8 +126,27 @@ async fn a_refund_waits_for_approval_runs_once_and_is_on_the_record() {
         kind(host.call(request(9999, "k1").approval_id(&id)).await),
         "approval_mismatch"
     );
-    let other_principal = request(2400, "k1").approval_id(&id).principal("agent-2");
-    assert_eq!(kind(host.call(other_principal).await), "approval_mismatch");
+    // Another principal's approval is answered as one that does not exist,
+    // whatever its arguments: what it was given for is not theirs to learn
+    // (it said "it was given for billing/refund", or "other arguments"
+    // until a guess was right).
+    let unknown = host
+        .call(
+            request(2400, "k1")
+                .approval_id("apr-no-such")
+                .principal("agent-2"),
+        )
+        .await
+        .unwrap_err();
+    for amount in [2400, 9999] {
+        let other = request(amount, "k1").approval_id(&id).principal("agent-2");
+        let answer = host.call(other).await.unwrap_err();
+        assert_eq!(answer.kind(), unknown.kind());
+        assert_eq!(
+            answer.to_string().replace(&id, "ID"),
+            unknown.to_string().replace("apr-no-such", "ID")
+        );
+    }
     assert_eq!(
         kind(host.call(request(2400, "k2").approval_id(&id)).await),
         "approval_mismatch"

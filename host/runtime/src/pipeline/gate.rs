@@ -437,6 +437,16 @@ fn check_binding(
             why: ApprovalRefusal::Mismatch,
         })
     };
+    // Another principal's approval is answered as one that does not
+    // exist, before anything else is compared: what it was given for (its
+    // tool, whether a guess of its arguments is right) is its principal's.
+    if approval.principal != request.principal {
+        return Err(CallError::ApprovalRefused {
+            approval_id: approval.id.clone(),
+            reason: "no such approval".into(),
+            why: ApprovalRefusal::Unknown,
+        });
+    }
     if approval.kind != ApprovalKind::Call {
         return mismatch(&format!("a {}, not a call", approval.kind.as_str()));
     }
@@ -448,9 +458,6 @@ fn check_binding(
     }
     if approval.args_digest != record.args_digest() {
         return mismatch("other arguments");
-    }
-    if approval.principal != request.principal {
-        return mismatch("another principal");
     }
     if approval.session != request.session {
         return mismatch("another session");
