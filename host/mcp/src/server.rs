@@ -119,8 +119,9 @@ struct Shared {
     warned: std::sync::Mutex<HashSet<String>>,
     /// Calls waiting for an approver as tasks (the MCP Tasks extension).
     tasks: TaskManager,
-    /// Each task's principal: only it may see or cancel the task.
-    task_owners: std::sync::Mutex<HashMap<String, String>>,
+    /// Each task's principal (only it may see or cancel the task), and
+    /// when the task manager has surely forgotten the task.
+    task_owners: std::sync::Mutex<HashMap<String, TaskOwner>>,
     /// The task waiting on each approval: a call resent with the
     /// approval's id while it waits gets that task back rather than a new
     /// one (taken after `task_owners`, never before).
@@ -651,6 +652,16 @@ const TASK_APPROVAL_POLL: Duration = Duration::from_secs(1);
 /// How long a finished task stays readable past its approval's expiry.
 const TASK_GRACE: Duration = Duration::from_secs(600);
 
+/// Who may see a task, and until when it is remembered.
+#[derive(Debug, Clone)]
+struct TaskOwner {
+    principal: String,
+    /// Past this (ms since the Unix epoch) the task manager has forgotten
+    /// the task whatever it did: created, it runs at most its TTL, and a
+    /// finished task is kept one TTL more.
+    forgotten_ms: u64,
+}
+
 /// Everything needed to make a call again once its approval is decided.
 #[derive(Debug, Clone)]
 struct Resume {
@@ -754,7 +765,9 @@ fn pending_meta(approval_id: &str, expires: &str) -> JsonObject {
 
 impl AirlockHandler {
     /// The call that answered `approval_pending` as a task that completes
-    /// once an approver decides; `None` when too many tasks are held.
+    /// once an approver decides; `None` when too many tasks are held, or
+    /// the approval has a task already that is not this caller's or no
+    /// longer waits (cancelled).
     fn approval_task(
         &self,
         name: &str,
@@ -783,30 +796,43 @@ impl AirlockHandler {
             .approval_tasks
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        // One waiting task per approval: resending the call with the
-        // approval's id must not spawn a task (and a store poll) each time.
+        // One task per approval while the task manager keeps it: resending
+        // the call with the approval's id must not spawn a task (and a
+        // store poll) each time — nor, after cancelling the task, make
+        // another (cancel and resend filled the server's tasks). A call
+        // whose approval has a task no longer working answers
+        // `approval_pending` as for a client without tasks.
         if let Some(task_id) = by_approval.get(approval_id)
-            && let Ok(waiting) = self.shared.tasks.get_task(task_id)
-            && waiting.task.status == rmcp::model::TaskStatus::Working
+            && let Ok(kept) = self.shared.tasks.get_task(task_id)
         {
-            if owners.get(task_id) != Some(&owner) {
+            let theirs = owners.get(task_id).is_some_and(|o| o.principal == owner);
+            if !theirs || kept.task.status != rmcp::model::TaskStatus::Working {
                 return None;
             }
             return Some(
-                CreateTaskResult::new(waiting.task)
+                CreateTaskResult::new(kept.task)
                     .with_meta(pending_meta(approval_id, expires).into()),
             );
         }
+        let now = now_ms();
         if owners.len() >= MAX_APPROVAL_TASKS {
-            let tasks = &self.shared.tasks;
-            owners.retain(|id, _| tasks.get_task(id).is_ok());
+            // By time alone, one pass: asking the task manager of each
+            // task (a sweep of every task each) cost the square of the
+            // cap, under these locks, at every call past it.
+            owners.retain(|_, o| o.forgotten_ms > now);
             by_approval.retain(|_, id| owners.contains_key(id));
             if owners.len() >= MAX_APPROVAL_TASKS {
                 return None;
             }
         }
+        // Long enough that the task manager never stops the call itself:
+        // the wait for a decision, the approved call's window to start,
+        // its longest deadline, and a grace to read the result.
+        let policy = &self.shared.host.config().policy;
         let ttl = expires_ms
-            .saturating_sub(now_ms())
+            .saturating_sub(now)
+            .saturating_add(policy.approvals.approved_expiry_s.saturating_mul(1000))
+            .saturating_add(policy.limits.longest_timeout_ms())
             .saturating_add(u64::try_from(TASK_GRACE.as_millis()).unwrap_or(u64::MAX));
         let options = TaskOptions::new()
             .with_ttl_ms(ttl)
@@ -835,7 +861,13 @@ impl AirlockHandler {
                 result
             })
         });
-        owners.insert(task.task_id.clone(), owner);
+        owners.insert(
+            task.task_id.clone(),
+            TaskOwner {
+                principal: owner,
+                forgotten_ms: now.saturating_add(ttl.saturating_mul(2)),
+            },
+        );
         by_approval.insert(approval_id.to_owned(), task.task_id.clone());
         drop((owners, by_approval));
         Some(CreateTaskResult::new(task).with_meta(pending_meta(approval_id, expires).into()))
@@ -854,7 +886,10 @@ impl AirlockHandler {
             .task_owners
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if owners.get(task_id) == Some(&principal) {
+        if owners
+            .get(task_id)
+            .is_some_and(|o| o.principal == principal)
+        {
             return Ok(());
         }
         Err(ErrorData::invalid_params(
@@ -1445,7 +1480,11 @@ mod tests {
         let ttl = created["ttlMs"]
             .as_u64()
             .unwrap_or_else(|| panic!("{created}"));
-        let wanted = expires_ms.saturating_sub(now_ms()) + grace;
+        let policy = &server.host().config().policy;
+        let wanted = expires_ms.saturating_sub(now_ms())
+            + policy.approvals.approved_expiry_s * 1000
+            + policy.limits.longest_timeout_ms()
+            + grace;
         assert!(ttl.abs_diff(wanted) < 5_000, "ttl {ttl}, wanted {wanted}");
         // Working while no one decides; nothing ran.
         tokio::time::sleep(Duration::from_millis(400)).await;
@@ -1477,6 +1516,48 @@ mod tests {
         );
         let state = server.host().approval(&approval).unwrap().unwrap().state;
         assert_eq!(state, ApprovalState::Consumed);
+    }
+
+    /// Cancelling a task and resending its call made a new task each
+    /// time, while the cancelled ones were kept for their TTL: one caller
+    /// cancelling and resending filled the server's tasks for everyone.
+    /// An approval gets one task while it is kept; the resent call then
+    /// answers `approval_pending` as for a client without tasks.
+    #[tokio::test]
+    async fn cancelling_a_task_and_resending_its_call_makes_no_new_task() {
+        let (server, router) = billing_server().await;
+        let mut agent = Session::open(&router, "agent-1", true).await;
+        let answer = agent.request("tools/call", refund("r-cancel")).await;
+        let first = answer["result"]["taskId"].as_str().unwrap().to_owned();
+        let approval = answer["result"]["_meta"]["airlock/approval"]["approval_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let cancelled = agent
+            .request("tasks/cancel", json!({"taskId": first}))
+            .await;
+        assert!(cancelled.get("error").is_none(), "{cancelled}");
+        assert_eq!(settled(&mut agent, &first).await["status"], "cancelled");
+        let mut again = refund("r-cancel");
+        again["_meta"]["airlock/approval_id"] = json!(approval);
+        for _ in 0..20 {
+            let answer = agent.request("tools/call", again.clone()).await;
+            assert!(answer["result"]["taskId"].is_null(), "{answer}");
+            assert_eq!(answer["result"]["isError"], true, "{answer}");
+            assert!(answer.to_string().contains("approval_pending"), "{answer}");
+        }
+        let held = server
+            .shared
+            .task_owners
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len();
+        assert_eq!(held, 1);
+        // The approval itself still waits for a decision.
+        assert_eq!(
+            server.host().approval(&approval).unwrap().unwrap().state,
+            ApprovalState::Pending
+        );
     }
 
     /// Resending a pending call with its approval's id, as a client that

@@ -249,6 +249,14 @@ pub struct LimitCeilings {
     pub workspace_blobs: Option<u64>,
 }
 
+impl LimitCeilings {
+    /// The longest deadline any call may have, in milliseconds: the
+    /// operator's ceiling, else the built-in one.
+    pub fn longest_timeout_ms(&self) -> u64 {
+        self.timeout_ms.unwrap_or(crate::limits::CEILING_TIMEOUT_MS)
+    }
+}
+
 /// The operator's policy: trusted configuration that narrows what any plugin
 /// may be granted.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
