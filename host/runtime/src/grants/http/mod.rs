@@ -301,9 +301,32 @@ fn refused(error: wasmtime_wasi_http::Error) -> SendFuture {
     Box::new(async move { Err(error) })
 }
 
+/// Largest write to an outgoing request body the host buffers, and the
+/// most such writes it holds per body (wasmtime-wasi-http's defaults: one
+/// of 1 MiB). A body's buffer lives in host memory, outside the guest's
+/// `memory_mb`, until its request is sent: a guest that fills bodies and
+/// never sends them held 1 MiB each, up to the resource table's bound per
+/// call. Larger bodies still go out, in more writes.
+pub(crate) const OUTGOING_BODY_CHUNK_BYTES: usize = 64 * 1024;
+const OUTGOING_BODY_BUFFER_CHUNKS: usize = 1;
+// What one call's unsent bodies can hold at most: its whole resource table
+// in bodies, each holding its buffer.
+const _: () = assert!(
+    crate::limits::MAX_RESOURCES * OUTGOING_BODY_CHUNK_BYTES * OUTGOING_BODY_BUFFER_CHUNKS
+        <= 16 * 1024 * 1024
+);
+
 impl WasiHttpHooks for HttpHooks {
     fn is_supported_scheme(&mut self, scheme: &UriScheme) -> bool {
         *scheme == UriScheme::HTTP || *scheme == UriScheme::HTTPS
+    }
+
+    fn p2_outgoing_body_buffer_chunks(&mut self) -> usize {
+        OUTGOING_BODY_BUFFER_CHUNKS
+    }
+
+    fn p2_outgoing_body_chunk_size(&mut self) -> usize {
+        OUTGOING_BODY_CHUNK_BYTES
     }
 
     fn send_request(
