@@ -395,6 +395,9 @@ pub struct Filter {
     pub call_id: Option<String>,
     /// Outcome (`ok`, an error kind, `unknown`).
     pub outcome: Option<String>,
+    /// The tool's risk class when recorded (`read`, `write`, `external`,
+    /// `irreversible`); records of no call have none.
+    pub risk: Option<String>,
     /// Event.
     pub event: Option<Event>,
     /// At or after, ms since the Unix epoch.
@@ -416,6 +419,7 @@ impl Filter {
             && eq(&self.trace_id, &e.trace_id)
             && eq(&self.call_id, &e.call_id)
             && eq(&self.outcome, &e.outcome)
+            && eq(&self.risk, &e.risk)
             && self.event.is_none_or(|ev| ev == e.event)
             && self.since_ms.is_none_or(|t| record.time_ms >= t)
             && self.until_ms.is_none_or(|t| record.time_ms < t)

@@ -83,6 +83,9 @@ pub(crate) struct QueryArgs {
     /// Outcome: ok, an error kind (tool_error, fuel_exhausted, ...) or unknown.
     #[arg(long)]
     outcome: Option<String>,
+    /// The tool's risk class when the call was recorded.
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(airlock_host::Risk::ALL.map(airlock_host::Risk::as_str)))]
+    risk: Option<String>,
     /// Event, as records name it.
     #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(Event::ALL.map(Event::as_str)))]
     event: Option<String>,
@@ -470,6 +473,7 @@ async fn query(settings: &Settings, args: &QueryArgs) -> Result<u8, Failure> {
         trace_id: args.trace_id.clone(),
         call_id: args.call_id.clone(),
         outcome: args.outcome.clone(),
+        risk: args.risk.clone(),
         event,
         since_ms: args
             .since

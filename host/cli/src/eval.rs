@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use airlock_host::audit_log::{ChainRecord, Event, Record};
-use airlock_host::{CASES_FILE, Cases, EvalReport, Host, Plugin, ReplayPlan, ReplayReport};
+use airlock_host::{CASES_FILE, Cases, EvalReport, Host, Plugin, ReplayPlan, ReplayReport, Risk};
 use airlock_mcp::control::AuditQuery;
 use anyhow::{Context as _, anyhow};
 use clap::Args;
@@ -427,6 +427,19 @@ pub(crate) async fn replay(settings: &Settings, args: ReplayArgs) -> Result<u8, 
     } else {
         out!("{}", render_replay(&report));
     }
+    if report.replayed == 0 {
+        // Nothing compared is no evidence that the version behaves the
+        // same: a gate on this command must not pass on it.
+        eprintln!(
+            "error: nothing was replayed: no recorded `read` call of `{}`{} with a complete, unredacted argument copy (the tools replayed are those in `audit.replayable`)",
+            escape(&args.plugin),
+            args.since
+                .as_deref()
+                .map(|s| format!(" since {}", escape(s)))
+                .unwrap_or_default(),
+        );
+        return Ok(exit::EVAL_FAILED);
+    }
     Ok(if report.different == 0 {
         exit::OK
     } else {
@@ -434,7 +447,9 @@ pub(crate) async fn replay(settings: &Settings, args: ReplayArgs) -> Result<u8, 
     })
 }
 
-/// The plugin's intent and outcome records, from every chain.
+/// The plugin's intent and outcome records of `read` tools, from every
+/// chain: only they can be replayed, so the scan's bound is spent on them
+/// (a plugin whose newest calls were writes still has its reads found).
 async fn recorded_calls(
     settings: &Settings,
     plugin: &str,
@@ -446,6 +461,7 @@ async fn recorded_calls(
         let query = AuditQuery {
             plugin: Some(plugin.to_owned()),
             event: Some(event),
+            risk: Some(Risk::Read.as_str().to_owned()),
             since_ms,
             limit: MAX_REPLAY_RECORDS,
             ..AuditQuery::default()

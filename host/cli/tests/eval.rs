@@ -295,6 +295,48 @@ fn replay_reruns_recorded_reads_against_a_release_and_counts_the_skipped() {
     assert_eq!(report["skipped"]["redacted"], 1);
     assert_eq!(report["skipped"]["no_copy"], 1);
 
+    // Nothing to compare is not a pass: a gate on replay must not let a
+    // version through on no evidence.
+    let out = env.run(&[
+        "replay",
+        "--plugin",
+        "text",
+        "--against",
+        "0.1.0",
+        "--since",
+        "2100-01-01T00:00:00Z",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(10), "{}", stderr(&out));
+    assert_eq!(json(&out)["replayed"], 0);
+    assert!(
+        stderr(&out).contains(
+            "nothing was replayed: no recorded `read` call of `text` since 2100-01-01T00:00:00Z"
+        ),
+        "{}",
+        stderr(&out)
+    );
+
+    // The records replay chooses from, by risk class.
+    let out = env.run(&[
+        "audit", "query", "--plugin", "text", "--risk", "read", "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let reads: Vec<Value> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(reads.len() >= 4, "{reads:?}");
+    assert!(reads.iter().all(|r| r["risk"] == "read"), "{reads:?}");
+    let out = env.run(&[
+        "audit", "query", "--plugin", "text", "--risk", "write", "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "");
+    let out = env.run(&["audit", "query", "--risk", "harmless"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("harmless"), "{}", stderr(&out));
+
     let out = env.run(&["replay", "--plugin", "text", "--against", "0.3.0"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(

@@ -374,6 +374,10 @@ pub struct AuditQuery {
     pub call_id: Option<String>,
     /// Outcome.
     pub outcome: Option<String>,
+    /// The tool's risk class when recorded. Left out of the request when
+    /// not asked for, so a server that predates it still answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub risk: Option<String>,
     /// Event.
     pub event: Option<Event>,
     /// At or after, ms since the Unix epoch.
@@ -394,6 +398,7 @@ impl AuditQuery {
             trace_id: self.trace_id.clone(),
             call_id: self.call_id.clone(),
             outcome: self.outcome.clone(),
+            risk: self.risk.clone(),
             event: self.event,
             since_ms: self.since_ms,
             until_ms: self.until_ms,

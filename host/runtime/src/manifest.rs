@@ -272,6 +272,9 @@ pub enum Risk {
 }
 
 impl Risk {
+    /// Every risk class, least to most dangerous.
+    pub const ALL: [Risk; 4] = [Risk::Read, Risk::Write, Risk::External, Risk::Irreversible];
+
     /// The manifest spelling of this risk class.
     pub fn as_str(self) -> &'static str {
         match self {
