@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use airlock_host::store::ApprovalState;
-use airlock_host::{CallRequest, Host, MANIFEST_FILE};
+use airlock_host::{CallError, CallRequest, Host, MANIFEST_FILE};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams, CreateTaskResult,
     GetTaskParams, GetTaskResult, Implementation, JsonObject, ListToolsResult,
@@ -741,7 +741,17 @@ async fn resume_after_decision(
             TaskExit::Error(ErrorData::internal_error("the server is shutting down", None))
         })?,
     };
-    let result = shared.host.call(resume.request(&approval_id, cancel)).await;
+    let result = shared
+        .host
+        .call(resume.request(&approval_id, cancel.clone()))
+        .await;
+    // Stopped by the client's `tasks/cancel`: the task is `cancelled`, not
+    // `completed` with an error (a call that finished first stays
+    // `completed`, as the spec allows; the audit log has the call either
+    // way).
+    if cancel.is_cancelled() && matches!(&result, Err(CallError::Cancelled { .. })) {
+        return Err(TaskExit::Cancelled);
+    }
     if let Err(error) = &result {
         tracing::debug!(tool = %name, kind = error.kind(), "call resumed from a task failed");
     }
@@ -1636,6 +1646,67 @@ mod tests {
         assert_eq!(done["status"], "cancelled", "{done}");
         let state = server.host().approval(&approval).unwrap().unwrap().state;
         assert_eq!(state, ApprovalState::Pending);
+    }
+
+    /// A client cancelling a task while its approved call runs: the call
+    /// stops, and the task ends `cancelled` (it ended `completed`, its
+    /// result an error of kind `cancelled`).
+    #[tokio::test]
+    async fn a_task_cancelled_while_its_call_runs_ends_cancelled() {
+        let config = HostConfig::default().policy(Policy {
+            approvals: ApprovalPolicy {
+                approvers: vec![Approver {
+                    name: "alice".into(),
+                    token_sha256: sha256_hex(ALICE.as_bytes()),
+                    operator: false,
+                }],
+                ..ApprovalPolicy::default()
+            },
+            ..Policy::default()
+        });
+        let host = Arc::new(Host::new(config).unwrap());
+        let plugin = airlock_tests::install(
+            "slow",
+            &airlock_tests::read(airlock_tests::MISBEHAVE),
+            "[capabilities]\nlog = true\n\n[limits]\ntimeout_ms = 60000\nfuel = 1000000000000\n\n\
+             [[tools]]\nname = \"spin\"\nrisk = \"irreversible\"\napproval = \"required\"\n",
+        );
+        host.load_plugin(plugin.path()).await.unwrap();
+        let server = McpServer::new(Arc::clone(&host), ServeOptions::default());
+        let tokens = vec![CallerToken {
+            principal: "agent-1".into(),
+            token_sha256: sha256_hex(b"agent-1-secret"),
+        }];
+        let http = HttpConfig::new(default_addr(), tokens);
+        let router = router(&server, &http, CancellationToken::new()).unwrap();
+        let mut agent = Session::open(&router, "agent-1", true).await;
+        let created = agent
+            .request("tools/call", json!({"name": "slow__spin", "arguments": {}}))
+            .await["result"]
+            .clone();
+        let task = created["taskId"].as_str().unwrap().to_owned();
+        let approval = created["_meta"]["airlock/approval"]["approval_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        host.decide(&approval, "alice", ALICE, true, None)
+            .await
+            .unwrap();
+        // The call runs once the task sees the decision.
+        for _ in 0..200 {
+            if host.approval(&approval).unwrap().unwrap().state == ApprovalState::Consumed {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            host.approval(&approval).unwrap().unwrap().state,
+            ApprovalState::Consumed
+        );
+        let ack = agent.request("tasks/cancel", json!({"taskId": task})).await;
+        assert!(ack.get("result").is_some(), "{ack}");
+        let done = settled(&mut agent, &task).await;
+        assert_eq!(done["status"], "cancelled", "{done}");
     }
 
     #[tokio::test]
