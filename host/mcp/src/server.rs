@@ -964,7 +964,7 @@ impl ServerHandler for AirlockHandler {
         // Per principal first: a principal at its limit never takes one of
         // the slots every principal shares.
         let Some(_principal_slot) = PrincipalSlot::acquire(&self.shared, &principal) else {
-            let error = airlock_host::CallError::PrincipalBusy {
+            let error = CallError::PrincipalBusy {
                 principal,
                 limit: self.shared.options.max_calls_per_principal,
             };
@@ -1010,7 +1010,7 @@ impl ServerHandler for AirlockHandler {
         let result = self.shared.host.call(call).await;
         if let (
             Some(resume),
-            Err(airlock_host::CallError::ApprovalPending {
+            Err(CallError::ApprovalPending {
                 approval_id,
                 expires,
                 ..
