@@ -487,6 +487,96 @@ async fn read_only_mode_serves_lookups_and_refuses_refunds() {
     assert_eq!(switches, [json!("read_only"), json!("normal")]);
 }
 
+/// Poll until `principal` has a pending approval; its id.
+async fn pending_of(host: &Host, principal: &str) -> String {
+    for _ in 0..500 {
+        let pending = host.approvals(Some(ApprovalState::Pending)).unwrap();
+        if let Some(a) = pending.iter().find(|a| a.principal == principal) {
+            return a.id.clone();
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no pending approval of {principal}");
+}
+
+/// A call that waited for its approval was admitted before the wait: a
+/// switch to read-only mode, or a pause of the tool, made while a human
+/// decided, did not hold for it — approved, it ran the refund. Both are
+/// checked again before the approval is used, which is left for a later
+/// call.
+#[tokio::test]
+async fn a_call_waiting_for_approval_is_held_to_a_mode_switch_or_pause_made_meanwhile() {
+    let host = Arc::new(billing(HostConfig::default().policy(policy(true))).await);
+    let wait = |key: &'static str| {
+        let host = Arc::clone(&host);
+        tokio::spawn(async move {
+            host.call(request(2400, key).wait_for_approval(Duration::from_secs(60)))
+                .await
+        })
+    };
+
+    let waiting = wait("k-mode");
+    let id = pending_of(&host, "agent-1").await;
+    host.set_mode(true, "ops-oncall", Some("incident 43"))
+        .await
+        .unwrap();
+    host.decide(&id, "alice", ALICE, true, None).await.unwrap();
+    assert_eq!(kind(waiting.await.unwrap()), "read_only_mode");
+    assert_eq!(balance(&host).await, 0, "nothing ran in read-only mode");
+    let state = host.approval(&id).unwrap().unwrap().state;
+    assert_eq!(state, ApprovalState::Approved, "left for a later call");
+    host.set_mode(false, "ops-oncall", None).await.unwrap();
+
+    let paused = wait("k-pause");
+    let second = loop {
+        let id2 = pending_of(&host, "agent-1").await;
+        if id2 != id {
+            break id2;
+        }
+        // The first approval is approved, not pending: only the second is.
+        unreachable!("the approved approval listed as pending");
+    };
+    host.pause("billing/refund", "ops-oncall", Some("takeover"))
+        .await
+        .unwrap();
+    host.decide(&second, "alice", ALICE, true, None)
+        .await
+        .unwrap();
+    assert_eq!(kind(paused.await.unwrap()), "tool_paused");
+    assert_eq!(balance(&host).await, 0, "nothing ran while paused");
+    host.resume("billing/refund", "ops-oncall", None)
+        .await
+        .unwrap();
+
+    // Back to normal: each approval serves its own call, once.
+    host.call(request(2400, "k-mode").approval_id(&id))
+        .await
+        .unwrap();
+    host.call(request(2400, "k-pause").approval_id(&second))
+        .await
+        .unwrap();
+    assert_eq!(balance(&host).await, 4800);
+}
+
+/// A wait for approval longer than `Instant` can hold waits until the
+/// approval is decided or expires (it panicked the call).
+#[tokio::test]
+async fn an_unbounded_wait_for_approval_does_not_panic() {
+    let host = Arc::new(billing(HostConfig::default().policy(policy(true))).await);
+    let waiting = {
+        let host = Arc::clone(&host);
+        tokio::spawn(async move {
+            host.call(request(2400, "k-max").wait_for_approval(Duration::MAX))
+                .await
+        })
+    };
+    let id = pending_of(&host, "agent-1").await;
+    host.decide(&id, "alice", ALICE, false, Some("no"))
+        .await
+        .unwrap();
+    assert_eq!(kind(waiting.await.unwrap()), "approval_rejected");
+}
+
 #[tokio::test]
 async fn a_store_failure_refuses_the_call() {
     let host = billing(HostConfig::default().policy(policy(true))).await;

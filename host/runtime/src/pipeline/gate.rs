@@ -138,21 +138,7 @@ impl<'h> Pipeline<'h> {
         tool: &Tool,
         principal: &str,
     ) -> CallResult<bool> {
-        let mode = self.mode.mode()?;
-        self.mode.record_pending(self.ledger, self.audit).await?;
-        let read_only = mode.as_ref().is_some_and(|m| m.read_only);
-        if let Some(mode) = mode
-            && mode.read_only
-            && tool.risk() != Risk::Read
-        {
-            return Err(CallError::ReadOnlyMode {
-                tool: tool.id().to_owned(),
-                risk: tool.risk(),
-                reason: mode.reason,
-            });
-        }
-        // Paused by an alert's takeover or an operator, on any host.
-        self.pauses.check(self.ledger, plugin.name(), tool.name())?;
+        let read_only = self.mode_and_pauses(plugin, tool).await?;
         let refusal = self
             .limiter
             .admit(
@@ -169,6 +155,29 @@ impl<'h> Pipeline<'h> {
                 retry_after_ms: u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1),
             });
         }
+        Ok(read_only)
+    }
+
+    /// The host's mode and the paused tools, as they are now: step 2, and
+    /// again when an approval lets a call that waited for it go on (a
+    /// switch to read-only mode or a takeover while a human decided holds
+    /// for it too). `Ok(true)`: read-only mode, and the tool a `read` one.
+    async fn mode_and_pauses(&self, plugin: &Plugin, tool: &Tool) -> CallResult<bool> {
+        let mode = self.mode.mode()?;
+        self.mode.record_pending(self.ledger, self.audit).await?;
+        let read_only = mode.as_ref().is_some_and(|m| m.read_only);
+        if let Some(mode) = mode
+            && mode.read_only
+            && tool.risk() != Risk::Read
+        {
+            return Err(CallError::ReadOnlyMode {
+                tool: tool.id().to_owned(),
+                risk: tool.risk(),
+                reason: mode.reason,
+            });
+        }
+        // Paused by an alert's takeover or an operator, on any host.
+        self.pauses.check(self.ledger, plugin.name(), tool.name())?;
         Ok(read_only)
     }
 
@@ -276,8 +285,9 @@ impl<'h> Pipeline<'h> {
             || policy.tools.iter().any(|t| *t == tool.id())
     }
 
-    /// Step 5: the approval gate. `Ok(Some(id))`: the call runs under
-    /// approval `id` (now consumed); `Ok(None)`: no approval needed.
+    /// Step 5: the approval gate. `Ok(Some(approved))`: the call runs
+    /// under approval `approved.id` (now consumed), in the mode the host
+    /// is in now; `Ok(None)`: no approval needed.
     pub(crate) async fn approval_gate(
         &self,
         request: &CallRequest,
@@ -285,7 +295,7 @@ impl<'h> Pipeline<'h> {
         tool: &Tool,
         record: &CallRecord<'_>,
         call_id: &str,
-    ) -> CallResult<Option<String>> {
+    ) -> CallResult<Option<Approved>> {
         if !self.needs_approval(tool) {
             return Ok(None);
         }
@@ -357,7 +367,11 @@ impl<'h> Pipeline<'h> {
                 approval.id
             }
         };
-        let deadline = request.wait_for_approval.map(|d| Instant::now() + d);
+        // A wait longer than any approval lives is as good as no bound
+        // (and `Instant` cannot hold every `Duration`).
+        let deadline = request
+            .wait_for_approval
+            .map(|d| Instant::now() + d.min(MAX_APPROVAL_WAIT));
         loop {
             let Some((approval, expired_now)) = self.ledger.approval(&id, now_ms())? else {
                 return Err(CallError::ApprovalRefused {
@@ -379,6 +393,10 @@ impl<'h> Pipeline<'h> {
             check_binding(&approval, request, plugin, tool, record)?;
             match approval.state {
                 ApprovalState::Approved => {
+                    // The mode and the pauses may have changed while the
+                    // approval was pending: checked again before it is
+                    // used, so a refusal leaves it for a later call.
+                    let read_only = self.mode_and_pauses(plugin, tool).await?;
                     let consumed =
                         self.ledger
                             .transition(&id, ApprovalState::Approved, now_ms(), |a| {
@@ -386,7 +404,7 @@ impl<'h> Pipeline<'h> {
                                 a.consumed_by_call = Some(call_id.to_owned());
                             })?;
                     return match consumed {
-                        Transition::Done(_) => Ok(Some(id)),
+                        Transition::Done(_) => Ok(Some(Approved { id, read_only })),
                         Transition::Already(_) | Transition::NotFound => {
                             Err(CallError::ApprovalRefused {
                                 approval_id: id,
@@ -420,6 +438,18 @@ impl<'h> Pipeline<'h> {
         }
     }
 }
+
+/// The approval a call runs under.
+pub(crate) struct Approved {
+    /// Its id.
+    pub(crate) id: String,
+    /// The host was in read-only mode when it was used (the tool a `read`
+    /// one).
+    pub(crate) read_only: bool,
+}
+
+/// The longest a caller waits for a decision; no approval lives longer.
+const MAX_APPROVAL_WAIT: Duration = Duration::from_secs(366 * 24 * 60 * 60);
 
 /// An approval covers exactly one call: same component, tool, arguments,
 /// principal and idempotency key.

@@ -130,7 +130,7 @@ impl<'h> Pipeline<'h> {
         summary.resolved(plugin, tool);
         summary.mark(Step::Resolve);
         // 2. Admit: the host's mode, paused tools, rate limits.
-        let read_only = match self.admit(plugin, tool, &request.principal).await {
+        let mut read_only = match self.admit(plugin, tool, &request.principal).await {
             Ok(read_only) => read_only,
             Err(error) => {
                 record.arguments(&request.arguments, None);
@@ -168,12 +168,14 @@ impl<'h> Pipeline<'h> {
             .approval_gate(request, plugin, tool, &record, &call_id)
             .await
         {
-            Ok(id) => id,
+            Ok(Some(approved)) => {
+                record.approval(&approved.id);
+                read_only = approved.read_only;
+                Some(approved.id)
+            }
+            Ok(None) => None,
             Err(error) => return Err(record.refused(error).await),
         };
-        if let Some(id) = &approval_id {
-            record.approval(id);
-        }
         summary.mark(Step::Approval);
         // 6. Intent record: no record, no call. (A `read` call of a plugin
         // that can only read holds it while it runs, within the log's
