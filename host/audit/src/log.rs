@@ -574,7 +574,13 @@ impl AuditLog {
             redaction.0,
             config,
         )?;
-        log.check_unsigned_tail()?;
+        if let Err(e) = log.check_unsigned_tail() {
+            // Dropping a log that is not closed signs its unsigned tail:
+            // a history that failed the check must never be signed (the
+            // next start would find it vouched for).
+            log.lock()?.closed = true;
+            return Err(e);
+        }
         // Only now, the key having signed this log's checkpoints: a wrong
         // `signing.key` (restored from the wrong backup) must not replace
         // the public key an auditor verifies the log with.
@@ -1967,6 +1973,19 @@ pub(crate) fn newest_matching(
     while end >= 1 && out.len() < limit {
         let start = end.saturating_sub(page - 1).max(1);
         let records = inner.store.records(origin, start, PAGE).map_err(failed)?;
+        // A gap-free chain has every seq of the page. None at all: the head
+        // is not where the records are (a stray key in a tampered store,
+        // which `verify` names); walking down from it a page at a time
+        // could take 2^55 pages.
+        if !records.iter().any(|(seq, _)| (start..=end).contains(seq)) {
+            tracing::warn!(
+                origin,
+                start,
+                end,
+                "no audit record where the chain's head says there are some; run `airlock audit verify`"
+            );
+            break;
+        }
         for (seq, bytes) in records.into_iter().rev() {
             if seq > end || seq < start {
                 continue;

@@ -334,8 +334,14 @@ pub(crate) fn hex32(bytes: &[u8; 32]) -> String {
     std::str::from_utf8(&out).unwrap_or_default().to_owned()
 }
 
-/// Parse a 64-hex-digit hash.
+/// Parse a hash: 64 lowercase hex digits, the one spelling the log
+/// writes. An uppercase digit is refused: the bytes a verifier accepts are
+/// the bytes that were written (a case-changed `hash` still decoded to the
+/// same value and verified).
 pub(crate) fn parse_hash(s: &str) -> Option<[u8; 32]> {
+    if !s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return None;
+    }
     let mut out = [0u8; 32];
     hex::decode_to_slice(s, &mut out).ok()?;
     Some(out)

@@ -223,7 +223,7 @@ impl Verifier {
             _ => return Err(unreadable("no hash".into())),
         };
         let stored_hash = parse_hash(stored_hash_text)
-            .ok_or_else(|| unreadable("hash is not 64 hex digits".into()))?;
+            .ok_or_else(|| unreadable("hash is not 64 lowercase hex digits".into()))?;
         if let Err(reason) = check_canonical(bytes, &body) {
             return Err(fail(at, Problem::NotCanonical { reason }));
         }
