@@ -1394,10 +1394,18 @@ async fn check_host_and_origin(
     next.run(request).await
 }
 
+/// The bearer token of `headers`; none when it is longer than any token
+/// Airlock takes ([`MAX_TOKEN_BYTES`](crate::oauth::MAX_TOKEN_BYTES)): it
+/// is hashed once per configured token before it is known to be anyone's,
+/// and a header may be hundreds of kilobytes.
 fn bearer(headers: &HeaderMap) -> Option<&str> {
+    // The refusal's text says so.
+    const _: () = assert!(crate::oauth::MAX_TOKEN_BYTES == 16384);
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && token.len() <= crate::oauth::MAX_TOKEN_BYTES)
+        .then_some(token)
 }
 
 fn unauthorized(error: Option<&str>) -> Response {
@@ -1410,7 +1418,7 @@ fn unauthorized(error: Option<&str>) -> Response {
         if error.is_some() {
             "invalid token"
         } else {
-            "authentication required: Authorization: Bearer <token>"
+            "authentication required: Authorization: Bearer <token> (at most 16384 bytes)"
         },
     );
     if let Ok(value) = HeaderValue::from_str(&challenge) {
@@ -1555,6 +1563,23 @@ async fn authenticate_caller(
     if let Some(refused) = malformed_message(&message) {
         return refused;
     }
+    // `subscriptions/listen` (2026-07-28 clients) answers with an event
+    // stream that lasts as long as its client reads: bounded as a `GET`
+    // stream is (it was not, and one caller's listens took every
+    // connection its address may hold — approvers' and the console's).
+    if listens(&message) {
+        let slot = match callers.open_stream(&principal) {
+            Ok(slot) => slot,
+            Err(refused) => return *refused,
+        };
+        let request = Request::from_parts(parts, axum::body::Body::from(bytes));
+        let (parts, body) = next.run(request).await.into_parts();
+        let body = http_body_util::BodyExt::map_frame(body, move |frame| {
+            slot.held();
+            frame
+        });
+        return Response::from_parts(parts, axum::body::Body::new(body));
+    }
     // An `initialize` without a session id opens a session: bounded per
     // caller and in all.
     let opens_session = !parts.headers.contains_key("mcp-session-id")
@@ -1603,6 +1628,18 @@ async fn authenticate_caller(
 /// `tools/call` whose params are not `{"name": string, "arguments"?:
 /// object}` (the SDK: `-32601`, method not found). `None` for anything
 /// else, which goes on to the SDK.
+/// Whether `message` (or a message of a batch) is a `subscriptions/listen`
+/// request: its answer is an event stream held open.
+fn listens(message: &serde_json::Value) -> bool {
+    let one = |m: &serde_json::Value| {
+        m.get("method").and_then(serde_json::Value::as_str) == Some("subscriptions/listen")
+    };
+    match message {
+        serde_json::Value::Array(batch) => batch.iter().any(one),
+        other => one(other),
+    }
+}
+
 fn malformed_message(message: &serde_json::Value) -> Option<Response> {
     let error = |status: StatusCode, id: &serde_json::Value, code: i64, text: &str| {
         (
@@ -2537,5 +2574,98 @@ mod tests {
         drop(held.swap_remove(0));
         let stream = mcp(&service, "GET", "two", Some(&two), "").await;
         assert_eq!(stream.status(), StatusCode::OK);
+    }
+
+    /// A bearer token longer than any Airlock takes is refused before it
+    /// is hashed (once per configured token, and a header may be hundreds
+    /// of kilobytes); one of the longest length is still checked.
+    #[tokio::test]
+    async fn an_overlong_bearer_token_is_refused_unhashed() {
+        let service = mcp_service(&[("agent-1", "one")], 40);
+        let long: &'static str = Box::leak(
+            "a".repeat(crate::oauth::MAX_TOKEN_BYTES + 1)
+                .into_boxed_str(),
+        );
+        let refused = mcp(&service, "POST", long, None, PING).await;
+        assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+        let body = http_body_util::BodyExt::collect(refused.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        assert!(
+            String::from_utf8_lossy(&body).contains("at most 16384 bytes"),
+            "{body:?}"
+        );
+        let longest = "a".repeat(crate::oauth::MAX_TOKEN_BYTES);
+        let refused = mcp(&service, "POST", &longest, None, PING).await;
+        assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+        assert!(
+            refused.headers()[header::WWW_AUTHENTICATE]
+                .to_str()
+                .unwrap()
+                .contains("invalid_token")
+        );
+    }
+
+    /// A `subscriptions/listen` request (the 2026-07-28 protocol: no
+    /// session) answers with an event stream held open as long as its
+    /// client reads: counted as a `GET` stream is. It was not counted at
+    /// all, and one caller's listens filled every connection its address
+    /// may hold.
+    #[tokio::test]
+    async fn listen_streams_are_capped_as_event_streams_are() {
+        use hyper::service::Service as _;
+        let service = mcp_service(&[("agent-1", "one"), ("agent-2", "two")], 40);
+        let listen = |secret: &'static str| {
+            let service = &service;
+            async move {
+                let body = json!({
+                    "jsonrpc": "2.0", "id": 1, "method": "subscriptions/listen",
+                    "params": {
+                        "notifications": {"toolsListChanged": true},
+                        "_meta": {
+                            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                            "io.modelcontextprotocol/clientCapabilities": {},
+                        },
+                    },
+                });
+                let request = hyper::Request::builder()
+                    .method("POST")
+                    .uri(MCP_PATH)
+                    .header(header::HOST, "127.0.0.1:7410")
+                    .header(header::AUTHORIZATION, format!("Bearer {secret}"))
+                    .header(header::ACCEPT, "application/json, text/event-stream")
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .header("mcp-protocol-version", "2026-07-28")
+                    .header("mcp-method", "subscriptions/listen")
+                    .body(axum::body::Body::from(body.to_string()))
+                    .unwrap();
+                service.call(request).await.unwrap()
+            }
+        };
+        let mut held = Vec::new();
+        for _ in 0..MAX_STREAMS_PER_CALLER {
+            let stream = listen("one").await;
+            assert_eq!(stream.status(), StatusCode::OK);
+            assert_eq!(
+                stream.headers()[header::CONTENT_TYPE],
+                "text/event-stream",
+                "a held stream"
+            );
+            held.push(stream);
+        }
+        let refused = listen("one").await;
+        assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+        // A `GET` stream shares the caller's share.
+        let two = open(&service, "two").await.unwrap();
+        let refused = mcp(&service, "GET", "one", None, "").await;
+        assert_ne!(refused.status(), StatusCode::OK);
+        // The other caller still gets its streams.
+        let stream = mcp(&service, "GET", "two", Some(&two), "").await;
+        assert_eq!(stream.status(), StatusCode::OK);
+        // A listen closed gives its slot back.
+        drop(held.swap_remove(0));
+        let again = listen("one").await;
+        assert_eq!(again.status(), StatusCode::OK);
     }
 }
