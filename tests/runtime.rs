@@ -1046,3 +1046,64 @@ async fn cases_edited_after_a_signed_plugin_loaded_are_refused() {
     assert!(plugin.cases().unwrap().is_some());
     assert_eq!(eval_findings().await, Vec::<String>::new());
 }
+
+/// A plugin with one slot whose `echo` and `spin` change the world
+/// (`write`: their intents are flushed before they run).
+fn single_slot_writer() -> PluginDir {
+    install(
+        "single",
+        &read(airlock_tests::MISBEHAVE),
+        "[capabilities]\nlog = true\n\n[limits]\ntimeout_ms = 3000\nfuel = 1_000_000_000_000_000\nmax_concurrency = 1\n\n[[tools]]\nname = \"echo\"\nrisk = \"write\"\n\n[[tools]]\nname = \"spin\"\nrisk = \"write\"\n",
+    )
+}
+
+/// A call with an idempotency key whose caller gave up while it waited
+/// for a slot never ran: its key is free for the retry (it stayed in
+/// flight, `idempotency_in_use`, until the process restarted), and its
+/// flushed intent gets an outcome, `cancelled` (it had none until a
+/// restart read it as unknown). Given up once its guest ran, the key's
+/// outcome is unknown — never free for a second execution.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_call_given_up_before_its_guest_ran_frees_its_key() {
+    use std::time::Duration;
+    let host =
+        std::sync::Arc::new(Host::new(HostConfig::default().cache_dir(shared_cache())).unwrap());
+    let plugin = single_slot_writer();
+    host.load_plugin(plugin.path()).await.unwrap();
+    // `spin` holds the plugin's one slot until its deadline.
+    let spinning = tokio::spawn({
+        let host = std::sync::Arc::clone(&host);
+        async move { host.call(CallRequest::new("single/spin", "{}")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let echo = || CallRequest::new("single/echo", r#"{"a":1}"#).idempotency_key("k-wait");
+    let gave_up = tokio::time::timeout(Duration::from_millis(300), host.call(echo())).await;
+    assert!(
+        gave_up.is_err(),
+        "the call waited for the slot: {gave_up:?}"
+    );
+    assert_eq!(
+        spinning.await.unwrap().unwrap_err().kind(),
+        "deadline_exceeded"
+    );
+    // The retry runs: the first attempt never did.
+    let retried = host.call(echo()).await.unwrap();
+    assert_eq!(retried.output, json!({"a": 1}));
+    // The attempt given up has its outcome on record.
+    let filter = airlock_host::audit_log::Filter {
+        plugin: Some("single".into()),
+        tool: Some("echo".into()),
+        outcome: Some("cancelled".into()),
+        ..Default::default()
+    };
+    let records = host.audit().query(&filter, 10).unwrap();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert!(records[0].entry.args.is_none(), "the intent carried them");
+
+    // Given up while its guest runs: the outcome is unknown.
+    let spin = || CallRequest::new("single/spin", "{}").idempotency_key("k-run");
+    let gave_up = tokio::time::timeout(Duration::from_millis(300), host.call(spin())).await;
+    assert!(gave_up.is_err());
+    let again = host.call(spin()).await.unwrap_err();
+    assert_eq!(again.kind(), "idempotency_outcome_unknown", "{again}");
+}

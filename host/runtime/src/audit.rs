@@ -37,6 +37,8 @@ enum Intent {
     /// [`CallRecord::held_for`]: written with the outcome, as one
     /// record, if the call finishes within it.
     Held,
+    /// The outcome is recorded (or its append was tried): nothing more.
+    Recorded,
 }
 
 /// What one call has recorded so far.
@@ -364,7 +366,7 @@ impl<'a> CallRecord<'a> {
     ) -> Result<(), airlock_audit::Error> {
         let held = self.intent == Intent::Held;
         // Recorded here, whatever becomes of the append: not again on drop.
-        self.intent = Intent::Written;
+        self.intent = Intent::Recorded;
         let mut entry = std::mem::replace(&mut self.base, Entry::new(Event::CallFinished));
         entry.event = Event::CallFinished;
         if held {
@@ -473,18 +475,27 @@ impl<'a> CallRecord<'a> {
     }
 }
 
-/// A call whose intent is held, dropped before it finished (its caller
-/// stopped waiting, and with the future the guest): recorded here, as it
-/// would have been — one record, its outcome `cancelled`. The append
-/// never blocks.
+/// A call admitted, dropped before it finished (its caller stopped
+/// waiting, and with the future the guest, if it had started): its outcome
+/// recorded here, `cancelled` — with the intent, as one record, when that
+/// was held; after it when it was written (a flushed intent had no outcome
+/// until a restart read it as unknown). The append never blocks.
 impl Drop for CallRecord<'_> {
     fn drop(&mut self) {
-        if self.intent != Intent::Held {
-            return;
-        }
+        let held = match self.intent {
+            Intent::Held => true,
+            Intent::Written => false,
+            Intent::Due | Intent::Recorded => return,
+        };
         let mut entry = std::mem::replace(&mut self.base, Entry::new(Event::CallFinished));
         entry.event = Event::CallFinished;
-        entry.decision = Some(Entry::ADMITTED.to_owned());
+        if held {
+            entry.decision = Some(Entry::ADMITTED.to_owned());
+        } else {
+            entry.args = None;
+            entry.args_redacted = None;
+            entry.args_truncated = false;
+        }
         entry.outcome = Some(CALLER_WENT_AWAY.0.to_owned());
         entry.reason = Some(CALLER_WENT_AWAY.1.to_owned());
         if let Err(e) = self.log.append_batched(&entry) {
@@ -493,10 +504,11 @@ impl Drop for CallRecord<'_> {
     }
 }
 
-/// The outcome and reason recorded for a held call dropped while it ran.
+/// The outcome and reason recorded for an admitted call dropped before it
+/// finished.
 const CALLER_WENT_AWAY: (&str, &str) = (
     "cancelled",
-    "the caller stopped waiting while the call ran (its future was dropped), which stopped the guest",
+    "the caller stopped waiting before the call finished (its future was dropped), which stopped the guest if it had started",
 );
 
 /// Append `base` as the refusal of its call by `error`, for `reason`

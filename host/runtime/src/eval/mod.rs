@@ -295,6 +295,7 @@ impl Host {
                 // workspace above keeps its own access.
                 read_only: true,
                 cancel: None,
+                started: None,
             },
         )
         .await;

@@ -3,6 +3,8 @@
 //! and the approval gate. Each refuses with its own error kind, and fails
 //! closed: when the ledger cannot say, the call does not run.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use airlock_audit::Event;
@@ -40,19 +42,21 @@ pub(crate) enum Claimed<'h> {
 
 /// A call's hold on its idempotency key, from step 4 to step 11.
 ///
-/// Dropped before [`KeyClaim::running`], it releases the key: a call
-/// refused at the approval gate, whose intent could not be recorded, or
-/// abandoned by its caller before the guest could run never ran, and may be
-/// retried under the same key. From `running` on, only
-/// [`KeyClaim::complete`] settles the key: a call abandoned while the guest
-/// may run leaves it in flight (read as "outcome unknown" after a restart),
-/// never free for a second execution.
+/// Dropped before the guest may start (the run sets the flag of
+/// [`KeyClaim::started`] once it holds its slots), it releases the key: a
+/// call refused at the approval gate, whose intent could not be recorded,
+/// or abandoned by its caller while it waited for a slot never ran, and
+/// may be retried under the same key. Dropped after, it marks the key's
+/// outcome unknown: the guest was stopped with the call's future, and
+/// whatever it did may have happened — never free for a second
+/// execution. Otherwise [`KeyClaim::complete`] settles the key.
 #[must_use = "dropping the claim releases the idempotency key"]
 pub(crate) struct KeyClaim<'h> {
     ledger: &'h Ledger,
     /// The key; `None` for a call without one.
     held: Option<KeyRef>,
-    running: bool,
+    /// Set once the guest may start; only for a call with a key.
+    started: Option<Arc<AtomicBool>>,
 }
 
 impl<'h> KeyClaim<'h> {
@@ -60,7 +64,7 @@ impl<'h> KeyClaim<'h> {
         KeyClaim {
             ledger,
             held: None,
-            running: false,
+            started: None,
         }
     }
 
@@ -68,14 +72,14 @@ impl<'h> KeyClaim<'h> {
         KeyClaim {
             ledger,
             held: Some(key),
-            running: false,
+            started: Some(Arc::new(AtomicBool::new(false))),
         }
     }
 
-    /// The guest may run from now on: dropping the claim no longer
-    /// releases the key.
-    pub(crate) fn running(&mut self) {
-        self.running = true;
+    /// The flag the run sets once the guest may start (`None` for a call
+    /// without a key: nothing to settle).
+    pub(crate) fn started(&self) -> Option<Arc<AtomicBool>> {
+        self.started.clone()
     }
 
     /// Step 11: store the outcome for replays (or release the key when the
@@ -114,15 +118,27 @@ impl<'h> KeyClaim<'h> {
 }
 
 impl Drop for KeyClaim<'_> {
-    /// Give up the key without an outcome, when the call did not run.
+    /// The call ended without an outcome (refused, or its future dropped):
+    /// give up the key if the guest never started, else mark its outcome
+    /// unknown.
     fn drop(&mut self) {
-        if self.running {
+        let Some(key) = self.held.take() else {
             return;
-        }
-        if let Some(key) = self.held.take()
-            && let Err(e) = crate::off_the_worker(|| self.ledger.release(&key))
-        {
-            tracing::error!(error = %e.chain(), key = %key.key, "cannot release an idempotency key");
+        };
+        let started = self
+            .started
+            .as_ref()
+            .is_some_and(|s| s.load(Ordering::Acquire));
+        let settled = crate::off_the_worker(|| {
+            if started {
+                self.ledger.mark_unknown(&key)
+            } else {
+                self.ledger.release(&key)
+            }
+        });
+        if let Err(e) = settled {
+            // Left in flight: "outcome unknown" after a restart.
+            tracing::error!(error = %e.chain(), key = %key.key, "cannot settle the idempotency key of a call that ended without an outcome");
         }
     }
 }
@@ -542,6 +558,14 @@ fn effects_unknown(error: &CallError) -> bool {
             | CallError::Trap { .. }
             | CallError::OutputTooLarge { .. }
             | CallError::OutputInvalid { .. }
+    ) || matches!(
+        // The workspace flush after the guest ran: its other effects (an
+        // HTTP request, say) happened whatever became of the flush.
+        error,
+        CallError::Store(StoreError {
+            store: Store::Workspace,
+            ..
+        })
     )
 }
 
@@ -592,16 +616,36 @@ mod tests {
     }
 
     #[test]
-    fn a_claim_dropped_while_the_guest_may_run_keeps_the_key_in_flight() {
+    fn a_claim_dropped_once_the_guest_may_run_leaves_its_outcome_unknown() {
         let ledger = temporary();
         assert!(matches!(claim(&ledger), Claim::Claimed));
-        let mut held = guard(&ledger);
-        held.running();
+        let held = guard(&ledger);
+        let started = held.started().unwrap();
+        started.store(true, Ordering::Release);
         drop(held);
         let Claim::Existing(entry) = claim(&ledger) else {
             panic!("the key was freed");
         };
-        assert!(matches!(entry.state, IdempotencyState::InFlight { .. }));
+        assert!(
+            matches!(entry.state, IdempotencyState::Unknown { .. }),
+            "{:?}",
+            entry.state
+        );
+    }
+
+    /// The workspace flush fails after the guest ran: whatever else it did
+    /// (an HTTP request) happened, so the key's outcome is unknown, not a
+    /// failure replayed to a retry that then runs under a new key.
+    #[test]
+    fn a_workspace_flush_failure_after_the_run_is_an_unknown_outcome() {
+        let failed = airlock_store::StoreError::corrupt("disk full");
+        let workspace = CallError::Store(StoreError::new(Store::Workspace, failed));
+        assert!(effects_unknown(&workspace));
+        let ledger = CallError::Store(StoreError::new(
+            Store::Ledger,
+            airlock_store::StoreError::corrupt("x"),
+        ));
+        assert!(!effects_unknown(&ledger));
     }
 
     #[test]

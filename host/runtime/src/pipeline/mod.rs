@@ -151,7 +151,7 @@ impl<'h> Pipeline<'h> {
         summary.mark(Step::Validate);
         // 4. Idempotency: claim the key, or replay the first outcome. From
         // here until the guest may run, leaving releases the key.
-        let mut claim = match self
+        let claim = match self
             .claim_key(request, plugin, tool, &record, &call_id)
             .await
         {
@@ -183,8 +183,9 @@ impl<'h> Pipeline<'h> {
         record.started().await?;
         summary.mark(Step::Intent);
         summary.ran = true;
-        // From here the guest may run: only step 11 settles the key.
-        claim.running();
+        // The run sets it once the guest may start: from then on a
+        // dropped call leaves its key's outcome unknown, not free.
+        let started = claim.started();
         // 7–9. Instantiate, call, validate the output.
         let context = CallContext {
             trace_id: summary.trace_id.clone(),
@@ -204,6 +205,7 @@ impl<'h> Pipeline<'h> {
                 workspace: self.workspace_scope(plugin, request, read_only),
                 read_only,
                 cancel: request.cancel.as_ref(),
+                started: started.as_deref(),
             },
         ));
         let (mut result, stats) = match record.held_for() {

@@ -71,6 +71,9 @@ pub(crate) struct PreparedCall<'a> {
     /// narrowed to reading.
     pub(crate) read_only: bool,
     pub(crate) cancel: Option<&'a CancellationToken>,
+    /// Set once the guest may start (its slots held), for the call's
+    /// idempotency key: a call dropped before then never ran.
+    pub(crate) started: Option<&'a std::sync::atomic::AtomicBool>,
 }
 
 /// Steps 7–9 for a validated call: its result, and what it cost whatever
@@ -111,6 +114,7 @@ async fn run_tool_inner(
         workspace,
         read_only,
         cancel,
+        started: guest_may_start,
     } = call;
     let limits = plugin.limits();
     let tool_id = tool.id();
@@ -140,6 +144,9 @@ async fn run_tool_inner(
         .ok_or_else(|| CallError::HostBusy {
             limit: engine.max_instances(),
         })?;
+    if let Some(flag) = guest_may_start {
+        flag.store(true, std::sync::atomic::Ordering::Release);
+    }
     let mut store = new_store(engine, limits, plugin.grant(), workspace, read_only)
         .map_err(|message| CallError::Engine { message })?;
     *notes = Some(store.data().http_hooks.notes());
