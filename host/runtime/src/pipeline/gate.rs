@@ -604,7 +604,7 @@ mod tests {
     }
 
     fn temporary() -> Ledger {
-        Ledger::new(std::sync::Arc::new(airlock_store::MemoryStore::new()))
+        Ledger::new(Arc::new(airlock_store::MemoryStore::new()))
     }
 
     #[test]
