@@ -887,3 +887,87 @@ async fn a_rollout_change_whose_record_failed_is_recorded_at_the_next_change() {
         .unwrap();
     assert_eq!(changes(&host).len(), 3);
 }
+
+/// The `misbehave` test guest as plugin `slow` version `version`: `echo`
+/// and `spin` (until its 3 s deadline).
+fn slow_version(version: &str) -> airlock_tests::PluginDir {
+    let component = airlock_tests::read(airlock_tests::MISBEHAVE);
+    airlock_tests::install_raw(
+        &component,
+        &format!(
+            "[plugin]\nname = \"slow\"\nversion = \"{version}\"\ncomponent = \"component.wasm\"\nsha256 = \"{}\"\n\n[capabilities]\nlog = true\n\n[limits]\ntimeout_ms = 3000\nfuel = 1_000_000_000_000_000\n\n[[tools]]\nname = \"echo\"\nrisk = \"read\"\n\n[[tools]]\nname = \"spin\"\nrisk = \"read\"\n",
+            sha256_hex(&component)
+        ),
+    )
+}
+
+/// Each loaded version of a plugin bounded its calls by the plugin's share
+/// of the instance pool, so the two versions of a canary held twice it —
+/// at the default share, the whole pool, and every other plugin's calls
+/// got `host_busy`. The versions now share the one share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_and_its_stable_version_share_one_share_of_the_pool() {
+    use std::sync::Arc;
+    use std::time::Duration;
+    let data = tempfile::tempdir().unwrap();
+    // Four instances: a plugin's share is two.
+    let host = Arc::new(Host::new(config(data.path()).max_instances(4)).unwrap());
+    let (one, two) = (slow_version("1.0.0"), slow_version("2.0.0"));
+    install(&host, one.path()).await;
+    install(&host, two.path()).await;
+    host.set_rollout(&RolloutRequest::new("slow", "1.0.0", 100, "ops"))
+        .await
+        .unwrap();
+    host.set_rollout(&RolloutRequest::new("slow", "2.0.0", 50, "ops"))
+        .await
+        .unwrap();
+    let quick = airlock_tests::install(
+        "quick",
+        &airlock_tests::read(airlock_tests::MISBEHAVE),
+        "[capabilities]\nlog = true\n\n[limits]\ntimeout_ms = 300\n\n[[tools]]\nname = \"echo\"\nrisk = \"read\"\n",
+    );
+    host.load_plugin(quick.path()).await.unwrap();
+    // Two callers on each version.
+    let mut by_version: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for i in 0..200 {
+        let principal = format!("agent-{i}");
+        let version = host
+            .call(CallRequest::new("slow/echo", "{}").principal(&principal))
+            .await
+            .unwrap()
+            .plugin_version;
+        let callers = by_version.entry(version).or_default();
+        if callers.len() < 2 {
+            callers.push(principal);
+        }
+    }
+    assert_eq!(by_version.len(), 2, "{by_version:?}");
+    let spinning: Vec<_> = by_version
+        .values()
+        .flatten()
+        .map(|principal| {
+            let host = Arc::clone(&host);
+            let call = CallRequest::new("slow/spin", "{}").principal(principal);
+            tokio::spawn(async move { host.call(call).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Two of the four spin (the share): the pool's two other slots serve
+    // another plugin at once (its calls wait 300 ms at most).
+    for _ in 0..2 {
+        let out = host
+            .call(CallRequest::new("quick/echo", r#"{"a":1}"#))
+            .await
+            .unwrap();
+        assert_eq!(out.output, json!({"a": 1}));
+    }
+    // Two ran to their deadline; two waited for the share (and reached
+    // their deadline as they got it, or gave up waiting).
+    for call in spinning {
+        let kind = call.await.unwrap().unwrap_err().kind();
+        assert!(
+            ["deadline_exceeded", "plugin_busy"].contains(&kind),
+            "{kind}"
+        );
+    }
+}

@@ -22,6 +22,7 @@
 //! before instantiating and gives it back when done. A call that finds the
 //! pool full waits (up to its deadline) rather than failing inside wasmtime.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::{Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -164,6 +165,9 @@ pub(crate) struct SharedEngine {
     gate: Option<PoolGate>,
     /// Instances one plugin may hold in the pool at once.
     per_plugin: u32,
+    /// Per plugin name, `per_plugin` permits that every loaded version of
+    /// it takes from ([`share_gate`](Self::share_gate)).
+    shares: Mutex<HashMap<String, Arc<Semaphore>>>,
     /// Stores alive now: the epoch ticker runs only while there are some.
     epoch_demand: Arc<EpochDemand>,
 }
@@ -220,6 +224,7 @@ impl SharedEngine {
                             tables: Arc::new(Semaphore::new(permits(pool.tables))),
                         }),
                         per_plugin,
+                        shares: Mutex::default(),
                         epoch_demand: Arc::default(),
                     });
                 }
@@ -240,6 +245,7 @@ impl SharedEngine {
             allocation: InstanceAllocation::OnDemand { reason },
             gate: None,
             per_plugin,
+            shares: Mutex::default(),
             epoch_demand: Arc::default(),
         })
     }
@@ -293,6 +299,25 @@ impl SharedEngine {
             tables,
             needs,
         ))
+    }
+
+    /// The instances every loaded version of plugin `name` takes one of
+    /// per call: its share of the pool, which a version's own slots
+    /// (`max_concurrency`, its share) bound per version only — two versions
+    /// of a rollout held twice the share, a whole pool at the default.
+    /// `None` when allocating on demand.
+    pub(crate) fn share_gate(&self, name: &str) -> Option<Arc<Semaphore>> {
+        self.gate.as_ref()?;
+        let mut shares = self.shares.lock().unwrap_or_else(PoisonError::into_inner);
+        Some(Arc::clone(shares.entry(name.to_owned()).or_insert_with(
+            || Arc::new(Semaphore::new(permits(self.per_plugin))),
+        )))
+    }
+
+    /// Instances one plugin may hold in the pool at once (every version of
+    /// it together).
+    pub(crate) fn per_plugin(&self) -> u32 {
+        self.per_plugin
     }
 
     /// Take `needs` from the pool, waiting until `deadline` at most.

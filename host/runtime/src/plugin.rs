@@ -50,6 +50,9 @@ pub struct Plugin {
     pub(crate) slots: tokio::sync::Semaphore,
     /// How many `slots` there are.
     pub(crate) slots_limit: u64,
+    /// The pool share every loaded version of this plugin's name takes
+    /// from (`None` on demand): [`SharedEngine::share_gate`].
+    pub(crate) share: Option<Arc<tokio::sync::Semaphore>>,
     /// What one instance takes from the host's instance pool.
     pub(crate) pool_needs: PoolNeeds,
     pub(crate) pre: PluginPre<CallState>,
@@ -466,6 +469,7 @@ pub(crate) async fn load(
         cache: cache_status,
         slots: tokio::sync::Semaphore::new(usize::try_from(slots_limit).unwrap_or(usize::MAX)),
         slots_limit,
+        share: engine.share_gate(&name),
         grant,
         imports,
         signer,

@@ -5,6 +5,7 @@
 //! if declared). Also the loader's one guest run, listing a component's
 //! tools, under the same limits.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -136,6 +137,28 @@ async fn run_tool_inner(
             plugin: plugin.name().to_owned(),
             limit: plugin.slots_limit,
         })?;
+    // Its name's share of the pool, which every loaded version of it
+    // (a rollout's two) takes from, until the same deadline.
+    let _share = match &plugin.share {
+        Some(share) => {
+            let share = tokio::time::timeout_at(
+                (started + limits.timeout()).into(),
+                Arc::clone(share).acquire_owned(),
+            );
+            Some(
+                unless_cancelled(cancel, share)
+                    .await
+                    .ok_or_else(|| cancelled(false))?
+                    .ok()
+                    .and_then(|permit| permit.ok())
+                    .ok_or_else(|| CallError::PluginBusy {
+                        plugin: plugin.name().to_owned(),
+                        limit: u64::from(engine.per_plugin()),
+                    })?,
+            )
+        }
+        None => None,
+    };
     // A slot of the host's instance pool, until the same deadline.
     let pool = engine.admit(plugin.pool_needs, started + limits.timeout());
     let _pool = unless_cancelled(cancel, pool)
