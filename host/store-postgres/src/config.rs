@@ -162,9 +162,13 @@ impl PostgresConfig {
             .keepalives_idle(Duration::from_secs(30))
             .application_name("airlock")
             // Every statement is bounded on the server too; row-lock waits
-            // count.
+            // count. And every session reads committed data, whatever the
+            // database's or role's default: the compare-and-swap statements
+            // are written for it (under a stricter default the loser of a
+            // race failed with a serialization error instead of finding the
+            // winner's row).
             .options(format!(
-                "-c statement_timeout={}",
+                "-c statement_timeout={} -c default_transaction_isolation=read\\ committed",
                 self.statement_timeout_ms
             ));
         let tls = match self.tls {

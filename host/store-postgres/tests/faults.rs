@@ -1005,3 +1005,43 @@ fn one_unreadable_approval_stops_neither_listings_nor_the_sweep() {
         "{report:?}"
     );
 }
+
+/// A database whose default isolation is `serializable` (an operator's
+/// choice, or a role's): the loser of two hosts claiming one idempotency
+/// key at once failed with a serialization error, reported as the store
+/// unavailable, instead of finding the winner's claim. Every session is
+/// held to READ COMMITTED, what the statements are written for.
+#[test]
+fn racing_claims_on_a_serializable_database_each_get_an_answer() {
+    let url = common::fresh_database();
+    common::admin(
+        &url,
+        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET default_transaction_isolation = ''serializable''', current_database()); END $$;",
+    );
+    let config = common::config(&url);
+    let (a, b) = (open(&config).unwrap(), open(&config).unwrap());
+    let (a, b) = (
+        airlock_store::Ledger::new(Arc::clone(&a.ledger)),
+        airlock_store::Ledger::new(Arc::clone(&b.ledger)),
+    );
+    for i in 0..100 {
+        let key = airlock_store::KeyRef::new("agent", "plug", "tool", &format!("k{i}"));
+        let claim = |ledger: &airlock_store::Ledger, host: &str| {
+            ledger
+                .claim(&key, "digest", ("call", host), 1, Duration::from_secs(60))
+                .map_err(|e| e.chain())
+        };
+        let (a, b, claim) = (&a, &b, &claim);
+        let (one, two) = std::thread::scope(|s| {
+            let one = s.spawn(move || claim(a, "a"));
+            let two = s.spawn(move || claim(b, "b"));
+            (one.join().unwrap(), two.join().unwrap())
+        });
+        let (one, two) = (one.unwrap(), two.unwrap());
+        let claimed = [&one, &two]
+            .iter()
+            .filter(|c| matches!(c, airlock_store::Claim::Claimed))
+            .count();
+        assert_eq!(claimed, 1, "{one:?} {two:?}");
+    }
+}
