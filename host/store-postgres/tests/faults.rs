@@ -1025,7 +1025,7 @@ fn racing_claims_on_a_serializable_database_each_get_an_answer() {
         airlock_store::Ledger::new(Arc::clone(&b.ledger)),
     );
     for i in 0..100 {
-        let key = airlock_store::KeyRef::new("agent", "plug", "tool", &format!("k{i}"));
+        let key = airlock_store::KeyRef::new("agent", "plug", "tool", format!("k{i}"));
         let claim = |ledger: &airlock_store::Ledger, host: &str| {
             ledger
                 .claim(&key, "digest", ("call", host), 1, Duration::from_secs(60))
