@@ -26,7 +26,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::error::Result;
+use crate::error::{Result, StoreError};
 
 /// Times a read-then-swap loop (expiring or deciding an approval,
 /// claiming a key) starts again after losing its swap before it gives up.
@@ -807,7 +807,11 @@ impl Ledger {
             },
         };
         for _ in 0..MAX_RACES {
-            if self.store.insert_key(key, &entry)? {
+            let inserted = self
+                .store
+                .insert_key(key, &entry)
+                .map_err(|e| self.unclaim(key, call_id, e))?;
+            if inserted {
                 return Ok(Claim::Claimed);
             }
             let Some(existing) = self.store.key(key)? else {
@@ -818,11 +822,30 @@ impl Ledger {
             if !expired || existing.value.state.is_in_flight() {
                 return Ok(Claim::Existing(existing.value));
             }
-            if self.store.replace_key(key, existing.version, &entry)? {
+            let replaced = self
+                .store
+                .replace_key(key, existing.version, &entry)
+                .map_err(|e| self.unclaim(key, call_id, e))?;
+            if replaced {
                 return Ok(Claim::Claimed);
             }
         }
         Err(too_many_races(&format!("idempotency key {}", key.key)))
+    }
+
+    /// A claim's write failed (`error`), but may have been stored — its
+    /// reply lost with the connection: the caller is told the call did not
+    /// run, so a claim by `call_id` left behind is removed (else every
+    /// retry is refused as in flight, and as unknown after a restart, for
+    /// a call that never ran). Best effort: a store that cannot be read
+    /// leaves it to recovery.
+    fn unclaim(&self, key: &KeyRef, call_id: &str, error: StoreError) -> StoreError {
+        if let Ok(Some(found)) = self.store.key(key)
+            && matches!(&found.value.state, IdempotencyState::InFlight { call_id: c, .. } if c == call_id)
+        {
+            let _ = self.store.remove_key(key, found.version);
+        }
+        error
     }
 
     /// Record the outcome of the call holding `key`.
@@ -921,6 +944,90 @@ mod tests {
     struct Misreporting {
         inner: MemoryStore,
         relabel: bool,
+    }
+
+    /// A backend that stores an idempotency key's first entry but loses
+    /// the reply (the connection dropped after the commit).
+    #[derive(Debug)]
+    struct LostReply(MemoryStore);
+
+    impl LedgerStore for LostReply {
+        fn insert_approval(&self, approval: &Approval) -> Result<bool> {
+            self.0.insert_approval(approval)
+        }
+        fn approval(&self, id: &str) -> Result<Option<Versioned<Approval>>> {
+            self.0.approval(id)
+        }
+        fn replace_approval(&self, current: Version, next: &Approval) -> Result<bool> {
+            self.0.replace_approval(current, next)
+        }
+        fn remove_approval(&self, id: &str, current: Version) -> Result<bool> {
+            self.0.remove_approval(id, current)
+        }
+        fn approvals(&self, state: Option<ApprovalState>) -> Result<ApprovalListing> {
+            self.0.approvals(state)
+        }
+        fn key(&self, key: &KeyRef) -> Result<Option<Versioned<IdempotencyEntry>>> {
+            self.0.key(key)
+        }
+        fn insert_key(&self, key: &KeyRef, entry: &IdempotencyEntry) -> Result<bool> {
+            if !self.0.insert_key(key, entry)? {
+                return Ok(false);
+            }
+            Err(StoreError::unavailable(
+                "storing an idempotency key",
+                "connection closed",
+            ))
+        }
+        fn replace_key(
+            &self,
+            key: &KeyRef,
+            current: Version,
+            next: &IdempotencyEntry,
+        ) -> Result<bool> {
+            self.0.replace_key(key, current, next)
+        }
+        fn remove_key(&self, key: &KeyRef, current: Version) -> Result<bool> {
+            self.0.remove_key(key, current)
+        }
+        fn keys(&self) -> Result<KeyListing> {
+            self.0.keys()
+        }
+        fn meta(&self, name: &str) -> Result<Option<String>> {
+            self.0.meta(name)
+        }
+        fn set_meta(&self, name: &str, value: &str) -> Result<()> {
+            self.0.set_meta(name, value)
+        }
+        fn swap_meta(&self, name: &str, current: Option<&str>, next: &str) -> Result<bool> {
+            self.0.swap_meta(name, current, next)
+        }
+    }
+
+    /// The claim was stored but its reply lost: the caller hears the store
+    /// failed (the call does not run), and the claim is not left behind to
+    /// refuse every retry of a call that never ran.
+    #[test]
+    fn a_claim_whose_reply_was_lost_is_not_left_behind() {
+        let store = Arc::new(LostReply(MemoryStore::new()));
+        let ledger = Ledger::new(Arc::clone(&store) as Arc<dyn LedgerStore>);
+        let key = KeyRef::new("agent", "plug", "tool", "k");
+        let claimed = ledger.claim(&key, "d", ("call-1", "h"), 1, Duration::from_secs(60));
+        assert!(claimed.is_err());
+        assert!(store.0.key(&key).unwrap().is_none(), "the claim was left");
+        // Another call's claim is never removed on its behalf.
+        let other = IdempotencyEntry {
+            args_digest: "d".into(),
+            created_ms: 1,
+            state: IdempotencyState::InFlight {
+                call_id: "call-2".into(),
+                host: None,
+            },
+        };
+        assert!(store.0.insert_key(&key, &other).unwrap());
+        let refused = ledger.claim(&key, "d", ("call-3", "h"), 1, Duration::from_secs(60));
+        assert!(matches!(refused, Ok(Claim::Existing(_))), "{refused:?}");
+        assert!(store.0.key(&key).unwrap().is_some());
     }
 
     impl LedgerStore for Misreporting {
