@@ -36,8 +36,8 @@ use crate::error::{Result, StoreError};
 const MAX_RACES: u32 = 1000;
 
 /// The error of a loop that lost [`MAX_RACES`] swaps on `what`.
-fn too_many_races(what: &str) -> crate::StoreError {
-    crate::StoreError::new(
+fn too_many_races(what: &str) -> StoreError {
+    StoreError::new(
         crate::ErrorKind::Conflict,
         format!("{what} changed {MAX_RACES} times while this host tried to update it; giving up"),
     )
@@ -563,7 +563,7 @@ impl Ledger {
         if self.store.insert_approval(approval)? {
             Ok(())
         } else {
-            Err(crate::StoreError::new(
+            Err(StoreError::new(
                 crate::ErrorKind::Conflict,
                 format!("approval id {} is taken", approval.id),
             ))
@@ -607,7 +607,7 @@ impl Ledger {
         if let Some(found) = &stored
             && found.value.id != id
         {
-            return Err(crate::StoreError::new(
+            return Err(StoreError::new(
                 crate::ErrorKind::Corrupt,
                 format!(
                     "the stored approval {id} says it is {:?}: the ledger was edited; remove or restore that entry",
