@@ -732,3 +732,62 @@ async fn oversized_arguments_are_only_digested_whichever_step_refuses() {
     // Within the limit, a refused call's arguments are copied as before.
     assert!(refused[3].entry.args.as_deref().unwrap().contains("\"y\""));
 }
+
+/// Beside a copy with a short secret replaced, a plain digest of the
+/// whole arguments (or result) let anyone holding the record — an
+/// export, say — try each PIN until one matched. Such a record's digests
+/// are keyed under the redaction key; what approvals and idempotency keys
+/// bind is still the arguments themselves.
+#[tokio::test]
+async fn the_digests_beside_a_redacted_copy_cannot_be_tried_offline() {
+    let data = tempfile::tempdir().unwrap();
+    let plugin = misbehave(&[("echo", "write", "idempotency = \"required\"")]);
+    let host = host_in(data.path(), &plugin).await;
+    let secret = json!({"password": "4821", "x": 1});
+    let plain =
+        |v: &Value| airlock_tests::sha256_hex(&airlock_host::audit_log::canonical::to_vec(v));
+    let echo = |args: &Value, key: &str| {
+        CallRequest::new("misbehave/echo", args.to_string())
+            .principal("agent-7")
+            .idempotency_key(key)
+    };
+    host.call(echo(&secret, "k1")).await.unwrap();
+    // The key binds the arguments: the retry replays, other ones refuse.
+    let again = host.call(echo(&secret, "k1")).await.unwrap();
+    assert!(again.replayed_from.is_some(), "{again:?}");
+    let other = host
+        .call(echo(&json!({"password": "4822", "x": 1}), "k1"))
+        .await
+        .unwrap_err();
+    assert_eq!(other.kind(), "idempotency_mismatch");
+    let plainly = json!({"x": 2});
+    host.call(echo(&plainly, "k2")).await.unwrap();
+
+    let rows = records(&host);
+    let started: Vec<_> = rows
+        .iter()
+        .filter(|r| r.entry.event == Event::CallStarted)
+        .collect();
+    let finished: Vec<_> = rows
+        .iter()
+        .filter(|r| r.entry.event == Event::CallFinished)
+        .collect();
+    assert_eq!((started.len(), finished.len()), (2, 2), "{rows:#?}");
+    let (redacted, clear) = (&started[0].entry, &started[1].entry);
+    assert!(redacted.args.as_deref().unwrap().contains("[redacted:"));
+    let keyed = redacted.args_digest.as_deref().unwrap();
+    assert!(keyed.starts_with("hmac-sha256:"), "{keyed}");
+    // No PIN gives it.
+    for pin in 0..10_000 {
+        let guess = json!({"password": format!("{pin:04}"), "x": 1});
+        assert_ne!(plain(&guess), keyed.trim_start_matches("hmac-sha256:"));
+    }
+    let result = finished[0].entry.result_digest.as_deref().unwrap();
+    assert!(result.starts_with("hmac-sha256:"), "{result}");
+    // Nothing redacted: the plain digest, as before.
+    assert_eq!(clear.args_digest.as_deref(), Some(plain(&plainly).as_str()));
+    assert_eq!(
+        finished[1].entry.result_digest.as_deref(),
+        Some(plain(&plainly).as_str())
+    );
+}

@@ -79,5 +79,8 @@ pub use origins::{
     KeySource, read_export_chains, verify_export_chains,
 };
 pub use record::{Entry, Event, GENESIS_HASH, OUTCOME_UNKNOWN, Record, chain_hash, sha256_hex};
-pub use redact::{KnownSecrets, Redacted, RedactionRules, Redactor, capped_json};
+pub use redact::{
+    KEYED_DIGEST_PREFIX, KnownSecrets, Redacted, RedactionRules, Redactor, capped_json,
+    shows_redaction,
+};
 pub use verify::{Problem, VerifyFailure, VerifyReport};

@@ -120,6 +120,16 @@ pub struct Redacted {
     pub secrets: Vec<String>,
 }
 
+/// How a digest keyed under the redaction key begins
+/// ([`Redactor::keyed_digest`]); a plain digest is 64 hex digits alone.
+pub const KEYED_DIGEST_PREFIX: &str = "hmac-sha256:";
+
+/// Whether a stored copy shows redaction's mark: a token put in place of a
+/// value or of secret-shaped text.
+pub fn shows_redaction(copy: &str) -> bool {
+    copy.contains("[redacted")
+}
+
 impl Redactor {
     /// A redactor using `key` (the host's redaction key) and `rules`.
     pub fn new(key: [u8; 32], rules: RedactionRules) -> Redactor {
@@ -139,6 +149,27 @@ impl Redactor {
                 r#"\b([A-Za-z][A-Za-z0-9+.\-]*://)([^/?#\s@:"'<>]*)(:[^/?#\s@"'<>]*)?@"#,
             ),
         }
+    }
+
+    /// `digest` (the SHA-256 hex digest of a value whose stored copy
+    /// redaction changed) keyed under the redaction key: what a record
+    /// holds instead of it. The copy with its secrets replaced and the
+    /// plain digest of the whole would let anyone holding the record try
+    /// guesses of a short secret (a PIN, a card's CVV) until one matched;
+    /// without the key nothing can be tried. Equal values still give equal
+    /// keyed digests on one host.
+    pub fn keyed_digest(&self, digest: &str) -> String {
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.key) else {
+            // HMAC accepts keys of any length.
+            return KEYED_DIGEST_PREFIX.to_owned();
+        };
+        // Apart from redaction tokens, which key canonical JSON.
+        mac.update(b"airlock keyed digest\0");
+        mac.update(digest.as_bytes());
+        format!(
+            "{KEYED_DIGEST_PREFIX}{}",
+            hex::encode(mac.finalize().into_bytes())
+        )
     }
 
     /// The token that replaces `value`.

@@ -73,7 +73,7 @@ impl Approvals<'_> {
         } else {
             ApprovalState::Rejected
         };
-        let mut entry = approval_entry(Event::ApprovalDecided, &current);
+        let mut entry = approval_entry(self.audit, Event::ApprovalDecided, &current);
         entry.principal = Some(who.name.clone());
         entry.decision = Some(decision.as_str().to_owned());
         entry.reason = reason.map(|r| bounded(r, 1024));
@@ -198,7 +198,7 @@ impl Approvals<'_> {
 /// `approval_expired`.
 pub(crate) fn record_expiries(audit: &AuditLog, expired: &[Approval]) {
     for approval in expired {
-        let mut entry = approval_entry(Event::ApprovalExpired, approval);
+        let mut entry = approval_entry(audit, Event::ApprovalExpired, approval);
         entry.principal = Some(approval.principal.clone());
         entry.decision = Some("expired".to_owned());
         entry.reason = Some(expiry_reason(approval).to_owned());
@@ -223,7 +223,7 @@ fn already(id: &str, found: &Approval) -> String {
 
 /// An audit entry for `event` about `approval`: the call it was asked for
 /// and everything it binds.
-fn approval_entry(event: Event, approval: &Approval) -> airlock_audit::Entry {
+fn approval_entry(audit: &AuditLog, event: Event, approval: &Approval) -> airlock_audit::Entry {
     let mut entry = airlock_audit::Entry::new(event);
     entry.call_id = Some(approval.call_id.clone());
     entry.plugin = Some(approval.plugin.clone());
@@ -232,7 +232,13 @@ fn approval_entry(event: Event, approval: &Approval) -> airlock_audit::Entry {
     entry.risk = Some(approval.risk.clone());
     entry.approval_id = Some(approval.id.clone());
     entry.idempotency_key = approval.idempotency_key.clone();
-    entry.args_digest = Some(approval.args_digest.clone());
+    // Keyed as the request's record keyed it: the approval's copy of the
+    // arguments shows whether redaction changed them.
+    entry.args_digest = Some(if airlock_audit::shows_redaction(&approval.args) {
+        audit.redactor().keyed_digest(&approval.args_digest)
+    } else {
+        approval.args_digest.clone()
+    });
     entry
 }
 

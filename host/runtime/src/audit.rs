@@ -59,6 +59,10 @@ pub(crate) struct CallRecord<'a> {
     replayable: Option<usize>,
     /// The host's argument limit: text over it is only digested.
     max_argument_bytes: usize,
+    /// The plain digest of the arguments, which approvals and idempotency
+    /// keys bind to (the record holds it keyed when redaction changed the
+    /// copy: [`airlock_audit::Redactor::keyed_digest`]).
+    binding_digest: String,
 }
 
 impl<'a> CallRecord<'a> {
@@ -87,12 +91,14 @@ impl<'a> CallRecord<'a> {
             durability: Durability::Batched,
             replayable: None,
             max_argument_bytes,
+            binding_digest: String::new(),
         }
     }
 
-    /// The digest of the call's arguments, once recorded.
+    /// The plain digest of the call's arguments, once recorded: what an
+    /// approval or an idempotency key binds.
     pub(crate) fn args_digest(&self) -> &str {
-        self.base.args_digest.as_deref().unwrap_or_default()
+        &self.binding_digest
     }
 
     /// The redacted copy of the arguments, once recorded, cut to
@@ -194,17 +200,31 @@ impl<'a> CallRecord<'a> {
         };
         match value {
             Some(value) => {
-                self.base.args_digest = Some(canonical_digest(value));
+                let digest = canonical_digest(value);
                 let redacted = self.log.redactor().redact(value, &self.pointers, &[]);
+                let changed = redacted.value != *value;
+                // Beside a copy with its secrets replaced, a plain digest
+                // of the whole would let a secret be guessed offline.
+                self.base.args_digest = Some(if changed {
+                    self.log.redactor().keyed_digest(&digest)
+                } else {
+                    digest.clone()
+                });
+                self.binding_digest = digest;
                 let cap = self.replayable.unwrap_or(self.log.config().max_copy_bytes);
                 let (copy, truncated) = capped_json(&redacted.value, cap);
                 self.base.args = Some(copy);
                 self.base.args_truncated = truncated;
-                self.base.args_redacted = self.replayable.map(|_| redacted.value != *value);
+                self.base.args_redacted = self.replayable.map(|_| changed);
                 self.known = airlock_audit::KnownSecrets::new(&redacted.secrets);
                 self.secrets = redacted.secrets;
             }
-            None => self.base.args_digest = Some(sha256_hex(raw.as_bytes())),
+            None => {
+                // Never copied: guessing it takes the whole text.
+                let digest = sha256_hex(raw.as_bytes());
+                self.base.args_digest = Some(digest.clone());
+                self.binding_digest = digest;
+            }
         }
     }
 
@@ -417,6 +437,13 @@ impl<'a> CallRecord<'a> {
                         self.log
                             .redactor()
                             .redact(&response.output, &self.pointers, &self.secrets);
+                    // Keyed beside a copy redaction changed, as the
+                    // arguments' digest is.
+                    let digest = if redacted.value == response.output {
+                        digest
+                    } else {
+                        self.log.redactor().keyed_digest(&digest)
+                    };
                     let copy = capped_json(&redacted.value, self.log.config().max_copy_bytes);
                     (digest, copy)
                 };

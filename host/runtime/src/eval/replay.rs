@@ -32,7 +32,9 @@ pub struct ReplayPlan {
 /// Recorded `read` calls that cannot be replayed, by reason.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct ReplaySkips {
-    /// Redaction changed the argument copy.
+    /// Redaction changed the argument copy, or the result's (whose digest
+    /// is then keyed under the recording host's key: the new output
+    /// cannot be compared with it).
     pub redacted: usize,
     /// The argument copy was cut at its size cap.
     pub cut: usize,
@@ -163,6 +165,15 @@ impl ReplayPlan {
                 continue;
             };
             let d = &done.entry;
+            // A result whose copy redaction changed has its digest keyed
+            // under the recording host's key: nothing to compare with.
+            if d.result_digest
+                .as_deref()
+                .is_some_and(|r| r.starts_with(airlock_audit::KEYED_DIGEST_PREFIX))
+            {
+                plan.skipped.redacted += 1;
+                continue;
+            }
             let recorded = match d.outcome.as_deref() {
                 Some("ok") => RecordedOutcome::Ok {
                     digest: d.result_digest.clone(),
