@@ -109,6 +109,17 @@ async def cancel(transport, target, mode):
         emit(event="call", tool="misbehave__echo", **result_json(result))
 
 
+async def slow_call(transport, target, mode):
+    # `spin` runs to its deadline; the test stops the server meanwhile.
+    async with client_for(transport, target, mode) as client:
+        emit(event="calling")
+        try:
+            result = await client.call_tool("misbehave__spin", {})
+            emit(event="call", tool="misbehave__spin", **result_json(result))
+        except Exception as error:  # the stream cut without an answer
+            emit(event="call_failed", error=repr(error))
+
+
 async def list_changed(transport, target, mode):
     changed = anyio.Event()
 
@@ -325,6 +336,7 @@ SCENARIOS = {
     "principal_slots": principal_slots,
     "oauth_keys": oauth_keys,
     "oauth": oauth,
+    "slow_call": slow_call,
 }
 
 if __name__ == "__main__":

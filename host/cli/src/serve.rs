@@ -177,9 +177,14 @@ pub(crate) async fn run(settings: &Settings, args: ServeArgs) -> Result<u8, Fail
             let principal = args.principal.as_deref().unwrap_or(&settings.principal);
             eprintln!("airlock: serving {tools} tools over MCP on stdio as `{principal}`");
             // stdout is the protocol stream: nothing else writes to it.
+            // Asked to stop, the server still serves while the calls
+            // running finish (their answers go out), then stops.
             tokio::select! {
                 served = server.serve_stdio(principal) => served?,
-                () = shutdown.cancelled() => {}
+                () = async {
+                    shutdown.cancelled().await;
+                    server.finish_calls(airlock_mcp::http::CALL_GRACE).await;
+                } => {}
             }
         }
     }

@@ -1501,3 +1501,32 @@ fn stdio_drops_oversized_and_malformed_lines_and_keeps_serving() {
         "{stderr}"
     );
 }
+
+/// A server asked to stop (SIGTERM) while a call runs lets it finish and
+/// answers it, then exits: the stop cancelled every MCP stream at once,
+/// stopping the call mid-run with no answer to its client (and its
+/// idempotency key's outcome unknown).
+#[test]
+fn a_call_running_when_the_server_is_stopped_finishes_and_is_answered() {
+    let root = plugins_root("fuel = 1_000_000_000_000_000\ntimeout_ms = 2_000");
+    let server = Server::new(root.path(), false);
+    let mut running = server.start_http();
+    let mut child = Command::new(python())
+        .arg(repo().join("tests/mcp/client.py"))
+        .args(["slow_call", "http", &running.url(), "legacy"])
+        .env("AIRLOCK_TEST_TOKEN", TOKEN)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let calling: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(calling["event"], "calling", "{calling}");
+    // The call is on its way and spinning (its deadline is 2 s).
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    running.terminate();
+    let answer: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(answer["event"], "call", "{answer}");
+    assert_eq!(kind(&answer), "deadline_exceeded", "ran to its own end");
+    assert!(child.wait().unwrap().success());
+}

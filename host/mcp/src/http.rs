@@ -773,6 +773,13 @@ impl Callers {
 /// `/console` ([`crate::console`]) for approvers, `/metrics` for scrapers,
 /// behind the Host and Origin checks.
 ///
+/// When `shutdown` is cancelled the server takes no new call, lets the
+/// calls running finish (up to [`CALL_GRACE`], within [`serve`]'s grace
+/// for connections), and only then closes its MCP streams: cancelled with
+/// them, a running call was stopped mid-run, its client got no result and
+/// its idempotency key's outcome became unknown. (Built outside a tokio
+/// runtime, the streams close at once.)
+///
 /// # Errors
 /// [`Error::Config`] from [`HttpConfig::validate`].
 pub fn router(
@@ -792,7 +799,7 @@ pub fn router(
         .disable_allowed_hosts()
         .disable_allowed_origins()
         .with_max_request_body_bytes(config.max_request_bytes)
-        .with_cancellation_token(shutdown);
+        .with_cancellation_token(streams_until_calls_end(server, shutdown));
     let factory = {
         let server = server.clone();
         move || Ok(server.handler(None))
@@ -991,6 +998,29 @@ fn approver_hashes(host: &Host) -> Vec<String> {
         .iter()
         .map(|a| a.token_sha256.clone())
         .collect()
+}
+
+/// How long a shutting-down server lets running calls finish before it
+/// closes its MCP streams (and with them the calls): less than the grace
+/// connections get, so their answers go out.
+pub const CALL_GRACE: Duration = Duration::from_secs(8);
+const _: () = assert!(CALL_GRACE.as_secs() < SHUTDOWN_GRACE.as_secs());
+
+/// The token rmcp's streams end with: cancelled once `shutdown` is and the
+/// calls running have finished (or [`CALL_GRACE`] passed).
+fn streams_until_calls_end(server: &McpServer, shutdown: CancellationToken) -> CancellationToken {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return shutdown;
+    };
+    let streams = CancellationToken::new();
+    let server = server.clone();
+    let stop = streams.clone();
+    runtime.spawn(async move {
+        shutdown.cancelled().await;
+        server.finish_calls(CALL_GRACE).await;
+        stop.cancel();
+    });
+    streams
 }
 
 /// Serve `router` on `listener` until `shutdown` is cancelled, within

@@ -417,6 +417,23 @@ impl McpServer {
         }
     }
 
+    /// Stop taking calls (a new one is refused, `server_busy`) and wait
+    /// until the calls running have finished, `grace` at most: what a
+    /// server shutting down does before it closes its streams, so running
+    /// calls are not stopped mid-run. Whether they all finished.
+    pub async fn finish_calls(&self, grace: Duration) -> bool {
+        let calls = &self.shared.calls;
+        calls.close();
+        let all = self.shared.options.max_concurrent_calls;
+        tokio::time::timeout(grace, async {
+            while calls.available_permits() < all {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .is_ok()
+    }
+
     /// Serve MCP over this process's stdin and stdout until the client
     /// closes the stream. Calls run as `principal`. Nothing else may write
     /// to stdout meanwhile (logs go to stderr).
@@ -972,14 +989,15 @@ impl ServerHandler for AirlockHandler {
             return Ok(outcome::tool_result(name, entry, Err(error)).into());
         };
         let Ok(_slot) = Arc::clone(&self.shared.calls).try_acquire_owned() else {
-            return Ok(outcome::refusal(
-                "server_busy",
-                &format!(
+            let why = if self.shared.calls.is_closed() {
+                "the server is shutting down; try again later (or another host)".to_owned()
+            } else {
+                format!(
                     "the server is running its limit of {} calls at once; try again later",
                     self.shared.options.max_concurrent_calls
-                ),
-            )
-            .into());
+                )
+            };
+            return Ok(outcome::refusal("server_busy", &why).into());
         };
         let arguments = Value::Object(request.arguments.clone().unwrap_or_default()).to_string();
         // A client of the tasks extension gets a task instead of a call
