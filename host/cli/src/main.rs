@@ -607,10 +607,16 @@ fn read_arguments(args: &CallArgs, max_bytes: usize) -> Result<String, Failure> 
 pub(crate) const ALERT_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Before the process exits: alerts raised are delivered (or recorded
-/// undelivered), then the audit log closes ([`close_audit`]).
+/// undelivered), then the audit log closes ([`close_audit`]), then the
+/// spans still queued are exported (bounded by the exporter's timeout; left
+/// to the exporter's drop, they went with the process, unless its batch
+/// timer happened to fire first).
 pub(crate) async fn close_host(host: &Host) {
     host.close_alerts(ALERT_GRACE).await;
     close_audit(host);
+    // The exporter runs on a thread of its own: this waits for it without
+    // needing the runtime.
+    tokio::task::block_in_place(|| host.telemetry().flush_spans());
 }
 
 /// Before the process exits: put the audit log's queued records into the

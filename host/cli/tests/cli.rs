@@ -1618,3 +1618,79 @@ fn output_to_a_closed_pipe_is_no_panic_and_to_a_full_disk_an_error() {
         stderr(&full)
     );
 }
+
+/// `airlock call` with an OTLP endpoint exports its call's spans before it
+/// exits: they went with the process, left to the exporter's drop (unless
+/// its batch timer happened to fire first). The receiver is a loopback
+/// HTTP server that answers every request 200 and counts the posts to
+/// `/v1/traces` with a body.
+#[test]
+fn a_one_shot_call_exports_its_spans_before_it_exits() {
+    use std::io::{BufRead as _, Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let posts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    {
+        let posts = std::sync::Arc::clone(&posts);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let posts = std::sync::Arc::clone(&posts);
+                std::thread::spawn(move || {
+                    let mut reader = std::io::BufReader::new(stream);
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let traces = line.starts_with("POST /v1/traces ");
+                        let mut length = 0usize;
+                        loop {
+                            let mut header = String::new();
+                            if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                                return;
+                            }
+                            if header == "\r\n" {
+                                break;
+                            }
+                            if let Some((name, value)) = header.split_once(':')
+                                && name.eq_ignore_ascii_case("content-length")
+                            {
+                                length = value.trim().parse().unwrap_or(0);
+                            }
+                        }
+                        let mut body = vec![0; length];
+                        if reader.read_exact(&mut body).is_err() {
+                            return;
+                        }
+                        if traces && length > 0 {
+                            posts.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        let _ = reader
+                            .get_mut()
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
+                    }
+                });
+            }
+        });
+    }
+    let env = Env::new();
+    let config = env.data.path().join("otlp.toml");
+    std::fs::write(
+        &config,
+        format!("[telemetry]\notlp_endpoint = \"http://{addr}\"\n"),
+    )
+    .unwrap();
+    let out = env
+        .cmd(Path::new(PLUGINS_DIR))
+        .arg("--config")
+        .arg(&config)
+        .args(["call", "text/slugify", "--args", r#"{"text":"a b"}"#])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(
+        posts.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "no spans reached the receiver"
+    );
+}

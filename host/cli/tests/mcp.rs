@@ -1172,6 +1172,11 @@ fn malformed_telemetry_and_metrics_settings_are_config_errors_naming_the_key() {
             "telemetry.otlp_endpoint",
         ),
         (
+            "[telemetry]\notlp_endpoint = \"http://collector:4318?tenant=a\"\n",
+            "",
+            "has a query or fragment",
+        ),
+        (
             "[telemetry]\notlp_timeout_ms = 0\n",
             "",
             "telemetry.otlp_timeout_ms",

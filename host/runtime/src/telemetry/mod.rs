@@ -115,6 +115,14 @@ impl TelemetryConfig {
                     "telemetry.otlp_endpoint {endpoint:?} is not a URL like http://127.0.0.1:4318"
                 ));
             }
+            // The traces path is appended to an endpoint without one: after
+            // a query it would be part of the query, and spans would go to
+            // `/` (a 404 logged at debug level).
+            if endpoint.contains(['?', '#']) {
+                return Err(format!(
+                    "telemetry.otlp_endpoint {endpoint:?} has a query or fragment: give the collector's URL alone (http://host:4318 or its full traces path)"
+                ));
+            }
             if !cfg!(feature = "otlp") {
                 return Err(
                     "telemetry.otlp_endpoint is set but this build has no OTLP export (feature `otlp` of airlock-host)".into(),
