@@ -246,6 +246,22 @@ fn check_serve(serve: ServeConfig) -> anyhow::Result<ServeConfig> {
     if serve.reload_interval_ms != 0 && serve.reload_interval_ms < 100 {
         bail!("serve.reload_interval_ms must be 0 (no reloading) or at least 100");
     }
+    // These bound the control socket too, which every `serve` opens: held
+    // here, not only where an HTTP listener checks them (with stdio alone,
+    // `max_request_bytes = 0` refused every operator's command).
+    if serve.max_request_bytes < 1024 {
+        bail!("serve.max_request_bytes must be at least 1024");
+    }
+    let ceiling = airlock_mcp::http::HEADER_READ_TIMEOUT_CEILING.as_millis();
+    for (key, ms) in [
+        ("serve.header_read_timeout_ms", serve.header_read_timeout_ms),
+        ("serve.body_read_timeout_ms", serve.body_read_timeout_ms),
+        ("serve.write_timeout_ms", serve.write_timeout_ms),
+    ] {
+        if !(100..=ceiling).contains(&u128::from(ms)) {
+            bail!("{key} must be between 100 and {ceiling}");
+        }
+    }
     Ok(serve)
 }
 
@@ -352,8 +368,17 @@ impl Settings {
             if file.serve.is_some() {
                 layer.serve = file.serve;
             }
-            if file.store.is_some() {
-                layer.store = file.store;
+            if let Some(mut store) = file.store {
+                // A trust anchor: relative to the file, as every path in it
+                // is, never to wherever the command was started from.
+                if let Some(toml::Value::String(ca)) = store.get("ca_file") {
+                    let resolved = resolve_relative(PathBuf::from(ca), base);
+                    store.insert(
+                        "ca_file".to_owned(),
+                        toml::Value::String(resolved.to_string_lossy().into_owned()),
+                    );
+                }
+                layer.store = Some(store);
             }
             if file.alerts.is_some() {
                 layer.alerts = file.alerts;
@@ -560,6 +585,56 @@ mod tests {
         );
         let err = load("[telemetry]\nsample_all = \"yes\"\n").unwrap_err();
         assert!(format!("{err:#}").contains("sample_all"), "{err:#}");
+    }
+
+    /// The database's CA file is a trust anchor: relative to the config
+    /// file, as its other paths are — it was read from wherever the
+    /// command started, a directory someone else may write to.
+    #[test]
+    fn the_store_ca_file_is_relative_to_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("airlock.toml");
+        std::fs::write(
+            &path,
+            "[store]\nbackend = \"postgres\"\nurl = \"postgres://a@127.0.0.1/db\"\ntls = \"require\"\nca_file = \"db-ca.pem\"\n",
+        )
+        .unwrap();
+        let s = Settings::load(Overrides {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap();
+        let airlock_host::StoreConfig::Postgres(config) = &s.store.store else {
+            panic!("not postgres");
+        };
+        assert_eq!(config.ca_file, Some(dir.path().join("db-ca.pem")));
+    }
+
+    /// The control socket's bounds are checked whatever the transport.
+    #[test]
+    fn serve_bounds_are_checked_without_an_http_listener() {
+        for (text, key) in [
+            (
+                "[serve]\nmax_request_bytes = 0\n",
+                "serve.max_request_bytes",
+            ),
+            (
+                "[serve]\nheader_read_timeout_ms = 0\n",
+                "serve.header_read_timeout_ms",
+            ),
+            (
+                "[serve]\nbody_read_timeout_ms = 99\n",
+                "serve.body_read_timeout_ms",
+            ),
+            (
+                "[serve]\nwrite_timeout_ms = 300001\n",
+                "serve.write_timeout_ms",
+            ),
+        ] {
+            let err = load(text).unwrap_err();
+            assert!(format!("{err:#}").contains(key), "{text}: {err:#}");
+        }
+        load("[serve]\nmax_request_bytes = 1024\nheader_read_timeout_ms = 100\n").unwrap();
     }
 
     #[test]

@@ -78,6 +78,13 @@ impl Remote {
                 "the server needs your approver token in AIRLOCK_APPROVER_TOKEN".into(),
             ));
         }
+        // Checked before any connection: a header cannot carry it, and
+        // failing later read as the server being unreachable.
+        if token.chars().any(char::is_control) {
+            return Err(usage(
+                "AIRLOCK_APPROVER_TOKEN holds a control character (a trailing newline or carriage return from a file?); give the token alone".into(),
+            ));
+        }
         Ok(Remote {
             tls,
             host: host
@@ -314,6 +321,15 @@ mod tests {
             assert!(Remote::new(bad, "t").is_err(), "{bad}");
         }
         assert!(Remote::new("http://127.0.0.1:7410", " ").is_err());
+        for token in ["tok\r", "tok\n", "t\u{0}k"] {
+            let Err(refused) = Remote::new("http://127.0.0.1:7410", token) else {
+                panic!("{token:?} accepted");
+            };
+            assert!(
+                refused.to_string().contains("control character"),
+                "{refused}"
+            );
+        }
         assert_eq!(encode("apr-01ab/..%"), "apr-01ab%2F..%25");
     }
 

@@ -150,6 +150,7 @@ pub(crate) async fn run(settings: &Settings, args: ServeArgs) -> Result<u8, Fail
             airlock_mcp::http::serve(listener, router, &config, shutdown.clone()).await?;
         }
         None => {
+            let mut approvals = None;
             if let Some(addr) = args.approvals_http {
                 let mut config = HttpConfig::new(addr, Vec::new());
                 config.allow_remote = serve.allow_remote || args.allow_remote;
@@ -170,9 +171,9 @@ pub(crate) async fn run(settings: &Settings, args: ServeArgs) -> Result<u8, Fail
                     .context("cannot read the bound address")?;
                 eprintln!("airlock: approvals at http://{local}/approvals");
                 let shutdown = shutdown.clone();
-                tokio::spawn(async move {
+                approvals = Some(tokio::spawn(async move {
                     airlock_mcp::http::serve(listener, router, &config, shutdown).await
-                });
+                }));
             }
             let principal = args.principal.as_deref().unwrap_or(&settings.principal);
             eprintln!("airlock: serving {tools} tools over MCP on stdio as `{principal}`");
@@ -185,6 +186,12 @@ pub(crate) async fn run(settings: &Settings, args: ServeArgs) -> Result<u8, Fail
                     shutdown.cancelled().await;
                     server.finish_calls(airlock_mcp::http::CALL_GRACE).await;
                 } => {}
+            }
+            // An approver's request in progress finishes (within the
+            // listener's grace) before alerts and the audit log close.
+            if let Some(approvals) = approvals {
+                shutdown.cancel();
+                let _ = approvals.await;
             }
         }
     }
