@@ -325,10 +325,8 @@ mod tests {
             let Err(refused) = Remote::new("http://127.0.0.1:7410", token) else {
                 panic!("{token:?} accepted");
             };
-            assert!(
-                refused.to_string().contains("control character"),
-                "{refused}"
-            );
+            let message = format!("{:#}", refused.error);
+            assert!(message.contains("control character"), "{message}");
         }
         assert_eq!(encode("apr-01ab/..%"), "apr-01ab%2F..%25");
     }
