@@ -476,8 +476,10 @@ pub mod __private {
     /// `uint32`, `int64`, `uint64`, `int`, `uint`) as `minimum` and
     /// `maximum`, keeping a bound the schema already has where it is
     /// tighter. `int`/`uint` are the guest's `isize`/`usize`. 128-bit
-    /// integers keep only what schemars wrote: their range is beyond a
-    /// JSON number a host can compare exactly.
+    /// integers are held to what the host's JSON keeps exactly (`i64::MIN`
+    /// to `u64::MAX`: a larger one would reach the guest rounded to a
+    /// float), and an `f32` to its finite range (a larger number became
+    /// infinity, and `null` in a result).
     #[derive(Debug, Clone, Copy)]
     pub struct IntegerBounds;
 
@@ -491,6 +493,10 @@ pub mod __private {
                     Some("uint64") => Some((0.into(), u64::MAX.into())),
                     Some("int") => Some(((isize::MIN as i64).into(), (isize::MAX as i64).into())),
                     Some("uint") => Some((0.into(), (usize::MAX as u64).into())),
+                    Some("int128") => Some((i64::MIN.into(), u64::MAX.into())),
+                    Some("uint128") => Some((0.into(), u64::MAX.into())),
+                    Some("float") => serde_json::Number::from_f64(-f64::from(f32::MAX))
+                        .zip(serde_json::Number::from_f64(f64::from(f32::MAX))),
                     _ => None,
                 };
             if let (Some((min, max)), Some(object)) = (range, schema.as_object_mut()) {
@@ -898,6 +904,9 @@ mod tests {
             #[schemars(range(min = 5, max = 10))]
             h: u32,
             i: u8,
+            j: i128,
+            k: u128,
+            l: f32,
         }
         let schema = __private::standard_schema::<Ints>();
         let v = schema.as_value();
@@ -918,6 +927,13 @@ mod tests {
         assert_eq!(p["h"]["minimum"], 5);
         assert_eq!(p["h"]["maximum"], 10);
         assert_eq!(p["i"]["maximum"], 255);
+        // What the host's JSON keeps exactly, and an f32's finite range.
+        assert_eq!(p["j"]["minimum"], i64::MIN);
+        assert_eq!(p["j"]["maximum"], u64::MAX);
+        assert_eq!(p["k"]["minimum"], 0);
+        assert_eq!(p["k"]["maximum"], u64::MAX);
+        assert_eq!(p["l"]["maximum"], f64::from(f32::MAX));
+        assert_eq!(p["l"]["minimum"], -f64::from(f32::MAX));
         // And no format is left anywhere.
         assert!(!v.to_string().contains("\"format\""), "{v}");
     }

@@ -224,7 +224,9 @@ class _Schema:
         if hint is bool:
             return {"type": "boolean"}
         if hint is int:
-            return {"type": "integer"}
+            # What the host's JSON holds exactly: a larger integer would
+            # reach the tool rounded to a float's precision.
+            return {"type": "integer", "minimum": INT_MIN, "maximum": INT_MAX}
         if hint is float:
             return {"type": "number"}
         if hint is str:
@@ -389,6 +391,13 @@ def _pointer(key: str) -> str:
     return str(key).replace("~", "~0").replace("/", "~1")
 
 
+#: The integers a tool's arguments and results may hold: the host's JSON
+#: keeps 64-bit integers exactly and turns any other into a float, which
+#: would round it (12345678901234567890123 → 12345678901234567741440).
+INT_MIN = -(2**63)
+INT_MAX = 2**64 - 1
+
+
 def _to_json(value: Any) -> Any:
     """A result as JSON-ready data: dataclasses become objects."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -397,6 +406,11 @@ def _to_json(value: Any) -> Any:
         return {str(k): _to_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_to_json(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool) and not INT_MIN <= value <= INT_MAX:
+        raise ValueError(
+            f"the integer {value} is outside -2**63..2**64-1: the host would round it "
+            "(return it as a string)"
+        )
     return value
 
 

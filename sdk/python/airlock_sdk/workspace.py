@@ -77,6 +77,17 @@ _KEYS: Dict[str, bytes] = {}
 _BLOBS: Dict[str, bytes] = {}
 
 
+def _as_bytes(value: Any, what: str) -> bytes:
+    # `bytes(5)` is five zero bytes and `bytes([1, 2])` two bytes: taken
+    # as they come, an int or a list would be stored as something else.
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    raise TypeError(
+        f"{what} takes bytes, not {type(value).__name__}"
+        + (" (use set_json for a JSON value)" if what == "workspace.set" else "")
+    )
+
+
 def _check_key(key: str) -> None:
     if not 1 <= len(key.encode()) <= 512:
         raise WorkspaceError("invalid", "a key is 1 to 512 bytes")
@@ -92,7 +103,7 @@ def get(key: str) -> Optional[bytes]:
 
 def set(key: str, value: bytes) -> None:  # noqa: A001 - the ABI's name
     """Store ``value`` under ``key``, replacing any previous value."""
-    value = bytes(value)
+    value = _as_bytes(value, "workspace.set")
     if _wit is not None:  # a component
         _host("set", key, value)
         return
@@ -122,7 +133,7 @@ def list_keys(prefix: str = "", start_after: Optional[str] = None, limit: int = 
 
 def put_blob(data: bytes) -> str:
     """Store ``data`` as an immutable blob; its ref, ``sha256:<hex>``."""
-    data = bytes(data)
+    data = _as_bytes(data, "workspace.put_blob")
     if _wit is not None:  # a component
         return str(_host("put_blob", data))
     ref = "sha256:" + hashlib.sha256(data).hexdigest()

@@ -76,7 +76,10 @@ class SchemaTest(unittest.TestCase):
         )
         self.assertEqual(
             schema["properties"]["tags"],
-            {"type": "object", "additionalProperties": {"type": "integer"}},
+            {
+                "type": "object",
+                "additionalProperties": {"type": "integer", "minimum": -(2**63), "maximum": 2**64 - 1},
+            },
         )
         self.assertEqual(t.output_schema["required"], ["count", "mean"])
         json.dumps(t.descriptor())
@@ -362,6 +365,39 @@ class WorkspaceTest(unittest.TestCase):
         with self.assertRaises(workspace.WorkspaceError) as raised:
             workspace.set("", b"x")
         self.assertEqual(raised.exception.kind, "invalid")
+
+    def test_values_that_are_not_bytes_are_refused_not_converted(self):
+        # bytes(5) is five zero bytes; bytes([1, 2]) two bytes.
+        for value in (5, [1, 2], "text", {"n": 1}):
+            with self.assertRaises(TypeError):
+                workspace.set("k", value)
+            with self.assertRaises(TypeError):
+                workspace.put_blob(value)
+        self.assertIsNone(workspace.get("k"))
+        workspace.set("k", bytearray(b"ok"))
+        self.assertEqual(workspace.get("k"), b"ok")
+
+
+class IntegerRangeTest(unittest.TestCase):
+    def test_integers_the_host_would_round_are_refused_both_ways(self):
+        from airlock_sdk import Context, Failed, Tool
+
+        def digits(n: int) -> str:
+            """Digits."""
+            return str(n)
+
+        def big() -> int:
+            """Big."""
+            return 2**70
+
+        t = Tool(digits, "digits", "Digits.")
+        n = t.input_schema["properties"]["n"]
+        self.assertEqual((n["minimum"], n["maximum"]), (-(2**63), 2**64 - 1))
+        ctx = Context(principal="p", call_id="c", trace_id="t")
+        self.assertEqual(t.run('{"n": 18446744073709551615}', ctx), '"18446744073709551615"')
+        with self.assertRaises(Failed) as raised:
+            Tool(big, "big", "Big.").run("{}", ctx)
+        self.assertIn("outside", str(raised.exception))
 
 
 if __name__ == "__main__":
