@@ -971,3 +971,48 @@ async fn a_canary_and_its_stable_version_share_one_share_of_the_pool() {
         );
     }
 }
+
+/// A version that does not load here was loaded again by every call
+/// routed to it — a read, a hash, a compile and the guest's `list`, under
+/// the one load lock and before any rate limit. Its failure is now kept
+/// for a while: calls are refused with its reason at once.
+#[tokio::test]
+async fn a_version_that_did_not_load_is_refused_at_once_for_a_while() {
+    let data = tempfile::tempdir().unwrap();
+    {
+        let host = Host::new(config(data.path())).unwrap();
+        install(&host, text_version("1.0.0", |m| m).path()).await;
+        host.set_rollout(&RolloutRequest::new("text", "1.0.0", 100, "ops"))
+            .await
+            .unwrap();
+    }
+    let copy = std::fs::read_dir(data.path().join("versions/text"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("1.0.0-")
+        })
+        .unwrap();
+    let manifest = copy.join("plugin.toml");
+    let original = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        original.replacen("risk = \"read\"", "risk = \"write\"", 1),
+    )
+    .unwrap();
+    let host = Host::new(config(data.path())).unwrap();
+    let slugify = || CallRequest::new("text/slugify", json!({"text": "Hi there"}).to_string());
+    let first = format!("{:?}", host.call(slugify()).await.unwrap_err());
+    assert!(first.contains("differs"), "{first}");
+    // Put right, it is still refused until the failure is old enough: the
+    // call did not try the load again.
+    std::fs::write(&manifest, &original).unwrap();
+    let again = format!("{:?}", host.call(slugify()).await.unwrap_err());
+    assert!(
+        again.contains("differs") && again.contains("tried again 30 s"),
+        "{again}"
+    );
+}

@@ -24,7 +24,7 @@
 //! ([`airlock_store::canary_bucket`]); without one, the plugin loaded from
 //! the plugins directory.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
@@ -184,6 +184,10 @@ pub(crate) struct ReleaseParts<'h> {
 }
 
 /// What one host keeps to serve installed versions.
+/// How long a version that did not load is refused before it is tried
+/// again ([`Served::load`]).
+pub(crate) const LOAD_RETRY: Duration = Duration::from_secs(30);
+
 pub(crate) struct Served {
     releases: Releases,
     /// Installed versions loaded here, by plugin and version.
@@ -192,6 +196,11 @@ pub(crate) struct Served {
     rollouts: Mutex<Option<(Instant, RolloutTable)>>,
     /// One materialization and load at a time.
     loading: tokio::sync::Mutex<()>,
+    /// Versions that did not load here, with when and why: calls routed
+    /// to one are refused with that reason for [`LOAD_RETRY`] before it is
+    /// tried again (each call tried it anew — a read, a hash, a compile
+    /// and the guest's `list` under the load lock, before any rate limit).
+    failed: Mutex<HashMap<(String, String), (Instant, String)>>,
     /// One rollout change at a time (`ReleaseParts::commit`).
     changing: tokio::sync::Mutex<()>,
     /// Where versions are materialized.
@@ -258,6 +267,7 @@ impl Served {
             loaded: RwLock::default(),
             rollouts: Mutex::new(None),
             loading: tokio::sync::Mutex::new(()),
+            failed: Mutex::default(),
             changing: tokio::sync::Mutex::new(()),
             dir,
             prepared: Mutex::default(),
@@ -403,10 +413,54 @@ impl Served {
         if let Some(loaded) = self.loaded(plugin, version) {
             return Ok(loaded);
         }
+        let key = (plugin.to_owned(), version.to_owned());
+        let recent_failure = || {
+            let failed = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
+            failed
+                .get(&key)
+                .filter(|(at, _)| at.elapsed() < LOAD_RETRY)
+                .map(|(_, why)| Error::Config {
+                    message: format!(
+                        "{why} (tried again {} s after it failed)",
+                        LOAD_RETRY.as_secs()
+                    ),
+                })
+        };
+        if let Some(refused) = recent_failure() {
+            return Err(refused);
+        }
         let _one = self.loading.lock().await;
         if let Some(loaded) = self.loaded(plugin, version) {
             return Ok(loaded);
         }
+        // Callers queued behind a load that just failed.
+        if let Some(refused) = recent_failure() {
+            return Err(refused);
+        }
+        let loaded = self.load_now(engine, cache, policy, plugin, version).await;
+        let mut failed = self.failed.lock().unwrap_or_else(PoisonError::into_inner);
+        match &loaded {
+            Ok(_) => {
+                failed.remove(&key);
+            }
+            // The store may be back at the next call.
+            Err(Error::Store(e)) if e.source.kind() == airlock_store::ErrorKind::Unavailable => {}
+            Err(e) => {
+                failed.insert(key, (Instant::now(), crate::error::chain(e)));
+            }
+        }
+        loaded
+    }
+
+    /// [`load`](Self::load)'s work, under its lock.
+    async fn load_now(
+        &self,
+        engine: &SharedEngine,
+        cache: Option<&CompiledCache>,
+        policy: &Policy,
+        plugin: &str,
+        version: &str,
+    ) -> Result<Arc<Plugin>> {
         let installed = self
             .releases
             .version(plugin, version)
