@@ -91,6 +91,10 @@ pub mod export_headers {
     pub const PUBLIC_KEY: &str = "x-airlock-public-key";
 }
 
+/// The longest path a Unix socket may be bound at (`sun_path` holds 108
+/// bytes with the terminating NUL).
+const MAX_SOCKET_PATH_BYTES: usize = 107;
+
 /// The control socket of `data_dir`.
 pub fn socket_path(data_dir: &Path) -> PathBuf {
     data_dir.join(SOCKET_FILE)
@@ -213,16 +217,30 @@ impl ControlSocket {
     pub fn bind(data_dir: &Path) -> Result<ControlSocket> {
         let path = socket_path(data_dir);
         static NEXT: AtomicU64 = AtomicU64::new(0);
+        // Short: a socket's path has room for 107 bytes, and the staged one
+        // is the longer.
         let private = data_dir.join(format!(
-            ".control-{}-{}",
+            ".c{}-{}",
             std::process::id(),
             NEXT.fetch_add(1, Ordering::Relaxed)
         ));
+        let staged = private.join(SOCKET_FILE);
+        let longest = staged.as_os_str().len();
+        if longest > MAX_SOCKET_PATH_BYTES {
+            let room = MAX_SOCKET_PATH_BYTES
+                .saturating_sub(longest.saturating_sub(data_dir.as_os_str().len()));
+            return Err(control_error(
+                data_dir,
+                format!(
+                    "the data directory's path is too long for its control socket ({} bytes; a Unix socket's path has room for {MAX_SOCKET_PATH_BYTES}, so at most about {room} here): use a shorter --data-dir",
+                    data_dir.as_os_str().len()
+                ),
+            ));
+        }
         fs::DirBuilder::new()
             .mode(0o700)
             .create(&private)
             .map_err(|e| control_error(&private, format!("cannot create: {e}")))?;
-        let staged = private.join(SOCKET_FILE);
         let bound = (|| {
             let listener = tokio::net::UnixListener::bind(&staged)
                 .map_err(|e| control_error(&staged, format!("cannot bind: {e}")))?;
@@ -1025,6 +1043,34 @@ mod tests {
         assert!(other.contains("uid 0"), "{other}");
         assert!(check_peer(Some(1001), 1000).is_err());
         assert!(check_peer(None, 1000).is_err());
+    }
+
+    /// A data directory whose path leaves no room for the socket's is
+    /// refused naming it and the room there is, not with an error about a
+    /// staging path the operator never chose; one that leaves room binds.
+    #[tokio::test]
+    async fn a_data_directory_too_long_for_a_socket_is_refused_clearly() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path().as_os_str().len();
+        // `/.c<pid>-<n>/control.sock` is at most 34 bytes here.
+        let fits = dir
+            .path()
+            .join("d".repeat(MAX_SOCKET_PATH_BYTES - base - 35));
+        prepare(&fits).unwrap();
+        drop(ControlSocket::bind(&fits).unwrap());
+        let long = dir
+            .path()
+            .join("d".repeat(MAX_SOCKET_PATH_BYTES - base - 14));
+        prepare(&long).unwrap();
+        let Err(refused) = ControlSocket::bind(&long) else {
+            panic!("bound");
+        };
+        let message = refused.to_string();
+        assert!(
+            message.contains("too long for its control socket"),
+            "{message}"
+        );
+        assert!(!message.contains("/control.sock"), "{message}");
     }
 
     #[tokio::test]
