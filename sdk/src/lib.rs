@@ -60,7 +60,11 @@
 //! - Tool functions are plain functions: unit-test them natively with
 //!   `cargo test` ([`Context::default()`] for the context; [`log`] writes to
 //!   stderr off WebAssembly). [`plugin!`] also adds a test that checks the
-//!   tool names and schemas the way the host will when it loads the plugin.
+//!   tool names and schemas as the host will when it loads the plugin —
+//!   all but the schemas' `pattern`s, which only the host compiles (with
+//!   the `regex` crate: no look-around or back-references), and its bounds
+//!   on a schema's width and number of patterns: those show when the
+//!   plugin loads (`airlock plugins list`, `airlock inspect`).
 
 #![deny(missing_docs)]
 
@@ -568,7 +572,10 @@ pub mod __private {
     /// Check the registrations the way the host checks them at load time:
     /// at most [`airlock_names::MAX_TOOLS`], valid and unique names, a
     /// description, input schemas whose root is `"type": "object"`, and no
-    /// schema over [`airlock_names::MAX_SCHEMA_BYTES`] or recursive.
+    /// schema over [`airlock_names::MAX_SCHEMA_BYTES`] or recursive. Not
+    /// checked here (the host refuses them when it loads the plugin): a
+    /// `pattern` the `regex` crate cannot compile, and schemas wider or
+    /// with more patterns than the host's bounds.
     /// [`plugin!`](crate::plugin) runs this as a unit
     /// test in every plugin crate, so a mistake fails `cargo test` instead of
     /// the host's load.

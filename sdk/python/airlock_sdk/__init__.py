@@ -215,6 +215,13 @@ class _Schema:
     def _bare(self, hint: Any) -> Dict[str, Any]:
         if hint is inspect.Parameter.empty:
             raise _Unsupported("no type hint")
+        if hint is Context:
+            # The host's to give, never a caller's: only a parameter of its
+            # own (`ctx: Context`) receives it.
+            raise _Unsupported(
+                "a Context can only be a parameter of its own (`ctx: Context`), "
+                "not part of an argument or a result"
+            )
         inner = _optional_inner(hint)
         if inner is not None:
             inner_schema = self.of(inner)
@@ -449,14 +456,22 @@ class Tool:
                     f"{where}, parameter `{param.name}`: *args and **kwargs cannot be "
                     "described by a schema"
                 )
-            if hint is Context:
-                self.context_param = param.name
-                continue
             if param.kind is param.POSITIONAL_ONLY:
                 raise SchemaError(
                     f"{where}, parameter `{param.name}`: positional-only parameters "
                     "cannot be passed by name"
                 )
+            # `Annotated[Context, ...]` is the context too: taken as a
+            # dataclass, it became an argument whose `principal` the caller
+            # chose.
+            if _strip_annotated(hint)[0] is Context:
+                if self.context_param is not None:
+                    raise SchemaError(
+                        f"{where}, parameter `{param.name}`: a second Context parameter "
+                        f"(`{self.context_param}` is one)"
+                    )
+                self.context_param = param.name
+                continue
             try:
                 properties[param.name] = _Schema().of(hint)
             except _Unsupported as e:

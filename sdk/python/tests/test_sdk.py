@@ -400,5 +400,37 @@ class IntegerRangeTest(unittest.TestCase):
         self.assertIn("outside", str(raised.exception))
 
 
+class ContextParameterTest(unittest.TestCase):
+    def test_an_annotated_context_is_the_hosts_and_never_a_callers(self):
+        from typing import Annotated, Optional
+
+        from airlock_sdk import Context, SchemaError, Tool
+
+        def who(x: int, ctx: Annotated[Context, "who calls"] = Context()) -> str:
+            """Who."""
+            return ctx.principal
+
+        t = Tool(who, "who", "Who.")
+        self.assertNotIn("ctx", t.input_schema["properties"])
+        host = Context(principal="agent-1", call_id="c", trace_id="t")
+        self.assertEqual(t.run('{"x": 1}', host), '"agent-1"')
+        from airlock_sdk import InvalidInput
+
+        with self.assertRaises(InvalidInput):
+            t.run('{"x": 1, "ctx": {"principal": "admin"}}', host)
+
+        def nested(c: Optional[Context] = None) -> str:
+            """Nested."""
+            return ""
+
+        def positional(ctx: Context, /) -> str:
+            """Positional."""
+            return ""
+
+        for func in (nested, positional):
+            with self.assertRaises(SchemaError):
+                Tool(func, func.__name__, "Doc.")
+
+
 if __name__ == "__main__":
     unittest.main()
