@@ -7,7 +7,7 @@ use std::time::Duration;
 use airlock_host::WORKSPACE_DIR;
 use airlock_host::store::Workspace;
 use airlock_mcp::control::{
-    PluginUsage, ValueRequest, WorkspaceListing, workspace_export, workspace_listing,
+    PluginUsage, ValueRequest, WorkspaceListing, workspace_export_to, workspace_listing,
     workspace_plugins,
 };
 use anyhow::Context as _;
@@ -138,22 +138,6 @@ impl Store {
                 .to_vec()),
         }
     }
-
-    async fn export(&self, plugin: &str) -> Result<Vec<u8>, Failure> {
-        match self {
-            Store::Local(store) => Ok(workspace_export(store, plugin)
-                .map_err(|e| anyhow::anyhow!("{e}"))?
-                .into_bytes()),
-            Store::Server(control) => Ok(control
-                .bytes(
-                    "GET",
-                    &format!("/v1/workspace/{}/export", encode(plugin)),
-                    None,
-                )
-                .await?
-                .to_vec()),
-        }
-    }
 }
 
 pub(crate) async fn run(settings: &Settings, command: WorkspaceCommand) -> Result<u8, Failure> {
@@ -233,8 +217,24 @@ pub(crate) async fn run(settings: &Settings, command: WorkspaceCommand) -> Resul
         }
         WorkspaceCommand::Export { plugin, out, force } => {
             crate::outfile::check(settings, &out, force)?;
-            let text = store.export(&plugin).await?;
-            write_atomically(&out, &text)?;
+            match &store {
+                // Streamed into the file: an export may be far larger than
+                // an answer held in memory.
+                Store::Server(control) => {
+                    control
+                        .download(&format!("/v1/workspace/{}/export", encode(&plugin)), &out)
+                        .await?;
+                }
+                Store::Local(local) => {
+                    // Owner only: plugins keep what they keep private.
+                    airlock_host::store::file::write_private_with(
+                        &out,
+                        |w| workspace_export_to(local, &plugin, w),
+                        |e| e.to_string(),
+                    )
+                    .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
+                }
+            }
             eprintln!("exported workspace of `{plugin}` to {}", out.display());
         }
     }

@@ -409,6 +409,31 @@ fn every_operator_command_works_through_the_running_server() {
     let none = setup.run(&["workspace", "get", "notes", "note/t"]);
     assert_eq!(none.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&none.stderr).contains("has no \"note/t\""));
+    // workspace export, streamed from the server into an owner-only file,
+    // and nothing of it left in the data directory.
+    let exported = setup.dir.path().join("workspace.jsonl");
+    setup.ok(&[
+        "workspace",
+        "export",
+        "notes",
+        "--out",
+        exported.to_str().unwrap(),
+    ]);
+    let lines = std::fs::read_to_string(&exported).unwrap();
+    let first: Value = serde_json::from_str(lines.lines().next().unwrap()).unwrap();
+    assert_eq!(first["key"], "note/t", "{lines}");
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(&exported).unwrap().permissions()
+        ) & 0o777,
+        0o600
+    );
+    let left: Vec<_> = std::fs::read_dir(setup.data())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".control-workspace"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 
     // An approval asked through the server, approved with the CLI; the
     // call then runs.

@@ -19,7 +19,7 @@
 //! | `GET /v1/workspace` | `{"plugins": [`[`PluginUsage`]`]}` |
 //! | `GET /v1/workspace/{plugin}` | [`WorkspaceListing`] |
 //! | `POST /v1/workspace/{plugin}/value` [`ValueRequest`] | the raw value, `404` |
-//! | `GET /v1/workspace/{plugin}/export` | JSON lines |
+//! | `GET /v1/workspace/{plugin}/export` | JSON lines, streamed |
 //! | `GET /v1/mode` | `{"mode": mode or null}` |
 //! | `POST /v1/mode` [`ModeRequest`] | `{"mode": ...}` (recorded in the audit log) |
 //! | `POST /v1/releases` [`ReleaseRequest`](crate::releases::ReleaseRequest) | the action's answer; `409` with `{"error": message, "kind", "class", "approval_id"?}` when refused |
@@ -48,7 +48,8 @@
 
 use std::fs;
 use std::os::unix::fs::{
-    DirBuilderExt as _, FileTypeExt as _, MetadataExt as _, PermissionsExt as _,
+    DirBuilderExt as _, FileTypeExt as _, MetadataExt as _, OpenOptionsExt as _,
+    PermissionsExt as _,
 };
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -659,26 +660,42 @@ pub fn workspace_listing(
 /// # Errors
 /// What the store says, in words.
 pub fn workspace_export(store: &Workspace, plugin: &str) -> std::result::Result<String, String> {
-    let mut text = String::new();
+    let mut text = Vec::new();
+    workspace_export_to(store, plugin, &mut text)?;
+    String::from_utf8(text).map_err(|e| e.to_string())
+}
+
+/// [`workspace_export`] written to `out` line by line: a workspace may hold
+/// a gigabyte, which is not built in memory first.
+///
+/// # Errors
+/// What the store or `out` says, in words.
+pub fn workspace_export_to(
+    store: &Workspace,
+    plugin: &str,
+    out: &mut dyn std::io::Write,
+) -> std::result::Result<(), String> {
+    let mut line = |value: Value| {
+        serde_json::to_writer(&mut *out, &value)
+            .map_err(|e| e.to_string())
+            .and_then(|()| out.write_all(b"\n").map_err(|e| e.to_string()))
+    };
     for (e, value) in store.entries(plugin).map_err(|e| e.to_string())? {
-        let mut line = json!({"owner": e.owner, "key": e.key});
+        let mut entry = json!({"owner": e.owner, "key": e.key});
         match String::from_utf8(value) {
-            Ok(s) => line["value"] = json!(s),
-            Err(e) => line["value_hex"] = json!(hex::encode(e.into_bytes())),
+            Ok(s) => entry["value"] = json!(s),
+            Err(e) => entry["value_hex"] = json!(hex::encode(e.into_bytes())),
         }
-        text.push_str(&line.to_string());
-        text.push('\n');
+        line(entry)?;
     }
     for (reference, _) in store.blobs(plugin).map_err(|e| e.to_string())? {
         let data = store
             .get_blob(plugin, &reference)
             .map_err(|e| e.to_string())?
             .unwrap_or_default();
-        let line = json!({"blob": reference, "data_hex": hex::encode(data)});
-        text.push_str(&line.to_string());
-        text.push('\n');
+        line(json!({"blob": reference, "data_hex": hex::encode(data)}))?;
     }
-    Ok(text)
+    Ok(())
 }
 
 // ---------------------------------------------------------------- handlers
@@ -912,15 +929,55 @@ async fn workspace_value_route(
     .await
 }
 
+/// Streamed from a file, as the audit export is: built in memory, a large
+/// workspace's export passed the client's cap on an answer (and its
+/// time) — while the server held the store, so it could not be exported
+/// at all.
 async fn workspace_export_route(
     State(host): State<Arc<Host>>,
     UrlPath(plugin): UrlPath<String>,
 ) -> Response {
-    blocking(move || {
-        let text = workspace_export(host.workspace(), &plugin).map_err(internal)?;
-        Ok(([(header::CONTENT_TYPE, "application/jsonl")], text).into_response())
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let exported = tokio::task::spawn_blocking(move || {
+        let Some(dir) = host.config().data_dir.clone() else {
+            return Err(internal("the server has no data directory"));
+        };
+        // In the (owner-only) data directory, opened, unlinked: nothing is
+        // left behind whatever happens to the stream.
+        let path = dir.join(format!(
+            ".control-workspace-{}-{}.jsonl",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let written = (|| {
+            let mut file = std::io::BufWriter::new(
+                fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&path)
+                    .map_err(|e| e.to_string())?,
+            );
+            workspace_export_to(host.workspace(), &plugin, &mut file)?;
+            std::io::Write::flush(&mut file).map_err(|e| e.to_string())?;
+            fs::File::open(&path).map_err(|e| e.to_string())
+        })();
+        let _ = fs::remove_file(&path);
+        written.map_err(internal)
     })
-    .await
+    .await;
+    let file = match exported {
+        Ok(Ok(file)) => file,
+        Ok(Err(refusal)) => return refusal.into_response(),
+        Err(e) => return internal(format!("the export failed: {e}")).into_response(),
+    };
+    let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file));
+    let mut response = Response::new(Body::from_stream(stream));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/jsonl"),
+    );
+    response
 }
 
 async fn mode(State(host): State<Arc<Host>>) -> Response {
