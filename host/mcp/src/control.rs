@@ -798,36 +798,14 @@ async fn audit_verify(State(host): State<Arc<Host>>, body: Bytes) -> Response {
 }
 
 async fn audit_export(State(host): State<Arc<Host>>) -> Response {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let exported = tokio::task::spawn_blocking(move || {
-        let Some(dir) = host.config().data_dir.clone() else {
-            return Err(internal("the server has no data directory"));
-        };
-        // Written in the (owner-only) data directory, opened, unlinked:
-        // nothing is left behind whatever happens to the stream.
-        let path = dir.join(format!(
-            ".control-export-{}-{}.jsonl",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
-        let summary = host.audit().export(&path).map_err(internal)?;
-        let file = fs::File::open(&path);
-        let _ = fs::remove_file(&path);
-        Ok((summary, file.map_err(internal)?))
-    })
-    .await;
-    let (summary, file) = match exported {
-        Ok(Ok(done)) => done,
-        Ok(Err(refusal)) => return refusal.into_response(),
-        Err(e) => return internal(format!("the export failed: {e}")).into_response(),
+    let exported = export_streamed(host, "export", |host, path| {
+        host.audit().export(path).map_err(internal)
+    });
+    let (summary, mut response) = match exported.await {
+        Ok(done) => done,
+        Err(refusal) => return refusal.into_response(),
     };
-    let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file));
-    let mut response = Response::new(Body::from_stream(stream));
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/jsonl"),
-    );
     for (name, value) in [
         (export_headers::RECORDS, summary.records.to_string()),
         (export_headers::CHECKPOINTS, summary.checkpoints.to_string()),
@@ -838,6 +816,45 @@ async fn audit_export(State(host): State<Arc<Host>>) -> Response {
         }
     }
     response
+}
+
+/// Run `export` on a blocking thread to write a file in the (owner-only)
+/// data directory, then answer with that file streamed as JSON Lines: it is
+/// opened, then unlinked, so nothing is left behind whatever happens to the
+/// stream (or to the export), and it is never held in memory whatever its
+/// size. `kind` names the file while it exists.
+async fn export_streamed<T: Send + 'static>(
+    host: Arc<Host>,
+    kind: &'static str,
+    export: impl FnOnce(&Host, &Path) -> std::result::Result<T, Refusal> + Send + 'static,
+) -> std::result::Result<(T, Response), Refusal> {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let exported = tokio::task::spawn_blocking(move || {
+        let Some(dir) = host.config().data_dir.clone() else {
+            return Err(internal("the server has no data directory"));
+        };
+        let path = dir.join(format!(
+            ".control-{kind}-{}-{}.jsonl",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let opened = export(&host, &path)
+            .and_then(|summary| Ok((summary, fs::File::open(&path).map_err(internal)?)));
+        let _ = fs::remove_file(&path);
+        opened
+    })
+    .await;
+    let (summary, file) = match exported {
+        Ok(done) => done?,
+        Err(e) => return Err(internal(format!("the export failed: {e}"))),
+    };
+    let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file));
+    let mut response = Response::new(Body::from_stream(stream));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/jsonl"),
+    );
+    Ok((summary, response))
 }
 
 #[derive(Debug, Deserialize)]
@@ -929,7 +946,7 @@ async fn workspace_value_route(
     .await
 }
 
-/// Streamed from a file, as the audit export is: built in memory, a large
+/// Streamed from a file ([`export_streamed`]): built in memory, a large
 /// workspace's export passed the client's cap on an answer (and its
 /// time) — while the server held the store, so it could not be exported
 /// at all.
@@ -937,47 +954,25 @@ async fn workspace_export_route(
     State(host): State<Arc<Host>>,
     UrlPath(plugin): UrlPath<String>,
 ) -> Response {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let exported = tokio::task::spawn_blocking(move || {
-        let Some(dir) = host.config().data_dir.clone() else {
-            return Err(internal("the server has no data directory"));
-        };
-        // In the (owner-only) data directory, opened, unlinked: nothing is
-        // left behind whatever happens to the stream.
-        let path = dir.join(format!(
-            ".control-workspace-{}-{}.jsonl",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        ));
+    let exported = export_streamed(host, "workspace", move |host, path| {
         let written = (|| {
             let mut file = std::io::BufWriter::new(
                 fs::OpenOptions::new()
                     .write(true)
                     .create_new(true)
                     .mode(0o600)
-                    .open(&path)
+                    .open(path)
                     .map_err(|e| e.to_string())?,
             );
             workspace_export_to(host.workspace(), &plugin, &mut file)?;
-            std::io::Write::flush(&mut file).map_err(|e| e.to_string())?;
-            fs::File::open(&path).map_err(|e| e.to_string())
+            std::io::Write::flush(&mut file).map_err(|e| e.to_string())
         })();
-        let _ = fs::remove_file(&path);
         written.map_err(internal)
-    })
-    .await;
-    let file = match exported {
-        Ok(Ok(file)) => file,
-        Ok(Err(refusal)) => return refusal.into_response(),
-        Err(e) => return internal(format!("the export failed: {e}")).into_response(),
-    };
-    let stream = tokio_util::io::ReaderStream::new(tokio::fs::File::from_std(file));
-    let mut response = Response::new(Body::from_stream(stream));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/jsonl"),
-    );
-    response
+    });
+    match exported.await {
+        Ok(((), response)) => response,
+        Err(refusal) => refusal.into_response(),
+    }
 }
 
 async fn mode(State(host): State<Arc<Host>>) -> Response {

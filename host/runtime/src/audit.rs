@@ -368,6 +368,22 @@ impl<'a> CallRecord<'a> {
         error
     }
 
+    /// The call's outcome record, taken from its base: the intent's fields
+    /// with it when the intent was `held` (this record is the call's only
+    /// one), without the arguments when the intent record holds them.
+    fn take_outcome(&mut self, held: bool) -> Entry {
+        let mut entry = std::mem::replace(&mut self.base, Entry::new(Event::CallFinished));
+        entry.event = Event::CallFinished;
+        if held {
+            entry.decision = Some(Entry::ADMITTED.to_owned());
+        } else {
+            entry.args = None;
+            entry.args_redacted = None;
+            entry.args_truncated = false;
+        }
+        entry
+    }
+
     /// Record the outcome.
     ///
     /// The call has run: if its intent is on record, a failure to record
@@ -387,15 +403,7 @@ impl<'a> CallRecord<'a> {
         let held = self.intent == Intent::Held;
         // Recorded here, whatever becomes of the append: not again on drop.
         self.intent = Intent::Recorded;
-        let mut entry = std::mem::replace(&mut self.base, Entry::new(Event::CallFinished));
-        entry.event = Event::CallFinished;
-        if held {
-            entry.decision = Some(Entry::ADMITTED.to_owned());
-        } else {
-            entry.args = None;
-            entry.args_redacted = None;
-            entry.args_truncated = false;
-        }
+        let mut entry = self.take_outcome(held);
         entry.fuel_used = Some(stats.fuel_used);
         entry.wall_us = Some(u64::try_from(stats.duration.as_micros()).unwrap_or(u64::MAX));
         // The guest's log and the host's notes on every outcome: the
@@ -514,15 +522,7 @@ impl Drop for CallRecord<'_> {
             Intent::Written => false,
             Intent::Due | Intent::Recorded => return,
         };
-        let mut entry = std::mem::replace(&mut self.base, Entry::new(Event::CallFinished));
-        entry.event = Event::CallFinished;
-        if held {
-            entry.decision = Some(Entry::ADMITTED.to_owned());
-        } else {
-            entry.args = None;
-            entry.args_redacted = None;
-            entry.args_truncated = false;
-        }
+        let mut entry = self.take_outcome(held);
         entry.outcome = Some(CALLER_WENT_AWAY.0.to_owned());
         entry.reason = Some(CALLER_WENT_AWAY.1.to_owned());
         if let Err(e) = self.log.append_batched(&entry) {

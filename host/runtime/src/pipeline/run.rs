@@ -59,6 +59,20 @@ pub(crate) async fn unless_cancelled<T>(
     }
 }
 
+/// A semaphore's permit, waited for until `deadline` unless `cancel` fires
+/// first: `None` when cancelled, `Some(None)` when the deadline passed (or
+/// the semaphore was closed) before a permit came.
+async fn wait_for_permit<P>(
+    cancel: Option<&CancellationToken>,
+    deadline: Instant,
+    permit: impl Future<Output = Result<P, tokio::sync::AcquireError>>,
+) -> Option<Option<P>> {
+    let permit = tokio::time::timeout_at(deadline.into(), permit);
+    unless_cancelled(cancel, permit)
+        .await
+        .map(|waited| waited.ok().and_then(Result::ok))
+}
+
 /// A validated call, ready to run.
 pub(crate) struct PreparedCall<'a> {
     pub(crate) plugin: &'a Plugin,
@@ -124,43 +138,31 @@ async fn run_tool_inner(
         tool: tool_id.to_owned(),
         ran,
     };
+    let deadline = started + limits.timeout();
+    let busy = |limit| CallError::PluginBusy {
+        plugin: plugin.name().to_owned(),
+        limit,
+    };
     // Per-plugin concurrency cap (`max_concurrency`, or the plugin's share
     // of the instance pool when smaller): wait for a slot at most as long as
     // the call itself may run.
-    let slot = tokio::time::timeout(limits.timeout(), plugin.slots.acquire());
-    let _permit = unless_cancelled(cancel, slot)
+    let _permit = wait_for_permit(cancel, deadline, plugin.slots.acquire())
         .await
         .ok_or_else(|| cancelled(false))?
-        .ok()
-        .and_then(|permit| permit.ok())
-        .ok_or_else(|| CallError::PluginBusy {
-            plugin: plugin.name().to_owned(),
-            limit: plugin.slots_limit,
-        })?;
+        .ok_or_else(|| busy(plugin.slots_limit))?;
     // Its name's share of the pool, which every loaded version of it
     // (a rollout's two) takes from, until the same deadline.
     let _share = match &plugin.share {
-        Some(share) => {
-            let share = tokio::time::timeout_at(
-                (started + limits.timeout()).into(),
-                Arc::clone(share).acquire_owned(),
-            );
-            Some(
-                unless_cancelled(cancel, share)
-                    .await
-                    .ok_or_else(|| cancelled(false))?
-                    .ok()
-                    .and_then(|permit| permit.ok())
-                    .ok_or_else(|| CallError::PluginBusy {
-                        plugin: plugin.name().to_owned(),
-                        limit: u64::from(engine.per_plugin()),
-                    })?,
-            )
-        }
+        Some(share) => Some(
+            wait_for_permit(cancel, deadline, Arc::clone(share).acquire_owned())
+                .await
+                .ok_or_else(|| cancelled(false))?
+                .ok_or_else(|| busy(u64::from(engine.per_plugin())))?,
+        ),
         None => None,
     };
     // A slot of the host's instance pool, until the same deadline.
-    let pool = engine.admit(plugin.pool_needs, started + limits.timeout());
+    let pool = engine.admit(plugin.pool_needs, deadline);
     let _pool = unless_cancelled(cancel, pool)
         .await
         .ok_or_else(|| cancelled(false))?
