@@ -157,13 +157,15 @@ impl TlsServer {
     }
 }
 
-/// Loopback allowed (both families: `localhost` may resolve to either).
-fn localhost_allowed(ca_certs: Vec<std::path::PathBuf>) -> Policy {
+/// Loopback allowed (both families: `localhost` may resolve to either),
+/// by the name `localhost` on `port` too.
+fn localhost_allowed(port: u16, ca_certs: Vec<std::path::PathBuf>) -> Policy {
     Policy {
         http_allow_private: vec![
             IpRange::parse("127.0.0.1").unwrap(),
             IpRange::parse("::1").unwrap(),
         ],
+        http_private_origins: vec![Origin::parse(&format!("https://localhost:{port}")).unwrap()],
         http_ca_certs: ca_certs,
         ..Policy::default()
     }
@@ -361,6 +363,42 @@ async fn http_name_resolving_to_loopback_is_refused() {
     );
     assert!(message.contains("destination-IP-prohibited"), "{message}");
     assert_eq!(server.connections(), 0, "refused before connecting");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_name_resolving_to_an_excepted_address_needs_its_origin_listed() {
+    // The operator excepts 127.0.0.1 (for a plugin calling
+    // http://127.0.0.1:PORT); another plugin's own name resolving there
+    // does not get the exception until the operator names that origin.
+    let server = TestServer::start().await;
+    let origin = format!("http://localhost:{}", server.port);
+    let dir = fetch(&[&origin], "");
+    // Both families: `localhost` may resolve to either.
+    let excepted = Policy {
+        http_allow_private: vec![
+            IpRange::parse("127.0.0.1").unwrap(),
+            IpRange::parse("::1").unwrap(),
+        ],
+        ..Policy::default()
+    };
+    let host = load(&dir, excepted.clone()).await.unwrap();
+    let url = format!("{origin}/hello");
+    let message = tool_error(
+        call(&host, "fetch/get", json!({"url": url})).await,
+        ToolErrorKind::Denied,
+    );
+    assert!(message.contains("destination-IP-prohibited"), "{message}");
+    assert_eq!(server.connections(), 0, "refused before connecting");
+    let policy = Policy {
+        http_private_origins: vec![Origin::parse(&origin).unwrap()],
+        ..excepted
+    };
+    let host = load(&dir, policy).await.unwrap();
+    let out = call(&host, "fetch/get", json!({"url": url}))
+        .await
+        .unwrap()
+        .output;
+    assert_eq!(out["status"], 200, "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -833,9 +871,12 @@ async fn https_to_a_server_signed_by_an_operator_ca_completes_the_handshake() {
     let server = TlsServer::start().await;
     let origin = format!("https://localhost:{}", server.port);
     let dir = fetch(&[&origin], "");
-    let host = load(&dir, localhost_allowed(vec![fixture("ca.pem")]))
-        .await
-        .unwrap();
+    let host = load(
+        &dir,
+        localhost_allowed(server.port, vec![fixture("ca.pem")]),
+    )
+    .await
+    .unwrap();
     let out = call(
         &host,
         "fetch/get",
@@ -856,7 +897,9 @@ async fn assert_certificate_refused(host: &str, ca_certs: Vec<std::path::PathBuf
     let server = TlsServer::start().await;
     let authority = format!("{host}:{}", server.port);
     let dir = client(&[&format!("https://{authority}")]);
-    let host = load(&dir, localhost_allowed(ca_certs)).await.unwrap();
+    let host = load(&dir, localhost_allowed(server.port, ca_certs))
+        .await
+        .unwrap();
     let response = call(
         &host,
         "client/request",
@@ -890,7 +933,7 @@ fn http_ca_certs_that_are_missing_or_not_certificates_are_config_errors() {
         (fixture("localhost.key"), "no CERTIFICATE"),
         (fixture("README.md"), "no CERTIFICATE"),
     ] {
-        let policy = localhost_allowed(vec![path]);
+        let policy = localhost_allowed(443, vec![path]);
         let err = Host::new(HostConfig::default().policy(policy)).unwrap_err();
         assert_eq!(err.kind(), "config", "{err}");
         let message = err.to_string();

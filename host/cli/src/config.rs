@@ -667,7 +667,7 @@ mod tests {
     #[test]
     fn http_policy_is_read_and_checked() {
         let file = parse(
-            "[policy]\nforbid = [\"http\"]\nhttp_allow = [\"https://API.example.com:443\"]\nhttp_allow_private = [\"127.0.0.1\", \"10.0.0.0/8\"]\nhttp_max_requests = 4\n",
+            "[policy]\nforbid = [\"http\"]\nhttp_allow = [\"https://API.example.com:443\"]\nhttp_allow_private = [\"127.0.0.1\", \"10.0.0.0/8\"]\nhttp_private_origins = [\"http://Billing.internal:80\"]\nhttp_max_requests = 4\n",
             "t",
         )
         .unwrap();
@@ -681,11 +681,19 @@ mod tests {
             .collect();
         assert_eq!(allow, ["https://api.example.com"]);
         assert_eq!(policy.http_allow_private.len(), 2);
+        assert_eq!(
+            policy.http_private_origins,
+            [airlock_host::Origin::parse("http://billing.internal").unwrap()]
+        );
         assert_eq!(policy.http_max_requests, Some(4));
         for (bad, reason) in [
             ("http_allow = [\"https://x.example/path\"]", "has a path"),
             ("http_allow_private = [\"10.0.0.1/8\"]", "10.0.0.0/8"),
             ("http_allow_private = false", "invalid type"),
+            (
+                "http_private_origins = [\"billing.internal\"]",
+                "billing.internal",
+            ),
         ] {
             let err = parse(&format!("[policy]\n{bad}"), "t").unwrap_err();
             assert!(format!("{err:#}").contains(reason), "{bad}: {err:#}");

@@ -108,6 +108,11 @@ pub(crate) fn render(r: &InspectReport) -> String {
                     "  http may reach non-public {range} (operator policy)"
                 ));
             }
+            for origin in &http.private_origins {
+                line(format!(
+                    "  http {origin} may resolve to those addresses (operator policy)"
+                ));
+            }
         }
     }
     line(String::new());

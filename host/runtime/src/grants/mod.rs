@@ -306,6 +306,13 @@ pub struct Policy {
     /// Empty (the default): only public unicast addresses.
     #[serde(default)]
     pub http_allow_private: Vec<IpRange>,
+    /// Origins whose *names* may resolve to the addresses of
+    /// `http_allow_private`. An origin that is an address in those ranges
+    /// reaches it as listed; a name needs to be here as well: otherwise a
+    /// plugin could point a domain of its own at the operator's exception
+    /// (DNS rebinding) and reach a service meant for another plugin.
+    #[serde(default)]
+    pub http_private_origins: Vec<Origin>,
     /// PEM files of certificate authorities HTTPS requests trust besides
     /// Mozilla's roots (an internal CA). Relative paths in a config file are
     /// relative to the file.

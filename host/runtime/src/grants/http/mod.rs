@@ -19,7 +19,9 @@
 //!    resolves to is not public unicast ([`special_purpose`]) and not in the
 //!    operator's `http_allow_private` (`destination-IP-prohibited`) — this is
 //!    what stops DNS names pointing at loopback, private networks or the
-//!    cloud metadata service;
+//!    cloud metadata service. A name reaches such an address only when the
+//!    operator also lists its origin in `http_private_origins`: the ranges
+//!    alone would let any plugin point a domain of its own at them;
 //! 5. connects to the vetted address itself (never resolving the name a
 //!    second time, so the answer cannot change in between), does TLS with
 //!    the origin's name for `https`, and speaks HTTP/1.1;
@@ -59,6 +61,11 @@ pub struct HttpGrant {
     pub origins: Vec<Origin>,
     /// Non-public address ranges the operator lets requests connect to.
     pub allow_private: Vec<IpRange>,
+    /// This plugin's origins whose names may resolve into `allow_private`
+    /// (the operator's `http_private_origins`); an address origin needs
+    /// none.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub private_origins: Vec<Origin>,
     /// Requests per call, body size, timeouts.
     pub limits: HttpLimits,
     /// Certificate authorities trusted besides Mozilla's roots (the
@@ -101,6 +108,11 @@ pub(super) fn resolve(
     Ok(Some(HttpGrant {
         origins: declared.to_vec(),
         allow_private: policy.http_allow_private.clone(),
+        private_origins: declared
+            .iter()
+            .filter(|o| policy.http_private_origins.contains(o))
+            .cloned()
+            .collect(),
         limits: HttpLimits::resolve(
             policy.http_max_requests,
             policy.http_max_response_kb,

@@ -373,16 +373,26 @@ fn vet(plan: &Plan, mut addresses: Vec<SocketAddr>) -> Result<Vec<SocketAddr>, E
         let Some(reason) = special_purpose(ip) else {
             continue;
         };
-        if plan.grant.allow_private.iter().any(|r| r.contains(ip)) {
-            continue;
-        }
-        let subject = match &plan.origin.host {
-            OriginHost::Ip(_) => format!("{ip} is"),
-            OriginHost::Name(name) => format!("{name} resolves to {ip}, which is"),
+        let excepted = plan.grant.allow_private.iter().any(|r| r.contains(ip));
+        let note = match &plan.origin.host {
+            OriginHost::Ip(_) if excepted => continue,
+            OriginHost::Ip(_) => format!(
+                "refused: {ip} is {reason}; not reachable unless the operator allows it (http_allow_private)"
+            ),
+            // The name's owner chooses what it resolves to: the exception
+            // holds for names the operator vouches for, not for any.
+            OriginHost::Name(_) if excepted && plan.grant.private_origins.contains(&plan.origin) => {
+                continue;
+            }
+            OriginHost::Name(name) if excepted => format!(
+                "refused: {name} resolves to {ip}, which is {reason}; http_allow_private allows the address, but a name reaches it only when the operator lists its origin ({}) in http_private_origins",
+                plan.origin
+            ),
+            OriginHost::Name(name) => format!(
+                "refused: {name} resolves to {ip}, which is {reason}; not reachable unless the operator allows it (http_allow_private, and the origin in http_private_origins)"
+            ),
         };
-        plan.note(format!(
-            "refused: {subject} {reason}; not reachable unless the operator allows it (http_allow_private)"
-        ));
+        plan.note(note);
         return Err(E::DestinationIpProhibited);
     }
     addresses.truncate(HTTP_MAX_ADDRESSES);
@@ -658,6 +668,73 @@ mod tests {
         assert!(request_origin(&uri).is_err());
     }
 
+    /// The operator's exception for an address holds for an origin that
+    /// is that address, and for a name only when the operator lists the
+    /// name's origin too: a plugin resolving a domain of its own to the
+    /// excepted address (another plugin's local service) is refused.
+    #[test]
+    fn a_name_reaches_an_excepted_address_only_when_its_origin_is_listed() {
+        let grant = |private_origins: Vec<Origin>| {
+            Arc::new(HttpGrant {
+                origins: Vec::new(),
+                allow_private: vec![crate::grants::IpRange::parse("127.0.0.1").unwrap()],
+                private_origins,
+                limits: crate::limits::HttpLimits::resolve(None, None, None, None),
+                ca_certs: Vec::new(),
+                tls: TlsClient::new(&[]).unwrap(),
+                dns: DnsLookups::shared(1, "test"),
+            })
+        };
+        let loopback = vec![SocketAddr::from(([127, 0, 0, 1], 8080))];
+        let vetted = |origin: &str, grant: Arc<HttpGrant>, addresses: Vec<SocketAddr>| {
+            let notes = Arc::new(Mutex::new(Vec::new()));
+            let plan = Plan::new(
+                Origin::parse(origin).unwrap(),
+                grant,
+                None,
+                Instant::now() + Duration::from_secs(10),
+                Arc::clone(&notes),
+                format!("GET {origin}/"),
+            );
+            let result = vet(&plan, addresses);
+            let notes = notes.lock().unwrap().clone();
+            (result, notes)
+        };
+        // The address itself: the exception holds.
+        let (result, notes) = vetted("http://127.0.0.1:8080", grant(Vec::new()), loopback.clone());
+        assert_eq!(result.unwrap(), loopback, "{notes:?}");
+        // A name the operator did not list: refused, saying what to add.
+        let (result, notes) = vetted(
+            "http://rebound.attacker.example:8080",
+            grant(Vec::new()),
+            loopback.clone(),
+        );
+        assert!(matches!(result, Err(E::DestinationIpProhibited)));
+        assert!(
+            notes.iter().any(|n| n.contains("rebound.attacker.example resolves to 127.0.0.1")
+                && n.contains("http_private_origins")
+                && n.contains("http://rebound.attacker.example:8080")),
+            "{notes:?}"
+        );
+        // Listed: it reaches the excepted address, and only that one.
+        let listed = || grant(vec![Origin::parse("http://billing.internal:8080").unwrap()]);
+        let (result, notes) = vetted("http://billing.internal:8080", listed(), loopback.clone());
+        assert_eq!(result.unwrap(), loopback, "{notes:?}");
+        let (result, notes) = vetted(
+            "http://billing.internal:8080",
+            listed(),
+            vec![SocketAddr::from(([10, 0, 0, 1], 8080))],
+        );
+        assert!(matches!(result, Err(E::DestinationIpProhibited)));
+        assert!(
+            notes.iter().any(|n| n.contains("not reachable unless the operator allows it")),
+            "{notes:?}"
+        );
+        // Another origin of the same name (other port) is not listed.
+        let (result, _) = vetted("http://billing.internal:9090", listed(), loopback);
+        assert!(matches!(result, Err(E::DestinationIpProhibited)));
+    }
+
     #[test]
     fn waits_are_bounded_by_the_deadline() {
         let now = Instant::now();
@@ -699,6 +776,7 @@ mod tests {
         let grant = Arc::new(HttpGrant {
             origins: Vec::new(),
             allow_private: Vec::new(),
+            private_origins: Vec::new(),
             limits: crate::limits::HttpLimits::resolve(None, None, Some(100), None),
             ca_certs: Vec::new(),
             tls: TlsClient::new(&[]).unwrap(),
@@ -756,6 +834,7 @@ mod tests {
             Arc::new(HttpGrant {
                 origins: Vec::new(),
                 allow_private: Vec::new(),
+                private_origins: Vec::new(),
                 limits: crate::limits::HttpLimits::resolve(None, None, Some(100), None),
                 ca_certs: Vec::new(),
                 tls: TlsClient::new(&[]).unwrap(),
