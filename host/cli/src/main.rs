@@ -315,7 +315,13 @@ fn main() -> ExitCode {
     let code = match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(failure) => {
-            eprintln!("error: {:#}", failure.error);
+            // Errors quote what they were given (a manifest's component
+            // path, a file name, an argument): escaped, so that text cannot
+            // drive the terminal.
+            eprintln!(
+                "error: {}",
+                terminal::escape_lines(&format!("{:#}", failure.error))
+            );
             failure.code
         }
     };

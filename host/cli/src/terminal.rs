@@ -38,6 +38,18 @@ pub(crate) fn escape(text: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// [`escape`] line by line: the line breaks of a message that has several
+/// (a TOML error's excerpt, a list of problems) stay line breaks — a new
+/// line cannot overwrite the ones before it — and everything else that
+/// could drive the terminal, a bare `\r` included, is escaped.
+pub(crate) fn escape_lines(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(|c| c != '\n' && needs_escape(c)) && !text.contains("\\u") {
+        return Cow::Borrowed(text);
+    }
+    let lines: Vec<Cow<'_, str>> = text.split('\n').map(escape).collect();
+    Cow::Owned(lines.join("\n"))
+}
+
 fn needs_escape(c: char) -> bool {
     c.is_control() || airlock_host::audit_log::text::reorders(c)
 }
@@ -70,6 +82,16 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn line_by_line_keeps_line_breaks_and_escapes_the_rest() {
+        assert_eq!(
+            escape_lines("TOML parse error\n  |\n3 | component = \"\x1b]0;x\x07\"\n"),
+            "TOML parse error\n  |\n3 | component = \"\\u{1b}]0;x\\u{7}\"\n"
+        );
+        assert_eq!(escape_lines("ok\r\nfake"), "ok\\u{d}\nfake");
+        assert!(matches!(escape_lines("two\nlines"), Cow::Borrowed(_)));
     }
 
     #[test]

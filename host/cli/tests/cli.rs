@@ -608,6 +608,39 @@ fn inspect_refuses_a_component_that_is_not_a_regular_file() {
 }
 
 #[test]
+fn an_error_quoting_a_manifest_is_shown_escaped() {
+    // `inspect` is for plugins not yet trusted; its errors quote the
+    // manifest (here the component's path), and reached the terminal raw:
+    // a manifest could retitle the window or rewrite the lines above.
+    let json_wasm = read(&format!("{PLUGINS_DIR}/json/json.wasm"));
+    let tools = "[[tools]]\nname = \"query\"\nrisk = \"read\"\n";
+    let root = plugins_root("json", &json_wasm, tools);
+    let manifest = root.path().join("json").join("plugin.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let forged = text.replace(
+        "component = \"component.wasm\"",
+        "component = \"\\u001b]0;pwned\\u0007\\u001b[2K\\rok.wasm\"",
+    );
+    assert_ne!(forged, text, "the manifest names its component: {text}");
+    std::fs::write(&manifest, forged).unwrap();
+    let out = Env::new()
+        .cmd(root.path())
+        .args(["inspect", "json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}') && !stderr.contains('\u{7}') && !stderr.contains('\r'),
+        "{stderr:?}"
+    );
+    assert!(
+        stderr.contains("\\u{1b}]0;pwned\\u{7}\\u{1b}[2K\\u{d}ok.wasm"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn inspect_reports_imports_that_are_not_granted_and_exits_non_zero() {
     let tools = "[[tools]]\nname = \"env\"\n";
     let root = plugins_root("probe", &read(PROBE), tools);

@@ -32,6 +32,11 @@ use tar::EntryType;
 
 use crate::error::{ArchiveRefusal, LoadError, LoadResult};
 
+/// Bytes reserved for an entry before any arrive, at most: its header's
+/// size is the archive's claim (up to the component's cap of hundreds of
+/// MiB from a file of a hundred bytes), so memory grows with what is read.
+const PREALLOCATE_AT_MOST: u64 = 64 * 1024;
+
 /// Caps on what an archive may hold.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Caps {
@@ -182,7 +187,10 @@ pub(crate) fn read(path: &Path, caps: &Caps) -> LoadResult<Files> {
                 ArchiveRefusal::EntryTooLarge { size, limit: cap },
             ));
         }
-        let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+        // The header's size is only a claim: memory grows with the bytes
+        // that arrive, not with what a few bytes of header announce.
+        let mut bytes =
+            Vec::with_capacity(usize::try_from(size.min(PREALLOCATE_AT_MOST)).unwrap_or(0));
         let read = (&mut entry)
             .take(cap.saturating_add(1))
             .read_to_end(&mut bytes)

@@ -480,6 +480,40 @@ fn a_decompression_bomb_stops_at_the_total_cap() {
     Package::from_archive(&path).unwrap();
 }
 
+/// A header claiming an entry of (nearly) any size is only read as far as
+/// bytes arrive: reserving what it claims up front aborted the process
+/// (an allocation of exabytes) before a byte was read.
+#[test]
+fn an_entry_claiming_a_huge_size_reserves_nothing_it_claims() {
+    let root = tempfile::tempdir().unwrap();
+    let caps = archive::Caps {
+        component: 1 << 62,
+        ..default_caps()
+    };
+    let path = root.path().join("claims.tar.gz");
+    let file = fs::File::create(&path).unwrap();
+    let mut builder = tar::Builder::new(GzEncoder::new(file, Compression::fast()));
+    for entry in good_entries(root.path()) {
+        let mut header = Header::new_gnu();
+        let claim = if entry.name.ends_with(b".wasm") {
+            1 << 62
+        } else {
+            entry.data.len() as u64
+        };
+        header.set_size(claim);
+        header.set_mode(0o644);
+        header.set_entry_type(EntryType::Regular);
+        header
+            .set_path(String::from_utf8(entry.name).unwrap())
+            .unwrap();
+        header.set_cksum();
+        builder.append(&header, entry.data.as_slice()).unwrap();
+    }
+    builder.into_inner().unwrap().finish().unwrap();
+    let err = Package::from_archive_with(&path, &caps).unwrap_err();
+    assert_eq!(err.kind(), "archive_corrupt", "{err}");
+}
+
 #[test]
 fn garbage_and_truncated_archives_are_corrupt() {
     let root = tempfile::tempdir().unwrap();
