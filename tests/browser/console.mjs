@@ -125,6 +125,13 @@ try {
     assert.equal(await page.locator('main b').count(), 0, 'the reason is text, not markup');
     await page.fill('#reason', 'verified with the customer');
     await page.screenshot({ path: `${shots}/approval.png` });
+    // The card digits are not shown: the button alone does not approve.
+    await page.click('button.approve');
+    await page.locator('p.notice.error').waitFor();
+    assert.match(await page.locator('p.notice.error').innerText(), /not approved: values were redacted/);
+    assert.match(await page.locator('h1').innerText(), /pending/);
+    await page.fill('#reason', 'verified with the customer');
+    await page.check('input[name=unseen]');
     await page.click('button.approve');
     await page.locator('.state-approved, .state-consumed').first().waitFor();
     const result = await call;

@@ -22,10 +22,12 @@
 //! principals — may come from a caller or a plugin, so all of it is
 //! escaped by the templates (`maud` escapes every interpolated value) and
 //! no page runs a script:
-//! - every answer carries `Content-Security-Policy: default-src 'self';
-//!   frame-ancestors 'none'; base-uri 'none'; form-action 'self'` (no
-//!   inline script or style: the stylesheet is served from
-//!   `/console/static/`), `X-Frame-Options: DENY`, `X-Content-Type-Options:
+//! - every answer carries `Content-Security-Policy: default-src 'none';
+//!   style-src 'self'; img-src 'self'; form-action 'self';
+//!   frame-ancestors 'none'; base-uri 'none'` (nothing loads but the
+//!   stylesheet, served from `/console/static/`, and the browser's own
+//!   favicon request: no script at all, not even the console's own, and no
+//!   inline style), `X-Frame-Options: DENY`, `X-Content-Type-Options:
 //!   nosniff`, `Referrer-Policy: same-origin` and `Cache-Control:
 //!   no-store`;
 //! - only approvers' tokens sign in (the host policy's
@@ -81,8 +83,7 @@ const MAX_FILTER_LEN: usize = 256;
 const MAX_REASON_LEN: usize = 2048;
 
 /// The Content-Security-Policy of every console answer.
-pub const CONTENT_SECURITY_POLICY: &str =
-    "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
+pub const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 /// What every console handler shares.
 pub(crate) struct Console {
@@ -612,6 +613,10 @@ struct DecisionForm {
     decision: DecisionKind,
     #[serde(default)]
     reason: String,
+    /// `acknowledged`: the approver approves arguments not shown whole
+    /// ([`pages::unseen`]).
+    #[serde(default)]
+    unseen: Option<String>,
 }
 
 async fn decide(
@@ -636,6 +641,34 @@ async fn decide(
     }
     let reason = Some(form.reason.trim()).filter(|r| !r.is_empty());
     let approve = matches!(form.decision, DecisionKind::Approve);
+    if approve && form.unseen.as_deref() != Some("acknowledged") {
+        let host = Arc::clone(&console.host);
+        let owned = id.clone();
+        let found = blocking(move || host.approval(&owned).map_err(|e| e.to_string())).await;
+        let hidden = match found {
+            // Only a pending approval can be granted: for a decided one
+            // the host's answer (the first decision stands) is the one.
+            Ok(found) => found
+                .as_ref()
+                .filter(|a| a.state == ApprovalState::Pending)
+                .and_then(pages::unseen),
+            Err(message) => {
+                return error_page(StatusCode::INTERNAL_SERVER_ERROR, Some(&who), &message);
+            }
+        };
+        if let Some(hidden) = hidden {
+            return show_approval(
+                &console,
+                &who,
+                &id,
+                StatusCode::BAD_REQUEST,
+                Some(&format!(
+                    "not approved: {hidden}, so the page cannot show what the tool would receive; tick \"I approve without seeing every value\" to approve anyway"
+                )),
+            )
+            .await;
+        }
+    }
     match console
         .host
         .decide(&id, &who.approver, &who.token, approve, reason)

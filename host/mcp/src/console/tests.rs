@@ -316,7 +316,9 @@ async fn every_console_answer_carries_the_strict_csp_and_no_caching() {
             CONTENT_SECURITY_POLICY,
             "{path}"
         );
-        assert!(CONTENT_SECURITY_POLICY.contains("default-src 'self'"));
+        // Nothing but the stylesheet loads: no script, even same-origin.
+        assert!(CONTENT_SECURITY_POLICY.starts_with("default-src 'none';"));
+        assert!(!CONTENT_SECURITY_POLICY.contains("script-src"));
         assert!(CONTENT_SECURITY_POLICY.contains("frame-ancestors 'none'"));
         assert_eq!(answer.header(header::X_FRAME_OPTIONS), "DENY", "{path}");
         assert_eq!(answer.header(header::X_CONTENT_TYPE_OPTIONS), "nosniff");
@@ -414,7 +416,16 @@ async fn a_post_without_the_sessions_csrf_token_or_from_another_origin_changes_n
         .post(&path, "", &[("csrf", &csrf), ("decision", "approve")])
         .await;
     assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
-    // The real thing.
+    // The real thing — whose card digits the page does not show: approved
+    // only when the approver says so.
+    let page = f.get(&path, &cookie).await;
+    assert!(
+        page.body
+            .contains("Not every value of these arguments is shown")
+            && page.body.contains("name=\"unseen\" value=\"acknowledged\""),
+        "{}",
+        page.body
+    );
     let answer = f
         .post(
             &path,
@@ -426,11 +437,58 @@ async fn a_post_without_the_sessions_csrf_token_or_from_another_origin_changes_n
             ],
         )
         .await;
+    assert_eq!(answer.status, StatusCode::BAD_REQUEST, "{}", answer.body);
+    assert!(
+        answer.body.contains("not approved: values were redacted"),
+        "{}",
+        answer.body
+    );
+    assert_eq!(f.state(&id), ApprovalState::Pending);
+    let answer = f
+        .post(
+            &path,
+            &cookie,
+            &[
+                ("csrf", &csrf),
+                ("decision", "approve"),
+                ("reason", "checked"),
+                ("unseen", "acknowledged"),
+            ],
+        )
+        .await;
     assert_eq!(answer.status, StatusCode::SEE_OTHER, "{}", answer.body);
     let approval = f.host.approval(&id).unwrap().unwrap();
     assert_eq!(approval.state, ApprovalState::Approved);
     assert_eq!(approval.decided_by.as_deref(), Some("alice"));
     assert_eq!(approval.decision_reason.as_deref(), Some("checked"));
+}
+
+/// Arguments shown whole need no more than the button: the approver's
+/// acknowledgement is asked only where something is hidden.
+#[tokio::test]
+async fn arguments_shown_whole_are_approved_with_the_button_alone() {
+    let f = fixture().await;
+    let call = CallRequest::new(
+        "billing/refund",
+        json!({"account": "9182", "amount_cents": 1_200, "reason": "late delivery"}).to_string(),
+    )
+    .principal("agent-1")
+    .idempotency_key("key-whole")
+    .reason("late delivery");
+    let id = match f.host.call(call).await {
+        Err(CallError::ApprovalPending { approval_id, .. }) => approval_id,
+        other => panic!("expected approval_pending, got {other:?}"),
+    };
+    let (cookie, csrf) = f.login(ALICE).await;
+    let path = format!("/console/approvals/{id}");
+    let page = f.get(&path, &cookie).await;
+    assert!(page.body.contains("late delivery"), "{}", page.body);
+    assert!(!page.body.contains("name=\"unseen\""), "{}", page.body);
+    let answer = f
+        .post(&path, &cookie, &[("csrf", &csrf), ("decision", "approve")])
+        .await;
+    assert_eq!(answer.status, StatusCode::SEE_OTHER, "{}", answer.body);
+    assert_eq!(f.state(&id), ApprovalState::Approved);
 }
 
 #[tokio::test]
@@ -444,7 +502,11 @@ async fn a_rejection_needs_a_reason_and_an_approver_cannot_decide_their_own_call
         .post(
             &format!("/console/approvals/{own}"),
             &cookie,
-            &[("csrf", &csrf), ("decision", "approve")],
+            &[
+                ("csrf", &csrf),
+                ("decision", "approve"),
+                ("unseen", "acknowledged"),
+            ],
         )
         .await;
     assert_eq!(answer.status, StatusCode::CONFLICT);
