@@ -21,6 +21,46 @@ pub fn reorders(c: char) -> bool {
     )
 }
 
+/// Whether `c` is there but shows as nothing — zero-width spaces and
+/// joiners, the word joiner and invisible operators, the byte-order mark,
+/// the soft hyphen, fillers, variation selectors, tag characters — or
+/// breaks a line where a reader sees none (U+2028, U+2029): text holding
+/// it reads as something it is not (`"bank\u{200b}.evil.example"` looks
+/// like `bank.evil.example`; a run of variation selectors or tags carries
+/// hidden text). Whatever shows untrusted text to a person writes these,
+/// like [`reorders`], as visible escapes ([`misleads`]).
+pub fn invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00ad}'
+            | '\u{034f}'
+            | '\u{115f}'
+            | '\u{1160}'
+            | '\u{17b4}'
+            | '\u{17b5}'
+            | '\u{180b}'..='\u{180f}'
+            | '\u{200b}'..='\u{200d}'
+            | '\u{2028}'
+            | '\u{2029}'
+            | '\u{2060}'..='\u{2064}'
+            | '\u{206a}'..='\u{206f}'
+            | '\u{3164}'
+            | '\u{fe00}'..='\u{fe0f}'
+            | '\u{feff}'
+            | '\u{ffa0}'
+            | '\u{fff9}'..='\u{fffb}'
+            | '\u{1bca0}'..='\u{1bca3}'
+            | '\u{1d173}'..='\u{1d17a}'
+            | '\u{e0000}'..='\u{e0fff}'
+    )
+}
+
+/// Whether `c` makes text read, to a person, as something it is not: it
+/// [`reorders`] what is around it or is [`invisible`].
+pub fn misleads(c: char) -> bool {
+    reorders(c) || invisible(c)
+}
+
 /// What [`bounded`] appends to text it cut.
 pub const TRUNCATED_MARK: &str = "…[truncated]";
 

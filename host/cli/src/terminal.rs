@@ -12,8 +12,9 @@ use std::borrow::Cow;
 use std::fmt::Write as _;
 
 /// `text` with every control character — C0 (U+0000–U+001F, newline and tab
-/// included), DEL, C1 (U+0080–U+009F) — and every bidirectional-override
-/// character (which can reorder what a reader sees) written as a visible
+/// included), DEL, C1 (U+0080–U+009F) — every bidirectional-override
+/// character (which can reorder what a reader sees) and every invisible
+/// one ([`misleads`](airlock_host::audit_log::text::misleads)) written as a visible
 /// `\u{…}` escape. A backslash is doubled only where it would otherwise
 /// read as such an escape, so plain paths and text print unchanged.
 /// Borrowed when nothing needs escaping.
@@ -51,7 +52,7 @@ pub(crate) fn escape_lines(text: &str) -> Cow<'_, str> {
 }
 
 fn needs_escape(c: char) -> bool {
-    c.is_control() || airlock_host::audit_log::text::reorders(c)
+    c.is_control() || airlock_host::audit_log::text::misleads(c)
 }
 
 #[cfg(test)]
@@ -67,6 +68,10 @@ mod tests {
         );
         assert_eq!(escape("abc\u{202e}fed"), "abc\\u{202e}fed");
         assert_eq!(escape("range \u{61c}10 - 5000"), "range \\u{61c}10 - 5000");
+        assert_eq!(
+            escape("bank\u{200b}.evil.example\u{feff}\u{e0041}"),
+            "bank\\u{200b}.evil.example\\u{feff}\\u{e0041}"
+        );
     }
 
     #[test]

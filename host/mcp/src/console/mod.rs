@@ -160,20 +160,20 @@ fn html(status: StatusCode, markup: Markup) -> Response {
         .into_response()
 }
 
-/// `page` with every character that reorders what a reader sees
-/// ([`reorders`](airlock_host::audit_log::text::reorders)) written as a
-/// visible `\u{…}` escape: a caller's reason or arguments cannot read to
-/// an approver as something they are not. The console's own templates
-/// hold none, so only what came from outside changes.
+/// `page` with every character that reorders what a reader sees or shows
+/// as nothing ([`misleads`](airlock_host::audit_log::text::misleads))
+/// written as a visible `\u{…}` escape: a caller's reason or arguments
+/// cannot read to an approver as something they are not. The console's
+/// own templates hold none, so only what came from outside changes.
 fn visible_reordering(page: String) -> String {
-    use airlock_host::audit_log::text::reorders;
+    use airlock_host::audit_log::text::misleads;
     use std::fmt::Write as _;
-    if !page.chars().any(reorders) {
+    if !page.chars().any(misleads) {
         return page;
     }
     let mut out = String::with_capacity(page.len() + 32);
     for c in page.chars() {
-        if reorders(c) {
+        if misleads(c) {
             // Writing to a String cannot fail.
             let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
         } else {

@@ -627,7 +627,8 @@ async fn a_reason_that_reorders_its_text_is_shown_with_the_reordering_visible() 
     // $5000" for what reads, logically, "small refund \u{202e}0005$ fo".
     let f = fixture().await;
     // U+061C (the Arabic letter mark) reorders runs of digits around it.
-    let sneaky = "small refund \u{202e}0005$ fo\u{2066}x\u{2069}\u{200f} \u{61c}10 - 5000";
+    // Invisible ones hide text: U+200B in a name, a tag character.
+    let sneaky = "small refund \u{202e}0005$ fo\u{2066}x\u{2069}\u{200f} \u{61c}10 - 5000 bank\u{200b}.evil\u{e0041}";
     let id = f.pending("agent", sneaky).await;
     let (cookie, _) = f.login(ALICE).await;
     for path in [
@@ -640,13 +641,13 @@ async fn a_reason_that_reorders_its_text_is_shown_with_the_reordering_visible() 
             !page
                 .body
                 .chars()
-                .any(airlock_host::audit_log::text::reorders),
+                .any(airlock_host::audit_log::text::misleads),
             "{path}: {}",
             page.body
         );
         assert!(
             page.body.contains(
-                "small refund \\u{202e}0005$ fo\\u{2066}x\\u{2069}\\u{200f} \\u{61c}10 - 5000"
+                "small refund \\u{202e}0005$ fo\\u{2066}x\\u{2069}\\u{200f} \\u{61c}10 - 5000 bank\\u{200b}.evil\\u{e0041}"
             ),
             "{path}: {}",
             page.body
