@@ -895,11 +895,18 @@ async fn plugin(
             &format!("no plugin `{name}` is loaded"),
         );
     };
-    let report = console
-        .host
-        .inspect(loaded.dir())
-        .await
-        .map_err(|e| e.to_string());
+    // Off the async workers: inspecting reads the plugin's files, may
+    // compile its component (without a cache) and runs it to list its
+    // tools — seconds that would stall every request sharing the worker.
+    let host = Arc::clone(&console.host);
+    let dir = loaded.dir().to_owned();
+    let runtime = tokio::runtime::Handle::current();
+    let report = blocking(move || {
+        runtime
+            .block_on(host.inspect(&dir))
+            .map_err(|e| e.to_string())
+    })
+    .await;
     let host = Arc::clone(&console.host);
     let plugin_name = name.clone();
     let versions = blocking(move || {

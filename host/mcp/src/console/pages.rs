@@ -627,6 +627,11 @@ pub(crate) fn plugin(
             h2 { "Findings (inspect)" }
             @match report {
                 Ok(report) => {
+                    @if report.sha256 != loaded.digest() {
+                        p.notice.warn {
+                            "The plugin's directory now holds another component (" code { (report.sha256) } ") than the one loaded: what follows describes that one, not the version serving calls."
+                        }
+                    }
                     @if report.findings.is_empty() { p.notice.ok { "No findings." } } @else {
                         table #findings {
                             thead { tr { th { "Severity" } th { "Finding" } } }

@@ -782,9 +782,37 @@ async fn the_pages_show_the_audit_trail_plugins_and_switch_the_mode_on_the_recor
     assert_eq!(billing.status, StatusCode::OK);
     assert!(billing.body.contains("Findings"), "{}", billing.body);
     assert!(billing.body.contains("workspace"), "{}", billing.body);
+    assert!(!billing.body.contains("now holds another component"));
     assert_eq!(
         f.get("/console/plugins/nothing", &cookie).await.status,
         StatusCode::NOT_FOUND
+    );
+    // A plugin whose directory changed since it loaded: the findings are
+    // the directory's, and the page says they are not the loaded version's.
+    let copy = tempfile::tempdir().unwrap();
+    let dir = copy.path().join("json");
+    std::fs::create_dir(&dir).unwrap();
+    for file in ["plugin.toml", "json.wasm"] {
+        std::fs::copy(format!("{PLUGINS_DIR}/json/{file}"), dir.join(file)).unwrap();
+    }
+    f.host.load_plugin(&dir).await.unwrap();
+    let mut other = std::fs::read(dir.join("json.wasm")).unwrap();
+    // A custom section: another component, the same code.
+    other.extend_from_slice(&[0, 6, 5, b'o', b't', b'h', b'e', b'r']);
+    let manifest = std::fs::read_to_string(dir.join("plugin.toml"))
+        .unwrap()
+        .replace(
+            &sha256_hex(&std::fs::read(dir.join("json.wasm")).unwrap()),
+            &sha256_hex(&other),
+        );
+    std::fs::write(dir.join("json.wasm"), &other).unwrap();
+    std::fs::write(dir.join("plugin.toml"), manifest).unwrap();
+    let json = f.get("/console/plugins/json", &cookie).await;
+    assert_eq!(json.status, StatusCode::OK);
+    assert!(
+        json.body.contains("now holds another component"),
+        "{}",
+        json.body
     );
     assert_eq!(
         f.get("/console/alerts", &cookie).await.status,
