@@ -685,6 +685,16 @@ async fn http_first_byte_timeout_is_hit_before_the_deadline() {
         response.output["outcomes"],
         json!(["error: ErrorCode::ConnectionReadTimeout"])
     );
+    // The operator is told which wait ran out and what bounds it.
+    assert!(
+        response
+            .host_notes
+            .iter()
+            .any(|n| n.contains("no response head in time")
+                && n.contains("http_first_byte_timeout_ms")),
+        "{:?}",
+        response.host_notes
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -710,6 +720,15 @@ async fn http_connect_timeout_covers_the_tls_handshake() {
     assert_eq!(
         response.output["outcomes"],
         json!(["error: ErrorCode::ConnectionTimeout"])
+    );
+    assert!(
+        response
+            .host_notes
+            .iter()
+            .any(|n| n.contains("the TLS handshake took longer")
+                && n.contains("http_connect_timeout_ms")),
+        "{:?}",
+        response.host_notes
     );
     assert_eq!(server.connections(), 1, "TCP connected, TLS did not finish");
 }

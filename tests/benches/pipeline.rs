@@ -200,7 +200,7 @@ impl Raw {
     /// The baseline: wasmtime's defaults and the host's pool tuning,
     /// nothing limited.
     fn new(component: &[u8]) -> Raw {
-        Raw::build(component, false)
+        Raw::build(component, false, None)
     }
 
     /// The same, under the limits every Airlock call runs under (engine.rs,
@@ -209,10 +209,16 @@ impl Raw {
     /// memory limiter, and pooled stacks zeroed between calls. What is left
     /// between this and the pipeline is the pipeline's own work.
     fn limited(component: &[u8]) -> Raw {
-        Raw::build(component, true)
+        Raw::build(component, true, None)
     }
 
-    fn build(component: &[u8], limited: bool) -> Raw {
+    /// [`Raw::build`], its compiled code kept in `cache` (the instruction
+    /// counts: see [`compiled`]).
+    fn cached(component: &[u8], limited: bool, cache: &Path) -> Raw {
+        Raw::build(component, limited, Some(cache))
+    }
+
+    fn build(component: &[u8], limited: bool, cache: Option<&Path>) -> Raw {
         let mut config = Config::new();
         config.wasm_component_model(true);
         if limited {
@@ -236,7 +242,14 @@ impl Raw {
             Ok(engine) => (engine, true),
             Err(_) => (Engine::new(&config).unwrap(), false),
         };
-        let component = Component::new(&engine, component).unwrap();
+        let saved = cache.map(|dir| {
+            dir.join(if limited {
+                "raw-limited.cwasm"
+            } else {
+                "raw.cwasm"
+            })
+        });
+        let component = compiled(&engine, component, saved.as_deref());
         let mut linker = Linker::<RawState>::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).unwrap();
         raw::airlock::plugin::types::add_to_linker::<RawState, HasSelf<RawState>>(
@@ -292,6 +305,29 @@ impl Raw {
             .unwrap()
             .unwrap()
     }
+}
+
+/// `bytes` compiled for `engine`, or read back from `saved` where an
+/// earlier run of the same binary compiled it. `scripts/bench-instructions`
+/// compiles once natively, before its runs under valgrind, where compiling
+/// takes minutes (and is not counted: it comes before the count starts).
+/// Code that does not suit `engine` is compiled again.
+fn compiled(engine: &Engine, bytes: &[u8], saved: Option<&Path>) -> Component {
+    if let Some(path) = saved.filter(|path| path.exists()) {
+        // SAFETY: `Component::serialize`'s output, written below by this
+        // benchmark into its own scratch directory; wasmtime checks that it
+        // was compiled for a compatible engine and refuses it otherwise.
+        #[allow(unsafe_code)]
+        if let Ok(component) = unsafe { Component::deserialize_file(engine, path) } {
+            return component;
+        }
+    }
+    let component = Component::new(engine, bytes).unwrap();
+    if let Some(path) = saved {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, component.serialize().unwrap()).unwrap();
+    }
+    component
 }
 
 // ---------------------------------------------------------------- airlock
@@ -665,7 +701,9 @@ fn instructions_end(calls: usize) -> usize {
 /// valgrind's callgrind. `KIND` is `raw` (raw wasmtime), `limited` (raw
 /// wasmtime under the sandbox's limits, [`Raw::limited`]), `read` (the
 /// pipeline, audit batched) or `write` (the pipeline, audit flushed).
-/// `CACHE_DIR` keeps the host's compiled code from one run to the next. On
+/// `CACHE_DIR` keeps the compiled code (the host's, raw wasmtime's) from
+/// one run to the next, so `CALLS` = 0 natively compiles for the runs under
+/// valgrind. On
 /// one thread (a current-thread runtime), so the count repeats.
 fn instructions(args: &[String]) {
     let [kind, calls, cache] = args else {
@@ -683,11 +721,7 @@ fn instructions(args: &[String]) {
         let warm_up = 20;
         match kind.as_str() {
             "raw" | "limited" => {
-                let raw = if kind == "raw" {
-                    Raw::new(&misbehave)
-                } else {
-                    Raw::limited(&misbehave)
-                };
+                let raw = Raw::cached(&misbehave, kind == "limited", cache);
                 for _ in 0..warm_up {
                     assert_eq!(raw.call().await, ARGS);
                 }

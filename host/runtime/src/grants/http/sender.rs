@@ -121,9 +121,17 @@ pub(super) async fn send(
     let connect_by = tokio::time::Instant::from_std(plan.connect_by);
     let addresses = resolve(&plan, connect_by).await?;
     let addresses = vet(&plan, addresses)?;
+    // A timeout says which wait ran out, and which limit bounded it: the
+    // guest's error code alone does not tell the operator what to change.
+    let timed_out = |what: &str, error: E| {
+        plan.note(format!(
+            "{what} took longer than allowed (http_connect_timeout_ms, or the call's deadline)"
+        ));
+        error
+    };
     let stream = match tokio::time::timeout_at(connect_by, connect(&addresses)).await {
         Ok(stream) => stream?,
-        Err(_) => return Err(E::ConnectionTimeout),
+        Err(_) => return Err(timed_out("connecting", E::ConnectionTimeout)),
     };
     let stream: Box<dyn Connection> = match plan.origin.scheme {
         HttpScheme::Http => Box::new(stream),
@@ -132,7 +140,7 @@ pub(super) async fn send(
                 .await
             {
                 Ok(stream) => Box::new(stream?),
-                Err(_) => return Err(E::ConnectionTimeout),
+                Err(_) => return Err(timed_out("the TLS handshake", E::ConnectionTimeout)),
             }
         }
     };
@@ -176,7 +184,15 @@ pub(super) async fn send(
     .await;
     let head = match head {
         Ok(head) => head?,
-        Err(_) => return Err(E::ConnectionReadTimeout),
+        Err(_) => {
+            // The wait covers sending the request (its body included: a
+            // guest that never finishes one ends here) and the head.
+            plan.note(
+                "no response head in time: the request (its body included) was not sent, or the server did not answer, within http_first_byte_timeout_ms or the call's deadline"
+                    .to_owned(),
+            );
+            return Err(E::ConnectionReadTimeout);
+        }
     };
     drop(sender);
 
