@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use airlock_host::{Host, InspectReport, Severity};
+use airlock_host::{Host, InspectReport, Package, Severity};
 
 use crate::config::Settings;
 use crate::terminal::escape;
@@ -10,21 +10,44 @@ use crate::{Calls, Failure, InspectArgs, host_config, print_json};
 
 pub(crate) async fn run(settings: &Settings, args: InspectArgs) -> Result<u8, Failure> {
     let as_path = PathBuf::from(&args.plugin);
+    // An archive is unpacked as an install unpacks it — every entry
+    // checked (no links, no paths out, no bombs) — into a private scratch
+    // directory: a reviewer handed one need not unpack it with a tool
+    // that checks none of that.
+    let mut scratch = None;
     let dir = if as_path.join(airlock_host::MANIFEST_FILE).is_file() {
-        as_path
+        as_path.clone()
+    } else if as_path.is_file() {
+        let package = Package::from_archive(&as_path)?;
+        let unpacked = tempfile::tempdir().map_err(|e| {
+            anyhow::anyhow!("cannot make a scratch directory to unpack the archive into: {e}")
+        })?;
+        let dir = unpacked.path().join("plugin");
+        package.write_dir(&dir)?;
+        scratch = Some(unpacked);
+        dir
     } else {
         settings.plugins_dir.join(&args.plugin)
     };
     if !dir.join(airlock_host::MANIFEST_FILE).is_file() {
         return Err(anyhow::anyhow!(
-            "no plugin `{}`: neither a plugin directory nor a plugin in {}",
+            "no plugin `{}`: neither a plugin directory, a plugin archive, nor a plugin in {}",
             args.plugin,
             settings.plugins_dir.display()
         )
         .into());
     }
     let host = Host::new(host_config(settings, Calls::None)).map_err(anyhow::Error::from)?;
-    let report = host.inspect(&dir).await.map_err(anyhow::Error::from)?;
+    let mut report = host.inspect(&dir).await.map_err(anyhow::Error::from)?;
+    if scratch.is_some() {
+        // The scratch copy is gone when this returns: name the archive.
+        report.manifest = PathBuf::from(format!(
+            "{}:{}",
+            as_path.display(),
+            airlock_host::MANIFEST_FILE
+        ));
+    }
+    drop(scratch);
     if args.json {
         print_json(&serde_json::to_value(&report).map_err(anyhow::Error::from)?);
     } else {

@@ -222,7 +222,9 @@ struct CallArgs {
 
 #[derive(Debug, Args)]
 struct InspectArgs {
-    /// A plugin name in the plugins directory, or a path to a plugin directory.
+    /// A plugin name in the plugins directory, a path to a plugin
+    /// directory, or a plugin archive (`.tar.gz`, from `airlock plugins
+    /// pack`: unpacked with every entry checked, as an install does).
     plugin: String,
     /// Print JSON instead of the human report.
     #[arg(long)]

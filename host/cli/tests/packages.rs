@@ -505,3 +505,49 @@ fn hostile_archives_are_refused_by_the_cli() {
         stderr(&out)
     );
 }
+
+#[test]
+fn an_archive_is_inspected_as_an_install_would_unpack_it() {
+    let env = Env::new();
+    let text = text_copy(&env.path("text"));
+    env.ok(&[
+        "plugins",
+        "pack",
+        text.to_str().unwrap(),
+        "-o",
+        "text.tar.gz",
+    ]);
+    let report = env.ok(&["inspect", "text.tar.gz"]);
+    assert!(report.contains("plugin text"), "{report}");
+    // The scratch copy it inspected is gone: the report names the archive.
+    assert!(
+        report.contains("manifest text.tar.gz:plugin.toml"),
+        "{report}"
+    );
+    let out = env.run(&["inspect", "text.tar.gz", "--json"]);
+    assert_eq!(json(&out)["plugin"], "text");
+
+    // An archive with a link in it is refused, as an install refuses it,
+    // before anything is inspected; so is one that is not an archive.
+    let hostile = env.path("hostile");
+    fs::create_dir(&hostile).unwrap();
+    fs::copy(text.join("plugin.toml"), hostile.join("plugin.toml")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", hostile.join("text.wasm")).unwrap();
+    let tar = Command::new("tar")
+        .current_dir(&hostile)
+        .args(["-czf", "../hostile.tar.gz", "plugin.toml", "text.wasm"])
+        .status()
+        .unwrap();
+    assert!(tar.success());
+    let out = env.run(&["inspect", "hostile.tar.gz"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("link"), "{}", stderr(&out));
+    fs::write(env.path("junk.tar.gz"), b"not an archive").unwrap();
+    let out = env.run(&["inspect", "junk.tar.gz"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("is not a readable .tar.gz"),
+        "{}",
+        stderr(&out)
+    );
+}
