@@ -28,7 +28,8 @@ pub fn reorders(c: char) -> bool {
 /// it reads as something it is not (`"bank\u{200b}.evil.example"` looks
 /// like `bank.evil.example`; a run of variation selectors or tags carries
 /// hidden text). Whatever shows untrusted text to a person writes these,
-/// like [`reorders`], as visible escapes ([`misleads`]).
+/// like [`reorders`], as visible escapes ([`misleads`]; the joiners and
+/// selectors some scripts need: [`joins`]).
 pub fn invisible(c: char) -> bool {
     matches!(
         c,
@@ -39,13 +40,12 @@ pub fn invisible(c: char) -> bool {
             | '\u{17b4}'
             | '\u{17b5}'
             | '\u{180b}'..='\u{180f}'
-            | '\u{200b}'..='\u{200d}'
+            | '\u{200b}'
             | '\u{2028}'
             | '\u{2029}'
             | '\u{2060}'..='\u{2064}'
             | '\u{206a}'..='\u{206f}'
             | '\u{3164}'
-            | '\u{fe00}'..='\u{fe0f}'
             | '\u{feff}'
             | '\u{ffa0}'
             | '\u{fff9}'..='\u{fffb}'
@@ -56,9 +56,32 @@ pub fn invisible(c: char) -> bool {
 }
 
 /// Whether `c` makes text read, to a person, as something it is not: it
-/// [`reorders`] what is around it or is [`invisible`].
+/// [`reorders`] what is around it or is [`invisible`]. (The joiners and
+/// selectors of [`joins`] depend on their neighbours: [`misleads_between`].)
 pub fn misleads(c: char) -> bool {
     reorders(c) || invisible(c)
+}
+
+/// Whether `c` is a zero-width joiner or non-joiner (U+200D, U+200C) or a
+/// variation selector (U+FE00–U+FE0F): invisible, and needed by scripts and
+/// symbols that use them — a non-joiner inside a Persian word, a joiner in
+/// Indic scripts and emoji sequences, a selector after an emoji.
+pub fn joins(c: char) -> bool {
+    matches!(c, '\u{200c}' | '\u{200d}' | '\u{fe00}'..='\u{fe0f}')
+}
+
+/// [`misleads`], and a [`joins`] character out of the place it has a use
+/// for: a selector not after a character of its own script (non-ASCII,
+/// itself neither joining nor misleading), a joiner or non-joiner not
+/// between two such — `bank\u{200d}.example` reads as `bank.example`, and
+/// a run of selectors carries hidden text.
+pub fn misleads_between(before: Option<char>, c: char, after: Option<char>) -> bool {
+    let holds = |n: Option<char>| n.is_some_and(|n| !n.is_ascii() && !joins(n) && !misleads(n));
+    match c {
+        '\u{fe00}'..='\u{fe0f}' => !holds(before),
+        '\u{200c}' | '\u{200d}' => !(holds(before) && holds(after)),
+        _ => misleads(c),
+    }
 }
 
 /// What [`bounded`] appends to text it cut.

@@ -182,7 +182,6 @@ impl Control {
             .as_ref()
             .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
             .unwrap_or_else(|| String::from_utf8_lossy(&bytes).trim().to_owned());
-        let message = crate::terminal::escape(&message).into_owned();
         // A refusal that says its class (release actions) keeps the exit
         // code it would have here.
         let class = answer

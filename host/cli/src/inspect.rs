@@ -15,8 +15,15 @@ pub(crate) async fn run(settings: &Settings, args: InspectArgs) -> Result<u8, Fa
     // directory: a reviewer handed one need not unpack it with a tool
     // that checks none of that.
     let mut scratch = None;
+    let installed = settings.plugins_dir.join(&args.plugin);
     let dir = if as_path.join(airlock_host::MANIFEST_FILE).is_file() {
         as_path.clone()
+    } else if !args.plugin.contains(['/', '\\'])
+        && installed.join(airlock_host::MANIFEST_FILE).is_file()
+    {
+        // A plugin's name, though a file of that name sits here: the
+        // plugin, as before archives were taken (`./NAME` is the file).
+        installed
     } else if as_path.is_file() {
         let package = Package::from_archive(&as_path)?;
         let unpacked = tempfile::tempdir().map_err(|e| {
@@ -27,7 +34,7 @@ pub(crate) async fn run(settings: &Settings, args: InspectArgs) -> Result<u8, Fa
         scratch = Some(unpacked);
         dir
     } else {
-        settings.plugins_dir.join(&args.plugin)
+        installed
     };
     if !dir.join(airlock_host::MANIFEST_FILE).is_file() {
         return Err(anyhow::anyhow!(

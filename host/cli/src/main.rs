@@ -672,7 +672,7 @@ async fn call(settings: &Settings, args: CallArgs) -> Result<u8, Failure> {
         if args.json {
             print_json(&json!({"ok": false, "error": error.to_json()}));
         } else {
-            eprintln!("error: {}", with_causes(error));
+            eprintln!("error: {}", terminal::escape_lines(&with_causes(error)));
         }
         return Ok(exit_code(error.class()));
     }

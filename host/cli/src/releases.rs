@@ -132,7 +132,14 @@ pub(crate) async fn run(settings: &Settings, request: ReleaseRequest) -> Result<
         && let Some(dir) = dev_plugin_dir(settings, plugin)
         && let Err(error) = host.load_plugin(&dir).await
     {
-        eprintln!("warning: plugin in {} not loaded: {error}", dir.display());
+        // The error quotes the plugin's manifest: escaped.
+        eprintln!(
+            "{}",
+            crate::terminal::escape_lines(&format!(
+                "warning: plugin in {} not loaded: {error}",
+                dir.display()
+            ))
+        );
     }
     let answer = releases::run(&host, request).await;
     close_audit(&host);

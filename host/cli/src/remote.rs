@@ -145,8 +145,10 @@ impl Remote {
             .await
             .map_err(|_| anyhow!("{server} did not answer within {} s", TIMEOUT.as_secs()))?
             .with_context(|| format!("cannot reach the approvals endpoint at {server}"))?;
-        // The server's words reach the approver's terminal: escaped.
-        let text = crate::terminal::escape(String::from_utf8_lossy(&bytes).trim()).into_owned();
+        // The server's words reach the approver's terminal escaped, as
+        // every error is when printed (`terminal::escape_lines`): not here
+        // as well, or every escape would show doubled.
+        let text = String::from_utf8_lossy(&bytes).trim().to_owned();
         let refused = |message: String| Failure {
             code: exit::REFUSED,
             error: anyhow!(message),

@@ -105,7 +105,14 @@ pub(crate) async fn run(settings: &Settings, args: ServeArgs) -> Result<u8, Fail
         .await
         .context("cannot load the plugins directory")?;
     for (dir, error) in &report.failed {
-        eprintln!("warning: plugin in {} not loaded: {error}", dir.display());
+        // The error quotes the plugin's manifest: escaped.
+        eprintln!(
+            "{}",
+            crate::terminal::escape_lines(&format!(
+                "warning: plugin in {} not loaded: {error}",
+                dir.display()
+            ))
+        );
     }
     // Rollouts changed by any host (or `airlock rollout`) reach the tool
     // list within a second, whatever the plugins directory's watch.

@@ -11,6 +11,8 @@
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
+use airlock_host::audit_log::text::{joins, misleads_between};
+
 /// `text` with every control character — C0 (U+0000–U+001F, newline and tab
 /// included), DEL, C1 (U+0080–U+009F) — every bidirectional-override
 /// character (which can reorder what a reader sees) and every invisible
@@ -19,22 +21,25 @@ use std::fmt::Write as _;
 /// read as such an escape, so plain paths and text print unchanged.
 /// Borrowed when nothing needs escaping.
 pub(crate) fn escape(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(needs_escape) && !text.contains("\\u") {
+    if !text.chars().any(|c| needs_escape(c) || joins(c)) && !text.contains("\\u") {
         return Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 16);
+    let mut before = None;
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
-        if needs_escape(c) {
+        let after = chars.peek().copied();
+        if c.is_control() || misleads_between(before, c, after) {
             // Writing to a String cannot fail.
             let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
-        } else if c == '\\' && chars.peek() == Some(&'u') {
+        } else if c == '\\' && after == Some('u') {
             // A literal `\u` in the text: doubled, so it cannot pass for an
             // escape this function wrote.
             out.push_str("\\\\");
         } else {
             out.push(c);
         }
+        before = Some(c);
     }
     Cow::Owned(out)
 }
@@ -44,7 +49,11 @@ pub(crate) fn escape(text: &str) -> Cow<'_, str> {
 /// line cannot overwrite the ones before it — and everything else that
 /// could drive the terminal, a bare `\r` included, is escaped.
 pub(crate) fn escape_lines(text: &str) -> Cow<'_, str> {
-    if !text.chars().any(|c| c != '\n' && needs_escape(c)) && !text.contains("\\u") {
+    if !text
+        .chars()
+        .any(|c| c != '\n' && (needs_escape(c) || joins(c)))
+        && !text.contains("\\u")
+    {
         return Cow::Borrowed(text);
     }
     let lines: Vec<Cow<'_, str>> = text.split('\n').map(escape).collect();
@@ -72,6 +81,15 @@ mod tests {
             escape("bank\u{200b}.evil.example\u{feff}\u{e0041}"),
             "bank\\u{200b}.evil.example\\u{feff}\\u{e0041}"
         );
+        // Joiners and selectors where a script or symbol needs them stay;
+        // beside ASCII, at an edge or in a run they are shown.
+        for kept in ["می\u{200c}خواهم", "⚠\u{fe0f} check", "👨\u{200d}👩"] {
+            assert_eq!(escape(kept), kept);
+        }
+        assert_eq!(escape("ba\u{200d}nk"), "ba\\u{200d}nk");
+        assert_eq!(escape("ok\u{fe0f}"), "ok\\u{fe0f}");
+        assert_eq!(escape("⚠\u{fe0f}\u{fe01}"), "⚠\u{fe0f}\\u{fe01}");
+        assert_eq!(escape("\u{200c}ب"), "\\u{200c}ب");
     }
 
     #[test]

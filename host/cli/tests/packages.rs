@@ -526,6 +526,15 @@ fn an_archive_is_inspected_as_an_install_would_unpack_it() {
     );
     let out = env.run(&["inspect", "text.tar.gz", "--json"]);
     assert_eq!(json(&out)["plugin"], "text");
+    // A plugin's name means the plugin, though a file of that name sits in
+    // the working directory (`./NAME` is the file).
+    text_copy(&env.plugins().join("text"));
+    fs::copy(env.path("text.tar.gz"), env.path("named")).unwrap();
+    fs::rename(env.plugins().join("text"), env.plugins().join("named")).unwrap();
+    let report = env.ok(&["inspect", "named"]);
+    assert!(report.contains("plugins/named/plugin.toml"), "{report}");
+    let report = env.ok(&["inspect", "./named"]);
+    assert!(report.contains("manifest ./named:plugin.toml"), "{report}");
 
     // An archive with a link in it is refused, as an install refuses it,
     // before anything is inspected; so is one that is not an archive.

@@ -161,24 +161,28 @@ fn html(status: StatusCode, markup: Markup) -> Response {
 }
 
 /// `page` with every character that reorders what a reader sees or shows
-/// as nothing ([`misleads`](airlock_host::audit_log::text::misleads))
+/// as nothing ([`misleads_between`](airlock_host::audit_log::text::misleads_between):
+/// a joiner or selector only out of the place its script needs it)
 /// written as a visible `\u{…}` escape: a caller's reason or arguments
 /// cannot read to an approver as something they are not. The console's
 /// own templates hold none, so only what came from outside changes.
 fn visible_reordering(page: String) -> String {
-    use airlock_host::audit_log::text::misleads;
+    use airlock_host::audit_log::text::{joins, misleads, misleads_between};
     use std::fmt::Write as _;
-    if !page.chars().any(misleads) {
+    if !page.chars().any(|c| misleads(c) || joins(c)) {
         return page;
     }
     let mut out = String::with_capacity(page.len() + 32);
-    for c in page.chars() {
-        if misleads(c) {
+    let mut before = None;
+    let mut chars = page.chars().peekable();
+    while let Some(c) = chars.next() {
+        if misleads_between(before, c, chars.peek().copied()) {
             // Writing to a String cannot fail.
             let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
         } else {
             out.push(c);
         }
+        before = Some(c);
     }
     out
 }
@@ -901,12 +905,23 @@ async fn plugin(
     let host = Arc::clone(&console.host);
     let dir = loaded.dir().to_owned();
     let runtime = tokio::runtime::Handle::current();
-    let report = blocking(move || {
-        runtime
+    let inspected = blocking(move || {
+        let report = runtime
             .block_on(host.inspect(&dir))
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        // What the directory's manifest is now (the report describes it).
+        let manifest = std::fs::read(dir.join(airlock_host::MANIFEST_FILE))
+            .map(|bytes| airlock_host::audit_log::sha256_hex(&bytes))
+            .ok();
+        Ok((report, manifest))
     })
     .await;
+    // The directory may hold another version than the loaded one (edited,
+    // or replaced, since it loaded): its findings are not the loaded one's.
+    let moved = inspected.as_ref().is_ok_and(|(report, manifest)| {
+        report.sha256 != loaded.digest() || manifest.as_deref() != Some(loaded.manifest_digest())
+    });
+    let report = inspected.map(|(report, _)| report);
     let host = Arc::clone(&console.host);
     let plugin_name = name.clone();
     let versions = blocking(move || {
@@ -920,6 +935,7 @@ async fn plugin(
             &who,
             &loaded,
             report.as_ref(),
+            moved,
             versions.as_deref().map_err(String::as_str),
         ),
     )

@@ -611,6 +611,7 @@ pub(crate) fn plugin(
     who: &SessionView,
     loaded: &Plugin,
     report: Result<&InspectReport, &String>,
+    moved: bool,
     versions: Result<&[InstalledVersion], &str>,
 ) -> Markup {
     let grant = serde_json::to_string_pretty(loaded.grant()).unwrap_or_default();
@@ -627,9 +628,9 @@ pub(crate) fn plugin(
             h2 { "Findings (inspect)" }
             @match report {
                 Ok(report) => {
-                    @if report.sha256 != loaded.digest() {
+                    @if moved {
                         p.notice.warn {
-                            "The plugin's directory now holds another component (" code { (report.sha256) } ") than the one loaded: what follows describes that one, not the version serving calls."
+                            "The plugin's directory now holds another version (manifest or component) than the one loaded: what follows describes the directory's, not the version serving calls."
                         }
                     }
                     @if report.findings.is_empty() { p.notice.ok { "No findings." } } @else {

@@ -628,7 +628,7 @@ async fn a_reason_that_reorders_its_text_is_shown_with_the_reordering_visible() 
     let f = fixture().await;
     // U+061C (the Arabic letter mark) reorders runs of digits around it.
     // Invisible ones hide text: U+200B in a name, a tag character.
-    let sneaky = "small refund \u{202e}0005$ fo\u{2066}x\u{2069}\u{200f} \u{61c}10 - 5000 bank\u{200b}.evil\u{e0041}";
+    let sneaky = "small refund \u{202e}0005$ fo\u{2066}x\u{2069}\u{200f} \u{61c}10 - 5000 bank\u{200b}.evil\u{e0041} ba\u{200d}nk می\u{200c}خواهم";
     let id = f.pending("agent", sneaky).await;
     let (cookie, _) = f.login(ALICE).await;
     for path in [
@@ -647,7 +647,9 @@ async fn a_reason_that_reorders_its_text_is_shown_with_the_reordering_visible() 
         );
         assert!(
             page.body.contains(
-                "small refund \\u{202e}0005$ fo\\u{2066}x\\u{2069}\\u{200f} \\u{61c}10 - 5000 bank\\u{200b}.evil\\u{e0041}"
+                // A joiner beside ASCII is shown; the non-joiner inside a
+                // Persian word is the word's own.
+                "small refund \\u{202e}0005$ fo\\u{2066}x\\u{2069}\\u{200f} \\u{61c}10 - 5000 bank\\u{200b}.evil\\u{e0041} ba\\u{200d}nk می\u{200c}خواهم"
             ),
             "{path}: {}",
             page.body
@@ -782,7 +784,7 @@ async fn the_pages_show_the_audit_trail_plugins_and_switch_the_mode_on_the_recor
     assert_eq!(billing.status, StatusCode::OK);
     assert!(billing.body.contains("Findings"), "{}", billing.body);
     assert!(billing.body.contains("workspace"), "{}", billing.body);
-    assert!(!billing.body.contains("now holds another component"));
+    assert!(!billing.body.contains("now holds another version"));
     assert_eq!(
         f.get("/console/plugins/nothing", &cookie).await.status,
         StatusCode::NOT_FOUND
@@ -796,24 +798,31 @@ async fn the_pages_show_the_audit_trail_plugins_and_switch_the_mode_on_the_recor
         std::fs::copy(format!("{PLUGINS_DIR}/json/{file}"), dir.join(file)).unwrap();
     }
     f.host.load_plugin(&dir).await.unwrap();
+    let page = || f.get("/console/plugins/json", &cookie);
+    let moved = |body: &str| body.contains("now holds another version");
+    let loaded = page().await;
+    assert_eq!(loaded.status, StatusCode::OK);
+    assert!(!moved(&loaded.body), "{}", loaded.body);
+    // The manifest alone edited (a grant widened, say) is another version.
+    let manifest = std::fs::read_to_string(dir.join("plugin.toml")).unwrap();
+    std::fs::write(dir.join("plugin.toml"), format!("{manifest}\n# edited\n")).unwrap();
+    let edited = page().await;
+    assert!(moved(&edited.body), "{}", edited.body);
+    std::fs::write(dir.join("plugin.toml"), &manifest).unwrap();
+    assert!(!moved(&page().await.body));
+    // So is another component, pinned by the manifest.
     let mut other = std::fs::read(dir.join("json.wasm")).unwrap();
     // A custom section: another component, the same code.
     other.extend_from_slice(&[0, 6, 5, b'o', b't', b'h', b'e', b'r']);
-    let manifest = std::fs::read_to_string(dir.join("plugin.toml"))
-        .unwrap()
-        .replace(
-            &sha256_hex(&std::fs::read(dir.join("json.wasm")).unwrap()),
-            &sha256_hex(&other),
-        );
-    std::fs::write(dir.join("json.wasm"), &other).unwrap();
-    std::fs::write(dir.join("plugin.toml"), manifest).unwrap();
-    let json = f.get("/console/plugins/json", &cookie).await;
-    assert_eq!(json.status, StatusCode::OK);
-    assert!(
-        json.body.contains("now holds another component"),
-        "{}",
-        json.body
+    let repinned = manifest.replace(
+        &sha256_hex(&std::fs::read(dir.join("json.wasm")).unwrap()),
+        &sha256_hex(&other),
     );
+    std::fs::write(dir.join("json.wasm"), &other).unwrap();
+    std::fs::write(dir.join("plugin.toml"), repinned).unwrap();
+    let json = page().await;
+    assert_eq!(json.status, StatusCode::OK);
+    assert!(moved(&json.body), "{}", json.body);
     assert_eq!(
         f.get("/console/alerts", &cookie).await.status,
         StatusCode::OK
