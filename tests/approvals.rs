@@ -10,7 +10,8 @@ use std::time::Duration;
 use airlock_host::audit_log::Event;
 use airlock_host::store::ApprovalState;
 use airlock_host::{
-    ApprovalPolicy, Approver, CallError, CallRequest, Error, Host, HostConfig, Policy,
+    ApprovalPolicy, Approver, CallError, CallRequest, Error, Host, HostConfig, Policy, Verdict,
+    unseen_arguments,
 };
 use airlock_tests::{PLUGINS_DIR, sha256_hex};
 use serde_json::{Value, json};
@@ -110,13 +111,17 @@ async fn a_refund_waits_for_approval_runs_once_and_is_on_the_record() {
     assert_eq!(kind(again), "approval_pending");
 
     // The caller can never approve; a wrong token neither.
-    let own = host.decide(&id, "agent-1", ALICE, true, None).await;
+    let own = host
+        .decide(&id, "agent-1", ALICE, Verdict::Approve, None)
+        .await;
     assert_eq!(kind(own), "decision_refused");
-    let forged = host.decide(&id, "alice", "guess", true, None).await;
+    let forged = host
+        .decide(&id, "alice", "guess", Verdict::Approve, None)
+        .await;
     assert_eq!(kind(forged), "decision_refused");
 
     let approved = host
-        .decide(&id, "alice", ALICE, true, Some("verified"))
+        .decide(&id, "alice", ALICE, Verdict::Approve, Some("verified"))
         .await
         .unwrap();
     assert_eq!(approved.state, ApprovalState::Approved);
@@ -207,9 +212,11 @@ async fn without_an_approver_nothing_needing_approval_runs() {
 async fn rejected_expired_and_reused_approvals_refuse() {
     let host = billing(HostConfig::default().policy(policy(true))).await;
     let id = pending_id(host.call(request(100, "r1")).await.unwrap_err());
-    let no_reason = host.decide(&id, "alice", ALICE, false, None).await;
+    let no_reason = host
+        .decide(&id, "alice", ALICE, Verdict::Reject, None)
+        .await;
     assert_eq!(kind(no_reason), "decision_refused");
-    host.decide(&id, "alice", ALICE, false, Some("not eligible"))
+    host.decide(&id, "alice", ALICE, Verdict::Reject, Some("not eligible"))
         .await
         .unwrap();
     let err = host
@@ -220,7 +227,10 @@ async fn rejected_expired_and_reused_approvals_refuse() {
     assert!(err.to_string().contains("not eligible"), "{err}");
     // Terminal: a later approve does not flip it.
     assert_eq!(
-        kind(host.decide(&id, "alice", ALICE, true, None).await),
+        kind(
+            host.decide(&id, "alice", ALICE, Verdict::Approve, None)
+                .await
+        ),
         "decision_refused"
     );
     assert_eq!(
@@ -258,7 +268,10 @@ async fn an_approval_expires_and_the_call_does_not_run() {
         "approval_expired"
     );
     assert_eq!(
-        kind(host.decide(&id, "alice", ALICE, true, None).await),
+        kind(
+            host.decide(&id, "alice", ALICE, Verdict::Approve, None)
+                .await
+        ),
         "decision_refused"
     );
     assert_eq!(balance(&host).await, 0);
@@ -281,9 +294,14 @@ async fn approve_racing_reject_has_exactly_one_winner() {
         );
         let (a, b) = (host.clone(), host.clone());
         let (i1, i2) = (id.clone(), id.clone());
-        let approve = tokio::spawn(async move { a.decide(&i1, "alice", ALICE, true, None).await });
-        let reject =
-            tokio::spawn(async move { b.decide(&i2, "alice", ALICE, false, Some("no")).await });
+        let approve =
+            tokio::spawn(
+                async move { a.decide(&i1, "alice", ALICE, Verdict::Approve, None).await },
+            );
+        let reject = tokio::spawn(async move {
+            b.decide(&i2, "alice", ALICE, Verdict::Reject, Some("no"))
+                .await
+        });
         let (approve, reject) = (approve.await.unwrap(), reject.await.unwrap());
         assert!(
             approve.is_ok() != reject.is_ok(),
@@ -336,7 +354,7 @@ async fn a_decision_the_audit_log_cannot_record_does_not_take_effect() {
     let id = pending_id(host.call(request(7, "unrecorded")).await.unwrap_err());
     host.audit().close().unwrap();
     let refused = host
-        .decide(&id, "alice", ALICE, true, None)
+        .decide(&id, "alice", ALICE, Verdict::Approve, None)
         .await
         .unwrap_err();
     assert_eq!(refused.kind(), "audit_unavailable", "{refused}");
@@ -360,7 +378,7 @@ async fn an_approval_expiring_as_an_approver_decides_is_recorded() {
     let id = pending_id(host.call(request(10, "decide-exp")).await.unwrap_err());
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let refused = host
-        .decide(&id, "alice", ALICE, true, None)
+        .decide(&id, "alice", ALICE, Verdict::Approve, None)
         .await
         .unwrap_err();
     assert!(refused.to_string().contains("already expired"), "{refused}");
@@ -441,7 +459,9 @@ async fn pending_approvals_survive_a_restart_and_stay_decidable() {
         pending.iter().map(|a| a.id.as_str()).collect::<Vec<_>>(),
         [id.as_str()]
     );
-    host.decide(&id, "alice", ALICE, true, None).await.unwrap();
+    host.decide(&id, "alice", ALICE, Verdict::Approve, None)
+        .await
+        .unwrap();
     host.call(request(700, "restart").approval_id(&id))
         .await
         .unwrap();
@@ -520,7 +540,9 @@ async fn a_call_waiting_for_approval_is_held_to_a_mode_switch_or_pause_made_mean
     host.set_mode(true, "ops-oncall", Some("incident 43"))
         .await
         .unwrap();
-    host.decide(&id, "alice", ALICE, true, None).await.unwrap();
+    host.decide(&id, "alice", ALICE, Verdict::Approve, None)
+        .await
+        .unwrap();
     assert_eq!(kind(waiting.await.unwrap()), "read_only_mode");
     assert_eq!(balance(&host).await, 0, "nothing ran in read-only mode");
     let state = host.approval(&id).unwrap().unwrap().state;
@@ -534,7 +556,7 @@ async fn a_call_waiting_for_approval_is_held_to_a_mode_switch_or_pause_made_mean
     host.pause("billing/refund", "ops-oncall", Some("takeover"))
         .await
         .unwrap();
-    host.decide(&second, "alice", ALICE, true, None)
+    host.decide(&second, "alice", ALICE, Verdict::Approve, None)
         .await
         .unwrap();
     assert_eq!(kind(paused.await.unwrap()), "tool_paused");
@@ -566,7 +588,7 @@ async fn an_unbounded_wait_for_approval_does_not_panic() {
         })
     };
     let id = pending_of(&host, "agent-1").await;
-    host.decide(&id, "alice", ALICE, false, Some("no"))
+    host.decide(&id, "alice", ALICE, Verdict::Reject, Some("no"))
         .await
         .unwrap();
     assert_eq!(kind(waiting.await.unwrap()), "approval_rejected");
@@ -701,7 +723,9 @@ async fn approved_refund_resumed_with_another_session_is_refused() {
         host.approval(&id).unwrap().unwrap().session.as_deref(),
         Some("s1")
     );
-    host.decide(&id, "alice", ALICE, true, None).await.unwrap();
+    host.decide(&id, "alice", ALICE, Verdict::Approve, None)
+        .await
+        .unwrap();
     for other in [Some("s2"), None] {
         let mut resumed = request(700, "sess-1").approval_id(&id);
         if let Some(s) = other {
@@ -726,7 +750,9 @@ async fn an_approved_approval_never_used_expires_and_is_recorded() {
     p.approvals.approved_expiry_s = 1;
     let host = billing(HostConfig::default().policy(p)).await;
     let id = pending_id(host.call(request(300, "late")).await.unwrap_err());
-    host.decide(&id, "alice", ALICE, true, None).await.unwrap();
+    host.decide(&id, "alice", ALICE, Verdict::Approve, None)
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let err = host
         .call(request(300, "late").approval_id(&id))
@@ -841,7 +867,9 @@ async fn the_ledger_sweeper_forgets_what_is_past_retention() {
     p.approvals.idempotency_retention_s = 0;
     let host = billing(HostConfig::default().policy(p)).await;
     let id = pending_id(host.call(request(5, "sweep")).await.unwrap_err());
-    host.decide(&id, "alice", ALICE, true, None).await.unwrap();
+    host.decide(&id, "alice", ALICE, Verdict::Approve, None)
+        .await
+        .unwrap();
     host.call(request(5, "sweep").approval_id(&id))
         .await
         .unwrap();
@@ -856,4 +884,58 @@ async fn the_ledger_sweeper_forgets_what_is_past_retention() {
         host.approval(&pending).unwrap().unwrap().state,
         ApprovalState::Pending
     );
+}
+
+#[tokio::test]
+async fn arguments_no_approver_can_see_are_approved_only_as_unseen() {
+    let host = billing(HostConfig::default().policy(policy(true))).await;
+    let held = |key: &str| {
+        CallRequest::new(
+            "billing/refund",
+            json!({"account": "9182", "amount_cents": 2400, "reason": "lost",
+                "card_last4": "4242"})
+            .to_string(),
+        )
+        .principal("agent-1")
+        .idempotency_key(key)
+    };
+    let id = pending_id(host.call(held("unseen-1")).await.unwrap_err());
+    let stored = host.approval(&id).unwrap().unwrap();
+    assert!(!stored.args.contains("4242"), "{}", stored.args);
+    assert_eq!(
+        unseen_arguments(&stored),
+        Some("values were redacted before they were stored")
+    );
+    // A plain approval is refused, and changes nothing.
+    let refused = host
+        .decide(&id, "alice", ALICE, Verdict::Approve, Some("ok"))
+        .await;
+    let message = refused.as_ref().unwrap_err().to_string();
+    assert!(message.contains("values were redacted"), "{message}");
+    assert_eq!(kind(refused), "unseen_arguments");
+    let still = host.approval(&id).unwrap().unwrap();
+    assert_eq!(still.state, ApprovalState::Pending);
+    assert!(decided(&host, &id).is_empty());
+    // Said so, it is granted, and the call runs with the caller's values.
+    let approved = host
+        .decide(&id, "alice", ALICE, Verdict::ApproveUnseen, Some("ok"))
+        .await
+        .unwrap();
+    assert_eq!(approved.state, ApprovalState::Approved);
+    host.call(held("unseen-1").approval_id(&id)).await.unwrap();
+    assert_eq!(balance(&host).await, 2400);
+    // A rejection needs no acknowledgement; a call whose arguments are
+    // all shown needs none to be approved.
+    let other = pending_id(host.call(held("unseen-2")).await.unwrap_err());
+    host.decide(&other, "alice", ALICE, Verdict::Reject, Some("no"))
+        .await
+        .unwrap();
+    let plain = pending_id(host.call(request(100, "seen-1")).await.unwrap_err());
+    assert_eq!(
+        unseen_arguments(&host.approval(&plain).unwrap().unwrap()),
+        None
+    );
+    host.decide(&plain, "alice", ALICE, Verdict::Approve, None)
+        .await
+        .unwrap();
 }

@@ -11,7 +11,7 @@ use airlock_host::audit_log::{Event, Filter};
 use airlock_host::store::{ApprovalKind, ApprovalState, Rollout};
 use airlock_host::{
     ApprovalPolicy, Approver, CallRequest, Error, Host, HostConfig, Package, Policy, ReleaseError,
-    RolloutRequest,
+    RolloutRequest, Verdict,
 };
 use airlock_tests::{PLUGINS_DIR, sha256_hex};
 use serde_json::json;
@@ -340,7 +340,7 @@ async fn an_upgrade_approval_whose_rollout_lost_its_race_is_approved_again() {
     ) else {
         panic!("expected an approval request");
     };
-    host.decide(&approval_id, "alice", ALICE, true, None)
+    host.decide(&approval_id, "alice", ALICE, Verdict::Approve, None)
         .await
         .unwrap();
     let with_it = RolloutRequest::new("text", "2.0.0", 10, "ops").approval(&approval_id);
@@ -417,9 +417,15 @@ async fn an_upgrade_that_widens_the_grant_waits_for_an_approver_and_one_that_doe
             .unwrap_err(),
     );
     assert_eq!(pending.kind(), "upgrade_approval_refused");
-    host.decide(approval_id, "alice", ALICE, true, Some("reviewed the diff"))
-        .await
-        .unwrap();
+    host.decide(
+        approval_id,
+        "alice",
+        ALICE,
+        Verdict::Approve,
+        Some("reviewed the diff"),
+    )
+    .await
+    .unwrap();
 
     // Approved: the same change with the approval goes through, once.
     let done = host
@@ -471,7 +477,7 @@ async fn an_approved_plugin_upgrade_cannot_be_spent_on_a_call() {
     ) else {
         panic!("expected an approval request");
     };
-    host.decide(&approval_id, "alice", ALICE, true, None)
+    host.decide(&approval_id, "alice", ALICE, Verdict::Approve, None)
         .await
         .unwrap();
     host.call(CallRequest::new(

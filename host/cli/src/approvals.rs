@@ -1,7 +1,7 @@
 //! `airlock approvals` and `airlock mode`: the human side of the pipeline.
 
-use airlock_host::Host;
 use airlock_host::store::{Approval, ApprovalKind, ApprovalState, Mode};
+use airlock_host::{Host, Verdict};
 use airlock_mcp::control::{DecideRequest, ModeRequest};
 use clap::Subcommand;
 use serde::Deserialize;
@@ -86,6 +86,12 @@ pub(crate) struct Decision {
     /// Why (required to reject).
     #[arg(long)]
     reason: Option<String>,
+    /// Approve although some argument values cannot be shown (redacted
+    /// before they were stored, or cut at the audit copy's size cap: see
+    /// `airlock approvals show`). The tool receives them as the caller
+    /// sent them; without this flag such an approval is refused.
+    #[arg(long)]
+    unseen: bool,
     /// Your approver token (prefer the AIRLOCK_APPROVER_TOKEN environment
     /// variable: command lines are visible to other users).
     #[arg(long, env = "AIRLOCK_APPROVER_TOKEN", hide_env_values = true)]
@@ -147,12 +153,27 @@ impl Ledger {
     async fn decide(&self, d: &Decision, approve: bool) -> Result<Approval, Failure> {
         let approver = d.approver.as_deref().unwrap_or_default();
         match self {
-            Ledger::Local(host) => Ok(host
-                .decide(&d.id, approver, &d.token, approve, d.reason.as_deref())
-                .await?),
+            Ledger::Local(host) => {
+                let verdict = match (approve, d.unseen) {
+                    (false, _) => Verdict::Reject,
+                    (true, true) => Verdict::ApproveUnseen,
+                    (true, false) => Verdict::Approve,
+                };
+                match host
+                    .decide(&d.id, approver, &d.token, verdict, d.reason.as_deref())
+                    .await
+                {
+                    Err(error @ airlock_host::Error::UnseenArguments { .. }) => Err(Failure {
+                        code: exit::REFUSED,
+                        error: anyhow::anyhow!("{error} (add --unseen)"),
+                    }),
+                    decided => Ok(decided?),
+                }
+            }
             Ledger::Server(control) => {
                 let request = DecideRequest {
                     approve,
+                    unseen: d.unseen,
                     approver: approver.to_owned(),
                     token: d.token.clone(),
                     reason: d.reason.clone(),
@@ -194,6 +215,17 @@ fn print_approval(a: &Approval) {
     outln!("  arguments   {}", escape(&a.args));
     if a.args_truncated {
         outln!("              {}", truncation_mark(a));
+    }
+    if let Some(hidden) = airlock_host::unseen_arguments(a) {
+        // The tool receives what is not shown: approving says so.
+        outln!(
+            "  unseen      {hidden}{}",
+            if a.state == ApprovalState::Pending {
+                "; approving it takes --unseen"
+            } else {
+                ""
+            }
+        );
     }
     if let Some(key) = &a.idempotency_key {
         outln!("  idem. key   {}", escape(key));
@@ -297,7 +329,9 @@ async fn run_remote(remote: &Remote, command: ApprovalsCommand) -> Result<u8, Fa
         }
         ApprovalsCommand::Approve(ref d) | ApprovalsCommand::Reject(ref d) => {
             let approve = matches!(command, ApprovalsCommand::Approve(_));
-            let answer = remote.decide(&d.id, approve, d.reason.as_deref()).await?;
+            let answer = remote
+                .decide(&d.id, approve, d.unseen, d.reason.as_deref())
+                .await?;
             print_approval(&approval(parse(answer, "approval")?)?);
         }
     }

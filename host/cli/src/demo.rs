@@ -16,7 +16,7 @@ use airlock_host::audit_log::Event;
 use airlock_host::{
     AlertMetric, AlertRule, CASES_FILE, CallRequest, CallResponse, Cases, Host, HostConfig,
     MANIFEST_FILE, Package, ReadinessConfig, ReleaseError, RolloutRequest, SIGNATURE_HEADER,
-    TakeoverAction, TrustedKey, Webhook, generate_signing_key, webhook_signature,
+    TakeoverAction, TrustedKey, Verdict, Webhook, generate_signing_key, webhook_signature,
 };
 use airlock_mcp::http::HttpConfig;
 use airlock_mcp::{McpServer, ServeOptions};
@@ -377,8 +377,7 @@ async fn story(
     let principal = demo.principal.to_owned();
     let account = format!("acct-{run_id}");
     let key = format!("refund-{run_id}");
-    let refund_args =
-        json!({"account": account, "amount_cents": 240_000, "reason": "damaged goods"});
+    let refund_args = json!({"account": account, "amount_cents": 240_000, "reason": "damaged goods", "card_last4": "4242"});
     let refund = |key: &str| {
         CallRequest::new("billing/refund", refund_args.to_string())
             .principal(&principal)
@@ -423,10 +422,34 @@ async fn story(
         let shutdown = shutdown.clone();
         async move { airlock_mcp::http::serve(listener, router, &config, shutdown).await }
     });
+    // The card digits were redacted before the approval was stored: the
+    // approver cannot see them, yet the tool would receive them. A plain
+    // approval is refused; the approver says so to grant it.
     outln!(
         "   $ AIRLOCK_APPROVER_TOKEN=… airlock approvals approve {approval_id} --server {url} --reason 'verified with the customer'"
     );
-    let decided = approve_from_another_process(settings, &approval_id, &url, approver_token).await;
+    let plain =
+        approve_from_another_process(settings, &approval_id, &url, approver_token, false).await;
+    match plain {
+        Err(error) if error.to_string().contains("--unseen") => {
+            outln!(
+                "     refused: the card digits were redacted before the approval was stored, so no approver can see what the tool would receive"
+            );
+        }
+        Err(error) => {
+            demo.mismatches += 1;
+            outln!("   ✗ the approver's command failed otherwise: {error:#}");
+        }
+        Ok(_) => {
+            demo.mismatches += 1;
+            outln!("   ✗ approved without seeing every value");
+        }
+    }
+    outln!(
+        "   $ AIRLOCK_APPROVER_TOKEN=… airlock approvals approve {approval_id} --server {url} --reason 'verified with the customer' --unseen"
+    );
+    let decided =
+        approve_from_another_process(settings, &approval_id, &url, approver_token, true).await;
     shutdown.cancel();
     let _ = serving.await;
     match decided {
@@ -753,6 +776,7 @@ async fn approve_from_another_process(
     id: &str,
     url: &str,
     token: &str,
+    unseen: bool,
 ) -> anyhow::Result<String> {
     let exe = std::env::current_exe().context("cannot find the airlock binary")?;
     let mut command = tokio::process::Command::new(exe);
@@ -763,6 +787,7 @@ async fn approve_from_another_process(
         .arg(&settings.data_dir)
         .args(["approvals", "approve", id, "--server", url])
         .args(["--reason", "verified with the customer"])
+        .args(unseen.then_some("--unseen"))
         .env("AIRLOCK_APPROVER_TOKEN", token)
         .env_remove("AIRLOCK_SERVER")
         .stdin(std::process::Stdio::null())
@@ -984,8 +1009,14 @@ async fn release(
         }
     };
     outln!("   $ airlock approvals approve {approval} --reason 'canary it'   (the approver)");
-    host.decide(&approval, APPROVER, approver_token, true, Some("canary it"))
-        .await?;
+    host.decide(
+        &approval,
+        APPROVER,
+        approver_token,
+        Verdict::Approve,
+        Some("canary it"),
+    )
+    .await?;
     host.set_rollout(
         &RolloutRequest::new("text", "0.2.0", 10, "release-manager").approval(&approval),
     )

@@ -45,7 +45,16 @@ pub(crate) async fn run(settings: &Settings, args: InspectArgs) -> Result<u8, Fa
         .into());
     }
     let host = Host::new(host_config(settings, Calls::None)).map_err(anyhow::Error::from)?;
-    let mut report = host.inspect(&dir).await.map_err(anyhow::Error::from)?;
+    let mut report = match host.inspect(&dir).await {
+        Ok(report) => report,
+        // The scratch copy is gone when this returns, and its path means
+        // nothing to the reviewer: errors name the archive instead.
+        Err(error) if scratch.is_some() => {
+            let message = format!("{:#}", anyhow::Error::from(error));
+            return Err(anyhow::anyhow!(in_archive(&message, &dir, &as_path)).into());
+        }
+        Err(error) => return Err(anyhow::Error::from(error).into()),
+    };
     if scratch.is_some() {
         // The scratch copy is gone when this returns: name the archive.
         report.manifest = PathBuf::from(format!(
@@ -61,6 +70,16 @@ pub(crate) async fn run(settings: &Settings, args: InspectArgs) -> Result<u8, Fa
         out!("{}", render(&report));
     }
     Ok(if report.has_errors() { 1 } else { 0 })
+}
+
+/// `message` with the scratch directory `dir` an archive was unpacked into
+/// named as the archive: `…/plugin/plugin.toml` as `ARCHIVE:plugin.toml`.
+fn in_archive(message: &str, dir: &std::path::Path, archive: &std::path::Path) -> String {
+    let dir = dir.display().to_string();
+    let archive = archive.display().to_string();
+    message
+        .replace(&format!("{dir}/"), &format!("{archive}:"))
+        .replace(&dir, &archive)
 }
 
 fn yes(b: bool) -> &'static str {
@@ -210,4 +229,24 @@ pub(crate) fn render(r: &InspectReport) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    #[test]
+    fn an_error_about_the_scratch_copy_names_the_archive() {
+        let dir = Path::new("/tmp/.tmpAbC123/plugin");
+        let archive = Path::new("text.tar.gz");
+        assert_eq!(
+            super::in_archive(
+                "cannot read /tmp/.tmpAbC123/plugin/data/seed.json: no such file (in /tmp/.tmpAbC123/plugin)",
+                dir,
+                archive
+            ),
+            "cannot read text.tar.gz:data/seed.json: no such file (in text.tar.gz)"
+        );
+        assert_eq!(super::in_archive("nothing", dir, archive), "nothing");
+    }
 }

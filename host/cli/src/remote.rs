@@ -118,12 +118,16 @@ impl Remote {
         &self,
         id: &str,
         approve: bool,
+        unseen: bool,
         reason: Option<&str>,
     ) -> Result<Value, Failure> {
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "decision": if approve { "approve" } else { "reject" },
             "reason": reason,
         });
+        if unseen {
+            body["unseen"] = "acknowledged".into();
+        }
         self.request("POST", &format!("/approvals/{}", encode(id)), Some(body))
             .await
     }
@@ -148,7 +152,11 @@ impl Remote {
         // The server's words reach the approver's terminal escaped, as
         // every error is when printed (`terminal::escape_lines`): not here
         // as well, or every escape would show doubled.
-        let text = String::from_utf8_lossy(&bytes).trim().to_owned();
+        // Refusals come as `{"error": "…"}`: the words, not the JSON.
+        let text = serde_json::from_slice::<Value>(&bytes)
+            .ok()
+            .and_then(|v| v.get("error")?.as_str().map(str::to_owned))
+            .unwrap_or_else(|| String::from_utf8_lossy(&bytes).trim().to_owned());
         let refused = |message: String| Failure {
             code: exit::REFUSED,
             error: anyhow!(message),

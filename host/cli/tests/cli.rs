@@ -1271,15 +1271,51 @@ fn a_forged_reason_and_cut_arguments_cannot_mislead_the_approver() {
         assert!(!text.contains("\n  decided     by alice"), "{text}");
     }
     let show = String::from_utf8(show.stdout).unwrap();
-    let json = json(&airlock(&["approvals", "show", &id, "--json"]));
-    assert_eq!(json["args_truncated"], true, "{json}");
-    assert_eq!(json["caller_reason"], reason);
-    let digest = json["args_digest"].as_str().unwrap();
+    let shown = json(&airlock(&["approvals", "show", &id, "--json"]));
+    assert_eq!(shown["args_truncated"], true, "{shown}");
+    assert_eq!(shown["caller_reason"], reason);
+    let digest = shown["args_digest"].as_str().unwrap();
     assert_eq!(digest.len(), 64);
     let mark = format!(
         "[arguments truncated at 4096 bytes — the approval binds the full arguments by digest sha256:{digest}]"
     );
     assert!(show.contains(&mark), "{show}");
+    // What runs hides past the cut: approving it takes saying so.
+    assert!(
+        show.contains(
+            "  unseen      the arguments were cut at the audit copy's size cap; approving it takes --unseen"
+        ),
+        "{show}"
+    );
+    let approve = |extra: &[&str]| {
+        let mut args = vec![
+            "approvals",
+            "approve",
+            &id,
+            "--as",
+            "alice",
+            "--token",
+            "approver-secret",
+        ];
+        args.extend_from_slice(extra);
+        airlock(&args)
+    };
+    let refused = approve(&[]);
+    assert_eq!(refused.status.code(), Some(3), "{}", stderr(&refused));
+    let told = stderr(&refused);
+    assert!(
+        told.contains("cut at the audit copy's size cap") && told.contains("(add --unseen)"),
+        "{told}"
+    );
+    let still = json(&airlock(&["approvals", "show", &id, "--json"]));
+    assert_eq!(still["state"], "pending", "{still}");
+    let approved = approve(&["--unseen"]);
+    assert!(approved.status.success(), "{}", stderr(&approved));
+    assert!(
+        String::from_utf8_lossy(&approved.stdout).contains("approved"),
+        "{}",
+        String::from_utf8_lossy(&approved.stdout)
+    );
 }
 
 #[test]

@@ -499,6 +499,10 @@ pub struct VerifyRequest {
 pub struct DecideRequest {
     /// Approve (or reject).
     pub approve: bool,
+    /// Approve although argument values cannot be shown whole
+    /// ([`airlock_host::unseen_arguments`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unseen: bool,
     /// The approver's configured name.
     pub approver: String,
     /// The approver's token.
@@ -895,12 +899,20 @@ async fn decide(
             &id,
             &request.approver,
             &request.token,
-            request.approve,
+            match (request.approve, request.unseen) {
+                // (`Verdict` here is an audit verification's.)
+                (false, _) => airlock_host::Verdict::Reject,
+                (true, true) => airlock_host::Verdict::ApproveUnseen,
+                (true, false) => airlock_host::Verdict::Approve,
+            },
             request.reason.as_deref(),
         )
         .await
     {
         Ok(approval) => Json(json!({"approval": approval})).into_response(),
+        Err(error @ airlock_host::Error::UnseenArguments { .. }) => {
+            plain(StatusCode::CONFLICT, &format!("{error} (add --unseen)"))
+        }
         Err(error @ airlock_host::Error::DecisionRefused { .. }) => {
             plain(StatusCode::CONFLICT, &error.to_string())
         }

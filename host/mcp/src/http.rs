@@ -73,15 +73,19 @@
 //! one state), `GET /approvals/{id}` shows one, `POST /approvals/{id}` with
 //! `{"decision": "approve" | "reject", "reason": "…"}` decides one. A
 //! caller token there gets `401`; an approver cannot decide on their own
-//! call (the host refuses, `409`).
+//! call (the host refuses, `409`). An approval whose arguments were
+//! redacted or cut before they were stored
+//! ([`airlock_host::unseen_arguments`]) is approved only with
+//! `"unseen": "acknowledged"` in the body (otherwise `409`): the tool
+//! would receive values no approver can see.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 use tracing::Instrument as _;
 
-use airlock_host::Host;
 use airlock_host::store::ApprovalState;
+use airlock_host::{Host, Verdict};
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
@@ -1793,6 +1797,15 @@ async fn show_approval(
 struct Decision {
     decision: DecisionKind,
     reason: Option<String>,
+    /// The approver approves although argument values cannot be shown.
+    unseen: Option<Acknowledged>,
+}
+
+/// `"unseen": "acknowledged"`, the one value the field takes.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Acknowledged {
+    Acknowledged,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1818,18 +1831,28 @@ async fn decide(
             return plain(
                 StatusCode::BAD_REQUEST,
                 &format!(
-                    "expected {{\"decision\": \"approve\" | \"reject\", \"reason\": \"...\"}}: {e}"
+                    "expected {{\"decision\": \"approve\" | \"reject\", \"reason\": \"...\"}} (and \"unseen\": \"acknowledged\" to approve arguments that cannot be shown whole): {e}"
                 ),
             );
         }
     };
-    let approve = matches!(decision.decision, DecisionKind::Approve);
+    let verdict = match (decision.decision, decision.unseen) {
+        (DecisionKind::Reject, _) => Verdict::Reject,
+        (DecisionKind::Approve, Some(Acknowledged::Acknowledged)) => Verdict::ApproveUnseen,
+        (DecisionKind::Approve, None) => Verdict::Approve,
+    };
     match server
         .host()
-        .decide(&id, &name, &token, approve, decision.reason.as_deref())
+        .decide(&id, &name, &token, verdict, decision.reason.as_deref())
         .await
     {
         Ok(approval) => Json(json!({"approval": approval})).into_response(),
+        Err(error @ airlock_host::Error::UnseenArguments { .. }) => plain(
+            StatusCode::CONFLICT,
+            &format!(
+                "{error} (send \"unseen\": \"acknowledged\" with the decision; `airlock approvals approve --unseen`)"
+            ),
+        ),
         Err(error @ airlock_host::Error::DecisionRefused { .. }) => {
             plain(StatusCode::CONFLICT, &error.to_string())
         }

@@ -1138,7 +1138,7 @@ mod tests {
     //! that completes when an approver decides; other clients get
     //! `approval_pending` as before.
 
-    use airlock_host::{ApprovalPolicy, Approver, HostConfig, Policy};
+    use airlock_host::{ApprovalPolicy, Approver, HostConfig, Policy, Verdict};
     use airlock_tests::{PLUGINS_DIR, sha256_hex};
     use http_body_util::BodyExt as _;
     use hyper::service::Service as _;
@@ -1181,6 +1181,68 @@ mod tests {
         let http = HttpConfig::new(default_addr(), tokens);
         let router = router(&server, &http, CancellationToken::new()).unwrap();
         (server, router)
+    }
+
+    #[tokio::test]
+    async fn the_approvals_api_approves_arguments_it_cannot_show_only_when_told() {
+        let (server, router) = billing_server().await;
+        // The card digits are redacted before the approval is stored: no
+        // approver can see them, the tool would receive them.
+        let held = server
+            .host()
+            .call(
+                CallRequest::new(
+                    "billing/refund",
+                    json!({"account": "9182", "amount_cents": 2400, "reason": "lost",
+                        "card_last4": "4242"})
+                    .to_string(),
+                )
+                .principal("agent-1")
+                .idempotency_key("unseen-1"),
+            )
+            .await;
+        let id = match held {
+            Err(CallError::ApprovalPending { approval_id, .. }) => approval_id,
+            other => panic!("expected approval_pending, got {other:?}"),
+        };
+        let decide = |body: Value| {
+            let router = router.clone();
+            let id = id.clone();
+            async move {
+                let request = hyper::Request::post(format!("/approvals/{id}"))
+                    .header("host", "127.0.0.1:7410")
+                    .header("content-type", "application/json")
+                    .header("authorization", format!("Bearer {ALICE}"))
+                    .body(axum::body::Body::from(body.to_string()))
+                    .unwrap();
+                let service = hyper_util::service::TowerToHyperService::new(router);
+                let response = service.call(request).await.unwrap();
+                let status = response.status();
+                let bytes = response.into_body().collect().await.unwrap().to_bytes();
+                (status, String::from_utf8_lossy(&bytes).into_owned())
+            }
+        };
+        let state = || server.host().approval(&id).unwrap().unwrap().state;
+        let (status, body) = decide(json!({"decision": "approve", "reason": "ok"})).await;
+        assert_eq!(status, hyper::StatusCode::CONFLICT, "{body}");
+        let error: Value = serde_json::from_str(&body).unwrap();
+        let error = error["error"].as_str().unwrap();
+        assert!(
+            error.contains("values were redacted")
+                && error.contains("\"unseen\": \"acknowledged\""),
+            "{error}"
+        );
+        assert_eq!(state(), ApprovalState::Pending);
+        // Only the one word acknowledges.
+        for unseen in [json!("yes"), json!(true), json!(null)] {
+            let (status, body) = decide(json!({"decision": "approve", "unseen": unseen})).await;
+            assert_ne!(status, hyper::StatusCode::OK, "{body}");
+            assert_eq!(state(), ApprovalState::Pending, "{unseen}");
+        }
+        let (status, body) =
+            decide(json!({"decision": "approve", "reason": "ok", "unseen": "acknowledged"})).await;
+        assert_eq!(status, hyper::StatusCode::OK, "{body}");
+        assert_eq!(state(), ApprovalState::Approved);
     }
 
     /// One MCP session over the router.
@@ -1531,7 +1593,7 @@ mod tests {
         // result.
         server
             .host()
-            .decide(&approval, "alice", ALICE, true, Some("checked"))
+            .decide(&approval, "alice", ALICE, Verdict::Approve, Some("checked"))
             .await
             .unwrap();
         let done = settled(&mut agent, &task).await;
@@ -1621,7 +1683,7 @@ mod tests {
         assert_eq!(server.shared.tasks.running_task_count(), 1);
         server
             .host()
-            .decide(&approval, "alice", ALICE, true, Some("checked"))
+            .decide(&approval, "alice", ALICE, Verdict::Approve, Some("checked"))
             .await
             .unwrap();
         let done = settled(&mut agent, &first).await;
@@ -1640,7 +1702,7 @@ mod tests {
             .to_owned();
         server
             .host()
-            .decide(&approval, "alice", ALICE, false, Some("no"))
+            .decide(&approval, "alice", ALICE, Verdict::Reject, Some("no"))
             .await
             .unwrap();
         let done = settled(&mut agent, &task).await;
@@ -1707,7 +1769,7 @@ mod tests {
             .as_str()
             .unwrap()
             .to_owned();
-        host.decide(&approval, "alice", ALICE, true, None)
+        host.decide(&approval, "alice", ALICE, Verdict::Approve, None)
             .await
             .unwrap();
         // The call runs once the task sees the decision.

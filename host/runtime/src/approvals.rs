@@ -14,6 +14,45 @@ use crate::ledger::{
 use crate::mode::now_ms;
 use crate::pipeline::gate::bounded;
 
+/// An approver's verdict on a held call ([`Host::decide`](crate::Host::decide)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Let the call run. Refused with [`Error::UnseenArguments`] when no
+    /// approver can see every argument the tool would receive
+    /// ([`unseen_arguments`]).
+    Approve,
+    /// Let the call run although some of its argument values cannot be
+    /// shown: the approver says they approve without seeing them.
+    ApproveUnseen,
+    /// Refuse the call (a reason is required).
+    Reject,
+}
+
+impl Verdict {
+    fn approves(self) -> bool {
+        !matches!(self, Verdict::Reject)
+    }
+}
+
+/// What of an approval's arguments no approver can see, if anything:
+/// values redaction replaced before the copy was stored, or a copy cut at
+/// its size cap. The tool receives them as the caller sent them, so a
+/// caller could hide what runs behind a secret-shaped value or past the
+/// cut; approving such a call takes [`Verdict::ApproveUnseen`].
+pub fn unseen_arguments(approval: &Approval) -> Option<&'static str> {
+    match (
+        airlock_audit::shows_redaction(&approval.args),
+        approval.args_truncated,
+    ) {
+        (true, true) => Some(
+            "values were redacted before they were stored, and the arguments were cut at the audit copy's size cap",
+        ),
+        (true, false) => Some("values were redacted before they were stored"),
+        (false, true) => Some("the arguments were cut at the audit copy's size cap"),
+        (false, false) => None,
+    }
+}
+
 /// The parts of a host approvals use, borrowed.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Approvals<'h> {
@@ -37,9 +76,10 @@ impl Approvals<'_> {
         id: &str,
         approver: &str,
         token: &str,
-        approve: bool,
+        verdict: Verdict,
         reason: Option<&str>,
     ) -> Result<Approval> {
+        let approve = verdict.approves();
         let policy = self.policy;
         let refused = |reason: String| Err(Error::DecisionRefused { reason });
         let Some(who) = policy.authenticate(approver, token) else {
@@ -63,6 +103,14 @@ impl Approvals<'_> {
         }
         if current.state != ApprovalState::Pending {
             return refused(already(id, &current));
+        }
+        if verdict == Verdict::Approve
+            && let Some(hidden) = unseen_arguments(&current)
+        {
+            return Err(Error::UnseenArguments {
+                id: id.to_owned(),
+                hidden,
+            });
         }
         // Recorded first: no decision takes effect that the log does not
         // know of (stored first, a decision whose record failed let the

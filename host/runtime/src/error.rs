@@ -328,6 +328,10 @@ pub enum ArchiveRefusal {
     },
     /// There is no `plugin.toml`.
     MissingManifest,
+    /// Something other than tar's zero padding follows the end of the
+    /// archive (in the compressed stream, or after it): what another tool
+    /// might unpack, this one would not have checked.
+    TrailingData,
 }
 
 impl fmt::Display for ArchiveRefusal {
@@ -355,6 +359,9 @@ impl fmt::Display for ArchiveRefusal {
                 write!(f, "it decompresses to more than {limit} bytes")
             }
             ArchiveRefusal::MissingManifest => f.write_str("it holds no plugin.toml"),
+            ArchiveRefusal::TrailingData => {
+                f.write_str("data follows the end of the archive (only zero padding may)")
+            }
         }
     }
 }
@@ -992,6 +999,19 @@ pub enum Error {
         reason: String,
     },
 
+    /// An approval refused because no approver can see every argument the
+    /// tool would receive; [`Verdict::ApproveUnseen`](crate::Verdict) says
+    /// the approver approves without seeing them.
+    #[error(
+        "approval {id} not granted: {hidden}, so no approver can see what the tool would receive; approve it acknowledging the unseen values to let it run anyway"
+    )]
+    UnseenArguments {
+        /// The approval.
+        id: String,
+        /// What cannot be seen ([`unseen_arguments`](crate::unseen_arguments)).
+        hidden: &'static str,
+    },
+
     /// The audit log (or its keys) cannot be opened or read.
     #[error(transparent)]
     Audit(#[from] airlock_audit::Error),
@@ -1224,6 +1244,7 @@ impl LoadError {
                 ArchiveRefusal::TooManyEntries { .. } => "archive_too_many_entries",
                 ArchiveRefusal::TooLarge { .. } => "archive_too_large",
                 ArchiveRefusal::MissingManifest => "archive_missing_manifest",
+                ArchiveRefusal::TrailingData => "archive_trailing_data",
             },
             LoadError::ArchiveCorrupt { .. } => "archive_corrupt",
             LoadError::PackageInvalid { .. } => "package_invalid",
@@ -1493,6 +1514,7 @@ impl Error {
             Error::Engine { .. } => "engine",
             Error::AuditUnavailable(_) => "audit_unavailable",
             Error::DecisionRefused { .. } => "decision_refused",
+            Error::UnseenArguments { .. } => "unseen_arguments",
             Error::Audit(_) => "audit",
             Error::Cases(e) => e.kind(),
             Error::Release(e) => e.kind(),
@@ -1511,6 +1533,7 @@ impl Error {
             | Error::Engine { .. }
             | Error::AuditUnavailable(_)
             | Error::DecisionRefused { .. }
+            | Error::UnseenArguments { .. }
             | Error::Audit(_)
             | Error::Cases(_) => ErrorClass::Host,
         }

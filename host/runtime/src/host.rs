@@ -11,7 +11,7 @@ use crate::alerts::{
     Action, AlertConfig, AlertStatus, Alerts, Pause, Pauses, TakeoverAction, alert_entry,
     check_target, record,
 };
-use crate::approvals::Approvals;
+use crate::approvals::{Approvals, Verdict};
 use crate::cache::CompiledCache;
 use crate::engine::{EpochTicker, InstanceAllocation, SharedEngine};
 use crate::error::{CallError, Error, LoadError, LoadResult, Result};
@@ -1016,21 +1016,23 @@ impl Host {
 
     /// An approver's decision on approval `id`. The first decision wins;
     /// the approver must be configured, present their token, and not be the
-    /// caller. Recorded in the audit log.
+    /// caller. An approval whose arguments no approver can see whole
+    /// ([`unseen_arguments`](crate::unseen_arguments)) takes
+    /// [`Verdict::ApproveUnseen`]. Recorded in the audit log.
     ///
     /// # Errors
-    /// [`Error::DecisionRefused`] saying why; [`Error::Store`],
-    /// [`Error::AuditUnavailable`].
+    /// [`Error::DecisionRefused`] saying why; [`Error::UnseenArguments`];
+    /// [`Error::Store`], [`Error::AuditUnavailable`].
     pub async fn decide(
         &self,
         id: &str,
         approver: &str,
         token: &str,
-        approve: bool,
+        verdict: Verdict,
         reason: Option<&str>,
     ) -> Result<Approval> {
         self.approvals_parts()
-            .decide(id, approver, token, approve, reason)
+            .decide(id, approver, token, verdict, reason)
             .await
     }
 

@@ -98,6 +98,7 @@ pub use alerts::{
     AlertConfig, AlertMetric, AlertRule, AlertStatus, PAUSE_REFRESH, Pause, SIGNATURE_HEADER,
     TakeoverAction, Webhook, webhook_signature,
 };
+pub use approvals::{Verdict, unseen_arguments};
 pub use cache::CacheStatus;
 pub use engine::{DEFAULT_MAX_INSTANCES, InstanceAllocation};
 pub use error::{

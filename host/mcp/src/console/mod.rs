@@ -48,9 +48,9 @@ mod session;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use airlock_host::Host;
 use airlock_host::audit_log::{Event, Filter};
 use airlock_host::store::ApprovalState;
+use airlock_host::{Host, Verdict};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::QueryRejection;
@@ -618,7 +618,7 @@ struct DecisionForm {
     #[serde(default)]
     reason: String,
     /// `acknowledged`: the approver approves arguments not shown whole
-    /// ([`pages::unseen`]).
+    /// ([`airlock_host::unseen_arguments`]).
     #[serde(default)]
     unseen: Option<String>,
 }
@@ -644,24 +644,22 @@ async fn decide(
         .await;
     }
     let reason = Some(form.reason.trim()).filter(|r| !r.is_empty());
-    let approve = matches!(form.decision, DecisionKind::Approve);
-    if approve && form.unseen.as_deref() != Some("acknowledged") {
-        let host = Arc::clone(&console.host);
-        let owned = id.clone();
-        let found = blocking(move || host.approval(&owned).map_err(|e| e.to_string())).await;
-        let hidden = match found {
-            // Only a pending approval can be granted: for a decided one
-            // the host's answer (the first decision stands) is the one.
-            Ok(found) => found
-                .as_ref()
-                .filter(|a| a.state == ApprovalState::Pending)
-                .and_then(pages::unseen),
-            Err(message) => {
-                return error_page(StatusCode::INTERNAL_SERVER_ERROR, Some(&who), &message);
-            }
-        };
-        if let Some(hidden) = hidden {
-            return show_approval(
+    let verdict = match (form.decision, form.unseen.as_deref()) {
+        (DecisionKind::Reject, _) => Verdict::Reject,
+        (DecisionKind::Approve, Some("acknowledged")) => Verdict::ApproveUnseen,
+        (DecisionKind::Approve, _) => Verdict::Approve,
+    };
+    match console
+        .host
+        .decide(&id, &who.approver, &who.token, verdict, reason)
+        .await
+    {
+        Ok(_) => {
+            tracing::info!(approver = %who.approver, approval = %id, ?verdict, "console decision");
+            see_other(&format!("/console/approvals/{}", pages::segment(&id)))
+        }
+        Err(airlock_host::Error::UnseenArguments { hidden, .. }) => {
+            show_approval(
                 &console,
                 &who,
                 &id,
@@ -670,17 +668,7 @@ async fn decide(
                     "not approved: {hidden}, so the page cannot show what the tool would receive; tick \"I approve without seeing every value\" to approve anyway"
                 )),
             )
-            .await;
-        }
-    }
-    match console
-        .host
-        .decide(&id, &who.approver, &who.token, approve, reason)
-        .await
-    {
-        Ok(_) => {
-            tracing::info!(approver = %who.approver, approval = %id, approve, "console decision");
-            see_other(&format!("/console/approvals/{}", pages::segment(&id)))
+            .await
         }
         Err(error @ airlock_host::Error::DecisionRefused { .. }) => {
             show_approval(

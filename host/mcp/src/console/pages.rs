@@ -273,26 +273,6 @@ pub(crate) fn approvals(
     )
 }
 
-/// What of an approval's arguments its page cannot show, if anything:
-/// values redaction replaced before the copy was stored, a copy cut at its
-/// size cap. The tool receives them as the caller sent them, so an
-/// approval of such a call is granted only with that said
-/// ([`super::decide`]): a caller could hide what runs behind a
-/// secret-shaped value or past the cut.
-pub(crate) fn unseen(a: &Approval) -> Option<&'static str> {
-    match (
-        airlock_host::audit_log::shows_redaction(&a.args),
-        a.args_truncated,
-    ) {
-        (true, true) => Some(
-            "values were redacted before they were stored, and the arguments were cut at the audit copy's size cap",
-        ),
-        (true, false) => Some("values were redacted before they were stored"),
-        (false, true) => Some("the arguments were cut at the audit copy's size cap"),
-        (false, false) => None,
-    }
-}
-
 pub(crate) fn approval(
     who: &SessionView,
     a: &Approval,
@@ -340,7 +320,7 @@ pub(crate) fn approval(
                     (csrf(who))
                     label for="reason" { "Reason (required to reject)" }
                     textarea #reason name="reason" maxlength="2048" {}
-                    @if let Some(hidden) = unseen(a) {
+                    @if let Some(hidden) = airlock_host::unseen_arguments(a) {
                         p.notice.warn {
                             "Not every value of these arguments is shown: " (hidden)
                             ". The tool receives them as the caller sent them."

@@ -18,15 +18,18 @@
 //! and across the archive, every decompressed byte (headers, padding and
 //! extension records included) is counted: past the sum of the caps →
 //! `TooLarge`, so neither a gzip bomb nor a giant extension header fills
-//! memory. Nothing is written anywhere while reading.
+//! memory. The stream is read to its end, so the gzip trailer's checksum is
+//! checked (a corrupted archive is `ArchiveCorrupt`), and anything after
+//! the archive's end but tar's zero padding → `TrailingData`. Nothing is
+//! written anywhere while reading.
 
 use std::cell::Cell;
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::path::{Component, Path};
 use std::rc::Rc;
 
 use flate2::Compression;
-use flate2::read::GzDecoder;
+use flate2::bufread::GzDecoder;
 use flate2::write::GzEncoder;
 use tar::EntryType;
 
@@ -118,6 +121,8 @@ pub(crate) fn read(path: &Path, caps: &Caps) -> LoadResult<Files> {
     let exceeded = Rc::new(Cell::new(false));
     let limit = caps.total();
     let counted = Counted {
+        // The `bufread` decoder reads from this buffer and no buffer of its
+        // own, so whatever follows the gzip stream is left in it to see.
         inner: GzDecoder::new(std::io::BufReader::new(file)),
         read: 0,
         limit,
@@ -208,6 +213,27 @@ pub(crate) fn read(path: &Path, caps: &Caps) -> LoadResult<Files> {
     }
     if !files.iter().any(|(_, s, _)| *s == Slot::Manifest) {
         return Err(reject(None, ArchiveRefusal::MissingManifest));
+    }
+    // The rest of the stream, read to its end (still counted against the
+    // limit): the gzip trailer's checksum and length are checked only
+    // there, so a corrupted archive is refused rather than unpacked; and
+    // past the end of the archive only tar's zero padding may follow — not
+    // data, nor another gzip member or bytes after the stream, that
+    // another tool might unpack and this one would not have checked.
+    let mut rest = archive.into_inner();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = rest.read(&mut chunk).map_err(failed)?;
+        if n == 0 {
+            break;
+        }
+        if chunk[..n].iter().any(|&b| b != 0) {
+            return Err(reject(None, ArchiveRefusal::TrailingData));
+        }
+    }
+    let mut file = rest.inner.into_inner();
+    if !file.fill_buf().map_err(failed)?.is_empty() {
+        return Err(reject(None, ArchiveRefusal::TrailingData));
     }
     Ok(files)
 }

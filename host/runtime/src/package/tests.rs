@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use flate2::Compression;
@@ -526,6 +527,64 @@ fn garbage_and_truncated_archives_are_corrupt() {
     fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
     let err = Package::from_archive(&path).unwrap_err();
     assert_eq!(err.kind(), "archive_corrupt", "{err}");
+}
+
+#[test]
+fn a_bad_checksum_or_anything_after_the_archive_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let path = root.path().join("x.tar.gz");
+    write_raw(&path, &good_entries(root.path()));
+    let good = fs::read(&path).unwrap();
+    Package::from_archive(&path).unwrap();
+    // The gzip trailer's CRC-32 (its last eight bytes: CRC, then length),
+    // which only a reader that reads to the end checks.
+    let mut bad = good.clone();
+    let crc = bad.len() - 8;
+    bad[crc] ^= 0xff;
+    fs::write(&path, &bad).unwrap();
+    let err = Package::from_archive(&path).unwrap_err();
+    assert_eq!(err.kind(), "archive_corrupt", "{err}");
+    // A second gzip member, and bytes after the stream: `tar xzf` reads
+    // the one, other tools the other; this reader checked neither.
+    let mut member = GzEncoder::new(Vec::new(), Compression::fast());
+    member.write_all(&[0x41; 2048]).unwrap();
+    let member = member.finish().unwrap();
+    for trailer in [member.as_slice(), b"hidden".as_slice()] {
+        let mut appended = good.clone();
+        appended.extend_from_slice(trailer);
+        fs::write(&path, &appended).unwrap();
+        let err = Package::from_archive(&path).unwrap_err();
+        assert_eq!(err.kind(), "archive_trailing_data", "{err}");
+        assert!(err.to_string().contains("data follows the end"), "{err}");
+    }
+    // Data inside the stream after tar's end blocks.
+    let mut tar = tar::Builder::new(Vec::new());
+    for entry in good_entries(root.path()) {
+        let mut header = Header::new_gnu();
+        header.set_size(entry.data.len() as u64);
+        header.set_mode(0o644);
+        header.set_entry_type(EntryType::Regular);
+        tar.append_data(
+            &mut header,
+            String::from_utf8(entry.name).unwrap(),
+            entry.data.as_slice(),
+        )
+        .unwrap();
+    }
+    let mut stream = tar.into_inner().unwrap();
+    stream.extend_from_slice(b"after the end");
+    let mut gz = GzEncoder::new(fs::File::create(&path).unwrap(), Compression::fast());
+    gz.write_all(&stream).unwrap();
+    gz.finish().unwrap();
+    let err = Package::from_archive(&path).unwrap_err();
+    assert_eq!(err.kind(), "archive_trailing_data", "{err}");
+    // Zero padding past the end blocks is what tar writes: accepted.
+    stream.truncate(stream.len() - b"after the end".len());
+    stream.extend_from_slice(&[0; 10240]);
+    let mut gz = GzEncoder::new(fs::File::create(&path).unwrap(), Compression::fast());
+    gz.write_all(&stream).unwrap();
+    gz.finish().unwrap();
+    Package::from_archive(&path).unwrap();
 }
 
 // ---- signatures ------------------------------------------------------------
