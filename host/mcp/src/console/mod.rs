@@ -93,7 +93,18 @@ pub(crate) struct Console {
     /// Cookies are `Secure` (the listener is not on loopback: TLS is
     /// expected in front of it).
     secure_cookie: bool,
+    /// Slots for the pages that read much ([`heavy`]).
+    heavy: Arc<tokio::sync::Semaphore>,
 }
+
+/// Most heavy reads the console runs at once: a plugin's inspection
+/// (reading its files, compiling its component, running it to list its
+/// tools), a filtered scan, a call's story and a verification of the
+/// whole audit log. Each runs on a blocking thread, which cannot be
+/// stopped once started: without a bound, a signed-in browser reloading
+/// such a page (or a script with a stolen session) would start one more
+/// each time and fill the blocking pool and both cores.
+const HEAVY_AT_ONCE: usize = 2;
 
 /// The console's routes for `server` on the listener `config` describes.
 pub(crate) fn routes(server: &McpServer, config: &HttpConfig) -> Router {
@@ -102,6 +113,7 @@ pub(crate) fn routes(server: &McpServer, config: &HttpConfig) -> Router {
         callers: config.tokens.clone(),
         sessions: Sessions::new(SessionLimits::default()),
         secure_cookie: config.behind_proxy || !config.addr.ip().is_loopback(),
+        heavy: Arc::new(tokio::sync::Semaphore::new(HEAVY_AT_ONCE)),
     }))
 }
 
@@ -220,6 +232,25 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .unwrap_or_else(|e| Err(format!("the request failed: {e}")))
+}
+
+/// `work` on a blocking thread once one of the console's [`HEAVY_AT_ONCE`]
+/// slots is free. A request that goes away while it waits for a slot
+/// starts nothing; one whose work has started holds its slot until the
+/// work is done, since blocking work cannot be stopped.
+async fn heavy<T: Send + 'static>(
+    console: &Console,
+    work: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    let slot = Arc::clone(&console.heavy)
+        .acquire_owned()
+        .await
+        .map_err(|_| "the console is shutting down".to_owned())?;
+    blocking(move || {
+        let _slot = slot;
+        work()
+    })
+    .await
 }
 
 pub(crate) fn now_ms() -> u64 {
@@ -758,7 +789,7 @@ async fn audit(
     };
     let host = Arc::clone(&console.host);
     let limit = (filters.page + 1) * PAGE_SIZE + 1;
-    let read = blocking(move || {
+    let read = heavy(&console, move || {
         let mut records = host
             .audit()
             .query(&filter, limit)
@@ -806,7 +837,7 @@ async fn call_story(
     }
     let host = Arc::clone(&console.host);
     let id = call_id.clone();
-    let read = blocking(move || {
+    let read = heavy(&console, move || {
         let filter = Filter {
             call_id: Some(id),
             ..Filter::default()
@@ -833,7 +864,7 @@ async fn verify(State(console): State<Arc<Console>>, headers: HeaderMap) -> Resp
         Err(response) => return *response,
     };
     let host = Arc::clone(&console.host);
-    let read = blocking(move || {
+    let read = heavy(&console, move || {
         let log = host.audit();
         let outcome = log.verify(&[]).map_err(|e| e.to_string())?;
         Ok((
@@ -893,7 +924,7 @@ async fn plugin(
     let host = Arc::clone(&console.host);
     let dir = loaded.dir().to_owned();
     let runtime = tokio::runtime::Handle::current();
-    let inspected = blocking(move || {
+    let inspected = heavy(&console, move || {
         let report = runtime
             .block_on(host.inspect(&dir))
             .map_err(|e| e.to_string())?;

@@ -716,6 +716,7 @@ async fn an_expired_session_sends_the_browser_back_to_sign_in() {
             max_sessions: 4,
         }),
         secure_cookie: false,
+        heavy: Arc::new(tokio::sync::Semaphore::new(HEAVY_AT_ONCE)),
     };
     let (id, _) = console.sessions.create("alice", ALICE, true).unwrap();
     let mut headers = HeaderMap::new();
@@ -1063,4 +1064,59 @@ async fn an_approver_pauses_and_resumes_a_tool_on_the_record_and_a_bad_target_or
         )
         .await;
     assert_eq!(answer.status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn heavy_pages_wait_for_a_slot_and_a_request_that_goes_starts_nothing() {
+    let host = Arc::new(Host::new(HostConfig::default()).unwrap());
+    host.load_plugin(format!("{PLUGINS_DIR}/billing"))
+        .await
+        .unwrap();
+    let console = Arc::new(Console {
+        host,
+        callers: Vec::new(),
+        sessions: Sessions::new(SessionLimits::default()),
+        secure_cookie: false,
+        heavy: Arc::new(tokio::sync::Semaphore::new(HEAVY_AT_ONCE)),
+    });
+    let (session, _) = console.sessions.create("alice", ALICE, true).unwrap();
+    let app = router_for(Arc::clone(&console));
+    let get = |path: &'static str| {
+        let app = app.clone();
+        let cookie = format!("{SESSION_COOKIE}={session}");
+        async move {
+            let request = hyper::Request::get(path)
+                .header(header::COOKIE, cookie)
+                .body(axum::body::Body::empty())
+                .unwrap();
+            let response = TowerToHyperService::new(app).call(request).await.unwrap();
+            response.status()
+        }
+    };
+    // Every slot taken: the pages that read much wait, the others do not.
+    let taken = Arc::clone(&console.heavy)
+        .acquire_many_owned(u32::try_from(HEAVY_AT_ONCE).unwrap())
+        .await
+        .unwrap();
+    for path in [
+        "/console/plugins/billing",
+        "/console/audit",
+        "/console/audit/verify",
+    ] {
+        let waiting = tokio::time::timeout(std::time::Duration::from_millis(300), get(path)).await;
+        assert!(waiting.is_err(), "{path} ran without a slot");
+    }
+    assert_eq!(get("/console/plugins").await, StatusCode::OK);
+    // The requests that gave up hold nothing: once the slots are free,
+    // every page is served.
+    drop(taken);
+    assert_eq!(console.heavy.available_permits(), HEAVY_AT_ONCE);
+    for path in [
+        "/console/plugins/billing",
+        "/console/audit",
+        "/console/audit/verify",
+    ] {
+        assert_eq!(get(path).await, StatusCode::OK, "{path}");
+    }
+    assert_eq!(console.heavy.available_permits(), HEAVY_AT_ONCE);
 }
