@@ -87,6 +87,16 @@ async fn text_tools_return_real_results() {
     .await
     .unwrap();
     assert_eq!(found["matches"], json!(["1", "22", "333"]), "{found}");
+    // `2.0` is an integer to the host's schema check, as to JSON Schema:
+    // the SDK reads it as one too, not as a type error.
+    let found = call(
+        &host,
+        "text/regex-extract",
+        json!({"pattern": r"\d+", "text": "a1 b22 c333", "max_matches": 2.0}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(found["matches"], json!(["1", "22"]), "{found}");
 }
 
 #[tokio::test]

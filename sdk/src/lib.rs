@@ -211,7 +211,11 @@ pub mod log {
 /// these functions without the grant does not load.
 ///
 /// On targets other than WebAssembly (unit tests of tool functions) an
-/// in-memory, per-thread store stands in for the host's.
+/// in-memory, per-thread store stands in for the host's, with the host's
+/// limits (keys of 1 to 512 bytes, values and blobs of at most 512 KiB,
+/// blob refs of `sha256:` and 64 hex digits): what the host refuses, a
+/// test refuses too. Its blob refs are shaped like the host's but are not
+/// SHA-256 digests.
 ///
 /// ```no_run
 /// use airlock_sdk::{ToolError, workspace};
@@ -304,17 +308,41 @@ pub mod workspace {
             static BLOBS: RefCell<BTreeMap<String, Vec<u8>>> = RefCell::default();
         }
 
+        /// The host's limits, so a test here fails where the host would.
+        const MAX_KEY_BYTES: usize = 512;
+        const MAX_VALUE_BYTES: usize = 512 * 1024;
+
+        fn check_key(key: &str) -> Result<(), WorkspaceError> {
+            if key.is_empty() || key.len() > MAX_KEY_BYTES {
+                return Err(WorkspaceError::Invalid(format!(
+                    "a key is 1 to {MAX_KEY_BYTES} bytes, this one is {}",
+                    key.len()
+                )));
+            }
+            Ok(())
+        }
+
+        fn check_size(len: usize, what: &str) -> Result<(), WorkspaceError> {
+            if len > MAX_VALUE_BYTES {
+                return Err(WorkspaceError::Invalid(format!(
+                    "a {what} is at most {MAX_VALUE_BYTES} bytes, this one is {len}"
+                )));
+            }
+            Ok(())
+        }
+
         pub(super) fn get(key: &str) -> Result<Option<Vec<u8>>, WorkspaceError> {
+            check_key(key)?;
             Ok(KEYS.with(|k| k.borrow().get(key).cloned()))
         }
         pub(super) fn set(key: &str, value: &[u8]) -> Result<(), WorkspaceError> {
-            if key.is_empty() {
-                return Err(WorkspaceError::Invalid("empty key".into()));
-            }
+            check_key(key)?;
+            check_size(value.len(), "value")?;
             KEYS.with(|k| k.borrow_mut().insert(key.to_owned(), value.to_vec()));
             Ok(())
         }
         pub(super) fn delete(key: &str) -> Result<bool, WorkspaceError> {
+            check_key(key)?;
             Ok(KEYS.with(|k| k.borrow_mut().remove(key).is_some()))
         }
         pub(super) fn list_keys(
@@ -333,7 +361,9 @@ pub mod workspace {
             }))
         }
         pub(super) fn put_blob(data: &[u8]) -> Result<String, WorkspaceError> {
-            // Not the host's SHA-256, but content-addressed all the same.
+            check_size(data.len(), "blob")?;
+            // Not the host's SHA-256 (the SDK carries no hash crate into
+            // plugins), but content-addressed and shaped like one.
             use std::hash::{Hash, Hasher};
             let mut h = std::collections::hash_map::DefaultHasher::new();
             data.hash(&mut h);
@@ -342,7 +372,15 @@ pub mod workspace {
             Ok(reference)
         }
         pub(super) fn get_blob(reference: &str) -> Result<Option<Vec<u8>>, WorkspaceError> {
-            Ok(BLOBS.with(|b| b.borrow().get(reference).cloned()))
+            let digits = reference.strip_prefix("sha256:").unwrap_or_default();
+            if digits.len() != 64 || !digits.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(WorkspaceError::Invalid(format!(
+                    "a blob ref is `sha256:` and 64 hex digits, not {:?}",
+                    reference.chars().take(80).collect::<String>()
+                )));
+            }
+            let reference = reference.to_ascii_lowercase();
+            Ok(BLOBS.with(|b| b.borrow().get(&reference).cloned()))
         }
     }
 
@@ -545,8 +583,7 @@ pub mod __private {
         }
 
         fn call(&self, arguments: &str, ctx: &Context) -> Result<String, ToolError> {
-            let de = &mut serde_json::Deserializer::from_str(arguments);
-            let args: A = serde_path_to_error::deserialize(de).map_err(|e| {
+            let invalid = |e: serde_path_to_error::Error<serde_json::Error>| {
                 let path = e.path().to_string();
                 let inner = e.into_inner();
                 if path == "." {
@@ -554,11 +591,56 @@ pub mod __private {
                 } else {
                     ToolError::invalid_input(format!("at {path}: {inner}"))
                 }
-            })?;
+            };
+            let de = &mut serde_json::Deserializer::from_str(arguments);
+            let args: A = match serde_path_to_error::deserialize(de) {
+                Ok(args) => args,
+                // The host's schema check counts a number with no fraction
+                // (`2.0`, `1e2`) as an integer, as JSON Schema does; serde
+                // does not. Arguments the host accepted are read again with
+                // such numbers as integers (an `f64` field takes either).
+                Err(first) => match serde_json::from_str(arguments).ok().and_then(integral) {
+                    Some(value) => serde_path_to_error::deserialize(value).map_err(invalid)?,
+                    None => return Err(invalid(first)),
+                },
+            };
             let result = (self.func)(args, ctx)?;
             serde_json::to_string(&result)
                 .map_err(|e| ToolError::failed(format!("cannot serialize the result: {e}")))
         }
+    }
+
+    /// `value` with every number that has no fraction and fits a 64-bit
+    /// integer written as that integer; `None` when there is none.
+    fn integral(mut value: serde_json::Value) -> Option<serde_json::Value> {
+        fn walk(value: &mut serde_json::Value) -> bool {
+            match value {
+                serde_json::Value::Number(n) if n.is_f64() => {
+                    let Some(f) = n.as_f64() else { return false };
+                    // 2^64 and -2^63, exactly representable as f64.
+                    const U64_END: f64 = 18_446_744_073_709_551_616.0;
+                    const I64_MIN: f64 = -9_223_372_036_854_775_808.0;
+                    if f.fract() != 0.0 || !f.is_finite() || !(I64_MIN..U64_END).contains(&f) {
+                        return false;
+                    }
+                    *value = if f >= 0.0 {
+                        // In range and whole: the conversion is exact.
+                        serde_json::Value::from(f as u64)
+                    } else {
+                        serde_json::Value::from(f as i64)
+                    };
+                    true
+                }
+                serde_json::Value::Array(items) => {
+                    items.iter_mut().fold(false, |changed, v| walk(v) | changed)
+                }
+                serde_json::Value::Object(map) => {
+                    map.values_mut().fold(false, |changed, v| walk(v) | changed)
+                }
+                _ => false,
+            }
+        }
+        walk(&mut value).then_some(value)
     }
 
     pub fn list(tools: &[Box<dyn ErasedTool>]) -> Vec<wit::ToolDescriptor> {
@@ -570,9 +652,10 @@ pub mod __private {
     pub use airlock_names::is_valid_tool_name;
 
     /// Check the registrations the way the host checks them at load time:
-    /// at most [`airlock_names::MAX_TOOLS`], valid and unique names, a
-    /// description, input schemas whose root is `"type": "object"`, and no
-    /// schema over [`airlock_names::MAX_SCHEMA_BYTES`] or recursive. Not
+    /// at most [`airlock_names::MAX_TOOLS`], valid and unique names, input
+    /// schemas whose root is `"type": "object"`, and no schema over
+    /// [`airlock_names::MAX_SCHEMA_BYTES`] or recursive; and, the SDK's own
+    /// rule, a description that is not empty. Not
     /// checked here (the host refuses them when it loads the plugin): a
     /// `pattern` the `regex` crate cannot compile, and schemas wider or
     /// with more patterns than the host's bounds.
@@ -618,6 +701,13 @@ pub mod __private {
                 }
                 let schema: serde_json::Value = serde_json::from_str(text)
                     .map_err(|e| format!("tool `{}`: {which} schema is not JSON: {e}", d.name))?;
+                if let Some(e) = unresolved_ref(&schema, &schema) {
+                    return Err(format!(
+                        "tool `{}`: its {which} schema has {e}; the host refuses it: rename \
+                         the type (`#[schemars(rename = \"...\")]`, letters, digits, `_`, `-`)",
+                        d.name
+                    ));
+                }
                 recursion(&schema).map_err(|e| {
                     format!(
                         "tool `{}`: its {which} type is recursive ({e}); the host refuses \
@@ -642,6 +732,28 @@ pub mod __private {
             }
         }
         Ok(())
+    }
+
+    /// A `$ref` in `node` the host cannot resolve in `root`: one that is
+    /// percent-encoded (schemars encodes a type name with spaces or `<>`),
+    /// or that points at nothing.
+    fn unresolved_ref(root: &serde_json::Value, node: &serde_json::Value) -> Option<String> {
+        match node {
+            serde_json::Value::Object(members) => {
+                if let Some(target) = members.get("$ref").and_then(serde_json::Value::as_str) {
+                    let pointer = target.strip_prefix('#').unwrap_or(target);
+                    if pointer.contains('%') {
+                        return Some(format!("a percent-encoded `$ref`, {target:?}"));
+                    }
+                    if root.pointer(pointer).is_none() {
+                        return Some(format!("a `$ref` that points at nothing, {target:?}"));
+                    }
+                }
+                members.values().find_map(|v| unresolved_ref(root, v))
+            }
+            serde_json::Value::Array(items) => items.iter().find_map(|v| unresolved_ref(root, v)),
+            _ => None,
+        }
     }
 
     /// Where a `$ref` of `schema` leads back into a schema that contains
@@ -763,10 +875,12 @@ pub mod __private {
 /// The macro also adds a unit test, `airlock_plugin_tools_are_valid`, that
 /// checks what the host checks when it loads the plugin: at most 256 tools,
 /// tool names are lowercase `[a-z][a-z0-9_-]*` (at most 64 bytes, no `__`)
-/// and unique, descriptions are not empty, every input schema's root is
-/// `"type": "object"`, and no schema is over 256 KiB or recursive (an
-/// argument or result type that holds itself, directly or through others:
-/// the host refuses those, so that checking a value is bounded).
+/// and unique, every input schema's root is `"type": "object"`, and no
+/// schema is over 256 KiB or recursive (an argument or result type that
+/// holds itself, directly or through others: the host refuses those, so
+/// that checking a value is bounded). It also checks that descriptions are
+/// not empty: the SDK's own rule (the host keeps an empty one; an agent
+/// gets nothing to choose the tool by).
 #[macro_export]
 macro_rules! plugin {
     ($($name:literal => $func:path : $description:literal),+ $(,)?) => {
@@ -967,6 +1081,60 @@ mod tests {
     }
 
     #[test]
+    fn whole_numbers_written_as_floats_are_integers() {
+        // The host's schema check accepts `4.0` and `2e0` for an integer,
+        // as JSON Schema does, and passes them on as written.
+        let tools = [tool("double", "Double it.", double)];
+        for args in [
+            r#"{"n": 4.0}"#,
+            r#"{"n": 4e0}"#,
+            r#"{"n": 0.4e1, "label": "x"}"#,
+        ] {
+            assert_eq!(
+                dispatch(&tools, "double", args, ctx()).unwrap(),
+                r#"{"double":8}"#,
+                "{args}"
+            );
+        }
+        // A fraction, or a number no integer holds, is still refused, with
+        // its path.
+        for (args, says) in [
+            (r#"{"n": 4.5}"#, "at n: invalid type: floating point `4.5`"),
+            (
+                r#"{"n": 1e30}"#,
+                "at n: invalid type: floating point `1e+30`",
+            ),
+            (r#"{"n": -1.0}"#, "at n: invalid value: integer `-1`"),
+        ] {
+            let Err(wit::ToolError::InvalidInput(m)) = dispatch(&tools, "double", args, ctx())
+            else {
+                panic!("{args} was accepted");
+            };
+            assert!(m.starts_with(says), "{args}: {m}");
+        }
+        // A float field takes the integers the rewrite makes.
+        #[derive(Deserialize, JsonSchema)]
+        struct Real {
+            x: f64,
+            xs: Vec<f64>,
+        }
+        #[derive(Serialize, JsonSchema)]
+        struct Sum {
+            sum: f64,
+        }
+        let sum = |a: Real, _: &Context| -> Result<Sum, ToolError> {
+            Ok(Sum {
+                sum: a.x + a.xs.iter().sum::<f64>(),
+            })
+        };
+        let tools = [tool("sum", "Sum.", sum)];
+        assert_eq!(
+            dispatch(&tools, "sum", r#"{"x": 1.5, "xs": [2.0, 3]}"#, ctx()).unwrap(),
+            r#"{"sum":6.5}"#
+        );
+    }
+
+    #[test]
     fn bad_arguments_name_the_failing_path() {
         let tools = [tool("double", "Double it.", double)];
         let Err(wit::ToolError::InvalidInput(m)) =
@@ -1129,6 +1297,25 @@ mod tests {
             );
         }
         validate(&[tool("line", "L.", line)]).unwrap();
+        // A type name schemars must percent-encode: the host cannot resolve
+        // its `$ref`, so neither does the check.
+        #[derive(Deserialize, JsonSchema)]
+        #[schemars(rename = "Odd Name<T>")]
+        #[allow(dead_code)]
+        struct Odd {
+            x: i32,
+        }
+        #[derive(Deserialize, JsonSchema)]
+        #[allow(dead_code)]
+        struct HoldsOdd {
+            a: Odd,
+            b: Odd,
+        }
+        fn odd(_: HoldsOdd, _: &Context) -> Result<Out, ToolError> {
+            Ok(Out { double: 0 })
+        }
+        let err = validate(&[tool("odd", "O.", odd)]).unwrap_err();
+        assert!(err.contains("percent-encoded `$ref`"), "{err}");
         let many: Vec<_> = (0..=airlock_names::MAX_TOOLS)
             .map(|i| tool(format!("t{i}").leak(), "T.", double))
             .collect();
@@ -1152,6 +1339,39 @@ mod tests {
             wit::ToolError::from(ToolError::denied("no")),
             wit::ToolError::Denied(m) if m == "no"
         ));
+    }
+
+    #[test]
+    fn the_in_memory_workspace_refuses_what_the_host_refuses() {
+        let invalid = |r: Result<(), workspace::WorkspaceError>| {
+            assert!(
+                matches!(r, Err(workspace::WorkspaceError::Invalid(_))),
+                "{r:?}"
+            );
+        };
+        let long = "k".repeat(513);
+        invalid(workspace::set(&long, b"x"));
+        invalid(workspace::get(&long).map(drop));
+        invalid(workspace::delete("").map(drop));
+        invalid(workspace::set("big", vec![0; 512 * 1024 + 1]));
+        invalid(workspace::put_blob(vec![0; 512 * 1024 + 1]).map(drop));
+        invalid(workspace::get_blob("junk").map(drop));
+        invalid(workspace::get_blob(&format!("sha256:{}", "g".repeat(64))).map(drop));
+        // At the limits, accepted; a ref of another case is the same blob.
+        workspace::set(&"k".repeat(512), vec![0; 512 * 1024]).unwrap();
+        let reference = workspace::put_blob(b"data").unwrap();
+        let upper = format!(
+            "sha256:{}",
+            reference["sha256:".len()..].to_ascii_uppercase()
+        );
+        assert_eq!(
+            workspace::get_blob(&upper).unwrap().as_deref(),
+            Some(&b"data"[..])
+        );
+        assert_eq!(
+            workspace::get_blob(&format!("sha256:{}", "0".repeat(64))).unwrap(),
+            None
+        );
     }
 
     #[test]

@@ -297,7 +297,11 @@ class _Schema:
         }
         if required:
             schema["required"] = required
-        doc = inspect.getdoc(cls)
+        # The class's own docstring only: `inspect.getdoc` falls back to a
+        # base class's (a TypedDict without one would be described by
+        # `dict`'s, a subclass by its parent's).
+        doc = cls.__dict__.get("__doc__")
+        doc = inspect.cleandoc(doc) if isinstance(doc, str) else None
         if doc and not doc.startswith(cls.__name__ + "("):  # not the dataclass's generated doc
             schema["description"] = doc
         return schema
@@ -356,9 +360,10 @@ def _convert(value: Any, hint: Any, path: str) -> Any:
             raise _Invalid(path, "expected an object")
         return {k: _convert(v, args[1], f"{path}/{_pointer(k)}") for k, v in value.items()}
     if origin is typing.Literal:
-        if not any(value == a and type(value) is type(a) for a in args):
-            raise _Invalid(path, "expected one of " + ", ".join(json.dumps(a) for a in args))
-        return value
+        for a in args:
+            if _same_literal(value, a):
+                return a
+        raise _Invalid(path, "expected one of " + ", ".join(json.dumps(a) for a in args))
     if dataclasses.is_dataclass(hint) and isinstance(hint, type):
         fields = {f.name: f for f in dataclasses.fields(hint) if f.init}
         hints = _hints(hint)
@@ -372,7 +377,14 @@ def _convert(value: Any, hint: Any, path: str) -> Any:
         ]
         if missing:
             raise _Invalid(path, f"missing field `{missing[0]}`")
-        return hint(**kwargs)
+        try:
+            return hint(**kwargs)
+        except ToolError:
+            raise
+        except (TypeError, ValueError) as e:
+            # What the class's own checks (`__post_init__`) refuse is the
+            # caller's input, not the tool failing.
+            raise _Invalid(path, str(e)) from None
     if _is_typeddict(hint):
         hints = _hints(hint)
         result = _fields(value, hints, path)
@@ -381,6 +393,18 @@ def _convert(value: Any, hint: Any, path: str) -> Any:
                 raise _Invalid(path, f"missing field `{name}`")
         return result
     raise _Invalid(path, f"unsupported type hint `{_describe(hint)}`")
+
+
+def _same_literal(value: Any, literal: Any) -> bool:
+    """Whether `value` is `literal` as JSON Schema's `enum` compares: numbers
+    by value (`1.0` is `1`), booleans apart from numbers, the rest by type
+    and value."""
+    numbers = (int, float)
+    if isinstance(value, bool) or isinstance(literal, bool):
+        return type(value) is type(literal) and value == literal
+    if isinstance(value, numbers) and isinstance(literal, numbers):
+        return value == literal
+    return type(value) is type(literal) and value == literal
 
 
 def _fields(value: Any, hints: Dict[str, Any], path: str) -> Dict[str, Any]:
@@ -408,7 +432,12 @@ INT_MAX = 2**64 - 1
 def _to_json(value: Any) -> Any:
     """A result as JSON-ready data: dataclasses become objects."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        # The fields the schema has: `init=False` ones are left out of both.
+        return {
+            f.name: _to_json(getattr(value, f.name))
+            for f in dataclasses.fields(value)
+            if f.init
+        }
     if isinstance(value, dict):
         return {str(k): _to_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -93,6 +93,23 @@ def _check_key(key: str) -> None:
         raise WorkspaceError("invalid", "a key is 1 to 512 bytes")
 
 
+#: The largest value or blob the host stores.
+_MAX_VALUE_BYTES = 512 * 1024
+
+
+def _check_size(data: bytes, what: str) -> None:
+    if len(data) > _MAX_VALUE_BYTES:
+        raise WorkspaceError(
+            "invalid", f"a {what} is at most {_MAX_VALUE_BYTES} bytes, this one is {len(data)}"
+        )
+
+
+def _check_ref(ref: str) -> None:
+    digits = ref[len("sha256:"):] if ref.startswith("sha256:") else ""
+    if len(digits) != 64 or any(c not in "0123456789abcdefABCDEF" for c in digits):
+        raise WorkspaceError("invalid", f"a blob ref is `sha256:` and 64 hex digits, not {ref[:80]!r}")
+
+
 def get(key: str) -> Optional[bytes]:
     """The value stored under ``key``, if any."""
     if _wit is not None:  # a component
@@ -108,6 +125,7 @@ def set(key: str, value: bytes) -> None:  # noqa: A001 - the ABI's name
         _host("set", key, value)
         return
     _check_key(key)
+    _check_size(value, "value")
     _KEYS[key] = value
 
 
@@ -136,6 +154,7 @@ def put_blob(data: bytes) -> str:
     data = _as_bytes(data, "workspace.put_blob")
     if _wit is not None:  # a component
         return str(_host("put_blob", data))
+    _check_size(data, "blob")
     ref = "sha256:" + hashlib.sha256(data).hexdigest()
     _BLOBS[ref] = data
     return ref
@@ -145,7 +164,8 @@ def get_blob(ref: str) -> Optional[bytes]:
     """The blob with ``ref``, if this plugin stored it."""
     if _wit is not None:  # a component
         return _host("get_blob", ref)
-    return _BLOBS.get(ref)
+    _check_ref(ref)
+    return _BLOBS.get(ref.lower())
 
 
 def get_json(key: str) -> Any:

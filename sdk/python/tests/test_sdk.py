@@ -71,6 +71,8 @@ class SchemaTest(unittest.TestCase):
         self.assertEqual(points["items"]["additionalProperties"], False)
         self.assertEqual(points["items"]["description"], "A point.")
         self.assertEqual(schema["properties"]["options"]["properties"]["mode"], {"enum": ["fast", "slow"]})
+        # No docstring of its own: no description (not `dict`'s).
+        self.assertNotIn("description", schema["properties"]["options"])
         self.assertEqual(
             schema["properties"]["note"], {"anyOf": [{"type": "string"}, {"type": "null"}]}
         )
@@ -254,6 +256,58 @@ class CallTest(unittest.TestCase):
             t.run('{"mode": "c"}', self.ctx)
 
 
+    def test_numeric_literals_compare_as_json_schema_does(self):
+        def level(n: Literal[1, 2], flag: Literal[True] = True) -> int:
+            """Level."""
+            return n
+
+        t = make(level)
+        # The host's check accepts 1.0 for 1; the tool gets the literal.
+        self.assertEqual(t.run('{"n": 1.0}', self.ctx), "1")
+        with self.assertRaisesRegex(InvalidInput, "expected one of 1, 2"):
+            t.run('{"n": 1.5}', self.ctx)
+        with self.assertRaisesRegex(InvalidInput, "expected one of 1, 2"):
+            t.run('{"n": true}', self.ctx)
+        with self.assertRaisesRegex(InvalidInput, "expected one of true"):
+            t.run('{"n": 1, "flag": 1}', self.ctx)
+
+    def test_a_dataclass_refusing_its_values_is_invalid_input(self):
+        @dataclass
+        class Positive:
+            x: int
+
+            def __post_init__(self):
+                if self.x < 0:
+                    raise ValueError("x must be >= 0")
+                if self.x == 13:
+                    raise Denied("unlucky")
+
+        def f(p: Positive) -> int:
+            """Doc."""
+            return p.x
+
+        t = make(f)
+        with self.assertRaisesRegex(InvalidInput, "at /p: x must be >= 0"):
+            t.run('{"p": {"x": -1}}', self.ctx)
+        # A tool error raised there keeps its kind.
+        with self.assertRaises(Denied):
+            t.run('{"p": {"x": 13}}', self.ctx)
+
+    def test_results_hold_the_fields_their_schema_has(self):
+        @dataclass
+        class Out:
+            a: int
+            b: int = field(init=False, default=3)
+
+        def f() -> Out:
+            """Doc."""
+            return Out(a=1)
+
+        t = make(f)
+        self.assertNotIn("b", t.output_schema["properties"])
+        self.assertEqual(json.loads(t.run("{}", self.ctx)), {"a": 1})
+
+
 class RegistryTest(unittest.TestCase):
     def test_registration_dispatch_and_duplicates(self):
         saved = dict(airlock_sdk._REGISTRY)
@@ -365,6 +419,21 @@ class WorkspaceTest(unittest.TestCase):
         with self.assertRaises(workspace.WorkspaceError) as raised:
             workspace.set("", b"x")
         self.assertEqual(raised.exception.kind, "invalid")
+        # The host's limits: what it refuses, a test here refuses too.
+        for refused in [
+            lambda: workspace.set("k" * 513, b"x"),
+            lambda: workspace.get("k" * 513),
+            lambda: workspace.set("big", b"x" * (512 * 1024 + 1)),
+            lambda: workspace.put_blob(b"x" * (512 * 1024 + 1)),
+            lambda: workspace.get_blob("junk"),
+            lambda: workspace.get_blob("sha256:" + "g" * 64),
+        ]:
+            with self.assertRaises(workspace.WorkspaceError) as raised:
+                refused()
+            self.assertEqual(raised.exception.kind, "invalid")
+        workspace.set("big", b"x" * (512 * 1024))
+        self.assertEqual(workspace.get_blob(ref.upper().replace("SHA256:", "sha256:")), b"data")
+        self.assertIsNone(workspace.get_blob("sha256:" + "0" * 64))
 
     def test_values_that_are_not_bytes_are_refused_not_converted(self):
         # bytes(5) is five zero bytes; bytes([1, 2]) two bytes.
