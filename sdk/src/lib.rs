@@ -597,10 +597,11 @@ pub mod __private {
                 Ok(args) => args,
                 // The host's schema check counts a number with no fraction
                 // (`2.0`, `1e2`) as an integer, as JSON Schema does; serde
-                // does not. Arguments the host accepted are read again with
-                // such numbers as integers (an `f64` field takes either).
-                Err(first) => match serde_json::from_str(arguments).ok().and_then(integral) {
-                    Some(value) => serde_path_to_error::deserialize(value).map_err(invalid)?,
+                // does not. Where that is what failed, the number is read
+                // again as the integer — only there, and only below 2^53,
+                // where a float holds every integer exactly.
+                Err(first) => match reread(arguments, first.path()) {
+                    Some(args) => args,
                     None => return Err(invalid(first)),
                 },
             };
@@ -610,37 +611,63 @@ pub mod __private {
         }
     }
 
-    /// `value` with every number that has no fraction and fits a 64-bit
-    /// integer written as that integer; `None` when there is none.
-    fn integral(mut value: serde_json::Value) -> Option<serde_json::Value> {
-        fn walk(value: &mut serde_json::Value) -> bool {
-            match value {
-                serde_json::Value::Number(n) if n.is_f64() => {
-                    let Some(f) = n.as_f64() else { return false };
-                    // 2^64 and -2^63, exactly representable as f64.
-                    const U64_END: f64 = 18_446_744_073_709_551_616.0;
-                    const I64_MIN: f64 = -9_223_372_036_854_775_808.0;
-                    if f.fract() != 0.0 || !f.is_finite() || !(I64_MIN..U64_END).contains(&f) {
-                        return false;
+    /// `arguments` read as `A` with the whole numbers written as floats
+    /// that serde refused, at `failed` and then at each next failure,
+    /// taken as integers; `None` when a failure is anything else.
+    fn reread<A: DeserializeOwned>(
+        arguments: &str,
+        failed: &serde_path_to_error::Path,
+    ) -> Option<A> {
+        /// Numbers rewritten at most (each a separate failure).
+        const MAX_REWRITES: usize = 256;
+        let mut value: serde_json::Value = serde_json::from_str(arguments).ok()?;
+        if !integral_at(&mut value, failed) {
+            return None;
+        }
+        for _ in 0..MAX_REWRITES {
+            match serde_path_to_error::deserialize::<_, A>(&value) {
+                Ok(args) => return Some(args),
+                Err(e) => {
+                    if !integral_at(&mut value, e.path()) {
+                        return None;
                     }
-                    *value = if f >= 0.0 {
-                        // In range and whole: the conversion is exact.
-                        serde_json::Value::from(f as u64)
-                    } else {
-                        serde_json::Value::from(f as i64)
-                    };
-                    true
                 }
-                serde_json::Value::Array(items) => {
-                    items.iter_mut().fold(false, |changed, v| walk(v) | changed)
-                }
-                serde_json::Value::Object(map) => {
-                    map.values_mut().fold(false, |changed, v| walk(v) | changed)
-                }
-                _ => false,
             }
         }
-        walk(&mut value).then_some(value)
+        None
+    }
+
+    /// Rewrite the number at `path` in `value` as an integer if it is a
+    /// float with no fraction below 2^53 in magnitude; whether it was.
+    fn integral_at(value: &mut serde_json::Value, path: &serde_path_to_error::Path) -> bool {
+        use serde_path_to_error::Segment;
+        let mut node = value;
+        for segment in path.iter() {
+            let next = match (segment, node) {
+                (Segment::Seq { index }, serde_json::Value::Array(items)) => items.get_mut(*index),
+                (Segment::Map { key }, serde_json::Value::Object(map))
+                | (Segment::Enum { variant: key }, serde_json::Value::Object(map)) => {
+                    map.get_mut(key.as_str())
+                }
+                _ => None,
+            };
+            let Some(next) = next else { return false };
+            node = next;
+        }
+        // 2^53: every integer below it is exactly one float.
+        const EXACT: f64 = 9_007_199_254_740_992.0;
+        let serde_json::Value::Number(n) = node else {
+            return false;
+        };
+        let Some(f) = n.as_f64().filter(|_| n.is_f64()) else {
+            return false;
+        };
+        if f.fract() != 0.0 || f.abs() >= EXACT {
+            return false;
+        }
+        // Whole and below 2^53: the conversion is exact.
+        *node = serde_json::Value::from(f as i64);
+        true
     }
 
     pub fn list(tools: &[Box<dyn ErasedTool>]) -> Vec<wit::ToolDescriptor> {
@@ -1104,7 +1131,14 @@ mod tests {
                 r#"{"n": 1e30}"#,
                 "at n: invalid type: floating point `1e+30`",
             ),
-            (r#"{"n": -1.0}"#, "at n: invalid value: integer `-1`"),
+            (
+                r#"{"n": -1.0}"#,
+                "at n: invalid type: floating point `-1.0`",
+            ),
+            (
+                r#"{"n": 9007199254740993.0}"#,
+                "at n: invalid type: floating point",
+            ),
         ] {
             let Err(wit::ToolError::InvalidInput(m)) = dispatch(&tools, "double", args, ctx())
             else {
@@ -1131,6 +1165,35 @@ mod tests {
         assert_eq!(
             dispatch(&tools, "sum", r#"{"x": 1.5, "xs": [2.0, 3]}"#, ctx()).unwrap(),
             r#"{"sum":6.5}"#
+        );
+        // Only what failed is rewritten: a value kept as JSON keeps its
+        // float, nested integers are found by their path.
+        #[derive(Deserialize, JsonSchema)]
+        struct Mixed {
+            counts: Vec<u32>,
+            raw: serde_json::Value,
+        }
+        #[derive(Serialize, JsonSchema)]
+        struct Seen {
+            total: u32,
+            raw: String,
+        }
+        let seen = |m: Mixed, _: &Context| -> Result<Seen, ToolError> {
+            Ok(Seen {
+                total: m.counts.iter().sum(),
+                raw: m.raw.to_string(),
+            })
+        };
+        let tools = [tool("seen", "Seen.", seen)];
+        assert_eq!(
+            dispatch(
+                &tools,
+                "seen",
+                r#"{"counts": [1, 2.0, 3e0], "raw": [1.0, 2]}"#,
+                ctx()
+            )
+            .unwrap(),
+            r#"{"total":6,"raw":"[1.0,2]"}"#
         );
     }
 

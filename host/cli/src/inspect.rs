@@ -30,7 +30,10 @@ pub(crate) async fn run(settings: &Settings, args: InspectArgs) -> Result<u8, Fa
             anyhow::anyhow!("cannot make a scratch directory to unpack the archive into: {e}")
         })?;
         let dir = unpacked.path().join("plugin");
-        package.write_dir(&dir)?;
+        if let Err(error) = package.write_dir(&dir) {
+            let message = format!("{:#}", anyhow::Error::from(error));
+            return Err(anyhow::anyhow!(in_archive(&message, &dir, &as_path)).into());
+        }
         scratch = Some(unpacked);
         dir
     } else {

@@ -328,9 +328,9 @@ pub enum ArchiveRefusal {
     },
     /// There is no `plugin.toml`.
     MissingManifest,
-    /// Something other than tar's zero padding follows the end of the
-    /// archive (in the compressed stream, or after it): what another tool
-    /// might unpack, this one would not have checked.
+    /// Something other than zero padding (or more than 1 MiB of it)
+    /// follows the end of the archive, in the compressed stream or after
+    /// it: what another tool might unpack, this one would not have checked.
     TrailingData,
 }
 
@@ -360,7 +360,7 @@ impl fmt::Display for ArchiveRefusal {
             }
             ArchiveRefusal::MissingManifest => f.write_str("it holds no plugin.toml"),
             ArchiveRefusal::TrailingData => {
-                f.write_str("data follows the end of the archive (only zero padding may)")
+                f.write_str("data follows the end of the archive (only zero padding may, at most 1 MiB)")
             }
         }
     }

@@ -381,9 +381,10 @@ def _convert(value: Any, hint: Any, path: str) -> Any:
             return hint(**kwargs)
         except ToolError:
             raise
-        except (TypeError, ValueError) as e:
-            # What the class's own checks (`__post_init__`) refuse is the
-            # caller's input, not the tool failing.
+        except ValueError as e:
+            # What the class's own checks (`__post_init__`) refuse with a
+            # `ValueError` is the caller's input, not the tool failing (any
+            # other exception there is the tool's bug).
             raise _Invalid(path, str(e)) from None
     if _is_typeddict(hint):
         hints = _hints(hint)

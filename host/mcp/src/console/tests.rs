@@ -1067,7 +1067,7 @@ async fn an_approver_pauses_and_resumes_a_tool_on_the_record_and_a_bad_target_or
 }
 
 #[tokio::test]
-async fn heavy_pages_wait_for_a_slot_and_a_request_that_goes_starts_nothing() {
+async fn heavy_pages_wait_for_a_slot_and_give_it_back() {
     let host = Arc::new(Host::new(HostConfig::default()).unwrap());
     host.load_plugin(format!("{PLUGINS_DIR}/billing"))
         .await

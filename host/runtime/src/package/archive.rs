@@ -20,7 +20,8 @@
 //! `TooLarge`, so neither a gzip bomb nor a giant extension header fills
 //! memory. The stream is read to its end, so the gzip trailer's checksum is
 //! checked (a corrupted archive is `ArchiveCorrupt`), and anything after
-//! the archive's end but tar's zero padding → `TrailingData`. Nothing is
+//! the archive's end but zeros (at most `MAX_ZERO_PADDING`) →
+//! `TrailingData`. Nothing is
 //! written anywhere while reading.
 
 use std::cell::Cell;
@@ -102,6 +103,11 @@ impl<R: Read> Read for Counted<R> {
         Ok(n)
     }
 }
+
+/// Zeros accepted after the archive's end blocks and after the gzip
+/// stream, together: tar pads to its record size (10 KiB by default, a
+/// blocking factor of 2048 pads up to 1 MiB).
+const MAX_ZERO_PADDING: u64 = 1024 * 1024;
 
 /// Read the archive at `path` (see the module documentation).
 pub(crate) fn read(path: &Path, caps: &Caps) -> LoadResult<Files> {
@@ -214,26 +220,42 @@ pub(crate) fn read(path: &Path, caps: &Caps) -> LoadResult<Files> {
     if !files.iter().any(|(_, s, _)| *s == Slot::Manifest) {
         return Err(reject(None, ArchiveRefusal::MissingManifest));
     }
-    // The rest of the stream, read to its end (still counted against the
-    // limit): the gzip trailer's checksum and length are checked only
-    // there, so a corrupted archive is refused rather than unpacked; and
-    // past the end of the archive only tar's zero padding may follow — not
-    // data, nor another gzip member or bytes after the stream, that
-    // another tool might unpack and this one would not have checked.
+    // The rest, read to its end: the gzip trailer's checksum and length
+    // are checked only there, so a corrupted archive is refused rather
+    // than unpacked; and past the end of the archive only zeros may follow
+    // — tar's record padding in the stream, or zeros a copy padded the
+    // file with — not data, nor another gzip member, that another tool
+    // might unpack and this one would not have checked. Zeros are not
+    // counted against the caps (a large blocking factor pads more than
+    // the caps' slack) but stop at `MAX_ZERO_PADDING`.
     let mut rest = archive.into_inner();
+    rest.limit = u64::MAX;
+    let mut padding = 0u64;
+    let mut zeros = |chunk: &[u8]| {
+        padding = padding.saturating_add(chunk.len() as u64);
+        chunk.iter().all(|&b| b == 0) && padding <= MAX_ZERO_PADDING
+    };
     let mut chunk = [0u8; 8192];
     loop {
         let n = rest.read(&mut chunk).map_err(failed)?;
         if n == 0 {
             break;
         }
-        if chunk[..n].iter().any(|&b| b != 0) {
+        if !zeros(&chunk[..n]) {
             return Err(reject(None, ArchiveRefusal::TrailingData));
         }
     }
     let mut file = rest.inner.into_inner();
-    if !file.fill_buf().map_err(failed)?.is_empty() {
-        return Err(reject(None, ArchiveRefusal::TrailingData));
+    loop {
+        let buffered = file.fill_buf().map_err(failed)?;
+        if buffered.is_empty() {
+            break;
+        }
+        if !zeros(buffered) {
+            return Err(reject(None, ArchiveRefusal::TrailingData));
+        }
+        let n = buffered.len();
+        file.consume(n);
     }
     Ok(files)
 }
