@@ -484,6 +484,30 @@ fn every_operator_command_works_through_the_running_server() {
         json!({"airlock/approval_id": id}),
     );
     assert_eq!(done["isError"], false, "{done}");
+    // Arguments the approver cannot see whole (the card digits are
+    // redacted before the approval is stored): through the server too, a
+    // plain approval is refused and `--unseen` grants it.
+    let held = serve.call(
+        "billing__refund",
+        json!({"account": "9182", "amount_cents": 100, "reason": "lost", "card_last4": "4242"}),
+        json!({"airlock/idempotency_key": "unseen-1"}),
+    );
+    let id = held["_meta"]["airlock/approval"]["approval_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no approval id: {held}"))
+        .to_owned();
+    let plain = setup.run(&["approvals", "approve", &id, "--as", "alice"]);
+    let told = String::from_utf8_lossy(&plain.stderr).into_owned();
+    assert_eq!(plain.status.code(), Some(3), "{told}");
+    assert!(
+        told.contains("values were redacted") && told.contains("--unseen"),
+        "{told}"
+    );
+    let still: Value =
+        serde_json::from_str(&setup.ok(&["approvals", "show", &id, "--json"])).unwrap();
+    assert_eq!(still["state"], "pending", "{still}");
+    let granted = setup.ok(&["approvals", "approve", &id, "--as", "alice", "--unseen"]);
+    assert!(granted.contains("approved"), "{granted}");
 
     // mode: switched through the server, recorded at once.
     let said = setup.ok(&["mode", "read-only", "--reason", "takeover"]);
