@@ -705,6 +705,14 @@ async fn get(uri: &str) -> Result<bytes::Bytes, String> {
     let tcp = tokio::net::TcpStream::connect((host, url.port))
         .await
         .map_err(|e| format!("cannot connect: {e}"))?;
+    if !url.tls {
+        // Plain http is allowed only to a loopback host, checked by name
+        // in the configuration; `localhost` could resolve elsewhere.
+        let peer = tcp
+            .peer_addr()
+            .map_err(|e| format!("cannot connect: {e}"))?;
+        plain_http_peer(peer)?;
+    }
     let request = hyper::Request::get(format!(
         "{}{}",
         url.path,
@@ -839,6 +847,18 @@ fn parse_url(text: &str) -> Option<Url> {
     })
 }
 
+/// Keys fetched over plain http come only from this machine: the peer a
+/// loopback name connected to must be a loopback address.
+fn plain_http_peer(peer: std::net::SocketAddr) -> Result<(), String> {
+    if peer.ip().is_loopback() {
+        Ok(())
+    } else {
+        Err(format!(
+            "plain http reached {peer}, not a loopback address: keys are fetched in the clear only from this machine"
+        ))
+    }
+}
+
 fn is_loopback_name(host: &str) -> bool {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     host.eq_ignore_ascii_case("localhost")
@@ -850,6 +870,15 @@ fn is_loopback_name(host: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn keys_over_plain_http_come_only_from_a_loopback_peer() {
+        plain_http_peer("127.0.0.1:9000".parse().unwrap()).unwrap();
+        plain_http_peer("[::1]:9000".parse().unwrap()).unwrap();
+        // `localhost` resolved (by a hosts file, a resolver) elsewhere.
+        let err = plain_http_peer("203.0.113.9:9000".parse().unwrap()).unwrap_err();
+        assert!(err.contains("not a loopback address"), "{err}");
+    }
 
     use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
     use jsonwebtoken::{EncodingKey, Header as JwtHeader};
