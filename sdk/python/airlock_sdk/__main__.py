@@ -33,6 +33,10 @@ import airlock_sdk
 MODULE = "app"
 #: Capabilities a Python plugin may be granted.
 PYTHON_CAPABILITIES = ("log", "workspace")
+#: The host's limits on what a plugin lists (`airlock_names::MAX_TOOLS`,
+#: `MAX_SCHEMA_BYTES`): a plugin past them does not load.
+MAX_TOOLS = 256
+MAX_SCHEMA_BYTES = 256 * 1024
 
 
 def check(module: str) -> int:
@@ -48,6 +52,23 @@ def check(module: str) -> int:
     if not descriptors:
         print(f"`{module}` registers no tools (decorate functions with @tool)", file=sys.stderr)
         return 3
+    if len(descriptors) > MAX_TOOLS:
+        print(
+            f"`{module}` registers {len(descriptors)} tools, more than the host's limit of "
+            f"{MAX_TOOLS}",
+            file=sys.stderr,
+        )
+        return 3
+    for d in descriptors:
+        for which in ("input", "output"):
+            size = len((d.get(f"{which}_schema") or "").encode())
+            if size > MAX_SCHEMA_BYTES:
+                print(
+                    f"tool `{d['name']}`: its {which} schema is {size} bytes, more than the "
+                    f"host's limit of {MAX_SCHEMA_BYTES}",
+                    file=sys.stderr,
+                )
+                return 3
     print(json.dumps(descriptors))
     return 0
 

@@ -359,6 +359,44 @@ class RegistryTest(unittest.TestCase):
                 airlock_sdk._REGISTRY.update(saved)
 
 
+    def test_the_check_command_holds_the_hosts_limits(self):
+        import io
+        from contextlib import redirect_stderr, redirect_stdout
+
+        saved = dict(airlock_sdk._REGISTRY)
+        try:
+            airlock_sdk._REGISTRY.clear()
+
+            def f(x: int) -> int:
+                """Doc."""
+                return x
+
+            for i in range(cli.MAX_TOOLS + 1):
+                airlock_sdk.tool(f, name=f"t{i}")
+            err = io.StringIO()
+            with redirect_stderr(err), redirect_stdout(io.StringIO()):
+                code = cli.check("json")  # any importable module
+            self.assertEqual(code, 3)
+            self.assertIn("257 tools, more than the host's limit of 256", err.getvalue())
+
+            airlock_sdk._REGISTRY.clear()
+            wide = Literal[tuple("v" * 40 + str(i) for i in range(8000))]
+
+            def g(x: wide) -> int:  # type: ignore[valid-type]
+                """Doc."""
+                return 0
+
+            airlock_sdk.tool(g, name="wide")
+            err = io.StringIO()
+            with redirect_stderr(err), redirect_stdout(io.StringIO()):
+                code = cli.check("json")
+            self.assertEqual(code, 3)
+            self.assertIn("tool `wide`: its input schema is", err.getvalue())
+        finally:
+            airlock_sdk._REGISTRY.clear()
+            airlock_sdk._REGISTRY.update(saved)
+
+
 class WorldTest(unittest.TestCase):
     def world(self, manifest):
         import tempfile
