@@ -154,11 +154,7 @@ impl Ledger {
         let approver = d.approver.as_deref().unwrap_or_default();
         match self {
             Ledger::Local(host) => {
-                let verdict = match (approve, d.unseen) {
-                    (false, _) => Verdict::Reject,
-                    (true, true) => Verdict::ApproveUnseen,
-                    (true, false) => Verdict::Approve,
-                };
+                let verdict = Verdict::from_answers(approve, d.unseen);
                 match host
                     .decide(&d.id, approver, &d.token, verdict, d.reason.as_deref())
                     .await

@@ -899,12 +899,8 @@ async fn decide(
             &id,
             &request.approver,
             &request.token,
-            match (request.approve, request.unseen) {
-                // (`Verdict` here is an audit verification's.)
-                (false, _) => airlock_host::Verdict::Reject,
-                (true, true) => airlock_host::Verdict::ApproveUnseen,
-                (true, false) => airlock_host::Verdict::Approve,
-            },
+            // (`Verdict` here is an audit verification's.)
+            airlock_host::Verdict::from_answers(request.approve, request.unseen),
             request.reason.as_deref(),
         )
         .await

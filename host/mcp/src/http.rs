@@ -1836,11 +1836,10 @@ async fn decide(
             );
         }
     };
-    let verdict = match (decision.decision, decision.unseen) {
-        (DecisionKind::Reject, _) => Verdict::Reject,
-        (DecisionKind::Approve, Some(Acknowledged::Acknowledged)) => Verdict::ApproveUnseen,
-        (DecisionKind::Approve, None) => Verdict::Approve,
-    };
+    let verdict = Verdict::from_answers(
+        matches!(decision.decision, DecisionKind::Approve),
+        matches!(decision.unseen, Some(Acknowledged::Acknowledged)),
+    );
     match server
         .host()
         .decide(&id, &name, &token, verdict, decision.reason.as_deref())

@@ -29,6 +29,24 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// The verdict of an approver's two answers: approve or reject, and
+    /// whether they acknowledged approving arguments they cannot see
+    /// (ignored when rejecting).
+    ///
+    /// ```
+    /// use airlock_host::Verdict;
+    /// assert_eq!(Verdict::from_answers(true, false), Verdict::Approve);
+    /// assert_eq!(Verdict::from_answers(true, true), Verdict::ApproveUnseen);
+    /// assert_eq!(Verdict::from_answers(false, true), Verdict::Reject);
+    /// ```
+    pub fn from_answers(approve: bool, unseen: bool) -> Verdict {
+        match (approve, unseen) {
+            (false, _) => Verdict::Reject,
+            (true, true) => Verdict::ApproveUnseen,
+            (true, false) => Verdict::Approve,
+        }
+    }
+
     fn approves(self) -> bool {
         !matches!(self, Verdict::Reject)
     }

@@ -675,11 +675,10 @@ async fn decide(
         .await;
     }
     let reason = Some(form.reason.trim()).filter(|r| !r.is_empty());
-    let verdict = match (form.decision, form.unseen.as_deref()) {
-        (DecisionKind::Reject, _) => Verdict::Reject,
-        (DecisionKind::Approve, Some("acknowledged")) => Verdict::ApproveUnseen,
-        (DecisionKind::Approve, _) => Verdict::Approve,
-    };
+    let verdict = Verdict::from_answers(
+        matches!(form.decision, DecisionKind::Approve),
+        form.unseen.as_deref() == Some("acknowledged"),
+    );
     match console
         .host
         .decide(&id, &who.approver, &who.token, verdict, reason)
