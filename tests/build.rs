@@ -11,8 +11,12 @@ fn main() {
         .parent()
         .expect("tests/ is inside the repository")
         .to_owned();
+    // Every source file, not the directories: cargo scans a watched
+    // directory whole, and these hold build output (`plugins/target`,
+    // `tests/guests/target` from linting and testing the guest workspaces
+    // for the host, Python's `__pycache__`) that changes on every run.
     for watched in ["plugins", "sdk", "wit", "tests/guests", "scripts"] {
-        println!("cargo::rerun-if-changed={}", root.join(watched).display());
+        watch(&root.join(watched));
     }
     println!("cargo::rerun-if-env-changed=AIRLOCK_SKIP_GUEST_BUILD");
 
@@ -129,4 +133,49 @@ fn path_str(path: &Path) -> String {
 fn fail(message: &str) -> ! {
     eprintln!("airlock-tests: {message}");
     std::process::exit(1);
+}
+
+/// Asks cargo to rerun this script when anything under `dir` changes but
+/// build output and hidden files. A directory with none of those beneath it
+/// is watched whole (so a file added to it counts); above them, each file
+/// and each such directory is watched on its own.
+fn watch(dir: &Path) {
+    let mut lines = Vec::new();
+    if watch_under(dir, &mut lines) {
+        lines = vec![dir.to_owned()];
+    }
+    for path in lines {
+        println!("cargo::rerun-if-changed={}", path.display());
+    }
+}
+
+/// Collects what to watch under `dir` into `lines`; `true` when nothing
+/// under it is skipped (then `dir` itself can be watched instead).
+fn watch_under(dir: &Path, lines: &mut Vec<PathBuf>) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        // Gone or unreadable: watched as a path (its creation reruns).
+        return true;
+    };
+    let mut clean = true;
+    for entry in entries.filter_map(|e| e.ok()) {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with('.') || name == "target" || name == "__pycache__" {
+            clean = false;
+            continue;
+        }
+        let path = entry.path();
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            let mut below = Vec::new();
+            if watch_under(&path, &mut below) {
+                lines.push(path);
+            } else {
+                clean = false;
+                lines.extend(below);
+            }
+        } else {
+            lines.push(path);
+        }
+    }
+    clean
 }

@@ -40,7 +40,9 @@ fn entry(i: u64) -> Entry {
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let (appends, calls) = if quick { (200, 50) } else { (5000, 2000) };
-    let dir = tempfile::tempdir().expect("tempdir");
+    // Beside the build (`target/tmp`), not in `$TMPDIR`: a tmpfs there
+    // would make every fsync free.
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
 
     let log = AuditLog::open(dir.path().join("log"), AuditConfig::default()).expect("open");
     for (name, durability) in [
@@ -72,7 +74,7 @@ fn main() {
                 "[capabilities]\nlog = true\n\n[[tools]]\nname = \"echo\"\nrisk = \"{risk}\"\n"
             ),
         );
-        let data = tempfile::tempdir().expect("tempdir");
+        let data = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
         let samples = runtime.block_on(async {
             let host = Host::new(HostConfig::default().data_dir(data.path())).expect("host");
             host.load_plugin(plugin.path()).await.expect("load");

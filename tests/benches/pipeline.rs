@@ -771,7 +771,9 @@ fn instructions(args: &[String]) {
 
 async fn run(effort: Effort) {
     let misbehave = read(MISBEHAVE);
-    let work = tempfile::tempdir().unwrap();
+    // Beside the build (`target/tmp`), not in `$TMPDIR`: a tmpfs there
+    // would make every fsync free and the flushed figures meaningless.
+    let work = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let plugins = work.path().join("plugins");
     install(&plugins, "bench", &misbehave, "read");
     install(&plugins, "flushed", &misbehave, "write");
@@ -1351,6 +1353,49 @@ async fn admin(url: &str, sql: &str) -> Result<(), String> {
     done
 }
 
+/// Drops the databases earlier runs of this benchmark left behind (a run
+/// that panicked between creating and dropping its own): those named
+/// `airlock_bench_<pid>` whose process is gone. A run going on at the same
+/// time keeps its own.
+async fn drop_stale_bench_databases(url: &str) {
+    let Ok((client, connection)) = tokio_postgres::connect(url, tokio_postgres::NoTls).await else {
+        return;
+    };
+    let driver = tokio::spawn(connection);
+    let names: Vec<String> = match client
+        .query(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'airlock\\_bench\\_%'",
+            &[],
+        )
+        .await
+    {
+        Ok(rows) => rows.iter().map(|row| row.get(0)).collect(),
+        Err(_) => Vec::new(),
+    };
+    drop(client);
+    let _ = driver.await;
+    for name in names {
+        let Some(pid) = name
+            .strip_prefix("airlock_bench_")
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        match admin(
+            url,
+            &format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
+        )
+        .await
+        {
+            Ok(()) => println!("note: dropped {name}, left by an earlier run"),
+            Err(why) => println!("note: {name}, left by an earlier run, was not dropped: {why}"),
+        }
+    }
+}
+
 /// `url` naming database `name` instead.
 fn with_database(url: &str, name: &str) -> String {
     let (base, query) = match url.find('?') {
@@ -1444,6 +1489,7 @@ async fn stores(effort: &Effort, work: &Path, plugins: &Path, cache: &Path) {
             return;
         }
     };
+    drop_stale_bench_databases(&url).await;
     let name = format!("airlock_bench_{}", std::process::id());
     if let Err(why) = admin(&url, &format!("CREATE DATABASE \"{name}\"")).await {
         println!("\nPostgreSQL rows skipped: {why}.\n");
