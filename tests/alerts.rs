@@ -578,6 +578,82 @@ async fn a_rollback_takeover_stops_the_canary_that_trips_its_rule() {
     assert_eq!(decisions, ["rollback"]);
 }
 
+/// An alert's rollback undoes one change, never more: firing again (or
+/// firing on another host for the same incident) after its rollback
+/// stopped the canary, it rolled the serving version back too, to an older
+/// one an upgrade had replaced. The second is refused and recorded; an
+/// operator can still roll back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alerts_rollback_undoes_one_change_never_two() {
+    let data = tempfile::tempdir().unwrap();
+    let mut alerts = AlertConfig::default();
+    alerts.rules.push(
+        AlertRule::new(
+            "refusals",
+            AlertMetric::RefusalsPerMinute,
+            Duration::from_secs(1),
+            3.0,
+        )
+        .tools("text/*")
+        .takeover(TakeoverAction::Rollback),
+    );
+    let host =
+        Arc::new(Host::new(HostConfig::default().data_dir(data.path()).alerts(alerts)).unwrap());
+    let versions = [
+        text_version("1.0.0"),
+        text_version("2.0.0"),
+        text_version("3.0.0"),
+    ];
+    for dir in &versions {
+        host.install(&Package::from_dir(dir.path()).unwrap(), "ops")
+            .await
+            .unwrap();
+    }
+    for (version, percent) in [("1.0.0", 100), ("2.0.0", 100), ("3.0.0", 50)] {
+        host.set_rollout(&RolloutRequest::new("text", version, percent, "ops"))
+            .await
+            .unwrap();
+    }
+    let refuse = || async {
+        let refused = host
+            .call(CallRequest::new(
+                "text/slugify",
+                json!({"text": 5}).to_string(),
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.kind(), "arguments_invalid");
+    };
+    // One refusal a second is 60 a minute: the rule fires, the canary stops.
+    refuse().await;
+    let rollout = host.rollouts().unwrap()[0].clone();
+    assert_eq!(
+        (rollout.serving.as_str(), rollout.canary.is_none()),
+        ("2.0.0", true)
+    );
+    // Resolved once its window is past, then fired again.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    host.check_alerts().await.unwrap();
+    refuse().await;
+    let rollout = host.rollouts().unwrap()[0].clone();
+    assert_eq!(rollout.serving, "2.0.0", "not walked back to 1.0.0");
+    let takeovers = records(&host, Event::Takeover);
+    let reasons: Vec<&str> = takeovers
+        .iter()
+        .map(|r| r.entry.reason.as_deref().unwrap_or(""))
+        .collect();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(
+        reasons[1].contains("already an automatic rollback"),
+        "{reasons:?}"
+    );
+    // An operator decides to go further.
+    host.rollback("text", "ops", Some("back to 1.0.0"))
+        .await
+        .unwrap();
+    assert_eq!(host.rollouts().unwrap()[0].serving, "1.0.0");
+}
+
 #[test]
 fn malformed_alert_rules_are_refused_when_the_host_starts() {
     let mut alerts = AlertConfig::default();

@@ -519,6 +519,78 @@ async fn pending_of(host: &Host, principal: &str) -> String {
     panic!("no pending approval of {principal}");
 }
 
+/// A call admitted before a switch to read-only mode (or a pause), that
+/// waited for its plugin's slot meanwhile, ran once the slot was free:
+/// during an incident, the calls queued behind a busy plugin — often the
+/// ones causing it — still wrote. The mode and the pauses are checked
+/// again before the guest starts; the call never ran, so its idempotency
+/// key is free for a later try.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_waiting_for_a_slot_are_held_to_a_mode_switch_or_pause_made_meanwhile() {
+    let data = tempfile::tempdir().unwrap();
+    let host = Arc::new(Host::new(HostConfig::default().data_dir(data.path())).unwrap());
+    let plugin = airlock_tests::install(
+        "queue",
+        &airlock_tests::read(airlock_tests::MISBEHAVE),
+        "[capabilities]\nlog = true\n\n[limits]\ntimeout_ms = 2000\nmax_concurrency = 1\nfuel = 1_000_000_000_000_000\n\n\
+         [[tools]]\nname = \"spin\"\nrisk = \"read\"\n\n[[tools]]\nname = \"echo\"\nrisk = \"write\"\n",
+    );
+    host.load_plugin(plugin.path()).await.unwrap();
+    let spawn = |tool: &'static str, key: &'static str| {
+        let host = Arc::clone(&host);
+        tokio::spawn(async move {
+            host.call(CallRequest::new(tool, r#"{"n":1}"#).idempotency_key(key))
+                .await
+        })
+    };
+
+    for (hold, key) in [("mode", "queued-1"), ("pause", "queued-2")] {
+        // The spin holds the one slot until its deadline; the write waits.
+        let spin = spawn(
+            "queue/spin",
+            if hold == "mode" { "spin-1" } else { "spin-2" },
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let queued = spawn("queue/echo", key);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!queued.is_finished(), "the write waits for the slot");
+        match hold {
+            "mode" => {
+                host.set_mode(true, "ops-oncall", Some("incident"))
+                    .await
+                    .unwrap();
+            }
+            _ => {
+                host.pause("queue/echo", "ops-oncall", Some("takeover"))
+                    .await
+                    .unwrap();
+            }
+        }
+        let expected = if hold == "mode" {
+            "read_only_mode"
+        } else {
+            "tool_paused"
+        };
+        assert_eq!(kind(queued.await.unwrap()), expected);
+        assert_eq!(kind(spin.await.unwrap()), "deadline_exceeded");
+        match hold {
+            "mode" => {
+                host.set_mode(false, "ops-oncall", None).await.unwrap();
+            }
+            _ => {
+                host.resume("queue/echo", "ops-oncall", None).await.unwrap();
+            }
+        }
+        // Never ran: the same key runs now, not a replay of the refusal.
+        let again = host
+            .call(CallRequest::new("queue/echo", r#"{"n":1}"#).idempotency_key(key))
+            .await
+            .unwrap();
+        assert_eq!(again.output, json!({"n": 1}));
+        assert!(again.replayed_from.is_none());
+    }
+}
+
 /// A call that waited for its approval was admitted before the wait: a
 /// switch to read-only mode, or a pause of the tool, made while a human
 /// decided, did not hold for it — approved, it ran the refund. Both are
@@ -938,4 +1010,34 @@ async fn arguments_no_approver_can_see_are_approved_only_as_unseen() {
     host.decide(&plain, "alice", ALICE, Verdict::Approve, None)
         .await
         .unwrap();
+    // Redaction's mark written by the caller is a value the approver sees
+    // as the tool will get it: approved plainly (the host knows it
+    // redacted nothing), where searching the copy for the mark would have
+    // made every approver of such a call approve "unseen".
+    let marked = CallRequest::new(
+        "billing/refund",
+        json!({"account": "9182", "amount_cents": 100, "reason": "[redacted: sha256 0000]"})
+            .to_string(),
+    )
+    .principal("agent-1")
+    .idempotency_key("seen-2");
+    let marked = pending_id(host.call(marked).await.unwrap_err());
+    let stored = host.approval(&marked).unwrap().unwrap();
+    assert!(
+        stored.args.contains("[redacted: sha256 0000]"),
+        "{}",
+        stored.args
+    );
+    assert_eq!(stored.args_redacted, Some(false));
+    assert_eq!(unseen_arguments(&stored), None);
+    host.decide(&marked, "alice", ALICE, Verdict::Approve, None)
+        .await
+        .unwrap();
+    // An approval stored before the flag was kept falls back to the marks.
+    let mut older = stored;
+    older.args_redacted = None;
+    assert_eq!(
+        unseen_arguments(&older),
+        Some("values were redacted before they were stored")
+    );
 }

@@ -542,6 +542,27 @@ async fn release_actions_refuse_what_does_not_hold_and_change_nothing() {
         kind(host.rollback("text", "ops", None).await.unwrap_err()),
         "nothing_to_roll_back"
     );
+    // Who and why are bounded before anything is stored: a rollout record
+    // the store could not read back would stop every call's routing.
+    let mut long = RolloutRequest::new("text", "1.0.0", 100, "ops");
+    long.reason = Some("x".repeat(airlock_host::MAX_CHANGE_REASON_BYTES + 1));
+    let refused = host.set_rollout(&long).await.unwrap_err();
+    assert_eq!(refused.kind(), "config", "{refused}");
+    assert!(refused.to_string().contains("reason"), "{refused}");
+    let by = "o".repeat(airlock_host::MAX_CHANGE_BY_BYTES + 1);
+    let refused = host
+        .set_rollout(&RolloutRequest::new("text", "1.0.0", 100, by.as_str()))
+        .await
+        .unwrap_err();
+    assert_eq!(refused.kind(), "config", "{refused}");
+    let huge = "y".repeat(2 * 1024 * 1024);
+    assert_eq!(
+        host.rollback("text", "ops", Some(&huge))
+            .await
+            .unwrap_err()
+            .kind(),
+        "config"
+    );
     assert!(host.rollouts().unwrap().is_empty(), "nothing changed");
 
     // Another version under a taken number, with other files: refused, and

@@ -852,6 +852,30 @@ async fn plugin_diff_finds_every_widening_of_the_effective_grant() {
     assert!(!back.widens(), "{back}");
     assert_eq!(back.changes().len(), diff.changes().len(), "{back}");
 
+    // A slower pace with a bigger bucket: 1000 calls at once where 10
+    // went. Missed once (only the pace was compared).
+    let limited = |limit: &'static str, version: &'static str| {
+        version_of(root.path(), "billing", move |m| {
+            m.replace("version = \"0.1.0\"", &format!("version = \"{version}\""))
+                .replace(
+                    "name = \"lookup\"\nrisk = \"read\"",
+                    &format!("name = \"lookup\"\nrisk = \"read\"\nrate_limit = \"{limit}\""),
+                )
+        })
+    };
+    let (per_minute, per_day) = (
+        host.open_plugin(&limited("10/min", "0.3.0")).await.unwrap(),
+        host.open_plugin(&limited("1000/day", "0.4.0"))
+            .await
+            .unwrap(),
+    );
+    let burst = airlock_host::PluginDiff::between(&per_minute, &per_day);
+    assert!(
+        summary(&burst).contains(&change("rate_limit", "lookup", "raised", true)),
+        "{burst}"
+    );
+    assert!(burst.widens(), "{burst}");
+
     // fetch: one more origin. files: read-only -> read-write, then another
     // directory behind the same guest path.
     for (name, edit, expected) in [

@@ -58,10 +58,10 @@ impl Verdict {
 /// caller could hide what runs behind a secret-shaped value or past the
 /// cut; approving such a call takes [`Verdict::ApproveUnseen`].
 pub fn unseen_arguments(approval: &Approval) -> Option<&'static str> {
-    match (
-        airlock_audit::shows_redaction(&approval.args),
-        approval.args_truncated,
-    ) {
+    let redacted = approval
+        .args_redacted
+        .unwrap_or_else(|| airlock_audit::shows_redaction(&approval.args));
+    match (redacted, approval.args_truncated) {
         (true, true) => Some(
             "values were redacted before they were stored, and the arguments were cut at the audit copy's size cap",
         ),

@@ -63,6 +63,8 @@ pub(crate) struct CallRecord<'a> {
     /// keys bind to (the record holds it keyed when redaction changed the
     /// copy: [`airlock_audit::Redactor::keyed_digest`]).
     binding_digest: String,
+    /// Whether redaction changed the arguments' copy.
+    args_redacted: bool,
 }
 
 impl<'a> CallRecord<'a> {
@@ -92,6 +94,7 @@ impl<'a> CallRecord<'a> {
             replayable: None,
             max_argument_bytes,
             binding_digest: String::new(),
+            args_redacted: false,
         }
     }
 
@@ -107,6 +110,12 @@ impl<'a> CallRecord<'a> {
     pub(crate) fn args_copy(&self) -> &str {
         let copy = self.base.args.as_deref().unwrap_or_default();
         airlock_audit::text::prefix(copy, self.log.config().max_copy_bytes)
+    }
+
+    /// Whether redaction replaced values in
+    /// [`args_copy`](Self::args_copy).
+    pub(crate) fn args_redacted(&self) -> bool {
+        self.args_redacted
     }
 
     /// Whether [`args_copy`](Self::args_copy) is cut.
@@ -216,6 +225,7 @@ impl<'a> CallRecord<'a> {
                 self.base.args = Some(copy);
                 self.base.args_truncated = truncated;
                 self.base.args_redacted = self.replayable.map(|_| changed);
+                self.args_redacted = changed;
                 self.known = airlock_audit::KnownSecrets::new(&redacted.secrets);
                 self.secrets = redacted.secrets;
             }

@@ -1078,6 +1078,20 @@ pub enum ReleaseError {
         /// The plugin.
         plugin: String,
     },
+    /// An alert's automatic rollback found the rollout's last change to be
+    /// an automatic rollback already: one never undoes more than one
+    /// change (another host's alert on the same incident, or the alert
+    /// firing again, would walk the plugin back to ever older versions);
+    /// going further is an operator's decision.
+    #[error(
+        "{plugin}'s last change is already an automatic rollback (by {by}): a further rollback is left to an operator"
+    )]
+    AlreadyRolledBack {
+        /// The plugin.
+        plugin: String,
+        /// Who made the rollback there is.
+        by: String,
+    },
     /// Another operator changed the rollout first; this change was not
     /// made (and is recorded as lost).
     #[error(
@@ -1137,6 +1151,7 @@ impl ReleaseError {
             ReleaseError::AlreadyServing { .. } => "already_serving",
             ReleaseError::NoCanary { .. } => "no_canary",
             ReleaseError::NothingToRollBack { .. } => "nothing_to_roll_back",
+            ReleaseError::AlreadyRolledBack { .. } => "already_rolled_back",
             ReleaseError::Conflict { .. } => "rollout_conflict",
             ReleaseError::ApprovalRequired { .. } => "upgrade_approval_pending",
             ReleaseError::NoApprover { .. } => "approval_unavailable",
@@ -1155,6 +1170,7 @@ impl ReleaseError {
             | ReleaseError::AlreadyServing { .. }
             | ReleaseError::NoCanary { .. }
             | ReleaseError::NothingToRollBack { .. }
+            | ReleaseError::AlreadyRolledBack { .. }
             | ReleaseError::Conflict { .. }
             | ReleaseError::NoApprover { .. }
             | ReleaseError::ApprovalRefused { .. } => ErrorClass::Refused,

@@ -938,7 +938,7 @@ impl Host {
         reason: Option<&str>,
     ) -> Result<airlock_store::Rollout> {
         self.release_parts(plugin)
-            .rollback(plugin, by, reason)
+            .rollback(plugin, by, reason, false)
             .await
     }
 
@@ -1200,26 +1200,36 @@ impl Host {
     /// alert rules should too.
     ///
     /// # Errors
-    /// [`Error::Store`] when the pending approvals cannot be read.
+    /// [`Error::Store`] when the pending approvals cannot be read (every
+    /// other rule has moved on all the same; those on approvals stay as
+    /// they were).
     pub async fn check_alerts(&self) -> Result<Vec<AlertStatus>> {
         if !self.alerts.enabled() {
             return Ok(Vec::new());
         }
-        let (pending, oldest_age_s) = if self.alerts.needs_approval_figures() {
-            let pending = self.approvals(Some(ApprovalState::Pending))?;
-            let now = crate::mode::now_ms();
-            let oldest = pending.iter().map(|a| a.created_ms).min().unwrap_or(now);
-            (
-                u64::try_from(pending.len()).unwrap_or(u64::MAX),
-                now.saturating_sub(oldest) / 1000,
-            )
+        let (figures, unread) = if self.alerts.needs_approval_figures() {
+            match self.approvals(Some(ApprovalState::Pending)) {
+                Ok(pending) => {
+                    let now = crate::mode::now_ms();
+                    let oldest = pending.iter().map(|a| a.created_ms).min().unwrap_or(now);
+                    let figures = (
+                        u64::try_from(pending.len()).unwrap_or(u64::MAX),
+                        now.saturating_sub(oldest) / 1000,
+                    );
+                    (Some(figures), None)
+                }
+                Err(e) => (None, Some(e)),
+            }
         } else {
-            (0, 0)
+            (Some((0, 0)), None)
         };
-        let actions = self.alerts.tick(pending, oldest_age_s);
+        let actions = self.alerts.tick(figures);
         let statuses = actions.iter().map(|a| a.status.clone()).collect();
         self.act(actions).await;
-        Ok(statuses)
+        match unread {
+            Some(e) => Err(e),
+            None => Ok(statuses),
+        }
     }
 
     /// Before the host stops (and before its audit log closes): wait up
@@ -1395,8 +1405,8 @@ impl Host {
         Ok(Some(pause))
     }
 
-    /// Act on alerts that fired or resolved: record each, make its
-    /// takeover, queue its webhooks.
+    /// Act on alerts that fired or resolved: record each and make its
+    /// takeover (their webhooks were queued as the evaluator made them).
     async fn act(&self, actions: Vec<Action>) {
         if actions.is_empty() {
             return;
@@ -1426,13 +1436,12 @@ impl Host {
             if let Some(takeover) = action.takeover {
                 self.take_over(status, takeover).await;
             }
-            self.alerts.notify(status);
         }
     }
 
     /// Make an alert's takeover; recorded whether it worked or not.
     async fn take_over(&self, status: &AlertStatus, takeover: TakeoverAction) {
-        let by = format!("alert:{}", status.rule);
+        let by = format!("{}{}", crate::releases::AUTOMATIC_BY, status.rule);
         let why = format!(
             "alert {}: {} {} against threshold {}",
             status.rule,
@@ -1473,7 +1482,8 @@ impl Host {
             }
             TakeoverAction::Rollback => {
                 let outcome = self
-                    .rollback(&plugin, &by, Some(&why))
+                    .release_parts(&plugin)
+                    .rollback(&plugin, &by, Some(&why), true)
                     .await
                     .map(|_| ())
                     .map_err(|e| crate::error::chain(&e));

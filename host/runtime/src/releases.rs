@@ -584,9 +584,45 @@ impl Served {
     }
 }
 
+/// How an alert's takeover names itself as the maker of a change
+/// (`alert:<rule>`).
+pub(crate) const AUTOMATIC_BY: &str = "alert:";
+
+/// Longest `by` of an install or a rollout change.
+pub const MAX_CHANGE_BY_BYTES: usize = 256;
+/// Longest reason of a rollout change.
+pub const MAX_CHANGE_REASON_BYTES: usize = 1024;
+
+/// Refuses who and why of a lifecycle change over their bounds (or with
+/// control characters in who), before anything is stored: every host reads
+/// a rollout on every call's routing, and a record the store refuses to
+/// read back (the file store caps one at 1 MiB) would stop them all.
+fn check_change_text(by: &str, reason: Option<&str>) -> Result<()> {
+    if by.len() > MAX_CHANGE_BY_BYTES || by.chars().any(char::is_control) {
+        return Err(Error::Config {
+            message: format!(
+                "who makes a change is at most {MAX_CHANGE_BY_BYTES} bytes without control characters ({} given)",
+                by.len()
+            ),
+        });
+    }
+    if let Some(reason) = reason
+        && reason.len() > MAX_CHANGE_REASON_BYTES
+    {
+        return Err(Error::Config {
+            message: format!(
+                "a change's reason is at most {MAX_CHANGE_REASON_BYTES} bytes ({} given)",
+                reason.len()
+            ),
+        });
+    }
+    Ok(())
+}
+
 impl ReleaseParts<'_> {
     /// Install `package` (see [`Host::install`](crate::Host::install)).
     pub(crate) async fn install(&self, package: &Package, by: &str) -> Result<InstallReport> {
+        check_change_text(by, None)?;
         // Check exactly the bytes to be installed, from a private copy:
         // everything load checks (digest pin, signature, component, world,
         // tools, grants against the policy).
@@ -695,6 +731,7 @@ impl ReleaseParts<'_> {
     ) -> Result<Rollout> {
         let plugin = request.plugin.as_str();
         check_name(plugin)?;
+        check_change_text(&request.by, request.reason.as_deref())?;
         if request.percent > 100 {
             return Err(ReleaseError::BadPercent {
                 percent: request.percent,
@@ -1017,6 +1054,7 @@ impl ReleaseParts<'_> {
             args_digest,
             args,
             args_truncated: false,
+            args_redacted: Some(false),
             principal: request.by.clone(),
             session: None,
             idempotency_key: None,
@@ -1059,6 +1097,7 @@ impl ReleaseParts<'_> {
         by: &str,
         reason: Option<&str>,
     ) -> Result<Rollout> {
+        check_change_text(by, reason)?;
         let current = self.current(plugin)?;
         let Some(current) = current else {
             return Err(ReleaseError::NoCanary {
@@ -1092,13 +1131,16 @@ impl ReleaseParts<'_> {
 
     /// Send all traffic back: stop the canary, or, without one, serve the
     /// previous version again. No approval: the version returned to served
-    /// before.
+    /// before. `automatic` (an alert's takeover, `by` = `alert:<rule>`):
+    /// refused when the last change is an alert's rollback already.
     pub(crate) async fn rollback(
         &self,
         plugin: &str,
         by: &str,
         reason: Option<&str>,
+        automatic: bool,
     ) -> Result<Rollout> {
+        check_change_text(by, reason)?;
         let Some(current) = self.current(plugin)? else {
             return Err(ReleaseError::NothingToRollBack {
                 plugin: plugin.to_owned(),
@@ -1106,6 +1148,19 @@ impl ReleaseParts<'_> {
             .into());
         };
         let r = &current.value;
+        // Decided on the rollout the change is made against: a host whose
+        // read came before another's rollback loses the store's race
+        // instead (`Conflict`).
+        if automatic
+            && r.change.action == RolloutAction::Rollback
+            && r.change.by.starts_with(AUTOMATIC_BY)
+        {
+            return Err(ReleaseError::AlreadyRolledBack {
+                plugin: plugin.to_owned(),
+                by: r.change.by.clone(),
+            }
+            .into());
+        }
         let (next, concerns) = if r.canary.is_some() {
             (
                 Rollout {

@@ -21,6 +21,39 @@ const MAX_MODE_FILE_BYTES: u64 = 64 * 1024;
 /// The mode file inside the data directory.
 pub const MODE_FILE: &str = "mode.json";
 
+/// What says a file changed without reading it: its time and size, and on
+/// Unix its inode and change time too (a rewrite of the same size within
+/// one tick of the modification time, or a file renamed over it, still
+/// shows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    modified: SystemTime,
+    len: u64,
+    inode: u64,
+    changed_ns: i128,
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Stamp {
+        #[cfg(unix)]
+        let (inode, changed_ns) = {
+            use std::os::unix::fs::MetadataExt;
+            (
+                meta.ino(),
+                i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec()),
+            )
+        };
+        #[cfg(not(unix))]
+        let (inode, changed_ns) = (0, 0);
+        Stamp {
+            modified: meta.modified().unwrap_or(UNIX_EPOCH),
+            len: meta.len(),
+            inode,
+            changed_ns,
+        }
+    }
+}
+
 /// The mode in `<data dir>/mode.json`.
 #[derive(Debug)]
 pub struct FileMode {
@@ -31,9 +64,9 @@ pub struct FileMode {
 
 #[derive(Debug, Default)]
 struct Seen {
-    /// The file's time and size when last read, and what it said; `None`
-    /// inside when there was no file.
-    last: Option<Option<(SystemTime, u64, Mode)>>,
+    /// The file's stamp when last read, and what it said; `None` inside
+    /// when there was no file.
+    last: Option<Option<(Stamp, Mode)>>,
     /// Changes in the data directory since `last` was read (Linux).
     watch: watch::Watch,
 }
@@ -55,8 +88,22 @@ impl FileMode {
     /// Read the file (or find it absent), reusing what was read last when
     /// its time and size are unchanged.
     fn read(&self, seen: &mut Seen) -> Result<Option<Mode>> {
-        let stat = match std::fs::metadata(&self.path) {
-            Ok(meta) => (meta.modified().unwrap_or(UNIX_EPOCH), meta.len()),
+        // Not followed: the watch sees the data directory only, so a link
+        // to a file elsewhere would change unseen (and a FIFO would block
+        // every call's read). Either is refused, and the caller fails
+        // closed.
+        let stat = match std::fs::symlink_metadata(&self.path) {
+            Ok(meta) if meta.is_file() => Stamp::of(&meta),
+            Ok(_) => {
+                seen.last = None;
+                return Err(StoreError::new(
+                    ErrorKind::Corrupt,
+                    format!(
+                        "{} is not a regular file (a link, a pipe or a directory): it cannot be the mode file",
+                        self.path.display()
+                    ),
+                ));
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 seen.last = Some(None);
                 return Ok(None);
@@ -67,8 +114,8 @@ impl FileMode {
                 return Err(self.io(&self.path, e));
             }
         };
-        if let Some(Some((time, len, mode))) = &seen.last
-            && (*time, *len) == stat
+        if let Some(Some((stamp, mode))) = &seen.last
+            && *stamp == stat
         {
             return Ok(Some(mode.clone()));
         }
@@ -93,7 +140,7 @@ impl FileMode {
                 e,
             )
         })?;
-        seen.last = Some(Some((stat.0, stat.1, mode.clone())));
+        seen.last = Some(Some((stat, mode.clone())));
         Ok(Some(mode))
     }
 }
@@ -105,7 +152,7 @@ impl ModeStore for FileMode {
         if let Some(last) = &seen.last
             && seen.watch.quiet()
         {
-            return Ok(last.as_ref().map(|(_, _, mode)| mode.clone()));
+            return Ok(last.as_ref().map(|(_, mode)| mode.clone()));
         }
         // Watch first, then read: a change after the read is an event.
         seen.watch.arm(&self.dir);
@@ -310,5 +357,32 @@ mod tests {
             !ours.seen.lock().unwrap().watch.watching,
             "the watch is lost"
         );
+    }
+
+    /// A link as the mode file (its target would change unseen by the
+    /// watch on the data directory) or a pipe (its read would block every
+    /// call) is refused: the mode is unknown and the caller fails closed.
+    #[cfg(unix)]
+    #[test]
+    fn a_mode_file_that_is_not_a_regular_file_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let ours = FileMode::new(&data);
+        let elsewhere = dir.path().join("elsewhere.json");
+        std::fs::write(&elsewhere, serde_json::to_vec(&mode("a", false)).unwrap()).unwrap();
+        std::fs::create_dir_all(&data).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, data.join(MODE_FILE)).unwrap();
+        let error = ours.get().unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Corrupt, "{error}");
+        assert!(error.to_string().contains("not a regular file"), "{error}");
+        std::fs::remove_file(data.join(MODE_FILE)).unwrap();
+        let status = std::process::Command::new("mkfifo")
+            .arg(data.join(MODE_FILE))
+            .status()
+            .unwrap();
+        assert!(status.success());
+        assert!(ours.get().is_err(), "a pipe fails closed, at once");
+        std::fs::remove_file(data.join(MODE_FILE)).unwrap();
+        assert_eq!(ours.get().unwrap(), None);
     }
 }

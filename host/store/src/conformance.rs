@@ -92,6 +92,7 @@ pub fn approval(id: &str, principal: &str, created_ms: u64, expires_ms: u64) -> 
         args_digest: "digest".into(),
         args: "{\"amount\":5}".into(),
         args_truncated: false,
+        args_redacted: Some(false),
         principal: principal.to_owned(),
         session: None,
         idempotency_key: None,

@@ -144,6 +144,12 @@ pub struct Approval {
     /// Whether `args` was cut to the audit copy's size cap.
     #[serde(default)]
     pub args_truncated: bool,
+    /// Whether redaction replaced values in `args` (the tool receives them
+    /// as the caller sent them). `None` in approvals stored before this was
+    /// kept: then `args` is searched for redaction's marks, which a caller
+    /// can also write.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub args_redacted: Option<bool>,
     /// Who asked.
     pub principal: String,
     /// The caller's session it is bound to, if any (it changes which

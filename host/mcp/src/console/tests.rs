@@ -591,6 +591,7 @@ async fn hostile_arguments_reasons_and_principals_are_shown_as_text() {
         args_digest: HOSTILE.into(),
         args: HOSTILE.into(),
         args_truncated: true,
+        args_redacted: None,
         principal: HOSTILE.into(),
         session: Some(HOSTILE.into()),
         idempotency_key: Some(HOSTILE.into()),

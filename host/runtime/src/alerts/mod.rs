@@ -103,10 +103,13 @@ pub(crate) struct Action {
 }
 
 /// How one finished call counts for the rules; `None` for a call that
-/// names no real tool (malformed, unknown), waits for approval, or is a
+/// names no real tool (malformed, unknown), waits for approval, is a
 /// replay of an earlier call's outcome (it did not run: counted, a caller
 /// replaying one failure could raise a tool's error rate to a takeover,
-/// or replaying a success hide its real errors).
+/// or replaying a success hide its real errors), or that its caller
+/// cancelled (the caller's choice, not the tool's failure: counted, a
+/// caller cancelling its own calls as they ran could pause the tool for
+/// everyone).
 fn outcome(result: &Result<CallResponse, CallError>) -> Option<Outcome> {
     let error = match result {
         Ok(response) if response.replayed_from.is_some() => return None,
@@ -120,7 +123,8 @@ fn outcome(result: &Result<CallResponse, CallError>) -> Option<Outcome> {
         | CallError::BadToolReference { .. }
         | CallError::UnknownPlugin { .. }
         | CallError::UnknownTool { .. }
-        | CallError::ApprovalPending { .. } => return None,
+        | CallError::ApprovalPending { .. }
+        | CallError::Cancelled { .. } => return None,
         CallError::AuditUnavailable(_) | CallError::Store(_) => Outcome::StoreFailed,
         CallError::Tool {
             kind: ToolErrorKind::Denied,
@@ -201,39 +205,56 @@ impl Alerts {
             duration_ms: u64::try_from(wall.as_millis()).unwrap_or(u64::MAX),
             fuel,
         };
-        let transitions = self
+        // The actions are made while the evaluator is held, so two calls'
+        // transitions of one alert (fired by one, resolved by the next)
+        // reach the firing table in the evaluator's order: made after it,
+        // a resolve could find nothing to resolve and the alert stay
+        // listed as firing for good.
+        let mut evaluator = self
             .evaluator
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .observe(&self.config, tool, call);
+            .unwrap_or_else(PoisonError::into_inner);
+        let transitions = evaluator.observe(&self.config, tool, call);
         self.actions(transitions)
     }
 
-    /// Move time on; what the alerts it moved need done.
-    pub(crate) fn tick(&self, approvals_pending: u64, oldest_approval_age_s: u64) -> Vec<Action> {
+    /// Move time on; what the alerts it moved need done. `approvals`: the
+    /// pending approvals and the oldest one's age in seconds, `None` when
+    /// they could not be read (their rules stay as they are; the others
+    /// still move).
+    pub(crate) fn tick(&self, approvals: Option<(u64, u64)>) -> Vec<Action> {
         if !self.enabled() {
             return Vec::new();
         }
-        let transitions = self
+        // Actions made while the evaluator is held, as in `observe`.
+        let mut evaluator = self
             .evaluator
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .tick(
-                &self.config,
-                now_ms(),
-                HostFigures {
-                    approvals_pending,
-                    oldest_approval_age_s,
-                },
-            );
+            .unwrap_or_else(PoisonError::into_inner);
+        let transitions = evaluator.tick(
+            &self.config,
+            now_ms(),
+            approvals.map(|(approvals_pending, oldest_approval_age_s)| HostFigures {
+                approvals_pending,
+                oldest_approval_age_s,
+            }),
+        );
         self.actions(transitions)
     }
 
+    /// The actions of `transitions`, their webhooks queued at once (called
+    /// with the evaluator held, so a receiver gets one alert's firing and
+    /// resolving in the order they happened; the audit records and
+    /// takeovers follow on the calling task).
     fn actions(&self, transitions: Vec<Transition>) -> Vec<Action> {
-        transitions
+        let actions: Vec<Action> = transitions
             .into_iter()
             .filter_map(|t| self.action(t))
-            .collect()
+            .collect();
+        for action in &actions {
+            self.notify(&action.status);
+        }
+        actions
     }
 
     fn action(&self, t: Transition) -> Option<Action> {
@@ -341,7 +362,7 @@ impl Alerts {
     }
 
     /// Queue `status` for the webhooks of its rule (never waits).
-    pub(crate) fn notify(&self, status: &AlertStatus) {
+    fn notify(&self, status: &AlertStatus) {
         let Some(rule) = self.config.rules.iter().find(|r| r.name == status.rule) else {
             return;
         };
@@ -445,6 +466,20 @@ mod tests {
             message: "failed".into(),
         };
         assert_eq!(outcome(&Err(replayed_failure)), None);
+    }
+
+    /// A call its caller cancelled is not the tool's failure: counted as
+    /// one, a caller cancelling its own calls as they ran raised the error
+    /// rate to a takeover that paused the tool for every caller.
+    #[test]
+    fn cancelled_calls_are_not_counted_as_failures() {
+        for ran in [true, false] {
+            let cancelled = CallError::Cancelled {
+                tool: "text/slugify".into(),
+                ran,
+            };
+            assert_eq!(outcome(&Err(cancelled)), None, "ran: {ran}");
+        }
     }
 
     /// A call refused before its tool was resolved counts against the tool

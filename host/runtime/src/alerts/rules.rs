@@ -450,6 +450,24 @@ impl AlertConfig {
                     super::window::MAX_CALLS_PER_TOOL
                 ));
             }
+            // The same for `min_calls`: a rule on calls that ran needs that
+            // many kept, and `fuel_ratio` as many in the tool's fuel norm.
+            let kept = match rule.metric {
+                AlertMetric::FuelRatio => Some(super::window::NORM_CALLS),
+                AlertMetric::ErrorRate | AlertMetric::LatencyP99Ms => {
+                    Some(super::window::MAX_CALLS_PER_TOOL)
+                }
+                _ => None,
+            };
+            if let Some(kept) = kept
+                && rule.min_calls > u64::try_from(kept).unwrap_or(u64::MAX)
+            {
+                return Err(format!(
+                    "{key}.min_calls of {} is more than the {kept} calls the evaluator keeps for {}: the rule could never fire",
+                    rule.min_calls,
+                    rule.metric.as_str()
+                ));
+            }
             if let Some(clear) = rule.clear
                 && (!clear.is_finite() || clear < 0.0 || clear > rule.threshold)
             {
@@ -562,6 +580,15 @@ mod tests {
             (
                 "metric = \"error_rate\"\nthreshold = 0.5\nclear = 0.9",
                 "alerts.rules[0].clear",
+            ),
+            // More calls than are kept: the rule could never fire.
+            (
+                "metric = \"fuel_ratio\"\nthreshold = 3.0\nmin_calls = 1001",
+                "alerts.rules[0].min_calls",
+            ),
+            (
+                "metric = \"error_rate\"\nthreshold = 0.5\nmin_calls = 10001",
+                "alerts.rules[0].min_calls",
             ),
             (
                 "metric = \"error_rate\"\nthreshold = 0.5\ntools = \"a/b/c\"",

@@ -46,6 +46,12 @@ pub(crate) const QUEUE: usize = 256;
 pub(crate) const MAX_IN_FLIGHT: usize = 8;
 /// The longest wait between two attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Deliveries of one alert (rule and target) waiting behind the one being
+/// delivered, at most: an alert flapping around its threshold while the
+/// receiver is slow queued one per flip, without bound. Past it the oldest
+/// waiting is recorded undelivered ([`SUPERSEDED`]): the receiver still
+/// gets the newest states, in order.
+pub(crate) const MAX_WAITING_PER_ALERT: usize = 16;
 /// How long a stopping host waits for what is left to be recorded
 /// undelivered, after its grace period.
 const RECORDING_LEFT: Duration = Duration::from_secs(5);
@@ -311,6 +317,14 @@ async fn deliver_all(mut receiver: mpsc::Receiver<Delivery>, sending: Sending) {
                 // Its alert's earlier one is being delivered: this one goes
                 // after it.
                 waiting.push_back(delivery);
+                if waiting.len() > MAX_WAITING_PER_ALERT
+                    && let Some(oldest) = waiting.pop_front()
+                {
+                    sending.running.spawn(
+                        &sending.runtime,
+                        record_undelivered(sending.audit.clone(), oldest, 0, SUPERSEDED.to_owned()),
+                    );
+                }
                 continue;
             }
             lines.insert(alert.clone(), VecDeque::new());
@@ -349,6 +363,8 @@ async fn deliver_all(mut receiver: mpsc::Receiver<Delivery>, sending: Sending) {
 
 /// Why an alert the host stopped before sending is undelivered.
 const STOPPED: &str = "the host stopped before it was sent";
+/// Why an alert dropped from its line is undelivered.
+const SUPERSEDED: &str = "superseded: newer states of the same alert were waiting behind it";
 
 /// Deliver one alert, retrying with backoff; record it undelivered when
 /// every attempt fails, or the host stops first.
@@ -542,6 +558,62 @@ mod tests {
             (20..=sent - QUEUE).contains(&recorded),
             "{recorded} of {sent} recorded as not queued"
         );
+    }
+
+    /// One alert flapping while its receiver hangs: its deliveries wait in
+    /// its line behind the one in flight, and the line is bounded (it grew
+    /// with every flip); the oldest waiting are recorded undelivered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_alerts_waiting_deliveries_are_bounded() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let _held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                open.push(stream);
+            }
+        });
+        let audit = AuditLog::temporary(airlock_audit::AuditConfig::default()).unwrap();
+        let outbox = Outbox::new(audit.clone());
+        let hook = Arc::new(
+            Webhook::new("slow", &url, "0123456789abcdef0123")
+                .timeout(Duration::from_secs(30))
+                .max_attempts(1),
+        );
+        let sent = 100;
+        for _ in 0..sent {
+            outbox.send(Delivery {
+                webhook: Arc::clone(&hook),
+                body: Bytes::from_static(b"{}"),
+                rule: "flapping".to_owned(),
+                plugin: Some("a".to_owned()),
+                tool: Some("b".to_owned()),
+            });
+            // The delivery task takes each from the queue as it comes.
+            tokio::task::yield_now().await;
+        }
+        let superseded = || {
+            audit.flush().unwrap();
+            audit
+                .records(0)
+                .map(Result::unwrap)
+                .filter(|r| {
+                    r.entry.event == Event::AlertUndelivered
+                        && r.entry
+                            .reason
+                            .as_deref()
+                            .is_some_and(|why| why.contains("; superseded:"))
+                })
+                .count()
+        };
+        // One in flight, at most `MAX_WAITING_PER_ALERT` waiting: the rest
+        // (less any still in the queue) are on the record.
+        let expected = sent - 1 - MAX_WAITING_PER_ALERT;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while superseded() < expected && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(superseded(), expected);
     }
 
     /// A receiver that never answers held every delivery slot and the one

@@ -20,7 +20,7 @@ pub(crate) const MAX_CALLS_PER_TOOL: usize = 10_000;
 /// with no call in any window (and no alert under way) makes room.
 const MAX_TOOLS: usize = 1024;
 /// Calls before a window kept for a tool's fuel norm.
-const NORM_CALLS: usize = 1000;
+pub(crate) const NORM_CALLS: usize = 1000;
 /// The target of a host-wide rule.
 pub(crate) const HOST_TARGET: &str = "*";
 
@@ -78,7 +78,13 @@ pub(crate) struct Transition {
 
 #[derive(Debug, Default)]
 struct ToolCalls {
+    /// Calls that ran (or were admitted), newest last.
     calls: VecDeque<Observation>,
+    /// When calls were refused, apart: a caller's cheap refusals (bad
+    /// arguments, past a rate limit) would otherwise push the calls that
+    /// ran out of the bounded list, and an error-rate alert resolve, or
+    /// never fire, for want of them.
+    refused: VecDeque<u64>,
     /// Fuel of successful calls before the longest window: the norm.
     norm: VecDeque<u64>,
 }
@@ -167,7 +173,14 @@ impl Evaluator {
             return self.check(config, call.at_ms, None, Some(HOST_TARGET));
         }
         let calls = self.tools.entry(tool.to_owned()).or_default();
-        calls.calls.push_back(call);
+        if call.outcome == Outcome::Refused {
+            calls.refused.push_back(call.at_ms);
+            if calls.refused.len() > self.bounds.calls {
+                calls.refused.pop_front();
+            }
+        } else {
+            calls.calls.push_back(call);
+        }
         if calls.calls.len() > self.bounds.calls
             && let Some(oldest) = calls.calls.pop_front()
         {
@@ -182,15 +195,16 @@ impl Evaluator {
     }
 
     /// Check every rule on every target, as time passes without calls
-    /// (alerts resolve when calls stop) and for host-wide figures.
+    /// (alerts resolve when calls stop) and for host-wide figures (`None`:
+    /// unknown this time, their rules stay as they are).
     pub(crate) fn tick(
         &mut self,
         config: &AlertConfig,
         now_ms: u64,
-        figures: HostFigures,
+        figures: Option<HostFigures>,
     ) -> Vec<Transition> {
         self.trim(now_ms);
-        self.check(config, now_ms, Some(figures), None)
+        self.check(config, now_ms, figures, None)
     }
 
     /// Forget calls older than every window (keeping the fuel norm).
@@ -202,6 +216,9 @@ impl Evaluator {
                 && let Some(first) = calls.calls.pop_front()
             {
                 calls.remember(first);
+            }
+            while calls.refused.front().is_some_and(|at| *at < oldest) {
+                calls.refused.pop_front();
             }
         }
         while let Some(first) = self.failures.front()
@@ -223,7 +240,11 @@ impl Evaluator {
         let Some(idle) = self
             .tools
             .iter()
-            .find(|(tool, calls)| calls.calls.is_empty() && !alerting.contains(tool.as_str()))
+            .find(|(tool, calls)| {
+                calls.calls.is_empty()
+                    && calls.refused.is_empty()
+                    && !alerting.contains(tool.as_str())
+            })
             .map(|(tool, _)| tool.clone())
         else {
             return false;
@@ -298,7 +319,7 @@ impl Evaluator {
                 let window = calls.calls.iter().filter(|c| c.at_ms >= since);
                 match metric {
                     AlertMetric::RefusalsPerMinute => {
-                        per_minute(window.filter(|c| c.outcome == Outcome::Refused).count())
+                        per_minute(calls.refused.iter().filter(|at| **at >= since).count())
                     }
                     AlertMetric::DenialsPerMinute => {
                         per_minute(window.filter(|c| c.outcome == Outcome::Denied).count())
@@ -560,6 +581,55 @@ mod tests {
         assert!(eval.firing().is_empty());
     }
 
+    /// Refusals are kept apart from the calls that ran: a caller sending
+    /// cheap refused calls (bad arguments, past a rate limit) pushed a
+    /// failing tool's calls out of the bounded list, and its error-rate
+    /// alert resolved with the tool still failing.
+    #[test]
+    fn refusals_do_not_push_failing_calls_out_of_the_window() {
+        let config = AlertConfig {
+            rules: vec![
+                AlertRule::new(
+                    "errors",
+                    AlertMetric::ErrorRate,
+                    Duration::from_secs(60),
+                    0.5,
+                )
+                .min_calls(10),
+                AlertRule::new(
+                    "refusals",
+                    AlertMetric::RefusalsPerMinute,
+                    Duration::from_secs(60),
+                    1_000_000.0,
+                ),
+            ],
+            ..AlertConfig::default()
+        };
+        let mut eval = Evaluator::new(&config);
+        eval.bounds.calls = 100;
+        let mut all = Vec::new();
+        for i in 0..10 {
+            all.extend(eval.observe(&config, "a/b", call(i, Outcome::Failed)));
+        }
+        assert_eq!(fired(&all), [true]);
+        for i in 10..400 {
+            let t = eval.observe(&config, "a/b", call(i, Outcome::Refused));
+            assert!(t.is_empty(), "{t:?}");
+        }
+        let firing: Vec<(usize, String)> = eval
+            .firing()
+            .into_iter()
+            .map(|(rule, target, _)| (rule, target))
+            .collect();
+        assert_eq!(firing, [(0, "a/b".to_owned())]);
+        // The refusals are still counted (up to the bound): 100 in a
+        // minute's window.
+        assert_eq!(
+            eval.value(&config.rules[1], "a/b", 400, HostFigures::default()),
+            Some(100.0)
+        );
+    }
+
     #[test]
     fn an_alert_resolves_when_its_window_empties() {
         let config = config(
@@ -576,9 +646,12 @@ mod tests {
             fired(&eval.observe(&config, "a/b", call(0, Outcome::Failed))),
             [true]
         );
-        assert!(eval.tick(&config, 500, HostFigures::default()).is_empty());
+        assert!(
+            eval.tick(&config, 500, Some(HostFigures::default()))
+                .is_empty()
+        );
         assert_eq!(
-            fired(&eval.tick(&config, 1500, HostFigures::default())),
+            fired(&eval.tick(&config, 1500, Some(HostFigures::default()))),
             [false]
         );
     }
@@ -702,7 +775,7 @@ mod tests {
             approvals_pending: 12,
             oldest_approval_age_s: 700,
         };
-        let t = eval.tick(&config, 0, figures);
+        let t = eval.tick(&config, 0, Some(figures));
         assert_eq!(t.iter().map(|t| t.rule).collect::<Vec<_>>(), [0, 1]);
         assert!(t.iter().all(|t| t.target == HOST_TARGET));
         assert!(
@@ -711,7 +784,7 @@ mod tests {
         );
         let t = eval.observe(&config, "a/c", call(2, Outcome::StoreFailed));
         assert_eq!((t[0].rule, t[0].fired), (2, true));
-        let t = eval.tick(&config, 120_000, HostFigures::default());
+        let t = eval.tick(&config, 120_000, Some(HostFigures::default()));
         assert_eq!(fired(&t), [false, false, false]);
     }
 }

@@ -296,6 +296,9 @@ impl Host {
                 read_only: true,
                 cancel: None,
                 started: None,
+                // An evaluation is the host's mode's no matter: its
+                // scratch stores are its own.
+                recheck: &|| Ok(false),
             },
         )
         .await;

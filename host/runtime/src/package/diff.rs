@@ -712,10 +712,11 @@ fn tool_changes(old: &Plugin, a: &Tool, new: &Plugin, b: &Tool, out: &mut Vec<Pl
                 .values("none", declared(new)),
         ),
         (Some(from), Some(to)) if from != to => {
-            // Looser: tokens come faster, or the burst is bigger at the
-            // same pace.
+            // Looser: tokens come faster, or the burst is bigger (the
+            // bucket holds `count` tokens) — at any pace: `1000/day` after
+            // `10/min` lets 1000 calls through at once where 10 went.
             let (f, t) = (from.ms_per_token(), to.ms_per_token());
-            let looser = t < f || (t == f && to.count > from.count);
+            let looser = t < f || to.count > from.count;
             let kind = if looser {
                 ChangeKind::Raised
             } else {

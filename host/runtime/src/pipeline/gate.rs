@@ -90,15 +90,18 @@ impl<'h> KeyClaim<'h> {
             return;
         };
         let ledger = self.ledger;
+        let started = self
+            .started
+            .as_ref()
+            .is_some_and(|s| s.load(Ordering::Acquire));
         // A durable write of the whole result: the worker's other tasks
         // move on meanwhile.
         let stored = crate::off_the_worker(|| match result {
             Ok(response) => ledger.complete(&key, Ok(response.output.clone())),
-            Err(
-                CallError::PluginBusy { .. }
-                | CallError::HostBusy { .. }
-                | CallError::Cancelled { ran: false, .. },
-            ) => ledger.release(&key),
+            // Refused before its guest could start (busy, cancelled while
+            // it waited, or held to a mode switch or pause made while it
+            // waited): it never ran, the key is free for a later try.
+            Err(_) if !started => ledger.release(&key),
             // The tool said it failed: a definite outcome, replayed.
             Err(e @ CallError::Tool { .. }) => {
                 ledger.complete(&key, Err((e.kind().to_owned(), e.to_string())))
@@ -181,6 +184,25 @@ impl<'h> Pipeline<'h> {
     async fn mode_and_pauses(&self, plugin: &Plugin, tool: &Tool) -> CallResult<bool> {
         let mode = self.mode.mode()?;
         self.mode.record_pending(self.ledger, self.audit).await?;
+        self.hold_to_mode(mode, plugin, tool)
+    }
+
+    /// The same, once more, for a call that waited for its slots after it
+    /// was admitted: a switch to read-only mode or a pause made meanwhile
+    /// holds for it too (during an incident, the calls queued behind the
+    /// slots are often those causing it). A mode switch not yet on record
+    /// is recorded by the next call's admission.
+    pub(crate) fn mode_and_pauses_now(&self, plugin: &Plugin, tool: &Tool) -> CallResult<bool> {
+        let mode = self.mode.mode()?;
+        self.hold_to_mode(mode, plugin, tool)
+    }
+
+    fn hold_to_mode(
+        &self,
+        mode: Option<airlock_store::Mode>,
+        plugin: &Plugin,
+        tool: &Tool,
+    ) -> CallResult<bool> {
         let read_only = mode.as_ref().is_some_and(|m| m.read_only);
         if let Some(mode) = mode
             && mode.read_only
@@ -349,6 +371,7 @@ impl<'h> Pipeline<'h> {
                     args_digest: record.args_digest().to_owned(),
                     args: record.args_copy().to_owned(),
                     args_truncated: record.args_truncated(),
+                    args_redacted: Some(record.args_redacted()),
                     principal: request.principal.clone(),
                     session: request.session.clone(),
                     idempotency_key: request.idempotency_key.clone(),

@@ -193,6 +193,7 @@ impl<'h> Pipeline<'h> {
             principal: request.principal.clone(),
         };
         tracing::debug!(tool = %tool.id(), call_id = %context.call_id, "calling tool");
+        let recheck = || self.mode_and_pauses_now(plugin, tool);
         // Boxed: the run's future is most of a call's state, and inline it
         // would be copied whole each time the futures around it move.
         let mut run = Box::pin(run::run_tool(
@@ -206,6 +207,7 @@ impl<'h> Pipeline<'h> {
                 read_only,
                 cancel: request.cancel.as_ref(),
                 started: started.as_deref(),
+                recheck: &recheck,
             },
         ));
         let (mut result, stats) = match record.held_for() {

@@ -89,7 +89,15 @@ pub(crate) struct PreparedCall<'a> {
     /// Set once the guest may start (its slots held), for the call's
     /// idempotency key: a call dropped before then never ran.
     pub(crate) started: Option<&'a std::sync::atomic::AtomicBool>,
+    /// The host's mode and pauses as they are now (`Ok(true)`: read-only
+    /// mode, the tool a `read` one): asked again when the call waited for
+    /// its slots.
+    pub(crate) recheck: &'a (dyn Fn() -> CallResult<bool> + Sync),
 }
+
+/// A call that waited at least this long for its slots is checked against
+/// the host's mode and pauses again before its guest starts.
+const RECHECK_AFTER: Duration = Duration::from_millis(1);
 
 /// Steps 7–9 for a validated call: its result, and what it cost whatever
 /// the result.
@@ -126,10 +134,11 @@ async fn run_tool_inner(
         tool,
         arguments,
         context,
-        workspace,
-        read_only,
+        mut workspace,
+        mut read_only,
         cancel,
         started: guest_may_start,
+        recheck,
     } = call;
     let limits = plugin.limits();
     let tool_id = tool.id();
@@ -169,6 +178,15 @@ async fn run_tool_inner(
         .ok_or_else(|| CallError::HostBusy {
             limit: engine.max_instances(),
         })?;
+    // Waited for its slots: a switch to read-only mode or a pause made
+    // meanwhile refuses it now, before the guest starts (the call never
+    // ran: its key is free again), or narrows its grants to reading.
+    if started.elapsed() >= RECHECK_AFTER && recheck()? && !read_only {
+        read_only = true;
+        if let Some(scope) = &mut workspace {
+            scope.writable = false;
+        }
+    }
     if let Some(flag) = guest_may_start {
         flag.store(true, std::sync::atomic::Ordering::Release);
     }
