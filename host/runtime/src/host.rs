@@ -746,9 +746,20 @@ impl Host {
             tokio::task::coop::consume_budget().await;
             // Alert rules: each finished call, reported once, from here.
             if self.alerts.enabled() {
+                // A call that failed before its tool was resolved counts
+                // against the tool as asked only when its plugin serves
+                // here: made-up names of a known shape would take the
+                // evaluator's slots and reach takeovers (pauses of tools
+                // that do not exist).
+                let known = || {
+                    request
+                        .tool
+                        .split_once('/')
+                        .is_some_and(|(plugin, _)| self.served.knows(plugin))
+                };
                 let actions = self
                     .alerts
-                    .observe(&request.tool, &result, started.elapsed());
+                    .observe(&request.tool, &result, started.elapsed(), known);
                 // Boxed, and only when there is something to do: most
                 // calls fire nothing, and the acting future inline would
                 // be bytes every call's future carries.

@@ -313,6 +313,18 @@ impl Served {
         Ok(version)
     }
 
+    /// Whether a plugin of this name serves here: from the plugins
+    /// directory, or an installed version loaded here (no store read).
+    pub(crate) fn knows(&self, plugin: &str) -> bool {
+        self.directory.read().contains_key(plugin)
+            || self
+                .loaded
+                .read()
+                .unwrap_or_else(PoisonError::into_inner)
+                .keys()
+                .any(|(name, _)| name == plugin)
+    }
+
     /// Every installed version loaded here, of every plugin.
     pub(crate) fn all_loaded(&self) -> Vec<Arc<Plugin>> {
         self.loaded

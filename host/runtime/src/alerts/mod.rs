@@ -183,6 +183,7 @@ impl Alerts {
         tool: &str,
         result: &Result<CallResponse, CallError>,
         wall: Duration,
+        known_plugin: impl FnOnce() -> bool,
     ) -> Vec<Action> {
         if !self.enabled() {
             return Vec::new();
@@ -194,9 +195,10 @@ impl Alerts {
             Ok(response) => (response.tool.as_str(), response.fuel_used),
             // A call that failed before its tool was resolved (a store
             // error routing it) is counted against the tool as asked —
-            // only when that could name a tool: a caller's made-up text
-            // neither takes the evaluator's slots nor reaches a webhook.
-            Err(_) if is_tool_id(tool) => (tool, 0),
+            // only when that could name a tool of a plugin that serves
+            // here: a caller's made-up text neither takes the evaluator's
+            // slots nor reaches a webhook or a takeover.
+            Err(_) if is_tool_id(tool) && known_plugin() => (tool, 0),
             Err(_) => return Vec::new(),
         };
         let call = Observation {
@@ -466,6 +468,38 @@ mod tests {
             message: "failed".into(),
         };
         assert_eq!(outcome(&Err(replayed_failure)), None);
+    }
+
+    /// A call that failed before its tool was resolved counts against the
+    /// tool as asked only when its plugin serves here: names of a known
+    /// shape but made up took the evaluator's slots, fired alerts and
+    /// paused tools that do not exist.
+    #[test]
+    fn failures_before_resolution_count_only_for_a_plugin_that_serves() {
+        let rule = super::rules::AlertRule::new(
+            "errors",
+            AlertMetric::ErrorRate,
+            Duration::from_secs(60),
+            0.5,
+        )
+        .min_calls(1);
+        let config = AlertConfig {
+            rules: vec![rule],
+            ..AlertConfig::default()
+        };
+        let audit = AuditLog::temporary(airlock_audit::AuditConfig::default()).unwrap();
+        let alerts = Alerts::new(config, audit, "test");
+        let failed = || {
+            Err(CallError::Config {
+                message: "a rollout's version cannot be loaded".into(),
+            })
+        };
+        let made_up = alerts.observe("billing/x1", &failed(), Duration::ZERO, || false);
+        assert!(made_up.is_empty());
+        assert_eq!(alerts.firing_count(), 0);
+        let known = alerts.observe("billing/refund", &failed(), Duration::ZERO, || true);
+        assert_eq!(known.len(), 1);
+        assert_eq!(alerts.firing_count(), 1);
     }
 
     /// A call its caller cancelled is not the tool's failure: counted as
