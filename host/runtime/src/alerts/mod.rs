@@ -476,7 +476,7 @@ mod tests {
     /// paused tools that do not exist.
     #[test]
     fn failures_before_resolution_count_only_for_a_plugin_that_serves() {
-        let rule = super::rules::AlertRule::new(
+        let rule = AlertRule::new(
             "errors",
             AlertMetric::ErrorRate,
             Duration::from_secs(60),
