@@ -248,6 +248,54 @@ async fn promote_then_rollback_returns_to_the_previous_version() {
     assert_eq!(version_for(&host, "anyone").await, "1.0.0");
 }
 
+/// A rollback made against the change its maker saw: a second click (or a
+/// page left open while someone else rolled back) went one step further
+/// and served a version older than anyone meant.
+#[tokio::test]
+async fn a_rollback_made_against_a_change_seen_before_is_refused() {
+    let data = tempfile::tempdir().unwrap();
+    let host = Host::new(config(data.path())).unwrap();
+    let versions = [
+        text_version("1.0.0", |m| m),
+        text_version("2.0.0", |m| m),
+        text_version("3.0.0", |m| m),
+    ];
+    for dir in &versions {
+        install(&host, dir.path()).await;
+    }
+    for (version, percent) in [("1.0.0", 100), ("2.0.0", 100), ("3.0.0", 50)] {
+        host.set_rollout(&RolloutRequest::new("text", version, percent, "ops"))
+            .await
+            .unwrap();
+    }
+    let seen = host.rollouts().unwrap()[0].change.id.clone();
+    let stopped = host
+        .rollback_if_unchanged("text", "oncall", None, &seen)
+        .await
+        .unwrap();
+    assert_eq!(
+        (stopped.serving.as_str(), stopped.canary.is_none()),
+        ("2.0.0", true)
+    );
+    let again = release_error(
+        host.rollback_if_unchanged("text", "oncall", None, &seen)
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(again.kind(), "rollout_conflict");
+    assert_eq!(
+        host.rollouts().unwrap()[0].serving,
+        "2.0.0",
+        "nothing changed"
+    );
+    // Against what is there now, it goes on.
+    let now = host.rollouts().unwrap()[0].change.id.clone();
+    host.rollback_if_unchanged("text", "oncall", None, &now)
+        .await
+        .unwrap();
+    assert_eq!(host.rollouts().unwrap()[0].serving, "1.0.0");
+}
+
 /// A plugin store whose next rollout swap loses (as when another host's
 /// change came first), once armed.
 #[derive(Debug)]

@@ -949,7 +949,28 @@ impl Host {
         reason: Option<&str>,
     ) -> Result<airlock_store::Rollout> {
         self.release_parts(plugin)
-            .rollback(plugin, by, reason, false)
+            .rollback(plugin, by, reason, false, None)
+            .await
+    }
+
+    /// [`rollback`](Self::rollback), only if the rollout's last change is
+    /// still `seen_change` (the [`RolloutChange`](airlock_store::RolloutChange)
+    /// id the operator saw): a second click, or a page left open while
+    /// someone else (or an alert) changed the rollout, does not roll back
+    /// one step further.
+    ///
+    /// # Errors
+    /// [`ReleaseError::Conflict`] when the rollout changed since; as
+    /// [`rollback`](Self::rollback).
+    pub async fn rollback_if_unchanged(
+        &self,
+        plugin: &str,
+        by: &str,
+        reason: Option<&str>,
+        seen_change: &str,
+    ) -> Result<airlock_store::Rollout> {
+        self.release_parts(plugin)
+            .rollback(plugin, by, reason, false, Some(seen_change))
             .await
     }
 
@@ -1494,7 +1515,7 @@ impl Host {
             TakeoverAction::Rollback => {
                 let outcome = self
                     .release_parts(&plugin)
-                    .rollback(&plugin, &by, Some(&why), true)
+                    .rollback(&plugin, &by, Some(&why), true, None)
                     .await
                     .map(|_| ())
                     .map_err(|e| crate::error::chain(&e));

@@ -1145,12 +1145,16 @@ impl ReleaseParts<'_> {
     /// previous version again. No approval: the version returned to served
     /// before. `automatic` (an alert's takeover, `by` = `alert:<rule>`):
     /// refused when the last change is an alert's rollback already.
+    /// `seen_change`: the id of the change the one rolling back saw, and
+    /// the rollout must still be at (refused with `Conflict` when another
+    /// change came since: a second click on a page, or one left open).
     pub(crate) async fn rollback(
         &self,
         plugin: &str,
         by: &str,
         reason: Option<&str>,
         automatic: bool,
+        seen_change: Option<&str>,
     ) -> Result<Rollout> {
         check_change_text(by, reason)?;
         let Some(current) = self.current(plugin)? else {
@@ -1160,6 +1164,15 @@ impl ReleaseParts<'_> {
             .into());
         };
         let r = &current.value;
+        if let Some(seen) = seen_change
+            && r.change.id != seen
+        {
+            return Err(ReleaseError::Conflict {
+                plugin: plugin.to_owned(),
+                by: r.change.by.clone(),
+            }
+            .into());
+        }
         // Decided on the rollout the change is made against: a host whose
         // read came before another's rollback loses the store's race
         // instead (`Conflict`).

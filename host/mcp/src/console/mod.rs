@@ -1079,9 +1079,14 @@ fn action_refused(who: &SessionView, error: &airlock_host::Error) -> Response {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ReasonForm {
+struct RollbackForm {
     #[serde(default)]
     reason: String,
+    /// The id of the rollout change the page showed: the rollback is
+    /// refused if the rollout changed since (a second click, a page left
+    /// open).
+    #[serde(default)]
+    change: Option<String>,
 }
 
 async fn rollback(
@@ -1090,7 +1095,7 @@ async fn rollback(
     Path(name): Path<String>,
     body: Bytes,
 ) -> Response {
-    let (_, who, form) = match session_form::<ReasonForm>(&console, &headers, &body) {
+    let (_, who, form) = match session_form::<RollbackForm>(&console, &headers, &body) {
         Ok(found) => found,
         Err(response) => return *response,
     };
@@ -1105,7 +1110,16 @@ async fn rollback(
         );
     }
     let reason = Some(form.reason.trim()).filter(|r| !r.is_empty());
-    match console.host.rollback(&name, &who.approver, reason).await {
+    let done = match form.change.as_deref() {
+        Some(seen) => {
+            console
+                .host
+                .rollback_if_unchanged(&name, &who.approver, reason, seen)
+                .await
+        }
+        None => console.host.rollback(&name, &who.approver, reason).await,
+    };
+    match done {
         Ok(_) => {
             tracing::info!(approver = %who.approver, plugin = %name, "console rollback");
             see_other("/console/plugins")

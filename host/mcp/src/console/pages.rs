@@ -549,6 +549,7 @@ pub(crate) fn plugins(
                                     } @else if r.canary.is_some() || r.previous.is_some() {
                                         form.inline method="post" action={ "/console/plugins/" (segment(&r.plugin)) "/rollback" } {
                                             (csrf(who))
+                                            input type="hidden" name="change" value=(r.change.id);
                                             input type="text" name="reason" placeholder="reason" maxlength="2048";
                                             " "
                                             button.reject type="submit" { "Roll back" }

@@ -1026,15 +1026,21 @@ async fn an_approver_pauses_and_resumes_a_tool_on_the_record_and_a_bad_target_or
     assert_eq!(forced.status, StatusCode::SEE_OTHER, "{}", forced.body);
     assert_eq!(f.host.pauses().unwrap()[0].target, "other/tool");
     f.host.resume("other/tool", "alice", None).await.unwrap();
-    // Nothing to roll back: the host's refusal, shown.
-    let answer = f
-        .post(
-            "/console/plugins/billing/rollback",
-            &cookie,
-            &[("csrf", &csrf)],
-        )
-        .await;
-    assert_eq!(answer.status, StatusCode::CONFLICT, "{}", answer.body);
+    // Nothing to roll back: the host's refusal, shown (with or without the
+    // change the page saw, whatever a client puts there).
+    for change in [
+        None,
+        Some("<script>"),
+        Some("0193a1b2-0000-7000-8000-000000000000"),
+    ] {
+        let mut form = vec![("csrf", csrf.as_str())];
+        form.extend(change.map(|c| ("change", c)));
+        let answer = f
+            .post("/console/plugins/billing/rollback", &cookie, &form)
+            .await;
+        assert_eq!(answer.status, StatusCode::CONFLICT, "{}", answer.body);
+        assert!(!answer.body.contains("<script>"), "{}", answer.body);
+    }
     // A name no plugin can have: the approver's mistake, named, not a
     // store failure (regression: answered 409 "the store … failed").
     for name in ["%3Cx%3E", "..", "%C3%A9", &"a".repeat(200)] {
