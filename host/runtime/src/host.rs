@@ -1186,7 +1186,9 @@ impl Host {
         let durable =
             self.config.data_dir.is_some() || !matches!(self.config.store, StoreConfig::Sled);
         let last_checkpoint_ms = self.audit.checkpoints()?.last().map(|c| c.time_ms);
-        let mode_available = self.mode().is_ok();
+        // Read and, as a switch would be, written: a takeover that cannot
+        // switch the mode fails in the middle of the incident.
+        let mode_available = self.mode().is_ok() && self.mode.writable();
         let mut reports = Vec::new();
         for name in names {
             let Some(serving) = self.serving(&name).await? else {

@@ -113,6 +113,12 @@ impl ModeWatch {
         Ok(mode)
     }
 
+    /// Whether a switch could be written now (see
+    /// [`ModeStore::check_writable`]).
+    pub(crate) fn writable(&self) -> bool {
+        self.store.check_writable().is_ok()
+    }
+
     /// Record the pending switch, if any, in the audit log.
     pub(crate) async fn record_pending(&self, ledger: &Ledger, audit: &AuditLog) -> CallResult<()> {
         let pending = self

@@ -392,7 +392,8 @@ pub(crate) fn check(plugin: &Plugin, context: &Context<'_>) -> ReadinessReport {
         failed.push(finding(
             ReadinessCheck::ReadOnlyTakeover,
             None,
-            "the host mode cannot be read, so read-only cannot be switched on".to_owned(),
+            "the host mode cannot be read or written, so read-only cannot be switched on"
+                .to_owned(),
             "fix the mode store (mode.json in the data directory, or the shared store)".to_owned(),
         ));
     }

@@ -162,6 +162,26 @@ impl ModeStore for FileMode {
         self.read(seen)
     }
 
+    /// A file made and removed beside the mode file: the data directory
+    /// takes writes (not read-only, not another user's, not full of
+    /// inodes). A missing data directory is made, as the first switch
+    /// would.
+    fn check_writable(&self) -> Result<()> {
+        airlock_store::file::create_private_dir(&self.dir).map_err(|e| self.io(&self.dir, e))?;
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let probe = self
+            .dir
+            .join(format!(".mode-probe-{}-{nanos}", std::process::id()));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&probe)
+            .map_err(|e| self.io(&self.dir, e))?;
+        std::fs::remove_file(&probe).map_err(|e| self.io(&probe, e))
+    }
+
     fn set(&self, mode: &Mode) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(mode).map_err(|e| {
             StoreError::with_source(ErrorKind::Corrupt, "cannot encode the mode", e)
@@ -384,5 +404,26 @@ mod tests {
         assert!(ours.get().is_err(), "a pipe fails closed, at once");
         std::fs::remove_file(data.join(MODE_FILE)).unwrap();
         assert_eq!(ours.get().unwrap(), None);
+    }
+
+    /// Readiness asks whether a switch could be written without making
+    /// one: a data directory that takes no file (here: a file where the
+    /// directory should be) says no, and nothing is left behind.
+    #[test]
+    fn whether_a_switch_could_be_written_is_told_without_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let mode = FileMode::new(&data);
+        mode.check_writable().unwrap();
+        assert_eq!(mode.get().unwrap(), None, "no switch made");
+        assert_eq!(
+            std::fs::read_dir(&data).unwrap().count(),
+            0,
+            "no probe left"
+        );
+        let blocked = dir.path().join("blocked");
+        std::fs::write(&blocked, b"a file").unwrap();
+        let error = FileMode::new(&blocked).check_writable().unwrap_err();
+        assert!(error.to_string().contains("blocked"), "{error}");
     }
 }

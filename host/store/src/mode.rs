@@ -36,4 +36,14 @@ pub trait ModeStore: Send + Sync + fmt::Debug {
     fn get(&self) -> Result<Option<Mode>>;
     /// Switch.
     fn set(&self, mode: &Mode) -> Result<()>;
+    /// Whether a switch could be written now, without making one (a
+    /// readiness check: a takeover that cannot switch the mode fails in
+    /// the middle of an incident). The default says yes; a store that can
+    /// tell otherwise checks.
+    ///
+    /// # Errors
+    /// Why a switch would fail.
+    fn check_writable(&self) -> Result<()> {
+        Ok(())
+    }
 }
