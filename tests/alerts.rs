@@ -587,6 +587,9 @@ async fn a_rollback_takeover_stops_the_canary_that_trips_its_rule() {
 async fn an_alerts_rollback_undoes_one_change_never_two() {
     let data = tempfile::tempdir().unwrap();
     let mut alerts = AlertConfig::default();
+    // A refused rollback gives its count back: at two an hour, the third
+    // firing below is not suppressed.
+    alerts.max_takeovers_per_hour = 2;
     alerts.rules.push(
         AlertRule::new(
             "refusals",
@@ -631,22 +634,29 @@ async fn an_alerts_rollback_undoes_one_change_never_two() {
         (rollout.serving.as_str(), rollout.canary.is_none()),
         ("2.0.0", true)
     );
-    // Resolved once its window is past, then fired again.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
-    host.check_alerts().await.unwrap();
-    refuse().await;
+    // Resolved once its window is past, then fired again (twice).
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        host.check_alerts().await.unwrap();
+        refuse().await;
+    }
     let rollout = host.rollouts().unwrap()[0].clone();
     assert_eq!(rollout.serving, "2.0.0", "not walked back to 1.0.0");
     let takeovers = records(&host, Event::Takeover);
-    let reasons: Vec<&str> = takeovers
+    let made: Vec<(&str, &str)> = takeovers
         .iter()
-        .map(|r| r.entry.reason.as_deref().unwrap_or(""))
+        .map(|r| {
+            (
+                r.entry.decision.as_deref().unwrap_or(""),
+                r.entry.reason.as_deref().unwrap_or(""),
+            )
+        })
         .collect();
-    assert_eq!(reasons.len(), 2, "{reasons:?}");
-    assert!(
-        reasons[1].contains("already an automatic rollback"),
-        "{reasons:?}"
-    );
+    assert_eq!(made.len(), 3, "{made:?}");
+    for (decision, reason) in &made[1..] {
+        assert_eq!(*decision, "rollback", "not suppressed: {made:?}");
+        assert!(reason.contains("already an automatic rollback"), "{made:?}");
+    }
     // An operator decides to go further.
     host.rollback("text", "ops", Some("back to 1.0.0"))
         .await

@@ -15,6 +15,7 @@ use airlock_host::{
 };
 use airlock_tests::{PLUGINS_DIR, sha256_hex};
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 
 const ALICE: &str = "alice-secret-token";
 
@@ -532,26 +533,33 @@ async fn calls_waiting_for_a_slot_are_held_to_a_mode_switch_or_pause_made_meanwh
     let plugin = airlock_tests::install(
         "queue",
         &airlock_tests::read(airlock_tests::MISBEHAVE),
-        "[capabilities]\nlog = true\n\n[limits]\ntimeout_ms = 2000\nmax_concurrency = 1\nfuel = 1_000_000_000_000_000\n\n\
+        "[capabilities]\nlog = true\n\n[limits]\ntimeout_ms = 20000\nmax_concurrency = 1\nfuel = 1_000_000_000_000_000\n\n\
          [[tools]]\nname = \"spin\"\nrisk = \"read\"\n\n[[tools]]\nname = \"echo\"\nrisk = \"write\"\n",
     );
     host.load_plugin(plugin.path()).await.unwrap();
-    let spawn = |tool: &'static str, key: &'static str| {
+    let spawn = |tool: &'static str, key: &'static str, cancel: CancellationToken| {
         let host = Arc::clone(&host);
         tokio::spawn(async move {
-            host.call(CallRequest::new(tool, r#"{"n":1}"#).idempotency_key(key))
-                .await
+            host.call(
+                CallRequest::new(tool, r#"{"n":1}"#)
+                    .idempotency_key(key)
+                    .cancel_on(cancel),
+            )
+            .await
         })
     };
 
     for (hold, key) in [("mode", "queued-1"), ("pause", "queued-2")] {
-        // The spin holds the one slot until its deadline; the write waits.
+        // The spin holds the one slot until it is cancelled; the write
+        // waits (within its 20 s).
+        let stop_spin = CancellationToken::new();
         let spin = spawn(
             "queue/spin",
             if hold == "mode" { "spin-1" } else { "spin-2" },
+            stop_spin.clone(),
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let queued = spawn("queue/echo", key);
+        let queued = spawn("queue/echo", key, CancellationToken::new());
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(!queued.is_finished(), "the write waits for the slot");
         match hold {
@@ -566,13 +574,14 @@ async fn calls_waiting_for_a_slot_are_held_to_a_mode_switch_or_pause_made_meanwh
                     .unwrap();
             }
         }
+        stop_spin.cancel();
+        assert_eq!(kind(spin.await.unwrap()), "cancelled");
         let expected = if hold == "mode" {
             "read_only_mode"
         } else {
             "tool_paused"
         };
         assert_eq!(kind(queued.await.unwrap()), expected);
-        assert_eq!(kind(spin.await.unwrap()), "deadline_exceeded");
         match hold {
             "mode" => {
                 host.set_mode(false, "ops-oncall", None).await.unwrap();

@@ -1355,8 +1355,10 @@ async fn admin(url: &str, sql: &str) -> Result<(), String> {
 
 /// Drops the databases earlier runs of this benchmark left behind (a run
 /// that panicked between creating and dropping its own): those named
-/// `airlock_bench_<pid>` whose process is gone. A run going on at the same
-/// time keeps its own.
+/// `airlock_bench_<pid>` whose process is gone here. Never forced: a run
+/// going on at the same time (on another machine or in another PID
+/// namespace sharing the server) holds connections to its database, and
+/// the drop then fails and leaves it.
 async fn drop_stale_bench_databases(url: &str) {
     let Ok((client, connection)) = tokio_postgres::connect(url, tokio_postgres::NoTls).await else {
         return;
@@ -1384,12 +1386,7 @@ async fn drop_stale_bench_databases(url: &str) {
         if pid == std::process::id() || Path::new(&format!("/proc/{pid}")).exists() {
             continue;
         }
-        match admin(
-            url,
-            &format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"),
-        )
-        .await
-        {
+        match admin(url, &format!("DROP DATABASE IF EXISTS \"{name}\"")).await {
             Ok(()) => println!("note: dropped {name}, left by an earlier run"),
             Err(why) => println!("note: {name}, left by an earlier run, was not dropped: {why}"),
         }

@@ -1520,7 +1520,15 @@ impl Host {
                     .rollback(&plugin, &by, Some(&why), true, None)
                     .await
                     .map(|_| ())
-                    .map_err(|e| crate::error::chain(&e));
+                    .map_err(|e| {
+                        if matches!(
+                            e,
+                            Error::Release(crate::ReleaseError::AlreadyRolledBack { .. })
+                        ) {
+                            self.alerts.give_back_takeover(status.fired_ms);
+                        }
+                        crate::error::chain(&e)
+                    });
                 ("rollback", plugin.clone(), outcome)
             }
         };

@@ -314,7 +314,8 @@ impl Served {
     }
 
     /// Whether a plugin of this name serves here: from the plugins
-    /// directory, or an installed version loaded here (no store read).
+    /// directory, an installed version loaded here, or a rollout last read
+    /// (no store read: a version that failed to load still counts).
     pub(crate) fn knows(&self, plugin: &str) -> bool {
         self.directory.read().contains_key(plugin)
             || self
@@ -323,6 +324,12 @@ impl Served {
                 .unwrap_or_else(PoisonError::into_inner)
                 .keys()
                 .any(|(name, _)| name == plugin)
+            || self
+                .rollouts
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_ref()
+                .is_some_and(|(_, table)| table.contains_key(plugin))
     }
 
     /// Every installed version loaded here, of every plugin.

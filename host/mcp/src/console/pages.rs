@@ -550,7 +550,7 @@ pub(crate) fn plugins(
                                         form.inline method="post" action={ "/console/plugins/" (segment(&r.plugin)) "/rollback" } {
                                             (csrf(who))
                                             input type="hidden" name="change" value=(r.change.id);
-                                            input type="text" name="reason" placeholder="reason" maxlength="2048";
+                                            input type="text" name="reason" placeholder="reason" maxlength=(airlock_host::MAX_CHANGE_REASON_BYTES);
                                             " "
                                             button.reject type="submit" { "Roll back" }
                                         }

@@ -107,9 +107,8 @@ pub(crate) struct Action {
 /// replay of an earlier call's outcome (it did not run: counted, a caller
 /// replaying one failure could raise a tool's error rate to a takeover,
 /// or replaying a success hide its real errors), or that its caller
-/// cancelled (the caller's choice, not the tool's failure: counted, a
-/// caller cancelling its own calls as they ran could pause the tool for
-/// everyone).
+/// cancelled before it ran. One cancelled while it ran is
+/// [`Outcome::Cancelled`]: not a failure, but its time counts.
 fn outcome(result: &Result<CallResponse, CallError>) -> Option<Outcome> {
     let error = match result {
         Ok(response) if response.replayed_from.is_some() => return None,
@@ -124,7 +123,8 @@ fn outcome(result: &Result<CallResponse, CallError>) -> Option<Outcome> {
         | CallError::UnknownPlugin { .. }
         | CallError::UnknownTool { .. }
         | CallError::ApprovalPending { .. }
-        | CallError::Cancelled { .. } => return None,
+        | CallError::Cancelled { ran: false, .. } => return None,
+        CallError::Cancelled { ran: true, .. } => Outcome::Cancelled,
         CallError::AuditUnavailable(_) | CallError::Store(_) => Outcome::StoreFailed,
         CallError::Tool {
             kind: ToolErrorKind::Denied,
@@ -310,6 +310,20 @@ impl Alerts {
                 takeover: None,
                 suppressed: false,
             })
+        }
+    }
+
+    /// Give back the hourly limit's count of a takeover counted at
+    /// `at_ms` that was not made because nothing was left to do (an
+    /// automatic rollback already there): an alert flapping after its
+    /// rollback would otherwise spend the limit every other rule shares.
+    pub(crate) fn give_back_takeover(&self, at_ms: u64) {
+        let mut made = self
+            .takeovers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(index) = made.iter().rposition(|at| *at == at_ms) {
+            made.remove(index);
         }
     }
 
@@ -507,13 +521,15 @@ mod tests {
     /// rate to a takeover that paused the tool for every caller.
     #[test]
     fn cancelled_calls_are_not_counted_as_failures() {
-        for ran in [true, false] {
-            let cancelled = CallError::Cancelled {
+        let cancelled = |ran| {
+            outcome(&Err(CallError::Cancelled {
                 tool: "text/slugify".into(),
                 ran,
-            };
-            assert_eq!(outcome(&Err(cancelled)), None, "ran: {ran}");
-        }
+            }))
+        };
+        assert_eq!(cancelled(false), None);
+        // Not a failure, but its time is a latency (see the evaluator).
+        assert_eq!(cancelled(true), Some(Outcome::Cancelled));
     }
 
     /// A call refused before its tool was resolved counts against the tool

@@ -37,6 +37,11 @@ pub(crate) enum Outcome {
     Denied,
     /// The audit log or a store could not record or answer.
     StoreFailed,
+    /// Its caller cancelled it while the tool ran: not the tool's failure
+    /// (a caller cancelling its own calls could otherwise trip a takeover
+    /// for everyone), but its time counts toward latency (a tool hanging
+    /// past its callers' patience must still show).
+    Cancelled,
 }
 
 /// One finished call.
@@ -325,8 +330,9 @@ impl Evaluator {
                         per_minute(window.filter(|c| c.outcome == Outcome::Denied).count())
                     }
                     AlertMetric::ErrorRate => {
-                        let ran: Vec<_> =
-                            window.filter(|c| c.outcome != Outcome::Refused).collect();
+                        let ran: Vec<_> = window
+                            .filter(|c| !matches!(c.outcome, Outcome::Refused | Outcome::Cancelled))
+                            .collect();
                         if (ran.len() as u64) < rule.min_calls.max(1) {
                             return None;
                         }
@@ -628,6 +634,42 @@ mod tests {
             eval.value(&config.rules[1], "a/b", 400, HostFigures::default()),
             Some(100.0)
         );
+    }
+
+    /// Calls their callers cancelled while they ran are not failures, but
+    /// their time is a latency: a tool hanging past its callers' patience
+    /// (every call cancelled) still trips a latency rule, and a caller
+    /// cancelling its own calls does not raise the error rate.
+    #[test]
+    fn cancelled_calls_count_for_latency_not_for_errors() {
+        let config = AlertConfig {
+            rules: vec![
+                AlertRule::new(
+                    "errors",
+                    AlertMetric::ErrorRate,
+                    Duration::from_secs(60),
+                    0.5,
+                )
+                .min_calls(3),
+                AlertRule::new(
+                    "slow",
+                    AlertMetric::LatencyP99Ms,
+                    Duration::from_secs(60),
+                    1000.0,
+                )
+                .min_calls(3),
+            ],
+            ..AlertConfig::default()
+        };
+        let mut eval = Evaluator::new(&config);
+        let mut all = Vec::new();
+        for i in 0..5 {
+            let mut hung = call(i, Outcome::Cancelled);
+            hung.duration_ms = 10_000;
+            all.extend(eval.observe(&config, "a/b", hung));
+        }
+        let fired: Vec<usize> = all.iter().filter(|t| t.fired).map(|t| t.rule).collect();
+        assert_eq!(fired, [1], "the latency rule only: {all:?}");
     }
 
     #[test]

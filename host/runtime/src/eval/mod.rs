@@ -299,6 +299,7 @@ impl Host {
                 // An evaluation is the host's mode's no matter: its
                 // scratch stores are its own.
                 recheck: &|| Ok(false),
+                admitted: std::time::Instant::now(),
             },
         )
         .await;

@@ -137,6 +137,7 @@ impl<'h> Pipeline<'h> {
                 return Err(record.refused(error).await);
             }
         };
+        let admitted = std::time::Instant::now();
         summary.mark(Step::Admit);
         // 3. Validate arguments before anything runs.
         let arguments =
@@ -208,6 +209,7 @@ impl<'h> Pipeline<'h> {
                 cancel: request.cancel.as_ref(),
                 started: started.as_deref(),
                 recheck: &recheck,
+                admitted,
             },
         ));
         let (mut result, stats) = match record.held_for() {

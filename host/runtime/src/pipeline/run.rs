@@ -90,14 +90,20 @@ pub(crate) struct PreparedCall<'a> {
     /// idempotency key: a call dropped before then never ran.
     pub(crate) started: Option<&'a std::sync::atomic::AtomicBool>,
     /// The host's mode and pauses as they are now (`Ok(true)`: read-only
-    /// mode, the tool a `read` one): asked again when the call waited for
-    /// its slots.
+    /// mode, the tool a `read` one): asked again when the call was admitted
+    /// long enough ago.
     pub(crate) recheck: &'a (dyn Fn() -> CallResult<bool> + Sync),
+    /// When the call was admitted (its mode and pauses checked).
+    pub(crate) admitted: Instant,
 }
 
-/// A call that waited at least this long for its slots is checked against
-/// the host's mode and pauses again before its guest starts.
-const RECHECK_AFTER: Duration = Duration::from_millis(1);
+/// A call admitted at least this long before its guest may start (it
+/// waited for its key's claim, an approval, its intent's flush, its slots)
+/// is checked against the host's mode and pauses again first. Not every
+/// call: with a shared store the mode is a database read, and a call that
+/// runs within this of its admission is as one admitted just before the
+/// switch.
+const RECHECK_AFTER: Duration = Duration::from_millis(50);
 
 /// Steps 7–9 for a validated call: its result, and what it cost whatever
 /// the result.
@@ -139,6 +145,7 @@ async fn run_tool_inner(
         cancel,
         started: guest_may_start,
         recheck,
+        admitted,
     } = call;
     let limits = plugin.limits();
     let tool_id = tool.id();
@@ -178,10 +185,10 @@ async fn run_tool_inner(
         .ok_or_else(|| CallError::HostBusy {
             limit: engine.max_instances(),
         })?;
-    // Waited for its slots: a switch to read-only mode or a pause made
+    // Admitted a while ago: a switch to read-only mode or a pause made
     // meanwhile refuses it now, before the guest starts (the call never
     // ran: its key is free again), or narrows its grants to reading.
-    if started.elapsed() >= RECHECK_AFTER && recheck()? && !read_only {
+    if admitted.elapsed() >= RECHECK_AFTER && recheck()? && !read_only {
         read_only = true;
         if let Some(scope) = &mut workspace {
             scope.writable = false;
