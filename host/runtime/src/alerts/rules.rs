@@ -208,13 +208,33 @@ impl std::fmt::Debug for Webhook {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Webhook")
             .field("name", &self.name)
-            .field("url", &self.url)
+            // Its origin only: chat services' webhook URLs carry their
+            // secret in the path (and a query may too), and a debug
+            // print of the configuration reaches logs.
+            .field("url", &redacted_url(&self.url))
             .field("secret", &self.secret.as_ref().map(|_| "…"))
             .field("secret_env", &self.secret_env)
             .field("max_attempts", &self.max_attempts)
             .field("timeout", &self.timeout)
             .field("backoff", &self.backoff)
             .finish()
+    }
+}
+
+/// `url` with any path and query replaced by `/…`.
+fn redacted_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let origin = &rest[..end];
+    let tail = if rest[end..].trim_start_matches('/').is_empty() {
+        ""
+    } else {
+        "/…"
+    };
+    if scheme.is_empty() {
+        format!("{origin}{tail}")
+    } else {
+        format!("{scheme}://{origin}{tail}")
     }
 }
 
@@ -693,5 +713,23 @@ mod tests {
         assert!(!rule("a/*").watches("ab/c"));
         assert!(rule("a/b").watches("a/b"));
         assert!(!rule("a/b").watches("a/bc"));
+    }
+
+    /// A webhook's debug print shows its origin, not its path or query:
+    /// chat services put the webhook's secret there.
+    #[test]
+    fn a_webhooks_debug_print_hides_its_path_and_query() {
+        let hook = Webhook::new(
+            "chat",
+            "https://hooks.example.com/services/T000/B000/XXXXSECRETXXXX?token=abc",
+            "0123456789abcdef",
+        );
+        let printed = format!("{hook:?}");
+        assert!(printed.contains("https://hooks.example.com/…"), "{printed}");
+        for secret in ["XXXXSECRETXXXX", "token=abc", "0123456789abcdef"] {
+            assert!(!printed.contains(secret), "{printed}");
+        }
+        assert_eq!(redacted_url("http://127.0.0.1:9/"), "http://127.0.0.1:9");
+        assert_eq!(redacted_url("http://127.0.0.1:9"), "http://127.0.0.1:9");
     }
 }
