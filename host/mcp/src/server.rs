@@ -161,8 +161,12 @@ type Fingerprint = Vec<(String, u64, Option<SystemTime>, u64)>;
 pub struct ReloadReport {
     /// Plugins loaded.
     pub loaded: Vec<String>,
-    /// Plugins unloaded (removed or changed on disk).
+    /// Plugins unloaded: their directory is gone, or its changed files
+    /// do not load (listed in `failed` too).
     pub unloaded: Vec<String>,
+    /// Plugins whose changed files loaded and replaced the version
+    /// serving, with no moment in between when the plugin was missing.
+    pub reloaded: Vec<String>,
     /// Directories that did not load, with the error.
     pub failed: Vec<(PathBuf, String)>,
     /// Whether the served tool list changed (and clients were told).
@@ -243,7 +247,10 @@ impl McpServer {
 
     /// Bring the host in line with the plugins directory `dir`: load plugin
     /// directories that are new, unload those that are gone, reload those
-    /// whose files changed (size or modification time). A directory that
+    /// whose files changed (size, modification time or inode) — the
+    /// version loaded serves until the new one has loaded and replaces it
+    /// ([`Host::reload_plugin`](airlock_host::Host::reload_plugin)); a
+    /// change that does not load unloads the plugin. A directory that
     /// fails to load is retried once its files change. When the served
     /// tools change, every connected client gets
     /// `notifications/tools/list_changed`.
@@ -255,23 +262,65 @@ impl McpServer {
         let host = &self.shared.host;
         let mut report = ReloadReport::default();
         let present = plugin_dirs(dir)?;
-        // Gone or changed: unload.
+        // Gone: unload. Changed: replaced below, the version loaded
+        // serving until the new one is ready.
         let stale: Vec<PathBuf> = state
             .dirs
             .iter()
             .filter(|(path, seen)| present.get(*path) != Some(&seen.fingerprint))
             .map(|(path, _)| path.clone())
             .collect();
+        let mut changed = Vec::new();
         for path in stale {
-            if let Some(seen) = state.dirs.remove(&path)
-                && let Some(name) = seen.plugin
-                && host.unload_plugin(&name).is_some()
-            {
+            let Some(seen) = state.dirs.remove(&path) else {
+                continue;
+            };
+            // One that never loaded is loaded below, as a new one.
+            let Some(name) = seen.plugin else { continue };
+            if present.contains_key(&path) {
+                changed.push((path, name));
+            } else if host.unload_plugin(&name).is_some() {
                 tracing::info!(plugin = %name, dir = %path.display(), "plugin unloaded");
                 report.unloaded.push(name);
             }
         }
-        // New (or changed): load.
+        for (path, name) in changed {
+            let Some(fingerprint) = present.get(&path).cloned() else {
+                continue;
+            };
+            let was_loaded = host.plugin(&name).is_some();
+            let plugin = match host.reload_plugin(&name, &path).await {
+                Ok(plugin) if plugin.name() == name => {
+                    tracing::info!(plugin = %name, dir = %path.display(), digest = %plugin.digest(), "plugin reloaded");
+                    report.reloaded.push(name);
+                    Some(plugin.name().to_owned())
+                }
+                Ok(plugin) => {
+                    tracing::info!(plugin = %plugin.name(), replaced = %name, dir = %path.display(), "plugin loaded in place of another");
+                    if was_loaded {
+                        report.unloaded.push(name);
+                    }
+                    report.loaded.push(plugin.name().to_owned());
+                    Some(plugin.name().to_owned())
+                }
+                Err(error) => {
+                    tracing::warn!(plugin = %name, dir = %path.display(), error = %error, "plugin unloaded: its changed files do not load");
+                    if was_loaded {
+                        report.unloaded.push(name);
+                    }
+                    report.failed.push((path.clone(), error.to_string()));
+                    None
+                }
+            };
+            state.dirs.insert(
+                path,
+                Seen {
+                    fingerprint,
+                    plugin,
+                },
+            );
+        }
+        // New (or never loaded before): load.
         for (path, fingerprint) in present {
             if state.dirs.contains_key(&path) {
                 continue;
@@ -299,7 +348,11 @@ impl McpServer {
         // Installed versions: what the rollouts serve now.
         let rollouts_changed = self.prepare_rollouts().await;
         // Nothing loaded or unloaded (the usual tick): the catalog stands.
-        if rollouts_changed || !report.loaded.is_empty() || !report.unloaded.is_empty() {
+        if rollouts_changed
+            || !report.loaded.is_empty()
+            || !report.unloaded.is_empty()
+            || !report.reloaded.is_empty()
+        {
             report.tools_changed = self.refresh_catalog();
         }
         Ok(report)
@@ -1801,5 +1854,109 @@ mod tests {
         // And the tasks methods need the capability.
         let refused = agent.request("tasks/get", json!({"taskId": "x"})).await;
         assert!(refused.get("error").is_some(), "{refused}");
+    }
+}
+
+#[cfg(test)]
+mod reload_tests {
+    //! The plugins directory followed while serving: a plugin whose files
+    //! change is replaced with no moment in between when it is missing; a
+    //! change that does not load unloads it.
+
+    use std::path::Path;
+
+    use airlock_host::HostConfig;
+    use airlock_tests::PLUGINS_DIR;
+
+    use super::*;
+
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_changed_plugin_serves_throughout_its_reload_and_a_change_that_does_not_load_unloads_it()
+     {
+        let root = tempfile::tempdir().unwrap();
+        let cache = tempfile::tempdir().unwrap();
+        let plugins = root.path().join("plugins");
+        let text = plugins.join("text");
+        copy_dir(&Path::new(PLUGINS_DIR).join("text"), &text);
+        let host = Arc::new(Host::new(HostConfig::default().cache_dir(cache.path())).unwrap());
+        let server = McpServer::new(Arc::clone(&host), ServeOptions::default());
+        let report = server.reload(&plugins).await.unwrap();
+        assert_eq!(report.loaded, ["text"], "{report:?}");
+        let first = host.plugin("text").unwrap();
+
+        // A caller calling the plugin all along: every call is answered.
+        let stop = Arc::new(AtomicBool::new(false));
+        let caller = tokio::spawn({
+            let host = Arc::clone(&host);
+            let stop = Arc::clone(&stop);
+            async move {
+                let mut calls = 0_u32;
+                while !stop.load(Ordering::Relaxed) {
+                    host.call(CallRequest::new("text/slugify", r#"{"text":"A B"}"#))
+                        .await
+                        .map_err(|e| format!("call {calls}: {e}"))?;
+                    calls += 1;
+                    tokio::task::yield_now().await;
+                }
+                Ok::<u32, String>(calls)
+            }
+        });
+        let manifest = text.join(MANIFEST_FILE);
+        let original = std::fs::read_to_string(&manifest).unwrap();
+        for round in 0..5 {
+            // A change that loads (the manifest's size changes).
+            std::fs::write(&manifest, format!("{original}\n# change {round}\n")).unwrap();
+            let report = server.reload(&plugins).await.unwrap();
+            assert_eq!(report.reloaded, ["text"], "{report:?}");
+            assert!(
+                report.loaded.is_empty() && report.unloaded.is_empty() && report.failed.is_empty(),
+                "{report:?}"
+            );
+        }
+        stop.store(true, Ordering::Relaxed);
+        let calls = caller.await.unwrap().unwrap();
+        assert!(calls > 0);
+        let now = host.plugin("text").unwrap();
+        assert!(!Arc::ptr_eq(&first, &now), "the new version serves");
+        assert_ne!(first.manifest_digest(), now.manifest_digest());
+
+        // A change that does not load: the plugin is not served any more
+        // (not the old version: its files were replaced).
+        std::fs::write(&manifest, "[plugin]\nname = ").unwrap();
+        let report = server.reload(&plugins).await.unwrap();
+        assert_eq!(report.unloaded, ["text"], "{report:?}");
+        assert_eq!(report.failed.len(), 1, "{report:?}");
+        assert!(
+            report.reloaded.is_empty() && report.tools_changed,
+            "{report:?}"
+        );
+        let err = host
+            .call(CallRequest::new("text/slugify", r#"{"text":"A B"}"#))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), "unknown_plugin", "{err}");
+        let slugify = crate::catalog::mcp_tool_name("text", "slugify");
+        assert!(server.catalog().get(&slugify).is_none());
+
+        // Fixed: loaded again, as a plugin that was not loaded.
+        std::fs::write(&manifest, &original).unwrap();
+        let report = server.reload(&plugins).await.unwrap();
+        assert_eq!(report.loaded, ["text"], "{report:?}");
+        assert!(
+            report.unloaded.is_empty() && report.failed.is_empty(),
+            "{report:?}"
+        );
+        host.call(CallRequest::new("text/slugify", r#"{"text":"A B"}"#))
+            .await
+            .unwrap();
+        assert!(server.catalog().get(&slugify).is_some());
     }
 }

@@ -547,8 +547,20 @@ impl Host {
         let dir = dir.as_ref();
         let plugin =
             plugin::load(&self.engine, self.cache.as_ref(), &self.config.policy, dir).await?;
-        let name = plugin.name().to_owned();
         let mut plugins = self.plugins.write();
+        self.admit(&mut plugins, plugin, dir)
+    }
+
+    /// Put `plugin`, loaded from `dir`, into the table: unless a plugin of
+    /// its name is there, or its `files` grants reach another's or the
+    /// host's own.
+    fn admit(
+        &self,
+        plugins: &mut BTreeMap<String, Arc<Plugin>>,
+        plugin: Plugin,
+        dir: &Path,
+    ) -> LoadResult<Arc<Plugin>> {
+        let name = plugin.name().to_owned();
         // Installed versions loaded here hold grants too (read under the
         // table's lock, the order `Served` takes them in too).
         let served = self.served.all_loaded();
@@ -567,6 +579,34 @@ impl Host {
         let plugin = Arc::new(plugin);
         plugins.insert(name, Arc::clone(&plugin));
         Ok(plugin)
+    }
+
+    /// Replace the loaded plugin `name` by the plugin now in `dir` (its
+    /// files changed): the new version is loaded and checked as
+    /// [`Host::load_plugin`] checks it while `name` goes on serving, then
+    /// takes its place in one step, so no call finds the plugin missing
+    /// meanwhile (a compile can take seconds). Calls already running
+    /// finish on the version they started on.
+    ///
+    /// When the new version does not load, `name` is unloaded all the
+    /// same: the files it was loaded from are not on disk any more, and a
+    /// host does not go on serving code or grants its operator replaced.
+    /// `name` not loaded is not an error: the new version is loaded.
+    ///
+    /// # Errors
+    /// As [`Host::load_plugin`] (the new version may name another plugin,
+    /// which must not be loaded already).
+    pub async fn reload_plugin(
+        &self,
+        name: &str,
+        dir: impl AsRef<Path>,
+    ) -> LoadResult<Arc<Plugin>> {
+        let dir = dir.as_ref();
+        let loaded =
+            plugin::load(&self.engine, self.cache.as_ref(), &self.config.policy, dir).await;
+        let mut plugins = self.plugins.write();
+        plugins.remove(name);
+        self.admit(&mut plugins, loaded?, dir)
     }
 
     /// Unload the plugin `name`: new calls to its tools fail with
