@@ -1091,3 +1091,71 @@ async fn a_version_that_did_not_load_is_refused_at_once_for_a_while() {
         "{again}"
     );
 }
+
+/// A rollout record that cannot be read (edited on disk, half-restored
+/// from a backup) stops the calls of its own plugin, which are refused
+/// (where they should go is not known), not every call of the host.
+#[tokio::test]
+async fn an_unreadable_rollout_refuses_its_own_plugin_only() {
+    let data = tempfile::tempdir().unwrap();
+    {
+        let host = Host::new(config(data.path())).unwrap();
+        install(&host, text_version("1.0.0", |m| m).path()).await;
+        install(&host, example_version("json", "1.0.0", |m| m).path()).await;
+        for plugin in ["text", "json"] {
+            host.set_rollout(&RolloutRequest::new(plugin, "1.0.0", 100, "ops"))
+                .await
+                .unwrap();
+        }
+    }
+    let mut records = Vec::new();
+    let mut dirs = vec![data.path().to_owned()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.ends_with("rollouts/json.json") {
+                records.push(path);
+            }
+        }
+    }
+    assert_eq!(records.len(), 1, "{records:?}");
+    std::fs::write(&records[0], "{\"version\": 1, \"rollout\": ").unwrap();
+
+    let host = Host::new(config(data.path())).unwrap();
+    let text = host
+        .call(CallRequest::new(
+            "text/slugify",
+            json!({"text": "Still Served"}).to_string(),
+        ))
+        .await
+        .unwrap();
+    assert_eq!(text.plugin_version, "1.0.0");
+    assert_eq!(text.output["slug"], "still-served");
+    let err = host
+        .call(CallRequest::new(
+            "json/format",
+            json!({"document": {"a": 1}}).to_string(),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), "store_unavailable", "{err}");
+    assert!(chain(&err).contains("json.json"), "{}", chain(&err));
+    // The listing says what cannot be read, rather than a partial list.
+    assert!(host.rollouts().is_err());
+
+    // Without the record the plugin has no rollout: nothing serves it.
+    drop(host);
+    std::fs::remove_file(&records[0]).unwrap();
+    let host = Host::new(config(data.path())).unwrap();
+    let err = host
+        .call(CallRequest::new(
+            "json/format",
+            json!({"document": {"a": 1}}).to_string(),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), "unknown_plugin", "{err}");
+    assert_eq!(host.rollouts().unwrap().len(), 1);
+}

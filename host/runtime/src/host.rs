@@ -707,10 +707,18 @@ impl Host {
     /// (once loaded, see [`prepare_rollouts`](Self::prepare_rollouts)),
     /// else the plugin loaded from the plugins directory.
     pub fn tools(&self) -> Vec<Arc<Tool>> {
-        let rollouts = self.served.rollouts().unwrap_or_default();
+        // Rollouts that cannot be read now: what they served when last
+        // read (as `prepare_rollouts` leaves them).
+        let rollouts = match self.served.rollouts() {
+            Ok(rollouts) => rollouts
+                .iter()
+                .map(|(name, rollout)| (name.clone(), rollout.serving.clone()))
+                .collect(),
+            Err(_) => self.served.last_serving(),
+        };
         let mut serving: BTreeMap<String, Arc<Plugin>> = self.plugins.read().clone();
-        for (name, rollout) in rollouts.iter() {
-            match self.served.loaded(name, &rollout.serving) {
+        for (name, version) in &rollouts {
+            match self.served.loaded(name, version) {
                 Some(plugin) => {
                     serving.insert(name.clone(), plugin);
                 }

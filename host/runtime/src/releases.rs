@@ -18,11 +18,12 @@
 //!   separation of duties as calls); every change and every lost race is
 //!   recorded in the audit log.
 //!
-//! Step 1 of the pipeline asks [`Served::route`] which version a call
+//! Step 1 of the pipeline asks [`Served::version_for`] which version a call
 //! gets: with a rollout, the serving version, or the canary for the share
 //! of callers whose principal (or session) hashes into it
 //! ([`airlock_store::canary_bucket`]); without one, the plugin loaded from
-//! the plugins directory.
+//! the plugins directory. A rollout record that cannot be read refuses the
+//! calls of its plugin only.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -183,11 +184,11 @@ pub(crate) struct ReleaseParts<'h> {
     pub(crate) dev_plugin: Option<Arc<Plugin>>,
 }
 
-/// What one host keeps to serve installed versions.
 /// How long a version that did not load is refused before it is tried
 /// again ([`Served::load`]).
 pub(crate) const LOAD_RETRY: Duration = Duration::from_secs(30);
 
+/// What one host keeps to serve installed versions.
 pub(crate) struct Served {
     releases: Releases,
     /// Installed versions loaded here, by plugin and version.
@@ -364,6 +365,46 @@ impl Served {
         let rollouts = Arc::new(rollouts);
         *cached = Some((Instant::now(), rollouts.clone()));
         Ok(rollouts)
+    }
+
+    /// The version a call of `plugin` by `principal` (in `session`) is
+    /// routed to: `None` when no rollout names the plugin. From
+    /// [`rollouts`](Self::rollouts) — or, when some rollout cannot be read
+    /// (a record corrupt on disk or in the database), from `plugin`'s own
+    /// record alone: an unreadable record refuses the calls of its own
+    /// plugin (where they should go is not known), not every call of the
+    /// host.
+    pub(crate) fn version_for(
+        &self,
+        plugin: &str,
+        principal: &str,
+        session: Option<&str>,
+    ) -> std::result::Result<Option<String>, StoreError> {
+        let all = match self.rollouts() {
+            Ok(rollouts) => {
+                return Ok(Self::route(&rollouts, plugin, principal, session).map(str::to_owned));
+            }
+            Err(e) => e,
+        };
+        match self.releases.rollout(plugin) {
+            Ok(rollout) => Ok(rollout.map(|r| r.value.version_for(principal, session).to_owned())),
+            Err(own) => {
+                tracing::debug!(plugin, error = %crate::error::chain(&all), "the rollouts cannot all be read; this plugin's neither");
+                Err(StoreError::new(Store::Plugins, own))
+            }
+        }
+    }
+
+    /// What served each plugin with a rollout when
+    /// [`prepare`](Self::prepare) last read them: plugin and version.
+    pub(crate) fn last_serving(&self) -> Vec<(String, String)> {
+        self.prepared
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .serving
+            .iter()
+            .map(|(plugin, version)| (plugin.clone(), version.clone()))
+            .collect()
     }
 
     /// Forget the rollouts read, so the next call reads them (after a

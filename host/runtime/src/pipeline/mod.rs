@@ -301,14 +301,10 @@ impl<'h> Pipeline<'h> {
                 .ok_or_else(|| CallError::BadToolReference {
                     reference: reference.to_owned(),
                 })?;
-        let rollouts = self.served.rollouts()?;
-        let routed = Served::route(
-            &rollouts,
-            plugin_name,
-            &request.principal,
-            request.session.as_deref(),
-        );
-        let plugin = match routed {
+        let routed =
+            self.served
+                .version_for(plugin_name, &request.principal, request.session.as_deref())?;
+        let plugin = match routed.as_deref() {
             // Boxed: loading a version is rare and its future large.
             Some(version) => Box::pin(self.served.load(
                 self.engine,
