@@ -70,12 +70,19 @@ pub enum Event {
     /// delivery queue was full): `decision` is the rule's name, `reason`
     /// the webhook, the attempts and the last error.
     AlertUndelivered,
+    /// A plugin of the plugins directory changed on disk while it served:
+    /// `decision` is `reloaded` (its new files loaded and replaced it:
+    /// `plugin_version`, `component_digest` and `manifest_digest` are the
+    /// new version's, `reason` names the version replaced and what the new
+    /// one may do that it could not) or `unloaded` (they did not load:
+    /// `reason` says why; the fields are the version unloaded).
+    PluginReloaded,
 }
 
 impl Event {
     /// Every event, in declaration order (for listing them, as `airlock
     /// audit query --event` does).
-    pub const ALL: [Event; 15] = [
+    pub const ALL: [Event; 16] = [
         Event::CallRefused,
         Event::CallStarted,
         Event::CallFinished,
@@ -91,6 +98,7 @@ impl Event {
         Event::Takeover,
         Event::TakeoverUndone,
         Event::AlertUndelivered,
+        Event::PluginReloaded,
     ];
 
     /// The snake_case name stored in records.
@@ -111,6 +119,7 @@ impl Event {
             Event::Takeover => "takeover",
             Event::TakeoverUndone => "takeover_undone",
             Event::AlertUndelivered => "alert_undelivered",
+            Event::PluginReloaded => "plugin_reloaded",
         }
     }
 }

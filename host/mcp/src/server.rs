@@ -1921,12 +1921,38 @@ mod reload_tests {
                 "{report:?}"
             );
         }
+        // A change that gives the plugin more (a longer timeout).
+        let wider = original.replacen("timeout_ms = 2_000", "timeout_ms = 3_000", 1);
+        assert_ne!(wider, original);
+        std::fs::write(&manifest, &wider).unwrap();
+        let report = server.reload(&plugins).await.unwrap();
+        assert_eq!(report.reloaded, ["text"], "{report:?}");
         stop.store(true, Ordering::Relaxed);
         let calls = caller.await.unwrap().unwrap();
         assert!(calls > 0);
         let now = host.plugin("text").unwrap();
         assert!(!Arc::ptr_eq(&first, &now), "the new version serves");
         assert_ne!(first.manifest_digest(), now.manifest_digest());
+
+        // Each replacement is on the record, with what it widened.
+        let reloads = reloaded(&host);
+        assert_eq!(reloads.len(), 6, "{reloads:?}");
+        for (i, record) in reloads.iter().enumerate() {
+            let e = &record.entry;
+            assert_eq!(e.decision.as_deref(), Some("reloaded"), "{e:?}");
+            assert_eq!(e.plugin.as_deref(), Some("text"));
+            let reason = e.reason.as_deref().unwrap();
+            assert!(reason.contains(first.digest()), "{reason}");
+            if i < 5 {
+                assert!(reason.ends_with("no wider"), "{reason}");
+            } else {
+                assert!(
+                    reason.contains("widens") && reason.contains("timeout"),
+                    "{reason}"
+                );
+                assert_eq!(e.manifest_digest.as_deref(), Some(now.manifest_digest()));
+            }
+        }
 
         // A change that does not load: the plugin is not served any more
         // (not the old version: its files were replaced).
@@ -1943,6 +1969,20 @@ mod reload_tests {
             .await
             .unwrap_err();
         assert_eq!(err.kind(), "unknown_plugin", "{err}");
+        let unloaded = reloaded(&host).pop().unwrap().entry;
+        assert_eq!(
+            unloaded.decision.as_deref(),
+            Some("unloaded"),
+            "{unloaded:?}"
+        );
+        assert_eq!(
+            unloaded.manifest_digest.as_deref(),
+            Some(now.manifest_digest())
+        );
+        assert!(
+            unloaded.reason.as_deref().unwrap().contains("do not load"),
+            "{unloaded:?}"
+        );
         let slugify = crate::catalog::mcp_tool_name("text", "slugify");
         assert!(server.catalog().get(&slugify).is_none());
 
@@ -1958,5 +1998,20 @@ mod reload_tests {
             .await
             .unwrap();
         assert!(server.catalog().get(&slugify).is_some());
+        // Loaded anew, not replacing anything: no reload record.
+        assert_eq!(reloaded(&host).len(), 7);
+    }
+
+    /// The host's `plugin_reloaded` records, oldest first.
+    fn reloaded(host: &Host) -> Vec<airlock_host::audit_log::Record> {
+        host.audit()
+            .query(
+                &airlock_host::audit_log::Filter {
+                    event: Some(airlock_host::audit_log::Event::PluginReloaded),
+                    ..Default::default()
+                },
+                100,
+            )
+            .unwrap()
     }
 }

@@ -550,6 +550,14 @@ pub enum LoadError {
         message: String,
     },
 
+    /// The audit log cannot record the change ([`Host::reload_plugin`]
+    /// replacing a serving plugin), so it is not made: the plugin is
+    /// unloaded instead.
+    ///
+    /// [`Host::reload_plugin`]: crate::Host::reload_plugin
+    #[error("not loaded: the audit log cannot record the change")]
+    AuditUnavailable(#[source] airlock_audit::Error),
+
     /// A plugin archive holds something a package may not; nothing of it
     /// was kept.
     #[error("plugin archive {} refused: {}{why}", path.display(), entry_prefix(entry))]
@@ -1247,6 +1255,7 @@ impl LoadError {
             LoadError::HostBusy { .. } => "host_busy",
             LoadError::Config { .. } => "config",
             LoadError::Engine { .. } => "engine",
+            LoadError::AuditUnavailable(_) => "audit_unavailable",
             LoadError::ArchiveRejected { why, .. } => match why {
                 ArchiveRefusal::ParentPath => "archive_parent_path",
                 ArchiveRefusal::AbsolutePath => "archive_absolute_path",
@@ -1296,7 +1305,8 @@ impl LoadError {
             | LoadError::DuplicatePlugin { .. }
             | LoadError::LimitAboveCeiling { .. }
             | LoadError::Config { .. }
-            | LoadError::Engine { .. } => ErrorClass::Host,
+            | LoadError::Engine { .. }
+            | LoadError::AuditUnavailable(_) => ErrorClass::Host,
         }
     }
 

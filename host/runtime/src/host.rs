@@ -591,11 +591,16 @@ impl Host {
     /// When the new version does not load, `name` is unloaded all the
     /// same: the files it was loaded from are not on disk any more, and a
     /// host does not go on serving code or grants its operator replaced.
-    /// `name` not loaded is not an error: the new version is loaded.
+    /// Either way the change is recorded in the audit log
+    /// ([`Event::PluginReloaded`]: the versions, and what the new one may
+    /// do that the old could not). `name` not loaded is not an error: the
+    /// new version is loaded, as by [`Host::load_plugin`], unrecorded.
     ///
     /// # Errors
     /// As [`Host::load_plugin`] (the new version may name another plugin,
-    /// which must not be loaded already).
+    /// which must not be loaded already); [`LoadError::AuditUnavailable`]
+    /// when the audit log cannot record the replacement (the plugin is
+    /// then unloaded).
     pub async fn reload_plugin(
         &self,
         name: &str,
@@ -604,9 +609,71 @@ impl Host {
         let dir = dir.as_ref();
         let loaded =
             plugin::load(&self.engine, self.cache.as_ref(), &self.config.policy, dir).await;
-        let mut plugins = self.plugins.write();
-        plugins.remove(name);
-        self.admit(&mut plugins, loaded?, dir)
+        let (old, admitted) = {
+            let mut plugins = self.plugins.write();
+            let old = plugins.remove(name);
+            (
+                old,
+                loaded.and_then(|new| self.admit(&mut plugins, new, dir)),
+            )
+        };
+        let Some(old) = old else {
+            return admitted;
+        };
+        let mut entry = airlock_audit::Entry::new(Event::PluginReloaded);
+        let serving = match &admitted {
+            Ok(new) => {
+                let widens = crate::releases::widenings(&old, new);
+                entry.decision = Some("reloaded".to_owned());
+                entry.reason = Some(format!(
+                    "files in {} changed: replaces {} {} (component {}, manifest {}); {}",
+                    dir.display(),
+                    old.name(),
+                    old.version(),
+                    old.digest(),
+                    old.manifest_digest(),
+                    if widens.is_empty() {
+                        "no wider".to_owned()
+                    } else {
+                        format!("widens: {}", widens.join("; "))
+                    }
+                ));
+                new
+            }
+            Err(error) => {
+                entry.decision = Some("unloaded".to_owned());
+                entry.reason = Some(format!(
+                    "files in {} changed and do not load: {}",
+                    dir.display(),
+                    crate::error::chain(error)
+                ));
+                &old
+            }
+        };
+        entry.plugin = Some(serving.name().to_owned());
+        entry.plugin_version = Some(serving.version().to_owned());
+        entry.component_digest = Some(serving.digest().to_owned());
+        entry.manifest_digest = Some(serving.manifest_digest().to_owned());
+        let recorded =
+            crate::audit::append(&self.audit, &entry, airlock_audit::Durability::Flushed).await;
+        match (admitted, recorded) {
+            (Ok(new), Err(e)) => {
+                // Unrecorded, it does not serve (nor does the old version).
+                let mut plugins = self.plugins.write();
+                if plugins
+                    .get(new.name())
+                    .is_some_and(|now| Arc::ptr_eq(now, &new))
+                {
+                    plugins.remove(new.name());
+                }
+                Err(LoadError::AuditUnavailable(e))
+            }
+            (Err(error), Err(e)) => {
+                tracing::error!(plugin = %name, error = %e, "the audit log cannot record that a changed plugin was unloaded");
+                Err(error)
+            }
+            (admitted, Ok(_)) => admitted,
+        }
     }
 
     /// Unload the plugin `name`: new calls to its tools fail with
