@@ -505,18 +505,24 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn alerts_beyond_the_queue_are_recorded_undelivered_at_once() {
-        // A receiver that accepts and never answers: every delivery in
-        // flight holds its slot for the whole timeout.
+    /// A receiver on loopback that accepts connections and never answers
+    /// (nor closes them): its URL, and the task holding them.
+    async fn silent_receiver() -> (String, tokio::task::JoinHandle<()>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/", listener.local_addr().unwrap());
-        let _held = tokio::spawn(async move {
+        let held = tokio::spawn(async move {
             let mut open = Vec::new();
             while let Ok((stream, _)) = listener.accept().await {
                 open.push(stream);
             }
         });
+        (url, held)
+    }
+
+    #[tokio::test]
+    async fn alerts_beyond_the_queue_are_recorded_undelivered_at_once() {
+        // Every delivery in flight holds its slot for the whole timeout.
+        let (url, _held) = silent_receiver().await;
         let audit = AuditLog::temporary(airlock_audit::AuditConfig::default()).unwrap();
         let outbox = Outbox::new(audit.clone());
         let hook = Arc::new(
@@ -565,14 +571,7 @@ mod tests {
     /// with every flip); the oldest waiting are recorded undelivered.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn one_alerts_waiting_deliveries_are_bounded() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/", listener.local_addr().unwrap());
-        let _held = tokio::spawn(async move {
-            let mut open = Vec::new();
-            while let Ok((stream, _)) = listener.accept().await {
-                open.push(stream);
-            }
-        });
+        let (url, _held) = silent_receiver().await;
         let audit = AuditLog::temporary(airlock_audit::AuditConfig::default()).unwrap();
         let outbox = Outbox::new(audit.clone());
         let hook = Arc::new(
@@ -621,14 +620,7 @@ mod tests {
     /// undelivered): each webhook now has its queue and slots.
     #[tokio::test]
     async fn a_webhook_that_never_answers_does_not_delay_another() {
-        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let silent_url = format!("http://{}/", silent.local_addr().unwrap());
-        let _held = tokio::spawn(async move {
-            let mut open = Vec::new();
-            while let Ok((stream, _)) = silent.accept().await {
-                open.push(stream);
-            }
-        });
+        let (silent_url, _held) = silent_receiver().await;
         let pager = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let pager_url = format!("http://{}/", pager.local_addr().unwrap());
         let (heard, mut hear) = mpsc::unbounded_channel();
