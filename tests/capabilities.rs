@@ -111,6 +111,73 @@ async fn files_read_only_grant_refuses_writes() {
     );
 }
 
+/// A `read` tool of a plugin with a write grant, admitted before a switch
+/// to read-only mode and still waiting for a pool slot when it came, runs
+/// with its grant narrowed to reading, as a call admitted after the switch
+/// would: the mode is checked again before its guest starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_call_queued_across_a_switch_to_read_only_runs_with_its_grant_narrowed() {
+    let data = tempfile::tempdir().unwrap();
+    let host = std::sync::Arc::new(
+        Host::new(HostConfig::default().data_dir(data.path()).max_instances(1)).unwrap(),
+    );
+    let dir = probe("files = [{ host = \"data\", guest = \"/data\", access = \"read-write\" }]");
+    host.load_plugin(dir.path()).await.unwrap();
+    let spinner = install(
+        "spinner",
+        &read(MISBEHAVE),
+        "[capabilities]\nlog = true\n\n[limits]\ntimeout_ms = 20000\nfuel = 1_000_000_000_000_000\n\n\
+         [[tools]]\nname = \"spin\"\nrisk = \"read\"\n",
+    );
+    host.load_plugin(spinner.path()).await.unwrap();
+
+    // The spin holds the pool's one slot until cancelled; the write waits.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let spin = tokio::spawn({
+        let host = std::sync::Arc::clone(&host);
+        let stop = stop.clone();
+        async move {
+            host.call(CallRequest::new("spinner/spin", r#"{"n":1}"#).cancel_on(stop))
+                .await
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let queued = tokio::spawn({
+        let host = std::sync::Arc::clone(&host);
+        async move {
+            call(
+                &host,
+                "probe/write-file",
+                json!({"path": "/data/new.txt", "content": "written"}),
+            )
+            .await
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!queued.is_finished(), "the call waits for the pool");
+    host.set_mode(true, "ops-oncall", Some("incident"))
+        .await
+        .unwrap();
+    stop.cancel();
+    assert_eq!(spin.await.unwrap().unwrap_err().kind(), "cancelled");
+    failed(queued.await.unwrap());
+    assert!(!dir.path().join("data/new.txt").exists());
+
+    // Back to normal: the same call writes.
+    host.set_mode(false, "ops-oncall", None).await.unwrap();
+    call(
+        &host,
+        "probe/write-file",
+        json!({"path": "/data/new.txt", "content": "written"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("data/new.txt")).unwrap(),
+        "written"
+    );
+}
+
 #[tokio::test]
 async fn files_read_write_grant_allows_writing_inside() {
     let dir = probe("files = [{ host = \"data\", guest = \"/data\", access = \"read-write\" }]");
