@@ -475,14 +475,17 @@ async fn a_reload_the_audit_log_cannot_record_is_not_served() {
     let (host, _cache) = host();
     let dir = install("text", &text_component(), TEXT_TOOLS);
     let first = host.load_plugin(dir.path()).await.unwrap();
-    let again = host.reload_plugin("text", dir.path()).await.unwrap();
+    let again = host.reload_plugin(Some("text"), dir.path()).await.unwrap();
     assert!(!std::sync::Arc::ptr_eq(&first, &again));
     assert!(std::sync::Arc::ptr_eq(
         &host.plugin("text").unwrap(),
         &again
     ));
     host.audit().close().unwrap();
-    let err = host.reload_plugin("text", dir.path()).await.unwrap_err();
+    let err = host
+        .reload_plugin(Some("text"), dir.path())
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), "audit_unavailable", "{err}");
     assert!(host.plugin("text").is_none(), "neither version serves");
 }

@@ -70,13 +70,17 @@ pub enum Event {
     /// delivery queue was full): `decision` is the rule's name, `reason`
     /// the webhook, the attempts and the last error.
     AlertUndelivered,
-    /// A plugin of the plugins directory changed on disk while it served:
-    /// `decision` is `reloaded` (its new files loaded and replaced it:
-    /// `plugin_version`, `component_digest` and `manifest_digest` are the
-    /// new version's, `reason` names the version replaced and what the new
-    /// one may do that it could not) or `unloaded` (they did not load:
-    /// `reason` says why; the fields are the version unloaded).
-    PluginReloaded,
+    /// A plugins directory's plugins changed while `airlock serve` served
+    /// them (after its first look at the directory): `decision` is
+    /// `reloaded` (a plugin's changed files loaded and replaced it),
+    /// `loaded` (a plugin was added, or its files load again) or
+    /// `unloaded` (its directory is gone, or its changed files do not
+    /// load). `plugin_version`, `component_digest` and `manifest_digest`
+    /// are the version loaded (or unloaded); `reason` says what changed
+    /// and, for a version loaded, what it may do that the version of its
+    /// name that served last could not. Recorded before the version
+    /// serves.
+    PluginChanged,
 }
 
 impl Event {
@@ -98,7 +102,7 @@ impl Event {
         Event::Takeover,
         Event::TakeoverUndone,
         Event::AlertUndelivered,
-        Event::PluginReloaded,
+        Event::PluginChanged,
     ];
 
     /// The snake_case name stored in records.
@@ -119,7 +123,7 @@ impl Event {
             Event::Takeover => "takeover",
             Event::TakeoverUndone => "takeover_undone",
             Event::AlertUndelivered => "alert_undelivered",
-            Event::PluginReloaded => "plugin_reloaded",
+            Event::PluginChanged => "plugin_changed",
         }
     }
 }

@@ -141,6 +141,8 @@ impl std::fmt::Debug for Shared {
 #[derive(Debug, Default)]
 struct ReloadState {
     dirs: BTreeMap<PathBuf, Seen>,
+    /// The directory was looked at once: later changes are recorded.
+    scanned: bool,
 }
 
 #[derive(Debug)]
@@ -162,7 +164,8 @@ pub struct ReloadReport {
     /// Plugins loaded.
     pub loaded: Vec<String>,
     /// Plugins unloaded: their directory is gone, or its changed files
-    /// do not load (listed in `failed` too).
+    /// do not load or cannot be recorded (listed in `failed` too), or
+    /// hold another plugin now (listed in `loaded`).
     pub unloaded: Vec<String>,
     /// Plugins whose changed files loaded and replaced the version
     /// serving, with no moment in between when the plugin was missing.
@@ -262,6 +265,9 @@ impl McpServer {
         let host = &self.shared.host;
         let mut report = ReloadReport::default();
         let present = plugin_dirs(dir)?;
+        // After the first look, every change is on the audit log's record.
+        let serving = state.scanned;
+        state.scanned = true;
         // Gone: unload. Changed: replaced below, the version loaded
         // serving until the new one is ready.
         let stale: Vec<PathBuf> = state
@@ -279,71 +285,60 @@ impl McpServer {
             let Some(name) = seen.plugin else { continue };
             if present.contains_key(&path) {
                 changed.push((path, name));
-            } else if host.unload_plugin(&name).is_some() {
-                tracing::info!(plugin = %name, dir = %path.display(), "plugin unloaded");
-                report.unloaded.push(name);
+                continue;
+            }
+            match host.unload_plugin_recorded(&name, &path).await {
+                Ok(None) => {}
+                Ok(Some(_)) => {
+                    tracing::info!(plugin = %name, dir = %path.display(), "plugin unloaded");
+                    report.unloaded.push(name);
+                }
+                Err(error) => {
+                    tracing::error!(plugin = %name, dir = %path.display(), error = %error, "plugin unloaded, unrecorded");
+                    report.unloaded.push(name);
+                }
             }
         }
         for (path, name) in changed {
-            let Some(fingerprint) = present.get(&path).cloned() else {
-                continue;
-            };
             let was_loaded = host.plugin(&name).is_some();
-            let plugin = match host.reload_plugin(&name, &path).await {
-                Ok(plugin) if plugin.name() == name => {
+            let result = host.reload_plugin(Some(&name), &path).await;
+            match &result {
+                Ok(plugin) if plugin.name() == name && was_loaded => {
                     tracing::info!(plugin = %name, dir = %path.display(), digest = %plugin.digest(), "plugin reloaded");
                     report.reloaded.push(name);
-                    Some(plugin.name().to_owned())
                 }
                 Ok(plugin) => {
-                    tracing::info!(plugin = %plugin.name(), replaced = %name, dir = %path.display(), "plugin loaded in place of another");
                     if was_loaded {
                         report.unloaded.push(name);
                     }
-                    report.loaded.push(plugin.name().to_owned());
-                    Some(plugin.name().to_owned())
-                }
-                Err(error) => {
-                    tracing::warn!(plugin = %name, dir = %path.display(), error = %error, "plugin unloaded: its changed files do not load");
-                    if was_loaded {
-                        report.unloaded.push(name);
-                    }
-                    report.failed.push((path.clone(), error.to_string()));
-                    None
-                }
-            };
-            state.dirs.insert(
-                path,
-                Seen {
-                    fingerprint,
-                    plugin,
-                },
-            );
-        }
-        // New (or never loaded before): load.
-        for (path, fingerprint) in present {
-            if state.dirs.contains_key(&path) {
-                continue;
-            }
-            let plugin = match host.load_plugin(&path).await {
-                Ok(plugin) => {
                     tracing::info!(plugin = %plugin.name(), dir = %path.display(), "plugin loaded");
                     report.loaded.push(plugin.name().to_owned());
-                    Some(plugin.name().to_owned())
                 }
-                Err(error) => {
-                    tracing::warn!(dir = %path.display(), error = %error, "plugin not loaded");
-                    report.failed.push((path.clone(), error.to_string()));
-                    None
+                Err(_) if was_loaded => {
+                    tracing::info!(plugin = %name, dir = %path.display(), "plugin unloaded: its changed files do not serve");
+                    report.unloaded.push(name);
                 }
+                Err(_) => {}
+            }
+            self.note_load(&mut state, &mut report, path, &present, result);
+        }
+        // New (or not loaded before): load.
+        let new: Vec<PathBuf> = present
+            .keys()
+            .filter(|path| !state.dirs.contains_key(*path))
+            .cloned()
+            .collect();
+        for path in new {
+            let loaded = if serving {
+                host.reload_plugin(None, &path).await
+            } else {
+                host.load_plugin(&path).await
             };
-            state.dirs.insert(
-                path,
-                Seen {
-                    fingerprint,
-                    plugin,
-                },
-            );
+            if let Ok(plugin) = &loaded {
+                tracing::info!(plugin = %plugin.name(), dir = %path.display(), "plugin loaded");
+                report.loaded.push(plugin.name().to_owned());
+            }
+            self.note_load(&mut state, &mut report, path, &present, loaded);
         }
         // Installed versions: what the rollouts serve now.
         let rollouts_changed = self.prepare_rollouts().await;
@@ -356,6 +351,42 @@ impl McpServer {
             report.tools_changed = self.refresh_catalog();
         }
         Ok(report)
+    }
+
+    /// Remember what loaded from `path` (its fingerprint, the plugin's
+    /// name), or report why it did not. A failure that may pass by itself
+    /// (the audit log unavailable, the pool busy, a file unreadable) is
+    /// not remembered: the next look tries the directory again rather
+    /// than waiting for its files to change.
+    fn note_load(
+        &self,
+        state: &mut ReloadState,
+        report: &mut ReloadReport,
+        path: PathBuf,
+        present: &BTreeMap<PathBuf, Fingerprint>,
+        loaded: std::result::Result<Arc<airlock_host::Plugin>, airlock_host::LoadError>,
+    ) {
+        let plugin = match loaded {
+            Ok(plugin) => Some(plugin.name().to_owned()),
+            Err(error) => {
+                tracing::warn!(dir = %path.display(), error = %error, "plugin not loaded");
+                report.failed.push((path.clone(), error.to_string()));
+                if matches!(error.kind(), "audit_unavailable" | "host_busy" | "io") {
+                    return;
+                }
+                None
+            }
+        };
+        let Some(fingerprint) = present.get(&path).cloned() else {
+            return;
+        };
+        state.dirs.insert(
+            path,
+            Seen {
+                fingerprint,
+                plugin,
+            },
+        );
     }
 
     /// Load what the rollouts serve; `true` when that changed. A store
@@ -1911,9 +1942,12 @@ mod reload_tests {
         });
         let manifest = text.join(MANIFEST_FILE);
         let original = std::fs::read_to_string(&manifest).unwrap();
+        assert!(changes(&host).is_empty(), "the first look is not a change");
         for round in 0..5 {
-            // A change that loads (the manifest's size changes).
-            std::fs::write(&manifest, format!("{original}\n# change {round}\n")).unwrap();
+            // A change that loads (the manifest's size differs each round,
+            // whatever the file system's clock).
+            let comment = "#".repeat(round + 1);
+            std::fs::write(&manifest, format!("{original}\n{comment}\n")).unwrap();
             let report = server.reload(&plugins).await.unwrap();
             assert_eq!(report.reloaded, ["text"], "{report:?}");
             assert!(
@@ -1935,14 +1969,14 @@ mod reload_tests {
         assert_ne!(first.manifest_digest(), now.manifest_digest());
 
         // Each replacement is on the record, with what it widened.
-        let reloads = reloaded(&host);
+        let reloads = changes(&host);
         assert_eq!(reloads.len(), 6, "{reloads:?}");
         for (i, record) in reloads.iter().enumerate() {
             let e = &record.entry;
             assert_eq!(e.decision.as_deref(), Some("reloaded"), "{e:?}");
             assert_eq!(e.plugin.as_deref(), Some("text"));
             let reason = e.reason.as_deref().unwrap();
-            assert!(reason.contains(first.digest()), "{reason}");
+            assert!(reason.contains("replaces text 0.1.0"), "{reason}");
             if i < 5 {
                 assert!(reason.ends_with("no wider"), "{reason}");
             } else {
@@ -1969,7 +2003,7 @@ mod reload_tests {
             .await
             .unwrap_err();
         assert_eq!(err.kind(), "unknown_plugin", "{err}");
-        let unloaded = reloaded(&host).pop().unwrap().entry;
+        let unloaded = changes(&host).pop().unwrap().entry;
         assert_eq!(
             unloaded.decision.as_deref(),
             Some("unloaded"),
@@ -1986,8 +2020,10 @@ mod reload_tests {
         let slugify = crate::catalog::mcp_tool_name("text", "slugify");
         assert!(server.catalog().get(&slugify).is_none());
 
-        // Fixed: loaded again, as a plugin that was not loaded.
-        std::fs::write(&manifest, &original).unwrap();
+        // Loading again with more than before the break: compared with the
+        // version that served last, so the widening is on the record.
+        let widest = original.replacen("timeout_ms = 2_000", "timeout_ms = 5_000", 1);
+        std::fs::write(&manifest, &widest).unwrap();
         let report = server.reload(&plugins).await.unwrap();
         assert_eq!(report.loaded, ["text"], "{report:?}");
         assert!(
@@ -1998,16 +2034,71 @@ mod reload_tests {
             .await
             .unwrap();
         assert!(server.catalog().get(&slugify).is_some());
-        // Loaded anew, not replacing anything: no reload record.
-        assert_eq!(reloaded(&host).len(), 7);
+        let loaded = changes(&host).pop().unwrap().entry;
+        assert_eq!(loaded.decision.as_deref(), Some("loaded"), "{loaded:?}");
+        let reason = loaded.reason.as_deref().unwrap();
+        assert!(
+            reason.contains(now.manifest_digest())
+                && reason.contains("widens")
+                && reason.contains("timeout"),
+            "{reason}"
+        );
+
+        // Its directory removed, then back: both on the record.
+        let aside = root.path().join("aside");
+        std::fs::rename(&text, &aside).unwrap();
+        let report = server.reload(&plugins).await.unwrap();
+        assert_eq!(report.unloaded, ["text"], "{report:?}");
+        let gone = changes(&host).pop().unwrap().entry;
+        assert_eq!(gone.decision.as_deref(), Some("unloaded"), "{gone:?}");
+        assert!(
+            gone.reason.as_deref().unwrap().contains("is gone"),
+            "{gone:?}"
+        );
+        std::fs::rename(&aside, &text).unwrap();
+        let report = server.reload(&plugins).await.unwrap();
+        assert_eq!(report.loaded, ["text"], "{report:?}");
+        let back = changes(&host).pop().unwrap().entry;
+        assert_eq!(back.decision.as_deref(), Some("loaded"), "{back:?}");
+        assert!(
+            back.reason.as_deref().unwrap().ends_with("no wider"),
+            "{back:?}"
+        );
+
+        // Its files now name another plugin: one unloaded, another loaded.
+        let renamed = widest.replacen("name = \"text\"", "name = \"prose\"", 1);
+        assert_ne!(renamed, widest);
+        std::fs::write(&manifest, &renamed).unwrap();
+        let report = server.reload(&plugins).await.unwrap();
+        assert_eq!(report.unloaded, ["text"], "{report:?}");
+        assert_eq!(report.loaded, ["prose"], "{report:?}");
+        assert!(report.reloaded.is_empty(), "{report:?}");
+        let records = changes(&host);
+        let [.., out, new] = records.as_slice() else {
+            panic!("{records:?}")
+        };
+        assert_eq!(
+            (out.entry.decision.as_deref(), out.entry.plugin.as_deref()),
+            (Some("unloaded"), Some("text"))
+        );
+        assert!(
+            out.entry.reason.as_deref().unwrap().contains("`prose`"),
+            "{out:?}"
+        );
+        assert_eq!(
+            (new.entry.decision.as_deref(), new.entry.plugin.as_deref()),
+            (Some("loaded"), Some("prose"))
+        );
+        assert!(host.plugin("text").is_none() && host.plugin("prose").is_some());
+        assert_eq!(records.len(), 12);
     }
 
-    /// The host's `plugin_reloaded` records, oldest first.
-    fn reloaded(host: &Host) -> Vec<airlock_host::audit_log::Record> {
+    /// The host's `plugin_changed` records, oldest first.
+    fn changes(host: &Host) -> Vec<airlock_host::audit_log::Record> {
         host.audit()
             .query(
                 &airlock_host::audit_log::Filter {
-                    event: Some(airlock_host::audit_log::Event::PluginReloaded),
+                    event: Some(airlock_host::audit_log::Event::PluginChanged),
                     ..Default::default()
                 },
                 100,

@@ -239,8 +239,18 @@ pub struct Host {
     /// Cancelled when the audit log begins to close: calls holding their
     /// intent write it then (see `CallRecord::started`).
     audit_closing: tokio_util::sync::CancellationToken,
+    /// The version of each plugin name that served last from a plugins
+    /// directory (kept after it is unloaded, for at most
+    /// [`REMEMBERED_PLUGINS`] names): what a later version of that name is
+    /// compared with when [`Host::reload_plugin`] records it.
+    last_served: std::sync::Mutex<BTreeMap<String, Arc<Plugin>>>,
     _ticker: EpochTicker,
 }
+
+/// Plugin names whose last served version a host remembers
+/// ([`Host::reload_plugin`] compares a new version with it); past it, the
+/// alphabetically first is forgotten (its code is freed).
+pub(crate) const REMEMBERED_PLUGINS: usize = 64;
 
 /// Loaded plugins by name. Locked only to look up, insert or remove an
 /// entry, never across an `.await`. Cloned, it is the same table (the
@@ -495,6 +505,7 @@ impl Host {
             served,
             telemetry,
             audit_closing,
+            last_served: std::sync::Mutex::default(),
             _ticker: ticker,
         })
     }
@@ -560,120 +571,246 @@ impl Host {
         plugin: Plugin,
         dir: &Path,
     ) -> LoadResult<Arc<Plugin>> {
-        let name = plugin.name().to_owned();
+        self.check_admission(plugins, &plugin, dir, None)?;
+        let plugin = Arc::new(plugin);
+        plugins.insert(plugin.name().to_owned(), Arc::clone(&plugin));
+        self.remember(&plugin);
+        Ok(plugin)
+    }
+
+    /// Whether [`admit`](Self::admit) would take `plugin` into `plugins`
+    /// once `replacing` (a loaded plugin's name) is out of it.
+    fn check_admission(
+        &self,
+        plugins: &BTreeMap<String, Arc<Plugin>>,
+        plugin: &Plugin,
+        dir: &Path,
+        replacing: Option<&str>,
+    ) -> LoadResult<()> {
+        let others = || {
+            plugins
+                .iter()
+                .filter(move |(name, _)| Some(name.as_str()) != replacing)
+                .map(|(_, p)| p)
+        };
         // Installed versions loaded here hold grants too (read under the
         // table's lock, the order `Served` takes them in too).
         let served = self.served.all_loaded();
-        if let Some(existing) = plugins.get(&name) {
+        if let Some(existing) = plugins
+            .get(plugin.name())
+            .filter(|_| Some(plugin.name()) != replacing)
+        {
             return Err(LoadError::DuplicatePlugin {
-                name,
+                name: plugin.name().to_owned(),
                 first: existing.dir().to_owned(),
                 second: dir.to_owned(),
             });
         }
         check_files_grants(
-            &plugin,
+            plugin,
             &protected_stores(&self.config),
-            plugins.values().chain(&served).map(|p| &**p),
-        )?;
-        let plugin = Arc::new(plugin);
-        plugins.insert(name, Arc::clone(&plugin));
-        Ok(plugin)
+            others().chain(&served).map(|p| &**p),
+        )
     }
 
-    /// Replace the loaded plugin `name` by the plugin now in `dir` (its
-    /// files changed): the new version is loaded and checked as
-    /// [`Host::load_plugin`] checks it while `name` goes on serving, then
-    /// takes its place in one step, so no call finds the plugin missing
-    /// meanwhile (a compile can take seconds). Calls already running
-    /// finish on the version they started on.
+    /// Keep `plugin` as the last version of its name that served.
+    fn remember(&self, plugin: &Arc<Plugin>) {
+        let mut last = self
+            .last_served
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !last.contains_key(plugin.name()) && last.len() >= REMEMBERED_PLUGINS {
+            last.pop_first();
+        }
+        last.insert(plugin.name().to_owned(), Arc::clone(plugin));
+    }
+
+    /// Bring a plugins directory's plugin in line with its files while
+    /// serving, on the record: load the plugin now in `dir` in place of
+    /// the loaded plugin `replaces` (its files changed), or as a plugin
+    /// added (`None`). The new version is loaded and checked as
+    /// [`Host::load_plugin`] checks it while `replaces` goes on serving
+    /// (a compile can take seconds), then recorded in the audit log
+    /// ([`Event::PluginChanged`]: the versions, and what the new one may
+    /// do that the version of its name that served last could not), then
+    /// takes its place in one step: no call finds the plugin missing
+    /// meanwhile, and no version serves before it is on the record. Calls
+    /// already running finish on the version they started on.
     ///
-    /// When the new version does not load, `name` is unloaded all the
-    /// same: the files it was loaded from are not on disk any more, and a
-    /// host does not go on serving code or grants its operator replaced.
-    /// Either way the change is recorded in the audit log
-    /// ([`Event::PluginReloaded`]: the versions, and what the new one may
-    /// do that the old could not). `name` not loaded is not an error: the
-    /// new version is loaded, as by [`Host::load_plugin`], unrecorded.
+    /// When the new version does not load, `replaces` is unloaded all the
+    /// same (and that recorded): the files it was loaded from are not on
+    /// disk any more, and a host does not go on serving code or grants its
+    /// operator replaced.
     ///
     /// # Errors
     /// As [`Host::load_plugin`] (the new version may name another plugin,
     /// which must not be loaded already); [`LoadError::AuditUnavailable`]
-    /// when the audit log cannot record the replacement (the plugin is
-    /// then unloaded).
+    /// when the audit log cannot record the change: the new version is
+    /// not served, nor is `replaces`.
     pub async fn reload_plugin(
         &self,
-        name: &str,
+        replaces: Option<&str>,
         dir: impl AsRef<Path>,
     ) -> LoadResult<Arc<Plugin>> {
         let dir = dir.as_ref();
         let loaded =
             plugin::load(&self.engine, self.cache.as_ref(), &self.config.policy, dir).await;
-        let (old, admitted) = {
-            let mut plugins = self.plugins.write();
-            let old = plugins.remove(name);
-            (
-                old,
-                loaded.and_then(|new| self.admit(&mut plugins, new, dir)),
-            )
-        };
-        let Some(old) = old else {
-            return admitted;
-        };
-        let mut entry = airlock_audit::Entry::new(Event::PluginReloaded);
-        let serving = match &admitted {
-            Ok(new) => {
-                let widens = crate::releases::widenings(&old, new);
-                entry.decision = Some("reloaded".to_owned());
-                entry.reason = Some(format!(
-                    "files in {} changed: replaces {} {} (component {}, manifest {}); {}",
-                    dir.display(),
-                    old.name(),
-                    old.version(),
-                    old.digest(),
-                    old.manifest_digest(),
-                    if widens.is_empty() {
-                        "no wider".to_owned()
-                    } else {
-                        format!("widens: {}", widens.join("; "))
-                    }
-                ));
-                new
+        let old = replaces.and_then(|name| self.plugins.get(name));
+        let checked = loaded.and_then(|new| {
+            let plugins = self.plugins.read();
+            self.check_admission(&plugins, &new, dir, replaces)
+                .map(|()| new)
+        });
+        // On the record first: a version not on it does not serve.
+        let mut recorded = Ok(());
+        for entry in self.change_entries(old.as_deref(), checked.as_ref(), dir) {
+            recorded =
+                crate::audit::append(&self.audit, &entry, airlock_audit::Durability::Flushed)
+                    .await
+                    .map(drop);
+            if recorded.is_err() {
+                break;
             }
-            Err(error) => {
-                entry.decision = Some("unloaded".to_owned());
-                entry.reason = Some(format!(
-                    "files in {} changed and do not load: {}",
-                    dir.display(),
-                    crate::error::chain(error)
-                ));
-                &old
-            }
-        };
-        entry.plugin = Some(serving.name().to_owned());
-        entry.plugin_version = Some(serving.version().to_owned());
-        entry.component_digest = Some(serving.digest().to_owned());
-        entry.manifest_digest = Some(serving.manifest_digest().to_owned());
-        let recorded =
-            crate::audit::append(&self.audit, &entry, airlock_audit::Durability::Flushed).await;
-        match (admitted, recorded) {
-            (Ok(new), Err(e)) => {
-                // Unrecorded, it does not serve (nor does the old version).
-                let mut plugins = self.plugins.write();
-                if plugins
-                    .get(new.name())
-                    .is_some_and(|now| Arc::ptr_eq(now, &new))
-                {
-                    plugins.remove(new.name());
+        }
+        let mut plugins = self.plugins.write();
+        if let Some(name) = replaces {
+            plugins.remove(name);
+        }
+        match (checked, recorded) {
+            (Ok(new), Ok(())) => {
+                let admitted = self.admit(&mut plugins, new, dir);
+                drop(plugins);
+                if let Err(error) = &admitted {
+                    // Something took its place since the check (only a
+                    // caller loading plugins beside the reload could).
+                    tracing::error!(dir = %dir.display(), error = %error, "a recorded plugin change was not made");
                 }
-                Err(LoadError::AuditUnavailable(e))
+                admitted
             }
-            (Err(error), Err(e)) => {
-                tracing::error!(plugin = %name, error = %e, "the audit log cannot record that a changed plugin was unloaded");
+            (Ok(_), Err(e)) => Err(LoadError::AuditUnavailable(e)),
+            (Err(error), recorded) => {
+                if let Err(e) = recorded {
+                    tracing::error!(dir = %dir.display(), error = %e, "the audit log cannot record that a changed plugin was unloaded");
+                }
                 Err(error)
             }
-            (admitted, Ok(_)) => admitted,
         }
+    }
+
+    /// The records of a change [`reload_plugin`](Self::reload_plugin)
+    /// makes: `old` (loaded) replaced by `new` (or by nothing, when it did
+    /// not load).
+    fn change_entries(
+        &self,
+        old: Option<&Plugin>,
+        new: std::result::Result<&Plugin, &LoadError>,
+        dir: &Path,
+    ) -> Vec<airlock_audit::Entry> {
+        let entry = |plugin: &Plugin, decision: &str, reason: String| {
+            let mut entry = airlock_audit::Entry::new(Event::PluginChanged);
+            entry.plugin = Some(plugin.name().to_owned());
+            entry.plugin_version = Some(plugin.version().to_owned());
+            entry.component_digest = Some(plugin.digest().to_owned());
+            entry.manifest_digest = Some(plugin.manifest_digest().to_owned());
+            entry.decision = Some(decision.to_owned());
+            entry.reason = Some(reason);
+            entry
+        };
+        let dir = dir.display();
+        let compared = |earlier: &Plugin, new: &Plugin| {
+            let widens = crate::releases::widenings(earlier, new);
+            format!(
+                "{} {} (component {}, manifest {}); {}",
+                earlier.name(),
+                earlier.version(),
+                earlier.digest(),
+                earlier.manifest_digest(),
+                if widens.is_empty() {
+                    "no wider".to_owned()
+                } else {
+                    format!("widens: {}", widens.join("; "))
+                }
+            )
+        };
+        let mut entries = Vec::new();
+        match (old, new) {
+            (Some(old), Ok(new)) if old.name() == new.name() => {
+                entries.push(entry(
+                    new,
+                    "reloaded",
+                    format!("files in {dir} changed: replaces {}", compared(old, new)),
+                ));
+            }
+            (old, Ok(new)) => {
+                if let Some(old) = old {
+                    entries.push(entry(
+                        old,
+                        "unloaded",
+                        format!(
+                            "files in {dir} changed: they hold plugin `{}` now",
+                            new.name()
+                        ),
+                    ));
+                }
+                let earlier = self
+                    .last_served
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .get(new.name())
+                    .cloned();
+                entries.push(entry(
+                    new,
+                    "loaded",
+                    match earlier {
+                        Some(earlier) => format!(
+                            "added in {dir}; the version of its name that served last: {}",
+                            compared(&earlier, new)
+                        ),
+                        None => {
+                            format!("added in {dir}; no version of its name served here before")
+                        }
+                    },
+                ));
+            }
+            (Some(old), Err(error)) => entries.push(entry(
+                old,
+                "unloaded",
+                format!(
+                    "files in {dir} changed and do not load: {}",
+                    crate::error::chain(error)
+                ),
+            )),
+            (None, Err(_)) => {}
+        }
+        entries
+    }
+
+    /// Unload the plugins directory's plugin `name`, whose directory `dir`
+    /// is gone, on the record ([`Event::PluginChanged`], `unloaded`).
+    /// Returns the plugin, or `None` when none of that name is loaded.
+    ///
+    /// # Errors
+    /// [`LoadError::AuditUnavailable`] when the audit log cannot record
+    /// it: the plugin is unloaded all the same.
+    pub async fn unload_plugin_recorded(
+        &self,
+        name: &str,
+        dir: impl AsRef<Path>,
+    ) -> LoadResult<Option<Arc<Plugin>>> {
+        let Some(old) = self.unload_plugin(name) else {
+            return Ok(None);
+        };
+        let mut entry = airlock_audit::Entry::new(Event::PluginChanged);
+        entry.plugin = Some(old.name().to_owned());
+        entry.plugin_version = Some(old.version().to_owned());
+        entry.component_digest = Some(old.digest().to_owned());
+        entry.manifest_digest = Some(old.manifest_digest().to_owned());
+        entry.decision = Some("unloaded".to_owned());
+        entry.reason = Some(format!("its directory {} is gone", dir.as_ref().display()));
+        crate::audit::append(&self.audit, &entry, airlock_audit::Durability::Flushed)
+            .await
+            .map_err(LoadError::AuditUnavailable)?;
+        Ok(Some(old))
     }
 
     /// Unload the plugin `name`: new calls to its tools fail with
