@@ -1143,7 +1143,19 @@ async fn an_unreadable_rollout_refuses_its_own_plugin_only() {
     assert_eq!(err.kind(), "store_unavailable", "{err}");
     assert!(chain(&err).contains("json.json"), "{}", chain(&err));
     // The listing says what cannot be read, rather than a partial list.
-    assert!(host.rollouts().is_err());
+    let listing = chain(&host.rollouts().unwrap_err());
+    assert!(listing.contains("json"), "{listing}");
+    // What serves is listed: the readable rollout's tools, not the others.
+    host.prepare_rollouts().await.unwrap();
+    let tools: Vec<String> = host.tools().iter().map(|t| t.id().to_owned()).collect();
+    assert!(tools.contains(&"text/slugify".to_owned()), "{tools:?}");
+    assert!(!tools.iter().any(|t| t.starts_with("json/")), "{tools:?}");
+    // A name no plugin can have is no plugin, as without a rollout.
+    let err = host
+        .call(CallRequest::new("No Such/tool", "{}"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), "unknown_plugin", "{err}");
 
     // Without the record the plugin has no rollout: nothing serves it.
     drop(host);
@@ -1158,4 +1170,21 @@ async fn an_unreadable_rollout_refuses_its_own_plugin_only() {
         .unwrap_err();
     assert_eq!(err.kind(), "unknown_plugin", "{err}");
     assert_eq!(host.rollouts().unwrap().len(), 1);
+
+    // Another plugin's record copied under its name: refused, not routed
+    // by (a version of `text` is not one of `json`).
+    drop(host);
+    let text_record = records[0].with_file_name("text.json");
+    std::fs::copy(&text_record, &records[0]).unwrap();
+    let host = Host::new(config(data.path())).unwrap();
+    let err = host
+        .call(CallRequest::new(
+            "json/format",
+            json!({"document": {"a": 1}}).to_string(),
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), "store_unavailable", "{err}");
+    assert!(chain(&err).contains("`text`"), "{}", chain(&err));
+    version_for(&host, "alice").await;
 }

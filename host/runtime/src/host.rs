@@ -911,12 +911,20 @@ impl Host {
     /// (once loaded, see [`prepare_rollouts`](Self::prepare_rollouts)),
     /// else the plugin loaded from the plugins directory.
     pub fn tools(&self) -> Vec<Arc<Tool>> {
-        // Rollouts that cannot be read now: what they served when last
-        // read (as `prepare_rollouts` leaves them).
-        let rollouts = match self.served.rollouts() {
-            Ok(rollouts) => rollouts
+        // A plugin whose rollout cannot be read serves nothing (its calls
+        // are refused); rollouts that cannot be read at all (the store is
+        // down): what they served when last read.
+        let rollouts: Vec<(String, String)> = match self.served.routes() {
+            Ok(routes) => routes
+                .rollouts
                 .iter()
                 .map(|(name, rollout)| (name.clone(), rollout.serving.clone()))
+                .chain(
+                    routes
+                        .unreadable
+                        .keys()
+                        .map(|name| (name.clone(), String::new())),
+                )
                 .collect(),
             Err(_) => self.served.last_serving(),
         };

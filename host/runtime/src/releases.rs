@@ -164,6 +164,19 @@ const STATUS_RECORDS: usize = 200_000;
 /// Rollouts by plugin, as read at once.
 type RolloutTable = Arc<BTreeMap<String, Rollout>>;
 
+/// The rollouts as routing reads them ([`Served::routes`]).
+#[derive(Debug, Default)]
+pub(crate) struct Routes {
+    /// Every rollout that reads, by plugin.
+    pub(crate) rollouts: RolloutTable,
+    /// Plugins whose rollout record cannot be read, with why: their calls
+    /// are refused (where they should go is not known).
+    pub(crate) unreadable: BTreeMap<String, String>,
+    /// Not every record could be read: `rollouts` holds those of the
+    /// plugins the host knew of (installed, or in its plugins directory).
+    pub(crate) partial: bool,
+}
+
 /// What [`Served::prepare`] saw last: the serving version of each plugin,
 /// and the versions that failed to load (warned about once).
 #[derive(Debug, Default)]
@@ -194,7 +207,7 @@ pub(crate) struct Served {
     /// Installed versions loaded here, by plugin and version.
     loaded: RwLock<BTreeMap<(String, String), Arc<Plugin>>>,
     /// The rollouts as last read, and when.
-    rollouts: Mutex<Option<(Instant, RolloutTable)>>,
+    rollouts: Mutex<Option<(Instant, Arc<Routes>)>>,
     /// One materialization and load at a time.
     loading: tokio::sync::Mutex<()>,
     /// Versions that did not load here, with when and why: calls routed
@@ -330,7 +343,9 @@ impl Served {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .as_ref()
-                .is_some_and(|(_, table)| table.contains_key(plugin))
+                .is_some_and(|(_, table)| {
+                    table.rollouts.contains_key(plugin) || table.unreadable.contains_key(plugin)
+                })
     }
 
     /// Every installed version loaded here, of every plugin.
@@ -347,51 +362,140 @@ impl Served {
         &self.releases
     }
 
-    /// The rollouts, read again when older than [`ROLLOUT_REFRESH`].
+    /// Every rollout, read again when older than [`ROLLOUT_REFRESH`].
+    ///
+    /// # Errors
+    /// The store's, or a corrupt record's (naming each plugin whose
+    /// record cannot be read).
     pub(crate) fn rollouts(&self) -> std::result::Result<RolloutTable, StoreError> {
+        let routes = self.routes()?;
+        if routes.unreadable.is_empty() {
+            return Ok(Arc::clone(&routes.rollouts));
+        }
+        let which: Vec<String> = routes
+            .unreadable
+            .iter()
+            .map(|(plugin, why)| format!("{plugin}: {why}"))
+            .collect();
+        Err(corrupt_rollout(format!(
+            "rollout records that cannot be read: {}",
+            which.join("; ")
+        )))
+    }
+
+    /// The rollouts as routing uses them, read again when older than
+    /// [`ROLLOUT_REFRESH`]: when some record cannot be read (edited on
+    /// disk, a corrupt row), the others still route their plugins' calls
+    /// and that plugin's are refused — one record does not stop every
+    /// call of the host.
+    ///
+    /// # Errors
+    /// The store's, when it can list neither the rollouts nor the
+    /// installed versions (it is down, say).
+    pub(crate) fn routes(&self) -> std::result::Result<Arc<Routes>, StoreError> {
         let mut cached = self.rollouts.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((at, rollouts)) = &*cached
+        if let Some((at, routes)) = &*cached
             && at.elapsed() < ROLLOUT_REFRESH
         {
-            return Ok(rollouts.clone());
+            return Ok(Arc::clone(routes));
         }
-        let rollouts: BTreeMap<String, Rollout> = self
-            .releases
-            .rollouts()
-            .map_err(|e| StoreError::new(Store::Plugins, e))?
-            .into_iter()
-            .map(|r| (r.value.plugin.clone(), r.value))
-            .collect();
-        let rollouts = Arc::new(rollouts);
-        *cached = Some((Instant::now(), rollouts.clone()));
-        Ok(rollouts)
+        let routes = match self.releases.rollouts() {
+            Ok(all) => Routes {
+                rollouts: Arc::new(
+                    all.into_iter()
+                        .map(|r| (r.value.plugin.clone(), r.value))
+                        .collect(),
+                ),
+                ..Routes::default()
+            },
+            Err(all) => self.routes_one_by_one(all)?,
+        };
+        let unreadable_before: Vec<&String> = cached
+            .as_ref()
+            .map(|(_, r)| r.unreadable.keys().collect())
+            .unwrap_or_default();
+        if unreadable_before != routes.unreadable.keys().collect::<Vec<_>>() {
+            for (plugin, why) in &routes.unreadable {
+                tracing::warn!(plugin, error = %why, "its rollout record cannot be read: its calls are refused");
+            }
+        }
+        let routes = Arc::new(routes);
+        *cached = Some((Instant::now(), Arc::clone(&routes)));
+        Ok(routes)
+    }
+
+    /// The rollouts read record by record, for every plugin the host knows
+    /// of (installed versions, the plugins directory), after listing them
+    /// all failed with `all`.
+    fn routes_one_by_one(
+        &self,
+        all: airlock_store::StoreError,
+    ) -> std::result::Result<Routes, StoreError> {
+        let Ok(installed) = self.releases.versions(None) else {
+            return Err(StoreError::new(Store::Plugins, all));
+        };
+        let mut names: std::collections::BTreeSet<String> =
+            installed.into_iter().map(|v| v.plugin).collect();
+        names.extend(self.directory.read().keys().cloned());
+        let mut routes = Routes {
+            partial: true,
+            ..Routes::default()
+        };
+        let mut rollouts = BTreeMap::new();
+        for name in names {
+            match self.releases.rollout(&name) {
+                Ok(Some(r)) if r.value.plugin == name => {
+                    rollouts.insert(name, r.value);
+                }
+                Ok(Some(r)) => {
+                    let why = format!("the record names plugin `{}`", r.value.plugin);
+                    routes.unreadable.insert(name, why);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    routes.unreadable.insert(name, crate::error::chain(&e));
+                }
+            }
+        }
+        routes.rollouts = Arc::new(rollouts);
+        Ok(routes)
     }
 
     /// The version a call of `plugin` by `principal` (in `session`) is
     /// routed to: `None` when no rollout names the plugin. From
-    /// [`rollouts`](Self::rollouts) — or, when some rollout cannot be read
-    /// (a record corrupt on disk or in the database), from `plugin`'s own
-    /// record alone: an unreadable record refuses the calls of its own
-    /// plugin (where they should go is not known), not every call of the
-    /// host.
+    /// [`routes`](Self::routes): a plugin whose rollout record cannot be
+    /// read has its calls refused, the others are routed.
     pub(crate) fn version_for(
         &self,
         plugin: &str,
         principal: &str,
         session: Option<&str>,
     ) -> std::result::Result<Option<String>, StoreError> {
-        let all = match self.rollouts() {
-            Ok(rollouts) => {
-                return Ok(Self::route(&rollouts, plugin, principal, session).map(str::to_owned));
-            }
-            Err(e) => e,
-        };
+        let routes = self.routes()?;
+        if let Some(why) = routes.unreadable.get(plugin) {
+            return Err(corrupt_rollout(format!(
+                "the rollout of `{plugin}` cannot be read: {why}"
+            )));
+        }
+        if let Some(version) = Self::route(&routes.rollouts, plugin, principal, session) {
+            return Ok(Some(version.to_owned()));
+        }
+        // Read record by record, only the plugins the host knew of then
+        // were read: one it did not know of is read now (a name no plugin
+        // can have names no rollout either).
+        if !routes.partial || check_name(plugin).is_err() {
+            return Ok(None);
+        }
         match self.releases.rollout(plugin) {
-            Ok(rollout) => Ok(rollout.map(|r| r.value.version_for(principal, session).to_owned())),
-            Err(own) => {
-                tracing::debug!(plugin, error = %crate::error::chain(&all), "the rollouts cannot all be read; this plugin's neither");
-                Err(StoreError::new(Store::Plugins, own))
+            Ok(Some(r)) if r.value.plugin == plugin => {
+                Ok(Some(r.value.version_for(principal, session).to_owned()))
             }
+            Ok(Some(r)) => Err(corrupt_rollout(format!(
+                "the rollout of `{plugin}` cannot be read: the record names plugin `{}`",
+                r.value.plugin
+            ))),
+            Ok(None) => Ok(None),
+            Err(e) => Err(StoreError::new(Store::Plugins, e)),
         }
     }
 
@@ -432,8 +536,8 @@ impl Served {
         cache: Option<&CompiledCache>,
         policy: &Policy,
     ) -> std::result::Result<bool, StoreError> {
-        let rollouts = self.rollouts()?;
-        for rollout in rollouts.values() {
+        let routes = self.routes()?;
+        for rollout in routes.rollouts.values() {
             for version in rollout.versions() {
                 if self.loaded(&rollout.plugin, version).is_some() {
                     continue;
@@ -450,9 +554,18 @@ impl Served {
                 }
             }
         }
-        let serving: BTreeMap<String, String> = rollouts
+        // A plugin whose record cannot be read serves nothing (its calls
+        // are refused).
+        let serving: BTreeMap<String, String> = routes
+            .rollouts
             .iter()
             .map(|(plugin, r)| (plugin.clone(), r.serving.clone()))
+            .chain(
+                routes
+                    .unreadable
+                    .keys()
+                    .map(|plugin| (plugin.clone(), String::new())),
+            )
             .collect();
         let mut prepared = self.prepared.lock().unwrap_or_else(PoisonError::into_inner);
         let changed = prepared.serving != serving;
@@ -1502,4 +1615,12 @@ fn is_path_component(part: &str) -> bool {
         && part
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '+'))
+}
+
+/// A rollout record that cannot be read, as the plugin store's failure.
+fn corrupt_rollout(message: String) -> StoreError {
+    StoreError::new(
+        Store::Plugins,
+        airlock_store::StoreError::new(airlock_store::ErrorKind::Corrupt, message),
+    )
 }

@@ -137,6 +137,19 @@ impl FilePlugins {
             return Ok(None);
         };
         let stored: StoredRollout = Self::decode(path, &bytes)?;
+        // Named by its plugin: a record copied under another plugin's name
+        // would route that plugin's calls by it.
+        let named = path.file_stem().and_then(|stem| stem.to_str());
+        if named != Some(stored.rollout.plugin.as_str()) {
+            return Err(StoreError::new(
+                ErrorKind::Corrupt,
+                format!(
+                    "{} holds the rollout of plugin `{}`",
+                    path.display(),
+                    stored.rollout.plugin
+                ),
+            ));
+        }
         Ok(Some(Versioned {
             value: stored.rollout,
             version: Version(stored.version),
