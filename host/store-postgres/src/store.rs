@@ -193,6 +193,19 @@ fn versioned<T: serde::de::DeserializeOwned>(row: &Row, what: &str) -> Result<Ve
     })
 }
 
+/// A rollout row (version, body) of `plugin`'s: a body naming another
+/// plugin (a row edited by hand) would route `plugin`'s calls by it.
+fn rollout_of(row: &Row, plugin: &str) -> Result<Versioned<Rollout>> {
+    let rollout: Versioned<Rollout> = versioned(row, "rollout")?;
+    if rollout.value.plugin != plugin {
+        return Err(StoreError::corrupt(format!(
+            "the rollout row of `{plugin}` holds the rollout of `{}`",
+            rollout.value.plugin
+        )));
+    }
+    Ok(rollout)
+}
+
 /// The columns an idempotency entry's head is listed by (schema version 3).
 fn head_columns(entry: &IdempotencyEntry) -> Result<(i64, bool, Option<String>)> {
     let head = KeyHead::of(entry);
@@ -1715,7 +1728,7 @@ impl PluginStore for PostgresStore {
                         &[&plugin],
                     )
                     .await?;
-                row.map(|r| versioned(&r, "rollout")).transpose()
+                row.map(|r| rollout_of(&r, &plugin)).transpose()
             }
         })
     }
@@ -1765,11 +1778,13 @@ impl PluginStore for PostgresStore {
             let rows = s
                 .query(
                     "listing rollouts",
-                    "SELECT version, body FROM airlock_rollouts",
+                    "SELECT version, body, plugin FROM airlock_rollouts",
                     &[],
                 )
                 .await?;
-            rows.iter().map(|r| versioned(r, "rollout")).collect()
+            rows.iter()
+                .map(|r| rollout_of(r, get::<&str>(r, 2)?))
+                .collect()
         })
     }
 }

@@ -1045,3 +1045,44 @@ fn racing_claims_on_a_serializable_database_each_get_an_answer() {
         assert_eq!(claimed, 1, "{one:?} {two:?}");
     }
 }
+
+/// A rollout row whose body names another plugin (edited by hand, or
+/// restored into the wrong row) is corrupt, named: it would route the
+/// row's plugin by another plugin's versions. The other rows still read
+/// one by one, which is how a host routes around it.
+#[test]
+fn a_rollout_row_holding_another_plugins_rollout_is_corrupt() {
+    use airlock_store::{Releases, Rollout, RolloutAction, RolloutChange};
+    let url = common::fresh_database();
+    let stores = open(&common::config(&url)).expect("open");
+    let releases = Releases::new(stores.plugins.clone());
+    for plugin in ["json", "text"] {
+        let rollout = Rollout {
+            plugin: plugin.into(),
+            serving: "1.0.0".into(),
+            canary: None,
+            previous: None,
+            change: RolloutChange {
+                id: format!("change-{plugin}"),
+                action: RolloutAction::Activate,
+                by: "ops".into(),
+                reason: None,
+                at_ms: 1,
+                approval_id: None,
+            },
+        };
+        releases.change(None, rollout).unwrap();
+    }
+    common::admin(
+        &url,
+        "UPDATE airlock_rollouts SET body = (SELECT body FROM airlock_rollouts WHERE plugin = 'text') \
+         WHERE plugin = 'json'",
+    );
+    let all = releases.rollouts().unwrap_err();
+    assert_eq!(all.kind(), ErrorKind::Corrupt, "{all}");
+    assert!(all.to_string().contains("`json`"), "{all}");
+    let json = releases.rollout("json").unwrap_err();
+    assert_eq!(json.kind(), ErrorKind::Corrupt, "{json}");
+    let text = releases.rollout("text").unwrap().unwrap();
+    assert_eq!(text.value.plugin, "text");
+}
