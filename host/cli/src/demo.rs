@@ -200,6 +200,7 @@ pub(crate) async fn run(settings: &Settings) -> Result<u8, Failure> {
     alerted?;
     readiness(&mut demo).await?;
     release(&mut demo, settings, &approver_token).await?;
+    hot_reload(&mut demo, settings).await?;
     python_plugin(&mut demo, settings).await?;
     print_audit(&host, first_seq)?;
     outln!();
@@ -1063,6 +1064,71 @@ async fn release(
         }
     }
     let _ = host.audit().close();
+    Ok(())
+}
+
+/// `airlock serve` following its plugins directory (on a copy of `text`,
+/// served by a host of its own): a manifest edited while the plugin
+/// serves is loaded beside it and swapped in, on the audit log's record
+/// with what it widens.
+async fn hot_reload(demo: &mut Demo<'_>, settings: &Settings) -> anyhow::Result<()> {
+    let scratch = tempfile::tempdir()?;
+    let plugins = scratch.path().join("plugins");
+    let text = plugins.join("text");
+    std::fs::create_dir_all(&text)?;
+    for entry in std::fs::read_dir(settings.plugins_dir.join("text"))? {
+        let entry = entry?;
+        if entry.file_type()?.is_file() {
+            std::fs::copy(entry.path(), text.join(entry.file_name()))?;
+        }
+    }
+    let host = Arc::new(Host::new(
+        HostConfig::default().cache_dir(&settings.cache_dir),
+    )?);
+    let server = McpServer::new(Arc::clone(&host), ServeOptions::default());
+    server.reload(&plugins).await?;
+    demo.title("`airlock serve` follows its plugins directory: text gets a longer timeout while it serves, on the record");
+    let manifest = text.join(MANIFEST_FILE);
+    let before = std::fs::read_to_string(&manifest)?;
+    let after = before.replacen("timeout_ms = 2_000", "timeout_ms = 5_000", 1);
+    if after == before {
+        demo.mismatches += 1;
+        outln!("   ✗ the text manifest has no `timeout_ms = 2_000` to change");
+        return Ok(());
+    }
+    outln!("   $ sed -i 's/timeout_ms = 2_000/timeout_ms = 5_000/' plugins/text/plugin.toml");
+    std::fs::write(&manifest, &after)?;
+    let report = server.reload(&plugins).await?;
+    let records = host.audit().query(
+        &airlock_host::audit_log::Filter {
+            event: Some(Event::PluginChanged),
+            ..Default::default()
+        },
+        10,
+    )?;
+    match (report.reloaded.as_slice(), records.as_slice()) {
+        ([reloaded], [record]) if reloaded == "text" => {
+            let entry = &record.entry;
+            let reason = entry.reason.as_deref().unwrap_or_default();
+            outln!(
+                "   reloaded within serve.reload_interval_ms; the old version served until the new one was ready"
+            );
+            outln!(
+                "   audit #{}: plugin_changed {} {} {} — {}",
+                record.seq,
+                entry.decision.as_deref().unwrap_or_default(),
+                entry.plugin.as_deref().unwrap_or_default(),
+                entry.plugin_version.as_deref().unwrap_or_default(),
+                reason
+                    .rsplit_once("; ")
+                    .map_or(reason, |(_, widens)| widens)
+            );
+        }
+        _ => {
+            demo.mismatches += 1;
+            outln!("   ✗ expected one recorded reload of text: {report:?}, {records:?}");
+        }
+    }
     Ok(())
 }
 

@@ -465,7 +465,7 @@ fn demo_runs_the_real_pipeline() {
     let again = env.run(&["demo"]);
     let text = String::from_utf8_lossy(&again.stdout);
     assert!(again.status.success(), "{text}\n{}", stderr(&again));
-    assert!(text.contains("All 32 steps behaved as expected."), "{text}");
+    assert!(text.contains("All 33 steps behaved as expected."), "{text}");
 }
 
 #[test]
