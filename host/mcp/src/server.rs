@@ -143,6 +143,10 @@ struct ReloadState {
     dirs: BTreeMap<PathBuf, Seen>,
     /// The directory was looked at once: later changes are recorded.
     scanned: bool,
+    /// Directories tried again at every look after a failure that may
+    /// pass, with the error last logged (logged again only when it
+    /// changes).
+    retrying: BTreeMap<PathBuf, String>,
 }
 
 #[derive(Debug)]
@@ -265,6 +269,7 @@ impl McpServer {
         let host = &self.shared.host;
         let mut report = ReloadReport::default();
         let present = plugin_dirs(dir)?;
+        state.retrying.retain(|path, _| present.contains_key(path));
         // After the first look, every change is on the audit log's record.
         let serving = state.scanned;
         state.scanned = true;
@@ -369,14 +374,23 @@ impl McpServer {
         let plugin = match loaded {
             Ok(plugin) => Some(plugin.name().to_owned()),
             Err(error) => {
-                tracing::warn!(dir = %path.display(), error = %error, "plugin not loaded");
+                let message = error.to_string();
+                let passing = matches!(error.kind(), "audit_unavailable" | "host_busy" | "io");
+                if state.retrying.get(&path) == Some(&message) {
+                    tracing::debug!(dir = %path.display(), error = %message, "plugin still not loaded");
+                } else {
+                    tracing::warn!(dir = %path.display(), error = %message, "plugin not loaded");
+                }
                 report.failed.push((path.clone(), error.to_string()));
-                if matches!(error.kind(), "audit_unavailable" | "host_busy" | "io") {
+                if passing {
+                    state.retrying.insert(path, message);
                     return;
                 }
+                state.retrying.remove(&path);
                 None
             }
         };
+        state.retrying.remove(&path);
         let Some(fingerprint) = present.get(&path).cloned() else {
             return;
         };
