@@ -156,6 +156,13 @@ struct Seen {
     plugin: Option<String>,
 }
 
+/// A load refused because another directory's plugin has its name.
+fn is_duplicate(
+    loaded: &std::result::Result<Arc<airlock_host::Plugin>, airlock_host::LoadError>,
+) -> bool {
+    matches!(loaded, Err(airlock_host::LoadError::DuplicatePlugin { .. }))
+}
+
 /// Names, sizes, modification times and inodes of the files in a plugin
 /// directory (its manifest and component, and anything beside them): a
 /// stat of each, compared before anything is read or reloaded. The inode
@@ -282,6 +289,10 @@ impl McpServer {
             .map(|(path, _)| path.clone())
             .collect();
         let mut changed = Vec::new();
+        // Directories whose plugin's name another holds now: tried again
+        // once every other change is made (two directories may have
+        // swapped names).
+        let mut deferred = Vec::new();
         for path in stale {
             let Some(seen) = state.dirs.remove(&path) else {
                 continue;
@@ -325,15 +336,35 @@ impl McpServer {
                 }
                 Err(_) => {}
             }
+            if is_duplicate(&result) {
+                deferred.push(path);
+                continue;
+            }
             self.note_load(&mut state, &mut report, path, &present, result);
         }
         // New (or not loaded before): load.
         let new: Vec<PathBuf> = present
             .keys()
-            .filter(|path| !state.dirs.contains_key(*path))
+            .filter(|path| !state.dirs.contains_key(*path) && !deferred.contains(*path))
             .cloned()
             .collect();
         for path in new {
+            let loaded = if serving {
+                host.reload_plugin(None, &path).await
+            } else {
+                host.load_plugin(&path).await
+            };
+            if let Ok(plugin) = &loaded {
+                tracing::info!(plugin = %plugin.name(), dir = %path.display(), "plugin loaded");
+                report.loaded.push(plugin.name().to_owned());
+            }
+            if is_duplicate(&loaded) {
+                deferred.push(path);
+                continue;
+            }
+            self.note_load(&mut state, &mut report, path, &present, loaded);
+        }
+        for path in deferred {
             let loaded = if serving {
                 host.reload_plugin(None, &path).await
             } else {
@@ -360,7 +391,7 @@ impl McpServer {
 
     /// Remember what loaded from `path` (its fingerprint, the plugin's
     /// name), or report why it did not. A failure that may pass by itself
-    /// (the audit log unavailable, the pool busy, a file unreadable) is
+    /// (the audit log unavailable, a file unreadable) is
     /// not remembered: the next look tries the directory again rather
     /// than waiting for its files to change.
     fn note_load(
@@ -375,7 +406,7 @@ impl McpServer {
             Ok(plugin) => Some(plugin.name().to_owned()),
             Err(error) => {
                 let message = error.to_string();
-                let passing = matches!(error.kind(), "audit_unavailable" | "host_busy" | "io");
+                let passing = matches!(error.kind(), "audit_unavailable" | "io");
                 if state.retrying.get(&path) == Some(&message) {
                     tracing::debug!(dir = %path.display(), error = %message, "plugin still not loaded");
                 } else {
@@ -2105,6 +2136,20 @@ mod reload_tests {
         );
         assert!(host.plugin("text").is_none() && host.plugin("prose").is_some());
         assert_eq!(records.len(), 12);
+
+        // Two directories swapping their plugins' names in one look: both
+        // serve afterwards.
+        let other = plugins.join("other");
+        copy_dir(&text, &other);
+        std::fs::write(other.join(MANIFEST_FILE), &widest).unwrap();
+        let report = server.reload(&plugins).await.unwrap();
+        assert!(report.failed.is_empty(), "{report:?}");
+        std::fs::write(&manifest, &widest).unwrap();
+        std::fs::write(other.join(MANIFEST_FILE), format!("{renamed}\n")).unwrap();
+        let report = server.reload(&plugins).await.unwrap();
+        assert!(report.failed.is_empty(), "{report:?}");
+        assert_eq!(host.plugin("text").unwrap().dir(), text.as_path());
+        assert_eq!(host.plugin("prose").unwrap().dir(), other.as_path());
     }
 
     /// The host's `plugin_changed` records, oldest first.

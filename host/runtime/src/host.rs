@@ -239,17 +239,18 @@ pub struct Host {
     /// Cancelled when the audit log begins to close: calls holding their
     /// intent write it then (see `CallRecord::started`).
     audit_closing: tokio_util::sync::CancellationToken,
-    /// The version of each plugin name that served last from a plugins
-    /// directory (kept after it is unloaded, for at most
-    /// [`REMEMBERED_PLUGINS`] names): what a later version of that name is
-    /// compared with when [`Host::reload_plugin`] records it.
+    /// The last version of each plugins-directory plugin unloaded while no
+    /// other of its name is loaded (for at most [`REMEMBERED_PLUGINS`]
+    /// names): what a later version of that name is compared with when
+    /// [`Host::reload_plugin`] records it.
     last_served: std::sync::Mutex<BTreeMap<String, Arc<Plugin>>>,
     _ticker: EpochTicker,
 }
 
-/// Plugin names whose last served version a host remembers
-/// ([`Host::reload_plugin`] compares a new version with it); past it, the
-/// alphabetically first is forgotten (its code is freed).
+/// Unloaded plugin names whose last version a host remembers
+/// ([`Host::reload_plugin`] compares a new version with it; each holds the
+/// version's compiled code); past it, the alphabetically first is
+/// forgotten.
 pub(crate) const REMEMBERED_PLUGINS: usize = 64;
 
 /// Loaded plugins by name. Locked only to look up, insert or remove an
@@ -574,7 +575,7 @@ impl Host {
         self.check_admission(plugins, &plugin, dir, None)?;
         let plugin = Arc::new(plugin);
         plugins.insert(plugin.name().to_owned(), Arc::clone(&plugin));
-        self.remember(&plugin);
+        self.last_served().remove(plugin.name());
         Ok(plugin)
     }
 
@@ -613,16 +614,26 @@ impl Host {
         )
     }
 
-    /// Keep `plugin` as the last version of its name that served.
-    fn remember(&self, plugin: &Arc<Plugin>) {
-        let mut last = self
-            .last_served
+    fn last_served(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Arc<Plugin>>> {
+        self.last_served
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if !last.contains_key(plugin.name()) && last.len() >= REMEMBERED_PLUGINS {
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Take the plugin `name` out of `plugins`, remembering it as the last
+    /// version of its name that served.
+    fn take_out(
+        &self,
+        plugins: &mut BTreeMap<String, Arc<Plugin>>,
+        name: &str,
+    ) -> Option<Arc<Plugin>> {
+        let plugin = plugins.remove(name)?;
+        let mut last = self.last_served();
+        if !last.contains_key(name) && last.len() >= REMEMBERED_PLUGINS {
             last.pop_first();
         }
-        last.insert(plugin.name().to_owned(), Arc::clone(plugin));
+        last.insert(name.to_owned(), Arc::clone(&plugin));
+        Some(plugin)
     }
 
     /// Bring a plugins directory's plugin in line with its files while
@@ -672,29 +683,45 @@ impl Host {
                 break;
             }
         }
-        let mut plugins = self.plugins.write();
-        if let Some(name) = replaces {
-            plugins.remove(name);
-        }
-        match (checked, recorded) {
-            (Ok(new), Ok(())) => {
-                let admitted = self.admit(&mut plugins, new, dir);
-                drop(plugins);
-                if let Err(error) = &admitted {
-                    // Something took its place since the check (only a
-                    // caller loading plugins beside the reload could).
-                    tracing::error!(dir = %dir.display(), error = %error, "a recorded plugin change was not made");
-                }
-                admitted
+        let (error, name, version) = {
+            let mut plugins = self.plugins.write();
+            if let Some(name) = replaces {
+                self.take_out(&mut plugins, name);
             }
-            (Ok(_), Err(e)) => Err(LoadError::AuditUnavailable(e)),
-            (Err(error), recorded) => {
-                if let Err(e) = recorded {
-                    tracing::error!(dir = %dir.display(), error = %e, "the audit log cannot record that a changed plugin was unloaded");
+            match (checked, recorded) {
+                (Ok(new), Ok(())) => {
+                    let (name, version) = (new.name().to_owned(), new.version().to_owned());
+                    match self.admit(&mut plugins, new, dir) {
+                        Ok(plugin) => return Ok(plugin),
+                        Err(error) => (error, name, version),
+                    }
                 }
-                Err(error)
+                (Ok(_), Err(e)) => return Err(LoadError::AuditUnavailable(e)),
+                (Err(error), recorded) => {
+                    if let Err(e) = recorded {
+                        tracing::error!(dir = %dir.display(), error = %e, "the audit log cannot record that a changed plugin was unloaded");
+                    }
+                    return Err(error);
+                }
             }
+        };
+        // Something took its place since the check (only a caller loading
+        // plugins beside the reload could): the record says it was loaded,
+        // another says not.
+        let mut entry = airlock_audit::Entry::new(Event::PluginChanged);
+        entry.plugin = Some(name);
+        entry.plugin_version = Some(version);
+        entry.decision = Some("unloaded".to_owned());
+        entry.reason = Some(format!(
+            "the change recorded before this one was not made: {}",
+            crate::error::chain(&error)
+        ));
+        if let Err(e) =
+            crate::audit::append(&self.audit, &entry, airlock_audit::Durability::Flushed).await
+        {
+            tracing::error!(dir = %dir.display(), error = %e, "a recorded plugin change was not made, and that cannot be recorded");
         }
+        Err(error)
     }
 
     /// The records of a change [`reload_plugin`](Self::reload_plugin)
@@ -752,12 +779,7 @@ impl Host {
                         ),
                     ));
                 }
-                let earlier = self
-                    .last_served
-                    .lock()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .get(new.name())
-                    .cloned();
+                let earlier = self.last_served().get(new.name()).cloned();
                 entries.push(entry(
                     new,
                     "loaded",
@@ -766,9 +788,9 @@ impl Host {
                             "added in {dir}; the version of its name that served last: {}",
                             compared(&earlier, new)
                         ),
-                        None => {
-                            format!("added in {dir}; no version of its name served here before")
-                        }
+                        None => format!(
+                            "added in {dir}; no earlier version of its name is remembered here"
+                        ),
                     },
                 ));
             }
@@ -817,7 +839,7 @@ impl Host {
     /// [`CallError::UnknownPlugin`]; calls already running finish normally.
     /// Returns the plugin, or `None` when none of that name is loaded.
     pub fn unload_plugin(&self, name: &str) -> Option<Arc<Plugin>> {
-        self.plugins.write().remove(name)
+        self.take_out(&mut self.plugins.write(), name)
     }
 
     /// Load every plugin in `dir`: each subdirectory holding a `plugin.toml`.

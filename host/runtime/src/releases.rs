@@ -172,9 +172,10 @@ pub(crate) struct Routes {
     /// Plugins whose rollout record cannot be read, with why: their calls
     /// are refused (where they should go is not known).
     pub(crate) unreadable: BTreeMap<String, String>,
-    /// Not every record could be read: `rollouts` holds those of the
-    /// plugins the host knew of (installed, or in its plugins directory).
-    pub(crate) partial: bool,
+    /// Why the rollouts could not be listed at once, when they were read
+    /// record by record: `rollouts` holds those of the plugins the host
+    /// knew of (installed, or in its plugins directory).
+    pub(crate) partial: Option<String>,
 }
 
 /// What [`Served::prepare`] saw last: the serving version of each plugin,
@@ -369,14 +370,17 @@ impl Served {
     /// record cannot be read).
     pub(crate) fn rollouts(&self) -> std::result::Result<RolloutTable, StoreError> {
         let routes = self.routes()?;
-        if routes.unreadable.is_empty() {
+        let Some(listing) = &routes.partial else {
             return Ok(Arc::clone(&routes.rollouts));
-        }
-        let which: Vec<String> = routes
+        };
+        let mut which: Vec<String> = routes
             .unreadable
             .iter()
             .map(|(plugin, why)| format!("{plugin}: {why}"))
             .collect();
+        if which.is_empty() {
+            which.push(listing.clone());
+        }
         Err(corrupt_rollout(format!(
             "rollout records that cannot be read: {}",
             which.join("; ")
@@ -414,10 +418,16 @@ impl Served {
             .as_ref()
             .map(|(_, r)| r.unreadable.keys().collect())
             .unwrap_or_default();
+        let partial_before = cached.as_ref().is_some_and(|(_, r)| r.partial.is_some());
         if unreadable_before != routes.unreadable.keys().collect::<Vec<_>>() {
             for (plugin, why) in &routes.unreadable {
                 tracing::warn!(plugin, error = %why, "its rollout record cannot be read: its calls are refused");
             }
+        }
+        if let Some(why) = &routes.partial
+            && !partial_before
+        {
+            tracing::warn!(error = %why, "the rollouts cannot be listed: read one by one, for the plugins installed or in the plugins directory");
         }
         let routes = Arc::new(routes);
         *cached = Some((Instant::now(), Arc::clone(&routes)));
@@ -438,7 +448,7 @@ impl Served {
             installed.into_iter().map(|v| v.plugin).collect();
         names.extend(self.directory.read().keys().cloned());
         let mut routes = Routes {
-            partial: true,
+            partial: Some(crate::error::chain(&all)),
             ..Routes::default()
         };
         let mut rollouts = BTreeMap::new();
@@ -477,26 +487,11 @@ impl Served {
                 "the rollout of `{plugin}` cannot be read: {why}"
             )));
         }
-        if let Some(version) = Self::route(&routes.rollouts, plugin, principal, session) {
-            return Ok(Some(version.to_owned()));
-        }
-        // Read record by record, only the plugins the host knew of then
-        // were read: one it did not know of is read now (a name no plugin
-        // can have names no rollout either).
-        if !routes.partial || check_name(plugin).is_err() {
-            return Ok(None);
-        }
-        match self.releases.rollout(plugin) {
-            Ok(Some(r)) if r.value.plugin == plugin => {
-                Ok(Some(r.value.version_for(principal, session).to_owned()))
-            }
-            Ok(Some(r)) => Err(corrupt_rollout(format!(
-                "the rollout of `{plugin}` cannot be read: the record names plugin `{}`",
-                r.value.plugin
-            ))),
-            Ok(None) => Ok(None),
-            Err(e) => Err(StoreError::new(Store::Plugins, e)),
-        }
+        // Read record by record, the rollouts are those of every plugin
+        // with an installed version or in the plugins directory when they
+        // were read (a rollout names an installed version): no other
+        // plugin has one, until the next read.
+        Ok(Self::route(&routes.rollouts, plugin, principal, session).map(str::to_owned))
     }
 
     /// What served each plugin with a rollout when
