@@ -61,6 +61,25 @@ fn text_version(version: &str, edit: impl Fn(String) -> String) -> tempfile::Tem
     example_version("text", version, edit)
 }
 
+/// The one file under `data` whose path ends with `tail` (a store
+/// record, to edit by hand).
+fn stored_record(data: &Path, tail: &str) -> std::path::PathBuf {
+    let mut found = Vec::new();
+    let mut dirs = vec![data.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.ends_with(tail) {
+                found.push(path);
+            }
+        }
+    }
+    assert_eq!(found.len(), 1, "{tail}: {found:?}");
+    found.remove(0)
+}
+
 async fn install(host: &Host, dir: &Path) {
     let package = Package::from_dir(dir).unwrap();
     host.install(&package, "ops").await.unwrap();
@@ -727,19 +746,7 @@ async fn a_version_record_that_names_a_path_is_refused_not_written_there() {
         let host = Host::new(config(data.path())).unwrap();
         install(&host, text_version("1.0.0", |m| m).path()).await;
     }
-    let mut records = Vec::new();
-    let mut dirs = vec![data.path().to_owned()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else if path.ends_with("versions/text/1.0.0.json") {
-                records.push(path);
-            }
-        }
-    }
-    assert_eq!(records.len(), 1, "{records:?}");
+    let records = [stored_record(data.path(), "versions/text/1.0.0.json")];
     let original = std::fs::read_to_string(&records[0]).unwrap();
     for (field, value) in [
         ("plugin", "../../../escaped"),
@@ -1108,19 +1115,7 @@ async fn an_unreadable_rollout_refuses_its_own_plugin_only() {
                 .unwrap();
         }
     }
-    let mut records = Vec::new();
-    let mut dirs = vec![data.path().to_owned()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else if path.ends_with("rollouts/json.json") {
-                records.push(path);
-            }
-        }
-    }
-    assert_eq!(records.len(), 1, "{records:?}");
+    let records = [stored_record(data.path(), "rollouts/json.json")];
     std::fs::write(&records[0], "{\"version\": 1, \"rollout\": ").unwrap();
 
     let host = Host::new(config(data.path())).unwrap();

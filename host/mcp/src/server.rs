@@ -349,15 +349,7 @@ impl McpServer {
             .cloned()
             .collect();
         for path in new {
-            let loaded = if serving {
-                host.reload_plugin(None, &path).await
-            } else {
-                host.load_plugin(&path).await
-            };
-            if let Ok(plugin) = &loaded {
-                tracing::info!(plugin = %plugin.name(), dir = %path.display(), "plugin loaded");
-                report.loaded.push(plugin.name().to_owned());
-            }
+            let loaded = self.load_new(&path, serving, &mut report).await;
             if is_duplicate(&loaded) {
                 deferred.push(path);
                 continue;
@@ -365,15 +357,7 @@ impl McpServer {
             self.note_load(&mut state, &mut report, path, &present, loaded);
         }
         for path in deferred {
-            let loaded = if serving {
-                host.reload_plugin(None, &path).await
-            } else {
-                host.load_plugin(&path).await
-            };
-            if let Ok(plugin) = &loaded {
-                tracing::info!(plugin = %plugin.name(), dir = %path.display(), "plugin loaded");
-                report.loaded.push(plugin.name().to_owned());
-            }
+            let loaded = self.load_new(&path, serving, &mut report).await;
             self.note_load(&mut state, &mut report, path, &present, loaded);
         }
         // Installed versions: what the rollouts serve now.
@@ -387,6 +371,27 @@ impl McpServer {
             report.tools_changed = self.refresh_catalog();
         }
         Ok(report)
+    }
+
+    /// Load the plugin directory `path`, not loaded before: on the audit
+    /// log's record while `serving` (after the first look).
+    async fn load_new(
+        &self,
+        path: &Path,
+        serving: bool,
+        report: &mut ReloadReport,
+    ) -> std::result::Result<Arc<airlock_host::Plugin>, airlock_host::LoadError> {
+        let host = &self.shared.host;
+        let loaded = if serving {
+            host.reload_plugin(None, path).await
+        } else {
+            host.load_plugin(path).await
+        };
+        if let Ok(plugin) = &loaded {
+            tracing::info!(plugin = %plugin.name(), dir = %path.display(), "plugin loaded");
+            report.loaded.push(plugin.name().to_owned());
+        }
+        loaded
     }
 
     /// Remember what loaded from `path` (its fingerprint, the plugin's
