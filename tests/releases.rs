@@ -1099,6 +1099,16 @@ async fn a_version_that_did_not_load_is_refused_at_once_for_a_while() {
     );
 }
 
+/// A `json/format` call that is refused: its error.
+async fn format_json(host: &Host) -> airlock_host::CallError {
+    host.call(CallRequest::new(
+        "json/format",
+        json!({"document": {"a": 1}}).to_string(),
+    ))
+    .await
+    .unwrap_err()
+}
+
 /// A rollout record that cannot be read (edited on disk, half-restored
 /// from a backup) stops the calls of its own plugin, which are refused
 /// (where they should go is not known), not every call of the host.
@@ -1128,13 +1138,7 @@ async fn an_unreadable_rollout_refuses_its_own_plugin_only() {
         .unwrap();
     assert_eq!(text.plugin_version, "1.0.0");
     assert_eq!(text.output["slug"], "still-served");
-    let err = host
-        .call(CallRequest::new(
-            "json/format",
-            json!({"document": {"a": 1}}).to_string(),
-        ))
-        .await
-        .unwrap_err();
+    let err = format_json(&host).await;
     assert_eq!(err.kind(), "store_unavailable", "{err}");
     assert!(chain(&err).contains("json.json"), "{}", chain(&err));
     // The listing says what cannot be read, rather than a partial list.
@@ -1156,13 +1160,7 @@ async fn an_unreadable_rollout_refuses_its_own_plugin_only() {
     drop(host);
     std::fs::remove_file(&records[0]).unwrap();
     let host = Host::new(config(data.path())).unwrap();
-    let err = host
-        .call(CallRequest::new(
-            "json/format",
-            json!({"document": {"a": 1}}).to_string(),
-        ))
-        .await
-        .unwrap_err();
+    let err = format_json(&host).await;
     assert_eq!(err.kind(), "unknown_plugin", "{err}");
     assert_eq!(host.rollouts().unwrap().len(), 1);
 
@@ -1172,13 +1170,7 @@ async fn an_unreadable_rollout_refuses_its_own_plugin_only() {
     let text_record = records[0].with_file_name("text.json");
     std::fs::copy(&text_record, &records[0]).unwrap();
     let host = Host::new(config(data.path())).unwrap();
-    let err = host
-        .call(CallRequest::new(
-            "json/format",
-            json!({"document": {"a": 1}}).to_string(),
-        ))
-        .await
-        .unwrap_err();
+    let err = format_json(&host).await;
     assert_eq!(err.kind(), "store_unavailable", "{err}");
     assert!(chain(&err).contains("`text`"), "{}", chain(&err));
     version_for(&host, "alice").await;
