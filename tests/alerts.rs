@@ -14,11 +14,10 @@ use std::time::{Duration, Instant};
 use airlock_host::audit_log::{Event, Record};
 use airlock_host::{
     AlertConfig, AlertMetric, AlertRule, CallError, CallRequest, CallResponse, Host, HostConfig,
-    Package, RolloutRequest, SIGNATURE_HEADER, TakeoverAction, Webhook, webhook_signature,
+    Package, RolloutRequest, TakeoverAction, Webhook,
 };
 use airlock_tests::{PLUGINS_DIR, PluginDir, install, read};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -62,19 +61,31 @@ fn records(host: &Host, event: Event) -> Vec<Record> {
         .collect()
 }
 
-/// What a test webhook receiver got: headers (lowercase names) and body.
+/// What a test webhook receiver got: headers and body.
 #[derive(Debug)]
 struct Received {
-    headers: Vec<(String, String)>,
+    headers: http::HeaderMap,
     body: Vec<u8>,
 }
 
 impl Received {
     fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Its headers, with `name` set to `value`.
+    fn headers_with(&self, name: &'static str, value: &str) -> http::HeaderMap {
+        let mut headers = self.headers.clone();
+        headers.insert(name, value.parse().unwrap());
+        headers
+    }
+
+    /// Verify it as a receiver would, with the Standard Webhooks reference
+    /// implementation, under the key `key`.
+    fn verify(&self, key: &[u8]) -> Result<(), standardwebhooks::WebhookError> {
+        standardwebhooks::Webhook::from_bytes(key.to_vec())
+            .unwrap()
+            .verify(&self.body, &self.headers)
     }
 }
 
@@ -88,74 +99,52 @@ enum Answer {
     FailFirst,
 }
 
-/// A minimal HTTP/1.1 receiver on loopback: every request it reads is sent
-/// on the channel; it answers as told.
+/// An HTTP/1.1 receiver on loopback (hyper's server): every request it
+/// reads is sent on the channel; it answers as told.
 async fn receiver(answer: Answer) -> (String, mpsc::UnboundedReceiver<Received>) {
+    use http_body_util::BodyExt as _;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/hook", listener.local_addr().unwrap());
     let (tx, rx) = mpsc::unbounded_channel();
     let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     tokio::spawn(async move {
         loop {
-            let Ok((mut stream, _)) = listener.accept().await else {
+            let Ok((stream, _)) = listener.accept().await else {
                 return;
             };
-            let tx = tx.clone();
-            let answered = Arc::clone(&answered);
+            let (tx, answered) = (tx.clone(), Arc::clone(&answered));
             tokio::spawn(async move {
-                let mut buffer = Vec::new();
-                let mut chunk = [0u8; 4096];
-                let head_end = loop {
-                    let Ok(n) = stream.read(&mut chunk).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    buffer.extend_from_slice(&chunk[..n]);
-                    if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-                        break at + 4;
-                    }
-                };
-                let head = String::from_utf8_lossy(&buffer[..head_end]).to_string();
-                let headers: Vec<(String, String)> = head
-                    .lines()
-                    .skip(1)
-                    .filter_map(|l| l.split_once(':'))
-                    .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-                    .collect();
-                let length: usize = headers
-                    .iter()
-                    .find(|(n, _)| n == "content-length")
-                    .and_then(|(_, v)| v.parse().ok())
-                    .unwrap_or(0);
-                while buffer.len() < head_end + length {
-                    let Ok(n) = stream.read(&mut chunk).await else {
-                        return;
-                    };
-                    if n == 0 {
-                        return;
-                    }
-                    buffer.extend_from_slice(&chunk[..n]);
-                }
-                let body = buffer[head_end..head_end + length].to_vec();
-                let _ = tx.send(Received { headers, body });
-                let first = answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
-                let answer = match answer {
-                    Answer::FailFirst if first => Answer::Status(500),
-                    Answer::FailFirst => Answer::Status(204),
-                    other => other,
-                };
-                match answer {
-                    Answer::FailFirst => unreachable!("answered above"),
-                    Answer::Status(status) => {
-                        let response = format!(
-                            "HTTP/1.1 {status} X\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
-                        );
-                        let _ = stream.write_all(response.as_bytes()).await;
-                    }
-                    Answer::Hang => tokio::time::sleep(Duration::from_secs(60)).await,
-                }
+                let service = hyper::service::service_fn(
+                    move |request: hyper::Request<hyper::body::Incoming>| {
+                        let (tx, answered) = (tx.clone(), Arc::clone(&answered));
+                        async move {
+                            let (parts, body) = request.into_parts();
+                            let body = body.collect().await?.to_bytes().to_vec();
+                            let _ = tx.send(Received {
+                                headers: parts.headers,
+                                body,
+                            });
+                            let first =
+                                answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+                            let status = match answer {
+                                Answer::FailFirst if first => 500,
+                                Answer::FailFirst => 204,
+                                Answer::Status(status) => status,
+                                Answer::Hang => {
+                                    tokio::time::sleep(Duration::from_secs(60)).await;
+                                    204
+                                }
+                            };
+                            let mut response =
+                                hyper::Response::new(http_body_util::Empty::<bytes::Bytes>::new());
+                            *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                            Ok::<_, hyper::Error>(response)
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
             });
         }
     });
@@ -223,16 +212,40 @@ async fn a_failing_tool_trips_its_rule_signs_the_webhook_and_is_paused_until_res
     assert_eq!(pauses.len(), 1);
     assert_eq!(pauses[0].target, "misbehave/say");
 
-    // The webhook got the alert, signed over the exact body.
+    // The webhook got the alert, signed as Standard Webhooks specifies:
+    // a receiver's library verifies it under the secret, and refuses it
+    // under another, with the body or its id changed, or replayed with
+    // another time (the signature covers the timestamp).
     let got = next(&mut hook).await;
-    assert_eq!(
-        got.header(SIGNATURE_HEADER),
-        Some(webhook_signature(SECRET.as_bytes(), &got.body).as_str())
-    );
-    assert_ne!(
-        got.header(SIGNATURE_HEADER),
-        Some(webhook_signature(b"another secret", &got.body).as_str())
-    );
+    got.verify(SECRET.as_bytes()).unwrap();
+    assert!(got.verify(b"another secret of length").is_err());
+    let tampered = Received {
+        headers: got.headers.clone(),
+        body: got.body.iter().copied().rev().collect(),
+    };
+    assert!(tampered.verify(SECRET.as_bytes()).is_err());
+    let key = standardwebhooks::Webhook::from_bytes(SECRET.as_bytes().to_vec()).unwrap();
+    let sent_at: i64 = got.header("webhook-timestamp").unwrap().parse().unwrap();
+    for (header, value) in [
+        ("webhook-id", "msg_another".to_owned()),
+        ("webhook-timestamp", (sent_at + 1).to_string()),
+    ] {
+        let error = key
+            .verify(&got.body, &got.headers_with(header, &value))
+            .unwrap_err();
+        assert!(
+            matches!(error, standardwebhooks::WebhookError::InvalidSignature),
+            "{header}: {error}"
+        );
+    }
+    // An old capture sent again is refused for its age, its signature
+    // valid or not.
+    let old = (sent_at - 600).to_string();
+    assert!(matches!(
+        key.verify(&got.body, &got.headers_with("webhook-timestamp", &old)),
+        Err(standardwebhooks::WebhookError::TimestampTooOldError)
+    ));
+    assert!(got.header("webhook-id").unwrap().starts_with("msg_"));
     let body: Value = serde_json::from_slice(&got.body).unwrap();
     assert_eq!(body["rule"], "say-errors");
     assert_eq!(body["state"], "firing");
@@ -318,12 +331,47 @@ async fn an_alerts_resolved_never_overtakes_its_firing_being_retried() {
             .to_owned()
     };
     // The first attempt is refused; the next waits 2 s.
-    assert_eq!(state(next(&mut hook).await), "firing");
+    let first = next(&mut hook).await;
+    first.verify(SECRET.as_bytes()).unwrap();
     tokio::time::sleep(Duration::from_millis(400)).await;
     let moved = host.check_alerts().await.unwrap();
     assert_eq!(moved[0].state, "resolved");
-    assert_eq!(state(next(&mut hook).await), "firing");
-    assert_eq!(state(next(&mut hook).await), "resolved");
+    let retried = next(&mut hook).await;
+    let resolved = next(&mut hook).await;
+    // A retry is the same delivery (its id), signed again at its own time;
+    // the resolution is another delivery.
+    retried.verify(SECRET.as_bytes()).unwrap();
+    assert_eq!(retried.header("webhook-id"), first.header("webhook-id"));
+    let time = |r: &Received| -> i64 { r.header("webhook-timestamp").unwrap().parse().unwrap() };
+    assert!(time(&retried) > time(&first), "{retried:?} {first:?}");
+    assert_ne!(resolved.header("webhook-id"), first.header("webhook-id"));
+    assert_eq!(state(first), "firing");
+    assert_eq!(state(retried), "firing");
+    assert_eq!(state(resolved), "resolved");
+}
+
+/// A webhook configured with a Standard Webhooks secret (`whsec_` and
+/// base64, as a receiver's library generates it) signs with the key it
+/// encodes: the receiver verifies with the same string.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standard_webhooks_secret_signs_with_the_key_it_encodes() {
+    const WHSEC: &str = "whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD";
+    let data = tempfile::tempdir().unwrap();
+    let (url, mut hook) = receiver(Answer::Status(204)).await;
+    let mut alerts = AlertConfig::default();
+    alerts.webhooks.push(Webhook::new("ops", &url, WHSEC));
+    alerts
+        .rules
+        .push(errors_rule(Duration::from_secs(60)).webhook("ops"));
+    let (host, _plugin) = host_with(alerts, data.path()).await;
+    for _ in 0..3 {
+        let _ = say(&host, true).await;
+    }
+    let got = next(&mut hook).await;
+    let receiver = standardwebhooks::Webhook::new(WHSEC).unwrap();
+    receiver.verify(&got.body, &got.headers).unwrap();
+    // Not the secret's text as a key.
+    assert!(got.verify(WHSEC.as_bytes()).is_err());
 }
 
 /// When the host stops, alerts still being tried get a grace period, then

@@ -10,8 +10,8 @@ use std::path::Path;
 use airlock_host::audit_log::{Event, Filter};
 use airlock_host::store::{ApprovalKind, ApprovalState, Rollout};
 use airlock_host::{
-    ApprovalPolicy, Approver, CallRequest, Error, Host, HostConfig, Package, Policy, ReleaseError,
-    RolloutRequest, Verdict,
+    ApprovalPolicy, Approver, CallRequest, Error, Host, HostConfig, Package, Policy,
+    ReadinessCheck, ReadinessConfig, ReleaseError, RolloutRequest, Verdict,
 };
 use airlock_tests::{PLUGINS_DIR, sha256_hex};
 use serde_json::json;
@@ -59,25 +59,6 @@ fn example_version(
 /// The `text` plugin as `version`, edited by `edit`.
 fn text_version(version: &str, edit: impl Fn(String) -> String) -> tempfile::TempDir {
     example_version("text", version, edit)
-}
-
-/// The one file under `data` whose path ends with `tail` (a store
-/// record, to edit by hand).
-fn stored_record(data: &Path, tail: &str) -> std::path::PathBuf {
-    let mut found = Vec::new();
-    let mut dirs = vec![data.to_owned()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else if path.ends_with(tail) {
-                found.push(path);
-            }
-        }
-    }
-    assert_eq!(found.len(), 1, "{tail}: {found:?}");
-    found.remove(0)
 }
 
 async fn install(host: &Host, dir: &Path) {
@@ -746,7 +727,10 @@ async fn a_version_record_that_names_a_path_is_refused_not_written_there() {
         let host = Host::new(config(data.path())).unwrap();
         install(&host, text_version("1.0.0", |m| m).path()).await;
     }
-    let records = [stored_record(data.path(), "versions/text/1.0.0.json")];
+    let records = [airlock_tests::find_file(
+        data.path(),
+        "versions/text/1.0.0.json",
+    )];
     let original = std::fs::read_to_string(&records[0]).unwrap();
     for (field, value) in [
         ("plugin", "../../../escaped"),
@@ -1089,6 +1073,21 @@ async fn a_version_that_did_not_load_is_refused_at_once_for_a_while() {
     let slugify = || CallRequest::new("text/slugify", json!({"text": "Hi there"}).to_string());
     let first = format!("{:?}", host.call(slugify()).await.unwrap_err());
     assert!(first.contains("differs"), "{first}");
+    // Readiness: not ready, saying which version does not load and why —
+    // not the whole report failing.
+    let lenient = ReadinessConfig::requiring(Vec::<ReadinessCheck>::new());
+    let report = host.readiness(None, &lenient).await.unwrap();
+    let text = report.iter().find(|r| r.plugin == "text").unwrap();
+    assert!(!text.ready, "{report:?}");
+    assert_eq!(text.version, "1.0.0");
+    assert_eq!(text.missing_required[0].check, ReadinessCheck::Routing);
+    assert!(
+        text.missing_required[0]
+            .reason
+            .contains("1.0.0 does not load")
+            && text.missing_required[0].reason.contains("differs"),
+        "{report:?}"
+    );
     // Put right, it is still refused until the failure is old enough: the
     // call did not try the load again.
     std::fs::write(&manifest, &original).unwrap();
@@ -1125,7 +1124,7 @@ async fn an_unreadable_rollout_refuses_its_own_plugin_only() {
                 .unwrap();
         }
     }
-    let records = [stored_record(data.path(), "rollouts/json.json")];
+    let records = [airlock_tests::find_file(data.path(), "rollouts/json.json")];
     std::fs::write(&records[0], "{\"version\": 1, \"rollout\": ").unwrap();
 
     let host = Host::new(config(data.path())).unwrap();
@@ -1141,14 +1140,55 @@ async fn an_unreadable_rollout_refuses_its_own_plugin_only() {
     let err = format_json(&host).await;
     assert_eq!(err.kind(), "store_unavailable", "{err}");
     assert!(chain(&err).contains("json.json"), "{}", chain(&err));
-    // The listing says what cannot be read, rather than a partial list.
+    // The listing says what cannot be read, rather than a partial list;
+    // the lenient listing has the others, and names it.
     let listing = chain(&host.rollouts().unwrap_err());
     assert!(listing.contains("json"), "{listing}");
+    let listing = host.rollout_listing().unwrap();
+    let listed: Vec<&str> = listing.rollouts.iter().map(|r| r.plugin.as_str()).collect();
+    assert_eq!(listed, ["text"]);
+    assert_eq!(listing.unreadable.len(), 1, "{listing:?}");
+    assert_eq!(listing.unreadable[0].plugin, "json");
+    assert!(
+        listing.unreadable[0].error.contains("json.json"),
+        "{listing:?}"
+    );
+    // The store's listing failed on it: read one by one, said so.
+    assert!(listing.partial.is_some(), "{listing:?}");
+    // A pause's target is still checked against what serves, but for the
+    // plugin whose record cannot be read (what serves it is not known).
+    let typo = host.check_pause_target("text/slugfy").await.unwrap_err();
+    assert!(typo.to_string().contains("no such tool"), "{typo}");
+    host.check_pause_target("json/anything").await.unwrap();
     // What serves is listed: the readable rollout's tools, not the others.
     host.prepare_rollouts().await.unwrap();
     let tools: Vec<String> = host.tools().iter().map(|t| t.id().to_owned()).collect();
     assert!(tools.contains(&"text/slugify".to_owned()), "{tools:?}");
     assert!(!tools.iter().any(|t| t.starts_with("json/")), "{tools:?}");
+    // Readiness: that plugin is not ready, saying why; the others are
+    // checked as ever (not the whole report failing for one record).
+    let lenient = ReadinessConfig::requiring(Vec::<ReadinessCheck>::new());
+    let reports = host.readiness(None, &lenient).await.unwrap();
+    let of = |plugin: &str| reports.iter().find(|r| r.plugin == plugin).unwrap();
+    assert!(!of("json").ready, "{reports:?}");
+    assert_eq!(
+        of("json").missing_required[0].check,
+        ReadinessCheck::Routing
+    );
+    assert!(
+        of("json").missing_required[0].reason.contains("json.json"),
+        "{reports:?}"
+    );
+    assert!(of("text").ready, "{reports:?}");
+    assert!(of("text").passed.contains(&ReadinessCheck::Routing));
+    let alone = host.readiness(Some("json"), &lenient).await.unwrap();
+    assert!(!alone[0].ready, "{alone:?}");
+    let serving = chain(&host.serving("json").await.unwrap_err());
+    assert!(serving.contains("json.json"), "{serving}");
+    assert_eq!(
+        host.serving("text").await.unwrap().unwrap().version(),
+        "1.0.0"
+    );
     // A name no plugin can have is no plugin, as without a rollout.
     let err = host
         .call(CallRequest::new("No Such/tool", "{}"))

@@ -40,7 +40,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use airlock_host::{CacheStatus, CallRequest, Host, HostConfig, TelemetryConfig};
+use airlock_host::{
+    AlertConfig, AlertMetric, AlertRule, CacheStatus, CallRequest, Host, HostConfig,
+    TelemetryConfig,
+};
 use airlock_tests::{MISBEHAVE, PLUGINS_DIR, read, sha256_hex};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{
@@ -780,13 +783,15 @@ async fn run(effort: Effort) {
     let cache = work.path().join("cache");
     let data = work.path().join("data");
 
-    // `-- --profile SECONDS [CALLERS] [--no-zero-stacks | --raw |
-    // --limited]`: only call `bench/echo` in a loop (CALLERS tasks, 1 by
-    // default), for a profiler (`perf record -g --
+    // `-- --profile SECONDS [CALLERS] [--no-zero-stacks | --alerts |
+    // --raw | --limited]`: only call `bench/echo` in a loop (CALLERS
+    // tasks, 1 by default), for a profiler (`perf record -g --
     // target/release/deps/pipeline-… --bench --profile 10 2`) or
     // `/usr/bin/time`; `--no-zero-stacks` on a host with `zero_stacks =
-    // false`, `--raw` the raw wasmtime baseline, `--limited` the same under
-    // the sandbox's limits.
+    // false`, `--alerts` on a host with the alert rules readiness asks
+    // for (every tool's error rate and p99 latency over 5 minutes),
+    // `--raw` the raw wasmtime baseline, `--limited` the same under the
+    // sandbox's limits.
     let args: Vec<String> = std::env::args().collect();
     if let Some(i) = args.iter().position(|a| a == "--profile") {
         let seconds: u64 = args
@@ -818,8 +823,17 @@ async fn run(effort: Effort) {
                 })
             })
         } else {
-            let host =
-                Arc::new(Host::new(host_config(&data, &cache).zero_stacks(zero_stacks)).unwrap());
+            let mut config = host_config(&data, &cache).zero_stacks(zero_stacks);
+            if args.iter().any(|a| a == "--alerts") {
+                let window = Duration::from_secs(300);
+                let mut alerts = AlertConfig::default();
+                alerts.rules = vec![
+                    AlertRule::new("errors", AlertMetric::ErrorRate, window, 0.5),
+                    AlertRule::new("slow", AlertMetric::LatencyP99Ms, window, 5000.0),
+                ];
+                config = config.alerts(alerts);
+            }
+            let host = Arc::new(Host::new(config).unwrap());
             host.load_plugins_dir(&plugins).await.unwrap();
             Arc::new(move || {
                 let host = Arc::clone(&host);

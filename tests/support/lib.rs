@@ -42,6 +42,28 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// The one file under `root` (at any depth) whose path ends with `tail`
+/// (`rollouts/json.json`): a store's record, wherever the store keeps it.
+///
+/// # Panics
+/// Unless exactly one file matches: a test's set-up is wrong.
+pub fn find_file(root: &Path, tail: &str) -> PathBuf {
+    let mut found = Vec::new();
+    let mut dirs = vec![root.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("a readable directory") {
+            let path = entry.expect("a directory entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.ends_with(tail) {
+                found.push(path);
+            }
+        }
+    }
+    assert_eq!(found.len(), 1, "{tail}: {found:?}");
+    found.remove(0)
+}
+
 /// A plugin directory in a temporary location, removed on drop.
 #[derive(Debug)]
 pub struct PluginDir {

@@ -15,8 +15,8 @@ use airlock_host::Approver;
 use airlock_host::audit_log::Event;
 use airlock_host::{
     AlertMetric, AlertRule, CASES_FILE, CallRequest, CallResponse, Cases, Host, HostConfig,
-    MANIFEST_FILE, Package, ReadinessConfig, ReleaseError, RolloutRequest, SIGNATURE_HEADER,
-    TakeoverAction, TrustedKey, Verdict, Webhook, generate_signing_key, webhook_signature,
+    MANIFEST_FILE, Package, ReadinessConfig, ReleaseError, RolloutRequest, TakeoverAction,
+    TrustedKey, Verdict, Webhook, generate_signing_key,
 };
 use airlock_mcp::http::HttpConfig;
 use airlock_mcp::{McpServer, ServeOptions};
@@ -559,11 +559,11 @@ async fn story(
 }
 
 /// The on-call pager: an HTTP receiver on loopback for the alert webhook,
-/// handing each delivery (its signature header and body) to the demo.
+/// handing each delivery (its headers and body) to the demo.
 struct Pager {
     url: String,
     secret: String,
-    deliveries: tokio::sync::mpsc::Receiver<(Option<String>, axum::body::Bytes)>,
+    deliveries: tokio::sync::mpsc::Receiver<(axum::http::HeaderMap, axum::body::Bytes)>,
     shutdown: CancellationToken,
     serving: tokio::task::JoinHandle<()>,
 }
@@ -575,13 +575,9 @@ impl Pager {
             "/alerts",
             axum::routing::post(
                 |headers: axum::http::HeaderMap, body: axum::body::Bytes| async move {
-                    let signature = headers
-                        .get(SIGNATURE_HEADER)
-                        .and_then(|v| v.to_str().ok())
-                        .map(str::to_owned);
                     // A full queue drops the delivery; the demo then says
                     // it saw none.
-                    let _ = send.try_send((signature, body));
+                    let _ = send.try_send((headers, body));
                     axum::http::StatusCode::NO_CONTENT
                 },
             ),
@@ -610,7 +606,7 @@ impl Pager {
     }
 
     /// The next alert delivered within ten seconds, if one is.
-    async fn next(&mut self) -> Option<(Option<String>, axum::body::Bytes)> {
+    async fn next(&mut self) -> Option<(axum::http::HeaderMap, axum::body::Bytes)> {
         tokio::time::timeout(Duration::from_secs(10), self.deliveries.recv())
             .await
             .ok()
@@ -670,8 +666,11 @@ async fn alert(demo: &mut Demo<'_>, pager: &mut Pager) -> anyhow::Result<()> {
         outln!("   ✗ expected the tool to be paused");
     }
     match pager.next().await {
-        Some((signature, body)) => {
-            let expected = webhook_signature(pager.secret.as_bytes(), &body);
+        Some((headers, body)) => {
+            // As a receiver would: the Standard Webhooks reference
+            // implementation, under the shared secret.
+            let verified = standardwebhooks::Webhook::from_bytes(pager.secret.as_bytes().to_vec())
+                .and_then(|receiver| receiver.verify(&body, &headers));
             let alert: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
             outln!(
                 "   on-call's webhook got: {} {} on {}/{} (value {}, threshold {}), takeover {}",
@@ -685,13 +684,14 @@ async fn alert(demo: &mut Demo<'_>, pager: &mut Pager) -> anyhow::Result<()> {
                 alert["threshold"],
                 alert["takeover"].as_str().unwrap_or("none"),
             );
-            if signature.as_deref() == Some(expected.as_str()) {
-                outln!(
-                    "   {SIGNATURE_HEADER}: sha256=… matches the HMAC of the body under the shared secret"
-                );
-            } else {
-                demo.mismatches += 1;
-                outln!("   ✗ the alert's signature does not match");
+            match verified {
+                Ok(()) => outln!(
+                    "   webhook-signature: v1,… verified (Standard Webhooks: the HMAC of its id, timestamp and body under the shared secret)"
+                ),
+                Err(error) => {
+                    demo.mismatches += 1;
+                    outln!("   ✗ the alert's signature does not verify: {error}");
+                }
             }
         }
         None => {

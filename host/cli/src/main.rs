@@ -469,12 +469,25 @@ async fn print_installed(settings: &Settings) {
         Ok(answer) => answer,
         Err(failure) => {
             eprintln!(
-                "warning: installed versions cannot be read: {:#}",
-                failure.error
+                "warning: installed versions cannot be read: {}",
+                terminal::escape_lines(&format!("{:#}", failure.error))
             );
             return;
         }
     };
+    for unreadable in answer["unreadable"].as_array().into_iter().flatten() {
+        eprintln!(
+            "warning: the rollout record of {} cannot be read, so its calls are refused: {}",
+            terminal::escape(unreadable["plugin"].as_str().unwrap_or("?")),
+            terminal::escape(unreadable["error"].as_str().unwrap_or("?"))
+        );
+    }
+    if let Some(why) = answer["partial"].as_str() {
+        eprintln!(
+            "warning: the rollouts could not be listed at once ({}): read one by one, for the plugins installed or in the plugins directory",
+            terminal::escape(why)
+        );
+    }
     let versions = answer["versions"].as_array().cloned().unwrap_or_default();
     if versions.is_empty() {
         return;

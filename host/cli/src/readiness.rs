@@ -62,10 +62,15 @@ pub(crate) async fn run(settings: &Settings, args: ReadinessArgs) -> Result<u8, 
             );
         }
         for report in &reports {
+            let version = if report.version.is_empty() {
+                "(version unknown)"
+            } else {
+                report.version.as_str()
+            };
             outln!(
                 "{} {}: {}",
                 escape(&report.plugin),
-                escape(&report.version),
+                escape(version),
                 if report.ready { "ready" } else { "NOT READY" }
             );
             for (label, findings) in [

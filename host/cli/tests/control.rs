@@ -755,6 +755,50 @@ fn approval_id_in(text: &str) -> String {
         .collect()
 }
 
+/// `plugins list` with one plugin's rollout record unreadable: the
+/// record is named on stderr, the versions still listed (the command
+/// listed none).
+#[test]
+fn plugins_list_names_an_unreadable_rollout_and_lists_the_versions() {
+    let setup = Setup::new("");
+    let versions = tempfile::tempdir().unwrap();
+    let one = text_version(versions.path(), "1.0.0", |m| m);
+    setup.ok(&["plugins", "install", one.to_str().unwrap()]);
+    setup.ok(&[
+        "rollout",
+        "text",
+        "1.0.0",
+        "--percent",
+        "100",
+        "--by",
+        "ops",
+    ]);
+    let record = airlock_tests::find_file(&setup.data(), "rollouts/text.json");
+    std::fs::write(record, "{\"version\": 1, \"rollout\": ").unwrap();
+
+    let out = setup.run(&["plugins", "list"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        stderr.contains("warning: the rollout record of text cannot be read"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("text.json"), "{stderr}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("text") && l.contains("1.0.0")),
+        "{stdout}"
+    );
+}
+
 #[test]
 fn release_actions_work_on_the_data_directory_and_through_the_running_server() {
     let setup = Setup::new("");

@@ -82,12 +82,25 @@ pub async fn run(host: &Host, request: ReleaseRequest) -> Result<Value, airlock_
         }
         ReleaseRequest::Installed { plugin } => {
             let versions = host.installed(plugin.as_deref())?;
-            let rollouts: Vec<_> = host
-                .rollouts()?
+            // One unreadable record is named, not the whole answer lost.
+            let listing = host.rollout_listing()?;
+            let asked = |name: &String| plugin.as_ref().is_none_or(|p| p == name);
+            let rollouts: Vec<_> = listing
+                .rollouts
                 .into_iter()
-                .filter(|r| plugin.as_ref().is_none_or(|p| *p == r.plugin))
+                .filter(|r| asked(&r.plugin))
                 .collect();
-            Ok(json!({ "versions": versions, "rollouts": rollouts }))
+            let unreadable: Vec<_> = listing
+                .unreadable
+                .into_iter()
+                .filter(|u| asked(&u.plugin))
+                .collect();
+            Ok(json!({
+                "versions": versions,
+                "rollouts": rollouts,
+                "unreadable": unreadable,
+                "partial": listing.partial,
+            }))
         }
         ReleaseRequest::Rollout {
             plugin,

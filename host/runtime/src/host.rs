@@ -1178,9 +1178,23 @@ impl Host {
     /// every [`ROLLOUT_REFRESH`](crate::ROLLOUT_REFRESH)).
     ///
     /// # Errors
-    /// [`Error::Store`].
+    /// [`Error::Store`], also when one plugin's rollout record cannot be
+    /// read (naming it): [`rollout_listing`](Self::rollout_listing) lists
+    /// the others instead.
     pub fn rollouts(&self) -> Result<Vec<airlock_store::Rollout>> {
         Ok(self.served.rollouts()?.values().cloned().collect())
+    }
+
+    /// Every plugin's rollout that can be read, as this host serves them,
+    /// and each plugin whose record cannot (its calls refused): a listing
+    /// one bad record does not blank, for the console and `airlock
+    /// plugins list`.
+    ///
+    /// # Errors
+    /// [`Error::Store`] when the store can list neither the rollouts nor
+    /// the installed versions.
+    pub fn rollout_listing(&self) -> Result<crate::RolloutListing> {
+        Ok(self.served.rollout_listing()?)
     }
 
     /// Send a share of a plugin's callers (all of them at 100 %) to an
@@ -1287,10 +1301,11 @@ impl Host {
     /// serving version, else the plugin loaded from the plugins directory.
     ///
     /// # Errors
-    /// As [`plugin_version`](Self::plugin_version).
+    /// As [`plugin_version`](Self::plugin_version); [`Error::Store`] when
+    /// the rollouts cannot be read, or `plugin`'s own record cannot
+    /// (naming it; another plugin's does not matter).
     pub async fn serving(&self, plugin: &str) -> Result<Option<Arc<Plugin>>> {
-        let rollouts = self.served.rollouts()?;
-        match rollouts.get(plugin) {
+        match self.served.rollout_of(plugin)? {
             Some(rollout) => Ok(Some(self.plugin_version(plugin, &rollout.serving).await?)),
             None => Ok(self.plugins.get(plugin)),
         }
@@ -1448,18 +1463,23 @@ impl Host {
     ///
     /// # Errors
     /// [`CallError::UnknownPlugin`] (as [`Error::Call`]) when `plugin`
-    /// serves nothing; [`Error::Store`], [`Error::Audit`], [`Error::Load`].
+    /// serves nothing; [`Error::Store`], [`Error::Audit`]. A plugin whose
+    /// rollout record cannot be read, or whose serving version does not
+    /// load, is a report (not ready, check `routing`), not an error.
     pub async fn readiness(
         &self,
         plugin: Option<&str>,
         config: &crate::readiness::ReadinessConfig,
     ) -> Result<Vec<crate::readiness::ReadinessReport>> {
-        let rollouts = self.served.rollouts()?;
+        // One plugin's unreadable rollout record makes that plugin not
+        // ready (its calls are refused), not the host's whole report.
+        let routes = self.served.routes()?;
         let names: Vec<String> = match plugin {
             Some(name) => vec![name.to_owned()],
             None => {
                 let mut names = self.plugin_names();
-                names.extend(rollouts.keys().cloned());
+                names.extend(routes.rollouts.keys().cloned());
+                names.extend(routes.unreadable.keys().cloned());
                 names.sort();
                 names.dedup();
                 names
@@ -1473,10 +1493,57 @@ impl Host {
         let mode_available = self.mode().is_ok() && self.mode.writable();
         let mut reports = Vec::new();
         for name in names {
-            let Some(serving) = self.serving(&name).await? else {
-                return Err(Error::Call(CallError::UnknownPlugin { plugin: name }));
+            // What serves it, from the rollouts read above (read again,
+            // a record gone bad since would fail the whole report).
+            if let Some(why) = routes.unreadable.get(&name) {
+                reports.push(crate::readiness::unroutable(
+                    &name,
+                    "",
+                    format!(
+                        "its rollout record cannot be read, so every call of it is refused: {why}"
+                    ),
+                    format!(
+                        "restore the record (named above) from a backup, or delete it and roll out again: `airlock rollout {name} VERSION --percent 100`"
+                    ),
+                ));
+                continue;
+            }
+            let serving = match routes.rollouts.get(&name) {
+                Some(rollout) => match self.plugin_version(&name, &rollout.serving).await {
+                    Ok(serving) => serving,
+                    // The store down is the host's failure, not the plugin's.
+                    Err(e @ Error::Store(_)) => return Err(e),
+                    Err(e) => {
+                        // Rolling back serves the previous version only
+                        // when no canary runs (it stops the canary first).
+                        let fix = match (&rollout.canary, &rollout.previous) {
+                            (None, Some(previous)) => format!(
+                                "fix what stops it loading, or serve {previous} again: `airlock rollback {name}`"
+                            ),
+                            _ => format!(
+                                "fix what stops it loading, or serve another version: `airlock rollout {name} VERSION --percent 100`"
+                            ),
+                        };
+                        reports.push(crate::readiness::unroutable(
+                            &name,
+                            &rollout.serving,
+                            format!(
+                                "its serving version {} does not load here, so the calls routed to it fail: {}",
+                                rollout.serving,
+                                crate::error::chain(&e)
+                            ),
+                            fix,
+                        ));
+                        continue;
+                    }
+                },
+                None => match self.plugins.get(&name) {
+                    Some(serving) => serving,
+                    None => return Err(Error::Call(CallError::UnknownPlugin { plugin: name })),
+                },
             };
-            let rollback_target = rollouts
+            let rollback_target = routes
+                .rollouts
                 .get(&name)
                 .is_some_and(|r| r.previous.is_some() || r.canary.is_some());
             // As signed, if the plugin is: cases edited since it loaded
@@ -1598,10 +1665,13 @@ impl Host {
             None => (target, None),
         };
         let mut versions: Vec<Arc<Plugin>> = self.plugins.get(plugin).into_iter().collect();
-        let Ok(rollouts) = self.served.rollouts() else {
+        // What this plugin's rollout serves; when that cannot be told (the
+        // store, or its own record, unreadable) the pause holds as asked.
+        // Another plugin's unreadable record does not matter.
+        let Ok(rollout) = self.served.rollout_of(plugin) else {
             return Ok(());
         };
-        if let Some(rollout) = rollouts.get(plugin) {
+        if let Some(rollout) = rollout {
             for version in rollout.versions() {
                 match self.plugin_version(plugin, version).await {
                     Ok(loaded) => versions.push(loaded),

@@ -95,8 +95,7 @@ pub use airlock_store as store;
 #[cfg(feature = "postgres")]
 pub use airlock_store_postgres::PostgresConfig;
 pub use alerts::{
-    AlertConfig, AlertMetric, AlertRule, AlertStatus, PAUSE_REFRESH, Pause, SIGNATURE_HEADER,
-    TakeoverAction, Webhook, webhook_signature,
+    AlertConfig, AlertMetric, AlertRule, AlertStatus, PAUSE_REFRESH, Pause, TakeoverAction, Webhook,
 };
 pub use approvals::{Verdict, unseen_arguments};
 pub use cache::CacheStatus;
@@ -136,8 +135,8 @@ pub use plugin::{Plugin, Tool, ToolInfo};
 pub use ratelimit::RateLimitPolicy;
 pub use readiness::{ReadinessCheck, ReadinessConfig, ReadinessFinding, ReadinessReport};
 pub use releases::{
-    InstallReport, MAX_CHANGE_BY_BYTES, MAX_CHANGE_REASON_BYTES, ROLLOUT_REFRESH, RolloutRequest,
-    RolloutStatus, VERSIONS_DIR, VersionStats, write_version,
+    InstallReport, MAX_CHANGE_BY_BYTES, MAX_CHANGE_REASON_BYTES, ROLLOUT_REFRESH, RolloutListing,
+    RolloutRequest, RolloutStatus, UnreadableRollout, VERSIONS_DIR, VersionStats, write_version,
 };
 pub use state::{LogLevel, LogLine};
 pub use stores::{StoreConfig, open_audit_read_only, open_mode, open_releases, open_workspace};

@@ -48,11 +48,16 @@ pub enum ReadinessCheck {
     Approver,
     /// The host can switch to read-only (the mode store answers).
     ReadOnlyTakeover,
+    /// The plugin's calls are routed: its rollout record, if it has one,
+    /// can be read, and the version it serves loads. Always required,
+    /// whatever the configuration says: a plugin whose every call fails is
+    /// not ready.
+    Routing,
 }
 
 impl ReadinessCheck {
     /// Every check, in the order reports list them.
-    pub const ALL: [ReadinessCheck; 11] = [
+    pub const ALL: [ReadinessCheck; 12] = [
         ReadinessCheck::Limits,
         ReadinessCheck::RateLimit,
         ReadinessCheck::Approval,
@@ -64,6 +69,7 @@ impl ReadinessCheck {
         ReadinessCheck::AlertRules,
         ReadinessCheck::Approver,
         ReadinessCheck::ReadOnlyTakeover,
+        ReadinessCheck::Routing,
     ];
 
     /// The name in configurations and reports.
@@ -80,6 +86,7 @@ impl ReadinessCheck {
             ReadinessCheck::AlertRules => "alert_rules",
             ReadinessCheck::Approver => "approver",
             ReadinessCheck::ReadOnlyTakeover => "read_only_takeover",
+            ReadinessCheck::Routing => "routing",
         }
     }
 }
@@ -140,7 +147,8 @@ pub struct ReadinessFinding {
 pub struct ReadinessReport {
     /// The plugin.
     pub plugin: String,
-    /// Its serving version.
+    /// Its serving version; empty when not known (its rollout record
+    /// cannot be read).
     pub version: String,
     /// No required check failed.
     pub ready: bool,
@@ -456,6 +464,32 @@ fn redacted(redact: &[String], pointer: &str) -> bool {
         let pattern: Vec<&str> = r.split('/').collect();
         pattern.len() <= parts.len() && pattern.iter().zip(&parts).all(|(p, s)| *p == "*" || p == s)
     })
+}
+
+/// The report of a plugin whose calls cannot be routed — its rollout
+/// record cannot be read (`version` empty: not known), or its serving
+/// `version` does not load here: not ready, whatever else holds, with
+/// `reason` and `fix`. Its other checks are not run.
+pub(crate) fn unroutable(
+    plugin: &str,
+    version: &str,
+    reason: String,
+    fix: String,
+) -> ReadinessReport {
+    ReadinessReport {
+        plugin: plugin.to_owned(),
+        version: version.to_owned(),
+        ready: false,
+        missing_required: vec![ReadinessFinding {
+            check: ReadinessCheck::Routing,
+            plugin: plugin.to_owned(),
+            tool: None,
+            reason,
+            fix,
+        }],
+        warnings: Vec::new(),
+        passed: Vec::new(),
+    }
 }
 
 #[cfg(test)]

@@ -178,6 +178,44 @@ pub(crate) struct Routes {
     pub(crate) partial: Option<String>,
 }
 
+impl Routes {
+    /// Refuse `plugin` when its rollout record cannot be read.
+    pub(crate) fn check_readable(&self, plugin: &str) -> std::result::Result<(), StoreError> {
+        match self.unreadable.get(plugin) {
+            Some(why) => Err(corrupt_rollout(format!(
+                "the rollout of `{plugin}` cannot be read: {why}"
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Every rollout that can be read, and each plugin whose record cannot
+/// ([`Host::rollout_listing`](crate::Host::rollout_listing)).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct RolloutListing {
+    /// The rollouts read, by plugin name.
+    pub rollouts: Vec<Rollout>,
+    /// Plugins whose rollout record cannot be read: their calls are
+    /// refused until it is restored or removed.
+    pub unreadable: Vec<UnreadableRollout>,
+    /// Why the store could not list the rollouts at once, when it could
+    /// not: they were then read one by one, for every plugin installed or
+    /// in the plugins directory.
+    pub partial: Option<String>,
+}
+
+/// A plugin whose rollout record cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct UnreadableRollout {
+    /// The plugin.
+    pub plugin: String,
+    /// Why (the record's store error, which names it).
+    pub error: String,
+}
+
 /// What [`Served::prepare`] saw last: the serving version of each plugin,
 /// and the versions that failed to load (warned about once).
 #[derive(Debug, Default)]
@@ -363,6 +401,28 @@ impl Served {
         &self.releases
     }
 
+    /// Every rollout that can be read, and the plugins whose record
+    /// cannot, from [`routes`](Self::routes).
+    ///
+    /// # Errors
+    /// The store's, when it can list neither the rollouts nor the
+    /// installed versions.
+    pub(crate) fn rollout_listing(&self) -> std::result::Result<RolloutListing, StoreError> {
+        let routes = self.routes()?;
+        Ok(RolloutListing {
+            rollouts: routes.rollouts.values().cloned().collect(),
+            unreadable: routes
+                .unreadable
+                .iter()
+                .map(|(plugin, error)| UnreadableRollout {
+                    plugin: plugin.clone(),
+                    error: error.clone(),
+                })
+                .collect(),
+            partial: routes.partial.clone(),
+        })
+    }
+
     /// Every rollout, read again when older than [`ROLLOUT_REFRESH`].
     ///
     /// # Errors
@@ -482,16 +542,27 @@ impl Served {
         session: Option<&str>,
     ) -> std::result::Result<Option<String>, StoreError> {
         let routes = self.routes()?;
-        if let Some(why) = routes.unreadable.get(plugin) {
-            return Err(corrupt_rollout(format!(
-                "the rollout of `{plugin}` cannot be read: {why}"
-            )));
-        }
+        routes.check_readable(plugin)?;
         // Read record by record, the rollouts are those of every plugin
         // with an installed version or in the plugins directory when they
         // were read (a rollout names an installed version): no other
         // plugin has one, until the next read.
         Ok(Self::route(&routes.rollouts, plugin, principal, session).map(str::to_owned))
+    }
+
+    /// The rollout of `plugin`, from [`routes`](Self::routes): `None`
+    /// when no rollout names it.
+    ///
+    /// # Errors
+    /// The store's; a corrupt record's when `plugin`'s own record cannot
+    /// be read (another plugin's does not matter).
+    pub(crate) fn rollout_of(
+        &self,
+        plugin: &str,
+    ) -> std::result::Result<Option<Rollout>, StoreError> {
+        let routes = self.routes()?;
+        routes.check_readable(plugin)?;
+        Ok(routes.rollouts.get(plugin).cloned())
     }
 
     /// What served each plugin with a rollout when

@@ -888,7 +888,7 @@ async fn plugins(State(console): State<Arc<Console>>, headers: HeaderMap) -> Res
     let host = Arc::clone(&console.host);
     let read = blocking(move || {
         let installed = host.installed(None).map_err(|e| e.to_string())?;
-        let rollouts = host.rollouts().map_err(|e| e.to_string())?;
+        let rollouts = host.rollout_listing().map_err(|e| e.to_string())?;
         Ok((host.plugins(), installed, rollouts))
     })
     .await;

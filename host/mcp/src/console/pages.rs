@@ -7,7 +7,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use airlock_host::audit_log::Record;
 use airlock_host::audit_log::text::TRUNCATED_MARK;
-use airlock_host::store::{Approval, ApprovalState, InstalledVersion, Mode, Rollout};
+use airlock_host::store::{Approval, ApprovalState, InstalledVersion, Mode};
 use airlock_host::{AlertStatus, InspectReport, Pause, Plugin, Severity};
 use axum::http::StatusCode;
 use maud::{DOCTYPE, Markup, html};
@@ -501,13 +501,25 @@ pub(crate) fn plugins(
     who: &SessionView,
     loaded: &[std::sync::Arc<Plugin>],
     installed: &[InstalledVersion],
-    rollouts: &[Rollout],
+    listing: &airlock_host::RolloutListing,
 ) -> Markup {
+    let rollouts = &listing.rollouts;
     layout(
         "plugins",
         Some(who),
         html! {
             h1 { "Plugins" }
+            @for u in &listing.unreadable {
+                p.notice.error role="alert" {
+                    "The rollout record of " code { (u.plugin) } " cannot be read, so its calls are refused: " (u.error)
+                    ". Restore it from a backup, or remove it and roll out again."
+                }
+            }
+            @if let Some(why) = &listing.partial {
+                p.notice.warn {
+                    "The store could not list the rollouts at once (" (why) "): they were read one by one, for the plugins installed or in the plugins directory."
+                }
+            }
             @if loaded.is_empty() { p.notice { "No plugin is loaded." } } @else {
                 table #plugins {
                     thead { tr { th { "Plugin" } th { "Version" } th { "Tools" } th { "Signer" } th { "Component digest" } } }

@@ -1127,3 +1127,59 @@ async fn heavy_pages_wait_for_a_slot_and_give_it_back() {
     }
     assert_eq!(console.heavy.available_permits(), HEAVY_AT_ONCE);
 }
+
+/// One plugin's rollout record that cannot be read: the plugins page
+/// names it, its contents escaped, and lists the rest (it failed whole,
+/// leaving an operator blind in the incident).
+#[tokio::test]
+async fn the_plugins_page_names_an_unreadable_rollout_and_lists_the_rest() {
+    let f = fixture().await;
+    let (cookie, _) = f.login(ALICE).await;
+    for plugin in ["json", "text"] {
+        let dir = std::path::PathBuf::from(format!("{PLUGINS_DIR}/{plugin}"));
+        let package = airlock_host::Package::open(&dir).unwrap();
+        let installed = f.host.install(&package, "ops").await.unwrap();
+        f.host
+            .set_rollout(&airlock_host::RolloutRequest::new(
+                plugin,
+                installed.version.version,
+                100,
+                "ops",
+            ))
+            .await
+            .unwrap();
+    }
+    // The json plugin's record replaced by one naming a plugin whose name
+    // is markup (refused, named in the error the page shows).
+    let record = airlock_tests::find_file(f._dir.path(), "rollouts/json.json");
+    let mut stored: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    stored["rollout"]["plugin"] = json!(HOSTILE);
+    std::fs::write(&record, stored.to_string()).unwrap();
+    tokio::time::sleep(airlock_host::ROLLOUT_REFRESH + std::time::Duration::from_millis(100)).await;
+
+    let page = f.get("/console/plugins", &cookie).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(
+        page.body
+            .contains("The rollout record of <code>json</code> cannot be read"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("json.json"), "{}", page.body);
+    // The markup is shown as text.
+    assert!(
+        page.body
+            .contains("holds the rollout of plugin `&lt;script&gt;"),
+        "{}",
+        page.body
+    );
+    assert!(!page.body.contains("<script>"), "{}", page.body);
+    // The readable rollout is listed.
+    assert!(page.body.contains("<td>text</td>"), "{}", page.body);
+    let listing = f.host.rollout_listing().unwrap();
+    assert_eq!(listing.rollouts.len(), 1);
+    assert_eq!(listing.rollouts[0].plugin, "text");
+    assert_eq!(listing.unreadable.len(), 1);
+    assert_eq!(listing.unreadable[0].plugin, "json");
+}

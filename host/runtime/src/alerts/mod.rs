@@ -41,7 +41,6 @@ use crate::pipeline::CallResponse;
 pub use pause::{PAUSE_REFRESH, Pause};
 pub(crate) use pause::{Pauses, check_target};
 pub use rules::{AlertConfig, AlertMetric, AlertRule, TakeoverAction, Webhook};
-pub use webhook::{SIGNATURE_HEADER, signature as webhook_signature};
 use window::{Evaluator, HOST_TARGET, HostFigures, Observation, Outcome, Transition};
 
 /// Alerts kept in the recent history [`Host::alerts`](crate::Host::alerts)

@@ -176,8 +176,9 @@ impl TakeoverAction {
 }
 
 /// A webhook alerts are posted to (`[[alerts.webhooks]]`): JSON, signed
-/// with HMAC-SHA256 over the body in `X-Airlock-Signature:
-/// sha256=HEX`, retried with backoff, never on a call's path.
+/// per the Standard Webhooks specification (`webhook-id`,
+/// `webhook-timestamp`, `webhook-signature`), retried with backoff, never
+/// on a call's path.
 #[derive(Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[non_exhaustive]
@@ -186,10 +187,13 @@ pub struct Webhook {
     pub name: String,
     /// `http://` or `https://` URL.
     pub url: String,
-    /// The HMAC key (prefer `secret_env`: a file is easier to leak).
+    /// The signing secret (prefer `secret_env`: a file is easier to leak):
+    /// a Standard Webhooks secret (`whsec_` and base64 of the key, as a
+    /// receiver's library generates it), or any other text of at least 16
+    /// bytes, whose bytes are then the key.
     #[serde(default)]
     pub secret: Option<String>,
-    /// Name of the environment variable holding the HMAC key.
+    /// Name of the environment variable holding the signing secret.
     #[serde(default)]
     pub secret_env: Option<String>,
     /// Attempts per alert before it is recorded undelivered (default 5).
@@ -403,8 +407,12 @@ impl AlertConfig {
                     format!("{key}.secret_env: the environment variable {var} is not set")
                 })?,
             };
-            if secret.len() < 16 {
-                return Err(format!("{key}: the secret must be at least 16 bytes long"));
+            let signing_key =
+                super::webhook::signing_key(&secret).map_err(|why| format!("{key}: {why}"))?;
+            if signing_key.len() < 16 {
+                return Err(format!(
+                    "{key}: the secret's key must be at least 16 bytes long"
+                ));
             }
             hook.secret = Some(secret);
             hook.secret_env = None;
@@ -688,6 +696,16 @@ mod tests {
                 "name = \"ops\"\nurl = \"http://x\"\nsecret = \"short\"",
                 "at least 16 bytes",
             ),
+            // A Standard Webhooks secret is the key's base64: it must
+            // decode, and the key be long enough.
+            (
+                "name = \"ops\"\nurl = \"http://x\"\nsecret = \"whsec_not base64 at all!\"",
+                "alerts.webhooks[0]: a secret starting whsec_ must be base64",
+            ),
+            (
+                "name = \"ops\"\nurl = \"http://x\"\nsecret = \"whsec_MDEyMzQ1Njc4OQ==\"",
+                "at least 16 bytes",
+            ),
             (
                 "name = \"ops\"\nurl = \"http://x\"\nsecret_env = \"AIRLOCK_TEST_SURELY_UNSET_VAR\"",
                 "alerts.webhooks[0].secret_env",
@@ -701,6 +719,9 @@ mod tests {
             let error = parse(&format!("[[webhooks]]\n{hook}")).unwrap_err();
             assert!(error.contains(expected), "{hook}: {error}");
         }
+        // 16 bytes encoded: accepted.
+        parse("[[webhooks]]\nname = \"ops\"\nurl = \"http://x\"\nsecret = \"whsec_MDEyMzQ1Njc4OWFiY2RlZg==\"")
+            .unwrap();
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Alert webhooks: a JSON POST signed with HMAC-SHA256, off every call's
-//! path.
+//! Alert webhooks: a JSON POST signed per the Standard Webhooks
+//! specification, off every call's path.
 //!
 //! A call that trips a rule only puts the alert on its webhook's bounded
 //! queue ([`Outbox::send`] never waits); a background task per webhook
@@ -16,9 +16,15 @@
 //! what is left.
 //!
 //! # Security
-//! The body is signed with the webhook's secret: `X-Airlock-Signature:
-//! sha256=HEX` is HMAC-SHA256 of the exact body bytes, so a receiver can
-//! refuse anything not sent by a host holding the secret. The URL is the
+//! Every attempt is signed with the webhook's secret as [Standard
+//! Webhooks](https://www.standardwebhooks.com/) specifies: `webhook-id`
+//! (one per delivery — an alert's firing and its resolution are two —
+//! the same on every retry), `webhook-timestamp` (the
+//! attempt's time, Unix seconds) and `webhook-signature: v1,BASE64`, the
+//! HMAC-SHA256 of `id.timestamp.body`. A receiver verifying it with any
+//! Standard Webhooks library refuses what a host without the secret sent,
+//! a delivery replayed after its tolerance (five minutes), and — keeping
+//! the ids it has seen that long — one replayed within it. The URL is the
 //! operator's own configuration, not a plugin's: it is not vetted like a
 //! guest's HTTP request.
 
@@ -28,10 +34,9 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use airlock_audit::{AuditLog, Durability, Entry, Event};
+use base64::Engine as _;
 use bytes::Bytes;
-use hmac::{Hmac, Mac as _};
 use http_body_util::Full;
-use sha2::Sha256;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, Semaphore, mpsc};
@@ -55,8 +60,8 @@ pub(crate) const MAX_WAITING_PER_ALERT: usize = 16;
 /// How long a stopping host waits for what is left to be recorded
 /// undelivered, after its grace period.
 const RECORDING_LEFT: Duration = Duration::from_secs(5);
-/// The header carrying the body's signature.
-pub const SIGNATURE_HEADER: &str = "x-airlock-signature";
+/// The prefix of a Standard Webhooks secret: base64 of the key follows.
+const SECRET_PREFIX: &str = "whsec_";
 
 /// Where a webhook posts: scheme, host, port and path of its URL.
 #[derive(Debug, Clone)]
@@ -100,14 +105,36 @@ impl Target {
     }
 }
 
-/// HMAC-SHA256 of `body` under `secret`, as the signature header's value
-/// (`sha256=HEX`).
-pub fn signature(secret: &[u8], body: &[u8]) -> String {
-    // HMAC takes a key of any length.
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret)
-        .unwrap_or_else(|_| unreachable!("HMAC accepts keys of any length"));
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+/// The HMAC key a webhook's secret stands for: a Standard Webhooks secret
+/// (`whsec_` and base64, as receivers' libraries generate them) the bytes
+/// it encodes, any other secret its own bytes.
+pub(crate) fn signing_key(secret: &str) -> Result<Vec<u8>, String> {
+    match secret.strip_prefix(SECRET_PREFIX) {
+        Some(encoded) => base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .map_err(|e| format!("a secret starting {SECRET_PREFIX} must be base64 after it: {e}")),
+        None => Ok(secret.as_bytes().to_vec()),
+    }
+}
+
+/// The `webhook-*` headers of one attempt: its id, timestamp and signature.
+struct Signed {
+    id: String,
+    timestamp: String,
+    signature: String,
+}
+
+/// Sign one attempt of `body` under `key`, made at `timestamp` (Unix
+/// seconds).
+fn sign(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> Result<Signed, String> {
+    let signature = standardwebhooks::Webhook::from_bytes(key.to_vec())
+        .and_then(|hook| hook.sign(id, timestamp, body))
+        .map_err(|e| format!("cannot sign the alert: {e}"))?;
+    Ok(Signed {
+        id: id.to_owned(),
+        timestamp: timestamp.to_string(),
+        signature,
+    })
 }
 
 /// One alert for one webhook.
@@ -370,12 +397,30 @@ const SUPERSEDED: &str = "superseded: newer states of the same alert were waitin
 /// every attempt fails, or the host stops first.
 async fn deliver(delivery: Delivery, sending: &Sending) {
     let hook = Arc::clone(&delivery.webhook);
-    let secret = hook.secret.as_deref().unwrap_or_default();
-    let signature = signature(secret.as_bytes(), &delivery.body);
-    let id = uuid::Uuid::now_v7().to_string();
+    let id = format!("msg_{}", uuid::Uuid::now_v7().simple());
+    let audit = sending.audit.clone();
+    // A webhook's configuration is checked before it is used (a secret
+    // that does not decode, or a short key, never reaches here) and an
+    // alert is JSON: what cannot be signed is recorded undelivered at
+    // once, never sent unsigned, under an empty key, or retried in vain.
+    let key = match signing_key(hook.secret.as_deref().unwrap_or_default()) {
+        Ok(key) if !key.is_empty() => key,
+        Ok(_) => {
+            let why = "the webhook has no secret to sign with".to_owned();
+            record_undelivered(audit, delivery, 0, why).await;
+            return;
+        }
+        Err(why) => {
+            record_undelivered(audit, delivery, 0, why).await;
+            return;
+        }
+    };
+    if let Err(why) = sign(&key, &id, 0, &delivery.body) {
+        record_undelivered(audit, delivery, 0, why).await;
+        return;
+    }
     let mut backoff = hook.backoff.min(MAX_BACKOFF);
     let mut last = String::new();
-    let audit = sending.audit.clone();
     for attempt in 1..=hook.max_attempts {
         if sending.stopping.is_cancelled() {
             let why = if attempt == 1 {
@@ -393,10 +438,13 @@ async fn deliver(delivery: Delivery, sending: &Sending) {
                 record_undelivered(audit, delivery, attempt, why).await;
                 return;
             }
-            sent = tokio::time::timeout(
-                hook.timeout,
-                post(&hook.url, sending.tls.as_ref(), &delivery.body, &signature, &id),
-            ) => sent,
+            sent = tokio::time::timeout(hook.timeout, async {
+                // Signed at each attempt: a receiver's tolerance counts
+                // from the attempt, not from the alert.
+                let now = i64::try_from(crate::mode::now_ms() / 1000).unwrap_or(i64::MAX);
+                let signed = sign(&key, &id, now, &delivery.body)?;
+                post(&hook.url, sending.tls.as_ref(), &delivery.body, &signed).await
+            }) => sent,
         };
         match sent {
             Ok(Ok(status)) if (200..300).contains(&status) => {
@@ -448,8 +496,7 @@ async fn post(
     url: &str,
     tls: Option<&Arc<rustls::ClientConfig>>,
     body: &Bytes,
-    signature: &str,
-    id: &str,
+    signed: &Signed,
 ) -> Result<u16, String> {
     let target = Target::parse(url)?;
     let stream = TcpStream::connect((target.host.as_str(), target.port))
@@ -476,8 +523,15 @@ async fn post(
         .header(http::header::HOST, target.authority.as_str())
         .header(http::header::CONTENT_TYPE, "application/json")
         .header(http::header::USER_AGENT, "airlock-alerts")
-        .header(SIGNATURE_HEADER, signature)
-        .header("x-airlock-delivery", id)
+        .header(standardwebhooks::HEADER_WEBHOOK_ID, signed.id.as_str())
+        .header(
+            standardwebhooks::HEADER_WEBHOOK_TIMESTAMP,
+            signed.timestamp.as_str(),
+        )
+        .header(
+            standardwebhooks::HEADER_WEBHOOK_SIGNATURE,
+            signed.signature.as_str(),
+        )
         .body(Full::new(body.clone()))
         .map_err(|e| format!("cannot build the request: {e}"))?;
     let response = sender.send_request(request).await;
@@ -563,6 +617,69 @@ mod tests {
         assert!(
             (20..=sent - QUEUE).contains(&recorded),
             "{recorded} of {sent} recorded as not queued"
+        );
+    }
+
+    /// What cannot be signed — a webhook whose secret gives no key (a
+    /// configuration never checked), a body that is not text — is never
+    /// posted nor retried: it is recorded undelivered at once.
+    #[tokio::test]
+    async fn what_cannot_be_signed_is_recorded_undelivered_unsent() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let audit = AuditLog::temporary(airlock_audit::AuditConfig::default()).unwrap();
+        let outbox = Outbox::new(audit.clone());
+        let unchecked = |secret: &str| {
+            let mut hook = Webhook::new("unchecked", &url, secret).max_attempts(5);
+            hook.backoff = Duration::from_secs(30);
+            Arc::new(hook)
+        };
+        let cases = [
+            (unchecked(""), &b"{}"[..], "no secret to sign with"),
+            (unchecked("whsec_***"), &b"{}"[..], "must be base64"),
+            (
+                unchecked("0123456789abcdef0123"),
+                &b"\xff\xfe"[..],
+                "cannot sign the alert",
+            ),
+        ];
+        for (n, (webhook, body, _)) in cases.iter().enumerate() {
+            outbox.send(Delivery {
+                webhook: Arc::clone(webhook),
+                body: Bytes::copy_from_slice(body),
+                rule: format!("r{n}"),
+                plugin: None,
+                tool: None,
+            });
+        }
+        let undelivered = || {
+            audit.flush().unwrap();
+            audit
+                .records(0)
+                .map(Result::unwrap)
+                .filter(|r| r.entry.event == Event::AlertUndelivered)
+                .filter_map(|r| r.entry.reason)
+                .collect::<Vec<_>>()
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while undelivered().len() < cases.len() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let reasons = undelivered();
+        assert_eq!(reasons.len(), cases.len(), "{reasons:?}");
+        for (_, _, why) in &cases {
+            assert!(
+                reasons
+                    .iter()
+                    .any(|r| r.contains("0 attempt(s)") && r.contains(why)),
+                "{why}: {reasons:?}"
+            );
+        }
+        // Nothing was posted.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), listener.accept())
+                .await
+                .is_err()
         );
     }
 
@@ -666,11 +783,24 @@ mod tests {
     }
 
     #[test]
-    fn the_signature_is_hmac_sha256_of_the_body() {
-        // RFC 4231 test case 2.
+    fn the_signature_is_the_standard_webhooks_one() {
+        // The specification's example: a `whsec_` secret is the key it
+        // encodes.
+        let key = signing_key("whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD").unwrap();
+        let body = br#"{"email":"test@example.com","username":"test_user"}"#;
+        let signed = sign(&key, "msg_27UH4WbU6Z5A5EzD8u03UvzRbpk", 1649367553, body).unwrap();
         assert_eq!(
-            signature(b"Jefe", b"what do ya want for nothing?"),
-            "sha256=5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
+            signed.signature,
+            "v1,tZ1I4/hDygAJgO5TYxiSd6Sd0kDW6hPenDe+bTa3Kkw="
         );
+        assert_eq!(signed.timestamp, "1649367553");
+        // Any other secret is its own bytes; a malformed `whsec_` is refused.
+        assert_eq!(
+            signing_key("plain text secret").unwrap(),
+            b"plain text secret"
+        );
+        assert!(signing_key("whsec_***").is_err());
+        // A body that is not UTF-8 cannot be signed (alerts are JSON).
+        assert!(sign(&key, "msg_1", 0, b"\xff").is_err());
     }
 }

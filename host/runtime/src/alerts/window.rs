@@ -81,10 +81,115 @@ pub(crate) struct Transition {
     pub(crate) at_ms: u64,
 }
 
+/// Running counts of a tool's calls, since it was first seen: a window's
+/// are the difference of two (a sum over the window without reading it).
+/// They wrap: a difference is right while the window holds fewer than
+/// 2^32 calls and 2^64 fuel. [`MAX_CALLS_PER_TOOL`] calls cannot reach
+/// either: a call burns fuel at about 10^9 a second of its deadline, so
+/// 10,000 calls of an hour each would still be under 10^17.
+#[derive(Debug, Clone, Copy, Default)]
+struct Totals {
+    /// Calls that ran: not cancelled (refused calls are kept apart).
+    ran: u32,
+    /// Of those, failed (the tool's failure or a store's).
+    failed: u32,
+    denied: u32,
+    /// Successful calls, and their fuel.
+    ok: u32,
+    ok_fuel: u64,
+}
+
+impl Totals {
+    fn add(&mut self, call: &Observation) {
+        if !matches!(call.outcome, Outcome::Cancelled | Outcome::Refused) {
+            self.ran = self.ran.wrapping_add(1);
+        }
+        match call.outcome {
+            Outcome::Failed | Outcome::StoreFailed => self.failed = self.failed.wrapping_add(1),
+            Outcome::Denied => self.denied = self.denied.wrapping_add(1),
+            Outcome::Ok => {
+                self.ok = self.ok.wrapping_add(1);
+                self.ok_fuel = self.ok_fuel.wrapping_add(call.fuel);
+            }
+            Outcome::Refused | Outcome::Cancelled => {}
+        }
+    }
+
+    /// The counts between `earlier` and these.
+    fn since(self, earlier: Totals) -> Totals {
+        Totals {
+            ran: self.ran.wrapping_sub(earlier.ran),
+            failed: self.failed.wrapping_sub(earlier.failed),
+            denied: self.denied.wrapping_sub(earlier.denied),
+            ok: self.ok.wrapping_sub(earlier.ok),
+            ok_fuel: self.ok_fuel.wrapping_sub(earlier.ok_fuel),
+        }
+    }
+}
+
+/// One kept call, with the tool's totals before it.
+#[derive(Debug, Clone, Copy)]
+struct Kept {
+    call: Observation,
+    before: Totals,
+}
+
+/// The durations of the calls in one latency rule's window, as a sorted
+/// multiset: calls are added as they finish and taken out as the window
+/// moves past them, so its p99 is read from the top without sorting the
+/// window on every call.
+#[derive(Debug, Default)]
+struct Durations {
+    /// The number of the oldest call in it (see [`ToolCalls::first`]).
+    from: u64,
+    counts: BTreeMap<u64, u32>,
+    len: usize,
+}
+
+impl Durations {
+    fn insert(&mut self, duration_ms: u64) {
+        *self.counts.entry(duration_ms).or_default() += 1;
+        self.len += 1;
+    }
+
+    fn remove(&mut self, duration_ms: u64) {
+        if let Some(count) = self.counts.get_mut(&duration_ms) {
+            *count -= 1;
+            if *count == 0 {
+                self.counts.remove(&duration_ms);
+            }
+            self.len -= 1;
+        }
+    }
+
+    /// The nearest-rank 99th percentile: the smallest duration at or
+    /// above 99 % of them.
+    fn p99(&self) -> Option<u64> {
+        let rank = (self.len * 99).div_ceil(100).max(1);
+        // The rank-th from the bottom is the (len - rank + 1)-th from the
+        // top: within the top 1 %, a few values to walk.
+        let mut from_top = self.len.checked_sub(rank)? + 1;
+        for (duration, count) in self.counts.iter().rev() {
+            let count = *count as usize;
+            if from_top <= count {
+                return Some(*duration);
+            }
+            from_top -= count;
+        }
+        None
+    }
+}
+
 #[derive(Debug, Default)]
 struct ToolCalls {
-    /// Calls that ran (or were admitted), newest last.
-    calls: VecDeque<Observation>,
+    /// Calls that ran (or were admitted), newest last, in the order of
+    /// their `at_ms` (a call finishing a moment before the one observed
+    /// ahead of it is counted at that one's time).
+    calls: VecDeque<Kept>,
+    /// The number of `calls[0]`: calls are numbered as they come.
+    first: u64,
+    /// The totals after the newest call.
+    totals: Totals,
     /// When calls were refused, apart: a caller's cheap refusals (bad
     /// arguments, past a rate limit) would otherwise push the calls that
     /// ran out of the bounded list, and an error-rate alert resolve, or
@@ -92,18 +197,114 @@ struct ToolCalls {
     refused: VecDeque<u64>,
     /// Fuel of successful calls before the longest window: the norm.
     norm: VecDeque<u64>,
+    norm_fuel: u128,
+    /// The durations in each latency rule's window, by rule index: made
+    /// when the rule first reads this tool.
+    durations: BTreeMap<usize, Durations>,
 }
 
 impl ToolCalls {
-    /// A call past its window: a successful one's fuel joins the norm.
-    fn remember(&mut self, call: Observation) {
-        if call.outcome == Outcome::Ok {
-            self.norm.push_back(call.fuel);
-            if self.norm.len() > NORM_CALLS {
-                self.norm.pop_front();
-            }
+    /// Keep a call that ran.
+    fn push(&mut self, mut call: Observation) {
+        if let Some(last) = self.calls.back() {
+            call.at_ms = call.at_ms.max(last.call.at_ms);
+        }
+        self.calls.push_back(Kept {
+            call,
+            before: self.totals,
+        });
+        self.totals.add(&call);
+        for durations in self.durations.values_mut() {
+            durations.insert(call.duration_ms);
         }
     }
+
+    /// Let the oldest kept call go: its fuel joins the norm if it
+    /// succeeded.
+    fn pop(&mut self) -> Option<Observation> {
+        let oldest = self.calls.pop_front()?.call;
+        for durations in self.durations.values_mut() {
+            if durations.from == self.first {
+                durations.remove(oldest.duration_ms);
+                durations.from += 1;
+            }
+        }
+        self.first += 1;
+        if oldest.outcome == Outcome::Ok {
+            self.norm.push_back(oldest.fuel);
+            self.norm_fuel += u128::from(oldest.fuel);
+            if self.norm.len() > NORM_CALLS
+                && let Some(fuel) = self.norm.pop_front()
+            {
+                self.norm_fuel -= u128::from(fuel);
+            }
+        }
+        Some(oldest)
+    }
+
+    /// The index of the first kept call at or after `since`.
+    fn window_start(&self, since: u64) -> usize {
+        self.calls.partition_point(|k| k.call.at_ms < since)
+    }
+
+    /// The totals of the calls at or after `since`.
+    fn window(&self, since: u64) -> Totals {
+        match self.calls.get(self.window_start(since)) {
+            Some(first) => self.totals.since(first.before),
+            None => Totals::default(),
+        }
+    }
+
+    /// The durations of rule `rule`'s window (from `since`), moved on to
+    /// it.
+    fn durations(&mut self, rule: usize, since: u64) -> &Durations {
+        let start = self.window_start(since);
+        let first = self.first;
+        let calls = &self.calls;
+        let durations = self.durations.entry(rule).or_insert_with(|| {
+            // First read: the window as it is, once.
+            let mut durations = Durations {
+                from: first + start as u64,
+                ..Durations::default()
+            };
+            for kept in calls.range(start..) {
+                durations.insert(kept.call.duration_ms);
+            }
+            durations
+        });
+        let until = first + start as u64;
+        while durations.from < until {
+            let index = usize::try_from(durations.from - first).unwrap_or(usize::MAX);
+            if let Some(kept) = calls.get(index) {
+                durations.remove(kept.call.duration_ms);
+            }
+            durations.from += 1;
+        }
+        // Read at an earlier moment than before (a call's time is taken
+        // before the evaluator's lock, a tick's after it): the calls
+        // between come back in, still kept (`from` is never below
+        // `first`).
+        while durations.from > until {
+            durations.from -= 1;
+            let index = usize::try_from(durations.from - first).unwrap_or(usize::MAX);
+            if let Some(kept) = calls.get(index) {
+                durations.insert(kept.call.duration_ms);
+            }
+        }
+        durations
+    }
+}
+
+/// The timestamps from `since` on, of a list kept in order.
+fn count_since(times: &VecDeque<u64>, since: u64) -> usize {
+    times.len() - times.partition_point(|at| *at < since)
+}
+
+/// Append `at` to a list kept in order (a moment earlier than the newest
+/// counts at its time).
+fn push_time(times: &mut VecDeque<u64>, at: u64) {
+    let at = times.back().map_or(at, |last| at.max(*last));
+    times.push_back(at);
 }
 
 /// What an evaluator keeps at most.
@@ -163,15 +364,17 @@ impl Evaluator {
             return Vec::new();
         }
         if call.outcome == Outcome::StoreFailed {
-            self.failures.push_back(call.at_ms);
+            push_time(&mut self.failures, call.at_ms);
             if self.failures.len() > self.bounds.calls {
                 self.failures.pop_front();
             }
         }
-        self.trim(call.at_ms);
+        // This tool's calls only: another's values are read at its own
+        // calls and at ticks, each after trimming it.
+        self.trim(call.at_ms, Some(tool));
         if self.tools.len() >= self.bounds.tools
             && !self.tools.contains_key(tool)
-            && !self.forget_an_idle_tool()
+            && !self.forget_an_idle_tool(call.at_ms)
         {
             // Bounded: past the most tools, and none idle, a new name is
             // not tracked.
@@ -179,20 +382,18 @@ impl Evaluator {
         }
         let calls = self.tools.entry(tool.to_owned()).or_default();
         if call.outcome == Outcome::Refused {
-            calls.refused.push_back(call.at_ms);
+            push_time(&mut calls.refused, call.at_ms);
             if calls.refused.len() > self.bounds.calls {
                 calls.refused.pop_front();
             }
         } else {
-            calls.calls.push_back(call);
+            calls.push(call);
         }
-        if calls.calls.len() > self.bounds.calls
-            && let Some(oldest) = calls.calls.pop_front()
-        {
+        if calls.calls.len() > self.bounds.calls {
             // The oldest kept is older than every other: it joins the norm
             // as if its window had passed (a busy tool's norm would
             // otherwise never fill).
-            calls.remember(oldest);
+            calls.pop();
         }
         let mut transitions = self.check(config, call.at_ms, None, Some(tool));
         transitions.extend(self.check(config, call.at_ms, None, Some(HOST_TARGET)));
@@ -208,23 +409,25 @@ impl Evaluator {
         now_ms: u64,
         figures: Option<HostFigures>,
     ) -> Vec<Transition> {
-        self.trim(now_ms);
+        self.trim(now_ms, None);
         self.check(config, now_ms, figures, None)
     }
 
-    /// Forget calls older than every window (keeping the fuel norm).
-    fn trim(&mut self, now_ms: u64) {
+    /// Forget calls older than every window (keeping the fuel norm): of
+    /// the tool `only`, or of every tool.
+    fn trim(&mut self, now_ms: u64, only: Option<&str>) {
         let oldest = now_ms.saturating_sub(self.horizon_ms);
-        for calls in self.tools.values_mut() {
-            while let Some(first) = calls.calls.front()
-                && first.at_ms < oldest
-                && let Some(first) = calls.calls.pop_front()
-            {
-                calls.remember(first);
+        let trim = |calls: &mut ToolCalls| {
+            while calls.calls.front().is_some_and(|k| k.call.at_ms < oldest) {
+                calls.pop();
             }
             while calls.refused.front().is_some_and(|at| *at < oldest) {
                 calls.refused.pop_front();
             }
+        };
+        match only {
+            Some(tool) => self.tools.get_mut(tool).into_iter().for_each(trim),
+            None => self.tools.values_mut().for_each(trim),
         }
         while let Some(first) = self.failures.front()
             && *first < oldest
@@ -235,7 +438,8 @@ impl Evaluator {
 
     /// Forget one tool that has no call in any window and no alert under
     /// way (its fuel norm with it); whether there was one.
-    fn forget_an_idle_tool(&mut self) -> bool {
+    fn forget_an_idle_tool(&mut self, now_ms: u64) -> bool {
+        self.trim(now_ms, None);
         let alerting: std::collections::BTreeSet<&str> = self
             .phases
             .iter()
@@ -269,23 +473,34 @@ impl Evaluator {
     ) -> Vec<Transition> {
         let mut transitions = Vec::new();
         for (index, rule) in config.rules.iter().enumerate() {
-            let targets: Vec<String> = if rule.metric.is_host_wide() {
-                vec![HOST_TARGET.to_owned()]
-            } else {
-                self.tools
+            let targets: Vec<String> = match only {
+                _ if rule.metric.is_host_wide() => {
+                    if only.is_none_or(|o| o == HOST_TARGET) {
+                        vec![HOST_TARGET.to_owned()]
+                    } else {
+                        Vec::new()
+                    }
+                }
+                // One call's check: its own tool, not every tool's name.
+                Some(only) => {
+                    if only != HOST_TARGET && rule.watches(only) && self.tools.contains_key(only) {
+                        vec![only.to_owned()]
+                    } else {
+                        Vec::new()
+                    }
+                }
+                None => self
+                    .tools
                     .keys()
                     .filter(|t| rule.watches(t))
                     .cloned()
-                    .collect()
+                    .collect(),
             };
             for target in targets {
-                if only.is_some_and(|o| o != target) {
-                    continue;
-                }
                 // Figures of the host are only known at a tick.
                 let value = match (rule.metric, figures) {
                     (AlertMetric::ApprovalsPending | AlertMetric::ApprovalAgeS, None) => continue,
-                    _ => self.value(rule, &target, now_ms, figures.unwrap_or_default()),
+                    _ => self.value(index, rule, &target, now_ms, figures.unwrap_or_default()),
                 };
                 if let Some(t) = self.step(index, rule, target, value, now_ms) {
                     transitions.push(t);
@@ -295,81 +510,62 @@ impl Evaluator {
         transitions
     }
 
-    /// The value `rule` measures on `target` now (`None`: not enough calls).
+    /// The value `rule` (the `index`th) measures on `target` now
+    /// (`None`: not enough calls). Read from running counts and sorted
+    /// durations: no call's check reads the whole window.
     fn value(
-        &self,
+        &mut self,
+        index: usize,
         rule: &AlertRule,
         target: &str,
         now_ms: u64,
         figures: HostFigures,
     ) -> Option<f64> {
         let since = now_ms.saturating_sub(millis(rule.window));
-        let per_minute = |count: usize| {
-            // usize → f64: counts are far below 2^52.
+        let per_minute = |count: u64| {
+            // u64 → f64: counts are far below 2^52.
             #[allow(clippy::cast_precision_loss)]
             let count = count as f64;
             #[allow(clippy::cast_precision_loss)]
             let window_ms = millis(rule.window).max(1) as f64;
             Some(count * 60_000.0 / window_ms)
         };
+        let least = rule.min_calls.max(1);
         #[allow(clippy::cast_precision_loss)]
         match rule.metric {
             AlertMetric::ApprovalsPending => Some(figures.approvals_pending as f64),
             AlertMetric::ApprovalAgeS => Some(figures.oldest_approval_age_s as f64),
-            AlertMetric::AuditFailures => {
-                Some(self.failures.iter().filter(|at| **at >= since).count() as f64)
-            }
+            AlertMetric::AuditFailures => Some(count_since(&self.failures, since) as f64),
             metric => {
-                let calls = self.tools.get(target)?;
-                let window = calls.calls.iter().filter(|c| c.at_ms >= since);
+                let calls = self.tools.get_mut(target)?;
                 match metric {
                     AlertMetric::RefusalsPerMinute => {
-                        per_minute(calls.refused.iter().filter(|at| **at >= since).count())
+                        per_minute(count_since(&calls.refused, since) as u64)
                     }
                     AlertMetric::DenialsPerMinute => {
-                        per_minute(window.filter(|c| c.outcome == Outcome::Denied).count())
+                        per_minute(u64::from(calls.window(since).denied))
                     }
                     AlertMetric::ErrorRate => {
-                        let ran: Vec<_> = window
-                            .filter(|c| !matches!(c.outcome, Outcome::Refused | Outcome::Cancelled))
-                            .collect();
-                        if (ran.len() as u64) < rule.min_calls.max(1) {
+                        let window = calls.window(since);
+                        if u64::from(window.ran) < least {
                             return None;
                         }
-                        let failed = ran
-                            .iter()
-                            .filter(|c| matches!(c.outcome, Outcome::Failed | Outcome::StoreFailed))
-                            .count();
-                        Some(failed as f64 / ran.len() as f64)
+                        Some(f64::from(window.failed) / f64::from(window.ran))
                     }
                     AlertMetric::LatencyP99Ms => {
-                        let mut times: Vec<u64> = window
-                            .filter(|c| c.outcome != Outcome::Refused)
-                            .map(|c| c.duration_ms)
-                            .collect();
-                        if (times.len() as u64) < rule.min_calls.max(1) {
+                        let durations = calls.durations(index, since);
+                        if (durations.len as u64) < least {
                             return None;
                         }
-                        times.sort_unstable();
-                        // Nearest rank: the smallest value at or above 99 %.
-                        let rank = (times.len() * 99).div_ceil(100).max(1);
-                        times.get(rank - 1).map(|t| *t as f64)
+                        durations.p99().map(|d| d as f64)
                     }
                     AlertMetric::FuelRatio => {
-                        let fuel: Vec<u64> = window
-                            .filter(|c| c.outcome == Outcome::Ok)
-                            .map(|c| c.fuel)
-                            .collect();
-                        if (fuel.len() as u64) < rule.min_calls.max(1)
-                            || (calls.norm.len() as u64) < rule.min_calls.max(1)
-                        {
+                        let window = calls.window(since);
+                        if u64::from(window.ok) < least || (calls.norm.len() as u64) < least {
                             return None;
                         }
-                        let mean = |v: &mut dyn Iterator<Item = u64>, n: usize| {
-                            v.map(|f| f as f64).sum::<f64>() / n as f64
-                        };
-                        let now = mean(&mut fuel.iter().copied(), fuel.len());
-                        let norm = mean(&mut calls.norm.iter().copied(), calls.norm.len());
+                        let now = window.ok_fuel as f64 / f64::from(window.ok);
+                        let norm = calls.norm_fuel as f64 / calls.norm.len() as f64;
                         Some(now / norm.max(1.0))
                     }
                     AlertMetric::ApprovalsPending
@@ -631,7 +827,7 @@ mod tests {
         // The refusals are still counted (up to the bound): 100 in a
         // minute's window.
         assert_eq!(
-            eval.value(&config.rules[1], "a/b", 400, HostFigures::default()),
+            eval.value(1, &config.rules[1], "a/b", 400, HostFigures::default()),
             Some(100.0)
         );
     }
@@ -828,5 +1024,361 @@ mod tests {
         assert_eq!((t[0].rule, t[0].fired), (2, true));
         let t = eval.tick(&config, 120_000, Some(HostFigures::default()));
         assert_eq!(fired(&t), [false, false, false]);
+    }
+
+    /// The value of `rule` at `now_ms` read the plain way — every call of
+    /// the window looked at, durations sorted — as the evaluator did
+    /// before it kept running counts: from the calls that ran (`ran`),
+    /// the times of refused calls and of the host's failures, and the
+    /// fuel norm.
+    fn scan(
+        rule: &AlertRule,
+        ran: &[Observation],
+        refused: &[u64],
+        failures: &[u64],
+        norm: &[u64],
+        now_ms: u64,
+    ) -> Option<f64> {
+        let since = now_ms.saturating_sub(millis(rule.window));
+        let least = rule.min_calls.max(1) as usize;
+        let window: Vec<&Observation> = ran.iter().filter(|c| c.at_ms >= since).collect();
+        let per_minute = |n: usize| Some(n as f64 * 60_000.0 / millis(rule.window).max(1) as f64);
+        let since_count = |times: &[u64]| times.iter().filter(|at| **at >= since).count();
+        match rule.metric {
+            AlertMetric::AuditFailures => Some(since_count(failures) as f64),
+            AlertMetric::RefusalsPerMinute => per_minute(since_count(refused)),
+            AlertMetric::DenialsPerMinute => per_minute(
+                window
+                    .iter()
+                    .filter(|c| c.outcome == Outcome::Denied)
+                    .count(),
+            ),
+            AlertMetric::ErrorRate => {
+                let ran: Vec<_> = window
+                    .iter()
+                    .filter(|c| c.outcome != Outcome::Cancelled)
+                    .collect();
+                let failed = ran
+                    .iter()
+                    .filter(|c| matches!(c.outcome, Outcome::Failed | Outcome::StoreFailed))
+                    .count();
+                (ran.len() >= least).then(|| failed as f64 / ran.len() as f64)
+            }
+            AlertMetric::LatencyP99Ms => {
+                let mut times: Vec<u64> = window.iter().map(|c| c.duration_ms).collect();
+                if times.len() < least {
+                    return None;
+                }
+                times.sort_unstable();
+                let rank = (times.len() * 99).div_ceil(100).max(1);
+                Some(times[rank - 1] as f64)
+            }
+            AlertMetric::FuelRatio => {
+                let ok: Vec<u64> = window
+                    .iter()
+                    .filter(|c| c.outcome == Outcome::Ok)
+                    .map(|c| c.fuel)
+                    .collect();
+                if ok.len() < least || norm.len() < least {
+                    return None;
+                }
+                let mean = |v: &[u64]| v.iter().map(|f| *f as f64).sum::<f64>() / v.len() as f64;
+                Some(mean(&ok) / mean(norm).max(1.0))
+            }
+            _ => None,
+        }
+    }
+
+    /// [`scan`] over every call observed (in order), with the norm as its
+    /// meaning says: the successes older than every window when the
+    /// newest call came, the last `NORM_CALLS` of them.
+    fn plain_value(
+        rule: &AlertRule,
+        calls: &[Observation],
+        horizon_ms: u64,
+        now_ms: u64,
+    ) -> Option<f64> {
+        let ran: Vec<Observation> = calls
+            .iter()
+            .filter(|c| c.outcome != Outcome::Refused)
+            .copied()
+            .collect();
+        let times = |outcome: Outcome| -> Vec<u64> {
+            calls
+                .iter()
+                .filter(|c| c.outcome == outcome)
+                .map(|c| c.at_ms)
+                .collect()
+        };
+        let before = calls
+            .last()
+            .map_or(0, |c| c.at_ms)
+            .saturating_sub(horizon_ms);
+        let norm: Vec<u64> = calls
+            .iter()
+            .filter(|c| c.outcome == Outcome::Ok && c.at_ms < before)
+            .map(|c| c.fuel)
+            .collect();
+        let norm = &norm[norm.len().saturating_sub(NORM_CALLS)..];
+        scan(
+            rule,
+            &ran,
+            &times(Outcome::Refused),
+            &times(Outcome::StoreFailed),
+            norm,
+            now_ms,
+        )
+    }
+
+    /// The running counts wrap around after 2^32 calls of a tool (2^64
+    /// fuel) without changing a window's value.
+    #[test]
+    fn running_counts_wrap_without_changing_a_value() {
+        let config = AlertConfig {
+            rules: vec![
+                AlertRule::new(
+                    "errors",
+                    AlertMetric::ErrorRate,
+                    Duration::from_secs(60),
+                    2.0,
+                )
+                .min_calls(1),
+                AlertRule::new(
+                    "fuel",
+                    AlertMetric::FuelRatio,
+                    Duration::from_secs(60),
+                    1e18,
+                )
+                .min_calls(1),
+            ],
+            ..AlertConfig::default()
+        };
+        let mut eval = Evaluator::new(&config);
+        let near_the_end = ToolCalls {
+            totals: Totals {
+                ran: u32::MAX - 2,
+                failed: u32::MAX - 1,
+                denied: 0,
+                ok: u32::MAX,
+                ok_fuel: u64::MAX - 10,
+            },
+            norm: VecDeque::from([100]),
+            norm_fuel: 100,
+            ..ToolCalls::default()
+        };
+        eval.tools.insert("a/b".to_owned(), near_the_end);
+        let outcomes = [
+            Outcome::Failed,
+            Outcome::Ok,
+            Outcome::Ok,
+            Outcome::Failed,
+            Outcome::Ok,
+        ];
+        for (at, outcome) in (0..).zip(outcomes) {
+            eval.observe(&config, "a/b", call(at, outcome));
+        }
+        let figures = HostFigures::default();
+        assert_eq!(
+            eval.value(0, &config.rules[0], "a/b", 10, figures),
+            Some(0.4)
+        );
+        assert_eq!(
+            eval.value(1, &config.rules[1], "a/b", 10, figures),
+            Some(1.0)
+        );
+    }
+
+    /// The running counts and sorted durations give, call after call, the
+    /// values reading the whole window gives: random outcomes, durations
+    /// and fuel, calls close together and gaps past every window, several
+    /// rules with different windows.
+    #[test]
+    fn running_counts_give_what_reading_the_window_gives() {
+        let rules = [
+            (AlertMetric::ErrorRate, 50),
+            (AlertMetric::ErrorRate, 400),
+            (AlertMetric::LatencyP99Ms, 120),
+            (AlertMetric::LatencyP99Ms, 400),
+            (AlertMetric::DenialsPerMinute, 200),
+            (AlertMetric::RefusalsPerMinute, 90),
+            (AlertMetric::FuelRatio, 100),
+        ];
+        let config = AlertConfig {
+            rules: rules
+                .iter()
+                .enumerate()
+                .map(|(i, (metric, window))| {
+                    // Thresholds no value reaches: only the values matter.
+                    AlertRule::new(
+                        &format!("r{i}"),
+                        *metric,
+                        Duration::from_millis(*window),
+                        1e18,
+                    )
+                    .min_calls(3)
+                })
+                .collect(),
+            ..AlertConfig::default()
+        };
+        let horizon = 400;
+        let mut eval = Evaluator::new(&config);
+        let mut seen = Vec::new();
+        // xorshift: the same sequence every run.
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        let mut at = 1_000;
+        for _ in 0..3000 {
+            at += match next(100) {
+                0 => 500,
+                1..=9 => 40,
+                _ => next(4),
+            };
+            let outcome = [
+                Outcome::Ok,
+                Outcome::Ok,
+                Outcome::Ok,
+                Outcome::Failed,
+                Outcome::Refused,
+                Outcome::Denied,
+                Outcome::StoreFailed,
+                Outcome::Cancelled,
+            ][next(8) as usize];
+            let call = Observation {
+                at_ms: at,
+                outcome,
+                duration_ms: next(50) + if next(10) == 0 { 1000 } else { 0 },
+                fuel: 100 + next(1000),
+            };
+            seen.push(call);
+            eval.observe(&config, "a/b", call);
+            for (index, rule) in config.rules.iter().enumerate() {
+                let kept = eval.value(index, rule, "a/b", at, HostFigures::default());
+                let plain = plain_value(rule, &seen, horizon, at);
+                match (kept, plain) {
+                    (Some(k), Some(p)) => assert!(
+                        (k - p).abs() <= 1e-9 * p.abs().max(1.0),
+                        "rule {index} at {at}: {k} against {p}"
+                    ),
+                    _ => assert_eq!(kept, plain, "rule {index} at {at}"),
+                }
+            }
+        }
+    }
+
+    /// [`scan`] over what the evaluator keeps of `tool` (and of the host's
+    /// failures).
+    fn scanned_value(eval: &Evaluator, rule: &AlertRule, tool: &str, now_ms: u64) -> Option<f64> {
+        let failures: Vec<u64> = eval.failures.iter().copied().collect();
+        let Some(calls) = eval.tools.get(tool) else {
+            // Only the host's failures are known of a tool not tracked.
+            return (rule.metric == AlertMetric::AuditFailures)
+                .then(|| scan(rule, &[], &[], &failures, &[], now_ms))
+                .flatten();
+        };
+        let ran: Vec<Observation> = calls.calls.iter().map(|k| k.call).collect();
+        let refused: Vec<u64> = calls.refused.iter().copied().collect();
+        let norm: Vec<u64> = calls.norm.iter().copied().collect();
+        scan(rule, &ran, &refused, &failures, &norm, now_ms)
+    }
+
+    /// Against a scan of the calls kept, under what the plain comparison
+    /// above leaves out: several tools, a bound well under the calls of a
+    /// window (calls let go while a latency rule tracks them), ticks, and
+    /// the clock read a moment earlier than the last call's (a call's time
+    /// is taken before the evaluator's lock, a tick's after it).
+    #[test]
+    fn running_counts_match_a_scan_under_bounds_ticks_and_clock_steps() {
+        let rules = [
+            (AlertMetric::ErrorRate, 300),
+            (AlertMetric::LatencyP99Ms, 120),
+            (AlertMetric::LatencyP99Ms, 500),
+            (AlertMetric::DenialsPerMinute, 200),
+            (AlertMetric::RefusalsPerMinute, 90),
+            (AlertMetric::FuelRatio, 100),
+            (AlertMetric::AuditFailures, 150),
+        ];
+        let config = AlertConfig {
+            rules: rules
+                .iter()
+                .enumerate()
+                .map(|(i, (metric, window))| {
+                    AlertRule::new(
+                        &format!("r{i}"),
+                        *metric,
+                        Duration::from_millis(*window),
+                        1e18,
+                    )
+                    .min_calls(2)
+                })
+                .collect(),
+            ..AlertConfig::default()
+        };
+        let mut eval = Evaluator::new(&config);
+        // Under the calls of every window: calls are let go while the
+        // latency rules track them.
+        eval.bounds.calls = 12;
+        let tools = ["a/b", "a/c", "d/e"];
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        };
+        let mut clock = 1_000;
+        let mut compared = 0;
+        for _ in 0..4000 {
+            clock += match next(100) {
+                0 => 700,
+                1..=9 => 30,
+                _ => next(3),
+            };
+            // Now and then a moment earlier than the newest call.
+            let now = clock - if next(8) == 0 { next(4) } else { 0 };
+            if next(20) == 0 {
+                eval.tick(&config, now, None);
+            } else {
+                let outcome = [
+                    Outcome::Ok,
+                    Outcome::Ok,
+                    Outcome::Ok,
+                    Outcome::Failed,
+                    Outcome::Refused,
+                    Outcome::Denied,
+                    Outcome::StoreFailed,
+                    Outcome::Cancelled,
+                ][next(8) as usize];
+                let call = Observation {
+                    at_ms: now,
+                    outcome,
+                    duration_ms: next(40) + if next(12) == 0 { 900 } else { 0 },
+                    fuel: 50 + next(500),
+                };
+                eval.observe(&config, tools[next(3) as usize], call);
+            }
+            for tool in tools {
+                for (index, rule) in config.rules.iter().enumerate() {
+                    let kept = eval.value(index, rule, tool, now, HostFigures::default());
+                    let scanned = scanned_value(&eval, rule, tool, now);
+                    match (kept, scanned) {
+                        (Some(k), Some(p)) => {
+                            compared += 1;
+                            assert!(
+                                (k - p).abs() <= 1e-9 * p.abs().max(1.0),
+                                "{tool} rule {index} at {now}: {k} against {p}"
+                            );
+                        }
+                        _ => assert_eq!(kept, scanned, "{tool} rule {index} at {now}"),
+                    }
+                }
+            }
+        }
+        // Most comparisons had a value on both sides.
+        assert!(compared > 4000 * 3 * rules.len() / 2, "{compared}");
     }
 }
