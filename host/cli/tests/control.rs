@@ -747,6 +747,17 @@ fn text_version(to: &Path, version: &str, edit: impl Fn(String) -> String) -> Pa
     dir
 }
 
+/// Makes `text` 1.0.0 serve every caller.
+const ROLL_OUT_ONE: [&str; 7] = [
+    "rollout",
+    "text",
+    "1.0.0",
+    "--percent",
+    "100",
+    "--by",
+    "ops",
+];
+
 fn approval_id_in(text: &str) -> String {
     let start = text.find("apr-").expect("an approval id");
     text[start..]
@@ -764,15 +775,7 @@ fn plugins_list_names_an_unreadable_rollout_and_lists_the_versions() {
     let versions = tempfile::tempdir().unwrap();
     let one = text_version(versions.path(), "1.0.0", |m| m);
     setup.ok(&["plugins", "install", one.to_str().unwrap()]);
-    setup.ok(&[
-        "rollout",
-        "text",
-        "1.0.0",
-        "--percent",
-        "100",
-        "--by",
-        "ops",
-    ]);
+    setup.ok(&ROLL_OUT_ONE);
     let record = airlock_tests::find_file(&setup.data(), "rollouts/text.json");
     std::fs::write(record, "{\"version\": 1, \"rollout\": ").unwrap();
 
@@ -815,15 +818,7 @@ fn release_actions_work_on_the_data_directory_and_through_the_running_server() {
     assert!(installed.contains("installed text 1.0.0"), "{installed}");
     let again = setup.ok(&["plugins", "install", one]);
     assert!(again.contains("already installed"), "{again}");
-    let activated = setup.ok(&[
-        "rollout",
-        "text",
-        "1.0.0",
-        "--percent",
-        "100",
-        "--by",
-        "ops",
-    ]);
+    let activated = setup.ok(&ROLL_OUT_ONE);
     assert!(
         activated.contains("1.0.0 serves every caller"),
         "{activated}"

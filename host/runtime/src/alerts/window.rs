@@ -1188,6 +1188,70 @@ mod tests {
         );
     }
 
+    /// A rule for each (metric, window in ms), with a threshold no value
+    /// reaches: only the values matter.
+    fn values_only(rules: &[(AlertMetric, u64)], min_calls: u64) -> AlertConfig {
+        AlertConfig {
+            rules: rules
+                .iter()
+                .enumerate()
+                .map(|(i, (metric, window))| {
+                    AlertRule::new(
+                        &format!("r{i}"),
+                        *metric,
+                        Duration::from_millis(*window),
+                        1e18,
+                    )
+                    .min_calls(min_calls)
+                })
+                .collect(),
+            ..AlertConfig::default()
+        }
+    }
+
+    /// xorshift: `next(n)` is in `0..n`, the same sequence every run.
+    fn xorshift(seed: u64) -> impl FnMut(u64) -> u64 {
+        let mut state = seed;
+        move |n| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n
+        }
+    }
+
+    /// An outcome drawn from `next`, `Ok` three times in eight.
+    fn any_outcome(next: &mut impl FnMut(u64) -> u64) -> Outcome {
+        [
+            Outcome::Ok,
+            Outcome::Ok,
+            Outcome::Ok,
+            Outcome::Failed,
+            Outcome::Refused,
+            Outcome::Denied,
+            Outcome::StoreFailed,
+            Outcome::Cancelled,
+        ][next(8) as usize]
+    }
+
+    /// Asserts two values are the same (to a relative 1e-9) or both absent;
+    /// true when both were there.
+    fn assert_same_value(kept: Option<f64>, expected: Option<f64>, what: &str) -> bool {
+        match (kept, expected) {
+            (Some(k), Some(e)) => {
+                assert!(
+                    (k - e).abs() <= 1e-9 * e.abs().max(1.0),
+                    "{what}: {k} against {e}"
+                );
+                true
+            }
+            _ => {
+                assert_eq!(kept, expected, "{what}");
+                false
+            }
+        }
+    }
+
     /// The running counts and sorted durations give, call after call, the
     /// values reading the whole window gives: random outcomes, durations
     /// and fuel, calls close together and gaps past every window, several
@@ -1203,34 +1267,11 @@ mod tests {
             (AlertMetric::RefusalsPerMinute, 90),
             (AlertMetric::FuelRatio, 100),
         ];
-        let config = AlertConfig {
-            rules: rules
-                .iter()
-                .enumerate()
-                .map(|(i, (metric, window))| {
-                    // Thresholds no value reaches: only the values matter.
-                    AlertRule::new(
-                        &format!("r{i}"),
-                        *metric,
-                        Duration::from_millis(*window),
-                        1e18,
-                    )
-                    .min_calls(3)
-                })
-                .collect(),
-            ..AlertConfig::default()
-        };
+        let config = values_only(&rules, 3);
         let horizon = 400;
         let mut eval = Evaluator::new(&config);
         let mut seen = Vec::new();
-        // xorshift: the same sequence every run.
-        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = move |n: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % n
-        };
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
         let mut at = 1_000;
         for _ in 0..3000 {
             at += match next(100) {
@@ -1238,19 +1279,9 @@ mod tests {
                 1..=9 => 40,
                 _ => next(4),
             };
-            let outcome = [
-                Outcome::Ok,
-                Outcome::Ok,
-                Outcome::Ok,
-                Outcome::Failed,
-                Outcome::Refused,
-                Outcome::Denied,
-                Outcome::StoreFailed,
-                Outcome::Cancelled,
-            ][next(8) as usize];
             let call = Observation {
                 at_ms: at,
-                outcome,
+                outcome: any_outcome(&mut next),
                 duration_ms: next(50) + if next(10) == 0 { 1000 } else { 0 },
                 fuel: 100 + next(1000),
             };
@@ -1259,13 +1290,7 @@ mod tests {
             for (index, rule) in config.rules.iter().enumerate() {
                 let kept = eval.value(index, rule, "a/b", at, HostFigures::default());
                 let plain = plain_value(rule, &seen, horizon, at);
-                match (kept, plain) {
-                    (Some(k), Some(p)) => assert!(
-                        (k - p).abs() <= 1e-9 * p.abs().max(1.0),
-                        "rule {index} at {at}: {k} against {p}"
-                    ),
-                    _ => assert_eq!(kept, plain, "rule {index} at {at}"),
-                }
+                assert_same_value(kept, plain, &format!("rule {index} at {at}"));
             }
         }
     }
@@ -1302,34 +1327,13 @@ mod tests {
             (AlertMetric::FuelRatio, 100),
             (AlertMetric::AuditFailures, 150),
         ];
-        let config = AlertConfig {
-            rules: rules
-                .iter()
-                .enumerate()
-                .map(|(i, (metric, window))| {
-                    AlertRule::new(
-                        &format!("r{i}"),
-                        *metric,
-                        Duration::from_millis(*window),
-                        1e18,
-                    )
-                    .min_calls(2)
-                })
-                .collect(),
-            ..AlertConfig::default()
-        };
+        let config = values_only(&rules, 2);
         let mut eval = Evaluator::new(&config);
         // Under the calls of every window: calls are let go while the
         // latency rules track them.
         eval.bounds.calls = 12;
         let tools = ["a/b", "a/c", "d/e"];
-        let mut state = 0x2545_f491_4f6c_dd1d_u64;
-        let mut next = move |n: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % n
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d);
         let mut clock = 1_000;
         let mut compared = 0;
         for _ in 0..4000 {
@@ -1343,19 +1347,9 @@ mod tests {
             if next(20) == 0 {
                 eval.tick(&config, now, None);
             } else {
-                let outcome = [
-                    Outcome::Ok,
-                    Outcome::Ok,
-                    Outcome::Ok,
-                    Outcome::Failed,
-                    Outcome::Refused,
-                    Outcome::Denied,
-                    Outcome::StoreFailed,
-                    Outcome::Cancelled,
-                ][next(8) as usize];
                 let call = Observation {
                     at_ms: now,
-                    outcome,
+                    outcome: any_outcome(&mut next),
                     duration_ms: next(40) + if next(12) == 0 { 900 } else { 0 },
                     fuel: 50 + next(500),
                 };
@@ -1365,15 +1359,8 @@ mod tests {
                 for (index, rule) in config.rules.iter().enumerate() {
                     let kept = eval.value(index, rule, tool, now, HostFigures::default());
                     let scanned = scanned_value(&eval, rule, tool, now);
-                    match (kept, scanned) {
-                        (Some(k), Some(p)) => {
-                            compared += 1;
-                            assert!(
-                                (k - p).abs() <= 1e-9 * p.abs().max(1.0),
-                                "{tool} rule {index} at {now}: {k} against {p}"
-                            );
-                        }
-                        _ => assert_eq!(kept, scanned, "{tool} rule {index} at {now}"),
+                    if assert_same_value(kept, scanned, &format!("{tool} rule {index} at {now}")) {
+                        compared += 1;
                     }
                 }
             }
