@@ -218,12 +218,18 @@ async fn a_failing_tool_trips_its_rule_signs_the_webhook_and_is_paused_until_res
     // another time (the signature covers the timestamp).
     let got = next(&mut hook).await;
     got.verify(SECRET.as_bytes()).unwrap();
-    assert!(got.verify(b"another secret of length").is_err());
+    let refused = |result: Result<(), standardwebhooks::WebhookError>| {
+        matches!(
+            result,
+            Err(standardwebhooks::WebhookError::InvalidSignature)
+        )
+    };
+    assert!(refused(got.verify(b"another secret of length")));
     let tampered = Received {
         headers: got.headers.clone(),
-        body: got.body.iter().copied().rev().collect(),
+        body: [&got.body[..], b" "].concat(),
     };
-    assert!(tampered.verify(SECRET.as_bytes()).is_err());
+    assert!(refused(tampered.verify(SECRET.as_bytes())));
     let key = standardwebhooks::Webhook::from_bytes(SECRET.as_bytes().to_vec()).unwrap();
     let sent_at: i64 = got.header("webhook-timestamp").unwrap().parse().unwrap();
     for (header, value) in [

@@ -1052,14 +1052,54 @@ async fn a_version_that_did_not_load_is_refused_at_once_for_a_while() {
             .await
             .unwrap();
     }
-    let copy = std::fs::read_dir(data.path().join("versions/text"))
+    let (manifest, original) = edit_materialized(data.path(), "1.0.0");
+    let host = Host::new(config(data.path())).unwrap();
+    // Readiness: not ready, saying which version does not load and why —
+    // not the whole report failing: before any call tried the load (the
+    // copy found damaged, a store error of its own) and after one (the
+    // failure kept).
+    let lenient = ReadinessConfig::requiring(Vec::<ReadinessCheck>::new());
+    let slugify = || CallRequest::new("text/slugify", json!({"text": "Hi there"}).to_string());
+    for called in [false, true] {
+        if called {
+            let first = format!("{:?}", host.call(slugify()).await.unwrap_err());
+            assert!(first.contains("differs"), "{first}");
+        }
+        let report = host.readiness(None, &lenient).await.unwrap();
+        let text = report.iter().find(|r| r.plugin == "text").unwrap();
+        assert!(!text.ready, "{report:?}");
+        assert_eq!(text.version, "1.0.0");
+        assert_eq!(text.missing_required[0].check, ReadinessCheck::Routing);
+        assert!(
+            text.missing_required[0]
+                .reason
+                .contains("1.0.0 does not load")
+                && text.missing_required[0].reason.contains("differs"),
+            "called {called}: {report:?}"
+        );
+    }
+    // Put right, it is still refused until the failure is old enough: the
+    // call did not try the load again.
+    std::fs::write(&manifest, &original).unwrap();
+    let again = format!("{:?}", host.call(slugify()).await.unwrap_err());
+    assert!(
+        again.contains("differs") && again.contains("tried again 30 s"),
+        "{again}"
+    );
+}
+
+/// Edit the copy of `text` `version` kept in the data directory so that
+/// it no longer matches its record; the manifest's path and its text as
+/// it was.
+fn edit_materialized(data: &Path, version: &str) -> (std::path::PathBuf, String) {
+    let copy = std::fs::read_dir(data.join("versions/text"))
         .unwrap()
         .map(|e| e.unwrap().path())
         .find(|p| {
             p.file_name()
                 .unwrap()
                 .to_string_lossy()
-                .starts_with("1.0.0-")
+                .starts_with(&format!("{version}-"))
         })
         .unwrap();
     let manifest = copy.join("plugin.toml");
@@ -1069,32 +1109,52 @@ async fn a_version_that_did_not_load_is_refused_at_once_for_a_while() {
         original.replacen("risk = \"read\"", "risk = \"write\"", 1),
     )
     .unwrap();
+    (manifest, original)
+}
+
+/// A canary that does not load fails its share of the calls: readiness
+/// names it, with its share and how to stop it, though the serving
+/// version loads.
+#[tokio::test]
+async fn readiness_names_a_canary_that_does_not_load() {
+    let data = tempfile::tempdir().unwrap();
+    {
+        let host = Host::new(config(data.path())).unwrap();
+        install(&host, text_version("1.0.0", |m| m).path()).await;
+        install(&host, text_version("1.1.0", |m| m).path()).await;
+        host.set_rollout(&RolloutRequest::new("text", "1.0.0", 100, "ops"))
+            .await
+            .unwrap();
+        host.set_rollout(&RolloutRequest::new("text", "1.1.0", 50, "ops"))
+            .await
+            .unwrap();
+    }
+    edit_materialized(data.path(), "1.1.0");
     let host = Host::new(config(data.path())).unwrap();
-    let slugify = || CallRequest::new("text/slugify", json!({"text": "Hi there"}).to_string());
-    let first = format!("{:?}", host.call(slugify()).await.unwrap_err());
-    assert!(first.contains("differs"), "{first}");
-    // Readiness: not ready, saying which version does not load and why —
-    // not the whole report failing.
     let lenient = ReadinessConfig::requiring(Vec::<ReadinessCheck>::new());
     let report = host.readiness(None, &lenient).await.unwrap();
     let text = report.iter().find(|r| r.plugin == "text").unwrap();
     assert!(!text.ready, "{report:?}");
-    assert_eq!(text.version, "1.0.0");
-    assert_eq!(text.missing_required[0].check, ReadinessCheck::Routing);
+    assert_eq!(text.version, "1.1.0");
+    let finding = &text.missing_required[0];
+    assert_eq!(finding.check, ReadinessCheck::Routing);
     assert!(
-        text.missing_required[0]
-            .reason
-            .contains("1.0.0 does not load")
-            && text.missing_required[0].reason.contains("differs"),
+        finding.reason.contains("canary 1.1.0 does not load")
+            && finding.reason.contains("50 % of callers")
+            && finding.reason.contains("differs"),
         "{report:?}"
     );
-    // Put right, it is still refused until the failure is old enough: the
-    // call did not try the load again.
-    std::fs::write(&manifest, &original).unwrap();
-    let again = format!("{:?}", host.call(slugify()).await.unwrap_err());
+    assert!(finding.fix.contains("airlock rollback text"), "{report:?}");
+    // The serving version loads: with the canary stopped, ready to route.
+    host.rollback("text", "ops", None).await.unwrap();
+    let report = host.readiness(None, &lenient).await.unwrap();
+    let text = report.iter().find(|r| r.plugin == "text").unwrap();
+    assert_eq!(text.version, "1.0.0");
     assert!(
-        again.contains("differs") && again.contains("tried again 30 s"),
-        "{again}"
+        text.missing_required
+            .iter()
+            .all(|f| f.check != ReadinessCheck::Routing),
+        "{report:?}"
     );
 }
 

@@ -1510,9 +1510,33 @@ impl Host {
             }
             let serving = match routes.rollouts.get(&name) {
                 Some(rollout) => match self.plugin_version(&name, &rollout.serving).await {
-                    Ok(serving) => serving,
-                    // The store down is the host's failure, not the plugin's.
-                    Err(e @ Error::Store(_)) => return Err(e),
+                    Ok(serving) => {
+                        // A canary that does not load fails its share of
+                        // the calls as surely.
+                        if let Some(canary) = &rollout.canary
+                            && let Err(e) = self.plugin_version(&name, &canary.version).await
+                        {
+                            if is_the_hosts(&e) {
+                                return Err(e);
+                            }
+                            reports.push(crate::readiness::unroutable(
+                                &name,
+                                &canary.version,
+                                format!(
+                                    "its canary {} does not load here, so the {} % of callers routed to it fail: {}",
+                                    canary.version,
+                                    canary.percent,
+                                    crate::error::chain(&e)
+                                ),
+                                format!(
+                                    "fix what stops it loading, or stop the canary: `airlock rollback {name}`"
+                                ),
+                            ));
+                            continue;
+                        }
+                        serving
+                    }
+                    Err(e) if is_the_hosts(&e) => return Err(e),
                     Err(e) => {
                         // Rolling back serves the previous version only
                         // when no canary runs (it stops the canary first).
@@ -1971,6 +1995,14 @@ fn some(names: &[impl AsRef<str>]) -> String {
         text.push_str(&format!(", and {} more", names.len() - SHOWN));
     }
     text
+}
+
+/// Whether loading a version failed for the host's sake — its store
+/// unreachable, locked by another process or of another layout — rather
+/// than for the version's own (its files or record damaged: `Corrupt`,
+/// which one plugin's readiness reports).
+fn is_the_hosts(e: &Error) -> bool {
+    matches!(e, Error::Store(store) if store.source.kind() != airlock_store::ErrorKind::Corrupt)
 }
 
 #[cfg(test)]

@@ -49,9 +49,9 @@ pub enum ReadinessCheck {
     /// The host can switch to read-only (the mode store answers).
     ReadOnlyTakeover,
     /// The plugin's calls are routed: its rollout record, if it has one,
-    /// can be read, and the version it serves loads. Always required,
-    /// whatever the configuration says: a plugin whose every call fails is
-    /// not ready.
+    /// can be read, and the version it serves and its canary, if one runs,
+    /// load. Always required, whatever the configuration says: a plugin
+    /// whose calls fail is not ready.
     Routing,
 }
 

@@ -718,6 +718,12 @@ mod tests {
         for (hook, expected) in cases {
             let error = parse(&format!("[[webhooks]]\n{hook}")).unwrap_err();
             assert!(error.contains(expected), "{hook}: {error}");
+            // Nothing of the secret is quoted (base64's own error names
+            // the byte it stopped at).
+            assert!(
+                !error.contains("symbol") && !error.contains("not base64 at all"),
+                "{hook}: {error}"
+            );
         }
         // 16 bytes encoded: accepted.
         parse("[[webhooks]]\nname = \"ops\"\nurl = \"http://x\"\nsecret = \"whsec_MDEyMzQ1Njc4OWFiY2RlZg==\"")
