@@ -1463,9 +1463,11 @@ impl Host {
     ///
     /// # Errors
     /// [`CallError::UnknownPlugin`] (as [`Error::Call`]) when `plugin`
-    /// serves nothing; [`Error::Store`], [`Error::Audit`]. A plugin whose
-    /// rollout record cannot be read, or whose serving version does not
-    /// load, is a report (not ready, check `routing`), not an error.
+    /// serves nothing; [`Error::Store`] when the store cannot be used
+    /// (any kind but `Corrupt`), [`Error::Audit`]. A plugin whose rollout
+    /// record cannot be read, or whose serving version or canary does not
+    /// load (its kept copy damaged included), is a report (not ready,
+    /// check `routing`), not an error.
     pub async fn readiness(
         &self,
         plugin: Option<&str>,

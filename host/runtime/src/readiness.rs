@@ -147,7 +147,8 @@ pub struct ReadinessFinding {
 pub struct ReadinessReport {
     /// The plugin.
     pub plugin: String,
-    /// Its serving version; empty when not known (its rollout record
+    /// Its serving version, or its canary when that is what does not load
+    /// (a `routing` finding); empty when not known (its rollout record
     /// cannot be read).
     pub version: String,
     /// No required check failed.
