@@ -7,7 +7,9 @@
 use airlock_host::{
     CallError, CallRequest, ErrorClass, Host, HostConfig, LoadError, ToolErrorKind, TrapKind,
 };
-use airlock_tests::{BAD_SCHEMA, DUP_TOOLS, MISBEHAVE, PluginDir, WRONG_WORLD, install, read};
+use airlock_tests::{
+    BAD_SCHEMA, DUP_TOOLS, LOUD_LIST, MISBEHAVE, PluginDir, WRONG_WORLD, install, read,
+};
 use serde_json::{Value, json};
 
 /// Fixtures tested in another suite (capabilities.rs, http.rs).
@@ -354,6 +356,22 @@ async fn dup_tools() {
         panic!("{err}")
     };
     assert!(reason.contains("exported twice"), "{reason}");
+}
+
+/// A description with terminal control sequences loads as given (it is
+/// the plugin's text; JSON and the console escape it): what prints it to a
+/// terminal escapes it (`tools_list_shows_a_plugins_control_sequences_escaped`
+/// in the CLI's tests).
+#[tokio::test]
+async fn loud_list() {
+    let dir = install("loud", &read(LOUD_LIST), "[[tools]]\nname = \"shout\"\n");
+    let host = Host::new(HostConfig::default()).unwrap();
+    let plugin = host.load_plugin(dir.path()).await.unwrap();
+    let description = plugin.tools().next().unwrap().description();
+    assert!(
+        description.contains("\u{1b}]0;owned\u{7}"),
+        "{description:?}"
+    );
 }
 
 #[tokio::test]

@@ -354,6 +354,9 @@ impl airlock_host::store::PluginStore for LosesNextSwap {
     ) -> airlock_host::store::Result<Vec<airlock_host::store::Versioned<Rollout>>> {
         self.inner.rollouts()
     }
+    fn rollout_names(&self) -> airlock_host::store::Result<Vec<String>> {
+        self.inner.rollout_names()
+    }
 }
 
 /// An upgrade approval is used up only by a change that happened: one
@@ -1053,17 +1056,23 @@ async fn a_version_that_did_not_load_is_refused_at_once_for_a_while() {
             .unwrap();
     }
     let (manifest, original) = edit_materialized(data.path(), "1.0.0");
-    let host = Host::new(config(data.path())).unwrap();
     // Readiness: not ready, saying which version does not load and why —
-    // not the whole report failing: before any call tried the load (the
-    // copy found damaged, a store error of its own) and after one (the
-    // failure kept).
+    // not the whole report failing: on a host where no call tried the load
+    // (the copy found damaged, a store error of its own) and on one where
+    // a call did (the failure kept, with its kind).
     let lenient = ReadinessConfig::requiring(Vec::<ReadinessCheck>::new());
     let slugify = || CallRequest::new("text/slugify", json!({"text": "Hi there"}).to_string());
+    let mut kept = None;
     for called in [false, true] {
+        drop(kept.take());
+        let host = Host::new(config(data.path())).unwrap();
         if called {
-            let first = format!("{:?}", host.call(slugify()).await.unwrap_err());
-            assert!(first.contains("differs"), "{first}");
+            let first = host.call(slugify()).await.unwrap_err();
+            assert!(format!("{first:?}").contains("differs"), "{first:?}");
+            // Refused from the kept failure, the same kind of error.
+            let second = host.call(slugify()).await.unwrap_err();
+            assert!(format!("{second:?}").contains("tried again"), "{second:?}");
+            assert_eq!(second.kind(), first.kind(), "{second:?}");
         }
         let report = host.readiness(None, &lenient).await.unwrap();
         let text = report.iter().find(|r| r.plugin == "text").unwrap();
@@ -1077,7 +1086,9 @@ async fn a_version_that_did_not_load_is_refused_at_once_for_a_while() {
                 && text.missing_required[0].reason.contains("differs"),
             "called {called}: {report:?}"
         );
+        kept = Some(host);
     }
+    let host = kept.unwrap();
     // Put right, it is still refused until the failure is old enough: the
     // call did not try the load again.
     std::fs::write(&manifest, &original).unwrap();
@@ -1125,13 +1136,36 @@ async fn readiness_names_a_canary_that_does_not_load() {
         host.set_rollout(&RolloutRequest::new("text", "1.0.0", 100, "ops"))
             .await
             .unwrap();
+        host.set_rollout(&RolloutRequest::new("text", "1.1.0", 0, "ops"))
+            .await
+            .unwrap();
+    }
+    let lenient = ReadinessConfig::requiring(Vec::<ReadinessCheck>::new());
+    let routing_ready = |report: &[airlock_host::ReadinessReport]| {
+        let text = report.iter().find(|r| r.plugin == "text").unwrap();
+        text.version == "1.0.0"
+            && text
+                .missing_required
+                .iter()
+                .all(|f| f.check != ReadinessCheck::Routing)
+    };
+    // At 0 % no caller reaches the canary: that it would not load is no
+    // finding of the plugin's routing.
+    let (manifest, original) = edit_materialized(data.path(), "1.1.0");
+    {
+        let host = Host::new(config(data.path())).unwrap();
+        let report = host.readiness(None, &lenient).await.unwrap();
+        assert!(routing_ready(&report), "{report:?}");
+    }
+    std::fs::write(&manifest, &original).unwrap();
+    {
+        let host = Host::new(config(data.path())).unwrap();
         host.set_rollout(&RolloutRequest::new("text", "1.1.0", 50, "ops"))
             .await
             .unwrap();
     }
     edit_materialized(data.path(), "1.1.0");
     let host = Host::new(config(data.path())).unwrap();
-    let lenient = ReadinessConfig::requiring(Vec::<ReadinessCheck>::new());
     let report = host.readiness(None, &lenient).await.unwrap();
     let text = report.iter().find(|r| r.plugin == "text").unwrap();
     assert!(!text.ready, "{report:?}");
@@ -1148,14 +1182,7 @@ async fn readiness_names_a_canary_that_does_not_load() {
     // The serving version loads: with the canary stopped, ready to route.
     host.rollback("text", "ops", None).await.unwrap();
     let report = host.readiness(None, &lenient).await.unwrap();
-    let text = report.iter().find(|r| r.plugin == "text").unwrap();
-    assert_eq!(text.version, "1.0.0");
-    assert!(
-        text.missing_required
-            .iter()
-            .all(|f| f.check != ReadinessCheck::Routing),
-        "{report:?}"
-    );
+    assert!(routing_ready(&report), "{report:?}");
 }
 
 /// A `json/format` call that is refused: its error.
@@ -1186,6 +1213,10 @@ async fn an_unreadable_rollout_refuses_its_own_plugin_only() {
     }
     let records = [airlock_tests::find_file(data.path(), "rollouts/json.json")];
     std::fs::write(&records[0], "{\"version\": 1, \"rollout\": ").unwrap();
+    // A stray file among the installed versions, which the rollouts read
+    // one by one once depended on listing.
+    let installed = records[0].parent().unwrap().parent().unwrap();
+    std::fs::write(installed.join("versions/README"), "notes").unwrap();
 
     let host = Host::new(config(data.path())).unwrap();
     let text = host

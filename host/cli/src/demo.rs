@@ -162,7 +162,9 @@ pub(crate) async fn run(settings: &Settings) -> Result<u8, Failure> {
                 "    - {:<16} [{}] {}",
                 tool.name(),
                 tool.risk().as_str(),
-                tool.description()
+                // A plugin's own text: nothing of it reaches the terminal
+                // as a control sequence.
+                crate::terminal::escape(tool.description())
             );
         }
     }
@@ -347,18 +349,26 @@ fn show(outcome: &Result<CallResponse, airlock_host::CallError>) -> Option<&'sta
                 outln!("     {line}");
             }
             for line in &response.logs {
-                outln!("     [log {}] {}", line.level, line.message);
+                outln!(
+                    "     [log {}] {}",
+                    line.level,
+                    crate::terminal::escape(&line.message)
+                );
             }
             for note in &response.host_notes {
-                outln!("     [host] {note}");
+                outln!("     [host] {}", crate::terminal::escape(note));
             }
             None
         }
         Err(error) => {
             let e = error.to_json();
-            outln!("   {}: {}", e["kind"].as_str().unwrap_or("error"), error);
+            outln!(
+                "   {}: {}",
+                e["kind"].as_str().unwrap_or("error"),
+                crate::terminal::escape_lines(&error.to_string())
+            );
             for v in error.violations() {
-                outln!("     - {v}");
+                outln!("     - {}", crate::terminal::escape(&v.to_string()));
             }
             Some(error.kind())
         }

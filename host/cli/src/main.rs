@@ -454,10 +454,12 @@ pub(crate) fn host_config(settings: &Settings, calls: Calls) -> HostConfig {
 
 fn warn_failures(report: &LoadReport) {
     for failure in &report.failed {
+        // The error may carry the guest's own text (its stderr when it
+        // trapped in `list`): escaped, as every guest text printed.
         eprintln!(
             "warning: plugin in {} not loaded: {}",
-            failure.dir.display(),
-            failure.error
+            terminal::escape(&failure.dir.display().to_string()),
+            terminal::escape_lines(&failure.error.to_string())
         );
     }
 }
@@ -575,7 +577,7 @@ async fn tools_list(settings: &Settings, json: bool) -> Result<u8, Failure> {
                 "{:<28} {:<12} {}",
                 tool.id(),
                 tool.risk().as_str(),
-                tool.description()
+                terminal::escape(tool.description())
             );
         }
     }

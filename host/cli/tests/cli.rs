@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
-use airlock_tests::{MISBEHAVE, PLUGINS_DIR, PROBE, install, read, sha256_hex};
+use airlock_tests::{LOUD_LIST, MISBEHAVE, PLUGINS_DIR, PROBE, install, read, sha256_hex};
 use serde_json::Value;
 
 const AIRLOCK: &str = env!("CARGO_BIN_EXE_airlock");
@@ -125,6 +125,28 @@ fn tools_list_human_output() {
             .any(|l| l.starts_with("text/slugify") && l.contains("read")),
         "{text}"
     );
+}
+
+/// A plugin's tool description is its own text: control sequences in it
+/// (clear the line, return, retitle the terminal, then a fake row) are
+/// printed escaped, never obeyed.
+#[test]
+fn tools_list_shows_a_plugins_control_sequences_escaped() {
+    let root = plugins_root(
+        "loud",
+        &read(LOUD_LIST),
+        "[[tools]]\nname = \"shout\"\nrisk = \"read\"\n",
+    );
+    let out = Env::new()
+        .cmd(root.path())
+        .args(["tools", "list"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(!text.contains(['\u{1b}', '\r', '\u{7}']), "{text:?}");
+    let line = text.lines().find(|l| l.starts_with("loud/shout")).unwrap();
+    assert!(line.contains("harmless\\u{1b}[2K"), "{line:?}");
 }
 
 #[test]

@@ -1516,6 +1516,7 @@ impl Host {
                         // A canary that does not load fails its share of
                         // the calls as surely.
                         if let Some(canary) = &rollout.canary
+                            && canary.percent > 0
                             && let Err(e) = self.plugin_version(&name, &canary.version).await
                         {
                             if is_the_hosts(&e) {

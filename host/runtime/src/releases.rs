@@ -173,8 +173,8 @@ pub(crate) struct Routes {
     /// are refused (where they should go is not known).
     pub(crate) unreadable: BTreeMap<String, String>,
     /// Why the rollouts could not be listed at once, when they were read
-    /// record by record: `rollouts` holds those of the plugins the host
-    /// knew of (installed, or in its plugins directory).
+    /// record by record: `rollouts` holds those of the plugins the store
+    /// named as having a record.
     pub(crate) partial: Option<String>,
 }
 
@@ -201,8 +201,8 @@ pub struct RolloutListing {
     /// refused until it is restored or removed.
     pub unreadable: Vec<UnreadableRollout>,
     /// Why the store could not list the rollouts at once, when it could
-    /// not: they were then read one by one, for every plugin installed or
-    /// in the plugins directory.
+    /// not: they were then read one by one, for every plugin the store
+    /// names as having a rollout record.
     pub partial: Option<String>,
 }
 
@@ -240,6 +240,47 @@ pub(crate) struct ReleaseParts<'h> {
 /// again ([`Served::load`]).
 pub(crate) const LOAD_RETRY: Duration = Duration::from_secs(30);
 
+/// Why a version did not load, kept for [`LOAD_RETRY`]: what it was
+/// refused with, and, for a store's failure, which store and of what kind,
+/// so that a refusal from the kept failure is the same error as the first
+/// (a readiness report tells the host's store failing from one plugin's
+/// damaged copy by the kind).
+struct Failed {
+    why: String,
+    store: Option<(Store, airlock_store::ErrorKind)>,
+}
+
+impl Failed {
+    fn new(e: &Error) -> Failed {
+        match e {
+            Error::Store(e) => Failed {
+                why: e.source.chain(),
+                store: Some((e.store, e.source.kind())),
+            },
+            e => Failed {
+                why: crate::error::chain(e),
+                store: None,
+            },
+        }
+    }
+
+    /// The refusal of a call routed to the version while it is kept.
+    fn refusal(&self) -> Error {
+        let message = format!(
+            "{} (tried again {} s after it failed)",
+            self.why,
+            LOAD_RETRY.as_secs()
+        );
+        match self.store {
+            Some((store, kind)) => Error::Store(StoreError::new(
+                store,
+                airlock_store::StoreError::new(kind, message),
+            )),
+            None => Error::Config { message },
+        }
+    }
+}
+
 /// What one host keeps to serve installed versions.
 pub(crate) struct Served {
     releases: Releases,
@@ -253,7 +294,7 @@ pub(crate) struct Served {
     /// to one are refused with that reason for [`LOAD_RETRY`] before it is
     /// tried again (each call tried it anew — a read, a hash, a compile
     /// and the guest's `list` under the load lock, before any rate limit).
-    failed: Mutex<HashMap<(String, String), (Instant, String)>>,
+    failed: Mutex<HashMap<(String, String), (Instant, Failed)>>,
     /// One rollout change at a time (`ReleaseParts::commit`).
     changing: tokio::sync::Mutex<()>,
     /// Where versions are materialized.
@@ -487,26 +528,26 @@ impl Served {
         if let Some(why) = &routes.partial
             && !partial_before
         {
-            tracing::warn!(error = %why, "the rollouts cannot be listed: read one by one, for the plugins installed or in the plugins directory");
+            tracing::warn!(error = %why, "the rollouts cannot be listed: read one by one, for each plugin with a record");
         }
         let routes = Arc::new(routes);
         *cached = Some((Instant::now(), Arc::clone(&routes)));
         Ok(routes)
     }
 
-    /// The rollouts read record by record, for every plugin the host knows
-    /// of (installed versions, the plugins directory), after listing them
+    /// The rollouts read record by record, for every plugin with a
+    /// record (named by the store without reading it), after listing them
     /// all failed with `all`.
     fn routes_one_by_one(
         &self,
         all: airlock_store::StoreError,
     ) -> std::result::Result<Routes, StoreError> {
-        let Ok(installed) = self.releases.versions(None) else {
+        // Not from the installed versions: one version record that cannot
+        // be read, or a stray file among them, would fail that listing too,
+        // and every plugin's calls with it.
+        let Ok(names) = self.releases.rollout_names() else {
             return Err(StoreError::new(Store::Plugins, all));
         };
-        let mut names: std::collections::BTreeSet<String> =
-            installed.into_iter().map(|v| v.plugin).collect();
-        names.extend(self.directory.read().keys().cloned());
         let mut routes = Routes {
             partial: Some(crate::error::chain(&all)),
             ..Routes::default()
@@ -544,9 +585,8 @@ impl Served {
         let routes = self.routes()?;
         routes.check_readable(plugin)?;
         // Read record by record, the rollouts are those of every plugin
-        // with an installed version or in the plugins directory when they
-        // were read (a rollout names an installed version): no other
-        // plugin has one, until the next read.
+        // with a record when they were read: no other plugin has one, until
+        // the next read.
         Ok(Self::route(&routes.rollouts, plugin, principal, session).map(str::to_owned))
     }
 
@@ -658,12 +698,7 @@ impl Served {
             failed
                 .get(&key)
                 .filter(|(at, _)| at.elapsed() < LOAD_RETRY)
-                .map(|(_, why)| Error::Config {
-                    message: format!(
-                        "{why} (tried again {} s after it failed)",
-                        LOAD_RETRY.as_secs()
-                    ),
-                })
+                .map(|(_, failure)| failure.refusal())
         };
         if let Some(refused) = recent_failure() {
             return Err(refused);
@@ -682,10 +717,13 @@ impl Served {
             Ok(_) => {
                 failed.remove(&key);
             }
-            // The store may be back at the next call.
-            Err(Error::Store(e)) if e.source.kind() == airlock_store::ErrorKind::Unavailable => {}
+            // The store's own failure (unreachable, locked, of another
+            // layout, misconfigured) is not the version's, and may be
+            // mended by the next call: only a damaged record or copy
+            // (`Corrupt`) and the version's own faults are kept.
+            Err(Error::Store(e)) if e.source.kind() != airlock_store::ErrorKind::Corrupt => {}
             Err(e) => {
-                failed.insert(key, (Instant::now(), crate::error::chain(e)));
+                failed.insert(key, (Instant::now(), Failed::new(e)));
             }
         }
         loaded

@@ -253,7 +253,11 @@ impl CallState {
             stderr,
             workspace,
             deadline,
-            http: WasiHttpCtx::new(),
+            http: {
+                let mut http = WasiHttpCtx::new();
+                http.set_field_size_limit(grants::HTTP_FIELDS_BYTES);
+                http
+            },
             http_hooks,
             files_budget,
             _epoch: epoch,

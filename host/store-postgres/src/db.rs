@@ -344,7 +344,9 @@ fn connect_error(desc: &str, e: tokio_postgres::Error) -> StoreError {
 /// without a code: a socket error, a closed connection), credentials and
 /// missing databases [`ErrorKind::Config`], a unique violation
 /// [`ErrorKind::Conflict`], a missing table or column
-/// [`ErrorKind::Incompatible`], bad data [`ErrorKind::Corrupt`].
+/// [`ErrorKind::Incompatible`], bad data and damaged pages or indexes
+/// [`ErrorKind::Corrupt`] (other internal errors of the server are
+/// [`ErrorKind::Unavailable`]: nothing says the data is at fault).
 pub(crate) fn pg_error(context: impl Into<String>, e: tokio_postgres::Error) -> StoreError {
     let kind = e.code().map_or(ErrorKind::Unavailable, classify);
     StoreError::with_source(kind, context, e)
@@ -356,9 +358,9 @@ fn classify(code: &SqlState) -> ErrorKind {
         "28P01" | "28000" | "3D000" | "42501" => ErrorKind::Config,
         "23505" => ErrorKind::Conflict,
         "42P01" | "42703" | "42883" => ErrorKind::Incompatible,
-        _ if c.starts_with("22") || c.starts_with("23") || c.starts_with("XX") => {
-            ErrorKind::Corrupt
-        }
+        // XX001 data_corrupted, XX002 index_corrupted.
+        "XX001" | "XX002" => ErrorKind::Corrupt,
+        _ if c.starts_with("22") || c.starts_with("23") => ErrorKind::Corrupt,
         // 08 connection, 40 rolled back, 53 resources, 57 timeout or
         // shutdown, and the rest: try again later.
         _ => ErrorKind::Unavailable,

@@ -127,10 +127,25 @@ impl Op {
     }
 }
 
-/// A column of `row`, or a corrupt-data error.
+/// A column of `row`. A column of another type than this version of
+/// Airlock wrote is the schema's ([`ErrorKind::Incompatible`]: every row
+/// of the table has it); a value that cannot be read as its type (a NULL
+/// where none is written) is that row's ([`ErrorKind::Corrupt`]).
 fn get<'a, T: tokio_postgres::types::FromSql<'a>>(row: &'a Row, index: usize) -> Result<T> {
-    row.try_get(index)
-        .map_err(|e| StoreError::with_source(ErrorKind::Corrupt, "unexpected column type", e))
+    row.try_get(index).map_err(|e| {
+        let wrong_type = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<tokio_postgres::types::WrongType>());
+        if wrong_type {
+            let column = row.columns().get(index).map_or("?", |c| c.name());
+            StoreError::with_source(
+                ErrorKind::Incompatible,
+                format!("column `{column}` is not of the type this version of Airlock wrote"),
+                e,
+            )
+        } else {
+            StoreError::with_source(ErrorKind::Corrupt, "a column's value cannot be read", e)
+        }
+    })
 }
 
 /// A stored count or time, which is never negative.
@@ -1609,8 +1624,10 @@ impl PluginStore for PostgresStore {
             async move {
                 s.execute(
                     &format!("storing artifact {digest}"),
+                    // Stored already, unless what is stored is damaged.
                     "INSERT INTO airlock_artifacts (digest, data) VALUES ($1, $2) \
-                     ON CONFLICT (digest) DO NOTHING",
+                     ON CONFLICT (digest) DO UPDATE SET data = EXCLUDED.data \
+                     WHERE encode(sha256(airlock_artifacts.data), 'hex') <> airlock_artifacts.digest",
                     &[&digest, &bytes],
                 )
                 .await?;
@@ -1785,6 +1802,19 @@ impl PluginStore for PostgresStore {
             rows.iter()
                 .map(|r| rollout_of(r, get::<&str>(r, 2)?))
                 .collect()
+        })
+    }
+
+    fn rollout_names(&self) -> Result<Vec<String>> {
+        self.db.run(|s| async move {
+            let rows = s
+                .query(
+                    "listing the plugins with a rollout",
+                    "SELECT plugin FROM airlock_rollouts",
+                    &[],
+                )
+                .await?;
+            rows.iter().map(|r| get::<String>(r, 0)).collect()
         })
     }
 }

@@ -1085,4 +1085,65 @@ fn a_rollout_row_holding_another_plugins_rollout_is_corrupt() {
     assert_eq!(json.kind(), ErrorKind::Corrupt, "{json}");
     let text = releases.rollout("text").unwrap().unwrap();
     assert_eq!(text.value.plugin, "text");
+    // A column altered to another type is the schema's, for every row:
+    // incompatible (the host's), not one record's damage.
+    common::admin(
+        &url,
+        "ALTER TABLE airlock_rollouts ALTER COLUMN version TYPE text",
+    );
+    // (Read by a new pool: a statement prepared before the change fails
+    // on the server, "cached plan must not change result type".)
+    drop(releases);
+    drop(stores);
+    let stores = open(&common::config(&url)).expect("open");
+    let releases = Releases::new(stores.plugins.clone());
+    let text = releases.rollout("text").unwrap_err();
+    assert_eq!(text.kind(), ErrorKind::Incompatible, "{text}");
+    assert!(text.to_string().contains("`version`"), "{text}");
+}
+
+/// A damaged artifact row is reported with its remedy, and installing the
+/// package again writes it anew (it was kept: a second write of a digest
+/// did nothing).
+#[test]
+fn a_damaged_artifact_is_written_again_by_installing_again() {
+    use airlock_store::{Installed, Releases, VersionFiles};
+    let url = common::fresh_database();
+    let stores = open(&common::config(&url)).expect("open");
+    let releases = Releases::new(stores.plugins.clone());
+    let files = VersionFiles {
+        manifest: b"manifest",
+        component: b"component",
+        component_file: "c.wasm",
+        cases: None,
+        signature: None,
+    };
+    let Installed::New(installed) = releases
+        .install("text", "1.0.0", files, None, "ops", 1)
+        .expect("install")
+    else {
+        panic!("installed before")
+    };
+    common::admin(
+        &url,
+        &format!(
+            "UPDATE airlock_artifacts SET data = 'damaged'::bytea WHERE digest = '{}'",
+            installed.component_digest
+        ),
+    );
+    let err = releases
+        .artifact(&installed.component_digest)
+        .expect_err("damaged");
+    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+    assert!(err.to_string().contains("install the package"), "{err}");
+    assert!(matches!(
+        releases.install("text", "1.0.0", files, None, "ops", 2),
+        Ok(Installed::Already(_))
+    ));
+    assert_eq!(
+        releases
+            .artifact(&installed.component_digest)
+            .expect("repaired"),
+        b"component"
+    );
 }

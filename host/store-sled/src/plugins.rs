@@ -27,11 +27,15 @@ use airlock_store::{
     check_digest, check_plugin_name, check_version,
 };
 use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 
 /// The directory inside the data directory.
 pub const INSTALLED_DIR: &str = "installed";
 /// Largest version or rollout file read.
 const MAX_RECORD_BYTES: u64 = 1 << 20;
+/// Largest artifact read: the host loads no component larger (512 MiB),
+/// and a package's other files are smaller.
+const MAX_ARTIFACT_BYTES: u64 = 512 << 20;
 
 /// Installed versions and rollouts under `<data dir>/installed`.
 #[derive(Debug)]
@@ -84,18 +88,45 @@ impl FilePlugins {
     }
 
     fn read_small(path: &Path) -> Result<Option<Vec<u8>>> {
+        Self::read_file(path, MAX_RECORD_BYTES, "any record")
+    }
+
+    /// The bytes of `path`, which must be a regular file of at most `cap`
+    /// bytes (`than` names what it would be larger than): `None` when it
+    /// does not exist. A pipe or device put there (or linked to) is refused
+    /// before it is opened — opening a FIFO would block the reader, and
+    /// with it every call waiting for the rollouts — and the read is capped
+    /// however the file grows meanwhile.
+    fn read_file(path: &Path, cap: u64, than: &str) -> Result<Option<Vec<u8>>> {
         let meta = match fs::metadata(path) {
             Ok(meta) => meta,
             Err(e) if e.kind() == IoKind::NotFound => return Ok(None),
             Err(e) => return Err(io(path, e)),
         };
-        if meta.len() > MAX_RECORD_BYTES {
+        if !meta.is_file() {
             return Err(StoreError::new(
                 ErrorKind::Corrupt,
-                format!("{} is larger than any record", path.display()),
+                format!(
+                    "{} is not a regular file (a directory, a pipe or a device)",
+                    path.display()
+                ),
             ));
         }
-        fs::read(path).map(Some).map_err(|e| io(path, e))
+        let too_large = || {
+            StoreError::new(
+                ErrorKind::Corrupt,
+                format!("{} is larger than {than}", path.display()),
+            )
+        };
+        if meta.len() > cap {
+            return Err(too_large());
+        }
+        match airlock_store::file::read_capped(path, cap) {
+            Ok(bytes) => Ok(Some(bytes)),
+            Err(e) if e.kind() == IoKind::NotFound => Ok(None),
+            Err(e) if e.kind() == IoKind::InvalidData => Err(too_large()),
+            Err(e) => Err(io(path, e)),
+        }
     }
 
     fn decode<T: serde::de::DeserializeOwned>(path: &Path, bytes: &[u8]) -> Result<T> {
@@ -202,7 +233,12 @@ impl PluginStore for FilePlugins {
         check_digest(digest).map_err(config)?;
         let dir = self.root.join("artifacts");
         let path = dir.join(digest);
-        if path.is_file() {
+        // Already stored — unless what is stored is damaged (a bad restore,
+        // a disk error): then it is replaced, or installing the package
+        // again would leave every load of it failing its digest.
+        if let Ok(Some(stored)) = Self::read_file(&path, MAX_ARTIFACT_BYTES, "any artifact")
+            && hex::encode(Sha256::digest(&stored)) == digest
+        {
             return Ok(());
         }
         let tmp = self.temp_file(&dir, bytes)?;
@@ -216,11 +252,7 @@ impl PluginStore for FilePlugins {
     fn artifact(&self, digest: &str) -> Result<Option<Vec<u8>>> {
         check_digest(digest).map_err(config)?;
         let path = self.root.join("artifacts").join(digest);
-        match fs::read(&path) {
-            Ok(bytes) => Ok(Some(bytes)),
-            Err(e) if e.kind() == IoKind::NotFound => Ok(None),
-            Err(e) => Err(io(&path, e)),
-        }
+        Self::read_file(&path, MAX_ARTIFACT_BYTES, "any artifact")
     }
 
     fn insert_version(&self, version: &InstalledVersion) -> Result<bool> {
@@ -256,9 +288,22 @@ impl PluginStore for FilePlugins {
                 vec![base.join(plugin)]
             }
             None => match fs::read_dir(&base) {
-                Ok(entries) => entries
-                    .map(|e| e.map(|e| e.path()).map_err(|e| io(&base, e)))
-                    .collect::<Result<_>>()?,
+                // Each plugin's directory, named by the plugin: a stray
+                // file or directory of another name is no plugin's.
+                Ok(entries) => {
+                    let mut dirs = Vec::new();
+                    for entry in entries {
+                        let entry = entry.map_err(|e| io(&base, e))?;
+                        let named = entry
+                            .file_name()
+                            .to_str()
+                            .is_some_and(|name| check_plugin_name(name).is_ok());
+                        if named && entry.path().is_dir() {
+                            dirs.push(entry.path());
+                        }
+                    }
+                    dirs
+                }
                 Err(e) if e.kind() == IoKind::NotFound => Vec::new(),
                 Err(e) => return Err(io(&base, e)),
             },
@@ -342,6 +387,28 @@ impl PluginStore for FilePlugins {
                 .is_some_and(|n| n.ends_with(".json") && !n.starts_with('.'));
             if is_record && let Some(rollout) = self.read_rollout(&path)? {
                 out.push(rollout);
+            }
+        }
+        Ok(out)
+    }
+
+    fn rollout_names(&self) -> Result<Vec<String>> {
+        let dir = self.rollouts_dir();
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == IoKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io(&dir, e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| io(&dir, e))?;
+            // `<plugin>.json` for a plugin name: the lock file, temporary
+            // files and anything else left there name no plugin.
+            let name = entry.file_name();
+            if let Some(plugin) = name.to_str().and_then(|n| n.strip_suffix(".json"))
+                && check_plugin_name(plugin).is_ok()
+            {
+                out.push(plugin.to_owned());
             }
         }
         Ok(out)

@@ -419,3 +419,95 @@ fn damaged_names_and_a_rollout_version_at_its_end_are_corrupt() {
         seen.version
     );
 }
+
+/// What may be found under `installed/` besides the store's own files: a
+/// stray file among the plugins' directories, a damaged artifact, a pipe
+/// where a record should be. Each is reported or skipped; none blocks a
+/// reader or hides the other plugins.
+#[test]
+fn stray_damaged_and_special_files_under_installed_are_survived() {
+    use airlock_store::{Installed, Releases, Rollout, RolloutAction, RolloutChange, VersionFiles};
+    let dir = tempfile::tempdir().unwrap();
+    let releases = Releases::new(Arc::new(FilePlugins::new(dir.path())));
+    let files = VersionFiles {
+        manifest: b"manifest",
+        component: b"component",
+        component_file: "c.wasm",
+        cases: None,
+        signature: None,
+    };
+    let Installed::New(installed) = releases
+        .install("text", "1.0.0", files, None, "ops", 1)
+        .unwrap()
+    else {
+        panic!("installed before")
+    };
+    let root = dir.path().join(airlock_store_sled::INSTALLED_DIR);
+
+    // A stray file beside the plugins' directories is no plugin's.
+    std::fs::write(root.join("versions/README"), "notes").unwrap();
+    std::fs::create_dir(root.join("versions/Not-A-Name")).unwrap();
+    let listed: Vec<String> = releases
+        .versions(None)
+        .unwrap()
+        .into_iter()
+        .map(|v| v.plugin)
+        .collect();
+    assert_eq!(listed, ["text"]);
+
+    // A damaged artifact is reported with its remedy, and installing the
+    // package again writes it anew.
+    let component = root.join("artifacts").join(&installed.component_digest);
+    std::fs::write(&component, "damaged").unwrap();
+    let err = releases.artifact(&installed.component_digest).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+    assert!(err.to_string().contains("install the package"), "{err}");
+    assert!(matches!(
+        releases
+            .install("text", "1.0.0", files, None, "ops", 2)
+            .unwrap(),
+        Installed::Already(_)
+    ));
+    assert_eq!(
+        releases.artifact(&installed.component_digest).unwrap(),
+        b"component"
+    );
+
+    // A pipe where a record or an artifact should be is refused without
+    // being opened (opening it would wait for a writer, forever).
+    let rollout = Rollout {
+        plugin: "text".into(),
+        serving: "1.0.0".into(),
+        canary: None,
+        previous: None,
+        change: RolloutChange {
+            id: "c".into(),
+            action: RolloutAction::Activate,
+            by: "ops".into(),
+            reason: None,
+            at_ms: 1,
+            approval_id: None,
+        },
+    };
+    assert!(releases.store().insert_rollout(&rollout).unwrap());
+    for fifo in [
+        root.join("rollouts/json.json"),
+        root.join("artifacts").join("0".repeat(64)),
+    ] {
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+    }
+    let err = releases.rollout("json").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+    assert!(err.to_string().contains("not a regular file"), "{err}");
+    let err = releases.store().artifact(&"0".repeat(64)).unwrap_err();
+    assert!(err.to_string().contains("not a regular file"), "{err}");
+    // The listing fails on it; the names do not, so each record is read
+    // on its own and the others' are served.
+    assert!(releases.rollouts().is_err());
+    assert_eq!(releases.rollout_names().unwrap(), ["json", "text"]);
+    assert_eq!(releases.rollout("text").unwrap().unwrap().value, rollout);
+}

@@ -984,6 +984,7 @@ pub fn racing_rollout_changes_have_one_winner(fresh: Fresh, peer: Peer) {
         );
     }
     assert_eq!(rb.rollouts().expect("list").len(), 1);
+    assert_eq!(rb.rollout_names().expect("names"), ["text"]);
 }
 
 #[cfg(test)]

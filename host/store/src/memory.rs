@@ -556,4 +556,8 @@ impl PluginStore for MemoryStore {
             })
             .collect())
     }
+
+    fn rollout_names(&self) -> Result<Vec<String>> {
+        Ok(self.lock().rollouts.keys().cloned().collect())
+    }
 }

@@ -236,7 +236,9 @@ impl Rollout {
 /// wins.
 pub trait PluginStore: Send + Sync + fmt::Debug {
     /// Store `bytes` under `digest` (their SHA-256, hex, checked by the
-    /// caller). Storing bytes already there is a no-op.
+    /// caller). Storing bytes already there is a no-op — unless the bytes
+    /// stored under `digest` do not hash to it (damaged): they are
+    /// replaced.
     fn put_artifact(&self, digest: &str, bytes: &[u8]) -> Result<()>;
     /// The bytes stored under `digest`.
     fn artifact(&self, digest: &str) -> Result<Option<Vec<u8>>>;
@@ -255,7 +257,14 @@ pub trait PluginStore: Send + Sync + fmt::Debug {
     fn replace_rollout(&self, current: Version, next: &Rollout) -> Result<bool>;
     /// Every rollout.
     fn rollouts(&self) -> Result<Vec<Versioned<Rollout>>>;
+    /// The plugins with a rollout record, in no particular order: their
+    /// names alone, so that one record that cannot be read does not hide
+    /// which plugins have one (each is then read by [`rollout`](Self::rollout)).
+    fn rollout_names(&self) -> Result<Vec<String>>;
 }
+
+/// How a missing or damaged artifact is put right.
+const REPAIR: &str = "install the package of a version holding that file again (`airlock plugins install`), which writes it anew";
 
 /// Check a plugin version string: 1–64 characters of `[A-Za-z0-9.+_-]`,
 /// starting with an alphanumeric (safe as a file name and in a URL).
@@ -455,18 +464,25 @@ impl Releases {
 
     /// The artifact `digest`, checked against its digest.
     ///
+    /// A missing or damaged artifact is written again by installing any
+    /// package holding that file ([`install`](Self::install) stores its
+    /// files first, replacing a stored file that does not match).
+    ///
     /// # Errors
     /// [`ErrorKind::Corrupt`] when it is missing or its bytes do not hash
     /// to `digest`; the backend's errors.
     pub fn artifact(&self, digest: &str) -> Result<Vec<u8>> {
         check_digest(digest).map_err(|m| StoreError::new(ErrorKind::Corrupt, m))?;
         let bytes = self.store.artifact(digest)?.ok_or_else(|| {
-            StoreError::new(ErrorKind::Corrupt, format!("artifact {digest} is missing"))
+            StoreError::new(
+                ErrorKind::Corrupt,
+                format!("artifact {digest} is missing: {REPAIR}"),
+            )
         })?;
         if digest_of(&bytes) != digest {
             return Err(StoreError::new(
                 ErrorKind::Corrupt,
-                format!("artifact {digest} does not hash to its digest"),
+                format!("artifact {digest} does not hash to its digest: {REPAIR}"),
             ));
         }
         Ok(bytes)
@@ -516,6 +532,18 @@ impl Releases {
         let mut rollouts = self.store.rollouts()?;
         rollouts.sort_by(|a, b| a.value.plugin.cmp(&b.value.plugin));
         Ok(rollouts)
+    }
+
+    /// The names of the plugins with a rollout record, sorted, whether
+    /// their records can be read or not.
+    ///
+    /// # Errors
+    /// The backend's.
+    pub fn rollout_names(&self) -> Result<Vec<String>> {
+        let mut names = self.store.rollout_names()?;
+        names.sort();
+        names.dedup();
+        Ok(names)
     }
 
     /// Change the rollout of `plugin` from `expected` (what the caller read

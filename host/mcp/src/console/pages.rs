@@ -79,17 +79,32 @@ fn marked_json(text: &str) -> Markup {
     html! { pre.args { (marked(&pretty)) } }
 }
 
-/// `text` with `"[redacted:…]"` values and the truncation mark in
-/// `<mark>`s, everything escaped.
+/// Length of a redactor's token, `[redacted:` and 16 hex digits and `]`.
+const TOKEN_LEN: usize = 27;
+
+/// Where the first redactor's token in `text` starts. Exactly its shape:
+/// a `[redacted:` that a caller wrote and a `]` further on must not mark
+/// the keys and values between them as hidden by the host.
+fn redaction_token(text: &str) -> Option<usize> {
+    let mut from = 0;
+    while let Some(found) = text[from..].find("[redacted:") {
+        let start = from + found;
+        let token = text.as_bytes().get(start..start + TOKEN_LEN);
+        if token.is_some_and(|t| t[10..26].iter().all(u8::is_ascii_hexdigit) && t[26] == b']') {
+            return Some(start);
+        }
+        from = start + 1;
+    }
+    None
+}
+
+/// `text` with the redactor's `[redacted:…]` tokens and the truncation
+/// mark in `<mark>`s, everything escaped.
 fn marked(text: &str) -> Markup {
     let mut parts: Vec<(bool, &str, &str)> = Vec::new();
     let mut rest = text;
     loop {
-        let redacted = rest.find("[redacted:").and_then(|start| {
-            rest[start..]
-                .find(']')
-                .map(|end| (start, start + end + 1, "redacted"))
-        });
+        let redacted = redaction_token(rest).map(|start| (start, start + TOKEN_LEN, "redacted"));
         // Only where the host cut: at the very end of what was kept. The
         // same text inside a caller's value is the caller's, and marking
         // it would tell the approver the arguments were cut when they
@@ -814,6 +829,15 @@ mod tests {
         assert!(!html.contains("<b>"), "{html}");
         // An unclosed marker is text.
         assert_eq!(marked("[redacted:").into_string(), "[redacted:");
+        // A caller's `[redacted:` and a later `]` do not mark what lies
+        // between as hidden: only the redactor's token, exactly.
+        let spoof = "{\"a\":\"[redacted:\",\"amount\":1000000,\"b\":\"]\"}";
+        assert!(!marked(spoof).into_string().contains("<mark"), "{spoof}");
+        let html = marked("[redacted:zz][redacted:0123456789ABCDEF] and ]").into_string();
+        assert_eq!(
+            html,
+            "[redacted:zz]<mark class=\"redacted\" title=\"redacted before it was stored\">[redacted:0123456789ABCDEF]</mark> and ]"
+        );
         // A cut mark anywhere but at the end is a caller's text.
         let html = marked("{\"note\":\"…[truncated]\"}").into_string();
         assert!(!html.contains("<mark"), "{html}");

@@ -40,6 +40,7 @@ use crate::pipeline::CallResponse;
 
 pub use pause::{PAUSE_REFRESH, Pause};
 pub(crate) use pause::{Pauses, check_target};
+pub(crate) use rules::redacted_url;
 pub use rules::{AlertConfig, AlertMetric, AlertRule, TakeoverAction, Webhook};
 use window::{Evaluator, HOST_TARGET, HostFigures, Observation, Outcome, Transition};
 

@@ -225,11 +225,16 @@ impl std::fmt::Debug for Webhook {
     }
 }
 
-/// `url` with any path and query replaced by `/…`.
-fn redacted_url(url: &str) -> String {
+/// `url` with any path and query replaced by `/…` and any credentials
+/// (`user:password@`) by `…@`: what may be printed of a URL that can
+/// carry a secret.
+pub(crate) fn redacted_url(url: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let origin = &rest[..end];
+    let origin = match rest[..end].rsplit_once('@') {
+        Some((_, host)) => format!("…@{host}"),
+        None => rest[..end].to_owned(),
+    };
     let tail = if rest[end..].trim_start_matches('/').is_empty() {
         ""
     } else {
@@ -392,7 +397,7 @@ impl AlertConfig {
                 return Err(format!("{key}.name {:?} is used twice", hook.name));
             }
             super::webhook::Target::parse(&hook.url)
-                .map_err(|why| format!("{key}.url {:?}: {why}", hook.url))?;
+                .map_err(|why| format!("{key}.url {:?}: {why}", redacted_url(&hook.url)))?;
             let secret = match (&hook.secret, &hook.secret_env) {
                 (Some(_), Some(_)) => {
                     return Err(format!("{key}: give secret or secret_env, not both"));
@@ -757,6 +762,27 @@ mod tests {
             assert!(!printed.contains(secret), "{printed}");
         }
         assert_eq!(redacted_url("http://127.0.0.1:9/"), "http://127.0.0.1:9");
+        assert_eq!(
+            redacted_url("https://alice:s3cret@hooks.example.com/x"),
+            "https://…@hooks.example.com/…"
+        );
+        assert_eq!(
+            redacted_url("htps://h.example/T0/SECRET"),
+            "htps://h.example/…"
+        );
+        // Refused, without quoting what the URL carries.
+        for url in [
+            "https://alice:s3cret@hooks.example.com/x",
+            "htps://hooks.example.com/services/T0/B0/s3cret",
+        ] {
+            let mut config = AlertConfig::default();
+            config
+                .webhooks
+                .push(Webhook::new("chat", url, "0123456789abcdef"));
+            let err = config.resolve().unwrap_err();
+            assert!(!err.contains("s3cret"), "{err}");
+            assert!(err.contains("hooks.example.com"), "{err}");
+        }
         assert_eq!(redacted_url("http://127.0.0.1:9"), "http://127.0.0.1:9");
     }
 }

@@ -37,10 +37,11 @@ use wasmtime::Engine;
 use wasmtime::component::{HasData, HasSelf, Linker, ResourceTable};
 use wasmtime_wasi::WasiCtxBuilder;
 
-pub use self::http::{HttpGrant, HttpScheme, IpRange, Origin, OriginHost};
 pub(crate) use self::http::{
-    HttpHooks, Notes as HttpNotes, TlsClient, take_notes as take_http_notes,
+    FIELDS_BYTES as HTTP_FIELDS_BYTES, HttpHooks, Notes as HttpNotes, TlsClient,
+    take_notes as take_http_notes,
 };
+pub use self::http::{HttpGrant, HttpScheme, IpRange, Origin, OriginHost};
 mod files_quota;
 mod files_times;
 

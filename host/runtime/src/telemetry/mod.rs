@@ -99,9 +99,12 @@ impl TelemetryConfig {
     /// A message naming the key at fault (`telemetry.…`).
     pub fn validate(&self) -> Result<(), String> {
         if let Some(endpoint) = &self.otlp_endpoint {
+            // A collector's URL may carry a key (in its credentials or
+            // query): errors show its scheme and host only.
+            let shown = crate::alerts::redacted_url(endpoint);
             let Some(rest) = endpoint.strip_prefix("http://") else {
                 return Err(format!(
-                    "telemetry.otlp_endpoint {endpoint:?} must be an http:// URL (OTLP/HTTP; send to a local collector for TLS)"
+                    "telemetry.otlp_endpoint {shown:?} must be an http:// URL (OTLP/HTTP; send to a local collector for TLS)"
                 ));
             };
             let host = rest.split('/').next().unwrap_or_default();
@@ -112,7 +115,7 @@ impl TelemetryConfig {
                     .any(|c| c.is_control() || c.is_whitespace())
             {
                 return Err(format!(
-                    "telemetry.otlp_endpoint {endpoint:?} is not a URL like http://127.0.0.1:4318"
+                    "telemetry.otlp_endpoint {shown:?} is not a URL like http://127.0.0.1:4318"
                 ));
             }
             // The traces path is appended to an endpoint without one: after
@@ -120,7 +123,7 @@ impl TelemetryConfig {
             // `/` (a 404 logged at debug level).
             if endpoint.contains(['?', '#']) {
                 return Err(format!(
-                    "telemetry.otlp_endpoint {endpoint:?} has a query or fragment: give the collector's URL alone (http://host:4318 or its full traces path)"
+                    "telemetry.otlp_endpoint {shown:?} has a query or fragment: give the collector's URL alone (http://host:4318 or its full traces path)"
                 ));
             }
             if !cfg!(feature = "otlp") {
@@ -500,6 +503,24 @@ fn store_of(error: &CallError) -> Option<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A collector's URL may carry a key: a refused endpoint is named by
+    /// its scheme and host alone.
+    #[test]
+    fn a_refused_endpoint_is_not_quoted_whole() {
+        for endpoint in [
+            "http://collector:4318/v1/traces?api_key=s3cret",
+            "https://user:s3cret@collector:4318",
+            "http://collector:4318/v1/traces s3cret",
+        ] {
+            let err = TelemetryConfig::default()
+                .otlp_endpoint(endpoint)
+                .validate()
+                .unwrap_err();
+            assert!(!err.contains("s3cret"), "{err}");
+            assert!(err.contains("collector:4318"), "{err}");
+        }
+    }
 
     /// A span named what the caller sent as it was sent: a 2 MB trace id
     /// of control characters was queued as such, 8,192 spans deep. Now it

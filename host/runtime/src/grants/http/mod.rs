@@ -321,12 +321,19 @@ fn refused(error: wasmtime_wasi_http::Error) -> SendFuture {
 /// call. Larger bodies still go out, in more writes.
 pub(crate) const OUTGOING_BODY_CHUNK_BYTES: usize = 64 * 1024;
 const OUTGOING_BODY_BUFFER_CHUNKS: usize = 1;
-// What one call's unsent bodies can hold at most: its whole resource table
-// in bodies, each holding its buffer.
+/// Most a header map the guest builds (`fields`) may hold, in
+/// wasmtime-wasi-http's measure of its in-memory size (somewhat above the
+/// bytes on the wire). Its default, 128 KiB, let a guest hold 32 MiB of
+/// host memory per call in header maps it never sent, outside its
+/// `memory_mb`; 32 KiB leaves room for large cookies and tokens.
+pub(crate) const FIELDS_BYTES: usize = 32 * 1024;
+// What one call's unsent bodies and header maps can hold at most: its
+// whole resource table in whichever of the two is larger.
 const _: () = assert!(
     crate::limits::MAX_RESOURCES * OUTGOING_BODY_CHUNK_BYTES * OUTGOING_BODY_BUFFER_CHUNKS
         <= 16 * 1024 * 1024
 );
+const _: () = assert!(crate::limits::MAX_RESOURCES * FIELDS_BYTES <= 16 * 1024 * 1024);
 
 impl WasiHttpHooks for HttpHooks {
     fn is_supported_scheme(&mut self, scheme: &UriScheme) -> bool {
