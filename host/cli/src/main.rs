@@ -486,7 +486,7 @@ async fn print_installed(settings: &Settings) {
     }
     if let Some(why) = answer["partial"].as_str() {
         eprintln!(
-            "warning: the rollouts could not be listed at once ({}): read one by one, for the plugins installed or in the plugins directory",
+            "warning: the rollouts could not be listed at once ({}): read one by one, for each plugin with a record",
             terminal::escape(why)
         );
     }
@@ -554,7 +554,11 @@ async fn plugins_list(settings: &Settings, json: bool) -> Result<u8, Failure> {
             );
         }
         for failure in &report.failed {
-            outln!("{:<16} FAILED     {}", failure.dir.display(), failure.error);
+            outln!(
+                "{:<16} FAILED     {}",
+                terminal::escape(&failure.dir.display().to_string()),
+                terminal::escape_lines(&failure.error.to_string())
+            );
         }
         print_installed(settings).await;
     }

@@ -1706,10 +1706,11 @@ impl Host {
                 }
             }
         }
-        let Ok(installed) = self.installed(None) else {
+        // Its own versions only: one damaged record of another plugin must
+        // not switch the check off for every target.
+        let Ok(installed_here) = self.installed(Some(plugin)).map(|v| !v.is_empty()) else {
             return Ok(());
         };
-        let installed_here = installed.iter().any(|v| v.plugin == plugin);
         let known = match tool {
             None => !versions.is_empty() || installed_here,
             Some(tool) => versions.iter().any(|p| p.tool(tool).is_some()),
@@ -1718,7 +1719,13 @@ impl Host {
             return Ok(());
         }
         let mut names: Vec<String> = self.plugin_names();
-        names.extend(installed.into_iter().map(|v| v.plugin));
+        // Named in the error as far as they can be listed.
+        names.extend(
+            self.installed(None)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|v| v.plugin),
+        );
         names.sort();
         names.dedup();
         let what = match tool {

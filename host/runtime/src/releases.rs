@@ -495,8 +495,9 @@ impl Served {
     /// call of the host.
     ///
     /// # Errors
-    /// The store's, when it can list neither the rollouts nor the
-    /// installed versions (it is down, say).
+    /// The store's, when it can list neither the rollouts nor the names of
+    /// the plugins with one (it is down, say), or reads a record with a
+    /// failure of its own (anything but a damaged record).
     pub(crate) fn routes(&self) -> std::result::Result<Arc<Routes>, StoreError> {
         let mut cached = self.rollouts.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((at, routes)) = &*cached
@@ -553,7 +554,11 @@ impl Served {
             ..Routes::default()
         };
         let mut rollouts = BTreeMap::new();
-        for name in names {
+        // A name no call can have (a damaged row's) routes nothing.
+        for name in names
+            .into_iter()
+            .filter(|n| airlock_store::check_plugin_name(n).is_ok())
+        {
             match self.releases.rollout(&name) {
                 Ok(Some(r)) if r.value.plugin == name => {
                     rollouts.insert(name, r.value);
@@ -563,9 +568,12 @@ impl Served {
                     routes.unreadable.insert(name, why);
                 }
                 Ok(None) => {}
-                Err(e) => {
+                // The record's own damage is its plugin's; the store failing
+                // (unreachable, of another layout) is every plugin's.
+                Err(e) if e.kind() == airlock_store::ErrorKind::Corrupt => {
                     routes.unreadable.insert(name, crate::error::chain(&e));
                 }
+                Err(e) => return Err(StoreError::new(Store::Plugins, e)),
             }
         }
         routes.rollouts = Arc::new(rollouts);

@@ -1624,10 +1624,13 @@ impl PluginStore for PostgresStore {
             async move {
                 s.execute(
                     &format!("storing artifact {digest}"),
-                    // Stored already, unless what is stored is damaged.
+                    // Stored already, unless what is stored is damaged: the
+                    // caller hashed these bytes, so stored bytes that
+                    // differ are not the digest's. (No hash function in the
+                    // SQL: CockroachDB's `sha256` returns text.)
                     "INSERT INTO airlock_artifacts (digest, data) VALUES ($1, $2) \
                      ON CONFLICT (digest) DO UPDATE SET data = EXCLUDED.data \
-                     WHERE encode(sha256(airlock_artifacts.data), 'hex') <> airlock_artifacts.digest",
+                     WHERE airlock_artifacts.data IS DISTINCT FROM EXCLUDED.data",
                     &[&digest, &bytes],
                 )
                 .await?;

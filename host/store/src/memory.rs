@@ -476,10 +476,12 @@ impl ModeStore for MemoryStore {
 
 impl PluginStore for MemoryStore {
     fn put_artifact(&self, digest: &str, bytes: &[u8]) -> Result<()> {
-        self.lock()
-            .artifacts
-            .entry(digest.to_owned())
-            .or_insert_with(|| bytes.to_vec());
+        // Replaced only if what is stored differs (damaged, by the trait's
+        // contract: the caller hashed `bytes`).
+        let mut store = self.lock();
+        if store.artifacts.get(digest).map(Vec::as_slice) != Some(bytes) {
+            store.artifacts.insert(digest.to_owned(), bytes.to_vec());
+        }
         Ok(())
     }
 

@@ -532,7 +532,7 @@ pub(crate) fn plugins(
             }
             @if let Some(why) = &listing.partial {
                 p.notice.warn {
-                    "The store could not list the rollouts at once (" (why) "): they were read one by one, for the plugins installed or in the plugins directory."
+                    "The store could not list the rollouts at once (" (why) "): they were read one by one, for each plugin with a record."
                 }
             }
             @if loaded.is_empty() { p.notice { "No plugin is loaded." } } @else {

@@ -230,11 +230,17 @@ impl std::fmt::Debug for Webhook {
 /// carry a secret.
 pub(crate) fn redacted_url(url: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let origin = match rest[..end].rsplit_once('@') {
-        Some((_, host)) => format!("…@{host}"),
-        None => rest[..end].to_owned(),
+    // Credentials first: a password may hold `/`, `?` or `#` (a URL that
+    // holds one is refused, and this is what its error shows). An `@` in
+    // the path hides more than it must, in an error.
+    let (credentials, rest) = match rest.rsplit_once('@') {
+        Some((_, after)) => ("…@", after),
+        None => ("", rest),
     };
+    let end = rest
+        .find(|c: char| matches!(c, '/' | '?' | '#') || c.is_whitespace() || c.is_control())
+        .unwrap_or(rest.len());
+    let origin = format!("{credentials}{}", &rest[..end]);
     let tail = if rest[end..].trim_start_matches('/').is_empty() {
         ""
     } else {
@@ -418,6 +424,16 @@ impl AlertConfig {
                 return Err(format!(
                     "{key}: the secret's key must be at least 16 bytes long"
                 ));
+            }
+            if !secret.starts_with(super::webhook::SECRET_PREFIX) {
+                // Standard Webhooks libraries base64-decode a secret given
+                // without the prefix: the same text configured there
+                // verifies nothing, or (if it happens to be base64) under
+                // another key than this one signs with.
+                tracing::warn!(
+                    webhook = %hook.name,
+                    "{key}: the secret has no `whsec_` prefix, so its text itself is the key: give receivers `whsec_` and the base64 of that text (or verify with their library's from-bytes constructor)"
+                );
             }
             hook.secret = Some(secret);
             hook.secret_env = None;
@@ -769,6 +785,14 @@ mod tests {
         assert_eq!(
             redacted_url("htps://h.example/T0/SECRET"),
             "htps://h.example/…"
+        );
+        assert_eq!(
+            redacted_url("https://alice:p/ss?#@hooks.example.com/x"),
+            "https://…@hooks.example.com/…"
+        );
+        assert_eq!(
+            redacted_url("http://collector:4318 s3cret"),
+            "http://collector:4318/…"
         );
         // Refused, without quoting what the URL carries.
         for url in [

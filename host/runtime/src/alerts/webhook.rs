@@ -61,7 +61,7 @@ pub(crate) const MAX_WAITING_PER_ALERT: usize = 16;
 /// undelivered, after its grace period.
 const RECORDING_LEFT: Duration = Duration::from_secs(5);
 /// The prefix of a Standard Webhooks secret: base64 of the key follows.
-const SECRET_PREFIX: &str = "whsec_";
+pub(super) const SECRET_PREFIX: &str = "whsec_";
 
 /// Where a webhook posts: scheme, host, port and path of its URL.
 #[derive(Debug, Clone)]

@@ -328,7 +328,10 @@ const OUTGOING_BODY_BUFFER_CHUNKS: usize = 1;
 /// `memory_mb`; 32 KiB leaves room for large cookies and tokens.
 pub(crate) const FIELDS_BYTES: usize = 32 * 1024;
 // What one call's unsent bodies and header maps can hold at most: its
-// whole resource table in whichever of the two is larger.
+// whole resource table in whichever of the two is larger. (A copy of a
+// received response's headers is not held to `FIELDS_BYTES`: it keeps
+// the response head, at most `HTTP_MAX_BUFFER_BYTES`, in wasmtime's
+// measure a little more.)
 const _: () = assert!(
     crate::limits::MAX_RESOURCES * OUTGOING_BODY_CHUNK_BYTES * OUTGOING_BODY_BUFFER_CHUNKS
         <= 16 * 1024 * 1024
