@@ -870,6 +870,17 @@ async fn a_pause_target_is_known_by_the_versions_that_serve_here() {
         err.contains("no plugin here is named `txet` (plugins: text)"),
         "{err}"
     );
+    // A name no plugin can have (the store refuses to look it up) is
+    // refused as unknown, not let through as "cannot tell".
+    let err = refusal(host.check_pause_target("Text").await);
+    assert!(err.contains("no plugin here is named `Text`"), "{err}");
+    // One damaged version record of another plugin does not switch the
+    // check off.
+    let other = data.path().join("installed/versions/json");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("1.0.0.json"), "{").unwrap();
+    let err = refusal(host.check_pause_target("txet").await);
+    assert!(err.contains("no plugin here is named `txet`"), "{err}");
     host.set_rollout(&RolloutRequest::new("text", "1.0.0", 100, "ops"))
         .await
         .unwrap();

@@ -1192,7 +1192,8 @@ impl Host {
     ///
     /// # Errors
     /// [`Error::Store`] when the store can list neither the rollouts nor
-    /// the installed versions.
+    /// the names of the plugins with one, or read none of those records
+    /// for its own failure.
     pub fn rollout_listing(&self) -> Result<crate::RolloutListing> {
         Ok(self.served.rollout_listing()?)
     }
@@ -1708,8 +1709,14 @@ impl Host {
         }
         // Its own versions only: one damaged record of another plugin must
         // not switch the check off for every target.
-        let Ok(installed_here) = self.installed(Some(plugin)).map(|v| !v.is_empty()) else {
-            return Ok(());
+        // (A name no plugin can have has none: the store refuses to look.)
+        let installed_here = if airlock_store::check_plugin_name(plugin).is_err() {
+            false
+        } else {
+            match self.installed(Some(plugin)) {
+                Ok(versions) => !versions.is_empty(),
+                Err(_) => return Ok(()),
+            }
         };
         let known = match tool {
             None => !versions.is_empty() || installed_here,
@@ -1720,12 +1727,14 @@ impl Host {
         }
         let mut names: Vec<String> = self.plugin_names();
         // Named in the error as far as they can be listed.
-        names.extend(
-            self.installed(None)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|v| v.plugin),
-        );
+        let listed = self.installed(None);
+        let unlisted = listed.as_ref().err().map(|e| {
+            format!(
+                " (the installed versions cannot all be listed: {})",
+                crate::error::chain(e)
+            )
+        });
+        names.extend(listed.unwrap_or_default().into_iter().map(|v| v.plugin));
         names.sort();
         names.dedup();
         let what = match tool {
@@ -1744,10 +1753,11 @@ impl Host {
             Some(_) if installed_here => format!(
                 "`{plugin}` is installed but no version of it serves here, so its tools are not known"
             ),
-            _ if names.is_empty() => "this host has no plugins".to_owned(),
+            _ if names.is_empty() && unlisted.is_none() => "this host has no plugins".to_owned(),
             _ => format!(
-                "no plugin here is named `{plugin}` (plugins: {})",
-                some(&names)
+                "no plugin here is named `{plugin}` (plugins: {}){}",
+                some(&names),
+                unlisted.unwrap_or_default()
             ),
         };
         Err(Error::Config {

@@ -446,8 +446,9 @@ impl Served {
     /// cannot, from [`routes`](Self::routes).
     ///
     /// # Errors
-    /// The store's, when it can list neither the rollouts nor the
-    /// installed versions.
+    /// The store's, when it can list neither the rollouts nor the names of
+    /// the plugins with one, or read none of those records for its own
+    /// failure.
     pub(crate) fn rollout_listing(&self) -> std::result::Result<RolloutListing, StoreError> {
         let routes = self.routes()?;
         Ok(RolloutListing {
@@ -496,8 +497,9 @@ impl Served {
     ///
     /// # Errors
     /// The store's, when it can list neither the rollouts nor the names of
-    /// the plugins with one (it is down, say), or reads a record with a
-    /// failure of its own (anything but a damaged record).
+    /// the plugins with one (it is down, say), or, reading them one by
+    /// one, reads none for a failure of its own (anything but a damaged
+    /// record: unreachable, of another layout).
     pub(crate) fn routes(&self) -> std::result::Result<Arc<Routes>, StoreError> {
         let mut cached = self.rollouts.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some((at, routes)) = &*cached
@@ -554,6 +556,13 @@ impl Served {
             ..Routes::default()
         };
         let mut rollouts = BTreeMap::new();
+        // A failure of the store's kind (unreachable, of another layout,
+        // permission denied) on every record is the store's, and fails the
+        // routing whole; on some records only (one file unreadable, say),
+        // it is theirs: their plugins' calls are refused, the others'
+        // routed.
+        let mut store_failure = None;
+        let mut read_any = false;
         // A name no call can have (a damaged row's) routes nothing.
         for name in names
             .into_iter()
@@ -561,20 +570,29 @@ impl Served {
         {
             match self.releases.rollout(&name) {
                 Ok(Some(r)) if r.value.plugin == name => {
+                    read_any = true;
                     rollouts.insert(name, r.value);
                 }
                 Ok(Some(r)) => {
+                    read_any = true;
                     let why = format!("the record names plugin `{}`", r.value.plugin);
                     routes.unreadable.insert(name, why);
                 }
-                Ok(None) => {}
-                // The record's own damage is its plugin's; the store failing
-                // (unreachable, of another layout) is every plugin's.
-                Err(e) if e.kind() == airlock_store::ErrorKind::Corrupt => {
+                Ok(None) => read_any = true,
+                Err(e) => {
+                    if e.kind() == airlock_store::ErrorKind::Corrupt {
+                        read_any = true;
+                    }
                     routes.unreadable.insert(name, crate::error::chain(&e));
+                    store_failure.get_or_insert(e);
                 }
-                Err(e) => return Err(StoreError::new(Store::Plugins, e)),
             }
+        }
+        if let Some(e) = store_failure
+            && !read_any
+            && e.kind() != airlock_store::ErrorKind::Corrupt
+        {
+            return Err(StoreError::new(Store::Plugins, e));
         }
         routes.rollouts = Arc::new(rollouts);
         Ok(routes)

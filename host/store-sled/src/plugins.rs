@@ -401,10 +401,13 @@ impl PluginStore for FilePlugins {
         let mut out = Vec::new();
         for entry in entries {
             let path = entry.map_err(|e| io(&dir, e))?.path();
+            // `<plugin>.json`, as `rollout_names` reads them: anything
+            // else left there (a README.json) is no record.
             let is_record = path
                 .file_name()
                 .and_then(|n| n.to_str())
-                .is_some_and(|n| n.ends_with(".json") && !n.starts_with('.'));
+                .and_then(|n| n.strip_suffix(".json"))
+                .is_some_and(|plugin| check_plugin_name(plugin).is_ok());
             if is_record && let Some(rollout) = self.read_rollout(&path)? {
                 out.push(rollout);
             }

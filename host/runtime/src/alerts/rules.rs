@@ -225,23 +225,55 @@ impl std::fmt::Debug for Webhook {
     }
 }
 
+/// Warn, once a process for each webhook, that its secret is used as
+/// its own bytes. Standard Webhooks libraries base64-decode a secret
+/// given without the prefix: the same text configured there verifies
+/// nothing, or (if it happens to be base64) under another key.
+fn warn_raw_secret(key: &str, webhook: &str) {
+    static WARNED: std::sync::Mutex<std::collections::BTreeSet<String>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    let first = WARNED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(webhook.to_owned());
+    if first {
+        tracing::warn!(
+            webhook,
+            "{key}: the secret has no `whsec_` prefix, so its text itself is the key: give receivers `whsec_` and the base64 of that text (or verify with their library's from-bytes constructor)"
+        );
+    }
+}
+
 /// `url` with any path and query replaced by `/…` and any credentials
 /// (`user:password@`) by `…@`: what may be printed of a URL that can
 /// carry a secret.
 pub(crate) fn redacted_url(url: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    // Credentials first: a password may hold `/`, `?` or `#` (a URL that
-    // holds one is refused, and this is what its error shows). An `@` in
-    // the path hides more than it must, in an error.
-    let (credentials, rest) = match rest.rsplit_once('@') {
-        Some((_, after)) => ("…@", after),
-        None => ("", rest),
+    // A scheme is letters, digits, `+`, `-`, `.` after a letter: a `://`
+    // further on (in a query) makes none.
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest))
+            if scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+                && scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')) =>
+        {
+            (scheme, rest)
+        }
+        _ => ("", url),
     };
     let end = rest
         .find(|c: char| matches!(c, '/' | '?' | '#') || c.is_whitespace() || c.is_control())
         .unwrap_or(rest.len());
-    let origin = format!("{credentials}{}", &rest[..end]);
-    let tail = if rest[end..].trim_start_matches('/').is_empty() {
+    let (authority, after) = rest.split_at(end);
+    let origin = match authority.rsplit_once('@') {
+        Some((_, host)) => format!("…@{host}"),
+        // An `@` past the authority may end credentials whose password
+        // holds a `/`, `?` or `#` (a URL refused, and this its error):
+        // nothing of it is shown.
+        None if after.contains('@') => "…".to_owned(),
+        None => authority.to_owned(),
+    };
+    let tail = if after.trim_start_matches('/').is_empty() || origin == "…" {
         ""
     } else {
         "/…"
@@ -425,16 +457,7 @@ impl AlertConfig {
                     "{key}: the secret's key must be at least 16 bytes long"
                 ));
             }
-            if !secret.starts_with(super::webhook::SECRET_PREFIX) {
-                // Standard Webhooks libraries base64-decode a secret given
-                // without the prefix: the same text configured there
-                // verifies nothing, or (if it happens to be base64) under
-                // another key than this one signs with.
-                tracing::warn!(
-                    webhook = %hook.name,
-                    "{key}: the secret has no `whsec_` prefix, so its text itself is the key: give receivers `whsec_` and the base64 of that text (or verify with their library's from-bytes constructor)"
-                );
-            }
+            let raw_secret = !secret.starts_with(super::webhook::SECRET_PREFIX);
             hook.secret = Some(secret);
             hook.secret_env = None;
             if !(1..=20).contains(&hook.max_attempts) {
@@ -445,6 +468,9 @@ impl AlertConfig {
             }
             if hook.backoff > Duration::from_secs(60) {
                 return Err(format!("{key}.backoff must be at most 60s"));
+            }
+            if raw_secret {
+                warn_raw_secret(&key, &hook.name);
             }
         }
         let mut rule_names = std::collections::BTreeSet::new();
@@ -788,8 +814,30 @@ mod tests {
         );
         assert_eq!(
             redacted_url("https://alice:p/ss?#@hooks.example.com/x"),
-            "https://…@hooks.example.com/…"
+            "https://…"
         );
+        // An `@` in a path or query ends no credentials.
+        for (url, shown) in [
+            (
+                "https://hooks.example.com/x?user=alice@example.com&token=s3cret",
+                "https://…",
+            ),
+            (
+                "http://collector:4318/v1/traces?api_key=ab@s3cret",
+                "http://…",
+            ),
+            ("https://hooks.example.com/T0/abc@s3cretpart", "https://…"),
+            (
+                "hooks.example.com/T0/s3cret?u=https://x",
+                "hooks.example.com/…",
+            ),
+            (
+                "https://u@hooks.example.com/a",
+                "https://…@hooks.example.com/…",
+            ),
+        ] {
+            assert_eq!(redacted_url(url), shown, "{url}");
+        }
         assert_eq!(
             redacted_url("http://collector:4318 s3cret"),
             "http://collector:4318/…"
