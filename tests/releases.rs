@@ -297,11 +297,39 @@ async fn a_rollback_made_against_a_change_seen_before_is_refused() {
 }
 
 /// A plugin store whose next rollout swap loses (as when another host's
-/// change came first), once armed.
+/// change came first), once armed; and which cannot read the rollout
+/// records of the plugins in `unreadable` (nor list the rollouts while
+/// any is), as a store failing for its own sake.
 #[derive(Debug)]
 struct LosesNextSwap {
     inner: std::sync::Arc<dyn airlock_host::store::PluginStore>,
     armed: std::sync::atomic::AtomicBool,
+    unreadable: std::sync::Mutex<Vec<&'static str>>,
+}
+
+impl LosesNextSwap {
+    fn new(inner: std::sync::Arc<dyn airlock_host::store::PluginStore>) -> LosesNextSwap {
+        LosesNextSwap {
+            inner,
+            armed: std::sync::atomic::AtomicBool::new(false),
+            unreadable: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    fn fails(&self, plugin: Option<&str>) -> airlock_host::store::Result<()> {
+        let unreadable = self.unreadable.lock().unwrap();
+        let failing = match plugin {
+            Some(plugin) => unreadable.contains(&plugin),
+            None => !unreadable.is_empty(),
+        };
+        if failing {
+            return Err(airlock_host::store::StoreError::new(
+                airlock_host::store::ErrorKind::Unavailable,
+                "the store cannot be reached",
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl airlock_host::store::PluginStore for LosesNextSwap {
@@ -334,6 +362,7 @@ impl airlock_host::store::PluginStore for LosesNextSwap {
         &self,
         plugin: &str,
     ) -> airlock_host::store::Result<Option<airlock_host::store::Versioned<Rollout>>> {
+        self.fails(Some(plugin))?;
         self.inner.rollout(plugin)
     }
     fn insert_rollout(&self, rollout: &Rollout) -> airlock_host::store::Result<bool> {
@@ -352,6 +381,7 @@ impl airlock_host::store::PluginStore for LosesNextSwap {
     fn rollouts(
         &self,
     ) -> airlock_host::store::Result<Vec<airlock_host::store::Versioned<Rollout>>> {
+        self.fails(None)?;
         self.inner.rollouts()
     }
     fn rollout_names(&self) -> airlock_host::store::Result<Vec<String>> {
@@ -368,10 +398,7 @@ async fn an_upgrade_approval_whose_rollout_lost_its_race_is_approved_again() {
     use airlock_host::StoreConfig;
     let data = tempfile::tempdir().unwrap();
     let mut stores = airlock_host::store::Stores::memory();
-    let losing = std::sync::Arc::new(LosesNextSwap {
-        inner: stores.plugins.clone(),
-        armed: std::sync::atomic::AtomicBool::new(false),
-    });
+    let losing = std::sync::Arc::new(LosesNextSwap::new(stores.plugins.clone()));
     stores.plugins = losing.clone();
     let host = Host::new(config(data.path()).store(StoreConfig::Custom(stores))).unwrap();
     let one = text_version("1.0.0", |m| m);
@@ -412,6 +439,46 @@ async fn an_upgrade_approval_whose_rollout_lost_its_race_is_approved_again() {
         host.approval(&approval_id).unwrap().unwrap().state,
         ApprovalState::Consumed
     );
+}
+
+/// Rollouts read one by one (listing them failed): a record the store
+/// cannot read for its own sake refuses its own plugin's calls while
+/// another record reads; when none does, the store is down, and the
+/// routing fails whole.
+#[tokio::test]
+async fn a_record_the_store_cannot_read_refuses_its_plugin_unless_none_reads() {
+    use airlock_host::StoreConfig;
+    let data = tempfile::tempdir().unwrap();
+    let mut stores = airlock_host::store::Stores::memory();
+    let faulty = std::sync::Arc::new(LosesNextSwap::new(stores.plugins.clone()));
+    stores.plugins = faulty.clone();
+    let host =
+        || Host::new(config(data.path()).store(StoreConfig::Custom(stores.clone()))).unwrap();
+    {
+        let host = host();
+        install(&host, text_version("1.0.0", |m| m).path()).await;
+        install(&host, example_version("json", "1.0.0", |m| m).path()).await;
+        for plugin in ["text", "json"] {
+            host.set_rollout(&RolloutRequest::new(plugin, "1.0.0", 100, "ops"))
+                .await
+                .unwrap();
+        }
+    }
+    let slugify = || CallRequest::new("text/slugify", json!({"text": "Hi"}).to_string());
+    *faulty.unreadable.lock().unwrap() = vec!["json"];
+    {
+        let host = host();
+        assert_eq!(host.call(slugify()).await.unwrap().output["slug"], "hi");
+        let err = format_json(&host).await;
+        assert_eq!(err.kind(), "store_unavailable", "{err}");
+        let listing = host.rollout_listing().unwrap();
+        assert_eq!(listing.unreadable.len(), 1, "{listing:?}");
+    }
+    *faulty.unreadable.lock().unwrap() = vec!["json", "text"];
+    let host = host();
+    let err = host.call(slugify()).await.unwrap_err();
+    assert_eq!(err.kind(), "store_unavailable", "{err}");
+    assert!(host.rollout_listing().is_err());
 }
 
 #[tokio::test]

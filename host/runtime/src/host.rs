@@ -1754,6 +1754,10 @@ impl Host {
                 "`{plugin}` is installed but no version of it serves here, so its tools are not known"
             ),
             _ if names.is_empty() && unlisted.is_none() => "this host has no plugins".to_owned(),
+            _ if names.is_empty() => format!(
+                "no plugin here is named `{plugin}`{}",
+                unlisted.unwrap_or_default()
+            ),
             _ => format!(
                 "no plugin here is named `{plugin}` (plugins: {}){}",
                 some(&names),

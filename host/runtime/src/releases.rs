@@ -588,9 +588,10 @@ impl Served {
                 }
             }
         }
+        // (A `Corrupt` failure counts as read: only the store's own kinds
+        // are left in `store_failure` when nothing was.)
         if let Some(e) = store_failure
             && !read_any
-            && e.kind() != airlock_store::ErrorKind::Corrupt
         {
             return Err(StoreError::new(Store::Plugins, e));
         }

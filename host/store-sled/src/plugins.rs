@@ -147,6 +147,17 @@ impl FilePlugins {
             Ok(bytes) => Ok(Some(bytes)),
             Err(e) if e.kind() == IoKind::NotFound => Ok(None),
             Err(e) if e.kind() == IoKind::InvalidData => Err(too_large()),
+            // The file's own mode (one left by another user's command):
+            // this record cannot be read, not the store — its plugin's
+            // finding, as a damaged record's is.
+            Err(e) if e.kind() == IoKind::PermissionDenied => Err(StoreError::with_source(
+                ErrorKind::Corrupt,
+                format!(
+                    "{} cannot be read by this user: give it back to the user the host runs as",
+                    path.display()
+                ),
+                e,
+            )),
             Err(e) => Err(io(path, e)),
         }
     }
