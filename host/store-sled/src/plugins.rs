@@ -403,23 +403,11 @@ impl PluginStore for FilePlugins {
     }
 
     fn rollouts(&self) -> Result<Vec<Versioned<Rollout>>> {
-        let dir = self.rollouts_dir();
-        let entries = match fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == IoKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io(&dir, e)),
-        };
+        // The records `rollout_names` finds (`<plugin>.json`): anything
+        // else left there (a README.json, the lock file) is no record.
         let mut out = Vec::new();
-        for entry in entries {
-            let path = entry.map_err(|e| io(&dir, e))?.path();
-            // `<plugin>.json`, as `rollout_names` reads them: anything
-            // else left there (a README.json) is no record.
-            let is_record = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.strip_suffix(".json"))
-                .is_some_and(|plugin| check_plugin_name(plugin).is_ok());
-            if is_record && let Some(rollout) = self.read_rollout(&path)? {
+        for plugin in self.rollout_names()? {
+            if let Some(rollout) = self.rollout(&plugin)? {
                 out.push(rollout);
             }
         }
