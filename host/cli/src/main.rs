@@ -490,6 +490,24 @@ async fn print_installed(settings: &Settings) {
             terminal::escape(why)
         );
     }
+    for unreadable in answer["unreadable_versions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        eprintln!(
+            "warning: the record of {} {} cannot be read: {}",
+            terminal::escape(unreadable["plugin"].as_str().unwrap_or("?")),
+            terminal::escape(unreadable["version"].as_str().unwrap_or("?")),
+            terminal::escape(unreadable["error"].as_str().unwrap_or("?"))
+        );
+    }
+    if let Some(why) = answer["versions_partial"].as_str() {
+        eprintln!(
+            "warning: the installed versions could not be listed at once ({}): read one by one",
+            terminal::escape(why)
+        );
+    }
     let versions = answer["versions"].as_array().cloned().unwrap_or_default();
     if versions.is_empty() {
         return;

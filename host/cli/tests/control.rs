@@ -800,6 +800,31 @@ fn plugins_list_names_an_unreadable_rollout_and_lists_the_versions() {
             .any(|l| l.starts_with("text") && l.contains("1.0.0")),
         "{stdout}"
     );
+
+    // A second version whose record is damaged: named on stderr, the
+    // first still listed (the listing failed whole).
+    let two = text_version(versions.path(), "2.0.0", |m| m);
+    setup.ok(&["plugins", "install", two.to_str().unwrap()]);
+    let record = airlock_tests::find_file(&setup.data(), "versions/text/2.0.0.json");
+    std::fs::write(record, "{\"plugin\": \"text\", \u{1b}]0;").unwrap();
+    let out = setup.run(&["plugins", "list"]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: the record of text 2.0.0 cannot be read"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("could not be listed at once"), "{stderr}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("text") && l.contains("1.0.0")),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("2.0.0"), "{stdout}");
 }
 
 #[test]

@@ -81,8 +81,8 @@ pub async fn run(host: &Host, request: ReleaseRequest) -> Result<Value, airlock_
             Ok(json!({ "installed": report.version, "new": report.new }))
         }
         ReleaseRequest::Installed { plugin } => {
-            let versions = host.installed(plugin.as_deref())?;
             // One unreadable record is named, not the whole answer lost.
+            let installed = host.installed_listing(plugin.as_deref())?;
             let listing = host.rollout_listing()?;
             let asked = |name: &String| plugin.as_ref().is_none_or(|p| p == name);
             let rollouts: Vec<_> = listing
@@ -96,7 +96,9 @@ pub async fn run(host: &Host, request: ReleaseRequest) -> Result<Value, airlock_
                 .filter(|u| asked(&u.plugin))
                 .collect();
             Ok(json!({
-                "versions": versions,
+                "versions": installed.versions,
+                "unreadable_versions": installed.unreadable,
+                "versions_partial": installed.partial,
                 "rollouts": rollouts,
                 "unreadable": unreadable,
                 "partial": listing.partial,

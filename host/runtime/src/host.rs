@@ -1174,6 +1174,21 @@ impl Host {
         })
     }
 
+    /// Installed versions (of `plugin` only, if given), by plugin, then
+    /// install time, and each version whose record cannot be read: a
+    /// listing one damaged record does not blank, for the console, the
+    /// control API and `airlock plugins list`.
+    ///
+    /// # Errors
+    /// [`Error::Store`] when the store can list neither the versions nor
+    /// their names, or read none of those records for its own failure.
+    pub fn installed_listing(&self, plugin: Option<&str>) -> Result<crate::InstalledListing> {
+        Ok(crate::releases::installed_listing(
+            self.served.releases(),
+            plugin,
+        )?)
+    }
+
     /// Every plugin's rollout, as this host serves them (read again at most
     /// every [`ROLLOUT_REFRESH`](crate::ROLLOUT_REFRESH)).
     ///
@@ -1713,8 +1728,8 @@ impl Host {
         let installed_here = if airlock_store::check_plugin_name(plugin).is_err() {
             false
         } else {
-            match self.installed(Some(plugin)) {
-                Ok(versions) => !versions.is_empty(),
+            match self.installed_listing(Some(plugin)) {
+                Ok(listing) => !listing.versions.is_empty() || !listing.unreadable.is_empty(),
                 Err(_) => return Ok(()),
             }
         };
@@ -1727,14 +1742,14 @@ impl Host {
         }
         let mut names: Vec<String> = self.plugin_names();
         // Named in the error as far as they can be listed.
-        let listed = self.installed(None);
+        let listed = self.served.releases().version_names(None);
         let unlisted = listed.as_ref().err().map(|e| {
             format!(
-                " (the installed versions cannot all be listed: {})",
+                " (the installed versions cannot be listed: {})",
                 crate::error::chain(e)
             )
         });
-        names.extend(listed.unwrap_or_default().into_iter().map(|v| v.plugin));
+        names.extend(listed.unwrap_or_default().into_iter().map(|(p, _)| p));
         names.sort();
         names.dedup();
         let what = match tool {

@@ -135,8 +135,9 @@ pub use plugin::{Plugin, Tool, ToolInfo};
 pub use ratelimit::RateLimitPolicy;
 pub use readiness::{ReadinessCheck, ReadinessConfig, ReadinessFinding, ReadinessReport};
 pub use releases::{
-    InstallReport, MAX_CHANGE_BY_BYTES, MAX_CHANGE_REASON_BYTES, ROLLOUT_REFRESH, RolloutListing,
-    RolloutRequest, RolloutStatus, UnreadableRollout, VERSIONS_DIR, VersionStats, write_version,
+    InstallReport, InstalledListing, MAX_CHANGE_BY_BYTES, MAX_CHANGE_REASON_BYTES, ROLLOUT_REFRESH,
+    RolloutListing, RolloutRequest, RolloutStatus, UnreadableRollout, UnreadableVersion,
+    VERSIONS_DIR, VersionStats, write_version,
 };
 pub use state::{LogLevel, LogLine};
 pub use stores::{StoreConfig, open_audit_read_only, open_mode, open_releases, open_workspace};

@@ -216,6 +216,101 @@ pub struct UnreadableRollout {
     pub error: String,
 }
 
+/// Every installed version whose record can be read, and each whose
+/// record cannot ([`Host::installed_listing`](crate::Host::installed_listing)).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct InstalledListing {
+    /// The versions read, by plugin, then install time.
+    pub versions: Vec<InstalledVersion>,
+    /// Versions whose record cannot be read, by plugin and version.
+    pub unreadable: Vec<UnreadableVersion>,
+    /// Why the store could not list the versions at once, when it could
+    /// not: they were then read one by one, for every version the store
+    /// names.
+    pub partial: Option<String>,
+}
+
+/// An installed version whose record cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[non_exhaustive]
+pub struct UnreadableVersion {
+    /// The plugin.
+    pub plugin: String,
+    /// The version.
+    pub version: String,
+    /// Why (the record's store error, which names it).
+    pub error: String,
+}
+
+/// The installed versions (of `plugin` only, if given) in `releases`, as
+/// far as their records can be read: when the store cannot list them at
+/// once (one damaged record fails that), each version it names is read on
+/// its own.
+///
+/// # Errors
+/// The store's, when it can list neither the versions nor their names, or,
+/// reading them one by one, reads none for a failure of its own (anything
+/// but a damaged record).
+pub(crate) fn installed_listing(
+    releases: &Releases,
+    plugin: Option<&str>,
+) -> std::result::Result<InstalledListing, StoreError> {
+    let all = match releases.versions(plugin) {
+        Ok(versions) => {
+            return Ok(InstalledListing {
+                versions,
+                ..InstalledListing::default()
+            });
+        }
+        Err(all) => all,
+    };
+    let Ok(names) = releases.version_names(plugin) else {
+        return Err(StoreError::new(Store::Plugins, all));
+    };
+    let mut listing = InstalledListing {
+        partial: Some(crate::error::chain(&all)),
+        ..InstalledListing::default()
+    };
+    // As for the rollouts (`routes_one_by_one`): a failure of the store's
+    // kind on every record is the store's; on some, theirs.
+    let mut store_failure = None;
+    let mut read_any = false;
+    for (plugin, version) in names {
+        match releases.version(&plugin, &version) {
+            Ok(Some(record)) => {
+                read_any = true;
+                listing.versions.push(record);
+            }
+            Ok(None) => read_any = true,
+            Err(e) => {
+                if e.kind() == airlock_store::ErrorKind::Corrupt {
+                    read_any = true;
+                }
+                listing.unreadable.push(UnreadableVersion {
+                    plugin,
+                    version,
+                    error: crate::error::chain(&e),
+                });
+                store_failure.get_or_insert(e);
+            }
+        }
+    }
+    if let Some(e) = store_failure
+        && !read_any
+    {
+        return Err(StoreError::new(Store::Plugins, e));
+    }
+    listing.versions.sort_by(|a, b| {
+        (a.plugin.as_str(), a.installed_ms, a.version.as_str()).cmp(&(
+            b.plugin.as_str(),
+            b.installed_ms,
+            b.version.as_str(),
+        ))
+    });
+    Ok(listing)
+}
+
 /// What [`Served::prepare`] saw last: the serving version of each plugin,
 /// and the versions that failed to load (warned about once).
 #[derive(Debug, Default)]

@@ -1733,6 +1733,39 @@ impl PluginStore for PostgresStore {
         })
     }
 
+    fn version_names(&self, plugin: Option<&str>) -> Result<Vec<(String, String)>> {
+        if plugin.is_some_and(|p| p.contains('\0')) {
+            return Ok(Vec::new());
+        }
+        let plugin = plugin.map(str::to_owned);
+        self.db.run(|s| {
+            let plugin = plugin.clone();
+            async move {
+                let rows = match &plugin {
+                    Some(plugin) => {
+                        s.query(
+                            "listing the installed versions' names",
+                            "SELECT plugin, version FROM airlock_plugin_versions WHERE plugin = $1",
+                            &[plugin],
+                        )
+                        .await?
+                    }
+                    None => {
+                        s.query(
+                            "listing the installed versions' names",
+                            "SELECT plugin, version FROM airlock_plugin_versions",
+                            &[],
+                        )
+                        .await?
+                    }
+                };
+                rows.iter()
+                    .map(|r| Ok((get::<String>(r, 0)?, get::<String>(r, 1)?)))
+                    .collect()
+            }
+        })
+    }
+
     fn rollout(&self, plugin: &str) -> Result<Option<Versioned<Rollout>>> {
         if plugin.contains('\0') {
             return Ok(None);

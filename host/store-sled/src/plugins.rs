@@ -143,8 +143,15 @@ impl FilePlugins {
         if meta.len() > cap {
             return Err(too_large());
         }
-        match airlock_store::file::read_capped(path, cap) {
-            Ok(bytes) => Ok(Some(bytes)),
+        match Self::read_regular(path, cap) {
+            Ok(Some(bytes)) => Ok(Some(bytes)),
+            Ok(None) => Err(StoreError::new(
+                ErrorKind::Corrupt,
+                format!(
+                    "{} was replaced by something other than a regular file while it was read",
+                    path.display()
+                ),
+            )),
             Err(e) if e.kind() == IoKind::NotFound => Ok(None),
             Err(e) if e.kind() == IoKind::InvalidData => Err(too_large()),
             // The file's own mode (one left by another user's command):
@@ -160,6 +167,37 @@ impl FilePlugins {
             )),
             Err(e) => Err(io(path, e)),
         }
+    }
+
+    /// Open `path` without blocking and read at most `cap` bytes of it:
+    /// `None` when what was opened is not a regular file. The check before
+    /// the open in [`read_file`](Self::read_file) can be raced (a FIFO
+    /// renamed over the record between the two); opened non-blocking, a
+    /// FIFO returns at once, and the open handle's own type is what
+    /// decides.
+    fn read_regular(path: &Path, cap: u64) -> std::io::Result<Option<Vec<u8>>> {
+        use std::io::Read as _;
+        let mut options = OpenOptions::new();
+        options.read(true);
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            let nonblocking = i32::try_from(rustix::fs::OFlags::NONBLOCK.bits()).unwrap_or(0);
+            options.custom_flags(nonblocking);
+        }
+        let file = options.open(path)?;
+        if !file.metadata()?.is_file() {
+            return Ok(None);
+        }
+        let mut bytes = Vec::new();
+        file.take(cap.saturating_add(1)).read_to_end(&mut bytes)?;
+        if bytes.len() as u64 > cap {
+            return Err(std::io::Error::new(
+                IoKind::InvalidData,
+                format!("more than the limit of {cap} bytes"),
+            ));
+        }
+        Ok(Some(bytes))
     }
 
     fn decode<T: serde::de::DeserializeOwned>(path: &Path, bytes: &[u8]) -> Result<T> {
@@ -185,6 +223,56 @@ impl FilePlugins {
             .join("versions")
             .join(plugin)
             .join(format!("{version}.json")))
+    }
+
+    /// The installed versions (of `plugin` only, if given) with a record
+    /// file, `versions/<plugin>/<version>.json`, named by their paths:
+    /// a stray file or directory of any other name is no version's.
+    fn version_files(&self, plugin: Option<&str>) -> Result<Vec<(String, String)>> {
+        let base = self.root.join("versions");
+        let plugins: Vec<String> = match plugin {
+            Some(plugin) => {
+                check_plugin_name(plugin).map_err(config)?;
+                vec![plugin.to_owned()]
+            }
+            None => match fs::read_dir(&base) {
+                Ok(entries) => {
+                    let mut names = Vec::new();
+                    for entry in entries {
+                        let entry = entry.map_err(|e| io(&base, e))?;
+                        let name = entry.file_name();
+                        let Some(name) = name.to_str() else { continue };
+                        if check_plugin_name(name).is_ok() && entry.path().is_dir() {
+                            names.push(name.to_owned());
+                        }
+                    }
+                    names
+                }
+                Err(e) if e.kind() == IoKind::NotFound => Vec::new(),
+                Err(e) => return Err(io(&base, e)),
+            },
+        };
+        let mut out = Vec::new();
+        for plugin in plugins {
+            let dir = base.join(&plugin);
+            let entries = match fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == IoKind::NotFound => continue,
+                Err(e) => return Err(io(&dir, e)),
+            };
+            for entry in entries {
+                let name = entry.map_err(|e| io(&dir, e))?.file_name();
+                // Temporary files start with `.`, which no version does.
+                let version = name
+                    .to_str()
+                    .and_then(|n| n.strip_suffix(".json"))
+                    .filter(|v| check_version(v).is_ok());
+                if let Some(version) = version {
+                    out.push((plugin.clone(), version.to_owned()));
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn rollouts_dir(&self) -> PathBuf {
@@ -305,62 +393,38 @@ impl PluginStore for FilePlugins {
 
     fn version(&self, plugin: &str, version: &str) -> Result<Option<InstalledVersion>> {
         let path = self.version_path(plugin, version)?;
-        match Self::read_small(&path)? {
-            Some(bytes) => Ok(Some(Self::decode(&path, &bytes)?)),
-            None => Ok(None),
+        let Some(bytes) = Self::read_small(&path)? else {
+            return Ok(None);
+        };
+        let record: InstalledVersion = Self::decode(&path, &bytes)?;
+        // Named by its plugin and version: a record copied under another
+        // name would be served as that version (its digest and grant).
+        if record.plugin != plugin || record.version != version {
+            return Err(StoreError::new(
+                ErrorKind::Corrupt,
+                format!(
+                    "{} holds version {} of plugin `{}`",
+                    path.display(),
+                    record.version,
+                    record.plugin
+                ),
+            ));
         }
+        Ok(Some(record))
     }
 
     fn versions(&self, plugin: Option<&str>) -> Result<Vec<InstalledVersion>> {
-        let base = self.root.join("versions");
-        let plugin_dirs: Vec<PathBuf> = match plugin {
-            Some(plugin) => {
-                check_plugin_name(plugin).map_err(config)?;
-                vec![base.join(plugin)]
-            }
-            None => match fs::read_dir(&base) {
-                // Each plugin's directory, named by the plugin: a stray
-                // file or directory of another name is no plugin's.
-                Ok(entries) => {
-                    let mut dirs = Vec::new();
-                    for entry in entries {
-                        let entry = entry.map_err(|e| io(&base, e))?;
-                        let named = entry
-                            .file_name()
-                            .to_str()
-                            .is_some_and(|name| check_plugin_name(name).is_ok());
-                        if named && entry.path().is_dir() {
-                            dirs.push(entry.path());
-                        }
-                    }
-                    dirs
-                }
-                Err(e) if e.kind() == IoKind::NotFound => Vec::new(),
-                Err(e) => return Err(io(&base, e)),
-            },
-        };
         let mut out = Vec::new();
-        for dir in plugin_dirs {
-            let entries = match fs::read_dir(&dir) {
-                Ok(entries) => entries,
-                Err(e) if e.kind() == IoKind::NotFound => continue,
-                Err(e) => return Err(io(&dir, e)),
-            };
-            for entry in entries {
-                let path = entry.map_err(|e| io(&dir, e))?.path();
-                let is_record = path
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.ends_with(".json") && !n.starts_with('.'));
-                if !is_record {
-                    continue;
-                }
-                if let Some(bytes) = Self::read_small(&path)? {
-                    out.push(Self::decode(&path, &bytes)?);
-                }
+        for (plugin, version) in self.version_files(plugin)? {
+            if let Some(record) = self.version(&plugin, &version)? {
+                out.push(record);
             }
         }
         Ok(out)
+    }
+
+    fn version_names(&self, plugin: Option<&str>) -> Result<Vec<(String, String)>> {
+        self.version_files(plugin)
     }
 
     fn rollout(&self, plugin: &str) -> Result<Option<Versioned<Rollout>>> {
@@ -434,5 +498,41 @@ impl PluginStore for FilePlugins {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FilePlugins;
+
+    /// What the check before the open lets through (a FIFO renamed over a
+    /// record after it) is refused by the open handle's type, without
+    /// blocking: a FIFO with no writer would hold the reader forever.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_fifo_met_at_the_open_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("record.json");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(FilePlugins::read_regular(&fifo, 1024).map_err(|e| e.to_string()));
+        });
+        let read = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("reading a FIFO blocked");
+        assert_eq!(read, Ok(None));
+        let file = dir.path().join("file.json");
+        std::fs::write(&file, b"{}").unwrap();
+        assert_eq!(
+            FilePlugins::read_regular(&file, 1024).unwrap(),
+            Some(b"{}".to_vec())
+        );
+        let err = FilePlugins::read_regular(&file, 1).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
     }
 }

@@ -454,6 +454,24 @@ fn stray_damaged_and_special_files_under_installed_are_survived() {
         .map(|v| v.plugin)
         .collect();
     assert_eq!(listed, ["text"]);
+    // So is a file among a plugin's versions not named as a version is.
+    std::fs::write(root.join("versions/text/notes.txt"), "notes").unwrap();
+    std::fs::write(root.join("versions/text/-bad-.json"), "{}").unwrap();
+    assert_eq!(releases.versions(Some("text")).unwrap().len(), 1);
+    assert_eq!(
+        releases.version_names(None).unwrap(),
+        [("text".to_owned(), "1.0.0".to_owned())]
+    );
+    // A record copied under another version's name is refused, not served
+    // as that version; the names still list it.
+    let record = root.join("versions/text/1.0.0.json");
+    std::fs::copy(&record, root.join("versions/text/9.0.0.json")).unwrap();
+    let err = releases.version("text", "9.0.0").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+    assert!(err.to_string().contains("holds version 1.0.0"), "{err}");
+    assert!(releases.versions(None).is_err());
+    assert_eq!(releases.version_names(Some("text")).unwrap().len(), 2);
+    std::fs::remove_file(root.join("versions/text/9.0.0.json")).unwrap();
 
     // A damaged artifact is reported with its remedy, and installing the
     // package again writes it anew.

@@ -928,6 +928,13 @@ pub fn installed_versions_never_change(fresh: Fresh, peer: Peer) {
         .map(|v| v.version)
         .collect();
     assert_eq!(versions, ["1.0.0", "2.0.0"], "versions side by side");
+    let name = |v: &str| ("text".to_owned(), v.to_owned());
+    assert_eq!(
+        rb.version_names(None).expect("names"),
+        [name("1.0.0"), name("2.0.0")],
+        "the versions' names, without reading them"
+    );
+    assert_eq!(rb.version_names(Some("json")).expect("names"), []);
     assert!(rb.version("text", "3.0.0").expect("read").is_none());
     assert!(
         rb.artifact(&"0".repeat(64)).is_err(),

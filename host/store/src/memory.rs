@@ -517,6 +517,16 @@ impl PluginStore for MemoryStore {
             .collect())
     }
 
+    fn version_names(&self, plugin: Option<&str>) -> Result<Vec<(String, String)>> {
+        Ok(self
+            .lock()
+            .versions
+            .keys()
+            .filter(|(p, _)| plugin.is_none_or(|wanted| p == wanted))
+            .cloned()
+            .collect())
+    }
+
     fn rollout(&self, plugin: &str) -> Result<Option<Versioned<Rollout>>> {
         Ok(self.lock().rollouts.get(plugin).map(|(r, v)| Versioned {
             value: r.clone(),

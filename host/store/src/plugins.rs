@@ -249,6 +249,11 @@ pub trait PluginStore: Send + Sync + fmt::Debug {
     /// Every installed version (of `plugin` only, if given), in no
     /// particular order.
     fn versions(&self, plugin: Option<&str>) -> Result<Vec<InstalledVersion>>;
+    /// The installed versions (of `plugin` only, if given) as `(plugin,
+    /// version)`, in no particular order, without reading their records:
+    /// one record that cannot be read does not hide which versions are
+    /// installed (each is then read by [`version`](Self::version)).
+    fn version_names(&self, plugin: Option<&str>) -> Result<Vec<(String, String)>>;
     /// The rollout of `plugin`.
     fn rollout(&self, plugin: &str) -> Result<Option<Versioned<Rollout>>>;
     /// Store the first rollout of `rollout.plugin`; `false` if it has one.
@@ -514,6 +519,21 @@ impl Releases {
             ))
         });
         Ok(versions)
+    }
+
+    /// The installed versions (of `plugin` only, if given) as `(plugin,
+    /// version)`, sorted, whether their records can be read or not.
+    ///
+    /// # Errors
+    /// The backend's.
+    pub fn version_names(&self, plugin: Option<&str>) -> Result<Vec<(String, String)>> {
+        if plugin.is_some_and(|p| check_plugin_name(p).is_err()) {
+            return Ok(Vec::new());
+        }
+        let mut names = self.store.version_names(plugin)?;
+        names.sort();
+        names.dedup();
+        Ok(names)
     }
 
     /// The rollout of `plugin`.

@@ -887,7 +887,7 @@ async fn plugins(State(console): State<Arc<Console>>, headers: HeaderMap) -> Res
     };
     let host = Arc::clone(&console.host);
     let read = blocking(move || {
-        let installed = host.installed(None).map_err(|e| e.to_string())?;
+        let installed = host.installed_listing(None).map_err(|e| e.to_string())?;
         let rollouts = host.rollout_listing().map_err(|e| e.to_string())?;
         Ok((host.plugins(), installed, rollouts))
     })
@@ -943,7 +943,7 @@ async fn plugin(
     let host = Arc::clone(&console.host);
     let plugin_name = name.clone();
     let versions = blocking(move || {
-        host.installed(Some(&plugin_name))
+        host.installed_listing(Some(&plugin_name))
             .map_err(|e| e.to_string())
     })
     .await;
@@ -954,7 +954,7 @@ async fn plugin(
             &loaded,
             report.as_ref(),
             moved,
-            versions.as_deref().map_err(String::as_str),
+            versions.as_ref().map_err(String::as_str),
         ),
     )
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use airlock_host::audit_log::Record;
 use airlock_host::audit_log::text::TRUNCATED_MARK;
-use airlock_host::store::{Approval, ApprovalState, InstalledVersion, Mode};
+use airlock_host::store::{Approval, ApprovalState, Mode};
 use airlock_host::{AlertStatus, InspectReport, Pause, Plugin, Severity};
 use axum::http::StatusCode;
 use maud::{DOCTYPE, Markup, html};
@@ -515,7 +515,7 @@ pub(crate) fn verify(who: &SessionView, verdict: &Verdict, public_key: &str) -> 
 pub(crate) fn plugins(
     who: &SessionView,
     loaded: &[std::sync::Arc<Plugin>],
-    installed: &[InstalledVersion],
+    installed: &airlock_host::InstalledListing,
     listing: &airlock_host::RolloutListing,
 ) -> Markup {
     let rollouts = &listing.rollouts;
@@ -592,9 +592,25 @@ pub(crate) fn plugins(
     )
 }
 
-fn versions_table(installed: &[InstalledVersion]) -> Markup {
+fn versions_table(listing: &airlock_host::InstalledListing) -> Markup {
+    let installed = &listing.versions;
     html! {
-        @if installed.is_empty() { p.muted { "No version installed in the store (plugins load from the plugins directory)." } } @else {
+        @for u in &listing.unreadable {
+            p.notice.error role="alert" {
+                "The record of " code { (u.plugin) } " " code { (u.version) } " cannot be read: " (u.error)
+                ". Restore it from a backup, or remove it and install the version's package again."
+            }
+        }
+        @if let Some(why) = &listing.partial {
+            p.notice.warn {
+                "The store could not list the installed versions at once (" (why) "): they were read one by one."
+            }
+        }
+        @if installed.is_empty() {
+            @if listing.unreadable.is_empty() {
+                p.muted { "No version installed in the store (plugins load from the plugins directory)." }
+            }
+        } @else {
             table {
                 thead { tr { th { "Plugin" } th { "Version" } th { "Installed" } th { "By" } th { "Signer" } th { "Component digest" } } }
                 tbody {
@@ -620,7 +636,7 @@ pub(crate) fn plugin(
     loaded: &Plugin,
     report: Result<&InspectReport, &String>,
     moved: bool,
-    versions: Result<&[InstalledVersion], &str>,
+    versions: Result<&airlock_host::InstalledListing, &str>,
 ) -> Markup {
     let grant = serde_json::to_string_pretty(loaded.grant()).unwrap_or_default();
     layout(

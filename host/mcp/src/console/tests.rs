@@ -1182,4 +1182,49 @@ async fn the_plugins_page_names_an_unreadable_rollout_and_lists_the_rest() {
     assert_eq!(listing.rollouts[0].plugin, "text");
     assert_eq!(listing.unreadable.len(), 1);
     assert_eq!(listing.unreadable[0].plugin, "json");
+
+    // One installed version's record replaced by one naming a plugin whose
+    // name is markup: the page names that record, its text escaped, and
+    // lists the other versions (it failed whole).
+    let versions_dir = airlock_tests::find_file(f._dir.path(), "rollouts/text.json")
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("versions/json");
+    let record = std::fs::read_dir(&versions_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .unwrap();
+    let mut stored: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    stored["plugin"] = json!(HOSTILE);
+    std::fs::write(&record, stored.to_string()).unwrap();
+    assert!(f.host.installed(None).is_err());
+    let page = f.get("/console/plugins", &cookie).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.body);
+    assert!(
+        page.body.contains("The record of <code>json</code>"),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body.contains("of plugin `&lt;script&gt;"),
+        "{}",
+        page.body
+    );
+    assert!(!page.body.contains("<script>"), "{}", page.body);
+    assert!(
+        page.body
+            .contains("could not list the installed versions at once"),
+        "{}",
+        page.body
+    );
+    assert!(page.body.contains("<td>text</td><td>"), "{}", page.body);
+    let listing = f.host.installed_listing(None).unwrap();
+    assert_eq!(listing.versions.len(), 1, "{listing:?}");
+    assert_eq!(listing.versions[0].plugin, "text");
+    assert_eq!(listing.unreadable.len(), 1, "{listing:?}");
+    assert_eq!(listing.unreadable[0].plugin, "json");
 }
