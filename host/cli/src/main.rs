@@ -527,7 +527,11 @@ async fn print_installed(settings: &Settings) {
             Some(r) if r["previous"] == v["version"] => "previous".to_owned(),
             _ => "-".to_owned(),
         };
-        let digest = v["component_digest"].as_str().unwrap_or("");
+        // From the record as stored: shown only if it is a digest.
+        let digest = v["component_digest"]
+            .as_str()
+            .filter(|d| d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit()))
+            .unwrap_or("-");
         outln!(
             "{:<16} {:<10} sha256:{}  {:<12} {}",
             terminal::escape(plugin),

@@ -805,8 +805,12 @@ fn plugins_list_names_an_unreadable_rollout_and_lists_the_versions() {
     // first still listed (the listing failed whole).
     let two = text_version(versions.path(), "2.0.0", |m| m);
     setup.ok(&["plugins", "install", two.to_str().unwrap()]);
+    // Its record names a plugin whose name is a terminal control sequence
+    // (refused by the store, which quotes it: escaped on the terminal).
     let record = airlock_tests::find_file(&setup.data(), "versions/text/2.0.0.json");
-    std::fs::write(record, "{\"plugin\": \"text\", \u{1b}]0;").unwrap();
+    let mut stored: Value = serde_json::from_slice(&std::fs::read(&record).unwrap()).unwrap();
+    stored["plugin"] = json!("\u{1b}]0;owned\u{7}");
+    std::fs::write(&record, stored.to_string()).unwrap();
     let out = setup.run(&["plugins", "list"]);
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
@@ -825,6 +829,11 @@ fn plugins_list_names_an_unreadable_rollout_and_lists_the_versions() {
         "{stdout}"
     );
     assert!(!stdout.contains("2.0.0"), "{stdout}");
+    assert!(stderr.contains("owned"), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}') && !stdout.contains('\u{1b}'),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -1728,8 +1728,8 @@ impl Host {
         let installed_here = if airlock_store::check_plugin_name(plugin).is_err() {
             false
         } else {
-            match self.installed_listing(Some(plugin)) {
-                Ok(listing) => !listing.versions.is_empty() || !listing.unreadable.is_empty(),
+            match self.served.releases().version_names(Some(plugin)) {
+                Ok(names) => !names.is_empty(),
                 Err(_) => return Ok(()),
             }
         };

@@ -256,6 +256,11 @@ pub(crate) fn installed_listing(
     releases: &Releases,
     plugin: Option<&str>,
 ) -> std::result::Result<InstalledListing, StoreError> {
+    // A name no plugin can have has no versions (the file store refuses
+    // to look; the others find none).
+    if plugin.is_some_and(|p| airlock_store::check_plugin_name(p).is_err()) {
+        return Ok(InstalledListing::default());
+    }
     let all = match releases.versions(plugin) {
         Ok(versions) => {
             return Ok(InstalledListing {
@@ -277,21 +282,41 @@ pub(crate) fn installed_listing(
     let mut store_failure = None;
     let mut read_any = false;
     for (plugin, version) in names {
+        let unreadable = |error: String| UnreadableVersion {
+            plugin: plugin.clone(),
+            version: version.clone(),
+            error,
+        };
+        // A row of a name no version can have (edited in the database)
+        // would read as none: named instead.
+        if airlock_store::check_plugin_name(&plugin).is_err()
+            || airlock_store::check_version(&version).is_err()
+        {
+            listing.unreadable.push(unreadable(
+                "not a plugin name and version an installed version can have".to_owned(),
+            ));
+            continue;
+        }
         match releases.version(&plugin, &version) {
-            Ok(Some(record)) => {
+            // Listed under its own names only: a record naming another
+            // version would be listed twice, or as one that is not there.
+            Ok(Some(record)) if record.plugin == plugin && record.version == version => {
                 read_any = true;
                 listing.versions.push(record);
+            }
+            Ok(Some(record)) => {
+                read_any = true;
+                listing.unreadable.push(unreadable(format!(
+                    "the record names version {} of plugin `{}`",
+                    record.version, record.plugin
+                )));
             }
             Ok(None) => read_any = true,
             Err(e) => {
                 if e.kind() == airlock_store::ErrorKind::Corrupt {
                     read_any = true;
                 }
-                listing.unreadable.push(UnreadableVersion {
-                    plugin,
-                    version,
-                    error: crate::error::chain(&e),
-                });
+                listing.unreadable.push(unreadable(crate::error::chain(&e)));
                 store_failure.get_or_insert(e);
             }
         }
@@ -1849,4 +1874,161 @@ fn corrupt_rollout(message: String) -> StoreError {
         Store::Plugins,
         airlock_store::StoreError::new(airlock_store::ErrorKind::Corrupt, message),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use airlock_store::{
+        ErrorKind, InstalledVersion, PluginStore, Releases, Result, Rollout, StoreError, Version,
+        Versioned,
+    };
+
+    use super::installed_listing;
+
+    /// A store of installed-version rows as a database could hold them
+    /// after a bad edit: each row's key, and its record or the error
+    /// reading it gives.
+    /// A row: its key, and its record or the error reading it gives.
+    type Row = (
+        (&'static str, &'static str),
+        std::result::Result<InstalledVersion, ErrorKind>,
+    );
+
+    #[derive(Debug)]
+    struct Rows(Vec<Row>);
+
+    fn record(plugin: &str, version: &str) -> InstalledVersion {
+        InstalledVersion {
+            plugin: plugin.into(),
+            version: version.into(),
+            manifest_digest: "0".repeat(64),
+            component_digest: "1".repeat(64),
+            component_file: "c.wasm".into(),
+            cases_digest: None,
+            signature_digest: None,
+            signer: None,
+            installed_by: "ops".into(),
+            installed_ms: 1,
+        }
+    }
+
+    impl PluginStore for Rows {
+        fn put_artifact(&self, _: &str, _: &[u8]) -> Result<()> {
+            Ok(())
+        }
+        fn artifact(&self, _: &str) -> Result<Option<Vec<u8>>> {
+            Ok(None)
+        }
+        fn insert_version(&self, _: &InstalledVersion) -> Result<bool> {
+            Ok(false)
+        }
+        fn version(&self, plugin: &str, version: &str) -> Result<Option<InstalledVersion>> {
+            match self.0.iter().find(|(key, _)| *key == (plugin, version)) {
+                Some((_, Ok(record))) => Ok(Some(record.clone())),
+                Some((_, Err(kind))) => {
+                    Err(StoreError::new(*kind, format!("row {plugin} {version}")))
+                }
+                None => Ok(None),
+            }
+        }
+        fn versions(&self, plugin: Option<&str>) -> Result<Vec<InstalledVersion>> {
+            let mut out = Vec::new();
+            for ((p, v), _) in &self.0 {
+                if plugin.is_none_or(|wanted| wanted == *p) {
+                    out.extend(self.version(p, v)?);
+                }
+            }
+            Ok(out)
+        }
+        fn version_names(&self, plugin: Option<&str>) -> Result<Vec<(String, String)>> {
+            Ok(self
+                .0
+                .iter()
+                .filter(|((p, _), _)| plugin.is_none_or(|wanted| wanted == *p))
+                .map(|((p, v), _)| ((*p).to_owned(), (*v).to_owned()))
+                .collect())
+        }
+        fn rollout(&self, _: &str) -> Result<Option<Versioned<Rollout>>> {
+            Ok(None)
+        }
+        fn insert_rollout(&self, _: &Rollout) -> Result<bool> {
+            Ok(false)
+        }
+        fn replace_rollout(&self, _: Version, _: &Rollout) -> Result<bool> {
+            Ok(false)
+        }
+        fn rollouts(&self) -> Result<Vec<Versioned<Rollout>>> {
+            Ok(Vec::new())
+        }
+        fn rollout_names(&self) -> Result<Vec<String>> {
+            Ok(Vec::new())
+        }
+    }
+
+    fn releases(rows: Rows) -> Releases {
+        Releases::new(Arc::new(rows))
+    }
+
+    /// Each row that cannot be listed as itself is named — damaged, naming
+    /// another version, of a name no version can have — and the others
+    /// listed.
+    #[test]
+    fn each_row_that_does_not_read_as_itself_is_named_and_the_rest_listed() {
+        let rows = releases(Rows(vec![
+            (("text", "1.0.0"), Ok(record("text", "1.0.0"))),
+            (("text", "2.0.0"), Err(ErrorKind::Corrupt)),
+            (("json", "1.0.0"), Ok(record("json", "9.9.9"))),
+            (("Bad Name", "1.0.0"), Ok(record("Bad Name", "1.0.0"))),
+        ]));
+        let listing = installed_listing(&rows, None).unwrap();
+        let listed: Vec<_> = listing.versions.iter().map(|v| &v.version).collect();
+        assert_eq!(listed, ["1.0.0"]);
+        assert_eq!(listing.versions[0].plugin, "text");
+        let mut unreadable: Vec<_> = listing
+            .unreadable
+            .iter()
+            .map(|u| (u.plugin.as_str(), u.version.as_str()))
+            .collect();
+        unreadable.sort_unstable();
+        assert_eq!(
+            unreadable,
+            [("Bad Name", "1.0.0"), ("json", "1.0.0"), ("text", "2.0.0")]
+        );
+        let json = listing
+            .unreadable
+            .iter()
+            .find(|u| u.plugin == "json")
+            .unwrap();
+        assert!(json.error.contains("9.9.9"), "{json:?}");
+        assert!(listing.partial.is_some());
+        // One plugin's listing is that plugin's rows only, and a name no
+        // plugin can have lists nothing (not an error, nor a note).
+        let text = installed_listing(&rows, Some("text")).unwrap();
+        assert_eq!(text.versions.len(), 1);
+        assert_eq!(text.unreadable.len(), 1);
+        let none = installed_listing(&rows, Some("Bad Name")).unwrap();
+        assert_eq!(none, super::InstalledListing::default());
+    }
+
+    /// The store's own failure on every row is the store's: the listing
+    /// fails whole, rather than naming every version as unreadable.
+    #[test]
+    fn a_store_failing_on_every_row_fails_the_listing() {
+        let rows = releases(Rows(vec![
+            (("text", "1.0.0"), Err(ErrorKind::Unavailable)),
+            (("json", "1.0.0"), Err(ErrorKind::Unavailable)),
+        ]));
+        let err = crate::error::chain(&installed_listing(&rows, None).unwrap_err());
+        assert!(err.contains("row"), "{err}");
+        // On some rows only, it is theirs.
+        let rows = releases(Rows(vec![
+            (("text", "1.0.0"), Err(ErrorKind::Unavailable)),
+            (("json", "1.0.0"), Ok(record("json", "1.0.0"))),
+        ]));
+        let listing = installed_listing(&rows, None).unwrap();
+        assert_eq!(listing.versions.len(), 1);
+        assert_eq!(listing.unreadable.len(), 1);
+    }
 }

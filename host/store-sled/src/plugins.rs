@@ -93,9 +93,15 @@ impl FilePlugins {
         use std::io::Read as _;
         let same_size =
             fs::metadata(path).is_ok_and(|meta| meta.is_file() && meta.len() == bytes.len() as u64);
-        let Some(mut file) = same_size.then(|| File::open(path).ok()).flatten() else {
+        let Some(mut file) = same_size
+            .then(|| Self::open_nonblocking(path).ok())
+            .flatten()
+        else {
             return false;
         };
+        if !file.metadata().is_ok_and(|meta| meta.is_file()) {
+            return false;
+        }
         let mut block = vec![0; 64 * 1024];
         let mut at = 0;
         loop {
@@ -169,23 +175,31 @@ impl FilePlugins {
         }
     }
 
-    /// Open `path` without blocking and read at most `cap` bytes of it:
-    /// `None` when what was opened is not a regular file. The check before
-    /// the open in [`read_file`](Self::read_file) can be raced (a FIFO
-    /// renamed over the record between the two); opened non-blocking, a
-    /// FIFO returns at once, and the open handle's own type is what
-    /// decides.
-    fn read_regular(path: &Path, cap: u64) -> std::io::Result<Option<Vec<u8>>> {
-        use std::io::Read as _;
+    /// Open `path` for reading: on Linux without blocking (a FIFO opens at
+    /// once) and without making a terminal the process's controlling one;
+    /// elsewhere as `File::open` does.
+    fn open_nonblocking(path: &Path) -> std::io::Result<File> {
         let mut options = OpenOptions::new();
         options.read(true);
         #[cfg(target_os = "linux")]
         {
+            use rustix::fs::OFlags;
             use std::os::unix::fs::OpenOptionsExt as _;
-            let nonblocking = i32::try_from(rustix::fs::OFlags::NONBLOCK.bits()).unwrap_or(0);
-            options.custom_flags(nonblocking);
+            let flags = i32::try_from((OFlags::NONBLOCK | OFlags::NOCTTY).bits()).unwrap_or(0);
+            options.custom_flags(flags);
         }
-        let file = options.open(path)?;
+        options.open(path)
+    }
+
+    /// Open `path` without blocking (on Linux) and read at most `cap`
+    /// bytes of it: `None` when what was opened is not a regular file. The
+    /// check before the open in [`read_file`](Self::read_file) can be
+    /// raced (a FIFO renamed over the record between the two); opened
+    /// non-blocking, a FIFO returns at once, and the open handle's own
+    /// type is what decides.
+    fn read_regular(path: &Path, cap: u64) -> std::io::Result<Option<Vec<u8>>> {
+        use std::io::Read as _;
+        let file = Self::open_nonblocking(path)?;
         if !file.metadata()?.is_file() {
             return Ok(None);
         }
@@ -227,9 +241,13 @@ impl FilePlugins {
 
     /// The installed versions (of `plugin` only, if given) with a record
     /// file, `versions/<plugin>/<version>.json`, named by their paths:
-    /// a stray file or directory of any other name is no version's.
-    fn version_files(&self, plugin: Option<&str>) -> Result<Vec<(String, String)>> {
+    /// a stray file or directory of any other name is no version's. Not
+    /// `strict`, a plugin's directory that cannot be read (another user's,
+    /// say) is left out of a listing of every plugin, with a warning,
+    /// rather than failing it: the strict listing's error names it.
+    fn version_files(&self, plugin: Option<&str>, strict: bool) -> Result<Vec<(String, String)>> {
         let base = self.root.join("versions");
+        let plugin_given = plugin;
         let plugins: Vec<String> = match plugin {
             Some(plugin) => {
                 check_plugin_name(plugin).map_err(config)?;
@@ -258,6 +276,10 @@ impl FilePlugins {
             let entries = match fs::read_dir(&dir) {
                 Ok(entries) => entries,
                 Err(e) if e.kind() == IoKind::NotFound => continue,
+                Err(e) if !strict && plugin_given.is_none() => {
+                    tracing::warn!(dir = %dir.display(), error = %e, "the installed versions of a plugin cannot be listed");
+                    continue;
+                }
                 Err(e) => return Err(io(&dir, e)),
             };
             for entry in entries {
@@ -415,7 +437,7 @@ impl PluginStore for FilePlugins {
 
     fn versions(&self, plugin: Option<&str>) -> Result<Vec<InstalledVersion>> {
         let mut out = Vec::new();
-        for (plugin, version) in self.version_files(plugin)? {
+        for (plugin, version) in self.version_files(plugin, true)? {
             if let Some(record) = self.version(&plugin, &version)? {
                 out.push(record);
             }
@@ -424,7 +446,7 @@ impl PluginStore for FilePlugins {
     }
 
     fn version_names(&self, plugin: Option<&str>) -> Result<Vec<(String, String)>> {
-        self.version_files(plugin)
+        self.version_files(plugin, false)
     }
 
     fn rollout(&self, plugin: &str) -> Result<Option<Versioned<Rollout>>> {

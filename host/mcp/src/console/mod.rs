@@ -887,7 +887,9 @@ async fn plugins(State(console): State<Arc<Console>>, headers: HeaderMap) -> Res
     };
     let host = Arc::clone(&console.host);
     let read = blocking(move || {
-        let installed = host.installed_listing(None).map_err(|e| e.to_string())?;
+        // Shown on the page when it cannot be read, not failing it: the
+        // loaded plugins and rollouts are what an operator needs then.
+        let installed = host.installed_listing(None).map_err(|e| e.to_string());
         let rollouts = host.rollout_listing().map_err(|e| e.to_string())?;
         Ok((host.plugins(), installed, rollouts))
     })
@@ -895,7 +897,12 @@ async fn plugins(State(console): State<Arc<Console>>, headers: HeaderMap) -> Res
     match read {
         Ok((loaded, installed, rollouts)) => html(
             StatusCode::OK,
-            pages::plugins(&who, &loaded, &installed, &rollouts),
+            pages::plugins(
+                &who,
+                &loaded,
+                installed.as_ref().map_err(String::as_str),
+                &rollouts,
+            ),
         ),
         Err(message) => error_page(StatusCode::INTERNAL_SERVER_ERROR, Some(&who), &message),
     }

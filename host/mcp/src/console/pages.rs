@@ -515,7 +515,7 @@ pub(crate) fn verify(who: &SessionView, verdict: &Verdict, public_key: &str) -> 
 pub(crate) fn plugins(
     who: &SessionView,
     loaded: &[std::sync::Arc<Plugin>],
-    installed: &airlock_host::InstalledListing,
+    installed: Result<&airlock_host::InstalledListing, &str>,
     listing: &airlock_host::RolloutListing,
 ) -> Markup {
     let rollouts = &listing.rollouts;
@@ -558,7 +558,10 @@ pub(crate) fn plugins(
                 }
             }
             h2 { "Installed versions" }
-            (versions_table(installed))
+            @match installed {
+                Ok(installed) => { (versions_table(installed)) }
+                Err(message) => { p.notice.error role="alert" { "The installed versions cannot be listed: " (message) } }
+            }
             h2 { "Rollouts" }
             @if rollouts.is_empty() { p.muted { "No rollout." } } @else {
                 table {
