@@ -70,6 +70,8 @@
 
 use std::fmt;
 
+mod finite;
+
 pub use schemars::{self, JsonSchema};
 pub use serde;
 pub use serde_json;
@@ -454,8 +456,13 @@ pub mod workspace {
     /// Store `value` as JSON under `key`.
     ///
     /// # Errors
-    /// A failed tool error when the host refuses (read-only, quota, size).
+    /// A failed tool error when the host refuses (read-only, quota, size),
+    /// or when `value` holds a NaN or an infinite float (which JSON cannot
+    /// hold: it would be stored as `null`).
     pub fn set_json<T: Serialize>(key: &str, value: &T) -> Result<(), ToolError> {
+        // serde_json would write a NaN or an infinity as `null`.
+        crate::finite::check(value)
+            .map_err(|e| ToolError::failed(format!("cannot encode {key:?}: {e}")))?;
         let bytes = serde_json::to_vec(value)
             .map_err(|e| ToolError::failed(format!("cannot encode {key:?}: {e}")))?;
         Ok(set(key, bytes)?)
@@ -606,6 +613,9 @@ pub mod __private {
                 },
             };
             let result = (self.func)(args, ctx)?;
+            // serde_json would write a NaN or an infinity as `null`.
+            crate::finite::check(&result)
+                .map_err(|e| ToolError::failed(format!("cannot serialize the result: {e}")))?;
             serde_json::to_string(&result)
                 .map_err(|e| ToolError::failed(format!("cannot serialize the result: {e}")))
         }
@@ -1105,6 +1115,34 @@ mod tests {
             panic!()
         };
         assert!(m.contains("triple"));
+    }
+
+    /// A result holding a NaN or an infinity fails the call, naming the
+    /// field (serde_json alone writes `null`, which an optional field's
+    /// schema accepts: the caller would read "no value").
+    #[test]
+    fn a_result_with_a_number_json_cannot_hold_fails_naming_it() {
+        #[derive(Serialize, JsonSchema)]
+        struct Mean {
+            mean: Option<f64>,
+        }
+        fn mean(args: Args, _: &Context) -> Result<Mean, ToolError> {
+            let values: Vec<f64> = Vec::new();
+            let sum: f64 = values.iter().sum();
+            Ok(Mean {
+                mean: (args.n > 0).then(|| sum / values.len() as f64),
+            })
+        }
+        let tools = [tool("mean", "The mean.", mean)];
+        assert_eq!(
+            dispatch(&tools, "mean", r#"{"n": 0}"#, ctx()).unwrap(),
+            r#"{"mean":null}"#
+        );
+        let Err(wit::ToolError::Failed(m)) = dispatch(&tools, "mean", r#"{"n": 1}"#, ctx()) else {
+            panic!("a NaN result passed")
+        };
+        assert!(m.contains("cannot serialize the result"), "{m}");
+        assert!(m.contains(".mean is not finite"), "{m}");
     }
 
     #[test]
