@@ -71,13 +71,21 @@ fn float(value: f64) -> Result<(), NotFinite> {
     }
 }
 
-/// A map key as a path segment: a string as itself, anything else as its
-/// JSON text.
+/// A map key as a path segment, as serde_json writes the key (a number
+/// or a bool as its text): `.name` for a key of letters, digits and `_`,
+/// `["…"]` (JSON-escaped) for any other.
 fn key_segment<K: Serialize + ?Sized>(key: &K) -> String {
-    match serde_json::to_value(key) {
-        Ok(serde_json::Value::String(key)) => format!(".{key}"),
-        Ok(other) => format!("[{other}]"),
-        Err(_) => "[?]".to_owned(),
+    let text = match serde_json::to_value(key) {
+        Ok(serde_json::Value::String(key)) => key,
+        Ok(other @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
+            other.to_string()
+        }
+        _ => return "[?]".to_owned(),
+    };
+    if !text.is_empty() && text.chars().all(|c| c.is_alphanumeric() || c == '_') {
+        format!(".{text}")
+    } else {
+        format!("[{}]", serde_json::Value::String(text))
     }
 }
 
@@ -91,11 +99,18 @@ struct Check;
 struct Compound {
     index: usize,
     variant: Option<&'static str>,
+    /// The key a map's next value is under, when the key came on its own
+    /// (`serialize_key`, as a flattened enum's variant does).
+    key: Option<String>,
 }
 
 impl Compound {
     fn new(variant: Option<&'static str>) -> Compound {
-        Compound { index: 0, variant }
+        Compound {
+            index: 0,
+            variant,
+            key: None,
+        }
     }
 
     /// `error`, found at `segment` of this compound.
@@ -176,6 +191,10 @@ impl ser::Serializer for Check {
         Ok(())
     }
     fn serialize_str(self, _: &str) -> Result<(), NotFinite> {
+        Ok(())
+    }
+    fn collect_str<T: fmt::Display + ?Sized>(self, _: &T) -> Result<(), NotFinite> {
+        // A string holds no float (and is not formatted for nothing).
         Ok(())
     }
     fn serialize_bytes(self, _: &[u8]) -> Result<(), NotFinite> {
@@ -301,13 +320,16 @@ impl ser::SerializeTupleVariant for Compound {
 impl ser::SerializeMap for Compound {
     type Ok = ();
     type Error = NotFinite;
-    fn serialize_key<T: Serialize + ?Sized>(&mut self, _: &T) -> Result<(), NotFinite> {
+    fn serialize_key<T: Serialize + ?Sized>(&mut self, key: &T) -> Result<(), NotFinite> {
         // A float key is written as a string by serde_json (which refuses
-        // a non-finite one itself).
+        // a non-finite one itself): only kept, for the path.
+        self.key = Some(key_segment(key));
         Ok(())
     }
     fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), NotFinite> {
-        self.element(value)
+        self.index += 1;
+        let key = self.key.take().unwrap_or_else(|| "[?]".to_owned());
+        value.serialize(Check).map_err(|e| self.found(e, || key))
     }
     fn serialize_entry<K: Serialize + ?Sized, V: Serialize + ?Sized>(
         &mut self,
@@ -422,6 +444,40 @@ mod tests {
                 .contains("at . is not finite")
         );
         let keyed: BTreeMap<u32, f64> = BTreeMap::from([(7, f64::NAN)]);
-        assert!(check(&keyed).unwrap_err().to_string().contains("at [7] "));
+        assert!(check(&keyed).unwrap_err().to_string().contains("at .7 "));
+        let odd: BTreeMap<&str, f64> = BTreeMap::from([("a.b \"c\"", f64::NAN)]);
+        assert!(
+            check(&odd)
+                .unwrap_err()
+                .to_string()
+                .contains(r#"at ["a.b \"c\""] "#)
+        );
+    }
+
+    /// A flattened enum writes its variant as a key on its own, then the
+    /// value: the path names the variant, as serde_json writes it.
+    #[test]
+    fn a_flattened_variant_is_found_under_its_own_key() {
+        #[derive(Serialize)]
+        struct Outer {
+            a: u8,
+            #[serde(flatten)]
+            kind: Kind,
+        }
+        #[derive(Serialize)]
+        enum Kind {
+            Pair { high: f64 },
+        }
+        let outer = Outer {
+            a: 1,
+            kind: Kind::Pair { high: f64::NAN },
+        };
+        let err = check(&outer).unwrap_err().to_string();
+        assert!(err.contains("at .Pair.high "), "{err}");
+        let outer = Outer {
+            a: 1,
+            kind: Kind::Pair { high: 2.0 },
+        };
+        check(&outer).unwrap();
     }
 }

@@ -613,7 +613,10 @@ pub mod __private {
                 },
             };
             let result = (self.func)(args, ctx)?;
-            // serde_json would write a NaN or an infinity as `null`.
+            // serde_json would write a NaN or an infinity as `null`. (The
+            // result is serialised twice, so a `Serialize` that can run
+            // only once — one taking an iterator out of a cell — cannot be
+            // a result.)
             crate::finite::check(&result)
                 .map_err(|e| ToolError::failed(format!("cannot serialize the result: {e}")))?;
             serde_json::to_string(&result)

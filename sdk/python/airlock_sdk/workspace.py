@@ -175,8 +175,16 @@ def get_json(key: str) -> Any:
 
 
 def set_json(key: str, value: Any) -> None:
-    """Store ``value`` as JSON under ``key``."""
-    set(key, json.dumps(value, separators=(",", ":")).encode())
+    """Store ``value`` as JSON under ``key``.
+
+    Raises ``ValueError`` when ``value`` holds a NaN or an infinite float
+    (JSON has no such number; Python would write ``NaN``, which no other
+    JSON reader takes), or anything else ``json`` cannot encode."""
+    try:
+        text = json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"cannot store {key[:80]!r} as JSON: {e}") from None
+    set(key, text.encode())
 
 
 def reset() -> None:

@@ -447,6 +447,12 @@ class WorkspaceTest(unittest.TestCase):
         workspace.set("b", b"")
         self.assertEqual(workspace.get("a/1"), b"one")
         self.assertEqual(workspace.get_json("a/2"), {"n": 2})
+        # A number JSON cannot hold is refused, nothing stored.
+        for number in [float("nan"), float("inf"), -float("inf")]:
+            with self.assertRaises(ValueError) as raised:
+                workspace.set_json("a/3", {"mean": number})
+            self.assertIn("a/3", str(raised.exception))
+        self.assertIsNone(workspace.get("a/3"))
         self.assertEqual(workspace.list_keys("a/"), ["a/1", "a/2"])
         self.assertEqual(workspace.list_keys("a/", start_after="a/1"), ["a/2"])
         self.assertTrue(workspace.delete("a/1"))

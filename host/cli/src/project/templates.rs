@@ -20,6 +20,7 @@ use super::Lang;
 const ROOT_CARGO: &str = include_str!("../../../../Cargo.toml");
 const SDK_CARGO: &str = include_str!("../../../../sdk/Cargo.toml");
 const SDK_LIB: &str = include_str!("../../../../sdk/src/lib.rs");
+const SDK_FINITE: &str = include_str!("../../../../sdk/src/finite.rs");
 /// The plugin ABI: the SDK's copy of `wit/` (a test keeps them equal).
 pub(super) const WIT: &str = include_str!("../../../../sdk/wit/plugin.wit");
 const NAMES_CARGO: &str = include_str!("../../../../names/Cargo.toml");
@@ -115,6 +116,10 @@ fn rust_sdk() -> anyhow::Result<Vec<(PathBuf, String)>> {
         (
             PathBuf::from("vendor/airlock-sdk/src/lib.rs"),
             SDK_LIB.to_owned(),
+        ),
+        (
+            PathBuf::from("vendor/airlock-sdk/src/finite.rs"),
+            SDK_FINITE.to_owned(),
         ),
         (
             PathBuf::from("vendor/airlock-sdk/wit/plugin.wit"),
@@ -339,6 +344,28 @@ mod tests {
             manifest.contains("component = \"demo_tool.wasm\""),
             "{manifest}"
         );
+    }
+
+    /// The Rust SDK vendored into a project is every source file of
+    /// sdk/src (a module left out fails the project's first build).
+    #[test]
+    fn the_vendored_rust_sdk_is_complete() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sdk/src");
+        let mut on_disk: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        on_disk.sort();
+        let mut vendored: Vec<String> = rust_sdk()
+            .unwrap()
+            .into_iter()
+            .filter_map(|(path, _)| {
+                let rest = path.strip_prefix("vendor/airlock-sdk/src").ok()?;
+                Some(rest.to_str()?.to_owned())
+            })
+            .collect();
+        vendored.sort();
+        assert_eq!(vendored, on_disk);
     }
 
     /// The Python SDK embedded here is every file of sdk/python/airlock_sdk.
