@@ -234,6 +234,7 @@ async fn replay_reruns_kept_calls_and_counts_those_skipped() {
             no_copy: 1,
             unfinished: 0,
             not_read: 0,
+            host_outcome: 0,
         }
     );
 

@@ -479,7 +479,9 @@ fn print_mode(mode: Option<&Mode>) {
     match mode {
         Some(mode) => outln!(
             "{}",
-            serde_json::to_string_pretty(mode).unwrap_or_else(|_| format!("{mode:?}"))
+            crate::terminal::json_text(
+                serde_json::to_string_pretty(mode).unwrap_or_else(|_| format!("{mode:?}"))
+            )
         ),
         None => outln!("normal (never switched)"),
     }

@@ -1091,7 +1091,9 @@ fn print_record(origin: Option<&String>, record: &Record, json: bool) {
         let Some(origin) = origin else {
             outln!(
                 "{}",
-                serde_json::to_string(record).unwrap_or_else(|_| "{}".into())
+                crate::terminal::json_text(
+                    serde_json::to_string(record).unwrap_or_else(|_| "{}".into())
+                )
             );
             return;
         };
@@ -1099,7 +1101,7 @@ fn print_record(origin: Option<&String>, record: &Record, json: bool) {
         if let Some(map) = value.as_object_mut() {
             map.insert("origin".into(), json!(origin));
         }
-        outln!("{value}");
+        outln!("{}", crate::terminal::json_text(value.to_string()));
         return;
     }
     let e = &record.entry;

@@ -336,7 +336,9 @@ impl Demo<'_> {
 fn show(outcome: &Result<CallResponse, airlock_host::CallError>) -> Option<&'static str> {
     match outcome {
         Ok(response) => {
-            let text = serde_json::to_string_pretty(&response.output).unwrap_or_default();
+            let text = crate::terminal::json_text(
+                serde_json::to_string_pretty(&response.output).unwrap_or_default(),
+            );
             match &response.replayed_from {
                 Some(first) => outln!("   ok, replayed from call {first} (not run again):"),
                 None => outln!(

@@ -183,7 +183,7 @@ pub(crate) async fn require_passing(
         scratch.path(),
     )
     .await?;
-    let (_, cases) = load_cases(None, &[plugin.dir()])?;
+    let (_, cases) = load_cases(None, &[&plugin])?;
     let report = host.evaluate(&plugin, &cases).await?;
     if report.all_passed() {
         return Ok(report);
@@ -205,27 +205,35 @@ pub(crate) async fn require_passing(
     })
 }
 
-/// The cases to run: `--cases`, else the first of `dirs` that ships a
-/// `cases.jsonl`.
-fn load_cases(given: Option<&Path>, dirs: &[&Path]) -> Result<(PathBuf, Cases), Failure> {
-    let path = match given {
-        Some(path) => path.to_owned(),
-        None => dirs
-            .iter()
-            .map(|d| d.join(CASES_FILE))
-            .find(|p| p.is_file())
-            .ok_or_else(|| {
-                Failure::usage(anyhow!(
-                    "no cases: {} has no {CASES_FILE}; pass --cases FILE",
-                    dirs.first()
-                        .map_or_else(String::new, |d| d.display().to_string())
-                ))
-            })?,
-    };
-    let cases = Cases::from_file(&path).map_err(|e| {
-        Failure::usage(anyhow::Error::from(e).context(format!("in {}", path.display())))
-    })?;
-    Ok((path, cases))
+/// The cases to run: `--cases`, else those of the first of `plugins` that
+/// ships a `cases.jsonl` — read through [`Plugin::cases`], so a signed
+/// plugin's cases are the ones its signature covers (edited since it
+/// loaded: refused, not run).
+fn load_cases(given: Option<&Path>, plugins: &[&Plugin]) -> Result<(PathBuf, Cases), Failure> {
+    if let Some(path) = given {
+        let cases = Cases::from_file(path).map_err(|e| {
+            Failure::usage(anyhow::Error::from(e).context(format!("in {}", path.display())))
+        })?;
+        return Ok((path.to_owned(), cases));
+    }
+    for plugin in plugins {
+        let path = plugin.dir().join(CASES_FILE);
+        match plugin.cases() {
+            Ok(Some(cases)) => return Ok((path, cases)),
+            Ok(None) => {}
+            Err(e) => {
+                return Err(Failure::usage(
+                    anyhow::Error::from(e).context(format!("in {}", path.display())),
+                ));
+            }
+        }
+    }
+    Err(Failure::usage(anyhow!(
+        "no cases: {} has no {CASES_FILE}; pass --cases FILE",
+        plugins
+            .first()
+            .map_or_else(String::new, |p| p.dir().display().to_string())
+    )))
 }
 
 pub(crate) async fn eval(settings: &Settings, args: EvalArgs) -> Result<u8, Failure> {
@@ -257,11 +265,11 @@ pub(crate) async fn eval(settings: &Settings, args: EvalArgs) -> Result<u8, Fail
             _ => None,
         },
     };
-    let mut dirs = vec![candidate.dir()];
+    let mut plugins = vec![&candidate];
     if let Some(plugin) = &baseline {
-        dirs.push(plugin.dir());
+        plugins.push(plugin);
     }
-    let (path, cases) = load_cases(args.cases.as_deref(), &dirs)?;
+    let (path, cases) = load_cases(args.cases.as_deref(), &plugins)?;
     let report = host.evaluate(&candidate, &cases).await?;
     let base_report = match &baseline {
         Some(plugin) => Some(host.evaluate(plugin, &cases).await?),
@@ -270,11 +278,13 @@ pub(crate) async fn eval(settings: &Settings, args: EvalArgs) -> Result<u8, Fail
     if args.json {
         let value = match &base_report {
             Some(base) => {
+                // (As text: a path need not be UTF-8, which JSON requires.)
+                let path = path.display().to_string();
                 serde_json::json!({"cases_file": path, "candidate": report, "baseline": base})
             }
             None => {
                 let mut value = serde_json::to_value(&report).context("cannot serialize")?;
-                value["cases_file"] = serde_json::json!(path);
+                value["cases_file"] = serde_json::json!(path.display().to_string());
                 value
             }
         };
@@ -505,7 +515,7 @@ fn render_replay(r: &ReplayReport) -> String {
     }
     let s = &r.skipped;
     out.push_str(&format!(
-        "{} replayed: {} same, {} different, {} errors; skipped: {} redacted, {} cut, {} without a replayable copy, {} unfinished, {} no longer read\n",
+        "{} replayed: {} same, {} different, {} errors; skipped: {} redacted, {} cut, {} without a replayable copy, {} unfinished, {} no longer read, {} ended by the host\n",
         r.replayed,
         r.same,
         r.different,
@@ -514,7 +524,8 @@ fn render_replay(r: &ReplayReport) -> String {
         s.cut,
         s.no_copy,
         s.unfinished,
-        s.not_read
+        s.not_read,
+        s.host_outcome
     ));
     out
 }

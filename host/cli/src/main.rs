@@ -553,7 +553,7 @@ async fn plugins_list(settings: &Settings, json: bool) -> Result<u8, Failure> {
         let failed: Vec<_> = report
             .failed
             .iter()
-            .map(|f| json!({"dir": f.dir, "error": {"kind": f.error.kind(), "message": f.error.to_string()}}))
+            .map(|f| json!({"dir": f.dir.display().to_string(), "error": {"kind": f.error.kind(), "message": f.error.to_string()}}))
             .collect();
         let installed = match releases::installed(settings).await {
             Ok(answer) => answer,
@@ -785,9 +785,9 @@ fn with_causes(error: &dyn std::error::Error) -> String {
 }
 
 pub(crate) fn print_json(value: &serde_json::Value) {
-    // `Value`'s Display cannot fail; pretty printing likewise.
-    outln!(
-        "{}",
-        serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string())
-    );
+    // `Value`'s Display cannot fail; pretty printing likewise. What a
+    // plugin or a caller wrote is in it: escaped where serde_json leaves
+    // characters a terminal acts on.
+    let text = serde_json::to_string_pretty(value).unwrap_or_else(|_| value.to_string());
+    outln!("{}", terminal::json_text(text));
 }

@@ -60,6 +60,34 @@ pub(crate) fn escape_lines(text: &str) -> Cow<'_, str> {
     Cow::Owned(lines.join("\n"))
 }
 
+/// JSON text (`serde_json`'s, which escapes C0 only) with every other
+/// character [`escape`] would escape — DEL, C1, bidirectional overrides,
+/// invisible characters — written as a JSON `\uXXXX` escape: the same
+/// JSON value, which cannot drive a terminal it is printed on. (Such
+/// characters occur only inside JSON strings, where the escape means the
+/// character itself.)
+pub(crate) fn json_text(json: String) -> String {
+    // C0 is escaped inside strings by serde_json already; outside them it
+    // is the text's own layout (pretty printing's line breaks).
+    let raw = |c: char| c > '\u{1f}' && needs_escape(c);
+    if !json.chars().any(raw) {
+        return json;
+    }
+    let mut out = String::with_capacity(json.len() + 16);
+    for c in json.chars() {
+        if raw(c) {
+            let mut units = [0u16; 2];
+            for unit in c.encode_utf16(&mut units) {
+                // Writing to a String cannot fail.
+                let _ = write!(out, "\\u{unit:04x}");
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 fn needs_escape(c: char) -> bool {
     c.is_control() || airlock_host::audit_log::text::misleads(c)
 }
@@ -67,6 +95,34 @@ fn needs_escape(c: char) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `--json` output: the same value, with nothing in it a terminal acts
+    /// on (serde_json writes C1, DEL and bidirectional overrides raw).
+    #[test]
+    fn json_text_escapes_what_serde_json_leaves_raw() {
+        let value = serde_json::json!({
+            "csi": "a\u{9b}2Jb",
+            "del": "\u{7f}",
+            "rtl": "x\u{202e}y",
+            "tag": "\u{e0041}",
+            "plain": "héllo \\u{41}",
+        });
+        let text = json_text(serde_json::to_string_pretty(&value).unwrap());
+        assert!(
+            !text
+                .chars()
+                .any(|c| c.is_control() && c != '\n' && c != ' '),
+            "{text}"
+        );
+        assert!(
+            text.contains("\\u009b") && text.contains("\\u202e"),
+            "{text}"
+        );
+        assert!(text.contains("\\udb40\\udc41"), "{text}");
+        assert!(text.contains("héllo"), "{text}");
+        let back: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, value);
+    }
 
     #[test]
     fn control_characters_become_visible_escapes() {

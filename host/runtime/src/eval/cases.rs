@@ -30,7 +30,8 @@ const REGEX_SIZE_LIMIT: usize = 256 * 1024;
 /// Most checks in one case's `expect.pointers`.
 pub(crate) const MAX_POINTERS: usize = 64;
 /// Most regular expressions in one file (`matches`, and those of
-/// `expect.schema`s): with [`REGEX_SIZE_LIMIT`] each, at most 64 MiB.
+/// `expect.schema`s): with [`REGEX_SIZE_LIMIT`] each, at most 64 MiB
+/// compiled and as much again of lazy-DFA caches.
 pub(crate) const MAX_FILE_PATTERNS: usize = 256;
 
 /// A cases file that cannot be used.
@@ -523,6 +524,9 @@ fn compile(pattern: &str) -> Result<Regex, String> {
     }
     regex::RegexBuilder::new(pattern)
         .size_limit(REGEX_SIZE_LIMIT)
+        // The lazy DFA's cache too (2 MiB each by default): the file's
+        // bound holds for both.
+        .dfa_size_limit(REGEX_SIZE_LIMIT)
         .build()
         .map_err(|e| format!("pattern does not compile: {e}"))
 }

@@ -14,7 +14,7 @@ use airlock_audit::{Event, Record};
 use serde::Serialize;
 use serde_json::Value;
 
-use super::cases::{Mismatch, difference};
+use super::cases::{Mismatch, bounded_value, difference};
 use super::{ScratchRun, micros, scratch_workspace};
 use crate::error::Result;
 use crate::host::Host;
@@ -47,7 +47,31 @@ pub struct ReplaySkips {
     /// recorded): it is not run, since it may now have effects, and it
     /// would get real callers' arguments.
     pub not_read: usize,
+    /// The recorded outcome was the host's, not the tool's (cancelled,
+    /// the pool or the plugin busy, a store unavailable, the mode switched
+    /// while it waited): it says nothing a replay could agree or disagree
+    /// with.
+    pub host_outcome: usize,
 }
+
+/// Recorded outcomes that are the host's doing, not the tool's
+/// ([`ReplaySkips::host_outcome`]).
+const HOST_OUTCOMES: &[&str] = &[
+    "cancelled",
+    "host_busy",
+    "plugin_busy",
+    "principal_busy",
+    "audit_unavailable",
+    "store_unavailable",
+    "ledger_unavailable",
+    "workspace",
+    "io",
+    "engine",
+    "config",
+    "read_only_mode",
+    "tool_paused",
+    "rate_limited",
+];
 
 /// A recorded call to replay.
 #[derive(Debug, Clone)]
@@ -183,6 +207,10 @@ impl ReplayPlan {
                         .filter(|_| !d.result_truncated)
                         .and_then(|r| serde_json::from_str(r).ok()),
                 },
+                Some(kind) if HOST_OUTCOMES.contains(&kind) => {
+                    plan.skipped.host_outcome += 1;
+                    continue;
+                }
                 Some(kind) if kind != airlock_audit::OUTCOME_UNKNOWN => RecordedOutcome::Failed {
                     kind: kind.to_owned(),
                 },
@@ -268,8 +296,20 @@ pub struct ReplayedCall {
     pub wall_us: u64,
 }
 
-/// Compare a replay with its record: `None` when the outcomes agree.
+/// Compare a replay with its record: `None` when the outcomes agree. What
+/// differs is shown cut short when large, as a case's failure is: the
+/// replayed side is the plugin's own output (up to its output cap, for
+/// each of up to 10,000 calls), the recorded side a copy as large as the
+/// call's arguments allowed.
 fn compare(recorded: &RecordedOutcome, run: &ScratchRun) -> Option<Mismatch> {
+    compare_whole(recorded, run).map(|mut diff| {
+        diff.actual = bounded_value(std::mem::take(&mut diff.actual));
+        diff.expected = bounded_value(std::mem::take(&mut diff.expected));
+        diff
+    })
+}
+
+fn compare_whole(recorded: &RecordedOutcome, run: &ScratchRun) -> Option<Mismatch> {
     let outcome_differs = |message: String| Mismatch {
         check: "outcome".to_owned(),
         at: String::new(),
@@ -440,9 +480,25 @@ mod tests {
             record(9, Event::CallStarted, "g", |e| {
                 e.risk = Some("write".into())
             }),
+            // Ended by the host (the pool was full): nothing of the tool's
+            // to compare; a tool's own error is.
+            started(10, "h", Some(false), false),
+            record(11, Event::CallFinished, "h", |e| {
+                e.outcome = Some("host_busy".into())
+            }),
+            started(12, "i", Some(false), false),
+            record(13, Event::CallFinished, "i", |e| {
+                e.outcome = Some("tool_error".into())
+            }),
         ];
         let plan = ReplayPlan::from_records(records.iter().map(|r| (None, r)), "text", 100);
-        assert_eq!(plan.calls().len(), 1);
+        assert_eq!(plan.calls().len(), 2);
+        assert_eq!(
+            plan.calls()[1].recorded,
+            RecordedOutcome::Failed {
+                kind: "tool_error".into()
+            }
+        );
         assert_eq!(plan.calls()[0].call_id, "a");
         assert_eq!(plan.calls()[0].arguments, json!({"text": "Hi"}));
         assert_eq!(
@@ -453,12 +509,13 @@ mod tests {
                 no_copy: 1,
                 unfinished: 1,
                 not_read: 0,
+                host_outcome: 1,
             }
         );
         // The newest `limit` intents only.
         let plan = ReplayPlan::from_records(records.iter().map(|r| (None, r)), "text", 1);
-        assert!(plan.calls().is_empty());
-        assert_eq!(plan.skipped.unfinished, 1);
+        assert_eq!(plan.calls().len(), 1);
+        assert_eq!(plan.calls()[0].call_id, "i");
     }
 
     #[test]
@@ -515,6 +572,18 @@ mod tests {
         assert_eq!(compare(&ok, &run(Ok(out))), None);
         let diff = compare(&ok, &run(Ok(json!({"slug": "h-i"})))).unwrap();
         assert_eq!(diff.at, "/slug");
+        // A large difference is shown cut short, on both sides (a hostile
+        // version's output is kept for every call replayed).
+        let big = RecordedOutcome::Ok {
+            digest: None,
+            copy: Some(json!({"slug": "a".repeat(10_000)})),
+        };
+        let diff = compare(&big, &run(Ok(json!({"slug": "b".repeat(1 << 20)})))).unwrap();
+        assert_eq!(diff.at, "/slug");
+        for side in [&diff.expected, &diff.actual] {
+            let shown = side.as_str().unwrap();
+            assert!(shown.len() < 100 && shown.contains("not shown"), "{shown}");
+        }
         let digest_only = RecordedOutcome::Ok {
             digest: Some("00".into()),
             copy: None,
