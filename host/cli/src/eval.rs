@@ -149,14 +149,32 @@ async fn serving_plugin(
     name: &str,
     scratch: &Path,
 ) -> Result<Option<Plugin>, Failure> {
-    let serving = airlock_host::open_releases(&host_config(settings, Calls::Recorded))
-        .ok()
-        .and_then(|releases| releases.rollout(name).ok().flatten())
+    // A store that cannot be read is said, not taken for "no rollout":
+    // the plugins directory's plugin would then be compared as if it
+    // served.
+    let releases = airlock_host::open_releases(&host_config(settings, Calls::Recorded))
+        .context("cannot open the installed versions to find what serves the plugin (the baseline); pass --baseline")?;
+    let serving = releases
+        .rollout(name)
+        .with_context(|| {
+            format!("cannot read the rollout of `{name}` to find what serves it (the baseline); pass --baseline")
+        })?
         .map(|rollout| rollout.value.serving);
     match serving {
         Some(version) => resolve_plugin(host, settings, &format!("{name}@{version}"), scratch)
             .await
             .map(Some),
+        // Nothing serves it from the store, and no copy in the plugins
+        // directory: nothing to compare with (an installed version before
+        // its first rollout).
+        None if !settings
+            .plugins_dir
+            .join(name)
+            .join(airlock_host::MANIFEST_FILE)
+            .is_file() =>
+        {
+            Ok(None)
+        }
         None => resolve_plugin(host, settings, name, scratch)
             .await
             .map(Some),
@@ -221,6 +239,14 @@ fn load_cases(given: Option<&Path>, plugins: &[&Plugin]) -> Result<(PathBuf, Cas
         match plugin.cases() {
             Ok(Some(cases)) => return Ok((path, cases)),
             Ok(None) => {}
+            // Not the cases the plugin's signature covers: a signature
+            // problem (exit 9), and the error names the file.
+            Err(e @ airlock_host::CasesError::Unsigned { .. }) => {
+                return Err(Failure {
+                    code: exit::UNTRUSTED,
+                    error: e.into(),
+                });
+            }
             Err(e) => {
                 return Err(Failure::usage(
                     anyhow::Error::from(e).context(format!("in {}", path.display())),

@@ -69,7 +69,10 @@ pub(crate) fn escape_lines(text: &str) -> Cow<'_, str> {
 pub(crate) fn json_text(json: String) -> String {
     // C0 is escaped inside strings by serde_json already; outside them it
     // is the text's own layout (pretty printing's line breaks).
-    let raw = |c: char| c > '\u{1f}' && needs_escape(c);
+    // Joiners and variation selectors too, wherever they are (`escape`
+    // keeps those that join visible characters; in JSON the escape
+    // changes nothing, and a run of selectors can carry hidden text).
+    let raw = |c: char| c > '\u{1f}' && (needs_escape(c) || joins(c));
     if !json.chars().any(raw) {
         return json;
     }
@@ -105,6 +108,7 @@ mod tests {
             "del": "\u{7f}",
             "rtl": "x\u{202e}y",
             "tag": "\u{e0041}",
+            "joined": "a\u{200d}\u{fe0f}\u{fe0f}b",
             "plain": "héllo \\u{41}",
         });
         let text = json_text(serde_json::to_string_pretty(&value).unwrap());
@@ -119,6 +123,7 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("\\udb40\\udc41"), "{text}");
+        assert!(text.contains("a\\u200d\\ufe0f\\ufe0fb"), "{text}");
         assert!(text.contains("héllo"), "{text}");
         let back: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(back, value);

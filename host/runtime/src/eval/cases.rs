@@ -31,7 +31,8 @@ const REGEX_SIZE_LIMIT: usize = 256 * 1024;
 pub(crate) const MAX_POINTERS: usize = 64;
 /// Most regular expressions in one file (`matches`, and those of
 /// `expect.schema`s): with [`REGEX_SIZE_LIMIT`] each, at most 64 MiB
-/// compiled and as much again of lazy-DFA caches.
+/// compiled, and each `matches` pattern's lazy DFAs (forward and reverse,
+/// per thread using it) held to as much again.
 pub(crate) const MAX_FILE_PATTERNS: usize = 256;
 
 /// A cases file that cannot be used.
@@ -471,9 +472,17 @@ impl Expectation {
         }
         let mut pointers = Vec::with_capacity(raw.pointers.len());
         for (i, p) in raw.pointers.into_iter().enumerate() {
-            if !(p.pointer.is_empty() || p.pointer.starts_with('/')) {
+            // RFC 6901: empty, or `/`-separated tokens in which `~` is
+            // only ever `~0` or `~1` (another escape would fail later as
+            // "nothing at", looking like the output's fault).
+            let escapes_ok = p
+                .pointer
+                .split('~')
+                .skip(1)
+                .all(|rest| rest.starts_with('0') || rest.starts_with('1'));
+            if !(p.pointer.is_empty() || p.pointer.starts_with('/')) || !escapes_ok {
                 return Err(format!(
-                    "expect.pointers[{i}]: {:?} is not a JSON pointer (empty, or starting with /)",
+                    "expect.pointers[{i}]: {:?} is not a JSON pointer (empty, or starting with /, with `~` only as `~0` or `~1`)",
                     crate::pipeline::gate::bounded(&p.pointer, 64)
                 ));
             }
@@ -837,6 +846,17 @@ mod tests {
         );
     }
 
+    /// A pointer's escapes (`~0` for `~`, `~1` for `/`) are accepted;
+    /// other uses of `~` are refused (above).
+    #[test]
+    fn a_pointer_with_escapes_is_a_pointer() {
+        let cases = Cases::parse(
+            r#"{"name":"x","tool":"t","expect":{"pointers":[{"pointer":"/a~0b~1c/~1/~01","equals":1}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(cases.iter().count(), 1);
+    }
+
     #[test]
     fn an_expected_null_output_is_kept() {
         let cases = Cases::parse(r#"{"name":"x","tool":"t","expect":{"output":null}}"#).unwrap();
@@ -882,6 +902,18 @@ mod tests {
             ),
             (
                 r#"{"name":"x","tool":"t","expect":{"pointers":[{"pointer":"a","equals":1}]}}"#,
+                "is not a JSON pointer",
+            ),
+            (
+                r#"{"name":"x","tool":"t","expect":{"pointers":[{"pointer":"/a~2b","equals":1}]}}"#,
+                "is not a JSON pointer",
+            ),
+            (
+                r#"{"name":"x","tool":"t","expect":{"pointers":[{"pointer":"/a~","equals":1}]}}"#,
+                "is not a JSON pointer",
+            ),
+            (
+                r#"{"name":"x","tool":"t","expect":{"pointers":[{"pointer":"/a~~0","equals":1}]}}"#,
                 "is not a JSON pointer",
             ),
             (

@@ -544,6 +544,15 @@ mod tests {
         assert_eq!(plan.skipped.unfinished, 0);
     }
 
+    /// Every host outcome named is a kind a call can end with (a typo
+    /// would let that kind through as a false difference).
+    #[test]
+    fn host_outcomes_are_call_error_kinds() {
+        for kind in HOST_OUTCOMES {
+            assert!(crate::CALL_ERROR_KINDS.contains(kind), "{kind}");
+        }
+    }
+
     #[test]
     fn chains_are_paired_by_origin() {
         let (a, b) = (started(1, "x", Some(false), false), finished(2, "x"));
