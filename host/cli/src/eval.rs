@@ -201,7 +201,17 @@ pub(crate) async fn require_passing(
         scratch.path(),
     )
     .await?;
-    let (_, cases) = load_cases(None, &[&plugin])?;
+    // The version's own cases: `rollout` takes no `--cases`, and the
+    // version's directory here is a scratch copy no message should name.
+    let cases = match plugin.cases() {
+        Ok(Some(cases)) => cases,
+        Ok(None) => {
+            return Err(Failure::usage(anyhow!(
+                "--require-eval: {name} {version} ships no {CASES_FILE}, so there is nothing to require; install a version with cases, or roll out without --require-eval"
+            )));
+        }
+        Err(e) => return Err(cases_failure(e, &plugin.dir().join(CASES_FILE))),
+    };
     let report = host.evaluate(&plugin, &cases).await?;
     if report.all_passed() {
         return Ok(report);
@@ -239,19 +249,7 @@ fn load_cases(given: Option<&Path>, plugins: &[&Plugin]) -> Result<(PathBuf, Cas
         match plugin.cases() {
             Ok(Some(cases)) => return Ok((path, cases)),
             Ok(None) => {}
-            // Not the cases the plugin's signature covers: a signature
-            // problem (exit 9), and the error names the file.
-            Err(e @ airlock_host::CasesError::Unsigned { .. }) => {
-                return Err(Failure {
-                    code: exit::UNTRUSTED,
-                    error: e.into(),
-                });
-            }
-            Err(e) => {
-                return Err(Failure::usage(
-                    anyhow::Error::from(e).context(format!("in {}", path.display())),
-                ));
-            }
+            Err(e) => return Err(cases_failure(e, &path)),
         }
     }
     Err(Failure::usage(anyhow!(
@@ -260,6 +258,19 @@ fn load_cases(given: Option<&Path>, plugins: &[&Plugin]) -> Result<(PathBuf, Cas
             .first()
             .map_or_else(String::new, |p| p.dir().display().to_string())
     )))
+}
+
+/// A plugin's cases that cannot be used, as a failure: not the cases its
+/// signature covers is a signature problem (exit 9; the error names the
+/// file), anything else a usage error naming the file.
+fn cases_failure(error: airlock_host::CasesError, path: &Path) -> Failure {
+    match error {
+        e @ airlock_host::CasesError::Unsigned { .. } => Failure {
+            code: exit::UNTRUSTED,
+            error: e.into(),
+        },
+        e => Failure::usage(anyhow::Error::from(e).context(format!("in {}", path.display()))),
+    }
 }
 
 pub(crate) async fn eval(settings: &Settings, args: EvalArgs) -> Result<u8, Failure> {

@@ -766,6 +766,30 @@ fn approval_id_in(text: &str) -> String {
         .collect()
 }
 
+/// `--require-eval` on a version that ships no cases: refused, saying so
+/// in the version's terms (it named a scratch directory and suggested
+/// `--cases`, which `rollout` does not take); nothing changes.
+#[test]
+fn require_eval_on_a_version_without_cases_says_there_is_nothing_to_require() {
+    let setup = Setup::new("");
+    let versions = tempfile::tempdir().unwrap();
+    let one = text_version(versions.path(), "1.0.0", |m| m);
+    std::fs::remove_file(one.join("cases.jsonl")).unwrap();
+    setup.ok(&["plugins", "install", one.to_str().unwrap()]);
+    let mut args = ROLL_OUT_ONE.to_vec();
+    args.push("--require-eval");
+    let out = setup.run(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("text 1.0.0 ships no cases.jsonl, so there is nothing to require"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("--cases"), "{stderr}");
+    let listed = setup.ok(&["plugins", "list"]);
+    assert!(!listed.contains("serving"), "{listed}");
+}
+
 /// `plugins list` with one plugin's rollout record unreadable: the
 /// record is named on stderr, the versions still listed (the command
 /// listed none).

@@ -747,7 +747,17 @@ impl<'a> Width<'a> {
             let token = token.replace("~1", "/").replace("~0", "~");
             let next = match node {
                 Value::Object(map) => map.get(&token),
-                Value::Array(items) => token.parse::<usize>().ok().and_then(|i| items.get(i)),
+                // RFC 6901: an index is `0` or digits without a leading
+                // zero (`usize::parse` would take `01` and `+1` too).
+                Value::Array(items) => {
+                    let index = !token.is_empty()
+                        && token.bytes().all(|b| b.is_ascii_digit())
+                        && (token == "0" || !token.starts_with('0'));
+                    index
+                        .then(|| token.parse::<usize>().ok())
+                        .flatten()
+                        .and_then(|i| items.get(i))
+                }
                 _ => None,
             };
             node =
@@ -1331,6 +1341,12 @@ mod tests {
             v.violations(&serde_json::json!({"from": {"x": 1, "y": 2}, "to": {"x": 3, "y": 4}}))
                 .is_empty()
         );
+        // An array index, as RFC 6901 writes it.
+        compile_guest_schema(
+            r##"{"type":"object","$ref":"#/allOf/1","allOf":[{},{"type":"object"}]}"##,
+            true,
+        )
+        .unwrap();
         let found = v.violations(&serde_json::json!({"from": {"x": "a", "y": 2}, "to": {"x": 3}}));
         let paths: Vec<_> = found.iter().map(|v| v.path.as_str()).collect();
         assert!(
@@ -1359,6 +1375,16 @@ mod tests {
                 "not supported",
             ),
             (r##"{"type":"object","$ref":"#/$defs/a%25"}"##, "percent"),
+            // An array index as RFC 6901 writes it, not as `usize::parse`
+            // reads it.
+            (
+                r##"{"type":"object","$ref":"#/allOf/01","allOf":[{},{"type":"object"}]}"##,
+                "points at nothing",
+            ),
+            (
+                r##"{"type":"object","$ref":"#/allOf/+1","allOf":[{},{"type":"object"}]}"##,
+                "points at nothing",
+            ),
             (
                 r##"{"type":"object","properties":{"a":{"$id":"http://x/a","type":"string"}}}"##,
                 "`$id`",
