@@ -808,32 +808,19 @@ fn add(width: &mut Vec<Weight>, child: &[Weight], shift: usize) -> Result<(), St
 /// Whether `value` nests arrays and objects more than `max` levels deep,
 /// each array or object a level (`[]` is one, `[[]]` two, a scalar none).
 pub(crate) fn deeper_than(value: &Value, max: usize) -> bool {
-    fn container(value: &Value) -> bool {
-        matches!(value, Value::Array(_) | Value::Object(_))
-    }
-    // Containers only, each with its depth (a scalar deepens nothing): a
-    // flat object — most arguments and results — is one push, and no
-    // allocation per container.
-    let mut stack = Vec::new();
-    if container(value) {
-        stack.push((value, 0usize));
-    }
-    while let Some((value, depth)) = stack.pop() {
-        if depth >= max {
-            return true;
-        }
-        let below = |child: &&Value| container(child);
+    // Containers only: a scalar deepens nothing. Recursive, without an
+    // allocation (this runs on every call's arguments and result): the
+    // recursion stops at `max`, so its depth is bounded by the limit, not
+    // by the value.
+    fn over(value: &Value, depth: usize, max: usize) -> bool {
+        let below = |child: &Value| over(child, depth + 1, max);
         match value {
-            Value::Array(items) => {
-                stack.extend(items.iter().filter(below).map(|c| (c, depth + 1)));
-            }
-            Value::Object(map) => {
-                stack.extend(map.values().filter(below).map(|c| (c, depth + 1)));
-            }
-            _ => {}
+            Value::Array(items) => depth >= max || items.iter().any(below),
+            Value::Object(map) => depth >= max || map.values().any(below),
+            _ => false,
         }
     }
-    false
+    over(value, 0, max)
 }
 
 /// The JSON type name of `value`, for error messages.

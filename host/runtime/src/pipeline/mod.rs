@@ -404,5 +404,11 @@ pub(crate) fn validate_arguments(
 
 /// A unique, time-ordered call id (UUID v7).
 pub(crate) fn new_call_id() -> String {
-    uuid::Uuid::now_v7().to_string()
+    // Encoded straight into a buffer: `to_string` goes through the
+    // formatting machinery, growing the string as it writes.
+    let mut buffer = uuid::Uuid::encode_buffer();
+    uuid::Uuid::now_v7()
+        .hyphenated()
+        .encode_lower(&mut buffer)
+        .to_owned()
 }

@@ -200,16 +200,18 @@ async fn run_tool_inner(
     let mut store = new_store(engine, limits, plugin.grant(), workspace, read_only)
         .map_err(|message| CallError::Engine { message })?;
     *notes = Some(store.data().http_hooks.notes());
-    let call_id = context.call_id.clone();
-    let trace_id = context.trace_id.clone();
     // Re-serialising the validated value gives the guest canonical JSON
     // (no duplicate keys, no comments), exactly what was validated.
-    let arguments_text = arguments.to_string();
+    // (`to_string` on the value, its `Display`, would write it through the
+    // formatting machinery a piece at a time.)
+    let arguments_text = serde_json::to_string(arguments).map_err(|e| CallError::Engine {
+        message: format!("cannot encode the validated arguments: {e}"),
+    })?;
 
     // The span names the call in host-side logs of its host functions (an
     // HTTP request refused, for example). Warn level, so it is there
     // whenever those warnings are.
-    let span = tracing::warn_span!("call", tool = %tool_id, call_id = %call_id);
+    let span = tracing::warn_span!("call", tool = %tool_id, call_id = %context.call_id);
     // Cancellation drops the guest's future, and with it the only path
     // back into the instance: it never runs again (it yields to the
     // executor at every epoch tick, so this takes at most one tick).
@@ -305,9 +307,10 @@ async fn run_tool_inner(
         parse_output(tool, tool_id, &text)?
     };
 
+    // The guest's future, which borrowed the context, is gone.
     Ok(CallResponse {
-        call_id,
-        trace_id,
+        call_id: context.call_id,
+        trace_id: context.trace_id,
         tool: tool_id.to_owned(),
         plugin_version: plugin.version().to_owned(),
         output,
