@@ -709,13 +709,47 @@ async fn an_alerts_rollback_undoes_one_change_never_two() {
     assert_eq!(made.len(), 3, "{made:?}");
     for (decision, reason) in &made[1..] {
         assert_eq!(*decision, "rollback", "not suppressed: {made:?}");
-        assert!(reason.contains("already an automatic rollback"), "{made:?}");
+        assert!(reason.contains("already a rollback"), "{made:?}");
     }
     // An operator decides to go further.
     host.rollback("text", "ops", Some("back to 1.0.0"))
         .await
         .unwrap();
     assert_eq!(host.rollouts().unwrap()[0].serving, "1.0.0");
+
+    // A canary an operator stops: the alert firing after on its calls
+    // does not undo the change before (2.0.0 → 3.0.0 stays).
+    for (version, percent) in [("2.0.0", 100), ("3.0.0", 100), ("1.0.0", 50)] {
+        host.set_rollout(&RolloutRequest::new("text", version, percent, "ops"))
+            .await
+            .unwrap();
+    }
+    host.rollback("text", "ops", Some("stop the canary"))
+        .await
+        .unwrap();
+    let rollout = host.rollouts().unwrap()[0].clone();
+    assert_eq!(
+        (rollout.serving.as_str(), rollout.canary.is_none()),
+        ("3.0.0", true)
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    host.check_alerts().await.unwrap();
+    refuse().await;
+    assert_eq!(
+        host.rollouts().unwrap()[0].serving,
+        "3.0.0",
+        "an alert after an operator's rollback undoes nothing"
+    );
+    let takeovers = records(&host, Event::Takeover);
+    let last = takeovers.last().unwrap();
+    assert!(
+        last.entry
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("already a rollback (by ops)")),
+        "{:?}",
+        last.entry.reason
+    );
 }
 
 #[test]

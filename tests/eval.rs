@@ -235,6 +235,7 @@ async fn replay_reruns_kept_calls_and_counts_those_skipped() {
             unfinished: 0,
             not_read: 0,
             host_outcome: 0,
+            ambiguous: 0,
         }
     );
 

@@ -10,7 +10,9 @@ use airlock_host::audit_log::{
     KeySource as ChainKeySource, PUBLIC_KEY_FILE, Record, check_origin, parse_public_key,
     read_export_chains, verify_export, verify_export_chains,
 };
-use airlock_mcp::control::{AuditQuery, MAX_PAGE, Verdict, VerifyAnswer, export_headers};
+use airlock_mcp::control::{
+    AuditQuery, MAX_PAGE, MAX_QUERY, Verdict, VerifyAnswer, export_headers,
+};
 use anyhow::{Context as _, bail};
 use clap::{Args, Subcommand};
 use serde::Deserialize;
@@ -313,7 +315,19 @@ fn heads(log: &AuditLog) -> Result<BTreeMap<String, u64>, Failure> {
     Ok(heads)
 }
 
+/// Refuse a count of records past what a query returns ([`MAX_QUERY`]),
+/// or under `least`, before anything is opened.
+fn check_count(flag: &str, count: usize, least: usize) -> Result<(), Failure> {
+    if (least..=MAX_QUERY).contains(&count) {
+        return Ok(());
+    }
+    Err(Failure::usage(anyhow::anyhow!(
+        "{flag} must be {least} to {MAX_QUERY} (`airlock audit export` writes the whole log)"
+    )))
+}
+
 async fn tail(settings: &Settings, lines: usize, follow: bool, json: bool) -> Result<u8, Failure> {
+    check_count("--lines", lines, 0)?;
     let log = Log::open(settings).await?;
     if let Log::Local(shared) = &log
         && !is_sled(settings)
@@ -325,8 +339,11 @@ async fn tail(settings: &Settings, lines: usize, follow: bool, json: bool) -> Re
             limit: lines,
             ..AuditQuery::default()
         };
-        for record in &log.query(&newest).await? {
-            print_record(None, record, json);
+        // None asked for: nothing to ask (a server refuses a query of 0).
+        if lines > 0 {
+            for record in &log.query(&newest).await? {
+                print_record(None, record, json);
+            }
         }
         log.head().await?
     };
@@ -443,6 +460,7 @@ async fn records_after(control: &Control, mut last: u64) -> Result<Vec<Record>, 
 }
 
 async fn query(settings: &Settings, args: &QueryArgs) -> Result<u8, Failure> {
+    check_count("--limit", args.limit, 1)?;
     let event = match &args.event {
         None => None,
         Some(name) => Some(

@@ -552,7 +552,7 @@ fn render_replay(r: &ReplayReport) -> String {
     }
     let s = &r.skipped;
     out.push_str(&format!(
-        "{} replayed: {} same, {} different, {} errors; skipped: {} redacted, {} cut, {} without a replayable copy, {} unfinished, {} no longer read, {} ended by the host\n",
+        "{} replayed: {} same, {} different, {} errors; skipped: {} redacted, {} cut, {} without a replayable copy, {} unfinished, {} no longer read, {} ended by the host, {} recorded twice\n",
         r.replayed,
         r.same,
         r.different,
@@ -562,7 +562,8 @@ fn render_replay(r: &ReplayReport) -> String {
         s.no_copy,
         s.unfinished,
         s.not_read,
-        s.host_outcome
+        s.host_outcome,
+        s.ambiguous
     ));
     out
 }

@@ -133,13 +133,24 @@ pub(crate) async fn run(settings: &Settings, request: ReleaseRequest) -> Result<
         && let Err(error) = host.load_plugin(&dir).await
     {
         // The error quotes the plugin's manifest: escaped.
-        eprintln!(
-            "{}",
-            crate::terminal::escape_lines(&format!(
-                "warning: plugin in {} not loaded: {error}",
-                dir.display()
-            ))
-        );
+        let said = format!("plugin in {} not loaded: {error}", dir.display());
+        let said = crate::terminal::escape_lines(&said);
+        // Without a rollout it is what serves: a version wider than it
+        // would go out unapproved, compared with nothing.
+        // (Rollouts that cannot be read: whether one exists is unclear.)
+        let rolled = host
+            .rollouts()
+            .map(|all| all.iter().any(|r| r.plugin == *plugin));
+        if !matches!(rolled, Ok(true)) {
+            close_audit(&host);
+            return Err(anyhow::anyhow!(
+                "{said}\nit is what serves {} until a first rollout, and the new version must be compared with it: make it load (or remove it from the plugins directory), then roll out",
+                crate::terminal::escape(plugin)
+            )
+            .into());
+        }
+        // With one, the serving version is the rollout's.
+        eprintln!("warning: {said}");
     }
     let answer = releases::run(&host, request).await;
     close_audit(&host);

@@ -749,6 +749,27 @@ fn calls_are_audited_and_the_log_verifies_live_and_exported() {
         let query = env.run(&["audit", "query", "--outcome", outcome]);
         assert!(query.status.success(), "{outcome}: {}", stderr(&query));
     }
+    // A count past what one query returns is a usage error, not the whole
+    // log read into memory; none at all is one too.
+    for limit in ["0", "100001", "18446744073709551615"] {
+        let query = env.run(&["audit", "query", "--limit", limit]);
+        assert_eq!(query.status.code(), Some(2), "{limit}");
+        assert!(
+            stderr(&query).contains("--limit must be 1 to 100000"),
+            "{limit}: {}",
+            stderr(&query)
+        );
+    }
+    let tail = env.run(&["audit", "tail", "-n", "100001"]);
+    assert_eq!(tail.status.code(), Some(2));
+    assert!(
+        stderr(&tail).contains("--lines must be 0 to 100000"),
+        "{}",
+        stderr(&tail)
+    );
+    let none = env.run(&["audit", "tail", "-n", "0"]);
+    assert!(none.status.success(), "{}", stderr(&none));
+    assert!(none.stdout.is_empty());
 
     let verify = env.run(&["audit", "verify", "--json"]);
     assert!(verify.status.success(), "{}", stderr(&verify));

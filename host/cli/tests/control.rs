@@ -626,6 +626,18 @@ fn the_control_socket_refuses_what_it_should() {
         Duration::from_secs(15),
     );
     assert!(started.elapsed() < Duration::from_secs(10), "{answer}");
+    // A query of more records than one answer holds: 400, naming the
+    // bound (it would be built whole in the server's memory).
+    for limit in ["0", "100001", "18446744073709551615"] {
+        let body = format!("{{\"limit\":{limit}}}");
+        let request = format!(
+            "POST /v1/audit/query HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let answer = raw(&setup.socket(), request.as_bytes(), Duration::from_secs(10));
+        assert!(answer.starts_with("HTTP/1.1 400"), "{limit}: {answer}");
+        assert!(answer.contains("1 to 100000"), "{limit}: {answer}");
+    }
     // A bad body: 400, and the server goes on.
     let bad = "POST /v1/mode HTTP/1.1\r\nHost: localhost\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}";
     let answer = raw(&setup.socket(), bad.as_bytes(), Duration::from_secs(10));
@@ -788,6 +800,41 @@ fn require_eval_on_a_version_without_cases_says_there_is_nothing_to_require() {
     assert!(!stderr.contains("--cases"), "{stderr}");
     let listed = setup.ok(&["plugins", "list"]);
     assert!(!listed.contains("serving"), "{listed}");
+}
+
+/// A first rollout compares the version with the plugins directory's
+/// plugin of that name, which serves until then: when that one does not
+/// load, the rollout is refused (it went out compared with nothing, so a
+/// wider version needed no approval); nothing changes.
+#[test]
+fn a_first_rollout_is_refused_when_the_serving_directory_plugin_does_not_load() {
+    let setup = Setup::new("");
+    let versions = tempfile::tempdir().unwrap();
+    let wider = text_version(versions.path(), "1.0.0", |m| {
+        m.replacen("timeout_ms = 2_000", "timeout_ms = 4_000", 1)
+    });
+    setup.ok(&["plugins", "install", wider.to_str().unwrap()]);
+    // The directory's `text` with a component that is not one.
+    let served = setup.plugins.join("text");
+    for entry in std::fs::read_dir(&served).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "wasm") {
+            std::fs::write(&path, b"not a component").unwrap();
+        }
+    }
+    let out = setup.run(&ROLL_OUT_ONE);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("it is what serves text until a first rollout"),
+        "{stderr}"
+    );
+    // Listed with the directory's plugin that did not load (exit 1), and
+    // nothing serving.
+    let listed = setup.run(&["plugins", "list"]);
+    let stdout = String::from_utf8_lossy(&listed.stdout);
+    assert!(stdout.contains("installed versions:"), "{stdout}");
+    assert!(!stdout.contains("serving"), "{stdout}");
 }
 
 /// `plugins list` with one plugin's rollout record unreadable: the

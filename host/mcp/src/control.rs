@@ -8,7 +8,7 @@
 //! | method and path | answer |
 //! |---|---|
 //! | `GET /v1/audit/head` | `{"head": seq, "head_hash": hex}` |
-//! | `POST /v1/audit/query` [`AuditQuery`] | `{"records": [...]}` |
+//! | `POST /v1/audit/query` [`AuditQuery`] | `{"records": [...]}`, at most [`MAX_QUERY`] (a larger `limit` is refused) |
 //! | `GET /v1/audit/records/{seq}` | `{"record": record or null, "head": seq}` |
 //! | `GET /v1/audit/after/{seq}?limit=N` | `{"records": [...]}` after `seq`, at most [`MAX_PAGE`] |
 //! | `POST /v1/audit/verify` `{"trusted": [checkpoint]}` | [`VerifyAnswer`] |
@@ -82,6 +82,10 @@ use crate::http::{
 pub const SOCKET_FILE: &str = "control.sock";
 /// Most records one `after` request returns; the client asks again.
 pub const MAX_PAGE: usize = 1000;
+/// Most records one audit query asks for ([`AuditQuery::limit`], `airlock
+/// audit query --limit`): the answer is built whole in the server's
+/// memory. More is an export (`/v1/audit/export`) or pages of `after`.
+pub const MAX_QUERY: usize = 100_000;
 /// Headers of an export's answer.
 pub mod export_headers {
     /// Records written.
@@ -745,6 +749,15 @@ async fn audit_head(State(host): State<Arc<Host>>) -> Response {
 async fn audit_query(State(host): State<Arc<Host>>, body: Bytes) -> Response {
     blocking(move || {
         let query: AuditQuery = parse(&body)?;
+        if !(1..=MAX_QUERY).contains(&query.limit) {
+            return Err(Refusal(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "limit {} is out of range: 1 to {MAX_QUERY} records a query (an export has them all)",
+                    query.limit
+                ),
+            ));
+        }
         let records = host
             .audit()
             .query(&query.filter(), query.limit)

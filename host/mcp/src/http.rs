@@ -515,6 +515,63 @@ pub(crate) struct BodyBound {
     /// Bytes of request bodies read (or being read) and not yet let go,
     /// all requests together: a permit a byte.
     in_flight: Arc<Semaphore>,
+    /// The same per peer address (an IPv6 peer: its /64), and the most
+    /// one may hold: half the room, so that one peer's slow bodies cannot
+    /// take it all. `None`: not counted per peer (behind a proxy, where
+    /// every request is the proxy's; the control socket).
+    per_peer: Option<(usize, PeerBytes)>,
+}
+
+/// Bytes of request bodies each peer holds ([`BodyBound`]). Entries go
+/// when their count does.
+#[derive(Debug, Default, Clone)]
+struct PeerBytes(Arc<std::sync::Mutex<std::collections::HashMap<PeerKey, usize>>>);
+
+/// What one request's body holds against its peer, given back when
+/// dropped (when the request is answered).
+#[derive(Debug)]
+struct PeerHeld {
+    bytes: PeerBytes,
+    peer: PeerKey,
+    cap: usize,
+    held: usize,
+}
+
+impl PeerHeld {
+    /// `n` more bytes, unless the peer would hold more than its cap.
+    fn take(&mut self, n: usize) -> bool {
+        let mut all = self
+            .bytes
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = all.entry(self.peer).or_insert(0);
+        let Some(after) = count.checked_add(n).filter(|after| *after <= self.cap) else {
+            if *count == 0 {
+                all.remove(&self.peer);
+            }
+            return false;
+        };
+        *count = after;
+        self.held += n;
+        true
+    }
+}
+
+impl Drop for PeerHeld {
+    fn drop(&mut self) {
+        let mut all = self
+            .bytes
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = all.get_mut(&self.peer) {
+            *count = count.saturating_sub(self.held);
+            if *count == 0 {
+                all.remove(&self.peer);
+            }
+        }
+    }
 }
 
 /// Least room for request bodies held at once, whatever the size bound.
@@ -536,6 +593,16 @@ impl BodyBound {
             max_bytes,
             timeout,
             in_flight: Arc::new(Semaphore::new(room.min(Semaphore::MAX_PERMITS))),
+            per_peer: None,
+        }
+    }
+
+    /// The same, one peer address holding at most half the room.
+    fn per_peer(self) -> BodyBound {
+        let room = self.in_flight.available_permits();
+        BodyBound {
+            per_peer: Some((room.div_ceil(2), PeerBytes::default())),
+            ..self
         }
     }
 }
@@ -877,22 +944,31 @@ pub(crate) fn behind_checks(router: Router, guard: Arc<Guard>, bound: BodyBound)
 }
 
 fn body_bound(config: &HttpConfig) -> BodyBound {
-    BodyBound::new(config.max_request_bytes, config.body_read_timeout)
+    let bound = BodyBound::new(config.max_request_bytes, config.body_read_timeout);
+    // Per peer where connections are counted per peer: not behind a proxy.
+    if config.per_peer_cap().is_some() {
+        bound.per_peer()
+    } else {
+        bound
+    }
 }
 
 /// Why a body was not read.
 enum BodyRefused {
     TooLarge,
     NoRoom,
+    PeerNoRoom,
     Broken,
 }
 
 /// Read `body` whole, at most `bound.max_bytes`, each chunk taking its
-/// size from `bound.in_flight` into `held`.
+/// size from `bound.in_flight` into `held`, and from its peer's share
+/// into `peer_held`.
 async fn read_bounded(
     mut body: axum::body::Body,
     bound: &BodyBound,
     held: &mut Option<tokio::sync::OwnedSemaphorePermit>,
+    peer_held: &mut Option<PeerHeld>,
 ) -> std::result::Result<bytes::Bytes, BodyRefused> {
     use http_body_util::BodyExt as _;
     let mut bytes = bytes::BytesMut::new();
@@ -907,6 +983,11 @@ async fn read_bounded(
             return Err(BodyRefused::TooLarge);
         }
         let size = u32::try_from(data.len()).map_err(|_| BodyRefused::TooLarge)?;
+        if let Some(peer) = peer_held
+            && !peer.take(data.len())
+        {
+            return Err(BodyRefused::PeerNoRoom);
+        }
         let Ok(permit) = Arc::clone(&bound.in_flight).try_acquire_many_owned(size) else {
             return Err(BodyRefused::NoRoom);
         };
@@ -939,7 +1020,24 @@ async fn read_body_in_time(
     let (parts, body) = request.into_parts();
     // Held until the request is answered: its body is in memory till then.
     let mut held = None;
-    let read = tokio::time::timeout(bound.timeout, read_bounded(body, &bound, &mut held));
+    let peer = parts
+        .extensions
+        .get::<PeerIp>()
+        .and_then(|p| p.0)
+        .map(PeerKey::of);
+    let mut peer_held = match (&bound.per_peer, peer) {
+        (Some((cap, bytes)), Some(peer)) => Some(PeerHeld {
+            bytes: bytes.clone(),
+            peer,
+            cap: *cap,
+            held: 0,
+        }),
+        _ => None,
+    };
+    let read = tokio::time::timeout(
+        bound.timeout,
+        read_bounded(body, &bound, &mut held, &mut peer_held),
+    );
     let closing = |status: StatusCode, message: &str| {
         let mut response = plain(status, message);
         response
@@ -962,6 +1060,13 @@ async fn read_body_in_time(
                 "the server holds as many request bodies as it may; try again shortly",
             );
         }
+        Ok(Err(BodyRefused::PeerNoRoom)) => {
+            warn_refused!("request refused: its peer holds as many request bodies as one peer may");
+            return closing(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this address holds as many request bodies as one may; try again shortly",
+            );
+        }
         Ok(Err(BodyRefused::Broken)) => {
             return closing(
                 StatusCode::BAD_REQUEST,
@@ -982,7 +1087,7 @@ async fn read_body_in_time(
     let response = next
         .run(Request::from_parts(parts, axum::body::Body::from(bytes)))
         .await;
-    drop(held);
+    drop((held, peer_held));
     response
 }
 
@@ -2479,6 +2584,71 @@ mod tests {
         assert_eq!(
             send("y".repeat(600)).await,
             (StatusCode::OK, "600".to_owned())
+        );
+    }
+
+    /// One peer address's slow bodies cannot take the whole room: it holds
+    /// half at most, and other peers are still served.
+    #[tokio::test]
+    async fn one_peer_holds_at_most_half_the_room_for_request_bodies() {
+        use http_body_util::BodyExt as _;
+        use hyper::service::Service as _;
+        let entered = Arc::new(tokio::sync::Notify::new());
+        let release = Arc::new(tokio::sync::Notify::new());
+        let app = {
+            let (entered, release) = (Arc::clone(&entered), Arc::clone(&release));
+            Router::new().route(
+                "/",
+                post(move |body: bytes::Bytes| async move {
+                    if body.starts_with(b"hold") {
+                        entered.notify_one();
+                        release.notified().await;
+                    }
+                    body.len().to_string()
+                }),
+            )
+        };
+        let service = TowerToHyperService::new(app.layer(middleware::from_fn_with_state(
+            BodyBound::with_room(800, Duration::from_secs(5), 1000).per_peer(),
+            read_body_in_time,
+        )));
+        let send = |from: &str, body: String| {
+            let service = service.clone();
+            let peer = PeerIp(Some(from.parse().unwrap()));
+            async move {
+                let mut request = hyper::Request::post("/")
+                    .body(axum::body::Body::from(body))
+                    .unwrap();
+                request.extensions_mut().insert(peer);
+                let response = service.call(request).await.unwrap();
+                let status = response.status();
+                let text = response.into_body().collect().await.unwrap().to_bytes();
+                (status, String::from_utf8_lossy(&text).into_owned())
+            }
+        };
+        let held = tokio::spawn(send("10.0.0.1", format!("hold{}", "x".repeat(396))));
+        entered.notified().await;
+        // 400 + 200 is past the peer's half (500): refused, saying why.
+        let (status, text) = send("10.0.0.1", "y".repeat(200)).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{text}");
+        assert!(text.contains("this address"), "{text}");
+        // Up to its half it is served, and another peer within the room.
+        assert_eq!(send("10.0.0.1", "z".repeat(100)).await.0, StatusCode::OK);
+        assert_eq!(send("10.0.0.2", "z".repeat(500)).await.0, StatusCode::OK);
+        // An IPv6 peer is its /64: two addresses in one share a half.
+        let v6 = send("2001:db8::1", format!("hold{}", "x".repeat(396)));
+        let v6 = tokio::spawn(v6);
+        entered.notified().await;
+        let (status, _) = send("2001:db8::2", "y".repeat(200)).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        // Answered, the held bodies give their share back.
+        release.notify_one();
+        release.notify_one();
+        assert_eq!(held.await.unwrap(), (StatusCode::OK, "400".to_owned()));
+        assert_eq!(v6.await.unwrap(), (StatusCode::OK, "400".to_owned()));
+        assert_eq!(
+            send("10.0.0.1", "y".repeat(500)).await,
+            (StatusCode::OK, "500".to_owned())
         );
     }
 

@@ -3,7 +3,8 @@
 //!
 //! # What a token must be
 //! A bearer token that is not a static caller token ([`crate::http`]) is
-//! taken for a JWT (RFC 9068 profile) and accepted only when, in this
+//! taken for a JWT access token (RFC 9068's claims) and accepted only
+//! when, in this
 //! order (the first step that fails refuses it, [`OauthErrorKind`] naming
 //! the step):
 //! 1. it is at most [`MAX_TOKEN_BYTES`], three base64url parts, and its
@@ -16,15 +17,23 @@
 //!    [`JWKS_REFETCH_INTERVAL`]) holds the key its header's `kid` names
 //!    (or, without a `kid`, exactly one key), and that key's type is the
 //!    header's algorithm's (an RSA key verifies `RS256` only, a P-256 key
-//!    `ES256` only, an Ed25519 key `EdDSA` only);
+//!    `ES256` only, an Ed25519 key `EdDSA` only; a key whose JWK `alg`
+//!    names another algorithm, or whose `key_ops` leave out `verify`, is
+//!    not used);
 //! 4. the signature verifies with that key;
 //! 5. `aud` names [`OauthConfig::resource`], this server's resource URI
 //!    (RFC 8707): a token minted for another server is refused here;
 //! 6. `exp` is present and not past, `nbf` (when present) not ahead, each
 //!    with [`CLOCK_LEEWAY`];
-//! 7. the issuer's `principal_claim` (default `sub`) is a string of 1–256
-//!    characters without control characters; the call runs as it, with the
-//!    issuer's `principal_prefix` before it.
+//! 7. the issuer's `principal_claim` (default `sub`) is a string without
+//!    control characters, 1–256 bytes with the issuer's
+//!    `principal_prefix` before it; the call runs as that.
+//!
+//! The header's `typ` is not checked: RFC 9068 asks for `at+jwt`, but
+//! many issuers write `JWT` on their access tokens. So any token the
+//! issuer signed with this resource in its `aud` is taken for an access
+//! token: configure the issuer so that only access tokens name the
+//! resource (an ID token's `aud` is the client's id).
 //!
 //! # Discovery
 //! RFC 9728 protected resource metadata is served at
@@ -50,7 +59,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, KeyOperations};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -489,7 +498,7 @@ impl OauthVerifier {
             return Err(refuse(
                 K::NoPrincipal,
                 format!(
-                    "claim `{}` is not 1-256 characters without control characters",
+                    "claim `{}` is not 1-256 bytes (with the issuer's principal prefix) without control characters",
                     trusted.principal_claim
                 ),
             ));
@@ -647,8 +656,10 @@ fn decode_part<T: serde::de::DeserializeOwned>(part: &str) -> Option<T> {
 }
 
 /// The signing keys of a JWKS document: each key whose type this server
-/// verifies (RSA, EC P-256, OKP Ed25519) and whose `use` (if any) is
-/// `sig`, with the algorithm it verifies; other keys are skipped.
+/// verifies (RSA, EC P-256, OKP Ed25519), whose `use` (if any) is `sig`,
+/// whose `alg` (if any) is the one this server verifies with it (RS256,
+/// ES256, EdDSA) and whose `key_ops` (if any) include `verify`, with that
+/// algorithm; other keys are skipped.
 pub(crate) fn parse_jwks(
     body: &[u8],
 ) -> Result<Vec<(String, Algorithm, Arc<DecodingKey>)>, String> {
@@ -676,6 +687,24 @@ pub(crate) fn parse_jwks(
             }
             _ => continue,
         };
+        // A key published for another algorithm (an RSA key for PS256 or
+        // RS512, say) or for operations other than verifying does not
+        // verify these tokens.
+        let declared = match jwk.common.key_algorithm {
+            None => Some(alg),
+            Some(KeyAlgorithm::RS256) => Some(Algorithm::RS256),
+            Some(KeyAlgorithm::ES256) => Some(Algorithm::ES256),
+            Some(KeyAlgorithm::EdDSA) => Some(Algorithm::EdDSA),
+            Some(_) => None,
+        };
+        let verifies = jwk
+            .common
+            .key_operations
+            .as_ref()
+            .is_none_or(|ops| ops.contains(&KeyOperations::Verify));
+        if declared != Some(alg) || !verifies {
+            continue;
+        }
         let Ok(key) = DecodingKey::from_jwk(&jwk) else {
             continue;
         };
@@ -1383,13 +1412,19 @@ mod tests {
                 {"kty": "OKP", "crv": "Ed25519", "use": "enc", "x": key.jwk["x"]},
                 {"kty": "EC", "crv": "P-384", "x": "AA", "y": "AA"},
                 {"kty": "whatever"},
+                // Published for another algorithm, or not for verifying.
+                {"kty": "OKP", "crv": "Ed25519", "alg": "ES256", "x": key.jwk["x"]},
+                {"kty": "OKP", "crv": "Ed25519", "key_ops": ["encrypt"], "x": key.jwk["x"]},
+                {"kty": "OKP", "crv": "Ed25519", "alg": "EdDSA", "key_ops": ["verify"], "kid": "ok",
+                 "x": key.jwk["x"]},
                 key.jwk,
             ]})
             .to_string()
             .as_bytes(),
         )
         .unwrap();
-        assert_eq!(kept.len(), 1);
+        let kids: Vec<&str> = kept.iter().map(|(kid, _, _)| kid.as_str()).collect();
+        assert_eq!(kids, ["ok", "k"]);
     }
 
     /// `request` through the whole HTTP application with OAuth on: the

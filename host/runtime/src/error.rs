@@ -1087,12 +1087,13 @@ pub enum ReleaseError {
         plugin: String,
     },
     /// An alert's automatic rollback found the rollout's last change to be
-    /// an automatic rollback already: one never undoes more than one
-    /// change (another host's alert on the same incident, or the alert
-    /// firing again, would walk the plugin back to ever older versions);
-    /// going further is an operator's decision.
+    /// a rollback already (an alert's or an operator's): one never undoes
+    /// more than one change (another host's alert on the same incident,
+    /// the alert firing again, or firing after an operator stopped the
+    /// canary, would walk the plugin back to ever older versions); going
+    /// further is an operator's decision.
     #[error(
-        "{plugin}'s last change is already an automatic rollback (by {by}): a further rollback is left to an operator"
+        "{plugin}'s last change is already a rollback (by {by}): a further rollback is left to an operator"
     )]
     AlreadyRolledBack {
         /// The plugin.

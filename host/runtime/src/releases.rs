@@ -243,6 +243,58 @@ pub struct UnreadableVersion {
     pub error: String,
 }
 
+/// Records read one by one, after the store failed to list them at once.
+struct OneByOne<K, V> {
+    /// Those that read as themselves.
+    found: Vec<(K, V)>,
+    /// Those that did not, with why.
+    unreadable: Vec<(K, String)>,
+}
+
+/// Read the record of each of `keys` with `read`, keeping those that read
+/// as themselves (`not_itself` says why one does not: a record naming
+/// another) and naming the rest. A failure of the store's own kind
+/// (unreachable, of another layout, permission denied: anything but a
+/// damaged record) on every record is the store's and fails the whole; on
+/// some records only (one file unreadable, say) it is theirs.
+fn read_one_by_one<K, V>(
+    keys: impl IntoIterator<Item = K>,
+    mut read: impl FnMut(&K) -> std::result::Result<Option<V>, airlock_store::StoreError>,
+    not_itself: impl Fn(&K, &V) -> Option<String>,
+) -> std::result::Result<OneByOne<K, V>, airlock_store::StoreError> {
+    let mut out = OneByOne {
+        found: Vec::new(),
+        unreadable: Vec::new(),
+    };
+    let mut store_failure = None;
+    let mut read_any = false;
+    for key in keys {
+        match read(&key) {
+            Ok(Some(record)) => {
+                read_any = true;
+                match not_itself(&key, &record) {
+                    None => out.found.push((key, record)),
+                    Some(why) => out.unreadable.push((key, why)),
+                }
+            }
+            Ok(None) => read_any = true,
+            Err(e) => {
+                // A damaged record was read: only the store's own kinds
+                // are left in `store_failure` when nothing was.
+                if e.kind() == airlock_store::ErrorKind::Corrupt {
+                    read_any = true;
+                }
+                out.unreadable.push((key, crate::error::chain(&e)));
+                store_failure.get_or_insert(e);
+            }
+        }
+    }
+    match store_failure {
+        Some(e) if !read_any => Err(e),
+        _ => Ok(out),
+    }
+}
+
 /// The installed versions (of `plugin` only, if given) in `releases`, as
 /// far as their records can be read: when the store cannot list them at
 /// once (one damaged record fails that), each version it names is read on
@@ -277,55 +329,45 @@ pub(crate) fn installed_listing(
         partial: Some(crate::error::chain(&all)),
         ..InstalledListing::default()
     };
-    // As for the rollouts (`routes_one_by_one`): a failure of the store's
-    // kind on every record is the store's; on some, theirs.
-    let mut store_failure = None;
-    let mut read_any = false;
-    for (plugin, version) in names {
-        let unreadable = |error: String| UnreadableVersion {
-            plugin: plugin.clone(),
-            version: version.clone(),
-            error,
-        };
-        // A row of a name no version can have (edited in the database)
-        // would read as none: named instead.
-        if airlock_store::check_plugin_name(&plugin).is_err()
-            || airlock_store::check_version(&version).is_err()
-        {
-            listing.unreadable.push(unreadable(
-                "not a plugin name and version an installed version can have".to_owned(),
-            ));
-            continue;
-        }
-        match releases.version(&plugin, &version) {
-            // Listed under its own names only: a record naming another
-            // version would be listed twice, or as one that is not there.
-            Ok(Some(record)) if record.plugin == plugin && record.version == version => {
-                read_any = true;
-                listing.versions.push(record);
-            }
-            Ok(Some(record)) => {
-                read_any = true;
-                listing.unreadable.push(unreadable(format!(
+    // A row of a name no version can have (edited in the database) would
+    // read as none: named instead.
+    let (names, impossible): (Vec<_>, Vec<_>) = names.into_iter().partition(|(plugin, version)| {
+        airlock_store::check_plugin_name(plugin).is_ok()
+            && airlock_store::check_version(version).is_ok()
+    });
+    let read = read_one_by_one(
+        names,
+        |(plugin, version)| releases.version(plugin, version),
+        // Listed under its own names only: a record naming another version
+        // would be listed twice, or as one that is not there.
+        |(plugin, version), record: &InstalledVersion| {
+            (record.plugin != *plugin || record.version != *version).then(|| {
+                format!(
                     "the record names version {} of plugin `{}`",
                     record.version, record.plugin
-                )));
-            }
-            Ok(None) => read_any = true,
-            Err(e) => {
-                if e.kind() == airlock_store::ErrorKind::Corrupt {
-                    read_any = true;
-                }
-                listing.unreadable.push(unreadable(crate::error::chain(&e)));
-                store_failure.get_or_insert(e);
-            }
-        }
-    }
-    if let Some(e) = store_failure
-        && !read_any
-    {
-        return Err(StoreError::new(Store::Plugins, e));
-    }
+                )
+            })
+        },
+    )
+    .map_err(|e| StoreError::new(Store::Plugins, e))?;
+    listing.versions = read.found.into_iter().map(|(_, record)| record).collect();
+    let impossible = impossible.into_iter().map(|name| {
+        let why = "not a plugin name and version an installed version can have";
+        (name, why.to_owned())
+    });
+    listing.unreadable = read
+        .unreadable
+        .into_iter()
+        .chain(impossible)
+        .map(|((plugin, version), error)| UnreadableVersion {
+            plugin,
+            version,
+            error,
+        })
+        .collect();
+    listing
+        .unreadable
+        .sort_by(|a, b| (&a.plugin, &a.version).cmp(&(&b.plugin, &b.version)));
     listing.versions.sort_by(|a, b| {
         (a.plugin.as_str(), a.installed_ms, a.version.as_str()).cmp(&(
             b.plugin.as_str(),
@@ -675,46 +717,27 @@ impl Served {
             partial: Some(crate::error::chain(&all)),
             ..Routes::default()
         };
-        let mut rollouts = BTreeMap::new();
-        // A failure of the store's kind (unreachable, of another layout,
-        // permission denied) on every record is the store's, and fails the
-        // routing whole; on some records only (one file unreadable, say),
-        // it is theirs: their plugins' calls are refused, the others'
-        // routed.
-        let mut store_failure = None;
-        let mut read_any = false;
         // A name no call can have (a damaged row's) routes nothing.
-        for name in names
+        let names = names
             .into_iter()
-            .filter(|n| airlock_store::check_plugin_name(n).is_ok())
-        {
-            match self.releases.rollout(&name) {
-                Ok(Some(r)) if r.value.plugin == name => {
-                    read_any = true;
-                    rollouts.insert(name, r.value);
-                }
-                Ok(Some(r)) => {
-                    read_any = true;
-                    let why = format!("the record names plugin `{}`", r.value.plugin);
-                    routes.unreadable.insert(name, why);
-                }
-                Ok(None) => read_any = true,
-                Err(e) => {
-                    if e.kind() == airlock_store::ErrorKind::Corrupt {
-                        read_any = true;
-                    }
-                    routes.unreadable.insert(name, crate::error::chain(&e));
-                    store_failure.get_or_insert(e);
-                }
-            }
-        }
-        // (A `Corrupt` failure counts as read: only the store's own kinds
-        // are left in `store_failure` when nothing was.)
-        if let Some(e) = store_failure
-            && !read_any
-        {
-            return Err(StoreError::new(Store::Plugins, e));
-        }
+            .filter(|n| airlock_store::check_plugin_name(n).is_ok());
+        // A failure of the store's kind on some records is theirs: their
+        // plugins' calls are refused, the others' routed.
+        let read = read_one_by_one(
+            names,
+            |name| self.releases.rollout(name),
+            |name, record| {
+                (record.value.plugin != *name)
+                    .then(|| format!("the record names plugin `{}`", record.value.plugin))
+            },
+        )
+        .map_err(|e| StoreError::new(Store::Plugins, e))?;
+        let rollouts: BTreeMap<_, _> = read
+            .found
+            .into_iter()
+            .map(|(name, record)| (name, record.value))
+            .collect();
+        routes.unreadable = read.unreadable.into_iter().collect();
         routes.rollouts = Arc::new(rollouts);
         Ok(routes)
     }
@@ -1588,10 +1611,10 @@ impl ReleaseParts<'_> {
         // Decided on the rollout the change is made against: a host whose
         // read came before another's rollback loses the store's race
         // instead (`Conflict`).
-        if automatic
-            && r.change.action == RolloutAction::Rollback
-            && r.change.by.starts_with(AUTOMATIC_BY)
-        {
+        // Any rollback, not only an alert's: after an operator stopped the
+        // canary, an alert still firing on the canary's calls would undo
+        // the change before it too.
+        if automatic && r.change.action == RolloutAction::Rollback {
             return Err(ReleaseError::AlreadyRolledBack {
                 plugin: plugin.to_owned(),
                 by: r.change.by.clone(),

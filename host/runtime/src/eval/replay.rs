@@ -52,6 +52,10 @@ pub struct ReplaySkips {
     /// while it waited): it says nothing a replay could agree or disagree
     /// with.
     pub host_outcome: usize,
+    /// The chain holds more than one intent or more than one outcome
+    /// record for the call's id (a damaged or crafted log): which one the
+    /// call was is unclear, so it is not compared with either.
+    pub ambiguous: usize,
 }
 
 /// Recorded outcomes that are the host's doing, not the tool's
@@ -132,7 +136,10 @@ impl ReplayPlan {
         limit: usize,
     ) -> ReplayPlan {
         let mut started = Vec::new();
-        let mut finished: HashMap<(Option<&str>, &str), &Record> = HashMap::new();
+        // Intents per call id, and its outcome record (`None`: more than
+        // one).
+        let mut intents: HashMap<(Option<&str>, &str), usize> = HashMap::new();
+        let mut finished: HashMap<(Option<&str>, &str), Option<&Record>> = HashMap::new();
         for (origin, record) in records {
             let e = &record.entry;
             if e.plugin.as_deref() != Some(plugin) {
@@ -144,13 +151,18 @@ impl ReplayPlan {
             match e.event {
                 Event::CallStarted if e.risk.as_deref() == Some("read") => {
                     started.push((origin, record));
+                    *intents.entry((origin, call_id)).or_default() += 1;
                 }
                 Event::CallFinished => {
                     // A call recorded once is its own intent.
                     if e.carries_intent() && e.risk.as_deref() == Some("read") {
                         started.push((origin, record));
+                        *intents.entry((origin, call_id)).or_default() += 1;
                     }
-                    finished.insert((origin, call_id), record);
+                    finished
+                        .entry((origin, call_id))
+                        .and_modify(|seen| *seen = None)
+                        .or_insert(Some(record));
                 }
                 _ => {}
             }
@@ -161,6 +173,12 @@ impl ReplayPlan {
         for (origin, record) in started.into_iter().skip(newest) {
             let e = &record.entry;
             let call_id = e.call_id.as_deref().unwrap_or_default();
+            if intents.get(&(origin, call_id)).is_some_and(|n| *n > 1)
+                || matches!(finished.get(&(origin, call_id)), Some(None))
+            {
+                plan.skipped.ambiguous += 1;
+                continue;
+            }
             match e.args_redacted {
                 None => {
                     plan.skipped.no_copy += 1;
@@ -184,7 +202,7 @@ impl ReplayPlan {
                 plan.skipped.no_copy += 1;
                 continue;
             };
-            let Some(done) = finished.get(&(origin, call_id)) else {
+            let Some(Some(done)) = finished.get(&(origin, call_id)) else {
                 plan.skipped.unfinished += 1;
                 continue;
             };
@@ -510,6 +528,7 @@ mod tests {
                 unfinished: 1,
                 not_read: 0,
                 host_outcome: 1,
+                ambiguous: 0,
             }
         );
         // The newest `limit` intents only.
@@ -551,6 +570,43 @@ mod tests {
         for kind in HOST_OUTCOMES {
             assert!(crate::CALL_ERROR_KINDS.contains(kind), "{kind}");
         }
+    }
+
+    /// A crafted or damaged chain with two outcomes (or two intents) for
+    /// one call id: neither is compared with.
+    #[test]
+    fn a_call_id_recorded_twice_is_not_replayed() {
+        let fail = |seq, call: &str| {
+            record(seq, Event::CallFinished, call, |e| {
+                e.outcome = Some("tool_error".into())
+            })
+        };
+        let records = [
+            started(1, "a", Some(false), false),
+            finished(2, "a"),
+            fail(3, "a"),
+            started(4, "b", Some(false), false),
+            started(5, "b", Some(false), false),
+            finished(6, "b"),
+            started(7, "c", Some(false), false),
+            finished(8, "c"),
+        ];
+        let plan = ReplayPlan::from_records(records.iter().map(|r| (None, r)), "text", 100);
+        let replayed: Vec<_> = plan.calls().iter().map(|c| c.call_id.as_str()).collect();
+        assert_eq!(replayed, ["c"]);
+        // Each of `b`'s two intents is counted.
+        assert_eq!(plan.skipped.ambiguous, 3);
+        assert_eq!(plan.skipped.unfinished, 0);
+        // The same id in another chain is another call.
+        let records = [
+            (Some("host-a"), started(1, "x", Some(false), false)),
+            (Some("host-a"), finished(2, "x")),
+            (Some("host-b"), started(1, "x", Some(false), false)),
+            (Some("host-b"), finished(2, "x")),
+        ];
+        let plan = ReplayPlan::from_records(records.iter().map(|(o, r)| (*o, r)), "text", 10);
+        assert_eq!(plan.calls().len(), 2);
+        assert_eq!(plan.skipped.ambiguous, 0);
     }
 
     #[test]
