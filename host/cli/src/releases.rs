@@ -135,21 +135,8 @@ pub(crate) async fn run(settings: &Settings, request: ReleaseRequest) -> Result<
         // The error quotes the plugin's manifest: escaped.
         let said = format!("plugin in {} not loaded: {error}", dir.display());
         let said = crate::terminal::escape_lines(&said);
-        // Without a rollout it is what serves: a version wider than it
-        // would go out unapproved, compared with nothing.
-        // (Rollouts that cannot be read: whether one exists is unclear.)
-        let rolled = host
-            .rollouts()
-            .map(|all| all.iter().any(|r| r.plugin == *plugin));
-        if !matches!(rolled, Ok(true)) {
-            close_audit(&host);
-            return Err(anyhow::anyhow!(
-                "{said}\nit is what serves {} until a first rollout, and the new version must be compared with it: make it load (or remove it from the plugins directory), then roll out",
-                crate::terminal::escape(plugin)
-            )
-            .into());
-        }
-        // With one, the serving version is the rollout's.
+        // Without a rollout it is what serves: the host then refuses the
+        // rollout (`baseline_not_loaded`) rather than compare with nothing.
         eprintln!("warning: {said}");
     }
     let answer = releases::run(&host, request).await;

@@ -1080,6 +1080,20 @@ pub enum ReleaseError {
         /// The plugin.
         plugin: String,
     },
+    /// A first rollout (no rollout record yet) of a plugin whose plugins
+    /// directory copy, what serves it until then, did not load on this
+    /// host: the new version cannot be compared with it, so whether it
+    /// asks for more is unclear.
+    #[error(
+        "{plugin} in {} did not load, and it is what serves {plugin} until a first rollout: the new version cannot be compared with it; make it load (or remove it from the plugins directory), then roll out",
+        dir.display()
+    )]
+    BaselineNotLoaded {
+        /// The plugin.
+        plugin: String,
+        /// Its directory in the plugins directory.
+        dir: PathBuf,
+    },
     /// No canary to stop and no previous version to return to.
     #[error("{plugin} has nothing to roll back to (no canary, no previous version)")]
     NothingToRollBack {
@@ -1159,6 +1173,7 @@ impl ReleaseError {
             ReleaseError::NothingServes { .. } => "nothing_serves",
             ReleaseError::AlreadyServing { .. } => "already_serving",
             ReleaseError::NoCanary { .. } => "no_canary",
+            ReleaseError::BaselineNotLoaded { .. } => "baseline_not_loaded",
             ReleaseError::NothingToRollBack { .. } => "nothing_to_roll_back",
             ReleaseError::AlreadyRolledBack { .. } => "already_rolled_back",
             ReleaseError::Conflict { .. } => "rollout_conflict",
@@ -1178,6 +1193,7 @@ impl ReleaseError {
             | ReleaseError::NothingServes { .. }
             | ReleaseError::AlreadyServing { .. }
             | ReleaseError::NoCanary { .. }
+            | ReleaseError::BaselineNotLoaded { .. }
             | ReleaseError::NothingToRollBack { .. }
             | ReleaseError::AlreadyRolledBack { .. }
             | ReleaseError::Conflict { .. }

@@ -244,6 +244,10 @@ pub struct Host {
     /// names): what a later version of that name is compared with when
     /// [`Host::reload_plugin`] records it.
     last_served: std::sync::Mutex<BTreeMap<String, Arc<Plugin>>>,
+    /// Plugin directories whose last load failed, by the name their
+    /// manifest gives (until a plugin of that name loads): a first rollout
+    /// of that name is refused rather than compared with nothing.
+    failed_dirs: std::sync::Mutex<BTreeMap<String, PathBuf>>,
     _ticker: EpochTicker,
 }
 
@@ -507,6 +511,7 @@ impl Host {
             telemetry,
             audit_closing,
             last_served: std::sync::Mutex::default(),
+            failed_dirs: std::sync::Mutex::default(),
             _ticker: ticker,
         })
     }
@@ -557,10 +562,50 @@ impl Host {
     /// limits as a call.
     pub async fn load_plugin(&self, dir: impl AsRef<Path>) -> LoadResult<Arc<Plugin>> {
         let dir = dir.as_ref();
-        let plugin =
-            plugin::load(&self.engine, self.cache.as_ref(), &self.config.policy, dir).await?;
-        let mut plugins = self.plugins.write();
-        self.admit(&mut plugins, plugin, dir)
+        let loaded = plugin::load(&self.engine, self.cache.as_ref(), &self.config.policy, dir)
+            .await
+            .and_then(|plugin| {
+                let mut plugins = self.plugins.write();
+                self.admit(&mut plugins, plugin, dir)
+            });
+        self.note_load(dir, &loaded);
+        loaded
+    }
+
+    /// Remember a plugins-directory load that failed, by the name its
+    /// manifest gives, until a plugin of that name loads.
+    fn note_load(&self, dir: &Path, loaded: &LoadResult<Arc<Plugin>>) {
+        let mut failed = self
+            .failed_dirs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match loaded {
+            Ok(plugin) => {
+                failed.remove(plugin.name());
+            }
+            Err(_) => {
+                if let Ok(manifest) = crate::manifest::Manifest::load(&dir.join(MANIFEST_FILE)) {
+                    failed.insert(manifest.plugin.name, dir.to_owned());
+                }
+            }
+        }
+    }
+
+    /// The directory of plugin `name` whose load failed, while none of
+    /// that name is loaded and its manifest still names it.
+    fn failed_dir(&self, name: &str) -> Option<PathBuf> {
+        if self.plugins.get(name).is_some() {
+            return None;
+        }
+        let dir = self
+            .failed_dirs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(name)
+            .cloned()?;
+        crate::manifest::Manifest::load(&dir.join(MANIFEST_FILE))
+            .is_ok_and(|m| m.plugin.name == name)
+            .then_some(dir)
     }
 
     /// Put `plugin`, loaded from `dir`, into the table: unless a plugin of
@@ -664,6 +709,16 @@ impl Host {
         dir: impl AsRef<Path>,
     ) -> LoadResult<Arc<Plugin>> {
         let dir = dir.as_ref();
+        let loaded = self.reload_plugin_now(replaces, dir).await;
+        self.note_load(dir, &loaded);
+        loaded
+    }
+
+    async fn reload_plugin_now(
+        &self,
+        replaces: Option<&str>,
+        dir: &Path,
+    ) -> LoadResult<Arc<Plugin>> {
         let loaded =
             plugin::load(&self.engine, self.cache.as_ref(), &self.config.policy, dir).await;
         let old = replaces.and_then(|name| self.plugins.get(name));
@@ -1140,6 +1195,7 @@ impl Host {
             audit: &self.audit,
             ledger: &self.ledger,
             dev_plugin: self.plugins.get(plugin),
+            dev_unloaded: self.failed_dir(plugin),
         }
     }
 

@@ -396,6 +396,9 @@ pub(crate) struct ReleaseParts<'h> {
     pub(crate) ledger: &'h Ledger,
     /// The plugin of this name loaded from the plugins directory, if any.
     pub(crate) dev_plugin: Option<Arc<Plugin>>,
+    /// With none loaded: the plugins directory's directory of this name
+    /// that failed to load, if one still names it.
+    pub(crate) dev_unloaded: Option<PathBuf>,
 }
 
 /// How long a version that did not load is refused before it is tried
@@ -1245,9 +1248,19 @@ impl ReleaseParts<'_> {
             }
         };
         // What serves now for everyone, to compare the new version with.
-        let baseline = match &current {
-            Some(c) => Some(self.load(plugin, &c.value.serving).await?),
-            None => self.dev_plugin.clone(),
+        let baseline = match (&current, &self.dev_plugin, &self.dev_unloaded) {
+            (Some(c), _, _) => Some(self.load(plugin, &c.value.serving).await?),
+            (None, Some(dev), _) => Some(Arc::clone(dev)),
+            // What serves did not load: comparing with nothing would let a
+            // wider version out unapproved.
+            (None, None, Some(dir)) => {
+                return Err(ReleaseError::BaselineNotLoaded {
+                    plugin: plugin.to_owned(),
+                    dir: dir.clone(),
+                }
+                .into());
+            }
+            (None, None, None) => None,
         };
         // A version already taking traffic as the canary was approved (or
         // needed no approval) when it started.
@@ -1579,7 +1592,8 @@ impl ReleaseParts<'_> {
     /// Send all traffic back: stop the canary, or, without one, serve the
     /// previous version again. No approval: the version returned to served
     /// before. `automatic` (an alert's takeover, `by` = `alert:<rule>`):
-    /// refused when the last change is an alert's rollback already.
+    /// refused when the last change is a rollback already (an alert's or an
+    /// operator's): going further back is an operator's decision.
     /// `seen_change`: the id of the change the one rolling back saw, and
     /// the rollout must still be at (refused with `Conflict` when another
     /// change came since: a second click on a page, or one left open).
