@@ -150,7 +150,8 @@ fn dev_plugin_dir(settings: &Settings, plugin: &str) -> Option<PathBuf> {
     let entries = std::fs::read_dir(&settings.plugins_dir).ok()?;
     entries.flatten().map(|e| e.path()).find(|dir| {
         let manifest = dir.join(MANIFEST_FILE);
-        Manifest::load(&manifest).is_ok_and(|m| m.plugin.name == plugin)
+        // A regular file only: opening a FIFO would wait for a writer.
+        manifest.is_file() && Manifest::load(&manifest).is_ok_and(|m| m.plugin.name == plugin)
     })
 }
 

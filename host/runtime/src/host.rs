@@ -257,6 +257,23 @@ pub struct Host {
 /// forgotten.
 pub(crate) const REMEMBERED_PLUGINS: usize = 64;
 
+/// The plugin the manifest in `dir` names: `None` when there is no
+/// manifest there, or not a regular file (never waited on: a FIFO is not
+/// opened for reading); `Some(None)` when it cannot be read as a manifest
+/// (too large, not UTF-8, not valid).
+fn manifest_name(dir: &Path) -> Option<Option<String>> {
+    let path = dir.join(MANIFEST_FILE);
+    let cap = crate::package::MAX_MANIFEST_BYTES;
+    let bytes = crate::package::read_at_most(&path, cap).ok()?;
+    Some(
+        std::str::from_utf8(&bytes)
+            .ok()
+            .filter(|_| bytes.len() as u64 <= cap)
+            .and_then(|text| crate::manifest::Manifest::parse(text, &path).ok())
+            .map(|manifest| manifest.plugin.name),
+    )
+}
+
 /// Loaded plugins by name. Locked only to look up, insert or remove an
 /// entry, never across an `.await`. Cloned, it is the same table (the
 /// served versions check their grants against it).
@@ -568,13 +585,23 @@ impl Host {
                 let mut plugins = self.plugins.write();
                 self.admit(&mut plugins, plugin, dir)
             });
-        self.note_load(dir, &loaded);
+        self.note_load(dir, None, &loaded);
         loaded
     }
 
     /// Remember a plugins-directory load that failed, by the name its
-    /// manifest gives, until a plugin of that name loads.
-    fn note_load(&self, dir: &Path, loaded: &LoadResult<Arc<Plugin>>) {
+    /// manifest gives and the name of the plugin it replaced, until a
+    /// plugin of that name loads.
+    fn note_load(&self, dir: &Path, replaces: Option<&str>, loaded: &LoadResult<Arc<Plugin>>) {
+        // Read before the lock is taken.
+        let names: Vec<String> = match loaded {
+            Ok(_) => Vec::new(),
+            Err(_) => manifest_name(dir)
+                .flatten()
+                .into_iter()
+                .chain(replaces.map(str::to_owned))
+                .collect(),
+        };
         let mut failed = self
             .failed_dirs
             .lock()
@@ -584,15 +611,16 @@ impl Host {
                 failed.remove(plugin.name());
             }
             Err(_) => {
-                if let Ok(manifest) = crate::manifest::Manifest::load(&dir.join(MANIFEST_FILE)) {
-                    failed.insert(manifest.plugin.name, dir.to_owned());
+                for name in names {
+                    failed.insert(name, dir.to_owned());
                 }
             }
         }
     }
 
     /// The directory of plugin `name` whose load failed, while none of
-    /// that name is loaded and its manifest still names it.
+    /// that name is loaded and the directory still holds a manifest that
+    /// names it (or that cannot be read as one).
     fn failed_dir(&self, name: &str) -> Option<PathBuf> {
         if self.plugins.get(name).is_some() {
             return None;
@@ -603,9 +631,10 @@ impl Host {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(name)
             .cloned()?;
-        crate::manifest::Manifest::load(&dir.join(MANIFEST_FILE))
-            .is_ok_and(|m| m.plugin.name == name)
-            .then_some(dir)
+        match manifest_name(&dir)? {
+            Some(named) => (named == name).then_some(dir),
+            None => Some(dir),
+        }
     }
 
     /// Put `plugin`, loaded from `dir`, into the table: unless a plugin of
@@ -710,7 +739,7 @@ impl Host {
     ) -> LoadResult<Arc<Plugin>> {
         let dir = dir.as_ref();
         let loaded = self.reload_plugin_now(replaces, dir).await;
-        self.note_load(dir, &loaded);
+        self.note_load(dir, replaces, &loaded);
         loaded
     }
 
@@ -2104,7 +2133,50 @@ fn is_the_hosts(e: &Error) -> bool {
 mod tests {
     use std::time::Duration;
 
-    use super::retry_wait;
+    use super::{manifest_name, retry_wait};
+
+    /// What names a directory whose load failed: its manifest, read
+    /// without waiting on a FIFO put in its place (every release action
+    /// of the plugin reads it).
+    #[test]
+    fn a_failed_directorys_manifest_is_read_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(manifest_name(dir.path()), None);
+        let manifest = dir.path().join(crate::manifest::MANIFEST_FILE);
+        std::fs::write(&manifest, "not = [toml").unwrap();
+        assert_eq!(manifest_name(dir.path()), Some(None));
+        let text = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../plugins/text/plugin.toml"
+        );
+        // The source manifest, pinned as a build pins it.
+        let pinned = std::fs::read_to_string(text).unwrap().replacen(
+            "component = \"text.wasm\"",
+            &format!("component = \"text.wasm\"\nsha256 = \"{}\"", "0".repeat(64)),
+            1,
+        );
+        std::fs::write(&manifest, pinned).unwrap();
+        assert_eq!(manifest_name(dir.path()), Some(Some("text".to_owned())));
+        #[cfg(unix)]
+        {
+            std::fs::remove_file(&manifest).unwrap();
+            let made = std::process::Command::new("mkfifo")
+                .arg(&manifest)
+                .status()
+                .unwrap();
+            assert!(made.success());
+            let (done, finished) = std::sync::mpsc::channel();
+            let path = dir.path().to_owned();
+            std::thread::spawn(move || {
+                let _ = done.send(manifest_name(&path));
+            });
+            assert_eq!(
+                finished.recv_timeout(Duration::from_secs(10)),
+                Ok(None),
+                "a FIFO was waited on"
+            );
+        }
+    }
     use crate::manifest::{RetryPolicy, Risk};
 
     const POLICY: RetryPolicy = RetryPolicy {
