@@ -2533,44 +2533,73 @@ mod tests {
         assert_eq!(json["error"]["data"]["kind"], "unknown_tool", "{json}");
     }
 
-    #[tokio::test]
-    async fn request_bodies_held_at_once_are_bounded_before_any_token_is_checked() {
-        use http_body_util::BodyExt as _;
-        use hyper::service::Service as _;
-        // A handler that holds its request (and so its body) until told.
-        let entered = Arc::new(tokio::sync::Notify::new());
-        let release = Arc::new(tokio::sync::Notify::new());
-        let app = {
-            let (entered, release) = (Arc::clone(&entered), Arc::clone(&release));
-            Router::new().route(
-                "/",
-                post(move |body: bytes::Bytes| async move {
-                    if body.starts_with(b"hold") {
-                        entered.notify_one();
-                        release.notified().await;
-                    }
-                    body.len().to_string()
-                }),
-            )
-        };
-        let service = TowerToHyperService::new(app.layer(middleware::from_fn_with_state(
-            BodyBound::with_room(800, Duration::from_secs(5), 1000),
-            read_body_in_time,
-        )));
-        let send = |body: String| {
-            let service = service.clone();
+    /// A handler behind `bound` that holds a request whose body starts
+    /// with `hold` (and so its body) until `release` is notified, telling
+    /// `entered` it got it; it answers the body's length. `send(peer,
+    /// body)` posts a body, from `peer` when given.
+    struct Holding {
+        entered: Arc<tokio::sync::Notify>,
+        release: Arc<tokio::sync::Notify>,
+        service: TowerToHyperService<Router>,
+    }
+
+    impl Holding {
+        fn new(bound: BodyBound) -> Holding {
+            let entered = Arc::new(tokio::sync::Notify::new());
+            let release = Arc::new(tokio::sync::Notify::new());
+            let app = {
+                let (entered, release) = (Arc::clone(&entered), Arc::clone(&release));
+                Router::new().route(
+                    "/",
+                    post(move |body: bytes::Bytes| async move {
+                        if body.starts_with(b"hold") {
+                            entered.notify_one();
+                            release.notified().await;
+                        }
+                        body.len().to_string()
+                    }),
+                )
+            };
+            let service = TowerToHyperService::new(
+                app.layer(middleware::from_fn_with_state(bound, read_body_in_time)),
+            );
+            Holding {
+                entered,
+                release,
+                service,
+            }
+        }
+
+        fn send(
+            &self,
+            peer: Option<&str>,
+            body: String,
+        ) -> impl Future<Output = (StatusCode, String)> + Send + use<> {
+            use http_body_util::BodyExt as _;
+            use hyper::service::Service as _;
+            let service = self.service.clone();
+            let peer = peer.map(|p| PeerIp(Some(p.parse().unwrap())));
             async move {
-                let request = hyper::Request::post("/")
+                let mut request = hyper::Request::post("/")
                     .body(axum::body::Body::from(body))
                     .unwrap();
+                if let Some(peer) = peer {
+                    request.extensions_mut().insert(peer);
+                }
                 let response = service.call(request).await.unwrap();
                 let status = response.status();
                 let text = response.into_body().collect().await.unwrap().to_bytes();
                 (status, String::from_utf8_lossy(&text).into_owned())
             }
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn request_bodies_held_at_once_are_bounded_before_any_token_is_checked() {
+        let app = Holding::new(BodyBound::with_room(800, Duration::from_secs(5), 1000));
+        let send = |body: String| app.send(None, body);
         let held = tokio::spawn(send(format!("hold{}", "x".repeat(596))));
-        entered.notified().await;
+        app.entered.notified().await;
         // 600 + 600 is past the room: refused at once, saying why.
         let (status, text) = send("y".repeat(600)).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{text}");
@@ -2579,7 +2608,7 @@ mod tests {
         assert_eq!(send("z".repeat(300)).await.0, StatusCode::OK);
         assert_eq!(send("z".repeat(801)).await.0, StatusCode::PAYLOAD_TOO_LARGE);
         // Answered, the first gives its room back.
-        release.notify_one();
+        app.release.notify_one();
         assert_eq!(held.await.unwrap(), (StatusCode::OK, "600".to_owned()));
         assert_eq!(
             send("y".repeat(600)).await,
@@ -2591,43 +2620,10 @@ mod tests {
     /// half at most, and other peers are still served.
     #[tokio::test]
     async fn one_peer_holds_at_most_half_the_room_for_request_bodies() {
-        use http_body_util::BodyExt as _;
-        use hyper::service::Service as _;
-        let entered = Arc::new(tokio::sync::Notify::new());
-        let release = Arc::new(tokio::sync::Notify::new());
-        let app = {
-            let (entered, release) = (Arc::clone(&entered), Arc::clone(&release));
-            Router::new().route(
-                "/",
-                post(move |body: bytes::Bytes| async move {
-                    if body.starts_with(b"hold") {
-                        entered.notify_one();
-                        release.notified().await;
-                    }
-                    body.len().to_string()
-                }),
-            )
-        };
-        let service = TowerToHyperService::new(app.layer(middleware::from_fn_with_state(
-            BodyBound::with_room(800, Duration::from_secs(5), 1000).per_peer(),
-            read_body_in_time,
-        )));
-        let send = |from: &str, body: String| {
-            let service = service.clone();
-            let peer = PeerIp(Some(from.parse().unwrap()));
-            async move {
-                let mut request = hyper::Request::post("/")
-                    .body(axum::body::Body::from(body))
-                    .unwrap();
-                request.extensions_mut().insert(peer);
-                let response = service.call(request).await.unwrap();
-                let status = response.status();
-                let text = response.into_body().collect().await.unwrap().to_bytes();
-                (status, String::from_utf8_lossy(&text).into_owned())
-            }
-        };
+        let app = Holding::new(BodyBound::with_room(800, Duration::from_secs(5), 1000).per_peer());
+        let send = |from: &str, body: String| app.send(Some(from), body);
         let held = tokio::spawn(send("10.0.0.1", format!("hold{}", "x".repeat(396))));
-        entered.notified().await;
+        app.entered.notified().await;
         // 400 + 200 is past the peer's half (500): refused, saying why.
         let (status, text) = send("10.0.0.1", "y".repeat(200)).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{text}");
@@ -2636,14 +2632,13 @@ mod tests {
         assert_eq!(send("10.0.0.1", "z".repeat(100)).await.0, StatusCode::OK);
         assert_eq!(send("10.0.0.2", "z".repeat(500)).await.0, StatusCode::OK);
         // An IPv6 peer is its /64: two addresses in one share a half.
-        let v6 = send("2001:db8::1", format!("hold{}", "x".repeat(396)));
-        let v6 = tokio::spawn(v6);
-        entered.notified().await;
+        let v6 = tokio::spawn(send("2001:db8::1", format!("hold{}", "x".repeat(396))));
+        app.entered.notified().await;
         let (status, _) = send("2001:db8::2", "y".repeat(200)).await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         // Answered, the held bodies give their share back.
-        release.notify_one();
-        release.notify_one();
+        app.release.notify_one();
+        app.release.notify_one();
         assert_eq!(held.await.unwrap(), (StatusCode::OK, "400".to_owned()));
         assert_eq!(v6.await.unwrap(), (StatusCode::OK, "400".to_owned()));
         assert_eq!(
