@@ -519,19 +519,15 @@ pub(crate) struct BodyBound {
     /// one may hold: half the room, so that one peer's slow bodies cannot
     /// take it all. `None`: not counted per peer (behind a proxy, where
     /// every request is the proxy's; the control socket).
-    per_peer: Option<(usize, PeerBytes)>,
+    per_peer: Option<(usize, PeerCounts)>,
 }
 
-/// Bytes of request bodies each peer holds ([`BodyBound`]). Entries go
-/// when their count does.
-#[derive(Debug, Default, Clone)]
-struct PeerBytes(Arc<std::sync::Mutex<std::collections::HashMap<PeerKey, usize>>>);
-
-/// What one request's body holds against its peer, given back when
-/// dropped (when the request is answered).
+/// What one request's body holds against its peer (bytes, in the
+/// peers' [`PeerCounts`]), given back when dropped (when the request is
+/// answered).
 #[derive(Debug)]
 struct PeerHeld {
-    bytes: PeerBytes,
+    bytes: PeerCounts,
     peer: PeerKey,
     cap: usize,
     held: usize,
@@ -540,36 +536,18 @@ struct PeerHeld {
 impl PeerHeld {
     /// `n` more bytes, unless the peer would hold more than its cap.
     fn take(&mut self, n: usize) -> bool {
-        let mut all = self
-            .bytes
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let count = all.entry(self.peer).or_insert(0);
-        let Some(after) = count.checked_add(n).filter(|after| *after <= self.cap) else {
-            if *count == 0 {
-                all.remove(&self.peer);
-            }
-            return false;
-        };
-        *count = after;
-        self.held += n;
-        true
+        let taken = self.bytes.add(self.peer, n, self.cap);
+        if taken {
+            self.held += n;
+        }
+        taken
     }
 }
 
 impl Drop for PeerHeld {
     fn drop(&mut self) {
-        let mut all = self
-            .bytes
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(count) = all.get_mut(&self.peer) {
-            *count = count.saturating_sub(self.held);
-            if *count == 0 {
-                all.remove(&self.peer);
-            }
+        if self.held > 0 {
+            self.bytes.give_back(self.peer, self.held);
         }
     }
 }
@@ -601,7 +579,7 @@ impl BodyBound {
     fn per_peer(self) -> BodyBound {
         let room = self.in_flight.available_permits();
         BodyBound {
-            per_peer: Some((room.div_ceil(2), PeerBytes::default())),
+            per_peer: Some((room.div_ceil(2), PeerCounts::default())),
             ..self
         }
     }
@@ -1231,24 +1209,46 @@ impl PeerKey {
     }
 }
 
-/// Connections open per peer. Entries go when their count does, so the
-/// map holds at most one entry per open connection.
+/// Counts per peer: connections open, or bytes of request bodies held.
+/// Entries go when their count does, so the map holds at most one entry
+/// per open connection (or held body).
 #[derive(Debug, Default, Clone)]
 struct PeerCounts(Arc<std::sync::Mutex<std::collections::HashMap<PeerKey, usize>>>);
 
 impl PeerCounts {
-    /// One more connection for `peer`, unless it already holds `cap`.
-    fn take(&self, peer: PeerKey, cap: usize) -> Option<PeerSlot> {
+    /// `n` more for `peer`, unless it would then hold more than `cap`.
+    fn add(&self, peer: PeerKey, n: usize, cap: usize) -> bool {
         let mut counts = self
             .0
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let count = counts.entry(peer).or_insert(0);
-        if *count >= cap {
-            return None;
+        let count = counts.get(&peer).copied().unwrap_or(0);
+        match count.checked_add(n).filter(|after| *after <= cap) {
+            Some(after) => {
+                counts.insert(peer, after);
+                true
+            }
+            None => false,
         }
-        *count += 1;
-        Some(PeerSlot {
+    }
+
+    /// `n` fewer for `peer`; its entry goes with its count.
+    fn give_back(&self, peer: PeerKey, n: usize) {
+        let mut counts = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = counts.get_mut(&peer) {
+            *count = count.saturating_sub(n);
+            if *count == 0 {
+                counts.remove(&peer);
+            }
+        }
+    }
+
+    /// One more connection for `peer`, unless it already holds `cap`.
+    fn take(&self, peer: PeerKey, cap: usize) -> Option<PeerSlot> {
+        self.add(peer, 1, cap).then(|| PeerSlot {
             counts: self.clone(),
             peer,
         })
@@ -1264,17 +1264,7 @@ struct PeerSlot {
 
 impl Drop for PeerSlot {
     fn drop(&mut self) {
-        let mut counts = self
-            .counts
-            .0
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(count) = counts.get_mut(&self.peer) {
-            *count = count.saturating_sub(1);
-            if *count == 0 {
-                counts.remove(&self.peer);
-            }
-        }
+        self.counts.give_back(self.peer, 1);
     }
 }
 
