@@ -265,7 +265,9 @@ impl McpServer {
     /// version loaded serves until the new one has loaded and replaces it
     /// ([`Host::reload_plugin`](airlock_host::Host::reload_plugin)); a
     /// change that does not load unloads the plugin. A directory that
-    /// fails to load is retried once its files change. When the served
+    /// fails to load is retried once its files change, or once a plugin
+    /// is unloaded (it may have held the name or the files the directory
+    /// was refused for). When the served
     /// tools change, every connected client gets
     /// `notifications/tools/list_changed`.
     ///
@@ -286,6 +288,13 @@ impl McpServer {
             .dirs
             .iter()
             .filter(|(path, seen)| present.get(*path) != Some(&seen.fingerprint))
+            .map(|(path, _)| path.clone())
+            .collect();
+        // Unchanged directories that did not load at an earlier look.
+        let refused_earlier: Vec<PathBuf> = state
+            .dirs
+            .iter()
+            .filter(|(path, seen)| seen.plugin.is_none() && !stale.contains(path))
             .map(|(path, _)| path.clone())
             .collect();
         let mut changed = Vec::new();
@@ -341,6 +350,14 @@ impl McpServer {
                 continue;
             }
             self.note_load(&mut state, &mut report, path, &present, result);
+        }
+        // A plugin gone frees its name and its grants: a directory refused
+        // for either at an earlier look (a duplicate name, files granted to
+        // both) may load now, so each is tried again with the new.
+        if !report.unloaded.is_empty() {
+            for path in &refused_earlier {
+                state.dirs.remove(path);
+            }
         }
         // New (or not loaded before): load.
         let new: Vec<PathBuf> = present
@@ -2155,6 +2172,50 @@ mod reload_tests {
         assert!(report.failed.is_empty(), "{report:?}");
         assert_eq!(host.plugin("text").unwrap().dir(), text.as_path());
         assert_eq!(host.plugin("prose").unwrap().dir(), other.as_path());
+    }
+
+    #[tokio::test]
+    async fn a_directory_refused_for_its_plugins_name_loads_once_the_other_is_gone() {
+        let root = tempfile::tempdir().unwrap();
+        let cache = tempfile::tempdir().unwrap();
+        let plugins = root.path().join("plugins");
+        // Two copies of one plugin: `a` is looked at first and serves,
+        // `b` is refused for the name.
+        let (a, b) = (plugins.join("a"), plugins.join("b"));
+        copy_dir(&Path::new(PLUGINS_DIR).join("text"), &a);
+        copy_dir(&a, &b);
+        let host = Arc::new(Host::new(HostConfig::default().cache_dir(cache.path())).unwrap());
+        let server = McpServer::new(Arc::clone(&host), ServeOptions::default());
+        let report = server.reload(&plugins).await.unwrap();
+        assert_eq!(report.loaded, ["text"], "{report:?}");
+        assert_eq!(report.failed.len(), 1, "{report:?}");
+        assert_eq!(report.failed[0].0, b, "{report:?}");
+        assert!(report.failed[0].1.contains("text"), "{report:?}");
+        assert_eq!(host.plugin("text").unwrap().dir(), a.as_path());
+        // Nothing changed: `b` is not tried again at every look.
+        let report = server.reload(&plugins).await.unwrap();
+        assert!(
+            report.failed.is_empty() && report.loaded.is_empty(),
+            "{report:?}"
+        );
+
+        // `a` removed, `b` untouched: in the same look the plugin is
+        // unloaded from `a` and loaded from `b`.
+        std::fs::remove_dir_all(&a).unwrap();
+        let report = server.reload(&plugins).await.unwrap();
+        assert_eq!(report.unloaded, ["text"], "{report:?}");
+        assert_eq!(report.loaded, ["text"], "{report:?}");
+        assert!(report.failed.is_empty(), "{report:?}");
+        assert_eq!(host.plugin("text").unwrap().dir(), b.as_path());
+        host.call(CallRequest::new("text/slugify", r#"{"text":"A B"}"#))
+            .await
+            .unwrap();
+        let records = changes(&host);
+        let [.., out, back] = records.as_slice() else {
+            panic!("{records:?}")
+        };
+        assert_eq!(out.entry.decision.as_deref(), Some("unloaded"), "{out:?}");
+        assert_eq!(back.entry.decision.as_deref(), Some("loaded"), "{back:?}");
     }
 
     /// The host's `plugin_changed` records, oldest first.
