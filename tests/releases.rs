@@ -447,6 +447,166 @@ async fn an_upgrade_approval_whose_rollout_lost_its_race_is_approved_again() {
     );
 }
 
+/// A ledger whose write of the rollout marker (made before the rollout
+/// store is asked for the change) fails once when armed.
+#[derive(Debug)]
+struct MarkerFailsOnce {
+    inner: std::sync::Arc<dyn airlock_host::store::LedgerStore>,
+    armed: std::sync::atomic::AtomicBool,
+}
+
+impl airlock_host::store::LedgerStore for MarkerFailsOnce {
+    fn insert_approval(
+        &self,
+        a: &airlock_host::store::Approval,
+    ) -> airlock_host::store::Result<bool> {
+        self.inner.insert_approval(a)
+    }
+    fn approval(
+        &self,
+        id: &str,
+    ) -> airlock_host::store::Result<
+        Option<airlock_host::store::Versioned<airlock_host::store::Approval>>,
+    > {
+        self.inner.approval(id)
+    }
+    fn replace_approval(
+        &self,
+        current: airlock_host::store::Version,
+        next: &airlock_host::store::Approval,
+    ) -> airlock_host::store::Result<bool> {
+        self.inner.replace_approval(current, next)
+    }
+    fn remove_approval(
+        &self,
+        id: &str,
+        current: airlock_host::store::Version,
+    ) -> airlock_host::store::Result<bool> {
+        self.inner.remove_approval(id, current)
+    }
+    fn approvals(
+        &self,
+        state: Option<ApprovalState>,
+    ) -> airlock_host::store::Result<airlock_host::store::ApprovalListing> {
+        self.inner.approvals(state)
+    }
+    fn key(
+        &self,
+        key: &airlock_host::store::KeyRef,
+    ) -> airlock_host::store::Result<
+        Option<airlock_host::store::Versioned<airlock_host::store::IdempotencyEntry>>,
+    > {
+        self.inner.key(key)
+    }
+    fn insert_key(
+        &self,
+        key: &airlock_host::store::KeyRef,
+        entry: &airlock_host::store::IdempotencyEntry,
+    ) -> airlock_host::store::Result<bool> {
+        self.inner.insert_key(key, entry)
+    }
+    fn replace_key(
+        &self,
+        key: &airlock_host::store::KeyRef,
+        current: airlock_host::store::Version,
+        next: &airlock_host::store::IdempotencyEntry,
+    ) -> airlock_host::store::Result<bool> {
+        self.inner.replace_key(key, current, next)
+    }
+    fn remove_key(
+        &self,
+        key: &airlock_host::store::KeyRef,
+        current: airlock_host::store::Version,
+    ) -> airlock_host::store::Result<bool> {
+        self.inner.remove_key(key, current)
+    }
+    fn keys(&self) -> airlock_host::store::Result<airlock_host::store::KeyListing> {
+        self.inner.keys()
+    }
+    fn meta(&self, name: &str) -> airlock_host::store::Result<Option<String>> {
+        self.inner.meta(name)
+    }
+    fn set_meta(&self, name: &str, value: &str) -> airlock_host::store::Result<()> {
+        if name.starts_with("rollout_unrecorded/")
+            && !value.is_empty()
+            && self.armed.swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(airlock_host::store::StoreError::new(
+                airlock_host::store::ErrorKind::Unavailable,
+                "the ledger cannot be reached",
+            ));
+        }
+        self.inner.set_meta(name, value)
+    }
+    fn swap_meta(
+        &self,
+        name: &str,
+        current: Option<&str>,
+        next: &str,
+    ) -> airlock_host::store::Result<bool> {
+        self.inner.swap_meta(name, current, next)
+    }
+}
+
+/// A rollout that fails before the rollout store is asked to make it
+/// (here: the ledger refuses the marker written first) has changed
+/// nothing: the upgrade approval it would have used is approved again,
+/// and the retry goes through with it. (It stayed consumed.)
+#[tokio::test]
+async fn an_upgrade_approval_whose_rollout_failed_before_the_store_is_approved_again() {
+    use airlock_host::StoreConfig;
+    let data = tempfile::tempdir().unwrap();
+    let mut stores = airlock_host::store::Stores::memory();
+    let ledger = std::sync::Arc::new(MarkerFailsOnce {
+        inner: stores.ledger.clone(),
+        armed: std::sync::atomic::AtomicBool::new(false),
+    });
+    stores.ledger = ledger.clone();
+    let host = Host::new(config(data.path()).store(StoreConfig::Custom(stores))).unwrap();
+    let one = text_version("1.0.0", |m| m);
+    let wider = text_version("2.0.0", |m| {
+        m.replacen("timeout_ms = 2_000", "timeout_ms = 4_000", 1)
+    });
+    for dir in [&one, &wider] {
+        install(&host, dir.path()).await;
+    }
+    host.set_rollout(&RolloutRequest::new("text", "1.0.0", 100, "ops"))
+        .await
+        .unwrap();
+    let ReleaseError::ApprovalRequired { approval_id, .. } = release_error(
+        host.set_rollout(&RolloutRequest::new("text", "2.0.0", 10, "ops"))
+            .await
+            .unwrap_err(),
+    ) else {
+        panic!("expected an approval request");
+    };
+    host.decide(&approval_id, "alice", ALICE, Verdict::Approve, None)
+        .await
+        .unwrap();
+    let with_it = RolloutRequest::new("text", "2.0.0", 10, "ops").approval(&approval_id);
+    ledger
+        .armed
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let failed = host.set_rollout(&with_it).await.unwrap_err();
+    assert_eq!(failed.kind(), "ledger_unavailable", "{failed}");
+    let approval = host.approval(&approval_id).unwrap().unwrap();
+    assert_eq!(approval.state, ApprovalState::Approved);
+    assert_eq!(approval.consumed_by_call, None);
+    let rollouts = host.rollouts().unwrap();
+    assert_eq!(rollouts.len(), 1);
+    assert_eq!(rollouts[0].serving, "1.0.0");
+    assert!(rollouts[0].canary.is_none(), "{rollouts:?}");
+    let done = host.set_rollout(&with_it).await.unwrap();
+    assert_eq!(
+        done.change.approval_id.as_deref(),
+        Some(approval_id.as_str())
+    );
+    assert_eq!(
+        host.approval(&approval_id).unwrap().unwrap().state,
+        ApprovalState::Consumed
+    );
+}
+
 /// Rollouts read one by one (listing them failed): a record the store
 /// cannot read for its own sake refuses its own plugin's calls while
 /// another record reads; when none does, the store is down, and the

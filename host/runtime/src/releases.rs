@@ -1288,19 +1288,13 @@ impl ReleaseParts<'_> {
                 next.change.approval_id = Some(id);
             }
         }
-        let approval = next.change.approval_id.clone();
-        let committed = self.commit(current.as_ref(), next, &target).await;
-        if let Err(Error::Release(ReleaseError::Conflict { .. })) = &committed
-            && let Some(id) = approval
-        {
-            self.give_back(&id);
-        }
-        committed
+        self.commit(current.as_ref(), next, &target).await
     }
 
     /// The change that consumed upgrade approval `id` did not happen
-    /// (another change came first): the approval is approved again, for
-    /// the operator's retry, until it expires.
+    /// (another change came first, or it failed before the rollout store
+    /// was asked to make it): the approval is approved again, for the
+    /// operator's retry, until it expires.
     fn give_back(&self, id: &str) {
         let back = self
             .ledger
@@ -1341,11 +1335,24 @@ impl ReleaseParts<'_> {
         // this host's own and never another change's in flight.
         let _changing = self.served.changing.lock().await;
         let marker = unrecorded_marker(self.audit.origin(), &next.plugin);
-        self.record_if_unrecorded(current, &marker, &next.change.by)
-            .await?;
-        self.ledger
-            .set_meta(&marker, &next.change.id)
-            .map_err(ledger_error)?;
+        // Until the store is asked, nothing has changed: an upgrade
+        // approval this change consumed is given back when it fails. (A
+        // store that fails the change itself may have made it — a commit
+        // whose answer was lost — so the approval then stays consumed.)
+        let prepared = async {
+            self.record_if_unrecorded(current, &marker, &next.change.by)
+                .await?;
+            self.ledger
+                .set_meta(&marker, &next.change.id)
+                .map_err(ledger_error)
+        }
+        .await;
+        if let Err(error) = prepared {
+            if let Some(id) = &next.change.approval_id {
+                self.give_back(id);
+            }
+            return Err(error);
+        }
         let mut entry = Entry::new(Event::RolloutChanged);
         entry.principal = Some(next.change.by.clone());
         entry.plugin = Some(next.plugin.clone());
@@ -1367,6 +1374,9 @@ impl ReleaseParts<'_> {
                 Ok(rollout)
             }
             Changed::Lost(now) => {
+                if let Some(id) = &next.change.approval_id {
+                    self.give_back(id);
+                }
                 entry.decision = Some("lost".to_owned());
                 entry.reason = Some(match &now {
                     Some(r) => format!(
