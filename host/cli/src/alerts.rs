@@ -244,6 +244,5 @@ fn text(v: &Value) -> String {
 }
 
 fn time(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
-        .to_string()
+    airlock_host::clock::rfc3339_seconds(ms)
 }

@@ -259,8 +259,7 @@ fn short(text: &str, max: usize) -> String {
 }
 
 fn time(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
-        .to_string()
+    airlock_host::clock::rfc3339_seconds(ms)
 }
 
 pub(crate) async fn run(settings: &Settings, command: ApprovalsCommand) -> Result<u8, Failure> {

@@ -1158,8 +1158,7 @@ fn print_record(origin: Option<&String>, record: &Record, json: bool) {
 }
 
 fn format_time(ms: u64) -> String {
-    let t = UNIX_EPOCH + Duration::from_millis(ms);
-    humantime::format_rfc3339_millis(t).to_string()
+    airlock_host::clock::rfc3339_millis(ms)
 }
 
 /// RFC 3339 (`2026-11-23T10:00:00Z`, date alone allowed) or an age before

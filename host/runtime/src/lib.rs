@@ -64,6 +64,7 @@ mod approvals;
 mod audit;
 mod bindings;
 mod cache;
+pub mod clock;
 mod engine;
 mod error;
 mod eval;

@@ -541,6 +541,28 @@ name = "slugify"
     }
 
     #[test]
+    fn an_approval_expiry_past_seven_days_or_of_zero_is_rejected() {
+        let tool = "name = \"slugify\"";
+        assert!(valid().contains(tool));
+        for (expiry, ok) in [
+            ("1", true),
+            ("604_800", true),
+            ("0", false),
+            ("604_801", false),
+            ("9_223_372_036_854_775_807", false),
+        ] {
+            let text = valid().replacen(tool, &format!("{tool}\napproval_expiry_s = {expiry}"), 1);
+            match parse(&text) {
+                Ok(m) => assert!(ok, "{expiry} accepted: {:?}", m.tools[1].approval_expiry_s),
+                Err(err) => {
+                    assert!(!ok, "{expiry}: {err}");
+                    assert!(err.to_string().contains("approval_expiry_s"), "{err}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn duplicate_tool_names_are_rejected() {
         let err = parse(&valid().replace("\"slugify\"", "\"stats\"")).unwrap_err();
         assert!(matches!(err, Error::ManifestRejected { .. }), "{err}");

@@ -3,8 +3,6 @@
 //! (`PreEscaped` appears nowhere), so a hostile tool name, argument,
 //! reason or principal is shown as text, never run as markup.
 
-use std::time::{Duration, UNIX_EPOCH};
-
 use airlock_host::audit_log::Record;
 use airlock_host::audit_log::text::TRUNCATED_MARK;
 use airlock_host::store::{Approval, ApprovalState, Mode};
@@ -32,7 +30,7 @@ pub(crate) fn segment(text: &str) -> String {
 
 /// `ms` since the Unix epoch as an RFC 3339 time (UTC, seconds).
 fn time(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+    airlock_host::clock::rfc3339_seconds(ms)
 }
 
 /// A span of `ms` milliseconds, roughly, in words.

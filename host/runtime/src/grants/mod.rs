@@ -449,6 +449,21 @@ impl Policy {
                 });
             }
         }
+        // No approval lives longer than a caller may wait for one; a
+        // longer window is a slip (its expiry past the year 9999 could not
+        // even be written).
+        for (key, value) in [
+            ("approvals.expiry_s", a.expiry_s),
+            ("approvals.approved_expiry_s", a.approved_expiry_s),
+        ] {
+            if value > MAX_APPROVAL_WINDOW_S {
+                return Err(Error::Config {
+                    message: format!(
+                        "policy.{key} must be at most {MAX_APPROVAL_WINDOW_S} (366 days), not {value}"
+                    ),
+                });
+            }
+        }
         check_approvers(&a.approvers).map_err(|message| Error::Config { message })?;
         crate::package::check_trust_policy(self).map_err(|message| Error::Config { message })?;
         self.rate_limits
@@ -456,6 +471,10 @@ impl Policy {
             .map_err(|message| Error::Config { message })
     }
 }
+
+/// The longest window `policy.approvals.expiry_s` and `approved_expiry_s`
+/// may give an approval: 366 days.
+const MAX_APPROVAL_WINDOW_S: u64 = 366 * 24 * 60 * 60;
 
 /// Check `policy.approvals.approvers`: a name each (recorded with every
 /// decision, so one name is one person), and a token digest that could
@@ -802,6 +821,28 @@ mod tests {
             set(&mut policy.approvals);
             assert_eq!(refusal(&policy), format!("policy.{key} must be at least 1"));
         }
+        // Windows past 366 days: an expiry in the year 10000 and on could
+        // not be written (an approval's message and page failed on it).
+        let cases: [(&str, Set); 2] = [
+            ("approvals.expiry_s", |a| a.expiry_s = u64::MAX),
+            ("approvals.approved_expiry_s", |a| {
+                a.approved_expiry_s = MAX_APPROVAL_WINDOW_S + 1
+            }),
+        ];
+        for (key, set) in cases {
+            let mut policy = Policy::default();
+            set(&mut policy.approvals);
+            assert!(
+                refusal(&policy)
+                    .starts_with(&format!("policy.{key} must be at most 31622400 (366 days)")),
+                "{key}: {}",
+                refusal(&policy)
+            );
+        }
+        let mut longest = Policy::default();
+        longest.approvals.expiry_s = MAX_APPROVAL_WINDOW_S;
+        longest.approvals.approved_expiry_s = MAX_APPROVAL_WINDOW_S;
+        longest.validate().unwrap();
     }
 
     /// A ceiling of 0 left every plugin declaring the limit unloadable and

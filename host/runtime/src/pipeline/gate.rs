@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use airlock_audit::Event;
 
@@ -27,10 +27,6 @@ use super::request::{CallRequest, CallResponse};
 pub(crate) const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
 /// How often a caller waiting for approval looks for the decision.
 const APPROVAL_POLL: Duration = Duration::from_millis(100);
-
-fn rfc3339(ms: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
-}
 
 /// What step 4 decided.
 pub(crate) enum Claimed<'h> {
@@ -400,7 +396,7 @@ impl<'h> Pipeline<'h> {
                     return Err(CallError::ApprovalPending {
                         tool: tool.id().to_owned(),
                         approval_id: approval.id,
-                        expires: rfc3339(approval.expires_ms),
+                        expires: crate::clock::rfc3339_seconds(approval.expires_ms),
                     });
                 }
                 approval.id
@@ -458,7 +454,7 @@ impl<'h> Pipeline<'h> {
                         return Err(CallError::ApprovalPending {
                             tool: tool.id().to_owned(),
                             approval_id: id,
-                            expires: rfc3339(approval.expires_ms),
+                            expires: crate::clock::rfc3339_seconds(approval.expires_ms),
                         });
                     }
                     let poll = tokio::time::sleep(APPROVAL_POLL);
