@@ -56,7 +56,8 @@ pub(crate) struct ReplayArgs {
     /// Only calls recorded at or after: RFC 3339 or an age (15m, 2h, 7d).
     #[arg(long, value_name = "TIME")]
     since: Option<String>,
-    /// At most this many calls (the newest).
+    /// At most this many calls: the newest that can be replayed (those
+    /// newer that cannot are counted as skipped).
     #[arg(long, default_value_t = 100)]
     limit: usize,
     /// Print JSON.

@@ -278,7 +278,8 @@ fn replay_reruns_recorded_reads_against_a_release_and_counts_the_skipped() {
         text.contains("2 replayed: 2 same, 0 different, 0 errors; skipped: 1 redacted, 0 cut, 1 without a replayable copy"),
         "{text}"
     );
-    // --limit: the newest three read calls (not the first).
+    // --limit: the newest call that can be replayed (not the first), and
+    // the two newer that cannot, counted.
     let out = env.run(&[
         "replay",
         "--plugin",
@@ -286,7 +287,7 @@ fn replay_reruns_recorded_reads_against_a_release_and_counts_the_skipped() {
         "--against",
         "0.1.0",
         "--limit",
-        "3",
+        "1",
         "--json",
     ]);
     let report = json(&out);

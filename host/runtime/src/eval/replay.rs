@@ -127,9 +127,9 @@ impl RecordedOutcome {
 
 impl ReplayPlan {
     /// Choose, from `records` (each with the chain it is in), the newest
-    /// `limit` intent records of `read` tools of plugin `plugin`, and sort
-    /// them into calls to replay and calls skipped. The calls are in
-    /// recorded order.
+    /// `limit` calls of `read` tools of plugin `plugin` that can be
+    /// replayed; the calls recorded since the oldest of them that cannot
+    /// are counted as skipped, by why. The calls are in recorded order.
     pub fn from_records<'r>(
         records: impl IntoIterator<Item = (Option<&'r str>, &'r Record)>,
         plugin: &str,
@@ -168,9 +168,15 @@ impl ReplayPlan {
             }
         }
         started.sort_by_key(|(origin, r)| (r.time_ms, *origin, r.seq));
-        let newest = started.len().saturating_sub(limit);
         let mut plan = ReplayPlan::default();
-        for (origin, record) in started.into_iter().skip(newest) {
+        // Newest first, until `limit` calls can be replayed: the calls
+        // that cannot are counted, not taken for one of them (a window of
+        // newest calls that are all skipped replayed nothing while older
+        // ones could be).
+        for (origin, record) in started.into_iter().rev() {
+            if plan.calls.len() == limit {
+                break;
+            }
             let e = &record.entry;
             let call_id = e.call_id.as_deref().unwrap_or_default();
             if intents.get(&(origin, call_id)).is_some_and(|n| *n > 1)
@@ -251,6 +257,7 @@ impl ReplayPlan {
                 recorded,
             });
         }
+        plan.calls.reverse();
         plan
     }
 
@@ -531,10 +538,43 @@ mod tests {
                 ambiguous: 0,
             }
         );
-        // The newest `limit` intents only.
+        // The newest `limit` calls that can be replayed: those that cannot
+        // are counted on the way, not taken for one of them.
         let plan = ReplayPlan::from_records(records.iter().map(|r| (None, r)), "text", 1);
         assert_eq!(plan.calls().len(), 1);
         assert_eq!(plan.calls()[0].call_id, "i");
+        assert_eq!(plan.skipped, ReplaySkips::default());
+        let plan = ReplayPlan::from_records(records.iter().map(|r| (None, r)), "text", 2);
+        let replayed: Vec<_> = plan.calls().iter().map(|c| c.call_id.as_str()).collect();
+        assert_eq!(replayed, ["a", "i"]);
+        assert_eq!(
+            plan.skipped,
+            ReplaySkips {
+                redacted: 1,
+                cut: 1,
+                no_copy: 1,
+                unfinished: 1,
+                host_outcome: 1,
+                ..ReplaySkips::default()
+            }
+        );
+    }
+
+    /// The newest calls all without a copy (a tool not replayable called
+    /// most): older calls that can be replayed are still found. (`limit`
+    /// counted the newest intents whatever they were, and replayed
+    /// nothing.)
+    #[test]
+    fn a_limit_counts_calls_that_can_be_replayed() {
+        let mut records = vec![started(1, "old", Some(false), false), finished(2, "old")];
+        for i in 0..50 {
+            records.push(started(3 + 2 * i, &format!("n{i}"), None, false));
+            records.push(finished(4 + 2 * i, &format!("n{i}")));
+        }
+        let plan = ReplayPlan::from_records(records.iter().map(|r| (None, r)), "text", 10);
+        let replayed: Vec<_> = plan.calls().iter().map(|c| c.call_id.as_str()).collect();
+        assert_eq!(replayed, ["old"]);
+        assert_eq!(plan.skipped.no_copy, 50);
     }
 
     #[test]
