@@ -323,7 +323,7 @@ impl airlock_host::store::WorkspaceStore for HeldStore {
     fn entries(
         &self,
         plugin: &str,
-    ) -> airlock_host::store::Result<Vec<(airlock_host::store::KeyEntry, Vec<u8>)>> {
+    ) -> airlock_host::store::Result<Vec<airlock_host::store::KeyEntry>> {
         self.inner.entries(plugin)
     }
     fn blobs(&self, plugin: &str) -> airlock_host::store::Result<Vec<([u8; 32], usize)>> {

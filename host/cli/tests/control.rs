@@ -422,6 +422,10 @@ fn every_operator_command_works_through_the_running_server() {
     let lines = std::fs::read_to_string(&exported).unwrap();
     let first: Value = serde_json::from_str(lines.lines().next().unwrap()).unwrap();
     assert_eq!(first["key"], "note/t", "{lines}");
+    assert!(
+        first["value"].as_str().is_some_and(|v| v.contains("kept")),
+        "{lines}"
+    );
     assert_eq!(
         std::os::unix::fs::PermissionsExt::mode(
             &std::fs::metadata(&exported).unwrap().permissions()

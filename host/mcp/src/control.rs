@@ -642,7 +642,7 @@ pub fn workspace_listing(
     let keys = store
         .entries(plugin)?
         .into_iter()
-        .map(|(e, _)| KeyView {
+        .map(|e| KeyView {
             owner: serde_json::to_value(&e.owner).unwrap_or(Value::Null),
             owner_text: e.owner.to_string(),
             key: e.key,
@@ -688,7 +688,15 @@ pub fn workspace_export_to(
             .map_err(|e| e.to_string())
             .and_then(|()| out.write_all(b"\n").map_err(|e| e.to_string()))
     };
-    for (e, value) in store.entries(plugin).map_err(|e| e.to_string())? {
+    // Values one at a time: the listing holds keys and sizes only. A key
+    // deleted since it was listed is left out (as if listed later).
+    for e in store.entries(plugin).map_err(|e| e.to_string())? {
+        let Some(value) = store
+            .get(plugin, &e.owner, &e.key)
+            .map_err(|e| e.to_string())?
+        else {
+            continue;
+        };
         let mut entry = json!({"owner": e.owner, "key": e.key});
         match String::from_utf8(value) {
             Ok(s) => entry["value"] = json!(s),

@@ -857,7 +857,7 @@ impl WorkspaceStore for PostgresStore {
         })
     }
 
-    fn entries(&self, plugin: &str) -> Result<Vec<(KeyEntry, Vec<u8>)>> {
+    fn entries(&self, plugin: &str) -> Result<Vec<KeyEntry>> {
         if plugin.contains('\0') {
             return Ok(Vec::new());
         }
@@ -866,7 +866,7 @@ impl WorkspaceStore for PostgresStore {
             let rows = s
                 .query(
                     "listing workspace entries",
-                    "SELECT owner, key, value FROM airlock_kv WHERE plugin = $1 ORDER BY owner, key",
+                    "SELECT owner, key, octet_length(value)::bigint FROM airlock_kv WHERE plugin = $1 ORDER BY owner, key",
                     &[&plugin],
                 )
                 .await?;
@@ -880,18 +880,13 @@ impl WorkspaceStore for PostgresStore {
                         .ok_or_else(|| StoreError::corrupt("a stored workspace owner is unreadable"))?;
                     let key = String::from_utf8(get(r, 1)?)
                         .map_err(|_| StoreError::corrupt("a stored workspace key is not UTF-8"))?;
-                    let value: Vec<u8> = get(r, 2)?;
-                    Ok((
-                        KeyEntry {
-                            owner,
-                            key,
-                            size: value.len(),
-                        },
-                        value,
-                    ))
+                    let size: i64 = get(r, 2)?;
+                    let size = usize::try_from(size)
+                        .map_err(|_| StoreError::corrupt("a stored workspace value has a negative size"))?;
+                    Ok(KeyEntry { owner, key, size })
                 })
                 .collect::<Result<Vec<_>>>()?;
-            out.sort_by(|a, b| (&a.0.owner, &a.0.key).cmp(&(&b.0.owner, &b.0.key)));
+            out.sort_by(|a, b| (&a.owner, &a.key).cmp(&(&b.owner, &b.key)));
             Ok(out)
         })
     }

@@ -272,7 +272,7 @@ impl WorkspaceStore for SledWorkspace {
         Ok(out)
     }
 
-    fn entries(&self, plugin: &str) -> Result<Vec<(KeyEntry, Vec<u8>)>> {
+    fn entries(&self, plugin: &str) -> Result<Vec<KeyEntry>> {
         let mut prefix = vec![KV];
         prefix.extend_from_slice(plugin.as_bytes());
         prefix.push(0);
@@ -303,14 +303,11 @@ impl WorkspaceStore for SledWorkspace {
             };
             let key = String::from_utf8(rest[split + 1..].to_vec())
                 .map_err(|_| corrupt("has a key that is not UTF-8"))?;
-            out.push((
-                KeyEntry {
-                    owner,
-                    key,
-                    size: v.len(),
-                },
-                v.to_vec(),
-            ));
+            out.push(KeyEntry {
+                owner,
+                key,
+                size: v.len(),
+            });
         }
         Ok(out)
     }

@@ -571,9 +571,9 @@ pub fn workspace_writes_account_usage(fresh: Fresh, _peer: Peer) {
     assert_eq!(plugins[0].0, "notes");
     let entries = ws.entries("notes").expect("entries");
     assert_eq!(entries.len(), 1);
-    assert_eq!(entries[0].0.key, "b");
-    assert_eq!(entries[0].0.owner, owner);
-    assert_eq!(entries[0].1, b"xy");
+    assert_eq!(entries[0].key, "b");
+    assert_eq!(entries[0].owner, owner);
+    assert_eq!(entries[0].size, 2);
     ws.flush().expect("flush");
 }
 

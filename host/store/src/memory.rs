@@ -313,21 +313,16 @@ impl WorkspaceStore for MemoryStore {
             .collect())
     }
 
-    fn entries(&self, plugin: &str) -> Result<Vec<(KeyEntry, Vec<u8>)>> {
+    fn entries(&self, plugin: &str) -> Result<Vec<KeyEntry>> {
         Ok(self
             .lock()
             .kv
             .iter()
             .filter(|((p, _, _), _)| p == plugin)
-            .map(|((_, owner, key), value)| {
-                (
-                    KeyEntry {
-                        owner: owner.clone(),
-                        key: key.clone(),
-                        size: value.len(),
-                    },
-                    value.clone(),
-                )
+            .map(|((_, owner, key), value)| KeyEntry {
+                owner: owner.clone(),
+                key: key.clone(),
+                size: value.len(),
             })
             .collect())
     }

@@ -328,8 +328,10 @@ pub trait WorkspaceStore: Send + Sync + fmt::Debug {
     fn usage(&self, plugin: &str) -> Result<Usage>;
     /// Plugins with anything stored, and their usage, by name.
     fn plugins(&self) -> Result<Vec<(String, Usage)>>;
-    /// Every key of `plugin`, all owners, with its value.
-    fn entries(&self, plugin: &str) -> Result<Vec<(KeyEntry, Vec<u8>)>>;
+    /// Every key of `plugin`, all owners, with the size of its value —
+    /// not the value: a plugin's keys may hold a gigabyte, and a listing
+    /// or an export must not take it all into memory at once.
+    fn entries(&self, plugin: &str) -> Result<Vec<KeyEntry>>;
     /// Every blob of `plugin`: its SHA-256 and size.
     fn blobs(&self, plugin: &str) -> Result<Vec<([u8; 32], usize)>>;
     /// Make every write so far durable (backends whose writes are durable
@@ -482,11 +484,12 @@ impl Workspace {
         self.store.plugins()
     }
 
-    /// Every key of `plugin`, all owners, with its value.
+    /// Every key of `plugin`, all owners, with its value's size (read a
+    /// value with [`get`](Self::get)).
     ///
     /// # Errors
     /// The store's.
-    pub fn entries(&self, plugin: &str) -> Result<Vec<(KeyEntry, Vec<u8>)>> {
+    pub fn entries(&self, plugin: &str) -> Result<Vec<KeyEntry>> {
         self.store.entries(plugin)
     }
 
