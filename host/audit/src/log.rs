@@ -558,10 +558,10 @@ impl AuditLog {
             .head(origin)
             .map_err(|e| store_error(dir, &e))?
             .is_some();
-        let has_checkpoints = !store
-            .checkpoints(origin)
+        let has_checkpoints = store
+            .last_checkpoint(origin)
             .map_err(|e| store_error(dir, &e))?
-            .is_empty();
+            .is_some();
         let signing = load_key(&dir.join(SIGNING_KEY_FILE), has_checkpoints, "checkpoints")?;
         let redaction = load_key(&dir.join(REDACTION_KEY_FILE), has_records, "records")?;
         let signing = keys::signing_key(&signing);
@@ -672,7 +672,7 @@ impl AuditLog {
             path: inner.path.clone(),
             failure,
         };
-        let last = self.checkpoints()?.pop();
+        let last = self.last_checkpoint()?;
         let mut verifier =
             Verifier::new(&self.public_key(), last.clone(), None, None).map_err(tampered)?;
         let mut from = 1;
@@ -768,10 +768,9 @@ impl AuditLog {
             }
         };
         let last_checkpoint_seq = store
-            .checkpoints(origin)
+            .last_checkpoint(origin)
             .map_err(|e| store_error(&path, &e))?
-            .last()
-            .map_or(0, |(seq, _)| *seq);
+            .map_or(0, |(seq, _)| seq);
         let redactor = Redactor::new(redaction_key, config.redaction.clone());
         Ok(AuditLog {
             inner: Arc::new(Inner {
@@ -1185,7 +1184,7 @@ impl AuditLog {
         drop(head);
         // Stores the records and the checkpoint, and flushes.
         self.flush()?;
-        self.checkpoints().map(|mut all| all.pop())
+        self.last_checkpoint()
     }
 
     /// Sign a final checkpoint, flush, and refuse further appends.
@@ -1378,20 +1377,28 @@ impl AuditLog {
     pub fn checkpoints(&self) -> Result<Vec<Checkpoint>> {
         let inner = &self.inner;
         inner.settle();
-        let mut out = Vec::new();
-        let stored = inner
+        inner
             .store
             .checkpoints(&inner.origin)
-            .map_err(|e| store_error(&inner.path, &e))?;
-        for (seq, v) in stored {
-            let cp = serde_json::from_slice(&v).map_err(|e| Error::Corrupt {
-                path: inner.path.clone(),
-                seq,
-                reason: format!("checkpoint unreadable: {e}"),
-            })?;
-            out.push(cp);
-        }
-        Ok(out)
+            .map_err(|e| store_error(&inner.path, &e))?
+            .into_iter()
+            .map(|(seq, bytes)| inner.parse_checkpoint(seq, &bytes))
+            .collect()
+    }
+
+    /// The newest checkpoint, read without the others.
+    ///
+    /// # Errors
+    /// [`Error::Store`] / [`Error::Corrupt`].
+    pub fn last_checkpoint(&self) -> Result<Option<Checkpoint>> {
+        let inner = &self.inner;
+        inner.settle();
+        inner
+            .store
+            .last_checkpoint(&inner.origin)
+            .map_err(|e| store_error(&inner.path, &e))?
+            .map(|(seq, bytes)| inner.parse_checkpoint(seq, &bytes))
+            .transpose()
     }
 
     /// Verify this log's chain: every record's link and hash, every
@@ -1462,6 +1469,15 @@ impl AuditLog {
 }
 
 impl Inner {
+    /// A stored checkpoint, read.
+    fn parse_checkpoint(&self, seq: u64, bytes: &[u8]) -> Result<Checkpoint> {
+        serde_json::from_slice(bytes).map_err(|e| Error::Corrupt {
+            path: self.path.clone(),
+            seq,
+            reason: format!("checkpoint unreadable: {e}"),
+        })
+    }
+
     fn lock_chain(&self) -> MutexGuard<'_, Chain> {
         // Plain values, each set after what it describes: consistent
         // whatever panicked while holding them.

@@ -1590,7 +1590,7 @@ impl Host {
         };
         let durable =
             self.config.data_dir.is_some() || !matches!(self.config.store, StoreConfig::Sled);
-        let last_checkpoint_ms = self.audit.checkpoints()?.last().map(|c| c.time_ms);
+        let last_checkpoint_ms = self.audit.last_checkpoint()?.map(|c| c.time_ms);
         // Read and, as a switch would be, written: a takeover that cannot
         // switch the mode fails in the middle of the incident.
         let mode_available = self.mode().is_ok() && self.mode.writable();

@@ -1323,6 +1323,25 @@ impl AuditStore for PostgresStore {
         })
     }
 
+    fn last_checkpoint(&self, origin: &str) -> Result<Option<(u64, Vec<u8>)>> {
+        if origin.contains('\0') {
+            return Ok(None);
+        }
+        let origin = origin.to_owned();
+        self.db.run(|s| async move {
+            let rows = s
+                .query(
+                    &format!("reading the last checkpoint of audit chain {origin:?}"),
+                    "SELECT seq, bytes FROM airlock_audit_checkpoints WHERE origin = $1 ORDER BY seq DESC LIMIT 1",
+                    &[&origin],
+                )
+                .await?;
+            rows.first()
+                .map(|r| Ok((unsigned(get(r, 0)?, "checkpoint seq")?, get(r, 1)?)))
+                .transpose()
+        })
+    }
+
     fn open_calls(&self, origin: &str) -> Result<Vec<(String, u64)>> {
         if origin.contains('\0') {
             return Ok(Vec::new());

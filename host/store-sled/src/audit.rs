@@ -484,6 +484,20 @@ impl AuditStore for SledAudit {
             .collect()
     }
 
+    fn last_checkpoint(&self, origin: &str) -> Result<Option<(u64, Vec<u8>)>> {
+        if origin != self.origin {
+            return Ok(None);
+        }
+        self.tree
+            .scan_prefix([CHECKPOINT])
+            .next_back()
+            .map(|item| {
+                let (k, v) = item.map_err(self.failed("read the last checkpoint"))?;
+                Ok((seq_of(&k), v.to_vec()))
+            })
+            .transpose()
+    }
+
     fn open_calls(&self, origin: &str) -> Result<Vec<(String, u64)>> {
         if origin != self.origin {
             return Ok(Vec::new());

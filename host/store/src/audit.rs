@@ -54,6 +54,13 @@ pub trait AuditStore: Send + Sync + fmt::Debug {
     fn put_checkpoint(&self, origin: &str, seq: u64, bytes: &[u8]) -> Result<()>;
     /// Every checkpoint of `origin`, by seq.
     fn checkpoints(&self, origin: &str) -> Result<Vec<(u64, Vec<u8>)>>;
+    /// The checkpoint of `origin` at the highest seq: what a log opening
+    /// needs, read without the others (a chain signs one every thousand
+    /// records or half minute, for as long as it lives). Backends
+    /// override the default, which reads them all.
+    fn last_checkpoint(&self, origin: &str) -> Result<Option<(u64, Vec<u8>)>> {
+        Ok(self.checkpoints(origin)?.pop())
+    }
     /// Calls of `origin` in flight: call id and the seq of its intent.
     fn open_calls(&self, origin: &str) -> Result<Vec<(String, u64)>>;
     /// Forget the in-flight marker of `call_id` (a call that never ran or

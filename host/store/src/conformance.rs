@@ -812,10 +812,17 @@ pub fn audit_chains_are_gap_free_and_never_fork(fresh: Fresh, peer: Peer) {
         Some(&b"{\"seq\":2}"[..])
     );
     assert_eq!(audit.records("h", 2, 1).expect("page").len(), 1);
+    assert_eq!(audit.last_checkpoint("h").expect("no checkpoint"), None);
     audit.put_checkpoint("h", 3, b"signed").expect("checkpoint");
+    audit.put_checkpoint("h", 1, b"first").expect("checkpoint");
     assert_eq!(
         audit.checkpoints("h").expect("checkpoints"),
-        [(3, b"signed".to_vec())]
+        [(1, b"first".to_vec()), (3, b"signed".to_vec())]
+    );
+    // The one at the highest seq, whatever order they were stored in.
+    assert_eq!(
+        audit.last_checkpoint("h").expect("last checkpoint"),
+        Some((3, b"signed".to_vec()))
     );
     audit.flush().expect("flush");
 }

@@ -413,6 +413,14 @@ impl AuditStore for MemoryStore {
         Ok(())
     }
 
+    fn last_checkpoint(&self, origin: &str) -> Result<Option<(u64, Vec<u8>)>> {
+        Ok(self.lock().chains.get(origin).and_then(|c| {
+            c.checkpoints
+                .last_key_value()
+                .map(|(seq, b)| (*seq, b.clone()))
+        }))
+    }
+
     fn checkpoints(&self, origin: &str) -> Result<Vec<(u64, Vec<u8>)>> {
         Ok(self
             .lock()
