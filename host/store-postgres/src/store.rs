@@ -985,6 +985,8 @@ impl RateLimitStore for PostgresStore {
                 .await
                 .map_err(ctx(what))?;
                 let mut state: BTreeMap<Vec<u8>, Bucket> = BTreeMap::new();
+                // A stored time refilling repaired (see `Bucket::refilled`).
+                let mut repaired = false;
                 for row in &rows {
                     let scope: Vec<u8> = get(row, 0)?;
                     let tokens: f64 = get(row, 1)?;
@@ -992,12 +994,18 @@ impl RateLimitStore for PostgresStore {
                     let Some((_, rate)) = by_scope.get(&scope) else {
                         continue;
                     };
+                    // A negative time (a row edited) is damage, as one far
+                    // ahead is: refilled from empty, not an error of every
+                    // call in the scope.
                     let bucket = Bucket {
                         tokens,
-                        updated_ms: unsigned(updated, "bucket time")?,
+                        updated_ms: u64::try_from(updated).unwrap_or(u64::MAX),
                     };
-                    state.insert(scope, bucket.refilled(*rate, now_ms));
+                    let refilled = bucket.refilled(*rate, now_ms);
+                    repaired |= refilled.updated_ms < bucket.updated_ms;
+                    state.insert(scope, refilled);
                 }
+                let mut refused = None;
                 for scope in &order {
                     let (name, rate) = &by_scope[scope];
                     let Some(bucket) = state.get(scope) else {
@@ -1006,12 +1014,20 @@ impl RateLimitStore for PostgresStore {
                         )));
                     };
                     if bucket.tokens < 1.0 {
-                        // Nothing to write: refilling later from the stored
-                        // state gives the same tokens as storing the refill.
-                        return Ok(Some((name.clone(), bucket.wait(*rate))));
+                        refused = Some((name.clone(), bucket.wait(*rate)));
+                        break;
                     }
                 }
-                let tokens: Vec<f64> = state.values().map(|b| b.tokens - 1.0).collect();
+                // Nothing to write for a refusal: refilling later from the
+                // stored state gives the same tokens as storing the refill
+                // — unless a time was repaired, which must be stored, or
+                // every later take would find it damaged again, refill from
+                // empty and refuse, for ever.
+                if refused.is_some() && !repaired {
+                    return Ok(refused);
+                }
+                let taken = if refused.is_some() { 0.0 } else { 1.0 };
+                let tokens: Vec<f64> = state.values().map(|b| b.tokens - taken).collect();
                 let times: Vec<i64> = state.values().map(|b| signed(b.updated_ms)).collect();
                 let scopes: Vec<Vec<u8>> = state.keys().cloned().collect();
                 let write = tx
@@ -1026,7 +1042,7 @@ impl RateLimitStore for PostgresStore {
                     .await
                     .map_err(ctx(what))?;
                 tx.commit().await.map_err(ctx(what))?;
-                Ok(None)
+                Ok(refused)
             })
         })
     }

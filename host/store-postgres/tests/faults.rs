@@ -644,6 +644,21 @@ fn a_damaged_rate_limit_bucket_refills_from_empty() {
     assert_eq!(wait, Duration::from_millis(100));
     // A token's time later, one token.
     assert_eq!(stores.limits.take(&scope, 1_100).unwrap(), None);
+    // A time edited negative failed every call of the scope (`corrupt`);
+    // one far ahead stopped it refilling until the clock got there (at
+    // i64::MAX, never). Each refills from empty, from now.
+    for time in ["-5", "9223372036854775807"] {
+        common::admin(
+            &url,
+            &format!(
+                "UPDATE airlock_buckets SET tokens = 10, updated_ms = {time} WHERE scope = 'principal:agent'"
+            ),
+        );
+        let (refused, wait) = stores.limits.take(&scope, 5_000).unwrap().unwrap();
+        assert_eq!(refused, "principal:agent", "{time}");
+        assert_eq!(wait, Duration::from_millis(100), "{time}");
+        assert_eq!(stores.limits.take(&scope, 5_100).unwrap(), None, "{time}");
+    }
 }
 
 /// Nothing stopped a second process from opening a host on a serving

@@ -62,7 +62,7 @@ pub use ledger::{
     IdempotencyEntry, IdempotencyState, KeyHead, KeyListing, KeyRef, Ledger, LedgerStore, Recovery,
     SweepReport, Transition, Version, Versioned,
 };
-pub use limits::{Bucket, MemoryBuckets, Rate, RateLimitStore};
+pub use limits::{Bucket, MAX_CLOCK_AHEAD_MS, MemoryBuckets, Rate, RateLimitStore};
 pub use memory::MemoryStore;
 pub use mode::{Mode, ModeStore};
 pub use plugins::{

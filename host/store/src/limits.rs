@@ -61,6 +61,11 @@ pub struct Bucket {
     pub updated_ms: u64,
 }
 
+/// How far past a host's clock a bucket's stored time may be and still be
+/// taken as another host's clock running a little ahead (see
+/// [`Bucket::refilled`]).
+pub const MAX_CLOCK_AHEAD_MS: u64 = 60_000;
+
 impl Bucket {
     /// A full bucket of `rate` at `now_ms`.
     pub fn full(rate: Rate, now_ms: u64) -> Bucket {
@@ -74,8 +79,18 @@ impl Bucket {
     /// nothing). A stored token count no bucket can have (not a number,
     /// infinite, negative: a row edited or damaged) counts as empty, so it
     /// refills from nothing rather than granting a burst or failing every
-    /// call of its scope.
+    /// call of its scope. So does a stored time more than
+    /// [`MAX_CLOCK_AHEAD_MS`] past `now_ms` (a row edited, or a host whose
+    /// clock is far ahead): kept, it would stop the bucket refilling on
+    /// every other host until their clocks caught up — forever, for a time
+    /// near `u64::MAX`.
     pub fn refilled(self, rate: Rate, now_ms: u64) -> Bucket {
+        if self.updated_ms > now_ms.saturating_add(MAX_CLOCK_AHEAD_MS) {
+            return Bucket {
+                tokens: 0.0,
+                updated_ms: now_ms,
+            };
+        }
         let elapsed = now_ms.saturating_sub(self.updated_ms) as f64;
         let tokens = if self.tokens.is_finite() && self.tokens >= 0.0 {
             self.tokens
@@ -179,5 +194,31 @@ mod tests {
             updated_ms: 1_000,
         };
         assert_eq!(fine.refilled(rate, 1_100).tokens, 4.5);
+    }
+
+    /// A stored time far in the future (a row edited; a host's clock far
+    /// ahead) kept the bucket from refilling until this host's clock
+    /// reached it: at `i64::MAX`, never. A little ahead (hosts' clocks
+    /// differ) it is kept, and nothing is refilled until then.
+    #[test]
+    fn a_bucket_time_far_ahead_is_damage_and_a_little_ahead_is_a_clock() {
+        let rate = Rate::parse("10/s").unwrap();
+        let now = 1_000_000;
+        for updated_ms in [now + MAX_CLOCK_AHEAD_MS + 1, i64::MAX as u64, u64::MAX] {
+            let bucket = Bucket {
+                tokens: 5.0,
+                updated_ms,
+            };
+            let refilled = bucket.refilled(rate, now);
+            assert_eq!((refilled.tokens, refilled.updated_ms), (0.0, now));
+            // And it refills from there.
+            assert_eq!(refilled.refilled(rate, now + 200).tokens, 2.0);
+        }
+        let ahead = Bucket {
+            tokens: 5.0,
+            updated_ms: now + 1_000,
+        };
+        let refilled = ahead.refilled(rate, now);
+        assert_eq!((refilled.tokens, refilled.updated_ms), (5.0, now + 1_000));
     }
 }
