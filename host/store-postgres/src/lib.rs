@@ -11,10 +11,14 @@
 //! chain, which never forks.
 //!
 //! The SQL is kept portable to PostgreSQL-compatible distributed engines
-//! (CockroachDB, YugabyteDB): standard types, no advisory locks, no
-//! LISTEN/NOTIFY, no stored procedures; READ COMMITTED is enough, and
-//! transactions a serializable engine rolls back are retried. What each
-//! operation relies on and costs is in docs/scaling.md.
+//! (CockroachDB, YugabyteDB): standard types, no LISTEN/NOTIFY, no stored
+//! procedures, no advisory locks but the one claiming a host's origin
+//! (`pg_try_advisory_lock`, with `pg_stat_activity` and
+//! `pg_terminate_backend` to end a stale claim: an engine without them
+//! needs another guard against two processes on one origin); READ
+//! COMMITTED is enough, and transactions a serializable engine rolls back
+//! are retried. What each operation relies on and costs is in
+//! docs/scaling.md.
 //!
 //! The seam is synchronous; the backend owns a small tokio runtime and
 //! waits for its work there, so it may be called from plain threads or

@@ -221,6 +221,21 @@ fn rollout_of(row: &Row, plugin: &str) -> Result<Versioned<Rollout>> {
     Ok(rollout)
 }
 
+/// An installed version's row (`plugin`, `version`, `body`): its body
+/// must be of the plugin and version the row is keyed by, as a rollout's
+/// (a row edited by hand is refused, not served as another's).
+fn installed_of(row: &Row) -> Result<InstalledVersion> {
+    let (plugin, version): (String, String) = (get(row, 0)?, get(row, 1)?);
+    let installed: InstalledVersion = from_json(get(row, 2)?, "installed version")?;
+    if installed.plugin != plugin || installed.version != version {
+        return Err(StoreError::corrupt(format!(
+            "the installed-version row of `{plugin}` {version} holds `{}` {}",
+            installed.plugin, installed.version
+        )));
+    }
+    Ok(installed)
+}
+
 /// The columns an idempotency entry's head is listed by (schema version 3).
 fn head_columns(entry: &IdempotencyEntry) -> Result<(i64, bool, Option<String>)> {
     let head = KeyHead::of(entry);
@@ -1720,12 +1735,11 @@ impl PluginStore for PostgresStore {
                 let row = s
                     .query_opt(
                         &format!("reading {plugin} {version}"),
-                        "SELECT body FROM airlock_plugin_versions WHERE plugin = $1 AND version = $2",
+                        "SELECT plugin, version, body FROM airlock_plugin_versions WHERE plugin = $1 AND version = $2",
                         &[&plugin, &version],
                     )
                     .await?;
-                row.map(|r| from_json(get(&r, 0)?, "installed version"))
-                    .transpose()
+                row.as_ref().map(installed_of).transpose()
             }
         })
     }
@@ -1738,27 +1752,15 @@ impl PluginStore for PostgresStore {
         self.db.run(|s| {
             let plugin = plugin.clone();
             async move {
-                let rows = match &plugin {
-                    Some(plugin) => {
-                        s.query(
-                            "listing installed versions",
-                            "SELECT body FROM airlock_plugin_versions WHERE plugin = $1",
-                            &[plugin],
-                        )
-                        .await?
-                    }
-                    None => {
-                        s.query(
-                            "listing installed versions",
-                            "SELECT body FROM airlock_plugin_versions",
-                            &[],
-                        )
-                        .await?
-                    }
-                };
-                rows.iter()
-                    .map(|r| from_json(get(r, 0)?, "installed version"))
-                    .collect()
+                let rows = s
+                    .query(
+                        "listing installed versions",
+                        "SELECT plugin, version, body FROM airlock_plugin_versions \
+                         WHERE $1::text IS NULL OR plugin = $1",
+                        &[&plugin],
+                    )
+                    .await?;
+                rows.iter().map(installed_of).collect()
             }
         })
     }
@@ -1771,24 +1773,14 @@ impl PluginStore for PostgresStore {
         self.db.run(|s| {
             let plugin = plugin.clone();
             async move {
-                let rows = match &plugin {
-                    Some(plugin) => {
-                        s.query(
-                            "listing the installed versions' names",
-                            "SELECT plugin, version FROM airlock_plugin_versions WHERE plugin = $1",
-                            &[plugin],
-                        )
-                        .await?
-                    }
-                    None => {
-                        s.query(
-                            "listing the installed versions' names",
-                            "SELECT plugin, version FROM airlock_plugin_versions",
-                            &[],
-                        )
-                        .await?
-                    }
-                };
+                let rows = s
+                    .query(
+                        "listing the installed versions' names",
+                        "SELECT plugin, version FROM airlock_plugin_versions \
+                         WHERE $1::text IS NULL OR plugin = $1",
+                        &[&plugin],
+                    )
+                    .await?;
                 rows.iter()
                     .map(|r| Ok((get::<String>(r, 0)?, get::<String>(r, 1)?)))
                     .collect()

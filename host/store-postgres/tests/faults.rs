@@ -661,6 +661,48 @@ fn a_damaged_rate_limit_bucket_refills_from_empty() {
     }
 }
 
+/// An installed version's row edited to hold another plugin's (or
+/// another version's) body was read as that one; like a rollout row, it
+/// is refused as corrupt, naming the row, in every read.
+#[test]
+fn an_installed_version_row_holding_another_is_refused() {
+    use airlock_store::{Installed, Releases, VersionFiles};
+    let url = common::fresh_database();
+    let stores = open(&common::config(&url)).expect("open");
+    let releases = Releases::new(stores.plugins.clone());
+    let files = VersionFiles {
+        manifest: b"manifest",
+        component: b"component",
+        component_file: "text.wasm",
+        cases: None,
+        signature: None,
+    };
+    assert!(matches!(
+        releases
+            .install("text", "1.0.0", files, None, "ops", 1)
+            .unwrap(),
+        Installed::New(_)
+    ));
+    common::admin(
+        &url,
+        "UPDATE airlock_plugin_versions SET body = jsonb_set(body::jsonb, '{plugin}', '\"billing\"')::text \
+         WHERE plugin = 'text'",
+    );
+    for err in [
+        stores.plugins.version("text", "1.0.0").unwrap_err(),
+        stores.plugins.versions(Some("text")).unwrap_err(),
+        stores.plugins.versions(None).unwrap_err(),
+    ] {
+        assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+        assert!(err.to_string().contains("holds `billing` 1.0.0"), "{err}");
+    }
+    // The names are the row's own.
+    assert_eq!(
+        stores.plugins.version_names(None).unwrap(),
+        [("text".to_owned(), "1.0.0".to_owned())]
+    );
+}
+
 /// Nothing stopped a second process from opening a host on a serving
 /// host's origin (the CLI did, on every command): it marked the first's
 /// calls unknown and forked its chain. An origin is claimed by one handle
