@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use airlock_store::{
     Approval, ApprovalListing, ApprovalState, AuditStore, AuditWrite, Bucket, ErrorKind,
-    IdempotencyEntry, InstalledVersion, KeyEntry, KeyHead, KeyListing, KeyOwner, KeyRef,
+    IdempotencyEntry, InstalledVersion, KeyEntry, KeyHead, KeyHeads, KeyListing, KeyOwner, KeyRef,
     LedgerStore, Marker, Mode, ModeStore, PluginStore, Quota, Rate, RateLimitStore, Result,
     Rollout, StoreError, Usage, Version, Versioned, WorkspaceError, WorkspaceStore,
 };
@@ -90,6 +90,90 @@ struct Claimed {
 }
 
 impl PostgresStore {
+    /// Idempotency keys' heads: every one, or those `which` selects (and
+    /// the rows whose head must be read from their body: the callers
+    /// check each head again). The selection is made in the database: a
+    /// day of keys of every host is read only by `keys`.
+    fn key_listing(&self, which: Option<KeyHeads>) -> Result<KeyListing> {
+        // The head's columns where they were written with the row's
+        // version; else (a row from before them, or last written by an
+        // older host) its body.
+        const ALL: &str = "SELECT version, key, created_ms, in_flight, in_flight_host, \
+                           CASE WHEN head_version = version THEN NULL ELSE body END \
+                           FROM airlock_keys";
+        const IN_FLIGHT: &str = "SELECT version, key, created_ms, in_flight, in_flight_host, \
+                                 CASE WHEN head_version = version THEN NULL ELSE body END \
+                                 FROM airlock_keys \
+                                 WHERE head_version IS DISTINCT FROM version OR in_flight IS NOT FALSE";
+        const FINISHED_BEFORE: &str = "SELECT version, key, created_ms, in_flight, in_flight_host, \
+                                       CASE WHEN head_version = version THEN NULL ELSE body END \
+                                       FROM airlock_keys \
+                                       WHERE head_version IS DISTINCT FROM version \
+                                       OR in_flight IS NULL OR created_ms IS NULL \
+                                       OR (NOT in_flight AND created_ms < $1)";
+        self.db.run(|s| async move {
+            let rows = match which {
+                None => s.query("listing idempotency keys", ALL, &[]).await?,
+                Some(KeyHeads::InFlight) => {
+                    s.query("listing idempotency keys in flight", IN_FLIGHT, &[])
+                        .await?
+                }
+                Some(KeyHeads::FinishedBefore(ms)) => {
+                    let before = signed(ms);
+                    s.query(
+                        "listing finished idempotency keys",
+                        FINISHED_BEFORE,
+                        &[&before],
+                    )
+                    .await?
+                }
+            };
+            let mut out = KeyListing::default();
+            for row in &rows {
+                let version: i64 = get(row, 0)?;
+                let raw: &[u8] = get(row, 1)?;
+                let Some(key) = KeyRef::decode(raw) else {
+                    out.unreadable.push(format!(
+                        "stored idempotency key {} is unreadable",
+                        hex::encode(raw)
+                    ));
+                    continue;
+                };
+                let created_ms: Option<i64> = get(row, 2)?;
+                let in_flight: Option<bool> = get(row, 3)?;
+                let host: Option<String> = get(row, 4)?;
+                let body: Option<&str> = get(row, 5)?;
+                let head = match (created_ms, in_flight, body) {
+                    (_, _, Some(body)) => KeyHead::from_json(body.as_bytes())
+                        .map_err(|e| StoreError::corrupt(e.to_string())),
+                    (Some(created_ms), Some(in_flight), None) => {
+                        unsigned(created_ms, "a key's creation time").map(|created_ms| KeyHead {
+                            created_ms,
+                            in_flight: in_flight.then_some(host),
+                        })
+                    }
+                    _ => Err(StoreError::corrupt(
+                        "its head columns are incomplete".to_owned(),
+                    )),
+                };
+                match head {
+                    Ok(head) => out.keys.push((
+                        key,
+                        Versioned {
+                            value: head,
+                            version: Version(version as u64),
+                        },
+                    )),
+                    Err(e) => out.unreadable.push(format!(
+                        "the stored entry of idempotency key {:?} of {}/{} is unreadable: {e}",
+                        key.key, key.plugin, key.tool
+                    )),
+                }
+            }
+            Ok(out)
+        })
+    }
+
     pub(crate) fn new(db: Db) -> PostgresStore {
         PostgresStore {
             db,
@@ -431,63 +515,11 @@ impl LedgerStore for PostgresStore {
     }
 
     fn keys(&self) -> Result<KeyListing> {
-        self.db.run(|s| async move {
-            // The head's columns where they were written with the row's
-            // version; else (a row from before them, or last written by an
-            // older host) its body.
-            let rows = s
-                .query(
-                    "listing idempotency keys",
-                    "SELECT version, key, created_ms, in_flight, in_flight_host, \
-                     CASE WHEN head_version = version THEN NULL ELSE body END \
-                     FROM airlock_keys",
-                    &[],
-                )
-                .await?;
-            let mut out = KeyListing::default();
-            for row in &rows {
-                let version: i64 = get(row, 0)?;
-                let raw: &[u8] = get(row, 1)?;
-                let Some(key) = KeyRef::decode(raw) else {
-                    out.unreadable.push(format!(
-                        "stored idempotency key {} is unreadable",
-                        hex::encode(raw)
-                    ));
-                    continue;
-                };
-                let created_ms: Option<i64> = get(row, 2)?;
-                let in_flight: Option<bool> = get(row, 3)?;
-                let host: Option<String> = get(row, 4)?;
-                let body: Option<&str> = get(row, 5)?;
-                let head = match (created_ms, in_flight, body) {
-                    (_, _, Some(body)) => KeyHead::from_json(body.as_bytes())
-                        .map_err(|e| StoreError::corrupt(e.to_string())),
-                    (Some(created_ms), Some(in_flight), None) => {
-                        unsigned(created_ms, "a key's creation time").map(|created_ms| KeyHead {
-                            created_ms,
-                            in_flight: in_flight.then_some(host),
-                        })
-                    }
-                    _ => Err(StoreError::corrupt(
-                        "its head columns are incomplete".to_owned(),
-                    )),
-                };
-                match head {
-                    Ok(head) => out.keys.push((
-                        key,
-                        Versioned {
-                            value: head,
-                            version: Version(version as u64),
-                        },
-                    )),
-                    Err(e) => out.unreadable.push(format!(
-                        "the stored entry of idempotency key {:?} of {}/{} is unreadable: {e}",
-                        key.key, key.plugin, key.tool
-                    )),
-                }
-            }
-            Ok(out)
-        })
+        self.key_listing(None)
+    }
+
+    fn key_heads(&self, which: KeyHeads) -> Result<KeyListing> {
+        self.key_listing(Some(which))
     }
 
     fn meta(&self, name: &str) -> Result<Option<String>> {

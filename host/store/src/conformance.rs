@@ -16,8 +16,9 @@ use serde_json::json;
 
 use crate::{
     Approval, ApprovalState, AuditWrite, Changed, Claim, ErrorKind, IdempotencyState, Installed,
-    KeyOwner, KeyRef, Ledger, Marker, Mode, Quota, Rate, Releases, Rollout, RolloutAction,
-    RolloutChange, Stores, Transition, Usage, VersionFiles, Workspace, WorkspaceError,
+    KeyHeads, KeyOwner, KeyRef, Ledger, Marker, Mode, Quota, Rate, Releases, Rollout,
+    RolloutAction, RolloutChange, Stores, Transition, Usage, VersionFiles, Workspace,
+    WorkspaceError,
 };
 
 /// Generate one `#[test]` per check, for a backend.
@@ -44,6 +45,7 @@ macro_rules! conformance_tests {
             an_idempotency_key_settles_once,
             recovery_touches_only_the_hosts_own_keys,
             the_sweep_forgets_only_what_retention_allows,
+            key_heads_select_keys_in_flight_and_keys_finished_before,
             an_outcome_too_deep_to_decode_is_still_listed_and_swept,
             meta_values_round_trip,
             racing_meta_swaps_lose_no_write,
@@ -385,6 +387,38 @@ pub fn recovery_touches_only_the_hosts_own_keys(fresh: Fresh, peer: Peer) {
     };
     assert!(matches!(state(&mine), IdempotencyState::Unknown { .. }));
     assert!(matches!(state(&theirs), IdempotencyState::InFlight { .. }));
+}
+
+/// What a host starting and the sweep list: the keys in flight, and the
+/// keys finished before a time — each exactly those on a store that
+/// holds no entry from before the head columns.
+pub fn key_heads_select_keys_in_flight_and_keys_finished_before(fresh: Fresh, _peer: Peer) {
+    let stores = fresh();
+    let ledger = Ledger::new(stores.ledger.clone());
+    let key = |name: &str| KeyRef::new("agent", "p", "t", name);
+    for (name, created, finish) in [
+        ("old", 0, true),
+        ("new", 5_000, true),
+        ("running", 0, false),
+    ] {
+        ledger
+            .claim(&key(name), "d", (name, "h"), created, DAY)
+            .expect("claim");
+        if finish {
+            ledger.complete(&key(name), Ok(json!(1))).expect("complete");
+        }
+    }
+    let names = |which: KeyHeads| {
+        let listing = stores.ledger.key_heads(which).expect("key heads");
+        assert!(listing.unreadable.is_empty(), "{listing:?}");
+        let mut names: Vec<String> = listing.keys.into_iter().map(|(k, _)| k.key).collect();
+        names.sort();
+        names
+    };
+    assert_eq!(names(KeyHeads::InFlight), ["running"]);
+    assert_eq!(names(KeyHeads::FinishedBefore(1_000)), ["old"]);
+    assert_eq!(names(KeyHeads::FinishedBefore(0)), Vec::<String>::new());
+    assert_eq!(names(KeyHeads::FinishedBefore(10_000)), ["new", "old"]);
 }
 
 /// The sweep expires overdue approvals (reporting them), forgets terminal

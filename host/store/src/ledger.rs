@@ -304,6 +304,25 @@ pub struct Approvals {
     pub unreadable: Vec<String>,
 }
 
+/// Which idempotency entries [`LedgerStore::key_heads`] lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyHeads {
+    /// Those in flight (whichever host runs them).
+    InFlight,
+    /// Those finished and created before this time (ms since the epoch).
+    FinishedBefore(u64),
+}
+
+impl KeyHeads {
+    /// Whether `head` is one of them.
+    pub fn selects(self, head: &KeyHead) -> bool {
+        match self {
+            KeyHeads::InFlight => head.in_flight.is_some(),
+            KeyHeads::FinishedBefore(ms) => head.in_flight.is_none() && head.created_ms < ms,
+        }
+    }
+}
+
 /// Every idempotency key, as [`LedgerStore::keys`] lists them.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct KeyListing {
@@ -428,6 +447,17 @@ pub trait LedgerStore: Send + Sync + fmt::Debug {
     /// that cannot be read is named in [`KeyListing::unreadable`] rather
     /// than failing the listing: recovery and the sweep go on without it.
     fn keys(&self) -> Result<KeyListing>;
+    /// The heads of the entries `which` selects, as [`keys`](Self::keys)
+    /// lists them; a backend may return more (the callers check each head
+    /// again), never fewer. A host starting and the sweep want a few of
+    /// a day's keys, not all of them: a backend whose store is shared and
+    /// large (PostgreSQL) selects them where they are. The default lists
+    /// every key and keeps those selected.
+    fn key_heads(&self, which: KeyHeads) -> Result<KeyListing> {
+        let mut listing = self.keys()?;
+        listing.keys.retain(|(_, head)| which.selects(&head.value));
+        Ok(listing)
+    }
 
     /// A small host-wide value.
     fn meta(&self, name: &str) -> Result<Option<String>>;
@@ -517,7 +547,7 @@ impl Ledger {
     /// # Errors
     /// The store's.
     pub fn recover(&self, host: &str) -> Result<Recovery> {
-        let listing = self.store.keys()?;
+        let listing = self.store.key_heads(KeyHeads::InFlight)?;
         let mut recovery = Recovery {
             unreadable: listing.unreadable,
             ..Recovery::default()
@@ -772,7 +802,9 @@ impl Ledger {
                 report.approvals_removed += 1;
             }
         }
-        let listing = self.store.keys()?;
+        let listing = self.store.key_heads(KeyHeads::FinishedBefore(
+            now_ms.saturating_sub(millis(key_retention)),
+        ))?;
         report.unreadable.extend(listing.unreadable);
         for (key, head) in listing.keys {
             let finished = head.value.in_flight.is_none();

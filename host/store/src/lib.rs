@@ -59,8 +59,8 @@ pub use audit::{AuditStore, AuditWrite, Marker};
 pub use error::{ErrorKind, Result, StoreError};
 pub use ledger::{
     Approval, ApprovalKind, ApprovalListing, ApprovalState, Approvals, Claim, EXPIRY,
-    IdempotencyEntry, IdempotencyState, KeyHead, KeyListing, KeyRef, Ledger, LedgerStore, Recovery,
-    SweepReport, Transition, Version, Versioned,
+    IdempotencyEntry, IdempotencyState, KeyHead, KeyHeads, KeyListing, KeyRef, Ledger, LedgerStore,
+    Recovery, SweepReport, Transition, Version, Versioned,
 };
 pub use limits::{Bucket, MAX_CLOCK_AHEAD_MS, MemoryBuckets, Rate, RateLimitStore};
 pub use memory::MemoryStore;
