@@ -1125,6 +1125,24 @@ impl ModeStore for PostgresStore {
             Ok(())
         })
     }
+
+    /// A switch's statement that writes nothing: refused as a switch
+    /// would be by a standby server or a read-only transaction default
+    /// (`cannot execute INSERT in a read-only transaction`) and by a role
+    /// without the privileges a switch needs, which the default (yes)
+    /// never told.
+    fn check_writable(&self) -> Result<()> {
+        self.db.run(|s| async move {
+            s.execute(
+                "checking that the host mode can be switched",
+                "INSERT INTO airlock_mode (id, body) SELECT 1, '' WHERE false \
+                 ON CONFLICT (id) DO UPDATE SET body = excluded.body",
+                &[],
+            )
+            .await?;
+            Ok(())
+        })
+    }
 }
 
 // -------------------------------------------------------------------- audit

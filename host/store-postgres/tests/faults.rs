@@ -661,6 +661,30 @@ fn a_damaged_rate_limit_bucket_refills_from_empty() {
     }
 }
 
+/// The readiness check of the mode store said yes whatever the server:
+/// with the role's right to switch the mode taken away (or the server
+/// turned read-only under a running host) a takeover's switch fails, and
+/// the check says so before the incident does.
+#[test]
+fn the_mode_is_not_ready_when_a_switch_would_be_refused() {
+    let url = common::fresh_database();
+    let stores = open(&common::config(&url)).expect("open");
+    stores.mode.check_writable().expect("writable");
+    common::admin(
+        &url,
+        "DO $$ BEGIN EXECUTE format('REVOKE INSERT, UPDATE ON airlock_mode FROM %I', \
+         (SELECT tableowner FROM pg_tables WHERE tablename = 'airlock_mode')); END $$",
+    );
+    let err = stores.mode.check_writable().unwrap_err();
+    assert!(err.to_string().contains("switched"), "{err}");
+    assert!(
+        format!("{:?}", err).contains("permission denied"),
+        "{err:?}"
+    );
+    // Nothing was written by the checks.
+    assert_eq!(stores.mode.get().unwrap(), None);
+}
+
 /// An installed version's row edited to hold another plugin's (or
 /// another version's) body was read as that one; like a rollout row, it
 /// is refused as corrupt, naming the row, in every read.
