@@ -280,6 +280,13 @@ async fn replay_reruns_kept_calls_and_counts_those_skipped() {
     let report = w_host.replay(&writes, &plan).await.unwrap();
     assert_eq!(report.replayed, 0, "{report:?}");
     assert_eq!(report.skipped.not_read, 2);
+    // Chosen against that version, they are skipped as they are chosen:
+    // a limit of one does not take one of them for the call to replay.
+    // (Taken, they left nothing to replay while another tool's call could
+    // be.)
+    let against = ReplayPlan::from_records_against(records.iter().map(|r| (None, r)), &writes, 1);
+    assert!(against.calls().is_empty(), "{against:?}");
+    assert_eq!(against.skipped.not_read, 2, "{against:?}");
 }
 
 #[tokio::test]

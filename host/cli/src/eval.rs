@@ -464,9 +464,9 @@ pub(crate) async fn replay(settings: &Settings, args: ReplayArgs) -> Result<u8, 
         )));
     }
     let records = recorded_calls(settings, &args.plugin, since_ms).await?;
-    let plan = ReplayPlan::from_records(
+    let plan = ReplayPlan::from_records_against(
         records.iter().map(|(o, r)| (o.as_deref(), r)),
-        &args.plugin,
+        &plugin,
         args.limit,
     );
     let report = host.replay(&plugin, &plan).await?;

@@ -266,8 +266,8 @@ impl McpServer {
     /// ([`Host::reload_plugin`](airlock_host::Host::reload_plugin)); a
     /// change that does not load unloads the plugin. A directory that
     /// fails to load is retried once its files change, or once a plugin
-    /// is unloaded (it may have held the name or the files the directory
-    /// was refused for). When the served
+    /// is unloaded or reloaded (it may have held the name or the files the
+    /// directory was refused for). When the served
     /// tools change, every connected client gets
     /// `notifications/tools/list_changed`.
     ///
@@ -351,10 +351,11 @@ impl McpServer {
             }
             self.note_load(&mut state, &mut report, path, &present, result);
         }
-        // A plugin gone frees its name and its grants: a directory refused
-        // for either at an earlier look (a duplicate name, files granted to
-        // both) may load now, so each is tried again with the new.
-        if !report.unloaded.is_empty() {
+        // A plugin gone frees its name and its grants, a plugin reloaded
+        // may hold other grants: a directory refused for either at an
+        // earlier look (a duplicate name, files granted to both) may load
+        // now, so each is tried again with the new.
+        if !report.unloaded.is_empty() || !report.reloaded.is_empty() {
             for path in &refused_earlier {
                 state.dirs.remove(path);
             }

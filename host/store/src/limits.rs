@@ -62,9 +62,12 @@ pub struct Bucket {
 }
 
 /// How far past a host's clock a bucket's stored time may be and still be
-/// taken as another host's clock running a little ahead (see
-/// [`Bucket::refilled`]).
-pub const MAX_CLOCK_AHEAD_MS: u64 = 60_000;
+/// taken as another host's clock running ahead (see
+/// [`Bucket::refilled`]): a day. Hosts whose clocks differ by less keep
+/// the bucket's rate whole — the one behind refills nothing until its
+/// clock passes the stored time — where taking their skew for damage
+/// would have each repair refill the host ahead of it.
+pub const MAX_CLOCK_AHEAD_MS: u64 = 24 * 60 * 60 * 1000;
 
 impl Bucket {
     /// A full bucket of `rate` at `now_ms`.
@@ -80,10 +83,9 @@ impl Bucket {
     /// infinite, negative: a row edited or damaged) counts as empty, so it
     /// refills from nothing rather than granting a burst or failing every
     /// call of its scope. So does a stored time more than
-    /// [`MAX_CLOCK_AHEAD_MS`] past `now_ms` (a row edited, or a host whose
-    /// clock is far ahead): kept, it would stop the bucket refilling on
-    /// every other host until their clocks caught up — forever, for a time
-    /// near `u64::MAX`.
+    /// [`MAX_CLOCK_AHEAD_MS`] past `now_ms` (a row edited; a clock set a
+    /// day or more wrong): kept, it would stop the bucket refilling until
+    /// this clock caught up — forever, for a time near `u64::MAX`.
     pub fn refilled(self, rate: Rate, now_ms: u64) -> Bucket {
         if self.updated_ms > now_ms.saturating_add(MAX_CLOCK_AHEAD_MS) {
             return Bucket {
@@ -196,10 +198,11 @@ mod tests {
         assert_eq!(fine.refilled(rate, 1_100).tokens, 4.5);
     }
 
-    /// A stored time far in the future (a row edited; a host's clock far
-    /// ahead) kept the bucket from refilling until this host's clock
+    /// A stored time far in the future (a row edited; a clock set a day
+    /// wrong) kept the bucket from refilling until this host's clock
     /// reached it: at `i64::MAX`, never. A little ahead (hosts' clocks
-    /// differ) it is kept, and nothing is refilled until then.
+    /// differ, by seconds or minutes) it is kept, and nothing is refilled
+    /// until then: the rate holds across the hosts.
     #[test]
     fn a_bucket_time_far_ahead_is_damage_and_a_little_ahead_is_a_clock() {
         let rate = Rate::parse("10/s").unwrap();
@@ -214,11 +217,16 @@ mod tests {
             // And it refills from there.
             assert_eq!(refilled.refilled(rate, now + 200).tokens, 2.0);
         }
-        let ahead = Bucket {
-            tokens: 5.0,
-            updated_ms: now + 1_000,
-        };
-        let refilled = ahead.refilled(rate, now);
-        assert_eq!((refilled.tokens, refilled.updated_ms), (5.0, now + 1_000));
+        for ahead_ms in [1_000, 90_000, MAX_CLOCK_AHEAD_MS] {
+            let ahead = Bucket {
+                tokens: 5.0,
+                updated_ms: now + ahead_ms,
+            };
+            let refilled = ahead.refilled(rate, now);
+            assert_eq!(
+                (refilled.tokens, refilled.updated_ms),
+                (5.0, now + ahead_ms)
+            );
+        }
     }
 }

@@ -135,6 +135,32 @@ impl ReplayPlan {
         plugin: &str,
         limit: usize,
     ) -> ReplayPlan {
+        Self::chosen(records, plugin, limit, |_| true)
+    }
+
+    /// [`from_records`](Self::from_records) for a replay against
+    /// `against`: a call of a tool that is no longer `read` there is
+    /// skipped (`not_read`) as it is chosen, not taken for one of the
+    /// `limit` calls and skipped when replayed (the newest calls all of
+    /// such a tool replayed nothing while older ones could be).
+    pub fn from_records_against<'r>(
+        records: impl IntoIterator<Item = (Option<&'r str>, &'r Record)>,
+        against: &Plugin,
+        limit: usize,
+    ) -> ReplayPlan {
+        Self::chosen(records, against.name(), limit, |tool| {
+            against
+                .tool(tool)
+                .is_none_or(|t| t.risk() == crate::manifest::Risk::Read)
+        })
+    }
+
+    fn chosen<'r>(
+        records: impl IntoIterator<Item = (Option<&'r str>, &'r Record)>,
+        plugin: &str,
+        limit: usize,
+        still_read: impl Fn(&str) -> bool,
+    ) -> ReplayPlan {
         let mut started = Vec::new();
         // Intents per call id, and its outcome record (`None`: more than
         // one).
@@ -243,12 +269,17 @@ impl ReplayPlan {
                     continue;
                 }
             };
+            let tool = e.tool.clone().unwrap_or_default();
+            if !still_read(&tool) {
+                plan.skipped.not_read += 1;
+                continue;
+            }
             plan.calls.push(RecordedCall {
                 origin: origin.map(str::to_owned),
                 seq: record.seq,
                 time_ms: record.time_ms,
                 call_id: call_id.to_owned(),
-                tool: e.tool.clone().unwrap_or_default(),
+                tool,
                 principal: e
                     .principal
                     .clone()
