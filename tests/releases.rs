@@ -304,6 +304,8 @@ async fn a_rollback_made_against_a_change_seen_before_is_refused() {
 struct LosesNextSwap {
     inner: std::sync::Arc<dyn airlock_host::store::PluginStore>,
     armed: std::sync::atomic::AtomicBool,
+    /// The next swap is made, and its answer lost (`false`).
+    answer_lost: std::sync::atomic::AtomicBool,
     unreadable: std::sync::Mutex<Vec<&'static str>>,
 }
 
@@ -312,6 +314,7 @@ impl LosesNextSwap {
         LosesNextSwap {
             inner,
             armed: std::sync::atomic::AtomicBool::new(false),
+            answer_lost: std::sync::atomic::AtomicBool::new(false),
             unreadable: std::sync::Mutex::new(Vec::new()),
         }
     }
@@ -382,7 +385,14 @@ impl airlock_host::store::PluginStore for LosesNextSwap {
         if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
             return Ok(false);
         }
-        self.inner.replace_rollout(current, next)
+        let made = self.inner.replace_rollout(current, next)?;
+        if self
+            .answer_lost
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Ok(false);
+        }
+        Ok(made)
     }
     fn rollouts(
         &self,
@@ -445,6 +455,61 @@ async fn an_upgrade_approval_whose_rollout_lost_its_race_is_approved_again() {
         host.approval(&approval_id).unwrap().unwrap().state,
         ApprovalState::Consumed
     );
+}
+
+/// A change the store made but whose answer said "lost" (a backend that
+/// retried it, an answer lost) is made: reported done and recorded as
+/// itself, not as lost, and an upgrade approval it used stays used.
+#[tokio::test]
+async fn a_change_stored_though_its_answer_said_lost_is_done() {
+    use airlock_host::StoreConfig;
+    let data = tempfile::tempdir().unwrap();
+    let mut stores = airlock_host::store::Stores::memory();
+    let losing = std::sync::Arc::new(LosesNextSwap::new(stores.plugins.clone()));
+    stores.plugins = losing.clone();
+    let host = Host::new(config(data.path()).store(StoreConfig::Custom(stores))).unwrap();
+    let one = text_version("1.0.0", |m| m);
+    let wider = text_version("2.0.0", |m| {
+        m.replacen("timeout_ms = 2_000", "timeout_ms = 4_000", 1)
+    });
+    for dir in [&one, &wider] {
+        install(&host, dir.path()).await;
+    }
+    host.set_rollout(&RolloutRequest::new("text", "1.0.0", 100, "ops"))
+        .await
+        .unwrap();
+    let ReleaseError::ApprovalRequired { approval_id, .. } = release_error(
+        host.set_rollout(&RolloutRequest::new("text", "2.0.0", 10, "ops"))
+            .await
+            .unwrap_err(),
+    ) else {
+        panic!("expected an approval request");
+    };
+    host.decide(&approval_id, "alice", ALICE, Verdict::Approve, None)
+        .await
+        .unwrap();
+    losing
+        .answer_lost
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let with_it = RolloutRequest::new("text", "2.0.0", 10, "ops").approval(&approval_id);
+    let done = host.set_rollout(&with_it).await.unwrap();
+    assert_eq!(done.canary.as_ref().unwrap().version, "2.0.0");
+    assert_eq!(
+        host.approval(&approval_id).unwrap().unwrap().state,
+        ApprovalState::Consumed
+    );
+    let records = host
+        .audit()
+        .query(
+            &Filter {
+                event: Some(Event::RolloutChanged),
+                ..Default::default()
+            },
+            10,
+        )
+        .unwrap();
+    let last = &records.last().unwrap().entry;
+    assert_eq!(last.decision.as_deref(), Some("canary"), "{last:?}");
 }
 
 /// A ledger whose write of the rollout marker (made before the rollout

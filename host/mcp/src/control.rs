@@ -693,10 +693,10 @@ pub fn workspace_export_to(
     // from the backend as stored, without the checks a plugin's key
     // passes: what is there is exported, as the listing shows it.
     for e in store.entries(plugin).map_err(|e| e.to_string())? {
-        let Some(value) = store
-            .store()
-            .get(plugin, &e.owner, &e.key)
-            .map_err(|err| format!("reading key {:?} of {}: {err}", e.key, e.owner))?
+        let Some(value) = store.store().get(plugin, &e.owner, &e.key).map_err(|err| {
+            let key = airlock_host::audit_log::text::prefix(&e.key, 80);
+            format!("reading key {key:?} of {}: {err}", e.owner)
+        })?
         else {
             continue;
         };

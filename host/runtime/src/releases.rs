@@ -1374,12 +1374,10 @@ impl ReleaseParts<'_> {
                 Ok(rollout)
             }
             Changed::Lost(now) => {
-                // Lost means another change is stored; were it this one
-                // (an answer lost and the change made after all), the
-                // approval was used and is not given back.
-                if let Some(id) = &next.change.approval_id
-                    && now.as_ref().is_none_or(|r| r.change.id != next.change.id)
-                {
+                // Another change is stored, not this one
+                // (`Releases::change` says `Done` when the one stored is
+                // this).
+                if let Some(id) = &next.change.approval_id {
                     self.give_back(id);
                 }
                 entry.decision = Some("lost".to_owned());

@@ -1073,6 +1073,11 @@ impl RateLimitStore for PostgresStore {
                 if refused.is_some() && !repaired {
                     return Ok(refused);
                 }
+                if repaired {
+                    tracing::warn!(
+                        "a rate-limit bucket's stored time was negative or more than a day ahead of this host's clock (a row edited, or a clock a day wrong): refilled from empty from now"
+                    );
+                }
                 let taken = if refused.is_some() { 0.0 } else { 1.0 };
                 let tokens: Vec<f64> = state.values().map(|b| b.tokens - taken).collect();
                 let times: Vec<i64> = state.values().map(|b| signed(b.updated_ms)).collect();

@@ -579,12 +579,14 @@ impl Releases {
             Some(current) => self.store.replace_rollout(current.version, &next)?,
         };
         if won {
-            Ok(Changed::Done(next))
-        } else {
-            Ok(Changed::Lost(
-                self.store.rollout(&next.plugin)?.map(|r| r.value),
-            ))
+            return Ok(Changed::Done(next));
         }
+        Ok(match self.store.rollout(&next.plugin)?.map(|r| r.value) {
+            // The change stored is this one (its answer lost, or a backend
+            // that retried it): made, not lost.
+            Some(now) if now.change.id == next.change.id => Changed::Done(now),
+            now => Changed::Lost(now),
+        })
     }
 }
 
