@@ -405,24 +405,16 @@ impl airlock_host::store::PluginStore for LosesNextSwap {
     }
 }
 
-/// An upgrade approval is used up only by a change that happened: one
-/// whose rollout lost its race is approved again, and the operator's
-/// retry goes through with it. (It stayed consumed, naming a rollout that
-/// never happened, and the retry needed a new decision.)
-#[tokio::test]
-async fn an_upgrade_approval_whose_rollout_lost_its_race_is_approved_again() {
-    use airlock_host::StoreConfig;
-    let data = tempfile::tempdir().unwrap();
-    let mut stores = airlock_host::store::Stores::memory();
-    let losing = std::sync::Arc::new(LosesNextSwap::new(stores.plugins.clone()));
-    stores.plugins = losing.clone();
-    let host = Host::new(config(data.path()).store(StoreConfig::Custom(stores))).unwrap();
+/// `text` 1.0.0 serving and 2.0.0 (a longer timeout) installed; the
+/// operator's canary of 2.0.0 asked for an approval, which alice gave:
+/// its id.
+async fn approved_wider_upgrade(host: &Host) -> String {
     let one = text_version("1.0.0", |m| m);
     let wider = text_version("2.0.0", |m| {
         m.replacen("timeout_ms = 2_000", "timeout_ms = 4_000", 1)
     });
     for dir in [&one, &wider] {
-        install(&host, dir.path()).await;
+        install(host, dir.path()).await;
     }
     host.set_rollout(&RolloutRequest::new("text", "1.0.0", 100, "ops"))
         .await
@@ -437,6 +429,22 @@ async fn an_upgrade_approval_whose_rollout_lost_its_race_is_approved_again() {
     host.decide(&approval_id, "alice", ALICE, Verdict::Approve, None)
         .await
         .unwrap();
+    approval_id
+}
+
+/// An upgrade approval is used up only by a change that happened: one
+/// whose rollout lost its race is approved again, and the operator's
+/// retry goes through with it. (It stayed consumed, naming a rollout that
+/// never happened, and the retry needed a new decision.)
+#[tokio::test]
+async fn an_upgrade_approval_whose_rollout_lost_its_race_is_approved_again() {
+    use airlock_host::StoreConfig;
+    let data = tempfile::tempdir().unwrap();
+    let mut stores = airlock_host::store::Stores::memory();
+    let losing = std::sync::Arc::new(LosesNextSwap::new(stores.plugins.clone()));
+    stores.plugins = losing.clone();
+    let host = Host::new(config(data.path()).store(StoreConfig::Custom(stores))).unwrap();
+    let approval_id = approved_wider_upgrade(&host).await;
     let with_it = RolloutRequest::new("text", "2.0.0", 10, "ops").approval(&approval_id);
     losing
         .armed
@@ -468,26 +476,7 @@ async fn a_change_stored_though_its_answer_said_lost_is_done() {
     let losing = std::sync::Arc::new(LosesNextSwap::new(stores.plugins.clone()));
     stores.plugins = losing.clone();
     let host = Host::new(config(data.path()).store(StoreConfig::Custom(stores))).unwrap();
-    let one = text_version("1.0.0", |m| m);
-    let wider = text_version("2.0.0", |m| {
-        m.replacen("timeout_ms = 2_000", "timeout_ms = 4_000", 1)
-    });
-    for dir in [&one, &wider] {
-        install(&host, dir.path()).await;
-    }
-    host.set_rollout(&RolloutRequest::new("text", "1.0.0", 100, "ops"))
-        .await
-        .unwrap();
-    let ReleaseError::ApprovalRequired { approval_id, .. } = release_error(
-        host.set_rollout(&RolloutRequest::new("text", "2.0.0", 10, "ops"))
-            .await
-            .unwrap_err(),
-    ) else {
-        panic!("expected an approval request");
-    };
-    host.decide(&approval_id, "alice", ALICE, Verdict::Approve, None)
-        .await
-        .unwrap();
+    let approval_id = approved_wider_upgrade(&host).await;
     losing
         .answer_lost
         .store(true, std::sync::atomic::Ordering::SeqCst);
@@ -628,26 +617,7 @@ async fn an_upgrade_approval_whose_rollout_failed_before_the_store_is_approved_a
     });
     stores.ledger = ledger.clone();
     let host = Host::new(config(data.path()).store(StoreConfig::Custom(stores))).unwrap();
-    let one = text_version("1.0.0", |m| m);
-    let wider = text_version("2.0.0", |m| {
-        m.replacen("timeout_ms = 2_000", "timeout_ms = 4_000", 1)
-    });
-    for dir in [&one, &wider] {
-        install(&host, dir.path()).await;
-    }
-    host.set_rollout(&RolloutRequest::new("text", "1.0.0", 100, "ops"))
-        .await
-        .unwrap();
-    let ReleaseError::ApprovalRequired { approval_id, .. } = release_error(
-        host.set_rollout(&RolloutRequest::new("text", "2.0.0", 10, "ops"))
-            .await
-            .unwrap_err(),
-    ) else {
-        panic!("expected an approval request");
-    };
-    host.decide(&approval_id, "alice", ALICE, Verdict::Approve, None)
-        .await
-        .unwrap();
+    let approval_id = approved_wider_upgrade(&host).await;
     let with_it = RolloutRequest::new("text", "2.0.0", 10, "ops").approval(&approval_id);
     ledger
         .armed
