@@ -235,12 +235,21 @@ async fn a_bad_session_key_is_refused_before_the_call_runs() {
     assert_eq!(host.workspace().usage("notes").unwrap().keys, 0);
 }
 
-/// A workspace store that holds every `get` until the test lets it go: a
-/// PostgreSQL store under a slow network, made certain.
+/// A workspace store that holds every `get`, or every `set` of a value
+/// containing a marker, until the test lets it go: a PostgreSQL store under
+/// a slow network, made certain.
 #[derive(Debug)]
 struct HeldStore {
     inner: std::sync::Arc<dyn airlock_host::store::WorkspaceStore>,
     gate: Gate,
+    held: Held,
+}
+
+/// Which operations a [`HeldStore`] holds.
+#[derive(Debug, Clone, Copy)]
+enum Held {
+    Gets,
+    SetsContaining(&'static str),
 }
 
 /// How many `get`s reached the store, whether they may go on, and the
@@ -266,7 +275,9 @@ impl airlock_host::store::WorkspaceStore for HeldStore {
         owner: &airlock_host::store::KeyOwner,
         key: &str,
     ) -> airlock_host::store::Result<Option<Vec<u8>>> {
-        self.wait();
+        if matches!(self.held, Held::Gets) {
+            self.wait();
+        }
         self.inner.get(plugin, owner, key)
     }
     fn set(
@@ -277,6 +288,11 @@ impl airlock_host::store::WorkspaceStore for HeldStore {
         value: &[u8],
         quota: airlock_host::store::Quota,
     ) -> Result<(), airlock_host::store::WorkspaceError> {
+        if let Held::SetsContaining(marker) = self.held
+            && value.windows(marker.len()).any(|w| w == marker.as_bytes())
+        {
+            self.wait();
+        }
         self.inner.set(plugin, owner, key, value, quota)
     }
     fn delete(
@@ -338,20 +354,28 @@ impl airlock_host::store::WorkspaceStore for HeldStore {
 /// [`HeldStore`]) until the test opens it, and `timeout_ms` for the notes
 /// plugin's calls.
 async fn host_held_at(gate: &Gate, timeout_ms: u64) -> (std::sync::Arc<Host>, tempfile::TempDir) {
+    host_holding(gate, Held::Gets, &format!("timeout_ms = {timeout_ms}")).await
+}
+
+/// A host whose workspace store holds `held` operations at `gate`, with
+/// `limits` for the notes plugin.
+async fn host_holding(
+    gate: &Gate,
+    held: Held,
+    limits: &str,
+) -> (std::sync::Arc<Host>, tempfile::TempDir) {
     use std::sync::Arc;
     let memory = airlock_host::store::Stores::memory();
     let stores = airlock_host::store::Stores {
         workspace: Arc::new(HeldStore {
             inner: memory.workspace.clone(),
             gate: Arc::clone(gate),
+            held,
         }),
         ..memory
     };
     let data = tempfile::tempdir().unwrap();
-    let plugin = notes(
-        "workspace = \"read-write\"",
-        &format!("timeout_ms = {timeout_ms}"),
-    );
+    let plugin = notes("workspace = \"read-write\"", limits);
     let host = host_with(
         HostConfig::default()
             .data_dir(data.path())
@@ -445,4 +469,136 @@ async fn a_call_waiting_on_the_workspace_store_ends_at_its_deadline() {
         panic!("{err}")
     };
     assert_eq!(*kind, airlock_host::TrapKind::DeadlineExceeded, "{err}");
+}
+
+/// Opens its gate when dropped: a test that fails with an operation held
+/// would otherwise hang (the runtime waits for its blocking threads).
+struct OpenOnDrop(Gate);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        open_gate(&self.0);
+    }
+}
+
+/// Waits until `n` operations have reached the store held at `gate`.
+async fn entered(gate: &Gate, n: usize) {
+    while gate.0.lock().unwrap().0 < n {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// A call stopped while its `set` waits on a slow store (cancelled, or at
+/// its deadline): the write finishes on its thread after the call ended,
+/// and a later call's write of the same key used to land first and be
+/// undone by it. The later write now waits for the abandoned one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_abandoned_with_its_call_does_not_undo_a_later_one() {
+    use std::sync::Arc;
+    let gate: Gate = Arc::default();
+    let (host, _data) = host_holding(&gate, Held::SetsContaining("first"), "").await;
+    let _open = OpenOnDrop(Arc::clone(&gate));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let first = {
+        let host = Arc::clone(&host);
+        let request =
+            CallRequest::new("notes/add", note("T", "first").to_string()).cancel_on(stop.clone());
+        tokio::spawn(async move { host.call(request).await })
+    };
+    entered(&gate, 1).await;
+    stop.cancel();
+    let err = first.await.unwrap().unwrap_err();
+    assert_eq!(err.kind(), "cancelled", "{err}");
+    // The abandoned `set` is still on its thread, held by the store.
+    let mut second = {
+        let host = Arc::clone(&host);
+        tokio::spawn(async move { call(&host, "add", note("T", "second"), None).await })
+    };
+    // Before the fix the second call wrote at once and finished; now it
+    // waits for the first write (which cannot end before the gate opens).
+    let early = tokio::time::timeout(std::time::Duration::from_millis(500), &mut second).await;
+    open_gate(&gate);
+    let second = match early {
+        Ok(done) => done,
+        Err(_) => second.await,
+    };
+    second.unwrap().unwrap();
+    // Whatever the abandoned write did, it did before the later one.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let got = call(&host, "get", json!({"title": "T"}), None)
+            .await
+            .unwrap();
+        assert_eq!(got["body"], "second", "a later write was undone");
+        // Until the first write has surely ended (its slot is given back),
+        // read again: it could still land.
+        if slots_in_use(&host) == 0 || std::time::Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+/// The notes plugin's call slots in use, from the host's metrics.
+fn slots_in_use(host: &Host) -> u64 {
+    let metrics = host.metrics().unwrap();
+    metrics
+        .lines()
+        .find(|l| l.contains("call_slots_in_use") && l.contains("plugin=\"notes\""))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or_else(
+            || panic!("no call_slots_in_use for notes in:\n{metrics}"),
+            |v| v as u64,
+        )
+}
+
+/// A workspace operation left on its thread by a call that was stopped
+/// keeps the call's plugin slot until it ends: a plugin's calls and their
+/// leftover operations stay within `max_concurrency` together (before,
+/// each stopped call freed its slot at once, and a guest behind a slow
+/// store could leave any number of operations running).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workspace_operation_left_by_a_stopped_call_keeps_its_slot() {
+    use std::sync::Arc;
+    let gate: Gate = Arc::default();
+    let (host, _data) =
+        host_holding(&gate, Held::SetsContaining("held"), "max_concurrency = 1").await;
+    let _open = OpenOnDrop(Arc::clone(&gate));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let first = {
+        let host = Arc::clone(&host);
+        let request =
+            CallRequest::new("notes/add", note("A", "held").to_string()).cancel_on(stop.clone());
+        tokio::spawn(async move { host.call(request).await })
+    };
+    entered(&gate, 1).await;
+    stop.cancel();
+    assert_eq!(first.await.unwrap().unwrap_err().kind(), "cancelled");
+    assert_eq!(
+        slots_in_use(&host),
+        1,
+        "the stopped call's operation holds its slot"
+    );
+    // Another call waits for the slot until the operation ends.
+    let mut next = {
+        let host = Arc::clone(&host);
+        tokio::spawn(async move { call(&host, "add", note("B", "free"), None).await })
+    };
+    assert!(
+        tokio::time::timeout(std::time::Duration::from_millis(300), &mut next)
+            .await
+            .is_err(),
+        "a call ran beside the stopped call's operation past max_concurrency = 1"
+    );
+    open_gate(&gate);
+    next.await.unwrap().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while slots_in_use(&host) != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slot was never given back"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
 }

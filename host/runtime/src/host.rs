@@ -219,6 +219,8 @@ pub struct Host {
     config: HostConfig,
     audit: AuditLog,
     workspace: Workspace,
+    /// The order of each workspace key's operations across calls.
+    workspace_order: crate::grants::KeyOrder,
     ledger: Ledger,
     /// What the store is, for messages.
     store_description: String,
@@ -518,6 +520,7 @@ impl Host {
             config,
             audit,
             workspace,
+            workspace_order: crate::grants::KeyOrder::new(),
             ledger,
             store_description: stores.description,
             mode,
@@ -1202,6 +1205,7 @@ impl Host {
             audit: &self.audit,
             ledger: &self.ledger,
             workspace: &self.workspace,
+            workspace_order: &self.workspace_order,
             mode: &self.mode,
             limiter: &self.limiter,
             served: &self.served,

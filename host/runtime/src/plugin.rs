@@ -47,7 +47,7 @@ pub struct Plugin {
     signed_cases: Option<Option<String>>,
     /// Calls of this plugin running at once: `max_concurrency`, or its
     /// share of the host's instance pool when that is smaller.
-    pub(crate) slots: tokio::sync::Semaphore,
+    pub(crate) slots: Arc<tokio::sync::Semaphore>,
     /// How many `slots` there are.
     pub(crate) slots_limit: u64,
     /// The pool share every loaded version of this plugin's name takes
@@ -467,7 +467,9 @@ pub(crate) async fn load(
         tools,
         undeclared,
         cache: cache_status,
-        slots: tokio::sync::Semaphore::new(usize::try_from(slots_limit).unwrap_or(usize::MAX)),
+        slots: Arc::new(tokio::sync::Semaphore::new(
+            usize::try_from(slots_limit).unwrap_or(usize::MAX),
+        )),
         slots_limit,
         share: engine.share_gate(&name),
         grant,

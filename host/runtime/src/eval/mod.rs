@@ -40,7 +40,7 @@ use serde_json::Value;
 
 use crate::bindings::exports::airlock::plugin::tools::CallContext;
 use crate::error::{CallError, Error, Result};
-use crate::grants::WorkspaceScope;
+use crate::grants::{KeyOrder, WorkspaceScope};
 use crate::host::Host;
 use crate::manifest::FileAccess;
 use crate::pipeline::run::{PreparedCall, run_tool};
@@ -240,7 +240,7 @@ impl Host {
     }
 
     /// Run `tool` of `plugin` once with `arguments`: argument validation,
-    /// then steps 7–9 of the pipeline, with `workspace` as its workspace
+    /// then steps 7–9 of the pipeline, with `scratch` as its workspace
     /// and the plugin's other grants narrowed to reading (module docs).
     pub(crate) async fn run_scratch(
         &self,
@@ -249,7 +249,7 @@ impl Host {
         arguments: &Value,
         principal: &str,
         session: Option<&str>,
-        workspace: &Workspace,
+        scratch: &Scratch,
     ) -> ScratchRun {
         let refused = |error: CallError| ScratchRun {
             result: Err((error.kind(), error.to_string())),
@@ -271,13 +271,15 @@ impl Host {
             Err(error) => return refused(error),
         };
         let call_id = format!("eval-{}", uuid::Uuid::now_v7());
-        let scope = plugin.grant().workspace.map(|access| WorkspaceScope {
-            store: workspace.clone(),
-            plugin: plugin.name().to_owned(),
-            owner: plugin.grant().workspace_scope.owner(principal, session),
-            writable: access == FileAccess::ReadWrite,
-            quota: plugin.limits().workspace_quota(),
-            dirty: false,
+        let scope = plugin.grant().workspace.map(|access| {
+            WorkspaceScope::new(
+                scratch.workspace.clone(),
+                scratch.order.clone(),
+                plugin.name(),
+                plugin.grant().workspace_scope.owner(principal, session),
+                access == FileAccess::ReadWrite,
+                plugin.limits().workspace_quota(),
+            )
         });
         let (result, stats) = run_tool(
             self.engine(),
@@ -313,9 +315,18 @@ impl Host {
     }
 }
 
-/// A workspace in memory, for one evaluation or replay run.
-pub(crate) fn scratch_workspace() -> Workspace {
-    Workspace::new(Arc::new(airlock_store::MemoryStore::new()))
+/// A workspace in memory, for one evaluation or replay run, and the order
+/// of its keys' operations across the run's calls.
+pub(crate) struct Scratch {
+    workspace: Workspace,
+    order: KeyOrder,
+}
+
+pub(crate) fn scratch_workspace() -> Scratch {
+    Scratch {
+        workspace: Workspace::new(Arc::new(airlock_store::MemoryStore::new())),
+        order: KeyOrder::new(),
+    }
 }
 /// Outputs an evaluation report keeps in all, bytes of JSON; past it a
 /// case's output is described, not kept.

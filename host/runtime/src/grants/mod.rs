@@ -48,7 +48,7 @@ mod files_times;
 pub use files::ResolvedFiles;
 pub(crate) use files::{Protected as ProtectedPaths, check_overlaps as check_files_overlaps};
 pub(crate) use files_quota::FilesBudget;
-pub(crate) use workspace::WorkspaceScope;
+pub(crate) use workspace::{KeyOrder, WorkspaceScope};
 
 use crate::error::{LoadError as Error, LoadResult as Result};
 use crate::manifest::{Capabilities, Manifest};

@@ -64,6 +64,8 @@ pub(crate) struct Pipeline<'h> {
     pub(crate) audit: &'h AuditLog,
     pub(crate) ledger: &'h Ledger,
     pub(crate) workspace: &'h Workspace,
+    /// The order of each workspace key's operations across calls.
+    pub(crate) workspace_order: &'h crate::grants::KeyOrder,
     pub(crate) mode: &'h ModeWatch,
     pub(crate) limiter: &'h Limiter,
     /// Installed versions and rollouts.
@@ -347,18 +349,20 @@ impl<'h> Pipeline<'h> {
         request: &CallRequest,
         read_only: bool,
     ) -> Option<WorkspaceScope> {
-        plugin.grant().workspace.map(|access| WorkspaceScope {
-            store: self.workspace.clone(),
-            plugin: plugin.name().to_owned(),
-            owner: plugin
-                .grant()
-                .workspace_scope
-                .owner(&request.principal, request.session.as_deref()),
-            // Read-only mode stops writes at the grant, whatever the tool's
-            // declared risk.
-            writable: access == FileAccess::ReadWrite && !read_only,
-            quota: plugin.limits().workspace_quota(),
-            dirty: false,
+        plugin.grant().workspace.map(|access| {
+            WorkspaceScope::new(
+                self.workspace.clone(),
+                self.workspace_order.clone(),
+                plugin.name(),
+                plugin
+                    .grant()
+                    .workspace_scope
+                    .owner(&request.principal, request.session.as_deref()),
+                // Read-only mode stops writes at the grant, whatever the
+                // tool's declared risk.
+                access == FileAccess::ReadWrite && !read_only,
+                plugin.limits().workspace_quota(),
+            )
         })
     }
 }

@@ -162,10 +162,21 @@ async fn run_tool_inner(
     // Per-plugin concurrency cap (`max_concurrency`, or the plugin's share
     // of the instance pool when smaller): wait for a slot at most as long as
     // the call itself may run.
-    let _permit = wait_for_permit(cancel, deadline, plugin.slots.acquire())
+    let permit = wait_for_permit(cancel, deadline, Arc::clone(&plugin.slots).acquire_owned())
         .await
         .ok_or_else(|| cancelled(false))?
         .ok_or_else(|| busy(plugin.slots_limit))?;
+    // With a workspace, each store operation the guest starts shares the
+    // slot: one still on its thread when the call is abandoned holds it
+    // until it ends, so a plugin's calls and their leftover operations
+    // stay within `max_concurrency` together.
+    let _permit = match &mut workspace {
+        Some(scope) => {
+            scope.slot = Some(Arc::new(permit));
+            None
+        }
+        None => Some(permit),
+    };
     // Its name's share of the pool, which every loaded version of it
     // (a rollout's two) takes from, until the same deadline.
     let _share = match &plugin.share {
