@@ -99,8 +99,8 @@ pub(crate) struct Console {
 
 /// Most heavy reads the console runs at once: a plugin's inspection
 /// (reading its files, compiling its component, running it to list its
-/// tools), a filtered scan, a call's story and a verification of the
-/// whole audit log. Each runs on a blocking thread, which cannot be
+/// tools), a filtered scan, a call's story, a verification of the
+/// whole audit log and a listing of decided approvals. Each runs on a blocking thread, which cannot be
 /// stopped once started: without a bound, a signed-in browser reloading
 /// such a page (or a script with a stolen session) would start one more
 /// each time and fill the blocking pool and both cores.
@@ -594,7 +594,16 @@ async fn approvals(
     };
     let page = query.page.unwrap_or(0);
     let host = Arc::clone(&console.host);
-    match blocking(move || host.approvals(state).map_err(|e| e.to_string())).await {
+    let read = move || host.approvals(state).map_err(|e| e.to_string());
+    // Pending requests are few (each waits on a caller, and they expire);
+    // decided ones pile up for the ledger's retention, and `all` reads
+    // them all: a heavy read, bounded like the others.
+    let listed = if state == Some(ApprovalState::Pending) {
+        blocking(read).await
+    } else {
+        heavy(&console, read).await
+    };
+    match listed {
         Ok(list) => html(
             StatusCode::OK,
             pages::approvals(&who, &list, &state_name, page, now_ms()),

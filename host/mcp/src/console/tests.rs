@@ -1109,11 +1109,14 @@ async fn heavy_pages_wait_for_a_slot_and_give_it_back() {
         "/console/plugins/billing",
         "/console/audit",
         "/console/audit/verify",
+        "/console/approvals?state=all",
+        "/console/approvals?state=rejected",
     ] {
         let waiting = tokio::time::timeout(std::time::Duration::from_millis(300), get(path)).await;
         assert!(waiting.is_err(), "{path} ran without a slot");
     }
     assert_eq!(get("/console/plugins").await, StatusCode::OK);
+    assert_eq!(get("/console/approvals").await, StatusCode::OK);
     // The requests that gave up hold nothing: once the slots are free,
     // every page is served.
     drop(taken);
@@ -1122,6 +1125,7 @@ async fn heavy_pages_wait_for_a_slot_and_give_it_back() {
         "/console/plugins/billing",
         "/console/audit",
         "/console/audit/verify",
+        "/console/approvals?state=all",
     ] {
         assert_eq!(get(path).await, StatusCode::OK, "{path}");
     }
