@@ -245,6 +245,70 @@ async fn corrupt_cache_entries_are_rebuilt_not_trusted() {
     assert_eq!(slug["slug"], "still-works");
 }
 
+/// An intact entry copied under another component's name (both compiled
+/// by this host, so each passes a checksum of its own bytes): the entry
+/// was run as the other plugin's code, under its tools and grants. It is
+/// now refused as written for another component, and rebuilt.
+#[tokio::test]
+async fn a_cache_entry_under_another_components_name_is_rebuilt_not_run() {
+    let cache = tempfile::tempdir().unwrap();
+    let text = format!("{PLUGINS_DIR}/text");
+    let json = format!("{PLUGINS_DIR}/json");
+    let first = Host::new(HostConfig::default().cache_dir(cache.path())).unwrap();
+    first.load_plugin(&text).await.unwrap();
+    first.load_plugin(&json).await.unwrap();
+    let entry_of = |component: &str| {
+        let name = std::path::Path::new(component).file_name().unwrap();
+        let digest = sha256_hex(&read(&format!("{component}/{}.wasm", name.display())));
+        std::fs::read_dir(cache.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| {
+                p.file_name()
+                    .unwrap()
+                    .to_str()
+                    .unwrap()
+                    .starts_with(&digest)
+            })
+            .unwrap_or_else(|| panic!("no cache entry for {component}"))
+    };
+    std::fs::copy(entry_of(&text), entry_of(&json)).unwrap();
+    let second = Host::new(HostConfig::default().cache_dir(cache.path())).unwrap();
+    let loaded = second.load_plugin(&json).await.unwrap();
+    assert_eq!(loaded.cache_status(), CacheStatus::Rebuilt);
+    let keys = call(&second, "json/keys", json!({"document": {"b": 1, "a": 2}}))
+        .await
+        .unwrap();
+    assert_eq!(keys["keys"], json!(["a", "b"]), "{keys}");
+}
+
+/// A cache directory other users can write to is not used: whoever can
+/// write an entry there can run native code in the host.
+#[cfg(unix)]
+#[tokio::test]
+async fn a_cache_directory_others_can_write_is_not_used() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let cache = tempfile::tempdir().unwrap();
+    let plugin = install("text", &text_component(), TEXT_TOOLS);
+    let first = Host::new(HostConfig::default().cache_dir(cache.path())).unwrap();
+    assert_eq!(
+        first
+            .load_plugin(plugin.path())
+            .await
+            .unwrap()
+            .cache_status(),
+        CacheStatus::Miss
+    );
+    std::fs::set_permissions(cache.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let second = Host::new(HostConfig::default().cache_dir(cache.path())).unwrap();
+    let loaded = second.load_plugin(plugin.path()).await.unwrap();
+    assert_eq!(loaded.cache_status(), CacheStatus::Disabled);
+    let slug = call(&second, "text/slugify", json!({"text": "Compiled Afresh"}))
+        .await
+        .unwrap();
+    assert_eq!(slug["slug"], "compiled-afresh");
+}
+
 // ---------------------------------------------------------------- manifests
 
 async fn load_err(dir: &PluginDir) -> LoadError {

@@ -6,12 +6,27 @@
 //! compiler settings, target), so an engine upgrade or configuration change
 //! never loads stale code.
 //!
-//! Entry format: `AIRLOCK-CWASM-1\n`, then the SHA-256 of the payload (32
-//! bytes), then the payload produced by `Component::serialize`. The checksum
-//! is verified before the payload is handed to wasmtime; an entry that is
-//! truncated, corrupt or from another engine is deleted and rebuilt, never
-//! trusted. Entries are written to a temporary file and renamed into place,
-//! so a crash never leaves a half-written entry under a valid name.
+//! Entry format: `AIRLOCK-CWASM-2\n`, then a SHA-256 (32 bytes) over the
+//! component's digest, the engine fingerprint and the payload, then the
+//! payload produced by `Component::serialize`. The checksum is verified
+//! before the payload is handed to wasmtime; an entry that is truncated,
+//! corrupt, from another engine or written for another component (an
+//! entry copied under another's name) is rebuilt, never trusted. Entries
+//! are written to a temporary file and renamed into place, so a crash
+//! never leaves a half-written entry under a valid name.
+//!
+//! # Security: whose files are run
+//! An entry is native code, run as it is (`Component::deserialize` trusts
+//! its bytes): whoever can write the cache can run code in the host. So
+//! on Unix the cache is used only when the directory belongs to this
+//! process's user (or root) and no other user can write to it, and an
+//! entry only when it is a regular file (not a link) that belongs to this
+//! user and no other can write — checked on the opened file, which is
+//! then read. A cache that fails the first check is not used at all (the
+//! plugin is compiled, [`CacheStatus::Disabled`], and the reason logged);
+//! an entry that fails the second is compiled afresh and replaced. The
+//! checksum is not a signature: it stops a damaged or misplaced entry,
+//! the ownership checks stop another user's.
 
 use std::hash::{Hash, Hasher};
 use std::io::Write;
@@ -22,7 +37,11 @@ use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
-const MAGIC: &[u8] = b"AIRLOCK-CWASM-1\n";
+const MAGIC: &[u8] = b"AIRLOCK-CWASM-2\n";
+
+/// Largest entry read back: compiled code is a few times its component,
+/// which the loader caps at 512 MiB.
+const MAX_ENTRY_BYTES: u64 = 2 << 30;
 
 /// Whether a plugin's compiled code came from the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -69,10 +88,15 @@ impl CompiledCache {
         digest: &str,
         bytes: &[u8],
     ) -> wasmtime::Result<(Component, CacheStatus)> {
+        if let Some(reason) = untrusted_dir(&self.dir) {
+            tracing::warn!(dir = %self.dir.display(), "compiled-component cache not used: {reason}");
+            return Ok((Component::new(engine, bytes)?, CacheStatus::Disabled));
+        }
         let path = self.entry_path(digest);
         let mut status = CacheStatus::Miss;
-        match std::fs::read(&path) {
-            Ok(entry) => match verified_payload(&entry) {
+        match read_entry(&path) {
+            Ok(None) => {}
+            Ok(Some(entry)) => match verified_payload(&entry, digest, &self.engine_fingerprint) {
                 Some(payload) => match deserialize(engine, payload) {
                     Ok(component) => {
                         tracing::debug!(path = %path.display(), "compiled-component cache hit");
@@ -84,20 +108,24 @@ impl CompiledCache {
                     }
                 },
                 None => {
-                    tracing::warn!(path = %path.display(), "corrupt cache entry; recompiling");
+                    tracing::warn!(path = %path.display(), "corrupt cache entry, or one written for another component; recompiling");
                     status = CacheStatus::Rebuilt;
                 }
             },
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot read cache entry; recompiling");
+            Err(reason) => {
+                tracing::warn!(path = %path.display(), "cache entry not used ({reason}); recompiling");
                 status = CacheStatus::Rebuilt;
             }
         }
         let component = Component::new(engine, bytes)?;
         match component.serialize() {
             Ok(payload) => {
-                if let Err(e) = write_entry(&self.dir, &path, &payload) {
+                if let Err(e) = write_entry(
+                    &self.dir,
+                    &path,
+                    &checksum(digest, &self.engine_fingerprint, &payload),
+                    &payload,
+                ) {
                     tracing::warn!(dir = %self.dir.display(), error = %e, "cannot write compiled-component cache entry");
                     status = CacheStatus::Disabled;
                 }
@@ -111,36 +139,146 @@ impl CompiledCache {
     }
 }
 
-/// The payload of a cache entry whose header and checksum are intact.
-fn verified_payload(entry: &[u8]) -> Option<&[u8]> {
+/// Why the cache directory `dir` may not be trusted with code, if it may
+/// not: another user owns it or can write to it (module docs). A
+/// directory not there yet is made owner-only when the first entry is
+/// written.
+fn untrusted_dir(dir: &Path) -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = match std::fs::metadata(dir) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) => return Some(format!("cannot read the directory: {e}")),
+        };
+        if !meta.is_dir() {
+            return Some("not a directory".to_owned());
+        }
+        let me = rustix::process::geteuid().as_raw();
+        if meta.uid() != me && meta.uid() != 0 {
+            return Some(format!(
+                "the directory belongs to user {}, not to this process's user {me}",
+                meta.uid()
+            ));
+        }
+        if meta.mode() & 0o022 != 0 {
+            return Some(format!(
+                "other users can write to the directory (mode {:04o}; chmod 700 it)",
+                meta.mode() & 0o7777
+            ));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    None
+}
+
+/// The entry at `path` (`None`: there is none), read from the opened file
+/// once it is found to be a regular file of this process's user that no
+/// other user can write (module docs), at most [`MAX_ENTRY_BYTES`].
+///
+/// # Errors
+/// Why the entry is not read.
+fn read_entry(path: &Path) -> Result<Option<Vec<u8>>, String> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        // A link is not followed (it fails to open); a FIFO opens
+        // without waiting for a writer, and is refused below.
+        options.custom_flags(
+            (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK)
+                .bits()
+                .cast_signed(),
+        );
+    }
+    let file = match options.open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("cannot open it, or it is a link: {e}")),
+    };
+    let meta = file
+        .metadata()
+        .map_err(|e| format!("cannot read its metadata: {e}"))?;
+    if !meta.is_file() {
+        return Err("not a regular file".to_owned());
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        let me = rustix::process::geteuid().as_raw();
+        if meta.uid() != me {
+            return Err(format!(
+                "it belongs to user {}, not to this process's user {me}",
+                meta.uid()
+            ));
+        }
+        if meta.mode() & 0o022 != 0 {
+            return Err(format!(
+                "other users can write to it (mode {:04o})",
+                meta.mode() & 0o7777
+            ));
+        }
+    }
+    let mut entry = Vec::new();
+    std::io::Read::read_to_end(
+        &mut std::io::Read::take(file, MAX_ENTRY_BYTES.saturating_add(1)),
+        &mut entry,
+    )
+    .map_err(|e| format!("cannot read it: {e}"))?;
+    if entry.len() as u64 > MAX_ENTRY_BYTES {
+        return Err(format!("larger than {MAX_ENTRY_BYTES} bytes"));
+    }
+    Ok(Some(entry))
+}
+
+/// What an entry's checksum covers: the component it was compiled from,
+/// the engine it was compiled for and the compiled code.
+fn checksum(digest: &str, fingerprint: &str, payload: &[u8]) -> [u8; 32] {
+    let mut sum = Sha256::new();
+    for part in [digest.as_bytes(), fingerprint.as_bytes()] {
+        sum.update((part.len() as u64).to_le_bytes());
+        sum.update(part);
+    }
+    sum.update(payload);
+    sum.finalize().into()
+}
+
+/// The payload of a cache entry whose header and checksum are intact and
+/// that was written for component `digest` and engine `fingerprint`.
+fn verified_payload<'a>(entry: &'a [u8], digest: &str, fingerprint: &str) -> Option<&'a [u8]> {
     let rest = entry.strip_prefix(MAGIC)?;
     if rest.len() < 32 {
         return None;
     }
     let (sum, payload) = rest.split_at(32);
-    (Sha256::digest(payload).as_slice() == sum).then_some(payload)
+    (checksum(digest, fingerprint, payload).as_slice() == sum).then_some(payload)
 }
 
 #[allow(unsafe_code)]
 fn deserialize(engine: &Engine, payload: &[u8]) -> wasmtime::Result<Component> {
     // SAFETY: `Component::deserialize` requires bytes produced by
     // `Component::serialize` of a compatible engine and not modified since.
-    // The payload was written by `write_entry` below from
-    // `Component::serialize`, its SHA-256 was verified just now (so it is the
-    // exact payload that was written), and wasmtime itself checks the
-    // engine-compatibility header and rejects mismatches. The cache
-    // directory belongs to the operator (trusted in our trust model); a
-    // plugin has no way to write to it.
+    // The payload was read from a file of this process's user in a
+    // directory no other user can write (`untrusted_dir`, `read_entry`),
+    // which only `write_entry` below writes, from `Component::serialize`;
+    // its checksum was verified just now against the component and engine
+    // it is loaded for (so it is the exact payload written for them), and
+    // wasmtime itself checks the engine-compatibility header and rejects
+    // mismatches. No `files` grant may reach the cache directory
+    // (`check_files_grants`).
     unsafe { Component::deserialize(engine, payload) }
 }
 
-fn write_entry(dir: &Path, path: &Path, payload: &[u8]) -> std::io::Result<()> {
+fn write_entry(dir: &Path, path: &Path, sum: &[u8; 32], payload: &[u8]) -> std::io::Result<()> {
     // Owner-only: the cache's default place is the data directory, which
     // this may be the first to create.
     airlock_store::file::create_private_dir(dir)?;
     airlock_store::file::write(path, |out| {
         out.write_all(MAGIC)?;
-        out.write_all(&Sha256::digest(payload))?;
+        out.write_all(sum)?;
         out.write_all(payload)
     })
 }
@@ -149,19 +287,97 @@ fn write_entry(dir: &Path, path: &Path, payload: &[u8]) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
+    fn entry(digest: &str, fingerprint: &str, payload: &[u8]) -> Vec<u8> {
+        let mut entry = MAGIC.to_vec();
+        entry.extend_from_slice(&checksum(digest, fingerprint, payload));
+        entry.extend_from_slice(payload);
+        entry
+    }
+
     #[test]
     fn verified_payload_rejects_corruption() {
         let payload = b"compiled code".as_slice();
-        let mut entry = MAGIC.to_vec();
-        entry.extend_from_slice(&Sha256::digest(payload));
-        entry.extend_from_slice(payload);
-        assert_eq!(verified_payload(&entry), Some(payload));
+        let entry = entry("d1", "f1", payload);
+        assert_eq!(verified_payload(&entry, "d1", "f1"), Some(payload));
 
         let mut flipped = entry.clone();
         *flipped.last_mut().unwrap() ^= 1;
-        assert_eq!(verified_payload(&flipped), None);
-        assert_eq!(verified_payload(&entry[..entry.len() - 1]), None);
-        assert_eq!(verified_payload(&entry[..10]), None);
-        assert_eq!(verified_payload(b"garbage"), None);
+        assert_eq!(verified_payload(&flipped, "d1", "f1"), None);
+        assert_eq!(
+            verified_payload(&entry[..entry.len() - 1], "d1", "f1"),
+            None
+        );
+        assert_eq!(verified_payload(&entry[..10], "d1", "f1"), None);
+        assert_eq!(verified_payload(b"garbage", "d1", "f1"), None);
+    }
+
+    /// An intact entry copied under another component's (or engine's)
+    /// name is not that component's code.
+    #[test]
+    fn an_entry_is_verified_for_its_own_component_and_engine() {
+        let entry = entry("d1", "f1", b"compiled code");
+        assert_eq!(verified_payload(&entry, "d2", "f1"), None);
+        assert_eq!(verified_payload(&entry, "d1", "f2"), None);
+        // The parts are delimited: moving a byte from one to the other
+        // changes the sum.
+        assert_eq!(verified_payload(&entry, "d1f", "1"), None);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn only_this_users_own_files_in_its_own_directory_are_read() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let set_mode = |path: &Path, mode: u32| {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        set_mode(dir.path(), 0o700);
+        assert_eq!(untrusted_dir(dir.path()), None);
+        assert_eq!(untrusted_dir(&dir.path().join("not-yet")), None);
+        for mode in [0o770, 0o707, 0o1777] {
+            set_mode(dir.path(), mode);
+            let reason = untrusted_dir(dir.path()).expect("a directory others can write");
+            assert!(reason.contains("other users can write"), "{reason}");
+        }
+        set_mode(dir.path(), 0o755);
+        assert_eq!(untrusted_dir(dir.path()), None);
+
+        let path = dir.path().join("entry.cwasm");
+        assert_eq!(read_entry(&path), Ok(None));
+        std::fs::write(&path, b"bytes").unwrap();
+        set_mode(&path, 0o600);
+        assert_eq!(read_entry(&path), Ok(Some(b"bytes".to_vec())));
+        set_mode(&path, 0o620);
+        let reason = read_entry(&path).unwrap_err();
+        assert!(reason.contains("other users can write"), "{reason}");
+        set_mode(&path, 0o644);
+        assert_eq!(read_entry(&path), Ok(Some(b"bytes".to_vec())));
+        // A link, even to a good entry, is not followed.
+        let link = dir.path().join("link.cwasm");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        assert!(read_entry(&link).is_err());
+        // Nor is anything but a regular file read (a FIFO is not waited on).
+        let fifo = dir.path().join("fifo.cwasm");
+        rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
+        )
+        .unwrap();
+        assert_eq!(read_entry(&fifo), Err("not a regular file".to_owned()));
+        assert!(untrusted_dir(&path).is_some(), "a file is not a directory");
+        // Another user's entry, or directory (only root can make them).
+        if rustix::process::geteuid().is_root() {
+            let other = Some(rustix::process::Uid::from_raw(54_321));
+            rustix::fs::chown(&path, other, None).unwrap();
+            let reason = read_entry(&path).unwrap_err();
+            assert!(reason.contains("belongs to user 54321"), "{reason}");
+            let sub = dir.path().join("theirs");
+            std::fs::create_dir(&sub).unwrap();
+            set_mode(&sub, 0o700);
+            rustix::fs::chown(&sub, other, None).unwrap();
+            let reason = untrusted_dir(&sub).expect("another user's directory");
+            assert!(reason.contains("belongs to user 54321"), "{reason}");
+        }
     }
 }
