@@ -94,10 +94,16 @@ pub fn prefix(text: &str, max: usize) -> &str {
 }
 
 /// Cut `text` in place to [`prefix`]`(text, max)`; whether it was cut.
+/// A cut string gives back the memory it no longer uses (`String::truncate`
+/// keeps it): a few kept bytes of a guest's megabytes must not hold the
+/// megabytes.
 pub fn truncate(text: &mut String, max: usize) -> bool {
     let cut = prefix(text, max).len();
     let was_cut = cut < text.len();
-    text.truncate(cut);
+    if was_cut {
+        text.truncate(cut);
+        text.shrink_to_fit();
+    }
     was_cut
 }
 
@@ -126,6 +132,10 @@ mod tests {
         assert_eq!(prefix(text, 99), text);
         let mut owned = "é".repeat(10);
         assert!(truncate(&mut owned, 5));
+        // What it cut is given back, not kept as capacity.
+        let mut big = "x".repeat(1 << 20);
+        assert!(truncate(&mut big, 16));
+        assert!(big.capacity() < 1024, "{}", big.capacity());
         assert_eq!(owned, "éé");
         assert!(!truncate(&mut owned, 4));
     }

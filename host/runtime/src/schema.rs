@@ -61,7 +61,7 @@ pub(crate) fn violations(
     for error in validator.iter_errors(instance) {
         if out.len() < MAX_VIOLATIONS {
             out.push(SchemaViolation {
-                path: error.instance_path().to_string(),
+                path: message(error.instance_path()),
                 message: message(&error),
             });
         } else {
@@ -108,6 +108,22 @@ const MAX_IN_PLACE_STEPS: u64 = 50_000;
 /// Most steps for which every violation is listed; past it only the first
 /// is (listing costs some thirty times a plain check, per failing branch).
 const MAX_LISTING_STEPS: u64 = 250_000;
+
+/// Most bytes of paths a listing of every violation could build: each
+/// violation `jsonschema` lists holds its value's whole path, built before
+/// the first is returned, so a document of thousands of members under one
+/// long key would hold that key thousands of times (a megabyte key and
+/// 30,000 members: 36 GB). Past it only the first violation is named.
+const MAX_LISTING_PATH_BYTES: u64 = 16 * 1024 * 1024;
+
+/// What validating a document can cost ([`GuestSchema::visit`]).
+#[derive(Debug, Default)]
+struct Cost {
+    /// Validation steps.
+    steps: u64,
+    /// Bytes of the paths a listing of every violation could hold.
+    paths: u64,
+}
 
 /// Bytes of a string that cost about one step to scan (`pattern`,
 /// `format`, `minLength`...: a linear pass, about a nanosecond a byte,
@@ -215,7 +231,8 @@ impl GuestSchema {
     /// [`MAX_VALIDATION_STEPS`], one violation saying so: the document is
     /// refused unvalidated (fail closed).
     pub(crate) fn violations(&self, instance: &Value) -> Vec<SchemaViolation> {
-        let steps = self.steps(instance);
+        let cost = self.cost(instance);
+        let steps = cost.steps;
         if steps > MAX_VALIDATION_STEPS {
             return vec![SchemaViolation {
                 path: String::new(),
@@ -226,24 +243,25 @@ impl GuestSchema {
             }];
         }
         if steps > MAX_IN_PLACE_STEPS {
-            return crate::off_the_worker(|| self.check(instance, steps));
+            return crate::off_the_worker(|| self.check(instance, &cost));
         }
-        self.check(instance, steps)
+        self.check(instance, &cost)
     }
 
-    fn check(&self, instance: &Value, steps: u64) -> Vec<SchemaViolation> {
+    fn check(&self, instance: &Value, cost: &Cost) -> Vec<SchemaViolation> {
         if self.validator.is_valid(instance) {
             return Vec::new();
         }
-        if steps <= MAX_LISTING_STEPS {
+        if cost.steps <= MAX_LISTING_STEPS && cost.paths <= MAX_LISTING_PATH_BYTES {
             return violations(&self.validator, instance);
         }
         // Listing every violation is eager in `jsonschema` and builds an
-        // error per failing branch: name the first one only.
+        // error, with its path, per failing branch: name the first one
+        // only.
         let mut out = Vec::new();
         if let Err(error) = self.validator.validate(instance) {
             out.push(SchemaViolation {
-                path: error.instance_path().to_string(),
+                path: message(error.instance_path()),
                 message: message(&error),
             });
         }
@@ -261,59 +279,78 @@ impl GuestSchema {
     /// read a whole value (`enum` and `const` entries that are arrays or
     /// objects, `uniqueItems`), that value's size. Deeper values than the
     /// schema reaches are not visited by validation.
+    #[cfg(test)]
     fn steps(&self, instance: &Value) -> u64 {
-        let mut steps = 0u64;
-        self.visit(instance, 0, false, &mut steps);
-        steps
+        self.cost(instance).steps
     }
 
-    /// Add what validating `value`, at `depth`, costs to `steps`; return
-    /// its size (its values, and 64-byte runs of its strings and keys)
-    /// when an enclosing value (`sized`) or the schema here needs it.
-    fn visit(&self, value: &Value, depth: usize, sized: bool, steps: &mut u64) -> u64 {
+    fn cost(&self, instance: &Value) -> Cost {
+        let mut cost = Cost::default();
+        self.visit(instance, 0, 0, false, &mut cost);
+        cost
+    }
+
+    /// Add what validating `value`, at `depth` and `path` bytes of path,
+    /// costs to `cost`; return its size (its values, and 64-byte runs of
+    /// its strings and keys) when an enclosing value (`sized`) or the
+    /// schema here needs it.
+    fn visit(&self, value: &Value, depth: usize, path: u64, sized: bool, cost: &mut Cost) -> u64 {
         let weight = self.width.get(depth).copied();
         let sized = sized || weight.is_some_and(|w| w.reads_subtrees());
         if weight.is_none() && !sized {
             return 0;
         }
         if depth > MAX_SIZED_DEPTH {
-            *steps = u64::MAX;
+            cost.steps = u64::MAX;
             return u64::MAX;
         }
         let each = weight.map_or(0, |w| w.each);
-        *steps = steps.saturating_add(each);
+        cost.steps = cost.steps.saturating_add(each);
+        // Each subschema here may fail, each failure holding this path.
+        cost.paths = cost.paths.saturating_add(each.saturating_mul(path));
         let mut size = 1u64;
-        let children: &mut dyn Iterator<Item = &Value> = match value {
-            Value::Array(items) => &mut items.iter(),
+        let bytes = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        match value {
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    // `/` and the index's digits.
+                    let digits = u64::from(i.checked_ilog10().unwrap_or(0)) + 1;
+                    let path = path.saturating_add(1 + digits);
+                    size = size.saturating_add(self.visit(item, depth + 1, path, sized, cost));
+                }
+            }
             Value::Object(map) => {
                 // Keys are matched by the subschemas of the members
                 // (`patternProperties`, `propertyNames`), one level down.
                 let key_bytes = map.keys().map(String::len).sum::<usize>();
                 let members = self.width.get(depth + 1).map_or(0, |w| w.each);
-                *steps =
-                    steps.saturating_add(string_steps(each.saturating_add(members), key_bytes));
+                cost.steps = cost
+                    .steps
+                    .saturating_add(string_steps(each.saturating_add(members), key_bytes));
                 size = size.saturating_add(runs(key_bytes));
-                &mut map.values()
+                for (key, member) in map {
+                    // `/` and the key, escaped (`~` and `/` take two bytes).
+                    let path = path.saturating_add(1 + 2 * bytes(key.len()));
+                    size = size.saturating_add(self.visit(member, depth + 1, path, sized, cost));
+                }
             }
             Value::String(text) => {
-                *steps = steps.saturating_add(string_steps(each, text.len()));
+                cost.steps = cost.steps.saturating_add(string_steps(each, text.len()));
                 size = size.saturating_add(runs(text.len()));
-                &mut std::iter::empty()
             }
-            _ => &mut std::iter::empty(),
-        };
-        for child in children {
-            size = size.saturating_add(self.visit(child, depth + 1, sized, steps));
+            _ => {}
         }
         if let Some(weight) = weight {
             let reads = |times: u64| times.saturating_mul(size) / VALUES_READ_PER_STEP;
-            *steps = steps.saturating_add(reads(weight.whole));
+            cost.steps = cost.steps.saturating_add(reads(weight.whole));
             // `UniqueItems` hashes each value once (SipHash, and a table
             // entry an item): 75–115 ns a value measured (release build,
             // 200,000 objects, a million numbers, 500,000 strings, on a
             // busy machine), two steps.
             if value.is_array() {
-                *steps = steps.saturating_add(weight.unique.saturating_mul(size).saturating_mul(2));
+                cost.steps = cost
+                    .steps
+                    .saturating_add(weight.unique.saturating_mul(size).saturating_mul(2));
             }
         }
         size
@@ -1385,5 +1422,50 @@ mod tests {
             let err = compile_guest_schema(schema, true).unwrap_err();
             assert!(err.contains(expect), "{schema}: {err}");
         }
+    }
+
+    /// A listing of every violation holds each one's path: thousands of
+    /// failing members under one long key held that key thousands of
+    /// times (a megabyte key, 30,000 members: 36 GB, the host's memory)
+    /// within the step limit. Such a document names its first violation
+    /// only, its path cut like a message; a small one lists them all.
+    #[test]
+    fn violations_under_a_long_key_are_not_all_listed() {
+        let schema = serde_json::json!({
+            "type": "object",
+            "additionalProperties": {"additionalProperties": {"type": "integer"}}
+        });
+        let (_, validator) = compile_guest_schema(&schema.to_string(), true).unwrap();
+        let members = |n: usize| -> serde_json::Map<String, Value> {
+            (0..n)
+                .map(|i| (format!("a{i}"), Value::from("x")))
+                .collect()
+        };
+        let long = "~".repeat(100_000);
+        let document = serde_json::json!({ long.as_str(): members(200) });
+        let cost = validator.cost(&document);
+        assert!(cost.steps <= MAX_LISTING_STEPS, "{cost:?}");
+        assert!(cost.paths > MAX_LISTING_PATH_BYTES, "{cost:?}");
+        let found = validator.violations(&document);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found[0].path.len() <= MAX_VIOLATION_BYTES + airlock_audit::text::TRUNCATED_MARK.len(),
+            "{}",
+            found[0].path.len()
+        );
+        assert!(
+            found[0].path.starts_with("/~0~0"),
+            "{}",
+            &found[0].path[..20]
+        );
+        assert!(found[1].message.contains("not looked for"), "{found:?}");
+
+        let document = serde_json::json!({ "short": members(3) });
+        let found = validator.violations(&document);
+        assert_eq!(found.len(), 3, "{found:?}");
+        assert!(
+            found.iter().all(|v| v.path.starts_with("/short/a")),
+            "{found:?}"
+        );
     }
 }

@@ -425,23 +425,7 @@ async fn with_deadline<T>(
 /// Classify an error from instantiating or calling a guest.
 fn trap_error(tool: &str, error: wasmtime::Error, store: &Store<CallState>) -> CallError {
     let state = store.data();
-    let kind = if error.downcast_ref::<HostDeadline>().is_some() {
-        TrapKind::DeadlineExceeded
-    } else {
-        match error.downcast_ref::<Trap>() {
-            Some(Trap::OutOfFuel) => TrapKind::FuelExhausted,
-            Some(Trap::Interrupt) => TrapKind::DeadlineExceeded,
-            // Before the memory limiter's flag: a guest refused memory
-            // once could otherwise have every later trap, this one too,
-            // reported as `memory_limit`. wasmtime's error type for this is
-            // private; its message is not.
-            _ if format!("{error:#}").contains("allocated for hostcalls has been exhausted") => {
-                TrapKind::HostDataLimit
-            }
-            _ if state.limiter.hit => TrapKind::MemoryLimit,
-            _ => TrapKind::GuestTrap,
-        }
-    };
+    let kind = trap_kind(&error, state.limiter.hit);
     let mut message = bounded(format!("{error:#}"), 4096);
     let stderr = state.stderr_text();
     if !stderr.is_empty() {
@@ -452,6 +436,33 @@ fn trap_error(tool: &str, error: wasmtime::Error, store: &Store<CallState>) -> C
         tool: tool.to_owned(),
         kind,
         message,
+    }
+}
+
+/// What stopped a guest, from the error and whether its memory limiter
+/// refused a growth.
+fn trap_kind(error: &wasmtime::Error, memory_refused: bool) -> TrapKind {
+    if error.downcast_ref::<HostDeadline>().is_some() {
+        return TrapKind::DeadlineExceeded;
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => TrapKind::FuelExhausted,
+        Some(Trap::Interrupt) => TrapKind::DeadlineExceeded,
+        // Before the memory limiter's flag: a guest refused memory once
+        // could otherwise have every later trap, this one too, reported as
+        // `memory_limit`. wasmtime's error type for this is private; its
+        // message is not. The root cause's message only: the whole chain
+        // holds the guest's backtrace, whose function names are the
+        // guest's to choose.
+        _ if error
+            .root_cause()
+            .to_string()
+            .contains("allocated for hostcalls has been exhausted") =>
+        {
+            TrapKind::HostDataLimit
+        }
+        _ if memory_refused => TrapKind::MemoryLimit,
+        _ => TrapKind::GuestTrap,
     }
 }
 
@@ -491,4 +502,33 @@ fn parse_output(tool: &Tool, tool_id: &str, text: &str) -> CallResult<Value> {
         }
     }
     Ok(output)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A trap's kind comes from what stopped the guest, not from text the
+    /// guest chose: its backtrace, in the error's chain, names its own
+    /// functions, and a function named after wasmtime's message for the
+    /// host-data limit had an ordinary trap reported as that limit.
+    #[test]
+    fn a_guests_function_names_do_not_choose_its_trap_kind() {
+        let disguised = wasmtime::Error::new(Trap::UnreachableCodeReached).context(
+            "error while executing at wasm backtrace:\n    0:  0x1234 - fuel allocated for hostcalls has been exhausted",
+        );
+        assert_eq!(trap_kind(&disguised, false), TrapKind::GuestTrap);
+        assert_eq!(trap_kind(&disguised, true), TrapKind::MemoryLimit);
+        let fuel = wasmtime::Error::new(Trap::OutOfFuel).context("wasm backtrace");
+        assert_eq!(trap_kind(&fuel, true), TrapKind::FuelExhausted);
+        let deadline = wasmtime::Error::new(HostDeadline);
+        assert_eq!(trap_kind(&deadline, true), TrapKind::DeadlineExceeded);
+        // wasmtime's own error for the limit is the root cause.
+        let limit = wasmtime::Error::msg(
+            "too much data is being copied between the host and the guest: \
+             fuel allocated for hostcalls has been exhausted",
+        )
+        .context("wasm backtrace");
+        assert_eq!(trap_kind(&limit, false), TrapKind::HostDataLimit);
+    }
 }
