@@ -128,6 +128,11 @@ pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest `header_read_timeout` a configuration may ask for.
 pub const HEADER_READ_TIMEOUT_CEILING: Duration = Duration::from_secs(300);
 /// How long a stopping server waits for open connections to finish.
+/// How long an answered request's stream is kept for a client to resume
+/// it (a connection lost as the response was sent): long enough for a
+/// retry, short enough that a fast caller's answers do not pile up.
+const COMPLETED_RESPONSE_TTL: Duration = Duration::from_secs(5);
+
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Most MCP sessions one caller may hold open at once; past it a new
 /// `initialize` is refused (429) until one is closed or idles out.
@@ -853,7 +858,14 @@ pub fn router(
         let server = server.clone();
         move || Ok(server.handler(None))
     };
-    let sessions = Arc::new(LocalSessionManager::default());
+    let mut sessions = LocalSessionManager::default();
+    // rmcp keeps each answered request's stream, response included, for a
+    // client to resume: 60 s by default, pruned only when the session's
+    // next message comes. A caller answered as fast as it can ask held
+    // its rate times a minute of responses (gigabytes of `tools/list`),
+    // and kept them for the session's idle timeout once it went quiet.
+    sessions.session_config.completed_cache_ttl = COMPLETED_RESPONSE_TTL;
+    let sessions = Arc::new(sessions);
     let mcp = StreamableHttpService::new(factory, Arc::clone(&sessions), rmcp_config);
     let oauth = config.oauth.clone().map(OauthVerifier::new).transpose()?;
     let metadata = config

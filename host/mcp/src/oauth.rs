@@ -580,12 +580,20 @@ impl OauthVerifier {
     /// Fetch `issuer`'s JWKS into `entry` (the caller holds `fetching`);
     /// on failure the keys held stay, within [`JWKS_MAX_AGE`].
     async fn fetch(&self, issuer: &OauthIssuer, entry: &IssuerKeys) {
+        // Counted as it starts: a request dropped while its fetch was in
+        // flight (its client hung up) would otherwise leave no trace, and
+        // the next token, forged or not, fetch again — a client hanging up
+        // in a loop made the server fetch from the issuer each time.
+        entry
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .attempted = Some(Instant::now());
         let fetched = fetch_jwks(&issuer.jwks_uri).await;
         let mut cache = entry
             .cache
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        cache.attempted = Some(Instant::now());
         match fetched {
             Ok(keys) => {
                 cache.keys = keys;
@@ -1286,6 +1294,36 @@ mod tests {
         header.kid = None;
         let anonymous = jsonwebtoken::encode(&header, &claims(), &new.private).unwrap();
         assert_eq!(kind(&quick, &anonymous).await, OauthErrorKind::UnknownKey);
+    }
+
+    /// A fetch whose request went away before it ended (the client hung
+    /// up) counts as one too: the next token does not fetch again.
+    #[tokio::test]
+    async fn a_fetch_dropped_midway_counts_against_the_interval() {
+        let key = ed25519("k");
+        let issuer = issuer(&[&key]).await;
+        let verifier = OauthVerifier::new(config(&issuer.uri)).unwrap();
+        let held = issuer.hold.write().await;
+        let forged = ed25519("forged");
+        let gave_up = tokio::time::timeout(
+            Duration::from_millis(200),
+            verifier.verify(&sign(&forged, &claims())),
+        )
+        .await;
+        assert!(gave_up.is_err(), "the fetch was held");
+        // The next tokens are refused at once, with no keys to check
+        // them by (before, each fetched again, and waited here).
+        for _ in 0..5 {
+            let refused = tokio::time::timeout(
+                Duration::from_secs(5),
+                kind(&verifier, &sign(&forged, &claims())),
+            )
+            .await
+            .expect("a token waited for another fetch");
+            assert_eq!(refused, OauthErrorKind::JwksUnavailable);
+        }
+        drop(held);
+        assert_eq!(issuer.fetches.load(Ordering::SeqCst), 1);
     }
 
     /// A fetch that fails counts as one: a flood of tokens for an issuer

@@ -11,7 +11,9 @@
 //!
 //! For every request the sender:
 //! 1. counts it against the per-call limit (`connection-limit-reached`);
-//! 2. refuses any method but the usual ones (`CONNECT` opens tunnels);
+//! 2. refuses `CONNECT` (it opens tunnels) and, in read-only mode, every
+//!    method but `GET`, `HEAD` and `OPTIONS`; any other method, extension
+//!    methods included, is the granted origin's to answer;
 //! 3. reduces the URL to its origin and requires an exact match with the
 //!    grant (`HTTP-request-denied`);
 //! 4. resolves the host — at most `http_max_dns_lookups` blocking lookups
