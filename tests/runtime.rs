@@ -309,6 +309,72 @@ async fn a_cache_directory_others_can_write_is_not_used() {
     assert_eq!(slug["slug"], "compiled-afresh");
 }
 
+/// A hidden directory in a plugins directory is not a plugin: `airlock
+/// plugin build` stages a package beside its directory as
+/// `.NAME.….partial`, and a build cut short leaves one, which was loaded
+/// (sorted first, an old copy won the plugin's name over the new one).
+#[tokio::test]
+async fn hidden_directories_in_a_plugins_directory_are_not_loaded() {
+    fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_type().unwrap().is_file() {
+                std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+            }
+        }
+    }
+    let plugins = tempfile::tempdir().unwrap();
+    let source = std::path::Path::new(PLUGINS_DIR);
+    copy_tree(&source.join("text"), &plugins.path().join("text"));
+    copy_tree(
+        &source.join("json"),
+        &plugins.path().join(".text.old.42-7.partial"),
+    );
+    copy_tree(
+        &source.join("json"),
+        &plugins.path().join(".json.42-8.partial"),
+    );
+    assert!(airlock_host::is_plugin_dir(&plugins.path().join("text")));
+    assert!(!airlock_host::is_plugin_dir(
+        &plugins.path().join(".json.42-8.partial")
+    ));
+    let host = Host::new(HostConfig::default().cache_dir(shared_cache())).unwrap();
+    let report = host.load_plugins_dir(plugins.path()).await.unwrap();
+    assert_eq!(report.loaded, vec!["text".to_owned()]);
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+}
+
+/// A plugin's share of the instance pool that bounds nothing is refused,
+/// not ignored: with no pool (`max_instances = 0`) no share applied, and
+/// one larger than the pool was quietly cut to it.
+#[test]
+fn a_pool_share_that_bounds_nothing_is_refused() {
+    for (instances, share, expect) in [
+        (0, 4, "max_instances = 0 makes none"),
+        (8, 9, "more than the pool's max_instances = 8"),
+        (8, 0, "at least 1"),
+    ] {
+        let err = Host::new(
+            HostConfig::default()
+                .max_instances(instances)
+                .max_instances_per_plugin(share),
+        )
+        .err()
+        .unwrap_or_else(|| panic!("{instances}/{share} was accepted"));
+        assert!(
+            err.to_string().contains(expect),
+            "{instances}/{share}: {err}"
+        );
+    }
+    Host::new(
+        HostConfig::default()
+            .max_instances(8)
+            .max_instances_per_plugin(8),
+    )
+    .unwrap();
+}
+
 // ---------------------------------------------------------------- manifests
 
 async fn load_err(dir: &PluginDir) -> LoadError {

@@ -332,11 +332,40 @@ const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 
 impl Settings {
     pub(crate) fn load(overrides: Overrides) -> anyhow::Result<Settings> {
+        // An empty path is the current directory (or, in a file, the
+        // file's own): the data directory's databases and keys written
+        // wherever the command was run from, never what was meant.
+        for (flag, path) in [
+            ("--config", &overrides.config),
+            ("--data-dir", &overrides.data_dir),
+            ("--cache-dir", &overrides.cache_dir),
+            ("--plugins-dir", &overrides.plugins_dir),
+        ] {
+            if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                bail!("{flag} is empty: give it a path");
+            }
+        }
         let mut layer = parse(DEFAULT_CONFIG, "the built-in configuration")?;
         if let Some(path) = &overrides.config {
             let text = airlock_host::store::file::read_text_capped(path, MAX_CONFIG_BYTES)
                 .with_context(|| format!("cannot read configuration file {}", path.display()))?;
             let file = parse(&text, &path.display().to_string())?;
+            for (key, value) in [
+                ("plugins_dir", &file.plugins_dir),
+                ("data_dir", &file.data_dir),
+                ("cache_dir", &file.cache_dir),
+                (
+                    "policy.files_root",
+                    &file.policy.as_ref().and_then(|p| p.files_root.clone()),
+                ),
+            ] {
+                if value.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                    bail!(
+                        "{}: `{key}` is empty: give it a path, or leave it out for the default",
+                        path.display()
+                    );
+                }
+            }
             let base = path.parent().unwrap_or(Path::new("."));
             if let Some(dir) = file.plugins_dir {
                 layer.plugins_dir = Some(resolve_relative(dir, base));
@@ -827,6 +856,75 @@ mod tests {
             format!("{err:#}").contains("unknown field `plugin_dir`"),
             "{err:#}"
         );
+    }
+
+    /// An empty path was the current directory (the file's, in a file):
+    /// the data directory's databases and keys landed wherever the
+    /// command ran, and `--out`'s guard against the data directory failed
+    /// open.
+    #[test]
+    fn empty_paths_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        for key in ["plugins_dir", "data_dir", "cache_dir"] {
+            let path = dir.path().join("airlock.toml");
+            std::fs::write(&path, format!("{key} = \"\"")).unwrap();
+            let err = Settings::load(Overrides {
+                config: Some(path),
+                ..Default::default()
+            })
+            .unwrap_err();
+            assert!(
+                format!("{err:#}").contains(&format!("`{key}` is empty")),
+                "{err:#}"
+            );
+        }
+        let path = dir.path().join("airlock.toml");
+        std::fs::write(&path, "[policy]\nfiles_root = \"\"").unwrap();
+        let err = Settings::load(Overrides {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("`policy.files_root` is empty"),
+            "{err:#}"
+        );
+        for (flag, overrides) in [
+            (
+                "--data-dir",
+                Overrides {
+                    data_dir: Some("".into()),
+                    ..Default::default()
+                },
+            ),
+            (
+                "--cache-dir",
+                Overrides {
+                    cache_dir: Some("".into()),
+                    ..Default::default()
+                },
+            ),
+            (
+                "--plugins-dir",
+                Overrides {
+                    plugins_dir: Some("".into()),
+                    ..Default::default()
+                },
+            ),
+            (
+                "--config",
+                Overrides {
+                    config: Some("".into()),
+                    ..Default::default()
+                },
+            ),
+        ] {
+            let err = Settings::load(overrides).unwrap_err();
+            assert_eq!(
+                format!("{err:#}"),
+                format!("{flag} is empty: give it a path")
+            );
+        }
     }
 
     #[test]

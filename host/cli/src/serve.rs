@@ -36,7 +36,8 @@ pub(crate) struct ServeArgs {
     /// HTTP on ADDR, so approvers can decide while the server runs.
     #[arg(long, value_name = "ADDR", conflicts_with = "http")]
     approvals_http: Option<SocketAddr>,
-    /// Principal stdio calls run as (default: `principal` from the config).
+    /// Principal stdio calls run as (default: `principal` from the config;
+    /// not with --http, where each caller's token names its principal).
     #[arg(long)]
     principal: Option<String>,
 }
@@ -58,9 +59,19 @@ pub(crate) async fn run(settings: &Settings, args: ServeArgs) -> Result<u8, Fail
                 .map_err(Failure::usage)?,
         ),
     };
-    if args.behind_proxy && http.is_none() && args.approvals_http.is_none() {
+    for (given, flag) in [
+        (args.behind_proxy, "--behind-proxy"),
+        (args.allow_remote, "--allow-remote"),
+    ] {
+        if given && http.is_none() && args.approvals_http.is_none() {
+            return Err(Failure::usage(anyhow::anyhow!(
+                "{flag} is about an HTTP listener: give it with --http or --approvals-http"
+            )));
+        }
+    }
+    if args.principal.is_some() && http.is_some() {
         return Err(Failure::usage(anyhow::anyhow!(
-            "--behind-proxy is about an HTTP listener: give it with --http or --approvals-http"
+            "--principal names who stdio calls run as; over --http each caller is the principal its token or OAuth identity names (serve.tokens, serve.oauth)"
         )));
     }
     let http_config = http.map(|addr| {

@@ -392,6 +392,9 @@ fn usage_errors_exit_2() {
         vec!["tools", "list", "--yaml"],
         // About a listener that is not there (stdio): said, not ignored.
         vec!["serve", "--behind-proxy"],
+        vec!["serve", "--allow-remote"],
+        // Over HTTP each caller's token names its principal.
+        vec!["serve", "--http", "--principal", "ops"],
     ] {
         let out = env.run(&args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));

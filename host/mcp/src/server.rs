@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use airlock_host::store::ApprovalState;
-use airlock_host::{CallError, CallRequest, Host, MANIFEST_FILE};
+use airlock_host::{CallError, CallRequest, Host};
 use rmcp::model::{
     CallToolRequestParams, CallToolResponse, CallToolResult, CancelTaskParams, CreateTaskResult,
     GetTaskParams, GetTaskResult, Implementation, JsonObject, ListToolsResult,
@@ -632,7 +632,7 @@ fn plugin_dirs(dir: &Path) -> Result<BTreeMap<PathBuf, Fingerprint>> {
     let mut dirs = BTreeMap::new();
     for entry in std::fs::read_dir(dir).map_err(io)? {
         let path = entry.map_err(io)?.path();
-        if path.join(MANIFEST_FILE).is_file() {
+        if airlock_host::is_plugin_dir(&path) {
             let fingerprint = fingerprint(&path);
             dirs.insert(path, fingerprint);
         }
@@ -1964,7 +1964,7 @@ mod reload_tests {
 
     use std::path::Path;
 
-    use airlock_host::HostConfig;
+    use airlock_host::{HostConfig, MANIFEST_FILE};
     use airlock_tests::PLUGINS_DIR;
 
     use super::*;

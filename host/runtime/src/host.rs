@@ -304,6 +304,19 @@ impl PluginTable {
     }
 }
 
+/// Whether `path`, an entry of a plugins directory, is a plugin to load:
+/// a directory holding a `plugin.toml` whose name does not start with a
+/// dot. Hidden ones are skipped: `airlock plugin build` writes a package
+/// beside its directory as `.NAME.….partial` before swapping it in, and
+/// a build cut short leaves one; loaded, it would be an old or half-swapped
+/// copy served under the plugin's name.
+pub fn is_plugin_dir(path: &Path) -> bool {
+    let hidden = path
+        .file_name()
+        .is_some_and(|name| name.as_encoded_bytes().starts_with(b"."));
+    !hidden && path.join(MANIFEST_FILE).is_file()
+}
+
 /// Refuse a plugin whose `files` grants reach what the host protects
 /// (plugin directories and where plugins are loaded from, the data
 /// directory, the cache) or overlap another plugin's grants, and a
@@ -488,10 +501,28 @@ impl Host {
                 .memory_mb
                 .unwrap_or(crate::limits::CEILING_MEMORY_MB),
         );
-        if config.max_instances_per_plugin == Some(0) {
-            return Err(Error::Config {
-                message: "max_instances_per_plugin must be at least 1".to_owned(),
-            });
+        match config.max_instances_per_plugin {
+            Some(0) => {
+                return Err(Error::Config {
+                    message: "max_instances_per_plugin must be at least 1".to_owned(),
+                });
+            }
+            // A share of no pool bounds nothing: said, not ignored.
+            Some(_) if config.max_instances == 0 => {
+                return Err(Error::Config {
+                    message: "max_instances_per_plugin is a share of the instance pool, and max_instances = 0 makes none (instances are allocated on demand); set max_instances, or leave max_instances_per_plugin out"
+                        .to_owned(),
+                });
+            }
+            Some(share) if share > config.max_instances => {
+                return Err(Error::Config {
+                    message: format!(
+                        "max_instances_per_plugin = {share} is more than the pool's max_instances = {}: one plugin can hold at most the whole pool",
+                        config.max_instances
+                    ),
+                });
+            }
+            _ => {}
         }
         let engine = SharedEngine::new(
             config.max_instances,
@@ -929,7 +960,8 @@ impl Host {
         self.take_out(&mut self.plugins.write(), name)
     }
 
-    /// Load every plugin in `dir`: each subdirectory holding a `plugin.toml`.
+    /// Load every plugin in `dir`: each subdirectory holding a `plugin.toml`
+    /// ([`is_plugin_dir`]: hidden ones are not).
     /// A plugin that fails to load is reported in
     /// [`LoadReport::failed`] and does not stop the others.
     ///
@@ -942,7 +974,7 @@ impl Host {
         for entry in entries {
             let entry = entry.map_err(|e| LoadError::io(dir, e))?;
             let path = entry.path();
-            if path.join(MANIFEST_FILE).is_file() {
+            if is_plugin_dir(&path) {
                 dirs.push(path);
             }
         }

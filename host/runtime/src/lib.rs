@@ -116,7 +116,7 @@ pub use grants::{
 };
 pub use host::{
     AUDIT_DIR, DEFAULT_MAX_ARGUMENT_BYTES, Host, HostConfig, LoadFailure, LoadReport,
-    MAX_ARGUMENT_BYTES_CEILING, PluginInfo,
+    MAX_ARGUMENT_BYTES_CEILING, PluginInfo, is_plugin_dir,
 };
 pub use inspect::{CapabilityReport, Finding, ImportReport, InspectReport, Severity, ToolReport};
 pub use ledger::{ApprovalPolicy, Approver, LEDGER_DIR};

@@ -423,9 +423,10 @@ impl Package {
 
     /// Write the package into the plugin directory `dir`, replacing the
     /// package there (a directory holding a `plugin.toml`), if any: the new
-    /// files are written and synced beside it first, then swapped in by
-    /// two renames, so `dir` holds the old package or the new one, never a
-    /// mix. This is where `airlock plugin build` puts what it built.
+    /// files are written and synced beside it first, then swapped in (one
+    /// atomic exchange on Linux, two renames elsewhere), so `dir` holds the
+    /// old package or the new one, never a mix; the copies beside it are
+    /// hidden (`.NAME.….partial`), never loaded ([`crate::is_plugin_dir`]). This is where `airlock plugin build` puts what it built.
     ///
     /// # Errors
     /// [`LoadError::PackageInvalid`] when `dir` exists but is not a plugin
@@ -452,17 +453,40 @@ impl Package {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default()
         )));
-        let swap = || -> std::io::Result<()> {
+        let swap = || -> std::io::Result<PathBuf> {
+            // One step where the kernel can: `dir` never goes missing,
+            // and a crash leaves the old package or the new one under its
+            // name (and the other hidden beside it, never loaded).
+            #[cfg(target_os = "linux")]
+            match rustix::fs::renameat_with(
+                rustix::fs::CWD,
+                &tmp,
+                rustix::fs::CWD,
+                dir,
+                rustix::fs::RenameFlags::EXCHANGE,
+            ) {
+                Ok(()) => {
+                    sync_parent(dir)?;
+                    return Ok(tmp.clone());
+                }
+                // A file system without the exchange: two renames.
+                Err(rustix::io::Errno::INVAL | rustix::io::Errno::NOSYS) => {}
+                Err(e) => return Err(e.into()),
+            }
             fs::rename(dir, &old)?;
             if let Err(e) = fs::rename(&tmp, dir) {
                 let _ = fs::rename(&old, dir);
                 return Err(e);
             }
-            sync_parent(dir)
+            sync_parent(dir)?;
+            Ok(old.clone())
         };
         match swap() {
-            Ok(()) => {
-                let _ = fs::remove_dir_all(&old);
+            Ok(replaced) => {
+                if let Err(e) = fs::remove_dir_all(&replaced) {
+                    // Hidden, it is never loaded; said so it can be removed.
+                    tracing::warn!(dir = %replaced.display(), error = %e, "cannot remove the replaced package");
+                }
                 Ok(())
             }
             Err(e) => {
