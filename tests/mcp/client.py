@@ -205,40 +205,70 @@ async def approval_cli(transport, target, mode):
         emit(event="approved", **result_json(done))
 
 
+def pending_approvals(base):
+    request = urllib.request.Request(
+        f"{base}/approvals",
+        headers={"Authorization": "Bearer " + os.environ["AIRLOCK_TEST_APPROVER_TOKEN"]},
+    )
+    with urllib.request.urlopen(request) as response:
+        return [a for a in json.load(response)["approvals"] if a["state"] == "pending"]
+
+
 async def principal_slots(transport, target, mode):
-    """agent-1 (one call slot) waits for an approver in one call; its next
-    call is refused at once; agent-2 is served meanwhile; once agent-1's
-    waiting call is cancelled, agent-1 is served again."""
+    """agent-1 (one call slot) waits for an approver in one call, holding
+    no slot: its other calls are served meanwhile. Then it spins in a call
+    (holding its slot): its next call is refused at once; agent-2 is served
+    meanwhile; once agent-1's spinning is cancelled, agent-1 is served
+    again. Last, the approver decides and the waiting call runs."""
+    base = target.rsplit("/mcp", 1)[0]
     async with client_for(transport, target, mode) as first, \
-            client_for(transport, target, mode, token=os.environ["AIRLOCK_TEST_TOKEN_2"]) as second:
+            client_for(transport, target, mode, token=os.environ["AIRLOCK_TEST_TOKEN_2"]) as second, \
+            client_for(transport, target, mode) as waiter:
         def busy_result(result):
             return result.is_error and result.meta["airlock/error"]["kind"] == "principal_busy"
 
-        async def hold():
-            # Until it holds the slot (a concurrent echo may have it).
-            while busy_result(await first.call_tool("misbehave__now", {})):
-                await anyio.sleep(0.05)
+        waited = {}
 
-        async with anyio.create_task_group() as group:
-            group.start_soon(hold)
-            busy = None
+        async def wait_for_approval():
+            waited["result"] = await waiter.call_tool("misbehave__now", {})
+
+        async with anyio.create_task_group() as waiting:
+            waiting.start_soon(wait_for_approval)
             with anyio.fail_after(60):
-                while busy is None:
+                while not pending_approvals(base):
+                    await anyio.sleep(0.05)
+            served = await first.call_tool("misbehave__echo", {"n": 0})
+            emit(event="served_while_waiting", **result_json(served))
+
+            async def hold():
+                # Spins until its timeout, again and again: holds the slot
+                # (a concurrent echo may have it at first).
+                while True:
+                    await first.call_tool("misbehave__spin", {})
+
+            async with anyio.create_task_group() as group:
+                group.start_soon(hold)
+                busy = None
+                with anyio.fail_after(60):
+                    while busy is None:
+                        await anyio.sleep(0.1)
+                        result = await first.call_tool("misbehave__echo", {"n": 1})
+                        if busy_result(result):
+                            busy = result
+                emit(event="first_busy", **result_json(busy))
+                served = await second.call_tool("misbehave__echo", {"n": 2})
+                emit(event="second_served", **result_json(served))
+                group.cancel_scope.cancel()
+            with anyio.fail_after(60):
+                while True:
+                    result = await first.call_tool("misbehave__echo", {"n": 3})
+                    if not busy_result(result):
+                        break
                     await anyio.sleep(0.1)
-                    result = await first.call_tool("misbehave__echo", {"n": 1})
-                    if busy_result(result):
-                        busy = result
-            emit(event="first_busy", **result_json(busy))
-            served = await second.call_tool("misbehave__echo", {"n": 2})
-            emit(event="second_served", **result_json(served))
-            group.cancel_scope.cancel()
-        with anyio.fail_after(60):
-            while True:
-                result = await first.call_tool("misbehave__echo", {"n": 3})
-                if not busy_result(result):
-                    break
-                await anyio.sleep(0.1)
-        emit(event="first_served_again", **result_json(result))
+            emit(event="first_served_again", **result_json(result))
+            approval_id = pending_approvals(base)[0]["id"]
+            emit(event="decided", status=decide(base, approval_id, os.environ["AIRLOCK_TEST_APPROVER_TOKEN"]))
+        emit(event="waited", **result_json(waited["result"]))
 
 
 def decide(base, approval_id, token):

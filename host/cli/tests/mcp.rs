@@ -935,10 +935,14 @@ fn a_request_body_trickled_slowly_is_cut_off_at_the_body_timeout() {
     assert_eq!(initialize(&addr), 200);
 }
 
+/// One principal at its cap of calls does not starve another; and a call
+/// waiting for an approver holds no slot at all (it held one for as long
+/// as approvers took: a few principals asking for approvals held every
+/// slot of the server).
 #[test]
 fn one_principal_holding_its_call_slots_does_not_starve_another() {
     let root = plugins_root(LIMITS);
-    // agent-1's call waiting for an approver holds its only slot.
+    // agent-1 has one slot; its calls wait up to a minute for approvers.
     let server = Server::with_serve(
         root.path(),
         true,
@@ -949,6 +953,8 @@ fn one_principal_holding_its_call_slots_does_not_starve_another() {
         "client.py",
         &["principal_slots", "http", &running.url(), "legacy"],
     );
+    let served = events(&lines, "served_while_waiting")[0];
+    assert_eq!(served["is_error"], false, "{served}");
     let busy = events(&lines, "first_busy")[0];
     assert_eq!(kind(busy), "principal_busy", "{busy}");
     let error = &busy["meta"]["airlock/error"];
@@ -961,6 +967,10 @@ fn one_principal_holding_its_call_slots_does_not_starve_another() {
     assert_eq!(other["is_error"], false, "{other}");
     let again = events(&lines, "first_served_again")[0];
     assert_eq!(again["is_error"], false, "{again}");
+    assert_eq!(events(&lines, "decided")[0]["status"], 200);
+    // Once approved, the waiting call ran.
+    let waited = events(&lines, "waited")[0];
+    assert_eq!(waited["is_error"], false, "{waited}");
 }
 
 #[test]

@@ -128,12 +128,11 @@ pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest `header_read_timeout` a configuration may ask for.
 pub const HEADER_READ_TIMEOUT_CEILING: Duration = Duration::from_secs(300);
 /// How long a stopping server waits for open connections to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// How long an answered request's stream is kept for a client to resume
 /// it (a connection lost as the response was sent): long enough for a
 /// retry, short enough that a fast caller's answers do not pile up.
 const COMPLETED_RESPONSE_TTL: Duration = Duration::from_secs(5);
-
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Most MCP sessions one caller may hold open at once; past it a new
 /// `initialize` is refused (429) until one is closed or idles out.
 pub const MAX_SESSIONS_PER_CALLER: usize = 64;

@@ -72,6 +72,6 @@ pub use catalog::{
 };
 pub use error::{Error, Result};
 pub use server::{
-    DEFAULT_MAX_CALLS_PER_PRINCIPAL, DEFAULT_MAX_CONCURRENT_CALLS, MAX_APPROVAL_TASKS, McpServer,
-    ReloadReport, ServeOptions, meta_keys,
+    DEFAULT_MAX_CALLS_PER_PRINCIPAL, DEFAULT_MAX_CONCURRENT_CALLS, MAX_APPROVAL_TASKS,
+    MAX_APPROVAL_WAITERS, McpServer, ReloadReport, ServeOptions, meta_keys,
 };

@@ -13,7 +13,7 @@
 //! and `expires_at`. Once an approver has approved it, the same call with
 //! `_meta["airlock/approval_id"]` runs.
 
-use airlock_host::{CallError, CallResponse};
+use airlock_host::{CallError, CallResponse, ErrorClass};
 use rmcp::model::{CallToolResult, ContentBlock, JsonObject, MetaObject};
 use serde_json::{Value, json};
 
@@ -61,11 +61,30 @@ fn success(entry: &CatalogEntry, response: CallResponse) -> CallToolResult {
 }
 
 fn failure(name: &str, error: &CallError) -> CallToolResult {
-    let mut text = format!("{}: {error}", error.kind());
+    let mut detail = error.to_json();
+    let shown = if error.class() == ErrorClass::Host {
+        // The host's own failure: its causes name the data directory, the
+        // database and what the backend said, which are the operator's
+        // (logged here), not the caller's. The caller gets what failed.
+        tracing::error!(kind = error.kind(), error = %detail["message"], "call failed on the host's side");
+        let what = match error {
+            // Its message is the engine's own error, causes and all.
+            CallError::Engine { .. } => {
+                "the host could not run the call (an engine failure; the server's log has the cause)"
+                    .to_owned()
+            }
+            _ => error.to_string(),
+        };
+        detail["message"] = Value::from(what.clone());
+        what
+    } else {
+        error.to_string()
+    };
+    let mut text = format!("{}: {shown}", error.kind());
     for violation in error.violations() {
         text.push_str(&format!("\n- {violation}"));
     }
-    let mut meta = meta(META_ERROR, error.to_json());
+    let mut meta = meta(META_ERROR, detail);
     if let CallError::ApprovalPending {
         approval_id,
         expires,
@@ -102,4 +121,39 @@ pub(crate) fn refusal(kind: &str, message: &str) -> CallToolResult {
             json!({"kind": kind, "class": "refused", "message": message, "violations": []}),
         ),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A caller learns that the host failed and how, not where its data
+    /// lives: the causes of a host-side error (the audit log's path, the
+    /// backend's own message) stay in the operator's log.
+    #[test]
+    fn a_host_failure_tells_the_caller_what_failed_not_where() {
+        let source = airlock_host::store::StoreError::new(
+            airlock_host::store::ErrorKind::Unavailable,
+            "cannot write /var/lib/airlock/ledger/db: No space left on device",
+        );
+        let error = CallError::from(source);
+        assert_eq!(error.class(), ErrorClass::Host);
+        let result = failure("text/stats", &error);
+        let shown = serde_json::to_string(&result).unwrap();
+        assert!(!shown.contains("/var/lib/airlock"), "{shown}");
+        assert!(shown.contains("ledger failed"), "{shown}");
+        let engine = CallError::Engine {
+            message: "cannot create a store: cannot open /srv/files/out: Permission denied".into(),
+        };
+        let shown = serde_json::to_string(&failure("text/stats", &engine)).unwrap();
+        assert!(!shown.contains("/srv/files"), "{shown}");
+        assert!(shown.contains("engine failure"), "{shown}");
+        // A caller's own error keeps its whole message.
+        let refused = CallError::UnknownTool {
+            plugin: "text".into(),
+            tool: "nope".into(),
+        };
+        let shown = serde_json::to_string(&failure("text/nope", &refused)).unwrap();
+        assert!(shown.contains("nope"), "{shown}");
+    }
 }

@@ -126,6 +126,9 @@ struct Shared {
     /// approval's id while it waits gets that task back rather than a new
     /// one (taken after `task_owners`, never before).
     approval_tasks: std::sync::Mutex<HashMap<String, String>>,
+    /// Calls of clients without tasks waiting for an approver
+    /// (`approval_wait`), holding no call slot: [`MAX_APPROVAL_WAITERS`].
+    approval_waiters: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -207,6 +210,7 @@ impl McpServer {
                 tasks: TaskManager::new(),
                 task_owners: std::sync::Mutex::new(HashMap::new()),
                 approval_tasks: std::sync::Mutex::new(HashMap::new()),
+                approval_waiters: Arc::new(Semaphore::new(MAX_APPROVAL_WAITERS)),
             }),
         };
         server.log_warnings(&server.catalog());
@@ -815,6 +819,12 @@ impl CallMeta {
 /// needing approval answers `approval_pending` as for a client without
 /// tasks.
 pub const MAX_APPROVAL_TASKS: usize = 10_000;
+
+/// Most calls of clients without tasks waiting for an approver at once
+/// (`serve.approval_wait_s`), all callers together: each holds a request
+/// and polls the store, holding no call slot. Past it a call answers
+/// `approval_pending` at once, as it does with no wait configured.
+pub const MAX_APPROVAL_WAITERS: usize = 1_024;
 /// How often a task re-reads its approval while an approver decides (one
 /// store read per waiting task each time).
 const TASK_APPROVAL_POLL: Duration = Duration::from_secs(1);
@@ -874,18 +884,28 @@ async fn resume_after_decision(
     approval_id: String,
     cancel: CancellationToken,
 ) -> Result<CallToolResult, TaskExit> {
-    let pause = |cancel: &CancellationToken| {
-        let cancel = cancel.clone();
-        async move {
-            tokio::select! {
-                () = cancel.cancelled() => Err(TaskExit::Cancelled),
-                () = tokio::time::sleep(TASK_APPROVAL_POLL) => Ok(()),
-            }
-        }
-    };
+    decided(&shared, &approval_id, &cancel).await?;
+    call_once_decided(shared, name, entry, resume, approval_id, cancel).await
+}
+
+/// Waits until `cancel` fires or a poll interval passes.
+async fn pause(cancel: &CancellationToken) -> Result<(), TaskExit> {
+    tokio::select! {
+        () = cancel.cancelled() => Err(TaskExit::Cancelled),
+        () = tokio::time::sleep(TASK_APPROVAL_POLL) => Ok(()),
+    }
+}
+
+/// Waits, holding nothing, until approval `approval_id` is no longer
+/// pending (decided, expired, gone) or `cancel` fires.
+async fn decided(
+    shared: &Shared,
+    approval_id: &str,
+    cancel: &CancellationToken,
+) -> Result<(), TaskExit> {
     loop {
         let host = Arc::clone(&shared.host);
-        let id = approval_id.clone();
+        let id = approval_id.to_owned();
         // A store read may wait: off the executor. Anything but a pending,
         // unexpired approval ends the wait; the host then decides.
         let read = tokio::task::spawn_blocking(move || host.approval(&id)).await;
@@ -894,26 +914,32 @@ async fn resume_after_decision(
             Ok(Ok(Some(a))) if a.state == ApprovalState::Pending && a.expires_ms > now_ms()
         );
         if !pending {
-            break;
+            return Ok(());
         }
-        pause(&cancel).await?;
+        pause(cancel).await?;
     }
-    let _principal_slot = loop {
-        if let Some(slot) = PrincipalSlot::acquire(&shared, &resume.principal) {
-            break slot;
+}
+
+/// The call of `resume` under approval `approval_id`, once it is decided,
+/// as a task's result.
+async fn call_once_decided(
+    shared: Arc<Shared>,
+    name: String,
+    entry: CatalogEntry,
+    resume: Resume,
+    approval_id: String,
+    cancel: CancellationToken,
+) -> Result<CallToolResult, TaskExit> {
+    let result = match run_decided(&shared, &resume, &approval_id, &cancel).await {
+        Ok(result) => result,
+        Err(Unslotted::Cancelled) => return Err(TaskExit::Cancelled),
+        Err(Unslotted::ShuttingDown) => {
+            return Err(TaskExit::Error(ErrorData::internal_error(
+                "the server is shutting down",
+                None,
+            )));
         }
-        pause(&cancel).await?;
     };
-    let _slot = tokio::select! {
-        () = cancel.cancelled() => return Err(TaskExit::Cancelled),
-        permit = Arc::clone(&shared.calls).acquire_owned() => permit.map_err(|_| {
-            TaskExit::Error(ErrorData::internal_error("the server is shutting down", None))
-        })?,
-    };
-    let result = shared
-        .host
-        .call(resume.request(&approval_id, cancel.clone()))
-        .await;
     // Stopped by the client's `tasks/cancel`: the task is `cancelled`, not
     // `completed` with an error (a call that finished first stays
     // `completed`, as the spec allows; the audit log has the call either
@@ -925,6 +951,39 @@ async fn resume_after_decision(
         tracing::debug!(tool = %name, kind = error.kind(), "call resumed from a task failed");
     }
     Ok(outcome::tool_result(&name, &entry, result))
+}
+
+/// Why a decided call did not get its slots.
+enum Unslotted {
+    Cancelled,
+    ShuttingDown,
+}
+
+/// The call of `resume` under approval `approval_id`, once it is decided:
+/// in the slots every call takes, waited for (until `cancel`); the host's
+/// answer as it is.
+async fn run_decided(
+    shared: &Arc<Shared>,
+    resume: &Resume,
+    approval_id: &str,
+    cancel: &CancellationToken,
+) -> Result<Result<airlock_host::CallResponse, CallError>, Unslotted> {
+    let _principal_slot = loop {
+        if let Some(slot) = PrincipalSlot::acquire(shared, &resume.principal) {
+            break slot;
+        }
+        pause(cancel).await.map_err(|_| Unslotted::Cancelled)?;
+    };
+    let _slot = tokio::select! {
+        () = cancel.cancelled() => return Err(Unslotted::Cancelled),
+        permit = Arc::clone(&shared.calls).acquire_owned() => {
+            permit.map_err(|_| Unslotted::ShuttingDown)?
+        }
+    };
+    Ok(shared
+        .host
+        .call(resume.request(approval_id, cancel.clone()))
+        .await)
 }
 
 /// What a task waiting on `approval_id` tells its client in `_meta`.
@@ -1123,8 +1182,12 @@ impl ServerHandler for AirlockHandler {
         .catalog();
         let name = request.name.as_ref();
         let Some(entry) = catalog.get(name) else {
+            // Named back cut short: a caller's megabyte of name is not
+            // sent back whole.
+            let shown = name.chars().take(64).collect::<String>();
+            let cut = if shown.len() < name.len() { "…" } else { "" };
             return Err(ErrorData::invalid_params(
-                format!("unknown tool `{name}`"),
+                format!("unknown tool `{shown}`{cut}"),
                 Some(json!({"kind": "unknown_tool"})),
             ));
         };
@@ -1132,7 +1195,7 @@ impl ServerHandler for AirlockHandler {
         let meta = CallMeta::parse(&context.meta, request.meta.as_ref())?;
         // Per principal first: a principal at its limit never takes one of
         // the slots every principal shares.
-        let Some(_principal_slot) = PrincipalSlot::acquire(&self.shared, &principal) else {
+        let Some(principal_slot) = PrincipalSlot::acquire(&self.shared, &principal) else {
             let error = CallError::PrincipalBusy {
                 principal,
                 limit: self.shared.options.max_calls_per_principal,
@@ -1140,7 +1203,7 @@ impl ServerHandler for AirlockHandler {
             tracing::debug!(tool = %name, kind = error.kind(), "call refused");
             return Ok(outcome::tool_result(name, entry, Err(error)).into());
         };
-        let Ok(_slot) = Arc::clone(&self.shared.calls).try_acquire_owned() else {
+        let Ok(slot) = Arc::clone(&self.shared.calls).try_acquire_owned() else {
             let why = if self.shared.calls.is_closed() {
                 "the server is shutting down; try again later (or another host)".to_owned()
             } else {
@@ -1157,7 +1220,15 @@ impl ServerHandler for AirlockHandler {
         let tasks = context
             .client_capabilities()
             .is_some_and(|c| c.supports_tasks());
-        let resume = tasks.then(|| Resume {
+        // Any other client waits for the decision up to
+        // `serve.approval_wait_s`, if it is set — without its slots (see
+        // below).
+        let wait = if tasks {
+            None
+        } else {
+            self.shared.options.approval_wait
+        };
+        let resume = (tasks || wait.is_some()).then(|| Resume {
             tool: entry.tool.id().to_owned(),
             arguments: arguments.clone(),
             principal: principal.clone(),
@@ -1172,13 +1243,8 @@ impl ServerHandler for AirlockHandler {
         call.session = meta.session;
         call.trace_id = meta.trace_id;
         call.traceparent = meta.traceparent;
-        call.wait_for_approval = if tasks {
-            None
-        } else {
-            self.shared.options.approval_wait
-        };
         let result = self.shared.host.call(call).await;
-        if let (
+        let (
             Some(resume),
             Err(CallError::ApprovalPending {
                 approval_id,
@@ -1186,10 +1252,60 @@ impl ServerHandler for AirlockHandler {
                 ..
             }),
         ) = (resume, &result)
-            && let Some(task) = self.approval_task(name, entry, resume, approval_id, expires)
+        else {
+            if let Err(error) = &result {
+                tracing::debug!(tool = %name, kind = error.kind(), "call failed");
+            }
+            return Ok(outcome::tool_result(name, entry, result).into());
+        };
+        if tasks {
+            if let Some(task) = self.approval_task(name, entry, resume, approval_id, expires) {
+                tracing::debug!(tool = %name, approval_id = %approval_id, task = %task.task.task_id, "call waits for an approver as a task");
+                return Ok(task.into());
+            }
+        } else if let Some(wait) = wait
+            && let Ok(_waiting) = Arc::clone(&self.shared.approval_waiters).try_acquire_owned()
         {
-            tracing::debug!(tool = %name, approval_id = %approval_id, task = %task.task.task_id, "call waits for an approver as a task");
-            return Ok(task.into());
+            // Waited for with no slot held, as a task's is: a few callers
+            // each asking for approvals held every call slot of the
+            // server, for as long as approvers took, and everyone else
+            // was refused `server_busy`. Once decided, the call takes its
+            // slots again like any other (waiting for them). Past
+            // `MAX_APPROVAL_WAITERS` waiting at once, a call answers
+            // `approval_pending` at once, as without a wait.
+            drop((principal_slot, slot));
+            let cancel = context.ct.clone();
+            let cancelled = || CallError::Cancelled {
+                tool: entry.tool.id().to_owned(),
+                ran: false,
+            };
+            match tokio::time::timeout(wait, decided(&self.shared, approval_id, &cancel)).await {
+                // Still pending: the caller hears so, as before.
+                Err(_) => {}
+                Ok(Err(_)) => {
+                    return Ok(outcome::tool_result(name, entry, Err(cancelled())).into());
+                }
+                Ok(Ok(())) => {
+                    let decided = run_decided(&self.shared, &resume, approval_id, &cancel).await;
+                    let result = match decided {
+                        // The host's answer as it is (a call cancelled
+                        // while it ran says it ran).
+                        Ok(result) => result,
+                        Err(Unslotted::Cancelled) => Err(cancelled()),
+                        Err(Unslotted::ShuttingDown) => {
+                            return Ok(outcome::refusal(
+                                "server_busy",
+                                "the server is shutting down; try again later (or another host)",
+                            )
+                            .into());
+                        }
+                    };
+                    if let Err(error) = &result {
+                        tracing::debug!(tool = %name, kind = error.kind(), "call failed");
+                    }
+                    return Ok(outcome::tool_result(name, entry, result).into());
+                }
+            }
         }
         if let Err(error) = &result {
             tracing::debug!(tool = %name, kind = error.kind(), "call failed");
@@ -1688,6 +1804,22 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         panic!("task {task} did not settle");
+    }
+
+    /// An unknown tool's name is named back cut short: a caller's
+    /// megabyte of name is not answered with a megabyte.
+    #[tokio::test]
+    async fn an_unknown_tools_name_is_named_back_cut_short() {
+        let (_server, router) = billing_server().await;
+        let mut agent = Session::open(&router, "agent-1", true).await;
+        let name = "x".repeat(100_000);
+        let answer = agent
+            .request("tools/call", json!({"name": name, "arguments": {}}))
+            .await;
+        let message = answer["error"]["message"].as_str().unwrap();
+        assert!(message.len() < 200, "{}", message.len());
+        assert!(message.starts_with("unknown tool `xxx"), "{message}");
+        assert_eq!(answer["error"]["data"]["kind"], "unknown_tool");
     }
 
     #[tokio::test]

@@ -38,6 +38,8 @@ use wasmtime::Engine;
 use wasmtime::component::Component;
 
 const MAGIC: &[u8] = b"AIRLOCK-CWASM-2\n";
+/// The first format's header: its checksum covered the code alone.
+const OLD_MAGIC: &[u8] = b"AIRLOCK-CWASM-1\n";
 
 /// Largest entry read back: compiled code is a few times its component,
 /// which the loader caps at 512 MiB.
@@ -88,14 +90,25 @@ impl CompiledCache {
         digest: &str,
         bytes: &[u8],
     ) -> wasmtime::Result<(Component, CacheStatus)> {
-        if let Some(reason) = untrusted_dir(&self.dir) {
-            tracing::warn!(dir = %self.dir.display(), "compiled-component cache not used: {reason}");
-            return Ok((Component::new(engine, bytes)?, CacheStatus::Disabled));
-        }
+        let dir = match open_dir(&self.dir) {
+            Ok(dir) => dir,
+            Err(reason) => {
+                tracing::warn!(dir = %self.dir.display(), "compiled-component cache not used: {reason}");
+                return Ok((Component::new(engine, bytes)?, CacheStatus::Disabled));
+            }
+        };
         let path = self.entry_path(digest);
         let mut status = CacheStatus::Miss;
-        match read_entry(&path) {
+        let read = match (&dir, path.file_name().and_then(|n| n.to_str())) {
+            (Some(dir), Some(name)) => read_entry(dir, name),
+            _ => Ok(None),
+        };
+        match read {
             Ok(None) => {}
+            Ok(Some(entry)) if entry.starts_with(OLD_MAGIC) => {
+                tracing::info!(path = %path.display(), "cache entry written by an older version; recompiling");
+                status = CacheStatus::Rebuilt;
+            }
             Ok(Some(entry)) => match verified_payload(&entry, digest, &self.engine_fingerprint) {
                 Some(payload) => match deserialize(engine, payload) {
                     Ok(component) => {
@@ -139,65 +152,78 @@ impl CompiledCache {
     }
 }
 
-/// Why the cache directory `dir` may not be trusted with code, if it may
-/// not: another user owns it or can write to it (module docs). A
-/// directory not there yet is made owner-only when the first entry is
-/// written.
-fn untrusted_dir(dir: &Path) -> Option<String> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt as _;
-        let meta = match std::fs::metadata(dir) {
-            Ok(meta) => meta,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-            Err(e) => return Some(format!("cannot read the directory: {e}")),
-        };
-        if !meta.is_dir() {
-            return Some("not a directory".to_owned());
-        }
-        let me = rustix::process::geteuid().as_raw();
-        if meta.uid() != me && meta.uid() != 0 {
-            return Some(format!(
-                "the directory belongs to user {}, not to this process's user {me}",
-                meta.uid()
-            ));
-        }
-        if meta.mode() & 0o022 != 0 {
-            return Some(format!(
-                "other users can write to the directory (mode {:04o}; chmod 700 it)",
-                meta.mode() & 0o7777
-            ));
-        }
+/// The cache directory `dir`, opened, if it may be trusted with code (no
+/// other user owns it or can write to it: module docs); `Ok(None)` when
+/// it is not there yet (made owner-only when the first entry is written).
+/// Entries are opened through this handle, so the directory checked is
+/// the one read.
+///
+/// # Errors
+/// Why it may not be trusted.
+#[cfg(unix)]
+fn open_dir(dir: &Path) -> Result<Option<std::fs::File>, String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let opened = rustix::fs::open(
+        dir,
+        rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    );
+    let handle = match opened {
+        Ok(fd) => std::fs::File::from(fd),
+        Err(rustix::io::Errno::NOENT) => return Ok(None),
+        Err(rustix::io::Errno::NOTDIR) => return Err("not a directory".to_owned()),
+        Err(e) => return Err(format!("cannot open the directory: {e}")),
+    };
+    let meta = handle
+        .metadata()
+        .map_err(|e| format!("cannot read the directory: {e}"))?;
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Err(format!(
+            "the directory belongs to user {}, not to this process's user {me}",
+            meta.uid()
+        ));
     }
-    #[cfg(not(unix))]
-    let _ = dir;
-    None
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "other users can write to the directory (mode {:04o}; chmod 700 it)",
+            meta.mode() & 0o7777
+        ));
+    }
+    Ok(Some(handle))
 }
 
-/// The entry at `path` (`None`: there is none), read from the opened file
-/// once it is found to be a regular file of this process's user that no
-/// other user can write (module docs), at most [`MAX_ENTRY_BYTES`].
+#[cfg(not(unix))]
+fn open_dir(_: &Path) -> Result<Option<std::fs::File>, String> {
+    Err("who owns the directory cannot be checked on this system".to_owned())
+}
+
+/// The entry `name` in the opened cache directory `dir` (`None`: there is
+/// none), read from the opened file once it is found to be a regular file
+/// of this process's user that no other user can write (module docs), at
+/// most [`MAX_ENTRY_BYTES`].
 ///
 /// # Errors
 /// Why the entry is not read.
-fn read_entry(path: &Path) -> Result<Option<Vec<u8>>, String> {
-    let mut options = std::fs::OpenOptions::new();
-    options.read(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt as _;
-        // A link is not followed (it fails to open); a FIFO opens
-        // without waiting for a writer, and is refused below.
-        options.custom_flags(
-            (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK)
-                .bits()
-                .cast_signed(),
-        );
-    }
-    let file = match options.open(path) {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(format!("cannot open it, or it is a link: {e}")),
+#[cfg(unix)]
+fn read_entry(dir: &std::fs::File, name: &str) -> Result<Option<Vec<u8>>, String> {
+    use std::os::unix::fs::MetadataExt as _;
+    // A link is not followed (it fails to open); a FIFO opens without
+    // waiting for a writer, and is refused below.
+    let opened = rustix::fs::openat(
+        dir,
+        name,
+        rustix::fs::OFlags::RDONLY
+            | rustix::fs::OFlags::NOFOLLOW
+            | rustix::fs::OFlags::NONBLOCK
+            | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    );
+    let file = match opened {
+        Ok(fd) => std::fs::File::from(fd),
+        Err(rustix::io::Errno::NOENT) => return Ok(None),
+        Err(rustix::io::Errno::LOOP) => return Err("it is a symbolic link".to_owned()),
+        Err(e) => return Err(format!("cannot open it: {e}")),
     };
     let meta = file
         .metadata()
@@ -205,22 +231,18 @@ fn read_entry(path: &Path) -> Result<Option<Vec<u8>>, String> {
     if !meta.is_file() {
         return Err("not a regular file".to_owned());
     }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt as _;
-        let me = rustix::process::geteuid().as_raw();
-        if meta.uid() != me {
-            return Err(format!(
-                "it belongs to user {}, not to this process's user {me}",
-                meta.uid()
-            ));
-        }
-        if meta.mode() & 0o022 != 0 {
-            return Err(format!(
-                "other users can write to it (mode {:04o})",
-                meta.mode() & 0o7777
-            ));
-        }
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me {
+        return Err(format!(
+            "it belongs to user {}, not to this process's user {me}",
+            meta.uid()
+        ));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!(
+            "other users can write to it (mode {:04o})",
+            meta.mode() & 0o7777
+        ));
     }
     let mut entry = Vec::new();
     std::io::Read::read_to_end(
@@ -232,6 +254,11 @@ fn read_entry(path: &Path) -> Result<Option<Vec<u8>>, String> {
         return Err(format!("larger than {MAX_ENTRY_BYTES} bytes"));
     }
     Ok(Some(entry))
+}
+
+#[cfg(not(unix))]
+fn read_entry(_: &std::fs::File, _: &str) -> Result<Option<Vec<u8>>, String> {
+    Ok(None)
 }
 
 /// What an entry's checksum covers: the component it was compiled from,
@@ -262,7 +289,7 @@ fn deserialize(engine: &Engine, payload: &[u8]) -> wasmtime::Result<Component> {
     // SAFETY: `Component::deserialize` requires bytes produced by
     // `Component::serialize` of a compatible engine and not modified since.
     // The payload was read from a file of this process's user in a
-    // directory no other user can write (`untrusted_dir`, `read_entry`),
+    // directory no other user can write (`open_dir`, `read_entry`),
     // which only `write_entry` below writes, from `Component::serialize`;
     // its checksum was verified just now against the component and engine
     // it is loaded for (so it is the exact payload written for them), and
@@ -331,31 +358,32 @@ mod tests {
         let set_mode = |path: &Path, mode: u32| {
             std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
         };
+        let untrusted = |path: &Path| open_dir(path).err();
         set_mode(dir.path(), 0o700);
-        assert_eq!(untrusted_dir(dir.path()), None);
-        assert_eq!(untrusted_dir(&dir.path().join("not-yet")), None);
+        assert_eq!(untrusted(dir.path()), None);
+        assert!(matches!(open_dir(&dir.path().join("not-yet")), Ok(None)));
         for mode in [0o770, 0o707, 0o1777] {
             set_mode(dir.path(), mode);
-            let reason = untrusted_dir(dir.path()).expect("a directory others can write");
+            let reason = untrusted(dir.path()).expect("a directory others can write");
             assert!(reason.contains("other users can write"), "{reason}");
         }
         set_mode(dir.path(), 0o755);
-        assert_eq!(untrusted_dir(dir.path()), None);
+        let handle = open_dir(dir.path()).unwrap().unwrap();
 
         let path = dir.path().join("entry.cwasm");
-        assert_eq!(read_entry(&path), Ok(None));
+        let read = |name: &str| read_entry(&handle, name);
+        assert_eq!(read("entry.cwasm"), Ok(None));
         std::fs::write(&path, b"bytes").unwrap();
         set_mode(&path, 0o600);
-        assert_eq!(read_entry(&path), Ok(Some(b"bytes".to_vec())));
+        assert_eq!(read("entry.cwasm"), Ok(Some(b"bytes".to_vec())));
         set_mode(&path, 0o620);
-        let reason = read_entry(&path).unwrap_err();
+        let reason = read("entry.cwasm").unwrap_err();
         assert!(reason.contains("other users can write"), "{reason}");
         set_mode(&path, 0o644);
-        assert_eq!(read_entry(&path), Ok(Some(b"bytes".to_vec())));
+        assert_eq!(read("entry.cwasm"), Ok(Some(b"bytes".to_vec())));
         // A link, even to a good entry, is not followed.
-        let link = dir.path().join("link.cwasm");
-        std::os::unix::fs::symlink(&path, &link).unwrap();
-        assert!(read_entry(&link).is_err());
+        std::os::unix::fs::symlink(&path, dir.path().join("link.cwasm")).unwrap();
+        assert_eq!(read("link.cwasm"), Err("it is a symbolic link".to_owned()));
         // Nor is anything but a regular file read (a FIFO is not waited on).
         let fifo = dir.path().join("fifo.cwasm");
         rustix::fs::mkfifoat(
@@ -364,19 +392,28 @@ mod tests {
             rustix::fs::Mode::RUSR | rustix::fs::Mode::WUSR,
         )
         .unwrap();
-        assert_eq!(read_entry(&fifo), Err("not a regular file".to_owned()));
-        assert!(untrusted_dir(&path).is_some(), "a file is not a directory");
+        assert_eq!(read("fifo.cwasm"), Err("not a regular file".to_owned()));
+        assert_eq!(untrusted(&path), Some("not a directory".to_owned()));
+        // The directory read is the one checked: renamed away and replaced
+        // after it was opened, its own entries are still the ones read.
+        let moved = dir.path().with_extension("moved");
+        std::fs::rename(dir.path(), &moved).unwrap();
+        std::fs::create_dir(dir.path()).unwrap();
+        std::fs::write(dir.path().join("entry.cwasm"), b"planted").unwrap();
+        assert_eq!(read("entry.cwasm"), Ok(Some(b"bytes".to_vec())));
+        std::fs::remove_dir_all(dir.path()).unwrap();
+        std::fs::rename(&moved, dir.path()).unwrap();
         // Another user's entry, or directory (only root can make them).
         if rustix::process::geteuid().is_root() {
             let other = Some(rustix::process::Uid::from_raw(54_321));
             rustix::fs::chown(&path, other, None).unwrap();
-            let reason = read_entry(&path).unwrap_err();
+            let reason = read("entry.cwasm").unwrap_err();
             assert!(reason.contains("belongs to user 54321"), "{reason}");
             let sub = dir.path().join("theirs");
             std::fs::create_dir(&sub).unwrap();
             set_mode(&sub, 0o700);
             rustix::fs::chown(&sub, other, None).unwrap();
-            let reason = untrusted_dir(&sub).expect("another user's directory");
+            let reason = untrusted(&sub).expect("another user's directory");
             assert!(reason.contains("belongs to user 54321"), "{reason}");
         }
     }

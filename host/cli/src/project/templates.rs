@@ -256,7 +256,13 @@ pub(super) fn write(dir: &Path, files: &[(PathBuf, String)]) -> anyhow::Result<(
         fs::create_dir(&tmp)?;
         write_into(&tmp, files, &mut Vec::new())?;
         // Where no directory was: the project appears whole or not at all.
-        fs::rename(&tmp, dir)
+        fs::rename(&tmp, dir)?;
+        // The project is there now; a rename not yet durable is not a
+        // reason to take it out again.
+        if let Err(e) = airlock_host::store::file::sync_dir(&parent) {
+            tracing::warn!(dir = %parent.display(), error = %e, "cannot sync the directory holding the new project");
+        }
+        Ok(())
     })();
     result.map_err(|e| {
         let _ = fs::remove_dir_all(&tmp);
@@ -283,11 +289,14 @@ fn write_into(
             fs::create_dir_all(parent)?;
         }
         // `create_new`: never over a file that appeared since the check.
-        fs::OpenOptions::new()
+        // Synced: the directory is renamed into place next, and a crash
+        // after the rename must not leave it holding empty files.
+        let mut file = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
-            .open(&path)?
-            .write_all(text.as_bytes())?;
+            .open(&path)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
     }
     Ok(())
 }

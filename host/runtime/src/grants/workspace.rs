@@ -118,7 +118,7 @@ impl WorkspaceScope {
 }
 
 /// How many locks [`KeyOrder`] spreads keys over.
-const KEY_ORDER_STRIPES: usize = 64;
+const KEY_ORDER_STRIPES: usize = 256;
 
 /// Each workspace key's operations, in the order calls made them.
 ///
