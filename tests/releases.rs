@@ -432,6 +432,36 @@ async fn approved_wider_upgrade(host: &Host) -> String {
     approval_id
 }
 
+/// An upgrade that lowers a tool's risk widens what it may do unasked:
+/// every gate keyed on risk (the policy's approvals, read-only mode) lets
+/// it through. It waits for an approver like any wider grant (it went
+/// live at once: an `irreversible` tool relabelled `read`).
+#[tokio::test]
+async fn an_upgrade_that_lowers_a_tools_risk_waits_for_an_approver() {
+    let data = tempfile::tempdir().unwrap();
+    let host = Host::new(config(data.path())).unwrap();
+    let one = text_version("1.0.0", |m| {
+        m.replacen("risk = \"read\"", "risk = \"irreversible\"", 1)
+    });
+    let relabelled = text_version("2.0.0", |m| m);
+    for dir in [&one, &relabelled] {
+        install(&host, dir.path()).await;
+    }
+    host.set_rollout(&RolloutRequest::new("text", "1.0.0", 100, "ops"))
+        .await
+        .unwrap();
+    let waiting = release_error(
+        host.set_rollout(&RolloutRequest::new("text", "2.0.0", 100, "ops"))
+            .await
+            .unwrap_err(),
+    );
+    let ReleaseError::ApprovalRequired { widens, .. } = &waiting else {
+        panic!("expected an approval request, got {waiting:?}");
+    };
+    assert!(widens.iter().any(|w| w.contains("risk")), "{widens:?}");
+    assert_eq!(version_for(&host, "agent-1").await, "1.0.0");
+}
+
 /// An upgrade approval is used up only by a change that happened: one
 /// whose rollout lost its race is approved again, and the operator's
 /// retry goes through with it. (It stayed consumed, naming a rollout that

@@ -492,9 +492,13 @@ impl AlertConfig {
             if rule.for_duration > MAX_WINDOW {
                 return Err(format!("{key}.for must be at most 24h"));
             }
-            if !rule.threshold.is_finite() || rule.threshold < 0.0 {
+            // A rule fires at `value >= threshold` and resolves below
+            // `clear`: at 0 it fired on every tool seen, whatever happened,
+            // and never resolved (and a takeover paused them all).
+            if !rule.threshold.is_finite() || rule.threshold <= 0.0 {
                 return Err(format!(
-                    "{key}.threshold must be a finite number, 0 or more"
+                    "{key}.threshold must be a finite number over 0 (the rule fires at or above it; \
+                     for \"any error at all\" set a small share such as 0.0001)"
                 ));
             }
             if rule.metric == AlertMetric::ErrorRate && rule.threshold > 1.0 {
@@ -544,10 +548,11 @@ impl AlertConfig {
                 ));
             }
             if let Some(clear) = rule.clear
-                && (!clear.is_finite() || clear < 0.0 || clear > rule.threshold)
+                && (!clear.is_finite() || clear <= 0.0 || clear > rule.threshold)
             {
                 return Err(format!(
-                    "{key}.clear must be a finite number from 0 to the threshold"
+                    "{key}.clear must be a finite number over 0 and at most the threshold \
+                     (the alert resolves below it: at 0, never)"
                 ));
             }
             for (j, hook) in rule.webhooks.iter().enumerate() {
@@ -655,6 +660,16 @@ mod tests {
             (
                 "metric = \"error_rate\"\nthreshold = 0.5\nclear = 0.9",
                 "alerts.rules[0].clear",
+            ),
+            // At 0 a rule fires on every tool whatever happens and never
+            // resolves.
+            (
+                "metric = \"error_rate\"\nthreshold = 0.0",
+                "alerts.rules[0].threshold must be a finite number over 0",
+            ),
+            (
+                "metric = \"error_rate\"\nthreshold = 0.5\nclear = 0.0",
+                "alerts.rules[0].clear must be a finite number over 0",
             ),
             // More calls than are kept: the rule could never fire.
             (

@@ -661,14 +661,18 @@ fn tool_changes(old: &Plugin, a: &Tool, new: &Plugin, b: &Tool, out: &mut Vec<Pl
         );
     }
     if a.risk() != b.risk() {
-        let widens = risk_rank(b.risk()) > risk_rank(a.risk());
-        let kind = if widens {
+        let kind = if risk_rank(b.risk()) > risk_rank(a.risk()) {
             ChangeKind::Raised
         } else {
             ChangeKind::Lowered
         };
+        // Either way it widens: raised, the tool now does more than it
+        // said; lowered, it slips out of every gate keyed on its risk — the
+        // policy's approvals (`require_for`, irreversible by default),
+        // read-only mode (a `read` tool runs there) — so an upgrade that
+        // relabels `refund` as `read` would run refunds unapproved.
         out.push(
-            PluginChange::new(ChangeArea::Risk, name, kind, widens)
+            PluginChange::new(ChangeArea::Risk, name, kind, true)
                 .values(a.risk().as_str(), b.risk().as_str()),
         );
     }
