@@ -1161,6 +1161,7 @@ impl Host {
                 let actions = self
                     .alerts
                     .observe(&request.tool, &result, started.elapsed(), known);
+                let actions = self.alerts.with_unfinished(actions);
                 // Boxed, and only when there is something to do: most
                 // calls fire nothing, and the acting future inline would
                 // be bytes every call's future carries.
@@ -1983,13 +1984,29 @@ impl Host {
         }
         // The `airlock_alerts_firing` gauge follows every change.
         self.telemetry.set_alerts_firing(self.alerts.firing_count());
-        for action in actions {
+        // Made on the calling task: a caller that goes away stops them
+        // midway. What is left then is given back for the next call to
+        // make (an alert fires once; its takeover would never be made).
+        // An action stopped midway is made again whole: its record may be
+        // written twice, and a pause or rollback made again is a no-op.
+        struct Unfinished<'h> {
+            alerts: &'h Alerts,
+            left: std::collections::VecDeque<Action>,
+        }
+        impl Drop for Unfinished<'_> {
+            fn drop(&mut self) {
+                if !self.left.is_empty() {
+                    self.alerts.give_back(self.left.drain(..));
+                }
+            }
+        }
+        let mut unfinished = Unfinished {
+            alerts: &self.alerts,
+            left: actions.into(),
+        };
+        while let Some(action) = unfinished.left.front() {
             let status = &action.status;
-            record(
-                &self.audit,
-                alert_entry(&action, status.takeover.as_deref()),
-            )
-            .await;
+            record(&self.audit, alert_entry(action, status.takeover.as_deref())).await;
             if action.suppressed {
                 let entry = takeover_entry(
                     Event::Takeover,
@@ -2006,6 +2023,7 @@ impl Host {
             if let Some(takeover) = action.takeover {
                 self.take_over(status, takeover).await;
             }
+            unfinished.left.pop_front();
         }
     }
 
@@ -2170,6 +2188,68 @@ mod tests {
     use std::time::Duration;
 
     use super::{manifest_name, retry_wait};
+
+    /// An alert fires once, and its takeover was made on the task of the
+    /// call that tripped it: a caller that went away midway (its call's
+    /// future dropped) left the tool unpaused for good. What it did not
+    /// finish is made by the next call to end.
+    #[tokio::test]
+    async fn a_takeover_stopped_with_its_caller_is_made_by_the_next_call() {
+        use crate::alerts::{
+            Action, AlertConfig, AlertMetric, AlertRule, AlertStatus, TakeoverAction,
+        };
+        let data = tempfile::tempdir().unwrap();
+        let alerts = AlertConfig {
+            rules: vec![AlertRule::new(
+                "errors",
+                AlertMetric::ErrorRate,
+                Duration::from_secs(60),
+                0.5,
+            )],
+            ..AlertConfig::default()
+        };
+        let host = super::Host::new(
+            super::HostConfig::default()
+                .data_dir(data.path())
+                .alerts(alerts),
+        )
+        .unwrap();
+        let action = Action {
+            status: AlertStatus {
+                rule: "errors".into(),
+                metric: "error_rate",
+                state: "firing",
+                plugin: Some("text".into()),
+                tool: Some("slugify".into()),
+                value: Some(1.0),
+                threshold: 0.5,
+                fired_ms: 0,
+                resolved_ms: None,
+                takeover: Some("pause_tool".into()),
+                host: "test".into(),
+            },
+            takeover: Some(TakeoverAction::PauseTool),
+            suppressed: false,
+        };
+        {
+            // Polled once (it waits for the audit log), then dropped.
+            let mut acting = std::pin::pin!(host.act(vec![action]));
+            tokio::select! {
+                biased;
+                () = &mut acting => panic!("the action finished at its first poll"),
+                () = std::future::ready(()) => {}
+            }
+        }
+        assert!(host.pauses().unwrap().is_empty(), "the takeover was made");
+        // Any call that ends, whatever its outcome (no plugin is loaded).
+        let ended = host
+            .call(crate::CallRequest::new("text/stats", r#"{"text":"a b"}"#))
+            .await;
+        assert!(ended.is_err());
+        let pauses = host.pauses().unwrap();
+        assert_eq!(pauses.len(), 1, "{pauses:?}");
+        assert_eq!(pauses[0].target, "text/slugify");
+    }
 
     /// What names a directory whose load failed: its manifest, read
     /// without waiting on a FIFO put in its place (every release action

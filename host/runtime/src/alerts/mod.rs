@@ -91,6 +91,13 @@ pub(crate) struct Alerts {
     firing: Mutex<BTreeMap<(usize, String), AlertStatus>>,
     history: Mutex<VecDeque<AlertStatus>>,
     origin: String,
+    /// Actions a call began but did not finish: its caller went away (the
+    /// call's future dropped) while it recorded an alert or made a
+    /// takeover. The alert will not fire again, so the next call to end
+    /// makes them ([`Alerts::with_unfinished`]).
+    unfinished: Mutex<Vec<Action>>,
+    /// Whether `unfinished` holds any (read on every call without the lock).
+    has_unfinished: std::sync::atomic::AtomicBool,
 }
 
 /// What one transition needs done, in order.
@@ -158,6 +165,8 @@ impl Alerts {
             firing: Mutex::new(BTreeMap::new()),
             history: Mutex::new(VecDeque::new()),
             origin: origin.to_owned(),
+            unfinished: Mutex::new(Vec::new()),
+            has_unfinished: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -346,6 +355,37 @@ impl Alerts {
     }
 
     /// How many alerts fire now.
+    /// `actions`, after the actions a call left unfinished (taken: this
+    /// caller makes them now).
+    pub(crate) fn with_unfinished(&self, actions: Vec<Action>) -> Vec<Action> {
+        use std::sync::atomic::Ordering;
+        if !self.has_unfinished.load(Ordering::Acquire) {
+            return actions;
+        }
+        let mut unfinished = self
+            .unfinished
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.has_unfinished.store(false, Ordering::Release);
+        let mut all = std::mem::take(&mut *unfinished);
+        all.extend(actions);
+        all
+    }
+
+    /// Keep `actions`, which a call began and did not finish, for the
+    /// next call to make.
+    pub(crate) fn give_back(&self, actions: impl IntoIterator<Item = Action>) {
+        use std::sync::atomic::Ordering;
+        let mut unfinished = self
+            .unfinished
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        unfinished.extend(actions);
+        if !unfinished.is_empty() {
+            self.has_unfinished.store(true, Ordering::Release);
+        }
+    }
+
     pub(crate) fn firing_count(&self) -> u64 {
         let firing = self.firing.lock().unwrap_or_else(PoisonError::into_inner);
         u64::try_from(firing.len()).unwrap_or(u64::MAX)
