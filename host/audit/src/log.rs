@@ -2140,7 +2140,20 @@ pub fn verify_export(
             return Ok(Err(failure));
         }
     }
-    Ok(verifier.finish())
+    Ok(verifier.finish().and_then(|report| {
+        // `export` signs first: an export without a checkpoint is one
+        // whose checkpoints were taken out, and then a rewrite that
+        // re-hashed the chain verifies (by links and hashes alone).
+        if report.records > 0 && report.last_checkpoint.is_none() {
+            return Err(VerifyFailure {
+                seq: 1,
+                problem: crate::verify::Problem::Unsigned {
+                    records: report.records,
+                },
+            });
+        }
+        Ok(report)
+    }))
 }
 
 /// An export file, parsed.

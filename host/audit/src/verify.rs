@@ -62,6 +62,14 @@ pub enum Problem {
         /// The checkpoint that signed a later record.
         checkpoint: u64,
     },
+    /// An export holds records and no checkpoint: `export` signs the log
+    /// before it writes it, so the records may have been rewritten (and
+    /// re-hashed) with the checkpoints taken out — nothing the key signed
+    /// vouches for them.
+    Unsigned {
+        /// Records in the export.
+        records: u64,
+    },
 }
 
 impl fmt::Display for Problem {
@@ -94,6 +102,10 @@ impl fmt::Display for Problem {
             Problem::Truncated { last, checkpoint } => write!(
                 f,
                 "missing: the log ends at record {last} but a signed checkpoint covers records up to {checkpoint} (records were removed)"
+            ),
+            Problem::Unsigned { records } => write!(
+                f,
+                "no checkpoint signs any of its {records} records: an export is signed before it is written, so its checkpoints were removed and the records may have been rewritten"
             ),
         }
     }

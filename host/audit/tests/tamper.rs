@@ -174,6 +174,35 @@ fn a_log_from_before_segments_goes_on_in_segments_as_one_chain() {
     );
 }
 
+/// An export is signed before it is written: one whose checkpoint lines
+/// were taken out (after which a rewrite that re-hashes the chain passes
+/// every link and hash) is refused, not reported "ok, 0 checkpoints".
+#[test]
+fn an_export_without_its_checkpoints_does_not_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(dir.path(), AuditConfig::default()).unwrap();
+    for i in 1..=5 {
+        log.append(entry(i), Durability::Batched).unwrap();
+    }
+    let export = dir.path().join("export.jsonl");
+    log.export(&export).unwrap();
+    let key = log.public_key();
+    assert_eq!(
+        verify_export(&export, &key, &[]).unwrap().unwrap().records,
+        5
+    );
+    let text = std::fs::read_to_string(&export).unwrap();
+    let stripped: String = text
+        .lines()
+        .filter(|l| !l.starts_with("{\"checkpoint\""))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_ne!(stripped, text, "the export had checkpoint lines");
+    std::fs::write(&export, stripped).unwrap();
+    let failure = verify_export(&export, &key, &[]).unwrap().unwrap_err();
+    assert_eq!(failure.problem, Problem::Unsigned { records: 5 });
+}
+
 #[test]
 fn a_changed_value_fails_at_that_record() {
     let dir = tempfile::tempdir().unwrap();
