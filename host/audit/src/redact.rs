@@ -97,6 +97,8 @@ pub struct Redactor {
     param: Regex,
     /// `Name: value` header lines.
     header: Regex,
+    /// A JSON member in text: `"name": "value"` (or a number).
+    json_member: Regex,
     /// `Bearer <credential>`.
     bearer: Regex,
     /// The userinfo of a URL: `scheme://user:password@`.
@@ -144,6 +146,9 @@ impl Redactor {
             card: pattern(r"\b\d(?:[ -]?\d){12,18}\b"),
             param: pattern(r#"(^|[?&;#\s"'(,])([A-Za-z0-9_.\-\[\]]{1,64})=([^&#;\s"'<>)]+)"#),
             header: pattern(r#"(?i)\b([a-z][a-z0-9]*(?:-[a-z0-9]+)*)[ \t]*:[ \t]*([^\r\n"]+)"#),
+            json_member: pattern(
+                r#""([A-Za-z0-9_.\-]{1,64})"\s*:\s*(?:"((?:[^"\\]|\\.){1,4096})"|(-?\d{1,32}))"#,
+            ),
             bearer: pattern(r"(?i)\bbearer\s+([A-Za-z0-9._~+/=\-]{6,})"),
             userinfo: pattern(
                 r#"\b([A-Za-z][A-Za-z0-9+.\-]*://)([^/?#\s@:"'<>]*)(:[^/?#\s@"'<>]*)?@"#,
@@ -270,6 +275,32 @@ impl Redactor {
             });
             out = std::borrow::Cow::Owned(replaced.into_owned());
         }
+        if out.contains("\":") || out.contains("\" :") {
+            // JSON text inside a string or a message (a service's error
+            // body, a serialized request): `"access_token": "…"` members,
+            // which the patterns above do not see.
+            let replaced = self
+                .json_member
+                .replace_all(&out, |caps: &regex::Captures<'_>| {
+                    let name = &caps[1];
+                    let value = caps
+                        .get(2)
+                        .or_else(|| caps.get(3))
+                        .map_or("", |m| m.as_str());
+                    let numeric = caps.get(3).is_some();
+                    if !value.is_empty()
+                        && !is_token(value)
+                        && (self.secret_key(name) || (!numeric && self.plural_secret_key(name)))
+                    {
+                        found.push(value.to_owned());
+                        let token = self.token(&Value::String(value.to_owned()));
+                        format!("\"{name}\":\"{token}\"")
+                    } else {
+                        caps[0].to_owned()
+                    }
+                });
+            out = std::borrow::Cow::Owned(replaced.into_owned());
+        }
         if out.contains("://") && out.contains('@') {
             // The password; a user name alone only when it is long enough
             // to be a token (`https://<token>@host`), not `git@` or
@@ -369,13 +400,20 @@ impl Redactor {
         match value {
             Value::Object(map) => {
                 // A header list entry: `{"name": "Authorization", "value": …}`.
-                let named_secret = ["name", "key", "header", "field"].iter().any(|k| {
-                    map.get(*k)
-                        .and_then(Value::as_str)
-                        .is_some_and(|name| self.secret_key(name) || self.plural_secret_key(name))
+                // Member names in any case (`Name`/`Value`, as some APIs
+                // spell them).
+                let named_secret = map.iter().any(|(k, v)| {
+                    ["name", "key", "header", "field"]
+                        .iter()
+                        .any(|n| k.eq_ignore_ascii_case(n))
+                        && v.as_str().is_some_and(|name| {
+                            self.secret_key(name) || self.plural_secret_key(name)
+                        })
                 });
                 for (key, item) in map.iter_mut() {
-                    let is_value = ["value", "values", "val"].contains(&key.as_str());
+                    let is_value = ["value", "values", "val"]
+                        .iter()
+                        .any(|v| key.eq_ignore_ascii_case(v));
                     if (named_secret && is_value) || self.secret_member(key, item) {
                         self.replace(item, secrets);
                     } else {
@@ -471,7 +509,14 @@ fn words(key: &str) -> Vec<String> {
             prev_lower = false;
             continue;
         }
-        if c.is_uppercase() && prev_lower && !current.is_empty() {
+        // A new word at a lower-to-upper case change (`apiKey`) and where
+        // letters and digits meet (`cvv2`, `password2`, `v2token`): a
+        // number after a key word does not hide it.
+        let kind_changes = current
+            .chars()
+            .last()
+            .is_some_and(|last| last.is_numeric() != c.is_numeric());
+        if !current.is_empty() && ((c.is_uppercase() && prev_lower) || kind_changes) {
             out.push(std::mem::take(&mut current));
         }
         prev_lower = c.is_lowercase() || c.is_ascii_digit();
@@ -1040,5 +1085,45 @@ mod tests {
         assert!(!text.contains("31d4d96e407aad42"), "{text}");
         assert!(text.contains("Host: example.com"), "{text}");
         assert!(text.contains("Note: nothing secret here"), "{text}");
+    }
+
+    /// JSON text inside a string value or a message hid its secrets from
+    /// the key-word rules: a service's error body quoted in a tool error,
+    /// a serialized request in an argument.
+    #[test]
+    fn json_members_inside_text_are_redacted() {
+        let args = json!({
+            "body": "{\"access_token\":\"tok-json-1\",\"expires_in\":3600}",
+            "error": "upstream said: {\"api_key\": \"sk_live_json2\", \"cvv\": 123}",
+            "plain": "{\"user\":\"alice\",\"count\":2}",
+        });
+        let text = redactor().redact(&args, &[], &[]).value.to_string();
+        for secret in ["tok-json-1", "sk_live_json2", "123"] {
+            assert!(!text.contains(secret), "{secret} leaked: {text}");
+        }
+        for kept in ["expires_in", "3600", "alice", "count"] {
+            assert!(text.contains(kept), "{kept} lost: {text}");
+        }
+    }
+
+    /// A number after a key word does not hide it (`cvv2`, `password2`,
+    /// `apiKey1`), and header-list members match in any case.
+    #[test]
+    fn numbered_key_words_and_capitalised_header_lists_are_redacted() {
+        let args = json!({
+            "cvv2": "4242",
+            "password2": "hunter2-again",
+            "apiKey1": "key-numbered-1",
+            "headers": [{"Name": "X-Api-Key", "Value": "sk-capital-1"}],
+            "sha256": "keep-this-digest",
+        });
+        let text = redactor().redact(&args, &[], &[]).value.to_string();
+        for secret in ["4242", "hunter2-again", "key-numbered-1", "sk-capital-1"] {
+            assert!(!text.contains(secret), "{secret} leaked: {text}");
+        }
+        assert!(text.contains("keep-this-digest"), "{text}");
+        assert_eq!(words("cvv2"), ["cvv", "2"]);
+        assert_eq!(words("apiKey1"), ["api", "key", "1"]);
+        assert_eq!(words("v2Token"), ["v", "2", "token"]);
     }
 }
