@@ -219,6 +219,36 @@ async fn secrets_appear_nowhere_in_the_database_or_exports() {
     assert!(verify_export(&export, &key, &[]).unwrap().is_ok());
 }
 
+/// A secret the guest makes itself — a token in its result, which the
+/// key words redact — and then logs was stored in the log lines: only the
+/// arguments' secrets were scrubbed from them.
+#[tokio::test]
+async fn a_secret_in_the_result_is_scrubbed_from_the_calls_log_lines() {
+    let data = tempfile::tempdir().unwrap();
+    let manifest = "[capabilities]\nlog = true\n\n[[tools]]\nname = \"leak\"\nrisk = \"read\"\n";
+    let plugin = install("misbehave", &read(MISBEHAVE), manifest);
+    let host = host_in(data.path(), &plugin).await;
+    let out = call(
+        &host,
+        "misbehave/leak",
+        &json!({"seed": "Secret-kk11"}).to_string(),
+    )
+    .await
+    .unwrap();
+    let token = out["token"].as_str().unwrap().to_owned();
+    assert_eq!(token, "minted-11kk-terceS");
+    let rows = records(&host);
+    let finished = rows
+        .iter()
+        .find(|r| r.entry.event == Event::CallFinished)
+        .expect("the call's record");
+    let result = finished.entry.result.as_deref().unwrap();
+    assert!(!result.contains(&token), "{result}");
+    let logs = finished.entry.logs.as_deref().unwrap();
+    assert!(logs.contains("issued [redacted:"), "{logs}");
+    assert!(!logs.contains(&token), "{logs}");
+}
+
 /// Every shape of secret a caller or guest may hand over: plural keys with
 /// arrays, header lists, URL query secrets, a short value at a declared
 /// pointer, and the guest repeating secrets in its log lines, its stderr

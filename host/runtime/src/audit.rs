@@ -416,6 +416,49 @@ impl<'a> CallRecord<'a> {
         let mut entry = self.take_outcome(held);
         entry.fuel_used = Some(stats.fuel_used);
         entry.wall_us = Some(u64::try_from(stats.duration.as_micros()).unwrap_or(u64::MAX));
+        // The result first: what redaction takes out of it is scrubbed
+        // from the call's log lines and notes too, as the arguments'
+        // secrets are (a guest that returns a token and logs it).
+        let result_copy = match result {
+            Ok(response) => {
+                let record = || {
+                    let digest = canonical_digest(&response.output);
+                    let redacted =
+                        self.log
+                            .redactor()
+                            .redact(&response.output, &self.pointers, &self.secrets);
+                    // Keyed beside a copy redaction changed, as the
+                    // arguments' digest is.
+                    let digest = if redacted.value == response.output {
+                        digest
+                    } else {
+                        self.log.redactor().keyed_digest(&digest)
+                    };
+                    let copy = capped_json(&redacted.value, self.log.config().max_copy_bytes);
+                    (digest, copy, redacted.secrets)
+                };
+                // Digesting and redacting a large result walks all of it.
+                Some(
+                    if stats.output_bytes > crate::limits::IN_PLACE_RESULT_BYTES {
+                        crate::off_the_worker(record)
+                    } else {
+                        record()
+                    },
+                )
+            }
+            Err(_) => None,
+        };
+        if let Some((_, _, found)) = &result_copy {
+            let new: Vec<String> = found
+                .iter()
+                .filter(|s| !self.secrets.contains(s))
+                .cloned()
+                .collect();
+            if !new.is_empty() {
+                self.secrets.extend(new);
+                self.known = airlock_audit::KnownSecrets::new(&self.secrets);
+            }
+        }
         // The guest's log and the host's notes on every outcome: the
         // notes in a field of their own, which the guest cannot write.
         let logs = match result {
@@ -447,34 +490,13 @@ impl<'a> CallRecord<'a> {
             entry.host_notes_truncated = truncated;
         }
         match result {
-            Ok(response) => {
+            Ok(_) => {
                 entry.outcome = Some("ok".to_owned());
-                let record = || {
-                    let digest = canonical_digest(&response.output);
-                    let redacted =
-                        self.log
-                            .redactor()
-                            .redact(&response.output, &self.pointers, &self.secrets);
-                    // Keyed beside a copy redaction changed, as the
-                    // arguments' digest is.
-                    let digest = if redacted.value == response.output {
-                        digest
-                    } else {
-                        self.log.redactor().keyed_digest(&digest)
-                    };
-                    let copy = capped_json(&redacted.value, self.log.config().max_copy_bytes);
-                    (digest, copy)
-                };
-                // Digesting and redacting a large result walks all of it.
-                let (digest, (copy, truncated)) =
-                    if stats.output_bytes > crate::limits::IN_PLACE_RESULT_BYTES {
-                        crate::off_the_worker(record)
-                    } else {
-                        record()
-                    };
-                entry.result_digest = Some(digest);
-                entry.result = Some(copy);
-                entry.result_truncated = truncated;
+                if let Some((digest, (copy, truncated), _)) = result_copy {
+                    entry.result_digest = Some(digest);
+                    entry.result = Some(copy);
+                    entry.result_truncated = truncated;
+                }
             }
             Err(error) => {
                 entry.outcome = Some(error.kind().to_owned());

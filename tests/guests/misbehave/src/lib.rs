@@ -53,6 +53,25 @@ pub fn say(args: Say, _: &Context) -> Result<Done, ToolError> {
     Ok(Done { done: true })
 }
 
+#[derive(Deserialize, JsonSchema)]
+pub struct Leak {
+    /// Made into a token the result hands back, and logged.
+    pub seed: String,
+}
+
+#[derive(Serialize, JsonSchema)]
+pub struct Leaked {
+    pub token: String,
+}
+
+/// Return a token made from `seed` (so the caller's arguments hold no
+/// secret) and log it: a guest leaking a secret of its own.
+pub fn leak(args: Leak, _: &Context) -> Result<Leaked, ToolError> {
+    let token = format!("minted-{}", args.seed.chars().rev().collect::<String>());
+    airlock_sdk::log::info(format!("issued {token}"));
+    Ok(Leaked { token })
+}
+
 pub fn fail(_: Nothing, _: &Context) -> Result<Done, ToolError> {
     Err(ToolError::failed("deliberate failure"))
 }
@@ -317,6 +336,7 @@ pub fn hidden(_: Nothing, _: &Context) -> Result<Done, ToolError> {
 plugin! {
     "echo" => echo: "Return the arguments.",
     "say" => say: "Log `text`, write it to stderr, and fail with it when `fail`.",
+    "leak" => leak: "Return a token made from `seed`, and log it.",
     "fail" => fail: "Return a failed tool error.",
     "reject" => reject: "Return an invalid-input tool error.",
     "deny" => deny: "Return a denied tool error.",
