@@ -663,6 +663,26 @@ fn a_host_killed_mid_stream_leaves_a_log_that_verifies() {
     assert_eq!(started, finished);
 }
 
+/// A call refused before its tool was resolved (a bad trace id) had its
+/// arguments copied with the key words alone: the tool's own `redact`
+/// pointers were not known yet. They are taken from the loaded plugin.
+#[tokio::test]
+async fn a_call_refused_before_it_is_resolved_keeps_its_tools_redaction() {
+    let data = tempfile::tempdir().unwrap();
+    let plugin = misbehave(&[("echo", "read", "redact = [\"/account\"]")]);
+    let host = host_in(data.path(), &plugin).await;
+    let args = json!({"account": "acct-pointer-77", "note": "visible-note-78"}).to_string();
+    let err = host
+        .call(CallRequest::new("misbehave/echo", args).trace_id("not a trace id\n"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), "invalid_trace_id", "{err}");
+    let rows = records(&host);
+    let stored = rows[0].entry.args.as_deref().unwrap();
+    assert!(stored.contains("visible-note-78"), "{stored}");
+    assert!(!stored.contains("acct-pointer-77"), "{stored}");
+}
+
 #[tokio::test]
 async fn a_megabyte_trace_id_is_refused_before_it_is_recorded() {
     let data = tempfile::tempdir().unwrap();

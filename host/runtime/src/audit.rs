@@ -158,6 +158,12 @@ impl<'a> CallRecord<'a> {
 
     /// The call resolved to `tool` of `plugin`; its arguments are at most
     /// `max_argument_bytes` long (the cap of a replayable copy).
+    /// Redact the arguments at `pointers` too (a tool's `redact`), for a
+    /// call refused before its tool was resolved whose tool is known.
+    pub(crate) fn redact_at(&mut self, pointers: Vec<String>) {
+        self.pointers = pointers;
+    }
+
     pub(crate) fn resolved(&mut self, plugin: &Plugin, tool: &Tool) {
         let b = &mut self.base;
         b.plugin = Some(plugin.name().to_owned());

@@ -122,6 +122,7 @@ impl<'h> Pipeline<'h> {
         let (held_plugin, held_tool) = match self.resolve(request).await {
             Ok(found) => found,
             Err(error) => {
+                record.redact_at(self.known_pointers(&request.tool));
                 record.arguments(&request.arguments, None);
                 return Err(record.refused(error).await);
             }
@@ -274,6 +275,10 @@ impl<'h> Pipeline<'h> {
                 &request.tool,
                 self.config.max_argument_bytes,
             );
+            // Refused before its tool is resolved: the manifest's
+            // pointers of the tool it names, if a loaded plugin has it,
+            // redact its arguments' copy all the same.
+            record.redact_at(self.known_pointers(&request.tool));
             record.arguments(&request.arguments, None);
             return Err(record.refused(error).await);
         }
@@ -340,6 +345,32 @@ impl<'h> Pipeline<'h> {
                 tool: tool_name.to_owned(),
             })?;
         Ok((plugin, tool))
+    }
+
+    /// The manifest's `redact` pointers of `tool_id` (`plugin/tool`) in
+    /// every loaded version of its plugin (the directory's and the served
+    /// ones), for a call refused before it was resolved.
+    fn known_pointers(&self, tool_id: &str) -> Vec<String> {
+        let Some((plugin, tool)) = tool_id.split_once('/') else {
+            return Vec::new();
+        };
+        let mut pointers = Vec::new();
+        let served = self.served.all_loaded();
+        let versions = self
+            .plugins
+            .get(plugin)
+            .into_iter()
+            .chain(served.into_iter().filter(|p| p.name() == plugin));
+        for version in versions {
+            if let Some(tool) = version.tool(tool) {
+                for pointer in tool.redact() {
+                    if !pointers.contains(pointer) {
+                        pointers.push(pointer.clone());
+                    }
+                }
+            }
+        }
+        pointers
     }
 
     /// The workspace a call of `plugin` may use, if it is granted one.
