@@ -885,7 +885,27 @@ async fn resume_after_decision(
     cancel: CancellationToken,
 ) -> Result<CallToolResult, TaskExit> {
     decided(&shared, &approval_id, &cancel).await?;
-    call_once_decided(shared, name, entry, resume, approval_id, cancel).await
+    let result = match run_decided(&shared, &resume, &approval_id, &cancel).await {
+        Ok(result) => result,
+        Err(Unslotted::Cancelled) => return Err(TaskExit::Cancelled),
+        Err(Unslotted::ShuttingDown) => {
+            return Err(TaskExit::Error(ErrorData::internal_error(
+                "the server is shutting down",
+                None,
+            )));
+        }
+    };
+    // Stopped by the client's `tasks/cancel`: the task is `cancelled`, not
+    // `completed` with an error (a call that finished first stays
+    // `completed`, as the spec allows; the audit log has the call either
+    // way).
+    if cancel.is_cancelled() && matches!(&result, Err(CallError::Cancelled { .. })) {
+        return Err(TaskExit::Cancelled);
+    }
+    if let Err(error) = &result {
+        tracing::debug!(tool = %name, kind = error.kind(), "call resumed from a task failed");
+    }
+    Ok(outcome::tool_result(&name, &entry, result))
 }
 
 /// Waits until `cancel` fires or a poll interval passes.
@@ -918,39 +938,6 @@ async fn decided(
         }
         pause(cancel).await?;
     }
-}
-
-/// The call of `resume` under approval `approval_id`, once it is decided,
-/// as a task's result.
-async fn call_once_decided(
-    shared: Arc<Shared>,
-    name: String,
-    entry: CatalogEntry,
-    resume: Resume,
-    approval_id: String,
-    cancel: CancellationToken,
-) -> Result<CallToolResult, TaskExit> {
-    let result = match run_decided(&shared, &resume, &approval_id, &cancel).await {
-        Ok(result) => result,
-        Err(Unslotted::Cancelled) => return Err(TaskExit::Cancelled),
-        Err(Unslotted::ShuttingDown) => {
-            return Err(TaskExit::Error(ErrorData::internal_error(
-                "the server is shutting down",
-                None,
-            )));
-        }
-    };
-    // Stopped by the client's `tasks/cancel`: the task is `cancelled`, not
-    // `completed` with an error (a call that finished first stays
-    // `completed`, as the spec allows; the audit log has the call either
-    // way).
-    if cancel.is_cancelled() && matches!(&result, Err(CallError::Cancelled { .. })) {
-        return Err(TaskExit::Cancelled);
-    }
-    if let Err(error) = &result {
-        tracing::debug!(tool = %name, kind = error.kind(), "call resumed from a task failed");
-    }
-    Ok(outcome::tool_result(&name, &entry, result))
 }
 
 /// Why a decided call did not get its slots.

@@ -162,7 +162,6 @@ impl CompiledCache {
 /// Why it may not be trusted.
 #[cfg(unix)]
 fn open_dir(dir: &Path) -> Result<Option<std::fs::File>, String> {
-    use std::os::unix::fs::MetadataExt as _;
     let opened = rustix::fs::open(
         dir,
         rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
@@ -177,20 +176,32 @@ fn open_dir(dir: &Path) -> Result<Option<std::fs::File>, String> {
     let meta = handle
         .metadata()
         .map_err(|e| format!("cannot read the directory: {e}"))?;
+    // Root's own directory (`/var/cache/…`) is as safe as this user's.
+    foreign(&meta, "the directory", true).map_or(Ok(Some(handle)), |reason| {
+        Err(format!("{reason}; chmod 700 it, or choose another"))
+    })
+}
+
+/// Why `what`, whose metadata is `meta`, is not this process's own to
+/// trust with code: another user owns it (root allowed when `root_too`)
+/// or can write to it.
+#[cfg(unix)]
+fn foreign(meta: &std::fs::Metadata, what: &str, root_too: bool) -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
     let me = rustix::process::geteuid().as_raw();
-    if meta.uid() != me && meta.uid() != 0 {
-        return Err(format!(
-            "the directory belongs to user {}, not to this process's user {me}",
+    if meta.uid() != me && !(root_too && meta.uid() == 0) {
+        return Some(format!(
+            "{what} belongs to user {}, not to this process's user {me}",
             meta.uid()
         ));
     }
     if meta.mode() & 0o022 != 0 {
-        return Err(format!(
-            "other users can write to the directory (mode {:04o}; chmod 700 it)",
+        return Some(format!(
+            "other users can write to {what} (mode {:04o})",
             meta.mode() & 0o7777
         ));
     }
-    Ok(Some(handle))
+    None
 }
 
 #[cfg(not(unix))]
@@ -207,7 +218,6 @@ fn open_dir(_: &Path) -> Result<Option<std::fs::File>, String> {
 /// Why the entry is not read.
 #[cfg(unix)]
 fn read_entry(dir: &std::fs::File, name: &str) -> Result<Option<Vec<u8>>, String> {
-    use std::os::unix::fs::MetadataExt as _;
     // A link is not followed (it fails to open); a FIFO opens without
     // waiting for a writer, and is refused below.
     let opened = rustix::fs::openat(
@@ -231,18 +241,8 @@ fn read_entry(dir: &std::fs::File, name: &str) -> Result<Option<Vec<u8>>, String
     if !meta.is_file() {
         return Err("not a regular file".to_owned());
     }
-    let me = rustix::process::geteuid().as_raw();
-    if meta.uid() != me {
-        return Err(format!(
-            "it belongs to user {}, not to this process's user {me}",
-            meta.uid()
-        ));
-    }
-    if meta.mode() & 0o022 != 0 {
-        return Err(format!(
-            "other users can write to it (mode {:04o})",
-            meta.mode() & 0o7777
-        ));
+    if let Some(reason) = foreign(&meta, "it", false) {
+        return Err(reason);
     }
     let mut entry = Vec::new();
     std::io::Read::read_to_end(
