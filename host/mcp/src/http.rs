@@ -129,6 +129,9 @@ pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 pub const HEADER_READ_TIMEOUT_CEILING: Duration = Duration::from_secs(300);
 /// How long a stopping server waits for open connections to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// How long a stopping server leaves its streams open once its last call
+/// has ended, for the answers to be written.
+const ANSWER_FLUSH_GRACE: Duration = Duration::from_millis(500);
 /// How long an answered request's stream is kept for a client to resume
 /// it (a connection lost as the response was sent): long enough for a
 /// retry, short enough that a fast caller's answers do not pile up.
@@ -1116,6 +1119,11 @@ fn streams_until_calls_end(server: &McpServer, shutdown: CancellationToken) -> C
     runtime.spawn(async move {
         shutdown.cancelled().await;
         server.finish_calls(CALL_GRACE).await;
+        // A call gives its slot back as its handler returns, before rmcp
+        // has written its answer to the stream: ending the streams at
+        // once raced that write, and a loaded machine lost the answer
+        // (`a_call_running_when_the_server_is_stopped_finishes_and_is_answered`).
+        tokio::time::sleep(ANSWER_FLUSH_GRACE).await;
         stop.cancel();
     });
     streams
