@@ -446,7 +446,10 @@ fn diff_json_compares_two_versions() {
     assert_eq!(gone["kind"], "removed");
     assert_eq!(gone["widens"], false);
 
-    // Backwards, the same changes narrow — except the tool that comes back.
+    // Backwards, the same changes narrow — except the tool that comes back
+    // and the risk, lowered: a tool with a lower risk leaves the gates
+    // keyed on it (the policy's approvals, read-only mode), so either
+    // change of a risk widens.
     let back = json(&env.run(&[
         "plugins",
         "diff",
@@ -461,7 +464,11 @@ fn diff_json_compares_two_versions() {
         .filter(|c| c["widens"] == true)
         .map(|c| format!("{} {}", c["area"], c["subject"]))
         .collect();
-    assert_eq!(widening, ["\"tool\" \"case\""], "{back}");
+    assert_eq!(
+        widening,
+        ["\"tool\" \"case\"", "\"risk\" \"stats\""],
+        "{back}"
+    );
 
     // An archive compares like its directory; the text form says it widens.
     env.ok(&["plugins", "pack", new.to_str().unwrap(), "-o", "new.tar.gz"]);
