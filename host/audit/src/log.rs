@@ -393,6 +393,9 @@ pub struct Filter {
     pub trace_id: Option<String>,
     /// Call id.
     pub call_id: Option<String>,
+    /// Approval id: the approval's own records and those of every call
+    /// made under it.
+    pub approval_id: Option<String>,
     /// Outcome (`ok`, an error kind, `unknown`).
     pub outcome: Option<String>,
     /// The tool's risk class when recorded (`read`, `write`, `external`,
@@ -418,6 +421,7 @@ impl Filter {
             && eq(&self.principal, &e.principal)
             && eq(&self.trace_id, &e.trace_id)
             && eq(&self.call_id, &e.call_id)
+            && eq(&self.approval_id, &e.approval_id)
             && eq(&self.outcome, &e.outcome)
             && eq(&self.risk, &e.risk)
             && self.event.is_none_or(|ev| ev == e.event)

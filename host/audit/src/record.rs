@@ -179,7 +179,9 @@ pub struct Entry {
     /// Why, in words (redacted).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    /// Approval the call ran under.
+    /// Approval the call ran under, the approval a refusal is about
+    /// (pending, or not allowing the call), or the approval an approval
+    /// record concerns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval_id: Option<String>,
     /// Idempotency key the caller gave.

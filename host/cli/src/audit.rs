@@ -82,6 +82,9 @@ pub(crate) struct QueryArgs {
     /// Call id.
     #[arg(long)]
     call_id: Option<String>,
+    /// Approval id: its request and decision, and the calls made under it.
+    #[arg(long)]
+    approval_id: Option<String>,
     /// Outcome: ok, an error kind (tool_error, fuel_exhausted, ...) or unknown.
     #[arg(long)]
     outcome: Option<String>,
@@ -490,6 +493,7 @@ async fn query(settings: &Settings, args: &QueryArgs) -> Result<u8, Failure> {
         principal: args.principal.clone(),
         trace_id: args.trace_id.clone(),
         call_id: args.call_id.clone(),
+        approval_id: args.approval_id.clone(),
         outcome: args.outcome.clone(),
         risk: args.risk.clone(),
         event,

@@ -395,6 +395,10 @@ pub struct AuditQuery {
     pub trace_id: Option<String>,
     /// Call id.
     pub call_id: Option<String>,
+    /// Approval id. Left out of the request when not asked for, so a
+    /// server that predates it still answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_id: Option<String>,
     /// Outcome.
     pub outcome: Option<String>,
     /// The tool's risk class when recorded. Left out of the request when
@@ -420,6 +424,7 @@ impl AuditQuery {
             principal: self.principal.clone(),
             trace_id: self.trace_id.clone(),
             call_id: self.call_id.clone(),
+            approval_id: self.approval_id.clone(),
             outcome: self.outcome.clone(),
             risk: self.risk.clone(),
             event: self.event,

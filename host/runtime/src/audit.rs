@@ -583,6 +583,13 @@ async fn refusal(log: &AuditLog, mut entry: Entry, reason: &str, error: &CallErr
     entry.decision = Some("refused".to_owned());
     entry.outcome = Some(error.kind().to_owned());
     entry.reason = Some(reason.to_owned());
+    // A refusal about an approval names it, so the approval's records and
+    // every call made under it are found together.
+    if let CallError::ApprovalPending { approval_id, .. }
+    | CallError::ApprovalRefused { approval_id, .. } = error
+    {
+        entry.approval_id.get_or_insert_with(|| approval_id.clone());
+    }
     if let Err(e) = append(log, &entry, Durability::Batched).await {
         tracing::error!(error = %e, "cannot record a refused call");
     }

@@ -48,7 +48,7 @@ mod session;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use airlock_host::audit_log::{Event, Filter};
+use airlock_host::audit_log::{Event, Filter, Record};
 use airlock_host::store::ApprovalState;
 use airlock_host::{Host, Verdict};
 use axum::Router;
@@ -830,6 +830,45 @@ async fn audit(
 
 /// Most records one call's story shows.
 const MAX_STORY_RECORDS: usize = 1000;
+/// Most approvals whose records one call's story takes in.
+const MAX_STORY_APPROVALS: usize = 8;
+
+/// The records of call `call_id` and of the approvals it names, oldest
+/// first: a call made again under an approval is another call, and its
+/// story would otherwise end at "approval … does not allow this call"
+/// without the request and decision it speaks of (nor the first call,
+/// which asked). Each approval's records carry every call made under it.
+fn story_records(host: &Host, call_id: String) -> Result<Vec<Record>, String> {
+    let audit = host.audit();
+    let query = |filter: Filter| {
+        audit
+            .query(&filter, MAX_STORY_RECORDS)
+            .map_err(|e| e.to_string())
+    };
+    let mut records = query(Filter {
+        call_id: Some(call_id),
+        ..Filter::default()
+    })?;
+    let mut approvals: Vec<String> = Vec::new();
+    for record in &records {
+        if let Some(id) = &record.entry.approval_id
+            && !approvals.contains(id)
+            && approvals.len() < MAX_STORY_APPROVALS
+        {
+            approvals.push(id.clone());
+        }
+    }
+    for approval_id in approvals {
+        records.extend(query(Filter {
+            approval_id: Some(approval_id),
+            ..Filter::default()
+        })?);
+    }
+    records.sort_by(|a, b| (a.time_ms, a.seq, &a.hash).cmp(&(b.time_ms, b.seq, &b.hash)));
+    records.dedup_by(|a, b| a.hash == b.hash);
+    records.truncate(MAX_STORY_RECORDS);
+    Ok(records)
+}
 
 async fn call_story(
     State(console): State<Arc<Console>>,
@@ -845,16 +884,7 @@ async fn call_story(
     }
     let host = Arc::clone(&console.host);
     let id = call_id.clone();
-    let read = heavy(&console, move || {
-        let filter = Filter {
-            call_id: Some(id),
-            ..Filter::default()
-        };
-        host.audit()
-            .query(&filter, MAX_STORY_RECORDS)
-            .map_err(|e| e.to_string())
-    })
-    .await;
+    let read = heavy(&console, move || story_records(&host, id)).await;
     match read {
         Ok(records) if records.is_empty() => error_page(
             StatusCode::NOT_FOUND,

@@ -440,10 +440,17 @@ pub(crate) fn call_story(who: &SessionView, call_id: &str, records: &[Record]) -
         Some(who),
         html! {
             h1 { "Call " code { (call_id) } }
-            p.muted { "Every record of this call, oldest first: refusal or intent, approval, outcome." }
+            p.muted {
+                "Every record of this call, oldest first: refusal or intent, approval, outcome. "
+                "With them, the records of each approval the call names: its request, its decision, "
+                "and the other calls made under it, each marked with its own call."
+            }
             @for r in records {
                 h2 { "#" (r.seq) " " (r.entry.event.as_str()) " · " (time(r.time_ms)) }
                 dl.fields {
+                    @if let Some(v) = r.entry.call_id.as_ref().filter(|v| v.as_str() != call_id) {
+                        dt { "Another call" } dd { a href={ "/console/audit/calls/" (segment(v)) } { code { (v) } } }
+                    }
                     @if let Some(v) = &r.entry.principal { dt { "Principal" } dd { (v) } }
                     @if let Some(v) = &r.entry.plugin {
                         dt { "Plugin" } dd { code { (v) } @if let Some(ver) = &r.entry.plugin_version { " " (ver) } }

@@ -550,6 +550,69 @@ async fn a_rejection_needs_a_reason_and_an_approver_cannot_decide_their_own_call
 }
 
 #[tokio::test]
+async fn a_call_made_again_under_an_approval_tells_the_approvals_story_too() {
+    let f = fixture().await;
+    let arguments =
+        json!({"account": "9182", "amount_cents": 240_000, "reason": "twice"}).to_string();
+    let call = || {
+        CallRequest::new("billing/refund", arguments.clone())
+            .principal("agent-1")
+            .idempotency_key("story-twice")
+    };
+    let id = match f.host.call(call()).await {
+        Err(CallError::ApprovalPending { approval_id, .. }) => approval_id,
+        other => panic!("expected approval_pending, got {other:?}"),
+    };
+    let first_call = f.host.approval(&id).unwrap().unwrap().call_id;
+    let (cookie, csrf) = f.login(ALICE).await;
+    let answer = f
+        .post(
+            &format!("/console/approvals/{id}"),
+            &cookie,
+            &[
+                ("csrf", &csrf),
+                ("decision", "reject"),
+                ("reason", "not ours"),
+            ],
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::SEE_OTHER);
+    // The call again, under the rejected approval: another call, refused.
+    let mut again = call();
+    again.approval_id = Some(id.clone());
+    let refused = f.host.call(again).await.unwrap_err();
+    assert_eq!(refused.kind(), "approval_rejected", "{refused}");
+    let filter = Filter {
+        approval_id: Some(id.clone()),
+        event: Some(Event::CallRefused),
+        ..Filter::default()
+    };
+    let records = f.host.audit().query(&filter, 10).unwrap();
+    let second_call = records
+        .iter()
+        .filter_map(|r| r.entry.call_id.clone())
+        .find(|call| *call != first_call)
+        .expect("the refusal of the call made again names its approval");
+    let story = f
+        .get(&format!("/console/audit/calls/{second_call}"), &cookie)
+        .await;
+    assert_eq!(story.status, StatusCode::OK);
+    for part in [
+        "approval_requested",
+        "approval_decided",
+        "not ours",
+        first_call.as_str(),
+    ] {
+        assert!(story.body.contains(part), "{part}: {}", story.body);
+    }
+    // And the first call's story goes on to the call made under it.
+    let story = f
+        .get(&format!("/console/audit/calls/{first_call}"), &cookie)
+        .await;
+    assert!(story.body.contains(&second_call), "{}", story.body);
+}
+
+#[tokio::test]
 async fn hostile_arguments_reasons_and_principals_are_shown_as_text() {
     let f = fixture().await;
     let id = f.pending(HOSTILE, HOSTILE).await;
