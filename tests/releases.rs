@@ -1619,3 +1619,73 @@ async fn an_unreadable_rollout_refuses_its_own_plugin_only() {
     assert!(chain(&err).contains("`text`"), "{}", chain(&err));
     version_for(&host, "alice").await;
 }
+
+/// A call waiting for its approver had resolved to a version; a rollback
+/// made while the approver decided took that version out of service, yet
+/// once approved the call ran it. It is refused as a mismatch now, the
+/// approval left unused (it names the version rolled back); made again,
+/// the call resolves to the version that serves and asks for its own.
+#[tokio::test]
+async fn a_call_waiting_for_approval_does_not_run_a_version_rolled_back_meanwhile() {
+    let data = tempfile::tempdir().unwrap();
+    let mut policy = config(data.path()).policy;
+    policy.approvals.tools = vec!["text/slugify".into()];
+    let host = std::sync::Arc::new(
+        Host::new(HostConfig::default().data_dir(data.path()).policy(policy)).unwrap(),
+    );
+    install(&host, text_version("1.0.0", |m| m).path()).await;
+    install(&host, text_version("1.0.1", |m| m).path()).await;
+    host.set_rollout(&RolloutRequest::new("text", "1.0.0", 100, "ops"))
+        .await
+        .unwrap();
+    host.set_rollout(&RolloutRequest::new("text", "1.0.1", 100, "ops"))
+        .await
+        .unwrap();
+    let request = || {
+        CallRequest::new("text/slugify", json!({"text": "Hi there"}).to_string())
+            .principal("agent-1")
+    };
+    let waiting = {
+        let host = std::sync::Arc::clone(&host);
+        let call = request().wait_for_approval(std::time::Duration::from_secs(60));
+        tokio::spawn(async move { host.call(call).await })
+    };
+    let id = loop {
+        let pending = host.approvals(Some(ApprovalState::Pending)).unwrap();
+        if let Some(approval) = pending.first() {
+            break approval.id.clone();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    host.rollback("text", "oncall", None).await.unwrap();
+    host.decide(&id, "alice", ALICE, Verdict::Approve, None)
+        .await
+        .unwrap();
+    let refused = waiting.await.unwrap().unwrap_err();
+    assert_eq!(refused.kind(), "approval_mismatch", "{refused}");
+    assert!(
+        refused
+            .to_string()
+            .contains("text 1.0.1, which no longer serves")
+            && refused.to_string().contains("1.0.0 serves it now"),
+        "{refused}"
+    );
+    let approval = host.approval(&id).unwrap().unwrap();
+    assert_eq!(approval.state, ApprovalState::Approved, "not spent");
+    assert_eq!(approval.plugin_version.as_deref(), Some("1.0.1"));
+    // Both versions run the same component: the approval is bound to the
+    // manifest it was asked under, so it does not carry over to 1.0.0.
+    let presented = host.call(request().approval_id(&id)).await.unwrap_err();
+    assert_eq!(presented.kind(), "approval_mismatch", "{presented}");
+    assert!(
+        presented.to_string().contains("text 1.0.1, whose manifest"),
+        "{presented}"
+    );
+    // Made again, the call asks for the serving version's approval.
+    let again = host.call(request()).await.unwrap_err();
+    assert_eq!(again.kind(), "approval_pending", "{again}");
+    let pending = host.approvals(Some(ApprovalState::Pending)).unwrap();
+    let asked = pending.iter().find(|a| a.id != id).unwrap();
+    assert_eq!(asked.plugin_version.as_deref(), Some("1.0.0"));
+    assert_ne!(asked.manifest_digest, approval.manifest_digest);
+}

@@ -194,10 +194,14 @@ fn print_approval(a: &Approval) {
     outln!("{}  {}", escape(&a.id), a.state.as_str());
     match a.kind {
         ApprovalKind::Call => outln!(
-            "  tool        {}/{} ({})",
+            "  tool        {}/{} ({}){}",
             escape(&a.plugin),
             escape(&a.tool),
-            escape(&a.risk)
+            escape(&a.risk),
+            a.plugin_version
+                .as_deref()
+                .map(|v| format!(", version {}", escape(v)))
+                .unwrap_or_default()
         ),
         ApprovalKind::PluginUpgrade => outln!(
             "  upgrade     plugin {} to a version that asks for more (see arguments: widens)",

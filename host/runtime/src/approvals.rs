@@ -294,6 +294,8 @@ fn approval_entry(audit: &AuditLog, event: Event, approval: &Approval) -> airloc
     entry.call_id = Some(approval.call_id.clone());
     entry.plugin = Some(approval.plugin.clone());
     entry.component_digest = Some(approval.component_digest.clone());
+    entry.plugin_version.clone_from(&approval.plugin_version);
+    entry.manifest_digest.clone_from(&approval.manifest_digest);
     entry.tool = Some(approval.tool.clone());
     entry.risk = Some(approval.risk.clone());
     entry.approval_id = Some(approval.id.clone());

@@ -1522,6 +1522,8 @@ impl ReleaseParts<'_> {
             state: ApprovalState::Pending,
             plugin: request.plugin.clone(),
             component_digest: target.digest().to_owned(),
+            plugin_version: Some(target.version().to_owned()),
+            manifest_digest: Some(target.manifest_digest().to_owned()),
             tool: String::new(),
             risk: "plugin_upgrade".to_owned(),
             args_digest,

@@ -89,6 +89,8 @@ pub fn approval(id: &str, principal: &str, created_ms: u64, expires_ms: u64) -> 
         state: ApprovalState::Pending,
         plugin: "billing".into(),
         component_digest: "sha256:00".into(),
+        plugin_version: Some("0.1.0".into()),
+        manifest_digest: Some("sha256:01".into()),
         tool: "refund".into(),
         risk: "irreversible".into(),
         args_digest: "digest".into(),

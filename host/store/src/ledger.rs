@@ -133,6 +133,16 @@ pub struct Approval {
     pub plugin: String,
     /// Component digest the approval is bound to.
     pub component_digest: String,
+    /// The plugin version it was asked for (absent in approvals stored
+    /// before it was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin_version: Option<String>,
+    /// SHA-256 (hex) of that version's manifest, which the call approved
+    /// must run under too: the same component under another grant or
+    /// other limits is another call. Absent in approvals stored before it
+    /// was kept: the component alone binds those.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest_digest: Option<String>,
     /// Tool name.
     pub tool: String,
     /// The tool's risk class.

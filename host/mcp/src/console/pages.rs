@@ -302,6 +302,7 @@ pub(crate) fn approval(
             dl.fields {
                 dt { "Decides on" } dd { (a.kind.as_str()) }
                 dt { "Tool" } dd { code { (a.plugin) "/" (a.tool) } }
+                @if let Some(version) = &a.plugin_version { dt { "Version" } dd { (version) } }
                 dt { "Risk" } dd { (risk(&a.risk)) }
                 dt { "Principal" } dd { (a.principal) }
                 dt { "Session" } dd { (a.session.as_deref().unwrap_or("none")) }
@@ -311,6 +312,7 @@ pub(crate) fn approval(
                 dt { "Expires" } dd { (time(a.expires_ms)) " (" (until(a.expires_ms, now_ms)) ")" }
                 dt { "Call" } dd { a href={ "/console/audit/calls/" (segment(&a.call_id)) } { code { (a.call_id) } } }
                 dt { "Component digest" } dd { code { (a.component_digest) } }
+                @if let Some(digest) = &a.manifest_digest { dt { "Manifest digest" } dd { code { (digest) } } }
                 dt { "Arguments digest" } dd { code { (a.args_digest) } }
                 @if let Some(by) = &a.decided_by {
                     dt { "Decided by" } dd { (by) @if let Some(at) = a.decided_ms { " at " (time(at)) } }

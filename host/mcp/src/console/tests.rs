@@ -649,6 +649,8 @@ async fn hostile_arguments_reasons_and_principals_are_shown_as_text() {
         state: ApprovalState::Pending,
         plugin: HOSTILE.into(),
         component_digest: HOSTILE.into(),
+        plugin_version: Some(HOSTILE.into()),
+        manifest_digest: Some(HOSTILE.into()),
         tool: HOSTILE.into(),
         risk: HOSTILE.into(),
         args_digest: HOSTILE.into(),

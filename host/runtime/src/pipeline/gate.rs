@@ -362,6 +362,8 @@ impl<'h> Pipeline<'h> {
                     kind: ApprovalKind::Call,
                     plugin: plugin.name().to_owned(),
                     component_digest: plugin.digest().to_owned(),
+                    plugin_version: Some(plugin.version().to_owned()),
+                    manifest_digest: Some(plugin.manifest_digest().to_owned()),
                     tool: tool.name().to_owned(),
                     risk: tool.risk().as_str().to_owned(),
                     args_digest: record.args_digest().to_owned(),
@@ -428,10 +430,12 @@ impl<'h> Pipeline<'h> {
             check_binding(&approval, request, plugin, tool, record)?;
             match approval.state {
                 ApprovalState::Approved => {
-                    // The mode and the pauses may have changed while the
-                    // approval was pending: checked again before it is
-                    // used, so a refusal leaves it for a later call.
+                    // The mode, the pauses and the rollout may have
+                    // changed while the approval was pending: checked
+                    // again before it is used, so a refusal leaves it for
+                    // a later call.
                     let read_only = self.mode_and_pauses(plugin, tool).await?;
+                    self.still_routed(&approval, request, plugin)?;
                     let consumed =
                         self.ledger
                             .transition(&id, ApprovalState::Approved, now_ms(), |a| {
@@ -488,6 +492,51 @@ const MAX_APPROVAL_WAIT: Duration = Duration::from_secs(366 * 24 * 60 * 60);
 
 /// An approval covers exactly one call: same component, tool, arguments,
 /// principal and idempotency key.
+impl Pipeline<'_> {
+    /// Whether `plugin`, the version this call resolved to, is still the
+    /// one routed to it: a rollback (an operator's, or an alert's) made
+    /// while an approver decided takes that version out of service, and
+    /// the call it held would otherwise run it once approved. Refused as
+    /// a mismatch — the approval was given for a version that no longer
+    /// serves this caller; the call made again resolves to the version
+    /// that does, and asks for its own approval.
+    fn still_routed(
+        &self,
+        approval: &Approval,
+        request: &CallRequest,
+        plugin: &Plugin,
+    ) -> CallResult<()> {
+        let routed = self.served.version_for(
+            plugin.name(),
+            &request.principal,
+            request.session.as_deref(),
+        )?;
+        let serves = match routed.as_deref() {
+            Some(version) => version == plugin.version(),
+            None => self
+                .plugins
+                .get(plugin.name())
+                .is_some_and(|p| p.digest() == plugin.digest()),
+        };
+        if serves {
+            return Ok(());
+        }
+        let now = routed.map_or_else(
+            || "none serves it here now".to_owned(),
+            |v| format!("{v} serves it now"),
+        );
+        Err(CallError::ApprovalRefused {
+            approval_id: approval.id.clone(),
+            reason: format!(
+                "it was given for {} {}, which no longer serves this call ({now}): make the call again",
+                plugin.name(),
+                plugin.version()
+            ),
+            why: ApprovalRefusal::Mismatch,
+        })
+    }
+}
+
 fn check_binding(
     approval: &Approval,
     request: &CallRequest,
@@ -520,6 +569,18 @@ fn check_binding(
     }
     if approval.component_digest != plugin.digest() {
         return mismatch("another version of the plugin's component");
+    }
+    if approval
+        .manifest_digest
+        .as_deref()
+        .is_some_and(|d| d != plugin.manifest_digest())
+    {
+        let version = approval.plugin_version.as_deref().unwrap_or("?");
+        return mismatch(&format!(
+            "{} {version}, whose manifest (grant, limits) is not {}'s",
+            approval.plugin,
+            plugin.version()
+        ));
     }
     if approval.args_digest != record.args_digest() {
         return mismatch("other arguments");
