@@ -1245,7 +1245,16 @@ async fn a_rollout_change_whose_record_failed_is_recorded_at_the_next_change() {
             .set_rollout(&RolloutRequest::new("text", "1.0.0", 100, "ops"))
             .await
             .unwrap_err();
-        assert!(chain(&err).contains("audit"), "{}", chain(&err));
+        // Made, and said so: an error that read as "nothing changed"
+        // would have the operator make it again.
+        assert_eq!(err.kind(), "change_unrecorded", "{}", chain(&err));
+        let text = chain(&err);
+        assert!(
+            text.contains("rollout was changed (1.0.0 serves)")
+                && text.contains("do not make the change again")
+                && text.contains("audit"),
+            "{text}"
+        );
     }
     let host = Host::new(config(data.path())).unwrap();
     assert!(changes(&host).is_empty());

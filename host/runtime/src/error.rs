@@ -1000,6 +1000,23 @@ pub enum Error {
     #[error("the audit log cannot record it")]
     AuditUnavailable(#[source] airlock_audit::Error),
 
+    /// A rollout change was made — stored, serving — but the audit log
+    /// could not record it then: it is recorded at the plugin's next
+    /// rollout change, on this host. Not a failure to try again: made
+    /// again, a rollback would go one step further.
+    #[error(
+        "{plugin}'s rollout was changed ({now}), but the audit log cannot record it now: it is recorded at {plugin}'s next rollout change; do not make the change again"
+    )]
+    ChangeUnrecorded {
+        /// The plugin.
+        plugin: String,
+        /// What serves now.
+        now: String,
+        /// Why it could not be recorded.
+        #[source]
+        source: airlock_audit::Error,
+    },
+
     /// An approver's decision was refused.
     #[error("decision refused: {reason}")]
     DecisionRefused {
@@ -1556,6 +1573,7 @@ impl Error {
             Error::Config { .. } => "config",
             Error::Engine { .. } => "engine",
             Error::AuditUnavailable(_) => "audit_unavailable",
+            Error::ChangeUnrecorded { .. } => "change_unrecorded",
             Error::DecisionRefused { .. } => "decision_refused",
             Error::UnseenArguments { .. } => "unseen_arguments",
             Error::Audit(_) => "audit",
@@ -1575,6 +1593,7 @@ impl Error {
             | Error::Config { .. }
             | Error::Engine { .. }
             | Error::AuditUnavailable(_)
+            | Error::ChangeUnrecorded { .. }
             | Error::DecisionRefused { .. }
             | Error::UnseenArguments { .. }
             | Error::Audit(_)

@@ -2074,6 +2074,12 @@ impl Host {
                     .rollback(&plugin, &by, Some(&why), true, None)
                     .await
                     .map(|_| ())
+                    // Rolled back; its own record follows at the plugin's
+                    // next change.
+                    .or_else(|e| match e {
+                        Error::ChangeUnrecorded { .. } => Ok(()),
+                        e => Err(e),
+                    })
                     .map_err(|e| {
                         if matches!(
                             e,

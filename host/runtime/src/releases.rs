@@ -1369,7 +1369,17 @@ impl ReleaseParts<'_> {
             Changed::Done(rollout) => {
                 entry.decision = Some(rollout.change.action.as_str().to_owned());
                 entry.reason = Some(describe(&rollout));
-                self.record(entry).await?;
+                // Made, whatever the log says: an error that read as "not
+                // changed" would have the operator make it again (a
+                // rollback one step further). The marker stays set, so
+                // the plugin's next change records it.
+                crate::audit::append(self.audit, &entry, Durability::Flushed)
+                    .await
+                    .map_err(|source| Error::ChangeUnrecorded {
+                        plugin: rollout.plugin.clone(),
+                        now: describe(&rollout),
+                        source,
+                    })?;
                 self.ledger.set_meta(&marker, "").map_err(ledger_error)?;
                 Ok(rollout)
             }
