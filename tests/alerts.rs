@@ -666,7 +666,9 @@ async fn an_alerts_rollback_undoes_one_change_never_two() {
             .await
             .unwrap();
     }
-    for (version, percent) in [("1.0.0", 100), ("2.0.0", 100), ("3.0.0", 50)] {
+    // The canary takes (nearly) every call: the calls refused below are
+    // its own, so its alert's rollback stops it.
+    for (version, percent) in [("1.0.0", 100), ("2.0.0", 100), ("3.0.0", 99)] {
         host.set_rollout(&RolloutRequest::new("text", version, percent, "ops"))
             .await
             .unwrap();
@@ -750,6 +752,106 @@ async fn an_alerts_rollback_undoes_one_change_never_two() {
         "{:?}",
         last.entry.reason
     );
+}
+
+/// Each version is evaluated on its own and an alert names it: the
+/// serving version failing while a canary ran rolled back the canary — an
+/// innocent one, and the failing version went on serving. The rollback
+/// is refused now, recorded; the canary failing stops the canary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alerts_rollback_takes_out_the_failing_version_never_an_innocent_canary() {
+    let data = tempfile::tempdir().unwrap();
+    let mut alerts = AlertConfig::default();
+    alerts.rules.push(
+        AlertRule::new(
+            "refusals",
+            AlertMetric::RefusalsPerMinute,
+            Duration::from_secs(60),
+            3.0,
+        )
+        .tools("text/*")
+        .takeover(TakeoverAction::Rollback),
+    );
+    let host =
+        Arc::new(Host::new(HostConfig::default().data_dir(data.path()).alerts(alerts)).unwrap());
+    let (one, two) = (text_version("1.0.0"), text_version("2.0.0"));
+    for dir in [&one, &two] {
+        host.install(&Package::from_dir(dir.path()).unwrap(), "ops")
+            .await
+            .unwrap();
+    }
+    host.set_rollout(&RolloutRequest::new("text", "1.0.0", 100, "ops"))
+        .await
+        .unwrap();
+    host.set_rollout(&RolloutRequest::new("text", "2.0.0", 50, "ops"))
+        .await
+        .unwrap();
+    // A caller of each version (the split is sticky by principal).
+    let mut callers: [Option<String>; 2] = [None, None];
+    for i in 0..200 {
+        let principal = format!("agent-{i}");
+        let ran = host
+            .call(
+                CallRequest::new("text/slugify", json!({"text": "Hi"}).to_string())
+                    .principal(&principal),
+            )
+            .await
+            .unwrap();
+        let slot = usize::from(ran.plugin_version == "2.0.0");
+        callers[slot].get_or_insert(principal);
+        if callers.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    let [Some(on_serving), Some(on_canary)] = callers else {
+        panic!("no caller of each version in 200: {callers:?}");
+    };
+    let refuse = |principal: String| {
+        let host = Arc::clone(&host);
+        async move {
+            for _ in 0..3 {
+                let refused = host
+                    .call(
+                        CallRequest::new("text/slugify", json!({"text": 5}).to_string())
+                            .principal(&principal),
+                    )
+                    .await
+                    .unwrap_err();
+                assert_eq!(refused.kind(), "arguments_invalid");
+            }
+        }
+    };
+    refuse(on_serving).await;
+    let rollout = host.rollouts().unwrap()[0].clone();
+    assert_eq!(
+        rollout.canary.map(|c| c.version).as_deref(),
+        Some("2.0.0"),
+        "the canary is not the version failing"
+    );
+    let fired = records(&host, Event::AlertFired);
+    assert_eq!(fired.len(), 1, "{fired:?}");
+    assert_eq!(fired[0].entry.plugin_version.as_deref(), Some("1.0.0"));
+    let takeover = records(&host, Event::Takeover);
+    let reason = takeover[0].entry.reason.as_deref().unwrap_or("");
+    assert!(
+        reason.contains("text 1.0.0 is failing") && reason.contains("not the version failing"),
+        "{reason}"
+    );
+    let listed = host.alerts();
+    assert!(
+        listed
+            .iter()
+            .any(|a| a.state == "firing" && a.version.as_deref() == Some("1.0.0")),
+        "{listed:?}"
+    );
+
+    refuse(on_canary).await;
+    let rollout = host.rollouts().unwrap()[0].clone();
+    assert!(rollout.canary.is_none(), "{rollout:?}");
+    assert_eq!(rollout.serving, "1.0.0");
+    let fired = records(&host, Event::AlertFired);
+    assert_eq!(fired.len(), 2, "{fired:?}");
+    assert_eq!(fired[1].entry.plugin_version.as_deref(), Some("2.0.0"));
 }
 
 #[test]

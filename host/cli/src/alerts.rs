@@ -161,11 +161,15 @@ async fn list(settings: &Settings, server: Option<Control>, json_out: bool) -> R
         outln!("no alerts");
     }
     for alert in &alerts {
-        let target = match (alert["plugin"].as_str(), alert["tool"].as_str()) {
+        let mut target = match (alert["plugin"].as_str(), alert["tool"].as_str()) {
             (Some(p), Some(t)) => format!("{p}/{t}"),
             (Some(p), None) => p.to_owned(),
             _ => "(host)".to_owned(),
         };
+        if let Some(version) = alert["version"].as_str() {
+            target.push('@');
+            target.push_str(version);
+        }
         let since = alert["fired_ms"].as_u64().map(time).unwrap_or_default();
         let mut line = format!(
             "{:<9} {:<24} {:<28} fired {since}",
@@ -205,12 +209,14 @@ fn from_the_record(host: &Host) -> Result<Value, Failure> {
         let record = record.map_err(airlock_host::Error::from)?;
         let entry = &record.entry;
         let (rule, plugin, tool) = (&entry.decision, &entry.plugin, &entry.tool);
+        let version = &entry.plugin_version;
         match entry.event {
             Event::AlertFired => alerts.push(json!({
                 "rule": rule,
                 "state": "firing",
                 "plugin": plugin,
                 "tool": tool,
+                "version": version,
                 "fired_ms": record.time_ms,
                 "resolved_ms": null,
                 "reason": entry.reason,
@@ -221,6 +227,7 @@ fn from_the_record(host: &Host) -> Result<Value, Failure> {
                         && a["rule"] == json!(rule)
                         && a["plugin"] == json!(plugin)
                         && a["tool"] == json!(tool)
+                        && a["version"] == json!(version)
                 }) {
                     alert["state"] = json!("resolved");
                     alert["resolved_ms"] = json!(record.time_ms);

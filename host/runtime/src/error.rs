@@ -1178,6 +1178,19 @@ pub enum ReleaseError {
         /// Why.
         reason: String,
     },
+    /// An alert's rollback is about a version a rollback would not take
+    /// out of service: nothing is changed, and an operator decides.
+    #[error(
+        "{plugin} {version} is failing, but a rollback would not take it out of service: {why}; nothing was changed"
+    )]
+    NotRollbackTarget {
+        /// The plugin.
+        plugin: String,
+        /// The version whose calls tripped the alert.
+        version: String,
+        /// Why a rollback misses it.
+        why: String,
+    },
 }
 
 impl ReleaseError {
@@ -1197,6 +1210,7 @@ impl ReleaseError {
             ReleaseError::ApprovalRequired { .. } => "upgrade_approval_pending",
             ReleaseError::NoApprover { .. } => "approval_unavailable",
             ReleaseError::ApprovalRefused { .. } => "upgrade_approval_refused",
+            ReleaseError::NotRollbackTarget { .. } => "not_rollback_target",
         }
     }
 
@@ -1215,7 +1229,8 @@ impl ReleaseError {
             | ReleaseError::AlreadyRolledBack { .. }
             | ReleaseError::Conflict { .. }
             | ReleaseError::NoApprover { .. }
-            | ReleaseError::ApprovalRefused { .. } => ErrorClass::Refused,
+            | ReleaseError::ApprovalRefused { .. }
+            | ReleaseError::NotRollbackTarget { .. } => ErrorClass::Refused,
         }
     }
 

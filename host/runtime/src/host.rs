@@ -1136,7 +1136,7 @@ impl Host {
             // of the p99 (5 ms against 0.9 ms without). It still yields
             // where it really waits, and a running guest at every epoch
             // tick (10 ms).
-            let result =
+            let (result, version) =
                 tokio::task::coop::unconstrained(self.pipeline().call(&request, call_id)).await;
             // The attempt, done, counts against the caller's budget: a
             // task calling in a loop, its calls finishing at their first
@@ -1158,9 +1158,13 @@ impl Host {
                         .split_once('/')
                         .is_some_and(|(plugin, _)| self.served.knows(plugin))
                 };
-                let actions = self
-                    .alerts
-                    .observe(&request.tool, &result, started.elapsed(), known);
+                let actions = self.alerts.observe(
+                    &request.tool,
+                    version.as_deref(),
+                    &result,
+                    started.elapsed(),
+                    known,
+                );
                 let actions = self.alerts.with_unfinished(actions);
                 // Boxed, and only when there is something to do: most
                 // calls fire nothing, and the acting future inline would
@@ -1383,7 +1387,7 @@ impl Host {
         reason: Option<&str>,
     ) -> Result<airlock_store::Rollout> {
         self.release_parts(plugin)
-            .rollback(plugin, by, reason, false, None)
+            .rollback(plugin, by, reason, false, None, None)
             .await
     }
 
@@ -1404,7 +1408,7 @@ impl Host {
         seen_change: &str,
     ) -> Result<airlock_store::Rollout> {
         self.release_parts(plugin)
-            .rollback(plugin, by, reason, false, Some(seen_change))
+            .rollback(plugin, by, reason, false, None, Some(seen_change))
             .await
     }
 
@@ -2071,7 +2075,14 @@ impl Host {
             TakeoverAction::Rollback => {
                 let outcome = self
                     .release_parts(&plugin)
-                    .rollback(&plugin, &by, Some(&why), true, None)
+                    .rollback(
+                        &plugin,
+                        &by,
+                        Some(&why),
+                        true,
+                        status.version.as_deref(),
+                        None,
+                    )
                     .await
                     .map(|_| ())
                     // Rolled back; its own record follows at the plugin's
@@ -2083,7 +2094,10 @@ impl Host {
                     .map_err(|e| {
                         if matches!(
                             e,
-                            Error::Release(crate::ReleaseError::AlreadyRolledBack { .. })
+                            Error::Release(
+                                crate::ReleaseError::AlreadyRolledBack { .. }
+                                    | crate::ReleaseError::NotRollbackTarget { .. }
+                            )
                         ) {
                             self.alerts.give_back_takeover(status.fired_ms);
                         }
@@ -2227,6 +2241,7 @@ mod tests {
                 state: "firing",
                 plugin: Some("text".into()),
                 tool: Some("slugify".into()),
+                version: None,
                 value: Some(1.0),
                 threshold: 0.5,
                 fired_ms: 0,

@@ -1622,12 +1622,18 @@ impl ReleaseParts<'_> {
     /// `seen_change`: the id of the change the one rolling back saw, and
     /// the rollout must still be at (refused with `Conflict` when another
     /// change came since: a second click on a page, or one left open).
+    /// `failing`: the version an alert's rollback is about (its calls
+    /// tripped the rule); refused with `NotRollbackTarget` when rolling
+    /// back would not take it out of service — it serves no call any
+    /// more, or it is the serving version while a canary runs (stopping
+    /// the canary, which is not failing, would undo nothing).
     pub(crate) async fn rollback(
         &self,
         plugin: &str,
         by: &str,
         reason: Option<&str>,
         automatic: bool,
+        failing: Option<&str>,
         seen_change: Option<&str>,
     ) -> Result<Rollout> {
         check_change_text(by, reason)?;
@@ -1659,6 +1665,28 @@ impl ReleaseParts<'_> {
                 by: r.change.by.clone(),
             }
             .into());
+        }
+        if let Some(failing) = failing {
+            let canary = r.canary.as_ref().map(|c| c.version.as_str());
+            let why = if canary == Some(failing) {
+                None
+            } else if failing != r.serving {
+                Some(format!("it serves no call now ({})", describe(r)))
+            } else {
+                canary.map(|canary| {
+                    format!(
+                        "it is the serving version, and a rollback would only stop the canary {canary}, which is not the version failing"
+                    )
+                })
+            };
+            if let Some(why) = why {
+                return Err(ReleaseError::NotRollbackTarget {
+                    plugin: plugin.to_owned(),
+                    version: failing.to_owned(),
+                    why,
+                }
+                .into());
+            }
         }
         let (next, concerns) = if r.canary.is_some() {
             (

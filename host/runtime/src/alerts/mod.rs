@@ -63,6 +63,11 @@ pub struct AlertStatus {
     pub plugin: Option<String>,
     /// The tool it is about (none for a host-wide rule).
     pub tool: Option<String>,
+    /// The version of the plugin whose calls it is about: each version of
+    /// a tool is evaluated on its own, so a canary's alert names the
+    /// canary. None for a host-wide rule, and for calls refused before
+    /// their version was known.
+    pub version: Option<String>,
     /// The value that fired or resolved it (`None`: no calls left in the
     /// window).
     pub value: Option<f64>,
@@ -185,11 +190,13 @@ impl Alerts {
         !self.config.rules.is_empty()
     }
 
-    /// Report one finished call of `tool` (`plugin/tool` as asked);
-    /// what the alerts it moved need done.
+    /// Report one finished call of `tool` (`plugin/tool` as asked) that
+    /// resolved to `version` of its plugin (`None`: refused before it was
+    /// resolved); what the alerts it moved need done.
     pub(crate) fn observe(
         &self,
         tool: &str,
+        version: Option<&str>,
         result: &Result<CallResponse, CallError>,
         wall: Duration,
         known_plugin: impl FnOnce() -> bool,
@@ -200,14 +207,18 @@ impl Alerts {
         let Some(outcome) = outcome(result) else {
             return Vec::new();
         };
-        let (tool, fuel) = match result {
-            Ok(response) => (response.tool.as_str(), response.fuel_used),
+        let (tool, version, fuel) = match result {
+            Ok(response) => (
+                response.tool.as_str(),
+                Some(response.plugin_version.as_str()),
+                response.fuel_used,
+            ),
             // A call that failed before its tool was resolved (a store
             // error routing it) is counted against the tool as asked —
             // only when that could name a tool of a plugin that serves
             // here: a caller's made-up text neither takes the evaluator's
             // slots nor reaches a webhook or a takeover.
-            Err(_) if is_tool_id(tool) && known_plugin() => (tool, 0),
+            Err(_) if is_tool_id(tool) && known_plugin() => (tool, version, 0),
             Err(_) => return Vec::new(),
         };
         let call = Observation {
@@ -225,7 +236,7 @@ impl Alerts {
             .evaluator
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        let transitions = evaluator.observe(&self.config, tool, call);
+        let transitions = evaluator.observe(&self.config, &window::target(tool, version), call);
         self.actions(transitions)
     }
 
@@ -270,10 +281,12 @@ impl Alerts {
 
     fn action(&self, t: Transition) -> Option<Action> {
         let rule = self.config.rules.get(t.rule)?;
-        let (plugin, tool) = match t.target.split_once('/') {
+        let (tool_id, version) = window::split_target(&t.target);
+        let version = version.map(str::to_owned);
+        let (plugin, tool) = match tool_id.split_once('/') {
             _ if t.target == HOST_TARGET => (None, None),
             Some((p, tool)) => (Some(p.to_owned()), Some(tool.to_owned())),
-            None => (Some(t.target.clone()), None),
+            None => (Some(tool_id.to_owned()), None),
         };
         let mut firing = self.firing.lock().unwrap_or_else(PoisonError::into_inner);
         let key = (t.rule, t.target.clone());
@@ -289,6 +302,7 @@ impl Alerts {
                 state: "firing",
                 plugin,
                 tool,
+                version,
                 value: t.value,
                 threshold: rule.threshold,
                 fired_ms: t.at_ms,
@@ -456,6 +470,7 @@ pub(crate) fn alert_entry(action: &Action, takeover_note: Option<&str>) -> Entry
     });
     entry.decision = Some(status.rule.clone());
     entry.plugin = status.plugin.clone();
+    entry.plugin_version.clone_from(&status.version);
     entry.tool = status.tool.clone();
     entry.principal = Some(format!("alert:{}", status.rule));
     let value = status.value.map_or_else(
@@ -548,10 +563,10 @@ mod tests {
                 message: "a rollout's version cannot be loaded".into(),
             })
         };
-        let made_up = alerts.observe("billing/x1", &failed(), Duration::ZERO, || false);
+        let made_up = alerts.observe("billing/x1", None, &failed(), Duration::ZERO, || false);
         assert!(made_up.is_empty());
         assert_eq!(alerts.firing_count(), 0);
-        let known = alerts.observe("billing/refund", &failed(), Duration::ZERO, || true);
+        let known = alerts.observe("billing/refund", None, &failed(), Duration::ZERO, || true);
         assert_eq!(known.len(), 1);
         assert_eq!(alerts.firing_count(), 1);
     }

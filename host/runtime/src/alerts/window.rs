@@ -24,6 +24,27 @@ pub(crate) const NORM_CALLS: usize = 1000;
 /// The target of a host-wide rule.
 pub(crate) const HOST_TARGET: &str = "*";
 
+/// The target of the calls of `tool` (`plugin/tool`) that ran `version`
+/// of its plugin: each version is evaluated on its own, so a canary's
+/// failures are not diluted by the serving version's calls (nor the
+/// serving version's blamed on the canary), and an alert names the
+/// version that fails. A call refused before its version was known is
+/// the tool's, with none. (Neither names nor versions hold an `@`.)
+pub(crate) fn target(tool: &str, version: Option<&str>) -> String {
+    match version {
+        Some(version) => format!("{tool}@{version}"),
+        None => tool.to_owned(),
+    }
+}
+
+/// The `plugin/tool` of a target, and the version when it names one.
+pub(crate) fn split_target(target: &str) -> (&str, Option<&str>) {
+    match target.split_once('@') {
+        Some((tool, version)) => (tool, Some(version)),
+        None => (target, None),
+    }
+}
+
 /// What one finished call tells the rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Outcome {
@@ -73,7 +94,8 @@ enum Phase {
 pub(crate) struct Transition {
     /// Index of the rule in the configuration.
     pub(crate) rule: usize,
-    /// `plugin/tool`, or [`HOST_TARGET`].
+    /// `plugin/tool@version` ([`target`]), `plugin/tool`, or
+    /// [`HOST_TARGET`].
     pub(crate) target: String,
     pub(crate) fired: bool,
     /// The value that decided (`None`: no data left in the window).
@@ -380,7 +402,13 @@ impl Evaluator {
             // not tracked.
             return self.check(config, call.at_ms, None, Some(HOST_TARGET));
         }
-        let calls = self.tools.entry(tool.to_owned()).or_default();
+        if !self.tools.contains_key(tool) {
+            let seeded = self.norm_of_another_version(tool);
+            self.tools.insert(tool.to_owned(), seeded);
+        }
+        let Some(calls) = self.tools.get_mut(tool) else {
+            return Vec::new();
+        };
         if call.outcome == Outcome::Refused {
             push_time(&mut calls.refused, call.at_ms);
             if calls.refused.len() > self.bounds.calls {
@@ -436,6 +464,41 @@ impl Evaluator {
         }
     }
 
+    /// The calls of a version of a tool first seen: none, but the fuel
+    /// norm of the version of the same tool that ran last (its newest
+    /// successful calls, kept or let go), so `fuel_ratio` compares a new
+    /// version with the one before it — a release that burns ten times
+    /// the fuel is what the rule is for — until its own calls make its
+    /// norm.
+    fn norm_of_another_version(&self, target: &str) -> ToolCalls {
+        let (tool, Some(_)) = split_target(target) else {
+            return ToolCalls::default();
+        };
+        let latest = self
+            .tools
+            .iter()
+            .filter(|(other, _)| {
+                let (other_tool, version) = split_target(other);
+                other_tool == tool && version.is_some()
+            })
+            .filter_map(|(_, calls)| Some((calls.calls.back()?.call.at_ms, calls)))
+            .max_by_key(|(at, _)| *at)
+            .map(|(_, calls)| calls);
+        let mut seeded = ToolCalls::default();
+        if let Some(previous) = latest {
+            let kept = previous
+                .calls
+                .iter()
+                .filter(|k| k.call.outcome == Outcome::Ok)
+                .map(|k| k.call.fuel);
+            let fuels: Vec<u64> = previous.norm.iter().copied().chain(kept).collect();
+            let newest = &fuels[fuels.len().saturating_sub(NORM_CALLS)..];
+            seeded.norm = newest.iter().copied().collect();
+            seeded.norm_fuel = newest.iter().map(|f| u128::from(*f)).sum();
+        }
+        seeded
+    }
+
     /// Forget one tool that has no call in any window and no alert under
     /// way (its fuel norm with it); whether there was one.
     fn forget_an_idle_tool(&mut self, now_ms: u64) -> bool {
@@ -483,7 +546,10 @@ impl Evaluator {
                 }
                 // One call's check: its own tool, not every tool's name.
                 Some(only) => {
-                    if only != HOST_TARGET && rule.watches(only) && self.tools.contains_key(only) {
+                    if only != HOST_TARGET
+                        && rule.watches(split_target(only).0)
+                        && self.tools.contains_key(only)
+                    {
                         vec![only.to_owned()]
                     } else {
                         Vec::new()
@@ -492,7 +558,7 @@ impl Evaluator {
                 None => self
                     .tools
                     .keys()
-                    .filter(|t| rule.watches(t))
+                    .filter(|t| rule.watches(split_target(t).0))
                     .cloned()
                     .collect(),
             };
@@ -675,6 +741,78 @@ mod tests {
 
     fn fired(ts: &[Transition]) -> Vec<bool> {
         ts.iter().map(|t| t.fired).collect()
+    }
+
+    /// Each version of a tool is evaluated on its own: a canary whose
+    /// every call fails tripped no error-rate rule while the serving
+    /// version's calls diluted it (3 failures in 23 calls), and an alert
+    /// could not say which version failed.
+    #[test]
+    fn each_version_of_a_tool_is_evaluated_on_its_own() {
+        let config = config(
+            AlertRule::new(
+                "errors",
+                AlertMetric::ErrorRate,
+                Duration::from_secs(60),
+                0.5,
+            )
+            .min_calls(3),
+        );
+        let mut eval = Evaluator::new(&config);
+        let serving = target("a/b", Some("1.0.0"));
+        let canary = target("a/b", Some("2.0.0"));
+        for i in 0..20 {
+            assert!(
+                eval.observe(&config, &serving, call(i, Outcome::Ok))
+                    .is_empty()
+            );
+        }
+        let mut all = Vec::new();
+        for i in 20..23 {
+            all.extend(eval.observe(&config, &canary, call(i, Outcome::Failed)));
+        }
+        assert_eq!(all.len(), 1, "{all:?}");
+        assert!(all[0].fired);
+        assert_eq!(split_target(&all[0].target), ("a/b", Some("2.0.0")));
+        assert_eq!(eval.firing().len(), 1, "the serving version is not firing");
+    }
+
+    /// A version first seen is measured against the fuel norm of the
+    /// version of the same tool that ran before it: a release burning ten
+    /// times the fuel is what `fuel_ratio` is for, and a version starting
+    /// with no norm of its own could not trip it.
+    #[test]
+    fn a_new_version_is_measured_against_the_fuel_norm_of_the_one_before() {
+        let config = config(
+            AlertRule::new("fuel", AlertMetric::FuelRatio, Duration::from_secs(60), 3.0)
+                .min_calls(10),
+        );
+        let mut eval = Evaluator::new(&config);
+        for i in 0..50 {
+            let t = eval.observe(&config, &target("a/b", Some("1")), call(i, Outcome::Ok));
+            assert!(t.is_empty(), "{t:?}");
+        }
+        // Another tool's versions lend it nothing.
+        let mut other = call(50, Outcome::Ok);
+        other.fuel = 1000;
+        for i in 50..70 {
+            other.at_ms = i;
+            assert!(
+                eval.observe(&config, &target("a/c", Some("2")), other)
+                    .is_empty()
+            );
+        }
+        let mut all = Vec::new();
+        for i in 70..80 {
+            other.at_ms = i;
+            all.extend(eval.observe(&config, &target("a/b", Some("2")), other));
+        }
+        assert_eq!(fired(&all), [true], "{all:?}");
+        assert_eq!(all[0].target, "a/b@2");
+        assert!(
+            all[0].value.is_some_and(|v| (v - 10.0).abs() < 1e-9),
+            "{all:?}"
+        );
     }
 
     /// A busy tool holds more calls in its window than are kept: those

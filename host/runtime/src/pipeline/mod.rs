@@ -85,17 +85,20 @@ pub(crate) struct Pipeline<'h> {
 
 impl<'h> Pipeline<'h> {
     /// Run one tool call, `call_id` ([`new_call_id`]), through every step
-    /// (see [`Host::call`](crate::Host::call)).
+    /// (see [`Host::call`](crate::Host::call)); with its outcome, the
+    /// version of the plugin it resolved to (`None`: it did not resolve),
+    /// which a failure does not carry, for the alert rules.
     pub(crate) async fn call(
         &self,
         request: &CallRequest,
         call_id: String,
-    ) -> CallResult<CallResponse> {
+    ) -> (CallResult<CallResponse>, Option<Arc<str>>) {
         let mut summary = CallSummary::start(request, call_id, self.telemetry.exports_spans());
         let result = self.steps(request, &mut summary).await;
         summary.finish(&result);
         self.observe(&summary);
-        result
+        let version = summary.resolved.as_ref().map(|r| Arc::clone(&r.version));
+        (result, version)
     }
 
     /// Report a finished call, once: the one place every call's outcome
