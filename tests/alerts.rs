@@ -690,7 +690,8 @@ async fn an_alerts_rollback_undoes_one_change_never_two() {
         (rollout.serving.as_str(), rollout.canary.is_none()),
         ("2.0.0", true)
     );
-    // Resolved once its window is past, then fired again (twice).
+    // Fired again on the version that serves now (its own alert), twice,
+    // a window apart: that version is not the one a rollback took out.
     for _ in 0..2 {
         tokio::time::sleep(Duration::from_millis(1200)).await;
         host.check_alerts().await.unwrap();
@@ -852,6 +853,81 @@ async fn an_alerts_rollback_takes_out_the_failing_version_never_an_innocent_cana
     let fired = records(&host, Event::AlertFired);
     assert_eq!(fired.len(), 2, "{fired:?}");
     assert_eq!(fired[1].entry.plugin_version.as_deref(), Some("2.0.0"));
+}
+
+/// A canary that does not load here fails its callers before a version
+/// is resolved: those failures were the tool's, with no version, and the
+/// rollback they tripped was aimed at nothing in particular. They count
+/// against the version the rollout routed them to, so the canary stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_that_does_not_load_is_the_version_its_alert_rolls_back() {
+    let data = tempfile::tempdir().unwrap();
+    let mut alerts = AlertConfig::default();
+    alerts.rules.push(
+        AlertRule::new(
+            "errors",
+            AlertMetric::ErrorRate,
+            Duration::from_secs(60),
+            0.5,
+        )
+        .min_calls(3)
+        .tools("text/*")
+        .takeover(TakeoverAction::Rollback),
+    );
+    let config = || {
+        HostConfig::default()
+            .data_dir(data.path())
+            .alerts(alerts.clone())
+    };
+    {
+        let host = Host::new(config()).unwrap();
+        for version in ["1.0.0", "2.0.0"] {
+            let dir = text_version(version);
+            host.install(&Package::from_dir(dir.path()).unwrap(), "ops")
+                .await
+                .unwrap();
+        }
+        host.set_rollout(&RolloutRequest::new("text", "1.0.0", 100, "ops"))
+            .await
+            .unwrap();
+        host.set_rollout(&RolloutRequest::new("text", "2.0.0", 99, "ops"))
+            .await
+            .unwrap();
+    }
+    // The data directory's copy of 2.0.0 edited: it no longer loads.
+    let copy = std::fs::read_dir(data.path().join("versions/text"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .starts_with("2.0.0-")
+        })
+        .unwrap();
+    let manifest = copy.join("plugin.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        text.replacen("risk = \"read\"", "risk = \"write\"", 1),
+    )
+    .unwrap();
+    let host = Host::new(config()).unwrap();
+    for _ in 0..3 {
+        let failed = host
+            .call(CallRequest::new(
+                "text/slugify",
+                json!({"text": "Hi"}).to_string(),
+            ))
+            .await;
+        assert!(failed.is_err(), "{failed:?}");
+    }
+    let fired = records(&host, Event::AlertFired);
+    assert_eq!(fired.len(), 1, "{fired:?}");
+    assert_eq!(fired[0].entry.plugin_version.as_deref(), Some("2.0.0"));
+    let rollout = host.rollouts().unwrap()[0].clone();
+    assert!(rollout.canary.is_none(), "{rollout:?}");
+    assert_eq!(rollout.serving, "1.0.0");
 }
 
 #[test]

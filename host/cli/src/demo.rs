@@ -685,11 +685,12 @@ async fn alert(demo: &mut Demo<'_>, pager: &mut Pager) -> anyhow::Result<()> {
                 .and_then(|receiver| receiver.verify(&body, &headers));
             let alert: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
             outln!(
-                "   on-call's webhook got: {} {} on {}/{} (value {}, threshold {}), takeover {}",
+                "   on-call's webhook got: {} {} on {}/{} {} (value {}, threshold {}), takeover {}",
                 alert["rule"].as_str().unwrap_or("?"),
                 alert["state"].as_str().unwrap_or("?"),
                 alert["plugin"].as_str().unwrap_or("?"),
                 alert["tool"].as_str().unwrap_or("?"),
+                alert["version"].as_str().unwrap_or("?"),
                 alert["value"]
                     .as_f64()
                     .map_or("?".into(), |v| format!("{v:.2}")),

@@ -583,10 +583,17 @@ async fn refusal(log: &AuditLog, mut entry: Entry, reason: &str, error: &CallErr
     entry.decision = Some("refused".to_owned());
     entry.outcome = Some(error.kind().to_owned());
     entry.reason = Some(reason.to_owned());
-    // A refusal about an approval names it, so the approval's records and
-    // every call made under it are found together.
-    if let CallError::ApprovalPending { approval_id, .. }
-    | CallError::ApprovalRefused { approval_id, .. } = error
+    // A call refused under the approval it named (rejected, expired,
+    // used, given for another call) names it, so the approval's records
+    // and every call made under it are found together. Not one answered
+    // as unknown (another principal's, or none): a caller naming someone
+    // else's approval would put their calls among its records. Nor one
+    // still pending: a client asking again and again would bury its
+    // request and decision.
+    if let CallError::ApprovalRefused {
+        approval_id, why, ..
+    } = error
+        && *why != crate::error::ApprovalRefusal::Unknown
     {
         entry.approval_id.get_or_insert_with(|| approval_id.clone());
     }

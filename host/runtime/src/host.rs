@@ -2072,6 +2072,19 @@ impl Host {
                     .map_err(|e| crate::error::chain(&e));
                 ("read_only", String::new(), outcome)
             }
+            // Calls that failed before a version was resolved (a version
+            // that would not load, the rollouts unreadable) tripped it: a
+            // rollback would be aimed at no version, and stop a canary
+            // that may be the healthy one. Refused, on the record.
+            TakeoverAction::Rollback if status.tool.is_some() && status.version.is_none() => {
+                self.alerts.give_back_takeover(status.fired_ms);
+                let refused = crate::ReleaseError::NotRollbackTarget {
+                    plugin: plugin.clone(),
+                    version: "(no version)".to_owned(),
+                    why: "the calls that tripped the rule failed before a version was resolved, so no version is known to roll back".to_owned(),
+                };
+                ("rollback", plugin.clone(), Err(refused.to_string()))
+            }
             TakeoverAction::Rollback => {
                 let outcome = self
                     .release_parts(&plugin)

@@ -746,6 +746,22 @@ impl Served {
     }
 
     /// The version a call of `plugin` by `principal` (in `session`) is
+    /// routed to by the rollout as stored now, not as last read (for a
+    /// check made once in a long while: a store read).
+    pub(crate) fn version_for_now(
+        &self,
+        plugin: &str,
+        principal: &str,
+        session: Option<&str>,
+    ) -> std::result::Result<Option<String>, StoreError> {
+        let rollout = self
+            .releases
+            .rollout(plugin)
+            .map_err(|e| StoreError::new(Store::Plugins, e))?;
+        Ok(rollout.map(|r| r.value.version_for(principal, session).to_owned()))
+    }
+
+    /// The version a call of `plugin` by `principal` (in `session`) is
     /// routed to: `None` when no rollout names the plugin. From
     /// [`routes`](Self::routes): a plugin whose rollout record cannot be
     /// read has its calls refused, the others are routed.
@@ -1380,7 +1396,12 @@ impl ReleaseParts<'_> {
                         now: describe(&rollout),
                         source,
                     })?;
-                self.ledger.set_meta(&marker, "").map_err(ledger_error)?;
+                // Made and recorded: a marker left set costs only a second
+                // record of it at the next change, while an error here
+                // would read as "not changed".
+                if let Err(e) = self.ledger.set_meta(&marker, "") {
+                    tracing::warn!(plugin = %rollout.plugin, error = %e, "a rollout change made and recorded could not be marked recorded: it is recorded again at the next change");
+                }
                 Ok(rollout)
             }
             Changed::Lost(now) => {

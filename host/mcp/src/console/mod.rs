@@ -831,7 +831,10 @@ async fn audit(
 /// Most records one call's story shows.
 const MAX_STORY_RECORDS: usize = 1000;
 /// Most approvals whose records one call's story takes in.
-const MAX_STORY_APPROVALS: usize = 8;
+const MAX_STORY_APPROVALS: usize = 4;
+/// Most records of each of those approvals it shows (the newest): its
+/// request, decision and expiry, and the calls made under it.
+const MAX_STORY_APPROVAL_RECORDS: usize = 100;
 
 /// The records of call `call_id` and of the approvals it names, oldest
 /// first: a call made again under an approval is another call, and its
@@ -840,15 +843,16 @@ const MAX_STORY_APPROVALS: usize = 8;
 /// which asked). Each approval's records carry every call made under it.
 fn story_records(host: &Host, call_id: String) -> Result<Vec<Record>, String> {
     let audit = host.audit();
-    let query = |filter: Filter| {
-        audit
-            .query(&filter, MAX_STORY_RECORDS)
-            .map_err(|e| e.to_string())
-    };
-    let mut records = query(Filter {
-        call_id: Some(call_id),
-        ..Filter::default()
-    })?;
+    let query = |filter: Filter, limit| audit.query(&filter, limit).map_err(|e| e.to_string());
+    // The call's own records are all kept; each approval's are bounded,
+    // so many calls made under one approval never push them out.
+    let mut records = query(
+        Filter {
+            call_id: Some(call_id),
+            ..Filter::default()
+        },
+        MAX_STORY_RECORDS,
+    )?;
     let mut approvals: Vec<String> = Vec::new();
     for record in &records {
         if let Some(id) = &record.entry.approval_id
@@ -859,14 +863,17 @@ fn story_records(host: &Host, call_id: String) -> Result<Vec<Record>, String> {
         }
     }
     for approval_id in approvals {
-        records.extend(query(Filter {
-            approval_id: Some(approval_id),
-            ..Filter::default()
-        })?);
+        records.extend(query(
+            Filter {
+                approval_id: Some(approval_id),
+                ..Filter::default()
+            },
+            MAX_STORY_APPROVAL_RECORDS,
+        )?);
     }
-    records.sort_by(|a, b| (a.time_ms, a.seq, &a.hash).cmp(&(b.time_ms, b.seq, &b.hash)));
-    records.dedup_by(|a, b| a.hash == b.hash);
-    records.truncate(MAX_STORY_RECORDS);
+    // One host's chain: its sequence numbers order it, whatever the clock.
+    records.sort_by_key(|r| r.seq);
+    records.dedup_by_key(|r| r.seq);
     Ok(records)
 }
 

@@ -772,7 +772,10 @@ pub(crate) fn alerts(who: &SessionView, alerts: &[AlertStatus], pauses: &[Pause]
                         @for a in alerts {
                             tr {
                                 td { (a.rule) } td { (a.metric) } td { (a.state) }
-                                td { (a.plugin.as_deref().unwrap_or("all")) @if let Some(t) = &a.tool { "/" (t) } }
+                                td {
+                                    (a.plugin.as_deref().unwrap_or("all")) @if let Some(t) = &a.tool { "/" (t) }
+                                    @if let Some(v) = &a.version { " " (v) }
+                                }
                                 td { (a.value.map(|v| v.to_string()).unwrap_or_else(|| "–".to_owned())) }
                                 td { (a.threshold) }
                                 td { (a.takeover.as_deref().unwrap_or("–")) }

@@ -605,11 +605,37 @@ async fn a_call_made_again_under_an_approval_tells_the_approvals_story_too() {
     ] {
         assert!(story.body.contains(part), "{part}: {}", story.body);
     }
+    // Another principal naming the approval is answered as if it did not
+    // exist, and its call is not put among the approval's records.
+    let mut foreign = CallRequest::new("billing/refund", arguments.clone())
+        .principal("agent-2")
+        .idempotency_key("story-foreign");
+    foreign.approval_id = Some(id.clone());
+    let refused = f.host.call(foreign).await.unwrap_err();
+    assert_eq!(refused.kind(), "approval_unknown", "{refused}");
+    let under = f
+        .host
+        .audit()
+        .query(
+            &Filter {
+                approval_id: Some(id.clone()),
+                ..Filter::default()
+            },
+            100,
+        )
+        .unwrap();
+    assert!(
+        under
+            .iter()
+            .all(|r| r.entry.principal.as_deref() != Some("agent-2")),
+        "{under:?}"
+    );
     // And the first call's story goes on to the call made under it.
     let story = f
         .get(&format!("/console/audit/calls/{first_call}"), &cookie)
         .await;
     assert!(story.body.contains(&second_call), "{}", story.body);
+    assert!(!story.body.contains("agent-2"), "{}", story.body);
 }
 
 #[tokio::test]

@@ -454,6 +454,7 @@ impl Alerts {
                     rule: status.rule.clone(),
                     plugin: status.plugin.clone(),
                     tool: status.tool.clone(),
+                    version: status.version.clone(),
                 });
             }
         }

@@ -147,12 +147,22 @@ pub(crate) struct Delivery {
     pub(crate) rule: String,
     pub(crate) plugin: Option<String>,
     pub(crate) tool: Option<String>,
+    pub(crate) version: Option<String>,
 }
 
+/// An alert's rule and target: plugin, tool and version.
+type AlertKey = (String, Option<String>, Option<String>, Option<String>);
+
 impl Delivery {
-    /// The alert it is about: its rule and target.
-    fn alert(&self) -> (String, Option<String>, Option<String>) {
-        (self.rule.clone(), self.plugin.clone(), self.tool.clone())
+    /// The alert it is about: its rule and target (each version's alert
+    /// is its own).
+    fn alert(&self) -> AlertKey {
+        (
+            self.rule.clone(),
+            self.plugin.clone(),
+            self.tool.clone(),
+            self.version.clone(),
+        )
     }
 }
 
@@ -322,7 +332,7 @@ struct Sending {
 }
 
 /// The alerts waiting behind one being delivered, by alert.
-type Lines = Mutex<HashMap<(String, Option<String>, Option<String>), VecDeque<Delivery>>>;
+type Lines = Mutex<HashMap<AlertKey, VecDeque<Delivery>>>;
 
 /// The background task: deliver each queued alert, a few at once, those
 /// of one alert (rule and target) one after another in order.
@@ -479,6 +489,7 @@ async fn record_undelivered(audit: AuditLog, delivery: Delivery, attempts: u32, 
     entry.decision = Some(delivery.rule.clone());
     entry.plugin = delivery.plugin;
     entry.tool = delivery.tool;
+    entry.plugin_version = delivery.version;
     entry.reason = Some(format!(
         "webhook {}: {attempts} attempt(s); {why}",
         delivery.webhook.name
@@ -593,6 +604,7 @@ mod tests {
                 rule: "r".to_owned(),
                 plugin: None,
                 tool: None,
+                version: None,
             });
         }
         // `send` never waited; what did not fit is on the record.
@@ -651,6 +663,7 @@ mod tests {
                 rule: format!("r{n}"),
                 plugin: None,
                 tool: None,
+                version: None,
             });
         }
         let undelivered = || {
@@ -705,6 +718,7 @@ mod tests {
                 rule: "flapping".to_owned(),
                 plugin: Some("a".to_owned()),
                 tool: Some("b".to_owned()),
+                version: None,
             });
             // The delivery task takes each from the queue as it comes.
             tokio::task::yield_now().await;
@@ -772,6 +786,7 @@ mod tests {
             rule: "r".to_owned(),
             plugin: None,
             tool: None,
+            version: None,
         };
         for _ in 0..QUEUE + MAX_IN_FLIGHT {
             outbox.send(delivery(&slow));

@@ -490,8 +490,6 @@ pub(crate) struct Approved {
 /// The longest a caller waits for a decision; no approval lives longer.
 const MAX_APPROVAL_WAIT: Duration = Duration::from_secs(366 * 24 * 60 * 60);
 
-/// An approval covers exactly one call: same component, tool, arguments,
-/// principal and idempotency key.
 impl Pipeline<'_> {
     /// Whether `plugin`, the version this call resolved to, is still the
     /// one routed to it: a rollback (an operator's, or an alert's) made
@@ -506,17 +504,19 @@ impl Pipeline<'_> {
         request: &CallRequest,
         plugin: &Plugin,
     ) -> CallResult<()> {
-        let routed = self.served.version_for(
+        // As stored now: a rollback made on another host a moment ago is
+        // not in this host's copy of the rollouts for up to a second.
+        let routed = self.served.version_for_now(
             plugin.name(),
             &request.principal,
             request.session.as_deref(),
         )?;
         let serves = match routed.as_deref() {
             Some(version) => version == plugin.version(),
-            None => self
-                .plugins
-                .get(plugin.name())
-                .is_some_and(|p| p.digest() == plugin.digest()),
+            // The plugins directory's, which a reload may have replaced.
+            None => self.plugins.get(plugin.name()).is_some_and(|p| {
+                p.digest() == plugin.digest() && p.manifest_digest() == plugin.manifest_digest()
+            }),
         };
         if serves {
             return Ok(());
@@ -537,6 +537,9 @@ impl Pipeline<'_> {
     }
 }
 
+/// An approval covers exactly one call: the same principal, component,
+/// manifest (when the approval keeps it), tool, arguments, session and
+/// idempotency key.
 fn check_binding(
     approval: &Approval,
     request: &CallRequest,

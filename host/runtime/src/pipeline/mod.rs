@@ -97,7 +97,10 @@ impl<'h> Pipeline<'h> {
         let result = self.steps(request, &mut summary).await;
         summary.finish(&result);
         self.observe(&summary);
-        let version = summary.resolved.as_ref().map(|r| Arc::clone(&r.version));
+        let version = match (&summary.resolved, &summary.routed_version) {
+            (Some(resolved), _) => Some(Arc::clone(&resolved.version)),
+            (None, routed) => routed.as_deref().map(Arc::from),
+        };
         (result, version)
     }
 
@@ -122,7 +125,10 @@ impl<'h> Pipeline<'h> {
         summary.mark(Step::Identifiers);
         // 1. Resolve. The plugin is held (an `Arc`) until the call's
         // outcome, even if it is unloaded meanwhile.
-        let (held_plugin, held_tool) = match self.resolve(request).await {
+        let (held_plugin, held_tool) = match self
+            .resolve_routed(request, &mut summary.routed_version)
+            .await
+        {
             Ok(found) => found,
             Err(error) => {
                 record.redact_at(self.known_pointers(&request.tool));
@@ -304,6 +310,18 @@ impl<'h> Pipeline<'h> {
         &self,
         request: &CallRequest,
     ) -> CallResult<(Arc<Plugin>, Arc<Tool>)> {
+        self.resolve_routed(request, &mut None).await
+    }
+
+    /// [`resolve`](Self::resolve), setting `routed` to the version the
+    /// plugin's rollout gives this caller once it is known — also when
+    /// that version then fails to load, which the alert rules count
+    /// against it.
+    async fn resolve_routed(
+        &self,
+        request: &CallRequest,
+        routed_out: &mut Option<String>,
+    ) -> CallResult<(Arc<Plugin>, Arc<Tool>)> {
         let reference = request.tool.as_str();
         let (plugin_name, tool_name) =
             reference
@@ -314,6 +332,7 @@ impl<'h> Pipeline<'h> {
         let routed =
             self.served
                 .version_for(plugin_name, &request.principal, request.session.as_deref())?;
+        routed_out.clone_from(&routed);
         let plugin = match routed.as_deref() {
             // Boxed: loading a version is rare and its future large.
             Some(version) => Box::pin(self.served.load(

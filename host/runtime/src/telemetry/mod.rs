@@ -349,6 +349,9 @@ pub(crate) struct CallSummary {
     /// 128 bytes (it is caller data).
     pub(crate) tool_ref: String,
     pub(crate) resolved: Option<Resolved>,
+    /// The version the plugin's rollout routed it to, known before it was
+    /// resolved (kept when that version failed to load).
+    pub(crate) routed_version: Option<String>,
     /// `ok`, or the error's kind.
     pub(crate) outcome: &'static str,
     /// The call got past its intent record (steps 7–9 were entered).
@@ -412,6 +415,7 @@ impl CallSummary {
             tool_ref: tool_for_span(&request.tool),
             call_id,
             resolved: None,
+            routed_version: None,
             outcome: OK,
             ran: false,
             replayed: false,
