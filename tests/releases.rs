@@ -1698,3 +1698,43 @@ async fn a_call_waiting_for_approval_does_not_run_a_version_rolled_back_meanwhil
     assert_eq!(asked.plugin_version.as_deref(), Some("1.0.0"));
     assert_ne!(asked.manifest_digest, approval.manifest_digest);
 }
+
+/// A canary takes its share of the calls under its own manifest: one that
+/// dropped its limits (or its cases, its rate limits…) was reported ready
+/// because only the serving version was checked. Its findings are named
+/// now, and the plugin is ready only when both versions are.
+#[tokio::test]
+async fn readiness_checks_the_canary_as_well_as_the_serving_version() {
+    let data = tempfile::tempdir().unwrap();
+    let host = Host::new(config(data.path())).unwrap();
+    install(&host, text_version("1.0.0", |m| m).path()).await;
+    let unlimited = text_version("1.1.0", |m| m.replacen("fuel = 2_000_000_000\n", "", 1));
+    install(&host, unlimited.path()).await;
+    host.set_rollout(&RolloutRequest::new("text", "1.0.0", 100, "ops"))
+        .await
+        .unwrap();
+    let limits = ReadinessConfig::requiring(vec![ReadinessCheck::Limits]);
+    let text = |report: Vec<airlock_host::ReadinessReport>| {
+        report.into_iter().find(|r| r.plugin == "text").unwrap()
+    };
+    let before = text(host.readiness(Some("text"), &limits).await.unwrap());
+    assert!(before.ready, "{before:?}");
+    host.set_rollout(&RolloutRequest::new("text", "1.1.0", 10, "ops"))
+        .await
+        .unwrap();
+    let report = text(host.readiness(Some("text"), &limits).await.unwrap());
+    assert!(!report.ready, "{report:?}");
+    let finding = &report.missing_required[0];
+    assert_eq!(finding.check, ReadinessCheck::Limits);
+    assert!(
+        finding.reason.starts_with("canary 1.1.0: ") && finding.reason.contains("fuel"),
+        "{report:?}"
+    );
+    assert!(
+        !report.passed.contains(&ReadinessCheck::Limits),
+        "{report:?}"
+    );
+    // The canary stopped: ready again.
+    host.rollback("text", "ops", None).await.unwrap();
+    assert!(text(host.readiness(Some("text"), &limits).await.unwrap()).ready);
+}

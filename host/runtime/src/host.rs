@@ -1715,20 +1715,7 @@ impl Host {
                 .rollouts
                 .get(&name)
                 .is_some_and(|r| r.previous.is_some() || r.canary.is_some());
-            // As signed, if the plugin is: cases edited since it loaded
-            // could make any tool look ready.
-            let eval = match serving.cases() {
-                Ok(None) => crate::readiness::Eval::Missing,
-                Err(e) => crate::readiness::Eval::Unusable(crate::error::chain(&e)),
-                Ok(Some(cases)) => match self.evaluate(&serving, &cases).await {
-                    Ok(report) => crate::readiness::Eval::Ran {
-                        failed: report.failed,
-                        total: report.cases.len(),
-                    },
-                    Err(e) => crate::readiness::Eval::Unusable(crate::error::chain(&e)),
-                },
-            };
-            let context = crate::readiness::Context {
+            let context = |eval| crate::readiness::Context {
                 policy: &self.config.policy,
                 alerts: &self.config.alerts,
                 required: &config.required,
@@ -1739,9 +1726,44 @@ impl Host {
                 now_ms: crate::mode::now_ms(),
                 eval,
             };
-            reports.push(crate::readiness::check(&serving, &context));
+            let mut report =
+                crate::readiness::check(&serving, &context(self.readiness_eval(&serving).await));
+            // A canary takes its share of the calls under its own manifest
+            // and cases: checked too, its findings named, the plugin ready
+            // only when both are. (It loads: checked above.)
+            if let Some(canary) = routes
+                .rollouts
+                .get(&name)
+                .and_then(|r| r.canary.as_ref())
+                .filter(|c| c.percent > 0)
+            {
+                let version = self.plugin_version(&name, &canary.version).await?;
+                let canary_report = crate::readiness::check(
+                    &version,
+                    &context(self.readiness_eval(&version).await),
+                );
+                crate::readiness::add_canary(&mut report, canary_report, &canary.version);
+            }
+            reports.push(report);
         }
         Ok(reports)
+    }
+
+    /// `plugin`'s evaluation cases run, for readiness: as signed, if the
+    /// plugin is (cases edited since it loaded could make any tool look
+    /// ready).
+    async fn readiness_eval(&self, plugin: &Plugin) -> crate::readiness::Eval {
+        match plugin.cases() {
+            Ok(None) => crate::readiness::Eval::Missing,
+            Err(e) => crate::readiness::Eval::Unusable(crate::error::chain(&e)),
+            Ok(Some(cases)) => match self.evaluate(plugin, &cases).await {
+                Ok(report) => crate::readiness::Eval::Ran {
+                    failed: report.failed,
+                    total: report.cases.len(),
+                },
+                Err(e) => crate::readiness::Eval::Unusable(crate::error::chain(&e)),
+            },
+        }
     }
 
     // -------------------------------------------------------------- alerts

@@ -161,6 +161,30 @@ pub struct ReadinessReport {
     pub passed: Vec<ReadinessCheck>,
 }
 
+/// Add the report of `version`, the canary of `report`'s plugin, to it:
+/// each of its findings the serving version does not share, its reason
+/// naming the canary; a check passes only when it passes on both, and the
+/// plugin is ready only when both are.
+pub(crate) fn add_canary(report: &mut ReadinessReport, canary: ReadinessReport, version: &str) {
+    let add = |to: &mut Vec<ReadinessFinding>, findings: Vec<ReadinessFinding>| {
+        for finding in findings {
+            let shared = to.iter().any(|f| {
+                f.check == finding.check && f.tool == finding.tool && f.reason == finding.reason
+            });
+            if !shared {
+                to.push(ReadinessFinding {
+                    reason: format!("canary {version}: {}", finding.reason),
+                    ..finding
+                });
+            }
+        }
+    };
+    add(&mut report.missing_required, canary.missing_required);
+    add(&mut report.warnings, canary.warnings);
+    report.passed.retain(|check| canary.passed.contains(check));
+    report.ready &= canary.ready;
+}
+
 /// What the checks look at besides the plugin.
 pub(crate) struct Context<'a> {
     pub(crate) policy: &'a crate::grants::Policy,
