@@ -1652,19 +1652,28 @@ impl Host {
                 ));
                 continue;
             }
+            // The canary taking calls, once it is known to load.
+            let mut canary_loaded = None;
             let serving = match routes.rollouts.get(&name) {
                 Some(rollout) => match self.plugin_version(&name, &rollout.serving).await {
                     Ok(serving) => {
                         // A canary that does not load fails its share of
                         // the calls as surely.
-                        if let Some(canary) = &rollout.canary
-                            && canary.percent > 0
-                            && let Err(e) = self.plugin_version(&name, &canary.version).await
-                        {
-                            if is_the_hosts(&e) {
-                                return Err(e);
-                            }
-                            reports.push(crate::readiness::unroutable(
+                        let canary = rollout.canary.as_ref().filter(|c| c.percent > 0);
+                        let loaded = match canary {
+                            Some(c) => Some(self.plugin_version(&name, &c.version).await),
+                            None => None,
+                        };
+                        if let (Some(canary), Some(loaded)) = (canary, loaded) {
+                            match loaded {
+                                Ok(plugin) => {
+                                    canary_loaded = Some((canary.version.clone(), plugin))
+                                }
+                                Err(e) => {
+                                    if is_the_hosts(&e) {
+                                        return Err(e);
+                                    }
+                                    reports.push(crate::readiness::unroutable(
                                 &name,
                                 &canary.version,
                                 format!(
@@ -1677,7 +1686,9 @@ impl Host {
                                     "fix what stops it loading, or stop the canary: `airlock rollback {name}`"
                                 ),
                             ));
-                            continue;
+                                    continue;
+                                }
+                            }
                         }
                         serving
                     }
@@ -1730,19 +1741,11 @@ impl Host {
                 crate::readiness::check(&serving, &context(self.readiness_eval(&serving).await));
             // A canary takes its share of the calls under its own manifest
             // and cases: checked too, its findings named, the plugin ready
-            // only when both are. (It loads: checked above.)
-            if let Some(canary) = routes
-                .rollouts
-                .get(&name)
-                .and_then(|r| r.canary.as_ref())
-                .filter(|c| c.percent > 0)
-            {
-                let version = self.plugin_version(&name, &canary.version).await?;
-                let canary_report = crate::readiness::check(
-                    &version,
-                    &context(self.readiness_eval(&version).await),
-                );
-                crate::readiness::add_canary(&mut report, canary_report, &canary.version);
+            // only when both are.
+            if let Some((version, canary)) = canary_loaded {
+                let canary_report =
+                    crate::readiness::check(&canary, &context(self.readiness_eval(&canary).await));
+                crate::readiness::add_canary(&mut report, canary_report, &version);
             }
             reports.push(report);
         }
@@ -2094,8 +2097,8 @@ impl Host {
                     .map_err(|e| crate::error::chain(&e));
                 ("read_only", String::new(), outcome)
             }
-            // Calls that failed before a version was resolved (a version
-            // that would not load, the rollouts unreadable) tripped it: a
+            // Calls that failed before a version was known (the rollouts
+            // unreadable, the store failing to load one) tripped it: a
             // rollback would be aimed at no version, and stop a canary
             // that may be the healthy one. Refused, on the record.
             TakeoverAction::Rollback if status.tool.is_some() && status.version.is_none() => {

@@ -758,7 +758,20 @@ impl Served {
             .releases
             .rollout(plugin)
             .map_err(|e| StoreError::new(Store::Plugins, e))?;
-        Ok(rollout.map(|r| r.value.version_for(principal, session).to_owned()))
+        match rollout {
+            Some(r) if r.value.plugin != plugin => Err(StoreError::new(
+                Store::Plugins,
+                airlock_store::StoreError::new(
+                    airlock_store::ErrorKind::Corrupt,
+                    format!(
+                        "the rollout record of {plugin} names plugin {}",
+                        r.value.plugin
+                    ),
+                ),
+            )),
+            Some(r) => Ok(Some(r.value.version_for(principal, session).to_owned())),
+            None => Ok(None),
+        }
     }
 
     /// The version a call of `plugin` by `principal` (in `session`) is

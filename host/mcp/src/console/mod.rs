@@ -831,10 +831,11 @@ async fn audit(
 /// Most records one call's story shows.
 const MAX_STORY_RECORDS: usize = 1000;
 /// Most approvals whose records one call's story takes in.
-const MAX_STORY_APPROVALS: usize = 4;
-/// Most records of each of those approvals it shows (the newest): its
-/// request, decision and expiry, and the calls made under it.
-const MAX_STORY_APPROVAL_RECORDS: usize = 100;
+const MAX_STORY_APPROVALS: usize = 2;
+/// Most records of the calls made under each of those approvals it shows
+/// (the newest); the approval's own records (request, decision, expiry)
+/// are shown whatever their number.
+const MAX_STORY_APPROVAL_CALLS: usize = 100;
 
 /// The records of call `call_id` and of the approvals it names, oldest
 /// first: a call made again under an approval is another call, and its
@@ -844,8 +845,10 @@ const MAX_STORY_APPROVAL_RECORDS: usize = 100;
 fn story_records(host: &Host, call_id: String) -> Result<Vec<Record>, String> {
     let audit = host.audit();
     let query = |filter: Filter, limit| audit.query(&filter, limit).map_err(|e| e.to_string());
-    // The call's own records are all kept; each approval's are bounded,
-    // so many calls made under one approval never push them out.
+    // The call's own records are all kept; of each approval's, its own
+    // and the newest of the calls made under it, so many calls made under
+    // one approval never push out the call's records nor the approval's
+    // request and decision.
     let mut records = query(
         Filter {
             call_id: Some(call_id),
@@ -863,13 +866,24 @@ fn story_records(host: &Host, call_id: String) -> Result<Vec<Record>, String> {
         }
     }
     for approval_id in approvals {
-        records.extend(query(
+        let mut calls = 0;
+        // Newest first.
+        for record in query(
             Filter {
                 approval_id: Some(approval_id),
                 ..Filter::default()
             },
-            MAX_STORY_APPROVAL_RECORDS,
-        )?);
+            MAX_STORY_RECORDS,
+        )? {
+            let its_own = matches!(
+                record.entry.event,
+                Event::ApprovalRequested | Event::ApprovalDecided | Event::ApprovalExpired
+            );
+            if its_own || calls < MAX_STORY_APPROVAL_CALLS {
+                calls += usize::from(!its_own);
+                records.push(record);
+            }
+        }
     }
     // One host's chain: its sequence numbers order it, whatever the clock.
     records.sort_by_key(|r| r.seq);

@@ -417,7 +417,7 @@ impl<'h> Pipeline<'h> {
                     why: ApprovalRefusal::Unknown,
                 });
             };
-            if expired_now {
+            if expired_now && approval.principal == request.principal {
                 record
                     .event(
                         Event::ApprovalExpired,
@@ -426,6 +426,12 @@ impl<'h> Pipeline<'h> {
                         Some(&id),
                     )
                     .await?;
+            } else if expired_now {
+                // Another principal's: its expiry is recorded as the
+                // sweeper records one, not as this caller's call (which
+                // would put it among the approval's records).
+                self.approvals
+                    .record_expiries(std::slice::from_ref(&approval));
             }
             check_binding(&approval, request, plugin, tool, record)?;
             match approval.state {
@@ -512,7 +518,16 @@ impl Pipeline<'_> {
             request.session.as_deref(),
         )?;
         let serves = match routed.as_deref() {
-            Some(version) => version == plugin.version(),
+            // That version as loaded here (the call resolved to it, so it
+            // is, unless what the call holds is the plugins directory's
+            // plugin of the same version string: another build, maybe).
+            Some(version) => self
+                .served
+                .loaded(plugin.name(), version)
+                .is_some_and(|loaded| {
+                    loaded.digest() == plugin.digest()
+                        && loaded.manifest_digest() == plugin.manifest_digest()
+                }),
             // The plugins directory's, which a reload may have replaced.
             None => self.plugins.get(plugin.name()).is_some_and(|p| {
                 p.digest() == plugin.digest() && p.manifest_digest() == plugin.manifest_digest()

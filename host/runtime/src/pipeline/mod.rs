@@ -313,10 +313,10 @@ impl<'h> Pipeline<'h> {
         self.resolve_routed(request, &mut None).await
     }
 
-    /// [`resolve`](Self::resolve), setting `routed` to the version the
-    /// plugin's rollout gives this caller once it is known — also when
-    /// that version then fails to load, which the alert rules count
-    /// against it.
+    /// [`resolve`](Self::resolve), setting `routed_out` to the version
+    /// the plugin's rollout gives this caller when that version fails to
+    /// load for a fault of its own (not the store's being unreachable):
+    /// the alert rules count it against that version.
     async fn resolve_routed(
         &self,
         request: &CallRequest,
@@ -332,7 +332,6 @@ impl<'h> Pipeline<'h> {
         let routed =
             self.served
                 .version_for(plugin_name, &request.principal, request.session.as_deref())?;
-        routed_out.clone_from(&routed);
         let plugin = match routed.as_deref() {
             // Boxed: loading a version is rare and its future large.
             Some(version) => Box::pin(self.served.load(
@@ -343,14 +342,23 @@ impl<'h> Pipeline<'h> {
                 version,
             ))
             .await
-            .map_err(|e| match e {
-                crate::Error::Store(e) => CallError::Store(e),
-                other => CallError::Config {
-                    message: format!(
-                        "{plugin_name} {version}, which its rollout serves, cannot be loaded: {}",
-                        crate::error::chain(&other)
-                    ),
-                },
+            .map_err(|e| {
+                // The version's own fault (its record or copy damaged, its
+                // manifest or component refused) is counted against it;
+                // the store's failure (unreachable, locked) is the host's.
+                let the_hosts = matches!(&e, crate::Error::Store(s) if s.source.kind() != airlock_store::ErrorKind::Corrupt);
+                if !the_hosts {
+                    *routed_out = Some(version.to_owned());
+                }
+                match e {
+                    crate::Error::Store(e) => CallError::Store(e),
+                    other => CallError::Config {
+                        message: format!(
+                            "{plugin_name} {version}, which its rollout serves, cannot be loaded: {}",
+                            crate::error::chain(&other)
+                        ),
+                    },
+                }
             })?,
             None => self
                 .plugins
