@@ -2310,6 +2310,68 @@ mod tests {
         assert_eq!(pauses[0].target, "text/slugify");
     }
 
+    /// An alert whose calls failed before any version was known (the
+    /// rollouts unreadable) aimed its rollback at no version: it stopped
+    /// whatever canary ran, perhaps the healthy one. Refused, recorded,
+    /// and the hourly takeover count given back.
+    #[tokio::test]
+    async fn a_rollback_takeover_of_an_alert_with_no_version_is_refused() {
+        use crate::alerts::{
+            Action, AlertConfig, AlertMetric, AlertRule, AlertStatus, TakeoverAction,
+        };
+        use airlock_audit::{Event, Filter};
+        let data = tempfile::tempdir().unwrap();
+        let alerts = AlertConfig {
+            rules: vec![
+                AlertRule::new(
+                    "errors",
+                    AlertMetric::ErrorRate,
+                    Duration::from_secs(60),
+                    0.5,
+                )
+                .takeover(TakeoverAction::Rollback),
+            ],
+            ..AlertConfig::default()
+        };
+        let host = super::Host::new(
+            super::HostConfig::default()
+                .data_dir(data.path())
+                .alerts(alerts),
+        )
+        .unwrap();
+        let action = Action {
+            status: AlertStatus {
+                rule: "errors".into(),
+                metric: "error_rate",
+                state: "firing",
+                plugin: Some("text".into()),
+                tool: Some("slugify".into()),
+                version: None,
+                value: Some(1.0),
+                threshold: 0.5,
+                fired_ms: 0,
+                resolved_ms: None,
+                takeover: Some("rollback".into()),
+                host: "test".into(),
+            },
+            takeover: Some(TakeoverAction::Rollback),
+            suppressed: false,
+        };
+        host.act(vec![action]).await;
+        let filter = Filter {
+            event: Some(Event::Takeover),
+            ..Filter::default()
+        };
+        let takeovers = host.audit().query(&filter, 10).unwrap();
+        assert_eq!(takeovers.len(), 1, "{takeovers:?}");
+        let reason = takeovers[0].entry.reason.as_deref().unwrap_or("");
+        assert!(
+            reason.contains("failed: text (no version) is failing")
+                && reason.contains("no version is known"),
+            "{reason}"
+        );
+    }
+
     /// What names a directory whose load failed: its manifest, read
     /// without waiting on a FIFO put in its place (every release action
     /// of the plugin reads it).
