@@ -747,6 +747,61 @@ mod tests {
         assert_eq!(superseded(), expected);
     }
 
+    /// Each version's alert is its own: two versions' alerts flapping at
+    /// once shared one line, so one version's states pushed out the
+    /// other's, recorded as superseded by "newer states of the same alert".
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn each_versions_alert_has_its_own_delivery_line() {
+        let (url, _held) = silent_receiver().await;
+        let audit = AuditLog::temporary(airlock_audit::AuditConfig::default()).unwrap();
+        let outbox = Outbox::new(audit.clone());
+        let hook = Arc::new(
+            Webhook::new("slow", &url, "0123456789abcdef0123")
+                .timeout(Duration::from_secs(30))
+                .max_attempts(1),
+        );
+        let sent = 100;
+        for i in 0..sent {
+            outbox.send(Delivery {
+                webhook: Arc::clone(&hook),
+                body: Bytes::from_static(b"{}"),
+                rule: "flapping".to_owned(),
+                plugin: Some("a".to_owned()),
+                tool: Some("b".to_owned()),
+                version: Some(if i % 2 == 0 { "1.0.0" } else { "2.0.0" }.to_owned()),
+            });
+            tokio::task::yield_now().await;
+        }
+        let superseded = |version: &str| {
+            audit.flush().unwrap();
+            audit
+                .records(0)
+                .map(Result::unwrap)
+                .filter(|r| {
+                    r.entry.event == Event::AlertUndelivered
+                        && r.entry.plugin_version.as_deref() == Some(version)
+                        && r.entry
+                            .reason
+                            .as_deref()
+                            .is_some_and(|why| why.contains("; superseded:"))
+                })
+                .count()
+        };
+        // Each version: one in flight, at most `MAX_WAITING_PER_ALERT`
+        // waiting, the rest of its 50 on the record.
+        let expected = sent / 2 - 1 - MAX_WAITING_PER_ALERT;
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while (superseded("1.0.0") < expected || superseded("2.0.0") < expected)
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            (superseded("1.0.0"), superseded("2.0.0")),
+            (expected, expected)
+        );
+    }
+
     /// A receiver that never answers held every delivery slot and the one
     /// queue, and the pager's alerts waited behind it (then were recorded
     /// undelivered): each webhook now has its queue and slots.
