@@ -2237,7 +2237,7 @@ fn some(names: &[impl AsRef<str>]) -> String {
 /// unreachable, locked by another process or of another layout — rather
 /// than for the version's own (its files or record damaged: `Corrupt`,
 /// which one plugin's readiness reports).
-fn is_the_hosts(e: &Error) -> bool {
+pub(crate) fn is_the_hosts(e: &Error) -> bool {
     matches!(e, Error::Store(store) if store.source.kind() != airlock_store::ErrorKind::Corrupt)
 }
 
@@ -2246,6 +2246,30 @@ mod tests {
     use std::time::Duration;
 
     use super::{manifest_name, retry_wait};
+    use crate::alerts::{Action, AlertStatus, TakeoverAction};
+
+    /// Rule `errors` firing on `text/slugify` (no version known), its
+    /// `takeover` to make.
+    fn firing_on_slugify(takeover: TakeoverAction) -> Action {
+        Action {
+            status: AlertStatus {
+                rule: "errors".into(),
+                metric: "error_rate",
+                state: "firing",
+                plugin: Some("text".into()),
+                tool: Some("slugify".into()),
+                version: None,
+                value: Some(1.0),
+                threshold: 0.5,
+                fired_ms: 0,
+                resolved_ms: None,
+                takeover: Some(takeover.as_str().into()),
+                host: "test".into(),
+            },
+            takeover: Some(takeover),
+            suppressed: false,
+        }
+    }
 
     /// An alert fires once, and its takeover was made on the task of the
     /// call that tripped it: a caller that went away midway (its call's
@@ -2253,9 +2277,7 @@ mod tests {
     /// finish is made by the next call to end.
     #[tokio::test]
     async fn a_takeover_stopped_with_its_caller_is_made_by_the_next_call() {
-        use crate::alerts::{
-            Action, AlertConfig, AlertMetric, AlertRule, AlertStatus, TakeoverAction,
-        };
+        use crate::alerts::{AlertConfig, AlertMetric, AlertRule};
         let data = tempfile::tempdir().unwrap();
         let alerts = AlertConfig {
             rules: vec![AlertRule::new(
@@ -2272,24 +2294,7 @@ mod tests {
                 .alerts(alerts),
         )
         .unwrap();
-        let action = Action {
-            status: AlertStatus {
-                rule: "errors".into(),
-                metric: "error_rate",
-                state: "firing",
-                plugin: Some("text".into()),
-                tool: Some("slugify".into()),
-                version: None,
-                value: Some(1.0),
-                threshold: 0.5,
-                fired_ms: 0,
-                resolved_ms: None,
-                takeover: Some("pause_tool".into()),
-                host: "test".into(),
-            },
-            takeover: Some(TakeoverAction::PauseTool),
-            suppressed: false,
-        };
+        let action = firing_on_slugify(TakeoverAction::PauseTool);
         {
             // Polled once (it waits for the audit log), then dropped.
             let mut acting = std::pin::pin!(host.act(vec![action]));
@@ -2316,9 +2321,7 @@ mod tests {
     /// and the hourly takeover count given back.
     #[tokio::test]
     async fn a_rollback_takeover_of_an_alert_with_no_version_is_refused() {
-        use crate::alerts::{
-            Action, AlertConfig, AlertMetric, AlertRule, AlertStatus, TakeoverAction,
-        };
+        use crate::alerts::{AlertConfig, AlertMetric, AlertRule};
         use airlock_audit::{Event, Filter};
         let data = tempfile::tempdir().unwrap();
         let alerts = AlertConfig {
@@ -2339,24 +2342,7 @@ mod tests {
                 .alerts(alerts),
         )
         .unwrap();
-        let action = Action {
-            status: AlertStatus {
-                rule: "errors".into(),
-                metric: "error_rate",
-                state: "firing",
-                plugin: Some("text".into()),
-                tool: Some("slugify".into()),
-                version: None,
-                value: Some(1.0),
-                threshold: 0.5,
-                fired_ms: 0,
-                resolved_ms: None,
-                takeover: Some("rollback".into()),
-                host: "test".into(),
-            },
-            takeover: Some(TakeoverAction::Rollback),
-            suppressed: false,
-        };
+        let action = firing_on_slugify(TakeoverAction::Rollback);
         host.act(vec![action]).await;
         let filter = Filter {
             event: Some(Event::Takeover),

@@ -346,8 +346,7 @@ impl<'h> Pipeline<'h> {
                 // The version's own fault (its record or copy damaged, its
                 // manifest or component refused) is counted against it;
                 // the store's failure (unreachable, locked) is the host's.
-                let the_hosts = matches!(&e, crate::Error::Store(s) if s.source.kind() != airlock_store::ErrorKind::Corrupt);
-                if !the_hosts {
+                if !crate::host::is_the_hosts(&e) {
                     *routed_out = Some(version.to_owned());
                 }
                 match e {
