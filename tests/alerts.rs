@@ -895,23 +895,7 @@ async fn a_canary_that_does_not_load_is_the_version_its_alert_rolls_back() {
             .unwrap();
     }
     // The data directory's copy of 2.0.0 edited: it no longer loads.
-    let copy = std::fs::read_dir(data.path().join("versions/text"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with("2.0.0-")
-        })
-        .unwrap();
-    let manifest = copy.join("plugin.toml");
-    let text = std::fs::read_to_string(&manifest).unwrap();
-    std::fs::write(
-        &manifest,
-        text.replacen("risk = \"read\"", "risk = \"write\"", 1),
-    )
-    .unwrap();
+    airlock_tests::edit_materialized(data.path(), "2.0.0");
     let host = Host::new(config()).unwrap();
     for _ in 0..3 {
         let failed = host

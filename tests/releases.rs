@@ -13,7 +13,7 @@ use airlock_host::{
     ApprovalPolicy, Approver, CallRequest, Error, Host, HostConfig, Package, Policy,
     ReadinessCheck, ReadinessConfig, ReleaseError, RolloutRequest, Verdict,
 };
-use airlock_tests::{PLUGINS_DIR, sha256_hex};
+use airlock_tests::{PLUGINS_DIR, edit_materialized, sha256_hex};
 use serde_json::json;
 
 const ALICE: &str = "alice-secret-token";
@@ -1419,30 +1419,6 @@ async fn a_version_that_did_not_load_is_refused_at_once_for_a_while() {
         again.contains("differs") && again.contains("tried again 30 s"),
         "{again}"
     );
-}
-
-/// Edit the copy of `text` `version` kept in the data directory so that
-/// it no longer matches its record; the manifest's path and its text as
-/// it was.
-fn edit_materialized(data: &Path, version: &str) -> (std::path::PathBuf, String) {
-    let copy = std::fs::read_dir(data.join("versions/text"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| {
-            p.file_name()
-                .unwrap()
-                .to_string_lossy()
-                .starts_with(&format!("{version}-"))
-        })
-        .unwrap();
-    let manifest = copy.join("plugin.toml");
-    let original = std::fs::read_to_string(&manifest).unwrap();
-    std::fs::write(
-        &manifest,
-        original.replacen("risk = \"read\"", "risk = \"write\"", 1),
-    )
-    .unwrap();
-    (manifest, original)
 }
 
 /// A canary that does not load fails its share of the calls: readiness

@@ -42,6 +42,31 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
+/// Edit the copy of the `text` plugin's `version` kept in data directory
+/// `data` so that it no longer matches its record (it will not load); the
+/// manifest's path and its text as it was.
+///
+/// # Panics
+/// When no such copy is there: a test's set-up is wrong.
+pub fn edit_materialized(data: &Path, version: &str) -> (PathBuf, String) {
+    let copy = std::fs::read_dir(data.join("versions/text"))
+        .expect("the data directory holds installed versions of text")
+        .map(|e| e.expect("a directory entry").path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&format!("{version}-")))
+        })
+        .expect("a copy of that version");
+    let manifest = copy.join("plugin.toml");
+    let original = std::fs::read_to_string(&manifest).expect("its manifest");
+    std::fs::write(
+        &manifest,
+        original.replacen("risk = \"read\"", "risk = \"write\"", 1),
+    )
+    .expect("the manifest rewritten");
+    (manifest, original)
+}
+
 /// The one file under `root` (at any depth) whose path ends with `tail`
 /// (`rollouts/json.json`): a store's record, wherever the store keeps it.
 ///
