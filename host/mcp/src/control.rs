@@ -139,7 +139,7 @@ fn control_error(path: &Path, message: impl Into<String>) -> Error {
 }
 
 /// Before a server opens `data_dir`: create it owner-only (`0700`) when it
-/// does not exist, warn when it is writable by others, and refuse when
+/// does not exist, warn when it is readable by others, and refuse when
 /// another server answers on its control socket.
 ///
 /// # Errors
@@ -160,12 +160,9 @@ pub fn prepare(data_dir: &Path) -> Result<()> {
                 format!("cannot read the data directory: {e}"),
             ));
         }
-        Ok(meta) if meta.permissions().mode() & 0o022 != 0 => tracing::warn!(
-            dir = %data_dir.display(),
-            "the data directory is writable by other users: they could replace its databases and control socket (chmod 700 it)"
-        ),
         // Made by an older version, or by hand: every command now makes
-        // it owner-only, but one already there is left as it is.
+        // it owner-only, but one already there is left as it is. (One
+        // other users can write into the host refuses to open.)
         Ok(meta) if meta.permissions().mode() & 0o044 != 0 => tracing::warn!(
             dir = %data_dir.display(),
             "the data directory is readable by other users: they can read the audit log's copies of arguments and results, the workspace and the ledger (chmod 700 it)"

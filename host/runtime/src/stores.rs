@@ -54,6 +54,41 @@ impl StoreConfig {
     }
 }
 
+/// Create `dir` owner-only if it is missing, then refuse it unless only
+/// this process's user (or root) can write into it.
+fn private_dir(dir: &Path) -> Result<()> {
+    airlock_store::file::create_private_dir(dir).map_err(|e| Error::io(dir, e))?;
+    check_private(dir)
+}
+
+/// Refuse a directory of the host's state that another user of the
+/// machine can write into, or that another user owns: whoever can rename
+/// or replace the files in it can swap the audit log, its keys, the
+/// ledger's stored results or the mode for their own, and the log's
+/// tamper-evidence would then vouch for what they wrote. Directories the
+/// host creates are owner-only; this catches one made by hand or by a
+/// script (as PostgreSQL refuses a data directory others can reach).
+/// Readable by others is allowed (a backup group, say); the ancestors are
+/// the operator's to keep.
+#[cfg(unix)]
+fn check_private(dir: &Path) -> Result<()> {
+    let meta = std::fs::metadata(dir).map_err(|e| Error::io(dir, e))?;
+    match crate::cache::foreign(&meta, "it", true) {
+        None => Ok(()),
+        Some(reason) => Err(Error::Config {
+            message: format!(
+                "refusing {} as a directory of the host's state: {reason} — whoever can replace its files can replace the audit log and its keys; `chown` it to this user and `chmod go-w` it",
+                dir.display()
+            ),
+        }),
+    }
+}
+
+#[cfg(not(unix))]
+fn check_private(_dir: &Path) -> Result<()> {
+    Ok(())
+}
+
 fn backend_error(e: airlock_store::StoreError) -> Error {
     Error::Store(StoreError::new(Store::Backend, e))
 }
@@ -75,6 +110,9 @@ pub(crate) fn open(
                 ),
             });
         };
+        // The keys are kept here whatever the backend.
+        private_dir(dir)?;
+        private_dir(&dir.join(AUDIT_DIR))?;
         // Before anything reads or recovers the chain: a second process on
         // this origin would mark the first's calls unknown and fork its
         // chain.
@@ -93,8 +131,8 @@ pub(crate) fn open(
     match (config, data_dir) {
         (StoreConfig::Sled, Some(dir)) => {
             let audit_dir = dir.join(AUDIT_DIR);
-            airlock_store::file::create_private_dir(&audit_dir)
-                .map_err(|e| Error::io(&audit_dir, e))?;
+            private_dir(dir)?;
+            private_dir(&audit_dir)?;
             let chain = Arc::new(
                 SledAudit::open(
                     &audit_dir.join(DB_DIR),
@@ -110,7 +148,7 @@ pub(crate) fn open(
             let ledger_dir = dir.join(LEDGER_DIR);
             let workspace_dir = dir.join(WORKSPACE_DIR);
             for d in [&ledger_dir, &workspace_dir] {
-                airlock_store::file::create_private_dir(d).map_err(|e| Error::io(d, e))?;
+                private_dir(d)?;
             }
             let ledger_db = airlock_store_sled::open::open(
                 &sled::Config::new()
@@ -167,11 +205,12 @@ pub(crate) fn open(
 /// store), [`Error::Config`] for a shared store without a data directory.
 pub fn open_workspace(config: &crate::HostConfig, lock_wait: Duration) -> Result<Workspace> {
     match (&config.store, &config.data_dir) {
-        (StoreConfig::Sled, Some(dir)) => {
-            let dir = dir.join(WORKSPACE_DIR);
+        (StoreConfig::Sled, Some(data)) => {
+            let dir = data.join(WORKSPACE_DIR);
             // Before sled, which would create it (and the data directory)
             // readable by everyone.
-            airlock_store::file::create_private_dir(&dir).map_err(|e| Error::io(&dir, e))?;
+            private_dir(data)?;
+            private_dir(&dir)?;
             let db = airlock_store_sled::open::open(
                 &sled::Config::new()
                     .path(&dir)
@@ -294,5 +333,80 @@ pub fn open_audit_read_only(config: &crate::HostConfig, lock_wait: Duration) -> 
                 .audit,
         ),
         StoreConfig::Custom(stores) => read_only(stores.audit.clone()),
+    }
+}
+
+#[cfg(test)]
+#[cfg(unix)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+
+    use super::{StoreConfig, open};
+    use crate::error::Error;
+
+    fn opened(dir: &Path) -> Result<(), String> {
+        open(
+            &StoreConfig::Sled,
+            Some(dir),
+            "test",
+            &airlock_audit::AuditConfig::default(),
+        )
+        .map(drop)
+        .map_err(|e| match e {
+            Error::Config { message } => message,
+            other => panic!("not a configuration error: {other:?}"),
+        })
+    }
+
+    fn set_mode(path: &Path, mode: u32) {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    /// Another user who can write into a directory of the host's state
+    /// can swap the audit log and its keys for their own: such a
+    /// directory is refused before anything is read from it, and
+    /// nothing is created in it.
+    #[test]
+    fn a_state_directory_another_user_can_write_or_owns_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let data = root.path().join("data");
+        std::fs::create_dir(&data).unwrap();
+        for (mode, says) in [
+            (0o777, "mode 0777"),
+            (0o770, "mode 0770"),
+            (0o1733, "mode 1733"),
+        ] {
+            set_mode(&data, mode);
+            let message = opened(&data).unwrap_err();
+            assert!(
+                message.contains(&format!("refusing {}", data.display()))
+                    && message.contains("other users can write to it")
+                    && message.contains(says)
+                    && message.contains("chmod go-w"),
+                "{message}"
+            );
+            assert_eq!(std::fs::read_dir(&data).unwrap().count(), 0, "created in");
+        }
+        // Readable by others is the operator's choice (a backup group).
+        set_mode(&data, 0o755);
+        opened(&data).unwrap();
+        // A directory inside it, made writable by hand.
+        let audit = data.join(crate::host::AUDIT_DIR);
+        set_mode(&audit, 0o707);
+        let message = opened(&data).unwrap_err();
+        assert!(
+            message.contains(&format!("refusing {}", audit.display())),
+            "{message}"
+        );
+        set_mode(&audit, 0o700);
+        opened(&data).unwrap();
+        // Another user's (only root can make one).
+        if rustix::process::geteuid().is_root() {
+            let other = Some(rustix::process::Uid::from_raw(54_321));
+            rustix::fs::chown(&data, other, None).unwrap();
+            let message = opened(&data).unwrap_err();
+            assert!(message.contains("belongs to user 54321"), "{message}");
+        }
     }
 }
