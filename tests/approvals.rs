@@ -1050,3 +1050,54 @@ async fn arguments_no_approver_can_see_are_approved_only_as_unseen() {
         Some("values were redacted before they were stored")
     );
 }
+
+/// An approval a newer host wrote may bind the call by terms this host
+/// does not know: it is never used here (the call does not run, the
+/// approval stays unused), and deciding it here keeps those terms.
+#[tokio::test]
+async fn an_approval_with_terms_this_host_does_not_know_is_kept_whole_and_not_used() {
+    let data = tempfile::tempdir().unwrap();
+    let stores = airlock_host::store::Stores::memory();
+    let ledger = airlock_host::store::Ledger::new(stores.ledger.clone());
+    let host = billing(
+        HostConfig::default()
+            .data_dir(data.path())
+            .policy(policy(true))
+            .store(airlock_host::StoreConfig::Custom(stores)),
+    )
+    .await;
+    let id = pending_id(host.call(request(900, "newer")).await.unwrap_err());
+    // A newer host's term, as it would have written it.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    ledger
+        .transition(&id, ApprovalState::Pending, now, |a| {
+            a.unknown_fields
+                .insert("only_in_region".into(), json!("eu-west"));
+        })
+        .unwrap();
+    host.decide(&id, "alice", ALICE, Verdict::Approve, None)
+        .await
+        .unwrap();
+    let decided = host.approval(&id).unwrap().unwrap();
+    assert_eq!(decided.state, ApprovalState::Approved);
+    assert_eq!(
+        decided.unknown_fields.get("only_in_region"),
+        Some(&json!("eu-west")),
+        "the decision erased a newer host's term"
+    );
+    let err = host
+        .call(request(900, "newer").approval_id(&id))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), "approval_mismatch", "{err}");
+    assert!(
+        err.to_string().contains("\"only_in_region\"") && err.to_string().contains("newer"),
+        "{err}"
+    );
+    assert_eq!(balance(&host).await, 0, "the refund ran");
+    let kept = host.approval(&id).unwrap().unwrap();
+    assert_eq!(kept.state, ApprovalState::Approved, "the approval was used");
+}

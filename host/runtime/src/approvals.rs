@@ -71,6 +71,29 @@ pub fn unseen_arguments(approval: &Approval) -> Option<&'static str> {
     }
 }
 
+/// Why an approval cannot be used on this host, if it carries fields a
+/// newer host wrote: terms this version does not know may bind more than
+/// it checks, so it refuses to run anything under it (fail closed) and
+/// names a few of them.
+pub(crate) fn unknown_terms(approval: &Approval) -> Option<String> {
+    if approval.unknown_fields.is_empty() {
+        return None;
+    }
+    let mut names: Vec<String> = approval
+        .unknown_fields
+        .keys()
+        .take(3)
+        .map(|name| format!("{:?}", airlock_audit::text::bounded(name, 64)))
+        .collect();
+    if approval.unknown_fields.len() > names.len() {
+        names.push("…".to_owned());
+    }
+    Some(format!(
+        "it holds terms this host does not know ({}), written by a newer Airlock: use it on a host of that version",
+        names.join(", ")
+    ))
+}
+
 /// The parts of a host approvals use, borrowed.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Approvals<'h> {

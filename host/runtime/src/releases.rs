@@ -1520,6 +1520,11 @@ impl ReleaseParts<'_> {
             if expired_now {
                 crate::approvals::record_expiries(self.audit, std::slice::from_ref(&approval));
             }
+            if approval.kind == ApprovalKind::PluginUpgrade
+                && let Some(terms) = crate::approvals::unknown_terms(&approval)
+            {
+                return Err(refused(id, terms));
+            }
             if approval.kind != ApprovalKind::PluginUpgrade
                 || approval.plugin != request.plugin
                 || approval.args_digest != args_digest
@@ -1585,6 +1590,7 @@ impl ReleaseParts<'_> {
             decided_ms: None,
             decision_reason: None,
             consumed_by_call: None,
+            unknown_fields: serde_json::Map::new(),
         };
         let mut entry = Entry::new(Event::ApprovalRequested);
         entry.principal = Some(request.by.clone());

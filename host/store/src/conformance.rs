@@ -38,6 +38,7 @@ macro_rules! conformance_tests {
     (single_origin: $fresh:expr, $peer:expr) => {
         $crate::conformance_tests!(@each $fresh, $peer;
             approvals_move_through_their_lifecycle,
+            an_approval_keeps_the_fields_a_newer_host_wrote,
             an_approval_id_is_taken_once,
             racing_decisions_have_one_winner,
             an_overdue_approval_expires_once,
@@ -108,6 +109,7 @@ pub fn approval(id: &str, principal: &str, created_ms: u64, expires_ms: u64) -> 
         decided_ms: None,
         decision_reason: None,
         consumed_by_call: None,
+        unknown_fields: serde_json::Map::new(),
     }
 }
 
@@ -186,6 +188,44 @@ pub fn approvals_move_through_their_lifecycle(fresh: Fresh, _peer: Peer) {
         .expect("list pending")
         .list;
     assert!(pending.is_empty());
+}
+
+/// Fields of an approval this version does not know (a newer host's,
+/// sharing the store) survive a decision and a use made by this one.
+pub fn an_approval_keeps_the_fields_a_newer_host_wrote(fresh: Fresh, peer: Peer) {
+    let stores = fresh();
+    let newer: Approval = serde_json::from_value(json!({
+        "id": "a1", "kind": "call", "state": "pending", "plugin": "billing",
+        "component_digest": "sha256:00", "tool": "refund", "risk": "irreversible",
+        "args_digest": "digest", "args": "{}", "principal": "agent",
+        "idempotency_key": null, "caller_reason": null, "call_id": "call-a1",
+        "created_ms": 100, "expires_ms": 10_000, "decided_by": null,
+        "decided_ms": null, "decision_reason": null, "consumed_by_call": null,
+        "only_in_region": "eu-west", "limits": {"max": [1, 2]},
+    }))
+    .expect("an approval with fields this version does not know parses");
+    assert_eq!(newer.unknown_fields.len(), 2);
+    Ledger::new(stores.ledger.clone())
+        .create_approval(&newer)
+        .expect("create");
+    let ledger = Ledger::new(peer(&stores).ledger);
+    for (from, to) in [
+        (ApprovalState::Pending, ApprovalState::Approved),
+        (ApprovalState::Approved, ApprovalState::Consumed),
+    ] {
+        let moved = ledger
+            .transition("a1", from, 200, |a| a.state = to)
+            .expect("transition");
+        assert!(matches!(moved, Transition::Done(_)), "{moved:?}");
+        let (read, _) = ledger.approval("a1", 300).expect("read").expect("exists");
+        assert_eq!(read.state, to);
+        assert_eq!(
+            read.unknown_fields, newer.unknown_fields,
+            "moving it to {to:?} lost fields"
+        );
+    }
+    let listed = ledger.approvals(None, 300).expect("list").list;
+    assert_eq!(listed[0].unknown_fields, newer.unknown_fields);
 }
 
 /// A second approval with a taken id is a conflict, and changes nothing.

@@ -184,6 +184,13 @@ pub struct Approval {
     pub decision_reason: Option<String>,
     /// The call that consumed it.
     pub consumed_by_call: Option<String>,
+    /// Fields this version does not know: written by a newer host sharing
+    /// the store. Kept as they are, so a decision or a use made here writes
+    /// them back rather than erasing them; a call is never run under an
+    /// approval that has any (its terms may bind more than this host
+    /// checks).
+    #[serde(flatten)]
+    pub unknown_fields: serde_json::Map<String, Value>,
 }
 
 /// An idempotency entry's state.

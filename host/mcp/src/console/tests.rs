@@ -694,6 +694,7 @@ async fn hostile_arguments_reasons_and_principals_are_shown_as_text() {
         decided_ms: None,
         decision_reason: Some(HOSTILE.into()),
         consumed_by_call: Some(HOSTILE.into()),
+        unknown_fields: serde_json::Map::from_iter([(HOSTILE.into(), HOSTILE.into())]),
     };
     let (_, who) = Sessions::new(SessionLimits::default())
         .create("<b>alice</b>", "t", true)

@@ -381,6 +381,7 @@ impl<'h> Pipeline<'h> {
                     decided_ms: None,
                     decision_reason: None,
                     consumed_by_call: None,
+                    unknown_fields: serde_json::Map::new(),
                 };
                 // Recorded first: no approval exists that the log does not
                 // know of (a request recorded but not stored resumes as
@@ -581,6 +582,13 @@ fn check_binding(
     }
     if approval.kind != ApprovalKind::Call {
         return mismatch(&format!("a {}, not a call", approval.kind.as_str()));
+    }
+    if let Some(terms) = crate::approvals::unknown_terms(approval) {
+        return Err(CallError::ApprovalRefused {
+            approval_id: approval.id.clone(),
+            reason: terms,
+            why: ApprovalRefusal::Mismatch,
+        });
     }
     if approval.plugin != plugin.name() || approval.tool != tool.name() {
         return mismatch(&format!("{}/{}", approval.plugin, approval.tool));
