@@ -1152,6 +1152,20 @@ impl ModeStore for PostgresStore {
 
 // -------------------------------------------------------------------- audit
 
+/// The origins of [`AuditStore::origins`]: those of the heads, those of
+/// the checkpoints, and those of the records, found one index probe per
+/// origin (a skip scan of the records' primary key, walked by a recursive
+/// query: `DISTINCT` would read every record).
+const ORIGINS: &str = "WITH RECURSIVE seen(origin) AS ( \
+        SELECT min(origin) FROM airlock_audit_records \
+      UNION ALL \
+        SELECT (SELECT min(r.origin) FROM airlock_audit_records r WHERE r.origin > seen.origin) \
+        FROM seen WHERE seen.origin IS NOT NULL \
+    ) \
+    SELECT origin FROM seen WHERE origin IS NOT NULL \
+    UNION SELECT origin FROM airlock_audit_chains \
+    UNION SELECT origin FROM airlock_audit_checkpoints";
+
 impl AuditStore for PostgresStore {
     fn head(&self, origin: &str) -> Result<Option<(u64, Vec<u8>)>> {
         if origin.contains('\0') {
@@ -1169,7 +1183,27 @@ impl AuditStore for PostgresStore {
                 )
                 .await?;
             let Some(row) = row else {
-                return Ok(None);
+                // No head: a new chain, unless records of it are there (its
+                // head row deleted), which read as empty would be started
+                // again over them.
+                let orphan = s
+                    .query_opt(
+                        &format!("looking for records of audit chain {origin:?}"),
+                        "SELECT seq FROM airlock_audit_records WHERE origin = $1 \
+                         ORDER BY seq DESC LIMIT 1",
+                        &[&origin],
+                    )
+                    .await?;
+                return match orphan {
+                    None => Ok(None),
+                    Some(row) => Err(StoreError::new(
+                        ErrorKind::Corrupt,
+                        format!(
+                            "audit chain {origin:?}: the database holds its records up to {} but no head for it (its row of airlock_audit_chains is gone); restore it from a backup",
+                            unsigned(get(&row, 0)?, "audit record seq")?
+                        ),
+                    )),
+                };
             };
             let head = unsigned(get(&row, 0)?, "audit head")?;
             // A chain whose head record is gone is not an empty chain: read
@@ -1467,15 +1501,13 @@ impl AuditStore for PostgresStore {
         })
     }
 
+    /// Every origin with a head, a record or a checkpoint: a chain whose
+    /// head row was deleted (by hand, or by someone hiding it) is still
+    /// listed, so verifying every chain reports it rather than passing
+    /// over it.
     fn origins(&self) -> Result<Vec<String>> {
         self.db.run(|s| async move {
-            let rows = s
-                .query(
-                    "listing audit chains",
-                    "SELECT origin FROM airlock_audit_chains",
-                    &[],
-                )
-                .await?;
+            let rows = s.query("listing audit chains", ORIGINS, &[]).await?;
             let mut out = rows
                 .iter()
                 .map(|r| get::<String>(r, 0))

@@ -624,6 +624,36 @@ fn a_chain_without_its_head_record_is_corrupt_not_empty() {
     assert_eq!(stores.audit.head("h2").unwrap(), None);
 }
 
+/// A chain whose head row was deleted (someone hiding it, or a bad
+/// clean-up) is still listed among the origins, so verifying every chain
+/// reports it, and is corrupt to its host rather than empty (read as
+/// empty, the log would start again over its records).
+#[test]
+fn a_chain_without_its_head_row_is_listed_and_corrupt() {
+    let url = common::fresh_database();
+    let stores = open(&common::config(&url)).expect("open");
+    for origin in ["h1", "h2", "h3"] {
+        stores.audit.write(origin, &[record(1), record(2)]).unwrap();
+    }
+    stores.audit.put_checkpoint("h3", 2, b"{}").unwrap();
+    assert_eq!(stores.audit.origins().unwrap(), ["h1", "h2", "h3"]);
+    common::admin(
+        &url,
+        "DELETE FROM airlock_audit_chains WHERE origin IN ('h2', 'h3'); \
+         DELETE FROM airlock_audit_records WHERE origin = 'h3'",
+    );
+    // h2 by its records, h3 by its checkpoint.
+    assert_eq!(stores.audit.origins().unwrap(), ["h1", "h2", "h3"]);
+    let err = stores.audit.head("h2").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+    assert!(
+        err.to_string().contains("records up to 2 but no head"),
+        "{err}"
+    );
+    assert_eq!(stores.audit.head("h1").unwrap().unwrap().0, 2);
+    assert_eq!(stores.audit.head("h4").unwrap(), None);
+}
+
 /// A bucket row of `-Infinity` tokens (edited in the shared database)
 /// panicked the task taking from it, and every call of its scope got "the
 /// operation was dropped" until the row was fixed; it refills from empty.
