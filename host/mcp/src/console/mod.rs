@@ -48,7 +48,7 @@ mod session;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use airlock_host::audit_log::{Event, Filter, Record};
+use airlock_host::audit_log::{ChainRecord, Event, Filter};
 use airlock_host::store::ApprovalState;
 use airlock_host::{Host, Verdict};
 use axum::Router;
@@ -798,9 +798,11 @@ async fn audit(
     let host = Arc::clone(&console.host);
     let limit = (filters.page + 1) * PAGE_SIZE + 1;
     let read = heavy(&console, move || {
+        // Every chain of the store (each host sharing a database keeps its
+        // own), merged by time, newest first.
         let mut records = host
             .audit()
-            .query(&filter, limit)
+            .query_all(&filter, limit)
             .map_err(|e| e.to_string())?;
         records.reverse();
         Ok(records)
@@ -819,6 +821,7 @@ async fn audit(
                 pages::audit(
                     &who,
                     &filters,
+                    console.host.audit().origin(),
                     &shown,
                     more && filters.page + 1 < MAX_AUDIT_PAGES,
                 ),
@@ -842,9 +845,12 @@ const MAX_STORY_APPROVAL_CALLS: usize = 100;
 /// story would otherwise end at "approval … does not allow this call"
 /// without the request and decision it speaks of (nor the first call,
 /// which asked). Each approval's records carry every call made under it.
-fn story_records(host: &Host, call_id: String) -> Result<Vec<Record>, String> {
+/// Every chain of the store is read: hosts sharing a database each keep
+/// their own, and an approval asked for on one host may be decided on
+/// another's console and used on a third.
+fn story_records(host: &Host, call_id: String) -> Result<Vec<ChainRecord>, String> {
     let audit = host.audit();
-    let query = |filter: Filter, limit| audit.query(&filter, limit).map_err(|e| e.to_string());
+    let query = |filter: Filter, limit| audit.query_all(&filter, limit).map_err(|e| e.to_string());
     // The call's own records are all kept; of each approval's, its own
     // and the newest of the calls made under it, so many calls made under
     // one approval never push out the call's records nor the approval's
@@ -857,8 +863,8 @@ fn story_records(host: &Host, call_id: String) -> Result<Vec<Record>, String> {
         MAX_STORY_RECORDS,
     )?;
     let mut approvals: Vec<String> = Vec::new();
-    for record in &records {
-        if let Some(id) = &record.entry.approval_id
+    for chained in &records {
+        if let Some(id) = &chained.record.entry.approval_id
             && !approvals.contains(id)
             && approvals.len() < MAX_STORY_APPROVALS
         {
@@ -867,28 +873,57 @@ fn story_records(host: &Host, call_id: String) -> Result<Vec<Record>, String> {
     }
     for approval_id in approvals {
         let mut calls = 0;
-        // Newest first.
-        for record in query(
+        // Newest last: walked from the newest.
+        for chained in query(
             Filter {
                 approval_id: Some(approval_id),
                 ..Filter::default()
             },
             MAX_STORY_RECORDS,
-        )? {
+        )?
+        .into_iter()
+        .rev()
+        {
             let its_own = matches!(
-                record.entry.event,
+                chained.record.entry.event,
                 Event::ApprovalRequested | Event::ApprovalDecided | Event::ApprovalExpired
             );
             if its_own || calls < MAX_STORY_APPROVAL_CALLS {
                 calls += usize::from(!its_own);
-                records.push(record);
+                records.push(chained);
             }
         }
     }
-    // One host's chain: its sequence numbers order it, whatever the clock.
-    records.sort_by_key(|r| r.seq);
-    records.dedup_by_key(|r| r.seq);
-    Ok(records)
+    Ok(in_story_order(records))
+}
+
+/// `records` without repeats, each chain in its own order (its sequence
+/// numbers, whatever the clock said) and the chains merged by time.
+fn in_story_order(mut records: Vec<ChainRecord>) -> Vec<ChainRecord> {
+    records.sort_by(|a, b| (&a.origin, a.record.seq).cmp(&(&b.origin, b.record.seq)));
+    records.dedup_by(|a, b| a.origin == b.origin && a.record.seq == b.record.seq);
+    let mut chains: Vec<std::collections::VecDeque<ChainRecord>> = Vec::new();
+    for chained in records {
+        match chains.last_mut() {
+            Some(chain)
+                if chain
+                    .back()
+                    .is_some_and(|last| last.origin == chained.origin) =>
+            {
+                chain.push_back(chained);
+            }
+            _ => chains.push(std::collections::VecDeque::from([chained])),
+        }
+    }
+    let mut out = Vec::new();
+    while let Some(next) = chains
+        .iter_mut()
+        .filter(|chain| !chain.is_empty())
+        .min_by_key(|chain| chain.front().map(|r| (r.record.time_ms, r.origin.clone())))
+    {
+        out.extend(next.pop_front());
+    }
+    out
 }
 
 async fn call_story(
@@ -912,7 +947,10 @@ async fn call_story(
             Some(&who),
             &format!("no audit record of call {call_id}"),
         ),
-        Ok(records) => html(StatusCode::OK, pages::call_story(&who, &call_id, &records)),
+        Ok(records) => html(
+            StatusCode::OK,
+            pages::call_story(&who, &call_id, console.host.audit().origin(), &records),
+        ),
         Err(message) => error_page(StatusCode::INTERNAL_SERVER_ERROR, Some(&who), &message),
     }
 }
@@ -924,16 +962,24 @@ async fn verify(State(console): State<Arc<Console>>, headers: HeaderMap) -> Resp
     };
     let host = Arc::clone(&console.host);
     let read = heavy(&console, move || {
+        // Every chain of the store: hosts sharing a database each keep
+        // their own, against the key each is known by.
         let log = host.audit();
-        let outcome = log.verify(&[]).map_err(|e| e.to_string())?;
-        Ok((
-            crate::control::Verdict::from(&outcome),
-            hex::encode(log.public_key().as_bytes()),
-        ))
+        let chains = log.verify_all(&[]).map_err(|e| e.to_string())?;
+        Ok(chains
+            .into_iter()
+            .map(|chain| pages::ChainVerdict {
+                own: chain.origin == log.origin(),
+                verdict: crate::control::Verdict::from(&chain.result),
+                public_key: chain.public_key,
+                key_source: chain.key_source,
+                origin: chain.origin,
+            })
+            .collect::<Vec<_>>())
     })
     .await;
     match read {
-        Ok((verdict, key)) => html(StatusCode::OK, pages::verify(&who, &verdict, &key)),
+        Ok(chains) => html(StatusCode::OK, pages::verify(&who, &chains)),
         Err(message) => error_page(StatusCode::INTERNAL_SERVER_ERROR, Some(&who), &message),
     }
 }

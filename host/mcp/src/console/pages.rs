@@ -3,8 +3,8 @@
 //! (`PreEscaped` appears nowhere), so a hostile tool name, argument,
 //! reason or principal is shown as text, never run as markup.
 
-use airlock_host::audit_log::Record;
 use airlock_host::audit_log::text::TRUNCATED_MARK;
+use airlock_host::audit_log::{ChainRecord, KeySource};
 use airlock_host::store::{Approval, ApprovalState, Mode};
 use airlock_host::{AlertStatus, InspectReport, Pause, Plugin, Severity};
 use axum::http::StatusCode;
@@ -378,7 +378,8 @@ fn audit_link(filters: &AuditFilters, page: usize) -> String {
 pub(crate) fn audit(
     who: &SessionView,
     filters: &AuditFilters,
-    records: &[Record],
+    own_origin: &str,
+    records: &[ChainRecord],
     more: bool,
 ) -> Markup {
     layout(
@@ -405,9 +406,10 @@ pub(crate) fn audit(
                         th { "Decision" } th { "Outcome" } th { "Reason" } th { "Call" }
                     } }
                     tbody {
-                        @for r in records {
+                        @for chained in records {
+                            @let r = &chained.record;
                             tr {
-                                td { (r.seq) }
+                                td { (seq(chained, own_origin)) }
                                 td { (time(r.time_ms)) }
                                 td { (r.entry.event.as_str()) }
                                 td { (r.entry.principal.as_deref().unwrap_or("–")) }
@@ -436,7 +438,22 @@ pub(crate) fn audit(
     )
 }
 
-pub(crate) fn call_story(who: &SessionView, call_id: &str, records: &[Record]) -> Markup {
+/// A record's place: its seq in this host's chain, `origin:seq` in
+/// another host's (hosts sharing a store each keep their own chain).
+fn seq(chained: &ChainRecord, own_origin: &str) -> String {
+    if chained.origin == own_origin {
+        chained.record.seq.to_string()
+    } else {
+        format!("{}:{}", chained.origin, chained.record.seq)
+    }
+}
+
+pub(crate) fn call_story(
+    who: &SessionView,
+    call_id: &str,
+    own_origin: &str,
+    records: &[ChainRecord],
+) -> Markup {
     layout(
         &format!("call {call_id}"),
         Some(who),
@@ -447,8 +464,9 @@ pub(crate) fn call_story(who: &SessionView, call_id: &str, records: &[Record]) -
                 "With them, the records of each approval the call names: its request, its decision, "
                 "and the other calls made under it, each marked with its own call."
             }
-            @for r in records {
-                h2 { "#" (r.seq) " " (r.entry.event.as_str()) " · " (time(r.time_ms)) }
+            @for chained in records {
+                @let r = &chained.record;
+                h2 { "#" (seq(chained, own_origin)) " " (r.entry.event.as_str()) " · " (time(r.time_ms)) }
                 dl.fields {
                     @if let Some(v) = r.entry.call_id.as_ref().filter(|v| v.as_str() != call_id) {
                         dt { "Another call" } dd { a href={ "/console/audit/calls/" (segment(v)) } { code { (v) } } }
@@ -494,24 +512,63 @@ pub(crate) fn call_story(who: &SessionView, call_id: &str, records: &[Record]) -
     )
 }
 
-pub(crate) fn verify(who: &SessionView, verdict: &Verdict, public_key: &str) -> Markup {
+/// One chain's verification, as the verify page shows it.
+pub(crate) struct ChainVerdict {
+    /// Whose chain.
+    pub(crate) origin: String,
+    /// This host's own.
+    pub(crate) own: bool,
+    pub(crate) verdict: Verdict,
+    /// The key its checkpoints were checked against, hex.
+    pub(crate) public_key: Option<String>,
+    pub(crate) key_source: KeySource,
+}
+
+/// Where a chain's key came from, in words.
+fn key_source(source: &KeySource) -> String {
+    match source {
+        KeySource::Given => "given".to_owned(),
+        KeySource::Own => "this host's own key".to_owned(),
+        KeySource::File { path } => format!("from {}", path.display()),
+        KeySource::Named => {
+            "named by the chain's own checkpoints: no one vouched for it, so it proves the chain against no one who could rewrite its checkpoints too".to_owned()
+        }
+        KeySource::None => "none: the chain has no checkpoints, so only its links and hashes are checked".to_owned(),
+    }
+}
+
+pub(crate) fn verify(who: &SessionView, chains: &[ChainVerdict]) -> Markup {
+    let failed = chains
+        .iter()
+        .filter(|c| matches!(c.verdict, Verdict::Failed { .. }))
+        .count();
     layout(
         "verify",
         Some(who),
         html! {
             h1 { "Audit chain verification" }
-            @match verdict {
-                Verdict::Passed { records, checkpoints, head_hash, unsigned_tail, .. } => {
-                    p.notice.ok #verdict { "Verified: " (records) " records, " (checkpoints) " signed checkpoints; every hash links." }
-                    dl.fields {
-                        dt { "Head hash" } dd { code { (head_hash.as_deref().unwrap_or("none")) } }
-                        dt { "Records after the last checkpoint" } dd { (unsigned_tail) }
-                        dt { "Checkpoint key" } dd { code { (public_key) } }
+            @if failed == 0 {
+                p.notice.ok #verdict { "Verified: every chain (" (chains.len()) ") holds." }
+            } @else {
+                p.notice.error #verdict { "FAILED: " (failed) " of " (chains.len()) " chains." }
+            }
+            @for chain in chains {
+                h2 { "Chain " code { (chain.origin) } @if chain.own { " (this host)" } }
+                @match &chain.verdict {
+                    Verdict::Passed { records, checkpoints, head_hash, unsigned_tail, .. } => {
+                        p.notice.ok { "Verified: " (records) " records, " (checkpoints) " signed checkpoints; every hash links." }
+                        dl.fields {
+                            dt { "Head hash" } dd { code { (head_hash.as_deref().unwrap_or("none")) } }
+                            dt { "Records after the last checkpoint" } dd { (unsigned_tail) }
+                            dt { "Checkpoint key" } dd { code { (chain.public_key.as_deref().unwrap_or("none")) } " — " (key_source(&chain.key_source)) }
+                        }
                     }
-                }
-                Verdict::Failed { seq, problem, .. } => {
-                    p.notice.error #verdict { "Verification FAILED at record " (seq) ": " (problem) }
-                    dl.fields { dt { "Checkpoint key" } dd { code { (public_key) } } }
+                    Verdict::Failed { seq, problem, .. } => {
+                        p.notice.error { "Verification FAILED at record " (seq) ": " (problem) }
+                        dl.fields {
+                            dt { "Checkpoint key" } dd { code { (chain.public_key.as_deref().unwrap_or("none")) } " — " (key_source(&chain.key_source)) }
+                        }
+                    }
                 }
             }
             p.muted { "Checked against the host's own checkpoints. For checkpoints kept elsewhere, use airlock audit verify --trusted." }

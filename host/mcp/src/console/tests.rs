@@ -61,13 +61,17 @@ enum Reached {
 }
 
 async fn fixture_on(addr: SocketAddr, reached: Reached) -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
+    fixture_with(addr, reached, std::convert::identity).await
+}
+
+/// The approvers of the fixtures' hosts.
+fn approvers_policy() -> Policy {
     let approver = |name: &str, secret: &str, operator: bool| Approver {
         name: name.into(),
         token_sha256: sha256_hex(secret.as_bytes()),
         operator,
     };
-    let policy = Policy {
+    Policy {
         approvals: ApprovalPolicy {
             // alice also takes over; mallory only approves.
             approvers: vec![
@@ -77,13 +81,21 @@ async fn fixture_on(addr: SocketAddr, reached: Reached) -> Fixture {
             ..ApprovalPolicy::default()
         },
         ..Policy::default()
-    };
+    }
+}
+
+async fn fixture_with(
+    addr: SocketAddr,
+    reached: Reached,
+    config: impl FnOnce(HostConfig) -> HostConfig,
+) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
     let host = Arc::new(
-        Host::new(
+        Host::new(config(
             HostConfig::default()
                 .data_dir(dir.path().join("data"))
-                .policy(policy),
-        )
+                .policy(approvers_policy()),
+        ))
         .unwrap(),
     );
     host.load_plugin(format!("{PLUGINS_DIR}/billing"))
@@ -1330,4 +1342,96 @@ async fn the_plugins_page_names_an_unreadable_rollout_and_lists_the_rest() {
     assert_eq!(listing.versions[0].plugin, "text");
     assert_eq!(listing.unreadable.len(), 1, "{listing:?}");
     assert_eq!(listing.unreadable[0].plugin, "json");
+}
+
+/// Hosts sharing a store each keep their own chain: an approval asked for
+/// on one host, decided on another's console and used on the first is one
+/// story, and the log page lists every chain, each record by its place.
+#[tokio::test]
+async fn the_story_and_the_log_take_in_every_hosts_chain() {
+    use airlock_host::StoreConfig;
+    let stores = airlock_host::store::Stores::memory();
+    let shared = stores.clone();
+    let f = fixture_with(default_addr(), Reached::Loopback, move |config| {
+        config.store(StoreConfig::Custom(shared)).origin("host-a")
+    })
+    .await;
+    let other_dir = tempfile::tempdir().unwrap();
+    let other = Host::new(
+        HostConfig::default()
+            .data_dir(other_dir.path())
+            .policy(approvers_policy())
+            .store(StoreConfig::Custom(stores))
+            .origin("host-b"),
+    )
+    .unwrap();
+    other
+        .load_plugin(format!("{PLUGINS_DIR}/billing"))
+        .await
+        .unwrap();
+    let call = || {
+        CallRequest::new(
+            "billing/refund",
+            json!({"account": "9182", "amount_cents": 240_000, "reason": "elsewhere"}).to_string(),
+        )
+        .principal("agent-1")
+        .idempotency_key("across-hosts")
+    };
+    let id = match other.call(call()).await {
+        Err(CallError::ApprovalPending { approval_id, .. }) => approval_id,
+        other => panic!("expected approval_pending, got {other:?}"),
+    };
+    let asked = other.approval(&id).unwrap().unwrap().call_id;
+    let (cookie, csrf) = f.login(ALICE).await;
+    let answer = f
+        .post(
+            &format!("/console/approvals/{id}"),
+            &cookie,
+            &[
+                ("csrf", &csrf),
+                ("decision", "approve"),
+                ("reason", "decided on host a"),
+            ],
+        )
+        .await;
+    assert_eq!(answer.status, StatusCode::SEE_OTHER, "{}", answer.body);
+    let mut again = call();
+    again.approval_id = Some(id.clone());
+    other.call(again).await.unwrap();
+    let used = other
+        .approval(&id)
+        .unwrap()
+        .unwrap()
+        .consumed_by_call
+        .expect("consumed");
+    let story = f
+        .get(&format!("/console/audit/calls/{asked}"), &cookie)
+        .await;
+    assert_eq!(story.status, StatusCode::OK);
+    let at = |part: &str| {
+        story
+            .body
+            .find(part)
+            .unwrap_or_else(|| panic!("{part}: {}", story.body))
+    };
+    // Asked on host b, decided here, run on host b: in that order.
+    assert!(at("approval_requested") < at("decided on host a"));
+    assert!(at("decided on host a") < at(&used));
+    assert!(story.body.contains("#host-b:"), "{}", story.body);
+    let log = f
+        .get("/console/audit?event=approval_requested", &cookie)
+        .await;
+    assert_eq!(log.status, StatusCode::OK);
+    assert!(log.body.contains("host-b:"), "{}", log.body);
+    // Both chains verified, each against the key it is known by.
+    let verify = f.get("/console/audit/verify", &cookie).await;
+    assert_eq!(verify.status, StatusCode::OK);
+    for part in [
+        "every chain (2) holds",
+        "<code>host-a</code> (this host)",
+        "this host's own key",
+        "<code>host-b</code>",
+    ] {
+        assert!(verify.body.contains(part), "{part}: {}", verify.body);
+    }
 }
