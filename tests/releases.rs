@@ -1702,6 +1702,7 @@ async fn readiness_checks_the_canary_as_well_as_the_serving_version() {
     assert!(!report.ready, "{report:?}");
     let finding = &report.missing_required[0];
     assert_eq!(finding.check, ReadinessCheck::Limits);
+    assert_eq!(finding.version, "1.1.0", "{report:?}");
     assert!(
         finding.reason.starts_with("canary 1.1.0: ") && finding.reason.contains("fuel"),
         "{report:?}"

@@ -133,6 +133,9 @@ pub struct ReadinessFinding {
     pub check: ReadinessCheck,
     /// The plugin.
     pub plugin: String,
+    /// The version of it the finding is about: the serving version's, or
+    /// the canary's (whose reason also says `canary VERSION:`).
+    pub version: String,
     /// The tool, for a check about one.
     pub tool: Option<String>,
     /// What is missing.
@@ -236,9 +239,13 @@ const CHECKPOINT_AGE: Duration = Duration::from_secs(24 * 3600);
 pub(crate) fn check(plugin: &Plugin, context: &Context<'_>) -> ReadinessReport {
     let mut failed: Vec<ReadinessFinding> = Vec::new();
     let name = plugin.name().to_owned();
+    // What `airlock eval` takes for exactly this version (a canary's
+    // cases are not the serving version's).
+    let reference = format!("{name}@{}", plugin.version());
     let finding = |check, tool: Option<&Tool>, reason: String, fix: String| ReadinessFinding {
         check,
         plugin: name.clone(),
+        version: plugin.version().to_owned(),
         tool: tool.map(|t| t.name().to_owned()),
         reason,
         fix,
@@ -349,7 +356,7 @@ pub(crate) fn check(plugin: &Plugin, context: &Context<'_>) -> ReadinessReport {
             ReadinessCheck::EvalCases,
             None,
             format!("{cases} cannot be run: {why}"),
-            format!("fix {cases} (`airlock eval {}` says where)", plugin.name()),
+            format!("fix {cases} (`airlock eval {reference}` says where)"),
         )),
         Eval::Ran { failed: 0, total } if *total > 0 => {}
         Eval::Ran { failed: bad, total } => failed.push(finding(
@@ -360,7 +367,7 @@ pub(crate) fn check(plugin: &Plugin, context: &Context<'_>) -> ReadinessReport {
             } else {
                 format!("{bad} of {total} evaluation cases fail")
             },
-            format!("run `airlock eval {}` and fix the plugin or its cases", plugin.name()),
+            format!("run `airlock eval {reference}` and fix the plugin or its cases"),
         )),
     }
     if !context.rollback_target {
@@ -508,6 +515,7 @@ pub(crate) fn unroutable(
         missing_required: vec![ReadinessFinding {
             check: ReadinessCheck::Routing,
             plugin: plugin.to_owned(),
+            version: version.to_owned(),
             tool: None,
             reason,
             fix,
