@@ -4,7 +4,8 @@
 //! writing one never fails.
 
 use std::fmt::Write as _;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// The last millisecond RFC 3339 can write: 9999-12-31T23:59:59.999Z.
 const LAST_MS: u64 = 253_402_300_799_999;
@@ -26,6 +27,41 @@ pub fn rfc3339_millis(ms: u64) -> String {
     written(ms, humantime::format_rfc3339_millis)
 }
 
+/// Milliseconds since the Unix epoch that never go back: the wall clock
+/// read once, at the first call, moved on by the monotonic clock since.
+/// What spans are measured by (alert windows, `for` durations, the hourly
+/// takeover limit): a wall clock stepped back (NTP, a resumed VM) froze
+/// them until it caught up, one stepped forward emptied them at once. It
+/// parts from the wall clock by whatever the wall clock is stepped after
+/// the first call.
+pub(crate) fn steady_ms() -> u64 {
+    static START: OnceLock<Steady> = OnceLock::new();
+    START.get_or_init(Steady::now).at(Instant::now())
+}
+
+/// A wall-clock reading and the monotonic instant it was taken at.
+struct Steady {
+    wall_ms: u64,
+    at: Instant,
+}
+
+impl Steady {
+    fn now() -> Steady {
+        Steady {
+            wall_ms: crate::mode::now_ms(),
+            at: Instant::now(),
+        }
+    }
+
+    /// The wall-clock reading moved on by the monotonic time from its
+    /// instant to `now` (none for an instant before it).
+    fn at(&self, now: Instant) -> u64 {
+        let since = now.saturating_duration_since(self.at);
+        self.wall_ms
+            .saturating_add(u64::try_from(since.as_millis()).unwrap_or(u64::MAX))
+    }
+}
+
 fn written(ms: u64, format: fn(SystemTime) -> humantime::Rfc3339Timestamp) -> String {
     const PAST: &str = "after 9999-12-31T23:59:59Z";
     if ms > LAST_MS {
@@ -41,6 +77,26 @@ fn written(ms: u64, format: fn(SystemTime) -> humantime::Rfc3339Timestamp) -> St
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Spans are the monotonic clock's, whatever the wall clock does
+    /// after the first reading.
+    #[test]
+    fn steady_time_moves_with_the_monotonic_clock_only() {
+        let start = Instant::now();
+        let steady = Steady {
+            wall_ms: 1_000,
+            at: start,
+        };
+        assert_eq!(steady.at(start), 1_000);
+        assert_eq!(steady.at(start + Duration::from_millis(5_250)), 6_250);
+        if let Some(before) = start.checked_sub(Duration::from_secs(1)) {
+            assert_eq!(steady.at(before), 1_000, "went back");
+        }
+        let first = steady_ms();
+        let wall = crate::mode::now_ms();
+        assert!(first.abs_diff(wall) < 60_000, "{first} against {wall}");
+        assert!(steady_ms() >= first);
+    }
 
     #[test]
     fn every_time_is_written_and_none_past_9999_fails() {

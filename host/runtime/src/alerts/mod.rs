@@ -35,7 +35,6 @@ use bytes::Bytes;
 use serde::Serialize;
 
 use crate::error::{CallError, ErrorClass, ToolErrorKind};
-use crate::mode::now_ms;
 use crate::pipeline::CallResponse;
 
 pub use pause::{PAUSE_REFRESH, Pause};
@@ -222,7 +221,7 @@ impl Alerts {
             Err(_) => return Vec::new(),
         };
         let call = Observation {
-            at_ms: now_ms(),
+            at_ms: crate::clock::steady_ms(),
             outcome,
             duration_ms: u64::try_from(wall.as_millis()).unwrap_or(u64::MAX),
             fuel,
@@ -255,7 +254,7 @@ impl Alerts {
             .unwrap_or_else(PoisonError::into_inner);
         let transitions = evaluator.tick(
             &self.config,
-            now_ms(),
+            crate::clock::steady_ms(),
             approvals.map(|(approvals_pending, oldest_approval_age_s)| HostFigures {
                 approvals_pending,
                 oldest_approval_age_s,
