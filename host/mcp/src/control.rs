@@ -169,6 +169,9 @@ pub fn prepare(data_dir: &Path) -> Result<()> {
         ),
         Ok(_) => {}
     }
+    // Before its socket is looked at: in a directory others can write,
+    // a socket another user planted would be taken for a running server.
+    airlock_host::check_state_dirs(data_dir).map_err(|e| control_error(data_dir, e.to_string()))?;
     let socket = socket_path(data_dir);
     match fs::symlink_metadata(&socket) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -1189,5 +1192,23 @@ mod tests {
         // Something else in its place is not taken for a socket.
         fs::write(&path, "x").unwrap();
         assert!(matches!(prepare(&data), Err(Error::Control { .. })));
+    }
+
+    /// In a data directory others can write, a socket another user
+    /// planted is not taken for a running server: the directory is
+    /// refused first, saying why.
+    #[tokio::test]
+    async fn a_data_directory_others_can_write_is_refused_before_its_socket_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        prepare(&data).unwrap();
+        let _planted = std::os::unix::net::UnixListener::bind(socket_path(&data)).unwrap();
+        fs::set_permissions(&data, fs::Permissions::from_mode(0o777)).unwrap();
+        match prepare(&data) {
+            Err(Error::Control { message, .. }) => {
+                assert!(message.contains("other users can write"), "{message}");
+            }
+            other => panic!("not refused for its permissions: {other:?}"),
+        }
     }
 }

@@ -141,7 +141,9 @@ pub use releases::{
     VERSIONS_DIR, VersionStats, write_version,
 };
 pub use state::{LogLevel, LogLine};
-pub use stores::{StoreConfig, open_audit_read_only, open_mode, open_releases, open_workspace};
+pub use stores::{
+    StoreConfig, check_state_dirs, open_audit_read_only, open_mode, open_releases, open_workspace,
+};
 pub use telemetry::{DEFAULT_MAX_QUEUED_SPANS, DEFAULT_OTLP_TIMEOUT, Telemetry, TelemetryConfig};
 pub use workspace::WORKSPACE_DIR;
 

@@ -31,6 +31,7 @@ pub(crate) fn now_ms() -> u64 {
 /// # Errors
 /// [`Error::Store`].
 pub fn write_mode(data_dir: &Path, mode: &Mode) -> Result<()> {
+    crate::stores::check_state_dirs(data_dir)?;
     airlock_store_sled::FileMode::new(data_dir)
         .set(mode)
         .map_err(|e| Error::Store(StoreError::new(Store::Mode, e)))

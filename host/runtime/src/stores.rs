@@ -61,6 +61,42 @@ fn private_dir(dir: &Path) -> Result<()> {
     check_private(dir)
 }
 
+/// Refuse the data directory `data_dir`, or a directory of the host's
+/// state in it that exists (`audit`, its `keys`, `ledger`, `workspace`,
+/// `installed` with its `versions`, `rollouts` and `artifacts`), when
+/// another user owns it or can write into it (see `check_private`). One
+/// that does not exist yet is made owner-only by whatever makes it.
+/// Every command that reads or writes a data directory checks it first:
+/// `serve` before it looks for a running server's socket, the operator's
+/// commands before they trust its keys, mode or installed versions.
+///
+/// # Errors
+/// [`Error::Config`] naming the directory and what to do; [`Error::Io`]
+/// when one cannot be read.
+pub fn check_state_dirs(data_dir: &Path) -> Result<()> {
+    let audit = data_dir.join(AUDIT_DIR);
+    let installed = data_dir.join(airlock_store_sled::INSTALLED_DIR);
+    let dirs = [
+        data_dir.to_owned(),
+        audit.join(airlock_audit::KEYS_DIR),
+        audit,
+        data_dir.join(LEDGER_DIR),
+        data_dir.join(WORKSPACE_DIR),
+        installed.join("versions"),
+        installed.join("rollouts"),
+        installed.join("artifacts"),
+        installed,
+    ];
+    for dir in &dirs {
+        match std::fs::metadata(dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(dir, e)),
+            Ok(_) => check_private(dir)?,
+        }
+    }
+    Ok(())
+}
+
 /// Refuse a directory of the host's state that another user of the
 /// machine can write into, or that another user owns: whoever can rename
 /// or replace the files in it can swap the audit log, its keys, the
@@ -112,6 +148,7 @@ pub(crate) fn open(
         };
         // The keys are kept here whatever the backend.
         private_dir(dir)?;
+        check_state_dirs(dir)?;
         private_dir(&dir.join(AUDIT_DIR))?;
         // Before anything reads or recovers the chain: a second process on
         // this origin would mark the first's calls unknown and fork its
@@ -131,8 +168,14 @@ pub(crate) fn open(
     match (config, data_dir) {
         (StoreConfig::Sled, Some(dir)) => {
             let audit_dir = dir.join(AUDIT_DIR);
+            let ledger_dir = dir.join(LEDGER_DIR);
+            let workspace_dir = dir.join(WORKSPACE_DIR);
+            // Every one of them before anything is opened or read.
             private_dir(dir)?;
-            private_dir(&audit_dir)?;
+            check_state_dirs(dir)?;
+            for d in [&audit_dir, &ledger_dir, &workspace_dir] {
+                private_dir(d)?;
+            }
             let chain = Arc::new(
                 SledAudit::open(
                     &audit_dir.join(DB_DIR),
@@ -145,11 +188,6 @@ pub(crate) fn open(
                 .map_err(|e| Error::Audit(airlock_audit::Error::from_store(&audit_dir, &e)))?,
             );
             let log = AuditLog::with_store(chain.clone(), origin, &audit_dir, audit.clone())?;
-            let ledger_dir = dir.join(LEDGER_DIR);
-            let workspace_dir = dir.join(WORKSPACE_DIR);
-            for d in [&ledger_dir, &workspace_dir] {
-                private_dir(d)?;
-            }
             let ledger_db = airlock_store_sled::open::open(
                 &sled::Config::new()
                     .path(&ledger_dir)
@@ -210,6 +248,7 @@ pub fn open_workspace(config: &crate::HostConfig, lock_wait: Duration) -> Result
             // Before sled, which would create it (and the data directory)
             // readable by everyone.
             private_dir(data)?;
+            check_state_dirs(data)?;
             private_dir(&dir)?;
             let db = airlock_store_sled::open::open(
                 &sled::Config::new()
@@ -244,7 +283,10 @@ pub fn open_workspace(config: &crate::HostConfig, lock_wait: Duration) -> Result
 /// [`Error::Store`]; [`Error::Config`] for a temporary store.
 pub fn open_mode(config: &crate::HostConfig) -> Result<Arc<dyn airlock_store::ModeStore>> {
     match (&config.store, &config.data_dir) {
-        (StoreConfig::Sled, Some(dir)) => Ok(Arc::new(FileMode::new(dir))),
+        (StoreConfig::Sled, Some(dir)) => {
+            check_state_dirs(dir)?;
+            Ok(Arc::new(FileMode::new(dir)))
+        }
         (StoreConfig::Sled, None) => Err(Error::Config {
             message: "a temporary store has no mode to switch".to_owned(),
         }),
@@ -265,7 +307,10 @@ pub fn open_mode(config: &crate::HostConfig) -> Result<Arc<dyn airlock_store::Mo
 /// [`Error::Store`]; [`Error::Config`] for a temporary store.
 pub fn open_releases(config: &crate::HostConfig) -> Result<airlock_store::Releases> {
     let store: Arc<dyn airlock_store::PluginStore> = match (&config.store, &config.data_dir) {
-        (StoreConfig::Sled, Some(dir)) => Arc::new(FilePlugins::new(dir)),
+        (StoreConfig::Sled, Some(dir)) => {
+            check_state_dirs(dir)?;
+            Arc::new(FilePlugins::new(dir))
+        }
         (StoreConfig::Sled, None) => {
             return Err(Error::Config {
                 message: "a temporary store has no installed versions".to_owned(),
@@ -302,6 +347,8 @@ pub fn open_audit_read_only(config: &crate::HostConfig, lock_wait: Duration) -> 
             message: "a temporary store has no audit log to read".to_owned(),
         });
     };
+    // Its keys are trusted whatever the backend.
+    check_state_dirs(dir)?;
     let audit_dir = dir.join(AUDIT_DIR);
     let read_only = |store: Arc<dyn airlock_store::AuditStore>| {
         Ok(AuditLog::read_only(store, &config.origin, &audit_dir)?)
@@ -400,6 +447,40 @@ mod tests {
             "{message}"
         );
         set_mode(&audit, 0o700);
+        opened(&data).unwrap();
+        // Where the installed versions and rollouts are: every command
+        // reading the data directory refuses it, not only the host.
+        let rollouts = data.join("installed/rollouts");
+        std::fs::create_dir_all(&rollouts).unwrap();
+        set_mode(&rollouts, 0o777);
+        let config = crate::HostConfig::default().data_dir(&data);
+        let refused = |result: crate::Result<()>| match result {
+            Err(Error::Config { message }) => {
+                assert!(
+                    message.contains(&format!("refusing {}", rollouts.display())),
+                    "{message}"
+                );
+            }
+            other => panic!("not refused: {other:?}"),
+        };
+        assert!(opened(&data).unwrap_err().contains("installed/rollouts"));
+        refused(super::open_mode(&config).map(drop));
+        refused(super::open_releases(&config).map(drop));
+        refused(super::open_workspace(&config, std::time::Duration::ZERO).map(drop));
+        refused(super::open_audit_read_only(&config, std::time::Duration::ZERO).map(drop));
+        let mode = airlock_store::Mode {
+            read_only: true,
+            id: "m1".into(),
+            by: "ops".into(),
+            reason: None,
+            at_ms: 0,
+        };
+        refused(crate::mode::write_mode(&data, &mode));
+        set_mode(&rollouts, 0o700);
+        let keys = audit.join(airlock_audit::KEYS_DIR);
+        set_mode(&keys, 0o777);
+        assert!(opened(&data).unwrap_err().contains("keys"));
+        set_mode(&keys, 0o700);
         opened(&data).unwrap();
         // Another user's (only root can make one).
         if rustix::process::geteuid().is_root() {
