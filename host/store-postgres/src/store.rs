@@ -1152,19 +1152,24 @@ impl ModeStore for PostgresStore {
 
 // -------------------------------------------------------------------- audit
 
-/// The origins of [`AuditStore::origins`]: those of the heads, those of
-/// the checkpoints, and those of the records, found one index probe per
-/// origin (a skip scan of the records' primary key, walked by a recursive
-/// query: `DISTINCT` would read every record).
-const ORIGINS: &str = "WITH RECURSIVE seen(origin) AS ( \
+/// The origins of [`AuditStore::origins`]: those of the heads, and those
+/// of the records and of the checkpoints, found one index probe per origin
+/// (a skip scan of each table's primary key, walked by a recursive query:
+/// `DISTINCT` would read every row).
+const ORIGINS: &str = "WITH RECURSIVE records(origin) AS ( \
         SELECT min(origin) FROM airlock_audit_records \
       UNION ALL \
-        SELECT (SELECT min(r.origin) FROM airlock_audit_records r WHERE r.origin > seen.origin) \
-        FROM seen WHERE seen.origin IS NOT NULL \
+        SELECT (SELECT min(r.origin) FROM airlock_audit_records r WHERE r.origin > records.origin) \
+        FROM records WHERE records.origin IS NOT NULL \
+    ), checkpoints(origin) AS ( \
+        SELECT min(origin) FROM airlock_audit_checkpoints \
+      UNION ALL \
+        SELECT (SELECT min(c.origin) FROM airlock_audit_checkpoints c WHERE c.origin > checkpoints.origin) \
+        FROM checkpoints WHERE checkpoints.origin IS NOT NULL \
     ) \
-    SELECT origin FROM seen WHERE origin IS NOT NULL \
-    UNION SELECT origin FROM airlock_audit_chains \
-    UNION SELECT origin FROM airlock_audit_checkpoints";
+    SELECT origin FROM records WHERE origin IS NOT NULL \
+    UNION SELECT origin FROM checkpoints WHERE origin IS NOT NULL \
+    UNION SELECT origin FROM airlock_audit_chains";
 
 impl AuditStore for PostgresStore {
     fn head(&self, origin: &str) -> Result<Option<(u64, Vec<u8>)>> {
@@ -1173,39 +1178,51 @@ impl AuditStore for PostgresStore {
         }
         let origin = origin.to_owned();
         self.db.run(|s| async move {
+            // One statement, one snapshot: read apart, a chain's first
+            // write committing between them would show records and no
+            // head, a new chain taken for a damaged one.
             let row = s
                 .query_opt(
                     &format!("reading the head of audit chain {origin:?}"),
-                    "SELECT c.head, r.bytes FROM airlock_audit_chains c \
-                     LEFT JOIN airlock_audit_records r ON r.origin = c.origin AND r.seq = c.head \
-                     WHERE c.origin = $1",
+                    "SELECT c.head, r.bytes, \
+                       (SELECT max(seq) FROM airlock_audit_records WHERE origin = $1), \
+                       (SELECT max(seq) FROM airlock_audit_checkpoints WHERE origin = $1) \
+                     FROM (SELECT CAST($1 AS TEXT) AS origin) o \
+                     LEFT JOIN airlock_audit_chains c ON c.origin = o.origin \
+                     LEFT JOIN airlock_audit_records r ON r.origin = c.origin AND r.seq = c.head",
                     &[&origin],
                 )
-                .await?;
-            let Some(row) = row else {
-                // No head: a new chain, unless records of it are there (its
-                // head row deleted), which read as empty would be started
-                // again over them.
-                let orphan = s
-                    .query_opt(
-                        &format!("looking for records of audit chain {origin:?}"),
-                        "SELECT seq FROM airlock_audit_records WHERE origin = $1 \
-                         ORDER BY seq DESC LIMIT 1",
-                        &[&origin],
-                    )
-                    .await?;
-                return match orphan {
-                    None => Ok(None),
-                    Some(row) => Err(StoreError::new(
-                        ErrorKind::Corrupt,
-                        format!(
-                            "audit chain {origin:?}: the database holds its records up to {} but no head for it (its row of airlock_audit_chains is gone); restore it from a backup",
-                            unsigned(get(&row, 0)?, "audit record seq")?
-                        ),
-                    )),
+                .await?
+                .ok_or_else(|| {
+                    StoreError::corrupt(format!(
+                        "audit chain {origin:?}: the server answered the head query with no row"
+                    ))
+                })?;
+            let Some(head) = get::<Option<i64>>(&row, 0)? else {
+                // No head: a new chain, unless records or checkpoints of it
+                // are there (its head row deleted), which read as empty
+                // would be started again over them.
+                let last = |i: usize, what: &str| -> Result<Option<u64>> {
+                    get::<Option<i64>>(&row, i)?
+                        .map(|seq| unsigned(seq, what))
+                        .transpose()
                 };
+                let held = match (
+                    last(2, "audit record seq")?,
+                    last(3, "audit checkpoint seq")?,
+                ) {
+                    (None, None) => return Ok(None),
+                    (Some(seq), _) => format!("records up to {seq}"),
+                    (None, Some(seq)) => format!("checkpoints up to {seq}"),
+                };
+                return Err(StoreError::new(
+                    ErrorKind::Corrupt,
+                    format!(
+                        "audit chain {origin:?}: the database holds its {held} but no head for it (its row of airlock_audit_chains is gone); restore it from a backup"
+                    ),
+                ));
             };
-            let head = unsigned(get(&row, 0)?, "audit head")?;
+            let head = unsigned(head, "audit head")?;
             // A chain whose head record is gone is not an empty chain: read
             // as one, the log would start again (a new redaction key, a
             // second record 1) over the records still there.

@@ -650,6 +650,13 @@ fn a_chain_without_its_head_row_is_listed_and_corrupt() {
         err.to_string().contains("records up to 2 but no head"),
         "{err}"
     );
+    // Its checkpoints alone are enough to tell.
+    let err = stores.audit.head("h3").unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Corrupt, "{err}");
+    assert!(
+        err.to_string().contains("checkpoints up to 2 but no head"),
+        "{err}"
+    );
     assert_eq!(stores.audit.head("h1").unwrap().unwrap().0, 2);
     assert_eq!(stores.audit.head("h4").unwrap(), None);
 }
