@@ -1715,3 +1715,41 @@ async fn readiness_checks_the_canary_as_well_as_the_serving_version() {
     host.rollback("text", "ops", None).await.unwrap();
     assert!(text(host.readiness(Some("text"), &limits).await.unwrap()).ready);
 }
+
+/// An upgrade approval a newer host wrote terms into is not used here:
+/// the upgrade is refused, naming them, to whoever it was given to, and
+/// the approval stays for a host that knows them.
+#[tokio::test]
+async fn an_upgrade_approval_with_terms_this_host_does_not_know_is_not_used() {
+    use airlock_host::StoreConfig;
+    let data = tempfile::tempdir().unwrap();
+    let stores = airlock_host::store::Stores::memory();
+    let ledger = airlock_host::store::Ledger::new(stores.ledger.clone());
+    let host = Host::new(config(data.path()).store(StoreConfig::Custom(stores))).unwrap();
+    let approval_id = approved_wider_upgrade(&host).await;
+    ledger
+        .transition(&approval_id, ApprovalState::Approved, 0, |a| {
+            a.unknown_fields
+                .insert("only_after".into(), serde_json::json!("2027-01-01"));
+        })
+        .unwrap();
+    let refused = release_error(
+        host.set_rollout(&RolloutRequest::new("text", "2.0.0", 10, "ops").approval(&approval_id))
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(refused.kind(), "upgrade_approval_refused");
+    assert!(refused.to_string().contains("\"only_after\""), "{refused}");
+    // Anyone else is told what the approval was not given for, not its terms.
+    let other = release_error(
+        host.set_rollout(
+            &RolloutRequest::new("text", "2.0.0", 10, "mallory").approval(&approval_id),
+        )
+        .await
+        .unwrap_err(),
+    );
+    assert!(!other.to_string().contains("only_after"), "{other}");
+    let kept = host.approval(&approval_id).unwrap().unwrap();
+    assert_eq!(kept.state, ApprovalState::Approved);
+    assert!(kept.unknown_fields.contains_key("only_after"));
+}

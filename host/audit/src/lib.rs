@@ -75,8 +75,8 @@ pub use log::{
     SIGNING_KEY_FILE, check_origin, read_export, verify_export,
 };
 pub use origins::{
-    ChainRecord, ChainSummary, ChainVerification, EXPORT_VERSION_CHAINS, ExportChain, KeyRing,
-    KeySource, read_export_chains, verify_export_chains,
+    ChainQuery, ChainRecord, ChainSummary, ChainVerification, EXPORT_VERSION_CHAINS, ExportChain,
+    KeyRing, KeySource, read_export_chains, verify_export_chains,
 };
 pub use record::{Entry, Event, GENESIS_HASH, OUTCOME_UNKNOWN, Record, chain_hash, sha256_hex};
 pub use redact::{

@@ -1984,44 +1984,67 @@ pub(crate) fn newest_matching(
     limit: usize,
 ) -> Result<Vec<Record>> {
     let inner = &log.inner;
-    let failed = |e: StoreError| store_error(&inner.path, &e);
     let mut out = Vec::new();
-    let Some((mut end, _)) = inner.store.head(origin).map_err(failed)? else {
+    let Some((mut end, _)) = inner
+        .store
+        .head(origin)
+        .map_err(|e| store_error(&inner.path, &e))?
+    else {
         return Ok(out);
     };
-    let page = u64::try_from(PAGE).unwrap_or(u64::MAX);
     while end >= 1 && out.len() < limit {
-        let start = end.saturating_sub(page - 1).max(1);
-        let records = inner.store.records(origin, start, PAGE).map_err(failed)?;
-        // A gap-free chain has every seq of the page. None at all: the head
-        // is not where the records are (a stray key in a tampered store,
-        // which `verify` names); walking down from it a page at a time
-        // could take 2^55 pages.
-        if !records.iter().any(|(seq, _)| (start..=end).contains(seq)) {
-            tracing::warn!(
-                origin,
-                start,
-                end,
-                "no audit record where the chain's head says there are some; run `airlock audit verify`"
-            );
-            break;
-        }
-        for (seq, bytes) in records.into_iter().rev() {
-            if seq > end || seq < start {
-                continue;
-            }
-            if out.len() >= limit {
+        let (mut records, start) = matching_page(log, origin, filter, end)?;
+        while out.len() < limit {
+            let Some(record) = records.pop() else {
                 break;
-            }
-            let record = log.parse(seq, &bytes)?;
-            if filter.matches(&record) {
-                out.push(record);
-            }
+            };
+            out.push(record);
         }
-        end = start - 1;
+        end = start.saturating_sub(1);
     }
     out.reverse();
     Ok(out)
+}
+
+/// The records of `origin` matching `filter` in the page that ends at seq
+/// `end` (`end` ≥ 1), oldest first, and the page's first seq. A page
+/// holding none of its seqs ends the walk (its first seq is then 1): the
+/// head is not where the records are (a stray key in a tampered store,
+/// which `verify` names), and walking down from it a page at a time could
+/// take 2^55 pages.
+pub(crate) fn matching_page(
+    log: &AuditLog,
+    origin: &str,
+    filter: &Filter,
+    end: u64,
+) -> Result<(Vec<Record>, u64)> {
+    let inner = &log.inner;
+    let page = u64::try_from(PAGE).unwrap_or(u64::MAX);
+    let start = end.saturating_sub(page - 1).max(1);
+    let records = inner
+        .store
+        .records(origin, start, PAGE)
+        .map_err(|e| store_error(&inner.path, &e))?;
+    if !records.iter().any(|(seq, _)| (start..=end).contains(seq)) {
+        tracing::warn!(
+            origin,
+            start,
+            end,
+            "no audit record where the chain's head says there are some; run `airlock audit verify`"
+        );
+        return Ok((Vec::new(), 1));
+    }
+    let mut out = Vec::new();
+    for (seq, bytes) in records {
+        if seq > end || seq < start {
+            continue;
+        }
+        let record = log.parse(seq, &bytes)?;
+        if filter.matches(&record) {
+            out.push(record);
+        }
+    }
+    Ok((out, start))
 }
 
 /// Verify the chain of `origin` in `store` against `key` and `trusted`

@@ -29,8 +29,7 @@ use crate::error::{Error, Result};
 use crate::keys::parse_public_key;
 use crate::log::{
     AuditLog, EXPORT_FORMAT, EXPORT_VERSION, Filter, KEYS_DIR, chain_records, check_origin,
-    export_error, newest_matching, now_ms, open_export, read_export, store_error, verify_chain,
-    write_atomically,
+    export_error, now_ms, open_export, read_export, store_error, verify_chain, write_atomically,
 };
 use crate::record::Record;
 use crate::verify::{Problem, Verifier, VerifyFailure, VerifyReport};
@@ -125,6 +124,59 @@ pub struct ChainVerification {
     pub key_source: KeySource,
     /// The report, or the chain's first bad record.
     pub result: std::result::Result<VerifyReport, VerifyFailure>,
+}
+
+/// What [`AuditLog::query_every_chain`] found.
+#[derive(Debug)]
+pub struct ChainQuery {
+    /// The records, oldest first, as [`AuditLog::query_all`] orders them.
+    pub records: Vec<ChainRecord>,
+    /// The chains that could not be read (their origin and why), whose
+    /// records are not among `records`.
+    pub unreadable: Vec<(String, Error)>,
+}
+
+/// One chain read backwards a page at a time: its matching records newest
+/// first.
+struct Backwards<'a> {
+    log: &'a AuditLog,
+    origin: String,
+    filter: &'a Filter,
+    /// The highest seq not read yet (0: every record read).
+    end: u64,
+    /// Matching records of the pages read, oldest first (taken from the
+    /// end).
+    pending: Vec<Record>,
+}
+
+impl<'a> Backwards<'a> {
+    fn new(log: &'a AuditLog, origin: String, filter: &'a Filter) -> Result<Backwards<'a>> {
+        let inner = &log.inner;
+        let end = inner
+            .store
+            .head(&origin)
+            .map_err(|e| store_error(&inner.path, &e))?
+            .map_or(0, |(seq, _)| seq);
+        Ok(Backwards {
+            log,
+            origin,
+            filter,
+            end,
+            pending: Vec::new(),
+        })
+    }
+
+    /// Read pages until the newest matching record not taken yet is in
+    /// `pending`; whether there is one (`false`: the chain is read).
+    fn peek(&mut self) -> Result<bool> {
+        while self.pending.is_empty() && self.end >= 1 {
+            let (records, start) =
+                crate::log::matching_page(self.log, &self.origin, self.filter, self.end)?;
+            self.pending = records;
+            self.end = start.saturating_sub(1);
+        }
+        Ok(!self.pending.is_empty())
+    }
 }
 
 /// A record and the origin whose chain it is in.
@@ -304,22 +356,79 @@ impl AuditLog {
     /// own order).
     ///
     /// # Errors
-    /// As [`get`](Self::get).
+    /// As [`get`](Self::get); the first chain that cannot be read fails
+    /// the whole (see [`query_every_chain`](Self::query_every_chain) for
+    /// the others' records nonetheless).
     pub fn query_all(&self, filter: &Filter, limit: usize) -> Result<Vec<ChainRecord>> {
-        self.flush_quietly();
-        let mut streams = Vec::new();
-        for origin in self.origins()? {
-            let records = newest_matching(self, &origin, filter, limit)?;
-            streams.push((
-                origin,
-                records.into_iter().map(|r| Ok((r.time_ms, r.seq, r))),
-            ));
+        let found = self.query_every_chain(filter, limit)?;
+        match found.unreadable.into_iter().next() {
+            Some((_, e)) => Err(e),
+            None => Ok(found.records),
         }
-        let merged: Vec<ChainRecord> = merge(streams)
-            .map(|item| item.map(|(origin, record)| ChainRecord { origin, record }))
-            .collect::<Result<_>>()?;
-        let skip = merged.len().saturating_sub(limit);
-        Ok(merged.into_iter().skip(skip).collect())
+    }
+
+    /// [`query_all`](Self::query_all), with a chain that cannot be read
+    /// (its head or a record damaged, its store failing) reported beside
+    /// the other chains' records rather than failing them. Each chain is
+    /// read backwards a page at a time and the chains merged as they are
+    /// read, so a query holds at most `limit` records and a page of each
+    /// chain, however many chains the store holds.
+    ///
+    /// # Errors
+    /// [`Error::Store`] when the chains cannot be listed.
+    pub fn query_every_chain(&self, filter: &Filter, limit: usize) -> Result<ChainQuery> {
+        self.flush_quietly();
+        let mut unreadable = Vec::new();
+        let mut chains: Vec<Backwards<'_>> = Vec::new();
+        for origin in self.origins()? {
+            match Backwards::new(self, origin.clone(), filter) {
+                Ok(chain) => chains.push(chain),
+                Err(e) => unreadable.push((origin, e)),
+            }
+        }
+        let mut newest_first = Vec::new();
+        while newest_first.len() < limit {
+            // Each chain's newest record not taken yet read in; a chain
+            // read to its start is done, one that fails is reported and
+            // left out of what follows.
+            let mut i = 0;
+            while i < chains.len() {
+                match chains[i].peek() {
+                    Ok(true) => i += 1,
+                    Ok(false) => {
+                        chains.swap_remove(i);
+                    }
+                    Err(e) => {
+                        let chain = chains.swap_remove(i);
+                        unreadable.push((chain.origin, e));
+                    }
+                }
+            }
+            let best = chains
+                .iter()
+                .enumerate()
+                .filter_map(|(i, chain)| {
+                    let record = chain.pending.last()?;
+                    Some((i, (record.time_ms, chain.origin.as_str(), record.seq)))
+                })
+                .max_by(|a, b| a.1.cmp(&b.1));
+            let Some((i, _)) = best else {
+                break;
+            };
+            let chain = &mut chains[i];
+            if let Some(record) = chain.pending.pop() {
+                newest_first.push(ChainRecord {
+                    origin: chain.origin.clone(),
+                    record,
+                });
+            }
+        }
+        newest_first.reverse();
+        unreadable.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(ChainQuery {
+            records: newest_first,
+            unreadable,
+        })
     }
 
     /// Every chain's records after the positions in `after` (origin → last

@@ -135,12 +135,16 @@ fn an_invalid_origin_is_refused() {
 struct Tampered {
     inner: MemoryStore,
     edit: Mutex<Option<(String, u64)>>,
+    /// The edit leaves the record unreadable (not JSON).
+    garble: Mutex<bool>,
 }
 
 impl Tampered {
     fn changed(&self, origin: &str, seq: u64, bytes: Vec<u8>) -> Vec<u8> {
         let edit = self.edit.lock().unwrap();
-        if edit.as_ref() == Some(&(origin.to_owned(), seq)) {
+        if edit.as_ref() == Some(&(origin.to_owned(), seq)) && *self.garble.lock().unwrap() {
+            b"{garbled".to_vec()
+        } else if edit.as_ref() == Some(&(origin.to_owned(), seq)) {
             String::from_utf8(bytes)
                 .unwrap()
                 .replace("text/stats", "text/steal")
@@ -197,6 +201,7 @@ fn two_origins_in_one_store_verify_each_and_name_the_first_bad_record() {
     let store = Arc::new(Tampered {
         inner: MemoryStore::new(),
         edit: Mutex::new(None),
+        garble: Mutex::new(false),
     });
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let config = AuditConfig {
@@ -273,6 +278,32 @@ fn two_origins_in_one_store_verify_each_and_name_the_first_bad_record() {
     }
     let last_two = a.query_all(&Default::default(), 2).unwrap();
     assert_eq!(last_two.as_slice(), &merged[11..]);
+    // A chain with a record that does not parse fails a read of every
+    // chain, and is named beside the others' records by one that reports.
+    *store.edit.lock().unwrap() = Some(("host-b".into(), 4));
+    *store.garble.lock().unwrap() = true;
+    let err = a.query_all(&Default::default(), 100).unwrap_err();
+    assert!(err.to_string().contains('4'), "{err}");
+    let found = a.query_every_chain(&Default::default(), 100).unwrap();
+    assert_eq!(found.unreadable.len(), 1, "{:?}", found.unreadable);
+    assert_eq!(found.unreadable[0].0, "host-b");
+    let of_a: Vec<_> = merged
+        .iter()
+        .filter(|r| r.origin == "host-a")
+        .cloned()
+        .collect();
+    // A's records are all there (none of B's page that failed).
+    assert_eq!(
+        found
+            .records
+            .iter()
+            .filter(|r| r.origin == "host-a")
+            .cloned()
+            .collect::<Vec<_>>(),
+        of_a
+    );
+    *store.edit.lock().unwrap() = None;
+    *store.garble.lock().unwrap() = false;
     let after: BTreeMap<String, u64> = [("host-a".to_owned(), 5), ("host-b".to_owned(), 6)].into();
     let tail: Vec<_> = a
         .records_all(&after)

@@ -1520,11 +1520,6 @@ impl ReleaseParts<'_> {
             if expired_now {
                 crate::approvals::record_expiries(self.audit, std::slice::from_ref(&approval));
             }
-            if approval.kind == ApprovalKind::PluginUpgrade
-                && let Some(terms) = crate::approvals::unknown_terms(&approval)
-            {
-                return Err(refused(id, terms));
-            }
             if approval.kind != ApprovalKind::PluginUpgrade
                 || approval.plugin != request.plugin
                 || approval.args_digest != args_digest
@@ -1539,6 +1534,11 @@ impl ReleaseParts<'_> {
                     id,
                     format!("it was asked by {}", approval.principal),
                 ));
+            }
+            // After what the change must match: its terms are named only
+            // to whoever it was given to.
+            if let Some(terms) = crate::approvals::unknown_terms(&approval) {
+                return Err(refused(id, terms));
             }
             if approval.state != ApprovalState::Approved {
                 return Err(refused(id, format!("it is {}", approval.state.as_str())));

@@ -799,17 +799,19 @@ async fn audit(
     let limit = (filters.page + 1) * PAGE_SIZE + 1;
     let read = heavy(&console, move || {
         // Every chain of the store (each host sharing a database keeps its
-        // own), merged by time, newest first.
-        let mut records = host
+        // own), merged by time, newest first; one that cannot be read is
+        // named on the page, not the end of it.
+        let found = host
             .audit()
-            .query_all(&filter, limit)
+            .query_every_chain(&filter, limit)
             .map_err(|e| e.to_string())?;
+        let mut records = found.records;
         records.reverse();
-        Ok(records)
+        Ok((records, unreadable(found.unreadable)))
     })
     .await;
     match read {
-        Ok(records) => {
+        Ok((records, unreadable)) => {
             let more = records.len() == limit;
             let shown: Vec<_> = records
                 .into_iter()
@@ -823,12 +825,21 @@ async fn audit(
                     &filters,
                     console.host.audit().origin(),
                     &shown,
+                    &unreadable,
                     more && filters.page + 1 < MAX_AUDIT_PAGES,
                 ),
             )
         }
         Err(message) => error_page(StatusCode::INTERNAL_SERVER_ERROR, Some(&who), &message),
     }
+}
+
+/// The chains a query could not read, and why, for the page.
+fn unreadable(chains: Vec<(String, airlock_host::audit_log::Error)>) -> Vec<(String, String)> {
+    chains
+        .into_iter()
+        .map(|(origin, e)| (origin, e.to_string()))
+        .collect()
 }
 
 /// Most records one call's story shows.
@@ -848,9 +859,20 @@ const MAX_STORY_APPROVAL_CALLS: usize = 100;
 /// Every chain of the store is read: hosts sharing a database each keep
 /// their own, and an approval asked for on one host may be decided on
 /// another's console and used on a third.
-fn story_records(host: &Host, call_id: String) -> Result<Vec<ChainRecord>, String> {
+fn story_records(host: &Host, call_id: String) -> Result<Story, String> {
     let audit = host.audit();
-    let query = |filter: Filter, limit| audit.query_all(&filter, limit).map_err(|e| e.to_string());
+    let mut unreadable_chains = Vec::new();
+    let mut query = |filter: Filter, limit| {
+        let found = audit
+            .query_every_chain(&filter, limit)
+            .map_err(|e| e.to_string())?;
+        for (origin, why) in unreadable(found.unreadable) {
+            if !unreadable_chains.iter().any(|(o, _)| *o == origin) {
+                unreadable_chains.push((origin, why));
+            }
+        }
+        Ok::<_, String>(found.records)
+    };
     // The call's own records are all kept; of each approval's, its own
     // and the newest of the calls made under it, so many calls made under
     // one approval never push out the call's records nor the approval's
@@ -894,7 +916,16 @@ fn story_records(host: &Host, call_id: String) -> Result<Vec<ChainRecord>, Strin
             }
         }
     }
-    Ok(in_story_order(records))
+    Ok(Story {
+        records: in_story_order(records),
+        unreadable: unreadable_chains,
+    })
+}
+
+/// A call's records, and the chains that could not be read for them.
+struct Story {
+    records: Vec<ChainRecord>,
+    unreadable: Vec<(String, String)>,
 }
 
 /// `records` without repeats, each chain in its own order (its sequence
@@ -942,14 +973,20 @@ async fn call_story(
     let id = call_id.clone();
     let read = heavy(&console, move || story_records(&host, id)).await;
     match read {
-        Ok(records) if records.is_empty() => error_page(
+        Ok(story) if story.records.is_empty() && story.unreadable.is_empty() => error_page(
             StatusCode::NOT_FOUND,
             Some(&who),
             &format!("no audit record of call {call_id}"),
         ),
-        Ok(records) => html(
+        Ok(story) => html(
             StatusCode::OK,
-            pages::call_story(&who, &call_id, console.host.audit().origin(), &records),
+            pages::call_story(
+                &who,
+                &call_id,
+                console.host.audit().origin(),
+                &story.records,
+                &story.unreadable,
+            ),
         ),
         Err(message) => error_page(StatusCode::INTERNAL_SERVER_ERROR, Some(&who), &message),
     }

@@ -322,6 +322,17 @@ pub(crate) fn approval(
                     dt { "Consumed by" } dd { a href={ "/console/audit/calls/" (segment(call)) } { code { (call) } } }
                 }
             }
+            @if !a.unknown_fields.is_empty() {
+                h2 { "Terms this host does not know" }
+                p.notice.warn {
+                    "A newer Airlock wrote these terms into the approval. This host keeps them but does not check them, and runs no call under this approval; a host of that version does."
+                }
+                dl.fields {
+                    @for (name, value) in &a.unknown_fields {
+                        dt { code { (name) } } dd { code { (short(&value.to_string(), 512)) } }
+                    }
+                }
+            }
             h2 { "Arguments (redacted)" }
             @if a.args_truncated {
                 p.notice.warn { "These arguments were cut at the audit copy's size cap: the part after the mark is not shown. The approval is bound to the digest of the whole arguments." }
@@ -380,6 +391,7 @@ pub(crate) fn audit(
     filters: &AuditFilters,
     own_origin: &str,
     records: &[ChainRecord],
+    unreadable: &[(String, String)],
     more: bool,
 ) -> Markup {
     layout(
@@ -388,6 +400,7 @@ pub(crate) fn audit(
         html! {
             h1 { "Audit log" }
             p { a href="/console/audit/verify" { "Verify the chain" } }
+            (unreadable_chains(unreadable))
             form.filters method="get" action="/console/audit" {
                 @for (name, value) in [("plugin", &filters.plugin), ("tool", &filters.tool), ("outcome", &filters.outcome), ("principal", &filters.principal), ("event", &filters.event)] {
                     div {
@@ -448,11 +461,25 @@ fn seq(chained: &ChainRecord, own_origin: &str) -> String {
     }
 }
 
+/// A notice for each chain a query could not read: its records are not
+/// on the page.
+fn unreadable_chains(chains: &[(String, String)]) -> Markup {
+    html! {
+        @for (origin, why) in chains {
+            p.notice.error role="alert" {
+                "The audit chain " code { (origin) } " could not be read, so none of its records are shown: "
+                (why) ". Run airlock audit verify."
+            }
+        }
+    }
+}
+
 pub(crate) fn call_story(
     who: &SessionView,
     call_id: &str,
     own_origin: &str,
     records: &[ChainRecord],
+    unreadable: &[(String, String)],
 ) -> Markup {
     layout(
         &format!("call {call_id}"),
@@ -464,6 +491,7 @@ pub(crate) fn call_story(
                 "With them, the records of each approval the call names: its request, its decision, "
                 "and the other calls made under it, each marked with its own call."
             }
+            (unreadable_chains(unreadable))
             @for chained in records {
                 @let r = &chained.record;
                 h2 { "#" (seq(chained, own_origin)) " " (r.entry.event.as_str()) " · " (time(r.time_ms)) }
@@ -542,18 +570,32 @@ pub(crate) fn verify(who: &SessionView, chains: &[ChainVerdict]) -> Markup {
         .iter()
         .filter(|c| matches!(c.verdict, Verdict::Failed { .. }))
         .count();
+    // Checked against a key the chain names itself, or none: whoever could
+    // write it could have written a chain that verifies.
+    let unvouched = chains
+        .iter()
+        .filter(|c| matches!(c.key_source, KeySource::Named | KeySource::None))
+        .count();
     layout(
         "verify",
         Some(who),
         html! {
             h1 { "Audit chain verification" }
-            @if failed == 0 {
+            @if failed == 0 && unvouched == 0 {
                 p.notice.ok #verdict { "Verified: every chain (" (chains.len()) ") holds." }
+            } @else if failed == 0 {
+                p.notice.warn #verdict {
+                    "Verified: every chain (" (chains.len()) ") holds, but " (unvouched)
+                    " of them UNVOUCHED: checked against no key anyone vouched for (copy each host's keys/ORIGIN.pub into this host's audit keys directory)."
+                }
             } @else {
                 p.notice.error #verdict { "FAILED: " (failed) " of " (chains.len()) " chains." }
             }
             @for chain in chains {
-                h2 { "Chain " code { (chain.origin) } @if chain.own { " (this host)" } }
+                h2 {
+                    "Chain " code { (chain.origin) } @if chain.own { " (this host)" }
+                    @if matches!(chain.key_source, KeySource::Named | KeySource::None) { " — UNVOUCHED" }
+                }
                 @match &chain.verdict {
                     Verdict::Passed { records, checkpoints, head_hash, unsigned_tail, .. } => {
                         p.notice.ok { "Verified: " (records) " records, " (checkpoints) " signed checkpoints; every hash links." }
@@ -571,7 +613,7 @@ pub(crate) fn verify(who: &SessionView, chains: &[ChainVerdict]) -> Markup {
                     }
                 }
             }
-            p.muted { "Checked against the host's own checkpoints. For checkpoints kept elsewhere, use airlock audit verify --trusted." }
+            p.muted { "Each chain checked against its own checkpoints. For checkpoints kept elsewhere, use airlock audit verify --trusted." }
         },
     )
 }

@@ -711,8 +711,13 @@ async fn hostile_arguments_reasons_and_principals_are_shown_as_text() {
     let (_, who) = Sessions::new(SessionLimits::default())
         .create("<b>alice</b>", "t", true)
         .unwrap();
+    let page = pages::approval(&who, &approval, Some(HOSTILE), 0).into_string();
+    assert!(
+        page.contains("Terms this host does not know"),
+        "a newer host's terms are not shown: {page}"
+    );
     for html in [
-        pages::approval(&who, &approval, Some(HOSTILE), 0).into_string(),
+        page,
         pages::approvals(&who, std::slice::from_ref(&approval), "all", 0, 0).into_string(),
         pages::error(Some(&who), StatusCode::CONFLICT, HOSTILE).into_string(),
     ] {
@@ -1426,12 +1431,43 @@ async fn the_story_and_the_log_take_in_every_hosts_chain() {
     // Both chains verified, each against the key it is known by.
     let verify = f.get("/console/audit/verify", &cookie).await;
     assert_eq!(verify.status, StatusCode::OK);
+    // Host b's key is not on host a: its chain is shown unvouched.
     for part in [
-        "every chain (2) holds",
-        "<code>host-a</code> (this host)",
+        "every chain (2) holds, but 1 of them UNVOUCHED",
+        "<code>host-a</code> (this host)</h2>",
         "this host's own key",
-        "<code>host-b</code>",
+        "<code>host-b</code> — UNVOUCHED",
     ] {
         assert!(verify.body.contains(part), "{part}: {}", verify.body);
     }
+}
+
+/// A story's records: each chain in its own order (its seqs, whatever its
+/// clock said), the chains merged by time, a record read twice once.
+#[test]
+fn a_story_keeps_each_chain_in_order_and_merges_them_by_time() {
+    use airlock_host::audit_log::{Entry, Record};
+    let record = |origin: &str, seq: u64, time_ms: u64| ChainRecord {
+        origin: origin.into(),
+        record: Record {
+            seq,
+            time_ms,
+            entry: Entry::new(Event::CallFinished),
+            prev_hash: String::new(),
+            hash: String::new(),
+        },
+    };
+    // Host a's clock went back between its records 1 and 2.
+    let story = in_story_order(vec![
+        record("a", 2, 50),
+        record("b", 1, 75),
+        record("a", 1, 100),
+        record("b", 1, 75),
+        record("b", 2, 120),
+    ]);
+    let order: Vec<_> = story
+        .iter()
+        .map(|r| (r.origin.as_str(), r.record.seq))
+        .collect();
+    assert_eq!(order, [("b", 1), ("a", 1), ("a", 2), ("b", 2)]);
 }
