@@ -26,6 +26,13 @@ pub enum Problem {
         /// The next sequence number found instead.
         found: u64,
     },
+    /// A record is stored twice: where the next one should be, the store
+    /// holds another copy of one already read (a segment or key added
+    /// over records the log holds).
+    Repeated {
+        /// The sequence number found again here.
+        found: u64,
+    },
     /// Records are out of order: this place holds another record.
     Reordered {
         /// The sequence number found here.
@@ -77,6 +84,9 @@ impl fmt::Display for Problem {
         match self {
             Problem::Unreadable { reason } => write!(f, "unreadable: {reason}"),
             Problem::Gap { found } => write!(f, "missing (the log continues at record {found})"),
+            Problem::Repeated { found } => {
+                write!(f, "record {found} is stored again in its place")
+            }
             Problem::Reordered { found } => {
                 write!(f, "out of order: record {found} is stored in its place")
             }
@@ -203,6 +213,10 @@ impl Verifier {
     ) -> Result<(), VerifyFailure> {
         let at = position.unwrap_or(self.expected);
         let fail = |seq: u64, problem: Problem| VerifyFailure { seq, problem };
+        if at < self.expected {
+            // A record already read, stored again.
+            return Err(fail(self.expected, Problem::Repeated { found: at }));
+        }
         if at != self.expected {
             // The database has no record at the expected key.
             return Err(fail(self.expected, Problem::Gap { found: at }));

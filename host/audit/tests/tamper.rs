@@ -446,6 +446,29 @@ fn a_deleted_record_is_a_gap() {
     assert_eq!(failure.problem, Problem::Gap { found: 6 });
 }
 
+/// A copy of a record stored beside its segment (a key added over the
+/// log) is a record stored twice, not a missing one.
+#[test]
+fn a_record_stored_twice_is_named_as_such() {
+    let dir = tempfile::tempdir().unwrap();
+    log_with(dir.path(), 10, 4);
+    tamper_segments(dir.path(), |t| {
+        let (key, value, _) = segment_of(t, 5);
+        let (_, bytes) = segment_records(&key, &value)
+            .into_iter()
+            .find(|(seq, _)| *seq == 5)
+            .unwrap();
+        t.insert(record_key(5), bytes).unwrap();
+    });
+    let failure = verify_dir(dir.path(), &[]).unwrap_err();
+    assert_eq!(failure.seq, 6, "{failure}");
+    assert_eq!(failure.problem, Problem::Repeated { found: 5 });
+    assert!(
+        failure.to_string().contains("record 5 is stored again"),
+        "{failure}"
+    );
+}
+
 #[test]
 fn swapped_records_are_reordered() {
     let dir = tempfile::tempdir().unwrap();
