@@ -1471,3 +1471,73 @@ fn a_story_keeps_each_chain_in_order_and_merges_them_by_time() {
         .collect();
     assert_eq!(order, [("b", 1), ("a", 1), ("a", 2), ("b", 2)]);
 }
+
+/// Of the calls made under an approval, a story shows the newest
+/// `MAX_STORY_APPROVAL_CALLS` (it kept the oldest), beside the approval's
+/// own records.
+#[tokio::test]
+async fn a_story_shows_the_newest_calls_made_under_its_approval() {
+    let f = fixture().await;
+    let call = || {
+        CallRequest::new(
+            "billing/refund",
+            json!({"account": "9182", "amount_cents": 240_000, "reason": "many"}).to_string(),
+        )
+        .principal("agent-1")
+        .idempotency_key("story-many")
+    };
+    let id = match f.host.call(call()).await {
+        Err(CallError::ApprovalPending { approval_id, .. }) => approval_id,
+        other => panic!("expected approval_pending, got {other:?}"),
+    };
+    let asked = f.host.approval(&id).unwrap().unwrap().call_id;
+    f.host
+        .decide(
+            &id,
+            "alice",
+            ALICE,
+            airlock_host::Verdict::Reject,
+            Some("no"),
+        )
+        .await
+        .unwrap();
+    for _ in 0..MAX_STORY_APPROVAL_CALLS + 5 {
+        let mut again = call();
+        again.approval_id = Some(id.clone());
+        assert!(f.host.call(again).await.is_err());
+    }
+    let refusals = f
+        .host
+        .audit()
+        .query(
+            &Filter {
+                approval_id: Some(id.clone()),
+                event: Some(Event::CallRefused),
+                ..Filter::default()
+            },
+            1000,
+        )
+        .unwrap();
+    let calls: Vec<String> = refusals
+        .iter()
+        .filter_map(|r| r.entry.call_id.clone())
+        .filter(|c| *c != asked)
+        .collect();
+    assert_eq!(calls.len(), MAX_STORY_APPROVAL_CALLS + 5);
+    let (cookie, _) = f.login(ALICE).await;
+    let story = f
+        .get(&format!("/console/audit/calls/{asked}"), &cookie)
+        .await;
+    assert_eq!(story.status, StatusCode::OK);
+    let newest = calls.last().unwrap();
+    let oldest = calls.first().unwrap();
+    assert!(
+        story.body.contains(newest.as_str()),
+        "the newest call is missing"
+    );
+    assert!(
+        !story.body.contains(oldest.as_str()),
+        "the oldest call is shown"
+    );
+    assert!(story.body.contains("approval_decided"), "{}", story.body);
+}
