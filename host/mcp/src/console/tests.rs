@@ -1492,13 +1492,7 @@ async fn a_story_shows_the_newest_calls_made_under_its_approval() {
     };
     let asked = f.host.approval(&id).unwrap().unwrap().call_id;
     f.host
-        .decide(
-            &id,
-            "alice",
-            ALICE,
-            airlock_host::Verdict::Reject,
-            Some("no"),
-        )
+        .decide(&id, "alice", ALICE, Verdict::Reject, Some("no"))
         .await
         .unwrap();
     for _ in 0..MAX_STORY_APPROVAL_CALLS + 5 {
