@@ -1983,68 +1983,118 @@ pub(crate) fn newest_matching(
     filter: &Filter,
     limit: usize,
 ) -> Result<Vec<Record>> {
-    let inner = &log.inner;
+    let mut chain = Backwards::new(log, origin.to_owned(), filter)?;
     let mut out = Vec::new();
-    let Some((mut end, _)) = inner
-        .store
-        .head(origin)
-        .map_err(|e| store_error(&inner.path, &e))?
-    else {
-        return Ok(out);
-    };
-    while end >= 1 && out.len() < limit {
-        let (mut records, start) = matching_page(log, origin, filter, end)?;
-        while out.len() < limit {
-            let Some(record) = records.pop() else {
-                break;
-            };
-            out.push(record);
-        }
-        end = start.saturating_sub(1);
+    while out.len() < limit
+        && let Some(record) = chain.next()?
+    {
+        out.push(record);
     }
     out.reverse();
     Ok(out)
 }
 
-/// The records of `origin` matching `filter` in the page that ends at seq
-/// `end` (`end` ≥ 1), oldest first, and the page's first seq. A page
-/// holding none of its seqs ends the walk (its first seq is then 1): the
-/// head is not where the records are (a stray key in a tampered store,
-/// which `verify` names), and walking down from it a page at a time could
-/// take 2^55 pages.
-pub(crate) fn matching_page(
-    log: &AuditLog,
-    origin: &str,
-    filter: &Filter,
+/// One chain read backwards a page at a time, its records parsed newest
+/// first and only as far as they are asked for: the records matching a
+/// filter, newest first.
+pub(crate) struct Backwards<'a> {
+    log: &'a AuditLog,
+    pub(crate) origin: String,
+    filter: &'a Filter,
+    /// The highest seq not read from the store yet (0: every one read).
     end: u64,
-) -> Result<(Vec<Record>, u64)> {
-    let inner = &log.inner;
-    let page = u64::try_from(PAGE).unwrap_or(u64::MAX);
-    let start = end.saturating_sub(page - 1).max(1);
-    let records = inner
-        .store
-        .records(origin, start, PAGE)
-        .map_err(|e| store_error(&inner.path, &e))?;
-    if !records.iter().any(|(seq, _)| (start..=end).contains(seq)) {
-        tracing::warn!(
+    /// The page read last, oldest first, not parsed yet (taken from the
+    /// end).
+    raw: Vec<(u64, Vec<u8>)>,
+    /// The newest matching record not taken yet, once found.
+    found: Option<Record>,
+}
+
+impl<'a> Backwards<'a> {
+    pub(crate) fn new(
+        log: &'a AuditLog,
+        origin: String,
+        filter: &'a Filter,
+    ) -> Result<Backwards<'a>> {
+        let inner = &log.inner;
+        let end = inner
+            .store
+            .head(&origin)
+            .map_err(|e| store_error(&inner.path, &e))?
+            .map_or(0, |(seq, _)| seq);
+        Ok(Backwards {
+            log,
             origin,
-            start,
+            filter,
             end,
-            "no audit record where the chain's head says there are some; run `airlock audit verify`"
-        );
-        return Ok((Vec::new(), 1));
+            raw: Vec::new(),
+            found: None,
+        })
     }
-    let mut out = Vec::new();
-    for (seq, bytes) in records {
-        if seq > end || seq < start {
-            continue;
+
+    /// The newest matching record not taken yet (`None`: the chain is
+    /// read), reading and parsing no further back than it.
+    pub(crate) fn peek(&mut self) -> Result<Option<&Record>> {
+        while self.found.is_none() {
+            if let Some((seq, bytes)) = self.raw.pop() {
+                let record = self.log.parse(seq, &bytes)?;
+                if self.filter.matches(&record) {
+                    self.found = Some(record);
+                }
+                continue;
+            }
+            if self.end == 0 {
+                break;
+            }
+            self.read_page()?;
         }
-        let record = log.parse(seq, &bytes)?;
-        if filter.matches(&record) {
-            out.push(record);
-        }
+        Ok(self.found.as_ref())
     }
-    Ok((out, start))
+
+    /// The record [`peek`](Self::peek) found, if any (reads nothing).
+    pub(crate) fn current(&self) -> Option<&Record> {
+        self.found.as_ref()
+    }
+
+    /// Take the record [`peek`](Self::peek) found.
+    pub(crate) fn take(&mut self) -> Option<Record> {
+        self.found.take()
+    }
+
+    /// The newest matching record not taken yet, taken.
+    pub(crate) fn next(&mut self) -> Result<Option<Record>> {
+        self.peek()?;
+        Ok(self.take())
+    }
+
+    /// Read the page that ends at `end` into `raw`. A page holding none of
+    /// its seqs ends the walk: the head is not where the records are (a
+    /// stray key in a tampered store, which `verify` names), and walking
+    /// down from it a page at a time could take 2^55 pages.
+    fn read_page(&mut self) -> Result<()> {
+        let inner = &self.log.inner;
+        let end = self.end;
+        let page = u64::try_from(PAGE).unwrap_or(u64::MAX);
+        let start = end.saturating_sub(page - 1).max(1);
+        let mut records = inner
+            .store
+            .records(&self.origin, start, PAGE)
+            .map_err(|e| store_error(&inner.path, &e))?;
+        records.retain(|(seq, _)| (start..=end).contains(seq));
+        if records.is_empty() {
+            tracing::warn!(
+                origin = self.origin,
+                start,
+                end,
+                "no audit record where the chain's head says there are some; run `airlock audit verify`"
+            );
+            self.end = 0;
+            return Ok(());
+        }
+        self.raw = records;
+        self.end = start - 1;
+        Ok(())
+    }
 }
 
 /// Verify the chain of `origin` in `store` against `key` and `trusted`

@@ -28,8 +28,9 @@ use crate::checkpoint::Checkpoint;
 use crate::error::{Error, Result};
 use crate::keys::parse_public_key;
 use crate::log::{
-    AuditLog, EXPORT_FORMAT, EXPORT_VERSION, Filter, KEYS_DIR, chain_records, check_origin,
-    export_error, now_ms, open_export, read_export, store_error, verify_chain, write_atomically,
+    AuditLog, Backwards, EXPORT_FORMAT, EXPORT_VERSION, Filter, KEYS_DIR, chain_records,
+    check_origin, export_error, now_ms, open_export, read_export, store_error, verify_chain,
+    write_atomically,
 };
 use crate::record::Record;
 use crate::verify::{Problem, Verifier, VerifyFailure, VerifyReport};
@@ -131,52 +132,10 @@ pub struct ChainVerification {
 pub struct ChainQuery {
     /// The records, oldest first, as [`AuditLog::query_all`] orders them.
     pub records: Vec<ChainRecord>,
-    /// The chains that could not be read (their origin and why), whose
-    /// records are not among `records`.
+    /// The chains that could not be read in full (their origin and why):
+    /// of such a chain, `records` holds those newer than where it failed
+    /// (read before it did), none from there on.
     pub unreadable: Vec<(String, Error)>,
-}
-
-/// One chain read backwards a page at a time: its matching records newest
-/// first.
-struct Backwards<'a> {
-    log: &'a AuditLog,
-    origin: String,
-    filter: &'a Filter,
-    /// The highest seq not read yet (0: every record read).
-    end: u64,
-    /// Matching records of the pages read, oldest first (taken from the
-    /// end).
-    pending: Vec<Record>,
-}
-
-impl<'a> Backwards<'a> {
-    fn new(log: &'a AuditLog, origin: String, filter: &'a Filter) -> Result<Backwards<'a>> {
-        let inner = &log.inner;
-        let end = inner
-            .store
-            .head(&origin)
-            .map_err(|e| store_error(&inner.path, &e))?
-            .map_or(0, |(seq, _)| seq);
-        Ok(Backwards {
-            log,
-            origin,
-            filter,
-            end,
-            pending: Vec::new(),
-        })
-    }
-
-    /// Read pages until the newest matching record not taken yet is in
-    /// `pending`; whether there is one (`false`: the chain is read).
-    fn peek(&mut self) -> Result<bool> {
-        while self.pending.is_empty() && self.end >= 1 {
-            let (records, start) =
-                crate::log::matching_page(self.log, &self.origin, self.filter, self.end)?;
-            self.pending = records;
-            self.end = start.saturating_sub(1);
-        }
-        Ok(!self.pending.is_empty())
-    }
 }
 
 /// A record and the origin whose chain it is in.
@@ -394,8 +353,8 @@ impl AuditLog {
             let mut i = 0;
             while i < chains.len() {
                 match chains[i].peek() {
-                    Ok(true) => i += 1,
-                    Ok(false) => {
+                    Ok(Some(_)) => i += 1,
+                    Ok(None) => {
                         chains.swap_remove(i);
                     }
                     Err(e) => {
@@ -408,7 +367,7 @@ impl AuditLog {
                 .iter()
                 .enumerate()
                 .filter_map(|(i, chain)| {
-                    let record = chain.pending.last()?;
+                    let record = chain.current()?;
                     Some((i, (record.time_ms, chain.origin.as_str(), record.seq)))
                 })
                 .max_by(|a, b| a.1.cmp(&b.1));
@@ -416,7 +375,7 @@ impl AuditLog {
                 break;
             };
             let chain = &mut chains[i];
-            if let Some(record) = chain.pending.pop() {
+            if let Some(record) = chain.take() {
                 newest_first.push(ChainRecord {
                     origin: chain.origin.clone(),
                     record,

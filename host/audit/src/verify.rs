@@ -15,6 +15,7 @@ use crate::record::{GENESIS_HASH, chain_hash_bytes, parse_hash};
 /// What is wrong at the first bad place in a log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "problem", rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum Problem {
     /// The stored bytes are not a record.
     Unreadable {

@@ -186,7 +186,7 @@ fn open_dir(dir: &Path) -> Result<Option<std::fs::File>, String> {
 /// trust with code: another user owns it (root allowed when `root_too`)
 /// or can write to it.
 #[cfg(unix)]
-pub(crate) fn foreign(meta: &std::fs::Metadata, what: &str, root_too: bool) -> Option<String> {
+fn foreign(meta: &std::fs::Metadata, what: &str, root_too: bool) -> Option<String> {
     use std::os::unix::fs::MetadataExt as _;
     let me = rustix::process::geteuid().as_raw();
     if meta.uid() != me && !(root_too && meta.uid() == 0) {

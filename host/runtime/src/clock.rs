@@ -39,6 +39,13 @@ pub(crate) fn steady_ms() -> u64 {
     START.get_or_init(Steady::now).at(Instant::now())
 }
 
+/// The wall-clock time of `steady` (a [`steady_ms`] reading): now on the
+/// wall clock, less the monotonic time since — what a person is shown,
+/// right after a wall clock stepped or a machine suspended.
+pub(crate) fn wall_of(steady: u64) -> u64 {
+    crate::mode::now_ms().saturating_sub(steady_ms().saturating_sub(steady))
+}
+
 /// A wall-clock reading and the monotonic instant it was taken at.
 struct Steady {
     wall_ms: u64,
@@ -96,6 +103,10 @@ mod tests {
         let wall = crate::mode::now_ms();
         assert!(first.abs_diff(wall) < 60_000, "{first} against {wall}");
         assert!(steady_ms() >= first);
+        // Shown on the wall clock.
+        let shown = wall_of(steady_ms());
+        assert!(shown.abs_diff(crate::mode::now_ms()) < 60_000, "{shown}");
+        assert!(wall_of(0) <= crate::mode::now_ms());
     }
 
     #[test]

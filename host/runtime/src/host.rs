@@ -2102,7 +2102,7 @@ impl Host {
             // rollback would be aimed at no version, and stop a canary
             // that may be the healthy one. Refused, on the record.
             TakeoverAction::Rollback if status.tool.is_some() && status.version.is_none() => {
-                self.alerts.give_back_takeover(status.fired_ms);
+                self.alerts.give_back_takeover(status.counted_ms);
                 let refused = crate::ReleaseError::NotRollbackTarget {
                     plugin: plugin.clone(),
                     version: "(no version)".to_owned(),
@@ -2137,7 +2137,7 @@ impl Host {
                                     | crate::ReleaseError::NotRollbackTarget { .. }
                             )
                         ) {
-                            self.alerts.give_back_takeover(status.fired_ms);
+                            self.alerts.give_back_takeover(status.counted_ms);
                         }
                         crate::error::chain(&e)
                     });
@@ -2265,6 +2265,7 @@ mod tests {
                 resolved_ms: None,
                 takeover: Some(takeover.as_str().into()),
                 host: "test".into(),
+                counted_ms: 0,
             },
             takeover: Some(takeover),
             suppressed: false,

@@ -55,20 +55,31 @@ impl StoreConfig {
 }
 
 /// Create `dir` owner-only if it is missing, then refuse it unless only
-/// this process's user (or root) can write into it.
-fn private_dir(dir: &Path) -> Result<()> {
+/// the data directory's owner (or root) can write into it.
+fn private_dir(dir: &Path, data_dir: &Path) -> Result<()> {
     airlock_store::file::create_private_dir(dir).map_err(|e| Error::io(dir, e))?;
-    check_private(dir)
+    check_state_dir(dir, data_dir)
 }
 
 /// Refuse the data directory `data_dir`, or a directory of the host's
 /// state in it that exists (`audit`, its `keys`, `ledger`, `workspace`,
-/// `installed` with its `versions`, `rollouts` and `artifacts`), when
-/// another user owns it or can write into it (see `check_private`). One
-/// that does not exist yet is made owner-only by whatever makes it.
+/// `installed` with its `versions`, `rollouts` and `artifacts`), when a
+/// user other than the data directory's owner (or root) owns it or can
+/// write into it: whoever can rename or replace the files in it can swap
+/// the audit log, its keys, the ledger's stored results, the mode or the
+/// installed versions for their own, and the log's tamper-evidence would
+/// then vouch for what they wrote. Directories the host creates are
+/// owner-only; this catches one made by hand or by a script (as
+/// PostgreSQL refuses a data directory others can reach). Readable by
+/// others is allowed (a backup group, an auditor's account reading the
+/// log: the data directory's owner is the host's user, whoever runs the
+/// command); the ancestors are the operator's to keep. Symbolic links are
+/// followed: a directory is judged by what it points to.
+///
 /// Every command that reads or writes a data directory checks it first:
 /// `serve` before it looks for a running server's socket, the operator's
-/// commands before they trust its keys, mode or installed versions.
+/// commands before they trust its keys, mode or installed versions. One
+/// that does not exist yet is made owner-only by whatever makes it.
 ///
 /// # Errors
 /// [`Error::Config`] naming the directory and what to do; [`Error::Io`]
@@ -91,37 +102,47 @@ pub fn check_state_dirs(data_dir: &Path) -> Result<()> {
         match std::fs::metadata(dir) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io(dir, e)),
-            Ok(_) => check_private(dir)?,
+            Ok(_) => check_state_dir(dir, data_dir)?,
         }
     }
     Ok(())
 }
 
-/// Refuse a directory of the host's state that another user of the
-/// machine can write into, or that another user owns: whoever can rename
-/// or replace the files in it can swap the audit log, its keys, the
-/// ledger's stored results or the mode for their own, and the log's
-/// tamper-evidence would then vouch for what they wrote. Directories the
-/// host creates are owner-only; this catches one made by hand or by a
-/// script (as PostgreSQL refuses a data directory others can reach).
-/// Readable by others is allowed (a backup group, say); the ancestors are
-/// the operator's to keep.
+/// Refuse `dir` (the data directory `data_dir` or one in it) when a user
+/// other than the data directory's owner or root owns it, or its group or
+/// every user can write into it (see [`check_state_dirs`]).
 #[cfg(unix)]
-fn check_private(dir: &Path) -> Result<()> {
+fn check_state_dir(dir: &Path, data_dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
     let meta = std::fs::metadata(dir).map_err(|e| Error::io(dir, e))?;
-    match crate::cache::foreign(&meta, "it", true) {
-        None => Ok(()),
-        Some(reason) => Err(Error::Config {
-            message: format!(
-                "refusing {} as a directory of the host's state: {reason} — whoever can replace its files can replace the audit log and its keys; `chown` it to this user and `chmod go-w` it",
-                dir.display()
-            ),
-        }),
-    }
+    let owner = if dir == data_dir {
+        meta.uid()
+    } else {
+        std::fs::metadata(data_dir)
+            .map_err(|e| Error::io(data_dir, e))?
+            .uid()
+    };
+    let mode = meta.mode() & 0o7777;
+    let problem = if meta.uid() != owner && meta.uid() != 0 {
+        format!(
+            "it belongs to user {}, not to the data directory's owner (user {owner})",
+            meta.uid()
+        )
+    } else if mode & 0o022 != 0 {
+        format!("other users can write to it (mode {mode:04o})")
+    } else {
+        return Ok(());
+    };
+    Err(Error::Config {
+        message: format!(
+            "refusing {} as a directory of the host's state: {problem} — whoever can replace its files can replace the audit log and its keys; `chown` it to the user that runs the host and `chmod go-w` it",
+            dir.display()
+        ),
+    })
 }
 
 #[cfg(not(unix))]
-fn check_private(_dir: &Path) -> Result<()> {
+fn check_state_dir(_dir: &Path, _data_dir: &Path) -> Result<()> {
     Ok(())
 }
 
@@ -147,9 +168,9 @@ pub(crate) fn open(
             });
         };
         // The keys are kept here whatever the backend.
-        private_dir(dir)?;
+        private_dir(dir, dir)?;
         check_state_dirs(dir)?;
-        private_dir(&dir.join(AUDIT_DIR))?;
+        private_dir(&dir.join(AUDIT_DIR), dir)?;
         // Before anything reads or recovers the chain: a second process on
         // this origin would mark the first's calls unknown and fork its
         // chain.
@@ -171,10 +192,10 @@ pub(crate) fn open(
             let ledger_dir = dir.join(LEDGER_DIR);
             let workspace_dir = dir.join(WORKSPACE_DIR);
             // Every one of them before anything is opened or read.
-            private_dir(dir)?;
+            private_dir(dir, dir)?;
             check_state_dirs(dir)?;
             for d in [&audit_dir, &ledger_dir, &workspace_dir] {
-                private_dir(d)?;
+                private_dir(d, dir)?;
             }
             let chain = Arc::new(
                 SledAudit::open(
@@ -247,9 +268,9 @@ pub fn open_workspace(config: &crate::HostConfig, lock_wait: Duration) -> Result
             let dir = data.join(WORKSPACE_DIR);
             // Before sled, which would create it (and the data directory)
             // readable by everyone.
-            private_dir(data)?;
+            private_dir(data, data)?;
             check_state_dirs(data)?;
-            private_dir(&dir)?;
+            private_dir(&dir, data)?;
             let db = airlock_store_sled::open::open(
                 &sled::Config::new()
                     .path(&dir)
@@ -406,6 +427,18 @@ mod tests {
         })
     }
 
+    fn refused_as(result: crate::Result<()>, dir: &Path) {
+        match result {
+            Err(Error::Config { message }) => {
+                assert!(
+                    message.contains(&format!("refusing {}", dir.display())),
+                    "{message}"
+                );
+            }
+            other => panic!("not refused: {other:?}"),
+        }
+    }
+
     fn set_mode(path: &Path, mode: u32) {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
     }
@@ -454,15 +487,7 @@ mod tests {
         std::fs::create_dir_all(&rollouts).unwrap();
         set_mode(&rollouts, 0o777);
         let config = crate::HostConfig::default().data_dir(&data);
-        let refused = |result: crate::Result<()>| match result {
-            Err(Error::Config { message }) => {
-                assert!(
-                    message.contains(&format!("refusing {}", rollouts.display())),
-                    "{message}"
-                );
-            }
-            other => panic!("not refused: {other:?}"),
-        };
+        let refused = |result: crate::Result<()>| refused_as(result, &rollouts);
         assert!(opened(&data).unwrap_err().contains("installed/rollouts"));
         refused(super::open_mode(&config).map(drop));
         refused(super::open_releases(&config).map(drop));
@@ -482,12 +507,25 @@ mod tests {
         assert!(opened(&data).unwrap_err().contains("keys"));
         set_mode(&keys, 0o700);
         opened(&data).unwrap();
-        // Another user's (only root can make one).
+        // Another user's (only root can make one): inside the data
+        // directory, refused; the data directory itself is the host's
+        // user's, whoever reads it (root, an auditor's account).
         if rustix::process::geteuid().is_root() {
             let other = Some(rustix::process::Uid::from_raw(54_321));
-            rustix::fs::chown(&data, other, None).unwrap();
+            rustix::fs::chown(&audit, other, None).unwrap();
             let message = opened(&data).unwrap_err();
-            assert!(message.contains("belongs to user 54321"), "{message}");
+            assert!(
+                message.contains("belongs to user 54321, not to the data directory's owner"),
+                "{message}"
+            );
+            let config = crate::HostConfig::default().data_dir(&data);
+            refused_as(
+                super::open_audit_read_only(&config, std::time::Duration::ZERO).map(drop),
+                &audit,
+            );
+            rustix::fs::chown(&data, other, None).unwrap();
+            // Now the data directory's owner's, as is what root made in it.
+            super::check_state_dirs(&data).unwrap();
         }
     }
 }

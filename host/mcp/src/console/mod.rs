@@ -850,6 +850,10 @@ const MAX_STORY_APPROVALS: usize = 2;
 /// (the newest); the approval's own records (request, decision, expiry)
 /// are shown whatever their number.
 const MAX_STORY_APPROVAL_CALLS: usize = 100;
+/// Most records of each kind of an approval's own (request, decision,
+/// expiry) a story shows: one of each is written, more only by a
+/// recovery that wrote one again.
+const MAX_STORY_APPROVAL_OWN: usize = 4;
 
 /// The records of call `call_id` and of the approvals it names, oldest
 /// first: a call made again under an approval is another call, and its
@@ -893,28 +897,39 @@ fn story_records(host: &Host, call_id: String) -> Result<Story, String> {
             approvals.push(id.clone());
         }
     }
+    // An approval's own records (request, decision, expiry) are a few;
+    // each is read by itself, so no number of calls made under it pushes
+    // them out. The calls: the newest.
+    const OWN: [Event; 3] = [
+        Event::ApprovalRequested,
+        Event::ApprovalDecided,
+        Event::ApprovalExpired,
+    ];
     for approval_id in approvals {
-        let mut calls = 0;
-        // Newest last: walked from the newest.
-        for chained in query(
+        for event in OWN {
+            records.extend(query(
+                Filter {
+                    approval_id: Some(approval_id.clone()),
+                    event: Some(event),
+                    ..Filter::default()
+                },
+                MAX_STORY_APPROVAL_OWN,
+            )?);
+        }
+        let under = query(
             Filter {
                 approval_id: Some(approval_id),
                 ..Filter::default()
             },
-            MAX_STORY_RECORDS,
-        )?
-        .into_iter()
-        .rev()
-        {
-            let its_own = matches!(
-                chained.record.entry.event,
-                Event::ApprovalRequested | Event::ApprovalDecided | Event::ApprovalExpired
-            );
-            if its_own || calls < MAX_STORY_APPROVAL_CALLS {
-                calls += usize::from(!its_own);
-                records.push(chained);
-            }
-        }
+            MAX_STORY_APPROVAL_CALLS + MAX_STORY_APPROVAL_OWN * OWN.len(),
+        )?;
+        records.extend(
+            under
+                .into_iter()
+                .rev()
+                .filter(|chained| !OWN.contains(&chained.record.entry.event))
+                .take(MAX_STORY_APPROVAL_CALLS),
+        );
     }
     Ok(Story {
         records: in_story_order(records),

@@ -467,8 +467,8 @@ fn unreadable_chains(chains: &[(String, String)]) -> Markup {
     html! {
         @for (origin, why) in chains {
             p.notice.error role="alert" {
-                "The audit chain " code { (origin) } " could not be read, so none of its records are shown: "
-                (why) ". Run airlock audit verify."
+                "The audit chain " code { (origin) } " could not be read in full: none of its records from where it failed on are shown ("
+                (why) "). Run airlock audit verify."
             }
         }
     }

@@ -80,6 +80,10 @@ pub struct AlertStatus {
     pub takeover: Option<String>,
     /// The host (origin) that raised it.
     pub host: String,
+    /// The monotonic time it fired at (`clock::steady_ms`): what its
+    /// takeover was counted at against the hourly limit.
+    #[serde(skip)]
+    pub(crate) counted_ms: u64,
 }
 
 /// A host's alert rules, their state, and what they act through.
@@ -304,7 +308,8 @@ impl Alerts {
                 version,
                 value: t.value,
                 threshold: rule.threshold,
-                fired_ms: t.at_ms,
+                // Shown on the wall clock; counted on the steady one.
+                fired_ms: crate::clock::wall_of(t.at_ms),
                 resolved_ms: None,
                 takeover: match (takeover, suppressed) {
                     (Some(action), _) => Some(action.as_str().to_owned()),
@@ -312,6 +317,7 @@ impl Alerts {
                     (None, false) => None,
                 },
                 host: self.origin.clone(),
+                counted_ms: t.at_ms,
             };
             firing.insert(key, status.clone());
             Some(Action {
@@ -323,7 +329,7 @@ impl Alerts {
             let mut status = firing.remove(&key)?;
             status.state = "resolved";
             status.value = t.value;
-            status.resolved_ms = Some(t.at_ms);
+            status.resolved_ms = Some(crate::clock::wall_of(t.at_ms));
             let mut history = self.history.lock().unwrap_or_else(PoisonError::into_inner);
             history.push_front(status.clone());
             history.truncate(HISTORY);
