@@ -1675,6 +1675,100 @@ async fn a_call_waiting_for_approval_does_not_run_a_version_rolled_back_meanwhil
     assert_ne!(asked.manifest_digest, approval.manifest_digest);
 }
 
+/// The check above ran when the approval was used, before the call waited
+/// for its slots of the instance pool: a rollback made while it waited
+/// still let it run the version taken out of service. Asked again once
+/// the slots are held, it is refused before its guest starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approved_call_waiting_for_a_slot_does_not_run_a_version_rolled_back_meanwhile() {
+    use std::sync::Arc;
+    use std::time::Duration;
+    let data = tempfile::tempdir().unwrap();
+    let mut policy = config(data.path()).policy;
+    policy.approvals.tools = vec!["text/slugify".into()];
+    // One instance: a call spinning in it makes every other call wait.
+    let host = Arc::new(
+        Host::new(
+            HostConfig::default()
+                .data_dir(data.path())
+                .policy(policy)
+                .max_instances(1),
+        )
+        .unwrap(),
+    );
+    install(&host, text_version("1.0.0", |m| m).path()).await;
+    install(&host, text_version("1.0.1", |m| m).path()).await;
+    host.set_rollout(&RolloutRequest::new("text", "1.0.0", 100, "ops"))
+        .await
+        .unwrap();
+    host.set_rollout(&RolloutRequest::new("text", "1.0.1", 100, "ops"))
+        .await
+        .unwrap();
+    let spinner = airlock_tests::install(
+        "spinner",
+        &airlock_tests::read(airlock_tests::MISBEHAVE),
+        "[capabilities]\nlog = true\n\n[limits]\ntimeout_ms = 1500\nfuel = 1_000_000_000_000_000\n\n[[tools]]\nname = \"spin\"\nrisk = \"read\"\n",
+    );
+    host.load_plugin(spinner.path()).await.unwrap();
+    let request = || {
+        CallRequest::new("text/slugify", json!({"text": "Hi there"}).to_string())
+            .principal("agent-1")
+    };
+    let pending = host.call(request()).await.unwrap_err();
+    assert_eq!(pending.kind(), "approval_pending", "{pending}");
+    let id = host.approvals(Some(ApprovalState::Pending)).unwrap()[0]
+        .id
+        .clone();
+    host.decide(&id, "alice", ALICE, Verdict::Approve, None)
+        .await
+        .unwrap();
+
+    let spinning = tokio::spawn({
+        let host = Arc::clone(&host);
+        async move { host.call(CallRequest::new("spinner/spin", "{}")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The approved call uses its approval (checked against the rollout
+    // then), and waits for the slot the spinning call holds.
+    let approved = tokio::spawn({
+        let host = Arc::clone(&host);
+        let call = request().approval_id(&id);
+        async move { host.call(call).await }
+    });
+    while host.approval(&id).unwrap().unwrap().state != ApprovalState::Consumed {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(!spinning.is_finished() && !approved.is_finished());
+    host.rollback("text", "oncall", None).await.unwrap();
+
+    let refused = approved.await.unwrap().unwrap_err();
+    assert_eq!(refused.kind(), "approval_mismatch", "{refused}");
+    assert!(
+        refused
+            .to_string()
+            .contains("text 1.0.1, which no longer serves")
+            && refused.to_string().contains("1.0.0 serves it now"),
+        "{refused}"
+    );
+    assert_eq!(
+        spinning.await.unwrap().unwrap_err().kind(),
+        "deadline_exceeded"
+    );
+    // On the record: finished as refused under its approval, and no
+    // `slugify` call finished otherwise.
+    let finished = recorded(&host, Event::CallFinished);
+    let slugify: Vec<_> = finished
+        .iter()
+        .filter(|r| r.entry.tool.as_deref() == Some("slugify"))
+        .collect();
+    assert_eq!(slugify.len(), 1, "{slugify:?}");
+    assert_eq!(slugify[0].entry.approval_id.as_deref(), Some(id.as_str()));
+    assert_eq!(
+        slugify[0].entry.outcome.as_deref(),
+        Some("approval_mismatch")
+    );
+}
+
 /// A canary takes its share of the calls under its own manifest: one that
 /// dropped its limits (or its cases, its rate limits…) was reported ready
 /// because only the serving version was checked. Its findings are named

@@ -302,6 +302,7 @@ impl Host {
                 // scratch stores are its own.
                 recheck: &|| Ok(false),
                 admitted: std::time::Instant::now(),
+                approved: false,
             },
         )
         .await;

@@ -442,7 +442,7 @@ impl<'h> Pipeline<'h> {
                     // again before it is used, so a refusal leaves it for
                     // a later call.
                     let read_only = self.mode_and_pauses(plugin, tool).await?;
-                    self.still_routed(&approval, request, plugin)?;
+                    self.still_routed(&approval.id, request, plugin)?;
                     let consumed =
                         self.ledger
                             .transition(&id, ApprovalState::Approved, now_ms(), |a| {
@@ -504,10 +504,13 @@ impl Pipeline<'_> {
     /// the call it held would otherwise run it once approved. Refused as
     /// a mismatch — the approval was given for a version that no longer
     /// serves this caller; the call made again resolves to the version
-    /// that does, and asks for its own approval.
-    fn still_routed(
+    /// that does, and asks for its own approval. Asked again once the
+    /// approved call holds its slots, before its guest starts: a rollback
+    /// made while it waited for them refuses it then (its approval spent,
+    /// its guest never started).
+    pub(crate) fn still_routed(
         &self,
-        approval: &Approval,
+        approval_id: &str,
         request: &CallRequest,
         plugin: &Plugin,
     ) -> CallResult<()> {
@@ -542,7 +545,7 @@ impl Pipeline<'_> {
             |v| format!("{v} serves it now"),
         );
         Err(CallError::ApprovalRefused {
-            approval_id: approval.id.clone(),
+            approval_id: approval_id.to_owned(),
             reason: format!(
                 "it was given for {} {}, which no longer serves this call ({now}): make the call again",
                 plugin.name(),

@@ -206,7 +206,17 @@ impl<'h> Pipeline<'h> {
             principal: request.principal.clone(),
         };
         tracing::debug!(tool = %tool.id(), call_id = %context.call_id, "calling tool");
-        let recheck = || self.mode_and_pauses_now(plugin, tool);
+        // A call run under an approval is also checked against the
+        // rollout again: a rollback made while it waited for its slots
+        // takes the version it was approved for out of service.
+        let approval_ref = approval_id.as_deref();
+        let recheck = || {
+            let read_only = self.mode_and_pauses_now(plugin, tool)?;
+            if let Some(id) = approval_ref {
+                self.still_routed(id, request, plugin)?;
+            }
+            Ok(read_only)
+        };
         // Boxed: the run's future is most of a call's state, and inline it
         // would be copied whole each time the futures around it move.
         let mut run = Box::pin(run::run_tool(
@@ -222,6 +232,7 @@ impl<'h> Pipeline<'h> {
                 started: started.as_deref(),
                 recheck: &recheck,
                 admitted,
+                approved: approval_ref.is_some(),
             },
         ));
         let (mut result, stats) = match record.held_for() {
@@ -246,7 +257,9 @@ impl<'h> Pipeline<'h> {
             None => run.await,
         };
         if let Ok(response) = &mut result {
-            response.approval_id = approval_id;
+            // (A copy: the run, which `recheck` lends it to, is still
+            // held here. None but for approved calls.)
+            response.approval_id.clone_from(&approval_id);
         }
         summary.fuel_used = stats.fuel_used;
         summary.mark(Step::Run);

@@ -95,6 +95,10 @@ pub(crate) struct PreparedCall<'a> {
     pub(crate) recheck: &'a (dyn Fn() -> CallResult<bool> + Sync),
     /// When the call was admitted (its mode and pauses checked).
     pub(crate) admitted: Instant,
+    /// The call runs under an approval: `recheck` is asked whenever it
+    /// waited for its slots at all (an approval is for one version, and
+    /// approved calls are few).
+    pub(crate) approved: bool,
 }
 
 /// A call admitted at least this long before its guest may start (it
@@ -146,6 +150,7 @@ async fn run_tool_inner(
         started: guest_may_start,
         recheck,
         admitted,
+        approved,
     } = call;
     let limits = plugin.limits();
     let tool_id = tool.id();
@@ -198,8 +203,9 @@ async fn run_tool_inner(
         })?;
     // Admitted a while ago: a switch to read-only mode or a pause made
     // meanwhile refuses it now, before the guest starts (the call never
-    // ran: its key is free again), or narrows its grants to reading.
-    if admitted.elapsed() >= RECHECK_AFTER && recheck()? && !read_only {
+    // ran: its key is free again), or narrows its grants to reading; so
+    // does a rollback for a call run under an approval.
+    if (approved || admitted.elapsed() >= RECHECK_AFTER) && recheck()? && !read_only {
         read_only = true;
         if let Some(scope) = &mut workspace {
             scope.writable = false;
