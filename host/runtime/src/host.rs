@@ -346,11 +346,13 @@ pub(crate) fn check_files_grants<'a>(
     loaded: impl Iterator<Item = &'a Plugin> + Clone,
 ) -> LoadResult<()> {
     let mut plugin_dirs = Vec::new();
+    let mut loaded_from = Vec::new();
     let dirs: Vec<&Path> = loaded.clone().map(Plugin::dir).collect();
     for dir in dirs.into_iter().chain(std::iter::once(plugin.dir())) {
         let dir = absolute(dir);
         if let Some(parent) = dir.parent() {
             plugin_dirs.push(parent.to_owned());
+            loaded_from.push(parent.to_owned());
         }
         plugin_dirs.push(dir);
     }
@@ -360,6 +362,7 @@ pub(crate) fn check_files_grants<'a>(
         crate::grants::ProtectedPaths {
             stores,
             plugin_dirs: &plugin_dirs,
+            loaded_from: &loaded_from,
         },
         loaded
             .clone()

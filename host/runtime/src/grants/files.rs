@@ -22,9 +22,11 @@
 //!    protects when a plugin loads ([`check_overlaps`]): a grant may not
 //!    contain (or be) a plugin directory, a plugins directory, the data
 //!    directory or the compiled-code cache, nor lie inside the data
-//!    directory or the cache; two grants (of one plugin or of two) may not
-//!    overlap unless both are read-only. So no plugin can write where a
-//!    manifest, a component or another grant lives.
+//!    directory or the cache; a read-write grant may not be a directory in
+//!    a plugins directory (what a plugin wrote there would load as a
+//!    plugin); two grants (of one plugin or of two) may not overlap unless
+//!    both are read-only. So no plugin can write where a manifest, a
+//!    component or another grant lives, or add a plugin.
 //!
 //! Inside the guest, cap-std confines every access to the preopened
 //! directory (`..`, absolute paths and symlinks pointing outside are
@@ -321,6 +323,10 @@ pub(crate) struct Protected<'a> {
     /// Directories no grant may contain or be: plugin directories and the
     /// directories plugins are loaded from.
     pub(crate) plugin_dirs: &'a [PathBuf],
+    /// The directories plugins are loaded from (among `plugin_dirs`): no
+    /// read-write grant may be a directory in one, where what a plugin
+    /// wrote would be loaded as a plugin of its own.
+    pub(crate) loaded_from: &'a [PathBuf],
 }
 
 /// Check a loading plugin's grants against what the host protects and the
@@ -357,6 +363,16 @@ pub(crate) fn check_overlaps<'a>(
                     dir.display()
                 )));
             }
+        }
+        if files.access == FileAccess::ReadWrite
+            && let Some(parent) = files.host.parent()
+            && protected.loaded_from.iter().any(|dir| dir == parent)
+        {
+            return Err(deny(format!(
+                "host path {} is read-write and lies directly in {}, where plugins are loaded from: a manifest and component written there would be loaded as a plugin",
+                files.host.display(),
+                parent.display()
+            )));
         }
     }
     for (other_plugin, other) in others {
@@ -445,9 +461,11 @@ mod tests {
         };
         let stores = [root.join("data")];
         let plugin_dirs = [root.join("plugins"), root.join("plugins/p")];
+        let loaded_from = [root.join("plugins")];
         let protected = Protected {
             stores: &stores,
             plugin_dirs: &plugin_dirs,
+            loaded_from: &loaded_from,
         };
         for (bad, why) in [
             ("plugins", "plugin directory"),
@@ -468,6 +486,20 @@ mod tests {
         )
         .unwrap();
         check_overlaps("p", &g, protected, std::iter::empty()).unwrap();
+        // A directory beside the plugins, in the directory they are loaded
+        // from, only to read: what a plugin could write there (a manifest
+        // and a component) would be loaded as a plugin at the next start.
+        std::fs::create_dir_all(root.join("plugins/scratch")).unwrap();
+        let beside = |access| resolve("p", &[grant("plugins/scratch", access)], &policy, &root);
+        let g_ro = beside(FileAccess::ReadOnly).unwrap();
+        check_overlaps("p", &g_ro, protected, std::iter::empty()).unwrap();
+        let g_rw = beside(FileAccess::ReadWrite).unwrap();
+        let err = check_overlaps("p", &g_rw, protected, std::iter::empty()).unwrap_err();
+        assert_eq!(err.kind(), "capability_denied", "{err}");
+        assert!(
+            err.to_string().contains("where plugins are loaded from"),
+            "{err}"
+        );
         // Another plugin's read-write grant overlapping it is not.
         let other = resolve(
             "q",
@@ -482,6 +514,7 @@ mod tests {
             Protected {
                 stores: &[],
                 plugin_dirs: &[],
+                loaded_from: &[],
             },
             other.iter().map(|o| ("q", o)),
         )
