@@ -155,6 +155,14 @@ fn special_v4(ip: Ipv4Addr) -> Option<&'static str> {
         ),
         ([169, 254, 0, 0], 16, "link-local (169.254.0.0/16)"),
         ([172, 16, 0, 0], 12, "private (172.16.0.0/12)"),
+        // Not special to IANA, but reached only from inside Azure, where
+        // it is the host agent (WireServer): goal state, extension
+        // settings — the platform's metadata service in all but name.
+        (
+            [168, 63, 129, 16],
+            32,
+            "Azure's host agent (WireServer, 168.63.129.16): a cloud metadata service",
+        ),
         (
             [192, 0, 0, 0],
             24,
@@ -279,6 +287,8 @@ mod tests {
             "1.1.1.1",
             "8.8.8.8",
             "93.184.216.34",
+            "168.63.129.15",
+            "168.63.129.17",
             "100.63.255.255",
             "100.128.0.0",
             "172.15.255.255",
@@ -307,6 +317,8 @@ mod tests {
             ("100.64.0.1", "carrier-grade NAT"),
             ("100.100.100.200", "carrier-grade NAT"),
             ("169.254.169.254", "metadata"),
+            ("168.63.129.16", "metadata"),
+            ("::ffff:168.63.129.16", "metadata"),
             ("169.254.0.1", "link-local"),
             ("0.0.0.0", "unspecified"),
             ("0.1.2.3", "this network"),
