@@ -32,6 +32,9 @@ const HELLO: &str = "hello from the test server";
 struct TestServer {
     port: u16,
     connections: Arc<AtomicUsize>,
+    /// What each connection sent: the request head and whatever followed
+    /// it within 200 ms (a body), as text.
+    received: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl TestServer {
@@ -39,17 +42,23 @@ impl TestServer {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let connections = Arc::new(AtomicUsize::new(0));
+        let received = Arc::default();
         let counter = Arc::clone(&connections);
+        let log = Arc::clone(&received);
         tokio::spawn(async move {
             for _ in 0..64 {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
                 };
                 counter.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(serve(stream));
+                tokio::spawn(serve(stream, Some(Arc::clone(&log))));
             }
         });
-        TestServer { port, connections }
+        TestServer {
+            port,
+            connections,
+            received,
+        }
     }
 
     fn origin(&self) -> String {
@@ -63,9 +72,16 @@ impl TestServer {
     fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
     }
+
+    fn received(&self) -> Vec<String> {
+        self.received.lock().unwrap().clone()
+    }
 }
 
-async fn serve(mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin) {
+async fn serve(
+    mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    received: Option<Arc<std::sync::Mutex<Vec<String>>>>,
+) {
     let mut head = Vec::new();
     let mut chunk = [0u8; 1024];
     while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 16 * 1024 {
@@ -73,6 +89,28 @@ async fn serve(mut stream: impl tokio::io::AsyncRead + tokio::io::AsyncWrite + U
             Ok(Ok(n)) if n > 0 => head.extend_from_slice(&chunk[..n]),
             _ => return,
         }
+    }
+    if let Some(received) = received {
+        // A body, if the head announces one (HTTP/1.1 frames a body by
+        // either header, or it has none).
+        let mut all = head.clone();
+        let announced = {
+            let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+            text.contains("\r\ncontent-length:") || text.contains("\r\ntransfer-encoding:")
+        };
+        while announced
+            && let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_millis(200), stream.read(&mut chunk)).await
+        {
+            if n == 0 || all.len() > 64 * 1024 {
+                break;
+            }
+            all.extend_from_slice(&chunk[..n]);
+        }
+        received
+            .lock()
+            .unwrap()
+            .push(String::from_utf8_lossy(&all).into_owned());
     }
     let head = String::from_utf8_lossy(&head);
     let path = head.split_whitespace().nth(1).unwrap_or("/").to_owned();
@@ -144,7 +182,7 @@ impl TlsServer {
                         tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await
                     {
                         counter.fetch_add(1, Ordering::SeqCst);
-                        serve(tls).await;
+                        serve(tls, None).await;
                     }
                 });
             }
@@ -190,12 +228,17 @@ fn fetch(origins: &[&str], limits: &str) -> PluginDir {
 
 /// The raw http-client fixture, granted `origins`.
 fn client(origins: &[&str]) -> PluginDir {
+    client_as(origins, "external")
+}
+
+/// The same, its tool declared `risk`.
+fn client_as(origins: &[&str], risk: &str) -> PluginDir {
     let list: Vec<String> = origins.iter().map(|o| format!("{o:?}")).collect();
     install(
         "client",
         &read(HTTP_CLIENT),
         &format!(
-            "[capabilities]\nlog = true\nhttp = [{}]\n\n[[tools]]\nname = \"request\"\nrisk = \"external\"\n",
+            "[capabilities]\nlog = true\nhttp = [{}]\n\n[[tools]]\nname = \"request\"\nrisk = \"{risk}\"\n",
             list.join(", ")
         ),
     )
@@ -603,6 +646,121 @@ async fn http_raw_requests_outside_the_grant_are_refused_with_their_code() {
         );
     }
     assert_eq!(server.connections(), 0);
+}
+
+/// Read-only mode (a human's takeover) lets a `read` tool's requests out
+/// as `GET`, `HEAD` and `OPTIONS` only — but a `GET` can still ask for a
+/// write: by a method-override header many servers and gateways honour,
+/// or by a body a server acts on. Refused or not sent, and the server
+/// sees neither; in normal mode the same requests go out whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_in_read_only_mode_sends_no_body_and_no_method_override() {
+    let server = TestServer::start().await;
+    let dir = client_as(&[&server.origin()], "read");
+    let data = tempfile::tempdir().unwrap();
+    let host = Host::new(
+        HostConfig::default()
+            .data_dir(data.path())
+            .policy(loopback_allowed()),
+    )
+    .unwrap();
+    host.load_plugin(dir.path()).await.unwrap();
+    let authority = format!("127.0.0.1:{}", server.port);
+    let send = |extra: Value| {
+        let mut args = json!({"scheme": "http", "authority": authority, "path": "/hello"});
+        args.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let host = &host;
+        async move {
+            let response = call(host, "client/request", args).await.unwrap();
+            let outcome = response.output["outcomes"][0].as_str().unwrap().to_owned();
+            (outcome, response.host_notes)
+        }
+    };
+    let override_header = json!({"headers": [["X-HTTP-Method-Override", "DELETE"]]});
+    let declared_body = json!({"headers": [["content-length", "7"]], "body": "payload"});
+    // (hyper sends no body of a GET without a length; of an OPTIONS it
+    // does, chunked.)
+    let unannounced_body = json!({"method": "OPTIONS", "body": "unannounced-payload"});
+
+    // Normal mode: each goes out as written.
+    let (outcome, _) = send(override_header.clone()).await;
+    assert!(outcome.starts_with("status 200"), "{outcome}");
+    let (outcome, _) = send(declared_body.clone()).await;
+    assert_eq!(outcome, "status 200, 26 bytes; body sent");
+    let (outcome, _) = send(unannounced_body.clone()).await;
+    assert!(outcome.starts_with("status 200"), "{outcome}");
+    let received = server.received();
+    assert_eq!(received.len(), 3, "{received:?}");
+    assert!(
+        received[0]
+            .to_ascii_lowercase()
+            .contains("x-http-method-override: delete"),
+        "{received:?}"
+    );
+    assert!(received[1].ends_with("\r\n\r\npayload"), "{received:?}");
+    assert!(
+        received[2].starts_with("OPTIONS /hello ")
+            && received[2].contains("transfer-encoding: chunked")
+            && received[2].contains("unannounced-payload"),
+        "{received:?}"
+    );
+
+    host.set_mode(true, "oncall", Some("incident"))
+        .await
+        .unwrap();
+    let (outcome, _) = send(json!({"method": "POST"})).await;
+    assert_eq!(outcome, "error: ErrorCode::HttpRequestMethodInvalid");
+    for (header, _) in [
+        ("X-HTTP-Method-Override", 0),
+        ("X-HTTP-Method", 1),
+        ("x-method-override", 2),
+    ] {
+        let (outcome, notes) = send(json!({"headers": [[header, "DELETE"]]})).await;
+        assert_eq!(outcome, "error: ErrorCode::HttpRequestDenied", "{header}");
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.contains(&header.to_ascii_lowercase()) && n.contains("read-only mode")),
+            "{header}: {notes:?}"
+        );
+    }
+    let (outcome, notes) = send(declared_body).await;
+    assert!(
+        outcome.starts_with("error: ErrorCode::HttpRequestDenied"),
+        "{outcome}"
+    );
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("content-length 7") && n.contains("read-only mode")),
+        "{notes:?}"
+    );
+    // Written without a length: the request goes out without it, and the
+    // guest is told its body was not sent.
+    let (outcome, _) = send(unannounced_body).await;
+    assert!(
+        outcome.starts_with("status 200, 26 bytes; body not sent"),
+        "{outcome}"
+    );
+    // A plain GET still works.
+    let (outcome, _) = send(json!({})).await;
+    assert_eq!(outcome, "status 200, 26 bytes");
+    let received = server.received();
+    assert_eq!(
+        received.len(),
+        5,
+        "only the last two reached it: {received:?}"
+    );
+    assert!(received[3].starts_with("OPTIONS /hello "), "{received:?}");
+    assert!(received[4].starts_with("GET /hello "), "{received:?}");
+    for request in &received[3..] {
+        let lower = request.to_ascii_lowercase();
+        assert!(!lower.contains("payload"), "{request}");
+        assert!(!lower.contains("transfer-encoding"), "{request}");
+        assert!(!lower.contains("method"), "{request}");
+    }
 }
 
 // ---------------------------------------------------------------- limits

@@ -1,8 +1,8 @@
 //! A raw `wasi:http` client for the `http` capability's adversarial tests:
-//! it sends exactly the scheme, authority and path it is given, as many
-//! times as asked, reads every response body to the end (no limit of its
-//! own), and reports each outcome — so the tests see what the *host*
-//! allows, refuses and cuts off.
+//! it sends exactly the method, scheme, authority, path, headers and body
+//! it is given, as many times as asked, reads every response body to the
+//! end (no limit of its own), and reports each outcome — so the tests see
+//! what the *host* allows, refuses and cuts off.
 
 use airlock_sdk::{Context, JsonSchema, ToolError, plugin, schemars};
 use serde::{Deserialize, Serialize};
@@ -16,6 +16,15 @@ pub struct RequestArgs {
     /// Path and query (default `/`).
     #[serde(default)]
     pub path: Option<String>,
+    /// The method (default `GET`), sent as-is.
+    #[serde(default)]
+    pub method: Option<String>,
+    /// Headers, each `[name, value]`, sent as-is.
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    /// A body, written after the request is handed to the host.
+    #[serde(default)]
+    pub body: Option<String>,
     /// How many times to send it (default 1).
     #[serde(default)]
     pub times: Option<u32>,
@@ -34,7 +43,8 @@ pub struct RequestArgs {
 #[derive(Serialize, JsonSchema)]
 pub struct Outcomes {
     /// One line per request: `status N, B bytes`, `error: <ErrorCode>` or
-    /// `body error: <message>`.
+    /// `body error: <message>`; after `; `, what became of the request
+    /// body when there was one (`body sent`, `body not sent: <why>`).
     pub outcomes: Vec<String>,
 }
 
@@ -47,9 +57,9 @@ pub fn request(args: RequestArgs, _: &Context) -> Result<Outcomes, ToolError> {
             airlock_sdk::log::warn(first);
         }
     }
-    let path = args.path.unwrap_or_else(|| "/".to_owned());
+    let path = args.path.clone().unwrap_or_else(|| "/".to_owned());
     let outcomes: Vec<String> = (0..args.times.unwrap_or(1))
-        .map(|_| net::send(&args.scheme, &args.authority, &path))
+        .map(|_| net::send(&args, &path))
         .collect();
     match args.then.as_deref() {
         Some("fail") => Err(ToolError::failed(outcomes.join("; "))),
@@ -61,28 +71,82 @@ pub fn request(args: RequestArgs, _: &Context) -> Result<Outcomes, ToolError> {
 #[cfg(target_arch = "wasm32")]
 mod net {
     use wasi::http::outgoing_handler;
-    use wasi::http::types::{Fields, Method, OutgoingRequest, Scheme};
+    use wasi::http::types::{Fields, Method, OutgoingBody, OutgoingRequest, Scheme};
     use wasi::io::streams::StreamError;
 
-    pub(super) fn send(scheme: &str, authority: &str, path: &str) -> String {
-        let request = OutgoingRequest::new(Fields::new());
-        let scheme = match scheme {
+    pub(super) fn send(args: &super::RequestArgs, path: &str) -> String {
+        let headers = Fields::new();
+        for (name, value) in &args.headers {
+            if let Err(e) = headers.append(name, value.as_bytes()) {
+                return format!("invalid header {name}: {e:?}");
+            }
+        }
+        let request = OutgoingRequest::new(headers);
+        let scheme = match args.scheme.as_str() {
             "http" => Scheme::Http,
             "https" => Scheme::Https,
             other => Scheme::Other(other.to_owned()),
         };
-        if request.set_method(&Method::Get).is_err()
+        let method = match args.method.as_deref().unwrap_or("GET") {
+            "GET" => Method::Get,
+            "HEAD" => Method::Head,
+            "POST" => Method::Post,
+            "PUT" => Method::Put,
+            "DELETE" => Method::Delete,
+            "OPTIONS" => Method::Options,
+            "PATCH" => Method::Patch,
+            other => Method::Other(other.to_owned()),
+        };
+        if request.set_method(&method).is_err()
             || request.set_scheme(Some(&scheme)).is_err()
-            || request.set_authority(Some(authority)).is_err()
+            || request.set_authority(Some(&args.authority)).is_err()
             || request.set_path_with_query(Some(path)).is_err()
         {
             return "invalid request".to_owned();
         }
+        // Taken only to write one: a request whose body is never taken is
+        // sent without one.
+        let outgoing = match &args.body {
+            Some(_) => match request.body() {
+                Ok(outgoing) => Some(outgoing),
+                Err(()) => return "no request body".to_owned(),
+            },
+            None => None,
+        };
         let pending = match outgoing_handler::handle(request, None) {
             Ok(pending) => pending,
             Err(code) => return format!("error: {code:?}"),
         };
+        let sent = outgoing
+            .zip(args.body.as_deref())
+            .map(|(outgoing, body)| write_body(outgoing, body));
         pending.subscribe().block();
+        let outcome = receive(&pending);
+        match sent {
+            Some(sent) => format!("{outcome}; {sent}"),
+            None => outcome,
+        }
+    }
+
+    /// Write `body` and finish it: `body sent`, or why not.
+    fn write_body(outgoing: OutgoingBody, body: &str) -> String {
+        let Ok(stream) = outgoing.write() else {
+            return "body not sent: no stream".to_owned();
+        };
+        let written = body
+            .as_bytes()
+            .chunks(4096)
+            .try_for_each(|chunk| stream.blocking_write_and_flush(chunk));
+        drop(stream);
+        let finished = OutgoingBody::finish(outgoing, None);
+        match (written, finished) {
+            (Ok(()), Ok(())) => "body sent".to_owned(),
+            (Err(e), _) => format!("body not sent: {e:?}"),
+            (_, Err(code)) => format!("body not sent: {code:?}"),
+        }
+    }
+
+    fn receive(pending: &wasi::http::types::FutureIncomingResponse) -> String {
         let response = match pending.get() {
             Some(Ok(Ok(response))) => response,
             Some(Ok(Err(code))) => return format!("error: {code:?}"),
@@ -113,11 +177,11 @@ mod net {
 
 #[cfg(not(target_arch = "wasm32"))]
 mod net {
-    pub(super) fn send(_: &str, _: &str, _: &str) -> String {
+    pub(super) fn send(_: &super::RequestArgs, _: &str) -> String {
         "wasi:http is only available in a wasm32 component".to_owned()
     }
 }
 
 plugin! {
-    "request" => request: "Send GET requests exactly as given and report each outcome.",
+    "request" => request: "Send requests exactly as given and report each outcome.",
 }

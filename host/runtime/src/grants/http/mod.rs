@@ -355,7 +355,7 @@ impl WasiHttpHooks for HttpHooks {
 
     fn send_request(
         &mut self,
-        request: http::Request<WasiBody>,
+        mut request: http::Request<WasiBody>,
         options: Option<RequestOptions>,
         _fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
     ) -> SendFuture {
@@ -408,6 +408,39 @@ impl WasiHttpHooks for HttpHooks {
             );
             return refused(E::HttpRequestMethodInvalid);
         }
+        if self.read_only {
+            // A GET can still ask for a write: by a header many servers
+            // and gateways honour, or by a body a server acts on.
+            if let Some(header) = METHOD_OVERRIDES
+                .iter()
+                .find(|name| request.headers().contains_key(**name))
+            {
+                note(
+                    &self.notes,
+                    &target,
+                    format!(
+                        "refused: header {header} (it asks the server for another method) while the host is in read-only mode"
+                    ),
+                );
+                return refused(E::HttpRequestDenied);
+            }
+            if let Some(length) = request.headers().get(http::header::CONTENT_LENGTH)
+                && length.as_bytes() != b"0"
+            {
+                note(
+                    &self.notes,
+                    &target,
+                    format!(
+                        "refused: a request body (content-length {}) while the host is in read-only mode",
+                        String::from_utf8_lossy(length.as_bytes())
+                    ),
+                );
+                return refused(E::HttpRequestDenied);
+            }
+            // Nor one written without a length: the request goes without
+            // it, and the guest's writes to it fail.
+            *request.body_mut() = empty_body();
+        }
         let origin = match sender::request_origin(request.uri()) {
             Ok(origin) => origin,
             Err(reason) => {
@@ -438,6 +471,18 @@ impl WasiHttpHooks for HttpHooks {
             span,
         ))
     }
+}
+
+/// Headers asking a server to take a request for another method
+/// (`X-HTTP-Method-Override: DELETE` on a GET): refused in read-only mode.
+const METHOD_OVERRIDES: [&str; 3] = ["x-http-method-override", "x-http-method", "x-method-override"];
+
+/// A request body with nothing in it.
+fn empty_body() -> WasiBody {
+    use http_body_util::BodyExt;
+    http_body_util::Empty::<bytes::Bytes>::new()
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
 #[cfg(test)]
