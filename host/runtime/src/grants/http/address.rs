@@ -7,10 +7,15 @@
 //! unspecified, documentation, benchmarking and reserved ranges — is refused
 //! unless the operator lists it in `http_allow_private`. IPv6 forms that
 //! embed an IPv4 address (IPv4-mapped, IPv4-compatible, NAT64, 6to4) are
-//! judged by the embedded address; Teredo is refused outright.
+//! judged by the embedded address; Teredo is refused outright. So is every
+//! address of one of this machine's own interfaces ([`own_address`]): a
+//! public address there is reached over loopback, past a firewall that
+//! guards it from outside.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -133,6 +138,52 @@ pub(crate) fn special_purpose(ip: IpAddr) -> Option<&'static str> {
         IpAddr::V4(v4) => special_v4(v4),
         IpAddr::V6(v6) => special_v6(v6),
     }
+}
+
+/// How long a listing of this machine's addresses is used before it is
+/// made again (an address added to an interface is refused from then on).
+const OWN_ADDRESSES_TTL: Duration = Duration::from_secs(5);
+
+/// A listing of this machine's interface addresses (or why there is none)
+/// and when it was made.
+type Listing = (Instant, Result<Vec<IpAddr>, String>);
+
+/// The last listing.
+static OWN_ADDRESSES: Mutex<Option<Listing>> = Mutex::new(None);
+
+/// Why `ip` may not be reached for being this machine's own: an address of
+/// one of its interfaces (a public one among them is reached over
+/// loopback, past any firewall that guards it from outside), or any
+/// address at all while the interfaces cannot be listed (fail closed).
+pub(crate) fn own_address(ip: IpAddr) -> Option<String> {
+    let ip = ip.to_canonical();
+    let mut cached = OWN_ADDRESSES.lock().unwrap_or_else(PoisonError::into_inner);
+    let fresh = cached
+        .as_ref()
+        .is_some_and(|(listed, _)| listed.elapsed() < OWN_ADDRESSES_TTL);
+    if !fresh {
+        let listed = if_addrs::get_if_addrs()
+            .map(|interfaces| {
+                interfaces
+                    .iter()
+                    .map(|interface| interface.ip().to_canonical())
+                    .collect()
+            })
+            .map_err(|e| e.to_string());
+        *cached = Some((Instant::now(), listed));
+    }
+    match cached.as_ref().map(|(_, listed)| listed) {
+        Some(Ok(own)) => judge_own(ip, own),
+        Some(Err(e)) => Some(format!(
+            "not checked against this machine's own addresses, which could not be listed ({e})"
+        )),
+        None => Some("not checked against this machine's own addresses".to_owned()),
+    }
+}
+
+fn judge_own(ip: IpAddr, own: &[IpAddr]) -> Option<String> {
+    own.contains(&ip)
+        .then(|| "an address of this machine's own interfaces".to_owned())
 }
 
 fn in_v4(ip: Ipv4Addr, network: [u8; 4], prefix: u32) -> bool {
@@ -279,6 +330,21 @@ mod tests {
 
     fn why(ip: &str) -> Option<&'static str> {
         special_purpose(ip.parse().unwrap())
+    }
+
+    #[test]
+    fn this_machines_own_addresses_are_refused() {
+        let own: Vec<IpAddr> = vec!["93.184.216.34".parse().unwrap(), "2a00:1450::1".parse().unwrap()];
+        for ip in ["93.184.216.34", "2a00:1450::1"] {
+            let why = judge_own(ip.parse().unwrap(), &own).unwrap();
+            assert!(why.contains("this machine"), "{ip}: {why}");
+        }
+        assert_eq!(judge_own("93.184.216.35".parse().unwrap(), &own), None);
+        // The listing is this machine's: loopback is among its addresses,
+        // also written as IPv4-mapped IPv6.
+        assert!(own_address("127.0.0.1".parse().unwrap()).is_some());
+        assert!(own_address("::ffff:127.0.0.1".parse().unwrap()).is_some());
+        assert_eq!(own_address("93.184.216.34".parse().unwrap()), None);
     }
 
     #[test]

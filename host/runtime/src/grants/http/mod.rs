@@ -45,7 +45,7 @@ use wasmtime::component::Linker;
 use wasmtime_wasi_http::{RequestOptions, WasiBody, WasiHttpHooks};
 
 pub use address::IpRange;
-use address::special_purpose;
+use address::{own_address, special_purpose};
 pub use origin::{HttpScheme, Origin, OriginHost};
 pub(crate) use sender::TlsClient;
 

@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use wasmtime_wasi_http::io::TokioIo;
 use wasmtime_wasi_http::{Error as E, RequestOptions, WasiBody};
 
-use super::{HttpGrant, HttpScheme, Origin, OriginHost, note, special_purpose};
+use super::{HttpGrant, HttpScheme, Origin, OriginHost, note, own_address, special_purpose};
 use crate::limits::{HTTP_MAX_ADDRESSES, HTTP_MAX_BUFFER_BYTES};
 
 /// The request URI for logs: no userinfo, no query (it may carry keys).
@@ -386,7 +386,10 @@ async fn resolve(plan: &Plan, connect_by: tokio::time::Instant) -> Result<Vec<So
 fn vet(plan: &Plan, mut addresses: Vec<SocketAddr>) -> Result<Vec<SocketAddr>, E> {
     for address in &addresses {
         let ip = address.ip();
-        let Some(reason) = special_purpose(ip) else {
+        let Some(reason) = special_purpose(ip)
+            .map(str::to_owned)
+            .or_else(|| own_address(ip))
+        else {
             continue;
         };
         let excepted = plan.grant.allow_private.iter().any(|r| r.contains(ip));
