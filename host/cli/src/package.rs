@@ -121,7 +121,10 @@ async fn diff(settings: &Settings, a: &str, b: &str, json: bool) -> Result<u8, F
     if json {
         print_json(&serde_json::to_value(&diff).context("cannot serialize the diff")?);
     } else {
-        out!("{diff}");
+        // Its subjects and values are the authors' (a redaction pointer, a
+        // guest path, a schema's property names): escaped, so they cannot
+        // drive the terminal of the reviewer reading whether it widens.
+        out!("{}", crate::terminal::escape_lines(&diff.to_string()));
     }
     Ok(exit::OK)
 }

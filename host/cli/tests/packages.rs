@@ -492,6 +492,34 @@ fn diff_json_compares_two_versions() {
     assert_eq!(same["changes"], serde_json::json!([]));
 }
 
+/// The diff quotes what an author wrote (a redaction pointer here): a
+/// terminal sequence in it erased the real "widens: yes" and printed
+/// "widens: no" over it on the reviewer's screen. Shown escaped now.
+#[test]
+fn a_diff_shows_an_authors_terminal_sequences_as_text() {
+    let env = Env::new();
+    let old = text_copy(&env.path("text-0.1.0"));
+    let new = text_copy(&env.path("text-0.2.0"));
+    let manifest = fs::read_to_string(new.join("plugin.toml")).unwrap();
+    let edited = manifest.replacen("version = \"0.1.0\"", "version = \"0.2.0\"", 1).replacen(
+        "name = \"slugify\"\nrisk = \"read\"",
+        "name = \"slugify\"\nrisk = \"read\"\nredact = [\"/x\\u001b[1A\\u001b[2K\\rwidens: no\"]",
+        1,
+    );
+    assert_ne!(edited, manifest);
+    fs::write(new.join("plugin.toml"), edited).unwrap();
+    // Backwards, the pointer is removed: quoted in the text form.
+    let text = env.ok(&[
+        "plugins",
+        "diff",
+        new.to_str().unwrap(),
+        old.to_str().unwrap(),
+    ]);
+    assert!(!text.contains('\u{1b}') && !text.contains('\r'), "{text:?}");
+    assert!(text.contains("\\u{1b}[1A"), "{text}");
+    assert!(text.contains("widens: yes"), "{text}");
+}
+
 #[test]
 fn hostile_archives_are_refused_by_the_cli() {
     let env = Env::new();

@@ -132,7 +132,7 @@ impl Package {
         let bytes = read_package_file(&manifest_path, MAX_MANIFEST_BYTES)?;
         let text = manifest_text(&manifest_path, bytes)?;
         let stamped = stamp_digest(&text, &manifest_path, dir, |name| {
-            crate::plugin::read_component(&dir.join(name))
+            read_package_component(&dir.join(name))
         })?;
         Package::check_files(Files::in_dir(dir, manifest_path, stamped.into_bytes())?)
     }
@@ -500,8 +500,10 @@ impl Package {
     /// `dir`, synced; its path. On failure nothing is left.
     fn write_temporary_dir(&self, dir: &Path) -> Result<PathBuf, LoadError> {
         let tmp = temporary_sibling(dir);
+        // Made here, or the error is returned as it is: a path that was
+        // already there is not this call's to remove.
+        fs::create_dir(&tmp).map_err(|e| LoadError::io(dir, e))?;
         let write = || -> std::io::Result<()> {
-            fs::create_dir(&tmp)?;
             for (name, bytes) in self.files() {
                 let mut file = fs::OpenOptions::new()
                     .write(true)
@@ -644,7 +646,7 @@ impl Files {
             source: dir.to_owned(),
             manifest_path,
             manifest,
-            component: Box::new(move |name: &str| crate::plugin::read_component(&owned.join(name))),
+            component: Box::new(move |name: &str| read_package_component(&owned.join(name))),
             cases: optional(CASES_FILE, MAX_CASES_BYTES)?,
             signature: SignatureSource::Dir(dir.to_owned()),
         })
@@ -698,6 +700,19 @@ fn read_package_file(path: &Path, cap: u64) -> LoadResult<Vec<u8>> {
         });
     }
     read_capped(path, cap)
+}
+
+/// Read a package's component, refusing a symbolic link as its other files
+/// are refused: `x.wasm -> /srv/other-vendor/private.wasm` in an author's
+/// directory would be packed (its digest stamped) as this package's.
+fn read_package_component(path: &Path) -> LoadResult<Vec<u8>> {
+    if fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink()) {
+        return Err(LoadError::PackageInvalid {
+            path: path.to_owned(),
+            message: "is a symbolic link: a package holds the component itself".to_owned(),
+        });
+    }
+    crate::plugin::read_component(path)
 }
 
 /// Read a file (following links, like loading does) of at most `cap` bytes.

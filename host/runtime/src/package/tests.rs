@@ -743,17 +743,19 @@ fn trust_policy_is_checked() {
 
 /// A link in an author's directory (`cases.jsonl -> ~/.aws/credentials`)
 /// was read, packed and installed as the package's file; now a package's
-/// manifest and cases are refused when they are links, as its signature
-/// always was.
+/// manifest, cases and component are refused when they are links, as its
+/// signature always was.
 #[cfg(unix)]
 #[test]
 fn a_package_file_that_is_a_link_is_refused() {
     let root = tempfile::tempdir().unwrap();
     let secret = root.path().join("credentials");
     fs::write(&secret, "{\"tool\": \"stats\"}\n").unwrap();
-    for name in [CASES_FILE, MANIFEST_FILE] {
+    for name in [CASES_FILE, MANIFEST_FILE, "text.wasm"] {
         let dir = pinned_dir(&root.path().join(name));
-        let target = if name == MANIFEST_FILE {
+        // The component a link points at is another's (its digest would be
+        // stamped into the package by `from_source_dir`).
+        let target = if name != CASES_FILE {
             let real = root.path().join(format!("{name}.real"));
             fs::copy(dir.join(name), &real).unwrap();
             real
