@@ -915,7 +915,8 @@ async fn release_actions_refuse_what_does_not_hold_and_change_nothing() {
     assert!(host.rollouts().unwrap().is_empty(), "nothing changed");
 
     // Another version under a taken number, with other files: refused, and
-    // 1.0.0 stays what it was.
+    // 1.0.0 stays what it was. Refused before anything of it is stored
+    // (each attempt's files stayed in the store, unreferenced).
     let other = text_version("1.0.0", |m| {
         m.replacen("timeout_ms = 2_000", "timeout_ms = 1_000", 1)
     });
@@ -924,6 +925,19 @@ async fn release_actions_refuse_what_does_not_hold_and_change_nothing() {
         .await
         .unwrap_err();
     assert_eq!(conflict.kind(), "version_taken");
+    let other_manifest = sha256_hex(&std::fs::read(other.path().join("plugin.toml")).unwrap());
+    let artifacts = data.path().join("installed/artifacts");
+    assert!(
+        artifacts
+            .join(sha256_hex(
+                &std::fs::read(one.path().join("plugin.toml")).unwrap()
+            ))
+            .exists()
+    );
+    assert!(
+        !artifacts.join(&other_manifest).exists(),
+        "the refused version's manifest was stored"
+    );
     let installed = host.installed(Some("text")).unwrap();
     assert_eq!(installed.len(), 1);
     assert_eq!(

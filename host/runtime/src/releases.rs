@@ -1102,6 +1102,20 @@ impl ReleaseParts<'_> {
     /// Install `package` (see [`Host::install`](crate::Host::install)).
     pub(crate) async fn install(&self, package: &Package, by: &str) -> Result<InstallReport> {
         check_change_text(by, None)?;
+        let signature = package.signature().map(|s| s.to_text());
+        let files = VersionFiles {
+            manifest: package.manifest_text().as_bytes(),
+            component: package.component(),
+            component_file: package.component_name(),
+            cases: package.cases().map(str::as_bytes),
+            signature: signature.as_deref().map(str::as_bytes),
+        };
+        // A version taken by other files, or a name the store refuses, is
+        // refused before the package is compiled and its guest run.
+        self.served
+            .releases
+            .check_install(package.name(), package.version(), files)
+            .map_err(store_error)?;
         // Check exactly the bytes to be installed, from a private copy:
         // everything load checks (digest pin, signature, component, world,
         // tools, grants against the policy).
@@ -1114,20 +1128,13 @@ impl ReleaseParts<'_> {
         let checked = plugin::load(self.engine, self.cache, self.policy, &dir).await?;
         self.served.check_grants(&checked)?;
         let signer = checked.signer().map(ToString::to_string);
-        let signature = package.signature().map(|s| s.to_text());
         let report = match self
             .served
             .releases
             .install(
                 package.name(),
                 package.version(),
-                VersionFiles {
-                    manifest: package.manifest_text().as_bytes(),
-                    component: package.component(),
-                    component_file: package.component_name(),
-                    cases: package.cases().map(str::as_bytes),
-                    signature: signature.as_deref().map(str::as_bytes),
-                },
+                files,
                 signer.as_deref(),
                 by,
                 now_ms(),

@@ -428,9 +428,9 @@ impl Releases {
         by: &str,
         now_ms: u64,
     ) -> Result<Installed> {
-        check_plugin_name(plugin).map_err(|m| StoreError::new(ErrorKind::Config, m))?;
-        check_version(version).map_err(|m| StoreError::new(ErrorKind::Config, m))?;
-        check_file_name(files.component_file).map_err(|m| StoreError::new(ErrorKind::Config, m))?;
+        // Refused before a file is stored: a conflicting version's files
+        // would stay in the store, unreferenced, each attempt's.
+        self.check_install(plugin, version, files)?;
         let mut put = |bytes: &[u8]| -> Result<String> {
             let digest = digest_of(bytes);
             self.store.put_artifact(&digest, bytes)?;
@@ -465,6 +465,44 @@ impl Releases {
                 format!("{plugin} {version} was refused as taken but cannot be read"),
             )),
         }
+    }
+
+    /// Whether `files` could be installed as `version` of `plugin`: the
+    /// name, version and component file name valid, and that version not
+    /// installed already with other files. Cheap (digests and one read):
+    /// asked before a package is compiled and checked, and again by
+    /// [`install`](Self::install) before it stores anything.
+    ///
+    /// # Errors
+    /// As [`install`](Self::install): [`ErrorKind::Config`],
+    /// [`ErrorKind::Conflict`], the backend's errors.
+    pub fn check_install(
+        &self,
+        plugin: &str,
+        version: &str,
+        files: VersionFiles<'_>,
+    ) -> Result<()> {
+        check_plugin_name(plugin).map_err(|m| StoreError::new(ErrorKind::Config, m))?;
+        check_version(version).map_err(|m| StoreError::new(ErrorKind::Config, m))?;
+        check_file_name(files.component_file).map_err(|m| StoreError::new(ErrorKind::Config, m))?;
+        let Some(existing) = self.store.version(plugin, version)? else {
+            return Ok(());
+        };
+        let same = existing.manifest_digest == digest_of(files.manifest)
+            && existing.component_digest == digest_of(files.component)
+            && existing.component_file == files.component_file
+            && existing.cases_digest == files.cases.map(digest_of)
+            && existing.signature_digest == files.signature.map(digest_of);
+        if same {
+            return Ok(());
+        }
+        Err(StoreError::new(
+            ErrorKind::Conflict,
+            format!(
+                "{plugin} {version} is installed already with other files (component {}); installed versions never change: give the new one another version",
+                existing.component_digest
+            ),
+        ))
     }
 
     /// The artifact `digest`, checked against its digest.
