@@ -91,20 +91,27 @@ async fn serve(
         }
     }
     if let Some(received) = received {
-        // A body, if the head announces one (HTTP/1.1 frames a body by
-        // either header, or it has none).
+        // A body, as the head frames it (HTTP/1.1: by its length, or
+        // chunked up to the last chunk; without either it has none), read
+        // for at most 10 s.
         let mut all = head.clone();
-        let announced = {
-            let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
-            text.contains("\r\ncontent-length:") || text.contains("\r\ntransfer-encoding:")
+        let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        let head_len = text.find("\r\n\r\n").map_or(head.len(), |at| at + 4);
+        let length = text
+            .split("\r\n")
+            .find_map(|line| line.strip_prefix("content-length:"))
+            .and_then(|n| n.trim().parse::<usize>().ok());
+        let chunked = text.contains("\r\ntransfer-encoding: chunked");
+        let complete = |all: &[u8]| match length {
+            Some(n) => all.len() >= head_len + n,
+            None => !chunked || all.ends_with(b"0\r\n\r\n"),
         };
-        while announced
-            && let Ok(Ok(n)) =
-                tokio::time::timeout(Duration::from_millis(200), stream.read(&mut chunk)).await
+        let by = tokio::time::Instant::now() + Duration::from_secs(10);
+        while !complete(&all)
+            && all.len() <= 64 * 1024
+            && let Ok(Ok(n)) = tokio::time::timeout_at(by, stream.read(&mut chunk)).await
+            && n > 0
         {
-            if n == 0 || all.len() > 64 * 1024 {
-                break;
-            }
             all.extend_from_slice(&chunk[..n]);
         }
         received

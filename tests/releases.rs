@@ -1710,20 +1710,29 @@ async fn an_approved_call_waiting_for_a_slot_does_not_run_a_version_rolled_back_
         )
         .unwrap(),
     );
-    install(&host, text_version("1.0.0", |m| m).path()).await;
-    install(&host, text_version("1.0.1", |m| m).path()).await;
+    // Long deadlines: the approved call waits for the slot until its own.
+    let slow = |m: String| m.replacen("timeout_ms = 2_000", "timeout_ms = 60_000", 1);
+    install(&host, text_version("1.0.0", slow).path()).await;
+    install(&host, text_version("1.0.1", slow).path()).await;
     host.set_rollout(&RolloutRequest::new("text", "1.0.0", 100, "ops"))
         .await
         .unwrap();
     host.set_rollout(&RolloutRequest::new("text", "1.0.1", 100, "ops"))
         .await
         .unwrap();
+    // The spinning call holds the slot until the test lets it go.
     let spinner = airlock_tests::install(
         "spinner",
         &airlock_tests::read(airlock_tests::MISBEHAVE),
-        "[capabilities]\nlog = true\n\n[limits]\ntimeout_ms = 1500\nfuel = 1_000_000_000_000_000\n\n[[tools]]\nname = \"spin\"\nrisk = \"read\"\n",
+        "[capabilities]\nlog = true\n\n[limits]\ntimeout_ms = 60_000\nfuel = 1_000_000_000_000_000\n\n[[tools]]\nname = \"spin\"\nrisk = \"read\"\n\n[[tools]]\nname = \"echo\"\nrisk = \"read\"\n",
     );
     host.load_plugin(spinner.path()).await.unwrap();
+    let probe = airlock_tests::install(
+        "probe",
+        &airlock_tests::read(airlock_tests::MISBEHAVE),
+        "[capabilities]\nlog = true\n\n[limits]\ntimeout_ms = 100\n\n[[tools]]\nname = \"echo\"\nrisk = \"read\"\n",
+    );
+    host.load_plugin(probe.path()).await.unwrap();
     let request = || {
         CallRequest::new("text/slugify", json!({"text": "Hi there"}).to_string())
             .principal("agent-1")
@@ -1737,11 +1746,25 @@ async fn an_approved_call_waiting_for_a_slot_does_not_run_a_version_rolled_back_
         .await
         .unwrap();
 
+    let release = tokio_util::sync::CancellationToken::new();
     let spinning = tokio::spawn({
         let host = Arc::clone(&host);
-        async move { host.call(CallRequest::new("spinner/spin", "{}")).await }
+        let call = CallRequest::new("spinner/spin", "{}").cancel_on(release.clone());
+        async move { host.call(call).await }
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Until a call that waits 100 ms for a slot finds none: the spinning
+    // call holds it.
+    let by = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let probed = host.call(CallRequest::new("probe/echo", "{}")).await;
+        if probed.is_err_and(|e| e.kind() == "host_busy") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < by,
+            "the spinning call never held the slot"
+        );
+    }
     // The approved call uses its approval (checked against the rollout
     // then), and waits for the slot the spinning call holds.
     let approved = tokio::spawn({
@@ -1750,10 +1773,15 @@ async fn an_approved_call_waiting_for_a_slot_does_not_run_a_version_rolled_back_
         async move { host.call(call).await }
     });
     while host.approval(&id).unwrap().unwrap().state != ApprovalState::Consumed {
+        assert!(
+            std::time::Instant::now() < by,
+            "the approval was never used"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert!(!spinning.is_finished() && !approved.is_finished());
     host.rollback("text", "oncall", None).await.unwrap();
+    release.cancel();
 
     let refused = approved.await.unwrap().unwrap_err();
     assert_eq!(refused.kind(), "approval_mismatch", "{refused}");
@@ -1764,10 +1792,7 @@ async fn an_approved_call_waiting_for_a_slot_does_not_run_a_version_rolled_back_
             && refused.to_string().contains("1.0.0 serves it now"),
         "{refused}"
     );
-    assert_eq!(
-        spinning.await.unwrap().unwrap_err().kind(),
-        "deadline_exceeded"
-    );
+    assert_eq!(spinning.await.unwrap().unwrap_err().kind(), "cancelled");
     // On the record: finished as refused under its approval, and no
     // `slugify` call finished otherwise.
     let finished = recorded(&host, Event::CallFinished);
