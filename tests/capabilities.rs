@@ -367,6 +367,73 @@ async fn files_resolve_inside_the_operator_files_root() {
     assert_eq!(out["text"], "from the operator's root");
 }
 
+/// A read-write grant that is a directory beside the plugins, in the
+/// directory they are loaded from: a manifest and component a plugin wrote
+/// there would load as a plugin at the next start. Refused whichever of
+/// the two loads first.
+#[tokio::test]
+async fn a_writable_grant_beside_the_plugins_is_refused_whichever_loads_first() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path().canonicalize().unwrap();
+    for sub in ["plugins/scratch", "elsewhere"] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    // A plugin directory at `at`: the probe, its capabilities `capabilities`.
+    let place = |at: &std::path::Path, name: &str, capabilities: &str| {
+        let made = install(
+            name,
+            &read(PROBE),
+            &format!(
+                "[capabilities]\nclocks = true\nrandom = true\n{capabilities}\n{}",
+                tools(PROBE_TOOLS)
+            ),
+        );
+        std::fs::create_dir_all(at).unwrap();
+        for file in ["plugin.toml", "component.wasm"] {
+            std::fs::copy(made.path().join(file), at.join(file)).unwrap();
+        }
+    };
+    let writes_scratch = |access: &str| {
+        format!(
+            "files = [{{ host = \"plugins/scratch\", guest = \"/scratch\", access = \"{access}\" }}]"
+        )
+    };
+    let policy = Policy {
+        files_root: Some(root.clone()),
+        ..Policy::default()
+    };
+    let host = || Host::new(HostConfig::default().policy(policy.clone())).unwrap();
+
+    // Loaded from the plugins directory itself.
+    place(&root.join("plugins/p"), "p", &writes_scratch("read-write"));
+    let err = host()
+        .load_plugin(root.join("plugins/p"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), "capability_denied", "{err}");
+    assert!(
+        err.to_string().contains("where plugins are loaded from"),
+        "{err}"
+    );
+    // Read-only, it may.
+    place(&root.join("plugins/r"), "r", &writes_scratch("read-only"));
+    host().load_plugin(root.join("plugins/r")).await.unwrap();
+
+    // Loaded from elsewhere first, while no plugin of that directory is
+    // loaded: the plugin loaded from it next is refused.
+    place(
+        &root.join("elsewhere/q"),
+        "q",
+        &writes_scratch("read-write"),
+    );
+    place(&root.join("plugins/x"), "x", "");
+    let both = host();
+    both.load_plugin(root.join("elsewhere/q")).await.unwrap();
+    let err = both.load_plugin(root.join("plugins/x")).await.unwrap_err();
+    assert_eq!(err.kind(), "capability_denied", "{err}");
+    assert!(err.to_string().contains("plugin `q` may write"), "{err}");
+}
+
 #[tokio::test]
 async fn policy_can_forbid_a_capability() {
     let dir = probe("files = [{ host = \"data\", guest = \"/data\", access = \"read-only\" }]");

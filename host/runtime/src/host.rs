@@ -369,10 +369,27 @@ pub(crate) fn check_files_grants<'a>(
             .filter(|p| p.name() != plugin.name())
             .flat_map(|p| p.grant().files.iter().map(move |f| (p.name(), f))),
     )?;
-    // A loaded plugin's grant may not contain the new plugin's files.
+    // A loaded plugin's grant may not contain the new plugin's files, nor
+    // write directly in the directory it is loaded from (the rule above,
+    // from the other side: that directory held no loaded plugin when the
+    // grant was checked).
     let dir = absolute(plugin.dir());
     for other in loaded.filter(|p| p.name() != plugin.name()) {
         for files in &other.grant().files {
+            if files.access == crate::manifest::FileAccess::ReadWrite
+                && files.host.parent().is_some_and(|p| Some(p) == dir.parent())
+            {
+                return Err(LoadError::CapabilityDenied {
+                    plugin: plugin.name().to_owned(),
+                    capability: "capabilities.files".to_owned(),
+                    reason: format!(
+                        "plugin `{}` may write {}, beside the plugin directory {}: where plugins are loaded from, what it writes would load as a plugin",
+                        other.name(),
+                        files.host.display(),
+                        dir.display()
+                    ),
+                });
+            }
             if dir.starts_with(&files.host) {
                 return Err(LoadError::CapabilityDenied {
                     plugin: plugin.name().to_owned(),

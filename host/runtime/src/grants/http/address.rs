@@ -170,6 +170,18 @@ pub(crate) fn own_address(ip: IpAddr) -> Option<String> {
                     .collect()
             })
             .map_err(|e| e.to_string());
+        // Said once a failing spell, where the operator looks: every
+        // plugin's HTTP is refused until it lists again.
+        let was_listed = cached.as_ref().is_none_or(|(_, last)| last.is_ok());
+        if let Err(e) = &listed
+            && was_listed
+        {
+            tracing::error!(
+                target: "airlock::http",
+                error = %e,
+                "this machine's interface addresses cannot be listed (getifaddrs needs an AF_NETLINK socket): every plugin HTTP request is refused until they can be"
+            );
+        }
         *cached = Some((Instant::now(), listed));
     }
     match cached.as_ref().map(|(_, listed)| listed) {

@@ -12,16 +12,19 @@
 //! For every request the sender:
 //! 1. counts it against the per-call limit (`connection-limit-reached`);
 //! 2. refuses `CONNECT` (it opens tunnels) and, in read-only mode, every
-//!    method but `GET`, `HEAD` and `OPTIONS`; any other method, extension
+//!    method but `GET`, `HEAD` and `OPTIONS`, a method-override header
+//!    ([`METHOD_OVERRIDES`]) and a body declared by `content-length` (one
+//!    written without it is not sent); any other method, extension
 //!    methods included, is the granted origin's to answer;
 //! 3. reduces the URL to its origin and requires an exact match with the
 //!    grant (`HTTP-request-denied`);
 //! 4. resolves the host — at most `http_max_dns_lookups` blocking lookups
 //!    in flight in the process (`DNS-timeout` past it) — and refuses the request if *any* address it
-//!    resolves to is not public unicast ([`special_purpose`]) and not in the
-//!    operator's `http_allow_private` (`destination-IP-prohibited`) — this is
-//!    what stops DNS names pointing at loopback, private networks or the
-//!    cloud metadata service. A name reaches such an address only when the
+//!    resolves to is not public unicast ([`special_purpose`]) or is one of
+//!    this machine's own interface addresses ([`own_address`]), and is not
+//!    in the operator's `http_allow_private` (`destination-IP-prohibited`)
+//!    — this is what stops DNS names pointing at loopback, private
+//!    networks, this machine or the cloud metadata service. A name reaches such an address only when the
 //!    operator also lists its origin in `http_private_origins`: the ranges
 //!    alone would let any plugin point a domain of its own at them;
 //! 5. connects to the vetted address itself (never resolving the name a
