@@ -193,6 +193,20 @@ pub(crate) fn own_address(ip: IpAddr) -> Option<String> {
     }
 }
 
+/// For tests: this machine's listing, with `extra` among its addresses,
+/// used for the next [`OWN_ADDRESSES_TTL`] (a public address of its own
+/// cannot be added to a test machine).
+#[cfg(test)]
+pub(crate) fn pretend_own(extra: IpAddr) {
+    let mut listed: Vec<IpAddr> = if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .iter()
+        .map(|interface| interface.ip().to_canonical())
+        .collect();
+    listed.push(extra);
+    *OWN_ADDRESSES.lock().unwrap_or_else(PoisonError::into_inner) = Some((Instant::now(), Ok(listed)));
+}
+
 fn judge_own(ip: IpAddr, own: &[IpAddr]) -> Option<String> {
     own.contains(&ip)
         .then(|| "an address of this machine's own interfaces".to_owned())

@@ -754,6 +754,48 @@ mod tests {
         assert!(matches!(result, Err(E::DestinationIpProhibited)));
     }
 
+    /// A name its author controls pointed at this machine's own public
+    /// address: reached over loopback, past a firewall guarding it from
+    /// outside. Refused by `vet`; another public address passes.
+    #[test]
+    fn a_name_resolving_to_this_machines_own_address_is_refused() {
+        let own = std::net::IpAddr::from([192, 0, 43, 10]);
+        crate::grants::http::address::pretend_own(own);
+        let grant = Arc::new(HttpGrant {
+            origins: Vec::new(),
+            allow_private: Vec::new(),
+            private_origins: Vec::new(),
+            limits: crate::limits::HttpLimits::resolve(None, None, None, None),
+            ca_certs: Vec::new(),
+            tls: TlsClient::new(&[]).unwrap(),
+            dns: DnsLookups::shared(1, "test"),
+        });
+        let vetted = |ip: std::net::IpAddr| {
+            let notes = Arc::new(Mutex::new(Vec::new()));
+            let plan = Plan::new(
+                Origin::parse("https://app.attacker.example").unwrap(),
+                Arc::clone(&grant),
+                None,
+                Instant::now() + Duration::from_secs(10),
+                Arc::clone(&notes),
+                "GET https://app.attacker.example/".to_owned(),
+            );
+            let result = vet(&plan, vec![SocketAddr::new(ip, 443)]);
+            let notes = notes.lock().unwrap().clone();
+            (result, notes)
+        };
+        let (result, notes) = vetted(own);
+        assert!(matches!(result, Err(E::DestinationIpProhibited)), "{notes:?}");
+        assert!(
+            notes
+                .iter()
+                .any(|n| n.contains("192.0.43.10") && n.contains("this machine's own interfaces")),
+            "{notes:?}"
+        );
+        let (result, notes) = vetted(std::net::IpAddr::from([93, 184, 216, 34]));
+        assert!(result.is_ok(), "{notes:?}");
+    }
+
     #[test]
     fn waits_are_bounded_by_the_deadline() {
         let now = Instant::now();
