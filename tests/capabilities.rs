@@ -432,6 +432,37 @@ async fn a_writable_grant_beside_the_plugins_is_refused_whichever_loads_first() 
     let err = both.load_plugin(root.join("plugins/x")).await.unwrap_err();
     assert_eq!(err.kind(), "capability_denied", "{err}");
     assert!(err.to_string().contains("plugin `q` may write"), "{err}");
+
+    // A configured plugins directory is protected from the start, empty
+    // or not: `q`, loaded from elsewhere, may not write a plugin into
+    // `empty/` for the next start, nor read it.
+    std::fs::create_dir_all(root.join("empty/new")).unwrap();
+    let configured = || {
+        Host::new(
+            HostConfig::default()
+                .policy(policy.clone())
+                .plugins_dir(root.join("empty")),
+        )
+        .unwrap()
+    };
+    for (access, grant, says) in [
+        ("read-write", "empty/new", "where plugins are loaded from"),
+        ("read-only", "empty", "contains the plugin directory"),
+    ] {
+        place(
+            &root.join("elsewhere/w"),
+            "w",
+            &format!("files = [{{ host = \"{grant}\", guest = \"/w\", access = \"{access}\" }}]"),
+        );
+        let err = configured()
+            .load_plugin(root.join("elsewhere/w"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), "capability_denied", "{err}");
+        assert!(err.to_string().contains(says), "{err}");
+        // Without the directory configured, nothing says it holds plugins.
+        host().load_plugin(root.join("elsewhere/w")).await.unwrap();
+    }
 }
 
 #[tokio::test]

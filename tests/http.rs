@@ -723,6 +723,7 @@ async fn http_in_read_only_mode_sends_no_body_and_no_method_override() {
         ("X-HTTP-Method-Override", 0),
         ("X-HTTP-Method", 1),
         ("x-method-override", 2),
+        ("X-Original-Method", 3),
     ] {
         let (outcome, notes) = send(json!({"headers": [[header, "DELETE"]]})).await;
         assert_eq!(outcome, "error: ErrorCode::HttpRequestDenied", "{header}");
@@ -733,6 +734,15 @@ async fn http_in_read_only_mode_sends_no_body_and_no_method_override() {
             "{header}: {notes:?}"
         );
     }
+    // The same asked by a query parameter, as Rails or Laravel read it.
+    let (outcome, notes) = send(json!({"path": "/hello?%5FMethod=DELETE"})).await;
+    assert_eq!(outcome, "error: ErrorCode::HttpRequestDenied");
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("query parameter _method") && n.contains("read-only mode")),
+        "{notes:?}"
+    );
     let (outcome, notes) = send(declared_body).await;
     assert!(
         outcome.starts_with("error: ErrorCode::HttpRequestDenied"),

@@ -432,6 +432,7 @@ pub(crate) async fn load_host(
 
 pub(crate) fn host_config(settings: &Settings, calls: Calls) -> HostConfig {
     let mut config = HostConfig::default()
+        .plugins_dir(&settings.plugins_dir)
         .cache_dir(&settings.cache_dir)
         .max_argument_bytes(settings.max_argument_bytes)
         .max_instances(settings.max_instances)

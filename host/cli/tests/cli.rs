@@ -633,6 +633,95 @@ fn inspect_refuses_a_component_that_is_not_a_regular_file() {
 }
 
 #[test]
+fn inspect_never_compiles_a_component_whose_digest_fails() {
+    // A component that is not the one its manifest pins is untrusted
+    // bytes: `inspect` lists its imports and exports from the binary, and
+    // hands it to the compiler only when nothing stops it from loading.
+    let json_wasm = read(&format!("{PLUGINS_DIR}/json/json.wasm"));
+    let tools = "[[tools]]\nname = \"query\"\nrisk = \"read\"\n";
+    let root = plugins_root("json", &json_wasm, tools);
+    let compiled = |env: &Env| std::fs::read_dir(&env.cache).map_or(0, |entries| entries.count());
+    // Control: as pinned, it is compiled (into the cache).
+    let env = Env::fresh();
+    let out = env
+        .cmd(root.path())
+        .args(["inspect", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        compiled(&env) > 0,
+        "the cache is where compiled components go"
+    );
+
+    let manifest = root.path().join("json").join("plugin.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    let pinned = text
+        .lines()
+        .find_map(|l| l.strip_prefix("sha256 = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .unwrap()
+        .to_owned();
+    std::fs::write(&manifest, text.replace(&pinned, &"0".repeat(64))).unwrap();
+    let env = Env::fresh();
+    let out = env
+        .cmd(root.path())
+        .args(["inspect", "json", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v = json(&out);
+    let findings = v["findings"].to_string();
+    assert!(
+        findings.contains("but the manifest pins 0000"),
+        "{findings}"
+    );
+    // Still read from the binary: what it imports and exports.
+    let names = |key: &str| -> Vec<String> {
+        v[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i.get("interface").unwrap_or(i).as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert!(
+        names("imports").iter().any(|i| i.starts_with("wasi:")),
+        "{:?}",
+        names("imports")
+    );
+    assert!(
+        names("exports")
+            .iter()
+            .any(|e| e.starts_with("airlock:plugin/")),
+        "{:?}",
+        names("exports")
+    );
+    assert_eq!(compiled(&env), 0, "nothing compiled");
+
+    // Bytes that are not a component are refused, not compiled.
+    std::fs::write(
+        root.path().join("json").join("component.wasm"),
+        b"\0asm\x01\0\0\0",
+    )
+    .unwrap();
+    let out = env
+        .cmd(root.path())
+        .args(["inspect", "json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("not a WebAssembly component"), "{stderr}");
+    assert_eq!(compiled(&env), 0, "nothing compiled");
+}
+
+#[test]
 fn an_error_quoting_a_manifest_is_shown_escaped() {
     // `inspect` is for plugins not yet trusted; its errors quote the
     // manifest (here the component's path), and reached the terminal raw:

@@ -91,6 +91,14 @@ pub struct HostConfig {
     pub alerts: AlertConfig,
     /// Metrics and span export ([`Host::metrics`], [`Host::telemetry`]).
     pub telemetry: TelemetryConfig,
+    /// The directories plugins are loaded from
+    /// ([`Host::load_plugins_dir`]): no `files` grant may contain one, and
+    /// no read-write grant may be a directory directly in one (what a
+    /// plugin wrote there would load as a plugin at the next start) —
+    /// from the start, before any plugin of them is loaded, empty ones
+    /// included. A plugin's own directory and the one it is loaded from
+    /// are protected once it loads whether or not listed here.
+    pub plugins_dirs: Vec<PathBuf>,
 }
 
 impl Default for HostConfig {
@@ -108,11 +116,19 @@ impl Default for HostConfig {
             zero_stacks: true,
             alerts: AlertConfig::default(),
             telemetry: TelemetryConfig::default(),
+            plugins_dirs: Vec::new(),
         }
     }
 }
 
 impl HostConfig {
+    /// Plugins are loaded from `dir` (see
+    /// [`plugins_dirs`](Self::plugins_dirs)); may be given more than once.
+    pub fn plugins_dir(mut self, dir: impl Into<PathBuf>) -> HostConfig {
+        self.plugins_dirs.push(dir.into());
+        self
+    }
+
     /// Cache compiled components in `dir`.
     pub fn cache_dir(mut self, dir: impl Into<PathBuf>) -> HostConfig {
         self.cache_dir = Some(dir.into());
@@ -317,36 +333,50 @@ pub fn is_plugin_dir(path: &Path) -> bool {
     !hidden && path.join(MANIFEST_FILE).is_file()
 }
 
-/// Refuse a plugin whose `files` grants reach what the host protects
-/// (plugin directories and where plugins are loaded from, the data
-/// directory, the cache) or overlap another plugin's grants, and a
-/// plugin whose directory lies inside a loaded plugin's grant. See
-/// `grants/files.rs` for the rule. `stores` are the host's own
-/// directories (data, cache), absolute; a loaded plugin of the same name
-/// (the directory's plugin, for a served version of it) is not another.
+/// `p` absolute, symbolic links resolved where it exists.
 fn absolute(p: &Path) -> PathBuf {
     p.canonicalize()
         .or_else(|_| std::path::absolute(p))
         .unwrap_or_else(|_| p.to_owned())
 }
 
-/// The host's own directories (data, cache), absolute: no `files` grant
-/// may reach them.
-fn protected_stores(config: &HostConfig) -> Vec<PathBuf> {
-    [&config.data_dir, &config.cache_dir]
-        .into_iter()
-        .flatten()
-        .map(|d| absolute(d))
-        .collect()
+/// What no `files` grant may reach by the host's configuration, absolute.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Reserved {
+    /// The host's own directories (data, cache).
+    stores: Vec<PathBuf>,
+    /// The configured plugins directories.
+    plugins_dirs: Vec<PathBuf>,
 }
 
+impl Reserved {
+    fn of(config: &HostConfig) -> Reserved {
+        Reserved {
+            stores: [&config.data_dir, &config.cache_dir]
+                .into_iter()
+                .flatten()
+                .map(|d| absolute(d))
+                .collect(),
+            plugins_dirs: config.plugins_dirs.iter().map(|d| absolute(d)).collect(),
+        }
+    }
+}
+
+/// Refuse a plugin whose `files` grants reach what the host protects
+/// (plugin directories and where plugins are loaded from, configured or
+/// of a loaded plugin, the data directory, the cache) or overlap another
+/// plugin's grants, and a plugin whose directory lies inside a loaded
+/// plugin's grant. See `grants/files.rs` for the rule. A loaded plugin of
+/// the same name (the directory's plugin, for a served version of it) is
+/// not another.
 pub(crate) fn check_files_grants<'a>(
     plugin: &Plugin,
-    stores: &[PathBuf],
+    reserved: &Reserved,
     loaded: impl Iterator<Item = &'a Plugin> + Clone,
 ) -> LoadResult<()> {
-    let mut plugin_dirs = Vec::new();
-    let mut loaded_from = Vec::new();
+    let stores = &reserved.stores;
+    let mut plugin_dirs = reserved.plugins_dirs.clone();
+    let mut loaded_from = reserved.plugins_dirs.clone();
     let dirs: Vec<&Path> = loaded.clone().map(Plugin::dir).collect();
     for dir in dirs.into_iter().chain(std::iter::once(plugin.dir())) {
         let dir = absolute(dir);
@@ -510,7 +540,7 @@ impl Host {
         let served = Served::new(
             airlock_store::Releases::new(stores.plugins.clone()),
             config.data_dir.as_deref(),
-            protected_stores(&config),
+            Reserved::of(&config),
             plugins.clone(),
         )?;
         // No plugin may ask for more, so no pool slot needs to hold more.
@@ -737,7 +767,7 @@ impl Host {
         }
         check_files_grants(
             plugin,
-            &protected_stores(&self.config),
+            &Reserved::of(&self.config),
             others().chain(&served).map(|p| &**p),
         )
     }
@@ -1031,25 +1061,6 @@ impl Host {
 
     pub(crate) fn cache(&self) -> Option<&CompiledCache> {
         self.cache.as_ref()
-    }
-
-    /// Compile (or load from the cache) the component `bytes`.
-    pub(crate) fn compile(
-        &self,
-        digest: &str,
-        bytes: &[u8],
-        path: &Path,
-    ) -> LoadResult<wasmtime::component::Component> {
-        let compiled = match &self.cache {
-            Some(cache) => cache
-                .load_or_compile(&self.engine, digest, bytes)
-                .map(|(c, _)| c),
-            None => wasmtime::component::Component::new(&self.engine, bytes),
-        };
-        compiled.map_err(|e| LoadError::InvalidComponent {
-            path: path.to_owned(),
-            reason: format!("{e:#}"),
-        })
     }
 
     /// The loaded plugins, by name (a snapshot).

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::error::LoadError;
 use crate::grants::{self, Capability, EffectiveGrant, ImportClass};
 use crate::host::Host;
 use crate::limits::Limits;
@@ -114,6 +115,40 @@ fn affected(capability: Capability, interface: &str) -> bool {
     capability.interfaces().any(|i| i == name)
 }
 
+/// The names a component imports and exports (its own, not those of the
+/// components and modules inside it), once it validates as a component.
+fn component_names(bytes: &[u8]) -> Result<(Vec<String>, Vec<String>), String> {
+    use wasmparser::{Parser, Payload, Validator};
+    if !Parser::is_component(bytes) {
+        return Err("not a WebAssembly component (a core module or other bytes)".to_owned());
+    }
+    Validator::new()
+        .validate_all(bytes)
+        .map_err(|e| e.to_string())?;
+    let (mut imports, mut exports) = (Vec::new(), Vec::new());
+    // Nested modules and components come through the same iterator, each
+    // from its `Version` to its `End`.
+    let mut depth = 0usize;
+    for payload in Parser::new(0).parse_all(bytes) {
+        match payload.map_err(|e| e.to_string())? {
+            Payload::Version { .. } => depth += 1,
+            Payload::End(_) => depth = depth.saturating_sub(1),
+            Payload::ComponentImportSection(section) if depth == 1 => {
+                for import in section {
+                    imports.push(import.map_err(|e| e.to_string())?.name.0.to_owned());
+                }
+            }
+            Payload::ComponentExportSection(section) if depth == 1 => {
+                for export in section {
+                    exports.push(export.map_err(|e| e.to_string())?.name.0.to_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok((imports, exports))
+}
+
 fn unversioned(name: &str) -> &str {
     name.split('@').next().unwrap_or(name)
 }
@@ -175,11 +210,14 @@ impl Host {
                 ),
             });
         }
-        let component = self.compile(&digest, &bytes, &component_path)?;
-        let engine = component.engine();
-        let ty = component.component_type();
-        let import_names: Vec<String> = ty.imports(engine).map(|(n, _)| n.to_owned()).collect();
-        let exports: Vec<String> = ty.exports(engine).map(|(n, _)| n.to_owned()).collect();
+        // Validated and read, not compiled: a component whose digest or
+        // signature failed is never handed to the compiler (loading it
+        // below happens only when nothing is wrong).
+        let (import_names, exports) =
+            component_names(&bytes).map_err(|reason| LoadError::InvalidComponent {
+                path: component_path.clone(),
+                reason,
+            })?;
 
         let grant = match grants::effective(&manifest, policy, dir) {
             Ok(grant) => Some(grant),

@@ -468,10 +468,11 @@ pub(crate) struct Served {
     prepared: Mutex<Prepared>,
     /// Removes `dir` with the host when it is temporary.
     _temporary: Option<tempfile::TempDir>,
-    /// The host's own directories, which no version's `files` grant may
-    /// reach, and its plugins directory's plugins, whose code and grants
-    /// no version's may either (`crate::host::check_files_grants`).
-    stores: Vec<PathBuf>,
+    /// The host's own directories and its configured plugins
+    /// directories, which no version's `files` grant may reach, and its
+    /// plugins directory's plugins, whose code and grants no version's may
+    /// either (`crate::host::check_files_grants`).
+    stores: crate::host::Reserved,
     directory: crate::host::PluginTable,
 }
 
@@ -508,7 +509,7 @@ impl Served {
     pub(crate) fn new(
         releases: Releases,
         data_dir: Option<&Path>,
-        stores: Vec<PathBuf>,
+        stores: crate::host::Reserved,
         directory: crate::host::PluginTable,
     ) -> Result<Served> {
         let (dir, temporary) = match data_dir {

@@ -13,7 +13,8 @@
 //! 1. counts it against the per-call limit (`connection-limit-reached`);
 //! 2. refuses `CONNECT` (it opens tunnels) and, in read-only mode, every
 //!    method but `GET`, `HEAD` and `OPTIONS`, a method-override header
-//!    ([`METHOD_OVERRIDES`]) and a body declared by `content-length` (one
+//!    ([`METHOD_OVERRIDES`]) or query parameter ([`QUERY_METHOD_OVERRIDES`])
+//!    and a body declared by `content-length` (one
 //!    written without it is not sent); any other method, extension
 //!    methods included, is the granted origin's to answer;
 //! 3. reduces the URL to its origin and requires an exact match with the
@@ -427,6 +428,16 @@ impl WasiHttpHooks for HttpHooks {
                 );
                 return refused(E::HttpRequestDenied);
             }
+            if let Some(name) = query_method_override(request.uri()) {
+                note(
+                    &self.notes,
+                    &target,
+                    format!(
+                        "refused: query parameter {name} (it asks the server for another method) while the host is in read-only mode"
+                    ),
+                );
+                return refused(E::HttpRequestDenied);
+            }
             if let Some(length) = request.headers().get(http::header::CONTENT_LENGTH)
                 && length.as_bytes() != b"0"
             {
@@ -478,7 +489,33 @@ impl WasiHttpHooks for HttpHooks {
 
 /// Headers asking a server to take a request for another method
 /// (`X-HTTP-Method-Override: DELETE` on a GET): refused in read-only mode.
-const METHOD_OVERRIDES: [&str; 3] = ["x-http-method-override", "x-http-method", "x-method-override"];
+/// (`X-Original-Method` is what some proxies pass on for the method they
+/// were asked for; a server behind one may take it at its word.)
+const METHOD_OVERRIDES: [&str; 4] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+    "x-original-method",
+];
+
+/// Query parameters asking a server to take a request for another method
+/// (`?_method=DELETE`, honoured by Rails, Laravel, Symfony and Express's
+/// method-override, mostly on POST — refused on any method, compared
+/// without case after percent-decoding, as servers decode them).
+const QUERY_METHOD_OVERRIDES: [&str; 3] = ["_method", "x-http-method-override", "x-method-override"];
+
+/// The first parameter of `uri`'s query that asks for another method (by
+/// its name in [`QUERY_METHOD_OVERRIDES`]: the guest's spelling is not
+/// echoed).
+fn query_method_override(uri: &http::Uri) -> Option<&'static str> {
+    let query = uri.query()?;
+    form_urlencoded::parse(query.as_bytes()).find_map(|(name, _)| {
+        QUERY_METHOD_OVERRIDES
+            .iter()
+            .find(|o| name.trim().eq_ignore_ascii_case(o))
+            .copied()
+    })
+}
 
 /// A request body with nothing in it.
 fn empty_body() -> WasiBody {
@@ -494,6 +531,24 @@ mod tests {
 
     fn origins(list: &[&str]) -> Vec<Origin> {
         list.iter().map(|o| Origin::parse(o).unwrap()).collect()
+    }
+
+    #[test]
+    fn a_method_override_in_the_query_is_found_however_spelled() {
+        let found = |uri: &str| query_method_override(&uri.parse::<http::Uri>().unwrap());
+        assert_eq!(found("http://a.example/x?_method=DELETE"), Some("_method"));
+        assert_eq!(found("http://a.example/x?q=1&_METHOD=put"), Some("_method"));
+        // Percent-encoded as a server decodes it: `%5F` is `_`, `+` a space.
+        assert_eq!(found("http://a.example/x?%5Fmethod=DELETE"), Some("_method"));
+        assert_eq!(found("http://a.example/x?_method+=DELETE"), Some("_method"));
+        assert_eq!(
+            found("http://a.example/x?X-HTTP-Method-Override=PATCH"),
+            Some("x-http-method-override")
+        );
+        assert_eq!(found("http://a.example/x?q=_method"), None);
+        assert_eq!(found("http://a.example/x?method=DELETE"), None);
+        assert_eq!(found("http://a.example/_method"), None);
+        assert_eq!(found("http://a.example/x"), None);
     }
 
     #[test]
