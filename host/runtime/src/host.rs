@@ -333,11 +333,34 @@ pub fn is_plugin_dir(path: &Path) -> bool {
     !hidden && path.join(MANIFEST_FILE).is_file()
 }
 
-/// `p` absolute, symbolic links resolved where it exists.
+/// `p` absolute with its symbolic links resolved, as a grant's host path
+/// is: where `p` does not exist (yet), its nearest existing ancestor is
+/// resolved and the rest appended, `..` taken lexically.
 fn absolute(p: &Path) -> PathBuf {
-    p.canonicalize()
-        .or_else(|_| std::path::absolute(p))
-        .unwrap_or_else(|_| p.to_owned())
+    use std::path::Component;
+    if let Ok(resolved) = p.canonicalize() {
+        return resolved;
+    }
+    let Ok(abs) = std::path::absolute(p) else {
+        return p.to_owned();
+    };
+    for ancestor in abs.ancestors().skip(1) {
+        let Ok(mut resolved) = ancestor.canonicalize() else {
+            continue;
+        };
+        let rest = abs.strip_prefix(ancestor).unwrap_or(Path::new(""));
+        for part in rest.components() {
+            match part {
+                Component::ParentDir => {
+                    resolved.pop();
+                }
+                Component::Normal(name) => resolved.push(name),
+                Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
+            }
+        }
+        return resolved;
+    }
+    abs
 }
 
 /// What no `files` grant may reach by the host's configuration, absolute.
@@ -767,7 +790,7 @@ impl Host {
         }
         check_files_grants(
             plugin,
-            &Reserved::of(&self.config),
+            self.served.reserved(),
             others().chain(&served).map(|p| &**p),
         )
     }
@@ -1013,12 +1036,24 @@ impl Host {
     /// Load every plugin in `dir`: each subdirectory holding a `plugin.toml`
     /// ([`is_plugin_dir`]: hidden ones are not).
     /// A plugin that fails to load is reported in
-    /// [`LoadReport::failed`] and does not stop the others.
+    /// [`LoadReport::failed`] and does not stop the others. `dir` belongs
+    /// in [`HostConfig::plugins_dirs`] (a warning is logged when it is
+    /// not): then no `files` grant can reach it even while it holds no
+    /// plugin.
     ///
     /// # Errors
     /// [`Error::Io`] if `dir` cannot be read.
     pub async fn load_plugins_dir(&self, dir: impl AsRef<Path>) -> LoadResult<LoadReport> {
         let dir = dir.as_ref();
+        let configured = absolute(dir);
+        if !self
+            .config
+            .plugins_dirs
+            .iter()
+            .any(|d| absolute(d) == configured)
+        {
+            tracing::warn!(dir = %dir.display(), "plugins directory not in HostConfig::plugins_dirs: until a plugin of it loads, a files grant may reach it");
+        }
         let entries = std::fs::read_dir(dir).map_err(|e| LoadError::io(dir, e))?;
         let mut dirs = Vec::new();
         for entry in entries {
@@ -2276,8 +2311,26 @@ pub(crate) fn is_the_hosts(e: &Error) -> bool {
 mod tests {
     use std::time::Duration;
 
-    use super::{manifest_name, retry_wait};
+    use super::{absolute, manifest_name, retry_wait};
     use crate::alerts::{Action, AlertStatus, TakeoverAction};
+
+    #[test]
+    fn a_path_not_there_yet_resolves_through_its_existing_ancestor() {
+        // As a grant's host path is resolved: a configured directory not
+        // created yet, under a symbolic link, must compare equal to it.
+        let root = tempfile::tempdir().unwrap();
+        let real = root.path().canonicalize().unwrap().join("real");
+        std::fs::create_dir(&real).unwrap();
+        let link = root.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        assert_eq!(absolute(&link.join("plugins")), real.join("plugins"));
+        assert_eq!(
+            absolute(&link.join("a/../b/./plugins")),
+            real.join("b/plugins")
+        );
+        std::fs::create_dir(real.join("plugins")).unwrap();
+        assert_eq!(absolute(&link.join("plugins")), real.join("plugins"));
+    }
 
     /// Rule `errors` firing on `text/slugify` (no version known), its
     /// `takeover` to make.

@@ -122,6 +122,9 @@ fn component_names(bytes: &[u8]) -> Result<(Vec<String>, Vec<String>), String> {
     if !Parser::is_component(bytes) {
         return Err("not a WebAssembly component (a core module or other bytes)".to_owned());
     }
+    // wasmparser's default features, a superset of the engine's (which
+    // wasmtime keeps to itself): what the engine refuses beyond them, the
+    // load that follows a clean report says.
     Validator::new()
         .validate_all(bytes)
         .map_err(|e| e.to_string())?;

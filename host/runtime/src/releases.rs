@@ -537,6 +537,13 @@ impl Served {
         })
     }
 
+    /// What no `files` grant may reach by the host's configuration,
+    /// resolved once when the host started: every load checks against the
+    /// same paths.
+    pub(crate) fn reserved(&self) -> &crate::host::Reserved {
+        &self.stores
+    }
+
     /// Refuse a version whose `files` grants reach the host's own
     /// directories, a plugin's code, or another plugin's grants — of the
     /// plugins directory or of a version served here — as a plugin of the

@@ -415,10 +415,7 @@ impl WasiHttpHooks for HttpHooks {
         if self.read_only {
             // A GET can still ask for a write: by a header many servers
             // and gateways honour, or by a body a server acts on.
-            if let Some(header) = METHOD_OVERRIDES
-                .iter()
-                .find(|name| request.headers().contains_key(**name))
-            {
+            if let Some(header) = header_method_override(request.headers()) {
                 note(
                     &self.notes,
                     &target,
@@ -498,21 +495,47 @@ const METHOD_OVERRIDES: [&str; 4] = [
     "x-original-method",
 ];
 
+/// The first header of `headers` in [`METHOD_OVERRIDES`], by that name
+/// (the guest's spelling is not echoed). The `http` crate lowercases
+/// names; `_` counts as `-`, as CGI, Rack and PHP-FPM see them
+/// (`X_HTTP_METHOD_OVERRIDE` reaches an application as
+/// `HTTP_X_HTTP_METHOD_OVERRIDE`, like the dashed name).
+fn header_method_override(headers: &http::HeaderMap) -> Option<&'static str> {
+    headers.keys().find_map(|name| {
+        let name = name.as_str().replace('_', "-");
+        METHOD_OVERRIDES.iter().find(|o| **o == name).copied()
+    })
+}
+
 /// Query parameters asking a server to take a request for another method
-/// (`?_method=DELETE`, honoured by Rails, Laravel, Symfony and Express's
-/// method-override, mostly on POST — refused on any method, compared
-/// without case after percent-decoding, as servers decode them).
+/// (`?_method=DELETE`). The frameworks known to read one (Rails, Laravel,
+/// Symfony, Express's method-override) honour it on POST only, which
+/// read-only mode refuses anyway: this is defence in depth against an
+/// application that reads it on a GET, refused on any method.
 const QUERY_METHOD_OVERRIDES: [&str; 3] = ["_method", "x-http-method-override", "x-method-override"];
 
 /// The first parameter of `uri`'s query that asks for another method (by
 /// its name in [`QUERY_METHOD_OVERRIDES`]: the guest's spelling is not
-/// echoed).
+/// echoed). Names are read as servers read them: split at `&` and `;`,
+/// percent-decoded, `+` a space; compared without case or surrounding
+/// spaces, with PHP's renaming (`.`, a space and an unclosed `[` become
+/// `_`) and an array suffix (`_method[]`, `_method[0]`) cut.
 fn query_method_override(uri: &http::Uri) -> Option<&'static str> {
     let query = uri.query()?;
-    form_urlencoded::parse(query.as_bytes()).find_map(|(name, _)| {
+    query.split([';', '&']).find_map(|pair| {
+        let (name, _) = form_urlencoded::parse(pair.as_bytes()).next()?;
+        let name = name.trim();
+        let name = match name.find('[') {
+            Some(open) if name[open..].contains(']') => &name[..open],
+            _ => name,
+        };
+        let name: String = name
+            .chars()
+            .map(|c| if matches!(c, '.' | ' ' | '[') { '_' } else { c })
+            .collect();
         QUERY_METHOD_OVERRIDES
             .iter()
-            .find(|o| name.trim().eq_ignore_ascii_case(o))
+            .find(|o| name.eq_ignore_ascii_case(o))
             .copied()
     })
 }
@@ -534,6 +557,24 @@ mod tests {
     }
 
     #[test]
+    fn a_method_override_header_is_found_with_underscores_too() {
+        let found = |name: &str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert("accept", http::HeaderValue::from_static("*/*"));
+            headers.insert(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                http::HeaderValue::from_static("DELETE"),
+            );
+            header_method_override(&headers)
+        };
+        assert_eq!(found("X-HTTP-Method-Override"), Some("x-http-method-override"));
+        assert_eq!(found("X_HTTP_METHOD_OVERRIDE"), Some("x-http-method-override"));
+        assert_eq!(found("x-original_method"), Some("x-original-method"));
+        assert_eq!(found("x-http-method-overrides"), None);
+        assert_eq!(found("x-method"), None);
+    }
+
+    #[test]
     fn a_method_override_in_the_query_is_found_however_spelled() {
         let found = |uri: &str| query_method_override(&uri.parse::<http::Uri>().unwrap());
         assert_eq!(found("http://a.example/x?_method=DELETE"), Some("_method"));
@@ -545,6 +586,12 @@ mod tests {
             found("http://a.example/x?X-HTTP-Method-Override=PATCH"),
             Some("x-http-method-override")
         );
+        // Split at `;` too; array suffixes and PHP's renaming.
+        assert_eq!(found("http://a.example/x?a=1;_method=DELETE"), Some("_method"));
+        assert_eq!(found("http://a.example/x?_method[]=DELETE"), Some("_method"));
+        assert_eq!(found("http://a.example/x?_method%5B0%5D=DELETE"), Some("_method"));
+        assert_eq!(found("http://a.example/x?.method=DELETE"), Some("_method"));
+        assert_eq!(found("http://a.example/x?[method=DELETE"), Some("_method"));
         assert_eq!(found("http://a.example/x?q=_method"), None);
         assert_eq!(found("http://a.example/x?method=DELETE"), None);
         assert_eq!(found("http://a.example/_method"), None);
