@@ -17,7 +17,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // durable such as /var/lib/airlock.
     let data = tempfile_dir("airlock-embed-data")?;
 
-    let host = Host::new(HostConfig::default().cache_dir(cache).data_dir(&data))?;
+    let mut config = HostConfig::default().cache_dir(cache).data_dir(&data);
+    // Where plugins are loaded from: no plugin's `files` grant may reach it.
+    if let Some(plugins) = std::path::Path::new(&plugin_dir).parent() {
+        config = config.plugins_dir(plugins);
+    }
+    let host = Host::new(config)?;
     let plugin = host.load_plugin(&plugin_dir).await?;
     println!(
         "loaded {} {} ({:?})",

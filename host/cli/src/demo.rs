@@ -1096,7 +1096,9 @@ async fn hot_reload(demo: &mut Demo<'_>, settings: &Settings) -> anyhow::Result<
         }
     }
     let host = Arc::new(Host::new(
-        HostConfig::default().cache_dir(&settings.cache_dir),
+        HostConfig::default()
+            .cache_dir(&settings.cache_dir)
+            .plugins_dir(&plugins),
     )?);
     let server = McpServer::new(Arc::clone(&host), ServeOptions::default());
     server.reload(&plugins).await?;

@@ -37,7 +37,11 @@
 //! use airlock_mcp::{McpServer, ServeOptions};
 //!
 //! # async fn run() -> Result<(), airlock_mcp::Error> {
-//! let host = Arc::new(Host::new(HostConfig::default().data_dir("/var/lib/airlock"))?);
+//! let config = HostConfig::default()
+//!     .data_dir("/var/lib/airlock")
+//!     // No plugin's `files` grant may reach it, even while it is empty.
+//!     .plugins_dir("/var/lib/airlock/plugins");
+//! let host = Arc::new(Host::new(config)?);
 //! let server = McpServer::new(host, ServeOptions::default());
 //! // Load the plugins, then keep watching the directory while serving.
 //! let report = server.reload("/var/lib/airlock/plugins".as_ref()).await?;

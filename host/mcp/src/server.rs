@@ -286,6 +286,9 @@ impl McpServer {
         // After the first look, every change is on the audit log's record.
         let serving = state.scanned;
         state.scanned = true;
+        if !serving {
+            host.warn_unless_configured(dir);
+        }
         // Gone: unload. Changed: replaced below, the version loaded
         // serving until the new one is ready.
         let stale: Vec<PathBuf> = state

@@ -1033,6 +1033,16 @@ impl Host {
         self.take_out(&mut self.plugins.write(), name)
     }
 
+    /// Log a warning when plugins are loaded from `dir` and it is not in
+    /// [`HostConfig::plugins_dirs`]: until a plugin of it loads, a `files`
+    /// grant of another plugin may reach it.
+    pub fn warn_unless_configured(&self, dir: &Path) {
+        let resolved = absolute(dir);
+        if !self.served.reserved().plugins_dirs.contains(&resolved) {
+            tracing::warn!(dir = %dir.display(), "plugins directory not in HostConfig::plugins_dirs: until a plugin of it loads, a files grant may reach it");
+        }
+    }
+
     /// Load every plugin in `dir`: each subdirectory holding a `plugin.toml`
     /// ([`is_plugin_dir`]: hidden ones are not).
     /// A plugin that fails to load is reported in
@@ -1045,15 +1055,7 @@ impl Host {
     /// [`Error::Io`] if `dir` cannot be read.
     pub async fn load_plugins_dir(&self, dir: impl AsRef<Path>) -> LoadResult<LoadReport> {
         let dir = dir.as_ref();
-        let configured = absolute(dir);
-        if !self
-            .config
-            .plugins_dirs
-            .iter()
-            .any(|d| absolute(d) == configured)
-        {
-            tracing::warn!(dir = %dir.display(), "plugins directory not in HostConfig::plugins_dirs: until a plugin of it loads, a files grant may reach it");
-        }
+        self.warn_unless_configured(dir);
         let entries = std::fs::read_dir(dir).map_err(|e| LoadError::io(dir, e))?;
         let mut dirs = Vec::new();
         for entry in entries {

@@ -40,7 +40,8 @@
 //! # async fn run() -> Result<(), airlock_host::Error> {
 //! let config = HostConfig::default()
 //!     .data_dir("/var/lib/airlock") // audit log and workspace store
-//!     .cache_dir("/var/cache/airlock");
+//!     .cache_dir("/var/cache/airlock")
+//!     .plugins_dir("plugins"); // no plugin's `files` grant may reach it
 //! let host = Host::new(config)?;
 //! host.load_plugin("plugins/text").await?;
 //! let response = host
