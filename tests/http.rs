@@ -790,6 +790,68 @@ async fn http_in_read_only_mode_sends_no_body_and_no_method_override() {
 // ---------------------------------------------------------------- limits
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_request_body_over_the_size_cap_is_not_sent() {
+    let server = TestServer::start().await;
+    let policy = Policy {
+        http_max_request_kb: Some(1),
+        ..loopback_allowed()
+    };
+    let dir = client(&[&server.origin()]);
+    let host = load(&dir, policy).await.unwrap();
+    let authority = format!("127.0.0.1:{}", server.port);
+    let send = |extra: Value| {
+        let mut args =
+            json!({"scheme": "http", "authority": authority, "path": "/hello", "method": "POST"});
+        args.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let host = &host;
+        async move {
+            let response = call(host, "client/request", args).await.unwrap();
+            let outcome = response.output["outcomes"][0].as_str().unwrap().to_owned();
+            (outcome, response.host_notes)
+        }
+    };
+    // Within the cap (1 KiB): sent.
+    let small = "s".repeat(1024);
+    let (outcome, _) = send(json!({"headers": [["content-length", "1024"]], "body": small})).await;
+    assert_eq!(outcome, "status 200, 26 bytes; body sent");
+    // Declared over it: refused before anything is sent.
+    let large = "L".repeat(3000);
+    let (outcome, notes) =
+        send(json!({"headers": [["content-length", "3000"]], "body": large.clone()})).await;
+    assert!(
+        outcome.starts_with("error: ErrorCode::HttpRequestBodySize(Some(1024))"),
+        "{outcome}"
+    );
+    assert!(
+        notes
+            .iter()
+            .any(|n| n.contains("3000 bytes") && n.contains("http_max_request_kb")),
+        "{notes:?}"
+    );
+    // Streamed without a length: cut off past the cap, the request fails.
+    let (outcome, notes) = send(json!({"body": large})).await;
+    assert!(outcome.starts_with("error: "), "{outcome}");
+    assert!(
+        notes.iter().any(|n| n.contains(
+            "stopped: the request body is larger than the limit of 1024 bytes (http_max_request_kb)"
+        )),
+        "{outcome}: {notes:?}"
+    );
+    // The declared one never reached the server; the streamed one's head
+    // did, and none of its body (its first chunk was already past the
+    // cap: no chunk that would cross it is sent).
+    let received = server.received();
+    assert_eq!(received.len(), 2, "{received:?}");
+    assert!(received[0].ends_with(&small), "{received:?}");
+    assert!(
+        received[1].contains("transfer-encoding: chunked") && !received[1].contains('L'),
+        "{received:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_response_over_the_size_cap_is_cut_off() {
     let server = TestServer::start().await;
     let policy = Policy {

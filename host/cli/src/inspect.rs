@@ -202,6 +202,7 @@ pub(crate) fn render(r: &InspectReport) -> String {
         for (name, limit) in [
             ("max_requests", h.limits.max_requests),
             ("max_response_kb", h.limits.max_response_kb),
+            ("max_request_kb", h.limits.max_request_kb),
             ("connect_timeout_ms", h.limits.connect_timeout_ms),
             ("first_byte_timeout_ms", h.limits.first_byte_timeout_ms),
         ] {

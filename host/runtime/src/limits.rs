@@ -84,6 +84,12 @@ pub(crate) const DEFAULT_HTTP_MAX_REQUESTS: u64 = 16;
 /// `HTTP-response-body-size`. Bodies are streamed to the guest, never
 /// buffered whole by the host.
 pub(crate) const DEFAULT_HTTP_MAX_RESPONSE_KB: u64 = 1024;
+/// Default cap on one HTTP request body, in KiB: a declared
+/// `content-length` over it is refused before anything is sent, and a
+/// body streamed without one is cut off past it
+/// (`HTTP-request-body-size`). What a plugin can send its granted origins
+/// in one request is bounded, not only by the call's deadline.
+pub(crate) const DEFAULT_HTTP_MAX_REQUEST_KB: u64 = 1024;
 /// Default time allowed to resolve, connect and finish the TLS handshake for
 /// one request. Always cut short by the call's deadline.
 pub(crate) const DEFAULT_HTTP_CONNECT_TIMEOUT_MS: u64 = 5_000;
@@ -275,7 +281,7 @@ impl Limits {
 
 /// The limits on a plugin's outgoing HTTP requests (`http` capability). The
 /// manifest cannot set them; the operator's policy can (`http_max_requests`,
-/// `http_max_response_kb`, `http_connect_timeout_ms`,
+/// `http_max_response_kb`, `http_max_request_kb`, `http_connect_timeout_ms`,
 /// `http_first_byte_timeout_ms`), otherwise the defaults above apply.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct HttpLimits {
@@ -283,6 +289,8 @@ pub struct HttpLimits {
     pub max_requests: Limit,
     /// Response body size, in KiB.
     pub max_response_kb: Limit,
+    /// Request body size, in KiB.
+    pub max_request_kb: Limit,
     /// Resolve + connect + TLS handshake, in milliseconds.
     pub connect_timeout_ms: Limit,
     /// Wait for the response head and between body chunks, in milliseconds.
@@ -294,6 +302,7 @@ impl HttpLimits {
     pub fn resolve(
         max_requests: Option<u64>,
         max_response_kb: Option<u64>,
+        max_request_kb: Option<u64>,
         connect_timeout_ms: Option<u64>,
         first_byte_timeout_ms: Option<u64>,
     ) -> HttpLimits {
@@ -301,6 +310,7 @@ impl HttpLimits {
         HttpLimits {
             max_requests: pick(max_requests, DEFAULT_HTTP_MAX_REQUESTS),
             max_response_kb: pick(max_response_kb, DEFAULT_HTTP_MAX_RESPONSE_KB),
+            max_request_kb: pick(max_request_kb, DEFAULT_HTTP_MAX_REQUEST_KB),
             connect_timeout_ms: pick(connect_timeout_ms, DEFAULT_HTTP_CONNECT_TIMEOUT_MS),
             first_byte_timeout_ms: pick(first_byte_timeout_ms, DEFAULT_HTTP_FIRST_BYTE_TIMEOUT_MS),
         }
@@ -309,6 +319,11 @@ impl HttpLimits {
     /// Response body cap in bytes.
     pub fn max_response_bytes(&self) -> u64 {
         self.max_response_kb.value.saturating_mul(1024)
+    }
+
+    /// Request body cap in bytes.
+    pub fn max_request_bytes(&self) -> u64 {
+        self.max_request_kb.value.saturating_mul(1024)
     }
 
     /// Connect timeout.

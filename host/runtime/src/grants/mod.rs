@@ -327,6 +327,9 @@ pub struct Policy {
     /// 1024).
     #[serde(default)]
     pub http_max_response_kb: Option<u64>,
+    /// Largest HTTP request body, in KiB (default 1024).
+    #[serde(default)]
+    pub http_max_request_kb: Option<u64>,
     /// Resolve + connect + TLS time per request, in milliseconds (default
     /// 5000).
     #[serde(default)]

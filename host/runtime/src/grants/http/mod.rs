@@ -31,7 +31,9 @@
 //! 5. connects to the vetted address itself (never resolving the name a
 //!    second time, so the answer cannot change in between), does TLS with
 //!    the origin's name for `https`, and speaks HTTP/1.1;
-//! 6. caps the response body and bounds every wait by the call's deadline.
+//! 6. caps the request body (`http_max_request_kb`: a larger
+//!    `content-length` is refused, a streamed body cut off) and the
+//!    response body, and bounds every wait by the call's deadline.
 //!
 //! Every refusal is returned to the guest as a `wasi:http` error code *and*
 //! logged on the host (`tracing` target `airlock::http`, and the call's log).
@@ -122,6 +124,7 @@ pub(super) fn resolve(
         limits: HttpLimits::resolve(
             policy.http_max_requests,
             policy.http_max_response_kb,
+            policy.http_max_request_kb,
             policy.http_connect_timeout_ms,
             policy.http_first_byte_timeout_ms,
         ),
@@ -165,6 +168,7 @@ impl Factor for Http {
         super::at_least_one(&[
             ("http_max_requests", policy.http_max_requests),
             ("http_max_response_kb", policy.http_max_response_kb),
+            ("http_max_request_kb", policy.http_max_request_kb),
             ("http_connect_timeout_ms", policy.http_connect_timeout_ms),
             (
                 "http_first_byte_timeout_ms",
@@ -467,6 +471,25 @@ impl WasiHttpHooks for HttpHooks {
             );
             return refused(E::HttpRequestDenied);
         }
+        let limit = grant.limits.max_request_bytes();
+        if let Some(declared) = request
+            .headers()
+            .get_all(http::header::CONTENT_LENGTH)
+            .iter()
+            .filter_map(|v| std::str::from_utf8(v.as_bytes()).ok()?.trim().parse::<u64>().ok())
+            .find(|length| *length > limit)
+        {
+            note(
+                &self.notes,
+                &target,
+                format!(
+                    "refused: a request body of {declared} bytes (content-length), over the limit of {limit} bytes (http_max_request_kb)"
+                ),
+            );
+            return refused(E::HttpRequestBodySize(Some(limit)));
+        }
+        let body = std::mem::replace(request.body_mut(), empty_body());
+        *request.body_mut() = capped_request_body(body, limit, Arc::clone(&self.notes), &target);
         let plan = sender::Plan::new(
             origin,
             grant,
@@ -538,6 +561,32 @@ fn query_method_override(uri: &http::Uri) -> Option<&'static str> {
             .find(|o| name.eq_ignore_ascii_case(o))
             .copied()
     })
+}
+
+/// `body`, failing with `HTTP-request-body-size` (and a note) at the
+/// chunk that would take it past `limit` bytes, which is not sent: hyper
+/// then abandons the request.
+fn capped_request_body(body: WasiBody, limit: u64, notes: Notes, target: &str) -> WasiBody {
+    use http_body_util::BodyExt;
+    use wasmtime_wasi_http::Error as E;
+    let target = target.to_owned();
+    let cap = usize::try_from(limit).unwrap_or(usize::MAX);
+    http_body_util::Limited::new(body, cap)
+        .map_err(move |error| match error.downcast::<E>() {
+            // The guest's own body error, passed on.
+            Ok(error) => *error,
+            Err(_) => {
+                note(
+                    &notes,
+                    &target,
+                    format!(
+                        "stopped: the request body is larger than the limit of {limit} bytes (http_max_request_kb)"
+                    ),
+                );
+                E::HttpRequestBodySize(Some(limit))
+            }
+        })
+        .boxed_unsync()
 }
 
 /// A request body with nothing in it.
