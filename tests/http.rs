@@ -832,7 +832,10 @@ async fn http_request_body_over_the_size_cap_is_not_sent() {
     );
     // Streamed without a length: cut off past the cap, the request fails.
     let (outcome, notes) = send(json!({"body": large})).await;
-    assert!(outcome.starts_with("error: "), "{outcome}");
+    assert!(
+        outcome.starts_with("error: ErrorCode::HttpRequestBodySize(Some(1024))"),
+        "{outcome}"
+    );
     assert!(
         notes.iter().any(|n| n.contains(
             "stopped: the request body is larger than the limit of 1024 bytes (http_max_request_kb)"

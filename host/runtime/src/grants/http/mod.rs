@@ -472,20 +472,21 @@ impl WasiHttpHooks for HttpHooks {
             return refused(E::HttpRequestDenied);
         }
         let limit = grant.limits.max_request_bytes();
-        if let Some(declared) = request
-            .headers()
-            .get_all(http::header::CONTENT_LENGTH)
-            .iter()
-            .filter_map(|v| std::str::from_utf8(v.as_bytes()).ok()?.trim().parse::<u64>().ok())
-            .find(|length| *length > limit)
-        {
-            note(
-                &self.notes,
-                &target,
-                format!(
+        for length in request.headers().get_all(http::header::CONTENT_LENGTH) {
+            // (wasi-http takes only digits and one such header; refused
+            // here too, not skipped, should that ever change.)
+            let declared = std::str::from_utf8(length.as_bytes())
+                .ok()
+                .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()))
+                .and_then(|t| t.parse::<u64>().ok());
+            let why = match declared {
+                Some(declared) if declared <= limit => continue,
+                Some(declared) => format!(
                     "refused: a request body of {declared} bytes (content-length), over the limit of {limit} bytes (http_max_request_kb)"
                 ),
-            );
+                None => "refused: a content-length that is not a number of bytes".to_owned(),
+            };
+            note(&self.notes, &target, why);
             return refused(E::HttpRequestBodySize(Some(limit)));
         }
         let body = std::mem::replace(request.body_mut(), empty_body());

@@ -29,6 +29,20 @@ pub(super) fn redacted_uri(uri: &Uri) -> String {
     format!("{scheme}://{authority}{}{query}", uri.path())
 }
 
+/// A hyper error as the guest's error code: the request body's own cap
+/// (`super::capped_request_body`), which hyper wraps as a body error,
+/// is passed on as itself, not as a protocol error.
+fn from_hyper(error: hyper::Error) -> E {
+    let mut cause = std::error::Error::source(&error);
+    while let Some(inner) = cause {
+        if let Some(E::HttpRequestBodySize(size)) = inner.downcast_ref::<E>() {
+            return E::HttpRequestBodySize(*size);
+        }
+        cause = inner.source();
+    }
+    E::from(error)
+}
+
 /// The origin a request goes to, by the same rules as the manifest's.
 pub(super) fn request_origin(uri: &Uri) -> Result<Origin, String> {
     let scheme = uri
@@ -171,11 +185,11 @@ pub(super) async fn send(
         tokio::pin!(response);
         loop {
             tokio::select! {
-                head = &mut response => break head.map_err(E::from),
+                head = &mut response => break head.map_err(from_hyper),
                 ended = &mut connection, if !connection_done => {
                     connection_done = true;
                     if let Err(e) = ended {
-                        break Err(E::from(e));
+                        break Err(from_hyper(e));
                     }
                 }
             }
