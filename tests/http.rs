@@ -842,14 +842,17 @@ async fn http_request_body_over_the_size_cap_is_not_sent() {
         )),
         "{outcome}: {notes:?}"
     );
-    // The declared one never reached the server; the streamed one's head
-    // did, and none of its body (its first chunk was already past the
-    // cap: no chunk that would cross it is sent).
+    // The declared one never reached the server; of the streamed one, at
+    // most its head did (whether hyper flushed it before the body failed
+    // is timing), and none of its body: its first chunk was already past
+    // the cap, and no chunk that would cross it is sent.
     let received = server.received();
-    assert_eq!(received.len(), 2, "{received:?}");
-    assert!(received[0].ends_with(&small), "{received:?}");
     assert!(
-        received[1].contains("transfer-encoding: chunked") && !received[1].contains('L'),
+        (1..=2).contains(&received.len()) && received[0].ends_with(&small),
+        "{received:?}"
+    );
+    assert!(
+        received[1..].iter().all(|r| !r.contains('L')),
         "{received:?}"
     );
 }
