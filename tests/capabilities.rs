@@ -465,6 +465,172 @@ async fn a_writable_grant_beside_the_plugins_is_refused_whichever_loads_first() 
     }
 }
 
+/// Set in the copy of this test binary that runs in a private mount
+/// namespace.
+const IN_MOUNT_NAMESPACE: &str = "AIRLOCK_TEST_IN_MOUNT_NAMESPACE";
+
+/// A bind mount shows a directory at a second path, which no path
+/// comparison relates to the first: a grant of the data directory's
+/// alias is a grant of the data directory. The host places paths by the
+/// mount table, and refuses such grants as it refuses the paths
+/// themselves. The mounts are made in a private mount namespace (this test
+/// again, in a child process under `unshare`), so none outlives the test.
+#[test]
+fn grants_reaching_protected_directories_through_bind_mounts_are_refused() {
+    const NAME: &str = "grants_reaching_protected_directories_through_bind_mounts_are_refused";
+    if std::env::var_os(IN_MOUNT_NAMESPACE).is_some() {
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(bind_mount_aliases_in_this_namespace());
+        return;
+    }
+    // As root, a mount namespace; otherwise one inside a user namespace.
+    let ways: [&[&str]; 2] = [
+        &["--mount", "--propagation", "private"],
+        &[
+            "--user",
+            "--map-root-user",
+            "--mount",
+            "--propagation",
+            "private",
+        ],
+    ];
+    let Some(way) = ways.iter().find(|way| {
+        std::process::Command::new("unshare")
+            .args(**way)
+            .args(["--", "true"])
+            .output()
+            .is_ok_and(|out| out.status.success())
+    }) else {
+        eprintln!(
+            "skipped: `unshare` cannot make a mount namespace here (neither as root nor in a user namespace)"
+        );
+        return;
+    };
+    let out = std::process::Command::new("unshare")
+        .args(*way)
+        .arg("--")
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", NAME, "--nocapture", "--test-threads=1"])
+        .env(IN_MOUNT_NAMESPACE, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    // It ran (a filter that matched nothing would pass too).
+    assert!(stdout.contains("1 passed"), "{stdout}\n{stderr}");
+}
+
+async fn bind_mount_aliases_in_this_namespace() {
+    let root = tempfile::tempdir().unwrap();
+    let root = root.path().canonicalize().unwrap();
+    for sub in [
+        "data/inner",
+        "plugins",
+        "other",
+        "plain",
+        "alias-data",
+        "alias-inner",
+        "alias-plugins",
+        "alias-other",
+    ] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    let bind = |from: &str, to: &str| {
+        let out = std::process::Command::new("mount")
+            .arg("--bind")
+            .arg(root.join(from))
+            .arg(root.join(to))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    };
+    bind("data", "alias-data");
+    bind("data/inner", "alias-inner");
+    bind("plugins", "alias-plugins");
+    bind("other", "alias-other");
+    std::fs::create_dir_all(root.join("plugins/scratch")).unwrap();
+
+    let host = || {
+        Host::new(
+            HostConfig::default()
+                .policy(Policy {
+                    files_root: Some(root.clone()),
+                    ..Policy::default()
+                })
+                .data_dir(root.join("data"))
+                .plugins_dir(root.join("plugins")),
+        )
+        .unwrap()
+    };
+    let granting = |grant: &str, access: &str| {
+        install(
+            "w",
+            &read(PROBE),
+            &format!(
+                "[capabilities]\nclocks = true\nrandom = true\nfiles = [{{ host = \"{grant}\", guest = \"/w\", access = \"{access}\" }}]\n{}",
+                tools(PROBE_TOOLS)
+            ),
+        )
+    };
+    for (grant, access, says) in [
+        ("alias-data", "read-only", "the host's own store"),
+        ("alias-inner", "read-only", "the host's own store"),
+        (
+            "alias-plugins",
+            "read-only",
+            "contains the plugin directory",
+        ),
+        (
+            "alias-plugins/scratch",
+            "read-write",
+            "where plugins are loaded from",
+        ),
+    ] {
+        let dir = granting(grant, access);
+        let err = host().load_plugin(dir.path()).await.unwrap_err();
+        assert_eq!(err.kind(), "capability_denied", "{grant}: {err}");
+        let message = err.to_string();
+        assert!(message.contains(says), "{grant}: {message}");
+        assert!(message.contains("through a mount"), "{grant}: {message}");
+    }
+    // Two plugins' grants of one directory, one of them through an alias
+    // and read-write.
+    let both = host();
+    both.load_plugin(granting("other", "read-only").path())
+        .await
+        .unwrap();
+    let second = install(
+        "v",
+        &read(PROBE),
+        &format!(
+            "[capabilities]\nclocks = true\nrandom = true\nfiles = [{{ host = \"alias-other\", guest = \"/v\", access = \"read-write\" }}]\n{}",
+            tools(PROBE_TOOLS)
+        ),
+    );
+    let err = both.load_plugin(second.path()).await.unwrap_err();
+    assert!(err.to_string().contains("granted to plugin `w`"), "{err}");
+    drop(both);
+    // An alias of nothing protected is a directory like any other, and a
+    // plain directory loads as before.
+    for grant in ["alias-other", "plain"] {
+        let h = host();
+        h.load_plugin(granting(grant, "read-write").path())
+            .await
+            .unwrap();
+        let out = call(
+            &h,
+            "w/write-file",
+            json!({"path": "/w/note.txt", "content": "written"}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(out["done"], true, "{out}");
+    }
+    assert!(root.join("other/note.txt").is_file());
+}
+
 #[tokio::test]
 async fn policy_can_forbid_a_capability() {
     let dir = probe("files = [{ host = \"data\", guest = \"/data\", access = \"read-only\" }]");

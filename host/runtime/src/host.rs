@@ -398,6 +398,17 @@ pub(crate) fn check_files_grants<'a>(
     loaded: impl Iterator<Item = &'a Plugin> + Clone,
 ) -> LoadResult<()> {
     let stores = &reserved.stores;
+    // The mount table, read only where a files grant is to be checked.
+    let layout =
+        if plugin.grant().files.is_empty() && loaded.clone().all(|p| p.grant().files.is_empty()) {
+            crate::grants::Layout::default()
+        } else {
+            crate::grants::Layout::read().map_err(|e| LoadError::CapabilityDenied {
+                plugin: plugin.name().to_owned(),
+                capability: "capabilities.files".to_owned(),
+                reason: crate::grants::mount_table_unread(&e),
+            })?
+        };
     let mut plugin_dirs = reserved.plugins_dirs.clone();
     let mut loaded_from = reserved.plugins_dirs.clone();
     let dirs: Vec<&Path> = loaded.clone().map(Plugin::dir).collect();
@@ -416,6 +427,7 @@ pub(crate) fn check_files_grants<'a>(
             stores,
             plugin_dirs: &plugin_dirs,
             loaded_from: &loaded_from,
+            layout: &layout,
         },
         loaded
             .clone()
@@ -430,28 +442,31 @@ pub(crate) fn check_files_grants<'a>(
     for other in loaded.filter(|p| p.name() != plugin.name()) {
         for files in &other.grant().files {
             if files.access == crate::manifest::FileAccess::ReadWrite
-                && files.host.parent().is_some_and(|p| Some(p) == dir.parent())
+                && let (Some(granted_in), Some(loaded_in)) = (files.host.parent(), dir.parent())
+                && layout.same(granted_in, loaded_in)
             {
                 return Err(LoadError::CapabilityDenied {
                     plugin: plugin.name().to_owned(),
                     capability: "capabilities.files".to_owned(),
                     reason: format!(
-                        "plugin `{}` may write {}, beside the plugin directory {}: where plugins are loaded from, what it writes would load as a plugin",
+                        "plugin `{}` may write {}, beside the plugin directory {}{}: where plugins are loaded from, what it writes would load as a plugin",
                         other.name(),
                         files.host.display(),
-                        dir.display()
+                        dir.display(),
+                        crate::grants::through_a_mount(granted_in, loaded_in)
                     ),
                 });
             }
-            if dir.starts_with(&files.host) {
+            if layout.contains(&files.host, &dir) {
                 return Err(LoadError::CapabilityDenied {
                     plugin: plugin.name().to_owned(),
                     capability: "capabilities.files".to_owned(),
                     reason: format!(
-                        "the plugin directory {} lies inside {}, granted to plugin `{}`",
+                        "the plugin directory {} lies inside {}, granted to plugin `{}`{}",
                         dir.display(),
                         files.host.display(),
-                        other.name()
+                        other.name(),
+                        crate::grants::through_a_mount(&files.host, &dir)
                     ),
                 });
             }

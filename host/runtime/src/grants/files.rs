@@ -26,7 +26,10 @@
 //!    a plugins directory (what a plugin wrote there would load as a
 //!    plugin); two grants (of one plugin or of two) may not overlap unless
 //!    both are read-only. So no plugin can write where a manifest, a
-//!    component or another grant lives, or add a plugin.
+//!    component or another grant lives, or add a plugin. Paths are
+//!    compared as written and by their place in the mount table
+//!    ([`Layout`](super::mounts::Layout)): a bind mount showing a protected
+//!    directory at another path does not hide it.
 //!
 //! Inside the guest, cap-std confines every access to the preopened
 //! directory (`..`, absolute paths and symlinks pointing outside are
@@ -46,6 +49,7 @@ use wasmtime_wasi::FsPerms;
 use wasmtime_wasi::filesystem::{WasiFilesystem, WasiFilesystemView as _};
 use wasmtime_wasi::p2::bindings::filesystem;
 
+use super::mounts::Layout;
 use super::{CallSetup, EffectiveGrant, Factor, Policy, Resolve};
 use crate::error::{LoadError as Error, LoadResult as Result};
 use crate::manifest::{Capabilities, FileAccess, FileGrant};
@@ -193,9 +197,9 @@ impl ResolvedFiles {
     }
 
     /// Whether this grant and `other` share any directory (one contains the
-    /// other, or they are the same).
-    pub(crate) fn overlaps(&self, other: &Path) -> bool {
-        self.host.starts_with(other) || other.starts_with(&self.host)
+    /// other, or they are the same), by path or through a mount.
+    pub(crate) fn overlaps(&self, other: &Path, layout: &Layout) -> bool {
+        layout.overlaps(&self.host, other)
     }
 }
 
@@ -223,6 +227,7 @@ fn resolve(
     let root = root
         .canonicalize()
         .map_err(|e| deny(format!("files root {} is not usable: {e}", root.display())))?;
+    let layout = Layout::read().map_err(|e| deny(mount_table_unread(&e)))?;
     for grant in grants {
         let wanted = Path::new(&grant.host);
         if wanted.is_absolute() {
@@ -272,13 +277,14 @@ fn resolve(
             handle: DirHandle(Arc::new(handle)),
         };
         if let Some(other) = resolved.iter().find(|o| {
-            o.overlaps(&files.host)
+            o.overlaps(&files.host, &layout)
                 && (o.access == FileAccess::ReadWrite || files.access == FileAccess::ReadWrite)
         }) {
             return Err(deny(format!(
-                "host paths {} and {} overlap and one is read-write",
+                "host paths {} and {} overlap{} and one is read-write",
                 other.host.display(),
-                files.host.display()
+                files.host.display(),
+                through_a_mount(&other.host, &files.host)
             )));
         }
         resolved.push(files);
@@ -314,6 +320,23 @@ fn open_dir(_: &Path) -> std::result::Result<File, String> {
     Err("cannot be opened by descriptor on this system".to_owned())
 }
 
+/// What to add to a refusal where `a` and `b` meet only through a mount
+/// (their paths alone do not).
+pub(crate) fn through_a_mount(a: &Path, b: &Path) -> &'static str {
+    if a.starts_with(b) || b.starts_with(a) {
+        ""
+    } else {
+        " (the same directories, seen through a mount)"
+    }
+}
+
+/// Why grants cannot be checked without the mount table.
+pub(crate) fn mount_table_unread(why: &str) -> String {
+    format!(
+        "{why}; files grants are checked against it (a bind mount can show a protected directory at another path)"
+    )
+}
+
 /// What a host protects from every `files` grant.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Protected<'a> {
@@ -327,6 +350,8 @@ pub(crate) struct Protected<'a> {
     /// read-write grant may be a directory in one, where what a plugin
     /// wrote would be loaded as a plugin of its own.
     pub(crate) loaded_from: &'a [PathBuf],
+    /// The mount table, to see the paths above through bind mounts.
+    pub(crate) layout: &'a Layout,
 }
 
 /// Check a loading plugin's grants against what the host protects and the
@@ -346,44 +371,52 @@ pub(crate) fn check_overlaps<'a>(
         reason,
     };
     for files in grants {
+        let layout = protected.layout;
         for store in protected.stores {
-            if files.overlaps(store) {
+            if files.overlaps(store, layout) {
                 return Err(deny(format!(
-                    "host path {} overlaps the host's own store {}",
+                    "host path {} overlaps the host's own store {}{}",
                     files.host.display(),
-                    store.display()
+                    store.display(),
+                    through_a_mount(&files.host, store)
                 )));
             }
         }
         for dir in protected.plugin_dirs {
-            if dir.starts_with(&files.host) {
+            if layout.contains(&files.host, dir) {
                 return Err(deny(format!(
-                    "host path {} contains the plugin directory {}: a plugin may never reach a manifest or component",
+                    "host path {} contains the plugin directory {}{}: a plugin may never reach a manifest or component",
                     files.host.display(),
-                    dir.display()
+                    dir.display(),
+                    through_a_mount(&files.host, dir)
                 )));
             }
         }
         if files.access == FileAccess::ReadWrite
             && let Some(parent) = files.host.parent()
-            && protected.loaded_from.iter().any(|dir| dir == parent)
+            && let Some(dir) = protected
+                .loaded_from
+                .iter()
+                .find(|dir| layout.same(dir, parent))
         {
             return Err(deny(format!(
-                "host path {} is read-write and lies directly in {}, where plugins are loaded from: a manifest and component written there would be loaded as a plugin",
+                "host path {} is read-write and lies directly in {}{}, where plugins are loaded from: a manifest and component written there would be loaded as a plugin",
                 files.host.display(),
-                parent.display()
+                dir.display(),
+                through_a_mount(parent, dir)
             )));
         }
     }
     for (other_plugin, other) in others {
         for files in grants {
-            if files.overlaps(&other.host)
+            if files.overlaps(&other.host, protected.layout)
                 && (files.access == FileAccess::ReadWrite || other.access == FileAccess::ReadWrite)
             {
                 return Err(deny(format!(
-                    "host path {} overlaps {} granted to plugin `{other_plugin}`, and one of them is read-write",
+                    "host path {} overlaps {} granted to plugin `{other_plugin}`{}, and one of them is read-write",
                     files.host.display(),
-                    other.host.display()
+                    other.host.display(),
+                    through_a_mount(&files.host, &other.host)
                 )));
             }
         }
@@ -462,10 +495,12 @@ mod tests {
         let stores = [root.join("data")];
         let plugin_dirs = [root.join("plugins"), root.join("plugins/p")];
         let loaded_from = [root.join("plugins")];
+        let layout = Layout::read().unwrap();
         let protected = Protected {
             stores: &stores,
             plugin_dirs: &plugin_dirs,
             loaded_from: &loaded_from,
+            layout: &layout,
         };
         for (bad, why) in [
             ("plugins", "plugin directory"),
@@ -515,6 +550,7 @@ mod tests {
                 stores: &[],
                 plugin_dirs: &[],
                 loaded_from: &[],
+                layout: &layout,
             },
             other.iter().map(|o| ("q", o)),
         )

@@ -44,10 +44,15 @@ pub(crate) use self::http::{
 pub use self::http::{HttpGrant, HttpScheme, IpRange, Origin, OriginHost};
 mod files_quota;
 mod files_times;
+mod mounts;
 
 pub use files::ResolvedFiles;
-pub(crate) use files::{Protected as ProtectedPaths, check_overlaps as check_files_overlaps};
+pub(crate) use files::{
+    Protected as ProtectedPaths, check_overlaps as check_files_overlaps, mount_table_unread,
+    through_a_mount,
+};
 pub(crate) use files_quota::FilesBudget;
+pub(crate) use mounts::Layout;
 pub(crate) use workspace::{KeyOrder, WorkspaceScope};
 
 use crate::error::{LoadError as Error, LoadResult as Result};
