@@ -502,6 +502,11 @@ fn grants_reaching_protected_directories_through_bind_mounts_are_refused() {
             .output()
             .is_ok_and(|out| out.status.success())
     }) else {
+        // CI sets this: there the test must run.
+        assert!(
+            std::env::var_os("AIRLOCK_TEST_REQUIRE_NAMESPACES").is_none(),
+            "`unshare` cannot make a mount namespace here (neither as root nor in a user namespace)"
+        );
         eprintln!(
             "skipped: `unshare` cannot make a mount namespace here (neither as root nor in a user namespace)"
         );
@@ -523,13 +528,18 @@ fn grants_reaching_protected_directories_through_bind_mounts_are_refused() {
 }
 
 async fn bind_mount_aliases_in_this_namespace() {
-    let root = tempfile::tempdir().unwrap();
-    let root = root.path().canonicalize().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().canonicalize().unwrap();
     for sub in [
         "data/inner",
-        "plugins",
+        "plugins/scratch",
+        "plugins/x",
+        "unlisted/p",
+        "unlisted/x",
         "other",
         "plain",
+        "shelf/data",
+        "g",
         "alias-data",
         "alias-inner",
         "alias-plugins",
@@ -537,7 +547,18 @@ async fn bind_mount_aliases_in_this_namespace() {
     ] {
         std::fs::create_dir_all(root.join(sub)).unwrap();
     }
-    let bind = |from: &str, to: &str| {
+    // Unmounted (last first) before the directory is removed, however the
+    // test ends: removing would go through the mounts.
+    struct Mounted(Vec<std::path::PathBuf>);
+    impl Drop for Mounted {
+        fn drop(&mut self) {
+            for point in self.0.iter().rev() {
+                let _ = std::process::Command::new("umount").arg(point).status();
+            }
+        }
+    }
+    let mut mounted = Mounted(Vec::new());
+    let mut bind = |from: &str, to: &str| {
         let out = std::process::Command::new("mount")
             .arg("--bind")
             .arg(root.join(from))
@@ -545,28 +566,36 @@ async fn bind_mount_aliases_in_this_namespace() {
             .output()
             .unwrap();
         assert!(out.status.success(), "{out:?}");
+        mounted.0.push(root.join(to));
     };
     bind("data", "alias-data");
     bind("data/inner", "alias-inner");
     bind("plugins", "alias-plugins");
     bind("other", "alias-other");
-    std::fs::create_dir_all(root.join("plugins/scratch")).unwrap();
+    // The data directory shown inside an ordinary directory.
+    bind("data", "shelf/data");
+    // `g` shown in the configured plugins directory, and in a directory
+    // plugins are loaded from without it being configured.
+    bind("g", "plugins/x");
+    bind("g", "unlisted/x");
 
-    let host = || {
-        Host::new(
-            HostConfig::default()
-                .policy(Policy {
-                    files_root: Some(root.clone()),
-                    ..Policy::default()
-                })
-                .data_dir(root.join("data"))
-                .plugins_dir(root.join("plugins")),
-        )
-        .unwrap()
+    let config = |plugins_dir: bool| {
+        let config = HostConfig::default()
+            .policy(Policy {
+                files_root: Some(root.clone()),
+                ..Policy::default()
+            })
+            .data_dir(root.join("data"));
+        if plugins_dir {
+            config.plugins_dir(root.join("plugins"))
+        } else {
+            config
+        }
     };
-    let granting = |grant: &str, access: &str| {
+    let host = || Host::new(config(true)).unwrap();
+    let granting = |name: &str, grant: &str, access: &str| {
         install(
-            "w",
+            name,
             &read(PROBE),
             &format!(
                 "[capabilities]\nclocks = true\nrandom = true\nfiles = [{{ host = \"{grant}\", guest = \"/w\", access = \"{access}\" }}]\n{}",
@@ -577,6 +606,7 @@ async fn bind_mount_aliases_in_this_namespace() {
     for (grant, access, says) in [
         ("alias-data", "read-only", "the host's own store"),
         ("alias-inner", "read-only", "the host's own store"),
+        ("shelf", "read-only", "the host's own store"),
         (
             "alias-plugins",
             "read-only",
@@ -587,8 +617,9 @@ async fn bind_mount_aliases_in_this_namespace() {
             "read-write",
             "where plugins are loaded from",
         ),
+        ("g", "read-write", "where plugins are loaded from"),
     ] {
-        let dir = granting(grant, access);
+        let dir = granting("w", grant, access);
         let err = host().load_plugin(dir.path()).await.unwrap_err();
         assert_eq!(err.kind(), "capability_denied", "{grant}: {err}");
         let message = err.to_string();
@@ -598,25 +629,45 @@ async fn bind_mount_aliases_in_this_namespace() {
     // Two plugins' grants of one directory, one of them through an alias
     // and read-write.
     let both = host();
-    both.load_plugin(granting("other", "read-only").path())
+    both.load_plugin(granting("w", "other", "read-only").path())
         .await
         .unwrap();
-    let second = install(
-        "v",
-        &read(PROBE),
-        &format!(
-            "[capabilities]\nclocks = true\nrandom = true\nfiles = [{{ host = \"alias-other\", guest = \"/v\", access = \"read-write\" }}]\n{}",
-            tools(PROBE_TOOLS)
-        ),
-    );
+    let second = granting("v", "alias-other", "read-write");
     let err = both.load_plugin(second.path()).await.unwrap_err();
     assert!(err.to_string().contains("granted to plugin `w`"), "{err}");
     drop(both);
+    // The other side: a loaded plugin may write `g`, which a mount shows
+    // in `unlisted/`; a plugin loaded from `unlisted/` next is refused.
+    let unconfigured = Host::new(config(false)).unwrap();
+    unconfigured
+        .load_plugin(granting("w", "g", "read-write").path())
+        .await
+        .unwrap();
+    let made = install(
+        "p",
+        &read(PROBE),
+        &format!(
+            "[capabilities]\nclocks = true\nrandom = true\n{}",
+            tools(PROBE_TOOLS)
+        ),
+    );
+    for file in ["plugin.toml", "component.wasm"] {
+        std::fs::copy(made.path().join(file), root.join("unlisted/p").join(file)).unwrap();
+    }
+    let err = unconfigured
+        .load_plugin(root.join("unlisted/p"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), "capability_denied", "{err}");
+    let message = err.to_string();
+    assert!(message.contains("plugin `w` may write"), "{message}");
+    assert!(message.contains("through a mount"), "{message}");
+    drop(unconfigured);
     // An alias of nothing protected is a directory like any other, and a
     // plain directory loads as before.
     for grant in ["alias-other", "plain"] {
         let h = host();
-        h.load_plugin(granting(grant, "read-write").path())
+        h.load_plugin(granting("w", grant, "read-write").path())
             .await
             .unwrap();
         let out = call(
@@ -629,6 +680,8 @@ async fn bind_mount_aliases_in_this_namespace() {
         assert_eq!(out["done"], true, "{out}");
     }
     assert!(root.join("other/note.txt").is_file());
+    drop(mounted);
+    tmp.close().unwrap();
 }
 
 #[tokio::test]

@@ -442,8 +442,8 @@ pub(crate) fn check_files_grants<'a>(
     for other in loaded.filter(|p| p.name() != plugin.name()) {
         for files in &other.grant().files {
             if files.access == crate::manifest::FileAccess::ReadWrite
-                && let (Some(granted_in), Some(loaded_in)) = (files.host.parent(), dir.parent())
-                && layout.same(granted_in, loaded_in)
+                && let Some(loaded_in) = dir.parent()
+                && layout.lies_directly_in(&files.host, loaded_in)
             {
                 return Err(LoadError::CapabilityDenied {
                     plugin: plugin.name().to_owned(),
@@ -453,7 +453,7 @@ pub(crate) fn check_files_grants<'a>(
                         other.name(),
                         files.host.display(),
                         dir.display(),
-                        crate::grants::through_a_mount(granted_in, loaded_in)
+                        crate::grants::in_through_a_mount(&files.host, loaded_in)
                     ),
                 });
             }

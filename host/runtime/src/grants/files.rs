@@ -326,7 +326,20 @@ pub(crate) fn through_a_mount(a: &Path, b: &Path) -> &'static str {
     if a.starts_with(b) || b.starts_with(a) {
         ""
     } else {
-        " (the same directories, seen through a mount)"
+        THROUGH_A_MOUNT
+    }
+}
+
+/// What a refusal adds where only a mount relates its paths.
+pub(crate) const THROUGH_A_MOUNT: &str = " (they meet through a mount)";
+
+/// [`THROUGH_A_MOUNT`] where `dir` lies in `parent` only through a mount
+/// (it is not `parent`'s entry by path).
+pub(crate) fn in_through_a_mount(dir: &Path, parent: &Path) -> &'static str {
+    if dir.parent() == Some(parent) {
+        ""
+    } else {
+        THROUGH_A_MOUNT
     }
 }
 
@@ -393,17 +406,16 @@ pub(crate) fn check_overlaps<'a>(
             }
         }
         if files.access == FileAccess::ReadWrite
-            && let Some(parent) = files.host.parent()
             && let Some(dir) = protected
                 .loaded_from
                 .iter()
-                .find(|dir| layout.same(dir, parent))
+                .find(|dir| layout.lies_directly_in(&files.host, dir))
         {
             return Err(deny(format!(
                 "host path {} is read-write and lies directly in {}{}, where plugins are loaded from: a manifest and component written there would be loaded as a plugin",
                 files.host.display(),
                 dir.display(),
-                through_a_mount(parent, dir)
+                in_through_a_mount(&files.host, dir)
             )));
         }
     }

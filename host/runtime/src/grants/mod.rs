@@ -48,8 +48,8 @@ mod mounts;
 
 pub use files::ResolvedFiles;
 pub(crate) use files::{
-    Protected as ProtectedPaths, check_overlaps as check_files_overlaps, mount_table_unread,
-    through_a_mount,
+    Protected as ProtectedPaths, check_overlaps as check_files_overlaps, in_through_a_mount,
+    mount_table_unread, through_a_mount,
 };
 pub(crate) use files_quota::FilesBudget;
 pub(crate) use mounts::Layout;

@@ -9,14 +9,21 @@
 //! checks therefore compare paths *and* places: a path's place is its
 //! filesystem (the device in `/proc/self/mountinfo`) and its path from that
 //! filesystem's root (the mount's root within it, then the rest of the
-//! path below the mount point). Two paths whose places are the same
-//! directory, or one inside the other on the same filesystem, overlap
-//! whatever their paths say.
+//! path below the mount point), found as the kernel finds it — from the
+//! root mount down, at each step the mount nearest above the path, of
+//! mounts stacked on one point the topmost. A directory also reaches the
+//! places of the mounts below it (a grant of `/srv` reaches
+//! `/srv/shared`'s filesystem, whatever that is). Two paths overlap when
+//! a place one reaches contains a place the other reaches, whatever their
+//! paths say.
 //!
-//! The table is read when a plugin loads, as its grants are checked: a
-//! mount made afterwards is not seen (a granted directory is opened at
-//! load and stays what was checked; a new mount over a protected path is
-//! the operator's doing).
+//! The table is read when a plugin loads, as its grants are checked. A
+//! mount made afterwards is not seen: the granted directory itself stays
+//! what was checked (it was opened at load), but a mount made later below
+//! it is reached through it — mounting is the operator's doing. Aliases
+//! that are not mounts of the same filesystem are not recognised: a FUSE
+//! filesystem over a directory (bindfs), an overlay's layers at their own
+//! paths, an NFS export mounted back on its server.
 
 use std::path::{Path, PathBuf};
 
@@ -48,7 +55,9 @@ impl Place {
     }
 }
 
-/// The mount table, as the process sees it.
+/// The mount table, as the process sees it. The default, empty, places
+/// nothing: paths are then compared as written (for a host with no
+/// `files` grant to check).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Layout {
     mounts: Vec<Mount>,
@@ -58,7 +67,7 @@ impl Layout {
     /// The process's mount table (`/proc/self/mountinfo`).
     ///
     /// # Errors
-    /// Why it could not be read or parsed.
+    /// Why it could not be read, parsed, or used.
     pub(crate) fn read() -> Result<Layout, String> {
         let text = std::fs::read_to_string("/proc/self/mountinfo")
             .map_err(|e| format!("the mount table (/proc/self/mountinfo) cannot be read: {e}"))?;
@@ -68,7 +77,9 @@ impl Layout {
     /// Parse a mount table in `/proc/PID/mountinfo`'s format.
     ///
     /// # Errors
-    /// The first line that is not a mount, quoted.
+    /// The first line that is not a mount, quoted; or a table without the
+    /// process's root (a `chroot` into a directory that is not a mount
+    /// point hides it), where no path could be placed.
     pub(crate) fn parse(text: &str) -> Result<Layout, String> {
         let mut mounts = Vec::new();
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
@@ -94,56 +105,125 @@ impl Layout {
                 point,
             });
         }
-        if mounts.is_empty() {
-            return Err("the mount table is empty".to_owned());
+        let layout = Layout { mounts };
+        if layout.root().is_none() {
+            return Err(
+                "the mount table does not show the process's root filesystem (a chroot into a directory that is not a mount point?), so paths cannot be placed in it"
+                    .to_owned(),
+            );
         }
-        Ok(Layout { mounts })
+        Ok(layout)
     }
 
-    /// The place of `path` (absolute, symbolic links resolved): the mount
-    /// that shows it — the deepest mount point above it, and of mounts
-    /// stacked on one point the topmost — and the path within that
-    /// mount's filesystem. `None` when no mount holds it (a path outside
-    /// the process's root).
+    /// The topmost of the mounts stacked on `mount`'s point, `mount`
+    /// included.
+    fn topmost<'a>(&'a self, mut mount: &'a Mount) -> &'a Mount {
+        // Bounded: a table whose stack loops (not a real one) stops.
+        for _ in 0..self.mounts.len() {
+            match self
+                .mounts
+                .iter()
+                .rev()
+                .find(|m| m.parent == mount.id && m.point == mount.point && m.id != mount.id)
+            {
+                Some(above) => mount = above,
+                None => break,
+            }
+        }
+        mount
+    }
+
+    /// The mount the process's `/` shows.
+    fn root(&self) -> Option<&Mount> {
+        let point = Path::new("/");
+        let bottom = self.mounts.iter().find(|m| {
+            m.point == point
+                && !self
+                    .mounts
+                    .iter()
+                    .any(|p| p.id == m.parent && p.point == point && p.id != m.id)
+        })?;
+        Some(self.topmost(bottom))
+    }
+
+    /// The mount that shows `path` (absolute, symbolic links resolved):
+    /// from the root down, at each step the child mount whose point is
+    /// nearest below the current one on the way to `path` (a mount made
+    /// over a directory hides the mounts that were below it), of mounts
+    /// stacked there the topmost.
+    fn showing(&self, path: &Path) -> Option<&Mount> {
+        let mut current = self.root()?;
+        // Each step goes at least one component deeper.
+        for _ in 0..self.mounts.len() {
+            let next = self
+                .mounts
+                .iter()
+                .filter(|m| {
+                    m.parent == current.id
+                        && m.point != current.point
+                        && m.point.starts_with(&current.point)
+                        && path.starts_with(&m.point)
+                })
+                .min_by_key(|m| m.point.components().count());
+            match next {
+                Some(child) => current = self.topmost(child),
+                None => break,
+            }
+        }
+        Some(current)
+    }
+
+    /// The place of `path`: the mount that shows it, and the path within
+    /// that mount's filesystem. `None` when the table is empty (the
+    /// default layout) or `path` is not absolute.
     pub(crate) fn place(&self, path: &Path) -> Option<Place> {
-        let deepest = self
-            .mounts
-            .iter()
-            .filter(|m| path.starts_with(&m.point))
-            .map(|m| m.point.components().count())
-            .max()?;
-        let stacked: Vec<&Mount> = self
-            .mounts
-            .iter()
-            .filter(|m| path.starts_with(&m.point) && m.point.components().count() == deepest)
-            .collect();
-        // The topmost: mounted on the others (none of them is mounted on
-        // it); of several such (not seen in a real table), the last listed.
-        let top = stacked
-            .iter()
-            .rev()
-            .find(|m| !stacked.iter().any(|o| o.parent == m.id))?;
-        let rest = path.strip_prefix(&top.point).ok()?;
+        let mount = self.showing(path)?;
+        let rest = path.strip_prefix(&mount.point).ok()?;
         Some(Place {
-            device: top.device.clone(),
-            path: top.root.join(rest),
+            device: mount.device.clone(),
+            path: mount.root.join(rest),
         })
     }
 
-    /// Whether `outer` is `inner` or contains it: by path, or by place
-    /// (through a mount that shows one directory at two paths).
-    pub(crate) fn contains(&self, outer: &Path, inner: &Path) -> bool {
-        inner.starts_with(outer)
-            || matches!(
-                (self.place(outer), self.place(inner)),
-                (Some(o), Some(i)) if o.contains(&i)
-            )
+    /// The mounts showing something below `path` (not `path` itself), as
+    /// their points: the mounts a directory's subtree holds.
+    fn points_below<'a>(&'a self, path: &'a Path) -> impl Iterator<Item = &'a Path> + 'a {
+        self.mounts.iter().filter_map(move |m| {
+            let below = m.point != path && m.point.starts_with(path);
+            // Visible: what the point shows is this mount (or one stacked
+            // on it), not a mount made over a directory above it.
+            (below && self.showing(&m.point).is_some_and(|s| s.point == m.point))
+                .then_some(m.point.as_path())
+        })
     }
 
-    /// Whether `a` and `b` share any directory (one contains the other, or
-    /// they are the same).
+    /// Every place `path`'s subtree reaches: its own, and each mount's
+    /// below it.
+    fn reach(&self, path: &Path) -> Vec<Place> {
+        self.place(path)
+            .into_iter()
+            .chain(self.points_below(path).filter_map(|p| self.place(p)))
+            .collect()
+    }
+
+    /// Whether `outer` is `inner` or contains it: by path, or by place —
+    /// `inner`'s place lies in a place `outer` reaches.
+    pub(crate) fn contains(&self, outer: &Path, inner: &Path) -> bool {
+        inner.starts_with(outer)
+            || self
+                .place(inner)
+                .is_some_and(|i| self.reach(outer).iter().any(|o| o.contains(&i)))
+    }
+
+    /// Whether `a` and `b` share any directory: by path, or a place one
+    /// reaches contains one the other reaches.
     pub(crate) fn overlaps(&self, a: &Path, b: &Path) -> bool {
-        self.contains(a, b) || self.contains(b, a)
+        if a.starts_with(b) || b.starts_with(a) {
+            return true;
+        }
+        let (ra, rb) = (self.reach(a), self.reach(b));
+        ra.iter()
+            .any(|pa| rb.iter().any(|pb| pa.contains(pb) || pb.contains(pa)))
     }
 
     /// Whether `a` and `b` are one directory, by path or by place.
@@ -153,6 +233,22 @@ impl Layout {
                 (self.place(a), self.place(b)),
                 (Some(pa), Some(pb)) if pa == pb
             )
+    }
+
+    /// Whether directory `dir` is an entry of directory `parent`: by
+    /// its own parent, or shown there by a mount (a mount point directly
+    /// in `parent` whose place is `dir`'s).
+    pub(crate) fn lies_directly_in(&self, dir: &Path, parent: &Path) -> bool {
+        if dir.parent().is_some_and(|p| self.same(p, parent)) {
+            return true;
+        }
+        let Some(place) = self.place(dir) else {
+            return false;
+        };
+        self.mounts.iter().any(|m| {
+            m.point.parent().is_some_and(|p| self.same(p, parent))
+                && self.place(&m.point).as_ref() == Some(&place)
+        })
     }
 }
 
@@ -187,44 +283,58 @@ fn unescape(field: &str) -> PathBuf {
 mod tests {
     use super::*;
 
-    /// A table like a container's: the root filesystem, /data a second
-    /// filesystem, /srv/alias a bind mount of /data/airlock, /mnt/sub one
-    /// of /data/airlock/audit, /mnt/stack two mounts stacked, and a mount
-    /// point with a space.
+    /// A table like a container's: the root filesystem; /data a second
+    /// filesystem; /srv/alias a bind mount of /data/airlock and /mnt/sub
+    /// one of /data/airlock/audit; /mnt/stack two mounts stacked; a mount
+    /// point with a space; /srv/shelf/data, the data directory shown
+    /// inside an ordinary directory; /opt/audit a tmpfs, then /opt a bind
+    /// mount of /data/airlock over it (hiding it); /plugins/x a bind
+    /// mount of /srv/g, a directory shown in a plugins directory.
     const TABLE: &str = "\
 22 1 254:0 / / rw,relatime - ext4 /dev/vda rw
 30 22 254:16 / /data rw,relatime - ext4 /dev/vdb rw
 31 22 254:16 /airlock /srv/alias rw,relatime - ext4 /dev/vdb rw
 32 22 254:16 /airlock/audit /mnt/sub rw,relatime - ext4 /dev/vdb rw
 33 22 0:50 / /mnt/stack rw - tmpfs tmpfs rw
+40 33 0:50 /y /mnt/stack/y rw - tmpfs tmpfs rw
 34 33 254:16 /airlock /mnt/stack rw - ext4 /dev/vdb rw
 35 22 254:0 /home/a\\040b /mnt/with\\040space rw - ext4 /dev/vda rw
+36 22 254:16 /airlock /srv/shelf/data rw - ext4 /dev/vdb rw
+37 22 0:60 / /opt/audit rw - tmpfs tmpfs rw
+38 22 254:16 /airlock /opt rw - ext4 /dev/vdb rw
+39 22 254:0 /srv/g /plugins/x rw - ext4 /dev/vda rw
 ";
 
     fn layout() -> Layout {
         Layout::parse(TABLE).unwrap()
     }
 
+    fn place(device: &str, path: &str) -> Place {
+        Place {
+            device: device.into(),
+            path: path.into(),
+        }
+    }
+
     #[test]
-    fn a_path_is_placed_by_its_deepest_topmost_mount() {
+    fn a_path_is_placed_as_the_kernel_finds_it() {
         let l = layout();
-        let place = |p: &str| l.place(Path::new(p)).unwrap();
-        assert_eq!(
-            place("/data/airlock/audit"),
-            Place {
-                device: "254:16".into(),
-                path: "/airlock/audit".into()
-            }
-        );
-        assert_eq!(place("/srv/alias/audit"), place("/data/airlock/audit"));
-        assert_eq!(place("/mnt/sub"), place("/data/airlock/audit"));
-        // The bind mount stacked on the tmpfs is what the path shows.
-        assert_eq!(place("/mnt/stack/x"), place("/data/airlock/x"));
-        assert_eq!(place("/mnt/with space/c"), place("/home/a b/c"));
+        let at = |p: &str| l.place(Path::new(p)).unwrap();
+        assert_eq!(at("/data/airlock/audit"), place("254:16", "/airlock/audit"));
+        assert_eq!(at("/srv/alias/audit"), at("/data/airlock/audit"));
+        assert_eq!(at("/mnt/sub"), at("/data/airlock/audit"));
+        // The bind mount stacked on the tmpfs is what the path shows, and
+        // the tmpfs's own mount below it is hidden.
+        assert_eq!(at("/mnt/stack/x"), at("/data/airlock/x"));
+        assert_eq!(at("/mnt/stack/y"), at("/data/airlock/y"));
+        assert_eq!(at("/mnt/with space/c"), at("/home/a b/c"));
+        // A mount made over a directory hides the mounts below it: /opt
+        // shows the data directory, its audit log included.
+        assert_eq!(at("/opt/audit"), at("/data/airlock/audit"));
         // Beside the mounts, the root filesystem.
-        assert_eq!(place("/srv").device, "254:0");
+        assert_eq!(at("/srv"), place("254:0", "/srv"));
         // A path that only begins like a mount point is not under it.
-        assert_eq!(place("/database").device, "254:0");
+        assert_eq!(at("/database"), place("254:0", "/database"));
     }
 
     #[test]
@@ -241,22 +351,50 @@ mod tests {
         assert!(!l.overlaps(p("/srv/alias/a"), p("/data/airlock/b")));
         assert!(!l.same(p("/srv/alias"), p("/data")));
         // By path alone still.
-        assert!(l.contains(p("/opt"), p("/opt/x")));
-        assert!(!l.overlaps(p("/opt/a"), p("/opt/b")));
+        assert!(l.contains(p("/opt/x"), p("/opt/x/y")));
+        assert!(!l.overlaps(p("/usr/a"), p("/usr/b")));
     }
 
     #[test]
-    fn a_table_that_is_not_one_is_refused() {
+    fn a_directory_reaches_the_mounts_below_it() {
+        let l = layout();
+        let p = Path::new;
+        // /srv/shelf holds a mount of the data directory: granting it
+        // grants the data directory, from either side.
+        assert!(l.contains(p("/srv/shelf"), p("/data/airlock/audit")));
+        assert!(l.overlaps(p("/srv/shelf"), p("/data/airlock")));
+        assert!(l.overlaps(p("/data/airlock/audit"), p("/srv")));
+        // A hidden mount is not reached: /opt/audit's tmpfs is under the
+        // data directory's mount at /opt.
+        assert!(!l.reach(p("/opt")).iter().any(|r| r.device == "0:60"));
+        // /srv/g is shown in /plugins as /plugins/x: it lies directly in
+        // the plugins directory, though its parent is /srv.
+        assert!(l.lies_directly_in(p("/srv/g"), p("/plugins")));
+        assert!(l.lies_directly_in(p("/plugins/y"), p("/plugins")));
+        assert!(!l.lies_directly_in(p("/srv/h"), p("/plugins")));
+        // And the directory it is a mount of contains the plugins shown
+        // there.
+        assert!(l.contains(p("/srv/g"), p("/plugins/x/manifest-dir")));
+    }
+
+    #[test]
+    fn a_table_that_is_not_one_or_hides_the_root_is_refused() {
         for bad in [
             "",
             "22 1 254:0 / / rw\nnot a mount line",
             "x 1 254:0 / / rw",
             "22 1 254:0 relative / rw",
             "22 1 nodevice / / rw",
+            // A chroot into a directory that is not a mount point sees
+            // only the mounts below its root.
+            "30 22 254:16 / /data rw - ext4 /dev/vdb rw",
         ] {
             assert!(Layout::parse(bad).is_err(), "{bad:?}");
         }
         assert_eq!(unescape("a\\134b\\0"), PathBuf::from("a\\b\\0"));
+        // A looping stack (not a real table) ends.
+        let l = Layout::parse("22 23 254:0 / / rw\n23 22 254:1 / / rw").unwrap_or_default();
+        let _ = l.place(Path::new("/x"));
     }
 
     #[cfg(target_os = "linux")]
