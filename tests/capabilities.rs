@@ -498,7 +498,13 @@ fn grants_reaching_protected_directories_through_bind_mounts_are_refused() {
     let Some(way) = ways.iter().find(|way| {
         std::process::Command::new("unshare")
             .args(**way)
-            .args(["--", "true"])
+            // What the test does: a bind mount (of a directory on itself).
+            .args([
+                "--",
+                "sh",
+                "-c",
+                "d=$(mktemp -d) && mount --bind \"$d\" \"$d\" && umount \"$d\"; r=$?; rmdir \"$d\"; exit $r",
+            ])
             .output()
             .is_ok_and(|out| out.status.success())
     }) else {
@@ -534,12 +540,14 @@ async fn bind_mount_aliases_in_this_namespace() {
         "data/inner",
         "plugins/scratch",
         "plugins/x",
+        "plugins/y",
+        "srv-m",
+        "src/g",
         "unlisted/p",
         "unlisted/x",
         "other",
         "plain",
         "shelf/data",
-        "g",
         "alias-data",
         "alias-inner",
         "alias-plugins",
@@ -574,10 +582,12 @@ async fn bind_mount_aliases_in_this_namespace() {
     bind("other", "alias-other");
     // The data directory shown inside an ordinary directory.
     bind("data", "shelf/data");
-    // `g` shown in the configured plugins directory, and in a directory
-    // plugins are loaded from without it being configured.
-    bind("g", "plugins/x");
-    bind("g", "unlisted/x");
+    // `src/g` shown in the configured plugins directory, and in a
+    // directory plugins are loaded from without it being configured; an
+    // entry of the plugins directory shown elsewhere.
+    bind("src/g", "plugins/x");
+    bind("src/g", "unlisted/x");
+    bind("plugins/y", "srv-m");
 
     let config = |plugins_dir: bool| {
         let config = HostConfig::default()
@@ -617,7 +627,9 @@ async fn bind_mount_aliases_in_this_namespace() {
             "read-write",
             "where plugins are loaded from",
         ),
-        ("g", "read-write", "where plugins are loaded from"),
+        ("src/g", "read-write", "where plugins are loaded from"),
+        ("src", "read-write", "where plugins are loaded from"),
+        ("srv-m", "read-write", "where plugins are loaded from"),
     ] {
         let dir = granting("w", grant, access);
         let err = host().load_plugin(dir.path()).await.unwrap_err();
@@ -636,11 +648,12 @@ async fn bind_mount_aliases_in_this_namespace() {
     let err = both.load_plugin(second.path()).await.unwrap_err();
     assert!(err.to_string().contains("granted to plugin `w`"), "{err}");
     drop(both);
-    // The other side: a loaded plugin may write `g`, which a mount shows
-    // in `unlisted/`; a plugin loaded from `unlisted/` next is refused.
+    // The other side: a loaded plugin may write `src/g`, which a mount
+    // shows in `unlisted/`; a plugin loaded from `unlisted/` next is
+    // refused.
     let unconfigured = Host::new(config(false)).unwrap();
     unconfigured
-        .load_plugin(granting("w", "g", "read-write").path())
+        .load_plugin(granting("w", "src/g", "read-write").path())
         .await
         .unwrap();
     let made = install(

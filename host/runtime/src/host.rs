@@ -399,16 +399,25 @@ pub(crate) fn check_files_grants<'a>(
 ) -> LoadResult<()> {
     let stores = &reserved.stores;
     // The mount table, read only where a files grant is to be checked.
-    let layout =
-        if plugin.grant().files.is_empty() && loaded.clone().all(|p| p.grant().files.is_empty()) {
-            crate::grants::Layout::default()
-        } else {
-            crate::grants::Layout::read().map_err(|e| LoadError::CapabilityDenied {
-                plugin: plugin.name().to_owned(),
-                capability: "capabilities.files".to_owned(),
-                reason: crate::grants::mount_table_unread(&e),
-            })?
-        };
+    let layout = if plugin.grant().files.is_empty()
+        && loaded.clone().all(|p| p.grant().files.is_empty())
+    {
+        crate::grants::Layout::default()
+    } else {
+        crate::grants::Layout::read().map_err(|e| LoadError::CapabilityDenied {
+            plugin: plugin.name().to_owned(),
+            capability: "capabilities.files".to_owned(),
+            reason: if plugin.grant().files.is_empty() {
+                // Its directory is checked against loaded plugins'
+                // grants.
+                crate::grants::mount_table_unread(&format!(
+                    "{e} (its directory is checked against the files grants of the plugins loaded)"
+                ))
+            } else {
+                crate::grants::mount_table_unread(&e)
+            },
+        })?
+    };
     let mut plugin_dirs = reserved.plugins_dirs.clone();
     let mut loaded_from = reserved.plugins_dirs.clone();
     let dirs: Vec<&Path> = loaded.clone().map(Plugin::dir).collect();
@@ -443,7 +452,7 @@ pub(crate) fn check_files_grants<'a>(
         for files in &other.grant().files {
             if files.access == crate::manifest::FileAccess::ReadWrite
                 && let Some(loaded_in) = dir.parent()
-                && layout.lies_directly_in(&files.host, loaded_in)
+                && layout.writes_an_entry_of(&files.host, loaded_in)
             {
                 return Err(LoadError::CapabilityDenied {
                     plugin: plugin.name().to_owned(),
@@ -466,7 +475,7 @@ pub(crate) fn check_files_grants<'a>(
                         dir.display(),
                         files.host.display(),
                         other.name(),
-                        crate::grants::through_a_mount(&files.host, &dir)
+                        crate::grants::into_through_a_mount(&files.host, &dir)
                     ),
                 });
             }

@@ -333,6 +333,16 @@ pub(crate) fn through_a_mount(a: &Path, b: &Path) -> &'static str {
 /// What a refusal adds where only a mount relates its paths.
 pub(crate) const THROUGH_A_MOUNT: &str = " (they meet through a mount)";
 
+/// [`THROUGH_A_MOUNT`] where `outer` contains `inner` only through a
+/// mount (not by path).
+pub(crate) fn into_through_a_mount(outer: &Path, inner: &Path) -> &'static str {
+    if inner.starts_with(outer) {
+        ""
+    } else {
+        THROUGH_A_MOUNT
+    }
+}
+
 /// [`THROUGH_A_MOUNT`] where `dir` lies in `parent` only through a mount
 /// (it is not `parent`'s entry by path).
 pub(crate) fn in_through_a_mount(dir: &Path, parent: &Path) -> &'static str {
@@ -401,7 +411,7 @@ pub(crate) fn check_overlaps<'a>(
                     "host path {} contains the plugin directory {}{}: a plugin may never reach a manifest or component",
                     files.host.display(),
                     dir.display(),
-                    through_a_mount(&files.host, dir)
+                    into_through_a_mount(&files.host, dir)
                 )));
             }
         }
@@ -409,10 +419,10 @@ pub(crate) fn check_overlaps<'a>(
             && let Some(dir) = protected
                 .loaded_from
                 .iter()
-                .find(|dir| layout.lies_directly_in(&files.host, dir))
+                .find(|dir| layout.writes_an_entry_of(&files.host, dir))
         {
             return Err(deny(format!(
-                "host path {} is read-write and lies directly in {}{}, where plugins are loaded from: a manifest and component written there would be loaded as a plugin",
+                "host path {} is read-write and makes entries of {}{}, where plugins are loaded from: a manifest and component written there would be loaded as a plugin",
                 files.host.display(),
                 dir.display(),
                 in_through_a_mount(&files.host, dir)

@@ -49,7 +49,7 @@ mod mounts;
 pub use files::ResolvedFiles;
 pub(crate) use files::{
     Protected as ProtectedPaths, check_overlaps as check_files_overlaps, in_through_a_mount,
-    mount_table_unread, through_a_mount,
+    into_through_a_mount, mount_table_unread,
 };
 pub(crate) use files_quota::FilesBudget;
 pub(crate) use mounts::Layout;

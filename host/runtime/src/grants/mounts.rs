@@ -92,9 +92,22 @@ impl Layout {
             let id = next()?.parse().map_err(|_| bad())?;
             let parent = next()?.parse().map_err(|_| bad())?;
             let device = next()?.to_owned();
-            let root = unescape(next()?);
+            let root_field = next()?;
+            let root = unescape(root_field);
             let point = unescape(next()?);
-            if !device.contains(':') || !root.is_absolute() || !point.is_absolute() {
+            if !device.contains(':') || !point.is_absolute() {
+                return Err(bad());
+            }
+            if !root.is_absolute() {
+                // A namespace file's mount (`net:[4026532…]` for a
+                // network namespace kept by `ip netns` or a container
+                // runtime): one file, which no path goes through.
+                if root_field.ends_with(']') && root_field.contains(":[") {
+                    continue;
+                }
+                return Err(bad());
+            }
+            if mounts.iter().any(|m: &Mount| m.id == id) {
                 return Err(bad());
             }
             mounts.push(Mount {
@@ -133,17 +146,19 @@ impl Layout {
         mount
     }
 
-    /// The mount the process's `/` shows.
+    /// The process's root mount: the lowest of those on `/`. Path lookup
+    /// starts there and does not cross a mount stacked on its starting
+    /// point (a mount over `/` shows only to a process that then changes
+    /// its root into it).
     fn root(&self) -> Option<&Mount> {
         let point = Path::new("/");
-        let bottom = self.mounts.iter().find(|m| {
+        self.mounts.iter().find(|m| {
             m.point == point
                 && !self
                     .mounts
                     .iter()
                     .any(|p| p.id == m.parent && p.point == point && p.id != m.id)
-        })?;
-        Some(self.topmost(bottom))
+        })
     }
 
     /// The mount that shows `path` (absolute, symbolic links resolved):
@@ -235,19 +250,28 @@ impl Layout {
             )
     }
 
-    /// Whether directory `dir` is an entry of directory `parent`: by
-    /// its own parent, or shown there by a mount (a mount point directly
-    /// in `parent` whose place is `dir`'s).
-    pub(crate) fn lies_directly_in(&self, dir: &Path, parent: &Path) -> bool {
+    /// Whether writing in directory `dir` can make or replace an entry of
+    /// directory `parent`: by path (`dir` is in `parent`), or by place —
+    /// `dir`, or a mount below it, is an entry of `parent`'s place; or a
+    /// mount shows in `parent` an entry that `dir` reaches (is, or holds).
+    pub(crate) fn writes_an_entry_of(&self, dir: &Path, parent: &Path) -> bool {
         if dir.parent().is_some_and(|p| self.same(p, parent)) {
             return true;
         }
-        let Some(place) = self.place(dir) else {
+        let Some(held) = self.place(parent) else {
             return false;
         };
+        let reach = self.reach(dir);
+        let entry_of_parent =
+            |r: &Place| r.device == held.device && r.path.parent() == Some(held.path.as_path());
+        if reach.iter().any(entry_of_parent) {
+            return true;
+        }
         self.mounts.iter().any(|m| {
             m.point.parent().is_some_and(|p| self.same(p, parent))
-                && self.place(&m.point).as_ref() == Some(&place)
+                && self
+                    .place(&m.point)
+                    .is_some_and(|shown| reach.iter().any(|r| r.contains(&shown)))
         })
     }
 }
@@ -303,6 +327,8 @@ mod tests {
 37 22 0:60 / /opt/audit rw - tmpfs tmpfs rw
 38 22 254:16 /airlock /opt rw - ext4 /dev/vdb rw
 39 22 254:0 /srv/g /plugins/x rw - ext4 /dev/vda rw
+41 22 0:4 net:[4026532480] /run/netns/one rw - nsfs nsfs rw
+42 22 254:0 /plugins/y /srv/m rw - ext4 /dev/vda rw
 ";
 
     fn layout() -> Layout {
@@ -335,6 +361,13 @@ mod tests {
         assert_eq!(at("/srv"), place("254:0", "/srv"));
         // A path that only begins like a mount point is not under it.
         assert_eq!(at("/database"), place("254:0", "/database"));
+        // A mount stacked on `/` is not where lookups start.
+        let over_root =
+            Layout::parse(&format!("{TABLE}50 22 0:70 / / rw - tmpfs tmpfs rw\n")).unwrap();
+        assert_eq!(
+            over_root.place(Path::new("/srv")),
+            Some(place("254:0", "/srv"))
+        );
     }
 
     #[test]
@@ -367,11 +400,16 @@ mod tests {
         // A hidden mount is not reached: /opt/audit's tmpfs is under the
         // data directory's mount at /opt.
         assert!(!l.reach(p("/opt")).iter().any(|r| r.device == "0:60"));
-        // /srv/g is shown in /plugins as /plugins/x: it lies directly in
-        // the plugins directory, though its parent is /srv.
-        assert!(l.lies_directly_in(p("/srv/g"), p("/plugins")));
-        assert!(l.lies_directly_in(p("/plugins/y"), p("/plugins")));
-        assert!(!l.lies_directly_in(p("/srv/h"), p("/plugins")));
+        // /srv/g is shown in /plugins as /plugins/x: writing it writes an
+        // entry of the plugins directory, though its parent is /srv; so
+        // does writing /srv, which holds it, or /srv/m, a mount of the
+        // entry /plugins/y.
+        assert!(l.writes_an_entry_of(p("/srv/g"), p("/plugins")));
+        assert!(l.writes_an_entry_of(p("/srv"), p("/plugins")));
+        assert!(l.writes_an_entry_of(p("/srv/m"), p("/plugins")));
+        assert!(l.writes_an_entry_of(p("/plugins/z"), p("/plugins")));
+        assert!(!l.writes_an_entry_of(p("/srv/h"), p("/plugins")));
+        assert!(!l.writes_an_entry_of(p("/plugins/z/deeper"), p("/plugins")));
         // And the directory it is a mount of contains the plugins shown
         // there.
         assert!(l.contains(p("/srv/g"), p("/plugins/x/manifest-dir")));
@@ -392,9 +430,11 @@ mod tests {
             assert!(Layout::parse(bad).is_err(), "{bad:?}");
         }
         assert_eq!(unescape("a\\134b\\0"), PathBuf::from("a\\b\\0"));
-        // A looping stack (not a real table) ends.
-        let l = Layout::parse("22 23 254:0 / / rw\n23 22 254:1 / / rw").unwrap_or_default();
-        let _ = l.place(Path::new("/x"));
+        // One id twice.
+        assert!(Layout::parse("22 1 254:0 / / rw\n22 22 254:0 / /a rw").is_err());
+        // A namespace file's mount is no directory, and not an error.
+        let l = layout();
+        assert!(!l.mounts.iter().any(|m| m.device == "0:4"));
     }
 
     #[cfg(target_os = "linux")]
