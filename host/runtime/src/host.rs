@@ -385,6 +385,30 @@ impl Reserved {
     }
 }
 
+/// The mount table, read only where a files grant is to be checked (the
+/// plugin's, or a loaded plugin's against the plugin's directory).
+fn files_layout<'a>(
+    plugin: &Plugin,
+    mut loaded: impl Iterator<Item = &'a Plugin>,
+) -> LoadResult<crate::grants::Layout> {
+    let own = !plugin.grant().files.is_empty();
+    if !own && loaded.all(|p| p.grant().files.is_empty()) {
+        return Ok(crate::grants::Layout::default());
+    }
+    crate::grants::Layout::read().map_err(|e| {
+        let why = if own {
+            e
+        } else {
+            format!("{e} (its directory is checked against the files grants of the plugins loaded)")
+        };
+        LoadError::CapabilityDenied {
+            plugin: plugin.name().to_owned(),
+            capability: "capabilities.files".to_owned(),
+            reason: crate::grants::mount_table_unread(&why),
+        }
+    })
+}
+
 /// Refuse a plugin whose `files` grants reach what the host protects
 /// (plugin directories and where plugins are loaded from, configured or
 /// of a loaded plugin, the data directory, the cache) or overlap another
@@ -398,26 +422,7 @@ pub(crate) fn check_files_grants<'a>(
     loaded: impl Iterator<Item = &'a Plugin> + Clone,
 ) -> LoadResult<()> {
     let stores = &reserved.stores;
-    // The mount table, read only where a files grant is to be checked.
-    let layout = if plugin.grant().files.is_empty()
-        && loaded.clone().all(|p| p.grant().files.is_empty())
-    {
-        crate::grants::Layout::default()
-    } else {
-        crate::grants::Layout::read().map_err(|e| LoadError::CapabilityDenied {
-            plugin: plugin.name().to_owned(),
-            capability: "capabilities.files".to_owned(),
-            reason: if plugin.grant().files.is_empty() {
-                // Its directory is checked against loaded plugins'
-                // grants.
-                crate::grants::mount_table_unread(&format!(
-                    "{e} (its directory is checked against the files grants of the plugins loaded)"
-                ))
-            } else {
-                crate::grants::mount_table_unread(&e)
-            },
-        })?
-    };
+    let layout = files_layout(plugin, loaded.clone())?;
     let mut plugin_dirs = reserved.plugins_dirs.clone();
     let mut loaded_from = reserved.plugins_dirs.clone();
     let dirs: Vec<&Path> = loaded.clone().map(Plugin::dir).collect();
