@@ -93,8 +93,9 @@ pub struct HostConfig {
     pub telemetry: TelemetryConfig,
     /// The directories plugins are loaded from
     /// ([`Host::load_plugins_dir`]): no `files` grant may contain one, and
-    /// no read-write grant may be a directory directly in one (what a
-    /// plugin wrote there would load as a plugin at the next start) —
+    /// no read-write grant may be a directory in one, by path or through a
+    /// mount, nor hold one (what a plugin wrote there would load as a
+    /// plugin at the next start) —
     /// from the start, before any plugin of them is loaded, empty ones
     /// included. A plugin's own directory and the one it is loaded from
     /// are protected once it loads whether or not listed here.
@@ -389,10 +390,16 @@ impl Reserved {
 /// plugin's, or a loaded plugin's against the plugin's directory).
 fn files_layout<'a>(
     plugin: &Plugin,
-    mut loaded: impl Iterator<Item = &'a Plugin>,
+    loaded: impl Iterator<Item = &'a Plugin>,
 ) -> LoadResult<crate::grants::Layout> {
     let own = !plugin.grant().files.is_empty();
-    if !own && loaded.all(|p| p.grant().files.is_empty()) {
+    // A loaded plugin of the same name is not checked against (it is the
+    // plugin's other version), so its grants need no table either.
+    if !own
+        && loaded
+            .filter(|p| p.name() != plugin.name())
+            .all(|p| p.grant().files.is_empty())
+    {
         return Ok(crate::grants::Layout::default());
     }
     crate::grants::Layout::read().map_err(|e| {
@@ -449,7 +456,8 @@ pub(crate) fn check_files_grants<'a>(
             .flat_map(|p| p.grant().files.iter().map(move |f| (p.name(), f))),
     )?;
     // A loaded plugin's grant may not contain the new plugin's files, nor
-    // write directly in the directory it is loaded from (the rule above,
+    // be or hold, by path or through a mount, a directory in the directory
+    // it is loaded from (the rule above,
     // from the other side: that directory held no loaded plugin when the
     // grant was checked).
     let dir = absolute(plugin.dir());

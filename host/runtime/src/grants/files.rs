@@ -22,9 +22,9 @@
 //!    protects when a plugin loads ([`check_overlaps`]): a grant may not
 //!    contain (or be) a plugin directory, a plugins directory, the data
 //!    directory or the compiled-code cache, nor lie inside the data
-//!    directory or the cache; a read-write grant may not be a directory in
-//!    a plugins directory (what a plugin wrote there would load as a
-//!    plugin); two grants (of one plugin or of two) may not overlap unless
+//!    directory or the cache; a read-write grant may not be, nor hold, a
+//!    directory in a plugins directory, by path or through a mount (what a
+//!    plugin wrote there would load as a plugin); two grants (of one plugin or of two) may not overlap unless
 //!    both are read-only. So no plugin can write where a manifest, a
 //!    component or another grant lives, or add a plugin. Paths are
 //!    compared as written and by their place in the mount table
@@ -370,8 +370,9 @@ pub(crate) struct Protected<'a> {
     /// directories plugins are loaded from.
     pub(crate) plugin_dirs: &'a [PathBuf],
     /// The directories plugins are loaded from (among `plugin_dirs`): no
-    /// read-write grant may be a directory in one, where what a plugin
-    /// wrote would be loaded as a plugin of its own.
+    /// read-write grant may be, nor hold, a directory in one (by path or
+    /// through a mount), where what a plugin wrote would be loaded as a
+    /// plugin of its own.
     pub(crate) loaded_from: &'a [PathBuf],
     /// The mount table, to see the paths above through bind mounts.
     pub(crate) layout: &'a Layout,

@@ -250,8 +250,8 @@ impl Layout {
             )
     }
 
-    /// Whether writing in directory `dir` can make or replace an entry of
-    /// directory `parent`: by path (`dir` is in `parent`), or by place —
+    /// Whether directory `dir` can be, or fill, a directory in directory
+    /// `parent`: by path (`dir` is in `parent`), or by place —
     /// `dir`, or a mount below it, is an entry of `parent`'s place; or a
     /// mount shows in `parent` an entry that `dir` reaches (is, or holds).
     pub(crate) fn writes_an_entry_of(&self, dir: &Path, parent: &Path) -> bool {
